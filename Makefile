@@ -1,0 +1,58 @@
+# Every target is idempotent. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EPISTLE := $(VENV)/bin/epistle
+STAMP := $(VENV)/.installed
+SERVICES := $(PYTHON) scripts/services.py
+
+.PHONY: help setup services-up services-down services-status codegen codegen-check check test demo bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project with its dev extras
+	@$(SERVICES) fetch
+
+services-up: ## start Kafka and the schema registry (a no-op when they already run)
+	@$(SERVICES) up
+
+services-down: ## stop Kafka and the schema registry
+	@$(SERVICES) down
+
+services-status: ## show whether the services run, their addresses and logs
+	@$(SERVICES) status
+
+codegen: $(STAMP) ## generate pydantic models from schemas/ into generated_models/
+	$(EPISTLE) codegen
+
+codegen-check: $(STAMP) ## fail if generated_models/ is stale
+	$(EPISTLE) codegen --check
+
+check: $(STAMP) ## schema checks (validity, immutability, compatibility) and codegen-check
+	$(EPISTLE) check
+	$(EPISTLE) codegen --check
+
+test: setup ## run the whole test suite against the local services (started if needed)
+	$(PY) -m pytest
+
+demo: setup ## the end-to-end demo on the local broker, with schemas/ as the registry
+	$(PY) -m toolkit.demo
+
+bench: setup ## benchmarks; results under bench/results/
+	$(PY) -m bench
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check toolkit tests scripts
+
+clean: ## remove the venv and caches (not .cache downloads)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

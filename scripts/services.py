@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Local development services: a single-node Apache Kafka (KRaft) broker and an Apicurio Registry.
+
+Both come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/` folder and run from
+`.services/<name>/` (pid file, logs, data). Nothing here substitutes a fake service: if a download or a
+start fails, the command stops with the artifact, the error and where the log is.
+
+    python scripts/services.py fetch              # download jars and the registry (idempotent)
+    python scripts/services.py up [kafka|registry]
+    python scripts/services.py down [kafka|registry]
+    python scripts/services.py status
+
+Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081).
+Only the standard library is used, so this runs before the project's virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+STATE = ROOT / ".services"
+POM = ROOT / "scripts" / "services" / "pom.xml"
+
+APICURIO_VERSION = os.environ.get("EPISTLE_APICURIO_VERSION", "3.0.9")
+APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
+KAFKA_CLUSTER_ID = "ouroborosEpistleForge0"[:22]  # a base64-style 22-character cluster id
+
+START_TIMEOUT_S = float(os.environ.get("EPISTLE_START_TIMEOUT", "120"))
+STOP_TIMEOUT_S = 30.0
+
+
+class ServiceError(RuntimeError):
+    """A service could not be fetched, started or stopped; the message says what to do."""
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ServiceError(f"{name}={raw!r} is not a port number; set it to an integer such as {default}")
+    if not 0 < port < 65536:
+        raise ServiceError(f"{name}={port} is out of range; use 1-65535")
+    return port
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise ServiceError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def fetch_kafka() -> Path:
+    libs = CACHE / "kafka" / "libs"
+    marker = libs / ".complete"
+    if marker.exists() and marker.read_text() == POM.read_text():
+        return libs
+    if shutil.which("mvn") is None:
+        raise ServiceError("Maven (mvn) is not on PATH; install Maven 3.8+ (and Java 17+) and retry")
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"fetching Kafka jars listed in {POM.relative_to(ROOT)} from Maven Central ...", flush=True)
+    _run(
+        ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+         f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+        f"downloading the Kafka jars ({POM.relative_to(ROOT)})",
+    )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(POM.read_text())
+    return libs
+
+
+def registry_jar(home: Path) -> Path | None:
+    """Apicurio ships `quarkus-run.jar` (fast-jar layout) or `*-runner.jar` (legacy layout, 3.0.x)."""
+    candidates = [home / "quarkus-run.jar", *sorted(home.glob("*-runner.jar"))]
+    return next((jar for jar in candidates if jar.exists()), None)
+
+
+def fetch_registry() -> Path:
+    home = CACHE / "apicurio" / APICURIO_VERSION
+    if registry_jar(home) is not None:
+        return home
+    if shutil.which("mvn") is None:
+        raise ServiceError("Maven (mvn) is not on PATH; install Maven 3.8+ (and Java 17+) and retry")
+    download = CACHE / "apicurio" / "download"
+    shutil.rmtree(download, ignore_errors=True)
+    print(f"fetching {APICURIO_ARTIFACT} from Maven Central ...", flush=True)
+    _run(
+        ["mvn", "-B", "-q", "dependency:copy", f"-Dartifact={APICURIO_ARTIFACT}",
+         f"-DoutputDirectory={download}"],
+        f"downloading {APICURIO_ARTIFACT}",
+    )
+    archives = list(download.glob("*.tar.gz"))
+    if len(archives) != 1:
+        raise ServiceError(f"expected one archive for {APICURIO_ARTIFACT} in {download}, found {archives}")
+    partial = home.with_name(home.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with tarfile.open(archives[0]) as tar:
+        tar.extractall(partial, filter="data")
+    if registry_jar(partial) is None:
+        raise ServiceError(f"{APICURIO_ARTIFACT} has no quarkus-run.jar or *-runner.jar at its top level")
+    shutil.rmtree(home, ignore_errors=True)
+    partial.rename(home)
+    shutil.rmtree(download, ignore_errors=True)
+    return home
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    marker: str  # a string in the java command line that says the process is ours
+
+    @property
+    def dir(self) -> Path:
+        return STATE / self.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid of our running process, or None; a stale pid file is removed."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if _pid_alive(pid) and self.marker in _cmdline(pid):
+            return pid
+        print(f"{self.name}: removing stale pid file {self.pid_file} (pid {pid} is not running)")
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Fetch and configure before the first start."""
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def after_start(self) -> None:
+        """Runs once the service is ready."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def up(self) -> None:
+        if self.pid() is not None:
+            if self.ready():
+                print(f"{self.name}: already running (pid {self.pid()}), {self.describe()}")
+                return
+            raise ServiceError(f"{self.name}: pid {self.pid()} is running but not answering; "
+                               f"see {self.log_file}, or run 'make services-down' and retry")
+        if _port_open(self.port):
+            raise ServiceError(
+                f"{self.name}: port {self.port} on 127.0.0.1 is in use by another process. Stop it "
+                f"(`ss -ltnp 'sport = :{self.port}'` shows which) or choose another port with "
+                f"EPISTLE_{self.name.upper()}_PORT=<port>")
+        self.prepare()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            log.write(f"\n==== starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        started = time.monotonic()
+        while time.monotonic() - started < START_TIMEOUT_S:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise ServiceError(f"{self.name} exited with code {proc.returncode} during start-up; "
+                                   f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
+            if self.ready():
+                self.after_start()
+                print(f"{self.name}: started in {time.monotonic() - started:.1f}s (pid {proc.pid}), "
+                      f"{self.describe()}, log {self.log_file.relative_to(ROOT)}")
+                return
+            time.sleep(0.5)
+        self.down()
+        raise ServiceError(f"{self.name} was not ready after {START_TIMEOUT_S:.0f}s; "
+                           f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
+
+    def down(self) -> None:
+        pid = self.pid()
+        if pid is None:
+            print(f"{self.name}: not running")
+            return
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        print(f"{self.name}: stopped (pid {pid})")
+
+    def status(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            print(f"{self.name}: stopped")
+            return False
+        state = "ready" if self.ready() else "NOT READY"
+        print(f"{self.name}: running (pid {pid}), {state}, {self.describe()}, "
+              f"log {self.log_file.relative_to(ROOT)}")
+        return state == "ready"
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise ServiceError("java is not on PATH; install Java 17+ (or set JAVA_HOME)")
+    return java
+
+
+class Kafka(Service):
+    def __init__(self) -> None:
+        super().__init__("kafka", _port("EPISTLE_KAFKA_PORT", 9092), "kafka.Kafka")
+        self.controller_port = _port("EPISTLE_KAFKA_CONTROLLER_PORT", 9093)
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "server.properties"
+
+    def prepare(self) -> None:
+        libs = fetch_kafka()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = self.dir / "data"
+        properties = "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "log.retention.hours=24",
+            "",
+        ])
+        if not self.config.exists() or self.config.read_text() != properties:
+            self.config.write_text(properties)
+        log4j = self.dir / "log4j2.properties"
+        log4j.write_text("\n".join([
+            "status = warn",
+            "appender.out.type = Console",
+            "appender.out.name = out",
+            "appender.out.layout.type = PatternLayout",
+            "appender.out.layout.pattern = [%d] %p %m (%c)%n",
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.out.ref = out",
+            "logger.kafka.name = kafka",
+            "logger.kafka.level = WARN",
+            "logger.state.name = state.change.logger",
+            "logger.state.level = WARN",
+            "",
+        ]))
+        if not (data / "meta.properties").exists():
+            # Storage is formatted once; later starts reuse the data folder.
+            _run([_java(), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
+                  "-t", KAFKA_CLUSTER_ID, "-c", str(self.config)], "formatting Kafka storage",
+                 cwd=self.dir)
+
+    def command(self) -> list[str]:
+        libs = CACHE / "kafka" / "libs"
+        return [_java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={self.dir}", "-cp", f"{libs}/*", "kafka.Kafka", str(self.config)]
+
+    def ready(self) -> bool:
+        return _kafka_metadata_ok("127.0.0.1", self.port)
+
+    def describe(self) -> str:
+        return f"bootstrap servers 127.0.0.1:{self.port}"
+
+
+def _kafka_metadata_ok(host: str, port: int) -> bool:
+    """Send a Kafka Metadata request (v1, all topics) and check that a broker answers with itself listed."""
+    client_id = b"epistle-services"
+    body = struct.pack(">i", -1)  # topics: null = all (v1)
+    header = struct.pack(">hhih", 3, 1, 1, len(client_id)) + client_id
+    request = header + body
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+            payload = _recv_exact(sock, size)
+    except (OSError, struct.error):
+        return False
+    # correlation id (4) then brokers array length (4)
+    if len(payload) < 8:
+        return False
+    correlation_id, brokers = struct.unpack(">ii", payload[:8])
+    return correlation_id == 1 and brokers >= 1
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise OSError("connection closed")
+        chunks.extend(chunk)
+    return bytes(chunks)
+
+
+class Registry(Service):
+    def __init__(self) -> None:
+        super().__init__("registry", _port("EPISTLE_REGISTRY_PORT", 8081), "apicurio")
+        self.home = CACHE / "apicurio" / APICURIO_VERSION
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ccompat_url(self) -> str:
+        return f"{self.base_url}/apis/ccompat/v7"
+
+    def prepare(self) -> None:
+        fetch_registry()
+
+    def command(self) -> list[str]:
+        return [_java(), "-Xms128m", "-Xmx768m",
+                f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
+                "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",
+                "-Dapicurio.ccompat.use-canonical-hash=true",
+                "-Dapicurio.rest.deletion.artifact.enabled=true",
+                "-Dapicurio.rest.deletion.artifact-version.enabled=true",
+                "-Dquarkus.log.level=WARN", "-Dquarkus.log.category.\"io.apicurio\".level=INFO",
+                "-jar", str(registry_jar(self.home))]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.ccompat_url}/subjects", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def after_start(self) -> None:
+        # The registry starts with no global rule; Confluent's default is BACKWARD, so set it.
+        body = json.dumps({"compatibility": "BACKWARD"}).encode()
+        req = urllib.request.Request(f"{self.ccompat_url}/config", data=body, method="PUT",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if resp.status != 200:
+                raise ServiceError(f"setting the registry's global compatibility to BACKWARD: HTTP {resp.status}")
+
+    def describe(self) -> str:
+        return f"Confluent-compatible URL {self.ccompat_url}"
+
+
+SERVICES = {"kafka": Kafka, "registry": Registry}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["fetch", "up", "down", "status"])
+    parser.add_argument("services", nargs="*", metavar="{kafka,registry}")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.services) - set(SERVICES))
+    if unknown:
+        parser.error(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+    names = args.services or list(SERVICES)
+    try:
+        if args.action == "fetch":
+            for name in names:
+                (fetch_kafka if name == "kafka" else fetch_registry)()
+            print("fetch: done")
+            return 0
+        services = [SERVICES[name]() for name in names]
+        if args.action == "up":
+            for service in services:
+                service.up()
+        elif args.action == "down":
+            for service in reversed(services):
+                service.down()
+        else:
+            return 0 if all([service.status() for service in services]) else 3
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The ``schemas/`` folder: one folder per schemaName, one file per version, a small per-subject config.
+
+    schemas/
+      orders/
+        subject.toml        # optional: compatibility = "BACKWARD", topics = ["orders"]
+        1.json              # JSON Schema, version 1
+        2.json
+      shipments/
+        1.avsc              # Avro, version 1
+        samples/            # golden sample bodies (not schema files), see tests
+
+Version files are named by a positive integer without leading zeros; versions run 1..N without gaps, and
+one subject uses one format. Every problem is a :class:`~toolkit.errors.SchemaFileError` naming the file,
+the field and the fix. This module reads files and parses JSON only; format-specific checks (meta-schema,
+Avro parsing) live in :mod:`toolkit.validation`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import SchemaFileError
+
+SUBJECT_CONFIG = "subject.toml"
+_SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+_VERSION = re.compile(r"^[1-9][0-9]*$")
+
+
+class SchemaFormat(StrEnum):
+    """The Confluent ``schemaType`` names."""
+
+    JSON = "JSON"
+    AVRO = "AVRO"
+
+    @classmethod
+    def from_suffix(cls, suffix: str) -> SchemaFormat | None:
+        return {".json": cls.JSON, ".avsc": cls.AVRO}.get(suffix)
+
+
+class Compatibility(StrEnum):
+    """Confluent Schema Registry's compatibility modes."""
+
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True)
+class SchemaFile:
+    """One version of one subject as it is on disk."""
+
+    subject: str
+    version: int
+    format: SchemaFormat
+    path: Path
+    text: str
+    document: Any  # the parsed JSON (a dict for JSON Schema; dict, list or str for Avro)
+
+
+@dataclass(frozen=True)
+class SubjectConfig:
+    compatibility: Compatibility = Compatibility.BACKWARD
+    topics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    folder: Path
+    config: SubjectConfig
+    versions: tuple[SchemaFile, ...] = field(default=())
+
+    @property
+    def format(self) -> SchemaFormat:
+        return self.versions[0].format
+
+    def version(self, number: int) -> SchemaFile | None:
+        return self.versions[number - 1] if 0 < number <= len(self.versions) else None
+
+    @property
+    def latest(self) -> SchemaFile:
+        return self.versions[-1]
+
+
+def parse_json_file(path: Path, text: str | None = None) -> Any:
+    """Parse a JSON file, raising SchemaFileError with the line and column of a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8") if text is None else text
+    except UnicodeDecodeError as exc:
+        raise SchemaFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                              fix="save the file as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                              fix="correct the JSON syntax") from None
+
+
+def load_subject_config(path: Path) -> SubjectConfig:
+    if not path.exists():
+        return SubjectConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaFileError(path, f"not valid TOML: {exc}", fix="correct the TOML syntax") from None
+    unknown = sorted(set(data) - {"compatibility", "topics"})
+    if unknown:
+        raise SchemaFileError(path, f"unknown key(s) {', '.join(unknown)}", field=unknown[0],
+                              fix="use only 'compatibility' and 'topics'")
+    raw_mode = data.get("compatibility", "BACKWARD")
+    try:
+        mode = Compatibility(str(raw_mode).upper())
+    except ValueError:
+        raise SchemaFileError(path, f"unknown compatibility mode {raw_mode!r}", field="compatibility",
+                              fix="use one of " + ", ".join(m.value for m in Compatibility)) from None
+    topics = data.get("topics", [])
+    if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
+        raise SchemaFileError(path, "topics must be a list of topic names", field="topics",
+                              fix='write e.g. topics = ["orders"]')
+    return SubjectConfig(compatibility=mode, topics=tuple(topics))
+
+
+def load_subject(folder: Path) -> Subject:
+    """Read one subject folder. Raises SchemaFileError on the first problem found."""
+    name = folder.name
+    if not _SUBJECT_NAME.match(name):
+        raise SchemaFileError(folder, f"folder name {name!r} is not a valid schemaName",
+                              fix="start with a letter; use letters, digits, '.', '_' or '-'")
+    config = load_subject_config(folder / SUBJECT_CONFIG)
+    found: dict[int, SchemaFile] = {}
+    formats: set[SchemaFormat] = set()
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() or path.name == SUBJECT_CONFIG or path.name.startswith("."):
+            continue
+        fmt = SchemaFormat.from_suffix(path.suffix)
+        if fmt is None:
+            raise SchemaFileError(path, f"unexpected file type {path.suffix or '(none)'!r}",
+                                  fix="schema versions are <N>.json (JSON Schema) or <N>.avsc (Avro); "
+                                      "move other files out of the subject folder or into a subfolder")
+        if not _VERSION.match(path.stem):
+            raise SchemaFileError(path, f"file name {path.stem!r} is not a positive integer version",
+                                  field="version", fix=f"rename it to <N>{path.suffix} with N = 1, 2, ... "
+                                                       "(no leading zeros)")
+        version = int(path.stem)
+        if version in found:
+            raise SchemaFileError(path, f"version {version} exists twice ({found[version].path.name} and "
+                                  f"{path.name})", field="version", fix="keep one file per version")
+        text = path.read_text(encoding="utf-8") if path.stat().st_size else ""
+        document = parse_json_file(path, text)
+        found[version] = SchemaFile(name, version, fmt, path, text, document)
+        formats.add(fmt)
+    if not found:
+        raise SchemaFileError(folder, "no schema versions in subject folder",
+                              fix="add 1.json (JSON Schema) or 1.avsc (Avro), or remove the folder")
+    if len(formats) > 1:
+        raise SchemaFileError(folder, "mixes JSON Schema (.json) and Avro (.avsc) versions",
+                              fix="keep one format per subject; use a new subject for the other format")
+    expected = list(range(1, len(found) + 1))
+    if sorted(found) != expected:
+        missing = sorted(set(range(1, max(found) + 1)) - set(found))
+        raise SchemaFileError(folder, f"version sequence has a gap: missing {missing}", field="version",
+                              fix="versions run 1, 2, 3 ... without gaps; add or rename the missing version")
+    return Subject(name, folder, config, tuple(found[v] for v in expected))
+
+
+def load_schemas(root: Path | str) -> dict[str, Subject]:
+    """Read every subject under ``root``, sorted by name.
+
+    Raises:
+        SchemaFileError: the folder is missing or a subject is invalid.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SchemaFileError(root, "schemas folder not found",
+                              fix="create it, or point EPISTLE_SCHEMAS_DIR at your schemas folder")
+    subjects = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        subject = load_subject(folder)
+        subjects[subject.name] = subject
+    return subjects

@@ -1,0 +1,204 @@
+"""Settings from the environment and `.env`, through pydantic-settings.
+
+Built once at the edge (`load_settings()`) and passed down. Every invalid value stops start-up with a
+:class:`~toolkit.errors.ConfigError` that names the environment variable and the fix. Credentials are
+``SecretStr``: they never appear in reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from toolkit.errors import ConfigError
+
+ENV_FILE = ".env"
+
+
+class OrderingMode(StrEnum):
+    """How concurrent handlers are ordered: one at a time per partition (default), per key, or not at all."""
+
+    PARTITION = "PARTITION"
+    KEY = "KEY"
+    UNORDERED = "UNORDERED"
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8",
+                              extra="ignore", case_sensitive=False)
+
+
+class KafkaSettings(BaseSettings):
+    """``KAFKA_*``: where the cluster is and how the consumer group reads it."""
+
+    model_config = _config("KAFKA_")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "epistle-consumer"
+    auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
+    enable_auto_commit: bool = False
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+
+    @field_validator("enable_auto_commit")
+    @classmethod
+    def _auto_commit_off(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("must be false: the toolkit stores offsets only after each message is done "
+                             "(at-least-once); auto-commit would commit unprocessed messages")
+        return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for server in (part.strip() for part in value.split(",")):
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port; use e.g. 127.0.0.1:9092 (comma-separated)")
+        return value
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by the consumer, producers and admin clients."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
+                                  "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = str(self.ssl_ca_location)
+        return config
+
+
+class RegistrySettings(BaseSettings):
+    """``SCHEMA_REGISTRY_*``: an empty URL means the local ``schemas/`` folder is the registry."""
+
+    model_config = _config("SCHEMA_REGISTRY_")
+
+    url: str = ""
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.2
+    backoff_max_s: Annotated[float, Field(gt=0)] = 5.0
+    latest_ttl_s: Annotated[float, Field(ge=0)] = 30.0
+    not_found_ttl_s: Annotated[float, Field(ge=0)] = 5.0
+    subject_strategy: Literal["schema_name", "topic_value"] = "schema_name"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (value.startswith(("http://", "https://")) and len(value.split("://", 1)[1]) > 0):
+            raise ValueError(f"{value!r} is not an http(s) URL; use e.g. http://127.0.0.1:8081/apis/ccompat/v7 "
+                             "or leave it empty to use the local schemas/ folder")
+        return value.rstrip("/")
+
+    @field_validator("ca_bundle", "client_cert", "client_key")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist; give the path of a PEM file")
+        return value
+
+    @property
+    def is_local(self) -> bool:
+        return not self.url
+
+
+class ConsumerSettings(BaseSettings):
+    """``EPISTLE_*``: the runtime's own knobs (the seed's names: max_workers, max_poll_records)."""
+
+    model_config = _config("EPISTLE_")
+
+    schemas_dir: Path = Path("schemas")
+    dlq_suffix: str = ".dlq"
+    max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 500
+    max_in_flight: Annotated[int, Field(ge=1)] = 10_000
+    ordering: OrderingMode = OrderingMode.PARTITION
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    retry_backoff_initial_s: Annotated[float, Field(ge=0)] = 0.5
+    retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    commit_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    error_policy: Literal["DEAD_LETTER", "STOP"] = "DEAD_LETTER"
+
+
+class Settings:
+    """All settings, grouped: ``kafka``, ``registry``, ``consumer``."""
+
+    def __init__(self, kafka: KafkaSettings, registry: RegistrySettings, consumer: ConsumerSettings) -> None:
+        self.kafka = kafka
+        self.registry = registry
+        self.consumer = consumer
+
+    def __repr__(self) -> str:
+        return f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r})"
+
+
+_PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_"}
+
+
+def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict[str, Any]) -> Any:
+    try:
+        return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = _PREFIXES[cls] + "_".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            # The offending value is shown unless the setting is a secret.
+            shown = "" if _is_secret(name) else f" (got {error.get('input')!r})"
+            problems.append(f"{name}{shown}: {message}")
+        source = f" (read from the environment and {env_file})" if env_file else ""
+        raise ConfigError("invalid settings" + source + ":\n  " + "\n  ".join(problems),
+                          setting=problems and problems[0].split(" ", 1)[0].rstrip(":")) from None
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name for word in ("PASSWORD", "TOKEN", "SECRET"))
+
+
+def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> Settings:
+    """Read the settings from the environment and ``env_file``.
+
+    ``overrides`` take precedence, keyed ``kafka__group_id``, ``registry__url``, ``consumer__max_workers``.
+
+    Raises:
+        ConfigError: a value is invalid; the message names each offending variable and the fix.
+    """
+    if env_file is not None and not Path(env_file).exists():
+        env_file = None
+    grouped: dict[str, dict[str, Any]] = {"kafka": {}, "registry": {}, "consumer": {}}
+    for key, value in overrides.items():
+        group, _, field = key.partition("__")
+        if group not in grouped or not field:
+            raise ConfigError(f"unknown override {key!r}; use kafka__<field>, registry__<field> or consumer__<field>",
+                              setting=key)
+        grouped[group][field] = value
+    return Settings(
+        kafka=_build(KafkaSettings, env_file, grouped["kafka"]),
+        registry=_build(RegistrySettings, env_file, grouped["registry"]),
+        consumer=_build(ConsumerSettings, env_file, grouped["consumer"]),
+    )
+
+
+def external_services() -> dict[str, str]:
+    """The services the user pointed us at (tests and the demo start nothing for these)."""
+    return {name: os.environ[name] for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")
+            if os.environ.get(name)}
