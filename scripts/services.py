@@ -11,6 +11,7 @@ start fails, the command stops with the artifact, the error and where the log is
     python scripts/services.py status
 
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081).
+State folder: EPISTLE_SERVICES_DIR (.services).
 Only the standard library is used, so this runs before the project's virtualenv exists.
 """
 
@@ -34,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
-STATE = ROOT / ".services"
+# EPISTLE_SERVICES_DIR lets a test run a second, private instance (its own pid file, logs and data).
+STATE = Path(os.environ.get("EPISTLE_SERVICES_DIR", ROOT / ".services")).resolve()
 POM = ROOT / "scripts" / "services" / "pom.xml"
 
 APICURIO_VERSION = os.environ.get("EPISTLE_APICURIO_VERSION", "3.0.9")
@@ -233,7 +235,7 @@ class Service:
             if self.ready():
                 self.after_start()
                 print(f"{self.name}: started in {time.monotonic() - started:.1f}s (pid {proc.pid}), "
-                      f"{self.describe()}, log {self.log_file.relative_to(ROOT)}")
+                      f"{self.describe()}, log {_shown(self.log_file)}")
                 return
             time.sleep(0.5)
         self.down()
@@ -263,8 +265,12 @@ class Service:
             return False
         state = "ready" if self.ready() else "NOT READY"
         print(f"{self.name}: running (pid {pid}), {state}, {self.describe()}, "
-              f"log {self.log_file.relative_to(ROOT)}")
+              f"log {_shown(self.log_file)}")
         return state == "ready"
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
