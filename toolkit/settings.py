@@ -138,6 +138,11 @@ class ConsumerSettings(BaseSettings):
     commit_interval_s: Annotated[float, Field(gt=0)] = 1.0
     error_policy: Literal["DEAD_LETTER", "STOP"] = "DEAD_LETTER"
 
+    @field_validator("ordering", "error_policy", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
 
 class Settings:
     """All settings, grouped: ``kafka``, ``registry``, ``consumer``."""

@@ -1,0 +1,79 @@
+"""scripts/services.py: idempotent start, stale pid files, ports in use, and a stop that leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _services(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "services.py"), *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_starting_a_running_service_is_a_no_op(kafka_bootstrap: str) -> None:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        import pytest
+
+        pytest.skip("an external cluster is configured; our scripts manage nothing")
+    result = _services("up", "kafka")
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stdout
+
+
+def test_stale_pid_file_is_detected_and_removed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "registry").mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (state / "registry" / "pid").write_text(str(dead.pid))
+    env = {"EPISTLE_SERVICES_DIR": str(state), "EPISTLE_REGISTRY_PORT": str(_free_port())}
+    result = _services("status", "registry", env=env)
+    assert "stale pid file" in result.stdout
+    assert "registry: stopped" in result.stdout
+    assert not (state / "registry" / "pid").exists()
+
+
+def test_port_in_use_by_something_else_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {"EPISTLE_SERVICES_DIR": str(tmp_path), "EPISTLE_REGISTRY_PORT": str(port)}
+        result = _services("up", "registry", env=env)
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use by another process" in result.stderr
+    assert "EPISTLE_REGISTRY_PORT" in result.stderr
+
+
+def test_private_broker_starts_answers_and_stops_without_leftovers(tmp_path: Path) -> None:
+    port, controller = _free_port(), _free_port()
+    env = {"EPISTLE_SERVICES_DIR": str(tmp_path), "EPISTLE_KAFKA_PORT": str(port),
+           "EPISTLE_KAFKA_CONTROLLER_PORT": str(controller)}
+    started = _services("up", "kafka", env=env)
+    try:
+        assert started.returncode == 0, started.stderr + started.stdout
+        pid = int((tmp_path / "kafka" / "pid").read_text())
+        assert _services("status", "kafka", env=env).returncode == 0
+        from confluent_kafka.admin import AdminClient
+
+        metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=20)
+        assert len(metadata.brokers) == 1
+        assert (tmp_path / "kafka" / "kafka.log").stat().st_size > 0
+    finally:
+        stopped = _services("down", "kafka", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not (tmp_path / "kafka" / "pid").exists()
+    assert _services("status", "kafka", env=env).returncode == 3

@@ -1,0 +1,94 @@
+"""Settings load through pydantic-settings; a wrong value names the variable and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import ConfigError
+from toolkit.settings import OrderingMode, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "EPISTLE_")):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_use_the_local_schemas_folder() -> None:
+    settings = load_settings(env_file=None)
+    assert settings.registry.is_local
+    assert settings.kafka.enable_auto_commit is False
+    assert settings.consumer.ordering is OrderingMode.PARTITION
+
+
+def test_env_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(env_file=ROOT / ".env.example")
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.registry.url == ""
+
+
+def test_auto_commit_true_stops_start_up_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_ENABLE_AUTO_COMMIT", "true")
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file=None)
+    assert "KAFKA_ENABLE_AUTO_COMMIT" in str(err.value)
+    assert "must be false" in str(err.value)
+    assert err.value.setting == "KAFKA_ENABLE_AUTO_COMMIT"
+
+
+def test_malformed_registry_url_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "localhost:8081")
+    with pytest.raises(ConfigError, match=r"SCHEMA_REGISTRY_URL .*not an http\(s\) URL"):
+        load_settings(env_file=None)
+
+
+def test_malformed_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092,broker-without-port")
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS.*broker-without-port.*host:port"):
+        load_settings(env_file=None)
+
+
+def test_values_from_a_dotenv_file(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("KAFKA_GROUP_ID=from-file\nEPISTLE_MAX_WORKERS=8\nEPISTLE_ORDERING=key\n")
+    settings = load_settings(env_file=env)
+    assert settings.kafka.group_id == "from-file"
+    assert settings.consumer.max_workers == 8
+    assert settings.consumer.ordering is OrderingMode.KEY
+
+
+def test_bad_value_in_dotenv_names_file_and_setting(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("EPISTLE_MAX_WORKERS=0\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file=env)
+    assert "EPISTLE_MAX_WORKERS" in str(err.value) and str(env) in str(err.value)
+
+
+def test_secrets_never_appear_in_reprs_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_PASSWORD", "hunter2-very-secret")
+    monkeypatch.setenv("SCHEMA_REGISTRY_BEARER_TOKEN", "tok-very-secret")
+    settings = load_settings(env_file=None)
+    assert "very-secret" not in repr(settings) and "very-secret" not in str(settings.registry)
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "sasl-very-secret")
+    monkeypatch.setenv("SCHEMA_REGISTRY_TIMEOUT_S", "-1")
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file=None)
+    assert "very-secret" not in str(err.value)
+
+
+def test_unknown_override_group() -> None:
+    with pytest.raises(ConfigError, match="unknown override"):
+        load_settings(env_file=None, broker__x=1)
+
+
+def test_overrides_win() -> None:
+    settings = load_settings(env_file=None, kafka__group_id="g2", consumer__max_workers=4)
+    assert settings.kafka.group_id == "g2" and settings.consumer.max_workers == 4
