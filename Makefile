@@ -45,10 +45,12 @@ check: $(STAMP) ## schema checks (validity, immutability, compatibility) and cod
 test: setup ## run the whole test suite against the local services (started if needed)
 	$(PY) -m pytest
 
-demo: setup ## the end-to-end demo on the local broker, with schemas/ as the registry
+demo: setup services-up ## the end-to-end demo on the local broker, with schemas/ as the registry
+	@test -f toolkit/demo.py || { echo "make demo: not yet implemented (issue #5)" >&2; exit 2; }
 	$(PY) -m toolkit.demo
 
-bench: setup ## benchmarks; results under bench/results/
+bench: setup services-up ## benchmarks; results under bench/results/
+	@test -f bench/__main__.py || { echo "make bench: not yet implemented (issue #6)" >&2; exit 2; }
 	$(PY) -m bench
 
 lint: $(STAMP) ## ruff
