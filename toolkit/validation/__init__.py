@@ -1,0 +1,59 @@
+"""Validation of message bodies against a schema version, for both formats (pure: no I/O).
+
+Two entry points:
+
+- :func:`check_schema_text` checks a schema document (meta-schema and local ``$ref`` for JSON Schema,
+  ``fastavro.parse_schema`` for Avro) and raises :class:`~toolkit.errors.SchemaFileError` naming the file,
+  the JSON path and the fix. Codegen and ``epistle check`` call it for every file under ``schemas/``.
+- :func:`compile_schema` turns a :class:`~toolkit.registry.base.RegisteredSchema` into a
+  :class:`CompiledSchema`, built once per (subject, version) and cached by the registry. Its
+  :meth:`CompiledSchema.decode` is the hot path: it validates a body that came from ``json.loads`` and
+  returns the Python value to build the generated model from. It never raises anything but
+  :class:`~toolkit.errors.MessageError` (stage ``"validation"``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import SchemaFileError
+from toolkit.layout import SchemaFormat
+from toolkit.registry.base import RegisteredSchema
+from toolkit.validation.avro import AvroSchema, check_avro_schema
+from toolkit.validation.base import STAGE, CompiledSchema
+from toolkit.validation.json_schema import JsonSchema, check_json_schema
+
+__all__ = ["STAGE", "AvroSchema", "CompiledSchema", "JsonSchema", "check_schema_text", "compile_schema"]
+
+
+def check_schema_text(path_or_label: Path | str, schema_format: SchemaFormat, document: Any) -> None:
+    """Check one parsed schema document (the JSON value of the file).
+
+    Raises:
+        SchemaFileError: the document is not a valid schema of ``schema_format``; ``path`` is
+            ``path_or_label``, ``field`` the JSON path of the problem where known.
+    """
+    if schema_format == SchemaFormat.JSON:
+        check_json_schema(path_or_label, document)
+    else:
+        check_avro_schema(path_or_label, document)
+
+
+def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
+    """Parse, check and compile a registered schema once, for many :meth:`CompiledSchema.decode` calls.
+
+    Raises:
+        SchemaFileError: the schema text is not JSON or not a valid schema; the path is
+            ``registry:<subject>/<version>``.
+    """
+    label = f"registry:{schema.subject}/{schema.version}"
+    try:
+        document = json.loads(schema.text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SchemaFileError(label, f"schema text is not valid JSON: {exc}",
+                              fix="register the schema as JSON text") from None
+    if schema.format == SchemaFormat.JSON:
+        return JsonSchema.compile(label, schema.subject, schema.version, document)
+    return AvroSchema.compile(label, schema.subject, schema.version, document)
