@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from toolkit.envelope import Envelope, Header, JsonSerializer, decode_record
+from toolkit.errors import MessageError
+
+HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "2", "correlationId": "c-1",
+          "messageId": "m-1", "timestamp": "2024-05-01T12:00:00Z", "producer": "shop"}
+
+
+def record(header=None, body=None, **changes) -> bytes:
+    h = dict(HEADER if header is None else header)
+    h.update(changes)
+    return json.dumps({"header": h, "body": {"a": 1} if body is None else body}).encode()
+
+
+def stage_of(value, serializer=None) -> str:
+    with pytest.raises(MessageError) as info:
+        decode_record(value, serializer)
+    return info.value.stage
+
+
+def test_valid_envelope_snake_case_attributes():
+    decoded = decode_record(record())
+    assert decoded.header.schema_name == "orders"
+    assert decoded.header.version == 2
+    assert decoded.header.message_type == "OrderCreated"
+    assert decoded.header.sent_at.tzinfo is not None
+    assert decoded.body == {"a": 1}
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe", b'{"header": ', b"", b"NaN", b"\xef\xbb\xbf{}",
+                                   b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 300 + b"1" + b"}" * 300])
+def test_decode_stage(value):
+    assert stage_of(value) == "decode"
+
+
+@pytest.mark.parametrize("value", [b"[]", b"1", b'"s"', b"null", b"true", b'{"header": {}}', b'{"body": {}}',
+                                   b'{"header": [], "body": {}}'])
+def test_not_an_envelope(value):
+    assert stage_of(value) == "envelope"
+
+
+@pytest.mark.parametrize("changes", [
+    {"schemaVersion": "01"}, {"schemaVersion": "-1"}, {"schemaVersion": "1.0"}, {"schemaVersion": "0"},
+    {"schemaVersion": 1}, {"schemaVersion": "+1"}, {"schemaVersion": " 1"}, {"schemaVersion": "1e3"},
+    {"timestamp": "yesterday"}, {"timestamp": "2024-05-01T12:00:00"}, {"timestamp": 1714564800},
+    {"messageId": None}, {"messageId": ""}, {"schemaName": 7}, {"producer": ["x"]},
+])
+def test_bad_header_fields(changes):
+    assert stage_of(record(**changes)) == "envelope"
+
+
+@pytest.mark.parametrize("missing", list(HEADER))
+def test_every_header_field_required(missing):
+    header = {k: v for k, v in HEADER.items() if k != missing}
+    with pytest.raises(MessageError) as info:
+        decode_record(record(header=header))
+    assert info.value.stage == "envelope"
+    assert info.value.details[0]["path"].startswith("/header/")
+
+
+def test_snake_case_on_the_wire_is_rejected():
+    header = {"message_type" if k == "messageType" else k: v for k, v in HEADER.items()}
+    assert stage_of(record(header=header)) == "envelope"
+
+
+def test_timestamp_offsets_accepted():
+    for ts in ("2024-05-01T12:00:00+02:00", "2024-05-01T12:00:00.123456Z", "2024-05-01T12:00:00-05:30"):
+        assert decode_record(record(timestamp=ts)).header.timestamp == ts
+
+
+def test_tombstone_is_decode_error():
+    assert stage_of(None) == "decode"
+
+
+def test_custom_serializer_object_and_callable():
+    class Upper:
+        def loads(self, data):
+            return json.loads(data.decode("ascii").lower())
+
+    upper = record().upper()
+    with pytest.raises(MessageError):
+        decode_record(upper)
+    lowered = json.loads(record())
+    lowered["header"] = {k.lower(): v for k, v in HEADER.items()}  # custom serializers may map field names
+    assert decode_record(b"ignored", lambda _: json.loads(record())).header.message_id == "m-1"
+    assert stage_of(b"x", lambda _: 1 / 0) == "decode"
+    assert stage_of(b"\xff", Upper()) == "decode"
+
+
+def test_envelope_round_trip():
+    env = Envelope(header=Header.model_validate(HEADER), body={"x": [1, 2]})
+    decoded = decode_record(env.to_bytes())
+    assert decoded.header == env.header and decoded.body == {"x": [1, 2]}
+    assert JsonSerializer().loads(env.to_bytes())["header"] == HEADER

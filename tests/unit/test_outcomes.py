@@ -1,0 +1,55 @@
+import pytest
+
+from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
+from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError
+
+POLICY = RetryPolicy(max_attempts=3, initial_s=0.5, max_s=3.0)
+
+
+@pytest.mark.parametrize("result", [True, None])
+def test_done(result):
+    assert decide(result, 1, POLICY) == Done()
+
+
+@pytest.mark.parametrize("result", [False, RetryableError("later")])
+def test_retry_with_backoff_then_dead_letter(result):
+    assert decide(result, 1, POLICY) == Retry(0.5, decide(result, 1, POLICY).reason)
+    assert decide(result, 2, POLICY).delay_s == 1.0
+    last = decide(result, 3, POLICY)
+    assert isinstance(last, DeadLetter) and last.stage == "retries_exhausted"
+
+
+def test_backoff_capped():
+    assert RetryPolicy(max_attempts=10, initial_s=1, max_s=5).delay(9) == 5
+
+
+def test_other_exception_dead_letters_at_once():
+    out = decide(KeyError("x"), 1, POLICY)
+    assert isinstance(out, DeadLetter) and out.stage == "handler" and isinstance(out.error, KeyError)
+
+
+def test_message_error_dead_letters_with_its_stage():
+    out = decide(MessageError("validation", "bad", details=[{"path": "/body", "message": "m"}]), 1, POLICY)
+    assert out.stage == "validation" and out.details == [{"path": "/body", "message": "m"}]
+
+
+@pytest.mark.parametrize("exc", [RegistryUnavailable("down"), BrokerUnavailable("down")])
+def test_outages_pause_never_dead_letter(exc):
+    for attempt in (1, 3, 50):
+        assert isinstance(decide(exc, attempt, POLICY), Pause)
+        assert isinstance(decide(exc, attempt, POLICY, ErrorPolicy.STOP), Pause)
+
+
+def test_stop_policy():
+    out = decide(ValueError("boom"), 1, POLICY, ErrorPolicy.STOP)
+    assert isinstance(out, Stop) and out.dead_letter.stage == "handler"
+    assert decide(False, 1, POLICY, ErrorPolicy.STOP) == decide(False, 1, POLICY)
+    assert isinstance(decide(False, 3, POLICY, ErrorPolicy.STOP), Stop)
+
+
+def test_unexpected_return_value_is_handler_fault():
+    assert decide("yes", 1, POLICY).stage == "handler"
+
+
+def test_continue_alias():
+    assert ErrorPolicy.CONTINUE is ErrorPolicy.DEAD_LETTER

@@ -1,0 +1,118 @@
+"""What happens to a message after an attempt: the DESIGN.md outcomes table as one pure function.
+
+| what happened                                   | outcome                                             |
+|-------------------------------------------------|-----------------------------------------------------|
+| handler returned True or None                   | :class:`Done`                                       |
+| handler returned False / raised RetryableError  | :class:`Retry` with exponential backoff; after      |
+|                                                 | ``max_attempts``: :class:`DeadLetter` (stage        |
+|                                                 | ``"retries_exhausted"``)                            |
+| handler raised any other exception              | :class:`DeadLetter` (stage ``"handler"``)           |
+| MessageError (decode ... routing)               | :class:`DeadLetter` at once with the error's stage  |
+| RegistryUnavailable / BrokerUnavailable         | :class:`Pause`: retry after a backoff, forever;     |
+|                                                 | never dead-lettered, never committed past           |
+
+With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError
+
+RETRIES_EXHAUSTED = "retries_exhausted"
+HANDLER = "handler"
+
+
+class ErrorPolicy(StrEnum):
+    """What a message that cannot be processed does to the consumer."""
+
+    DEAD_LETTER = "DEAD_LETTER"
+    """Send it to the dead-letter topic and continue (the default; the seed's ``CONTINUE``)."""
+    STOP = "STOP"
+    """Stop the consumer at the first such message, committing nothing past it (strict pipelines)."""
+
+    CONTINUE = DEAD_LETTER  # the seed README's name for the default
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts and exponential backoff: ``initial_s * 2**(attempt-1)``, capped at ``max_s``."""
+
+    max_attempts: int = 3
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Backoff after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    delay_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A transient outage (registry, broker): wait and try the same step again; never dead-letter."""
+
+    delay_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    stage: str
+    reason: str
+    error: BaseException | None = None
+    details: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """ErrorPolicy.STOP: the would-be dead letter stops the consumer; its offset is never committed."""
+
+    dead_letter: DeadLetter = field()
+
+
+Outcome = Done | Retry | Pause | DeadLetter | Stop
+
+
+def decide(result: Any, attempt: int, retry: RetryPolicy,
+           error_policy: ErrorPolicy = ErrorPolicy.DEAD_LETTER) -> Outcome:
+    """Map one attempt's result (a handler's return value, or the exception it or the pipeline raised) to
+    the next step. ``attempt`` is 1 for the first attempt; transient outages do not count as attempts."""
+    outcome = _decide(result, attempt, retry)
+    if isinstance(outcome, DeadLetter) and error_policy is ErrorPolicy.STOP:
+        return Stop(outcome)
+    return outcome
+
+
+def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
+    if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
+        return Pause(retry.delay(attempt), f"{type(result).__name__}: {result}")
+    if isinstance(result, MessageError):
+        return DeadLetter(result.stage, result.reason, result, result.details)
+    if isinstance(result, RetryableError) or result is False:
+        why = (f"{type(result).__name__}: {result}" if isinstance(result, BaseException)
+               else "handler returned False")
+        if attempt >= retry.max_attempts:
+            return DeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
+                              result if isinstance(result, BaseException) else None)
+        return Retry(retry.delay(attempt), why)
+    if isinstance(result, BaseException):
+        return DeadLetter(HANDLER, f"{type(result).__name__}: {result}", result)
+    if result is True or result is None:
+        return Done()
+    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {result!r}; "
+                               "expected True, False or None")

@@ -1,0 +1,219 @@
+"""The envelope every record carries, and the pure step from record bytes to (header, body).
+
+    {"header": {"messageType", "schemaName", "schemaVersion", "correlationId", "messageId", "timestamp",
+                "producer"},
+     "body": {...}}
+
+All header fields are strings on the wire (camelCase); in Python they are snake_case attributes of
+:class:`Header`. ``timestamp`` is ISO-8601 with a timezone; ``schemaVersion`` is a positive integer written
+without sign, leading zeros or decimals ("1", "2"; not "01", "-1", "1.0").
+
+Nothing here does I/O. Every failure is a :class:`~toolkit.errors.MessageError` with stage ``"decode"``
+(bytes are not UTF-8 / not JSON / nested too deep / rejected by a custom serializer) or ``"envelope"``
+(the document is not an envelope).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic.alias_generators import to_camel
+
+from toolkit.errors import MessageError
+
+MAX_DEPTH = 256
+"""Deepest nesting of arrays/objects accepted in an envelope (the body's schema never needs more)."""
+
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+
+
+def _iso_timestamp_with_zone(value: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO-8601 timestamp (e.g. 2024-05-01T12:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise ValueError("ISO-8601 timestamp without a timezone; add Z or +hh:mm")
+    return value
+
+
+def _positive_integer_string(value: str) -> str:
+    if not _VERSION.fullmatch(value):
+        raise ValueError('must be a positive integer without sign, leading zeros or decimals, e.g. "1"')
+    return value
+
+
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class Header(BaseModel):
+    """The envelope header: camelCase on the wire, snake_case attributes, every field a string."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True, frozen=True,
+                              extra="ignore")
+
+    message_type: NonEmpty
+    schema_name: NonEmpty
+    schema_version: Annotated[str, AfterValidator(_positive_integer_string)]
+    correlation_id: str
+    message_id: NonEmpty
+    timestamp: Annotated[str, AfterValidator(_iso_timestamp_with_zone)]
+    producer: str
+
+    @property
+    def version(self) -> int:
+        """``schemaVersion`` as an int."""
+        return int(self.schema_version)
+
+    @property
+    def sent_at(self) -> datetime:
+        """``timestamp`` as an aware datetime."""
+        return datetime.fromisoformat(self.timestamp)
+
+
+class Envelope(BaseModel):
+    """A whole envelope with the body left as decoded JSON (for producers and tests)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    header: Header
+    body: Any = Field(...)
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON, camelCase header: what a producer puts in the record value."""
+        return json.dumps({"header": self.header.model_dump(by_alias=True), "body": self.body},
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@runtime_checkable
+class EnvelopeSerializer(Protocol):
+    """Turns record bytes into the envelope document (a dict with ``header`` and ``body``).
+
+    Any exception it raises is reported as a ``decode`` failure of the record.
+    """
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JsonSerializer:
+    """The default: strict UTF-8 JSON (no NaN/Infinity, no BOM, no UTF-16/32 guessing)."""
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+
+
+SerializerLike = EnvelopeSerializer | Callable[[bytes], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRecord:
+    """The result of :func:`decode_record`: a valid header and the body as decoded JSON."""
+
+    header: Header
+    body: Any
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when ``value`` nests lists/dicts deeper than ``limit`` (iterative, safe on any depth)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _load(value: bytes, serializer: SerializerLike | None) -> Any:
+    if serializer is None:
+        serializer = _DEFAULT
+    loads = serializer.loads if isinstance(serializer, EnvelopeSerializer) else serializer
+    try:
+        document = loads(value)
+    except UnicodeDecodeError as exc:
+        raise MessageError("decode", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise MessageError("decode", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels") from None
+    except Exception as exc:  # a custom serializer's own error: still the record's fault
+        raise MessageError("decode", f"{type(exc).__name__}: {exc}") from None
+    # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
+    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and depth_exceeds(document):
+        raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels")
+    return document
+
+
+def _error_details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
+    details = []
+    for error in exc.errors(include_url=False):
+        path = "/".join([prefix, *(str(part) for part in error["loc"])])
+        details.append({"path": "/" + path, "message": error["msg"].removeprefix("Value error, ")})
+    return details
+
+
+def parse_envelope(document: Any) -> DecodedRecord:
+    """Check the envelope shape and the header.
+
+    Raises:
+        MessageError: stage ``"envelope"``; ``details`` lists ``{"path", "message"}`` per problem.
+    """
+    if not isinstance(document, dict):
+        raise MessageError("envelope", f"the record is a JSON {_json_type(document)}, not an envelope object",
+                           details=[{"path": "/", "message": "expected an object with header and body"}])
+    missing = [name for name in ("header", "body") if name not in document]
+    if missing:
+        raise MessageError("envelope", f"missing {' and '.join(missing)}",
+                           details=[{"path": f"/{name}", "message": "required"} for name in missing])
+    raw_header = document["header"]
+    if not isinstance(raw_header, dict):
+        raise MessageError("envelope", f"header is a JSON {_json_type(raw_header)}, not an object",
+                           details=[{"path": "/header", "message": "expected an object"}])
+    try:
+        header = Header.model_validate(raw_header, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        details = _error_details(exc, "header")
+        raise MessageError("envelope", "invalid header: " + "; ".join(
+            f"{d['path']}: {d['message']}" for d in details), details=details) from None
+    return DecodedRecord(header, document["body"])
+
+
+def decode_record(value: bytes | None, serializer: SerializerLike | None = None) -> DecodedRecord:
+    """Bytes of a record value -> header and body.
+
+    Raises:
+        MessageError: stage ``"decode"`` (not UTF-8, not JSON, too deep, serializer failed) or
+            ``"envelope"`` (not an envelope object, header or body missing, header invalid).
+    """
+    if value is None:
+        raise MessageError("decode", "the record has no value (a tombstone)")
+    return parse_envelope(_load(value, serializer))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+_DEFAULT = JsonSerializer()
