@@ -49,9 +49,9 @@ demo: setup services-up ## the end-to-end demo on the local broker, with schemas
 	@test -f toolkit/demo.py || { echo "make demo: not yet implemented (issue #5)" >&2; exit 2; }
 	$(PY) -m toolkit.demo
 
-bench: setup services-up ## benchmarks; results under bench/results/
-	@test -f bench/__main__.py || { echo "make bench: not yet implemented (issue #6)" >&2; exit 2; }
-	$(PY) -m bench
+bench: setup services-up ## benchmarks; results under bench/results/ (BENCH_ARGS="--messages 20000" for a quick run)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check toolkit tests scripts

@@ -1,0 +1,210 @@
+"""One contender drains the backlog in a fresh process: ``python -m bench.contenders NAME ...`` prints JSON.
+
+Timing starts at the first record received (group join excluded) and stops when the last record of the
+backlog has been fully handled. Each run uses a new consumer group, so every contender reads the same
+records from the beginning.
+
+    L0  raw confluent-kafka consume loop, no decoding (the ceiling)
+    L1  a hand-written loop doing the toolkit's work and nothing more: json.loads, validate with a cached
+        validator, build the generated model, store offsets (commits every second)
+    T   the toolkit's KafkaConsumer (defaults, and tuned)
+    P1  FastStream 0.7 with its confluent backend, the same pydantic model, a no-op handler
+    P2  confluent-kafka's DeserializingConsumer with its JSONDeserializer (jsonschema) and the same model
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 1000
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _consumer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra}
+
+
+def _schema_and_model(fmt: str):
+    """The registered schema (from the local folder) and the generated model class for the backlog."""
+    from toolkit.codegen.index import load_model_index
+    from toolkit.layout import load_schemas
+
+    name = "orders" if fmt == "json" else "shipments"
+    subject = load_schemas(ROOT / "schemas")[name]
+    schema = subject.version(2)
+    model = load_model_index().get(name, 2)
+    if model is None:
+        raise SystemExit(f"no generated model for {name} v2: run make codegen")
+    return schema, model
+
+
+def run_l0(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(_consumer_config(bootstrap))
+    consumer.subscribe([topic])
+    seen, started = 0, None
+    while seen < count:
+        for message in consumer.consume(BATCH, 1.0):
+            if message.error() is None:
+                started = started or time.perf_counter()
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return {"messages": seen, "elapsed_s": elapsed}
+
+
+def run_l1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    schema, model = _schema_and_model(fmt)
+    decode = _hand_written_decoder(fmt, schema)
+    consumer = Consumer(_consumer_config(bootstrap, **{"enable.auto.offset.store": False}))
+    consumer.subscribe([topic])
+    seen, started, last_commit = 0, None, time.monotonic()
+    loads, validate_model = json.loads, model.model_validate
+    while seen < count:
+        for message in consumer.consume(BATCH, 1.0):
+            if message.error() is not None:
+                continue
+            started = started or time.perf_counter()
+            envelope = loads(message.value())
+            header = envelope["header"]
+            if header["schemaName"] != schema.subject or header["schemaVersion"] != "2":
+                raise SystemExit("unexpected schema in backlog")
+            validate_model(decode(envelope["body"]))
+            consumer.store_offsets(message)
+            seen += 1
+        if time.monotonic() - last_commit > 1.0:
+            consumer.commit(asynchronous=True)
+            last_commit = time.monotonic()
+    elapsed = time.perf_counter() - started
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    return {"messages": seen, "elapsed_s": elapsed}
+
+
+def _hand_written_decoder(fmt: str, schema) -> Callable[[Any], Any]:
+    if fmt == "json":
+        from jsonschema import FormatChecker, validators
+
+        cls = validators.validator_for(schema.document)
+        validator = cls(schema.document, format_checker=FormatChecker())
+
+        def decode(body: Any) -> Any:
+            validator.validate(body)
+            return body
+
+        return decode
+    # Avro JSON encoding: fastavro's JSON reader over one record, with the parsed schema cached.
+    import fastavro
+    from fastavro.json_read import json_reader
+
+    parsed = fastavro.parse_schema(schema.document)
+
+    def decode_avro(body: Any) -> Any:
+        return next(json_reader(io.StringIO(json.dumps(body)), parsed))
+
+    return decode_avro
+
+
+def run_p1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
+    from faststream.confluent import KafkaBroker
+    from pydantic import BaseModel
+
+    _, model = _schema_and_model(fmt)
+
+    class Envelope(BaseModel):
+        header: dict[str, str]
+        body: model  # type: ignore[valid-type]
+
+    state: dict[str, Any] = {"seen": 0, "started": None, "elapsed": None}
+
+    async def main() -> None:
+        broker = KafkaBroker(bootstrap, logger=None)
+        done = asyncio.Event()
+
+        @broker.subscriber(topic, group_id=f"bench-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest")
+        async def handle(message: Envelope) -> None:
+            state["started"] = state["started"] or time.perf_counter()
+            state["seen"] += 1
+            if state["seen"] >= count:
+                state["elapsed"] = time.perf_counter() - state["started"]
+                done.set()
+
+        await broker.start()
+        await done.wait()
+        await broker.stop()
+
+    asyncio.run(main())
+    return {"messages": state["seen"], "elapsed_s": state["elapsed"]}
+
+
+def run_p2(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
+    if fmt != "json":
+        return {"skipped": "JSONDeserializer is for JSON Schema bodies only"}
+    from confluent_kafka import DeserializingConsumer
+    from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+
+    schema, model = _schema_and_model(fmt)
+    # The envelope validated as a whole: the body schema nested, its $defs moved to the root.
+    body_schema = {k: v for k, v in schema.document.items() if k not in ("$defs", "$id", "$schema")}
+    envelope_schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+                       "required": ["header", "body"],
+                       "properties": {"header": {"type": "object"}, "body": body_schema},
+                       "$defs": schema.document.get("$defs", {})}
+
+    def from_dict(envelope: dict, ctx) -> Any:
+        return envelope["header"], model.model_validate(envelope["body"])
+
+    deserializer = JSONDeserializer(json.dumps(envelope_schema), from_dict=from_dict,
+                                    conf={"schema.id.deserializer": lambda data, ctx, schema_id: io.BytesIO(data)})
+    consumer = DeserializingConsumer(_consumer_config(bootstrap, **{"value.deserializer": deserializer,
+                                                                    "enable.auto.offset.store": False}))
+    consumer.subscribe([topic])
+    seen, started, last_commit = 0, None, time.monotonic()
+    while seen < count:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            continue
+        started = started or time.perf_counter()
+        consumer.store_offsets(message)
+        seen += 1
+        if seen % 1000 == 0 and time.monotonic() - last_commit > 1.0:
+            consumer.commit(asynchronous=True)
+            last_commit = time.monotonic()
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return {"messages": seen, "elapsed_s": elapsed}
+
+
+CONTENDERS: dict[str, Callable[[str, str, int, str], dict[str, Any]]] = {
+    "L0": run_l0, "L1": run_l1, "P1": run_p1, "P2": run_p2,
+}
+
+
+def main(argv: list[str]) -> None:
+    name, bootstrap, topic, count, fmt = argv[1], argv[2], argv[3], int(argv[4]), argv[5]
+    result = CONTENDERS[name](bootstrap, topic, count, fmt)
+    result["max_rss_mb"] = round(_max_rss_mb(), 1)
+    if "elapsed_s" in result and result["elapsed_s"]:
+        result["msgs_per_s"] = round(result["messages"] / result["elapsed_s"], 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
