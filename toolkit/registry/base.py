@@ -6,11 +6,12 @@ registry for unit tests implements this protocol and nothing else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from toolkit.layout import SchemaFormat
+from toolkit.layout import Compatibility, SchemaFormat
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,35 @@ class SchemaRegistry(Protocol):
                             version: int | str = "latest") -> CompatibilityResult: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsCompatibilityConfig(Protocol):
+    """A registry whose per-subject compatibility mode can be set (``PUT /config/{subject}``).
+
+    Kept out of :class:`SchemaRegistry` so a backend without it (the local folder) still is a registry.
+    """
+
+    def set_compatibility(self, subject: str, mode: Compatibility) -> None: ...
+
+
+def canonical_schema(text: str) -> str:
+    """The schema's parsed JSON, serialised with sorted keys and no whitespace.
+
+    Registries may store a schema re-indented or with keys reordered (Apicurio keeps the text as sent but
+    matches by a canonical hash), so two texts are the same schema when their canonical forms are equal.
+    Text that is not JSON is returned stripped, so it compares by content.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text.strip()
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def same_schema(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` parse to the same JSON (whitespace and key order do not matter)."""
+    return canonical_schema(a) == canonical_schema(b)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""A caching layer over any :class:`~toolkit.registry.base.SchemaRegistry`, holding compiled validators.
+
+- ``(subject, version)`` entries never expire: a registered version is immutable. Each holds the
+  :class:`RegisteredSchema` and what ``compile`` made of it (by default
+  :func:`toolkit.validation.compile_schema`, imported on first use). A hit is one dict read: no I/O, no
+  parsing, no lock.
+- ``latest`` maps to a version number for ``latest_ttl_s`` seconds.
+- *not found* is remembered for ``not_found_ttl_s`` seconds, so a stream of messages naming an unknown
+  version does not hammer the registry. *unavailable* is never cached: the next call asks again.
+- Thread-safe: concurrent misses for the same key make one registry request and one compile
+  (a per-key lock); misses for different keys do not wait for each other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypeVar
+
+from toolkit.errors import SchemaNotFound
+from toolkit.layout import SchemaFormat
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaRegistry
+
+T = TypeVar("T")
+LATEST = "latest"
+MAX_REMEMBERED_MISSES = 10_000
+Version = int | Literal["latest"]
+
+
+def compile_with_validation(schema: RegisteredSchema) -> Any:
+    """The default ``compile``: :func:`toolkit.validation.compile_schema`, imported lazily."""
+    from toolkit.validation import compile_schema  # type: ignore[import-not-found]
+
+    return compile_schema(schema)
+
+
+class CachedRegistry(Generic[T]):
+    """Wraps ``registry``; itself a :class:`SchemaRegistry`, plus :meth:`resolve` for the compiled artefact.
+
+    ``clock`` (monotonic seconds) is injectable so TTLs are testable without sleeping.
+    """
+
+    def __init__(self, registry: SchemaRegistry, compile: Callable[[RegisteredSchema], T] | None = None, *,
+                 latest_ttl_s: float = 30.0, not_found_ttl_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self._compile: Callable[[RegisteredSchema], T] = compile or compile_with_validation
+        self._latest_ttl_s = latest_ttl_s
+        self._not_found_ttl_s = not_found_ttl_s
+        self._clock = clock
+        self._entries: dict[tuple[str, int], tuple[RegisteredSchema, T]] = {}
+        self._latest: dict[str, tuple[float, int]] = {}  # subject -> (expires at, version)
+        self._missing: dict[tuple[str, Version], tuple[float, str]] = {}  # -> (expires at, message)
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, Version], threading.Lock] = {}
+
+    @classmethod
+    def from_settings(cls, registry: SchemaRegistry, settings: Any,
+                      compile: Callable[[RegisteredSchema], T] | None = None) -> CachedRegistry[T]:
+        """TTLs from :class:`~toolkit.settings.RegistrySettings`."""
+        return cls(registry, compile, latest_ttl_s=settings.latest_ttl_s,
+                   not_found_ttl_s=settings.not_found_ttl_s)
+
+    def __repr__(self) -> str:
+        return f"CachedRegistry({self.registry!r}, cached={len(self._entries)})"
+
+    def resolve(self, subject: str, version: Version) -> tuple[RegisteredSchema, T]:
+        """The schema and its compiled artefact; ``version`` is a positive int or ``"latest"``.
+
+        Raises:
+            SchemaNotFound: the subject or version does not exist (possibly remembered from a recent miss).
+            RegistryUnavailable: the registry cannot answer (after the backend's retries); not cached.
+            Exception: whatever ``compile`` raises for a schema it cannot compile; not cached.
+        """
+        if version == LATEST:
+            version = self._latest_version(subject)
+        entry = self._entries.get((subject, version))  # type: ignore[arg-type]
+        if entry is not None:
+            return entry
+        return self._fill(subject, version, lambda: self.registry.get(subject, version))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ the protocol
+
+    def get(self, subject: str, version: int) -> RegisteredSchema:
+        return self.resolve(subject, version)[0]
+
+    def latest(self, subject: str) -> RegisteredSchema:
+        return self.resolve(subject, LATEST)[0]
+
+    def subjects(self) -> list[str]:
+        return self.registry.subjects()
+
+    def versions(self, subject: str) -> list[int]:
+        return self.registry.versions(subject)
+
+    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+        """Registers through the backend, then forgets ``subject``'s latest and remembered misses."""
+        try:
+            return self.registry.register(subject, text, schema_format)
+        finally:
+            self.invalidate(subject)
+
+    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
+                            version: int | str = "latest") -> CompatibilityResult:
+        return self.registry.check_compatibility(subject, text, schema_format, version)
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def invalidate(self, subject: str | None = None) -> None:
+        """Forget ``latest`` and remembered misses (of ``subject``, or all); versions stay (immutable)."""
+        with self._lock:
+            if subject is None:
+                self._latest.clear()
+                self._missing.clear()
+                return
+            self._latest.pop(subject, None)
+            for key in [key for key in self._missing if key[0] == subject]:
+                del self._missing[key]
+
+    # ------------------------------------------------------------------ internals
+
+    def _latest_version(self, subject: str) -> int:
+        cached = self._latest.get(subject)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        schema, _ = self._fill(subject, LATEST, lambda: self.registry.latest(subject))
+        return schema.version
+
+    def _fill(self, subject: str, version: Version,
+              fetch: Callable[[], RegisteredSchema]) -> tuple[RegisteredSchema, T]:
+        key = (subject, version)
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                return self._fill_locked(subject, version, key, fetch)
+        finally:
+            # Dropped so unknown keys do not pile up; a thread still holding the old lock at worst makes
+            # one redundant request.
+            with self._lock:
+                if self._key_locks.get(key) is lock and not lock.locked():
+                    del self._key_locks[key]
+
+    def _fill_locked(self, subject: str, version: Version, key: tuple[str, Version],
+                     fetch: Callable[[], RegisteredSchema]) -> tuple[RegisteredSchema, T]:
+        if version != LATEST and (entry := self._entries.get(key)) is not None:  # type: ignore[arg-type]
+            return entry  # another thread filled it while we waited
+        if version == LATEST and (cached := self._latest.get(subject)) and cached[0] > self._clock():
+            return self._entries[(subject, cached[1])]
+        self._raise_if_missing(key)
+        try:
+            schema = fetch()
+        except SchemaNotFound as exc:
+            if self._not_found_ttl_s > 0:
+                self._remember_missing(key, str(exc))
+            raise
+        entry = self._entries.get((subject, schema.version))
+        if entry is None:
+            entry = (schema, self._compile(schema))
+            self._entries[(subject, schema.version)] = entry
+        if version == LATEST:
+            with self._lock:
+                self._latest[subject] = (self._clock() + self._latest_ttl_s, schema.version)
+        return entry
+
+    def _remember_missing(self, key: tuple[str, Version], message: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._missing) >= MAX_REMEMBERED_MISSES:  # many distinct unknown keys: drop the expired
+                for stale in [k for k, (expires_at, _) in self._missing.items() if expires_at <= now]:
+                    del self._missing[stale]
+            self._missing[key] = (now + self._not_found_ttl_s, message)
+
+    def _raise_if_missing(self, key: tuple[str, Version]) -> None:
+        missing = self._missing.get(key)
+        if missing is None:
+            return
+        expires_at, message = missing
+        if expires_at > self._clock():
+            # A fresh exception each time: one instance raised in many threads would share a traceback.
+            raise SchemaNotFound(message, subject=key[0], version=key[1])
+        with self._lock:
+            self._missing.pop(key, None)

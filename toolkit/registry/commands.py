@@ -1,0 +1,203 @@
+"""``epistle register`` and ``epistle verify``: the local ``schemas/`` folder against a registry.
+
+Both compare schemas by their parsed JSON (:func:`~toolkit.registry.base.same_schema`), not by text: a
+registry may keep the text re-indented. Local version N must be registry version N, because a message's
+``schemaVersion`` is the registry version.
+
+What the registries do that matters here (Apicurio 3.0.9 ccompat/v7, checked against the real server):
+
+- Registering a schema identical (by canonical content) to *any* existing version of the subject creates
+  nothing and answers with that version's id, like Confluent. So a local version that repeats an earlier
+  one cannot get its own number in the registry; :func:`register_schemas` reports it as a conflict.
+- A new version gets the next number (max + 1); versions are never renumbered, so local N = registry N as
+  long as the registry subject is only written by this command.
+- ``POST /compatibility/...?verbose=true`` answers ``{"is_compatible": false}`` with no messages; the
+  reasons come only with a refused registration (HTTP 409, ``RuleViolationException ... list of diff
+  types: [...]``), which is what ``register`` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from toolkit.errors import ConfigError, RegistryRejected, SchemaNotFound
+from toolkit.layout import Subject
+from toolkit.registry.base import SchemaRegistry, SupportsCompatibilityConfig, same_schema
+
+FAILED_ACTIONS = frozenset({"refused", "conflict", "would be refused"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing ``register`` did (or, in a dry run, would do) for one registry subject and local version."""
+
+    subject: str
+    version: int | None
+    action: str  # compatibility | unchanged | registered | refused | conflict | would ...
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.action in FAILED_ACTIONS
+
+    def __str__(self) -> str:
+        where = self.subject + (f" v{self.version}" if self.version is not None else "")
+        return f"{where}: {self.action}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A difference between the local folder and the registry found by ``verify``."""
+
+    subject: str
+    version: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        return self.subject + (f" v{self.version}" if self.version is not None else "") + f": {self.problem}"
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    drifts: list[Drift] = field(default_factory=list)
+
+
+def registry_subjects(subject: Subject, strategy: str = "schema_name") -> list[str]:
+    """The registry subjects a local subject is registered under.
+
+    ``schema_name``: the folder name. ``topic_value``: ``<topic>-value`` for each topic in ``subject.toml``.
+
+    Raises:
+        ConfigError: ``topic_value`` for a subject that lists no topics.
+    """
+    if strategy == "schema_name":
+        return [subject.name]
+    if not subject.config.topics:
+        raise ConfigError(f"{subject.folder / 'subject.toml'}: the topic_value subject strategy needs "
+                          "'topics = [...]' to name the registry subjects",
+                          setting="SCHEMA_REGISTRY_SUBJECT_STRATEGY", path=subject.folder)
+    return [f"{topic}-value" for topic in subject.config.topics]
+
+
+def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *, dry_run: bool = False,
+                     strategy: str = "schema_name",
+                     on_step: Callable[[Step], None] | None = None) -> list[Step]:
+    """Register every local version, subject by subject, versions in order; stop at the first failure.
+
+    Idempotent: a version already in the registry with the same content is ``unchanged``. A failing step
+    (``refused`` with the registry's reasons, ``conflict`` when the registry's numbering or content differs,
+    ``would be refused`` in a dry run) is the last one. On registries that support it, each subject's
+    compatibility mode from ``subject.toml`` is set first (an idempotent ``PUT /config/{subject}``).
+
+    Raises:
+        RegistryUnavailable, RegistryError: the registry cannot answer.
+    """
+    steps: list[Step] = []
+
+    def record(step: Step) -> bool:
+        steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        return not step.failed
+
+    for subject in subjects.values():
+        for name in registry_subjects(subject, strategy):
+            if not _register_subject(registry, subject, name, dry_run, record):
+                return steps
+    return steps
+
+
+def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry_run: bool,
+                      record: Callable[[Step], bool]) -> bool:
+    mode = subject.config.compatibility
+    if isinstance(registry, SupportsCompatibilityConfig):
+        if not dry_run:
+            registry.set_compatibility(name, mode)
+        record(Step(name, None, "would set compatibility" if dry_run else "compatibility", str(mode)))
+    remote = _versions(registry, name)
+    first_new = True
+    for schema_file in subject.versions:
+        number = schema_file.version
+        if number in remote:
+            held = registry.get(name, number)
+            if held.format == schema_file.format and same_schema(held.text, schema_file.text):
+                record(Step(name, number, "unchanged"))
+                continue
+            return record(Step(name, number, "conflict",
+                               f"the registry holds a different {held.format} schema under version {number}; "
+                               "published versions are immutable: add a new version file instead"))
+        if remote and max(remote) >= number:
+            return record(Step(name, number, "conflict", f"the registry's versions {remote} skip {number}, "
+                               f"so {schema_file.path.name} cannot get version {number} there"))
+        if dry_run:
+            if first_new and remote:
+                verdict = registry.check_compatibility(name, schema_file.text, schema_file.format)
+                if not verdict.compatible:
+                    reasons = "; ".join(verdict.messages) or "the registry gave no reasons"
+                    return record(Step(name, number, "would be refused",
+                                       f"incompatible with version {max(remote)} under {mode}: {reasons}"))
+                record(Step(name, number, "would register", f"compatible with version {max(remote)}"))
+            else:
+                record(Step(name, number, "would register",
+                            "new subject" if first_new else
+                            f"compatibility not checked: version {number - 1} is not registered yet"))
+            first_new = False
+            continue
+        try:
+            got = registry.register(name, schema_file.text, schema_file.format)
+        except RegistryRejected as exc:
+            return record(Step(name, number, "refused", "; ".join(exc.reasons) or str(exc)))
+        if got.version != number:
+            return record(Step(name, number, "conflict",
+                               f"the registry answered with version {got.version}: {schema_file.path.name} "
+                               f"is identical to its version {got.version}, so nothing was registered; "
+                               "a new version must differ from every earlier one"))
+        record(Step(name, number, "registered", f"id {got.schema_id}" if got.schema_id is not None else ""))
+        remote.append(number)
+    return True
+
+
+def verify_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *,
+                   strategy: str = "schema_name") -> VerifyReport:
+    """Every difference between the local folder and the registry, for the local subjects.
+
+    Drifts: a subject or version missing in the registry, a different schema (parsed JSON) or format under
+    the same version, a registry version with no local file. Registry subjects with no local folder are
+    not reported (a registry is usually shared).
+
+    Raises:
+        RegistryUnavailable, RegistryError: the registry cannot answer.
+    """
+    report = VerifyReport()
+    for subject in subjects.values():
+        for name in registry_subjects(subject, strategy):
+            remote = _versions(registry, name)
+            if not remote:
+                report.drifts.append(Drift(name, None, f"subject missing in the registry "
+                                                       f"(local versions 1..{len(subject.versions)})"))
+                continue
+            for schema_file in subject.versions:
+                report.checked += 1
+                if schema_file.version not in remote:
+                    report.drifts.append(Drift(name, schema_file.version, "missing in the registry"))
+                    continue
+                held = registry.get(name, schema_file.version)
+                if held.format != schema_file.format:
+                    report.drifts.append(Drift(name, schema_file.version, f"format differs: local "
+                                               f"{schema_file.format}, registry {held.format}"))
+                elif not same_schema(held.text, schema_file.text):
+                    report.drifts.append(Drift(name, schema_file.version,
+                                               f"content differs from {schema_file.path.name}"))
+            local = {schema_file.version for schema_file in subject.versions}
+            for number in sorted(set(remote) - local):
+                report.drifts.append(Drift(name, number, "in the registry but not in the local folder"))
+    return report
+
+
+def _versions(registry: SchemaRegistry, subject: str) -> list[int]:
+    try:
+        return sorted(registry.versions(subject))
+    except SchemaNotFound:
+        return []

@@ -1,0 +1,37 @@
+"""Choosing the backend and the subject strategy from settings (built once at the edge, passed down)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.registry.base import SchemaRegistry, SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.registry.http import ConfluentHttpRegistry
+from toolkit.registry.local import LocalFolderRegistry
+from toolkit.settings import RegistrySettings
+
+SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {"schema_name": schema_name_strategy,
+                                                  "topic_value": topic_value_strategy}
+
+
+def registry_from_settings(settings: RegistrySettings, schemas_dir: Path,
+                           **http_options: Any) -> SchemaRegistry:
+    """The local folder when ``settings.url`` is empty, else the Confluent-compatible HTTP client.
+
+    ``http_options`` go to :meth:`ConfluentHttpRegistry.from_settings` (``transport``, ``event_hooks``).
+    The result is uncached; wrap it in :class:`~toolkit.registry.cache.CachedRegistry` for the consumer.
+
+    Raises:
+        ConfigError: inconsistent credentials or unreadable TLS files.
+    """
+    if settings.is_local:
+        return LocalFolderRegistry(schemas_dir)
+    return ConfluentHttpRegistry.from_settings(settings, **http_options)
+
+
+def subject_strategy_from_settings(settings: RegistrySettings) -> SubjectStrategy:
+    """``SCHEMA_REGISTRY_SUBJECT_STRATEGY``: ``schema_name`` (default) or ``topic_value``.
+
+    A user function (``Callable[[SubjectContext], str]``) is passed to the consumer directly instead.
+    """
+    return SUBJECT_STRATEGIES[settings.subject_strategy]

@@ -1,0 +1,341 @@
+"""A Confluent Schema Registry REST API client over httpx (Confluent, Apicurio ccompat, Karapace, Redpanda).
+
+Every HTTP outcome is translated in one place, :meth:`ConfluentHttpRegistry._call`:
+
+- 2xx: the JSON body;
+- 404 with ``error_code`` 40401 (subject), 40402 (version) or 40403 (schema): :class:`SchemaNotFound`,
+  permanent, never retried;
+- 409 and 422 (incompatible, invalid schema): :class:`RegistryRejected` with the registry's own message;
+- connect errors, timeouts, other transport errors, 429 and 5xx: retried with exponential backoff and full
+  jitter, at most ``max_attempts`` requests, then :class:`RegistryUnavailable` (never *not found*);
+- 401/403, a 404 without a Confluent error code (the URL is not the API root), a 2xx that is not JSON and
+  any other status: :class:`RegistryUnavailable` at once, not retried. These are configuration problems,
+  not the message's fault: a consumer must pause on them, never dead-letter (the message says the fix).
+
+Secrets (password, bearer token, credentials in the URL) go only into the ``Authorization`` header; reprs,
+log records and error messages show the URL without credentials, and any text we did not write (a
+transport error, the registry's message) is scrubbed of the secret values before it is shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Generator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from toolkit.errors import ConfigError, RegistryError, RegistryRejected, RegistryUnavailable, SchemaNotFound
+from toolkit.layout import Compatibility
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+_NOT_FOUND = {40401: "subject not found", 40402: "version not found", 40403: "schema not found"}
+_NO_SUCH_SUBJECT = 40401
+_NO_SUCH_SCHEMA = 40403
+
+EventHooks = Mapping[str, list[Callable[..., Any]]]
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, token: SecretStr) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        yield request
+
+
+class ConfluentHttpRegistry:
+    """Talks to ``url`` (the API root, e.g. ``http://127.0.0.1:8081/apis/ccompat/v7``).
+
+    ``transport`` and ``event_hooks`` are passed to :class:`httpx.Client` (tests count requests with a
+    ``"request"`` hook; each retry attempt is one request). ``sleep`` and ``rng`` make the backoff testable.
+
+    Raises:
+        ConfigError: inconsistent credentials, or a TLS file that cannot be loaded.
+    """
+
+    def __init__(self, url: str, *, username: str | None = None, password: SecretStr | str | None = None,
+                 bearer_token: SecretStr | str | None = None, ca_bundle: Path | None = None,
+                 client_cert: Path | None = None, client_key: Path | None = None, timeout_s: float = 5.0,
+                 max_attempts: int = 4, backoff_initial_s: float = 0.2, backoff_max_s: float = 5.0,
+                 transport: httpx.BaseTransport | None = None, event_hooks: EventHooks | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: Callable[[], float] = random.random) -> None:
+        parsed = httpx.URL(url.rstrip("/"))
+        if parsed.username and username is None:  # http://user:pass@host/ : credentials leave the URL
+            username, password = parsed.username, password or parsed.password
+        self.url = str(parsed.copy_with(username=None, password=None))
+        password = SecretStr(password) if isinstance(password, str) else password
+        token = SecretStr(bearer_token) if isinstance(bearer_token, str) else bearer_token
+        self._secrets = [s.get_secret_value() for s in (password, token) if s and s.get_secret_value()]
+        self._max_attempts = max(1, max_attempts)
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._sleep, self._rng = sleep, rng
+        self._client = httpx.Client(
+            base_url=self.url, auth=_auth(username, password, token), timeout=timeout_s,
+            headers={"Accept": f"{CONTENT_TYPE}, application/json", "Content-Type": CONTENT_TYPE},
+            transport=transport or httpx.HTTPTransport(verify=_tls(ca_bundle, client_cert, client_key)),
+            event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
+        )
+        self._auth_kind = "bearer" if token else "basic" if username else "none"
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, transport: httpx.BaseTransport | None = None,
+                      event_hooks: EventHooks | None = None, **overrides: Any) -> ConfluentHttpRegistry:
+        """Build from :class:`~toolkit.settings.RegistrySettings` (``overrides`` win, e.g. ``sleep``)."""
+        options: dict[str, Any] = dict(
+            username=settings.username, password=settings.password, bearer_token=settings.bearer_token,
+            ca_bundle=settings.ca_bundle, client_cert=settings.client_cert, client_key=settings.client_key,
+            timeout_s=settings.timeout_s, max_attempts=settings.max_attempts,
+            backoff_initial_s=settings.backoff_initial_s, backoff_max_s=settings.backoff_max_s)
+        options.update(overrides)
+        return cls(settings.url, transport=transport, event_hooks=event_hooks, **options)
+
+    def __repr__(self) -> str:
+        return f"ConfluentHttpRegistry({self.url!r}, auth={self._auth_kind!r})"
+
+    # ------------------------------------------------------------------ the protocol
+
+    def get(self, subject: str, version: int) -> RegisteredSchema:
+        """``GET /subjects/{subject}/versions/{version}``.
+
+        Raises:
+            SchemaNotFound: no such subject or version (also for a version that is not a positive integer:
+                the registry would read -1 as "latest").
+            RegistryUnavailable: no answer after ``max_attempts``, or an answer that says the client is
+                misconfigured (credentials refused, URL not a registry API root).
+            RegistryError: the registry holds a schema type other than JSON and AVRO.
+        """
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SchemaNotFound(f"subject {subject!r}: version {version!r} is not a positive integer",
+                                 subject=subject, version=version)
+        body = self._call("GET", f"{_subject_path(subject)}/versions/{version}",
+                          subject=subject, version=version)
+        return _registered(body, subject)
+
+    def latest(self, subject: str) -> RegisteredSchema:
+        """``GET /subjects/{subject}/versions/latest``; raises as :meth:`get`."""
+        body = self._call("GET", f"{_subject_path(subject)}/versions/latest",
+                          subject=subject, version="latest")
+        return _registered(body, subject)
+
+    def subjects(self) -> list[str]:
+        return list(self._call("GET", "/subjects"))
+
+    def versions(self, subject: str) -> list[int]:
+        """``GET /subjects/{subject}/versions``; raises SchemaNotFound for an unknown subject."""
+        return [int(v) for v in self._call("GET", f"{_subject_path(subject)}/versions", subject=subject)]
+
+    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+        """``POST /subjects/{subject}/versions`` then a lookup for the version number.
+
+        Registering a schema identical to an existing version of the subject creates nothing and returns
+        that version (Confluent's and Apicurio's behaviour; the returned version may then be an older one).
+
+        Raises:
+            RegistryRejected: incompatible (409) or invalid (422), with the registry's message.
+            RegistryUnavailable: as :meth:`get`.
+        """
+        body = self._call("POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format),
+                          subject=subject)
+        found = self.lookup(subject, text, schema_format)
+        if found is None:
+            raise RegistryError(f"subject {subject!r}: registered (id {body.get('id')}) but the registry "
+                                "cannot find the schema it just accepted", subject=subject)
+        return found
+
+    def lookup(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema | None:
+        """``POST /subjects/{subject}``: the version holding this schema, or None (no such subject/schema)."""
+        body = self._call("POST", _subject_path(subject), json=_payload(text, schema_format), subject=subject,
+                          absent=(_NO_SUCH_SUBJECT, _NO_SUCH_SCHEMA))
+        if body is None:
+            return None
+        # Apicurio's lookup answer has no schemaType; the format is the one we asked about.
+        return _registered(body, subject, default_format=schema_format)
+
+    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
+                            version: int | str = "latest") -> CompatibilityResult:
+        """``POST /compatibility/subjects/{subject}/versions/{version}?verbose=true``.
+
+        A subject that does not exist yet is compatible. Apicurio 3.0 answers ``{"is_compatible": false}``
+        without messages even with ``verbose=true``; its reasons come only from a refused :meth:`register`.
+        """
+        body = self._call("POST", f"/compatibility{_subject_path(subject)}/versions/{version}",
+                          json=_payload(text, schema_format), params={"verbose": "true"},
+                          subject=subject, version=version, absent=(_NO_SUCH_SUBJECT,))
+        if body is None:
+            return CompatibilityResult(True, ("subject does not exist yet",))
+        return CompatibilityResult(bool(body.get("is_compatible")), tuple(body.get("messages") or ()))
+
+    def set_compatibility(self, subject: str, mode: Compatibility) -> None:
+        """``PUT /config/{subject}``: the subject's compatibility mode."""
+        self._call("PUT", f"/config/{quote(subject, safe='')}", json={"compatibility": str(mode)},
+                   subject=subject)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ConfluentHttpRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the one place errors are translated
+
+    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
+              subject: str | None = None, version: int | str | None = None,
+              absent: tuple[int, ...] = ()) -> Any:
+        """The JSON answer, or None for a 404 whose error code is in ``absent``."""
+        what = f"{method} {path}"
+        context = {"subject": subject, "version": version}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._client.request(method, path, json=json, params=params)
+            except httpx.TransportError as exc:  # refused, reset, timeouts, protocol errors
+                problem = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
+            else:
+                if response.status_code < 500 and response.status_code != 429:
+                    return self._answer(response, what, context, absent, attempt)
+                problem = f"HTTP {response.status_code} {self._registry_message(response)}".rstrip()
+            if attempt == self._max_attempts:
+                raise RegistryUnavailable(f"schema registry {self.url} unavailable: {what} failed {attempt} "
+                                          f"time(s), last: {problem}", attempts=attempt, **context)
+            delay = self._delay(attempt)
+            log.warning("schema registry %s: %s failed (%s), attempt %d of %d, retrying in %.2fs",
+                        self.url, what, problem, attempt, self._max_attempts, delay)
+            self._sleep(delay)
+
+    def _answer(self, response: httpx.Response, what: str, context: dict[str, Any],
+                absent: tuple[int, ...], attempt: int) -> Any:
+        status = response.status_code
+        misconfigured = {"attempts": attempt, **context}
+        if status < 300:
+            try:
+                return response.json()
+            except ValueError:
+                raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP {status} with "
+                                          "a body that is not JSON; point SCHEMA_REGISTRY_URL at the API "
+                                          "root",
+                                          **misconfigured) from None
+        code, message = self._error(response)
+        if status == 404 and code in absent:
+            return None
+        if status == 404 and code in _NOT_FOUND:
+            raise SchemaNotFound(f"{_NOT_FOUND[code]}: {_describe(context)} ({code}: {message})", **context)
+        if status == 404:
+            raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP 404 without a "
+                                      "Confluent error code; point SCHEMA_REGISTRY_URL at the API root (for "
+                                      "Apicurio .../apis/ccompat/v7)", **misconfigured)
+        if status in (409, 422):
+            raise RegistryRejected(f"registry refused the schema for {_describe(context)} ({code}): "
+                                   f"{message}", reasons=[message], **context)
+        if status in (401, 403):
+            raise RegistryUnavailable(f"schema registry {self.url} refused the credentials (HTTP {status}); "
+                                      "check SCHEMA_REGISTRY_USERNAME/PASSWORD or "
+                                      "SCHEMA_REGISTRY_BEARER_TOKEN", **misconfigured)
+        raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP {status} ({code}): "
+                                  f"{message}", **misconfigured)
+
+    def _error(self, response: httpx.Response) -> tuple[int | None, str]:
+        try:
+            body = response.json()
+        except ValueError:
+            return None, self._scrub(response.text[:200])
+        if not isinstance(body, dict):
+            return None, self._scrub(str(body)[:200])
+        code = body.get("error_code")
+        return (code if isinstance(code, int) else None), self._scrub(str(body.get("message", "")))
+
+    def _registry_message(self, response: httpx.Response) -> str:
+        return self._error(response)[1][:200]
+
+    def _delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2^(attempt-1))]."""
+        initial, cap = self._backoff
+        return self._rng() * min(cap, initial * 2 ** (attempt - 1))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _auth(username: str | None, password: SecretStr | None, token: SecretStr | None) -> httpx.Auth | None:
+    if token and (username or password):
+        raise ConfigError("set either SCHEMA_REGISTRY_USERNAME/PASSWORD or SCHEMA_REGISTRY_BEARER_TOKEN, "
+                          "not both",
+                          setting="SCHEMA_REGISTRY_BEARER_TOKEN")
+    if token:
+        return _BearerAuth(token)
+    if password and not username:
+        raise ConfigError("SCHEMA_REGISTRY_PASSWORD is set without SCHEMA_REGISTRY_USERNAME; set both",
+                          setting="SCHEMA_REGISTRY_USERNAME")
+    if username:
+        return httpx.BasicAuth(username, password.get_secret_value() if password else "")
+    return None
+
+
+def _tls(ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext | bool:
+    if not (ca_bundle or client_cert):
+        if client_key:
+            raise ConfigError("SCHEMA_REGISTRY_CLIENT_KEY is set without SCHEMA_REGISTRY_CLIENT_CERT; "
+                              "set both",
+                              setting="SCHEMA_REGISTRY_CLIENT_CERT")
+        return True
+    try:
+        context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+        if client_cert:
+            context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+    except (OSError, ssl.SSLError) as exc:
+        # The message names files, never their content or a key password.
+        raise ConfigError(f"cannot load the registry TLS files ({type(exc).__name__}: "
+                          f"{exc.strerror or exc}); SCHEMA_REGISTRY_CA_BUNDLE, _CLIENT_CERT and _CLIENT_KEY "
+                          "must be PEM files",
+                          setting="SCHEMA_REGISTRY_CA_BUNDLE") from None
+    return context
+
+
+def _subject_path(subject: str) -> str:
+    return f"/subjects/{quote(subject, safe='')}"
+
+
+def _payload(text: str, schema_format: SchemaFormat) -> dict[str, str]:
+    # schemaType omitted means AVRO; leaving it out keeps pre-5.5 Confluent registries working.
+    payload = {"schema": text}
+    if schema_format != SchemaFormat.AVRO:
+        payload["schemaType"] = str(schema_format)
+    return payload
+
+
+def _registered(body: dict[str, Any], subject: str,
+                default_format: SchemaFormat = SchemaFormat.AVRO) -> RegisteredSchema:
+    raw_type = body.get("schemaType")
+    try:
+        schema_format = SchemaFormat(raw_type) if raw_type else default_format
+    except ValueError:
+        raise RegistryError(f"subject {subject!r} version {body.get('version')}: schemaType {raw_type!r} is "
+                            "not supported (JSON and AVRO are)", subject=subject,
+                            version=body.get("version")) from None
+    return RegisteredSchema(subject=body.get("subject", subject), version=int(body["version"]),
+                            format=schema_format, text=body["schema"], schema_id=body.get("id"),
+                            references=tuple(body.get("references") or ()))
+
+
+def _describe(context: dict[str, Any]) -> str:
+    parts = [f"subject {context['subject']!r}"] if context.get("subject") else []
+    if context.get("version") is not None:
+        parts.append(f"version {context['version']}")
+    return " ".join(parts) or "request"

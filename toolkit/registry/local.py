@@ -1,0 +1,142 @@
+"""The local ``schemas/`` folder as a read-only registry: the embedded default, no server needed.
+
+The folder is the source of truth and is changed by pull requests, not by this client, so:
+
+- lookups read the folder once (on first use) and answer from memory; :meth:`LocalFolderRegistry.reload`
+  re-reads it;
+- :meth:`~LocalFolderRegistry.register` writes nothing: a schema identical to an existing version is returned
+  as that version (the protocol's idempotence), anything else is refused with the fix (add a version file);
+- :meth:`~LocalFolderRegistry.check_compatibility` answers only for an identical schema; real compatibility
+  checks between versions are ``epistle check``'s job (or an HTTP registry's).
+
+Subject names: a folder is a subject (the default strategy, subject = schemaName). For Confluent's
+``<topic>-value`` strategy, ``<topic>-value`` resolves to the one subject whose ``subject.toml`` lists
+the topic.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from toolkit.errors import RegistryError, RegistryRejected, SchemaNotFound
+from toolkit.layout import Subject, load_schemas
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat, same_schema
+
+TOPIC_VALUE_SUFFIX = "-value"
+
+
+class LocalFolderRegistry:
+    """Schemas read from a folder laid out as :mod:`toolkit.layout` describes.
+
+    Raises:
+        SchemaFileError: (on first use) the folder or one of its subjects is invalid.
+    """
+
+    def __init__(self, schemas_dir: Path | str) -> None:
+        self.schemas_dir = Path(schemas_dir)
+        self._subjects: dict[str, Subject] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalFolderRegistry({str(self.schemas_dir)!r})"
+
+    def reload(self) -> None:
+        """Re-read the folder (the next lookup sees added version files)."""
+        with self._lock:
+            self._subjects = load_schemas(self.schemas_dir)
+
+    def _all(self) -> dict[str, Subject]:
+        if self._subjects is None:
+            with self._lock:
+                if self._subjects is None:
+                    self._subjects = load_schemas(self.schemas_dir)
+        return self._subjects
+
+    def _subject(self, name: str) -> Subject:
+        subjects = self._all()
+        if name in subjects:
+            return subjects[name]
+        if name.endswith(TOPIC_VALUE_SUFFIX):
+            topic = name.removesuffix(TOPIC_VALUE_SUFFIX)
+            carriers = [s for s in subjects.values() if topic in s.config.topics]
+            if len(carriers) == 1:
+                return carriers[0]
+            if len(carriers) > 1:
+                names = ", ".join(s.name for s in carriers)
+                raise SchemaNotFound(f"subject {name!r}: topic {topic!r} is listed by several subjects "
+                                     f"({names}) in {self.schemas_dir}; the <topic>-value strategy needs "
+                                     "exactly one",
+                                     subject=name)
+        raise SchemaNotFound(f"subject {name!r} not found in {self.schemas_dir}", subject=name)
+
+    def get(self, subject: str, version: int) -> RegisteredSchema:
+        """The schema ``version`` of ``subject``.
+
+        Raises:
+            SchemaNotFound: no such subject folder or version file.
+        """
+        found = self._subject(subject)
+        schema_file = found.version(version) if _is_version(version) else None
+        if schema_file is None:
+            raise SchemaNotFound(f"subject {subject!r} has no version {version!r} in {found.folder} "
+                                 f"(versions 1..{len(found.versions)})", subject=subject, version=version)
+        return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
+
+    def latest(self, subject: str) -> RegisteredSchema:
+        found = self._subject(subject)
+        return _registered(subject, found.latest.version, found.latest.format, found.latest.text)
+
+    def subjects(self) -> list[str]:
+        return list(self._all())
+
+    def versions(self, subject: str) -> list[int]:
+        return [schema_file.version for schema_file in self._subject(subject).versions]
+
+    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+        """Return the existing version identical to ``text``; the folder is never written.
+
+        Raises:
+            RegistryRejected: no identical version exists (the fix: add a version file).
+        """
+        try:
+            found = self._subject(subject)
+        except SchemaNotFound:
+            found = None
+        if found is not None:
+            for schema_file in found.versions:
+                if schema_file.format == schema_format and same_schema(schema_file.text, text):
+                    return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
+        where = found.folder if found is not None else self.schemas_dir / subject
+        following = len(found.versions) + 1 if found is not None else 1
+        suffix = ".json" if schema_format == SchemaFormat.JSON else ".avsc"
+        reason = (f"the local schemas folder is read-only for the registry client; add the schema as "
+                  f"{where / f'{following}{suffix}'} in a pull request")
+        raise RegistryRejected(f"subject {subject!r}: {reason}", reasons=[reason], subject=subject)
+
+    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
+                            version: int | str = "latest") -> CompatibilityResult:
+        """Compatible when ``text`` is identical to the compared version.
+
+        Raises:
+            SchemaNotFound: the compared version does not exist.
+            RegistryError: the schemas differ; the local folder does not judge compatibility
+                (run ``epistle check``, or use an HTTP registry).
+        """
+        against = self.latest(subject) if version == "latest" else self.get(subject, int(version))
+        if against.format == schema_format and same_schema(against.text, text):
+            return CompatibilityResult(True)
+        raise RegistryError(f"subject {subject!r}: the local folder registry does not check compatibility "
+                            f"between different schemas; run `epistle check` or use an HTTP registry",
+                            subject=subject, version=against.version)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _is_version(version: object) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and version >= 1
+
+
+def _registered(subject: str, version: int, schema_format: SchemaFormat, text: str) -> RegisteredSchema:
+    return RegisteredSchema(subject=subject, version=version, format=schema_format, text=text)
