@@ -34,6 +34,76 @@ def codegen(schemas: SchemasDir = Path("schemas"), out: OutDir = Path("generated
     raise _fail(EpistleError("codegen is not implemented yet (issue #3)"), 2)
 
 
+RegistryUrl = Annotated[str | None, typer.Option(
+    "--registry-url", help="Confluent-compatible registry API root (default: SCHEMA_REGISTRY_URL).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")]
+SchemasDirOrSetting = Annotated[Path | None, typer.Option(
+    "--schemas", help="The schemas folder (default: EPISTLE_SCHEMAS_DIR, else schemas).")]
+
+
+def _registry_command_setup(schemas: Path | None, registry_url: str | None):
+    """Settings, local subjects and the HTTP registry for ``register`` and ``verify``."""
+    from toolkit.layout import load_schemas
+    from toolkit.registry.http import ConfluentHttpRegistry
+    from toolkit.settings import load_settings
+
+    settings = load_settings(**({"registry__url": registry_url} if registry_url else {}))
+    if settings.registry.is_local:
+        raise EpistleError("no registry to talk to: pass --registry-url or set SCHEMA_REGISTRY_URL "
+                           "(e.g. http://127.0.0.1:8081/apis/ccompat/v7)")
+    subjects = load_schemas(schemas or settings.consumer.schemas_dir)
+    return settings, subjects, ConfluentHttpRegistry.from_settings(settings.registry)
+
+
+@app.command()
+def register(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None,
+             dry_run: DryRun = False) -> None:
+    """Push every local schema version, in order, to the registry (identical versions are left alone)."""
+    from toolkit.registry.commands import register_schemas
+
+    try:
+        settings, subjects, registry = _registry_command_setup(schemas, registry_url)
+        with registry:
+            typer.echo(f"{'dry run: ' if dry_run else ''}registering {len(subjects)} subject(s) "
+                       f"at {registry.url}")
+            steps = register_schemas(registry, subjects, dry_run=dry_run,
+                                     strategy=settings.registry.subject_strategy,
+                                     on_step=lambda step: typer.secho(
+                                         f"  {step}", err=step.failed,
+                                         fg=typer.colors.RED if step.failed else None))
+    except EpistleError as exc:
+        raise _fail(exc) from None
+    if steps and steps[-1].failed:
+        typer.secho(f"stopped at {steps[-1].subject} v{steps[-1].version}: nothing after it was registered",
+                    err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    done = sum(step.action == "registered" for step in steps)
+    unchanged = sum(step.action == "unchanged" for step in steps)
+    planned = sum(step.action == "would register" for step in steps)
+    typer.echo(f"would register {planned}, unchanged {unchanged}" if dry_run
+               else f"registered {done}, unchanged {unchanged}")
+
+
+@app.command()
+def verify(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None) -> None:
+    """Compare local schemas with the registry (same content under the same versions); list every drift."""
+    from toolkit.registry.commands import verify_schemas
+
+    try:
+        settings, subjects, registry = _registry_command_setup(schemas, registry_url)
+        with registry:
+            report = verify_schemas(registry, subjects, strategy=settings.registry.subject_strategy)
+    except EpistleError as exc:
+        raise _fail(exc) from None
+    for drift in report.drifts:
+        typer.secho(f"drift: {drift}", err=True, fg=typer.colors.RED)
+    if report.drifts:
+        typer.secho(f"{len(report.drifts)} drift(s) between {len(subjects)} local subject(s) and "
+                    f"{registry.url}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo(f"in sync: {report.checked} version(s) of {len(subjects)} subject(s) match {registry.url}")
+
+
 def main() -> None:
     try:
         app()
