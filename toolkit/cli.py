@@ -31,7 +31,29 @@ def codegen(schemas: SchemasDir = Path("schemas"), out: OutDir = Path("generated
             check: Annotated[bool, typer.Option("--check", help="Fail if the committed output is stale.")] = False
             ) -> None:
     """Generate pydantic v2 models from every schema version (make codegen / make codegen-check)."""
-    raise _fail(EpistleError("codegen is not implemented yet (issue #3)"), 2)
+    import time
+
+    from toolkit.codegen import check_models, generate_models
+
+    started = time.perf_counter()
+    try:
+        if check:
+            differences = check_models(schemas, out)
+        else:
+            files = generate_models(schemas, out)
+    except EpistleError as exc:
+        raise _fail(exc) from None
+    elapsed = time.perf_counter() - started
+    if not check:
+        typer.echo(f"codegen: wrote {len(files)} files to {out}/ from {schemas}/ in {elapsed:.2f}s")
+        return
+    if differences:
+        for difference in differences:
+            typer.secho(f"stale: {out}/{difference}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {out}/ is out of date with {schemas}/ ({len(differences)} file(s)); "
+                    "run `make codegen` and commit the result", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo(f"codegen-check: {out}/ is up to date with {schemas}/ ({elapsed:.2f}s)")
 
 
 RegistryUrl = Annotated[str | None, typer.Option(
