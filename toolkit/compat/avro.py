@@ -1,0 +1,171 @@
+"""Avro reader/writer compatibility, decided by Apache Avro's own checker.
+
+``avro.compatibility.ReaderWriterCompatibilityChecker`` (the Python port of the Java
+``SchemaCompatibility`` class) decides every verdict here. Its result keeps messages and locations as
+unordered sets and loses the location inside unions, so this module walks reader and writer side by side
+only to *place* each incompatibility on a readable path (``$.origin.city``, ``$.parcels[*].weight``) and to
+word it; wherever the walk and the library would disagree, the library wins.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from avro.compatibility import (
+    ReaderWriterCompatibilityChecker,
+    SchemaCompatibilityResult,
+    SchemaCompatibilityType,
+    SchemaIncompatibilityType,
+    check_schema_names,
+    lookup_writer_field,
+)
+from avro.schema import NamedSchema, Schema, parse
+
+from toolkit.compat.findings import Issue
+
+_Kind = SchemaIncompatibilityType
+_TYPE_MISMATCH = re.compile(r"reader type: (\S+) not compatible with writer type: (\S+)")
+
+
+def parse_avro(document: Any) -> Schema:
+    """Parse an Avro schema document (the JSON already loaded). Raises avro's SchemaParseException."""
+    return parse(json.dumps(document))
+
+
+def check(reader: Any, writer: Any) -> list[Issue]:
+    """Why ``reader`` cannot read data written with ``writer``; empty when it can.
+
+    Both are parsed Avro schemas or raw schema documents.
+    """
+    reader = reader if isinstance(reader, Schema) else parse_avro(reader)
+    writer = writer if isinstance(writer, Schema) else parse_avro(writer)
+    verdict = _library(reader, writer)
+    if verdict.compatibility is SchemaCompatibilityType.compatible:
+        return []
+    return _locate(reader, writer, "$", verdict) or _describe(verdict, "$", reader, writer)
+
+
+def _library(reader: Schema, writer: Schema) -> SchemaCompatibilityResult:
+    # a fresh checker each time: its memo is keyed by object identity and must not outlive one question
+    return ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
+
+
+def _incompatible(reader: Schema, writer: Schema) -> SchemaCompatibilityResult | None:
+    result = _library(reader, writer)
+    return None if result.compatibility is SchemaCompatibilityType.compatible else result
+
+
+def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibilityResult) -> list[Issue]:
+    """Descend where both sides have the same structure; describe the library's verdict at the leaves."""
+    if writer.type == "union":
+        issues = []
+        for branch in writer.schemas:
+            sub = _incompatible(reader, branch)
+            if sub is None:
+                continue
+            if reader.type == "union" and not _same_kind_branch(reader, branch):
+                issues.append(Issue(path, "MISSING_UNION_BRANCH",
+                                    f"the writer may write a {_type_name(branch)}, and the reader's union "
+                                    f" {_union_names(reader)} has no branch that can read it"))
+            else:
+                issues += _locate(reader, branch, path, sub)
+        return issues
+    if reader.type == "union":
+        match = _same_kind_branch(reader, writer)
+        if match is not None:
+            sub = _incompatible(match, writer)
+            if sub is not None:
+                return _locate(match, writer, path, sub)
+        return [Issue(path, "MISSING_UNION_BRANCH",
+                      f"the writer writes a {_type_name(writer)}, and the reader's union "
+                      f"{_union_names(reader)} has no branch that can read it")]
+    if reader.type != writer.type:
+        return _describe(verdict, path, reader, writer)
+    if reader.type == "record":
+        issues = _describe(_named(reader, writer), path, reader, writer)
+        for field in reader.fields:
+            writer_field = lookup_writer_field(writer_schema=writer, reader_field=field)
+            child = f"{path}.{field.name}"
+            if writer_field is None:
+                if (_Kind.reader_field_missing_default_value in verdict.incompatibilities
+                        and field.name in verdict.messages):
+                    issues.append(Issue(child, "READER_FIELD_MISSING_DEFAULT_VALUE",
+                                        f"field '{field.name}' is missing from the writer's records and the "
+                                        "reader gives it no default"))
+                continue
+            sub = _incompatible(field.type, writer_field.type)
+            if sub is not None:
+                issues += _locate(field.type, writer_field.type, child, sub)
+        return issues
+    if reader.type == "array":
+        sub = _incompatible(reader.items, writer.items)
+        return _locate(reader.items, writer.items, f"{path}[*]", sub) if sub else []
+    if reader.type == "map":
+        sub = _incompatible(reader.values, writer.values)
+        return _locate(reader.values, writer.values, f"{path}.*", sub) if sub else []
+    return _describe(verdict, path, reader, writer)
+
+
+def _named(reader: Schema, writer: Schema) -> SchemaCompatibilityResult:
+    return check_schema_names(reader, writer, [])
+
+
+def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writer: Schema) -> list[Issue]:
+    """Word the library's verdict for one node (where the pairing of kinds and messages is unambiguous)."""
+    if result.compatibility is SchemaCompatibilityType.compatible:
+        return []
+    issues = []
+    kinds = list(dict.fromkeys(result.incompatibilities))
+    for kind in kinds:
+        if kind is _Kind.name_mismatch:
+            issues.append(Issue(path, "NAME_MISMATCH",
+                                f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' and the "
+                                f"reader's '{getattr(reader, 'fullname', reader.type)}', and no reader alias "
+                                "maps one to the other"))
+        elif kind is _Kind.fixed_size_mismatch:
+            issues.append(Issue(path, "FIXED_SIZE_MISMATCH",
+                                f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer and "
+                                f"{getattr(reader, 'size', '?')} in the reader"))
+        elif kind is _Kind.missing_enum_symbols:
+            missing = sorted(set(getattr(writer, "symbols", [])) - set(getattr(reader, "symbols", [])))
+            issues.append(Issue(path, "MISSING_ENUM_SYMBOLS",
+                                f"the writer may write enum symbol(s) {', '.join(missing)}, which the reader "
+                                "does not know and has no default symbol for"))
+        elif kind is _Kind.type_mismatch:
+            issues.append(Issue(path, "TYPE_MISMATCH",
+                                f"the writer writes {_type_name(writer)} where the reader expects "
+                                f"{_type_name(reader)}, and Avro's resolution rules cannot promote one to the "
+                                "other"))
+        elif kind is _Kind.missing_union_branch:
+            issues.append(Issue(path, "MISSING_UNION_BRANCH",
+                                f"the writer may write a {_type_name(writer)} that no branch of the reader's "
+                                "union can read"))
+        elif kind is _Kind.reader_field_missing_default_value:
+            for name in sorted(m for m in result.messages if _TYPE_MISMATCH.match(m) is None):
+                issues.append(Issue(f"{path}.{name}", "READER_FIELD_MISSING_DEFAULT_VALUE",
+                                    f"field '{name}' is missing from the writer's records and the reader gives "
+                                    "it no default"))
+    if not issues:  # a kind this module does not know yet: still never hide the library's verdict
+        issues.append(Issue(path, "INCOMPATIBLE", "; ".join(sorted(result.messages)) or "incompatible"))
+    return issues
+
+
+def _same_kind_branch(union: Schema, other: Schema) -> Schema | None:
+    """The branch of ``union`` that Avro would resolve ``other`` to by name or type, if any."""
+    for branch in union.schemas:
+        if branch.type == other.type and getattr(branch, "name", None) == getattr(other, "name", None):
+            return branch
+    for branch in union.schemas:
+        if branch.type == other.type:
+            return branch
+    return None
+
+
+def _type_name(schema: Schema) -> str:
+    return f"{schema.type} '{schema.fullname}'" if isinstance(schema, NamedSchema) else str(schema.type)
+
+
+def _union_names(union: Schema) -> str:
+    return "[" + ", ".join(_type_name(b) for b in union.schemas) + "]"

@@ -1,0 +1,87 @@
+"""``epistle check``: validity, immutability and compatibility of the whole schemas folder, in one report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.compat.findings import Finding, Severity
+from toolkit.compat.history import check_immutable, resolve_base
+from toolkit.compat.subject import check_subject, is_compatible
+from toolkit.errors import RegistryError, SchemaFileError
+from toolkit.layout import SUBJECT_CONFIG, Compatibility, Subject, load_subject
+
+
+@dataclass
+class CheckReport:
+    schemas_dir: Path
+    subjects: list[Subject] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def run_check(schemas_dir: Path, *, base: str | None = None, registry_url: str | None = None) -> CheckReport:
+    """Check every subject under ``schemas_dir``; never raises for a problem in the schemas themselves."""
+    report = CheckReport(schemas_dir)
+    if not schemas_dir.is_dir():
+        report.findings.append(Finding("-", "SCHEMAS_FOLDER_MISSING", f"{schemas_dir} is not a folder.",
+                                       file=str(schemas_dir)))
+        return report
+    for folder in sorted(p for p in schemas_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        try:
+            subject = load_subject(folder)
+        except SchemaFileError as exc:
+            rule = "INVALID_SUBJECT_CONFIG" if exc.path.name == SUBJECT_CONFIG else "INVALID_LAYOUT"
+            report.findings.append(Finding(folder.name, rule, f"{exc.problem}." + (f" Fix: {exc.fix}." if exc.fix
+                                                                                   else ""), file=str(exc.path)))
+            continue
+        report.subjects.append(subject)
+        report.findings += check_subject(subject)
+    resolved = resolve_base(schemas_dir, base)
+    report.notes.append(resolved.note)
+    if base and resolved.ref is None:
+        report.findings.append(Finding("-", "BASE_NOT_FOUND", f"{resolved.note}; pass a branch, tag or commit."))
+    report.findings += check_immutable(schemas_dir, resolved)
+    if registry_url:
+        report.notes.append(f"compatibility verdicts also asked from the registry at {registry_url}")
+        report.findings += _compare_with_registry(report, registry_url)
+    return report
+
+
+def _compare_with_registry(report: CheckReport, url: str) -> list[Finding]:
+    from toolkit.compat.registry import ScratchRegistry
+
+    invalid = {f.subject for f in report.findings if f.rule == "INVALID_SCHEMA"}
+    findings = []
+    with ScratchRegistry(url) as registry:
+        for subject in report.subjects:
+            mode = subject.config.compatibility
+            if subject.name in invalid or mode is Compatibility.NONE:
+                continue
+            documents = [v.document for v in subject.versions]
+            for new in range(2, len(documents) + 1):
+                ours = is_compatible(subject.format, mode, documents[:new])
+                try:
+                    theirs = registry.verdict(subject.format, mode, documents[:new], label=subject.name)
+                except RegistryError as exc:
+                    findings.append(Finding(subject.name, "REGISTRY_ERROR", f"the registry could not judge v{new}: "
+                                            f"{exc}", reader_version=new))
+                    return findings
+                if ours == theirs.compatible:
+                    continue
+                verb = ("accepts", "rejects") if theirs.compatible else ("rejects", "accepts")
+                reasons = f" Registry says: {'; '.join(theirs.messages)}" if theirs.messages else ""
+                findings.append(Finding(subject.name, "REGISTRY_DISAGREES",
+                                        f"the registry {verb[0]} v{new} under {mode} but this check {verb[1]} it; "
+                                        f"registering it will {'succeed' if theirs.compatible else 'fail'}."
+                                        + reasons, severity=Severity.WARNING, reader_version=new,
+                                        file=str(subject.version(new).path)))
+    return findings

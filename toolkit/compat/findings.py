@@ -1,0 +1,89 @@
+"""What a check reports: :class:`Finding`, and which version pairs a compatibility mode compares.
+
+A format checker (Avro, JSON Schema) answers one question: can a consumer holding the *reader* schema read
+everything a producer holding the *writer* schema may write?  It returns :class:`Issue` objects that describe
+the difference without knowing versions; :func:`finding_for` turns one into a :class:`Finding` with the
+subject, the two versions and one sentence on who breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from toolkit.layout import Compatibility
+
+
+class Severity(StrEnum):
+    ERROR = "error"  # the check fails
+    WARNING = "warning"  # shown in the review, does not fail the check
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One reason a reader schema does not accept what a writer schema allows.
+
+    ``what`` completes the sentence "consumers ... cannot read records ...: <what>", in terms of reader and
+    writer, e.g. "field 'email' is missing from the writer's records and the reader gives it no default".
+    """
+
+    path: str
+    rule: str
+    what: str
+    severity: Severity = Severity.ERROR
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem in the schemas folder, fit for a pull-request review and for machines (``to_dict``)."""
+
+    subject: str
+    rule: str
+    message: str
+    severity: Severity = Severity.ERROR
+    path: str = "$"
+    reader_version: int | None = None
+    writer_version: int | None = None
+    file: str | None = None
+    detail: str | None = None  # e.g. the unified diff of an edited published version
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Severity) else v) for k, v in asdict(self).items()}
+
+
+def finding_for(subject: str, reader: int, writer: int, issue: Issue, *, file: str | None = None) -> Finding:
+    if reader > writer:
+        who = f"Consumers upgraded to v{reader} cannot read records written with v{writer}"
+    else:
+        who = f"Consumers still on v{reader} cannot read records that producers write with v{writer}"
+    if issue.severity is Severity.WARNING:
+        who = f"Consumers on v{reader} may mis-read records written with v{writer}"
+    return Finding(subject=subject, rule=issue.rule, message=f"{who}: {issue.what}.", severity=issue.severity,
+                   path=issue.path, reader_version=reader, writer_version=writer, file=file)
+
+
+_BACKWARD = {Compatibility.BACKWARD, Compatibility.BACKWARD_TRANSITIVE, Compatibility.FULL,
+             Compatibility.FULL_TRANSITIVE}
+_FORWARD = {Compatibility.FORWARD, Compatibility.FORWARD_TRANSITIVE, Compatibility.FULL,
+            Compatibility.FULL_TRANSITIVE}
+_TRANSITIVE = {Compatibility.BACKWARD_TRANSITIVE, Compatibility.FORWARD_TRANSITIVE,
+               Compatibility.FULL_TRANSITIVE}
+
+
+def reader_writer_pairs(mode: Compatibility, new: int) -> list[tuple[int, int]]:
+    """The (reader, writer) version pairs that registering version ``new`` is checked with under ``mode``.
+
+    Confluent's meaning: BACKWARD = the new schema reads data written with the old one; FORWARD = the old
+    schema reads data written with the new one; FULL = both. Non-transitive modes compare with the previous
+    version only, the *_TRANSITIVE modes with every earlier version.
+    """
+    if mode is Compatibility.NONE or new < 2:
+        return []
+    olds = range(new - 1, 0, -1) if mode in _TRANSITIVE else [new - 1]
+    pairs = []
+    for old in olds:
+        if mode in _BACKWARD:
+            pairs.append((new, old))
+        if mode in _FORWARD:
+            pairs.append((old, new))
+    return pairs

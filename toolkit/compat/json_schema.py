@@ -1,0 +1,511 @@
+"""JSON Schema reader/writer compatibility, after the rules Confluent Schema Registry documents.
+
+The question is the one Confluent asks: does the *reader* schema accept every document the *writer* schema
+allowed? (BACKWARD: reader = new version, writer = old; FORWARD: the other way round.) Rule ids are the
+names of Confluent's ``Difference.Type`` values, so a finding can be looked up in Confluent's docs:
+
+- types: the reader must allow every type the writer allows; ``integer`` is contained in ``number``
+  (TYPE_NARROWED, TYPE_CHANGED; integer -> number is TYPE_EXTENDED, compatible);
+- enum and const: every value the writer may write must validate against the reader (checked exactly, with
+  ``jsonschema``) (ENUM_ARRAY_NARROWED);
+- bounds: minimum/maximum/exclusive*, multipleOf, minLength/maxLength, pattern, minItems/maxItems,
+  uniqueItems, minProperties/maxProperties may only be relaxed by the reader (MAXIMUM_DECREASED, ...);
+- objects: open and closed content models. A property the writer declared and the reader dropped must be
+  accepted by the reader's ``additionalProperties`` (PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL); a property
+  the reader adds while the writer was open may already carry any value (PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL;
+  fine when the writer was closed: OPTIONAL_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL); a newly required property
+  breaks (REQUIRED_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL, REQUIRED_ATTRIBUTE_ADDED) unless it has a default,
+  which Confluent accepts and we report as a warning (validators do not fill defaults); a reader that closes
+  an open model breaks (ADDITIONAL_PROPERTIES_REMOVED);
+- arrays: ``items`` (and tuple forms ``prefixItems`` / ``items: [...]`` + ``additionalItems``) recursively;
+- combinators: a writer's anyOf/oneOf branches must each be accepted (SUM_TYPE_NARROWED when none of the
+  reader's branches takes one); a reader's allOf conjuncts must each accept the writer; a writer's allOf is
+  merged; ``not`` is compared reversed (NOT_TYPE_EXTENDED);
+- ``$ref``: local references (``#/...``) are resolved in each schema's own document, recursion-safe.
+
+Known limits (reported, not guessed): remote ``$ref`` (UNRESOLVED_REF, warning), regex inclusion (a changed
+``pattern`` is an error, as in Confluent), ``format`` (a warning: an annotation unless a validator asserts it),
+``if/then/else``, ``dependentSchemas``, ``unevaluated*``, and oneOf exclusivity are not analysed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from fractions import Fraction
+from typing import Any
+
+from jsonschema import validators
+
+from toolkit.compat.findings import Issue, Severity
+
+_ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "$schema", "$id", "id",
+                          "$anchor", "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
+_COMBINATORS = ("allOf", "anyOf", "oneOf", "not")
+_MAX_DEPTH = 64
+
+
+def check(reader: Any, writer: Any) -> list[Issue]:
+    """Why ``reader`` does not accept every document ``writer`` allows; empty when it does."""
+    return _Comparison(reader, writer).compare(reader, writer, "$", 0)
+
+
+class _Document:
+    """One schema document: resolves its local ``$ref`` pointers."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+
+    def deref(self, schema: Any, issues: list[Issue], path: str) -> Any:
+        seen = 0
+        while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and seen < _MAX_DEPTH:
+            seen += 1
+            ref = schema["$ref"]
+            target = self._pointer(ref)
+            if target is None:
+                issues.append(Issue(path, "UNRESOLVED_REF", f"the reference '{ref}' cannot be resolved "
+                                    "offline, so this part of the schema was not compared", Severity.WARNING))
+                return True
+            siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS}
+            schema = _merge(target, siblings) if siblings else target
+        return schema
+
+    def _pointer(self, ref: str) -> Any:
+        if ref == "#":
+            return self.root
+        if not ref.startswith("#/"):
+            return None
+        node = self.root
+        for token in ref[2:].split("/"):
+            token = token.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and token in node:
+                node = node[token]
+            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+                node = node[int(token)]
+            else:
+                return None
+        return node
+
+    def accepts_value(self, schema: Any, value: Any) -> tuple[bool, str | None]:
+        """Validate one value against a subschema of this document (local refs still resolve)."""
+        if schema is True or schema == {}:
+            return True, None
+        if schema is False:
+            return False, "false"
+        wrapped = dict(schema)
+        if isinstance(self.root, dict):
+            for key in ("$defs", "definitions"):
+                if key in self.root and key not in wrapped:
+                    wrapped[key] = self.root[key]
+        cls = validators.validator_for(self.root if isinstance(self.root, dict) else {},
+                                       default=validators.Draft202012Validator)
+        try:
+            error = next(iter(cls(wrapped).iter_errors(value)), None)
+        except Exception:  # an unresolvable reference inside: fall back to "accepted", the walk reports it
+            return True, None
+        return (error is None), (None if error is None else str(error.validator))
+
+
+class _Comparison:
+    def __init__(self, reader_root: Any, writer_root: Any) -> None:
+        self.reader = _Document(reader_root)
+        self.writer = _Document(writer_root)
+        self.active: set[tuple[int, int]] = set()
+
+    def reversed(self) -> _Comparison:
+        return _Comparison(self.writer.root, self.reader.root)
+
+    def compare(self, r: Any, w: Any, path: str, depth: int) -> list[Issue]:
+        issues: list[Issue] = []
+        r = self.reader.deref(r, issues, path)
+        w = self.writer.deref(w, issues, path)
+        if w is False or _is_open(r) or depth > _MAX_DEPTH:
+            return issues
+        if r is False:
+            return issues + [Issue(path, "TYPE_NARROWED", "the reader accepts nothing here (false schema) "
+                                   "while the writer may write a value")]
+        key = (id(r), id(w))
+        if key in self.active:  # a recursive schema: this pair is already being compared further up
+            return issues
+        self.active.add(key)
+        try:
+            issues += self._compare(r, w if isinstance(w, dict) else {}, path, depth + 1)
+        finally:
+            self.active.discard(key)
+        return issues
+
+    def _compare(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
+        if "allOf" in w:  # the writer's conjuncts together: merged into one schema
+            merged = _without(w, "allOf")
+            for part in w["allOf"]:
+                merged = _merge(merged, self.writer.deref(part, [], path))
+            return self.compare(r, merged, path, depth)
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in w:  # each writer branch must be readable
+                base = _without(w, keyword)
+                issues: list[Issue] = []
+                for branch in w[keyword]:
+                    issues += self.compare(r, _merge(base, self.writer.deref(branch, [], path)), path, depth)
+                return _dedupe(issues)
+        if "allOf" in r:  # the writer must satisfy every reader conjunct
+            issues = self.compare(_without(r, "allOf"), w, path, depth)
+            for part in r["allOf"]:
+                issues += self.compare(part, w, path, depth)
+            return _dedupe(issues)
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in r:
+                return self._reader_sum(r, w, keyword, path, depth)
+        if "not" in r:
+            if "not" not in w:
+                return [Issue(path, "NOT_TYPE_EXTENDED", "the reader excludes values with 'not' that the writer "
+                              "may write")] + self.compare(_without(r, "not"), w, path, depth)
+            excluded = self.reversed().compare(w["not"], r["not"], path, depth)
+            issues = self.compare(_without(r, "not"), _without(w, "not"), path, depth)
+            if excluded:
+                issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes values the writer's "
+                                    "'not' allowed"))
+            return issues
+        finite = _finite_values(w)
+        if finite is not None:
+            return self._finite(r, w, finite, path)
+        return self._structural(r, w, path, depth)
+
+    def _reader_sum(self, r: dict, w: dict, keyword: str, path: str, depth: int) -> list[Issue]:
+        base = _without(r, keyword)
+        issues = self.compare(base, w, path, depth)
+        pieces = [w] if len(_types(w) or ()) < 2 else [{**w, "type": t} for t in sorted(_types(w))]
+        for piece in pieces:  # a writer of several types may spread over several reader branches
+            best: list[Issue] | None = None
+            for branch in r[keyword]:
+                found = [i for i in self.compare(branch, piece, path, depth) if i.severity is Severity.ERROR]
+                if not found:
+                    best = []
+                    break
+                if best is None or len(found) < len(best):
+                    best = found
+            if best:
+                issues.append(Issue(path, "SUM_TYPE_NARROWED", f"the writer may write values that match none of "
+                                    f"the reader's {keyword} branches (closest branch: {best[0].what})"))
+        return _dedupe(issues)
+
+    def _finite(self, r: dict, w: dict, values: list[Any], path: str) -> list[Issue]:
+        rejected = []
+        keyword = None
+        for value in values:
+            if not self.writer.accepts_value(w, value)[0]:
+                continue  # the writer's own other keywords exclude it: never written
+            ok, failed = self.reader.accepts_value(r, value)
+            if not ok:
+                rejected.append(value)
+                keyword = keyword or failed
+        if not rejected:
+            return []
+        shown = ", ".join(_json(v) for v in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
+        rule = "ENUM_ARRAY_NARROWED" if keyword in ("enum", "const") else _KEYWORD_RULE.get(keyword, "TYPE_CHANGED")
+        return [Issue(path, rule, f"the writer may write {shown}, which the reader rejects "
+                      f"(its '{keyword}' does not allow it)")]
+
+    def _structural(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
+        issues: list[Issue] = []
+        if "enum" in r or "const" in r:
+            issues.append(Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of values here "
+                                "while the writer may write any value of its type"))
+        reader_types, writer_types = _types(r), _types(w)
+        writer_types = set(_ALL_TYPES) if writer_types is None else writer_types
+        if reader_types is not None:
+            lost = {t for t in writer_types if t not in reader_types
+                    and not (t == "integer" and "number" in reader_types)}
+            if lost:
+                widened = _widen(reader_types) <= _widen(writer_types)
+                issues.append(Issue(path, "TYPE_NARROWED" if widened else "TYPE_CHANGED",
+                                    f"the writer may write {_or(sorted(lost))} here, which the reader does not "
+                                    f"accept (it allows {_or(sorted(reader_types))})"))
+            writer_types = {t for t in writer_types if t not in lost}
+        if writer_types & {"string"}:
+            issues += _string_bounds(r, w, path)
+        if writer_types & {"number", "integer"}:
+            issues += _number_bounds(r, w, path, integer_only=writer_types.isdisjoint({"number"}))
+        if "object" in writer_types:
+            issues += self._object(r, w, path, depth)
+        if "array" in writer_types:
+            issues += self._array(r, w, path, depth)
+        return issues
+
+    def _object(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
+        issues: list[Issue] = []
+        r_props, w_props = r.get("properties", {}), w.get("properties", {})
+        r_required, w_required = set(r.get("required", [])), set(w.get("required", []))
+        for name in list(w_props) + [n for n in r_props if n not in w_props]:
+            child = f"{path}.{name}"
+            if name in r_props and name in w_props:
+                issues += self.compare(r_props[name], w_props[name], child, depth)
+            elif name in w_props:  # the reader dropped a property the writer declared
+                cover = self.reader.deref(_declared(r, name), issues, child)
+                if cover is False and self.writer.deref(w_props[name], [], child) is not False:
+                    issues.append(Issue(child, "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
+                                        f"the writer may write property '{name}', which the reader no longer "
+                                        "declares and its closed content model (additionalProperties: false) "
+                                        "rejects"))
+                elif not _is_open(cover) and cover is not False and self.compare(cover, w_props[name], child, depth):
+                    issues.append(Issue(child, "PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
+                                        f"the writer may write property '{name}', which the reader no longer "
+                                        "declares and its additionalProperties schema does not accept"))
+            else:  # the reader added a property the writer did not declare
+                source = self.writer.deref(_declared(w, name), issues, child)
+                if source is False:
+                    continue  # the writer's closed model never writes it (unless required, below)
+                if _is_open(source):
+                    if not _is_open(self.reader.deref(r_props[name], [], child)):
+                        issues.append(Issue(child, "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+                                            f"the writer's content model is open, so its documents may already "
+                                            f"carry a property '{name}' with any value, which the reader now "
+                                            "constrains (close the writer with additionalProperties: false "
+                                            "first)"))
+                elif self.compare(r_props[name], source, child, depth):
+                    issues.append(Issue(child, "PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
+                                        f"the writer's additionalProperties may carry a property '{name}' that "
+                                        "the reader's new declaration rejects"))
+        for name in sorted(r_required - w_required):
+            child = f"{path}.{name}"
+            declared = self.reader.deref(r_props.get(name, True), [], child)
+            if isinstance(declared, dict) and "default" in declared:
+                issues.append(Issue(child, "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED",
+                                    f"the reader requires property '{name}' that the writer's documents may lack; "
+                                    "Confluent accepts this because it has a default, but JSON Schema validators "
+                                    "do not fill defaults", Severity.WARNING))
+            elif name not in w_props and self.writer.deref(_declared(w, name), [], child) is False:
+                issues.append(Issue(child, "REQUIRED_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL",
+                                    f"the reader requires property '{name}', which the writer never writes"))
+            else:
+                issues.append(Issue(child, "REQUIRED_ATTRIBUTE_ADDED",
+                                    f"the reader requires property '{name}', which the writer's documents may "
+                                    "lack (it is optional there)"))
+        issues += self._additional(r, w, path, depth)
+        issues += _bounds(r, w, path, "minProperties", "maxProperties", "properties")
+        for key, needed in _dependent_required(r).items():
+            extra = set(needed) - set(_dependent_required(w).get(key, []))
+            if extra:
+                issues.append(Issue(f"{path}.{key}", "DEPENDENCY_ARRAY_EXTENDED",
+                                    f"the reader requires {_or(sorted(extra), 'and')} whenever '{key}' is present, "
+                                    "which the writer did not"))
+        return issues
+
+    def _additional(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
+        r_extra = self.reader.deref(r.get("additionalProperties", True), [], path)
+        w_extra = self.writer.deref(w.get("additionalProperties", True), [], path)
+        if w_extra is False or _is_open(r_extra):
+            return []
+        if r_extra is False:
+            return [Issue(path, "ADDITIONAL_PROPERTIES_REMOVED", "the writer allows undeclared properties "
+                          "(additionalProperties is not false) and the reader's closed content model rejects them")]
+        if _is_open(w_extra) or self.compare(r_extra, w_extra, f"{path}.*", depth):
+            return [Issue(path, "ADDITIONAL_PROPERTIES_NARROWED", "the reader's additionalProperties schema "
+                          "rejects undeclared properties the writer allows")]
+        return []
+
+    def _array(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
+        issues: list[Issue] = []
+        r_prefix, r_rest = _items(r)
+        w_prefix, w_rest = _items(w)
+        for i in range(max(len(r_prefix), len(w_prefix))):
+            writer_item = w_prefix[i] if i < len(w_prefix) else w_rest
+            reader_item = r_prefix[i] if i < len(r_prefix) else r_rest
+            issues += self.compare(reader_item, writer_item, f"{path}[{i}]", depth)
+        issues += self.compare(r_rest, w_rest, f"{path}[*]", depth)
+        issues += _bounds(r, w, path, "minItems", "maxItems", "items")
+        if r.get("uniqueItems") and not w.get("uniqueItems"):
+            issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the writer may "
+                                "write duplicates"))
+        return issues
+
+
+_KEYWORD_RULE = {"type": "TYPE_NARROWED", "maxLength": "MAX_LENGTH_DECREASED", "minLength": "MIN_LENGTH_INCREASED",
+                 "pattern": "PATTERN_CHANGED", "maximum": "MAXIMUM_DECREASED", "minimum": "MINIMUM_INCREASED",
+                 "exclusiveMaximum": "EXCLUSIVE_MAXIMUM_DECREASED",
+                 "exclusiveMinimum": "EXCLUSIVE_MINIMUM_INCREASED", "multipleOf": "MULTIPLE_OF_CHANGED",
+                 "required": "REQUIRED_ATTRIBUTE_ADDED", "additionalProperties": "ADDITIONAL_PROPERTIES_NARROWED"}
+
+
+def _string_bounds(r: dict, w: dict, path: str) -> list[Issue]:
+    issues = _bounds(r, w, path, "minLength", "maxLength", "characters")
+    if "pattern" in r and r["pattern"] != w.get("pattern"):
+        rule = "PATTERN_CHANGED" if "pattern" in w else "PATTERN_ADDED"
+        issues.append(Issue(path, rule, f"the reader requires the pattern {r['pattern']!r}, which strings the writer "
+                            "allows may not match"))
+    if "format" in r and r["format"] != w.get("format"):
+        issues.append(Issue(path, "FORMAT_CHANGED", f"the reader expects format '{r['format']}' where the writer "
+                            f"had {repr(w['format']) if 'format' in w else 'none'}", Severity.WARNING))
+    return issues
+
+
+def _bounds(r: dict, w: dict, path: str, low: str, high: str, unit: str) -> list[Issue]:
+    issues = []
+    if low in r and r[low] > w.get(low, 0):
+        rule = f"{_snake(low)}_{'INCREASED' if low in w else 'ADDED'}"
+        issues.append(Issue(path, rule, f"the reader requires {low} {r[low]} and the writer allows "
+                            f"{w.get(low, 0)} {unit}"))
+    if high in r and r[high] < w.get(high, math.inf):
+        rule = f"{_snake(high)}_{'DECREASED' if high in w else 'ADDED'}"
+        issues.append(Issue(path, rule, f"the reader allows at most {r[high]} {unit} ({high}) and the writer "
+                            f"{w[high] if high in w else 'any number'}"))
+    return issues
+
+
+def _number_bounds(r: dict, w: dict, path: str, integer_only: bool) -> list[Issue]:
+    issues = []
+    for side, sign, word in (("MINIMUM", 1, "lower"), ("MAXIMUM", -1, "upper")):
+        r_bound, w_bound = _bound(r, side, integer_only), _bound(w, side, integer_only)
+        if r_bound is None:
+            continue
+        # compare as (value, exclusive) with the direction folded in: larger means stricter
+        r_key = (sign * r_bound[0], r_bound[1])
+        if w_bound is None or r_key > (sign * w_bound[0], w_bound[1]):
+            exclusive = "EXCLUSIVE_" if r_bound[1] else ""
+            change = "ADDED" if w_bound is None else ("INCREASED" if sign > 0 else "DECREASED")
+            shown = "none" if w_bound is None else _show_bound(w_bound, side)
+            issues.append(Issue(path, f"{exclusive}{side}_{change}", f"the reader's {word} bound "
+                                f"{_show_bound(r_bound, side)} rejects numbers the writer allows (its bound: {shown})"))
+    if "multipleOf" in r:
+        divisor = Fraction(str(r["multipleOf"]))
+        written = Fraction(str(w["multipleOf"])) if "multipleOf" in w else (Fraction(1) if integer_only else None)
+        if written is None or (written / divisor).denominator != 1:
+            rule = "MULTIPLE_OF_ADDED" if "multipleOf" not in w else "MULTIPLE_OF_CHANGED"
+            issues.append(Issue(path, rule, f"the reader requires multiples of {r['multipleOf']}, and the writer "
+                                f"allows {('multiples of ' + str(w['multipleOf'])) if 'multipleOf' in w else 'any'}"))
+    return issues
+
+
+def _bound(s: dict, side: str, integer_only: bool) -> tuple[Fraction, bool] | None:
+    """(value, exclusive) of the lower (MINIMUM) or upper (MAXIMUM) bound, draft-4 and draft-6+ forms."""
+    plain, exclusive_key = side.lower(), "exclusive" + side.capitalize()
+    candidates = []
+    if isinstance(s.get(plain), (int, float)) and not isinstance(s.get(plain), bool):
+        candidates.append((Fraction(str(s[plain])), s.get(exclusive_key) is True))
+    if isinstance(s.get(exclusive_key), (int, float)) and not isinstance(s.get(exclusive_key), bool):
+        candidates.append((Fraction(str(s[exclusive_key])), True))
+    if not candidates:
+        return None
+    if integer_only:  # x > 0 on integers is x >= 1: compare like with like
+        step = 1 if side == "MINIMUM" else -1
+        candidates = [(Fraction(math.floor(v) + 1) if step > 0 else Fraction(math.ceil(v) - 1), False) if ex
+                      else (Fraction(math.ceil(v)) if step > 0 else Fraction(math.floor(v)), False)
+                      for v, ex in candidates]
+    sign = 1 if side == "MINIMUM" else -1
+    return max(candidates, key=lambda c: (sign * c[0], c[1]))
+
+
+def _show_bound(bound: tuple[Fraction, bool], side: str) -> str:
+    op = (">" if side == "MINIMUM" else "<") + ("" if bound[1] else "=")
+    value = bound[0]
+    return f"{op} {value.numerator if value.denominator == 1 else float(value)}"
+
+
+def _items(s: dict) -> tuple[list[Any], Any]:
+    if "prefixItems" in s:
+        return list(s["prefixItems"]), s.get("items", True)
+    if isinstance(s.get("items"), list):
+        return list(s["items"]), s.get("additionalItems", True)
+    return [], s.get("items", True)
+
+
+def _declared(s: dict, name: str) -> Any:
+    """The subschema an object schema applies to property ``name``."""
+    if name in s.get("properties", {}):
+        return s["properties"][name]
+    for pattern, sub in s.get("patternProperties", {}).items():
+        if re.search(pattern, name):
+            return sub
+    return s.get("additionalProperties", True)
+
+
+def _dependent_required(s: dict) -> dict[str, list[str]]:
+    found = {k: v for k, v in s.get("dependencies", {}).items() if isinstance(v, list)}
+    found.update(s.get("dependentRequired", {}))
+    return found
+
+
+def _finite_values(s: dict) -> list[Any] | None:
+    if "const" in s:
+        return [s["const"]]
+    if isinstance(s.get("enum"), list):
+        return list(s["enum"])
+    return None
+
+
+def _types(s: dict) -> set[str] | None:
+    declared = s.get("type")
+    if declared is None:
+        return None
+    return {declared} if isinstance(declared, str) else set(declared)
+
+
+def _widen(types: Iterable[str]) -> set[str]:
+    types = set(types)
+    return types | {"integer"} if "number" in types else types
+
+
+def _is_open(s: Any) -> bool:
+    return s is True or (isinstance(s, dict) and all(k in _ANNOTATIONS for k in s))
+
+
+def _without(s: dict, key: str) -> dict:
+    return {k: v for k, v in s.items() if k != key}
+
+
+def _merge(a: Any, b: Any) -> Any:
+    """Both constraints at once, shallowly (what an allOf of the two means for the keywords compared here)."""
+    if a is False or b is False:
+        return False
+    if a is True:
+        return b
+    if b is True:
+        return a
+    merged = dict(a)
+    for key, value in b.items():
+        if key not in merged:
+            merged[key] = value
+        elif key == "properties":
+            props = dict(merged[key])
+            for name, sub in value.items():
+                props[name] = sub if name not in props else {"allOf": [props[name], sub]}
+            merged[key] = props
+        elif key == "required":
+            merged[key] = list(dict.fromkeys([*merged[key], *value]))
+        elif key == "type":
+            mine, theirs = _types(merged), _types(b)
+            merged[key] = sorted({t for t in mine if t in _widen(theirs)} | {t for t in theirs if t in _widen(mine)})
+        elif key in _LOWER_BOUNDS and _is_number(value) and _is_number(merged[key]):
+            merged[key] = max(merged[key], value)
+        elif key in _UPPER_BOUNDS and _is_number(value) and _is_number(merged[key]):
+            merged[key] = min(merged[key], value)
+        else:  # an approximation: the more specific (later) schema's keyword wins
+            merged[key] = value
+    return merged
+
+
+_LOWER_BOUNDS = {"minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties"}
+_UPPER_BOUNDS = {"maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _dedupe(issues: list[Issue]) -> list[Issue]:
+    return list(dict.fromkeys(issues))
+
+
+def _snake(keyword: str) -> str:
+    return "".join("_" + c if c.isupper() else c.upper() for c in keyword).lstrip("_")
+
+
+def _or(items: list[str], word: str = "or") -> str:
+    quoted = [f"'{i}'" for i in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" {word} " + quoted[-1]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
