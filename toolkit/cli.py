@@ -126,6 +126,31 @@ def verify(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None
     typer.echo(f"in sync: {report.checked} version(s) of {len(subjects)} subject(s) match {registry.url}")
 
 
+@app.command()
+def check(schemas: SchemasDir = Path("schemas"),
+          base: Annotated[str | None, typer.Option(
+              "--base", help="Git ref whose version files are published (default: merge base with main).")] = None,
+          output: Annotated[str, typer.Option("--format", help="text (for review) or json.")] = "text",
+          registry_url: Annotated[str | None, typer.Option(
+              "--registry-url", help="Also ask this Confluent-compatible registry and report disagreements.")] = None,
+          ) -> None:
+    """Schema checks: valid files, published versions unchanged, compatibility per subject mode (make check)."""
+    from toolkit.compat.check import run_check
+    from toolkit.compat.report import github_annotations, render_json, render_text
+
+    if output not in ("text", "json"):
+        raise _fail(EpistleError(f"--format {output!r}: use text or json"), 2)
+    try:
+        report = run_check(schemas, base=base, registry_url=registry_url)
+    except EpistleError as exc:
+        raise _fail(exc) from None
+    typer.echo(render_json(report) if output == "json" else render_text(report))
+    annotations = github_annotations(report) if output == "text" else ""
+    if annotations:
+        typer.echo(annotations)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:
     try:
         app()
