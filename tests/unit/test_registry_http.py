@@ -1,0 +1,270 @@
+"""ConfluentHttpRegistry against httpx.MockTransport: the error translation, retries, auth and secrecy."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from toolkit.errors import ConfigError, RegistryError, RegistryRejected, RegistryUnavailable, SchemaNotFound
+from toolkit.layout import SchemaFormat
+from toolkit.registry import ConfluentHttpRegistry, SchemaRegistry, registry_from_settings
+from toolkit.settings import RegistrySettings
+
+URL = "http://registry.test/apis/ccompat/v7"
+PASSWORD = "pa55-w0rd-s3cret"
+TOKEN = "t0ken-s3cret-value"
+AVRO = '{"type": "record", "name": "R", "fields": [{"name": "id", "type": "string"}]}'
+
+
+def version_body(subject: str = "orders", version: int = 1, schema_type: str | None = None) -> dict:
+    body = {"subject": subject, "version": version, "id": 42, "schema": AVRO, "references": []}
+    if schema_type:
+        body["schemaType"] = schema_type
+    return body
+
+
+class Server:
+    """Answers from a list of canned responses (or exceptions) and records every request."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        status, body = answer
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+
+def client(server: Server, sleeps: list[float] | None = None, **options) -> ConfluentHttpRegistry:
+    options.setdefault("max_attempts", 3)
+    return ConfluentHttpRegistry(URL, transport=httpx.MockTransport(server),
+                                 sleep=(sleeps.append if sleeps is not None else lambda s: None), **options)
+
+
+def test_it_is_a_registry():
+    assert isinstance(client(Server((200, {}))), SchemaRegistry)
+
+
+def test_get_reads_a_version_and_omitted_schema_type_means_avro():
+    server = Server((200, version_body()))
+    schema = client(server).get("orders", 1)
+    assert (schema.subject, schema.version, schema.format, schema.text, schema.schema_id) == (
+        "orders", 1, SchemaFormat.AVRO, AVRO, 42)
+    assert server.requests[0].url == f"{URL}/subjects/orders/versions/1"
+
+
+def test_json_schema_type_and_latest():
+    server = Server((200, version_body(version=3, schema_type="JSON")))
+    schema = client(server).latest("orders")
+    assert schema.format == SchemaFormat.JSON and schema.version == 3
+    assert server.requests[0].url.path.endswith("/subjects/orders/versions/latest")
+
+
+def test_subject_names_are_escaped_in_the_path():
+    server = Server((200, version_body(subject="a/b c")))
+    client(server).get("a/b c", 1)
+    assert server.requests[0].url.raw_path.endswith(b"/subjects/a%2Fb%20c/versions/1")
+
+
+@pytest.mark.parametrize("code", [40401, 40402])
+def test_not_found_is_permanent_and_not_retried(code):
+    server = Server((404, {"error_code": code, "message": "No such thing"}))
+    with pytest.raises(SchemaNotFound) as raised:
+        client(server).get("orders", 9)
+    assert raised.value.subject == "orders" and raised.value.version == 9
+    assert "No such thing" in str(raised.value)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("version", [0, -1, True, "1"])
+def test_a_version_that_is_not_positive_is_not_found_without_asking(version):
+    server = Server((200, version_body()))
+    with pytest.raises(SchemaNotFound):
+        client(server).get("orders", version)  # the registry would read -1 as latest
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("failure", [
+    httpx.ConnectError("Connection refused"),
+    httpx.ReadTimeout("timed out"),
+    httpx.RemoteProtocolError("peer closed connection"),
+    (503, {"error_code": 50301, "message": "busy"}),
+    (500, "<html>oops</html>"),
+    (429, {"message": "slow down"}),
+])
+def test_transient_failures_are_retried_then_unavailable_never_not_found(failure):
+    server, sleeps = Server(failure), []
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(server, sleeps, max_attempts=4, backoff_initial_s=0.1, backoff_max_s=0.25).get("orders", 1)
+    assert not isinstance(raised.value, SchemaNotFound)
+    assert raised.value.attempts == 4 and len(server.requests) == 4
+    assert "4 time(s)" in str(raised.value) and raised.value.subject == "orders"
+    assert len(sleeps) == 3  # between attempts, none after the last
+    assert all(0 <= delay <= cap for delay, cap in zip(sleeps, [0.1, 0.2, 0.25], strict=True))
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped():
+    registry = client(Server((200, {})), backoff_initial_s=0.5, backoff_max_s=3.0, rng=lambda: 1.0)
+    assert [registry._delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    registry = client(Server((200, {})), backoff_initial_s=0.5, backoff_max_s=3.0, rng=lambda: 0.25)
+    assert registry._delay(2) == 0.25
+
+
+def test_a_retry_that_succeeds_returns_the_answer():
+    server = Server(httpx.ConnectError("refused"), (502, "bad gateway"), (200, version_body()))
+    assert client(server).get("orders", 1).version == 1
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("answer, fix", [
+    ((404, {"detail": "RESTEASY003210: Could not find resource"}), "API root"),
+    ((401, {"message": "Unauthorized"}), "credentials"),
+    ((403, {"message": "Forbidden"}), "credentials"),
+    ((200, "<html>a proxy login page</html>"), "API root"),
+])
+def test_misconfiguration_pauses_the_consumer_instead_of_dead_lettering(answer, fix):
+    server = Server(answer)
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(server).get("orders", 1)
+    assert fix in str(raised.value)
+    assert len(server.requests) == 1  # retrying would not fix it
+
+
+@pytest.mark.parametrize("status, code", [(409, 409), (422, 42201)])
+def test_register_refused_carries_the_registry_message(status, code):
+    message = "Incompatible artifact: orders [AVRO], list of diff types: [n at /fields/1]"
+    server = Server((status, {"error_code": code, "message": message}))
+    with pytest.raises(RegistryRejected) as raised:
+        client(server).register("orders", AVRO, SchemaFormat.AVRO)
+    assert raised.value.reasons == [message] and raised.value.subject == "orders"
+
+
+def test_register_posts_then_looks_up_the_version_and_omits_avro_schema_type():
+    server = Server((200, {"id": 42}), (200, {"subject": "orders", "version": 2, "id": 42, "schema": AVRO}))
+    schema = client(server).register("orders", AVRO, SchemaFormat.AVRO)
+    assert schema.version == 2 and schema.schema_id == 42 and schema.format == SchemaFormat.AVRO
+    post, lookup = server.requests
+    assert post.url.path.endswith("/subjects/orders/versions")
+    assert lookup.url.path.endswith("/subjects/orders")
+    assert json.loads(post.content) == {"schema": AVRO}
+    assert post.headers["content-type"] == "application/vnd.schemaregistry.v1+json"
+
+
+def test_lookup_of_json_keeps_the_asked_format_when_the_answer_omits_it():
+    server = Server((200, {"subject": "o", "version": 1, "id": 1, "schema": "{}"}))
+    assert client(server).lookup("o", "{}", SchemaFormat.JSON).format == SchemaFormat.JSON
+    assert json.loads(server.requests[0].content) == {"schema": "{}", "schemaType": "JSON"}
+
+
+@pytest.mark.parametrize("code", [40401, 40403])
+def test_lookup_of_an_unknown_schema_is_none(code):
+    registry = client(Server((404, {"error_code": code, "message": "no"})))
+    assert registry.lookup("o", "{}", SchemaFormat.JSON) is None
+
+
+def test_check_compatibility_is_verbose_and_a_new_subject_is_compatible():
+    server = Server((200, {"is_compatible": False, "messages": ["field n has no default"]}))
+    result = client(server).check_compatibility("orders", AVRO, SchemaFormat.AVRO)
+    assert not result.compatible and result.messages == ("field n has no default",)
+    assert server.requests[0].url.params["verbose"] == "true"
+    assert server.requests[0].url.path.endswith("/compatibility/subjects/orders/versions/latest")
+    new = client(Server((404, {"error_code": 40401, "message": "no subject"})))
+    assert new.check_compatibility("new", AVRO, SchemaFormat.AVRO).compatible
+
+
+def test_an_unsupported_schema_type_is_a_registry_error():
+    with pytest.raises(RegistryError, match="PROTOBUF"):
+        client(Server((200, version_body(schema_type="PROTOBUF")))).get("orders", 1)
+
+
+def test_basic_auth_and_bearer_token_headers():
+    server = Server((200, ["a"]))
+    client(server, username="svc", password=PASSWORD).subjects()
+    assert server.requests[-1].headers["authorization"] == httpx.BasicAuth("svc", PASSWORD)._auth_header
+    client(server, bearer_token=TOKEN).subjects()
+    assert server.requests[-1].headers["authorization"] == f"Bearer {TOKEN}"
+    client(server).subjects()
+    assert "authorization" not in server.requests[-1].headers
+
+
+def test_credentials_in_the_url_become_basic_auth_and_leave_the_url():
+    server = Server((200, []))
+    registry = ConfluentHttpRegistry(f"http://svc:{PASSWORD}@registry.test/apis/ccompat/v7/",
+                                     transport=httpx.MockTransport(server))
+    registry.subjects()
+    assert registry.url == URL and PASSWORD not in repr(registry)
+    assert server.requests[0].headers["authorization"] == httpx.BasicAuth("svc", PASSWORD)._auth_header
+    assert PASSWORD not in str(server.requests[0].url)
+
+
+@pytest.mark.parametrize("options", [dict(username="u", password="p", bearer_token="t"), dict(password="p")])
+def test_inconsistent_credentials_are_a_config_error(options):
+    with pytest.raises(ConfigError):
+        ConfluentHttpRegistry(URL, **options)
+
+
+def test_unreadable_tls_files_are_a_config_error(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="PEM"):
+        ConfluentHttpRegistry("https://registry.test", ca_bundle=bad)
+
+
+def test_secrets_never_leak_into_reprs_errors_or_logs(caplog, monkeypatch):
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", URL)
+    monkeypatch.setenv("SCHEMA_REGISTRY_USERNAME", "svc")
+    monkeypatch.setenv("SCHEMA_REGISTRY_PASSWORD", PASSWORD)
+    settings = RegistrySettings(_env_file=None)
+    caplog.set_level(logging.DEBUG)
+    # The registry echoes the secret back (a hostile or careless proxy); we still never show it.
+    server = Server(httpx.ConnectError(f"refused for svc:{PASSWORD}"), (500, {"message": f"bad {PASSWORD}"}),
+                    (404, {"error_code": 40401, "message": f"no subject (auth {PASSWORD})"}))
+    registry = registry_from_settings(settings, schemas_dir=None,  # type: ignore[arg-type]
+                                      transport=httpx.MockTransport(server), sleep=lambda s: None)
+    errors: list[Exception] = []
+    with pytest.raises(SchemaNotFound) as not_found:
+        registry.get("orders", 1)
+    errors.append(not_found.value)
+    server.answers = [(503, {"message": f"down {PASSWORD}"})]
+    with pytest.raises(RegistryUnavailable) as unavailable:
+        registry.get("orders", 1)
+    errors.append(unavailable.value)
+    server.answers = [(409, {"error_code": 409, "message": f"incompatible {PASSWORD}"})]
+    with pytest.raises(RegistryRejected) as rejected:
+        registry.register("orders", AVRO, SchemaFormat.AVRO)
+    errors.append(rejected.value)
+    shown = [repr(settings), str(settings), repr(registry), str(registry), caplog.text,
+             *(str(e) for e in errors), *(repr(e) for e in errors), *(str(r) for e in errors for r in
+                                                                       getattr(e, "reasons", []))]
+    assert caplog.records, "the retries were logged"
+    for text in shown:
+        assert PASSWORD not in text
+    bearer = ConfluentHttpRegistry(URL, bearer_token=TOKEN, transport=httpx.MockTransport(server))
+    assert TOKEN not in repr(bearer) and "bearer" in repr(bearer)
+
+
+def test_the_factory_picks_the_local_folder_for_an_empty_url(tmp_path):
+    from toolkit.registry import LocalFolderRegistry
+
+    local = registry_from_settings(RegistrySettings(_env_file=None, url=""), tmp_path)
+    assert isinstance(local, LocalFolderRegistry) and local.schemas_dir == tmp_path
+    remote = registry_from_settings(RegistrySettings(_env_file=None, url=URL), tmp_path)
+    assert isinstance(remote, ConfluentHttpRegistry) and remote.url == URL
+
+
+def test_event_hooks_see_every_attempt():
+    seen: list[str] = []
+    server = Server(httpx.ConnectError("refused"), (200, []))
+    registry = ConfluentHttpRegistry(URL, transport=httpx.MockTransport(server), sleep=lambda s: None,
+                                     event_hooks={"request": [lambda request: seen.append(request.url.path)]})
+    registry.subjects()
+    assert seen == ["/apis/ccompat/v7/subjects"] * 2
