@@ -76,5 +76,6 @@ def load_model_index(package: str = "generated_models") -> ModelIndex:
                            fix="run `make codegen` (epistle codegen) to generate it") from None
     entries = getattr(module, "MODELS", None)
     if not isinstance(entries, Mapping):
-        raise CodegenError(package, f"{package}.{INDEX_MODULE} has no MODELS mapping", fix="run `make codegen`")
+        raise CodegenError(package, f"{package}.{INDEX_MODULE} has no MODELS mapping",
+                           fix="run `make codegen`")
     return ModelIndex(package, entries)

@@ -56,7 +56,8 @@ def check_avro_schema(path: Path | str, document: Any) -> dict | list | str:
     try:
         return fastavro.parse_schema(document, _write_hint=False)
     except RecursionError:
-        raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with named types") from None
+        raise SchemaFileError(path, "schema is nested too deeply",
+                              fix="flatten it with named types") from None
     except Exception as exc:  # noqa: BLE001 - fastavro raises many types (SchemaParseException, KeyError ...)
         raise SchemaFileError(path, f"not a valid Avro schema: {shorten(f'{type(exc).__name__}: {exc}')}",
                               fix="correct the schema (see https://avro.apache.org/docs/1.12.0/specification/)"
