@@ -96,8 +96,8 @@ def register(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = No
     except EpistleError as exc:
         raise _fail(exc) from None
     if steps and steps[-1].failed:
-        typer.secho(f"stopped at {steps[-1].subject} v{steps[-1].version}: nothing after it was registered",
-                    err=True, fg=typer.colors.RED)
+        typer.secho(f"stopped at {steps[-1].subject} v{steps[-1].version}: nothing after it was "
+                    f"{'checked' if dry_run else 'registered'}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
     done = sum(step.action == "registered" for step in steps)
     unchanged = sum(step.action == "unchanged" for step in steps)

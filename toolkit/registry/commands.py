@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from toolkit.errors import ConfigError, RegistryRejected, SchemaNotFound
+from toolkit.errors import ConfigError, RegistryRejected, RegistryUnavailable, SchemaNotFound
 from toolkit.layout import Subject
 from toolkit.registry.base import SchemaRegistry, SupportsCompatibilityConfig, same_schema
 
-FAILED_ACTIONS = frozenset({"refused", "conflict", "would be refused"})
+FAILED_ACTIONS = frozenset({"refused", "conflict", "would be refused", "failed"})
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Step:
 
     subject: str
     version: int | None
-    action: str  # compatibility | unchanged | registered | refused | conflict | would ...
+    action: str  # compatibility | unchanged | registered | refused | conflict | failed | would ...
     detail: str = ""
 
     @property
@@ -88,11 +88,12 @@ def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], 
 
     Idempotent: a version already in the registry with the same content is ``unchanged``. A failing step
     (``refused`` with the registry's reasons, ``conflict`` when the registry's numbering or content differs,
-    ``would be refused`` in a dry run) is the last one. On registries that support it, each subject's
-    compatibility mode from ``subject.toml`` is set first (an idempotent ``PUT /config/{subject}``).
+    ``would be refused`` in a dry run, ``failed`` when the registry did not answer) is the last one. On
+    registries that support it, each subject's compatibility mode from ``subject.toml`` is set first (an
+    idempotent ``PUT /config/{subject}``).
 
     Raises:
-        RegistryUnavailable, RegistryError: the registry cannot answer.
+        RegistryUnavailable, RegistryError: the registry cannot answer a read.
     """
     steps: list[Step] = []
 
@@ -133,7 +134,10 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
                                f"so {schema_file.path.name} cannot get version {number} there"))
         if dry_run:
             if first_new and remote:
-                verdict = registry.check_compatibility(name, schema_file.text, schema_file.format)
+                try:
+                    verdict = registry.check_compatibility(name, schema_file.text, schema_file.format)
+                except RegistryUnavailable as exc:
+                    return record(Step(name, number, "failed", f"compatibility check: {exc}"))
                 if not verdict.compatible:
                     reasons = "; ".join(verdict.messages) or "the registry gave no reasons"
                     return record(Step(name, number, "would be refused",
@@ -149,6 +153,10 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
             got = registry.register(name, schema_file.text, schema_file.format)
         except RegistryRejected as exc:
             return record(Step(name, number, "refused", "; ".join(exc.reasons) or str(exc)))
+        except RegistryUnavailable as exc:
+            # Also what a registry bug looks like: Apicurio 3.0.9 answers HTTP 500 "could not determine
+            # version" when asked to check a draft 2020-12 JSON Schema. Either way, name the version.
+            return record(Step(name, number, "failed", str(exc)))
         if got.version != number:
             return record(Step(name, number, "conflict",
                                f"the registry answered with version {got.version}: {schema_file.path.name} "
