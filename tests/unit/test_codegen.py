@@ -149,3 +149,10 @@ def test_model_index_with_a_stale_entry(tmp_path: Path, monkeypatch: pytest.Monk
     index = load_model_index("stale_models")
     with pytest.raises(CodegenError, match="cannot load generated model"):
         index.get("orders", 1)
+
+
+def test_public_api() -> None:
+    import toolkit.codegen
+
+    assert sorted(toolkit.codegen.__all__) == ["Difference", "ModelIndex", "check_models", "generate_models",
+                                               "load_model_index", "render_package"]

@@ -235,3 +235,10 @@ def test_deeply_nested_json_body() -> None:
     for compiled in (ORDERS, SHIPMENTS):
         with pytest.raises(MessageError):
             compiled.decode({"notes": body, "tags": body, "reference": body})
+
+
+def test_public_api() -> None:
+    import toolkit.validation
+
+    assert sorted(toolkit.validation.__all__) == ["AvroSchema", "CompiledSchema", "JsonSchema", "STAGE",
+                                                  "check_schema_text", "compile_schema"]
