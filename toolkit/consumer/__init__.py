@@ -3,5 +3,10 @@
 from toolkit.consumer.handlers import BaseHandler, HandlerRegistry
 from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
 from toolkit.consumer.pipeline import Message
+from toolkit.consumer.runtime import ConsumerStopped, KafkaConsumer, install_signal_handlers, run
+from toolkit.consumer.stats import ConsumerStats, TopicStats
+from toolkit.settings import OrderingMode
 
-__all__ = ["BaseHandler", "ErrorPolicy", "HandlerRegistry", "Message", "RetryPolicy"]
+__all__ = ["BaseHandler", "ConsumerStats", "ConsumerStopped", "ErrorPolicy", "HandlerRegistry",
+           "KafkaConsumer", "Message", "OrderingMode", "RetryPolicy", "TopicStats", "install_signal_handlers",
+           "run"]

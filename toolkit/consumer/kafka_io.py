@@ -1,0 +1,288 @@
+"""The only code that talks to librdkafka: the poll thread that owns the consumer, and the dead-letter
+producer. librdkafka errors are translated here, once.
+
+The poll thread is the consumer's single owner: it fetches batches with ``consume(num_messages=...)`` and
+hands them to the event loop, serves rebalance callbacks, and runs the commands the loop queues (store and
+commit offsets, pause, resume) between fetches, so no other thread ever touches the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from toolkit.consumer.deadletter import DeadLetterRecord
+from toolkit.errors import BrokerUnavailable
+
+log = logging.getLogger("toolkit.consumer")
+
+TP = tuple[str, int]
+DLQ_MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # a ~1 MB record travels as base64 (4/3) plus its error report
+
+
+def broker_error(exc: BaseException, doing: str) -> BrokerUnavailable:
+    """A librdkafka error as our transient error, keeping the code and message."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+    name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
+    text = err.str() if isinstance(err, KafkaError) else str(exc)
+    return BrokerUnavailable(f"{doing}: {name}: {text}")
+
+
+class PollThread:
+    """Owns the :class:`confluent_kafka.Consumer`. Every public method is safe to call from the loop."""
+
+    def __init__(self, config: dict[str, Any], topics: list[str], loop: asyncio.AbstractEventLoop, *,
+                 max_poll_records: int, on_batch: Callable[[list[Any]], None],
+                 on_assign: Callable[[list[tuple[str, int, int]]], None],
+                 release: Callable[[list[TP], bool], Awaitable[list[TopicPartition]]],
+                 drain_timeout_s: float = 60.0) -> None:
+        self._config = config
+        self._topics = topics
+        self._loop = loop
+        self._max_poll_records = max_poll_records
+        self._on_batch = on_batch
+        self._on_assign_loop = on_assign
+        self._release = release
+        self._drain_timeout_s = drain_timeout_s
+        self._commands: queue.SimpleQueue[tuple[str, Any, Future | None]] = queue.SimpleQueue()
+        self._generation: dict[TP, int] = {}
+        self._next_generation = 0
+        self._fetching = True
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="epistle-poll", daemon=True)
+        self.commit_failed = False
+        self.consumer: Consumer | None = None
+
+    # -- called from the event loop ------------------------------------------------------------------
+    def start(self) -> None:
+        config = dict(self._config, on_commit=self._on_commit)
+        self.consumer = Consumer(config)
+        self.consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked,
+                                on_lost=self._lost)
+        self._thread.start()
+
+    def store_and_commit(self, offsets: list[tuple[str, int, int, int]], *, sync: bool = False) -> Future:
+        """Store and commit ``(topic, partition, offset, generation)``; stale generations are skipped."""
+        done: Future = Future()
+        self._commands.put(("commit", (offsets, sync), done))
+        return done
+
+    def pause(self, tps: list[TP]) -> None:
+        self._commands.put(("pause", tps, None))
+
+    def resume(self, tps: list[TP]) -> None:
+        self._commands.put(("resume", tps, None))
+
+    def stop_fetching(self) -> None:
+        self._fetching = False
+
+    def close(self) -> Future:
+        """Close the consumer (rebalance callbacks still reach the loop); resolves when the thread ends."""
+        done: Future = Future()
+        self._commands.put(("close", None, done))
+        return done
+
+    # -- the thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        while True:
+            if self._run_commands():
+                return
+            if not self._fetching:
+                time.sleep(0.02)
+                continue
+            try:
+                batch = consumer.consume(num_messages=self._max_poll_records, timeout=0.1)
+            except KafkaException as exc:
+                log.error("consume failed: %s", exc)
+                continue
+            except RuntimeError:  # closed under us
+                return
+            if batch:
+                self._loop.call_soon_threadsafe(self._on_batch, batch)
+
+    def _run_commands(self) -> bool:
+        consumer = self.consumer
+        assert consumer is not None
+        while True:
+            try:
+                name, arg, done = self._commands.get_nowait()
+            except queue.Empty:
+                return False
+            try:
+                if name == "commit":
+                    self._commit(*arg)
+                elif name == "pause":
+                    consumer.pause([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
+                elif name == "resume":
+                    consumer.resume([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
+                elif name == "close":
+                    try:
+                        consumer.close()
+                    finally:
+                        self._closed.set()
+                        if done is not None:
+                            done.set_result(None)
+                    return True
+                if done is not None:
+                    done.set_result(None)
+            except Exception as exc:  # one failed command must not kill the poll thread
+                log.warning("consumer %s failed: %s", name, exc)
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+
+    def _commit(self, offsets: list[tuple[str, int, int, int]], sync: bool) -> None:
+        current = [TopicPartition(t, p, o) for t, p, o, gen in offsets if self._generation.get((t, p)) == gen]
+        self._store_commit(current, sync)
+
+    def _store_commit(self, offsets: list[TopicPartition], sync: bool) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        if not offsets:
+            return
+        try:
+            consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            log.warning("store_offsets failed: %s", exc)
+        try:
+            result = consumer.commit(offsets=offsets, asynchronous=not sync)
+        except KafkaException as exc:
+            self.commit_failed = True
+            log.warning("commit failed (retried at the next interval): %s", exc)
+            return
+        if sync and result:
+            failed = [tp for tp in result if tp.error]
+            if failed:
+                self.commit_failed = True
+                log.warning("commit failed for %s", failed)
+            else:
+                log.debug("committed %s", [(tp.topic, tp.partition, tp.offset) for tp in result])
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            self.commit_failed = True
+            log.warning("asynchronous commit failed: %s", err)
+
+    # -- rebalance callbacks (run inside consume(), on this thread) ------------------------------------
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assigned = []
+        for tp in partitions:
+            self._next_generation += 1
+            self._generation[(tp.topic, tp.partition)] = self._next_generation
+            assigned.append((tp.topic, tp.partition, self._next_generation))
+        log.info("partitions assigned: %s", [(t, p) for t, p, _ in assigned])
+        if assigned:
+            self._loop.call_soon_threadsafe(self._on_assign_loop, assigned)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition], lost: bool = False) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        if not tps:
+            return
+        log.info("partitions %s: %s", "lost" if lost else "revoked", tps)
+        try:
+            drained = asyncio.run_coroutine_threadsafe(self._release(tps, lost), self._loop)
+            offsets = drained.result(timeout=self._drain_timeout_s + 5)
+        except Exception as exc:
+            log.error("draining revoked partitions failed: %s", exc)
+            offsets = []
+        if not lost:
+            self._store_commit(offsets, sync=True)
+        for tp in tps:
+            self._generation.pop(tp, None)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked(consumer, partitions, lost=True)
+
+
+class DeadLetterSender:
+    """Produces dead letters (acks=all, idempotent) and creates their topics when missing."""
+
+    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
+                 producer_overrides: dict[str, Any] | None = None) -> None:
+        self._loop = loop
+        self._admin_config = dict(config)
+        self._producer = Producer({**config, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                                   "message.max.bytes": DLQ_MAX_MESSAGE_BYTES, "delivery.timeout.ms": 30_000,
+                                   **(producer_overrides or {})})
+        self._admin: AdminClient | None = None
+        self._known_topics: set[str] = set()
+        self._running = True
+        self._thread = threading.Thread(target=self._poll, name="epistle-dlq-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self._producer.poll(0.1)
+
+    def ensure_topic(self, topic: str, partitions: int = -1) -> None:
+        """Create ``topic`` unless it exists (blocking: call it in an executor).
+
+        Raises:
+            BrokerUnavailable: the cluster could not be asked or refused for another reason than "exists".
+        """
+        if topic in self._known_topics:
+            return
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_config)
+        try:
+            metadata = self._admin.list_topics(topic=topic, timeout=10)
+            meta = metadata.topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                self._known_topics.add(topic)
+                return
+            new = NewTopic(topic, num_partitions=partitions, replication_factor=-1,
+                           config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})
+            self._admin.create_topics([new], operation_timeout=10)[topic].result(timeout=15)
+            log.info("created dead-letter topic %s", topic)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise broker_error(exc, f"creating dead-letter topic {topic}") from None
+        self._known_topics.add(topic)
+
+    def send(self, record: DeadLetterRecord) -> asyncio.Future:
+        """Produce ``record``; the returned future resolves when the broker acknowledged it.
+
+        The future fails with BrokerUnavailable when the record could not be delivered.
+        """
+        future: asyncio.Future = self._loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is None:
+                self._loop.call_soon_threadsafe(_resolve, future, None)
+            else:
+                failure = BrokerUnavailable(f"dead letter to {record.topic} not delivered: {err}")
+                self._loop.call_soon_threadsafe(_resolve, future, failure)
+
+        try:
+            self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+                                   on_delivery=delivered)
+        except (BufferError, KafkaException) as exc:
+            future.set_exception(broker_error(exc, f"producing dead letter to {record.topic}"))
+        return future
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Flush and stop; returns the number of dead letters still undelivered."""
+        remaining = self._producer.flush(timeout_s)
+        self._running = False
+        self._thread.join(timeout=2)
+        return remaining
+
+
+def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,566 @@
+"""The Kafka consumer runtime: fetch, run the pipeline and the handlers, decide, dead-letter, commit.
+
+    consumer = KafkaConsumer(bootstrap_servers="localhost:9092", group_id="orders-service", registry=registry)
+    consumer.register_handler("orders", OrderCreatedHandler(order_service))
+    await consumer.start()          # runs until stop(), SIGTERM/SIGINT (handle_signals=True) or idle
+
+How it works (DESIGN.md "Commit semantics"): a poll thread owns the librdkafka consumer and hands batches
+to the event loop. Each partition's records go to *lanes* (one per partition in PARTITION ordering, one per
+key in KEY, one per record in UNORDERED); a lane handles its records one at a time, so a record waiting
+for a retry backoff holds back only its own lane, never other partitions. At most ``max_workers`` handlers
+run at once (async handlers as tasks, plain functions in a thread pool). An offset becomes committable
+only when its record and every earlier one of its partition are done (handled, or dead letter
+acknowledged by the broker); watermarks are stored and committed in batches every ``commit_interval_s``,
+synchronously when partitions are revoked and on shutdown. At most ``max_in_flight`` records are held;
+a full window (or a partition holding too many) pauses fetching until work drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections import deque
+from collections.abc import Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
+from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
+from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
+from toolkit.consumer.offsets import OffsetTracker
+from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
+from toolkit.consumer.pipeline import ModelLookup, Pipeline, Prepared, as_resolver
+from toolkit.consumer.stats import ConsumerStats
+from toolkit.envelope import SerializerLike
+from toolkit.errors import BrokerUnavailable, ConfigError, EpistleError
+from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
+
+log = logging.getLogger("toolkit.consumer")
+
+
+class ConsumerStopped(EpistleError):
+    """The consumer stopped on a failure: ErrorPolicy.STOP met a message it would dead-letter, or the
+    Kafka client hit a fatal error. ``stage``/``topic``/``partition``/``offset`` say where."""
+
+    def __init__(self, message: str, *, stage: str | None = None, topic: str | None = None,
+                 partition: int | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
+
+
+class _Partition:
+    """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
+
+    __slots__ = ("topic", "partition", "generation", "tracker", "lanes", "tasks", "buffered", "paused",
+                 "revoked", "abandon", "eof")
+
+    def __init__(self, topic: str, partition: int, generation: int) -> None:
+        self.topic, self.partition, self.generation = topic, partition, generation
+        self.tracker = OffsetTracker()
+        self.lanes: dict[Hashable, deque[Any]] = {}
+        self.tasks: dict[Hashable, asyncio.Task] = {}
+        self.buffered = 0
+        self.paused = False
+        self.revoked = False
+        self.abandon = asyncio.Event()  # set on revoke/stop: stop waiting for backoffs, drop queued records
+        self.eof = False
+
+
+class KafkaConsumer:
+    """Consumes topics, runs each message through the pipeline to its handler, commits what is done.
+
+    Every argument left as None comes from ``settings`` (or the defaults of
+    :class:`~toolkit.settings.ConsumerSettings` and :class:`~toolkit.settings.KafkaSettings`).
+
+    Args:
+        bootstrap_servers, group_id: the cluster and the consumer group.
+        registry: a :class:`~toolkit.registry.base.SchemaRegistry` or a caching resolver with
+            ``resolve(subject, version) -> (RegisteredSchema, CompiledSchema)``; None builds one from
+            ``settings.registry`` (the local ``schemas/`` folder when no URL is set).
+        models: a model index with ``get(schema_name, version)``; None loads ``generated_models``.
+        topics: topics to subscribe; None means every topic with a registered handler.
+        max_workers: handlers running at once. max_poll_records: records per fetch.
+        max_in_flight: records held (fetched and not finished) before fetching pauses.
+        ordering: PARTITION (default), KEY or UNORDERED (see :class:`~toolkit.settings.OrderingMode`).
+        error_policy: DEAD_LETTER (default) or STOP. retry: attempts and backoff for False/RetryableError.
+        serializer: turns record bytes into the envelope document (JSON by default).
+        stop_when_idle: stop once every assigned partition reached its end and nothing is in flight.
+        kafka_config: extra librdkafka settings for the consumer (override ours).
+
+    Raises:
+        ConfigError: an argument is invalid.
+    """
+
+    def __init__(self, bootstrap_servers: str | None = None, group_id: str | None = None, *,
+                 registry: Any = None, models: ModelLookup | None = None, topics: Iterable[str] | None = None,
+                 max_workers: int | None = None, max_poll_records: int | None = None,
+                 max_in_flight: int | None = None, ordering: OrderingMode | str | None = None,
+                 error_policy: ErrorPolicy | str | None = None, retry: RetryPolicy | None = None,
+                 serializer: SerializerLike | None = None, settings: Settings | None = None,
+                 dlq_suffix: str | None = None, commit_interval_s: float | None = None,
+                 stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
+                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0) -> None:
+        kafka = settings.kafka if settings else KafkaSettings.model_construct()
+        cfg = settings.consumer if settings else ConsumerSettings.model_construct()
+        self.settings = settings
+        self.bootstrap_servers = bootstrap_servers or kafka.bootstrap_servers
+        self.group_id = group_id or kafka.group_id
+        self._client_config = {**kafka.client_config(), "bootstrap.servers": self.bootstrap_servers}
+        self._auto_offset_reset = kafka.auto_offset_reset
+        self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
+        self.max_poll_records = _positive("max_poll_records", max_poll_records or cfg.max_poll_records)
+        self.max_in_flight = _positive("max_in_flight", max_in_flight or cfg.max_in_flight)
+        try:
+            self.ordering = OrderingMode(ordering or cfg.ordering)
+            self.error_policy = ErrorPolicy(error_policy or cfg.error_policy)
+        except ValueError as exc:
+            raise ConfigError(str(exc), setting="ordering/error_policy") from None
+        self.retry = retry or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
+                                          cfg.retry_backoff_max_s)
+        self.dlq_suffix = dlq_suffix if dlq_suffix is not None else cfg.dlq_suffix
+        self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
+        self.stop_when_idle = stop_when_idle
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.topics = list(topics) if topics is not None else None
+        self._kafka_config = dict(kafka_config or {})
+        self._schemas_dir = cfg.schemas_dir
+        self._registry = registry
+        self._models = models
+        self._serializer = serializer
+        if subject_strategy is None:
+            by_name = settings is None or settings.registry.subject_strategy == "schema_name"
+            subject_strategy = schema_name_strategy if by_name else topic_value_strategy
+        self._subject_strategy = subject_strategy
+        self.handlers = HandlerRegistry()
+        self.stats = ConsumerStats()
+        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._in_flight = 0
+        self._globally_paused = False
+        self._stop_event: asyncio.Event | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None
+        self._running = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: Any = None, models: ModelLookup | None = None,
+                      **overrides: Any) -> KafkaConsumer:
+        """A consumer configured entirely from :func:`~toolkit.settings.load_settings`."""
+        return cls(settings=settings, registry=registry, models=models, **overrides)
+
+    def register_handler(self, topic: str, handler: HandlerLike, message_type: str | None = None, *,
+                         accepts: dict[str, Any] | None = None) -> None:
+        """Route messages of ``topic`` (or only its ``message_type``) to ``handler``.
+
+        Raises:
+            ConfigError: a handler is already registered for that topic / message type, or it is not callable.
+        """
+        self.handlers.register(topic, handler, message_type, accepts)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self, *, handle_signals: bool = False) -> None:
+        """Consume until :meth:`stop`, a signal (with ``handle_signals``) or, with ``stop_when_idle``,
+        until every assigned partition is drained. Commits what is done before returning.
+
+        Raises:
+            ConsumerStopped: ErrorPolicy.STOP met a failing message, or the Kafka client failed fatally.
+            ConfigError: no topic to consume, or no registry could be built.
+        """
+        if self._running:
+            raise ConfigError("this consumer is already running")
+        topics = self.topics or self.handlers.topics
+        if not topics:
+            raise ConfigError("no topics: register a handler or pass topics=")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._running = True
+        self._stop_event = asyncio.Event()
+        self._pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
+                                  self._models if self._models is not None else _default_models(),
+                                  self._serializer, self._subject_strategy)
+        self._workers = asyncio.Semaphore(self.max_workers)
+        self._handler_pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="epistle-handler")
+        self._io_pool = ThreadPoolExecutor(2, thread_name_prefix="epistle-io")
+        self._sender = DeadLetterSender(self._client_config, loop)
+        self._poller = PollThread(self._consumer_config(), topics, loop,
+                                  max_poll_records=self.max_poll_records, on_batch=self._dispatch,
+                                  on_assign=self._assign, release=self._release,
+                                  drain_timeout_s=self.shutdown_timeout_s)
+        if handle_signals:
+            install_signal_handlers(self, loop)
+        self._poller.start()
+        log.info("consuming %s as group %s", topics, self.group_id)
+        ticker = asyncio.create_task(self._commit_ticker())
+        try:
+            await self._stop_event.wait()
+        finally:
+            ticker.cancel()
+            await self._shutdown()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._running = False
+        if self._failure is not None:
+            raise self._failure
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight handlers, commit, close. Returns once requested (start() ends)."""
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """Synchronous form of :meth:`stop` for signal handlers and callbacks on the loop."""
+        if self._stop_event is not None and not self._stop_event.is_set():
+            log.info("stopping: no more fetching; finishing in-flight work")
+            self._stop_event.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Records fetched and not finished."""
+        return self._in_flight
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return {**self._client_config, "group.id": self.group_id,
+                "auto.offset.reset": self._auto_offset_reset,
+                "enable.auto.commit": False, "enable.auto.offset.store": False,
+                "enable.partition.eof": True, "partition.assignment.strategy": "cooperative-sticky",
+                **self._kafka_config}
+
+    def _default_registry(self) -> Any:
+        from toolkit.registry import CachedRegistry, registry_from_settings
+        from toolkit.settings import RegistrySettings
+
+        settings = self.settings.registry if self.settings else RegistrySettings.model_construct()
+        return CachedRegistry.from_settings(registry_from_settings(settings, self._schemas_dir), settings)
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self._poller.stop_fetching()
+        for part in list(self._parts.values()):
+            self._drop_queued(part)
+            part.abandon.set()
+        tasks = [t for part in self._parts.values() for t in part.tasks.values()]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+        offsets = self._watermarks(list(self._parts.values()), only_moved=False)
+        try:
+            await asyncio.wrap_future(self._poller.store_and_commit(offsets, sync=True))
+        except Exception as exc:
+            log.warning("final commit failed: %s", exc)
+        await asyncio.wrap_future(self._poller.close())
+        undelivered = await self._loop.run_in_executor(None, self._sender.close)
+        if undelivered:
+            log.error("%d dead letters were not acknowledged; their offsets were not committed", undelivered)
+        self._handler_pool.shutdown(wait=False, cancel_futures=True)
+        self._io_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped; %s", self.stats.as_dict())
+
+    async def _commit_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval_s)
+            offsets = self._watermarks(list(self._parts.values()), only_moved=not self._poller.commit_failed)
+            if offsets:
+                self._poller.commit_failed = False
+                self._poller.store_and_commit(offsets)
+
+    @staticmethod
+    def _watermarks(parts: list[_Partition], only_moved: bool) -> list[tuple[str, int, int, int]]:
+        offsets = []
+        for part in parts:
+            offset = part.tracker.to_commit() if only_moved else part.tracker.watermark
+            if offset is not None:
+                offsets.append((part.topic, part.partition, offset, part.generation))
+        return offsets
+
+    # -- rebalance (called via the poll thread) -------------------------------------------------------
+    def _assign(self, assigned: list[tuple[str, int, int]]) -> None:
+        for topic, partition, generation in assigned:
+            self._parts[(topic, partition)] = _Partition(topic, partition, generation)
+        if self._globally_paused:
+            self._poller.pause([(t, p) for t, p, _ in assigned])
+
+    async def _release(self, tps: list[tuple[str, int]], lost: bool) -> list[TopicPartition]:
+        """Drain revoked partitions: drop queued records, let running handlers finish, return watermarks."""
+        parts = [part for tp in tps if (part := self._parts.get(tp)) is not None]
+        for part in parts:
+            part.revoked = True
+            part.abandon.set()
+            self._drop_queued(part)
+        tasks = [t for part in parts for t in part.tasks.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
+        offsets = []
+        for part in parts:
+            self._parts.pop((part.topic, part.partition), None)
+            for lane in part.lanes.values():  # a handler that outlived the drain timeout: forget its record
+                self._in_flight -= len(lane)
+                part.buffered -= len(lane)
+                lane.clear()
+            if part.tracker.watermark is not None and not lost:
+                offsets.append(TopicPartition(part.topic, part.partition, part.tracker.watermark))
+        self._update_pauses()
+        return offsets
+
+    # -- fetching --------------------------------------------------------------------------------------
+    def _dispatch(self, batch: list[Any]) -> None:
+        eof_seen = False
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                eof_seen |= self._fetch_error(msg, err)
+                continue
+            part = self._parts.get((msg.topic(), msg.partition()))
+            if part is None or part.revoked or self._stopping:
+                continue  # fetched before a revoke: the next owner gets it, nothing was committed
+            try:
+                part.tracker.add(msg.offset())
+            except ValueError:
+                log.warning("skipping redelivered offset", extra=_extra(msg))
+                continue
+            part.eof = False
+            lane_key = self._lane_key(msg)
+            lane = part.lanes.get(lane_key)
+            if lane is None:
+                lane = part.lanes[lane_key] = deque()
+            lane.append(msg)
+            part.buffered += 1
+            self._in_flight += 1
+            if lane_key not in part.tasks:
+                part.tasks[lane_key] = asyncio.create_task(self._run_lane(part, lane_key, lane))
+        self._update_pauses()
+        if eof_seen:
+            self._check_idle()
+
+    def _lane_key(self, msg: Any) -> Hashable:
+        if self.ordering is OrderingMode.PARTITION:
+            return None
+        if self.ordering is OrderingMode.KEY:
+            return msg.key()
+        return msg.offset()
+
+    def _fetch_error(self, msg: Any, err: KafkaError) -> bool:
+        if err.code() == KafkaError._PARTITION_EOF:
+            part = self._parts.get((msg.topic(), msg.partition()))
+            if part is not None:
+                part.eof = True
+            return True
+        if err.fatal():
+            self._fail(ConsumerStopped(f"fatal Kafka error: {err.str()}"))
+        else:
+            log.warning("fetch error (librdkafka retries): %s", err.str(), extra={"topic": msg.topic()})
+        return False
+
+    def _update_pauses(self) -> None:
+        high = max(self.max_poll_records, self.max_in_flight // 2)
+        full = self._in_flight >= self.max_in_flight
+        if full != self._globally_paused and (full or self._in_flight <= self.max_in_flight * 0.8):
+            self._globally_paused = full
+        to_pause, to_resume = [], []
+        for part in self._parts.values():
+            want = (self._globally_paused or part.buffered >= high
+                    or (part.paused and part.buffered > high // 2))
+            if want != part.paused:
+                part.paused = want
+                (to_pause if want else to_resume).append((part.topic, part.partition))
+        if to_pause:
+            self._poller.pause(to_pause)
+        if to_resume:
+            self._poller.resume(to_resume)
+
+    def _check_idle(self) -> None:
+        if (self.stop_when_idle and self._parts and self._in_flight == 0
+                and all(part.eof for part in self._parts.values())):
+            log.info("every assigned partition is drained; stopping (stop_when_idle)")
+            self.request_stop()
+
+    # -- processing --------------------------------------------------------------------------------------
+    async def _run_lane(self, part: _Partition, lane_key: Hashable, lane: deque[Any]) -> None:
+        try:
+            while lane and not part.revoked and not self._stopping:
+                msg = lane[0]
+                finished = await self._process(part, msg)
+                if lane and lane[0] is msg:
+                    lane.popleft()
+                    part.buffered -= 1
+                    self._in_flight -= 1
+                if finished:
+                    part.tracker.done(msg.offset())
+                elif not part.revoked:
+                    break  # stopping (STOP policy or shutdown): nothing after it may be committed
+        finally:
+            part.tasks.pop(lane_key, None)
+            if not lane:
+                part.lanes.pop(lane_key, None)
+            self._update_pauses()
+            self._check_idle()
+
+    async def _process(self, part: _Partition, msg: Any) -> bool:
+        """Run one record to a final outcome. True when done (commit may pass it), False when abandoned."""
+        topic = part.topic
+        stats = self.stats[topic]
+        extra = _extra(msg)
+        attempt, outages = 1, 0
+        prepared: Prepared | None = None
+        while True:
+            try:
+                if prepared is None:
+                    prepared = await self._prepare(msg)
+                    extra.update(messageId=prepared.message.message_id,
+                                 correlationId=prepared.message.correlation_id)
+                result = await self._call(prepared, attempt)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
+                result = exc
+            outcome = decide(result, attempt, self.retry, self.error_policy)
+            if isinstance(outcome, Done):
+                stats.processed += 1
+                log.debug("done", extra=extra)
+                return True
+            if isinstance(outcome, Retry):
+                stats.retried += 1
+                log.info("retrying in %.2fs (attempt %d failed: %s)", outcome.delay_s, attempt,
+                         outcome.reason, extra=extra)
+                if await self._wait(part, outcome.delay_s):
+                    return False
+                attempt += 1
+                continue
+            if isinstance(outcome, Pause):
+                outages += 1
+                stats.paused += 1
+                delay = self.retry.delay(outages)
+                log.warning("outage, waiting %.2fs: %s", delay, outcome.reason, extra=extra)
+                if await self._wait(part, delay):
+                    return False
+                continue
+            if isinstance(outcome, Stop):
+                dl = outcome.dead_letter
+                log.error("stopping (ErrorPolicy.STOP) at %s: %s", dl.stage, dl.reason, extra=extra)
+                self._fail(ConsumerStopped(f"{dl.stage}: {dl.reason}", stage=dl.stage, topic=topic,
+                                           partition=part.partition, offset=msg.offset()))
+                return False
+            assert isinstance(outcome, DeadLetter)
+            attempts = attempt if prepared is not None else 1
+            return await self._dead_letter(part, msg, outcome, attempts, extra)
+
+    async def _prepare(self, msg: Any) -> Prepared:
+        pipeline = self._pipeline
+        decoded = pipeline.decode(msg.value())
+        key = pipeline.subject_of(msg.topic(), decoded)
+        compiled = pipeline.cached(key)
+        if compiled is None:  # a registry lookup may block: keep it off the loop
+            compiled = await self._loop.run_in_executor(self._io_pool, pipeline.resolve, key)
+        _, timestamp = msg.timestamp()
+        return pipeline.finish(decoded, compiled, topic=msg.topic(), partition=msg.partition(),
+                               offset=msg.offset(), key=msg.key(), value=msg.value(), headers=msg.headers(),
+                               timestamp=timestamp if timestamp > 0 else None)
+
+    async def _call(self, prepared: Prepared, attempt: int) -> Any:
+        prepared.message.attempt = attempt
+        route = prepared.route
+        async with self._workers:
+            if route.is_async:
+                result = await route.call(prepared.message)
+            else:
+                result = await self._loop.run_in_executor(self._handler_pool, route.call, prepared.message)
+                if inspect.isawaitable(result):
+                    result = await result
+        return result
+
+    async def _dead_letter(self, part: _Partition, msg: Any, outcome: DeadLetter, attempts: int,
+                           extra: dict[str, Any]) -> bool:
+        ts_type, ts = msg.timestamp()
+        source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                              list(msg.headers() or []), ts if ts > 0 else None, ts_type)
+        record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
+                                   details=outcome.details, consumer_group=self.group_id, attempts=attempts,
+                                   suffix=self.dlq_suffix)
+        stats = self.stats[part.topic]
+        failures = 0
+        while True:
+            try:
+                await self._loop.run_in_executor(self._io_pool, self._sender.ensure_topic, record.topic)
+                await self._sender.send(record)
+            except BrokerUnavailable as exc:
+                failures += 1
+                stats.dead_letter_send_failures += 1
+                delay = self.retry.delay(failures)
+                log.warning("dead letter not delivered, retrying in %.2fs: %s", delay, exc, extra=extra)
+                if await self._wait(part, delay):
+                    return False
+                continue
+            stats.dead_lettered[outcome.stage] += 1
+            log.warning("dead-lettered to %s: %s: %s", record.topic, outcome.stage, outcome.reason,
+                        extra=extra)
+            return True
+
+    async def _wait(self, part: _Partition, delay_s: float) -> bool:
+        """Sleep ``delay_s`` unless the partition is revoked or the consumer stops; True if interrupted."""
+        if part.abandon.is_set():
+            return True
+        try:
+            await asyncio.wait_for(part.abandon.wait(), timeout=delay_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _drop_queued(self, part: _Partition) -> None:
+        """Forget records not yet started (never committed, so they are redelivered to the next owner)."""
+        for key, lane in part.lanes.items():
+            keep = 1 if key in part.tasks and lane else 0
+            while len(lane) > keep:
+                lane.pop()
+                part.buffered -= 1
+                self._in_flight -= 1
+
+    def _fail(self, failure: BaseException) -> None:
+        if self._failure is None:
+            self._failure = failure
+        for part in self._parts.values():
+            part.abandon.set()
+        self.request_stop()
+
+
+def _extra(msg: Any) -> dict[str, Any]:
+    return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+            "messageId": None, "correlationId": None}
+
+
+def _positive(name: str, value: int) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}", setting=name)
+    return value
+
+
+def _default_models() -> ModelLookup | None:
+    try:
+        from toolkit.codegen.index import load_model_index  # type: ignore[import-not-found]
+    except ImportError:
+        log.warning("toolkit.codegen.index is not available: handlers get validated values, not models")
+        return None
+    return load_model_index()
+
+
+def install_signal_handlers(consumer: KafkaConsumer, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """SIGTERM and SIGINT stop ``consumer`` gracefully: stop fetching, finish in-flight work, commit."""
+    loop = loop or asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.request_stop)
+
+
+def run(consumer: KafkaConsumer) -> int:
+    """Run ``consumer`` with signal handling until it stops; the process exit code (0 on a clean stop)."""
+    try:
+        asyncio.run(consumer.start(handle_signals=True))
+    except ConsumerStopped as exc:
+        log.error("consumer stopped: %s", exc)
+        return 1
+    return 0
+
+
+__all__ = ["ConsumerStopped", "KafkaConsumer", "install_signal_handlers", "run"]
