@@ -53,8 +53,10 @@ class ScratchRegistry:
         """
         subject = f"{self.prefix}-{label}-{uuid.uuid4().hex[:10]}"
         try:
+            earlier_ids = set()
             for index, document in enumerate(versions[:-1]):
-                self._register(subject, schema_format, document, expect_ok=True)
+                _, body = self._register(subject, schema_format, document, expect_ok=True)
+                earlier_ids.add(body.get("id") if isinstance(body, dict) else None)
                 if index == 0:  # a subject-level config needs an existing subject on Apicurio
                     self._set_mode(subject, Compatibility.NONE)
             if len(versions) == 1:
@@ -63,6 +65,9 @@ class ScratchRegistry:
             status, body = self._register(subject, schema_format, versions[-1], expect_ok=False)
             if status == 409:
                 return RegistryVerdict(False, tuple(_messages(body)))
+            if isinstance(body, dict) and body.get("id") in earlier_ids:
+                return RegistryVerdict(True, ("identical to an earlier version: the registry returned that "
+                                              "version's id and checked nothing",))
             return RegistryVerdict(True)
         finally:
             self._delete(subject)

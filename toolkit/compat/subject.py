@@ -68,6 +68,15 @@ def check_subject(subject: Subject) -> list[Finding]:
     findings = [f for schema in subject.versions for f in validate_file(schema)]
     if findings:  # comparing invalid schemas would only add noise
         return findings
+    for later in subject.versions[1:]:
+        for earlier in subject.versions[:later.version - 1]:
+            if later.document == earlier.document:
+                findings.append(Finding(subject.name, "DUPLICATE_VERSION",
+                                        f"v{later.version} is identical to v{earlier.version}; a registry does not "
+                                        f"create a new version for it (it returns v{earlier.version}'s id), so "
+                                        "version numbers here and in the registry would part ways. Change it or "
+                                        "remove it.", file=str(later.path), reader_version=later.version))
+                break
     mode = subject.config.compatibility
     for new in range(2, len(subject.versions) + 1):
         for reader, writer in reader_writer_pairs(mode, new):
