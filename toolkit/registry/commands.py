@@ -113,11 +113,18 @@ def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], 
 def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry_run: bool,
                       record: Callable[[Step], bool]) -> bool:
     mode = subject.config.compatibility
-    if isinstance(registry, SupportsCompatibilityConfig):
+    configurable = isinstance(registry, SupportsCompatibilityConfig)
+
+    def set_mode() -> None:
         if not dry_run:
-            registry.set_compatibility(name, mode)
+            registry.set_compatibility(name, mode)  # type: ignore[attr-defined]
         record(Step(name, None, "would set compatibility" if dry_run else "compatibility", str(mode)))
+
     remote = _versions(registry, name)
+    # Apicurio refuses (40401) to configure a subject that does not exist yet, and a first version is never
+    # checked, so a new subject gets its mode right after version 1.
+    if configurable and remote:
+        set_mode()
     first_new = True
     for schema_file in subject.versions:
         number = schema_file.version
@@ -147,6 +154,8 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
                 record(Step(name, number, "would register",
                             "new subject" if first_new else
                             f"compatibility not checked: version {number - 1} is not registered yet"))
+                if configurable and first_new and not remote:
+                    set_mode()
             first_new = False
             continue
         try:
@@ -163,6 +172,8 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
                                f"is identical to its version {got.version}, so nothing was registered; "
                                "a new version must differ from every earlier one"))
         record(Step(name, number, "registered", f"id {got.schema_id}" if got.schema_id is not None else ""))
+        if configurable and not remote:
+            set_mode()
         remote.append(number)
     return True
 
