@@ -151,6 +151,62 @@ def check(schemas: SchemasDir = Path("schemas"),
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command()
+def new(project_name: Annotated[str | None, typer.Argument(
+            help="Project (folder and distribution) name, e.g. orders-consumer.", show_default=False)] = None,
+        package: Annotated[str | None, typer.Option(
+            "--package", "--package-name", help="Python package name [default: from the project name].",
+            show_default=False)] = None,
+        topics: Annotated[str | None, typer.Option(
+            "--topics", help="Topics to consume, comma-separated [default: orders].", show_default=False)] = None,
+        group_id: Annotated[str | None, typer.Option(
+            "--group-id", help="Kafka consumer group id [default: the project name].", show_default=False)] = None,
+        output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the project folder goes.")
+                              ] = Path("."),
+        force: Annotated[bool, typer.Option("--force", help="Write over an existing project folder.")] = False,
+        no_input: Annotated[bool, typer.Option("--no-input", help="Never prompt: use the defaults.")] = False,
+        toolkit_wheel: Annotated[Path | None, typer.Option(
+            "--toolkit-wheel", help="The project installs the toolkit from this built wheel.", show_default=False,
+            )] = None,
+        toolkit_path: Annotated[Path | None, typer.Option(
+            "--toolkit-path", help="... or from this source checkout [default: the one running this command].",
+            show_default=False)] = None,
+        codegen: Annotated[bool, typer.Option(
+            "--codegen/--no-codegen", help="Generate the models now (else `make setup` does).")] = True,
+        ) -> None:
+    """Create a consumer service: schemas, models, a handler per topic, tests, Makefile, CI (cookiecutter)."""
+    from toolkit.scaffold import Answers, ScaffoldError, create_project, rules, toolkit_requirement
+
+    def ask(label: str, value: str | None, default: str, check) -> str:
+        if value is not None or no_input:
+            return value if value is not None else default
+        while True:
+            answer = typer.prompt(label, default=default or None, show_default=bool(default))
+            problems = check(answer)
+            if not problems:
+                return answer
+            for problem in problems:
+                typer.secho(f"  {problem}", err=True, fg=typer.colors.RED)
+
+    try:
+        if project_name is None and no_input:
+            raise ScaffoldError("project_name: missing -- fix: give it as the first argument, "
+                                "e.g. epistle new orders-consumer --no-input", field="project_name")
+        requirement = toolkit_requirement(toolkit_wheel, toolkit_path)
+        project_name = ask("Project name", project_name, "orders-consumer", rules.check_project_name)
+        package = ask("Python package", package, rules.default_package_name(project_name),
+                      rules.check_package_name)
+        topics = ask("Topics (comma-separated)", topics, "orders", rules.check_topics)
+        group_id = ask("Consumer group id", group_id, project_name, rules.check_group_id)
+        answers = Answers(project_name, package, topics, group_id, requirement)
+        target = create_project(answers, output_dir, force=force, codegen=codegen)
+    except ScaffoldError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"created {target} (toolkit: {answers.context()['toolkit_requirement']})")
+    typer.echo(f"next:\n  cd {target}\n  make test   # venv, install, unit + integration tests (broker at "
+               "KAFKA_BOOTSTRAP_SERVERS)\n  make run")
+
+
 def main() -> None:
     try:
         app()
