@@ -42,7 +42,8 @@ def resolve_base(schemas_dir: Path, requested: str | None = None) -> Base:
         if merge_base.returncode == 0:
             ref = merge_base.stdout.strip()
             if ref == head:
-                return Base(head, f"HEAD is on {branch}: compared with HEAD (uncommitted changes only)")
+                return Base(head, f"the merge base with {branch} is HEAD itself (on {branch}, or nothing "
+                                  "committed since): compared with HEAD, i.e. uncommitted changes only")
             return Base(ref, f"compared with the merge base with {branch} ({ref[:12]})")
     return Base(head, "no main branch found: compared with HEAD (uncommitted changes only)")
 
