@@ -139,3 +139,23 @@ def test_the_compatibility_mode_is_set_where_the_registry_supports_it(subjects):
     planned = ConfigurableRegistry()
     register_schemas(planned, subjects, dry_run=True)
     assert planned.modes == {}
+
+
+def test_a_registry_error_on_a_version_is_a_failed_step_naming_it(subjects):
+    from toolkit.errors import RegistryUnavailable
+
+    class BrokenChecker(InMemoryRegistry):
+        def register(self, subject, text, schema_format):
+            if self.store.get(subject):
+                raise RegistryUnavailable("HTTP 500 #: could not determine version", attempts=4)
+            return super().register(subject, text, schema_format)
+
+        def check_compatibility(self, subject, text, schema_format, version="latest"):
+            raise RegistryUnavailable("HTTP 500 #: could not determine version", attempts=4)
+
+    steps = register_schemas(BrokenChecker(), subjects)
+    assert actions(steps)[-1] == ("orders", 2, "failed") and "could not determine" in steps[-1].detail
+    registry = BrokenChecker()
+    registry.register("orders", json.dumps(ORDER_V1), SchemaFormat.JSON)
+    planned = register_schemas(registry, subjects, dry_run=True)
+    assert actions(planned)[-1] == ("orders", 2, "failed")

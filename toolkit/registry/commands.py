@@ -14,6 +14,12 @@ What the registries do that matters here (Apicurio 3.0.9 ccompat/v7, checked aga
 - ``POST /compatibility/...?verbose=true`` answers ``{"is_compatible": false}`` with no messages; the
   reasons come only with a refused registration (HTTP 409, ``RuleViolationException ... list of diff
   types: [...]``), which is what ``register`` reports.
+- ``PUT /config/{subject}`` answers 40401 for a subject with no version yet, so a new subject's mode is set
+  right after its version 1 (a first version is never checked). A subject mode of ``NONE`` does not
+  override the global ``BACKWARD`` rule (it removes the subject's rule): Confluent differs here.
+- Its JSON Schema checker (everit) cannot read draft 2020-12 (``"$schema": ".../draft/2020-12/schema"``):
+  checking such a version answers HTTP 500 "could not determine version" (drafts 4/6/7, or no
+  ``$schema``, work). Retried as a server error, then reported as a ``failed`` step naming the version.
 """
 
 from __future__ import annotations
