@@ -34,7 +34,8 @@ def order(version: int = 1, **header) -> bytes:
 
 def make_consumer(kafka_bootstrap, group_id, topic, handler, registry=None, **kw) -> KafkaConsumer:
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=registry or LocalFolderRegistry(SCHEMAS), retry=kw.pop("retry", FAST_RETRY),
+                             registry=registry or LocalFolderRegistry(SCHEMAS),
+                             retry=kw.pop("retry", FAST_RETRY),
                              stop_when_idle=kw.pop("stop_when_idle", True), commit_interval_s=0.2, **kw)
     if handler is not None:
         consumer.register_handler(topic, handler)
@@ -72,7 +73,8 @@ def test_done_commits_every_offset(kafka_bootstrap, make_topic, group_id):
     handler = Recorder()
     consumer = make_consumer(kafka_bootstrap, group_id, topic, handler)
     run(consumer)
-    assert sorted(c[0] for c in handler.calls) == sorted([f"m{i}" for i in range(4)] + [f"n{i}" for i in range(3)])
+    expected = [f"m{i}" for i in range(4)] + [f"n{i}" for i in range(3)]
+    assert sorted(c[0] for c in handler.calls) == sorted(expected)
     assert consumer.stats[topic].processed == 7 and consumer.stats[topic].dead_lettered_total == 0
     assert committed(kafka_bootstrap, group_id, topic, 2) == {0: 4, 1: 3}
 
