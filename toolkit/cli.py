@@ -129,12 +129,14 @@ def verify(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None
 @app.command()
 def check(schemas: SchemasDir = Path("schemas"),
           base: Annotated[str | None, typer.Option(
-              "--base", help="Git ref whose version files are published (default: merge base with main).")] = None,
+              "--base", help="Git ref whose version files count as published "
+                             "(default: the merge base with main).")] = None,
           output: Annotated[str, typer.Option("--format", help="text (for review) or json.")] = "text",
           registry_url: Annotated[str | None, typer.Option(
-              "--registry-url", help="Also ask this Confluent-compatible registry and report disagreements.")] = None,
+              "--registry-url", help="Also ask this Confluent-compatible registry; report where it "
+                                     "disagrees.")] = None,
           ) -> None:
-    """Schema checks: valid files, published versions unchanged, compatibility per subject mode (make check)."""
+    """Schema checks: valid files, published versions unchanged, compatibility per mode (make check)."""
     from toolkit.compat.check import run_check
     from toolkit.compat.report import github_annotations, render_json, render_text
 

@@ -15,7 +15,8 @@ import pytest
 
 V1 = {"type": "record", "name": "Order", "fields": [{"name": "id", "type": "string"}]}
 V2_COMPATIBLE = {"type": "record", "name": "Order",
-                 "fields": [{"name": "id", "type": "string"}, {"name": "note", "type": "string", "default": ""}]}
+                 "fields": [{"name": "id", "type": "string"},
+                            {"name": "note", "type": "string", "default": ""}]}
 V2_BREAKING = {"type": "record", "name": "Order",
                "fields": [{"name": "id", "type": "string"}, {"name": "email", "type": "string"}]}
 

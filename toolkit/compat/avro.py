@@ -68,7 +68,7 @@ def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibil
             if reader.type == "union" and not _same_kind_branch(reader, branch):
                 issues.append(Issue(path, "MISSING_UNION_BRANCH",
                                     f"the writer may write a {_type_name(branch)}, and the reader's union "
-                                    f" {_union_names(reader)} has no branch that can read it"))
+                                    f"{_union_names(reader)} has no branch that can read it"))
             else:
                 issues += _locate(reader, branch, path, sub)
         return issues
@@ -121,12 +121,14 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
     for kind in kinds:
         if kind is _Kind.name_mismatch:
             issues.append(Issue(path, "NAME_MISMATCH",
-                                f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' and the "
+                                f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' "
+                                f"and the "
                                 f"reader's '{getattr(reader, 'fullname', reader.type)}', and no reader alias "
                                 "maps one to the other"))
         elif kind is _Kind.fixed_size_mismatch:
             issues.append(Issue(path, "FIXED_SIZE_MISMATCH",
-                                f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer and "
+                                f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer "
+                                f"and "
                                 f"{getattr(reader, 'size', '?')} in the reader"))
         elif kind is _Kind.missing_enum_symbols:
             missing = sorted(set(getattr(writer, "symbols", [])) - set(getattr(reader, "symbols", [])))
@@ -136,7 +138,8 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
         elif kind is _Kind.type_mismatch:
             issues.append(Issue(path, "TYPE_MISMATCH",
                                 f"the writer writes {_type_name(writer)} where the reader expects "
-                                f"{_type_name(reader)}, and Avro's resolution rules cannot promote one to the "
+                                f"{_type_name(reader)}, and Avro's resolution rules cannot promote one to "
+                                f"the "
                                 "other"))
         elif kind is _Kind.missing_union_branch:
             issues.append(Issue(path, "MISSING_UNION_BRANCH",
@@ -145,7 +148,8 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
         elif kind is _Kind.reader_field_missing_default_value:
             for name in sorted(m for m in result.messages if _TYPE_MISMATCH.match(m) is None):
                 issues.append(Issue(f"{path}.{name}", "READER_FIELD_MISSING_DEFAULT_VALUE",
-                                    f"field '{name}' is missing from the writer's records and the reader gives "
+                                    f"field '{name}' is missing from the writer's records and the reader "
+                                    f"gives "
                                     "it no default"))
     if not issues:  # a kind this module does not know yet: still never hide the library's verdict
         issues.append(Issue(path, "INCOMPATIBLE", "; ".join(sorted(result.messages)) or "incompatible"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from toolkit.compat.findings import Finding, Severity
 from toolkit.compat.history import check_immutable, resolve_base
 from toolkit.compat.subject import check_subject, is_compatible
-from toolkit.errors import RegistryError, SchemaFileError
+from toolkit.errors import RegistryError, RegistryUnavailable, SchemaFileError
 from toolkit.layout import SUBJECT_CONFIG, Compatibility, Subject, load_subject
 
 
@@ -35,20 +35,22 @@ def run_check(schemas_dir: Path, *, base: str | None = None, registry_url: str |
         report.findings.append(Finding("-", "SCHEMAS_FOLDER_MISSING", f"{schemas_dir} is not a folder.",
                                        file=str(schemas_dir)))
         return report
-    for folder in sorted(p for p in schemas_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    folders = sorted(p for p in schemas_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    for folder in folders:
         try:
             subject = load_subject(folder)
         except SchemaFileError as exc:
             rule = "INVALID_SUBJECT_CONFIG" if exc.path.name == SUBJECT_CONFIG else "INVALID_LAYOUT"
-            report.findings.append(Finding(folder.name, rule, f"{exc.problem}." + (f" Fix: {exc.fix}." if exc.fix
-                                                                                   else ""), file=str(exc.path)))
+            fix = f" Fix: {exc.fix}." if exc.fix else ""
+            report.findings.append(Finding(folder.name, rule, f"{exc.problem}.{fix}", file=str(exc.path)))
             continue
         report.subjects.append(subject)
         report.findings += check_subject(subject)
     resolved = resolve_base(schemas_dir, base)
     report.notes.append(resolved.note)
     if base and resolved.ref is None:
-        report.findings.append(Finding("-", "BASE_NOT_FOUND", f"{resolved.note}; pass a branch, tag or commit."))
+        report.findings.append(Finding("-", "BASE_NOT_FOUND", f"{resolved.note}; pass a branch, tag or "
+                                                              f"commit."))
     report.findings += check_immutable(schemas_dir, resolved)
     if registry_url:
         report.notes.append(f"compatibility verdicts also asked from the registry at {registry_url}")
@@ -71,16 +73,20 @@ def _compare_with_registry(report: CheckReport, url: str) -> list[Finding]:
                 ours = is_compatible(subject.format, mode, documents[:new])
                 try:
                     theirs = registry.verdict(subject.format, mode, documents[:new], label=subject.name)
-                except RegistryError as exc:
-                    findings.append(Finding(subject.name, "REGISTRY_ERROR", f"the registry could not judge v{new}: "
-                                            f"{exc}", reader_version=new))
+                except RegistryUnavailable as exc:
+                    findings.append(Finding(subject.name, "REGISTRY_ERROR", f"{exc}.", reader_version=new))
                     return findings
+                except RegistryError as exc:  # e.g. it refuses the schema itself: go on with the next subject
+                    findings.append(Finding(subject.name, "REGISTRY_ERROR", f"the registry could not judge "
+                                            f"v{new}: {exc}.", reader_version=new))
+                    break
                 if ours == theirs.compatible:
                     continue
                 verb = ("accepts", "rejects") if theirs.compatible else ("rejects", "accepts")
                 reasons = f" Registry says: {'; '.join(theirs.messages)}" if theirs.messages else ""
                 findings.append(Finding(subject.name, "REGISTRY_DISAGREES",
-                                        f"the registry {verb[0]} v{new} under {mode} but this check {verb[1]} it; "
+                                        f"the registry {verb[0]} v{new} under {mode} but this check "
+                                        f"{verb[1]} it; "
                                         f"registering it will {'succeed' if theirs.compatible else 'fail'}."
                                         + reasons, severity=Severity.WARNING, reader_version=new,
                                         file=str(subject.version(new).path)))

@@ -25,7 +25,8 @@ def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def resolve_base(schemas_dir: Path, requested: str | None = None) -> Base:
-    """The commit to compare with: ``requested``, else the merge base with main (or origin/main), else HEAD."""
+    """The commit to compare with: ``requested``, else the merge base with main (or origin/main),
+    else HEAD."""
     cwd = schemas_dir if schemas_dir.is_dir() else Path.cwd()
     if _git(cwd, "rev-parse", "--is-inside-work-tree").returncode != 0:
         return Base(None, "not a git work tree: published versions were not checked for edits")
@@ -74,18 +75,22 @@ def check_immutable(schemas_dir: Path, base: Base) -> list[Finding]:
         current = local.read_text(encoding="utf-8")
         if current == published:
             continue
-        diff = "".join(difflib.unified_diff(published.splitlines(keepends=True), current.splitlines(keepends=True),
+        diff = "".join(difflib.unified_diff(published.splitlines(keepends=True),
+                                            current.splitlines(keepends=True),
                                             fromfile=f"a/{repo_path} ({short})", tofile=f"b/{repo_path}"))
         if _same_json(published, current):
             findings.append(Finding(subject, "VERSION_REFORMATTED",
                                     f"v{version} was published and its text changed, but not its meaning "
                                     "(same JSON); prefer restoring the published bytes.",
-                                    severity=Severity.WARNING, file=repo_path, reader_version=version, detail=diff))
+                                    severity=Severity.WARNING, file=repo_path, reader_version=version,
+                                    detail=diff))
             continue
         findings.append(Finding(subject, "VERSION_EDITED",
-                                f"v{version} was published (it exists at {short}) and has been edited; a published "
+                                f"v{version} was published (it exists at {short}) and has been edited; a "
+                                f"published "
                                 "version is immutable: restore it and add the change as a new version file "
-                                "(the next number) instead.", file=repo_path, reader_version=version, detail=diff))
+                                "(the next number) instead.", file=repo_path, reader_version=version,
+                                detail=diff))
     return findings
 
 

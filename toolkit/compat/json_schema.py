@@ -24,7 +24,8 @@ names of Confluent's ``Difference.Type`` values, so a finding can be looked up i
 - ``$ref``: local references (``#/...``) are resolved in each schema's own document, recursion-safe.
 
 Known limits (reported, not guessed): remote ``$ref`` (UNRESOLVED_REF, warning), regex inclusion (a changed
-``pattern`` is an error, as in Confluent), ``format`` (a warning: an annotation unless a validator asserts it),
+``pattern`` is an error, as in Confluent), ``format`` (a warning: an annotation unless a validator asserts
+it),
 ``if/then/else``, ``dependentSchemas``, ``unevaluated*``, and oneOf exclusivity are not analysed.
 """
 
@@ -160,12 +161,14 @@ class _Comparison:
                 return self._reader_sum(r, w, keyword, path, depth)
         if "not" in r:
             if "not" not in w:
-                return [Issue(path, "NOT_TYPE_EXTENDED", "the reader excludes values with 'not' that the writer "
+                return [Issue(path, "NOT_TYPE_EXTENDED", "the reader excludes values with 'not' that the "
+                                                         "writer "
                               "may write")] + self.compare(_without(r, "not"), w, path, depth)
             excluded = self.reversed().compare(w["not"], r["not"], path, depth)
             issues = self.compare(_without(r, "not"), _without(w, "not"), path, depth)
             if excluded:
-                issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes values the writer's "
+                issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes values the "
+                                                               "writer's "
                                     "'not' allowed"))
             return issues
         finite = _finite_values(w)
@@ -187,7 +190,8 @@ class _Comparison:
                 if best is None or len(found) < len(best):
                     best = found
             if best:
-                issues.append(Issue(path, "SUM_TYPE_NARROWED", f"the writer may write values that match none of "
+                issues.append(Issue(path, "SUM_TYPE_NARROWED", f"the writer may write values that match "
+                                                               f"none of "
                                     f"the reader's {keyword} branches (closest branch: {best[0].what})"))
         return _dedupe(issues)
 
@@ -204,14 +208,15 @@ class _Comparison:
         if not rejected:
             return []
         shown = ", ".join(_json(v) for v in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
-        rule = "ENUM_ARRAY_NARROWED" if keyword in ("enum", "const") else _KEYWORD_RULE.get(keyword, "TYPE_CHANGED")
+        rule = _KEYWORD_RULE.get(keyword, "TYPE_CHANGED")
         return [Issue(path, rule, f"the writer may write {shown}, which the reader rejects "
                       f"(its '{keyword}' does not allow it)")]
 
     def _structural(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
         if "enum" in r or "const" in r:
-            issues.append(Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of values here "
+            issues.append(Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of "
+                                                             "values here "
                                 "while the writer may write any value of its type"))
         reader_types, writer_types = _types(r), _types(w)
         writer_types = set(_ALL_TYPES) if writer_types is None else writer_types
@@ -221,7 +226,8 @@ class _Comparison:
             if lost:
                 widened = _widen(reader_types) <= _widen(writer_types)
                 issues.append(Issue(path, "TYPE_NARROWED" if widened else "TYPE_CHANGED",
-                                    f"the writer may write {_or(sorted(lost))} here, which the reader does not "
+                                    f"the writer may write {_or(sorted(lost))} here, which the reader does "
+                                    f"not "
                                     f"accept (it allows {_or(sorted(reader_types))})"))
             writer_types = {t for t in writer_types if t not in lost}
         if writer_types & {"string"}:
@@ -249,7 +255,8 @@ class _Comparison:
                                         f"the writer may write property '{name}', which the reader no longer "
                                         "declares and its closed content model (additionalProperties: false) "
                                         "rejects"))
-                elif not _is_open(cover) and cover is not False and self.compare(cover, w_props[name], child, depth):
+                elif (not _is_open(cover) and cover is not False
+                      and self.compare(cover, w_props[name], child, depth)):
                     issues.append(Issue(child, "PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
                                         f"the writer may write property '{name}', which the reader no longer "
                                         "declares and its additionalProperties schema does not accept"))
@@ -260,28 +267,33 @@ class _Comparison:
                 if _is_open(source):
                     if not _is_open(self.reader.deref(r_props[name], [], child)):
                         issues.append(Issue(child, "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
-                                            f"the writer's content model is open, so its documents may already "
+                                            f"the writer's content model is open, so its documents may "
+                                            f"already "
                                             f"carry a property '{name}' with any value, which the reader now "
                                             "constrains (close the writer with additionalProperties: false "
                                             "first)"))
                 elif self.compare(r_props[name], source, child, depth):
                     issues.append(Issue(child, "PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
-                                        f"the writer's additionalProperties may carry a property '{name}' that "
+                                        f"the writer's additionalProperties may carry a property '{name}' "
+                                        f"that "
                                         "the reader's new declaration rejects"))
         for name in sorted(r_required - w_required):
             child = f"{path}.{name}"
             declared = self.reader.deref(r_props.get(name, True), [], child)
             if isinstance(declared, dict) and "default" in declared:
                 issues.append(Issue(child, "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED",
-                                    f"the reader requires property '{name}' that the writer's documents may lack; "
-                                    "Confluent accepts this because it has a default, but JSON Schema validators "
+                                    f"the reader requires property '{name}' that the writer's documents may "
+                                    f"lack; "
+                                    "Confluent accepts this because it has a default, but JSON Schema "
+                                    "validators "
                                     "do not fill defaults", Severity.WARNING))
             elif name not in w_props and self.writer.deref(_declared(w, name), [], child) is False:
                 issues.append(Issue(child, "REQUIRED_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL",
                                     f"the reader requires property '{name}', which the writer never writes"))
             else:
                 issues.append(Issue(child, "REQUIRED_ATTRIBUTE_ADDED",
-                                    f"the reader requires property '{name}', which the writer's documents may "
+                                    f"the reader requires property '{name}', which the writer's documents "
+                                    f"may "
                                     "lack (it is optional there)"))
         issues += self._additional(r, w, path, depth)
         issues += _bounds(r, w, path, "minProperties", "maxProperties", "properties")
@@ -289,7 +301,8 @@ class _Comparison:
             extra = set(needed) - set(_dependent_required(w).get(key, []))
             if extra:
                 issues.append(Issue(f"{path}.{key}", "DEPENDENCY_ARRAY_EXTENDED",
-                                    f"the reader requires {_or(sorted(extra), 'and')} whenever '{key}' is present, "
+                                    f"the reader requires {_or(sorted(extra), 'and')} whenever '{key}' is "
+                                    f"present, "
                                     "which the writer did not"))
         return issues
 
@@ -300,7 +313,8 @@ class _Comparison:
             return []
         if r_extra is False:
             return [Issue(path, "ADDITIONAL_PROPERTIES_REMOVED", "the writer allows undeclared properties "
-                          "(additionalProperties is not false) and the reader's closed content model rejects them")]
+                          "(additionalProperties is not false) and the reader's closed content model "
+                          "rejects them")]
         if _is_open(w_extra) or self.compare(r_extra, w_extra, f"{path}.*", depth):
             return [Issue(path, "ADDITIONAL_PROPERTIES_NARROWED", "the reader's additionalProperties schema "
                           "rejects undeclared properties the writer allows")]
@@ -317,26 +331,31 @@ class _Comparison:
         issues += self.compare(r_rest, w_rest, f"{path}[*]", depth)
         issues += _bounds(r, w, path, "minItems", "maxItems", "items")
         if r.get("uniqueItems") and not w.get("uniqueItems"):
-            issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the writer may "
+            issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the "
+                                                            "writer may "
                                 "write duplicates"))
         return issues
 
 
-_KEYWORD_RULE = {"type": "TYPE_NARROWED", "maxLength": "MAX_LENGTH_DECREASED", "minLength": "MIN_LENGTH_INCREASED",
+_KEYWORD_RULE = {"enum": "ENUM_ARRAY_NARROWED", "const": "ENUM_ARRAY_NARROWED", "type": "TYPE_NARROWED",
+                 "maxLength": "MAX_LENGTH_DECREASED", "minLength": "MIN_LENGTH_INCREASED",
                  "pattern": "PATTERN_CHANGED", "maximum": "MAXIMUM_DECREASED", "minimum": "MINIMUM_INCREASED",
                  "exclusiveMaximum": "EXCLUSIVE_MAXIMUM_DECREASED",
                  "exclusiveMinimum": "EXCLUSIVE_MINIMUM_INCREASED", "multipleOf": "MULTIPLE_OF_CHANGED",
-                 "required": "REQUIRED_ATTRIBUTE_ADDED", "additionalProperties": "ADDITIONAL_PROPERTIES_NARROWED"}
+                 "required": "REQUIRED_ATTRIBUTE_ADDED",
+                 "additionalProperties": "ADDITIONAL_PROPERTIES_NARROWED"}
 
 
 def _string_bounds(r: dict, w: dict, path: str) -> list[Issue]:
     issues = _bounds(r, w, path, "minLength", "maxLength", "characters")
     if "pattern" in r and r["pattern"] != w.get("pattern"):
         rule = "PATTERN_CHANGED" if "pattern" in w else "PATTERN_ADDED"
-        issues.append(Issue(path, rule, f"the reader requires the pattern {r['pattern']!r}, which strings the writer "
+        issues.append(Issue(path, rule, f"the reader requires the pattern {r['pattern']!r}, which strings "
+                                        f"the writer "
                             "allows may not match"))
     if "format" in r and r["format"] != w.get("format"):
-        issues.append(Issue(path, "FORMAT_CHANGED", f"the reader expects format '{r['format']}' where the writer "
+        issues.append(Issue(path, "FORMAT_CHANGED", f"the reader expects format '{r['format']}' where the "
+                                                    f"writer "
                             f"had {repr(w['format']) if 'format' in w else 'none'}", Severity.WARNING))
     return issues
 
@@ -367,14 +386,17 @@ def _number_bounds(r: dict, w: dict, path: str, integer_only: bool) -> list[Issu
             change = "ADDED" if w_bound is None else ("INCREASED" if sign > 0 else "DECREASED")
             shown = "none" if w_bound is None else _show_bound(w_bound, side)
             issues.append(Issue(path, f"{exclusive}{side}_{change}", f"the reader's {word} bound "
-                                f"{_show_bound(r_bound, side)} rejects numbers the writer allows (its bound: {shown})"))
+                                f"{_show_bound(r_bound, side)} rejects numbers the writer allows (its "
+                                f"bound: {shown})"))
     if "multipleOf" in r:
         divisor = Fraction(str(r["multipleOf"]))
-        written = Fraction(str(w["multipleOf"])) if "multipleOf" in w else (Fraction(1) if integer_only else None)
+        written = Fraction(str(w["multipleOf"])) if "multipleOf" in w else None
+        written = Fraction(1) if written is None and integer_only else written
         if written is None or (written / divisor).denominator != 1:
             rule = "MULTIPLE_OF_ADDED" if "multipleOf" not in w else "MULTIPLE_OF_CHANGED"
-            issues.append(Issue(path, rule, f"the reader requires multiples of {r['multipleOf']}, and the writer "
-                                f"allows {('multiples of ' + str(w['multipleOf'])) if 'multipleOf' in w else 'any'}"))
+            allowed = f"multiples of {w['multipleOf']}" if "multipleOf" in w else "any number"
+            issues.append(Issue(path, rule, f"the reader requires multiples of {r['multipleOf']}, and the "
+                                f"writer allows {allowed}"))
     return issues
 
 
@@ -476,7 +498,8 @@ def _merge(a: Any, b: Any) -> Any:
             merged[key] = list(dict.fromkeys([*merged[key], *value]))
         elif key == "type":
             mine, theirs = _types(merged), _types(b)
-            merged[key] = sorted({t for t in mine if t in _widen(theirs)} | {t for t in theirs if t in _widen(mine)})
+            merged[key] = sorted({t for t in mine if t in _widen(theirs)}
+                                 | {t for t in theirs if t in _widen(mine)})
         elif key in _LOWER_BOUNDS and _is_number(value) and _is_number(merged[key]):
             merged[key] = max(merged[key], value)
         elif key in _UPPER_BOUNDS and _is_number(value) and _is_number(merged[key]):

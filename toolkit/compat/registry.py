@@ -76,7 +76,8 @@ class ScratchRegistry:
         try:
             return self.client.request(method, f"{self.url}{path}", **kwargs)
         except httpx.HTTPError as exc:
-            raise RegistryUnavailable(f"schema registry at {self.url} unreachable: {type(exc).__name__}") from None
+            raise RegistryUnavailable(f"schema registry at {self.url} unreachable: "
+                                      f"{type(exc).__name__}") from None
 
     def _register(self, subject: str, schema_format: SchemaFormat, document: Any, *, expect_ok: bool
                   ) -> tuple[int, Any]:

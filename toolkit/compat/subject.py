@@ -11,7 +11,9 @@ from toolkit.layout import Compatibility, SchemaFile, SchemaFormat, Subject
 
 
 def check_pair(schema_format: SchemaFormat, reader: Any, writer: Any) -> list[Issue]:
-    """Why a consumer with the ``reader`` schema cannot read what the ``writer`` schema allows (raw documents)."""
+    """Why a consumer with the ``reader`` schema cannot read what the ``writer`` schema allows.
+
+    Both are raw schema documents (parsed JSON)."""
     if schema_format is SchemaFormat.AVRO:
         return avro_compat.check(reader, writer)
     return json_compat.check(reader, writer)
@@ -72,9 +74,12 @@ def check_subject(subject: Subject) -> list[Finding]:
         for earlier in subject.versions[:later.version - 1]:
             if later.document == earlier.document:
                 findings.append(Finding(subject.name, "DUPLICATE_VERSION",
-                                        f"v{later.version} is identical to v{earlier.version}; a registry does not "
-                                        f"create a new version for it (it returns v{earlier.version}'s id), so "
-                                        "version numbers here and in the registry would part ways. Change it or "
+                                        f"v{later.version} is identical to v{earlier.version}; a registry "
+                                        f"does not "
+                                        f"create a new version for it (it returns v{earlier.version}'s id), "
+                                        f"so "
+                                        "version numbers here and in the registry would part ways. Change "
+                                        "it or "
                                         "remove it.", file=str(later.path), reader_version=later.version))
                 break
     mode = subject.config.compatibility
