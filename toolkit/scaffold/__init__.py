@@ -22,6 +22,8 @@ from toolkit.scaffold import rules
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 STAGING_PREFIX = ".epistle-new-"
+_OPTIONS = {"project_name": "epistle new PROJECT_NAME", "package_name": "--package", "topics": "--topics",
+            "group_id": "--group-id"}
 
 __all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project", "toolkit_requirement"]
 
@@ -58,8 +60,8 @@ def check_answers(answers: Answers) -> None:
     """Raises ScaffoldError listing every invalid answer, each with its field and fix."""
     problems = rules.check_answers(answers.project_name, answers.package_name, answers.topics, answers.group_id)
     if problems:
-        raise ScaffoldError("invalid answers, nothing was generated:\n  " + "\n  ".join(map(str, problems)),
-                            problems=problems)
+        lines = [f"{problem} [{_OPTIONS[problem.field]}]" for problem in problems]
+        raise ScaffoldError("invalid answers, nothing was generated:\n  " + "\n  ".join(lines), problems=problems)
 
 
 def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> str:

@@ -6,10 +6,16 @@ generated project folder; on a non-zero exit cookiecutter removes that folder.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+try:  # cookiecutter runs a rendered copy of this script from a temporary file it never removes
+    os.unlink(__file__)
+except OSError:
+    pass
 
 COOKIECUTTER = json.loads({{ cookiecutter | jsonify | jsonify }})
 PLANS = json.loads({{ cookiecutter.topics | topic_plans | jsonify | jsonify }})

@@ -6,7 +6,13 @@ cookiecutter removes the project folder it had just created.
 """
 
 import json
+import os
 import sys
+
+try:  # cookiecutter runs a rendered copy of this script from a temporary file it never removes
+    os.unlink(__file__)
+except OSError:
+    pass
 
 PROBLEMS = json.loads({{ cookiecutter | scaffold_problems | jsonify | jsonify }})
 
