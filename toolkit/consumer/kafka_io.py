@@ -234,20 +234,22 @@ class DeadLetterSender:
             return
         if self._admin is None:
             self._admin = AdminClient(self._admin_config)
+        # Create first: asking for the metadata of one missing topic would let the broker auto-create it
+        # with its defaults (auto.create.topics.enable), and a ~1 MB record's dead letter would not fit.
+        new = NewTopic(topic, num_partitions=partitions, replication_factor=-1,
+                       config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})
         try:
-            metadata = self._admin.list_topics(topic=topic, timeout=10)
-            meta = metadata.topics.get(topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                self._known_topics.add(topic)
-                return
-            new = NewTopic(topic, num_partitions=partitions, replication_factor=-1,
-                           config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})
             self._admin.create_topics([new], operation_timeout=10)[topic].result(timeout=15)
             log.info("created dead-letter topic %s", topic)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise broker_error(exc, f"creating dead-letter topic {topic}") from None
+                try:  # not allowed to create topics? fine if it exists
+                    exists = topic in self._admin.list_topics(timeout=10).topics
+                except KafkaException:
+                    exists = False
+                if not exists:
+                    raise broker_error(exc, f"creating dead-letter topic {topic}") from None
         self._known_topics.add(topic)
 
     def send(self, record: DeadLetterRecord) -> asyncio.Future:
