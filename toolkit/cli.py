@@ -153,26 +153,30 @@ def check(schemas: SchemasDir = Path("schemas"),
     raise typer.Exit(0 if report.ok else 1)
 
 
+_NewName = Annotated[str | None, typer.Argument(
+    help="Project (folder and distribution) name, e.g. orders-consumer.", show_default=False)]
+_NewPackage = Annotated[str | None, typer.Option(
+    "--package", "--package-name", help="Python package name (default: from the project name).",
+    show_default=False)]
+_NewTopics = Annotated[str | None, typer.Option(
+    "--topics", help="Topics to consume, comma-separated (default: orders).", show_default=False)]
+_NewGroup = Annotated[str | None, typer.Option(
+    "--group-id", help="Kafka consumer group id (default: the project name).", show_default=False)]
+_NewOutput = Annotated[Path, typer.Option("--output-dir", "-o", help="Where the project folder goes.")]
+_NewWheel = Annotated[Path | None, typer.Option(
+    "--toolkit-wheel", help="The project installs the toolkit from this built wheel.", show_default=False)]
+_NewToolkitPath = Annotated[Path | None, typer.Option(
+    "--toolkit-path", help="... or from this source checkout (default: the one running this).",
+    show_default=False)]
+
+
 @app.command()
-def new(project_name: Annotated[str | None, typer.Argument(
-            help="Project (folder and distribution) name, e.g. orders-consumer.", show_default=False)] = None,
-        package: Annotated[str | None, typer.Option(
-            "--package", "--package-name", help="Python package name [default: from the project name].",
-            show_default=False)] = None,
-        topics: Annotated[str | None, typer.Option(
-            "--topics", help="Topics to consume, comma-separated [default: orders].", show_default=False)] = None,
-        group_id: Annotated[str | None, typer.Option(
-            "--group-id", help="Kafka consumer group id [default: the project name].", show_default=False)] = None,
-        output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the project folder goes.")
-                              ] = Path("."),
-        force: Annotated[bool, typer.Option("--force", help="Write over an existing project folder.")] = False,
+def new(project_name: _NewName = None, package: _NewPackage = None, topics: _NewTopics = None,
+        group_id: _NewGroup = None, output_dir: _NewOutput = Path("."),
+        force: Annotated[bool, typer.Option("--force", help="Write over an existing project folder.")
+                         ] = False,
         no_input: Annotated[bool, typer.Option("--no-input", help="Never prompt: use the defaults.")] = False,
-        toolkit_wheel: Annotated[Path | None, typer.Option(
-            "--toolkit-wheel", help="The project installs the toolkit from this built wheel.", show_default=False,
-            )] = None,
-        toolkit_path: Annotated[Path | None, typer.Option(
-            "--toolkit-path", help="... or from this source checkout [default: the one running this command].",
-            show_default=False)] = None,
+        toolkit_wheel: _NewWheel = None, toolkit_path: _NewToolkitPath = None,
         codegen: Annotated[bool, typer.Option(
             "--codegen/--no-codegen", help="Generate the models now (else `make setup` does).")] = True,
         ) -> None:

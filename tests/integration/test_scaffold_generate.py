@@ -15,13 +15,13 @@ import toolkit.scaffold as scaffold
 from toolkit.cli import app
 from toolkit.scaffold import Answers, ScaffoldError, create_project, rules
 
-ANSWERS = Answers(project_name="orders-consumer", package_name="orders_consumer", topics="orders, payments.v1",
-                  group_id="orders-group")
+ANSWERS = Answers(project_name="orders-consumer", package_name="orders_consumer",
+                  topics="orders, payments.v1", group_id="orders-group")
 
 
 @pytest.fixture
 def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A private cookiecutter config, so that plain cookiecutter writes no replay file into the home folder."""
+    """A private cookiecutter config: plain cookiecutter then writes no replay file into the home folder."""
     home = tmp_path_factory.mktemp("cookiecutter-home")
     config = home / "config.yaml"
     config.write_text(f"replay_dir: '{home / 'replay'}'\ncookiecutters_dir: '{home / 'templates'}'\n")
@@ -136,7 +136,8 @@ def test_invalid_answers_are_refused_before_anything_is_written(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("step", ["_render", "_generate_models", "_move_into_place"])
-def test_a_failure_mid_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+def test_a_failure_mid_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 step: str) -> None:
     out = tmp_path / "created" / "by-us"
     real = getattr(scaffold, step)
 
@@ -192,8 +193,9 @@ def test_plain_cookiecutter_makes_the_same_project(tmp_path: Path, cookiecutter_
     ({"project_name": "bad name"}, "project_name"),
     ({"group_id": ""}, "group_id"),
 ])
-def test_plain_cookiecutter_refuses_bad_answers_and_leaves_nothing(tmp_path: Path, capfd, cookiecutter_config: str,
-                                                                   context: dict, field: str) -> None:
+def test_plain_cookiecutter_refuses_bad_answers_and_leaves_nothing(tmp_path: Path, capfd,
+                                                                   cookiecutter_config: str, context: dict,
+                                                                   field: str) -> None:
     from cookiecutter.exceptions import FailedHookException
     from cookiecutter.main import cookiecutter
 
@@ -221,7 +223,8 @@ def test_cli_new_prompts_and_asks_again_after_a_bad_answer(tmp_path: Path) -> No
     result = CliRunner().invoke(app, ["new", "--output-dir", str(tmp_path), "--no-codegen"], input=answers)
     assert result.exit_code == 0, result.output
     assert "Python keyword" in result.output and "empty" in result.output
-    assert "KAFKA_GROUP_ID=my-svc" in (tmp_path / "my-svc/.env.example").read_text()  # default: the project name
+    # the group id defaults to the project name
+    assert "KAFKA_GROUP_ID=my-svc" in (tmp_path / "my-svc/.env.example").read_text()
 
 
 @pytest.mark.parametrize(("args", "field"), [
@@ -234,7 +237,8 @@ def test_cli_new_prompts_and_asks_again_after_a_bad_answer(tmp_path: Path) -> No
     (["ok-name", "--toolkit-wheel", "/nonexistent/toolkit.whl"], "toolkit_wheel"),
     (["ok-name", "--toolkit-path", "/nonexistent"], "toolkit_path"),
 ])
-def test_cli_new_bad_input_exits_non_zero_naming_the_field(tmp_path: Path, args: list[str], field: str) -> None:
+def test_cli_new_bad_input_exits_non_zero_naming_the_field(tmp_path: Path, args: list[str],
+                                                           field: str) -> None:
     result = CliRunner().invoke(app, ["new", *args, "--output-dir", str(tmp_path), "--no-input"])
     assert result.exit_code != 0
     assert field in result.output and "fix" in result.output, result.output

@@ -21,7 +21,8 @@ def test_valid_answers_have_no_problem() -> None:
     check_answers(Answers(**VALID))  # does not raise
 
 
-@pytest.mark.parametrize("name", ["", "   ", "-orders", "orders-", "orders consumer", "orders/consumer", "../up",
+@pytest.mark.parametrize("name", ["", "   ", "-orders", "orders-", "orders consumer", "orders/consumer",
+                                  "../up",
                                   ".hidden", "ördër", "x" * 101])
 def test_invalid_project_names(name: str) -> None:
     [problem] = _problems(project_name=name)
@@ -29,7 +30,8 @@ def test_invalid_project_names(name: str) -> None:
     assert problem.fix
 
 
-@pytest.mark.parametrize("name", ["orders-consumer", "orders_consumer", "Orders.Consumer2", "a", "1st-service"])
+@pytest.mark.parametrize("name", ["orders-consumer", "orders_consumer", "Orders.Consumer2", "a",
+                                  "1st-service"])
 def test_valid_project_names(name: str) -> None:
     assert rules.check_project_name(name) == []
 
@@ -110,7 +112,8 @@ def test_default_package_name_follows_the_project_name() -> None:
 def test_topic_plans_name_modules_classes_and_schemas() -> None:
     orders, payments, odd = rules.plan_topics("orders, payments.v1,1st-topic")
     assert (orders.topic, orders.schema_name, orders.module, orders.handler_class, orders.model_package,
-            orders.model_class) == ("orders", "orders", "orders_handler", "OrdersHandler", "orders", "OrdersEvent")
+            orders.model_class) == ("orders", "orders", "orders_handler", "OrdersHandler", "orders",
+                                    "OrdersEvent")
     assert (payments.schema_name, payments.module, payments.handler_class, payments.model_package) == (
         "payments.v1", "payments_v1_handler", "PaymentsV1Handler", "payments_v1")
     # a schemaName must start with a letter (toolkit.layout), so this topic's subject folder gets a prefix

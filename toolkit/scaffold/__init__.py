@@ -25,7 +25,8 @@ STAGING_PREFIX = ".epistle-new-"
 _OPTIONS = {"project_name": "epistle new PROJECT_NAME", "package_name": "--package", "topics": "--topics",
             "group_id": "--group-id"}
 
-__all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project", "toolkit_requirement"]
+__all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project",
+           "toolkit_requirement"]
 
 
 class ScaffoldError(EpistleError):
@@ -41,7 +42,7 @@ class ScaffoldError(EpistleError):
 
 @dataclass(frozen=True)
 class Answers:
-    """What the template asks. ``toolkit_requirement`` is a pip requirement (see :func:`toolkit_requirement`)."""
+    """What the template asks; ``toolkit_requirement`` is a pip requirement (:func:`toolkit_requirement`)."""
 
     project_name: str
     package_name: str
@@ -58,10 +59,12 @@ class Answers:
 
 def check_answers(answers: Answers) -> None:
     """Raises ScaffoldError listing every invalid answer, each with its field and fix."""
-    problems = rules.check_answers(answers.project_name, answers.package_name, answers.topics, answers.group_id)
+    problems = rules.check_answers(answers.project_name, answers.package_name, answers.topics,
+                                   answers.group_id)
     if problems:
         lines = [f"{problem} [{_OPTIONS[problem.field]}]" for problem in problems]
-        raise ScaffoldError("invalid answers, nothing was generated:\n  " + "\n  ".join(lines), problems=problems)
+        raise ScaffoldError("invalid answers, nothing was generated:\n  " + "\n  ".join(lines),
+                            problems=problems)
 
 
 def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> str:
@@ -72,7 +75,8 @@ def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> 
         ScaffoldError: both are given, or the wheel / folder does not exist.
     """
     if wheel and path:
-        raise ScaffoldError("--toolkit-wheel and --toolkit-path both given: choose one", field="toolkit_wheel")
+        raise ScaffoldError("--toolkit-wheel and --toolkit-path both given: choose one",
+                            field="toolkit_wheel")
     if wheel is not None:
         if not wheel.is_file() or wheel.suffix != ".whl":
             raise ScaffoldError(f"toolkit_wheel {str(wheel)!r}: not a .whl file -- fix: build one with "
@@ -81,8 +85,8 @@ def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> 
         return rules.requirement_for(wheel)
     if path is not None:
         if not (path / "pyproject.toml").is_file():
-            raise ScaffoldError(f"toolkit_path {str(path)!r}: no pyproject.toml there -- fix: pass the folder "
-                                "of the toolkit's checkout", field="toolkit_path")
+            raise ScaffoldError(f"toolkit_path {str(path)!r}: no pyproject.toml there -- fix: pass the "
+                                "folder of the toolkit's checkout", field="toolkit_path")
         return rules.requirement_for(path)
     return rules.default_toolkit_requirement()
 
@@ -104,18 +108,19 @@ def create_project(answers: Answers, output_dir: Path | str = ".", *, force: boo
     target = output_dir / answers.project_name
     if target.exists() or target.is_symlink():
         if not target.is_dir():
-            raise ScaffoldError(f"output {str(target)!r} exists and is not a folder -- fix: remove it or choose "
-                                "another --output-dir or project name", field="output_dir")
+            raise ScaffoldError(f"output {str(target)!r} exists and is not a folder -- fix: remove it or "
+                                "choose another --output-dir or project name", field="output_dir")
         if not force:
-            raise ScaffoldError(f"project_name {answers.project_name!r}: folder {str(target)!r} already exists -- "
-                                "fix: choose another name or --output-dir, or pass --force to write over it",
+            raise ScaffoldError(f"project_name {answers.project_name!r}: folder {str(target)!r} already "
+                                "exists -- fix: choose another name or --output-dir, or pass --force to "
+                                "write over it",
                                 field="project_name")
     created_dirs = _missing_parents(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ScaffoldError(f"output_dir {str(output_dir)!r}: cannot create it ({exc.strerror}) -- fix: choose "
-                            "a folder you can write to", field="output_dir") from None
+        raise ScaffoldError(f"output_dir {str(output_dir)!r}: cannot create it ({exc.strerror}) -- fix: "
+                            "choose a folder you can write to", field="output_dir") from None
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         staged = _render(answers, staging)
@@ -138,7 +143,8 @@ def _render(answers: Answers, staging: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="epistle-cookiecutter-") as home:
         config = Path(home) / "config.yaml"
         config.write_text(f"replay_dir: {Path(home, 'replay').as_posix()!r}\n"
-                          f"cookiecutters_dir: {Path(home, 'cookiecutters').as_posix()!r}\n", encoding="utf-8")
+                          f"cookiecutters_dir: {Path(home, 'cookiecutters').as_posix()!r}\n",
+                          encoding="utf-8")
         try:
             project = cookiecutter(str(TEMPLATE_DIR), no_input=True, extra_context=answers.context(),
                                    output_dir=str(staging / "out"), config_file=str(config))

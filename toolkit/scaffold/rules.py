@@ -59,14 +59,15 @@ class TopicPlan:
 
 
 def split_topics(text: str) -> list[str]:
-    """``"orders, payments"`` -> ``["orders", "payments"]`` (blanks between commas are kept as '' to report)."""
+    """``"orders, payments"`` -> ``["orders", "payments"]`` (an empty entry stays, as '', to be reported)."""
     if not text.strip():
         return []
     return [part.strip() for part in text.split(",")]
 
 
 def check_project_name(name: str) -> list[Problem]:
-    fix = "use letters, digits, '-', '_' or '.', starting and ending with a letter or digit, e.g. orders-consumer"
+    fix = ("use letters, digits, '-', '_' or '.', starting and ending with a letter or digit, "
+           "e.g. orders-consumer")
     if not name.strip():
         return [Problem("project_name", name, "is empty", fix)]
     if len(name) > MAX_PROJECT_NAME_LENGTH:
@@ -95,7 +96,8 @@ def check_package_name(name: str) -> list[Problem]:
                         "use " + name.lower())]
     if name in sys.stdlib_module_names or name in RESERVED_PACKAGES:
         return [Problem("package_name", name, "shadows a module the service imports "
-                        "(standard library, toolkit or generated_models)", "add a word, e.g. " + name + "_service")]
+                        "(standard library, toolkit or generated_models)",
+                        "add a word, e.g. " + name + "_service")]
     return []
 
 
@@ -122,21 +124,23 @@ def check_topic(topic: str) -> list[Problem]:
 def check_topics(text: str) -> list[Problem]:
     topics = split_topics(text)
     if not topics:
-        return [Problem("topics", text, "no topic given", "give at least one topic, e.g. orders or orders,payments")]
+        return [Problem("topics", text, "no topic given",
+                        "give at least one topic, e.g. orders or orders,payments")]
     problems = [p for topic in topics for p in check_topic(topic)]
     if problems:
         return problems
     seen: dict[str, str] = {}
     for topic in topics:
         # Kafka itself refuses topics that differ only by '.' versus '_' (their metric names collide); the
-        # scaffold also needs one handler module and class per topic, so names that map to the same collide too.
+        # scaffold needs one handler module and class per topic, so names mapping to the same collide too.
         schema_name = schema_name_for(topic)
         for key in (package_name(schema_name), pascal(schema_name)):
             if key in seen:
                 same = "is listed twice" if seen[key] == topic else f"collides with {seen[key]!r}"
                 return [Problem("topics", topic, f"{same}: both map to the handler module or class {key!r} "
                                 "(Kafka also refuses topics that differ only by '.' and '_')",
-                                "list each topic once, with names that differ by more than '.', '_', '-' or case")]
+                                "list each topic once, with names that differ by more than '.', '_', "
+                                "'-' or case")]
         seen[package_name(schema_name)] = seen[pascal(schema_name)] = topic
     return []
 
@@ -145,8 +149,8 @@ def check_group_id(group_id: str) -> list[Problem]:
     if not group_id.strip():
         return [Problem("group_id", group_id, "is empty", "give a consumer group id, e.g. orders-consumer")]
     if any(c.isspace() or not c.isprintable() for c in group_id) or len(group_id) > MAX_TOPIC_LENGTH:
-        return [Problem("group_id", group_id, "has spaces or control characters, or is too long for a .env value",
-                        "use letters, digits, '.', '_' or '-'")]
+        return [Problem("group_id", group_id, "has spaces or control characters, or is too long for a "
+                        ".env value", "use letters, digits, '.', '_' or '-'")]
     return []
 
 
@@ -157,7 +161,7 @@ def check_answers(project_name: str, package_name: str, topics: str, group_id: s
 
 
 def schema_name_for(topic: str) -> str:
-    """The example schema's schemaName (its folder under schemas/): the topic, when it is a valid schemaName."""
+    """The example schema's schemaName (its folder under schemas/): the topic when it is a valid one."""
     return topic if _SCHEMA_NAME.match(topic) else f"topic-{topic}"
 
 
@@ -180,7 +184,8 @@ def plan_topics(topics: str) -> list[TopicPlan]:
         ident = package_name(schema_name)
         base = pascal(schema_name)
         plans.append(TopicPlan(topic=topic, schema_name=schema_name, module=f"{ident}_handler",
-                               handler_class=f"{base}Handler", model_package=ident, model_class=f"{base}Event"))
+                               handler_class=f"{base}Handler", model_package=ident,
+                               model_class=f"{base}Event"))
     return plans
 
 

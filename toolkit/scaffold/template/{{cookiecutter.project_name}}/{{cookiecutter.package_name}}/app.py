@@ -1,6 +1,7 @@
 """The entry point: build the dependencies once, give them to the handlers, register a handler per topic.
 
-``python -m {{ cookiecutter.package_name }}`` (``make run``) runs :func:`build_consumer` until SIGTERM/SIGINT.
+``python -m {{ cookiecutter.package_name }}`` (``make run``) runs :func:`build_consumer` until SIGTERM/SIGINT;
+``epistle run --app {{ cookiecutter.package_name }}.app:register`` does the same through the toolkit's runner.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ def build_dependencies(settings: Settings) -> Dependencies:
     return Dependencies()
 
 
+def register(consumer: KafkaConsumer, settings: Settings, dependencies: Dependencies | None = None) -> None:
+    """Register one handler per topic, each given its dependencies through its constructor.
+
+    ``epistle run --app {{ cookiecutter.package_name }}.app:register`` calls this with a consumer built from the settings.
+    """
+    deps = dependencies or build_dependencies(settings)
+{%- for t in cookiecutter.topics | topic_plans %}
+    consumer.register_handler("{{ t.topic }}", {{ t.handler_class }}(deps.store))
+{%- endfor %}
+
+
 def build_consumer(settings: Settings | None = None, dependencies: Dependencies | None = None,
                    **consumer_options: Any) -> KafkaConsumer:
     """The consumer with every handler registered.
@@ -39,9 +51,6 @@ def build_consumer(settings: Settings | None = None, dependencies: Dependencies 
         toolkit.ConfigError: a setting is invalid (the message names the variable and the fix).
     """
     settings = settings or load_settings()
-    deps = dependencies or build_dependencies(settings)
     consumer = KafkaConsumer.from_settings(settings, **consumer_options)
-{%- for t in cookiecutter.topics | topic_plans %}
-    consumer.register_handler("{{ t.topic }}", {{ t.handler_class }}(deps.store))
-{%- endfor %}
+    register(consumer, settings, dependencies)
     return consumer
