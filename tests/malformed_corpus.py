@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 
 HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "1",
-          "correlationId": "corr-malformed", "messageId": "msg-malformed", "timestamp": "2024-06-01T12:00:00Z",
-          "producer": "malformed-corpus"}
+          "correlationId": "corr-malformed", "messageId": "msg-malformed",
+          "timestamp": "2024-06-01T12:00:00Z", "producer": "malformed-corpus"}
 ONE_MB = 1_000_000
 
 

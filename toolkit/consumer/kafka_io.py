@@ -44,7 +44,7 @@ class PollThread:
                  max_poll_records: int, on_batch: Callable[[list[Any]], None],
                  on_assign: Callable[[list[tuple[str, int, int]]], None],
                  release: Callable[[list[TP], bool], Awaitable[list[TopicPartition]]],
-                 drain_timeout_s: float = 60.0) -> None:
+                 in_flight: Callable[[], int], max_in_flight: int, drain_timeout_s: float = 60.0) -> None:
         self._config = config
         self._topics = topics
         self._loop = loop
@@ -53,6 +53,12 @@ class PollThread:
         self._on_assign_loop = on_assign
         self._release = release
         self._drain_timeout_s = drain_timeout_s
+        self._in_flight = in_flight
+        self._max_in_flight = max_in_flight
+        self._handed_over = 0  # records passed to the loop and not yet dispatched there
+        self._handover_lock = threading.Lock()
+        self._window_paused = False
+        self._paused_by_loop: set[TP] = set()
         self._commands: queue.SimpleQueue[tuple[str, Any, Future | None]] = queue.SimpleQueue()
         self._generation: dict[TP, int] = {}
         self._next_generation = 0
@@ -101,15 +107,40 @@ class PollThread:
             if not self._fetching:
                 time.sleep(0.02)
                 continue
+            free = self._max_in_flight - self._in_flight() - self._handed_over
+            self._apply_window(free)
             try:
-                batch = consumer.consume(num_messages=self._max_poll_records, timeout=0.1)
+                batch = consumer.consume(num_messages=max(1, min(self._max_poll_records, free)), timeout=0.1)
             except KafkaException as exc:
                 log.error("consume failed: %s", exc)
                 continue
             except RuntimeError:  # closed under us
                 return
             if batch:
-                self._loop.call_soon_threadsafe(self._on_batch, batch)
+                with self._handover_lock:
+                    self._handed_over += len(batch)
+                self._loop.call_soon_threadsafe(self._hand_over, batch)
+
+    def _hand_over(self, batch: list[Any]) -> None:  # on the loop
+        with self._handover_lock:
+            self._handed_over -= len(batch)
+        self._on_batch(batch)
+
+    def _apply_window(self, free: int) -> None:
+        """Pause every partition while the in-flight window is full; resume below 80 %.
+
+        librdkafka drops what it prefetched for a paused partition and resumes from the last record it
+        returned, so nothing is skipped and memory stays bounded."""
+        consumer = self.consumer
+        assert consumer is not None
+        if not self._window_paused and free <= 0:
+            consumer.pause(consumer.assignment())
+            self._window_paused = True
+        elif self._window_paused and free >= self._max_in_flight * 0.2:
+            resume = [tp for tp in consumer.assignment()
+                      if (tp.topic, tp.partition) not in self._paused_by_loop]
+            consumer.resume(resume)
+            self._window_paused = False
 
     def _run_commands(self) -> bool:
         consumer = self.consumer
@@ -123,9 +154,12 @@ class PollThread:
                 if name == "commit":
                     self._commit(*arg)
                 elif name == "pause":
+                    self._paused_by_loop.update(arg)
                     consumer.pause([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
                 elif name == "resume":
-                    consumer.resume([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
+                    self._paused_by_loop.difference_update(arg)
+                    if not self._window_paused:
+                        consumer.resume([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
                 elif name == "close":
                     try:
                         consumer.close()
@@ -175,6 +209,8 @@ class PollThread:
 
     # -- rebalance callbacks (run inside consume(), on this thread) ------------------------------------
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._window_paused:  # assigned while the window is full: librdkafka starts them unpaused
+            self._window_paused = False
         assigned = []
         for tp in partitions:
             self._next_generation += 1
@@ -199,6 +235,7 @@ class PollThread:
             self._store_commit(offsets, sync=True)
         for tp in tps:
             self._generation.pop(tp, None)
+            self._paused_by_loop.discard(tp)
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked(consumer, partitions, lost=True)

@@ -140,7 +140,6 @@ class KafkaConsumer:
         self.stats = ConsumerStats()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._in_flight = 0
-        self._globally_paused = False
         self._stop_event: asyncio.Event | None = None
         self._stopping = False
         self._failure: BaseException | None = None
@@ -189,6 +188,7 @@ class KafkaConsumer:
         self._poller = PollThread(self._consumer_config(), topics, loop,
                                   max_poll_records=self.max_poll_records, on_batch=self._dispatch,
                                   on_assign=self._assign, release=self._release,
+                                  in_flight=lambda: self._in_flight, max_in_flight=self.max_in_flight,
                                   drain_timeout_s=self.shutdown_timeout_s)
         if handle_signals:
             install_signal_handlers(self, loop)
@@ -281,8 +281,6 @@ class KafkaConsumer:
     def _assign(self, assigned: list[tuple[str, int, int]]) -> None:
         for topic, partition, generation in assigned:
             self._parts[(topic, partition)] = _Partition(topic, partition, generation)
-        if self._globally_paused:
-            self._poller.pause([(t, p) for t, p, _ in assigned])
 
     async def _release(self, tps: list[tuple[str, int]], lost: bool) -> list[TopicPartition]:
         """Drain revoked partitions: drop queued records, let running handlers finish, return watermarks."""
@@ -356,14 +354,12 @@ class KafkaConsumer:
         return False
 
     def _update_pauses(self) -> None:
+        """Pause a partition holding too many records (e.g. waiting for a retry); the whole-window pause
+        is the poll thread's job, so it takes effect before the next fetch."""
         high = max(self.max_poll_records, self.max_in_flight // 2)
-        full = self._in_flight >= self.max_in_flight
-        if full != self._globally_paused and (full or self._in_flight <= self.max_in_flight * 0.8):
-            self._globally_paused = full
         to_pause, to_resume = [], []
         for part in self._parts.values():
-            want = (self._globally_paused or part.buffered >= high
-                    or (part.paused and part.buffered > high // 2))
+            want = part.buffered >= high or (part.paused and part.buffered > high // 2)
             if want != part.paused:
                 part.paused = want
                 (to_pause if want else to_resume).append((part.topic, part.partition))
