@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,21 @@ def _make(project: Path, env: dict[str, str], *targets: str, timeout: float = 60
     return output, elapsed
 
 
-def test_generated_service_installs_checks_tests_and_runs(tmp_path: Path, kafka_bootstrap: str) -> None:
+@pytest.fixture
+def run_id(admin) -> Iterator[str]:
+    """Names this run's topics; deletes them (and dead-letter topics) afterwards."""
     run_id = uuid.uuid4().hex[:8]
+    yield run_id
+    doomed = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"scaffold-{run_id}-")]
+    for future in (admin.delete_topics(doomed).values() if doomed else ()):
+        try:
+            future.result(timeout=30)
+        except Exception:  # best effort: the names are unique anyway
+            pass
+
+
+def test_generated_service_installs_checks_tests_and_runs(tmp_path: Path, kafka_bootstrap: str,
+                                                          run_id: str) -> None:
     topics = f"scaffold-{run_id}-orders,scaffold-{run_id}-payments.v1"
     started = time.monotonic()
     project = create_project(Answers(project_name="it-service", package_name="it_service", topics=topics,

@@ -1,13 +1,12 @@
-"""Build what the toolkit hands a handler, and what a producer writes, for tests."""
+"""Build what the toolkit hands a handler, for unit tests."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from toolkit import Message
+from toolkit.consumer import Message
 from toolkit.envelope import Header
 
 
@@ -22,8 +21,3 @@ def make_message(topic: str, schema_name: str, body: Any, version: int = 1, offs
     return Message(header=make_header(schema_name, version), body=body, topic=topic, partition=0, offset=offset,
                    key=None)
 
-
-def envelope_bytes(schema_name: str, body: dict[str, Any], version: int = 1, message_id: str | None = None) -> bytes:
-    """The JSON envelope a producer writes: camelCase header, the body as plain JSON."""
-    header = make_header(schema_name, version, message_id).model_dump(by_alias=True)
-    return json.dumps({"header": header, "body": body}).encode()

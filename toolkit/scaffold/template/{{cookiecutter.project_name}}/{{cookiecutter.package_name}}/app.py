@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit import KafkaConsumer, Settings, load_settings
+from toolkit import Settings, load_settings
+from toolkit.consumer import KafkaConsumer
 
 from {{ cookiecutter.package_name }}.handlers import {% for t in cookiecutter.topics | topic_plans %}{{ t.handler_class }}{% if not loop.last %}, {% endif %}{% endfor %}
 from {{ cookiecutter.package_name }}.services import EventStore, InMemoryStore

@@ -9,13 +9,13 @@ import uuid
 import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from toolkit.consumer.testing import envelope_bytes
 
 {% for t in cookiecutter.topics | topic_plans -%}
 from generated_models.{{ t.model_package }}.v1 import {{ t.model_class }}
 {% endfor -%}
 from {{ cookiecutter.package_name }}.app import TOPICS, Dependencies, build_consumer
 from {{ cookiecutter.package_name }}.services import InMemoryStore
-from tests.messages import envelope_bytes
 
 # topic -> (schemaName, model)
 SCHEMAS = {
@@ -24,6 +24,7 @@ SCHEMAS = {
 {%- endfor %}
 }
 WAIT_S = 60
+PRODUCER = "{{ cookiecutter.project_name }}-tests"
 
 
 def _ensure_topics(admin: AdminClient) -> None:
@@ -44,7 +45,8 @@ def _produce(settings, message_ids: dict[str, str]) -> None:
     for topic, message_id in message_ids.items():
         schema_name, _ = SCHEMAS[topic]
         body = {"id": message_id, "occurredAt": "2024-05-01T12:00:00Z", "note": "integration test"}
-        producer.produce(topic, envelope_bytes(schema_name, body, message_id=message_id), key=message_id.encode(),
+        value = envelope_bytes(schema_name, 1, body, message_id=message_id, producer=PRODUCER)
+        producer.produce(topic, value, key=message_id.encode(),
                          on_delivery=lambda err, msg: failures.append(str(err)) if err else None)
     left = producer.flush(30)
     assert not failures and not left, f"producing failed: {failures or f'{left} message(s) not delivered'}"
