@@ -486,7 +486,10 @@ class KafkaConsumer:
                 failures += 1
                 stats.dead_letter_send_failures += 1
                 delay = self.retry.delay(failures)
-                log.warning("dead letter not delivered, retrying in %.2fs: %s", delay, exc, extra=extra)
+                # Retried forever (the offset stays uncommitted); persistent failures need an operator.
+                level = logging.WARNING if failures < 5 else logging.ERROR
+                log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures,
+                        delay, exc, extra=extra)
                 if await self._wait(part, delay):
                     return False
                 continue
