@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -80,6 +82,18 @@ def test_generated_files_carry_the_answers(tmp_path: Path) -> None:
     assert "make check BASE=origin/${{ github.base_ref }}" in workflow
     readme = (target / "README.md").read_text()
     assert "make test" in readme and "make run" in readme
+
+
+def test_generated_python_passes_the_toolkits_lint_rules(tmp_path: Path) -> None:
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.is_file():
+        pytest.skip("ruff is not installed in this environment (pip install -e '.[dev]')")
+    target = create_project(ANSWERS, tmp_path)  # with generated_models/: isort sees it as first-party
+    proc = subprocess.run([str(ruff), "check", "--no-cache", "--isolated", "--line-length", "110",
+                           "--extend-exclude", "generated_models",
+                           "--target-version", "py311", "--select", "E,F,W,I,B,UP", "--output-format",
+                           "concise", "."], cwd=target, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_no_toolkit_code_is_copied(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import uuid
 
 import pytest
-
 from toolkit import Settings, load_settings
 
 

@@ -18,6 +18,6 @@ def make_header(schema_name: str, version: int = 1, message_id: str | None = Non
 
 def make_message(topic: str, schema_name: str, body: Any, version: int = 1, offset: int = 0) -> Message:
     """A message as the consumer delivers it: ``body`` is the generated model instance."""
-    return Message(header=make_header(schema_name, version), body=body, topic=topic, partition=0, offset=offset,
-                   key=None)
+    return Message(header=make_header(schema_name, version), body=body, topic=topic, partition=0,
+                   offset=offset, key=None)
 

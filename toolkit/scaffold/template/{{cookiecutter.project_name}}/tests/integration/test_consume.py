@@ -34,7 +34,8 @@ def _ensure_topics(admin: AdminClient) -> None:
             try:
                 future.result(timeout=30)
             except Exception as exc:
-                if exc.args and getattr(exc.args[0], "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 pytest.fail(f"could not create topic {topic!r}: {exc}", pytrace=False)
 
@@ -72,7 +73,8 @@ def test_every_handler_receives_its_topic_message(kafka_settings) -> None:
     _produce(kafka_settings, message_ids)
     store = InMemoryStore()
 
-    asyncio.run(_consume_until_seen(build_consumer(kafka_settings, Dependencies(store=store)), store, message_ids))
+    consumer = build_consumer(kafka_settings, Dependencies(store=store))
+    asyncio.run(_consume_until_seen(consumer, store, message_ids))
 
     missing = {t: m for t, m in message_ids.items() if m not in store.events}
     assert not missing, (f"within {WAIT_S}s no handler stored {missing}; see the consumer log above "
