@@ -9,6 +9,7 @@ from typing import Any
 
 import email_validator
 import jsonschema
+import jsonschema_rs
 from jsonschema.exceptions import ValidationError, best_match, relevance
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
@@ -113,32 +114,90 @@ def _iter_refs(node: Any, json_path: str, resolver: Any) -> Iterator[tuple[str, 
             yield from _iter_refs(value, f"{json_path}.{key}", resolver)
 
 
+def _fast_validator(document: Any, checker: jsonschema.FormatChecker) -> Any | None:
+    """jsonschema-rs for the accept path: ~10 us per order body against ~210 us for jsonschema alone.
+
+    Every ``format`` the document uses is checked by the same FormatChecker jsonschema uses, so the two
+    agree on formats whatever the draft says about them (draft-07 has no "uuid", for one).
+    None when jsonschema-rs cannot compile the document.
+    """
+    formats = {name: (lambda value, name=name: checker.conforms(value, name)) for name in _formats_used(document)}
+    try:
+        return jsonschema_rs.validator_for(document, validate_formats=True, formats=formats or None)
+    except Exception:  # noqa: BLE001 - an exotic schema: the jsonschema validator alone decides
+        return None
+
+
+def _formats_used(node: Any) -> set[str]:
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("format"), str):
+                found.add(item["format"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 class JsonSchema(CompiledSchema):
-    """A JSON Schema version with its validator (format checking on) built once."""
+    """A JSON Schema version with its validators (format checking on) built once.
+
+    Two validators, one verdict: jsonschema-rs answers "valid?" on the hot path; a body it rejects (or any
+    body when it could not compile the schema) goes through jsonschema, which decides and explains every
+    error with its JSON path. A body jsonschema-rs rejects is never accepted, so its stricter format checks
+    win; jsonschema's ``email`` check is the one pydantic's EmailStr makes, so what passes here also binds.
+    """
 
     format = SchemaFormat.JSON
 
-    def __init__(self, subject: str, version: int, document: Any, validator: Validator) -> None:
+    def __init__(self, subject: str, version: int, document: Any, validator: Validator,
+                 fast: Any | None = None) -> None:
         super().__init__(subject, version, document)
         self.validator = validator
+        self.fast = fast
 
     @classmethod
     def compile(cls, label: str, subject: str, version: int, document: Any) -> JsonSchema:
         """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema."""
         validator_cls = check_json_schema(label, document)
-        return cls(subject, version, document, validator_cls(document, format_checker=_format_checker()))
+        checker = _format_checker()
+        return cls(subject, version, document, validator_cls(document, format_checker=checker),
+                   _fast_validator(document, checker))
 
     def decode(self, body: Any) -> Any:
         """Validate ``body``; return it unchanged. See :meth:`CompiledSchema.decode`."""
+        fast_verdict = None
+        if self.fast is not None:
+            try:
+                fast_verdict = self.fast.is_valid(body)
+            except Exception:  # noqa: BLE001 - e.g. a number beyond its range: let jsonschema decide
+                fast_verdict = None
         try:
-            errors = list(itertools.islice(self.validator.iter_errors(body), _MAX_ERRORS_SCANNED))
-            if not errors:
-                return body
-            raise _message_error(errors)
+            errors = list(itertools.islice(self.validator.iter_errors(body), _MAX_ERRORS_SCANNED)) \
+                if fast_verdict is not True else []
+            if errors:
+                raise _message_error(errors)
+            if fast_verdict is False:
+                raise _fast_error(self.fast, body)
+            return body
         except MessageError:
             raise
         except Exception as exc:  # noqa: BLE001 - the contract: a body never crashes the validator
             raise unexpected(exc) from None
+
+
+def _fast_error(fast: Any, body: Any) -> MessageError:
+    """jsonschema-rs rejected what jsonschema accepts (a stricter format check): report its errors."""
+    details = []
+    for error in itertools.islice(fast.iter_errors(body), MAX_DETAILS):
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.instance_path)
+        details.append({"path": path, "message": shorten(error.message), "keyword": "format"})
+    if not details:
+        details = [{"path": "$", "message": "rejected by the schema", "keyword": "unknown"}]
+    return MessageError(STAGE, f"{details[0]['path']}: {details[0]['message']}", details=details)
 
 
 def _message_error(errors: list[ValidationError]) -> MessageError:
