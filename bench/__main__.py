@@ -33,7 +33,8 @@ def _run_contender(name: str, bootstrap: str, topic: str, count: int, fmt: str, 
     proc = subprocess.run([sys.executable, "-m", "bench.contenders", name, bootstrap, topic, str(count), fmt],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]}
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
+        return {"error": last[0][:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -51,7 +51,8 @@ def shipment_body(rng: random.Random) -> dict:
 FORMATS = {"json": ("orders", "2", order_body), "avro": ("shipments", "2", shipment_body)}
 
 
-def envelope(fmt: str, rng: random.Random, produced_at: datetime | None = None) -> bytes:
+def envelope(fmt: str, rng: random.Random, produced_at: datetime | None = None,
+             producer_name: str = "bench") -> bytes:
     schema_name, version, make_body = FORMATS[fmt]
     header = {
         "messageType": "OrderPlaced" if fmt == "json" else "ShipmentUpdated",
@@ -60,7 +61,7 @@ def envelope(fmt: str, rng: random.Random, produced_at: datetime | None = None) 
         "correlationId": str(uuid.uuid4()),
         "messageId": str(uuid.uuid4()),
         "timestamp": (produced_at or datetime.now(UTC)).isoformat(),
-        "producer": "bench",
+        "producer": producer_name,
     }
     return json.dumps({"header": header, "body": make_body(rng)}, separators=(",", ":")).encode()
 
