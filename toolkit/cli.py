@@ -6,13 +6,14 @@ they never print a traceback for an :class:`~toolkit.errors.EpistleError`.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from toolkit.errors import EpistleError
+from toolkit.errors import ConfigError, EpistleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ouroboros Epistle Forge: schema-governed Kafka consumers for Python.")
@@ -211,6 +212,202 @@ def new(project_name: _NewName = None, package: _NewPackage = None, topics: _New
     typer.echo(f"created {target} (toolkit: {answers.context()['toolkit_requirement']})")
     typer.echo(f"next:\n  cd {target}\n  make test   # venv, install, unit + integration tests (broker at "
                "KAFKA_BOOTSTRAP_SERVERS)\n  make run")
+
+
+class _ContextFormatter(logging.Formatter):
+    """Log lines with the record context the runtime attaches (topic, partition, offset, ids)."""
+
+    FIELDS = ("topic", "partition", "offset", "messageId", "correlationId")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{name}={getattr(record, name)}" for name in self.FIELDS
+                           if getattr(record, name, None) is not None)
+        return f"{line} [{context}]" if context else line
+
+
+def _load_app_function(ref: str):
+    """``package.module:function`` -> the function; the current directory is importable, as with
+    ``python -m``. A missing module, attribute or a non-callable is a ConfigError naming ``--app``."""
+    import importlib
+    import os
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--app {ref!r}: use package.module:function, e.g. examples.shop.app:register",
+                          setting="--app")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"--app {ref!r}: no module named {exc.name!r} in the current directory "
+                              f"({os.getcwd()}) or the installed packages; run from the project root",
+                              setting="--app") from None
+        raise  # the app module itself imports something missing: its traceback is the useful part
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"--app {ref!r}: module {module_name!r} has no attribute {attr!r}",
+                              setting="--app")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"--app {ref!r}: {attr} is not a function", setting="--app")
+    return target
+
+
+def _app_arguments(function, consumer, settings) -> tuple:
+    """``(consumer, settings)`` when the function takes two arguments, else ``(consumer,)``."""
+    import inspect
+
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin or C callable: assume the documented form
+        return consumer, settings
+    for arguments in ((consumer, settings), (consumer,)):
+        try:
+            signature.bind(*arguments)
+            return arguments
+        except TypeError:
+            continue
+    raise ConfigError(f"--app: {getattr(function, '__qualname__', function)}{signature} must take "
+                      "(consumer, settings) or (consumer)", setting="--app")
+
+
+def _preflight(consumer, settings, registry, topics: list[str] | None, until_idle: bool) -> None:
+    """Fail fast, naming the setting, when the broker or an HTTP registry cannot be reached at start-up
+    (later outages are the runtime's job: it pauses and retries)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**settings.kafka.client_config(), "bootstrap.servers": consumer.bootstrap_servers})
+    try:
+        metadata = admin.list_topics(timeout=10)
+    except KafkaException as exc:
+        reason = exc.args[0].str() if exc.args else exc
+        raise ConfigError(f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={consumer.bootstrap_servers}: "
+                          f"{reason}", setting="KAFKA_BOOTSTRAP_SERVERS") from None
+    missing = [topic for topic in topics or consumer.handlers.topics if topic not in metadata.topics]
+    if missing and until_idle:
+        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist: --until-idle would never see them "
+                          "drained; create them or fix --topics / the app's registrations",
+                          setting="--topics")
+    if missing:
+        logging.getLogger("toolkit.cli").warning("topic(s) %s do not exist yet", ", ".join(missing))
+    if not settings.registry.is_local:
+        try:
+            registry.registry.subjects()
+        except EpistleError as exc:
+            raise ConfigError(f"cannot use the registry at SCHEMA_REGISTRY_URL={settings.registry.url}: "
+                              f"{exc}", setting="SCHEMA_REGISTRY_URL") from None
+
+
+@app.command()
+def run(app_ref: Annotated[str, typer.Option(
+            "--app", show_default=False,
+            help="The function that registers your handlers, as package.module:function "
+                 "(e.g. examples.shop.app:register); called with (consumer, settings) or (consumer).")],
+        registry_url: RegistryUrl = None,
+        group_id: Annotated[str | None, typer.Option(
+            "--group-id", help="Consumer group (default: KAFKA_GROUP_ID).", show_default=False)] = None,
+        topics: Annotated[str | None, typer.Option(
+            "--topics", show_default=False,
+            help="Topics to subscribe, comma-separated (default: every topic the app registered a "
+                 "handler for).")] = None,
+        until_idle: Annotated[bool, typer.Option(
+            "--until-idle", help="Exit 0 once every assigned partition is drained and nothing is in flight.")
+            ] = False,
+        max_workers: Annotated[int | None, typer.Option(
+            "--max-workers", min=1, show_default=False,
+            help="Handlers running at once (default: EPISTLE_MAX_WORKERS).")] = None,
+        kafka_config: Annotated[list[str] | None, typer.Option(
+            "-X", "--kafka-config", show_default=False,
+            help="An extra librdkafka consumer property, key=value (repeatable), "
+                 "e.g. -X session.timeout.ms=10000.")] = None,
+        log_level: Annotated[str, typer.Option(
+            "--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+        ) -> None:
+    """Run the consumer with your handlers until SIGTERM/SIGINT (or, with --until-idle, until drained).
+
+    Settings come from the environment and .env (KAFKA_*, SCHEMA_REGISTRY_*, EPISTLE_*); the options
+    override them. The app function gets the KafkaConsumer (and the Settings, if it takes a second
+    argument), builds the handlers with their dependencies and registers them:
+
+        def register(consumer, settings):
+            orders = OrderBook()
+            consumer.register_handler("orders", OrderHandler(orders))
+
+    It may be ``async def`` (awaited on the consumer's event loop) and may return a cleanup callable
+    (sync or async), called after the consumer stopped and committed. The current directory is importable,
+    as with ``python -m``, so ``epistle run --app examples.shop.app:register`` works from the repo root.
+
+    SIGTERM/SIGINT: stop fetching, finish the handlers in flight, commit, exit 0. The per-topic counters
+    are printed on exit. Exit 1: invalid settings or options (one message naming the setting), the
+    broker or registry unreachable at start-up, or the consumer stopped on a failure (ErrorPolicy STOP).
+    """
+    import asyncio
+    import inspect
+
+    from toolkit.consumer import ConsumerStopped, KafkaConsumer
+    from toolkit.registry import CachedRegistry, registry_from_settings
+    from toolkit.settings import load_settings
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise _fail(EpistleError(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR"), 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+    async def serve(consumer: KafkaConsumer, register, arguments: tuple) -> None:
+        cleanup = register(*arguments)
+        if inspect.isawaitable(cleanup):
+            cleanup = await cleanup
+        if cleanup is not None and not callable(cleanup):
+            raise ConfigError(f"--app {app_ref!r} returned {type(cleanup).__name__}; return None or a "
+                              "cleanup callable", setting="--app")
+        try:
+            await asyncio.to_thread(_preflight, consumer, settings, registry, subscribed, until_idle)
+            await consumer.start(handle_signals=True)
+        finally:
+            if cleanup is not None:
+                result = cleanup()
+                if inspect.isawaitable(result):
+                    await result
+
+    try:
+        overrides = {"registry__url": registry_url, "kafka__group_id": group_id,
+                     "consumer__max_workers": max_workers}
+        settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
+        subscribed = None
+        if topics is not None:
+            subscribed = [topic.strip() for topic in topics.split(",") if topic.strip()]
+            if not subscribed:
+                raise ConfigError(f"--topics {topics!r}: give topic names, comma-separated",
+                                  setting="--topics")
+        extra: dict[str, str] = {}
+        for item in kafka_config or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"-X {item!r}: use key=value, e.g. -X session.timeout.ms=10000",
+                                  setting="--kafka-config")
+            extra[key.strip()] = value.strip()
+        register = _load_app_function(app_ref)
+        registry = CachedRegistry.from_settings(
+            registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry)
+        consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
+                                               stop_when_idle=until_idle, kafka_config=extra)
+        arguments = _app_arguments(register, consumer, settings)
+        try:
+            asyncio.run(serve(consumer, register, arguments))
+        except ConsumerStopped as exc:
+            typer.echo(consumer.stats.table())
+            raise _fail(exc) from None
+        typer.echo(consumer.stats.table())
+    except EpistleError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:  # Ctrl-C before the consumer installed its handlers: nothing was consumed
+        raise typer.Exit(130) from None
 
 
 def main() -> None:
