@@ -1,0 +1,1 @@
+"""Example applications built on the toolkit (importable from the repository root)."""
