@@ -100,7 +100,7 @@ def test_sigkill_part_way_then_restart_loses_nothing(kafka_bootstrap, make_topic
     records, log = tmp_path / "handled.txt", tmp_path / "consumer.log"
 
     first = _start(kafka_bootstrap, topic, group_id, records, log, until_idle=False)
-    _wait_for_lines(records, first, 3_000, log)
+    _wait_for_lines(records, first, 3_500, log)  # mid-window, not at a 1,000 boundary
     killed_at = time.time()
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
@@ -147,7 +147,7 @@ def test_sigterm_then_restart_handles_nothing_twice(kafka_bootstrap, make_topic,
     records, log = tmp_path / "handled.txt", tmp_path / "consumer.log"
 
     first = _start(kafka_bootstrap, topic, group_id, records, log, until_idle=False)
-    _wait_for_lines(records, first, 2_000, log)
+    _wait_for_lines(records, first, 2_500, log)
     first.send_signal(signal.SIGTERM)
     assert _finish(first, log, timeout_s=30) == 0, log.read_text()[-3000:]
     before = _read(records)
