@@ -261,6 +261,10 @@ class DeadLetterSender:
         while self._running:
             self._producer.poll(0.1)
 
+    def knows(self, topic: str) -> bool:
+        """True once ``topic`` is known to exist (created or found)."""
+        return topic in self._known_topics
+
     def ensure_topic(self, topic: str, partitions: int = -1) -> None:
         """Create ``topic`` unless it exists (blocking: call it in an executor).
 

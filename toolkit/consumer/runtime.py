@@ -56,14 +56,15 @@ class ConsumerStopped(EpistleError):
 class _Partition:
     """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
 
-    __slots__ = ("topic", "partition", "generation", "tracker", "lanes", "tasks", "buffered", "paused",
-                 "revoked", "abandon", "eof")
+    __slots__ = ("topic", "partition", "generation", "tracker", "lanes", "tasks", "pending", "buffered",
+                 "paused", "revoked", "abandon", "eof")
 
     def __init__(self, topic: str, partition: int, generation: int) -> None:
         self.topic, self.partition, self.generation = topic, partition, generation
         self.tracker = OffsetTracker()
         self.lanes: dict[Hashable, deque[Any]] = {}
         self.tasks: dict[Hashable, asyncio.Task] = {}
+        self.pending: set[asyncio.Task] = set()  # dead letters waiting for the broker's acknowledgement
         self.buffered = 0
         self.paused = False
         self.revoked = False
@@ -242,7 +243,7 @@ class KafkaConsumer:
         for part in list(self._parts.values()):
             self._drop_queued(part)
             part.abandon.set()
-        tasks = [t for part in self._parts.values() for t in part.tasks.values()]
+        tasks = [t for part in self._parts.values() for t in (*part.tasks.values(), *part.pending)]
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
             for task in pending:
@@ -289,7 +290,7 @@ class KafkaConsumer:
             part.revoked = True
             part.abandon.set()
             self._drop_queued(part)
-        tasks = [t for part in parts for t in part.tasks.values()]
+        tasks = [t for part in parts for t in (*part.tasks.values(), *part.pending)]
         if tasks:
             await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
         offsets = []
@@ -386,7 +387,7 @@ class KafkaConsumer:
                     self._in_flight -= 1
                 if finished:
                     part.tracker.done(msg.offset())
-                elif not part.revoked:
+                elif finished is False and not part.revoked:
                     break  # stopping (STOP policy or shutdown): nothing after it may be committed
         finally:
             part.tasks.pop(lane_key, None)
@@ -395,8 +396,9 @@ class KafkaConsumer:
             self._update_pauses()
             self._check_idle()
 
-    async def _process(self, part: _Partition, msg: Any) -> bool:
-        """Run one record to a final outcome. True when done (commit may pass it), False when abandoned."""
+    async def _process(self, part: _Partition, msg: Any) -> bool | None:
+        """Run one record to a final outcome: True when done (commit may pass it), None when its dead
+        letter is on its way (done on acknowledgement), False when abandoned (never committed)."""
         topic = part.topic
         stats = self.stats[topic]
         extra = _extra(msg)
@@ -469,34 +471,62 @@ class KafkaConsumer:
         return result
 
     async def _dead_letter(self, part: _Partition, msg: Any, outcome: DeadLetter, attempts: int,
-                           extra: dict[str, Any]) -> bool:
+                           extra: dict[str, Any]) -> bool | None:
+        """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
+        offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
+        Returns None (pending) or False (abandoned before the first send)."""
         ts_type, ts = msg.timestamp()
         source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
                               list(msg.headers() or []), ts if ts > 0 else None, ts_type)
         record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
                                    details=outcome.details, consumer_group=self.group_id, attempts=attempts,
                                    suffix=self.dlq_suffix)
-        stats = self.stats[part.topic]
         failures = 0
-        while True:
+        while not self._sender.knows(record.topic):
             try:
                 await self._loop.run_in_executor(self._io_pool, self._sender.ensure_topic, record.topic)
-                await self._sender.send(record)
             except BrokerUnavailable as exc:
                 failures += 1
-                stats.dead_letter_send_failures += 1
-                delay = self.retry.delay(failures)
-                # Retried forever (the offset stays uncommitted); persistent failures need an operator.
-                level = logging.WARNING if failures < 5 else logging.ERROR
-                log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures,
-                        delay, exc, extra=extra)
-                if await self._wait(part, delay):
+                if await self._dead_letter_failed(part, failures, exc, extra):
                     return False
-                continue
-            stats.dead_lettered[outcome.stage] += 1
-            log.warning("dead-lettered to %s: %s: %s", record.topic, outcome.stage, outcome.reason,
-                        extra=extra)
-            return True
+        task = asyncio.create_task(self._confirm_dead_letter(part, msg.offset(), record, outcome, extra))
+        part.pending.add(task)
+        self._in_flight += 1
+        return None
+
+    async def _confirm_dead_letter(self, part: _Partition, offset: int, record: Any, outcome: DeadLetter,
+                                   extra: dict[str, Any]) -> None:
+        stats = self.stats[part.topic]
+        failures = 0
+        try:
+            while True:
+                try:
+                    await self._sender.send(record)
+                except BrokerUnavailable as exc:
+                    failures += 1
+                    if await self._dead_letter_failed(part, failures, exc, extra):
+                        return  # abandoned: not done, so never committed; redelivered to the next owner
+                    continue
+                stats.dead_lettered[outcome.stage] += 1
+                log.warning("dead-lettered to %s: %s: %s", record.topic, outcome.stage, outcome.reason,
+                            extra=extra)
+                part.tracker.done(offset)
+                return
+        finally:
+            part.pending.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._in_flight -= 1
+            self._check_idle()
+
+    async def _dead_letter_failed(self, part: _Partition, failures: int, exc: BaseException,
+                                  extra: dict[str, Any]) -> bool:
+        """Log, count, back off. True when the partition was revoked or the consumer stops meanwhile."""
+        self.stats[part.topic].dead_letter_send_failures += 1
+        delay = self.retry.delay(failures)
+        # Retried forever (the offset stays uncommitted); persistent failures need an operator.
+        level = logging.WARNING if failures < 5 else logging.ERROR
+        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, exc,
+                extra=extra)
+        return await self._wait(part, delay)
 
     async def _wait(self, part: _Partition, delay_s: float) -> bool:
         """Sleep ``delay_s`` unless the partition is revoked or the consumer stops; True if interrupted."""
