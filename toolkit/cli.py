@@ -280,7 +280,9 @@ def _preflight(consumer, settings, registry, topics: list[str] | None, until_idl
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({**settings.kafka.client_config(), "bootstrap.servers": consumer.bootstrap_servers})
+    # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one message below
+    admin = AdminClient({**settings.kafka.client_config(), "bootstrap.servers": consumer.bootstrap_servers,
+                         "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=10)
     except KafkaException as exc:

@@ -141,6 +141,13 @@ def test_start_up_problems_name_the_setting(kafka_bootstrap, make_topic, group_i
     assert "SCHEMA_REGISTRY_URL=http://127.0.0.1:9" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
 
+    no_broker = epistle("run", "--app", "examples.shop.app:register", "--group-id", group_id,
+                        env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}, timeout=60)  # waits 10 s
+    assert no_broker.returncode == 1
+    assert no_broker.stderr.strip().splitlines()[-1].startswith(
+        "error: cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9")
+    assert "Traceback" not in no_broker.stderr and "%3|" not in no_broker.stderr
+
     missing = epistle("run", "--app", "examples.shop.app:register", "--group-id", group_id, "--until-idle",
                       "--topics", f"{orders},no-such-topic-{uuid.uuid4().hex[:6]}", env=env)
     assert missing.returncode == 1 and "--topics" in missing.stderr and "no-such-topic" in missing.stderr
