@@ -99,6 +99,19 @@ class PollThread:
 
     # -- the thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._fetch_loop()
+        except Exception:  # never die silently: the loop would wait forever for our commands
+            log.exception("the poll thread failed; closing the consumer")
+            self._closed.set()
+            while True:  # answer close() so shutdown completes
+                name, _, done = self._commands.get()
+                if done is not None and not done.done():
+                    done.set_result(None)
+                if name == "close":
+                    return
+
+    def _fetch_loop(self) -> None:
         consumer = self.consumer
         assert consumer is not None
         while True:

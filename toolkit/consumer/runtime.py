@@ -185,15 +185,26 @@ class KafkaConsumer:
         self._workers = asyncio.Semaphore(self.max_workers)
         self._handler_pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="epistle-handler")
         self._io_pool = ThreadPoolExecutor(2, thread_name_prefix="epistle-io")
-        self._sender = DeadLetterSender(self._client_config, loop)
         self._poller = PollThread(self._consumer_config(), topics, loop,
                                   max_poll_records=self.max_poll_records, on_batch=self._dispatch,
                                   on_assign=self._assign, release=self._release,
                                   in_flight=lambda: self._in_flight, max_in_flight=self.max_in_flight,
                                   drain_timeout_s=self.shutdown_timeout_s)
+        sender = None
+        try:
+            sender = DeadLetterSender(self._client_config, loop)
+            self._poller.start()
+        except Exception as exc:  # librdkafka refused the configuration
+            if sender is not None:
+                sender.close(timeout_s=0)
+            self._handler_pool.shutdown(wait=False)
+            self._io_pool.shutdown(wait=False)
+            self._running = False
+            raise ConfigError(f"the Kafka client could not be created: {exc}",
+                              setting="kafka_config") from None
+        self._sender = sender
         if handle_signals:
             install_signal_handlers(self, loop)
-        self._poller.start()
         log.info("consuming %s as group %s", topics, self.group_id)
         ticker = asyncio.create_task(self._commit_ticker())
         try:
@@ -213,7 +224,20 @@ class KafkaConsumer:
         self.request_stop()
 
     def request_stop(self) -> None:
-        """Synchronous form of :meth:`stop` for signal handlers and callbacks on the loop."""
+        """Synchronous form of :meth:`stop`; safe from signal handlers, sync handlers and other threads."""
+        loop = getattr(self, "_loop", None)
+        if loop is None or self._stop_event is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._set_stop()
+        else:
+            loop.call_soon_threadsafe(self._set_stop)
+
+    def _set_stop(self) -> None:
         if self._stop_event is not None and not self._stop_event.is_set():
             log.info("stopping: no more fetching; finishing in-flight work")
             self._stop_event.set()
@@ -253,7 +277,10 @@ class KafkaConsumer:
             await asyncio.wrap_future(self._poller.store_and_commit(offsets, sync=True))
         except Exception as exc:
             log.warning("final commit failed: %s", exc)
-        await asyncio.wrap_future(self._poller.close())
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._poller.close()), self.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("the Kafka consumer did not close within %.0fs", self.shutdown_timeout_s)
         undelivered = await self._loop.run_in_executor(None, self._sender.close)
         if undelivered:
             log.error("%d dead letters were not acknowledged; their offsets were not committed", undelivered)
@@ -380,7 +407,14 @@ class KafkaConsumer:
         try:
             while lane and not part.revoked and not self._stopping:
                 msg = lane[0]
-                finished = await self._process(part, msg)
+                try:
+                    finished = await self._process(part, msg)
+                except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
+                    log.exception("internal error processing a record", extra=_extra(msg))
+                    self._fail(ConsumerStopped(f"internal error: {type(exc).__name__}: {exc}",
+                                               topic=part.topic, partition=part.partition,
+                                               offset=msg.offset()))
+                    return
                 if lane and lane[0] is msg:
                     lane.popleft()
                     part.buffered -= 1
