@@ -1,6 +1,8 @@
 """The consumer: handlers, the message pipeline, outcomes, offsets, dead letters and the Kafka runtime."""
 
+from toolkit.consumer.deadletter import original_record
 from toolkit.consumer.handlers import BaseHandler, HandlerRegistry
+from toolkit.consumer.kafka_io import replay_dead_letter
 from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
 from toolkit.consumer.pipeline import Message
 from toolkit.consumer.runtime import ConsumerStopped, KafkaConsumer, install_signal_handlers, run
@@ -9,4 +11,4 @@ from toolkit.settings import OrderingMode
 
 __all__ = ["BaseHandler", "ConsumerStats", "ConsumerStopped", "ErrorPolicy", "HandlerRegistry",
            "KafkaConsumer", "Message", "OrderingMode", "RetryPolicy", "TopicStats", "install_signal_handlers",
-           "run"]
+           "original_record", "replay_dead_letter", "run"]

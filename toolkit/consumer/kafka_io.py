@@ -342,3 +342,32 @@ def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None = None,
+           headers: list[tuple[str, bytes]] | None = None, *, topic: str | None = None,
+           keep_timestamp: bool = True, timeout_s: float = 30.0) -> Any:
+    """Produce the original record of a dead letter again, byte for byte (value, key, headers), to its
+    source topic or to ``topic``; returns the :class:`~toolkit.consumer.deadletter.OriginalRecord`.
+
+    Raises:
+        ValueError: ``value`` is not one of our dead-letter values.
+        BrokerUnavailable: the record was not acknowledged within ``timeout_s``.
+    """
+    from toolkit.consumer.deadletter import original_record
+
+    original = original_record(value, key, headers)
+    producer = Producer({**config, "acks": "all", "enable.idempotence": True,
+                         "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
+    failures: list[Any] = []
+    kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
+                              "on_delivery": lambda err, _msg: err and failures.append(err)}
+    if keep_timestamp and original.timestamp:
+        kwargs["timestamp"] = original.timestamp
+    try:
+        producer.produce(topic or original.topic, **kwargs)
+    except (BufferError, KafkaException) as exc:
+        raise broker_error(exc, "replaying a dead letter") from None
+    if producer.flush(timeout_s) or failures:
+        raise BrokerUnavailable(f"replay to {topic or original.topic} not acknowledged: {failures[:1]}")
+    return original
