@@ -270,3 +270,34 @@ def test_stop_policy_stops_and_commits_nothing_past(kafka_bootstrap, make_topic,
     assert info.value.stage == "decode" and info.value.offset == 1
     assert committed(kafka_bootstrap, group_id, topic) == {0: 1}
     assert read_topic(kafka_bootstrap, f"{topic}.dlq", timeout_s=2, idle_s=1) == []
+
+
+def test_dead_letter_produce_failure_commits_nothing_until_acknowledged(kafka_bootstrap, make_topic, group_id,
+                                                                         monkeypatch):
+    from toolkit.consumer import kafka_io
+    from toolkit.errors import BrokerUnavailable
+
+    topic = make_topic("orders")
+    produce(kafka_bootstrap, topic, [b"not json", order(1, message_id="m1")])
+    real_send = kafka_io.DeadLetterSender.send
+    attempts = []
+    seen_committed = []
+
+    def flaky_send(self, record):
+        attempts.append(record.topic)
+        if len(attempts) <= 3:  # the broker refuses the first three tries
+            seen_committed.append(committed(kafka_bootstrap, group_id, topic)[0])
+            future = self._loop.create_future()
+            future.set_exception(BrokerUnavailable("simulated: broker down"))
+            return future
+        return real_send(self, record)
+
+    monkeypatch.setattr(kafka_io.DeadLetterSender, "send", flaky_send)
+    handler = Recorder()
+    consumer = make_consumer(kafka_bootstrap, group_id, topic, handler)
+    run(consumer)
+    assert len(attempts) == 4 and consumer.stats[topic].dead_letter_send_failures == 3
+    assert all(offset < 0 for offset in seen_committed)  # nothing committed while it failed
+    assert consumer.stats[topic].dead_lettered == {"decode": 1}
+    assert len(dead_letters(kafka_bootstrap, topic, expected=1)) == 1
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 2}
