@@ -301,3 +301,23 @@ def test_dead_letter_produce_failure_commits_nothing_until_acknowledged(kafka_bo
     assert consumer.stats[topic].dead_lettered == {"decode": 1}
     assert len(dead_letters(kafka_bootstrap, topic, expected=1)) == 1
     assert committed(kafka_bootstrap, group_id, topic) == {0: 2}
+
+
+def test_from_settings_builds_registry_models_and_policies(kafka_bootstrap, make_topic, group_id, admin):
+    from toolkit.settings import load_settings
+
+    topic = make_topic("orders")
+    produce(kafka_bootstrap, topic, [order(2, message_id="m0"), b"[]"])
+    settings = load_settings(env_file=None, kafka__bootstrap_servers=kafka_bootstrap,
+                             kafka__group_id=group_id, consumer__schemas_dir=SCHEMAS,
+                             consumer__dlq_suffix=".dead", consumer__max_workers=2, consumer__ordering="KEY",
+                             registry__url="")
+    consumer = KafkaConsumer.from_settings(settings, stop_when_idle=True)
+    assert (consumer.group_id, consumer.max_workers, consumer.ordering.value) == (group_id, 2, "KEY")
+    seen = []
+    consumer.register_handler(topic, seen.append)
+    run(consumer)
+    assert [type(m.body).__module__ for m in seen] == ["generated_models.orders.v2"]
+    (dl,) = read_topic(kafka_bootstrap, f"{topic}.dead", expected=1)
+    admin.delete_topics([f"{topic}.dead"])  # the fixture cleans up only the default .dlq suffix
+    assert dl.json()["error"]["stage"] == "envelope"
