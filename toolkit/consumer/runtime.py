@@ -179,6 +179,7 @@ class KafkaConsumer:
         self._loop = loop
         self._running = True
         self._stop_event = asyncio.Event()
+        self._stopping, self._failure, self._parts, self._in_flight = False, None, {}, 0
         self._pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                                   self._models if self._models is not None else _default_models(),
                                   self._serializer, self._subject_strategy)
