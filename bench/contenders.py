@@ -5,7 +5,8 @@ backlog has been fully handled. Each run uses a new consumer group, so every con
 records from the beginning.
 
     L0  raw confluent-kafka consume loop, no decoding (the ceiling)
-    L1  a hand-written loop doing the toolkit's work and nothing more: json.loads, validate with a cached
+    L1  a hand-written loop doing the toolkit's work and nothing more, with the toolkit's own pure
+        functions: parse the envelope (JSON and the header model), validate the body with the cached
         validator, build the generated model, store offsets (commits every second)
     T   the toolkit's KafkaConsumer (defaults, and tuned)
     P1  FastStream 0.7 with its confluent backend, the same pydantic model, a no-op handler
@@ -76,17 +77,19 @@ def run_l1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     consumer = Consumer(_consumer_config(bootstrap, **{"enable.auto.offset.store": False}))
     consumer.subscribe([topic])
     seen, started, last_commit = 0, None, time.monotonic()
-    loads, validate_model = json.loads, model.model_validate
+    from toolkit.envelope import decode_record  # the envelope parse: JSON, then the header model
+
+    validate_model = model.model_validate
     while seen < count:
         for message in consumer.consume(BATCH, 1.0):
             if message.error() is not None:
                 continue
             started = started or time.perf_counter()
-            envelope = loads(message.value())
-            header = envelope["header"]
-            if header["schemaName"] != schema.subject or header["schemaVersion"] != "2":
+            envelope = decode_record(message.value())
+            header = envelope.header
+            if header.schema_name != schema.subject or header.schema_version != "2":
                 raise SystemExit("unexpected schema in backlog")
-            validate_model(decode(envelope["body"]))
+            validate_model(decode(envelope.body))
             consumer.store_offsets(message)
             seen += 1
         if time.monotonic() - last_commit > 1.0:
