@@ -1,7 +1,25 @@
 """Ouroboros Epistle Forge: consume schema-governed Kafka messages in Python.
 
-The public API is re-exported here; see ``__all__``.
+    from toolkit import BaseHandler, KafkaConsumer
+
+    class OrderHandler(BaseHandler):
+        def __init__(self, orders):              # dependencies come in through the constructor
+            self.orders = orders
+
+        async def _process_message(self, message) -> bool:
+            await self.orders.book(message.body)  # the generated pydantic model
+            return True
+
+    consumer = KafkaConsumer(bootstrap_servers="localhost:9092", group_id="orders-service")
+    consumer.register_handler("orders", OrderHandler(orders))
+    await consumer.start()
+
+The public API is ``__all__``. The consumer's names are imported on first use, so that commands which
+do not consume (``epistle codegen``, ``epistle check``) start without loading the Kafka client.
 """
+
+from importlib import import_module
+from typing import Any
 
 from toolkit.errors import (
     BrokerUnavailable,
@@ -15,19 +33,48 @@ from toolkit.errors import (
     SchemaFileError,
     SchemaNotFound,
 )
-from toolkit.settings import Settings, load_settings
+from toolkit.settings import OrderingMode, Settings, load_settings
+
+_LAZY = {
+    "BaseHandler": "toolkit.consumer",
+    "ConsumerStopped": "toolkit.consumer",
+    "ErrorPolicy": "toolkit.consumer",
+    "KafkaConsumer": "toolkit.consumer",
+    "Message": "toolkit.consumer",
+    "RetryPolicy": "toolkit.consumer",
+}
 
 __all__ = [
+    "BaseHandler",
     "BrokerUnavailable",
     "ConfigError",
+    "ConsumerStopped",
     "EpistleError",
+    "ErrorPolicy",
+    "KafkaConsumer",
+    "Message",
     "MessageError",
+    "OrderingMode",
     "RegistryError",
     "RegistryRejected",
     "RegistryUnavailable",
+    "RetryPolicy",
     "RetryableError",
     "SchemaFileError",
     "SchemaNotFound",
     "Settings",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
