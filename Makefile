@@ -54,7 +54,7 @@ bench: setup services-up ## benchmarks; results under bench/results/ (BENCH_ARGS
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check toolkit tests scripts
+	$(VENV)/bin/ruff check toolkit tests scripts bench examples
 
 clean: ## remove the venv and caches (not .cache downloads)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -56,7 +56,7 @@ def _port(name: str, default: int) -> int:
     try:
         port = int(raw)
     except ValueError:
-        raise ServiceError(f"{name}={raw!r} is not a port number; set it to an integer such as {default}")
+        raise ServiceError(f"{name}={raw!r} is not a port number; set it to an integer such as {default}") from None
     if not 0 < port < 65536:
         raise ServiceError(f"{name}={port} is out of range; use 1-65535")
     return port
