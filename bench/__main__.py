@@ -59,7 +59,7 @@ def throughput(bootstrap: str, fmt: str, count: int, runs: int, contenders: list
         summary[name] = {
             "median_msgs_per_s": round(statistics.median(rates), 1) if rates else None,
             "runs_msgs_per_s": rates,
-            "max_rss_mb": max((r.get("max_rss_mb", 0) for r in results), default=None),
+            "max_rss_mb": max((r["max_rss_mb"] for r in results if "msgs_per_s" in r), default=None),
             "note": next((r.get("skipped") or str(r.get("error")) for r in results if "msgs_per_s" not in r), None),
         }
     ratios = {}
@@ -104,7 +104,8 @@ def write_markdown(report: dict) -> str:
         for name, row in block["contenders"].items():
             median = f"{row['median_msgs_per_s']:,.0f}" if row["median_msgs_per_s"] else "-"
             runs = ", ".join(f"{r:,.0f}" for r in row["runs_msgs_per_s"])
-            lines.append(f"| {name} | {median} | {runs} | {row['max_rss_mb']} | {row['note'] or ''} |")
+            rss = row["max_rss_mb"] if row["max_rss_mb"] is not None else "-"
+            lines.append(f"| {name} | {median} | {runs} | {rss} | {row['note'] or ''} |")
         lines += ["", "| ratio | measured | target | met |", "|---|---:|---:|---|"]
         for key, ratio in block["ratios"].items():
             lines.append(f"| {key} | {ratio['ratio']} | >= {ratio['target']} | {'yes' if ratio['met'] else 'NO'} |")

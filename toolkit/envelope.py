@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -66,9 +67,9 @@ class Header(BaseModel):
     timestamp: Annotated[str, AfterValidator(_iso_timestamp_with_zone)]
     producer: str
 
-    @property
+    @cached_property
     def version(self) -> int:
-        """``schemaVersion`` as an int."""
+        """``schemaVersion`` as an int (asked several times per record: parsed once)."""
         return int(self.schema_version)
 
     @property

@@ -106,6 +106,7 @@ class Pipeline:
         self.serializer = serializer
         self.subject_strategy = subject_strategy
         self._compiled: dict[tuple[str, int], CompiledSchema] = {}
+        self._subjects: dict[tuple[str, str, str], str] = {}
 
     # -- stages -----------------------------------------------------------------------------------------
     def decode(self, value: bytes | None) -> DecodedRecord:
@@ -114,8 +115,13 @@ class Pipeline:
 
     def subject_of(self, topic: str, decoded: DecodedRecord) -> tuple[str, int]:
         header = decoded.header
-        ctx = SubjectContext(topic=topic, schema_name=header.schema_name, message_type=header.message_type)
-        return self.subject_strategy(ctx), header.version
+        names = (topic, header.schema_name, header.message_type)
+        subject = self._subjects.get(names)
+        if subject is None:  # a strategy is a pure function of its context: ask once per combination
+            subject = self.subject_strategy(SubjectContext(*names))
+            if len(self._subjects) < 10_000:  # bounded: schemaName comes from the records
+                self._subjects[names] = subject
+        return subject, header.version
 
     def cached(self, key: tuple[str, int]) -> CompiledSchema | None:
         """The compiled schema if it was resolved before (no I/O)."""

@@ -457,7 +457,7 @@ class KafkaConsumer:
         while True:
             try:
                 if prepared is None:
-                    prepared = await self._prepare(msg)
+                    prepared = self._prepare_cached(msg) or await self._prepare(msg)
                 result = await self._call(prepared, attempt)
             except asyncio.CancelledError:
                 raise
@@ -498,6 +498,20 @@ class KafkaConsumer:
             assert isinstance(outcome, DeadLetter)
             attempts = attempt if prepared is not None else 1
             return await self._dead_letter(part, msg, outcome, attempts, extra)
+
+    def _prepare_cached(self, msg: Any) -> Prepared | None:
+        """Every stage without a coroutine when the schema is already resolved (the hot path); None when
+        the registry must be asked, which :meth:`_prepare` does off the loop."""
+        pipeline = self._pipeline
+        value, topic = msg.value(), msg.topic()
+        decoded = pipeline.decode(value)
+        compiled = pipeline.cached(pipeline.subject_of(topic, decoded))
+        if compiled is None:
+            return None
+        _, timestamp = msg.timestamp()
+        return pipeline.finish(decoded, compiled, topic=topic, partition=msg.partition(),
+                               offset=msg.offset(), key=msg.key(), value=value, headers=msg.headers(),
+                               timestamp=timestamp if timestamp > 0 else None)
 
     async def _prepare(self, msg: Any) -> Prepared:
         pipeline = self._pipeline

@@ -100,6 +100,8 @@ class SubjectContext:
     message_type: str | None = None
 
 
+# A strategy must be a pure function of its context: the consumer asks it once per (topic, schemaName,
+# messageType) and remembers the answer.
 SubjectStrategy = Callable[[SubjectContext], str]
 
 
