@@ -529,14 +529,17 @@ class KafkaConsumer:
     async def _call(self, prepared: Prepared, attempt: int) -> Any:
         prepared.message.attempt = attempt
         route = prepared.route
-        async with self._workers:
+        workers = self._workers
+        await workers.acquire()  # not `async with`: one coroutine frame less per record
+        try:
             if route.is_async:
-                result = await route.call(prepared.message)
-            else:
-                result = await self._loop.run_in_executor(self._handler_pool, route.call, prepared.message)
-                if inspect.isawaitable(result):
-                    result = await result
-        return result
+                return await route.call(prepared.message)
+            result = await self._loop.run_in_executor(self._handler_pool, route.call, prepared.message)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            workers.release()
 
     async def _dead_letter(self, part: _Partition, msg: Any, outcome: DeadLetter, attempts: int,
                            extra: dict[str, Any]) -> bool | None:
