@@ -24,6 +24,7 @@ from typing import Any
 from toolkit.errors import (
     BrokerUnavailable,
     ConfigError,
+    ConsumerStopped,
     EpistleError,
     MessageError,
     RegistryError,
@@ -37,7 +38,6 @@ from toolkit.settings import OrderingMode, Settings, load_settings
 
 _LAZY = {
     "BaseHandler": "toolkit.consumer",
-    "ConsumerStopped": "toolkit.consumer",
     "ErrorPolicy": "toolkit.consumer",
     "KafkaConsumer": "toolkit.consumer",
     "Message": "toolkit.consumer",

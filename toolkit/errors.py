@@ -10,7 +10,8 @@
     │   └── RegistryRejected        the registry refused a schema (incompatible, invalid)
     ├── MessageError                the record itself is at fault: dead-lettered at once with its stage
     ├── RetryableError              raised by a handler: "not now", retried with backoff, then dead-lettered
-    └── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
+    ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
+    └── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
 
 Errors carry their context as attributes (file, subject, version, stage, ...) so callers and logs need
 not parse messages. Secrets never appear in any message.
@@ -96,3 +97,13 @@ class RetryableError(EpistleError):
 
 class BrokerUnavailable(EpistleError):
     """The Kafka cluster cannot be reached; processing pauses and retries, nothing is dead-lettered."""
+
+
+class ConsumerStopped(EpistleError):
+    """The consumer stopped on a failure: ErrorPolicy.STOP met a message it would dead-letter, or the
+    Kafka client hit a fatal error. ``stage``/``topic``/``partition``/``offset`` say where."""
+
+    def __init__(self, message: str, *, stage: str | None = None, topic: str | None = None,
+                 partition: int | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset

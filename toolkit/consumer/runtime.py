@@ -37,23 +37,13 @@ from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retr
 from toolkit.consumer.pipeline import ModelLookup, Pipeline, Prepared, as_resolver
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.envelope import SerializerLike
-from toolkit.errors import BrokerUnavailable, ConfigError, EpistleError
+from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
 log = logging.getLogger("toolkit.consumer")
 
 _LANE_SLICE_S = 0.005  # longest a lane runs without letting the event loop serve others
-
-
-class ConsumerStopped(EpistleError):
-    """The consumer stopped on a failure: ErrorPolicy.STOP met a message it would dead-letter, or the
-    Kafka client hit a fatal error. ``stage``/``topic``/``partition``/``offset`` say where."""
-
-    def __init__(self, message: str, *, stage: str | None = None, topic: str | None = None,
-                 partition: int | None = None, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
 
 
 class _Partition:
