@@ -31,7 +31,9 @@ def test_revoked_partitions_are_drained_and_committed(kafka_bootstrap, make_topi
                                  commit_interval_s=10.0, **kw)  # only revoke/shutdown commits matter here
 
         async def handler(message):
-            await asyncio.sleep(0.005)
+            # "a" is slow so that it cannot drain the topic alone while "b" joins (on a loaded machine the
+            # rebalance can take seconds); "b" is fast.
+            await asyncio.sleep(0.03 if name == "a" else 0.002)
             handled[message.header.message_id] += 1
             by_member[name].add(message.partition)
 

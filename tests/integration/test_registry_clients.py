@@ -231,6 +231,7 @@ def test_credentials_never_leak(registry_url, unique_name, caplog, monkeypatch):
     from toolkit.settings import RegistrySettings
 
     settings = RegistrySettings(_env_file=None, url=registry_url, username="svc")
+    assert settings.password is not None and settings.password.get_secret_value() == password  # it is in use
     caplog.set_level(logging.DEBUG)
     shown: list[str] = [repr(settings), str(settings)]
     with ConfluentHttpRegistry.from_settings(settings) as registry:  # Apicurio ignores the credentials
