@@ -4,8 +4,8 @@ committed offset never passes an unfinished message; retries of one partition do
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import time
 from pathlib import Path
 
 from toolkit.consumer import KafkaConsumer, OrderingMode, RetryPolicy
@@ -37,7 +37,6 @@ def consumer_for(kafka_bootstrap, group_id, **kw):
 def test_commits_never_pass_unfinished_with_slow_and_fast_handlers(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("conc", partitions=PARTITIONS)
     fill(kafka_bootstrap, topic)
-    started: dict[tuple[int, int], float] = {}
     finished: set[tuple[int, int]] = set()
     running = 0
     peak = 0
@@ -47,7 +46,6 @@ def test_commits_never_pass_unfinished_with_slow_and_fast_handlers(kafka_bootstr
     async def handler(message):
         nonlocal running, peak
         key = (message.partition, message.offset)
-        started[key] = time.monotonic()
         order[message.partition].append(message.offset)
         running += 1
         peak = max(peak, running)
@@ -88,7 +86,8 @@ def test_retry_backoff_of_one_partition_does_not_block_others(kafka_bootstrap, m
     topic = make_topic("conc", partitions=2)
     produce(kafka_bootstrap, topic, [order(f"a{i}") for i in range(5)], partition=0)
     produce(kafka_bootstrap, topic, [order(f"b{i}") for i in range(20)], partition=1)
-    done_at: dict[str, float] = {}
+    done_at: dict[str, int] = {}  # completion order (a counter), not wall time
+    completions = itertools.count()
     attempts: dict[str, int] = {}
 
     def handler(message):  # a plain function, run in the worker pool
@@ -96,7 +95,7 @@ def test_retry_backoff_of_one_partition_does_not_block_others(kafka_bootstrap, m
         attempts[mid] = message.attempt
         if mid == "a0" and message.attempt < 3:
             return False  # retried with backoff 1s, 1s
-        done_at[mid] = time.monotonic()
+        done_at[mid] = next(completions)
         return True
 
     consumer = consumer_for(kafka_bootstrap, group_id, max_workers=2,

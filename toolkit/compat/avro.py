@@ -121,14 +121,12 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
     for kind in kinds:
         if kind is _Kind.name_mismatch:
             issues.append(Issue(path, "NAME_MISMATCH",
-                                f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' "
-                                f"and the "
+                                f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' and the "
                                 f"reader's '{getattr(reader, 'fullname', reader.type)}', and no reader alias "
                                 "maps one to the other"))
         elif kind is _Kind.fixed_size_mismatch:
             issues.append(Issue(path, "FIXED_SIZE_MISMATCH",
-                                f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer "
-                                f"and "
+                                f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer and "
                                 f"{getattr(reader, 'size', '?')} in the reader"))
         elif kind is _Kind.missing_enum_symbols:
             missing = sorted(set(getattr(writer, "symbols", [])) - set(getattr(reader, "symbols", [])))
@@ -139,8 +137,7 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
             issues.append(Issue(path, "TYPE_MISMATCH",
                                 f"the writer writes {_type_name(writer)} where the reader expects "
                                 f"{_type_name(reader)}, and Avro's resolution rules cannot promote one to "
-                                f"the "
-                                "other"))
+                                "the other"))
         elif kind is _Kind.missing_union_branch:
             issues.append(Issue(path, "MISSING_UNION_BRANCH",
                                 f"the writer may write a {_type_name(writer)} that no branch of the reader's "

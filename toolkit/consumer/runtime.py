@@ -36,7 +36,7 @@ from toolkit.consumer.offsets import OffsetTracker
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
 from toolkit.consumer.pipeline import ModelLookup, Pipeline, Prepared, as_resolver
 from toolkit.consumer.stats import ConsumerStats
-from toolkit.envelope import SerializerLike
+from toolkit.envelope import DecodedRecord, SerializerLike
 from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
@@ -447,7 +447,11 @@ class KafkaConsumer:
         while True:
             try:
                 if prepared is None:
-                    prepared = self._prepare_cached(msg) or await self._prepare(msg)
+                    # No coroutine on the hot path: the registry is asked (off the loop) only on a miss.
+                    decoded, key, compiled = self._decode(msg)
+                    if compiled is None:
+                        compiled = await self._loop.run_in_executor(self._io_pool, self._pipeline.resolve, key)
+                    prepared = self._finish(msg, decoded, compiled)
                 result = await self._call(prepared, attempt)
             except asyncio.CancelledError:
                 raise
@@ -489,32 +493,18 @@ class KafkaConsumer:
             attempts = attempt if prepared is not None else 1
             return await self._dead_letter(part, msg, outcome, attempts, extra)
 
-    def _prepare_cached(self, msg: Any) -> Prepared | None:
-        """Every stage without a coroutine when the schema is already resolved (the hot path); None when
-        the registry must be asked, which :meth:`_prepare` does off the loop."""
+    def _decode(self, msg: Any) -> tuple[DecodedRecord, tuple[str, int], Any]:
+        """Stages decode and envelope, and the schema when already resolved (None: ask the registry)."""
         pipeline = self._pipeline
-        value, topic = msg.value(), msg.topic()
-        decoded = pipeline.decode(value)
-        compiled = pipeline.cached(pipeline.subject_of(topic, decoded))
-        if compiled is None:
-            return None
-        _, timestamp = msg.timestamp()
-        return pipeline.finish(decoded, compiled, topic=topic, partition=msg.partition(),
-                               offset=msg.offset(), key=msg.key(), value=value, headers=msg.headers(),
-                               timestamp=timestamp if timestamp > 0 else None)
+        decoded = pipeline.decode(msg.value())
+        key = pipeline.subject_of(msg.topic(), decoded)
+        return decoded, key, pipeline.cached(key)
 
-    async def _prepare(self, msg: Any) -> Prepared:
-        pipeline = self._pipeline
-        value, topic = msg.value(), msg.topic()
-        decoded = pipeline.decode(value)
-        key = pipeline.subject_of(topic, decoded)
-        compiled = pipeline.cached(key)
-        if compiled is None:  # a registry lookup may block: keep it off the loop
-            compiled = await self._loop.run_in_executor(self._io_pool, pipeline.resolve, key)
+    def _finish(self, msg: Any, decoded: DecodedRecord, compiled: Any) -> Prepared:
         _, timestamp = msg.timestamp()
-        return pipeline.finish(decoded, compiled, topic=topic, partition=msg.partition(),
-                               offset=msg.offset(), key=msg.key(), value=value, headers=msg.headers(),
-                               timestamp=timestamp if timestamp > 0 else None)
+        return self._pipeline.finish(decoded, compiled, topic=msg.topic(), partition=msg.partition(),
+                                     offset=msg.offset(), key=msg.key(), value=msg.value(),
+                                     headers=msg.headers(), timestamp=timestamp if timestamp > 0 else None)
 
     async def _call(self, prepared: Prepared, attempt: int) -> Any:
         prepared.message.attempt = attempt
