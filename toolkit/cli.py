@@ -140,11 +140,14 @@ def check(schemas: SchemasDir = Path("schemas"),
     """Schema checks: valid files, published versions unchanged, compatibility per mode (make check)."""
     from toolkit.compat.check import run_check
     from toolkit.compat.report import github_annotations, render_json, render_text
+    from toolkit.settings import load_settings
 
     if output not in ("text", "json"):
         raise _fail(EpistleError(f"--format {output!r}: use text or json"), 2)
     try:
-        report = run_check(schemas, base=base, registry_url=registry_url)
+        # The registry's credentials and TLS come from SCHEMA_REGISTRY_* as for register and verify.
+        registry = load_settings(registry__url=registry_url).registry if registry_url else None
+        report = run_check(schemas, base=base, registry=registry)
     except EpistleError as exc:
         raise _fail(exc) from None
     typer.echo(render_json(report) if output == "json" else render_text(report))

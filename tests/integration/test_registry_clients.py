@@ -10,12 +10,13 @@ import logging
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.errors import MessageError, RegistryRejected, RegistryUnavailable, SchemaNotFound
-from toolkit.layout import SchemaFormat, load_schemas
+from toolkit.layout import Compatibility, SchemaFormat, load_schemas
 from toolkit.registry import CachedRegistry, ConfluentHttpRegistry, LocalFolderRegistry, canonical_schema
 from toolkit.registry.commands import register_schemas
 
@@ -249,3 +250,73 @@ def test_credentials_never_leak(registry_url, unique_name, caplog, monkeypatch):
     assert unavailable.value.attempts == 2
     for text in shown:
         assert password not in text
+
+
+def _listed(registry_url: str, subject: str, *, deleted: bool) -> bool:
+    """Whether ``GET /subjects`` lists the subject (``deleted``: soft-deleted ones too), asked without our client."""
+    answer = httpx.get(f"{registry_url}/subjects", params={"deleted": "true"} if deleted else None, timeout=10)
+    answer.raise_for_status()
+    return subject in answer.json()
+
+
+def test_set_compatibility_governs_the_next_registration(http, unique_name):
+    # Apicurio reads a subject mode of NONE as "no subject rule" (its global BACKWARD then applies), so the
+    # modes used here are FORWARD and BACKWARD. Each added field has no default: backward-incompatible,
+    # forward-compatible.
+    subject = unique_name("shipments")
+    http.register(subject, json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
+    http.set_compatibility(subject, Compatibility.FORWARD)  # the global BACKWARD would refuse this one
+    assert http.register(subject, json.dumps(SHIPMENT_BREAKING), SchemaFormat.AVRO).version == 2
+    http.set_compatibility(subject, Compatibility.BACKWARD)  # FORWARD, still in force otherwise, accepts it
+    depot = {**SHIPMENT_BREAKING, "fields": [*SHIPMENT_BREAKING["fields"], {"name": "depot", "type": "string"}]}
+    with pytest.raises(RegistryRejected) as raised:
+        http.register(subject, json.dumps(depot), SchemaFormat.AVRO)
+    assert raised.value.subject == subject and "409" in str(raised.value) and "depot" in str(raised.value)
+    assert http.versions(subject) == [1, 2]
+    http.set_compatibility(subject, Compatibility.FORWARD)
+    assert http.register(subject, json.dumps(depot), SchemaFormat.AVRO).version == 3
+
+
+def test_try_register_answers_an_incompatible_schema_with_the_registry_reasons(http, unique_name):
+    subject = unique_name("shipments")
+    first = http.try_register(subject, json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
+    assert first.accepted and first.schema_id == http.get(subject, 1).schema_id
+    again = http.try_register(subject, json.dumps(SHIPMENT_V1, indent=2), SchemaFormat.AVRO)
+    assert again.schema_id == first.schema_id and http.versions(subject) == [1]
+    http.set_compatibility(subject, Compatibility.BACKWARD)
+    refused = http.try_register(subject, json.dumps(SHIPMENT_BREAKING), SchemaFormat.AVRO)
+    assert not refused.accepted and refused.schema_id is None
+    assert any("Incompatible" in reason and "carrier" in reason for reason in refused.reasons), refused.reasons
+    assert http.versions(subject) == [1]
+    added = http.try_register(subject, json.dumps(SHIPMENT_V2), SchemaFormat.AVRO)
+    assert added.accepted and added.schema_id == http.get(subject, 2).schema_id != first.schema_id
+    with pytest.raises(RegistryRejected) as invalid:  # 422 is an error, not a verdict
+        http.try_register(subject, json.dumps({"type": "recordx"}), SchemaFormat.AVRO)
+    assert invalid.value.subject == subject and "422" in str(invalid.value) and invalid.value.reasons
+
+
+def test_delete_subject_soft_then_permanent(http, registry_url, unique_name, counter):
+    soft, hard = unique_name("soft"), unique_name("hard")
+    for subject in (soft, hard):
+        http.register(subject, json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
+        http.register(subject, json.dumps(SHIPMENT_V2), SchemaFormat.AVRO)
+    assert http.delete_subject(soft) == [1, 2]
+    for read in (lambda: http.versions(soft), lambda: http.get(soft, 1), lambda: http.latest(soft)):
+        with pytest.raises(SchemaNotFound):
+            read()
+    assert not _listed(registry_url, soft, deleted=False) and _listed(registry_url, soft, deleted=True)
+    with pytest.raises(SchemaNotFound) as twice:
+        http.delete_subject(soft)
+    assert "40404" in str(twice.value)
+    assert http.delete_subject(soft, permanent=True) == [1, 2]  # already soft-deleted: straight on
+    assert not _listed(registry_url, soft, deleted=True)
+
+    counter.paths.clear()
+    assert http.delete_subject(hard, permanent=True) == [1, 2]
+    assert [p.split(" ")[0] for p in counter.paths] == ["DELETE", "DELETE"]
+    with pytest.raises(SchemaNotFound):
+        http.versions(hard)
+    assert not _listed(registry_url, hard, deleted=True)
+    with pytest.raises(SchemaNotFound) as gone:
+        http.delete_subject(hard, permanent=True)
+    assert gone.value.subject == hard and "40401" in str(gone.value)

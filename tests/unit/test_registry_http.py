@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from toolkit.errors import ConfigError, RegistryError, RegistryRejected, RegistryUnavailable, SchemaNotFound
-from toolkit.layout import SchemaFormat
+from toolkit.layout import Compatibility, SchemaFormat
 from toolkit.registry import ConfluentHttpRegistry, SchemaRegistry, registry_from_settings
+from toolkit.registry.http import Registration
 from toolkit.settings import RegistrySettings
 
 URL = "http://registry.test/apis/ccompat/v7"
@@ -268,3 +269,75 @@ def test_event_hooks_see_every_attempt():
                                      event_hooks={"request": [lambda request: seen.append(request.url.path)]})
     registry.subjects()
     assert seen == ["/apis/ccompat/v7/subjects"] * 2
+
+
+def test_try_register_answers_an_incompatible_schema_with_the_registry_messages():
+    message = "Incompatible artifact: orders [AVRO], list of diff types: [n at /fields/1]"
+    server = Server((409, {"error_code": 409, "message": message, "messages": ["n: no default"]}))
+    answer = client(server).try_register("orders", AVRO, SchemaFormat.AVRO)
+    assert answer == Registration(None, (message, "n: no default")) and not answer.accepted
+    assert len(server.requests) == 1 and json.loads(server.requests[0].content) == {"schema": AVRO}
+
+
+def test_try_register_returns_the_schema_id_without_a_lookup():
+    server = Server((200, {"id": 42}))
+    answer = client(server).try_register("orders", '{"type": "object"}', SchemaFormat.JSON)
+    assert answer == Registration(42) and answer.accepted
+    (post,) = server.requests
+    assert post.method == "POST" and post.url.path.endswith("/subjects/orders/versions")
+    assert json.loads(post.content)["schemaType"] == "JSON"
+
+
+@pytest.mark.parametrize("answer, error, words", [
+    ((422, {"error_code": 42201, "message": "Failed to discover artifact type"}), RegistryRejected,
+     ["HTTP 422", "42201", "Failed to discover artifact type", "'orders'"]),
+    ((200, {"version": 1}), RegistryError, ["no schema id", "'orders'"]),
+])
+def test_try_register_raises_for_an_invalid_schema_or_an_answer_without_an_id(answer, error, words):
+    with pytest.raises(error) as raised:
+        client(Server(answer)).try_register("orders", AVRO, SchemaFormat.AVRO)
+    assert raised.value.subject == "orders"
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_try_register_retries_a_server_error_then_is_unavailable():
+    server = Server((503, {"message": "Apicurio is restarting"}))
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(server, max_attempts=3).try_register("orders", AVRO, SchemaFormat.AVRO)
+    assert raised.value.attempts == 3 and len(server.requests) == 3 and raised.value.subject == "orders"
+    assert "POST /subjects/orders/versions" in str(raised.value) and "HTTP 503 Apicurio is restarting" in str(
+        raised.value)
+
+
+def test_set_compatibility_puts_the_mode_on_the_escaped_subject():
+    server = Server((200, {"compatibility": "FULL"}))
+    client(server).set_compatibility("orders/eu", Compatibility.FULL_TRANSITIVE)
+    (put,) = server.requests
+    assert put.method == "PUT" and put.url.raw_path.endswith(b"/config/orders%2Feu")
+    assert json.loads(put.content) == {"compatibility": "FULL_TRANSITIVE"}
+
+
+def test_delete_subject_soft_then_permanent():
+    soft = Server((200, [1, 2]))
+    assert client(soft).delete_subject("orders") == [1, 2]
+    assert [(r.method, dict(r.url.params)) for r in soft.requests] == [("DELETE", {})]
+    hard = Server((200, [1, 2]), (200, [1, 2]))
+    assert client(hard).delete_subject("orders", permanent=True) == [1, 2]
+    assert [(r.method, dict(r.url.params)) for r in hard.requests] == [("DELETE", {}),
+                                                                       ("DELETE", {"permanent": "true"})]
+    assert all(r.url.path.endswith("/subjects/orders") for r in hard.requests)
+
+
+def test_delete_subject_that_is_already_soft_deleted_or_unknown():
+    soft_deleted = (404, {"error_code": 40404, "message": "Subject orders is in soft deleted state."})
+    server = Server(soft_deleted, (200, [1]))
+    assert client(server).delete_subject("orders", permanent=True) == [1]
+    assert len(server.requests) == 2
+    with pytest.raises(SchemaNotFound) as raised:
+        client(Server(soft_deleted)).delete_subject("orders")
+    assert "soft-deleted" in str(raised.value) and raised.value.subject == "orders"
+    unknown = Server((404, {"error_code": 40401, "message": "No artifact with ID 'orders'"}))
+    with pytest.raises(SchemaNotFound):
+        client(unknown).delete_subject("orders", permanent=True)
+    assert len(unknown.requests) == 1  # not found is permanent: not retried, no second delete

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolkit.compat.findings import Finding, Severity
 from toolkit.compat.history import check_immutable, resolve_base
 from toolkit.compat.subject import check_subject, is_compatible
 from toolkit.errors import RegistryError, RegistryUnavailable, SchemaFileError
 from toolkit.layout import SUBJECT_CONFIG, Compatibility, Subject, load_subject
+
+if TYPE_CHECKING:
+    from toolkit.settings import RegistrySettings
 
 
 @dataclass
@@ -28,8 +32,16 @@ class CheckReport:
         return not self.errors
 
 
-def run_check(schemas_dir: Path, *, base: str | None = None, registry_url: str | None = None) -> CheckReport:
-    """Check every subject under ``schemas_dir``; never raises for a problem in the schemas themselves."""
+def run_check(schemas_dir: Path, *, base: str | None = None,
+              registry: str | RegistrySettings | None = None) -> CheckReport:
+    """Check every subject under ``schemas_dir``; never raises for a problem in the schemas themselves.
+
+    ``registry`` (a URL, or settings with the URL, credentials and TLS) is also asked for its verdicts, in
+    scratch subjects; where it disagrees the report has a warning.
+
+    Raises:
+        ConfigError: the registry settings are inconsistent (credentials, TLS files).
+    """
     report = CheckReport(schemas_dir)
     if not schemas_dir.is_dir():
         report.findings.append(Finding("-", "SCHEMAS_FOLDER_MISSING", f"{schemas_dir} is not a folder.",
@@ -52,18 +64,18 @@ def run_check(schemas_dir: Path, *, base: str | None = None, registry_url: str |
         report.findings.append(Finding("-", "BASE_NOT_FOUND", f"{resolved.note}; pass a branch, tag or "
                                                               f"commit."))
     report.findings += check_immutable(schemas_dir, resolved)
-    if registry_url:
-        report.notes.append(f"compatibility verdicts also asked from the registry at {registry_url}")
-        report.findings += _compare_with_registry(report, registry_url)
+    if registry and (isinstance(registry, str) or not registry.is_local):
+        report.findings += _compare_with_registry(report, registry)
     return report
 
 
-def _compare_with_registry(report: CheckReport, url: str) -> list[Finding]:
+def _compare_with_registry(report: CheckReport, source: str | RegistrySettings) -> list[Finding]:
     from toolkit.compat.registry import ScratchRegistry
 
     invalid = {f.subject for f in report.findings if f.rule == "INVALID_SCHEMA"}
     findings = []
-    with ScratchRegistry(url) as registry:
+    with ScratchRegistry(source) as registry:
+        report.notes.append(f"compatibility verdicts also asked from the registry at {registry.url}")
         for subject in report.subjects:
             mode = subject.config.compatibility
             if subject.name in invalid or mode is Compatibility.NONE:

@@ -3,6 +3,9 @@
 For "would version N be accepted?" the earlier versions are registered in a fresh subject with
 compatibility NONE, the subject's mode is set, and version N is registered: HTTP 409 means the registry
 refuses it. The scratch subject is deleted afterwards (soft, then permanently).
+
+All HTTP goes through :class:`~toolkit.registry.http.ConfluentHttpRegistry`: its credentials, TLS, retries
+and error translation apply here too.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from toolkit.errors import RegistryError, RegistryUnavailable
+from toolkit.errors import RegistryError, RegistryRejected
 from toolkit.layout import Compatibility, SchemaFormat
+from toolkit.registry.http import ConfluentHttpRegistry
+from toolkit.settings import RegistrySettings
 
-_JSON = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
+# A verdict may need a registry to compare a long chain of versions; 30 s per request unless settings say.
+_URL_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -27,15 +31,44 @@ class RegistryVerdict:
 
 
 class ScratchRegistry:
-    """A registry URL (``.../apis/ccompat/v7`` for Apicurio) used only through scratch subjects."""
+    """A registry used only through scratch subjects.
 
-    def __init__(self, url: str, *, prefix: str = "epistle-check", timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+    ``registry`` is the API root URL (``.../apis/ccompat/v7`` for Apicurio; credentials in it become basic
+    auth), :class:`~toolkit.settings.RegistrySettings` (its URL, credentials, TLS, timeout and retries), or a
+    :class:`~toolkit.registry.http.ConfluentHttpRegistry` that the caller keeps and closes.
+
+    Transport errors, 429 and 5xx answers are retried with backoff, at most ``max_attempts`` requests (the
+    settings' ``SCHEMA_REGISTRY_MAX_ATTEMPTS``, 4 for a URL), and then raised as
+    :class:`~toolkit.errors.RegistryUnavailable`. A registry that keeps answering 5xx (Apicurio 3.0.9 does
+    for a draft 2020-12 JSON Schema) is therefore unavailable, where this class used to raise a plain
+    :class:`~toolkit.errors.RegistryError` at the first 5xx. ``timeout`` (seconds per request) defaults to
+    the settings' ``timeout_s``, or 30 for a URL. Deleting a scratch subject is best effort: its failures
+    are ignored, after the same retries.
+
+    Raises:
+        ConfigError: inconsistent credentials, or a TLS file that cannot be loaded.
+    """
+
+    def __init__(self, registry: str | RegistrySettings | ConfluentHttpRegistry, *, prefix: str = "epistle-check",
+                 timeout: float | None = None) -> None:
         self.prefix = prefix
-        self.client = httpx.Client(timeout=timeout, headers=_JSON)
+        self._owned = not isinstance(registry, ConfluentHttpRegistry)
+        if isinstance(registry, ConfluentHttpRegistry):
+            self.http = registry
+        elif isinstance(registry, RegistrySettings):
+            self.http = ConfluentHttpRegistry.from_settings(
+                registry, **({"timeout_s": timeout} if timeout is not None else {}))
+        else:
+            self.http = ConfluentHttpRegistry(registry, timeout_s=_URL_TIMEOUT_S if timeout is None else timeout)
+
+    @property
+    def url(self) -> str:
+        """The registry's URL, without credentials."""
+        return self.http.url
 
     def close(self) -> None:
-        self.client.close()
+        if self._owned:
+            self.http.close()
 
     def __enter__(self) -> ScratchRegistry:
         return self
@@ -48,73 +81,42 @@ class ScratchRegistry:
         """Would the registry accept the last of ``versions`` (raw documents, oldest first) under ``mode``?
 
         Raises:
-            RegistryUnavailable: the registry cannot be reached.
-            RegistryError: it refused an earlier version or answered something unexpected.
+            RegistryUnavailable: the registry cannot be reached, or still answers 5xx after the retries.
+            RegistryError: it refused an earlier version, found a version invalid (422, as
+                :class:`~toolkit.errors.RegistryRejected`) or answered something unexpected; the message
+                names the scratch subject, the HTTP status and the registry's own messages.
         """
         subject = f"{self.prefix}-{label}-{uuid.uuid4().hex[:10]}"
         try:
             earlier_ids = set()
             for index, document in enumerate(versions[:-1]):
-                _, body = self._register(subject, schema_format, document, expect_ok=True)
-                earlier_ids.add(body.get("id") if isinstance(body, dict) else None)
+                earlier_ids.add(self._register_earlier(subject, schema_format, document, index + 1))
                 if index == 0:  # a subject-level config needs an existing subject on Apicurio
-                    self._set_mode(subject, Compatibility.NONE)
+                    self.http.set_compatibility(subject, Compatibility.NONE)
             if len(versions) == 1:
                 return RegistryVerdict(True)
-            self._set_mode(subject, mode)
-            status, body = self._register(subject, schema_format, versions[-1], expect_ok=False)
-            if status == 409:
-                return RegistryVerdict(False, tuple(_messages(body)))
-            if isinstance(body, dict) and body.get("id") in earlier_ids:
+            self.http.set_compatibility(subject, mode)
+            answer = self.http.try_register(subject, json.dumps(versions[-1]), schema_format)
+            if not answer.accepted:
+                return RegistryVerdict(False, answer.reasons)
+            if answer.schema_id in earlier_ids:
                 return RegistryVerdict(True, ("identical to an earlier version: the registry returned that "
                                               "version's id and checked nothing",))
             return RegistryVerdict(True)
         finally:
             self._delete(subject)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self.client.request(method, f"{self.url}{path}", **kwargs)
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailable(f"schema registry at {self.url} unreachable: "
-                                      f"{type(exc).__name__}") from None
-
-    def _register(self, subject: str, schema_format: SchemaFormat, document: Any, *, expect_ok: bool
-                  ) -> tuple[int, Any]:
-        payload: dict[str, Any] = {"schema": json.dumps(document)}
-        if schema_format is SchemaFormat.JSON:
-            payload["schemaType"] = "JSON"
-        response = self._request("POST", f"/subjects/{subject}/versions", json=payload)
-        body = _body(response)
-        if response.status_code == 200 or (response.status_code == 409 and not expect_ok):
-            return response.status_code, body
-        raise RegistryError(f"registry answered {response.status_code} registering a version of {subject}: "
-                            f"{'; '.join(_messages(body))}", subject=subject)
-
-    def _set_mode(self, subject: str, mode: Compatibility) -> None:
-        response = self._request("PUT", f"/config/{subject}", json={"compatibility": mode.value})
-        if response.status_code != 200:
-            raise RegistryError(f"registry answered {response.status_code} setting {mode} on {subject}: "
-                                f"{'; '.join(_messages(_body(response)))}", subject=subject)
+    def _register_earlier(self, subject: str, schema_format: SchemaFormat, document: Any, number: int) -> int:
+        answer = self.http.try_register(subject, json.dumps(document), schema_format)
+        # Apicurio reads a subject mode NONE as "no subject rule", so its global rule still checks these.
+        if answer.schema_id is None:
+            raise RegistryRejected(f"registry answered 409 registering version {number} of {subject!r}: "
+                                   f"{'; '.join(answer.reasons)}", reasons=list(answer.reasons), subject=subject,
+                                   version=number)
+        return answer.schema_id
 
     def _delete(self, subject: str) -> None:
         try:
-            self.client.delete(f"{self.url}/subjects/{subject}")
-            self.client.delete(f"{self.url}/subjects/{subject}", params={"permanent": "true"})
-        except httpx.HTTPError:  # cleanup is best effort; the subject name is unique
+            self.http.delete_subject(subject, permanent=True)
+        except RegistryError:  # cleanup is best effort; the subject name is unique
             pass
-
-
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-def _messages(body: Any) -> list[str]:
-    if isinstance(body, dict):
-        found = [str(body.get("message", ""))] if body.get("message") else []
-        found += [str(m) for m in body.get("messages", []) or []]
-        return found or [json.dumps(body)]
-    return [str(body)[:500]]

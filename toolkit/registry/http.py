@@ -3,9 +3,10 @@
 Every HTTP outcome is translated in one place, :meth:`ConfluentHttpRegistry._call`:
 
 - 2xx: the JSON body;
-- 404 with ``error_code`` 40401 (subject), 40402 (version) or 40403 (schema): :class:`SchemaNotFound`,
-  permanent, never retried;
-- 409 and 422 (incompatible, invalid schema): :class:`RegistryRejected` with the registry's own message;
+- 404 with ``error_code`` 40401 (subject), 40402 (version), 40403 (schema) or 40404 (subject
+  soft-deleted): :class:`SchemaNotFound`, permanent, never retried;
+- 409 and 422 (incompatible, invalid schema): :class:`RegistryRejected` with the registry's own messages
+  (:meth:`ConfluentHttpRegistry.try_register` answers a 409 as a value instead: it asks a question);
 - connect errors, timeouts, other transport errors, 429 and 5xx: retried with exponential backoff and full
   jitter, at most ``max_attempts`` requests, then :class:`RegistryUnavailable` (never *not found*);
 - 401/403, a 404 without a Confluent error code (the URL is not the API root), a 2xx that is not JSON and
@@ -24,6 +25,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,11 +40,30 @@ from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaF
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
-_NOT_FOUND = {40401: "subject not found", 40402: "version not found", 40403: "schema not found"}
+_NOT_FOUND = {40401: "subject not found", 40402: "version not found", 40403: "schema not found",
+              40404: "subject soft-deleted"}
 _NO_SUCH_SUBJECT = 40401
 _NO_SUCH_SCHEMA = 40403
+_SOFT_DELETED = 40404  # Confluent: deleting again a subject that is already soft-deleted
 
 EventHooks = Mapping[str, list[Callable[..., Any]]]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``POST /subjects/{subject}/versions`` answered (:meth:`ConfluentHttpRegistry.try_register`).
+
+    ``schema_id`` is the id the registry gave the schema (an identical schema already in the subject keeps
+    its id); None when it refused the schema as incompatible with the subject's mode (HTTP 409), and
+    ``reasons`` then holds the registry's own messages.
+    """
+
+    schema_id: int | None
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.schema_id is not None
 
 
 class _BearerAuth(httpx.Auth):
@@ -143,7 +164,7 @@ class ConfluentHttpRegistry:
         that version (Confluent's and Apicurio's behaviour; the returned version may then be an older one).
 
         Raises:
-            RegistryRejected: incompatible (409) or invalid (422), with the registry's message.
+            RegistryRejected: incompatible (409) or invalid (422), with the registry's messages.
             RegistryUnavailable: as :meth:`get`.
         """
         body = self._call("POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format),
@@ -153,6 +174,27 @@ class ConfluentHttpRegistry:
             raise RegistryError(f"subject {subject!r}: registered (id {body.get('id')}) but the registry "
                                 "cannot find the schema it just accepted", subject=subject)
         return found
+
+    def try_register(self, subject: str, text: str, schema_format: SchemaFormat) -> Registration:
+        """``POST /subjects/{subject}/versions`` alone: the schema id, or the registry's reasons for refusing it.
+
+        For asking "would the registry accept this?": a refusal as incompatible (409) is an answer, not an
+        error. Unlike :meth:`register` there is no lookup of the version number afterwards.
+
+        Raises:
+            RegistryRejected: the registry finds the schema invalid (422), with its messages.
+            RegistryUnavailable: as :meth:`get`.
+            RegistryError: it accepted the schema but answered no schema id.
+        """
+        body = self._call("POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format),
+                          subject=subject, incompatible_answer=True)
+        if isinstance(body, Registration):
+            return body
+        schema_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(schema_id, int):
+            raise RegistryError(f"subject {subject!r}: the registry accepted the schema but answered no schema "
+                                f"id ({self._scrub(str(body)[:200])})", subject=subject)
+        return Registration(schema_id)
 
     def lookup(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema | None:
         """``POST /subjects/{subject}``: the version holding this schema, or None (no such subject/schema)."""
@@ -178,9 +220,32 @@ class ConfluentHttpRegistry:
         return CompatibilityResult(bool(body.get("is_compatible")), tuple(body.get("messages") or ()))
 
     def set_compatibility(self, subject: str, mode: Compatibility) -> None:
-        """``PUT /config/{subject}``: the subject's compatibility mode."""
+        """``PUT /config/{subject}``: the subject's compatibility mode, for the registrations that follow.
+
+        Raises:
+            SchemaNotFound: the registry answered 40401 (some configure a subject only once it has a
+                version).
+            RegistryUnavailable: as :meth:`get`.
+        """
         self._call("PUT", f"/config/{quote(subject, safe='')}", json={"compatibility": str(mode)},
                    subject=subject)
+
+    def delete_subject(self, subject: str, *, permanent: bool = False) -> list[int]:
+        """``DELETE /subjects/{subject}``: the versions deleted; the subject then answers *not found*.
+
+        ``permanent`` follows the soft delete with ``DELETE /subjects/{subject}?permanent=true`` (Confluent
+        deletes for good only what is already soft-deleted), so the name and its ids are gone for good; a
+        subject that is already soft-deleted goes straight on to the permanent delete.
+
+        Raises:
+            SchemaNotFound: no such subject (or, without ``permanent``, one that is already soft-deleted).
+            RegistryUnavailable: as :meth:`get`.
+        """
+        path = _subject_path(subject)
+        deleted = self._call("DELETE", path, subject=subject, absent=(_SOFT_DELETED,) if permanent else ())
+        if permanent:
+            deleted = self._call("DELETE", path, params={"permanent": "true"}, subject=subject)
+        return [int(v) for v in deleted or []]
 
     def close(self) -> None:
         self._client.close()
@@ -195,8 +260,9 @@ class ConfluentHttpRegistry:
 
     def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
               subject: str | None = None, version: int | str | None = None,
-              absent: tuple[int, ...] = ()) -> Any:
-        """The JSON answer, or None for a 404 whose error code is in ``absent``."""
+              absent: tuple[int, ...] = (), incompatible_answer: bool = False) -> Any:
+        """The JSON answer, or None for a 404 whose error code is in ``absent``, or a refused
+        :class:`Registration` for a 409 when ``incompatible_answer``."""
         what = f"{method} {path}"
         context = {"subject": subject, "version": version}
         attempt = 0
@@ -208,7 +274,7 @@ class ConfluentHttpRegistry:
                 problem = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
             else:
                 if response.status_code < 500 and response.status_code != 429:
-                    return self._answer(response, what, context, absent, attempt)
+                    return self._answer(response, what, context, absent, attempt, incompatible_answer)
                 problem = f"HTTP {response.status_code} {self._registry_message(response)}".rstrip()
             if attempt == self._max_attempts:
                 raise RegistryUnavailable(f"schema registry {self.url} unavailable: {what} failed {attempt} "
@@ -219,7 +285,7 @@ class ConfluentHttpRegistry:
             self._sleep(delay)
 
     def _answer(self, response: httpx.Response, what: str, context: dict[str, Any],
-                absent: tuple[int, ...], attempt: int) -> Any:
+                absent: tuple[int, ...], attempt: int, incompatible_answer: bool = False) -> Any:
         status = response.status_code
         misconfigured = {"attempts": attempt, **context}
         if status < 300:
@@ -239,9 +305,12 @@ class ConfluentHttpRegistry:
             raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP 404 without a "
                                       "Confluent error code; point SCHEMA_REGISTRY_URL at the API root (for "
                                       "Apicurio .../apis/ccompat/v7)", **misconfigured)
+        if status == 409 and incompatible_answer:
+            return Registration(None, tuple(self._reasons(response)))
         if status in (409, 422):
-            raise RegistryRejected(f"registry refused the schema for {_describe(context)} ({code}): "
-                                   f"{message}", reasons=[message], **context)
+            reasons = self._reasons(response)
+            raise RegistryRejected(f"registry refused the schema for {_describe(context)} (HTTP {status}, "
+                                   f"{code}): {'; '.join(reasons)}", reasons=reasons, **context)
         if status in (401, 403):
             raise RegistryUnavailable(f"schema registry {self.url} refused the credentials (HTTP {status}); "
                                       "check SCHEMA_REGISTRY_USERNAME/PASSWORD or "
@@ -258,6 +327,18 @@ class ConfluentHttpRegistry:
             return None, self._scrub(str(body)[:200])
         code = body.get("error_code")
         return (code if isinstance(code, int) else None), self._scrub(str(body.get("message", "")))
+
+    def _reasons(self, response: httpx.Response) -> list[str]:
+        """A refusal in the registry's own words: its ``message`` and any ``messages`` list."""
+        message = self._error(response)[1]
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        more = body.get("messages") if isinstance(body, dict) else None
+        reasons = [message] if message else []
+        reasons += [self._scrub(str(m)) for m in more] if isinstance(more, list) else []
+        return reasons or [self._scrub(response.text[:200]) or f"HTTP {response.status_code}, no message"]
 
     def _registry_message(self, response: httpx.Response) -> str:
         return self._error(response)[1][:200]
