@@ -228,3 +228,76 @@ def test_fuzz_mutated_golden_bodies(path, data):
         prepare(REAL, value, topic=schema)
     except MessageError as exc:
         assert exc.stage in {"validation", "model"}
+
+
+class CountingModels:
+    def __init__(self):
+        self.calls = 0
+
+    def get(self, schema_name, version):
+        self.calls += 1
+        return FAKE_MODELS.get(schema_name, version)
+
+
+def finish_via_plan(p: Pipeline, value: bytes, topic="t"):
+    """The runtime's order: decode, then the plan of an earlier record with the same header if any."""
+    decoded = p.decode(value)
+    plan = p.plan(topic, decoded.header)
+    source = plan if plan is not None else p.resolve(p.subject_of(topic, decoded))
+    return p.finish(decoded, source, topic=topic, partition=0, offset=6, key=None, value=value, headers=None,
+                    timestamp=None)
+
+
+def test_the_first_success_leaves_a_plan_that_skips_the_model_and_route_lookups():
+    models = CountingModels()
+    router = HandlerRegistry()
+    router.register("t", lambda m: True)
+    p = Pipeline(FakeResolver(), router, models)
+    first = finish_via_plan(p, envelope())
+    plan = p.plan("t", first.message.header)
+    assert plan is not None and plan.model is Thing and plan.route is first.route
+    calls = models.calls
+    second = finish_via_plan(p, envelope(body={"n": 2}))
+    assert models.calls == calls  # no model lookup, no registry call: the plan answered
+    assert p.resolver.calls == 1
+    assert second.message.body == Thing(n=2) and second.route is first.route
+
+
+def test_a_plan_still_validates_and_builds_each_body_in_stage_order():
+    p = pipeline()
+    finish_via_plan(p, envelope())
+    for body, expected in (({"n": "x"}, "validation"), ({"n": 1, "extra": 2}, "model")):
+        with pytest.raises(MessageError) as info:
+            finish_via_plan(p, envelope(body=body))
+        assert info.value.stage == expected
+
+
+def test_no_plan_is_left_by_a_failure_or_for_another_header():
+    p = pipeline()
+    decoded = p.decode(envelope())
+    for value, topic in ((envelope(body={"n": "x"}), "t"), (envelope(body={"n": 1, "extra": 2}), "t"),
+                         (envelope(), "other")):
+        with pytest.raises(MessageError):
+            finish_via_plan(p, value, topic)
+    assert p.plan("t", decoded.header) is None and p.plan("other", decoded.header) is None
+    finish_via_plan(p, envelope())
+    assert p.plan("t", decoded.header) is not None
+    assert p.plan("t", p.decode(envelope(messageType="Other")).header) is None
+    assert p.plan("t", p.decode(envelope(schemaVersion="2")).header) is None
+
+
+def test_forget_plans_makes_the_next_record_look_the_route_up_again():
+    router = HandlerRegistry()
+    router.register("t", lambda m: True)
+    p = Pipeline(FakeResolver(), router, FAKE_MODELS)
+    finish_via_plan(p, envelope())
+    router.register("t", lambda m: False, "Thing")  # a handler for the message type, registered later
+    p.forget_plans()
+    assert p.plan("t", p.decode(envelope()).header) is None
+    assert finish_via_plan(p, envelope()).route is router.route("t", "Thing", "things", 1)
+
+
+def test_without_a_model_index_the_plan_passes_the_validated_value():
+    p = pipeline(models=None)
+    finish_via_plan(p, envelope())
+    assert finish_via_plan(p, envelope(body={"n": 3})).message.body == {"n": 3}

@@ -26,6 +26,8 @@ from toolkit.registry.base import (
     schema_name_strategy,
 )
 
+_MAX_PLANS = 10_000
+
 
 @dataclass(slots=True)
 class Message:
@@ -87,6 +89,17 @@ def as_resolver(registry: Any) -> SchemaResolver:
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """What a record's topic and header decide once its schema is resolved: the compiled schema, the model
+    (None without a model index) and the handler route. Looked up once per (topic, schemaName,
+    messageType, schemaVersion) that got through every stage, so later records skip the lookups."""
+
+    compiled: CompiledSchema
+    model: type[BaseModel] | None
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A record that passed every stage: the message for the handler and the route to it."""
 
@@ -107,6 +120,7 @@ class Pipeline:
         self.subject_strategy = subject_strategy
         self._compiled: dict[tuple[str, int], CompiledSchema] = {}
         self._subjects: dict[tuple[str, str, str], str] = {}
+        self._plans: dict[tuple[str, str, str, str], Plan] = {}
 
     # -- stages -----------------------------------------------------------------------------------------
     def decode(self, value: bytes | None) -> DecodedRecord:
@@ -119,7 +133,7 @@ class Pipeline:
         subject = self._subjects.get(names)
         if subject is None:  # a strategy is a pure function of its context: ask once per combination
             subject = self.subject_strategy(SubjectContext(*names))
-            if len(self._subjects) < 10_000:  # bounded: schemaName comes from the records
+            if len(self._subjects) < _MAX_PLANS:  # bounded: schemaName comes from the records
                 self._subjects[names] = subject
         return subject, header.version
 
@@ -154,21 +168,32 @@ class Pipeline:
 
     def bind(self, decoded: DecodedRecord, compiled: CompiledSchema) -> Any:
         """Stages ``validation`` and ``model``: the body as the generated model instance."""
-        header = decoded.header
+        value = self._validate(decoded.body, compiled)
+        if self.models is None:
+            return value
+        return self._build(value, self._model(decoded.header))
+
+    @staticmethod
+    def _validate(body: Any, compiled: CompiledSchema) -> Any:
         try:
-            value = compiled.decode(decoded.body)
+            return compiled.decode(body)
         except MessageError:
             raise
         except RecursionError:
             raise MessageError("validation", "body nested too deeply to validate") from None
         except Exception as exc:
             raise MessageError("validation", f"{type(exc).__name__}: {exc}") from None
-        if self.models is None:
-            return value
+
+    def _model(self, header: Header) -> type[BaseModel]:
+        assert self.models is not None
         model = self.models.get(header.schema_name, header.version)
         if model is None:
             raise MessageError("model", f"no generated model for {header.schema_name} v{header.version}; "
                                         "run make codegen and redeploy")
+        return model
+
+    @staticmethod
+    def _build(value: Any, model: type[BaseModel]) -> Any:
         try:
             return model.model_validate(value)
         except ValidationError as exc:
@@ -198,11 +223,37 @@ class Pipeline:
         return self.finish(decoded, compiled, topic=topic, partition=partition, offset=offset, key=key,
                            value=value, headers=headers, timestamp=timestamp)
 
-    def finish(self, decoded: DecodedRecord, compiled: CompiledSchema, *, topic: str, partition: int,
+    def plan(self, topic: str, header: Header) -> Plan | None:
+        """What an earlier record with the same topic and header fields led to (no I/O), or None."""
+        return self._plans.get((topic, header.schema_name, header.message_type, header.schema_version))
+
+    def forget_plans(self) -> None:
+        """Drop every plan (handlers changed: routes must be looked up again)."""
+        self._plans.clear()
+
+    def finish(self, decoded: DecodedRecord, source: CompiledSchema | Plan, *, topic: str, partition: int,
                offset: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
                timestamp: int | None) -> Prepared:
-        body = self.bind(decoded, compiled)
-        route = self.route(topic, decoded.header)
-        message = Message(decoded.header, body, topic, partition, offset, key, headers or [], timestamp,
-                          value or b"")
+        """Stages ``validation``, ``model`` and ``routing``, from the resolved schema or from a :class:`Plan`.
+
+        Stages run in the same order either way; the first success for a header remembers its plan, so
+        later records skip the model and route lookups.
+        """
+        header = decoded.header
+        if isinstance(source, Plan):
+            body = self._validate(decoded.body, source.compiled)
+            if source.model is not None:
+                body = self._build(body, source.model)
+            route = source.route
+        else:
+            body = self._validate(decoded.body, source)
+            model = None
+            if self.models is not None:
+                model = self._model(header)
+                body = self._build(body, model)
+            route = self.route(topic, header)
+            if len(self._plans) < _MAX_PLANS:  # bounded: header fields come from the records
+                plan_key = (topic, header.schema_name, header.message_type, header.schema_version)
+                self._plans[plan_key] = Plan(source, model, route)
+        message = Message(header, body, topic, partition, offset, key, headers or [], timestamp, value or b"")
         return Prepared(message, route)

@@ -34,7 +34,8 @@ from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
 from toolkit.consumer.offsets import OffsetTracker
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
-from toolkit.consumer.pipeline import ModelLookup, Pipeline, Prepared, as_resolver
+from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
+from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.envelope import DecodedRecord, SerializerLike
 from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
@@ -154,6 +155,8 @@ class KafkaConsumer:
             ConfigError: a handler is already registered for that topic / message type, or it is not callable.
         """
         self.handlers.register(topic, handler, message_type, accepts)
+        if self._running:
+            self._pipeline.forget_plans()  # routes may have changed
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, *, handle_signals: bool = False) -> None:
@@ -177,7 +180,7 @@ class KafkaConsumer:
         self._pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                                   self._models if self._models is not None else _default_models(),
                                   self._serializer, self._subject_strategy)
-        self._workers = asyncio.Semaphore(self.max_workers)
+        self._workers = WorkerSlots(self.max_workers)
         self._handler_pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="epistle-handler")
         self._io_pool = ThreadPoolExecutor(2, thread_name_prefix="epistle-io")
         self._poller = PollThread(self._consumer_config(), topics, loop,
@@ -332,6 +335,8 @@ class KafkaConsumer:
     # -- fetching --------------------------------------------------------------------------------------
     def _dispatch(self, batch: list[Any]) -> None:
         eof_seen = False
+        lane_key_of = self._lane_key
+        by_partition = self.ordering is OrderingMode.PARTITION
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -346,7 +351,7 @@ class KafkaConsumer:
                 log.warning("skipping redelivered offset", extra=_extra(msg))
                 continue
             part.eof = False
-            lane_key = self._lane_key(msg)
+            lane_key = None if by_partition else lane_key_of(msg)
             lane = part.lanes.get(lane_key)
             if lane is None:
                 lane = part.lanes[lane_key] = deque()
@@ -444,15 +449,24 @@ class KafkaConsumer:
         stats = self.stats[topic]
         attempt, outages = 1, 0
         prepared: Prepared | None = None
+        workers = self._workers
         while True:
             try:
                 if prepared is None:
                     # No coroutine on the hot path: the registry is asked (off the loop) only on a miss.
-                    decoded, key, compiled = self._decode(msg)
-                    if compiled is None:
-                        compiled = await self._loop.run_in_executor(self._io_pool, self._pipeline.resolve, key)
-                    prepared = self._finish(msg, decoded, compiled)
-                result = await self._call(prepared, attempt)
+                    decoded, source = self._decode(msg)
+                    if isinstance(source, tuple):
+                        source = await self._loop.run_in_executor(self._io_pool, self._pipeline.resolve, source)
+                    prepared = self._finish(msg, decoded, source)
+                prepared.message.attempt = attempt
+                route = prepared.route
+                if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
+                    try:
+                        result = await route.call(prepared.message)
+                    finally:
+                        workers.release()
+                else:
+                    result = await self._call(prepared)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
@@ -493,24 +507,29 @@ class KafkaConsumer:
             attempts = attempt if prepared is not None else 1
             return await self._dead_letter(part, msg, outcome, attempts, extra)
 
-    def _decode(self, msg: Any) -> tuple[DecodedRecord, tuple[str, int], Any]:
-        """Stages decode and envelope, and the schema when already resolved (None: ask the registry)."""
+    def _decode(self, msg: Any) -> tuple[DecodedRecord, Plan | CompiledSchema | tuple[str, int]]:
+        """Stages decode and envelope, then what the rest needs: the plan of an earlier record with the
+        same header, else the schema if already resolved, else the (subject, version) to ask for."""
         pipeline = self._pipeline
         decoded = pipeline.decode(msg.value())
+        plan = pipeline.plan(msg.topic(), decoded.header)
+        if plan is not None:
+            return decoded, plan
         key = pipeline.subject_of(msg.topic(), decoded)
-        return decoded, key, pipeline.cached(key)
+        compiled = pipeline.cached(key)
+        return decoded, key if compiled is None else compiled
 
-    def _finish(self, msg: Any, decoded: DecodedRecord, compiled: Any) -> Prepared:
+    def _finish(self, msg: Any, decoded: DecodedRecord, source: Plan | CompiledSchema) -> Prepared:
         _, timestamp = msg.timestamp()
-        return self._pipeline.finish(decoded, compiled, topic=msg.topic(), partition=msg.partition(),
+        return self._pipeline.finish(decoded, source, topic=msg.topic(), partition=msg.partition(),
                                      offset=msg.offset(), key=msg.key(), value=msg.value(),
                                      headers=msg.headers(), timestamp=timestamp if timestamp > 0 else None)
 
-    async def _call(self, prepared: Prepared, attempt: int) -> Any:
-        prepared.message.attempt = attempt
+    async def _call(self, prepared: Prepared) -> Any:
+        """Run the handler in a worker slot, waiting for one; plain functions in the handler pool."""
         route = prepared.route
         workers = self._workers
-        await workers.acquire()  # not `async with`: one coroutine frame less per record
+        await workers.acquire()
         try:
             if route.is_async:
                 return await route.call(prepared.message)
