@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from toolkit.consumer.deadletter import DeadLetterRecord
+from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.errors import BrokerUnavailable
 
 log = logging.getLogger("toolkit.consumer")
@@ -305,9 +306,9 @@ class DeadLetterSender:
                  producer_overrides: dict[str, Any] | None = None) -> None:
         self._loop = loop
         self._admin_config = dict(config)
-        self._producer = Producer({**config, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                                   "message.max.bytes": DLQ_MAX_MESSAGE_BYTES, "delivery.timeout.ms": 30_000,
-                                   **(producer_overrides or {})})
+        self._producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
+                                   "linger.ms": 5, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+                                   "delivery.timeout.ms": 30_000, **(producer_overrides or {})})
         self._admin: AdminClient | None = None
         self._known_topics: set[str] = set()
         self._running = True

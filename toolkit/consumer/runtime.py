@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
+from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.offsets import OffsetTracker
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
 from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
@@ -252,6 +253,7 @@ class KafkaConsumer:
                 "enable.partition.eof": True, "partition.assignment.strategy": "cooperative-sticky",
                 # librdkafka's prefetch queue (default 64 MB) is memory beside our in-flight window.
                 "queued.max.messages.kbytes": 32768,
+                "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
                 **self._kafka_config}
 
     def _default_registry(self) -> Any:
