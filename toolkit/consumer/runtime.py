@@ -174,13 +174,14 @@ class KafkaConsumer:
         if not topics:
             raise ConfigError("no topics: register a handler or pass topics=")
         loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._running = True
+        # Built before anything is marked running: a registry or model index that cannot be loaded leaves
+        # the consumer as it was, so it can be fixed and started again.
+        pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
+                            self._models if self._models is not None else _default_models(),
+                            self._serializer, self._subject_strategy)
+        self._loop, self._pipeline, self._running = loop, pipeline, True
         self._stop_event = asyncio.Event()
         self._stopping, self._failure, self._parts, self._in_flight = False, None, {}, 0
-        self._pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
-                                  self._models if self._models is not None else _default_models(),
-                                  self._serializer, self._subject_strategy)
         self._workers = WorkerSlots(self.max_workers)
         self._handler_pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="epistle-handler")
         self._io_pool = ThreadPoolExecutor(2, thread_name_prefix="epistle-io")
