@@ -66,11 +66,13 @@ class SchemaNotFound(RegistryError):
 
 
 class RegistryUnavailable(RegistryError):
-    """The registry cannot be reached or answered with a server error after all retries (transient)."""
+    """The registry cannot be reached or answered with a server error after all retries (transient).
+    ``status`` is the HTTP status of the last answer (a 5xx or 429), None when there was no answer."""
 
-    def __init__(self, message: str, *, attempts: int = 1, **context: Any) -> None:
+    def __init__(self, message: str, *, attempts: int = 1, status: int | None = None, **context: Any) -> None:
         super().__init__(message, **context)
         self.attempts = attempts
+        self.status = status
 
 
 class RegistryRejected(RegistryError):

@@ -127,3 +127,14 @@ def test_built_from_a_url_or_settings_and_closes_only_what_it_built():
         pass
     assert not http._client.is_closed  # the caller's client
     http.close()
+
+
+def test_the_request_timeout_is_30_s_unless_the_settings_set_one():
+    def read_timeout(registry: ScratchRegistry) -> float:
+        with registry:
+            return registry.http._client.timeout.read
+
+    assert read_timeout(ScratchRegistry(URL)) == 30.0
+    assert read_timeout(ScratchRegistry(RegistrySettings(_env_file=None, url=URL))) == 30.0
+    assert read_timeout(ScratchRegistry(RegistrySettings(_env_file=None, url=URL, timeout_s=7))) == 7.0
+    assert read_timeout(ScratchRegistry(URL, timeout=3)) == 3.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -22,3 +23,24 @@ def test_a_start_that_fails_on_its_registry_can_be_retried():
 def test_start_without_topics_is_a_config_error():
     with pytest.raises(ConfigError, match="no topics"):
         asyncio.run(KafkaConsumer("127.0.0.1:1", "group").start())
+
+
+def test_handle_signals_outside_the_main_thread_fails_cleanly_and_can_be_retried():
+    from toolkit.registry import LocalFolderRegistry
+
+    consumer = KafkaConsumer("127.0.0.1:1", "group", registry=LocalFolderRegistry("schemas"), models=None)
+    consumer.register_handler("orders", lambda message: True)
+    errors: list[BaseException] = []
+
+    def attempt():
+        try:
+            asyncio.run(asyncio.wait_for(consumer.start(handle_signals=True), 10))
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertions
+            errors.append(exc)
+
+    for _ in range(2):  # the second attempt fails the same way, not with "already running"
+        thread = threading.Thread(target=attempt)
+        thread.start()
+        thread.join(30)
+    assert [type(e) for e in errors] == [ConfigError, ConfigError], errors
+    assert "main thread" in str(errors[0]) and "handle_signals=False" in str(errors[0])

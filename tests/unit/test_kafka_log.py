@@ -54,3 +54,9 @@ def test_the_filter_is_installed_once_on_the_toolkit_kafka_logger():
     logger = kafka_logger()
     assert logger is kafka_logger() and logger.name == KAFKA_LOGGER
     assert sum(isinstance(f, RepeatFilter) for f in logger.filters) == 1
+
+
+def test_info_and_debug_lines_are_never_held_back():
+    repeat = RepeatFilter(interval_s=10, clock=Clock())
+    for level in (logging.INFO, logging.DEBUG):
+        assert all(repeat.filter(record("Disconnected (after 5ms in state UP)", level=level)) for _ in range(5))

@@ -306,6 +306,7 @@ def test_try_register_retries_a_server_error_then_is_unavailable():
     with pytest.raises(RegistryUnavailable) as raised:
         client(server, max_attempts=3).try_register("orders", AVRO, SchemaFormat.AVRO)
     assert raised.value.attempts == 3 and len(server.requests) == 3 and raised.value.subject == "orders"
+    assert raised.value.status == 503  # the last answer's status (None when there was no answer)
     assert "POST /subjects/orders/versions" in str(raised.value) and "HTTP 503 Apicurio is restarting" in str(
         raised.value)
 
@@ -341,3 +342,9 @@ def test_delete_subject_that_is_already_soft_deleted_or_unknown():
     with pytest.raises(SchemaNotFound):
         client(unknown).delete_subject("orders", permanent=True)
     assert len(unknown.requests) == 1  # not found is permanent: not retried, no second delete
+
+
+def test_delete_subject_with_an_answer_that_is_not_version_numbers():
+    with pytest.raises(RegistryError) as raised:
+        client(Server((200, {"deleted": True}))).delete_subject("orders")
+    assert "not a list of version numbers" in str(raised.value) and raised.value.subject == "orders"

@@ -33,15 +33,17 @@ class CheckReport:
 
 
 def run_check(schemas_dir: Path, *, base: str | None = None,
-              registry: str | RegistrySettings | None = None) -> CheckReport:
+              registry: str | RegistrySettings | None = None, registry_url: str | None = None) -> CheckReport:
     """Check every subject under ``schemas_dir``; never raises for a problem in the schemas themselves.
 
     ``registry`` (a URL, or settings with the URL, credentials and TLS) is also asked for its verdicts, in
-    scratch subjects; where it disagrees the report has a warning.
+    scratch subjects; where it disagrees the report has a warning. ``registry_url`` is the earlier name
+    of ``registry`` for a URL, still accepted.
 
     Raises:
         ConfigError: the registry settings are inconsistent (credentials, TLS files).
     """
+    registry = registry or registry_url
     report = CheckReport(schemas_dir)
     if not schemas_dir.is_dir():
         report.findings.append(Finding("-", "SCHEMAS_FOLDER_MISSING", f"{schemas_dir} is not a folder.",
@@ -87,7 +89,9 @@ def _compare_with_registry(report: CheckReport, source: str | RegistrySettings) 
                     theirs = registry.verdict(subject.format, mode, documents[:new], label=subject.name)
                 except RegistryUnavailable as exc:
                     findings.append(Finding(subject.name, "REGISTRY_ERROR", f"{exc}.", reader_version=new))
-                    return findings
+                    if exc.status is None:  # no answer at all: the next subjects would fail the same way
+                        return findings
+                    break  # a server error on this subject's schemas (Apicurio and draft 2020-12): go on
                 except RegistryError as exc:  # e.g. it refuses the schema itself: go on with the next subject
                     findings.append(Finding(subject.name, "REGISTRY_ERROR", f"the registry could not judge "
                                             f"v{new}: {exc}.", reader_version=new))

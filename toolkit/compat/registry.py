@@ -20,7 +20,8 @@ from toolkit.layout import Compatibility, SchemaFormat
 from toolkit.registry.http import ConfluentHttpRegistry
 from toolkit.settings import RegistrySettings
 
-# A verdict may need a registry to compare a long chain of versions; 30 s per request unless settings say.
+# A verdict may need a registry to compare a long chain of versions: 30 s per request unless
+# SCHEMA_REGISTRY_TIMEOUT_S (or ``timeout``) says otherwise.
 _URL_TIMEOUT_S = 30.0
 
 
@@ -41,9 +42,10 @@ class ScratchRegistry:
     settings' ``SCHEMA_REGISTRY_MAX_ATTEMPTS``, 4 for a URL), and then raised as
     :class:`~toolkit.errors.RegistryUnavailable`. A registry that keeps answering 5xx (Apicurio 3.0.9 does
     for a draft 2020-12 JSON Schema) is therefore unavailable, where this class used to raise a plain
-    :class:`~toolkit.errors.RegistryError` at the first 5xx. ``timeout`` (seconds per request) defaults to
-    the settings' ``timeout_s``, or 30 for a URL. Deleting a scratch subject is best effort: its failures
-    are ignored, after the same retries.
+    :class:`~toolkit.errors.RegistryError` at the first 5xx (``epistle check`` then goes on with the next
+    subject; with no answer at all it stops asking). ``timeout`` (seconds per request) defaults to the
+    settings' ``timeout_s`` when ``SCHEMA_REGISTRY_TIMEOUT_S`` was set, else 30. Deleting a scratch subject
+    is best effort: its failures are ignored, after the same retries.
 
     Raises:
         ConfigError: inconsistent credentials, or a TLS file that cannot be loaded.
@@ -56,6 +58,8 @@ class ScratchRegistry:
         if isinstance(registry, ConfluentHttpRegistry):
             self.http = registry
         elif isinstance(registry, RegistrySettings):
+            if timeout is None and "timeout_s" not in registry.model_fields_set:
+                timeout = _URL_TIMEOUT_S  # the lookup default (5 s) is short for registering long chains
             self.http = ConfluentHttpRegistry.from_settings(
                 registry, **({"timeout_s": timeout} if timeout is not None else {}))
         else:

@@ -402,7 +402,7 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
     from toolkit.consumer.deadletter import original_record
 
     original = original_record(value, key, headers)
-    producer = Producer({**config, "acks": "all", "enable.idempotence": True,
+    producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
                          "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
     failures: list[Any] = []
     kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,

@@ -21,9 +21,10 @@ _MAX_KINDS = 1_000
 
 
 class RepeatFilter(logging.Filter):
-    """Pass a line, then hold back lines of the same kind (level, librdkafka facility and text with the
-    numbers blanked out: "after 0ms", "30 identical error(s)") for ``interval_s``; the next line of that
-    kind to pass says how many were held back. Thread-safe: both clients' threads log through it."""
+    """Pass a warning or error, then hold back lines of the same kind (level, librdkafka facility and text
+    with the numbers blanked out: "after 0ms", "30 identical error(s)") for ``interval_s``; the next line of
+    that kind to pass says how many were held back. Lines below WARNING are never held back. Thread-safe:
+    both clients' threads log through it."""
 
     def __init__(self, interval_s: float = 10.0, clock=time.monotonic) -> None:
         super().__init__()
@@ -33,6 +34,8 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:  # info and debug lines (``debug`` in kafka_config) pass as they are
+            return True
         kind = (record.levelno, _NUMBERS.sub("#", record.getMessage()))
         now = self._clock()
         with self._lock:

@@ -166,7 +166,8 @@ class KafkaConsumer:
 
         Raises:
             ConsumerStopped: ErrorPolicy.STOP met a failing message, or the Kafka client failed fatally.
-            ConfigError: no topic to consume, or no registry could be built.
+            ConfigError: no topic to consume, no registry could be built, or ``handle_signals`` outside
+                the main thread.
         """
         if self._running:
             raise ConfigError("this consumer is already running")
@@ -190,21 +191,23 @@ class KafkaConsumer:
                                   on_assign=self._assign, release=self._release,
                                   in_flight=lambda: self._in_flight, max_in_flight=self.max_in_flight,
                                   drain_timeout_s=self.shutdown_timeout_s)
+        if handle_signals:
+            try:
+                install_signal_handlers(self, loop)
+            except (RuntimeError, ValueError) as exc:  # a loop outside the main thread cannot get signals
+                self._abort_start(None, signals=True)  # (removes whichever handler was added)
+                raise ConfigError(f"handle_signals=True needs the event loop of the main thread ({exc}); "
+                                  "run the consumer there or pass handle_signals=False",
+                                  setting="handle_signals") from None
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop)
             self._poller.start()
         except Exception as exc:  # librdkafka refused the configuration
-            if sender is not None:
-                sender.close(timeout_s=0)
-            self._handler_pool.shutdown(wait=False)
-            self._io_pool.shutdown(wait=False)
-            self._running = False
+            self._abort_start(sender, signals=handle_signals)
             raise ConfigError(f"the Kafka client could not be created: {exc}",
                               setting="kafka_config") from None
         self._sender = sender
-        if handle_signals:
-            install_signal_handlers(self, loop)
         log.info("consuming %s as group %s", topics, self.group_id)
         ticker = asyncio.create_task(self._commit_ticker())
         try:
@@ -218,6 +221,17 @@ class KafkaConsumer:
             self._running = False
         if self._failure is not None:
             raise self._failure
+
+    def _abort_start(self, sender: DeadLetterSender | None, *, signals: bool) -> None:
+        """Undo a start that failed before consuming: nothing was fetched, so nothing is committed."""
+        if sender is not None:
+            sender.close(timeout_s=0)
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+        self._handler_pool.shutdown(wait=False)
+        self._io_pool.shutdown(wait=False)
+        self._running = False
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight handlers, commit, close. Returns once requested (start() ends)."""

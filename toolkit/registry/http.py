@@ -245,7 +245,10 @@ class ConfluentHttpRegistry:
         deleted = self._call("DELETE", path, subject=subject, absent=(_SOFT_DELETED,) if permanent else ())
         if permanent:
             deleted = self._call("DELETE", path, params={"permanent": "true"}, subject=subject)
-        return [int(v) for v in deleted or []]
+        if not isinstance(deleted, list) or not all(isinstance(v, int) for v in deleted):
+            raise RegistryError(f"schema registry {self.url}: DELETE {path} answered {str(deleted)[:200]!r}, "
+                                "not a list of version numbers", subject=subject)
+        return deleted
 
     def close(self) -> None:
         self._client.close()
@@ -268,17 +271,20 @@ class ConfluentHttpRegistry:
         attempt = 0
         while True:
             attempt += 1
+            status = None
             try:
                 response = self._client.request(method, path, json=json, params=params)
             except httpx.TransportError as exc:  # refused, reset, timeouts, protocol errors
                 problem = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
             else:
-                if response.status_code < 500 and response.status_code != 429:
+                status = response.status_code
+                if status < 500 and status != 429:
                     return self._answer(response, what, context, absent, attempt, incompatible_answer)
-                problem = f"HTTP {response.status_code} {self._registry_message(response)}".rstrip()
+                problem = f"HTTP {status} {self._registry_message(response)}".rstrip()
             if attempt == self._max_attempts:
                 raise RegistryUnavailable(f"schema registry {self.url} unavailable: {what} failed {attempt} "
-                                          f"time(s), last: {problem}", attempts=attempt, **context)
+                                          f"time(s), last: {problem}", attempts=attempt, status=status,
+                                          **context)
             delay = self._delay(attempt)
             log.warning("schema registry %s: %s failed (%s), attempt %d of %d, retrying in %.2fs",
                         self.url, what, problem, attempt, self._max_attempts, delay)
