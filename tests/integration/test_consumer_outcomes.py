@@ -322,3 +322,24 @@ def test_from_settings_builds_registry_models_and_policies(kafka_bootstrap, make
     (dl,) = read_topic(kafka_bootstrap, f"{topic}.dead", expected=1)
     admin.delete_topics([f"{topic}.dead"])  # the fixture cleans up only the default .dlq suffix
     assert dl.json()["error"]["stage"] == "envelope"
+
+
+def test_a_handler_registered_while_running_gets_the_next_records(kafka_bootstrap, make_topic, group_id):
+    """Routes are remembered per header after the first record; registering a handler drops them."""
+    topic = make_topic("orders")
+    produce(kafka_bootstrap, topic, [order(1, message_id=f"m{i}", message_type="OrderPlaced") for i in range(6)],
+            partition=0)
+    by_type = Recorder()
+    seen_by_topic_handler: list[str] = []
+
+    def topic_handler(message):
+        seen_by_topic_handler.append(message.header.message_id)
+        if message.header.message_id == "m1":
+            consumer.register_handler(topic, by_type, "OrderPlaced")
+        return True
+
+    consumer = make_consumer(kafka_bootstrap, group_id, topic, topic_handler)
+    run(consumer)
+    assert seen_by_topic_handler == ["m0", "m1"]
+    assert [mid for mid, _, _ in by_type.calls] == ["m2", "m3", "m4", "m5"]
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 6}
