@@ -527,12 +527,12 @@ class KafkaConsumer:
     def _decode(self, msg: Any) -> tuple[DecodedRecord, Plan | CompiledSchema | tuple[str, int]]:
         """Stages decode and envelope, then what the rest needs: the plan of an earlier record with the
         same header, else the schema if already resolved, else the (subject, version) to ask for."""
-        pipeline = self._pipeline
+        pipeline, topic = self._pipeline, msg.topic()
         decoded = pipeline.decode(msg.value())
-        plan = pipeline.plan(msg.topic(), decoded.header)
+        plan = pipeline.plan(topic, decoded.header)
         if plan is not None:
             return decoded, plan
-        key = pipeline.subject_of(msg.topic(), decoded)
+        key = pipeline.subject_of(topic, decoded)
         compiled = pipeline.cached(key)
         return decoded, key if compiled is None else compiled
 
