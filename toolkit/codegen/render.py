@@ -24,6 +24,12 @@ import warnings
 from pathlib import Path
 
 from toolkit.codegen.index import INDEX_MODULE
+from toolkit.codegen.prepare import (
+    GENERATOR_OPTIONS,
+    avro_root_kind,
+    prepare_avro_schema,
+    prepare_json_schema,
+)
 from toolkit.errors import CodegenError, SchemaFileError
 from toolkit.layout import SchemaFile, SchemaFormat, Subject, load_schemas
 from toolkit.validation import check_schema_text
@@ -74,13 +80,15 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
     from datamodel_code_generator.format import Formatter
 
     source = f"{schema_file.subject}/{schema_file.path.name}"
+    is_json = schema_file.format == SchemaFormat.JSON
+    prepared = (prepare_json_schema(schema_file.document) if is_json
+                else prepare_avro_schema(schema_file.document, class_name))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             text = generate(
-                schema_file.text,
-                input_file_type=(InputFileType.JsonSchema if schema_file.format == SchemaFormat.JSON
-                                 else InputFileType.Avro),
+                json.dumps(prepared, ensure_ascii=False, indent=2),
+                input_file_type=InputFileType.JsonSchema if is_json else InputFileType.Avro,
                 input_filename=source,
                 output_model_type=DataModelType.PydanticV2BaseModel,
                 target_python_version=PythonVersion.PY_311,
@@ -97,6 +105,7 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
                 collapse_root_models=True,
                 use_schema_description=True,
                 use_field_description=True,
+                **GENERATOR_OPTIONS,
             )
     except Exception as exc:  # noqa: BLE001 - the generator raises many types; all mean "this file failed"
         raise CodegenError(schema_file.path, f"datamodel-code-generator failed: {type(exc).__name__}: "
@@ -105,10 +114,47 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
     if not isinstance(text, str):
         raise CodegenError(schema_file.path, "datamodel-code-generator produced several modules",
                            fix="keep each schema version self-contained (one file, local $ref only)")
+    if not is_json and avro_root_kind(schema_file.document) not in ("record", "error"):
+        text = _avro_root_model(text, class_name)
     if not _defines_class(text, class_name):
         raise CodegenError(schema_file.path, f"the generated module has no root class {class_name!r}",
                            fix="give the root a title (JSON Schema) or make it a named record (Avro)")
     return text if text.endswith("\n") else text + "\n"
+
+
+def _avro_root_model(text: str, class_name: str) -> str:
+    """Turn the wrapper record of a non-record Avro root (see prepare_avro_schema) into
+    ``class <class_name>(RootModel[T]): root: T``: the body is the value itself, not ``{"root": ...}``."""
+    tree = ast.parse(text)
+    lines = text.splitlines()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            field = next((item for item in node.body if isinstance(item, ast.AnnAssign)
+                          and isinstance(item.target, ast.Name) and item.target.id == "root"), None)
+            if field is None:
+                break
+            annotation = ast.get_source_segment(text, field.annotation)
+            replacement = [f"class {class_name}(RootModel[{annotation}]):", f"    root: {annotation}"]
+            lines[node.lineno - 1 - len(node.decorator_list):node.end_lineno] = replacement
+            text = "\n".join(lines) + "\n"
+            if "RootModel" not in _imported_names(text):
+                text = re.sub(r"^from pydantic import (.+)$", _add_root_model, text, count=1, flags=re.M)
+                if "RootModel" not in _imported_names(text):
+                    text = text.replace("from __future__ import annotations\n",
+                                        "from __future__ import annotations\n\nfrom pydantic import RootModel\n",
+                                        1)
+            return text
+    return text
+
+
+def _imported_names(text: str) -> set[str]:
+    return {alias.asname or alias.name for node in ast.parse(text).body if isinstance(node, ast.ImportFrom)
+            for alias in node.names}
+
+
+def _add_root_model(match: re.Match) -> str:
+    names = sorted({name.strip() for name in match.group(1).split(",")} | {"RootModel"})
+    return f"from pydantic import {', '.join(names)}"
 
 
 def package_name(subject: str) -> str:

@@ -17,6 +17,7 @@ on the hot path. Tests check both agree on the golden samples.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,7 @@ class _Builder:
     @staticmethod
     def _logical(schema: dict, base: Decoder) -> Decoder:
         logical = schema.get("logicalType")
-        reader = LOGICAL_READERS.get(f"{schema['type']}-{logical}") if logical else None
+        reader = _LOGICAL_READERS.get(f"{schema['type']}-{logical}") if logical else None
         if reader is None:
             return base  # the spec: an unknown logical type is read as its underlying type
         precision = schema.get("precision") if logical == "decimal" else None
@@ -304,6 +305,40 @@ def _union_label(branch: Any) -> str:
             return branch["name"]
         return _union_label(branch["type"])
     return "union"
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """An Avro int/long (zig-zag varint) at ``position``: (value, next position)."""
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), position
+
+
+def _read_big_decimal(data: bytes, schema: Any = None) -> Decimal:
+    """Avro 1.12 ``big-decimal`` (bytes): the unscaled value as Avro ``bytes`` (a length, then two's complement
+    big-endian), then the scale as an Avro ``int``, as Java's ``Conversions.BigDecimalConversion`` writes
+    it. fastavro has no reader for it: without this the body would reach the model as raw bytes, where the
+    generated field is a Decimal."""
+    length, position = _read_varint(data, 0)
+    if length < 1 or position + length > len(data):
+        raise ValueError("the unscaled value's length does not fit the bytes")
+    unscaled = int.from_bytes(data[position:position + length], "big", signed=True)
+    scale, position = _read_varint(data, position + length)
+    if position != len(data):
+        raise ValueError("bytes left over after the scale")
+    if not _INT[0] <= scale <= _INT[1]:
+        raise ValueError("the scale is out of range for an int")
+    return Decimal(f"{unscaled}E{-scale}")  # exact: Decimal arithmetic would round to 28 digits
+
+
+_LOGICAL_READERS: dict[str, Callable[..., Any]] = {**LOGICAL_READERS, "bytes-big-decimal": _read_big_decimal}
 
 
 def _decode_null(value: Any) -> None:

@@ -1,0 +1,135 @@
+"""What codegen feeds datamodel-code-generator, so that the model accepts what the validator accepts (#12).
+
+The consumer validates a body first and then builds the model from the validator's output, so the model
+never has to refuse anything: it has to accept every validated value and keep all of it, so that
+``model_dump(by_alias=True, exclude_unset=True)`` gives the value back. The generator alone does not:
+
+- an object without ``additionalProperties: false`` is open, but a pydantic model ignores (drops) unknown
+  keys unless its config says ``extra="allow"``: such objects get ``additionalProperties: true``;
+- ``patternProperties`` become ``extra="forbid"`` (beside ``additionalProperties: false``) or a
+  ``dict[constr(pattern=...), T]`` that refuses the keys no pattern matches: they are dropped and the object
+  opened (the validator has checked the keys and their values; the model keeps them as extras);
+- a subschema with ``properties`` (or ``items``, ``pattern`` ...) but no ``type`` also accepts every value of
+  another type; it becomes ``anyOf: [<it, typed>, {"not": {"type": ...}}]``, i.e. ``Model | Any``;
+- Avro: a non-null field with a default must stay non-Optional (the ``strict_nullable`` option), a
+  ``big-decimal`` is a Decimal (the validator decodes it so), and a root that is not a record (an enum, a
+  union, an array ...) is wrapped so that the module defines a ``RootModel`` the index can use.
+
+:func:`unsupported_constructs` lists what the generated model still cannot express faithfully; ``epistle
+check`` may refuse those.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# Options passed to datamodel-code-generator on top of the layout ones in render.py.
+GENERATOR_OPTIONS: dict[str, Any] = {
+    # A field with a default is not nullable unless its type says so (Avro: `"default": false` on a
+    # boolean stays `bool = False`, not `bool | None`).
+    "strict_nullable": True,
+    # The model is built from Python values (the validator's output), where a lax bool turns the string
+    # "off" into False: in `bool | <an enum with "off">` the enum never gets it (a str enum is not strict
+    # for a plain str). Booleans from JSON and Avro are real bools, so StrictBool refuses nothing valid.
+    "strict_types": ["bool"],
+    # URIs stay the strings that were sent: pydantic's AnyUrl rewrites them ("https://A.com" ->
+    # "https://a.com/"), so the dump would not give the input back. The validator checks the format.
+    "type_mappings": ["string+uri=string", "string+uri-reference=string", "string+iri=string",
+                      "string+iri-reference=string", "string+uri-template=string"],
+}
+
+# Keywords whose value is one subschema / a list of subschemas / a map of name -> subschema.
+_ONE = ("additionalProperties", "additionalItems", "unevaluatedProperties", "unevaluatedItems", "items",
+        "contains", "propertyNames", "not", "if", "then", "else")
+_LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_MAP = ("properties", "$defs", "definitions", "dependentSchemas")
+_COMPOSED = ("$ref", "allOf", "anyOf", "oneOf", "enum", "const", "if", "not")
+_OPAQUE = ("$ref", "enum", "const")  # the value's type is given elsewhere
+# Keywords that give a type-less subschema a shape the generator turns into a type (a model, a list).
+# Constraint-only subschemas (``required``, ``minLength`` ...) stay as they are: the generator gives them
+# no type of their own (``Any``), or they are branches of a composition that only add constraints.
+_IMPLIED = {
+    "object": ("properties",),
+    "array": ("items", "prefixItems"),
+}
+
+
+def prepare_json_schema(document: Any) -> Any:
+    """A copy of ``document`` rewritten for the generator (see the module docstring); the root stays as it
+    is apart from opening it (a root without ``type`` is listed by :func:`unsupported_constructs`)."""
+    document = copy.deepcopy(document)
+    _prepare(document, root=True)
+    return document
+
+
+def _prepare(node: Any, root: bool = False) -> Any:
+    if not isinstance(node, dict):
+        return node
+    for key in _ONE:
+        if isinstance(node.get(key), dict):
+            node[key] = _prepare(node[key])
+    for key in _LIST:
+        if isinstance(node.get(key), list):
+            node[key] = [_prepare(item) for item in node[key]]
+    for key in _MAP:
+        if isinstance(node.get(key), dict):
+            node[key] = {name: _prepare(sub) for name, sub in node[key].items()}
+    if "patternProperties" in node:
+        # Matching keys are extras for the model: their values were checked by the validator.
+        del node["patternProperties"]
+        node["additionalProperties"] = True
+    if "properties" in node and "additionalProperties" not in node:
+        node["additionalProperties"] = True
+    if root or "type" in node or any(key in node for key in _OPAQUE) or _typed_branches(node):
+        return node
+    implied = [kind for kind, keywords in _IMPLIED.items() if any(key in node for key in keywords)]
+    if len(implied) != 1:
+        return node
+    typed = {key: value for key, value in node.items() if key not in ("title", "description", "default",
+                                                                     "examples", "$id", "$anchor")}
+    outer = {key: value for key, value in node.items() if key not in typed}
+    return {**outer, "anyOf": [{**typed, "type": implied[0]}, {"not": {"type": implied[0]}}]}
+
+
+def _typed_branches(node: dict) -> bool:
+    """Whether a composition keyword of ``node`` gives the type (a branch with a type, $ref, enum or const):
+    then the generator builds the union from the branches. Branches of bare keywords (``required``,
+    ``not: {required}``) leave the node as type-less as it looks."""
+    for key in ("allOf", "anyOf", "oneOf"):
+        for branch in node.get(key) or ():
+            if isinstance(branch, dict) and any(k in branch for k in ("type", *_OPAQUE, "allOf", "anyOf", "oneOf")):
+                return True
+    return False
+
+
+def prepare_avro_schema(document: Any, class_name: str) -> Any:
+    """The Avro schema as given when its root is a record; anything else is wrapped in a record with one
+    field ``root`` (named ``class_name``), which render.py turns into a ``RootModel``."""
+    if avro_root_kind(document) in ("record", "error"):
+        return document
+    return {"type": "record", "name": class_name, "fields": [{"name": "root", "type": document}]}
+
+
+def avro_root_kind(document: Any) -> str:
+    if isinstance(document, list):
+        return "union"
+    if isinstance(document, dict):
+        kind = document.get("type")
+        return kind if isinstance(kind, str) else "union" if isinstance(kind, list) else "schema"
+    return str(document)
+
+
+def unsupported_constructs(schema_format: str, document: Any) -> list[tuple[str, str]]:
+    """``(json_path, what)`` for each construct whose generated model cannot follow the validator: a body
+    the validator accepts there would be refused (or changed) by the model. Empty when the model agrees.
+
+    ``schema_format`` is ``"json"`` or ``"avro"`` (the values of :class:`toolkit.layout.SchemaFormat`).
+    """
+    found: list[tuple[str, str]] = []
+    if str(schema_format) != "json" or not isinstance(document, dict):
+        return found
+    if "type" not in document and not any(key in document for key in _COMPOSED):
+        found.append(("$", "the root has no 'type': the validator accepts any JSON value as the body, the "
+                           "model only an object"))
+    return found
