@@ -81,6 +81,10 @@ def _prepare(node: Any, root: bool = False) -> Any:
         node["additionalProperties"] = True
     if "properties" in node and "additionalProperties" not in node:
         node["additionalProperties"] = True
+    if isinstance(node.get("enum"), list) and _mixes_bools_and_numbers(node["enum"]):
+        # In a Python Enum, True is an alias of the member 1 (True == 1): `true` would come back as `1`.
+        # A Literal[1, True] keeps them apart (datamodel-code-generator's per-schema extension).
+        node["x-enum-field-as-literal"] = True
     if root or "type" in node or any(key in node for key in _OPAQUE) or _typed_branches(node):
         return node
     implied = [kind for kind, keywords in _IMPLIED.items() if any(key in node for key in keywords)]
@@ -90,6 +94,10 @@ def _prepare(node: Any, root: bool = False) -> Any:
                                                                      "examples", "$id", "$anchor")}
     outer = {key: value for key, value in node.items() if key not in typed}
     return {**outer, "anyOf": [{**typed, "type": implied[0]}, {"not": {"type": implied[0]}}]}
+
+
+def _mixes_bools_and_numbers(values: list) -> bool:
+    return any(isinstance(v, bool) for v in values) and any(type(v) in (int, float) for v in values)
 
 
 def _typed_branches(node: dict) -> bool:
