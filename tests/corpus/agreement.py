@@ -32,6 +32,7 @@ from uuid import UUID
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import package_name, render_module, root_class_name
 from toolkit.errors import CodegenError, MessageError, SchemaFileError
 from toolkit.layout import SchemaFile, SchemaFormat, load_schemas
@@ -47,6 +48,7 @@ class Subject:
     name: str
     schema_file: SchemaFile
     compiled: CompiledSchema | None = None
+    unsupported: list[tuple[str, str]] = field(default_factory=list)  # prepare.unsupported_constructs
     model: type[BaseModel] | None = None
     error: str | None = None  # codegen or import failed
 
@@ -76,6 +78,7 @@ def build_subjects(out: Path, package: str = "corpus_models", corpus: Path = COR
     subjects: dict[str, Subject] = {}
     for name, schema_file in load_corpus(corpus).items():
         subject = subjects[name] = Subject(name, schema_file)
+        subject.unsupported = unsupported_constructs(schema_file.format.value, schema_file.document)
         class_name = root_class_name(schema_file)
         module = package_name(name)
         try:
@@ -116,6 +119,9 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
                 subject.model.model_validate(body)
             except (ValidationError, ValueError, TypeError, RecursionError):
                 tally.model_also_rejects += 1
+        return
+    if not isinstance(body, dict) and any(path == "$" for path, _ in subject.unsupported):
+        tally.kinds["excluded: a root value the model cannot be (listed by unsupported_constructs)"] += 1
         return
     if kind == "valid":
         tally.valid_accepted += 1

@@ -26,6 +26,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
                      "model_also_rejects", "agreed"):
             setattr(total, name, getattr(total, name) + getattr(tally, name))
         total.failures += tally.failures
+        total.kinds.update(tally.kinds)
     accepted = total.valid_accepted + total.mutants_accepted
     share = 100.0 * total.agreed / accepted if accepted else 100.0
     terminalreporter.write_sep("-", "validator/model agreement over the corpus")
@@ -34,3 +35,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         f"mutants {total.mutants} (validator accepts {total.mutants_accepted}, rejects {total.mutants_rejected}; "
         f"the model alone also rejects {total.model_also_rejects} of the JSON Schema ones); "
         f"agreement on accepted bodies {total.agreed}/{accepted} = {share:.1f}%")
+    for what, count in sorted(total.kinds.items()):
+        terminalreporter.write_line(f"  {what}: {count}")

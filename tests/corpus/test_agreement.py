@@ -16,8 +16,9 @@ from tests.corpus.conftest import TALLIES
 EXAMPLES = 20
 # hypothesis-jsonschema takes seconds per body on these (large oneOf/anyOf trees, open objects): fewer
 # bodies keep the whole corpus run near two minutes on two cores.
-FEWER_EXAMPLES = {"readthedocs": 3, "feed-1": 5, "taskfile": 4, "github-actions": 5,
-                  "json-patch": 8, "web-manifest-share-target": 8, "odgs-ontology-graph": 8, "schema-catalog": 8}
+FEWER_EXAMPLES = {"readthedocs": 3, "feed-1": 5, "taskfile": 4, "github-actions": 5, "prometheus-rules": 5,
+                  "dotnet-releases-index": 5, "json-patch": 8, "web-manifest-share-target": 8,
+                  "odgs-ontology-graph": 8, "schema-catalog": 8}
 SUBJECTS = sorted(load_corpus())
 
 

@@ -132,12 +132,17 @@ def unsupported_constructs(schema_format: str, document: Any) -> list[tuple[str,
     """``(json_path, what)`` for each construct whose generated model cannot follow the validator: a body
     the validator accepts there would be refused (or changed) by the model. Empty when the model agrees.
 
-    ``schema_format`` is ``"json"`` or ``"avro"`` (the values of :class:`toolkit.layout.SchemaFormat`).
+    ``schema_format`` is a :class:`toolkit.layout.SchemaFormat` (or its name, any case).
     """
     found: list[tuple[str, str]] = []
-    if str(schema_format) != "json" or not isinstance(document, dict):
+    if str(schema_format).upper() != "JSON" or not isinstance(document, dict):
         return found
-    if "type" not in document and not any(key in document for key in _COMPOSED):
+    kind = document.get("type")
+    if kind is None and not any(key in document for key in _COMPOSED):
         found.append(("$", "the root has no 'type': the validator accepts any JSON value as the body, the "
                            "model only an object"))
+    elif isinstance(kind, list) and "object" in kind and len(kind) > 1:
+        others = ", ".join(str(k) for k in kind if k != "object")
+        found.append(("$", f"the root's type also allows {others}: the validator accepts such a body, the "
+                           "model (a class with fields) only an object"))
     return found
