@@ -23,8 +23,9 @@ import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -190,12 +191,16 @@ def _difference(expected: Any, got: Any, path: str) -> str | None:
     return None if same else f"{path} (expected {_short(expected, 80)}, got {_short(got, 80)})"
 
 
-_FORMATTED = [TypeAdapter(kind) for kind in (datetime, date, time, UUID, timedelta)]
+_FORMATTED = [TypeAdapter(kind) for kind in (datetime, date, time, UUID, IPv4Address, IPv6Address)]
 
 
 def _same_formatted(expected: str, got: str) -> bool:
-    """A date-time, date, time, uuid or duration string that pydantic spells its own way ("Z" for
-    "+00:00", lower-case hex): the same value, with the same UTC offset, counts as given back."""
+    """A date-time, date, time, uuid, IP address or e-mail address that pydantic spells its own way ("Z" for
+    "+00:00", lower-case hex, IPv6 compressed, the e-mail domain in lower case): the same value, with the
+    same UTC offset, counts as given back."""
+    if "@" in expected and expected.rpartition("@")[0] == got.rpartition("@")[0] \
+            and expected.rpartition("@")[2].lower() == got.rpartition("@")[2]:
+        return True
     for adapter in _FORMATTED:
         try:
             a, b = adapter.validate_python(expected), adapter.validate_python(got)

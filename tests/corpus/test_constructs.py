@@ -138,3 +138,21 @@ def test_unsupported_constructs() -> None:
     assert unsupported_constructs("json", {"type": "object", "properties": {}}) == []
     assert unsupported_constructs("json", {"properties": {"a": {}}})[0][0] == "$"
     assert unsupported_constructs("avro", {"type": "enum", "name": "E", "symbols": ["A"]}) == []
+
+
+def test_formats_come_back_as_sent(tmp_path: Path) -> None:
+    schema = {"title": "Formats", "type": "object", "properties": {
+        "uri": {"type": "string", "format": "uri"}, "duration": {"type": "string", "format": "duration"}}}
+    compiled, model = _build(tmp_path, "formats", schema, SchemaFormat.JSON, "Formats")
+    _agree(compiled, model, {"uri": "https://Example.COM", "duration": "P1M"})  # AnyUrl, timedelta: not so
+
+
+def test_ambiguous_avro_unions_are_listed() -> None:
+    a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
+    b = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "long"}]}
+    c = {"type": "record", "name": "C", "fields": [{"name": "y", "type": "int"}]}
+    root = {"type": "record", "name": "R", "fields": [
+        {"name": "ab", "type": [a, b]}, {"name": "ac", "type": ["null", "A", c]},
+        {"name": "em", "type": [{"type": "enum", "name": "E", "symbols": ["X"]}, "string"]},
+        {"name": "fx", "type": {"type": "array", "items": [{"type": "fixed", "name": "F", "size": 4}, "bytes"]}}]}
+    assert [path for path, _ in unsupported_constructs("AVRO", root)] == ["$.ab", "$.em", "$.fx[*]"]

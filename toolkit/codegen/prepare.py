@@ -34,9 +34,10 @@ GENERATOR_OPTIONS: dict[str, Any] = {
     # for a plain str). Booleans from JSON and Avro are real bools, so StrictBool refuses nothing valid.
     "strict_types": ["bool"],
     # URIs stay the strings that were sent: pydantic's AnyUrl rewrites them ("https://A.com" ->
-    # "https://a.com/"), so the dump would not give the input back. The validator checks the format.
+    # "https://a.com/"), so the dump would not give the input back. A duration stays a string too: a
+    # timedelta has no months ("P1M" came back as "P30D"). The validator checks both formats.
     "type_mappings": ["string+uri=string", "string+uri-reference=string", "string+iri=string",
-                      "string+iri-reference=string", "string+uri-template=string"],
+                      "string+iri-reference=string", "string+uri-template=string", "string+duration=string"],
 }
 
 # Keywords whose value is one subschema / a list of subschemas / a map of name -> subschema.
@@ -130,12 +131,15 @@ def avro_root_kind(document: Any) -> str:
 
 def unsupported_constructs(schema_format: str, document: Any) -> list[tuple[str, str]]:
     """``(json_path, what)`` for each construct whose generated model cannot follow the validator: a body
-    the validator accepts there would be refused (or changed) by the model. Empty when the model agrees.
+    the validator accepts there would be refused by the model, or reach the handler as another type.
+    Empty when the model agrees (``epistle check`` may refuse the others).
 
     ``schema_format`` is a :class:`toolkit.layout.SchemaFormat` (or its name, any case).
     """
+    if str(schema_format).upper() == "AVRO":
+        return _avro_ambiguous_unions(document)
     found: list[tuple[str, str]] = []
-    if str(schema_format).upper() != "JSON" or not isinstance(document, dict):
+    if not isinstance(document, dict):
         return found
     kind = document.get("type")
     if kind is None and not any(key in document for key in _COMPOSED):
@@ -145,4 +149,68 @@ def unsupported_constructs(schema_format: str, document: Any) -> list[tuple[str,
         others = ", ".join(str(k) for k in kind if k != "object")
         found.append(("$", f"the root's type also allows {others}: the validator accepts such a body, the "
                            "model (a class with fields) only an object"))
+    return found
+
+
+def _avro_ambiguous_unions(document: Any) -> list[tuple[str, str]]:
+    """Unions whose branches the model cannot tell apart: the validator unwraps ``{"Name": value}`` and
+    hands the model the bare value, so two branches of the same shape (records with the same fields, a
+    record and a map, two enums sharing a symbol, an enum and a string, fixed/bytes of one size) make the
+    model pick the first that fits, which may not be the branch the producer wrote."""
+    named: dict[str, Any] = {}
+    found: list[tuple[str, str]] = []
+
+    def shape(branch: Any) -> tuple[str, Any] | None:
+        if isinstance(branch, str):
+            branch = named.get(branch, named.get(branch.rsplit(".", 1)[-1], branch))
+        if isinstance(branch, str):
+            return {"string": ("text", None), "bytes": ("bytes", None), "map": ("object", None)}.get(branch)
+        if not isinstance(branch, dict):
+            return None
+        kind = branch.get("type")
+        if kind in ("record", "error"):
+            return "object", frozenset(f.get("name") for f in branch.get("fields", ()) if isinstance(f, dict))
+        if kind == "map":
+            return "object", None
+        if kind == "enum":
+            return "text", frozenset(branch.get("symbols", ()))
+        if kind == "fixed":
+            return "bytes", branch.get("size")
+        if isinstance(kind, str):
+            return shape(kind) if kind not in ("record", "error", "map", "enum", "fixed") else None
+        return None
+
+    def overlaps(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
+        if a[0] != b[0]:
+            return False
+        if a[1] is None or b[1] is None:
+            return True  # a map, a string or bytes takes what the other branch would
+        if a[0] == "text":
+            return bool(a[1] & b[1])
+        return a[1] == b[1]
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, list):
+            shapes = [(index, shape(branch)) for index, branch in enumerate(node)]
+            shapes = [(index, s) for index, s in shapes if s is not None]
+            for position, (i, a) in enumerate(shapes):
+                for j, b in shapes[position + 1:]:
+                    if overlaps(a, b):
+                        found.append((path, f"union branches {i} and {j} can hold the same value once unwrapped: "
+                                            "the model picks the first that fits"))
+            for index, branch in enumerate(node):
+                walk(branch, f"{path}[{index}]")
+        elif isinstance(node, dict):
+            if node.get("type") in ("record", "error", "enum", "fixed") and isinstance(node.get("name"), str):
+                named[node["name"]] = node
+                if isinstance(node.get("namespace"), str) and "." not in node["name"]:
+                    named[f"{node['namespace']}.{node['name']}"] = node
+            for field in node.get("fields", ()) if isinstance(node.get("fields"), list) else ():
+                if isinstance(field, dict):
+                    walk(field.get("type"), f"{path}.{field.get('name')}")
+            for key in ("type", "items", "values"):
+                if isinstance(node.get(key), (dict, list)):
+                    walk(node[key], f"{path}[*]" if key != "type" else path)
+
+    walk(document, "$")
     return found
