@@ -156,3 +156,11 @@ def test_ambiguous_avro_unions_are_listed() -> None:
         {"name": "em", "type": [{"type": "enum", "name": "E", "symbols": ["X"]}, "string"]},
         {"name": "fx", "type": {"type": "array", "items": [{"type": "fixed", "name": "F", "size": 4}, "bytes"]}}]}
     assert [path for path, _ in unsupported_constructs("AVRO", root)] == ["$.ab", "$.em", "$.fx[*]"]
+
+
+def test_an_unknown_key_spelled_like_a_python_name_stays_unknown(tmp_path: Path) -> None:
+    schema = {"title": "Open", "type": "object", "properties": {"orderId": {"type": "string"}}}
+    compiled, model = _build(tmp_path, "byalias", schema, SchemaFormat.JSON, "Open")
+    instance = model.model_validate(compiled.decode({"order_id": "b"}))
+    assert instance.order_id is None and instance.model_extra == {"order_id": "b"}
+    assert _agree(compiled, model, {"orderId": "a", "order_id": "b"}).order_id == "a"

@@ -116,6 +116,7 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
                            fix="keep each schema version self-contained (one file, local $ref only)")
     if not is_json and avro_root_kind(schema_file.document) not in ("record", "error"):
         text = _avro_root_model(text, class_name)
+    text = _open_models_by_alias_only(text)
     if not _defines_class(text, class_name):
         raise CodegenError(schema_file.path, f"the generated module has no root class {class_name!r}",
                            fix="give the root a title (JSON Schema) or make it a named record (Avro)")
@@ -145,6 +146,33 @@ def _avro_root_model(text: str, class_name: str) -> str:
                                         1)
             return text
     return text
+
+
+def _open_models_by_alias_only(text: str) -> str:
+    """In a model that keeps unknown keys (``extra="allow"``), a key spelled like a field's Python name
+    (``order_id`` beside the property ``orderId``) is an unknown key of the body: with
+    ``populate_by_name`` it would be read as the field instead, and ``model_dump(by_alias=True)`` would
+    give back ``orderId``. Those models are populated by alias only."""
+    tree = ast.parse(text)
+    drop: set[int] = set()
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for item in node.body:
+            if (isinstance(item, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model_config"
+                                                     for t in item.targets)
+                    and isinstance(item.value, ast.Call)):
+                keywords = {k.arg: k for k in item.value.keywords}
+                extra = keywords.get("extra")
+                by_name = keywords.get("populate_by_name")
+                if (extra is not None and isinstance(extra.value, ast.Constant) and extra.value.value == "allow"
+                        and by_name is not None and by_name.lineno == by_name.end_lineno):
+                    drop.add(by_name.lineno)
+    if not drop:
+        return text
+    lines = text.split("\n")
+    return "\n".join(line for number, line in enumerate(lines, 1)
+                     if number not in drop or line.strip() != "populate_by_name=True,")
 
 
 def _imported_names(text: str) -> set[str]:
