@@ -64,6 +64,7 @@ class Tally:
     model_also_rejects: int = 0  # JSON Schema: of the rejected mutants, how many the model alone refuses
     agreed: int = 0  # accepted bodies whose model built and round-tripped
     failures: list[str] = field(default_factory=list)
+    rejected_valid: list[str] = field(default_factory=list)
     kinds: Counter = field(default_factory=Counter)
 
 
@@ -111,8 +112,9 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
     try:
         value = subject.compiled.decode(copy.deepcopy(body))
     except MessageError:
-        if kind == "valid":
-            tally.kinds["valid-but-validator-rejects"] += 1
+        if kind == "valid":  # hypothesis-jsonschema's idea of a format is not always the validator's
+            tally.kinds["generated as valid, the validator rejects (not judged)"] += 1
+            tally.rejected_valid.append(_short(body, 200))
             return
         tally.mutants_rejected += 1
         if is_json:
@@ -368,14 +370,17 @@ class _AvroStrategies:
             return st.dictionaries(st.text(max_size=6), self.build(schema["values"]), max_size=3)
         if kind not in self.named and kind not in _PRIMITIVE_KINDS:
             return self.build(kind)
-        return self._logical(schema) or self._primitive(kind)
+        logical = self._logical(schema)
+        return logical if logical is not None else self._primitive(kind)
 
     def _named(self, schema: dict) -> st.SearchStrategy:
         kind = schema["type"]
         if kind == "enum":
             return st.sampled_from(schema["symbols"])
         if kind == "fixed":
-            return self._logical(schema) or st.binary(min_size=schema["size"], max_size=schema["size"]).map(_latin1)
+            logical = self._logical(schema)
+            return logical if logical is not None else st.binary(min_size=schema["size"],
+                                                                 max_size=schema["size"]).map(_latin1)
         required, optional = {}, {}
         for item in schema["fields"]:
             (optional if "default" in item else required)[item["name"]] = self.build(item["type"])

@@ -99,7 +99,8 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
                 custom_file_header=HEADER.format(source=source),
                 formatters=[Formatter.BUILTIN],
                 use_double_quotes=True,
-                # camelCase on the wire, snake_case in Python; either name is accepted on input.
+                # camelCase on the wire, snake_case in Python; either name is accepted on input (by alias
+                # only where the object is open: see _open_models_by_alias_only).
                 snake_case_field=True,
                 allow_population_by_field_name=True,
                 collapse_root_models=True,
