@@ -35,6 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import package_name, render_module, root_class_name
+from toolkit.consumer.pipeline import Pipeline
 from toolkit.errors import CodegenError, MessageError, SchemaFileError
 from toolkit.layout import SchemaFile, SchemaFormat, load_schemas
 from toolkit.registry.base import RegisteredSchema
@@ -110,7 +111,7 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
     assert subject.compiled is not None and subject.model is not None
     is_json = subject.schema_file.format == SchemaFormat.JSON
     try:
-        value = subject.compiled.decode(copy.deepcopy(body))
+        value = Pipeline._validate(copy.deepcopy(body), subject.compiled)  # stage "validation", as consumed
     except MessageError:
         if kind == "valid":  # hypothesis-jsonschema's idea of a format is not always the validator's
             tally.kinds["generated as valid, the validator rejects (not judged)"] += 1
@@ -131,11 +132,11 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
     else:
         tally.mutants_accepted += 1
     try:
-        instance = subject.model.model_validate(value)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        _fail(tally, f"{kind}: validator accepts, model rejects at {'/'.join(map(str, error['loc']))}: "
-                     f"{error['msg']} (body {_short(body)})")
+        instance = Pipeline._build(value, subject.model)  # stage "model": model_validate of that value
+    except MessageError as exc:
+        detail = exc.details[0] if exc.details else {"path": "", "message": str(exc)}
+        _fail(tally, f"{kind}: validator accepts, model rejects at {detail['path']}: {detail['message']} "
+                     f"(body {_short(body)})")
         return
     try:
         dumped = instance.model_dump(mode="json" if is_json else "python", by_alias=True, exclude_unset=True)
