@@ -5,18 +5,23 @@ never has to refuse anything: it has to accept every validated value and keep al
 ``model_dump(by_alias=True, exclude_unset=True)`` gives the value back. The generator alone does not:
 
 - an object without ``additionalProperties: false`` is open, but a pydantic model ignores (drops) unknown
-  keys unless its config says ``extra="allow"``: such objects get ``additionalProperties: true``;
+  keys unless its config says ``extra="allow"``: such objects get ``additionalProperties: true`` (and
+  render.py has them populated by alias only, so an unknown ``order_id`` is not read as ``orderId``);
 - ``patternProperties`` become ``extra="forbid"`` (beside ``additionalProperties: false``) or a
   ``dict[constr(pattern=...), T]`` that refuses the keys no pattern matches: they are dropped and the object
   opened (the validator has checked the keys and their values; the model keeps them as extras);
-- a subschema with ``properties`` (or ``items``, ``pattern`` ...) but no ``type`` also accepts every value of
-  another type; it becomes ``anyOf: [<it, typed>, {"not": {"type": ...}}]``, i.e. ``Model | Any``;
-- Avro: a non-null field with a default must stay non-Optional (the ``strict_nullable`` option), a
-  ``big-decimal`` is a Decimal (the validator decodes it so), and a root that is not a record (an enum, a
-  union, an array ...) is wrapped so that the module defines a ``RootModel`` the index can use.
+- a subschema with ``properties`` or ``items`` but no ``type`` also accepts every value of another type; it
+  becomes ``anyOf: [<it, typed>, {"not": {"type": ...}}]``, i.e. ``Model | Any``;
+- an enum mixing booleans and numbers is a ``Literal`` (in a Python Enum ``True`` is the member ``1``);
+  booleans are ``StrictBool`` (a lax bool turns ``"off"`` into ``False`` ahead of an enum branch); URIs and
+  durations stay strings (``AnyUrl`` and ``timedelta`` rewrite them);
+- Avro: a non-null field with a default stays non-Optional (``strict_nullable``), a ``big-decimal`` is a
+  Decimal (the validator decodes it so), and a root that is not a record (an enum, a union, an array ...)
+  is wrapped so that render.py can make the module define a ``RootModel`` the index can use.
 
-:func:`unsupported_constructs` lists what the generated model still cannot express faithfully; ``epistle
-check`` may refuse those.
+:func:`unsupported_constructs` lists what the generated model still cannot follow; ``epistle check`` may
+refuse those. Known value-level limits of the types kept (not listed): ``format: date-time``/``time`` with a
+leap second (``23:59:60``) is refused by the model, and digits below the microsecond are dropped.
 """
 
 from __future__ import annotations
