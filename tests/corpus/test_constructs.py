@@ -17,6 +17,7 @@ from tests.corpus.agreement import big_decimal_bytes
 from toolkit.codegen import load_model_index
 from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import render_module
+from toolkit.errors import MessageError
 from toolkit.layout import SchemaFile, SchemaFormat
 from toolkit.registry.base import RegisteredSchema
 from toolkit.validation import compile_schema
@@ -175,3 +176,12 @@ def test_known_limit_of_date_time(tmp_path: Path) -> None:
         model.model_validate(leap)
     nanos = model.model_validate(compiled.decode({"at": "2020-01-01T00:00:00.123456789Z"}))
     assert nanos.model_dump(mode="json")["at"] == "2020-01-01T00:00:00.123456Z"
+
+
+@pytest.mark.parametrize("data", [b"", b"\x04\x01", b"\x02\x01", b"\x02\x01\x02\x00", b"\x00\x00"])
+def test_a_malformed_big_decimal_fails_validation(data: bytes) -> None:
+    schema = {"type": "record", "name": "Amount", "fields": [
+        {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}}]}
+    compiled = compile_schema(RegisteredSchema("bigdec", 1, SchemaFormat.AVRO, json.dumps(schema)))
+    with pytest.raises(MessageError, match=r"\$\.value: not a valid big-decimal"):
+        compiled.decode({"value": data.decode("iso-8859-1")})
