@@ -25,13 +25,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
+from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
 
 from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import package_name, render_module, root_class_name
@@ -147,6 +148,12 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
     if where is not None:
         _fail(tally, f"{kind}: model_dump does not give the input back at {where} (body {_short(body)})")
         return
+    if not is_json and not subject.unsupported:
+        where = _wrong_branch(subject, body, instance)
+        if where is not None:
+            _fail(tally, f"{kind}: the model holds another union branch than the body's at {where} "
+                         f"(body {_short(body)})")
+            return
     tally.agreed += 1
 
 
@@ -212,6 +219,74 @@ def _same_formatted(expected: str, got: str) -> bool:
         if a == b and getattr(a, "utcoffset", lambda: None)() == getattr(b, "utcoffset", lambda: None)():
             return True
     return False
+
+
+_PRIMITIVE_TYPES = {"string": str, "bytes": bytes, "int": int, "long": int, "float": float, "double": float,
+                    "boolean": bool, "array": list, "map": dict}
+
+
+def _wrong_branch(subject: Subject, body: Any, instance: BaseModel) -> str | None:
+    """Avro: the first union whose branch in the model is not the one the body names ({"Name": value}):
+    the validator unwraps unions, so the model picks a branch by the value's shape alone."""
+    import fastavro
+
+    named: dict[str, Any] = {}
+    parsed = fastavro.parse_schema(subject.schema_file.document, named_schemas=named, _write_hint=False)
+    value = instance.root if isinstance(instance, RootModel) else instance
+    return _check_branch(parsed, body, value, named, "$")
+
+
+def _check_branch(schema: Any, body: Any, value: Any, named: dict, path: str) -> str | None:
+    if isinstance(schema, str) and schema in named:
+        schema = named[schema]
+    if isinstance(schema, list):
+        if body is None:
+            return None if value is None else path
+        ((label, inner),) = body.items()
+        branch = next(b for b in schema if _union_label(b) == label)
+        if isinstance(branch, str) and branch in named:
+            branch = named[branch]
+        if isinstance(branch, dict) and "logicalType" in branch:
+            pass  # a Decimal, datetime, UUID ...: the round trip has compared the value
+        elif isinstance(branch, dict) and branch.get("type") in ("record", "error", "enum", "fixed"):
+            short = branch["name"].rsplit(".", 1)[-1]
+            collapsed = branch["type"] == "fixed" and type(value) is bytes  # collapse_root_models
+            if not collapsed and type(value).__name__.rstrip("0123456789") != _pascal_class(short):
+                return f"{path} (body names {label}, the model holds {type(value).__name__})"
+        elif label in _PRIMITIVE_TYPES:
+            wanted = _PRIMITIVE_TYPES[label]
+            if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)) \
+                    or (wanted is str and isinstance(value, Enum)):
+                return f"{path} (body names {label}, the model holds {type(value).__name__})"
+        return _check_branch(branch, inner, value, named, path)
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if kind in ("record", "error") and isinstance(value, BaseModel) and isinstance(body, dict):
+        by_alias = {(info.alias or name): getattr(value, name) for name, info in type(value).model_fields.items()}
+        for item in schema["fields"]:
+            if item["name"] in body and item["name"] in by_alias:
+                where = _check_branch(item["type"], body[item["name"]], by_alias[item["name"]], named,
+                                      f"{path}.{item['name']}")
+                if where is not None:
+                    return where
+    elif kind == "array" and isinstance(body, list) and isinstance(value, list):
+        for index, (b, v) in enumerate(zip(body, value, strict=False)):
+            where = _check_branch(schema["items"], b, v, named, f"{path}[{index}]")
+            if where is not None:
+                return where
+    elif kind == "map" and isinstance(body, dict) and isinstance(value, dict):
+        for key in body:
+            where = _check_branch(schema["values"], body[key], value.get(key), named, f"{path}[{key!r}]")
+            if where is not None:
+                return where
+    elif isinstance(kind, (list, dict)) or (isinstance(kind, str) and kind in named):
+        return _check_branch(kind, body, value, named, path)
+    return None
+
+
+def _pascal_class(name: str) -> str:
+    return name[:1].upper() + name[1:]
 
 
 # ---------------------------------------------------------------- mutants

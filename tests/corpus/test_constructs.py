@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, RootModel, ValidationError
 
-from tests.corpus.agreement import big_decimal_bytes
+from tests.corpus.agreement import Subject, Tally, big_decimal_bytes, judge
 from toolkit.codegen import load_model_index
 from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import render_module
@@ -185,3 +185,18 @@ def test_a_malformed_big_decimal_fails_validation(data: bytes) -> None:
     compiled = compile_schema(RegisteredSchema("bigdec", 1, SchemaFormat.AVRO, json.dumps(schema)))
     with pytest.raises(MessageError, match=r"\$\.value: not a valid big-decimal"):
         compiled.decode({"value": data.decode("iso-8859-1")})
+
+
+def test_the_corpus_check_sees_a_union_branch_the_model_swapped(tmp_path: Path) -> None:
+    """What unsupported_constructs lists for Avro is real: the model takes {"B": {"x": 1}} as an A."""
+    a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
+    b = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "long"}]}
+    root = {"type": "record", "name": "R", "fields": [{"name": "ab", "type": [a, b]}]}
+    compiled, model = _build(tmp_path, "swapped", root, SchemaFormat.AVRO, "R")
+    subject = Subject("swapped", SchemaFile("swapped", 1, SchemaFormat.AVRO, Path("swapped/1.avsc"), json.dumps(root),
+                                            root), compiled=compiled, model=model)
+    tally = Tally()
+    judge(subject, {"ab": {"B": {"x": 1}}}, tally, "valid")
+    assert tally.failures and "another union branch" in tally.failures[0]
+    judge(subject, {"ab": {"A": {"x": 1}}}, tally, "valid")
+    assert tally.agreed == 1
