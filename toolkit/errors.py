@@ -3,6 +3,7 @@
     EpistleError
     ├── ConfigError                 bad setting or config file: names the setting/file, the field and the fix
     ├── SchemaFileError             a schema file or the schemas/ layout is wrong (file, field, fix)
+    │   ├── UnsupportedSchema       a valid schema using a construct the toolkit cannot generate a model for
     │   └── CodegenError            model generation failed for a schema file
     ├── RegistryError               talking to a schema registry
     │   ├── SchemaNotFound          subject or version does not exist: permanent, the message is at fault
@@ -46,6 +47,20 @@ class SchemaFileError(EpistleError):
         self.fix = fix
         where = f"{self.path}" + (f" [{field}]" if field else "")
         super().__init__(f"{where}: {problem}" + (f" -- fix: {fix}" if fix else ""))
+
+    def __reduce__(self) -> tuple:
+        # Picklable with its attributes (codegen sends errors back from worker processes).
+        return _rebuild_schema_error, (type(self), str(self.path), self.problem, self.field, self.fix)
+
+
+def _rebuild_schema_error(cls: type[SchemaFileError], path: str, problem: str, field: str | None,
+                          fix: str | None) -> SchemaFileError:
+    return cls(path, problem, field=field, fix=fix)
+
+
+class UnsupportedSchema(SchemaFileError):
+    """A valid schema that uses a construct the toolkit cannot turn into a usable model; ``field`` is the
+    JSON path of the construct and ``fix`` says what to write instead. ``epistle check`` reports it."""
 
 
 class CodegenError(SchemaFileError):
