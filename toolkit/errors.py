@@ -5,6 +5,7 @@
     ├── SchemaFileError             a schema file or the schemas/ layout is wrong (file, field, fix)
     │   ├── UnsupportedSchema       a valid schema using a construct the toolkit cannot generate a model for
     │   └── CodegenError            model generation failed for a schema file
+    │       └── CodegenFailures     several files failed in one codegen run (``errors`` lists them)
     ├── RegistryError               talking to a schema registry
     │   ├── SchemaNotFound          subject or version does not exist: permanent, the message is at fault
     │   ├── RegistryUnavailable     connection refused, timeout, 5xx: transient, retried, never dead-lettered
@@ -65,6 +66,20 @@ class UnsupportedSchema(SchemaFileError):
 
 class CodegenError(SchemaFileError):
     """Generating a model from a schema file failed."""
+
+
+class CodegenFailures(CodegenError):
+    """Several schema files failed in one codegen run; ``errors`` holds each one (file, field, fix), and the
+    message lists them one per line."""
+
+    def __init__(self, schemas_dir: Path | str, errors: list[SchemaFileError]) -> None:
+        self.errors = list(errors)
+        lines = "".join(f"\n  - {error}" for error in self.errors)
+        super().__init__(schemas_dir, f"{len(self.errors)} schema files cannot be generated:{lines}",
+                         fix="correct each file as its line says; `epistle check` reports the same problems")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self.path), self.errors)
 
 
 class RegistryError(EpistleError):
