@@ -185,3 +185,39 @@ def test_avro_needs_both_libraries_to_parse(fields: list, tmp_path: Path) -> Non
     assert len(problems) == 1 and "not a valid Avro schema (Apache Avro)" in problems[0].problem
     with pytest.raises(SchemaFileError, match="Apache Avro"):
         compile_schema(RegisteredSchema("things", 1, SchemaFormat.AVRO, json.dumps(document)))
+
+
+def test_known_drafts_are_the_ones_jsonschema_knows() -> None:
+    from jsonschema import validators
+
+    from toolkit.formats.json_schema import KNOWN_DRAFTS, validator_class
+
+    for uri in KNOWN_DRAFTS:
+        for spelling in (uri, uri + "#"):
+            cls = validators.validator_for({"$schema": spelling}, default=None)
+            assert cls is not None and cls.META_SCHEMA["$schema" if "draft-0" in uri else "$id"].rstrip("#") == uri
+            assert validator_class("x.json", {"$schema": spelling}) is cls
+    assert set(KNOWN_DRAFTS) == {uri for uri in validators._META_SCHEMAS}
+
+
+@pytest.mark.parametrize("draft", ["http://json-schema.org/draft-03/schema#", "http://json-schema.org/draft-07/schema#",
+                                   DRAFT])
+def test_meta_schema_problems_name_the_path_in_every_draft(draft: str) -> None:
+    document = {"$schema": draft, "type": "object", "properties": {"a": {"minLength": -1}}}
+    problems = JSON_SCHEMA.problems("x.json", document)
+    assert len(problems) == 1 and problems[0].field == "$.properties.a.minLength"
+    assert "does not conform to its meta-schema" in problems[0].problem
+
+
+def test_checking_a_json_schema_does_not_import_jsonschema() -> None:
+    # jsonschema's import compiles a grammar for its format checkers (seconds); codegen of a changed file
+    # needs only the meta-schema check, which jsonschema-rs does.
+    import subprocess
+    import sys
+
+    code = ("import sys; from toolkit.formats import JSON_SCHEMA; "
+            "assert JSON_SCHEMA.problems('x.json', {'type': 'object', 'properties': {'a': {'$ref': '#/$defs/A'}},"
+            " '$defs': {'A': {'type': 'string'}}}) == []; print('jsonschema' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "False"

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from toolkit.errors import SchemaFileError, UnsupportedSchema
 from toolkit.formats.base import BaseFormat, child, shorten
@@ -41,6 +42,37 @@ _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitio
 _DEFINITIONS = ("$defs", "definitions")
 
 
+# The drafts jsonschema knows, by $schema (normalised as jsonschema does: no empty fragment), and whether
+# jsonschema-rs checks their meta-schema. jsonschema-rs imports in milliseconds; jsonschema takes seconds
+# (its format checkers compile a grammar at import), which codegen of one changed file would pay for nothing.
+KNOWN_DRAFTS = {
+    "http://json-schema.org/draft-03/schema": False,
+    "http://json-schema.org/draft-04/schema": True,
+    "http://json-schema.org/draft-06/schema": True,
+    "http://json-schema.org/draft-07/schema": True,
+    "https://json-schema.org/draft/2019-09/schema": True,
+    "https://json-schema.org/draft/2020-12/schema": True,
+}
+
+
+def draft_of(path: Path | str, document: Any) -> str:
+    """The document's draft as its meta-schema URI (2020-12 when it has no ``$schema``).
+
+    Raises:
+        SchemaFileError: not an object, or an unknown ``$schema`` (field ``$schema``).
+    """
+    if not isinstance(document, dict):
+        raise SchemaFileError(path, f"a JSON Schema must be a JSON object, not {type(document).__name__}",
+                              fix=f'start the file with {{"$schema": "{DRAFT_2020_12}"')
+    declared = document.get("$schema", DRAFT_2020_12)
+    uri = urlsplit(declared).geturl() if isinstance(declared, str) else None
+    if uri not in KNOWN_DRAFTS:
+        raise SchemaFileError(path, f"unknown $schema {declared!r}", field="$schema",
+                              fix=f"use {DRAFT_2020_12} (or another draft jsonschema knows: draft-04, -06, "
+                                  "-07, 2019-09)")
+    return uri
+
+
 def validator_class(path: Path | str, document: Any) -> type[Validator]:
     """The jsonschema validator class for the document's ``$schema`` (draft 2020-12 when it has none).
 
@@ -49,17 +81,10 @@ def validator_class(path: Path | str, document: Any) -> type[Validator]:
     """
     import jsonschema
 
-    if not isinstance(document, dict):
-        raise SchemaFileError(path, f"a JSON Schema must be a JSON object, not {type(document).__name__}",
-                              fix=f'start the file with {{"$schema": "{DRAFT_2020_12}"')
+    draft_of(path, document)
     if "$schema" not in document:
         return jsonschema.Draft202012Validator
-    cls = jsonschema.validators.validator_for(document, default=None)
-    if cls is None:
-        raise SchemaFileError(path, f"unknown $schema {document['$schema']!r}", field="$schema",
-                              fix=f"use {DRAFT_2020_12} (or another draft jsonschema knows: draft-04, -06, "
-                                  "-07, 2019-09)")
-    return cls
+    return jsonschema.validators.validator_for(document)
 
 
 class JsonSchemaFormat(BaseFormat):
@@ -70,8 +95,7 @@ class JsonSchemaFormat(BaseFormat):
 
     def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
         try:
-            cls = validator_class(path, document)
-            _check_meta_schema(path, cls, document)
+            _check_meta_schema(path, draft_of(path, document), document)
         except SchemaFileError as exc:
             return [exc]
         unresolved = list(_unresolved_refs(path, document))
@@ -95,17 +119,33 @@ class JsonSchemaFormat(BaseFormat):
         return json_compat.check(reader, writer)
 
 
-def _check_meta_schema(path: Path | str, cls: type[Validator], document: dict) -> None:
-    from jsonschema.exceptions import best_match
+def _check_meta_schema(path: Path | str, draft: str, document: dict) -> None:
+    if KNOWN_DRAFTS[draft]:
+        import jsonschema_rs
 
+        try:
+            jsonschema_rs.meta.validate(document)
+            return
+        except jsonschema_rs.ValidationError as exc:
+            where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.instance_path)
+            raise _meta_schema_error(path, exc.message, where, draft) from None
+        except Exception:  # noqa: BLE001 - anything jsonschema-rs cannot do itself: jsonschema decides
+            pass
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
+
+    cls = validator_for(document) if "$schema" in document else validator_for({"$schema": DRAFT_2020_12})
     try:
         error = best_match(cls(cls.META_SCHEMA).iter_errors(document))
     except RecursionError:
         raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with $defs") from None
     if error is not None:
-        raise SchemaFileError(path, f"does not conform to its meta-schema: {shorten(error.message)}",
-                              field=error.json_path,
-                              fix=f"correct the schema at {error.json_path} (see {cls.META_SCHEMA['$id']})")
+        raise _meta_schema_error(path, error.message, error.json_path, draft)
+
+
+def _meta_schema_error(path: Path | str, message: str, where: str, draft: str) -> SchemaFileError:
+    return SchemaFileError(path, f"does not conform to its meta-schema: {shorten(message)}", field=where,
+                           fix=f"correct the schema at {where} (see {draft})")
 
 
 def _unresolved_refs(path: Path | str, document: dict) -> Iterator[SchemaFileError]:
