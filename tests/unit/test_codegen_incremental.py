@@ -122,3 +122,23 @@ def test_parallel_and_serial_output_are_identical(tmp_path: Path) -> None:
     parallel = run_codegen(SCHEMAS, tmp_path / "parallel", workers=2)
     assert serial.build.rendered == parallel.build.rendered == MODULES
     assert _tree(tmp_path / "serial") == _tree(tmp_path / "parallel") == _tree(COMMITTED)
+
+
+def test_a_dying_worker_is_reported_with_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from toolkit.errors import CodegenError
+
+    parent = os.getpid()
+    real = build.render_module
+
+    def render(schema_file, class_name):
+        if os.getpid() != parent:  # in a forked worker: die as an out-of-memory kill would
+            os._exit(137)
+        return real(schema_file, class_name)
+
+    monkeypatch.setattr(build, "render_module", render)
+    with pytest.raises(CodegenError) as caught:
+        run_codegen(SCHEMAS, tmp_path / "out", workers=2)
+    assert "worker process died" in str(caught.value) and "--jobs 1" in str(caught.value)
+    assert not (tmp_path / "out").exists()

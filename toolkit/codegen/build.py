@@ -19,6 +19,7 @@ from the schema folder (only unchanged ones are copied).
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import hashlib
 import json
 import multiprocessing
@@ -226,7 +227,7 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [(job, pool.submit(_render_one, job.schema_file, job.class_name)) for job in jobs]
-            results += [(job, future.result()) for job, future in futures]
+            results += [(job, _result(job, future)) for job, future in futures]
     rendered: dict[str, str] = {}
     errors: list[SchemaFileError] = []
     for job, result in results:
@@ -236,6 +237,14 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
             rendered[job.module] = result
     errors.sort(key=lambda error: str(error.path))
     return rendered, errors
+
+
+def _result(job: Job, future: concurrent.futures.Future) -> str | SchemaFileError:
+    try:
+        return future.result()
+    except concurrent.futures.process.BrokenProcessPool as exc:  # a worker died (killed, out of memory ...)
+        return CodegenError(job.schema_file.path, f"the codegen worker process died before finishing: {exc}",
+                            fix="run `epistle codegen --jobs 1` to generate in one process and see the failure")
 
 
 def _render_one(schema_file: SchemaFile, class_name: str) -> str | SchemaFileError:
