@@ -368,7 +368,7 @@ class DeadLetterSender:
         try:
             self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
                                    on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:
+        except Exception as exc:  # BufferError, KafkaException (e.g. too large); never lose the failure
             future.set_exception(broker_error(exc, f"producing dead letter to {record.topic}"))
         return future
 
@@ -407,7 +407,7 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
     failures: list[Any] = []
     kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
                               "on_delivery": lambda err, _msg: err and failures.append(err)}
-    if keep_timestamp and original.timestamp:
+    if keep_timestamp and original.timestamp is not None and original.timestamp > 0:  # 0 means "now" here
         kwargs["timestamp"] = original.timestamp
     try:
         producer.produce(topic or original.topic, **kwargs)

@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
+from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, minimal_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
 from toolkit.consumer.kafka_log import kafka_logger
@@ -562,12 +562,18 @@ class KafkaConsumer:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
-        ts_type, ts = msg.timestamp()
-        source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                              list(msg.headers() or []), ts if ts > 0 else None, ts_type)
-        record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
-                                   details=outcome.details, consumer_group=self.group_id, attempts=attempts,
-                                   suffix=self.dlq_suffix)
+        try:
+            ts_type, ts = msg.timestamp()
+            source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                  list(msg.headers() or []), ts if ts_type and ts >= 0 else None, ts_type)
+            record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
+                                       details=outcome.details, consumer_group=self.group_id, attempts=attempts,
+                                       suffix=self.dlq_suffix)
+        except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
+            log.exception("building the dead letter failed; sending a minimal one", extra=extra)
+            record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                         _headers(msg), stage=outcome.stage, reason=outcome.reason,
+                                         consumer_group=self.group_id, suffix=self.dlq_suffix)
         failures = 0
         while not self._sender.knows(record.topic):
             try:
@@ -652,6 +658,13 @@ def _extra(msg: Any, prepared: Prepared | None = None) -> dict[str, Any]:
     return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
             "messageId": header.message_id if header else None,
             "correlationId": header.correlation_id if header else None}
+
+
+def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    try:
+        return list(msg.headers() or [])
+    except Exception:  # noqa: BLE001 - headers the client cannot decode
+        return None
 
 
 def _positive(name: str, value: int) -> int:
