@@ -52,7 +52,7 @@ class _Partition:
     """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
 
     __slots__ = ("topic", "partition", "generation", "tracker", "lanes", "tasks", "pending", "buffered",
-                 "paused", "revoked", "abandon", "eof", "waiting")
+                 "paused", "revoked", "abandon", "eof", "waiting", "held", "unheld")
 
     def __init__(self, topic: str, partition: int, generation: int) -> None:
         self.topic, self.partition, self.generation = topic, partition, generation
@@ -66,6 +66,8 @@ class _Partition:
         self.abandon = asyncio.Event()  # set on revoke/stop: stop waiting for backoffs, drop queued records
         self.eof = False
         self.waiting = 0  # lanes sleeping out a retry or outage backoff
+        self.held = 0  # dead letters of this partition the broker refused, being resent
+        self.unheld = asyncio.Event()  # set when held drops back to 0
 
 
 class KafkaConsumer:
@@ -435,6 +437,11 @@ class KafkaConsumer:
                     await asyncio.sleep(0)
                     yield_at = time.monotonic() + _LANE_SLICE_S
                     continue
+                if part.held:  # a dead letter of this partition is refused: wait until it is delivered
+                    await self._until_unheld(part)
+                    if part.abandon.is_set():
+                        break
+                    continue
                 msg = lane[0]
                 try:
                     finished = await self._process(part, msg)
@@ -589,14 +596,20 @@ class KafkaConsumer:
 
     async def _confirm_dead_letter(self, part: _Partition, offset: int, record: Any, outcome: DeadLetter,
                                    extra: dict[str, Any]) -> None:
+        """Wait for the broker's acknowledgement. A dead letter it refuses (too large, an outage) holds its
+        partition: no new record of it starts until the dead letter is delivered (resent alone, with
+        backoff); other partitions go on."""
         stats = self.stats[part.topic]
         failures = 0
         try:
             while True:
                 try:
-                    await self._sender.send(record)
+                    await self._sender.send(record, alone=failures > 0)
                 except BrokerUnavailable as exc:
                     failures += 1
+                    if failures == 1:
+                        part.held += 1
+                        part.unheld.clear()
                     if await self._dead_letter_failed(part, failures, exc, extra):
                         return  # abandoned: not done, so never committed; redelivered to the next owner
                     continue
@@ -606,9 +619,23 @@ class KafkaConsumer:
                 part.tracker.done(offset)
                 return
         finally:
+            if failures:
+                part.held -= 1
+                if not part.held:
+                    part.unheld.set()
             part.pending.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._in_flight -= 1
             self._check_idle()
+
+    @staticmethod
+    async def _until_unheld(part: _Partition) -> None:
+        """Wait until the partition's refused dead letters are delivered, or it is revoked or stopping."""
+        waits = [asyncio.ensure_future(part.unheld.wait()), asyncio.ensure_future(part.abandon.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _dead_letter_failed(self, part: _Partition, failures: int, exc: BaseException,
                                   extra: dict[str, Any]) -> bool:
