@@ -53,26 +53,33 @@ def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka
     topic, other = make_topic("orders"), make_topic("other")
     bad_header = envelope_bytes("orders", 1, ORDER, message_id="\ud800")  # JSON escapes it: \ud800
     bad_name = order("m1", customer={**ORDER["customer"], "name": "lone \udfff"})  # the model refuses it
-    handler_fails = order("h1")
-    produce(kafka_bootstrap, topic, [bad_header, order("a"), bad_name, handler_fails, order("b")])
+    handler_fails, str_fails = order("h1"), order("s1")
+    produce(kafka_bootstrap, topic, [bad_header, order("a"), bad_name, handler_fails, str_fails, order("b")])
     produce(kafka_bootstrap, other, [order("c")])
     seen = []
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("str() of this exception raises")
 
     async def handler(message):
         seen.append(message.header.message_id)
         if message.header.message_id == "h1":
             raise ValueError("cannot book \udfff")  # a reason and an exception message with a lone surrogate
+        if message.header.message_id == "s1":
+            raise Unprintable()
 
     consumer = consumer_for(kafka_bootstrap, group_id, {topic: handler, other: handler})
     run(consumer)  # raised ConsumerStopped("internal error: UnicodeEncodeError ...") before
 
-    assert sorted(seen) == ["a", "b", "c", "h1"]
-    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=3)
-    assert [original_record(d.value).value for d in dead] == [bad_header, bad_name, handler_fails]
-    assert [d.json()["error"]["stage"] for d in dead] == ["envelope", "model", "handler"]
+    assert sorted(seen) == ["a", "b", "c", "h1", "s1"]
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=4)
+    assert [original_record(d.value).value for d in dead] == [bad_header, bad_name, handler_fails, str_fails]
+    assert [d.json()["error"]["stage"] for d in dead] == ["envelope", "model", "handler", "handler"]
     assert dead[2].json()["error"]["reason"] == "ValueError: cannot book \udfff"
     assert dict(dead[2].headers)["kafka_dlt-exception-message"] == b"handler: ValueError: cannot book \\udfff"
-    assert committed(kafka_bootstrap, group_id, topic) == {0: 5}
+    assert dead[3].json()["error"]["reason"] == "Unprintable: <Unprintable str() failed>"
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 6}
     assert committed(kafka_bootstrap, group_id, other) == {0: 1}
 
 
