@@ -158,11 +158,18 @@ def _load(value: bytes, serializer: SerializerLike | None) -> Any:
     except RecursionError:
         raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:  # a custom serializer's own error: still the record's fault
-        raise MessageError("decode", _wire_format(value) or f"{type(exc).__name__}: {exc}") from None
+        raise MessageError("decode", _wire_format(value) or f"{type(exc).__name__}: {_text(exc)}") from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
     if value.count(b"[") + value.count(b"{") > MAX_DEPTH and depth_exceeds(document):
         raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels")
     return document
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a custom serializer's exception with a broken __str__
+        return f"<{type(exc).__name__} str() failed>"
 
 
 def _wire_format(value: bytes) -> str | None:

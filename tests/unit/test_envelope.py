@@ -118,3 +118,15 @@ def test_wire_format_named_for_a_custom_serializer_too_and_only_when_it_fails():
         decode_record(value, lambda data: data.decode("ascii"))
     with pytest.raises(MessageError, match="not UTF-8"):  # too short for the prefix: a plain decode error
         decode_record(b"\x00\x00\xff")
+
+
+def test_custom_serializer_error_whose_str_fails():
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    def loads(data):
+        raise Unprintable()
+
+    with pytest.raises(MessageError, match="Unprintable: <Unprintable str"):
+        decode_record(b"{}", loads)
