@@ -409,8 +409,10 @@ def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
 def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None = None,
            headers: list[tuple[str, bytes]] | None = None, *, topic: str | None = None,
            keep_timestamp: bool = True, timeout_s: float = 30.0) -> Any:
-    """Produce the original record of a dead letter again, byte for byte (value, key, headers), to its
-    source topic or to ``topic``; returns the :class:`~toolkit.consumer.deadletter.OriginalRecord`.
+    """Produce the original record of a dead letter again, byte for byte (value, key, headers with their
+    null values and earlier ``kafka_dlt-*`` ones, and with ``keep_timestamp`` the timestamp: one that was
+    missing or 0 becomes the time of the replay), to its source topic or to ``topic``; returns the
+    :class:`~toolkit.consumer.deadletter.OriginalRecord`.
 
     Raises:
         ValueError: ``value`` is not one of our dead-letter values.
