@@ -257,6 +257,41 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
     assert consumer.stats[topic].dead_lettered == {"decode": 2}
 
 
+def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_bootstrap, admin, make_topic,
+                                                                          group_id):
+    topic = make_topic("orders")
+    dlq = f"{topic}.dlq"
+    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1,
+                                  config={"max.message.bytes": "4096"})])[dlq].result(timeout=30)
+    big_bad = b"\xff" + b"x" * 6000
+    produce(kafka_bootstrap, topic, [order("before"), big_bad, order("after")])
+    seen = []
+    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)},
+                            stop_when_idle=False)
+
+    async def scenario():
+        task = asyncio.create_task(consumer.start())
+        try:
+            await _until(lambda: consumer.stats[topic].dead_letter_send_failures >= 2
+                         and committed(kafka_bootstrap, group_id, topic) == {0: 1}, 60)
+        finally:
+            await consumer.stop()
+            await asyncio.wait_for(task, 30)  # the held partition does not keep the consumer from stopping
+
+    asyncio.run(scenario())
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 1}
+    assert records_in(kafka_bootstrap, dlq) == 0
+    # Fixed and restarted: the record is dead-lettered and the partition goes on past it
+    resource = ConfigResource(ConfigResource.Type.TOPIC, dlq, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(1024 * 1024), incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    run(consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)}))
+    assert seen.count("before") == 1 and seen[-1] == "after"
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 3}
+    (dl,) = read_topic(kafka_bootstrap, dlq, expected=1)
+    assert original_record(dl.value).value == big_bad
+
+
 async def _until(condition, timeout_s: float) -> None:
     """Poll ``condition`` (blocking checks, run off the loop) until it holds; fail after ``timeout_s``."""
     loop = asyncio.get_running_loop()
