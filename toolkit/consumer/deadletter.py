@@ -1,4 +1,4 @@
-"""The dead-letter record (DESIGN.md) and its inverse, the replay of the original record.
+"""The dead-letter record (docs/contracts.md) and its inverse, the replay of the original record.
 
 Value (JSON)::
 
