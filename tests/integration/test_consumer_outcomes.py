@@ -1,4 +1,4 @@
-"""One test per row of the DESIGN.md outcomes table, on the real broker, with the local-folder registry
+"""One test per row of the outcomes table (docs/contracts.md), on the real broker, with the local-folder registry
 (schemas/) unless the test says otherwise."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The dead-letter record (docs/dead-letters.md) and its inverse, the original record it was made from.
+"""The dead-letter record (docs/contracts.md, field by field in docs/dead-letters.md) and its inverse, the
+original record it was made from.
 
 Value (JSON)::
 

@@ -1,4 +1,4 @@
-"""What happens to a message after an attempt: the DESIGN.md outcomes table as one pure function.
+"""What happens to a message after an attempt: the outcomes table of docs/contracts.md as one pure function.
 
 | what happened                                   | outcome                                             |
 |-------------------------------------------------|-----------------------------------------------------|
@@ -30,11 +30,11 @@ class ErrorPolicy(StrEnum):
     """What a message that cannot be processed does to the consumer."""
 
     DEAD_LETTER = "DEAD_LETTER"
-    """Send it to the dead-letter topic and continue (the default; the seed's ``CONTINUE``)."""
+    """Send it to the dead-letter topic and continue (the default; also spelled ``CONTINUE``)."""
     STOP = "STOP"
     """Stop the consumer at the first such message, committing nothing past it (strict pipelines)."""
 
-    CONTINUE = DEAD_LETTER  # the seed README's name for the default
+    CONTINUE = DEAD_LETTER  # the name the first releases' README used for the default
 
 
 @dataclass(frozen=True, slots=True)
