@@ -480,10 +480,12 @@ class _Comparison:
             reader_item = r_prefix[i] if i < len(r_prefix) else r_rest
             issues += self.compare(reader_item, writer_item, f"{path}[{i}]", depth)
         rest = self.compare(r_rest, w_rest, f"{path}[*]", depth)
-        if rest and _rest_keyword(r) == "unevaluatedItems":
+        keyword = _rest_keyword(r)
+        if rest and keyword in ("additionalItems", "unevaluatedItems"):
             closed = self.reader.deref(r_rest, [], path) is False
-            rest = [Issue(path, f"UNEVALUATED_ITEMS_{'REMOVED' if closed else 'NARROWED'}", "the reader's "
-                          f"unevaluatedItems rejects items the writer allows ({rest[0].what})")]
+            rule = f"{_snake(keyword).rsplit('_', 1)[0]}_ITEMS_{'REMOVED' if closed else 'NARROWED'}"
+            rest = [Issue(path, rule, f"the reader's {keyword} rejects items beyond the tuple that the writer "
+                          f"allows ({rest[0].what})")]
         issues += rest
         issues += _bounds(r, w, path, "minItems", "maxItems", "items")
         if r.get("uniqueItems") and not w.get("uniqueItems"):
