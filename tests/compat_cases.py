@@ -372,8 +372,12 @@ CARD = obj({"kind": S, "card": S, "expiry": S}, closed=None)
 IS_CARD = {"properties": {"kind": {"const": "card"}}, "required": ["kind"]}
 
 AUDIT_CASES = [
-    pair("audit-const-removed", JSON, obj({"kind": {"const": "card"}}), obj({"kind": S}), backward=True, forward=False,
-         rules=("ENUM_ARRAY_NARROWED",)),
+    pair("audit-const-removed", JSON, obj({"kind": {"const": "card"}}), obj({"kind": S}), backward=False, forward=False,
+         rules=("TYPE_CHANGED", "ENUM_ARRAY_NARROWED"),
+         note="BACKWARD: readers cope, but Confluent reads const -> string as TYPE_CHANGED"),
+    pair("audit-enum-to-typed-enum", JSON, obj({"st": {"enum": ["A", "B"]}}), obj({"st": {"type": "string", "enum": ["A", "B", "C"]}}),
+         backward=False, forward=False, rules=("TYPE_CHANGED", "ENUM_ARRAY_NARROWED"),
+         note="BACKWARD: readers cope, but Confluent reads a plain enum -> type + enum as TYPE_CHANGED"),
     pair("audit-additional-properties-schema-added", JSON, obj({"id": S}, closed=None),
          obj({"id": S}, closed=None, additionalProperties=S), backward=False, forward=True,
          rules=("ADDITIONAL_PROPERTIES_NARROWED",)),
@@ -420,8 +424,9 @@ AUDIT_CASES = [
          obj({"s": {"oneOf": [S, {"maxLength": 5}]}}), backward=False, forward=False, rules=("COMBINED_TYPE_CHANGED",),
          note="every old value matches both branches, which the new oneOf rejects"),
     pair("audit-anyof-branch-merged", JSON, obj({"p": {"anyOf": [S, I]}}),
-         obj({"p": {"anyOf": [{"type": ["string", "integer"]}]}}), backward=False, forward=True,
-         rules=("SUM_TYPE_NARROWED",), note="readers cope (one branch takes both types); Confluent counts branches and refuses"),
+         obj({"p": {"anyOf": [{"type": ["string", "integer"]}]}}), backward=False, forward=False,
+         rules=("SUM_TYPE_NARROWED", "COMBINED_TYPE_SUBSCHEMAS_CHANGED"),
+         note="readers cope both ways (one branch takes both types); Confluent counts branches (BACKWARD) and pairs them one to one (FORWARD), and refuses"),
     pair("audit-not-added", JSON, obj({"s": S}), obj({"s": {"type": "string", "not": {"const": ""}}}),
          backward=False, forward=True, rules=("NOT_TYPE_EXTENDED",)),
     pair("audit-if-then-else-added", JSON, CARD, {**CARD, "if": IS_CARD, "then": {"required": ["card"]}},

@@ -47,8 +47,9 @@ def _short(message: str) -> str:
 
 def test_our_verdicts_against_the_registry(registry_url: str) -> None:
     rows, errors, compared = [], [], 0
+    cases = [case for case in CASES if case.registry]  # the others are draft 2020-12, which Apicurio refuses
     with ScratchRegistry(registry_url, prefix=f"epistle-table-{os.getpid()}") as registry:
-        for case in CASES:
+        for case in cases:
             for mode in CHAIN_MODES if case.chain else PAIR_MODES:
                 ours = is_compatible(case.format, mode, list(case.versions))
                 assert ours == case.expected[mode], f"{case.id} {mode}: unit table and checker disagree"
@@ -65,8 +66,9 @@ def test_our_verdicts_against_the_registry(registry_url: str) -> None:
         "# Where the registry's compatibility verdict differs from `epistle check`",
         "",
         f"Written by `tests/integration/test_compat_registry.py` against {product} "
-        f"(Confluent-compatible API). {compared} verdicts compared over {len(CASES)} cases of "
-        "`tests/compat_cases.py`; {n} differ. \"ours\" is what `epistle check` decides (Avro: Apache Avro's "
+        f"(Confluent-compatible API). {compared} verdicts compared over {len(cases)} cases of "
+        f"`tests/compat_cases.py` ({len(CASES) - len(cases)} draft 2020-12 cases it cannot register are left out); "
+        "{n} differ. \"ours\" is what `epistle check` decides (Avro: Apache Avro's "
         "checker; JSON Schema: Confluent's documented rules); \"registry\" is whether it accepted the last "
         "version of the chain.".replace("{n}", str(len(rows))),
         "",
@@ -84,7 +86,7 @@ def test_our_verdicts_against_the_registry(registry_url: str) -> None:
     REPORT.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"\n{len(rows)} disagreement(s) of {compared} verdicts; see {REPORT}")
     assert not errors, f"the registry errored on {len(errors)} check(s): {errors[:3]}"
-    assert compared >= 2 * len(CASES)
+    assert compared >= 2 * len(cases)
 
 
 @pytest.mark.parametrize("mode", [Compatibility.BACKWARD, Compatibility.FORWARD])

@@ -145,8 +145,24 @@ class _Comparison:
             r, w = _without(r, *_CONDITIONAL), _without(w, *_CONDITIONAL)
         issues += self._combined(r, w, path, depth)
         if not _errors_at(issues, path):
-            issues += _confluent_sum_count(r, w, path)
+            issues += _confluent_sum_count(r, w, path) or self._confluent_matching(r, w, path, depth)
         return _dedupe(issues)
+
+    def _confluent_matching(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
+        """Confluent pairs the branches of two anyOf/oneOf one to one (a maximum matching of compatible
+        pairs) and refuses when the smaller side is not covered, even where a reader branch accepts several
+        writer branches or a writer branch spreads over several reader branches."""
+        kind = _criterion_of(r)
+        if kind not in ("anyOf", "oneOf") or _criterion_of(w) not in ("anyOf", "oneOf"):
+            return []
+        readers, writers = r[kind], w[_criterion_of(w)]
+        fits = {(i, j) for i, rb in enumerate(readers) for j, wb in enumerate(writers)
+                if not [x for x in self.compare(rb, wb, path, depth) if x.severity is Severity.ERROR]}
+        if _matching(fits, len(writers)) >= min(len(readers), len(writers)):
+            return []
+        return [Issue(path, "COMBINED_TYPE_SUBSCHEMAS_CHANGED", f"the reader's {kind} accepts every value the "
+                      "writer allows, but Confluent pairs branches one to one and finds no pairing of compatible "
+                      "branches", readers_break=False)]
 
     def _criterion(self, r: dict, w: dict, path: str) -> list[Issue]:
         """Confluent's rule on a changed combinator: the reader may turn any combinator into anyOf, a single-
@@ -261,7 +277,7 @@ class _Comparison:
                 rejected.append(value)
                 keyword = keyword or failed
         if not rejected:
-            return []
+            return _confluent_finite(r, w, path)
         shown = ", ".join(_json(v) for v in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
         rule = _KEYWORD_RULE.get(keyword, "TYPE_CHANGED")
         return [Issue(path, rule, f"the writer may write {shown}, which the reader rejects "
@@ -757,6 +773,35 @@ def _errors_at(issues: list[Issue], path: str) -> bool:
 
 def _distinct(branches: list[Any]) -> int:
     return len({json.dumps(b, sort_keys=True) for b in branches})
+
+
+def _matching(edges: set[tuple[int, int]], writers: int) -> int:
+    """Size of a maximum matching between reader branches (i) and writer branches (j)."""
+    owner: dict[int, int] = {}
+
+    def place(i: int, seen: set[int]) -> bool:
+        for j in range(writers):
+            if (i, j) in edges and j not in seen:
+                seen.add(j)
+                if j not in owner or place(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return sum(place(i, set()) for i in sorted({i for i, _ in edges}))
+
+
+def _confluent_finite(r: dict, w: dict, path: str) -> list[Issue]:
+    """A writer that is only an enum or a const is another schema type for Confluent than a reader without
+    one (an EnumSchema or ConstSchema against, say, a StringSchema): TYPE_CHANGED, though the reader accepts
+    every value."""
+    w_keys = {k for k in w if k not in _ANNOTATIONS}
+    r_keys = {k for k in r if k not in _ANNOTATIONS}
+    if w_keys not in ({"enum"}, {"const"}) or not r_keys or r_keys == w_keys or _criterion_of(r):
+        return []
+    return [Issue(path, "TYPE_CHANGED", f"the reader accepts every value of the writer's {w_keys.pop()}, but "
+                  "Confluent reads a plain enum or const replaced by another kind of schema as a change of type",
+                  readers_break=False)]
 
 
 def _confluent_sum_count(r: dict, w: dict, path: str) -> list[Issue]:
