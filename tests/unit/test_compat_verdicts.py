@@ -12,7 +12,7 @@ from tests.compat_cases import CASES, Case
 from toolkit.compat import avro as avro_compat
 from toolkit.compat import check_subject, json_schema
 from toolkit.compat.check import run_check
-from toolkit.compat.findings import ACCEPTS, REFUSES, Severity
+from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Severity, finding_for
 from toolkit.compat.report import render_json
 from toolkit.layout import Compatibility, load_subject
 
@@ -105,3 +105,10 @@ def test_a_decimal_read_with_a_wider_precision_is_fine_and_a_narrower_one_is_not
     assert avro_compat.check(amount(12), amount(10)) == []
     issues = avro_compat.check(amount(10), amount(12))
     assert [(i.path, i.rule, i.confluent) for i in issues] == [("$.amount", "DECIMAL_PRECISION_NARROWED", ACCEPTS)]
+
+
+def test_an_unresolved_reference_does_not_guess_confluents_verdict():
+    issues = json_schema.check({"$ref": "common.json#/$defs/Id"}, {"type": "string"})
+    finding = finding_for("ids", 2, 1, issues[0])
+    assert (finding.rule, finding.severity, finding.confluent) == ("UNRESOLVED_REF", Severity.WARNING, UNKNOWN)
+    assert "depends on what this check could not compare" in finding.message

@@ -32,8 +32,8 @@ class Issue:
     what: str
     severity: Severity = Severity.ERROR
     # Confluent Schema Registry's expected verdict on the change, when it is not the same as ours: "accepts"
-    # (this check is deliberately stricter) or "refuses"; empty = it agrees (an error it refuses, a warning
-    # it accepts).
+    # (this check is deliberately stricter), "refuses", or "unknown" (e.g. it depends on a remote reference);
+    # empty = it agrees (an error it refuses, a warning it accepts).
     confluent: str = ""
     # False for a change that readers cope with but that Confluent refuses: the registration fails at deploy.
     readers_break: bool = True
@@ -45,7 +45,7 @@ class Issue:
         return self.severity is Severity.WARNING
 
 
-ACCEPTS, REFUSES = "accepts", "refuses"
+ACCEPTS, REFUSES, UNKNOWN = "accepts", "refuses", "unknown"
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,9 @@ def finding_for(subject: str, reader: int, writer: int, issue: Issue, *, file: s
     if not issue.readers_break:
         who, readers = f"Consumers on v{reader} can read records written with v{writer}", "copes"
     accepts = issue.confluent_accepts
-    if not issue.readers_break:
+    if issue.confluent == UNKNOWN:
+        verdict = "what Confluent Schema Registry decides depends on what this check could not compare"
+    elif not issue.readers_break:
         verdict = ("but Confluent Schema Registry refuses this change, so registering the new version will fail "
                    "at deploy time")
     elif accepts:
@@ -91,7 +93,8 @@ def finding_for(subject: str, reader: int, writer: int, issue: Issue, *, file: s
         verdict = "Confluent Schema Registry refuses it too"
     return Finding(subject=subject, rule=issue.rule, message=f"{who}: {issue.what}; {verdict}.",
                    severity=issue.severity, path=issue.path, reader_version=reader, writer_version=writer,
-                   file=file, readers=readers, confluent=ACCEPTS if accepts else REFUSES)
+                   file=file, readers=readers,
+                   confluent=UNKNOWN if issue.confluent == UNKNOWN else ACCEPTS if accepts else REFUSES)
 
 
 _BACKWARD = {Compatibility.BACKWARD, Compatibility.BACKWARD_TRANSITIVE, Compatibility.FULL,

@@ -40,7 +40,7 @@ from typing import Any
 
 from jsonschema import validators
 
-from toolkit.compat.findings import ACCEPTS, REFUSES, Issue, Severity
+from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity
 
 _ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "$schema", "$id", "id",
@@ -68,7 +68,8 @@ class _Document:
             target = self._pointer(ref)
             if target is None:
                 issues.append(Issue(path, "UNRESOLVED_REF", f"the reference '{ref}' cannot be resolved "
-                                    "offline, so this part of the schema was not compared", Severity.WARNING))
+                                    "offline, so this part of the schema was not compared", Severity.WARNING,
+                                    confluent=UNKNOWN))
                 return True
             siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS}
             schema = _merge(target, siblings) if siblings else target
