@@ -5,6 +5,11 @@
 unordered sets and loses the location inside unions, so this module walks reader and writer side by side
 only to *place* each incompatibility on a readable path (``$.origin.city``, ``$.parcels[*].weight``) and to
 word it; wherever the walk and the library would disagree, the library wins.
+
+Two additions, where the Python library falls short of what readers need: the reader's short aliases are
+resolved in their type's namespace first (as Avro's Java parser does, so verdicts match Java's and
+Confluent's), and logical types are compared after the library's verdict (a changed logical type, decimal
+scale or narrowed precision breaks readers although every Avro checker, Confluent's included, accepts it).
 """
 
 from __future__ import annotations

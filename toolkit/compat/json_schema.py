@@ -20,13 +20,24 @@ names of Confluent's ``Difference.Type`` values, so a finding can be looked up i
 - arrays: ``items`` (and tuple forms ``prefixItems`` / ``items: [...]`` + ``additionalItems``) recursively;
 - combinators: a writer's anyOf/oneOf branches must each be accepted (SUM_TYPE_NARROWED when none of the
   reader's branches takes one); a reader's allOf conjuncts must each accept the writer; a writer's allOf is
-  merged; ``not`` is compared reversed (NOT_TYPE_EXTENDED);
+  merged; ``not`` is compared reversed (NOT_TYPE_EXTENDED); a changed combinator follows Confluent
+  (COMBINED_TYPE_CHANGED unless the reader's is anyOf, or a oneOf/allOf over a single branch);
+- ``if``/``then``/``else`` (CONDITIONAL_ADDED, CONDITIONAL_NARROWED), ``dependencies`` / ``dependentRequired``
+  / ``dependentSchemas`` (DEPENDENCY_ARRAY_*, DEPENDENCY_SCHEMA_ADDED), ``patternProperties``,
+  ``propertyNames``, ``contains`` / ``minContains`` / ``maxContains``, ``unevaluated*`` (read like
+  ``additional*``);
 - ``$ref``: local references (``#/...``) are resolved in each schema's own document, recursion-safe.
+
+Every issue also carries Confluent's expected verdict (:attr:`Issue.confluent`): ``accepts`` where this
+check is deliberately stricter (format, a required property with a default, patternProperties read as open,
+keywords Confluent never compares), and issues with ``readers_break=False`` where readers cope but
+Confluent's partly syntactic rules refuse (keyword-by-keyword numeric bounds, a plain enum/const replaced,
+branch counting and one-to-one pairing, a dependency or conditional added). docs/schema-checks.md has the
+keyword-by-keyword audit.
 
 Known limits (reported, not guessed): remote ``$ref`` (UNRESOLVED_REF, warning), regex inclusion (a changed
 ``pattern`` is an error, as in Confluent), ``format`` (a warning: an annotation unless a validator asserts
-it),
-``if/then/else``, ``dependentSchemas``, ``unevaluated*``, and oneOf exclusivity are not analysed.
+it), and oneOf exclusivity when branches are added (Confluent accepts it too).
 """
 
 from __future__ import annotations
