@@ -112,3 +112,13 @@ def test_an_unresolved_reference_does_not_guess_confluents_verdict():
     finding = finding_for("ids", 2, 1, issues[0])
     assert (finding.rule, finding.severity, finding.confluent) == ("UNRESOLVED_REF", Severity.WARNING, UNKNOWN)
     assert "depends on what this check could not compare" in finding.message
+
+
+def test_a_logical_type_is_compared_only_where_avro_resolves_the_values():
+    micros = {"type": "long", "logicalType": "timestamp-micros"}
+    reader = {"type": "record", "name": "E", "fields": [{"name": "at", "type": micros}]}
+    writer = {"type": "record", "name": "E", "fields": [
+        {"name": "at", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}], "default": None}]}
+    rules = sorted((i.path, i.rule) for i in avro_compat.check(reader, writer))
+    # the null branch is the library's type mismatch, not a logical-type change; the long branch is one
+    assert rules == [("$.at", "LOGICAL_TYPE_CHANGED"), ("$.at", "TYPE_MISMATCH")]

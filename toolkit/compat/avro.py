@@ -128,10 +128,16 @@ def _logical(reader: Schema, writer: Schema, path: str, seen: set[tuple[int, int
     return _logical_leaf(reader, writer, path)
 
 
+_PROMOTIONS = {("int", "long"), ("int", "float"), ("int", "double"), ("long", "float"), ("long", "double"),
+               ("float", "double"), ("string", "bytes"), ("bytes", "string")}
+
+
 def _logical_leaf(reader: Schema, writer: Schema, path: str) -> list[Issue]:
     r_type, w_type = reader.props.get("logicalType"), writer.props.get("logicalType")
     if r_type is None and w_type is None:
         return []
+    if reader.type != writer.type and (writer.type, reader.type) not in _PROMOTIONS:
+        return []  # Avro cannot resolve the values at all: the library's verdict already says so
     if r_type != w_type:
         shown = " to ".join(f"'{t}'" if t else "none" for t in (w_type, r_type))
         return [Issue(path, "LOGICAL_TYPE_CHANGED", f"the logical type changed from {shown} (writer to reader), "
