@@ -1,4 +1,4 @@
-"""Two verdicts in one report (issue #12): each compatibility finding says whether readers break and what
+"""Two verdicts in one report: each compatibility finding says whether readers break and what
 Confluent Schema Registry is expected to answer; plus Avro's short aliases and logical types."""
 
 from __future__ import annotations
