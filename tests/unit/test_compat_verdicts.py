@@ -122,3 +122,11 @@ def test_a_logical_type_is_compared_only_where_avro_resolves_the_values():
     rules = sorted((i.path, i.rule) for i in avro_compat.check(reader, writer))
     # the null branch is the library's type mismatch, not a logical-type change; the long branch is one
     assert rules == [("$.at", "LOGICAL_TYPE_CHANGED"), ("$.at", "TYPE_MISMATCH")]
+
+
+def test_an_explicit_default_min_contains_is_a_confluent_only_refusal():
+    reader = {"type": "array", "items": {"type": "string"}, "contains": {"type": "string"}, "minContains": 1}
+    writer = {"type": "array", "items": {"type": "string"}, "contains": {"type": "string"}}
+    issues = json_schema.check(reader, writer)
+    assert [(i.rule, i.readers_break, i.confluent_accepts) for i in issues] == [("MIN_CONTAINS_ADDED", False, False)]
+    assert json_schema.check(writer, reader) == []  # dropping it: Confluent's MIN_CONTAINS_REMOVED is fine

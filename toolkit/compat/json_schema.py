@@ -528,7 +528,8 @@ class _Comparison:
         counts (MIN_CONTAINS_ADDED / _INCREASED, MAX_CONTAINS_ADDED / _DECREASED break), never the contains
         schema itself: it accepts a stricter or new ``contains``."""
         issues: list[Issue] = []
-        confluent = _confluent_contains(r, w)
+        refused = _confluent_contains(r, w)
+        confluent = REFUSES if refused else ACCEPTS
         if "contains" in r:
             c_r, c_w = r["contains"], w.get("contains")
             low_r = r.get("minContains", 1)
@@ -538,11 +539,11 @@ class _Comparison:
             if low_r > 0 and not same:
                 rule = "CONTAINS_ADDED" if c_w is None else "CONTAINS_NARROWED"
                 issues.append(Issue(path, rule, "the reader requires an item matching its 'contains' schema, "
-                                    "which arrays of the writer may lack", confluent=confluent or ACCEPTS))
+                                    "which arrays of the writer may lack", confluent=confluent))
             elif low_r > low_w:
                 issues.append(Issue(path, "MIN_CONTAINS_INCREASED" if "minContains" in w else "MIN_CONTAINS_ADDED",
                                     f"the reader requires at least {low_r} matching items (minContains) and the "
-                                    f"writer {low_w}", confluent=confluent or ACCEPTS))
+                                    f"writer {low_w}", confluent=confluent))
             high_r = r.get("maxContains")
             if high_r is not None:
                 high_w = w.get("maxContains") if c_w is not None and c_w == c_r else None
@@ -551,9 +552,9 @@ class _Comparison:
                     issues.append(Issue(path, "MAX_CONTAINS_DECREASED" if "maxContains" in w else
                                         "MAX_CONTAINS_ADDED", f"the reader allows at most {high_r} items "
                                         "matching its 'contains' (maxContains), and the writer may write more",
-                                        confluent=confluent or ACCEPTS))
-        if confluent and not issues:
-            issues.append(Issue(path, "MIN_CONTAINS_INCREASED", "the writer's arrays already satisfy the reader's "
+                                        confluent=confluent))
+        if refused and not issues:
+            issues.append(Issue(path, refused, "the writer's arrays already satisfy the reader's "
                                 "minContains/maxContains, but Confluent compares the numbers alone and refuses "
                                 "the change", readers_break=False))
         return issues
@@ -663,13 +664,14 @@ def _rest_keyword(s: dict) -> str:
 
 
 def _confluent_contains(r: dict, w: dict) -> str:
-    """REFUSES where Confluent's keyword-by-keyword comparison of minContains/maxContains breaks, else ''."""
+    """The Difference.Type with which Confluent's keyword-by-keyword comparison of minContains/maxContains
+    refuses the change, or ''."""
     low_r, low_w = r.get("minContains"), w.get("minContains")
     high_r, high_w = r.get("maxContains"), w.get("maxContains")
     if low_r is not None and (low_w is None or low_r > low_w):
-        return REFUSES
+        return "MIN_CONTAINS_ADDED" if low_w is None else "MIN_CONTAINS_INCREASED"
     if high_r is not None and (high_w is None or high_r < high_w):
-        return REFUSES
+        return "MAX_CONTAINS_ADDED" if high_w is None else "MAX_CONTAINS_DECREASED"
     return ""
 
 
