@@ -99,3 +99,19 @@ def test_registry_client_sees_an_obvious_break(registry_url: str, mode: Compatib
     with ScratchRegistry(registry_url) as registry:
         assert registry.verdict(SchemaFormat.AVRO, mode, [old, old]).compatible
         assert not registry.verdict(SchemaFormat.AVRO, mode, [old, new]).compatible
+
+
+@pytest.mark.parametrize("case_id,mode,accepted", [
+    ("json-oneof-to-anyof", Compatibility.FORWARD, False),  # old readers' oneOf, new anyOf: was "compatible"
+    ("audit-dependency-schema-removed", Compatibility.FORWARD, False),  # a dependency dropped: was "compatible"
+    ("audit-anyof-to-oneof", Compatibility.BACKWARD, False),
+    ("audit-const-removed", Compatibility.BACKWARD, False),  # readers cope; the registry refuses all the same
+    ("avro-renamed-with-short-alias-in-namespace", Compatibility.BACKWARD, True),  # short alias, Java's way
+])
+def test_the_registry_agrees_on_the_changes_the_audit_fixed(registry_url: str, case_id: str, mode: Compatibility,
+                                                            accepted: bool) -> None:
+    case = next(c for c in CASES if c.id == case_id)
+    assert is_compatible(case.format, mode, list(case.versions)) is accepted
+    with ScratchRegistry(registry_url) as registry:
+        verdict = registry.verdict(case.format, mode, list(case.versions), label=case_id[:40])
+    assert verdict.compatible is accepted, verdict.messages
