@@ -430,13 +430,14 @@ class _Comparison:
                 issues += [Issue(i.path, i.rule, f"where '{key}' is present (schema dependency): {i.what}")
                            for i in found]
             elif found:
-                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader adds a schema dependency on "
-                                    f"'{key}' that documents of the writer with '{key}' may fail "
-                                    f"({found[0].what})"))
+                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader has a schema dependency on "
+                                    f"'{key}' that the writer lacks, and the writer's documents with '{key}' may "
+                                    f"fail it ({found[0].what})"))
             elif not _is_open(self.reader.deref(needed, [], child)):
-                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader adds a schema dependency on "
-                                    f"'{key}' that every document of the writer already satisfies, but Confluent "
-                                    "refuses a dependency schema added", readers_break=False))
+                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader has a schema dependency on "
+                                    f"'{key}' that the writer lacks; every document of the writer already "
+                                    "satisfies it, but Confluent refuses a dependency schema added",
+                                    readers_break=False))
         return issues
 
     def _pattern_properties(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
