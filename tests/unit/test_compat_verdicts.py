@@ -130,3 +130,11 @@ def test_an_explicit_default_min_contains_is_a_confluent_only_refusal():
     issues = json_schema.check(reader, writer)
     assert [(i.rule, i.readers_break, i.confluent_accepts) for i in issues] == [("MIN_CONTAINS_ADDED", False, False)]
     assert json_schema.check(writer, reader) == []  # dropping it: Confluent's MIN_CONTAINS_REMOVED is fine
+
+
+def test_a_conditional_the_writer_already_satisfies_is_a_confluent_only_refusal():
+    writer = {"type": "object", "properties": {"kind": {"type": "string"}}, "required": ["kind"]}
+    reader = {**writer, "if": {"properties": {"kind": {"const": "card"}}}, "then": {"required": ["kind"]}}
+    issues = json_schema.check(reader, writer)
+    assert [(i.rule, i.readers_break) for i in issues] == [("TYPE_CHANGED", False)]
+    assert json_schema.check(writer, reader) == []  # a writer's conditional only restricts what it writes

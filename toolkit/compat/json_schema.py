@@ -216,9 +216,9 @@ class _Comparison:
                 issues.append(Issue(path, rule, f"where the reader's 'if' {matched}, its '{branch}' rejects "
                                     f"documents the writer allows ({found[0].what})", confluent=confluent))
         if not issues and "if" not in w:
-            issues.append(Issue(path, "TYPE_CHANGED", "the reader adds an if/then/else that every document of the "
-                                "writer already satisfies, but Confluent reads a conditional the writer lacked as a "
-                                "change of schema type", readers_break=False))
+            issues.append(Issue(path, "TYPE_CHANGED", "the reader has an if/then/else the writer lacks, which every "
+                                "document of the writer already satisfies, but Confluent reads a conditional on one "
+                                "side only as a change of schema type", readers_break=False))
         return issues
 
     def _combined(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
