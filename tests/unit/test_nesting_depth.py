@@ -25,16 +25,12 @@ HEADER = {"messageType": "ListCreated", "schemaName": "linked", "schemaVersion":
           "messageId": "m-1", "timestamp": "2026-01-01T00:00:00Z", "producer": "test"}
 
 
-def linked_list(nodes: int) -> dict:
-    """Avro JSON encoding: the union branch ``next`` is wrapped as {"example.lists.Node": {...}}."""
-    body: dict = {"value": nodes, "next": None}
-    for value in range(nodes - 1, 0, -1):
-        body = {"value": value, "next": {"example.lists.Node": body}}
-    return body
-
-
 def record(nodes: int) -> bytes:
-    return json.dumps({"header": HEADER, "body": linked_list(nodes)}).encode()
+    """An envelope whose body is the Avro JSON encoding of a list of ``nodes`` nodes: the union branch
+    ``next`` is wrapped as {"example.lists.Node": {...}}. Written as text: json.dumps would recurse."""
+    body = "".join(f'{{"value":{value},"next":{{"example.lists.Node":' for value in range(1, nodes))
+    body += f'{{"value":{nodes},"next":null}}' + "}}" * (nodes - 1)
+    return f'{{"header":{json.dumps(HEADER)},"body":{body}}}'.encode()
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +108,19 @@ def test_deep_build_reports_errors_with_the_sub_model(linked: Path, monkeypatch:
         validate_deep(model, value)
     assert "in the sub-model Node at next/next" in "".join(caught.value.__notes__)
     assert json.dumps(value) == before  # the value given is not changed
+
+
+def test_a_deep_record_is_dead_lettered_as_bytes_not_embedded() -> None:
+    # Readers of the dead-letter topic must parse its value: Jackson refuses more than 1000 levels by default.
+    import base64
+
+    from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
+    from toolkit.envelope import allow_depth
+
+    allow_depth(MAX_DEPTH)  # as in the consumer: the original parses
+    value = record(1500)  # 3000 levels, within the default limit
+    dead = build_dead_letter(SourceRecord("lists", 0, 7, None, value, [], None), stage="handler",
+                             reason="boom", consumer_group="g", attempts=1)
+    document = json.loads(dead.value)
+    assert document["original_encoding"] == "base64"
+    assert base64.b64decode(document["original_message"]) == value
