@@ -12,7 +12,7 @@ from tests.compat_cases import CASES, Case
 from toolkit.compat import avro as avro_compat
 from toolkit.compat import check_subject, json_schema
 from toolkit.compat.check import run_check
-from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Severity, finding_for
+from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity, finding_for
 from toolkit.compat.report import render_json
 from toolkit.layout import Compatibility, load_subject
 
@@ -32,11 +32,12 @@ def _findings(tmp_path: Path, case: Case, mode: Compatibility) -> list:
 
 
 @pytest.mark.parametrize("case_id,mode,rule,severity,readers,confluent,words", [
-    # we are stricter: the finding says Confluent would accept it
+    # a warning Confluent accepts: both let it through, so the finding says they agree
     ("audit-format-added", Compatibility.BACKWARD, "FORMAT_CHANGED", Severity.WARNING, "may break", ACCEPTS,
-     "Confluent Schema Registry would accept this change"),
+     "Confluent Schema Registry accepts it too"),
     ("json-required-with-default-added-closed", Compatibility.BACKWARD, "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED",
-     Severity.WARNING, "may break", ACCEPTS, "Confluent Schema Registry would accept this change"),
+     Severity.WARNING, "may break", ACCEPTS, "Confluent Schema Registry accepts it too"),
+    # we are stricter: the finding says Confluent would accept it
     ("audit-pattern-properties-model-property-added", Compatibility.BACKWARD, "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
      Severity.ERROR, "breaks", ACCEPTS, "Confluent Schema Registry would accept this change"),
     ("avro-timestamp-millis-to-micros", Compatibility.BACKWARD, "LOGICAL_TYPE_CHANGED", Severity.ERROR, "breaks",
@@ -138,3 +139,12 @@ def test_a_conditional_the_writer_already_satisfies_is_a_confluent_only_refusal(
     issues = json_schema.check(reader, writer)
     assert [(i.rule, i.readers_break) for i in issues] == [("TYPE_CHANGED", False)]
     assert json_schema.check(writer, reader) == []  # a writer's conditional only restricts what it writes
+
+
+def test_a_warning_is_agreement_when_confluent_accepts_and_a_disagreement_when_it_refuses():
+    accepted = finding_for("ids", 2, 1, Issue("$", "FORMAT_CHANGED", "the reader expects a format", Severity.WARNING))
+    assert (accepted.readers, accepted.confluent) == ("may break", ACCEPTS)
+    assert "accepts it too" in accepted.message and "stricter" not in accepted.message
+    refused = finding_for("ids", 2, 1, Issue("$", "X", "a change", Severity.WARNING, confluent=REFUSES))
+    assert (refused.readers, refused.confluent) == ("may break", REFUSES)
+    assert "will fail at deploy time" in refused.message and "too" not in refused.message

@@ -28,12 +28,12 @@ names of Confluent's ``Difference.Type`` values, so a finding can be looked up i
   ``additional*``);
 - ``$ref``: local references (``#/...``) are resolved in each schema's own document, recursion-safe.
 
-Every issue also carries Confluent's expected verdict (:attr:`Issue.confluent`): ``accepts`` where this
-check is deliberately stricter (format, a required property with a default, patternProperties read as open,
-keywords Confluent never compares), and issues with ``readers_break=False`` where readers cope but
-Confluent's partly syntactic rules refuse (keyword-by-keyword numeric bounds, a plain enum/const replaced,
-branch counting and one-to-one pairing, a dependency or conditional added). docs/schema-checks.md has the
-keyword-by-keyword audit.
+Every issue also carries Confluent's expected verdict (:attr:`Issue.confluent`): ``accepts`` for the two
+warnings (format, a required property with a default: agreement, neither fails) and where this check is
+deliberately stricter (patternProperties read as open, keywords Confluent never compares), and issues with
+``readers_break=False`` where readers cope but Confluent's partly syntactic rules refuse (keyword-by-keyword
+numeric bounds, a plain enum/const replaced, branch counting and one-to-one pairing, a dependency or
+conditional added). docs/schema-checks.md has the keyword-by-keyword audit.
 
 Known limits (reported, not guessed): remote ``$ref`` (UNRESOLVED_REF, warning), regex inclusion (a changed
 ``pattern`` is an error, as in Confluent), ``format`` (a warning: an annotation unless a validator asserts
