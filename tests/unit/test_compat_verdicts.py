@@ -48,8 +48,18 @@ def _findings(tmp_path: Path, case: Case, mode: Compatibility) -> list:
      "registering the new version will fail at deploy time"),
     ("json-integer-exclusive-bound-equivalent", Compatibility.BACKWARD, "EXCLUSIVE_MINIMUM_ADDED", Severity.ERROR,
      "copes", REFUSES, "registering the new version will fail at deploy time"),
+    # a changed combinator readers cope with: no value is both a string and an integer, and a single conjunct
+    # takes both types
+    ("json-oneof-to-anyof", Compatibility.FORWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "copes", REFUSES,
+     "registering the new version will fail at deploy time"),
+    ("audit-anyof-to-oneof", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "copes", REFUSES,
+     "registering the new version will fail at deploy time"),
+    ("audit-anyof-to-single-allof", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "copes",
+     REFUSES, "registering the new version will fail at deploy time"),
     # both agree it breaks
-    ("json-oneof-to-anyof", Compatibility.FORWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "breaks", REFUSES,
+    ("audit-anyof-to-oneof-overlapping", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "breaks",
+     REFUSES, "Confluent Schema Registry refuses it too"),
+    ("audit-allof-to-oneof", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "breaks", REFUSES,
      "Confluent Schema Registry refuses it too"),
     ("audit-dependency-schema-removed", Compatibility.FORWARD, "DEPENDENCY_SCHEMA_ADDED", Severity.ERROR, "breaks",
      REFUSES, "Confluent Schema Registry refuses it too"),
@@ -64,11 +74,39 @@ def test_a_finding_carries_both_verdicts(tmp_path, case_id, mode, rule, severity
 
 
 def test_the_json_report_has_both_verdicts(tmp_path):
-    _findings(tmp_path, _case("json-oneof-to-anyof"), Compatibility.FORWARD)
+    _findings(tmp_path, _case("audit-anyof-to-oneof-overlapping"), Compatibility.BACKWARD)
     report = json.loads(render_json(run_check(tmp_path / "schemas")))
     found = [f for f in report["findings"] if f["rule"] == "COMBINED_TYPE_CHANGED"]
     assert found and found[0]["readers"] == "breaks" and found[0]["confluent"] == "refuses"
-    assert found[0]["path"] == "$.p" and found[0]["reader_version"] == 1 and found[0]["writer_version"] == 2
+    assert found[0]["path"] == "$.p" and found[0]["reader_version"] == 2 and found[0]["writer_version"] == 1
+    assert "both admit 'integer' values" in found[0]["message"]
+
+
+@pytest.mark.parametrize("reader,writer,breaks,words", [
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+     False, "their types do not overlap"),
+    ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, {"anyOf": [{"type": "number"}, {"type": "integer"}]},
+     True, "branches 1 and 2 of the reader's oneOf both admit 'integer' values"),
+    # the branches overlap on strings, but this writer writes only integers and booleans
+    ({"oneOf": [{"type": ["string", "integer"]}, {"type": ["string", "boolean"]}]},
+     {"anyOf": [{"type": "integer"}, {"type": "boolean"}]}, False, "their types do not overlap"),
+    ({"oneOf": [{"type": "string"}, {"maxLength": 3}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, True,
+     "both admit 'string' values"),
+    ({"oneOf": [{"enum": ["a", 1]}, {"const": 2.5}]}, {"anyOf": [{"const": "a"}, {"const": 2.5}]}, False,
+     "their types do not overlap"),
+    # disjoint branches, but a writer branch no reader branch takes: breaks, and says why
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]},
+     {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "boolean"}]}, True,
+     "the reader rejects values the writer allows: the writer may write values that match none"),
+    ({"allOf": [{"type": ["string", "integer"]}]}, {"oneOf": [{"type": "string"}, {"type": "integer"}]}, False,
+     "satisfies each of the reader's allOf conjuncts"),
+    ({"allOf": [{"type": "string"}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, True,
+     "the reader rejects values the writer allows: the writer may write 'integer'"),
+])
+def test_a_changed_combinator_breaks_readers_only_with_a_reason(reader, writer, breaks, words):
+    changed = [i for i in json_schema.check(reader, writer) if i.rule == "COMBINED_TYPE_CHANGED"]
+    assert len(changed) == 1 and changed[0].readers_break is breaks and not changed[0].confluent_accepts
+    assert words in changed[0].what
 
 
 def test_forward_dependency_removed_is_found_where_it_was_declared():
@@ -148,3 +186,36 @@ def test_a_warning_is_agreement_when_confluent_accepts_and_a_disagreement_when_i
     refused = finding_for("ids", 2, 1, Issue("$", "X", "a change", Severity.WARNING, confluent=REFUSES))
     assert (refused.readers, refused.confluent) == ("may break", REFUSES)
     assert "will fail at deploy time" in refused.message and "too" not in refused.message
+
+
+_S, _I = {"type": "string"}, {"type": "integer"}
+
+
+@pytest.mark.parametrize("reader,writer,expected", [
+    # a branch reads the value; only Confluent's enum-replaced-by-a-type rule objects
+    ({"anyOf": [{"type": "string", "enum": ["a", "b"]}, _I]}, {"const": "a"}, [("$", "TYPE_CHANGED", False)]),
+    # 'not' added: excludes only integers, the writer writes strings; or none of the writer's values
+    ({"type": "string", "not": _I}, _S, [("$", "NOT_TYPE_EXTENDED", False)]),
+    ({"not": {"const": ""}}, {"enum": ["a", "b"]}, [("$", "NOT_TYPE_EXTENDED", False)]),
+    ({"type": "string", "not": {"const": ""}}, _S, [("$", "NOT_TYPE_EXTENDED", True)]),
+    ({"not": {"const": "a"}}, {"enum": ["a", "b"]}, [("$", "NOT_TYPE_EXTENDED", True)]),
+    # both 'not' exclude the same integers, written with another keyword
+    ({"not": {"type": "integer", "exclusiveMinimum": 0}}, {"not": {"type": "integer", "minimum": 1}},
+     [("$", "NOT_TYPE_EXTENDED", False)]),
+    # a warning inside an additionalProperties / additionalItems schema stays a warning
+    ({"type": "object", "additionalProperties": {"type": "string", "format": "email"}},
+     {"type": "object", "additionalProperties": _S}, [("$.*", "FORMAT_CHANGED", True)]),
+    ({"type": "array", "items": [_S], "additionalItems": {"type": "string", "format": "email"}},
+     {"type": "array", "items": [_S], "additionalItems": _S}, [("$[*]", "FORMAT_CHANGED", True)]),
+    # an equivalent integer bound inside a dependency schema or an additionalProperties schema covering a
+    # dropped property: Confluent-only, not a break
+    ({"type": "object", "dependencies": {"card": {"properties": {"n": {"type": "integer", "exclusiveMinimum": 0}}}}},
+     {"type": "object", "dependencies": {"card": {"properties": {"n": {"type": "integer", "minimum": 1}}}}},
+     [("$.n", "EXCLUSIVE_MINIMUM_ADDED", False)]),
+    ({"type": "object", "additionalProperties": {"type": "integer", "exclusiveMinimum": 0}},
+     {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
+      "additionalProperties": {"type": "integer", "exclusiveMinimum": 0}}, [("$.n", "EXCLUSIVE_MINIMUM_ADDED", False)]),
+])
+def test_readers_break_only_where_a_value_is_rejected(reader, writer, expected):
+    issues = json_schema.check(reader, writer)
+    assert [(i.path, i.rule, i.readers_break) for i in issues] == expected
