@@ -219,3 +219,20 @@ _S, _I = {"type": "string"}, {"type": "integer"}
 def test_readers_break_only_where_a_value_is_rejected(reader, writer, expected):
     issues = json_schema.check(reader, writer)
     assert [(i.path, i.rule, i.readers_break) for i in issues] == expected
+
+
+_STRINGS = {"type": "array", "items": _S}
+
+
+@pytest.mark.parametrize("reader,writer,expected", [
+    ({**_STRINGS, "contains": _S}, {**_STRINGS, "minItems": 1}, []),  # every item matches, and there is one
+    ({**_STRINGS, "contains": _S}, _STRINGS, [("CONTAINS_ADDED", True)]),  # the writer may write []
+    ({**_STRINGS, "contains": {"const": "main"}}, {**_STRINGS, "minItems": 3}, [("CONTAINS_ADDED", True)]),
+    ({"type": "array", "prefixItems": [_I], "items": _S, "contains": _S}, {"type": "array", "prefixItems": [_I],
+     "items": _S, "minItems": 2}, [("CONTAINS_ADDED", True)]),  # the first item is an integer
+    # two matching items needed: minItems 2 meets it; Confluent still refuses a minContains added
+    ({**_STRINGS, "contains": _S, "minContains": 2}, {**_STRINGS, "minItems": 2}, [("MIN_CONTAINS_ADDED", False)]),
+    ({**_STRINGS, "contains": _S, "minContains": 2}, {**_STRINGS, "minItems": 1}, [("CONTAINS_ADDED", True)]),
+])
+def test_contains_holds_where_every_written_item_matches_and_min_items_suffice(reader, writer, expected):
+    assert [(i.rule, i.readers_break) for i in json_schema.check(reader, writer)] == expected

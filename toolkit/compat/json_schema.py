@@ -606,10 +606,17 @@ class _Comparison:
         issues += self._contains(r, w, path, depth)
         return issues
 
+    def _every_item_matches(self, schema: Any, w: dict, path: str, depth: int) -> bool:
+        """Does each item schema of the writer (tuple positions and the rest) accept only values ``schema``
+        accepts?"""
+        prefix, rest = _items(w)
+        return not any(_breaking(self.compare(schema, item, f"{path}[*]", depth)) for item in [*prefix, rest])
+
     def _contains(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         """``contains`` with ``minContains`` (default 1) and ``maxContains``. Confluent compares only the two
         counts (MIN_CONTAINS_ADDED / _INCREASED, MAX_CONTAINS_ADDED / _DECREASED break), never the contains
-        schema itself: it accepts a stricter or new ``contains``."""
+        schema itself: it accepts a stricter or new ``contains``. Readers cope where every item the writer may
+        write matches the reader's ``contains`` and the writer's ``minItems`` reaches the reader's minContains."""
         issues: list[Issue] = []
         refused = _confluent_contains(r, w)
         confluent = REFUSES if refused else ACCEPTS
@@ -618,11 +625,13 @@ class _Comparison:
             low_r = r.get("minContains", 1)
             low_w = w.get("minContains", 1) if c_w is not None else 0
             same = c_w is not None and not _breaking(self.compare(c_r, c_w, f"{path}[*]", depth))
-            if low_r > 0 and not same:
+            # every item the writer writes matches the reader's contains, and there are enough of them
+            met = w.get("minItems", 0) >= low_r and self._every_item_matches(c_r, w, path, depth)
+            if low_r > 0 and not same and not met:
                 rule = "CONTAINS_ADDED" if c_w is None else "CONTAINS_NARROWED"
                 issues.append(Issue(path, rule, "the reader requires an item matching its 'contains' schema, "
                                     "which arrays of the writer may lack", confluent=confluent))
-            elif low_r > low_w:
+            elif low_r > low_w and not met:
                 issues.append(Issue(path, "MIN_CONTAINS_INCREASED" if "minContains" in w else "MIN_CONTAINS_ADDED",
                                     f"the reader requires at least {low_r} matching items (minContains) and the "
                                     f"writer {low_w}", confluent=confluent))
