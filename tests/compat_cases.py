@@ -406,7 +406,7 @@ AUDIT_CASES = [
          note="Confluent compares minContains/maxContains, never the contains schema: it accepts"),
     pair("audit-contains-added-already-met", JSON, obj({"xs": {**ARR_S, "minItems": 1}}),
          obj({"xs": {**ARR_S, "minItems": 1, "contains": S}}), backward=True, forward=True,
-         note="every old item is a string and there is at least one, so the new 'contains' holds; Confluent does not compare contains"),
+         note="every old item is a string and there is at least one, so the new 'contains' holds; Confluent does not compare contains and accepts; Apicurio refuses any contains added"),
     pair("audit-min-contains-increased", JSON, d2020(obj({"xs": {**ARR_S, "contains": S, "minContains": 1}})),
          d2020(obj({"xs": {**ARR_S, "contains": S, "minContains": 2}})), backward=False, forward=True,
          rules=("MIN_CONTAINS_INCREASED",), registry=False),
