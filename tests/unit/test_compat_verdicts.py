@@ -189,6 +189,7 @@ def test_a_warning_is_agreement_when_confluent_accepts_and_a_disagreement_when_i
 
 
 _S, _I = {"type": "string"}, {"type": "integer"}
+_CLOSED = {"type": "object", "properties": {"a": {}}, "additionalProperties": False}
 
 
 @pytest.mark.parametrize("reader,writer,expected", [
@@ -215,6 +216,21 @@ _S, _I = {"type": "string"}, {"type": "integer"}
     ({"type": "object", "additionalProperties": {"type": "integer", "exclusiveMinimum": 0}},
      {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
       "additionalProperties": {"type": "integer", "exclusiveMinimum": 0}}, [("$.n", "EXCLUSIVE_MINIMUM_ADDED", False)]),
+    # a fixed list of values where the writer had a type: fine where it lists every boolean (and null)
+    ({"enum": [True, False]}, {"type": "boolean"}, [("$", "ENUM_ARRAY_NARROWED", False)]),
+    ({"type": ["boolean", "null"], "enum": [True, False, None]}, {"type": ["boolean", "null"]},
+     [("$", "ENUM_ARRAY_NARROWED", False)]),
+    ({"enum": [True]}, {"type": "boolean"}, [("$", "ENUM_ARRAY_NARROWED", True)]),
+    ({"enum": ["a"]}, _S, [("$", "ENUM_ARRAY_NARROWED", True)]),
+    # uniqueItems added: arrays of at most one item cannot hold a duplicate
+    ({"type": "array", "uniqueItems": True}, {"type": "array", "maxItems": 1}, [("$", "UNIQUE_ITEMS_ADDED", False)]),
+    ({"type": "array", "uniqueItems": True}, {"type": "array", "maxItems": 2}, [("$", "UNIQUE_ITEMS_ADDED", True)]),
+    # a dependency on a property the writer's closed model never carries never applies
+    ({**_CLOSED, "dependencies": {"card": ["a"]}}, _CLOSED, [("$.card", "DEPENDENCY_ARRAY_ADDED", False)]),
+    ({**_CLOSED, "dependencies": {"card": {"required": ["a"]}}}, _CLOSED,
+     [("$.card", "DEPENDENCY_SCHEMA_ADDED", False)]),
+    ({**_CLOSED, "properties": {"a": {}, "card": {}}, "dependencies": {"card": ["a"]}},
+     {**_CLOSED, "properties": {"a": {}, "card": {}}}, [("$.card", "DEPENDENCY_ARRAY_ADDED", True)]),
 ])
 def test_readers_break_only_where_a_value_is_rejected(reader, writer, expected):
     issues = json_schema.check(reader, writer)

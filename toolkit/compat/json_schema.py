@@ -372,9 +372,7 @@ class _Comparison:
     def _structural(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
         if "enum" in r or "const" in r:
-            issues.append(Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of "
-                                                             "values here "
-                                "while the writer may write any value of its type"))
+            issues += self._list_for_type(r, w, path)
         reader_types, writer_types = _types(r), _types(w)
         writer_types = set(_ALL_TYPES) if writer_types is None else writer_types
         if reader_types is not None:
@@ -397,6 +395,23 @@ class _Comparison:
         if "array" in writer_types:
             issues += self._array(r, w, path, depth)
         return issues
+
+    def _list_for_type(self, r: dict, w: dict, path: str) -> list[Issue]:
+        """A reader's enum/const where the writer has a type: it breaks unless the writer's values are few
+        enough to list (null, true, false) and the reader lists each of them."""
+        possible = self._value_types(self.writer, w)
+        if not possible <= {"null", "boolean"}:
+            return [Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of values here while "
+                          "the writer may write any value of its type")]
+        listed = {k: r[k] for k in ("enum", "const") if k in r}
+        written = [v for v in (None, False, True) if _value_type(v) in possible and self.writer.accepts_value(w, v)[0]]
+        rejected = [v for v in written if not self.reader.accepts_value(listed, v)[0]]
+        if rejected:
+            return [Issue(path, "ENUM_ARRAY_NARROWED", f"the writer may write {_json(rejected[0])}, which the "
+                          "reader's fixed list of values does not include")]
+        return [Issue(path, "ENUM_ARRAY_NARROWED", "the reader's fixed list of values includes every value the "
+                      f"writer may write ({', '.join(_json(v) for v in written)}), but Confluent is expected to "
+                      "refuse a list of values where the writer had a type", readers_break=False)]
 
     def _object(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
@@ -492,7 +507,11 @@ class _Comparison:
             rule = ("DEPENDENCY_ARRAY_ADDED" if written is None else
                     "DEPENDENCY_ARRAY_EXTENDED" if set(written) <= set(needed) else "DEPENDENCY_ARRAY_CHANGED")
             extra = set(needed) - set(written or []) - set(w.get("required", []))
-            if extra:
+            if extra and self.writer.deref(_declared(w, key), [], child) is False:
+                issues.append(Issue(child, rule, f"the reader's dependency of '{key}' never applies to the writer's "
+                                    f"documents, which never carry '{key}', but Confluent refuses a dependency "
+                                    "added or extended", readers_break=False))
+            elif extra:
                 issues.append(Issue(child, rule, f"the reader requires {_or(sorted(extra), 'and')} whenever "
                                     f"'{key}' is present, which the writer did not"))
             else:
@@ -510,6 +529,10 @@ class _Comparison:
             found = _errors(self.compare(needed, writer_side, path, depth))
             if key in w_schemas:
                 issues += [replace(i, what=f"where '{key}' is present (schema dependency): {i.what}") for i in found]
+            elif self.writer.deref(_declared(w, key), [], child) is False:
+                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader's schema dependency on '{key}' "
+                                    f"never applies to the writer's documents, which never carry '{key}', but "
+                                    "Confluent refuses a dependency schema added", readers_break=False))
             elif found := _breaking(found):
                 issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader has a schema dependency on "
                                     f"'{key}' that the writer lacks, and the writer's documents with '{key}' may "
@@ -600,9 +623,13 @@ class _Comparison:
         issues += rest
         issues += _bounds(r, w, path, "minItems", "maxItems", "items")
         if r.get("uniqueItems") and not w.get("uniqueItems"):
-            issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the "
-                                                            "writer may "
-                                "write duplicates"))
+            if w.get("maxItems", math.inf) <= 1:
+                issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items, which arrays of "
+                                    "at most one item (the writer's maxItems) always are, but Confluent refuses "
+                                    "uniqueItems added", readers_break=False))
+            else:
+                issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the writer "
+                                    "may write duplicates"))
         issues += self._contains(r, w, path, depth)
         return issues
 
