@@ -104,7 +104,8 @@ def test_registry_client_sees_an_obvious_break(registry_url: str, mode: Compatib
 @pytest.mark.parametrize("case_id,mode,accepted", [
     ("json-oneof-to-anyof", Compatibility.FORWARD, False),  # old readers' oneOf, new anyOf: was "compatible"
     ("audit-dependency-schema-removed", Compatibility.FORWARD, False),  # a dependency dropped: was "compatible"
-    ("audit-anyof-to-oneof", Compatibility.BACKWARD, False),
+    ("audit-anyof-to-oneof", Compatibility.BACKWARD, False),  # readers cope (disjoint types); refused all the same
+    ("audit-anyof-to-oneof-overlapping", Compatibility.BACKWARD, False),  # an integer matches both branches
     ("audit-const-removed", Compatibility.BACKWARD, False),  # readers cope; the registry refuses all the same
     ("avro-renamed-with-short-alias-in-namespace", Compatibility.BACKWARD, True),  # short alias, Java's way
 ])

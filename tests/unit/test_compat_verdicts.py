@@ -12,7 +12,7 @@ from tests.compat_cases import CASES, Case
 from toolkit.compat import avro as avro_compat
 from toolkit.compat import check_subject, json_schema
 from toolkit.compat.check import run_check
-from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Severity, finding_for
+from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity, finding_for
 from toolkit.compat.report import render_json
 from toolkit.layout import Compatibility, load_subject
 
@@ -32,11 +32,12 @@ def _findings(tmp_path: Path, case: Case, mode: Compatibility) -> list:
 
 
 @pytest.mark.parametrize("case_id,mode,rule,severity,readers,confluent,words", [
-    # we are stricter: the finding says Confluent would accept it
+    # a warning Confluent accepts: both let it through, so the finding says they agree
     ("audit-format-added", Compatibility.BACKWARD, "FORMAT_CHANGED", Severity.WARNING, "may break", ACCEPTS,
-     "Confluent Schema Registry would accept this change"),
+     "Confluent Schema Registry accepts it too"),
     ("json-required-with-default-added-closed", Compatibility.BACKWARD, "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED",
-     Severity.WARNING, "may break", ACCEPTS, "Confluent Schema Registry would accept this change"),
+     Severity.WARNING, "may break", ACCEPTS, "Confluent Schema Registry accepts it too"),
+    # we are stricter: the finding says Confluent would accept it
     ("audit-pattern-properties-model-property-added", Compatibility.BACKWARD, "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
      Severity.ERROR, "breaks", ACCEPTS, "Confluent Schema Registry would accept this change"),
     ("avro-timestamp-millis-to-micros", Compatibility.BACKWARD, "LOGICAL_TYPE_CHANGED", Severity.ERROR, "breaks",
@@ -47,8 +48,18 @@ def _findings(tmp_path: Path, case: Case, mode: Compatibility) -> list:
      "registering the new version will fail at deploy time"),
     ("json-integer-exclusive-bound-equivalent", Compatibility.BACKWARD, "EXCLUSIVE_MINIMUM_ADDED", Severity.ERROR,
      "copes", REFUSES, "registering the new version will fail at deploy time"),
+    # a changed combinator readers cope with: no value is both a string and an integer, and a single conjunct
+    # takes both types
+    ("json-oneof-to-anyof", Compatibility.FORWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "copes", REFUSES,
+     "registering the new version will fail at deploy time"),
+    ("audit-anyof-to-oneof", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "copes", REFUSES,
+     "registering the new version will fail at deploy time"),
+    ("audit-anyof-to-single-allof", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "copes",
+     REFUSES, "registering the new version will fail at deploy time"),
     # both agree it breaks
-    ("json-oneof-to-anyof", Compatibility.FORWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "breaks", REFUSES,
+    ("audit-anyof-to-oneof-overlapping", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "breaks",
+     REFUSES, "Confluent Schema Registry refuses it too"),
+    ("audit-allof-to-oneof", Compatibility.BACKWARD, "COMBINED_TYPE_CHANGED", Severity.ERROR, "breaks", REFUSES,
      "Confluent Schema Registry refuses it too"),
     ("audit-dependency-schema-removed", Compatibility.FORWARD, "DEPENDENCY_SCHEMA_ADDED", Severity.ERROR, "breaks",
      REFUSES, "Confluent Schema Registry refuses it too"),
@@ -63,11 +74,39 @@ def test_a_finding_carries_both_verdicts(tmp_path, case_id, mode, rule, severity
 
 
 def test_the_json_report_has_both_verdicts(tmp_path):
-    _findings(tmp_path, _case("json-oneof-to-anyof"), Compatibility.FORWARD)
+    _findings(tmp_path, _case("audit-anyof-to-oneof-overlapping"), Compatibility.BACKWARD)
     report = json.loads(render_json(run_check(tmp_path / "schemas")))
     found = [f for f in report["findings"] if f["rule"] == "COMBINED_TYPE_CHANGED"]
     assert found and found[0]["readers"] == "breaks" and found[0]["confluent"] == "refuses"
-    assert found[0]["path"] == "$.p" and found[0]["reader_version"] == 1 and found[0]["writer_version"] == 2
+    assert found[0]["path"] == "$.p" and found[0]["reader_version"] == 2 and found[0]["writer_version"] == 1
+    assert "both admit 'integer' values" in found[0]["message"]
+
+
+@pytest.mark.parametrize("reader,writer,breaks,words", [
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+     False, "their types do not overlap"),
+    ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, {"anyOf": [{"type": "number"}, {"type": "integer"}]},
+     True, "branches 1 and 2 of the reader's oneOf both admit 'integer' values"),
+    # the branches overlap on strings, but this writer writes only integers and booleans
+    ({"oneOf": [{"type": ["string", "integer"]}, {"type": ["string", "boolean"]}]},
+     {"anyOf": [{"type": "integer"}, {"type": "boolean"}]}, False, "their types do not overlap"),
+    ({"oneOf": [{"type": "string"}, {"maxLength": 3}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, True,
+     "both admit 'string' values"),
+    ({"oneOf": [{"enum": ["a", 1]}, {"const": 2.5}]}, {"anyOf": [{"const": "a"}, {"const": 2.5}]}, False,
+     "their types do not overlap"),
+    # disjoint branches, but a writer branch no reader branch takes: breaks, and says why
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]},
+     {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "boolean"}]}, True,
+     "the reader rejects values the writer allows: the writer may write values that match none"),
+    ({"allOf": [{"type": ["string", "integer"]}]}, {"oneOf": [{"type": "string"}, {"type": "integer"}]}, False,
+     "satisfies each of the reader's allOf conjuncts"),
+    ({"allOf": [{"type": "string"}]}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, True,
+     "the reader rejects values the writer allows: the writer may write 'integer'"),
+])
+def test_a_changed_combinator_breaks_readers_only_with_a_reason(reader, writer, breaks, words):
+    changed = [i for i in json_schema.check(reader, writer) if i.rule == "COMBINED_TYPE_CHANGED"]
+    assert len(changed) == 1 and changed[0].readers_break is breaks and not changed[0].confluent_accepts
+    assert words in changed[0].what
 
 
 def test_forward_dependency_removed_is_found_where_it_was_declared():
@@ -138,3 +177,78 @@ def test_a_conditional_the_writer_already_satisfies_is_a_confluent_only_refusal(
     issues = json_schema.check(reader, writer)
     assert [(i.rule, i.readers_break) for i in issues] == [("TYPE_CHANGED", False)]
     assert json_schema.check(writer, reader) == []  # a writer's conditional only restricts what it writes
+
+
+def test_a_warning_is_agreement_when_confluent_accepts_and_a_disagreement_when_it_refuses():
+    accepted = finding_for("ids", 2, 1, Issue("$", "FORMAT_CHANGED", "the reader expects a format", Severity.WARNING))
+    assert (accepted.readers, accepted.confluent) == ("may break", ACCEPTS)
+    assert "accepts it too" in accepted.message and "stricter" not in accepted.message
+    refused = finding_for("ids", 2, 1, Issue("$", "X", "a change", Severity.WARNING, confluent=REFUSES))
+    assert (refused.readers, refused.confluent) == ("may break", REFUSES)
+    assert "will fail at deploy time" in refused.message and "too" not in refused.message
+
+
+_S, _I = {"type": "string"}, {"type": "integer"}
+_CLOSED = {"type": "object", "properties": {"a": {}}, "additionalProperties": False}
+
+
+@pytest.mark.parametrize("reader,writer,expected", [
+    # a branch reads the value; only Confluent's enum-replaced-by-a-type rule objects
+    ({"anyOf": [{"type": "string", "enum": ["a", "b"]}, _I]}, {"const": "a"}, [("$", "TYPE_CHANGED", False)]),
+    # 'not' added: excludes only integers, the writer writes strings; or none of the writer's values
+    ({"type": "string", "not": _I}, _S, [("$", "NOT_TYPE_EXTENDED", False)]),
+    ({"not": {"const": ""}}, {"enum": ["a", "b"]}, [("$", "NOT_TYPE_EXTENDED", False)]),
+    ({"type": "string", "not": {"const": ""}}, _S, [("$", "NOT_TYPE_EXTENDED", True)]),
+    ({"not": {"const": "a"}}, {"enum": ["a", "b"]}, [("$", "NOT_TYPE_EXTENDED", True)]),
+    # both 'not' exclude the same integers, written with another keyword
+    ({"not": {"type": "integer", "exclusiveMinimum": 0}}, {"not": {"type": "integer", "minimum": 1}},
+     [("$", "NOT_TYPE_EXTENDED", False)]),
+    # a warning inside an additionalProperties / additionalItems schema stays a warning
+    ({"type": "object", "additionalProperties": {"type": "string", "format": "email"}},
+     {"type": "object", "additionalProperties": _S}, [("$.*", "FORMAT_CHANGED", True)]),
+    ({"type": "array", "items": [_S], "additionalItems": {"type": "string", "format": "email"}},
+     {"type": "array", "items": [_S], "additionalItems": _S}, [("$[*]", "FORMAT_CHANGED", True)]),
+    # an equivalent integer bound inside a dependency schema or an additionalProperties schema covering a
+    # dropped property: Confluent-only, not a break
+    ({"type": "object", "dependencies": {"card": {"properties": {"n": {"type": "integer", "exclusiveMinimum": 0}}}}},
+     {"type": "object", "dependencies": {"card": {"properties": {"n": {"type": "integer", "minimum": 1}}}}},
+     [("$.n", "EXCLUSIVE_MINIMUM_ADDED", False)]),
+    ({"type": "object", "additionalProperties": {"type": "integer", "exclusiveMinimum": 0}},
+     {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
+      "additionalProperties": {"type": "integer", "exclusiveMinimum": 0}}, [("$.n", "EXCLUSIVE_MINIMUM_ADDED", False)]),
+    # a fixed list of values where the writer had a type: fine where it lists every boolean (and null)
+    ({"enum": [True, False]}, {"type": "boolean"}, [("$", "ENUM_ARRAY_NARROWED", False)]),
+    ({"type": ["boolean", "null"], "enum": [True, False, None]}, {"type": ["boolean", "null"]},
+     [("$", "ENUM_ARRAY_NARROWED", False)]),
+    ({"enum": [True]}, {"type": "boolean"}, [("$", "ENUM_ARRAY_NARROWED", True)]),
+    ({"enum": ["a"]}, _S, [("$", "ENUM_ARRAY_NARROWED", True)]),
+    # uniqueItems added: arrays of at most one item cannot hold a duplicate
+    ({"type": "array", "uniqueItems": True}, {"type": "array", "maxItems": 1}, [("$", "UNIQUE_ITEMS_ADDED", False)]),
+    ({"type": "array", "uniqueItems": True}, {"type": "array", "maxItems": 2}, [("$", "UNIQUE_ITEMS_ADDED", True)]),
+    # a dependency on a property the writer's closed model never carries never applies
+    ({**_CLOSED, "dependencies": {"card": ["a"]}}, _CLOSED, [("$.card", "DEPENDENCY_ARRAY_ADDED", False)]),
+    ({**_CLOSED, "dependencies": {"card": {"required": ["a"]}}}, _CLOSED,
+     [("$.card", "DEPENDENCY_SCHEMA_ADDED", False)]),
+    ({**_CLOSED, "properties": {"a": {}, "card": {}}, "dependencies": {"card": ["a"]}},
+     {**_CLOSED, "properties": {"a": {}, "card": {}}}, [("$.card", "DEPENDENCY_ARRAY_ADDED", True)]),
+])
+def test_readers_break_only_where_a_value_is_rejected(reader, writer, expected):
+    issues = json_schema.check(reader, writer)
+    assert [(i.path, i.rule, i.readers_break) for i in issues] == expected
+
+
+_STRINGS = {"type": "array", "items": _S}
+
+
+@pytest.mark.parametrize("reader,writer,expected", [
+    ({**_STRINGS, "contains": _S}, {**_STRINGS, "minItems": 1}, []),  # every item matches, and there is one
+    ({**_STRINGS, "contains": _S}, _STRINGS, [("CONTAINS_ADDED", True)]),  # the writer may write []
+    ({**_STRINGS, "contains": {"const": "main"}}, {**_STRINGS, "minItems": 3}, [("CONTAINS_ADDED", True)]),
+    ({"type": "array", "prefixItems": [_I], "items": _S, "contains": _S}, {"type": "array", "prefixItems": [_I],
+     "items": _S, "minItems": 2}, [("CONTAINS_ADDED", True)]),  # the first item is an integer
+    # two matching items needed: minItems 2 meets it; Confluent still refuses a minContains added
+    ({**_STRINGS, "contains": _S, "minContains": 2}, {**_STRINGS, "minItems": 2}, [("MIN_CONTAINS_ADDED", False)]),
+    ({**_STRINGS, "contains": _S, "minContains": 2}, {**_STRINGS, "minItems": 1}, [("CONTAINS_ADDED", True)]),
+])
+def test_contains_holds_where_every_written_item_matches_and_min_items_suffice(reader, writer, expected):
+    assert [(i.rule, i.readers_break) for i in json_schema.check(reader, writer)] == expected

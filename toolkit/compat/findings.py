@@ -32,8 +32,9 @@ class Issue:
     what: str
     severity: Severity = Severity.ERROR
     # Confluent Schema Registry's expected verdict on the change, when it is not the same as ours: "accepts"
-    # (this check is deliberately stricter), "refuses", or "unknown" (e.g. it depends on a remote reference);
-    # empty = it agrees (an error it refuses, a warning it accepts).
+    # (an error: this check is deliberately stricter), "refuses" (a warning, or an error readers cope with), or
+    # "unknown" (e.g. it depends on a remote reference); empty = it agrees (an error it refuses, a warning it
+    # accepts: neither fails the check).
     confluent: str = ""
     # False for a change that readers cope with but that Confluent refuses: the registration fails at deploy.
     readers_break: bool = True
@@ -84,9 +85,11 @@ def finding_for(subject: str, reader: int, writer: int, issue: Issue, *, file: s
     accepts = issue.confluent_accepts
     if issue.confluent == UNKNOWN:
         verdict = "what Confluent Schema Registry decides depends on what this check could not compare"
-    elif not issue.readers_break:
+    elif not issue.readers_break or (issue.severity is Severity.WARNING and not accepts):
         verdict = ("but Confluent Schema Registry refuses this change, so registering the new version will fail "
                    "at deploy time")
+    elif issue.severity is Severity.WARNING:  # a warning does not fail the check: Confluent accepting it agrees
+        verdict = "Confluent Schema Registry accepts it too (a warning does not fail this check either)"
     elif accepts:
         verdict = "Confluent Schema Registry would accept this change (this check is stricter)"
     else:

@@ -20,20 +20,22 @@ names of Confluent's ``Difference.Type`` values, so a finding can be looked up i
 - arrays: ``items`` (and tuple forms ``prefixItems`` / ``items: [...]`` + ``additionalItems``) recursively;
 - combinators: a writer's anyOf/oneOf branches must each be accepted (SUM_TYPE_NARROWED when none of the
   reader's branches takes one); a reader's allOf conjuncts must each accept the writer; a writer's allOf is
-  merged; ``not`` is compared reversed (NOT_TYPE_EXTENDED); a changed combinator follows Confluent
-  (COMBINED_TYPE_CHANGED unless the reader's is anyOf, or a oneOf/allOf over a single branch);
+  merged; ``not`` is compared reversed (NOT_TYPE_EXTENDED; an added one breaks readers only where the writer
+  may write a value of a type it excludes); a changed combinator follows Confluent (COMBINED_TYPE_CHANGED
+  unless the reader's is anyOf, or a oneOf/allOf over a single branch), and breaks readers only where a
+  reader's oneOf has two branches sharing a type the writer may write, or the comparison rejects a value;
 - ``if``/``then``/``else`` (CONDITIONAL_ADDED, CONDITIONAL_NARROWED), ``dependencies`` / ``dependentRequired``
   / ``dependentSchemas`` (DEPENDENCY_ARRAY_*, DEPENDENCY_SCHEMA_ADDED), ``patternProperties``,
   ``propertyNames``, ``contains`` / ``minContains`` / ``maxContains``, ``unevaluated*`` (read like
   ``additional*``);
 - ``$ref``: local references (``#/...``) are resolved in each schema's own document, recursion-safe.
 
-Every issue also carries Confluent's expected verdict (:attr:`Issue.confluent`): ``accepts`` where this
-check is deliberately stricter (format, a required property with a default, patternProperties read as open,
-keywords Confluent never compares), and issues with ``readers_break=False`` where readers cope but
-Confluent's partly syntactic rules refuse (keyword-by-keyword numeric bounds, a plain enum/const replaced,
-branch counting and one-to-one pairing, a dependency or conditional added). docs/schema-checks.md has the
-keyword-by-keyword audit.
+Every issue also carries Confluent's expected verdict (:attr:`Issue.confluent`): ``accepts`` for the two
+warnings (format, a required property with a default: agreement, neither fails) and where this check is
+deliberately stricter (patternProperties read as open, keywords Confluent never compares), and issues with
+``readers_break=False`` where readers cope but Confluent's partly syntactic rules refuse (keyword-by-keyword
+numeric bounds, a plain enum/const replaced, branch counting and one-to-one pairing, a dependency or
+conditional added). docs/schema-checks.md has the keyword-by-keyword audit.
 
 Known limits (reported, not guessed): remote ``$ref`` (UNRESOLVED_REF, warning), regex inclusion (a changed
 ``pattern`` is an error, as in Confluent), ``format`` (a warning: an annotation unless a validator asserts
@@ -46,6 +48,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -151,11 +154,13 @@ class _Comparison:
         return issues
 
     def _compare(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
-        issues = self._criterion(r, w, path)
+        issues: list[Issue] = []
+        criterion_r, criterion_w = r, w
         if "if" in r or "if" in w:
             issues += self._conditional(r, w, path, depth)
             r, w = _without(r, *_CONDITIONAL), _without(w, *_CONDITIONAL)
         issues += self._combined(r, w, path, depth)
+        issues = self._criterion(criterion_r, criterion_w, path, issues) + issues
         if not _errors_at(issues, path):
             issues += _confluent_sum_count(r, w, path) or self._confluent_matching(r, w, path, depth)
         return _dedupe(issues)
@@ -176,23 +181,65 @@ class _Comparison:
                       "writer allows, but Confluent pairs branches one to one and finds no pairing of compatible "
                       "branches", readers_break=False)]
 
-    def _criterion(self, r: dict, w: dict, path: str) -> list[Issue]:
+    def _criterion(self, r: dict, w: dict, path: str, found: list[Issue]) -> list[Issue]:
         """Confluent's rule on a changed combinator: the reader may turn any combinator into anyOf, a single-
-        branch one into oneOf, and a single-branch one into a single-branch allOf; anything else breaks."""
+        branch one into oneOf, and a single-branch one into a single-branch allOf; it refuses anything else
+        (COMBINED_TYPE_CHANGED).
+
+        Whether readers break is decided apart from that rule. ``found`` holds what comparing the two schemas
+        as anyOf-like found: each writer branch accepted by some reader branch (for a oneOf reader) or by every
+        reader conjunct (for an allOf reader). The change itself adds one reason only: a oneOf reader rejects a
+        value matching two of its branches, possible when two branches share a type the writer may write."""
         r_kind, w_kind = _criterion_of(r), _criterion_of(w)
         if r_kind is None or w_kind is None or r_kind == w_kind:
             return []
         r_size, w_size = len(r[r_kind]), len(w[w_kind])
         if r_kind == "anyOf" or (r_kind == "oneOf" and w_size == 1) or (r_kind == "allOf" and r_size == w_size == 1):
             return []
+        changed = f"the combinator changed from {w_kind} (writer) to {r_kind} (reader)"
         if r_kind == "oneOf":
-            why = (f"a value may match several of the writer's {w_kind} branches, and the reader's oneOf rejects a "
-                   "value that matches more than one")
+            written = self._value_types(self.writer, w)
+            branches = [self._value_types(self.reader, b) & written for b in r["oneOf"]]
+            shared = next(((i, j, branches[i] & branches[j]) for i in range(len(branches))
+                           for j in range(i + 1, len(branches)) if branches[i] & branches[j]), None)
+            if shared is not None:
+                i, j, types = shared
+                return [Issue(path, "COMBINED_TYPE_CHANGED", f"{changed}: branches {i + 1} and {j + 1} of the "
+                              f"reader's oneOf both admit {_or(_shown_types(types))} values, which the writer may "
+                              "write, and oneOf rejects a value that matches more than one branch")]
+            alone = ("no value the writer may write can match two of the reader's oneOf branches (their types "
+                     "do not overlap)")
+            copes = f"{alone}, and some branch accepts each value the writer allows"
         else:
-            why = (f"the writer's values need to match only one of its {w_kind} branches, and the reader's allOf "
-                   "requires every one")
-        return [Issue(path, "COMBINED_TYPE_CHANGED", f"the combinator changed from {w_kind} (writer) to {r_kind} "
-                      f"(reader): {why}")]
+            alone = "the reader's allOf requires every conjunct"
+            copes = "every value the writer allows satisfies each of the reader's allOf conjuncts"
+        breaking = _breaking(found)
+        if breaking:
+            return [Issue(path, "COMBINED_TYPE_CHANGED", f"{changed}, which Confluent refuses; {alone}, and the "
+                          f"reader rejects values the writer allows: {breaking[0].what}")]
+        return [Issue(path, "COMBINED_TYPE_CHANGED", f"{changed}; {copes}, but Confluent refuses a changed "
+                      "combinator", readers_break=False)]
+
+    def _value_types(self, doc: _Document, s: Any, depth: int = 0) -> set[str]:
+        """The kinds of JSON value ``s`` admits, as ``_widen``-ed type names (``integer`` for whole numbers,
+        ``number`` for the others): from ``type``, ``enum``/``const`` and combinators; all when unknown."""
+        s = doc.deref(s, [], "$")
+        if s is False:
+            return set()
+        if not isinstance(s, dict) or depth > 8:
+            return set(_ALL_TYPES)
+        found = set(_ALL_TYPES)
+        if _types(s) is not None:
+            found &= _widen(_types(s))
+        finite = _finite_values(s)
+        if finite is not None:
+            found &= {_value_type(v) for v in finite}
+        for part in s.get("allOf", []) if isinstance(s.get("allOf"), list) else []:
+            found &= self._value_types(doc, part, depth + 1)
+        for keyword in ("anyOf", "oneOf"):
+            if isinstance(s.get(keyword), list):
+                found &= set().union(*(self._value_types(doc, b, depth + 1) for b in s[keyword]))
+        return found
 
     def _conditional(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         """``if``/``then``/``else``: documents the reader's ``if`` matches must pass its ``then``, the others its
@@ -209,8 +256,7 @@ class _Comparison:
         issues: list[Issue] = []
         for branch, matched in (("then", "matches"), ("else", "does not match")):
             writer_side = _merge(base, self.writer.deref(w.get(branch, True), [], path)) if same_if else base
-            found = [i for i in self.compare(r.get(branch, True), writer_side, path, depth)
-                     if i.severity is Severity.ERROR]
+            found = _breaking(self.compare(r.get(branch, True), writer_side, path, depth))
             if found:
                 rule = "CONDITIONAL_NARROWED" if "if" in w else "CONDITIONAL_ADDED"
                 issues.append(Issue(path, rule, f"where the reader's 'if' {matched}, its '{branch}' rejects "
@@ -244,20 +290,42 @@ class _Comparison:
                 return self._reader_sum(r, w, keyword, path, depth)
         if "not" in r:
             if "not" not in w:
-                return [Issue(path, "NOT_TYPE_EXTENDED", "the reader excludes values with 'not' that the "
-                                                         "writer "
-                              "may write")] + self.compare(_without(r, "not"), w, path, depth)
+                return self._not_added(r, w, path) + self.compare(_without(r, "not"), w, path, depth)
             excluded = self.reversed().compare(w["not"], r["not"], path, depth)
             issues = self.compare(_without(r, "not"), _without(w, "not"), path, depth)
-            if excluded:
+            if _breaking(excluded):
                 issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes values the "
-                                                               "writer's "
-                                    "'not' allowed"))
+                                    f"writer's 'not' allowed ({_breaking(excluded)[0].what})"))
+            elif _errors(excluded):
+                issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes nothing the writer's "
+                                    "'not' allowed, but Confluent compares the two 'not' schemas and refuses "
+                                    f"({_errors(excluded)[0].what})", readers_break=False))
             return issues
         finite = _finite_values(w)
         if finite is not None:
             return self._finite(r, w, finite, path)
         return self._structural(r, w, path, depth)
+
+    def _not_added(self, r: dict, w: dict, path: str) -> list[Issue]:
+        """A reader's ``not`` the writer lacks excludes values the writer may write, unless none of them can
+        match the excluded schema: its types and the writer's do not overlap, or the writer's enum/const values
+        all fail it. Confluent refuses a ``not`` added either way (NOT_TYPE_EXTENDED)."""
+        excluded = r["not"]
+        finite = _finite_values(w)
+        if finite is not None:
+            written = [v for v in finite if self.writer.accepts_value(w, v)[0]]
+            hit = [v for v in written if self.reader.accepts_value(excluded, v)[0]]
+            if hit:
+                return [Issue(path, "NOT_TYPE_EXTENDED", f"the writer may write {_json(hit[0])}, which the "
+                              "reader's 'not' excludes")]
+            return [Issue(path, "NOT_TYPE_EXTENDED", "none of the writer's values matches what the reader's 'not' "
+                          "excludes, but Confluent refuses a 'not' added", readers_break=False)]
+        shared = self._value_types(self.writer, w) & self._value_types(self.reader, excluded)
+        if shared:
+            return [Issue(path, "NOT_TYPE_EXTENDED", f"the reader's 'not' excludes {_or(_shown_types(shared))} "
+                          "values of a kind the writer may write")]
+        return [Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes only values of types the writer "
+                      "never writes, but Confluent refuses a 'not' added", readers_break=False)]
 
     def _reader_sum(self, r: dict, w: dict, keyword: str, path: str, depth: int) -> list[Issue]:
         base = _without(r, keyword)
@@ -265,14 +333,20 @@ class _Comparison:
         pieces = [w] if len(_types(w) or ()) < 2 else [{**w, "type": t} for t in sorted(_types(w))]
         for piece in pieces:  # a writer of several types may spread over several reader branches
             best: list[Issue] | None = None
+            refused: list[Issue] | None = None  # a branch that reads the piece but Confluent finds changed
             for branch in r[keyword]:
-                found = [i for i in self.compare(branch, piece, path, depth) if i.severity is Severity.ERROR]
-                if not found:
-                    best = []
+                errors = _errors(self.compare(branch, piece, path, depth))
+                found = _breaking(errors)
+                if not errors:
+                    best, refused = [], None
                     break
-                if best is None or len(found) < len(best):
+                if not found:
+                    best, refused = [], refused if refused is not None else errors
+                elif best is None or (best and len(found) < len(best)):
                     best = found
-            if best:
+            if refused:
+                issues += refused
+            elif best:
                 issues.append(Issue(path, "SUM_TYPE_NARROWED", f"the writer may write values that match "
                                                                f"none of "
                                     f"the reader's {keyword} branches (closest branch: {best[0].what})"))
@@ -298,9 +372,7 @@ class _Comparison:
     def _structural(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
         if "enum" in r or "const" in r:
-            issues.append(Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of "
-                                                             "values here "
-                                "while the writer may write any value of its type"))
+            issues += self._list_for_type(r, w, path)
         reader_types, writer_types = _types(r), _types(w)
         writer_types = set(_ALL_TYPES) if writer_types is None else writer_types
         if reader_types is not None:
@@ -324,6 +396,23 @@ class _Comparison:
             issues += self._array(r, w, path, depth)
         return issues
 
+    def _list_for_type(self, r: dict, w: dict, path: str) -> list[Issue]:
+        """A reader's enum/const where the writer has a type: it breaks unless the writer's values are few
+        enough to list (null, true, false) and the reader lists each of them."""
+        possible = self._value_types(self.writer, w)
+        if not possible <= {"null", "boolean"}:
+            return [Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of values here while "
+                          "the writer may write any value of its type")]
+        listed = {k: r[k] for k in ("enum", "const") if k in r}
+        written = [v for v in (None, False, True) if _value_type(v) in possible and self.writer.accepts_value(w, v)[0]]
+        rejected = [v for v in written if not self.reader.accepts_value(listed, v)[0]]
+        if rejected:
+            return [Issue(path, "ENUM_ARRAY_NARROWED", f"the writer may write {_json(rejected[0])}, which the "
+                          "reader's fixed list of values does not include")]
+        return [Issue(path, "ENUM_ARRAY_NARROWED", "the reader's fixed list of values includes every value the "
+                      f"writer may write ({', '.join(_json(v) for v in written)}), but Confluent is expected to "
+                      "refuse a list of values where the writer had a type", readers_break=False)]
+
     def _object(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
         r_props, w_props = r.get("properties", {}), w.get("properties", {})
@@ -339,11 +428,15 @@ class _Comparison:
                                         f"the writer may write property '{name}', which the reader no longer "
                                         "declares and its closed content model (additionalProperties: false) "
                                         "rejects"))
-                elif (not _is_open(cover) and cover is not False
-                      and self.compare(cover, w_props[name], child, depth)):
-                    issues.append(Issue(child, "PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
-                                        f"the writer may write property '{name}', which the reader no longer "
-                                        "declares and its additionalProperties schema does not accept"))
+                elif not _is_open(cover) and cover is not False:
+                    found = self.compare(cover, w_props[name], child, depth)
+                    if _breaking(found):
+                        issues.append(Issue(child, "PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
+                                            f"the writer may write property '{name}', which the reader no longer "
+                                            "declares and its additionalProperties schema does not accept "
+                                            f"({_breaking(found)[0].what})"))
+                    else:
+                        issues += found  # warnings and Confluent-only refusals, as they are
                 elif _is_open(cover) and _pattern_only(r):
                     issues.append(Issue(child, "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
                                         f"the reader no longer declares property '{name}' and no pattern of its "
@@ -364,11 +457,15 @@ class _Comparison:
                                             "value, which the reader now constrains (close the writer with "
                                             "additionalProperties: false first)",
                                             confluent=ACCEPTS if pattern_only else ""))
-                elif self.compare(r_props[name], source, child, depth):
-                    issues.append(Issue(child, "PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
-                                        f"the writer's additionalProperties may carry a property '{name}' "
-                                        f"that "
-                                        "the reader's new declaration rejects"))
+                else:
+                    found = self.compare(r_props[name], source, child, depth)
+                    if _breaking(found):
+                        issues.append(Issue(child, "PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
+                                            f"the writer's additionalProperties may carry a property '{name}' "
+                                            "that the reader's new declaration rejects "
+                                            f"({_breaking(found)[0].what})"))
+                    else:
+                        issues += found
         for name in sorted(r_required - w_required):
             child = f"{path}.{name}"
             declared = self.reader.deref(r_props.get(name, True), [], child)
@@ -410,7 +507,11 @@ class _Comparison:
             rule = ("DEPENDENCY_ARRAY_ADDED" if written is None else
                     "DEPENDENCY_ARRAY_EXTENDED" if set(written) <= set(needed) else "DEPENDENCY_ARRAY_CHANGED")
             extra = set(needed) - set(written or []) - set(w.get("required", []))
-            if extra:
+            if extra and self.writer.deref(_declared(w, key), [], child) is False:
+                issues.append(Issue(child, rule, f"the reader's dependency of '{key}' never applies to the writer's "
+                                    f"documents, which never carry '{key}', but Confluent refuses a dependency "
+                                    "added or extended", readers_break=False))
+            elif extra:
                 issues.append(Issue(child, rule, f"the reader requires {_or(sorted(extra), 'and')} whenever "
                                     f"'{key}' is present, which the writer did not"))
             else:
@@ -425,11 +526,14 @@ class _Comparison:
                 writer_side = _merge(base, self.writer.deref(w_schemas[key], [], child))
             else:
                 writer_side = base
-            found = [i for i in self.compare(needed, writer_side, path, depth) if i.severity is Severity.ERROR]
+            found = _errors(self.compare(needed, writer_side, path, depth))
             if key in w_schemas:
-                issues += [Issue(i.path, i.rule, f"where '{key}' is present (schema dependency): {i.what}")
-                           for i in found]
-            elif found:
+                issues += [replace(i, what=f"where '{key}' is present (schema dependency): {i.what}") for i in found]
+            elif self.writer.deref(_declared(w, key), [], child) is False:
+                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader's schema dependency on '{key}' "
+                                    f"never applies to the writer's documents, which never carry '{key}', but "
+                                    "Confluent refuses a dependency schema added", readers_break=False))
+            elif found := _breaking(found):
                 issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader has a schema dependency on "
                                     f"'{key}' that the writer lacks, and the writer's documents with '{key}' may "
                                     f"fail it ({found[0].what})"))
@@ -460,7 +564,7 @@ class _Comparison:
                 if extra is not False:
                     sources.append((f"{path}.*", extra))
             for where, source in sources:
-                found = [i for i in self.compare(sub, source, where, depth) if i.severity is Severity.ERROR]
+                found = _breaking(self.compare(sub, source, where, depth))
                 if found:
                     issues.append(Issue(where, "PATTERN_PROPERTIES_NARROWED", f"the reader's patternProperties "
                                         f"{pattern!r} rejects values the writer may write under a matching name "
@@ -479,7 +583,7 @@ class _Comparison:
             what = f"the writer declares property {_or(rejected)}, whose name the reader's propertyNames rejects"
         elif not (self.writer.deref(_undeclared(w), [], path) is False and not w.get("patternProperties")):
             written = _merge({"type": "string"}, self.writer.deref(w.get("propertyNames", True), [], path))
-            found = [i for i in self.compare(names, written, f"{path}.*", depth) if i.severity is Severity.ERROR]
+            found = _breaking(self.compare(names, written, f"{path}.*", depth))
             if found:
                 what = ("the writer allows undeclared properties whose names the reader's propertyNames rejects "
                         f"({found[0].what})")
@@ -495,10 +599,11 @@ class _Comparison:
         if r_extra is False:
             return [Issue(path, f"{prefix}_PROPERTIES_REMOVED", "the writer allows undeclared properties "
                           f"and the reader's closed content model ({keyword}: false) rejects them")]
-        if _is_open(w_extra) or self.compare(r_extra, w_extra, f"{path}.*", depth):
+        found = [] if _is_open(w_extra) else self.compare(r_extra, w_extra, f"{path}.*", depth)
+        if _is_open(w_extra) or _breaking(found):
             return [Issue(path, f"{prefix}_PROPERTIES_NARROWED", f"the reader's {keyword} schema "
                           "rejects undeclared properties the writer allows")]
-        return []
+        return found  # warnings and Confluent-only refusals, as they are
 
     def _array(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
@@ -510,24 +615,35 @@ class _Comparison:
             issues += self.compare(reader_item, writer_item, f"{path}[{i}]", depth)
         rest = self.compare(r_rest, w_rest, f"{path}[*]", depth)
         keyword = _rest_keyword(r)
-        if rest and keyword in ("additionalItems", "unevaluatedItems"):
+        if _breaking(rest) and keyword in ("additionalItems", "unevaluatedItems"):
             closed = self.reader.deref(r_rest, [], path) is False
             rule = f"{_snake(keyword).rsplit('_', 1)[0]}_ITEMS_{'REMOVED' if closed else 'NARROWED'}"
             rest = [Issue(path, rule, f"the reader's {keyword} rejects items beyond the tuple that the writer "
-                          f"allows ({rest[0].what})")]
+                          f"allows ({_breaking(rest)[0].what})")]
         issues += rest
         issues += _bounds(r, w, path, "minItems", "maxItems", "items")
         if r.get("uniqueItems") and not w.get("uniqueItems"):
-            issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the "
-                                                            "writer may "
-                                "write duplicates"))
+            if w.get("maxItems", math.inf) <= 1:
+                issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items, which arrays of "
+                                    "at most one item (the writer's maxItems) always are, but Confluent refuses "
+                                    "uniqueItems added", readers_break=False))
+            else:
+                issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the writer "
+                                    "may write duplicates"))
         issues += self._contains(r, w, path, depth)
         return issues
+
+    def _every_item_matches(self, schema: Any, w: dict, path: str, depth: int) -> bool:
+        """Does each item schema of the writer (tuple positions and the rest) accept only values ``schema``
+        accepts?"""
+        prefix, rest = _items(w)
+        return not any(_breaking(self.compare(schema, item, f"{path}[*]", depth)) for item in [*prefix, rest])
 
     def _contains(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         """``contains`` with ``minContains`` (default 1) and ``maxContains``. Confluent compares only the two
         counts (MIN_CONTAINS_ADDED / _INCREASED, MAX_CONTAINS_ADDED / _DECREASED break), never the contains
-        schema itself: it accepts a stricter or new ``contains``."""
+        schema itself: it accepts a stricter or new ``contains``. Readers cope where every item the writer may
+        write matches the reader's ``contains`` and the writer's ``minItems`` reaches the reader's minContains."""
         issues: list[Issue] = []
         refused = _confluent_contains(r, w)
         confluent = REFUSES if refused else ACCEPTS
@@ -535,13 +651,14 @@ class _Comparison:
             c_r, c_w = r["contains"], w.get("contains")
             low_r = r.get("minContains", 1)
             low_w = w.get("minContains", 1) if c_w is not None else 0
-            same = c_w is not None and not [i for i in self.compare(c_r, c_w, f"{path}[*]", depth)
-                                            if i.severity is Severity.ERROR]
-            if low_r > 0 and not same:
+            same = c_w is not None and not _breaking(self.compare(c_r, c_w, f"{path}[*]", depth))
+            # every item the writer writes matches the reader's contains, and there are enough of them
+            met = w.get("minItems", 0) >= low_r and self._every_item_matches(c_r, w, path, depth)
+            if low_r > 0 and not same and not met:
                 rule = "CONTAINS_ADDED" if c_w is None else "CONTAINS_NARROWED"
                 issues.append(Issue(path, rule, "the reader requires an item matching its 'contains' schema, "
                                     "which arrays of the writer may lack", confluent=confluent))
-            elif low_r > low_w:
+            elif low_r > low_w and not met:
                 issues.append(Issue(path, "MIN_CONTAINS_INCREASED" if "minContains" in w else "MIN_CONTAINS_ADDED",
                                     f"the reader requires at least {low_r} matching items (minContains) and the "
                                     f"writer {low_w}", confluent=confluent))
@@ -767,6 +884,21 @@ def _widen(types: Iterable[str]) -> set[str]:
     return types | {"integer"} if "number" in types else types
 
 
+def _value_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    return {float: "number", str: "string", list: "array", dict: "object"}.get(type(value), "object")
+
+
+def _shown_types(types: set[str]) -> list[str]:
+    """``integer`` and ``number`` together read as ``number``."""
+    return sorted(types - {"integer"} if "number" in types else types)
+
+
 def _is_open(s: Any) -> bool:
     return s is True or (isinstance(s, dict) and all(k in _ANNOTATIONS for k in s))
 
@@ -780,6 +912,16 @@ _CONDITIONAL = ("if", "then", "else")
 
 def _criterion_of(s: dict) -> str | None:
     return next((k for k in ("oneOf", "anyOf", "allOf") if isinstance(s.get(k), list)), None)
+
+
+def _errors(issues: list[Issue]) -> list[Issue]:
+    return [i for i in issues if i.severity is Severity.ERROR]
+
+
+def _breaking(issues: list[Issue]) -> list[Issue]:
+    """The issues that say a reader rejects a value the writer may write: errors, not warnings, and not the
+    ones only Confluent refuses (``readers_break=False``)."""
+    return [i for i in issues if i.severity is Severity.ERROR and i.readers_break]
 
 
 def _errors_at(issues: list[Issue], path: str) -> bool:
