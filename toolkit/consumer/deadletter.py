@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from toolkit.envelope import MAX_DEPTH, depth_exceeds
+from toolkit.envelope import MAX_DEPTH, depth_exceeds, reject_constant
+from toolkit.errors import safe_str
 
 H_TOPIC = "kafka_dlt-original-topic"
 H_PARTITION = "kafka_dlt-original-partition"
@@ -112,30 +113,17 @@ def _finite(text: str) -> float:
     return number
 
 
-def _reject(name: str) -> Any:
-    raise ValueError(name)
-
-
 def _as_json(value: bytes | None) -> tuple[bool, Any]:
     """(True, document) when the bytes are UTF-8 JSON that can be embedded safely, else (False, None)."""
     if value is None:
         return False, None
     try:
-        document = json.loads(value.decode("utf-8"), parse_constant=_reject, parse_float=_finite)
+        document = json.loads(value.decode("utf-8"), parse_constant=reject_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False, None
     if depth_exceeds(document, MAX_DEPTH):
         return False, None
     return True, document
-
-
-def _text(obj: Any) -> str:
-    """``str(obj)``, whatever its ``__str__`` does."""
-    try:
-        text = str(obj)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not stop the dead letter
-        return f"<{_fqcn(obj)} str() failed>"
-    return text if isinstance(text, str) else f"<{_fqcn(obj)} str() returned a non-string>"
 
 
 def _fqcn(obj: Any) -> str:
@@ -164,7 +152,7 @@ def _trace(error: BaseException) -> str:
     try:
         return "".join(traceback.format_exception(error))
     except Exception:  # noqa: BLE001 - e.g. a traceback object a library forged
-        return f"{_fqcn(error)}: {_text(error)}\n"
+        return f"{_fqcn(error)}: {safe_str(error)}\n"
 
 
 _repr = reprlib.Repr()
@@ -198,19 +186,14 @@ def _utf8(text: str) -> bytes:
 
 
 def _header_name(name: Any) -> str:
-    text = name if isinstance(name, str) else _text(name)
+    text = name if isinstance(name, str) else safe_str(name)
     return _utf8(text).decode("utf-8")
 
 
 def _header_value(value: Any) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    if isinstance(value, str):
-        return _utf8(value)
-    try:
-        return bytes(value)
-    except Exception:  # noqa: BLE001
-        return _utf8(_text(value))
+    return _utf8(value if isinstance(value, str) else safe_str(value))
 
 
 def _headers_field(headers: Headers) -> list[list[Any]]:
@@ -218,7 +201,7 @@ def _headers_field(headers: Headers) -> list[list[Any]]:
     out = []
     for name, value in headers:
         data = _header_value(value)
-        out.append([name if isinstance(name, str) else _text(name), None if data is None else _b64(data)])
+        out.append([name if isinstance(name, str) else safe_str(name), None if data is None else _b64(data)])
     return out
 
 
@@ -234,11 +217,11 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
     is_json, document = (False, None)
     if value is not None and len(value) <= max_embedded_bytes:
         is_json, document = _as_json(value)
-    reason = _clip(_text(reason))
+    reason = _clip(safe_str(reason))
     if error is None:
         fqcn, message, trace, cause = f"toolkit.{stage}", reason, "", None
     else:
-        fqcn, message, trace, cause = _fqcn(error), _clip(_text(error)), _clip(_trace(error)), _cause(error)
+        fqcn, message, trace, cause = _fqcn(error), _clip(safe_str(error)), _clip(_trace(error)), _cause(error)
     key_text, key_encoding = _text_or_b64(source.key)
     timestamp_type = TIMESTAMP_TYPES.get(source.timestamp_type, "CreateTime")
     if source.timestamp is None:
@@ -255,7 +238,7 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
         "stage": stage,
         "type": fqcn,
         "message": message,
-        "cause": None if cause is None else {"type": _fqcn(cause), "message": _clip(_text(cause))},
+        "cause": None if cause is None else {"type": _fqcn(cause), "message": _clip(safe_str(cause))},
         "details": _jsonable(details),
     }
     body["source"] = {
@@ -270,14 +253,7 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
         "attempts": attempts,
         "headers": _headers_field(source.headers),
     }
-    try:
-        encoded = _dumps(body)
-    except (ValueError, TypeError, RecursionError):  # not foreseen: keep the exact bytes, drop the rest
-        body["original_message"] = None if value is None else _b64(value)
-        body["original_encoding"] = "base64" if value is not None else "null"
-        body.pop("original_bytes", None)
-        body["error"]["details"] = _clip(_text(body["error"]["details"]), 10_000)
-        encoded = _dumps(body)
+    encoded = _dumps(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()
     headers: Headers = [(_header_name(k), _header_value(v)) for k, v in source.headers
                         if not (isinstance(k, str) and k.startswith(DLT_PREFIX))]
     headers += [
@@ -303,26 +279,23 @@ def minimal_dead_letter(topic: str, partition: int, offset: int, key: bytes | No
                         suffix: str = ".dlq") -> DeadLetterRecord:
     """The last resort when :func:`build_dead_letter` failed for a reason nobody foresaw: the exact bytes,
     the reason and the coordinates, written as ASCII JSON. :func:`original_record` reads it too."""
-    try:
-        kept = _headers_field(headers) if headers is not None else None
-    except Exception:  # noqa: BLE001 - headers we cannot read: the dead letter goes without them
-        kept = None
-    source: dict[str, Any] = {"topic": _text(topic), "partition": partition, "offset": offset,
+    kept = _headers_field(headers) if headers is not None else None  # None: the client could not read them
+    source: dict[str, Any] = {"topic": safe_str(topic), "partition": partition, "offset": offset,
                               "key": None if key is None else _b64(key),
                               "keyEncoding": None if key is None else "base64",
-                              "timestamp": None, "consumerGroup": _text(consumer_group), "attempts": 1}
+                              "timestamp": None, "consumerGroup": safe_str(consumer_group), "attempts": 1}
     if kept is not None:
         source["headers"] = kept
     body = {"original_message": None if value is None else _b64(value),
             "original_encoding": "null" if value is None else "base64",
-            "error": {"reason": _clip(_text(reason)), "stage": _text(stage), "type": "toolkit.deadletter",
+            "error": {"reason": _clip(safe_str(reason)), "stage": safe_str(stage), "type": "toolkit.deadletter",
                       "details": "the full dead letter could not be built; this one keeps the exact bytes"},
             "source": source}
-    encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=_text).encode("ascii")
-    dl_headers: Headers = [(H_TOPIC, _utf8(_text(topic))), (H_PARTITION, struct.pack(">i", partition)),
-                           (H_OFFSET, struct.pack(">q", offset)), (H_GROUP, _utf8(_text(consumer_group))),
-                           (H_MESSAGE, _utf8(f"{_text(stage)}: {_clip(_text(reason))}"))]
-    return DeadLetterRecord(dead_letter_topic(_text(topic), suffix), key, encoded, dl_headers)
+    encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=safe_str).encode("ascii")
+    dl_headers: Headers = [(H_TOPIC, _utf8(safe_str(topic))), (H_PARTITION, struct.pack(">i", partition)),
+                           (H_OFFSET, struct.pack(">q", offset)), (H_GROUP, _utf8(safe_str(consumer_group))),
+                           (H_MESSAGE, _utf8(f"{safe_str(stage)}: {_clip(safe_str(reason))}"))]
+    return DeadLetterRecord(dead_letter_topic(safe_str(topic), suffix), key, encoded, dl_headers)
 
 
 def original_record(value: bytes, key: bytes | None = None, headers: Headers | None = None) -> OriginalRecord:

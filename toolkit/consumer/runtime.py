@@ -569,17 +569,20 @@ class KafkaConsumer:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
+        headers = _headers(msg)
         try:
+            if headers is None:
+                raise ValueError("the record's headers cannot be read")
             ts_type, ts = msg.timestamp()
             source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                  list(msg.headers() or []), ts if ts_type and ts >= 0 else None, ts_type)
+                                  headers, ts if ts_type and ts >= 0 else None, ts_type)
             record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
                                        details=outcome.details, consumer_group=self.group_id, attempts=attempts,
                                        suffix=self.dlq_suffix)
         except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
             log.exception("building the dead letter failed; sending a minimal one", extra=extra)
             record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                         _headers(msg), stage=outcome.stage, reason=outcome.reason,
+                                         headers, stage=outcome.stage, reason=outcome.reason,
                                          consumer_group=self.group_id, suffix=self.dlq_suffix)
         failures = 0
         while not self._sender.knows(record.topic):
@@ -688,9 +691,10 @@ def _extra(msg: Any, prepared: Prepared | None = None) -> dict[str, Any]:
 
 
 def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    """The record's headers; None when the client cannot decode them."""
     try:
         return list(msg.headers() or [])
-    except Exception:  # noqa: BLE001 - headers the client cannot decode
+    except Exception:  # noqa: BLE001
         return None
 
 
