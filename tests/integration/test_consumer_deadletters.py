@@ -257,6 +257,35 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
     assert consumer.stats[topic].dead_lettered == {"decode": 2}
 
 
+def test_any_failure_to_send_a_dead_letter_is_retried_and_commits_follow(kafka_bootstrap, make_topic, group_id,
+                                                                        monkeypatch, caplog):
+    from toolkit.consumer import kafka_io
+
+    topic = make_topic("orders")
+    produce(kafka_bootstrap, topic, [b"\xffbad", order("ok")])
+    real_send = kafka_io.DeadLetterSender.send
+    sends = []
+
+    def send(self, record, **kwargs):
+        sends.append(kwargs.get("alone"))
+        if len(sends) <= 2:  # not a BrokerUnavailable: e.g. the resend producer cannot be made
+            raise RuntimeError("unexpected failure while sending")
+        return real_send(self, record, **kwargs)
+
+    monkeypatch.setattr(kafka_io.DeadLetterSender, "send", send)
+    seen = []
+    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)})
+    with caplog.at_level(logging.WARNING, logger="toolkit.consumer"):
+        run(consumer)
+    assert sends == [False, True, True]
+    assert "dead letter not delivered (failure 2), retrying in" in caplog.text
+    assert "RuntimeError: unexpected failure while sending" in caplog.text
+    assert consumer.stats[topic].dead_lettered == {"decode": 1} and seen == ["ok"]
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 2}
+    (dl,) = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    assert original_record(dl.value).value == b"\xffbad"
+
+
 def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_bootstrap, admin, make_topic,
                                                                           group_id):
     topic = make_topic("orders")

@@ -307,3 +307,38 @@ def test_not_a_dead_letter_value(value):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- the dead-letter producer: a resend producer that cannot be made fails that send only --------------------
+
+def test_failing_to_make_the_resend_producer_fails_the_send_and_is_tried_again(monkeypatch):
+    import asyncio
+
+    from toolkit.consumer import kafka_io
+    from toolkit.errors import BrokerUnavailable
+
+    made = []
+
+    def producer(config):
+        made.append(config)
+        if config.get("batch.num.messages") == 1 and len(made) == 2:  # the first resend producer only
+            raise RuntimeError("cannot make a producer now")
+        return real(config)
+
+    real = kafka_io.Producer
+    monkeypatch.setattr(kafka_io, "Producer", producer)
+    record = minimal_dead_letter("orders", 0, 1, None, b"v", [], stage="decode", reason="r", consumer_group="g")
+
+    async def scenario():
+        sender = kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9", "socket.timeout.ms": 100},
+                                           asyncio.get_running_loop())
+        try:
+            with pytest.raises(BrokerUnavailable, match="RuntimeError: cannot make a producer now"):
+                await sender.send(record, alone=True)
+            queued = sender.send(record, alone=True)  # made this time; no broker here, so it stays queued
+            assert sender._alone is not None and not queued.done()
+        finally:
+            sender.close(timeout_s=0)
+
+    asyncio.run(scenario())
+    assert [c.get("batch.num.messages") for c in made] == [None, 1, 1]

@@ -323,10 +323,12 @@ class DeadLetterSender:
 
     def _poll(self) -> None:
         while self._running:
-            self._producer.poll(0.05)
             alone = self._alone
-            if alone is not None:
-                alone.poll(0.05)
+            if alone is None or not len(alone):  # nothing resent: poll() returns at once on a delivery report
+                self._producer.poll(0.1)
+            else:  # a resend in flight: serve both producers in turn
+                self._producer.poll(0.02)
+                alone.poll(0.02)
 
     def knows(self, topic: str) -> bool:
         """True once ``topic`` is known to exist (created or found)."""
@@ -366,11 +368,6 @@ class DeadLetterSender:
 
         The future fails with BrokerUnavailable when the record could not be delivered.
         """
-        producer = self._producer
-        if alone:
-            if self._alone is None:
-                self._alone = Producer({**self._producer_config, "linger.ms": 0, "batch.num.messages": 1})
-            producer = self._alone
         future: asyncio.Future = self._loop.create_future()
 
         def delivered(err: KafkaError | None, msg: Any) -> None:
@@ -381,6 +378,11 @@ class DeadLetterSender:
                 self._loop.call_soon_threadsafe(_resolve, future, failure)
 
         try:
+            producer = self._producer
+            if alone:
+                if self._alone is None:  # made here, so that failing to make it fails this send only
+                    self._alone = Producer({**self._producer_config, "linger.ms": 0, "batch.num.messages": 1})
+                producer = self._alone
             producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
                              on_delivery=delivered)
         except Exception as exc:  # BufferError, KafkaException (e.g. too large); never lose the failure

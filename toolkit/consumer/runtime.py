@@ -39,7 +39,7 @@ from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Pla
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.envelope import DecodedRecord, SerializerLike
-from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
+from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped, safe_str
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
@@ -608,7 +608,7 @@ class KafkaConsumer:
             while True:
                 try:
                     await self._sender.send(record, alone=failures > 0)
-                except BrokerUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry: a dead task would stall commits
                     failures += 1
                     if failures == 1:
                         part.held += 1
@@ -647,7 +647,8 @@ class KafkaConsumer:
         delay = self.retry.delay(failures)
         # Retried forever (the offset stays uncommitted); persistent failures need an operator.
         level = logging.WARNING if failures < 5 else logging.ERROR
-        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, exc,
+        why = exc if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {safe_str(exc)}"
+        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, why,
                 extra=extra)
         return await self._wait(part, delay)
 
