@@ -321,6 +321,44 @@ def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_b
     assert original_record(dl.value).value == big_bad
 
 
+# -- a dead letter too large for the dead-letter producer is shortened -------------------------------------
+
+def test_an_8_mib_record_is_dead_lettered_in_the_shortened_form(kafka_bootstrap, admin, make_topic, group_id):
+    topic = make_topic("orders")
+    dlq = f"{topic}.dlq"
+    big_limit = 16 * 1024 * 1024
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(big_limit), incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    # 8 MiB travels as ~11.2 MB of base64; the full dead letter adds ~0.8 MB of error texts, the shortened
+    # one does not: a producer and topic limit of 11 MiB takes the shortened form only
+    limit = 11 * 1024 * 1024
+    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1,
+                                  config={"max.message.bytes": str(limit)})])[dlq].result(timeout=30)
+    big = b"\xff" * (8 * 1024 * 1024)
+    produce(kafka_bootstrap, topic, [big, order("after")], config={"message.max.bytes": big_limit})
+
+    def serializer(data: bytes):
+        if data.startswith(b"\xff"):
+            raise LookupError("no reader for this record: " + "\u20ac" * 100_000)
+        return json.loads(data)
+
+    seen = []
+    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)},
+                            serializer=serializer, dlq_max_message_bytes=limit)
+    run(consumer, timeout=120)
+    assert seen == ["after"] and consumer.stats[topic].dead_letter_send_failures == 0
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 2}
+    (dl,) = read_topic(kafka_bootstrap, dlq, expected=1, timeout_s=60)
+    body = dl.json()
+    assert body["shortened"].startswith("the full dead letter was ")
+    assert f"over the dead-letter producer's limit of {limit}" in body["shortened"]
+    assert body["original_encoding"] == "base64" and "original_bytes" not in body
+    assert body["error"]["stage"] == "decode" and body["error"]["reason"].startswith("LookupError: no reader")
+    assert len(body["error"]["reason"]) < 1100
+    assert original_record(dl.value).value == big
+
+
 async def _until(condition, timeout_s: float) -> None:
     """Poll ``condition`` (blocking checks, run off the loop) until it holds; fail after ``timeout_s``."""
     loop = asyncio.get_running_loop()

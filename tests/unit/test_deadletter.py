@@ -1,6 +1,7 @@
 import base64
 import json
 import struct
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -17,10 +18,12 @@ from toolkit.consumer.deadletter import (
     H_TIMESTAMP,
     H_TIMESTAMP_TYPE,
     H_TOPIC,
+    DeadLetterRecord,
     SourceRecord,
     build_dead_letter,
     minimal_dead_letter,
     original_record,
+    record_size,
 )
 
 
@@ -307,6 +310,95 @@ def test_not_a_dead_letter_value(value):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- a dead letter too large for the dead-letter producer: the shortened form -------------------------------
+
+def too_large(value, headers=None):
+    """A dead letter of ``value`` with a long exception message and details, and its full form."""
+    try:
+        raise ValueError("\u20ac" * 20_000)
+    except ValueError as exc:
+        err = exc
+    details = [{"path": f"/body/items/{i}", "message": "quantity must be at least 1"} for i in range(2000)]
+
+    def make(max_bytes=None):
+        return build_dead_letter(source(value, headers=headers), stage="validation", reason=f"bad: {err}",
+                                 error=err, details=details, consumer_group="g", attempts=1, max_bytes=max_bytes,
+                                 now=datetime(2026, 5, 1, tzinfo=UTC))
+
+    return make
+
+
+@pytest.mark.parametrize("value", [json.dumps({"pad": "x" * 200_000}).encode(), b"\xff" * 300_000, None])
+def test_over_the_limit_a_dead_letter_is_shortened_and_still_exact(value):
+    make = too_large(value, headers=[("trace", b"\x00"), ("null", None)])
+    full = make()
+    limit = record_size(full) - 1
+    dl = make(limit)
+    assert record_size(dl) <= limit and record_size(dl) < record_size(full) - 200_000
+    body = strict_json(dl.value)
+    assert body["original_encoding"] == ("null" if value is None else "base64") and "original_bytes" not in body
+    assert body["shortened"].startswith(f"the full dead letter was {record_size(full)} bytes, over the "
+                                        f"dead-letter producer's limit of {limit}")
+    assert body["error"]["details"] is None and len(body["error"]["message"]) < 1100
+    assert body["error"]["reason"].endswith("more characters)") and body["error"]["stage"] == "validation"
+    assert len(dict(dl.headers)[H_STACKTRACE].decode()) < 1100
+    back = original_record(dl.value, dl.key, dl.headers)
+    assert (back.value, back.key, back.headers) == (value, b"k1", [("trace", b"\x00"), ("null", None)])
+
+
+def test_a_dead_letter_within_the_limit_is_the_full_one():
+    make = too_large(b"\xff" * 1000)
+    full = make()
+    assert make(record_size(full)) == full
+    assert "shortened" not in strict_json(full.value)
+
+
+def test_the_shortened_form_is_returned_even_when_the_original_alone_is_over_the_limit():
+    dl = too_large(b"\xff" * 100_000)(max_bytes=50_000)
+    assert record_size(dl) > 50_000 and "shortened" in strict_json(dl.value)
+    assert original_record(dl.value).value == b"\xff" * 100_000
+
+
+def test_record_size_bounds_what_librdkafka_counts_against_message_max_bytes():
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "message.max.bytes": 100_000})
+    headers = [("a", b"x" * 100), ("b", None), ("c" * 50, b"")]
+    empty = DeadLetterRecord("orders.dlq", b"key", b"", headers)
+    fits = DeadLetterRecord("orders.dlq", b"key", b"x" * (100_000 - record_size(empty)), headers)
+    assert record_size(fits) == 100_000
+    producer.produce(fits.topic, value=fits.value, key=fits.key, headers=fits.headers)  # not refused locally
+    over = DeadLetterRecord("orders.dlq", b"key", b"x" * 100_000, headers)
+    with pytest.raises(Exception, match="MSG_SIZE_TOO_LARGE"):
+        producer.produce(over.topic, value=over.value, key=over.key, headers=over.headers)
+    producer.purge()
+
+
+def test_a_dead_letter_over_the_producers_limit_fails_its_send_saying_what_to_raise():
+    import asyncio
+
+    from toolkit.consumer import kafka_io
+    from toolkit.errors import BrokerUnavailable
+
+    dl = too_large(b"\xff" * 20_000)(max_bytes=5000)
+
+    async def scenario():
+        sender = kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, asyncio.get_running_loop(),
+                                           max_message_bytes=5000)
+        try:
+            assert sender.max_message_bytes == 5000
+            with pytest.raises(BrokerUnavailable) as info:
+                await sender.send(dl)
+        finally:
+            sender.close(timeout_s=0)
+        return str(info.value)
+
+    message = asyncio.run(scenario())
+    assert "MSG_SIZE_TOO_LARGE" in message
+    assert (f"raise EPISTLE_DLQ_MAX_MESSAGE_BYTES (now 5000) and the topic's max.message.bytes to at least "
+            f"{record_size(dl)}; its partition waits") in message
 
 
 # -- the dead-letter producer: a resend producer that cannot be made fails that send only --------------------

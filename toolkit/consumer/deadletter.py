@@ -8,7 +8,8 @@ Value (JSON)::
      "original_bytes": <base64 of the exact original value bytes; present when original_encoding is json>,
      "error": {"timestamp", "reason", "stage", "type", "message", "cause", "details"},
      "source": {"topic", "partition", "offset", "key", "keyEncoding", "timestamp", "timestampType",
-                "consumerGroup", "attempts", "headers"}}
+                "consumerGroup", "attempts", "headers"},
+     "shortened": <why; only in the shortened form of a dead letter too large for the producer>}
 
 Re-serialising JSON is not byte-exact in general (spacing, key order, escapes, number forms), so the exact
 bytes are always kept, and :func:`original_record` gives the record back from them: value, key, headers
@@ -56,6 +57,8 @@ TIMESTAMP_TYPES = {0: "NoTimestampType", 1: "CreateTime", 2: "LogAppendTime"}
 
 MAX_TEXT = 64 * 1024
 """Longest reason, exception message or stack trace kept (characters); longer ones are cut and say so."""
+SHORT_TEXT = 1024
+"""The same in the shortened form of a dead letter too large for the dead-letter producer."""
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -207,21 +210,51 @@ def _headers_field(headers: Headers) -> list[list[Any]]:
 
 def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: BaseException | None = None,
                       details: Any = None, consumer_group: str, attempts: int, suffix: str = ".dlq",
-                      now: datetime | None = None, max_embedded_bytes: int = 256 * 1024) -> DeadLetterRecord:
+                      now: datetime | None = None, max_embedded_bytes: int = 256 * 1024,
+                      max_bytes: int | None = None) -> DeadLetterRecord:
     """The dead-letter record for ``source``; total: any record and any exception give one.
 
     JSON originals larger than ``max_embedded_bytes`` are kept as base64 only, so a large record does not
-    travel twice in its dead letter.
+    travel twice in its dead letter. When the record is over ``max_bytes`` (the dead-letter producer's
+    ``message.max.bytes``, as :func:`record_size` counts), the shortened form is returned instead: the
+    original value once, as base64; texts cut to ``SHORT_TEXT`` characters; no ``error.details``; and a
+    ``shortened`` field that says so. It may still be over ``max_bytes`` (the original alone can be).
     """
+    when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    args = (source, stage, reason, error, details, consumer_group, attempts, suffix, when)
+    record = _build(*args, embed_bytes=max_embedded_bytes, text_limit=MAX_TEXT, shortened=None)
+    if max_bytes is None or record_size(record) <= max_bytes:
+        return record
+    note = (f"the full dead letter was {record_size(record)} bytes, over the dead-letter producer's limit of "
+            f"{max_bytes}: the original is kept as base64 only, texts are cut to {SHORT_TEXT} characters and "
+            "error.details is left out")
+    return _build(*args, embed_bytes=-1, text_limit=SHORT_TEXT, shortened=note)
+
+
+def record_size(record: DeadLetterRecord) -> int:
+    """The bytes ``record`` counts against a producer's ``message.max.bytes`` and a topic's
+    ``max.message.bytes``: key, value and headers, plus a bound on Kafka's record and batch framing."""
+    headers = sum(len(_utf8(name)) + len(value or b"") + _HEADER_FRAMING for name, value in record.headers)
+    return len(record.key or b"") + len(record.value) + headers + _RECORD_FRAMING
+
+
+_HEADER_FRAMING = 10  # two varint lengths
+_RECORD_FRAMING = 128  # the record's varints and attributes, and the batch header (61 bytes)
+
+
+def _build(source: SourceRecord, stage: str, reason: str, error: BaseException | None, details: Any,
+           consumer_group: str, attempts: int, suffix: str, when: str, *, embed_bytes: int, text_limit: int,
+           shortened: str | None) -> DeadLetterRecord:
     value = source.value
     is_json, document = (False, None)
-    if value is not None and len(value) <= max_embedded_bytes:
+    if value is not None and len(value) <= embed_bytes:
         is_json, document = _as_json(value)
-    reason = _clip(safe_str(reason))
+    reason = _clip(safe_str(reason), text_limit)
     if error is None:
         fqcn, message, trace, cause = f"toolkit.{stage}", reason, "", None
     else:
-        fqcn, message, trace, cause = _fqcn(error), _clip(safe_str(error)), _clip(_trace(error)), _cause(error)
+        fqcn, message, cause = _fqcn(error), _clip(safe_str(error), text_limit), _cause(error)
+        trace = _clip(_trace(error), text_limit)
     key_text, key_encoding = _text_or_b64(source.key)
     timestamp_type = TIMESTAMP_TYPES.get(source.timestamp_type, "CreateTime")
     if source.timestamp is None:
@@ -233,13 +266,13 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
     if is_json:
         body["original_bytes"] = _b64(value)  # type: ignore[arg-type]
     body["error"] = {
-        "timestamp": (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": when,
         "reason": reason,
         "stage": stage,
         "type": fqcn,
         "message": message,
-        "cause": None if cause is None else {"type": _fqcn(cause), "message": _clip(safe_str(cause))},
-        "details": _jsonable(details),
+        "cause": None if cause is None else {"type": _fqcn(cause), "message": _clip(safe_str(cause), text_limit)},
+        "details": None if shortened else _jsonable(details),
     }
     body["source"] = {
         "topic": source.topic,
@@ -253,6 +286,8 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
         "attempts": attempts,
         "headers": _headers_field(source.headers),
     }
+    if shortened:
+        body["shortened"] = shortened
     encoded = _dumps(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()
     headers: Headers = [(_header_name(k), _header_value(v)) for k, v in source.headers
                         if not (isinstance(k, str) and k.startswith(DLT_PREFIX))]

@@ -90,6 +90,10 @@ class KafkaConsumer:
         serializer: turns record bytes into the envelope document (JSON by default).
         stop_when_idle: stop once every assigned partition reached its end and nothing is in flight.
         kafka_config: extra librdkafka settings for the consumer (override ours).
+        dlq_max_message_bytes: the dead-letter producer's ``message.max.bytes`` and the ``max.message.bytes``
+            of the dead-letter topics it creates (``EPISTLE_DLQ_MAX_MESSAGE_BYTES``, 10 MiB): a dead letter
+            over it is sent in its shortened form (docs/dead-letters.md).
+        dead_letter_producer_config: extra librdkafka settings for the dead-letter producer (override ours).
 
     Raises:
         ConfigError: an argument is invalid.
@@ -103,7 +107,9 @@ class KafkaConsumer:
                  serializer: SerializerLike | None = None, settings: Settings | None = None,
                  dlq_suffix: str | None = None, commit_interval_s: float | None = None,
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
-                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0) -> None:
+                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
+                 dlq_max_message_bytes: int | None = None,
+                 dead_letter_producer_config: dict[str, Any] | None = None) -> None:
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -122,6 +128,9 @@ class KafkaConsumer:
         self.retry = retry or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
                                           cfg.retry_backoff_max_s)
         self.dlq_suffix = dlq_suffix if dlq_suffix is not None else cfg.dlq_suffix
+        self.dlq_max_message_bytes = _positive("dlq_max_message_bytes",
+                                               dlq_max_message_bytes or cfg.dlq_max_message_bytes)
+        self._dead_letter_config = dict(dead_letter_producer_config or {})
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -203,7 +212,8 @@ class KafkaConsumer:
                                   setting="handle_signals") from None
         sender = None
         try:
-            sender = DeadLetterSender(self._client_config, loop)
+            sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
+                                      max_message_bytes=self.dlq_max_message_bytes)
             self._poller.start()
         except Exception as exc:  # librdkafka refused the configuration
             self._abort_start(sender, signals=handle_signals)
@@ -578,7 +588,7 @@ class KafkaConsumer:
                                   headers, ts if ts_type and ts >= 0 else None, ts_type)
             record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
                                        details=outcome.details, consumer_group=self.group_id, attempts=attempts,
-                                       suffix=self.dlq_suffix)
+                                       suffix=self.dlq_suffix, max_bytes=self._sender.max_message_bytes)
         except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
             log.exception("building the dead letter failed; sending a minimal one", extra=extra)
             record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
