@@ -434,3 +434,30 @@ def test_failing_to_make_the_resend_producer_fails_the_send_and_is_tried_again(m
 
     asyncio.run(scenario())
     assert [c.get("batch.num.messages") for c in made] == [None, 1, 1]
+
+
+def test_the_dead_letter_size_limit_comes_from_the_setting_the_argument_or_the_producer_config(monkeypatch):
+    import asyncio
+
+    from toolkit.consumer import KafkaConsumer, kafka_io
+    from toolkit.errors import ConfigError
+    from toolkit.settings import load_settings
+
+    assert KafkaConsumer("127.0.0.1:9", "g").dlq_max_message_bytes == 10 * 1024 * 1024
+    assert KafkaConsumer("127.0.0.1:9", "g", dlq_max_message_bytes=5000).dlq_max_message_bytes == 5000
+    monkeypatch.setenv("EPISTLE_DLQ_MAX_MESSAGE_BYTES", "20000000")
+    assert KafkaConsumer.from_settings(load_settings(env_file=None)).dlq_max_message_bytes == 20_000_000
+    monkeypatch.setenv("EPISTLE_DLQ_MAX_MESSAGE_BYTES", "999")  # below librdkafka's minimum
+    with pytest.raises(ConfigError, match="EPISTLE_DLQ_MAX_MESSAGE_BYTES"):
+        load_settings(env_file=None)
+
+    async def sizes():
+        loop = asyncio.get_running_loop()
+        senders = [kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000),
+                   kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000,
+                                             producer_overrides={"message.max.bytes": 5000})]
+        for sender in senders:
+            sender.close(timeout_s=0)
+        return [sender.max_message_bytes for sender in senders]
+
+    assert asyncio.run(sizes()) == [7000, 5000]
