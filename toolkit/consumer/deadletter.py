@@ -167,10 +167,7 @@ def _jsonable(details: Any) -> Any:
     try:
         json.dumps(details, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        try:
-            return _clip(_repr.repr(details), 10_000)
-        except Exception:  # noqa: BLE001
-            return f"<{_fqcn(details)} repr() failed>"
+        return _clip(safe_str(details, _repr.repr), 10_000)
     return details
 
 
