@@ -27,7 +27,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
-from toolkit.errors import MessageError
+from toolkit.errors import MessageError, safe_str
 
 MAX_DEPTH = 4096
 """The default of ``EPISTLE_MAX_NESTING_DEPTH``: the deepest JSON nesting accepted in a record, counted over
@@ -110,7 +110,7 @@ class EnvelopeSerializer(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -118,7 +118,7 @@ class JsonSerializer:
     """The default: strict UTF-8 JSON (no NaN/Infinity, no BOM, no UTF-16/32 guessing)."""
 
     # One decoder for every record: json.loads with an option builds a new JSONDecoder per call.
-    _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    _decoder = json.JSONDecoder(parse_constant=reject_constant)
 
     def loads(self, data: bytes) -> Any:
         return self._decoder.decode(data.decode("utf-8"))
@@ -171,26 +171,28 @@ def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_
     loads = _DEFAULT.loads if serializer is None else getattr(serializer, "loads", serializer)
     try:
         document = loads(value)
-    except UnicodeDecodeError as exc:
-        raise MessageError("decode", _wire_format(value) or f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise MessageError("decode", _wire_format(value)
-                           or f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise _too_deep(max_depth) from None
-    except Exception as exc:  # a custom serializer's own error: still the record's fault
-        raise MessageError("decode", _wire_format(value) or f"{type(exc).__name__}: {_text(exc)}") from None
+    except Exception as exc:
+        raise MessageError("decode", _load_failure(value, exc, custom=serializer is not None)) from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
     if value.count(b"[") + value.count(b"{") > max_depth and depth_exceeds(document, max_depth):
         raise _too_deep(max_depth)
     return document
 
 
-def _text(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - a custom serializer's exception with a broken __str__
-        return f"<{type(exc).__name__} str() failed>"
+def _load_failure(value: bytes, exc: Exception, *, custom: bool) -> str:
+    """Why the bytes did not load. A custom serializer's error is its own (the record is still at
+    fault) and is kept as it is; the default JSON reader's error names Confluent's wire format when the
+    bytes are in it, since that, not the JSON error, is what the producer got wrong."""
+    wire = None if custom else _wire_format(value)
+    if wire is not None:
+        return wire
+    if isinstance(exc, UnicodeDecodeError) and not custom:
+        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, json.JSONDecodeError) and not custom:
+        return f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    return f"{type(exc).__name__}: {safe_str(exc)}"  # e.g. NaN refused, or the custom serializer's words
 
 
 def _wire_format(value: bytes) -> str | None:

@@ -21,8 +21,23 @@ not parse messages. Secrets never appear in any message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def safe_str(value: Any, convert: Callable[[Any], str] = str) -> str:
+    """``str(value)`` (or ``repr`` with ``convert=repr``), whatever the object's ``__str__`` does: when it
+    raises, a placeholder naming the class, e.g. ``<StrFails str() failed>``. Used wherever an exception or
+    a value from user code is put into text, so a broken ``__str__`` never stops the consumer."""
+    try:
+        return convert(value)
+    except Exception:  # noqa: BLE001 - any failure of user code becomes the placeholder
+        try:
+            name = type(value).__name__
+        except Exception:  # noqa: BLE001
+            name = "object"
+        return f"<{name} {getattr(convert, '__name__', 'str')}() failed>"
 
 
 class EpistleError(Exception):

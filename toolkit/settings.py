@@ -129,6 +129,7 @@ class ConsumerSettings(BaseSettings):
 
     schemas_dir: Path = Path("schemas")
     dlq_suffix: str = ".dlq"
+    dlq_max_message_bytes: Annotated[int, Field(ge=1000, le=1_000_000_000)] = 10 * 1024 * 1024
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_in_flight: Annotated[int, Field(ge=1)] = 10_000

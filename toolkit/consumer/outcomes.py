@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError
+from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError, safe_str
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 HANDLER = "handler"
@@ -100,29 +100,19 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
-        return Pause(retry.delay(attempt), f"{type(result).__name__}: {_text(result)}")
+        return Pause(retry.delay(attempt), f"{type(result).__name__}: {safe_str(result)}")
     if isinstance(result, MessageError):
         return DeadLetter(result.stage, result.reason, result, result.details)
     if isinstance(result, RetryableError) or result is False:
-        why = (f"{type(result).__name__}: {_text(result)}" if isinstance(result, BaseException)
+        why = (f"{type(result).__name__}: {safe_str(result)}" if isinstance(result, BaseException)
                else "handler returned False")
         if attempt >= retry.max_attempts:
             return DeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
                               result if isinstance(result, BaseException) else None)
         return Retry(retry.delay(attempt), why)
     if isinstance(result, BaseException):
-        return DeadLetter(HANDLER, f"{type(result).__name__}: {_text(result)}", result)
+        return DeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
     if result is True or result is None:
         return Done()
-    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {_text(result, repr)}; "
+    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; "
                                "expected True, False or None")
-
-
-def _text(value: Any, convert: Any = str) -> str:
-    """``str(value)`` (or ``repr``), whatever the handler's exception or return value does in it: a broken
-    ``__str__`` must not stop the consumer."""
-    try:
-        text = convert(value)
-    except Exception:  # noqa: BLE001
-        return f"<{type(value).__name__} {convert.__name__}() failed>"
-    return text if isinstance(text, str) else f"<{type(value).__name__} {convert.__name__}() returned no string>"

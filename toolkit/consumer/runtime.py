@@ -39,7 +39,7 @@ from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Pla
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.envelope import LIMIT_DEPTH, DecodedRecord, SerializerLike
-from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
+from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped, safe_str
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
@@ -93,6 +93,10 @@ class KafkaConsumer:
         max_nesting_depth: the deepest JSON nesting accepted, counted over the whole envelope (default
             ``EPISTLE_MAX_NESTING_DEPTH``, 4096; at most 5000); deeper records are dead-lettered at
             stage ``decode``.
+        dlq_max_message_bytes: the dead-letter producer's ``message.max.bytes`` and the ``max.message.bytes``
+            of the dead-letter topics it creates (``EPISTLE_DLQ_MAX_MESSAGE_BYTES``, 10 MiB): a dead letter
+            over it is sent in its shortened form (docs/dead-letters.md).
+        dead_letter_producer_config: extra librdkafka settings for the dead-letter producer (override ours).
 
     Raises:
         ConfigError: an argument is invalid.
@@ -107,7 +111,8 @@ class KafkaConsumer:
                  dlq_suffix: str | None = None, commit_interval_s: float | None = None,
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
                  kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
-                 max_nesting_depth: int | None = None) -> None:
+                 max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
+                 dead_letter_producer_config: dict[str, Any] | None = None) -> None:
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -131,6 +136,9 @@ class KafkaConsumer:
         self.retry = retry or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
                                           cfg.retry_backoff_max_s)
         self.dlq_suffix = dlq_suffix if dlq_suffix is not None else cfg.dlq_suffix
+        self.dlq_max_message_bytes = _positive("dlq_max_message_bytes",
+                                               dlq_max_message_bytes or cfg.dlq_max_message_bytes)
+        self._dead_letter_config = dict(dead_letter_producer_config or {})
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -212,7 +220,8 @@ class KafkaConsumer:
                                   setting="handle_signals") from None
         sender = None
         try:
-            sender = DeadLetterSender(self._client_config, loop)
+            sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
+                                      max_message_bytes=self.dlq_max_message_bytes)
             self._poller.start()
         except Exception as exc:  # librdkafka refused the configuration
             self._abort_start(sender, signals=handle_signals)
@@ -578,17 +587,20 @@ class KafkaConsumer:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
+        headers = _headers(msg)
         try:
+            if headers is None:
+                raise ValueError("the record's headers cannot be read")
             ts_type, ts = msg.timestamp()
             source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                  list(msg.headers() or []), ts if ts_type and ts >= 0 else None, ts_type)
+                                  headers, ts if ts_type and ts >= 0 else None, ts_type)
             record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
                                        details=outcome.details, consumer_group=self.group_id, attempts=attempts,
-                                       suffix=self.dlq_suffix)
+                                       suffix=self.dlq_suffix, max_bytes=self._sender.max_message_bytes)
         except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
             log.exception("building the dead letter failed; sending a minimal one", extra=extra)
             record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                         _headers(msg), stage=outcome.stage, reason=outcome.reason,
+                                         headers, stage=outcome.stage, reason=outcome.reason,
                                          consumer_group=self.group_id, suffix=self.dlq_suffix)
         failures = 0
         while not self._sender.knows(record.topic):
@@ -614,7 +626,7 @@ class KafkaConsumer:
             while True:
                 try:
                     await self._sender.send(record, alone=failures > 0)
-                except BrokerUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry: a dead task would stall commits
                     failures += 1
                     if failures == 1:
                         part.held += 1
@@ -653,7 +665,8 @@ class KafkaConsumer:
         delay = self.retry.delay(failures)
         # Retried forever (the offset stays uncommitted); persistent failures need an operator.
         level = logging.WARNING if failures < 5 else logging.ERROR
-        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, exc,
+        why = exc if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {safe_str(exc)}"
+        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, why,
                 extra=extra)
         return await self._wait(part, delay)
 
@@ -697,9 +710,10 @@ def _extra(msg: Any, prepared: Prepared | None = None) -> dict[str, Any]:
 
 
 def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    """The record's headers; None when the client cannot decode them."""
     try:
         return list(msg.headers() or [])
-    except Exception:  # noqa: BLE001 - headers the client cannot decode
+    except Exception:  # noqa: BLE001
         return None
 
 
