@@ -203,7 +203,6 @@ class EnvelopeProducer:
         self._keys: dict[type, tuple[str, int]] = {}
         self._plans: dict[tuple[str, str, int, str], tuple[str, Any, Any]] = {}
         self._client: Any = client
-        self._injected = client is not None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False

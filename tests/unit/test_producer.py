@@ -443,3 +443,14 @@ def test_producer_settings_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("EPISTLE_PRODUCER_FLUSH_TIMEOUT_S", "0")
     with pytest.raises(ConfigError, match="EPISTLE_PRODUCER_FLUSH_TIMEOUT_S"):
         load_producer_settings(env_file=None)
+
+
+def test_producer_settings_from_a_dotenv_file_and_the_example(tmp_path, monkeypatch) -> None:
+    for name in ("EPISTLE_PRODUCER_NAME", "EPISTLE_PRODUCER_CONFLUENT_TOPICS", "EPISTLE_PRODUCER_FLUSH_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    example = load_producer_settings(env_file=ROOT / ".env.example")
+    assert (example.name, example.confluent_topics, example.flush_timeout_s) == ("epistle-producer", [], 30.0)
+    env = tmp_path / ".env"
+    env.write_text("EPISTLE_PRODUCER_NAME=from-file\nEPISTLE_PRODUCER_CONFLUENT_TOPICS=a\n")
+    settings = load_producer_settings(env_file=env)
+    assert settings.name == "from-file" and settings.confluent_topics == ["a"]
