@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,8 +29,15 @@ from pydantic.alias_generators import to_camel
 
 from toolkit.errors import MessageError
 
-MAX_DEPTH = 256
-"""Deepest nesting of arrays/objects accepted in an envelope (the body's schema never needs more)."""
+MAX_DEPTH = 4096
+"""The default of ``EPISTLE_MAX_NESTING_DEPTH``: the deepest JSON nesting accepted in a record, counted over
+the whole envelope (the envelope object is level 1, the body object level 2, each object or array inside
+it one more). An Avro recursive record nests two levels per node (the record, then its union wrapper
+``{"Node": ...}``), so 4096 admits a linked list of about 2,000 nodes."""
+LIMIT_DEPTH = 5000
+"""The highest accepted setting. Deeper documents may exhaust a thread's 8 MB stack in the C and Rust
+parsers and validators (a crash, not an exception: jsonschema explaining a 10,000-level body did; 8,000
+did not)."""
 
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
@@ -144,7 +152,20 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def _load(value: bytes, serializer: SerializerLike | None) -> Any:
+def allow_depth(max_depth: int) -> None:
+    """Raise Python's recursion limit (never lower it) so that documents ``max_depth`` levels deep can be
+    parsed, validated and decoded: ``json`` and the Avro decoder use up to two frames per level."""
+    needed = 2 * max_depth + 2000
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
+
+
+def _too_deep(max_depth: int) -> MessageError:
+    return MessageError("decode", f"nested deeper than {max_depth} levels (EPISTLE_MAX_NESTING_DEPTH counts the "
+                                  "JSON nesting levels of the whole envelope)")
+
+
+def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_DEPTH) -> Any:
     # An attribute look-up, not isinstance(serializer, EnvelopeSerializer): a runtime-checkable Protocol
     # check costs ~9 us per record (a third of the runtime's own overhead in the benchmark profile).
     loads = _DEFAULT.loads if serializer is None else getattr(serializer, "loads", serializer)
@@ -156,12 +177,12 @@ def _load(value: bytes, serializer: SerializerLike | None) -> Any:
         raise MessageError("decode", _wire_format(value)
                            or f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels") from None
+        raise _too_deep(max_depth) from None
     except Exception as exc:  # a custom serializer's own error: still the record's fault
         raise MessageError("decode", _wire_format(value) or f"{type(exc).__name__}: {_text(exc)}") from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
-    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and depth_exceeds(document):
-        raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels")
+    if value.count(b"[") + value.count(b"{") > max_depth and depth_exceeds(document, max_depth):
+        raise _too_deep(max_depth)
     return document
 
 
@@ -218,8 +239,11 @@ def parse_envelope(document: Any) -> DecodedRecord:
     return DecodedRecord(header, document["body"])
 
 
-def decode_record(value: bytes | None, serializer: SerializerLike | None = None) -> DecodedRecord:
-    """Bytes of a record value -> header and body.
+def decode_record(value: bytes | None, serializer: SerializerLike | None = None, *,
+                  max_depth: int = MAX_DEPTH) -> DecodedRecord:
+    """Bytes of a record value -> header and body; ``max_depth`` is ``EPISTLE_MAX_NESTING_DEPTH`` (see
+    :data:`MAX_DEPTH`; call :func:`allow_depth` once with it, as the consumer does, for more than Python's
+    default recursion limit allows).
 
     Raises:
         MessageError: stage ``"decode"`` (not UTF-8, not JSON, too deep, serializer failed) or
@@ -227,7 +251,7 @@ def decode_record(value: bytes | None, serializer: SerializerLike | None = None)
     """
     if value is None:
         raise MessageError("decode", "the record has no value (a tombstone)")
-    return parse_envelope(_load(value, serializer))
+    return parse_envelope(_load(value, serializer, max_depth))
 
 
 def _json_type(value: Any) -> str:

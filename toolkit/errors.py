@@ -3,7 +3,9 @@
     EpistleError
     ├── ConfigError                 bad setting or config file: names the setting/file, the field and the fix
     ├── SchemaFileError             a schema file or the schemas/ layout is wrong (file, field, fix)
+    │   ├── UnsupportedSchema       a valid schema using a construct the toolkit cannot generate a model for
     │   └── CodegenError            model generation failed for a schema file
+    │       └── CodegenFailures     several files failed in one codegen run (``errors`` lists them)
     ├── RegistryError               talking to a schema registry
     │   ├── SchemaNotFound          subject or version does not exist: permanent, the message is at fault
     │   ├── RegistryUnavailable     connection refused, timeout, 5xx: transient, retried, never dead-lettered
@@ -47,9 +49,37 @@ class SchemaFileError(EpistleError):
         where = f"{self.path}" + (f" [{field}]" if field else "")
         super().__init__(f"{where}: {problem}" + (f" -- fix: {fix}" if fix else ""))
 
+    def __reduce__(self) -> tuple:
+        # Picklable with its attributes (codegen sends errors back from worker processes).
+        return _rebuild_schema_error, (type(self), str(self.path), self.problem, self.field, self.fix)
+
+
+def _rebuild_schema_error(cls: type[SchemaFileError], path: str, problem: str, field: str | None,
+                          fix: str | None) -> SchemaFileError:
+    return cls(path, problem, field=field, fix=fix)
+
+
+class UnsupportedSchema(SchemaFileError):
+    """A valid schema that uses a construct the toolkit cannot turn into a usable model; ``field`` is the
+    JSON path of the construct and ``fix`` says what to write instead. ``epistle check`` reports it."""
+
 
 class CodegenError(SchemaFileError):
     """Generating a model from a schema file failed."""
+
+
+class CodegenFailures(CodegenError):
+    """Several schema files failed in one codegen run; ``errors`` holds each one (file, field, fix), and the
+    message lists them one per line."""
+
+    def __init__(self, schemas_dir: Path | str, errors: list[SchemaFileError]) -> None:
+        self.errors = list(errors)
+        lines = "".join(f"\n  - {error}" for error in self.errors)
+        super().__init__(schemas_dir, f"{len(self.errors)} schema files cannot be generated:{lines}",
+                         fix="correct each file as its line says; `epistle check` reports the same problems")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self.path), self.errors)
 
 
 class RegistryError(EpistleError):

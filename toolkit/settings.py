@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from toolkit.envelope import LIMIT_DEPTH, MAX_DEPTH
 from toolkit.errors import ConfigError
 
 ENV_FILE = ".env"
@@ -137,6 +138,9 @@ class ConsumerSettings(BaseSettings):
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     commit_interval_s: Annotated[float, Field(gt=0)] = 1.0
     error_policy: Literal["DEAD_LETTER", "STOP"] = "DEAD_LETTER"
+    # JSON nesting levels of the whole envelope (envelope object = 1, body object = 2, ...); an Avro
+    # recursive record nests two per node. Deeper records are dead-lettered at stage "decode".
+    max_nesting_depth: Annotated[int, Field(ge=8, le=LIMIT_DEPTH)] = MAX_DEPTH
 
     @field_validator("ordering", "error_policy", mode="before")
     @classmethod

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from toolkit.envelope import Envelope, Header, JsonSerializer, decode_record
+from toolkit.envelope import MAX_DEPTH, Envelope, Header, JsonSerializer, decode_record
 from toolkit.errors import MessageError
 
 HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "2", "correlationId": "c-1",
@@ -31,7 +31,8 @@ def test_valid_envelope_snake_case_attributes():
 
 
 @pytest.mark.parametrize("value", [b"\xff\xfe", b'{"header": ', b"", b"NaN", b"\xef\xbb\xbf{}",
-                                   b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 300 + b"1" + b"}" * 300])
+                                   b"[" * 100_000 + b"]" * 100_000,
+                                   b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1)])
 def test_decode_stage(value):
     assert stage_of(value) == "decode"
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from toolkit.compat.findings import Finding, Severity
 from toolkit.compat.history import check_immutable, resolve_base
-from toolkit.compat.subject import check_subject, is_compatible
+from toolkit.compat.subject import INVALID_SCHEMA, UNSUPPORTED_SCHEMA, check_subject, is_compatible
 from toolkit.errors import RegistryError, RegistryUnavailable, SchemaFileError
 from toolkit.layout import SUBJECT_CONFIG, Compatibility, Subject, load_subject
 
@@ -74,7 +74,7 @@ def run_check(schemas_dir: Path, *, base: str | None = None,
 def _compare_with_registry(report: CheckReport, source: str | RegistrySettings) -> list[Finding]:
     from toolkit.compat.registry import ScratchRegistry
 
-    invalid = {f.subject for f in report.findings if f.rule == "INVALID_SCHEMA"}
+    invalid = {f.subject for f in report.findings if f.rule in (INVALID_SCHEMA, UNSUPPORTED_SCHEMA)}
     findings = []
     with ScratchRegistry(source) as registry:
         report.notes.append(f"compatibility verdicts also asked from the registry at {registry.url}")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from toolkit.envelope import MAX_DEPTH, depth_exceeds
+from toolkit.envelope import depth_exceeds
 
 H_TOPIC = "kafka_dlt-original-topic"
 H_PARTITION = "kafka_dlt-original-partition"
@@ -116,6 +116,12 @@ def _reject(name: str) -> Any:
     raise ValueError(name)
 
 
+# Deeper originals are kept as base64, not embedded, whatever EPISTLE_MAX_NESTING_DEPTH admits: readers of
+# the dead-letter topic must parse the value (Jackson refuses more than 1000 levels by default, Python's
+# json more than its recursion limit).
+_MAX_EMBEDDED_DEPTH = 256
+
+
 def _as_json(value: bytes | None) -> tuple[bool, Any]:
     """(True, document) when the bytes are UTF-8 JSON that can be embedded safely, else (False, None)."""
     if value is None:
@@ -124,7 +130,7 @@ def _as_json(value: bytes | None) -> tuple[bool, Any]:
         document = json.loads(value.decode("utf-8"), parse_constant=_reject, parse_float=_finite)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False, None
-    if depth_exceeds(document, MAX_DEPTH):
+    if depth_exceeds(document, _MAX_EMBEDDED_DEPTH):
         return False, None
     return True, document
 

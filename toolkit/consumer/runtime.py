@@ -40,7 +40,7 @@ from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retr
 from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
-from toolkit.envelope import DecodedRecord, SerializerLike
+from toolkit.envelope import LIMIT_DEPTH, DecodedRecord, SerializerLike
 from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
@@ -92,6 +92,9 @@ class KafkaConsumer:
         serializer: turns record bytes into the envelope document (JSON by default).
         stop_when_idle: stop once every assigned partition reached its end and nothing is in flight.
         kafka_config: extra librdkafka settings for the consumer (override ours).
+        max_nesting_depth: the deepest JSON nesting accepted, counted over the whole envelope (default
+            ``EPISTLE_MAX_NESTING_DEPTH``, 4096; at most 5000); deeper records are dead-lettered at
+            stage ``decode``.
 
     Raises:
         ConfigError: an argument is invalid.
@@ -105,7 +108,8 @@ class KafkaConsumer:
                  serializer: SerializerLike | None = None, settings: Settings | None = None,
                  dlq_suffix: str | None = None, commit_interval_s: float | None = None,
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
-                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0) -> None:
+                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
+                 max_nesting_depth: int | None = None) -> None:
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -116,6 +120,11 @@ class KafkaConsumer:
         self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
         self.max_poll_records = _positive("max_poll_records", max_poll_records or cfg.max_poll_records)
         self.max_in_flight = _positive("max_in_flight", max_in_flight or cfg.max_in_flight)
+        self.max_nesting_depth = _positive("max_nesting_depth", max_nesting_depth or cfg.max_nesting_depth)
+        if self.max_nesting_depth > LIMIT_DEPTH:
+            raise ConfigError(f"max_nesting_depth {self.max_nesting_depth} is above {LIMIT_DEPTH}: deeper "
+                              "documents may exhaust a thread's stack; use at most that",
+                              setting="max_nesting_depth")
         try:
             self.ordering = OrderingMode(ordering or cfg.ordering)
             self.error_policy = ErrorPolicy(error_policy or cfg.error_policy)
@@ -183,7 +192,7 @@ class KafkaConsumer:
         # the consumer as it was, so it can be fixed and started again.
         pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                             self._models if self._models is not None else _default_models(),
-                            self._serializer, self._subject_strategy)
+                            self._serializer, self._subject_strategy, max_depth=self.max_nesting_depth)
         self._loop, self._pipeline, self._running = loop, pipeline, True
         self._stop_event = asyncio.Event()
         self._stopping, self._failure, self._parts, self._in_flight = False, None, {}, 0
