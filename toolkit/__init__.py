@@ -38,6 +38,7 @@ from toolkit.settings import OrderingMode, Settings, load_settings
 
 _LAZY = {
     "BaseHandler": "toolkit.consumer",
+    "EnvelopeProducer": "toolkit.producer",
     "ErrorPolicy": "toolkit.consumer",
     "KafkaConsumer": "toolkit.consumer",
     "Message": "toolkit.consumer",
@@ -49,6 +50,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "ConsumerStopped",
+    "EnvelopeProducer",
     "EpistleError",
     "ErrorPolicy",
     "KafkaConsumer",

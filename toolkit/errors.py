@@ -13,7 +13,9 @@
     ├── MessageError                the record itself is at fault: dead-lettered at once with its stage
     ├── RetryableError              raised by a handler: "not now", retried with backoff, then dead-lettered
     ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
-    └── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
+    ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
+    ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
+    └── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
 
 Errors carry their context as attributes (file, subject, version, stage, ...) so callers and logs need
 not parse messages. Secrets never appear in any message.

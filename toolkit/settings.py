@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from toolkit.envelope import LIMIT_DEPTH, MAX_DEPTH
 from toolkit.errors import ConfigError
@@ -149,6 +149,23 @@ class ConsumerSettings(BaseSettings):
         return value.strip().upper() if isinstance(value, str) else value
 
 
+class ProducerSettings(BaseSettings):
+    """``EPISTLE_PRODUCER_*``: the producer's own knobs (:class:`toolkit.producer.EnvelopeProducer`)."""
+
+    model_config = _config("EPISTLE_PRODUCER_")
+
+    name: Annotated[str, Field(min_length=1)] = "epistle-producer"
+    confluent_topics: Annotated[list[str], NoDecode] = []
+    flush_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("confluent_topics", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [topic.strip() for topic in value.split(",") if topic.strip()]
+        return value
+
+
 class Settings:
     """All settings, grouped: ``kafka``, ``registry``, ``consumer``."""
 
@@ -161,7 +178,8 @@ class Settings:
         return f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r})"
 
 
-_PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_"}
+_PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_",
+             ProducerSettings: "EPISTLE_PRODUCER_"}
 
 
 def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict[str, Any]) -> Any:
@@ -206,6 +224,17 @@ def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> S
         registry=_build(RegistrySettings, env_file, grouped["registry"]),
         consumer=_build(ConsumerSettings, env_file, grouped["consumer"]),
     )
+
+
+def load_producer_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> ProducerSettings:
+    """Read ``EPISTLE_PRODUCER_*`` from the environment and ``env_file``; ``overrides`` by field name.
+
+    Raises:
+        ConfigError: a value is invalid; the message names each offending variable and the fix.
+    """
+    if env_file is not None and not Path(env_file).exists():
+        env_file = None
+    return _build(ProducerSettings, env_file, overrides)
 
 
 def external_services() -> dict[str, str]:

@@ -53,6 +53,19 @@ class ModelIndex:
             raise CodegenError(qualified, f"{class_name} is not a pydantic model", fix="run `make codegen`")
         return cls
 
+    def key_of(self, model: type[BaseModel]) -> tuple[str, int] | None:
+        """The reverse look-up: ``(schemaName, schemaVersion)`` of a generated root model class, or None
+        when ``model`` is not one (a nested class, a subclass, a model of another package). Only the
+        candidate module is imported, never the whole index."""
+        prefix = f"{self.package}."
+        if not model.__module__.startswith(prefix):
+            return None
+        target = f"{model.__module__.removeprefix(prefix)}:{model.__qualname__}"
+        for key, entry in self._entries.items():
+            if entry == target:
+                return key if self.get(*key) is model else None
+        return None
+
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 

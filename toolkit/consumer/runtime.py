@@ -18,6 +18,7 @@ a full window (or a partition holding too many) pauses fetching until work drain
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import signal
@@ -29,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
+from toolkit.consumer.context import handling
 from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, minimal_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
@@ -502,13 +504,17 @@ class KafkaConsumer:
                     prepared = self._finish(msg, decoded, source)
                 prepared.message.attempt = attempt
                 route = prepared.route
-                if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
-                    try:
-                        result = await route.call(prepared.message)
-                    finally:
-                        workers.release()
-                else:
-                    result = await self._call(prepared)
+                handled = handling.set(prepared.message)  # for the producer's correlationId carry-over
+                try:
+                    if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
+                        try:
+                            result = await route.call(prepared.message)
+                        finally:
+                            workers.release()
+                    else:
+                        result = await self._call(prepared)
+                finally:
+                    handling.reset(handled)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
@@ -575,7 +581,9 @@ class KafkaConsumer:
         try:
             if route.is_async:
                 return await route.call(prepared.message)
-            result = await self._loop.run_in_executor(self._handler_pool, route.call, prepared.message)
+            # A copy of this context, so the worker thread sees the message in `handling` too.
+            result = await self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run,
+                                                      route.call, prepared.message)
             if inspect.isawaitable(result):
                 result = await result
             return result
