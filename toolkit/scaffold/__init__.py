@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import EpistleError
+from toolkit.errors import EpistleError, ScaffoldError  # ScaffoldError is re-exported here
 from toolkit.scaffold import rules
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
@@ -27,17 +27,6 @@ _OPTIONS = {"project_name": "epistle new PROJECT_NAME", "package_name": "--packa
 
 __all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project",
            "toolkit_requirement"]
-
-
-class ScaffoldError(EpistleError):
-    """The answers are invalid, the target exists, or generating failed. ``problems`` holds each invalid
-    answer (field, value, problem, fix); ``field`` is the first one's field."""
-
-    def __init__(self, message: str, *, field: str | None = None,
-                 problems: list[rules.Problem] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-        self.field = field or (self.problems[0].field if self.problems else None)
 
 
 @dataclass(frozen=True)
