@@ -200,3 +200,47 @@ def test_bad_input_raises_only_epistle_errors(table: tuple[list, list], tmp_path
         except Exception as exc:  # noqa: BLE001 - the point: list every non-toolkit error
             escaped.append(f"{label}: {type(exc).__name__}: {str(exc)[:120]}")
     assert not escaped, f"{len(escaped)} calls let a non-toolkit error escape:\n" + "\n".join(escaped)
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("max_workers", 0), ("max_workers", -1), ("max_workers", 1025), ("max_workers", 2.0), ("max_poll_records", 0),
+    ("max_in_flight", 0), ("max_nesting_depth", 5001), ("commit_interval_s", 0), ("commit_interval_s", -0.5),
+    ("commit_interval_s", math.inf), ("shutdown_timeout_s", -1), ("ordering", "sideways"), ("topics", "orders"),
+])
+def test_an_unusable_consumer_option_is_a_config_error_naming_it_and_the_fix(option: str, value: Any) -> None:
+    from toolkit import ConfigError, KafkaConsumer
+
+    with pytest.raises(ConfigError) as caught:
+        KafkaConsumer("127.0.0.1:1", "group", **{option: value})
+    assert caught.value.setting == option
+    assert str(caught.value).startswith(option) and ": use " in str(caught.value)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("EPISTLE_MAX_WORKERS", "0"), ("EPISTLE_MAX_WORKERS", "-2"), ("EPISTLE_MAX_POLL_RECORDS", "0"),
+    ("EPISTLE_COMMIT_INTERVAL_S", "0"), ("EPISTLE_COMMIT_INTERVAL_S", "-1"),
+])
+def test_an_out_of_range_setting_is_a_config_error_naming_the_variable_and_the_fix(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    from toolkit import ConfigError, load_settings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert caught.value.setting == variable
+    assert f"fix: set {variable} in that range" in str(caught.value)
+
+
+def test_every_toolkit_error_is_drawn_in_the_tree_and_scaffold_error_lives_there() -> None:
+    import inspect
+
+    import toolkit.errors
+    import toolkit.scaffold
+
+    errors = [cls for _, cls in inspect.getmembers(toolkit.errors, inspect.isclass)
+              if issubclass(cls, EpistleError) and cls is not EpistleError and cls.__module__ == "toolkit.errors"]
+    for cls in errors:
+        assert f"── {cls.__name__} " in toolkit.errors.__doc__, f"{cls.__name__} is missing from the tree"
+    assert toolkit.scaffold.ScaffoldError is toolkit.errors.ScaffoldError
+    assert issubclass(toolkit.errors.InvalidArgument, ValueError)
+    assert issubclass(toolkit.errors.InvalidArgumentType, TypeError)
