@@ -15,7 +15,7 @@ import typer
 
 from toolkit.errors import ConfigError, EpistleError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Ouroboros Epistle Forge: schema-governed Kafka consumers for Python.")
 
 SchemasDir = Annotated[Path, typer.Option("--schemas", help="The schemas folder.")]
@@ -149,13 +149,15 @@ def check(schemas: SchemasDir = Path("schemas"),
     """Schema checks: valid files, published versions unchanged, compatibility per mode (make check)."""
     from toolkit.compat.check import run_check
     from toolkit.compat.report import github_annotations, render_json, render_text
-    from toolkit.settings import load_settings
 
     if output not in ("text", "json"):
         raise _fail(EpistleError(f"--format {output!r}: use text or json"), 2)
     try:
-        # The registry's credentials and TLS come from SCHEMA_REGISTRY_* as for register and verify.
-        registry = load_settings(registry__url=registry_url).registry if registry_url else None
+        registry = None
+        if registry_url:  # its credentials and TLS come from SCHEMA_REGISTRY_* as for register and verify
+            from toolkit.settings import load_settings  # pydantic-settings: only when a registry is asked
+
+            registry = load_settings(registry__url=registry_url).registry
         report = run_check(schemas, base=base, registry=registry)
     except EpistleError as exc:
         raise _fail(exc) from None

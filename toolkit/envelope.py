@@ -27,6 +27,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
+from toolkit import _args
 from toolkit.errors import MessageError, safe_str
 
 MAX_DEPTH = 4096
@@ -137,6 +138,7 @@ class DecodedRecord:
 
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True when ``value`` nests lists/dicts deeper than ``limit`` (iterative, safe on any depth)."""
+    _args.integer("limit", limit)
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -155,7 +157,7 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
 def allow_depth(max_depth: int) -> None:
     """Raise Python's recursion limit (never lower it) so that documents ``max_depth`` levels deep can be
     parsed, validated and decoded: ``json`` and the Avro decoder use up to two frames per level."""
-    needed = 2 * max_depth + 2000
+    needed = 2 * _args.integer("max_depth", max_depth, low=1, high=LIMIT_DEPTH) + 2000
     if sys.getrecursionlimit() < needed:
         sys.setrecursionlimit(needed)
 
@@ -253,6 +255,10 @@ def decode_record(value: bytes | None, serializer: SerializerLike | None = None,
     """
     if value is None:
         raise MessageError("decode", "the record has no value (a tombstone)")
+    if value.__class__ is not bytes and not isinstance(value, bytes | bytearray):
+        raise MessageError("decode", f"the record value is a {type(value).__name__}, not bytes")
+    if max_depth.__class__ is not int or max_depth < 1:  # cheap on the hot path: a class identity check
+        _args.integer("max_depth", max_depth, low=1, fix=" (EPISTLE_MAX_NESTING_DEPTH)")
     return parse_envelope(_load(value, serializer, max_depth))
 
 

@@ -1,7 +1,9 @@
 """Every error the toolkit raises derives from :class:`EpistleError`.
 
     EpistleError
-    ├── ConfigError                 bad setting or config file: names the setting/file, the field and the fix
+    ├── InvalidArgument             a public function got a value it cannot use (also a ValueError)
+    │   └── InvalidArgumentType     ... a value of the wrong type (also a TypeError)
+    ├── ConfigError                 bad setting, option or config file: names it, the field and the fix
     ├── SchemaFileError             a schema file or the schemas/ layout is wrong (file, field, fix)
     │   ├── UnsupportedSchema       a valid schema using a construct the toolkit cannot generate a model for
     │   └── CodegenError            model generation failed for a schema file
@@ -15,10 +17,16 @@
     ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
     ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
     ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
-    └── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
+    ├── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
+    └── ScaffoldError               `epistle new`: invalid answers, the target exists, generating failed
 
 Errors carry their context as attributes (file, subject, version, stage, ...) so callers and logs need
 not parse messages. Secrets never appear in any message.
+
+Where a public function used to raise a built-in error on bad input (``ValueError``, ``TypeError``), it now
+raises a toolkit error that is also an instance of that built-in (:class:`InvalidArgument` is a
+``ValueError``, :class:`InvalidArgumentType` also a ``TypeError``), so existing ``except ValueError``
+clauses keep working.
 """
 
 from __future__ import annotations
@@ -46,8 +54,21 @@ class EpistleError(Exception):
     """Root of the toolkit's exceptions."""
 
 
+class InvalidArgument(EpistleError, ValueError):
+    """A public function got an argument it cannot use; ``argument`` names it and the message says the fix."""
+
+    def __init__(self, message: str, *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """A public function got an argument of the wrong type (also a ``TypeError``)."""
+
+
 class ConfigError(EpistleError):
-    """A setting or a config file is invalid. The message names the setting (or file and field) and the fix."""
+    """A setting, an option or a config file is invalid. The message names the setting (or option, or file
+    and field) and the fix."""
 
     def __init__(self, message: str, *, setting: str | None = None, path: Path | None = None) -> None:
         super().__init__(message)
@@ -156,3 +177,14 @@ class ConsumerStopped(EpistleError):
                  partition: int | None = None, offset: int | None = None) -> None:
         super().__init__(message)
         self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
+
+
+class ScaffoldError(EpistleError):
+    """``epistle new``: the answers are invalid, the target exists, or generating failed. ``problems`` holds
+    each invalid answer (field, value, problem, fix: ``toolkit.scaffold.rules.Problem``); ``field`` is the
+    first one's field. Re-exported as ``toolkit.scaffold.ScaffoldError``."""
+
+    def __init__(self, message: str, *, field: str | None = None, problems: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+        self.field = field or (self.problems[0].field if self.problems else None)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from toolkit import _args
 from toolkit.envelope import LIMIT_DEPTH, MAX_DEPTH
 from toolkit.errors import ConfigError
 
@@ -27,6 +28,8 @@ class OrderingMode(StrEnum):
     PARTITION = "PARTITION"
     KEY = "KEY"
     UNORDERED = "UNORDERED"
+
+    _missing_ = classmethod(_args.not_a_member)  # InvalidArgument (a ValueError) listing the members
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -190,12 +193,18 @@ def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict
         for error in exc.errors():
             name = _PREFIXES[cls] + "_".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] in _RANGE_ERRORS and error["loc"] and error["loc"][0] in cls.model_fields:
+                message += f"; fix: set {name} in that range, or unset it for the default " \
+                           f"({cls.model_fields[error['loc'][0]].default})"
             # The offending value is shown unless the setting is a secret.
             shown = "" if _is_secret(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}{shown}: {message}")
         source = f" (read from the environment and {env_file})" if env_file else ""
         raise ConfigError("invalid settings" + source + ":\n  " + "\n  ".join(problems),
                           setting=problems and problems[0].split(" ", 1)[0].rstrip(":")) from None
+
+
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 
 
 def _is_secret(name: str) -> bool:
@@ -210,7 +219,7 @@ def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> S
     Raises:
         ConfigError: a value is invalid; the message names each offending variable and the fix.
     """
-    if env_file is not None and not Path(env_file).exists():
+    if env_file is not None and not _args.path("env_file", env_file).exists():
         env_file = None
     grouped: dict[str, dict[str, Any]] = {"kafka": {}, "registry": {}, "consumer": {}}
     for key, value in overrides.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit import _args
 from toolkit.codegen.build import Build, build_package
 from toolkit.codegen.index import ModelIndex, load_model_index
 from toolkit.codegen.output import Difference, diff_package, write_package
@@ -44,6 +45,7 @@ def run_codegen(schemas_dir: Path | str, out: Path | str, *, check: bool = False
         SchemaFileError: a schema file or the layout is invalid; CodegenFailures when several are.
         CodegenError: the generator failed, or the output could not be written.
     """
+    _args.path("out", out)
     build = build_package(schemas_dir, None if force else out, workers=workers)
     run = CodegenRun(build, diff_package(build.files, out))
     if run.differences and not check:

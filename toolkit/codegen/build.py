@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from toolkit import _args
 from toolkit.codegen.index import INDEX_MODULE
 from toolkit.codegen.render import (
     _index_module,
@@ -80,7 +81,12 @@ def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *
         SchemaFileError: one file or subject failed (UnsupportedSchema, CodegenError, ... as raised).
         CodegenFailures: several failed; ``errors`` holds each one.
     """
-    subjects, errors = _load_subjects(Path(schemas_dir))
+    schemas_dir = _args.path("schemas_dir", schemas_dir)
+    if previous is not None:
+        _args.path("out", previous)
+    if workers is not None:
+        _args.integer("workers", workers, low=1, fix=" (processes rendering modules), or None for every core")
+    subjects, errors = _load_subjects(schemas_dir)
     files: dict[str, str] = {"__init__.py": _package_init(subjects)}
     index: dict[tuple[str, int], str] = {}
     packages: dict[str, str] = {}

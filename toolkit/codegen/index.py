@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 
 from pydantic import BaseModel
 
-from toolkit.errors import CodegenError
+from toolkit import _args
+from toolkit.errors import CodegenError, InvalidArgument
 
 INDEX_MODULE = "_index"
 
@@ -82,6 +83,10 @@ def load_model_index(package: str = "generated_models") -> ModelIndex:
     Raises:
         CodegenError: the package or its index is missing or malformed (run ``make codegen``).
     """
+    _args.text("package", package)
+    if not all(part.isidentifier() for part in package.split(".")):
+        raise InvalidArgument(f"package {package!r} is not a Python package name; use e.g. generated_models",
+                              argument="package")
     try:
         module = importlib.import_module(f"{package}.{INDEX_MODULE}")
     except ImportError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+from toolkit import _args
 from toolkit.layout import Compatibility
 
 
@@ -115,6 +116,8 @@ def reader_writer_pairs(mode: Compatibility, new: int) -> list[tuple[int, int]]:
     schema reads data written with the new one; FULL = both. Non-transitive modes compare with the previous
     version only, the *_TRANSITIVE modes with every earlier version.
     """
+    mode = Compatibility(mode)
+    _args.integer("new", new, low=1, fix=" (the version being registered)")
     if mode is Compatibility.NONE or new < 2:
         return []
     olds = range(new - 1, 0, -1) if mode in _TRANSITIVE else [new - 1]

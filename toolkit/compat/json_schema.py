@@ -52,8 +52,6 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
-from jsonschema import validators
-
 from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity
 
 _ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
@@ -116,6 +114,8 @@ class _Document:
             for key in ("$defs", "definitions"):
                 if key in self.root and key not in wrapped:
                     wrapped[key] = self.root[key]
+        from jsonschema import validators  # here: most checks never need it (0.2 s to import)
+
         cls = validators.validator_for(self.root if isinstance(self.root, dict) else {},
                                        default=validators.Draft202012Validator)
         try:

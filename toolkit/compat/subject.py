@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit import _args
 from toolkit.compat.findings import Finding, Issue, finding_for, reader_writer_pairs
-from toolkit.errors import UnsupportedSchema
+from toolkit.errors import InvalidArgumentType, UnsupportedSchema
 from toolkit.formats import format_for
 from toolkit.layout import Compatibility, SchemaFile, SchemaFormat, Subject
 
@@ -14,12 +15,27 @@ from toolkit.layout import Compatibility, SchemaFile, SchemaFormat, Subject
 def check_pair(schema_format: SchemaFormat, reader: Any, writer: Any) -> list[Issue]:
     """Why a consumer with the ``reader`` schema cannot read what the ``writer`` schema allows.
 
-    Both are raw schema documents (parsed JSON)."""
-    return format_for(schema_format).compatibility(reader, writer)
+    Both are raw schema documents (parsed JSON).
+
+    Raises:
+        SchemaFileError: ``reader`` or ``writer`` is not a valid schema of ``schema_format`` (the path is
+            ``reader`` / ``writer``); a valid schema codegen cannot express is compared all the same.
+        InvalidArgument: ``schema_format`` is not JSON or AVRO.
+    """
+    fmt = format_for(schema_format)
+    for label, document in (("reader", reader), ("writer", writer)):
+        problems = fmt.problems(label, document)
+        if problems and not isinstance(problems[0], UnsupportedSchema):
+            raise problems[0]
+    return fmt.compatibility(reader, writer)
 
 
 def is_compatible(schema_format: SchemaFormat, mode: Compatibility, versions: list[Any]) -> bool:
     """Would registering the last of ``versions`` (raw documents, oldest first) pass under ``mode``?"""
+    mode = Compatibility(mode)
+    if not isinstance(versions, list | tuple):
+        raise InvalidArgumentType(f"versions: expected a list of schema documents, got {type(versions).__name__}",
+                                  argument="versions")
     new = len(versions)
     return not any(issue.severity == "error"
                    for reader, writer in reader_writer_pairs(mode, new)
@@ -52,6 +68,7 @@ def check_subject(subject: Subject) -> list[Finding]:
     version (non-transitive modes) or all earlier ones (*_TRANSITIVE), in the direction(s) of the mode.
     Pure: no I/O beyond what is already in ``subject``.
     """
+    _args.instance("subject", subject, Subject, "a layout.Subject (layout.load_subject)")
     findings = [f for schema in subject.versions for f in validate_file(schema)]
     if any(f.rule == INVALID_SCHEMA for f in findings):  # comparing invalid schemas would only add noise
         return findings
@@ -72,7 +89,8 @@ def check_subject(subject: Subject) -> list[Finding]:
         for reader, writer in reader_writer_pairs(mode, new):
             reader_doc = subject.version(reader).document
             writer_doc = subject.version(writer).document
-            for issue in check_pair(subject.format, reader_doc, writer_doc):
+            # both already validated above: straight to the comparison
+            for issue in format_for(subject.format).compatibility(reader_doc, writer_doc):
                 findings.append(finding_for(subject.name, reader, writer, issue,
                                             file=str(subject.version(new).path)))
     return _unique(findings)

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from toolkit import _args
 from toolkit.envelope import depth_exceeds, reject_constant
-from toolkit.errors import safe_str
+from toolkit.errors import InvalidArgument, InvalidArgumentType, safe_str
 
 H_TOPIC = "kafka_dlt-original-topic"
 H_PARTITION = "kafka_dlt-original-partition"
@@ -344,8 +345,17 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
     value kept them.
 
     Raises:
-        ValueError: ``value`` is not one of our dead-letter values.
+        InvalidArgument (a ValueError): ``value`` is not one of our dead-letter values; InvalidArgumentType
+            (also a TypeError) when an argument is not bytes / a list of (str, bytes or None) headers.
     """
+    _args.bytes_like("value", value)
+    if key is not None:
+        _args.bytes_like("key", key)
+    if headers is not None and not (isinstance(headers, list | tuple) and all(
+            isinstance(h, tuple | list) and len(h) == 2 and isinstance(h[0], str)
+            and (h[1] is None or isinstance(h[1], bytes)) for h in headers)):
+        raise InvalidArgumentType("headers: expected a list of (str, bytes or None) pairs, as the Kafka "
+                                  "client gives them", argument="headers")
     try:
         body = json.loads(value)
         source = body["source"]
@@ -368,9 +378,9 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
         return OriginalRecord(source["topic"], source["partition"], source["offset"], key, original, kept,
                               source.get("timestamp"), source.get("timestampType"))
     except ValueError as exc:
-        raise ValueError(f"not a dead-letter value: {exc}") from None
+        raise InvalidArgument(f"not a dead-letter value: {exc}", argument="value") from None
     except (KeyError, TypeError, binascii.Error, AttributeError) as exc:
-        raise ValueError(f"not a dead-letter value: {type(exc).__name__}: {exc}") from None
+        raise InvalidArgument(f"not a dead-letter value: {type(exc).__name__}: {exc}", argument="value") from None
 
 
 def _key_of(text: str | None, encoding: str | None) -> bytes | None:

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
-from toolkit.errors import BrokerUnavailable
+from toolkit.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
 
@@ -435,14 +435,20 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
     :class:`~toolkit.consumer.deadletter.OriginalRecord`.
 
     Raises:
-        ValueError: ``value`` is not one of our dead-letter values.
+        InvalidArgument (a ValueError): ``value`` is not one of our dead-letter values, or another
+            argument is unusable. ConfigError: librdkafka refused ``config``.
         BrokerUnavailable: the record was not acknowledged within ``timeout_s``.
     """
+    from toolkit._args import replay_options
     from toolkit.consumer.deadletter import original_record
 
+    replay_options(config, topic, keep_timestamp, timeout_s)
     original = original_record(value, key, headers)
-    producer = Producer({"logger": kafka_logger(), "message.max.bytes": DLQ_MAX_MESSAGE_BYTES, **config,
-                         "acks": "all", "enable.idempotence": True})
+    try:
+        producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
+                             "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
+    except (KafkaException, TypeError, ValueError) as exc:
+        raise ConfigError(f"config: the Kafka client refused it: {exc}", setting="config") from None
     failures: list[Any] = []
     kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
                               "on_delivery": lambda err, _msg: err and failures.append(err)}

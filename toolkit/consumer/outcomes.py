@@ -16,11 +16,13 @@ With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError, safe_str
+from toolkit import _args
+from toolkit.errors import BrokerUnavailable, ConfigError, MessageError, RegistryUnavailable, RetryableError, safe_str
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 HANDLER = "handler"
@@ -36,6 +38,12 @@ class ErrorPolicy(StrEnum):
 
     CONTINUE = DEAD_LETTER  # the name the first releases' README used for the default
 
+    _missing_ = classmethod(_args.not_a_member)  # InvalidArgument (a ValueError) listing the members
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -45,6 +53,19 @@ class RetryPolicy:
     initial_s: float = 0.5
     max_s: float = 30.0
     multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems = {"max_attempts": isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
+                    or self.max_attempts < 1,
+                    "initial_s": not _finite(self.initial_s) or self.initial_s < 0,
+                    "max_s": not _finite(self.max_s) or self.max_s <= 0,
+                    "multiplier": not _finite(self.multiplier) or self.multiplier < 1}
+        fixes = {"max_attempts": "an integer of at least 1", "initial_s": "seconds, at least 0",
+                 "max_s": "seconds, above 0", "multiplier": "a number of at least 1"}
+        for name, bad in problems.items():
+            if bad:
+                raise ConfigError(f"RetryPolicy {name}={getattr(self, name)!r}"[:120] + f": use {fixes[name]}",
+                                  setting=f"retry.{name}")
 
     def delay(self, attempt: int) -> float:
         """Backoff after failed attempt number ``attempt`` (1-based)."""

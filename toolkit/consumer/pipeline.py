@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from toolkit.consumer.deep import is_too_deep, validate_deep
 from toolkit.consumer.handlers import HandlerRegistry, Route
 from toolkit.envelope import MAX_DEPTH, DecodedRecord, Header, SerializerLike, allow_depth, decode_record
-from toolkit.errors import MessageError, RegistryUnavailable, SchemaNotFound
+from toolkit.errors import InvalidArgumentType, MessageError, RegistryUnavailable, SchemaNotFound
 from toolkit.registry.base import (
     RegisteredSchema,
     SchemaRegistry,
@@ -86,7 +86,7 @@ def as_resolver(registry: Any) -> SchemaResolver:
         from toolkit.registry.cache import CachedRegistry
 
         return CachedRegistry(registry)
-    raise TypeError(f"{registry!r} is neither a SchemaResolver nor a SchemaRegistry")
+    raise InvalidArgumentType(f"registry {registry!r} is neither a SchemaResolver nor a SchemaRegistry")
 
 
 @dataclass(frozen=True, slots=True)

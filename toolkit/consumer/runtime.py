@@ -36,6 +36,7 @@ from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.offsets import OffsetTracker
+from toolkit.consumer.options import check_consumer_options
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
 from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
 from toolkit.consumer.slots import WorkerSlots
@@ -115,6 +116,7 @@ class KafkaConsumer:
                  kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
                  max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
                  dead_letter_producer_config: dict[str, Any] | None = None) -> None:
+        check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings

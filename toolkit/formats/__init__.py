@@ -10,6 +10,7 @@ schema file is valid *and* usable, for ``epistle check``, ``epistle codegen`` an
 
 from __future__ import annotations
 
+from toolkit import _args
 from toolkit.formats.avro import AvroFormat
 from toolkit.formats.base import Format
 from toolkit.formats.json_schema import JsonSchemaFormat
@@ -30,4 +31,5 @@ def format_for(schema_format: SchemaFormat | str) -> Format:
 
 def format_for_suffix(suffix: str) -> Format | None:
     """The format of a version file suffix (``.json``, ``.avsc``), None for any other."""
+    _args.text("suffix", suffix)
     return next((fmt for fmt in FORMATS.values() if fmt.suffix == suffix), None)

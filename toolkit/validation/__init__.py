@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from toolkit import _args
 from toolkit.errors import SchemaFileError
 from toolkit.formats import format_for
 from toolkit.layout import SchemaFormat
@@ -36,7 +37,7 @@ def check_schema_text(path_or_label: Path | str, schema_format: SchemaFormat, do
         SchemaFileError: the document is not a valid schema of ``schema_format``; ``path`` is
             ``path_or_label``, ``field`` the JSON path of the problem where known.
     """
-    format_for(schema_format).validate(path_or_label, document)
+    format_for(schema_format).validate(_args.path("path_or_label", path_or_label), document)
 
 
 def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
@@ -46,6 +47,7 @@ def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
         SchemaFileError: the schema text is not JSON or not a valid schema; the path is
             ``registry:<subject>/<version>``.
     """
+    _args.instance("schema", schema, RegisteredSchema, "a RegisteredSchema (from a registry)")
     label = f"registry:{schema.subject}/{schema.version}"
     try:
         document = json.loads(schema.text)
