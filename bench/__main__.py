@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -246,11 +247,14 @@ def write_markdown(report: dict) -> str:
         lines += ["## Memory", "", f"Peak RSS (each contender's own process, VmHWM) draining {m['messages']:,} "
                   f"JSON messages; target for the toolkit < {m['target_mb']} MB: {'met' if m['met'] else 'NOT met'}.",
                   "", "| contender | peak RSS MB | msg/s |", "|---|---:|---:|"]
-        for name, row in m.get("contenders", {}).items():
+        for name, row in m.get("contenders", {"T": m}).items():
             lines.append(f"| {label(name)} | {_fmt(row['peak_rss_mb'])} | {_fmt(row.get('msgs_per_s'), ',.0f')} |")
         lines.append("")
     if report.get("latency"):
         lt = report["latency"]
+        if "contenders" not in lt:  # a results.json from before issue #19: the toolkit alone at a fixed rate
+            lt = {"rate": lt.get("rate"), "basis": "fixed", "seconds": lt.get("seconds"), "runs": 1,
+                  "contenders": {"T": lt}}
         lines += ["## Latency", "", f"Produce-to-handler latency at {lt['rate']:,} msg/s ({lt['basis']}), "
                   f"{lt.get('runs', 1)} runs of {lt['seconds']} s per contender, interleaved, the producer in "
                   "another process; the first second of a run is left out. Medians of the runs' p50 and p99.", "",
@@ -287,7 +291,8 @@ def write_chart(report: dict, path: Path) -> None:
                      f"messages (median of {report['runs']})")
         ax.set_xlabel("messages / second (log scale)")
         ax.set_xscale("log")  # L0 (no decoding) is ~50x the others: a linear scale flattens them
-        ax.set_xlim(right=max(values, default=1) * 8)
+        if values:  # bars from a power of ten well below the smallest, so that lengths compare
+            ax.set_xlim(left=10 ** math.floor(math.log10(min(values) / 3)), right=max(values) * 8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
