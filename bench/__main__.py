@@ -1,7 +1,8 @@
 """Run the benchmarks and write bench/results/{results.json,results.md,throughput.png}.
 
     python -m bench                       # defaults: 200,000 messages, 3 runs, all contenders, JSON + Avro
-    python -m bench --messages 20000 --runs 3 --rss-messages 100000 --latency-seconds 5   # ~1 minute
+    python -m bench --messages 20000 --runs 3 --rss-messages 100000 --latency-seconds 5 --out /tmp/bench  # quick
+    python -m bench --layouts shared,pinned,one-core     # also pinned: the broker's affinity is changed
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
