@@ -342,6 +342,10 @@ def main() -> None:
     layouts = _names(parser, args.layouts, list(LAYOUTS))
     rss_contenders = _names(parser, args.rss_contenders, ALL)
     latency_contenders = _names(parser, args.latency_contenders, sorted(latency_probe.CONSUMERS))
+    if "pinned" in layouts and machine.broker_pid() is None:  # before any run, not after an hour of them
+        parser.error("layout pinned needs the local broker's pid (EPISTLE_SERVICES_DIR/kafka/pid)")
+    if set(layouts) - {"shared"} and (os.cpu_count() or 1) < 2:
+        parser.error(f"layouts {sorted(set(layouts) - {'shared'})} need 2 CPUs")
 
     report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs,
               "machine": f"{machine.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
