@@ -254,7 +254,7 @@ def write_markdown(report: dict) -> str:
         lines.append("")
     if report.get("latency"):
         lt = report["latency"]
-        if "contenders" not in lt:  # a results.json from before issue #19: the toolkit alone at a fixed rate
+        if "contenders" not in lt:  # an older results.json: the toolkit alone at a fixed rate
             lt = {"rate": lt.get("rate"), "basis": "fixed", "seconds": lt.get("seconds"), "runs": 1,
                   "contenders": {"T": lt}}
         lines += ["## Latency", "", f"Produce-to-handler latency at {lt['rate']:,} msg/s ({lt['basis']}), "
@@ -313,7 +313,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite results.md and the chart from an existing results.json")
-    # comparable across machines (issue #19)
+    # comparable across machines
     parser.add_argument("--layouts", default="shared",
                         help=f"comma-separated, from {list(LAYOUTS)}; pinned changes the shared broker's "
                              "affinity for its block (put back after)")

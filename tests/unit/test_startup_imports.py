@@ -1,6 +1,6 @@
 """Each `epistle` command imports only what it uses (structural checks in a fresh interpreter, no timing).
 
-The heavy modules and what they cost to import are measured in the notes of issue #13; here we only check
+What the heavy modules cost to import is measured with `python -X importtime`, not here; these tests only check
 that they stay out of the commands that do not need them.
 """
 
