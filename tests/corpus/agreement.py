@@ -37,7 +37,7 @@ from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
 from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import package_name, render_module, root_class_name
 from toolkit.consumer.pipeline import Pipeline
-from toolkit.errors import CodegenError, MessageError, SchemaFileError
+from toolkit.errors import CodegenError, MessageError, SchemaFileError, UnsupportedSchema
 from toolkit.layout import SchemaFile, SchemaFormat, load_schemas
 from toolkit.registry.base import RegisteredSchema
 from toolkit.validation import CompiledSchema, compile_schema
@@ -54,6 +54,7 @@ class Subject:
     unsupported: list[tuple[str, str]] = field(default_factory=list)  # prepare.unsupported_constructs
     model: type[BaseModel] | None = None
     error: str | None = None  # codegen or import failed
+    refused: str | None = None  # an UnsupportedSchema from toolkit.formats (codegen and check refuse it)
 
 
 @dataclass
@@ -87,6 +88,9 @@ def build_subjects(out: Path, package: str = "corpus_models", corpus: Path = COR
         module = package_name(name)
         try:
             (root / f"{module}.py").write_text(render_module(schema_file, class_name))
+        except UnsupportedSchema as exc:  # refused by toolkit.formats: epistle check refuses it too
+            subject.refused = str(exc)
+            continue
         except (CodegenError, SchemaFileError) as exc:
             subject.error = f"codegen: {exc}"
             continue

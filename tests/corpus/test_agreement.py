@@ -25,6 +25,8 @@ SUBJECTS = sorted(load_corpus())
 @pytest.mark.parametrize("name", SUBJECTS)
 def test_validator_and_model_agree(name: str, corpus_subjects: dict[str, Subject]) -> None:
     subject = corpus_subjects[name]
+    if subject.refused:
+        pytest.skip(f"refused by toolkit.formats (epistle check and codegen): {subject.refused[:200]}")
     assert subject.error is None, subject.error
     tally = TALLIES[name] = Tally()
     rng = random.Random(name)

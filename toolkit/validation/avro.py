@@ -1,4 +1,4 @@
-"""Avro: check a schema with fastavro and decode bodies in the Avro JSON encoding.
+"""Avro: decode bodies in the Avro JSON encoding (whether a schema is valid: :mod:`toolkit.formats.avro`).
 
 A body arrives as ``json.loads`` of the Avro specification's JSON encoding (what kafka-avro-console-producer,
 Confluent's REST Proxy and ``fastavro.json_writer`` write): unions wrapped as ``{"<type name>": value}``
@@ -22,10 +22,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import fastavro
 from fastavro.read import LOGICAL_READERS
 
-from toolkit.errors import MessageError, SchemaFileError
+from toolkit.errors import MessageError
+from toolkit.formats import AVRO
 from toolkit.layout import SchemaFormat
 from toolkit.validation.base import STAGE, CompiledSchema, shorten, unexpected
 
@@ -50,20 +50,14 @@ class _Mismatch(Exception):
 
 
 def check_avro_schema(path: Path | str, document: Any) -> dict | list | str:
-    """Parse with fastavro; return the parsed schema.
+    """The one validity check (:class:`toolkit.formats.avro.AvroFormat`); return fastavro's parsed schema.
 
     Raises:
-        SchemaFileError: fastavro cannot parse it (unknown type, missing name or fields, bad default ...).
+        SchemaFileError: Apache Avro or fastavro cannot parse it (UnsupportedSchema for a construct codegen
+            cannot express).
     """
-    try:
-        return fastavro.parse_schema(document, _write_hint=False)
-    except RecursionError:
-        raise SchemaFileError(path, "schema is nested too deeply",
-                              fix="flatten it with named types") from None
-    except Exception as exc:  # noqa: BLE001 - fastavro raises many types (SchemaParseException, KeyError ...)
-        raise SchemaFileError(path, f"not a valid Avro schema: {shorten(f'{type(exc).__name__}: {exc}')}",
-                              fix="correct the schema (see https://avro.apache.org/docs/1.12.0/specification/)"
-                              ) from None
+    AVRO.validate(path, document)
+    return AVRO.parse_fastavro(path, document)
 
 
 class AvroSchema(CompiledSchema):
@@ -81,7 +75,7 @@ class AvroSchema(CompiledSchema):
         """Raises: SchemaFileError naming ``label`` when fastavro cannot parse the schema."""
         parsed = check_avro_schema(label, document)
         named: dict[str, Any] = {}
-        fastavro.parse_schema(document, named_schemas=named, _write_hint=False)
+        AVRO.parse_fastavro(label, document, named)
         return cls(subject, version, document, parsed, _Builder(named).build(parsed))
 
     def decode(self, body: Any) -> Any:
