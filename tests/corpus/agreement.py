@@ -1,4 +1,4 @@
-"""Validator/model agreement over the vendored corpus (issue #12): the machinery the tests use.
+"""Validator/model agreement over the vendored corpus: the machinery the tests use.
 
 For one schema version: the project's codegen (``render_module``, what ``epistle codegen`` runs) writes the
 model into a temporary package; valid bodies come from hypothesis (hypothesis-jsonschema for JSON Schema, a

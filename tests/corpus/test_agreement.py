@@ -1,4 +1,4 @@
-"""Issue #12: over real public schemas, what the validator accepts the generated model accepts and gives
+"""Over real public schemas, what the validator accepts the generated model accepts and gives
 back unchanged (see agreement.py for what is generated and judged; SOURCES.md for where each schema is from).
 """
 

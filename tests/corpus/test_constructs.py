@@ -1,5 +1,5 @@
-"""The constructs issue #12 names, each in a small schema: what the validator accepts, the model accepts
-and gives back (the corpus finds them in real schemas; these pin them down one by one)."""
+"""Each construct where validator and model used to disagree, in a small schema: what the validator accepts,
+the model accepts and gives back (the corpus finds them in real schemas; these pin them down one by one)."""
 
 from __future__ import annotations
 

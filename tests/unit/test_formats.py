@@ -73,7 +73,7 @@ ACCEPTED = {
     "nested-type-list": ("1.json", _json(properties={"a": {"type": ["string", "null"]}})),
     "json-enum-property": ("1.json", _json(properties={"color": {"enum": ["RED", "GREEN"]}})),
     "avro-enum-field": ("1.avsc", _avro({"name": "color", "type": COLOR})),
-    "avro-enum-root": ("1.avsc", {**COLOR}),  # a RootModel since #12
+    "avro-enum-root": ("1.avsc", {**COLOR}),  # generated as a RootModel
     "avro-namespaced": ("1.avsc", _avro(namespace="com.example")),
 }
 

@@ -1,4 +1,4 @@
-"""What codegen feeds datamodel-code-generator, so that the model accepts what the validator accepts (#12).
+"""What codegen feeds datamodel-code-generator, so that the model accepts what the validator accepts.
 
 The consumer validates a body first and then builds the model from the validator's output, so the model
 never has to refuse anything: it has to accept every validated value and keep all of it, so that
