@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus.agreement import Subject, Tally, build_subjects
+from tests.corpus.agreement import REFUSED, Subject, Tally, build_subjects
 
 TALLIES: dict[str, Tally] = {}
 
@@ -37,3 +37,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         f"agreement on accepted bodies {total.agreed}/{accepted} = {share:.1f}%")
     for what, count in sorted(total.kinds.items()):
         terminalreporter.write_line(f"  {what}: {count}")
+    terminalreporter.write_line(f"refused by toolkit.formats, not judged: {len(REFUSED)}")
+    for name, (_, why) in sorted(REFUSED.items()):
+        terminalreporter.write_line(f"  {name}: {why}")

@@ -15,9 +15,9 @@ from pydantic import BaseModel, RootModel, ValidationError
 
 from tests.corpus.agreement import Subject, Tally, big_decimal_bytes, judge
 from toolkit.codegen import load_model_index
-from toolkit.codegen.prepare import unsupported_constructs
 from toolkit.codegen.render import render_module
-from toolkit.errors import MessageError
+from toolkit.errors import MessageError, UnsupportedSchema
+from toolkit.formats import AVRO, JSON_SCHEMA
 from toolkit.layout import SchemaFile, SchemaFormat
 from toolkit.registry.base import RegisteredSchema
 from toolkit.validation import compile_schema
@@ -135,10 +135,11 @@ def test_the_index_loads_a_root_model(tmp_path: Path, monkeypatch: pytest.Monkey
     assert load_model_index("constructs_indexed").get("indexed", 1).model_validate("A").root == "A"
 
 
-def test_unsupported_constructs() -> None:
-    assert unsupported_constructs("json", {"type": "object", "properties": {}}) == []
-    assert unsupported_constructs("json", {"properties": {"a": {}}})[0][0] == "$"
-    assert unsupported_constructs("avro", {"type": "enum", "name": "E", "symbols": ["A"]}) == []
+def test_roots_the_model_cannot_follow_are_refused() -> None:
+    assert JSON_SCHEMA.unsupported("x.json", {"type": "object", "properties": {}}) == []
+    assert [e.field for e in JSON_SCHEMA.unsupported("x.json", {"properties": {"a": {}}})] == ["$"]
+    assert [e.field for e in JSON_SCHEMA.unsupported("x.json", {"type": ["object", "array"]})] == ["$.type"]
+    assert AVRO.unsupported("x.avsc", {"type": "enum", "name": "E", "symbols": ["A"]}) == []
 
 
 def test_formats_come_back_as_sent(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_formats_come_back_as_sent(tmp_path: Path) -> None:
     _agree(compiled, model, {"uri": "https://Example.COM", "duration": "P1M"})  # AnyUrl, timedelta: not so
 
 
-def test_ambiguous_avro_unions_are_listed() -> None:
+def test_ambiguous_avro_unions_are_refused() -> None:
     a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
     b = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "long"}]}
     c = {"type": "record", "name": "C", "fields": [{"name": "y", "type": "int"}]}
@@ -156,7 +157,8 @@ def test_ambiguous_avro_unions_are_listed() -> None:
         {"name": "ab", "type": [a, b]}, {"name": "ac", "type": ["null", "A", c]},
         {"name": "em", "type": [{"type": "enum", "name": "E", "symbols": ["X"]}, "string"]},
         {"name": "fx", "type": {"type": "array", "items": [{"type": "fixed", "name": "F", "size": 4}, "bytes"]}}]}
-    assert [path for path, _ in unsupported_constructs("AVRO", root)] == ["$.ab", "$.em", "$.fx[*]"]
+    assert [e.field for e in AVRO.unsupported("x.avsc", root)] == [
+        "$.fields[0].type", "$.fields[2].type", "$.fields[3].type.items"]
 
 
 def test_an_unknown_key_spelled_like_a_python_name_stays_unknown(tmp_path: Path) -> None:
@@ -187,11 +189,16 @@ def test_a_malformed_big_decimal_fails_validation(data: bytes) -> None:
         compiled.decode({"value": data.decode("iso-8859-1")})
 
 
-def test_the_corpus_check_sees_a_union_branch_the_model_swapped(tmp_path: Path) -> None:
-    """What unsupported_constructs lists for Avro is real: the model takes {"B": {"x": 1}} as an A."""
+def test_the_corpus_check_sees_a_union_branch_the_model_swapped(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why toolkit.formats refuses an ambiguous Avro union: the model takes {"B": {"x": 1}} as an A (the
+    model is generated here with the refusal switched off; the corpus harness sees the swap)."""
     a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
     b = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "long"}]}
     root = {"type": "record", "name": "R", "fields": [{"name": "ab", "type": [a, b]}]}
+    with pytest.raises(UnsupportedSchema, match=r"\$\.fields\[0\]\.type\]: the union of field 'ab'"):
+        _build(tmp_path, "refused", root, SchemaFormat.AVRO, "R")
+    monkeypatch.setattr(AVRO, "unsupported", lambda path, document: [])
     compiled, model = _build(tmp_path, "swapped", root, SchemaFormat.AVRO, "R")
     subject = Subject("swapped", SchemaFile("swapped", 1, SchemaFormat.AVRO, Path("swapped/1.avsc"), json.dumps(root),
                                             root), compiled=compiled, model=model)

@@ -37,6 +37,11 @@ def _avro(*fields: dict, **extra) -> dict:
 
 OOPS = {"type": "error", "name": "Oops", "fields": [{"name": "code", "type": "int"}]}
 COLOR = {"type": "enum", "name": "Color", "symbols": ["RED", "GREEN"]}
+SIZE = {"type": "enum", "name": "Size", "symbols": ["S", "M"]}
+CIRCLE = {"type": "record", "name": "Circle", "fields": [{"name": "size", "type": "double"}]}
+SQUARE = {"type": "record", "name": "Square", "fields": [{"name": "size", "type": "double"}]}  # Circle's fields
+BOX = {"type": "record", "name": "Box", "fields": [{"name": "side", "type": "double"}]}
+COUNTS = {"type": "map", "values": "int"}
 
 # name: (file name, document, rule, JSON path, words of the problem)
 REFUSED = {
@@ -59,6 +64,16 @@ REFUSED = {
                        "root's type is a list"),
     "json-enum-root": ("1.json", {"$schema": DRAFT, "title": "Color", "type": "string", "enum": ["RED", "GREEN"]},
                        "UNSUPPORTED_SCHEMA", "$.enum", "root is an enum"),
+    "json-root-without-type": ("1.json", {"$schema": DRAFT, "title": "Thing", "properties": {"id": {
+        "type": "string"}}}, "UNSUPPORTED_SCHEMA", "$", 'the root has no "type"'),
+    "avro-records-of-one-shape": ("1.avsc", _avro({"name": "shape", "type": [CIRCLE, SQUARE]}), "UNSUPPORTED_SCHEMA",
+                                  "$.fields[1].type", "branches 0 (record Circle) and 1 (record Square)"),
+    "avro-enum-and-string": ("1.avsc", _avro({"name": "color", "type": ["null", COLOR, "string"]}),
+                             "UNSUPPORTED_SCHEMA", "$.fields[1].type", "branches 1 (enum Color) and 2 (string)"),
+    "avro-record-and-map-items": ("1.avsc", _avro({"name": "parts", "type": {"type": "array", "items": [
+        BOX, COUNTS]}}), "UNSUPPORTED_SCHEMA", "$.fields[1].type.items", "branches 0 (record Box) and 1 (map)"),
+    "avro-union-root": ("1.avsc", [CIRCLE, "null", SQUARE], "UNSUPPORTED_SCHEMA", "$",
+                        "the union of the root has branches 0 (record Circle) and 2 (record Square)"),
 }
 
 # the nearest construct that works: (file name, document)
@@ -75,6 +90,9 @@ ACCEPTED = {
     "avro-enum-field": ("1.avsc", _avro({"name": "color", "type": COLOR})),
     "avro-enum-root": ("1.avsc", {**COLOR}),  # generated as a RootModel
     "avro-namespaced": ("1.avsc", _avro(namespace="com.example")),
+    "avro-records-of-two-shapes": ("1.avsc", _avro({"name": "shape", "type": [CIRCLE, BOX]})),
+    "avro-enums-without-shared-symbols": ("1.avsc", _avro({"name": "tag", "type": ["null", COLOR, SIZE]})),
+    "avro-union-root-of-two-shapes": ("1.avsc", [CIRCLE, "null", BOX]),  # generated as a RootModel
 }
 
 
@@ -115,7 +133,6 @@ def test_check_and_codegen_refuse_with_the_same_message(case: str, tmp_path: Pat
     with pytest.raises(SchemaFileError) as caught:
         compile_schema(RegisteredSchema("things", 1, fmt.schema_format, json.dumps(document)))
     assert (caught.value.problem, caught.value.field) == (expected.problem, expected.field)
-
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
 def test_the_working_construct_is_checked_and_generated(case: str, tmp_path: Path,

@@ -19,9 +19,11 @@ never has to refuse anything: it has to accept every validated value and keep al
   Decimal (the validator decodes it so), and a root that is not a record (an enum, a union, an array ...)
   is wrapped so that render.py can make the module define a ``RootModel`` the index can use.
 
-:func:`unsupported_constructs` lists what the generated model still cannot follow; ``epistle check`` may
-refuse those. Known value-level limits of the types kept (not listed): ``format: date-time``/``time`` with a
-leap second (``23:59:60``) is refused by the model, and digits below the microsecond are dropped.
+What the generated model still cannot follow (a JSON Schema root without a type or with a list of types,
+Avro unions whose branches the model cannot tell apart once unwrapped) is refused before this runs, by
+``Format.unsupported`` in :mod:`toolkit.formats` (``epistle check`` and codegen, with the same message).
+Known value-level limits of the types kept (not refused): ``format: date-time``/``time`` with a leap second
+(``23:59:60``) is refused by the model, and digits below the microsecond are dropped.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ _ONE = ("additionalProperties", "additionalItems", "unevaluatedProperties", "une
         "contains", "propertyNames", "not", "if", "then", "else")
 _LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
 _MAP = ("properties", "$defs", "definitions", "dependentSchemas")
-_COMPOSED = ("$ref", "allOf", "anyOf", "oneOf", "enum", "const", "if", "not")
 _OPAQUE = ("$ref", "enum", "const")  # the value's type is given elsewhere
 # Keywords that give a type-less subschema a shape the generator turns into a type (a model, a list).
 # Constraint-only subschemas (``required``, ``minLength`` ...) stay as they are: the generator gives them
@@ -63,7 +64,7 @@ _IMPLIED = {
 
 def prepare_json_schema(document: Any) -> Any:
     """A copy of ``document`` rewritten for the generator (see the module docstring); the root stays as it
-    is apart from opening it (a root without ``type`` is listed by :func:`unsupported_constructs`)."""
+    is apart from opening it (a root without ``type`` is refused by :mod:`toolkit.formats` first)."""
     document = copy.deepcopy(document)
     _prepare(document, root=True)
     return document
@@ -132,90 +133,3 @@ def avro_root_kind(document: Any) -> str:
         kind = document.get("type")
         return kind if isinstance(kind, str) else "union" if isinstance(kind, list) else "schema"
     return str(document)
-
-
-def unsupported_constructs(schema_format: str, document: Any) -> list[tuple[str, str]]:
-    """``(json_path, what)`` for each construct whose generated model cannot follow the validator: a body
-    the validator accepts there would be refused by the model, or reach the handler as another type.
-    Empty when the model agrees (``epistle check`` may refuse the others).
-
-    ``schema_format`` is a :class:`toolkit.layout.SchemaFormat` (or its name, any case).
-    """
-    if str(schema_format).upper() == "AVRO":
-        return _avro_ambiguous_unions(document)
-    found: list[tuple[str, str]] = []
-    if not isinstance(document, dict):
-        return found
-    kind = document.get("type")
-    if kind is None and not any(key in document for key in _COMPOSED):
-        found.append(("$", "the root has no 'type': the validator accepts any JSON value as the body, the "
-                           "model only an object"))
-    elif isinstance(kind, list) and "object" in kind and len(kind) > 1:
-        others = ", ".join(str(k) for k in kind if k != "object")
-        found.append(("$", f"the root's type also allows {others}: the validator accepts such a body, the "
-                           "model (a class with fields) only an object"))
-    return found
-
-
-def _avro_ambiguous_unions(document: Any) -> list[tuple[str, str]]:
-    """Unions whose branches the model cannot tell apart: the validator unwraps ``{"Name": value}`` and
-    hands the model the bare value, so two branches of the same shape (records with the same fields, a
-    record and a map, two enums sharing a symbol, an enum and a string, fixed/bytes of one size) make the
-    model pick the first that fits, which may not be the branch the producer wrote."""
-    named: dict[str, Any] = {}
-    found: list[tuple[str, str]] = []
-
-    def shape(branch: Any) -> tuple[str, Any] | None:
-        if isinstance(branch, str):
-            branch = named.get(branch, named.get(branch.rsplit(".", 1)[-1], branch))
-        if isinstance(branch, str):
-            return {"string": ("text", None), "bytes": ("bytes", None), "map": ("object", None)}.get(branch)
-        if not isinstance(branch, dict):
-            return None
-        kind = branch.get("type")
-        if kind in ("record", "error"):
-            return "object", frozenset(f.get("name") for f in branch.get("fields", ()) if isinstance(f, dict))
-        if kind == "map":
-            return "object", None
-        if kind == "enum":
-            return "text", frozenset(branch.get("symbols", ()))
-        if kind == "fixed":
-            return "bytes", branch.get("size")
-        if isinstance(kind, str):
-            return shape(kind) if kind not in ("record", "error", "map", "enum", "fixed") else None
-        return None
-
-    def overlaps(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
-        if a[0] != b[0]:
-            return False
-        if a[1] is None or b[1] is None:
-            return True  # a map, a string or bytes takes what the other branch would
-        if a[0] == "text":
-            return bool(a[1] & b[1])
-        return a[1] == b[1]
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, list):
-            shapes = [(index, shape(branch)) for index, branch in enumerate(node)]
-            shapes = [(index, s) for index, s in shapes if s is not None]
-            for position, (i, a) in enumerate(shapes):
-                for j, b in shapes[position + 1:]:
-                    if overlaps(a, b):
-                        found.append((path, f"union branches {i} and {j} can hold the same value once unwrapped: "
-                                            "the model picks the first that fits"))
-            for index, branch in enumerate(node):
-                walk(branch, f"{path}[{index}]")
-        elif isinstance(node, dict):
-            if node.get("type") in ("record", "error", "enum", "fixed") and isinstance(node.get("name"), str):
-                named[node["name"]] = node
-                if isinstance(node.get("namespace"), str) and "." not in node["name"]:
-                    named[f"{node['namespace']}.{node['name']}"] = node
-            for field in node.get("fields", ()) if isinstance(node.get("fields"), list) else ():
-                if isinstance(field, dict):
-                    walk(field.get("type"), f"{path}.{field.get('name')}")
-            for key in ("type", "items", "values"):
-                if isinstance(node.get(key), (dict, list)):
-                    walk(node[key], f"{path}[*]" if key != "type" else path)
-
-    walk(document, "$")
-    return found

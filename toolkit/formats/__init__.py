@@ -4,6 +4,7 @@ schema file is valid *and* usable, for ``epistle check``, ``epistle codegen`` an
     from toolkit.formats import format_for
     fmt = format_for(SchemaFormat.AVRO)      # or format_for_suffix(".avsc")
     fmt.validate(path, document)             # SchemaFileError / UnsupportedSchema (file, JSON path, fix)
+    fmt.validate(path, document, codegen=False)  # SchemaFileError only: not a valid schema
     compiled = fmt.compile(label, subject, version, document)
     issues = fmt.compatibility(reader_document, writer_document)
 """

@@ -4,9 +4,10 @@ implementations share.
 A format owns one schema language end to end, so that ``epistle check``, ``epistle codegen`` and the
 runtime's registry load apply the *same* rules:
 
-- :meth:`Format.problems` / :meth:`Format.validate`: is this document a valid schema of the language, and
-  one the toolkit can generate a model for? Every problem is a :class:`~toolkit.errors.SchemaFileError`
-  (or its :class:`~toolkit.errors.UnsupportedSchema` subclass) naming the file, the JSON path and the fix.
+- :meth:`Format.problems` / :meth:`Format.validate`: is this document a valid schema of the language
+  (:meth:`Format.invalid`), and one the toolkit can generate a model for that follows the validator
+  (:meth:`Format.unsupported`)? Every problem is a :class:`~toolkit.errors.SchemaFileError` (or its
+  :class:`~toolkit.errors.UnsupportedSchema` subclass) naming the file, the JSON path and the fix.
 - :meth:`Format.compile`: the body validator (delegates to :mod:`toolkit.validation`).
 - :meth:`Format.compatibility`: reader/writer issues (delegates to :mod:`toolkit.compat`).
 - :attr:`Format.codegen_input`: what datamodel-code-generator is told the input is.
@@ -21,7 +22,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from toolkit.errors import SchemaFileError
+from toolkit.errors import SchemaFileError, UnsupportedSchema
 from toolkit.layout import SchemaFormat, parse_json_file
 
 if TYPE_CHECKING:
@@ -45,15 +46,23 @@ class Format(Protocol):
         """The file's text as its JSON value. Raises SchemaFileError (not UTF-8 / not JSON)."""
         ...
 
-    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
-        """Every reason ``document`` is refused, most fundamental first; empty when it is fine.
-
-        A document that is not a valid schema of the language gets that one problem only; a valid one gets
-        one :class:`~toolkit.errors.UnsupportedSchema` per construct codegen cannot express."""
+    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+        """Why ``document`` is not a valid schema of the language (one problem); empty when it is valid."""
         ...
 
-    def validate(self, path: Path | str, document: Any) -> None:
-        """Raises the first of :meth:`problems` (the same message ``epistle check`` shows first)."""
+    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
+        """One :class:`~toolkit.errors.UnsupportedSchema` per construct of a *valid* ``document`` that codegen
+        cannot express (or whose generated model cannot follow the validator); empty when there is none."""
+        ...
+
+    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+        """Every reason ``document`` is refused by ``epistle check`` and codegen, most fundamental first; empty
+        when it is fine: :meth:`invalid` when there is such a problem, else :meth:`unsupported`."""
+        ...
+
+    def validate(self, path: Path | str, document: Any, *, codegen: bool = True) -> None:
+        """Raises the first of :meth:`problems` (the same message ``epistle check`` shows first); with
+        ``codegen=False`` the first of :meth:`invalid` only."""
         ...
 
     def compile(self, label: str, subject: str, version: int, document: Any) -> CompiledSchema:
@@ -76,11 +85,17 @@ class BaseFormat:
     def parse(self, path: Path | str, text: str) -> Any:
         return parse_json_file(Path(path), text)
 
-    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
         raise NotImplementedError
 
-    def validate(self, path: Path | str, document: Any) -> None:
-        found = self.problems(path, document)
+    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
+        raise NotImplementedError
+
+    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+        return self.invalid(path, document) or list(self.unsupported(path, document))
+
+    def validate(self, path: Path | str, document: Any, *, codegen: bool = True) -> None:
+        found = self.problems(path, document) if codegen else self.invalid(path, document)
         if found:
             raise found[0]
 

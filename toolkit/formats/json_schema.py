@@ -1,16 +1,21 @@
 """JSON Schema as a :class:`~toolkit.formats.base.Format`: the one validity check for ``.json`` schemas.
 
-A document is refused when (in this order; a document that is not a valid schema gets that one problem):
+A document is refused by ``epistle check`` and codegen when (in this order; a document that is not a valid
+schema gets that one problem; 1-3 are :meth:`JsonSchemaFormat.invalid`):
 
 1. it is not a JSON object, or its ``$schema`` names a draft jsonschema does not know;
 2. it does not conform to its draft's meta-schema (2020-12 when ``$schema`` is absent);
 3. a ``$ref`` does not resolve inside the document (relative file references such as ``other.json#/x``
    and remote URLs are not fetched: each schema version is one self-contained file);
-4. it uses a construct datamodel-code-generator cannot turn into one usable pydantic model
-   (:class:`~toolkit.errors.UnsupportedSchema`, every occurrence reported):
+4. it uses a construct datamodel-code-generator cannot turn into one usable pydantic model, or one whose
+   model cannot follow the validator (:class:`~toolkit.errors.UnsupportedSchema`, every occurrence
+   reported):
 
    - a definition name (under ``$defs`` or ``definitions``) containing ``.``: the generator reads the dots
      as module paths and writes several modules instead of one;
+   - a root without ``type`` (and without ``$ref``, ``allOf``/``anyOf``/``oneOf``, ``enum``, ``const``,
+     ``if`` or ``not`` to give it one): the validator accepts any JSON value as the body, the generated
+     class only an object;
    - a root ``type`` that is a list (``["object", "null"]``): the generated class accepts only the object,
      so a ``null`` body that passes validation would fail in the model;
    - a root that is an ``enum``: the generator writes a Python ``Enum``, not a pydantic model, and the model
@@ -40,6 +45,9 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
 # Keywords whose values map arbitrary names to subschemas: the names are not keywords.
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 _DEFINITIONS = ("$defs", "definitions")
+# Root keywords that give the body's type without "type" (a reference, a composition, a value list): the
+# generator builds the model from them, so a root with one of them but no "type" is not refused for that.
+_TYPED_ELSEWHERE = ("$ref", "allOf", "anyOf", "oneOf", "enum", "const", "if", "not")
 
 
 # The drafts jsonschema knows, by $schema (normalised as jsonschema does: no empty fragment), and whether
@@ -93,19 +101,19 @@ class JsonSchemaFormat(BaseFormat):
     label = "JSON Schema"
     codegen_input = "jsonschema"
 
-    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
         try:
             _check_meta_schema(path, draft_of(path, document), document)
         except SchemaFileError as exc:
             return [exc]
-        unresolved = list(_unresolved_refs(path, document))
-        if unresolved:
-            return unresolved
+        return list(_unresolved_refs(path, document))
+
+    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
         return list(_unsupported(path, document))
 
-    def validator_class(self, path: Path | str, document: Any) -> type[Validator]:
-        """:meth:`validate`, then the validator class for the document's draft."""
-        self.validate(path, document)
+    def validator_class(self, path: Path | str, document: Any, *, codegen: bool = True) -> type[Validator]:
+        """:meth:`validate` (``codegen`` as there), then the validator class for the document's draft."""
+        self.validate(path, document, codegen=codegen)
         return validator_class(path, document)
 
     def compile(self, label: str, subject: str, version: int, document: Any) -> JsonSchema:
@@ -190,6 +198,11 @@ def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: An
 
 def _unsupported(path: Path | str, document: dict) -> Iterator[UnsupportedSchema]:
     root_type = document.get("type")
+    if root_type is None and not any(key in document for key in _TYPED_ELSEWHERE):
+        yield UnsupportedSchema(
+            path, 'the root has no "type": the validator accepts any JSON value as the body (a string, a '
+                  "number, null ...), the generated model only an object",
+            field="$", fix='add "type": "object" to the root (a message body is an object)')
     if isinstance(root_type, list):
         yield UnsupportedSchema(
             path, f"the root's type is a list {root_type!r}: codegen makes one class for the first object "
