@@ -2,7 +2,7 @@
 
 Each construct codegen cannot express is refused by `epistle check` with the file, the JSON path and the
 fix, and by `epistle codegen` with the same message; the nearest construct that works is accepted by both
-and generates a usable pydantic model.
+and generates a usable pydantic model. The runtime refuses invalid schemas only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.codegen import load_model_index
-from toolkit.errors import CodegenFailures, SchemaFileError, UnsupportedSchema
+from toolkit.errors import CodegenFailures, MessageError, SchemaFileError, UnsupportedSchema
 from toolkit.formats import AVRO, FORMATS, JSON_SCHEMA, Format, format_for, format_for_suffix
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import RegisteredSchema
@@ -129,10 +129,16 @@ def test_check_and_codegen_refuse_with_the_same_message(case: str, tmp_path: Pat
         assert f"error: {expected}" in " ".join(generated.output.split()), generated.output
     assert not (tmp_path / "out").exists()
 
-    # ... and the runtime's registry load refuses the same schema with the same problem
-    with pytest.raises(SchemaFileError) as caught:
-        compile_schema(RegisteredSchema("things", 1, fmt.schema_format, json.dumps(document)))
-    assert (caught.value.problem, caught.value.field) == (expected.problem, expected.field)
+    # ... and the runtime's registry load refuses an invalid schema with the same problem; a valid one
+    # that codegen cannot express it compiles (test_registry_schemas_codegen_cannot_express_still_validate)
+    registered = RegisteredSchema("things", 1, fmt.schema_format, json.dumps(document))
+    if rule == "UNSUPPORTED_SCHEMA":
+        assert compile_schema(registered).document == document
+    else:
+        with pytest.raises(SchemaFileError) as caught:
+            compile_schema(registered)
+        assert (caught.value.problem, caught.value.field) == (expected.problem, expected.field)
+
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
 def test_the_working_construct_is_checked_and_generated(case: str, tmp_path: Path,
@@ -149,6 +155,40 @@ def test_the_working_construct_is_checked_and_generated(case: str, tmp_path: Pat
     monkeypatch.syspath_prepend(str(tmp_path))
     model = load_model_index(package).get("things", 1)
     assert isinstance(model, type) and issubclass(model, BaseModel)
+
+
+@pytest.mark.parametrize(("case", "accepted", "rejected"), [
+    ("json-root-without-type", "any JSON value", {"id": 1}),
+    ("json-enum-root", "RED", "BLUE"),
+    ("avro-records-of-one-shape", {"id": "a", "shape": {"Square": {"size": 2.0}}}, {"id": "a", "shape": {"size": 2.0}}),
+    ("avro-union-root", None, {"Triangle": {"size": 1.0}}),
+])
+def test_registry_schemas_codegen_cannot_express_still_validate(case: str, accepted: object, rejected: object) -> None:
+    # A consumer without generated models validates bodies with them; with models, a record fails at stage
+    # "model" (no generated model). Only epistle check and codegen refuse them.
+    name, document, rule, _, _ = REFUSED[case]
+    fmt = format_for_suffix(Path(name).suffix)
+    assert rule == "UNSUPPORTED_SCHEMA" and isinstance(fmt.problems(name, document)[0], UnsupportedSchema)
+    compiled = compile_schema(RegisteredSchema("things", 1, fmt.schema_format, json.dumps(document)))
+    decoded = compiled.decode(accepted)
+    assert decoded == ({"id": "a", "shape": {"size": 2.0}} if case == "avro-records-of-one-shape" else accepted)
+    with pytest.raises(MessageError) as caught:
+        compiled.decode(rejected)
+    assert caught.value.stage == "validation"
+
+
+@pytest.mark.parametrize("document", [
+    {"$schema": DRAFT, "properties": {"id": {"type": "strin"}}},  # no root type, and not a valid schema
+    [CIRCLE, "null", {**SQUARE, "name": "Circle"}],  # a union of one shape naming a type twice
+])
+def test_an_invalid_registry_schema_is_still_refused(document: object) -> None:
+    fmt = JSON_SCHEMA if isinstance(document, dict) else AVRO
+    expected = fmt.invalid("things", document)
+    assert len(expected) == 1 and not isinstance(expected[0], UnsupportedSchema)
+    with pytest.raises(SchemaFileError) as caught:
+        compile_schema(RegisteredSchema("things", 1, fmt.schema_format, json.dumps(document)))
+    assert not isinstance(caught.value, UnsupportedSchema)
+    assert (caught.value.problem, caught.value.field) == (expected[0].problem, expected[0].field)
 
 
 def test_codegen_reports_every_failing_file_in_one_run(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """One :class:`~toolkit.formats.base.Format` per schema language: the single place that decides whether a
-schema file is valid *and* usable, for ``epistle check``, ``epistle codegen`` and the runtime registry load.
+schema file is valid *and* usable, for ``epistle check`` and ``epistle codegen``, and whether it is valid,
+for the runtime registry load.
 
     from toolkit.formats import format_for
     fmt = format_for(SchemaFormat.AVRO)      # or format_for_suffix(".avsc")
     fmt.validate(path, document)             # SchemaFileError / UnsupportedSchema (file, JSON path, fix)
     fmt.validate(path, document, codegen=False)  # SchemaFileError only: not a valid schema
-    compiled = fmt.compile(label, subject, version, document)
+    compiled = fmt.compile(label, subject, version, document)  # refuses invalid schemas only
     issues = fmt.compatibility(reader_document, writer_document)
 """
 

@@ -5,8 +5,8 @@ A document is refused when (a document that is not a valid schema gets that one 
 1. Apache Avro (``avro.schema.parse``, the library that decides compatibility) or fastavro (the library
    that decodes bodies) cannot parse it;
 2. it uses a construct the toolkit cannot turn into one usable pydantic model, or one whose model cannot
-   follow the validator (:class:`~toolkit.errors.UnsupportedSchema`, every occurrence reported; 1 is
-   :meth:`AvroFormat.invalid`):
+   follow the validator (:class:`~toolkit.errors.UnsupportedSchema`, every occurrence reported; the runtime
+   refuses only 1, :meth:`AvroFormat.invalid`):
 
    - an ``error`` type, anywhere: errors belong to Avro RPC protocols, and datamodel-code-generator does not
      know the type;

@@ -2,13 +2,15 @@
 implementations share.
 
 A format owns one schema language end to end, so that ``epistle check``, ``epistle codegen`` and the
-runtime's registry load apply the *same* rules:
+runtime's registry load apply the *same* rules (the runtime the validity ones only):
 
 - :meth:`Format.problems` / :meth:`Format.validate`: is this document a valid schema of the language
   (:meth:`Format.invalid`), and one the toolkit can generate a model for that follows the validator
   (:meth:`Format.unsupported`)? Every problem is a :class:`~toolkit.errors.SchemaFileError` (or its
   :class:`~toolkit.errors.UnsupportedSchema` subclass) naming the file, the JSON path and the fix.
-- :meth:`Format.compile`: the body validator (delegates to :mod:`toolkit.validation`).
+  ``epistle check`` and codegen refuse both kinds; the runtime only invalid schemas.
+- :meth:`Format.compile`: the body validator (delegates to :mod:`toolkit.validation`); refuses an invalid
+  schema only (a consumer validates bodies with a schema codegen cannot express all the same).
 - :meth:`Format.compatibility`: reader/writer issues (delegates to :mod:`toolkit.compat`).
 - :attr:`Format.codegen_input`: what datamodel-code-generator is told the input is.
 
@@ -62,11 +64,13 @@ class Format(Protocol):
 
     def validate(self, path: Path | str, document: Any, *, codegen: bool = True) -> None:
         """Raises the first of :meth:`problems` (the same message ``epistle check`` shows first); with
-        ``codegen=False`` the first of :meth:`invalid` only."""
+        ``codegen=False`` the first of :meth:`invalid` only (the runtime: a valid schema validates bodies
+        whether or not a model can be generated for it)."""
         ...
 
     def compile(self, label: str, subject: str, version: int, document: Any) -> CompiledSchema:
-        """The body validator for one schema version. Raises SchemaFileError naming ``label``."""
+        """The body validator for one schema version. Raises SchemaFileError naming ``label`` when the
+        document is not a valid schema (:meth:`invalid`); a valid one codegen cannot express compiles."""
         ...
 
     def compatibility(self, reader: Any, writer: Any) -> list[Issue]:

@@ -1,7 +1,7 @@
 """JSON Schema as a :class:`~toolkit.formats.base.Format`: the one validity check for ``.json`` schemas.
 
 A document is refused by ``epistle check`` and codegen when (in this order; a document that is not a valid
-schema gets that one problem; 1-3 are :meth:`JsonSchemaFormat.invalid`):
+schema gets that one problem; the runtime refuses only 1-3, :meth:`JsonSchemaFormat.invalid`):
 
 1. it is not a JSON object, or its ``$schema`` names a draft jsonschema does not know;
 2. it does not conform to its draft's meta-schema (2020-12 when ``$schema`` is absent);

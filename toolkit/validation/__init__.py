@@ -3,7 +3,7 @@
 Two entry points:
 
 - :func:`check_schema_text` checks a schema document with its :mod:`toolkit.formats` format (the one
-  validity check ``epistle check``, codegen and this module share) and raises
+  check ``epistle check`` and codegen apply; :func:`compile_schema` applies its validity part) and raises
   :class:`~toolkit.errors.SchemaFileError` naming the file, the JSON path and the fix.
 - :func:`compile_schema` turns a :class:`~toolkit.registry.base.RegisteredSchema` into a
   :class:`CompiledSchema`, built once per (subject, version) and cached by the registry. Its
@@ -42,6 +42,10 @@ def check_schema_text(path_or_label: Path | str, schema_format: SchemaFormat, do
 
 def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
     """Parse, check and compile a registered schema once, for many :meth:`CompiledSchema.decode` calls.
+
+    Only an invalid schema is refused: a valid one using a construct codegen cannot express
+    (:class:`~toolkit.errors.UnsupportedSchema` for ``epistle check`` and codegen) validates bodies all the
+    same; a consumer with generated models has none for it, so its records fail at stage ``model``.
 
     Raises:
         SchemaFileError: the schema text is not JSON or not a valid schema; the path is

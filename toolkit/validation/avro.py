@@ -50,13 +50,13 @@ class _Mismatch(Exception):
 
 
 def check_avro_schema(path: Path | str, document: Any) -> dict | list | str:
-    """The one validity check (:class:`toolkit.formats.avro.AvroFormat`); return fastavro's parsed schema.
+    """The one validity check (:meth:`toolkit.formats.avro.AvroFormat.invalid`); return fastavro's parsed
+    schema. A valid schema using a construct codegen cannot express is not refused: bodies decode with it.
 
     Raises:
-        SchemaFileError: Apache Avro or fastavro cannot parse it (UnsupportedSchema for a construct codegen
-            cannot express).
+        SchemaFileError: Apache Avro or fastavro cannot parse it.
     """
-    AVRO.validate(path, document)
+    AVRO.validate(path, document, codegen=False)
     return AVRO.parse_fastavro(path, document)
 
 
@@ -72,7 +72,8 @@ class AvroSchema(CompiledSchema):
 
     @classmethod
     def compile(cls, label: str, subject: str, version: int, document: Any) -> AvroSchema:
-        """Raises: SchemaFileError naming ``label`` when fastavro cannot parse the schema."""
+        """Raises: SchemaFileError naming ``label`` when Apache Avro or fastavro cannot parse the schema
+        (never UnsupportedSchema: a valid schema codegen cannot express decodes bodies all the same)."""
         parsed = check_avro_schema(label, document)
         named: dict[str, Any] = {}
         AVRO.parse_fastavro(label, document, named)

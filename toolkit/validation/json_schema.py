@@ -44,13 +44,13 @@ def _format_checker() -> jsonschema.FormatChecker:
 
 
 def check_json_schema(path: Path | str, document: Any) -> type[Validator]:
-    """The one validity check (:class:`toolkit.formats.json_schema.JsonSchemaFormat`); return the class.
+    """The one validity check (:meth:`toolkit.formats.json_schema.JsonSchemaFormat.invalid`); return the
+    class. A valid schema using a construct codegen cannot express is not refused: bodies validate with it.
 
     Raises:
-        SchemaFileError: naming the JSON path of the first problem (UnsupportedSchema for a construct
-            codegen cannot express).
+        SchemaFileError: the document is not a valid JSON Schema, naming the JSON path of the problem.
     """
-    return JSON_SCHEMA.validator_class(path, document)
+    return JSON_SCHEMA.validator_class(path, document, codegen=False)
 
 
 # The formats jsonschema-rs checks itself, per draft (the drafts' own format vocabularies).
@@ -119,7 +119,8 @@ class JsonSchema(CompiledSchema):
 
     @classmethod
     def compile(cls, label: str, subject: str, version: int, document: Any) -> JsonSchema:
-        """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema."""
+        """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema (never
+        UnsupportedSchema: a valid schema codegen cannot express validates bodies all the same)."""
         validator_cls = check_json_schema(label, document)
         checker = _format_checker()
         return cls(subject, version, document, validator_cls(document, format_checker=checker),
