@@ -19,7 +19,8 @@
 - acks=all with idempotence; librdkafka's log goes to ``toolkit.kafka`` like the consumer's.
   :meth:`EnvelopeProducer.publish` is awaited until the broker acknowledged the record;
   :meth:`EnvelopeProducer.send` is the synchronous form returning a future. :meth:`close` (and leaving the
-  ``with`` / ``async with`` block) flushes what is still in flight.
+  ``with`` / ``async with`` block) flushes what is still in flight; what the broker has not acknowledged
+  by the flush timeout is purged and its futures fail with :class:`DeliveryFailed`.
 - Topics listed in ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` (or ``confluent_topics=``) get Confluent's wire
   format instead: magic byte 0, the registry's 4-byte schema id, then Avro binary or the JSON body. That
   needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import json
 import logging
@@ -94,6 +96,8 @@ class KafkaProducerClient(Protocol):
     def poll(self, timeout: float) -> int: ...
 
     def flush(self, timeout: float) -> int: ...
+
+    def purge(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +208,11 @@ class EnvelopeProducer:
         self._plans: dict[tuple[str, str, int, str], tuple[str, Any, Any]] = {}
         self._client: Any = client
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # produce and close exclude each other: no record slips past close
+        self._pending: dict[concurrent.futures.Future[Delivery], str] = {}  # future -> topic
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._polling = True
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Any = None, models: Any = None,
@@ -372,8 +379,11 @@ class EnvelopeProducer:
         return self.send_record(record)
 
     def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
-        """Produce a record made by :meth:`build`; the future resolves on the broker's acknowledgement."""
-        client = self._started()
+        """Produce a record made by :meth:`build`; the future resolves on the broker's acknowledgement.
+
+        Raises:
+            EpistleError: the producer is closed (or closing).
+        """
         future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
         header = record.header
 
@@ -391,17 +401,21 @@ class EnvelopeProducer:
                                        timestamp if timestamp > 0 else None, header.message_id,
                                        header.correlation_id))
 
-        while True:
-            try:
-                client.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
-                               on_delivery=delivered)
-                break
-            except BufferError:  # librdkafka's queue is full: let deliveries drain it
-                client.poll(0.1)
-            except Exception as exc:  # noqa: BLE001 - KafkaException: too large, unknown partition ...
-                future.set_exception(DeliveryFailed(f"record {header.message_id} to {record.topic} could not "
-                                                    f"be produced: {exc}", topic=record.topic))
-                break
+        with self._send_lock:  # close() waits for this produce, then flushes or purges it
+            client = self._started()
+            self._pending[future] = record.topic
+            future.add_done_callback(lambda done: self._pending.pop(done, None))
+            while True:
+                try:
+                    client.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+                                   on_delivery=delivered)
+                    break
+                except BufferError:  # librdkafka's queue is full: let deliveries drain it
+                    client.poll(0.1)
+                except Exception as exc:  # noqa: BLE001 - KafkaException: too large, unknown partition ...
+                    future.set_exception(DeliveryFailed(f"record {header.message_id} to {record.topic} could "
+                                                        f"not be produced: {exc}", topic=record.topic))
+                    break
         return future
 
     async def publish(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
@@ -440,7 +454,7 @@ class EnvelopeProducer:
         return self._client
 
     def _poll(self) -> None:
-        while not self._closed:
+        while self._polling:
             self._client.poll(0.05)
 
     def flush(self, timeout_s: float | None = None) -> int:
@@ -450,15 +464,38 @@ class EnvelopeProducer:
         return self._client.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
 
     def close(self, timeout_s: float | None = None) -> int:
-        """Flush and stop; returns how many records are still undelivered (logged as an error)."""
-        if self._closed:
-            return 0
+        """Refuse new sends, flush (up to ``timeout_s``, default ``EPISTLE_PRODUCER_FLUSH_TIMEOUT_S``) and
+        stop; returns how many records were still undelivered (logged as an error).
+
+        Records the broker has not acknowledged by then are purged from librdkafka's queue: their futures
+        fail with :class:`DeliveryFailed` (an awaiting :meth:`publish` raises it, never hangs). A send
+        racing with close either is produced before the flush or raises "the producer is closed".
+        """
+        with self._send_lock:
+            if self._closed:
+                return 0
+            self._closed = True
         left = self.flush(timeout_s)
-        self._closed = True
+        if left and self._client is not None:
+            purge = getattr(self._client, "purge", None)
+            if callable(purge):
+                try:
+                    purge()
+                    self._client.poll(0)  # serves the purged records' callbacks: their futures fail
+                except Exception as exc:  # noqa: BLE001 - the futures are failed below regardless
+                    log.warning("purging the producer's queue failed: %s", exc)
+        for future, topic in list(self._pending.items()):  # what no callback settled (a client without purge)
+            if not future.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(DeliveryFailed("the producer was closed before the broker "
+                                                        "acknowledged the record; publish it again",
+                                                        topic=topic, code="_PURGE_QUEUE"))
+        self._polling = False
         if self._thread is not None:
             self._thread.join(5)
         if left:
-            log.error("producer closed with %d record(s) not acknowledged by the broker", left)
+            log.error("producer closed with %d record(s) not acknowledged by the broker; their deliveries "
+                      "failed with DeliveryFailed", left)
         return left
 
     def __enter__(self) -> EnvelopeProducer:

@@ -378,6 +378,77 @@ def test_close_flushes_and_a_closed_producer_refuses_to_send(registry, kafka) ->
         producer.send("orders", order)
 
 
+class UnreachableKafka(KafkaDouble):
+    """A broker that never acknowledges: flush times out with every record left; purge (when ``purge``)
+    fails them on the next poll, as librdkafka does."""
+
+    def __init__(self, purge: bool = True) -> None:
+        super().__init__()
+        if not purge:
+            self.purge = None  # type: ignore[assignment]
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.005))
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.flushed += 1
+        return len(self._pending)
+
+    def purge(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for callback, msg in pending:
+            callback(_Err("Local: Purged in queue"), msg)
+
+
+@pytest.mark.parametrize("purge", [True, False])
+def test_close_fails_the_records_the_broker_never_acknowledged(registry, purge: bool) -> None:
+    order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
+    kafka = UnreachableKafka(purge)
+    producer = EnvelopeProducer(registry=registry, client=kafka)
+
+    async def run() -> None:
+        publishing = asyncio.ensure_future(producer.publish("orders", order))
+        while not kafka.produced:
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(producer.close, 0.1) == 1
+        with pytest.raises(DeliveryFailed):
+            await asyncio.wait_for(publishing, 5)  # before the fix: pending forever
+
+    asyncio.run(run())
+    future = None
+    with pytest.raises(EpistleError, match="closed"):
+        future = producer.send("orders", order)
+    assert future is None
+
+
+def test_a_send_racing_with_close_is_delivered_or_refused_never_left_pending(registry) -> None:
+    order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
+    for _ in range(20):
+        producer = EnvelopeProducer(registry=registry, client=UnreachableKafka())
+        record = producer.build("orders", order)
+        futures, refused = [], []
+        started = threading.Event()
+
+        def sender(producer=producer, record=record, futures=futures, refused=refused) -> None:
+            started.set()
+            for _ in range(200):
+                try:
+                    futures.append(producer.send_record(record))
+                except EpistleError:
+                    refused.append(1)
+                    return
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        started.wait()
+        producer.close(0)
+        thread.join(10)
+        assert all(f.done() for f in futures), "a record produced during close was left pending"
+        started.clear()
+
+
 def test_async_context_manager_flushes_on_exit(registry, kafka) -> None:
     order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
 
