@@ -431,7 +431,7 @@ def test_a_send_racing_with_close_is_delivered_or_refused_never_left_pending(reg
         futures, refused = [], []
         started = threading.Event()
 
-        def sender(producer=producer, record=record, futures=futures, refused=refused) -> None:
+        def sender(producer=producer, record=record, futures=futures, refused=refused, started=started) -> None:
             started.set()
             for _ in range(200):
                 try:
@@ -446,7 +446,6 @@ def test_a_send_racing_with_close_is_delivered_or_refused_never_left_pending(reg
         producer.close(0)
         thread.join(10)
         assert all(f.done() for f in futures), "a record produced during close was left pending"
-        started.clear()
 
 
 def test_async_context_manager_flushes_on_exit(registry, kafka) -> None:
