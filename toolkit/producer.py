@@ -10,8 +10,8 @@
   paths at fault and nothing is produced.
 - Bodies are what the consumer's validator reads: plain JSON for a JSON Schema (fields left unset in the
   model are omitted, so the consumer's model fills the same defaults); for Avro, Avro's JSON encoding
-  written by fastavro's JSON writer (unions wrapped, bytes and decimals as code-point strings, timestamps
-  as epoch milliseconds).
+  written by fastavro's JSON writer (unions wrapped, bytes and decimals as code-point strings, ``big-decimal``
+  as Java writes it, timestamps as epoch milliseconds).
 - The header is filled: ``messageType`` (the model class name unless given), ``schemaName``,
   ``schemaVersion``, a new ``messageId`` (uuid4), ``timestamp`` (now, UTC), ``producer`` (the producer's
   name) and ``correlationId``: the one given, else inside a handler the correlationId of the message being
@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -49,7 +50,7 @@ from pydantic import BaseModel
 from toolkit.consumer.context import current_message
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.envelope import Envelope, Header
-from toolkit.errors import ConfigError, EpistleError, MessageError, SchemaNotFound
+from toolkit.errors import ConfigError, EpistleError, InvalidArgument, MessageError, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import SubjectContext, SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import KafkaSettings, ProducerSettings, Settings, load_producer_settings
@@ -125,33 +126,81 @@ class Delivery:
     correlation_id: str
 
 
+def _varint(value: int) -> bytes:
+    """An Avro int/long: zig-zag, then 7 bits a byte, low bits first."""
+    zigzag = value << 1 if value >= 0 else ((-value) << 1) - 1
+    out = bytearray()
+    while True:
+        byte, zigzag = zigzag & 0x7F, zigzag >> 7
+        out.append(byte | (0x80 if zigzag else 0))
+        if not zigzag:
+            return bytes(out)
+
+
+def _write_big_decimal(value: Any, schema: Any = None) -> Any:
+    """Avro 1.12 ``big-decimal`` (bytes) as Java's ``Conversions.BigDecimalConversion`` writes it: the
+    unscaled value as Avro ``bytes`` (a length, then minimal two's complement big-endian), then the scale
+    as an Avro ``int``. The inverse of :func:`toolkit.validation.avro._read_big_decimal`; fastavro has no
+    writer for it. Anything but a Decimal is left for fastavro to check (bytes pass through)."""
+    if not isinstance(value, Decimal):
+        return value
+    if not value.is_finite():
+        raise ValueError(f"{value} cannot be written as a big-decimal (not finite)")
+    sign, digits, exponent = value.as_tuple()
+    unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+    scale = -int(exponent)
+    if not -(2 ** 31) <= scale < 2 ** 31:
+        raise ValueError(f"{value} cannot be written as a big-decimal (its scale does not fit an int)")
+    size = ((unscaled if unscaled >= 0 else ~unscaled).bit_length() + 8) // 8
+    data = unscaled.to_bytes(size, "big", signed=True)
+    return _varint(len(data)) + data + _varint(scale)
+
+
+def _big_decimal_writer() -> None:
+    """Teach fastavro's writers (and its validator) ``big-decimal``, through its documented hook for custom
+    logical types. Only a type fastavro does not know is added; bytes are written as before."""
+    from fastavro.write import LOGICAL_WRITERS
+
+    LOGICAL_WRITERS.setdefault("bytes-big-decimal", _write_big_decimal)
+
+
 def avro_json_body(parsed_schema: Any, value: Any) -> Any:
     """``value`` (Python values: Decimal, datetime, UUID ...) in Avro's JSON encoding, as decoded JSON, by
-    fastavro's JSON writer with its validation on.
+    fastavro's JSON writer with its validation on (``big-decimal`` written as Java writes it).
 
     Raises:
-        ValueError: ``value`` does not fit the schema (fastavro's message names the field).
+        InvalidArgument: ``value`` does not fit the schema (fastavro's message names the field); it is a
+            ValueError too.
     """
     from fastavro import json_writer
     from fastavro.validation import ValidationError as AvroValidationError
 
+    _big_decimal_writer()
     buffer = io.StringIO()
     try:
         json_writer(buffer, parsed_schema, [value], validator=True)
     except AvroValidationError as exc:
-        raise ValueError("; ".join(str(e) for e in exc.errors) or str(exc)) from None
-    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+        raise InvalidArgument("; ".join(str(e) for e in exc.errors) or str(exc), argument="value") from None
+    except Exception as exc:  # noqa: BLE001 - fastavro's TypeError, KeyError ... on a value or schema it cannot use
+        raise InvalidArgument(f"{type(exc).__name__}: {exc}", argument="value") from None
     return json.loads(buffer.getvalue())
 
 
 def avro_binary_body(parsed_schema: Any, value: Any) -> bytes:
     """``value`` as schemaless Avro binary (fastavro), what Confluent's Avro serializer writes after the
-    5-byte prefix."""
+    5-byte prefix.
+
+    Raises:
+        InvalidArgument: ``value`` does not fit the schema (a ValueError too).
+    """
     from fastavro import schemaless_writer
 
+    _big_decimal_writer()
     buffer = io.BytesIO()
-    schemaless_writer(buffer, parsed_schema, value)
+    try:
+        schemaless_writer(buffer, parsed_schema, value)
+    except Exception as exc:  # noqa: BLE001 - fastavro's TypeError, ValueError ... name the field or type
+        raise InvalidArgument(f"{type(exc).__name__}: {exc}", argument="value") from None
     return buffer.getvalue()
 
 

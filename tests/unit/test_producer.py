@@ -524,3 +524,40 @@ def test_producer_settings_from_a_dotenv_file_and_the_example(tmp_path, monkeypa
     env.write_text("EPISTLE_PRODUCER_NAME=from-file\nEPISTLE_PRODUCER_CONFLUENT_TOPICS=a\n")
     settings = load_producer_settings(env_file=env)
     assert settings.name == "from-file" and settings.confluent_topics == ["a"]
+
+
+# -- Avro big-decimal (fastavro has no writer for it) ------------------------------------------------------
+BIG_DECIMAL = {"type": "record", "name": "Amount", "fields": [
+    {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}},
+    {"name": "maybe", "type": ["null", {"type": "bytes", "logicalType": "big-decimal"}], "default": None}]}
+
+
+@pytest.mark.parametrize("text", ["0", "-1.50", "123456789012345678901234567890.123", "1E+5", "-128", "128"])
+def test_big_decimals_round_trip_through_the_consumers_validator(text: str) -> None:
+    from decimal import Decimal
+
+    from toolkit.layout import SchemaFormat
+    from toolkit.producer import avro_binary_body, avro_json_body
+    from toolkit.registry.base import RegisteredSchema
+    from toolkit.validation import compile_schema
+    from toolkit.validation.avro import _read_big_decimal
+
+    compiled = compile_schema(RegisteredSchema("amount", 1, SchemaFormat.AVRO, json.dumps(BIG_DECIMAL)))
+    value = {"value": Decimal(text), "maybe": Decimal(text)}
+    decoded = compiled.decode(avro_json_body(compiled.parsed, value))
+    assert decoded == value and str(decoded["value"]) == text
+    binary = fastavro.schemaless_reader(io.BytesIO(avro_binary_body(compiled.parsed, value)), compiled.parsed)
+    assert _read_big_decimal(binary["value"]) == Decimal(text)
+
+
+def test_avro_bodies_refuse_bad_values_with_epistle_errors() -> None:
+    from toolkit.errors import InvalidArgument
+    from toolkit.producer import avro_binary_body, avro_json_body
+
+    parsed = fastavro.parse_schema(BIG_DECIMAL)
+    for function in (avro_json_body, avro_binary_body):
+        for value in ({"value": "x"}, "x", {"value": float("nan")}):
+            with pytest.raises(InvalidArgument):
+                function(parsed, value)
+        with pytest.raises(InvalidArgument):
+            function("not a schema", {"value": 1})
