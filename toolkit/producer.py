@@ -52,7 +52,7 @@ from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.envelope import Envelope, Header
 from toolkit.errors import ConfigError, EpistleError, InvalidArgument, MessageError, SchemaNotFound
 from toolkit.layout import SchemaFormat
-from toolkit.registry.base import SubjectContext, SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.registry.base import SubjectContext, SubjectStrategy
 from toolkit.settings import KafkaSettings, ProducerSettings, Settings, load_producer_settings
 
 log = logging.getLogger("toolkit.producer")
@@ -229,6 +229,7 @@ class EnvelopeProducer:
                  confluent_topics: Iterable[str] | None = None, settings: Settings | None = None,
                  producer_settings: ProducerSettings | None = None, kafka_config: dict[str, Any] | None = None,
                  client: KafkaProducerClient | None = None) -> None:
+        confluent_topics = _check_options(locals())
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         own = producer_settings or ProducerSettings.model_construct()
         self.settings = settings
@@ -247,8 +248,9 @@ class EnvelopeProducer:
         if bootstrap_servers:
             self.config["bootstrap.servers"] = bootstrap_servers
         if subject_strategy is None:
-            by_name = settings is None or settings.registry.subject_strategy == "schema_name"
-            subject_strategy = schema_name_strategy if by_name else topic_value_strategy
+            from toolkit.registry.factory import default_subject_strategy
+
+            subject_strategy = default_subject_strategy(settings)
         self._subject_strategy = subject_strategy
         self._registry_arg = registry
         self._resolver: Any = None
@@ -393,12 +395,9 @@ class EnvelopeProducer:
         if self._resolver is None:
             registry = self._registry_arg
             if registry is None:
-                from toolkit.registry import CachedRegistry, registry_from_settings
-                from toolkit.settings import ConsumerSettings, RegistrySettings
+                from toolkit.registry.factory import default_cached_registry
 
-                reg = self.settings.registry if self.settings else RegistrySettings.model_construct()
-                schemas = (self.settings.consumer if self.settings else ConsumerSettings.model_construct()).schemas_dir
-                registry = CachedRegistry.from_settings(registry_from_settings(reg, schemas), reg)
+                registry = default_cached_registry(self.settings)
             from toolkit.consumer.pipeline import as_resolver
 
             self._resolver = as_resolver(registry)
@@ -558,6 +557,45 @@ class EnvelopeProducer:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
+    """Check :class:`EnvelopeProducer`'s arguments given (not None), as the consumer checks its own;
+    returns ``confluent_topics`` as a list (an iterator is read once, here).
+
+    Raises:
+        ConfigError: an argument is of the wrong type; ``setting`` is its name.
+    """
+    from toolkit.consumer.options import _fail
+
+    given = {name: value for name, value in arguments.items() if value is not None and name != "self"}
+    topics = given.get("confluent_topics")
+    if topics is not None:
+        if isinstance(topics, str | bytes) or not isinstance(topics, Iterable):
+            raise _fail("confluent_topics", topics, 'use a list of topic names, e.g. ["payments"]')
+        topics = list(topics)
+        if not all(isinstance(topic, str) and topic.strip() for topic in topics):
+            raise _fail("confluent_topics", topics, 'use a list of non-empty topic names, e.g. ["payments"]')
+    checks = {
+        "bootstrap_servers": (lambda v: isinstance(v, str) and v.strip(), "use host:9092 (comma-separated)"),
+        "name": (lambda v: isinstance(v, str) and v.strip(), "use a non-empty string (the header's producer)"),
+        "kafka_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+                         'use a dict of librdkafka properties, e.g. {"linger.ms": 20}'),
+        "subject_strategy": (callable, "use a function SubjectContext -> subject name, e.g. "
+                                       "toolkit.registry.topic_value_strategy"),
+        "registry": (lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
+                     "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a CachedRegistry"),
+        "models": (lambda v: callable(getattr(v, "key_of", None)),
+                   "use a model index with key_of(model_class), e.g. toolkit.codegen.load_model_index()"),
+        "settings": (lambda v: isinstance(v, Settings), "use toolkit.load_settings()"),
+        "producer_settings": (lambda v: isinstance(v, ProducerSettings),
+                              "use toolkit.settings.load_producer_settings()"),
+        "client": (lambda v: all(callable(getattr(v, m, None)) for m in ("produce", "poll", "flush")),
+                   "use a confluent_kafka.Producer or an object with produce, poll and flush")}
+    for name, (ok, fix) in checks.items():
+        if name in given and not ok(given[name]):
+            raise _fail(name, given[name], fix)
+    return topics
 
 
 def _headers(headers: HeadersLike | None) -> list[tuple[str, bytes | None]] | None:
