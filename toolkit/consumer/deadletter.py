@@ -92,7 +92,7 @@ def _as_json(value: bytes | None) -> tuple[bool, Any]:
     if value is None:
         return False, None
     try:
-        document = json.loads(value.decode("utf-8"), parse_constant=_reject)
+        document = json.loads(value.decode("utf-8"), parse_constant=_reject, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return False, None
     if depth_exceeds(document, MAX_DEPTH):
@@ -102,6 +102,15 @@ def _as_json(value: bytes | None) -> tuple[bool, Any]:
 
 def _reject(name: str) -> Any:
     raise ValueError(name)
+
+
+def _finite_float(text: str) -> float:
+    """A number beyond the double range (1e400) would be written back as Infinity, which is not JSON: such
+    an original is embedded as base64 instead."""
+    number = float(text)
+    if number - number != 0:  # inf or nan
+        raise ValueError(f"{text[:40]} is beyond the double range")
+    return number
 
 
 def _exception_fields(error: BaseException | None, stage: str) -> tuple[str, str, str]:

@@ -1,4 +1,4 @@
-"""What happens to a message after an attempt: the DESIGN.md outcomes table as one pure function.
+"""What happens to a message after an attempt: the outcomes table (README.md) as one pure function.
 
 | what happened                                   | outcome                                             |
 |-------------------------------------------------|-----------------------------------------------------|
@@ -10,17 +10,21 @@
 | MessageError (decode ... routing)               | :class:`DeadLetter` at once with the error's stage  |
 | RegistryUnavailable / BrokerUnavailable         | :class:`Pause`: retry after a backoff, forever;     |
 |                                                 | never dead-lettered, never committed past           |
+| SchemaNotYetKnown (unknown, within the grace)   | :class:`Pause`, the wait capped at the error's      |
+|                                                 | ``retry_in_s``; after the grace the pipeline raises |
+|                                                 | MessageError("schema"): dead letter                 |
 
 With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` instead.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError
+from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError, SchemaNotYetKnown
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 HANDLER = "handler"
@@ -64,10 +68,12 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """A transient outage (registry, broker): wait and try the same step again; never dead-letter."""
+    """A transient outage (registry, broker) or a schema not known yet: wait and try the same step again;
+    never dead-letter. The runtime backs off per outage, never waiting longer than ``max_delay_s``."""
 
     delay_s: float
     reason: str
+    max_delay_s: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,9 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
+    if isinstance(result, SchemaNotYetKnown):
+        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {result}",
+                     result.retry_in_s)
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
         return Pause(retry.delay(attempt), f"{type(result).__name__}: {result}")
     if isinstance(result, MessageError):
