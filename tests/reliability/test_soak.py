@@ -56,8 +56,10 @@ SEED = int(os.environ.get("EPISTLE_SOAK_SEED", str(random.randrange(1_000_000)))
 RESULTS = os.environ.get("EPISTLE_SOAK_RESULTS", "")
 PARTITIONS = 3
 HOSTILE_EVERY = 7
-GRACE_S = 8.0  # EPISTLE_UNKNOWN_SCHEMA_GRACE_S: longer than the registry's empty window below
-REPOPULATE_AFTER_S = 2.0  # the registry stays up and empty this long after a restart
+GRACE_S = 15.0  # EPISTLE_UNKNOWN_SCHEMA_GRACE_S: longer than the registry's empty window below
+# After a registry restart the registry stays up and empty until the consumer started then has waited for
+# a schema it no longer knows (seen in its log), at most this long; then the schemas are registered again.
+EMPTY_AT_MOST_S = GRACE_S - 5
 COMMIT_INTERVAL_S = 0.2
 # A SIGKILLed member holds its partitions until its session times out: keep it short (the broker's minimum).
 GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000"]
@@ -208,14 +210,22 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.starts, self.kills = 0, 0
         self.exits: Counter[int] = Counter()  # exit codes of runs that ended by themselves
+        self.exit_reasons: Counter[str] = Counter()  # their "error: ..." lines
+        self._log_offset = 0
 
     def ensure(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
         if self.proc is not None and self.proc.returncode not in (-signal.SIGKILL,):
             self.exits[self.proc.returncode] += 1
+            with self.log.open("rb") as f:
+                f.seek(self._log_offset)
+                tail = f.read().decode(errors="replace").splitlines()
+            reasons = [line for line in tail if line.startswith("error:") or "internal error" in line]
+            self.exit_reasons[(reasons[-1] if reasons else f"exit {self.proc.returncode}")[:160]] += 1
         command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.recorder_app:register",
                    "--group-id", self.group, "--topics", self.topic, *GROUP, "--log-level", "INFO"]
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             out.write(f"\n===== start {self.starts + 1} at {datetime.now(UTC).isoformat()} =====\n".encode())
             self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
@@ -248,6 +258,15 @@ def _handled(records: Path) -> list[tuple[str, int, int, float]]:
         if len(parts) == 4:
             out.append((parts[0], int(parts[1]), int(parts[2]), float(parts[3])))
     return out
+
+
+def _waits(log: Path) -> int:
+    """The consumer's waits for a schema the registry did not know (yet), other than the never-registered
+    version."""
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if "SchemaNotYetKnown" in line and "version 9 " not in line)
 
 
 def _log_end(bootstrap: str, topic: str) -> dict[int, int]:
@@ -343,15 +362,19 @@ def test_soak(private_services, tmp_path: Path) -> None:
                 time.sleep(rng.uniform(1, 4))
                 broker.up()
             else:
-                registry.down()
-                registry.up()  # in-memory storage: empty
-                # A consumer started now has no schema cached and meets the empty registry (the bug report's
-                # window): its records wait for the grace instead of being dead-lettered.
+                # A consumer started once the registry is back has no schema cached and meets the empty
+                # registry (the bug report's window): its records wait instead of being dead-lettered.
                 committed_now = commits.latest()
                 at_risk += sum(1 for _, p, o, _ in _handled(records) if o >= committed_now.get(p, 0))
                 supervisor.kill()
+                registry.down()
+                registry.up()  # in-memory storage: empty
+                waits_before = _waits(log)
                 supervisor.ensure()
-                time.sleep(REPOPULATE_AFTER_S)
+                empty_until = time.monotonic() + EMPTY_AT_MOST_S
+                while time.monotonic() < empty_until and _waits(log) == waits_before:
+                    supervisor.ensure()
+                    time.sleep(0.1)
                 _register(registry.url)
             timings[kind].append(round(time.monotonic() - began, 1))
         while time.monotonic() - started < DURATION_S:
@@ -421,6 +444,12 @@ def test_soak(private_services, tmp_path: Path) -> None:
         seen.add(message_id)
     assert not behind, f"handled again behind a committed offset: {behind[:5]}"
     duplicates = sum(n - 1 for n in counts.values())
+    # The consumer ended by itself only when it refused to start while the broker or the registry was down.
+    crashes = {reason: n for reason, n in supervisor.exit_reasons.items()
+               if "cannot reach Kafka" not in reason and "cannot use the registry" not in reason}
+    assert not crashes, crashes
+    # The registry restarts really left a consumer facing an empty registry, and it waited.
+    assert _waits(log) > 0, "no consumer met the empty registry: the restart scenario did not happen"
     dead_twice = sum(n - 1 for n in dead_at.values())
 
     results = {
@@ -432,13 +461,13 @@ def test_soak(private_services, tmp_path: Path) -> None:
         "handled_twice_or_more": duplicates, "dead_letters": len(dead), "dead_lettered_twice_or_more": dead_twice,
         "uncommitted_at_kills": at_risk, "consumer_starts": supervisor.starts, "consumer_kills": supervisor.kills,
         "consumer_exits_by_code": {str(k): v for k, v in supervisor.exits.items()},
+        "consumer_exit_reasons": dict(supervisor.exit_reasons),
         "broker_restarts": len(timings["broker"]), "registry_restarts": len(timings["registry"]),
         "event_seconds": dict(timings), "commit_samples": len(commits.samples),
         "drained_after_s": round(drained_s, 1),
         # From the consumer log: waits for a schema the (restarted, empty) registry did not know yet, other
         # than the never-registered version, and pauses because the registry could not be reached.
-        "waits_schema_not_yet_known": sum(1 for line in consumer_log if "SchemaNotYetKnown" in line
-                                          and "version 9 " not in line),
+        "waits_schema_not_yet_known": _waits(log),
         "waits_registry_unavailable": sum(1 for line in consumer_log if "RegistryUnavailable" in line),
     }
     print("\nsoak:", json.dumps(results))
