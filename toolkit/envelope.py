@@ -9,7 +9,8 @@ All header fields are strings on the wire (camelCase); in Python they are snake_
 without sign, leading zeros or decimals ("1", "2"; not "01", "-1", "1.0").
 
 Nothing here does I/O. Every failure is a :class:`~toolkit.errors.MessageError` with stage ``"decode"``
-(bytes are not UTF-8 / not JSON / nested too deep / rejected by a custom serializer) or ``"envelope"``
+(bytes are not UTF-8 / not JSON / in Confluent's schema-registry wire format / nested too deep / rejected
+by a custom serializer) or ``"envelope"``
 (the document is not an envelope).
 
 The default decoder refuses the ``NaN``/``Infinity`` tokens (not JSON). A number beyond the double range
@@ -155,17 +156,37 @@ def _load(value: bytes, serializer: SerializerLike | None) -> Any:
     try:
         document = loads(value)
     except UnicodeDecodeError as exc:
-        raise MessageError("decode", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise MessageError("decode", _wire_format(value) or f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise MessageError("decode", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise MessageError("decode", _wire_format(value)
+                           or f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:  # a custom serializer's own error: still the record's fault
-        raise MessageError("decode", f"{type(exc).__name__}: {exc}") from None
+        raise MessageError("decode", _wire_format(value) or f"{type(exc).__name__}: {_text(exc)}") from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
     if value.count(b"[") + value.count(b"{") > MAX_DEPTH and depth_exceeds(document):
         raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels")
     return document
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a custom serializer's exception with a broken __str__
+        return f"<{type(exc).__name__} str() failed>"
+
+
+def _wire_format(value: bytes) -> str | None:
+    """The reason for a record in Confluent's wire format (what its schema-registry serializers write:
+    magic byte 0, the schema id as a 4-byte big-endian int, then Avro binary, JSON or Protobuf), else
+    None. Asked only once decoding failed, so it costs nothing on the way of a good record."""
+    if len(value) < 5 or value[0] != 0:
+        return None
+    schema_id = int.from_bytes(value[1:5], "big")
+    return (f"Confluent wire format (magic byte 0, schema id {schema_id}, {len(value) - 5} bytes of "
+            "Avro, JSON or Protobuf after it): this consumer reads {header, body} envelopes of UTF-8 JSON, "
+            "not records written by a schema-registry serializer")
 
 
 def _error_details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:

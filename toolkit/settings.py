@@ -122,7 +122,7 @@ class RegistrySettings(BaseSettings):
 
 
 class ConsumerSettings(BaseSettings):
-    """``EPISTLE_*``: the runtime's own knobs (the seed's names: max_workers, max_poll_records)."""
+    """``EPISTLE_*``: the runtime's own knobs (the original API's names: max_workers, max_poll_records)."""
 
     model_config = _config("EPISTLE_")
 

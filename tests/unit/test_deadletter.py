@@ -7,14 +7,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from toolkit.consumer.deadletter import (
+    H_CAUSE_FQCN,
     H_FQCN,
     H_GROUP,
+    H_MESSAGE,
     H_OFFSET,
     H_PARTITION,
     H_STACKTRACE,
+    H_TIMESTAMP,
+    H_TIMESTAMP_TYPE,
     H_TOPIC,
     SourceRecord,
     build_dead_letter,
+    minimal_dead_letter,
     original_record,
 )
 
@@ -43,8 +48,8 @@ def test_json_original_kept_as_json_and_exact_bytes():
     assert value["error"]["details"] == [{"path": "/x", "message": "m"}]
     assert value["error"]["timestamp"].endswith("Z")
     assert value["source"] == {"topic": "orders", "partition": 2, "offset": 41, "key": "k1",
-                               "keyEncoding": "utf-8", "timestamp": 1714564800000, "consumerGroup": "g",
-                               "attempts": 1}
+                               "keyEncoding": "utf-8", "timestamp": 1714564800000, "timestampType": "CreateTime",
+                               "consumerGroup": "g", "attempts": 1, "headers": [["trace", "AAE="]]}
     headers = dict(dl.headers)
     assert headers["trace"] == b"\x00\x01"
     assert headers[H_TOPIC] == b"orders"
@@ -91,3 +96,209 @@ def test_not_a_dead_letter():
 def test_any_bytes_round_trip(raw):
     dl = build(source(raw))
     assert original_record(dl.value, dl.key, dl.headers).value == raw
+
+
+# -- total and exact (issue #11, items 1 and 7) --------------------------------------------------------------
+
+def strict_json(data: bytes):
+    """The dead-letter value as a strict reader sees it: UTF-8, no NaN/Infinity."""
+    return json.loads(data.decode("utf-8"), parse_constant=lambda name: pytest.fail(f"{name} in the value"))
+
+
+class StrFails(Exception):
+    def __str__(self):
+        raise RuntimeError("str() of this exception raises")
+
+
+class StrNotAString(Exception):
+    def __str__(self):
+        return 42  # type: ignore[return-value]
+
+
+def chained(outer: BaseException, inner: BaseException, explicit: bool = True) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            if explicit:
+                raise outer from exc
+            raise outer  # noqa: B904 - the implicit __context__ is what this tests
+    except BaseException as exc:
+        return exc
+
+
+texts = st.text(alphabet=st.characters(codec=None), max_size=40)  # lone surrogates included
+plain_errors = st.builds(lambda cls, msg: cls(msg), st.sampled_from([ValueError, KeyError, RuntimeError]), texts)
+errors = st.one_of(st.none(), plain_errors, st.builds(StrFails), st.builds(StrNotAString),
+                   st.builds(chained, plain_errors, plain_errors, st.booleans()))
+header_names = st.one_of(texts, st.sampled_from(["kafka_dlt-original-topic", "kafka_dlt-exception-fqcn",
+                                                 "kafka_dlt-exception-message", "trace"]))
+json_like = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), texts),
+                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+                         max_leaves=10)
+values = st.one_of(
+    st.none(), st.binary(max_size=300),
+    json_like.map(lambda doc: json.dumps(doc, ensure_ascii=True).encode()),  # \ud800 escapes, NaN, Infinity
+    st.sampled_from([b'{"s": "\\ud800"}', b'{"n": 1e400}', b"[NaN, -Infinity]", b"[" * 300 + b"]" * 300,
+                     b"\x00\x00\x00\x00\x11\x02hi", b"\xef\xbb\xbf{}"]))
+
+
+@given(value=values, key=st.none() | st.binary(max_size=40),
+       headers=st.lists(st.tuples(header_names, st.none() | st.binary(max_size=40)), max_size=6),
+       timestamp=st.none() | st.integers(min_value=0, max_value=2**62), timestamp_type=st.sampled_from([0, 1, 2]),
+       error=errors, reason=texts, details=json_like, group=texts)
+def test_building_is_total_and_the_original_comes_back_exactly(value, key, headers, timestamp, timestamp_type,
+                                                                error, reason, details, group):
+    src = SourceRecord("orders", 3, 7, key, value, headers, timestamp, timestamp_type)
+    dl = build_dead_letter(src, stage="handler", reason=reason, error=error, details=details,
+                           consumer_group=group, attempts=2)
+    body = strict_json(dl.value)
+    back = original_record(dl.value)
+    assert (back.key, back.value, back.headers, back.timestamp) == (key, value, headers, timestamp)
+    assert (back.topic, back.partition, back.offset) == ("orders", 3, 7)
+    assert body["error"]["reason"] == reason and body["source"]["consumerGroup"] == group
+    assert dl.key == key
+    names = [name for name, _ in dl.headers]
+    for name in (H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_TIMESTAMP_TYPE, H_GROUP, H_FQCN, H_MESSAGE):
+        assert names.count(name) == 1, name
+    assert names.count(H_CAUSE_FQCN) == (1 if error is not None and error.__context__ is not None else 0)
+    for name, data in dl.headers:
+        name.encode("utf-8")  # every header the producer gets is writable
+        assert data is None or isinstance(data, bytes)
+    escaped = [(n.encode("utf-8", "backslashreplace").decode(), v) for n, v in headers
+               if not n.startswith("kafka_dlt-")]
+    assert [(n, v) for n, v in dl.headers if not n.startswith("kafka_dlt-")] == escaped
+
+
+def test_lone_surrogate_json_is_embedded_and_kept_exactly():
+    raw = b'{"header": {"messageId": "\\ud800"}, "body": {"s": "caf\\u00e9 \\udfff"}}'
+    dl = build(source(raw))
+    value = strict_json(dl.value)
+    assert value["original_encoding"] == "json"
+    assert value["original_message"]["header"]["messageId"] == "\ud800"
+    assert original_record(dl.value).value == raw
+
+
+def test_reason_and_exception_with_lone_surrogates():
+    err = ValueError("bad \udc80 input")
+    dl = build_dead_letter(source(b"{}"), stage="envelope", reason="invalid header: '\ud800'", error=err,
+                           details=[{"path": "/header", "message": "'\ud800' is not valid"}],
+                           consumer_group="g", attempts=1)
+    value = strict_json(dl.value)
+    assert value["error"]["reason"] == "invalid header: '\ud800'"
+    assert value["error"]["message"] == "bad \udc80 input"
+    assert dict(dl.headers)[H_MESSAGE] == b"envelope: invalid header: '\\ud800'"
+
+
+@pytest.mark.parametrize("raw", [b"[NaN]", b'{"x": Infinity}', b'{"n": 1e400}', b"1" * 5000])
+def test_non_standard_numbers_are_kept_as_base64(raw):
+    dl = build(source(raw))
+    value = strict_json(dl.value)
+    assert value["original_encoding"] == "base64"
+    assert original_record(dl.value).value == raw
+
+
+def test_details_that_strict_json_cannot_write():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for details in (float("nan"), {"x": object()}, deep, {1, 2}):
+        dl = build_dead_letter(source(b"x"), stage="validation", reason="r", details=details,
+                               consumer_group="g", attempts=1)
+        assert isinstance(strict_json(dl.value)["error"]["details"], str)
+
+
+def test_exception_whose_str_fails():
+    dl = build_dead_letter(source(b"x"), stage="handler", reason="r", error=StrFails(), consumer_group="g",
+                           attempts=1)
+    value = strict_json(dl.value)
+    assert value["error"]["message"] == f"<{__name__}.StrFails str() failed>"
+    assert dict(dl.headers)[H_FQCN] == f"{__name__}.StrFails".encode()
+
+
+def test_cause_fqcn_header_and_cause_in_the_value():
+    err = chained(RuntimeError("wrapper"), KeyError("customer 7"))
+    dl = build_dead_letter(source(b"x"), stage="handler", reason="RuntimeError: wrapper", error=err,
+                           consumer_group="g", attempts=1)
+    headers = dict(dl.headers)
+    assert headers[H_FQCN] == b"builtins.RuntimeError"
+    assert headers[H_CAUSE_FQCN] == b"builtins.KeyError"
+    assert strict_json(dl.value)["error"]["cause"] == {"type": "builtins.KeyError", "message": "'customer 7'"}
+    assert b"KeyError" in headers[H_STACKTRACE] and b"RuntimeError" in headers[H_STACKTRACE]
+    without = build(source(b"x"))
+    assert H_CAUSE_FQCN not in dict(without.headers)
+    assert strict_json(without.value)["error"]["cause"] is None
+
+
+def test_existing_dead_letter_headers_are_replaced_and_kept_in_the_value():
+    earlier = [("kafka_dlt-original-topic", b"first-topic"), ("kafka_dlt-exception-fqcn", b"java.lang.X"),
+               ("trace", b"t"), ("kafka_dlt-original-offset", struct.pack(">q", 3))]
+    dl = build(source(b"x", headers=earlier))
+    names = [name for name, _ in dl.headers]
+    assert all(names.count(name) == 1 for name in names if name.startswith("kafka_dlt-"))
+    headers = dict(dl.headers)
+    assert headers[H_TOPIC] == b"orders" and headers[H_FQCN] == b"builtins.ValueError"
+    assert struct.unpack(">q", headers[H_OFFSET]) == (41,)
+    assert names[0] == "trace"
+    assert original_record(dl.value, dl.key, dl.headers).headers == earlier
+
+
+def test_null_header_values_survive():
+    headers = [("n", None), ("e", b""), ("n", b"second")]
+    dl = build(source(b"x", headers=headers))
+    assert dl.headers[:3] == headers  # the dead letter carries the null header as null
+    assert original_record(dl.value).headers == headers
+
+
+def test_no_timestamp_is_no_timestamp_type():
+    dl = build(SourceRecord("orders", 0, 1, None, b"x", [], None, 0))
+    headers = dict(dl.headers)
+    assert headers[H_TIMESTAMP_TYPE] == b"NoTimestampType"
+    assert struct.unpack(">q", headers[H_TIMESTAMP]) == (-1,)
+    assert strict_json(dl.value)["source"]["timestampType"] == "NoTimestampType"
+    assert original_record(dl.value).timestamp is None
+    log_append = build(SourceRecord("orders", 0, 1, None, b"x", [], 0, 2))
+    assert dict(log_append.headers)[H_TIMESTAMP_TYPE] == b"LogAppendTime"
+    assert original_record(log_append.value).timestamp == 0
+
+
+def test_huge_texts_are_cut_and_say_so():
+    dl = build_dead_letter(source(b"x"), stage="handler", reason="r" * 1_000_000,
+                           error=ValueError("m" * 1_000_000), consumer_group="g", attempts=1)
+    assert len(dl.value) < 400_000
+    assert strict_json(dl.value)["error"]["reason"].endswith("(934464 more characters)")
+
+
+def test_minimal_dead_letter_keeps_the_exact_record():
+    headers = [("n", None), ("kafka_dlt-original-topic", b"\xff")]
+    dl = minimal_dead_letter("orders", 1, 9, b"\xffk", b"\x00\xff raw", headers, stage="decode",
+                             reason="why \ud800", consumer_group="g")
+    assert dl.topic == "orders.dlq" and dl.key == b"\xffk"
+    dl.value.decode("ascii")
+    back = original_record(dl.value)
+    assert (back.key, back.value, back.headers, back.offset) == (b"\xffk", b"\x00\xff raw", headers, 9)
+    assert strict_json(dl.value)["error"]["reason"] == "why \ud800"
+    unreadable = minimal_dead_letter("orders", 1, 9, None, None, [(b"not a str", object())], stage="decode",
+                                     reason="r", consumer_group="g")
+    assert original_record(unreadable.value).value is None
+
+
+def test_dead_letters_written_before_the_value_kept_headers_still_read():
+    legacy = {"original_message": _b64(b"raw"), "original_encoding": "base64",
+              "error": {"stage": "decode", "reason": "r"},
+              "source": {"topic": "orders", "partition": 0, "offset": 5, "key": "k", "keyEncoding": "utf-8",
+                         "timestamp": 17, "consumerGroup": "g", "attempts": 1}}
+    back = original_record(json.dumps(legacy).encode(), b"k", [("trace", b"t"), (H_TOPIC, b"orders")])
+    assert (back.value, back.key, back.headers, back.timestamp) == (b"raw", b"k", [("trace", b"t")], 17)
+
+
+@pytest.mark.parametrize("value", [b"[]", b'{"source": {}, "original_encoding": "json"}', b"\xff",
+                                   b'{"source": {"topic": "t", "partition": 0, "offset": 0, "headers": [[1]]},'
+                                   b' "original_encoding": "null"}'])
+def test_not_a_dead_letter_value(value):
+    with pytest.raises(ValueError, match="not a dead-letter value"):
+        original_record(value)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -114,3 +114,38 @@ def test_a_number_beyond_the_double_range_is_left_to_the_schema():
         decode_record(value)
     assert info.value.stage == "envelope" and info.value.details[0]["path"] == "/header/messageId"
     assert decode_record(record().replace(b'{"a": 1}', b'{"a": 1e400}')).body == {"a": float("inf")}
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x0cord-1\x02\xa4\x01",  # Avro binary, as confluent-kafka's AvroSerializer writes it after the prefix
+    b'{"orderId": "o-1"}',  # JSON, as its JSONSerializer writes it
+    b"\x00\x0a\x04o-1",  # Protobuf: message indexes, then the message
+    b"",
+])
+def test_confluent_wire_format_is_named(payload):
+    value = b"\x00" + (17).to_bytes(4, "big") + payload
+    with pytest.raises(MessageError) as info:
+        decode_record(value)
+    assert info.value.stage == "decode"
+    assert info.value.reason.startswith(f"Confluent wire format (magic byte 0, schema id 17, {len(payload)} bytes")
+    assert "{header, body} envelopes" in info.value.reason
+
+
+def test_wire_format_named_for_a_custom_serializer_too_and_only_when_it_fails():
+    value = b"\x00\x00\x00\x01\x00\xff"
+    with pytest.raises(MessageError, match="schema id 256"):
+        decode_record(value, lambda data: data.decode("ascii"))
+    with pytest.raises(MessageError, match="not UTF-8"):  # too short for the prefix: a plain decode error
+        decode_record(b"\x00\x00\xff")
+
+
+def test_custom_serializer_error_whose_str_fails():
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    def loads(data):
+        raise Unprintable()
+
+    with pytest.raises(MessageError, match="Unprintable: <Unprintable str"):
+        decode_record(b"{}", loads)

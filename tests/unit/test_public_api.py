@@ -1,4 +1,4 @@
-"""`toolkit.__all__` is exactly the public API users import (the seed's names among them)."""
+"""`toolkit.__all__` is exactly the public API users import (BaseHandler, ErrorPolicy ... among them)."""
 
 from __future__ import annotations
 

@@ -300,15 +300,21 @@ class PollThread:
 
 
 class DeadLetterSender:
-    """Produces dead letters (acks=all, idempotent) and creates their topics when missing."""
+    """Produces dead letters (acks=all, idempotent) and creates their topics when missing.
+
+    A dead letter sent again after a failure goes alone (a producer that puts one record in each batch):
+    the broker refuses a whole batch when it is over the topic's ``max.message.bytes``, so a refused
+    dead letter batched with others would make theirs fail with it, partition after partition."""
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
                  producer_overrides: dict[str, Any] | None = None) -> None:
         self._loop = loop
         self._admin_config = dict(config)
-        self._producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
-                                   "linger.ms": 5, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
-                                   "delivery.timeout.ms": 30_000, **(producer_overrides or {})})
+        self._producer_config = {"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
+                                 "linger.ms": 5, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+                                 "delivery.timeout.ms": 30_000, **(producer_overrides or {})}
+        self._producer = Producer(self._producer_config)
+        self._alone: Producer | None = None  # made at the first resend
         self._admin: AdminClient | None = None
         self._known_topics: set[str] = set()
         self._running = True
@@ -317,7 +323,10 @@ class DeadLetterSender:
 
     def _poll(self) -> None:
         while self._running:
-            self._producer.poll(0.1)
+            self._producer.poll(0.05)
+            alone = self._alone
+            if alone is not None:
+                alone.poll(0.05)
 
     def knows(self, topic: str) -> bool:
         """True once ``topic`` is known to exist (created or found)."""
@@ -351,11 +360,17 @@ class DeadLetterSender:
                     raise broker_error(exc, f"creating dead-letter topic {topic}") from None
         self._known_topics.add(topic)
 
-    def send(self, record: DeadLetterRecord) -> asyncio.Future:
-        """Produce ``record``; the returned future resolves when the broker acknowledged it.
+    def send(self, record: DeadLetterRecord, *, alone: bool = False) -> asyncio.Future:
+        """Produce ``record`` (in a batch of its own with ``alone``, for a resend); the returned future
+        resolves when the broker acknowledged it.
 
         The future fails with BrokerUnavailable when the record could not be delivered.
         """
+        producer = self._producer
+        if alone:
+            if self._alone is None:
+                self._alone = Producer({**self._producer_config, "linger.ms": 0, "batch.num.messages": 1})
+            producer = self._alone
         future: asyncio.Future = self._loop.create_future()
 
         def delivered(err: KafkaError | None, msg: Any) -> None:
@@ -366,15 +381,17 @@ class DeadLetterSender:
                 self._loop.call_soon_threadsafe(_resolve, future, failure)
 
         try:
-            self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
-                                   on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:
+            producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+                             on_delivery=delivered)
+        except Exception as exc:  # BufferError, KafkaException (e.g. too large); never lose the failure
             future.set_exception(broker_error(exc, f"producing dead letter to {record.topic}"))
         return future
 
     def close(self, timeout_s: float = 10.0) -> int:
         """Flush and stop; returns the number of dead letters still undelivered."""
         remaining = self._producer.flush(timeout_s)
+        if self._alone is not None:
+            remaining += self._alone.flush(timeout_s)
         self._running = False
         self._thread.join(timeout=2)
         return remaining
@@ -392,8 +409,10 @@ def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
 def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None = None,
            headers: list[tuple[str, bytes]] | None = None, *, topic: str | None = None,
            keep_timestamp: bool = True, timeout_s: float = 30.0) -> Any:
-    """Produce the original record of a dead letter again, byte for byte (value, key, headers), to its
-    source topic or to ``topic``; returns the :class:`~toolkit.consumer.deadletter.OriginalRecord`.
+    """Produce the original record of a dead letter again, byte for byte (value, key, headers with their
+    null values and earlier ``kafka_dlt-*`` ones, and with ``keep_timestamp`` the timestamp: one that was
+    missing or 0 becomes the time of the replay), to its source topic or to ``topic``; returns the
+    :class:`~toolkit.consumer.deadletter.OriginalRecord`.
 
     Raises:
         ValueError: ``value`` is not one of our dead-letter values.
@@ -407,7 +426,7 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
     failures: list[Any] = []
     kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
                               "on_delivery": lambda err, _msg: err and failures.append(err)}
-    if keep_timestamp and original.timestamp:
+    if keep_timestamp and original.timestamp is not None and original.timestamp > 0:  # 0 means "now" here
         kwargs["timestamp"] = original.timestamp
     try:
         producer.produce(topic or original.topic, **kwargs)

@@ -1,4 +1,4 @@
-"""What happens to a message after an attempt: the outcomes table (README.md) as one pure function.
+"""What happens to a message after an attempt: the outcomes table of docs/contracts.md as one pure function.
 
 | what happened                                   | outcome                                             |
 |-------------------------------------------------|-----------------------------------------------------|
@@ -34,11 +34,11 @@ class ErrorPolicy(StrEnum):
     """What a message that cannot be processed does to the consumer."""
 
     DEAD_LETTER = "DEAD_LETTER"
-    """Send it to the dead-letter topic and continue (the default; the seed's ``CONTINUE``)."""
+    """Send it to the dead-letter topic and continue (the default; also spelled ``CONTINUE``)."""
     STOP = "STOP"
     """Stop the consumer at the first such message, committing nothing past it (strict pipelines)."""
 
-    CONTINUE = DEAD_LETTER  # the seed README's name for the default
+    CONTINUE = DEAD_LETTER  # the name the first releases' README used for the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,22 +106,32 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, SchemaNotYetKnown):
-        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {result}",
+        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {_text(result)}",
                      result.retry_in_s)
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
-        return Pause(retry.delay(attempt), f"{type(result).__name__}: {result}")
+        return Pause(retry.delay(attempt), f"{type(result).__name__}: {_text(result)}")
     if isinstance(result, MessageError):
         return DeadLetter(result.stage, result.reason, result, result.details)
     if isinstance(result, RetryableError) or result is False:
-        why = (f"{type(result).__name__}: {result}" if isinstance(result, BaseException)
+        why = (f"{type(result).__name__}: {_text(result)}" if isinstance(result, BaseException)
                else "handler returned False")
         if attempt >= retry.max_attempts:
             return DeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
                               result if isinstance(result, BaseException) else None)
         return Retry(retry.delay(attempt), why)
     if isinstance(result, BaseException):
-        return DeadLetter(HANDLER, f"{type(result).__name__}: {result}", result)
+        return DeadLetter(HANDLER, f"{type(result).__name__}: {_text(result)}", result)
     if result is True or result is None:
         return Done()
-    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {result!r}; "
+    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {_text(result, repr)}; "
                                "expected True, False or None")
+
+
+def _text(value: Any, convert: Any = str) -> str:
+    """``str(value)`` (or ``repr``), whatever the handler's exception or return value does in it: a broken
+    ``__str__`` must not stop the consumer."""
+    try:
+        text = convert(value)
+    except Exception:  # noqa: BLE001
+        return f"<{type(value).__name__} {convert.__name__}() failed>"
+    return text if isinstance(text, str) else f"<{type(value).__name__} {convert.__name__}() returned no string>"

@@ -4,7 +4,7 @@
     consumer.register_handler("orders", OrderCreatedHandler(order_service))
     await consumer.start()          # runs until stop(), SIGTERM/SIGINT (handle_signals=True) or idle
 
-How it works (DESIGN.md "Commit semantics"): a poll thread owns the librdkafka consumer and hands batches
+How it works (docs/contracts.md, "Commits"): a poll thread owns the librdkafka consumer and hands batches
 to the event loop. Each partition's records go to *lanes* (one per partition in PARTITION ordering, one per
 key in KEY, one per record in UNORDERED); a lane handles its records one at a time, so a record waiting
 for a retry backoff holds back only its own lane, never other partitions. At most ``max_workers`` handlers
@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
+from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, minimal_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
 from toolkit.consumer.kafka_log import kafka_logger
@@ -52,7 +52,7 @@ class _Partition:
     """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
 
     __slots__ = ("topic", "partition", "generation", "tracker", "lanes", "tasks", "pending", "buffered",
-                 "paused", "revoked", "abandon", "eof", "waiting")
+                 "paused", "revoked", "abandon", "eof", "waiting", "held", "unheld")
 
     def __init__(self, topic: str, partition: int, generation: int) -> None:
         self.topic, self.partition, self.generation = topic, partition, generation
@@ -66,6 +66,8 @@ class _Partition:
         self.abandon = asyncio.Event()  # set on revoke/stop: stop waiting for backoffs, drop queued records
         self.eof = False
         self.waiting = 0  # lanes sleeping out a retry or outage backoff
+        self.held = 0  # dead letters of this partition the broker refused, being resent
+        self.unheld = asyncio.Event()  # set when held drops back to 0
 
 
 class KafkaConsumer:
@@ -444,6 +446,11 @@ class KafkaConsumer:
                     await asyncio.sleep(0)
                     yield_at = time.monotonic() + _LANE_SLICE_S
                     continue
+                if part.held:  # a dead letter of this partition is refused: wait until it is delivered
+                    await self._until_unheld(part)
+                    if part.abandon.is_set():
+                        break
+                    continue
                 msg = lane[0]
                 try:
                     finished = await self._process(part, msg)
@@ -571,12 +578,18 @@ class KafkaConsumer:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
-        ts_type, ts = msg.timestamp()
-        source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                              list(msg.headers() or []), ts if ts > 0 else None, ts_type)
-        record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
-                                   details=outcome.details, consumer_group=self.group_id, attempts=attempts,
-                                   suffix=self.dlq_suffix)
+        try:
+            ts_type, ts = msg.timestamp()
+            source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                  list(msg.headers() or []), ts if ts_type and ts >= 0 else None, ts_type)
+            record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
+                                       details=outcome.details, consumer_group=self.group_id, attempts=attempts,
+                                       suffix=self.dlq_suffix)
+        except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
+            log.exception("building the dead letter failed; sending a minimal one", extra=extra)
+            record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                         _headers(msg), stage=outcome.stage, reason=outcome.reason,
+                                         consumer_group=self.group_id, suffix=self.dlq_suffix)
         failures = 0
         while not self._sender.knows(record.topic):
             try:
@@ -592,14 +605,20 @@ class KafkaConsumer:
 
     async def _confirm_dead_letter(self, part: _Partition, offset: int, record: Any, outcome: DeadLetter,
                                    extra: dict[str, Any]) -> None:
+        """Wait for the broker's acknowledgement. A dead letter it refuses (too large, an outage) holds its
+        partition: no new record of it starts until the dead letter is delivered (resent alone, with
+        backoff); other partitions go on."""
         stats = self.stats[part.topic]
         failures = 0
         try:
             while True:
                 try:
-                    await self._sender.send(record)
+                    await self._sender.send(record, alone=failures > 0)
                 except BrokerUnavailable as exc:
                     failures += 1
+                    if failures == 1:
+                        part.held += 1
+                        part.unheld.clear()
                     if await self._dead_letter_failed(part, failures, exc, extra):
                         return  # abandoned: not done, so never committed; redelivered to the next owner
                     continue
@@ -609,9 +628,23 @@ class KafkaConsumer:
                 part.tracker.done(offset)
                 return
         finally:
+            if failures:
+                part.held -= 1
+                if not part.held:
+                    part.unheld.set()
             part.pending.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._in_flight -= 1
             self._check_idle()
+
+    @staticmethod
+    async def _until_unheld(part: _Partition) -> None:
+        """Wait until the partition's refused dead letters are delivered, or it is revoked or stopping."""
+        waits = [asyncio.ensure_future(part.unheld.wait()), asyncio.ensure_future(part.abandon.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _dead_letter_failed(self, part: _Partition, failures: int, exc: BaseException,
                                   extra: dict[str, Any]) -> bool:
@@ -661,6 +694,13 @@ def _extra(msg: Any, prepared: Prepared | None = None) -> dict[str, Any]:
     return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
             "messageId": header.message_id if header else None,
             "correlationId": header.correlation_id if header else None}
+
+
+def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    try:
+        return list(msg.headers() or [])
+    except Exception:  # noqa: BLE001 - headers the client cannot decode
+        return None
 
 
 def _positive(name: str, value: int) -> int:
