@@ -69,9 +69,9 @@ DRAIN_TIMEOUT_S = 420.0
 
 HOSTILE_KINDS = ("not-json", "bad-envelope", "unknown-version", "invalid-body", "non-finite", "huge",
                  "lone-surrogate")
-# Dead-letter building fails on a lone surrogate on this branch (json.dumps(ensure_ascii=False) of the
-# original, then UTF-8 encoding: the consumer stops with an internal error). Fixed on another branch.
-BREAKING_KINDS = ("lone-surrogate",)
+# Hostile kinds that stop the consumer on this branch, left out of the mix unless EPISTLE_SOAK_BREAKING=1 and
+# named in the results. Empty since dead letters are total (lone surrogates used to stop the consumer).
+BREAKING_KINDS: tuple[str, ...] = ()
 
 # The test's own clients complain while the broker is down (connection refused every second): not news.
 QUIET = logging.getLogger("tests.soak.kafka")
