@@ -58,9 +58,10 @@ PARTITIONS = 3
 HOSTILE_EVERY = 7
 GRACE_S = 15.0  # EPISTLE_UNKNOWN_SCHEMA_GRACE_S: longer than the registry's empty window below
 # After a registry restart the registry stays up and empty until the consumer started then has its partitions
-# and has waited for a schema it no longer knows (seen in its log), at most this long after the assignment;
-# then the schemas are registered again (well within the grace).
-EMPTY_AFTER_ASSIGNED_S = 6.0
+# and has waited for a schema it no longer knows (seen in its log: the schemas are registered again at once,
+# well within the grace), at most this long after the assignment. Long enough for a partition head that is
+# a never-registered record (it holds the partition for the grace) to be dead-lettered first.
+EMPTY_AFTER_ASSIGNED_S = GRACE_S + 10
 COMMIT_INTERVAL_S = 0.2
 # A SIGKILLed member holds its partitions until its session times out: keep it short (the broker's minimum).
 GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000"]
