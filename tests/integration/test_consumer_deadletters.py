@@ -46,7 +46,14 @@ def run(consumer: KafkaConsumer, timeout: float = 60) -> None:
     asyncio.run(asyncio.wait_for(consumer.start(), timeout))
 
 
-# -- item 1: a record whose dead letter re-encoded parsed content stopped everything ------------------------
+def dead_letters(kafka_bootstrap: str, topic: str, expected: int) -> list:
+    """The dead letters of ``topic`` (one source partition) in the order of their source offsets, whatever
+    the number of partitions the dead-letter topic was created with."""
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=expected)
+    return sorted(dead, key=lambda d: d.json()["source"]["offset"])
+
+
+# -- records whose dead letter is hard to build are dead-lettered and the consumer goes on -----------------
 
 def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka_bootstrap, make_topic,
                                                                             group_id):
@@ -73,7 +80,7 @@ def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka
     run(consumer)  # raised ConsumerStopped("internal error: UnicodeEncodeError ...") before
 
     assert sorted(seen) == ["a", "b", "c", "h1", "s1"]
-    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=4)
+    dead = dead_letters(kafka_bootstrap, topic, expected=4)
     assert [original_record(d.value).value for d in dead] == [bad_header, bad_name, handler_fails, str_fails]
     assert [d.json()["error"]["stage"] for d in dead] == ["envelope", "model", "handler", "handler"]
     assert dead[2].json()["error"]["reason"] == "ValueError: cannot book \udfff"
@@ -106,7 +113,7 @@ def test_a_dead_letter_that_cannot_be_built_falls_back_to_a_minimal_one(kafka_bo
     assert seen == ["ok"] and committed(kafka_bootstrap, group_id, topic) == {0: 2}
 
 
-# -- item 7: exact dead letters, Spring's headers, and a replay that gives back the record --------------------
+# -- exact dead letters, Spring's headers, and a replay that gives back the record ---------------------------
 
 def test_dead_letter_headers_and_replay_are_exact(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("orders")
@@ -126,7 +133,7 @@ def test_dead_letter_headers_and_replay_are_exact(kafka_bootstrap, make_topic, g
     consumer = consumer_for(kafka_bootstrap, group_id, {topic: handler})
     run(consumer)
     originals = read_topic(kafka_bootstrap, topic, expected=3)[:2]
-    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=2)
+    dead = dead_letters(kafka_bootstrap, topic, expected=2)
     assert committed(kafka_bootstrap, group_id, topic) == {0: 3}
 
     for dl in dead:
@@ -153,7 +160,7 @@ def test_dead_letter_headers_and_replay_are_exact(kafka_bootstrap, make_topic, g
     assert replayed[0].headers == headers
 
 
-# -- item 8: Confluent's wire format is named ---------------------------------------------------------------
+# -- Confluent's wire format is named ------------------------------------------------------------------------
 
 def _register(registry_url: str, subject: str, schema: dict, schema_type: str | None = None) -> int:
     payload = {"schema": json.dumps(schema)}
@@ -182,7 +189,7 @@ def test_confluent_wire_format_records_say_what_they_are(kafka_bootstrap, regist
     seen = []
     consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)})
     run(consumer)
-    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=2)
+    dead = dead_letters(kafka_bootstrap, topic, expected=2)
     reasons = [d.json()["error"]["reason"] for d in dead]
     assert reasons[0].startswith(f"Confluent wire format (magic byte 0, schema id {avro_id}, {len(body)} bytes")
     assert reasons[1].startswith(f"Confluent wire format (magic byte 0, schema id {json_id}, 30 bytes")
@@ -232,7 +239,8 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
                          and consumer.stats[topic].dead_letter_send_failures >= 3, 60)
             assert sorted(seen) == ["o-a", "o-b", "p1-a", "p1-b"]
             assert records_in(kafka_bootstrap, dlq) == 1 and records_in(kafka_bootstrap, f"{other}.dlq") == 1
-            # Partition 0 waits: a record arriving behind the refused one does not start; partition 1 goes on
+            # From the first failure on partition 0 waits: a record produced after it does not start;
+            # partition 1 goes on
             produce(kafka_bootstrap, topic, [order("p0-after")], partition=0)
             produce(kafka_bootstrap, topic, [order("p1-c")], partition=1)
             await _until(lambda: progress()[0] == {0: -1001, 1: 4}, 60)
@@ -255,6 +263,35 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
     dead = read_topic(kafka_bootstrap, dlq, expected=2)
     assert sorted(original_record(d.value).value for d in dead) == sorted([big_bad, b"small bad"])
     assert consumer.stats[topic].dead_lettered == {"decode": 2}
+
+
+def test_any_failure_to_send_a_dead_letter_is_retried_and_commits_follow(kafka_bootstrap, make_topic, group_id,
+                                                                        monkeypatch, caplog):
+    from toolkit.consumer import kafka_io
+
+    topic = make_topic("orders")
+    produce(kafka_bootstrap, topic, [b"\xffbad", order("ok")])
+    real_send = kafka_io.DeadLetterSender.send
+    sends = []
+
+    def send(self, record, **kwargs):
+        sends.append(kwargs.get("alone"))
+        if len(sends) <= 2:  # not a BrokerUnavailable: e.g. the resend producer cannot be made
+            raise RuntimeError("unexpected failure while sending")
+        return real_send(self, record, **kwargs)
+
+    monkeypatch.setattr(kafka_io.DeadLetterSender, "send", send)
+    seen = []
+    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)})
+    with caplog.at_level(logging.WARNING, logger="toolkit.consumer"):
+        run(consumer)
+    assert sends == [False, True, True]
+    assert "dead letter not delivered (failure 2), retrying in" in caplog.text
+    assert "RuntimeError: unexpected failure while sending" in caplog.text
+    assert consumer.stats[topic].dead_lettered == {"decode": 1} and seen == ["ok"]
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 2}
+    (dl,) = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    assert original_record(dl.value).value == b"\xffbad"
 
 
 def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_bootstrap, admin, make_topic,
@@ -290,6 +327,44 @@ def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_b
     assert committed(kafka_bootstrap, group_id, topic) == {0: 3}
     (dl,) = read_topic(kafka_bootstrap, dlq, expected=1)
     assert original_record(dl.value).value == big_bad
+
+
+# -- a dead letter too large for the dead-letter producer is shortened -------------------------------------
+
+def test_an_8_mib_record_is_dead_lettered_in_the_shortened_form(kafka_bootstrap, admin, make_topic, group_id):
+    topic = make_topic("orders")
+    dlq = f"{topic}.dlq"
+    big_limit = 16 * 1024 * 1024
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(big_limit), incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    # 8 MiB travels as ~11.2 MB of base64; the full dead letter adds ~0.8 MB of error texts, the shortened
+    # one does not: a producer and topic limit of 11 MiB takes the shortened form only
+    limit = 11 * 1024 * 1024
+    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1,
+                                  config={"max.message.bytes": str(limit)})])[dlq].result(timeout=30)
+    big = b"\xff" * (8 * 1024 * 1024)
+    produce(kafka_bootstrap, topic, [big, order("after")], config={"message.max.bytes": big_limit})
+
+    def serializer(data: bytes):
+        if data.startswith(b"\xff"):
+            raise LookupError("no reader for this record: " + "\u20ac" * 100_000)
+        return json.loads(data)
+
+    seen = []
+    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)},
+                            serializer=serializer, dlq_max_message_bytes=limit)
+    run(consumer, timeout=120)
+    assert seen == ["after"] and consumer.stats[topic].dead_letter_send_failures == 0
+    assert committed(kafka_bootstrap, group_id, topic) == {0: 2}
+    (dl,) = read_topic(kafka_bootstrap, dlq, expected=1, timeout_s=60)
+    body = dl.json()
+    assert body["shortened"].startswith("the full dead letter was ")
+    assert f"over the dead-letter producer's limit of {limit}" in body["shortened"]
+    assert body["original_encoding"] == "base64" and "original_bytes" not in body
+    assert body["error"]["stage"] == "decode" and body["error"]["reason"].startswith("LookupError: no reader")
+    assert len(body["error"]["reason"]) < 1100
+    assert original_record(dl.value).value == big
 
 
 async def _until(condition, timeout_s: float) -> None:

@@ -1,6 +1,7 @@
 import base64
 import json
 import struct
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -17,10 +18,12 @@ from toolkit.consumer.deadletter import (
     H_TIMESTAMP,
     H_TIMESTAMP_TYPE,
     H_TOPIC,
+    DeadLetterRecord,
     SourceRecord,
     build_dead_letter,
     minimal_dead_letter,
     original_record,
+    record_size,
 )
 
 
@@ -98,7 +101,7 @@ def test_any_bytes_round_trip(raw):
     assert original_record(dl.value, dl.key, dl.headers).value == raw
 
 
-# -- total and exact (issue #11, items 1 and 7) --------------------------------------------------------------
+# -- total and exact: any record and any exception give a dead letter, and the original comes back --
 
 def strict_json(data: bytes):
     """The dead-letter value as a strict reader sees it: UTF-8, no NaN/Infinity."""
@@ -212,7 +215,7 @@ def test_exception_whose_str_fails():
     dl = build_dead_letter(source(b"x"), stage="handler", reason="r", error=StrFails(), consumer_group="g",
                            attempts=1)
     value = strict_json(dl.value)
-    assert value["error"]["message"] == f"<{__name__}.StrFails str() failed>"
+    assert value["error"]["message"] == "<StrFails str() failed>"
     assert dict(dl.headers)[H_FQCN] == f"{__name__}.StrFails".encode()
 
 
@@ -278,9 +281,14 @@ def test_minimal_dead_letter_keeps_the_exact_record():
     back = original_record(dl.value)
     assert (back.key, back.value, back.headers, back.offset) == (b"\xffk", b"\x00\xff raw", headers, 9)
     assert strict_json(dl.value)["error"]["reason"] == "why \ud800"
-    unreadable = minimal_dead_letter("orders", 1, 9, None, None, [(b"not a str", object())], stage="decode",
-                                     reason="r", consumer_group="g")
-    assert original_record(unreadable.value).value is None
+
+
+def test_minimal_dead_letter_without_the_headers_the_client_could_not_read():
+    dl = minimal_dead_letter("orders", 1, 9, None, b"\xff raw", None, stage="decode", reason="r",
+                             consumer_group="g")
+    assert "headers" not in strict_json(dl.value)["source"]
+    back = original_record(dl.value, dl.key, dl.headers)
+    assert (back.key, back.value, back.headers) == (None, b"\xff raw", [])  # none of its own kafka_dlt-* ones
 
 
 def test_dead_letters_written_before_the_value_kept_headers_still_read():
@@ -302,3 +310,154 @@ def test_not_a_dead_letter_value(value):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- a dead letter too large for the dead-letter producer: the shortened form -------------------------------
+
+def too_large(value, headers=None):
+    """A dead letter of ``value`` with a long exception message and details, and its full form."""
+    try:
+        raise ValueError("\u20ac" * 20_000)
+    except ValueError as exc:
+        err = exc
+    details = [{"path": f"/body/items/{i}", "message": "quantity must be at least 1"} for i in range(2000)]
+
+    def make(max_bytes=None):
+        return build_dead_letter(source(value, headers=headers), stage="validation", reason=f"bad: {err}",
+                                 error=err, details=details, consumer_group="g", attempts=1, max_bytes=max_bytes,
+                                 now=datetime(2026, 5, 1, tzinfo=UTC))
+
+    return make
+
+
+@pytest.mark.parametrize("value", [json.dumps({"pad": "x" * 200_000}).encode(), b"\xff" * 300_000, None])
+def test_over_the_limit_a_dead_letter_is_shortened_and_still_exact(value):
+    make = too_large(value, headers=[("trace", b"\x00"), ("null", None)])
+    full = make()
+    limit = record_size(full) - 1
+    dl = make(limit)
+    assert record_size(dl) <= limit and record_size(dl) < record_size(full) - 200_000
+    body = strict_json(dl.value)
+    assert body["original_encoding"] == ("null" if value is None else "base64") and "original_bytes" not in body
+    assert body["shortened"].startswith(f"the full dead letter was {record_size(full)} bytes, over the "
+                                        f"dead-letter producer's limit of {limit}")
+    assert body["error"]["details"] is None and len(body["error"]["message"]) < 1100
+    assert body["error"]["reason"].endswith("more characters)") and body["error"]["stage"] == "validation"
+    assert len(dict(dl.headers)[H_STACKTRACE].decode()) < 1100
+    back = original_record(dl.value, dl.key, dl.headers)
+    assert (back.value, back.key, back.headers) == (value, b"k1", [("trace", b"\x00"), ("null", None)])
+
+
+def test_a_dead_letter_within_the_limit_is_the_full_one():
+    make = too_large(b"\xff" * 1000)
+    full = make()
+    assert make(record_size(full)) == full
+    assert "shortened" not in strict_json(full.value)
+
+
+def test_the_shortened_form_is_returned_even_when_the_original_alone_is_over_the_limit():
+    dl = too_large(b"\xff" * 100_000)(max_bytes=50_000)
+    assert record_size(dl) > 50_000 and "shortened" in strict_json(dl.value)
+    assert original_record(dl.value).value == b"\xff" * 100_000
+
+
+def test_record_size_bounds_what_librdkafka_counts_against_message_max_bytes():
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "message.max.bytes": 100_000})
+    headers = [("a", b"x" * 100), ("b", None), ("c" * 50, b"")]
+    empty = DeadLetterRecord("orders.dlq", b"key", b"", headers)
+    fits = DeadLetterRecord("orders.dlq", b"key", b"x" * (100_000 - record_size(empty)), headers)
+    assert record_size(fits) == 100_000
+    producer.produce(fits.topic, value=fits.value, key=fits.key, headers=fits.headers)  # not refused locally
+    over = DeadLetterRecord("orders.dlq", b"key", b"x" * 100_000, headers)
+    with pytest.raises(Exception, match="MSG_SIZE_TOO_LARGE"):
+        producer.produce(over.topic, value=over.value, key=over.key, headers=over.headers)
+    producer.purge()
+
+
+def test_a_dead_letter_over_the_producers_limit_fails_its_send_saying_what_to_raise():
+    import asyncio
+
+    from toolkit.consumer import kafka_io
+    from toolkit.errors import BrokerUnavailable
+
+    dl = too_large(b"\xff" * 20_000)(max_bytes=5000)
+
+    async def scenario():
+        sender = kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, asyncio.get_running_loop(),
+                                           max_message_bytes=5000)
+        try:
+            assert sender.max_message_bytes == 5000
+            with pytest.raises(BrokerUnavailable) as info:
+                await sender.send(dl)
+        finally:
+            sender.close(timeout_s=0)
+        return str(info.value)
+
+    message = asyncio.run(scenario())
+    assert "MSG_SIZE_TOO_LARGE" in message
+    assert (f"raise EPISTLE_DLQ_MAX_MESSAGE_BYTES (now 5000) and the topic's max.message.bytes to at least "
+            f"{record_size(dl)}; its partition waits") in message
+
+
+# -- the dead-letter producer: a resend producer that cannot be made fails that send only --------------------
+
+def test_failing_to_make_the_resend_producer_fails_the_send_and_is_tried_again(monkeypatch):
+    import asyncio
+
+    from toolkit.consumer import kafka_io
+    from toolkit.errors import BrokerUnavailable
+
+    made = []
+
+    def producer(config):
+        made.append(config)
+        if config.get("batch.num.messages") == 1 and len(made) == 2:  # the first resend producer only
+            raise RuntimeError("cannot make a producer now")
+        return real(config)
+
+    real = kafka_io.Producer
+    monkeypatch.setattr(kafka_io, "Producer", producer)
+    record = minimal_dead_letter("orders", 0, 1, None, b"v", [], stage="decode", reason="r", consumer_group="g")
+
+    async def scenario():
+        sender = kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9", "socket.timeout.ms": 100},
+                                           asyncio.get_running_loop())
+        try:
+            with pytest.raises(BrokerUnavailable, match="RuntimeError: cannot make a producer now"):
+                await sender.send(record, alone=True)
+            queued = sender.send(record, alone=True)  # made this time; no broker here, so it stays queued
+            assert sender._alone is not None and not queued.done()
+        finally:
+            sender.close(timeout_s=0)
+
+    asyncio.run(scenario())
+    assert [c.get("batch.num.messages") for c in made] == [None, 1, 1]
+
+
+def test_the_dead_letter_size_limit_comes_from_the_setting_the_argument_or_the_producer_config(monkeypatch):
+    import asyncio
+
+    from toolkit.consumer import KafkaConsumer, kafka_io
+    from toolkit.errors import ConfigError
+    from toolkit.settings import load_settings
+
+    assert KafkaConsumer("127.0.0.1:9", "g").dlq_max_message_bytes == 10 * 1024 * 1024
+    assert KafkaConsumer("127.0.0.1:9", "g", dlq_max_message_bytes=5000).dlq_max_message_bytes == 5000
+    monkeypatch.setenv("EPISTLE_DLQ_MAX_MESSAGE_BYTES", "20000000")
+    assert KafkaConsumer.from_settings(load_settings(env_file=None)).dlq_max_message_bytes == 20_000_000
+    monkeypatch.setenv("EPISTLE_DLQ_MAX_MESSAGE_BYTES", "999")  # below librdkafka's minimum
+    with pytest.raises(ConfigError, match="EPISTLE_DLQ_MAX_MESSAGE_BYTES"):
+        load_settings(env_file=None)
+
+    async def sizes():
+        loop = asyncio.get_running_loop()
+        senders = [kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000),
+                   kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000,
+                                             producer_overrides={"message.max.bytes": 5000})]
+        for sender in senders:
+            sender.close(timeout_s=0)
+        return [sender.max_message_bytes for sender in senders]
+
+    assert asyncio.run(sizes()) == [7000, 5000]

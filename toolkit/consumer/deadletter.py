@@ -8,7 +8,8 @@ Value (JSON)::
      "original_bytes": <base64 of the exact original value bytes; present when original_encoding is json>,
      "error": {"timestamp", "reason", "stage", "type", "message", "cause", "details"},
      "source": {"topic", "partition", "offset", "key", "keyEncoding", "timestamp", "timestampType",
-                "consumerGroup", "attempts", "headers"}}
+                "consumerGroup", "attempts", "headers"},
+     "shortened": <why; only in the shortened form of a dead letter too large for the producer>}
 
 Re-serialising JSON is not byte-exact in general (spacing, key order, escapes, number forms), so the exact
 bytes are always kept, and :func:`original_record` gives the record back from them: value, key, headers
@@ -36,7 +37,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from toolkit.envelope import MAX_DEPTH, depth_exceeds
+from toolkit import _args
+from toolkit.envelope import depth_exceeds, reject_constant
+from toolkit.errors import InvalidArgument, InvalidArgumentType, safe_str
 
 H_TOPIC = "kafka_dlt-original-topic"
 H_PARTITION = "kafka_dlt-original-partition"
@@ -55,6 +58,8 @@ TIMESTAMP_TYPES = {0: "NoTimestampType", 1: "CreateTime", 2: "LogAppendTime"}
 
 MAX_TEXT = 64 * 1024
 """Longest reason, exception message or stack trace kept (characters); longer ones are cut and say so."""
+SHORT_TEXT = 1024
+"""The same in the shortened form of a dead letter too large for the dead-letter producer."""
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -112,8 +117,10 @@ def _finite(text: str) -> float:
     return number
 
 
-def _reject(name: str) -> Any:
-    raise ValueError(name)
+# Deeper originals are kept as base64, not embedded, whatever EPISTLE_MAX_NESTING_DEPTH admits: readers of
+# the dead-letter topic must parse the value (Jackson refuses more than 1000 levels by default, Python's
+# json more than its recursion limit).
+_MAX_EMBEDDED_DEPTH = 256
 
 
 def _as_json(value: bytes | None) -> tuple[bool, Any]:
@@ -121,21 +128,12 @@ def _as_json(value: bytes | None) -> tuple[bool, Any]:
     if value is None:
         return False, None
     try:
-        document = json.loads(value.decode("utf-8"), parse_constant=_reject, parse_float=_finite)
+        document = json.loads(value.decode("utf-8"), parse_constant=reject_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False, None
-    if depth_exceeds(document, MAX_DEPTH):
+    if depth_exceeds(document, _MAX_EMBEDDED_DEPTH):
         return False, None
     return True, document
-
-
-def _text(obj: Any) -> str:
-    """``str(obj)``, whatever its ``__str__`` does."""
-    try:
-        text = str(obj)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not stop the dead letter
-        return f"<{_fqcn(obj)} str() failed>"
-    return text if isinstance(text, str) else f"<{_fqcn(obj)} str() returned a non-string>"
 
 
 def _fqcn(obj: Any) -> str:
@@ -164,7 +162,7 @@ def _trace(error: BaseException) -> str:
     try:
         return "".join(traceback.format_exception(error))
     except Exception:  # noqa: BLE001 - e.g. a traceback object a library forged
-        return f"{_fqcn(error)}: {_text(error)}\n"
+        return f"{_fqcn(error)}: {safe_str(error)}\n"
 
 
 _repr = reprlib.Repr()
@@ -176,10 +174,7 @@ def _jsonable(details: Any) -> Any:
     try:
         json.dumps(details, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        try:
-            return _clip(_repr.repr(details), 10_000)
-        except Exception:  # noqa: BLE001
-            return f"<{_fqcn(details)} repr() failed>"
+        return _clip(safe_str(details, _repr.repr), 10_000)
     return details
 
 
@@ -198,19 +193,14 @@ def _utf8(text: str) -> bytes:
 
 
 def _header_name(name: Any) -> str:
-    text = name if isinstance(name, str) else _text(name)
+    text = name if isinstance(name, str) else safe_str(name)
     return _utf8(text).decode("utf-8")
 
 
 def _header_value(value: Any) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    if isinstance(value, str):
-        return _utf8(value)
-    try:
-        return bytes(value)
-    except Exception:  # noqa: BLE001
-        return _utf8(_text(value))
+    return _utf8(value if isinstance(value, str) else safe_str(value))
 
 
 def _headers_field(headers: Headers) -> list[list[Any]]:
@@ -218,27 +208,57 @@ def _headers_field(headers: Headers) -> list[list[Any]]:
     out = []
     for name, value in headers:
         data = _header_value(value)
-        out.append([name if isinstance(name, str) else _text(name), None if data is None else _b64(data)])
+        out.append([name if isinstance(name, str) else safe_str(name), None if data is None else _b64(data)])
     return out
 
 
 def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: BaseException | None = None,
                       details: Any = None, consumer_group: str, attempts: int, suffix: str = ".dlq",
-                      now: datetime | None = None, max_embedded_bytes: int = 256 * 1024) -> DeadLetterRecord:
+                      now: datetime | None = None, max_embedded_bytes: int = 256 * 1024,
+                      max_bytes: int | None = None) -> DeadLetterRecord:
     """The dead-letter record for ``source``; total: any record and any exception give one.
 
     JSON originals larger than ``max_embedded_bytes`` are kept as base64 only, so a large record does not
-    travel twice in its dead letter.
+    travel twice in its dead letter. When the record is over ``max_bytes`` (the dead-letter producer's
+    ``message.max.bytes``, as :func:`record_size` counts), the shortened form is returned instead: the
+    original value once, as base64; texts cut to ``SHORT_TEXT`` characters; no ``error.details``; and a
+    ``shortened`` field that says so. It may still be over ``max_bytes`` (the original alone can be).
     """
+    when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    args = (source, stage, reason, error, details, consumer_group, attempts, suffix, when)
+    record = _build(*args, embed_bytes=max_embedded_bytes, text_limit=MAX_TEXT, shortened=None)
+    if max_bytes is None or record_size(record) <= max_bytes:
+        return record
+    note = (f"the full dead letter was {record_size(record)} bytes, over the dead-letter producer's limit of "
+            f"{max_bytes}: the original is kept as base64 only, texts are cut to {SHORT_TEXT} characters and "
+            "error.details is left out")
+    return _build(*args, embed_bytes=-1, text_limit=SHORT_TEXT, shortened=note)
+
+
+def record_size(record: DeadLetterRecord) -> int:
+    """The bytes ``record`` counts against a producer's ``message.max.bytes`` and a topic's
+    ``max.message.bytes``: key, value and headers, plus a bound on Kafka's record and batch framing."""
+    headers = sum(len(_utf8(name)) + len(value or b"") + _HEADER_FRAMING for name, value in record.headers)
+    return len(record.key or b"") + len(record.value) + headers + _RECORD_FRAMING
+
+
+_HEADER_FRAMING = 10  # two varint lengths
+_RECORD_FRAMING = 128  # the record's varints and attributes, and the batch header (61 bytes)
+
+
+def _build(source: SourceRecord, stage: str, reason: str, error: BaseException | None, details: Any,
+           consumer_group: str, attempts: int, suffix: str, when: str, *, embed_bytes: int, text_limit: int,
+           shortened: str | None) -> DeadLetterRecord:
     value = source.value
     is_json, document = (False, None)
-    if value is not None and len(value) <= max_embedded_bytes:
+    if value is not None and len(value) <= embed_bytes:
         is_json, document = _as_json(value)
-    reason = _clip(_text(reason))
+    reason = _clip(safe_str(reason), text_limit)
     if error is None:
         fqcn, message, trace, cause = f"toolkit.{stage}", reason, "", None
     else:
-        fqcn, message, trace, cause = _fqcn(error), _clip(_text(error)), _clip(_trace(error)), _cause(error)
+        fqcn, message, cause = _fqcn(error), _clip(safe_str(error), text_limit), _cause(error)
+        trace = _clip(_trace(error), text_limit)
     key_text, key_encoding = _text_or_b64(source.key)
     timestamp_type = TIMESTAMP_TYPES.get(source.timestamp_type, "CreateTime")
     if source.timestamp is None:
@@ -250,13 +270,13 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
     if is_json:
         body["original_bytes"] = _b64(value)  # type: ignore[arg-type]
     body["error"] = {
-        "timestamp": (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": when,
         "reason": reason,
         "stage": stage,
         "type": fqcn,
         "message": message,
-        "cause": None if cause is None else {"type": _fqcn(cause), "message": _clip(_text(cause))},
-        "details": _jsonable(details),
+        "cause": None if cause is None else {"type": _fqcn(cause), "message": _clip(safe_str(cause), text_limit)},
+        "details": None if shortened else _jsonable(details),
     }
     body["source"] = {
         "topic": source.topic,
@@ -270,14 +290,9 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
         "attempts": attempts,
         "headers": _headers_field(source.headers),
     }
-    try:
-        encoded = _dumps(body)
-    except (ValueError, TypeError, RecursionError):  # not foreseen: keep the exact bytes, drop the rest
-        body["original_message"] = None if value is None else _b64(value)
-        body["original_encoding"] = "base64" if value is not None else "null"
-        body.pop("original_bytes", None)
-        body["error"]["details"] = _clip(_text(body["error"]["details"]), 10_000)
-        encoded = _dumps(body)
+    if shortened:
+        body["shortened"] = shortened
+    encoded = _dumps(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()
     headers: Headers = [(_header_name(k), _header_value(v)) for k, v in source.headers
                         if not (isinstance(k, str) and k.startswith(DLT_PREFIX))]
     headers += [
@@ -303,26 +318,23 @@ def minimal_dead_letter(topic: str, partition: int, offset: int, key: bytes | No
                         suffix: str = ".dlq") -> DeadLetterRecord:
     """The last resort when :func:`build_dead_letter` failed for a reason nobody foresaw: the exact bytes,
     the reason and the coordinates, written as ASCII JSON. :func:`original_record` reads it too."""
-    try:
-        kept = _headers_field(headers) if headers is not None else None
-    except Exception:  # noqa: BLE001 - headers we cannot read: the dead letter goes without them
-        kept = None
-    source: dict[str, Any] = {"topic": _text(topic), "partition": partition, "offset": offset,
+    kept = _headers_field(headers) if headers is not None else None  # None: the client could not read them
+    source: dict[str, Any] = {"topic": safe_str(topic), "partition": partition, "offset": offset,
                               "key": None if key is None else _b64(key),
                               "keyEncoding": None if key is None else "base64",
-                              "timestamp": None, "consumerGroup": _text(consumer_group), "attempts": 1}
+                              "timestamp": None, "consumerGroup": safe_str(consumer_group), "attempts": 1}
     if kept is not None:
         source["headers"] = kept
     body = {"original_message": None if value is None else _b64(value),
             "original_encoding": "null" if value is None else "base64",
-            "error": {"reason": _clip(_text(reason)), "stage": _text(stage), "type": "toolkit.deadletter",
+            "error": {"reason": _clip(safe_str(reason)), "stage": safe_str(stage), "type": "toolkit.deadletter",
                       "details": "the full dead letter could not be built; this one keeps the exact bytes"},
             "source": source}
-    encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=_text).encode("ascii")
-    dl_headers: Headers = [(H_TOPIC, _utf8(_text(topic))), (H_PARTITION, struct.pack(">i", partition)),
-                           (H_OFFSET, struct.pack(">q", offset)), (H_GROUP, _utf8(_text(consumer_group))),
-                           (H_MESSAGE, _utf8(f"{_text(stage)}: {_clip(_text(reason))}"))]
-    return DeadLetterRecord(dead_letter_topic(_text(topic), suffix), key, encoded, dl_headers)
+    encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=safe_str).encode("ascii")
+    dl_headers: Headers = [(H_TOPIC, _utf8(safe_str(topic))), (H_PARTITION, struct.pack(">i", partition)),
+                           (H_OFFSET, struct.pack(">q", offset)), (H_GROUP, _utf8(safe_str(consumer_group))),
+                           (H_MESSAGE, _utf8(f"{safe_str(stage)}: {_clip(safe_str(reason))}"))]
+    return DeadLetterRecord(dead_letter_topic(safe_str(topic), suffix), key, encoded, dl_headers)
 
 
 def original_record(value: bytes, key: bytes | None = None, headers: Headers | None = None) -> OriginalRecord:
@@ -333,8 +345,17 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
     value kept them.
 
     Raises:
-        ValueError: ``value`` is not one of our dead-letter values.
+        InvalidArgument (a ValueError): ``value`` is not one of our dead-letter values; InvalidArgumentType
+            (also a TypeError) when an argument is not bytes / a list of (str, bytes or None) headers.
     """
+    _args.bytes_like("value", value)
+    if key is not None:
+        _args.bytes_like("key", key)
+    if headers is not None and not (isinstance(headers, list | tuple) and all(
+            isinstance(h, tuple | list) and len(h) == 2 and isinstance(h[0], str)
+            and (h[1] is None or isinstance(h[1], bytes)) for h in headers)):
+        raise InvalidArgumentType("headers: expected a list of (str, bytes or None) pairs, as the Kafka "
+                                  "client gives them", argument="headers")
     try:
         body = json.loads(value)
         source = body["source"]
@@ -357,9 +378,9 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
         return OriginalRecord(source["topic"], source["partition"], source["offset"], key, original, kept,
                               source.get("timestamp"), source.get("timestampType"))
     except ValueError as exc:
-        raise ValueError(f"not a dead-letter value: {exc}") from None
+        raise InvalidArgument(f"not a dead-letter value: {exc}", argument="value") from None
     except (KeyError, TypeError, binascii.Error, AttributeError) as exc:
-        raise ValueError(f"not a dead-letter value: {type(exc).__name__}: {exc}") from None
+        raise InvalidArgument(f"not a dead-letter value: {type(exc).__name__}: {exc}", argument="value") from None
 
 
 def _key_of(text: str | None, encoding: str | None) -> bytes | None:

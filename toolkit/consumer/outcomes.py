@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError, SchemaNotYetKnown
+from toolkit import _args
+from toolkit.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    MessageError,
+    RegistryUnavailable,
+    RetryableError,
+    SchemaNotYetKnown,
+    safe_str,
+)
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 HANDLER = "handler"
@@ -40,6 +49,12 @@ class ErrorPolicy(StrEnum):
 
     CONTINUE = DEAD_LETTER  # the name the first releases' README used for the default
 
+    _missing_ = classmethod(_args.not_a_member)  # InvalidArgument (a ValueError) listing the members
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -49,6 +64,19 @@ class RetryPolicy:
     initial_s: float = 0.5
     max_s: float = 30.0
     multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems = {"max_attempts": isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
+                    or self.max_attempts < 1,
+                    "initial_s": not _finite(self.initial_s) or self.initial_s < 0,
+                    "max_s": not _finite(self.max_s) or self.max_s <= 0,
+                    "multiplier": not _finite(self.multiplier) or self.multiplier < 1}
+        fixes = {"max_attempts": "an integer of at least 1", "initial_s": "seconds, at least 0",
+                 "max_s": "seconds, above 0", "multiplier": "a number of at least 1"}
+        for name, bad in problems.items():
+            if bad:
+                raise ConfigError(f"RetryPolicy {name}={getattr(self, name)!r}"[:120] + f": use {fixes[name]}",
+                                  setting=f"retry.{name}")
 
     def delay(self, attempt: int) -> float:
         """Backoff after failed attempt number ``attempt`` (1-based)."""
@@ -106,32 +134,22 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, SchemaNotYetKnown):
-        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {_text(result)}",
+        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {safe_str(result)}",
                      result.retry_in_s)
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
-        return Pause(retry.delay(attempt), f"{type(result).__name__}: {_text(result)}")
+        return Pause(retry.delay(attempt), f"{type(result).__name__}: {safe_str(result)}")
     if isinstance(result, MessageError):
         return DeadLetter(result.stage, result.reason, result, result.details)
     if isinstance(result, RetryableError) or result is False:
-        why = (f"{type(result).__name__}: {_text(result)}" if isinstance(result, BaseException)
+        why = (f"{type(result).__name__}: {safe_str(result)}" if isinstance(result, BaseException)
                else "handler returned False")
         if attempt >= retry.max_attempts:
             return DeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
                               result if isinstance(result, BaseException) else None)
         return Retry(retry.delay(attempt), why)
     if isinstance(result, BaseException):
-        return DeadLetter(HANDLER, f"{type(result).__name__}: {_text(result)}", result)
+        return DeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
     if result is True or result is None:
         return Done()
-    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {_text(result, repr)}; "
+    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; "
                                "expected True, False or None")
-
-
-def _text(value: Any, convert: Any = str) -> str:
-    """``str(value)`` (or ``repr``), whatever the handler's exception or return value does in it: a broken
-    ``__str__`` must not stop the consumer."""
-    try:
-        text = convert(value)
-    except Exception:  # noqa: BLE001
-        return f"<{type(value).__name__} {convert.__name__}() failed>"
-    return text if isinstance(text, str) else f"<{type(value).__name__} {convert.__name__}() returned no string>"

@@ -18,6 +18,7 @@ a full window (or a partition holding too many) pauses fetching until work drain
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import signal
@@ -29,17 +30,19 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
+from toolkit.consumer.context import handling
 from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, minimal_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.offsets import OffsetTracker
+from toolkit.consumer.options import check_consumer_options
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
 from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
-from toolkit.envelope import DecodedRecord, SerializerLike
-from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
+from toolkit.envelope import LIMIT_DEPTH, DecodedRecord, SerializerLike
+from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped, safe_str
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
@@ -92,6 +95,13 @@ class KafkaConsumer:
         unknown_schema_grace_s: how long a record whose schema the registry does not know waits (its
             partition holding, asking again with backoff) before it is dead-lettered; 0 = at once.
         kafka_config: extra librdkafka settings for the consumer (override ours).
+        max_nesting_depth: the deepest JSON nesting accepted, counted over the whole envelope (default
+            ``EPISTLE_MAX_NESTING_DEPTH``, 4096; at most 5000); deeper records are dead-lettered at
+            stage ``decode``.
+        dlq_max_message_bytes: the dead-letter producer's ``message.max.bytes`` and the ``max.message.bytes``
+            of the dead-letter topics it creates (``EPISTLE_DLQ_MAX_MESSAGE_BYTES``, 10 MiB): a dead letter
+            over it is sent in its shortened form (docs/dead-letters.md).
+        dead_letter_producer_config: extra librdkafka settings for the dead-letter producer (override ours).
 
     Raises:
         ConfigError: an argument is invalid.
@@ -106,7 +116,10 @@ class KafkaConsumer:
                  dlq_suffix: str | None = None, commit_interval_s: float | None = None,
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
                  kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
+                 max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
+                 dead_letter_producer_config: dict[str, Any] | None = None,
                  unknown_schema_grace_s: float | None = None) -> None:
+        check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -117,6 +130,11 @@ class KafkaConsumer:
         self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
         self.max_poll_records = _positive("max_poll_records", max_poll_records or cfg.max_poll_records)
         self.max_in_flight = _positive("max_in_flight", max_in_flight or cfg.max_in_flight)
+        self.max_nesting_depth = _positive("max_nesting_depth", max_nesting_depth or cfg.max_nesting_depth)
+        if self.max_nesting_depth > LIMIT_DEPTH:
+            raise ConfigError(f"max_nesting_depth {self.max_nesting_depth} is above {LIMIT_DEPTH}: deeper "
+                              "documents may exhaust a thread's stack; use at most that",
+                              setting="max_nesting_depth")
         try:
             self.ordering = OrderingMode(ordering or cfg.ordering)
             self.error_policy = ErrorPolicy(error_policy or cfg.error_policy)
@@ -125,6 +143,9 @@ class KafkaConsumer:
         self.retry = retry or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
                                           cfg.retry_backoff_max_s)
         self.dlq_suffix = dlq_suffix if dlq_suffix is not None else cfg.dlq_suffix
+        self.dlq_max_message_bytes = _positive("dlq_max_message_bytes",
+                                               dlq_max_message_bytes or cfg.dlq_max_message_bytes)
+        self._dead_letter_config = dict(dead_letter_producer_config or {})
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
         grace = cfg.unknown_schema_grace_s if unknown_schema_grace_s is None else unknown_schema_grace_s
@@ -189,7 +210,7 @@ class KafkaConsumer:
         # the consumer as it was, so it can be fixed and started again.
         pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                             self._models if self._models is not None else _default_models(),
-                            self._serializer, self._subject_strategy,
+                            self._serializer, self._subject_strategy, max_depth=self.max_nesting_depth,
                             unknown_schema_grace_s=self.unknown_schema_grace_s)
         self._loop, self._pipeline, self._running = loop, pipeline, True
         self._stop_event = asyncio.Event()
@@ -212,7 +233,8 @@ class KafkaConsumer:
                                   setting="handle_signals") from None
         sender = None
         try:
-            sender = DeadLetterSender(self._client_config, loop)
+            sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
+                                      max_message_bytes=self.dlq_max_message_bytes)
             self._poller.start()
         except Exception as exc:  # librdkafka refused the configuration
             self._abort_start(sender, signals=handle_signals)
@@ -493,13 +515,17 @@ class KafkaConsumer:
                     prepared = self._finish(msg, decoded, source)
                 prepared.message.attempt = attempt
                 route = prepared.route
-                if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
-                    try:
-                        result = await route.call(prepared.message)
-                    finally:
-                        workers.release()
-                else:
-                    result = await self._call(prepared)
+                handled = handling.set(prepared.message)  # for the producer's correlationId carry-over
+                try:
+                    if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
+                        try:
+                            result = await route.call(prepared.message)
+                        finally:
+                            workers.release()
+                    else:
+                        result = await self._call(prepared)
+                finally:
+                    handling.reset(handled)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
@@ -566,7 +592,9 @@ class KafkaConsumer:
         try:
             if route.is_async:
                 return await route.call(prepared.message)
-            result = await self._loop.run_in_executor(self._handler_pool, route.call, prepared.message)
+            # A copy of this context, so the worker thread sees the message in `handling` too.
+            result = await self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run,
+                                                      route.call, prepared.message)
             if inspect.isawaitable(result):
                 result = await result
             return result
@@ -578,17 +606,20 @@ class KafkaConsumer:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
+        headers = _headers(msg)
         try:
+            if headers is None:
+                raise ValueError("the record's headers cannot be read")
             ts_type, ts = msg.timestamp()
             source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                  list(msg.headers() or []), ts if ts_type and ts >= 0 else None, ts_type)
+                                  headers, ts if ts_type and ts >= 0 else None, ts_type)
             record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
                                        details=outcome.details, consumer_group=self.group_id, attempts=attempts,
-                                       suffix=self.dlq_suffix)
+                                       suffix=self.dlq_suffix, max_bytes=self._sender.max_message_bytes)
         except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
             log.exception("building the dead letter failed; sending a minimal one", extra=extra)
             record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                         _headers(msg), stage=outcome.stage, reason=outcome.reason,
+                                         headers, stage=outcome.stage, reason=outcome.reason,
                                          consumer_group=self.group_id, suffix=self.dlq_suffix)
         failures = 0
         while not self._sender.knows(record.topic):
@@ -614,7 +645,7 @@ class KafkaConsumer:
             while True:
                 try:
                     await self._sender.send(record, alone=failures > 0)
-                except BrokerUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry: a dead task would stall commits
                     failures += 1
                     if failures == 1:
                         part.held += 1
@@ -653,7 +684,8 @@ class KafkaConsumer:
         delay = self.retry.delay(failures)
         # Retried forever (the offset stays uncommitted); persistent failures need an operator.
         level = logging.WARNING if failures < 5 else logging.ERROR
-        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, exc,
+        why = exc if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {safe_str(exc)}"
+        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, why,
                 extra=extra)
         return await self._wait(part, delay)
 
@@ -697,9 +729,10 @@ def _extra(msg: Any, prepared: Prepared | None = None) -> dict[str, Any]:
 
 
 def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    """The record's headers; None when the client cannot decode them."""
     try:
         return list(msg.headers() or [])
-    except Exception:  # noqa: BLE001 - headers the client cannot decode
+    except Exception:  # noqa: BLE001
         return None
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from toolkit import _args
 from toolkit.errors import RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
 from toolkit.layout import Subject, load_schemas
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat, same_schema
@@ -46,7 +47,7 @@ class LocalFolderRegistry:
 
     def __init__(self, schemas_dir: Path | str, *, rescan_interval_s: float = RESCAN_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.schemas_dir = Path(schemas_dir)
+        self.schemas_dir = _args.path("schemas_dir", schemas_dir)
         self.rescan_interval_s = rescan_interval_s
         self._clock = clock
         self._subjects: dict[str, Subject] | None = None
@@ -90,6 +91,7 @@ class LocalFolderRegistry:
             return lookup()
 
     def _subject(self, name: str) -> Subject:
+        _args.text("subject", name)
         subjects = self._all()
         if name in subjects:
             return subjects[name]
@@ -138,6 +140,8 @@ class LocalFolderRegistry:
         Raises:
             RegistryRejected: no identical version exists (the fix: add a version file).
         """
+        _args.text("text", text)
+        schema_format = SchemaFormat(schema_format)
         try:
             found = self._subject(subject)
         except SchemaNotFound:
