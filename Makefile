@@ -9,7 +9,7 @@ EPISTLE := $(VENV)/bin/epistle
 STAMP := $(VENV)/.installed
 SERVICES := $(PYTHON) scripts/services.py
 
-.PHONY: help setup services-up services-down services-status codegen codegen-check check test demo bench lint clean
+.PHONY: help setup services-up services-down services-status codegen codegen-check check test demo bench soak lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ demo: setup services-up ## the end-to-end demo on the local broker, with schemas
 bench: setup services-up ## benchmarks; results under bench/results/ (BENCH_ARGS="--messages 20000" for a quick run)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+SOAK_SECONDS ?= 600
+soak: setup ## soak test: valid and hostile records while the consumer, a private broker and registry restart (SOAK_SECONDS=600)
+	EPISTLE_SOAK_SECONDS=$(SOAK_SECONDS) EPISTLE_SOAK_RESULTS=bench/results/soak.json \
+		$(PY) -m pytest tests/reliability/test_soak.py -q -s -p no:cacheprovider
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check toolkit tests scripts bench examples

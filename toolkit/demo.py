@@ -105,6 +105,9 @@ def _shipment(body: dict[str, Any], *, carrier: str | None = None) -> dict:
     return body
 
 
+DEMO_GRACE_S = 2.0
+
+
 def plan_records() -> list[Planned]:
     """The demo's records, in produce order (records with the same key keep their order)."""
     plan: list[Planned] = []
@@ -249,8 +252,10 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
             f"{topics['shipments']} ({PARTITIONS} partitions each)")
 
         shop = Shop(config=ShopConfig(orders_topic=topics["orders"], shipments_topic=topics["shipments"]))
-        consumer = KafkaConsumer.from_settings(settings, registry=registry,
-                                               group_id=group, stop_when_idle=True, commit_interval_s=0.5)
+        # The demo's unknown schema and version are never registered: they wait 2 s (not the 30 s default
+        # of EPISTLE_UNKNOWN_SCHEMA_GRACE_S) before they are dead-lettered.
+        consumer = KafkaConsumer.from_settings(settings, registry=registry, group_id=group, stop_when_idle=True,
+                                               commit_interval_s=0.5, unknown_schema_grace_s=DEMO_GRACE_S)
         wire(consumer, shop)
         out(f"running the shop example until the topics are drained (retries: {consumer.retry.max_attempts} "
             f"attempts, backoff from {consumer.retry.initial_s}s) ...")

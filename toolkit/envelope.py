@@ -12,6 +12,11 @@ Nothing here does I/O. Every failure is a :class:`~toolkit.errors.MessageError` 
 (bytes are not UTF-8 / not JSON / in Confluent's schema-registry wire format / nested too deep / rejected
 by a custom serializer) or ``"envelope"``
 (the document is not an envelope).
+
+The default decoder refuses the ``NaN``/``Infinity`` tokens (not JSON). A number beyond the double range
+(``1e400``) is valid JSON text and decodes to ``inf``: the body's schema decides, and the validators refuse a
+non-finite number wherever the type is a number (Avro ``float``/``double``, JSON Schema ``number``/``integer``),
+naming its path; they refuse NaN/inf too when a custom serializer lets the tokens through.
 """
 
 from __future__ import annotations

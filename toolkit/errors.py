@@ -9,7 +9,8 @@
     │   └── CodegenError            model generation failed for a schema file
     │       └── CodegenFailures     several files failed in one codegen run (``errors`` lists them)
     ├── RegistryError               talking to a schema registry
-    │   ├── SchemaNotFound          subject or version does not exist: permanent, the message is at fault
+    │   ├── SchemaNotFound          the registry answers that the subject or version does not exist
+    │   ├── SchemaNotYetKnown       not found, within the grace period: the partition waits and asks again
     │   ├── RegistryUnavailable     connection refused, timeout, 5xx: transient, retried, never dead-lettered
     │   └── RegistryRejected        the registry refused a schema (incompatible, invalid)
     ├── MessageError                the record itself is at fault: dead-lettered at once with its stage
@@ -131,6 +132,21 @@ class RegistryError(EpistleError):
 
 class SchemaNotFound(RegistryError):
     """The subject or the version does not exist in the registry (permanent)."""
+
+
+class SchemaNotYetKnown(RegistryError):
+    """The registry does not know the subject or version, but the record's grace period is not over: the
+    registry may have been restarted empty and be repopulated, a replica may lag, or a producer may use a
+    version a moment before it is registered. Transient: the partition waits ``retry_in_s`` and asks again;
+    after the grace the record is dead-lettered at stage ``schema``. ``unknown_for_s`` is how long the
+    registry has not known it, ``grace_s`` the grace (``EPISTLE_UNKNOWN_SCHEMA_GRACE_S``)."""
+
+    def __init__(self, message: str, *, unknown_for_s: float, grace_s: float, retry_in_s: float,
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.unknown_for_s = unknown_for_s
+        self.grace_s = grace_s
+        self.retry_in_s = retry_in_s
 
 
 class RegistryUnavailable(RegistryError):

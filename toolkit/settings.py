@@ -145,6 +145,17 @@ class ConsumerSettings(BaseSettings):
     # JSON nesting levels of the whole envelope (envelope object = 1, body object = 2, ...); an Avro
     # recursive record nests two per node. Deeper records are dead-lettered at stage "decode".
     max_nesting_depth: Annotated[int, Field(ge=8, le=LIMIT_DEPTH)] = MAX_DEPTH
+    # Seconds a record whose schema the registry does not know waits (its partition holding, the
+    # registry asked again with backoff) before it is dead-lettered at stage "schema"; 0 = at once.
+    unknown_schema_grace_s: Annotated[float, Field(allow_inf_nan=False)] = 30.0
+
+    @field_validator("unknown_schema_grace_s")
+    @classmethod
+    def _grace(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be seconds >= 0, e.g. 30 (wait up to 30 s for the registry to know a "
+                             "schema) or 0 (dead-letter an unknown schema at once)")
+        return value
 
     @field_validator("ordering", "error_policy", mode="before")
     @classmethod

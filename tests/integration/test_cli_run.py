@@ -95,7 +95,8 @@ def test_run_with_the_apicurio_registry_over_http(kafka_bootstrap, registry_url,
     for name, topic in (("orders", orders), ("shipments", shipments)):
         shutil.copytree(ROOT / "schemas" / name, schemas / name, ignore=shutil.ignore_patterns("samples"))
         (schemas / name / "subject.toml").write_text(f'compatibility = "BACKWARD"\ntopics = ["{topic}"]\n')
-    env = {**run_env(kafka_bootstrap, orders, shipments), "SCHEMA_REGISTRY_SUBJECT_STRATEGY": "topic_value"}
+    env = {**run_env(kafka_bootstrap, orders, shipments), "SCHEMA_REGISTRY_SUBJECT_STRATEGY": "topic_value",
+           "EPISTLE_UNKNOWN_SCHEMA_GRACE_S": "1.5"}
     registered = epistle("register", "--schemas", str(schemas), "--registry-url", registry_url, env=env)
     assert registered.returncode == 0, registered.stdout + registered.stderr
     assert "registered 4" in registered.stdout
@@ -111,6 +112,9 @@ def test_run_with_the_apicurio_registry_over_http(kafka_bootstrap, registry_url,
     (dead,) = read_topic(kafka_bootstrap, f"{shipments}.dlq", expected=1)
     error = dead.json()["error"]
     assert error["stage"] == "schema" and f"{shipments}-value" in error["reason"] and "9" in error["reason"]
+    # epistle run took the grace from EPISTLE_UNKNOWN_SCHEMA_GRACE_S: asked again for 1.5 s, then gave up
+    assert "(EPISTLE_UNKNOWN_SCHEMA_GRACE_S=1.5)" in error["reason"], error["reason"]
+    assert 1.5 <= error["details"][0]["unknown_for_s"] < 10
 
 
 def test_sigterm_finishes_commits_and_exits_zero(kafka_bootstrap, make_topic, group_id):

@@ -42,7 +42,8 @@ def test_avro_bodies_resolved_over_http(kafka_bootstrap, registry_url, make_topi
 
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
                              registry=CachedRegistry(http), subject_strategy=lambda ctx: subject,
-                             stop_when_idle=True, commit_interval_s=0.2, retry=RetryPolicy(2, 0.05, 0.1))
+                             stop_when_idle=True, commit_interval_s=0.2, retry=RetryPolicy(2, 0.05, 0.1),
+                             unknown_schema_grace_s=0)
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))
     assert sorted(seen) == ["v1", "v2"]

@@ -34,7 +34,8 @@ def test_malformed_corpus_is_dead_lettered_with_exact_bytes(kafka_bootstrap, mak
 
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
                              registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=True,
-                             retry=RetryPolicy(max_attempts=2, initial_s=0.05), commit_interval_s=0.2)
+                             retry=RetryPolicy(max_attempts=2, initial_s=0.05), commit_interval_s=0.2,
+                             unknown_schema_grace_s=0)  # the corpus's unknown schema and version at once
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 120))
 

@@ -98,6 +98,25 @@ def test_envelope_round_trip():
     assert JsonSerializer().loads(env.to_bytes())["header"] == HEADER
 
 
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_tokens_are_not_json(token):
+    value = record().replace(b'{"a": 1}', b'{"a": ' + token + b"}")
+    with pytest.raises(MessageError) as info:
+        decode_record(value)
+    assert info.value.stage == "decode" and token.lstrip(b"-").decode() in info.value.reason
+
+
+def test_a_number_beyond_the_double_range_is_left_to_the_schema():
+    # 1e400 is valid JSON text; json.loads makes it inf. The header has no number field, so it fails there;
+    # in the body only the schema knows whether a number may be there (the validators refuse inf for
+    # Avro float/double and JSON Schema number/integer).
+    value = json.dumps({"header": HEADER, "body": {"a": 1}}).encode().replace(b'"m-1"', b"1e400")
+    with pytest.raises(MessageError) as info:
+        decode_record(value)
+    assert info.value.stage == "envelope" and info.value.details[0]["path"] == "/header/messageId"
+    assert decode_record(record().replace(b'{"a": 1}', b'{"a": 1e400}')).body == {"a": float("inf")}
+
+
 @pytest.mark.parametrize("payload", [
     b"\x0cord-1\x02\xa4\x01",  # Avro binary, as confluent-kafka's AvroSerializer writes it after the prefix
     b'{"orderId": "o-1"}',  # JSON, as its JSONSerializer writes it

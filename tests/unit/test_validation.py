@@ -242,3 +242,70 @@ def test_public_api() -> None:
 
     assert sorted(toolkit.validation.__all__) == ["AvroSchema", "CompiledSchema", "JsonSchema", "STAGE",
                                                   "check_schema_text", "compile_schema"]
+
+
+# --- non-finite numbers (issue #11 item 6) ---------------------------------------------------------------
+# json.loads turns a number beyond the double range (1e400) into inf; a serializer that lets NaN/Infinity
+# tokens through gives NaN/inf too. Where the schema's type is a number, that is the body's fault.
+
+NUMBERS_AVRO = _compile("x", 1, SchemaFormat.AVRO, json.dumps({"type": "record", "name": "R", "fields": [
+    {"name": "d", "type": "double", "default": 0.0}, {"name": "f", "type": "float", "default": 0.0},
+    {"name": "u", "type": ["null", "double"], "default": None},
+    {"name": "a", "type": {"type": "array", "items": "double"}, "default": []}]}))
+NUMBERS_JSON = _compile("x", 1, SchemaFormat.JSON, json.dumps({"type": "object", "properties": {
+    "n": {"type": "number"}, "i": {"type": "integer"}, "m": {"type": ["number", "string"]},
+    "a": {"type": "array", "items": {"type": "number"}}}}))
+
+
+@pytest.mark.parametrize(("text", "path", "words"), [
+    ('{"d": 1e400}', "$.d", "beyond the double range"),
+    ('{"d": -1e400}', "$.d", "-1e400"),
+    ('{"d": 1' + "0" * 400 + '.0}', "$.d", "beyond the double range"),
+    ('{"d": NaN}', "$.d", "NaN cannot be a double"),
+    ('{"d": Infinity}', "$.d", "beyond the double range"),
+    ('{"f": 1e39}', "$.f", "beyond the range of a float"),
+    ('{"f": 1e400}', "$.f", "a float cannot hold it"),
+    ('{"u": {"double": 1e400}}', "$.u['double']", "beyond the double range"),
+    ('{"a": [1.0, 2.5, -1e400]}', "$.a[2]", "beyond the double range"),
+])
+def test_avro_float_and_double_refuse_non_finite_numbers(text: str, path: str, words: str) -> None:
+    body = json.loads(text)  # the stdlib decoder: 1e400 is inf, NaN/Infinity tokens accepted
+    with pytest.raises(MessageError) as caught:
+        NUMBERS_AVRO.decode(body)
+    assert caught.value.stage == "validation"
+    assert caught.value.details[0]["path"] == path
+    assert caught.value.reason.startswith(f"{path}: ") and words in caught.value.reason
+
+
+def test_avro_float_and_double_keep_finite_extremes() -> None:
+    body = json.loads('{"d": 1.7976931348623157e308, "f": 3.4e38, "u": {"double": -5e-324}, "a": [0, -0.0, 1e10]}')
+    assert NUMBERS_AVRO.decode(body) == {"d": 1.7976931348623157e308, "f": 3.4e38, "u": -5e-324,
+                                         "a": [0.0, -0.0, 1e10]}
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ('{"n": 1e400}', "$.n"),
+    ('{"n": -1e400}', "$.n"),
+    ('{"i": 1e400}', "$.i"),
+    ('{"m": NaN}', "$.m"),
+    ('{"m": -Infinity}', "$.m"),
+    ('{"a": [1, 1e400]}', "$.a[1]"),
+])
+def test_json_schema_numbers_refuse_non_finite_numbers(text: str, path: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        NUMBERS_JSON.decode(json.loads(text))
+    assert caught.value.stage == "validation"
+    assert caught.value.details[0]["path"] == path
+    assert caught.value.reason.startswith(f"{path}: non-finite number (")
+    assert "cannot hold it" in caught.value.reason
+
+
+def test_json_schema_finite_numbers_still_pass() -> None:
+    body = json.loads('{"n": 1.7976931348623157e308, "i": 3, "m": "text", "a": [0, -0.0, 5e-324]}')
+    assert NUMBERS_JSON.decode(body) == body
+
+
+def test_an_untyped_json_schema_field_is_not_judged() -> None:
+    # {} accepts any value; only a number type is a claim about what the value can hold.
+    compiled = _compile("x", 1, SchemaFormat.JSON, json.dumps({"type": "object", "properties": {"any": {}}}))
+    assert compiled.decode(json.loads('{"any": 1e400}')) == {"any": float("inf")}

@@ -10,12 +10,16 @@
 | MessageError (decode ... routing)               | :class:`DeadLetter` at once with the error's stage  |
 | RegistryUnavailable / BrokerUnavailable         | :class:`Pause`: retry after a backoff, forever;     |
 |                                                 | never dead-lettered, never committed past           |
+| SchemaNotYetKnown (unknown, within the grace)   | :class:`Pause`, the wait capped at the error's      |
+|                                                 | ``retry_in_s``; after the grace the pipeline raises |
+|                                                 | MessageError("schema"): dead letter                 |
 
 With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` instead.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -28,6 +32,7 @@ from toolkit.errors import (
     MessageError,
     RegistryUnavailable,
     RetryableError,
+    SchemaNotYetKnown,
     safe_str,
 )
 
@@ -96,10 +101,12 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """A transient outage (registry, broker): wait and try the same step again; never dead-letter."""
+    """A transient outage (registry, broker) or a schema not known yet: wait and try the same step again;
+    never dead-letter. The runtime backs off per outage, never waiting longer than ``max_delay_s``."""
 
     delay_s: float
     reason: str
+    max_delay_s: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +138,9 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
+    if isinstance(result, SchemaNotYetKnown):
+        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {safe_str(result)}",
+                     result.retry_in_s)
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
         return Pause(retry.delay(attempt), f"{type(result).__name__}: {safe_str(result)}")
     if isinstance(result, MessageError):

@@ -2,13 +2,19 @@
 
 Each step raises :class:`~toolkit.errors.MessageError` with its stage (``decode``, ``envelope``,
 ``schema``, ``validation``, ``model``, ``routing``) when the record is at fault. A registry that cannot be
-reached raises :class:`~toolkit.errors.RegistryUnavailable`, which is not the record's fault. Nothing else
-escapes. Only :meth:`Pipeline.resolve` may do I/O (a registry lookup on a cache miss); the runtime calls
-it off the event loop when :meth:`Pipeline.cached` has no answer.
+reached raises :class:`~toolkit.errors.RegistryUnavailable`, which is not the record's fault; a schema the
+registry does not know raises :class:`~toolkit.errors.SchemaNotYetKnown` (wait and ask again) until it
+has been unknown for the grace period, and only then ``MessageError("schema")``. Nothing else escapes.
+Only :meth:`Pipeline.resolve` may do I/O (a registry lookup on a cache miss); the runtime calls it off the
+event loop when :meth:`Pipeline.cached` has no answer.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -18,7 +24,14 @@ from pydantic import BaseModel, ValidationError
 from toolkit.consumer.deep import is_too_deep, validate_deep
 from toolkit.consumer.handlers import HandlerRegistry, Route
 from toolkit.envelope import MAX_DEPTH, DecodedRecord, Header, SerializerLike, allow_depth, decode_record
-from toolkit.errors import InvalidArgumentType, MessageError, RegistryUnavailable, SchemaNotFound
+from toolkit.errors import (
+    ConfigError,
+    InvalidArgumentType,
+    MessageError,
+    RegistryUnavailable,
+    SchemaNotFound,
+    SchemaNotYetKnown,
+)
 from toolkit.registry.base import (
     RegisteredSchema,
     SchemaRegistry,
@@ -28,6 +41,9 @@ from toolkit.registry.base import (
 )
 
 _MAX_PLANS = 10_000
+UNKNOWN_RETRY_MAX_S = 5.0
+"""Longest wait between two lookups of a schema the registry does not know yet (within the grace)."""
+GRACE_SETTING = "EPISTLE_UNKNOWN_SCHEMA_GRACE_S"
 
 
 @dataclass(slots=True)
@@ -113,7 +129,12 @@ class Pipeline:
 
     def __init__(self, resolver: SchemaResolver, router: HandlerRegistry, models: ModelLookup | None = None,
                  serializer: SerializerLike | None = None,
-                 subject_strategy: SubjectStrategy = schema_name_strategy, *, max_depth: int = MAX_DEPTH):
+                 subject_strategy: SubjectStrategy = schema_name_strategy, *, max_depth: int = MAX_DEPTH,
+                 unknown_schema_grace_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        if (isinstance(unknown_schema_grace_s, bool) or not isinstance(unknown_schema_grace_s, (int, float))
+                or not 0 <= unknown_schema_grace_s < math.inf):
+            raise ConfigError(f"unknown_schema_grace_s must be a number of seconds >= 0, got "
+                              f"{unknown_schema_grace_s!r}", setting="unknown_schema_grace_s")
         self.resolver = resolver
         self.max_depth = max_depth  # EPISTLE_MAX_NESTING_DEPTH: JSON nesting levels of the whole envelope
         allow_depth(max_depth)
@@ -121,6 +142,14 @@ class Pipeline:
         self.models = models
         self.serializer = serializer
         self.subject_strategy = subject_strategy
+        self.unknown_schema_grace_s = float(unknown_schema_grace_s)
+        self._clock = clock
+        try:
+            self._fresh_lookups = "fresh" in inspect.signature(resolver.resolve).parameters
+        except (TypeError, ValueError):
+            self._fresh_lookups = False
+        # (subject, version) the registry did not know -> (first miss, latest miss), monotonic seconds
+        self._unknown: dict[tuple[str, int], tuple[float, float]] = {}
         self._compiled: dict[tuple[str, int], CompiledSchema] = {}
         self._subjects: dict[tuple[str, str, str], str] = {}
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
@@ -147,8 +176,16 @@ class Pipeline:
     def resolve(self, key: tuple[str, int]) -> CompiledSchema:
         """Stage ``schema``; may do registry I/O.
 
+        A subject or version the registry does not know is not final at once: for ``unknown_schema_grace_s``
+        seconds from the first miss of that (subject, version) it raises :class:`SchemaNotYetKnown` (the
+        caller waits ``retry_in_s`` and calls again; the retry asks the registry, past any remembered miss).
+        The clock is per (subject, version), so records queued behind the first one do not each wait a
+        whole grace; it starts again when the key was found meanwhile or not asked about for twice the grace.
+
         Raises:
-            MessageError: stage ``"schema"``: the subject or version does not exist.
+            SchemaNotYetKnown: unknown, within the grace (transient; not the record's fault yet).
+            MessageError: stage ``"schema"``: unknown after the grace (the reason says how long it waited),
+                or a schema the validator cannot compile.
             RegistryUnavailable: the registry cannot be reached (transient; not the record's fault).
         """
         compiled = self._compiled.get(key)
@@ -156,18 +193,54 @@ class Pipeline:
             return compiled
         subject, version = key
         try:
-            _, compiled = self.resolver.resolve(subject, version)
+            if self._fresh_lookups and self._waiting(key):
+                _, compiled = self.resolver.resolve(subject, version, fresh=True)  # type: ignore[call-arg]
+            else:
+                _, compiled = self.resolver.resolve(subject, version)
         except SchemaNotFound as exc:
-            raise MessageError("schema", f"unknown schema: subject {subject!r} version {version}: {exc}",
-                               details=[{"path": "/header/schemaVersion" if "version" in str(exc).lower()
-                                         else "/header/schemaName", "message": str(exc)}]) from None
+            raise self._unknown_schema(key, exc) from None
         except (RegistryUnavailable, MessageError):
             raise
         except Exception as exc:  # a schema the validator cannot compile is not something a retry fixes
             raise MessageError("schema", f"schema {subject!r} v{version} cannot be used: "
                                          f"{type(exc).__name__}: {exc}") from None
+        self._unknown.pop(key, None)
         self._compiled[key] = compiled
         return compiled
+
+    def _waiting(self, key: tuple[str, int]) -> bool:
+        """The registry did not know ``key`` at the last lookup and its grace is not over."""
+        seen = self._unknown.get(key)
+        return seen is not None and self._clock() - seen[0] < self.unknown_schema_grace_s
+
+    def _unknown_schema(self, key: tuple[str, int], exc: SchemaNotFound) -> Exception:
+        subject, version = key
+        grace = self.unknown_schema_grace_s
+        now = self._clock()
+        since, last = self._unknown.get(key, (now, now))
+        if now - last > 2 * grace:  # not asked about for long: a new episode (e.g. the registry lost it again)
+            since = now
+        if key in self._unknown or len(self._unknown) < _MAX_PLANS:  # bounded: keys come from the records
+            self._unknown[key] = (since, now)
+        elif grace > 0:
+            for stale in [k for k, (_, seen) in self._unknown.items() if now - seen > 2 * grace]:
+                del self._unknown[stale]
+            self._unknown[key] = (since, now)
+        waited = now - since
+        what = f"subject {subject!r} version {version}"
+        if waited < grace:
+            left = grace - waited
+            return SchemaNotYetKnown(f"{what} not in the registry (yet): {exc}; asking again for up to "
+                                     f"{left:.1f}s more ({GRACE_SETTING}={grace:g})",
+                                     unknown_for_s=waited, grace_s=grace,
+                                     retry_in_s=min(UNKNOWN_RETRY_MAX_S, max(left, 0.01)),
+                                     subject=subject, version=version)
+        waited_text = (f"still unknown after {waited:.1f}s of asking again ({GRACE_SETTING}={grace:g})"
+                       if grace > 0 else f"not waited for ({GRACE_SETTING}=0)")
+        path = "/header/schemaVersion" if "version" in str(exc).lower() else "/header/schemaName"
+        return MessageError("schema", f"unknown schema: {what}: {exc}; {waited_text}",
+                            details=[{"path": path, "message": str(exc), "unknown_for_s": round(waited, 3),
+                                      "grace_s": grace}])
 
     def bind(self, decoded: DecodedRecord, compiled: CompiledSchema) -> Any:
         """Stages ``validation`` and ``model``: the body as the generated model instance."""

@@ -92,6 +92,8 @@ class KafkaConsumer:
         error_policy: DEAD_LETTER (default) or STOP. retry: attempts and backoff for False/RetryableError.
         serializer: turns record bytes into the envelope document (JSON by default).
         stop_when_idle: stop once every assigned partition reached its end and nothing is in flight.
+        unknown_schema_grace_s: how long a record whose schema the registry does not know waits (its
+            partition holding, asking again with backoff) before it is dead-lettered; 0 = at once.
         kafka_config: extra librdkafka settings for the consumer (override ours).
         max_nesting_depth: the deepest JSON nesting accepted, counted over the whole envelope (default
             ``EPISTLE_MAX_NESTING_DEPTH``, 4096; at most 5000); deeper records are dead-lettered at
@@ -115,7 +117,8 @@ class KafkaConsumer:
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
                  kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
                  max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
-                 dead_letter_producer_config: dict[str, Any] | None = None) -> None:
+                 dead_letter_producer_config: dict[str, Any] | None = None,
+                 unknown_schema_grace_s: float | None = None) -> None:
         topics = check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
@@ -137,6 +140,11 @@ class KafkaConsumer:
         self._dead_letter_config = dict(dead_letter_producer_config or {})
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
+        grace = cfg.unknown_schema_grace_s if unknown_schema_grace_s is None else unknown_schema_grace_s
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
+            raise ConfigError(f"unknown_schema_grace_s must be seconds >= 0, got {grace!r}",
+                              setting="unknown_schema_grace_s")
+        self.unknown_schema_grace_s = float(grace)
         self.shutdown_timeout_s = shutdown_timeout_s
         self.topics = list(topics) if topics is not None else None
         self._kafka_config = dict(kafka_config or {})
@@ -195,7 +203,8 @@ class KafkaConsumer:
         # the consumer as it was, so it can be fixed and started again.
         pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                             self._models if self._models is not None else _default_models(),
-                            self._serializer, self._subject_strategy, max_depth=self.max_nesting_depth)
+                            self._serializer, self._subject_strategy, max_depth=self.max_nesting_depth,
+                            unknown_schema_grace_s=self.unknown_schema_grace_s)
         self._loop, self._pipeline, self._running = loop, pipeline, True
         self._stop_event = asyncio.Event()
         self._stopping, self._failure, self._parts, self._in_flight = False, None, {}, 0
@@ -533,7 +542,7 @@ class KafkaConsumer:
             if isinstance(outcome, Pause):
                 outages += 1
                 stats.paused += 1
-                delay = self.retry.delay(outages)
+                delay = min(self.retry.delay(outages), outcome.max_delay_s)
                 log.warning("outage, waiting %.2fs: %s", delay, outcome.reason, extra=extra)
                 if await self._wait(part, delay):
                     return False

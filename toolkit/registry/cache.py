@@ -7,6 +7,10 @@
 - ``latest`` maps to a version number for ``latest_ttl_s`` seconds.
 - *not found* is remembered for ``not_found_ttl_s`` seconds, so a stream of messages naming an unknown
   version does not hammer the registry. *unavailable* is never cached: the next call asks again.
+- ``resolve(..., fresh=True)`` (a record waiting out its unknown-schema grace, asking again) does not take a
+  remembered miss for an answer: it asks the registry, unless another lookup of the same key got *not
+  found* from the registry after this call began (concurrent retries of one key make one request). A miss
+  therefore never delays a waiting record's retry, and never stretches its grace.
 - Thread-safe: concurrent misses for the same key make one registry request and one compile
   (a per-key lock); misses for different keys do not wait for each other.
 """
@@ -53,7 +57,8 @@ class CachedRegistry(Generic[T]):
         self._clock = clock
         self._entries: dict[tuple[str, int], tuple[RegisteredSchema, T]] = {}
         self._latest: dict[str, tuple[float, int]] = {}  # subject -> (expires at, version)
-        self._missing: dict[tuple[str, Version], tuple[float, str]] = {}  # -> (expires at, message)
+        self._missing: dict[tuple[str, Version], tuple[float, str, float]] = {}  # -> (expires, message, seq)
+        self._misses = 0  # misses remembered so far: a fresh lookup ignores those from before it began
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, Version], threading.Lock] = {}
 
@@ -67,8 +72,10 @@ class CachedRegistry(Generic[T]):
     def __repr__(self) -> str:
         return f"CachedRegistry({self.registry!r}, cached={len(self._entries)})"
 
-    def resolve(self, subject: str, version: Version) -> tuple[RegisteredSchema, T]:
+    def resolve(self, subject: str, version: Version, *, fresh: bool = False) -> tuple[RegisteredSchema, T]:
         """The schema and its compiled artefact; ``version`` is a positive int or ``"latest"``.
+
+        ``fresh``: a remembered *not found* is not an answer; the registry is asked (see the module doc).
 
         Raises:
             SchemaNotFound: the subject or version does not exist (possibly remembered from a recent miss).
@@ -76,12 +83,14 @@ class CachedRegistry(Generic[T]):
             Exception: whatever ``compile`` raises for a schema it cannot compile; not cached.
         """
         _args.subject_version(subject, version)
+        asked_after = self._misses if fresh else None
         if version == LATEST:
-            version = self._latest_version(subject)
+            version = self._latest_version(subject, asked_after)
         entry = self._entries.get((subject, version))  # type: ignore[arg-type]
         if entry is not None:
             return entry
-        return self._fill(subject, version, lambda: self.registry.get(subject, version))  # type: ignore[arg-type]
+        return self._fill(subject, version, lambda: self.registry.get(subject, version),  # type: ignore[arg-type]
+                          asked_after)
 
     # ------------------------------------------------------------------ the protocol
 
@@ -124,21 +133,21 @@ class CachedRegistry(Generic[T]):
 
     # ------------------------------------------------------------------ internals
 
-    def _latest_version(self, subject: str) -> int:
+    def _latest_version(self, subject: str, asked_after: int | None = None) -> int:
         cached = self._latest.get(subject)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        schema, _ = self._fill(subject, LATEST, lambda: self.registry.latest(subject))
+        schema, _ = self._fill(subject, LATEST, lambda: self.registry.latest(subject), asked_after)
         return schema.version
 
-    def _fill(self, subject: str, version: Version,
-              fetch: Callable[[], RegisteredSchema]) -> tuple[RegisteredSchema, T]:
+    def _fill(self, subject: str, version: Version, fetch: Callable[[], RegisteredSchema],
+              asked_after: int | None = None) -> tuple[RegisteredSchema, T]:
         key = (subject, version)
         with self._lock:
             lock = self._key_locks.setdefault(key, threading.Lock())
         try:
             with lock:
-                return self._fill_locked(subject, version, key, fetch)
+                return self._fill_locked(subject, version, key, fetch, asked_after)
         finally:
             # Dropped so unknown keys do not pile up; a thread still holding the old lock at worst makes
             # one redundant request.
@@ -147,12 +156,12 @@ class CachedRegistry(Generic[T]):
                     del self._key_locks[key]
 
     def _fill_locked(self, subject: str, version: Version, key: tuple[str, Version],
-                     fetch: Callable[[], RegisteredSchema]) -> tuple[RegisteredSchema, T]:
+                     fetch: Callable[[], RegisteredSchema], asked_after: int | None) -> tuple[RegisteredSchema, T]:
         if version != LATEST and (entry := self._entries.get(key)) is not None:  # type: ignore[arg-type]
             return entry  # another thread filled it while we waited
         if version == LATEST and (cached := self._latest.get(subject)) and cached[0] > self._clock():
             return self._entries[(subject, cached[1])]
-        self._raise_if_missing(key)
+        self._raise_if_missing(key, asked_after)
         try:
             schema = fetch()
         except SchemaNotFound as exc:
@@ -174,13 +183,16 @@ class CachedRegistry(Generic[T]):
             if len(self._missing) >= MAX_REMEMBERED_MISSES:  # many distinct unknown keys: drop the expired
                 for stale in [k for k, (expires_at, _) in self._missing.items() if expires_at <= now]:
                     del self._missing[stale]
-            self._missing[key] = (now + self._not_found_ttl_s, message)
+            self._misses += 1
+            self._missing[key] = (now + self._not_found_ttl_s, message, self._misses)
 
-    def _raise_if_missing(self, key: tuple[str, Version]) -> None:
+    def _raise_if_missing(self, key: tuple[str, Version], asked_after: int | None = None) -> None:
         missing = self._missing.get(key)
         if missing is None:
             return
-        expires_at, message = missing
+        expires_at, message, seq = missing
+        if asked_after is not None and seq <= asked_after:
+            return  # a fresh lookup: an answer from before this call began does not count
         if expires_at > self._clock():
             # A fresh exception each time: one instance raised in many threads would share a traceback.
             raise SchemaNotFound(message, subject=key[0], version=key[1])

@@ -3,7 +3,10 @@
 The folder is the source of truth and is changed by pull requests, not by this client, so:
 
 - lookups read the folder once (on first use) and answer from memory; :meth:`LocalFolderRegistry.reload`
-  re-reads it;
+  re-reads it, and so does a lookup that finds nothing (at most once per ``rescan_interval_s``, 1 s by
+  default), so a version file added while the consumer runs is found (a record waiting out its
+  unknown-schema grace finds it on its next retry). A folder that cannot be read at that moment (a file
+  half-written) keeps the previous view and answers *not found* until a later re-read succeeds;
 - :meth:`~LocalFolderRegistry.register` writes nothing: a schema identical to an existing version is returned
   as that version (the protocol's idempotence), anything else is refused with the fix (add a version file);
 - :meth:`~LocalFolderRegistry.check_compatibility` answers only for an identical schema; real compatibility
@@ -16,15 +19,23 @@ the topic.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from toolkit import _args
-from toolkit.errors import RegistryError, RegistryRejected, SchemaNotFound
+from toolkit.errors import RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
 from toolkit.layout import Subject, load_schemas
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat, same_schema
 
 TOPIC_VALUE_SUFFIX = "-value"
+RESCAN_INTERVAL_S = 1.0
+
+log = logging.getLogger("toolkit.registry")
+R = TypeVar("R")
 
 
 class LocalFolderRegistry:
@@ -34,25 +45,50 @@ class LocalFolderRegistry:
         SchemaFileError: (on first use) the folder or one of its subjects is invalid.
     """
 
-    def __init__(self, schemas_dir: Path | str) -> None:
+    def __init__(self, schemas_dir: Path | str, *, rescan_interval_s: float = RESCAN_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.schemas_dir = _args.path("schemas_dir", schemas_dir)
+        self.rescan_interval_s = rescan_interval_s
+        self._clock = clock
         self._subjects: dict[str, Subject] | None = None
+        self._loaded_at = 0.0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalFolderRegistry({str(self.schemas_dir)!r})"
 
     def reload(self) -> None:
-        """Re-read the folder (the next lookup sees added version files)."""
+        """Re-read the folder (the next lookup sees added version files).
+
+        Raises:
+            SchemaFileError: the folder or one of its subjects is invalid (the previous view is kept).
+        """
         with self._lock:
+            self._loaded_at = self._clock()
             self._subjects = load_schemas(self.schemas_dir)
 
     def _all(self) -> dict[str, Subject]:
         if self._subjects is None:
             with self._lock:
                 if self._subjects is None:
+                    self._loaded_at = self._clock()
                     self._subjects = load_schemas(self.schemas_dir)
         return self._subjects
+
+    def _or_rescan(self, lookup: Callable[[], R]) -> R:
+        """``lookup()``; when it finds nothing and the folder was read long enough ago, re-read and retry."""
+        try:
+            return lookup()
+        except SchemaNotFound as missing:
+            if self._clock() - self._loaded_at < self.rescan_interval_s:
+                raise
+            try:
+                self.reload()
+            except SchemaFileError as exc:  # e.g. a version file being written: try again on a later miss
+                log.warning("re-reading %s after a miss failed, keeping the previous view: %s",
+                            self.schemas_dir, exc)
+                raise missing from None
+            return lookup()
 
     def _subject(self, name: str) -> Subject:
         _args.text("subject", name)
@@ -73,11 +109,14 @@ class LocalFolderRegistry:
         raise SchemaNotFound(f"subject {name!r} not found in {self.schemas_dir}", subject=name)
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
-        """The schema ``version`` of ``subject``.
+        """The schema ``version`` of ``subject`` (a miss re-reads the folder first, see the module doc).
 
         Raises:
             SchemaNotFound: no such subject folder or version file.
         """
+        return self._or_rescan(lambda: self._get(subject, version))
+
+    def _get(self, subject: str, version: int) -> RegisteredSchema:
         found = self._subject(subject)
         schema_file = found.version(version) if _is_version(version) else None
         if schema_file is None:
@@ -86,7 +125,7 @@ class LocalFolderRegistry:
         return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
 
     def latest(self, subject: str) -> RegisteredSchema:
-        found = self._subject(subject)
+        found = self._or_rescan(lambda: self._subject(subject))
         return _registered(subject, found.latest.version, found.latest.format, found.latest.text)
 
     def subjects(self) -> list[str]:

@@ -17,6 +17,7 @@ on the hot path. Tests check both agree on the golden samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -359,15 +360,41 @@ def _integer(kind: str, low: int, high: int) -> Decoder:
     return decode_integer
 
 
-def _decode_float(value: Any) -> float:
-    if type(value) is float:
-        return value
-    if type(value) is int:
-        try:
-            return float(value)
-        except OverflowError:
-            raise _Mismatch("integer is too large for a float/double") from None
-    raise _Mismatch(f"expected a number, got {_kind(value)}")
+# The smallest magnitude that rounds to infinity in IEEE 754 single precision (2**128 - 2**103).
+_FLOAT_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def _out_of_range(value: float, kind: str) -> _Mismatch:
+    if math.isnan(value):
+        return _Mismatch(f"NaN cannot be a {kind}: JSON has no NaN, and the Avro JSON encoding carries a "
+                         f"{kind} as a finite number")
+    if math.isinf(value):
+        sign = "-" if value < 0 else ""
+        return _Mismatch(f"number beyond the double range (JSON text such as {sign}1e400 decodes to {sign}inf); "
+                         f"a {kind} cannot hold it")
+    return _Mismatch(f"{shorten(repr(value), 40)} is beyond the range of a {kind} (it would be stored as "
+                     "infinity)")
+
+
+def _number(kind: str, limit: float) -> Decoder:
+    """float/double: an int or a finite float below ``limit`` in magnitude (JSON 1e400 decodes to inf)."""
+
+    def decode_number(value: Any) -> float:
+        if type(value) is float:
+            if -limit < value < limit:  # False for inf, -inf and NaN
+                return value
+            raise _out_of_range(value, kind)
+        if type(value) is int:
+            try:
+                result = float(value)
+            except OverflowError:
+                raise _Mismatch(f"integer is too large for a {kind}") from None
+            if not -limit < result < limit:
+                raise _Mismatch(f"integer is too large for a {kind}")
+            return result
+        raise _Mismatch(f"expected a number, got {_kind(value)}")
+
+    return decode_number
 
 
 def _decode_string(value: Any) -> str:
@@ -390,8 +417,8 @@ _PRIMITIVE_DECODERS: dict[str, Decoder] = {
     "boolean": _decode_boolean,
     "int": _integer("int", *_INT),
     "long": _integer("long", *_LONG),
-    "float": _decode_float,
-    "double": _decode_float,
+    "float": _number("float", _FLOAT_OVERFLOW),
+    "double": _number("double", math.inf),
     "string": _decode_string,
     "bytes": _decode_bytes,
 }

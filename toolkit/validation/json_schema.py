@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,34 @@ def _formats_used(node: Any) -> set[str]:
     return found
 
 
+def _finite(base: Any, name: str) -> Any:
+    def is_type(_checker: Any, instance: Any) -> bool:
+        # JSON has no infinity or NaN: a number beyond the double range (1e400) decodes to inf, and a
+        # decoder that lets NaN/Infinity tokens through gives non-finite floats. No number can hold them.
+        if type(instance) is float and not math.isfinite(instance):
+            return False
+        return base.is_type(instance, name)
+
+    return is_type
+
+
+def _with_finite_numbers(cls: type[Validator]) -> type[Validator]:
+    """``cls`` whose ``number`` and ``integer`` types refuse non-finite floats."""
+    base = cls.TYPE_CHECKER
+    finite = base.redefine_many({name: _finite(base, name) for name in ("number", "integer")})
+    return jsonschema.validators.extend(cls, type_checker=finite)
+
+
+def _non_finite_message(error: ValidationError) -> str | None:
+    instance = error.instance
+    if error.validator != "type" or type(instance) is not float or math.isfinite(instance):
+        return None
+    sign = "-" if instance < 0 else ""
+    what = "NaN" if math.isnan(instance) else f"beyond the double range, e.g. {sign}1e400, decoded as {sign}inf"
+    return (f"non-finite number ({what}): JSON has no infinity or NaN, so type {error.validator_value!r} "
+            "cannot hold it")
+
+
 class JsonSchema(CompiledSchema):
     """A JSON Schema version with its validators (format checking on) built once.
 
@@ -122,7 +151,7 @@ class JsonSchema(CompiledSchema):
     def compile(cls, label: str, subject: str, version: int, document: Any) -> JsonSchema:
         """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema (never
         UnsupportedSchema: a valid schema codegen cannot express validates bodies all the same)."""
-        validator_cls = check_json_schema(label, document)
+        validator_cls = _with_finite_numbers(check_json_schema(label, document))
         checker = _format_checker()
         return cls(subject, version, document, validator_cls(document, format_checker=checker),
                    _fast_validator(document, checker))
@@ -163,10 +192,10 @@ def _fast_error(fast: Any, body: Any) -> MessageError:
 def _message_error(errors: list[ValidationError]) -> MessageError:
     best = best_match(errors)
     ordered = [best] + [e for e in sorted(errors, key=relevance, reverse=True) if e is not best]
-    details = [{"path": e.json_path, "message": shorten(e.message), "keyword": str(e.validator)}
-               for e in ordered[:MAX_DETAILS]]
+    details = [{"path": e.json_path, "message": _non_finite_message(e) or shorten(e.message),
+                "keyword": str(e.validator)} for e in ordered[:MAX_DETAILS]]
     more = len(errors) - 1
-    reason = f"{best.json_path}: {shorten(best.message, 200)}"
+    reason = f"{best.json_path}: {_non_finite_message(best) or shorten(best.message, 200)}"
     if more:
         reason += f" (and {more}{'+' if len(errors) == _MAX_ERRORS_SCANNED else ''} more)"
     return MessageError(STAGE, reason, details=details)
