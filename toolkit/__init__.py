@@ -23,6 +23,7 @@ from typing import Any
 
 from toolkit.errors import (
     BrokerUnavailable,
+    BrokerUnreachable,
     ConfigError,
     ConsumerStopped,
     EpistleError,
@@ -47,6 +48,7 @@ _LAZY = {
 __all__ = [
     "BaseHandler",
     "BrokerUnavailable",
+    "BrokerUnreachable",
     "ConfigError",
     "ConsumerStopped",
     "EpistleError",

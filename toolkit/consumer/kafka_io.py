@@ -38,6 +38,20 @@ def broker_error(exc: BaseException, doing: str) -> BrokerUnavailable:
     return BrokerUnavailable(f"{doing}: {name}: {text}")
 
 
+def wait_for_broker(config: dict[str, Any], timeout_s: float) -> None:
+    """Return once a broker of the cluster in ``config`` answers a metadata request (blocking).
+
+    Raises:
+        BrokerUnavailable: none answered within ``timeout_s``.
+    """
+    # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one error raised here
+    admin = AdminClient({**config, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise broker_error(exc, "asking for the cluster's metadata") from None
+
+
 # How long a full in-flight window only stops fetching before the partitions are paused (see _hold).
 WINDOW_HOLD_S = 1.0
 

@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
-from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
+from toolkit.consumer.kafka_io import DeadLetterSender, PollThread, wait_for_broker
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.offsets import OffsetTracker
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
@@ -39,7 +39,7 @@ from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Pla
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.envelope import DecodedRecord, SerializerLike
-from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped
+from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
@@ -88,6 +88,9 @@ class KafkaConsumer:
         serializer: turns record bytes into the envelope document (JSON by default).
         stop_when_idle: stop once every assigned partition reached its end and nothing is in flight.
         kafka_config: extra librdkafka settings for the consumer (override ours).
+        startup_timeout_s: how long :meth:`start` waits for a broker to answer (KAFKA_STARTUP_TIMEOUT_S).
+        group_instance_id: static membership (KAFKA_GROUP_INSTANCE_ID): a restarted process with the same id
+            takes its predecessor's partitions at once. Each process of the group needs its own id.
 
     Raises:
         ConfigError: an argument is invalid.
@@ -101,7 +104,8 @@ class KafkaConsumer:
                  serializer: SerializerLike | None = None, settings: Settings | None = None,
                  dlq_suffix: str | None = None, commit_interval_s: float | None = None,
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
-                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0) -> None:
+                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
+                 startup_timeout_s: float | None = None, group_instance_id: str | None = None) -> None:
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -109,6 +113,11 @@ class KafkaConsumer:
         self.group_id = group_id or kafka.group_id
         self._client_config = {**kafka.client_config(), "bootstrap.servers": self.bootstrap_servers}
         self._auto_offset_reset = kafka.auto_offset_reset
+        self.startup_timeout_s = startup_timeout_s if startup_timeout_s is not None else kafka.startup_timeout_s
+        if not self.startup_timeout_s > 0:
+            raise ConfigError(f"startup_timeout_s must be positive, got {startup_timeout_s!r}",
+                              setting="startup_timeout_s")
+        self.group_instance_id = group_instance_id or kafka.group_instance_id
         self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
         self.max_poll_records = _positive("max_poll_records", max_poll_records or cfg.max_poll_records)
         self.max_in_flight = _positive("max_in_flight", max_in_flight or cfg.max_in_flight)
@@ -168,6 +177,7 @@ class KafkaConsumer:
             ConsumerStopped: ErrorPolicy.STOP met a failing message, or the Kafka client failed fatally.
             ConfigError: no topic to consume, no registry could be built, or ``handle_signals`` outside
                 the main thread.
+            BrokerUnreachable: no broker answered within ``startup_timeout_s`` (nothing was started).
         """
         if self._running:
             raise ConfigError("this consumer is already running")
@@ -199,6 +209,15 @@ class KafkaConsumer:
                 raise ConfigError(f"handle_signals=True needs the event loop of the main thread ({exc}); "
                                   "run the consumer there or pass handle_signals=False",
                                   setting="handle_signals") from None
+        try:
+            await loop.run_in_executor(None, wait_for_broker, self._client_config, self.startup_timeout_s)
+        except BrokerUnavailable as exc:
+            self._abort_start(None, signals=handle_signals)
+            raise BrokerUnreachable(
+                f"no Kafka broker answered at {self.bootstrap_servers} within {self.startup_timeout_s:g}s "
+                f"({exc}); check KAFKA_BOOTSTRAP_SERVERS, or give a slow cluster longer with "
+                f"KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
+                bootstrap_servers=self.bootstrap_servers, timeout_s=self.startup_timeout_s) from None
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop)
@@ -269,6 +288,7 @@ class KafkaConsumer:
                 # librdkafka's prefetch queue (default 64 MB) is memory beside our in-flight window.
                 "queued.max.messages.kbytes": 32768,
                 "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
+                **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
                 **self._kafka_config}
 
     def _default_registry(self) -> Any:
@@ -395,7 +415,11 @@ class KafkaConsumer:
                 part.eof = True
             return True
         if err.fatal():
-            self._fail(ConsumerStopped(f"fatal Kafka error: {err.str()}"))
+            hint = ""
+            if err.code() == KafkaError.FENCED_INSTANCE_ID:
+                hint = (f"; another process joined with group.instance.id {self.group_instance_id!r}: give each "
+                        "process of the group its own KAFKA_GROUP_INSTANCE_ID")
+            self._fail(ConsumerStopped(f"fatal Kafka error: {err.str()}{hint}"))
         else:
             log.warning("fetch error (librdkafka retries): %s", err.str(), extra={"topic": msg.topic()})
         return False
