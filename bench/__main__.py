@@ -2,6 +2,7 @@
 
     python -m bench                       # defaults: 200,000 messages, 3 runs, all contenders, JSON + Avro
     python -m bench --messages 20000 --runs 3 --rss-messages 100000 --latency-seconds 5   # ~1 minute
+    python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
@@ -21,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import backlog
+from bench import backlog, resume
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -114,6 +115,8 @@ def write_markdown(report: dict) -> str:
         m = report["memory"]
         lines += ["## Memory", "", f"Toolkit (T) draining {m['messages']:,} messages: peak RSS "
                   f"{m['peak_rss_mb']} MB (target < {m['target_mb']} MB: {'met' if m['met'] else 'NOT met'}).", ""]
+    if report.get("resume"):
+        lines += resume.markdown(report["resume"])
     if report.get("latency"):
         lt = report["latency"]
         if "error" in lt:
@@ -155,6 +158,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--latency-seconds", type=float, default=30, help="0 skips the latency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=["resume"],
+                        help="run this row alone and merge it into the existing results.json")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite results.md and the chart from an existing results.json")
     args = parser.parse_args()
@@ -164,6 +169,19 @@ def main() -> None:
         write_chart(report, args.out / "throughput.png")
         return
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{os.environ.get('EPISTLE_KAFKA_PORT', '9092')}"
+    if args.only == "resume":
+        previous = args.out / "results.json"
+        report = json.loads(previous.read_text()) if previous.exists() else {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs, "throughput": [],
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                       f"Python {platform.python_version()}"}
+        report["resume"] = resume.resume(bootstrap, args.runs) | {
+            "when": datetime.now(UTC).isoformat(timespec="seconds")}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "results.md").write_text(write_markdown(report) + "\n")
+        print(f"wrote {args.out}/results.json, results.md (resume after SIGKILL)")
+        return
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = sorted(set(contenders) - set(ALL))
     if unknown:
@@ -179,6 +197,7 @@ def main() -> None:
         report["memory"] = memory(bootstrap, args.rss_messages)
     if args.latency_seconds:
         report["latency"] = latency(bootstrap, args.rate, args.latency_seconds)
+    report["resume"] = resume.resume(bootstrap, args.runs)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
