@@ -15,6 +15,7 @@ from spawning it to its first handled record is measured. Two ways of running th
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import statistics
@@ -114,6 +115,7 @@ def measure(bootstrap: str, static: bool) -> dict[str, float]:
 
 def resume(bootstrap: str, runs: int) -> dict:
     """Static membership ``runs`` times, the dynamic baseline once (it waits out a 45 s session)."""
+    load_before = os.getloadavg()[0]
     rows = {}
     for name, static, count in (("static", True, runs), ("dynamic", False, 1)):
         samples = []
@@ -126,11 +128,15 @@ def resume(bootstrap: str, runs: int) -> dict:
                       "median_after_subscribe_s": statistics.median(s["after_subscribe_s"] for s in samples),
                       "runs": samples}
     return {"partitions": PARTITIONS, "rows": rows, "target_s": 5.0,
+            "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "met": rows["static"]["median_s"] < 5.0}
 
 
 def markdown(block: dict) -> list[str]:
-    lines = ["## Resume after SIGKILL", "", *([f"Measured {block['when']}."] if block.get("when") else []),
+    measured = f"Measured {block.get('when', '')}"
+    if block.get("load_average_1m"):
+        measured += f", 1-minute load average {block['load_average_1m'][0]} then {block['load_average_1m'][1]}"
+    lines = ["## Resume after SIGKILL", "", measured + ".",
              f"A consumer of a {block['partitions']}-partition topic is killed (SIGKILL) and started again in the "
              "same group: seconds from spawning the new process to its first handled record (interpreter "
              "start-up, imports and start-up checks included), and from its subscribing (the runtime's "
