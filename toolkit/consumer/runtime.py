@@ -4,7 +4,7 @@
     consumer.register_handler("orders", OrderCreatedHandler(order_service))
     await consumer.start()          # runs until stop(), SIGTERM/SIGINT (handle_signals=True) or idle
 
-How it works (the README's commit semantics): a poll thread owns the librdkafka consumer and hands batches
+How it works (DESIGN.md "Commit semantics"): a poll thread owns the librdkafka consumer and hands batches
 to the event loop. Each partition's records go to *lanes* (one per partition in PARTITION ordering, one per
 key in KEY, one per record in UNORDERED); a lane handles its records one at a time, so a record waiting
 for a retry backoff holds back only its own lane, never other partitions. At most ``max_workers`` handlers
