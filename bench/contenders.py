@@ -11,14 +11,19 @@ records from the beginning.
     T   the toolkit's KafkaConsumer (defaults, and tuned)
     P1  FastStream 0.7 with its confluent backend, the same pydantic model, a no-op handler
     P2  confluent-kafka's DeserializingConsumer with its JSONDeserializer (jsonschema) and the same model
+
+Besides msg/s it reports the peak RSS of this process alone (VmHWM), the CPU it used between the first
+and the last record (all threads, and per thread), and so how many cores it kept busy. ``--cpus 1``
+restricts it to CPU 1 before anything starts.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
-import resource
+import os
 import sys
 import time
 import uuid
@@ -28,10 +33,40 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
+MIN_CPU_WINDOW_S = 0.5
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+_CPU: dict[str, Any] = {}
+
+
+def _start() -> float:
+    """Mark the first record: the wall clock, and the CPU used so far (process and per thread)."""
+    from bench.machine import thread_cpu_seconds
+
+    _CPU["process"], _CPU["threads"] = _process_cpu_s(), thread_cpu_seconds()
+    return time.perf_counter()
+
+
+def _elapsed(started: float) -> float:
+    """Seconds since ``_start``; also takes the CPU used meanwhile (process total and per thread)."""
+    from bench.machine import thread_cpu_seconds
+
+    elapsed = time.perf_counter() - started
+    if "process" in _CPU:
+        _CPU["cpu_s"] = _process_cpu_s() - _CPU["process"]
+        before = _CPU["threads"]
+        by_name: dict[str, float] = {}
+        for tid, (name, seconds) in thread_cpu_seconds().items():
+            used = seconds - before.get(tid, (name, 0.0))[1]
+            if used >= 0.01:
+                by_name[name] = round(by_name.get(name, 0.0) + used, 2)
+        _CPU["threads_cpu_s"] = dict(sorted(by_name.items(), key=lambda kv: -kv[1]))
+    return elapsed
+
+
+def _process_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _consumer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
@@ -62,9 +97,9 @@ def run_l0(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     while seen < count:
         for message in consumer.consume(BATCH, 1.0):
             if message.error() is None:
-                started = started or time.perf_counter()
+                started = started or _start()
                 seen += 1
-    elapsed = time.perf_counter() - started
+    elapsed = _elapsed(started)
     consumer.close()
     return {"messages": seen, "elapsed_s": elapsed}
 
@@ -84,7 +119,7 @@ def run_l1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
         for message in consumer.consume(BATCH, 1.0):
             if message.error() is not None:
                 continue
-            started = started or time.perf_counter()
+            started = started or _start()
             envelope = decode_record(message.value())
             header = envelope.header
             if header.schema_name != schema.subject or header.schema_version != "2":
@@ -95,7 +130,7 @@ def run_l1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
         if time.monotonic() - last_commit > 1.0:
             consumer.commit(asynchronous=True)
             last_commit = time.monotonic()
-    elapsed = time.perf_counter() - started
+    elapsed = _elapsed(started)
     consumer.commit(asynchronous=False)
     consumer.close()
     return {"messages": seen, "elapsed_s": elapsed}
@@ -130,10 +165,10 @@ def run_p1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
 
         @broker.subscriber(topic, group_id=f"bench-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest")
         async def handle(message: Envelope) -> None:
-            state["started"] = state["started"] or time.perf_counter()
+            state["started"] = state["started"] or _start()
             state["seen"] += 1
             if state["seen"] >= count:
-                state["elapsed"] = time.perf_counter() - state["started"]
+                state["elapsed"] = _elapsed(state["started"])
                 done.set()
 
         await broker.start()
@@ -170,13 +205,13 @@ def run_p2(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
         message = consumer.poll(1.0)
         if message is None or message.error() is not None:
             continue
-        started = started or time.perf_counter()
+        started = started or _start()
         consumer.store_offsets(message)
         seen += 1
         if seen % 1000 == 0 and time.monotonic() - last_commit > 1.0:
             consumer.commit(asynchronous=True)
             last_commit = time.monotonic()
-    elapsed = time.perf_counter() - started
+    elapsed = _elapsed(started)
     consumer.close()
     return {"messages": seen, "elapsed_s": elapsed}
 
@@ -188,10 +223,10 @@ def _run_toolkit(bootstrap: str, topic: str, count: int, fmt: str, **options: An
     consumer = KafkaConsumer(bootstrap, f"bench-{uuid.uuid4().hex[:8]}", **options)
 
     def handle(message: Any) -> bool:
-        state["started"] = state["started"] or time.perf_counter()
+        state["started"] = state["started"] or _start()
         state["seen"] += 1
         if state["seen"] == count:
-            state["elapsed"] = time.perf_counter() - state["started"]
+            state["elapsed"] = _elapsed(state["started"])
             consumer.request_stop()
         return True
 
@@ -220,13 +255,35 @@ CONTENDERS: dict[str, Callable[[str, str, int, str], dict[str, Any]]] = {
 }
 
 
+def finish(result: dict[str, Any], cpu: dict[str, Any], peak_rss_mb: float | None) -> dict[str, Any]:
+    """Add the derived figures: msg/s, peak RSS, CPU seconds, cores busy, CPU per 1,000 records."""
+    result["max_rss_mb"] = peak_rss_mb
+    elapsed = result.get("elapsed_s")
+    if elapsed:
+        result["msgs_per_s"] = round(result["messages"] / elapsed, 1)
+        if "cpu_s" in cpu and elapsed >= MIN_CPU_WINDOW_S:  # CPU time ticks by 10 ms: too coarse below
+            result["cpu_s"] = round(cpu["cpu_s"], 3)
+            result["cores_busy"] = round(cpu["cpu_s"] / elapsed, 2)
+            result["cpu_ms_per_1k"] = round(1e6 * cpu["cpu_s"] / result["messages"], 2) if result["messages"] else None
+            result["threads_cpu_s"] = cpu["threads_cpu_s"]
+    return result
+
+
 def main(argv: list[str]) -> None:
-    name, bootstrap, topic, count, fmt = argv[1], argv[2], argv[3], int(argv[4]), argv[5]
-    result = CONTENDERS[name](bootstrap, topic, count, fmt)
-    result["max_rss_mb"] = round(_max_rss_mb(), 1)
-    if "elapsed_s" in result and result["elapsed_s"]:
-        result["msgs_per_s"] = round(result["messages"] / result["elapsed_s"], 1)
-    print(json.dumps(result))
+    parser = argparse.ArgumentParser(prog="python -m bench.contenders")
+    parser.add_argument("name", choices=sorted(CONTENDERS))
+    parser.add_argument("bootstrap")
+    parser.add_argument("topic")
+    parser.add_argument("count", type=int)
+    parser.add_argument("fmt", choices=["json", "avro"])
+    parser.add_argument("--cpus", default="", help="comma-separated CPU numbers this process may run on")
+    args = parser.parse_args(argv[1:])
+    if args.cpus:  # before any thread exists: librdkafka's and the toolkit's threads inherit it
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    from bench.machine import peak_rss_mb
+
+    result = CONTENDERS[args.name](args.bootstrap, args.topic, args.count, args.fmt)
+    print(json.dumps(finish(result, _CPU, peak_rss_mb())))
 
 
 if __name__ == "__main__":

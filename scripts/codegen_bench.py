@@ -5,8 +5,10 @@
 Creates ``--versions`` schema versions in a temporary folder (half JSON Schema, half Avro, each version a
 copy of the example schemas/orders/2.json or schemas/shipments/2.avsc with one extra optional field, so
 each is as rich as the examples), then times the `epistle codegen` command end to end (a subprocess, as
-`make codegen` runs it) and in process, and the decode of one body per format. Prints the figures; writes
-nothing outside the temporary folder. Not a test: no assertions on time.
+`make codegen` runs it): cold (empty output), on the unchanged tree, after one schema changed, `--check` on
+the unchanged tree, and a cold run on one core (``--jobs 1``) for comparison; then in process, and the
+decode of one body per format. Prints wall and CPU (user+sys of the children) seconds; writes nothing
+outside the temporary folder. Not a test: no assertions on time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import argparse
 import copy
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,11 +52,35 @@ def make_schemas(folder: Path, versions: int) -> None:
             (folder / subject / f"{version}.{suffix}").write_text(json.dumps(document, indent=2))
 
 
-def time_command(schemas: Path, out: Path) -> float:
+def time_command(schemas: Path, out: Path, *options: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `epistle codegen` subprocess."""
+    before = os.times()
     started = time.perf_counter()
-    subprocess.run([str(ROOT / ".venv/bin/epistle"), "codegen", "--schemas", str(schemas), "--out", str(out)],
-                   check=True, capture_output=True)
-    return time.perf_counter() - started
+    subprocess.run([sys.executable, "-m", "toolkit.cli", "codegen", "--schemas", str(schemas), "--out", str(out),
+                    *options], check=True, capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - started
+    after = os.times()
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def show(label: str, timing: tuple[float, float]) -> None:
+    print(f"  {label:<34} {timing[0]:6.2f}s wall {timing[1]:6.2f}s CPU")
+
+
+def time_scenarios(schemas: Path, out: Path) -> None:
+    show("cold (empty output)", time_command(schemas, out))
+    show("unchanged tree", time_command(schemas, out))
+    show("--check, unchanged tree", time_command(schemas, out, "--check"))
+    changed = sorted(schemas.glob("*/1.*"))[0]
+    document = json.loads(changed.read_text())
+    if "properties" in document:
+        document["properties"]["benchChanged"] = {"type": "string"}
+    else:
+        document["fields"].append({"name": "benchChanged", "type": ["null", "string"], "default": None})
+    changed.write_text(json.dumps(document, indent=2))
+    show(f"one file changed ({changed.parent.name}/{changed.name})", time_command(schemas, out))
+    show("cold, one core (--jobs 1 --force)", time_command(schemas, out.with_name(out.name + "-serial"), "--jobs",
+                                                           "1", "--force"))
 
 
 def time_decode() -> None:
@@ -83,15 +111,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="codegen-bench-") as temp:
         temp_path = Path(temp)
-        print(f"examples (schemas/, 4 versions): `epistle codegen` "
-              f"{time_command(ROOT / 'schemas', temp_path / 'examples'):.2f}s wall")
+        shutil.copytree(ROOT / "schemas", temp_path / "examples")
+        print("examples (schemas/, 4 versions): `epistle codegen`")
+        time_scenarios(temp_path / "examples", temp_path / "examples-out")
         make_schemas(temp_path / "schemas", args.versions)
-        wall = time_command(temp_path / "schemas", temp_path / "out")
-        print(f"{args.versions} versions: `epistle codegen` {wall:.2f}s wall")
+        print(f"{args.versions} versions: `epistle codegen`")
+        time_scenarios(temp_path / "schemas", temp_path / "out")
         started = time.perf_counter()
         files = generate_models(temp_path / "schemas", temp_path / "out2")
         elapsed = time.perf_counter() - started
-        print(f"{args.versions} versions in process: {elapsed:.2f}s "
+        print(f"{args.versions} versions in process, cold: {elapsed:.2f}s "
               f"({elapsed / args.versions * 1000:.0f} ms per version, {len(files)} files)")
     time_decode()
 

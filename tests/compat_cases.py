@@ -31,6 +31,7 @@ class Case:
     rules: tuple[str, ...] = ()  # rule ids expected among the findings of the failing direction(s)
     note: str = ""
     chain: bool = field(default=False)
+    registry: bool = True  # False: Apicurio 3.0.9 cannot register it (draft 2020-12), so only our verdict is tested
 
 
 # Apicurio 3.0.9 parses JSON Schemas without "$schema" as draft-04 and rejects draft 2020-12 ("could not
@@ -45,12 +46,12 @@ def _declared_draft(fmt: SchemaFormat, version: Any) -> Any:
 
 
 def pair(id: str, fmt: SchemaFormat, old: Any, new: Any, *, backward: bool, forward: bool,
-         rules: tuple[str, ...] = (), note: str = "") -> Case:
+         rules: tuple[str, ...] = (), note: str = "", registry: bool = True) -> Case:
     old, new = _declared_draft(fmt, old), _declared_draft(fmt, new)
     expected = {M.BACKWARD: backward, M.FORWARD: forward, M.FULL: backward and forward,
                 M.BACKWARD_TRANSITIVE: backward, M.FORWARD_TRANSITIVE: forward,
                 M.FULL_TRANSITIVE: backward and forward, M.NONE: True}
-    return Case(id, fmt, (old, new), expected, rules, note)
+    return Case(id, fmt, (old, new), expected, rules, note, registry=registry)
 
 
 def chain(id: str, fmt: SchemaFormat, versions: tuple[Any, ...], *, b: bool, bt: bool, f: bool, ft: bool,
@@ -163,17 +164,49 @@ AVRO_CASES = [
          backward=True, forward=True, note="Avro's checker compares unqualified names"),
     pair("avro-doc-only", AVRO, rec(ID), rec(ID, doc="An event."), backward=True, forward=True),
     pair("avro-renamed-with-short-alias-in-namespace", AVRO, rec(ID, name="Order", namespace="com.shop"),
+         rec(ID, name="Purchase", namespace="com.shop", aliases=["Order"]), backward=True, forward=False,
+         rules=("NAME_MISMATCH",), note="a short alias is relative to the type's namespace (Avro Java); "
+                                        "avro 1.12's Python checker compared it as written"),
+    pair("avro-short-alias-other-namespace", AVRO, rec(ID, name="Order", namespace="com.legacy"),
          rec(ID, name="Purchase", namespace="com.shop", aliases=["Order"]), backward=False, forward=False,
-         rules=("NAME_MISMATCH",), note="avro 1.12's Python checker matches aliases against the writer's "
-                                        "full name "
-                                       "without resolving the alias in the reader's namespace; Java "
-                                       "resolves it"),
+         rules=("NAME_MISMATCH",), note="the short alias means com.shop.Order, not com.legacy.Order"),
+    pair("avro-nested-short-alias-inherits-namespace", AVRO,
+         rec(f("addr", rec(f("city", "string"), name="Address")), namespace="com.shop"),
+         rec(f("addr", rec(f("city", "string"), name="Location", aliases=["Address"])), namespace="com.shop"),
+         backward=True, forward=False, rules=("NAME_MISMATCH",),
+         note="a nested type's short alias takes the enclosing namespace"),
     pair("avro-union-reordered", AVRO, rec(f("v", ["null", "string"], default=None)),
          rec(f("v", ["string", "null"], default="")), backward=True, forward=True),
     pair("avro-decimal-precision-changed", AVRO,
          rec(f("amount", {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2})),
          rec(f("amount", {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2})),
-         backward=True, forward=True, note="the resolution rules ignore logical types"),
+         backward=True, forward=False, rules=("DECIMAL_PRECISION_NARROWED",),
+         note="old readers' precision 10 cannot hold the new 12-digit values; Avro's checker (and Confluent) ignore logical types"),
+    pair("avro-decimal-scale-changed", AVRO,
+         rec(f("amount", {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2})),
+         rec(f("amount", {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 3})),
+         backward=False, forward=False, rules=("DECIMAL_SCALE_CHANGED",),
+         note="the same unscaled bytes read 10 times smaller or larger; Confluent accepts"),
+    pair("avro-timestamp-millis-to-micros", AVRO, rec(f("at", {"type": "long", "logicalType": "timestamp-millis"})),
+         rec(f("at", {"type": "long", "logicalType": "timestamp-micros"})), backward=False, forward=False,
+         rules=("LOGICAL_TYPE_CHANGED",), note="off by a factor of 1000; Confluent accepts"),
+    pair("avro-local-timestamp-millis-to-micros", AVRO,
+         rec(f("at", {"type": "long", "logicalType": "local-timestamp-millis"})),
+         rec(f("at", {"type": "long", "logicalType": "local-timestamp-micros"})), backward=False, forward=False,
+         rules=("LOGICAL_TYPE_CHANGED",), note="avro 1.12 (Python) does not know local-timestamp-*; the attribute is compared"),
+    pair("avro-time-millis-to-micros", AVRO, rec(f("t", {"type": "int", "logicalType": "time-millis"})),
+         rec(f("t", {"type": "long", "logicalType": "time-micros"})), backward=False, forward=False,
+         rules=("LOGICAL_TYPE_CHANGED", "TYPE_MISMATCH"), note="int->long promotes, but millis are read as micros"),
+    pair("avro-date-to-timestamp-millis", AVRO, rec(f("d", {"type": "int", "logicalType": "date"})),
+         rec(f("d", {"type": "long", "logicalType": "timestamp-millis"})), backward=False, forward=False,
+         rules=("LOGICAL_TYPE_CHANGED", "TYPE_MISMATCH"), note="days since the epoch read as milliseconds"),
+    pair("avro-string-to-uuid", AVRO, rec(f("id", "string")), rec(f("id", {"type": "string", "logicalType": "uuid"})),
+         backward=False, forward=False, rules=("LOGICAL_TYPE_CHANGED",),
+         note="a uuid reader may get any string; Confluent accepts"),
+    pair("avro-logical-type-in-nullable-union", AVRO,
+         rec(f("at", ["null", {"type": "long", "logicalType": "timestamp-millis"}], default=None)),
+         rec(f("at", ["null", {"type": "long", "logicalType": "timestamp-micros"}], default=None)),
+         backward=False, forward=False, rules=("LOGICAL_TYPE_CHANGED",), note="found inside a union branch"),
     chain("avro-chain-default-then-required", AVRO,
           (rec(ID), rec(ID, f("b", "int", default=0)), rec(ID, f("b", "int"))), b=True, bt=False, f=True, ft=True,
           rules=("READER_FIELD_MISSING_DEFAULT_VALUE",),
@@ -303,12 +336,14 @@ JSON_CASES = [
          obj({"id": S, "note": S}, closed=None, additionalProperties=S), backward=True, forward=True,
          note="the new property is covered by the partially open content model"),
     pair("json-oneof-to-anyof", JSON, obj({"p": {"oneOf": [S, I]}}), obj({"p": {"anyOf": [S, I]}}),
-         backward=True, forward=True, note="we do not analyse oneOf exclusivity (disjoint branches here)"),
+         backward=True, forward=False, rules=("COMBINED_TYPE_CHANGED",),
+         note="FORWARD: no value is both a string and an integer, so old readers' oneOf reads every value of the new anyOf; Confluent refuses the changed combinator (COMBINED_TYPE_CHANGED)"),
     pair("json-typeless-to-typed", JSON, obj({"v": {}}), obj({"v": S}), backward=False, forward=True,
          rules=("TYPE_NARROWED",)),
     pair("json-integer-exclusive-bound-equivalent", JSON, obj({"n": {"type": "integer", "minimum": 1}}),
-         obj({"n": {"type": "integer", "exclusiveMinimum": 0}}), backward=True, forward=True,
-         note="on integers, > 0 and >= 1 are the same set"),
+         obj({"n": {"type": "integer", "exclusiveMinimum": 0}}), backward=False, forward=False,
+         rules=("EXCLUSIVE_MINIMUM_ADDED", "MINIMUM_ADDED"),
+         note="on integers, > 0 and >= 1 are the same set, so readers cope; Confluent compares keyword by keyword (NumberSchemaDiff) and refuses both ways; Apicurio folds the bounds and accepts BACKWARD"),
     chain("json-chain-max-length-grows", JSON,
           tuple(obj({"s": {"type": "string", "maxLength": n}}) for n in (10, 20, 30)), b=True, bt=True, f=False, ft=False,
           rules=("MAX_LENGTH_DECREASED",)),
@@ -321,4 +356,127 @@ JSON_CASES = [
           b=True, bt=True, f=False, ft=False, rules=("ENUM_ARRAY_NARROWED",)),
 ]
 
+# --- The JSON Schema keyword audit (docs/schema-checks.md, "Keyword audit"): one case per row -----------------
+# Each old -> new pair gives BACKWARD (new reads old) and FORWARD (old reads new, Confluent's check with the
+# roles swapped); FULL is both. Rows already covered above are named in the doc's table.
+
+DRAFT_2020 = "https://json-schema.org/draft/2020-12/schema"
+
+
+def d2020(schema: dict) -> dict:
+    return {"$schema": DRAFT_2020, **schema}
+
+
+ARR_S = {"type": "array", "items": S}
+CARD = obj({"kind": S, "card": S, "expiry": S}, closed=None)
+IS_CARD = {"properties": {"kind": {"const": "card"}}, "required": ["kind"]}
+
+AUDIT_CASES = [
+    pair("audit-const-removed", JSON, obj({"kind": {"const": "card"}}), obj({"kind": S}), backward=False, forward=False,
+         rules=("TYPE_CHANGED", "ENUM_ARRAY_NARROWED"),
+         note="BACKWARD: readers cope, but Confluent reads const -> string as TYPE_CHANGED"),
+    pair("audit-enum-to-typed-enum", JSON, obj({"st": {"enum": ["A", "B"]}}), obj({"st": {"type": "string", "enum": ["A", "B", "C"]}}),
+         backward=False, forward=False, rules=("TYPE_CHANGED", "ENUM_ARRAY_NARROWED"),
+         note="BACKWARD: readers cope, but Confluent reads a plain enum -> type + enum as TYPE_CHANGED"),
+    pair("audit-additional-properties-schema-added", JSON, obj({"id": S}, closed=None),
+         obj({"id": S}, closed=None, additionalProperties=S), backward=False, forward=True,
+         rules=("ADDITIONAL_PROPERTIES_NARROWED",)),
+    pair("audit-pattern-properties-added", JSON, obj({"id": S}, closed=None),
+         obj({"id": S}, closed=None, patternProperties={"^x_": S}), backward=False, forward=True,
+         rules=("PATTERN_PROPERTIES_NARROWED",),
+         note="an open writer may carry x_... with any value; Confluent never compares patternProperties and accepts"),
+    pair("audit-pattern-properties-model-property-added", JSON, obj({"id": S}, closed=None, patternProperties={"^x_": S}),
+         obj({"id": S, "note": S}, closed=None, patternProperties={"^x_": S}), backward=False, forward=False,
+         rules=("PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL", "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL"),
+         note="we treat patternProperties as open for other names (Confluent accepts BACKWARD); Confluent's isOpenContentModel treats it as closed and refuses FORWARD, where readers cope; Apicurio accepts FORWARD"),
+    pair("audit-property-names-added", JSON, obj({"id": S}, closed=None),
+         obj({"id": S}, closed=None, propertyNames={"pattern": "^[a-z]+$"}), backward=False, forward=True,
+         rules=("PROPERTY_NAMES_NARROWED",), note="Confluent does not compare propertyNames and accepts"),
+    pair("audit-max-properties-added", JSON, obj({"id": S}, closed=None), obj({"id": S}, closed=None, maxProperties=5),
+         backward=False, forward=True, rules=("MAX_PROPERTIES_ADDED",)),
+    pair("audit-min-properties-increased", JSON, obj({"id": S}, minProperties=0), obj({"id": S}, minProperties=1),
+         backward=False, forward=True, rules=("MIN_PROPERTIES_INCREASED",)),
+    pair("audit-tuple-item-added-open", JSON, obj({"t": {"type": "array", "items": [S]}}),
+         obj({"t": {"type": "array", "items": [S, I]}}), backward=False, forward=True, rules=("TYPE_NARROWED",)),
+    pair("audit-additional-items-opened", JSON, obj({"t": {"type": "array", "items": [S], "additionalItems": False}}),
+         obj({"t": {"type": "array", "items": [S]}}), backward=True, forward=False,
+         rules=("ADDITIONAL_ITEMS_REMOVED",)),
+    pair("audit-contains-added", JSON, obj({"xs": ARR_S}), obj({"xs": {**ARR_S, "contains": {"const": "main"}}}),
+         backward=False, forward=True, rules=("CONTAINS_ADDED",),
+         note="Confluent compares minContains/maxContains, never the contains schema: it accepts"),
+    pair("audit-contains-added-already-met", JSON, obj({"xs": {**ARR_S, "minItems": 1}}),
+         obj({"xs": {**ARR_S, "minItems": 1, "contains": S}}), backward=True, forward=True,
+         note="every old item is a string and there is at least one, so the new 'contains' holds; Confluent does not compare contains and accepts; Apicurio refuses any contains added"),
+    pair("audit-min-contains-increased", JSON, d2020(obj({"xs": {**ARR_S, "contains": S, "minContains": 1}})),
+         d2020(obj({"xs": {**ARR_S, "contains": S, "minContains": 2}})), backward=False, forward=True,
+         rules=("MIN_CONTAINS_INCREASED",), registry=False),
+    pair("audit-max-contains-added", JSON, d2020(obj({"xs": {**ARR_S, "contains": S}})),
+         d2020(obj({"xs": {**ARR_S, "contains": S, "maxContains": 3}})), backward=False, forward=True,
+         rules=("MAX_CONTAINS_ADDED",), registry=False),
+    pair("audit-format-added", JSON, obj({"mail": S}), obj({"mail": {"type": "string", "format": "email"}}),
+         backward=True, forward=True, note="a warning: format is an annotation unless a validator asserts it; Confluent's StringSchemaDiff does not compare format and accepts; Apicurio refuses"),
+    pair("audit-multiple-of-expanded", JSON, obj({"n": {"type": "integer", "multipleOf": 2}}),
+         obj({"n": {"type": "integer", "multipleOf": 4}}), backward=False, forward=True, rules=("MULTIPLE_OF_CHANGED",)),
+    pair("audit-exclusive-maximum-decreased", JSON, obj({"n": {"type": "number", "exclusiveMaximum": 10}}),
+         obj({"n": {"type": "number", "exclusiveMaximum": 5}}), backward=False, forward=True,
+         rules=("EXCLUSIVE_MAXIMUM_DECREASED",)),
+    pair("audit-anyof-to-oneof", JSON, obj({"p": {"anyOf": [S, I]}}), obj({"p": {"oneOf": [S, I]}}),
+         backward=False, forward=True, rules=("COMBINED_TYPE_CHANGED",),
+         note="BACKWARD: string and integer never overlap, so the new oneOf reads every old value; Confluent refuses the changed combinator"),
+    pair("audit-anyof-to-oneof-overlapping", JSON, obj({"p": {"anyOf": [N, I]}}), obj({"p": {"oneOf": [N, I]}}),
+         backward=False, forward=True, rules=("COMBINED_TYPE_CHANGED",),
+         note="BACKWARD: an integer matches both the number and the integer branch, which the new oneOf rejects; Confluent refuses"),
+    pair("audit-anyof-to-single-allof", JSON, obj({"p": {"anyOf": [S, I]}}),
+         obj({"p": {"allOf": [{"type": ["string", "integer"]}]}}), backward=False, forward=True,
+         rules=("COMBINED_TYPE_CHANGED",),
+         note="BACKWARD: the single conjunct takes both types, so readers cope; Confluent refuses a two-branch anyOf turned into a one-branch allOf"),
+    pair("audit-allof-to-oneof", JSON, obj({"s": {"allOf": [S, {"maxLength": 5}]}}),
+         obj({"s": {"oneOf": [S, {"maxLength": 5}]}}), backward=False, forward=False, rules=("COMBINED_TYPE_CHANGED",),
+         note="every old value matches both branches, which the new oneOf rejects"),
+    pair("audit-anyof-branch-merged", JSON, obj({"p": {"anyOf": [S, I]}}),
+         obj({"p": {"anyOf": [{"type": ["string", "integer"]}]}}), backward=False, forward=False,
+         rules=("SUM_TYPE_NARROWED", "COMBINED_TYPE_SUBSCHEMAS_CHANGED"),
+         note="readers cope both ways (one branch takes both types); Confluent counts branches (BACKWARD) and pairs them one to one (FORWARD), and refuses"),
+    pair("audit-not-added", JSON, obj({"s": S}), obj({"s": {"type": "string", "not": {"const": ""}}}),
+         backward=False, forward=True, rules=("NOT_TYPE_EXTENDED",)),
+    pair("audit-not-added-other-type", JSON, obj({"s": S}), obj({"s": {"type": "string", "not": I}}),
+         backward=False, forward=True, rules=("NOT_TYPE_EXTENDED",),
+         note="BACKWARD: the 'not' excludes integers, which the old strings never are, so readers cope; Confluent refuses a 'not' added"),
+    pair("audit-if-then-else-added", JSON, CARD, {**CARD, "if": IS_CARD, "then": {"required": ["card"]}},
+         backward=False, forward=True, rules=("CONDITIONAL_ADDED",),
+         note="BACKWARD: old card payments may lack 'card', Confluent refuses (TYPE_CHANGED). FORWARD: Confluent's current SchemaDiff accepts a dropped conditional (PRODUCT_TYPE_NARROWED); Apicurio refuses, as Confluent releases before that rule did"),
+    pair("audit-then-narrowed", JSON, {**CARD, "if": IS_CARD, "then": {"required": ["card"]}},
+         {**CARD, "if": IS_CARD, "then": {"required": ["card", "expiry"]}}, backward=False, forward=True,
+         rules=("CONDITIONAL_NARROWED",), note="Confluent does not compare a conditional's branches and accepts"),
+    pair("audit-else-added", JSON, {**CARD, "if": IS_CARD, "then": {"required": ["card"]}},
+         {**CARD, "if": IS_CARD, "then": {"required": ["card"]}, "else": {"properties": {"card": False}}},
+         backward=False, forward=True, rules=("CONDITIONAL_NARROWED",)),
+    pair("audit-dependency-array-added", JSON, CARD, {**CARD, "dependencies": {"card": ["expiry"]}},
+         backward=False, forward=True, rules=("DEPENDENCY_ARRAY_ADDED",)),
+    pair("audit-dependency-array-extended", JSON, {**CARD, "dependencies": {"card": ["expiry"]}},
+         {**CARD, "dependencies": {"card": ["expiry", "kind"]}}, backward=False, forward=True,
+         rules=("DEPENDENCY_ARRAY_EXTENDED",)),
+    pair("audit-dependency-schema-removed", JSON, {**CARD, "dependencies": {"card": {"required": ["expiry"]}}}, CARD,
+         backward=True, forward=False, rules=("DEPENDENCY_SCHEMA_ADDED",),
+         note="new producers may send 'card' without 'expiry', which old readers reject; Confluent refuses"),
+    pair("audit-dependency-schema-narrowed", JSON, {**CARD, "dependencies": {"card": {"properties": {"expiry": S}}}},
+         {**CARD, "dependencies": {"card": {"properties": {"expiry": {"type": "string", "maxLength": 5}}}}},
+         backward=False, forward=True, rules=("MAX_LENGTH_ADDED",)),
+    pair("audit-dependent-required-added", JSON, d2020(CARD), d2020({**CARD, "dependentRequired": {"card": ["expiry"]}}),
+         backward=False, forward=True, rules=("DEPENDENCY_ARRAY_ADDED",), registry=False),
+    pair("audit-dependent-schemas-removed", JSON, d2020({**CARD, "dependentSchemas": {"card": {"required": ["expiry"]}}}),
+         d2020(CARD), backward=True, forward=False, rules=("DEPENDENCY_SCHEMA_ADDED",), registry=False),
+    pair("audit-definitions-ref-narrowed", JSON,
+         obj({"q": {"$ref": "#/definitions/Qty"}}, definitions={"Qty": {"type": "number"}}),
+         obj({"q": {"$ref": "#/definitions/Qty"}}, definitions={"Qty": {"type": "integer"}}),
+         backward=False, forward=True, rules=("TYPE_NARROWED",)),
+    pair("audit-unevaluated-properties-closed", JSON, d2020(obj({"id": S}, closed=None)),
+         d2020(obj({"id": S}, closed=None, unevaluatedProperties=False)), backward=False, forward=True,
+         rules=("UNEVALUATED_PROPERTIES_REMOVED",), registry=False),
+    pair("audit-unevaluated-items-closed", JSON, d2020(obj({"t": {"type": "array", "prefixItems": [S]}})),
+         d2020(obj({"t": {"type": "array", "prefixItems": [S], "unevaluatedItems": False}})), backward=False,
+         forward=True, rules=("UNEVALUATED_ITEMS_REMOVED",), registry=False),
+]
+
+JSON_CASES += AUDIT_CASES
 CASES = AVRO_CASES + JSON_CASES

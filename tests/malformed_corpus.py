@@ -130,6 +130,13 @@ def corpus() -> list[Malformed]:
         Malformed("avro-body-null", _envelope(None, schema="shipments").replace(
             _dump(ORDER), b"null"), "validation"),
         Malformed("one-megabyte", _one_megabyte(), "validation"),
+        # JSON may escape lone surrogates ("\ud800"); UTF-8 cannot hold them, so nothing may re-encode them
+        Malformed("lone-surrogate-in-header", _envelope(messageId="\ud800"), "envelope"),
+        Malformed("lone-surrogate-in-invalid-body", _order(customer__email="\udfff@"), "validation"),
+        Malformed("lone-surrogate-body-key", _order(**{"\ud800": 1}), "validation"),
+        # what confluent-kafka's schema-registry serializers write: magic byte 0, schema id, Avro or JSON
+        Malformed("confluent-wire-avro", b"\x00\x00\x00\x00\x11" + b"\x0cord-1\x02\xa4\x01", "decode"),
+        Malformed("confluent-wire-json", b"\x00\x00\x00\x00\x12" + valid, "decode"),
     ]
     names = [entry.name for entry in entries]
     assert len(names) == len(set(names)), "corpus names must be unique"

@@ -14,13 +14,16 @@
     consumer.register_handler("orders", OrderHandler(orders))
     await consumer.start()
 
-The public API is ``__all__``. The consumer's names are imported on first use, so that commands which
-do not consume (``epistle codegen``, ``epistle check``) start without loading the Kafka client.
+The public API is ``__all__``. The consumer's and the settings' names are imported on first use, so that
+commands which do not consume (``epistle codegen``, ``epistle check``) start without loading the Kafka client,
+pydantic or pydantic-settings (``epistle --help`` loads none of them). ``import toolkit`` also defers the
+slow format-checker modules ``import jsonschema`` pulls in (:mod:`toolkit._lazy`).
 """
 
 from importlib import import_module
 from typing import Any
 
+from toolkit import _lazy
 from toolkit.errors import (
     BrokerUnavailable,
     BrokerUnreachable,
@@ -35,10 +38,15 @@ from toolkit.errors import (
     SchemaFileError,
     SchemaNotFound,
 )
-from toolkit.settings import OrderingMode, Settings, load_settings
+
+_lazy.defer_format_modules()
 
 _LAZY = {
+    "OrderingMode": "toolkit.settings",
+    "Settings": "toolkit.settings",
+    "load_settings": "toolkit.settings",
     "BaseHandler": "toolkit.consumer",
+    "EnvelopeProducer": "toolkit.producer",
     "ErrorPolicy": "toolkit.consumer",
     "KafkaConsumer": "toolkit.consumer",
     "Message": "toolkit.consumer",
@@ -51,6 +59,7 @@ __all__ = [
     "BrokerUnreachable",
     "ConfigError",
     "ConsumerStopped",
+    "EnvelopeProducer",
     "EpistleError",
     "ErrorPolicy",
     "KafkaConsumer",

@@ -15,7 +15,7 @@ import typer
 
 from toolkit.errors import ConfigError, EpistleError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Ouroboros Epistle Forge: schema-governed Kafka consumers for Python.")
 
 SchemasDir = Annotated[Path, typer.Option("--schemas", help="The schemas folder.")]
@@ -29,32 +29,41 @@ def _fail(exc: EpistleError, code: int = 1) -> typer.Exit:
 
 @app.command()
 def codegen(schemas: SchemasDir = Path("schemas"), out: OutDir = Path("generated_models"),
-            check: Annotated[bool, typer.Option("--check", help="Fail if the committed output is stale.")] = False
+            check: Annotated[bool, typer.Option("--check", help="Fail if the committed output is stale.")] = False,
+            force: Annotated[bool, typer.Option(
+                "--force", help="Render every module, ignoring the hashes in _manifest.json.")] = False,
+            jobs: Annotated[int | None, typer.Option(
+                "--jobs", "-j", min=1, show_default=False,
+                help="Processes rendering changed modules (default: the cores available).")] = None,
             ) -> None:
-    """Generate pydantic v2 models from every schema version (make codegen / make codegen-check)."""
+    """Generate pydantic v2 models from every schema version (make codegen / make codegen-check).
+
+    Only the modules whose schema, generator version or options changed are rendered (the hashes are in
+    <out>/_manifest.json); every failing schema file is reported, each with its reason.
+    """
     import time
 
-    from toolkit.codegen import check_models, generate_models
+    from toolkit.codegen import run_codegen
 
     started = time.perf_counter()
     try:
-        if check:
-            differences = check_models(schemas, out)
-        else:
-            files = generate_models(schemas, out)
+        run = run_codegen(schemas, out, check=check, force=force, workers=jobs)
     except EpistleError as exc:
         raise _fail(exc) from None
     elapsed = time.perf_counter() - started
+    build = run.build
+    done = (f"{len(build.rendered)} module(s) rendered, {len(build.reused)} unchanged (reused)")
     if not check:
-        typer.echo(f"codegen: wrote {len(files)} files to {out}/ from {schemas}/ in {elapsed:.2f}s")
+        what = f"wrote {len(run.files)} files to {out}/" if run.written else f"{out}/ was already up to date"
+        typer.echo(f"codegen: {what} from {schemas}/; {done}; {elapsed:.2f}s")
         return
-    if differences:
-        for difference in differences:
+    if run.differences:
+        for difference in run.differences:
             typer.secho(f"stale: {out}/{difference}", err=True, fg=typer.colors.RED)
-        typer.secho(f"error: {out}/ is out of date with {schemas}/ ({len(differences)} file(s)); "
+        typer.secho(f"error: {out}/ is out of date with {schemas}/ ({len(run.differences)} file(s)); "
                     "run `make codegen` and commit the result", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
-    typer.echo(f"codegen-check: {out}/ is up to date with {schemas}/ ({elapsed:.2f}s)")
+    typer.echo(f"codegen-check: {out}/ is up to date with {schemas}/ ({done}; {elapsed:.2f}s)")
 
 
 RegistryUrl = Annotated[str | None, typer.Option(
@@ -140,13 +149,15 @@ def check(schemas: SchemasDir = Path("schemas"),
     """Schema checks: valid files, published versions unchanged, compatibility per mode (make check)."""
     from toolkit.compat.check import run_check
     from toolkit.compat.report import github_annotations, render_json, render_text
-    from toolkit.settings import load_settings
 
     if output not in ("text", "json"):
         raise _fail(EpistleError(f"--format {output!r}: use text or json"), 2)
     try:
-        # The registry's credentials and TLS come from SCHEMA_REGISTRY_* as for register and verify.
-        registry = load_settings(registry__url=registry_url).registry if registry_url else None
+        registry = None
+        if registry_url:  # its credentials and TLS come from SCHEMA_REGISTRY_* as for register and verify
+            from toolkit.settings import load_settings  # pydantic-settings: only when a registry is asked
+
+            registry = load_settings(registry__url=registry_url).registry
         report = run_check(schemas, base=base, registry=registry)
     except EpistleError as exc:
         raise _fail(exc) from None

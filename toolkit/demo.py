@@ -4,11 +4,13 @@
    demo can run again and again on the same cluster; they and their ``.dlq`` topics are deleted at the end
    unless ``--keep``.
 2. Produces a realistic mix for the shop example (:mod:`examples.shop`): valid orders v1/v2 and shipments
-   v1/v2 built from the golden samples, orders the warehouse refuses once (False, then done) or locks once
-   (RetryableError, then done), an order it never confirms (retries exhausted), a duplicate order and a
-   shipment with an uncontracted carrier (handler exceptions), and malformed records for every pipeline
-   stage (not UTF-8, not JSON, bad envelopes, unknown schema and version, bodies failing validation, a
-   message type with no handler, a schema the handler does not accept).
+   v1/v2 built from the golden samples and published as generated models through
+   :class:`~toolkit.producer.EnvelopeProducer` (validated first), orders the warehouse refuses once (False,
+   then done) or locks once (RetryableError, then done), an order it never confirms (retries exhausted), a
+   duplicate order and a shipment with an uncontracted carrier (handler exceptions), valid models the
+   router has no handler for (a message type with no handler, a schema the handler does not accept), and
+   malformed records for the other stages (not UTF-8, not JSON, bad envelopes, unknown schema and
+   version, bodies failing validation), produced as raw bytes since the producer would refuse them.
 3. Runs the shop's handlers until the topics are drained (``stop_when_idle``), reads the dead-letter
    topics back, prints a summary per topic and checks that every outcome was seen (exit 1 if not).
 
@@ -26,7 +28,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +44,16 @@ OUTCOMES = ("processed", "recovered after retry", "retries_exhausted", "handler"
 
 @dataclass(frozen=True)
 class Planned:
-    """One record the demo produces, and the outcome it should get."""
+    """One record the demo produces, and the outcome it should get: a generated ``model`` published through
+    the producer (``value`` is filled in once it is built), or hostile raw bytes in ``value``."""
 
     role: str  # "orders" or "shipments"
     label: str
-    value: bytes
+    value: bytes | None
     expect: str  # "processed", "recovered", or the dead-letter stage
     key: bytes | None = None
+    model: Any = None
+    message_type: str | None = None
 
 
 # -- the mix -----------------------------------------------------------------------------------------------
@@ -64,6 +70,21 @@ def _envelope(schema: str, version: int | str, body: Any, message_type: str, **h
     from toolkit.consumer.testing import envelope_bytes
 
     return envelope_bytes(schema, version, body, message_type=message_type, producer="epistle-demo", **header)
+
+
+@cache
+def _compiled(schema: str, version: int) -> Any:
+    from toolkit.registry import LocalFolderRegistry
+    from toolkit.validation import compile_schema
+
+    return compile_schema(LocalFolderRegistry(SCHEMAS).get(schema, version))
+
+
+def _model(schema: str, version: int, body: Any) -> Any:
+    """The generated model of a body (Avro bodies in their JSON encoding), as the consumer builds it."""
+    from toolkit.codegen.index import load_model_index
+
+    return load_model_index().get(schema, version).model_validate(_compiled(schema, version).decode(body))
 
 
 def _order(body: dict[str, Any], *, order_id: str | None = None, skus: list[str] | None = None) -> dict:
@@ -91,13 +112,17 @@ def plan_records() -> list[Planned]:
     def add(role: str, label: str, value: bytes, expect: str = "processed", key: str | None = None) -> None:
         plan.append(Planned(role, label, value, expect, key.encode() if key else None))
 
+    def publish(role: str, label: str, schema: str, version: int, body: dict, expect: str, kind: str) -> None:
+        plan.append(Planned(role, label, None, expect, body["orderId"].encode(), _model(schema, version, body),
+                            kind))
+
     def order(label: str, version: int, body: dict, expect: str = "processed",
               kind: str = "OrderPlaced") -> None:
-        add("orders", label, _envelope("orders", version, body, kind), expect, body["orderId"])
+        publish("orders", label, "orders", version, body, expect, kind)
 
     def shipment(label: str, version: int, body: dict, expect: str = "processed",
                  kind: str = "ShipmentCreated") -> None:
-        add("shipments", label, _envelope("shipments", version, body, kind), expect, body["orderId"])
+        publish("shipments", label, "shipments", version, body, expect, kind)
 
     # Valid records: every golden sample of every version, twice (placed, then amended / status changed).
     for version in (1, 2):
@@ -141,10 +166,9 @@ def plan_records() -> list[Planned]:
     add("shipments", "Avro decimal as a JSON number",
         _envelope("shipments", 1, _sample("shipments", 1, "decimal-as-number"), "ShipmentCreated"),
         "validation")
-    add("shipments", "messageType with no handler",
-        _envelope("shipments", 1, _shipment(s1), "ShipmentLabelPrinted"), "routing")
-    add("orders", "a shipment on the orders topic",
-        _envelope("shipments", 2, _shipment(s2), "ShipmentCreated"), "routing")
+    shipment("messageType with no handler", 1, _shipment(s1), "routing", kind="ShipmentLabelPrinted")
+    publish("orders", "a shipment on the orders topic", "shipments", 2, _shipment(s2), "routing",
+            "ShipmentCreated")
     return plan
 
 
@@ -193,6 +217,7 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
     from toolkit.consumer import KafkaConsumer
     from toolkit.consumer.deadletter import original_record
     from toolkit.consumer.testing import produce, read_topic
+    from toolkit.producer import EnvelopeProducer
     from toolkit.registry import CachedRegistry, LocalFolderRegistry
     from toolkit.settings import load_settings
 
@@ -207,14 +232,23 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
     _create_topics(bootstrap, list(topics.values()))
     try:
         started = time.perf_counter()
-        for role, topic in topics.items():
-            produce(bootstrap, topic, [(p.key, p.value) for p in plan if p.role == role])
+        registry = CachedRegistry(LocalFolderRegistry(SCHEMAS))
+        for role, topic in topics.items():  # the hostile records, as raw bytes
+            produce(bootstrap, topic, [(p.key, p.value) for p in plan if p.role == role and p.model is None])
+        with EnvelopeProducer(settings=settings, registry=registry, name="epistle-demo") as producer:
+            deliveries = []
+            for index, p in enumerate(plan):
+                if p.model is not None:  # validated, enveloped, acks=all; the bytes kept to match dead letters
+                    record = producer.build(topics[p.role], p.model, key=p.key, message_type=p.message_type)
+                    plan[index] = replace(p, value=record.value)
+                    deliveries.append(producer.send_record(record))
+            for delivery in deliveries:
+                delivery.result(timeout=30)
         counts = Counter(p.role for p in plan)
         out(f"produced {counts['orders']} records to {topics['orders']} and {counts['shipments']} to "
             f"{topics['shipments']} ({PARTITIONS} partitions each)")
 
         shop = Shop(config=ShopConfig(orders_topic=topics["orders"], shipments_topic=topics["shipments"]))
-        registry = CachedRegistry(LocalFolderRegistry(SCHEMAS))
         consumer = KafkaConsumer.from_settings(settings, registry=registry,
                                                group_id=group, stop_when_idle=True, commit_interval_s=0.5)
         wire(consumer, shop)

@@ -9,7 +9,8 @@ All header fields are strings on the wire (camelCase); in Python they are snake_
 without sign, leading zeros or decimals ("1", "2"; not "01", "-1", "1.0").
 
 Nothing here does I/O. Every failure is a :class:`~toolkit.errors.MessageError` with stage ``"decode"``
-(bytes are not UTF-8 / not JSON / nested too deep / rejected by a custom serializer) or ``"envelope"``
+(bytes are not UTF-8 / not JSON / in Confluent's schema-registry wire format / nested too deep / rejected
+by a custom serializer) or ``"envelope"``
 (the document is not an envelope).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,10 +27,18 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
-from toolkit.errors import MessageError
+from toolkit import _args
+from toolkit.errors import MessageError, safe_str
 
-MAX_DEPTH = 256
-"""Deepest nesting of arrays/objects accepted in an envelope (the body's schema never needs more)."""
+MAX_DEPTH = 4096
+"""The default of ``EPISTLE_MAX_NESTING_DEPTH``: the deepest JSON nesting accepted in a record, counted over
+the whole envelope (the envelope object is level 1, the body object level 2, each object or array inside
+it one more). An Avro recursive record nests two levels per node (the record, then its union wrapper
+``{"Node": ...}``), so 4096 admits a linked list of about 2,000 nodes."""
+LIMIT_DEPTH = 5000
+"""The highest accepted setting. Deeper documents may exhaust a thread's 8 MB stack in the C and Rust
+parsers and validators (a crash, not an exception: jsonschema explaining a 10,000-level body did; 8,000
+did not)."""
 
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
@@ -101,7 +111,7 @@ class EnvelopeSerializer(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -109,7 +119,7 @@ class JsonSerializer:
     """The default: strict UTF-8 JSON (no NaN/Infinity, no BOM, no UTF-16/32 guessing)."""
 
     # One decoder for every record: json.loads with an option builds a new JSONDecoder per call.
-    _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    _decoder = json.JSONDecoder(parse_constant=reject_constant)
 
     def loads(self, data: bytes) -> Any:
         return self._decoder.decode(data.decode("utf-8"))
@@ -128,6 +138,7 @@ class DecodedRecord:
 
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True when ``value`` nests lists/dicts deeper than ``limit`` (iterative, safe on any depth)."""
+    _args.integer("limit", limit)
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -143,24 +154,59 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def _load(value: bytes, serializer: SerializerLike | None) -> Any:
+def allow_depth(max_depth: int) -> None:
+    """Raise Python's recursion limit (never lower it) so that documents ``max_depth`` levels deep can be
+    parsed, validated and decoded: ``json`` and the Avro decoder use up to two frames per level."""
+    needed = 2 * _args.integer("max_depth", max_depth, low=1, high=LIMIT_DEPTH) + 2000
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
+
+
+def _too_deep(max_depth: int) -> MessageError:
+    return MessageError("decode", f"nested deeper than {max_depth} levels (EPISTLE_MAX_NESTING_DEPTH counts the "
+                                  "JSON nesting levels of the whole envelope)")
+
+
+def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_DEPTH) -> Any:
     # An attribute look-up, not isinstance(serializer, EnvelopeSerializer): a runtime-checkable Protocol
     # check costs ~9 us per record (a third of the runtime's own overhead in the benchmark profile).
     loads = _DEFAULT.loads if serializer is None else getattr(serializer, "loads", serializer)
     try:
         document = loads(value)
-    except UnicodeDecodeError as exc:
-        raise MessageError("decode", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise MessageError("decode", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels") from None
-    except Exception as exc:  # a custom serializer's own error: still the record's fault
-        raise MessageError("decode", f"{type(exc).__name__}: {exc}") from None
+        raise _too_deep(max_depth) from None
+    except Exception as exc:
+        raise MessageError("decode", _load_failure(value, exc, custom=serializer is not None)) from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
-    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and depth_exceeds(document):
-        raise MessageError("decode", f"nested deeper than {MAX_DEPTH} levels")
+    if value.count(b"[") + value.count(b"{") > max_depth and depth_exceeds(document, max_depth):
+        raise _too_deep(max_depth)
     return document
+
+
+def _load_failure(value: bytes, exc: Exception, *, custom: bool) -> str:
+    """Why the bytes did not load. A custom serializer's error is its own (the record is still at
+    fault) and is kept as it is; the default JSON reader's error names Confluent's wire format when the
+    bytes are in it, since that, not the JSON error, is what the producer got wrong."""
+    wire = None if custom else _wire_format(value)
+    if wire is not None:
+        return wire
+    if isinstance(exc, UnicodeDecodeError) and not custom:
+        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, json.JSONDecodeError) and not custom:
+        return f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    return f"{type(exc).__name__}: {safe_str(exc)}"  # e.g. NaN refused, or the custom serializer's words
+
+
+def _wire_format(value: bytes) -> str | None:
+    """The reason for a record in Confluent's wire format (what its schema-registry serializers write:
+    magic byte 0, the schema id as a 4-byte big-endian int, then Avro binary, JSON or Protobuf), else
+    None. Asked only once decoding failed, so it costs nothing on the way of a good record."""
+    if len(value) < 5 or value[0] != 0:
+        return None
+    schema_id = int.from_bytes(value[1:5], "big")
+    return (f"Confluent wire format (magic byte 0, schema id {schema_id}, {len(value) - 5} bytes of "
+            "Avro, JSON or Protobuf after it): this consumer reads {header, body} envelopes of UTF-8 JSON, "
+            "not records written by a schema-registry serializer")
 
 
 def _error_details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
@@ -197,8 +243,11 @@ def parse_envelope(document: Any) -> DecodedRecord:
     return DecodedRecord(header, document["body"])
 
 
-def decode_record(value: bytes | None, serializer: SerializerLike | None = None) -> DecodedRecord:
-    """Bytes of a record value -> header and body.
+def decode_record(value: bytes | None, serializer: SerializerLike | None = None, *,
+                  max_depth: int = MAX_DEPTH) -> DecodedRecord:
+    """Bytes of a record value -> header and body; ``max_depth`` is ``EPISTLE_MAX_NESTING_DEPTH`` (see
+    :data:`MAX_DEPTH`; call :func:`allow_depth` once with it, as the consumer does, for more than Python's
+    default recursion limit allows).
 
     Raises:
         MessageError: stage ``"decode"`` (not UTF-8, not JSON, too deep, serializer failed) or
@@ -206,7 +255,11 @@ def decode_record(value: bytes | None, serializer: SerializerLike | None = None)
     """
     if value is None:
         raise MessageError("decode", "the record has no value (a tombstone)")
-    return parse_envelope(_load(value, serializer))
+    if value.__class__ is not bytes and not isinstance(value, bytes | bytearray):
+        raise MessageError("decode", f"the record value is a {type(value).__name__}, not bytes")
+    if max_depth.__class__ is not int or max_depth < 1:  # cheap on the hot path: a class identity check
+        _args.integer("max_depth", max_depth, low=1, fix=" (EPISTLE_MAX_NESTING_DEPTH)")
+    return parse_envelope(_load(value, serializer, max_depth))
 
 
 def _json_type(value: Any) -> str:

@@ -1,9 +1,13 @@
 """Every error the toolkit raises derives from :class:`EpistleError`.
 
     EpistleError
-    ├── ConfigError                 bad setting or config file: names the setting/file, the field and the fix
+    ├── InvalidArgument             a public function got a value it cannot use (also a ValueError)
+    │   └── InvalidArgumentType     ... a value of the wrong type (also a TypeError)
+    ├── ConfigError                 bad setting, option or config file: names it, the field and the fix
     ├── SchemaFileError             a schema file or the schemas/ layout is wrong (file, field, fix)
+    │   ├── UnsupportedSchema       a valid schema using a construct the toolkit cannot generate a model for
     │   └── CodegenError            model generation failed for a schema file
+    │       └── CodegenFailures     several files failed in one codegen run (``errors`` lists them)
     ├── RegistryError               talking to a schema registry
     │   ├── SchemaNotFound          subject or version does not exist: permanent, the message is at fault
     │   ├── RegistryUnavailable     connection refused, timeout, 5xx: transient, retried, never dead-lettered
@@ -12,24 +16,60 @@
     ├── RetryableError              raised by a handler: "not now", retried with backoff, then dead-lettered
     ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
     │   └── BrokerUnreachable       no broker answered at start-up within KAFKA_STARTUP_TIMEOUT_S
-    └── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
+    ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
+    ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
+    ├── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
+    └── ScaffoldError               `epistle new`: invalid answers, the target exists, generating failed
 
 Errors carry their context as attributes (file, subject, version, stage, ...) so callers and logs need
 not parse messages. Secrets never appear in any message.
+
+Where a public function used to raise a built-in error on bad input (``ValueError``, ``TypeError``), it now
+raises a toolkit error that is also an instance of that built-in (:class:`InvalidArgument` is a
+``ValueError``, :class:`InvalidArgumentType` also a ``TypeError``), so existing ``except ValueError``
+clauses keep working.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def safe_str(value: Any, convert: Callable[[Any], str] = str) -> str:
+    """``str(value)`` (or ``repr`` with ``convert=repr``), whatever the object's ``__str__`` does: when it
+    raises, a placeholder naming the class, e.g. ``<StrFails str() failed>``. Used wherever an exception or
+    a value from user code is put into text, so a broken ``__str__`` never stops the consumer."""
+    try:
+        return convert(value)
+    except Exception:  # noqa: BLE001 - any failure of user code becomes the placeholder
+        try:
+            name = type(value).__name__
+        except Exception:  # noqa: BLE001
+            name = "object"
+        return f"<{name} {getattr(convert, '__name__', 'str')}() failed>"
 
 
 class EpistleError(Exception):
     """Root of the toolkit's exceptions."""
 
 
+class InvalidArgument(EpistleError, ValueError):
+    """A public function got an argument it cannot use; ``argument`` names it and the message says the fix."""
+
+    def __init__(self, message: str, *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """A public function got an argument of the wrong type (also a ``TypeError``)."""
+
+
 class ConfigError(EpistleError):
-    """A setting or a config file is invalid. The message names the setting (or file and field) and the fix."""
+    """A setting, an option or a config file is invalid. The message names the setting (or option, or file
+    and field) and the fix."""
 
     def __init__(self, message: str, *, setting: str | None = None, path: Path | None = None) -> None:
         super().__init__(message)
@@ -48,9 +88,37 @@ class SchemaFileError(EpistleError):
         where = f"{self.path}" + (f" [{field}]" if field else "")
         super().__init__(f"{where}: {problem}" + (f" -- fix: {fix}" if fix else ""))
 
+    def __reduce__(self) -> tuple:
+        # Picklable with its attributes (codegen sends errors back from worker processes).
+        return _rebuild_schema_error, (type(self), str(self.path), self.problem, self.field, self.fix)
+
+
+def _rebuild_schema_error(cls: type[SchemaFileError], path: str, problem: str, field: str | None,
+                          fix: str | None) -> SchemaFileError:
+    return cls(path, problem, field=field, fix=fix)
+
+
+class UnsupportedSchema(SchemaFileError):
+    """A valid schema that uses a construct the toolkit cannot turn into a usable model; ``field`` is the
+    JSON path of the construct and ``fix`` says what to write instead. ``epistle check`` reports it."""
+
 
 class CodegenError(SchemaFileError):
     """Generating a model from a schema file failed."""
+
+
+class CodegenFailures(CodegenError):
+    """Several schema files failed in one codegen run; ``errors`` holds each one (file, field, fix), and the
+    message lists them one per line."""
+
+    def __init__(self, schemas_dir: Path | str, errors: list[SchemaFileError]) -> None:
+        self.errors = list(errors)
+        lines = "".join(f"\n  - {error}" for error in self.errors)
+        super().__init__(schemas_dir, f"{len(self.errors)} schema files cannot be generated:{lines}",
+                         fix="correct each file as its line says; `epistle check` reports the same problems")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self.path), self.errors)
 
 
 class RegistryError(EpistleError):
@@ -120,3 +188,14 @@ class ConsumerStopped(EpistleError):
                  partition: int | None = None, offset: int | None = None) -> None:
         super().__init__(message)
         self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
+
+
+class ScaffoldError(EpistleError):
+    """``epistle new``: the answers are invalid, the target exists, or generating failed. ``problems`` holds
+    each invalid answer (field, value, problem, fix: ``toolkit.scaffold.rules.Problem``); ``field`` is the
+    first one's field. Re-exported as ``toolkit.scaffold.ScaffoldError``."""
+
+    def __init__(self, message: str, *, field: str | None = None, problems: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+        self.field = field or (self.problems[0].field if self.problems else None)

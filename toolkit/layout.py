@@ -25,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from toolkit import _args
 from toolkit.errors import SchemaFileError
 
 SUBJECT_CONFIG = "subject.toml"
@@ -37,6 +38,8 @@ class SchemaFormat(StrEnum):
 
     JSON = "JSON"
     AVRO = "AVRO"
+
+    _missing_ = classmethod(_args.not_a_member)
 
     @classmethod
     def from_suffix(cls, suffix: str) -> SchemaFormat | None:
@@ -53,6 +56,8 @@ class Compatibility(StrEnum):
     FULL = "FULL"
     FULL_TRANSITIVE = "FULL_TRANSITIVE"
     NONE = "NONE"
+
+    _missing_ = classmethod(_args.not_a_member)
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,17 @@ class Subject:
 
 def parse_json_file(path: Path, text: str | None = None) -> Any:
     """Parse a JSON file, raising SchemaFileError with the line and column of a syntax error."""
+    path = _args.path("path", path)
+    if text is not None:
+        _args.text("text", text)
     try:
         text = path.read_text(encoding="utf-8") if text is None else text
     except UnicodeDecodeError as exc:
         raise SchemaFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                               fix="save the file as UTF-8") from None
+    except OSError as exc:
+        raise SchemaFileError(path, f"cannot be read ({exc.strerror or exc})",
+                              fix="give the path of a readable JSON file") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -107,12 +118,17 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
 
 
 def load_subject_config(path: Path) -> SubjectConfig:
+    """Read a subject.toml (defaults when it does not exist). Raises SchemaFileError when it is invalid."""
+    path = _args.path("path", path)
     if not path.exists():
         return SubjectConfig()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SchemaFileError(path, f"not valid TOML: {exc}", fix="correct the TOML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaFileError(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})",
+                              fix="give the path of a readable subject.toml file") from None
     unknown = sorted(set(data) - {"compatibility", "topics"})
     if unknown:
         raise SchemaFileError(path, f"unknown key(s) {', '.join(unknown)}", field=unknown[0],
@@ -132,6 +148,10 @@ def load_subject_config(path: Path) -> SubjectConfig:
 
 def load_subject(folder: Path) -> Subject:
     """Read one subject folder. Raises SchemaFileError on the first problem found."""
+    folder = _args.path("folder", folder)
+    if not folder.is_dir():
+        raise SchemaFileError(folder, "subject folder not found",
+                              fix="give the path of a folder of schema versions (schemas/<subject>)")
     name = folder.name
     if not _SUBJECT_NAME.match(name):
         raise SchemaFileError(folder, f"folder name {name!r} is not a valid schemaName",
@@ -179,7 +199,7 @@ def load_schemas(root: Path | str) -> dict[str, Subject]:
     Raises:
         SchemaFileError: the folder is missing or a subject is invalid.
     """
-    root = Path(root)
+    root = _args.path("root", root)
     if not root.is_dir():
         raise SchemaFileError(root, "schemas folder not found",
                               fix="create it, or point EPISTLE_SCHEMAS_DIR at your schemas folder")

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from toolkit import _args
+from toolkit.envelope import LIMIT_DEPTH, MAX_DEPTH
 from toolkit.errors import ConfigError
 
 ENV_FILE = ".env"
@@ -27,6 +29,8 @@ class OrderingMode(StrEnum):
     PARTITION = "PARTITION"
     KEY = "KEY"
     UNORDERED = "UNORDERED"
+
+    _missing_ = classmethod(_args.not_a_member)  # InvalidArgument (a ValueError) listing the members
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -139,12 +143,13 @@ class RegistrySettings(BaseSettings):
 
 
 class ConsumerSettings(BaseSettings):
-    """``EPISTLE_*``: the runtime's own knobs (the seed's names: max_workers, max_poll_records)."""
+    """``EPISTLE_*``: the runtime's own knobs (the original API's names: max_workers, max_poll_records)."""
 
     model_config = _config("EPISTLE_")
 
     schemas_dir: Path = Path("schemas")
     dlq_suffix: str = ".dlq"
+    dlq_max_message_bytes: Annotated[int, Field(ge=1000, le=1_000_000_000)] = 10 * 1024 * 1024
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_in_flight: Annotated[int, Field(ge=1)] = 10_000
@@ -154,11 +159,31 @@ class ConsumerSettings(BaseSettings):
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     commit_interval_s: Annotated[float, Field(gt=0)] = 1.0
     error_policy: Literal["DEAD_LETTER", "STOP"] = "DEAD_LETTER"
+    # JSON nesting levels of the whole envelope (envelope object = 1, body object = 2, ...); an Avro
+    # recursive record nests two per node. Deeper records are dead-lettered at stage "decode".
+    max_nesting_depth: Annotated[int, Field(ge=8, le=LIMIT_DEPTH)] = MAX_DEPTH
 
     @field_validator("ordering", "error_policy", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+
+class ProducerSettings(BaseSettings):
+    """``EPISTLE_PRODUCER_*``: the producer's own knobs (:class:`toolkit.producer.EnvelopeProducer`)."""
+
+    model_config = _config("EPISTLE_PRODUCER_")
+
+    name: Annotated[str, Field(min_length=1)] = "epistle-producer"
+    confluent_topics: Annotated[list[str], NoDecode] = []
+    flush_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("confluent_topics", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [topic.strip() for topic in value.split(",") if topic.strip()]
+        return value
 
 
 class Settings:
@@ -173,7 +198,8 @@ class Settings:
         return f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r})"
 
 
-_PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_"}
+_PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_",
+             ProducerSettings: "EPISTLE_PRODUCER_"}
 
 
 def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict[str, Any]) -> Any:
@@ -184,12 +210,18 @@ def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict
         for error in exc.errors():
             name = _PREFIXES[cls] + "_".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] in _RANGE_ERRORS and error["loc"] and error["loc"][0] in cls.model_fields:
+                message += f"; fix: set {name} in that range, or unset it for the default " \
+                           f"({cls.model_fields[error['loc'][0]].default})"
             # The offending value is shown unless the setting is a secret.
             shown = "" if _is_secret(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}{shown}: {message}")
         source = f" (read from the environment and {env_file})" if env_file else ""
         raise ConfigError("invalid settings" + source + ":\n  " + "\n  ".join(problems),
                           setting=problems and problems[0].split(" ", 1)[0].rstrip(":")) from None
+
+
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 
 
 def _is_secret(name: str) -> bool:
@@ -204,7 +236,7 @@ def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> S
     Raises:
         ConfigError: a value is invalid; the message names each offending variable and the fix.
     """
-    if env_file is not None and not Path(env_file).exists():
+    if env_file is not None and not _args.path("env_file", env_file).exists():
         env_file = None
     grouped: dict[str, dict[str, Any]] = {"kafka": {}, "registry": {}, "consumer": {}}
     for key, value in overrides.items():
@@ -218,6 +250,17 @@ def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> S
         registry=_build(RegistrySettings, env_file, grouped["registry"]),
         consumer=_build(ConsumerSettings, env_file, grouped["consumer"]),
     )
+
+
+def load_producer_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> ProducerSettings:
+    """Read ``EPISTLE_PRODUCER_*`` from the environment and ``env_file``; ``overrides`` by field name.
+
+    Raises:
+        ConfigError: a value is invalid; the message names each offending variable and the fix.
+    """
+    if env_file is not None and not Path(env_file).exists():
+        env_file = None
+    return _build(ProducerSettings, env_file, overrides)
 
 
 def external_services() -> dict[str, str]:

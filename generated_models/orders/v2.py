@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, conint, constr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StrictBool, conint, constr
 
 
 class Address(BaseModel):
@@ -111,7 +111,7 @@ class LineItem(BaseModel):
     quantity: conint(ge=1, le=10000)
     unit_price: Money = Field(..., alias="unitPrice")
     discount: Money | None = None
-    gift_wrap: bool | None = Field(False, alias="giftWrap")
+    gift_wrap: StrictBool = Field(False, alias="giftWrap")
 
 
 class Order(BaseModel):
@@ -151,4 +151,4 @@ class Order(BaseModel):
     """
     notes: constr(max_length=2000) | None = None
     tags: list[constr(min_length=1)] | None = None
-    loyalty_points: conint(ge=0) | None = Field(0, alias="loyaltyPoints")
+    loyalty_points: conint(ge=0) = Field(0, alias="loyaltyPoints")

@@ -89,4 +89,4 @@ class Shipment(BaseModel):
     """
     The sender's reference: a free-text string or a numeric customer reference.
     """
-    attributes: dict[str, str] | None = {}
+    attributes: dict[str, str] = {}

@@ -6,7 +6,7 @@ from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 
 class Carrier(StrEnum):
@@ -99,6 +99,6 @@ class Shipment(BaseModel):
     """
     The sender's reference: a free-text string or a numeric customer reference.
     """
-    attributes: dict[str, str] | None = {}
+    attributes: dict[str, str] = {}
     insurance: Insurance | None = None
-    signature_required: bool | None = Field(False, alias="signatureRequired")
+    signature_required: StrictBool = Field(False, alias="signatureRequired")

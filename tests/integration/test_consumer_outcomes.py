@@ -1,4 +1,4 @@
-"""One test per row of the DESIGN.md outcomes table, on the real broker, with the local-folder registry
+"""One test per row of the outcomes table (docs/contracts.md), on the real broker, with the local-folder registry
 (schemas/) unless the test says otherwise."""
 
 from __future__ import annotations
@@ -284,14 +284,14 @@ def test_dead_letter_produce_failure_commits_nothing_until_acknowledged(kafka_bo
     attempts = []
     seen_committed = []
 
-    def flaky_send(self, record):
+    def flaky_send(self, record, **kwargs):
         attempts.append(record.topic)
         if len(attempts) <= 3:  # the broker refuses the first three tries
             seen_committed.append(committed(kafka_bootstrap, group_id, topic)[0])
             future = self._loop.create_future()
             future.set_exception(BrokerUnavailable("simulated: broker down"))
             return future
-        return real_send(self, record)
+        return real_send(self, record, **kwargs)
 
     monkeypatch.setattr(kafka_io.DeadLetterSender, "send", flaky_send)
     handler = Recorder()

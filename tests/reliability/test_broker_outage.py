@@ -1,6 +1,6 @@
 """The broker stopped mid-stream and started again: the consumer waits it out, loses nothing, commits
-exactly what it handled, and dead-letters nothing (DESIGN.md: "registry or broker unreachable: not a message
-fault: pause and retry, never dead-letter, never commit past it").
+exactly what it handled, and dead-letters nothing (docs/contracts.md: "the registry or the broker cannot be
+reached: pause and retry; never dead-lettered, never committed past").
 
 The test runs its own single-node broker (``scripts/services.py`` with a private ``EPISTLE_SERVICES_DIR``
 and free ports) so it can stop it without touching the shared one. Restarting reuses the data folder, so

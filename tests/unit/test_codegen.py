@@ -29,7 +29,7 @@ def rendered() -> dict[str, str]:
 
 
 def test_layout_of_the_package(rendered: dict[str, str]) -> None:
-    assert list(rendered) == ["__init__.py", "_index.py", "orders/__init__.py", "orders/v1.py",
+    assert list(rendered) == ["__init__.py", "_index.py", "_manifest.json", "orders/__init__.py", "orders/v1.py",
                               "orders/v2.py", "shipments/__init__.py", "shipments/v1.py", "shipments/v2.py"]
     assert '("orders", 2): "orders.v2:Order"' in rendered["_index.py"]
     assert '("shipments", 1): "shipments.v1:Shipment"' in rendered["_index.py"]
@@ -106,6 +106,7 @@ def test_failure_part_way_leaves_previous_output(tmp_path: Path, monkeypatch: py
 def test_failed_swap_restores_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "generated_models"
     generate_models(SCHEMAS, out)
+    (out / "marker.txt").write_text("previous output")  # an extra file: the next run must write
     before = _tree(out)
     real_rename = output.os.rename
     calls = []
@@ -154,5 +155,6 @@ def test_model_index_with_a_stale_entry(tmp_path: Path, monkeypatch: pytest.Monk
 def test_public_api() -> None:
     import toolkit.codegen
 
-    assert sorted(toolkit.codegen.__all__) == ["Difference", "ModelIndex", "check_models", "generate_models",
-                                               "load_model_index", "render_package"]
+    assert sorted(toolkit.codegen.__all__) == ["CodegenRun", "Difference", "ModelIndex", "check_models",
+                                               "generate_models", "load_model_index", "render_package",
+                                               "run_codegen"]

@@ -11,11 +11,24 @@ from toolkit.consumer import KafkaConsumer
 from toolkit.errors import ConfigError
 
 
+def test_a_registry_that_is_neither_a_registry_nor_a_resolver_is_refused_by_the_constructor():
+    with pytest.raises(ConfigError, match="registry .*use a SchemaRegistry") as caught:
+        KafkaConsumer("127.0.0.1:1", "group", registry=object())
+    assert caught.value.setting == "registry"
+
+
+class _OnlyGet:
+    """Looks like a registry to the constructor (it has get) but is refused when start() wraps it."""
+
+    def get(self, subject, version):
+        raise AssertionError("never called")
+
+
 def test_a_start_that_fails_on_its_registry_can_be_retried():
-    consumer = KafkaConsumer("127.0.0.1:1", "group", registry=object())  # neither a registry nor a resolver
+    consumer = KafkaConsumer("127.0.0.1:1", "group", registry=_OnlyGet())
     consumer.register_handler("orders", lambda message: True)
     for _ in range(2):  # the second attempt fails the same way, not with "already running"
-        with pytest.raises(TypeError, match="neither a SchemaResolver nor a SchemaRegistry"):
+        with pytest.raises(TypeError, match="registry: expected a SchemaRegistry"):
             asyncio.run(consumer.start())
     assert consumer.in_flight == 0
 

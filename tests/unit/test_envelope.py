@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from toolkit.envelope import Envelope, Header, JsonSerializer, decode_record
+from toolkit.envelope import MAX_DEPTH, Envelope, Header, JsonSerializer, decode_record
 from toolkit.errors import MessageError
 
 HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "2", "correlationId": "c-1",
@@ -31,7 +31,8 @@ def test_valid_envelope_snake_case_attributes():
 
 
 @pytest.mark.parametrize("value", [b"\xff\xfe", b'{"header": ', b"", b"NaN", b"\xef\xbb\xbf{}",
-                                   b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 300 + b"1" + b"}" * 300])
+                                   b"[" * 100_000 + b"]" * 100_000,
+                                   b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1)])
 def test_decode_stage(value):
     assert stage_of(value) == "decode"
 
@@ -95,3 +96,48 @@ def test_envelope_round_trip():
     decoded = decode_record(env.to_bytes())
     assert decoded.header == env.header and decoded.body == {"x": [1, 2]}
     assert JsonSerializer().loads(env.to_bytes())["header"] == HEADER
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x0cord-1\x02\xa4\x01",  # Avro binary, as confluent-kafka's AvroSerializer writes it after the prefix
+    b'{"orderId": "o-1"}',  # JSON, as its JSONSerializer writes it
+    b"\x00\x0a\x04o-1",  # Protobuf: message indexes, then the message
+    b"",
+])
+def test_confluent_wire_format_is_named(payload):
+    value = b"\x00" + (17).to_bytes(4, "big") + payload
+    with pytest.raises(MessageError) as info:
+        decode_record(value)
+    assert info.value.stage == "decode"
+    assert info.value.reason.startswith(f"Confluent wire format (magic byte 0, schema id 17, {len(payload)} bytes")
+    assert "{header, body} envelopes" in info.value.reason
+
+
+def test_a_custom_serializers_own_error_is_kept_for_a_value_in_wire_format():
+    value = b"\x00\x00\x00\x01\x00\xff"  # magic byte 0 and schema id 256: Confluent's prefix
+
+    def reads_its_own_format(data):
+        raise LookupError("schema 256 is not in our catalogue")
+
+    with pytest.raises(MessageError) as info:
+        decode_record(value, reads_its_own_format)
+    assert info.value.reason == "LookupError: schema 256 is not in our catalogue"
+    with pytest.raises(MessageError) as info:  # its decode errors too: not the default reader's wording
+        decode_record(value, lambda data: data.decode("ascii"))
+    assert info.value.reason.startswith("UnicodeDecodeError: 'ascii' codec can't decode byte 0xff")
+    with pytest.raises(MessageError, match="schema id 256"):  # the default reader names the wire format
+        decode_record(value)
+    with pytest.raises(MessageError, match="not UTF-8"):  # too short for the prefix: a plain decode error
+        decode_record(b"\x00\x00\xff")
+
+
+def test_custom_serializer_error_whose_str_fails():
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    def loads(data):
+        raise Unprintable()
+
+    with pytest.raises(MessageError, match="Unprintable: <Unprintable str"):
+        decode_record(b"{}", loads)

@@ -1,3 +1,5 @@
+from unittest.mock import ANY
+
 import pytest
 
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
@@ -53,3 +55,25 @@ def test_unexpected_return_value_is_handler_fault():
 
 def test_continue_alias():
     assert ErrorPolicy.CONTINUE is ErrorPolicy.DEAD_LETTER
+
+
+class StrFails(Exception):
+    def __str__(self):
+        raise RuntimeError("str() raises")
+
+
+class ReprFails:
+    def __repr__(self):
+        raise RuntimeError("repr() raises")
+
+
+def test_results_whose_str_or_repr_fails_still_get_an_outcome():
+    retry = RetryPolicy(max_attempts=2)
+    assert decide(StrFails(), 1, retry) == DeadLetter("handler", "StrFails: <StrFails str() failed>", ANY)
+
+    class RetryStrFails(RetryableError):
+        def __str__(self):
+            raise RuntimeError("str() raises")
+
+    assert decide(RetryStrFails(), 1, retry).reason == "RetryStrFails: <RetryStrFails str() failed>"
+    assert decide(ReprFails(), 1, retry).reason.startswith("handler returned ReprFails <ReprFails repr() failed>")

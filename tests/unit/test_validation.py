@@ -61,7 +61,7 @@ def test_json_schema_must_be_an_object() -> None:
 
 
 def test_refs_inside_data_keywords_and_anchors() -> None:
-    document = {"$defs": {"A": {"$anchor": "a", "type": "string"}},
+    document = {"type": "object", "$defs": {"A": {"$anchor": "a", "type": "string"}},
                 "properties": {"x": {"$ref": "#a"}, "$ref": {"type": "string"},
                                "y": {"const": {"$ref": "nope"}}}}
     check_schema_text("x.json", SchemaFormat.JSON, document)

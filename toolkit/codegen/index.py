@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 
 from pydantic import BaseModel
 
-from toolkit.errors import CodegenError
+from toolkit import _args
+from toolkit.errors import CodegenError, InvalidArgument
 
 INDEX_MODULE = "_index"
 
@@ -53,6 +54,19 @@ class ModelIndex:
             raise CodegenError(qualified, f"{class_name} is not a pydantic model", fix="run `make codegen`")
         return cls
 
+    def key_of(self, model: type[BaseModel]) -> tuple[str, int] | None:
+        """The reverse look-up: ``(schemaName, schemaVersion)`` of a generated root model class, or None
+        when ``model`` is not one (a nested class, a subclass, a model of another package). Only the
+        candidate module is imported, never the whole index."""
+        prefix = f"{self.package}."
+        if not model.__module__.startswith(prefix):
+            return None
+        target = f"{model.__module__.removeprefix(prefix)}:{model.__qualname__}"
+        for key, entry in self._entries.items():
+            if entry == target:
+                return key if self.get(*key) is model else None
+        return None
+
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
@@ -69,6 +83,10 @@ def load_model_index(package: str = "generated_models") -> ModelIndex:
     Raises:
         CodegenError: the package or its index is missing or malformed (run ``make codegen``).
     """
+    _args.text("package", package)
+    if not all(part.isidentifier() for part in package.split(".")):
+        raise InvalidArgument(f"package {package!r} is not a Python package name; use e.g. generated_models",
+                              argument="package")
     try:
         module = importlib.import_module(f"{package}.{INDEX_MODULE}")
     except ImportError as exc:

@@ -5,12 +5,18 @@
 unordered sets and loses the location inside unions, so this module walks reader and writer side by side
 only to *place* each incompatibility on a readable path (``$.origin.city``, ``$.parcels[*].weight``) and to
 word it; wherever the walk and the library would disagree, the library wins.
+
+Two additions, where the Python library falls short of what readers need: the reader's short aliases are
+resolved in their type's namespace first (as Avro's Java parser does, so verdicts match Java's and
+Confluent's), and logical types are compared after the library's verdict (a changed logical type, decimal
+scale or narrowed precision breaks readers although every Avro checker, Confluent's included, accepts it).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from typing import Any
 
 from avro.compatibility import (
@@ -21,30 +27,136 @@ from avro.compatibility import (
     check_schema_names,
     lookup_writer_field,
 )
+from avro.errors import IgnoredLogicalType
 from avro.schema import NamedSchema, Schema, parse
 
-from toolkit.compat.findings import Issue
+from toolkit.compat.findings import ACCEPTS, Issue
 
 _Kind = SchemaIncompatibilityType
 _TYPE_MISMATCH = re.compile(r"reader type: (\S+) not compatible with writer type: (\S+)")
 
 
 def parse_avro(document: Any) -> Schema:
-    """Parse an Avro schema document (the JSON already loaded). Raises avro's SchemaParseException."""
-    return parse(json.dumps(document))
+    """Parse an Avro schema document (the JSON already loaded). Raises avro's SchemaParseException.
+
+    A logical type avro 1.12 does not know (``local-timestamp-*``) stays in the schema's attributes, where
+    the logical-type comparison reads it, without the library's warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IgnoredLogicalType)
+        return parse(json.dumps(document))
 
 
 def check(reader: Any, writer: Any) -> list[Issue]:
     """Why ``reader`` cannot read data written with ``writer``; empty when it can.
 
-    Both are parsed Avro schemas or raw schema documents.
+    Both are parsed Avro schemas or raw schema documents. Before Apache Avro's checker decides, the reader's
+    short aliases are resolved in their type's namespace, as Avro's Java implementation does at parse time
+    (the Python checker compares them as written). After it, logical types are compared, which the
+    checker (Java's too, and so Confluent's) ignores: such findings say Confluent would accept the change.
     """
-    reader = reader if isinstance(reader, Schema) else parse_avro(reader)
+    reader = parse_avro(qualify_aliases(reader if not isinstance(reader, Schema) else reader.to_json()))
     writer = writer if isinstance(writer, Schema) else parse_avro(writer)
     verdict = _library(reader, writer)
-    if verdict.compatibility is SchemaCompatibilityType.compatible:
+    issues = []
+    if verdict.compatibility is not SchemaCompatibilityType.compatible:
+        issues = _locate(reader, writer, "$", verdict) or _describe(verdict, "$", reader, writer)
+    return issues + _logical(reader, writer, "$", set())
+
+
+_NAMED = ("record", "error", "enum", "fixed")
+
+
+def qualify_aliases(document: Any, namespace: str = "") -> Any:
+    """A copy of ``document`` whose named types' aliases are full names: an alias without a dot is relative
+    to the namespace of the type that declares it (Avro specification; Java's ``Schema`` parser). Field
+    aliases are plain names and stay as they are."""
+    if isinstance(document, list):
+        return [qualify_aliases(branch, namespace) for branch in document]
+    if not isinstance(document, dict):
+        return document
+    out = dict(document)
+    if out.get("type") in _NAMED and isinstance(out.get("name"), str):
+        name = out["name"]
+        space = name.rpartition(".")[0] if "." in name else out.get("namespace", namespace) or ""
+        if isinstance(out.get("aliases"), list):
+            out["aliases"] = [a if not isinstance(a, str) or "." in a or not space else f"{space}.{a}"
+                              for a in out["aliases"]]
+        namespace = space
+    if isinstance(out.get("fields"), list):
+        out["fields"] = [{**f, "type": qualify_aliases(f.get("type"), namespace)} if isinstance(f, dict) else f
+                         for f in out["fields"]]
+    for key in ("items", "values"):
+        if key in out:
+            out[key] = qualify_aliases(out[key], namespace)
+    if isinstance(out.get("type"), (dict, list)):
+        out["type"] = qualify_aliases(out["type"], namespace)
+    return out
+
+
+def _logical(reader: Schema, writer: Schema, path: str, seen: set[tuple[int, int]]) -> list[Issue]:
+    """Logical types on both sides of each reader/writer pair that Avro resolves to each other.
+
+    The same bytes mean something else when the logical type changes (timestamp-millis read as
+    timestamp-micros is off by 1000; a decimal's scale moves the point), and a decimal read with a smaller
+    precision than written may not fit. Avro's resolution rules ignore logical types, so the library
+    checker (and Confluent Schema Registry, which runs Java's) accepts all of these."""
+    key = (id(reader), id(writer))
+    if key in seen:
         return []
-    return _locate(reader, writer, "$", verdict) or _describe(verdict, "$", reader, writer)
+    seen.add(key)
+    if writer.type == "union":
+        issues = []
+        for branch in writer.schemas:
+            match = _same_kind_branch(reader, branch) if reader.type == "union" else reader
+            if match is not None:
+                issues += _logical(match, branch, path, seen)
+        return issues
+    if reader.type == "union":
+        match = _same_kind_branch(reader, writer)
+        return _logical(match, writer, path, seen) if match is not None else []
+    if reader.type == "record" and writer.type == "record":
+        issues = []
+        for field in reader.fields:
+            writer_field = lookup_writer_field(writer_schema=writer, reader_field=field)
+            if writer_field is not None:
+                issues += _logical(field.type, writer_field.type, f"{path}.{field.name}", seen)
+        return issues
+    if reader.type == "array" and writer.type == "array":
+        return _logical(reader.items, writer.items, f"{path}[*]", seen)
+    if reader.type == "map" and writer.type == "map":
+        return _logical(reader.values, writer.values, f"{path}.*", seen)
+    return _logical_leaf(reader, writer, path)
+
+
+_PROMOTIONS = {("int", "long"), ("int", "float"), ("int", "double"), ("long", "float"), ("long", "double"),
+               ("float", "double"), ("string", "bytes"), ("bytes", "string")}
+
+
+def _logical_leaf(reader: Schema, writer: Schema, path: str) -> list[Issue]:
+    r_type, w_type = reader.props.get("logicalType"), writer.props.get("logicalType")
+    if r_type is None and w_type is None:
+        return []
+    if reader.type != writer.type and (writer.type, reader.type) not in _PROMOTIONS:
+        return []  # Avro cannot resolve the values at all: the library's verdict already says so
+    if r_type != w_type:
+        shown = " to ".join(f"'{t}'" if t else "none" for t in (w_type, r_type))
+        return [Issue(path, "LOGICAL_TYPE_CHANGED", f"the logical type changed from {shown} (writer to reader), "
+                      f"so the reader gives the writer's {writer.type} values another meaning", confluent=ACCEPTS)]
+    if r_type != "decimal":
+        return []
+    issues = []
+    r_scale, w_scale = reader.props.get("scale", 0), writer.props.get("scale", 0)
+    if r_scale != w_scale:
+        issues.append(Issue(path, "DECIMAL_SCALE_CHANGED", f"the decimal's scale is {w_scale} in the writer and "
+                            f"{r_scale} in the reader, so the same unscaled bytes read as a number "
+                            f"10^{abs(r_scale - w_scale)} times {'smaller' if r_scale > w_scale else 'larger'}",
+                            confluent=ACCEPTS))
+    r_precision, w_precision = reader.props.get("precision"), writer.props.get("precision")
+    if isinstance(r_precision, int) and isinstance(w_precision, int) and r_precision < w_precision:
+        issues.append(Issue(path, "DECIMAL_PRECISION_NARROWED", f"the writer's decimals have up to {w_precision} "
+                            f"digits and the reader's at most {r_precision}, so larger values do not fit",
+                            confluent=ACCEPTS))
+    return issues
 
 
 def _library(reader: Schema, writer: Schema) -> SchemaCompatibilityResult:

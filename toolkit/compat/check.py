@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from toolkit import _args
 from toolkit.compat.findings import Finding, Severity
 from toolkit.compat.history import check_immutable, resolve_base
-from toolkit.compat.subject import check_subject, is_compatible
+from toolkit.compat.subject import INVALID_SCHEMA, UNSUPPORTED_SCHEMA, check_subject, is_compatible
 from toolkit.errors import RegistryError, RegistryUnavailable, SchemaFileError
 from toolkit.layout import SUBJECT_CONFIG, Compatibility, Subject, load_subject
 
@@ -43,6 +44,14 @@ def run_check(schemas_dir: Path, *, base: str | None = None,
     Raises:
         ConfigError: the registry settings are inconsistent (credentials, TLS files).
     """
+    schemas_dir = _args.path("schemas_dir", schemas_dir)
+    if base is not None:
+        _args.text("base", base, empty=False)
+    for name, value in (("registry", registry), ("registry_url", registry_url)):
+        if value is not None and not isinstance(value, str):
+            from toolkit.settings import RegistrySettings
+
+            _args.instance(name, value, RegistrySettings, "a registry URL or RegistrySettings")
     registry = registry or registry_url
     report = CheckReport(schemas_dir)
     if not schemas_dir.is_dir():
@@ -74,7 +83,7 @@ def run_check(schemas_dir: Path, *, base: str | None = None,
 def _compare_with_registry(report: CheckReport, source: str | RegistrySettings) -> list[Finding]:
     from toolkit.compat.registry import ScratchRegistry
 
-    invalid = {f.subject for f in report.findings if f.rule == "INVALID_SCHEMA"}
+    invalid = {f.subject for f in report.findings if f.rule in (INVALID_SCHEMA, UNSUPPORTED_SCHEMA)}
     findings = []
     with ScratchRegistry(source) as registry:
         report.notes.append(f"compatibility verdicts also asked from the registry at {registry.url}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+from toolkit import _args
 from toolkit.layout import Compatibility
 
 
@@ -31,6 +32,22 @@ class Issue:
     rule: str
     what: str
     severity: Severity = Severity.ERROR
+    # Confluent Schema Registry's expected verdict on the change, when it is not the same as ours: "accepts"
+    # (an error: this check is deliberately stricter), "refuses" (a warning, or an error readers cope with), or
+    # "unknown" (e.g. it depends on a remote reference); empty = it agrees (an error it refuses, a warning it
+    # accepts: neither fails the check).
+    confluent: str = ""
+    # False for a change that readers cope with but that Confluent refuses: the registration fails at deploy.
+    readers_break: bool = True
+
+    @property
+    def confluent_accepts(self) -> bool:
+        if self.confluent:
+            return self.confluent == ACCEPTS
+        return self.severity is Severity.WARNING
+
+
+ACCEPTS, REFUSES, UNKNOWN = "accepts", "refuses", "unknown"
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,11 @@ class Finding:
     writer_version: int | None = None
     file: str | None = None
     detail: str | None = None  # e.g. the unified diff of an edited published version
+    # compatibility findings carry two verdicts: ours on the readers ("breaks", "may break", "copes") and
+    # the one Confluent Schema Registry is expected to give when the version is registered ("accepts",
+    # "refuses"); None for findings that are not about a reader/writer pair
+    readers: str | None = None
+    confluent: str | None = None
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Severity) else v) for k, v in asdict(self).items()}
@@ -56,10 +78,27 @@ def finding_for(subject: str, reader: int, writer: int, issue: Issue, *, file: s
         who = f"Consumers upgraded to v{reader} cannot read records written with v{writer}"
     else:
         who = f"Consumers still on v{reader} cannot read records that producers write with v{writer}"
+    readers = "breaks"
     if issue.severity is Severity.WARNING:
-        who = f"Consumers on v{reader} may mis-read records written with v{writer}"
-    return Finding(subject=subject, rule=issue.rule, message=f"{who}: {issue.what}.", severity=issue.severity,
-                   path=issue.path, reader_version=reader, writer_version=writer, file=file)
+        who, readers = f"Consumers on v{reader} may mis-read records written with v{writer}", "may break"
+    if not issue.readers_break:
+        who, readers = f"Consumers on v{reader} can read records written with v{writer}", "copes"
+    accepts = issue.confluent_accepts
+    if issue.confluent == UNKNOWN:
+        verdict = "what Confluent Schema Registry decides depends on what this check could not compare"
+    elif not issue.readers_break or (issue.severity is Severity.WARNING and not accepts):
+        verdict = ("but Confluent Schema Registry refuses this change, so registering the new version will fail "
+                   "at deploy time")
+    elif issue.severity is Severity.WARNING:  # a warning does not fail the check: Confluent accepting it agrees
+        verdict = "Confluent Schema Registry accepts it too (a warning does not fail this check either)"
+    elif accepts:
+        verdict = "Confluent Schema Registry would accept this change (this check is stricter)"
+    else:
+        verdict = "Confluent Schema Registry refuses it too"
+    return Finding(subject=subject, rule=issue.rule, message=f"{who}: {issue.what}; {verdict}.",
+                   severity=issue.severity, path=issue.path, reader_version=reader, writer_version=writer,
+                   file=file, readers=readers,
+                   confluent=UNKNOWN if issue.confluent == UNKNOWN else ACCEPTS if accepts else REFUSES)
 
 
 _BACKWARD = {Compatibility.BACKWARD, Compatibility.BACKWARD_TRANSITIVE, Compatibility.FULL,
@@ -77,6 +116,8 @@ def reader_writer_pairs(mode: Compatibility, new: int) -> list[tuple[int, int]]:
     schema reads data written with the new one; FULL = both. Non-transitive modes compare with the previous
     version only, the *_TRANSITIVE modes with every earlier version.
     """
+    mode = Compatibility(mode)
+    _args.integer("new", new, low=1, fix=" (the version being registered)")
     if mode is Compatibility.NONE or new < 2:
         return []
     olds = range(new - 1, 0, -1) if mode in _TRANSITIVE else [new - 1]

@@ -1,63 +1,64 @@
-"""Per-subject checks with no I/O: every version file is a valid schema, and versions evolve per the mode."""
+"""Per-subject checks with no I/O: every version file is a valid schema (:mod:`toolkit.formats`, the rules
+codegen and the runtime apply), and versions evolve per the mode."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from toolkit.compat import avro as avro_compat
-from toolkit.compat import json_schema as json_compat
+from toolkit import _args
 from toolkit.compat.findings import Finding, Issue, finding_for, reader_writer_pairs
+from toolkit.errors import InvalidArgumentType, UnsupportedSchema
+from toolkit.formats import format_for
 from toolkit.layout import Compatibility, SchemaFile, SchemaFormat, Subject
 
 
 def check_pair(schema_format: SchemaFormat, reader: Any, writer: Any) -> list[Issue]:
     """Why a consumer with the ``reader`` schema cannot read what the ``writer`` schema allows.
 
-    Both are raw schema documents (parsed JSON)."""
-    if schema_format is SchemaFormat.AVRO:
-        return avro_compat.check(reader, writer)
-    return json_compat.check(reader, writer)
+    Both are raw schema documents (parsed JSON).
+
+    Raises:
+        SchemaFileError: ``reader`` or ``writer`` is not a valid schema of ``schema_format`` (the path is
+            ``reader`` / ``writer``); a valid schema codegen cannot express is compared all the same.
+        InvalidArgument: ``schema_format`` is not JSON or AVRO.
+    """
+    fmt = format_for(schema_format)
+    for label, document in (("reader", reader), ("writer", writer)):
+        problems = fmt.problems(label, document)
+        if problems and not isinstance(problems[0], UnsupportedSchema):
+            raise problems[0]
+    return fmt.compatibility(reader, writer)
 
 
 def is_compatible(schema_format: SchemaFormat, mode: Compatibility, versions: list[Any]) -> bool:
     """Would registering the last of ``versions`` (raw documents, oldest first) pass under ``mode``?"""
+    mode = Compatibility(mode)
+    if not isinstance(versions, list | tuple):
+        raise InvalidArgumentType(f"versions: expected a list of schema documents, got {type(versions).__name__}",
+                                  argument="versions")
     new = len(versions)
     return not any(issue.severity == "error"
                    for reader, writer in reader_writer_pairs(mode, new)
                    for issue in check_pair(schema_format, versions[reader - 1], versions[writer - 1]))
 
 
+INVALID_SCHEMA = "INVALID_SCHEMA"
+UNSUPPORTED_SCHEMA = "UNSUPPORTED_SCHEMA"
+
+
 def validate_file(schema: SchemaFile) -> list[Finding]:
-    """The file is a schema of its format: JSON Schema meta-schema, or parseable by Avro and fastavro."""
-    problem = _schema_problem(schema.format, schema.document)
-    if problem is None:
-        return []
-    return [Finding(schema.subject, "INVALID_SCHEMA", f"v{schema.version} is not a valid "
-                    f"{'Avro schema' if schema.format is SchemaFormat.AVRO else 'JSON Schema'}: {problem}.",
-                    file=str(schema.path), reader_version=schema.version)]
-
-
-def _schema_problem(schema_format: SchemaFormat, document: Any) -> str | None:
-    if schema_format is SchemaFormat.AVRO:
-        import fastavro
-
-        try:
-            avro_compat.parse_avro(document)
-            fastavro.parse_schema(document, _write_hint=False)
-        except Exception as exc:  # both libraries raise their own exception trees
-            return f"{type(exc).__name__}: {exc}"
-        return None
-    from jsonschema import exceptions, validators
-
-    if not isinstance(document, (dict, bool)):
-        return f"a JSON Schema is an object or a boolean, not {type(document).__name__}"
-    cls = validators.validator_for(document, default=validators.Draft202012Validator)
-    try:
-        cls.check_schema(document)
-    except exceptions.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path) or "(root)"
-        return f"{exc.message} at {where}"
-    return None
+    """The file is a valid schema of its format that codegen can express: the same rules as codegen and the
+    runtime (:mod:`toolkit.formats`). One finding per problem, with the JSON path and the fix."""
+    fmt = format_for(schema.format)
+    findings = []
+    for problem in fmt.problems(schema.path, schema.document):
+        unsupported = isinstance(problem, UnsupportedSchema)
+        what = "uses a construct codegen cannot express" if unsupported else f"is not a valid {fmt.label}"
+        fix = f" Fix: {problem.fix}." if problem.fix else ""
+        findings.append(Finding(schema.subject, UNSUPPORTED_SCHEMA if unsupported else INVALID_SCHEMA,
+                                f"v{schema.version} {what}: {problem.problem}.{fix}", path=problem.field or "$",
+                                file=str(schema.path), reader_version=schema.version))
+    return findings
 
 
 def check_subject(subject: Subject) -> list[Finding]:
@@ -67,8 +68,9 @@ def check_subject(subject: Subject) -> list[Finding]:
     version (non-transitive modes) or all earlier ones (*_TRANSITIVE), in the direction(s) of the mode.
     Pure: no I/O beyond what is already in ``subject``.
     """
+    _args.instance("subject", subject, Subject, "a layout.Subject (layout.load_subject)")
     findings = [f for schema in subject.versions for f in validate_file(schema)]
-    if findings:  # comparing invalid schemas would only add noise
+    if any(f.rule == INVALID_SCHEMA for f in findings):  # comparing invalid schemas would only add noise
         return findings
     for later in subject.versions[1:]:
         for earlier in subject.versions[:later.version - 1]:
@@ -87,7 +89,8 @@ def check_subject(subject: Subject) -> list[Finding]:
         for reader, writer in reader_writer_pairs(mode, new):
             reader_doc = subject.version(reader).document
             writer_doc = subject.version(writer).document
-            for issue in check_pair(subject.format, reader_doc, writer_doc):
+            # both already validated above: straight to the comparison
+            for issue in format_for(subject.format).compatibility(reader_doc, writer_doc):
                 findings.append(finding_for(subject.name, reader, writer, issue,
                                             file=str(subject.version(new).path)))
     return _unique(findings)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from toolkit import _args
 from toolkit.errors import ConfigError, MessageError
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ class HandlerRegistry:
         Raises:
             ConfigError: a handler is already registered for the same topic (and message type).
         """
+        _args.text("topic", topic, empty=False)
+        if message_type is not None:
+            _args.text("message_type", message_type, empty=False)
         route = as_route(handler, accepts)
         if message_type is None:
             if topic in self._by_topic:

@@ -20,14 +20,14 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from toolkit.consumer.deadletter import DeadLetterRecord
+from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
-from toolkit.errors import BrokerUnavailable
+from toolkit.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
 
 TP = tuple[str, int]
-DLQ_MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # a ~1 MB record travels as base64 (4/3) plus its error report
+DLQ_MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # the default (EPISTLE_DLQ_MAX_MESSAGE_BYTES): values up to ~7.5 MiB
 
 
 def broker_error(exc: BaseException, doing: str) -> BrokerUnavailable:
@@ -335,15 +335,27 @@ def _resume(consumer: Consumer, partitions: list[TopicPartition]) -> None:
 
 
 class DeadLetterSender:
-    """Produces dead letters (acks=all, idempotent) and creates their topics when missing."""
+    """Produces dead letters (acks=all, idempotent) and creates their topics when missing.
+
+    A dead letter sent again after a failure goes alone (a producer that puts one record in each batch):
+    the broker refuses a whole batch when it is over the topic's ``max.message.bytes``, so a refused
+    dead letter batched with others would make theirs fail with it, partition after partition.
+
+    ``max_message_bytes`` is the producers' ``message.max.bytes`` (unless ``producer_overrides`` sets it)
+    and the ``max.message.bytes`` of the topics created here; ``self.max_message_bytes`` is the one in use.
+    """
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
-                 producer_overrides: dict[str, Any] | None = None) -> None:
+                 producer_overrides: dict[str, Any] | None = None,
+                 max_message_bytes: int = DLQ_MAX_MESSAGE_BYTES) -> None:
         self._loop = loop
         self._admin_config = dict(config)
-        self._producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
-                                   "linger.ms": 5, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
-                                   "delivery.timeout.ms": 30_000, **(producer_overrides or {})})
+        self._producer_config = {"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
+                                 "linger.ms": 5, "message.max.bytes": max_message_bytes,
+                                 "delivery.timeout.ms": 30_000, **(producer_overrides or {})}
+        self.max_message_bytes = int(self._producer_config["message.max.bytes"])
+        self._producer = Producer(self._producer_config)
+        self._alone: Producer | None = None  # made at the first resend
         self._admin: AdminClient | None = None
         self._known_topics: set[str] = set()
         self._running = True
@@ -352,7 +364,12 @@ class DeadLetterSender:
 
     def _poll(self) -> None:
         while self._running:
-            self._producer.poll(0.1)
+            alone = self._alone
+            if alone is None or not len(alone):  # nothing resent: poll() returns at once on a delivery report
+                self._producer.poll(0.1)
+            else:  # a resend in flight: serve both producers in turn
+                self._producer.poll(0.02)
+                alone.poll(0.02)
 
     def knows(self, topic: str) -> bool:
         """True once ``topic`` is known to exist (created or found)."""
@@ -371,7 +388,7 @@ class DeadLetterSender:
         # Create first: asking for the metadata of one missing topic would let the broker auto-create it
         # with its defaults (auto.create.topics.enable), and a ~1 MB record's dead letter would not fit.
         new = NewTopic(topic, num_partitions=partitions, replication_factor=-1,
-                       config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})
+                       config={"max.message.bytes": str(self.max_message_bytes)})
         try:
             self._admin.create_topics([new], operation_timeout=10)[topic].result(timeout=15)
             log.info("created dead-letter topic %s", topic)
@@ -386,8 +403,9 @@ class DeadLetterSender:
                     raise broker_error(exc, f"creating dead-letter topic {topic}") from None
         self._known_topics.add(topic)
 
-    def send(self, record: DeadLetterRecord) -> asyncio.Future:
-        """Produce ``record``; the returned future resolves when the broker acknowledged it.
+    def send(self, record: DeadLetterRecord, *, alone: bool = False) -> asyncio.Future:
+        """Produce ``record`` (in a batch of its own with ``alone``, for a resend); the returned future
+        resolves when the broker acknowledged it.
 
         The future fails with BrokerUnavailable when the record could not be delivered.
         """
@@ -397,19 +415,38 @@ class DeadLetterSender:
             if err is None:
                 self._loop.call_soon_threadsafe(_resolve, future, None)
             else:
-                failure = BrokerUnavailable(f"dead letter to {record.topic} not delivered: {err}")
+                failure = BrokerUnavailable(f"dead letter to {record.topic} not delivered: {err}"
+                                            + self._too_large(err, record, "the topic's max.message.bytes"))
                 self._loop.call_soon_threadsafe(_resolve, future, failure)
 
         try:
-            self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
-                                   on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:
-            future.set_exception(broker_error(exc, f"producing dead letter to {record.topic}"))
+            producer = self._producer
+            if alone:
+                if self._alone is None:  # made here, so that failing to make it fails this send only
+                    self._alone = Producer({**self._producer_config, "linger.ms": 0, "batch.num.messages": 1})
+                producer = self._alone
+            producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+                             on_delivery=delivered)
+        except Exception as exc:  # BufferError, KafkaException (e.g. too large); never lose the failure
+            failure = broker_error(exc, f"producing dead letter to {record.topic}")
+            err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+            hint = self._too_large(err, record, f"EPISTLE_DLQ_MAX_MESSAGE_BYTES (now {self.max_message_bytes}) "
+                                                "and the topic's max.message.bytes")
+            future.set_exception(BrokerUnavailable(f"{failure}{hint}") if hint else failure)
         return future
+
+    def _too_large(self, err: Any, record: DeadLetterRecord, what: str) -> str:
+        """For a dead letter refused as too large: its size and what to raise, for the log."""
+        if not (isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE):
+            return ""
+        size = record_size(record)
+        return f" (the dead letter is {size} bytes: raise {what} to at least {size}; its partition waits)"
 
     def close(self, timeout_s: float = 10.0) -> int:
         """Flush and stop; returns the number of dead letters still undelivered."""
         remaining = self._producer.flush(timeout_s)
+        if self._alone is not None:
+            remaining += self._alone.flush(timeout_s)
         self._running = False
         self._thread.join(timeout=2)
         return remaining
@@ -427,22 +464,30 @@ def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
 def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None = None,
            headers: list[tuple[str, bytes]] | None = None, *, topic: str | None = None,
            keep_timestamp: bool = True, timeout_s: float = 30.0) -> Any:
-    """Produce the original record of a dead letter again, byte for byte (value, key, headers), to its
-    source topic or to ``topic``; returns the :class:`~toolkit.consumer.deadletter.OriginalRecord`.
+    """Produce the original record of a dead letter again, byte for byte (value, key, headers with their
+    null values and earlier ``kafka_dlt-*`` ones, and with ``keep_timestamp`` the timestamp: one that was
+    missing or 0 becomes the time of the replay), to its source topic or to ``topic``; returns the
+    :class:`~toolkit.consumer.deadletter.OriginalRecord`.
 
     Raises:
-        ValueError: ``value`` is not one of our dead-letter values.
+        InvalidArgument (a ValueError): ``value`` is not one of our dead-letter values, or another
+            argument is unusable. ConfigError: librdkafka refused ``config``.
         BrokerUnavailable: the record was not acknowledged within ``timeout_s``.
     """
+    from toolkit._args import replay_options
     from toolkit.consumer.deadletter import original_record
 
+    replay_options(config, topic, keep_timestamp, timeout_s)
     original = original_record(value, key, headers)
-    producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
-                         "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
+    try:
+        producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
+                             "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
+    except (KafkaException, TypeError, ValueError) as exc:
+        raise ConfigError(f"config: the Kafka client refused it: {exc}", setting="config") from None
     failures: list[Any] = []
     kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
                               "on_delivery": lambda err, _msg: err and failures.append(err)}
-    if keep_timestamp and original.timestamp:
+    if keep_timestamp and original.timestamp is not None and original.timestamp > 0:  # 0 means "now" here
         kwargs["timestamp"] = original.timestamp
     try:
         producer.produce(topic or original.topic, **kwargs)

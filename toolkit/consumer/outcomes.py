@@ -1,4 +1,4 @@
-"""What happens to a message after an attempt: the DESIGN.md outcomes table as one pure function.
+"""What happens to a message after an attempt: the outcomes table of docs/contracts.md as one pure function.
 
 | what happened                                   | outcome                                             |
 |-------------------------------------------------|-----------------------------------------------------|
@@ -16,11 +16,13 @@ With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError
+from toolkit import _args
+from toolkit.errors import BrokerUnavailable, ConfigError, MessageError, RegistryUnavailable, RetryableError, safe_str
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 HANDLER = "handler"
@@ -30,11 +32,17 @@ class ErrorPolicy(StrEnum):
     """What a message that cannot be processed does to the consumer."""
 
     DEAD_LETTER = "DEAD_LETTER"
-    """Send it to the dead-letter topic and continue (the default; the seed's ``CONTINUE``)."""
+    """Send it to the dead-letter topic and continue (the default; also spelled ``CONTINUE``)."""
     STOP = "STOP"
     """Stop the consumer at the first such message, committing nothing past it (strict pipelines)."""
 
-    CONTINUE = DEAD_LETTER  # the seed README's name for the default
+    CONTINUE = DEAD_LETTER  # the name the first releases' README used for the default
+
+    _missing_ = classmethod(_args.not_a_member)  # InvalidArgument (a ValueError) listing the members
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,19 @@ class RetryPolicy:
     initial_s: float = 0.5
     max_s: float = 30.0
     multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems = {"max_attempts": isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
+                    or self.max_attempts < 1,
+                    "initial_s": not _finite(self.initial_s) or self.initial_s < 0,
+                    "max_s": not _finite(self.max_s) or self.max_s <= 0,
+                    "multiplier": not _finite(self.multiplier) or self.multiplier < 1}
+        fixes = {"max_attempts": "an integer of at least 1", "initial_s": "seconds, at least 0",
+                 "max_s": "seconds, above 0", "multiplier": "a number of at least 1"}
+        for name, bad in problems.items():
+            if bad:
+                raise ConfigError(f"RetryPolicy {name}={getattr(self, name)!r}"[:120] + f": use {fixes[name]}",
+                                  setting=f"retry.{name}")
 
     def delay(self, attempt: int) -> float:
         """Backoff after failed attempt number ``attempt`` (1-based)."""
@@ -100,19 +121,19 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
-        return Pause(retry.delay(attempt), f"{type(result).__name__}: {result}")
+        return Pause(retry.delay(attempt), f"{type(result).__name__}: {safe_str(result)}")
     if isinstance(result, MessageError):
         return DeadLetter(result.stage, result.reason, result, result.details)
     if isinstance(result, RetryableError) or result is False:
-        why = (f"{type(result).__name__}: {result}" if isinstance(result, BaseException)
+        why = (f"{type(result).__name__}: {safe_str(result)}" if isinstance(result, BaseException)
                else "handler returned False")
         if attempt >= retry.max_attempts:
             return DeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
                               result if isinstance(result, BaseException) else None)
         return Retry(retry.delay(attempt), why)
     if isinstance(result, BaseException):
-        return DeadLetter(HANDLER, f"{type(result).__name__}: {result}", result)
+        return DeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
     if result is True or result is None:
         return Done()
-    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {result!r}; "
+    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; "
                                "expected True, False or None")

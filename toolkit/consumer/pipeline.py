@@ -15,9 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from toolkit.consumer.deep import is_too_deep, validate_deep
 from toolkit.consumer.handlers import HandlerRegistry, Route
-from toolkit.envelope import DecodedRecord, Header, SerializerLike, decode_record
-from toolkit.errors import MessageError, RegistryUnavailable, SchemaNotFound
+from toolkit.envelope import MAX_DEPTH, DecodedRecord, Header, SerializerLike, allow_depth, decode_record
+from toolkit.errors import InvalidArgumentType, MessageError, RegistryUnavailable, SchemaNotFound
 from toolkit.registry.base import (
     RegisteredSchema,
     SchemaRegistry,
@@ -85,7 +86,7 @@ def as_resolver(registry: Any) -> SchemaResolver:
         from toolkit.registry.cache import CachedRegistry
 
         return CachedRegistry(registry)
-    raise TypeError(f"{registry!r} is neither a SchemaResolver nor a SchemaRegistry")
+    raise InvalidArgumentType(f"registry {registry!r} is neither a SchemaResolver nor a SchemaRegistry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +113,10 @@ class Pipeline:
 
     def __init__(self, resolver: SchemaResolver, router: HandlerRegistry, models: ModelLookup | None = None,
                  serializer: SerializerLike | None = None,
-                 subject_strategy: SubjectStrategy = schema_name_strategy):
+                 subject_strategy: SubjectStrategy = schema_name_strategy, *, max_depth: int = MAX_DEPTH):
         self.resolver = resolver
+        self.max_depth = max_depth  # EPISTLE_MAX_NESTING_DEPTH: JSON nesting levels of the whole envelope
+        allow_depth(max_depth)
         self.router = router
         self.models = models
         self.serializer = serializer
@@ -125,7 +128,7 @@ class Pipeline:
     # -- stages -----------------------------------------------------------------------------------------
     def decode(self, value: bytes | None) -> DecodedRecord:
         """Stages ``decode`` and ``envelope``."""
-        return decode_record(value, self.serializer)
+        return decode_record(value, self.serializer, max_depth=self.max_depth)
 
     def subject_of(self, topic: str, decoded: DecodedRecord) -> tuple[str, int]:
         header = decoded.header
@@ -195,11 +198,17 @@ class Pipeline:
     @staticmethod
     def _build(value: Any, model: type[BaseModel]) -> Any:
         try:
-            return model.model_validate(value)
+            try:
+                return model.model_validate(value)
+            except ValidationError as exc:
+                if not is_too_deep(exc.errors(include_url=False)):
+                    raise
+            return validate_deep(model, value)  # recursive models nested beyond pydantic's fixed limit
         except ValidationError as exc:
             details = [{"path": "/body/" + "/".join(str(p) for p in err["loc"]), "message": err["msg"]}
                        for err in exc.errors(include_url=False)]
-            raise MessageError("model", f"body does not fit {model.__name__}: {len(details)} error(s)",
+            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+            raise MessageError("model", f"body does not fit {model.__name__}: {len(details)} error(s){notes}",
                                details=details) from None
         except RecursionError:
             raise MessageError("model", "body nested too deeply for the model") from None

@@ -4,7 +4,7 @@
     consumer.register_handler("orders", OrderCreatedHandler(order_service))
     await consumer.start()          # runs until stop(), SIGTERM/SIGINT (handle_signals=True) or idle
 
-How it works (DESIGN.md "Commit semantics"): a poll thread owns the librdkafka consumer and hands batches
+How it works (docs/contracts.md, "Commits"): a poll thread owns the librdkafka consumer and hands batches
 to the event loop. Each partition's records go to *lanes* (one per partition in PARTITION ordering, one per
 key in KEY, one per record in UNORDERED); a lane handles its records one at a time, so a record waiting
 for a retry backoff holds back only its own lane, never other partitions. At most ``max_workers`` handlers
@@ -18,6 +18,7 @@ a full window (or a partition holding too many) pauses fetching until work drain
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import signal
@@ -29,17 +30,19 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from toolkit.consumer.deadletter import SourceRecord, build_dead_letter
+from toolkit.consumer.context import handling
+from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, minimal_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
 from toolkit.consumer.kafka_io import DeadLetterSender, PollThread, wait_for_broker
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.offsets import OffsetTracker
+from toolkit.consumer.options import check_consumer_options
 from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
 from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
-from toolkit.envelope import DecodedRecord, SerializerLike
-from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped
+from toolkit.envelope import LIMIT_DEPTH, DecodedRecord, SerializerLike
+from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped, safe_str
 from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
@@ -52,7 +55,7 @@ class _Partition:
     """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
 
     __slots__ = ("topic", "partition", "generation", "tracker", "lanes", "tasks", "pending", "buffered",
-                 "paused", "revoked", "abandon", "eof", "waiting")
+                 "paused", "revoked", "abandon", "eof", "waiting", "held", "unheld")
 
     def __init__(self, topic: str, partition: int, generation: int) -> None:
         self.topic, self.partition, self.generation = topic, partition, generation
@@ -66,6 +69,8 @@ class _Partition:
         self.abandon = asyncio.Event()  # set on revoke/stop: stop waiting for backoffs, drop queued records
         self.eof = False
         self.waiting = 0  # lanes sleeping out a retry or outage backoff
+        self.held = 0  # dead letters of this partition the broker refused, being resent
+        self.unheld = asyncio.Event()  # set when held drops back to 0
 
 
 class KafkaConsumer:
@@ -88,6 +93,13 @@ class KafkaConsumer:
         serializer: turns record bytes into the envelope document (JSON by default).
         stop_when_idle: stop once every assigned partition reached its end and nothing is in flight.
         kafka_config: extra librdkafka settings for the consumer (override ours).
+        max_nesting_depth: the deepest JSON nesting accepted, counted over the whole envelope (default
+            ``EPISTLE_MAX_NESTING_DEPTH``, 4096; at most 5000); deeper records are dead-lettered at
+            stage ``decode``.
+        dlq_max_message_bytes: the dead-letter producer's ``message.max.bytes`` and the ``max.message.bytes``
+            of the dead-letter topics it creates (``EPISTLE_DLQ_MAX_MESSAGE_BYTES``, 10 MiB): a dead letter
+            over it is sent in its shortened form (docs/dead-letters.md).
+        dead_letter_producer_config: extra librdkafka settings for the dead-letter producer (override ours).
         startup_timeout_s: how long :meth:`start` waits for a broker to answer (KAFKA_STARTUP_TIMEOUT_S).
         group_instance_id: static membership (KAFKA_GROUP_INSTANCE_ID): a restarted process with the same id
             takes its predecessor's partitions at once. Each process of the group needs its own id.
@@ -105,7 +117,10 @@ class KafkaConsumer:
                  dlq_suffix: str | None = None, commit_interval_s: float | None = None,
                  stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
                  kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
-                 startup_timeout_s: float | None = None, group_instance_id: str | None = None) -> None:
+                 max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
+                 dead_letter_producer_config: dict[str, Any] | None = None, startup_timeout_s: float | None = None,
+                 group_instance_id: str | None = None) -> None:
+        check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -121,6 +136,11 @@ class KafkaConsumer:
         self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
         self.max_poll_records = _positive("max_poll_records", max_poll_records or cfg.max_poll_records)
         self.max_in_flight = _positive("max_in_flight", max_in_flight or cfg.max_in_flight)
+        self.max_nesting_depth = _positive("max_nesting_depth", max_nesting_depth or cfg.max_nesting_depth)
+        if self.max_nesting_depth > LIMIT_DEPTH:
+            raise ConfigError(f"max_nesting_depth {self.max_nesting_depth} is above {LIMIT_DEPTH}: deeper "
+                              "documents may exhaust a thread's stack; use at most that",
+                              setting="max_nesting_depth")
         try:
             self.ordering = OrderingMode(ordering or cfg.ordering)
             self.error_policy = ErrorPolicy(error_policy or cfg.error_policy)
@@ -129,6 +149,9 @@ class KafkaConsumer:
         self.retry = retry or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
                                           cfg.retry_backoff_max_s)
         self.dlq_suffix = dlq_suffix if dlq_suffix is not None else cfg.dlq_suffix
+        self.dlq_max_message_bytes = _positive("dlq_max_message_bytes",
+                                               dlq_max_message_bytes or cfg.dlq_max_message_bytes)
+        self._dead_letter_config = dict(dead_letter_producer_config or {})
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -189,7 +212,7 @@ class KafkaConsumer:
         # the consumer as it was, so it can be fixed and started again.
         pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                             self._models if self._models is not None else _default_models(),
-                            self._serializer, self._subject_strategy)
+                            self._serializer, self._subject_strategy, max_depth=self.max_nesting_depth)
         self._loop, self._pipeline, self._running = loop, pipeline, True
         self._stop_event = asyncio.Event()
         self._stopping, self._failure, self._parts, self._in_flight = False, None, {}, 0
@@ -220,7 +243,8 @@ class KafkaConsumer:
                 bootstrap_servers=self.bootstrap_servers, timeout_s=self.startup_timeout_s) from None
         sender = None
         try:
-            sender = DeadLetterSender(self._client_config, loop)
+            sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
+                                      max_message_bytes=self.dlq_max_message_bytes)
             self._poller.start()
         except Exception as exc:  # librdkafka refused the configuration
             self._abort_start(sender, signals=handle_signals)
@@ -459,6 +483,11 @@ class KafkaConsumer:
                     await asyncio.sleep(0)
                     yield_at = time.monotonic() + _LANE_SLICE_S
                     continue
+                if part.held:  # a dead letter of this partition is refused: wait until it is delivered
+                    await self._until_unheld(part)
+                    if part.abandon.is_set():
+                        break
+                    continue
                 msg = lane[0]
                 try:
                     finished = await self._process(part, msg)
@@ -501,13 +530,17 @@ class KafkaConsumer:
                     prepared = self._finish(msg, decoded, source)
                 prepared.message.attempt = attempt
                 route = prepared.route
-                if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
-                    try:
-                        result = await route.call(prepared.message)
-                    finally:
-                        workers.release()
-                else:
-                    result = await self._call(prepared)
+                handled = handling.set(prepared.message)  # for the producer's correlationId carry-over
+                try:
+                    if route.is_async and workers.try_acquire():  # the common case: no extra coroutine
+                        try:
+                            result = await route.call(prepared.message)
+                        finally:
+                            workers.release()
+                    else:
+                        result = await self._call(prepared)
+                finally:
+                    handling.reset(handled)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
@@ -574,7 +607,9 @@ class KafkaConsumer:
         try:
             if route.is_async:
                 return await route.call(prepared.message)
-            result = await self._loop.run_in_executor(self._handler_pool, route.call, prepared.message)
+            # A copy of this context, so the worker thread sees the message in `handling` too.
+            result = await self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run,
+                                                      route.call, prepared.message)
             if inspect.isawaitable(result):
                 result = await result
             return result
@@ -586,12 +621,21 @@ class KafkaConsumer:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
-        ts_type, ts = msg.timestamp()
-        source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                              list(msg.headers() or []), ts if ts > 0 else None, ts_type)
-        record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
-                                   details=outcome.details, consumer_group=self.group_id, attempts=attempts,
-                                   suffix=self.dlq_suffix)
+        headers = _headers(msg)
+        try:
+            if headers is None:
+                raise ValueError("the record's headers cannot be read")
+            ts_type, ts = msg.timestamp()
+            source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                  headers, ts if ts_type and ts >= 0 else None, ts_type)
+            record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
+                                       details=outcome.details, consumer_group=self.group_id, attempts=attempts,
+                                       suffix=self.dlq_suffix, max_bytes=self._sender.max_message_bytes)
+        except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
+            log.exception("building the dead letter failed; sending a minimal one", extra=extra)
+            record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                         headers, stage=outcome.stage, reason=outcome.reason,
+                                         consumer_group=self.group_id, suffix=self.dlq_suffix)
         failures = 0
         while not self._sender.knows(record.topic):
             try:
@@ -607,14 +651,20 @@ class KafkaConsumer:
 
     async def _confirm_dead_letter(self, part: _Partition, offset: int, record: Any, outcome: DeadLetter,
                                    extra: dict[str, Any]) -> None:
+        """Wait for the broker's acknowledgement. A dead letter it refuses (too large, an outage) holds its
+        partition: no new record of it starts until the dead letter is delivered (resent alone, with
+        backoff); other partitions go on."""
         stats = self.stats[part.topic]
         failures = 0
         try:
             while True:
                 try:
-                    await self._sender.send(record)
-                except BrokerUnavailable as exc:
+                    await self._sender.send(record, alone=failures > 0)
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry: a dead task would stall commits
                     failures += 1
+                    if failures == 1:
+                        part.held += 1
+                        part.unheld.clear()
                     if await self._dead_letter_failed(part, failures, exc, extra):
                         return  # abandoned: not done, so never committed; redelivered to the next owner
                     continue
@@ -624,9 +674,23 @@ class KafkaConsumer:
                 part.tracker.done(offset)
                 return
         finally:
+            if failures:
+                part.held -= 1
+                if not part.held:
+                    part.unheld.set()
             part.pending.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._in_flight -= 1
             self._check_idle()
+
+    @staticmethod
+    async def _until_unheld(part: _Partition) -> None:
+        """Wait until the partition's refused dead letters are delivered, or it is revoked or stopping."""
+        waits = [asyncio.ensure_future(part.unheld.wait()), asyncio.ensure_future(part.abandon.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _dead_letter_failed(self, part: _Partition, failures: int, exc: BaseException,
                                   extra: dict[str, Any]) -> bool:
@@ -635,7 +699,8 @@ class KafkaConsumer:
         delay = self.retry.delay(failures)
         # Retried forever (the offset stays uncommitted); persistent failures need an operator.
         level = logging.WARNING if failures < 5 else logging.ERROR
-        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, exc,
+        why = exc if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {safe_str(exc)}"
+        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay, why,
                 extra=extra)
         return await self._wait(part, delay)
 
@@ -676,6 +741,14 @@ def _extra(msg: Any, prepared: Prepared | None = None) -> dict[str, Any]:
     return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
             "messageId": header.message_id if header else None,
             "correlationId": header.correlation_id if header else None}
+
+
+def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    """The record's headers; None when the client cannot decode them."""
+    try:
+        return list(msg.headers() or [])
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _positive(name: str, value: int) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from toolkit import _args
 from toolkit.layout import Compatibility, SchemaFormat
 
 
@@ -79,6 +80,7 @@ def canonical_schema(text: str) -> str:
     matches by a canonical hash), so two texts are the same schema when their canonical forms are equal.
     Text that is not JSON is returned stripped, so it compares by content.
     """
+    _args.text("text", text)
     try:
         document = json.loads(text)
     except ValueError:
@@ -88,7 +90,7 @@ def canonical_schema(text: str) -> str:
 
 def same_schema(a: str, b: str) -> bool:
     """True when ``a`` and ``b`` parse to the same JSON (whitespace and key order do not matter)."""
-    return canonical_schema(a) == canonical_schema(b)
+    return canonical_schema(_args.text("a", a)) == canonical_schema(_args.text("b", b))
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,9 @@ SubjectStrategy = Callable[[SubjectContext], str]
 
 def schema_name_strategy(ctx: SubjectContext) -> str:
     """The default: the subject is the envelope's ``schemaName``."""
-    return ctx.schema_name
+    return _args.instance("ctx", ctx, SubjectContext, "a SubjectContext").schema_name
 
 
 def topic_value_strategy(ctx: SubjectContext) -> str:
     """Confluent's TopicNameStrategy: ``<topic>-value``."""
-    return f"{ctx.topic}-value"
+    return f"{_args.instance('ctx', ctx, SubjectContext, 'a SubjectContext').topic}-value"

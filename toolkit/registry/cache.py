@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
+from toolkit import _args
 from toolkit.errors import SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaRegistry
@@ -44,6 +45,7 @@ class CachedRegistry(Generic[T]):
     def __init__(self, registry: SchemaRegistry, compile: Callable[[RegisteredSchema], T] | None = None, *,
                  latest_ttl_s: float = 30.0, not_found_ttl_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        _args.cached_registry_options(registry, compile, latest_ttl_s, not_found_ttl_s)
         self.registry = registry
         self._compile: Callable[[RegisteredSchema], T] = compile or compile_with_validation
         self._latest_ttl_s = latest_ttl_s
@@ -73,6 +75,7 @@ class CachedRegistry(Generic[T]):
             RegistryUnavailable: the registry cannot answer (after the backend's retries); not cached.
             Exception: whatever ``compile`` raises for a schema it cannot compile; not cached.
         """
+        _args.subject_version(subject, version)
         if version == LATEST:
             version = self._latest_version(subject)
         entry = self._entries.get((subject, version))  # type: ignore[arg-type]

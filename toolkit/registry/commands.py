@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from toolkit import _args
 from toolkit.errors import ConfigError, RegistryRejected, RegistryUnavailable, SchemaNotFound
 from toolkit.layout import Subject
 from toolkit.registry.base import SchemaRegistry, SupportsCompatibilityConfig, same_schema
@@ -87,6 +89,14 @@ def registry_subjects(subject: Subject, strategy: str = "schema_name") -> list[s
     return [f"{topic}-value" for topic in subject.config.topics]
 
 
+def _check(registry: Any, subjects: Any, strategy: Any) -> None:
+    _args.has_methods("registry", registry, "get", "versions", "register", what="a SchemaRegistry")
+    _args.mapping("subjects", subjects)
+    for subject in subjects.values():
+        _args.instance("subjects", subject, Subject, "a dict of layout.Subject (layout.load_schemas)")
+    _args.text("strategy", strategy)
+
+
 def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *, dry_run: bool = False,
                      strategy: str = "schema_name",
                      on_step: Callable[[Step], None] | None = None) -> list[Step]:
@@ -101,6 +111,7 @@ def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], 
     Raises:
         RegistryUnavailable, RegistryError: the registry cannot answer a read.
     """
+    _check(registry, subjects, strategy)
     steps: list[Step] = []
 
     def record(step: Step) -> bool:
@@ -195,6 +206,7 @@ def verify_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *,
     Raises:
         RegistryUnavailable, RegistryError: the registry cannot answer.
     """
+    _check(registry, subjects, strategy)
     report = VerifyReport()
     for subject in subjects.values():
         for name in registry_subjects(subject, strategy):

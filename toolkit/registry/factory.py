@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from toolkit import _args
 from toolkit.registry.base import SchemaRegistry, SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.registry.http import ConfluentHttpRegistry
 from toolkit.registry.local import LocalFolderRegistry
@@ -24,6 +25,7 @@ def registry_from_settings(settings: RegistrySettings, schemas_dir: Path,
     Raises:
         ConfigError: inconsistent credentials or unreadable TLS files.
     """
+    _args.instance("settings", settings, RegistrySettings, "RegistrySettings (load_settings().registry)")
     if settings.is_local:
         return LocalFolderRegistry(schemas_dir)
     return ConfluentHttpRegistry.from_settings(settings, **http_options)
@@ -34,4 +36,5 @@ def subject_strategy_from_settings(settings: RegistrySettings) -> SubjectStrateg
 
     A user function (``Callable[[SubjectContext], str]``) is passed to the consumer directly instead.
     """
+    _args.instance("settings", settings, RegistrySettings, "RegistrySettings (load_settings().registry)")
     return SUBJECT_STRATEGIES[settings.subject_strategy]

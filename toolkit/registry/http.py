@@ -33,7 +33,16 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from toolkit.errors import ConfigError, RegistryError, RegistryRejected, RegistryUnavailable, SchemaNotFound
+from toolkit import _args
+from toolkit.errors import (
+    ConfigError,
+    InvalidArgument,
+    InvalidArgumentType,
+    RegistryError,
+    RegistryRejected,
+    RegistryUnavailable,
+    SchemaNotFound,
+)
 from toolkit.layout import Compatibility
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat
 
@@ -92,7 +101,14 @@ class ConfluentHttpRegistry:
                  transport: httpx.BaseTransport | None = None, event_hooks: EventHooks | None = None,
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Callable[[], float] = random.random) -> None:
-        parsed = httpx.URL(url.rstrip("/"))
+        _check_options(url, username, password, bearer_token, timeout_s, max_attempts, backoff_initial_s,
+                       backoff_max_s, ca_bundle, client_cert, client_key)
+        try:
+            parsed = httpx.URL(url.rstrip("/"))
+        except httpx.InvalidURL:
+            # neither the URL nor httpx's message is shown: the URL may hold credentials
+            raise InvalidArgument("url is not a valid URL; use e.g. http://127.0.0.1:8081/apis/ccompat/v7",
+                                  argument="url") from None
         if parsed.username and username is None:  # http://user:pass@host/ : credentials leave the URL
             username, password = parsed.username, password or parsed.password
         self.url = str(parsed.copy_with(username=None, password=None))
@@ -393,6 +409,28 @@ def _tls(ca_bundle: Path | None, client_cert: Path | None, client_key: Path | No
                           "must be PEM files",
                           setting="SCHEMA_REGISTRY_CA_BUNDLE") from None
     return context
+
+
+def _check_options(url: Any, username: Any, password: Any, token: Any, timeout_s: Any, max_attempts: Any,
+                   backoff_initial_s: Any, backoff_max_s: Any, *paths: Any) -> None:
+    _args.text("url", url)
+    if not url.strip().lower().startswith(("http://", "https://")) or len(url.strip()) <= len("https://"):
+        raise InvalidArgument("url is not an http(s) URL (not shown: it may hold credentials); use e.g. "
+                              "http://127.0.0.1:8081/apis/ccompat/v7", argument="url")
+    if username is not None:
+        _args.text("username", username)
+    for name, secret in (("password", password), ("bearer_token", token)):
+        if secret is not None:
+            if not isinstance(secret, str | SecretStr):  # the value is never shown: it may be the secret
+                raise InvalidArgumentType(f"{name}: expected a str or pydantic.SecretStr, got a "
+                                          f"{type(secret).__name__}", argument=name)
+    _args.number("timeout_s", timeout_s, positive=True)
+    _args.integer("max_attempts", max_attempts, low=1)
+    _args.number("backoff_initial_s", backoff_initial_s, low=0)
+    _args.number("backoff_max_s", backoff_max_s, low=0)
+    for name, value in zip(("ca_bundle", "client_cert", "client_key"), paths, strict=True):
+        if value is not None:
+            _args.path(name, value)
 
 
 def _subject_path(subject: str) -> str:

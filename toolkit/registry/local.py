@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from toolkit import _args
 from toolkit.errors import RegistryError, RegistryRejected, SchemaNotFound
 from toolkit.layout import Subject, load_schemas
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat, same_schema
@@ -34,7 +35,7 @@ class LocalFolderRegistry:
     """
 
     def __init__(self, schemas_dir: Path | str) -> None:
-        self.schemas_dir = Path(schemas_dir)
+        self.schemas_dir = _args.path("schemas_dir", schemas_dir)
         self._subjects: dict[str, Subject] | None = None
         self._lock = threading.Lock()
 
@@ -54,6 +55,7 @@ class LocalFolderRegistry:
         return self._subjects
 
     def _subject(self, name: str) -> Subject:
+        _args.text("subject", name)
         subjects = self._all()
         if name in subjects:
             return subjects[name]
@@ -99,6 +101,8 @@ class LocalFolderRegistry:
         Raises:
             RegistryRejected: no identical version exists (the fix: add a version file).
         """
+        _args.text("text", text)
+        schema_format = SchemaFormat(schema_format)
         try:
             found = self._subject(subject)
         except SchemaNotFound:

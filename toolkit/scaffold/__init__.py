@@ -17,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import EpistleError
+from toolkit import _args
+from toolkit.errors import EpistleError, ScaffoldError  # ScaffoldError is re-exported here
 from toolkit.scaffold import rules
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
@@ -27,17 +28,6 @@ _OPTIONS = {"project_name": "epistle new PROJECT_NAME", "package_name": "--packa
 
 __all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project",
            "toolkit_requirement"]
-
-
-class ScaffoldError(EpistleError):
-    """The answers are invalid, the target exists, or generating failed. ``problems`` holds each invalid
-    answer (field, value, problem, fix); ``field`` is the first one's field."""
-
-    def __init__(self, message: str, *, field: str | None = None,
-                 problems: list[rules.Problem] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-        self.field = field or (self.problems[0].field if self.problems else None)
 
 
 @dataclass(frozen=True)
@@ -59,6 +49,9 @@ class Answers:
 
 def check_answers(answers: Answers) -> None:
     """Raises ScaffoldError listing every invalid answer, each with its field and fix."""
+    _args.instance("answers", answers, Answers, "an Answers(project_name, package_name, topics, group_id)")
+    for name in ("project_name", "package_name", "topics", "group_id", "toolkit_requirement"):
+        _args.text(name, getattr(answers, name))
     problems = rules.check_answers(answers.project_name, answers.package_name, answers.topics,
                                    answers.group_id)
     if problems:
@@ -74,6 +67,8 @@ def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> 
     Raises:
         ScaffoldError: both are given, or the wheel / folder does not exist.
     """
+    wheel = None if wheel is None else _args.path("wheel", wheel)
+    path = None if path is None else _args.path("path", path)
     if wheel and path:
         raise ScaffoldError("--toolkit-wheel and --toolkit-path both given: choose one",
                             field="toolkit_wheel")
@@ -104,7 +99,7 @@ def create_project(answers: Answers, output_dir: Path | str = ".", *, force: boo
             is left behind in any of these cases.
     """
     check_answers(answers)
-    output_dir = Path(output_dir).absolute()
+    output_dir = _args.path("output_dir", output_dir).absolute()
     target = output_dir / answers.project_name
     if target.exists() or target.is_symlink():
         if not target.is_dir():

@@ -2,9 +2,9 @@
 
 Two entry points:
 
-- :func:`check_schema_text` checks a schema document (meta-schema and local ``$ref`` for JSON Schema,
-  ``fastavro.parse_schema`` for Avro) and raises :class:`~toolkit.errors.SchemaFileError` naming the file,
-  the JSON path and the fix. Codegen and ``epistle check`` call it for every file under ``schemas/``.
+- :func:`check_schema_text` checks a schema document with its :mod:`toolkit.formats` format (the one
+  check ``epistle check`` and codegen apply; :func:`compile_schema` applies its validity part) and raises
+  :class:`~toolkit.errors.SchemaFileError` naming the file, the JSON path and the fix.
 - :func:`compile_schema` turns a :class:`~toolkit.registry.base.RegisteredSchema` into a
   :class:`CompiledSchema`, built once per (subject, version) and cached by the registry. Its
   :meth:`CompiledSchema.decode` is the hot path: it validates a body that came from ``json.loads`` and
@@ -18,12 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from toolkit import _args
 from toolkit.errors import SchemaFileError
+from toolkit.formats import format_for
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import RegisteredSchema
-from toolkit.validation.avro import AvroSchema, check_avro_schema
+from toolkit.validation.avro import AvroSchema
 from toolkit.validation.base import STAGE, CompiledSchema
-from toolkit.validation.json_schema import JsonSchema, check_json_schema
+from toolkit.validation.json_schema import JsonSchema
 
 __all__ = ["STAGE", "AvroSchema", "CompiledSchema", "JsonSchema", "check_schema_text", "compile_schema"]
 
@@ -35,25 +37,25 @@ def check_schema_text(path_or_label: Path | str, schema_format: SchemaFormat, do
         SchemaFileError: the document is not a valid schema of ``schema_format``; ``path`` is
             ``path_or_label``, ``field`` the JSON path of the problem where known.
     """
-    if schema_format == SchemaFormat.JSON:
-        check_json_schema(path_or_label, document)
-    else:
-        check_avro_schema(path_or_label, document)
+    format_for(schema_format).validate(_args.path("path_or_label", path_or_label), document)
 
 
 def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
     """Parse, check and compile a registered schema once, for many :meth:`CompiledSchema.decode` calls.
 
+    Only an invalid schema is refused: a valid one using a construct codegen cannot express
+    (:class:`~toolkit.errors.UnsupportedSchema` for ``epistle check`` and codegen) validates bodies all the
+    same; a consumer with generated models has none for it, so its records fail at stage ``model``.
+
     Raises:
         SchemaFileError: the schema text is not JSON or not a valid schema; the path is
             ``registry:<subject>/<version>``.
     """
+    _args.instance("schema", schema, RegisteredSchema, "a RegisteredSchema (from a registry)")
     label = f"registry:{schema.subject}/{schema.version}"
     try:
         document = json.loads(schema.text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise SchemaFileError(label, f"schema text is not valid JSON: {exc}",
                               fix="register the schema as JSON text") from None
-    if schema.format == SchemaFormat.JSON:
-        return JsonSchema.compile(label, schema.subject, schema.version, document)
-    return AvroSchema.compile(label, schema.subject, schema.version, document)
+    return format_for(schema.format).compile(label, schema.subject, schema.version, document)

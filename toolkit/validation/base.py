@@ -1,15 +1,16 @@
-"""What both formats share: the compiled-schema base class and the error helpers."""
+"""What both formats share: the compiled-schema base class and the error helpers (``shorten`` is
+:func:`toolkit.formats.base.shorten`)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 from toolkit.errors import MessageError
+from toolkit.formats.base import shorten
 from toolkit.layout import SchemaFormat
 
 STAGE = "validation"
 MAX_DETAILS = 20
-_MAX_TEXT = 300
 
 
 class CompiledSchema:
@@ -32,12 +33,6 @@ class CompiledSchema:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.subject}/{self.version}>"
-
-
-def shorten(text: str, limit: int = _MAX_TEXT) -> str:
-    """One line, at most ``limit`` characters: error texts may quote a huge or hostile body."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def unexpected(exc: BaseException) -> MessageError:

@@ -1,9 +1,9 @@
-"""JSON Schema: check a schema document and validate bodies with a validator built once per version."""
+"""JSON Schema: validate bodies with a validator built once per version (whether a schema is valid:
+:mod:`toolkit.formats.json_schema`)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +12,16 @@ import jsonschema
 import jsonschema_rs
 from jsonschema.exceptions import ValidationError, best_match, relevance
 from jsonschema.protocols import Validator
-from referencing import Registry, Resource
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
 
-from toolkit.errors import MessageError, SchemaFileError
+from toolkit.errors import MessageError
+from toolkit.formats import JSON_SCHEMA
+from toolkit.formats.json_schema import validator_class  # noqa: F401 - the earlier home of this function
 from toolkit.layout import SchemaFormat
 from toolkit.validation.base import MAX_DETAILS, STAGE, CompiledSchema, shorten, unexpected
 
 DEFAULT_DRAFT = jsonschema.Draft202012Validator
 # Errors looked at to rank and report; a hostile body may produce millions.
 _MAX_ERRORS_SCANNED = 200
-# Keywords whose values are data, not subschemas: a "$ref" key inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
-# Keywords whose values map arbitrary names to subschemas: the names are not keywords.
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 
 
 def _check_email(value: object) -> bool:
@@ -48,70 +43,14 @@ def _format_checker() -> jsonschema.FormatChecker:
     return checker
 
 
-def validator_class(path: Path | str, document: Any) -> type[Validator]:
-    """The validator class for the document's ``$schema`` (draft 2020-12 when it has none)."""
-    if not isinstance(document, dict):
-        raise SchemaFileError(path, f"a JSON Schema must be a JSON object, not {type(document).__name__}",
-                              fix='start the file with {"$schema": "https://json-schema.org/draft/2020-12/schema"')
-    if "$schema" not in document:
-        return DEFAULT_DRAFT
-    cls = jsonschema.validators.validator_for(document, default=None)
-    if cls is None:
-        raise SchemaFileError(path, f"unknown $schema {document['$schema']!r}", field="$schema",
-                              fix="use https://json-schema.org/draft/2020-12/schema (or another draft "
-                                  "jsonschema knows)")
-    return cls
-
-
 def check_json_schema(path: Path | str, document: Any) -> type[Validator]:
-    """Check the meta-schema and that every ``$ref`` resolves inside the document; return the class.
+    """The one validity check (:meth:`toolkit.formats.json_schema.JsonSchemaFormat.invalid`); return the
+    class. A valid schema using a construct codegen cannot express is not refused: bodies validate with it.
 
     Raises:
-        SchemaFileError: naming the JSON path of the first problem.
+        SchemaFileError: the document is not a valid JSON Schema, naming the JSON path of the problem.
     """
-    cls = validator_class(path, document)
-    try:
-        error = best_match(cls(cls.META_SCHEMA).iter_errors(document))
-    except RecursionError:
-        raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with $defs") from None
-    if error is not None:
-        raise SchemaFileError(path, f"does not conform to its meta-schema: {shorten(error.message)}",
-                              field=error.json_path,
-                              fix=f"correct the schema at {error.json_path} (see {cls.META_SCHEMA['$id']})")
-    _check_refs(path, document)
-    return cls
-
-
-def _check_refs(path: Path | str, document: dict) -> None:
-    resource = Resource.from_contents(document, default_specification=DRAFT202012)
-    base = resource.id() or ""
-    resolver = Registry().with_resource(base, resource).resolver(base_uri=base)
-    for json_path, ref, scope in _iter_refs(document, "$", resolver):
-        try:
-            scope.lookup(ref)
-        except Unresolvable:
-            raise SchemaFileError(path, f"$ref {ref!r} does not resolve", field=json_path,
-                                  fix="point it at a definition in this file, e.g. \"#/$defs/Name\"; "
-                                      "references to other files are not supported") from None
-
-
-def _iter_refs(node: Any, json_path: str, resolver: Any) -> Iterator[tuple[str, str, Any]]:
-    if isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _iter_refs(item, f"{json_path}[{index}]", resolver)
-        return
-    if not isinstance(node, dict):
-        return
-    if isinstance(node.get("$id"), str) and json_path != "$":
-        resolver = resolver.in_subresource(Resource.from_contents(node, default_specification=DRAFT202012))
-    for key, value in node.items():
-        if key == "$ref" and isinstance(value, str):
-            yield f"{json_path}.$ref", value, resolver
-        elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            for name, subschema in value.items():
-                yield from _iter_refs(subschema, f"{json_path}.{key}.{name}", resolver)
-        elif key not in _DATA_KEYWORDS:
-            yield from _iter_refs(value, f"{json_path}.{key}", resolver)
+    return JSON_SCHEMA.validator_class(path, document, codegen=False)
 
 
 # The formats jsonschema-rs checks itself, per draft (the drafts' own format vocabularies).
@@ -180,7 +119,8 @@ class JsonSchema(CompiledSchema):
 
     @classmethod
     def compile(cls, label: str, subject: str, version: int, document: Any) -> JsonSchema:
-        """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema."""
+        """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema (never
+        UnsupportedSchema: a valid schema codegen cannot express validates bodies all the same)."""
         validator_cls = check_json_schema(label, document)
         checker = _format_checker()
         return cls(subject, version, document, validator_cls(document, format_checker=checker),

@@ -1,5 +1,5 @@
-"""Against a real broker: produce an envelope to every topic, run the app's consumer, and check that each
-handler stored its message as the generated model."""
+"""Against a real broker: publish a generated model to every topic through the toolkit's producer (validated
+against schemas/ first), run the app's consumer, and check that each handler stored it as the model."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 import uuid
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
-from toolkit.consumer.testing import envelope_bytes
+from toolkit.producer import EnvelopeProducer
 
 {% for t in cookiecutter.topics | topic_plans -%}
 from generated_models.{{ t.model_package }}.v1 import {{ t.model_class }}
@@ -41,16 +41,16 @@ def _ensure_topics(admin: AdminClient) -> None:
 
 
 def _produce(settings, message_ids: dict[str, str]) -> None:
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
-    failures: list[str] = []
-    for topic, message_id in message_ids.items():
-        schema_name, _ = SCHEMAS[topic]
-        body = {"id": message_id, "occurredAt": "2024-05-01T12:00:00Z", "note": "integration test"}
-        value = envelope_bytes(schema_name, 1, body, message_id=message_id, producer=PRODUCER)
-        producer.produce(topic, value, key=message_id.encode(),
-                         on_delivery=lambda err, msg: failures.append(str(err)) if err else None)
-    left = producer.flush(30)
-    assert not failures and not left, f"producing failed: {failures or f'{left} message(s) not delivered'}"
+    """One model per topic, published as the envelope of its schema; waits for every acknowledgement."""
+    with EnvelopeProducer.from_settings(settings, name=PRODUCER) as producer:
+        deliveries = []
+        for topic, message_id in message_ids.items():
+            _, model_class = SCHEMAS[topic]
+            event = model_class.model_validate({"id": message_id, "occurredAt": "2024-05-01T12:00:00Z",
+                                                "note": "integration test"})
+            deliveries.append(producer.send(topic, event, key=message_id, message_id=message_id))
+        for delivery in deliveries:
+            delivery.result(timeout=30)  # raises DeliveryFailed with the broker's reason
 
 
 async def _consume_until_seen(consumer, store: InMemoryStore, message_ids: dict[str, str]) -> None:

@@ -1,0 +1,176 @@
+"""The benchmark's pure parts: /proc parsing, steal and busy shares, peak RSS, ratios, labels, the report.
+
+No speed is asserted here: figures are measured by `make bench` and written to its results file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import machine
+from bench.__main__ import LABELS, latency_rate, latency_ratios, summarize, write_markdown
+from bench.contenders import CONTENDERS, finish
+from bench.latency import percentiles
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STAT = """cpu  466160 10 48518 56072 919 0 1774 3383 0 0
+cpu0 232341 0 23184 30802 136 0 363 1571 0 0
+intr 123
+"""
+
+
+def test_parse_cpu_times_reads_the_aggregate_line():
+    times = machine.parse_cpu_times(STAT)
+    assert times == {"user": 466160, "nice": 10, "system": 48518, "idle": 56072, "iowait": 919, "irq": 0,
+                     "softirq": 1774, "steal": 3383}
+
+
+def test_parse_cpu_times_pads_old_kernels_and_refuses_garbage():
+    assert machine.parse_cpu_times("cpu 1 2 3 4\n")["steal"] == 0
+    with pytest.raises(ValueError):
+        machine.parse_cpu_times("intr 1\n")
+
+
+def test_cpu_share_is_steal_and_busy_over_all_cpu_time():
+    before = machine.parse_cpu_times("cpu 100 0 0 100 0 0 0 0\n")
+    after = machine.parse_cpu_times("cpu 160 0 20 110 0 0 0 10\n")  # +60 user +20 sys +10 idle +10 steal
+    assert machine.cpu_share(before, after) == {"steal_pct": 10.0, "busy_pct": 80.0}
+
+
+def test_cpu_share_without_readings_is_unknown():
+    times = machine.parse_cpu_times(STAT)
+    assert machine.cpu_share(None, times) == {"steal_pct": None, "busy_pct": None}
+    assert machine.cpu_share(times, times) == {"steal_pct": None, "busy_pct": None}
+
+
+def test_cpu_model_from_cpuinfo():
+    cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) @ 2.80GHz\n"
+    assert machine.cpu_model(cpuinfo) == "Intel(R) Xeon(R) @ 2.80GHz"
+
+
+def test_vm_hwm_and_thread_ticks_parsing():
+    assert machine.parse_vm_hwm_mb("VmPeak:\t  300000 kB\nVmHWM:\t  102400 kB\n") == 100.0
+    assert machine.parse_vm_hwm_mb("Name: x\n") is None
+    line = "4242 (rdk:broker (1)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0"
+    assert machine.parse_thread_cpu_ticks(line) == 300
+
+
+def test_calibration_is_a_positive_rate():
+    assert machine.calibrate(n=200, repeats=2) > 0
+
+
+def test_thread_cpu_seconds_names_python_threads():
+    threads = machine.thread_cpu_seconds()
+    assert "MainThread" in {name for name, _ in threads.values()}
+
+
+def test_a_child_reports_its_own_peak_not_the_parents():
+    """ru_maxrss carries the parent's peak into a child across fork+exec; VmHWM does not."""
+    code = textwrap.dedent("""
+        import subprocess, sys
+        ballast = bytearray(200 * 1024 * 1024)
+        for i in range(0, len(ballast), 4096):
+            ballast[i] = 1
+        child = "from bench.machine import peak_rss_mb; print(peak_rss_mb())"
+        print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+    assert float(out.stdout.strip()) < 150
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs 2 CPUs")
+def test_pinning_a_process_reaches_every_thread_and_is_put_back():
+    code = "import threading, time\nfor _ in range(3): threading.Thread(target=time.sleep, args=(30,)).start()\n" \
+           "print('up', flush=True)\ntime.sleep(30)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        original = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{child.pid}/task")}
+        with machine.pinned_broker(child.pid, {0}):
+            tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+            assert len(tids) == 4
+            assert all(os.sched_getaffinity(t) == {0} for t in tids)
+        assert {t: os.sched_getaffinity(t) for t in original} == original
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_finish_derives_rate_and_cpu_but_not_from_a_too_short_window():
+    cpu = {"cpu_s": 1.5, "threads_cpu_s": {"MainThread": 1.2, "epistle-poll": 0.3}}
+    result = finish({"messages": 20_000, "elapsed_s": 2.0}, cpu, 120.0)
+    assert result["msgs_per_s"] == 10_000.0
+    assert result["cores_busy"] == 0.75
+    assert result["cpu_ms_per_1k"] == 75.0
+    assert result["max_rss_mb"] == 120.0
+    short = finish({"messages": 20_000, "elapsed_s": 0.01}, cpu, 50.0)
+    assert "cores_busy" not in short and short["msgs_per_s"] == 2_000_000.0
+    assert "msgs_per_s" not in finish({"skipped": "n/a"}, {}, 40.0)
+
+
+def _sample(rate: float, steal: float = 1.0) -> dict:
+    return {"msgs_per_s": rate, "max_rss_mb": 100.0, "cores_busy": 1.0, "cpu_ms_per_1k": 50.0,
+            "steal_pct": steal, "busy_pct": 90.0, "threads_cpu_s": {"MainThread": 1.0}}
+
+
+def test_summarize_takes_medians_and_the_target_ratios():
+    samples = {"L1": [_sample(100), _sample(110), _sample(90)], "T": [_sample(85), _sample(80), _sample(95)],
+               "P1": [_sample(20)], "P2": [{"error": "boom", "steal_pct": 2.0}]}
+    block = summarize("json", "shared", 1000, 700, "topic", samples)
+    assert block["contenders"]["L1"]["median_msgs_per_s"] == 100
+    assert block["contenders"]["T"]["label"] == "toolkit (T)"
+    assert block["ratios"]["T/L1"] == {"ratio": 0.85, "target": 0.8, "met": True}
+    assert block["ratios"]["T/P1"]["ratio"] == 4.25
+    assert "T/P2" not in block["ratios"]
+    assert block["contenders"]["P2"]["note"] == "boom" and block["contenders"]["P2"]["steal_pct"] == 2.0
+
+
+def test_every_contender_has_a_readable_label():
+    assert set(LABELS) == set(CONTENDERS)
+    assert LABELS["L0"] == "raw librdkafka (L0)" and LABELS["P2"] == "DeserializingConsumer (P2)"
+
+
+def test_latency_rate_is_a_fraction_of_the_hand_loops_json_capacity():
+    report = {"throughput": [{"format": "avro", "layout": "shared", "contenders": {"L1": {"median_msgs_per_s": 9e4}}},
+                             {"format": "json", "layout": "pinned", "contenders": {"L1": {"median_msgs_per_s": 3e4}}},
+                             {"format": "json", "layout": "shared", "contenders": {"L1": {"median_msgs_per_s": 2e4}}}]}
+    assert latency_rate(report, 0.4, 2000)[0] == 8000
+    assert latency_rate({"throughput": []}, 0.4, 2000)[0] == 2000
+
+
+def test_latency_ratio_is_toolkit_over_hand_loop():
+    rows = {"L1": {"p50_ms": 2.0, "p99_ms": 10.0}, "T": {"p50_ms": 3.0, "p99_ms": 25.0}}
+    assert latency_ratios(rows) == {"p50": 1.5, "p99": 2.5, "target_p99": 2.0, "met": False}
+    assert latency_ratios({"T": {"p99_ms": 1.0}}) == {}
+
+
+def test_percentiles_nearest_rank():
+    values = [float(v) for v in range(1, 201)]
+    assert percentiles(values) == {"p50_ms": 100.5, "p99_ms": 198.0, "max_ms": 200.0}
+    assert percentiles([5.0]) == {"p50_ms": 5.0, "p99_ms": 5.0, "max_ms": 5.0}
+
+
+def test_markdown_shows_labels_and_new_columns():
+    block = summarize("json", "pinned", 1000, 700, "topic", {"L1": [_sample(100)], "T": [_sample(90)]})
+    report = {"when": time.strftime("%Y-%m-%d"), "machine": "cpu, 2 cores", "runs": 1,
+              "calibration": {"start": 50_000.0, "end": 49_000.0}, "throughput": [block],
+              "memory": {"messages": 10, "target_mb": 250, "met": True,
+                         "contenders": {"T": {"peak_rss_mb": 100.0, "msgs_per_s": 5.0}}},
+              "latency": {"rate": 8000, "basis": "40%", "seconds": 3, "runs": 1,
+                          "contenders": {"L1": {"p50_ms": 1.0, "p99_ms": 4.0, "runs_p99_ms": [4.0]},
+                                         "T": {"p50_ms": 1.5, "p99_ms": 6.0, "runs_p99_ms": [6.0]}},
+                          "ratios": latency_ratios({"L1": {"p50_ms": 1.0, "p99_ms": 4.0},
+                                                    "T": {"p50_ms": 1.5, "p99_ms": 6.0}})}}
+    text = write_markdown(report)
+    assert "layout pinned" in text and "| hand-written loop (L1) | 100 |" in text
+    assert "cores busy" in text and "steal %" in text and "50,000 ops/s" in text
+    assert "p99 1.5x (target p99 <= 2.0x: met)" in text

@@ -1,0 +1,144 @@
+"""Incremental codegen: only modules whose inputs changed are rendered; the manifest keeps --check honest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import toolkit.codegen.build as build
+from toolkit.cli import app
+from toolkit.codegen import check_models, generate_models, render_package, run_codegen
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "schemas"
+COMMITTED = ROOT / "generated_models"
+MODULES = ["orders/v1.py", "orders/v2.py", "shipments/v1.py", "shipments/v2.py"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of schemas/ and of the committed generated_models/ (with its manifest)."""
+    schemas, out = tmp_path / "schemas", tmp_path / "generated_models"
+    shutil.copytree(SCHEMAS, schemas)
+    shutil.copytree(COMMITTED, out, ignore=shutil.ignore_patterns("__pycache__"))
+    return schemas, out
+
+
+@pytest.fixture
+def no_rendering(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the modules rendered; the generator itself is replaced, so nothing may depend on its output."""
+    calls: list[str] = []
+
+    def render(schema_file, class_name):
+        calls.append(f"{schema_file.subject}/{schema_file.path.name}")
+        raise AssertionError(f"rendered {schema_file.path}")
+
+    monkeypatch.setattr(build, "render_module", render)
+    return calls
+
+
+def test_unchanged_tree_renders_nothing_and_writes_nothing(workspace, no_rendering) -> None:
+    schemas, out = workspace
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    run = run_codegen(schemas, out)
+    assert (run.build.rendered, run.build.reused, run.written) == ([], MODULES, False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert check_models(schemas, out) == []
+    assert no_rendering == []
+
+
+def test_one_changed_schema_renders_one_module(workspace) -> None:
+    schemas, out = workspace
+    path = schemas / "orders" / "2.json"
+    path.write_text(path.read_text().replace('"PHONE"', '"PHONE", "MARKETPLACE"'))
+    assert [(d.path, d.kind) for d in check_models(schemas, out)] == [("_manifest.json", "stale"),
+                                                                       ("orders/v2.py", "stale")]
+    run = run_codegen(schemas, out)
+    assert run.build.rendered == ["orders/v2.py"] and run.written
+    assert "MARKETPLACE" in (out / "orders" / "v2.py").read_text()
+    assert _tree(out) == {k: v.encode() for k, v in render_package(schemas).items()}  # same as a full render
+    assert check_models(schemas, out) == []
+
+
+def test_a_removed_subject_leaves_no_output(workspace, no_rendering) -> None:
+    schemas, out = workspace
+    shutil.rmtree(schemas / "shipments")
+    generate_models(schemas, out)
+    assert not (out / "shipments").exists()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert sorted(manifest["modules"]) == ["orders/v1.py", "orders/v2.py"]
+    assert "shipments" not in (out / "_index.py").read_text()
+
+
+def test_a_hand_edited_module_is_stale_and_regenerated(workspace) -> None:
+    schemas, out = workspace
+    committed = (out / "orders" / "v1.py").read_text()
+    (out / "orders" / "v1.py").write_text(committed + "# edited by hand\n")
+    result = CliRunner().invoke(app, ["codegen", "--check", "--schemas", str(schemas), "--out", str(out)])
+    assert result.exit_code == 1 and "orders/v1.py is stale" in result.output
+    run = run_codegen(schemas, out)
+    assert run.build.rendered == ["orders/v1.py"]
+    assert (out / "orders" / "v1.py").read_text() == committed
+
+
+def test_a_new_generator_version_renders_everything(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    schemas, out = workspace
+    monkeypatch.setattr(build, "generator_version", lambda: "datamodel-code-generator 99.0")
+    assert {d.path for d in check_models(schemas, out)} == {"_manifest.json"}  # same bytes, new hashes
+    assert run_codegen(schemas, out, workers=1).build.rendered == MODULES
+
+
+def test_input_hash_covers_the_schema_bytes_and_the_renderer(workspace) -> None:
+    from toolkit.layout import load_schemas
+
+    schema_file = load_schemas(workspace[0])["orders"].versions[0]
+    reference = build.input_hash(schema_file, "Order")
+    assert build.input_hash(schema_file, "Order") == reference
+    assert build.input_hash(schema_file, "Other") != reference
+    assert build.input_hash(schema_file, "Order", renderer="0" * 64) != reference
+    edited = type(schema_file)(**{**schema_file.__dict__, "text": schema_file.text + " "})
+    assert build.input_hash(edited, "Order") != reference
+
+
+def test_a_damaged_manifest_means_a_full_render(workspace) -> None:
+    schemas, out = workspace
+    (out / "_manifest.json").write_text("{not json")
+    run = run_codegen(schemas, out)
+    assert run.build.rendered == MODULES
+    assert _tree(out) == _tree(COMMITTED)
+
+
+def test_parallel_and_serial_output_are_identical(tmp_path: Path) -> None:
+    serial = run_codegen(SCHEMAS, tmp_path / "serial", workers=1)
+    parallel = run_codegen(SCHEMAS, tmp_path / "parallel", workers=2)
+    assert serial.build.rendered == parallel.build.rendered == MODULES
+    assert _tree(tmp_path / "serial") == _tree(tmp_path / "parallel") == _tree(COMMITTED)
+
+
+def test_a_dying_worker_is_reported_with_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from toolkit.errors import CodegenError
+
+    parent = os.getpid()
+    real = build.render_module
+
+    def render(schema_file, class_name):
+        if os.getpid() != parent:  # in a forked worker: die as an out-of-memory kill would
+            os._exit(137)
+        return real(schema_file, class_name)
+
+    monkeypatch.setattr(build, "render_module", render)
+    with pytest.raises(CodegenError) as caught:
+        run_codegen(SCHEMAS, tmp_path / "out", workers=2)
+    assert "worker process died" in str(caught.value) and "--jobs 1" in str(caught.value)
+    assert not (tmp_path / "out").exists()

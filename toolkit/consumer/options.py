@@ -1,0 +1,116 @@
+"""The checks of :class:`~toolkit.consumer.KafkaConsumer`'s constructor options.
+
+Every option given explicitly (not None) is checked before anything uses it, with the same bounds as its
+``EPISTLE_*`` setting (read from :class:`~toolkit.settings.ConsumerSettings`, so the two cannot drift).
+An unusable value raises :class:`~toolkit.errors.ConfigError` naming the option and the fix; nothing is
+silently replaced (``max_workers=0`` used to become the default, 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from toolkit.errors import ConfigError
+
+# option -> the ConsumerSettings field holding its bounds (same name unless listed)
+_BOUNDED = ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "commit_interval_s")
+_WHAT = {"max_workers": "handlers running at once", "max_poll_records": "records per fetch",
+         "max_in_flight": "records held before fetching pauses",
+         "max_nesting_depth": "JSON nesting levels accepted in a record",
+         "commit_interval_s": "seconds between offset commits",
+         "shutdown_timeout_s": "seconds stop() waits for handlers in flight"}
+
+
+def _bounds(name: str) -> tuple[float | None, float | None, bool]:
+    """(lowest allowed, highest allowed, lowest excluded) of the ConsumerSettings field ``name``."""
+    from toolkit.settings import ConsumerSettings
+
+    low = high = None
+    exclusive = False
+    for rule in ConsumerSettings.model_fields[name].metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = rule.ge
+        if getattr(rule, "gt", None) is not None:
+            low, exclusive = rule.gt, True
+        if getattr(rule, "le", None) is not None:
+            high = rule.le
+    return low, high, exclusive
+
+
+def _fail(name: str, value: Any, fix: str) -> ConfigError:
+    # Scalars are shown; containers and objects only by type (kafka_config may hold a password).
+    shown = f"{name}={value!r}"[:120] if isinstance(value, int | float | str) else f"{name} (a {type(value).__name__})"
+    return ConfigError(f"{shown}: {fix}", setting=name)
+
+
+def _number(name: str, value: Any, integer: bool) -> None:
+    low, high, exclusive = _bounds(name) if name in _BOUNDED else (0, None, False)
+    kind = "an integer" if integer else "a number"
+    if exclusive:
+        span = f"above {low}" + (f" and at most {high}" if high is not None else "")
+    elif high is not None:
+        span = f"from {low} to {high}"
+    else:
+        span = f"of at least {low}"
+    fix = f"use {kind} {span} ({_WHAT[name]}; EPISTLE_{name.upper()} sets the default)"
+    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else int | float)
+    if wrong_type or (not integer and not math.isfinite(value)):
+        raise _fail(name, value, fix)
+    if (low is not None and (value <= low if exclusive else value < low)) or (high is not None and value > high):
+        raise _fail(name, value, fix)
+
+
+def check_consumer_options(arguments: Mapping[str, Any]) -> None:
+    """Check the constructor's arguments (its ``locals()``); options left as None are not checked.
+
+    Raises:
+        ConfigError: an option is of the wrong type or out of range; ``setting`` is the option's name.
+    """
+    from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
+    from toolkit.settings import OrderingMode, Settings
+
+    given = {name: value for name, value in arguments.items() if value is not None and name != "self"}
+    for name in ("bootstrap_servers", "group_id", "dlq_suffix", "group_instance_id"):
+        if name in given and (not isinstance(given[name], str) or not given[name].strip()):
+            raise _fail(name, given[name], "use a non-empty string" + (
+                " such as host:9092 (comma-separated)" if name == "bootstrap_servers" else ""))
+    for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth"):
+        if name in given:
+            _number(name, given[name], integer=True)
+    for name in ("commit_interval_s", "shutdown_timeout_s", "startup_timeout_s"):
+        if name in given:
+            _number(name, given[name], integer=False)
+    for name, enum in (("ordering", OrderingMode), ("error_policy", ErrorPolicy)):
+        if name in given:
+            try:
+                enum(given[name])  # exactly as the constructor converts it
+            except (ValueError, TypeError):
+                raise _fail(name, given[name], "use one of " + ", ".join(member.value for member in enum)
+                            ) from None
+    if "topics" in given:
+        topics = given["topics"]
+        if isinstance(topics, str | bytes) or not isinstance(topics, Iterable):
+            raise _fail("topics", topics, 'use a list of topic names, e.g. ["orders"]')
+        topics = list(topics)
+        if not all(isinstance(topic, str) and topic.strip() for topic in topics):
+            raise _fail("topics", topics, 'use a list of non-empty topic names, e.g. ["orders"]')
+    checks = {"retry": (lambda v: isinstance(v, RetryPolicy), "use a RetryPolicy(max_attempts, initial_s, max_s)"),
+              "settings": (lambda v: isinstance(v, Settings), "use toolkit.load_settings()"),
+              "stop_when_idle": (lambda v: isinstance(v, bool), "use True or False"),
+              "kafka_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+                               'use a dict of librdkafka properties, e.g. {"session.timeout.ms": 10000}'),
+              "subject_strategy": (callable, "use a function SubjectContext -> subject name, e.g. "
+                                             "toolkit.registry.topic_value_strategy"),
+              "serializer": (lambda v: callable(getattr(v, "loads", v)),
+                             "use an object with loads(bytes), or a function of the record bytes"),
+              "registry": (lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
+                           "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a "
+                           "CachedRegistry"),
+              "models": (lambda v: callable(getattr(v, "get", None)),
+                         "use a model index with get(schema_name, version), e.g. "
+                         "toolkit.codegen.load_model_index()")}
+    for name, (ok, fix) in checks.items():
+        if name in given and not ok(given[name]):
+            raise _fail(name, given[name], fix)

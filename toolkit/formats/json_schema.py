@@ -1,0 +1,242 @@
+"""JSON Schema as a :class:`~toolkit.formats.base.Format`: the one validity check for ``.json`` schemas.
+
+A document is refused by ``epistle check`` and codegen when (in this order; a document that is not a valid
+schema gets that one problem; the runtime refuses only 1-3, :meth:`JsonSchemaFormat.invalid`):
+
+1. it is not a JSON object, or its ``$schema`` names a draft jsonschema does not know;
+2. it does not conform to its draft's meta-schema (2020-12 when ``$schema`` is absent);
+3. a ``$ref`` does not resolve inside the document (relative file references such as ``other.json#/x``
+   and remote URLs are not fetched: each schema version is one self-contained file);
+4. it uses a construct datamodel-code-generator cannot turn into one usable pydantic model, or one whose
+   model cannot follow the validator (:class:`~toolkit.errors.UnsupportedSchema`, every occurrence
+   reported):
+
+   - a definition name (under ``$defs`` or ``definitions``) containing ``.``: the generator reads the dots
+     as module paths and writes several modules instead of one;
+   - a root without ``type`` (and without ``$ref``, ``allOf``/``anyOf``/``oneOf``, ``enum``, ``const``,
+     ``if`` or ``not`` to give it one): the validator accepts any JSON value as the body, the generated
+     class only an object;
+   - a root ``type`` that is a list (``["object", "null"]``): the generated class accepts only the object,
+     so a ``null`` body that passes validation would fail in the model;
+   - a root that is an ``enum``: the generator writes a Python ``Enum``, not a pydantic model, and the model
+     index could not build any message with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from toolkit.errors import SchemaFileError, UnsupportedSchema
+from toolkit.formats.base import BaseFormat, child, shorten
+from toolkit.layout import SchemaFormat
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+    from toolkit.compat.findings import Issue
+    from toolkit.validation.json_schema import JsonSchema
+
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+# Keywords whose values are data, not subschemas: a "$ref" key inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
+# Keywords whose values map arbitrary names to subschemas: the names are not keywords.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+_DEFINITIONS = ("$defs", "definitions")
+# Root keywords that give the body's type without "type" (a reference, a composition, a value list): the
+# generator builds the model from them, so a root with one of them but no "type" is not refused for that.
+_TYPED_ELSEWHERE = ("$ref", "allOf", "anyOf", "oneOf", "enum", "const", "if", "not")
+
+
+# The drafts jsonschema knows, by $schema (normalised as jsonschema does: no empty fragment), and whether
+# jsonschema-rs checks their meta-schema. jsonschema-rs imports in milliseconds; jsonschema takes seconds
+# (its format checkers compile a grammar at import), which codegen of one changed file would pay for nothing.
+KNOWN_DRAFTS = {
+    "http://json-schema.org/draft-03/schema": False,
+    "http://json-schema.org/draft-04/schema": True,
+    "http://json-schema.org/draft-06/schema": True,
+    "http://json-schema.org/draft-07/schema": True,
+    "https://json-schema.org/draft/2019-09/schema": True,
+    "https://json-schema.org/draft/2020-12/schema": True,
+}
+
+
+def draft_of(path: Path | str, document: Any) -> str:
+    """The document's draft as its meta-schema URI (2020-12 when it has no ``$schema``).
+
+    Raises:
+        SchemaFileError: not an object, or an unknown ``$schema`` (field ``$schema``).
+    """
+    if not isinstance(document, dict):
+        raise SchemaFileError(path, f"a JSON Schema must be a JSON object, not {type(document).__name__}",
+                              fix=f'start the file with {{"$schema": "{DRAFT_2020_12}"')
+    declared = document.get("$schema", DRAFT_2020_12)
+    uri = urlsplit(declared).geturl() if isinstance(declared, str) else None
+    if uri not in KNOWN_DRAFTS:
+        raise SchemaFileError(path, f"unknown $schema {declared!r}", field="$schema",
+                              fix=f"use {DRAFT_2020_12} (or another draft jsonschema knows: draft-04, -06, "
+                                  "-07, 2019-09)")
+    return uri
+
+
+def validator_class(path: Path | str, document: Any) -> type[Validator]:
+    """The jsonschema validator class for the document's ``$schema`` (draft 2020-12 when it has none).
+
+    Raises:
+        SchemaFileError: not an object, or an unknown ``$schema`` (field ``$schema``).
+    """
+    import jsonschema
+
+    draft_of(path, document)
+    if "$schema" not in document:
+        return jsonschema.Draft202012Validator
+    return jsonschema.validators.validator_for(document)
+
+
+class JsonSchemaFormat(BaseFormat):
+    schema_format = SchemaFormat.JSON
+    suffix = ".json"
+    label = "JSON Schema"
+    codegen_input = "jsonschema"
+
+    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+        try:
+            _check_meta_schema(path, draft_of(path, document), document)
+        except SchemaFileError as exc:
+            return [exc]
+        return list(_unresolved_refs(path, document))
+
+    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
+        return list(_unsupported(path, document))
+
+    def validator_class(self, path: Path | str, document: Any, *, codegen: bool = True) -> type[Validator]:
+        """:meth:`validate` (``codegen`` as there), then the validator class for the document's draft."""
+        self.validate(path, document, codegen=codegen)
+        return validator_class(path, document)
+
+    def compile(self, label: str, subject: str, version: int, document: Any) -> JsonSchema:
+        from toolkit.validation.json_schema import JsonSchema
+
+        return JsonSchema.compile(label, subject, version, document)
+
+    def compatibility(self, reader: Any, writer: Any) -> list[Issue]:
+        from toolkit.compat import json_schema as json_compat
+
+        return json_compat.check(reader, writer)
+
+
+def _check_meta_schema(path: Path | str, draft: str, document: dict) -> None:
+    if KNOWN_DRAFTS[draft]:
+        import jsonschema_rs
+
+        try:
+            jsonschema_rs.meta.validate(document)
+            return
+        except jsonschema_rs.ValidationError as exc:
+            where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.instance_path)
+            raise _meta_schema_error(path, exc.message, where, draft) from None
+        except Exception:  # noqa: BLE001 - anything jsonschema-rs cannot do itself: jsonschema decides
+            pass
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
+
+    cls = validator_for(document) if "$schema" in document else validator_for({"$schema": DRAFT_2020_12})
+    try:
+        error = best_match(cls(cls.META_SCHEMA).iter_errors(document))
+    except RecursionError:
+        raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with $defs") from None
+    if error is not None:
+        raise _meta_schema_error(path, error.message, error.json_path, draft)
+
+
+def _meta_schema_error(path: Path | str, message: str, where: str, draft: str) -> SchemaFileError:
+    return SchemaFileError(path, f"does not conform to its meta-schema: {shorten(message)}", field=where,
+                           fix=f"correct the schema at {where} (see {draft})")
+
+
+def _unresolved_refs(path: Path | str, document: dict) -> Iterator[SchemaFileError]:
+    from referencing import Registry, Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    resource = Resource.from_contents(document, default_specification=DRAFT202012)
+    base = resource.id() or ""
+    resolver = Registry().with_resource(base, resource).resolver(base_uri=base)
+    for json_path, ref, scope in _iter_refs(document, "$", resolver, Resource, DRAFT202012):
+        try:
+            scope.lookup(ref)
+        except Unresolvable:
+            kind = ("a reference to another file or URL" if not ref.startswith("#")
+                    else "no such definition in this file")
+            yield SchemaFileError(path, f"$ref {ref!r} does not resolve ({kind})", field=json_path,
+                                  fix="point it at a definition in this file, e.g. \"#/$defs/Name\", and copy "
+                                      "the referenced schema there; references to other files or URLs are "
+                                      "not supported")
+
+
+def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: Any
+               ) -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _iter_refs(item, f"{json_path}[{index}]", resolver, resource, spec)
+        return
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("$id"), str) and json_path != "$":
+        resolver = resolver.in_subresource(resource.from_contents(node, default_specification=spec))
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str):
+            yield f"{json_path}.$ref", value, resolver
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, subschema in value.items():
+                yield from _iter_refs(subschema, f"{json_path}.{key}.{name}", resolver, resource, spec)
+        elif key not in _DATA_KEYWORDS:
+            yield from _iter_refs(value, f"{json_path}.{key}", resolver, resource, spec)
+
+
+def _unsupported(path: Path | str, document: dict) -> Iterator[UnsupportedSchema]:
+    root_type = document.get("type")
+    if root_type is None and not any(key in document for key in _TYPED_ELSEWHERE):
+        yield UnsupportedSchema(
+            path, 'the root has no "type": the validator accepts any JSON value as the body (a string, a '
+                  "number, null ...), the generated model only an object",
+            field="$", fix='add "type": "object" to the root (a message body is an object)')
+    if isinstance(root_type, list):
+        yield UnsupportedSchema(
+            path, f"the root's type is a list {root_type!r}: codegen makes one class for the first object "
+                  "type, so a body of another listed type would pass validation and then fail in the model",
+            field="$.type", fix='give the root one type, "type": "object" (a message body is an object); '
+                                "put optional or nullable values in its properties")
+    if "enum" in document and root_type in (None, "string", "integer", "number"):
+        yield UnsupportedSchema(
+            path, "the root is an enum: codegen makes a Python Enum, not a pydantic model, so no message "
+                  "could be built from it",
+            field="$.enum", fix='make the root an object with the enum as a property, e.g. {"type": "object", '
+                                '"properties": {"value": {"enum": [...]}}, "required": ["value"]}')
+    yield from _dotted_definitions(path, document, "$")
+
+
+def _dotted_definitions(path: Path | str, node: Any, json_path: str) -> Iterator[UnsupportedSchema]:
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _dotted_definitions(path, item, child(json_path, index))
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in _DATA_KEYWORDS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, subschema in value.items():
+                where = child(child(json_path, key), name)
+                if key in _DEFINITIONS and "." in name:
+                    new = name.replace(".", "_")
+                    yield UnsupportedSchema(
+                        path, f"definition name {name!r} contains '.': codegen reads the dots as module "
+                              "paths and writes several modules instead of one",
+                        field=where, fix=f"rename it to {new!r} and every $ref to it to \"#/{key}/{new}\"")
+                yield from _dotted_definitions(path, subschema, where)
+        else:
+            yield from _dotted_definitions(path, value, child(json_path, key))

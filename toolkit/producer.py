@@ -1,0 +1,485 @@
+"""Producing: publish generated models as envelopes (or in Confluent's wire format), validated first.
+
+    async with EnvelopeProducer.from_settings(load_settings()) as producer:
+        delivery = await producer.publish("orders", order, key=str(order.order_id))
+
+- The model's ``(schemaName, schemaVersion)`` comes from the generated index (``generated_models._index``),
+  read backwards: the class is the key. A class that is not a generated root model is refused.
+- The body is validated before anything is sent, by the compiled schema the consumer uses (resolved through
+  the same cached registry and subject strategy); an invalid body raises :class:`PublishRefused` with the
+  paths at fault and nothing is produced.
+- Bodies are what the consumer's validator reads: plain JSON for a JSON Schema (fields left unset in the
+  model are omitted, so the consumer's model fills the same defaults); for Avro, Avro's JSON encoding
+  written by fastavro's JSON writer (unions wrapped, bytes and decimals as code-point strings, timestamps
+  as epoch milliseconds).
+- The header is filled: ``messageType`` (the model class name unless given), ``schemaName``,
+  ``schemaVersion``, a new ``messageId`` (uuid4), ``timestamp`` (now, UTC), ``producer`` (the producer's
+  name) and ``correlationId``: the one given, else inside a handler the correlationId of the message being
+  handled (:mod:`toolkit.consumer.context`), else the new messageId (the message starts a conversation).
+- acks=all with idempotence; librdkafka's log goes to ``toolkit.kafka`` like the consumer's.
+  :meth:`EnvelopeProducer.publish` is awaited until the broker acknowledged the record;
+  :meth:`EnvelopeProducer.send` is the synchronous form returning a future. :meth:`close` (and leaving the
+  ``with`` / ``async with`` block) flushes what is still in flight.
+- Topics listed in ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` (or ``confluent_topics=``) get Confluent's wire
+  format instead: magic byte 0, the registry's 4-byte schema id, then Avro binary or the JSON body. That
+  needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads
+  envelopes only and dead-letters such records (stage ``decode``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import json
+import logging
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from toolkit.consumer.context import current_message
+from toolkit.consumer.kafka_log import kafka_logger
+from toolkit.envelope import Envelope, Header
+from toolkit.errors import ConfigError, EpistleError, MessageError, SchemaNotFound
+from toolkit.layout import SchemaFormat
+from toolkit.registry.base import SubjectContext, SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.settings import KafkaSettings, ProducerSettings, Settings, load_producer_settings
+
+log = logging.getLogger("toolkit.producer")
+
+_MAGIC = 0
+HeadersLike = Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]]
+
+
+class WireFormat(StrEnum):
+    """How a topic's records are written: the toolkit's ``{header, body}`` envelope (default), or
+    Confluent's schema-registry wire format."""
+
+    ENVELOPE = "envelope"
+    CONFLUENT = "confluent"
+
+
+class PublishRefused(EpistleError):
+    """The model cannot be published as it is; nothing was sent. ``details`` lists ``{"path", "message"}``
+    where the body fails its schema."""
+
+    def __init__(self, message: str, *, topic: str, schema_name: str | None = None, version: int | None = None,
+                 details: Any = None) -> None:
+        super().__init__(message)
+        self.topic, self.schema_name, self.version, self.details = topic, schema_name, version, details
+
+
+class DeliveryFailed(EpistleError):
+    """The broker did not acknowledge a record (librdkafka gave up: delivery timeout, record too large,
+    no such topic, not authorised). ``retriable`` is librdkafka's verdict; ``code`` its error name."""
+
+    def __init__(self, message: str, *, topic: str, code: str | None = None, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.topic, self.code, self.retriable = topic, code, retriable
+
+
+class KafkaProducerClient(Protocol):
+    """What the producer needs of confluent-kafka's ``Producer`` (tests pass an in-memory double)."""
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, *,
+                headers: Any = None, on_delivery: Callable[[Any, Any], None] | None = None) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """A record ready to produce: what :meth:`EnvelopeProducer.build` makes of a model."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes | None]] | None
+    header: Header
+    wire_format: WireFormat
+    schema_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the broker acknowledged."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None  # epoch milliseconds
+    message_id: str
+    correlation_id: str
+
+
+def avro_json_body(parsed_schema: Any, value: Any) -> Any:
+    """``value`` (Python values: Decimal, datetime, UUID ...) in Avro's JSON encoding, as decoded JSON, by
+    fastavro's JSON writer with its validation on.
+
+    Raises:
+        ValueError: ``value`` does not fit the schema (fastavro's message names the field).
+    """
+    from fastavro import json_writer
+    from fastavro.validation import ValidationError as AvroValidationError
+
+    buffer = io.StringIO()
+    try:
+        json_writer(buffer, parsed_schema, [value], validator=True)
+    except AvroValidationError as exc:
+        raise ValueError("; ".join(str(e) for e in exc.errors) or str(exc)) from None
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    return json.loads(buffer.getvalue())
+
+
+def avro_binary_body(parsed_schema: Any, value: Any) -> bytes:
+    """``value`` as schemaless Avro binary (fastavro), what Confluent's Avro serializer writes after the
+    5-byte prefix."""
+    from fastavro import schemaless_writer
+
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, parsed_schema, value)
+    return buffer.getvalue()
+
+
+class EnvelopeProducer:
+    """Publishes generated models to Kafka, validated against their registry schema first.
+
+    Args:
+        bootstrap_servers: the cluster (default ``settings.kafka``).
+        registry: a caching resolver (``resolve(subject, version)``) or a bare registry (wrapped in a
+            :class:`~toolkit.registry.cache.CachedRegistry`); None builds one from ``settings.registry``
+            (the local ``schemas/`` folder when no URL is set). Pass the consumer's to share its cache.
+        models: the generated model index (``key_of(model_class)``); None loads ``generated_models``.
+        name: the header's ``producer`` (default ``EPISTLE_PRODUCER_NAME``).
+        subject_strategy: as the consumer's (default from ``SCHEMA_REGISTRY_SUBJECT_STRATEGY``).
+        confluent_topics: topics written in Confluent's wire format (default
+            ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``); every other topic gets envelopes.
+        kafka_config: extra librdkafka settings (override ours, except ``acks`` and idempotence).
+        client: a :class:`KafkaProducerClient` to use instead of confluent-kafka's (tests).
+
+    Raises:
+        ConfigError: ``kafka_config`` weakens acks=all or idempotence, or a setting is invalid.
+    """
+
+    def __init__(self, bootstrap_servers: str | None = None, *, registry: Any = None, models: Any = None,
+                 name: str | None = None, subject_strategy: SubjectStrategy | None = None,
+                 confluent_topics: Iterable[str] | None = None, settings: Settings | None = None,
+                 producer_settings: ProducerSettings | None = None, kafka_config: dict[str, Any] | None = None,
+                 client: KafkaProducerClient | None = None) -> None:
+        kafka = settings.kafka if settings else KafkaSettings.model_construct()
+        own = producer_settings or ProducerSettings.model_construct()
+        self.settings = settings
+        self.name = name or own.name
+        self.flush_timeout_s = own.flush_timeout_s
+        self.confluent_topics = frozenset(confluent_topics if confluent_topics is not None
+                                          else own.confluent_topics)
+        extra = dict(kafka_config or {})
+        for option, required in (("acks", {"all", "-1", -1}), ("enable.idempotence", {True, "true"})):
+            if option in extra and extra[option] not in required:
+                raise ConfigError(f"kafka_config {option}={extra[option]!r} is refused: the producer sends with "
+                                  "acks=all and idempotence so an acknowledged record is never lost or "
+                                  f"duplicated; remove {option} from kafka_config", setting=option)
+        self.config: dict[str, Any] = {"logger": kafka_logger(), **kafka.client_config(),
+                                       "linger.ms": 5, **extra, "acks": "all", "enable.idempotence": True}
+        if bootstrap_servers:
+            self.config["bootstrap.servers"] = bootstrap_servers
+        if subject_strategy is None:
+            by_name = settings is None or settings.registry.subject_strategy == "schema_name"
+            subject_strategy = schema_name_strategy if by_name else topic_value_strategy
+        self._subject_strategy = subject_strategy
+        self._registry_arg = registry
+        self._resolver: Any = None
+        self._models = models
+        self._keys: dict[type, tuple[str, int]] = {}
+        self._plans: dict[tuple[str, str, int, str], tuple[str, Any, Any]] = {}
+        self._client: Any = client
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: Any = None, models: Any = None,
+                      producer_settings: ProducerSettings | None = None, **overrides: Any) -> EnvelopeProducer:
+        """A producer configured from :func:`~toolkit.settings.load_settings` and ``EPISTLE_PRODUCER_*``.
+
+        Raises:
+            ConfigError: an ``EPISTLE_PRODUCER_*`` value is invalid (named with the fix).
+        """
+        return cls(settings=settings, registry=registry, models=models,
+                   producer_settings=producer_settings or load_producer_settings(), **overrides)
+
+    # -- building a record (no Kafka) -------------------------------------------------------------------
+    def schema_of(self, model: BaseModel | type[BaseModel]) -> tuple[str, int]:
+        """``(schemaName, schemaVersion)`` of a generated model (instance or class).
+
+        Raises:
+            PublishRefused: it is not a generated root model of the index.
+        """
+        cls = model if isinstance(model, type) else type(model)
+        key = self._keys.get(cls)
+        if key is None:
+            index = self._model_index()
+            key = index.key_of(cls) if hasattr(index, "key_of") else None
+            if key is None:
+                raise PublishRefused(f"{cls.__module__}.{cls.__qualname__} is not a generated root model of "
+                                     f"{getattr(index, 'package', 'the model index')}: publish an instance of "
+                                     "the model class generated for the schema version (e.g. "
+                                     "generated_models.orders.v2.Order), or run `make codegen`", topic="")
+            self._keys[cls] = key
+        return key
+
+    def build(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
+              headers: HeadersLike | None = None, message_type: str | None = None,
+              correlation_id: str | None = None, message_id: str | None = None) -> OutgoingRecord:
+        """Validate ``model`` against its registry schema and make the record (may ask the registry once
+        per schema version; produces nothing).
+
+        Raises:
+            PublishRefused: not a generated model, its schema version is not in the registry, or the body
+                fails the schema (``details`` names the paths).
+            RegistryUnavailable: the registry cannot be reached.
+        """
+        if not isinstance(model, BaseModel):
+            raise PublishRefused(f"publish takes a generated pydantic model instance, got {type(model).__name__}",
+                                 topic=topic)
+        try:
+            schema_name, version = self.schema_of(model)
+        except PublishRefused as exc:
+            exc.topic = topic
+            raise
+        message_type = message_type or type(model).__name__
+        subject, registered, compiled = self._plan(topic, schema_name, version, message_type)
+        wire = WireFormat.CONFLUENT if topic in self.confluent_topics else WireFormat.ENVELOPE
+        where = f"{type(model).__name__} ({schema_name} v{version}) for topic {topic!r}"
+
+        def refused(reason: str, details: Any = None) -> PublishRefused:
+            return PublishRefused(f"{where} fails its schema, nothing was sent: {reason}", topic=topic,
+                                  schema_name=schema_name, version=version, details=details)
+
+        avro = registered.format == SchemaFormat.AVRO
+        try:
+            if avro:
+                value = model.model_dump(by_alias=True, warnings=False)
+                body = avro_json_body(compiled.parsed, value)
+            else:
+                body = model.model_dump(mode="json", by_alias=True, exclude_unset=True, warnings=False)
+        except ValueError as exc:  # fastavro's verdict, or pydantic's PydanticSerializationError
+            raise refused(str(exc), [{"path": "$", "message": str(exc)}]) from None
+        try:
+            compiled.decode(body)  # the consumer's own check, on exactly what it will read
+        except MessageError as exc:
+            raise refused(exc.reason, exc.details) from None
+
+        new_id = message_id or str(uuid.uuid4())
+        header = Header(message_type=message_type, schema_name=schema_name, schema_version=str(version),
+                        correlation_id=correlation_id or self._carried_correlation_id() or new_id,
+                        message_id=new_id, timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                        producer=self.name)
+        record_headers = _headers(headers)
+        schema_id = registered.schema_id
+        if wire is WireFormat.ENVELOPE:
+            payload = Envelope(header=header, body=body).to_bytes()
+        else:
+            if schema_id is None:
+                raise PublishRefused(f"topic {topic!r} is written in Confluent's wire format, which needs the "
+                                     f"registry's schema id, and the registry gave none for subject {subject!r} "
+                                     f"v{version} (the local schemas/ folder has no ids): set SCHEMA_REGISTRY_URL "
+                                     "to a Confluent-compatible registry, or remove the topic from "
+                                     "EPISTLE_PRODUCER_CONFLUENT_TOPICS", topic=topic, schema_name=schema_name,
+                                     version=version)
+            prefix = struct.pack(">bI", _MAGIC, schema_id)
+            data = avro_binary_body(compiled.parsed, value) if avro else json.dumps(
+                body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            payload = prefix + data
+            # The header cannot travel inside the value: it goes in the record headers instead.
+            record_headers = [*(record_headers or []),
+                              *((k, v.encode()) for k, v in header.model_dump(by_alias=True).items())]
+        return OutgoingRecord(topic, key.encode("utf-8") if isinstance(key, str) else key, payload,
+                              record_headers, header, wire, schema_id)
+
+    @staticmethod
+    def _carried_correlation_id() -> str | None:
+        message = current_message()
+        if message is None:
+            return None
+        return message.header.correlation_id or None
+
+    def _plan(self, topic: str, schema_name: str, version: int, message_type: str) -> tuple[str, Any, Any]:
+        """(subject, RegisteredSchema, compiled schema), remembered per (topic, schema, messageType)."""
+        plan_key = (topic, schema_name, version, message_type)
+        plan = self._plans.get(plan_key)
+        if plan is not None:
+            return plan
+        subject = self._subject_strategy(SubjectContext(topic, schema_name, message_type))
+        try:
+            registered, compiled = self._schema_resolver().resolve(subject, version)
+        except SchemaNotFound as exc:
+            raise PublishRefused(f"{schema_name} v{version} is not in the registry as subject {subject!r} "
+                                 f"version {version} ({exc}): register it first (`epistle register`), or check "
+                                 "SCHEMA_REGISTRY_URL and SCHEMA_REGISTRY_SUBJECT_STRATEGY", topic=topic,
+                                 schema_name=schema_name, version=version) from None
+        plan = (subject, registered, compiled)
+        if len(self._plans) < 10_000:
+            self._plans[plan_key] = plan
+        return plan
+
+    def _schema_resolver(self) -> Any:
+        if self._resolver is None:
+            registry = self._registry_arg
+            if registry is None:
+                from toolkit.registry import CachedRegistry, registry_from_settings
+                from toolkit.settings import ConsumerSettings, RegistrySettings
+
+                reg = self.settings.registry if self.settings else RegistrySettings.model_construct()
+                schemas = (self.settings.consumer if self.settings else ConsumerSettings.model_construct()).schemas_dir
+                registry = CachedRegistry.from_settings(registry_from_settings(reg, schemas), reg)
+            from toolkit.consumer.pipeline import as_resolver
+
+            self._resolver = as_resolver(registry)
+        return self._resolver
+
+    def _model_index(self) -> Any:
+        if self._models is None:
+            from toolkit.codegen.index import load_model_index
+
+            self._models = load_model_index()
+        return self._models
+
+    # -- sending ----------------------------------------------------------------------------------------
+    def send(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
+             headers: HeadersLike | None = None, message_type: str | None = None,
+             correlation_id: str | None = None, message_id: str | None = None
+             ) -> concurrent.futures.Future[Delivery]:
+        """Validate and produce; the future resolves with the :class:`Delivery` once the broker
+        acknowledged the record, or fails with :class:`DeliveryFailed`.
+
+        Raises:
+            PublishRefused: see :meth:`build`; nothing was sent.
+            EpistleError: the producer is closed.
+        """
+        record = self.build(topic, model, key=key, headers=headers, message_type=message_type,
+                            correlation_id=correlation_id, message_id=message_id)
+        return self.send_record(record)
+
+    def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
+        """Produce a record made by :meth:`build`; the future resolves on the broker's acknowledgement."""
+        client = self._started()
+        future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
+        header = record.header
+
+        def delivered(err: Any, msg: Any) -> None:
+            if future.done():
+                return
+            if err is not None:
+                future.set_exception(DeliveryFailed(
+                    f"record {header.message_id} to {record.topic} was not acknowledged: {err.str()}; "
+                    "check that the topic exists and the broker is reachable, then publish it again",
+                    topic=record.topic, code=err.name(), retriable=bool(err.retriable())))
+                return
+            _, timestamp = msg.timestamp()
+            future.set_result(Delivery(msg.topic(), msg.partition(), msg.offset(),
+                                       timestamp if timestamp > 0 else None, header.message_id,
+                                       header.correlation_id))
+
+        while True:
+            try:
+                client.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+                               on_delivery=delivered)
+                break
+            except BufferError:  # librdkafka's queue is full: let deliveries drain it
+                client.poll(0.1)
+            except Exception as exc:  # noqa: BLE001 - KafkaException: too large, unknown partition ...
+                future.set_exception(DeliveryFailed(f"record {header.message_id} to {record.topic} could not "
+                                                    f"be produced: {exc}", topic=record.topic))
+                break
+        return future
+
+    async def publish(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
+                      headers: HeadersLike | None = None, message_type: str | None = None,
+                      correlation_id: str | None = None, message_id: str | None = None) -> Delivery:
+        """Validate, produce and wait for the broker's acknowledgement (the event loop keeps running;
+        a registry look-up on a cache miss runs in a thread).
+
+        Raises:
+            PublishRefused: see :meth:`build`; nothing was sent.
+            DeliveryFailed: the broker did not acknowledge the record.
+        """
+        kwargs: dict[str, Any] = {"key": key, "headers": headers, "message_type": message_type,
+                                  "correlation_id": correlation_id, "message_id": message_id}
+        cls = type(model)
+        known = self._keys.get(cls)
+        if known is not None and (topic, *known, message_type or cls.__name__) in self._plans:
+            record = self.build(topic, model, **kwargs)  # schema known: no I/O, no thread hop
+        else:  # the first of its kind may ask the registry: off the loop (to_thread copies the context)
+            record = await asyncio.to_thread(self.build, topic, model, **kwargs)
+        return await asyncio.wrap_future(self.send_record(record))
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def _started(self) -> Any:
+        if self._closed:
+            raise EpistleError("the producer is closed; make a new EnvelopeProducer")
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    if self._client is None:
+                        from confluent_kafka import Producer
+
+                        self._client = Producer(self.config)
+                    self._thread = threading.Thread(target=self._poll, name="epistle-producer-poll", daemon=True)
+                    self._thread.start()
+        return self._client
+
+    def _poll(self) -> None:
+        while not self._closed:
+            self._client.poll(0.05)
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Wait for every record in flight to be acknowledged; returns how many are still undelivered."""
+        if self._client is None:
+            return 0
+        return self._client.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> int:
+        """Flush and stop; returns how many records are still undelivered (logged as an error)."""
+        if self._closed:
+            return 0
+        left = self.flush(timeout_s)
+        self._closed = True
+        if self._thread is not None:
+            self._thread.join(5)
+        if left:
+            log.error("producer closed with %d record(s) not acknowledged by the broker", left)
+        return left
+
+    def __enter__(self) -> EnvelopeProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> EnvelopeProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def _headers(headers: HeadersLike | None) -> list[tuple[str, bytes | None]] | None:
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(name), value.encode("utf-8") if isinstance(value, str) else value) for name, value in items]
+
+
+__all__ = ["Delivery", "DeliveryFailed", "EnvelopeProducer", "KafkaProducerClient", "OutgoingRecord",
+           "PublishRefused", "WireFormat", "avro_binary_body", "avro_json_body"]
