@@ -60,3 +60,10 @@ def test_start_with_the_broker_up_gets_past_the_check(kafka_bootstrap: str, make
                              startup_timeout_s=30.0, stop_when_idle=True, topics=[topic])
     consumer.register_handler(topic, lambda message: True)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))  # an empty topic: drained at once, start() returns
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), "30", True])
+def test_an_unusable_startup_timeout_is_refused_naming_the_option(value) -> None:
+    with pytest.raises(EpistleError) as err:
+        KafkaConsumer("127.0.0.1:9092", "group", startup_timeout_s=value)
+    assert err.value.setting == "startup_timeout_s" and "KAFKA_STARTUP_TIMEOUT_S" in str(err.value)

@@ -79,7 +79,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> None:
     for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth"):
         if name in given:
             _number(name, given[name], integer=True)
-    for name in ("commit_interval_s", "shutdown_timeout_s", "startup_timeout_s"):
+    for name in ("commit_interval_s", "shutdown_timeout_s"):
         if name in given:
             _number(name, given[name], integer=False)
     for name, enum in (("ordering", OrderingMode), ("error_policy", ErrorPolicy)):

@@ -129,8 +129,10 @@ class KafkaConsumer:
         self._client_config = {**kafka.client_config(), "bootstrap.servers": self.bootstrap_servers}
         self._auto_offset_reset = kafka.auto_offset_reset
         self.startup_timeout_s = startup_timeout_s if startup_timeout_s is not None else kafka.startup_timeout_s
-        if not self.startup_timeout_s > 0:
-            raise ConfigError(f"startup_timeout_s must be positive, got {startup_timeout_s!r}",
+        if (isinstance(self.startup_timeout_s, bool) or not isinstance(self.startup_timeout_s, int | float)
+                or not 0 < self.startup_timeout_s < float("inf")):
+            raise ConfigError(f"startup_timeout_s={startup_timeout_s!r}: use a number of seconds above 0 (how long "
+                              "start() waits for a broker; KAFKA_STARTUP_TIMEOUT_S sets the default)",
                               setting="startup_timeout_s")
         self.group_instance_id = group_instance_id or kafka.group_instance_id
         self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
