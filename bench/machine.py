@@ -176,12 +176,15 @@ def set_process_affinity(pid: int, cpus: set[int]) -> dict[int, set[int]]:
 
 
 def restore_affinity(previous: dict[int, set[int]], pid: int | None = None) -> None:
-    """Put back the saved sets; threads started since (or unknown) get every CPU."""
-    everything = set(range(os.cpu_count() or 1))
+    """Put back the saved sets; threads started since get the process's original set (its main thread's,
+    ``previous[pid]``), or every CPU when that is unknown."""
+    fallback = previous.get(pid) if pid is not None else None
+    if fallback is None:
+        fallback = set(range(os.cpu_count() or 1))
     tids = set(previous) | (set(_threads(pid)) if pid else set())
     for tid in tids:
         with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            os.sched_setaffinity(tid, previous.get(tid, everything))
+            os.sched_setaffinity(tid, previous.get(tid, fallback))
 
 
 @contextlib.contextmanager
@@ -196,6 +199,8 @@ def pinned_broker(pid: int, cpus: set[int]) -> Iterator[None]:
         os.kill(os.getpid(), signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_IGN:  # e.g. SIGHUP under nohup: stays ignored
+            continue
         handlers[signum] = signal.signal(signum, on_signal)
     try:
         yield

@@ -23,8 +23,6 @@ def path(name: str, value: Any) -> Path:
     if isinstance(value, bool) or not isinstance(value, str | os.PathLike):
         raise InvalidArgumentType(f"{name}: expected a path (str or pathlib.Path), got {_got(value)}",
                                   argument=name)
-    if isinstance(value, str) and ("\x00" in value):
-        raise InvalidArgument(f"{name}: {value!r} is not a usable path (NUL character)", argument=name)
     result = Path(value)
     if "\x00" in str(result):
         raise InvalidArgument(f"{name}: {value!r} is not a usable path (NUL character)", argument=name)

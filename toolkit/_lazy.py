@@ -5,12 +5,15 @@
 a quiet machine, 5 s on a loaded one, paid by every command that touches JSON Schema (``epistle check``,
 codegen, the consumer's validator) whether or not a schema uses those formats.
 
-:func:`defer_format_modules` (called once by ``import toolkit``) makes those modules import as an empty
-shell whose real code runs on first use: the functions jsonschema binds with ``from module import
-function`` are stand-ins that load the module and call the real function; any other attribute loads it
-too. Nothing else changes: the same module object is in ``sys.modules``, the same code runs, the same
-answers come back; only *when* the module's code runs moves, from ``import jsonschema`` to the first
-body checked against an "iri" format. A module already imported is left alone.
+:func:`defer_format_modules` (called once by ``import toolkit``) makes those modules import as an empty shell
+whose real code runs on first use: the functions jsonschema binds with ``from module import function`` are
+stand-ins that load the module and call the real function; any other attribute loads it too (dunders included,
+such as ``__version__`` and ``__all__``; only introspection probes such as ``__path__`` do not). The module
+stays a shell until its code has finished running (other threads wait for it); code that fails leaves the
+shell as it was, so the next use tries again. Nothing else changes: the same module object is in
+``sys.modules``, the same code runs, the same answers come back; only *when* the module's code runs moves,
+from ``import jsonschema`` to the first body checked against an "iri" format. A module already imported is
+left alone.
 """
 
 from __future__ import annotations
@@ -31,12 +34,20 @@ DEFERRED: dict[str, tuple[str, ...]] = {
 }
 
 
+# Attributes looked up *on purpose* without wanting the module run: ``__path__`` by the import system on every
+# ``from module import name`` (running the module there would undo the deferral), the rest by introspection
+# (inspect.unwrap, doctest, pytest, typing). Any other missing name, dunders included (``__version__``,
+# ``__all__`` for ``from module import *``), runs the module first.
+_PROBES = frozenset({"__path__", "__wrapped__", "__test__", "__signature__", "__origin__", "__func__"})
+
+
 class _Shell(types.ModuleType):
-    """A module whose code has not run yet; any missing attribute runs it."""
+    """A module whose code has not run yet (or is running); any missing attribute runs it first."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # dunder probes (e.g. __file__ lookups by tools) must not load it
-            raise AttributeError(name)
+        if name in _PROBES or self.__dict__.get("_epistle_loading") == threading.get_ident():
+            # a probe, or the module's own code asking for a name it has not defined yet: as a plain module
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         _load(self)
         return getattr(self, name)
 
@@ -45,18 +56,25 @@ _lock = threading.RLock()
 
 
 def _load(module: types.ModuleType) -> None:
+    """Run the module's code, once. Until it has finished the module stays a _Shell: another thread wanting
+    one of its names waits on the lock. If the code fails, the module is put back as it was (a shell with
+    its stand-ins), so the next use tries again and raises the same error, as a retried import would."""
     with _lock:
-        if type(module) is not _Shell:
+        if type(module) is not _Shell or "_epistle_loading" in module.__dict__:  # done, or running here
             return
+        before = dict(module.__dict__)
         real_loader = module.__dict__.pop("_epistle_real_loader")
         for name in DEFERRED.get(module.__name__, ()):
             module.__dict__.pop(name, None)
-        module.__class__ = types.ModuleType
+        module.__dict__["_epistle_loading"] = threading.get_ident()
         try:
             real_loader.exec_module(module)
         except BaseException:
-            sys.modules.pop(module.__name__, None)  # as a failed import does
+            module.__dict__.clear()
+            module.__dict__.update(before)  # the loader, the stand-ins and no half-run code
             raise
+        module.__dict__.pop("_epistle_loading", None)
+        module.__class__ = types.ModuleType
 
 
 def _stand_in(module: types.ModuleType, name: str) -> Any:

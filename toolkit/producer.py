@@ -10,8 +10,8 @@
   paths at fault and nothing is produced.
 - Bodies are what the consumer's validator reads: plain JSON for a JSON Schema (fields left unset in the
   model are omitted, so the consumer's model fills the same defaults); for Avro, Avro's JSON encoding
-  written by fastavro's JSON writer (unions wrapped, bytes and decimals as code-point strings, timestamps
-  as epoch milliseconds).
+  written by fastavro's JSON writer (unions wrapped, bytes and decimals as code-point strings, ``big-decimal``
+  as Java writes it, timestamps as epoch milliseconds).
 - The header is filled: ``messageType`` (the model class name unless given), ``schemaName``,
   ``schemaVersion``, a new ``messageId`` (uuid4), ``timestamp`` (now, UTC), ``producer`` (the producer's
   name) and ``correlationId``: the one given, else inside a handler the correlationId of the message being
@@ -19,7 +19,8 @@
 - acks=all with idempotence; librdkafka's log goes to ``toolkit.kafka`` like the consumer's.
   :meth:`EnvelopeProducer.publish` is awaited until the broker acknowledged the record;
   :meth:`EnvelopeProducer.send` is the synchronous form returning a future. :meth:`close` (and leaving the
-  ``with`` / ``async with`` block) flushes what is still in flight.
+  ``with`` / ``async with`` block) flushes what is still in flight; what the broker has not acknowledged
+  by the flush timeout is purged and its futures fail with :class:`DeliveryFailed`.
 - Topics listed in ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` (or ``confluent_topics=``) get Confluent's wire
   format instead: magic byte 0, the registry's 4-byte schema id, then Avro binary or the JSON body. That
   needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import json
 import logging
@@ -39,6 +41,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -47,9 +50,9 @@ from pydantic import BaseModel
 from toolkit.consumer.context import current_message
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.envelope import Envelope, Header
-from toolkit.errors import ConfigError, EpistleError, MessageError, SchemaNotFound
+from toolkit.errors import ConfigError, EpistleError, InvalidArgument, MessageError, SchemaNotFound
 from toolkit.layout import SchemaFormat
-from toolkit.registry.base import SubjectContext, SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.registry.base import SubjectContext, SubjectStrategy
 from toolkit.settings import KafkaSettings, ProducerSettings, Settings, load_producer_settings
 
 log = logging.getLogger("toolkit.producer")
@@ -95,6 +98,8 @@ class KafkaProducerClient(Protocol):
 
     def flush(self, timeout: float) -> int: ...
 
+    def purge(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
@@ -121,33 +126,81 @@ class Delivery:
     correlation_id: str
 
 
+def _varint(value: int) -> bytes:
+    """An Avro int/long: zig-zag, then 7 bits a byte, low bits first."""
+    zigzag = value << 1 if value >= 0 else ((-value) << 1) - 1
+    out = bytearray()
+    while True:
+        byte, zigzag = zigzag & 0x7F, zigzag >> 7
+        out.append(byte | (0x80 if zigzag else 0))
+        if not zigzag:
+            return bytes(out)
+
+
+def _write_big_decimal(value: Any, schema: Any = None) -> Any:
+    """Avro 1.12 ``big-decimal`` (bytes) as Java's ``Conversions.BigDecimalConversion`` writes it: the
+    unscaled value as Avro ``bytes`` (a length, then minimal two's complement big-endian), then the scale
+    as an Avro ``int``. The inverse of :func:`toolkit.validation.avro._read_big_decimal`; fastavro has no
+    writer for it. Anything but a Decimal is left for fastavro to check (bytes pass through)."""
+    if not isinstance(value, Decimal):
+        return value
+    if not value.is_finite():
+        raise ValueError(f"{value} cannot be written as a big-decimal (not finite)")
+    sign, digits, exponent = value.as_tuple()
+    unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+    scale = -int(exponent)
+    if not -(2 ** 31) <= scale < 2 ** 31:
+        raise ValueError(f"{value} cannot be written as a big-decimal (its scale does not fit an int)")
+    size = ((unscaled if unscaled >= 0 else ~unscaled).bit_length() + 8) // 8
+    data = unscaled.to_bytes(size, "big", signed=True)
+    return _varint(len(data)) + data + _varint(scale)
+
+
+def _big_decimal_writer() -> None:
+    """Teach fastavro's writers (and its validator) ``big-decimal``, through its documented hook for custom
+    logical types. Only a type fastavro does not know is added; bytes are written as before."""
+    from fastavro.write import LOGICAL_WRITERS
+
+    LOGICAL_WRITERS.setdefault("bytes-big-decimal", _write_big_decimal)
+
+
 def avro_json_body(parsed_schema: Any, value: Any) -> Any:
     """``value`` (Python values: Decimal, datetime, UUID ...) in Avro's JSON encoding, as decoded JSON, by
-    fastavro's JSON writer with its validation on.
+    fastavro's JSON writer with its validation on (``big-decimal`` written as Java writes it).
 
     Raises:
-        ValueError: ``value`` does not fit the schema (fastavro's message names the field).
+        InvalidArgument: ``value`` does not fit the schema (fastavro's message names the field); it is a
+            ValueError too.
     """
     from fastavro import json_writer
     from fastavro.validation import ValidationError as AvroValidationError
 
+    _big_decimal_writer()
     buffer = io.StringIO()
     try:
         json_writer(buffer, parsed_schema, [value], validator=True)
     except AvroValidationError as exc:
-        raise ValueError("; ".join(str(e) for e in exc.errors) or str(exc)) from None
-    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+        raise InvalidArgument("; ".join(str(e) for e in exc.errors) or str(exc), argument="value") from None
+    except Exception as exc:  # noqa: BLE001 - fastavro's TypeError, KeyError ... on a value or schema it cannot use
+        raise InvalidArgument(f"{type(exc).__name__}: {exc}", argument="value") from None
     return json.loads(buffer.getvalue())
 
 
 def avro_binary_body(parsed_schema: Any, value: Any) -> bytes:
     """``value`` as schemaless Avro binary (fastavro), what Confluent's Avro serializer writes after the
-    5-byte prefix."""
+    5-byte prefix.
+
+    Raises:
+        InvalidArgument: ``value`` does not fit the schema (a ValueError too).
+    """
     from fastavro import schemaless_writer
 
+    _big_decimal_writer()
     buffer = io.BytesIO()
-    schemaless_writer(buffer, parsed_schema, value)
+    try:
+        schemaless_writer(buffer, parsed_schema, value)
+    except Exception as exc:  # noqa: BLE001 - fastavro's TypeError, ValueError ... name the field or type
+        raise InvalidArgument(f"{type(exc).__name__}: {exc}", argument="value") from None
     return buffer.getvalue()
 
 
@@ -176,6 +229,7 @@ class EnvelopeProducer:
                  confluent_topics: Iterable[str] | None = None, settings: Settings | None = None,
                  producer_settings: ProducerSettings | None = None, kafka_config: dict[str, Any] | None = None,
                  client: KafkaProducerClient | None = None) -> None:
+        confluent_topics = _check_options(locals())
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         own = producer_settings or ProducerSettings.model_construct()
         self.settings = settings
@@ -194,8 +248,9 @@ class EnvelopeProducer:
         if bootstrap_servers:
             self.config["bootstrap.servers"] = bootstrap_servers
         if subject_strategy is None:
-            by_name = settings is None or settings.registry.subject_strategy == "schema_name"
-            subject_strategy = schema_name_strategy if by_name else topic_value_strategy
+            from toolkit.registry.factory import default_subject_strategy
+
+            subject_strategy = default_subject_strategy(settings)
         self._subject_strategy = subject_strategy
         self._registry_arg = registry
         self._resolver: Any = None
@@ -204,8 +259,11 @@ class EnvelopeProducer:
         self._plans: dict[tuple[str, str, int, str], tuple[str, Any, Any]] = {}
         self._client: Any = client
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # produce and close exclude each other: no record slips past close
+        self._pending: dict[concurrent.futures.Future[Delivery], str] = {}  # future -> topic
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._polling = True
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Any = None, models: Any = None,
@@ -337,12 +395,9 @@ class EnvelopeProducer:
         if self._resolver is None:
             registry = self._registry_arg
             if registry is None:
-                from toolkit.registry import CachedRegistry, registry_from_settings
-                from toolkit.settings import ConsumerSettings, RegistrySettings
+                from toolkit.registry.factory import default_cached_registry
 
-                reg = self.settings.registry if self.settings else RegistrySettings.model_construct()
-                schemas = (self.settings.consumer if self.settings else ConsumerSettings.model_construct()).schemas_dir
-                registry = CachedRegistry.from_settings(registry_from_settings(reg, schemas), reg)
+                registry = default_cached_registry(self.settings)
             from toolkit.consumer.pipeline import as_resolver
 
             self._resolver = as_resolver(registry)
@@ -372,8 +427,11 @@ class EnvelopeProducer:
         return self.send_record(record)
 
     def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
-        """Produce a record made by :meth:`build`; the future resolves on the broker's acknowledgement."""
-        client = self._started()
+        """Produce a record made by :meth:`build`; the future resolves on the broker's acknowledgement.
+
+        Raises:
+            EpistleError: the producer is closed (or closing).
+        """
         future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
         header = record.header
 
@@ -391,17 +449,21 @@ class EnvelopeProducer:
                                        timestamp if timestamp > 0 else None, header.message_id,
                                        header.correlation_id))
 
-        while True:
-            try:
-                client.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
-                               on_delivery=delivered)
-                break
-            except BufferError:  # librdkafka's queue is full: let deliveries drain it
-                client.poll(0.1)
-            except Exception as exc:  # noqa: BLE001 - KafkaException: too large, unknown partition ...
-                future.set_exception(DeliveryFailed(f"record {header.message_id} to {record.topic} could not "
-                                                    f"be produced: {exc}", topic=record.topic))
-                break
+        with self._send_lock:  # close() waits for this produce, then flushes or purges it
+            client = self._started()
+            self._pending[future] = record.topic
+            future.add_done_callback(lambda done: self._pending.pop(done, None))
+            while True:
+                try:
+                    client.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+                                   on_delivery=delivered)
+                    break
+                except BufferError:  # librdkafka's queue is full: let deliveries drain it
+                    client.poll(0.1)
+                except Exception as exc:  # noqa: BLE001 - KafkaException: too large, unknown partition ...
+                    future.set_exception(DeliveryFailed(f"record {header.message_id} to {record.topic} could "
+                                                        f"not be produced: {exc}", topic=record.topic))
+                    break
         return future
 
     async def publish(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
@@ -440,7 +502,7 @@ class EnvelopeProducer:
         return self._client
 
     def _poll(self) -> None:
-        while not self._closed:
+        while self._polling:
             self._client.poll(0.05)
 
     def flush(self, timeout_s: float | None = None) -> int:
@@ -450,15 +512,38 @@ class EnvelopeProducer:
         return self._client.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
 
     def close(self, timeout_s: float | None = None) -> int:
-        """Flush and stop; returns how many records are still undelivered (logged as an error)."""
-        if self._closed:
-            return 0
+        """Refuse new sends, flush (up to ``timeout_s``, default ``EPISTLE_PRODUCER_FLUSH_TIMEOUT_S``) and
+        stop; returns how many records were still undelivered (logged as an error).
+
+        Records the broker has not acknowledged by then are purged from librdkafka's queue: their futures
+        fail with :class:`DeliveryFailed` (an awaiting :meth:`publish` raises it, never hangs). A send
+        racing with close either is produced before the flush or raises "the producer is closed".
+        """
+        with self._send_lock:
+            if self._closed:
+                return 0
+            self._closed = True
         left = self.flush(timeout_s)
-        self._closed = True
+        if left and self._client is not None:
+            purge = getattr(self._client, "purge", None)
+            if callable(purge):
+                try:
+                    purge()
+                    self._client.poll(0)  # serves the purged records' callbacks: their futures fail
+                except Exception as exc:  # noqa: BLE001 - the futures are failed below regardless
+                    log.warning("purging the producer's queue failed: %s", exc)
+        for future, topic in list(self._pending.items()):  # what no callback settled (a client without purge)
+            if not future.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(DeliveryFailed("the producer was closed before the broker "
+                                                        "acknowledged the record; publish it again",
+                                                        topic=topic, code="_PURGE_QUEUE"))
+        self._polling = False
         if self._thread is not None:
             self._thread.join(5)
         if left:
-            log.error("producer closed with %d record(s) not acknowledged by the broker", left)
+            log.error("producer closed with %d record(s) not acknowledged by the broker; their deliveries "
+                      "failed with DeliveryFailed", left)
         return left
 
     def __enter__(self) -> EnvelopeProducer:
@@ -472,6 +557,45 @@ class EnvelopeProducer:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
+    """Check :class:`EnvelopeProducer`'s arguments given (not None), as the consumer checks its own;
+    returns ``confluent_topics`` as a list (an iterator is read once, here).
+
+    Raises:
+        ConfigError: an argument is of the wrong type; ``setting`` is its name.
+    """
+    from toolkit.consumer.options import _fail
+
+    given = {name: value for name, value in arguments.items() if value is not None and name != "self"}
+    topics = given.get("confluent_topics")
+    if topics is not None:
+        if isinstance(topics, str | bytes) or not isinstance(topics, Iterable):
+            raise _fail("confluent_topics", topics, 'use a list of topic names, e.g. ["payments"]')
+        topics = list(topics)
+        if not all(isinstance(topic, str) and topic.strip() for topic in topics):
+            raise _fail("confluent_topics", topics, 'use a list of non-empty topic names, e.g. ["payments"]')
+    checks = {
+        "bootstrap_servers": (lambda v: isinstance(v, str) and v.strip(), "use host:9092 (comma-separated)"),
+        "name": (lambda v: isinstance(v, str) and v.strip(), "use a non-empty string (the header's producer)"),
+        "kafka_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+                         'use a dict of librdkafka properties, e.g. {"linger.ms": 20}'),
+        "subject_strategy": (callable, "use a function SubjectContext -> subject name, e.g. "
+                                       "toolkit.registry.topic_value_strategy"),
+        "registry": (lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
+                     "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a CachedRegistry"),
+        "models": (lambda v: callable(getattr(v, "key_of", None)),
+                   "use a model index with key_of(model_class), e.g. toolkit.codegen.load_model_index()"),
+        "settings": (lambda v: isinstance(v, Settings), "use toolkit.load_settings()"),
+        "producer_settings": (lambda v: isinstance(v, ProducerSettings),
+                              "use toolkit.settings.load_producer_settings()"),
+        "client": (lambda v: all(callable(getattr(v, m, None)) for m in ("produce", "poll", "flush")),
+                   "use a confluent_kafka.Producer or an object with produce, poll and flush")}
+    for name, (ok, fix) in checks.items():
+        if name in given and not ok(given[name]):
+            raise _fail(name, given[name], fix)
+    return topics
 
 
 def _headers(headers: HeadersLike | None) -> list[tuple[str, bytes | None]] | None:

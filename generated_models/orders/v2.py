@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StrictBool, conint, constr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, conint, constr
 
 
 class Address(BaseModel):
@@ -41,7 +41,7 @@ class Customer(BaseModel):
         populate_by_name=True,
     )
     customer_id: UUID = Field(..., alias="customerId")
-    email: EmailStr
+    email: str
     name: constr(min_length=1, max_length=200)
     phone: constr(pattern=r"^\+?[0-9 ()-]{6,20}$") | None = None
 

@@ -15,6 +15,7 @@ what the consumer does (``CompiledSchema.decode``, then ``model_validate`` of it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
@@ -22,6 +23,7 @@ import math
 import random
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -353,13 +355,18 @@ def _other_type(value: Any) -> Any:
 # ---------------------------------------------------------------- valid bodies
 
 
-def _hypothesis_jsonschema_compat() -> None:
-    """hypothesis-jsonschema 0.23 (its latest release) drives ``hypothesis...utils.many`` with ``more()``;
-    Hypothesis 6.150+ replaced that with a context manager and iteration. Give ``many`` the old method on
-    top of the new protocol (enter once, then one step of the iterator per call)."""
+@contextlib.contextmanager
+def hypothesis_jsonschema_compat() -> Iterator[None]:
+    """While drawing from :func:`valid_bodies`: hypothesis-jsonschema 0.23.1 (its latest release) drives
+    Hypothesis's private ``hypothesis.internal.conjecture.utils.many`` with ``while elements.more():``;
+    Hypothesis 6.150+ replaced ``more()`` with a context manager and iteration. Inside this block ``many``
+    has ``more()`` again, on top of the new protocol (enter on the first call, one step of the iterator per
+    call, exit when it stops); on leaving, ``many`` is as it was. The versions it was written for are pinned
+    in pyproject.toml's dev extra. With a Hypothesis that still has ``more()`` it does nothing."""
     from hypothesis.internal.conjecture import utils as cu
 
-    if hasattr(cu.many, "more"):
+    if hasattr(cu.many, "more"):  # an older Hypothesis, or an enclosing block
+        yield
         return
 
     def more(self: Any) -> bool:
@@ -369,18 +376,23 @@ def _hypothesis_jsonschema_compat() -> None:
         try:
             next(self._compat_iter)
         except StopIteration:
+            self.__exit__(None, None, None)
             return False
         return True
 
     cu.many.more = more
+    try:
+        yield
+    finally:
+        del cu.many.more
 
 
 def valid_bodies(schema_file: SchemaFile) -> st.SearchStrategy:
-    """Bodies the schema accepts: hypothesis-jsonschema for JSON Schema, the Avro JSON encoding for Avro."""
+    """Bodies the schema accepts: hypothesis-jsonschema for JSON Schema, the Avro JSON encoding for Avro.
+    Draw from it inside :func:`hypothesis_jsonschema_compat`."""
     if schema_file.format == SchemaFormat.JSON:
         from hypothesis_jsonschema import from_schema
 
-        _hypothesis_jsonschema_compat()
         return from_schema(schema_file.document, allow_x00=False)
     return avro_bodies(schema_file.document)
 

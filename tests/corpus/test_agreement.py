@@ -5,12 +5,22 @@ back unchanged (see agreement.py for what is generated and judged; SOURCES.md fo
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis_jsonschema._canonicalise import HypothesisRefResolutionError
 
-from tests.corpus.agreement import REFUSED, Subject, Tally, judge, load_corpus, mutants, valid_bodies
+from tests.corpus.agreement import (
+    REFUSED,
+    Subject,
+    Tally,
+    hypothesis_jsonschema_compat,
+    judge,
+    load_corpus,
+    mutants,
+    valid_bodies,
+)
 from tests.corpus.conftest import TALLIES
 
 EXAMPLES = 20
@@ -46,7 +56,8 @@ def test_validator_and_model_agree(name: str, corpus_subjects: dict[str, Subject
             judge(subject, mutant, tally, "mutant")
 
     try:
-        run()
+        with hypothesis_jsonschema_compat():
+            run()
     except HypothesisRefResolutionError as exc:
         # hypothesis-jsonschema cannot draw bodies for recursive $refs; the model was still generated.
         pytest.skip(f"hypothesis-jsonschema cannot generate bodies for this schema: {str(exc)[:100]}")
@@ -60,3 +71,25 @@ def test_the_refused_corpus_schemas_are_the_listed_ones(corpus_subjects: dict[st
     assert sorted(refused) == sorted(REFUSED)
     for name, (words, _) in REFUSED.items():
         assert words in refused[name] and "fix:" in refused[name], refused[name]
+
+
+def test_the_hypothesis_jsonschema_shim_is_scoped_to_its_block() -> None:
+    from hypothesis.internal.conjecture import utils as cu
+
+    from toolkit.layout import SchemaFile, SchemaFormat
+
+    before = cu.many.__dict__.get("more")
+    document = {"type": "object", "required": ["a"], "minProperties": 2,
+                "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}
+    bodies = valid_bodies(SchemaFile("shim", 1, SchemaFormat.JSON, Path("shim/1.json"), "", document))
+    drawn: list[object] = []
+
+    @settings(max_examples=10, derandomize=True, database=None, deadline=None)
+    @given(bodies)
+    def run(body: object) -> None:
+        drawn.append(body)
+
+    with hypothesis_jsonschema_compat():
+        run()
+    assert drawn and all(isinstance(body, dict) and "a" in body and len(body) >= 2 for body in drawn)
+    assert cu.many.__dict__.get("more") is before  # nothing left behind for the rest of the session

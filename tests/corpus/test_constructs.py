@@ -149,6 +149,18 @@ def test_formats_come_back_as_sent(tmp_path: Path) -> None:
     _agree(compiled, model, {"uri": "https://Example.COM", "duration": "P1M"})  # AnyUrl, timedelta: not so
 
 
+@pytest.mark.parametrize("address", ["a@b", "ops@localhost", "A@Example.COM"])
+def test_email_addresses_come_back_as_sent(address: str, tmp_path: Path) -> None:
+    # EmailStr refused the first two (dead-lettered at stage model) and lower-cased the third's domain.
+    schema = {"title": "Contact", "type": "object", "properties": {
+        "email": {"type": "string", "format": "email"}, "idn": {"type": "string", "format": "idn-email"}}}
+    compiled, model = _build(tmp_path, "emails", schema, SchemaFormat.JSON, "Contact")
+    instance = _agree(compiled, model, {"email": address, "idn": address})
+    assert (instance.email, instance.idn) == (address, address)
+    with pytest.raises(MessageError):
+        compiled.decode({"email": "no at sign"})
+
+
 def test_ambiguous_avro_unions_are_refused() -> None:
     a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
     b = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "long"}]}

@@ -23,7 +23,7 @@ from toolkit.consumer import KafkaConsumer
 from toolkit.consumer.testing import read_topic
 from toolkit.envelope import decode_record
 from toolkit.layout import SchemaFormat
-from toolkit.producer import EnvelopeProducer, PublishRefused
+from toolkit.producer import DeliveryFailed, EnvelopeProducer, PublishRefused
 from toolkit.registry import CachedRegistry, ConfluentHttpRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,3 +154,18 @@ def test_a_refused_model_sends_nothing(kafka_bootstrap, make_topic, registry, su
             producer.send(topic, order.model_copy(update={"items": []}))
         producer.send(topic, order).result(30)  # the producer still works
     assert records_in(kafka_bootstrap, topic) == 1
+
+
+def test_close_fails_what_an_unreachable_broker_never_acknowledged(registry, subjects) -> None:
+    producer = EnvelopeProducer("127.0.0.1:1", registry=registry,
+                                subject_strategy=lambda ctx: subjects[ctx.schema_name])
+    order = samples(registry, subjects)[0][1]
+
+    async def run() -> None:
+        publishing = asyncio.ensure_future(producer.publish("orders", order))
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(producer.close, 1) == 1
+        with pytest.raises(DeliveryFailed, match="not acknowledged"):
+            await asyncio.wait_for(publishing, 10)  # before the fix: pending forever
+
+    asyncio.run(run())

@@ -6,6 +6,7 @@ No speed is asserted here: figures are measured by `make bench` and written to i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -95,14 +96,49 @@ def test_pinning_a_process_reaches_every_thread_and_is_put_back():
     try:
         assert child.stdout.readline().strip() == "up"
         original = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{child.pid}/task")}
-        with machine.pinned_broker(child.pid, {0}):
+        cpu = min(os.sched_getaffinity(0))  # one this process may use (CPU 0 may be outside the cgroup)
+        with machine.pinned_broker(child.pid, {cpu}):
             tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
             assert len(tids) == 4
-            assert all(os.sched_getaffinity(t) == {0} for t in tids)
+            assert all(os.sched_getaffinity(t) == {cpu} for t in tids)
         assert {t: os.sched_getaffinity(t) for t in original} == original
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs 2 allowed CPUs")
+def test_a_thread_started_while_pinned_gets_the_process_original_set_back():
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    code = "import os, sys, threading, time\n" \
+           "sys.stdin.readline()\n" \
+           "t = threading.Thread(target=time.sleep, args=(30,)); t.start()\n" \
+           "print(t.native_id, flush=True)\ntime.sleep(30)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+    try:
+        time.sleep(0.2)
+        with machine.pinned_broker(child.pid, {second}):
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            late = int(child.stdout.readline())
+            assert os.sched_getaffinity(late) == {second}
+        assert os.sched_getaffinity(late) == {first}  # the broker's own set, not every CPU of the machine
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_an_ignored_signal_stays_ignored_while_pinned():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with machine.pinned_broker(os.getpid(), os.sched_getaffinity(0)):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_finish_derives_rate_and_cpu_but_not_from_a_too_short_window():

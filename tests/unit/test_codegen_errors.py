@@ -74,3 +74,39 @@ def test_good_input_succeeds(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     index = (out / "_index.py").read_text()
     assert '("good", 1): "good.v1:Thing"' in index and '("good-avro", 1): "good_avro.v1:Thing"' in index
+
+
+OPEN_MODEL = '''from pydantic import BaseModel, ConfigDict
+
+
+class Order(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+    )
+    order_id: str
+'''
+
+
+def test_an_open_model_is_populated_by_alias_only() -> None:
+    from toolkit.codegen.render import _open_models_by_alias_only
+
+    text = _open_models_by_alias_only(OPEN_MODEL, "orders/1.json")
+    assert "populate_by_name" not in text and text == OPEN_MODEL.replace("        populate_by_name=True,\n", "")
+    closed = OPEN_MODEL.replace('extra="allow"', 'extra="forbid"')
+    assert _open_models_by_alias_only(closed, "orders/1.json") == closed
+
+
+@pytest.mark.parametrize("config", ['ConfigDict(extra="allow", populate_by_name=True)',
+                                    'ConfigDict(\n        extra="allow", populate_by_name=True\n    )',
+                                    'ConfigDict(\n        extra="allow",\n        populate_by_name=(\n'
+                                    '            True\n        ),\n    )'])
+def test_an_open_model_config_laid_out_otherwise_is_a_codegen_error(config: str) -> None:
+    from toolkit.codegen.render import _open_models_by_alias_only
+    from toolkit.errors import CodegenError
+
+    text = OPEN_MODEL.replace('ConfigDict(\n        extra="allow",\n        populate_by_name=True,\n    )', config)
+    assert config in text
+    with pytest.raises(CodegenError, match="Order") as caught:
+        _open_models_by_alias_only(text, "orders/1.json")
+    assert str(caught.value.path) == "orders/1.json"

@@ -142,3 +142,31 @@ def test_a_dying_worker_is_reported_with_its_file(tmp_path: Path, monkeypatch: p
         run_codegen(SCHEMAS, tmp_path / "out", workers=2)
     assert "worker process died" in str(caught.value) and "--jobs 1" in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reused_module_is_validated_under_the_current_rules(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Generated while the rules allowed a root without "type"; the rule came after: the module is intact and
+    # its input hash unchanged (the hash does not cover the checks), yet --check and codegen must refuse it.
+    from toolkit.errors import UnsupportedSchema
+    from toolkit.formats import JSON_SCHEMA
+
+    schemas, out = workspace
+    (schemas / "events").mkdir()
+    (schemas / "events" / "subject.toml").write_text('compatibility = "BACKWARD"\ntopics = ["events"]\n')
+    (schemas / "events" / "1.json").write_text(json.dumps({"title": "Event", "properties": {"id": {
+        "type": "string"}}}))
+    with monkeypatch.context() as old_rules:
+        old_rules.setattr(JSON_SCHEMA, "unsupported", lambda path, document: [])
+        run_codegen(schemas, out, workers=1)
+    assert (out / "events" / "v1.py").is_file()
+
+    def render(schema_file, class_name):
+        raise AssertionError(f"rendered {schema_file.path}")
+
+    monkeypatch.setattr(build, "render_module", render)  # every module is reused: only validation may refuse
+    with pytest.raises(UnsupportedSchema, match='the root has no "type"'):
+        check_models(schemas, out)
+    result = CliRunner().invoke(app, ["codegen", "--check", "--schemas", str(schemas), "--out", str(out)])
+    assert result.exit_code != 0 and "events" in result.output and 'no "type"' in result.output
+    with pytest.raises(UnsupportedSchema):
+        run_codegen(schemas, out)

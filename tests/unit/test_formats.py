@@ -42,6 +42,13 @@ CIRCLE = {"type": "record", "name": "Circle", "fields": [{"name": "size", "type"
 SQUARE = {"type": "record", "name": "Square", "fields": [{"name": "size", "type": "double"}]}  # Circle's fields
 BOX = {"type": "record", "name": "Box", "fields": [{"name": "side", "type": "double"}]}
 COUNTS = {"type": "map", "values": "int"}
+# B has A's fields and one more with a default: a value of A ({"x": 1}) fits B, and one of B fits A.
+POINT_B = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "int"},
+                                                   {"name": "y", "type": ["null", "int"], "default": None}]}
+POINT_A = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
+# C has A's field and a required one more, D another required one: D's values do not fit C nor C's D.
+POINT_C = {"type": "record", "name": "C", "fields": [{"name": "x", "type": "int"}, {"name": "y", "type": "int"}]}
+POINT_D = {"type": "record", "name": "D", "fields": [{"name": "x", "type": "int"}, {"name": "z", "type": "int"}]}
 
 # name: (file name, document, rule, JSON path, words of the problem)
 REFUSED = {
@@ -68,6 +75,9 @@ REFUSED = {
         "type": "string"}}}, "UNSUPPORTED_SCHEMA", "$", 'the root has no "type"'),
     "avro-records-of-one-shape": ("1.avsc", _avro({"name": "shape", "type": [CIRCLE, SQUARE]}), "UNSUPPORTED_SCHEMA",
                                   "$.fields[1].type", "branches 0 (record Circle) and 1 (record Square)"),
+    "avro-record-with-a-subset-of-fields": ("1.avsc", _avro({"name": "point", "type": [POINT_B, POINT_A]}),
+                                            "UNSUPPORTED_SCHEMA", "$.fields[1].type",
+                                            "branches 0 (record B) and 1 (record A)"),
     "avro-enum-and-string": ("1.avsc", _avro({"name": "color", "type": ["null", COLOR, "string"]}),
                              "UNSUPPORTED_SCHEMA", "$.fields[1].type", "branches 1 (enum Color) and 2 (string)"),
     "avro-record-and-map-items": ("1.avsc", _avro({"name": "parts", "type": {"type": "array", "items": [
@@ -91,6 +101,7 @@ ACCEPTED = {
     "avro-enum-root": ("1.avsc", {**COLOR}),  # generated as a RootModel
     "avro-namespaced": ("1.avsc", _avro(namespace="com.example")),
     "avro-records-of-two-shapes": ("1.avsc", _avro({"name": "shape", "type": [CIRCLE, BOX]})),
+    "avro-records-each-with-a-required-field": ("1.avsc", _avro({"name": "point", "type": [POINT_C, POINT_D]})),
     "avro-enums-without-shared-symbols": ("1.avsc", _avro({"name": "tag", "type": ["null", COLOR, SIZE]})),
     "avro-union-root-of-two-shapes": ("1.avsc", [CIRCLE, "null", BOX]),  # generated as a RootModel
 }
@@ -278,3 +289,13 @@ def test_checking_a_json_schema_does_not_import_jsonschema() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("branches", [[POINT_B, POINT_A], [POINT_A, POINT_B], [POINT_C, POINT_A],
+                                      ["null", POINT_A, {**POINT_A, "name": "E"}]])
+def test_a_record_whose_required_fields_another_has_is_ambiguous(branches: list, tmp_path: Path) -> None:
+    document = _avro({"name": "point", "type": branches})
+    found = AVRO.unsupported(tmp_path / "1.avsc", document)
+    assert [problem.field for problem in found] == ["$.fields[1].type"]
+    assert "required field" in found[0].fix
+    assert AVRO.unsupported(tmp_path / "1.avsc", _avro({"name": "point", "type": [POINT_C, POINT_D]})) == []

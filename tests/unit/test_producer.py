@@ -378,6 +378,76 @@ def test_close_flushes_and_a_closed_producer_refuses_to_send(registry, kafka) ->
         producer.send("orders", order)
 
 
+class UnreachableKafka(KafkaDouble):
+    """A broker that never acknowledges: flush times out with every record left; purge (when ``purge``)
+    fails them on the next poll, as librdkafka does."""
+
+    def __init__(self, purge: bool = True) -> None:
+        super().__init__()
+        if not purge:
+            self.purge = None  # type: ignore[assignment]
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.005))
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.flushed += 1
+        return len(self._pending)
+
+    def purge(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for callback, msg in pending:
+            callback(_Err("Local: Purged in queue"), msg)
+
+
+@pytest.mark.parametrize("purge", [True, False])
+def test_close_fails_the_records_the_broker_never_acknowledged(registry, purge: bool) -> None:
+    order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
+    kafka = UnreachableKafka(purge)
+    producer = EnvelopeProducer(registry=registry, client=kafka)
+
+    async def run() -> None:
+        publishing = asyncio.ensure_future(producer.publish("orders", order))
+        while not kafka.produced:
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(producer.close, 0.1) == 1
+        with pytest.raises(DeliveryFailed):
+            await asyncio.wait_for(publishing, 5)  # before the fix: pending forever
+
+    asyncio.run(run())
+    future = None
+    with pytest.raises(EpistleError, match="closed"):
+        future = producer.send("orders", order)
+    assert future is None
+
+
+def test_a_send_racing_with_close_is_delivered_or_refused_never_left_pending(registry) -> None:
+    order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
+    for _ in range(20):
+        producer = EnvelopeProducer(registry=registry, client=UnreachableKafka())
+        record = producer.build("orders", order)
+        futures, refused = [], []
+        started = threading.Event()
+
+        def sender(producer=producer, record=record, futures=futures, refused=refused, started=started) -> None:
+            started.set()
+            for _ in range(200):
+                try:
+                    futures.append(producer.send_record(record))
+                except EpistleError:
+                    refused.append(1)
+                    return
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        started.wait()
+        producer.close(0)
+        thread.join(10)
+        assert all(f.done() for f in futures), "a record produced during close was left pending"
+
+
 def test_async_context_manager_flushes_on_exit(registry, kafka) -> None:
     order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
 
@@ -454,3 +524,40 @@ def test_producer_settings_from_a_dotenv_file_and_the_example(tmp_path, monkeypa
     env.write_text("EPISTLE_PRODUCER_NAME=from-file\nEPISTLE_PRODUCER_CONFLUENT_TOPICS=a\n")
     settings = load_producer_settings(env_file=env)
     assert settings.name == "from-file" and settings.confluent_topics == ["a"]
+
+
+# -- Avro big-decimal (fastavro has no writer for it) ------------------------------------------------------
+BIG_DECIMAL = {"type": "record", "name": "Amount", "fields": [
+    {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}},
+    {"name": "maybe", "type": ["null", {"type": "bytes", "logicalType": "big-decimal"}], "default": None}]}
+
+
+@pytest.mark.parametrize("text", ["0", "-1.50", "123456789012345678901234567890.123", "1E+5", "-128", "128"])
+def test_big_decimals_round_trip_through_the_consumers_validator(text: str) -> None:
+    from decimal import Decimal
+
+    from toolkit.layout import SchemaFormat
+    from toolkit.producer import avro_binary_body, avro_json_body
+    from toolkit.registry.base import RegisteredSchema
+    from toolkit.validation import compile_schema
+    from toolkit.validation.avro import _read_big_decimal
+
+    compiled = compile_schema(RegisteredSchema("amount", 1, SchemaFormat.AVRO, json.dumps(BIG_DECIMAL)))
+    value = {"value": Decimal(text), "maybe": Decimal(text)}
+    decoded = compiled.decode(avro_json_body(compiled.parsed, value))
+    assert decoded == value and str(decoded["value"]) == text
+    binary = fastavro.schemaless_reader(io.BytesIO(avro_binary_body(compiled.parsed, value)), compiled.parsed)
+    assert _read_big_decimal(binary["value"]) == Decimal(text)
+
+
+def test_avro_bodies_refuse_bad_values_with_epistle_errors() -> None:
+    from toolkit.errors import InvalidArgument
+    from toolkit.producer import avro_binary_body, avro_json_body
+
+    parsed = fastavro.parse_schema(BIG_DECIMAL)
+    for function in (avro_json_body, avro_binary_body):
+        for value in ({"value": "x"}, "x", {"value": float("nan")}):
+            with pytest.raises(InvalidArgument):
+                function(parsed, value)
+        with pytest.raises(InvalidArgument):
+            function("not a schema", {"value": 1})

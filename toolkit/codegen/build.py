@@ -11,10 +11,13 @@ the SHA-256 of the module's bytes:
 
 A module is reused as it is on disk when its recorded input hash equals the fresh one *and* the file on
 disk still hashes to the recorded output (so a hand-edited module is regenerated, and ``--check`` reports
-it). Everything else is validated (:mod:`toolkit.formats`) and rendered, in a process pool when there is
-more than one. The manifest is written sorted and without timestamps, so the output stays deterministic and
-is committed with the models. Modules of removed schemas disappear because the whole package is rebuilt
-from the schema folder (only unchanged ones are copied).
+it). Everything else is rendered, in a process pool when there is more than one. Every schema file is
+validated (:mod:`toolkit.formats`) on every run, reused or not: the module's bytes do not depend on the
+checks, but whether it may exist does, so a check added or tightened refuses a schema whose module was
+generated before it (and ``--check`` fails on it) without being part of the hash. The manifest is written
+sorted and without timestamps, so the output stays deterministic and is committed with the models. Modules
+of removed schemas disappear because the whole package is rebuilt from the schema folder (only unchanged
+ones are copied).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from toolkit.codegen.render import (
     root_class_name,
 )
 from toolkit.errors import CodegenError, CodegenFailures, SchemaFileError
+from toolkit.formats import format_for
 from toolkit.layout import SchemaFile, Subject, load_subject
 
 CODEGEN_VERSION = "2"
@@ -110,6 +114,7 @@ def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *
     reused = _reusable(jobs, Path(previous)) if previous is not None else {}
     build = Build(files)
     todo = [job for job in jobs if job.module not in reused]
+    errors += _validate_reused([job for job in jobs if job.module in reused])
     rendered, failures = _render_all(todo, workers)
     errors += failures
     if errors:
@@ -196,6 +201,18 @@ def _reusable(jobs: list[Job], previous: Path) -> dict[str, str]:
             except UnicodeDecodeError:
                 continue
     return reused
+
+
+def _validate_reused(jobs: list[Job]) -> list[SchemaFileError]:
+    """The validity check (:meth:`toolkit.formats.base.Format.validate`) of the schema files whose module is
+    reused: render_module runs it on the others. Cheap next to rendering (no generator), so done here."""
+    errors: list[SchemaFileError] = []
+    for job in jobs:
+        try:
+            format_for(job.schema_file.format).validate(job.schema_file.path, job.schema_file.document)
+        except SchemaFileError as exc:
+            errors.append(exc)
+    return errors
 
 
 def _manifest(jobs: list[Job], files: dict[str, str]) -> str:

@@ -13,8 +13,9 @@ never has to refuse anything: it has to accept every validated value and keep al
 - a subschema with ``properties`` or ``items`` but no ``type`` also accepts every value of another type; it
   becomes ``anyOf: [<it, typed>, {"not": {"type": ...}}]``, i.e. ``Model | Any``;
 - an enum mixing booleans and numbers is a ``Literal`` (in a Python Enum ``True`` is the member ``1``);
-  booleans are ``StrictBool`` (a lax bool turns ``"off"`` into ``False`` ahead of an enum branch); URIs and
-  durations stay strings (``AnyUrl`` and ``timedelta`` rewrite them);
+  booleans are ``StrictBool`` (a lax bool turns ``"off"`` into ``False`` ahead of an enum branch); URIs,
+  durations and e-mail addresses stay strings (``AnyUrl``, ``timedelta`` and ``EmailStr`` rewrite them, and
+  ``EmailStr`` refuses addresses the validator accepts);
 - Avro: a non-null field with a default stays non-Optional (``strict_nullable``), a ``big-decimal`` is a
   Decimal (the validator decodes it so), and a root that is not a record (an enum, a union, an array ...)
   is wrapped so that render.py can make the module define a ``RootModel`` the index can use.
@@ -42,9 +43,12 @@ GENERATOR_OPTIONS: dict[str, Any] = {
     "strict_types": ["bool"],
     # URIs stay the strings that were sent: pydantic's AnyUrl rewrites them ("https://A.com" ->
     # "https://a.com/"), so the dump would not give the input back. A duration stays a string too: a
-    # timedelta has no months ("P1M" came back as "P30D"). The validator checks both formats.
+    # timedelta has no months ("P1M" came back as "P30D"). E-mail addresses stay strings as well: pydantic's
+    # EmailStr refuses addresses the validator accepts ("a@b", "ops@localhost") and lower-cases the domain
+    # ("A@Example.COM" -> "A@example.com"). The validator checks all these formats.
     "type_mappings": ["string+uri=string", "string+uri-reference=string", "string+iri=string",
-                      "string+iri-reference=string", "string+uri-template=string", "string+duration=string"],
+                      "string+iri-reference=string", "string+uri-template=string", "string+duration=string",
+                      "string+email=string", "string+idn-email=string"],
 }
 
 # Keywords whose value is one subschema / a list of subschemas / a map of name -> subschema.

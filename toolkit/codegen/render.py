@@ -105,7 +105,7 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
                            fix="keep each schema version self-contained (one file, local $ref only)")
     if not is_json and avro_root_kind(schema_file.document) not in ("record", "error"):
         text = _avro_root_model(text, class_name)
-    text = _open_models_by_alias_only(text)
+    text = _open_models_by_alias_only(text, schema_file.path)
     if not _defines_class(text, class_name):
         raise CodegenError(schema_file.path, f"the generated module has no root class {class_name!r}",
                            fix="give the root a title (JSON Schema) or make it a named record (Avro)")
@@ -137,13 +137,18 @@ def _avro_root_model(text: str, class_name: str) -> str:
     return text
 
 
-def _open_models_by_alias_only(text: str) -> str:
+def _open_models_by_alias_only(text: str, path: Path | str) -> str:
     """In a model that keeps unknown keys (``extra="allow"``), a key spelled like a field's Python name
     (``order_id`` beside the property ``orderId``) is an unknown key of the body: with
     ``populate_by_name`` it would be read as the field instead, and ``model_dump(by_alias=True)`` would
-    give back ``orderId``. Those models are populated by alias only."""
+    give back ``orderId``. Those models are populated by alias only.
+
+    The generator writes each ``ConfigDict`` keyword on a line of its own; the line is removed by its text.
+    When it is laid out otherwise (one line, a wrapped value), the model would silently stay populated by
+    name: CodegenError instead.
+    """
     tree = ast.parse(text)
-    drop: set[int] = set()
+    drop: dict[int, str] = {}
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
             continue
@@ -155,13 +160,21 @@ def _open_models_by_alias_only(text: str) -> str:
                 extra = keywords.get("extra")
                 by_name = keywords.get("populate_by_name")
                 if (extra is not None and isinstance(extra.value, ast.Constant) and extra.value.value == "allow"
-                        and by_name is not None and by_name.lineno == by_name.end_lineno):
-                    drop.add(by_name.lineno)
+                        and by_name is not None):
+                    drop[by_name.lineno] = node.name
     if not drop:
         return text
     lines = text.split("\n")
-    return "\n".join(line for number, line in enumerate(lines, 1)
-                     if number not in drop or line.strip() != "populate_by_name=True,")
+    kept = [line for number, line in enumerate(lines, 1)
+            if number not in drop or line.strip() != "populate_by_name=True,"]
+    if len(kept) != len(lines) - len(drop):
+        missed = sorted({name for number, name in drop.items() if lines[number - 1].strip()
+                         != "populate_by_name=True,"})
+        raise CodegenError(path, f"could not make the open model(s) {', '.join(missed)} populated by alias "
+                                 "only: datamodel-code-generator laid out their model_config in a way codegen "
+                                 "does not know (not one `populate_by_name=True,` line)",
+                           fix="report it with the schema file and the datamodel-code-generator version")
+    return "\n".join(kept)
 
 
 def _imported_names(text: str) -> set[str]:

@@ -8,19 +8,21 @@ silently replaced (``max_workers=0`` used to become the default, 1).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from toolkit.errors import ConfigError
+from toolkit import _args
+from toolkit.errors import ConfigError, InvalidArgument
 
 # option -> the ConsumerSettings field holding its bounds (same name unless listed)
-_BOUNDED = ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "commit_interval_s")
+_BOUNDED = ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "commit_interval_s",
+            "dlq_max_message_bytes")
 _WHAT = {"max_workers": "handlers running at once", "max_poll_records": "records per fetch",
          "max_in_flight": "records held before fetching pauses",
          "max_nesting_depth": "JSON nesting levels accepted in a record",
          "commit_interval_s": "seconds between offset commits",
-         "shutdown_timeout_s": "seconds stop() waits for handlers in flight"}
+         "shutdown_timeout_s": "seconds stop() waits for handlers in flight",
+         "dlq_max_message_bytes": "largest dead letter sent whole"}
 
 
 def _bounds(name: str) -> tuple[float | None, float | None, bool]:
@@ -55,15 +57,22 @@ def _number(name: str, value: Any, integer: bool) -> None:
     else:
         span = f"of at least {low}"
     fix = f"use {kind} {span} ({_WHAT[name]}; EPISTLE_{name.upper()} sets the default)"
-    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else int | float)
-    if wrong_type or (not integer and not math.isfinite(value)):
-        raise _fail(name, value, fix)
-    if (low is not None and (value <= low if exclusive else value < low)) or (high is not None and value > high):
+    try:  # type, finiteness and the inclusive bounds: the public functions' own checks
+        if integer:
+            _args.integer(name, value, low=None if exclusive else low, high=high)
+        else:
+            _args.number(name, value, low=None if exclusive else low)
+    except InvalidArgument:
+        raise _fail(name, value, fix) from None
+    if (exclusive and value <= low) or (high is not None and value > high):
         raise _fail(name, value, fix)
 
 
-def check_consumer_options(arguments: Mapping[str, Any]) -> None:
+def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     """Check the constructor's arguments (its ``locals()``); options left as None are not checked.
+
+    Returns ``topics`` as a list (None when not given): an iterator is read once, here, so the constructor
+    uses the list that was checked.
 
     Raises:
         ConfigError: an option is of the wrong type or out of range; ``setting`` is the option's name.
@@ -76,7 +85,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> None:
         if name in given and (not isinstance(given[name], str) or not given[name].strip()):
             raise _fail(name, given[name], "use a non-empty string" + (
                 " such as host:9092 (comma-separated)" if name == "bootstrap_servers" else ""))
-    for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth"):
+    for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "dlq_max_message_bytes"):
         if name in given:
             _number(name, given[name], integer=True)
     for name in ("commit_interval_s", "shutdown_timeout_s"):
@@ -89,11 +98,12 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> None:
             except (ValueError, TypeError):
                 raise _fail(name, given[name], "use one of " + ", ".join(member.value for member in enum)
                             ) from None
+    topics = None
     if "topics" in given:
         topics = given["topics"]
         if isinstance(topics, str | bytes) or not isinstance(topics, Iterable):
             raise _fail("topics", topics, 'use a list of topic names, e.g. ["orders"]')
-        topics = list(topics)
+        topics = list(topics)  # once: a generator is empty the second time
         if not all(isinstance(topic, str) and topic.strip() for topic in topics):
             raise _fail("topics", topics, 'use a list of non-empty topic names, e.g. ["orders"]')
     checks = {"retry": (lambda v: isinstance(v, RetryPolicy), "use a RetryPolicy(max_attempts, initial_s, max_s)"),
@@ -101,6 +111,9 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> None:
               "stop_when_idle": (lambda v: isinstance(v, bool), "use True or False"),
               "kafka_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
                                'use a dict of librdkafka properties, e.g. {"session.timeout.ms": 10000}'),
+              "dead_letter_producer_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+                                              'use a dict of librdkafka producer properties, e.g. '
+                                              '{"compression.type": "zstd"}'),
               "subject_strategy": (callable, "use a function SubjectContext -> subject name, e.g. "
                                              "toolkit.registry.topic_value_strategy"),
               "serializer": (lambda v: callable(getattr(v, "loads", v)),
@@ -114,3 +127,4 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> None:
     for name, (ok, fix) in checks.items():
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
+    return topics

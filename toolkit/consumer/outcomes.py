@@ -16,13 +16,20 @@ With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from toolkit import _args
-from toolkit.errors import BrokerUnavailable, ConfigError, MessageError, RegistryUnavailable, RetryableError, safe_str
+from toolkit.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    InvalidArgument,
+    MessageError,
+    RegistryUnavailable,
+    RetryableError,
+    safe_str,
+)
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 HANDLER = "handler"
@@ -41,8 +48,13 @@ class ErrorPolicy(StrEnum):
     _missing_ = classmethod(_args.not_a_member)  # InvalidArgument (a ValueError) listing the members
 
 
-def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+def _refused(check: Any, *args: Any, **kwargs: Any) -> bool:
+    """True when the public-argument check ``check`` (from :mod:`toolkit._args`) refuses the value."""
+    try:
+        check(*args, **kwargs)
+    except InvalidArgument:
+        return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +67,10 @@ class RetryPolicy:
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
-        problems = {"max_attempts": isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
-                    or self.max_attempts < 1,
-                    "initial_s": not _finite(self.initial_s) or self.initial_s < 0,
-                    "max_s": not _finite(self.max_s) or self.max_s <= 0,
-                    "multiplier": not _finite(self.multiplier) or self.multiplier < 1}
+        problems = {"max_attempts": _refused(_args.integer, "max_attempts", self.max_attempts, low=1),
+                    "initial_s": _refused(_args.number, "initial_s", self.initial_s, low=0),
+                    "max_s": _refused(_args.number, "max_s", self.max_s, positive=True),
+                    "multiplier": _refused(_args.number, "multiplier", self.multiplier, low=1)}
         fixes = {"max_attempts": "an integer of at least 1", "initial_s": "seconds, at least 0",
                  "max_s": "seconds, above 0", "multiplier": "a number of at least 1"}
         for name, bad in problems.items():

@@ -41,9 +41,9 @@ from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retr
 from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Plan, Prepared, as_resolver
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
-from toolkit.envelope import LIMIT_DEPTH, DecodedRecord, SerializerLike
+from toolkit.envelope import DecodedRecord, SerializerLike
 from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped, safe_str
-from toolkit.registry.base import SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.registry.base import SubjectStrategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
 log = logging.getLogger("toolkit.consumer")
@@ -120,7 +120,7 @@ class KafkaConsumer:
                  max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
                  dead_letter_producer_config: dict[str, Any] | None = None, startup_timeout_s: float | None = None,
                  group_instance_id: str | None = None) -> None:
-        check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
+        topics = check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         self.settings = settings
@@ -135,24 +135,16 @@ class KafkaConsumer:
                               "start() waits for a broker; KAFKA_STARTUP_TIMEOUT_S sets the default)",
                               setting="startup_timeout_s")
         self.group_instance_id = group_instance_id or kafka.group_instance_id
-        self.max_workers = _positive("max_workers", max_workers or cfg.max_workers)
-        self.max_poll_records = _positive("max_poll_records", max_poll_records or cfg.max_poll_records)
-        self.max_in_flight = _positive("max_in_flight", max_in_flight or cfg.max_in_flight)
-        self.max_nesting_depth = _positive("max_nesting_depth", max_nesting_depth or cfg.max_nesting_depth)
-        if self.max_nesting_depth > LIMIT_DEPTH:
-            raise ConfigError(f"max_nesting_depth {self.max_nesting_depth} is above {LIMIT_DEPTH}: deeper "
-                              "documents may exhaust a thread's stack; use at most that",
-                              setting="max_nesting_depth")
-        try:
-            self.ordering = OrderingMode(ordering or cfg.ordering)
-            self.error_policy = ErrorPolicy(error_policy or cfg.error_policy)
-        except ValueError as exc:
-            raise ConfigError(str(exc), setting="ordering/error_policy") from None
+        self.max_workers = max_workers or cfg.max_workers
+        self.max_poll_records = max_poll_records or cfg.max_poll_records
+        self.max_in_flight = max_in_flight or cfg.max_in_flight
+        self.max_nesting_depth = max_nesting_depth or cfg.max_nesting_depth
+        self.ordering = OrderingMode(ordering or cfg.ordering)
+        self.error_policy = ErrorPolicy(error_policy or cfg.error_policy)
         self.retry = retry or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
                                           cfg.retry_backoff_max_s)
         self.dlq_suffix = dlq_suffix if dlq_suffix is not None else cfg.dlq_suffix
-        self.dlq_max_message_bytes = _positive("dlq_max_message_bytes",
-                                               dlq_max_message_bytes or cfg.dlq_max_message_bytes)
+        self.dlq_max_message_bytes = dlq_max_message_bytes or cfg.dlq_max_message_bytes
         self._dead_letter_config = dict(dead_letter_producer_config or {})
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
@@ -164,8 +156,9 @@ class KafkaConsumer:
         self._models = models
         self._serializer = serializer
         if subject_strategy is None:
-            by_name = settings is None or settings.registry.subject_strategy == "schema_name"
-            subject_strategy = schema_name_strategy if by_name else topic_value_strategy
+            from toolkit.registry.factory import default_subject_strategy
+
+            subject_strategy = default_subject_strategy(settings)
         self._subject_strategy = subject_strategy
         self.handlers = HandlerRegistry()
         self.stats = ConsumerStats()
@@ -318,11 +311,9 @@ class KafkaConsumer:
                 **self._kafka_config}
 
     def _default_registry(self) -> Any:
-        from toolkit.registry import CachedRegistry, registry_from_settings
-        from toolkit.settings import RegistrySettings
+        from toolkit.registry.factory import default_cached_registry
 
-        settings = self.settings.registry if self.settings else RegistrySettings.model_construct()
-        return CachedRegistry.from_settings(registry_from_settings(settings, self._schemas_dir), settings)
+        return default_cached_registry(self.settings)
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -751,12 +742,6 @@ def _headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
         return list(msg.headers() or [])
     except Exception:  # noqa: BLE001
         return None
-
-
-def _positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}", setting=name)
-    return value
 
 
 def _default_models() -> ModelLookup | None:

@@ -11,8 +11,9 @@ A document is refused when (a document that is not a valid schema gets that one 
    - an ``error`` type, anywhere: errors belong to Avro RPC protocols, and datamodel-code-generator does not
      know the type;
    - a union with two branches the model cannot tell apart once the validator has unwrapped the value
-     (records with the same field names, a record and a map, enums sharing a symbol, an enum and a string,
-     fixed types of one size, a fixed and bytes): the model takes the first branch that fits.
+     (records where the required fields of one are all fields of the other, a record and a map, enums
+     sharing a symbol, an enum and a string, fixed types of one size, a fixed and bytes): the model takes
+     the first branch that fits.
 
    A root that is not a record (an ``enum``, a union, an array ...) is generated as a ``RootModel``
    (:func:`toolkit.codegen.prepare.prepare_avro_schema`), so the model index can use it.
@@ -122,9 +123,10 @@ def _errors(path: Path | str, node: Any, json_path: str) -> Iterator[Unsupported
 
 def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
     """Unions whose branches the model cannot tell apart: the validator unwraps ``{"Name": value}`` and hands
-    the model the bare value, so of two branches of the same shape (records with the same field names, a
-    record and a map, two enums sharing a symbol, an enum and a string, two fixed of one size, a fixed and
-    bytes) the model takes the first that fits, which may not be the branch the producer wrote."""
+    the model the bare value, so of two branches of the same shape (records where the required fields of one
+    are all fields of the other, a record and a map, two enums sharing a symbol, an enum and a string, two
+    fixed of one size, a fixed and bytes) the model takes the first that fits, which may not be the branch
+    the producer wrote."""
     named: dict[str, Any] = {}
     found: list[UnsupportedSchema] = []
 
@@ -163,7 +165,10 @@ def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSc
 
 
 # A branch's shape once unwrapped: (kind, detail). Two branches of one kind overlap when either detail is
-# None (a map, a string, bytes take every value of the other branch) or the details meet.
+# None (a map, a string, bytes take every value of the other branch) or the details meet: for records
+# (detail: the required field names, those without a default, and all field names) when one record's
+# required fields are all fields of the other, so that a value of the other fits it (missing fields take
+# their defaults, extra keys are not refused).
 def _shape(branch: Any) -> tuple[str, Any] | None:
     if isinstance(branch, str):
         return {"string": ("text", None), "bytes": ("bytes", None), "map": ("object", None)}.get(branch)
@@ -171,7 +176,9 @@ def _shape(branch: Any) -> tuple[str, Any] | None:
         return None
     kind = branch.get("type")
     if kind in ("record", "error"):
-        return "object", frozenset(f.get("name") for f in branch.get("fields", ()) if isinstance(f, dict))
+        fields = [f for f in branch.get("fields", ()) if isinstance(f, dict)]
+        return "object", (frozenset(f.get("name") for f in fields if "default" not in f),
+                          frozenset(f.get("name") for f in fields))
     if kind == "map":
         return "object", None
     if kind == "enum":
@@ -190,6 +197,9 @@ def _overlap(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
         return True
     if a[0] == "text":
         return bool(a[1] & b[1])
+    if a[0] == "object":
+        (a_required, a_fields), (b_required, b_fields) = a[1], b[1]
+        return a_required <= b_fields or b_required <= a_fields
     return a[1] == b[1]
 
 
@@ -207,11 +217,14 @@ def _ambiguous(path: Path | str, json_path: str, owner: str, first: tuple[int, A
     (i, a, (kind, a_detail)), (j, b, (_, b_detail)) = first, second
     a_label, b_label = _label(a), _label(b)
     if a_detail is not None and b_detail is not None:
-        fix = {"object": f"give {a_label} and {b_label} different field names (a field only one of them has), "
-                         "or merge them into one record",
-               "text": f"remove the shared symbols ({', '.join(sorted(a_detail & b_detail))}) from one of the "
-                       "enums, or merge them into one enum",
-               "bytes": f"give {a_label} and {b_label} different sizes, or merge them"}[kind]
+        if kind == "object":
+            fix = (f"give each of {a_label} and {b_label} a required field (one without a default) the other "
+                   "does not have, or merge them into one record")
+        elif kind == "text":
+            fix = (f"remove the shared symbols ({', '.join(sorted(a_detail & b_detail))}) from one of the "
+                   "enums, or merge them into one enum")
+        else:
+            fix = f"give {a_label} and {b_label} different sizes, or merge them"
     else:
         wide, narrow = (a_label, b_label) if a_detail is None else (b_label, a_label)
         fix = (f"keep only one of the two branches ({wide} takes every value of {narrow}), or wrap one of them "

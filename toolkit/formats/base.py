@@ -14,8 +14,8 @@ runtime's registry load apply the *same* rules (the runtime the validity ones on
 - :meth:`Format.compatibility`: reader/writer issues (delegates to :mod:`toolkit.compat`).
 - :attr:`Format.codegen_input`: what datamodel-code-generator is told the input is.
 
-Heavy libraries (jsonschema, fastavro, avro) are imported inside the methods: ``epistle codegen`` on an
-unchanged tree never needs them.
+Heavy libraries (jsonschema, fastavro, avro) are imported inside the methods, by the formats in use only
+(``epistle codegen`` validates every schema file on every run, even on an unchanged tree).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from toolkit import _args
 from toolkit.registry.base import SchemaRegistry, SubjectStrategy, schema_name_strategy, topic_value_strategy
 from toolkit.registry.http import ConfluentHttpRegistry
 from toolkit.registry.local import LocalFolderRegistry
-from toolkit.settings import RegistrySettings
+from toolkit.settings import RegistrySettings, Settings
 
 SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {"schema_name": schema_name_strategy,
                                                   "topic_value": topic_value_strategy}
@@ -38,3 +38,25 @@ def subject_strategy_from_settings(settings: RegistrySettings) -> SubjectStrateg
     """
     _args.instance("settings", settings, RegistrySettings, "RegistrySettings (load_settings().registry)")
     return SUBJECT_STRATEGIES[settings.subject_strategy]
+
+
+def default_subject_strategy(settings: Settings | None) -> SubjectStrategy:
+    """The consumer's and producer's strategy when none is passed: ``settings.registry``'s, else
+    ``schema_name``."""
+    return subject_strategy_from_settings(settings.registry) if settings is not None else schema_name_strategy
+
+
+def default_cached_registry(settings: Settings | None) -> Any:
+    """The consumer's and producer's registry when none is passed: :func:`registry_from_settings` of
+    ``settings.registry`` and ``settings.consumer.schemas_dir`` (defaults without settings), cached by a
+    :class:`~toolkit.registry.cache.CachedRegistry`.
+
+    Raises:
+        ConfigError: inconsistent credentials or unreadable TLS files.
+    """
+    from toolkit.registry.cache import CachedRegistry
+    from toolkit.settings import ConsumerSettings
+
+    registry = settings.registry if settings is not None else RegistrySettings.model_construct()
+    schemas_dir = (settings.consumer if settings is not None else ConsumerSettings.model_construct()).schemas_dir
+    return CachedRegistry.from_settings(registry_from_settings(registry, schemas_dir), registry)

@@ -25,8 +25,8 @@ _MAX_ERRORS_SCANNED = 200
 
 
 def _check_email(value: object) -> bool:
-    # The same check pydantic's EmailStr makes in the generated models, so a body that passes
-    # validation also binds; jsonschema's own "email" check only looks for an "@".
+    # jsonschema's own "email" check only looks for an "@"; email-validator's is a real one. The generated
+    # models take any str for an e-mail (toolkit.codegen.prepare), so this check alone decides.
     if not isinstance(value, str):
         return True
     try:
@@ -72,9 +72,9 @@ def _fast_validator(document: Any, checker: jsonschema.FormatChecker) -> Any | N
 
     jsonschema-rs checks the formats of the document's draft itself. A format outside that vocabulary
     (draft-07 has no "uuid", for one) is checked by the FormatChecker jsonschema uses, so jsonschema-rs
-    never accepts a format jsonschema would refuse. For ``email`` jsonschema-rs's RFC 5321 check is kept:
-    the generated model's EmailStr checks addresses again (with email-validator), so an address that
-    passes here and not there is dead-lettered at stage ``model`` with pydantic's reason.
+    never accepts a format jsonschema would refuse. For ``email`` jsonschema-rs's RFC 5321 check is kept
+    (it accepts ``a@b`` and ``ops@localhost``); the generated models take any str for an e-mail address,
+    so an address accepted here binds and comes back as sent.
     None when jsonschema-rs cannot compile the document.
     """
     native = _native_formats(document)
@@ -106,7 +106,8 @@ class JsonSchema(CompiledSchema):
     Two validators, one verdict: jsonschema-rs answers "valid?" on the hot path; a body it rejects (or any
     body when it could not compile the schema) goes through jsonschema, which decides and explains every
     error with its JSON path. A body jsonschema-rs rejects is never accepted, so its stricter format checks
-    win; jsonschema's ``email`` check is the one pydantic's EmailStr makes, so what passes here also binds.
+    win. The generated models take any str for an e-mail address, so no address accepted here is refused by
+    the model.
     """
 
     format = SchemaFormat.JSON
