@@ -26,6 +26,7 @@ from typing import Any
 from toolkit import _lazy
 from toolkit.errors import (
     BrokerUnavailable,
+    BrokerUnreachable,
     ConfigError,
     ConsumerStopped,
     EpistleError,
@@ -55,6 +56,7 @@ _LAZY = {
 __all__ = [
     "BaseHandler",
     "BrokerUnavailable",
+    "BrokerUnreachable",
     "ConfigError",
     "ConsumerStopped",
     "EnvelopeProducer",

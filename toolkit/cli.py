@@ -298,7 +298,7 @@ def _preflight(consumer, settings, registry, topics: list[str] | None, until_idl
     admin = AdminClient({**settings.kafka.client_config(), "bootstrap.servers": consumer.bootstrap_servers,
                          "log_level": 0})
     try:
-        metadata = admin.list_topics(timeout=10)
+        metadata = admin.list_topics(timeout=consumer.startup_timeout_s)
     except KafkaException as exc:
         reason = exc.args[0].str() if exc.args else exc
         raise ConfigError(f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={consumer.bootstrap_servers}: "

@@ -16,6 +16,7 @@
     ├── MessageError                the record itself is at fault: dead-lettered at once with its stage
     ├── RetryableError              raised by a handler: "not now", retried with backoff, then dead-lettered
     ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
+    │   └── BrokerUnreachable       no broker answered at start-up within KAFKA_STARTUP_TIMEOUT_S
     ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
     ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
     ├── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
@@ -183,6 +184,16 @@ class RetryableError(EpistleError):
 
 class BrokerUnavailable(EpistleError):
     """The Kafka cluster cannot be reached; processing pauses and retries, nothing is dead-lettered."""
+
+
+class BrokerUnreachable(BrokerUnavailable):
+    """No broker answered within the start-up timeout (``setting`` names it): the consumer did not start.
+    ``bootstrap_servers`` and ``timeout_s`` say where it asked and for how long."""
+
+    def __init__(self, message: str, *, bootstrap_servers: str, timeout_s: float,
+                 setting: str = "KAFKA_STARTUP_TIMEOUT_S") -> None:
+        super().__init__(message)
+        self.bootstrap_servers, self.timeout_s, self.setting = bootstrap_servers, timeout_s, setting
 
 
 class ConsumerStopped(EpistleError):

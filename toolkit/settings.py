@@ -8,6 +8,7 @@ Built once at the edge (`load_settings()`) and passed down. Every invalid value 
 from __future__ import annotations
 
 import os
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -51,6 +52,22 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
+    # How long start() waits for a broker to answer before it fails (BrokerUnreachable).
+    startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Static membership (KIP-345): a restarted process takes its predecessor's place and partitions at once.
+    # One id per process of the group; "{hostname}" is replaced by the host name (a pod's stable name).
+    group_instance_id: str | None = None
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().replace("{hostname}", socket.gethostname())
+        if "{" in value or "}" in value or len(value) > 249:
+            raise ValueError("use at most 249 characters, no braces except {hostname}, e.g. orders-{hostname} "
+                             "or orders-1; give each process of the group its own id")
+        return value
 
     @field_validator("enable_auto_commit")
     @classmethod

@@ -15,6 +15,11 @@ Two variants. ``membership-kept``: librdkafka's default session (45 s) outlives 
 its partitions and nothing should be handled twice. ``session-lost``: with ``session.timeout.ms=6000`` the
 client gives its session up during the outage (partitions lost, nothing committed for them) and rejoins once
 the broker is back; what it had handled since its last successful commit comes back, and only that.
+``window-paused-session-lost``: the same, but the handlers are held (a gate file) until the in-flight window is
+full and fetching paused when the broker stops. librdkafka keeps a partition's pause across the loss and the
+re-assignment; before the poll thread resumed them, the consumer came back with every partition paused and
+never handled another record (the 1-in-8 failure of ``membership-kept`` whenever the restart outlasted the
+45 s session).
 """
 
 from __future__ import annotations
@@ -192,14 +197,15 @@ def _tail(log: Path, chars: int = 4000) -> str:
 
 
 def _start_consumer(bootstrap: str, topic: str, group: str, record_file: Path, log: Path,
-                    kafka_config: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SCHEMA_REGISTRY_URL": "",
+                    kafka_config: list[str], gate: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "RECORDER_GATE": str(gate) if gate else "",
+           "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SCHEMA_REGISTRY_URL": "",
            "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S), "EPISTLE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
            "EPISTLE_MAX_WORKERS": str(MAX_WORKERS), "RECORDER_FILE": str(record_file),
            "RECORDER_TOPIC": topic, "RECORDER_DELAY_S": str(HANDLER_DELAY_S)}
     command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.outage_app:register",
                "--group-id", group, "--topics", topic, "--until-idle", *PREFETCH, *kafka_config,
-               "--log-level", "INFO"]
+               "--log-level", "DEBUG" if gate else "INFO"]  # the window's pause is logged at DEBUG
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -219,6 +225,16 @@ def _wait_for(record_file: Path, proc: subprocess.Popen, log: Path, at_least: in
     raise AssertionError(f"fewer than {at_least} handled in {timeout_s}s:\n{_tail(log)}")
 
 
+def _wait_for_line(log: Path, proc: subprocess.Popen, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _alive(proc, log, f"before logging {text!r}")
+        if text in _tail(log, 1_000_000):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in the consumer log within {timeout_s}s:\n{_tail(log)}")
+
+
 def _committed_prefix_handled(handled: list[Handled], offsets: dict[int, int], when: str) -> None:
     """A committed offset never passes a record that was not handled: every offset below it was."""
     for partition, offset in offsets.items():
@@ -229,12 +245,14 @@ def _committed_prefix_handled(handled: list[Handled], offsets: dict[int, int], w
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize(("session_timeout_ms", "outage_s"), [
-    pytest.param(None, OUTAGE_S, id="membership-kept"),  # librdkafka's 45 s session outlives the outage
-    pytest.param(6_000, OUTAGE_S + 3, id="session-lost"),  # the client drops its partitions, then rejoins
+@pytest.mark.parametrize(("session_timeout_ms", "outage_s", "window_paused"), [
+    pytest.param(None, OUTAGE_S, False, id="membership-kept"),  # librdkafka's 45 s session outlives the outage
+    pytest.param(6_000, OUTAGE_S + 3, False, id="session-lost"),  # the client drops its partitions, then rejoins
+    pytest.param(6_000, OUTAGE_S + 3, True, id="window-paused-session-lost"),  # ... while fetching is paused
 ])
 def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker, tmp_path: Path,
-                                                  session_timeout_ms: int | None, outage_s: float) -> None:
+                                                  session_timeout_ms: int | None, outage_s: float,
+                                                  window_paused: bool) -> None:
     broker = private_broker
     bootstrap = broker.bootstrap
     topic, group = f"outage-orders-{tmp_path.name}", f"outage-group-{tmp_path.name}"
@@ -250,13 +268,17 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
     produce(bootstrap, topic, envelopes, config={"batch.size": 16_384})
     assert sum(_log_end_offsets(bootstrap, topic).values()) == MESSAGES
 
-    consumer = _start_consumer(bootstrap, topic, group, records, log, kafka_config)
+    gate = tmp_path / "gate" if window_paused else None
+    consumer = _start_consumer(bootstrap, topic, group, records, log, kafka_config, gate)
     try:
         _wait_for(records, consumer, log, STOP_AFTER, timeout_s=60)
 
         # Before the outage: what the group committed is a handled prefix of each partition.
         committed_before = committed(bootstrap, group, topic, PARTITIONS)
         _committed_prefix_handled(_read(records), committed_before, "before the outage")
+        if gate is not None:  # hold the handlers until the window is full and fetching paused
+            gate.touch()
+            _wait_for_line(log, consumer, "in-flight window full: fetching paused", timeout_s=60)
 
         stop_started = time.monotonic()
         handled_at_stop = _count(records)
@@ -266,7 +288,11 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
         handled_at_down = _count(records)
         while time.monotonic() - down_at < outage_s:  # the consumer must wait it out, alive
             _alive(consumer, log, "while the broker was down")
+            if gate is not None and gate.exists() and "partitions lost" in _tail(log, 100_000):
+                gate.unlink()  # the partitions were lost while paused: let the held handlers finish
             time.sleep(0.1)
+        if gate is not None:
+            gate.unlink(missing_ok=True)
         handled_before_up = _count(records)
         assert handled_before_up < MESSAGES, \
             "the consumer finished before the outage: it did not hit the stream (lower STOP_AFTER)"
@@ -339,7 +365,8 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
     lost = sum(1 for line in lines if "partitions lost" in line)
     if session_timeout_ms:  # the scenario really happened: the client gave up its session during the outage
         assert lost, f"no 'partitions lost' in the consumer log:\n{_tail(log)}"
-    print(f"\nbroker outage, session.timeout.ms={session_timeout_ms or 'default'}, partitions lost {lost}x: "
+    print(f"\nbroker outage, session.timeout.ms={session_timeout_ms or 'default'}, window paused {window_paused}, "
+          f"partitions lost {lost}x: "
           f"stopped after {handled_at_stop} handled (committed {sum(max(o, 0) for o in committed_before.values())} "
           f"{dict(sorted(committed_before.items()))}); stop took {stop_s:.1f}s, handled during the stop "
           f"{handled_at_down - handled_at_stop}, while down {handled_before_up - handled_at_down}; "

@@ -92,3 +92,23 @@ def test_unknown_override_group() -> None:
 def test_overrides_win() -> None:
     settings = load_settings(env_file=None, kafka__group_id="g2", consumer__max_workers=4)
     assert settings.kafka.group_id == "g2" and settings.consumer.max_workers == 4
+
+
+def test_startup_timeout_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_STARTUP_TIMEOUT_S", "0")
+    with pytest.raises(ConfigError, match="KAFKA_STARTUP_TIMEOUT_S .*greater than 0") as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_STARTUP_TIMEOUT_S"
+
+
+def test_group_instance_id_takes_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "orders-{hostname}")
+    assert load_settings(env_file=None).kafka.group_instance_id == f"orders-{socket.gethostname()}"
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "  ")
+    assert load_settings(env_file=None).kafka.group_instance_id is None
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "orders-{pid}")
+    with pytest.raises(ConfigError, match=r"KAFKA_GROUP_INSTANCE_ID .*\{hostname\}") as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_GROUP_INSTANCE_ID"

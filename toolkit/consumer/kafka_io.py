@@ -38,6 +38,20 @@ def broker_error(exc: BaseException, doing: str) -> BrokerUnavailable:
     return BrokerUnavailable(f"{doing}: {name}: {text}")
 
 
+def wait_for_broker(config: dict[str, Any], timeout_s: float) -> None:
+    """Return once a broker of the cluster in ``config`` answers a metadata request (blocking).
+
+    Raises:
+        BrokerUnavailable: none answered within ``timeout_s``.
+    """
+    # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one error raised here
+    admin = AdminClient({**config, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise broker_error(exc, "asking for the cluster's metadata") from None
+
+
 # How long a full in-flight window only stops fetching before the partitions are paused (see _hold).
 WINDOW_HOLD_S = 1.0
 
@@ -194,11 +208,13 @@ class PollThread:
         if not self._window_paused and free <= 0:
             consumer.pause(consumer.assignment())
             self._window_paused = True
+            log.debug("in-flight window full: fetching paused")
         elif self._window_paused and free >= self._max_in_flight * 0.2:
             resume = [tp for tp in consumer.assignment()
                       if (tp.topic, tp.partition) not in self._paused_by_loop]
             consumer.resume(resume)
             self._window_paused = False
+            log.debug("in-flight window: fetching resumed")
 
     def _run_commands(self) -> bool:
         consumer = self.consumer
@@ -267,8 +283,16 @@ class PollThread:
 
     # -- rebalance callbacks (run inside consume(), on this thread) ------------------------------------
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._window_paused:  # assigned while the window is full: librdkafka starts them unpaused
+        # librdkafka keeps a partition's pause across revoke (or loss) and re-assignment: a partition
+        # paused when it was given up would come back paused, and nothing here would ever resume it.
+        # _revoked resumes what it gives up; resuming here too covers a pause from any older assignment.
+        # Both are no-ops for a partition that is not paused (or not known yet).
+        _resume(consumer, partitions)
+        if self._window_paused:  # end the window pause for the partitions kept too, or they stay paused
+            _resume(consumer, [tp for tp in consumer.assignment()
+                               if (tp.topic, tp.partition) not in self._paused_by_loop])
             self._window_paused = False
+            log.debug("in-flight window: fetching resumed (partitions assigned)")
         assigned = []
         for tp in partitions:
             self._next_generation += 1
@@ -294,9 +318,20 @@ class PollThread:
         for tp in tps:
             self._generation.pop(tp, None)
             self._paused_by_loop.discard(tp)
+        _resume(consumer, partitions)  # librdkafka would keep the pause for when they are assigned again
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked(consumer, partitions, lost=True)
+
+
+def _resume(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """Resume inside a rebalance callback: an exception there would surface from the next consume()."""
+    if not partitions:
+        return
+    try:
+        consumer.resume(partitions)
+    except KafkaException as exc:
+        log.warning("resuming %s failed: %s", [(tp.topic, tp.partition) for tp in partitions], exc)
 
 
 class DeadLetterSender:

@@ -81,7 +81,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     from toolkit.settings import OrderingMode, Settings
 
     given = {name: value for name, value in arguments.items() if value is not None and name != "self"}
-    for name in ("bootstrap_servers", "group_id", "dlq_suffix"):
+    for name in ("bootstrap_servers", "group_id", "dlq_suffix", "group_instance_id"):
         if name in given and (not isinstance(given[name], str) or not given[name].strip()):
             raise _fail(name, given[name], "use a non-empty string" + (
                 " such as host:9092 (comma-separated)" if name == "bootstrap_servers" else ""))

@@ -33,7 +33,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from toolkit.consumer.context import handling
 from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, minimal_dead_letter
 from toolkit.consumer.handlers import HandlerLike, HandlerRegistry
-from toolkit.consumer.kafka_io import DeadLetterSender, PollThread
+from toolkit.consumer.kafka_io import DeadLetterSender, PollThread, wait_for_broker
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.offsets import OffsetTracker
 from toolkit.consumer.options import check_consumer_options
@@ -42,7 +42,7 @@ from toolkit.consumer.pipeline import CompiledSchema, ModelLookup, Pipeline, Pla
 from toolkit.consumer.slots import WorkerSlots
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.envelope import DecodedRecord, SerializerLike
-from toolkit.errors import BrokerUnavailable, ConfigError, ConsumerStopped, safe_str
+from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped, safe_str
 from toolkit.registry.base import SubjectStrategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
 
@@ -102,6 +102,9 @@ class KafkaConsumer:
             of the dead-letter topics it creates (``EPISTLE_DLQ_MAX_MESSAGE_BYTES``, 10 MiB): a dead letter
             over it is sent in its shortened form (docs/dead-letters.md).
         dead_letter_producer_config: extra librdkafka settings for the dead-letter producer (override ours).
+        startup_timeout_s: how long :meth:`start` waits for a broker to answer (KAFKA_STARTUP_TIMEOUT_S).
+        group_instance_id: static membership (KAFKA_GROUP_INSTANCE_ID): a restarted process with the same id
+            takes its predecessor's partitions at once. Each process of the group needs its own id.
 
     Raises:
         ConfigError: an argument is invalid.
@@ -118,7 +121,8 @@ class KafkaConsumer:
                  kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
                  max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
                  dead_letter_producer_config: dict[str, Any] | None = None,
-                 unknown_schema_grace_s: float | None = None) -> None:
+                 unknown_schema_grace_s: float | None = None, startup_timeout_s: float | None = None,
+                 group_instance_id: str | None = None) -> None:
         topics = check_consumer_options(locals())  # ConfigError naming the option: nothing silently replaced
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
@@ -127,6 +131,13 @@ class KafkaConsumer:
         self.group_id = group_id or kafka.group_id
         self._client_config = {**kafka.client_config(), "bootstrap.servers": self.bootstrap_servers}
         self._auto_offset_reset = kafka.auto_offset_reset
+        self.startup_timeout_s = startup_timeout_s if startup_timeout_s is not None else kafka.startup_timeout_s
+        if (isinstance(self.startup_timeout_s, bool) or not isinstance(self.startup_timeout_s, int | float)
+                or not 0 < self.startup_timeout_s < float("inf")):
+            raise ConfigError(f"startup_timeout_s={startup_timeout_s!r}: use a number of seconds above 0 (how long "
+                              "start() waits for a broker; KAFKA_STARTUP_TIMEOUT_S sets the default)",
+                              setting="startup_timeout_s")
+        self.group_instance_id = group_instance_id or kafka.group_instance_id
         self.max_workers = max_workers or cfg.max_workers
         self.max_poll_records = max_poll_records or cfg.max_poll_records
         self.max_in_flight = max_in_flight or cfg.max_in_flight
@@ -192,6 +203,7 @@ class KafkaConsumer:
             ConsumerStopped: ErrorPolicy.STOP met a failing message, or the Kafka client failed fatally.
             ConfigError: no topic to consume, no registry could be built, or ``handle_signals`` outside
                 the main thread.
+            BrokerUnreachable: no broker answered within ``startup_timeout_s`` (nothing was started).
         """
         if self._running:
             raise ConfigError("this consumer is already running")
@@ -224,6 +236,15 @@ class KafkaConsumer:
                 raise ConfigError(f"handle_signals=True needs the event loop of the main thread ({exc}); "
                                   "run the consumer there or pass handle_signals=False",
                                   setting="handle_signals") from None
+        try:
+            await loop.run_in_executor(None, wait_for_broker, self._client_config, self.startup_timeout_s)
+        except BrokerUnavailable as exc:
+            self._abort_start(None, signals=handle_signals)
+            raise BrokerUnreachable(
+                f"no Kafka broker answered at {self.bootstrap_servers} within {self.startup_timeout_s:g}s "
+                f"({exc}); check KAFKA_BOOTSTRAP_SERVERS, or give a slow cluster longer with "
+                f"KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
+                bootstrap_servers=self.bootstrap_servers, timeout_s=self.startup_timeout_s) from None
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
@@ -295,6 +316,7 @@ class KafkaConsumer:
                 # librdkafka's prefetch queue (default 64 MB) is memory beside our in-flight window.
                 "queued.max.messages.kbytes": 32768,
                 "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
+                **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
                 **self._kafka_config}
 
     def _default_registry(self) -> Any:
@@ -419,7 +441,11 @@ class KafkaConsumer:
                 part.eof = True
             return True
         if err.fatal():
-            self._fail(ConsumerStopped(f"fatal Kafka error: {err.str()}"))
+            hint = ""
+            if err.code() == KafkaError.FENCED_INSTANCE_ID:
+                hint = (f"; another process joined with group.instance.id {self.group_instance_id!r}: give each "
+                        "process of the group its own KAFKA_GROUP_INSTANCE_ID")
+            self._fail(ConsumerStopped(f"fatal Kafka error: {err.str()}{hint}"))
         else:
             log.warning("fetch error (librdkafka retries): %s", err.str(), extra={"topic": msg.topic()})
         return False
