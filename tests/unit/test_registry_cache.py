@@ -11,6 +11,7 @@ from tests.unit.test_registry_fake import InMemoryRegistry
 from toolkit.errors import RegistryUnavailable, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CachedRegistry, RegisteredSchema, SchemaRegistry
+from toolkit.registry import cache as cache_module
 
 V1 = '{"type": "object", "properties": {"a": {"type": "string"}}}'
 V2 = '{"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}'
@@ -194,3 +195,15 @@ def test_the_default_compile_is_toolkit_validation(backend):
     cache = CachedRegistry(backend)
     schema, compiled = cache.resolve("orders", 1)
     assert type(compiled) is type(compile_schema(schema))
+
+
+def test_many_distinct_misses_drop_the_expired_ones_and_keep_answering_not_found(backend, monkeypatch):
+    monkeypatch.setattr(cache_module, "MAX_REMEMBERED_MISSES", 3)
+    clock = Clock()
+    cache = make_cache(backend, clock, not_found_ttl_s=5)
+    for round_ in range(4):  # one-off unknown names, far more than the bound, the older ones expired
+        for n in range(3):
+            with pytest.raises(SchemaNotFound):
+                cache.resolve(f"made-up-{round_}-{n}", 1)
+        clock.now += 6
+    assert len(cache._missing) <= 3

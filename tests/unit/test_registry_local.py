@@ -89,3 +89,18 @@ def test_the_folder_is_read_once_until_reload(registry, tmp_path):
 def test_a_broken_folder_raises_the_layout_error(tmp_path):
     with pytest.raises(SchemaFileError):
         LocalFolderRegistry(tmp_path / "missing").subjects()
+
+
+def test_a_file_vanishing_during_the_re_read_keeps_the_previous_view(tmp_path, monkeypatch):
+    import toolkit.registry.local as local_module
+
+    registry = LocalFolderRegistry(write_schemas(tmp_path / "schemas"), rescan_interval_s=0)
+    assert registry.get("orders", 1).version == 1
+
+    def vanished(root):
+        raise FileNotFoundError(2, "No such file or directory", str(root / "orders" / "2.json"))
+
+    monkeypatch.setattr(local_module, "load_schemas", vanished)
+    with pytest.raises(SchemaNotFound):
+        registry.get("orders", 3)  # the miss re-reads, the re-read fails: still a miss, not an OSError
+    assert registry.get("orders", 2).version == 2  # the previous view is kept

@@ -181,7 +181,7 @@ class CachedRegistry(Generic[T]):
         now = self._clock()
         with self._lock:
             if len(self._missing) >= MAX_REMEMBERED_MISSES:  # many distinct unknown keys: drop the expired
-                for stale in [k for k, (expires_at, _) in self._missing.items() if expires_at <= now]:
+                for stale in [k for k, missing in self._missing.items() if missing[0] <= now]:
                     del self._missing[stale]
             self._misses += 1
             self._missing[key] = (now + self._not_found_ttl_s, message, self._misses)

@@ -62,6 +62,7 @@ class LocalFolderRegistry:
 
         Raises:
             SchemaFileError: the folder or one of its subjects is invalid (the previous view is kept).
+            OSError: a file vanished or could not be read mid-scan (the previous view is kept).
         """
         with self._lock:
             self._loaded_at = self._clock()
@@ -84,7 +85,8 @@ class LocalFolderRegistry:
                 raise
             try:
                 self.reload()
-            except SchemaFileError as exc:  # e.g. a version file being written: try again on a later miss
+            except (SchemaFileError, OSError) as exc:  # a file being written, renamed or deleted: try again
+                # on a later miss
                 log.warning("re-reading %s after a miss failed, keeping the previous view: %s",
                             self.schemas_dir, exc)
                 raise missing from None
