@@ -278,6 +278,8 @@ def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings(env_file=None)
     assert "EPISTLE_UNKNOWN_SCHEMA_GRACE_S" in str(raised.value) and "0 (dead-letter" in str(raised.value)
-    with pytest.raises(ConfigError, match="unknown_schema_grace_s"):
-        KafkaConsumer(unknown_schema_grace_s=-1)
+    for wrong in (-1, float("nan"), float("inf"), True, "5"):  # checked with the other constructor options
+        with pytest.raises(ConfigError, match="unknown_schema_grace_s.*EPISTLE_UNKNOWN_SCHEMA_GRACE_S") as raised:
+            KafkaConsumer(unknown_schema_grace_s=wrong)
+        assert raised.value.setting == "unknown_schema_grace_s"
 

@@ -22,7 +22,9 @@ _WHAT = {"max_workers": "handlers running at once", "max_poll_records": "records
          "max_nesting_depth": "JSON nesting levels accepted in a record",
          "commit_interval_s": "seconds between offset commits",
          "shutdown_timeout_s": "seconds stop() waits for handlers in flight",
-         "dlq_max_message_bytes": "largest dead letter sent whole"}
+         "dlq_max_message_bytes": "largest dead letter sent whole",
+         "unknown_schema_grace_s": "seconds a record waits for a schema the registry does not know, 0 "
+                                   "dead-letters it at once"}
 
 
 def _bounds(name: str) -> tuple[float | None, float | None, bool]:
@@ -88,7 +90,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "dlq_max_message_bytes"):
         if name in given:
             _number(name, given[name], integer=True)
-    for name in ("commit_interval_s", "shutdown_timeout_s"):
+    for name in ("commit_interval_s", "shutdown_timeout_s", "unknown_schema_grace_s"):
         if name in given:
             _number(name, given[name], integer=False)
     for name, enum in (("ordering", OrderingMode), ("error_policy", ErrorPolicy)):

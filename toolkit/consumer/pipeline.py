@@ -12,7 +12,6 @@ event loop when :meth:`Pipeline.cached` has no answer.
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from toolkit.consumer.deep import is_too_deep, validate_deep
 from toolkit.consumer.handlers import HandlerRegistry, Route
 from toolkit.envelope import MAX_DEPTH, DecodedRecord, Header, SerializerLike, allow_depth, decode_record
 from toolkit.errors import (
-    ConfigError,
     InvalidArgumentType,
     MessageError,
     RegistryUnavailable,
@@ -131,10 +129,6 @@ class Pipeline:
                  serializer: SerializerLike | None = None,
                  subject_strategy: SubjectStrategy = schema_name_strategy, *, max_depth: int = MAX_DEPTH,
                  unknown_schema_grace_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
-        if (isinstance(unknown_schema_grace_s, bool) or not isinstance(unknown_schema_grace_s, (int, float))
-                or not 0 <= unknown_schema_grace_s < math.inf):
-            raise ConfigError(f"unknown_schema_grace_s must be a number of seconds >= 0, got "
-                              f"{unknown_schema_grace_s!r}", setting="unknown_schema_grace_s")
         self.resolver = resolver
         self.max_depth = max_depth  # EPISTLE_MAX_NESTING_DEPTH: JSON nesting levels of the whole envelope
         allow_depth(max_depth)

@@ -152,9 +152,6 @@ class KafkaConsumer:
         self.commit_interval_s = commit_interval_s or cfg.commit_interval_s
         self.stop_when_idle = stop_when_idle
         grace = cfg.unknown_schema_grace_s if unknown_schema_grace_s is None else unknown_schema_grace_s
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
-            raise ConfigError(f"unknown_schema_grace_s must be seconds >= 0, got {grace!r}",
-                              setting="unknown_schema_grace_s")
         self.unknown_schema_grace_s = float(grace)
         self.shutdown_timeout_s = shutdown_timeout_s
         self.topics = list(topics) if topics is not None else None
