@@ -1,6 +1,6 @@
-"""Issue #11 item 2 on the real broker and real Apicurio: a schema the registry does not know is waited for
+"""On the real broker and real Apicurio: a schema the registry does not know is waited for
 (``unknown_schema_grace_s``) while its partition holds and the others go on; only after the grace is the
-record dead-lettered, with how long it waited. Item 6: a number beyond the double range is dead-lettered
+record dead-lettered, with how long it waited. A number beyond the double range is dead-lettered
 at stage ``validation``.
 
 Registering late and never registering use the shared registry (own subjects, nothing stopped); the
@@ -218,7 +218,7 @@ def private_registry(tmp_path_factory) -> Iterator[PrivateRegistry]:
 @pytest.mark.timeout(900)
 def test_registry_restarted_empty_and_repopulated_during_consumption(
         private_registry, kafka_bootstrap, make_topic, group_id, unique_name, waits):
-    """The bug report's window: the registry restarted with in-memory storage (empty), the schemas
+    """The registry restarted with in-memory storage (empty), the schemas
     registered again a few seconds later. Records of a version the consumer had not resolved yet arrive in
     that window: every one is handled once the schemas are back, none is dead-lettered."""
     subject = unique_name("shipments")
@@ -256,7 +256,7 @@ def test_registry_restarted_empty_and_repopulated_during_consumption(
     http.close()
 
 
-# --- item 6 -----------------------------------------------------------------------------------------------
+# --- a number beyond the double range ------------------------------------------------------------------------
 
 def test_a_number_beyond_the_double_range_is_dead_lettered_at_validation(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("doubles")

@@ -327,6 +327,7 @@ def private_services(tmp_path_factory: pytest.TempPathFactory):
 def test_soak(private_services, tmp_path: Path) -> None:
     broker, registry = private_services
     bootstrap = broker.bootstrap
+    print(f"soak seed {SEED} (EPISTLE_SOAK_SEED={SEED} replays this run's order)", flush=True)
     rng = random.Random(SEED)
     topic, group = f"soak-{tmp_path.name}", f"soak-group-{tmp_path.name}"
     records, log = tmp_path / "handled.txt", tmp_path / "consumer.log"
@@ -375,7 +376,7 @@ def test_soak(private_services, tmp_path: Path) -> None:
                 broker.up()
             else:
                 # A consumer started once the registry is back has no schema cached and meets the empty
-                # registry (the bug report's window): its records wait instead of being dead-lettered.
+                # registry (a version not resolved yet meets an emptied registry): its records wait instead of being dead-lettered.
                 committed_now = commits.latest()
                 at_risk += sum(1 for _, p, o, _ in _handled(records) if o >= committed_now.get(p, 0))
                 supervisor.kill()

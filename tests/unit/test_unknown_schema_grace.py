@@ -1,4 +1,4 @@
-"""Issue #11 item 2: a schema the registry does not know is not final at once.
+"""A schema the registry does not know is not final at once.
 
 In memory: the pipeline over the real :class:`CachedRegistry` and an in-memory registry (our protocol),
 with an injected clock. Within ``unknown_schema_grace_s`` an unknown (subject, version) raises
