@@ -256,7 +256,7 @@ def test_registry_restarted_empty_and_repopulated_during_consumption(
     http.close()
 
 
-# --- a number beyond the double range ------------------------------------------------------------------------
+# --- a number beyond the double range ------------------------------------------------------------------
 
 def test_a_number_beyond_the_double_range_is_dead_lettered_at_validation(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("doubles")

@@ -376,7 +376,7 @@ def test_soak(private_services, tmp_path: Path) -> None:
                 broker.up()
             else:
                 # A consumer started once the registry is back has no schema cached and meets the empty
-                # registry (a version not resolved yet meets an emptied registry): its records wait instead of being dead-lettered.
+                # registry: its records wait instead of being dead-lettered.
                 committed_now = commits.latest()
                 at_risk += sum(1 for _, p, o, _ in _handled(records) if o >= committed_now.get(p, 0))
                 supervisor.kill()

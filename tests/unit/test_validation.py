@@ -244,7 +244,7 @@ def test_public_api() -> None:
                                                   "check_schema_text", "compile_schema"]
 
 
-# --- non-finite numbers --------------------------------------------------------------------------------------
+# --- non-finite numbers --------------------------------------------------------------------------------
 # json.loads turns a number beyond the double range (1e400) into inf; a serializer that lets NaN/Infinity
 # tokens through gives NaN/inf too. Where the schema's type is a number, that is the body's fault.
 
