@@ -462,7 +462,7 @@ class KafkaConsumer:
                     or (part.paused and part.buffered > high // 2))
             if want != part.paused:
                 part.paused = want
-                (to_pause if want else to_resume).append((part.topic, part.partition))
+                (to_pause if want else to_resume).append((part.topic, part.partition, part.generation))
         if to_pause:
             self._poller.pause(to_pause)
         if to_resume:
