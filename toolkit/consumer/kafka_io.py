@@ -43,9 +43,13 @@ def wait_for_broker(config: dict[str, Any], timeout_s: float) -> None:
 
     Raises:
         BrokerUnavailable: none answered within ``timeout_s``.
+        ConfigError: librdkafka refused ``config``.
     """
     # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one error raised here
-    admin = AdminClient({**config, "log_level": 0})
+    try:
+        admin = AdminClient({**config, "log_level": 0})
+    except (KafkaException, TypeError, ValueError) as exc:
+        raise ConfigError(f"the Kafka client could not be created: {exc}", setting="kafka_config") from None
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
