@@ -159,7 +159,6 @@ class KafkaConsumer:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.topics = list(topics) if topics is not None else None
         self._kafka_config = dict(kafka_config or {})
-        self._schemas_dir = cfg.schemas_dir
         self._registry = registry
         self._models = models
         self._serializer = serializer
