@@ -138,3 +138,20 @@ def test_a_start_cancelled_during_the_broker_check_can_be_started_again(closed_p
     with pytest.raises(BrokerUnreachable):  # not "already running"
         asyncio.run(consumer.start())
     assert not [t.name for t in threading.enumerate() if t.name.startswith("epistle-")]
+
+
+class _Metadata:
+    def __init__(self, *topics: str) -> None:
+        self.topics = {topic: object() for topic in topics}
+
+
+def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks: list[dict] = []
+    monkeypatch.setattr(runtime_module, "wait_for_broker", lambda config, timeout_s: checks.append(config)
+                        or _Metadata("other"))
+    consumer = _consumer(stop_when_idle=True)
+    for _ in range(2):  # the second attempt fails the same way, not with "already running"
+        with pytest.raises(ConfigError, match="orders do not exist.*--until-idle") as err:
+            asyncio.run(consumer.start())
+        assert err.value.setting == "topics"
+    assert len(checks) == 2  # one metadata request per start: the same answer checks broker and topics

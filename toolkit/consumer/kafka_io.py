@@ -38,8 +38,9 @@ def broker_error(exc: BaseException, doing: str) -> BrokerUnavailable:
     return BrokerUnavailable(f"{doing}: {name}: {text}")
 
 
-def wait_for_broker(config: dict[str, Any], timeout_s: float) -> None:
-    """Return once a broker of the cluster in ``config`` answers a metadata request (blocking).
+def wait_for_broker(config: dict[str, Any], timeout_s: float) -> Any:
+    """The cluster's metadata (``ClusterMetadata``: ``.topics``), once a broker of the cluster in ``config``
+    answers (blocking).
 
     Raises:
         BrokerUnavailable: none answered within ``timeout_s``.
@@ -51,7 +52,7 @@ def wait_for_broker(config: dict[str, Any], timeout_s: float) -> None:
     except (KafkaException, TypeError, ValueError) as exc:
         raise ConfigError(f"the Kafka client could not be created: {exc}", setting="kafka_config") from None
     try:
-        admin.list_topics(timeout=timeout_s)
+        return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise broker_error(exc, "asking for the cluster's metadata") from None
 

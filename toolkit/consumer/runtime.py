@@ -200,8 +200,8 @@ class KafkaConsumer:
 
         Raises:
             ConsumerStopped: ErrorPolicy.STOP met a failing message, or the Kafka client failed fatally.
-            ConfigError: no topic to consume, no registry could be built, or ``handle_signals`` outside
-                the main thread.
+            ConfigError: no topic to consume, no registry could be built, ``handle_signals`` outside
+                the main thread, or (with ``stop_when_idle``) a topic that does not exist.
             BrokerUnreachable: no broker answered within ``startup_timeout_s`` (nothing was started).
         """
         if self._running:
@@ -236,7 +236,8 @@ class KafkaConsumer:
                                   "run the consumer there or pass handle_signals=False",
                                   setting="handle_signals") from None
         try:
-            await loop.run_in_executor(None, wait_for_broker, self._broker_check_config(), self.startup_timeout_s)
+            metadata = await loop.run_in_executor(None, wait_for_broker, self._broker_check_config(),
+                                                  self.startup_timeout_s)
         except BaseException as exc:  # cancelled too: the consumer must not stay "running"
             self._abort_start(None, signals=handle_signals)
             if not isinstance(exc, BrokerUnavailable):
@@ -246,6 +247,14 @@ class KafkaConsumer:
                 f"({exc}); check KAFKA_BOOTSTRAP_SERVERS, or give a slow cluster longer with "
                 f"KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
                 bootstrap_servers=self.bootstrap_servers, timeout_s=self.startup_timeout_s) from None
+        missing = [topic for topic in topics if topic not in metadata.topics]
+        if missing and self.stop_when_idle:
+            self._abort_start(None, signals=handle_signals)
+            raise ConfigError(f"topic(s) {', '.join(missing)} do not exist: stop_when_idle (--until-idle) would "
+                              "never see them drained; create them or fix topics= (--topics) or the handlers' "
+                              "registrations", setting="topics")
+        if missing:
+            log.warning("topic(s) %s do not exist yet", ", ".join(missing))
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
