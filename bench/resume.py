@@ -4,7 +4,7 @@ A consumer process (the toolkit's KafkaConsumer) handles records of a 3-partitio
 SIGKILL; more records are produced; the same consumer is started again with the same group and the time
 from spawning it to its first handled record is measured. Two ways of running the group:
 
-    static   KAFKA_GROUP_INSTANCE_ID set (static membership, KIP-345): the restart takes the dead member's
+    static   KAFKA_GROUP_INSTANCE_ID set (static group membership): the restart takes the dead member's
              place and partitions at once.
     dynamic  no instance id: the restart joins as a new member and waits until the broker expires the dead
              member's session (librdkafka's default session.timeout.ms, 45 s).

@@ -288,28 +288,10 @@ def _app_arguments(function, consumer, settings) -> tuple:
                       "(consumer, settings) or (consumer)", setting="--app")
 
 
-def _preflight(consumer, settings, registry, topics: list[str] | None, until_idle: bool) -> None:
-    """Fail fast, naming the setting, when the broker or an HTTP registry cannot be reached at start-up
-    (later outages are the runtime's job: it pauses and retries)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one message below
-    admin = AdminClient({**settings.kafka.client_config(), "bootstrap.servers": consumer.bootstrap_servers,
-                         "log_level": 0})
-    try:
-        metadata = admin.list_topics(timeout=consumer.startup_timeout_s)
-    except KafkaException as exc:
-        reason = exc.args[0].str() if exc.args else exc
-        raise ConfigError(f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={consumer.bootstrap_servers}: "
-                          f"{reason}", setting="KAFKA_BOOTSTRAP_SERVERS") from None
-    missing = [topic for topic in topics or consumer.handlers.topics if topic not in metadata.topics]
-    if missing and until_idle:
-        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist: --until-idle would never see them "
-                          "drained; create them or fix --topics / the app's registrations",
-                          setting="--topics")
-    if missing:
-        logging.getLogger("toolkit.cli").warning("topic(s) %s do not exist yet", ", ".join(missing))
+def _preflight(settings, registry) -> None:
+    """Fail fast, naming the setting, when an HTTP registry cannot be reached at start-up (later outages
+    are the runtime's job: it pauses and retries). The broker and the topics are checked by
+    ``KafkaConsumer.start()`` itself (BrokerUnreachable; ConfigError for a missing topic with --until-idle)."""
     if not settings.registry.is_local:
         try:
             registry.registry.subjects()
@@ -383,7 +365,7 @@ def run(app_ref: Annotated[str, typer.Option(
             raise ConfigError(f"--app {app_ref!r} returned {type(cleanup).__name__}; return None or a "
                               "cleanup callable", setting="--app")
         try:
-            await asyncio.to_thread(_preflight, consumer, settings, registry, subscribed, until_idle)
+            await asyncio.to_thread(_preflight, settings, registry)
             await consumer.start(handle_signals=True)
         finally:
             if cleanup is not None:

@@ -8,6 +8,7 @@ Built once at the edge (`load_settings()`) and passed down. Every invalid value 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +39,28 @@ def _config(prefix: str) -> SettingsConfigDict:
                               extra="ignore", case_sensitive=False)
 
 
+_INSTANCE_ID_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def group_instance_id(value: str | None) -> str | None:
+    """A static-membership id (KAFKA_GROUP_INSTANCE_ID, or the consumer's ``group_instance_id=``) as used:
+    stripped, ``{hostname}`` replaced by the host name; None when empty.
+
+    Raises:
+        ValueError: not in Kafka's character set for the id (letters, digits, ``.``, ``_``, ``-``) or over
+            249 characters once the host name is in.
+    """
+    if value is None or not value.strip():
+        return None
+    raw = value.strip()
+    value = raw.replace("{hostname}", socket.gethostname())
+    if not _INSTANCE_ID_CHARS.fullmatch(value) or len(value) > 249:
+        raise ValueError(f"{raw!r}"[:80] + " (" + f"{value!r}"[:80] + "): use at most 249 letters, digits, '.', "
+                         "'_' or '-', with {hostname} for the host name, e.g. orders-{hostname} or orders-1; "
+                         "give each process of the group its own id")
+    return value
+
+
 class KafkaSettings(BaseSettings):
     """``KAFKA_*``: where the cluster is and how the consumer group reads it."""
 
@@ -54,20 +77,14 @@ class KafkaSettings(BaseSettings):
     ssl_ca_location: Path | None = None
     # How long start() waits for a broker to answer before it fails (BrokerUnreachable).
     startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    # Static membership (KIP-345): a restarted process takes its predecessor's place and partitions at once.
+    # Static group membership: a restarted process takes its predecessor's place and partitions at once.
     # One id per process of the group; "{hostname}" is replaced by the host name (a pod's stable name).
     group_instance_id: str | None = None
 
     @field_validator("group_instance_id")
     @classmethod
     def _instance_id(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip().replace("{hostname}", socket.gethostname())
-        if "{" in value or "}" in value or len(value) > 249:
-            raise ValueError("use at most 249 characters, no braces except {hostname}, e.g. orders-{hostname} "
-                             "or orders-1; give each process of the group its own id")
-        return value
+        return group_instance_id(value)
 
     @field_validator("enable_auto_commit")
     @classmethod

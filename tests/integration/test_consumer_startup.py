@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def test_start_without_a_broker_fails_naming_the_setting(closed_port: int) -> No
         assert f"127.0.0.1:{closed_port}" in str(err.value)
         assert err.value.setting == "KAFKA_STARTUP_TIMEOUT_S" and err.value.timeout_s == 1.0
         assert isinstance(err.value, BrokerUnavailable) and isinstance(err.value, EpistleError)
-    assert consumer.in_flight == 0
+    # nothing left behind: no poll thread, dead-letter producer or handler pool thread
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("epistle-")]
 
 
 def test_the_start_up_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:

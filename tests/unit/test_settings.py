@@ -112,3 +112,13 @@ def test_group_instance_id_takes_the_host_name(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigError, match=r"KAFKA_GROUP_INSTANCE_ID .*\{hostname\}") as err:
         load_settings(env_file=None)
     assert err.value.setting == "KAFKA_GROUP_INSTANCE_ID"
+
+
+def test_group_instance_id_keeps_to_kafkas_character_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("orders 1", "orders/1", "x" * 250):
+        monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", value)
+        with pytest.raises(ConfigError, match="249") as err:
+            load_settings(env_file=None)
+        assert err.value.setting == "KAFKA_GROUP_INSTANCE_ID"
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "orders_1.a-b")
+    assert load_settings(env_file=None).kafka.group_instance_id == "orders_1.a-b"

@@ -38,16 +38,21 @@ def broker_error(exc: BaseException, doing: str) -> BrokerUnavailable:
     return BrokerUnavailable(f"{doing}: {name}: {text}")
 
 
-def wait_for_broker(config: dict[str, Any], timeout_s: float) -> None:
-    """Return once a broker of the cluster in ``config`` answers a metadata request (blocking).
+def wait_for_broker(config: dict[str, Any], timeout_s: float) -> Any:
+    """The cluster's metadata (``ClusterMetadata``: ``.topics``), once a broker of the cluster in ``config``
+    answers (blocking).
 
     Raises:
         BrokerUnavailable: none answered within ``timeout_s``.
+        ConfigError: librdkafka refused ``config``.
     """
     # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one error raised here
-    admin = AdminClient({**config, "log_level": 0})
     try:
-        admin.list_topics(timeout=timeout_s)
+        admin = AdminClient({**config, "log_level": 0})
+    except (KafkaException, TypeError, ValueError) as exc:
+        raise ConfigError(f"the Kafka client could not be created: {exc}", setting="kafka_config") from None
+    try:
+        return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise broker_error(exc, "asking for the cluster's metadata") from None
 
@@ -102,10 +107,12 @@ class PollThread:
         self._commands.put(("commit", (offsets, sync), done))
         return done
 
-    def pause(self, tps: list[TP]) -> None:
+    def pause(self, tps: list[tuple[str, int, int]]) -> None:
+        """Pause ``(topic, partition, generation)``; a partition revoked (or re-assigned) since is skipped."""
         self._commands.put(("pause", tps, None))
 
-    def resume(self, tps: list[TP]) -> None:
+    def resume(self, tps: list[tuple[str, int, int]]) -> None:
+        """Resume ``(topic, partition, generation)``; stale generations are skipped, as for pause()."""
         self._commands.put(("resume", tps, None))
 
     def stop_fetching(self) -> None:
@@ -227,13 +234,18 @@ class PollThread:
             try:
                 if name == "commit":
                     self._commit(*arg)
-                elif name == "pause":
-                    self._paused_by_loop.update(arg)
-                    consumer.pause([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
-                elif name == "resume":
-                    self._paused_by_loop.difference_update(arg)
-                    if not self._window_paused:
-                        consumer.resume([TopicPartition(t, p) for t, p in arg if (t, p) in self._generation])
+                elif name in ("pause", "resume"):
+                    # Only the assignment the loop meant: a command queued before a revoke and run after it
+                    # (or after the re-assignment) would leave a partition paused that the loop's new
+                    # state for it says is not, and nothing would ever resume it.
+                    tps = [(t, p) for t, p, gen in arg if self._generation.get((t, p)) == gen]
+                    if name == "pause":
+                        self._paused_by_loop.update(tps)
+                        consumer.pause([TopicPartition(t, p) for t, p in tps])
+                    else:
+                        self._paused_by_loop.difference_update(tps)
+                        if not self._window_paused:
+                            consumer.resume([TopicPartition(t, p) for t, p in tps])
                 elif name == "close":
                     try:
                         consumer.close()
@@ -286,7 +298,9 @@ class PollThread:
         # librdkafka keeps a partition's pause across revoke (or loss) and re-assignment: a partition
         # paused when it was given up would come back paused, and nothing here would ever resume it.
         # _revoked resumes what it gives up; resuming here too covers a pause from any older assignment.
-        # Both are no-ops for a partition that is not paused (or not known yet).
+        # Both are no-ops for a partition that is not paused (or not known yet). A new assignment starts
+        # unpaused in the loop too, so no pause by the loop may outlive it here.
+        self._paused_by_loop.difference_update((tp.topic, tp.partition) for tp in partitions)
         _resume(consumer, partitions)
         if self._window_paused:  # end the window pause for the partitions kept too, or they stay paused
             _resume(consumer, [tp for tp in consumer.assignment()

@@ -16,7 +16,8 @@ from toolkit.errors import ConfigError, InvalidArgument
 
 # option -> the ConsumerSettings field holding its bounds (same name unless listed)
 _BOUNDED = ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "commit_interval_s",
-            "dlq_max_message_bytes")
+            "dlq_max_message_bytes", "startup_timeout_s")
+_KAFKA = ("startup_timeout_s",)  # options whose bounds are KafkaSettings' (KAFKA_*), not ConsumerSettings'
 _WHAT = {"max_workers": "handlers running at once", "max_poll_records": "records per fetch",
          "max_in_flight": "records held before fetching pauses",
          "max_nesting_depth": "JSON nesting levels accepted in a record",
@@ -24,16 +25,18 @@ _WHAT = {"max_workers": "handlers running at once", "max_poll_records": "records
          "shutdown_timeout_s": "seconds stop() waits for handlers in flight",
          "dlq_max_message_bytes": "largest dead letter sent whole",
          "unknown_schema_grace_s": "seconds a record waits for a schema the registry does not know, 0 "
-                                   "dead-letters it at once"}
+                                   "dead-letters it at once",
+         "startup_timeout_s": "seconds start() waits for a broker to answer"}
 
 
 def _bounds(name: str) -> tuple[float | None, float | None, bool]:
-    """(lowest allowed, highest allowed, lowest excluded) of the ConsumerSettings field ``name``."""
-    from toolkit.settings import ConsumerSettings
+    """(lowest allowed, highest allowed, lowest excluded) of the ConsumerSettings (or KafkaSettings)
+    field ``name``."""
+    from toolkit.settings import ConsumerSettings, KafkaSettings
 
     low = high = None
     exclusive = False
-    for rule in ConsumerSettings.model_fields[name].metadata:
+    for rule in (KafkaSettings if name in _KAFKA else ConsumerSettings).model_fields[name].metadata:
         if getattr(rule, "ge", None) is not None:
             low = rule.ge
         if getattr(rule, "gt", None) is not None:
@@ -58,7 +61,8 @@ def _number(name: str, value: Any, integer: bool) -> None:
         span = f"from {low} to {high}"
     else:
         span = f"of at least {low}"
-    fix = f"use {kind} {span} ({_WHAT[name]}; EPISTLE_{name.upper()} sets the default)"
+    variable = f"KAFKA_{name.upper()}" if name in _KAFKA else f"EPISTLE_{name.upper()}"
+    fix = f"use {kind} {span} ({_WHAT[name]}; {variable} sets the default)"
     try:  # type, finiteness and the inclusive bounds: the public functions' own checks
         if integer:
             _args.integer(name, value, low=None if exclusive else low, high=high)
@@ -90,7 +94,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "dlq_max_message_bytes"):
         if name in given:
             _number(name, given[name], integer=True)
-    for name in ("commit_interval_s", "shutdown_timeout_s", "unknown_schema_grace_s"):
+    for name in ("commit_interval_s", "shutdown_timeout_s", "unknown_schema_grace_s", "startup_timeout_s"):
         if name in given:
             _number(name, given[name], integer=False)
     for name, enum in (("ordering", OrderingMode), ("error_policy", ErrorPolicy)):

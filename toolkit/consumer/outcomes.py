@@ -102,9 +102,9 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class Pause:
     """A transient outage (registry, broker) or a schema not known yet: wait and try the same step again;
-    never dead-letter. The runtime backs off per outage, never waiting longer than ``max_delay_s``."""
+    never dead-letter. The runtime backs off per outage of the record (``RetryPolicy.delay`` of their count:
+    outages are not attempts), never waiting longer than ``max_delay_s``."""
 
-    delay_s: float
     reason: str
     max_delay_s: float = math.inf
 
@@ -139,10 +139,9 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
 
 def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, SchemaNotYetKnown):
-        return Pause(min(retry.delay(attempt), result.retry_in_s), f"{type(result).__name__}: {safe_str(result)}",
-                     result.retry_in_s)
+        return Pause(f"{type(result).__name__}: {safe_str(result)}", result.retry_in_s)
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
-        return Pause(retry.delay(attempt), f"{type(result).__name__}: {safe_str(result)}")
+        return Pause(f"{type(result).__name__}: {safe_str(result)}")
     if isinstance(result, MessageError):
         return DeadLetter(result.stage, result.reason, result, result.details)
     if isinstance(result, RetryableError) or result is False:

@@ -45,6 +45,7 @@ from toolkit.envelope import DecodedRecord, SerializerLike
 from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped, safe_str
 from toolkit.registry.base import SubjectStrategy
 from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode, Settings
+from toolkit.settings import group_instance_id as instance_id
 
 log = logging.getLogger("toolkit.consumer")
 
@@ -132,12 +133,11 @@ class KafkaConsumer:
         self._client_config = {**kafka.client_config(), "bootstrap.servers": self.bootstrap_servers}
         self._auto_offset_reset = kafka.auto_offset_reset
         self.startup_timeout_s = startup_timeout_s if startup_timeout_s is not None else kafka.startup_timeout_s
-        if (isinstance(self.startup_timeout_s, bool) or not isinstance(self.startup_timeout_s, int | float)
-                or not 0 < self.startup_timeout_s < float("inf")):
-            raise ConfigError(f"startup_timeout_s={startup_timeout_s!r}: use a number of seconds above 0 (how long "
-                              "start() waits for a broker; KAFKA_STARTUP_TIMEOUT_S sets the default)",
-                              setting="startup_timeout_s")
-        self.group_instance_id = group_instance_id or kafka.group_instance_id
+        try:  # the same rules (and {hostname}) as KAFKA_GROUP_INSTANCE_ID
+            self.group_instance_id = (kafka.group_instance_id if group_instance_id is None
+                                      else instance_id(group_instance_id))
+        except ValueError as exc:
+            raise ConfigError(f"group_instance_id: {exc}", setting="group_instance_id") from None
         self.max_workers = max_workers or cfg.max_workers
         self.max_poll_records = max_poll_records or cfg.max_poll_records
         self.max_in_flight = max_in_flight or cfg.max_in_flight
@@ -156,7 +156,6 @@ class KafkaConsumer:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.topics = list(topics) if topics is not None else None
         self._kafka_config = dict(kafka_config or {})
-        self._schemas_dir = cfg.schemas_dir
         self._registry = registry
         self._models = models
         self._serializer = serializer
@@ -198,8 +197,8 @@ class KafkaConsumer:
 
         Raises:
             ConsumerStopped: ErrorPolicy.STOP met a failing message, or the Kafka client failed fatally.
-            ConfigError: no topic to consume, no registry could be built, or ``handle_signals`` outside
-                the main thread.
+            ConfigError: no topic to consume, no registry could be built, ``handle_signals`` outside
+                the main thread, or (with ``stop_when_idle``) a topic that does not exist.
             BrokerUnreachable: no broker answered within ``startup_timeout_s`` (nothing was started).
         """
         if self._running:
@@ -234,14 +233,25 @@ class KafkaConsumer:
                                   "run the consumer there or pass handle_signals=False",
                                   setting="handle_signals") from None
         try:
-            await loop.run_in_executor(None, wait_for_broker, self._client_config, self.startup_timeout_s)
-        except BrokerUnavailable as exc:
+            metadata = await loop.run_in_executor(None, wait_for_broker, self._broker_check_config(),
+                                                  self.startup_timeout_s)
+        except BaseException as exc:  # cancelled too: the consumer must not stay "running"
             self._abort_start(None, signals=handle_signals)
+            if not isinstance(exc, BrokerUnavailable):
+                raise
             raise BrokerUnreachable(
                 f"no Kafka broker answered at {self.bootstrap_servers} within {self.startup_timeout_s:g}s "
                 f"({exc}); check KAFKA_BOOTSTRAP_SERVERS, or give a slow cluster longer with "
                 f"KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
                 bootstrap_servers=self.bootstrap_servers, timeout_s=self.startup_timeout_s) from None
+        missing = [topic for topic in topics if topic not in metadata.topics]
+        if missing and self.stop_when_idle:
+            self._abort_start(None, signals=handle_signals)
+            raise ConfigError(f"topic(s) {', '.join(missing)} do not exist: stop_when_idle (--until-idle) would "
+                              "never see them drained; create them or fix topics= (--topics) or the handlers' "
+                              "registrations", setting="topics")
+        if missing:
+            log.warning("topic(s) %s do not exist yet", ", ".join(missing))
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
@@ -304,6 +314,11 @@ class KafkaConsumer:
     def in_flight(self) -> int:
         """Records fetched and not finished."""
         return self._in_flight
+
+    def _broker_check_config(self) -> dict[str, Any]:
+        """The start-up check's settings: ours with ``kafka_config`` over them, as the consumer gets them
+        (SASL/SSL may be given only there). librdkafka ignores consumer-only properties in an admin client."""
+        return {**self._client_config, **self._kafka_config}
 
     def _consumer_config(self) -> dict[str, Any]:
         return {**self._client_config, "group.id": self.group_id,
@@ -437,9 +452,14 @@ class KafkaConsumer:
             if part is not None:
                 part.eof = True
             return True
-        if err.fatal():
+        # librdkafka reports a fatal consumer error (e.g. fenced by another member with the same
+        # group.instance.id) as _FATAL on the message, and confluent-kafka builds that error with fatal()
+        # False: the consumer is dead either way, so stop rather than wait for retries that never come.
+        if err.fatal() or err.code() == KafkaError._FATAL:
             hint = ""
-            if err.code() == KafkaError.FENCED_INSTANCE_ID:
+            text = err.str() or ""
+            if (err.code() == KafkaError.FENCED_INSTANCE_ID or "group.instance.id" in text
+                    or "fenced" in text.lower()):
                 hint = (f"; another process joined with group.instance.id {self.group_instance_id!r}: give each "
                         "process of the group its own KAFKA_GROUP_INSTANCE_ID")
             self._fail(ConsumerStopped(f"fatal Kafka error: {err.str()}{hint}"))
@@ -459,7 +479,7 @@ class KafkaConsumer:
                     or (part.paused and part.buffered > high // 2))
             if want != part.paused:
                 part.paused = want
-                (to_pause if want else to_resume).append((part.topic, part.partition))
+                (to_pause if want else to_resume).append((part.topic, part.partition, part.generation))
         if to_pause:
             self._poller.pause(to_pause)
         if to_resume:

@@ -1,0 +1,159 @@
+"""The consumer's start-up broker check, its options and fatal client errors, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError
+
+from toolkit.consumer import KafkaConsumer
+from toolkit.consumer import runtime as runtime_module
+from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped
+from toolkit.registry import LocalFolderRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _consumer(bootstrap: str = "127.0.0.1:1", **kw) -> KafkaConsumer:
+    consumer = KafkaConsumer(bootstrap, "group", registry=LocalFolderRegistry(ROOT / "schemas"), **kw)
+    consumer.register_handler("orders", lambda message: True)
+    return consumer
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Error:
+    """A message error as confluent-kafka builds it for a fatal consumer error: code _FATAL, fatal() False."""
+
+    def __init__(self, code: int, text: str, fatal: bool = False) -> None:
+        self._code, self._text, self._fatal = code, text, fatal
+
+    def code(self) -> int:
+        return self._code
+
+    def str(self) -> str:
+        return self._text
+
+    def fatal(self) -> bool:
+        return self._fatal
+
+
+class _Message:
+    def topic(self) -> str:
+        return "orders"
+
+    def partition(self) -> int:
+        return 0
+
+
+async def _fetch_error(consumer: KafkaConsumer, err: _Error) -> None:
+    consumer._loop = asyncio.get_running_loop()
+    consumer._stop_event = asyncio.Event()
+    consumer._fetch_error(_Message(), err)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+
+
+def test_a_fenced_consumer_stops_with_the_hint() -> None:
+    consumer = _consumer(group_instance_id="orders-1")
+    # the error librdkafka 2.x gives the older of two consumers sharing an id (code -150, fatal() False)
+    err = _Error(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer with same "
+                                    "group.instance.id: Fatal consumer error: Broker: Static consumer fenced by "
+                                    "other consumer with same group.instance.id")
+    asyncio.run(_fetch_error(consumer, err))
+    assert isinstance(consumer._failure, ConsumerStopped)
+    assert "'orders-1'" in str(consumer._failure) and "KAFKA_GROUP_INSTANCE_ID" in str(consumer._failure)
+    assert consumer._stop_event is not None and consumer._stop_event.is_set()
+
+
+def test_another_fatal_error_stops_without_the_hint() -> None:
+    consumer = _consumer()
+    asyncio.run(_fetch_error(consumer, _Error(KafkaError._FATAL, "Fatal error: something else")))
+    assert isinstance(consumer._failure, ConsumerStopped) and "KAFKA_GROUP_INSTANCE_ID" not in str(consumer._failure)
+
+
+def test_a_transient_fetch_error_does_not_stop() -> None:
+    consumer = _consumer()
+    asyncio.run(_fetch_error(consumer, _Error(KafkaError._TRANSPORT, "Broker: transport failure")))
+    assert consumer._failure is None
+
+
+@pytest.mark.parametrize("value", [3601, 0, float("inf"), "30", True])
+def test_the_startup_timeout_option_has_the_settings_bounds(value) -> None:
+    with pytest.raises(ConfigError) as err:
+        KafkaConsumer("127.0.0.1:1", "group", startup_timeout_s=value)
+    assert err.value.setting == "startup_timeout_s" and "KAFKA_STARTUP_TIMEOUT_S" in str(err.value)
+    assert KafkaConsumer("127.0.0.1:1", "group", startup_timeout_s=3600).startup_timeout_s == 3600
+
+
+def test_the_group_instance_id_option_takes_the_host_name() -> None:
+    consumer = KafkaConsumer("127.0.0.1:1", "group", group_instance_id=" orders-{hostname} ")
+    assert consumer.group_instance_id == f"orders-{socket.gethostname()}"
+
+
+@pytest.mark.parametrize("value", ["orders-{pid}", "orders 1", "orders/1", "x" * 250, "orders-é"])
+def test_an_unusable_group_instance_id_option_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        KafkaConsumer("127.0.0.1:1", "group", group_instance_id=value)
+    assert err.value.setting == "group_instance_id" and "249" in str(err.value)
+
+
+def test_the_broker_check_uses_kafka_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+
+    def check(config: dict, timeout_s: float) -> None:
+        seen.append(config)
+        raise BrokerUnavailable("no")
+
+    monkeypatch.setattr(runtime_module, "wait_for_broker", check)
+    consumer = _consumer(kafka_config={"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"})
+    with pytest.raises(BrokerUnreachable):
+        asyncio.run(consumer.start())
+    assert seen[0]["security.protocol"] == "SASL_SSL" and seen[0]["sasl.mechanism"] == "PLAIN"
+    assert seen[0]["bootstrap.servers"] == "127.0.0.1:1"
+
+
+def test_a_start_cancelled_during_the_broker_check_can_be_started_again(closed_port: int) -> None:
+    consumer = _consumer(f"127.0.0.1:{closed_port}", startup_timeout_s=1.0)
+    left_installed: list[bool] = []
+
+    async def cancel_during_check() -> None:
+        task = asyncio.create_task(consumer.start(handle_signals=True))
+        await asyncio.sleep(0.3)  # start() is waiting for the closed port
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        loop = asyncio.get_running_loop()
+        left_installed.append(loop.remove_signal_handler(signal.SIGTERM))
+
+    asyncio.run(cancel_during_check())
+    assert left_installed == [False]
+    with pytest.raises(BrokerUnreachable):  # not "already running"
+        asyncio.run(consumer.start())
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("epistle-")]
+
+
+class _Metadata:
+    def __init__(self, *topics: str) -> None:
+        self.topics = {topic: object() for topic in topics}
+
+
+def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks: list[dict] = []
+    monkeypatch.setattr(runtime_module, "wait_for_broker", lambda config, timeout_s: checks.append(config)
+                        or _Metadata("other"))
+    consumer = _consumer(stop_when_idle=True)
+    for _ in range(2):  # the second attempt fails the same way, not with "already running"
+        with pytest.raises(ConfigError, match="orders do not exist.*--until-idle") as err:
+            asyncio.run(consumer.start())
+        assert err.value.setting == "topics"
+    assert len(checks) == 2  # one metadata request per start: the same answer checks broker and topics
