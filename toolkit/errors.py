@@ -132,15 +132,7 @@ class RegistryError(EpistleError):
 
 
 class SchemaNotFound(RegistryError):
-    """The subject or the version does not exist in the registry (permanent).
-
-    ``subject_missing`` is True when the registry does not know the subject at all, False when it knows the
-    subject but not the version, None when the registry did not say."""
-
-    def __init__(self, message: str, *, subject: str | None = None, version: int | str | None = None,
-                 subject_missing: bool | None = None) -> None:
-        super().__init__(message, subject=subject, version=version)
-        self.subject_missing = subject_missing
+    """The subject or the version does not exist in the registry (permanent)."""
 
 
 class SchemaNotYetKnown(RegistryError):

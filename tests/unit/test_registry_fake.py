@@ -32,7 +32,7 @@ class InMemoryRegistry:
 
     def _versions_of(self, subject: str) -> list[RegisteredSchema]:
         if subject not in self.store:
-            raise SchemaNotFound(f"subject {subject!r} not found", subject=subject, subject_missing=True)
+            raise SchemaNotFound(f"subject {subject!r} not found", subject=subject)
         return self.store[subject]
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
@@ -41,7 +41,7 @@ class InMemoryRegistry:
             if schema.version == version:
                 return schema
         raise SchemaNotFound(f"subject {subject!r} has no version {version}",
-                             subject=subject, version=version, subject_missing=False)
+                             subject=subject, version=version)
 
     def latest(self, subject: str) -> RegisteredSchema:
         self._count("latest")

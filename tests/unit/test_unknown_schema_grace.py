@@ -17,10 +17,9 @@ import pytest
 
 from tests.unit.test_registry_fake import InMemoryRegistry
 from toolkit.consumer import KafkaConsumer
-from toolkit.consumer import pipeline as pipeline_module
 from toolkit.consumer.handlers import HandlerRegistry
 from toolkit.consumer.outcomes import DeadLetter, ErrorPolicy, Pause, RetryPolicy, decide
-from toolkit.consumer.pipeline import UNKNOWN_RETRY_MAX_S, UNKNOWN_SUBJECTS_QUIET_GRACES, Pipeline
+from toolkit.consumer.pipeline import UNKNOWN_RETRY_MAX_S, Pipeline
 from toolkit.errors import ConfigError, MessageError, SchemaNotFound, SchemaNotYetKnown
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CachedRegistry, LocalFolderRegistry, RegisteredSchema
@@ -119,11 +118,6 @@ def test_found_then_lost_again_waits_again() -> None:
     clock.now += 40  # found after the grace would have run out: the clock was for the earlier episode
     assert pipeline.resolve(KEY)
     assert ("things", 2) not in pipeline._unknown
-    backend.store.clear()  # lost again: the registry restarted empty; a version not resolved yet arrives
-    clock.now += 1
-    with pytest.raises(SchemaNotYetKnown) as raised:
-        pipeline.resolve(("things", 3))
-    assert raised.value.unknown_for_s == 0  # a new wait, not the old clock's 41 s
 
 
 def test_grace_zero_dead_letters_at_once_and_says_so() -> None:
@@ -210,20 +204,11 @@ def test_concurrent_fresh_lookups_of_one_key_make_one_request() -> None:
         except SchemaNotFound as exc:
             errors.append(exc)
 
-    real_fill, second_filling = cache._fill, threading.Event()
-
-    def fill(*args, **kwargs):
-        if threading.current_thread().name == "second":
-            second_filling.set()  # it has read the misses counter: it began before the first's miss
-        return real_fill(*args, **kwargs)
-
-    cache._fill = fill  # type: ignore[method-assign]
     first = threading.Thread(target=look)
     first.start()
     assert entered.wait(5)
-    second = threading.Thread(target=look, name="second")  # began after the first: waits on the key's lock
+    second = threading.Thread(target=look)  # began after the first: waits on the key's lock
     second.start()
-    assert second_filling.wait(5)
     release.set()
     first.join(5)
     second.join(5)
@@ -298,95 +283,3 @@ def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
             KafkaConsumer(unknown_schema_grace_s=wrong)
         assert raised.value.setting == "unknown_schema_grace_s"
 
-
-
-# --- unknown subjects share one clock ---------------------------------------------------------------------
-
-def test_new_made_up_subjects_share_one_grace_instead_of_one_each() -> None:
-    pipeline, backend, clock = make(30)
-    with pytest.raises(SchemaNotYetKnown):
-        pipeline.resolve(("made-up-0", 1))
-    for n in range(1, 6):  # a new name every 30 s: each would have waited a whole grace with its own clock
-        clock.now += 30
-        with pytest.raises(MessageError, match="still unknown after"):
-            pipeline.resolve((f"made-up-{n}", 1))
-    assert pipeline._unknown == {}
-
-
-def test_a_known_subjects_unknown_version_keeps_its_own_clock() -> None:
-    pipeline, _, clock = make(30)
-    with pytest.raises(SchemaNotYetKnown):
-        pipeline.resolve(("made-up", 1))
-    clock.now += 31
-    with pytest.raises(SchemaNotYetKnown) as raised:  # "things" exists: version 2 gets its own grace
-        pipeline.resolve(KEY)
-    assert raised.value.unknown_for_s == 0
-
-
-def test_a_registry_answering_again_ends_the_unknown_subjects_wait() -> None:
-    pipeline, backend, clock = make(30)
-    backend.store.clear()  # restarted empty
-    with pytest.raises(SchemaNotYetKnown):
-        pipeline.resolve(("things", 1))
-    clock.now += 20
-    backend.register("things", V1, SchemaFormat.JSON)  # repopulated within the grace
-    assert pipeline.resolve(("things", 1))
-    clock.now += 20
-    with pytest.raises(SchemaNotYetKnown) as raised:  # a later unknown subject waits a grace of its own
-        pipeline.resolve(("others", 1))
-    assert raised.value.unknown_for_s == 0
-
-
-def test_the_unknown_subjects_clock_starts_again_after_a_long_quiet() -> None:
-    pipeline, _, clock = make(30)
-    with pytest.raises(SchemaNotYetKnown):
-        pipeline.resolve(("made-up-0", 1))
-    clock.now += 31
-    with pytest.raises(MessageError):
-        pipeline.resolve(("made-up-0", 1))
-    clock.now += UNKNOWN_SUBJECTS_QUIET_GRACES * 30 + 1
-    with pytest.raises(SchemaNotYetKnown):
-        pipeline.resolve(("made-up-1", 1))
-
-
-def test_grace_zero_remembers_no_clock() -> None:
-    pipeline, _, _ = make(0)
-    for key in (KEY, ("made-up", 1)):
-        with pytest.raises(MessageError):
-            pipeline.resolve(key)
-    assert pipeline._unknown == {} and pipeline._unknown_subjects is None
-
-
-def test_the_version_clocks_are_bounded_and_the_overflow_shares_the_subject_clock(monkeypatch) -> None:
-    monkeypatch.setattr(pipeline_module, "_MAX_PLANS", 3)
-    pipeline, _, clock = make(30)
-    for version in range(2, 8):  # made-up versions of a known subject, faster than their clocks expire
-        with pytest.raises(SchemaNotYetKnown):
-            pipeline.resolve(("things", version))
-    assert len(pipeline._unknown) == 3
-    clock.now += 31
-    with pytest.raises(MessageError):  # the overflow waited one grace in all
-        pipeline.resolve(("things", 99))
-
-
-def test_a_sweep_while_another_thread_adds_clocks_does_not_fail(monkeypatch) -> None:
-    monkeypatch.setattr(pipeline_module, "_MAX_PLANS", 50)
-    pipeline, _, clock = make(1)
-    errors: list[BaseException] = []
-
-    def miss(first: int) -> None:
-        for version in range(first, first + 2000):
-            clock.now += 0.01
-            try:
-                pipeline.resolve(("things", version))
-            except (SchemaNotYetKnown, MessageError):
-                pass
-            except BaseException as exc:  # a dict changed size during the sweep
-                errors.append(exc)
-
-    threads = [threading.Thread(target=miss, args=(first,)) for first in (2, 10_002, 20_002)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == [] and len(pipeline._unknown) <= 50

@@ -12,7 +12,6 @@ event loop when :meth:`Pipeline.cached` has no answer.
 from __future__ import annotations
 
 import inspect
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +40,6 @@ from toolkit.registry.base import (
 
 _MAX_PLANS = 10_000
 UNKNOWN_RETRY_MAX_S = 5.0
-UNKNOWN_SUBJECTS_QUIET_GRACES = 10
-"""The shared clock of unknown subjects starts again after this many graces without such a record."""
 """Longest wait between two lookups of a schema the registry does not know yet (within the grace)."""
 GRACE_SETTING = "EPISTLE_UNKNOWN_SCHEMA_GRACE_S"
 
@@ -145,13 +142,8 @@ class Pipeline:
             self._fresh_lookups = "fresh" in inspect.signature(resolver.resolve).parameters
         except (TypeError, ValueError):
             self._fresh_lookups = False
-        # Grace clocks, monotonic seconds, guarded by _lock (several I/O threads resolve at once).
-        # (subject, version) of a subject the registry knows, the version it did not -> (first miss, last miss)
+        # (subject, version) the registry did not know -> (first miss, latest miss), monotonic seconds
         self._unknown: dict[tuple[str, int], tuple[float, float]] = {}
-        # subjects the registry did not know at all share one clock: (first miss, last miss), or None
-        self._unknown_subjects: tuple[float, float] | None = None
-        self._known_subjects: set[str] = set()  # subjects of a version resolved
-        self._lock = threading.Lock()
         self._compiled: dict[tuple[str, int], CompiledSchema] = {}
         self._subjects: dict[tuple[str, str, str], str] = {}
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
@@ -179,21 +171,10 @@ class Pipeline:
         """Stage ``schema``; may do registry I/O.
 
         A subject or version the registry does not know is not final at once: for ``unknown_schema_grace_s``
-        seconds it raises :class:`SchemaNotYetKnown` (the caller waits ``retry_in_s`` and calls again; the
-        retry asks the registry, past any remembered miss). Two kinds of clock:
-
-        - a version of a subject the registry knows: one clock per (subject, version), from its first miss,
-          so records queued behind the first one do not each wait a whole grace; it starts again when the
-          key was not asked about for twice the grace.
-        - a subject the registry does not know at all: ONE clock shared by every such subject (an episode),
-          so a producer inventing a new schemaName now and then stalls a partition for about one grace in
-          all, not one grace per name. The episode starts at the first unknown-subject miss and ends when
-          a lookup succeeds (the registry answers again: restarted and repopulated, or the subject was
-          registered) or when no record named an unknown subject for ``UNKNOWN_SUBJECTS_QUIET_GRACES``
-          graces; the next unknown subject then starts a new one.
-
-        A registry that does not say which is missing (``SchemaNotFound.subject_missing`` None) counts as
-        missing the subject unless a version of that subject was resolved before.
+        seconds from the first miss of that (subject, version) it raises :class:`SchemaNotYetKnown` (the
+        caller waits ``retry_in_s`` and calls again; the retry asks the registry, past any remembered miss).
+        The clock is per (subject, version), so records queued behind the first one do not each wait a
+        whole grace; it starts again when the key was found meanwhile or not asked about for twice the grace.
 
         Raises:
             SchemaNotYetKnown: unknown, within the grace (transient; not the record's fault yet).
@@ -217,32 +198,29 @@ class Pipeline:
         except Exception as exc:  # a schema the validator cannot compile is not something a retry fixes
             raise MessageError("schema", f"schema {subject!r} v{version} cannot be used: "
                                          f"{type(exc).__name__}: {exc}") from None
-        with self._lock:
-            self._unknown.pop(key, None)
-            self._unknown_subjects = None  # the registry answers: the next unknown subject starts a new wait
-            if len(self._known_subjects) < _MAX_PLANS:  # bounded: subjects come from the records
-                self._known_subjects.add(subject)
+        self._unknown.pop(key, None)
         self._compiled[key] = compiled
         return compiled
 
     def _waiting(self, key: tuple[str, int]) -> bool:
-        """The registry did not know ``key`` (or unknown subjects) at the last lookup and the grace is not over."""
-        grace, now = self.unknown_schema_grace_s, self._clock()
-        seen, episode = self._unknown.get(key), self._unknown_subjects
-        return ((seen is not None and now - seen[0] < grace)
-                or (episode is not None and now - episode[0] < grace))
+        """The registry did not know ``key`` at the last lookup and its grace is not over."""
+        seen = self._unknown.get(key)
+        return seen is not None and self._clock() - seen[0] < self.unknown_schema_grace_s
 
     def _unknown_schema(self, key: tuple[str, int], exc: SchemaNotFound) -> Exception:
         subject, version = key
         grace = self.unknown_schema_grace_s
         now = self._clock()
-        since = now
-        if grace > 0:  # with no grace nothing is remembered: every miss is final
-            missing = exc.subject_missing
-            if missing is None:
-                missing = subject not in self._known_subjects
-            with self._lock:
-                since = self._unknown_subject_since(now) if missing else self._unknown_version_since(key, now)
+        since, last = self._unknown.get(key, (now, now))
+        if now - last > 2 * grace:  # not asked about for long: a new episode (e.g. the registry lost it again)
+            since = now
+        if key in self._unknown or len(self._unknown) < _MAX_PLANS:  # bounded: keys come from the records
+            self._unknown[key] = (since, now)
+        elif grace > 0:
+            # list() copies in one step: another io thread may add a key while this one sweeps
+            for stale in [k for k, (_, seen) in list(self._unknown.items()) if now - seen > 2 * grace]:
+                self._unknown.pop(stale, None)
+            self._unknown[key] = (since, now)
         waited = now - since
         what = f"subject {subject!r} version {version}"
         if waited < grace:
@@ -254,34 +232,10 @@ class Pipeline:
                                      subject=subject, version=version)
         waited_text = (f"still unknown after {waited:.1f}s of asking again ({GRACE_SETTING}={grace:g})"
                        if grace > 0 else f"not waited for ({GRACE_SETTING}=0)")
-        version_missing = (exc.subject_missing is False if exc.subject_missing is not None
-                           else "version" in str(exc).lower())
-        path = "/header/schemaVersion" if version_missing else "/header/schemaName"
+        path = "/header/schemaVersion" if "version" in str(exc).lower() else "/header/schemaName"
         return MessageError("schema", f"unknown schema: {what}: {exc}; {waited_text}",
                             details=[{"path": path, "message": str(exc), "unknown_for_s": round(waited, 3),
                                       "grace_s": grace}])
-
-    def _unknown_subject_since(self, now: float) -> float:
-        """Start of the unknown-subjects episode (called under ``_lock``)."""
-        episode = self._unknown_subjects
-        if episode is None or now - episode[1] > UNKNOWN_SUBJECTS_QUIET_GRACES * self.unknown_schema_grace_s:
-            episode = (now, now)
-        self._unknown_subjects = (episode[0], now)
-        return episode[0]
-
-    def _unknown_version_since(self, key: tuple[str, int], now: float) -> float:
-        """Start of ``key``'s own clock (called under ``_lock``); bounded: keys come from the records."""
-        grace = self.unknown_schema_grace_s
-        since, last = self._unknown.get(key, (now, now))
-        if now - last > 2 * grace:  # not asked about for long: a new episode (e.g. the registry lost it again)
-            since = now
-        if key not in self._unknown and len(self._unknown) >= _MAX_PLANS:
-            for stale in [k for k, (_, seen) in list(self._unknown.items()) if now - seen > 2 * grace]:
-                del self._unknown[stale]
-            if len(self._unknown) >= _MAX_PLANS:  # still full of live clocks: the shared clock bounds the wait
-                return self._unknown_subject_since(now)
-        self._unknown[key] = (since, now)
-        return since
 
     def bind(self, decoded: DecodedRecord, compiled: CompiledSchema) -> Any:
         """Stages ``validation`` and ``model``: the body as the generated model instance."""

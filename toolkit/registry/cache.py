@@ -57,8 +57,7 @@ class CachedRegistry(Generic[T]):
         self._clock = clock
         self._entries: dict[tuple[str, int], tuple[RegisteredSchema, T]] = {}
         self._latest: dict[str, tuple[float, int]] = {}  # subject -> (expires at, version)
-        # -> (expires at, message, seq, subject_missing)
-        self._missing: dict[tuple[str, Version], tuple[float, str, int, bool | None]] = {}
+        self._missing: dict[tuple[str, Version], tuple[float, str, float]] = {}  # -> (expires, message, seq)
         self._misses = 0  # misses remembered so far: a fresh lookup ignores those from before it began
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, Version], threading.Lock] = {}
@@ -167,7 +166,7 @@ class CachedRegistry(Generic[T]):
             schema = fetch()
         except SchemaNotFound as exc:
             if self._not_found_ttl_s > 0:
-                self._remember_missing(key, str(exc), exc.subject_missing)
+                self._remember_missing(key, str(exc))
             raise
         entry = self._entries.get((subject, schema.version))
         if entry is None:
@@ -178,24 +177,24 @@ class CachedRegistry(Generic[T]):
                 self._latest[subject] = (self._clock() + self._latest_ttl_s, schema.version)
         return entry
 
-    def _remember_missing(self, key: tuple[str, Version], message: str, subject_missing: bool | None) -> None:
+    def _remember_missing(self, key: tuple[str, Version], message: str) -> None:
         now = self._clock()
         with self._lock:
             if len(self._missing) >= MAX_REMEMBERED_MISSES:  # many distinct unknown keys: drop the expired
                 for stale in [k for k, missing in self._missing.items() if missing[0] <= now]:
                     del self._missing[stale]
             self._misses += 1
-            self._missing[key] = (now + self._not_found_ttl_s, message, self._misses, subject_missing)
+            self._missing[key] = (now + self._not_found_ttl_s, message, self._misses)
 
     def _raise_if_missing(self, key: tuple[str, Version], asked_after: int | None = None) -> None:
         missing = self._missing.get(key)
         if missing is None:
             return
-        expires_at, message, seq, subject_missing = missing
+        expires_at, message, seq = missing
         if asked_after is not None and seq <= asked_after:
             return  # a fresh lookup: an answer from before this call began does not count
         if expires_at > self._clock():
             # A fresh exception each time: one instance raised in many threads would share a traceback.
-            raise SchemaNotFound(message, subject=key[0], version=key[1], subject_missing=subject_missing)
+            raise SchemaNotFound(message, subject=key[0], version=key[1])
         with self._lock:
             self._missing.pop(key, None)

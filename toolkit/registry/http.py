@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 _NOT_FOUND = {40401: "subject not found", 40402: "version not found", 40403: "schema not found",
               40404: "subject soft-deleted"}
-_SUBJECT_MISSING = {40401: True, 40402: False, 40404: True}  # None: the answer does not say
 _NO_SUCH_SUBJECT = 40401
 _NO_SUCH_SCHEMA = 40403
 _SOFT_DELETED = 40404  # Confluent: deleting again a subject that is already soft-deleted
@@ -323,8 +322,7 @@ class ConfluentHttpRegistry:
         if status == 404 and code in absent:
             return None
         if status == 404 and code in _NOT_FOUND:
-            raise SchemaNotFound(f"{_NOT_FOUND[code]}: {_describe(context)} ({code}: {message})",
-                                 subject_missing=_SUBJECT_MISSING.get(code), **context)
+            raise SchemaNotFound(f"{_NOT_FOUND[code]}: {_describe(context)} ({code}: {message})", **context)
         if status == 404:
             raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP 404 without a "
                                       "Confluent error code; point SCHEMA_REGISTRY_URL at the API root (for "

@@ -108,8 +108,7 @@ class LocalFolderRegistry:
                                      f"({names}) in {self.schemas_dir}; the <topic>-value strategy needs "
                                      "exactly one",
                                      subject=name)
-        raise SchemaNotFound(f"subject {name!r} not found in {self.schemas_dir}", subject=name,
-                             subject_missing=True)
+        raise SchemaNotFound(f"subject {name!r} not found in {self.schemas_dir}", subject=name)
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
         """The schema ``version`` of ``subject`` (a miss re-reads the folder first, see the module doc).
@@ -124,8 +123,7 @@ class LocalFolderRegistry:
         schema_file = found.version(version) if _is_version(version) else None
         if schema_file is None:
             raise SchemaNotFound(f"subject {subject!r} has no version {version!r} in {found.folder} "
-                                 f"(versions 1..{len(found.versions)})", subject=subject, version=version,
-                                 subject_missing=False)
+                                 f"(versions 1..{len(found.versions)})", subject=subject, version=version)
         return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
 
     def latest(self, subject: str) -> RegisteredSchema:
