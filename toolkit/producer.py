@@ -535,8 +535,8 @@ class EnvelopeProducer:
         for future, topic in list(self._pending.items()):  # what no callback settled (a client without purge)
             if not future.done():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    future.set_exception(DeliveryFailed("the producer was closed before the broker "
-                                                        "acknowledged the record; publish it again",
+                    future.set_exception(DeliveryFailed("the producer was closed and the record was not "
+                                                        "acknowledged by the broker; publish it again",
                                                         topic=topic, code="_PURGE_QUEUE"))
         self._polling = False
         if self._thread is not None:
