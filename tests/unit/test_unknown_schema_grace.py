@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_registry_fake import InMemoryRegistry
 from toolkit.consumer import KafkaConsumer
 from toolkit.consumer.handlers import HandlerRegistry
 from toolkit.consumer.outcomes import ErrorPolicy, Pause, RetryPolicy, ToDeadLetter, decide
@@ -24,6 +23,7 @@ from toolkit.errors import ConfigError, MessageError, SchemaNotFound, SchemaNotY
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CachedRegistry, LocalFolderRegistry, RegisteredSchema
 from toolkit.settings import load_settings
+from toolkit.testing import InMemoryRegistry
 
 V1 = '{"type": "object", "properties": {"n": {"type": "integer"}}}'
 V2 = '{"type": "object", "properties": {"n": {"type": "integer"}, "m": {"type": "string"}}}'

@@ -109,8 +109,10 @@ class Engine:
             ConsumerStopped: ErrorPolicy.STOP met a failing record, or the client failed fatally.
         """
         try:
-            self._sink = self.transport.start(topics, self, self._loop, max_poll_records=self.options.max_poll_records,
-                                              max_in_flight=self.options.max_in_flight)
+            options = self.options
+            self._sink = self.transport.start(topics, options.group_id, self, self._loop,
+                                              max_poll_records=options.max_poll_records,
+                                              max_in_flight=options.max_in_flight)
         except BaseException:
             self.close_pools()
             raise

@@ -452,8 +452,9 @@ class KafkaTransport:
         admin_config = {k: v for k, v in self.consumer_config.items() if k not in ("logger", "on_commit")}
         return set(wait_for_broker(admin_config, timeout_s).topics)
 
-    def start(self, topics: list[str], events: TransportEvents, loop: asyncio.AbstractEventLoop, *,
-              max_poll_records: int, max_in_flight: int) -> DeadLetterSender:
+    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
+              *, max_poll_records: int, max_in_flight: int) -> DeadLetterSender:
+        # group_id is in consumer_config already (``group.id``)
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,

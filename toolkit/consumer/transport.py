@@ -100,9 +100,9 @@ class Transport(Protocol):
         """
         ...
 
-    def start(self, topics: list[str], events: TransportEvents, loop: asyncio.AbstractEventLoop, *,
-              max_poll_records: int, max_in_flight: int) -> DeadLetterSink:
-        """Subscribe and start fetching; the dead-letter sink to use.
+    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
+              *, max_poll_records: int, max_in_flight: int) -> DeadLetterSink:
+        """Join ``group_id``, subscribe to ``topics`` and start fetching; the dead-letter sink to use.
 
         Raises:
             ConfigError: the client configuration is refused.
