@@ -92,12 +92,12 @@ def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka
 
 def test_a_dead_letter_that_cannot_be_built_falls_back_to_a_minimal_one(kafka_bootstrap, make_topic, group_id,
                                                                         monkeypatch, caplog):
-    from toolkit.consumer import runtime
+    from toolkit.consumer import engine
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug nobody foresaw")
 
-    monkeypatch.setattr(runtime, "build_dead_letter", broken)
+    monkeypatch.setattr(engine, "build_dead_letter", broken)
     topic = make_topic("orders")
     headers = [("trace", None), ("kafka_dlt-original-topic", b"elsewhere")]
     produce(kafka_bootstrap, topic, [(b"\xffkey", b"\xff not json"), (None, order("ok"))], headers=headers)

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from toolkit.consumer import KafkaConsumer
-from toolkit.consumer import runtime as runtime_module
-from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped
+from toolkit.consumer import KafkaConsumer, kafka_io
+from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError
 from toolkit.registry import LocalFolderRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,42 +48,77 @@ class _Error:
 
 
 class _Message:
+    def __init__(self, err: _Error | None = None, offset: int = 0) -> None:
+        self._err, self._offset = err, offset
+
     def topic(self) -> str:
         return "orders"
 
     def partition(self) -> int:
         return 0
 
+    def offset(self) -> int:
+        return self._offset
 
-async def _fetch_error(consumer: KafkaConsumer, err: _Error) -> None:
-    consumer._loop = asyncio.get_running_loop()
-    consumer._stop_event = asyncio.Event()
-    consumer._fetch_error(_Message(), err)  # type: ignore[arg-type]
-    await asyncio.sleep(0)
+    def error(self) -> _Error | None:
+        return self._err
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.fatal: list[str] = []
+        self.batches: list[tuple[list, list]] = []
+
+    def on_fatal(self, reason: str) -> None:
+        self.fatal.append(reason)
+
+    def on_batch(self, records: list, ends: list) -> None:
+        self.batches.append((records, ends))
+
+    def in_flight(self) -> int:
+        return 0
+
+
+def _sorted(batch: list[_Message], config: dict | None = None) -> tuple[list, list, list[str]]:
+    """What the poll thread makes of a fetched batch: (records, partition ends, fatal reasons)."""
+
+    async def sort() -> tuple[list, list, list[str]]:
+        events = _Events()
+        poller = kafka_io.PollThread(config or {}, ["orders"], asyncio.get_running_loop(), events,
+                                     max_poll_records=10, max_in_flight=10)
+        records, ends = poller._sort(batch)
+        await asyncio.sleep(0)  # the fatal report is handed to the loop
+        return records, ends, events.fatal
+
+    return asyncio.run(sort())
 
 
 def test_a_fenced_consumer_stops_with_the_hint() -> None:
-    consumer = _consumer(group_instance_id="orders-1")
     # the error librdkafka 2.x gives the older of two consumers sharing an id (code -150, fatal() False)
     err = _Error(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer with same "
                                     "group.instance.id: Fatal consumer error: Broker: Static consumer fenced by "
                                     "other consumer with same group.instance.id")
-    asyncio.run(_fetch_error(consumer, err))
-    assert isinstance(consumer._failure, ConsumerStopped)
-    assert "'orders-1'" in str(consumer._failure) and "KAFKA_GROUP_INSTANCE_ID" in str(consumer._failure)
-    assert consumer._stop_event is not None and consumer._stop_event.is_set()
+    records, _, fatal = _sorted([_Message(err)], {"group.instance.id": "orders-1"})
+    assert records == [] and len(fatal) == 1
+    assert "'orders-1'" in fatal[0] and "KAFKA_GROUP_INSTANCE_ID" in fatal[0]
 
 
 def test_another_fatal_error_stops_without_the_hint() -> None:
-    consumer = _consumer()
-    asyncio.run(_fetch_error(consumer, _Error(KafkaError._FATAL, "Fatal error: something else")))
-    assert isinstance(consumer._failure, ConsumerStopped) and "KAFKA_GROUP_INSTANCE_ID" not in str(consumer._failure)
+    _, _, fatal = _sorted([_Message(_Error(KafkaError._FATAL, "Fatal error: something else"))])
+    assert len(fatal) == 1 and "KAFKA_GROUP_INSTANCE_ID" not in fatal[0]
 
 
 def test_a_transient_fetch_error_does_not_stop() -> None:
-    consumer = _consumer()
-    asyncio.run(_fetch_error(consumer, _Error(KafkaError._TRANSPORT, "Broker: transport failure")))
-    assert consumer._failure is None
+    ok = _Message(offset=3)
+    records, ends, fatal = _sorted([_Message(_Error(KafkaError._TRANSPORT, "Broker: transport failure")), ok])
+    assert records == [ok] and ends == [] and fatal == []
+
+
+def test_a_partition_end_counts_only_after_the_last_record_of_its_partition() -> None:
+    eof = _Error(KafkaError._PARTITION_EOF, "end")
+    first, second = _Message(offset=1), _Message(offset=2)
+    assert _sorted([first, _Message(eof), second])[:2] == ([first, second], [])
+    assert _sorted([first, second, _Message(eof)])[:2] == ([first, second], [("orders", 0)])
 
 
 @pytest.mark.parametrize("value", [3601, 0, float("inf"), "30", True])
@@ -92,12 +126,12 @@ def test_the_startup_timeout_option_has_the_settings_bounds(value) -> None:
     with pytest.raises(ConfigError) as err:
         KafkaConsumer("127.0.0.1:1", "group", startup_timeout_s=value)
     assert err.value.setting == "startup_timeout_s" and "KAFKA_STARTUP_TIMEOUT_S" in str(err.value)
-    assert KafkaConsumer("127.0.0.1:1", "group", startup_timeout_s=3600).startup_timeout_s == 3600
+    assert KafkaConsumer("127.0.0.1:1", "group", startup_timeout_s=3600).options.startup_timeout_s == 3600
 
 
 def test_the_group_instance_id_option_takes_the_host_name() -> None:
     consumer = KafkaConsumer("127.0.0.1:1", "group", group_instance_id=" orders-{hostname} ")
-    assert consumer.group_instance_id == f"orders-{socket.gethostname()}"
+    assert consumer.options.group_instance_id == f"orders-{socket.gethostname()}"
 
 
 @pytest.mark.parametrize("value", ["orders-{pid}", "orders 1", "orders/1", "x" * 250, "orders-é"])
@@ -114,7 +148,7 @@ def test_the_broker_check_uses_kafka_config(monkeypatch: pytest.MonkeyPatch) -> 
         seen.append(config)
         raise BrokerUnavailable("no")
 
-    monkeypatch.setattr(runtime_module, "wait_for_broker", check)
+    monkeypatch.setattr(kafka_io, "wait_for_broker", check)
     consumer = _consumer(kafka_config={"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"})
     with pytest.raises(BrokerUnreachable):
         asyncio.run(consumer.start())
@@ -149,7 +183,7 @@ class _Metadata:
 
 def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     checks: list[dict] = []
-    monkeypatch.setattr(runtime_module, "wait_for_broker", lambda config, timeout_s: checks.append(config)
+    monkeypatch.setattr(kafka_io, "wait_for_broker", lambda config, timeout_s: checks.append(config)
                         or _Metadata("other"))
     consumer = _consumer(stop_when_idle=True)
     for _ in range(2):  # the second attempt fails the same way, not with "already running"

@@ -443,10 +443,10 @@ def test_the_dead_letter_size_limit_comes_from_the_setting_the_argument_or_the_p
     from toolkit.errors import ConfigError
     from toolkit.settings import load_settings
 
-    assert KafkaConsumer("127.0.0.1:9", "g").dlq_max_message_bytes == 10 * 1024 * 1024
-    assert KafkaConsumer("127.0.0.1:9", "g", dlq_max_message_bytes=5000).dlq_max_message_bytes == 5000
+    assert KafkaConsumer("127.0.0.1:9", "g").options.dlq_max_message_bytes == 10 * 1024 * 1024
+    assert KafkaConsumer("127.0.0.1:9", "g", dlq_max_message_bytes=5000).options.dlq_max_message_bytes == 5000
     monkeypatch.setenv("EPISTLE_DLQ_MAX_MESSAGE_BYTES", "20000000")
-    assert KafkaConsumer.from_settings(load_settings(env_file=None)).dlq_max_message_bytes == 20_000_000
+    assert KafkaConsumer.from_settings(load_settings(env_file=None)).options.dlq_max_message_bytes == 20_000_000
     monkeypatch.setenv("EPISTLE_DLQ_MAX_MESSAGE_BYTES", "999")  # below librdkafka's minimum
     with pytest.raises(ConfigError, match="EPISTLE_DLQ_MAX_MESSAGE_BYTES"):
         load_settings(env_file=None)

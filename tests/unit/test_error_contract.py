@@ -197,7 +197,7 @@ def test_the_table_covers_every_public_function_and_class(table: tuple[list, lis
     handed_out = {"BaseHandler", "Message", "Settings", "CodegenRun", "Difference", "ModelIndex", "CheckReport",
                   "Finding", "Issue", "ConsumerStats", "HandlerRegistry", "TopicStats", "AvroFormat",
                   "JsonSchemaFormat", "Delivery", "OutgoingRecord", "CompatibilityResult", "RegisteredSchema",
-                  "SubjectContext", "Answers", "AvroSchema", "JsonSchema"}
+                  "SubjectContext", "Answers", "AvroSchema", "JsonSchema", "Middleware", "ConsumerOptions"}
     missing = []
     for module in (toolkit, codegen, compat, consumer, formats, producer, registry, scaffold, validation):
         for name in module.__all__:

@@ -2,7 +2,7 @@ from unittest.mock import ANY
 
 import pytest
 
-from toolkit.consumer.outcomes import DeadLetter, Done, ErrorPolicy, Pause, Retry, RetryPolicy, Stop, decide
+from toolkit.consumer.outcomes import Done, ErrorPolicy, Pause, RetryAfter, RetryPolicy, Stop, ToDeadLetter, decide
 from toolkit.errors import BrokerUnavailable, MessageError, RegistryUnavailable, RetryableError
 
 POLICY = RetryPolicy(max_attempts=3, initial_s=0.5, max_s=3.0)
@@ -15,10 +15,10 @@ def test_done(result):
 
 @pytest.mark.parametrize("result", [False, RetryableError("later")])
 def test_retry_with_backoff_then_dead_letter(result):
-    assert decide(result, 1, POLICY) == Retry(0.5, decide(result, 1, POLICY).reason)
+    assert decide(result, 1, POLICY) == RetryAfter(0.5, decide(result, 1, POLICY).reason)
     assert decide(result, 2, POLICY).delay_s == 1.0
     last = decide(result, 3, POLICY)
-    assert isinstance(last, DeadLetter) and last.stage == "retries_exhausted"
+    assert isinstance(last, ToDeadLetter) and last.stage == "retries_exhausted"
 
 
 def test_backoff_capped():
@@ -27,7 +27,7 @@ def test_backoff_capped():
 
 def test_other_exception_dead_letters_at_once():
     out = decide(KeyError("x"), 1, POLICY)
-    assert isinstance(out, DeadLetter) and out.stage == "handler" and isinstance(out.error, KeyError)
+    assert isinstance(out, ToDeadLetter) and out.stage == "handler" and isinstance(out.error, KeyError)
 
 
 def test_message_error_dead_letters_with_its_stage():
@@ -69,7 +69,7 @@ class ReprFails:
 
 def test_results_whose_str_or_repr_fails_still_get_an_outcome():
     retry = RetryPolicy(max_attempts=2)
-    assert decide(StrFails(), 1, retry) == DeadLetter("handler", "StrFails: <StrFails str() failed>", ANY)
+    assert decide(StrFails(), 1, retry) == ToDeadLetter("handler", "StrFails: <StrFails str() failed>", ANY)
 
     class RetryStrFails(RetryableError):
         def __str__(self):

@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from toolkit.consumer.kafka_io import PollThread
+from toolkit.consumer.transport import Assignment
 
 
 class FakeConsumer:
@@ -45,13 +46,27 @@ def loop():
     loop.close()
 
 
-def _poller(loop: asyncio.AbstractEventLoop) -> tuple[PollThread, FakeConsumer]:
-    async def release(tps, lost):
+class Events:
+    """The engine's side, doing nothing."""
+
+    def on_batch(self, records, ends) -> None:
+        pass
+
+    def on_assign(self, assigned) -> None:
+        pass
+
+    async def release(self, partitions, lost):
         return []
 
-    poller = PollThread({}, ["t"], loop, max_poll_records=10, on_batch=lambda batch: None,
-                        on_assign=lambda assigned: None, release=release, in_flight=lambda: 0,
-                        max_in_flight=100)
+    def on_fatal(self, reason: str) -> None:
+        pass
+
+    def in_flight(self) -> int:
+        return 0
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> tuple[PollThread, FakeConsumer]:
+    poller = PollThread({}, ["t"], loop, Events(), max_poll_records=10, max_in_flight=100)
     consumer = FakeConsumer()
     poller.consumer = consumer  # type: ignore[assignment]
     return poller, consumer
@@ -71,7 +86,7 @@ def test_a_pause_queued_before_a_revoke_does_not_pause_the_next_assignment(loop)
     poller, consumer = _poller(loop)
     _assign(poller, consumer, ("t", 0))
     generation = poller._generation[("t", 0)]
-    poller.pause([("t", 0, generation)])  # queued by the loop, not yet run
+    poller.pause([Assignment("t", 0, generation)])  # queued by the loop, not yet run
     _revoke(poller, consumer, ("t", 0))
     _assign(poller, consumer, ("t", 0))  # the loop now has a new, unpaused state for it
     poller._run_commands()
@@ -82,7 +97,7 @@ def test_a_pause_queued_before_a_revoke_does_not_pause_the_next_assignment(loop)
 def test_a_pause_queued_before_a_revoke_and_run_before_the_reassignment_does_not_stick(loop) -> None:
     poller, consumer = _poller(loop)
     _assign(poller, consumer, ("t", 0))
-    poller.pause([("t", 0, poller._generation[("t", 0)])])
+    poller.pause([Assignment("t", 0, poller._generation[("t", 0)])])
     _revoke(poller, consumer, ("t", 0))
     poller._run_commands()
     _assign(poller, consumer, ("t", 0))
@@ -105,13 +120,13 @@ def test_a_pause_by_the_loop_left_over_from_an_older_assignment_is_dropped_on_as
 def test_pause_and_resume_of_the_current_assignment_still_apply(loop) -> None:
     poller, consumer = _poller(loop)
     _assign(poller, consumer, ("t", 0), ("t", 1))
-    poller.pause([("t", 0, poller._generation[("t", 0)])])
+    poller.pause([Assignment("t", 0, poller._generation[("t", 0)])])
     poller._run_commands()
     assert consumer.paused == {("t", 0)} and poller._paused_by_loop == {("t", 0)}
     poller._window_paused = True
     consumer.pause(consumer.assignment())
     poller._apply_window(free=100)  # the window ends: the loop's own pause stays
     assert consumer.paused == {("t", 0)}
-    poller.resume([("t", 0, poller._generation[("t", 0)])])
+    poller.resume([Assignment("t", 0, poller._generation[("t", 0)])])
     poller._run_commands()
     assert consumer.paused == set() and poller._paused_by_loop == set()

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from tests.unit.test_registry_fake import InMemoryRegistry
 from toolkit.errors import RegistryUnavailable, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CachedRegistry, RegisteredSchema, SchemaRegistry
 from toolkit.registry import cache as cache_module
+from toolkit.testing import InMemoryRegistry
 
 V1 = '{"type": "object", "properties": {"a": {"type": "string"}}}'
 V2 = '{"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}'

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tests.unit.test_registry_fake import InMemoryRegistry
 from tests.unit.test_registry_local import ORDER_V1, ORDER_V2, write_schemas
 from toolkit.errors import ConfigError
 from toolkit.layout import Compatibility, SchemaFormat, load_schemas
 from toolkit.registry.commands import register_schemas, registry_subjects, verify_schemas
+from toolkit.testing import InMemoryRegistry
 
 
 def refuse_when(marker: str):

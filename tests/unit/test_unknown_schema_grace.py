@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_registry_fake import InMemoryRegistry
 from toolkit.consumer import KafkaConsumer
 from toolkit.consumer.handlers import HandlerRegistry
-from toolkit.consumer.outcomes import DeadLetter, ErrorPolicy, Pause, RetryPolicy, decide
+from toolkit.consumer.outcomes import ErrorPolicy, Pause, RetryPolicy, ToDeadLetter, decide
 from toolkit.consumer.pipeline import UNKNOWN_RETRY_MAX_S, Pipeline
 from toolkit.errors import ConfigError, MessageError, SchemaNotFound, SchemaNotYetKnown
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CachedRegistry, LocalFolderRegistry, RegisteredSchema
 from toolkit.settings import load_settings
+from toolkit.testing import InMemoryRegistry
 
 V1 = '{"type": "object", "properties": {"n": {"type": "integer"}}}'
 V2 = '{"type": "object", "properties": {"n": {"type": "integer"}, "m": {"type": "string"}}}'
@@ -164,7 +164,7 @@ def test_not_yet_known_is_a_pause_capped_at_its_retry_time_even_under_stop() -> 
         outcome = decide(exc, 1, RetryPolicy(3, 0.5, 30), policy)
         assert isinstance(outcome, Pause) and outcome.max_delay_s == 0.3
     final = MessageError("schema", "unknown schema ...; still unknown after 30.0s")
-    assert isinstance(decide(final, 1, RetryPolicy()), DeadLetter)
+    assert isinstance(decide(final, 1, RetryPolicy()), ToDeadLetter)
 
 
 # --- the negative cache and fresh lookups ----------------------------------------------------------------
@@ -271,9 +271,9 @@ def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(env_file=None).consumer.unknown_schema_grace_s == 30
     monkeypatch.setenv("EPISTLE_UNKNOWN_SCHEMA_GRACE_S", "2.5")
     settings = load_settings(env_file=None)
-    assert KafkaConsumer(settings=settings).unknown_schema_grace_s == 2.5
-    assert KafkaConsumer(settings=settings, unknown_schema_grace_s=0).unknown_schema_grace_s == 0
-    assert KafkaConsumer().unknown_schema_grace_s == 30
+    assert KafkaConsumer(settings=settings).options.unknown_schema_grace_s == 2.5
+    assert KafkaConsumer(settings=settings, unknown_schema_grace_s=0).options.unknown_schema_grace_s == 0
+    assert KafkaConsumer().options.unknown_schema_grace_s == 30
     monkeypatch.setenv("EPISTLE_UNKNOWN_SCHEMA_GRACE_S", "-1")
     with pytest.raises(ConfigError) as raised:
         load_settings(env_file=None)

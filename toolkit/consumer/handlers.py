@@ -1,9 +1,18 @@
 """Handlers and the router that finds the handler of a message.
 
-A handler is a :class:`BaseHandler` subclass (``async def _process_message(self, message) -> bool``, its
-dependencies injected in its constructor), or any plain ``def`` / ``async def`` callable taking the message.
-Registering is separate from running: :class:`HandlerRegistry` collects handlers by topic and, optionally,
-by (topic, messageType); the runtime only asks it for the handler of a message.
+A handler is a :class:`BaseHandler` subclass (``async def handle(self, message)``, or the first releases'
+``_process_message``; its dependencies injected in its constructor), or any plain ``def`` / ``async def``
+callable taking the message. Registering is separate from running: :class:`HandlerRegistry` collects
+handlers by topic and, optionally, by (topic, messageType); the engine only asks it for the handler of a
+message.
+
+What a handler's result means (docs/contracts.md, "Outcomes"): True or None, done; False or
+:class:`Retry`, try again after a backoff (dead-lettered once the attempts are spent); :class:`DeadLetter`,
+dead-letter it now with that reason; any other exception, dead-lettered at once (stage ``handler``).
+
+Threads (docs/threads.md): ``async def`` handlers run on the event loop; plain ``def`` handlers run in the
+consumer's handler thread pool (``max_workers`` threads named ``epistle-handler-N``), so one may block
+without stopping the others, and must be thread-safe when ``max_workers`` > 1.
 """
 
 from __future__ import annotations
@@ -11,24 +20,45 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit import _args
-from toolkit.errors import ConfigError, MessageError
+from toolkit.errors import ConfigError, EpistleError, MessageError, RetryableError
 
 if TYPE_CHECKING:
     from toolkit.consumer.pipeline import Message
 
 
-class BaseHandler(ABC):
-    """Base of class-based handlers.
+class Retry(RetryableError):
+    """Raise it in a handler to try the message again: after ``delay_s`` when given, else after the
+    consumer's backoff. It counts as an attempt: once ``max_attempts`` are spent the message is
+    dead-lettered (stage ``retries_exhausted``) with ``reason``."""
+
+    def __init__(self, reason: str = "the handler asked for a retry", *, delay_s: float | None = None) -> None:
+        if delay_s is not None:
+            _args.number("delay_s", delay_s, low=0)
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class DeadLetter(EpistleError):
+    """Raise it in a handler to dead-letter the message now, without retries, with ``reason`` (and
+    optional ``details``, a JSON-compatible value kept in the dead letter) at stage ``handler``."""
+
+    def __init__(self, reason: str, *, details: Any = None) -> None:
+        super().__init__(reason)
+        self.details = details
+
+
+class BaseHandler:
+    """Base of class-based handlers: override :meth:`handle` (or, as in the first releases,
+    :meth:`_process_message`).
 
     Return True (or None) when the message is done, False for "not now" (retried with backoff, then
-    dead-lettered); raise :class:`~toolkit.errors.RetryableError` for the same with a reason; any other
-    exception dead-letters the message.
+    dead-lettered); raise :class:`Retry` (or :class:`~toolkit.errors.RetryableError`) for the same with a
+    reason, :class:`DeadLetter` to dead-letter it at once; any other exception dead-letters the message.
 
     ``accepts`` optionally declares the schemas the handler understands, e.g. ``{"orders": {1, 2}}``
     (an empty set or None means every version of that schema); other schemas are dead-lettered with
@@ -37,12 +67,24 @@ class BaseHandler(ABC):
 
     accepts: ClassVar[Mapping[str, set[int] | frozenset[int] | None] | None] = None
 
-    @abstractmethod
+    def __new__(cls, *args: Any, **kwargs: Any) -> BaseHandler:
+        # As for an abstract method, but either of the two will do: refused when made, not at the first
+        # message.
+        if cls.handle is BaseHandler.handle and cls._process_message is BaseHandler._process_message:
+            raise TypeError(f"Can't instantiate {cls.__qualname__}: it overrides neither handle() nor "
+                            "_process_message()")
+        return super().__new__(cls)
+
+    async def handle(self, message: Message) -> bool | None:
+        """Handle one message (the default calls :meth:`_process_message`)."""
+        return await self._process_message(message)
+
     async def _process_message(self, message: Message) -> bool | None:
-        """Handle one message."""
+        """Handle one message: the first releases' name for :meth:`handle`."""
+        raise NotImplementedError(f"{type(self).__qualname__} overrides neither handle() nor _process_message()")
 
     async def __call__(self, message: Message) -> bool | None:
-        return await self._process_message(message)
+        return await self.handle(message)
 
 
 HandlerLike = BaseHandler | Callable[["Message"], Any] | Callable[["Message"], Awaitable[Any]]
@@ -83,7 +125,10 @@ def as_route(handler: HandlerLike, accepts: Mapping[str, Any] | None = None) -> 
     if declared is not None:
         normalised = {str(name): frozenset(int(v) for v in (versions or ()))
                       for name, versions in declared.items()}
-    target = handler._process_message if isinstance(handler, BaseHandler) else handler
+    target: Any = handler
+    if isinstance(handler, BaseHandler):  # the method itself: no extra coroutine per message
+        overridden = type(handler).handle is not BaseHandler.handle
+        target = handler.handle if overridden else handler._process_message
     is_async = _is_async(target)
     name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
     return Route(handler, target, is_async, normalised, name)

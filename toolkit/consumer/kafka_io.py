@@ -13,8 +13,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -22,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
+from toolkit.consumer.transport import Assignment, Position, TransportEvents
 from toolkit.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
@@ -61,36 +63,59 @@ def wait_for_broker(config: dict[str, Any], timeout_s: float) -> Any:
 WINDOW_HOLD_S = 1.0
 
 
+# Commands from the event loop to the poll thread, run between fetches (the thread owns the consumer).
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    positions: list[Position]
+    sync: bool
+    done: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    done: Future[None]
+
+
+_Command = _Commit | _Pause | _Resume | _Close
+
+
 class PollThread:
     """Owns the :class:`confluent_kafka.Consumer`. Every public method is safe to call from the loop."""
 
-    def __init__(self, config: dict[str, Any], topics: list[str], loop: asyncio.AbstractEventLoop, *,
-                 max_poll_records: int, on_batch: Callable[[list[Any]], None],
-                 on_assign: Callable[[list[tuple[str, int, int]]], None],
-                 release: Callable[[list[TP], bool], Awaitable[list[TopicPartition]]],
-                 in_flight: Callable[[], int], max_in_flight: int, drain_timeout_s: float = 60.0) -> None:
+    def __init__(self, config: dict[str, Any], topics: list[str], loop: asyncio.AbstractEventLoop,
+                 events: TransportEvents, *, max_poll_records: int, max_in_flight: int,
+                 drain_timeout_s: float = 60.0) -> None:
         self._config = config
         self._topics = topics
         self._loop = loop
+        self._events = events
         self._max_poll_records = max_poll_records
-        self._on_batch = on_batch
-        self._on_assign_loop = on_assign
-        self._release = release
         self._drain_timeout_s = drain_timeout_s
-        self._in_flight = in_flight
         self._max_in_flight = max_in_flight
         self._handed_over = 0  # records passed to the loop and not yet dispatched there
         self._handover_lock = threading.Lock()
         self._window_paused = False
         self._full_since: float | None = None
         self._paused_by_loop: set[TP] = set()
-        self._commands: queue.SimpleQueue[tuple[str, Any, Future | None]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._generation: dict[TP, int] = {}
         self._next_generation = 0
-        self._fetching = True
+        self._fetching = threading.Event()
+        self._fetching.set()
+        self._commit_failed = False
+        self._commit_failed_lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="epistle-poll", daemon=True)
-        self.commit_failed = False
         self.consumer: Consumer | None = None
 
     # -- called from the event loop ------------------------------------------------------------------
@@ -101,30 +126,39 @@ class PollThread:
                                 on_lost=self._lost)
         self._thread.start()
 
-    def store_and_commit(self, offsets: list[tuple[str, int, int, int]], *, sync: bool = False) -> Future:
-        """Store and commit ``(topic, partition, offset, generation)``; stale generations are skipped."""
-        done: Future = Future()
-        self._commands.put(("commit", (offsets, sync), done))
+    def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
+        """Store and commit ``positions``; those of an earlier assignment are skipped."""
+        done: Future[None] = Future()
+        self._commands.put(_Commit(positions, sync, done))
         return done
 
-    def pause(self, tps: list[tuple[str, int, int]]) -> None:
-        """Pause ``(topic, partition, generation)``; a partition revoked (or re-assigned) since is skipped."""
-        self._commands.put(("pause", tps, None))
+    def take_commit_failure(self) -> bool:
+        with self._commit_failed_lock:
+            failed, self._commit_failed = self._commit_failed, False
+        return failed
 
-    def resume(self, tps: list[tuple[str, int, int]]) -> None:
-        """Resume ``(topic, partition, generation)``; stale generations are skipped, as for pause()."""
-        self._commands.put(("resume", tps, None))
+    def pause(self, assignments: list[Assignment]) -> None:
+        """Pause partitions; one revoked (or re-assigned) since is skipped."""
+        self._commands.put(_Pause(assignments))
+
+    def resume(self, assignments: list[Assignment]) -> None:
+        """Resume partitions; stale generations are skipped, as for pause()."""
+        self._commands.put(_Resume(assignments))
 
     def stop_fetching(self) -> None:
-        self._fetching = False
+        self._fetching.clear()
 
-    def close(self) -> Future:
+    def close(self) -> Future[None]:
         """Close the consumer (rebalance callbacks still reach the loop); resolves when the thread ends."""
-        done: Future = Future()
-        self._commands.put(("close", None, done))
+        done: Future[None] = Future()
+        self._commands.put(_Close(done))
         return done
 
     # -- the thread ----------------------------------------------------------------------------------
+    def _failed_commit(self) -> None:
+        with self._commit_failed_lock:
+            self._commit_failed = True
+
     def _run(self) -> None:
         try:
             self._fetch_loop()
@@ -132,22 +166,24 @@ class PollThread:
             log.exception("the poll thread failed; closing the consumer")
             self._closed.set()
             while True:  # answer close() so shutdown completes
-                name, _, done = self._commands.get()
+                command = self._commands.get()
+                done = getattr(command, "done", None)
                 if done is not None and not done.done():
                     done.set_result(None)
-                if name == "close":
+                if isinstance(command, _Close):
                     return
 
     def _fetch_loop(self) -> None:
         consumer = self.consumer
         assert consumer is not None
+        in_flight = self._events.in_flight
         while True:
             if self._run_commands():
                 return
-            if not self._fetching:
+            if not self._fetching.is_set():
                 time.sleep(0.02)
                 continue
-            free = self._max_in_flight - self._in_flight() - self._handed_over
+            free = self._max_in_flight - in_flight() - self._handed_over
             if self._hold(free):
                 continue
             self._apply_window(free)
@@ -159,9 +195,34 @@ class PollThread:
             except RuntimeError:  # closed under us
                 return
             if batch:
-                with self._handover_lock:
-                    self._handed_over += len(batch)
-                self._loop.call_soon_threadsafe(self._hand_over, batch)
+                records, ends = self._sort(batch)
+                if records or ends:
+                    with self._handover_lock:
+                        self._handed_over += len(records)
+                    self._loop.call_soon_threadsafe(self._hand_over, records, ends)
+
+    def _sort(self, batch: list[Any]) -> tuple[list[Any], list[TP]]:
+        """Records apart from errors: partition ends (those not followed by a record of the partition),
+        fatal errors (reported to the engine), and the rest (logged: librdkafka retries them)."""
+        if not any(msg.error() is not None for msg in batch):
+            return batch, []
+        records: list[Any] = []
+        ends: dict[TP, None] = {}
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                ends.pop((msg.topic(), msg.partition()), None)
+                records.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                ends[(msg.topic(), msg.partition())] = None
+            elif err.fatal() or err.code() == KafkaError._FATAL:
+                # librdkafka reports a fatal consumer error (e.g. fenced by another member with the same
+                # group.instance.id) as _FATAL on the message, and confluent-kafka builds that error with
+                # fatal() False: the consumer is dead either way, so stop rather than wait for retries.
+                self._loop.call_soon_threadsafe(self._events.on_fatal, fatal_reason(err, self._config))
+            else:
+                log.warning("fetch error (librdkafka retries): %s", err.str(), extra={"topic": msg.topic()})
+        return records, list(ends)
 
     @staticmethod
     def _fetch(consumer: Any, limit: int) -> list[Any]:
@@ -171,7 +232,7 @@ class PollThread:
         the whole timeout (100 ms at 2,000 msg/s with n=500). So take what is buffered, else wait for one
         record and add what arrived with it.
         """
-        batch = consumer.consume(num_messages=limit, timeout=0)
+        batch: list[Any] = consumer.consume(num_messages=limit, timeout=0)
         if batch:
             return batch
         batch = consumer.consume(num_messages=1, timeout=0.1)
@@ -179,10 +240,10 @@ class PollThread:
             batch.extend(consumer.consume(num_messages=limit - 1, timeout=0))
         return batch
 
-    def _hand_over(self, batch: list[Any]) -> None:  # on the loop
+    def _hand_over(self, records: list[Any], ends: list[TP]) -> None:  # on the loop
         with self._handover_lock:
-            self._handed_over -= len(batch)
-        self._on_batch(batch)
+            self._handed_over -= len(records)
+        self._events.on_batch(records, ends)
 
     def _hold(self, free: int) -> bool:
         """While the window is full, first just stop fetching for up to ``WINDOW_HOLD_S``: librdkafka's
@@ -223,47 +284,49 @@ class PollThread:
             self._window_paused = False
             log.debug("in-flight window: fetching resumed")
 
+    def _current(self, assignments: list[Assignment]) -> list[TP]:
+        # Only the assignment the loop meant: a command queued before a revoke and run after it (or after
+        # the re-assignment) would leave a partition paused that the loop's new state for it says is not,
+        # and nothing would ever resume it.
+        return [(a.topic, a.partition) for a in assignments
+                if self._generation.get((a.topic, a.partition)) == a.generation]
+
     def _run_commands(self) -> bool:
         consumer = self.consumer
         assert consumer is not None
         while True:
             try:
-                name, arg, done = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return False
+            done = getattr(command, "done", None)
             try:
-                if name == "commit":
-                    self._commit(*arg)
-                elif name in ("pause", "resume"):
-                    # Only the assignment the loop meant: a command queued before a revoke and run after it
-                    # (or after the re-assignment) would leave a partition paused that the loop's new
-                    # state for it says is not, and nothing would ever resume it.
-                    tps = [(t, p) for t, p, gen in arg if self._generation.get((t, p)) == gen]
-                    if name == "pause":
-                        self._paused_by_loop.update(tps)
-                        consumer.pause([TopicPartition(t, p) for t, p in tps])
-                    else:
-                        self._paused_by_loop.difference_update(tps)
-                        if not self._window_paused:
-                            consumer.resume([TopicPartition(t, p) for t, p in tps])
-                elif name == "close":
+                if isinstance(command, _Commit):
+                    current = [TopicPartition(p.topic, p.partition, p.offset) for p in command.positions
+                               if self._generation.get((p.topic, p.partition)) == p.generation]
+                    self._store_commit(current, command.sync)
+                elif isinstance(command, _Pause):
+                    tps = self._current(command.assignments)
+                    self._paused_by_loop.update(tps)
+                    consumer.pause([TopicPartition(t, p) for t, p in tps])
+                elif isinstance(command, _Resume):
+                    tps = self._current(command.assignments)
+                    self._paused_by_loop.difference_update(tps)
+                    if not self._window_paused:
+                        consumer.resume([TopicPartition(t, p) for t, p in tps])
+                else:
                     try:
                         consumer.close()
                     finally:
                         self._closed.set()
-                        if done is not None:
-                            done.set_result(None)
+                        command.done.set_result(None)
                     return True
                 if done is not None:
                     done.set_result(None)
             except Exception as exc:  # one failed command must not kill the poll thread
-                log.warning("consumer %s failed: %s", name, exc)
+                log.warning("consumer %s failed: %s", type(command).__name__.strip("_").lower(), exc)
                 if done is not None and not done.done():
                     done.set_exception(exc)
-
-    def _commit(self, offsets: list[tuple[str, int, int, int]], sync: bool) -> None:
-        current = [TopicPartition(t, p, o) for t, p, o, gen in offsets if self._generation.get((t, p)) == gen]
-        self._store_commit(current, sync)
 
     def _store_commit(self, offsets: list[TopicPartition], sync: bool) -> None:
         consumer = self.consumer
@@ -277,20 +340,20 @@ class PollThread:
         try:
             result = consumer.commit(offsets=offsets, asynchronous=not sync)
         except KafkaException as exc:
-            self.commit_failed = True
+            self._failed_commit()
             log.warning("commit failed (retried at the next interval): %s", exc)
             return
         if sync and result:
             failed = [tp for tp in result if tp.error]
             if failed:
-                self.commit_failed = True
+                self._failed_commit()
                 log.warning("commit failed for %s", failed)
             else:
                 log.debug("committed %s", [(tp.topic, tp.partition, tp.offset) for tp in result])
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None and err.code() != KafkaError._NO_OFFSET:
-            self.commit_failed = True
+            self._failed_commit()
             log.warning("asynchronous commit failed: %s", err)
 
     # -- rebalance callbacks (run inside consume(), on this thread) ------------------------------------
@@ -311,10 +374,10 @@ class PollThread:
         for tp in partitions:
             self._next_generation += 1
             self._generation[(tp.topic, tp.partition)] = self._next_generation
-            assigned.append((tp.topic, tp.partition, self._next_generation))
-        log.info("partitions assigned: %s", [(t, p) for t, p, _ in assigned])
+            assigned.append(Assignment(tp.topic, tp.partition, self._next_generation))
+        log.info("partitions assigned: %s", [(a.topic, a.partition) for a in assigned])
         if assigned:
-            self._loop.call_soon_threadsafe(self._on_assign_loop, assigned)
+            self._loop.call_soon_threadsafe(self._events.on_assign, assigned)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition], lost: bool = False) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
@@ -322,13 +385,13 @@ class PollThread:
             return
         log.info("partitions %s: %s", "lost" if lost else "revoked", tps)
         try:
-            drained = asyncio.run_coroutine_threadsafe(self._release(tps, lost), self._loop)
-            offsets = drained.result(timeout=self._drain_timeout_s + 5)
+            drained = asyncio.run_coroutine_threadsafe(_awaited(self._events.release(tps, lost)), self._loop)
+            positions = drained.result(timeout=self._drain_timeout_s + 5)
         except Exception as exc:
             log.error("draining revoked partitions failed: %s", exc)
-            offsets = []
+            positions = []
         if not lost:
-            self._store_commit(offsets, sync=True)
+            self._store_commit([TopicPartition(p.topic, p.partition, p.offset) for p in positions], sync=True)
         for tp in tps:
             self._generation.pop(tp, None)
             self._paused_by_loop.discard(tp)
@@ -336,6 +399,20 @@ class PollThread:
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked(consumer, partitions, lost=True)
+
+
+async def _awaited(awaitable: Awaitable[list[Position]]) -> list[Position]:
+    return await awaitable
+
+
+def fatal_reason(err: KafkaError, config: dict[str, Any]) -> str:
+    """What a fatal consumer error means, with the fix when it is a known one."""
+    text = err.str() or ""
+    hint = ""
+    if err.code() == KafkaError.FENCED_INSTANCE_ID or "group.instance.id" in text or "fenced" in text.lower():
+        hint = (f"; another process joined with group.instance.id {config.get('group.instance.id')!r}: give "
+                "each process of the group its own KAFKA_GROUP_INSTANCE_ID")
+    return f"fatal Kafka error: {text}{hint}"
 
 
 def _resume(consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -346,6 +423,74 @@ def _resume(consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.resume(partitions)
     except KafkaException as exc:
         log.warning("resuming %s failed: %s", [(tp.topic, tp.partition) for tp in partitions], exc)
+
+
+class KafkaTransport:
+    """The :class:`~toolkit.consumer.transport.Transport` over librdkafka: a :class:`PollThread` owning the
+    consumer, a :class:`DeadLetterSender` for dead letters.
+
+    Args:
+        consumer_config: the librdkafka consumer's settings (``group.id`` and ``bootstrap.servers``
+            included; ours are set by :class:`~toolkit.consumer.runtime.KafkaConsumer`).
+        dead_letter_config: the dead-letter producer's extra settings (over ``consumer_config``'s
+            connection settings).
+    """
+
+    def __init__(self, consumer_config: dict[str, Any], *, client_config: dict[str, Any],
+                 dead_letter_config: dict[str, Any] | None = None,
+                 dlq_max_message_bytes: int = DLQ_MAX_MESSAGE_BYTES, drain_timeout_s: float = 30.0) -> None:
+        self.consumer_config = consumer_config
+        self._client_config = client_config
+        self._dead_letter_config = dict(dead_letter_config or {})
+        self._dlq_max_message_bytes = dlq_max_message_bytes
+        self._drain_timeout_s = drain_timeout_s
+        self._poller: PollThread | None = None
+
+    def connect(self, timeout_s: float) -> set[str]:
+        # The consumer's own settings (SASL/SSL may be given only in kafka_config); librdkafka ignores
+        # consumer-only properties in an admin client.
+        admin_config = {k: v for k, v in self.consumer_config.items() if k not in ("logger", "on_commit")}
+        return set(wait_for_broker(admin_config, timeout_s).topics)
+
+    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
+              *, max_poll_records: int, max_in_flight: int) -> DeadLetterSender:
+        # group_id is in consumer_config already (``group.id``)
+        sender = None
+        try:
+            sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
+                                      max_message_bytes=self._dlq_max_message_bytes)
+            poller = PollThread(self.consumer_config, topics, loop, events, max_poll_records=max_poll_records,
+                                max_in_flight=max_in_flight, drain_timeout_s=self._drain_timeout_s)
+            poller.start()
+        except Exception as exc:  # librdkafka refused the configuration
+            if sender is not None:
+                sender.close(timeout_s=0)
+            raise ConfigError(f"the Kafka client could not be created: {exc}", setting="kafka_config") from None
+        self._poller = poller
+        return sender
+
+    def _started(self) -> PollThread:
+        if self._poller is None:
+            raise RuntimeError("the transport is not started")
+        return self._poller
+
+    def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
+        return self._started().commit(positions, sync=sync)
+
+    def take_commit_failure(self) -> bool:
+        return self._started().take_commit_failure()
+
+    def pause(self, assignments: list[Assignment]) -> None:
+        self._started().pause(assignments)
+
+    def resume(self, assignments: list[Assignment]) -> None:
+        self._started().resume(assignments)
+
+    def stop_fetching(self) -> None:
+        self._started().stop_fetching()
+
+    def close(self) -> Future[None]:
+        return self._started().close()
 
 
 class DeadLetterSender:

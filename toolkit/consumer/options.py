@@ -1,4 +1,5 @@
-"""The checks of :class:`~toolkit.consumer.KafkaConsumer`'s constructor options.
+"""A consumer's options (:class:`ConsumerOptions`) and the checks of :class:`~toolkit.consumer.KafkaConsumer`'s
+constructor arguments.
 
 Every option given explicitly (not None) is checked before anything uses it, with the same bounds as its
 ``EPISTLE_*`` setting (read from :class:`~toolkit.settings.ConsumerSettings`, so the two cannot drift).
@@ -9,10 +10,15 @@ silently replaced (``max_workers=0`` used to become the default, 1).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from toolkit import _args
 from toolkit.errors import ConfigError, InvalidArgument
+
+if TYPE_CHECKING:
+    from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
+    from toolkit.settings import OrderingMode, Settings
 
 # option -> the ConsumerSettings field holding its bounds (same name unless listed)
 _BOUNDED = ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "commit_interval_s",
@@ -134,3 +140,93 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
     return topics
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Every option of a consumer, resolved: the constructor's arguments over ``Settings`` (the
+    environment and ``.env``) over the defaults. Built by :meth:`resolve`; the engine reads only this."""
+
+    bootstrap_servers: str
+    group_id: str
+    topics: list[str] | None
+    max_workers: int
+    max_poll_records: int
+    max_in_flight: int
+    ordering: OrderingMode
+    error_policy: ErrorPolicy
+    retry: RetryPolicy
+    dlq_suffix: str
+    commit_interval_s: float
+    stop_when_idle: bool
+    shutdown_timeout_s: float
+    max_nesting_depth: int
+    dlq_max_message_bytes: int
+    unknown_schema_grace_s: float
+    startup_timeout_s: float
+    group_instance_id: str | None
+    auto_offset_reset: str
+    client_config: dict[str, Any] = field(repr=False)
+    """Connection settings of every Kafka client (KAFKA_* security settings included)."""
+    kafka_config: dict[str, Any] = field(repr=False)
+    dead_letter_producer_config: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def resolve(cls, settings: Settings | None, arguments: Mapping[str, Any]) -> ConsumerOptions:
+        """The options from the constructor's ``arguments`` (its ``locals()``: None means "from settings").
+
+        Raises:
+            ConfigError: an option is of the wrong type or out of range; ``setting`` names it.
+        """
+        from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
+        from toolkit.settings import ConsumerSettings, KafkaSettings, OrderingMode
+        from toolkit.settings import group_instance_id as instance_id
+
+        topics = check_consumer_options(arguments)  # ConfigError naming the option: nothing silently replaced
+        a = arguments
+        kafka = settings.kafka if settings else KafkaSettings.model_construct()
+        cfg = settings.consumer if settings else ConsumerSettings.model_construct()
+        try:  # the same rules (and {hostname}) as KAFKA_GROUP_INSTANCE_ID
+            group_instance = (kafka.group_instance_id if a.get("group_instance_id") is None
+                              else instance_id(a["group_instance_id"]))
+        except ValueError as exc:
+            raise ConfigError(f"group_instance_id: {exc}", setting="group_instance_id") from None
+        bootstrap = a.get("bootstrap_servers") or kafka.bootstrap_servers
+
+        def given(name: str, default: Any) -> Any:
+            return default if a.get(name) is None else a[name]
+
+        return cls(
+            bootstrap_servers=bootstrap, group_id=a.get("group_id") or kafka.group_id, topics=topics,
+            max_workers=given("max_workers", cfg.max_workers),
+            max_poll_records=given("max_poll_records", cfg.max_poll_records),
+            max_in_flight=given("max_in_flight", cfg.max_in_flight),
+            ordering=OrderingMode(given("ordering", cfg.ordering)),
+            error_policy=ErrorPolicy(given("error_policy", cfg.error_policy)),
+            retry=given("retry", None) or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
+                                                      cfg.retry_backoff_max_s),
+            dlq_suffix=given("dlq_suffix", cfg.dlq_suffix),
+            commit_interval_s=float(given("commit_interval_s", cfg.commit_interval_s)),
+            stop_when_idle=bool(given("stop_when_idle", False)),
+            shutdown_timeout_s=float(given("shutdown_timeout_s", 30.0)),
+            max_nesting_depth=given("max_nesting_depth", cfg.max_nesting_depth),
+            dlq_max_message_bytes=given("dlq_max_message_bytes", cfg.dlq_max_message_bytes),
+            unknown_schema_grace_s=float(given("unknown_schema_grace_s", cfg.unknown_schema_grace_s)),
+            startup_timeout_s=float(given("startup_timeout_s", kafka.startup_timeout_s)),
+            group_instance_id=group_instance, auto_offset_reset=kafka.auto_offset_reset,
+            client_config={**kafka.client_config(), "bootstrap.servers": bootstrap},
+            kafka_config=dict(a.get("kafka_config") or {}),
+            dead_letter_producer_config=dict(a.get("dead_letter_producer_config") or {}))
+
+    def consumer_config(self) -> dict[str, Any]:
+        """The librdkafka consumer's settings: ours, then ``kafka_config`` over them."""
+        from toolkit.consumer.kafka_log import kafka_logger
+
+        return {**self.client_config, "group.id": self.group_id, "auto.offset.reset": self.auto_offset_reset,
+                "enable.auto.commit": False, "enable.auto.offset.store": False,
+                "enable.partition.eof": True, "partition.assignment.strategy": "cooperative-sticky",
+                # librdkafka's prefetch queue (default 64 MB) is memory beside our in-flight window.
+                "queued.max.messages.kbytes": 32768,
+                "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
+                **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
+                **self.kafka_config}

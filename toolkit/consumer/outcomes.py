@@ -3,11 +3,13 @@
 | what happened                                   | outcome                                             |
 |-------------------------------------------------|-----------------------------------------------------|
 | handler returned True or None                   | :class:`Done`                                       |
-| handler returned False / raised RetryableError  | :class:`Retry` with exponential backoff; after      |
-|                                                 | ``max_attempts``: :class:`DeadLetter` (stage        |
-|                                                 | ``"retries_exhausted"``)                            |
-| handler raised any other exception              | :class:`DeadLetter` (stage ``"handler"``)           |
-| MessageError (decode ... routing)               | :class:`DeadLetter` at once with the error's stage  |
+| handler returned False / raised RetryableError  | :class:`RetryAfter` with exponential backoff (or    |
+| (or :class:`~toolkit.consumer.handlers.Retry`)  | the delay ``Retry`` gives); after ``max_attempts``: |
+|                                                 | :class:`ToDeadLetter` (``"retries_exhausted"``)     |
+| handler raised :class:`~toolkit.consumer.       | :class:`ToDeadLetter` at once, stage ``"handler"``, |
+| handlers.DeadLetter`                            | its reason; no retry                                |
+| handler raised any other exception              | :class:`ToDeadLetter` (stage ``"handler"``)         |
+| MessageError (decode ... routing)               | :class:`ToDeadLetter` at once with the error's stage|
 | RegistryUnavailable / BrokerUnavailable         | :class:`Pause`: retry after a backoff, forever;     |
 |                                                 | never dead-lettered, never committed past           |
 | SchemaNotYetKnown (unknown, within the grace)   | :class:`Pause`, the wait capped at the error's      |
@@ -15,6 +17,8 @@
 |                                                 | MessageError("schema"): dead letter                 |
 
 With :attr:`ErrorPolicy.STOP` every would-be dead letter becomes :class:`Stop` instead.
+
+The outcome classes are what middleware sees (:mod:`toolkit.consumer.middleware`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from toolkit import _args
+from toolkit.consumer.handlers import DeadLetter, Retry
 from toolkit.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -90,11 +95,16 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    pass
+    """Handled: the offset may be committed."""
+
+
+DONE = Done()
 
 
 @dataclass(frozen=True, slots=True)
-class Retry:
+class RetryAfter:
+    """Run the handler again after ``delay_s``; only the record's lane waits."""
+
     delay_s: float
     reason: str
 
@@ -110,7 +120,9 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class ToDeadLetter:
+    """Send the record to the dead-letter topic; done once the broker acknowledged it."""
+
     stage: str
     reason: str
     error: BaseException | None = None
@@ -121,10 +133,10 @@ class DeadLetter:
 class Stop:
     """ErrorPolicy.STOP: the would-be dead letter stops the consumer; its offset is never committed."""
 
-    dead_letter: DeadLetter = field()
+    dead_letter: ToDeadLetter = field()
 
 
-Outcome = Done | Retry | Pause | DeadLetter | Stop
+Outcome = Done | RetryAfter | Pause | ToDeadLetter | Stop
 
 
 def decide(result: Any, attempt: int, retry: RetryPolicy,
@@ -132,7 +144,7 @@ def decide(result: Any, attempt: int, retry: RetryPolicy,
     """Map one attempt's result (a handler's return value, or the exception it or the pipeline raised) to
     the next step. ``attempt`` is 1 for the first attempt; transient outages do not count as attempts."""
     outcome = _decide(result, attempt, retry)
-    if isinstance(outcome, DeadLetter) and error_policy is ErrorPolicy.STOP:
+    if isinstance(outcome, ToDeadLetter) and error_policy is ErrorPolicy.STOP:
         return Stop(outcome)
     return outcome
 
@@ -143,17 +155,21 @@ def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, (RegistryUnavailable, BrokerUnavailable)):
         return Pause(f"{type(result).__name__}: {safe_str(result)}")
     if isinstance(result, MessageError):
-        return DeadLetter(result.stage, result.reason, result, result.details)
+        return ToDeadLetter(result.stage, result.reason, result, result.details)
+    if isinstance(result, DeadLetter):
+        return ToDeadLetter(HANDLER, safe_str(result) or "the handler raised DeadLetter", result, result.details)
     if isinstance(result, RetryableError) or result is False:
         why = (f"{type(result).__name__}: {safe_str(result)}" if isinstance(result, BaseException)
                else "handler returned False")
         if attempt >= retry.max_attempts:
-            return DeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
+            return ToDeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
                               result if isinstance(result, BaseException) else None)
-        return Retry(retry.delay(attempt), why)
+        explicit = result.delay_s if isinstance(result, Retry) else None
+        delay = explicit if explicit is not None else retry.delay(attempt)
+        return RetryAfter(delay, why)
     if isinstance(result, BaseException):
-        return DeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
+        return ToDeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
     if result is True or result is None:
-        return Done()
-    return DeadLetter(HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; "
+        return DONE
+    return ToDeadLetter(HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; "
                                "expected True, False or None")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -44,12 +44,18 @@ UNKNOWN_RETRY_MAX_S = 5.0
 GRACE_SETTING = "EPISTLE_UNKNOWN_SCHEMA_GRACE_S"
 
 
+BodyT = TypeVar("BodyT")
+
+
 @dataclass(slots=True)
-class Message:
-    """What a handler receives: the envelope header, the body as the generated model, the record context."""
+class Message(Generic[BodyT]):
+    """What a handler receives: the envelope header, the body as the generated model, the record context.
+
+    Generic in the body's type, for handlers' annotations: ``async def handle(self, message:
+    Message[OrderCreatedV1]) -> bool``."""
 
     header: Header
-    body: Any  # the generated model instance (or the validated value when no model index is used)
+    body: BodyT  # the generated model instance (or the validated value when no model index is used)
     topic: str
     partition: int
     offset: int

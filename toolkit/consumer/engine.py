@@ -1,0 +1,560 @@
+"""The engine: lanes, outcomes, dead letters, commits and rebalances, over any transport.
+
+A :class:`~toolkit.consumer.transport.Transport` hands batches to :meth:`Engine.on_batch` on the event loop.
+Each partition's records go to *lanes* (one per partition in PARTITION ordering, one per key in KEY, one per
+record in UNORDERED); a lane handles its records one at a time, so a record waiting for a retry backoff
+holds back only its own lane, never other partitions. At most ``max_workers`` handlers run at once (async
+handlers on the loop, plain functions in the handler thread pool). An offset becomes committable only when
+its record and every earlier one of its partition are done (handled, or dead letter acknowledged by the
+broker); watermarks are committed in batches every ``commit_interval_s``, synchronously when partitions
+are revoked and on shutdown. At most ``max_in_flight`` records are held; the transport stops fetching when
+the window is full, and a partition held up by a backoff with many records buffered is paused.
+
+Contracts: docs/contracts.md ("Outcomes", "Commits"); threads: docs/threads.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from toolkit.consumer.context import handling
+from toolkit.consumer.deadletter import DeadLetterRecord, SourceRecord, build_dead_letter, minimal_dead_letter
+from toolkit.consumer.handlers import Route
+from toolkit.consumer.middleware import CallNext, Hooks, log_context
+from toolkit.consumer.offsets import OffsetTracker
+from toolkit.consumer.options import ConsumerOptions
+from toolkit.consumer.outcomes import DONE, Done, Pause, RetryAfter, Stop, ToDeadLetter, decide
+from toolkit.consumer.pipeline import CompiledSchema, Message, Pipeline, Plan, Prepared
+from toolkit.consumer.slots import WorkerSlots
+from toolkit.consumer.transport import Assignment, DeadLetterSink, Position, Record, Transport
+from toolkit.envelope import DecodedRecord
+from toolkit.errors import BrokerUnavailable, ConsumerStopped
+from toolkit.settings import OrderingMode
+
+log = logging.getLogger("toolkit.consumer")
+
+_LANE_SLICE_S = 0.005  # longest a lane runs without letting the event loop serve others
+
+
+class _Partition:
+    """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
+
+    __slots__ = ("assignment", "topic", "partition", "tracker", "lanes", "tasks", "pending", "buffered",
+                 "paused", "revoked", "abandon", "eof", "waiting", "held", "unheld")
+
+    def __init__(self, assignment: Assignment) -> None:
+        self.assignment = assignment
+        self.topic, self.partition = assignment.topic, assignment.partition
+        self.tracker = OffsetTracker()
+        self.lanes: dict[Hashable, deque[Record]] = {}
+        self.tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self.pending: set[asyncio.Task[None]] = set()  # dead letters waiting for the broker's acknowledgement
+        self.buffered = 0
+        self.paused = False
+        self.revoked = False
+        self.abandon = asyncio.Event()  # set on revoke/stop: stop waiting for backoffs, drop queued records
+        self.eof = False
+        self.waiting = 0  # lanes sleeping out a retry or outage backoff
+        self.held = 0  # dead letters of this partition the broker refused, being resent
+        self.unheld = asyncio.Event()  # set when held drops back to 0
+
+    def position(self, offset: int) -> Position:
+        return Position(self.topic, self.partition, offset, self.assignment.generation)
+
+
+class Engine:
+    """Runs one consumer's work on the event loop: built and started by
+    :class:`~toolkit.consumer.runtime.KafkaConsumer`, or directly with any transport.
+
+    It implements :class:`~toolkit.consumer.transport.TransportEvents` for its transport.
+    """
+
+    def __init__(self, options: ConsumerOptions, pipeline: Pipeline, transport: Transport, hooks: Hooks) -> None:
+        self.options = options
+        self.pipeline = pipeline
+        self.transport = transport
+        self.hooks = hooks
+        self._retry = options.retry
+        self._error_policy = options.error_policy
+        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._in_flight = 0
+        self._stopping = False
+        self.failure: BaseException | None = None
+        self.stopped = asyncio.Event()  # set by request_stop(): run() then shuts down
+        self._loop = asyncio.get_running_loop()
+        self._workers = WorkerSlots(options.max_workers)
+        self._handler_pool = ThreadPoolExecutor(options.max_workers, thread_name_prefix="epistle-handler")
+        # Registry lookups sleep between retries during an outage: they get their own threads, so creating
+        # a dead-letter topic never waits behind them (and the other way round).
+        self._registry_pool = ThreadPoolExecutor(2, thread_name_prefix="epistle-registry")
+        self._admin_pool = ThreadPoolExecutor(1, thread_name_prefix="epistle-admin")
+        self._sink: DeadLetterSink | None = None
+        self._wrapped: dict[int, tuple[Route, CallNext]] = {}  # id(route) -> the route in the middleware
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def run(self, topics: list[str]) -> None:
+        """Fetch and process until :meth:`request_stop`, then finish in-flight work, commit and close.
+
+        Raises:
+            ConfigError: the transport refused its configuration (nothing was started).
+            ConsumerStopped: ErrorPolicy.STOP met a failing record, or the client failed fatally.
+        """
+        try:
+            options = self.options
+            self._sink = self.transport.start(topics, options.group_id, self, self._loop,
+                                              max_poll_records=options.max_poll_records,
+                                              max_in_flight=options.max_in_flight)
+        except BaseException:
+            self.close_pools()
+            raise
+        ticker = asyncio.create_task(self._commit_ticker())
+        try:
+            await self.stopped.wait()
+        finally:
+            ticker.cancel()
+            await self._shutdown()
+        if self.failure is not None:
+            raise self.failure
+
+    def request_stop(self) -> None:
+        """Stop fetching and shut down (on the loop)."""
+        if not self.stopped.is_set():
+            log.info("stopping: no more fetching; finishing in-flight work")
+            self.stopped.set()
+
+    def close_pools(self) -> None:
+        for pool in (self._handler_pool, self._registry_pool, self._admin_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def in_flight_count(self) -> int:
+        """Records fetched and not finished."""
+        return self._in_flight
+
+    def in_flight(self) -> int:  # TransportEvents: read from the transport's thread (an int read is atomic)
+        return self._in_flight
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self.transport.stop_fetching()
+        for part in list(self._parts.values()):
+            self._drop_queued(part)
+            part.abandon.set()
+        tasks = [t for part in self._parts.values() for t in (*part.tasks.values(), *part.pending)]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.options.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+        positions = self._watermarks(list(self._parts.values()), only_moved=False)
+        try:
+            await asyncio.wrap_future(self.transport.commit(positions, sync=True))
+        except Exception as exc:
+            log.warning("final commit failed: %s", exc)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.transport.close()), self.options.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("the Kafka consumer did not close within %.0fs", self.options.shutdown_timeout_s)
+        if self._sink is not None:
+            undelivered = await self._loop.run_in_executor(None, self._sink.close)
+            if undelivered:
+                log.error("%d dead letters were not acknowledged; their offsets were not committed", undelivered)
+        self.close_pools()
+
+    async def _commit_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.commit_interval_s)
+            failed = self.transport.take_commit_failure()  # then commit every watermark again
+            positions = self._watermarks(list(self._parts.values()), only_moved=not failed)
+            if positions:
+                self.transport.commit(positions)
+
+    @staticmethod
+    def _watermarks(parts: list[_Partition], only_moved: bool) -> list[Position]:
+        positions = []
+        for part in parts:
+            offset = part.tracker.to_commit() if only_moved else part.tracker.watermark
+            if offset is not None:
+                positions.append(part.position(offset))
+        return positions
+
+    # -- TransportEvents: rebalances ---------------------------------------------------------------------
+    def on_assign(self, assigned: list[Assignment]) -> None:
+        for assignment in assigned:
+            self._parts[(assignment.topic, assignment.partition)] = _Partition(assignment)
+
+    async def release(self, partitions: list[tuple[str, int]], lost: bool) -> list[Position]:
+        """Drain revoked partitions: drop queued records, let running handlers finish, return watermarks."""
+        parts = [part for tp in partitions if (part := self._parts.get(tp)) is not None]
+        for part in parts:
+            part.revoked = True
+            part.abandon.set()
+            self._drop_queued(part)
+        tasks = [t for part in parts for t in (*part.tasks.values(), *part.pending)]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.options.shutdown_timeout_s)
+        positions = []
+        for part in parts:
+            self._parts.pop((part.topic, part.partition), None)
+            for lane in part.lanes.values():  # a handler that outlived the drain timeout: forget its record
+                self._in_flight -= len(lane)
+                part.buffered -= len(lane)
+                lane.clear()
+            if part.tracker.watermark is not None and not lost:
+                positions.append(part.position(part.tracker.watermark))
+        self._update_pauses()
+        return positions
+
+    def on_fatal(self, reason: str) -> None:
+        self._fail(ConsumerStopped(reason))
+
+    # -- TransportEvents: fetched records ----------------------------------------------------------------
+    def on_batch(self, records: list[Record], ends: list[tuple[str, int]]) -> None:
+        lane_key_of = self._lane_key
+        by_partition = self.options.ordering is OrderingMode.PARTITION
+        parts = self._parts
+        for msg in records:
+            part = parts.get((msg.topic(), msg.partition()))
+            if part is None or part.revoked or self._stopping:
+                continue  # fetched before a revoke: the next owner gets it, nothing was committed
+            try:
+                part.tracker.add(msg.offset())
+            except ValueError:
+                log.warning("skipping redelivered offset", extra=log_context(msg))
+                continue
+            part.eof = False
+            lane_key = None if by_partition else lane_key_of(msg)
+            lane = part.lanes.get(lane_key)
+            if lane is None:
+                lane = part.lanes[lane_key] = deque()
+            lane.append(msg)
+            part.buffered += 1
+            self._in_flight += 1
+            if lane_key not in part.tasks:
+                part.tasks[lane_key] = asyncio.create_task(self._run_lane(part, lane_key, lane))
+        for tp in ends:
+            ended = parts.get(tp)
+            if ended is not None:
+                ended.eof = True
+        self._update_pauses()
+        if ends:
+            self._check_idle()
+
+    def _lane_key(self, msg: Record) -> Hashable:
+        if self.options.ordering is OrderingMode.PARTITION:
+            return None
+        if self.options.ordering is OrderingMode.KEY:
+            return msg.key()
+        return msg.offset()
+
+    def _update_pauses(self) -> None:
+        """Pause a partition that is held up (a lane waiting out a backoff) with many records buffered, so
+        the others keep the window; the whole-window limit is the transport's job. A partition that is
+        merely busy is never paused: a pause drops librdkafka's prefetch, and each resume waits for a
+        new fetch (that cost 40 % of the throughput when every partition above half the window was paused)."""
+        high = max(self.options.max_poll_records, self.options.max_in_flight // 2)
+        to_pause, to_resume = [], []
+        for part in self._parts.values():
+            want = ((part.waiting > 0 and part.buffered >= high)
+                    or (part.paused and part.buffered > high // 2))
+            if want != part.paused:
+                part.paused = want
+                (to_pause if want else to_resume).append(part.assignment)
+        if to_pause:
+            self.transport.pause(to_pause)
+        if to_resume:
+            self.transport.resume(to_resume)
+
+    def _check_idle(self) -> None:
+        if (self.options.stop_when_idle and self._parts and self._in_flight == 0
+                and all(part.eof for part in self._parts.values())):
+            log.info("every assigned partition is drained; stopping (stop_when_idle)")
+            self.request_stop()
+
+    # -- processing ---------------------------------------------------------------------------------------
+    async def _run_lane(self, part: _Partition, lane_key: Hashable, lane: deque[Record]) -> None:
+        # A handler that never awaits would keep the loop to this lane for a whole window: hand the loop
+        # over every few milliseconds so commits, new batches and signals are served on time.
+        yield_at = time.monotonic() + _LANE_SLICE_S
+        try:
+            while lane and not part.revoked and not self._stopping:
+                if time.monotonic() >= yield_at:
+                    await asyncio.sleep(0)
+                    yield_at = time.monotonic() + _LANE_SLICE_S
+                    continue
+                if part.held:  # a dead letter of this partition is refused: wait until it is delivered
+                    await self._until_unheld(part)
+                    if part.abandon.is_set():
+                        break
+                    continue
+                msg = lane[0]
+                try:
+                    finished = await self._process(part, msg)
+                except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
+                    log.exception("internal error processing a record", extra=log_context(msg))
+                    self._fail(ConsumerStopped(f"internal error: {type(exc).__name__}: {exc}",
+                                               topic=part.topic, partition=part.partition, offset=msg.offset()))
+                    return
+                if lane and lane[0] is msg:
+                    lane.popleft()
+                    part.buffered -= 1
+                    self._in_flight -= 1
+                if finished:
+                    part.tracker.done(msg.offset())
+                elif finished is False and not part.revoked:
+                    break  # stopping (STOP policy or shutdown): nothing after it may be committed
+        finally:
+            part.tasks.pop(lane_key, None)
+            if not lane:
+                part.lanes.pop(lane_key, None)
+            self._update_pauses()
+            self._check_idle()
+
+    async def _process(self, part: _Partition, msg: Record) -> bool | None:
+        """Run one record to a final outcome: True when done (commit may pass it), None when its dead
+        letter is on its way (done on acknowledgement), False when abandoned (never committed)."""
+        hooks = self.hooks
+        if hooks.on_record:
+            hooks.record(msg)
+        attempt, outages = 1, 0
+        prepared: Prepared | None = None
+        workers = self._workers
+        around = bool(hooks.around)
+        while True:
+            try:
+                if prepared is None:
+                    # No coroutine on the hot path: the registry is asked (off the loop) only on a miss.
+                    decoded, source = self._decode(msg)
+                    if isinstance(source, tuple):
+                        source = await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve,
+                                                                  source)
+                    prepared = self._finish(msg, decoded, source)
+                message = prepared.message
+                message.attempt = attempt
+                route = prepared.route
+                handled = handling.set(message)  # for the producer's correlationId carry-over
+                try:
+                    if around:
+                        result = await self._wrap(route)(message)
+                    elif route.is_async and workers.try_acquire():  # the common case: no extra coroutine
+                        try:
+                            result = await route.call(message)
+                        finally:
+                            workers.release()
+                    else:
+                        result = await self._run_handler(route, message)
+                finally:
+                    handling.reset(handled)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
+                result = exc
+            current = prepared.message if prepared is not None else None
+            if result is True or result is None:  # the common case, as decide() has it: done
+                if hooks.on_outcome:
+                    hooks.outcome(msg, current, DONE, attempt)
+                return True
+            outcome = decide(result, attempt, self._retry, self._error_policy)
+            if isinstance(outcome, Done):
+                hooks.outcome(msg, current, outcome, attempt)
+                return True
+            if isinstance(outcome, RetryAfter):
+                hooks.outcome(msg, current, outcome, attempt, outcome.delay_s)
+                if await self._wait(part, outcome.delay_s):
+                    return False
+                attempt += 1
+                continue
+            if isinstance(outcome, Pause):
+                outages += 1
+                delay = min(self._retry.delay(outages), outcome.max_delay_s)
+                hooks.outcome(msg, current, outcome, attempt, delay)
+                if await self._wait(part, delay):
+                    return False
+                continue
+            hooks.outcome(msg, current, outcome, attempt)
+            if isinstance(outcome, Stop):
+                dl = outcome.dead_letter
+                self._fail(ConsumerStopped(f"{dl.stage}: {dl.reason}", stage=dl.stage, topic=part.topic,
+                                           partition=part.partition, offset=msg.offset()))
+                return False
+            assert isinstance(outcome, ToDeadLetter)
+            attempts = attempt if prepared is not None else 1
+            return await self._dead_letter(part, msg, outcome, attempts, log_context(msg, current))
+
+    def _decode(self, msg: Record) -> tuple[DecodedRecord, Plan | CompiledSchema | tuple[str, int]]:
+        """Stages decode and envelope, then what the rest needs: the plan of an earlier record with the
+        same header, else the schema if already resolved, else the (subject, version) to ask for."""
+        pipeline, topic = self.pipeline, msg.topic()
+        decoded = pipeline.decode(msg.value())
+        plan = pipeline.plan(topic, decoded.header)
+        if plan is not None:
+            return decoded, plan
+        key = pipeline.subject_of(topic, decoded)
+        compiled = pipeline.cached(key)
+        return decoded, key if compiled is None else compiled
+
+    def _finish(self, msg: Record, decoded: DecodedRecord, source: Plan | CompiledSchema) -> Prepared:
+        _, timestamp = msg.timestamp()
+        return self.pipeline.finish(decoded, source, topic=msg.topic(), partition=msg.partition(),
+                                    offset=msg.offset(), key=msg.key(), value=msg.value(),
+                                    headers=msg.headers(), timestamp=timestamp if timestamp > 0 else None)
+
+    def _wrap(self, route: Route) -> CallNext:
+        """The route's handler inside the middleware's ``around_handler`` hooks (built once per route)."""
+        entry = self._wrapped.get(id(route))
+        if entry is None or entry[0] is not route:
+            entry = self._wrapped[id(route)] = (route, self.hooks.wrap(functools.partial(self._run_handler, route)))
+        return entry[1]
+
+    async def _run_handler(self, route: Route, message: Message[Any]) -> Any:
+        """Run the handler in a worker slot, waiting for one; plain functions in the handler pool."""
+        workers = self._workers
+        await workers.acquire()
+        try:
+            if route.is_async:
+                return await route.call(message)
+            # A copy of this context, so the worker thread sees the message in `handling` too.
+            result = await self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run,
+                                                      route.call, message)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            workers.release()
+
+    # -- dead letters -------------------------------------------------------------------------------------
+    async def _dead_letter(self, part: _Partition, msg: Record, outcome: ToDeadLetter, attempts: int,
+                           extra: dict[str, Any]) -> bool | None:
+        """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
+        offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
+        Returns None (pending) or False (abandoned before the first send)."""
+        sink = self._sink
+        assert sink is not None
+        group = self.options.group_id
+        suffix = self.options.dlq_suffix
+        headers = _headers(msg)
+        try:
+            if headers is None:
+                raise ValueError("the record's headers cannot be read")
+            ts_type, ts = msg.timestamp()
+            source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                  headers, ts if ts_type and ts >= 0 else None, ts_type)
+            record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
+                                       details=outcome.details, consumer_group=group, attempts=attempts,
+                                       suffix=suffix, max_bytes=sink.max_message_bytes)
+        except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
+            log.exception("building the dead letter failed; sending a minimal one", extra=extra)
+            record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                         headers, stage=outcome.stage, reason=outcome.reason,
+                                         consumer_group=group, suffix=suffix)
+        failures = 0
+        while not sink.knows(record.topic):
+            try:
+                await self._loop.run_in_executor(self._admin_pool, sink.ensure_topic, record.topic)
+            except BrokerUnavailable as exc:
+                failures += 1
+                if await self._dead_letter_failed(part, msg, record, outcome, failures, exc):
+                    return False
+        task = asyncio.create_task(self._confirm_dead_letter(part, msg, record, outcome))
+        part.pending.add(task)
+        self._in_flight += 1
+        return None
+
+    async def _confirm_dead_letter(self, part: _Partition, msg: Record, record: DeadLetterRecord,
+                                   outcome: ToDeadLetter) -> None:
+        """Wait for the broker's acknowledgement. A dead letter it refuses (too large, an outage) holds its
+        partition: no new record of it starts until the dead letter is delivered (resent alone, with
+        backoff); other partitions go on."""
+        sink = self._sink
+        assert sink is not None
+        failures = 0
+        try:
+            while True:
+                try:
+                    await sink.send(record, alone=failures > 0)
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry: a dead task would stall commits
+                    failures += 1
+                    if failures == 1:
+                        part.held += 1
+                        part.unheld.clear()
+                    if await self._dead_letter_failed(part, msg, record, outcome, failures, exc):
+                        return  # abandoned: not done, so never committed; redelivered to the next owner
+                    continue
+                self.hooks.dead_letter(msg, record, outcome, None, failures, None)
+                part.tracker.done(msg.offset())
+                return
+        finally:
+            if failures:
+                part.held -= 1
+                if not part.held:
+                    part.unheld.set()
+            part.pending.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._in_flight -= 1
+            self._check_idle()
+
+    @staticmethod
+    async def _until_unheld(part: _Partition) -> None:
+        """Wait until the partition's refused dead letters are delivered, or it is revoked or stopping."""
+        waits = [asyncio.ensure_future(part.unheld.wait()), asyncio.ensure_future(part.abandon.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _dead_letter_failed(self, part: _Partition, msg: Record, record: DeadLetterRecord,
+                                  outcome: ToDeadLetter, failures: int, exc: BaseException) -> bool:
+        """Report, back off. True when the partition was revoked or the consumer stops meanwhile."""
+        delay = self._retry.delay(failures)
+        self.hooks.dead_letter(msg, record, outcome, exc, failures, delay)
+        return await self._wait(part, delay)
+
+    # -- waiting and stopping ---------------------------------------------------------------------------
+    async def _wait(self, part: _Partition, delay_s: float) -> bool:
+        """Sleep ``delay_s`` unless the partition is revoked or the consumer stops; True if interrupted."""
+        if part.abandon.is_set():
+            return True
+        part.waiting += 1
+        self._update_pauses()
+        try:
+            await asyncio.wait_for(part.abandon.wait(), timeout=delay_s)
+        except TimeoutError:
+            return False
+        finally:
+            part.waiting -= 1
+        return True
+
+    def _drop_queued(self, part: _Partition) -> None:
+        """Forget records not yet started (never committed, so they are redelivered to the next owner)."""
+        for key, lane in part.lanes.items():
+            keep = 1 if key in part.tasks and lane else 0
+            while len(lane) > keep:
+                lane.pop()
+                part.buffered -= 1
+                self._in_flight -= 1
+
+    def _fail(self, failure: BaseException) -> None:
+        if self.failure is None:
+            self.failure = failure
+        for part in self._parts.values():
+            part.abandon.set()
+        self.request_stop()
+
+
+def _headers(msg: Record) -> list[tuple[str, bytes | None]] | None:
+    """The record's headers; None when the client cannot decode them."""
+    try:
+        return list(msg.headers() or [])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+__all__ = ["Engine"]

@@ -1,0 +1,195 @@
+"""Middleware: code that runs around every record, for metrics, tracing, logging and users' own needs.
+
+    class Timing(Middleware):
+        async def around_handler(self, message, call_next):
+            started = time.perf_counter()
+            try:
+                return await call_next(message)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+    consumer = KafkaConsumer(..., middleware=[Timing()])
+
+Three hooks, each optional (override only what you need; a hook left as the base's costs nothing):
+
+- :meth:`Middleware.on_record`: a record was fetched and is about to be decoded (once per record, not per
+  attempt).
+- :meth:`Middleware.around_handler`: wraps every handler attempt; call ``call_next(message)`` to run the
+  handler (or the next middleware) and return its result, or return a result without calling it.
+  Middleware given first is outermost.
+- :meth:`Middleware.on_outcome`: each decision about the record (:mod:`toolkit.consumer.outcomes`):
+  ``Done``, ``RetryAfter``, ``Pause``, ``ToDeadLetter``, ``Stop``; then :meth:`Middleware.on_dead_letter`
+  for every attempt to deliver its dead letter (acknowledged, or refused and retried).
+
+Every hook runs on the event loop (docs/threads.md): keep the synchronous ones quick. A hook that raises
+is logged and otherwise ignored: middleware cannot lose a record. The consumer's own statistics
+(:class:`StatsMiddleware`) and outcome logs (:class:`LoggingMiddleware`) are middleware too, always
+installed first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from toolkit.consumer.outcomes import Done, Outcome, Pause, RetryAfter, Stop, ToDeadLetter
+from toolkit.errors import BrokerUnavailable, safe_str
+
+if TYPE_CHECKING:
+    from toolkit.consumer.deadletter import DeadLetterRecord
+    from toolkit.consumer.pipeline import Message
+    from toolkit.consumer.stats import ConsumerStats
+    from toolkit.consumer.transport import Record
+
+log = logging.getLogger("toolkit.consumer")
+
+CallNext = Callable[["Message[Any]"], Awaitable[Any]]
+
+
+class Middleware:
+    """Base class: every hook does nothing. See the module's documentation."""
+
+    def on_record(self, record: Record) -> None:
+        """A record is about to be decoded."""
+
+    async def around_handler(self, message: Message[Any], call_next: CallNext) -> Any:
+        """Wrap one handler attempt; the result is what the handler returned (an exception it raised
+        propagates through here)."""
+        return await call_next(message)
+
+    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
+                   delay_s: float | None) -> None:
+        """A decision about ``record``: ``message`` is None when it failed before becoming one (decode,
+        envelope, schema, validation, model, routing); ``delay_s`` is the wait of a RetryAfter or Pause."""
+
+    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
+                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+        """A dead letter was acknowledged (``error`` None) or refused (``failures`` so far; resent after
+        ``delay_s``)."""
+
+
+def overrides(middleware: Middleware, hook: str) -> bool:
+    """True when ``middleware`` has its own ``hook`` (the engine calls only those)."""
+    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
+
+
+class Hooks:
+    """The overridden hooks of a list of middleware, ready for the engine's hot path: each hook list is
+    empty when no middleware has that hook, and calling an empty list costs a length check."""
+
+    def __init__(self, middleware: Sequence[Middleware]) -> None:
+        for item in middleware:
+            if not isinstance(item, Middleware):
+                from toolkit.errors import ConfigError
+
+                raise ConfigError(f"middleware: {item!r} is not a toolkit.consumer.Middleware; subclass it and "
+                                  "override the hooks you need", setting="middleware")
+        self.middleware = list(middleware)
+        self.on_record = [m.on_record for m in middleware if overrides(m, "on_record")]
+        self.around = [m.around_handler for m in middleware if overrides(m, "around_handler")]
+        self.on_outcome = [m.on_outcome for m in middleware if overrides(m, "on_outcome")]
+        self.on_dead_letter = [m.on_dead_letter for m in middleware if overrides(m, "on_dead_letter")]
+
+    def wrap(self, call: CallNext) -> CallNext:
+        """``call`` inside every ``around_handler``, the first middleware outermost."""
+        for around in reversed(self.around):
+            call = _link(around, call)
+        return call
+
+    def record(self, record: Record) -> None:
+        for hook in self.on_record:
+            try:
+                hook(record)
+            except Exception:  # noqa: BLE001 - middleware must not lose a record
+                log.exception("middleware on_record failed")
+
+    def outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
+                delay_s: float | None = None) -> None:
+        for hook in self.on_outcome:
+            try:
+                hook(record, message, outcome, attempt, delay_s)
+            except Exception:  # noqa: BLE001
+                log.exception("middleware on_outcome failed")
+
+    def dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
+                    error: BaseException | None, failures: int, delay_s: float | None) -> None:
+        for hook in self.on_dead_letter:
+            try:
+                hook(record, dead_letter, outcome, error, failures, delay_s)
+            except Exception:  # noqa: BLE001
+                log.exception("middleware on_dead_letter failed")
+
+
+def _link(around: Callable[[Message[Any], CallNext], Awaitable[Any]], call_next: CallNext) -> CallNext:
+    async def call(message: Message[Any]) -> Any:
+        return await around(message, call_next)
+
+    return call
+
+
+class StatsMiddleware(Middleware):
+    """Keeps :class:`~toolkit.consumer.stats.ConsumerStats` (``consumer.stats``)."""
+
+    def __init__(self, stats: ConsumerStats) -> None:
+        self.stats = stats
+
+    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
+                   delay_s: float | None) -> None:
+        stats = self.stats[record.topic()]
+        if isinstance(outcome, Done):
+            stats.processed += 1
+        elif isinstance(outcome, RetryAfter):
+            stats.retried += 1
+        elif isinstance(outcome, Pause):
+            stats.paused += 1
+
+    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
+                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+        stats = self.stats[record.topic()]
+        if error is None:
+            stats.dead_lettered[outcome.stage] += 1
+        else:
+            stats.dead_letter_send_failures += 1
+
+
+def log_context(record: Record, message: Message[Any] | None = None) -> dict[str, Any]:
+    """The structured-log context of a record (topic, partition, offset, messageId, correlationId)."""
+    header = message.header if message is not None else None
+    return {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
+            "messageId": header.message_id if header else None,
+            "correlationId": header.correlation_id if header else None}
+
+
+class LoggingMiddleware(Middleware):
+    """The consumer's outcome log lines (logger ``toolkit.consumer``), with :func:`log_context`."""
+
+    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
+                   delay_s: float | None) -> None:
+        if isinstance(outcome, Done):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("done", extra=log_context(record, message))
+        elif isinstance(outcome, RetryAfter):
+            log.info("retrying in %.2fs (attempt %d failed: %s)", outcome.delay_s, attempt, outcome.reason,
+                     extra=log_context(record, message))
+        elif isinstance(outcome, Pause):
+            log.warning("waiting %.2fs: %s", delay_s or 0.0, outcome.reason, extra=log_context(record, message))
+        elif isinstance(outcome, Stop):
+            dl = outcome.dead_letter
+            log.error("stopping (ErrorPolicy.STOP) at %s: %s", dl.stage, dl.reason,
+                      extra=log_context(record, message))
+
+    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
+                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+        if error is None:
+            log.warning("dead-lettered to %s: %s: %s", dead_letter.topic, outcome.stage, outcome.reason,
+                        extra=log_context(record))
+            return
+        # Retried forever (the offset stays uncommitted); persistent failures need an operator.
+        level = logging.WARNING if failures < 5 else logging.ERROR
+        why = error if isinstance(error, BrokerUnavailable) else f"{type(error).__name__}: {safe_str(error)}"
+        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay_s or 0.0,
+                why, extra=log_context(record))
+
+
+__all__ = ["CallNext", "Hooks", "LoggingMiddleware", "Middleware", "StatsMiddleware", "log_context"]

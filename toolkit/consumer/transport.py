@@ -1,0 +1,165 @@
+"""What the engine needs from a broker: the transport protocols.
+
+The engine (:mod:`toolkit.consumer.engine`) runs lanes, outcomes, commits, rebalances and dead letters; it
+reaches the broker only through a :class:`Transport` (fetching, committing, pausing) and the
+:class:`DeadLetterSink` it provides. Two implementations ship: librdkafka's
+(:class:`toolkit.consumer.kafka_io.KafkaTransport`) and an in-memory one
+(:class:`toolkit.testing.InMemoryBroker`), so the engine's behaviour can be tested without a broker and the
+same tests run against Kafka.
+
+Threads (docs/threads.md): the engine calls every method here from the event loop. A transport calls the
+:class:`TransportEvents` methods on the event loop too (a thread of its own hands them over with
+``loop.call_soon_threadsafe``), except :meth:`TransportEvents.in_flight`, which may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from toolkit.consumer.deadletter import DeadLetterRecord
+
+
+@runtime_checkable
+class Record(Protocol):
+    """One fetched record, as the engine reads it: the shape of ``confluent_kafka.Message``, so librdkafka's
+    records pass through without a copy."""
+
+    def topic(self) -> str: ...
+
+    def partition(self) -> int: ...
+
+    def offset(self) -> int: ...
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
+
+    def timestamp(self) -> tuple[int, int]:
+        """``(type, epoch milliseconds)``; type 0 means the record has none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A partition given to this consumer. ``generation`` tells one assignment of it from the next: a
+    command queued for an earlier one (pause, commit) is dropped instead of reaching the new one."""
+
+    topic: str
+    partition: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A committable offset of one assignment: the next record to read after everything done."""
+
+    topic: str
+    partition: int
+    offset: int
+    generation: int
+
+
+class TransportEvents(Protocol):
+    """What a transport tells the engine. Called on the event loop."""
+
+    def on_batch(self, records: list[Record], ends: list[tuple[str, int]]) -> None:
+        """Records fetched, in offset order per partition; ``ends``: partitions whose end was reached
+        after their last record of this batch (for ``stop_when_idle``)."""
+
+    def on_assign(self, assigned: list[Assignment]) -> None:
+        """Partitions given to this consumer (before any of their records is handed over)."""
+
+    def release(self, partitions: list[tuple[str, int]], lost: bool) -> Awaitable[list[Position]]:
+        """Partitions taken away: the engine drains them and answers the offsets to commit before they
+        go (none when ``lost``: another member may own them already)."""
+        ...
+
+    def on_fatal(self, reason: str) -> None:
+        """The client cannot go on (fenced, authentication refused ...): the consumer stops."""
+
+    def in_flight(self) -> int:
+        """Records held by the engine (fetched, not finished). Read from any thread."""
+        ...
+
+
+class Transport(Protocol):
+    """The consumer side of a broker, owned by one engine."""
+
+    def connect(self, timeout_s: float) -> set[str]:
+        """Wait (blocking) until the broker answers; the names of the topics that exist.
+
+        Raises:
+            BrokerUnavailable: no answer within ``timeout_s``. ConfigError: the client configuration
+                is refused.
+        """
+        ...
+
+    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
+              *, max_poll_records: int, max_in_flight: int) -> DeadLetterSink:
+        """Join ``group_id``, subscribe to ``topics`` and start fetching; the dead-letter sink to use.
+
+        Raises:
+            ConfigError: the client configuration is refused.
+        """
+        ...
+
+    def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
+        """Commit ``positions`` (those of an assignment that is no longer current are dropped); resolves
+        once sent (``sync``: once the broker answered). A failure is also reported by
+        :meth:`take_commit_failure`."""
+        ...
+
+    def take_commit_failure(self) -> bool:
+        """True (once) when a commit failed since the last call: the engine then commits every watermark
+        again, not only those that moved."""
+        ...
+
+    def pause(self, assignments: list[Assignment]) -> None:
+        """Stop fetching these partitions (current assignments only)."""
+
+    def resume(self, assignments: list[Assignment]) -> None:
+        """Fetch these partitions again (current assignments only)."""
+
+    def stop_fetching(self) -> None:
+        """Hand over no more records (shutdown); rebalances are still served until :meth:`close`."""
+
+    def close(self) -> Future[None]:
+        """Leave the group and release the client; resolves when done."""
+        ...
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters go (the source broker, a producer of its own)."""
+
+    max_message_bytes: int
+    """The largest record it sends: a dead letter over it is shortened (docs/dead-letters.md)."""
+
+    def knows(self, topic: str) -> bool:
+        """True once ``topic`` is known to exist."""
+        ...
+
+    def ensure_topic(self, topic: str) -> None:
+        """Create ``topic`` unless it exists (blocking: the engine calls it in an executor).
+
+        Raises:
+            BrokerUnavailable: it could not be created and does not exist.
+        """
+
+    def send(self, record: DeadLetterRecord, *, alone: bool = False) -> asyncio.Future[None]:
+        """Produce ``record``; the future resolves on the broker's acknowledgement, fails with
+        BrokerUnavailable when refused. ``alone``: a resend, in a batch of its own."""
+        ...
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Flush (blocking); the number of dead letters still not acknowledged."""
+        ...
+
+
+__all__ = ["Assignment", "DeadLetterSink", "Position", "Record", "Transport",
+           "TransportEvents"]
