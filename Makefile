@@ -58,8 +58,9 @@ soak: setup ## soak test: valid and hostile records while the consumer, a privat
 	EPISTLE_SOAK_SECONDS=$(SOAK_SECONDS) EPISTLE_SOAK_RESULTS=bench/results/soak.json \
 		$(PY) -m pytest tests/reliability/test_soak.py -q -s -p no:cacheprovider
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and mypy on toolkit/ (the config is in pyproject.toml)
 	$(VENV)/bin/ruff check toolkit tests scripts bench examples
+	$(VENV)/bin/mypy toolkit
 
 clean: ## remove the venv and caches (not .cache downloads)
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -38,7 +38,7 @@ def text(name: str, value: Any, *, empty: bool = True) -> str:
     return value
 
 
-def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None, fix: str = "") -> int:
+def integer(name: str, value: Any, *, low: float | None = None, high: float | None = None, fix: str = "") -> int:
     """An ``int`` (not a bool) within ``low``..``high``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentType(f"{name}: expected an int, got {_got(value)}", argument=name)
@@ -97,7 +97,7 @@ def bytes_like(name: str, value: Any) -> bytes:
 def not_a_member(cls: type[Enum], value: Any) -> Enum:
     """Use as ``_missing_ = classmethod(not_a_member)`` in a public enum: ``Mode("bad")`` raises
     InvalidArgument (still a ValueError) listing the members."""
-    members = ", ".join(str(member.value) for member in cls)  # type: ignore[attr-defined]
+    members = ", ".join(str(member.value) for member in cls)
     raise InvalidArgument(f"{value!r} is not a valid {cls.__name__}; use one of {members}",
                           argument=cls.__name__)
 

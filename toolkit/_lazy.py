@@ -74,7 +74,8 @@ def _load(module: types.ModuleType) -> None:
             module.__dict__.update(before)  # the loader, the stand-ins and no half-run code
             raise
         module.__dict__.pop("_epistle_loading", None)
-        module.__class__ = types.ModuleType
+        # a plain module again; mypy types __class__ as type[Self], so no demotion type-checks
+        module.__class__ = types.ModuleType  # type: ignore[assignment]
 
 
 def _stand_in(module: types.ModuleType, name: str) -> Any:
@@ -119,7 +120,8 @@ class _Finder:
             return None
         if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        spec.loader = _DeferredLoader(spec.loader)
+        # the import system takes any object with exec_module; the stubs ask for importlib.abc.Loader
+        spec.loader = _DeferredLoader(spec.loader)  # type: ignore[assignment]
         return spec
 
 

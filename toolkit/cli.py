@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -374,7 +374,7 @@ def run(app_ref: Annotated[str, typer.Option(
                     await result
 
     try:
-        overrides = {"registry__url": registry_url, "kafka__group_id": group_id,
+        overrides: dict[str, Any] = {"registry__url": registry_url, "kafka__group_id": group_id,
                      "consumer__max_workers": max_workers}
         settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
         subscribed = None
@@ -391,7 +391,7 @@ def run(app_ref: Annotated[str, typer.Option(
                                   setting="--kafka-config")
             extra[key.strip()] = value.strip()
         register = _load_app_function(app_ref)
-        registry = CachedRegistry.from_settings(
+        registry: CachedRegistry[Any] = CachedRegistry.from_settings(
             registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry)
         consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
                                                stop_when_idle=until_idle, kafka_config=extra)

@@ -28,12 +28,13 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import EpistleError
+from toolkit.errors import CodegenError, EpistleError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -84,7 +85,11 @@ def _model(schema: str, version: int, body: Any) -> Any:
     """The generated model of a body (Avro bodies in their JSON encoding), as the consumer builds it."""
     from toolkit.codegen.index import load_model_index
 
-    return load_model_index().get(schema, version).model_validate(_compiled(schema, version).decode(body))
+    model = load_model_index().get(schema, version)
+    if model is None:
+        raise CodegenError("generated_models", f"no generated model for {schema} v{version}",
+                           fix="run `make codegen` (epistle codegen) to generate it")
+    return model.model_validate(_compiled(schema, version).decode(body))
 
 
 def _order(body: dict[str, Any], *, order_id: str | None = None, skus: list[str] | None = None) -> dict:
@@ -235,7 +240,7 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
     _create_topics(bootstrap, list(topics.values()))
     try:
         started = time.perf_counter()
-        registry = CachedRegistry(LocalFolderRegistry(SCHEMAS))
+        registry: CachedRegistry[Any] = CachedRegistry(LocalFolderRegistry(SCHEMAS))
         for role, topic in topics.items():  # the hostile records, as raw bytes
             produce(bootstrap, topic, [(p.key, p.value) for p in plan if p.role == role and p.model is None])
         with EnvelopeProducer(settings=settings, registry=registry, name="epistle-demo") as producer:
@@ -268,9 +273,9 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
             expected = consumer.stats[topic].dead_lettered_total
             records = (read_topic(bootstrap, f"{topic}.dlq", expected=expected, timeout_s=20)
                        if expected else [])
-            for record in records:
-                value = json.loads(record.value)
-                original = original_record(record.value, record.key, record.headers)
+            for dl in records:
+                original = original_record(dl.value or b"", dl.key, dl.headers)  # raises unless a dead letter
+                value = dl.json()
                 planned = by_value.get((role, original.value))
                 dead.append({"topic": role, "partition": value["source"]["partition"],
                              "offset": value["source"]["offset"], "stage": value["error"]["stage"],
@@ -292,9 +297,10 @@ def _summarise(topics: dict[str, str], consumer, shop, plan: list[Planned], dead
     stats = {role: consumer.stats[topic].as_dict() for role, topic in topics.items()}
     recovered_ids = []
     for p in plan:
-        if p.expect == "recovered":
-            order_id = json.loads(p.value)["body"]["orderId"]
-            if shop.order_book.booked_by(order_id, json.loads(p.value)["header"]["messageId"]):
+        if p.expect == "recovered" and p.value is not None:  # the value is filled in once built
+            envelope = json.loads(p.value)
+            order_id = envelope["body"]["orderId"]
+            if shop.order_book.booked_by(order_id, envelope["header"]["messageId"]):
                 recovered_ids.append(order_id)
     outcomes = {
         "processed": sum(s["processed"] for s in stats.values()),
@@ -315,7 +321,7 @@ def _summarise(topics: dict[str, str], consumer, shop, plan: list[Planned], dead
             "shop": shop.summary(), "produced": len(plan)}
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

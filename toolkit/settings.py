@@ -232,7 +232,7 @@ _PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", Cons
 
 def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict[str, Any]) -> Any:
     try:
-        return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return cls(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -246,7 +246,7 @@ def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict
             problems.append(f"{name}{shown}: {message}")
         source = f" (read from the environment and {env_file})" if env_file else ""
         raise ConfigError("invalid settings" + source + ":\n  " + "\n  ".join(problems),
-                          setting=problems and problems[0].split(" ", 1)[0].rstrip(":")) from None
+                          setting=problems[0].split(" ", 1)[0].rstrip(":") if problems else None) from None
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}

@@ -44,7 +44,7 @@ from toolkit.codegen.render import (
 )
 from toolkit.errors import CodegenError, CodegenFailures, SchemaFileError
 from toolkit.formats import format_for
-from toolkit.layout import SchemaFile, Subject, load_subject
+from toolkit.layout import SchemaFile, SchemaFormat, Subject, load_subject
 
 CODEGEN_VERSION = "2"
 """Bump when the package layout or the hash recipe changes: every module is then regenerated."""
@@ -243,7 +243,7 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
     workers = min(workers or default_workers(), len(jobs))
     results: list[tuple[Job, str | SchemaFileError]] = []
     if workers > 1:
-        warm_up = {}
+        warm_up: dict[SchemaFormat, Job] = {}
         for job in sorted(jobs, key=lambda job: (len(job.schema_file.text), job.module)):
             warm_up.setdefault(job.schema_file.format, job)
         results += [(job, _render_one(job.schema_file, job.class_name)) for job in warm_up.values()]

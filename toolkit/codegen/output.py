@@ -75,11 +75,11 @@ def diff_package(files: dict[str, str], out: Path | str) -> list[Difference]:
             if path.is_file() and not _IGNORED_DIRS.intersection(relative.parts) and path.suffix != ".pyc":
                 on_disk[relative.as_posix()] = path
     differences = []
-    for relative in sorted(set(files) | set(on_disk)):
-        if relative not in on_disk:
-            differences.append(Difference(relative, "missing"))
-        elif relative not in files:
-            differences.append(Difference(relative, "extra"))
-        elif on_disk[relative].read_bytes() != files[relative].encode("utf-8"):
-            differences.append(Difference(relative, "stale"))
+    for name in sorted(set(files) | set(on_disk)):
+        if name not in on_disk:
+            differences.append(Difference(name, "missing"))
+        elif name not in files:
+            differences.append(Difference(name, "extra"))
+        elif on_disk[name].read_bytes() != files[name].encode("utf-8"):
+            differences.append(Difference(name, "stale"))
     return differences

@@ -28,7 +28,7 @@ from avro.compatibility import (
     lookup_writer_field,
 )
 from avro.errors import IgnoredLogicalType
-from avro.schema import NamedSchema, Schema, parse
+from avro.schema import ArraySchema, MapSchema, NamedSchema, RecordSchema, Schema, UnionSchema, parse
 
 from toolkit.compat.findings import ACCEPTS, Issue
 
@@ -104,26 +104,26 @@ def _logical(reader: Schema, writer: Schema, path: str, seen: set[tuple[int, int
     if key in seen:
         return []
     seen.add(key)
-    if writer.type == "union":
+    if isinstance(writer, UnionSchema):
         issues = []
         for branch in writer.schemas:
-            match = _same_kind_branch(reader, branch) if reader.type == "union" else reader
+            match = _same_kind_branch(reader, branch) if isinstance(reader, UnionSchema) else reader
             if match is not None:
                 issues += _logical(match, branch, path, seen)
         return issues
-    if reader.type == "union":
+    if isinstance(reader, UnionSchema):
         match = _same_kind_branch(reader, writer)
         return _logical(match, writer, path, seen) if match is not None else []
-    if reader.type == "record" and writer.type == "record":
+    if isinstance(reader, RecordSchema) and isinstance(writer, RecordSchema):
         issues = []
         for field in reader.fields:
             writer_field = lookup_writer_field(writer_schema=writer, reader_field=field)
             if writer_field is not None:
                 issues += _logical(field.type, writer_field.type, f"{path}.{field.name}", seen)
         return issues
-    if reader.type == "array" and writer.type == "array":
+    if isinstance(reader, ArraySchema) and isinstance(writer, ArraySchema):
         return _logical(reader.items, writer.items, f"{path}[*]", seen)
-    if reader.type == "map" and writer.type == "map":
+    if isinstance(reader, MapSchema) and isinstance(writer, MapSchema):
         return _logical(reader.values, writer.values, f"{path}.*", seen)
     return _logical_leaf(reader, writer, path)
 
@@ -146,7 +146,7 @@ def _logical_leaf(reader: Schema, writer: Schema, path: str) -> list[Issue]:
         return []
     issues = []
     r_scale, w_scale = reader.props.get("scale", 0), writer.props.get("scale", 0)
-    if r_scale != w_scale:
+    if isinstance(r_scale, int) and isinstance(w_scale, int) and r_scale != w_scale:
         issues.append(Issue(path, "DECIMAL_SCALE_CHANGED", f"the decimal's scale is {w_scale} in the writer and "
                             f"{r_scale} in the reader, so the same unscaled bytes read as a number "
                             f"10^{abs(r_scale - w_scale)} times {'smaller' if r_scale > w_scale else 'larger'}",
@@ -171,20 +171,20 @@ def _incompatible(reader: Schema, writer: Schema) -> SchemaCompatibilityResult |
 
 def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibilityResult) -> list[Issue]:
     """Descend where both sides have the same structure; describe the library's verdict at the leaves."""
-    if writer.type == "union":
+    if isinstance(writer, UnionSchema):
         issues = []
         for branch in writer.schemas:
             sub = _incompatible(reader, branch)
             if sub is None:
                 continue
-            if reader.type == "union" and not _same_kind_branch(reader, branch):
+            if isinstance(reader, UnionSchema) and not _same_kind_branch(reader, branch):
                 issues.append(Issue(path, "MISSING_UNION_BRANCH",
                                     f"the writer may write a {_type_name(branch)}, and the reader's union "
                                     f"{_union_names(reader)} has no branch that can read it"))
             else:
                 issues += _locate(reader, branch, path, sub)
         return issues
-    if reader.type == "union":
+    if isinstance(reader, UnionSchema):
         match = _same_kind_branch(reader, writer)
         if match is not None:
             sub = _incompatible(match, writer)
@@ -195,7 +195,7 @@ def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibil
                       f"{_union_names(reader)} has no branch that can read it")]
     if reader.type != writer.type:
         return _describe(verdict, path, reader, writer)
-    if reader.type == "record":
+    if isinstance(reader, RecordSchema) and isinstance(writer, RecordSchema):
         issues = _describe(_named(reader, writer), path, reader, writer)
         for field in reader.fields:
             writer_field = lookup_writer_field(writer_schema=writer, reader_field=field)
@@ -211,16 +211,16 @@ def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibil
             if sub is not None:
                 issues += _locate(field.type, writer_field.type, child, sub)
         return issues
-    if reader.type == "array":
+    if isinstance(reader, ArraySchema) and isinstance(writer, ArraySchema):
         sub = _incompatible(reader.items, writer.items)
         return _locate(reader.items, writer.items, f"{path}[*]", sub) if sub else []
-    if reader.type == "map":
+    if isinstance(reader, MapSchema) and isinstance(writer, MapSchema):
         sub = _incompatible(reader.values, writer.values)
         return _locate(reader.values, writer.values, f"{path}.*", sub) if sub else []
     return _describe(verdict, path, reader, writer)
 
 
-def _named(reader: Schema, writer: Schema) -> SchemaCompatibilityResult:
+def _named(reader: NamedSchema, writer: NamedSchema) -> SchemaCompatibilityResult:
     return check_schema_names(reader, writer, [])
 
 
@@ -265,7 +265,7 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
     return issues
 
 
-def _same_kind_branch(union: Schema, other: Schema) -> Schema | None:
+def _same_kind_branch(union: UnionSchema, other: Schema) -> Schema | None:
     """The branch of ``union`` that Avro would resolve ``other`` to by name or type, if any."""
     for branch in union.schemas:
         if branch.type == other.type and getattr(branch, "name", None) == getattr(other, "name", None):
@@ -280,5 +280,5 @@ def _type_name(schema: Schema) -> str:
     return f"{schema.type} '{schema.fullname}'" if isinstance(schema, NamedSchema) else str(schema.type)
 
 
-def _union_names(union: Schema) -> str:
+def _union_names(union: UnionSchema) -> str:
     return "[" + ", ".join(_type_name(b) for b in union.schemas) + "]"

@@ -114,5 +114,5 @@ def _compare_with_registry(report: CheckReport, source: str | RegistrySettings) 
                                         f"{verb[1]} it; "
                                         f"registering it will {'succeed' if theirs.compatible else 'fail'}."
                                         + reasons, severity=Severity.WARNING, reader_version=new,
-                                        file=str(subject.version(new).path)))
+                                        file=str(subject.versions[new - 1].path)))
     return findings

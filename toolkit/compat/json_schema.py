@@ -50,7 +50,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeGuard
 
 from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity
 
@@ -229,8 +229,9 @@ class _Comparison:
         if not isinstance(s, dict) or depth > 8:
             return set(_ALL_TYPES)
         found = set(_ALL_TYPES)
-        if _types(s) is not None:
-            found &= _widen(_types(s))
+        declared = _types(s)
+        if declared is not None:
+            found &= _widen(declared)
         finite = _finite_values(s)
         if finite is not None:
             found &= {_value_type(v) for v in finite}
@@ -330,7 +331,8 @@ class _Comparison:
     def _reader_sum(self, r: dict, w: dict, keyword: str, path: str, depth: int) -> list[Issue]:
         base = _without(r, keyword)
         issues = self.compare(base, w, path, depth)
-        pieces = [w] if len(_types(w) or ()) < 2 else [{**w, "type": t} for t in sorted(_types(w))]
+        w_types = _types(w) or set()
+        pieces = [w] if len(w_types) < 2 else [{**w, "type": t} for t in sorted(w_types)]
         for piece in pieces:  # a writer of several types may spread over several reader branches
             best: list[Issue] | None = None
             refused: list[Issue] | None = None  # a branch that reads the piece but Confluent finds changed
@@ -365,7 +367,7 @@ class _Comparison:
         if not rejected:
             return _confluent_finite(r, w, path)
         shown = ", ".join(_json(v) for v in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
-        rule = _KEYWORD_RULE.get(keyword, "TYPE_CHANGED")
+        rule = _KEYWORD_RULE.get(keyword, "TYPE_CHANGED") if keyword else "TYPE_CHANGED"
         return [Issue(path, rule, f"the writer may write {shown}, which the reader rejects "
                       f"(its '{keyword}' does not allow it)")]
 
@@ -1000,7 +1002,8 @@ def _merge(a: Any, b: Any) -> Any:
         elif key == "required":
             merged[key] = list(dict.fromkeys([*merged[key], *value]))
         elif key == "type":
-            mine, theirs = _types(merged), _types(b)
+            # a "type": null (no valid schema has one) constrains nothing
+            mine, theirs = (_ALL_TYPES if t is None else t for t in (_types(merged), _types(b)))
             merged[key] = sorted({t for t in mine if t in _widen(theirs)}
                                  | {t for t in theirs if t in _widen(mine)})
         elif key in _LOWER_BOUNDS and _is_number(value) and _is_number(merged[key]):
@@ -1016,7 +1019,7 @@ _LOWER_BOUNDS = {"minimum", "exclusiveMinimum", "minLength", "minItems", "minPro
 _UPPER_BOUNDS = {"maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties"}
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -60,8 +60,8 @@ class ScratchRegistry:
         elif isinstance(registry, RegistrySettings):
             if timeout is None and "timeout_s" not in registry.model_fields_set:
                 timeout = _URL_TIMEOUT_S  # the lookup default (5 s) is short for registering long chains
-            self.http = ConfluentHttpRegistry.from_settings(
-                registry, **({"timeout_s": timeout} if timeout is not None else {}))
+            overrides: dict[str, Any] = {"timeout_s": timeout} if timeout is not None else {}
+            self.http = ConfluentHttpRegistry.from_settings(registry, **overrides)
         else:
             self.http = ConfluentHttpRegistry(registry, timeout_s=_URL_TIMEOUT_S if timeout is None else timeout)
 

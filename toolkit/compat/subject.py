@@ -87,12 +87,12 @@ def check_subject(subject: Subject) -> list[Finding]:
     mode = subject.config.compatibility
     for new in range(2, len(subject.versions) + 1):
         for reader, writer in reader_writer_pairs(mode, new):
-            reader_doc = subject.version(reader).document
-            writer_doc = subject.version(writer).document
+            reader_doc = subject.versions[reader - 1].document  # the pairs are within 1..new
+            writer_doc = subject.versions[writer - 1].document
             # both already validated above: straight to the comparison
             for issue in format_for(subject.format).compatibility(reader_doc, writer_doc):
                 findings.append(finding_for(subject.name, reader, writer, issue,
-                                            file=str(subject.version(new).path)))
+                                            file=str(subject.versions[new - 1].path)))
     return _unique(findings)
 
 

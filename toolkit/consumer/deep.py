@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,7 +24,7 @@ CHUNK = 200  # < 255, pydantic-core's limit
 _Path = tuple[str | int, ...]
 
 
-def is_too_deep(errors: list[dict[str, Any]]) -> bool:
+def is_too_deep(errors: Iterable[Mapping[str, Any]]) -> bool:
     """True when pydantic gave up because of its recursion limit."""
     return any(error.get("type") == "recursion_depth_exceeded" for error in errors)
 

@@ -9,9 +9,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 
 def envelope_bytes(schema_name: str, version: int | str, body: Any, *, message_type: str | None = None,
@@ -33,7 +33,7 @@ class ReadRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     timestamp: int
 
     def json(self) -> Any:
@@ -49,12 +49,17 @@ def produce(bootstrap: str, topic: str, records: Iterable[bytes | tuple[bytes | 
         RuntimeError: a record was not delivered.
     """
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, **(config or {})})
-    errors: list[Any] = []
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
     count = 0
     for record in records:
         key, value = record if isinstance(record, tuple) else (None, record)
         kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers,
-                                  "on_delivery": lambda err, _msg: err and errors.append(err)}
+                                  "on_delivery": on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
         while True:
@@ -88,11 +93,15 @@ def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeo
             if expected is None and out and time.monotonic() - last_news > idle_s:
                 break
             for msg in consumer.consume(500, timeout=0.2):
-                if msg.error():
-                    continue
+                topic_, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if msg.error() or topic_ is None or partition is None or offset is None:
+                    continue  # an event, not a record
                 last_news = time.monotonic()
-                out.append(ReadRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                      list(msg.headers() or []), msg.timestamp()[1]))
+                # a consumed record's headers are a list of (name, bytes or None); the client's type also
+                # covers the dict and str values produce() takes
+                headers = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+                out.append(ReadRecord(topic_, partition, offset, msg.key(), msg.value(), list(headers),
+                                      msg.timestamp()[1]))
     finally:
         consumer.close()
     return sorted(out, key=lambda r: (r.partition, r.offset))

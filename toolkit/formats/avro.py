@@ -137,8 +137,8 @@ def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSc
 
     def walk(node: Any, json_path: str, owner: str) -> None:
         if isinstance(node, list):
-            shapes = [(index, _shape(resolve(branch))) for index, branch in enumerate(node)]
-            shapes = [(index, shape) for index, shape in shapes if shape is not None]
+            shapes = [(index, shape) for index, branch in enumerate(node)
+                      if (shape := _shape(resolve(branch))) is not None]
             for position, (i, a) in enumerate(shapes):
                 for j, b in shapes[position + 1:]:
                     if _overlap(a, b):
@@ -151,7 +151,7 @@ def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSc
                 named[node["name"]] = node
                 if isinstance(node.get("namespace"), str) and "." not in node["name"]:
                     named[f"{node['namespace']}.{node['name']}"] = node
-            fields = node.get("fields") if isinstance(node.get("fields"), list) else []
+            fields = node["fields"] if isinstance(node.get("fields"), list) else []
             for index, field in enumerate(fields):
                 if isinstance(field, dict):
                     walk(field.get("type"), child(child(child(json_path, "fields"), index), "type"),

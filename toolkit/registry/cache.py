@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from toolkit import _args
 from toolkit.errors import SchemaNotFound
@@ -28,14 +28,14 @@ from toolkit.layout import SchemaFormat
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaRegistry
 
 T = TypeVar("T")
-LATEST = "latest"
+LATEST: Final = "latest"
 MAX_REMEMBERED_MISSES = 10_000
 Version = int | Literal["latest"]
 
 
 def compile_with_validation(schema: RegisteredSchema) -> Any:
     """The default ``compile``: :func:`toolkit.validation.compile_schema`, imported lazily."""
-    from toolkit.validation import compile_schema  # type: ignore[import-not-found]
+    from toolkit.validation import compile_schema
 
     return compile_schema(schema)
 
@@ -86,10 +86,10 @@ class CachedRegistry(Generic[T]):
         asked_after = self._misses if fresh else None
         if version == LATEST:
             version = self._latest_version(subject, asked_after)
-        entry = self._entries.get((subject, version))  # type: ignore[arg-type]
+        entry = self._entries.get((subject, version))
         if entry is not None:
             return entry
-        return self._fill(subject, version, lambda: self.registry.get(subject, version),  # type: ignore[arg-type]
+        return self._fill(subject, version, lambda: self.registry.get(subject, version),
                           asked_after)
 
     # ------------------------------------------------------------------ the protocol
