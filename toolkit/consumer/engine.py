@@ -261,7 +261,8 @@ class Engine:
         merely busy is never paused: a pause drops librdkafka's prefetch, and each resume waits for a
         new fetch (that cost 40 % of the throughput when every partition above half the window was paused)."""
         high = max(self.options.max_poll_records, self.options.max_in_flight // 2)
-        to_pause, to_resume = [], []
+        to_pause: list[Assignment] = []
+        to_resume: list[Assignment] = []
         for part in self._parts.values():
             want = ((part.waiting > 0 and part.buffered >= high)
                     or (part.paused and part.buffered > high // 2))

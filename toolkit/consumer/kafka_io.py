@@ -338,7 +338,11 @@ class PollThread:
         except KafkaException as exc:
             log.warning("store_offsets failed: %s", exc)
         try:
-            result = consumer.commit(offsets=offsets, asynchronous=not sync)
+            if sync:
+                result = consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=True)
+                result = None
         except KafkaException as exc:
             self._failed_commit()
             log.warning("commit failed (retried at the next interval): %s", exc)
@@ -584,7 +588,8 @@ class DeadLetterSender:
                 if self._alone is None:  # made here, so that failing to make it fails this send only
                     self._alone = Producer({**self._producer_config, "linger.ms": 0, "batch.num.messages": 1})
                 producer = self._alone
-            producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
+            headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+            producer.produce(record.topic, value=record.value, key=record.key, headers=headers,
                              on_delivery=delivered)
         except Exception as exc:  # BufferError, KafkaException (e.g. too large); never lose the failure
             failure = broker_error(exc, f"producing dead letter to {record.topic}")
@@ -621,7 +626,7 @@ def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
 
 
 def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None = None,
-           headers: list[tuple[str, bytes]] | None = None, *, topic: str | None = None,
+           headers: list[tuple[str, bytes | None]] | None = None, *, topic: str | None = None,
            keep_timestamp: bool = True, timeout_s: float = 30.0) -> Any:
     """Produce the original record of a dead letter again, byte for byte (value, key, headers with their
     null values and earlier ``kafka_dlt-*`` ones, and with ``keep_timestamp`` the timestamp: one that was
@@ -645,7 +650,7 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
         raise ConfigError(f"config: the Kafka client refused it: {exc}", setting="config") from None
     failures: list[Any] = []
     kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
-                              "on_delivery": lambda err, _msg: err and failures.append(err)}
+                              "on_delivery": lambda err, _msg: _note(failures, err)}
     if keep_timestamp and original.timestamp is not None and original.timestamp > 0:  # 0 means "now" here
         kwargs["timestamp"] = original.timestamp
     try:
@@ -655,3 +660,8 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
     if producer.flush(timeout_s) or failures:
         raise BrokerUnavailable(f"replay to {topic or original.topic} not acknowledged: {failures[:1]}")
     return original
+
+
+def _note(failures: list[Any], err: Any) -> None:
+    if err is not None:
+        failures.append(err)

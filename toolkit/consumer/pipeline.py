@@ -60,7 +60,7 @@ class Message(Generic[BodyT]):
     partition: int
     offset: int
     key: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
     timestamp: int | None = None  # epoch milliseconds from the broker
     raw: bytes = b""
     attempt: int = 1  # 1 on first delivery, then 2, 3 ... on retries
@@ -293,7 +293,7 @@ class Pipeline:
 
     # -- all at once (tests, and the runtime's hot path once the schema is cached) -----------------------
     def prepare(self, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None = None, timestamp: int | None = None) -> Prepared:
+                headers: list[tuple[str, bytes | None]] | None = None, timestamp: int | None = None) -> Prepared:
         """Every stage for one record.
 
         Raises:
@@ -315,7 +315,7 @@ class Pipeline:
         self._plans.clear()
 
     def finish(self, decoded: DecodedRecord, source: CompiledSchema | Plan, *, topic: str, partition: int,
-               offset: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
+               offset: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None,
                timestamp: int | None) -> Prepared:
         """Stages ``validation``, ``model`` and ``routing``, from the resolved schema or from a :class:`Plan`.
 
