@@ -133,4 +133,23 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     for name, (ok, fix) in checks.items():
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
+    if "value_formats" in given:
+        check_value_formats(given["value_formats"])
     return topics
+
+
+def check_value_formats(value: Any) -> dict:
+    """``value_formats=`` as a ``{topic: format}`` dict (the setting's rules: :data:`toolkit.wire.SETTING`).
+
+    Raises:
+        ConfigError: not a mapping, or an entry that is not a topic and one of envelope, confluent, auto.
+    """
+    from toolkit.wire import SETTING, parse_value_formats
+
+    if not isinstance(value, Mapping):
+        raise _fail("value_formats", value, 'use a dict of topic -> "envelope", "confluent" or "auto", e.g. '
+                                            f'{{"payments": "confluent"}} ({SETTING} sets the default)')
+    try:
+        return parse_value_formats(value)
+    except ValueError as exc:
+        raise ConfigError(f"value_formats: {exc} ({SETTING} sets the default)", setting="value_formats") from None
