@@ -141,6 +141,13 @@ def split(value: bytes | None) -> WireRecord:
     return WireRecord(int.from_bytes(value[1:PREFIX_BYTES], "big"), bytes(value[PREFIX_BYTES:]))
 
 
+def _big_decimal(data: bytes, writer_schema: Any = None, reader_schema: Any = None) -> Any:
+    """fastavro calls its logical readers with both schemas."""
+    from toolkit.validation.avro import _read_big_decimal
+
+    return _read_big_decimal(data, writer_schema)
+
+
 def avro_reader(document: Any, schema_id: int) -> Callable[[bytes], Any]:
     """A function from an Avro binary payload to its Python value (records as dicts, unions unwrapped,
     logical types converted, ``big-decimal`` as Java writes it), as fastavro's ``schemaless_reader``
@@ -152,9 +159,7 @@ def avro_reader(document: Any, schema_id: int) -> Callable[[bytes], Any]:
     from fastavro import parse_schema, schemaless_reader
     from fastavro.read import LOGICAL_READERS
 
-    from toolkit.validation.avro import _read_big_decimal
-
-    LOGICAL_READERS.setdefault("bytes-big-decimal", _read_big_decimal)  # fastavro's hook for custom types
+    LOGICAL_READERS.setdefault("bytes-big-decimal", _big_decimal)  # fastavro's hook for custom types
     parsed = parse_schema(document)  # with fastavro's parsed marker: not parsed again per record
 
     def read(payload: bytes) -> Any:

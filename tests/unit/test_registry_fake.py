@@ -2,7 +2,9 @@
 
 It behaves like Confluent's registry where the toolkit depends on it: versions numbered max + 1, a schema
 identical to an existing version registers nothing and answers that version, and an incompatible schema is
-refused with reasons. ``incompatible`` decides what is incompatible; ``calls`` counts every call.
+refused with reasons. ``incompatible`` decides what is incompatible; ``calls`` counts every call. Each
+registration gets its own schema id (Confluent shares one id between identical schemas of several subjects:
+``share_id`` registers a schema under another subject with an existing id, for those tests).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from toolkit.errors import RegistryRejected, RegistryUnavailable, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CompatibilityResult, RegisteredSchema, SchemaRegistry, same_schema
+from toolkit.registry.base import SchemaById
 
 
 class InMemoryRegistry:
@@ -46,6 +49,24 @@ class InMemoryRegistry:
     def latest(self, subject: str) -> RegisteredSchema:
         self._count("latest")
         return self._versions_of(subject)[-1]
+
+    supports_schema_ids = True
+
+    def get_by_id(self, schema_id: int) -> SchemaById:
+        self._count("get_by_id")
+        found = [schema for versions in self.store.values() for schema in versions if schema.schema_id == schema_id]
+        if not found:
+            raise SchemaNotFound(f"schema id {schema_id} not found")
+        return SchemaById(schema_id, found[0].format, found[0].text,
+                          tuple((schema.subject, schema.version) for schema in found))
+
+    def share_id(self, subject: str, schema_id: int) -> RegisteredSchema:
+        """Register the schema of ``schema_id`` under ``subject`` too, keeping its id (as Confluent does)."""
+        original = self.get_by_id(schema_id)
+        existing = self.store.setdefault(subject, [])
+        schema = RegisteredSchema(subject, len(existing) + 1, original.format, original.text, schema_id=schema_id)
+        existing.append(schema)
+        return schema
 
     def subjects(self) -> list[str]:
         self._count("subjects")

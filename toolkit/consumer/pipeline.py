@@ -533,9 +533,9 @@ class Pipeline:
         if self.models is not None:
             modelled = [hit for hit in hits if self._has_model(hit[0], versions[hit[1]])]
             if len(modelled) > 1:
+                names = ", ".join(sorted({name for name, _ in modelled}))
                 modelled = [hit for hit in modelled if hit[0] == topic]
                 if len(modelled) != 1:
-                    names = ", ".join(sorted({name for name, _ in hits}))
                     raise MessageError("schema", f"schema id {wire.schema_id} on topic {topic!r} fits several "
                                                  f"schemaNames with a generated model ({names}); send the "
                                                  "schemaName as a Kafka header (the toolkit's producer does), "
