@@ -488,3 +488,14 @@ def test_cached_registry_over_a_backend_without_ids_says_so(tmp_path):
     assert info.value.setting == "SCHEMA_REGISTRY_URL"
     with pytest.raises(ConfigError):
         LocalFolderRegistry(tmp_path).get_by_id(1)
+
+
+def test_among_several_schema_names_the_one_whose_model_is_named_like_the_record_is_taken(registry):
+    registry.share_id("billing-value", 1)
+    router = HandlerRegistry()
+    router.register("billing", lambda m: True)
+    p = Pipeline(CachedRegistry(registry), router, MODELS, subject_strategy=topic_value_strategy,
+                 value_formats={"billing": "confluent"})  # payments -> Payment, orders -> Order
+    message = prepare(p, wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE)), topic="billing").message
+    assert (message.header.schema_name, message.subject, type(message.body)) == ("payments", "billing-value",
+                                                                                  Payment)

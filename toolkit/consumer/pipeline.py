@@ -504,7 +504,8 @@ class Pipeline:
         messageType) to one of the id's subjects. Tried in order: the record's ``schemaName`` Kafka header;
         then the model index's schemaNames, the topic name and the id's subjects, keeping those with a
         generated model for the version when there is a model index (several: the one named like the topic,
-        else the record is refused as ambiguous), else the first that fits.
+        else the one whose generated class is named like the schema's record or title, else the record is
+        refused as ambiguous), else the first that fits.
 
         Raises:
             SchemaNotYetKnown: no subject of the id is one the topic reads, within the grace (the id is
@@ -534,7 +535,8 @@ class Pipeline:
             modelled = [hit for hit in hits if self._has_model(hit[0], versions[hit[1]])]
             if len(modelled) > 1:
                 names = ", ".join(sorted({name for name, _ in modelled}))
-                modelled = [hit for hit in modelled if hit[0] == topic]
+                modelled = ([hit for hit in modelled if hit[0] == topic]
+                            or self._named_like(modelled, versions, wire.message_type))
                 if len(modelled) != 1:
                     raise MessageError("schema", f"schema id {wire.schema_id} on topic {topic!r} fits several "
                                                  f"schemaNames with a generated model ({names}); send the "
@@ -546,6 +548,17 @@ class Pipeline:
         name, subject = hits[0]
         self._unknown.pop(key, None)
         return name, subject, versions[subject]
+
+    def _named_like(self, hits: list[tuple[str, str]], versions: dict[str, int],
+                    message_type: str | None) -> list[tuple[str, str]]:
+        """The hits whose generated root class is named like the schema's record or title (codegen names it
+        so: ``com.acme.Payment`` -> ``Payment``)."""
+        if not message_type:
+            return []
+        short = message_type.rsplit(".", 1)[-1]
+        assert self.models is not None
+        return [(name, subject) for name, subject in hits
+                if getattr(self.models.get(name, versions[subject]), "__name__", None) == short]
 
     def _subject_for(self, topic: str, schema_name: str, message_type: str | None) -> str:
         names = (topic, schema_name, message_type)
