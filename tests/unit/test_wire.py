@@ -499,3 +499,20 @@ def test_among_several_schema_names_the_one_whose_model_is_named_like_the_record
     message = prepare(p, wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE)), topic="billing").message
     assert (message.header.schema_name, message.subject, type(message.body)) == ("payments", "billing-value",
                                                                                   Payment)
+
+
+def test_a_schema_with_references_says_they_are_not_resolved(registry):
+    class WithReferences(InMemoryRegistry):
+        def get_by_id(self, schema_id):
+            found = super().get_by_id(schema_id)
+            return type(found)(found.schema_id, found.format, found.text, found.versions,
+                               ({"name": "com.acme.Money", "subject": "money", "version": 1},))
+
+    backend = WithReferences()
+    uses = {"type": "record", "name": "Price", "fields": [{"name": "amount", "type": "com.acme.Money"}]}
+    schema = backend.register("prices", json.dumps(uses), SchemaFormat.AVRO)
+    router = HandlerRegistry()
+    router.register("prices", lambda m: True)
+    p = Pipeline(CachedRegistry(backend), router, value_formats={"prices": "confluent"})
+    error = stage_of(p, wire(schema.schema_id, b""), topic="prices")
+    assert error.stage == "schema" and "uses schema references (com.acme.Money)" in error.reason

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from toolkit import _args
-from toolkit.errors import ConfigError, SchemaNotFound
+from toolkit.errors import ConfigError, RegistryError, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaRegistry
 
@@ -146,13 +146,24 @@ class CachedRegistry(Generic[T]):
                 if known is not None and (known[0].format, known[0].text) == (found.format, found.text):
                     entry = (found, known[1])
                 else:
-                    entry = (found, self._compile(found.registered()))
+                    entry = (found, self._compile_by_id(found))
                 self._ids[schema_id] = entry
                 return entry
         finally:
             with self._lock:
                 if self._key_locks.get(key) is lock and not lock.locked():
                     del self._key_locks[key]
+
+    def _compile_by_id(self, found: SchemaById) -> T:
+        try:
+            return self._compile(found.registered())
+        except Exception as exc:
+            if not found.references:
+                raise
+            names = ", ".join(str(ref.get("name", ref)) for ref in found.references)
+            raise RegistryError(f"schema id {found.schema_id} uses schema references ({names}), which the "
+                                f"toolkit does not resolve yet, and cannot be compiled without them: "
+                                f"{type(exc).__name__}: {exc}") from None
 
     # ------------------------------------------------------------------ the protocol
 
