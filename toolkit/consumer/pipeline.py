@@ -193,9 +193,9 @@ class Pipeline:
                               setting="SCHEMA_REGISTRY_URL")
         self._index_names: tuple[str, ...] | None = None
         self._wire_plans: dict[tuple[str, int, str | None, str | None], WirePlan] = {}
-        # (subject, version) the registry did not know -> (first miss, latest miss), monotonic seconds
-        self._unknown: dict[tuple[str, int], tuple[float, float]] = {}
-        self._compiled: dict[tuple[str, int], CompiledSchema] = {}
+        # (subject, version) or schema id the registry did not know -> (first miss, latest miss), monotonic s
+        self._unknown: dict[tuple[str, int] | SchemaIdKey, tuple[float, float]] = {}
+        self._compiled: dict[tuple[str, int] | SchemaIdKey, CompiledSchema | WireSchema] = {}
         self._subjects: dict[tuple[str, str, str], str] = {}
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
 
