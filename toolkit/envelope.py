@@ -173,7 +173,18 @@ def _too_deep(max_depth: int) -> MessageError:
                                   "JSON nesting levels of the whole envelope)")
 
 
-def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_DEPTH) -> Any:
+def load_json(value: bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """Bytes -> decoded JSON, as a record is read: strict UTF-8 JSON (no NaN/Infinity), at most ``max_depth``
+    levels (for the JSON payload of a record in Confluent's wire format, :mod:`toolkit.wire`).
+
+    Raises:
+        MessageError: stage ``"decode"`` (not UTF-8, not JSON, too deep).
+    """
+    return _load(value, None, max_depth, wire_hint=False)
+
+
+def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_DEPTH, *,
+          wire_hint: bool = True) -> Any:
     # An attribute look-up, not isinstance(serializer, EnvelopeSerializer): a runtime-checkable Protocol
     # check costs ~9 us per record (a third of the runtime's own overhead in the benchmark profile).
     loads = _DEFAULT.loads if serializer is None else cast(Callable[[bytes], Any],
@@ -183,18 +194,19 @@ def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_
     except RecursionError:
         raise _too_deep(max_depth) from None
     except Exception as exc:
-        raise MessageError("decode", _load_failure(value, exc, custom=serializer is not None)) from None
+        raise MessageError("decode", _load_failure(value, exc, custom=serializer is not None,
+                                                   wire_hint=wire_hint)) from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
     if value.count(b"[") + value.count(b"{") > max_depth and depth_exceeds(document, max_depth):
         raise _too_deep(max_depth)
     return document
 
 
-def _load_failure(value: bytes, exc: Exception, *, custom: bool) -> str:
+def _load_failure(value: bytes, exc: Exception, *, custom: bool, wire_hint: bool = True) -> str:
     """Why the bytes did not load. A custom serializer's error is its own (the record is still at
     fault) and is kept as it is; the default JSON reader's error names Confluent's wire format when the
     bytes are in it, since that, not the JSON error, is what the producer got wrong."""
-    wire = None if custom else _wire_format(value)
+    wire = None if custom or not wire_hint else _wire_format(value)
     if wire is not None:
         return wire
     if isinstance(exc, UnicodeDecodeError) and not custom:
@@ -212,8 +224,8 @@ def _wire_format(value: bytes) -> str | None:
         return None
     schema_id = int.from_bytes(value[1:5], "big")
     return (f"Confluent wire format (magic byte 0, schema id {schema_id}, {len(value) - 5} bytes of "
-            "Avro, JSON or Protobuf after it): this consumer reads {header, body} envelopes of UTF-8 JSON, "
-            "not records written by a schema-registry serializer")
+            "Avro, JSON or Protobuf after it): the topic is read as {header, body} envelopes of UTF-8 JSON; "
+            "set its value format to confluent or auto (EPISTLE_VALUE_FORMATS) to read such records")
 
 
 def _error_details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:

@@ -23,8 +23,8 @@
   by the flush timeout is purged and its futures fail with :class:`DeliveryFailed`.
 - Topics listed in ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` (or ``confluent_topics=``) get Confluent's wire
   format instead: magic byte 0, the registry's 4-byte schema id, then Avro binary or the JSON body. That
-  needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads
-  envelopes only and dead-letters such records (stage ``decode``).
+  needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads such
+  records on topics whose value format is ``confluent`` or ``auto`` (``EPISTLE_VALUE_FORMATS``).
 """
 
 from __future__ import annotations

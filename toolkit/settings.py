@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from toolkit import _args
 from toolkit.envelope import LIMIT_DEPTH, MAX_DEPTH
 from toolkit.errors import ConfigError
+from toolkit.wire import ValueFormat, parse_value_formats
 
 ENV_FILE = ".env"
 
@@ -182,6 +183,14 @@ class ConsumerSettings(BaseSettings):
     # Seconds a record whose schema the registry does not know waits (its partition holding, the
     # registry asked again with backoff) before it is dead-lettered at stage "schema"; 0 = at once.
     unknown_schema_grace_s: Annotated[float, Field(allow_inf_nan=False)] = 30.0
+    # How each topic's record values are read: topic=format pairs (envelope, confluent, auto; * for every
+    # other topic), e.g. "payments=confluent,orders=auto". Unlisted topics are envelopes.
+    value_formats: Annotated[dict[str, ValueFormat], NoDecode] = {}
+
+    @field_validator("value_formats", mode="before")
+    @classmethod
+    def _value_formats(cls, value: Any) -> Any:
+        return parse_value_formats(value)
 
     @field_validator("unknown_schema_grace_s")
     @classmethod

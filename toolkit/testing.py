@@ -40,7 +40,7 @@ from toolkit.consumer.deadletter import DeadLetterRecord
 from toolkit.consumer.transport import Assignment, Position, TransportEvents
 from toolkit.errors import BrokerUnavailable, RegistryRejected, RegistryUnavailable, SchemaNotFound
 from toolkit.layout import SchemaFormat
-from toolkit.registry.base import CompatibilityResult, RegisteredSchema, same_schema
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, same_schema
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -443,7 +443,8 @@ class InMemoryDeadLetterSink:
 class InMemoryRegistry:
     """A schema registry in memory (the :class:`~toolkit.registry.SchemaRegistry` protocol): versions numbered
     from 1, a schema identical to a registered version registers nothing and answers that version, ids
-    unique across subjects.
+    unique across subjects (``share_id`` registers one under another subject with the same id, as Confluent
+does for identical schemas).
 
     Args:
         incompatible: ``(registered text, new text) -> reason or None``: what this registry refuses as
@@ -479,6 +480,26 @@ class InMemoryRegistry:
     def latest(self, subject: str) -> RegisteredSchema:
         self._count("latest")
         return self._versions_of(subject)[-1]
+
+    supports_schema_ids = True
+
+    def get_by_id(self, schema_id: int) -> SchemaById:
+        """The schema of ``schema_id`` and every (subject, version) registered with it."""
+        self._count("get_by_id")
+        found = [schema for versions in self.store.values() for schema in versions if schema.schema_id == schema_id]
+        if not found:
+            raise SchemaNotFound(f"schema id {schema_id} not found")
+        return SchemaById(schema_id, found[0].format, found[0].text,
+                          tuple((schema.subject, schema.version) for schema in found))
+
+    def share_id(self, subject: str, schema_id: int) -> RegisteredSchema:
+        """Register the schema of ``schema_id`` under ``subject`` too, keeping its id (as Confluent does: one id
+        per schema content, whatever the subjects)."""
+        original = self.get_by_id(schema_id)
+        existing = self.store.setdefault(subject, [])
+        schema = RegisteredSchema(subject, len(existing) + 1, original.format, original.text, schema_id=schema_id)
+        existing.append(schema)
+        return schema
 
     def subjects(self) -> list[str]:
         self._count("subjects")

@@ -348,3 +348,38 @@ def test_delete_subject_with_an_answer_that_is_not_version_numbers():
     with pytest.raises(RegistryError) as raised:
         client(Server((200, {"deleted": True}))).delete_subject("orders")
     assert "not a list of version numbers" in str(raised.value) and raised.value.subject == "orders"
+
+
+def test_get_by_id_reads_the_schema_and_the_subjects_it_is_registered_as():
+    server = Server((200, {"schema": AVRO, "references": []}),
+                    (200, [{"subject": "orders", "version": 2}, {"subject": "orders-value", "version": 1}]))
+    found = client(server).get_by_id(42)
+    assert (found.schema_id, found.format, found.text) == (42, SchemaFormat.AVRO, AVRO)
+    assert found.versions == (("orders", 2), ("orders-value", 1))
+    assert [r.url.path.removeprefix("/apis/ccompat/v7") for r in server.requests] == [
+        "/schemas/ids/42", "/schemas/ids/42/versions"]
+
+
+def test_get_by_id_of_an_unknown_id_is_not_found():
+    server = Server((404, {"error_code": 40403, "message": "No content with ID '7' was found."}))
+    with pytest.raises(SchemaNotFound) as info:
+        client(server).get_by_id(7)
+    assert str(info.value) == ("schema id 7 is not in the registry: schema not found (40403: No content with ID "
+                               "'7' was found.)")
+    with pytest.raises(SchemaNotFound):
+        client(server).get_by_id(-1)
+    assert len(server.requests) == 1  # a negative id is not asked for
+
+
+def test_get_by_id_finds_the_subjects_by_lookup_where_the_versions_endpoint_is_missing():
+    server = Server((200, {"schema": AVRO, "schemaType": "JSON"}), (404, "Not Found"), (200, ["a", "b"]),
+                    (404, {"error_code": 40403, "message": "no"}),
+                    (200, {"subject": "b", "version": 3, "id": 42, "schema": AVRO}))
+    found = client(server).get_by_id(42)
+    assert found.format == SchemaFormat.JSON and found.versions == (("b", 3),)
+    assert [r.method for r in server.requests] == ["GET", "GET", "GET", "POST", "POST"]
+
+
+def test_get_by_id_is_unavailable_while_the_registry_is_down():
+    with pytest.raises(RegistryUnavailable):
+        client(Server((503, "down"))).get_by_id(1)

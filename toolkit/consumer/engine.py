@@ -39,6 +39,7 @@ from toolkit.consumer.transport import Assignment, DeadLetterSink, Position, Rec
 from toolkit.envelope import DecodedRecord
 from toolkit.errors import BrokerUnavailable, ConsumerStopped
 from toolkit.settings import OrderingMode
+from toolkit.wire import WireRecord, WireSchema
 
 log = logging.getLogger("toolkit.consumer")
 
@@ -390,19 +391,13 @@ class Engine:
             attempts = attempt if prepared is not None else 1
             return await self._dead_letter(part, msg, outcome, attempts, log_context(msg, current))
 
-    def _decode(self, msg: Record) -> tuple[DecodedRecord, Plan | CompiledSchema | tuple[str, int]]:
+    def _decode(self, msg: Record) -> tuple[DecodedRecord | WireRecord, Plan | CompiledSchema | WireSchema | tuple]:
         """Stages decode and envelope, then what the rest needs: the plan of an earlier record with the
-        same header, else the schema if already resolved, else the (subject, version) to ask for."""
-        pipeline, topic = self.pipeline, msg.topic()
-        decoded = pipeline.decode(msg.value())
-        plan = pipeline.plan(topic, decoded.header)
-        if plan is not None:
-            return decoded, plan
-        key = pipeline.subject_of(topic, decoded)
-        compiled = pipeline.cached(key)
-        return decoded, key if compiled is None else compiled
+        same header, else the schema if already resolved, else the key to resolve (a tuple)."""
+        return self.pipeline.locate(msg.value(), msg.topic())
 
-    def _finish(self, msg: Record, decoded: DecodedRecord, source: Plan | CompiledSchema) -> Prepared:
+    def _finish(self, msg: Record, decoded: DecodedRecord | WireRecord,
+                source: Plan | CompiledSchema | WireSchema) -> Prepared:
         _, timestamp = msg.timestamp()
         return self.pipeline.finish(decoded, source, topic=msg.topic(), partition=msg.partition(),
                                     offset=msg.offset(), key=msg.key(), value=msg.value(),

@@ -139,6 +139,8 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     for name, (ok, fix) in checks.items():
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
+    if "value_formats" in given:
+        check_value_formats(given["value_formats"])
     return topics
 
 
@@ -170,6 +172,8 @@ class ConsumerOptions:
     """Connection settings of every Kafka client (KAFKA_* security settings included)."""
     kafka_config: dict[str, Any] = field(repr=False)
     dead_letter_producer_config: dict[str, Any] = field(repr=False)
+    value_formats: dict[str, Any] = field(default_factory=dict)
+    """Topic -> ``envelope``, ``confluent`` or ``auto`` (``*``: every other topic); envelope by default."""
 
     @classmethod
     def resolve(cls, settings: Settings | None, arguments: Mapping[str, Any]) -> ConsumerOptions:
@@ -216,7 +220,9 @@ class ConsumerOptions:
             group_instance_id=group_instance, auto_offset_reset=kafka.auto_offset_reset,
             client_config={**kafka.client_config(), "bootstrap.servers": bootstrap},
             kafka_config=dict(a.get("kafka_config") or {}),
-            dead_letter_producer_config=dict(a.get("dead_letter_producer_config") or {}))
+            dead_letter_producer_config=dict(a.get("dead_letter_producer_config") or {}),
+            value_formats=(check_value_formats(a["value_formats"]) if a.get("value_formats") is not None
+                           else dict(cfg.value_formats)))
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka consumer's settings: ours, then ``kafka_config`` over them."""
@@ -230,3 +236,20 @@ class ConsumerOptions:
                 "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
                 **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
                 **self.kafka_config}
+
+
+def check_value_formats(value: Any) -> dict:
+    """``value_formats=`` as a ``{topic: format}`` dict (the setting's rules: :data:`toolkit.wire.SETTING`).
+
+    Raises:
+        ConfigError: not a mapping, or an entry that is not a topic and one of envelope, confluent, auto.
+    """
+    from toolkit.wire import SETTING, parse_value_formats
+
+    if not isinstance(value, Mapping):
+        raise _fail("value_formats", value, 'use a dict of topic -> "envelope", "confluent" or "auto", e.g. '
+                                            f'{{"payments": "confluent"}} ({SETTING} sets the default)')
+    try:
+        return parse_value_formats(value)
+    except ValueError as exc:
+        raise ConfigError(f"value_formats: {exc} ({SETTING} sets the default)", setting="value_formats") from None

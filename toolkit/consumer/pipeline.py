@@ -7,16 +7,24 @@ registry does not know raises :class:`~toolkit.errors.SchemaNotYetKnown` (wait a
 has been unknown for the grace period, and only then ``MessageError("schema")``. Nothing else escapes.
 Only :meth:`Pipeline.resolve` may do I/O (a registry lookup on a cache miss); the runtime calls it off the
 event loop when :meth:`Pipeline.cached` has no answer.
+
+A topic whose value format (``value_formats``, ``EPISTLE_VALUE_FORMATS``) is ``confluent``, or ``auto``
+with a first byte 0, is read in Confluent's wire format (:mod:`toolkit.wire`): :meth:`Pipeline.decode`
+splits off the schema id (a :class:`~toolkit.wire.WireRecord`), :meth:`Pipeline.subject_of` gives a
+:class:`~toolkit.wire.SchemaIdKey` instead of ``(subject, version)``, :meth:`Pipeline.resolve` looks the
+id up (the same grace for an unknown id as for an unknown version), and :meth:`Pipeline.finish` picks the
+subject, decodes the payload, builds the model and synthesizes the header. The runtime's calls are the same
+for both kinds of record, with the topic passed to ``decode`` (or :meth:`Pipeline.locate` doing it all).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,6 +32,7 @@ from toolkit.consumer.deep import is_too_deep, validate_deep
 from toolkit.consumer.handlers import HandlerRegistry, Route
 from toolkit.envelope import MAX_DEPTH, DecodedRecord, Header, SerializerLike, allow_depth, decode_record
 from toolkit.errors import (
+    ConfigError,
     InvalidArgumentType,
     MessageError,
     RegistryUnavailable,
@@ -36,6 +45,19 @@ from toolkit.registry.base import (
     SubjectContext,
     SubjectStrategy,
     schema_name_strategy,
+    supports_schema_ids,
+)
+from toolkit.wire import (
+    DEFAULT_TOPIC,
+    SETTING,
+    SchemaIdKey,
+    ValueFormat,
+    WireRecord,
+    WireSchema,
+    header_fields,
+    looks_confluent,
+    split,
+    synthesize_header,
 )
 
 _MAX_PLANS = 10_000
@@ -64,6 +86,8 @@ class Message(Generic[BodyT]):
     timestamp: int | None = None  # epoch milliseconds from the broker
     raw: bytes = b""
     attempt: int = 1  # 1 on first delivery, then 2, 3 ... on retries
+    schema_id: int | None = None  # the registry's schema id of a record in Confluent's wire format
+    subject: str | None = None  # the registry subject of that id the record was read as (wire format only)
 
     @property
     def message_id(self) -> str:
@@ -121,6 +145,18 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class WirePlan:
+    """What a record in the wire format led to, per (topic, schema id, messageType, schemaName header): the
+    schemaName, subject and version it was read as, the model and the route."""
+
+    schema_name: str
+    subject: str
+    version: int
+    model: type[BaseModel] | None
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A record that passed every stage: the message for the handler and the route to it."""
 
@@ -134,7 +170,8 @@ class Pipeline:
     def __init__(self, resolver: SchemaResolver, router: HandlerRegistry, models: ModelLookup | None = None,
                  serializer: SerializerLike | None = None,
                  subject_strategy: SubjectStrategy = schema_name_strategy, *, max_depth: int = MAX_DEPTH,
-                 unknown_schema_grace_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 unknown_schema_grace_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 value_formats: Mapping[str, ValueFormat | str] | None = None):
         self.resolver = resolver
         self.max_depth = max_depth  # EPISTLE_MAX_NESTING_DEPTH: JSON nesting levels of the whole envelope
         allow_depth(max_depth)
@@ -144,23 +181,68 @@ class Pipeline:
         self.subject_strategy = subject_strategy
         self.unknown_schema_grace_s = float(unknown_schema_grace_s)
         self._clock = clock
-        try:
-            self._fresh_lookups = "fresh" in inspect.signature(resolver.resolve).parameters
-        except (TypeError, ValueError):
-            self._fresh_lookups = False
-        # (subject, version) the registry did not know -> (first miss, latest miss), monotonic seconds
-        self._unknown: dict[tuple[str, int], tuple[float, float]] = {}
-        self._compiled: dict[tuple[str, int], CompiledSchema] = {}
+        self._fresh_lookups = _takes_fresh(resolver.resolve)
+        self._fresh_id_lookups = _takes_fresh(getattr(resolver, "resolve_id", None))
+        from toolkit.consumer.options import check_value_formats
+
+        formats = check_value_formats(value_formats or {})
+        self._default_format = formats.pop(DEFAULT_TOPIC, ValueFormat.ENVELOPE)
+        self.value_formats = formats  # topic -> format; topics not listed: the "*" entry, else envelope
+        wire_topics = [t for t, f in formats.items() if f is not ValueFormat.ENVELOPE]
+        if self._default_format is not ValueFormat.ENVELOPE:
+            wire_topics.append(DEFAULT_TOPIC)
+        if wire_topics and not supports_schema_ids(resolver):
+            from toolkit.registry.local import no_schema_ids
+
+            raise ConfigError(f"{SETTING} (value_formats) reads {', '.join(sorted(wire_topics))} in Confluent's "
+                              f"wire format, but {no_schema_ids(getattr(resolver, 'registry', resolver))}",
+                              setting="SCHEMA_REGISTRY_URL")
+        self._index_names: tuple[str, ...] | None = None
+        self._wire_plans: dict[tuple[str, int, str | None, str | None], WirePlan] = {}
+        # (subject, version) or schema id the registry did not know -> (first miss, latest miss), monotonic s
+        self._unknown: dict[tuple[str, int] | SchemaIdKey, tuple[float, float]] = {}
+        self._compiled: dict[tuple[str, int] | SchemaIdKey, CompiledSchema | WireSchema] = {}
         self._subjects: dict[tuple[str, str, str], str] = {}
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
 
     # -- stages -----------------------------------------------------------------------------------------
-    def decode(self, value: bytes | None) -> DecodedRecord:
-        """Stages ``decode`` and ``envelope``."""
-        return decode_record(value, self.serializer, max_depth=self.max_depth)
+    def value_format(self, topic: str | None) -> ValueFormat:
+        """The topic's value format (``None``: the format of topics not listed)."""
+        return self.value_formats.get(topic, self._default_format) if topic is not None else self._default_format
 
-    def subject_of(self, topic: str, decoded: DecodedRecord) -> tuple[str, int]:
+    def decode(self, value: bytes | None, topic: str | None = None) -> DecodedRecord | WireRecord:
+        """Stages ``decode`` and ``envelope``, as the topic's value format says: an envelope's header and
+        body, or a record in Confluent's wire format split into its schema id and payload (the payload is
+        decoded by :meth:`finish`, once the id's schema is known). Without ``topic``, the format of topics
+        not listed (``envelope`` unless ``value_formats`` has a ``*`` entry)."""
+        fmt = self.value_format(topic) if self.value_formats or topic is None else self._default_format
+        if fmt is ValueFormat.ENVELOPE or (fmt is ValueFormat.AUTO and not looks_confluent(value)):
+            return decode_record(value, self.serializer, max_depth=self.max_depth)
+        return split(value)
+
+    def locate(self, value: bytes | None, topic: str) -> tuple[DecodedRecord | WireRecord,
+                                                                Plan | CompiledSchema | WireSchema | tuple]:
+        """:meth:`decode`, then what :meth:`finish` needs: the plan of an earlier record with the same
+        header, else the schema if already resolved, else the key to :meth:`resolve` (a tuple) (no I/O).
+
+        Raises:
+            MessageError: stage ``decode`` or ``envelope``.
+        """
+        decoded = self.decode(value, topic)
+        if decoded.header is not None:
+            plan = self.plan(topic, decoded.header)
+            if plan is not None:
+                return decoded, plan
+        key = self.subject_of(topic, decoded)
+        compiled = self._compiled.get(key)
+        return decoded, key if compiled is None else compiled
+
+    def subject_of(self, topic: str, decoded: DecodedRecord | WireRecord) -> tuple[str, int] | SchemaIdKey:
+        """The key to resolve: ``(subject, version)`` of an envelope, the schema id of a wire-format record."""
+        if decoded.__class__ is WireRecord:
+            return SchemaIdKey(decoded.schema_id)  # type: ignore[union-attr]
         header = decoded.header
+        assert header is not None
         names = (topic, header.schema_name, header.message_type)
         subject = self._subjects.get(names)
         if subject is None:  # a strategy is a pure function of its context: ask once per combination
@@ -169,11 +251,11 @@ class Pipeline:
                 self._subjects[names] = subject
         return subject, header.version
 
-    def cached(self, key: tuple[str, int]) -> CompiledSchema | None:
+    def cached(self, key: tuple[str, int] | SchemaIdKey) -> CompiledSchema | WireSchema | None:
         """The compiled schema if it was resolved before (no I/O)."""
         return self._compiled.get(key)
 
-    def resolve(self, key: tuple[str, int]) -> CompiledSchema:
+    def resolve(self, key: tuple[str, int] | SchemaIdKey) -> CompiledSchema | WireSchema:
         """Stage ``schema``; may do registry I/O.
 
         A subject or version the registry does not know is not final at once: for ``unknown_schema_grace_s``
@@ -191,7 +273,9 @@ class Pipeline:
         compiled = self._compiled.get(key)
         if compiled is not None:
             return compiled
-        subject, version = key
+        if key.__class__ is SchemaIdKey:
+            return self._resolve_id(key)  # type: ignore[arg-type]
+        subject, version = cast(tuple[str, int], key)
         try:
             if self._fresh_lookups and self._waiting(key):
                 _, compiled = self.resolver.resolve(subject, version, fresh=True)  # type: ignore[call-arg]
@@ -208,13 +292,39 @@ class Pipeline:
         self._compiled[key] = compiled
         return compiled
 
-    def _waiting(self, key: tuple[str, int]) -> bool:
+    def _resolve_id(self, key: SchemaIdKey) -> WireSchema:
+        """Stage ``schema`` for a schema id: the registry's schema and its payload reader. The grace clock
+        is the id's; it stops once :meth:`finish` found a subject the topic reads among the id's."""
+        schema_id = key.schema_id
+        resolve_id = self.resolver.resolve_id  # type: ignore[attr-defined]
+        try:
+            if self._fresh_id_lookups and self._waiting(key):
+                schema, compiled = resolve_id(schema_id, fresh=True)
+            else:
+                schema, compiled = resolve_id(schema_id)
+            wire = WireSchema.build(schema, compiled, max(1, self.max_depth - 1))
+        except SchemaNotFound as exc:
+            raise self._unknown_schema(key, exc) from None
+        except (RegistryUnavailable, MessageError):
+            raise
+        except Exception as exc:  # a schema the validator cannot compile is not something a retry fixes
+            raise MessageError("schema", f"schema id {schema_id} cannot be used: "
+                                         f"{type(exc).__name__}: {exc}") from None
+        self._compiled[key] = wire
+        return wire
+
+    def _waiting(self, key: tuple[str, int] | SchemaIdKey) -> bool:
         """The registry did not know ``key`` at the last lookup and its grace is not over."""
         seen = self._unknown.get(key)
         return seen is not None and self._clock() - seen[0] < self.unknown_schema_grace_s
 
-    def _unknown_schema(self, key: tuple[str, int], exc: SchemaNotFound) -> Exception:
-        subject, version = key
+    def _unknown_schema(self, key: tuple[str, int] | SchemaIdKey, exc: SchemaNotFound) -> Exception:
+        if key.__class__ is SchemaIdKey:
+            what, subject, version, path = f"schema id {key[0]}", None, None, "/schemaId"
+        else:
+            subject, version = key  # type: ignore[misc]
+            what = f"subject {subject!r} version {version}"
+            path = "/header/schemaVersion" if "version" in str(exc).lower() else "/header/schemaName"
         grace = self.unknown_schema_grace_s
         now = self._clock()
         since, last = self._unknown.get(key, (now, now))
@@ -228,7 +338,6 @@ class Pipeline:
                 self._unknown.pop(stale, None)
             self._unknown[key] = (since, now)
         waited = now - since
-        what = f"subject {subject!r} version {version}"
         if waited < grace:
             left = grace - waited
             return SchemaNotYetKnown(f"{what} not in the registry (yet): {exc}; asking again for up to "
@@ -238,7 +347,6 @@ class Pipeline:
                                      subject=subject, version=version)
         waited_text = (f"still unknown after {waited:.1f}s of asking again ({GRACE_SETTING}={grace:g})"
                        if grace > 0 else f"not waited for ({GRACE_SETTING}=0)")
-        path = "/header/schemaVersion" if "version" in str(exc).lower() else "/header/schemaName"
         return MessageError("schema", f"unknown schema: {what}: {exc}; {waited_text}",
                             details=[{"path": path, "message": str(exc), "unknown_for_s": round(waited, 3),
                                       "grace_s": grace}])
@@ -300,29 +408,41 @@ class Pipeline:
             MessageError: the record is at fault (``stage`` says where).
             RegistryUnavailable: the registry cannot be reached.
         """
-        decoded = self.decode(value)
+        decoded = self.decode(value, topic)
         key_ = self.subject_of(topic, decoded)
         compiled = self.resolve(key_)
         return self.finish(decoded, compiled, topic=topic, partition=partition, offset=offset, key=key,
                            value=value, headers=headers, timestamp=timestamp)
 
-    def plan(self, topic: str, header: Header) -> Plan | None:
-        """What an earlier record with the same topic and header fields led to (no I/O), or None."""
+    def plan(self, topic: str, header: Header | None) -> Plan | None:
+        """What an earlier record with the same topic and header fields led to (no I/O), or None (always
+        for a record in the wire format, whose header is None until :meth:`finish`)."""
+        if header is None:
+            return None
         return self._plans.get((topic, header.schema_name, header.message_type, header.schema_version))
 
     def forget_plans(self) -> None:
         """Drop every plan (handlers changed: routes must be looked up again)."""
         self._plans.clear()
+        self._wire_plans.clear()
 
-    def finish(self, decoded: DecodedRecord, source: CompiledSchema | Plan, *, topic: str, partition: int,
-               offset: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None,
-               timestamp: int | None) -> Prepared:
+    def finish(self, decoded: DecodedRecord | WireRecord, source: CompiledSchema | Plan | WireSchema, *,
+               topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+               headers: list[tuple[str, bytes | None]] | None, timestamp: int | None) -> Prepared:
         """Stages ``validation``, ``model`` and ``routing``, from the resolved schema or from a :class:`Plan`.
 
         Stages run in the same order either way; the first success for a header remembers its plan, so
-        later records skip the model and route lookups.
+        later records skip the model and route lookups. A record in the wire format goes through
+        :meth:`_finish_wire` (``source`` is the id's :class:`~toolkit.wire.WireSchema`).
         """
+        if decoded.__class__ is WireRecord:
+            return self._finish_wire(decoded, source, topic=topic, partition=partition,  # type: ignore[arg-type]
+                                     offset=offset, key=key, value=value, headers=headers, timestamp=timestamp)
+        decoded = cast(DecodedRecord, decoded)
         header = decoded.header
+        assert header is not None
+        if not isinstance(source, Plan):
+            source = cast(CompiledSchema, source)
         if isinstance(source, Plan):
             body = self._validate(decoded.body, source.compiled)
             if source.model is not None:
@@ -340,3 +460,148 @@ class Pipeline:
                 self._plans[plan_key] = Plan(source, model, route)
         message = Message(header, body, topic, partition, offset, key, headers or [], timestamp, value or b"")
         return Prepared(message, route)
+
+    # -- Confluent's wire format ---------------------------------------------------------------------------
+    def _finish_wire(self, record: WireRecord, wire: WireSchema, *, topic: str, partition: int, offset: int,
+                     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None,
+                     timestamp: int | None) -> Prepared:
+        """Stages ``schema`` (the subject among the id's that the topic reads), ``decode`` (the payload),
+        ``validation`` (a JSON payload), ``model`` and ``routing``, then the synthesized header."""
+        if not isinstance(wire, WireSchema):
+            raise InvalidArgumentType(f"a record in Confluent's wire format is finished with the WireSchema of "
+                                      f"its id, not a {type(wire).__name__}")
+        fields = header_fields(headers)
+        message_type = fields.get("messageType") or wire.message_type
+        named = fields.get("schemaName")
+        plan_key = (topic, wire.schema_id, message_type, named)
+        plan = self._wire_plans.get(plan_key)
+        if plan is None:
+            schema_name, subject, version = self._choose_subject(topic, wire, message_type, named)
+        else:
+            schema_name, subject, version = plan.schema_name, plan.subject, plan.version
+        body = wire.read(record.payload)
+        if not wire.avro:  # Avro binary is checked by decoding it with the writer's schema
+            body = self._validate(body, wire.compiled)
+        message_type = message_type or schema_name
+        if plan is None:
+            model = None
+            if self.models is not None:
+                model = self.models.get(schema_name, version)
+                if model is None:
+                    raise MessageError("model", f"no generated model for {schema_name} v{version} (schema id "
+                                                f"{wire.schema_id}, subject {subject!r}); run make codegen and "
+                                                "redeploy")
+                body = self._build(body, model)
+            route = self.router.route(topic, message_type, schema_name, version)
+            plan = WirePlan(schema_name, subject, version, model, route)
+            if len(self._wire_plans) < _MAX_PLANS:  # bounded: header fields come from the records
+                self._wire_plans[plan_key] = plan
+        elif plan.model is not None:
+            body = self._build(body, plan.model)
+        header = synthesize_header(fields, message_type=message_type, schema_name=schema_name, version=version,
+                                   topic=topic, partition=partition, offset=offset, timestamp=timestamp)
+        message = Message(header, body, topic, partition, offset, key, headers or [], timestamp, value or b"",
+                          schema_id=wire.schema_id, subject=subject)
+        return Prepared(message, plan.route)
+
+    def _choose_subject(self, topic: str, wire: WireSchema, message_type: str | None,
+                        named: str | None) -> tuple[str, str, int]:
+        """``(schemaName, subject, version)`` for a record of ``topic`` carrying ``wire``'s id.
+
+        The subject strategy says which subjects a topic reads; the id's own ``(subject, version)`` pairs
+        say which it is registered as. A schemaName fits when the strategy maps it (for this topic and
+        messageType) to one of the id's subjects. Tried in order: the record's ``schemaName`` Kafka header;
+        then the model index's schemaNames, the topic name and the id's subjects, keeping those with a
+        generated model for the version when there is a model index (several: the one named like the topic,
+        else the one whose generated class is named like the schema's record or title, else the record is
+        refused as ambiguous), else the first that fits.
+
+        Raises:
+            SchemaNotYetKnown: no subject of the id is one the topic reads, within the grace (the id is
+                looked up again: the schema may be registered under the topic's subject meanwhile).
+            MessageError: stage ``schema``: the same after the grace, or an ambiguous schemaName.
+        """
+        key = SchemaIdKey(wire.schema_id)
+        versions = dict(wire.schema.versions)
+        mt = message_type or None
+
+        def fits(name: str) -> str | None:
+            subject = self._subject_for(topic, name, mt)
+            return subject if subject in versions else None
+
+        if named and (subject := fits(named)):
+            self._unknown.pop(key, None)
+            return named, subject, versions[subject]
+        hits = [(name, subject) for name in dict.fromkeys((*self._model_names(), topic, *versions))
+                if (subject := fits(name))]
+        if not hits:
+            registered = ", ".join(f"{s!r} v{v}" for s, v in versions.items()) or "no subject"
+            self._compiled.pop(key, None)  # asked again on the retry: the id may gain the topic's subject
+            raise self._unknown_schema(key, SchemaNotFound(
+                f"schema id {wire.schema_id} is registered as {registered}, none of them a subject topic "
+                f"{topic!r} reads under the subject strategy (SCHEMA_REGISTRY_SUBJECT_STRATEGY)"))
+        if self.models is not None:
+            modelled = [hit for hit in hits if self._has_model(hit[0], versions[hit[1]])]
+            if len(modelled) > 1:
+                names = ", ".join(sorted({name for name, _ in modelled}))
+                modelled = ([hit for hit in modelled if hit[0] == topic]
+                            or self._named_like(modelled, versions, wire.message_type))
+                if len(modelled) != 1:
+                    raise MessageError("schema", f"schema id {wire.schema_id} on topic {topic!r} fits several "
+                                                 f"schemaNames with a generated model ({names}); send the "
+                                                 "schemaName as a Kafka header (the toolkit's producer does), "
+                                                 "or name the schema folder after the topic",
+                                       details=[{"path": "/schemaId", "message": f"ambiguous: {names}"}])
+            if modelled:
+                hits = modelled
+        name, subject = hits[0]
+        self._unknown.pop(key, None)
+        return name, subject, versions[subject]
+
+    def _named_like(self, hits: list[tuple[str, str]], versions: dict[str, int],
+                    message_type: str | None) -> list[tuple[str, str]]:
+        """The hits whose generated root class is named like the schema's record or title (codegen names it
+        so: ``com.acme.Payment`` -> ``Payment``)."""
+        if not message_type:
+            return []
+        short = message_type.rsplit(".", 1)[-1]
+        assert self.models is not None
+        return [(name, subject) for name, subject in hits
+                if getattr(self.models.get(name, versions[subject]), "__name__", None) == short]
+
+    def _subject_for(self, topic: str, schema_name: str, message_type: str | None) -> str:
+        names = (topic, schema_name, message_type)
+        subject = self._subjects.get(names)  # type: ignore[arg-type]
+        if subject is None:
+            subject = self.subject_strategy(SubjectContext(*names))
+            if len(self._subjects) < _MAX_PLANS:
+                self._subjects[names] = subject  # type: ignore[index]
+        return subject
+
+    def _model_names(self) -> tuple[str, ...]:
+        """The schemaNames of the model index, when it can list them (a :class:`ModelIndex` can)."""
+        if self._index_names is None:
+            names: tuple[str, ...] = ()
+            if self.models is not None and isinstance(self.models, Iterable):
+                try:
+                    names = tuple(sorted({str(entry[0]) for entry in self.models}))
+                except (TypeError, IndexError):
+                    names = ()
+            self._index_names = names
+        return self._index_names
+
+    def _has_model(self, schema_name: str, version: int) -> bool:
+        assert self.models is not None
+        if hasattr(self.models, "__contains__"):  # a ModelIndex: no import of the model's module
+            return (schema_name, version) in self.models  # type: ignore[operator]
+        return self.models.get(schema_name, version) is not None
+
+
+def _takes_fresh(method: Any) -> bool:
+    """Whether a resolver's lookup takes ``fresh=`` (ask the registry past a remembered miss)."""
+    if method is None:
+        return False
+    try:
+        return "fresh" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False

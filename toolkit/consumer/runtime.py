@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from toolkit.consumer.engine import Engine
@@ -73,6 +73,9 @@ class KafkaConsumer:
         startup_timeout_s: how long :meth:`start` waits for a broker to answer (KAFKA_STARTUP_TIMEOUT_S).
         group_instance_id: static membership (KAFKA_GROUP_INSTANCE_ID): a restarted process with the same id
             takes its predecessor's partitions at once. Each process of the group needs its own id.
+        value_formats: topic -> ``envelope`` (the JSON envelope), ``confluent`` (Confluent's wire format: magic
+            byte, schema id, Avro or JSON payload) or ``auto`` (either, by the first byte); ``*`` for every
+            other topic (``EPISTLE_VALUE_FORMATS``; envelope by default). Wire formats need a registry URL.
         middleware: :class:`~toolkit.consumer.middleware.Middleware` run around every record (first given,
             outermost), after the built-in statistics and logging.
         transport: the broker side; None is Kafka through librdkafka. ``toolkit.testing.InMemoryBroker``'s
@@ -94,7 +97,8 @@ class KafkaConsumer:
                  max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
                  dead_letter_producer_config: dict[str, Any] | None = None,
                  unknown_schema_grace_s: float | None = None, startup_timeout_s: float | None = None,
-                 group_instance_id: str | None = None, middleware: Sequence[Middleware] = (),
+                 group_instance_id: str | None = None, value_formats: Mapping[str, str] | None = None,
+                 middleware: Sequence[Middleware] = (),
                  transport: Transport | None = None) -> None:
         self.options = ConsumerOptions.resolve(settings, locals())
         self.settings = settings
@@ -201,7 +205,8 @@ class KafkaConsumer:
         pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
                             self._models if self._models is not None else _default_models(),
                             self._serializer, self._subject_strategy, max_depth=options.max_nesting_depth,
-                            unknown_schema_grace_s=options.unknown_schema_grace_s)
+                            unknown_schema_grace_s=options.unknown_schema_grace_s,
+                            value_formats=options.value_formats)
         transport = self._transport or self._kafka_transport()
         self._loop, self._running = loop, True
         engine = self._engine = Engine(options, pipeline, transport, self._hooks)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from toolkit import _args
 from toolkit.layout import Compatibility, SchemaFormat
@@ -25,6 +25,26 @@ class RegisteredSchema:
     text: str
     schema_id: int | None = None
     references: tuple[dict, ...] = ()
+
+
+@dataclass(frozen=True)
+class SchemaById:
+    """A schema as the registry knows it by id, the number Confluent's wire format carries after its magic
+    byte: the text, and every ``(subject, version)`` it is registered as (registries give one id to one
+    schema content, so an id may belong to several subjects, or, once they are deleted, to none)."""
+
+    schema_id: int
+    format: SchemaFormat
+    text: str
+    versions: tuple[tuple[str, int], ...] = ()
+    references: tuple[dict, ...] = ()
+
+    def registered(self) -> RegisteredSchema:
+        """As a :class:`RegisteredSchema` (what a validator compiles), named after its first subject and
+        version, or ``schema-id-<id>`` version 0 when it has none."""
+        subject, version = self.versions[0] if self.versions else (f"schema-id-{self.schema_id}", 0)
+        return RegisteredSchema(subject=subject, version=version, format=self.format, text=self.text,
+                                schema_id=self.schema_id, references=self.references)
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,35 @@ class SupportsCompatibilityConfig(Protocol):
     """
 
     def set_compatibility(self, subject: str, mode: Compatibility) -> None: ...
+
+
+@runtime_checkable
+class SupportsSchemaIds(Protocol):
+    """A registry that assigns schema ids and looks schemas up by them (``GET /schemas/ids/{id}``): what
+    reading Confluent's wire format needs. Kept out of :class:`SchemaRegistry` because the local
+    ``schemas/`` folder has no ids: :class:`~toolkit.registry.local.LocalFolderRegistry` says so
+    (``supports_schema_ids`` is False and its ``get_by_id`` raises :class:`~toolkit.errors.ConfigError`).
+    """
+
+    supports_schema_ids: bool
+
+    def get_by_id(self, schema_id: int) -> SchemaById:
+        """The schema with this id and the subjects and versions it is registered as.
+
+        Raises:
+            SchemaNotFound: the registry has no schema with this id.
+            RegistryUnavailable: the registry cannot answer (after retries).
+        """
+        ...
+
+
+def supports_schema_ids(registry: Any) -> bool:
+    """True when ``registry`` (a backend or a :class:`~toolkit.registry.cache.CachedRegistry`) can look
+    schemas up by id; no I/O."""
+    flag = getattr(registry, "supports_schema_ids", None)
+    if flag is not None:
+        return bool(flag)
+    return callable(getattr(registry, "get_by_id", None)) or callable(getattr(registry, "resolve_id", None))
 
 
 def canonical_schema(text: str) -> str:

@@ -11,6 +11,11 @@
   remembered miss for an answer: it asks the registry, unless another lookup of the same key got *not
   found* from the registry after this call began (concurrent retries of one key make one request). A miss
   therefore never delays a waiting record's retry, and never stretches its grace.
+- Schema ids (:meth:`CachedRegistry.resolve_id`, for Confluent's wire format) are cached like versions: the
+  schema and its compiled artefact for good (an id's content never changes), a *not found* for
+  ``not_found_ttl_s`` (one miss per unknown id, shared by the records naming it). ``fresh=True`` also asks
+  again for the subjects and versions an id is registered as, which can grow: the same schema registered
+  later under another subject keeps its id. The compiled artefact is kept when the text is the same.
 - Thread-safe: concurrent misses for the same key make one registry request and one compile
   (a per-key lock); misses for different keys do not wait for each other.
 """
@@ -23,14 +28,15 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from toolkit import _args
-from toolkit.errors import SchemaNotFound
+from toolkit.errors import ConfigError, RegistryError, SchemaNotFound
 from toolkit.layout import SchemaFormat
-from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaRegistry
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaRegistry
 
 T = TypeVar("T")
 LATEST: Final = "latest"
 MAX_REMEMBERED_MISSES = 10_000
 Version = int | Literal["latest"]
+_ID = "\0schema-id"  # the subject part of a schema id's key among the remembered misses: no subject is this
 
 
 def compile_with_validation(schema: RegisteredSchema) -> Any:
@@ -56,6 +62,7 @@ class CachedRegistry(Generic[T]):
         self._not_found_ttl_s = not_found_ttl_s
         self._clock = clock
         self._entries: dict[tuple[str, int], tuple[RegisteredSchema, T]] = {}
+        self._ids: dict[int, tuple[SchemaById, T]] = {}
         self._latest: dict[str, tuple[float, int]] = {}  # subject -> (expires at, version)
         self._missing: dict[tuple[str, Version], tuple[float, str, float]] = {}  # -> (expires, message, seq)
         self._misses = 0  # misses remembered so far: a fresh lookup ignores those from before it began
@@ -92,6 +99,72 @@ class CachedRegistry(Generic[T]):
         return self._fill(subject, version, lambda: self.registry.get(subject, version),
                           asked_after)
 
+    @property
+    def supports_schema_ids(self) -> bool:
+        """Whether the backend can look schemas up by id (:meth:`resolve_id`); no I/O."""
+        from toolkit.registry.base import supports_schema_ids
+
+        return supports_schema_ids(self.registry)
+
+    def resolve_id(self, schema_id: int, *, fresh: bool = False) -> tuple[SchemaById, T]:
+        """The schema with this id (and the subjects and versions it is registered as) with its compiled
+        artefact.
+
+        ``fresh``: ask the registry even when the id is cached or remembered missing (the subjects and
+        versions of a known id are asked again; concurrent fresh lookups of one id may each ask).
+
+        Raises:
+            SchemaNotFound: no schema has this id (possibly remembered from a recent miss).
+            RegistryUnavailable: the registry cannot answer; not cached.
+            ConfigError: the backend has no schema ids (the local folder).
+            Exception: whatever ``compile`` raises for a schema it cannot compile; not cached.
+        """
+        _args.integer("schema_id", schema_id, low=0)
+        if not fresh and (entry := self._ids.get(schema_id)) is not None:
+            return entry
+        get_by_id = getattr(self.registry, "get_by_id", None)
+        if not callable(get_by_id):
+            from toolkit.registry.local import no_schema_ids
+
+            raise ConfigError(no_schema_ids(self.registry), setting="SCHEMA_REGISTRY_URL")
+        asked_after = self._misses if fresh else None
+        key = (_ID, schema_id)
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                if not fresh and (entry := self._ids.get(schema_id)) is not None:
+                    return entry  # another thread filled it while we waited
+                self._raise_if_missing(key, asked_after)
+                try:
+                    found = get_by_id(schema_id)
+                except SchemaNotFound as exc:
+                    if self._not_found_ttl_s > 0:
+                        self._remember_missing(key, str(exc))
+                    raise
+                known = self._ids.get(schema_id)
+                if known is not None and (known[0].format, known[0].text) == (found.format, found.text):
+                    entry = (found, known[1])
+                else:
+                    entry = (found, self._compile_by_id(found))
+                self._ids[schema_id] = entry
+                return entry
+        finally:
+            with self._lock:
+                if self._key_locks.get(key) is lock and not lock.locked():
+                    del self._key_locks[key]
+
+    def _compile_by_id(self, found: SchemaById) -> T:
+        try:
+            return self._compile(found.registered())
+        except Exception as exc:
+            if not found.references:
+                raise
+            names = ", ".join(str(ref.get("name", ref)) for ref in found.references)
+            raise RegistryError(f"schema id {found.schema_id} uses schema references ({names}), which the "
+                                f"toolkit does not resolve yet, and cannot be compiled without them: "
+                                f"{type(exc).__name__}: {exc}") from None
+
     # ------------------------------------------------------------------ the protocol
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
@@ -107,7 +180,8 @@ class CachedRegistry(Generic[T]):
         return self.registry.versions(subject)
 
     def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
-        """Registers through the backend, then forgets ``subject``'s latest and remembered misses."""
+        """Registers through the backend, then forgets ``subject``'s latest and remembered misses (and the
+        remembered unknown schema ids: the registration may have made one)."""
         try:
             return self.registry.register(subject, text, schema_format)
         finally:
@@ -121,14 +195,15 @@ class CachedRegistry(Generic[T]):
         self.registry.close()
 
     def invalidate(self, subject: str | None = None) -> None:
-        """Forget ``latest`` and remembered misses (of ``subject``, or all); versions stay (immutable)."""
+        """Forget ``latest`` and remembered misses (of ``subject`` and of schema ids, or all); versions and
+        ids found stay (immutable)."""
         with self._lock:
             if subject is None:
                 self._latest.clear()
                 self._missing.clear()
                 return
             self._latest.pop(subject, None)
-            for key in [key for key in self._missing if key[0] == subject]:
+            for key in [key for key in self._missing if key[0] in (subject, _ID)]:
                 del self._missing[key]
 
     # ------------------------------------------------------------------ internals

@@ -44,7 +44,7 @@ from toolkit.errors import (
     SchemaNotFound,
 )
 from toolkit.layout import Compatibility
-from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaFormat
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class ConfluentHttpRegistry:
         options.update(overrides)
         return cls(settings.url, transport=transport, event_hooks=event_hooks, **options)
 
+    supports_schema_ids = True  # the registry assigns ids: Confluent's wire format can be read
+
     def __repr__(self) -> str:
         return f"ConfluentHttpRegistry({self.url!r}, auth={self._auth_kind!r})"
 
@@ -165,6 +167,51 @@ class ConfluentHttpRegistry:
         body = self._call("GET", f"{_subject_path(subject)}/versions/latest",
                           subject=subject, version="latest")
         return _registered(body, subject)
+
+    def get_by_id(self, schema_id: int) -> SchemaById:
+        """``GET /schemas/ids/{id}``, then ``GET /schemas/ids/{id}/versions`` for the subjects and versions
+        registered with it. A registry without that endpoint (older Confluent) answers a bare 404 there;
+        the subjects are then found by looking the schema up in each (``POST /subjects/{subject}``).
+
+        Raises:
+            SchemaNotFound: no schema has this id (also for an id that is not an integer >= 0).
+            RegistryUnavailable: as :meth:`get`.
+            RegistryError: the registry holds a schema type other than JSON and AVRO.
+        """
+        if not isinstance(schema_id, int) or isinstance(schema_id, bool) or schema_id < 0:
+            raise SchemaNotFound(f"schema id {schema_id!r} is not an integer >= 0")
+        try:
+            body = self._call("GET", f"/schemas/ids/{schema_id}")
+            pairs = self._call("GET", f"/schemas/ids/{schema_id}/versions", absent=(None,))
+        except SchemaNotFound as exc:
+            detail = str(exc).replace(": request (", " (", 1)  # no subject or version to name
+            raise SchemaNotFound(f"schema id {schema_id} is not in the registry: {detail}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
+            raise RegistryUnavailable(f"schema registry {self.url}: GET /schemas/ids/{schema_id} answered "
+                                      f"{self._scrub(str(body)[:200])!r}, not a schema; point "
+                                      "SCHEMA_REGISTRY_URL at the API root")
+        raw_type = body.get("schemaType")
+        try:
+            schema_format = SchemaFormat(raw_type) if raw_type else SchemaFormat.AVRO
+        except ValueError:
+            raise RegistryError(f"schema id {schema_id}: schemaType {raw_type!r} is not supported (JSON and "
+                                "AVRO are)") from None
+        if pairs is None:
+            versions = self._versions_by_lookup(schema_id, body["schema"], schema_format)
+        else:
+            versions = tuple((str(p["subject"]), int(p["version"])) for p in pairs
+                             if isinstance(p, dict) and "subject" in p and "version" in p)
+        return SchemaById(schema_id, schema_format, body["schema"], versions,
+                          tuple(body.get("references") or ()))
+
+    def _versions_by_lookup(self, schema_id: int, text: str, schema_format: SchemaFormat
+                            ) -> tuple[tuple[str, int], ...]:
+        found = []
+        for subject in self.subjects():
+            registered = self.lookup(subject, text, schema_format)
+            if registered is not None and registered.schema_id in (None, schema_id):
+                found.append((registered.subject, registered.version))
+        return tuple(found)
 
     def subjects(self) -> list[str]:
         return list(self._call("GET", "/subjects"))
@@ -279,7 +326,7 @@ class ConfluentHttpRegistry:
 
     def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
               subject: str | None = None, version: int | str | None = None,
-              absent: tuple[int, ...] = (), incompatible_answer: bool = False) -> Any:
+              absent: tuple[int | None, ...] = (), incompatible_answer: bool = False) -> Any:
         """The JSON answer, or None for a 404 whose error code is in ``absent``, or a refused
         :class:`Registration` for a 409 when ``incompatible_answer``."""
         what = f"{method} {path}"
@@ -307,7 +354,7 @@ class ConfluentHttpRegistry:
             self._sleep(delay)
 
     def _answer(self, response: httpx.Response, what: str, context: dict[str, Any],
-                absent: tuple[int, ...], attempt: int, incompatible_answer: bool = False) -> Any:
+                absent: tuple[int | None, ...], attempt: int, incompatible_answer: bool = False) -> Any:
         status = response.status_code
         misconfigured = {"attempts": attempt, **context}
         if status < 300:

@@ -12,6 +12,11 @@ The folder is the source of truth and is changed by pull requests, not by this c
 - :meth:`~LocalFolderRegistry.check_compatibility` answers only for an identical schema; real compatibility
   checks between versions are ``epistle check``'s job (or an HTTP registry's).
 
+Schema ids: the folder has none (a version is a file, numbered per subject), so records in Confluent's wire
+format, which name their schema by a registry-wide id, cannot be read with it: ``supports_schema_ids`` is
+False and :meth:`~LocalFolderRegistry.get_by_id` raises :class:`~toolkit.errors.ConfigError` saying to set
+``SCHEMA_REGISTRY_URL`` (the consumer checks this when it starts, before any record is read).
+
 Subject names: a folder is a subject (the default strategy, subject = schemaName). For Confluent's
 ``<topic>-value`` strategy, ``<topic>-value`` resolves to the one subject whose ``subject.toml`` lists
 the topic.
@@ -27,9 +32,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from toolkit import _args
-from toolkit.errors import RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
+from toolkit.errors import ConfigError, RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
 from toolkit.layout import Subject, load_schemas
-from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaFormat, same_schema
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaFormat, same_schema
 
 TOPIC_VALUE_SUFFIX = "-value"
 RESCAN_INTERVAL_S = 1.0
@@ -53,6 +58,8 @@ class LocalFolderRegistry:
         self._subjects: dict[str, Subject] | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
+
+    supports_schema_ids = False  # versions are files: there is no registry-wide schema id
 
     def __repr__(self) -> str:
         return f"LocalFolderRegistry({str(self.schemas_dir)!r})"
@@ -130,6 +137,14 @@ class LocalFolderRegistry:
         found = self._or_rescan(lambda: self._subject(subject))
         return _registered(subject, found.latest.version, found.latest.format, found.latest.text)
 
+    def get_by_id(self, schema_id: int) -> SchemaById:
+        """Always refused: the folder assigns no schema ids (see the module doc).
+
+        Raises:
+            ConfigError: naming ``SCHEMA_REGISTRY_URL``, the fix.
+        """
+        raise ConfigError(no_schema_ids(self), setting="SCHEMA_REGISTRY_URL")
+
     def subjects(self) -> list[str]:
         return list(self._all())
 
@@ -177,6 +192,13 @@ class LocalFolderRegistry:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def no_schema_ids(registry: object) -> str:
+    """Why records in Confluent's wire format cannot be read with ``registry``, and the fix."""
+    return (f"{registry!r} has no schema ids, and records in Confluent's wire format name their schema by "
+            "the registry's id: set SCHEMA_REGISTRY_URL to the Confluent-compatible registry their producers "
+            "use (for Apicurio .../apis/ccompat/v7), or read the topic as envelopes (value format envelope)")
 
 
 def _is_version(version: object) -> bool:
