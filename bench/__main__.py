@@ -44,7 +44,7 @@ from bench import latency as latency_probe
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 ALL = ["L0", "L1", "T", "T-tuned", "P1", "P2"]
-TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0)]
+TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0), ("T", "T@base", 0.95)]
 LABELS = {"L0": "raw librdkafka (L0)", "L1": "hand-written loop (L1)", "T": "toolkit (T)",
           "T-tuned": "toolkit tuned", "P1": "FastStream (P1)", "P2": "DeserializingConsumer (P2)"}
 # layout: (the broker's CPUs or None to leave it, the contender's CPUs or "" for any)
@@ -56,13 +56,36 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
+BASELINE = "T@base"  # the toolkit (defaults, as T) at the --baseline git revision
+_baseline_dir: Path | None = None
+
+
+def baseline_checkout(ref: str) -> Path:
+    """The files of git revision ``ref`` (its toolkit and generated models), extracted once under .cache."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                         text=True)
+    if sha.returncode != 0:
+        raise SystemExit(f"--baseline {ref}: not a git revision of this repository ({sha.stderr.strip()})")
+    target = ROOT / ".cache" / "bench-baseline" / sha.stdout.strip()[:12]
+    if not (target / "toolkit").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha.stdout.strip(), "toolkit", "generated_models", "schemas"],
+                                 cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
 def _run_contender(name: str, bootstrap: str, topic: str, count: int, fmt: str, timeout: float,
                    cpus: str = "") -> dict:
+    env = None
+    if name == BASELINE:  # the same contender code, importing the baseline's toolkit
+        assert _baseline_dir is not None
+        name, env = "T", {**os.environ, "EPISTLE_BENCH_TOOLKIT": str(_baseline_dir)}
     command = [sys.executable, "-m", "bench.contenders", name, bootstrap, topic, str(count), fmt]
     if cpus:
         command += ["--cpus", cpus]
     before = machine.read_cpu_times()
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     share = machine.cpu_share(before, machine.read_cpu_times())  # the whole machine during the run
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
@@ -327,6 +350,9 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=3, help="latency runs per contender, interleaved")
     parser.add_argument("--latency-fraction", type=float, default=0.4,
                         help="latency rate as a fraction of L1's measured JSON msg/s")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help=f"also run the toolkit of this git revision ({BASELINE}), interleaved with T: "
+                             "a before/after ratio from one run, e.g. --baseline main --contenders T")
     parser.add_argument("--unpin-broker", action="store_true",
                         help="give the local broker every CPU again (after a pinned run was killed) and exit")
     args = parser.parse_args()
@@ -357,6 +383,12 @@ def main() -> None:
         print(f"wrote {args.out}/results.json, results.md (resume after SIGKILL)")
         return
     contenders = _names(parser, args.contenders, ALL)
+    if args.baseline:
+        global _baseline_dir
+        _baseline_dir = baseline_checkout(args.baseline)
+        LABELS[BASELINE] = f"toolkit at {args.baseline} ({BASELINE})"
+        contenders.append(BASELINE)
+        print(f"[baseline] {args.baseline}: {_baseline_dir}", flush=True)
     layouts = _names(parser, args.layouts, list(LAYOUTS))
     rss_contenders = _names(parser, args.rss_contenders, ALL)
     latency_contenders = _names(parser, args.latency_contenders, sorted(latency_probe.CONSUMERS))

@@ -278,6 +278,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("fmt", choices=["json", "avro"])
     parser.add_argument("--cpus", default="", help="comma-separated CPU numbers this process may run on")
     args = parser.parse_args(argv[1:])
+    baseline = os.environ.get("EPISTLE_BENCH_TOOLKIT")
+    if baseline:  # bench --baseline: import the toolkit (and its generated models) of another revision
+        sys.path.insert(0, baseline)
+        os.chdir(baseline)  # its schemas/ folder is the registry
     if args.cpus:  # before any thread exists: librdkafka's and the toolkit's threads inherit it
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     from bench.machine import peak_rss_mb

@@ -210,3 +210,20 @@ def test_markdown_shows_labels_and_new_columns():
     assert "layout pinned" in text and "| hand-written loop (L1) | 100 |" in text
     assert "cores busy" in text and "steal %" in text and "50,000 ops/s" in text
     assert "p99 1.5x (target p99 <= 2.0x: met)" in text
+
+
+def test_the_baseline_contender_runs_the_same_code_on_the_baselines_toolkit(monkeypatch, tmp_path) -> None:
+    import bench.__main__ as bench_main
+
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, '{"msgs_per_s": 1.0}', ""
+
+    monkeypatch.setattr(bench_main, "_baseline_dir", tmp_path)
+    monkeypatch.setattr(bench_main.subprocess, "run", lambda command, **kw: calls.append((command, kw)) or Done())
+    bench_main._run_contender(bench_main.BASELINE, "b:9092", "t", 10, "json", timeout=5)
+    bench_main._run_contender("T", "b:9092", "t", 10, "json", timeout=5)
+    (base_cmd, base_kw), (t_cmd, t_kw) = calls
+    assert base_cmd == t_cmd and base_cmd[3] == "T"
+    assert base_kw["env"]["EPISTLE_BENCH_TOOLKIT"] == str(tmp_path) and t_kw["env"] is None
