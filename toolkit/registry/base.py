@@ -29,6 +29,9 @@ class RegisteredSchema:
 
 @dataclass(frozen=True)
 class CompatibilityResult:
+    """A registry's answer to "would this schema be accepted?": from :meth:`SchemaRegistry.check_compatibility`
+    or from registering in a scratch subject (:class:`toolkit.compat.registry.ScratchRegistry`)."""
+
     compatible: bool
     messages: tuple[str, ...] = field(default=())
 
