@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from toolkit import _args
+from toolkit.backoff import exponential_delay
 from toolkit.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -84,8 +85,8 @@ class RetryPolicy:
                                   setting=f"retry.{name}")
 
     def delay(self, attempt: int) -> float:
-        """Backoff after failed attempt number ``attempt`` (1-based)."""
-        return min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+        """Backoff after failed attempt number ``attempt`` (1-based): :func:`toolkit.backoff.exponential_delay`."""
+        return exponential_delay(attempt, self.initial_s, self.max_s, self.multiplier)
 
 
 @dataclass(frozen=True, slots=True)
