@@ -22,7 +22,6 @@ naming its path; they refuse NaN/inf too when a custom serializer lets the token
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pydantic.alias_generators import to_camel
 
 from toolkit import _args
 from toolkit.errors import MessageError, safe_str
+from toolkit.layout import SCHEMA_VERSION
 
 MAX_DEPTH = 4096
 """The default of ``EPISTLE_MAX_NESTING_DEPTH``: the deepest JSON nesting accepted in a record, counted over
@@ -44,9 +44,6 @@ LIMIT_DEPTH = 5000
 """The highest accepted setting. Deeper documents may exhaust a thread's 8 MB stack in the C and Rust
 parsers and validators (a crash, not an exception: jsonschema explaining a 10,000-level body did; 8,000
 did not)."""
-
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")
-
 
 def _iso_timestamp_with_zone(value: str) -> str:
     try:
@@ -59,7 +56,7 @@ def _iso_timestamp_with_zone(value: str) -> str:
 
 
 def _positive_integer_string(value: str) -> str:
-    if not _VERSION.fullmatch(value):
+    if not SCHEMA_VERSION.fullmatch(value):
         raise ValueError('must be a positive integer without sign, leading zeros or decimals, e.g. "1"')
     return value
 

@@ -17,6 +17,7 @@ Avro parsing) live in :mod:`toolkit.validation`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import tomllib
@@ -30,7 +31,10 @@ from toolkit.errors import SchemaFileError
 
 SUBJECT_CONFIG = "subject.toml"
 _SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
-_VERSION = re.compile(r"^[1-9][0-9]*$")
+SCHEMA_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+"""A schema version written as text (a version file's name, an envelope's ``schemaVersion``, use ``fullmatch``):
+a positive integer without sign, leading zeros or decimals, below 10**9 (registries number versions with 32-bit
+ints, and ``int()`` of a long digit string is slow or refused)."""
 
 
 class SchemaFormat(StrEnum):
@@ -167,10 +171,10 @@ def load_subject(folder: Path) -> Subject:
             raise SchemaFileError(path, f"unexpected file type {path.suffix or '(none)'!r}",
                                   fix="schema versions are <N>.json (JSON Schema) or <N>.avsc (Avro); "
                                       "move other files out of the subject folder or into a subfolder")
-        if not _VERSION.match(path.stem):
+        if not SCHEMA_VERSION.fullmatch(path.stem):
             raise SchemaFileError(path, f"file name {path.stem!r} is not a positive integer version",
                                   field="version", fix=f"rename it to <N>{path.suffix} with N = 1, 2, ... "
-                                                       "(no leading zeros)")
+                                                       "(no leading zeros, below 1000000000)")
         version = int(path.stem)
         if version in found:
             raise SchemaFileError(path, f"version {version} exists twice ({found[version].path.name} and "
@@ -187,7 +191,9 @@ def load_subject(folder: Path) -> Subject:
                               fix="keep one format per subject; use a new subject for the other format")
     expected = list(range(1, len(found) + 1))
     if sorted(found) != expected:
-        missing = sorted(set(range(1, max(found) + 1)) - set(found))
+        # Listed lazily, the first ten: a file named 999999999.json leaves almost a billion numbers out.
+        gaps = (version for version in range(1, max(found)) if version not in found)
+        missing = f"{list(itertools.islice(gaps, 10))}" + (" ..." if next(gaps, None) is not None else "")
         raise SchemaFileError(folder, f"version sequence has a gap: missing {missing}", field="version",
                               fix="versions run 1, 2, 3 ... without gaps; add or rename the missing version")
     return Subject(name, folder, config, tuple(found[v] for v in expected))

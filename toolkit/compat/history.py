@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.compat.findings import Finding, Severity
+from toolkit.layout import SCHEMA_VERSION
 
-_VERSION_FILE = re.compile(r"^(?P<subject>[^/]+)/(?P<version>[1-9][0-9]*)\.(json|avsc)$")
+_VERSION_FILE = re.compile(rf"^(?P<subject>[^/]+)/(?P<version>{SCHEMA_VERSION.pattern})\.(json|avsc)$")
 
 
 @dataclass(frozen=True)
