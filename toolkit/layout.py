@@ -121,6 +121,13 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
                               fix="correct the JSON syntax") from None
 
 
+def canonical_json(document: Any) -> str:
+    """``document`` as JSON text with sorted keys and no whitespace: two documents are the same JSON when
+    their canonical texts are equal (key order and formatting aside). Not ``==``, which takes ``1``, ``1.0``
+    and ``true`` for one value, although ``{"const": true}`` and ``{"const": 1}`` are different schemas."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def load_subject_config(path: Path) -> SubjectConfig:
     """Read a subject.toml (defaults when it does not exist). Raises SchemaFileError when it is invalid."""
     path = _args.path("path", path)

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from toolkit import _args
 from toolkit.errors import ConfigError, InvalidArgument
-from toolkit.layout import SUBJECT_CONFIG, Compatibility, SchemaFormat, Subject
+from toolkit.layout import SUBJECT_CONFIG, Compatibility, SchemaFormat, Subject, canonical_json
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def canonical_schema(text: str) -> str:
         document = json.loads(text)
     except ValueError:
         return text.strip()
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_json(document)
 
 
 def same_schema(a: str, b: str) -> bool:
