@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -98,9 +99,42 @@ class Envelope(BaseModel):
     body: Any = Field(...)
 
     def to_bytes(self) -> bytes:
-        """Compact JSON, camelCase header: what a producer puts in the record value."""
-        return json.dumps({"header": self.header.model_dump(by_alias=True), "body": self.body},
-                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        """What a producer puts in the record value: :func:`encode_envelope` of the camelCase header."""
+        return encode_envelope(self.header.model_dump(by_alias=True), self.body)
+
+
+def header_fields(schema_name: str, version: int | str, *, message_type: str, producer: str,
+                  message_id: str | None = None, correlation_id: str | None = None,
+                  timestamp: str | None = None) -> dict[str, str]:
+    """The wire header (camelCase) of a new message, defaults filled: a new UUID as ``message_id``, the message
+    id as ``correlation_id`` (the message starts a conversation), now (UTC, milliseconds) as ``timestamp``.
+
+    Not checked: ``Header.model_validate(header_fields(...))`` checks it, while tests and the demo send headers a
+    consumer must refuse.
+    """
+    message_id = message_id or str(uuid.uuid4())
+    return {"messageType": message_type, "schemaName": schema_name, "schemaVersion": str(version),
+            "correlationId": correlation_id or message_id, "messageId": message_id,
+            "timestamp": timestamp or datetime.now(UTC).isoformat(timespec="milliseconds"), "producer": producer}
+
+
+def encode_envelope(header: Mapping[str, Any], body: Any) -> bytes:
+    """``{"header": ..., "body": ...}`` as record value bytes (:func:`compact_json`)."""
+    return compact_json({"header": dict(header), "body": body})
+
+
+def compact_json(value: Any) -> bytes:
+    """Compact strict JSON in UTF-8: what the toolkit writes in record values (envelopes, dead letters, JSON
+    bodies in Confluent's framing). Strings UTF-8 cannot hold (lone surrogates) make the whole document ASCII
+    with \\u escapes, which every JSON reader turns back into the same strings.
+
+    Raises:
+        ValueError: ``value`` holds NaN or an infinity (JSON has neither).
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 @runtime_checkable
