@@ -102,7 +102,8 @@ class Subject:
 
 
 def parse_json_file(path: Path, text: str | None = None) -> Any:
-    """Parse a JSON file, raising SchemaFileError with the line and column of a syntax error."""
+    """Parse a JSON file (or ``text``, a registry's schema text, ``path`` naming it), raising SchemaFileError with
+    the line and column of a syntax error: the one parse of schema text, for the folder and the runtime."""
     path = _args.path("path", path)
     if text is not None:
         _args.text("text", text)
@@ -119,6 +120,9 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
     except json.JSONDecodeError as exc:
         raise SchemaFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                               fix="correct the JSON syntax") from None
+    except RecursionError:
+        raise SchemaFileError(path, "JSON nested too deeply to parse",
+                              fix="flatten it with definitions ($defs in JSON Schema, named types in Avro)") from None
 
 
 def canonical_json(document: Any) -> str:
