@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from toolkit.envelope import encode_envelope, header_fields
+
 PARTITIONS = 3
 
 
@@ -54,16 +56,9 @@ FORMATS = {"json": ("orders", "2", order_body), "avro": ("shipments", "2", shipm
 def envelope(fmt: str, rng: random.Random, produced_at: datetime | None = None,
              producer_name: str = "bench") -> bytes:
     schema_name, version, make_body = FORMATS[fmt]
-    header = {
-        "messageType": "OrderPlaced" if fmt == "json" else "ShipmentUpdated",
-        "schemaName": schema_name,
-        "schemaVersion": version,
-        "correlationId": str(uuid.uuid4()),
-        "messageId": str(uuid.uuid4()),
-        "timestamp": (produced_at or datetime.now(UTC)).isoformat(),
-        "producer": producer_name,
-    }
-    return json.dumps({"header": header, "body": make_body(rng)}, separators=(",", ":")).encode()
+    header = header_fields(schema_name, version, message_type="OrderPlaced" if fmt == "json" else "ShipmentUpdated",
+                           producer=producer_name, timestamp=(produced_at or datetime.now(UTC)).isoformat())
+    return encode_envelope(header, make_body(rng))
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:

@@ -22,11 +22,11 @@ naming its path; they refuse NaN/inf too when a custom serializer lets the token
 from __future__ import annotations
 
 import json
-import re
 import sys
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, cast, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from toolkit import _args
 from toolkit.errors import MessageError, safe_str
+from toolkit.layout import SCHEMA_VERSION
 
 MAX_DEPTH = 4096
 """The default of ``EPISTLE_MAX_NESTING_DEPTH``: the deepest JSON nesting accepted in a record, counted over
@@ -44,9 +45,6 @@ LIMIT_DEPTH = 5000
 """The highest accepted setting. Deeper documents may exhaust a thread's 8 MB stack in the C and Rust
 parsers and validators (a crash, not an exception: jsonschema explaining a 10,000-level body did; 8,000
 did not)."""
-
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")
-
 
 def _iso_timestamp_with_zone(value: str) -> str:
     try:
@@ -59,7 +57,7 @@ def _iso_timestamp_with_zone(value: str) -> str:
 
 
 def _positive_integer_string(value: str) -> str:
-    if not _VERSION.fullmatch(value):
+    if not SCHEMA_VERSION.fullmatch(value):
         raise ValueError('must be a positive integer without sign, leading zeros or decimals, e.g. "1"')
     return value
 
@@ -101,9 +99,42 @@ class Envelope(BaseModel):
     body: Any = Field(...)
 
     def to_bytes(self) -> bytes:
-        """Compact JSON, camelCase header: what a producer puts in the record value."""
-        return json.dumps({"header": self.header.model_dump(by_alias=True), "body": self.body},
-                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        """What a producer puts in the record value: :func:`encode_envelope` of the camelCase header."""
+        return encode_envelope(self.header.model_dump(by_alias=True), self.body)
+
+
+def header_fields(schema_name: str, version: int | str, *, message_type: str, producer: str,
+                  message_id: str | None = None, correlation_id: str | None = None,
+                  timestamp: str | None = None) -> dict[str, str]:
+    """The wire header (camelCase) of a new message, defaults filled: a new UUID as ``message_id``, the message
+    id as ``correlation_id`` (the message starts a conversation), now (UTC, milliseconds) as ``timestamp``.
+
+    Not checked: ``Header.model_validate(header_fields(...))`` checks it, while tests and the demo send headers a
+    consumer must refuse.
+    """
+    message_id = message_id or str(uuid.uuid4())
+    return {"messageType": message_type, "schemaName": schema_name, "schemaVersion": str(version),
+            "correlationId": correlation_id or message_id, "messageId": message_id,
+            "timestamp": timestamp or datetime.now(UTC).isoformat(timespec="milliseconds"), "producer": producer}
+
+
+def encode_envelope(header: Mapping[str, Any], body: Any) -> bytes:
+    """``{"header": ..., "body": ...}`` as record value bytes (:func:`compact_json`)."""
+    return compact_json({"header": dict(header), "body": body})
+
+
+def compact_json(value: Any) -> bytes:
+    """Compact strict JSON in UTF-8: what the toolkit writes in record values (envelopes, dead letters, JSON
+    bodies in Confluent's framing). Strings UTF-8 cannot hold (lone surrogates) make the whole document ASCII
+    with \\u escapes, which every JSON reader turns back into the same strings.
+
+    Raises:
+        ValueError: ``value`` holds NaN or an infinity (JSON has neither).
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ Avro parsing) live in :mod:`toolkit.validation`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import tomllib
@@ -30,7 +31,10 @@ from toolkit.errors import SchemaFileError
 
 SUBJECT_CONFIG = "subject.toml"
 _SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
-_VERSION = re.compile(r"^[1-9][0-9]*$")
+SCHEMA_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+"""A schema version written as text (a version file's name, an envelope's ``schemaVersion``, use ``fullmatch``):
+a positive integer without sign, leading zeros or decimals, below 10**9 (registries number versions with 32-bit
+ints, and ``int()`` of a long digit string is slow or refused)."""
 
 
 class SchemaFormat(StrEnum):
@@ -98,7 +102,8 @@ class Subject:
 
 
 def parse_json_file(path: Path, text: str | None = None) -> Any:
-    """Parse a JSON file, raising SchemaFileError with the line and column of a syntax error."""
+    """Parse a JSON file (or ``text``, a registry's schema text, ``path`` naming it), raising SchemaFileError with
+    the line and column of a syntax error: the one parse of schema text, for the folder and the runtime."""
     path = _args.path("path", path)
     if text is not None:
         _args.text("text", text)
@@ -115,6 +120,16 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
     except json.JSONDecodeError as exc:
         raise SchemaFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                               fix="correct the JSON syntax") from None
+    except RecursionError:
+        raise SchemaFileError(path, "JSON nested too deeply to parse",
+                              fix="flatten it with definitions ($defs in JSON Schema, named types in Avro)") from None
+
+
+def canonical_json(document: Any) -> str:
+    """``document`` as JSON text with sorted keys and no whitespace: two documents are the same JSON when
+    their canonical texts are equal (key order and formatting aside). Not ``==``, which takes ``1``, ``1.0``
+    and ``true`` for one value, although ``{"const": true}`` and ``{"const": 1}`` are different schemas."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def load_subject_config(path: Path) -> SubjectConfig:
@@ -167,10 +182,10 @@ def load_subject(folder: Path) -> Subject:
             raise SchemaFileError(path, f"unexpected file type {path.suffix or '(none)'!r}",
                                   fix="schema versions are <N>.json (JSON Schema) or <N>.avsc (Avro); "
                                       "move other files out of the subject folder or into a subfolder")
-        if not _VERSION.match(path.stem):
+        if not SCHEMA_VERSION.fullmatch(path.stem):
             raise SchemaFileError(path, f"file name {path.stem!r} is not a positive integer version",
                                   field="version", fix=f"rename it to <N>{path.suffix} with N = 1, 2, ... "
-                                                       "(no leading zeros)")
+                                                       "(no leading zeros, below 1000000000)")
         version = int(path.stem)
         if version in found:
             raise SchemaFileError(path, f"version {version} exists twice ({found[version].path.name} and "
@@ -187,7 +202,9 @@ def load_subject(folder: Path) -> Subject:
                               fix="keep one format per subject; use a new subject for the other format")
     expected = list(range(1, len(found) + 1))
     if sorted(found) != expected:
-        missing = sorted(set(range(1, max(found) + 1)) - set(found))
+        # Listed lazily, the first ten: a file named 999999999.json leaves almost a billion numbers out.
+        gaps = (version for version in range(1, max(found)) if version not in found)
+        missing = f"{list(itertools.islice(gaps, 10))}" + (" ..." if next(gaps, None) is not None else "")
         raise SchemaFileError(folder, f"version sequence has a gap: missing {missing}", field="version",
                               fix="versions run 1, 2, 3 ... without gaps; add or rename the missing version")
     return Subject(name, folder, config, tuple(found[v] for v in expected))

@@ -37,10 +37,8 @@ import json
 import logging
 import struct
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
@@ -49,7 +47,7 @@ from pydantic import BaseModel
 
 from toolkit.consumer.context import current_message
 from toolkit.consumer.kafka_log import kafka_logger
-from toolkit.envelope import Envelope, Header
+from toolkit.envelope import Header, compact_json, encode_envelope, header_fields
 from toolkit.errors import ConfigError, EpistleError, InvalidArgument, MessageError, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import SubjectContext, SubjectStrategy
@@ -338,15 +336,14 @@ class EnvelopeProducer:
         except MessageError as exc:
             raise refused(exc.reason, exc.details) from None
 
-        new_id = message_id or str(uuid.uuid4())
-        header = Header(message_type=message_type, schema_name=schema_name, schema_version=str(version),
-                        correlation_id=correlation_id or self._carried_correlation_id() or new_id,
-                        message_id=new_id, timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                        producer=self.name)
+        fields = header_fields(schema_name, version, message_type=message_type, producer=self.name,
+                               message_id=message_id,
+                               correlation_id=correlation_id or self._carried_correlation_id())
+        header = Header.model_validate(fields)
         record_headers = _headers(headers)
         schema_id = registered.schema_id
         if wire is WireFormat.ENVELOPE:
-            payload = Envelope(header=header, body=body).to_bytes()
+            payload = encode_envelope(fields, body)
         else:
             if schema_id is None:
                 raise PublishRefused(f"topic {topic!r} is written in Confluent's wire format, which needs the "
@@ -356,12 +353,11 @@ class EnvelopeProducer:
                                      "EPISTLE_PRODUCER_CONFLUENT_TOPICS", topic=topic, schema_name=schema_name,
                                      version=version)
             prefix = struct.pack(">bI", _MAGIC, schema_id)
-            data = avro_binary_body(compiled.parsed, value) if avro else json.dumps(
-                body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            data = avro_binary_body(compiled.parsed, value) if avro else compact_json(body)
             payload = prefix + data
             # The header cannot travel inside the value: it goes in the record headers instead.
             record_headers = [*(record_headers or []),
-                              *((k, v.encode()) for k, v in header.model_dump(by_alias=True).items())]
+                              *((k, v.encode()) for k, v in fields.items())]
         return OutgoingRecord(topic, key.encode("utf-8") if isinstance(key, str) else key, payload,
                               record_headers, header, wire, schema_id)
 

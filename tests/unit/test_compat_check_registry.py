@@ -11,8 +11,8 @@ import pytest
 
 import toolkit.compat.registry as scratch_module
 from toolkit.compat.check import run_check
-from toolkit.compat.registry import RegistryVerdict
 from toolkit.errors import RegistryUnavailable
+from toolkit.registry import CompatibilityResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def failing_registry(status: int | None, asked: list[str]):
             if len(asked) == 1:
                 raise RegistryUnavailable("schema registry unavailable: POST failed 4 time(s)", status=status,
                                           subject=label)
-            return RegistryVerdict(True)
+            return CompatibilityResult(True)
 
     return Registry
 

@@ -10,10 +10,10 @@ import json
 import httpx
 import pytest
 
-from toolkit.compat.registry import RegistryVerdict, ScratchRegistry
+from toolkit.compat.registry import ScratchRegistry
 from toolkit.errors import ConfigError, RegistryError, RegistryRejected, RegistryUnavailable
 from toolkit.layout import Compatibility, SchemaFormat
-from toolkit.registry import ConfluentHttpRegistry
+from toolkit.registry import CompatibilityResult, ConfluentHttpRegistry
 from toolkit.settings import RegistrySettings
 
 URL = "http://registry.test/apis/ccompat/v7"
@@ -53,7 +53,7 @@ def scratch(server: Registry, max_attempts: int = 3) -> ScratchRegistry:
 def test_a_refusal_is_an_incompatible_verdict_with_the_registry_messages_and_the_subject_is_deleted():
     server = Registry((200, {"id": 1}), (409, {"error_code": 409, "message": REFUSAL}))
     verdict = scratch(server).verdict(SchemaFormat.AVRO, Compatibility.BACKWARD, [OLD, NEW], label="orders")
-    assert verdict == RegistryVerdict(False, (REFUSAL,))
+    assert verdict == CompatibilityResult(False, (REFUSAL,))
     subject = server.seen[0][1].split("/")[2]
     assert subject.startswith("t-orders-")
     assert [(m, p, params) for m, p, params, _ in server.seen] == [
@@ -72,7 +72,7 @@ def test_a_refusal_is_an_incompatible_verdict_with_the_registry_messages_and_the
 def test_an_accepted_version_and_one_identical_to_an_earlier_version():
     accepted = scratch(Registry((200, {"id": 1}), (200, {"id": 2}))).verdict(
         SchemaFormat.AVRO, Compatibility.FORWARD, [OLD, NEW])
-    assert accepted == RegistryVerdict(True)
+    assert accepted == CompatibilityResult(True)
     same = scratch(Registry((200, {"id": 1}))).verdict(SchemaFormat.AVRO, Compatibility.FORWARD, [OLD, OLD])
     assert same.compatible and "identical to an earlier version" in same.messages[0]
 

@@ -2,7 +2,15 @@ import json
 
 import pytest
 
-from toolkit.envelope import MAX_DEPTH, Envelope, Header, JsonSerializer, decode_record
+from toolkit.envelope import (
+    MAX_DEPTH,
+    Envelope,
+    Header,
+    JsonSerializer,
+    decode_record,
+    encode_envelope,
+    header_fields,
+)
 from toolkit.errors import MessageError
 
 HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "2", "correlationId": "c-1",
@@ -96,6 +104,27 @@ def test_envelope_round_trip():
     decoded = decode_record(env.to_bytes())
     assert decoded.header == env.header and decoded.body == {"x": [1, 2]}
     assert JsonSerializer().loads(env.to_bytes())["header"] == HEADER
+
+
+def test_one_envelope_builder():
+    fields = header_fields("orders", 2, message_type="OrderCreated", producer="shop", message_id="m-1",
+                           correlation_id="c-1", timestamp="2024-05-01T12:00:00Z")
+    assert fields == HEADER
+    body = {"name": "café", "n": [1, 2.5]}
+    value = encode_envelope(fields, body)
+    assert value == Envelope(header=Header.model_validate(fields), body=body).to_bytes()
+    assert "café".encode() in value and b" " not in value.replace(b"caf", b"")  # UTF-8, compact
+    started = header_fields("orders", 2, message_type="OrderCreated", producer="shop")
+    assert started["correlationId"] == started["messageId"]  # a new message starts a conversation
+    assert Header.model_validate(started).sent_at.tzinfo is not None
+
+
+def test_a_string_utf8_cannot_hold_is_escaped_not_an_error():
+    # "\ud800" is valid JSON text; a consumer reads it back as the same (lone surrogate) string.
+    value = encode_envelope({**HEADER, "messageId": "\ud800"}, {"a": "é"})
+    assert value.isascii() and json.loads(value) == {"header": {**HEADER, "messageId": "\ud800"}, "body": {"a": "é"}}
+    with pytest.raises(ValueError):
+        encode_envelope(HEADER, {"a": float("nan")})  # not JSON
 
 
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])

@@ -48,6 +48,7 @@ def test_samples_subfolder_is_ignored(tmp_path: Path) -> None:
         ({"0.json": OBJECT}, "not a positive integer", "version"),
         ({"v1.json": OBJECT}, "not a positive integer", "version"),
         ({"1.json": OBJECT, "3.json": OBJECT}, "gap: missing [2]", "version"),
+        ({"1.json": OBJECT, "999999999.json": OBJECT}, "missing [2, 3, 4, 5, 6, 7, 8, 9, 10, 11] ...", "version"),
         ({"1.json": OBJECT, "2.avsc": '"int"'}, "mixes JSON Schema", None),
         ({"1.yaml": "x"}, "unexpected file type", None),
         ({"1.json": OBJECT, "subject.toml": 'compatibility = "SIDEWAYS"'}, "unknown compatibility", "compatibility"),
@@ -70,3 +71,33 @@ def test_problems_name_file_field_and_fix(tmp_path: Path, files, fragment, field
 def test_missing_schemas_folder(tmp_path: Path) -> None:
     with pytest.raises(SchemaFileError, match="schemas folder not found"):
         load_schemas(tmp_path / "nope")
+
+
+# One rule for a schema version written as text: a version file's name, an envelope's schemaVersion, and the
+# published version files `epistle check` compares with git all accept and refuse the same spellings.
+@pytest.mark.parametrize(("text", "accepted"), [
+    ("1", True), ("10", True), ("999999999", True),
+    ("0", False), ("01", False), ("-1", False), ("+1", False), ("1.0", False), ("1e3", False), (" 1", False),
+    ("\u0661", False),  # ARABIC-INDIC DIGIT ONE: str.isdigit() says yes
+    ("1000000000", False), ("9" * 200, False),  # past any registry's 32-bit version numbers
+])
+def test_a_version_is_spelled_the_same_everywhere(tmp_path: Path, text: str, accepted: bool) -> None:
+    from pydantic import ValidationError
+
+    from toolkit.compat.history import _VERSION_FILE
+    from toolkit.envelope import Header
+
+    folder = _subject(tmp_path, "orders", {f"{text}.json": OBJECT})
+    try:
+        load_schemas(tmp_path)
+        as_file = True
+    except SchemaFileError as exc:  # a lone version other than 1 is a gap, not a misspelling
+        as_file = "gap" in exc.problem
+    header = {"messageType": "T", "schemaName": "orders", "schemaVersion": text, "correlationId": "",
+              "messageId": "m", "timestamp": "2024-05-01T12:00:00Z", "producer": "p"}
+    try:
+        in_envelope = Header.model_validate(header).version == int(text)
+    except ValidationError:
+        in_envelope = False
+    published = _VERSION_FILE.match(f"orders/{text}.json") is not None
+    assert (as_file, in_envelope, published) == (accepted,) * 3, folder

@@ -236,6 +236,16 @@ def test_explicit_header_fields_win(producer, registry) -> None:
     assert (header.message_type, header.correlation_id, header.message_id) == ("OrderPlaced", "corr-1", "msg-1")
 
 
+def test_the_producer_and_the_test_helper_write_the_same_envelope(producer, registry) -> None:
+    from toolkit.consumer.testing import envelope_bytes
+
+    order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
+    record = producer.build("orders", order, message_id="msg-1")
+    header, body = record.header, json.loads(record.value)["body"]
+    assert record.value == envelope_bytes("orders", 1, body, message_type=header.message_type, message_id="msg-1",
+                                          producer=header.producer, timestamp=header.timestamp)
+
+
 def test_avro_body_is_avros_json_encoding(producer, registry) -> None:
     shipment = model_of(registry, Shipment, "shipments", 2, "full-two-parcels")
     body = decode_record(producer.build("shipments", shipment).value).body

@@ -14,9 +14,7 @@ scale or narrowed precision breaks readers although every Avro checker, Confluen
 
 from __future__ import annotations
 
-import json
 import re
-import warnings
 from typing import Any
 
 from avro.compatibility import (
@@ -27,23 +25,13 @@ from avro.compatibility import (
     check_schema_names,
     lookup_writer_field,
 )
-from avro.errors import IgnoredLogicalType
-from avro.schema import ArraySchema, MapSchema, NamedSchema, RecordSchema, Schema, UnionSchema, parse
+from avro.schema import ArraySchema, MapSchema, NamedSchema, RecordSchema, Schema, UnionSchema
 
 from toolkit.compat.findings import ACCEPTS, Issue
+from toolkit.formats.avro import parse_apache
 
 _Kind = SchemaIncompatibilityType
 _TYPE_MISMATCH = re.compile(r"reader type: (\S+) not compatible with writer type: (\S+)")
-
-
-def parse_avro(document: Any) -> Schema:
-    """Parse an Avro schema document (the JSON already loaded). Raises avro's SchemaParseException.
-
-    A logical type avro 1.12 does not know (``local-timestamp-*``) stays in the schema's attributes, where
-    the logical-type comparison reads it, without the library's warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IgnoredLogicalType)
-        return parse(json.dumps(document))
 
 
 def check(reader: Any, writer: Any) -> list[Issue]:
@@ -54,8 +42,8 @@ def check(reader: Any, writer: Any) -> list[Issue]:
     (the Python checker compares them as written). After it, logical types are compared, which the
     checker (Java's too, and so Confluent's) ignores: such findings say Confluent would accept the change.
     """
-    reader = parse_avro(qualify_aliases(reader if not isinstance(reader, Schema) else reader.to_json()))
-    writer = writer if isinstance(writer, Schema) else parse_avro(writer)
+    reader = parse_apache(qualify_aliases(reader if not isinstance(reader, Schema) else reader.to_json()))
+    writer = writer if isinstance(writer, Schema) else parse_apache(writer)
     verdict = _library(reader, writer)
     issues = []
     if verdict.compatibility is not SchemaCompatibilityType.compatible:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.compat.findings import Finding, Severity
+from toolkit.layout import SCHEMA_VERSION, canonical_json
 
-_VERSION_FILE = re.compile(r"^(?P<subject>[^/]+)/(?P<version>[1-9][0-9]*)\.(json|avsc)$")
+_VERSION_FILE = re.compile(rf"^(?P<subject>[^/]+)/(?P<version>{SCHEMA_VERSION.pattern})\.(json|avsc)$")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,6 @@ def check_immutable(schemas_dir: Path, base: Base) -> list[Finding]:
 
 def _same_json(a: str, b: str) -> bool:
     try:
-        return json.loads(a) == json.loads(b)
-    except ValueError:
+        return canonical_json(json.loads(a)) == canonical_json(json.loads(b))
+    except (ValueError, RecursionError):
         return False

@@ -53,6 +53,7 @@ from fractions import Fraction
 from typing import Any, TypeGuard
 
 from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity
+from toolkit.layout import canonical_json
 
 _ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "$schema", "$id", "id",
@@ -931,7 +932,7 @@ def _errors_at(issues: list[Issue], path: str) -> bool:
 
 
 def _distinct(branches: list[Any]) -> int:
-    return len({json.dumps(b, sort_keys=True) for b in branches})
+    return len({canonical_json(b) for b in branches})
 
 
 def _matching(edges: set[tuple[int, int]], writers: int) -> int:

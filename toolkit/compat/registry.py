@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import RegistryError, RegistryRejected
 from toolkit.layout import Compatibility, SchemaFormat
+from toolkit.registry.base import CompatibilityResult
 from toolkit.registry.http import ConfluentHttpRegistry
 from toolkit.settings import RegistrySettings
 
 # A verdict may need a registry to compare a long chain of versions: 30 s per request unless
 # SCHEMA_REGISTRY_TIMEOUT_S (or ``timeout``) says otherwise.
 _URL_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class RegistryVerdict:
-    compatible: bool
-    messages: tuple[str, ...] = ()
 
 
 class ScratchRegistry:
@@ -81,7 +75,7 @@ class ScratchRegistry:
         self.close()
 
     def verdict(self, schema_format: SchemaFormat, mode: Compatibility, versions: list[Any],
-                label: str = "subject") -> RegistryVerdict:
+                label: str = "subject") -> CompatibilityResult:
         """Would the registry accept the last of ``versions`` (raw documents, oldest first) under ``mode``?
 
         Raises:
@@ -98,15 +92,15 @@ class ScratchRegistry:
                 if index == 0:  # a subject-level config needs an existing subject on Apicurio
                     self.http.set_compatibility(subject, Compatibility.NONE)
             if len(versions) == 1:
-                return RegistryVerdict(True)
+                return CompatibilityResult(True)
             self.http.set_compatibility(subject, mode)
             answer = self.http.try_register(subject, json.dumps(versions[-1]), schema_format)
             if not answer.accepted:
-                return RegistryVerdict(False, answer.reasons)
+                return CompatibilityResult(False, answer.reasons)
             if answer.schema_id in earlier_ids:
-                return RegistryVerdict(True, ("identical to an earlier version: the registry returned that "
+                return CompatibilityResult(True, ("identical to an earlier version: the registry returned that "
                                               "version's id and checked nothing",))
-            return RegistryVerdict(True)
+            return CompatibilityResult(True)
         finally:
             self._delete(subject)
 

@@ -9,7 +9,7 @@ from toolkit import _args
 from toolkit.compat.findings import Finding, Issue, finding_for, reader_writer_pairs
 from toolkit.errors import InvalidArgumentType, UnsupportedSchema
 from toolkit.formats import format_for
-from toolkit.layout import Compatibility, SchemaFile, SchemaFormat, Subject
+from toolkit.layout import Compatibility, SchemaFile, SchemaFormat, Subject, canonical_json
 
 
 def check_pair(schema_format: SchemaFormat, reader: Any, writer: Any) -> list[Issue]:
@@ -24,9 +24,7 @@ def check_pair(schema_format: SchemaFormat, reader: Any, writer: Any) -> list[Is
     """
     fmt = format_for(schema_format)
     for label, document in (("reader", reader), ("writer", writer)):
-        problems = fmt.problems(label, document)
-        if problems and not isinstance(problems[0], UnsupportedSchema):
-            raise problems[0]
+        fmt.validate(label, document, codegen=False)
     return fmt.compatibility(reader, writer)
 
 
@@ -72,9 +70,10 @@ def check_subject(subject: Subject) -> list[Finding]:
     findings = [f for schema in subject.versions for f in validate_file(schema)]
     if any(f.rule == INVALID_SCHEMA for f in findings):  # comparing invalid schemas would only add noise
         return findings
+    canonical = [canonical_json(schema.document) for schema in subject.versions]
     for later in subject.versions[1:]:
         for earlier in subject.versions[:later.version - 1]:
-            if later.document == earlier.document:
+            if canonical[later.version - 1] == canonical[earlier.version - 1]:
                 findings.append(Finding(subject.name, "DUPLICATE_VERSION",
                                         f"v{later.version} is identical to v{earlier.version}; a registry "
                                         f"does not "

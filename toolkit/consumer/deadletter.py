@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from toolkit import _args
-from toolkit.envelope import depth_exceeds, reject_constant
+from toolkit.envelope import compact_json, depth_exceeds, reject_constant
 from toolkit.errors import InvalidArgument, InvalidArgumentType, safe_str
 
 H_TOPIC = "kafka_dlt-original-topic"
@@ -178,15 +178,6 @@ def _jsonable(details: Any) -> Any:
     return details
 
 
-def _dumps(body: dict[str, Any]) -> bytes:
-    """Compact strict JSON in UTF-8; strings that UTF-8 cannot hold (lone surrogates) make the whole
-    document ASCII with \\u escapes, which every JSON reader turns back into the same strings."""
-    try:
-        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(body, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
 def _utf8(text: str) -> bytes:
     """UTF-8 for a header; lone surrogates written as \\udxxx (the value keeps the exact text)."""
     return text.encode("utf-8", "backslashreplace")
@@ -292,7 +283,7 @@ def _build(source: SourceRecord, stage: str, reason: str, error: BaseException |
     }
     if shortened:
         body["shortened"] = shortened
-    encoded = _dumps(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()
+    encoded = compact_json(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()
     headers: Headers = [(_header_name(k), _header_value(v)) for k, v in source.headers
                         if not (isinstance(k, str) and k.startswith(DLT_PREFIX))]
     headers += [

@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from toolkit import _args
+from toolkit.backoff import exponential_delay
 from toolkit.consumer.handlers import DeadLetter, Retry
 from toolkit.errors import (
     BrokerUnavailable,
@@ -89,8 +90,8 @@ class RetryPolicy:
                                   setting=f"retry.{name}")
 
     def delay(self, attempt: int) -> float:
-        """Backoff after failed attempt number ``attempt`` (1-based)."""
-        return min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+        """Backoff after failed attempt number ``attempt`` (1-based): :func:`toolkit.backoff.exponential_delay`."""
+        return exponential_delay(attempt, self.initial_s, self.max_s, self.multiplier)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,22 +8,22 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from toolkit.envelope import encode_envelope, header_fields
 
 
 def envelope_bytes(schema_name: str, version: int | str, body: Any, *, message_type: str | None = None,
                    message_id: str | None = None, correlation_id: str | None = None,
                    producer: str = "epistle-tests", timestamp: str | None = None) -> bytes:
-    """Compact JSON envelope bytes with a valid header."""
-    header = {"messageType": message_type or f"{schema_name}.v{version}", "schemaName": schema_name,
-              "schemaVersion": str(version), "correlationId": correlation_id or str(uuid.uuid4()),
-              "messageId": message_id or str(uuid.uuid4()),
-              "timestamp": timestamp or datetime.now(UTC).isoformat(timespec="milliseconds"),
-              "producer": producer}
-    return json.dumps({"header": header, "body": body}, separators=(",", ":")).encode()
+    """Envelope bytes as a producer writes them (:func:`toolkit.envelope.encode_envelope`), the header filled by
+    :func:`toolkit.envelope.header_fields` and not checked (a test may send one the consumer must refuse)."""
+    header = header_fields(schema_name, version, message_type=message_type or f"{schema_name}.v{version}",
+                           producer=producer, message_id=message_id, correlation_id=correlation_id,
+                           timestamp=timestamp)
+    return encode_envelope(header, body)
 
 
 @dataclass(frozen=True)

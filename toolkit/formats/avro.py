@@ -83,12 +83,27 @@ class AvroFormat(BaseFormat):
         return avro_compat.check(reader, writer)
 
 
-def _parse_apache(path: Path | str, document: Any) -> None:
-    from avro.errors import AvroException
+def parse_apache(document: Any) -> Any:
+    """Apache Avro's parse of a schema document (the library that decides compatibility, so the parse both
+    :meth:`AvroFormat.invalid` and :mod:`toolkit.compat.avro` use). Raises what ``avro.schema.parse`` raises.
+
+    A logical type avro 1.12 does not know (``local-timestamp-*``) stays in the schema's attributes, where
+    the logical-type comparison reads it, without the library's warning."""
+    import warnings
+
+    from avro.errors import IgnoredLogicalType
     from avro.schema import parse
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IgnoredLogicalType)
+        return parse(json.dumps(document))
+
+
+def _parse_apache(path: Path | str, document: Any) -> None:
+    from avro.errors import AvroException
+
     try:
-        parse(json.dumps(document))
+        parse_apache(document)
     except RecursionError:
         raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with named types") from None
     except (AvroException, ValueError, TypeError, KeyError) as exc:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from toolkit import _args
-from toolkit.layout import Compatibility, SchemaFormat
+from toolkit.errors import ConfigError, InvalidArgument
+from toolkit.layout import SUBJECT_CONFIG, Compatibility, SchemaFormat, Subject, canonical_json
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class SchemaById:
 
 @dataclass(frozen=True)
 class CompatibilityResult:
+    """A registry's answer to "would this schema be accepted?": from :meth:`SchemaRegistry.check_compatibility`
+    or from registering in a scratch subject (:class:`toolkit.compat.registry.ScratchRegistry`)."""
+
     compatible: bool
     messages: tuple[str, ...] = field(default=())
 
@@ -134,7 +138,7 @@ def canonical_schema(text: str) -> str:
         document = json.loads(text)
     except ValueError:
         return text.strip()
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_json(document)
 
 
 def same_schema(a: str, b: str) -> bool:
@@ -164,3 +168,41 @@ def schema_name_strategy(ctx: SubjectContext) -> str:
 def topic_value_strategy(ctx: SubjectContext) -> str:
     """Confluent's TopicNameStrategy: ``<topic>-value``."""
     return f"{_args.instance('ctx', ctx, SubjectContext, 'a SubjectContext').topic}-value"
+
+
+SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {"schema_name": schema_name_strategy,
+                                                  "topic_value": topic_value_strategy}
+"""The built-in strategies by their ``SCHEMA_REGISTRY_SUBJECT_STRATEGY`` names."""
+
+
+def subject_strategy_named(name: str) -> SubjectStrategy:
+    """The built-in strategy called ``name`` (a key of :data:`SUBJECT_STRATEGIES`).
+
+    Raises:
+        InvalidArgument: no strategy has that name (argument ``strategy``).
+    """
+    found = SUBJECT_STRATEGIES.get(_args.text("strategy", name))
+    if found is None:
+        raise InvalidArgument(f"strategy: unknown subject strategy {name!r}; use one of "
+                              f"{', '.join(SUBJECT_STRATEGIES)}", argument="strategy")
+    return found
+
+
+def registry_subjects(subject: Subject, strategy: str = "schema_name") -> list[str]:
+    """The registry subjects a local subject's versions are found under: what the strategy named ``strategy``
+    calls its schemaName for each topic its ``subject.toml`` lists (the consumer asks the same strategy for the
+    subject of each record). ``schema_name`` gives the folder name, ``topic_value`` ``<topic>-value`` per topic.
+
+    Raises:
+        ConfigError: a strategy that names subjects after topics, for a subject that lists none.
+        InvalidArgument: ``strategy`` is not a built-in strategy's name.
+    """
+    name_of = subject_strategy_named(strategy)
+    topics = subject.config.topics
+    if not topics:
+        if name_of is not schema_name_strategy:  # every other built-in strategy names the subject after a topic
+            raise ConfigError(f"{subject.folder / SUBJECT_CONFIG}: the {strategy} subject strategy needs "
+                              "'topics = [...]' to name the registry subjects",
+                              setting="SCHEMA_REGISTRY_SUBJECT_STRATEGY", path=subject.folder)
+        return [name_of(SubjectContext("", subject.name))]
+    return list(dict.fromkeys(name_of(SubjectContext(topic, subject.name)) for topic in topics))

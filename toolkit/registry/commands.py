@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit import _args
-from toolkit.errors import ConfigError, RegistryRejected, RegistryUnavailable, SchemaNotFound
+from toolkit.errors import RegistryRejected, RegistryUnavailable, SchemaNotFound
 from toolkit.layout import Subject
-from toolkit.registry.base import SchemaRegistry, SupportsCompatibilityConfig, same_schema
+from toolkit.registry.base import SchemaRegistry, SupportsCompatibilityConfig, registry_subjects, same_schema
 
 FAILED_ACTIONS = frozenset({"refused", "conflict", "would be refused", "failed"})
 
@@ -70,23 +70,6 @@ class Drift:
 class VerifyReport:
     checked: int = 0
     drifts: list[Drift] = field(default_factory=list)
-
-
-def registry_subjects(subject: Subject, strategy: str = "schema_name") -> list[str]:
-    """The registry subjects a local subject is registered under.
-
-    ``schema_name``: the folder name. ``topic_value``: ``<topic>-value`` for each topic in ``subject.toml``.
-
-    Raises:
-        ConfigError: ``topic_value`` for a subject that lists no topics.
-    """
-    if strategy == "schema_name":
-        return [subject.name]
-    if not subject.config.topics:
-        raise ConfigError(f"{subject.folder / 'subject.toml'}: the topic_value subject strategy needs "
-                          "'topics = [...]' to name the registry subjects",
-                          setting="SCHEMA_REGISTRY_SUBJECT_STRATEGY", path=subject.folder)
-    return [f"{topic}-value" for topic in subject.config.topics]
 
 
 def _check(registry: Any, subjects: Any, strategy: Any) -> None:

@@ -6,13 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import _args
-from toolkit.registry.base import SchemaRegistry, SubjectStrategy, schema_name_strategy, topic_value_strategy
+from toolkit.registry.base import SchemaRegistry, SubjectStrategy, schema_name_strategy, subject_strategy_named
 from toolkit.registry.http import ConfluentHttpRegistry
 from toolkit.registry.local import LocalFolderRegistry
 from toolkit.settings import RegistrySettings, Settings
-
-SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {"schema_name": schema_name_strategy,
-                                                  "topic_value": topic_value_strategy}
 
 
 def registry_from_settings(settings: RegistrySettings, schemas_dir: Path,
@@ -37,7 +34,7 @@ def subject_strategy_from_settings(settings: RegistrySettings) -> SubjectStrateg
     A user function (``Callable[[SubjectContext], str]``) is passed to the consumer directly instead.
     """
     _args.instance("settings", settings, RegistrySettings, "RegistrySettings (load_settings().registry)")
-    return SUBJECT_STRATEGIES[settings.subject_strategy]
+    return subject_strategy_named(settings.subject_strategy)
 
 
 def default_subject_strategy(settings: Settings | None) -> SubjectStrategy:

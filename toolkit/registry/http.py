@@ -34,6 +34,7 @@ import httpx
 from pydantic import SecretStr
 
 from toolkit import _args
+from toolkit.backoff import exponential_delay
 from toolkit.errors import (
     ConfigError,
     InvalidArgument,
@@ -413,9 +414,8 @@ class ConfluentHttpRegistry:
         return self._error(response)[1][:200]
 
     def _delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2^(attempt-1))]."""
-        initial, cap = self._backoff
-        return self._rng() * min(cap, initial * 2 ** (attempt - 1))
+        """Full jitter: uniform in [0, :func:`~toolkit.backoff.exponential_delay`]."""
+        return self._rng() * exponential_delay(attempt, *self._backoff)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

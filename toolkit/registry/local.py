@@ -34,9 +34,15 @@ from typing import TypeVar
 from toolkit import _args
 from toolkit.errors import ConfigError, RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
 from toolkit.layout import Subject, load_schemas
-from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaFormat, same_schema
+from toolkit.registry.base import (
+    CompatibilityResult,
+    RegisteredSchema,
+    SchemaById,
+    SchemaFormat,
+    registry_subjects,
+    same_schema,
+)
 
-TOPIC_VALUE_SUFFIX = "-value"
 RESCAN_INTERVAL_S = 1.0
 
 log = logging.getLogger("toolkit.registry")
@@ -104,17 +110,15 @@ class LocalFolderRegistry:
         subjects = self._all()
         if name in subjects:
             return subjects[name]
-        if name.endswith(TOPIC_VALUE_SUFFIX):
-            topic = name.removesuffix(TOPIC_VALUE_SUFFIX)
-            carriers = [s for s in subjects.values() if topic in s.config.topics]
-            if len(carriers) == 1:
-                return carriers[0]
-            if len(carriers) > 1:
-                names = ", ".join(s.name for s in carriers)
-                raise SchemaNotFound(f"subject {name!r}: topic {topic!r} is listed by several subjects "
-                                     f"({names}) in {self.schemas_dir}; the <topic>-value strategy needs "
-                                     "exactly one",
-                                     subject=name)
+        # Under topic_value a folder is the subject <topic>-value of each topic its subject.toml lists.
+        carriers = [s for s in subjects.values() if s.config.topics and name in registry_subjects(s, "topic_value")]
+        if len(carriers) == 1:
+            return carriers[0]
+        if len(carriers) > 1:
+            names = ", ".join(s.name for s in carriers)
+            raise SchemaNotFound(f"subject {name!r}: several subject folders ({names}) in {self.schemas_dir} list "
+                                 "its topic in their subject.toml; the <topic>-value strategy needs exactly one",
+                                 subject=name)
         raise SchemaNotFound(f"subject {name!r} not found in {self.schemas_dir}", subject=name)
 
     def get(self, subject: str, version: int) -> RegisteredSchema:

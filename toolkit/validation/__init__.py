@@ -14,12 +14,10 @@ Two entry points:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from toolkit import _args
-from toolkit.errors import SchemaFileError
 from toolkit.formats import format_for
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import RegisteredSchema
@@ -48,14 +46,10 @@ def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
     same; a consumer with generated models has none for it, so its records fail at stage ``model``.
 
     Raises:
-        SchemaFileError: the schema text is not JSON or not a valid schema; the path is
-            ``registry:<subject>/<version>``.
+        SchemaFileError: the schema text is not JSON or not a valid schema (the same problem ``epistle check``
+            reports for that text in a file); the path is ``registry:<subject>/<version>``.
     """
     _args.instance("schema", schema, RegisteredSchema, "a RegisteredSchema (from a registry)")
     label = f"registry:{schema.subject}/{schema.version}"
-    try:
-        document = json.loads(schema.text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise SchemaFileError(label, f"schema text is not valid JSON: {exc}",
-                              fix="register the schema as JSON text") from None
-    return format_for(schema.format).compile(label, schema.subject, schema.version, document)
+    fmt = format_for(schema.format)
+    return fmt.compile(label, schema.subject, schema.version, fmt.parse(label, schema.text))

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from toolkit.consumer import Message
-from toolkit.envelope import Header
+from toolkit.envelope import Header, header_fields
 
 
 def make_header(schema_name: str, version: int = 1, message_id: str | None = None) -> Header:
-    return Header(message_type=schema_name, schema_name=schema_name, schema_version=str(version),
-                  correlation_id=str(uuid.uuid4()), message_id=message_id or str(uuid.uuid4()),
-                  timestamp=datetime.now(UTC).isoformat(), producer="{{ cookiecutter.project_name }}-tests")
+    fields = header_fields(schema_name, version, message_type=schema_name, message_id=message_id,
+                           producer="{{ cookiecutter.project_name }}-tests")
+    return Header.model_validate(fields)
 
 
 def make_message(topic: str, schema_name: str, body: Any, version: int = 1, offset: int = 0) -> Message:
