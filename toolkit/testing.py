@@ -36,9 +36,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from toolkit import _args
 from toolkit.consumer.deadletter import DeadLetterRecord
 from toolkit.consumer.transport import Assignment, Position, TransportEvents
-from toolkit.errors import BrokerUnavailable, RegistryRejected, RegistryUnavailable, SchemaNotFound
+from toolkit.errors import (
+    BrokerUnavailable,
+    InvalidArgument,
+    InvalidArgumentType,
+    RegistryRejected,
+    RegistryUnavailable,
+    SchemaNotFound,
+)
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, same_schema
 
@@ -47,12 +55,27 @@ Headers = list[tuple[str, bytes | None]]
 
 def envelope(schema_name: str, version: int | str, body: Any, *, message_type: str | None = None,
              message_id: str | None = None, correlation_id: str | None = None, producer: str = "tests") -> bytes:
-    """The bytes of a JSON envelope ``{header, body}`` with a valid header (new ids unless given)."""
+    """The bytes of a JSON envelope ``{header, body}`` with a valid header (new ids unless given).
+
+    Raises:
+        InvalidArgument: a header field is not a string (``version``: a positive integer), ``body`` not JSON.
+    """
+    _args.text("schema_name", schema_name, empty=False)
+    if isinstance(version, bool) or not isinstance(version, int | str) or not str(version).isdigit():
+        raise InvalidArgumentType(f"version: expected a positive integer, got {version!r}"[:120], argument="version")
+    for name, given in (("message_type", message_type), ("message_id", message_id),
+                        ("correlation_id", correlation_id)):
+        if given is not None:
+            _args.text(name, given, empty=False)
+    _args.text("producer", producer, empty=False)
     header = {"messageType": message_type or f"{schema_name}.v{version}", "schemaName": schema_name,
               "schemaVersion": str(version), "correlationId": correlation_id or str(uuid.uuid4()),
               "messageId": message_id or str(uuid.uuid4()),
               "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "producer": producer}
-    return json.dumps({"header": header, "body": body}, separators=(",", ":")).encode()
+    try:
+        return json.dumps({"header": header, "body": body}, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"body: not a JSON value ({exc})"[:200], argument="body") from None
 
 
 class InMemoryRecord:
@@ -117,6 +140,8 @@ class InMemoryBroker:
     """
 
     def __init__(self, *, partitions: int = 1, max_message_bytes: int = 1_048_588) -> None:
+        _args.integer("partitions", partitions, low=1, high=10_000)
+        _args.integer("max_message_bytes", max_message_bytes, low=1)
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
         self._default_partitions = partitions
@@ -129,7 +154,16 @@ class InMemoryBroker:
 
     # -- topics and records ----------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int | None = None, *, max_message_bytes: int | None = None) -> None:
-        """Create ``name`` (a no-op when it exists)."""
+        """Create ``name`` (a no-op when it exists).
+
+        Raises:
+            InvalidArgument: an empty name, or counts that are not positive integers.
+        """
+        _args.text("name", name, empty=False)
+        if partitions is not None:
+            _args.integer("partitions", partitions, low=1, high=10_000)
+        if max_message_bytes is not None:
+            _args.integer("max_message_bytes", max_message_bytes, low=1)
         if name not in self._topics:
             count = partitions or self._default_partitions
             self._topics[name] = _Topic([[] for _ in range(count)], max_message_bytes or self._max_message_bytes)
@@ -146,8 +180,20 @@ class InMemoryBroker:
         Raises:
             BrokerUnavailable: a fault set with :meth:`refuse` applies, or the value is over the topic's
                 ``max_message_bytes`` (as Kafka's MSG_SIZE_TOO_LARGE).
+            InvalidArgument: ``value``/``key`` not bytes (or None), headers not ``(str, bytes | None)`` pairs.
         """
         self.create_topic(topic)
+        value = None if value is None else _args.bytes_like("value", value)
+        key = None if key is None else _args.bytes_like("key", key)
+        if headers is not None:
+            if not isinstance(headers, list | tuple) or not all(
+                    isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str)
+                    and (h[1] is None or isinstance(h[1], bytes)) for h in headers):
+                raise InvalidArgumentType("headers: expected a list of (str, bytes or None) pairs", argument="headers")
+        if partition is not None:
+            _args.integer("partition", partition, low=0)
+        if timestamp_ms is not None:
+            _args.integer("timestamp_ms", timestamp_ms, low=0)
         stored = self._topics[topic]
         for matches, reason, times in self._refusals:
             if matches(topic) and (times[0] is None or times[0] > 0):
@@ -163,8 +209,9 @@ class InMemoryBroker:
                 partition = zlib.crc32(key) % count
             else:
                 partition, self._round_robin = self._round_robin % count, self._round_robin + 1
-        if not 0 <= partition < count:
-            raise BrokerUnavailable(f"produce to {topic}: partition {partition} does not exist (0..{count - 1})")
+        if partition >= count:
+            raise InvalidArgument(f"partition: {topic} has partitions 0..{count - 1}, not {partition}",
+                                  argument="partition")
         log = stored.partitions[partition]
         ts = timestamp_ms if timestamp_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
         record = InMemoryRecord(topic, partition, len(log), key, value, list(headers) if headers else [], ts)
@@ -174,15 +221,22 @@ class InMemoryBroker:
 
     def records(self, topic: str) -> list[InMemoryRecord]:
         """Every record of ``topic`` (none when it does not exist), by partition then offset."""
+        _args.text("topic", topic)
         stored = self._topics.get(topic)
         return [] if stored is None else [record for log in stored.partitions for record in log]
 
     def end_offset(self, topic: str, partition: int = 0) -> int:
+        """The offset the next record of the partition will get (0 when the topic does not exist)."""
+        _args.text("topic", topic)
+        _args.integer("partition", partition, low=0)
         stored = self._topics.get(topic)
-        return 0 if stored is None else len(stored.partitions[partition])
+        return 0 if stored is None or partition >= len(stored.partitions) else len(stored.partitions[partition])
 
     def committed(self, group_id: str, topic: str, partition: int = 0) -> int | None:
         """The group's committed offset (the next record to read), None when nothing was committed."""
+        _args.text("group_id", group_id)
+        _args.text("topic", topic)
+        _args.integer("partition", partition, low=0)
         group = self._groups.get(group_id)
         return None if group is None else group.committed.get((topic, partition))
 
@@ -190,11 +244,17 @@ class InMemoryBroker:
     def refuse(self, topic: str | Callable[[str], bool], reason: str = "broker unavailable", *,
                times: int | None = None) -> None:
         """Refuse produces to ``topic`` (a name or a predicate), ``times`` times or until :meth:`heal`."""
+        if not callable(topic):
+            _args.text("topic", topic, empty=False)
+        _args.text("reason", reason)
+        if times is not None:
+            _args.integer("times", times, low=1)
         matches = topic if callable(topic) else (lambda name, wanted=topic: name == wanted)
         self._refusals.append((matches, reason, [times]))
 
     def fail_commits(self, times: int = 1) -> None:
         """The next ``times`` commits fail (the engine commits again at the next interval)."""
+        _args.integer("times", times, low=1)
         self._commit_failures += times
 
     def heal(self) -> None:
@@ -207,6 +267,11 @@ class InMemoryBroker:
                   poll_interval_s: float = 0.001) -> InMemoryTransport:
         """A transport for one consumer of ``group_id`` (the consumer's own group_id when None): pass it as
         ``KafkaConsumer(transport=...)``. Several transports of one group share its partitions."""
+        if group_id is not None:
+            _args.text("group_id", group_id, empty=False)
+        if dlq_max_message_bytes is not None:
+            _args.integer("dlq_max_message_bytes", dlq_max_message_bytes, low=1)
+        _args.number("poll_interval_s", poll_interval_s, positive=True)
         return InMemoryTransport(self, group_id, dlq_max_message_bytes=dlq_max_message_bytes,
                                  poll_interval_s=poll_interval_s)
 
@@ -452,6 +517,9 @@ does for identical schemas).
     """
 
     def __init__(self, incompatible: Callable[[str, str], str | None] = lambda old, new: None) -> None:
+        if not callable(incompatible):
+            raise InvalidArgumentType("incompatible: expected a function (old text, new text) -> reason or None",
+                                      argument="incompatible")
         self.store: dict[str, list[RegisteredSchema]] = {}
         self.incompatible = incompatible
         self.calls: Counter[str] = Counter()
@@ -466,12 +534,14 @@ does for identical schemas).
             raise RegistryUnavailable("in-memory registry is down", attempts=1)
 
     def _versions_of(self, subject: str) -> list[RegisteredSchema]:
+        _args.text("subject", subject)
         if subject not in self.store:
             raise SchemaNotFound(f"subject {subject!r} not found", subject=subject)
         return self.store[subject]
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
         self._count("get")
+        _args.subject_version(subject, version)
         for schema in self._versions_of(subject):
             if schema.version == version:
                 return schema
@@ -486,6 +556,7 @@ does for identical schemas).
     def get_by_id(self, schema_id: int) -> SchemaById:
         """The schema of ``schema_id`` and every (subject, version) registered with it."""
         self._count("get_by_id")
+        _args.integer("schema_id", schema_id, low=0)
         found = [schema for versions in self.store.values() for schema in versions if schema.schema_id == schema_id]
         if not found:
             raise SchemaNotFound(f"schema id {schema_id} not found")
@@ -511,6 +582,9 @@ does for identical schemas).
 
     def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
         self._count("register")
+        _args.text("subject", subject, empty=False)
+        _args.text("text", text)
+        schema_format = SchemaFormat(schema_format)
         existing = self.store.setdefault(subject, [])
         for schema in existing:
             if same_schema(schema.text, text):
@@ -525,6 +599,8 @@ does for identical schemas).
     def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
                             version: int | str = "latest") -> CompatibilityResult:
         self._count("check_compatibility")
+        _args.text("subject", subject, empty=False)
+        _args.text("text", text)
         if not self.store.get(subject):
             return CompatibilityResult(True)
         against = self.latest(subject) if version == "latest" else self.get(subject, int(version))

@@ -41,7 +41,19 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
     import fastavro
 
     import toolkit
-    from toolkit import codegen, compat, consumer, envelope, formats, layout, producer, registry, scaffold, validation
+    from toolkit import (
+        codegen,
+        compat,
+        consumer,
+        envelope,
+        formats,
+        layout,
+        producer,
+        registry,
+        scaffold,
+        testing,
+        validation,
+    )
     from toolkit.layout import Compatibility, SchemaFormat
     from toolkit.registry import commands
     from toolkit.settings import load_producer_settings, load_settings
@@ -72,7 +84,8 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
           "subject_strategy": registry.topic_value_strategy, "kafka_config": {"session.timeout.ms": "6000"},
           "shutdown_timeout_s": 5.0, "max_nesting_depth": 100, "registry": local,
           "models": codegen.ModelIndex("generated_models", {}), "dlq_max_message_bytes": 100_000,
-          "dead_letter_producer_config": {"compression.type": "zstd"}}),
+          "dead_letter_producer_config": {"compression.type": "zstd"}, "middleware": [],
+          "transport": testing.InMemoryBroker().transport(), "value_formats": {"orders": "envelope"}}),
         ("KafkaConsumer.from_settings", toolkit.KafkaConsumer.from_settings, {"settings": settings}),
         ("EnvelopeProducer", producer.EnvelopeProducer,
          {"bootstrap_servers": "127.0.0.1:1", "registry": local, "models": codegen.ModelIndex("generated_models", {}),
@@ -95,6 +108,29 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
         ("replay_dead_letter", consumer.replay_dead_letter,
          {"config": {"bootstrap.servers": "127.0.0.1:1"}, "value": b"not a dead letter", "topic": "t",
           "timeout_s": 0.1}),
+        # toolkit.testing
+        ("envelope", testing.envelope, {"schema_name": "orders", "version": 1, "body": {}, "message_type": "t",
+                                        "message_id": "m", "correlation_id": "c", "producer": "p"}),
+        ("InMemoryBroker", testing.InMemoryBroker, {"partitions": 2, "max_message_bytes": 1000}),
+        ("InMemoryBroker.create_topic", testing.InMemoryBroker().create_topic,
+         {"name": "t", "partitions": 2, "max_message_bytes": 1000}),
+        ("InMemoryBroker.produce", testing.InMemoryBroker().produce,
+         {"topic": "t", "value": b"v", "key": b"k", "headers": [("h", b"v")], "partition": 0, "timestamp_ms": 1}),
+        ("InMemoryBroker.records", testing.InMemoryBroker().records, {"topic": "t"}),
+        ("InMemoryBroker.end_offset", testing.InMemoryBroker().end_offset, {"topic": "t", "partition": 0}),
+        ("InMemoryBroker.committed", testing.InMemoryBroker().committed, {"group_id": "g", "topic": "t",
+                                                                          "partition": 0}),
+        ("InMemoryBroker.refuse", testing.InMemoryBroker().refuse, {"topic": "t", "reason": "r", "times": 1}),
+        ("InMemoryBroker.fail_commits", testing.InMemoryBroker().fail_commits, {"times": 1}),
+        ("InMemoryBroker.transport", testing.InMemoryBroker().transport,
+         {"group_id": "g", "dlq_max_message_bytes": 1000, "poll_interval_s": 0.01}),
+        ("InMemoryRegistry", testing.InMemoryRegistry, {"incompatible": lambda old, new: None}),
+        ("InMemoryRegistry.register", testing.InMemoryRegistry().register,
+         {"subject": "s", "text": '{"type": "string"}', "schema_format": "AVRO"}),
+        ("InMemoryRegistry.get", testing.InMemoryRegistry().get, {"subject": "s", "version": 1}),
+        ("InMemoryRegistry.get_by_id", testing.InMemoryRegistry().get_by_id, {"schema_id": 1}),
+        ("InMemoryRegistry.check_compatibility", testing.InMemoryRegistry().check_compatibility,
+         {"subject": "s", "text": '{"type": "string"}', "schema_format": "AVRO"}),
         # toolkit.registry
         ("ConfluentHttpRegistry", registry.ConfluentHttpRegistry,
          {"url": "http://127.0.0.1:1", "username": "u", "password": "p", "timeout_s": 1.0, "max_attempts": 1,
@@ -188,7 +224,7 @@ def test_the_table_covers_every_public_function_and_class(table: tuple[list, lis
     from typing import Protocol
 
     import toolkit
-    from toolkit import codegen, compat, consumer, formats, producer, registry, scaffold, validation
+    from toolkit import codegen, compat, consumer, formats, producer, registry, scaffold, testing, validation
 
     rows, _ = table
     covered = {getattr(function, "__name__", None) for _, function, _ in rows} | {
@@ -197,9 +233,10 @@ def test_the_table_covers_every_public_function_and_class(table: tuple[list, lis
     handed_out = {"BaseHandler", "Message", "Settings", "CodegenRun", "Difference", "ModelIndex", "CheckReport",
                   "Finding", "Issue", "ConsumerStats", "HandlerRegistry", "TopicStats", "AvroFormat",
                   "JsonSchemaFormat", "Delivery", "OutgoingRecord", "CompatibilityResult", "RegisteredSchema",
-                  "SubjectContext", "Answers", "AvroSchema", "JsonSchema", "Middleware", "ConsumerOptions"}
+                  "SubjectContext", "Answers", "AvroSchema", "JsonSchema", "Middleware", "ConsumerOptions",
+                  "InMemoryRecord", "InMemoryTransport", "InMemoryDeadLetterSink"}
     missing = []
-    for module in (toolkit, codegen, compat, consumer, formats, producer, registry, scaffold, validation):
+    for module in (toolkit, codegen, compat, consumer, formats, producer, registry, scaffold, testing, validation):
         for name in module.__all__:
             obj = getattr(module, name)
             if name in {"run", "install_signal_handlers"} | handed_out:  # run...: need a live loop

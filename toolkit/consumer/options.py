@@ -133,6 +133,11 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
               "registry": (lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
                            "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a "
                            "CachedRegistry"),
+              "middleware": (lambda v: isinstance(v, list | tuple), "use a list of toolkit.consumer.Middleware"),
+              "transport": (lambda v: all(callable(getattr(v, m, None)) for m in (
+                  "connect", "start", "commit", "take_commit_failure", "pause", "resume", "stop_fetching", "close")),
+                            "use a toolkit.consumer.transport.Transport, e.g. toolkit.testing.InMemoryBroker()"
+                            ".transport(); None is Kafka"),
               "models": (lambda v: callable(getattr(v, "get", None)),
                          "use a model index with get(schema_name, version), e.g. "
                          "toolkit.codegen.load_model_index()")}

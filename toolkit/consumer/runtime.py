@@ -98,14 +98,14 @@ class KafkaConsumer:
                  dead_letter_producer_config: dict[str, Any] | None = None,
                  unknown_schema_grace_s: float | None = None, startup_timeout_s: float | None = None,
                  group_instance_id: str | None = None, value_formats: Mapping[str, str] | None = None,
-                 middleware: Sequence[Middleware] = (),
+                 middleware: Sequence[Middleware] | None = None,
                  transport: Transport | None = None) -> None:
         self.options = ConsumerOptions.resolve(settings, locals())
         self.settings = settings
         self.handlers = HandlerRegistry()
         self.stats = ConsumerStats()
         # Checked now (ConfigError naming it), run in this order, after the built-in two.
-        self._hooks = Hooks([StatsMiddleware(self.stats), LoggingMiddleware(), *middleware])
+        self._hooks = Hooks([StatsMiddleware(self.stats), LoggingMiddleware(), *(middleware or ())])
         self._registry = registry
         self._models = models
         self._serializer = serializer
