@@ -167,7 +167,8 @@ class InMemoryBroker:
             raise BrokerUnavailable(f"produce to {topic}: partition {partition} does not exist (0..{count - 1})")
         log = stored.partitions[partition]
         ts = timestamp_ms if timestamp_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
-        record = InMemoryRecord(topic, partition, len(log), key, value, list(headers) if headers else [], ts)
+        # No headers read back as None, not [], as from librdkafka
+        record = InMemoryRecord(topic, partition, len(log), key, value, list(headers) if headers else None, ts)
         log.append(record)
         self.produced[topic] += 1
         return record
