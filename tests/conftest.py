@@ -1,7 +1,8 @@
 """Shared fixtures: the real Kafka broker and the real schema registry, brought up (or reused) once.
 
 If ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` are set, the tests use those and start nothing.
-Tests under ``tests/integration`` are marked ``integration`` automatically.
+Tests under ``tests/integration`` are marked ``integration`` automatically; ``tests/behaviour`` marks its
+Kafka half itself (its ``backend`` fixture), so ``-m "not integration"`` keeps the in-memory half.
 """
 
 from __future__ import annotations

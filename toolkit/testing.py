@@ -214,7 +214,8 @@ class InMemoryBroker:
                                   argument="partition")
         log = stored.partitions[partition]
         ts = timestamp_ms if timestamp_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
-        record = InMemoryRecord(topic, partition, len(log), key, value, list(headers) if headers else [], ts)
+        # No headers read back as None, not [], as from librdkafka
+        record = InMemoryRecord(topic, partition, len(log), key, value, list(headers) if headers else None, ts)
         log.append(record)
         self.produced[topic] += 1
         return record
@@ -263,17 +264,14 @@ class InMemoryBroker:
         self._commit_failures = 0
 
     # -- consumers ---------------------------------------------------------------------------------------
-    def transport(self, group_id: str | None = None, *, dlq_max_message_bytes: int | None = None,
-                  poll_interval_s: float = 0.001) -> InMemoryTransport:
+    def transport(self, group_id: str | None = None, *, poll_interval_s: float = 0.001) -> InMemoryTransport:
         """A transport for one consumer of ``group_id`` (the consumer's own group_id when None): pass it as
-        ``KafkaConsumer(transport=...)``. Several transports of one group share its partitions."""
+        ``KafkaConsumer(transport=...)``. Several transports of one group share its partitions. Dead letters
+        are limited by the consumer's ``dlq_max_message_bytes``, as on Kafka."""
         if group_id is not None:
             _args.text("group_id", group_id, empty=False)
-        if dlq_max_message_bytes is not None:
-            _args.integer("dlq_max_message_bytes", dlq_max_message_bytes, low=1)
         _args.number("poll_interval_s", poll_interval_s, positive=True)
-        return InMemoryTransport(self, group_id, dlq_max_message_bytes=dlq_max_message_bytes,
-                                 poll_interval_s=poll_interval_s)
+        return InMemoryTransport(self, group_id, poll_interval_s=poll_interval_s)
 
     def _group(self, group_id: str) -> _Group:
         return self._groups.setdefault(group_id, _Group())
@@ -306,11 +304,9 @@ class InMemoryTransport:
     """One consumer's side of an :class:`InMemoryBroker` (the :class:`~toolkit.consumer.transport.Transport`
     protocol). Fetching runs as a task on the consumer's event loop."""
 
-    def __init__(self, broker: InMemoryBroker, group_id: str | None, *, dlq_max_message_bytes: int | None,
-                 poll_interval_s: float) -> None:
+    def __init__(self, broker: InMemoryBroker, group_id: str | None, *, poll_interval_s: float) -> None:
         self.broker = broker
         self._group_id = group_id
-        self._dlq_max_message_bytes = dlq_max_message_bytes
         self._poll_interval_s = poll_interval_s
         self.topics: list[str] = []
         self._events: TransportEvents | None = None
@@ -348,7 +344,8 @@ class InMemoryTransport:
         return set(self.broker.topics)
 
     def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int) -> InMemoryDeadLetterSink:
+              *, max_poll_records: int, max_in_flight: int,
+              dlq_max_message_bytes: int) -> InMemoryDeadLetterSink:
         if self._group_id is None:
             self._group_id = group_id
         self.topics = list(topics)
@@ -356,7 +353,7 @@ class InMemoryTransport:
         self._max_poll_records, self._max_in_flight = max_poll_records, max_in_flight
         self.broker._group(self.group_id).members.append(self)
         self._task = loop.create_task(self._run())
-        return InMemoryDeadLetterSink(self.broker, self._dlq_max_message_bytes or 10 * 1024 * 1024)
+        return InMemoryDeadLetterSink(self.broker, dlq_max_message_bytes)
 
     def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
         done: Future[None] = Future()

@@ -123,7 +123,7 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
         ("InMemoryBroker.refuse", testing.InMemoryBroker().refuse, {"topic": "t", "reason": "r", "times": 1}),
         ("InMemoryBroker.fail_commits", testing.InMemoryBroker().fail_commits, {"times": 1}),
         ("InMemoryBroker.transport", testing.InMemoryBroker().transport,
-         {"group_id": "g", "dlq_max_message_bytes": 1000, "poll_interval_s": 0.01}),
+         {"group_id": "g", "poll_interval_s": 0.01}),
         ("InMemoryRegistry", testing.InMemoryRegistry, {"incompatible": lambda old, new: None}),
         ("InMemoryRegistry.register", testing.InMemoryRegistry().register,
          {"subject": "s", "text": '{"type": "string"}', "schema_format": "AVRO"}),

@@ -113,7 +113,8 @@ class Engine:
             options = self.options
             self._sink = self.transport.start(topics, options.group_id, self, self._loop,
                                               max_poll_records=options.max_poll_records,
-                                              max_in_flight=options.max_in_flight)
+                                              max_in_flight=options.max_in_flight,
+                                              dlq_max_message_bytes=options.dlq_max_message_bytes)
         except BaseException:
             self.close_pools()
             raise

@@ -11,7 +11,7 @@ What a handler's result means (docs/contracts.md, "Outcomes"): True or None, don
 dead-letter it now with that reason; any other exception, dead-lettered at once (stage ``handler``).
 
 Threads (docs/threads.md): ``async def`` handlers run on the event loop; plain ``def`` handlers run in the
-consumer's handler thread pool (``max_workers`` threads named ``epistle-handler-N``), so one may block
+consumer's handler thread pool (``max_workers`` threads named ``epistle-handler_N``), so one may block
 without stopping the others, and must be thread-safe when ``max_workers`` > 1.
 """
 

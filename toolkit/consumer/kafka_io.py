@@ -441,12 +441,10 @@ class KafkaTransport:
     """
 
     def __init__(self, consumer_config: dict[str, Any], *, client_config: dict[str, Any],
-                 dead_letter_config: dict[str, Any] | None = None,
-                 dlq_max_message_bytes: int = DLQ_MAX_MESSAGE_BYTES, drain_timeout_s: float = 30.0) -> None:
+                 dead_letter_config: dict[str, Any] | None = None, drain_timeout_s: float = 30.0) -> None:
         self.consumer_config = consumer_config
         self._client_config = client_config
         self._dead_letter_config = dict(dead_letter_config or {})
-        self._dlq_max_message_bytes = dlq_max_message_bytes
         self._drain_timeout_s = drain_timeout_s
         self._poller: PollThread | None = None
 
@@ -457,12 +455,13 @@ class KafkaTransport:
         return set(wait_for_broker(admin_config, timeout_s).topics)
 
     def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int) -> DeadLetterSender:
+              *, max_poll_records: int, max_in_flight: int,
+              dlq_max_message_bytes: int) -> DeadLetterSender:
         # group_id is in consumer_config already (``group.id``)
         sender = None
         try:
             sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
-                                      max_message_bytes=self._dlq_max_message_bytes)
+                                      max_message_bytes=dlq_max_message_bytes)
             poller = PollThread(self.consumer_config, topics, loop, events, max_poll_records=max_poll_records,
                                 max_in_flight=max_in_flight, drain_timeout_s=self._drain_timeout_s)
             poller.start()

@@ -249,7 +249,6 @@ class KafkaConsumer:
         options = self.options
         return KafkaTransport(options.consumer_config(), client_config=options.client_config,
                               dead_letter_config=options.dead_letter_producer_config,
-                              dlq_max_message_bytes=options.dlq_max_message_bytes,
                               drain_timeout_s=options.shutdown_timeout_s)
 
     async def stop(self) -> None:

@@ -101,8 +101,10 @@ class Transport(Protocol):
         ...
 
     def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int) -> DeadLetterSink:
-        """Join ``group_id``, subscribe to ``topics`` and start fetching; the dead-letter sink to use.
+              *, max_poll_records: int, max_in_flight: int, dlq_max_message_bytes: int) -> DeadLetterSink:
+        """Join ``group_id``, subscribe to ``topics`` and start fetching; the dead-letter sink to use, which
+        sends records of up to ``dlq_max_message_bytes`` (the consumer's option of that name) and creates
+        dead-letter topics that take them.
 
         Raises:
             ConfigError: the client configuration is refused.
