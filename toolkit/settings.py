@@ -182,6 +182,10 @@ class ConsumerSettings(BaseSettings):
     # Seconds a record whose schema the registry does not know waits (its partition holding, the
     # registry asked again with backoff) before it is dead-lettered at stage "schema"; 0 = at once.
     unknown_schema_grace_s: Annotated[float, Field(allow_inf_nan=False)] = 30.0
+    # `epistle run`'s log lines: "text" (one line, the record context in brackets) or "json" (one object a line).
+    log_format: Literal["text", "json"] = "text"
+    # `epistle run` traces every record with OpenTelemetry (the `tracing` extra); exporters from OTEL_*.
+    tracing: bool = False
 
     @field_validator("unknown_schema_grace_s")
     @classmethod
@@ -195,6 +199,11 @@ class ConsumerSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class ProducerSettings(BaseSettings):
