@@ -9,10 +9,9 @@
 - a ``process <topic>`` span of kind CONSUMER per record, from the moment its lane takes it up to its final
   outcome, with ``messaging.system`` (kafka), ``messaging.operation.name``/``.type`` (process),
   ``messaging.destination.name`` (the topic), ``messaging.destination.partition.id``,
-  ``messaging.kafka.offset``, ``messaging.consumer.group.name``, ``messaging.message.body.size``, and once the
-  envelope is read ``messaging.message.id`` (messageId) and ``messaging.message.conversation_id``
-  (correlationId), with the toolkit's ``epistle.message_type``, ``epistle.schema_name`` and
-  ``epistle.schema_version``;
+  ``messaging.kafka.offset``, ``messaging.consumer.group.name``, and once the envelope is read
+  ``messaging.message.id`` (messageId), ``messaging.message.conversation_id`` (correlationId) and the
+  toolkit's ``epistle.message_type`` and ``epistle.schema`` (``orders v2``);
 - its parent is the context propagated in the record's headers (W3C ``traceparent``/``tracestate`` with the
   default ``OTEL_PROPAGATORS``), so the consumer's span continues the producer's trace; a record without one
   starts a trace of its own;
@@ -22,12 +21,14 @@
 - ``epistle.outcome`` says how it ended: ``done``, ``dead_letter`` (with ``epistle.dead_letter.stage`` and
   ``error.type``, status ERROR), ``stop`` (ErrorPolicy.STOP, status ERROR) or ``abandoned`` (its partition
   was revoked or the consumer stopped first: it is not committed and comes again); ``epistle.attempts``
-  counts handler attempts; each retry and each outage wait is an event (``retry``, ``pause``) and each
-  exception a handler raised is recorded;
+  counts handler attempts when there was more than one; each retry and each outage wait is an event
+  (``retry``, ``pause``), and each exception a handler raised is recorded;
 - a dead letter gets a ``send <topic>.dlq`` child span of kind PRODUCER, from the decision to the broker's
   acknowledgement (each refusal an event); the record's span ends after it.
 
-Span and hooks run on the event loop (docs/threads.md); nothing here blocks. Without an SDK configured the
+The hooks run on the event loop (docs/threads.md); nothing here blocks. A recorded span costs the SDK
+about as much CPU as the toolkit spends on a record (docs/tracing.md, "Cost"): at high rates sample with
+``OTEL_TRACES_SAMPLER``; a record that is not sampled costs little. Without an SDK configured the
 OpenTelemetry API is a no-op and the spans cost next to nothing, but the propagated context still flows
 through the handler to what it publishes. :func:`configure_tracing` installs the SDK from the standard
 ``OTEL_*`` variables (``epistle run --tracing`` calls it).
@@ -46,6 +47,7 @@ from toolkit.consumer.outcomes import Done, Pause, RetryAfter, Stop, ToDeadLette
 from toolkit.errors import ConfigError
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import Getter
@@ -112,14 +114,14 @@ def _record_headers(record: Record) -> list[tuple[str, bytes | None]] | None:
 
 
 class _Traced:
-    """One record's span, and its dead letter's while it is being delivered."""
+    """One record's span, its message once read, and its dead letter's span while it is being delivered."""
 
-    __slots__ = ("record", "span", "send", "described")
+    __slots__ = ("record", "span", "message", "send")
 
     def __init__(self, record: Record, span: Span) -> None:
         self.record, self.span = record, span
+        self.message: Message[Any] | None = None
         self.send: Span | None = None
-        self.described = False
 
 
 class TracingMiddleware(Middleware):
@@ -146,18 +148,19 @@ class TracingMiddleware(Middleware):
         return len(self._open)
 
     # -- hooks ------------------------------------------------------------------------------------------
+    # Every attribute costs the SDK a check and a lock: the record's are given when the span starts, the
+    # message's and the outcome's in one call when it ends.
     def on_record(self, record: Record) -> None:
-        topic, partition, offset = record.topic(), record.partition(), record.offset()
-        value = record.value()
+        topic = record.topic()
         attributes: dict[str, Any] = {
             "messaging.system": "kafka", "messaging.operation.name": "process",
             "messaging.operation.type": "process", "messaging.destination.name": topic,
-            "messaging.destination.partition.id": str(partition), "messaging.kafka.offset": offset,
-            "messaging.message.body.size": len(value) if value is not None else 0}
-        if value is None:
-            attributes["messaging.kafka.message.tombstone"] = True
+            "messaging.destination.partition.id": str(record.partition()),
+            "messaging.kafka.offset": record.offset()}
         if self.group_id:
             attributes["messaging.consumer.group.name"] = self.group_id
+        if record.value() is None:
+            attributes["messaging.kafka.message.tombstone"] = True
         span = self._tracer.start_span(f"process {topic}", context=extract_context(_record_headers(record)),
                                        kind=SpanKind.CONSUMER, attributes=attributes)
         traced = _Traced(record, span)
@@ -171,29 +174,31 @@ class TracingMiddleware(Middleware):
         traced = self._current.get()
         if traced is None or traced.record.offset() != message.offset or traced.record.topic() != message.topic:
             return await call_next(message)
+        traced.message = message
         span = traced.span
-        self._describe(traced, message)
         # The handler, and a plain one's worker thread (the engine runs it in a copy of this context),
         # see the span as the current one. Exceptions are outcomes: on_outcome sets the status.
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            try:
-                return await call_next(message)
-            except Exception as exc:
-                span.record_exception(exc, attributes={"epistle.attempt": message.attempt})
-                raise
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return await call_next(message)
+        except Exception as exc:
+            span.record_exception(exc, attributes={"epistle.attempt": message.attempt})
+            raise
+        finally:
+            otel_context.detach(token)
 
     def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
                    delay_s: float | None) -> None:
         traced = self._open.get(id(record))
         if traced is None:
             return
-        span = traced.span
         if message is not None:
-            self._describe(traced, message)
+            traced.message = message
         if isinstance(outcome, Done):
-            span.set_attribute("epistle.attempts", attempt)
-            self._finish(traced, "done")
-        elif isinstance(outcome, RetryAfter):
+            self._finish(traced, "done", {"epistle.attempts": attempt} if attempt > 1 else None)
+            return
+        span = traced.span
+        if isinstance(outcome, RetryAfter):
             span.add_event("retry", {"epistle.attempt": attempt, "epistle.retry.delay_s": outcome.delay_s,
                                      "epistle.reason": outcome.reason})
         elif isinstance(outcome, Pause):
@@ -201,7 +206,6 @@ class TracingMiddleware(Middleware):
                                      "epistle.reason": outcome.reason})
         elif isinstance(outcome, ToDeadLetter):
             self._failed(span, outcome, attempt if message is not None else 0)
-            span.set_attribute("epistle.outcome", "dead_letter")
             traced.send = self._tracer.start_span(
                 "send", context=trace.set_span_in_context(span), kind=SpanKind.PRODUCER,
                 attributes={"messaging.system": "kafka", "messaging.operation.name": "send",
@@ -231,36 +235,31 @@ class TracingMiddleware(Middleware):
 
     # -- helpers ----------------------------------------------------------------------------------------
     @staticmethod
-    def _describe(traced: _Traced, message: Message[Any]) -> None:
-        """The envelope's ids, once the record was read as a message."""
-        if traced.described:
-            return
-        traced.described = True
-        header = message.header
-        traced.span.set_attributes({"messaging.message.id": header.message_id,
-                                    "messaging.message.conversation_id": header.correlation_id,
-                                    "epistle.message_type": header.message_type,
-                                    "epistle.schema_name": header.schema_name,
-                                    "epistle.schema_version": header.schema_version})
-
-    @staticmethod
     def _failed(span: Span, outcome: ToDeadLetter, attempts: int) -> None:
         span.set_attributes({"epistle.dead_letter.stage": outcome.stage, "error.type": outcome.stage,
                              "epistle.attempts": attempts})
         span.set_status(Status(StatusCode.ERROR, f"{outcome.stage}: {outcome.reason}"[:_MAX_DESCRIPTION]))
 
-    def _finish(self, traced: _Traced, how: str) -> None:
-        """End the record's span (and its dead letter's) for good."""
+    def _finish(self, traced: _Traced, how: str, attributes: dict[str, Any] | None = None) -> None:
+        """End the record's span (and its dead letter's) for good: ``how`` is ``epistle.outcome``."""
         if self._open.get(id(traced.record)) is traced:
             del self._open[id(traced.record)]
-        span = traced.span
-        if traced.send is not None:
+        send, span = traced.send, traced.span
+        if send is not None:
             if how == "abandoned":
-                traced.send.add_event("abandoned")
-            traced.send.end()
+                send.add_event("abandoned")
+            send.end()
             traced.send = None
-        if how != "dead_letter":  # (already set with the stage when the dead letter was decided)
-            span.set_attribute("epistle.outcome", how)
+        if span.is_recording():
+            final = {"epistle.outcome": how, **(attributes or {})}
+            message = traced.message
+            if message is not None:  # the envelope's ids, once the record was read as a message
+                header = message.header
+                final.update({"messaging.message.id": header.message_id,
+                              "messaging.message.conversation_id": header.correlation_id,
+                              "epistle.message_type": header.message_type,
+                              "epistle.schema": f"{header.schema_name} v{header.schema_version}"})
+            span.set_attributes(final)
         span.end()
 
 
