@@ -43,10 +43,15 @@ from bench import latency as latency_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ALL = ["L0", "L1", "T", "T-tuned", "P1", "P2"]
-TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0), ("T", "T@base", 0.95)]
+ALL = ["L0", "L1", "T", "T-tuned", "T-traced", "T-sampled", "P1", "P2"]
+# T-traced/T and T-sampled/T: tracing on (SDK, batch processor; every record or 1 in 10 sampled) at 0.9x or
+# better of the same run with it off
+TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0), ("T-traced", "T", 0.9), ("T-sampled", "T", 0.9),
+           ("T", "T@base", 0.95)]
 LABELS = {"L0": "raw librdkafka (L0)", "L1": "hand-written loop (L1)", "T": "toolkit (T)",
-          "T-tuned": "toolkit tuned", "P1": "FastStream (P1)", "P2": "DeserializingConsumer (P2)"}
+          "T-tuned": "toolkit tuned", "T-traced": "toolkit, tracing on, all sampled",
+          "T-sampled": "toolkit, tracing on, 1 in 10 sampled", "P1": "FastStream (P1)",
+          "P2": "DeserializingConsumer (P2)"}
 # layout: (the broker's CPUs or None to leave it, the contender's CPUs or "" for any)
 LAYOUTS = {"shared": (None, ""), "pinned": ({0}, "1"), "one-core": (None, "1")}
 LATENCY_TARGET_RATIO = 2.0  # toolkit p99 <= 2x the hand-written loop's p99 at the same rate

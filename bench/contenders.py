@@ -9,6 +9,10 @@ records from the beginning.
         functions: parse the envelope (JSON and the header model), validate the body with the cached
         validator, build the generated model, store offsets (commits every second)
     T   the toolkit's KafkaConsumer (defaults, and tuned)
+    T-traced  the toolkit with tracing on: TracingMiddleware on the OpenTelemetry SDK, a BatchSpanProcessor
+        and an exporter that drops the spans (what tracing costs the consumer, not what exporting costs);
+        every record sampled
+    T-sampled  the same with one trace in ten sampled (parentbased_traceidratio 0.1)
     P1  FastStream 0.7 with its confluent backend, the same pydantic model, a no-op handler
     P2  confluent-kafka's DeserializingConsumer with its JSONDeserializer (jsonschema) and the same model
 
@@ -250,8 +254,35 @@ def run_t_tuned(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, A
                         commit_interval_s=2.0)
 
 
+def run_t_traced(bootstrap: str, topic: str, count: int, fmt: str, ratio: float = 1.0) -> dict[str, Any]:
+    """T with a span per record: the SDK's provider, its BatchSpanProcessor, an exporter that drops them;
+    ``ratio`` of the traces sampled."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    from toolkit.observability.tracing import TracingMiddleware
+
+    class Dropped(SpanExporter):
+        def __init__(self) -> None:
+            self.spans = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans += len(spans)
+            return SpanExportResult.SUCCESS
+
+    sampler = ALWAYS_ON if ratio >= 1 else ParentBased(TraceIdRatioBased(ratio))
+    exporter, provider = Dropped(), TracerProvider(sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    result = _run_toolkit(bootstrap, topic, count, fmt,
+                          middleware=[TracingMiddleware(group_id="bench", tracer_provider=provider)])
+    provider.shutdown()
+    return result | {"spans_exported": exporter.spans}
+
+
 CONTENDERS: dict[str, Callable[[str, str, int, str], dict[str, Any]]] = {
-    "L0": run_l0, "L1": run_l1, "T": run_t, "T-tuned": run_t_tuned, "P1": run_p1, "P2": run_p2,
+    "L0": run_l0, "L1": run_l1, "T": run_t, "T-tuned": run_t_tuned, "T-traced": run_t_traced,
+    "T-sampled": lambda *args: run_t_traced(*args, ratio=0.1), "P1": run_p1, "P2": run_p2,
 }
 
 

@@ -228,18 +228,6 @@ def new(project_name: _NewName = None, package: _NewPackage = None, topics: _New
                "KAFKA_BOOTSTRAP_SERVERS)\n  make run")
 
 
-class _ContextFormatter(logging.Formatter):
-    """Log lines with the record context the runtime attaches (topic, partition, offset, ids)."""
-
-    FIELDS = ("topic", "partition", "offset", "messageId", "correlationId")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        context = " ".join(f"{name}={getattr(record, name)}" for name in self.FIELDS
-                           if getattr(record, name, None) is not None)
-        return f"{line} [{context}]" if context else line
-
-
 def _load_app_function(ref: str):
     """``package.module:function`` -> the function; the current directory is importable, as with
     ``python -m``. A missing module, attribute or a non-callable is a ConfigError naming ``--app``."""
@@ -324,6 +312,10 @@ def run(app_ref: Annotated[str, typer.Option(
                  "e.g. -X session.timeout.ms=10000.")] = None,
         log_level: Annotated[str, typer.Option(
             "--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+        tracing: Annotated[bool | None, typer.Option(
+            "--tracing/--no-tracing", show_default=False,
+            help="Trace every record with OpenTelemetry, exporters from the OTEL_* variables (default: "
+                 "EPISTLE_TRACING; needs the tracing extra).")] = None,
         ) -> None:
     """Run the consumer with your handlers until SIGTERM/SIGINT (or, with --until-idle, until drained).
 
@@ -339,6 +331,9 @@ def run(app_ref: Annotated[str, typer.Option(
     (sync or async), called after the consumer stopped and committed. The current directory is importable,
     as with ``python -m``, so ``epistle run --app examples.shop.app:register`` works from the repo root.
 
+    Log lines go to stderr as text, or as one JSON object a line with EPISTLE_LOG_FORMAT=json. With
+    --tracing (EPISTLE_TRACING=1) each record gets an OpenTelemetry span (docs/tracing.md).
+
     SIGTERM/SIGINT: stop fetching, finish the handlers in flight, commit, exit 0. The per-topic counters
     are printed on exit. Exit 1: invalid settings or options (one message naming the setting), the
     broker or registry unreachable at start-up, or the consumer stopped on a failure (ErrorPolicy STOP).
@@ -353,9 +348,6 @@ def run(app_ref: Annotated[str, typer.Option(
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         raise _fail(EpistleError(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR"), 2)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
 
     async def serve(consumer: KafkaConsumer, register, arguments: tuple) -> None:
         cleanup = register(*arguments)
@@ -373,10 +365,14 @@ def run(app_ref: Annotated[str, typer.Option(
                 if inspect.isawaitable(result):
                     await result
 
+    provider = None
     try:
         overrides: dict[str, Any] = {"registry__url": registry_url, "kafka__group_id": group_id,
                      "consumer__max_workers": max_workers}
         settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
+        from toolkit.observability.logs import configure_logging
+
+        configure_logging(level, settings.consumer.log_format)
         subscribed = None
         if topics is not None:
             subscribed = [topic.strip() for topic in topics.split(",") if topic.strip()]
@@ -393,14 +389,24 @@ def run(app_ref: Annotated[str, typer.Option(
         register = _load_app_function(app_ref)
         registry: CachedRegistry[Any] = CachedRegistry.from_settings(
             registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry)
+        middleware = []
+        if settings.consumer.tracing if tracing is None else tracing:
+            from toolkit.observability.tracing import TracingMiddleware, configure_tracing
+
+            provider = configure_tracing(service_name=settings.kafka.group_id)
+            middleware.append(TracingMiddleware(group_id=settings.kafka.group_id))
         consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
-                                               stop_when_idle=until_idle, kafka_config=extra)
+                                               stop_when_idle=until_idle, kafka_config=extra,
+                                               middleware=middleware)
         arguments = _app_arguments(register, consumer, settings)
         try:
             asyncio.run(serve(consumer, register, arguments))
         except ConsumerStopped as exc:
             typer.echo(consumer.stats.table())
             raise _fail(exc) from None
+        finally:
+            if provider is not None:
+                provider.shutdown()  # exports the spans still batched
         typer.echo(consumer.stats.table())
     except EpistleError as exc:
         raise _fail(exc) from None

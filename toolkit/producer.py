@@ -16,6 +16,10 @@
   ``schemaVersion``, a new ``messageId`` (uuid4), ``timestamp`` (now, UTC), ``producer`` (the producer's
   name) and ``correlationId``: the one given, else inside a handler the correlationId of the message being
   handled (:mod:`toolkit.consumer.context`), else the new messageId (the message starts a conversation).
+- Inside a span (a handler traced by :class:`toolkit.observability.tracing.TracingMiddleware`, or the
+  application's own), the record carries its context in W3C ``traceparent``/``tracestate`` headers (the
+  propagators of ``OTEL_PROPAGATORS``), so the consumer's span continues the trace; headers of those names
+  given by the caller are kept as they are. Only when OpenTelemetry is installed (the ``tracing`` extra).
 - acks=all with idempotence; librdkafka's log goes to ``toolkit.kafka`` like the consumer's.
   :meth:`EnvelopeProducer.publish` is awaited until the broker acknowledged the record;
   :meth:`EnvelopeProducer.send` is the synchronous form returning a future. :meth:`close` (and leaving the
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -340,7 +345,7 @@ class EnvelopeProducer:
                                message_id=message_id,
                                correlation_id=correlation_id or self._carried_correlation_id())
         header = Header.model_validate(fields)
-        record_headers = _headers(headers)
+        record_headers = _with_trace_context(_headers(headers))
         schema_id = registered.schema_id
         if wire is WireFormat.ENVELOPE:
             payload = encode_envelope(fields, body)
@@ -592,6 +597,31 @@ def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
     return topics
+
+
+@functools.cache
+def _opentelemetry() -> tuple[Any, Any] | None:
+    """OpenTelemetry's ``propagate`` and ``trace`` modules, or None without the ``tracing`` extra."""
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        return None
+    return propagate, trace
+
+
+def _with_trace_context(headers: list[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes | None]] | None:
+    """``headers`` and the current span's context (traceparent ...), when there is a span."""
+    otel = _opentelemetry()
+    if otel is None:
+        return headers
+    propagate, trace = otel
+    if not trace.get_current_span().get_span_context().is_valid:
+        return headers
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    given = {name.lower() for name, _ in headers or ()}
+    added = [(name, value.encode("utf-8")) for name, value in carrier.items() if name.lower() not in given]
+    return [*(headers or []), *added] if added else headers
 
 
 def _headers(headers: HeadersLike | None) -> list[tuple[str, bytes | None]] | None:

@@ -192,6 +192,11 @@ class ConsumerSettings(BaseSettings):
     def _value_formats(cls, value: Any) -> Any:
         return parse_value_formats(value)
 
+    # `epistle run`'s log lines: "text" (one line, the record context in brackets) or "json" (one object a line).
+    log_format: Literal["text", "json"] = "text"
+    # `epistle run` traces every record with OpenTelemetry (the `tracing` extra); exporters from OTEL_*.
+    tracing: bool = False
+
     @field_validator("unknown_schema_grace_s")
     @classmethod
     def _grace(cls, value: float) -> float:
@@ -204,6 +209,11 @@ class ConsumerSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class ProducerSettings(BaseSettings):

@@ -303,6 +303,7 @@ class Engine:
                     finished = await self._process(part, msg)
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
+                    self.hooks.abandoned(msg)
                     self._fail(ConsumerStopped(f"internal error: {type(exc).__name__}: {exc}",
                                                topic=part.topic, partition=part.partition, offset=msg.offset()))
                     return
@@ -357,6 +358,7 @@ class Engine:
                 finally:
                     handling.reset(handled)
             except asyncio.CancelledError:
+                hooks.abandoned(msg)
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
                 result = exc
@@ -372,6 +374,7 @@ class Engine:
             if isinstance(outcome, RetryAfter):
                 hooks.outcome(msg, current, outcome, attempt, outcome.delay_s)
                 if await self._wait(part, outcome.delay_s):
+                    hooks.abandoned(msg)
                     return False
                 attempt += 1
                 continue
@@ -380,6 +383,7 @@ class Engine:
                 delay = min(self._retry.delay(outages), outcome.max_delay_s)
                 hooks.outcome(msg, current, outcome, attempt, delay)
                 if await self._wait(part, delay):
+                    hooks.abandoned(msg)
                     return False
                 continue
             hooks.outcome(msg, current, outcome, attempt)
@@ -459,6 +463,7 @@ class Engine:
             except BrokerUnavailable as exc:
                 failures += 1
                 if await self._dead_letter_failed(part, msg, record, outcome, failures, exc):
+                    self.hooks.abandoned(msg)
                     return False
         task = asyncio.create_task(self._confirm_dead_letter(part, msg, record, outcome))
         part.pending.add(task)
@@ -483,11 +488,15 @@ class Engine:
                         part.held += 1
                         part.unheld.clear()
                     if await self._dead_letter_failed(part, msg, record, outcome, failures, exc):
+                        self.hooks.abandoned(msg)
                         return  # abandoned: not done, so never committed; redelivered to the next owner
                     continue
                 self.hooks.dead_letter(msg, record, outcome, None, failures, None)
                 part.tracker.done(msg.offset())
                 return
+        except asyncio.CancelledError:  # the shutdown timeout passed before the broker answered
+            self.hooks.abandoned(msg)
+            raise
         finally:
             if failures:
                 part.held -= 1

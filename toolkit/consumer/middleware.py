@@ -20,6 +20,11 @@ Three hooks, each optional (override only what you need; a hook left as the base
 - :meth:`Middleware.on_outcome`: each decision about the record (:mod:`toolkit.consumer.outcomes`):
   ``Done``, ``RetryAfter``, ``Pause``, ``ToDeadLetter``, ``Stop``; then :meth:`Middleware.on_dead_letter`
   for every attempt to deliver its dead letter (acknowledged, or refused and retried).
+- :meth:`Middleware.on_abandoned`: the record was given up without a final outcome (see there).
+
+A record given to ``on_record`` ends with exactly one of: ``on_outcome`` with ``Done`` or ``Stop``,
+``on_dead_letter`` with no error (acknowledged), or ``on_abandoned``; what a middleware keeps per record
+(a span, a timer) can be released there.
 
 Every hook runs on the event loop (docs/threads.md): keep the synchronous ones quick. A hook that raises
 is logged and otherwise ignored: middleware cannot lose a record. The consumer's own statistics
@@ -68,6 +73,11 @@ class Middleware:
         """A dead letter was acknowledged (``error`` None) or refused (``failures`` so far; resent after
         ``delay_s``)."""
 
+    def on_abandoned(self, record: Record) -> None:
+        """``record`` gets no final outcome here: its partition was revoked, or the consumer stopped, while
+        it waited (a retry or outage backoff, its dead letter's delivery) or while its handler ran past the
+        shutdown timeout. It is not committed: the partition's next owner gets it again."""
+
 
 def overrides(middleware: Middleware, hook: str) -> bool:
     """True when ``middleware`` has its own ``hook`` (the engine calls only those)."""
@@ -90,6 +100,7 @@ class Hooks:
         self.around = [m.around_handler for m in middleware if overrides(m, "around_handler")]
         self.on_outcome = [m.on_outcome for m in middleware if overrides(m, "on_outcome")]
         self.on_dead_letter = [m.on_dead_letter for m in middleware if overrides(m, "on_dead_letter")]
+        self.on_abandoned = [m.on_abandoned for m in middleware if overrides(m, "on_abandoned")]
 
     def wrap(self, call: CallNext) -> CallNext:
         """``call`` inside every ``around_handler``, the first middleware outermost."""
@@ -119,6 +130,13 @@ class Hooks:
                 hook(record, dead_letter, outcome, error, failures, delay_s)
             except Exception:  # noqa: BLE001
                 log.exception("middleware on_dead_letter failed")
+
+    def abandoned(self, record: Record) -> None:
+        for hook in self.on_abandoned:
+            try:
+                hook(record)
+            except Exception:  # noqa: BLE001
+                log.exception("middleware on_abandoned failed")
 
 
 def _link(around: Callable[[Message[Any], CallNext], Awaitable[Any]], call_next: CallNext) -> CallNext:

@@ -1,0 +1,333 @@
+"""Tracing on the in-memory broker, spans read from the SDK's in-memory exporter: one CONSUMER span per record
+with the messaging attributes, its parent from the record's traceparent header (garbage headers never
+crash), handlers' own spans as children (async and plain), outcomes, the dead letter's PRODUCER span, no span
+left open when a record is abandoned, and the producer carrying the trace on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from generated_models.orders.v2 import Order
+from toolkit import KafkaConsumer
+from toolkit.consumer import ErrorPolicy, RetryPolicy
+from toolkit.consumer.middleware import Middleware
+from toolkit.errors import ConsumerStopped, RetryableError
+from toolkit.observability.tracing import GETTER, TracingMiddleware, extract_context
+from toolkit.producer import EnvelopeProducer
+from toolkit.registry import CachedRegistry, LocalFolderRegistry
+from toolkit.testing import InMemoryBroker, envelope
+
+ROOT = Path(__file__).resolve().parents[2]
+ORDER = json.loads((ROOT / "schemas/orders/samples/2/valid/required-fields-only.json").read_text())
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+PARENT_ID = 0x00F067AA0BA902B7
+TRACEPARENT = f"00-{TRACE_ID:032x}-{PARENT_ID:016x}-01".encode()
+
+
+class Traced:
+    """A consumer on an in-memory broker with a TracingMiddleware on its own SDK provider."""
+
+    def __init__(self, **options: Any) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracer = self.provider.get_tracer("tests")
+        self.broker = InMemoryBroker()
+        self.tracing = TracingMiddleware(group_id="shop", tracer_provider=self.provider)
+        self.consumer = KafkaConsumer(group_id="shop", transport=self.broker.transport(),
+                                      registry=LocalFolderRegistry(ROOT / "schemas"), middleware=[self.tracing],
+                                      **options)
+
+    def run(self) -> None:
+        asyncio.run(asyncio.wait_for(self.consumer.start(), 30))
+
+    def spans(self, name: str | None = None) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        (span,) = self.spans(name)
+        return span
+
+
+def test_a_record_span_follows_the_messaging_conventions_and_continues_the_producers_trace() -> None:
+    t = Traced(stop_when_idle=True)
+    t.broker.produce("orders", envelope("orders", 2, ORDER, message_id="m-1", correlation_id="c-1"),
+                     headers=[("traceparent", TRACEPARENT), ("tracestate", b"vendor=x")])
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    span = t.one("process orders")
+    assert span.kind is SpanKind.CONSUMER
+    assert span.context.trace_id == TRACE_ID and span.parent.span_id == PARENT_ID and span.parent.is_remote
+    assert span.context.trace_state.get("vendor") == "x"
+    assert dict(span.attributes) == {
+        "messaging.system": "kafka", "messaging.operation.name": "process", "messaging.operation.type": "process",
+        "messaging.destination.name": "orders", "messaging.destination.partition.id": "0",
+        "messaging.kafka.offset": 0, "messaging.consumer.group.name": "shop",
+        "messaging.message.id": "m-1", "messaging.message.conversation_id": "c-1",
+        "epistle.message_type": "orders.v2", "epistle.schema": "orders v2", "epistle.outcome": "done"}
+    assert span.status.status_code is StatusCode.UNSET
+    assert t.tracing.open_spans == 0
+
+
+def test_a_record_without_a_traceparent_starts_a_trace_of_its_own() -> None:
+    t = Traced(stop_when_idle=True)
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(lambda message: True)
+
+    async def run_inside_a_span() -> None:  # the caller's span is not the record's parent
+        with t.tracer.start_as_current_span("test"):
+            await asyncio.wait_for(t.consumer.start(), 30)
+
+    asyncio.run(run_inside_a_span())
+    span = t.one("process orders")
+    assert span.parent is None and span.context.trace_id != t.one("test").context.trace_id
+
+
+@pytest.mark.parametrize("headers", [
+    [("traceparent", b"\xff\xfe not utf-8")],
+    [("traceparent", None)],
+    [("traceparent", b"00-zzzz-yyyy-01"), ("tracestate", b"\x00" * 600)],
+    [("traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01")],  # all-zero ids are invalid
+    [("TraceParent", b"garbage"), ("", b""), ("baggage", b"=;=;\xff")],
+])
+def test_garbage_trace_headers_give_a_root_span_and_the_record_is_handled(headers) -> None:
+    t = Traced(stop_when_idle=True)
+    t.broker.produce("orders", envelope("orders", 2, ORDER), headers=headers)
+    handled = []
+    t.consumer.handler("orders")(lambda message: handled.append(message.offset))
+    t.run()
+    assert handled == [0]
+    span = t.one("process orders")
+    assert span.parent is None and span.attributes["epistle.outcome"] == "done"
+
+
+def test_the_getter_skips_what_is_not_a_readable_header() -> None:
+    carrier: Any = [("traceparent", b"\xff"), ("x",), None, ("traceparent", 5), ("TRACEPARENT", b"ok"),
+                    (b"traceparent", b"no"), ("traceparent", "str")]
+    assert GETTER.get(carrier, "traceparent") == ["ok", "str"]
+    assert GETTER.get([], "traceparent") is None
+    assert extract_context(carrier) is not None  # never raises
+    assert trace.get_current_span(extract_context(None)).get_span_context().is_valid is False
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["async handler", "plain handler in a worker thread"])
+def test_handlers_run_inside_the_record_span_and_their_spans_are_children(plain: bool) -> None:
+    t = Traced(stop_when_idle=True, max_workers=2)
+    t.broker.produce("orders", envelope("orders", 2, ORDER), headers=[("traceparent", TRACEPARENT)])
+    threads = []
+
+    def work(message: Any) -> None:
+        threads.append(threading.current_thread().name)
+        with t.tracer.start_as_current_span("book the order"):
+            pass
+
+    async def work_async(message: Any) -> None:
+        work(message)
+
+    t.consumer.handler("orders")(work if plain else work_async)
+    t.run()
+    process, child = t.one("process orders"), t.one("book the order")
+    assert child.parent.span_id == process.context.span_id and child.context.trace_id == TRACE_ID
+    assert threads[0].startswith("epistle-handler") == plain
+
+
+def test_a_retry_is_an_event_and_the_raised_exception_is_recorded() -> None:
+    t = Traced(stop_when_idle=True, retry=RetryPolicy(max_attempts=3, initial_s=0))
+
+    def flaky(message: Any) -> bool:
+        if message.attempt == 1:
+            raise RetryableError("inventory busy")
+        return True
+
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(flaky)
+    t.run()
+    span = t.one("process orders")
+    assert [e.name for e in span.events] == ["exception", "retry"]
+    assert span.events[0].attributes["exception.type"].endswith("RetryableError")
+    assert span.events[1].attributes["epistle.attempt"] == 1
+    assert span.attributes["epistle.attempts"] == 2 and span.attributes["epistle.outcome"] == "done"
+
+
+def test_a_dead_letter_has_its_send_span_and_the_record_span_ends_after_it() -> None:
+    t = Traced(stop_when_idle=True)
+    t.broker.produce("orders", b"not json", headers=[("traceparent", TRACEPARENT)])
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    process, send = t.one("process orders"), t.one("send orders.dlq")
+    assert process.status.status_code is StatusCode.ERROR and process.status.description.startswith("decode: ")
+    assert process.attributes["epistle.outcome"] == "dead_letter"
+    assert process.attributes["epistle.dead_letter.stage"] == process.attributes["error.type"] == "decode"
+    assert send.kind is SpanKind.PRODUCER and send.parent.span_id == process.context.span_id
+    assert send.attributes["messaging.destination.name"] == "orders.dlq"
+    assert send.end_time <= process.end_time
+    assert len(t.broker.records("orders.dlq")) == 1
+
+
+def test_error_policy_stop_ends_the_span_in_error() -> None:
+    t = Traced(error_policy=ErrorPolicy.STOP)
+    t.broker.produce("orders", b"not json")
+    t.consumer.handler("orders")(lambda message: True)
+    with pytest.raises(ConsumerStopped):
+        t.run()
+    span = t.one("process orders")
+    assert span.status.status_code is StatusCode.ERROR and span.attributes["epistle.outcome"] == "stop"
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+def test_a_record_stopped_in_its_retry_backoff_ends_its_span_as_abandoned() -> None:
+    t = Traced(retry=RetryPolicy(max_attempts=5, initial_s=60))
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(lambda message: False)
+
+    async def scenario() -> None:
+        run = asyncio.create_task(t.consumer.start())
+        await _until(lambda: t.consumer.stats["orders"].retried == 1)
+        assert t.tracing.open_spans == 1
+        await t.consumer.stop()
+        await asyncio.wait_for(run, 10)
+
+    asyncio.run(scenario())
+    span = t.one("process orders")
+    assert span.attributes["epistle.outcome"] == "abandoned" and [e.name for e in span.events] == ["retry"]
+    assert t.tracing.open_spans == 0
+
+
+def test_a_refused_dead_letter_then_a_stop_ends_both_spans() -> None:
+    t = Traced()
+    t.broker.produce("orders", b"not json")
+    t.broker.create_topic("orders.dlq")
+    t.broker.refuse("orders.dlq", "broker down")
+    t.consumer.handler("orders")(lambda message: True)
+
+    async def scenario() -> None:
+        run = asyncio.create_task(t.consumer.start())
+        await _until(lambda: t.consumer.stats["orders"].dead_letter_send_failures >= 1)
+        await t.consumer.stop()
+        await asyncio.wait_for(run, 10)
+
+    asyncio.run(scenario())
+    process, send = t.one("process orders"), t.one("send orders.dlq")
+    assert process.attributes["epistle.outcome"] == "abandoned"
+    assert "broker down" in send.events[0].attributes["exception.message"]
+    assert send.events[-1].name == "abandoned"
+    assert t.tracing.open_spans == 0
+
+
+def test_tracing_is_outermost_when_given_first() -> None:
+    t = Traced(stop_when_idle=True)
+    seen = []
+
+    class Inner(Middleware):
+        async def around_handler(self, message: Any, call_next: Any) -> Any:
+            seen.append(trace.get_current_span().get_span_context().span_id)
+            return await call_next(message)
+
+    t.consumer = KafkaConsumer(group_id="shop", transport=t.broker.transport(), stop_when_idle=True,
+                               registry=LocalFolderRegistry(ROOT / "schemas"), middleware=[t.tracing, Inner()])
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    assert seen == [t.one("process orders").context.span_id]
+
+
+# -- the producer ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def producer() -> EnvelopeProducer:
+    return EnvelopeProducer(registry=CachedRegistry(LocalFolderRegistry(ROOT / "schemas")))
+
+
+def _order() -> Order:
+    return Order.model_validate(ORDER)
+
+
+def test_the_producer_adds_the_current_span_as_traceparent(producer: EnvelopeProducer) -> None:
+    tracer = TracerProvider().get_tracer("tests")
+    with tracer.start_as_current_span("publish") as span:
+        record = producer.build("orders", _order(), headers={"source": "tests"})
+    context = span.get_span_context()
+    headers = dict(record.headers)
+    assert headers["source"] == b"tests"
+    assert headers["traceparent"] == (f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+                                      f"{context.trace_flags:02x}").encode()
+
+
+def test_the_producer_adds_nothing_outside_a_span_and_keeps_a_given_traceparent(producer) -> None:
+    assert producer.build("orders", _order()).headers is None
+    tracer = TracerProvider().get_tracer("tests")
+    with tracer.start_as_current_span("publish"):
+        record = producer.build("orders", _order(), headers=[("traceparent", TRACEPARENT)])
+    assert record.headers == [("traceparent", TRACEPARENT)]
+
+
+def test_the_producer_without_opentelemetry_adds_nothing(producer, monkeypatch) -> None:
+    import toolkit.producer
+
+    monkeypatch.setattr(toolkit.producer, "_opentelemetry", lambda: None)
+    with TracerProvider().get_tracer("tests").start_as_current_span("publish"):
+        assert producer.build("orders", _order()).headers is None
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["async handler", "plain handler"])
+def test_what_a_handler_publishes_carries_the_record_span_on(producer, plain: bool) -> None:
+    t = Traced(stop_when_idle=True, max_workers=2)
+    t.broker.produce("orders", envelope("orders", 2, ORDER), headers=[("traceparent", TRACEPARENT)])
+    published = []
+
+    def handle(message: Any) -> None:
+        published.append(dict(producer.build("shipments-out", _order()).headers))
+
+    async def handle_async(message: Any) -> None:
+        handle(message)
+
+    t.consumer.handler("orders")(handle if plain else handle_async)
+    t.run()
+    process = t.one("process orders")
+    assert published[0]["traceparent"] == f"00-{TRACE_ID:032x}-{process.context.span_id:016x}-01".encode()
+
+
+# -- configuration from OTEL_* (in a fresh interpreter: the global provider can be set once) ------------------
+def _configure(env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = ("from toolkit.observability.tracing import configure_tracing\n"
+            "from opentelemetry import trace\n"
+            "provider = configure_tracing('shop')\n"
+            "print(provider.resource.attributes['service.name'], type(trace.get_tracer_provider()).__name__)\n"
+            "with trace.get_tracer('t').start_as_current_span('hello'): pass\n"
+            "provider.shutdown()\n")
+    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**clean, **env}, timeout=60)
+
+
+def test_configure_tracing_reads_the_otel_variables() -> None:
+    proc = _configure({"OTEL_TRACES_EXPORTER": "console"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("shop TracerProvider") and '"name": "hello"' in proc.stdout
+    proc = _configure({"OTEL_TRACES_EXPORTER": "none", "OTEL_SERVICE_NAME": "orders-service"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "orders-service TracerProvider", proc.stderr
+
+
+def test_an_exporter_that_is_not_installed_is_a_config_error_naming_the_variable() -> None:
+    proc = _configure({"OTEL_TRACES_EXPORTER": "zipkin_json"})
+    assert proc.returncode != 0
+    assert "ConfigError: OTEL_TRACES_EXPORTER='zipkin_json'" in proc.stderr and "console" in proc.stderr

@@ -1,0 +1,1 @@
+"""Observability: what a running consumer tells its operators (logs, traces, metrics)."""

@@ -1,0 +1,315 @@
+"""OpenTelemetry tracing: one span per record, its parent the producer's context (the ``tracing`` extra).
+
+    from toolkit.observability.tracing import TracingMiddleware
+
+    consumer = KafkaConsumer(group_id="orders-service", middleware=[TracingMiddleware(group_id="orders-service")])
+
+:class:`TracingMiddleware` follows OpenTelemetry's messaging semantic conventions:
+
+- a ``process <topic>`` span of kind CONSUMER per record, from the moment its lane takes it up to its final
+  outcome, with ``messaging.system`` (kafka), ``messaging.operation.name``/``.type`` (process),
+  ``messaging.destination.name`` (the topic), ``messaging.destination.partition.id``,
+  ``messaging.kafka.offset``, ``messaging.consumer.group.name``, and once the envelope is read
+  ``messaging.message.id`` (messageId), ``messaging.message.conversation_id`` (correlationId) and the
+  toolkit's ``epistle.message_type`` and ``epistle.schema`` (``orders v2``);
+- its parent is the context propagated in the record's headers (W3C ``traceparent``/``tracestate`` with the
+  default ``OTEL_PROPAGATORS``), so the consumer's span continues the producer's trace; a record without one
+  starts a trace of its own;
+- the handler runs with the span as the current span (also a plain ``def`` handler in its worker thread): a
+  span the handler starts is its child, and what it publishes with
+  :class:`~toolkit.producer.EnvelopeProducer` carries the trace on;
+- ``epistle.outcome`` says how it ended: ``done``, ``dead_letter`` (with ``epistle.dead_letter.stage`` and
+  ``error.type``, status ERROR), ``stop`` (ErrorPolicy.STOP, status ERROR) or ``abandoned`` (its partition
+  was revoked or the consumer stopped first: it is not committed and comes again); ``epistle.attempts``
+  counts handler attempts when there was more than one; each retry and each outage wait is an event
+  (``retry``, ``pause``), and each exception a handler raised is recorded;
+- a dead letter gets a ``send <topic>.dlq`` child span of kind PRODUCER, from the decision to the broker's
+  acknowledgement (each refusal an event); the record's span ends after it.
+
+The hooks run on the event loop (docs/threads.md); nothing here blocks. A recorded span costs the SDK
+about as much CPU as the toolkit spends on a record (docs/tracing.md, "Cost"): at high rates sample with
+``OTEL_TRACES_SAMPLER``; a record that is not sampled costs little. Without an SDK configured the
+OpenTelemetry API is a no-op and the spans cost next to nothing, but the propagated context still flows
+through the handler to what it publishes. :func:`configure_tracing` installs the SDK from the standard
+``OTEL_*`` variables (``epistle run --tracing`` calls it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from toolkit.consumer.middleware import CallNext, Middleware
+from toolkit.consumer.outcomes import Done, Pause, RetryAfter, Stop, ToDeadLetter
+from toolkit.errors import ConfigError
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import Getter
+    from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+except ImportError:  # pragma: no cover - exercised without the extra
+    raise ConfigError("tracing needs OpenTelemetry, which is not installed: pip install "
+                      "'ouroboros-epistle-forge[tracing]' (opentelemetry-api and opentelemetry-sdk), or turn "
+                      "tracing off (EPISTLE_TRACING=0)", setting="EPISTLE_TRACING") from None
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from toolkit.consumer.deadletter import DeadLetterRecord
+    from toolkit.consumer.outcomes import Outcome
+    from toolkit.consumer.pipeline import Message
+    from toolkit.consumer.transport import Record
+
+Headers = Sequence[tuple[str, bytes | str | None]]
+_MAX_DESCRIPTION = 500  # a reason can carry a whole validation report: the status keeps its start
+
+
+class KafkaHeadersGetter(Getter[Headers]):
+    """Reads a propagator's fields from Kafka record headers (name, bytes-or-None pairs; names compared
+    without case, values UTF-8). A header that is not a (str, bytes) pair, or not UTF-8, is skipped."""
+
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        values = []
+        for item in carrier:
+            try:
+                name, value = item
+                if not isinstance(name, str) or name.lower() != key:
+                    continue
+                if isinstance(value, bytes | bytearray):
+                    values.append(value.decode("utf-8"))
+                elif isinstance(value, str):
+                    values.append(value)
+            except (TypeError, ValueError):  # not a pair, not UTF-8
+                continue
+        return values or None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [item[0] for item in carrier if isinstance(item, tuple) and item and isinstance(item[0], str)]
+
+
+GETTER = KafkaHeadersGetter()
+
+
+def extract_context(headers: Iterable[tuple[str, bytes | str | None]] | None) -> Context:
+    """The context propagated in ``headers`` (an empty one when there is none or it cannot be read: the
+    span then starts a new trace). Never raises."""
+    if not headers:
+        return Context()
+    try:
+        return propagate.extract(list(headers), context=Context(), getter=GETTER)
+    except Exception:  # noqa: BLE001 - a record's headers are untrusted input
+        return Context()
+
+
+def _record_headers(record: Record) -> list[tuple[str, bytes | None]] | None:
+    try:
+        return record.headers()
+    except Exception:  # noqa: BLE001 - librdkafka may fail to decode them: the record is still processed
+        return None
+
+
+class _Traced:
+    """One record's span, its message once read, and its dead letter's span while it is being delivered."""
+
+    __slots__ = ("record", "span", "message", "send")
+
+    def __init__(self, record: Record, span: Span) -> None:
+        self.record, self.span = record, span
+        self.message: Message[Any] | None = None
+        self.send: Span | None = None
+
+
+class TracingMiddleware(Middleware):
+    """A span per record (see the module's documentation). Give it first in ``middleware=[...]`` so the
+    spans of other middleware's ``around_handler`` are inside it.
+
+    Args:
+        group_id: the consumer group (``messaging.consumer.group.name``); give the consumer's.
+        tracer_provider: the provider to use; None is the global one (set by :func:`configure_tracing`,
+            ``opentelemetry-instrument`` or the application).
+    """
+
+    def __init__(self, group_id: str | None = None, *, tracer_provider: Any = None) -> None:
+        self.group_id = group_id
+        self._tracer = trace.get_tracer("toolkit.consumer", tracer_provider=tracer_provider)
+        self._open: dict[int, _Traced] = {}  # id(record) -> its span; the entry keeps the record alive
+        # The record the current lane processes: on_record runs in the lane's task, and so does the
+        # handler's around_handler, which has only the message.
+        self._current: ContextVar[_Traced | None] = ContextVar("epistle_traced", default=None)
+
+    @property
+    def open_spans(self) -> int:
+        """Records whose span has not ended yet (in flight)."""
+        return len(self._open)
+
+    # -- hooks ------------------------------------------------------------------------------------------
+    # Every attribute costs the SDK a check and a lock: the record's are given when the span starts, the
+    # message's and the outcome's in one call when it ends.
+    def on_record(self, record: Record) -> None:
+        topic = record.topic()
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka", "messaging.operation.name": "process",
+            "messaging.operation.type": "process", "messaging.destination.name": topic,
+            "messaging.destination.partition.id": str(record.partition()),
+            "messaging.kafka.offset": record.offset()}
+        if self.group_id:
+            attributes["messaging.consumer.group.name"] = self.group_id
+        if record.value() is None:
+            attributes["messaging.kafka.message.tombstone"] = True
+        span = self._tracer.start_span(f"process {topic}", context=extract_context(_record_headers(record)),
+                                       kind=SpanKind.CONSUMER, attributes=attributes)
+        traced = _Traced(record, span)
+        stale = self._open.pop(id(record), None)
+        if stale is not None:  # the same record object again while its earlier run has not ended
+            self._finish(stale, "abandoned")
+        self._open[id(record)] = traced
+        self._current.set(traced)
+
+    async def around_handler(self, message: Message[Any], call_next: CallNext) -> Any:
+        traced = self._current.get()
+        if traced is None or traced.record.offset() != message.offset or traced.record.topic() != message.topic:
+            return await call_next(message)
+        traced.message = message
+        span = traced.span
+        # The handler, and a plain one's worker thread (the engine runs it in a copy of this context),
+        # see the span as the current one. Exceptions are outcomes: on_outcome sets the status.
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return await call_next(message)
+        except Exception as exc:
+            span.record_exception(exc, attributes={"epistle.attempt": message.attempt})
+            raise
+        finally:
+            otel_context.detach(token)
+
+    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
+                   delay_s: float | None) -> None:
+        traced = self._open.get(id(record))
+        if traced is None:
+            return
+        if message is not None:
+            traced.message = message
+        if isinstance(outcome, Done):
+            self._finish(traced, "done", {"epistle.attempts": attempt} if attempt > 1 else None)
+            return
+        span = traced.span
+        if isinstance(outcome, RetryAfter):
+            span.add_event("retry", {"epistle.attempt": attempt, "epistle.retry.delay_s": outcome.delay_s,
+                                     "epistle.reason": outcome.reason})
+        elif isinstance(outcome, Pause):
+            span.add_event("pause", {"epistle.attempt": attempt, "epistle.retry.delay_s": delay_s or 0.0,
+                                     "epistle.reason": outcome.reason})
+        elif isinstance(outcome, ToDeadLetter):
+            self._failed(span, outcome, attempt if message is not None else 0)
+            traced.send = self._tracer.start_span(
+                "send", context=trace.set_span_in_context(span), kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "kafka", "messaging.operation.name": "send",
+                            "messaging.operation.type": "send", "epistle.dead_letter.stage": outcome.stage})
+        elif isinstance(outcome, Stop):
+            self._failed(span, outcome.dead_letter, attempt if message is not None else 0)
+            self._finish(traced, "stop")
+
+    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
+                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+        traced = self._open.get(id(record))
+        if traced is None or traced.send is None:
+            return
+        send = traced.send
+        send.update_name(f"send {dead_letter.topic}")
+        send.set_attribute("messaging.destination.name", dead_letter.topic)
+        if error is None:
+            self._finish(traced, "dead_letter")
+            return
+        send.record_exception(error, attributes={"epistle.failures": failures,
+                                                 "epistle.retry.delay_s": delay_s or 0.0})
+
+    def on_abandoned(self, record: Record) -> None:
+        traced = self._open.get(id(record))
+        if traced is not None:
+            self._finish(traced, "abandoned")
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _failed(span: Span, outcome: ToDeadLetter, attempts: int) -> None:
+        span.set_attributes({"epistle.dead_letter.stage": outcome.stage, "error.type": outcome.stage,
+                             "epistle.attempts": attempts})
+        span.set_status(Status(StatusCode.ERROR, f"{outcome.stage}: {outcome.reason}"[:_MAX_DESCRIPTION]))
+
+    def _finish(self, traced: _Traced, how: str, attributes: dict[str, Any] | None = None) -> None:
+        """End the record's span (and its dead letter's) for good: ``how`` is ``epistle.outcome``."""
+        if self._open.get(id(traced.record)) is traced:
+            del self._open[id(traced.record)]
+        send, span = traced.send, traced.span
+        if send is not None:
+            if how == "abandoned":
+                send.add_event("abandoned")
+            send.end()
+            traced.send = None
+        if span.is_recording():
+            final = {"epistle.outcome": how, **(attributes or {})}
+            message = traced.message
+            if message is not None:  # the envelope's ids, once the record was read as a message
+                header = message.header
+                final.update({"messaging.message.id": header.message_id,
+                              "messaging.message.conversation_id": header.correlation_id,
+                              "epistle.message_type": header.message_type,
+                              "epistle.schema": f"{header.schema_name} v{header.schema_version}"})
+            span.set_attributes(final)
+        span.end()
+
+
+def configure_tracing(service_name: str | None = None) -> TracerProvider | None:
+    """Install the OpenTelemetry SDK as the global tracer provider, configured by the standard variables,
+    unless a provider is installed already (by ``opentelemetry-instrument`` or the application): then
+    None. Returns the provider (call its ``shutdown()`` at exit to flush the last spans).
+
+    - ``OTEL_TRACES_EXPORTER``: comma-separated exporter names (default ``otlp``; ``console``; ``none``),
+      each found through the ``opentelemetry_traces_exporter`` entry points as the SDK's own configuration
+      finds them (``otlp`` comes with ``pip install opentelemetry-exporter-otlp``), each behind a
+      ``BatchSpanProcessor`` (``OTEL_BSP_*``) and configured by its own variables
+      (``OTEL_EXPORTER_OTLP_ENDPOINT`` ...);
+    - ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the resource (``service_name`` when neither
+      names the service); ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: the sampler;
+      ``OTEL_SDK_DISABLED=true``: no spans.
+
+    Raises:
+        ConfigError: the SDK is not installed, or an exporter named in OTEL_TRACES_EXPORTER is not.
+    """
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        raise ConfigError("tracing needs the OpenTelemetry SDK, which is not installed: pip install "
+                          "'ouroboros-epistle-forge[tracing]'", setting="EPISTLE_TRACING") from None
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
+    exporters = []
+    for name in (part.strip().lower() for part in names.split(",")):
+        if not name or name == "none":
+            continue
+        found = list(entry_points(group="opentelemetry_traces_exporter", name=name))
+        if not found:
+            fix = ("pip install opentelemetry-exporter-otlp" if name.startswith("otlp")
+                   else "install the package that provides it")
+            raise ConfigError(f"OTEL_TRACES_EXPORTER={names!r}: no span exporter named {name!r} is installed; "
+                              f"{fix}, or set OTEL_TRACES_EXPORTER=console (spans on stdout) or none",
+                              setting="OTEL_TRACES_EXPORTER")
+        exporters.append(found[0].load())
+    resource = Resource.create()
+    if service_name and str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": service_name}))
+    provider = TracerProvider(resource=resource)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+__all__ = ["GETTER", "KafkaHeadersGetter", "TracingMiddleware", "configure_tracing", "extract_context"]
