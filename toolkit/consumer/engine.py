@@ -277,8 +277,11 @@ class Engine:
             self.transport.resume(to_resume)
 
     def _check_idle(self) -> None:
-        if (self.options.stop_when_idle and self._parts and self._in_flight == 0
-                and all(part.eof for part in self._parts.values())):
+        # Partitions being revoked do not count: their records are the next owner's, and a member left with
+        # none but those is between assignments, not drained.
+        kept = [part for part in self._parts.values() if not part.revoked]
+        if (self.options.stop_when_idle and kept and self._in_flight == 0
+                and all(part.eof for part in kept)):
             log.info("every assigned partition is drained; stopping (stop_when_idle)")
             self.request_stop()
 
