@@ -52,6 +52,12 @@ def safe_str(value: Any, convert: Callable[[Any], str] = str) -> str:
         return f"<{name} {getattr(convert, '__name__', 'str')}() failed>"
 
 
+def json_error_text(exc: Any) -> str:
+    """Where and why JSON did not parse, from a ``json.JSONDecodeError``: "Unterminated string starting at
+    line 1 column 6" (its ``msg`` may end with "at" already, so "at line" is not simply appended)."""
+    return f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
+
+
 class EpistleError(Exception):
     """Root of the toolkit's exceptions."""
 
