@@ -2,8 +2,9 @@
 """Local development services: a single-node Apache Kafka (KRaft) broker and an Apicurio Registry.
 
 Both come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/` folder (Maven's own
-repository too: `.cache/m2`, not `~/.m2`) and run from `.services/<name>/` (pid file, logs, data). Nothing here substitutes a fake service: if a download or a
-start fails, the command stops with the artifact, the error and where the log is.
+repository too: `.cache/m2`, not `~/.m2`) and run from `.services/<name>/` (pid file, logs, data). Nothing
+here substitutes a fake service: if a download or a start fails, the command stops with the artifact, the
+error and where the log is.
 
     python scripts/services.py fetch              # download jars and the registry (idempotent)
     python scripts/services.py up [kafka|registry]
