@@ -20,6 +20,8 @@
     ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
     ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
     ├── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
+    ├── ReplayRefused               `epistle dlq replay`: a record it must not replay (not a dead letter, or
+    │                               one whose destination is a dead-letter topic); nothing after it was sent
     └── ScaffoldError               `epistle new`: invalid answers, the target exists, generating failed
 
 Errors carry their context as attributes (file, subject, version, stage, ...) so callers and logs need
@@ -210,6 +212,16 @@ class ConsumerStopped(EpistleError):
                  partition: int | None = None, offset: int | None = None) -> None:
         super().__init__(message)
         self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
+
+
+class ReplayRefused(EpistleError):
+    """``epistle dlq replay`` stopped at a record it must not replay: not one of our dead letters (unless
+    ``--skip-invalid``), or one whose destination would be a dead-letter topic or does not exist. ``where``
+    is the record's ``topic:partition:offset``; what came before it was replayed and recorded."""
+
+    def __init__(self, message: str, *, where: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class ScaffoldError(EpistleError):
