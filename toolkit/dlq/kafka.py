@@ -251,11 +251,12 @@ class _Replay:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self, timeout_s: float) -> ReplayReport:
+        if self.to is not None:
+            check_target(self.to, self.dlq, self.suffix)
         metadata = connect(self.config, timeout_s)
         partitions = require_topic(metadata, self.dlq, self.suffix)
         self.topics = {name: len(meta.partitions) for name, meta in metadata.topics.items()}
         if self.to is not None:
-            check_target(self.to, self.dlq, self.suffix)
             if self.to not in self.topics:
                 raise ConfigError(f"--to {self.to!r}: no such topic; create it first (a replay does not create "
                                   "topics)", setting="--to")
