@@ -398,12 +398,12 @@ class _Replay:
             if delay > 0:
                 time.sleep(delay)
             self.next_at = max(self.next_at, time.monotonic()) + 1.0 / self.rate
-        if not self.sent:
-            self.window_started = time.monotonic()
         if partition not in ledger.pending.get(topic, {}):
             # committed before the first record goes there, so that an interruption is found again
             ledger.mark(topic, partition, _watermarks(self.consumer, topic, partition)[1])
             self._commit([ledger])
+        if not self.sent:
+            self.window_started = time.monotonic()
         original = letter.original
         headers = [(name, value) for name, value in original.headers if name != REPLAYED_FROM]
         headers.append((REPLAYED_FROM, letter.where.encode("utf-8")))
