@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Local development services: a single-node Apache Kafka (KRaft) broker and an Apicurio Registry.
 
-Both come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/` folder and run from
-`.services/<name>/` (pid file, logs, data). Nothing here substitutes a fake service: if a download or a
-start fails, the command stops with the artifact, the error and where the log is.
+Both come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/` folder (Maven's own
+repository too: `.cache/m2`, not `~/.m2`) and run from `.services/<name>/` (pid file, logs, data). Nothing
+here substitutes a fake service: if a download or a start fails, the command stops with the artifact, the
+error and where the log is.
 
     python scripts/services.py fetch              # download jars and the registry (idempotent)
     python scripts/services.py up [kafka|registry]
     python scripts/services.py down [kafka|registry]
-    python scripts/services.py status
+    python scripts/services.py status             # exit 0: all ready; 3: one is stopped or not ready
 
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081).
 State folder: EPISTLE_SERVICES_DIR (.services).
@@ -38,6 +39,8 @@ CACHE = ROOT / ".cache"
 # EPISTLE_SERVICES_DIR lets a test run a second, private instance (its own pid file, logs and data).
 STATE = Path(os.environ.get("EPISTLE_SERVICES_DIR", ROOT / ".services")).resolve()
 POM = ROOT / "scripts" / "services" / "pom.xml"
+# Maven's local repository: inside the ignored cache, so nothing is written to ~/.m2
+MAVEN = ["mvn", "-B", "-q", f"-Dmaven.repo.local={CACHE / 'm2'}"]
 
 APICURIO_VERSION = os.environ.get("EPISTLE_APICURIO_VERSION", "3.0.9")
 APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -112,7 +115,7 @@ def fetch_kafka() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"fetching Kafka jars listed in {POM.relative_to(ROOT)} from Maven Central ...", flush=True)
     _run(
-        ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+        [*MAVEN, "-f", str(POM), "dependency:copy-dependencies",
          f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
         f"downloading the Kafka jars ({POM.relative_to(ROOT)})",
     )
@@ -138,7 +141,7 @@ def fetch_registry() -> Path:
     shutil.rmtree(download, ignore_errors=True)
     print(f"fetching {APICURIO_ARTIFACT} from Maven Central ...", flush=True)
     _run(
-        ["mvn", "-B", "-q", "dependency:copy", f"-Dartifact={APICURIO_ARTIFACT}",
+        [*MAVEN, "dependency:copy", f"-Dartifact={APICURIO_ARTIFACT}",
          f"-DoutputDirectory={download}"],
         f"downloading {APICURIO_ARTIFACT}",
     )
@@ -261,7 +264,7 @@ class Service:
     def status(self) -> bool:
         pid = self.pid()
         if pid is None:
-            print(f"{self.name}: stopped")
+            print(f"{self.name}: stopped (`make services-up` starts it)")
             return False
         state = "ready" if self.ready() else "NOT READY"
         print(f"{self.name}: running (pid {pid}), {state}, {self.describe()}, "

@@ -414,6 +414,11 @@ def run(app_ref: Annotated[str, typer.Option(
         raise typer.Exit(130) from None
 
 
+from toolkit.dlq.cli import dlq_app  # noqa: E402 - typer only; its commands import the rest when they run
+
+app.add_typer(dlq_app, name="dlq")
+
+
 def main() -> None:
     try:
         app()

@@ -33,7 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic.alias_generators import to_camel
 
 from toolkit import _args
-from toolkit.errors import MessageError, safe_str
+from toolkit.errors import MessageError, json_error_text, safe_str
 from toolkit.layout import SCHEMA_VERSION
 
 MAX_DEPTH = 4096
@@ -243,7 +243,7 @@ def _load_failure(value: bytes, exc: Exception, *, custom: bool, wire_hint: bool
     if isinstance(exc, UnicodeDecodeError) and not custom:
         return f"not UTF-8 ({exc.reason} at byte {exc.start})"
     if isinstance(exc, json.JSONDecodeError) and not custom:
-        return f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        return f"not JSON: {json_error_text(exc)}"
     return f"{type(exc).__name__}: {safe_str(exc)}"  # e.g. NaN refused, or the custom serializer's words
 
 

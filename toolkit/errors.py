@@ -20,6 +20,8 @@
     ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
     ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
     ├── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
+    ├── ReplayRefused               `epistle dlq replay`: a record it must not replay (not a dead letter, or
+    │                               one whose destination is a dead-letter topic); nothing after it was sent
     └── ScaffoldError               `epistle new`: invalid answers, the target exists, generating failed
 
 Errors carry their context as attributes (file, subject, version, stage, ...) so callers and logs need
@@ -50,6 +52,12 @@ def safe_str(value: Any, convert: Callable[[Any], str] = str) -> str:
         except Exception:  # noqa: BLE001
             name = "object"
         return f"<{name} {getattr(convert, '__name__', 'str')}() failed>"
+
+
+def json_error_text(exc: Any) -> str:
+    """Where and why JSON did not parse, from a ``json.JSONDecodeError``: "Unterminated string starting at
+    line 1 column 6" (its ``msg`` may end with "at" already, so "at line" is not simply appended)."""
+    return f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
 
 
 class EpistleError(Exception):
@@ -204,6 +212,16 @@ class ConsumerStopped(EpistleError):
                  partition: int | None = None, offset: int | None = None) -> None:
         super().__init__(message)
         self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
+
+
+class ReplayRefused(EpistleError):
+    """``epistle dlq replay`` stopped at a record it must not replay: not one of our dead letters (unless
+    ``--skip-invalid``), or one whose destination would be a dead-letter topic or does not exist. ``where``
+    is the record's ``topic:partition:offset``; what came before it was replayed and recorded."""
+
+    def __init__(self, message: str, *, where: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class ScaffoldError(EpistleError):

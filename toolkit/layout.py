@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import _args
-from toolkit.errors import SchemaFileError
+from toolkit.errors import SchemaFileError, json_error_text
 
 SUBJECT_CONFIG = "subject.toml"
 _SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
@@ -118,7 +118,7 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SchemaFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        raise SchemaFileError(path, f"not valid JSON: {json_error_text(exc)}",
                               fix="correct the JSON syntax") from None
     except RecursionError:
         raise SchemaFileError(path, "JSON nested too deeply to parse",

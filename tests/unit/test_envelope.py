@@ -189,3 +189,13 @@ def test_custom_serializer_error_whose_str_fails():
 
     with pytest.raises(MessageError, match="Unprintable: <Unprintable str"):
         decode_record(b"{}", loads)
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b'{"header": "abc', "not JSON: Unterminated string starting at line 1 column 12"),
+    (b'{"a": 1 2}', "not JSON: Expecting ',' delimiter at line 1 column 9"),
+])
+def test_a_json_error_reads_as_one_sentence(value, reason):
+    with pytest.raises(MessageError) as info:
+        decode_record(value)
+    assert info.value.reason == reason

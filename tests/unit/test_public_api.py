@@ -15,7 +15,7 @@ def test_all_names_resolve_and_nothing_else_is_public() -> None:
     # Submodules appear as attributes once imported; they are reached as toolkit.<module>, not re-exported.
     public -= {"consumer", "registry", "layout", "validation", "codegen", "envelope", "compat", "cli",
                "scaffold", "demo", "formats", "producer", "testing", "wire", "backoff", "observability",
-               "import_module", "Any"}
+               "dlq", "import_module", "Any"}
     assert public == set(toolkit.__all__)
     assert toolkit.__all__ == sorted(toolkit.__all__)
 
