@@ -46,8 +46,7 @@ test: setup ## run the whole test suite against the local services (started if n
 	$(PY) -m pytest
 
 demo: setup services-up ## the end-to-end demo on the local broker, with schemas/ as the registry
-	@test -f toolkit/demo.py || { echo "make demo: not yet implemented" >&2; exit 2; }
-	$(PY) -m toolkit.demo
+	$(PY) -m examples.demo
 
 bench: setup services-up ## benchmarks; results under bench/results/ (BENCH_ARGS="--messages 20000" for a quick run)
 	$(PY) -m pip install -q -e '.[dev,bench]'
