@@ -6,7 +6,6 @@ they never print a traceback for an :class:`~toolkit.errors.EpistleError`.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -228,16 +227,23 @@ def new(project_name: _NewName = None, package: _NewPackage = None, topics: _New
                "KAFKA_BOOTSTRAP_SERVERS)\n  make run")
 
 
-class _ContextFormatter(logging.Formatter):
-    """Log lines with the record context the runtime attaches (topic, partition, offset, ids)."""
+def _log_handler():
+    """A stderr handler whose lines carry the record context the runtime attaches (topic, partition,
+    offset, ids). Built here: only ``epistle run`` logs, and ``logging`` is not worth importing for --help."""
+    import logging
 
-    FIELDS = ("topic", "partition", "offset", "messageId", "correlationId")
+    fields = ("topic", "partition", "offset", "messageId", "correlationId")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        context = " ".join(f"{name}={getattr(record, name)}" for name in self.FIELDS
-                           if getattr(record, name, None) is not None)
-        return f"{line} [{context}]" if context else line
+    class ContextFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            line = super().format(record)
+            context = " ".join(f"{name}={getattr(record, name)}" for name in fields
+                               if getattr(record, name, None) is not None)
+            return f"{line} [{context}]" if context else line
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
 
 
 def _load_app_function(ref: str):
@@ -345,6 +351,7 @@ def run(app_ref: Annotated[str, typer.Option(
     """
     import asyncio
     import inspect
+    import logging
 
     from toolkit.consumer import ConsumerStopped, KafkaConsumer
     from toolkit.registry import CachedRegistry, registry_from_settings
@@ -353,9 +360,7 @@ def run(app_ref: Annotated[str, typer.Option(
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         raise _fail(EpistleError(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR"), 2)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[_log_handler()], force=True)
 
     async def serve(consumer: KafkaConsumer, register, arguments: tuple) -> None:
         cleanup = register(*arguments)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Never needed to start the CLI or print its help.
 HEAVY = ["jsonschema", "jsonschema_rs", "lark", "datamodel_code_generator", "confluent_kafka", "cookiecutter",
-         "httpx", "pydantic", "pydantic_settings", "fastavro", "avro", "rich", "typer.rich_utils",
+         "httpx", "pydantic", "pydantic_settings", "fastavro", "avro", "rich", "typer.rich_utils", "logging",
          "toolkit.settings", "toolkit.consumer", "toolkit.validation", "toolkit.codegen", "toolkit.registry"]
 # Not needed by `epistle check` on a folder (no registry asked): rfc3987_syntax's grammar (lark) and arrow's
 # dateutil (isoduration's) included; bodies are not validated, so neither is the body validator.
