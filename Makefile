@@ -52,7 +52,7 @@ test: setup ## run the whole test suite against the local services (started if n
 
 demo: $(STAMP) ## the end-to-end demo on the local broker (started, and left running), with schemas/ as the registry
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then $(SERVICES) up kafka; fi
-	@$(PY) -m toolkit.demo; code=$$?; \
+	@$(PY) -m examples.demo; code=$$?; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
 		echo "make demo: Kafka is left running for the next run (make services-status); make services-down stops it"; \
 	fi; exit $$code

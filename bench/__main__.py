@@ -4,6 +4,7 @@
     python -m bench --messages 20000 --runs 3 --rss-messages 100000 --latency-seconds 5 --out /tmp/bench  # quick
     python -m bench --layouts shared,pinned,one-core     # also pinned: the broker's affinity is changed
     python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
+    python -m bench --only cli            # how long `epistle --help` and `epistle check` take to run
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
@@ -38,7 +39,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import backlog, machine, resume
+from bench import backlog, cli, machine, resume
 from bench import latency as latency_probe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,6 +284,8 @@ def write_markdown(report: dict) -> str:
         lines.append("")
     if report.get("resume"):
         lines += resume.markdown(report["resume"])
+    if report.get("cli"):
+        lines += cli.markdown(report["cli"])
     if report.get("latency"):
         lt = report["latency"]
         if "contenders" not in lt:  # an older results.json: the toolkit alone at a fixed rate
@@ -342,8 +345,9 @@ def main() -> None:
                         help="latency rate when the run has no L1 JSON throughput figure")
     parser.add_argument("--latency-seconds", type=float, default=30, help="0 skips the latency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=["resume"],
+    parser.add_argument("--only", choices=["resume", "cli"],
                         help="run this row alone and merge it into the existing results.json")
+    parser.add_argument("--cli-runs", type=int, default=cli.RUNS, help="runs of each epistle command timed")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite results.md and the chart from an existing results.json")
     # comparable across machines
@@ -374,18 +378,18 @@ def main() -> None:
         write_chart(report, args.out / "throughput.png")
         return
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{os.environ.get('EPISTLE_KAFKA_PORT', '9092')}"
-    if args.only == "resume":
+    if args.only:
         previous = args.out / "results.json"
         report = json.loads(previous.read_text()) if previous.exists() else {
             "when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs, "throughput": [],
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}"}
-        report["resume"] = resume.resume(bootstrap, args.runs) | {
-            "when": datetime.now(UTC).isoformat(timespec="seconds")}
+        row = resume.resume(bootstrap, args.runs) if args.only == "resume" else cli.measure(args.cli_runs)
+        report[args.only] = row | {"when": datetime.now(UTC).isoformat(timespec="seconds")}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "results.md").write_text(write_markdown(report) + "\n")
-        print(f"wrote {args.out}/results.json, results.md (resume after SIGKILL)")
+        print(f"wrote {args.out}/results.json, results.md ({args.only})")
         return
     contenders = _names(parser, args.contenders, ALL)
     if args.baseline:
@@ -416,6 +420,7 @@ def main() -> None:
         report["latency"] = latency(bootstrap, latency_contenders, rate, basis, args.latency_seconds,
                                     args.latency_runs)
     report["resume"] = resume.resume(bootstrap, args.runs)
+    report["cli"] = cli.measure(args.cli_runs)
     report["calibration"]["end"] = machine.calibrate()
 
     args.out.mkdir(parents=True, exist_ok=True)

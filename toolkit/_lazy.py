@@ -3,7 +3,9 @@
 ``import jsonschema`` imports every optional format checker it finds installed, and one of them,
 ``rfc3987_syntax`` (the "iri" / "iri-reference" formats), builds a lark grammar when imported: 0.5 s on
 a quiet machine, 5 s on a loaded one, paid by every command that touches JSON Schema (``epistle check``,
-codegen, the consumer's validator) whether or not a schema uses those formats.
+codegen, the consumer's validator) whether or not a schema uses those formats. Another, ``isoduration``
+(the "duration" format), imports ``arrow`` and ``dateutil``: a fifth of ``import jsonschema`` again, for a
+module it only calls when a "duration" string is checked.
 
 :func:`defer_format_modules` (called once by ``import toolkit``) makes those modules import as an empty shell
 whose real code runs on first use: the functions jsonschema binds with ``from module import function`` are
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 DEFERRED: dict[str, tuple[str, ...]] = {
     "rfc3987_syntax": ("is_valid_syntax",),
     "rfc3986_validator": ("validate_rfc3986",),
+    "arrow": (),  # isoduration's parser does ``import arrow`` and uses it only inside parse_duration
 }
 
 

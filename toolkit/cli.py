@@ -6,7 +6,6 @@ they never print a traceback for an :class:`~toolkit.errors.EpistleError`.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -340,6 +339,7 @@ def run(app_ref: Annotated[str, typer.Option(
     """
     import asyncio
     import inspect
+    import logging
 
     from toolkit.consumer import ConsumerStopped, KafkaConsumer
     from toolkit.registry import CachedRegistry, registry_from_settings

@@ -1,4 +1,4 @@
-"""``make demo`` end to end: ``python -m toolkit.demo`` on the real broker shows every outcome."""
+"""``make demo`` end to end: ``python -m examples.demo`` on the real broker shows every outcome."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def test_demo_shows_every_outcome(kafka_bootstrap, tmp_path):
     summary_file = tmp_path / "demo.json"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "SCHEMA_REGISTRY_URL": "http://127.0.0.1:1/ignored"}  # the demo always uses schemas/
-    proc = subprocess.run([sys.executable, "-m", "toolkit.demo", "--json", str(summary_file)], cwd=tmp_path,
+    # From the repository root, as `make demo` runs it: examples/ is not part of the installed package.
+    proc = subprocess.run([sys.executable, "-m", "examples.demo", "--json", str(summary_file)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

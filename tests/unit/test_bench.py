@@ -17,6 +17,8 @@ import pytest
 
 from bench import machine
 from bench.__main__ import LABELS, latency_rate, latency_ratios, summarize, write_markdown
+from bench.cli import heaviest
+from bench.cli import markdown as cli_markdown
 from bench.contenders import CONTENDERS, finish
 from bench.latency import percentiles
 
@@ -227,3 +229,27 @@ def test_the_baseline_contender_runs_the_same_code_on_the_baselines_toolkit(monk
     (base_cmd, base_kw), (t_cmd, t_kw) = calls
     assert base_cmd == t_cmd and base_cmd[3] == "T"
     assert base_kw["env"]["EPISTLE_BENCH_TOOLKIT"] == str(tmp_path) and t_kw["env"] is None
+
+
+def test_heaviest_imports_sums_own_time_per_top_level_package():
+    log = textwrap.dedent("""\
+        import time: self [us] | cumulative | imported package
+        import time:       900 |       1900 | encodings
+        import time:      2000 |       2000 |     jsonschema._format
+        import time:       500 |       2500 |   jsonschema
+        import time:     30000 |      30000 | arrow
+        error: something else on stderr
+        """)
+    assert heaviest(log, top=2) == {"arrow": 30.0, "jsonschema": 2.5}
+
+
+def test_cli_markdown_shows_each_command_against_its_target():
+    block = {"when": "2026-01-01", "runs": 2, "python_floor_s": 0.03, "load_average_1m": [1.0, 1.2], "met": False,
+             "rows": {"help": {"command": "epistle --help", "median_s": 0.11, "runs_s": [0.1, 0.12],
+                               "median_cpu_s": 0.09, "target_s": 0.3, "met": True,
+                               "heaviest_imports_ms": {"typer": 40.0}},
+                      "check": {"command": "epistle check", "error": "boom", "target_s": 1.0, "met": False}}}
+    text = "\n".join(cli_markdown(block))
+    assert "| `epistle --help` | 0.110 | < 0.3 | yes | 0.09 | 0.10, 0.12 | typer 40 |" in text
+    assert "| `epistle check` | - | < 1.0 | NO | - | boom |" in text
+    assert "load average 1.0 then 1.2" in text

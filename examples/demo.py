@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m toolkit.demo``): the whole flow on a real broker, with ``schemas/`` as registry.
+"""``make demo`` (``python -m examples.demo``): the whole flow on a real broker, with ``schemas/`` as registry.
 
 1. Creates two fresh topics (``demo-orders-<run>`` and ``demo-shipments-<run>``, 2 partitions each), so the
    demo can run again and again on the same cluster; they and their ``.dlq`` topics are deleted at the end
@@ -359,7 +359,7 @@ def _print(summary: dict[str, Any], out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the demo topics and their dead letters")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the summary as JSON to PATH")
     parser.add_argument("--verbose", action="store_true",
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if str(ROOT) not in sys.path:  # examples/ lives at the repository root, beside toolkit/
+    if str(ROOT) not in sys.path:  # run as a script (python examples/demo.py): examples/, generated_models/
         sys.path.insert(0, str(ROOT))
     try:
         summary = run_demo(keep=args.keep)
