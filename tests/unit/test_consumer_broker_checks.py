@@ -191,3 +191,15 @@ def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: py
             asyncio.run(consumer.start())
         assert err.value.setting == "topics"
     assert len(checks) == 2  # one metadata request per start: the same answer checks broker and topics
+
+
+def test_security_settings_given_in_kafka_config_reach_every_client_not_the_consumer_only() -> None:
+    consumer = KafkaConsumer("127.0.0.1:1", "group", kafka_config={
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
+        "sasl.password": "p", "ssl.ca.location": "/ca.pem", "session.timeout.ms": 6000})
+    shared = consumer.options.client_config  # the dead-letter producer's and the admin client's connection
+    assert {k: shared[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "ssl.ca.location")} == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
+        "ssl.ca.location": "/ca.pem"}
+    assert "session.timeout.ms" not in shared
+    assert consumer.options.consumer_config()["session.timeout.ms"] == 6000

@@ -174,7 +174,8 @@ class ConsumerOptions:
     group_instance_id: str | None
     auto_offset_reset: str
     client_config: dict[str, Any] = field(repr=False)
-    """Connection settings of every Kafka client (KAFKA_* security settings included)."""
+    """Connection settings of every Kafka client (the consumer, the dead-letter producer, the admin client):
+    KAFKA_* security settings, then those given in ``kafka_config`` (:func:`connection_settings`)."""
     kafka_config: dict[str, Any] = field(repr=False)
     dead_letter_producer_config: dict[str, Any] = field(repr=False)
     value_formats: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +224,8 @@ class ConsumerOptions:
             unknown_schema_grace_s=float(given("unknown_schema_grace_s", cfg.unknown_schema_grace_s)),
             startup_timeout_s=float(given("startup_timeout_s", kafka.startup_timeout_s)),
             group_instance_id=group_instance, auto_offset_reset=kafka.auto_offset_reset,
-            client_config={**kafka.client_config(), "bootstrap.servers": bootstrap},
+            client_config={**kafka.client_config(), "bootstrap.servers": bootstrap,
+                           **connection_settings(a.get("kafka_config") or {})},
             kafka_config=dict(a.get("kafka_config") or {}),
             dead_letter_producer_config=dict(a.get("dead_letter_producer_config") or {}),
             value_formats=(check_value_formats(a["value_formats"]) if a.get("value_formats") is not None
@@ -258,3 +260,16 @@ def check_value_formats(value: Any) -> dict:
         return parse_value_formats(value)
     except ValueError as exc:
         raise ConfigError(f"value_formats: {exc} ({SETTING} sets the default)", setting="value_formats") from None
+
+
+# librdkafka properties that say how to reach and authenticate to the cluster, as opposed to how to consume:
+# given in kafka_config, they apply to the dead-letter producer and the admin client too.
+_CONNECTION_PREFIXES = ("security.protocol", "sasl.", "ssl.", "ssl_", "enable.ssl.", "socket.",
+                        "client.dns.lookup", "broker.address.", "resolve_canonical_bootstrap_servers_only")
+
+
+def connection_settings(kafka_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection and security properties of ``kafka_config`` (``security.protocol``, ``sasl.*``,
+    ``ssl.*``, ``socket.*`` ...): a consumer given SASL credentials there produces its dead letters with them."""
+    return {key: value for key, value in kafka_config.items()
+            if isinstance(key, str) and key.startswith(_CONNECTION_PREFIXES)}
