@@ -324,6 +324,10 @@ def run(app_ref: Annotated[str, typer.Option(
                  "e.g. -X session.timeout.ms=10000.")] = None,
         log_level: Annotated[str, typer.Option(
             "--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+        metrics_port: Annotated[int | None, typer.Option(
+            "--metrics-port", min=1, max=65535, show_default=False,
+            help="Serve Prometheus metrics on /metrics and the probes /healthz and /readyz on this port "
+                 "(default: EPISTLE_METRICS_PORT; unset: off).")] = None,
         ) -> None:
     """Run the consumer with your handlers until SIGTERM/SIGINT (or, with --until-idle, until drained).
 
@@ -338,6 +342,9 @@ def run(app_ref: Annotated[str, typer.Option(
     It may be ``async def`` (awaited on the consumer's event loop) and may return a cleanup callable
     (sync or async), called after the consumer stopped and committed. The current directory is importable,
     as with ``python -m``, so ``epistle run --app examples.shop.app:register`` works from the repo root.
+
+    With --metrics-port (or EPISTLE_METRICS_PORT) an HTTP server serves Prometheus metrics and the health
+    probes for the whole run (docs/operations.md).
 
     SIGTERM/SIGINT: stop fetching, finish the handlers in flight, commit, exit 0. The per-topic counters
     are printed on exit. Exit 1: invalid settings or options (one message naming the setting), the
@@ -393,14 +400,28 @@ def run(app_ref: Annotated[str, typer.Option(
         register = _load_app_function(app_ref)
         registry = CachedRegistry.from_settings(
             registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry)
+        port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
+        server = None
+        middleware = []
+        if port is not None:
+            from toolkit.observability import MetricsServer, PrometheusMiddleware
+
+            metrics = PrometheusMiddleware(health_timeout_s=settings.consumer.health_timeout_s)
+            middleware.append(metrics)
+            server = MetricsServer(metrics, port, address=settings.consumer.metrics_address)
         consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
-                                               stop_when_idle=until_idle, kafka_config=extra)
+                                               stop_when_idle=until_idle, kafka_config=extra, middleware=middleware)
         arguments = _app_arguments(register, consumer, settings)
         try:
+            if server is not None:
+                server.start()
             asyncio.run(serve(consumer, register, arguments))
         except ConsumerStopped as exc:
             typer.echo(consumer.stats.table())
             raise _fail(exc) from None
+        finally:
+            if server is not None:
+                server.close()
         typer.echo(consumer.stats.table())
     except EpistleError as exc:
         raise _fail(exc) from None

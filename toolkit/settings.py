@@ -182,6 +182,11 @@ class ConsumerSettings(BaseSettings):
     # Seconds a record whose schema the registry does not know waits (its partition holding, the
     # registry asked again with backoff) before it is dead-lettered at stage "schema"; 0 = at once.
     unknown_schema_grace_s: Annotated[float, Field(allow_inf_nan=False)] = 30.0
+    # epistle run serves /metrics, /healthz and /readyz on this port (docs/operations.md); unset: no server.
+    metrics_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    metrics_address: str = "0.0.0.0"
+    # /healthz fails when the event loop or the poll thread has not gone round for this long.
+    health_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
     @field_validator("unknown_schema_grace_s")
     @classmethod
