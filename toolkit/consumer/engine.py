@@ -445,7 +445,8 @@ class Engine:
     async def _run_handler(self, route: Route, message: Message[Any]) -> Any:
         """Run the handler in a worker slot, waiting for one; plain functions in the handler pool."""
         workers = self._workers
-        await workers.acquire()
+        if not workers.try_acquire():  # a free slot is taken without a coroutine
+            await workers.acquire()
         try:
             if route.is_async:
                 return await route.call(message)

@@ -3,12 +3,14 @@
     metrics = PrometheusMiddleware()                 # the global registry; or registry=CollectorRegistry()
     consumer = KafkaConsumer(..., middleware=[metrics])
 
-Counters and histograms are updated as things happen: by the middleware hooks on the event loop, by the
-transport's poll thread (commits) and by the registry threads (lookups); prometheus-client's metrics are
-thread-safe. The consumer's state (in-flight records, lag, paused partitions, health) is copied into a
-snapshot on the event loop every ``sample_interval_s``, and a scrape reads only that snapshot: the engine's
-state belongs to the loop (docs/threads.md), and a loop that stops answering shows as a snapshot that
-stops getting younger, which is what ``/healthz`` checks.
+The per-record metrics (``epistle_records_total``, ``epistle_handler_duration_seconds``) are added up in
+plain dicts on the event loop, which costs a fraction of prometheus-client's locked updates, and handed to
+the registry every ``sample_interval_s`` (and when the consumer stops): a scrape sees them at most that
+late. Commits (the poll thread) and registry lookups (the registry threads) update prometheus-client's
+thread-safe metrics directly. The consumer's state (in-flight records, lag, paused partitions, health) is
+copied into a snapshot on the loop at the same interval, and a scrape reads only that snapshot: the
+engine's state belongs to the loop (docs/threads.md), and a loop that stops answering shows as a snapshot
+that stops getting younger, which is what ``/healthz`` checks.
 
 Label values are bounded: topics and partitions are the consumer's own; ``message_type`` and
 ``schema_version`` come from record headers, so at most ``MAX_LABEL_VALUES`` distinct values of each are
@@ -20,6 +22,7 @@ and probe is described in docs/operations.md.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 import time
 import weakref
@@ -29,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit import _args
 from toolkit.consumer.middleware import CallNext, Middleware
-from toolkit.consumer.outcomes import Done, Outcome, Pause, RetryAfter, Stop, ToDeadLetter
+from toolkit.consumer.outcomes import DONE, Done, Outcome, Pause, RetryAfter, Stop, ToDeadLetter
 from toolkit.consumer.transport import FetchState, ObservableTransport
 from toolkit.errors import ConfigError, InvalidArgument
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 except ImportError:  # pragma: no cover - the extra is in the dev dependencies
     raise ConfigError("Prometheus metrics need prometheus-client: pip install 'ouroboros-epistle-forge[metrics]'",
                       setting="metrics") from None
@@ -59,7 +62,12 @@ REGISTRY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 PAUSE_REASONS = ("backpressure", "retry", "outage", "dead_letter")
 _HEADERLESS_STAGES = frozenset({"decode", "envelope"})
-_MAX_CACHED_CHILDREN = 10_000
+_MAX_CACHED_KEYS = 10_000
+_now = time.perf_counter
+_bucket = bisect.bisect_left
+_RECORD_LABELS = ["topic", "message_type", "schema_version", "outcome", "stage"]
+_STATE_GAUGES = ("epistle_in_flight_records", "epistle_assigned_partitions", "epistle_consumer_lag",
+                 "epistle_partition_paused", "epistle_healthy", "epistle_ready")
 
 
 class _Metrics:
@@ -67,14 +75,9 @@ class _Metrics:
     registered once per registry)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.records = Counter(
-            "epistle_records", "Records by outcome: processed, retried (an attempt failed and will be retried), "
-            "paused (a wait for a registry or broker outage), dead_lettered (its dead letter acknowledged; stage "
-            "says why), stopped (ErrorPolicy.STOP)",
-            ["topic", "message_type", "schema_version", "outcome", "stage"], registry=registry)
-        self.handler = Histogram("epistle_handler_duration_seconds",
-                                 "Handler attempts, from the call to its result (a wait for a free worker included)",
-                                 ["topic"], buckets=HANDLER_BUCKETS, registry=registry)
+        # Added to by the middleware's flushes (under the lock), read by scrapes.
+        self.records: dict[tuple[str, ...], float] = {}
+        self.handler: dict[str, list[float]] = {}  # topic -> non-cumulative bucket counts (+Inf last), then sum
         self.commits = Counter("epistle_commits", "Offset commit requests answered by the broker, by result",
                                ["result"], registry=registry)
         self.commit_duration = Histogram("epistle_commit_duration_seconds",
@@ -90,9 +93,23 @@ class _Metrics:
             "epistle_dead_letter_send_failures", "Dead letters the broker refused (each is resent until delivered)",
             ["topic"], registry=registry)
         self.sources: weakref.WeakSet[PrometheusMiddleware] = weakref.WeakSet()
-        registry.register(_StateCollector(self.sources))
+        self.lock = threading.Lock()
+        registry.register(_ConsumerCollector(self))
         self._values: dict[str, set[str]] = {"message_type": set(), "schema_version": set()}
-        self._lock = threading.Lock()
+
+    def add(self, records: dict[tuple[str, ...], int], handler: dict[str, list[float]]) -> None:
+        """Add a middleware's counts since its last flush."""
+        with self.lock:
+            totals = self.records
+            for labels, count in records.items():
+                totals[labels] = totals.get(labels, 0.0) + count
+            for topic, counts in handler.items():
+                total = self.handler.get(topic)
+                if total is None:
+                    self.handler[topic] = list(counts)
+                else:
+                    for i, count in enumerate(counts):
+                        total[i] += count
 
     def label(self, kind: str, value: str) -> str:
         """``value`` as a label of ``kind``: itself while fewer than MAX_LABEL_VALUES are in use, else OTHER."""
@@ -101,7 +118,7 @@ class _Metrics:
             return value
         if not value or len(value) > MAX_LABEL_LENGTH or not value.isprintable():
             return OTHER
-        with self._lock:
+        with self.lock:
             if len(values) < MAX_LABEL_VALUES:
                 values.add(value)
                 return value
@@ -192,9 +209,12 @@ class PrometheusMiddleware(Middleware):
         self.registry = REGISTRY if registry is None else registry
         self._metrics = _metrics_for(self.registry)
         self._commits = _CommitObserver(self._metrics)
-        self._records: dict[tuple[str, str, str, str, str], Any] = {}  # header values as sent -> child
-        self._headerless: dict[tuple[str, str, str, str, str], Any] = {}  # label values -> child
-        self._handler: dict[str, Any] = {}
+        # Counted on the loop since the last flush: records by (topic, messageType, schemaVersion as sent,
+        # outcome, stage) or by their labels (key starting with None); handler durations by topic.
+        self._records: dict[tuple[Any, ...], int] = {}
+        self._processed: dict[tuple[str, str, str], int] = {}  # the common case, by (topic, type, version)
+        self._handler: dict[str, list[float]] = {}
+        self._labels: dict[tuple[Any, ...], tuple[str, ...]] = {}  # record key -> label values
         self._pipeline: Pipeline | None = None
         self._transport: ObservableTransport | None = None
         self._resolver: Any = None
@@ -220,6 +240,7 @@ class PrometheusMiddleware(Middleware):
         self._task = asyncio.get_running_loop().create_task(self._sample_forever(engine))
 
     def on_stop(self, engine: Engine) -> None:
+        self._flush()
         self._state = "stopped"
         if self._task is not None:
             self._task.cancel()
@@ -246,6 +267,34 @@ class PrometheusMiddleware(Middleware):
         self._snapshot = _Snapshot(time.monotonic(), engine.options.group_id, engine.in_flight_count, partitions,
                                    lag, fetch)
         self._state = "running"
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the counts added up on the loop to the registry's totals."""
+        records, processed, handler = self._records, self._processed, self._handler
+        if not records and not processed and not handler:
+            return
+        self._records, self._processed, self._handler = {}, {}, {}
+        for (topic, message_type, schema_version), count in processed.items():
+            key = (topic, message_type, schema_version, "processed", "")
+            records[key] = records.get(key, 0) + count
+        labels_of = self._labels
+        if len(labels_of) > _MAX_CACHED_KEYS:
+            labels_of.clear()
+        labelled: dict[tuple[str, ...], int] = {}
+        for key, count in records.items():
+            labels = labels_of.get(key)
+            if labels is None:
+                labels = labels_of[key] = self._label_values(key)
+            labelled[labels] = labelled.get(labels, 0) + count
+        self._metrics.add(labelled, handler)
+
+    def _label_values(self, key: tuple[Any, ...]) -> tuple[str, ...]:
+        if key[0] is None:  # labelled already (a record that is not a Message)
+            return key[1:]
+        label = self._metrics.label
+        topic, message_type, schema_version, outcome, stage = key
+        return topic, label("message_type", message_type), label("schema_version", schema_version), outcome, stage
 
     # -- probes (any thread) ----------------------------------------------------------------------------------
     def health(self) -> Probe:
@@ -292,17 +341,25 @@ class PrometheusMiddleware(Middleware):
 
     # -- hooks (on the loop) ------------------------------------------------------------------------------
     async def around_handler(self, message: Message[Any], call_next: CallNext) -> Any:
-        started = time.perf_counter()
+        started = _now()
         try:
             return await call_next(message)
         finally:
-            child = self._handler.get(message.topic)
-            if child is None:
-                child = self._handler[message.topic] = self._metrics.handler.labels(message.topic)
-            child.observe(time.perf_counter() - started)
+            seconds = _now() - started
+            counts = self._handler.get(message.topic)
+            if counts is None:
+                counts = self._handler[message.topic] = [0.0] * (len(HANDLER_BUCKETS) + 2)
+            counts[_bucket(HANDLER_BUCKETS, seconds)] += 1  # the first bucket whose bound >= seconds
+            counts[-1] += seconds
 
     def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
                    delay_s: float | None) -> None:
+        if outcome is DONE and message is not None:  # every record handled: as little as possible
+            header = message.header
+            key = (message.topic, header.message_type, header.schema_version)
+            processed = self._processed
+            processed[key] = processed.get(key, 0) + 1
+            return
         kind = type(outcome)
         if kind is Done:
             self._count(record, message, "processed", "")
@@ -322,24 +379,13 @@ class PrometheusMiddleware(Middleware):
             self._metrics.dead_letter_failures.labels(record.topic()).inc()
 
     def _count(self, record: Record, message: Message[Any] | None, outcome: str, stage: str) -> None:
-        topic = record.topic()
         if message is not None:
             header = message.header
-            key = (topic, header.message_type, header.schema_version, outcome, stage)
-            child = self._records.get(key)
-            if child is None:
-                label = self._metrics.label
-                child = self._metrics.records.labels(topic, label("message_type", key[1]),
-                                                     label("schema_version", key[2]), outcome, stage)
-                if len(self._records) >= _MAX_CACHED_CHILDREN:
-                    self._records.clear()
-                self._records[key] = child
+            key: tuple[Any, ...] = (record.topic(), header.message_type, header.schema_version, outcome, stage)
         else:
-            key = (topic, *self._header_labels(record, stage), outcome, stage)
-            child = self._headerless.get(key)
-            if child is None:
-                child = self._headerless[key] = self._metrics.records.labels(*key)
-        child.inc()
+            key = (None, record.topic(), *self._header_labels(record, stage), outcome, stage)
+        records = self._records
+        records[key] = records.get(key, 0) + 1
 
     def _header_labels(self, record: Record, stage: str) -> tuple[str, str]:
         """message_type and schema_version of a record that is not a Message (it failed, or waits for
@@ -359,14 +405,49 @@ class PrometheusMiddleware(Middleware):
             self._metrics.registry_duration.labels(result).observe(seconds)
 
 
-class _StateCollector:
-    """Gauges of the consumers' state, built at each scrape from their snapshots (so a revoked
-    partition's series is gone at the next scrape, with nothing to remove)."""
+class _ConsumerCollector:
+    """The per-record totals, and gauges of the consumers' state built at each scrape from their snapshots
+    (so a revoked partition's series is gone at the next scrape, with nothing to remove)."""
 
-    def __init__(self, sources: weakref.WeakSet[PrometheusMiddleware]) -> None:
-        self._sources = sources
+    def __init__(self, metrics: _Metrics) -> None:
+        self._metrics = metrics
+        self._sources = metrics.sources
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Any]:
+        yield from self._totals()
+        yield from self._state()
+
+    def describe(self) -> list[Any]:
+        """The names (so the registry refuses them when taken, also with ``auto_describe`` off)."""
+        return [CounterMetricFamily("epistle_records", ""),
+                HistogramMetricFamily("epistle_handler_duration_seconds", ""),
+                *(GaugeMetricFamily(name, "") for name in _STATE_GAUGES)]
+
+    def _totals(self) -> Iterator[Any]:
+        metrics = self._metrics
+        with metrics.lock:
+            records = list(metrics.records.items())
+            handler = [(topic, list(counts)) for topic, counts in metrics.handler.items()]
+        family = CounterMetricFamily(
+            "epistle_records", "Records by outcome: processed, retried (an attempt failed and will be retried), "
+            "paused (a wait for a registry or broker outage), dead_lettered (its dead letter acknowledged; stage "
+            "says why), stopped (ErrorPolicy.STOP)", labels=_RECORD_LABELS)
+        for labels, count in sorted(records):
+            family.add_metric(labels, count)
+        yield family
+        durations = HistogramMetricFamily(
+            "epistle_handler_duration_seconds", "Handler attempts, from the call to its result (a wait for a "
+            "free worker included)", labels=["topic"])
+        bounds = [*(format(bound, "g") for bound in HANDLER_BUCKETS), "+Inf"]
+        for topic, counts in sorted(handler):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip(bounds, counts[:-1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            durations.add_metric([topic], buckets, sum_value=counts[-1])
+        yield durations
+
+    def _state(self) -> Iterator[GaugeMetricFamily]:
         group = ["consumer_group"]
         in_flight = GaugeMetricFamily("epistle_in_flight_records", "Records fetched and not yet finished", labels=group)
         assigned = GaugeMetricFamily("epistle_assigned_partitions", "Partitions assigned to the consumer",
