@@ -101,6 +101,14 @@ def test_prometheus_scrapes_a_running_consumer(kafka_bootstrap, prometheus, make
         lag = f'epistle_consumer_lag{{{mine},topic="{orders}"}}'
         eventually(lambda: len(query(url, lag)) == 2 and scalar(url, f"sum({lag})") == 0, "the lag measured as 0")
         assert scalar(url, f"epistle_healthy{{{mine}}}") == 1 and scalar(url, f"epistle_ready{{{mine}}}") == 1
+        # every query of the Grafana dashboard is PromQL that Prometheus accepts, and finds this consumer
+        dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+        answered = 0
+        for panel in dashboard["panels"]:
+            for shown in panel.get("targets", []):
+                expr = shown["expr"].replace("$__rate_interval", "1m").replace('=~"$instance"', f'="127.0.0.1:{port}"')
+                answered += bool(query(url, expr.replace("$group", ".*").replace("$topic", ".*")))
+        assert answered >= 10, answered
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert health.status_code == 200 and health.json()["consumer_group"] == group_id

@@ -355,3 +355,31 @@ def test_a_port_in_use_is_a_config_error_naming_the_setting() -> None:
         server = MetricsServer(PrometheusMiddleware(CollectorRegistry()), port, address="127.0.0.1")
         with pytest.raises(ConfigError, match="EPISTLE_METRICS_PORT"):
             server.start()
+
+
+# -- the dashboard and the docs ---------------------------------------------------------------------------------
+def exposed_names(registry: CollectorRegistry) -> set[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_the_dashboard_and_the_docs_use_the_metrics_that_exist() -> None:
+    import re
+
+    registry = CollectorRegistry()
+    PrometheusMiddleware(registry)
+    names = exposed_names(registry)
+    used = {name for expr in dashboard_expressions() for name in re.findall(r"\bepistle_[a-z_]+", expr)}
+    assert used and used <= names, used - names
+    # every metric is on the dashboard and in the operations guide's table
+    families = {family.name for family in registry.collect()}
+    assert families <= {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    for family in families:
+        shown = f"{family}_total" if f"{family}_total" in names else family
+        assert f"| `{shown}`" in guide or f", `{shown}` |" in guide, shown
