@@ -332,7 +332,8 @@ class InMemoryTransport:
 
     # -- ObservableTransport (metrics and health checks) -----------------------------------------------
     def add_observer(self, observer: TransportObserver, *, lag_interval_s: float = 5.0) -> None:
-        self._observers.append(observer)
+        if observer not in self._observers:
+            self._observers.append(observer)
 
     def fetch_state(self) -> FetchState:
         alive = self._task is not None and not self._task.done()

@@ -548,7 +548,8 @@ class KafkaTransport:
 
     # -- ObservableTransport ---------------------------------------------------------------------------
     def add_observer(self, observer: TransportObserver, *, lag_interval_s: float = 5.0) -> None:
-        self._observers.append(observer)
+        if observer not in self._observers:  # (a consumer started again with the same transport)
+            self._observers.append(observer)
         self._lag_interval_s = lag_interval_s
 
     def fetch_state(self) -> FetchState:
