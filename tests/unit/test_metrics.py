@@ -383,3 +383,24 @@ def test_the_dashboard_and_the_docs_use_the_metrics_that_exist() -> None:
     for family in families:
         shown = f"{family}_total" if f"{family}_total" in names else family
         assert f"| `{shown}`" in guide or f", `{shown}` |" in guide, shown
+
+
+# -- librdkafka's statistics ------------------------------------------------------------------------------------
+def test_the_lag_comes_from_librdkafkas_statistics_of_assigned_partitions() -> None:
+    from toolkit.consumer.kafka_io import PollThread
+
+    loop = asyncio.new_event_loop()
+    loop.close()  # never run: the callback is called directly
+    poller = PollThread({}, ["orders"], loop, None, max_poll_records=1, max_in_flight=1)  # type: ignore[arg-type]
+    seen: list[str] = []
+    on_statistics = poller._statistics(seen.append)
+    report = {"topics": {"orders": {"partitions": {
+        "0": {"desired": True, "consumer_lag": 7},
+        "1": {"desired": True, "consumer_lag": -1},  # nothing committed yet: unknown
+        "2": {"desired": False, "consumer_lag": 3},  # not (or no longer) assigned
+        "-1": {"desired": False, "consumer_lag": -1}}}}}  # librdkafka's internal partition
+    on_statistics(json.dumps(report))
+    assert poller.lag == {("orders", 0): 7}
+    assert seen == [json.dumps(report)]  # a statistics callback of the user's still gets every report
+    on_statistics("not json")
+    assert poller.lag == {("orders", 0): 7}  # an unreadable report keeps the last lag

@@ -59,7 +59,8 @@ class PartitionState:
     outage: int
     """Records waiting out a registry or broker outage (or a schema not known yet)."""
     held_dead_letters: int
-    """Dead letters the broker refused, being resent: no new record of the partition starts meanwhile."""
+    """Dead letters the broker refused (or whose topic it would not create), being resent: no new record of
+    the partition starts meanwhile."""
 
 
 class _Partition:
@@ -168,8 +169,8 @@ class Engine:
 
     def partitions(self) -> list[PartitionState]:
         """The assigned partitions and what holds each back (on the loop)."""
-        return [PartitionState(p.topic, p.partition, p.paused, p.waits["retry"], p.waits["outage"], p.held)
-                for p in self._parts.values()]
+        return [PartitionState(p.topic, p.partition, p.paused, p.waits["retry"], p.waits["outage"],
+                               max(p.held, p.waits["dead_letter"])) for p in self._parts.values()]
 
     async def _shutdown(self) -> None:
         self._stopping = True
