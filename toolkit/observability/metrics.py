@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import threading
 import time
 import weakref
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from toolkit.consumer.engine import Engine, PartitionState
     from toolkit.consumer.pipeline import Message, Pipeline
     from toolkit.consumer.transport import Record
+
+log = logging.getLogger("toolkit.observability")
 
 UNKNOWN = "unknown"
 """``message_type`` / ``schema_version`` of a record whose header was never read."""
@@ -252,7 +255,10 @@ class PrometheusMiddleware(Middleware):
 
     async def _sample_forever(self, engine: Engine) -> None:
         while True:
-            self._sample(engine)
+            try:
+                self._sample(engine)
+            except Exception:  # noqa: BLE001 - a bug here must not stop the samples (/healthz would fail)
+                log.exception("taking the metrics snapshot failed")
             await asyncio.sleep(self.sample_interval_s)
 
     def _sample(self, engine: Engine) -> None:
