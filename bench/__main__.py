@@ -44,14 +44,15 @@ from bench import latency as latency_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ALL = ["L0", "L1", "T", "T-tuned", "T-traced", "T-sampled", "P1", "P2"]
-# T-traced/T and T-sampled/T: tracing on (SDK, batch processor; every record or 1 in 10 sampled) at 0.9x or
-# better of the same run with it off
-TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0), ("T-traced", "T", 0.9), ("T-sampled", "T", 0.9),
-           ("T", "T@base", 0.95)]
+ALL = ["L0", "L1", "T", "T-metrics", "T-tuned", "T-traced", "T-sampled", "P1", "P2"]
+# T-metrics/T, T-traced/T and T-sampled/T: what metrics and tracing (SDK, batch processor; every record or 1 in 10
+# sampled) cost, against 0.9x of the same run with them off; T/T@base: against another revision (--baseline)
+TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0), ("T-metrics", "T", 0.9), ("T-traced", "T", 0.9),
+           ("T-sampled", "T", 0.9), ("T", "T@base", 0.95)]
 LABELS = {"L0": "raw librdkafka (L0)", "L1": "hand-written loop (L1)", "T": "toolkit (T)",
-          "T-tuned": "toolkit tuned", "T-traced": "toolkit, tracing on, all sampled",
-          "T-sampled": "toolkit, tracing on, 1 in 10 sampled", "P1": "FastStream (P1)",
+          "T-metrics": "toolkit + Prometheus metrics", "T-tuned": "toolkit tuned",
+          "T-traced": "toolkit, tracing on, all sampled", "T-sampled": "toolkit, tracing on, 1 in 10 sampled",
+          "P1": "FastStream (P1)",
           "P2": "DeserializingConsumer (P2)"}
 # layout: (the broker's CPUs or None to leave it, the contender's CPUs or "" for any)
 LAYOUTS = {"shared": (None, ""), "pinned": ({0}, "1"), "one-core": (None, "1")}
@@ -269,7 +270,7 @@ def write_markdown(report: dict) -> str:
         for key, ratio in block["ratios"].items():
             lines.append(f"| {key} | {ratio['ratio']} | >= {ratio['target']} | {'yes' if ratio['met'] else 'NO'} |")
         threads = {n: r.get("threads_cpu_s") for n, r in block["contenders"].items()
-                   if n in ("L1", "T", "T-tuned") and r.get("threads_cpu_s")}
+                   if n in ("L1", "T", "T-metrics", "T-tuned") and r.get("threads_cpu_s")}
         if threads:
             lines += ["", "CPU seconds per thread (last run): " + "; ".join(
                 f"{label(n)}: " + ", ".join(f"{t} {sec}" for t, sec in th.items()) for n, th in threads.items())]

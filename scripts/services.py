@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""Local development services: a single-node Apache Kafka (KRaft) broker and an Apicurio Registry.
+"""Local development services: a single-node Apache Kafka (KRaft) broker and an Apicurio Registry, and, when
+asked for by name, a Prometheus server.
 
-Both come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/` folder (Maven's own
-repository too: `.cache/m2`, not `~/.m2`) and run from `.services/<name>/` (pid file, logs, data). Nothing
-here substitutes a fake service: if a download or a start fails, the command stops with the artifact, the
-error and where the log is.
+Kafka and the registry come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/`
+folder (Maven's own repository too: `.cache/m2`, not `~/.m2`); Prometheus is Debian's `prometheus` package
+(installed with apt-get by `fetch prometheus` when missing). Each runs from `.services/<name>/` (pid file,
+logs, data). Nothing here substitutes a fake service: if a download or a start fails, the command stops with
+the artifact, the error and where the log is.
 
     python scripts/services.py fetch              # download jars and the registry (idempotent)
-    python scripts/services.py up [kafka|registry]
-    python scripts/services.py down [kafka|registry]
+    python scripts/services.py up [kafka|registry|prometheus]   # no name: kafka and registry
+    python scripts/services.py down [kafka|registry|prometheus] # no name: every one running
     python scripts/services.py status             # exit 0: all ready; 3: one is stopped or not ready
 
-Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081).
-State folder: EPISTLE_SERVICES_DIR (.services).
+Prometheus scrapes every second the targets listed in `.services/prometheus/targets/*.json` (Prometheus's
+file service discovery: `[{"targets": ["127.0.0.1:9400"], "labels": {...}}]`); a test writes a file there
+to have its consumer scraped, and removes it after.
+
+Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081),
+EPISTLE_PROMETHEUS_PORT (9095). State folder: EPISTLE_SERVICES_DIR (.services).
 Only the standard library is used, so this runs before the project's virtualenv exists.
 """
 
@@ -159,6 +165,34 @@ def fetch_registry() -> Path:
     partial.rename(home)
     shutil.rmtree(download, ignore_errors=True)
     return home
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus") or next(
+        (path for path in ("/usr/bin/prometheus", "/usr/local/bin/prometheus") if Path(path).exists()), None)
+
+
+def fetch_prometheus() -> str:
+    """The prometheus binary; Debian's package is installed when it is missing (as root, with apt-get)."""
+    found = prometheus_binary()
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        raise ServiceError("prometheus is not installed and apt-get is not available: install Prometheus 2.x "
+                           "and put the prometheus binary on PATH")
+    if os.geteuid() != 0:
+        raise ServiceError("prometheus is not installed: run `sudo apt-get install -y --no-install-recommends "
+                           "prometheus` (Debian's package) and retry")
+    print("installing Debian's prometheus package with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
+    if subprocess.run(install, capture_output=True, env=env).returncode != 0:  # no package lists yet
+        _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+        _run(install, "installing Debian's prometheus package", env=env)
+    found = prometheus_binary()
+    if not found:
+        raise ServiceError("apt-get installed the prometheus package but no prometheus binary is on PATH")
+    return found
 
 
 # --------------------------------------------------------------------------- services
@@ -438,25 +472,68 @@ class Registry(Service):
         return f"Confluent-compatible URL {self.ccompat_url}"
 
 
+class Prometheus(Service):
+    def __init__(self) -> None:
+        super().__init__("prometheus", _port("EPISTLE_PROMETHEUS_PORT", 9095), "prometheus")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def targets(self) -> Path:
+        return self.dir / "targets"
+
+    def prepare(self) -> None:
+        fetch_prometheus()
+        self.targets.mkdir(parents=True, exist_ok=True)
+        config = {  # JSON is YAML
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "epistle", "file_sd_configs": [
+                {"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}]}],
+        }
+        (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=2) + "\n")
+
+    def command(self) -> list[str]:
+        return [fetch_prometheus(), f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}", "--storage.tsdb.retention.time=1d",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def describe(self) -> str:
+        return f"{self.url}, scraping the targets in {_shown(self.targets)}/*.json every second"
+
+
 SERVICES = {"kafka": Kafka, "registry": Registry}
+OPTIONAL = {"prometheus": Prometheus}  # started only when named; stopped by a plain `down` when running
+FETCH = {"kafka": fetch_kafka, "registry": fetch_registry, "prometheus": fetch_prometheus}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["fetch", "up", "down", "status"])
-    parser.add_argument("services", nargs="*", metavar="{kafka,registry}")
+    parser.add_argument("services", nargs="*", metavar="{kafka,registry,prometheus}")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.services) - set(SERVICES))
+    known = {**SERVICES, **OPTIONAL}
+    unknown = sorted(set(args.services) - set(known))
     if unknown:
-        parser.error(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+        parser.error(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     names = args.services or list(SERVICES)
     try:
         if args.action == "fetch":
             for name in names:
-                (fetch_kafka if name == "kafka" else fetch_registry)()
+                FETCH[name]()
             print("fetch: done")
             return 0
-        services = [SERVICES[name]() for name in names]
+        services = [known[name]() for name in names]
+        if not args.services and args.action in ("down", "status"):  # optional services: only when running
+            services += [service for service in (cls() for cls in OPTIONAL.values()) if service.pid() is not None]
         if args.action == "up":
             for service in services:
                 service.up()

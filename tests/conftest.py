@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,23 @@ def registry_url() -> str:
         return external.rstrip("/")
     _ensure_service("registry")
     return f"http://127.0.0.1:{os.environ.get('EPISTLE_REGISTRY_PORT', '8081')}/apis/ccompat/v7"
+
+
+@dataclass(frozen=True)
+class PrometheusServer:
+    """The Prometheus our scripts run: its URL, and the folder whose ``*.json`` target files it scrapes."""
+
+    url: str
+    targets: Path
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> PrometheusServer:
+    """A real Prometheus server (Debian's package, started by scripts/services.py: installed when missing)."""
+    _ensure_service("prometheus")
+    state = Path(os.environ.get("EPISTLE_SERVICES_DIR", ROOT / ".services")).resolve()
+    return PrometheusServer(f"http://127.0.0.1:{os.environ.get('EPISTLE_PROMETHEUS_PORT', '9095')}",
+                            state / "prometheus" / "targets")
 
 
 @pytest.fixture

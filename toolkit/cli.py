@@ -315,6 +315,10 @@ def run(app_ref: Annotated[str, typer.Option(
             "--tracing/--no-tracing", show_default=False,
             help="Trace every record with OpenTelemetry, exporters from the OTEL_* variables (default: "
                  "EPISTLE_TRACING; needs the tracing extra).")] = None,
+        metrics_port: Annotated[int | None, typer.Option(
+            "--metrics-port", min=1, max=65535, show_default=False,
+            help="Serve Prometheus metrics on /metrics and the probes /healthz and /readyz on this port "
+                 "(default: EPISTLE_METRICS_PORT; unset: off).")] = None,
         ) -> None:
     """Run the consumer with your handlers until SIGTERM/SIGINT (or, with --until-idle, until drained).
 
@@ -332,6 +336,8 @@ def run(app_ref: Annotated[str, typer.Option(
 
     Log lines go to stderr as text, or as one JSON object a line with EPISTLE_LOG_FORMAT=json. With
     --tracing (EPISTLE_TRACING=1) each record gets an OpenTelemetry span (docs/tracing.md).
+    With --metrics-port (or EPISTLE_METRICS_PORT) an HTTP server serves Prometheus metrics and the health
+    probes for the whole run (docs/operations.md).
 
     SIGTERM/SIGINT: stop fetching, finish the handlers in flight, commit, exit 0. The per-topic counters
     are printed on exit. Exit 1: invalid settings or options (one message naming the setting), the
@@ -389,17 +395,26 @@ def run(app_ref: Annotated[str, typer.Option(
         register = _load_app_function(app_ref)
         registry: CachedRegistry[Any] = CachedRegistry.from_settings(
             registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry)
-        middleware = []
-        if settings.consumer.tracing if tracing is None else tracing:
+        port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
+        server = None
+        middleware: list[Any] = []
+        if settings.consumer.tracing if tracing is None else tracing:  # outermost: the others' work in its span
             from toolkit.observability.tracing import TracingMiddleware, configure_tracing
 
             provider = configure_tracing(service_name=settings.kafka.group_id)
             middleware.append(TracingMiddleware(group_id=settings.kafka.group_id))
+        if port is not None:
+            from toolkit.observability import MetricsServer, PrometheusMiddleware
+
+            metrics = PrometheusMiddleware(health_timeout_s=settings.consumer.health_timeout_s)
+            middleware.append(metrics)
+            server = MetricsServer(metrics, port, address=settings.consumer.metrics_address)
         consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
-                                               stop_when_idle=until_idle, kafka_config=extra,
-                                               middleware=middleware)
+                                               stop_when_idle=until_idle, kafka_config=extra, middleware=middleware)
         arguments = _app_arguments(register, consumer, settings)
         try:
+            if server is not None:
+                server.start()
             asyncio.run(serve(consumer, register, arguments))
         except ConsumerStopped as exc:
             typer.echo(consumer.stats.table())
@@ -407,6 +422,8 @@ def run(app_ref: Annotated[str, typer.Option(
         finally:
             if provider is not None:
                 provider.shutdown()  # exports the spans still batched
+            if server is not None:
+                server.close()
         typer.echo(consumer.stats.table())
     except EpistleError as exc:
         raise _fail(exc) from None

@@ -197,6 +197,12 @@ class ConsumerSettings(BaseSettings):
     # `epistle run` traces every record with OpenTelemetry (the `tracing` extra); exporters from OTEL_*.
     tracing: bool = False
 
+    # epistle run serves /metrics, /healthz and /readyz on this port (docs/operations.md); unset: no server.
+    metrics_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    metrics_address: str = "0.0.0.0"
+    # /healthz fails when the event loop or the poll thread has not gone round for this long.
+    health_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
     @field_validator("unknown_schema_grace_s")
     @classmethod
     def _grace(cls, value: float) -> float:

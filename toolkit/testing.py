@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 import zlib
 from collections import Counter
@@ -38,7 +39,7 @@ from typing import Any
 
 from toolkit import _args
 from toolkit.consumer.deadletter import DeadLetterRecord
-from toolkit.consumer.transport import Assignment, Position, TransportEvents
+from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
 from toolkit.errors import (
     BrokerUnavailable,
     InvalidArgument,
@@ -322,6 +323,9 @@ class InMemoryTransport:
         self._generation = 0
         self._max_poll_records = 500
         self._max_in_flight = 1000
+        self._observers: list[TransportObserver] = []
+        self._last_poll: float | None = None
+        self._window_full = False
 
     @property
     def group_id(self) -> str:
@@ -359,6 +363,7 @@ class InMemoryTransport:
         done: Future[None] = Future()
         current = [(p.topic, p.partition, p.offset) for p in positions
                    if self._owned.get((p.topic, p.partition)) == p.generation]
+        started = time.monotonic()
         try:
             if current:
                 self.broker._commit(self.group_id, current)
@@ -367,6 +372,9 @@ class InMemoryTransport:
             done.set_exception(exc)
         else:
             done.set_result(None)
+        if current:
+            for observer in self._observers:
+                observer.on_commit(time.monotonic() - started, not done.exception())
         return done
 
     def take_commit_failure(self) -> bool:
@@ -384,6 +392,20 @@ class InMemoryTransport:
     def stop_fetching(self) -> None:
         self._fetching = False
 
+    # -- ObservableTransport (metrics and health checks) -----------------------------------------------
+    def add_observer(self, observer: TransportObserver, *, lag_interval_s: float = 5.0) -> None:
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def fetch_state(self) -> FetchState:
+        alive = self._task is not None and not self._task.done()
+        return FetchState(alive, self._last_poll, self._window_full)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Each owned partition's end offset minus the group's committed offset (0 when none)."""
+        group = self.broker._group(self.group_id)
+        return {tp: self.broker.end_offset(*tp) - group.committed.get(tp, 0) for tp in self._owned}
+
     def close(self) -> Future[None]:
         self._closed = Future()
         if self._task is None or self._task.done():
@@ -397,6 +419,7 @@ class InMemoryTransport:
         group = self.broker._group(self.group_id)
         try:
             while self._closed is None:
+                self._last_poll = time.monotonic()
                 await self._reconcile(group, events)
                 fetched = self._fetch(events) if self._fetching else False
                 await asyncio.sleep(0 if fetched else self._poll_interval_s)
@@ -448,6 +471,7 @@ class InMemoryTransport:
 
     def _fetch(self, events: TransportEvents) -> bool:
         free = min(self._max_poll_records, self._max_in_flight - events.in_flight())
+        self._window_full = free <= 0
         if free <= 0:
             return False
         records: list[InMemoryRecord] = []

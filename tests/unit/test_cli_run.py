@@ -14,7 +14,8 @@ from toolkit.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_GROUP_ID", "SCHEMA_REGISTRY_URL", "EPISTLE_MAX_WORKERS"):
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_GROUP_ID", "SCHEMA_REGISTRY_URL", "EPISTLE_MAX_WORKERS",
+                 "EPISTLE_METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no .env from the repository
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -36,6 +37,7 @@ def invoke(*args: str, env: dict[str, str] | None = None):
     (["--app", "json:dumps"], {"EPISTLE_MAX_WORKERS": "0"}, "EPISTLE_MAX_WORKERS"),
     (["--app", "json:dumps", "--registry-url", "localhost:8081"], None, "SCHEMA_REGISTRY_URL"),
     (["--app", "json:dumps", "--log-level", "chatty"], None, "--log-level"),
+    (["--app", "json:dumps"], {"EPISTLE_METRICS_PORT": "70000"}, "EPISTLE_METRICS_PORT"),
 ])
 def test_bad_options_and_settings_are_one_message(args, env, expected):
     code, output = invoke(*args, env=env)
@@ -49,11 +51,27 @@ def test_max_workers_must_be_positive():
     assert code == 2 and "--max-workers" in output
 
 
+def test_metrics_port_must_be_a_port():
+    code, output = invoke("--app", "json:dumps", "--metrics-port", "0")
+    assert code == 2 and "--metrics-port" in output
+
+
+def test_a_metrics_port_in_use_fails_before_anything_starts():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        code, output = invoke("--app", "json:dumps", "--metrics-port", str(taken.getsockname()[1]))
+    assert code == 1 and "cannot listen" in output and "--metrics-port" in output
+    assert "Traceback" not in output
+
+
 def test_help_documents_the_app_contract():
     result = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
     assert result.exit_code == 0
     for text in ("--app", "--registry-url", "--group-id", "--topics", "--until-idle", "--max-workers",
-                 "SIGTERM", "(consumer, settings)"):
+                 "SIGTERM", "(consumer, settings)", "--metrics-port", "/healthz"):
         assert text in result.output
 
 

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from toolkit.consumer.context import handling
@@ -46,11 +47,28 @@ log = logging.getLogger("toolkit.consumer")
 _LANE_SLICE_S = 0.005  # longest a lane runs without letting the event loop serve others
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """What holds an assigned partition back, for metrics and health checks (:meth:`Engine.partitions`)."""
+
+    topic: str
+    partition: int
+    paused: bool
+    """Fetching paused by the engine: a lane waits out a backoff with many records buffered behind it."""
+    retrying: int
+    """Records waiting out a retry backoff."""
+    outage: int
+    """Records waiting out a registry or broker outage (or a schema not known yet)."""
+    held_dead_letters: int
+    """Dead letters the broker refused (or whose topic it would not create), being resent: no new record of
+    the partition starts meanwhile."""
+
+
 class _Partition:
     """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
 
     __slots__ = ("assignment", "topic", "partition", "tracker", "lanes", "tasks", "pending", "buffered",
-                 "paused", "revoked", "abandon", "eof", "waiting", "held", "unheld")
+                 "paused", "revoked", "abandon", "eof", "waiting", "waits", "held", "unheld")
 
     def __init__(self, assignment: Assignment) -> None:
         self.assignment = assignment
@@ -65,6 +83,7 @@ class _Partition:
         self.abandon = asyncio.Event()  # set on revoke/stop: stop waiting for backoffs, drop queued records
         self.eof = False
         self.waiting = 0  # lanes sleeping out a retry or outage backoff
+        self.waits = {"retry": 0, "outage": 0, "dead_letter": 0}  # the same, by what they wait for
         self.held = 0  # dead letters of this partition the broker refused, being resent
         self.unheld = asyncio.Event()  # set when held drops back to 0
 
@@ -109,6 +128,7 @@ class Engine:
             ConfigError: the transport refused its configuration (nothing was started).
             ConsumerStopped: ErrorPolicy.STOP met a failing record, or the client failed fatally.
         """
+        self.hooks.start(self)  # before the transport starts: middleware may ask it for statistics
         try:
             options = self.options
             self._sink = self.transport.start(topics, options.group_id, self, self._loop,
@@ -117,13 +137,17 @@ class Engine:
                                               dlq_max_message_bytes=options.dlq_max_message_bytes)
         except BaseException:
             self.close_pools()
+            self.hooks.stop(self)
             raise
         ticker = asyncio.create_task(self._commit_ticker())
         try:
             await self.stopped.wait()
         finally:
             ticker.cancel()
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                self.hooks.stop(self)
         if self.failure is not None:
             raise self.failure
 
@@ -144,6 +168,11 @@ class Engine:
 
     def in_flight(self) -> int:  # TransportEvents: read from the transport's thread (an int read is atomic)
         return self._in_flight
+
+    def partitions(self) -> list[PartitionState]:
+        """The assigned partitions and what holds each back (on the loop)."""
+        return [PartitionState(p.topic, p.partition, p.paused, p.waits["retry"], p.waits["outage"],
+                               max(p.held, p.waits["dead_letter"])) for p in self._parts.values()]
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -376,7 +405,7 @@ class Engine:
                 return True
             if isinstance(outcome, RetryAfter):
                 hooks.outcome(msg, current, outcome, attempt, outcome.delay_s)
-                if await self._wait(part, outcome.delay_s):
+                if await self._wait(part, outcome.delay_s, "retry"):
                     hooks.abandoned(msg)
                     return False
                 attempt += 1
@@ -385,7 +414,7 @@ class Engine:
                 outages += 1
                 delay = min(self._retry.delay(outages), outcome.max_delay_s)
                 hooks.outcome(msg, current, outcome, attempt, delay)
-                if await self._wait(part, delay):
+                if await self._wait(part, delay, "outage"):
                     hooks.abandoned(msg)
                     return False
                 continue
@@ -421,7 +450,8 @@ class Engine:
     async def _run_handler(self, route: Route, message: Message[Any]) -> Any:
         """Run the handler in a worker slot, waiting for one; plain functions in the handler pool."""
         workers = self._workers
-        await workers.acquire()
+        if not workers.try_acquire():  # a free slot is taken without a coroutine
+            await workers.acquire()
         try:
             if route.is_async:
                 return await route.call(message)
@@ -524,14 +554,16 @@ class Engine:
         """Report, back off. True when the partition was revoked or the consumer stops meanwhile."""
         delay = self._retry.delay(failures)
         self.hooks.dead_letter(msg, record, outcome, exc, failures, delay)
-        return await self._wait(part, delay)
+        return await self._wait(part, delay, "dead_letter")
 
     # -- waiting and stopping ---------------------------------------------------------------------------
-    async def _wait(self, part: _Partition, delay_s: float) -> bool:
-        """Sleep ``delay_s`` unless the partition is revoked or the consumer stops; True if interrupted."""
+    async def _wait(self, part: _Partition, delay_s: float, why: str) -> bool:
+        """Sleep ``delay_s`` unless the partition is revoked or the consumer stops; True if interrupted.
+        ``why``: "retry", "outage" or "dead_letter" (what :meth:`partitions` reports)."""
         if part.abandon.is_set():
             return True
         part.waiting += 1
+        part.waits[why] += 1
         self._update_pauses()
         try:
             await asyncio.wait_for(part.abandon.wait(), timeout=delay_s)
@@ -539,6 +571,7 @@ class Engine:
             return False
         finally:
             part.waiting -= 1
+            part.waits[why] -= 1
         return True
 
     def _drop_queued(self, part: _Partition) -> None:
@@ -566,4 +599,4 @@ def _headers(msg: Record) -> list[tuple[str, bytes | None]] | None:
         return None
 
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "PartitionState"]

@@ -9,10 +9,12 @@ commit offsets, pause, resume) between fetches, so no other thread ever touches 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
-from toolkit.consumer.transport import Assignment, Position, TransportEvents
+from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
 from toolkit.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
@@ -94,7 +96,8 @@ class PollThread:
 
     def __init__(self, config: dict[str, Any], topics: list[str], loop: asyncio.AbstractEventLoop,
                  events: TransportEvents, *, max_poll_records: int, max_in_flight: int,
-                 drain_timeout_s: float = 60.0) -> None:
+                 drain_timeout_s: float = 60.0, observers: list[TransportObserver] | None = None,
+                 lag_interval_s: float = 5.0) -> None:
         self._config = config
         self._topics = topics
         self._loop = loop
@@ -117,10 +120,19 @@ class PollThread:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="epistle-poll", daemon=True)
         self.consumer: Consumer | None = None
+        # For metrics and health checks (docs/threads.md: written here, read from the loop)
+        self._observers = list(observers or [])
+        self._lag_interval_s = lag_interval_s
+        self._async_commits: deque[float] = deque(maxlen=1000)  # start times; answered in order
+        self.last_poll: float | None = None
+        self.lag: dict[TP, int] = {}  # replaced whole at each statistics report
 
     # -- called from the event loop ------------------------------------------------------------------
     def start(self) -> None:
         config = dict(self._config, on_commit=self._on_commit)
+        if self._observers:  # librdkafka's statistics give each partition's lag (log end - committed)
+            config.setdefault("statistics.interval.ms", max(100, int(self._lag_interval_s * 1000)))
+            config["stats_cb"] = self._statistics(config.get("stats_cb"))
         self.consumer = Consumer(config)
         self.consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked,
                                 on_lost=self._lost)
@@ -178,6 +190,7 @@ class PollThread:
         assert consumer is not None
         in_flight = self._events.in_flight
         while True:
+            self.last_poll = time.monotonic()
             if self._run_commands():
                 return
             if not self._fetching.is_set():
@@ -337,6 +350,9 @@ class PollThread:
             consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
             log.warning("store_offsets failed: %s", exc)
+        started = time.monotonic()
+        if not sync and self._observers:  # answered by _on_commit (librdkafka calls it for async commits only)
+            self._async_commits.append(started)
         try:
             if sync:
                 result = consumer.commit(offsets=offsets, asynchronous=False)
@@ -344,11 +360,15 @@ class PollThread:
                 consumer.commit(offsets=offsets, asynchronous=True)
                 result = None
         except KafkaException as exc:
+            if not sync and self._async_commits:
+                self._async_commits.pop()
             self._failed_commit()
+            self._observe_commit(started, ok=False)
             log.warning("commit failed (retried at the next interval): %s", exc)
             return
         if sync and result:
             failed = [tp for tp in result if tp.error]
+            self._observe_commit(started, ok=not failed)
             if failed:
                 self._failed_commit()
                 log.warning("commit failed for %s", failed)
@@ -356,9 +376,40 @@ class PollThread:
                 log.debug("committed %s", [(tp.topic, tp.partition, tp.offset) for tp in result])
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None and err.code() != KafkaError._NO_OFFSET:
+        failed = err is not None and err.code() != KafkaError._NO_OFFSET
+        if self._async_commits:
+            self._observe_commit(self._async_commits.popleft(), ok=not failed)
+        if failed:
             self._failed_commit()
             log.warning("asynchronous commit failed: %s", err)
+
+    def _observe_commit(self, started: float, ok: bool) -> None:
+        for observer in self._observers:
+            try:
+                observer.on_commit(time.monotonic() - started, ok)
+            except Exception:  # noqa: BLE001 - metrics must not stop the poll thread
+                log.exception("commit observer failed")
+
+    def _statistics(self, user_callback: Any) -> Any:
+        """librdkafka's statistics callback (on this thread, inside consume()): keeps each assigned
+        partition's ``consumer_lag`` (-1 until the group committed an offset for it: left out)."""
+        def on_statistics(report: str) -> None:
+            try:
+                topics = json.loads(report).get("topics", {})
+                self.lag = {(topic, int(number)): int(part["consumer_lag"])
+                            for topic, stats in topics.items()
+                            for number, part in stats.get("partitions", {}).items()
+                            if part.get("desired") and int(number) >= 0 and part.get("consumer_lag", -1) >= 0}
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("unreadable librdkafka statistics: %s", exc)
+            if user_callback is not None:
+                user_callback(report)
+
+        return on_statistics
+
+    def fetch_state(self) -> FetchState:
+        return FetchState(self._thread.is_alive() and not self._closed.is_set(), self.last_poll,
+                          self._window_paused or self._full_since is not None)
 
     # -- rebalance callbacks (run inside consume(), on this thread) ------------------------------------
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -447,6 +498,8 @@ class KafkaTransport:
         self._dead_letter_config = dict(dead_letter_config or {})
         self._drain_timeout_s = drain_timeout_s
         self._poller: PollThread | None = None
+        self._observers: list[TransportObserver] = []
+        self._lag_interval_s = 5.0
 
     def connect(self, timeout_s: float) -> set[str]:
         # The consumer's own settings (SASL/SSL may be given only in kafka_config); librdkafka ignores
@@ -463,7 +516,8 @@ class KafkaTransport:
             sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
                                       max_message_bytes=dlq_max_message_bytes)
             poller = PollThread(self.consumer_config, topics, loop, events, max_poll_records=max_poll_records,
-                                max_in_flight=max_in_flight, drain_timeout_s=self._drain_timeout_s)
+                                max_in_flight=max_in_flight, drain_timeout_s=self._drain_timeout_s,
+                                observers=self._observers, lag_interval_s=self._lag_interval_s)
             poller.start()
         except Exception as exc:  # librdkafka refused the configuration
             if sender is not None:
@@ -494,6 +548,20 @@ class KafkaTransport:
 
     def close(self) -> Future[None]:
         return self._started().close()
+
+    # -- ObservableTransport ---------------------------------------------------------------------------
+    def add_observer(self, observer: TransportObserver, *, lag_interval_s: float = 5.0) -> None:
+        if observer not in self._observers:  # (a consumer started again with the same transport)
+            self._observers.append(observer)
+        self._lag_interval_s = lag_interval_s
+
+    def fetch_state(self) -> FetchState:
+        if self._poller is None:
+            return FetchState(False, None, False)
+        return self._poller.fetch_state()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {} if self._poller is None else self._poller.lag
 
 
 class DeadLetterSender:

@@ -10,7 +10,7 @@
 
     consumer = KafkaConsumer(..., middleware=[Timing()])
 
-Three hooks, each optional (override only what you need; a hook left as the base's costs nothing):
+Hooks, each optional (override only what you need; a hook left as the base's costs nothing):
 
 - :meth:`Middleware.on_record`: a record was fetched and is about to be decoded (once per record, not per
   attempt).
@@ -20,6 +20,8 @@ Three hooks, each optional (override only what you need; a hook left as the base
 - :meth:`Middleware.on_outcome`: each decision about the record (:mod:`toolkit.consumer.outcomes`):
   ``Done``, ``RetryAfter``, ``Pause``, ``ToDeadLetter``, ``Stop``; then :meth:`Middleware.on_dead_letter`
   for every attempt to deliver its dead letter (acknowledged, or refused and retried).
+- :meth:`Middleware.on_start` and :meth:`Middleware.on_stop`: the consumer's engine starts (before it joins
+  the group) and has stopped (after its final commit); metrics read its state from there.
 - :meth:`Middleware.on_abandoned`: the record was given up without a final outcome (see there).
 
 A record given to ``on_record`` ends with exactly one of: ``on_outcome`` with ``Done`` or ``Stop``,
@@ -43,6 +45,7 @@ from toolkit.errors import BrokerUnavailable, safe_str
 
 if TYPE_CHECKING:
     from toolkit.consumer.deadletter import DeadLetterRecord
+    from toolkit.consumer.engine import Engine
     from toolkit.consumer.pipeline import Message
     from toolkit.consumer.stats import ConsumerStats
     from toolkit.consumer.transport import Record
@@ -78,6 +81,13 @@ class Middleware:
         it waited (a retry or outage backoff, its dead letter's delivery) or while its handler ran past the
         shutdown timeout. It is not committed: the partition's next owner gets it again."""
 
+    def on_start(self, engine: Engine) -> None:
+        """The engine starts, before its transport joins the group (``engine.transport``, ``engine.pipeline``,
+        :meth:`~toolkit.consumer.engine.Engine.partitions`)."""
+
+    def on_stop(self, engine: Engine) -> None:
+        """The engine stopped: final commit made, transport closed (also after a failed start)."""
+
 
 def overrides(middleware: Middleware, hook: str) -> bool:
     """True when ``middleware`` has its own ``hook`` (the engine calls only those)."""
@@ -101,6 +111,8 @@ class Hooks:
         self.on_outcome = [m.on_outcome for m in middleware if overrides(m, "on_outcome")]
         self.on_dead_letter = [m.on_dead_letter for m in middleware if overrides(m, "on_dead_letter")]
         self.on_abandoned = [m.on_abandoned for m in middleware if overrides(m, "on_abandoned")]
+        self.on_start = [m.on_start for m in middleware if overrides(m, "on_start")]
+        self.on_stop = [m.on_stop for m in middleware if overrides(m, "on_stop")]
 
     def wrap(self, call: CallNext) -> CallNext:
         """``call`` inside every ``around_handler``, the first middleware outermost."""
@@ -139,11 +151,26 @@ class Hooks:
                 log.exception("middleware on_abandoned failed")
 
 
-def _link(around: Callable[[Message[Any], CallNext], Awaitable[Any]], call_next: CallNext) -> CallNext:
-    async def call(message: Message[Any]) -> Any:
-        return await around(message, call_next)
+    def start(self, engine: Engine) -> None:
+        for hook in self.on_start:
+            try:
+                hook(engine)
+            except Exception:  # noqa: BLE001
+                log.exception("middleware on_start failed")
 
-    return call
+    def stop(self, engine: Engine) -> None:
+        for hook in self.on_stop:
+            try:
+                hook(engine)
+            except Exception:  # noqa: BLE001
+                log.exception("middleware on_stop failed")
+
+
+def _link(around: Callable[[Message[Any], CallNext], Awaitable[Any]], call_next: CallNext) -> CallNext:
+    def call(message: Message[Any]) -> Awaitable[Any]:  # a plain function: no coroutine of its own per record
+        return around(message, call_next)
+
+    return call  # type: ignore[return-value]
 
 
 class StatsMiddleware(Middleware):

@@ -10,6 +10,9 @@ same tests run against Kafka.
 Threads (docs/threads.md): the engine calls every method here from the event loop. A transport calls the
 :class:`TransportEvents` methods on the event loop too (a thread of its own hands them over with
 ``loop.call_soon_threadsafe``), except :meth:`TransportEvents.in_flight`, which may be read from any thread.
+
+Metrics and health checks read a transport through :class:`ObservableTransport`, which both shipped
+transports implement (optional for others: the metrics middleware checks for it).
 """
 
 from __future__ import annotations
@@ -163,5 +166,42 @@ class DeadLetterSink(Protocol):
         ...
 
 
-__all__ = ["Assignment", "DeadLetterSink", "Position", "Record", "Transport",
-           "TransportEvents"]
+@dataclass(frozen=True, slots=True)
+class FetchState:
+    """How a transport's fetching is doing, for health checks and metrics."""
+
+    alive: bool
+    """The fetcher (librdkafka's poll thread, the in-memory fetch task) runs."""
+    last_poll: float | None
+    """``time.monotonic()`` when it last went round its loop; None before the first round."""
+    window_full: bool
+    """Fetching is held because the in-flight window is full (backpressure)."""
+
+
+class TransportObserver(Protocol):
+    """Told about commits as they complete; called on the transport's own thread (keep it quick)."""
+
+    def on_commit(self, seconds: float, ok: bool) -> None:
+        """A commit request took ``seconds`` until the broker answered (or it failed)."""
+
+
+@runtime_checkable
+class ObservableTransport(Protocol):
+    """What metrics and health checks read from a transport (on the event loop)."""
+
+    def add_observer(self, observer: TransportObserver, *, lag_interval_s: float = 5.0) -> None:
+        """Report commits to ``observer``, and measure the lag every ``lag_interval_s``. Call it before
+        :meth:`Transport.start`."""
+
+    def fetch_state(self) -> FetchState:
+        """Whether the fetcher runs and when it last polled."""
+        ...
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records between each assigned partition's committed offset and its end, as last measured;
+        partitions not measured yet (nothing committed) are left out."""
+        ...
+
+
+__all__ = ["Assignment", "DeadLetterSink", "FetchState", "ObservableTransport", "Position", "Record", "Transport",
+           "TransportEvents", "TransportObserver"]

@@ -18,17 +18,22 @@
   later under another subject keeps its id. The compiled artefact is kept when the text is the same.
 - Thread-safe: concurrent misses for the same key make one registry request and one compile
   (a per-key lock); misses for different keys do not wait for each other.
+- Observers (:meth:`CachedRegistry.add_observer`, for metrics) are told how each lookup went:
+  ``observer(result, seconds)`` with result ``hit`` (no I/O; seconds None), ``cached_not_found`` (a
+  remembered miss; None), or, after a request to the registry, ``fetched``, ``not_found``, ``unavailable``
+  or ``error`` (the registry's answer could not be used, or the schema not compiled) with its duration.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from toolkit import _args
-from toolkit.errors import ConfigError, RegistryError, SchemaNotFound
+from toolkit.errors import ConfigError, RegistryError, RegistryUnavailable, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaRegistry
 
@@ -37,6 +42,10 @@ LATEST: Final = "latest"
 MAX_REMEMBERED_MISSES = 10_000
 Version = int | Literal["latest"]
 _ID = "\0schema-id"  # the subject part of a schema id's key among the remembered misses: no subject is this
+
+LookupObserver = Callable[[str, "float | None"], None]
+
+log = logging.getLogger("toolkit.registry")
 
 
 def compile_with_validation(schema: RegisteredSchema) -> Any:
@@ -68,6 +77,7 @@ class CachedRegistry(Generic[T]):
         self._misses = 0  # misses remembered so far: a fresh lookup ignores those from before it began
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, Version], threading.Lock] = {}
+        self._observers: tuple[LookupObserver, ...] = ()  # replaced whole: read without the lock
 
     @classmethod
     def from_settings(cls, registry: SchemaRegistry, settings: Any,
@@ -95,6 +105,8 @@ class CachedRegistry(Generic[T]):
             version = self._latest_version(subject, asked_after)
         entry = self._entries.get((subject, version))
         if entry is not None:
+            if self._observers:
+                self._observe("hit", None)
             return entry
         return self._fill(subject, version, lambda: self.registry.get(subject, version),
                           asked_after)
@@ -194,6 +206,23 @@ class CachedRegistry(Generic[T]):
     def close(self) -> None:
         self.registry.close()
 
+    def add_observer(self, observer: LookupObserver) -> None:
+        """Call ``observer(result, seconds)`` after each lookup (see the module's documentation); it runs on
+        the looking-up thread and must be quick."""
+        with self._lock:
+            self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: LookupObserver) -> None:
+        with self._lock:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def _observe(self, result: str, seconds: float | None) -> None:
+        for observer in self._observers:
+            try:
+                observer(result, seconds)
+            except Exception:  # noqa: BLE001 - metrics must not fail a lookup
+                log.exception("registry lookup observer failed")
+
     def invalidate(self, subject: str | None = None) -> None:
         """Forget ``latest`` and remembered misses (of ``subject`` and of schema ids, or all); versions and
         ids found stay (immutable)."""
@@ -232,21 +261,42 @@ class CachedRegistry(Generic[T]):
 
     def _fill_locked(self, subject: str, version: Version, key: tuple[str, Version],
                      fetch: Callable[[], RegisteredSchema], asked_after: int | None) -> tuple[RegisteredSchema, T]:
+        observed = bool(self._observers)
         if version != LATEST and (entry := self._entries.get(key)) is not None:  # type: ignore[arg-type]
+            if observed:
+                self._observe("hit", None)
             return entry  # another thread filled it while we waited
         if version == LATEST and (cached := self._latest.get(subject)) and cached[0] > self._clock():
+            if observed:
+                self._observe("hit", None)
             return self._entries[(subject, cached[1])]
-        self._raise_if_missing(key, asked_after)
         try:
-            schema = fetch()
-        except SchemaNotFound as exc:
-            if self._not_found_ttl_s > 0:
-                self._remember_missing(key, str(exc))
+            self._raise_if_missing(key, asked_after)
+        except SchemaNotFound:
+            if observed:
+                self._observe("cached_not_found", None)
             raise
-        entry = self._entries.get((subject, schema.version))
-        if entry is None:
-            entry = (schema, self._compile(schema))
-            self._entries[(subject, schema.version)] = entry
+        started = time.monotonic()
+        result = "error"
+        try:
+            try:
+                schema = fetch()
+            except SchemaNotFound as exc:
+                result = "not_found"
+                if self._not_found_ttl_s > 0:
+                    self._remember_missing(key, str(exc))
+                raise
+            except RegistryUnavailable:
+                result = "unavailable"
+                raise
+            entry = self._entries.get((subject, schema.version))
+            if entry is None:
+                entry = (schema, self._compile(schema))
+                self._entries[(subject, schema.version)] = entry
+            result = "fetched"
+        finally:
+            if observed:
+                self._observe(result, time.monotonic() - started)
         if version == LATEST:
             with self._lock:
                 self._latest[subject] = (self._clock() + self._latest_ttl_s, schema.version)
