@@ -438,7 +438,7 @@ class RabbitTransport:
                 continue  # an earlier assignment's: its channel is gone, the broker redelivers
             if position.offset > queue.acked:  # offset = the last done tag (watermark = last done offset + 1)
                 queue.acked = position.offset
-                acks.append((queue.underlay, position.offset))
+                acks.append((queue, queue.underlay, position.offset))
         if not acks:
             done.set_result(None)
             return done
@@ -446,18 +446,25 @@ class RabbitTransport:
         self._loop.create_task(self._ack(acks, done))
         return done
 
-    async def _ack(self, acks: list[tuple[Any, int]], done: Future[None]) -> None:
+    async def _ack(self, acks: list[tuple[_Queue, Any, int]], done: Future[None]) -> None:
         failure: BaseException | None = None
-        for channel, tag in acks:
+        for queue, channel, tag in acks:
             try:
                 await channel.basic_ack(tag, multiple=True)
             except Exception as exc:  # noqa: BLE001 - the channel is gone: its deliveries come back
-                failure = BrokerUnavailable(f"acknowledging up to delivery tag {tag}: {type(exc).__name__}: {exc}")
+                failure = BrokerUnavailable(f"acknowledging {queue.name} up to delivery tag {tag}: "
+                                            f"{type(exc).__name__}: {exc}")
+            else:
+                self.acknowledged(queue.topic, queue.partition, tag)
         if failure is None:
             done.set_result(None)
         else:
             self._commit_failed = True
             done.set_exception(failure)
+
+    def acknowledged(self, topic: str, partition: int, offset: int) -> None:
+        """Called once the acknowledgement of everything before ``offset`` on the partition's current channel
+        is written (for observers: AMQP keeps no committed offset to read back)."""
 
     def take_commit_failure(self) -> bool:
         failed, self._commit_failed = self._commit_failed, False
