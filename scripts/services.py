@@ -529,6 +529,20 @@ class RabbitMQ(Service):
     def describe(self) -> str:
         return f"AMQP URL {self.url}"
 
+    def up(self) -> None:
+        try:
+            super().up()
+        except ServiceError as exc:
+            log = _tail(self.log_file, 200)
+            hints = [hint for sign, hint in (
+                ("dist_port_already_used", f"its Erlang distribution port {self.dist_port} is in use: move it with "
+                                           "EPISTLE_RABBITMQ_DIST_PORT=<port>"),
+                ("erlang_dist_running_with_unexpected_nodename", "another Erlang node holds the name: stop it"),
+                ("eacces", f"it may not write under {self.dir}: check the folder's owner"),
+            ) if sign in log]
+            raise ServiceError(f"{exc}\n" + "\n".join(f"hint: {hint}" for hint in hints) if hints else str(exc)) \
+                from None
+
     def down(self) -> None:
         pid = self.pid()
         super().down()
