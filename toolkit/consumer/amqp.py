@@ -520,16 +520,21 @@ class RabbitTransport:
                                 else f"RabbitMQ at {redact(self.url)}: {type(exc).__name__}: {exc}")
             return
         while not self._closing:
-            for queue in self._queues.values():
-                if queue.lost:
-                    await self._lose(queue)
-                if queue.reopened and not self._closing:
-                    queue.reopened = False
-                    await self._consume(queue)
-            now = time.monotonic()
-            if self._fetching and not self._closing:
-                self._hand_over(events, now)
-                await self._probe_ends(events, now)
+            try:
+                for queue in self._queues.values():
+                    if queue.lost:
+                        await self._lose(queue)
+                    if queue.reopened and not self._closing:
+                        queue.reopened = False
+                        await self._consume(queue)
+                now = time.monotonic()
+                if self._fetching and not self._closing:
+                    self._hand_over(events, now)
+                    await self._probe_ends(events, now)
+            except Exception as exc:  # a bug of ours: stop rather than silently stop handing records over
+                log.exception("the RabbitMQ transport failed")
+                events.on_fatal(f"internal error in the RabbitMQ transport: {type(exc).__name__}: {exc}")
+                return
             self._wake.clear()
             # Deliveries waiting for room in the window: look again soon (the engine tells nothing when
             # its in-flight count drops)
@@ -603,11 +608,22 @@ class RabbitTransport:
                 self._wake.set()
 
         try:
-            await underlay.basic_consume(queue.name, deliver, no_ack=False)
+            consuming = await underlay.basic_consume(queue.name, deliver, no_ack=False)
         except Exception as exc:  # noqa: BLE001 - the channel closed meanwhile: lost, reopened later
             log.warning("queue %s: consuming failed: %s", queue.name, exc)
             queue.lost = True
             return
+
+        def cancelled(frame: Any, q: _Queue = queue, u: Any = underlay, tag: str = consuming.consumer_tag) -> None:
+            # The broker ended our consumer (the queue was deleted, a quorum queue lost its members): the
+            # assignment is lost; consume again (a missing queue closes the channel, which is then reopened
+            # and the queue declared again)
+            if getattr(frame, "consumer_tag", None) == tag and q.underlay is u and not self._closing:
+                log.warning("queue %s: the broker cancelled our consumer; consuming again", q.name)
+                q.lost = q.reopened = True
+                self._wake.set()
+
+        underlay.on_consumer_cancel_callbacks.add(cancelled)
         log.info("consuming queue %s (generation %d)", queue.name, queue.generation)
 
     def _channel_closed(self, queue: _Queue, underlay: Any) -> None:
