@@ -182,6 +182,46 @@ def test_a_message_dead_lettered_by_rabbitmq_keeps_its_x_death_and_typed_headers
     assert table["x-death"][0]["reason"] == "expired"
 
 
+def test_quorum_queue_with_a_single_active_consumer_keeps_the_order_across_two_consumers(
+        rabbitmq_url, queue, group_id):
+    topic = queue("quorum")
+    ids = [f"q{i:03d}" for i in range(40)]
+    handled: dict[str, list[str]] = {"a": [], "b": []}
+
+    def member(name: str) -> KafkaConsumer:
+        transport = RabbitTransport(rabbitmq_url, queue_type="quorum", single_active_consumer=True)
+        consumer = KafkaConsumer(group_id=group_id, transport=transport, commit_interval_s=0.2,
+                                 registry=LocalFolderRegistry(ROOT / "schemas"), max_workers=4)
+
+        @consumer.handler(topic)
+        async def handle(message) -> None:
+            await asyncio.sleep(0.002)
+            handled[name].append(message.header.message_id)
+
+        return consumer
+
+    async def two_members() -> None:
+        a, b = member("a"), member("b")
+        tasks = [asyncio.create_task(a.start())]
+        await asyncio.sleep(1)  # a declared the queue and is its active consumer
+        tasks.append(asyncio.create_task(b.start()))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(amqp, rabbitmq_url, _publish, topic,
+                                [(None, envelope_bytes("orders", 1, VALID_BODY, message_id=i), []) for i in ids],
+                                {"x-queue-type": "quorum", "x-single-active-consumer": True})
+        for _ in range(600):  # bounded: 30 s
+            if len(handled["a"]) + len(handled["b"]) >= len(ids):
+                break
+            await asyncio.sleep(0.05)
+        for consumer, task in ((b, tasks[1]), (a, tasks[0])):
+            await consumer.stop()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(two_members())
+    assert handled == {"a": ids, "b": []}  # one active consumer, in the queue's order; the other stood by
+    assert amqp(rabbitmq_url, _count, topic) == 0
+
+
 def _restart_rabbitmq() -> None:
     for action in ("down", "up"):
         proc = subprocess.run([*SERVICES, action, "rabbitmq"], capture_output=True, text=True)
@@ -223,8 +263,9 @@ def test_a_broker_restart_mid_stream_loses_nothing(rabbitmq_url, queue, group_id
 
     asyncio.run(restart_mid_stream())
     assert set(handled) == set(ids)  # nothing lost
-    # Redelivered after the restart: at most the window the broker had not seen acknowledged
-    assert sum(count - 1 for count in handled.values()) <= 200 + 200
+    # Redelivered: at most the unacknowledged window (prefetch 200) each time the channel was lost; a restart
+    # can lose it twice (the node stopping, then a channel opened while it was still booting)
+    assert sum(count - 1 for count in handled.values()) <= 2 * 200
     assert amqp(rabbitmq_url, _count, topic) == 0  # every message acknowledged once the consumer stopped
 
 
