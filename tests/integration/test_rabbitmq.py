@@ -353,3 +353,21 @@ def test_sigterm_of_epistle_run_acknowledges_what_was_handled_and_nothing_else(r
     _drain(rabbitmq_url, topic, record_file, log)
     handled = Counter(_handled(record_file))
     assert set(handled) == set(ids) and max(handled.values()) == 1  # nothing lost, nothing twice
+
+
+def test_start_up_problems_of_epistle_run_with_rabbitmq_name_the_setting_and_hide_the_password(rabbitmq_url):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens there once closed
+    wrong_password = rabbitmq_url.replace("guest:guest@", "guest:s3cret@")
+    for url, expected in ((f"amqp://guest:s3cret@127.0.0.1:{closed}/", "no RabbitMQ broker answered at"),
+                          (wrong_password, "refused the connection")):
+        env = {**os.environ, "RABBITMQ_URL": url, "SCHEMA_REGISTRY_URL": "", "KAFKA_STARTUP_TIMEOUT_S": "2"}
+        proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", "--app", "examples.shop.app:register",
+                               "--broker", "rabbitmq"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and last.startswith("error: ") and expected in last, proc.stderr[-2000:]
+        assert "RABBITMQ_URL" in last and "s3cret" not in proc.stderr

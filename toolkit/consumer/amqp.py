@@ -185,6 +185,11 @@ def _epoch_ms(value: Any) -> int | None:
     return None
 
 
+class _DropRefusals(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("error when creating transport")
+
+
 class AmqpRecord:
     """One delivery, as the engine reads a record (:class:`~toolkit.consumer.transport.Record`)."""
 
@@ -378,7 +383,13 @@ class RabbitTransport:
             BrokerUnavailable: no broker answered within ``timeout_s``.
             ConfigError: the broker refused the credentials or the virtual host.
         """
-        return asyncio.run(self._probe(timeout_s, list(topics)))
+        # aiormq logs each refused attempt as an error: the one BrokerUnavailable raised here says it once
+        quiet = _DropRefusals()
+        logging.getLogger("aiormq.connection").addFilter(quiet)
+        try:
+            return asyncio.run(self._probe(timeout_s, list(topics)))
+        finally:
+            logging.getLogger("aiormq.connection").removeFilter(quiet)
 
     async def _probe(self, timeout_s: float, topics: list[str]) -> set[str]:
         import aio_pika
