@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml
 	$(EDITABLE_NOTE) $(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project with its dev extras
+setup: $(STAMP) ## create .venv and install the project with its dev extras; fetch Kafka, the registry, rabbitmq-server
 	@$(SERVICES) fetch
 
 services-up: ## start Kafka and the schema registry (a no-op when they already run)
 	@$(SERVICES) up
 
-services-down: ## stop Kafka and the schema registry
+services-down: ## stop Kafka and the schema registry (and RabbitMQ, if its tests started it)
 	@$(SERVICES) down
 
 services-status: ## show whether the services run, their addresses and logs (exit 0 either way)

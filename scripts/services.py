@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
 """Local development services: a single-node Apache Kafka (KRaft) broker and an Apicurio Registry, and, when
-asked for by name, a Prometheus server.
+asked for by name, a Prometheus server and a RabbitMQ node.
 
 Kafka and the registry come from Maven Central (see scripts/services/pom.xml) into the ignored `.cache/`
-folder (Maven's own repository too: `.cache/m2`, not `~/.m2`); Prometheus is Debian's `prometheus` package
-(installed with apt-get by `fetch prometheus` when missing). Each runs from `.services/<name>/` (pid file,
-logs, data). Nothing here substitutes a fake service: if a download or a start fails, the command stops with
-the artifact, the error and where the log is.
+folder (Maven's own repository too: `.cache/m2`, not `~/.m2`); Prometheus and RabbitMQ are Debian's
+`prometheus` and `rabbitmq-server` packages (installed with apt-get when missing and run as root, else the
+command says how). Each runs from `.services/<name>/` (pid file, logs, data). Nothing here substitutes a fake
+service: if a download or a start fails, the command stops with the artifact, the error and where the log is.
 
-    python scripts/services.py fetch              # download jars and the registry (idempotent)
-    python scripts/services.py up [kafka|registry|prometheus]   # no name: kafka and registry
-    python scripts/services.py down [kafka|registry|prometheus] # no name: every one running
+    python scripts/services.py fetch              # jars, the registry, rabbitmq-server (idempotent)
+    python scripts/services.py up [kafka|registry|prometheus|rabbitmq]   # no name: kafka and registry
+    python scripts/services.py down [kafka|registry|prometheus|rabbitmq] # no name: every one running
     python scripts/services.py status             # exit 0: all ready; 3: one is stopped or not ready
 
 Prometheus scrapes every second the targets listed in `.services/prometheus/targets/*.json` (Prometheus's
 file service discovery: `[{"targets": ["127.0.0.1:9400"], "labels": {...}}]`); a test writes a file there
 to have its consumer scraped, and removes it after.
 
+RabbitMQ is not started by a bare `up`: only the RabbitMQ tests need it, and they start it themselves
+(tests/conftest.py), as `up rabbitmq` does. It is a private node: its own name, ports, Erlang cookie
+(HOME), port mapper (epmd), config, data and logs, all under `.services/rabbitmq/`.
+
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081),
-EPISTLE_PROMETHEUS_PORT (9095). State folder: EPISTLE_SERVICES_DIR (.services).
+EPISTLE_PROMETHEUS_PORT (9095), EPISTLE_RABBITMQ_PORT (5672), EPISTLE_RABBITMQ_DIST_PORT (25672),
+EPISTLE_RABBITMQ_EPMD_PORT (4370). State folder: EPISTLE_SERVICES_DIR (.services).
 Only the standard library is used, so this runs before the project's virtualenv exists.
 """
 
@@ -240,6 +245,10 @@ class Service:
     def after_start(self) -> None:
         """Runs once the service is ready."""
 
+    def popen_env(self) -> dict[str, str] | None:
+        """The process's environment (None: ours)."""
+        return None
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -261,7 +270,8 @@ class Service:
             log.write(f"\n==== starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
             log.flush()
             proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True,
+                                    env=self.popen_env())
         self.pid_file.write_text(str(proc.pid))
         started = time.monotonic()
         while time.monotonic() - started < START_TIMEOUT_S:
@@ -510,15 +520,151 @@ class Prometheus(Service):
         return f"{self.url}, scraping the targets in {_shown(self.targets)}/*.json every second"
 
 
+
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian's; /usr/sbin's wrapper su's to rabbitmq
+
+
+def install_rabbitmq() -> Path:
+    """Debian's rabbitmq-server (and Erlang), installed with apt-get when missing and we are root."""
+    if RABBITMQ_SERVER.exists():
+        return RABBITMQ_SERVER
+    how = "install Debian's package: sudo apt-get install rabbitmq-server"
+    if shutil.which("apt-get") is None:
+        raise ServiceError(f"rabbitmq-server is not installed ({RABBITMQ_SERVER} is missing) and apt-get is not "
+                           "here: install RabbitMQ 3.10+ so that this path exists, or point RABBITMQ_URL at a broker")
+    if os.geteuid() != 0:
+        raise ServiceError(f"rabbitmq-server is not installed ({RABBITMQ_SERVER} is missing): {how}")
+    print("installing rabbitmq-server with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "rabbitmq-server"]
+    if subprocess.run(install, capture_output=True, env=env).returncode != 0:  # a stale package list?
+        _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+        _run(install, f"installing rabbitmq-server ({how})", env=env)
+    if not RABBITMQ_SERVER.exists():
+        raise ServiceError(f"apt-get installed rabbitmq-server but {RABBITMQ_SERVER} is missing: {how}")
+    return RABBITMQ_SERVER
+
+
+class RabbitMQ(Service):
+    """A private RabbitMQ node: Debian's server script run as this user with every path and port set in its
+    environment, so it shares nothing with a system RabbitMQ (or another checkout's)."""
+
+    def __init__(self) -> None:
+        super().__init__("rabbitmq", _port("EPISTLE_RABBITMQ_PORT", 5672), "rabbitmq-server")
+        self.dist_port = _port("EPISTLE_RABBITMQ_DIST_PORT", 25672)
+        self.epmd_port = _port("EPISTLE_RABBITMQ_EPMD_PORT", 4370)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def environment(self) -> dict[str, str]:
+        d = self.dir
+        return {**os.environ,
+                "HOME": str(d),  # the Erlang cookie (.erlang.cookie) is made and read there
+                "RABBITMQ_NODENAME": f"epistle-{self.port}@localhost",
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "ERL_EPMD_PORT": str(self.epmd_port),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(d / "log"),
+                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+                "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid")}
+
+    def prepare(self) -> None:
+        install_rabbitmq()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "rabbitmq.conf").write_text("\n".join([
+            f"listeners.tcp.default = 127.0.0.1:{self.port}",
+            "log.console = true",  # into our log file
+            "log.console.level = warning",
+            "log.file = false",
+            "disk_free_limit.absolute = 50MB",
+            "",
+        ]))
+        (self.dir / "enabled_plugins").write_text("[].\n")  # no management plugin: AMQP only
+        (self.dir / "rabbitmq-env.conf").write_text("")
+
+    def command(self) -> list[str]:
+        return [str(RABBITMQ_SERVER)]
+
+    def popen_env(self) -> dict[str, str] | None:
+        return self.environment()
+
+    def ready(self) -> bool:
+        return _amqp_answers("127.0.0.1", self.port)
+
+    def describe(self) -> str:
+        return f"AMQP URL {self.url}"
+
+    def up(self) -> None:
+        try:
+            super().up()
+        except ServiceError as exc:
+            log = _tail(self.log_file, 200)
+            hints = [hint for sign, hint in (
+                ("dist_port_already_used", f"its Erlang distribution port {self.dist_port} is in use: move it with "
+                                           "EPISTLE_RABBITMQ_DIST_PORT=<port>"),
+                ("erlang_dist_running_with_unexpected_nodename", "another Erlang node holds the name: stop it"),
+                ("eacces", f"it may not write under {self.dir}: check the folder's owner"),
+            ) if sign in log]
+            raise ServiceError(f"{exc}\n" + "\n".join(f"hint: {hint}" for hint in hints) if hints else str(exc)) \
+                from None
+
+    def down(self) -> None:
+        pid = self.pid()
+        super().down()
+        if pid is not None:
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while _group_alive(pid) and time.monotonic() < deadline:  # the node itself, not only its script
+                time.sleep(0.2)
+            if _group_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        # The node started its own port mapper (epmd -daemon, outside our process group): stop it too
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        if Path(epmd).exists():
+            subprocess.run([epmd, "-kill"], capture_output=True,
+                           env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)})
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _amqp_answers(host: str, port: int) -> bool:
+    """Send AMQP 0-9-1's protocol header and check that a Connection.Start method frame comes back."""
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            frame = _recv_exact(sock, 7)
+    except OSError:
+        return False
+    return frame[0] == 1  # a method frame on channel 0
+
+
 SERVICES = {"kafka": Kafka, "registry": Registry}
-OPTIONAL = {"prometheus": Prometheus}  # started only when named; stopped by a plain `down` when running
-FETCH = {"kafka": fetch_kafka, "registry": fetch_registry, "prometheus": fetch_prometheus}
+# started only when named; a plain `down` or `status` covers them when running
+OPTIONAL = {"prometheus": Prometheus, "rabbitmq": RabbitMQ}
+FETCH = {"kafka": fetch_kafka, "registry": fetch_registry, "prometheus": fetch_prometheus,
+         "rabbitmq": install_rabbitmq}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["fetch", "up", "down", "status"])
-    parser.add_argument("services", nargs="*", metavar="{kafka,registry,prometheus}")
+    parser.add_argument("services", nargs="*", metavar="{kafka,registry,prometheus,rabbitmq}")
     args = parser.parse_args(argv)
     known = {**SERVICES, **OPTIONAL}
     unknown = sorted(set(args.services) - set(known))
@@ -527,8 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     names = args.services or list(SERVICES)
     try:
         if args.action == "fetch":
-            for name in names:
-                FETCH[name]()
+            for name in args.services or [*SERVICES, "rabbitmq"]:
+                try:
+                    FETCH[name]()
+                except ServiceError as exc:
+                    if args.services or name != "rabbitmq":
+                        raise
+                    print(f"warning: {exc}\n  (only the RabbitMQ tests need it)", file=sys.stderr)
             print("fetch: done")
             return 0
         services = [known[name]() for name in names]

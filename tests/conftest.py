@@ -1,6 +1,8 @@
-"""Shared fixtures: the real Kafka broker and the real schema registry, brought up (or reused) once.
+"""Shared fixtures: the real Kafka broker, the real schema registry and (for its tests) a RabbitMQ node,
+brought up (or reused) once.
 
-If ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` are set, the tests use those and start nothing.
+If ``KAFKA_BOOTSTRAP_SERVERS`` / ``SCHEMA_REGISTRY_URL`` / ``RABBITMQ_URL`` are set, the tests use those and
+start nothing.
 Tests under ``tests/integration`` are marked ``integration`` automatically; ``tests/behaviour`` marks its
 Kafka half itself (its ``backend`` fixture), so ``-m "not integration"`` keeps the in-memory half.
 """
@@ -69,6 +71,17 @@ def prometheus() -> PrometheusServer:
     state = Path(os.environ.get("EPISTLE_SERVICES_DIR", ROOT / ".services")).resolve()
     return PrometheusServer(f"http://127.0.0.1:{os.environ.get('EPISTLE_PROMETHEUS_PORT', '9095')}",
                             state / "prometheus" / "targets")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """AMQP URL of a real RabbitMQ node: RABBITMQ_URL, or the private node our scripts run (started here
+    on first use: only the RabbitMQ tests need it)."""
+    external = os.environ.get("RABBITMQ_URL")
+    if external:
+        return external
+    _ensure_service("rabbitmq")
+    return f"amqp://guest:guest@127.0.0.1:{os.environ.get('EPISTLE_RABBITMQ_PORT', '5672')}/"
 
 
 @pytest.fixture

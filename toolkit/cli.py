@@ -305,6 +305,10 @@ def run(app_ref: Annotated[str, typer.Option(
         max_workers: Annotated[int | None, typer.Option(
             "--max-workers", min=1, show_default=False,
             help="Handlers running at once (default: EPISTLE_MAX_WORKERS).")] = None,
+        broker: Annotated[str | None, typer.Option(
+            "--broker", show_default=False,
+            help="kafka or rabbitmq (default: EPISTLE_BROKER, else kafka). RabbitMQ reads RABBITMQ_URL and "
+                 "consumes one queue per topic.")] = None,
         kafka_config: Annotated[list[str] | None, typer.Option(
             "-X", "--kafka-config", show_default=False,
             help="An extra librdkafka consumer property, key=value (repeatable), "
@@ -322,9 +326,9 @@ def run(app_ref: Annotated[str, typer.Option(
         ) -> None:
     """Run the consumer with your handlers until SIGTERM/SIGINT (or, with --until-idle, until drained).
 
-    Settings come from the environment and .env (KAFKA_*, SCHEMA_REGISTRY_*, EPISTLE_*); the options
-    override them. The app function gets the KafkaConsumer (and the Settings, if it takes a second
-    argument), builds the handlers with their dependencies and registers them:
+    Settings come from the environment and .env (KAFKA_*, SCHEMA_REGISTRY_*, EPISTLE_*; RABBITMQ_* with
+    --broker rabbitmq); the options override them. The app function gets the KafkaConsumer (and the
+    Settings, if it takes a second argument), builds the handlers with their dependencies and registers them:
 
         def register(consumer, settings):
             orders = OrderBook()
@@ -373,8 +377,10 @@ def run(app_ref: Annotated[str, typer.Option(
 
     provider = None
     try:
+        if broker is not None and broker not in ("kafka", "rabbitmq"):
+            raise ConfigError(f"--broker {broker!r}: use kafka or rabbitmq", setting="--broker")
         overrides: dict[str, Any] = {"registry__url": registry_url, "kafka__group_id": group_id,
-                     "consumer__max_workers": max_workers}
+                     "consumer__max_workers": max_workers, "consumer__broker": broker}
         settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
         from toolkit.observability.logs import configure_logging
 
@@ -409,8 +415,17 @@ def run(app_ref: Annotated[str, typer.Option(
             metrics = PrometheusMiddleware(health_timeout_s=settings.consumer.health_timeout_s)
             middleware.append(metrics)
             server = MetricsServer(metrics, port, address=settings.consumer.metrics_address)
+        transport = None
+        if settings.consumer.broker == "rabbitmq":
+            if extra:
+                raise ConfigError("-X sets librdkafka properties: it applies to --broker kafka only; RabbitMQ "
+                                  "reads RABBITMQ_* settings", setting="--kafka-config")
+            from toolkit.consumer.amqp import RabbitTransport
+
+            transport = RabbitTransport.from_settings(settings.rabbitmq)
         consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
-                                               stop_when_idle=until_idle, kafka_config=extra, middleware=middleware)
+                                               stop_when_idle=until_idle, kafka_config=extra, middleware=middleware,
+                                               transport=transport)
         arguments = _app_arguments(register, consumer, settings)
         try:
             if server is not None:

@@ -119,6 +119,47 @@ class KafkaSettings(BaseSettings):
         return config
 
 
+class RabbitSettings(BaseSettings):
+    """``RABBITMQ_*``: the RabbitMQ broker, for ``EPISTLE_BROKER=rabbitmq`` (``epistle run --broker rabbitmq``)
+    or :meth:`toolkit.consumer.amqp.RabbitTransport.from_settings`."""
+
+    model_config = _config("RABBITMQ_")
+
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")  # the password is in it
+    # Unacknowledged deliveries per queue (basic.qos); 0 = the consumer's max_in_flight (at most 65535)
+    prefetch_count: Annotated[int, Field(ge=0, le=65535)] = 0
+    declare_queues: bool = True  # false: the queues must exist (declared by whoever owns them)
+    queue_type: Literal["classic", "quorum"] = "classic"
+    single_active_consumer: bool = False
+    # topic=count pairs: "orders=4" consumes the queues orders.0 .. orders.3 as the partitions of "orders"
+    partitions: Annotated[dict[str, int], NoDecode] = {}
+    reconnect_interval_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value().strip()
+        if not text.startswith(("amqp://", "amqps://")) or len(text.split("://", 1)[1]) == 0:
+            raise ValueError("not an AMQP URL; use e.g. amqp://guest:guest@127.0.0.1:5672/ (amqps:// for TLS)")
+        return SecretStr(text)
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _partitions(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        counts: dict[str, int] = {}
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            topic, sep, count = item.partition("=")
+            if not sep or not topic.strip() or not count.strip().isdigit() or not 1 <= int(count) <= 1000:
+                raise ValueError(f"{item!r}: use topic=count pairs, comma-separated, e.g. orders=4,payments=2 "
+                                 "(count from 1 to 1000)")
+            counts[topic.strip()] = int(count)
+        return counts
+
+
 class RegistrySettings(BaseSettings):
     """``SCHEMA_REGISTRY_*``: an empty URL means the local ``schemas/`` folder is the registry."""
 
@@ -166,6 +207,8 @@ class ConsumerSettings(BaseSettings):
     model_config = _config("EPISTLE_")
 
     schemas_dir: Path = Path("schemas")
+    # Which broker `epistle run` consumes (--broker): kafka (KAFKA_*) or rabbitmq (RABBITMQ_*)
+    broker: Literal["kafka", "rabbitmq"] = "kafka"
     dlq_suffix: str = ".dlq"
     dlq_max_message_bytes: Annotated[int, Field(ge=1000, le=1_000_000_000)] = 10 * 1024 * 1024
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
@@ -240,19 +283,22 @@ class ProducerSettings(BaseSettings):
 
 
 class Settings:
-    """All settings, grouped: ``kafka``, ``registry``, ``consumer``."""
+    """All settings, grouped: ``kafka``, ``registry``, ``consumer``, ``rabbitmq``."""
 
-    def __init__(self, kafka: KafkaSettings, registry: RegistrySettings, consumer: ConsumerSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, registry: RegistrySettings, consumer: ConsumerSettings,
+                 rabbitmq: RabbitSettings | None = None) -> None:
         self.kafka = kafka
         self.registry = registry
         self.consumer = consumer
+        self.rabbitmq = rabbitmq if rabbitmq is not None else RabbitSettings.model_construct()
 
     def __repr__(self) -> str:
-        return f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r})"
+        return (f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r}, "
+                f"rabbitmq={self.rabbitmq!r})")
 
 
 _PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_",
-             ProducerSettings: "EPISTLE_PRODUCER_"}
+             ProducerSettings: "EPISTLE_PRODUCER_", RabbitSettings: "RABBITMQ_"}
 
 
 def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict[str, Any]) -> Any:
@@ -278,30 +324,32 @@ _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_e
 
 
 def _is_secret(name: str) -> bool:
-    return any(word in name for word in ("PASSWORD", "TOKEN", "SECRET"))
+    return any(word in name for word in ("PASSWORD", "TOKEN", "SECRET")) or name == "RABBITMQ_URL"  # has one
 
 
 def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> Settings:
     """Read the settings from the environment and ``env_file``.
 
-    ``overrides`` take precedence, keyed ``kafka__group_id``, ``registry__url``, ``consumer__max_workers``.
+    ``overrides`` take precedence, keyed ``kafka__group_id``, ``registry__url``, ``consumer__max_workers``,
+    ``rabbitmq__url``.
 
     Raises:
         ConfigError: a value is invalid; the message names each offending variable and the fix.
     """
     if env_file is not None and not _args.path("env_file", env_file).exists():
         env_file = None
-    grouped: dict[str, dict[str, Any]] = {"kafka": {}, "registry": {}, "consumer": {}}
+    grouped: dict[str, dict[str, Any]] = {"kafka": {}, "registry": {}, "consumer": {}, "rabbitmq": {}}
     for key, value in overrides.items():
         group, _, field = key.partition("__")
         if group not in grouped or not field:
-            raise ConfigError(f"unknown override {key!r}; use kafka__<field>, registry__<field> or consumer__<field>",
-                              setting=key)
+            raise ConfigError(f"unknown override {key!r}; use kafka__<field>, registry__<field>, consumer__<field> "
+                              "or rabbitmq__<field>", setting=key)
         grouped[group][field] = value
     return Settings(
         kafka=_build(KafkaSettings, env_file, grouped["kafka"]),
         registry=_build(RegistrySettings, env_file, grouped["registry"]),
         consumer=_build(ConsumerSettings, env_file, grouped["consumer"]),
+        rabbitmq=_build(RabbitSettings, env_file, grouped["rabbitmq"]),
     )
 
 
@@ -318,5 +366,5 @@ def load_producer_settings(env_file: str | Path | None = ENV_FILE, **overrides: 
 
 def external_services() -> dict[str, str]:
     """The services the user pointed us at (tests and the demo start nothing for these)."""
-    return {name: os.environ[name] for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")
+    return {name: os.environ[name] for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "RABBITMQ_URL")
             if os.environ.get(name)}

@@ -31,7 +31,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -344,7 +344,7 @@ class InMemoryTransport:
         self._lose = True
 
     # -- Transport -------------------------------------------------------------------------------------
-    def connect(self, timeout_s: float) -> set[str]:
+    def connect(self, timeout_s: float, topics: Sequence[str] = ()) -> set[str]:
         return set(self.broker.topics)
 
     def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,

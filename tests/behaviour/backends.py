@@ -1,9 +1,10 @@
-"""The two backends the behaviour tests run on, behind one small API: the in-memory broker of
-:mod:`toolkit.testing` and the real Kafka broker of the integration suite.
+"""The three backends the behaviour tests run on, behind one small API: the in-memory broker of
+:mod:`toolkit.testing`, and the real Kafka broker and RabbitMQ node of the integration suite.
 
 A test never asks which backend it has: it makes topics, produces, builds consumers, runs them, reads dead
 letters and committed offsets and injects faults through :class:`Backend`, so a behaviour that differs
-between the two fails on one of them.
+between them fails on one of them. The few behaviours a broker does not have are listed, with the reason,
+in its backend's ``unsupported`` (the ``backend`` fixture skips those tests there).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Backend:
     name: str
     group: str
     """The group of consumers built without ``group=``."""
+    unsupported: dict[str, str] = {}
+    """Test name -> why this broker does not have the behaviour it checks (the test is skipped here)."""
 
     def topic(self, prefix: str = "orders", partitions: int = 1) -> str:
         """A new, empty topic (its name unique in the test)."""
@@ -276,3 +279,185 @@ class KafkaBackend(Backend):
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(function, *args, **kwargs)
+
+
+class RabbitBackend(Backend):
+    """A real RabbitMQ node (``rabbitmq_url``): a topic is a queue (``<topic>.<p>`` per partition when it has
+    several, consumed as ``RabbitTransport(partitions=...)``), a record's key is its ``epistle-key`` header
+    and its offset its delivery tag - 1 on the consumer's channel.
+
+    AMQP keeps no committed offset: :meth:`committed` is the last watermark each partition's channel
+    acknowledged (``basic.ack(multiple=True)``), as the transport reports it once written; the integration
+    tests check the queues' own counts. Dead letters are refused by wrapping
+    ``amqp.RabbitDeadLetterSink.send``."""
+
+    name = "rabbitmq"
+    unsupported = {
+        "test_a_member_joining_mid_run_takes_partitions_and_nothing_is_lost":
+            "AMQP has no group rebalance: consumers of a queue share its deliveries (or, with "
+            "single-active-consumer, one takes all); nothing is revoked from a member (docs/contracts.md)",
+    }
+    """Tests of a behaviour AMQP does not have, with the reason; the ``backend`` fixture skips them."""
+
+    def __init__(self, url: str, unique_name: Callable[[str], str], group_id: str, monkeypatch: Any) -> None:
+        from toolkit.consumer import amqp
+
+        self.url = url
+        self.group = group_id
+        self._unique_name = unique_name
+        self._partitions: dict[str, int] = {}
+        self._queues: list[str] = []
+        self._acked: dict[tuple[str, int], int] = {}
+        self._refusals: dict[str, list[int | None]] = {}
+        self._lock = threading.Lock()
+        self._round_robin = 0
+        backend = self
+        real_send = amqp.RabbitDeadLetterSink.send
+
+        def send(sink: Any, record: Any, **kwargs: Any) -> asyncio.Future[None]:
+            if backend._refuse(record.topic):
+                future: asyncio.Future[None] = sink._loop.create_future()
+                future.set_exception(BrokerUnavailable(f"publish to {record.topic} refused: injected by the test"))
+                return future
+            return real_send(sink, record, **kwargs)
+
+        def acknowledged(transport: Any, topic: str, partition: int, offset: int) -> None:
+            with backend._lock:
+                backend._acked[(topic, partition)] = offset
+
+        monkeypatch.setattr(amqp.RabbitDeadLetterSink, "send", send)
+        monkeypatch.setattr(amqp.RabbitTransport, "acknowledged", acknowledged)
+
+    def _refuse(self, topic: str) -> bool:
+        with self._lock:
+            left = self._refusals.get(topic)
+            if left is None or left[0] == 0:
+                return False
+            if left[0] is not None:
+                left[0] -= 1
+            return True
+
+    def queue(self, topic: str, partition: int = 0) -> str:
+        """The queue of a topic's partition."""
+        return topic if self._partitions.get(topic, 1) == 1 else f"{topic}.{partition}"
+
+    def topic(self, prefix: str = "orders", partitions: int = 1) -> str:
+        name = self._unique_name(prefix)
+        self._partitions[name] = partitions
+        queues = [self.queue(name, p) for p in range(partitions)]
+        self._queues += [*queues, f"{name}.dlq"]
+        self._amqp(self._declare, queues)
+        return name
+
+    def _amqp(self, coroutine: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run one AMQP conversation on a connection of its own (from any thread: a loop of its own)."""
+        async def conversation() -> T:
+            import aio_pika
+
+            connection = await aio_pika.connect(self.url)
+            try:
+                return await coroutine(connection, *args)
+            finally:
+                await connection.close()
+
+        return asyncio.run(conversation())
+
+    @staticmethod
+    async def _declare(connection: Any, queues: list[str]) -> None:
+        channel = await connection.channel()
+        for name in queues:
+            await channel.declare_queue(name, durable=True)
+
+    def produce(self, topic: str, records: Iterable[Produced], *, partition: int | None = None,
+                headers: Headers | None = None) -> None:
+        import zlib
+
+        count = self._partitions.get(topic, 1)
+        batch = []
+        for record in records:
+            key, value = record if isinstance(record, tuple) else (None, record)
+            p = partition
+            if p is None:
+                if key is not None:
+                    p = zlib.crc32(key) % count
+                else:
+                    p, self._round_robin = self._round_robin % count, self._round_robin + 1
+            batch.append((self.queue(topic, p), key, value))
+        self._amqp(self._publish, batch, headers)
+
+    @staticmethod
+    async def _publish(connection: Any, batch: list[tuple[str, bytes | None, bytes | None]],
+                       headers: Headers | None) -> None:
+        import datetime
+
+        import aio_pika
+
+        from toolkit.consumer.amqp import table_from_headers
+
+        channel = await connection.channel(publisher_confirms=True)
+        for queue, key, value in batch:
+            message = aio_pika.Message(value or b"", headers=table_from_headers(key, headers),
+                                       timestamp=datetime.datetime.now(datetime.UTC))
+            await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+
+    def _consumer(self, group: str, options: dict[str, Any]) -> KafkaConsumer:
+        from toolkit.consumer.amqp import RabbitTransport
+
+        partitions = {topic: count for topic, count in self._partitions.items() if count > 1}
+        return KafkaConsumer(group_id=group, transport=RabbitTransport(self.url, partitions=partitions), **options)
+
+    def records(self, topic: str) -> list[Stored]:
+        if topic.endswith(".dlq"):
+            return self._amqp(self._read, topic, topic, 0)
+        return [stored for p in range(self._partitions.get(topic, 1))
+                for stored in self._amqp(self._read, self.queue(topic, p), topic, p)]
+
+    @staticmethod
+    async def _read(connection: Any, queue: str, topic: str, partition: int) -> list[Stored]:
+        """Every message of ``queue``, left in it: fetched unacknowledged, then the channel is closed."""
+        from aiormq.exceptions import ChannelNotFoundEntity
+
+        from toolkit.consumer.amqp import headers_from_table
+
+        channel = await connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except ChannelNotFoundEntity:
+            return []
+        stored = []
+        while True:
+            message = await declared.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            key, headers, _ = headers_from_table(message.headers)
+            stored.append(Stored(topic, partition, len(stored), key, message.body, headers or []))
+        await channel.close()  # the messages go back to the queue, in order
+        return stored
+
+    def committed(self, topic: str, partitions: int = 1, group: str | None = None) -> dict[int, int | None]:
+        with self._lock:
+            return {p: self._acked.get((topic, p)) for p in range(partitions)}
+
+    def refuse_dead_letters(self, topic: str, times: int | None = None) -> None:
+        with self._lock:
+            self._refusals[f"{topic}.dlq"] = [times]
+
+    def heal(self) -> None:
+        with self._lock:
+            self._refusals.clear()
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    def delete_queues(self) -> None:
+        """Delete the queues the test made (best effort: the names are unique anyway)."""
+        async def delete(connection: Any, names: list[str]) -> None:
+            for name in names:
+                channel = await connection.channel()
+                try:
+                    await channel.queue_delete(name)
+                except Exception:  # noqa: BLE001
+                    pass
+
+        if self._queues:
+            self._amqp(delete, list(self._queues))

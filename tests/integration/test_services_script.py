@@ -77,3 +77,57 @@ def test_private_broker_starts_answers_and_stops_without_leftovers(tmp_path: Pat
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert not (tmp_path / "kafka" / "pid").exists()
     assert _services("status", "kafka", env=env).returncode == 3
+
+
+def _rabbitmq_env(state: Path) -> dict[str, str]:
+    return {"EPISTLE_SERVICES_DIR": str(state), "EPISTLE_RABBITMQ_PORT": str(_free_port()),
+            "EPISTLE_RABBITMQ_DIST_PORT": str(_free_port()), "EPISTLE_RABBITMQ_EPMD_PORT": str(_free_port())}
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_private_rabbitmq_starts_answers_amqp_and_stops_without_leftovers(tmp_path: Path) -> None:
+    env = _rabbitmq_env(tmp_path)
+    port, epmd = int(env["EPISTLE_RABBITMQ_PORT"]), int(env["EPISTLE_RABBITMQ_EPMD_PORT"])
+    started = _services("up", "rabbitmq", env=env)
+    try:
+        assert started.returncode == 0, started.stderr + started.stdout
+        pid = int((tmp_path / "rabbitmq" / "pid").read_text())
+        assert _services("status", "rabbitmq", env=env).returncode == 0
+        assert _services("up", "rabbitmq", env=env).stdout.startswith("rabbitmq: already running")
+        import asyncio
+
+        import aio_pika
+
+        async def declare() -> int:
+            connection = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{port}/")
+            async with connection:
+                channel = await connection.channel()
+                return (await channel.declare_queue("probe", durable=True)).declaration_result.message_count
+
+        assert asyncio.run(declare()) == 0
+        assert (tmp_path / "rabbitmq" / "mnesia").is_dir()  # its data under the services folder
+        assert _listening(epmd)  # its own port mapper
+    finally:
+        stopped = _services("down", "rabbitmq", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not _listening(port) and not _listening(epmd)  # the node and its port mapper are gone
+    assert _services("status", "rabbitmq", env=env).returncode == 3
+
+
+def test_rabbitmq_that_cannot_start_says_why(tmp_path: Path) -> None:
+    env = _rabbitmq_env(tmp_path)
+    with socket.socket() as squatter:  # its Erlang distribution port is taken: the node cannot boot
+        squatter.bind(("127.0.0.1", int(env["EPISTLE_RABBITMQ_DIST_PORT"])))
+        squatter.listen()
+        try:
+            result = _services("up", "rabbitmq", env={**env, "EPISTLE_START_TIMEOUT": "60"})
+        finally:
+            _services("down", "rabbitmq", env=env)
+    assert result.returncode == 1
+    assert "rabbitmq" in result.stderr and "rabbitmq.log" in result.stderr  # what failed and where to look
+    assert "EPISTLE_RABBITMQ_DIST_PORT" in result.stderr  # and what to change

@@ -8,7 +8,7 @@ Value (JSON)::
      "original_bytes": <base64 of the exact original value bytes; present when original_encoding is json>,
      "error": {"timestamp", "reason", "stage", "type", "message", "cause", "details"},
      "source": {"topic", "partition", "offset", "key", "keyEncoding", "timestamp", "timestampType",
-                "consumerGroup", "attempts", "headers"},
+                "consumerGroup", "attempts", "headers", and the broker's own coordinates, e.g. "amqp"},
      "shortened": <why; only in the shortened form of a dead letter too large for the producer>}
 
 Re-serialising JSON is not byte-exact in general (spacing, key order, escapes, number forms), so the exact
@@ -76,6 +76,9 @@ class SourceRecord:
     headers: Headers
     timestamp: int | None  # epoch milliseconds, None when the broker gave none
     timestamp_type: int = 0  # confluent_kafka.TIMESTAMP_* (0 none, 1 create time, 2 log append time)
+    details: dict[str, Any] | None = None
+    """Broker-specific coordinates added to the value's ``source`` (e.g. ``{"amqp": {...}}``: exchange,
+    routing key, delivery tag ...); they never replace one of the fields above."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +284,8 @@ def _build(source: SourceRecord, stage: str, reason: str, error: BaseException |
         "attempts": attempts,
         "headers": _headers_field(source.headers),
     }
+    for name, value in (source.details or {}).items():
+        body["source"].setdefault(name, _jsonable(value))
     if shortened:
         body["shortened"] = shortened
     encoded = compact_json(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()

@@ -479,8 +479,10 @@ class Engine:
             if headers is None:
                 raise ValueError("the record's headers cannot be read")
             ts_type, ts = msg.timestamp()
+            details = getattr(msg, "source_details", None)  # optional: a transport's own coordinates
             source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                  headers, ts if ts_type and ts >= 0 else None, ts_type)
+                                  headers, ts if ts_type and ts >= 0 else None, ts_type,
+                                  details() if details is not None else None)
             record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
                                        details=outcome.details, consumer_group=group, attempts=attempts,
                                        suffix=suffix, max_bytes=sink.max_message_bytes)

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -501,7 +501,7 @@ class KafkaTransport:
         self._observers: list[TransportObserver] = []
         self._lag_interval_s = 5.0
 
-    def connect(self, timeout_s: float) -> set[str]:
+    def connect(self, timeout_s: float, topics: Sequence[str] = ()) -> set[str]:
         # The consumer's own settings (SASL/SSL may be given only in kafka_config); librdkafka ignores
         # consumer-only properties in an admin client.
         admin_config = {k: v for k, v in self.consumer_config.items() if k not in ("logger", "on_commit")}

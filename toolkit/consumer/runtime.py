@@ -78,8 +78,9 @@ class KafkaConsumer:
             other topic (``EPISTLE_VALUE_FORMATS``; envelope by default). Wire formats need a registry URL.
         middleware: :class:`~toolkit.consumer.middleware.Middleware` run around every record (first given,
             outermost), after the built-in statistics and logging.
-        transport: the broker side; None is Kafka through librdkafka. ``toolkit.testing.InMemoryBroker``'s
-            ``transport(group_id)`` runs the same consumer without a broker.
+        transport: the broker side; None is Kafka through librdkafka.
+            ``toolkit.consumer.amqp.RabbitTransport(url)`` consumes RabbitMQ queues instead (topic = queue);
+            ``toolkit.testing.InMemoryBroker``'s ``transport(group_id)`` runs the same consumer without a broker.
 
     Raises:
         ConfigError: an argument is invalid.
@@ -219,13 +220,15 @@ class KafkaConsumer:
                                       "run the consumer there or pass handle_signals=False",
                                       setting="handle_signals") from None
             try:
-                existing = await loop.run_in_executor(None, transport.connect, options.startup_timeout_s)
+                existing = await loop.run_in_executor(None, transport.connect, options.startup_timeout_s,
+                                                      list(topics))
             except BrokerUnavailable as exc:
+                broker, address, setting = _describe(transport, options.bootstrap_servers)
                 raise BrokerUnreachable(
-                    f"no Kafka broker answered at {options.bootstrap_servers} within "
-                    f"{options.startup_timeout_s:g}s ({exc}); check KAFKA_BOOTSTRAP_SERVERS, or give a slow "
-                    f"cluster longer with KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
-                    bootstrap_servers=options.bootstrap_servers, timeout_s=options.startup_timeout_s) from None
+                    f"no {broker} broker answered at {address} within "
+                    f"{options.startup_timeout_s:g}s ({exc}); check {setting}, or give a slow "
+                    f"broker longer with KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
+                    bootstrap_servers=address, timeout_s=options.startup_timeout_s) from None
             missing = [topic for topic in topics if topic not in existing]
             if missing and options.stop_when_idle:
                 raise ConfigError(f"topic(s) {', '.join(missing)} do not exist: stop_when_idle (--until-idle) "
@@ -278,6 +281,14 @@ class KafkaConsumer:
         from toolkit.registry.factory import default_cached_registry
 
         return default_cached_registry(self.settings)
+
+
+def _describe(transport: Transport, bootstrap_servers: str) -> tuple[str, str, str]:
+    """(broker, address, setting) for start-up messages: the transport's own ``describe()`` if it has one."""
+    describe = getattr(transport, "describe", None)
+    if callable(describe):
+        return describe()
+    return "Kafka", bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS"
 
 
 def _default_models() -> ModelLookup | None:

@@ -2,10 +2,10 @@
 
 The engine (:mod:`toolkit.consumer.engine`) runs lanes, outcomes, commits, rebalances and dead letters; it
 reaches the broker only through a :class:`Transport` (fetching, committing, pausing) and the
-:class:`DeadLetterSink` it provides. Two implementations ship: librdkafka's
-(:class:`toolkit.consumer.kafka_io.KafkaTransport`) and an in-memory one
-(:class:`toolkit.testing.InMemoryBroker`), so the engine's behaviour can be tested without a broker and the
-same tests run against Kafka.
+:class:`DeadLetterSink` it provides. Three implementations ship: librdkafka's
+(:class:`toolkit.consumer.kafka_io.KafkaTransport`), RabbitMQ's through aio-pika
+(:class:`toolkit.consumer.amqp.RabbitTransport`) and an in-memory one (:class:`toolkit.testing.InMemoryBroker`),
+so the engine's behaviour can be tested without a broker and the same tests run against both brokers.
 
 Threads (docs/threads.md): the engine calls every method here from the event loop. A transport calls the
 :class:`TransportEvents` methods on the event loop too (a thread of its own hands them over with
@@ -18,7 +18,7 @@ transports implement (optional for others: the metrics middleware checks for it)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -46,6 +46,9 @@ class Record(Protocol):
     def timestamp(self) -> tuple[int, int]:
         """``(type, epoch milliseconds)``; type 0 means the record has none."""
         ...
+
+    # Optional: ``source_details() -> dict``, the broker's own coordinates of the record, which its dead
+    # letter keeps in ``source`` beside the fields above (RabbitMQ's ``{"amqp": {...}}``).
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,9 @@ class TransportEvents(Protocol):
 class Transport(Protocol):
     """The consumer side of a broker, owned by one engine."""
 
-    def connect(self, timeout_s: float) -> set[str]:
-        """Wait (blocking) until the broker answers; the names of the topics that exist.
+    def connect(self, timeout_s: float, topics: Sequence[str] = ()) -> set[str]:
+        """Wait (blocking) until the broker answers; the names of the topics that exist (of ``topics``, the
+        ones the consumer will subscribe, at least: a broker that cannot list its topics checks those).
 
         Raises:
             BrokerUnavailable: no answer within ``timeout_s``. ConfigError: the client configuration
