@@ -66,7 +66,8 @@ soak: setup ## soak test: valid and hostile records while the consumer, a privat
 	EPISTLE_SOAK_SECONDS=$(SOAK_SECONDS) EPISTLE_SOAK_RESULTS=bench/results/soak.json \
 		$(PY) -m pytest tests/reliability/test_soak.py -q -s -p no:cacheprovider
 
-lint: $(STAMP) ## ruff, and mypy on toolkit/ (the config is in pyproject.toml)
+lint: $(STAMP) ## ruff format --check, ruff check, and mypy on toolkit/ (the config is in pyproject.toml)
+	$(VENV)/bin/ruff format --check toolkit tests scripts bench examples
 	$(VENV)/bin/ruff check toolkit tests scripts bench examples
 	$(VENV)/bin/mypy toolkit
 

@@ -47,13 +47,26 @@ RESULTS = ROOT / "bench" / "results"
 ALL = ["L0", "L1", "T", "T-metrics", "T-tuned", "T-traced", "T-sampled", "P1", "P2"]
 # T-metrics/T, T-traced/T and T-sampled/T: what metrics and tracing (SDK, batch processor; every record or 1 in 10
 # sampled) cost, against 0.9x of the same run with them off; T/T@base: against another revision (--baseline)
-TARGETS = [("T", "L1", 0.8), ("T", "P1", 3.0), ("T", "P2", 2.0), ("T-metrics", "T", 0.9), ("T-traced", "T", 0.9),
-           ("T-sampled", "T", 0.9), ("T", "T@base", 0.95)]
-LABELS = {"L0": "raw librdkafka (L0)", "L1": "hand-written loop (L1)", "T": "toolkit (T)",
-          "T-metrics": "toolkit + Prometheus metrics", "T-tuned": "toolkit tuned",
-          "T-traced": "toolkit, tracing on, all sampled", "T-sampled": "toolkit, tracing on, 1 in 10 sampled",
-          "P1": "FastStream (P1)",
-          "P2": "DeserializingConsumer (P2)"}
+TARGETS = [
+    ("T", "L1", 0.8),
+    ("T", "P1", 3.0),
+    ("T", "P2", 2.0),
+    ("T-metrics", "T", 0.9),
+    ("T-traced", "T", 0.9),
+    ("T-sampled", "T", 0.9),
+    ("T", "T@base", 0.95),
+]
+LABELS = {
+    "L0": "raw librdkafka (L0)",
+    "L1": "hand-written loop (L1)",
+    "T": "toolkit (T)",
+    "T-metrics": "toolkit + Prometheus metrics",
+    "T-tuned": "toolkit tuned",
+    "T-traced": "toolkit, tracing on, all sampled",
+    "T-sampled": "toolkit, tracing on, 1 in 10 sampled",
+    "P1": "FastStream (P1)",
+    "P2": "DeserializingConsumer (P2)",
+}
 # layout: (the broker's CPUs or None to leave it, the contender's CPUs or "" for any)
 LAYOUTS = {"shared": (None, ""), "pinned": ({0}, "1"), "one-core": (None, "1")}
 LATENCY_TARGET_RATIO = 2.0  # toolkit p99 <= 2x the hand-written loop's p99 at the same rate
@@ -69,21 +82,25 @@ _baseline_dir: Path | None = None
 
 def baseline_checkout(ref: str) -> Path:
     """The files of git revision ``ref`` (its toolkit and generated models), extracted once under .cache."""
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
-                         text=True)
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
+    )
     if sha.returncode != 0:
         raise SystemExit(f"--baseline {ref}: not a git revision of this repository ({sha.stderr.strip()})")
     target = ROOT / ".cache" / "bench-baseline" / sha.stdout.strip()[:12]
     if not (target / "toolkit").is_dir():
         target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha.stdout.strip(), "toolkit", "generated_models", "schemas"],
-                                 cwd=ROOT, capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "archive", sha.stdout.strip(), "toolkit", "generated_models", "schemas"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
 
-def _run_contender(name: str, bootstrap: str, topic: str, count: int, fmt: str, timeout: float,
-                   cpus: str = "") -> dict:
+def _run_contender(name: str, bootstrap: str, topic: str, count: int, fmt: str, timeout: float, cpus: str = "") -> dict:
     env = None
     if name == BASELINE:  # the same contender code, importing the baseline's toolkit
         assert _baseline_dir is not None
@@ -121,27 +138,35 @@ def _layout(name: str) -> Iterator[str]:
         yield contender_cpus
 
 
-def throughput(bootstrap: str, fmt: str, count: int, runs: int, contenders: list[str],
-               layouts: list[str]) -> list[dict]:
+def throughput(
+    bootstrap: str, fmt: str, count: int, runs: int, contenders: list[str], layouts: list[str]
+) -> list[dict]:
     """One block per layout, all on the same backlog."""
     topic = f"bench-{fmt}-{uuid.uuid4().hex[:8]}"
     backlog.create_topic(bootstrap, topic)
     started = time.monotonic()
     size = backlog.fill(bootstrap, topic, count, fmt)
-    print(f"[{fmt}] backlog: {count:,} envelopes of ~{size} bytes in {topic} "
-          f"({time.monotonic() - started:.1f}s to produce)", flush=True)
+    print(
+        f"[{fmt}] backlog: {count:,} envelopes of ~{size} bytes in {topic} "
+        f"({time.monotonic() - started:.1f}s to produce)",
+        flush=True,
+    )
     blocks = []
     for layout in layouts:
         samples: dict[str, list[dict]] = {name: [] for name in contenders}
         with _layout(layout) as cpus:
             for run in range(runs):
                 for name in contenders:
-                    result = _run_contender(name, bootstrap, topic, count, fmt, timeout=max(300, count / 500),
-                                            cpus=cpus)
+                    result = _run_contender(
+                        name, bootstrap, topic, count, fmt, timeout=max(300, count / 500), cpus=cpus
+                    )
                     samples[name].append(result)
-                    shown = (f"{result['msgs_per_s']:>10,.0f} msg/s, {result.get('cores_busy')} cores busy, "
-                             f"steal {result.get('steal_pct')}%"
-                             if "msgs_per_s" in result else result.get("skipped") or f"ERROR {result.get('error')}")
+                    shown = (
+                        f"{result['msgs_per_s']:>10,.0f} msg/s, {result.get('cores_busy')} cores busy, "
+                        f"steal {result.get('steal_pct')}%"
+                        if "msgs_per_s" in result
+                        else result.get("skipped") or f"ERROR {result.get('error')}"
+                    )
                     print(f"[{fmt}/{layout}] run {run + 1}/{runs} {name:8s} {shown}", flush=True)
         blocks.append(summarize(fmt, layout, count, size, topic, samples))
     return blocks
@@ -170,8 +195,15 @@ def summarize(fmt: str, layout: str, count: int, size: int, topic: str, samples:
         ra, rb = summary.get(a, {}).get("median_msgs_per_s"), summary.get(b, {}).get("median_msgs_per_s")
         if ra and rb:
             ratios[f"{a}/{b}"] = {"ratio": round(ra / rb, 2), "target": target, "met": ra / rb >= target}
-    return {"format": fmt, "layout": layout, "messages": count, "body_bytes": size, "topic": topic,
-            "contenders": summary, "ratios": ratios}
+    return {
+        "format": fmt,
+        "layout": layout,
+        "messages": count,
+        "body_bytes": size,
+        "topic": topic,
+        "contenders": summary,
+        "ratios": ratios,
+    }
 
 
 def memory(bootstrap: str, count: int, contenders: list[str]) -> dict:
@@ -183,11 +215,20 @@ def memory(bootstrap: str, count: int, contenders: list[str]) -> dict:
     for name in contenders:
         result = _run_contender(name, bootstrap, topic, count, "json", timeout=max(600, count / 300))
         print(f"[rss] {name} drained {count:,}: peak RSS {result.get('max_rss_mb')} MB", flush=True)
-        rows[name] = {"label": label(name), "peak_rss_mb": result.get("max_rss_mb"),
-                      "msgs_per_s": result.get("msgs_per_s"), "error": result.get("error")}
+        rows[name] = {
+            "label": label(name),
+            "peak_rss_mb": result.get("max_rss_mb"),
+            "msgs_per_s": result.get("msgs_per_s"),
+            "error": result.get("error"),
+        }
     peak = rows.get("T", {}).get("peak_rss_mb")
-    return {"messages": count, "contenders": rows, "peak_rss_mb": peak, "target_mb": 250,
-            "met": bool(peak) and peak < 250}
+    return {
+        "messages": count,
+        "contenders": rows,
+        "peak_rss_mb": peak,
+        "target_mb": 250,
+        "met": bool(peak) and peak < 250,
+    }
 
 
 def latency_rate(report: dict, fraction: float, fallback: int) -> tuple[float, str]:
@@ -205,24 +246,38 @@ def latency(bootstrap: str, contenders: list[str], rate: float, basis: str, seco
     the first run after the backlog phases meets a busier broker); medians of p50 and p99, max of max."""
     samples: dict[str, list[dict]] = {name: [] for name in contenders}
     for run in range(runs):
-        for name in (contenders if run % 2 == 0 else contenders[::-1]):
+        for name in contenders if run % 2 == 0 else contenders[::-1]:
             result = latency_probe.measure(name, bootstrap, rate, seconds)
             samples[name].append(result)
-            shown = (f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms (sent at {result['achieved_rate']}/s)"
-                     if "p99_ms" in result else f"ERROR {result.get('error')}")
+            shown = (
+                f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms (sent at {result['achieved_rate']}/s)"
+                if "p99_ms" in result
+                else f"ERROR {result.get('error')}"
+            )
             print(f"[latency] run {run + 1}/{runs} {name} at {rate:,.0f}/s for {seconds}s: {shown}", flush=True)
     rows = {name: summarize_latency(name, results) for name, results in samples.items()}
-    return {"rate": rate, "basis": basis, "seconds": seconds, "runs": runs, "contenders": rows,
-            "ratios": latency_ratios(rows)}
+    return {
+        "rate": rate,
+        "basis": basis,
+        "seconds": seconds,
+        "runs": runs,
+        "contenders": rows,
+        "ratios": latency_ratios(rows),
+    }
 
 
 def summarize_latency(name: str, results: list[dict]) -> dict:
     ok = [r for r in results if "p99_ms" in r]
-    return {"label": label(name), "p50_ms": _median(ok, "p50_ms"), "p99_ms": _median(ok, "p99_ms"),
-            "max_ms": max((r["max_ms"] for r in ok), default=None),
-            "runs_p99_ms": [r["p99_ms"] for r in ok], "count": sum(r["count"] for r in ok),
-            "achieved_rate": _median(ok, "achieved_rate"),
-            "error": next((r["error"] for r in results if "error" in r), None)}
+    return {
+        "label": label(name),
+        "p50_ms": _median(ok, "p50_ms"),
+        "p99_ms": _median(ok, "p99_ms"),
+        "max_ms": max((r["max_ms"] for r in ok), default=None),
+        "runs_p99_ms": [r["p99_ms"] for r in ok],
+        "count": sum(r["count"] for r in ok),
+        "achieved_rate": _median(ok, "achieved_rate"),
+        "error": next((r["error"] for r in results if "error" in r), None),
+    }
 
 
 def latency_ratios(rows: dict) -> dict:
@@ -231,8 +286,12 @@ def latency_ratios(rows: dict) -> dict:
     if not (t.get("p99_ms") and l1.get("p99_ms")):
         return {}
     p99 = t["p99_ms"] / l1["p99_ms"]
-    return {"p50": round(t["p50_ms"] / l1["p50_ms"], 2) if l1.get("p50_ms") else None,
-            "p99": round(p99, 2), "target_p99": LATENCY_TARGET_RATIO, "met": p99 <= LATENCY_TARGET_RATIO}
+    return {
+        "p50": round(t["p50_ms"] / l1["p50_ms"], 2) if l1.get("p50_ms") else None,
+        "p99": round(p99, 2),
+        "target_p99": LATENCY_TARGET_RATIO,
+        "met": p99 <= LATENCY_TARGET_RATIO,
+    }
 
 
 def _fmt(value, spec: str = "") -> str:
@@ -241,45 +300,74 @@ def _fmt(value, spec: str = "") -> str:
 
 def write_markdown(report: dict) -> str:
     calibration = report.get("calibration") or {}
-    lines = [f"# Benchmark results ({report['when']})", "",
-             f"Machine: {report['machine']}. Medians of {report['runs']} runs per contender; every contender "
-             "drains the same backlog in the same run. Throughput counts records fully handled per second "
-             "from the first record received.", ""]
+    lines = [
+        f"# Benchmark results ({report['when']})",
+        "",
+        f"Machine: {report['machine']}. Medians of {report['runs']} runs per contender; every contender "
+        "drains the same backlog in the same run. Throughput counts records fully handled per second "
+        "from the first record received.",
+        "",
+    ]
     if calibration:
-        lines += [f"Single-thread calibration (a fixed pure-Python workload, best of 5 rounds): "
-                  f"{_fmt(calibration.get('start'), ',.0f')} ops/s at the start, "
-                  f"{_fmt(calibration.get('end'), ',.0f')} at the end. Compare it across machines before "
-                  "comparing msg/s; the ratios are what the targets are about.", ""]
-    lines += ["Columns: *cores busy* is the contender's CPU time (all its threads) over its wall time from the "
-              "first to the last record; *CPU ms / 1k* its CPU time per 1,000 records; *steal* and *busy* are "
-              "the whole machine's steal time and non-idle time during the contender's run (/proc/stat, % of "
-              "all CPUs); *peak RSS* is the contender process's own VmHWM.", ""]
+        lines += [
+            f"Single-thread calibration (a fixed pure-Python workload, best of 5 rounds): "
+            f"{_fmt(calibration.get('start'), ',.0f')} ops/s at the start, "
+            f"{_fmt(calibration.get('end'), ',.0f')} at the end. Compare it across machines before "
+            "comparing msg/s; the ratios are what the targets are about.",
+            "",
+        ]
+    lines += [
+        "Columns: *cores busy* is the contender's CPU time (all its threads) over its wall time from the "
+        "first to the last record; *CPU ms / 1k* its CPU time per 1,000 records; *steal* and *busy* are "
+        "the whole machine's steal time and non-idle time during the contender's run (/proc/stat, % of "
+        "all CPUs); *peak RSS* is the contender process's own VmHWM.",
+        "",
+    ]
     for block in report["throughput"]:
         layout = block.get("layout", "shared")
-        lines += [f"## Throughput: {block['format']} bodies, layout {layout} ({block['messages']:,} messages, "
-                  f"~{block['body_bytes']} bytes each)", "",
-                  "| contender | median msg/s | runs | cores busy | CPU ms / 1k | steal % | busy % | peak RSS MB "
-                  "| note |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## Throughput: {block['format']} bodies, layout {layout} ({block['messages']:,} messages, "
+            f"~{block['body_bytes']} bytes each)",
+            "",
+            "| contender | median msg/s | runs | cores busy | CPU ms / 1k | steal % | busy % | peak RSS MB | note |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        ]
         for name, row in block["contenders"].items():
             runs = ", ".join(f"{r:,.0f}" for r in row["runs_msgs_per_s"])
-            lines.append(f"| {label(name)} | {_fmt(row['median_msgs_per_s'], ',.0f')} | {runs} "
-                         f"| {_fmt(row.get('cores_busy'))} | {_fmt(row.get('cpu_ms_per_1k'))} "
-                         f"| {_fmt(row.get('steal_pct'))} | {_fmt(row.get('busy_pct'))} | {_fmt(row['max_rss_mb'])} "
-                         f"| {row['note'] or ''} |")
+            lines.append(
+                f"| {label(name)} | {_fmt(row['median_msgs_per_s'], ',.0f')} | {runs} "
+                f"| {_fmt(row.get('cores_busy'))} | {_fmt(row.get('cpu_ms_per_1k'))} "
+                f"| {_fmt(row.get('steal_pct'))} | {_fmt(row.get('busy_pct'))} | {_fmt(row['max_rss_mb'])} "
+                f"| {row['note'] or ''} |"
+            )
         lines += ["", "| ratio | measured | target | met |", "|---|---:|---:|---|"]
         for key, ratio in block["ratios"].items():
             lines.append(f"| {key} | {ratio['ratio']} | >= {ratio['target']} | {'yes' if ratio['met'] else 'NO'} |")
-        threads = {n: r.get("threads_cpu_s") for n, r in block["contenders"].items()
-                   if n in ("L1", "T", "T-metrics", "T-tuned") and r.get("threads_cpu_s")}
+        threads = {
+            n: r.get("threads_cpu_s")
+            for n, r in block["contenders"].items()
+            if n in ("L1", "T", "T-metrics", "T-tuned") and r.get("threads_cpu_s")
+        }
         if threads:
-            lines += ["", "CPU seconds per thread (last run): " + "; ".join(
-                f"{label(n)}: " + ", ".join(f"{t} {sec}" for t, sec in th.items()) for n, th in threads.items())]
+            lines += [
+                "",
+                "CPU seconds per thread (last run): "
+                + "; ".join(
+                    f"{label(n)}: " + ", ".join(f"{t} {sec}" for t, sec in th.items()) for n, th in threads.items()
+                ),
+            ]
         lines.append("")
     if report.get("memory"):
         m = report["memory"]
-        lines += ["## Memory", "", f"Peak RSS (each contender's own process, VmHWM) draining {m['messages']:,} "
-                  f"JSON messages; target for the toolkit < {m['target_mb']} MB: {'met' if m['met'] else 'NOT met'}.",
-                  "", "| contender | peak RSS MB | msg/s |", "|---|---:|---:|"]
+        lines += [
+            "## Memory",
+            "",
+            f"Peak RSS (each contender's own process, VmHWM) draining {m['messages']:,} "
+            f"JSON messages; target for the toolkit < {m['target_mb']} MB: {'met' if m['met'] else 'NOT met'}.",
+            "",
+            "| contender | peak RSS MB | msg/s |",
+            "|---|---:|---:|",
+        ]
         for name, row in m.get("contenders", {"T": m}).items():
             lines.append(f"| {label(name)} | {_fmt(row['peak_rss_mb'])} | {_fmt(row.get('msgs_per_s'), ',.0f')} |")
         lines.append("")
@@ -290,23 +378,39 @@ def write_markdown(report: dict) -> str:
     if report.get("latency"):
         lt = report["latency"]
         if "contenders" not in lt:  # an older results.json: the toolkit alone at a fixed rate
-            lt = {"rate": lt.get("rate"), "basis": "fixed", "seconds": lt.get("seconds"), "runs": 1,
-                  "contenders": {"T": lt}}
-        lines += ["## Latency", "", f"Produce-to-handler latency at {lt['rate']:,} msg/s ({lt['basis']}), "
-                  f"{lt.get('runs', 1)} runs of {lt['seconds']} s per contender, interleaved (order reversed every "
-                  "other run), the producer in another process; the first second of a run is left out. "
-                  "Medians of the runs' p50 and p99.", "",
-                  "| contender | p50 ms | p99 ms | p99 per run | max ms | records | sent at msg/s | note |",
-                  "|---|---:|---:|---|---:|---:|---:|---|"]
+            lt = {
+                "rate": lt.get("rate"),
+                "basis": "fixed",
+                "seconds": lt.get("seconds"),
+                "runs": 1,
+                "contenders": {"T": lt},
+            }
+        lines += [
+            "## Latency",
+            "",
+            f"Produce-to-handler latency at {lt['rate']:,} msg/s ({lt['basis']}), "
+            f"{lt.get('runs', 1)} runs of {lt['seconds']} s per contender, interleaved (order reversed every "
+            "other run), the producer in another process; the first second of a run is left out. "
+            "Medians of the runs' p50 and p99.",
+            "",
+            "| contender | p50 ms | p99 ms | p99 per run | max ms | records | sent at msg/s | note |",
+            "|---|---:|---:|---|---:|---:|---:|---|",
+        ]
         for name, row in lt["contenders"].items():
             per_run = ", ".join(str(v) for v in row.get("runs_p99_ms", []))
-            lines.append(f"| {label(name)} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('p99_ms'))} | {per_run} "
-                         f"| {_fmt(row.get('max_ms'))} | {_fmt(row.get('count'), ',')} "
-                         f"| {_fmt(row.get('achieved_rate'), ',')} | {row.get('error') or ''} |")
+            lines.append(
+                f"| {label(name)} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('p99_ms'))} | {per_run} "
+                f"| {_fmt(row.get('max_ms'))} | {_fmt(row.get('count'), ',')} "
+                f"| {_fmt(row.get('achieved_rate'), ',')} | {row.get('error') or ''} |"
+            )
         r = lt.get("ratios") or {}
         if r:
-            lines += ["", f"Toolkit over hand-written loop at the same rate: p50 {_fmt(r['p50'])}x, p99 {r['p99']}x "
-                      f"(target p99 <= {r['target_p99']}x: {'met' if r['met'] else 'NOT met'}).", ""]
+            lines += [
+                "",
+                f"Toolkit over hand-written loop at the same rate: p50 {_fmt(r['p50'])}x, p99 {r['p99']}x "
+                f"(target p99 <= {r['target_p99']}x: {'met' if r['met'] else 'NOT met'}).",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -325,8 +429,10 @@ def write_chart(report: dict, path: Path) -> None:
         bars = ax.barh([label(n) for n in names], values, color=colors)
         ax.bar_label(bars, labels=[f" {v / 1000:,.1f}k msg/s" for v in values])
         ax.invert_yaxis()
-        ax.set_title(f"{block['format']} bodies, layout {block.get('layout', 'shared')}, {block['messages']:,} "
-                     f"messages (median of {report['runs']})")
+        ax.set_title(
+            f"{block['format']} bodies, layout {block.get('layout', 'shared')}, {block['messages']:,} "
+            f"messages (median of {report['runs']})"
+        )
         ax.set_xlabel("messages / second (log scale)")
         ax.set_xscale("log")  # L0 (no decoding) is ~50x the others: a linear scale flattens them
         if values:  # bars from a power of ten well below the smallest, so that lengths compare
@@ -342,29 +448,42 @@ def main() -> None:
     parser.add_argument("--formats", default="json,avro")
     parser.add_argument("--contenders", default=",".join(ALL))
     parser.add_argument("--rss-messages", type=int, default=1_000_000, help="0 skips the memory run")
-    parser.add_argument("--rate", type=int, default=2000,
-                        help="latency rate when the run has no L1 JSON throughput figure")
+    parser.add_argument(
+        "--rate", type=int, default=2000, help="latency rate when the run has no L1 JSON throughput figure"
+    )
     parser.add_argument("--latency-seconds", type=float, default=30, help="0 skips the latency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=["resume", "cli"],
-                        help="run this row alone and merge it into the existing results.json")
+    parser.add_argument(
+        "--only", choices=["resume", "cli"], help="run this row alone and merge it into the existing results.json"
+    )
     parser.add_argument("--cli-runs", type=int, default=cli.RUNS, help="runs of each epistle command timed")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite results.md and the chart from an existing results.json")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite results.md and the chart from an existing results.json"
+    )
     # comparable across machines
-    parser.add_argument("--layouts", default="shared",
-                        help=f"comma-separated, from {list(LAYOUTS)}; pinned changes the shared broker's "
-                             "affinity for its block (put back after)")
+    parser.add_argument(
+        "--layouts",
+        default="shared",
+        help=f"comma-separated, from {list(LAYOUTS)}; pinned changes the shared broker's "
+        "affinity for its block (put back after)",
+    )
     parser.add_argument("--rss-contenders", default="T,L1", help="contenders of the memory run")
     parser.add_argument("--latency-contenders", default="L1,T", help=f"from {sorted(latency_probe.CONSUMERS)}")
     parser.add_argument("--latency-runs", type=int, default=3, help="latency runs per contender, interleaved")
-    parser.add_argument("--latency-fraction", type=float, default=0.4,
-                        help="latency rate as a fraction of L1's measured JSON msg/s")
-    parser.add_argument("--baseline", metavar="GIT_REF",
-                        help=f"also run the toolkit of this git revision ({BASELINE}), interleaved with T: "
-                             "a before/after ratio from one run, e.g. --baseline main --contenders T")
-    parser.add_argument("--unpin-broker", action="store_true",
-                        help="give the local broker every CPU again (after a pinned run was killed) and exit")
+    parser.add_argument(
+        "--latency-fraction", type=float, default=0.4, help="latency rate as a fraction of L1's measured JSON msg/s"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help=f"also run the toolkit of this git revision ({BASELINE}), interleaved with T: "
+        "a before/after ratio from one run, e.g. --baseline main --contenders T",
+    )
+    parser.add_argument(
+        "--unpin-broker",
+        action="store_true",
+        help="give the local broker every CPU again (after a pinned run was killed) and exit",
+    )
     args = parser.parse_args()
     if args.unpin_broker:
         pid = machine.broker_pid()
@@ -381,10 +500,17 @@ def main() -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{os.environ.get('EPISTLE_KAFKA_PORT', '9092')}"
     if args.only:
         previous = args.out / "results.json"
-        report = json.loads(previous.read_text()) if previous.exists() else {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs, "throughput": [],
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                       f"Python {platform.python_version()}"}
+        report = (
+            json.loads(previous.read_text())
+            if previous.exists()
+            else {
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "runs": args.runs,
+                "throughput": [],
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                f"Python {platform.python_version()}",
+            }
+        )
         row = resume.resume(bootstrap, args.runs) if args.only == "resume" else cli.measure(args.cli_runs)
         report[args.only] = row | {"when": datetime.now(UTC).isoformat(timespec="seconds")}
         args.out.mkdir(parents=True, exist_ok=True)
@@ -407,10 +533,14 @@ def main() -> None:
     if set(layouts) - {"shared"} and (os.cpu_count() or 1) < 2:
         parser.error(f"layouts {sorted(set(layouts) - {'shared'})} need 2 CPUs")
 
-    report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs,
-              "machine": f"{machine.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-              "calibration": {"start": machine.calibrate()},
-              "parameters": vars(args) | {"out": str(args.out)}, "throughput": []}
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runs": args.runs,
+        "machine": f"{machine.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "calibration": {"start": machine.calibrate()},
+        "parameters": vars(args) | {"out": str(args.out)},
+        "throughput": [],
+    }
     print(f"[machine] {report['machine']}; calibration {report['calibration']['start']:,.0f} ops/s", flush=True)
     for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
         report["throughput"] += throughput(bootstrap, fmt, args.messages, args.runs, contenders, layouts)
@@ -418,8 +548,7 @@ def main() -> None:
         report["memory"] = memory(bootstrap, args.rss_messages, rss_contenders)
     if args.latency_seconds:
         rate, basis = latency_rate(report, args.latency_fraction, args.rate)
-        report["latency"] = latency(bootstrap, latency_contenders, rate, basis, args.latency_seconds,
-                                    args.latency_runs)
+        report["latency"] = latency(bootstrap, latency_contenders, rate, basis, args.latency_seconds, args.latency_runs)
     report["resume"] = resume.resume(bootstrap, args.runs)
     report["cli"] = cli.measure(args.cli_runs)
     report["calibration"]["end"] = machine.calibrate()

@@ -28,12 +28,19 @@ def order_body(rng: random.Random) -> dict:
             "name": "Ada Lovelace",
         },
         "items": [
-            {"sku": f"SKU-{rng.randrange(10**5):05d}", "quantity": rng.randrange(1, 5),
-             "unitPrice": {"amount": f"{rng.randrange(100, 99999) / 100:.2f}", "currency": "EUR"}}
+            {
+                "sku": f"SKU-{rng.randrange(10**5):05d}",
+                "quantity": rng.randrange(1, 5),
+                "unitPrice": {"amount": f"{rng.randrange(100, 99999) / 100:.2f}", "currency": "EUR"},
+            }
             for _ in range(1)
         ],
-        "shippingAddress": {"line1": "12 Analytical Engine Way", "city": "London", "postalCode": "N1 9GU",
-                            "country": "GB"},
+        "shippingAddress": {
+            "line1": "12 Analytical Engine Way",
+            "city": "London",
+            "postalCode": "N1 9GU",
+            "country": "GB",
+        },
         "total": {"amount": f"{rng.randrange(100, 999999) / 100:.2f}", "currency": "EUR"},
         "tags": ["bench"],
     }
@@ -53,11 +60,15 @@ def shipment_body(rng: random.Random) -> dict:
 FORMATS = {"json": ("orders", "2", order_body), "avro": ("shipments", "2", shipment_body)}
 
 
-def envelope(fmt: str, rng: random.Random, produced_at: datetime | None = None,
-             producer_name: str = "bench") -> bytes:
+def envelope(fmt: str, rng: random.Random, produced_at: datetime | None = None, producer_name: str = "bench") -> bytes:
     schema_name, version, make_body = FORMATS[fmt]
-    header = header_fields(schema_name, version, message_type="OrderPlaced" if fmt == "json" else "ShipmentUpdated",
-                           producer=producer_name, timestamp=(produced_at or datetime.now(UTC)).isoformat())
+    header = header_fields(
+        schema_name,
+        version,
+        message_type="OrderPlaced" if fmt == "json" else "ShipmentUpdated",
+        producer=producer_name,
+        timestamp=(produced_at or datetime.now(UTC)).isoformat(),
+    )
     return encode_envelope(header, make_body(rng))
 
 
@@ -70,8 +81,15 @@ def fill(bootstrap: str, topic: str, count: int, fmt: str = "json", seed: int = 
     """Produce ``count`` envelopes (a few distinct bodies, cycled, to keep produce fast); returns bytes/msg."""
     rng = random.Random(seed)
     pool = [envelope(fmt, rng) for _ in range(1000)]
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.num.messages": 10000,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.num.messages": 10000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
     for i in range(count):
         while True:
             try:

@@ -56,7 +56,7 @@ def heaviest(importtime_log: str, top: int = 6) -> dict[str, float]:
     for line in importtime_log.splitlines():
         if not line.startswith("import time:") or "|" not in line:
             continue
-        own, _cumulative, name = line[len("import time:"):].split("|", 2)
+        own, _cumulative, name = line[len("import time:") :].split("|", 2)
         if not own.strip().isdigit():  # the header line
             continue
         per_package[name.strip().split(".")[0]] += int(own) / 1000
@@ -76,43 +76,67 @@ def measure(runs: int = RUNS) -> dict:
             *_, proc = _timed(_command(args), env)  # warm-up: bytecode written
             if proc.returncode != 0:
                 last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
-                rows[name] = {"command": f"epistle {' '.join(args)}", "error": last[0][:300], "target_s": target,
-                              "met": False}
+                rows[name] = {
+                    "command": f"epistle {' '.join(args)}",
+                    "error": last[0][:300],
+                    "target_s": target,
+                    "met": False,
+                }
                 print(f"[cli] epistle {' '.join(args)}: ERROR {rows[name]['error']}", flush=True)
                 continue
             timed = [_timed(_command(args), env)[:2] for _ in range(runs)]
             samples = [round(wall, 3) for wall, _ in timed]
             imports = heaviest(_timed(_command(args, importtime=True), env)[2].stderr)
             median = round(statistics.median(samples), 3)
-            rows[name] = {"command": f"epistle {' '.join(args)}", "median_s": median, "runs_s": samples,
-                          "median_cpu_s": round(statistics.median(cpu for _, cpu in timed), 3),
-                          "target_s": target, "met": median < target, "heaviest_imports_ms": imports}
-            print(f"[cli] epistle {' '.join(args)}: median {median:.3f}s over {runs} runs "
-                  f"({min(samples):.3f}-{max(samples):.3f}), CPU {rows[name]['median_cpu_s']:.3f}s, "
-                  f"target < {target}s", flush=True)
-    return {"runs": runs, "python_floor_s": round(statistics.median(floor), 3), "rows": rows,
-            "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-            "met": all(row["met"] for row in rows.values())}
+            rows[name] = {
+                "command": f"epistle {' '.join(args)}",
+                "median_s": median,
+                "runs_s": samples,
+                "median_cpu_s": round(statistics.median(cpu for _, cpu in timed), 3),
+                "target_s": target,
+                "met": median < target,
+                "heaviest_imports_ms": imports,
+            }
+            print(
+                f"[cli] epistle {' '.join(args)}: median {median:.3f}s over {runs} runs "
+                f"({min(samples):.3f}-{max(samples):.3f}), CPU {rows[name]['median_cpu_s']:.3f}s, "
+                f"target < {target}s",
+                flush=True,
+            )
+    return {
+        "runs": runs,
+        "python_floor_s": round(statistics.median(floor), 3),
+        "rows": rows,
+        "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "met": all(row["met"] for row in rows.values()),
+    }
 
 
 def markdown(block: dict) -> list[str]:
     measured = f"Measured {block.get('when', '')}"
     if block.get("load_average_1m"):
         measured += f", 1-minute load average {block['load_average_1m'][0]} then {block['load_average_1m'][1]}"
-    lines = ["## Command start-up", "", measured + ".",
-             f"Wall seconds from spawning the command to its exit, medians of {block['runs']} warm starts "
-             "(bytecode cached), and the median CPU seconds they used; an interpreter doing nothing takes "
-             f"{block['python_floor_s']:.3f} s. Import time per package from one run under `python -X importtime` "
-             "(its own time, summed).", "",
-             "| command | median s | target | met | CPU s | runs | heaviest imports (ms) |",
-             "|---|---:|---:|---|---:|---|---|"]
+    lines = [
+        "## Command start-up",
+        "",
+        measured + ".",
+        f"Wall seconds from spawning the command to its exit, medians of {block['runs']} warm starts "
+        "(bytecode cached), and the median CPU seconds they used; an interpreter doing nothing takes "
+        f"{block['python_floor_s']:.3f} s. Import time per package from one run under `python -X importtime` "
+        "(its own time, summed).",
+        "",
+        "| command | median s | target | met | CPU s | runs | heaviest imports (ms) |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
     for row in block["rows"].values():
         if "error" in row:
             lines.append(f"| `{row['command']}` | - | < {row['target_s']} | NO | - | {row['error']} | |")
             continue
         runs = ", ".join(f"{s:.2f}" for s in row["runs_s"])
         imports = ", ".join(f"{name} {ms:g}" for name, ms in row["heaviest_imports_ms"].items())
-        lines.append(f"| `{row['command']}` | {row['median_s']:.3f} | < {row['target_s']} "
-                     f"| {'yes' if row['met'] else 'NO'} | {row.get('median_cpu_s', '-')} | {runs} | {imports} |")
+        lines.append(
+            f"| `{row['command']}` | {row['median_s']:.3f} | < {row['target_s']} "
+            f"| {'yes' if row['met'] else 'NO'} | {row.get('median_cpu_s', '-')} | {runs} | {imports} |"
+        )
     lines.append("")
     return lines

@@ -76,8 +76,13 @@ def _process_cpu_s() -> float:
 
 
 def _consumer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra}
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        **extra,
+    }
 
 
 def _schema_and_model(fmt: str):
@@ -195,16 +200,25 @@ def run_p2(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     # The envelope validated as a whole: the body schema nested, its $defs moved to the root.
     defs = {k: v for k, v in schema.document.items() if k in ("$defs", "definitions")}
     body_schema = {k: v for k, v in schema.document.items() if k not in ("$defs", "definitions", "$id", "$schema")}
-    envelope_schema = {"$schema": schema.document.get("$schema"), "type": "object", "required": ["header", "body"],
-                       "properties": {"header": {"type": "object"}, "body": body_schema}, **defs}
+    envelope_schema = {
+        "$schema": schema.document.get("$schema"),
+        "type": "object",
+        "required": ["header", "body"],
+        "properties": {"header": {"type": "object"}, "body": body_schema},
+        **defs,
+    }
 
     def from_dict(envelope: dict, ctx) -> Any:
         return envelope["header"], model.model_validate(envelope["body"])
 
-    deserializer = JSONDeserializer(json.dumps(envelope_schema), from_dict=from_dict,
-                                    conf={"schema.id.deserializer": lambda data, ctx, schema_id: io.BytesIO(data)})
-    consumer = DeserializingConsumer(_consumer_config(bootstrap, **{"value.deserializer": deserializer,
-                                                                    "enable.auto.offset.store": False}))
+    deserializer = JSONDeserializer(
+        json.dumps(envelope_schema),
+        from_dict=from_dict,
+        conf={"schema.id.deserializer": lambda data, ctx, schema_id: io.BytesIO(data)},
+    )
+    consumer = DeserializingConsumer(
+        _consumer_config(bootstrap, **{"value.deserializer": deserializer, "enable.auto.offset.store": False})
+    )
     consumer.subscribe([topic])
     seen, started, last_commit = 0, None, time.monotonic()
     while seen < count:
@@ -262,8 +276,9 @@ def run_t_metrics(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str,
 def run_t_tuned(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     """The toolkit with larger fetch batches, a larger window and less frequent commits (same guarantees:
     PARTITION ordering, commits only up to the contiguous-done watermark)."""
-    return _run_toolkit(bootstrap, topic, count, fmt, max_poll_records=2000, max_in_flight=20_000,
-                        commit_interval_s=2.0)
+    return _run_toolkit(
+        bootstrap, topic, count, fmt, max_poll_records=2000, max_in_flight=20_000, commit_interval_s=2.0
+    )
 
 
 def run_t_traced(bootstrap: str, topic: str, count: int, fmt: str, ratio: float = 1.0) -> dict[str, Any]:
@@ -286,15 +301,23 @@ def run_t_traced(bootstrap: str, topic: str, count: int, fmt: str, ratio: float 
     sampler = ALWAYS_ON if ratio >= 1 else ParentBased(TraceIdRatioBased(ratio))
     exporter, provider = Dropped(), TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    result = _run_toolkit(bootstrap, topic, count, fmt,
-                          middleware=[TracingMiddleware(group_id="bench", tracer_provider=provider)])
+    result = _run_toolkit(
+        bootstrap, topic, count, fmt, middleware=[TracingMiddleware(group_id="bench", tracer_provider=provider)]
+    )
     provider.shutdown()
     return result | {"spans_exported": exporter.spans}
 
 
 CONTENDERS: dict[str, Callable[[str, str, int, str], dict[str, Any]]] = {
-    "L0": run_l0, "L1": run_l1, "T": run_t, "T-metrics": run_t_metrics, "T-tuned": run_t_tuned,
-    "T-traced": run_t_traced, "T-sampled": lambda *args: run_t_traced(*args, ratio=0.1), "P1": run_p1, "P2": run_p2,
+    "L0": run_l0,
+    "L1": run_l1,
+    "T": run_t,
+    "T-metrics": run_t_metrics,
+    "T-tuned": run_t_tuned,
+    "T-traced": run_t_traced,
+    "T-sampled": lambda *args: run_t_traced(*args, ratio=0.1),
+    "P1": run_p1,
+    "P2": run_p2,
 }
 
 

@@ -44,6 +44,7 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
 
 # -- the consumer side (a fresh process per contender) -----------------------------------------------------
 
+
 def _sent_at(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp).timestamp()
 
@@ -115,10 +116,17 @@ def consume(name: str, bootstrap: str, topic: str, total: int, warmup: int) -> d
 
 # -- the producer side (the bench driver's process) --------------------------------------------------------
 
+
 def _envelope(body: str, producer_name: str = "bench") -> bytes:
-    header = {"messageType": "OrderPlaced", "schemaName": "orders", "schemaVersion": "2",
-              "correlationId": str(uuid.uuid4()), "messageId": str(uuid.uuid4()),
-              "timestamp": datetime.now(UTC).isoformat(), "producer": producer_name}
+    header = {
+        "messageType": "OrderPlaced",
+        "schemaName": "orders",
+        "schemaVersion": "2",
+        "correlationId": str(uuid.uuid4()),
+        "messageId": str(uuid.uuid4()),
+        "timestamp": datetime.now(UTC).isoformat(),
+        "producer": producer_name,
+    }
     return ('{"header":' + json.dumps(header, separators=(",", ":")) + ',"body":' + body + "}").encode()
 
 

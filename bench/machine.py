@@ -42,7 +42,7 @@ def parse_cpu_times(stat: str) -> dict[str, int]:
     for line in stat.splitlines():
         parts = line.split()
         if parts and parts[0] == "cpu":
-            values = [int(v) for v in parts[1:1 + len(_FIELDS)]]
+            values = [int(v) for v in parts[1 : 1 + len(_FIELDS)]]
             values += [0] * (len(_FIELDS) - len(values))
             return dict(zip(_FIELDS, values, strict=True))
     raise ValueError("no aggregate cpu line in /proc/stat")
@@ -68,8 +68,10 @@ def cpu_share(before: dict[str, int] | None, after: dict[str, int] | None) -> di
     if total <= 0:
         return {"steal_pct": None, "busy_pct": None}
     idle = delta["idle"] + delta["iowait"]
-    return {"steal_pct": round(100 * delta["steal"] / total, 1),
-            "busy_pct": round(100 * (total - idle - delta["steal"]) / total, 1)}
+    return {
+        "steal_pct": round(100 * delta["steal"] / total, 1),
+        "busy_pct": round(100 * (total - idle - delta["steal"]) / total, 1),
+    }
 
 
 def _calibration_round(n: int) -> None:
@@ -118,7 +120,7 @@ def peak_rss_mb() -> float | None:
 
 def parse_thread_cpu_ticks(stat: str) -> int:
     """utime + stime (clock ticks) from a /proc/<pid>/task/<tid>/stat line (the comm may hold spaces)."""
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of the full line
 
 
@@ -145,6 +147,7 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
 
 
 # -- pinning -----------------------------------------------------------------------------------------------
+
 
 def broker_pid() -> int | None:
     """The local broker's pid from the services state folder (EPISTLE_SERVICES_DIR, else .services)."""

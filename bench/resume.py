@@ -58,8 +58,16 @@ def _child(bootstrap: str, topic: str, group: str, instance_id: str) -> None:
     async def handle(message) -> bool:
         if not first:
             first.append(time.time())
-            print(json.dumps({"first_record_at": first[0], "subscribed_at": seen.get("consuming"),
-                              "assigned_at": seen.get("partitions assigned")}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "first_record_at": first[0],
+                        "subscribed_at": seen.get("consuming"),
+                        "assigned_at": seen.get("partitions assigned"),
+                    }
+                ),
+                flush=True,
+            )
         return True
 
     consumer.register_handler(topic, handle)
@@ -68,8 +76,13 @@ def _child(bootstrap: str, topic: str, group: str, instance_id: str) -> None:
 
 def _spawn(bootstrap: str, topic: str, group: str, instance_id: str) -> tuple[subprocess.Popen, float]:
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.resume", bootstrap, topic, group, instance_id],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.resume", bootstrap, topic, group, instance_id],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     return proc, started
 
 
@@ -86,8 +99,10 @@ def _first_record(proc: subprocess.Popen, started: float) -> dict[str, float]:
             line = proc.stdout.readline()  # the child writes one whole line and flushes
             if line.startswith("{"):
                 marks = json.loads(line)
-                return {"total_s": marks["first_record_at"] - started,
-                        "after_subscribe_s": marks["first_record_at"] - (marks["subscribed_at"] or started)}
+                return {
+                    "total_s": marks["first_record_at"] - started,
+                    "after_subscribe_s": marks["first_record_at"] - (marks["subscribed_at"] or started),
+                }
     raise RuntimeError(f"no record handled within {TIMEOUT_S:.0f}s")
 
 
@@ -122,30 +137,43 @@ def resume(bootstrap: str, runs: int) -> dict:
         for run in range(count):
             sample = {key: round(value, 2) for key, value in measure(bootstrap, static).items()}
             samples.append(sample)
-            print(f"[resume] {name} run {run + 1}/{count}: first record {sample['total_s']:.2f}s after the "
-                  f"restart, {sample['after_subscribe_s']:.2f}s after it subscribed", flush=True)
-        rows[name] = {"median_s": statistics.median(s["total_s"] for s in samples),
-                      "median_after_subscribe_s": statistics.median(s["after_subscribe_s"] for s in samples),
-                      "runs": samples}
-    return {"partitions": PARTITIONS, "rows": rows, "target_s": 5.0,
-            "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-            "met": rows["static"]["median_s"] < 5.0}
+            print(
+                f"[resume] {name} run {run + 1}/{count}: first record {sample['total_s']:.2f}s after the "
+                f"restart, {sample['after_subscribe_s']:.2f}s after it subscribed",
+                flush=True,
+            )
+        rows[name] = {
+            "median_s": statistics.median(s["total_s"] for s in samples),
+            "median_after_subscribe_s": statistics.median(s["after_subscribe_s"] for s in samples),
+            "runs": samples,
+        }
+    return {
+        "partitions": PARTITIONS,
+        "rows": rows,
+        "target_s": 5.0,
+        "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "met": rows["static"]["median_s"] < 5.0,
+    }
 
 
 def markdown(block: dict) -> list[str]:
     measured = f"Measured {block.get('when', '')}"
     if block.get("load_average_1m"):
         measured += f", 1-minute load average {block['load_average_1m'][0]} then {block['load_average_1m'][1]}"
-    lines = ["## Resume after SIGKILL", "", measured + ".",
-             f"A consumer of a {block['partitions']}-partition topic is killed (SIGKILL) and started again in the "
-             "same group: seconds from spawning the new process to its first handled record (interpreter "
-             "start-up, imports and start-up checks included), and from its subscribing (the runtime's "
-             "\"consuming\" log line) to that record.", "",
-             "| group membership | median s from start | median s from subscribing | runs (from start) |",
-             "|---|---:|---:|---|"]
+    lines = [
+        "## Resume after SIGKILL",
+        "",
+        measured + ".",
+        f"A consumer of a {block['partitions']}-partition topic is killed (SIGKILL) and started again in the "
+        "same group: seconds from spawning the new process to its first handled record (interpreter "
+        "start-up, imports and start-up checks included), and from its subscribing (the runtime's "
+        '"consuming" log line) to that record.',
+        "",
+        "| group membership | median s from start | median s from subscribing | runs (from start) |",
+        "|---|---:|---:|---|",
+    ]
     for name, row in block["rows"].items():
-        label = ("static (KAFKA_GROUP_INSTANCE_ID)" if name == "static"
-                 else "dynamic (no instance id, 45 s session)")
+        label = "static (KAFKA_GROUP_INSTANCE_ID)" if name == "static" else "dynamic (no instance id, 45 s session)"
         runs = ", ".join(f"{s['total_s']:.2f}" for s in row["runs"])
         lines.append(f"| {label} | {row['median_s']:.2f} | {row['median_after_subscribe_s']:.2f} | {runs} |")
     lines += ["", f"Target: static under {block['target_s']:.0f} s: {'met' if block['met'] else 'NOT met'}.", ""]

@@ -39,8 +39,17 @@ from toolkit.errors import CodegenError, EpistleError
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 PARTITIONS = 2
-OUTCOMES = ("processed", "recovered after retry", "retries_exhausted", "handler", "decode", "envelope",
-            "schema", "validation", "routing")
+OUTCOMES = (
+    "processed",
+    "recovered after retry",
+    "retries_exhausted",
+    "handler",
+    "decode",
+    "envelope",
+    "schema",
+    "validation",
+    "routing",
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,11 @@ def _model(schema: str, version: int, body: Any) -> Any:
 
     model = load_model_index().get(schema, version)
     if model is None:
-        raise CodegenError("generated_models", f"no generated model for {schema} v{version}",
-                           fix="run `make codegen` (epistle codegen) to generate it")
+        raise CodegenError(
+            "generated_models",
+            f"no generated model for {schema} v{version}",
+            fix="run `make codegen` (epistle codegen) to generate it",
+        )
     return model.model_validate(_compiled(schema, version).decode(body))
 
 
@@ -97,8 +109,9 @@ def _order(body: dict[str, Any], *, order_id: str | None = None, skus: list[str]
     body["orderId"] = order_id or str(uuid.uuid4())
     if skus:
         currency = body["total"]["currency"]
-        body["items"] = [{"sku": sku, "quantity": 1, "unitPrice": {"amount": "25.00", "currency": currency}}
-                         for sku in skus]
+        body["items"] = [
+            {"sku": sku, "quantity": 1, "unitPrice": {"amount": "25.00", "currency": currency}} for sku in skus
+        ]
     return body
 
 
@@ -121,26 +134,28 @@ def plan_records() -> list[Planned]:
         plan.append(Planned(role, label, value, expect, key.encode() if key else None))
 
     def publish(role: str, label: str, schema: str, version: int, body: dict, expect: str, kind: str) -> None:
-        plan.append(Planned(role, label, None, expect, body["orderId"].encode(), _model(schema, version, body),
-                            kind))
+        plan.append(Planned(role, label, None, expect, body["orderId"].encode(), _model(schema, version, body), kind))
 
-    def order(label: str, version: int, body: dict, expect: str = "processed",
-              kind: str = "OrderPlaced") -> None:
+    def order(label: str, version: int, body: dict, expect: str = "processed", kind: str = "OrderPlaced") -> None:
         publish("orders", label, "orders", version, body, expect, kind)
 
-    def shipment(label: str, version: int, body: dict, expect: str = "processed",
-                 kind: str = "ShipmentCreated") -> None:
+    def shipment(
+        label: str, version: int, body: dict, expect: str = "processed", kind: str = "ShipmentCreated"
+    ) -> None:
         publish("shipments", label, "shipments", version, body, expect, kind)
 
     # Valid records: every golden sample of every version, twice (placed, then amended / status changed).
     for version in (1, 2):
         for first in (True, False):
             for body in _samples("orders", version):
-                order(f"valid order v{version}", version, _order(body),
-                      kind="OrderPlaced" if first else "OrderAmended")
+                order(f"valid order v{version}", version, _order(body), kind="OrderPlaced" if first else "OrderAmended")
             for body in _samples("shipments", version):
-                shipment(f"valid shipment v{version}", version, _shipment(body),
-                         kind="ShipmentCreated" if first else "ShipmentStatusChanged")
+                shipment(
+                    f"valid shipment v{version}",
+                    version,
+                    _shipment(body),
+                    kind="ShipmentCreated" if first else "ShipmentStatusChanged",
+                )
 
     # Handler outcomes, decided by the shop's services (see examples/shop/services.py).
     v1, v2 = _samples("orders", 1)[0], _samples("orders", 2)[0]
@@ -159,24 +174,35 @@ def plan_records() -> list[Planned]:
     add("orders", "truncated JSON", ok[:-40], "decode")
     add("orders", "a JSON array", b'[{"header": {}}, {"body": {}}]', "envelope")
     add("orders", "no body", json.dumps({"header": json.loads(ok)["header"]}).encode(), "envelope")
-    add("orders", 'schemaVersion "01"', ok.replace(b'"schemaVersion":"1"', b'"schemaVersion":"01"'),
-        "envelope")
-    add("shipments", "timestamp without timezone",
+    add("orders", 'schemaVersion "01"', ok.replace(b'"schemaVersion":"1"', b'"schemaVersion":"01"'), "envelope")
+    add(
+        "shipments",
+        "timestamp without timezone",
         _envelope("shipments", 1, _shipment(s1), "ShipmentCreated", timestamp="2024-05-17T09:30:15"),
-        "envelope")
-    add("orders", "unknown schema 'refunds'", _envelope("refunds", 1, {"refundId": "r-1"}, "RefundIssued"),
-        "schema")
+        "envelope",
+    )
+    add("orders", "unknown schema 'refunds'", _envelope("refunds", 1, {"refundId": "r-1"}, "RefundIssued"), "schema")
     add("orders", "unknown version orders v7", _envelope("orders", 7, _order(v1), "OrderPlaced"), "schema")
-    add("orders", "order with quantity 0",
-        _envelope("orders", 2, _sample("orders", 2, "quantity-zero"), "OrderPlaced"), "validation")
-    add("orders", "order v1 with a v2 field",
-        _envelope("orders", 1, _sample("orders", 1, "v2-field-channel"), "OrderPlaced"), "validation")
-    add("shipments", "Avro decimal as a JSON number",
+    add(
+        "orders",
+        "order with quantity 0",
+        _envelope("orders", 2, _sample("orders", 2, "quantity-zero"), "OrderPlaced"),
+        "validation",
+    )
+    add(
+        "orders",
+        "order v1 with a v2 field",
+        _envelope("orders", 1, _sample("orders", 1, "v2-field-channel"), "OrderPlaced"),
+        "validation",
+    )
+    add(
+        "shipments",
+        "Avro decimal as a JSON number",
         _envelope("shipments", 1, _sample("shipments", 1, "decimal-as-number"), "ShipmentCreated"),
-        "validation")
+        "validation",
+    )
     shipment("messageType with no handler", 1, _shipment(s1), "routing", kind="ShipmentLabelPrinted")
-    publish("orders", "a shipment on the orders topic", "shipments", 2, _shipment(s2), "routing",
-            "ShipmentCreated")
+    publish("orders", "a shipment on the orders topic", "shipments", 2, _shipment(s2), "routing", "ShipmentCreated")
     return plan
 
 
@@ -195,10 +221,13 @@ def _create_topics(bootstrap: str, topics: list[str]) -> None:
     try:
         admin.list_topics(timeout=10)
     except KafkaException as exc:
-        raise EpistleError(f"cannot reach Kafka at {bootstrap} ({exc.args[0].str() if exc.args else exc}); "
-                           "start it with `make services-up` or set KAFKA_BOOTSTRAP_SERVERS") from None
-    futures = admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)
-                                   for topic in topics])
+        raise EpistleError(
+            f"cannot reach Kafka at {bootstrap} ({exc.args[0].str() if exc.args else exc}); "
+            "start it with `make services-up` or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1) for topic in topics]
+    )
     for future in futures.values():
         future.result(timeout=30)
 
@@ -235,8 +264,7 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
     topics = {"orders": f"demo-orders-{run_id}", "shipments": f"demo-shipments-{run_id}"}
     group = f"epistle-demo-{run_id}"
     plan = plan_records()
-    out(f"epistle demo: Kafka at {bootstrap}, registry = local folder {SCHEMAS.relative_to(ROOT)}/, "
-        f"group {group}")
+    out(f"epistle demo: Kafka at {bootstrap}, registry = local folder {SCHEMAS.relative_to(ROOT)}/, group {group}")
     _create_topics(bootstrap, list(topics.values()))
     try:
         started = time.perf_counter()
@@ -253,17 +281,27 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
             for delivery in deliveries:
                 delivery.result(timeout=30)
         counts = Counter(p.role for p in plan)
-        out(f"produced {counts['orders']} records to {topics['orders']} and {counts['shipments']} to "
-            f"{topics['shipments']} ({PARTITIONS} partitions each)")
+        out(
+            f"produced {counts['orders']} records to {topics['orders']} and {counts['shipments']} to "
+            f"{topics['shipments']} ({PARTITIONS} partitions each)"
+        )
 
         shop = Shop(config=ShopConfig(orders_topic=topics["orders"], shipments_topic=topics["shipments"]))
         # The demo's unknown schema and version are never registered: they wait 2 s (not the 30 s default
         # of EPISTLE_UNKNOWN_SCHEMA_GRACE_S) before they are dead-lettered.
-        consumer = KafkaConsumer.from_settings(settings, registry=registry, group_id=group, stop_when_idle=True,
-                                               commit_interval_s=0.5, unknown_schema_grace_s=DEMO_GRACE_S)
+        consumer = KafkaConsumer.from_settings(
+            settings,
+            registry=registry,
+            group_id=group,
+            stop_when_idle=True,
+            commit_interval_s=0.5,
+            unknown_schema_grace_s=DEMO_GRACE_S,
+        )
         wire(consumer, shop)
-        out(f"running the shop example until the topics are drained (retries: {consumer.retry.max_attempts} "
-            f"attempts, backoff from {consumer.retry.initial_s}s) ...")
+        out(
+            f"running the shop example until the topics are drained (retries: {consumer.retry.max_attempts} "
+            f"attempts, backoff from {consumer.retry.initial_s}s) ..."
+        )
         asyncio.run(asyncio.wait_for(consumer.start(), timeout=120))
         elapsed = time.perf_counter() - started
 
@@ -271,17 +309,23 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
         dead: list[dict[str, Any]] = []
         for role, topic in topics.items():
             expected = consumer.stats[topic].dead_lettered_total
-            records = (read_topic(bootstrap, f"{topic}.dlq", expected=expected, timeout_s=20)
-                       if expected else [])
+            records = read_topic(bootstrap, f"{topic}.dlq", expected=expected, timeout_s=20) if expected else []
             for dl in records:
                 original = original_record(dl.value or b"", dl.key, dl.headers)  # raises unless a dead letter
                 value = dl.json()
                 planned = by_value.get((role, original.value))
-                dead.append({"topic": role, "partition": value["source"]["partition"],
-                             "offset": value["source"]["offset"], "stage": value["error"]["stage"],
-                             "reason": value["error"]["reason"], "attempts": value["source"]["attempts"],
-                             "label": planned.label if planned else "?",
-                             "expected": planned.expect if planned else "?"})
+                dead.append(
+                    {
+                        "topic": role,
+                        "partition": value["source"]["partition"],
+                        "offset": value["source"]["offset"],
+                        "stage": value["error"]["stage"],
+                        "reason": value["error"]["reason"],
+                        "attempts": value["source"]["attempts"],
+                        "label": planned.label if planned else "?",
+                        "expected": planned.expect if planned else "?",
+                    }
+                )
         summary = _summarise(topics, consumer, shop, plan, dead, elapsed)
     finally:
         if not keep:
@@ -292,8 +336,9 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
     return summary
 
 
-def _summarise(topics: dict[str, str], consumer, shop, plan: list[Planned], dead: list[dict[str, Any]],
-               elapsed: float) -> dict[str, Any]:
+def _summarise(
+    topics: dict[str, str], consumer, shop, plan: list[Planned], dead: list[dict[str, Any]], elapsed: float
+) -> dict[str, Any]:
     stats = {role: consumer.stats[topic].as_dict() for role, topic in topics.items()}
     recovered_ids = []
     for p in plan:
@@ -312,13 +357,22 @@ def _summarise(topics: dict[str, str], consumer, shop, plan: list[Planned], dead
     expected_processed = sum(1 for p in plan if p.expect in ("processed", "recovered"))
     problems = [f"no {name}" for name in missing] + [
         f"{d['topic']} offset {d['offset']} ({d['label']}): expected {d['expected']}, got {d['stage']}"
-        for d in mismatched]
+        for d in mismatched
+    ]
     if outcomes["processed"] != expected_processed:
         problems.append(f"processed {outcomes['processed']} records, expected {expected_processed}")
     dead = sorted(dead, key=lambda d: (d["topic"], d["partition"], d["offset"]))
-    return {"topics": topics, "stats": stats, "dead_letters": dead,
-            "outcomes": outcomes, "problems": problems, "ok": not problems, "elapsed_s": round(elapsed, 2),
-            "shop": shop.summary(), "produced": len(plan)}
+    return {
+        "topics": topics,
+        "stats": stats,
+        "dead_letters": dead,
+        "outcomes": outcomes,
+        "problems": problems,
+        "ok": not problems,
+        "elapsed_s": round(elapsed, 2),
+        "shop": shop.summary(),
+        "produced": len(plan),
+    }
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -344,8 +398,7 @@ def _print(summary: dict[str, Any], out) -> None:
     out("")
     rows = [("dead letter of", "partition/offset", "stage", "what was sent", "reason (from the dead letter)")]
     for d in summary["dead_letters"]:
-        rows.append((d["topic"], f"{d['partition']}/{d['offset']}", d["stage"], d["label"],
-                     _short(d["reason"], 64)))
+        rows.append((d["topic"], f"{d['partition']}/{d['offset']}", d["stage"], d["label"], _short(d["reason"], 64)))
     for line in _table(rows):
         out(line)
     out("")
@@ -362,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the demo topics and their dead letters")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the summary as JSON to PATH")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the consumer's logs (retries, dead letters)")
+    parser.add_argument("--verbose", action="store_true", help="show the consumer's logs (retries, dead letters)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if str(ROOT) not in sys.path:  # run as a script (python examples/demo.py): examples/, generated_models/
         sys.path.insert(0, str(ROOT))
     try:

@@ -39,16 +39,17 @@ def make_schemas(folder: Path, versions: int) -> None:
     orders = json.loads((ROOT / "schemas/orders/2.json").read_text())
     shipments = json.loads((ROOT / "schemas/shipments/2.avsc").read_text())
     json_versions = versions // 2
-    for subject, base, count, suffix in (("orders", orders, json_versions, "json"),
-                                         ("shipments", shipments, versions - json_versions, "avsc")):
+    for subject, base, count, suffix in (
+        ("orders", orders, json_versions, "json"),
+        ("shipments", shipments, versions - json_versions, "avsc"),
+    ):
         (folder / subject).mkdir(parents=True)
         for version in range(1, count + 1):
             document = copy.deepcopy(base)
             if suffix == "json":
                 document["properties"][f"extra{version}"] = {"type": ["string", "null"]}
             else:
-                document["fields"].append({"name": f"extra{version}", "type": ["null", "string"],
-                                           "default": None})
+                document["fields"].append({"name": f"extra{version}", "type": ["null", "string"], "default": None})
             (folder / subject / f"{version}.{suffix}").write_text(json.dumps(document, indent=2))
 
 
@@ -56,8 +57,13 @@ def time_command(schemas: Path, out: Path, *options: str) -> tuple[float, float]
     """(wall, CPU) seconds of one `epistle codegen` subprocess."""
     before = os.times()
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "toolkit.cli", "codegen", "--schemas", str(schemas), "--out", str(out),
-                    *options], check=True, capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "codegen", "--schemas", str(schemas), "--out", str(out), *options],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     wall = time.perf_counter() - started
     after = os.times()
     return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
@@ -79,25 +85,28 @@ def time_scenarios(schemas: Path, out: Path) -> None:
         document["fields"].append({"name": "benchChanged", "type": ["null", "string"], "default": None})
     changed.write_text(json.dumps(document, indent=2))
     show(f"one file changed ({changed.parent.name}/{changed.name})", time_command(schemas, out))
-    show("cold, one core (--jobs 1 --force)", time_command(schemas, out.with_name(out.name + "-serial"), "--jobs",
-                                                           "1", "--force"))
+    show(
+        "cold, one core (--jobs 1 --force)",
+        time_command(schemas, out.with_name(out.name + "-serial"), "--jobs", "1", "--force"),
+    )
 
 
 def time_decode() -> None:
     import fastavro
 
     for name, version, fmt, suffix, sample in (
-            ("orders", 2, SchemaFormat.JSON, "json", "full-with-discount-and-channel"),
-            ("shipments", 2, SchemaFormat.AVRO, "avsc", "insured-with-estimated-delivery")):
+        ("orders", 2, SchemaFormat.JSON, "json", "full-with-discount-and-channel"),
+        ("shipments", 2, SchemaFormat.AVRO, "avsc", "insured-with-estimated-delivery"),
+    ):
         text = (ROOT / "schemas" / name / f"{version}.{suffix}").read_text()
         compiled = compile_schema(RegisteredSchema(name, version, fmt, text))
-        body = json.loads((ROOT / "schemas" / name / "samples" / str(version) / "valid" / f"{sample}.json")
-                          .read_text())
+        body = json.loads((ROOT / "schemas" / name / "samples" / str(version) / "valid" / f"{sample}.json").read_text())
         runs = 2000
         per_call = timeit.timeit(lambda c=compiled, b=body: c.decode(b), number=runs) / runs
         print(f"decode {name}/{version}: {per_call * 1e6:.1f} us per body")
         if fmt == SchemaFormat.AVRO:
             raw = json.dumps(body)
+
             def read(c=compiled, r=raw):
                 return next(fastavro.json_reader(io.StringIO(r), c.parsed))
 
@@ -120,8 +129,10 @@ def main() -> None:
         started = time.perf_counter()
         files = generate_models(temp_path / "schemas", temp_path / "out2")
         elapsed = time.perf_counter() - started
-        print(f"{args.versions} versions in process, cold: {elapsed:.2f}s "
-              f"({elapsed / args.versions * 1000:.0f} ms per version, {len(files)} files)")
+        print(
+            f"{args.versions} versions in process, cold: {elapsed:.2f}s "
+            f"({elapsed / args.versions * 1000:.0f} ms per version, {len(files)} files)"
+        )
     time_decode()
 
 

@@ -126,8 +126,7 @@ def fetch_kafka() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"fetching Kafka jars listed in {POM.relative_to(ROOT)} from Maven Central ...", flush=True)
     _run(
-        [*MAVEN, "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+        [*MAVEN, "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
         f"downloading the Kafka jars ({POM.relative_to(ROOT)})",
     )
     shutil.rmtree(libs, ignore_errors=True)
@@ -152,8 +151,7 @@ def fetch_registry() -> Path:
     shutil.rmtree(download, ignore_errors=True)
     print(f"fetching {APICURIO_ARTIFACT} from Maven Central ...", flush=True)
     _run(
-        [*MAVEN, "dependency:copy", f"-Dartifact={APICURIO_ARTIFACT}",
-         f"-DoutputDirectory={download}"],
+        [*MAVEN, "dependency:copy", f"-Dartifact={APICURIO_ARTIFACT}", f"-DoutputDirectory={download}"],
         f"downloading {APICURIO_ARTIFACT}",
     )
     archives = list(download.glob("*.tar.gz"))
@@ -174,7 +172,8 @@ def fetch_registry() -> Path:
 
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus") or next(
-        (path for path in ("/usr/bin/prometheus", "/usr/local/bin/prometheus") if Path(path).exists()), None)
+        (path for path in ("/usr/bin/prometheus", "/usr/local/bin/prometheus") if Path(path).exists()), None
+    )
 
 
 def fetch_prometheus() -> str:
@@ -183,11 +182,15 @@ def fetch_prometheus() -> str:
     if found:
         return found
     if shutil.which("apt-get") is None:
-        raise ServiceError("prometheus is not installed and apt-get is not available: install Prometheus 2.x "
-                           "and put the prometheus binary on PATH")
+        raise ServiceError(
+            "prometheus is not installed and apt-get is not available: install Prometheus 2.x "
+            "and put the prometheus binary on PATH"
+        )
     if os.geteuid() != 0:
-        raise ServiceError("prometheus is not installed: run `sudo apt-get install -y --no-install-recommends "
-                           "prometheus` (Debian's package) and retry")
+        raise ServiceError(
+            "prometheus is not installed: run `sudo apt-get install -y --no-install-recommends "
+            "prometheus` (Debian's package) and retry"
+        )
     print("installing Debian's prometheus package with apt-get ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
@@ -257,37 +260,52 @@ class Service:
             if self.ready():
                 print(f"{self.name}: already running (pid {self.pid()}), {self.describe()}")
                 return
-            raise ServiceError(f"{self.name}: pid {self.pid()} is running but not answering; "
-                               f"see {self.log_file}, or run 'make services-down' and retry")
+            raise ServiceError(
+                f"{self.name}: pid {self.pid()} is running but not answering; "
+                f"see {self.log_file}, or run 'make services-down' and retry"
+            )
         if _port_open(self.port):
             raise ServiceError(
                 f"{self.name}: port {self.port} on 127.0.0.1 is in use by another process. Stop it "
                 f"(`ss -ltnp 'sport = :{self.port}'` shows which) or choose another port with "
-                f"EPISTLE_{self.name.upper()}_PORT=<port>")
+                f"EPISTLE_{self.name.upper()}_PORT=<port>"
+            )
         self.prepare()
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             log.write(f"\n==== starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
             log.flush()
-            proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True,
-                                    env=self.popen_env())
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                start_new_session=True,
+                env=self.popen_env(),
+            )
         self.pid_file.write_text(str(proc.pid))
         started = time.monotonic()
         while time.monotonic() - started < START_TIMEOUT_S:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise ServiceError(f"{self.name} exited with code {proc.returncode} during start-up; "
-                                   f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
+                raise ServiceError(
+                    f"{self.name} exited with code {proc.returncode} during start-up; "
+                    f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
+                )
             if self.ready():
                 self.after_start()
-                print(f"{self.name}: started in {time.monotonic() - started:.1f}s (pid {proc.pid}), "
-                      f"{self.describe()}, log {_shown(self.log_file)}")
+                print(
+                    f"{self.name}: started in {time.monotonic() - started:.1f}s (pid {proc.pid}), "
+                    f"{self.describe()}, log {_shown(self.log_file)}"
+                )
                 return
             time.sleep(0.5)
         self.down()
-        raise ServiceError(f"{self.name} was not ready after {START_TIMEOUT_S:.0f}s; "
-                           f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
+        raise ServiceError(
+            f"{self.name} was not ready after {START_TIMEOUT_S:.0f}s; "
+            f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
+        )
 
     def down(self) -> None:
         pid = self.pid()
@@ -311,8 +329,7 @@ class Service:
             print(f"{self.name}: stopped (`make services-up` starts it)")
             return False
         state = "ready" if self.ready() else "NOT READY"
-        print(f"{self.name}: running (pid {pid}), {state}, {self.describe()}, "
-              f"log {_shown(self.log_file)}")
+        print(f"{self.name}: running (pid {pid}), {state}, {self.describe()}, log {_shown(self.log_file)}")
         return state == "ready"
 
 
@@ -348,56 +365,85 @@ class Kafka(Service):
         libs = fetch_kafka()
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self.dir / "data"
-        properties = "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "log.retention.hours=24",
-            "",
-        ])
+        properties = "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=10",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=24",
+                "",
+            ]
+        )
         if not self.config.exists() or self.config.read_text() != properties:
             self.config.write_text(properties)
         log4j = self.dir / "log4j2.properties"
-        log4j.write_text("\n".join([
-            "status = warn",
-            "appender.out.type = Console",
-            "appender.out.name = out",
-            "appender.out.layout.type = PatternLayout",
-            "appender.out.layout.pattern = [%d] %p %m (%c)%n",
-            "rootLogger.level = INFO",
-            "rootLogger.appenderRef.out.ref = out",
-            "logger.kafka.name = kafka",
-            "logger.kafka.level = WARN",
-            "logger.state.name = state.change.logger",
-            "logger.state.level = WARN",
-            "",
-        ]))
+        log4j.write_text(
+            "\n".join(
+                [
+                    "status = warn",
+                    "appender.out.type = Console",
+                    "appender.out.name = out",
+                    "appender.out.layout.type = PatternLayout",
+                    "appender.out.layout.pattern = [%d] %p %m (%c)%n",
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.out.ref = out",
+                    "logger.kafka.name = kafka",
+                    "logger.kafka.level = WARN",
+                    "logger.state.name = state.change.logger",
+                    "logger.state.level = WARN",
+                    "",
+                ]
+            )
+        )
         if not (data / "meta.properties").exists():
             # Storage is formatted once; later starts reuse the data folder.
-            _run([_java(), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
-                  "-t", KAFKA_CLUSTER_ID, "-c", str(self.config)], "formatting Kafka storage",
-                 cwd=self.dir)
+            _run(
+                [
+                    _java(),
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    KAFKA_CLUSTER_ID,
+                    "-c",
+                    str(self.config),
+                ],
+                "formatting Kafka storage",
+                cwd=self.dir,
+            )
 
     def command(self) -> list[str]:
         libs = CACHE / "kafka" / "libs"
-        return [_java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
-                f"-Dkafka.logs.dir={self.dir}", "-cp", f"{libs}/*", "kafka.Kafka", str(self.config)]
+        return [
+            _java(),
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.dir}",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(self.config),
+        ]
 
     def ready(self) -> bool:
         return _kafka_metadata_ok("127.0.0.1", self.port)
@@ -453,14 +499,22 @@ class Registry(Service):
         fetch_registry()
 
     def command(self) -> list[str]:
-        return [_java(), "-Xms128m", "-Xmx768m",
-                f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
-                "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",
-                "-Dapicurio.ccompat.use-canonical-hash=true",
-                "-Dapicurio.rest.deletion.artifact.enabled=true",
-                "-Dapicurio.rest.deletion.artifact-version.enabled=true",
-                "-Dquarkus.log.level=WARN", "-Dquarkus.log.category.\"io.apicurio\".level=INFO",
-                "-jar", str(registry_jar(self.home))]
+        return [
+            _java(),
+            "-Xms128m",
+            "-Xmx768m",
+            f"-Dquarkus.http.port={self.port}",
+            "-Dquarkus.http.host=127.0.0.1",
+            "-Dapicurio.storage.kind=sql",
+            "-Dapicurio.storage.sql.kind=h2",
+            "-Dapicurio.ccompat.use-canonical-hash=true",
+            "-Dapicurio.rest.deletion.artifact.enabled=true",
+            "-Dapicurio.rest.deletion.artifact-version.enabled=true",
+            "-Dquarkus.log.level=WARN",
+            '-Dquarkus.log.category."io.apicurio".level=INFO',
+            "-jar",
+            str(registry_jar(self.home)),
+        ]
 
     def ready(self) -> bool:
         try:
@@ -472,8 +526,9 @@ class Registry(Service):
     def after_start(self) -> None:
         # The registry starts with no global rule; Confluent's default is BACKWARD, so set it.
         body = json.dumps({"compatibility": "BACKWARD"}).encode()
-        req = urllib.request.Request(f"{self.ccompat_url}/config", data=body, method="PUT",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.ccompat_url}/config", data=body, method="PUT", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             if resp.status != 200:
                 raise ServiceError(f"setting the registry's global compatibility to BACKWARD: HTTP {resp.status}")
@@ -499,15 +554,24 @@ class Prometheus(Service):
         self.targets.mkdir(parents=True, exist_ok=True)
         config = {  # JSON is YAML
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "epistle", "file_sd_configs": [
-                {"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "epistle",
+                    "file_sd_configs": [{"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}],
+                }
+            ],
         }
         (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=2) + "\n")
 
     def command(self) -> list[str]:
-        return [fetch_prometheus(), f"--config.file={self.dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.dir / 'data'}", "--storage.tsdb.retention.time=1d",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+        return [
+            fetch_prometheus(),
+            f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            "--storage.tsdb.retention.time=1d",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
 
     def ready(self) -> bool:
         try:
@@ -520,8 +584,6 @@ class Prometheus(Service):
         return f"{self.url}, scraping the targets in {_shown(self.targets)}/*.json every second"
 
 
-
-
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian's; /usr/sbin's wrapper su's to rabbitmq
 
 
@@ -531,8 +593,10 @@ def install_rabbitmq() -> Path:
         return RABBITMQ_SERVER
     how = "install Debian's package: sudo apt-get install rabbitmq-server"
     if shutil.which("apt-get") is None:
-        raise ServiceError(f"rabbitmq-server is not installed ({RABBITMQ_SERVER} is missing) and apt-get is not "
-                           "here: install RabbitMQ 3.10+ so that this path exists, or point RABBITMQ_URL at a broker")
+        raise ServiceError(
+            f"rabbitmq-server is not installed ({RABBITMQ_SERVER} is missing) and apt-get is not "
+            "here: install RabbitMQ 3.10+ so that this path exists, or point RABBITMQ_URL at a broker"
+        )
     if os.geteuid() != 0:
         raise ServiceError(f"rabbitmq-server is not installed ({RABBITMQ_SERVER} is missing): {how}")
     print("installing rabbitmq-server with apt-get ...", flush=True)
@@ -561,33 +625,39 @@ class RabbitMQ(Service):
 
     def environment(self) -> dict[str, str]:
         d = self.dir
-        return {**os.environ,
-                "HOME": str(d),  # the Erlang cookie (.erlang.cookie) is made and read there
-                "RABBITMQ_NODENAME": f"epistle-{self.port}@localhost",
-                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                "RABBITMQ_NODE_PORT": str(self.port),
-                "RABBITMQ_DIST_PORT": str(self.dist_port),
-                "ERL_EPMD_PORT": str(self.epmd_port),
-                "ERL_EPMD_ADDRESS": "127.0.0.1",
-                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
-                "RABBITMQ_LOG_BASE": str(d / "log"),
-                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
-                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
-                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
-                "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid")}
+        return {
+            **os.environ,
+            "HOME": str(d),  # the Erlang cookie (.erlang.cookie) is made and read there
+            "RABBITMQ_NODENAME": f"epistle-{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+        }
 
     def prepare(self) -> None:
         install_rabbitmq()
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "rabbitmq.conf").write_text("\n".join([
-            f"listeners.tcp.default = 127.0.0.1:{self.port}",
-            "log.console = true",  # into our log file
-            "log.console.level = warning",
-            "log.file = false",
-            "disk_free_limit.absolute = 50MB",
-            "",
-        ]))
+        (self.dir / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    f"listeners.tcp.default = 127.0.0.1:{self.port}",
+                    "log.console = true",  # into our log file
+                    "log.console.level = warning",
+                    "log.file = false",
+                    "disk_free_limit.absolute = 50MB",
+                    "",
+                ]
+            )
+        )
         (self.dir / "enabled_plugins").write_text("[].\n")  # no management plugin: AMQP only
         (self.dir / "rabbitmq-env.conf").write_text("")
 
@@ -608,14 +678,22 @@ class RabbitMQ(Service):
             super().up()
         except ServiceError as exc:
             log = _tail(self.log_file, 200)
-            hints = [hint for sign, hint in (
-                ("dist_port_already_used", f"its Erlang distribution port {self.dist_port} is in use: move it with "
-                                           "EPISTLE_RABBITMQ_DIST_PORT=<port>"),
-                ("erlang_dist_running_with_unexpected_nodename", "another Erlang node holds the name: stop it"),
-                ("eacces", f"it may not write under {self.dir}: check the folder's owner"),
-            ) if sign in log]
-            raise ServiceError(f"{exc}\n" + "\n".join(f"hint: {hint}" for hint in hints) if hints else str(exc)) \
-                from None
+            hints = [
+                hint
+                for sign, hint in (
+                    (
+                        "dist_port_already_used",
+                        f"its Erlang distribution port {self.dist_port} is in use: move it with "
+                        "EPISTLE_RABBITMQ_DIST_PORT=<port>",
+                    ),
+                    ("erlang_dist_running_with_unexpected_nodename", "another Erlang node holds the name: stop it"),
+                    ("eacces", f"it may not write under {self.dir}: check the folder's owner"),
+                )
+                if sign in log
+            ]
+            raise ServiceError(
+                f"{exc}\n" + "\n".join(f"hint: {hint}" for hint in hints) if hints else str(exc)
+            ) from None
 
     def down(self) -> None:
         pid = self.pid()
@@ -629,8 +707,9 @@ class RabbitMQ(Service):
         # The node started its own port mapper (epmd -daemon, outside our process group): stop it too
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         if Path(epmd).exists():
-            subprocess.run([epmd, "-kill"], capture_output=True,
-                           env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)})
+            subprocess.run(
+                [epmd, "-kill"], capture_output=True, env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)}
+            )
 
 
 def _group_alive(pgid: int) -> bool:
@@ -657,8 +736,7 @@ def _amqp_answers(host: str, port: int) -> bool:
 SERVICES = {"kafka": Kafka, "registry": Registry}
 # started only when named; a plain `down` or `status` covers them when running
 OPTIONAL = {"prometheus": Prometheus, "rabbitmq": RabbitMQ}
-FETCH = {"kafka": fetch_kafka, "registry": fetch_registry, "prometheus": fetch_prometheus,
-         "rabbitmq": install_rabbitmq}
+FETCH = {"kafka": fetch_kafka, "registry": fetch_registry, "prometheus": fetch_prometheus, "rabbitmq": install_rabbitmq}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _ensure_service(name: str) -> None:
     proc = subprocess.run([*SERVICES, "up", name], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.fail(f"could not start {name} with scripts/services.py:\n{proc.stdout}{proc.stderr}",
-                    pytrace=False)
+        pytest.fail(f"could not start {name} with scripts/services.py:\n{proc.stdout}{proc.stderr}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +68,9 @@ def prometheus() -> PrometheusServer:
     """A real Prometheus server (Debian's package, started by scripts/services.py: installed when missing)."""
     _ensure_service("prometheus")
     state = Path(os.environ.get("EPISTLE_SERVICES_DIR", ROOT / ".services")).resolve()
-    return PrometheusServer(f"http://127.0.0.1:{os.environ.get('EPISTLE_PROMETHEUS_PORT', '9095')}",
-                            state / "prometheus" / "targets")
+    return PrometheusServer(
+        f"http://127.0.0.1:{os.environ.get('EPISTLE_PROMETHEUS_PORT', '9095')}", state / "prometheus" / "targets"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 
-HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "1",
-          "correlationId": "corr-malformed", "messageId": "msg-malformed",
-          "timestamp": "2024-06-01T12:00:00Z", "producer": "malformed-corpus"}
+HEADER = {
+    "messageType": "OrderCreated",
+    "schemaName": "orders",
+    "schemaVersion": "1",
+    "correlationId": "corr-malformed",
+    "messageId": "msg-malformed",
+    "timestamp": "2024-06-01T12:00:00Z",
+    "producer": "malformed-corpus",
+}
 ONE_MB = 1_000_000
 
 
@@ -37,8 +43,7 @@ def _dump(document: Any) -> bytes:
 
 
 def _envelope(body: Any = None, *, drop: str | None = None, schema: str = "orders", **header: Any) -> bytes:
-    h = {**HEADER, "schemaName": schema, "messageType": "ShipmentCreated" if schema == "shipments"
-         else "OrderCreated"}
+    h = {**HEADER, "schemaName": schema, "messageType": "ShipmentCreated" if schema == "shipments" else "OrderCreated"}
     h.update(header)
     if drop:
         h.pop(drop)
@@ -82,14 +87,13 @@ def corpus() -> list[Malformed]:
     valid = _envelope()
     entries = [
         Malformed("not-utf8", b"\xff\xfe\xfd" + valid[3:], "decode"),
-        Malformed("latin1-text", "{\"header\": \"caf\xe9\"}".encode("latin-1"), "decode"),
+        Malformed("latin1-text", '{"header": "caf\xe9"}'.encode("latin-1"), "decode"),
         Malformed("truncated-json", valid[: len(valid) // 2], "decode"),
         Malformed("empty", b"", "decode"),
         Malformed("utf8-bom", b"\xef\xbb\xbf" + valid, "decode"),
         Malformed("nan-in-body", valid.replace(b'"quantity":2', b'"quantity":NaN', 1), "decode"),
         Malformed("nested-100000", b"[" * 100_000 + b"]" * 100_000, "decode"),
-        Malformed("nested-100000-in-body", b'{"header":{},"body":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                  "decode"),
+        Malformed("nested-100000-in-body", b'{"header":{},"body":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "decode"),
         Malformed("tombstone", None, "decode"),
         Malformed("json-array", b'[{"header": {}, "body": {}}]', "envelope"),
         Malformed("json-number", b"42", "envelope"),
@@ -127,8 +131,7 @@ def corpus() -> list[Malformed]:
         Malformed("avro-enum", _shipment(carrier="PIGEON"), "validation"),
         Malformed("avro-union-not-wrapped", _shipment(reference=42), "validation"),
         Malformed("avro-decimal-as-number", _shipment(shippingCost=12.5), "validation"),
-        Malformed("avro-body-null", _envelope(None, schema="shipments").replace(
-            _dump(ORDER), b"null"), "validation"),
+        Malformed("avro-body-null", _envelope(None, schema="shipments").replace(_dump(ORDER), b"null"), "validation"),
         Malformed("one-megabyte", _one_megabyte(), "validation"),
         # JSON may escape lone surrogates ("\ud800"); UTF-8 cannot hold them, so nothing may re-encode them
         Malformed("lone-surrogate-in-header", _envelope(messageId="\ud800"), "envelope"),

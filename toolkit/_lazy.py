@@ -109,8 +109,7 @@ class _DeferredLoader:
 class _Finder:
     """A meta path finder (duck-typed) for the modules in DEFERRED only."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None, target: Any = None
-                  ) -> ModuleSpec | None:
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: Any = None) -> ModuleSpec | None:
         if fullname not in DEFERRED:
             return None
         for finder in sys.meta_path:  # the real spec, from the finders after us

@@ -14,8 +14,13 @@ import typer
 
 from toolkit.errors import ConfigError, EpistleError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Ouroboros Epistle Forge: schema-governed Kafka consumers for Python.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Ouroboros Epistle Forge: schema-governed Kafka consumers for Python.",
+)
 
 SchemasDir = Annotated[Path, typer.Option("--schemas", help="The schemas folder.")]
 OutDir = Annotated[Path, typer.Option("--out", help="Where generated models go.")]
@@ -27,14 +32,24 @@ def _fail(exc: EpistleError, code: int = 1) -> typer.Exit:
 
 
 @app.command()
-def codegen(schemas: SchemasDir = Path("schemas"), out: OutDir = Path("generated_models"),
-            check: Annotated[bool, typer.Option("--check", help="Fail if the committed output is stale.")] = False,
-            force: Annotated[bool, typer.Option(
-                "--force", help="Render every module, ignoring the hashes in _manifest.json.")] = False,
-            jobs: Annotated[int | None, typer.Option(
-                "--jobs", "-j", min=1, show_default=False,
-                help="Processes rendering changed modules (default: the cores available).")] = None,
-            ) -> None:
+def codegen(
+    schemas: SchemasDir = Path("schemas"),
+    out: OutDir = Path("generated_models"),
+    check: Annotated[bool, typer.Option("--check", help="Fail if the committed output is stale.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Render every module, ignoring the hashes in _manifest.json.")
+    ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            show_default=False,
+            help="Processes rendering changed modules (default: the cores available).",
+        ),
+    ] = None,
+) -> None:
     """Generate pydantic v2 models from every schema version (make codegen / make codegen-check).
 
     Only the modules whose schema, generator version or options changed are rendered (the hashes are in
@@ -51,7 +66,7 @@ def codegen(schemas: SchemasDir = Path("schemas"), out: OutDir = Path("generated
         raise _fail(exc) from None
     elapsed = time.perf_counter() - started
     build = run.build
-    done = (f"{len(build.rendered)} module(s) rendered, {len(build.reused)} unchanged (reused)")
+    done = f"{len(build.rendered)} module(s) rendered, {len(build.reused)} unchanged (reused)"
     if not check:
         what = f"wrote {len(run.files)} files to {out}/" if run.written else f"{out}/ was already up to date"
         typer.echo(f"codegen: {what} from {schemas}/; {done}; {elapsed:.2f}s")
@@ -59,17 +74,24 @@ def codegen(schemas: SchemasDir = Path("schemas"), out: OutDir = Path("generated
     if run.differences:
         for difference in run.differences:
             typer.secho(f"stale: {out}/{difference}", err=True, fg=typer.colors.RED)
-        typer.secho(f"error: {out}/ is out of date with {schemas}/ ({len(run.differences)} file(s)); "
-                    "run `make codegen` and commit the result", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"error: {out}/ is out of date with {schemas}/ ({len(run.differences)} file(s)); "
+            "run `make codegen` and commit the result",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(1)
     typer.echo(f"codegen-check: {out}/ is up to date with {schemas}/ ({done}; {elapsed:.2f}s)")
 
 
-RegistryUrl = Annotated[str | None, typer.Option(
-    "--registry-url", help="Confluent-compatible registry API root (default: SCHEMA_REGISTRY_URL).")]
+RegistryUrl = Annotated[
+    str | None,
+    typer.Option("--registry-url", help="Confluent-compatible registry API root (default: SCHEMA_REGISTRY_URL)."),
+]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")]
-SchemasDirOrSetting = Annotated[Path | None, typer.Option(
-    "--schemas", help="The schemas folder (default: EPISTLE_SCHEMAS_DIR, else schemas).")]
+SchemasDirOrSetting = Annotated[
+    Path | None, typer.Option("--schemas", help="The schemas folder (default: EPISTLE_SCHEMAS_DIR, else schemas).")
+]
 
 
 def _registry_command_setup(schemas: Path | None, registry_url: str | None):
@@ -80,39 +102,48 @@ def _registry_command_setup(schemas: Path | None, registry_url: str | None):
 
     settings = load_settings(**({"registry__url": registry_url} if registry_url else {}))
     if settings.registry.is_local:
-        raise EpistleError("no registry to talk to: pass --registry-url or set SCHEMA_REGISTRY_URL "
-                           "(e.g. http://127.0.0.1:8081/apis/ccompat/v7)")
+        raise EpistleError(
+            "no registry to talk to: pass --registry-url or set SCHEMA_REGISTRY_URL "
+            "(e.g. http://127.0.0.1:8081/apis/ccompat/v7)"
+        )
     subjects = load_schemas(schemas or settings.consumer.schemas_dir)
     return settings, subjects, ConfluentHttpRegistry.from_settings(settings.registry)
 
 
 @app.command()
-def register(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None,
-             dry_run: DryRun = False) -> None:
+def register(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None, dry_run: DryRun = False) -> None:
     """Push every local schema version, in order, to the registry (identical versions are left alone)."""
     from toolkit.registry.commands import register_schemas
 
     try:
         settings, subjects, registry = _registry_command_setup(schemas, registry_url)
         with registry:
-            typer.echo(f"{'dry run: ' if dry_run else ''}registering {len(subjects)} subject(s) "
-                       f"at {registry.url}")
-            steps = register_schemas(registry, subjects, dry_run=dry_run,
-                                     strategy=settings.registry.subject_strategy,
-                                     on_step=lambda step: typer.secho(
-                                         f"  {step}", err=step.failed,
-                                         fg=typer.colors.RED if step.failed else None))
+            typer.echo(f"{'dry run: ' if dry_run else ''}registering {len(subjects)} subject(s) at {registry.url}")
+            steps = register_schemas(
+                registry,
+                subjects,
+                dry_run=dry_run,
+                strategy=settings.registry.subject_strategy,
+                on_step=lambda step: typer.secho(
+                    f"  {step}", err=step.failed, fg=typer.colors.RED if step.failed else None
+                ),
+            )
     except EpistleError as exc:
         raise _fail(exc) from None
     if steps and steps[-1].failed:
-        typer.secho(f"stopped at {steps[-1].subject} v{steps[-1].version}: nothing after it was "
-                    f"{'checked' if dry_run else 'registered'}", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"stopped at {steps[-1].subject} v{steps[-1].version}: nothing after it was "
+            f"{'checked' if dry_run else 'registered'}",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(1)
     done = sum(step.action == "registered" for step in steps)
     unchanged = sum(step.action == "unchanged" for step in steps)
     planned = sum(step.action == "would register" for step in steps)
-    typer.echo(f"would register {planned}, unchanged {unchanged}" if dry_run
-               else f"registered {done}, unchanged {unchanged}")
+    typer.echo(
+        f"would register {planned}, unchanged {unchanged}" if dry_run else f"registered {done}, unchanged {unchanged}"
+    )
 
 
 @app.command()
@@ -129,22 +160,30 @@ def verify(schemas: SchemasDirOrSetting = None, registry_url: RegistryUrl = None
     for drift in report.drifts:
         typer.secho(f"drift: {drift}", err=True, fg=typer.colors.RED)
     if report.drifts:
-        typer.secho(f"{len(report.drifts)} drift(s) between {len(subjects)} local subject(s) and "
-                    f"{registry.url}", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"{len(report.drifts)} drift(s) between {len(subjects)} local subject(s) and {registry.url}",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(1)
     typer.echo(f"in sync: {report.checked} version(s) of {len(subjects)} subject(s) match {registry.url}")
 
 
 @app.command()
-def check(schemas: SchemasDir = Path("schemas"),
-          base: Annotated[str | None, typer.Option(
-              "--base", help="Git ref whose version files count as published "
-                             "(default: the merge base with main).")] = None,
-          output: Annotated[str, typer.Option("--format", help="text (for review) or json.")] = "text",
-          registry_url: Annotated[str | None, typer.Option(
-              "--registry-url", help="Also ask this Confluent-compatible registry; report where it "
-                                     "disagrees.")] = None,
-          ) -> None:
+def check(
+    schemas: SchemasDir = Path("schemas"),
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base", help="Git ref whose version files count as published (default: the merge base with main)."
+        ),
+    ] = None,
+    output: Annotated[str, typer.Option("--format", help="text (for review) or json.")] = "text",
+    registry_url: Annotated[
+        str | None,
+        typer.Option("--registry-url", help="Also ask this Confluent-compatible registry; report where it disagrees."),
+    ] = None,
+) -> None:
     """Schema checks: valid files, published versions unchanged, compatibility per mode (make check)."""
     from toolkit.compat.check import run_check
     from toolkit.compat.report import github_annotations, render_json, render_text
@@ -167,33 +206,51 @@ def check(schemas: SchemasDir = Path("schemas"),
     raise typer.Exit(0 if report.ok else 1)
 
 
-_NewName = Annotated[str | None, typer.Argument(
-    help="Project (folder and distribution) name, e.g. orders-consumer.", show_default=False)]
-_NewPackage = Annotated[str | None, typer.Option(
-    "--package", "--package-name", help="Python package name (default: from the project name).",
-    show_default=False)]
-_NewTopics = Annotated[str | None, typer.Option(
-    "--topics", help="Topics to consume, comma-separated (default: orders).", show_default=False)]
-_NewGroup = Annotated[str | None, typer.Option(
-    "--group-id", help="Kafka consumer group id (default: the project name).", show_default=False)]
+_NewName = Annotated[
+    str | None, typer.Argument(help="Project (folder and distribution) name, e.g. orders-consumer.", show_default=False)
+]
+_NewPackage = Annotated[
+    str | None,
+    typer.Option(
+        "--package", "--package-name", help="Python package name (default: from the project name).", show_default=False
+    ),
+]
+_NewTopics = Annotated[
+    str | None,
+    typer.Option("--topics", help="Topics to consume, comma-separated (default: orders).", show_default=False),
+]
+_NewGroup = Annotated[
+    str | None,
+    typer.Option("--group-id", help="Kafka consumer group id (default: the project name).", show_default=False),
+]
 _NewOutput = Annotated[Path, typer.Option("--output-dir", "-o", help="Where the project folder goes.")]
-_NewWheel = Annotated[Path | None, typer.Option(
-    "--toolkit-wheel", help="The project installs the toolkit from this built wheel.", show_default=False)]
-_NewToolkitPath = Annotated[Path | None, typer.Option(
-    "--toolkit-path", help="... or from this source checkout (default: the one running this).",
-    show_default=False)]
+_NewWheel = Annotated[
+    Path | None,
+    typer.Option("--toolkit-wheel", help="The project installs the toolkit from this built wheel.", show_default=False),
+]
+_NewToolkitPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--toolkit-path", help="... or from this source checkout (default: the one running this).", show_default=False
+    ),
+]
 
 
 @app.command()
-def new(project_name: _NewName = None, package: _NewPackage = None, topics: _NewTopics = None,
-        group_id: _NewGroup = None, output_dir: _NewOutput = Path("."),
-        force: Annotated[bool, typer.Option("--force", help="Write over an existing project folder.")
-                         ] = False,
-        no_input: Annotated[bool, typer.Option("--no-input", help="Never prompt: use the defaults.")] = False,
-        toolkit_wheel: _NewWheel = None, toolkit_path: _NewToolkitPath = None,
-        codegen: Annotated[bool, typer.Option(
-            "--codegen/--no-codegen", help="Generate the models now (else `make setup` does).")] = True,
-        ) -> None:
+def new(
+    project_name: _NewName = None,
+    package: _NewPackage = None,
+    topics: _NewTopics = None,
+    group_id: _NewGroup = None,
+    output_dir: _NewOutput = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Write over an existing project folder.")] = False,
+    no_input: Annotated[bool, typer.Option("--no-input", help="Never prompt: use the defaults.")] = False,
+    toolkit_wheel: _NewWheel = None,
+    toolkit_path: _NewToolkitPath = None,
+    codegen: Annotated[
+        bool, typer.Option("--codegen/--no-codegen", help="Generate the models now (else `make setup` does).")
+    ] = True,
+) -> None:
     """Create a consumer service: schemas, models, a handler per topic, tests, Makefile, CI (cookiecutter)."""
     from toolkit.scaffold import Answers, ScaffoldError, create_project, rules, toolkit_requirement
 
@@ -210,12 +267,14 @@ def new(project_name: _NewName = None, package: _NewPackage = None, topics: _New
 
     try:
         if project_name is None and no_input:
-            raise ScaffoldError("project_name: missing -- fix: give it as the first argument, "
-                                "e.g. epistle new orders-consumer --no-input", field="project_name")
+            raise ScaffoldError(
+                "project_name: missing -- fix: give it as the first argument, "
+                "e.g. epistle new orders-consumer --no-input",
+                field="project_name",
+            )
         requirement = toolkit_requirement(toolkit_wheel, toolkit_path)
         project_name = ask("Project name", project_name, "orders-consumer", rules.check_project_name)
-        package = ask("Python package", package, rules.default_package_name(project_name),
-                      rules.check_package_name)
+        package = ask("Python package", package, rules.default_package_name(project_name), rules.check_package_name)
         topics = ask("Topics (comma-separated)", topics, "orders", rules.check_topics)
         group_id = ask("Consumer group id", group_id, project_name, rules.check_group_id)
         answers = Answers(project_name, package, topics, group_id, requirement)
@@ -223,8 +282,10 @@ def new(project_name: _NewName = None, package: _NewPackage = None, topics: _New
     except ScaffoldError as exc:
         raise _fail(exc) from None
     typer.echo(f"created {target} (toolkit: {answers.context()['toolkit_requirement']})")
-    typer.echo(f"next:\n  cd {target}\n  make test   # venv, install, unit + integration tests (broker at "
-               "KAFKA_BOOTSTRAP_SERVERS)\n  make run")
+    typer.echo(
+        f"next:\n  cd {target}\n  make test   # venv, install, unit + integration tests (broker at "
+        "KAFKA_BOOTSTRAP_SERVERS)\n  make run"
+    )
 
 
 def _load_app_function(ref: str):
@@ -235,22 +296,24 @@ def _load_app_function(ref: str):
 
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"--app {ref!r}: use package.module:function, e.g. examples.shop.app:register",
-                          setting="--app")
+        raise ConfigError(
+            f"--app {ref!r}: use package.module:function, e.g. examples.shop.app:register", setting="--app"
+        )
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         target = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigError(f"--app {ref!r}: no module named {exc.name!r} in the current directory "
-                              f"({os.getcwd()}) or the installed packages; run from the project root",
-                              setting="--app") from None
+            raise ConfigError(
+                f"--app {ref!r}: no module named {exc.name!r} in the current directory "
+                f"({os.getcwd()}) or the installed packages; run from the project root",
+                setting="--app",
+            ) from None
         raise  # the app module itself imports something missing: its traceback is the useful part
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"--app {ref!r}: module {module_name!r} has no attribute {attr!r}",
-                              setting="--app")
+            raise ConfigError(f"--app {ref!r}: module {module_name!r} has no attribute {attr!r}", setting="--app")
         target = getattr(target, part)
     if not callable(target):
         raise ConfigError(f"--app {ref!r}: {attr} is not a function", setting="--app")
@@ -271,8 +334,10 @@ def _app_arguments(function, consumer, settings) -> tuple:
             return arguments
         except TypeError:
             continue
-    raise ConfigError(f"--app: {getattr(function, '__qualname__', function)}{signature} must take "
-                      "(consumer, settings) or (consumer)", setting="--app")
+    raise ConfigError(
+        f"--app: {getattr(function, '__qualname__', function)}{signature} must take (consumer, settings) or (consumer)",
+        setting="--app",
+    )
 
 
 def _preflight(settings, registry) -> None:
@@ -283,47 +348,85 @@ def _preflight(settings, registry) -> None:
         try:
             registry.registry.subjects()
         except EpistleError as exc:
-            raise ConfigError(f"cannot use the registry at SCHEMA_REGISTRY_URL={settings.registry.url}: "
-                              f"{exc}", setting="SCHEMA_REGISTRY_URL") from None
+            raise ConfigError(
+                f"cannot use the registry at SCHEMA_REGISTRY_URL={settings.registry.url}: {exc}",
+                setting="SCHEMA_REGISTRY_URL",
+            ) from None
 
 
 @app.command()
-def run(app_ref: Annotated[str, typer.Option(
-            "--app", show_default=False,
+def run(
+    app_ref: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            show_default=False,
             help="The function that registers your handlers, as package.module:function "
-                 "(e.g. examples.shop.app:register); called with (consumer, settings) or (consumer).")],
-        registry_url: RegistryUrl = None,
-        group_id: Annotated[str | None, typer.Option(
-            "--group-id", help="Consumer group (default: KAFKA_GROUP_ID).", show_default=False)] = None,
-        topics: Annotated[str | None, typer.Option(
-            "--topics", show_default=False,
-            help="Topics to subscribe, comma-separated (default: every topic the app registered a "
-                 "handler for).")] = None,
-        until_idle: Annotated[bool, typer.Option(
-            "--until-idle", help="Exit 0 once every assigned partition is drained and nothing is in flight.")
-            ] = False,
-        max_workers: Annotated[int | None, typer.Option(
-            "--max-workers", min=1, show_default=False,
-            help="Handlers running at once (default: EPISTLE_MAX_WORKERS).")] = None,
-        broker: Annotated[str | None, typer.Option(
-            "--broker", show_default=False,
+            "(e.g. examples.shop.app:register); called with (consumer, settings) or (consumer).",
+        ),
+    ],
+    registry_url: RegistryUrl = None,
+    group_id: Annotated[
+        str | None, typer.Option("--group-id", help="Consumer group (default: KAFKA_GROUP_ID).", show_default=False)
+    ] = None,
+    topics: Annotated[
+        str | None,
+        typer.Option(
+            "--topics",
+            show_default=False,
+            help="Topics to subscribe, comma-separated (default: every topic the app registered a handler for).",
+        ),
+    ] = None,
+    until_idle: Annotated[
+        bool,
+        typer.Option("--until-idle", help="Exit 0 once every assigned partition is drained and nothing is in flight."),
+    ] = False,
+    max_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--max-workers", min=1, show_default=False, help="Handlers running at once (default: EPISTLE_MAX_WORKERS)."
+        ),
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            show_default=False,
             help="kafka or rabbitmq (default: EPISTLE_BROKER, else kafka). RabbitMQ reads RABBITMQ_URL and "
-                 "consumes one queue per topic.")] = None,
-        kafka_config: Annotated[list[str] | None, typer.Option(
-            "-X", "--kafka-config", show_default=False,
-            help="An extra librdkafka consumer property, key=value (repeatable), "
-                 "e.g. -X session.timeout.ms=10000.")] = None,
-        log_level: Annotated[str, typer.Option(
-            "--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
-        tracing: Annotated[bool | None, typer.Option(
-            "--tracing/--no-tracing", show_default=False,
+            "consumes one queue per topic.",
+        ),
+    ] = None,
+    kafka_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-X",
+            "--kafka-config",
+            show_default=False,
+            help="An extra librdkafka consumer property, key=value (repeatable), e.g. -X session.timeout.ms=10000.",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    tracing: Annotated[
+        bool | None,
+        typer.Option(
+            "--tracing/--no-tracing",
+            show_default=False,
             help="Trace every record with OpenTelemetry, exporters from the OTEL_* variables (default: "
-                 "EPISTLE_TRACING; needs the tracing extra).")] = None,
-        metrics_port: Annotated[int | None, typer.Option(
-            "--metrics-port", min=1, max=65535, show_default=False,
+            "EPISTLE_TRACING; needs the tracing extra).",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            show_default=False,
             help="Serve Prometheus metrics on /metrics and the probes /healthz and /readyz on this port "
-                 "(default: EPISTLE_METRICS_PORT; unset: off).")] = None,
-        ) -> None:
+            "(default: EPISTLE_METRICS_PORT; unset: off).",
+        ),
+    ] = None,
+) -> None:
     """Run the consumer with your handlers until SIGTERM/SIGINT (or, with --until-idle, until drained).
 
     Settings come from the environment and .env (KAFKA_*, SCHEMA_REGISTRY_*, EPISTLE_*; RABBITMQ_* with
@@ -364,8 +467,10 @@ def run(app_ref: Annotated[str, typer.Option(
         if inspect.isawaitable(cleanup):
             cleanup = await cleanup
         if cleanup is not None and not callable(cleanup):
-            raise ConfigError(f"--app {app_ref!r} returned {type(cleanup).__name__}; return None or a "
-                              "cleanup callable", setting="--app")
+            raise ConfigError(
+                f"--app {app_ref!r} returned {type(cleanup).__name__}; return None or a cleanup callable",
+                setting="--app",
+            )
         try:
             await asyncio.to_thread(_preflight, settings, registry)
             await consumer.start(handle_signals=True)
@@ -379,8 +484,12 @@ def run(app_ref: Annotated[str, typer.Option(
     try:
         if broker is not None and broker not in ("kafka", "rabbitmq"):
             raise ConfigError(f"--broker {broker!r}: use kafka or rabbitmq", setting="--broker")
-        overrides: dict[str, Any] = {"registry__url": registry_url, "kafka__group_id": group_id,
-                     "consumer__max_workers": max_workers, "consumer__broker": broker}
+        overrides: dict[str, Any] = {
+            "registry__url": registry_url,
+            "kafka__group_id": group_id,
+            "consumer__max_workers": max_workers,
+            "consumer__broker": broker,
+        }
         settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
         from toolkit.observability.logs import configure_logging
 
@@ -389,18 +498,19 @@ def run(app_ref: Annotated[str, typer.Option(
         if topics is not None:
             subscribed = [topic.strip() for topic in topics.split(",") if topic.strip()]
             if not subscribed:
-                raise ConfigError(f"--topics {topics!r}: give topic names, comma-separated",
-                                  setting="--topics")
+                raise ConfigError(f"--topics {topics!r}: give topic names, comma-separated", setting="--topics")
         extra: dict[str, str] = {}
         for item in kafka_config or []:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ConfigError(f"-X {item!r}: use key=value, e.g. -X session.timeout.ms=10000",
-                                  setting="--kafka-config")
+                raise ConfigError(
+                    f"-X {item!r}: use key=value, e.g. -X session.timeout.ms=10000", setting="--kafka-config"
+                )
             extra[key.strip()] = value.strip()
         register = _load_app_function(app_ref)
         registry: CachedRegistry[Any] = CachedRegistry.from_settings(
-            registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry)
+            registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry
+        )
         port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
         server = None
         middleware: list[Any] = []
@@ -418,14 +528,23 @@ def run(app_ref: Annotated[str, typer.Option(
         transport = None
         if settings.consumer.broker == "rabbitmq":
             if extra:
-                raise ConfigError("-X sets librdkafka properties: it applies to --broker kafka only; RabbitMQ "
-                                  "reads RABBITMQ_* settings", setting="--kafka-config")
+                raise ConfigError(
+                    "-X sets librdkafka properties: it applies to --broker kafka only; RabbitMQ "
+                    "reads RABBITMQ_* settings",
+                    setting="--kafka-config",
+                )
             from toolkit.consumer.amqp import RabbitTransport
 
             transport = RabbitTransport.from_settings(settings.rabbitmq)
-        consumer = KafkaConsumer.from_settings(settings, registry=registry, topics=subscribed,
-                                               stop_when_idle=until_idle, kafka_config=extra, middleware=middleware,
-                                               transport=transport)
+        consumer = KafkaConsumer.from_settings(
+            settings,
+            registry=registry,
+            topics=subscribed,
+            stop_when_idle=until_idle,
+            kafka_config=extra,
+            middleware=middleware,
+            transport=transport,
+        )
         arguments = _app_arguments(register, consumer, settings)
         try:
             if server is not None:

@@ -46,6 +46,7 @@ LIMIT_DEPTH = 5000
 parsers and validators (a crash, not an exception: jsonschema explaining a 10,000-level body did; 8,000
 did not)."""
 
+
 def _iso_timestamp_with_zone(value: str) -> str:
     try:
         parsed = datetime.fromisoformat(value)
@@ -68,8 +69,7 @@ NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 class Header(BaseModel):
     """The envelope header: camelCase on the wire, snake_case attributes, every field a string."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True, frozen=True,
-                              extra="ignore")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True, frozen=True, extra="ignore")
 
     message_type: NonEmpty
     schema_name: NonEmpty
@@ -103,9 +103,16 @@ class Envelope(BaseModel):
         return encode_envelope(self.header.model_dump(by_alias=True), self.body)
 
 
-def header_fields(schema_name: str, version: int | str, *, message_type: str, producer: str,
-                  message_id: str | None = None, correlation_id: str | None = None,
-                  timestamp: str | None = None) -> dict[str, str]:
+def header_fields(
+    schema_name: str,
+    version: int | str,
+    *,
+    message_type: str,
+    producer: str,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    timestamp: str | None = None,
+) -> dict[str, str]:
     """The wire header (camelCase) of a new message, defaults filled: a new UUID as ``message_id``, the message
     id as ``correlation_id`` (the message starts a conversation), now (UTC, milliseconds) as ``timestamp``.
 
@@ -113,9 +120,15 @@ def header_fields(schema_name: str, version: int | str, *, message_type: str, pr
     consumer must refuse.
     """
     message_id = message_id or str(uuid.uuid4())
-    return {"messageType": message_type, "schemaName": schema_name, "schemaVersion": str(version),
-            "correlationId": correlation_id or message_id, "messageId": message_id,
-            "timestamp": timestamp or datetime.now(UTC).isoformat(timespec="milliseconds"), "producer": producer}
+    return {
+        "messageType": message_type,
+        "schemaName": schema_name,
+        "schemaVersion": str(version),
+        "correlationId": correlation_id or message_id,
+        "messageId": message_id,
+        "timestamp": timestamp or datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "producer": producer,
+    }
 
 
 def encode_envelope(header: Mapping[str, Any], body: Any) -> bytes:
@@ -200,8 +213,11 @@ def allow_depth(max_depth: int) -> None:
 
 
 def _too_deep(max_depth: int) -> MessageError:
-    return MessageError("decode", f"nested deeper than {max_depth} levels (EPISTLE_MAX_NESTING_DEPTH counts the "
-                                  "JSON nesting levels of the whole envelope)")
+    return MessageError(
+        "decode",
+        f"nested deeper than {max_depth} levels (EPISTLE_MAX_NESTING_DEPTH counts the "
+        "JSON nesting levels of the whole envelope)",
+    )
 
 
 def load_json(value: bytes, max_depth: int = MAX_DEPTH) -> Any:
@@ -214,19 +230,22 @@ def load_json(value: bytes, max_depth: int = MAX_DEPTH) -> Any:
     return _load(value, None, max_depth, wire_hint=False)
 
 
-def _load(value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_DEPTH, *,
-          wire_hint: bool = True) -> Any:
+def _load(
+    value: bytes, serializer: SerializerLike | None, max_depth: int = MAX_DEPTH, *, wire_hint: bool = True
+) -> Any:
     # An attribute look-up, not isinstance(serializer, EnvelopeSerializer): a runtime-checkable Protocol
     # check costs ~9 us per record (a third of the runtime's own overhead in the benchmark profile).
-    loads = _DEFAULT.loads if serializer is None else cast(Callable[[bytes], Any],
-                                                            getattr(serializer, "loads", serializer))
+    loads = (
+        _DEFAULT.loads if serializer is None else cast(Callable[[bytes], Any], getattr(serializer, "loads", serializer))
+    )
     try:
         document = loads(value)
     except RecursionError:
         raise _too_deep(max_depth) from None
     except Exception as exc:
-        raise MessageError("decode", _load_failure(value, exc, custom=serializer is not None,
-                                                   wire_hint=wire_hint)) from None
+        raise MessageError(
+            "decode", _load_failure(value, exc, custom=serializer is not None, wire_hint=wire_hint)
+        ) from None
     # Counting brackets is a cheap upper bound on the depth; walk only when it could be too deep.
     if value.count(b"[") + value.count(b"{") > max_depth and depth_exceeds(document, max_depth):
         raise _too_deep(max_depth)
@@ -254,9 +273,11 @@ def _wire_format(value: bytes) -> str | None:
     if len(value) < 5 or value[0] != 0:
         return None
     schema_id = int.from_bytes(value[1:5], "big")
-    return (f"Confluent wire format (magic byte 0, schema id {schema_id}, {len(value) - 5} bytes of "
-            "Avro, JSON or Protobuf after it): the topic is read as {header, body} envelopes of UTF-8 JSON; "
-            "set its value format to confluent or auto (EPISTLE_VALUE_FORMATS) to read such records")
+    return (
+        f"Confluent wire format (magic byte 0, schema id {schema_id}, {len(value) - 5} bytes of "
+        "Avro, JSON or Protobuf after it): the topic is read as {header, body} envelopes of UTF-8 JSON; "
+        "set its value format to confluent or auto (EPISTLE_VALUE_FORMATS) to read such records"
+    )
 
 
 def _error_details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
@@ -274,27 +295,38 @@ def parse_envelope(document: Any) -> DecodedRecord:
         MessageError: stage ``"envelope"``; ``details`` lists ``{"path", "message"}`` per problem.
     """
     if not isinstance(document, dict):
-        raise MessageError("envelope", f"the record is a JSON {_json_type(document)}, not an envelope object",
-                           details=[{"path": "/", "message": "expected an object with header and body"}])
+        raise MessageError(
+            "envelope",
+            f"the record is a JSON {_json_type(document)}, not an envelope object",
+            details=[{"path": "/", "message": "expected an object with header and body"}],
+        )
     missing = [name for name in ("header", "body") if name not in document]
     if missing:
-        raise MessageError("envelope", f"missing {' and '.join(missing)}",
-                           details=[{"path": f"/{name}", "message": "required"} for name in missing])
+        raise MessageError(
+            "envelope",
+            f"missing {' and '.join(missing)}",
+            details=[{"path": f"/{name}", "message": "required"} for name in missing],
+        )
     raw_header = document["header"]
     if not isinstance(raw_header, dict):
-        raise MessageError("envelope", f"header is a JSON {_json_type(raw_header)}, not an object",
-                           details=[{"path": "/header", "message": "expected an object"}])
+        raise MessageError(
+            "envelope",
+            f"header is a JSON {_json_type(raw_header)}, not an object",
+            details=[{"path": "/header", "message": "expected an object"}],
+        )
     try:
         header = Header.model_validate(raw_header, by_alias=True, by_name=False)
     except ValidationError as exc:
         details = _error_details(exc, "header")
-        raise MessageError("envelope", "invalid header: " + "; ".join(
-            f"{d['path']}: {d['message']}" for d in details), details=details) from None
+        raise MessageError(
+            "envelope", "invalid header: " + "; ".join(f"{d['path']}: {d['message']}" for d in details), details=details
+        ) from None
     return DecodedRecord(header, document["body"])
 
 
-def decode_record(value: bytes | None, serializer: SerializerLike | None = None, *,
-                  max_depth: int = MAX_DEPTH) -> DecodedRecord:
+def decode_record(
+    value: bytes | None, serializer: SerializerLike | None = None, *, max_depth: int = MAX_DEPTH
+) -> DecodedRecord:
     """Bytes of a record value -> header and body; ``max_depth`` is ``EPISTLE_MAX_NESTING_DEPTH`` (see
     :data:`MAX_DEPTH`; call :func:`allow_depth` once with it, as the consumer does, for more than Python's
     default recursion limit allows).

@@ -102,8 +102,9 @@ class SchemaFileError(EpistleError):
         return _rebuild_schema_error, (type(self), str(self.path), self.problem, self.field, self.fix)
 
 
-def _rebuild_schema_error(cls: type[SchemaFileError], path: str, problem: str, field: str | None,
-                          fix: str | None) -> SchemaFileError:
+def _rebuild_schema_error(
+    cls: type[SchemaFileError], path: str, problem: str, field: str | None, fix: str | None
+) -> SchemaFileError:
     return cls(path, problem, field=field, fix=fix)
 
 
@@ -123,8 +124,11 @@ class CodegenFailures(CodegenError):
     def __init__(self, schemas_dir: Path | str, errors: list[SchemaFileError]) -> None:
         self.errors = list(errors)
         lines = "".join(f"\n  - {error}" for error in self.errors)
-        super().__init__(schemas_dir, f"{len(self.errors)} schema files cannot be generated:{lines}",
-                         fix="correct each file as its line says; `epistle check` reports the same problems")
+        super().__init__(
+            schemas_dir,
+            f"{len(self.errors)} schema files cannot be generated:{lines}",
+            fix="correct each file as its line says; `epistle check` reports the same problems",
+        )
 
     def __reduce__(self) -> tuple:
         return type(self), (str(self.path), self.errors)
@@ -150,8 +154,9 @@ class SchemaNotYetKnown(RegistryError):
     after the grace the record is dead-lettered at stage ``schema``. ``unknown_for_s`` is how long the
     registry has not known it, ``grace_s`` the grace (``EPISTLE_UNKNOWN_SCHEMA_GRACE_S``)."""
 
-    def __init__(self, message: str, *, unknown_for_s: float, grace_s: float, retry_in_s: float,
-                 **context: Any) -> None:
+    def __init__(
+        self, message: str, *, unknown_for_s: float, grace_s: float, retry_in_s: float, **context: Any
+    ) -> None:
         super().__init__(message, **context)
         self.unknown_for_s = unknown_for_s
         self.grace_s = grace_s
@@ -198,8 +203,9 @@ class BrokerUnreachable(BrokerUnavailable):
     """No broker answered within the start-up timeout (``setting`` names it): the consumer did not start.
     ``bootstrap_servers`` and ``timeout_s`` say where it asked and for how long."""
 
-    def __init__(self, message: str, *, bootstrap_servers: str, timeout_s: float,
-                 setting: str = "KAFKA_STARTUP_TIMEOUT_S") -> None:
+    def __init__(
+        self, message: str, *, bootstrap_servers: str, timeout_s: float, setting: str = "KAFKA_STARTUP_TIMEOUT_S"
+    ) -> None:
         super().__init__(message)
         self.bootstrap_servers, self.timeout_s, self.setting = bootstrap_servers, timeout_s, setting
 
@@ -208,8 +214,15 @@ class ConsumerStopped(EpistleError):
     """The consumer stopped on a failure: ErrorPolicy.STOP met a message it would dead-letter, or the
     Kafka client hit a fatal error. ``stage``/``topic``/``partition``/``offset`` say where."""
 
-    def __init__(self, message: str, *, stage: str | None = None, topic: str | None = None,
-                 partition: int | None = None, offset: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.stage, self.topic, self.partition, self.offset = stage, topic, partition, offset
 

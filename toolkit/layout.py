@@ -110,19 +110,23 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
     try:
         text = path.read_text(encoding="utf-8") if text is None else text
     except UnicodeDecodeError as exc:
-        raise SchemaFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-                              fix="save the file as UTF-8") from None
+        raise SchemaFileError(
+            path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", fix="save the file as UTF-8"
+        ) from None
     except OSError as exc:
-        raise SchemaFileError(path, f"cannot be read ({exc.strerror or exc})",
-                              fix="give the path of a readable JSON file") from None
+        raise SchemaFileError(
+            path, f"cannot be read ({exc.strerror or exc})", fix="give the path of a readable JSON file"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SchemaFileError(path, f"not valid JSON: {json_error_text(exc)}",
-                              fix="correct the JSON syntax") from None
+        raise SchemaFileError(path, f"not valid JSON: {json_error_text(exc)}", fix="correct the JSON syntax") from None
     except RecursionError:
-        raise SchemaFileError(path, "JSON nested too deeply to parse",
-                              fix="flatten it with definitions ($defs in JSON Schema, named types in Avro)") from None
+        raise SchemaFileError(
+            path,
+            "JSON nested too deeply to parse",
+            fix="flatten it with definitions ($defs in JSON Schema, named types in Avro)",
+        ) from None
 
 
 def canonical_json(document: Any) -> str:
@@ -142,22 +146,31 @@ def load_subject_config(path: Path) -> SubjectConfig:
     except tomllib.TOMLDecodeError as exc:
         raise SchemaFileError(path, f"not valid TOML: {exc}", fix="correct the TOML syntax") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SchemaFileError(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})",
-                              fix="give the path of a readable subject.toml file") from None
+        raise SchemaFileError(
+            path,
+            f"cannot be read ({getattr(exc, 'strerror', None) or exc})",
+            fix="give the path of a readable subject.toml file",
+        ) from None
     unknown = sorted(set(data) - {"compatibility", "topics"})
     if unknown:
-        raise SchemaFileError(path, f"unknown key(s) {', '.join(unknown)}", field=unknown[0],
-                              fix="use only 'compatibility' and 'topics'")
+        raise SchemaFileError(
+            path, f"unknown key(s) {', '.join(unknown)}", field=unknown[0], fix="use only 'compatibility' and 'topics'"
+        )
     raw_mode = data.get("compatibility", "BACKWARD")
     try:
         mode = Compatibility(str(raw_mode).upper())
     except ValueError:
-        raise SchemaFileError(path, f"unknown compatibility mode {raw_mode!r}", field="compatibility",
-                              fix="use one of " + ", ".join(m.value for m in Compatibility)) from None
+        raise SchemaFileError(
+            path,
+            f"unknown compatibility mode {raw_mode!r}",
+            field="compatibility",
+            fix="use one of " + ", ".join(m.value for m in Compatibility),
+        ) from None
     topics = data.get("topics", [])
     if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
-        raise SchemaFileError(path, "topics must be a list of topic names", field="topics",
-                              fix='write e.g. topics = ["orders"]')
+        raise SchemaFileError(
+            path, "topics must be a list of topic names", field="topics", fix='write e.g. topics = ["orders"]'
+        )
     return SubjectConfig(compatibility=mode, topics=tuple(topics))
 
 
@@ -165,12 +178,16 @@ def load_subject(folder: Path) -> Subject:
     """Read one subject folder. Raises SchemaFileError on the first problem found."""
     folder = _args.path("folder", folder)
     if not folder.is_dir():
-        raise SchemaFileError(folder, "subject folder not found",
-                              fix="give the path of a folder of schema versions (schemas/<subject>)")
+        raise SchemaFileError(
+            folder, "subject folder not found", fix="give the path of a folder of schema versions (schemas/<subject>)"
+        )
     name = folder.name
     if not _SUBJECT_NAME.match(name):
-        raise SchemaFileError(folder, f"folder name {name!r} is not a valid schemaName",
-                              fix="start with a letter; use letters, digits, '.', '_' or '-'")
+        raise SchemaFileError(
+            folder,
+            f"folder name {name!r} is not a valid schemaName",
+            fix="start with a letter; use letters, digits, '.', '_' or '-'",
+        )
     config = load_subject_config(folder / SUBJECT_CONFIG)
     found: dict[int, SchemaFile] = {}
     formats: set[SchemaFormat] = set()
@@ -179,34 +196,54 @@ def load_subject(folder: Path) -> Subject:
             continue
         fmt = SchemaFormat.from_suffix(path.suffix)
         if fmt is None:
-            raise SchemaFileError(path, f"unexpected file type {path.suffix or '(none)'!r}",
-                                  fix="schema versions are <N>.json (JSON Schema) or <N>.avsc (Avro); "
-                                      "move other files out of the subject folder or into a subfolder")
+            raise SchemaFileError(
+                path,
+                f"unexpected file type {path.suffix or '(none)'!r}",
+                fix="schema versions are <N>.json (JSON Schema) or <N>.avsc (Avro); "
+                "move other files out of the subject folder or into a subfolder",
+            )
         if not SCHEMA_VERSION.fullmatch(path.stem):
-            raise SchemaFileError(path, f"file name {path.stem!r} is not a positive integer version",
-                                  field="version", fix=f"rename it to <N>{path.suffix} with N = 1, 2, ... "
-                                                       "(no leading zeros, below 1000000000)")
+            raise SchemaFileError(
+                path,
+                f"file name {path.stem!r} is not a positive integer version",
+                field="version",
+                fix=f"rename it to <N>{path.suffix} with N = 1, 2, ... (no leading zeros, below 1000000000)",
+            )
         version = int(path.stem)
         if version in found:
-            raise SchemaFileError(path, f"version {version} exists twice ({found[version].path.name} and "
-                                  f"{path.name})", field="version", fix="keep one file per version")
+            raise SchemaFileError(
+                path,
+                f"version {version} exists twice ({found[version].path.name} and {path.name})",
+                field="version",
+                fix="keep one file per version",
+            )
         text = path.read_text(encoding="utf-8") if path.stat().st_size else ""
         document = parse_json_file(path, text)
         found[version] = SchemaFile(name, version, fmt, path, text, document)
         formats.add(fmt)
     if not found:
-        raise SchemaFileError(folder, "no schema versions in subject folder",
-                              fix="add 1.json (JSON Schema) or 1.avsc (Avro), or remove the folder")
+        raise SchemaFileError(
+            folder,
+            "no schema versions in subject folder",
+            fix="add 1.json (JSON Schema) or 1.avsc (Avro), or remove the folder",
+        )
     if len(formats) > 1:
-        raise SchemaFileError(folder, "mixes JSON Schema (.json) and Avro (.avsc) versions",
-                              fix="keep one format per subject; use a new subject for the other format")
+        raise SchemaFileError(
+            folder,
+            "mixes JSON Schema (.json) and Avro (.avsc) versions",
+            fix="keep one format per subject; use a new subject for the other format",
+        )
     expected = list(range(1, len(found) + 1))
     if sorted(found) != expected:
         # Listed lazily, the first ten: a file named 999999999.json leaves almost a billion numbers out.
         gaps = (version for version in range(1, max(found)) if version not in found)
         missing = f"{list(itertools.islice(gaps, 10))}" + (" ..." if next(gaps, None) is not None else "")
-        raise SchemaFileError(folder, f"version sequence has a gap: missing {missing}", field="version",
-                              fix="versions run 1, 2, 3 ... without gaps; add or rename the missing version")
+        raise SchemaFileError(
+            folder,
+            f"version sequence has a gap: missing {missing}",
+            field="version",
+            fix="versions run 1, 2, 3 ... without gaps; add or rename the missing version",
+        )
     return Subject(name, folder, config, tuple(found[v] for v in expected))
 
 
@@ -218,8 +255,9 @@ def load_schemas(root: Path | str) -> dict[str, Subject]:
     """
     root = _args.path("root", root)
     if not root.is_dir():
-        raise SchemaFileError(root, "schemas folder not found",
-                              fix="create it, or point EPISTLE_SCHEMAS_DIR at your schemas folder")
+        raise SchemaFileError(
+            root, "schemas folder not found", fix="create it, or point EPISTLE_SCHEMAS_DIR at your schemas folder"
+        )
     subjects = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         subject = load_subject(folder)

@@ -76,8 +76,15 @@ class PublishRefused(EpistleError):
     """The model cannot be published as it is; nothing was sent. ``details`` lists ``{"path", "message"}``
     where the body fails its schema."""
 
-    def __init__(self, message: str, *, topic: str, schema_name: str | None = None, version: int | None = None,
-                 details: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str,
+        schema_name: str | None = None,
+        version: int | None = None,
+        details: Any = None,
+    ) -> None:
         super().__init__(message)
         self.topic, self.schema_name, self.version, self.details = topic, schema_name, version, details
 
@@ -94,8 +101,15 @@ class DeliveryFailed(EpistleError):
 class KafkaProducerClient(Protocol):
     """What the producer needs of confluent-kafka's ``Producer`` (tests pass an in-memory double)."""
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, *,
-                headers: Any = None, on_delivery: Callable[[Any, Any], None] | None = None) -> None: ...
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Any = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
 
@@ -152,7 +166,7 @@ def _write_big_decimal(value: Any, schema: Any = None) -> Any:
     sign, digits, exponent = value.as_tuple()
     unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
     scale = -int(exponent)
-    if not -(2 ** 31) <= scale < 2 ** 31:
+    if not -(2**31) <= scale < 2**31:
         raise ValueError(f"{value} cannot be written as a big-decimal (its scale does not fit an int)")
     size = ((unscaled if unscaled >= 0 else ~unscaled).bit_length() + 8) // 8
     data = unscaled.to_bytes(size, "big", signed=True)
@@ -227,27 +241,44 @@ class EnvelopeProducer:
         ConfigError: ``kafka_config`` weakens acks=all or idempotence, or a setting is invalid.
     """
 
-    def __init__(self, bootstrap_servers: str | None = None, *, registry: Any = None, models: Any = None,
-                 name: str | None = None, subject_strategy: SubjectStrategy | None = None,
-                 confluent_topics: Iterable[str] | None = None, settings: Settings | None = None,
-                 producer_settings: ProducerSettings | None = None, kafka_config: dict[str, Any] | None = None,
-                 client: KafkaProducerClient | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        *,
+        registry: Any = None,
+        models: Any = None,
+        name: str | None = None,
+        subject_strategy: SubjectStrategy | None = None,
+        confluent_topics: Iterable[str] | None = None,
+        settings: Settings | None = None,
+        producer_settings: ProducerSettings | None = None,
+        kafka_config: dict[str, Any] | None = None,
+        client: KafkaProducerClient | None = None,
+    ) -> None:
         confluent_topics = _check_options(locals())
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         own = producer_settings or ProducerSettings.model_construct()
         self.settings = settings
         self.name = name or own.name
         self.flush_timeout_s = own.flush_timeout_s
-        self.confluent_topics = frozenset(confluent_topics if confluent_topics is not None
-                                          else own.confluent_topics)
+        self.confluent_topics = frozenset(confluent_topics if confluent_topics is not None else own.confluent_topics)
         extra = dict(kafka_config or {})
         for option, required in (("acks", {"all", "-1", -1}), ("enable.idempotence", {True, "true"})):
             if option in extra and extra[option] not in required:
-                raise ConfigError(f"kafka_config {option}={extra[option]!r} is refused: the producer sends with "
-                                  "acks=all and idempotence so an acknowledged record is never lost or "
-                                  f"duplicated; remove {option} from kafka_config", setting=option)
-        self.config: dict[str, Any] = {"logger": kafka_logger(), **kafka.client_config(),
-                                       "linger.ms": 5, **extra, "acks": "all", "enable.idempotence": True}
+                raise ConfigError(
+                    f"kafka_config {option}={extra[option]!r} is refused: the producer sends with "
+                    "acks=all and idempotence so an acknowledged record is never lost or "
+                    f"duplicated; remove {option} from kafka_config",
+                    setting=option,
+                )
+        self.config: dict[str, Any] = {
+            "logger": kafka_logger(),
+            **kafka.client_config(),
+            "linger.ms": 5,
+            **extra,
+            "acks": "all",
+            "enable.idempotence": True,
+        }
         if bootstrap_servers:
             self.config["bootstrap.servers"] = bootstrap_servers
         if subject_strategy is None:
@@ -269,15 +300,26 @@ class EnvelopeProducer:
         self._polling = True
 
     @classmethod
-    def from_settings(cls, settings: Settings, registry: Any = None, models: Any = None,
-                      producer_settings: ProducerSettings | None = None, **overrides: Any) -> EnvelopeProducer:
+    def from_settings(
+        cls,
+        settings: Settings,
+        registry: Any = None,
+        models: Any = None,
+        producer_settings: ProducerSettings | None = None,
+        **overrides: Any,
+    ) -> EnvelopeProducer:
         """A producer configured from :func:`~toolkit.settings.load_settings` and ``EPISTLE_PRODUCER_*``.
 
         Raises:
             ConfigError: an ``EPISTLE_PRODUCER_*`` value is invalid (named with the fix).
         """
-        return cls(settings=settings, registry=registry, models=models,
-                   producer_settings=producer_settings or load_producer_settings(), **overrides)
+        return cls(
+            settings=settings,
+            registry=registry,
+            models=models,
+            producer_settings=producer_settings or load_producer_settings(),
+            **overrides,
+        )
 
     # -- building a record (no Kafka) -------------------------------------------------------------------
     def schema_of(self, model: BaseModel | type[BaseModel]) -> tuple[str, int]:
@@ -292,16 +334,27 @@ class EnvelopeProducer:
             index = self._model_index()
             key = index.key_of(cls) if hasattr(index, "key_of") else None
             if key is None:
-                raise PublishRefused(f"{cls.__module__}.{cls.__qualname__} is not a generated root model of "
-                                     f"{getattr(index, 'package', 'the model index')}: publish an instance of "
-                                     "the model class generated for the schema version (e.g. "
-                                     "generated_models.orders.v2.Order), or run `make codegen`", topic="")
+                raise PublishRefused(
+                    f"{cls.__module__}.{cls.__qualname__} is not a generated root model of "
+                    f"{getattr(index, 'package', 'the model index')}: publish an instance of "
+                    "the model class generated for the schema version (e.g. "
+                    "generated_models.orders.v2.Order), or run `make codegen`",
+                    topic="",
+                )
             self._keys[cls] = key
         return key
 
-    def build(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
-              headers: HeadersLike | None = None, message_type: str | None = None,
-              correlation_id: str | None = None, message_id: str | None = None) -> OutgoingRecord:
+    def build(
+        self,
+        topic: str,
+        model: BaseModel,
+        *,
+        key: str | bytes | None = None,
+        headers: HeadersLike | None = None,
+        message_type: str | None = None,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> OutgoingRecord:
         """Validate ``model`` against its registry schema and make the record (may ask the registry once
         per schema version; produces nothing).
 
@@ -311,8 +364,9 @@ class EnvelopeProducer:
             RegistryUnavailable: the registry cannot be reached.
         """
         if not isinstance(model, BaseModel):
-            raise PublishRefused(f"publish takes a generated pydantic model instance, got {type(model).__name__}",
-                                 topic=topic)
+            raise PublishRefused(
+                f"publish takes a generated pydantic model instance, got {type(model).__name__}", topic=topic
+            )
         try:
             schema_name, version = self.schema_of(model)
         except PublishRefused as exc:
@@ -324,8 +378,13 @@ class EnvelopeProducer:
         where = f"{type(model).__name__} ({schema_name} v{version}) for topic {topic!r}"
 
         def refused(reason: str, details: Any = None) -> PublishRefused:
-            return PublishRefused(f"{where} fails its schema, nothing was sent: {reason}", topic=topic,
-                                  schema_name=schema_name, version=version, details=details)
+            return PublishRefused(
+                f"{where} fails its schema, nothing was sent: {reason}",
+                topic=topic,
+                schema_name=schema_name,
+                version=version,
+                details=details,
+            )
 
         avro = registered.format == SchemaFormat.AVRO
         try:
@@ -341,9 +400,14 @@ class EnvelopeProducer:
         except MessageError as exc:
             raise refused(exc.reason, exc.details) from None
 
-        fields = header_fields(schema_name, version, message_type=message_type, producer=self.name,
-                               message_id=message_id,
-                               correlation_id=correlation_id or self._carried_correlation_id())
+        fields = header_fields(
+            schema_name,
+            version,
+            message_type=message_type,
+            producer=self.name,
+            message_id=message_id,
+            correlation_id=correlation_id or self._carried_correlation_id(),
+        )
         header = Header.model_validate(fields)
         record_headers = _with_trace_context(_headers(headers))
         schema_id = registered.schema_id
@@ -351,20 +415,30 @@ class EnvelopeProducer:
             payload = encode_envelope(fields, body)
         else:
             if schema_id is None:
-                raise PublishRefused(f"topic {topic!r} is written in Confluent's wire format, which needs the "
-                                     f"registry's schema id, and the registry gave none for subject {subject!r} "
-                                     f"v{version} (the local schemas/ folder has no ids): set SCHEMA_REGISTRY_URL "
-                                     "to a Confluent-compatible registry, or remove the topic from "
-                                     "EPISTLE_PRODUCER_CONFLUENT_TOPICS", topic=topic, schema_name=schema_name,
-                                     version=version)
+                raise PublishRefused(
+                    f"topic {topic!r} is written in Confluent's wire format, which needs the "
+                    f"registry's schema id, and the registry gave none for subject {subject!r} "
+                    f"v{version} (the local schemas/ folder has no ids): set SCHEMA_REGISTRY_URL "
+                    "to a Confluent-compatible registry, or remove the topic from "
+                    "EPISTLE_PRODUCER_CONFLUENT_TOPICS",
+                    topic=topic,
+                    schema_name=schema_name,
+                    version=version,
+                )
             prefix = struct.pack(">bI", _MAGIC, schema_id)
             data = avro_binary_body(compiled.parsed, value) if avro else compact_json(body)
             payload = prefix + data
             # The header cannot travel inside the value: it goes in the record headers instead.
-            record_headers = [*(record_headers or []),
-                              *((k, v.encode()) for k, v in fields.items())]
-        return OutgoingRecord(topic, key.encode("utf-8") if isinstance(key, str) else key, payload,
-                              record_headers, header, wire, schema_id)
+            record_headers = [*(record_headers or []), *((k, v.encode()) for k, v in fields.items())]
+        return OutgoingRecord(
+            topic,
+            key.encode("utf-8") if isinstance(key, str) else key,
+            payload,
+            record_headers,
+            header,
+            wire,
+            schema_id,
+        )
 
     @staticmethod
     def _carried_correlation_id() -> str | None:
@@ -383,10 +457,14 @@ class EnvelopeProducer:
         try:
             registered, compiled = self._schema_resolver().resolve(subject, version)
         except SchemaNotFound as exc:
-            raise PublishRefused(f"{schema_name} v{version} is not in the registry as subject {subject!r} "
-                                 f"version {version} ({exc}): register it first (`epistle register`), or check "
-                                 "SCHEMA_REGISTRY_URL and SCHEMA_REGISTRY_SUBJECT_STRATEGY", topic=topic,
-                                 schema_name=schema_name, version=version) from None
+            raise PublishRefused(
+                f"{schema_name} v{version} is not in the registry as subject {subject!r} "
+                f"version {version} ({exc}): register it first (`epistle register`), or check "
+                "SCHEMA_REGISTRY_URL and SCHEMA_REGISTRY_SUBJECT_STRATEGY",
+                topic=topic,
+                schema_name=schema_name,
+                version=version,
+            ) from None
         plan = (subject, registered, compiled)
         if len(self._plans) < 10_000:
             self._plans[plan_key] = plan
@@ -412,10 +490,17 @@ class EnvelopeProducer:
         return self._models
 
     # -- sending ----------------------------------------------------------------------------------------
-    def send(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
-             headers: HeadersLike | None = None, message_type: str | None = None,
-             correlation_id: str | None = None, message_id: str | None = None
-             ) -> concurrent.futures.Future[Delivery]:
+    def send(
+        self,
+        topic: str,
+        model: BaseModel,
+        *,
+        key: str | bytes | None = None,
+        headers: HeadersLike | None = None,
+        message_type: str | None = None,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> concurrent.futures.Future[Delivery]:
         """Validate and produce; the future resolves with the :class:`Delivery` once the broker
         acknowledged the record, or fails with :class:`DeliveryFailed`.
 
@@ -423,8 +508,15 @@ class EnvelopeProducer:
             PublishRefused: see :meth:`build`; nothing was sent.
             EpistleError: the producer is closed.
         """
-        record = self.build(topic, model, key=key, headers=headers, message_type=message_type,
-                            correlation_id=correlation_id, message_id=message_id)
+        record = self.build(
+            topic,
+            model,
+            key=key,
+            headers=headers,
+            message_type=message_type,
+            correlation_id=correlation_id,
+            message_id=message_id,
+        )
         return self.send_record(record)
 
     def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
@@ -440,15 +532,27 @@ class EnvelopeProducer:
             if future.done():
                 return
             if err is not None:
-                future.set_exception(DeliveryFailed(
-                    f"record {header.message_id} to {record.topic} was not acknowledged: {err.str()}; "
-                    "check that the topic exists and the broker is reachable, then publish it again",
-                    topic=record.topic, code=err.name(), retriable=bool(err.retriable())))
+                future.set_exception(
+                    DeliveryFailed(
+                        f"record {header.message_id} to {record.topic} was not acknowledged: {err.str()}; "
+                        "check that the topic exists and the broker is reachable, then publish it again",
+                        topic=record.topic,
+                        code=err.name(),
+                        retriable=bool(err.retriable()),
+                    )
+                )
                 return
             _, timestamp = msg.timestamp()
-            future.set_result(Delivery(msg.topic(), msg.partition(), msg.offset(),
-                                       timestamp if timestamp > 0 else None, header.message_id,
-                                       header.correlation_id))
+            future.set_result(
+                Delivery(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    timestamp if timestamp > 0 else None,
+                    header.message_id,
+                    header.correlation_id,
+                )
+            )
 
         with self._send_lock:  # close() waits for this produce, then flushes or purges it
             client = self._started()
@@ -456,20 +560,33 @@ class EnvelopeProducer:
             future.add_done_callback(lambda done: self._pending.pop(done, None))
             while True:
                 try:
-                    client.produce(record.topic, value=record.value, key=record.key, headers=record.headers,
-                                   on_delivery=delivered)
+                    client.produce(
+                        record.topic, value=record.value, key=record.key, headers=record.headers, on_delivery=delivered
+                    )
                     break
                 except BufferError:  # librdkafka's queue is full: let deliveries drain it
                     client.poll(0.1)
                 except Exception as exc:  # noqa: BLE001 - KafkaException: too large, unknown partition ...
-                    future.set_exception(DeliveryFailed(f"record {header.message_id} to {record.topic} could "
-                                                        f"not be produced: {exc}", topic=record.topic))
+                    future.set_exception(
+                        DeliveryFailed(
+                            f"record {header.message_id} to {record.topic} could not be produced: {exc}",
+                            topic=record.topic,
+                        )
+                    )
                     break
         return future
 
-    async def publish(self, topic: str, model: BaseModel, *, key: str | bytes | None = None,
-                      headers: HeadersLike | None = None, message_type: str | None = None,
-                      correlation_id: str | None = None, message_id: str | None = None) -> Delivery:
+    async def publish(
+        self,
+        topic: str,
+        model: BaseModel,
+        *,
+        key: str | bytes | None = None,
+        headers: HeadersLike | None = None,
+        message_type: str | None = None,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> Delivery:
         """Validate, produce and wait for the broker's acknowledgement (the event loop keeps running;
         a registry look-up on a cache miss runs in a thread).
 
@@ -477,8 +594,13 @@ class EnvelopeProducer:
             PublishRefused: see :meth:`build`; nothing was sent.
             DeliveryFailed: the broker did not acknowledge the record.
         """
-        kwargs: dict[str, Any] = {"key": key, "headers": headers, "message_type": message_type,
-                                  "correlation_id": correlation_id, "message_id": message_id}
+        kwargs: dict[str, Any] = {
+            "key": key,
+            "headers": headers,
+            "message_type": message_type,
+            "correlation_id": correlation_id,
+            "message_id": message_id,
+        }
         cls = type(model)
         known = self._keys.get(cls)
         if known is not None and (topic, *known, message_type or cls.__name__) in self._plans:
@@ -536,15 +658,23 @@ class EnvelopeProducer:
         for future, topic in list(self._pending.items()):  # what no callback settled (a client without purge)
             if not future.done():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    future.set_exception(DeliveryFailed("the producer was closed and the record was not "
-                                                        "acknowledged by the broker; publish it again",
-                                                        topic=topic, code="_PURGE_QUEUE"))
+                    future.set_exception(
+                        DeliveryFailed(
+                            "the producer was closed and the record was not "
+                            "acknowledged by the broker; publish it again",
+                            topic=topic,
+                            code="_PURGE_QUEUE",
+                        )
+                    )
         self._polling = False
         if self._thread is not None:
             self._thread.join(5)
         if left:
-            log.error("producer closed with %d record(s) not acknowledged by the broker; their deliveries "
-                      "failed with DeliveryFailed", left)
+            log.error(
+                "producer closed with %d record(s) not acknowledged by the broker; their deliveries "
+                "failed with DeliveryFailed",
+                left,
+            )
         return left
 
     def __enter__(self) -> EnvelopeProducer:
@@ -580,19 +710,32 @@ def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
     checks = {
         "bootstrap_servers": (lambda v: isinstance(v, str) and v.strip(), "use host:9092 (comma-separated)"),
         "name": (lambda v: isinstance(v, str) and v.strip(), "use a non-empty string (the header's producer)"),
-        "kafka_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
-                         'use a dict of librdkafka properties, e.g. {"linger.ms": 20}'),
-        "subject_strategy": (callable, "use a function SubjectContext -> subject name, e.g. "
-                                       "toolkit.registry.topic_value_strategy"),
-        "registry": (lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
-                     "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a CachedRegistry"),
-        "models": (lambda v: callable(getattr(v, "key_of", None)),
-                   "use a model index with key_of(model_class), e.g. toolkit.codegen.load_model_index()"),
+        "kafka_config": (
+            lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+            'use a dict of librdkafka properties, e.g. {"linger.ms": 20}',
+        ),
+        "subject_strategy": (
+            callable,
+            "use a function SubjectContext -> subject name, e.g. toolkit.registry.topic_value_strategy",
+        ),
+        "registry": (
+            lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
+            "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a CachedRegistry",
+        ),
+        "models": (
+            lambda v: callable(getattr(v, "key_of", None)),
+            "use a model index with key_of(model_class), e.g. toolkit.codegen.load_model_index()",
+        ),
         "settings": (lambda v: isinstance(v, Settings), "use toolkit.load_settings()"),
-        "producer_settings": (lambda v: isinstance(v, ProducerSettings),
-                              "use toolkit.settings.load_producer_settings()"),
-        "client": (lambda v: all(callable(getattr(v, m, None)) for m in ("produce", "poll", "flush")),
-                   "use a confluent_kafka.Producer or an object with produce, poll and flush")}
+        "producer_settings": (
+            lambda v: isinstance(v, ProducerSettings),
+            "use toolkit.settings.load_producer_settings()",
+        ),
+        "client": (
+            lambda v: all(callable(getattr(v, m, None)) for m in ("produce", "poll", "flush")),
+            "use a confluent_kafka.Producer or an object with produce, poll and flush",
+        ),
+    }
     for name, (ok, fix) in checks.items():
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
@@ -631,5 +774,14 @@ def _headers(headers: HeadersLike | None) -> list[tuple[str, bytes | None]] | No
     return [(str(name), value.encode("utf-8") if isinstance(value, str) else value) for name, value in items]
 
 
-__all__ = ["Delivery", "DeliveryFailed", "EnvelopeProducer", "KafkaProducerClient", "OutgoingRecord",
-           "PublishRefused", "WireFormat", "avro_binary_body", "avro_json_body"]
+__all__ = [
+    "Delivery",
+    "DeliveryFailed",
+    "EnvelopeProducer",
+    "KafkaProducerClient",
+    "OutgoingRecord",
+    "PublishRefused",
+    "WireFormat",
+    "avro_binary_body",
+    "avro_json_body",
+]

@@ -36,8 +36,9 @@ class OrderingMode(StrEnum):
 
 
 def _config(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8",
-                              extra="ignore", case_sensitive=False)
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
 
 
 _INSTANCE_ID_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -56,9 +57,11 @@ def group_instance_id(value: str | None) -> str | None:
     raw = value.strip()
     value = raw.replace("{hostname}", socket.gethostname())
     if not _INSTANCE_ID_CHARS.fullmatch(value) or len(value) > 249:
-        raise ValueError(f"{raw!r}"[:80] + " (" + f"{value!r}"[:80] + "): use at most 249 letters, digits, '.', "
-                         "'_' or '-', with {hostname} for the host name, e.g. orders-{hostname} or orders-1; "
-                         "give each process of the group its own id")
+        raise ValueError(
+            f"{raw!r}"[:80] + " (" + f"{value!r}"[:80] + "): use at most 249 letters, digits, '.', "
+            "'_' or '-', with {hostname} for the host name, e.g. orders-{hostname} or orders-1; "
+            "give each process of the group its own id"
+        )
     return value
 
 
@@ -91,8 +94,10 @@ class KafkaSettings(BaseSettings):
     @classmethod
     def _auto_commit_off(cls, value: bool) -> bool:
         if value:
-            raise ValueError("must be false: the toolkit stores offsets only after each message is done "
-                             "(at-least-once); auto-commit would commit unprocessed messages")
+            raise ValueError(
+                "must be false: the toolkit stores offsets only after each message is done "
+                "(at-least-once); auto-commit would commit unprocessed messages"
+            )
         return value
 
     @field_validator("bootstrap_servers")
@@ -106,8 +111,10 @@ class KafkaSettings(BaseSettings):
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by the consumer, producers and admin clients."""
-        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
-                                  "security.protocol": self.security_protocol}
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
         if self.sasl_mechanism:
             config["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username:
@@ -154,8 +161,9 @@ class RabbitSettings(BaseSettings):
                 continue
             topic, sep, count = item.partition("=")
             if not sep or not topic.strip() or not count.strip().isdigit() or not 1 <= int(count) <= 1000:
-                raise ValueError(f"{item!r}: use topic=count pairs, comma-separated, e.g. orders=4,payments=2 "
-                                 "(count from 1 to 1000)")
+                raise ValueError(
+                    f"{item!r}: use topic=count pairs, comma-separated, e.g. orders=4,payments=2 (count from 1 to 1000)"
+                )
             counts[topic.strip()] = int(count)
         return counts
 
@@ -185,8 +193,10 @@ class RegistrySettings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         value = value.strip()
         if value and not (value.startswith(("http://", "https://")) and len(value.split("://", 1)[1]) > 0):
-            raise ValueError(f"{value!r} is not an http(s) URL; use e.g. http://127.0.0.1:8081/apis/ccompat/v7 "
-                             "or leave it empty to use the local schemas/ folder")
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; use e.g. http://127.0.0.1:8081/apis/ccompat/v7 "
+                "or leave it empty to use the local schemas/ folder"
+            )
         return value.rstrip("/")
 
     @field_validator("ca_bundle", "client_cert", "client_key")
@@ -250,8 +260,10 @@ class ConsumerSettings(BaseSettings):
     @classmethod
     def _grace(cls, value: float) -> float:
         if value < 0:
-            raise ValueError("must be seconds >= 0, e.g. 30 (wait up to 30 s for the registry to know a "
-                             "schema) or 0 (dead-letter an unknown schema at once)")
+            raise ValueError(
+                "must be seconds >= 0, e.g. 30 (wait up to 30 s for the registry to know a "
+                "schema) or 0 (dead-letter an unknown schema at once)"
+            )
         return value
 
     @field_validator("ordering", "error_policy", mode="before")
@@ -285,20 +297,32 @@ class ProducerSettings(BaseSettings):
 class Settings:
     """All settings, grouped: ``kafka``, ``registry``, ``consumer``, ``rabbitmq``."""
 
-    def __init__(self, kafka: KafkaSettings, registry: RegistrySettings, consumer: ConsumerSettings,
-                 rabbitmq: RabbitSettings | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        registry: RegistrySettings,
+        consumer: ConsumerSettings,
+        rabbitmq: RabbitSettings | None = None,
+    ) -> None:
         self.kafka = kafka
         self.registry = registry
         self.consumer = consumer
         self.rabbitmq = rabbitmq if rabbitmq is not None else RabbitSettings.model_construct()
 
     def __repr__(self) -> str:
-        return (f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r}, "
-                f"rabbitmq={self.rabbitmq!r})")
+        return (
+            f"Settings(kafka={self.kafka!r}, registry={self.registry!r}, consumer={self.consumer!r}, "
+            f"rabbitmq={self.rabbitmq!r})"
+        )
 
 
-_PREFIXES = {KafkaSettings: "KAFKA_", RegistrySettings: "SCHEMA_REGISTRY_", ConsumerSettings: "EPISTLE_",
-             ProducerSettings: "EPISTLE_PRODUCER_", RabbitSettings: "RABBITMQ_"}
+_PREFIXES = {
+    KafkaSettings: "KAFKA_",
+    RegistrySettings: "SCHEMA_REGISTRY_",
+    ConsumerSettings: "EPISTLE_",
+    ProducerSettings: "EPISTLE_PRODUCER_",
+    RabbitSettings: "RABBITMQ_",
+}
 
 
 def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict[str, Any]) -> Any:
@@ -310,14 +334,18 @@ def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict
             name = _PREFIXES[cls] + "_".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] in _RANGE_ERRORS and error["loc"] and error["loc"][0] in cls.model_fields:
-                message += f"; fix: set {name} in that range, or unset it for the default " \
-                           f"({cls.model_fields[error['loc'][0]].default})"
+                message += (
+                    f"; fix: set {name} in that range, or unset it for the default "
+                    f"({cls.model_fields[error['loc'][0]].default})"
+                )
             # The offending value is shown unless the setting is a secret.
             shown = "" if _is_secret(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}{shown}: {message}")
         source = f" (read from the environment and {env_file})" if env_file else ""
-        raise ConfigError("invalid settings" + source + ":\n  " + "\n  ".join(problems),
-                          setting=problems[0].split(" ", 1)[0].rstrip(":") if problems else None) from None
+        raise ConfigError(
+            "invalid settings" + source + ":\n  " + "\n  ".join(problems),
+            setting=problems[0].split(" ", 1)[0].rstrip(":") if problems else None,
+        ) from None
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
@@ -342,8 +370,11 @@ def load_settings(env_file: str | Path | None = ENV_FILE, **overrides: Any) -> S
     for key, value in overrides.items():
         group, _, field = key.partition("__")
         if group not in grouped or not field:
-            raise ConfigError(f"unknown override {key!r}; use kafka__<field>, registry__<field>, consumer__<field> "
-                              "or rabbitmq__<field>", setting=key)
+            raise ConfigError(
+                f"unknown override {key!r}; use kafka__<field>, registry__<field>, consumer__<field> "
+                "or rabbitmq__<field>",
+                setting=key,
+            )
         grouped[group][field] = value
     return Settings(
         kafka=_build(KafkaSettings, env_file, grouped["kafka"]),
@@ -366,5 +397,8 @@ def load_producer_settings(env_file: str | Path | None = ENV_FILE, **overrides: 
 
 def external_services() -> dict[str, str]:
     """The services the user pointed us at (tests and the demo start nothing for these)."""
-    return {name: os.environ[name] for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "RABBITMQ_URL")
-            if os.environ.get(name)}
+    return {
+        name: os.environ[name]
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "RABBITMQ_URL")
+        if os.environ.get(name)
+    }

@@ -54,8 +54,16 @@ from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaB
 Headers = list[tuple[str, bytes | None]]
 
 
-def envelope(schema_name: str, version: int | str, body: Any, *, message_type: str | None = None,
-             message_id: str | None = None, correlation_id: str | None = None, producer: str = "tests") -> bytes:
+def envelope(
+    schema_name: str,
+    version: int | str,
+    body: Any,
+    *,
+    message_type: str | None = None,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    producer: str = "tests",
+) -> bytes:
     """The bytes of a JSON envelope ``{header, body}`` with a valid header (new ids unless given).
 
     Raises:
@@ -64,15 +72,19 @@ def envelope(schema_name: str, version: int | str, body: Any, *, message_type: s
     _args.text("schema_name", schema_name, empty=False)
     if isinstance(version, bool) or not isinstance(version, int | str) or not str(version).isdigit():
         raise InvalidArgumentType(f"version: expected a positive integer, got {version!r}"[:120], argument="version")
-    for name, given in (("message_type", message_type), ("message_id", message_id),
-                        ("correlation_id", correlation_id)):
+    for name, given in (("message_type", message_type), ("message_id", message_id), ("correlation_id", correlation_id)):
         if given is not None:
             _args.text(name, given, empty=False)
     _args.text("producer", producer, empty=False)
-    header = {"messageType": message_type or f"{schema_name}.v{version}", "schemaName": schema_name,
-              "schemaVersion": str(version), "correlationId": correlation_id or str(uuid.uuid4()),
-              "messageId": message_id or str(uuid.uuid4()),
-              "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "producer": producer}
+    header = {
+        "messageType": message_type or f"{schema_name}.v{version}",
+        "schemaName": schema_name,
+        "schemaVersion": str(version),
+        "correlationId": correlation_id or str(uuid.uuid4()),
+        "messageId": message_id or str(uuid.uuid4()),
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "producer": producer,
+    }
     try:
         return json.dumps({"header": header, "body": body}, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
@@ -85,8 +97,16 @@ class InMemoryRecord:
 
     __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_timestamp")
 
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                 headers: Headers | None, timestamp: int) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        timestamp: int,
+    ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._key, self._value, self._headers, self._timestamp = key, value, headers, timestamp
 
@@ -173,8 +193,16 @@ class InMemoryBroker:
     def topics(self) -> list[str]:
         return sorted(self._topics)
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, *, headers: Headers | None = None,
-                partition: int | None = None, timestamp_ms: int | None = None) -> InMemoryRecord:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        *,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> InMemoryRecord:
         """Append a record (creating the topic); the partition is ``partition``, else the key's hash, else
         round robin.
 
@@ -188,8 +216,12 @@ class InMemoryBroker:
         key = None if key is None else _args.bytes_like("key", key)
         if headers is not None:
             if not isinstance(headers, list | tuple) or not all(
-                    isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str)
-                    and (h[1] is None or isinstance(h[1], bytes)) for h in headers):
+                isinstance(h, tuple)
+                and len(h) == 2
+                and isinstance(h[0], str)
+                and (h[1] is None or isinstance(h[1], bytes))
+                for h in headers
+            ):
                 raise InvalidArgumentType("headers: expected a list of (str, bytes or None) pairs", argument="headers")
         if partition is not None:
             _args.integer("partition", partition, low=0)
@@ -202,8 +234,10 @@ class InMemoryBroker:
                     times[0] -= 1
                 raise BrokerUnavailable(f"produce to {topic} refused: {reason}")
         if value is not None and len(value) > stored.max_message_bytes:
-            raise BrokerUnavailable(f"produce to {topic} refused: MSG_SIZE_TOO_LARGE: {len(value)} bytes over the "
-                                    f"topic's max.message.bytes {stored.max_message_bytes}")
+            raise BrokerUnavailable(
+                f"produce to {topic} refused: MSG_SIZE_TOO_LARGE: {len(value)} bytes over the "
+                f"topic's max.message.bytes {stored.max_message_bytes}"
+            )
         count = len(stored.partitions)
         if partition is None:
             if key is not None:
@@ -211,8 +245,9 @@ class InMemoryBroker:
             else:
                 partition, self._round_robin = self._round_robin % count, self._round_robin + 1
         if partition >= count:
-            raise InvalidArgument(f"partition: {topic} has partitions 0..{count - 1}, not {partition}",
-                                  argument="partition")
+            raise InvalidArgument(
+                f"partition: {topic} has partitions 0..{count - 1}, not {partition}", argument="partition"
+            )
         log = stored.partitions[partition]
         ts = timestamp_ms if timestamp_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
         # No headers read back as None, not [], as from librdkafka
@@ -243,8 +278,9 @@ class InMemoryBroker:
         return None if group is None else group.committed.get((topic, partition))
 
     # -- faults ------------------------------------------------------------------------------------------
-    def refuse(self, topic: str | Callable[[str], bool], reason: str = "broker unavailable", *,
-               times: int | None = None) -> None:
+    def refuse(
+        self, topic: str | Callable[[str], bool], reason: str = "broker unavailable", *, times: int | None = None
+    ) -> None:
         """Refuse produces to ``topic`` (a name or a predicate), ``times`` times or until :meth:`heal`."""
         if not callable(topic):
             _args.text("topic", topic, empty=False)
@@ -347,9 +383,17 @@ class InMemoryTransport:
     def connect(self, timeout_s: float, topics: Sequence[str] = ()) -> set[str]:
         return set(self.broker.topics)
 
-    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int,
-              dlq_max_message_bytes: int) -> InMemoryDeadLetterSink:
+    def start(
+        self,
+        topics: list[str],
+        group_id: str,
+        events: TransportEvents,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_poll_records: int,
+        max_in_flight: int,
+        dlq_max_message_bytes: int,
+    ) -> InMemoryDeadLetterSink:
         if self._group_id is None:
             self._group_id = group_id
         self.topics = list(topics)
@@ -361,8 +405,11 @@ class InMemoryTransport:
 
     def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
         done: Future[None] = Future()
-        current = [(p.topic, p.partition, p.offset) for p in positions
-                   if self._owned.get((p.topic, p.partition)) == p.generation]
+        current = [
+            (p.topic, p.partition, p.offset)
+            for p in positions
+            if self._owned.get((p.topic, p.partition)) == p.generation
+        ]
         started = time.monotonic()
         try:
             if current:
@@ -382,12 +429,14 @@ class InMemoryTransport:
         return failed
 
     def pause(self, assignments: list[Assignment]) -> None:
-        self._paused.update((a.topic, a.partition) for a in assignments
-                            if self._owned.get((a.topic, a.partition)) == a.generation)
+        self._paused.update(
+            (a.topic, a.partition) for a in assignments if self._owned.get((a.topic, a.partition)) == a.generation
+        )
 
     def resume(self, assignments: list[Assignment]) -> None:
-        self._paused.difference_update((a.topic, a.partition) for a in assignments
-                                       if self._owned.get((a.topic, a.partition)) == a.generation)
+        self._paused.difference_update(
+            (a.topic, a.partition) for a in assignments if self._owned.get((a.topic, a.partition)) == a.generation
+        )
 
     def stop_fetching(self) -> None:
         self._fetching = False
@@ -484,7 +533,7 @@ class InMemoryTransport:
                 continue
             log = stored.partitions[tp[1]]
             start = self._position[tp]
-            taken = log[start:start + free - len(records)]
+            taken = log[start : start + free - len(records)]
             if taken:
                 records.extend(taken)
                 self._position[tp] = start + len(taken)
@@ -528,19 +577,20 @@ class InMemoryDeadLetterSink:
 
 class InMemoryRegistry:
     """A schema registry in memory (the :class:`~toolkit.registry.SchemaRegistry` protocol): versions numbered
-    from 1, a schema identical to a registered version registers nothing and answers that version, ids
-    unique across subjects (``share_id`` registers one under another subject with the same id, as Confluent
-does for identical schemas).
+        from 1, a schema identical to a registered version registers nothing and answers that version, ids
+        unique across subjects (``share_id`` registers one under another subject with the same id, as Confluent
+    does for identical schemas).
 
-    Args:
-        incompatible: ``(registered text, new text) -> reason or None``: what this registry refuses as
-            incompatible (nothing, by default).
+        Args:
+            incompatible: ``(registered text, new text) -> reason or None``: what this registry refuses as
+                incompatible (nothing, by default).
     """
 
     def __init__(self, incompatible: Callable[[str, str], str | None] = lambda old, new: None) -> None:
         if not callable(incompatible):
-            raise InvalidArgumentType("incompatible: expected a function (old text, new text) -> reason or None",
-                                      argument="incompatible")
+            raise InvalidArgumentType(
+                "incompatible: expected a function (old text, new text) -> reason or None", argument="incompatible"
+            )
         self.store: dict[str, list[RegisteredSchema]] = {}
         self.incompatible = incompatible
         self.calls: Counter[str] = Counter()
@@ -581,8 +631,9 @@ does for identical schemas).
         found = [schema for versions in self.store.values() for schema in versions if schema.schema_id == schema_id]
         if not found:
             raise SchemaNotFound(f"schema id {schema_id} not found")
-        return SchemaById(schema_id, found[0].format, found[0].text,
-                          tuple((schema.subject, schema.version) for schema in found))
+        return SchemaById(
+            schema_id, found[0].format, found[0].text, tuple((schema.subject, schema.version) for schema in found)
+        )
 
     def share_id(self, subject: str, schema_id: int) -> RegisteredSchema:
         """Register the schema of ``schema_id`` under ``subject`` too, keeping its id (as Confluent does: one id
@@ -617,8 +668,9 @@ does for identical schemas).
         existing.append(schema)
         return schema
 
-    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
-                            version: int | str = "latest") -> CompatibilityResult:
+    def check_compatibility(
+        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+    ) -> CompatibilityResult:
         self._count("check_compatibility")
         _args.text("subject", subject, empty=False)
         _args.text("text", text)
@@ -632,5 +684,11 @@ does for identical schemas).
         pass
 
 
-__all__ = ["InMemoryBroker", "InMemoryDeadLetterSink", "InMemoryRecord", "InMemoryRegistry", "InMemoryTransport",
-           "envelope"]
+__all__ = [
+    "InMemoryBroker",
+    "InMemoryDeadLetterSink",
+    "InMemoryRecord",
+    "InMemoryRegistry",
+    "InMemoryTransport",
+    "envelope",
+]

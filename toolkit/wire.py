@@ -89,8 +89,9 @@ def parse_value_formats(value: Any) -> dict[str, ValueFormat]:
         try:
             formats[topic.strip()] = ValueFormat(name.strip().lower() if isinstance(name, str) else name)
         except ValueError:
-            raise ValueError(f"{topic.strip()}={name!r}: the format must be envelope, confluent or auto; "
-                             f"use {_EXAMPLE}") from None
+            raise ValueError(
+                f"{topic.strip()}={name!r}: the format must be envelope, confluent or auto; use {_EXAMPLE}"
+            ) from None
     return formats
 
 
@@ -128,16 +129,25 @@ def split(value: bytes | None) -> WireRecord:
     if not isinstance(value, bytes | bytearray):
         raise MessageError("decode", f"the record value is a {type(value).__name__}, not bytes")
     if not value:
-        raise MessageError("decode", "the record value is empty; Confluent's wire format starts with the magic "
-                                     "byte 0 and a 4-byte schema id")
+        raise MessageError(
+            "decode",
+            "the record value is empty; Confluent's wire format starts with the magic byte 0 and a 4-byte schema id",
+        )
     if value[0] != MAGIC:
         seen = f"0x{value[0]:02x}" + (f" ({chr(value[0])!r})" if 32 <= value[0] < 127 else "")
-        hint = (": the value looks like JSON, e.g. a {header, body} envelope; read the topic with the value "
-                "format auto or envelope" if value[:1] in (b"{", b"[") else "")
+        hint = (
+            ": the value looks like JSON, e.g. a {header, body} envelope; read the topic with the value "
+            "format auto or envelope"
+            if value[:1] in (b"{", b"[")
+            else ""
+        )
         raise MessageError("decode", f"magic byte is {seen}, not 0: not Confluent's wire format{hint}")
     if len(value) < PREFIX_BYTES:
-        raise MessageError("decode", f"truncated: {len(value)} byte(s), Confluent's wire format needs at least "
-                                     f"{PREFIX_BYTES} (the magic byte 0 and a 4-byte schema id)")
+        raise MessageError(
+            "decode",
+            f"truncated: {len(value)} byte(s), Confluent's wire format needs at least "
+            f"{PREFIX_BYTES} (the magic byte 0 and a 4-byte schema id)",
+        )
     return WireRecord(int.from_bytes(value[1:PREFIX_BYTES], "big"), bytes(value[PREFIX_BYTES:]))
 
 
@@ -167,16 +177,20 @@ def avro_reader(document: Any, schema_id: int) -> Callable[[bytes], Any]:
         try:
             value = schemaless_reader(buffer, parsed, None)
         except RecursionError:
-            raise MessageError("decode", f"Avro payload of schema id {schema_id} nested too deeply to "
-                                         "decode") from None
+            raise MessageError("decode", f"Avro payload of schema id {schema_id} nested too deeply to decode") from None
         except Exception as exc:  # noqa: BLE001 - fastavro raises EOFError, IndexError, UnicodeDecodeError ...
             what = f"{type(exc).__name__}: {safe_str(exc)}".rstrip(": ")
-            raise MessageError("decode", f"the payload is not Avro binary of schema id {schema_id} "
-                                         f"({len(payload)} bytes): {what[:300]}") from None
+            raise MessageError(
+                "decode",
+                f"the payload is not Avro binary of schema id {schema_id} ({len(payload)} bytes): {what[:300]}",
+            ) from None
         left = len(payload) - buffer.tell()
         if left:
-            raise MessageError("decode", f"{left} byte(s) left over after the Avro value of schema id "
-                                         f"{schema_id} ({len(payload)} bytes): written with another schema?")
+            raise MessageError(
+                "decode",
+                f"{left} byte(s) left over after the Avro value of schema id "
+                f"{schema_id} ({len(payload)} bytes): written with another schema?",
+            )
         return value
 
     return read
@@ -236,8 +250,17 @@ def _zoned(value: str | None) -> str | None:
         return None
 
 
-def synthesize_header(fields: Mapping[str, str], *, message_type: str, schema_name: str, version: int,
-                      topic: str, partition: int, offset: int, timestamp: int | None) -> Header:
+def synthesize_header(
+    fields: Mapping[str, str],
+    *,
+    message_type: str,
+    schema_name: str,
+    version: int,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: int | None,
+) -> Header:
     """The envelope header of a record in the wire format.
 
     - ``messageType``, ``schemaName``, ``schemaVersion``: as given (the pipeline's choice; the version is
@@ -254,10 +277,15 @@ def synthesize_header(fields: Mapping[str, str], *, message_type: str, schema_na
     if sent is None:
         moment = datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp is not None else datetime.now(UTC)
         sent = moment.isoformat(timespec="milliseconds")
-    return Header.model_construct(message_type=message_type, schema_name=schema_name,
-                                  schema_version=str(version),
-                                  correlation_id=fields.get("correlationId") or message_id,
-                                  message_id=message_id, timestamp=sent, producer=fields.get("producer", ""))
+    return Header.model_construct(
+        message_type=message_type,
+        schema_name=schema_name,
+        schema_version=str(version),
+        correlation_id=fields.get("correlationId") or message_id,
+        message_id=message_id,
+        timestamp=sent,
+        producer=fields.get("producer", ""),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,5 +307,4 @@ class WireSchema:
             document = json.loads(schema.text)
         avro = str(schema.format) == "AVRO"
         read = avro_reader(document, schema.schema_id) if avro else json_reader(schema.schema_id, max_depth)
-        return cls(schema.schema_id, schema, compiled, read, schema_message_type(document, str(schema.format)),
-                   avro)
+        return cls(schema.schema_id, schema, compiled, read, schema_message_type(document, str(schema.format)), avro)

@@ -44,9 +44,11 @@ class Shop:
 
     def summary(self) -> str:
         versions = ", ".join(f"v{v}: {n}" for v, n in sorted(self.order_book.by_version().items()))
-        return (f"shop: {len(self.order_book)} order(s) booked ({versions or '-'}), "
-                f"{len(self.tracker)} shipment(s) tracked, {sum(self.inventory.reserved.values())} item(s) "
-                "reserved")
+        return (
+            f"shop: {len(self.order_book)} order(s) booked ({versions or '-'}), "
+            f"{len(self.tracker)} shipment(s) tracked, {sum(self.inventory.reserved.values())} item(s) "
+            "reserved"
+        )
 
 
 def wire(consumer: KafkaConsumer, shop: Shop) -> None:
@@ -62,6 +64,10 @@ def register(consumer: KafkaConsumer, settings: Settings) -> Callable[[], None]:
     logs what the shop holds once the consumer stopped."""
     shop = Shop()
     wire(consumer, shop)
-    log.info("shop handlers registered on %s and %s (group %s)", shop.config.orders_topic,
-             shop.config.shipments_topic, consumer.group_id)
+    log.info(
+        "shop handlers registered on %s and %s (group %s)",
+        shop.config.orders_topic,
+        shop.config.shipments_topic,
+        consumer.group_id,
+    )
     return lambda: log.info("%s", shop.summary())

@@ -37,8 +37,16 @@ class OrderHandler(BaseHandler):
         if not self.inventory.reserve(order_id, dict(quantities)):
             log.info("order %s: stock not available yet (attempt %d)", order_id, message.attempt)
             return False
-        self.order_book.book(BookedOrder(order_id, message.message_id, message.header.version,
-                                         order.total.amount, str(order.total.currency), len(order.items)))
+        self.order_book.book(
+            BookedOrder(
+                order_id,
+                message.message_id,
+                message.header.version,
+                order.total.amount,
+                str(order.total.currency),
+                len(order.items),
+            )
+        )
         return True
 
 
@@ -56,6 +64,12 @@ class ShipmentHandler:
 
     def __call__(self, message: Message) -> None:
         shipment = message.body  # generated_models.shipments.v1.Shipment or .v2.Shipment
-        self.tracker.track(TrackedShipment(str(shipment.shipment_id), str(shipment.order_id),
-                                           str(shipment.carrier), str(shipment.status),
-                                           len(shipment.parcels)))
+        self.tracker.track(
+            TrackedShipment(
+                str(shipment.shipment_id),
+                str(shipment.order_id),
+                str(shipment.carrier),
+                str(shipment.status),
+                len(shipment.parcels),
+            )
+        )

@@ -125,8 +125,9 @@ class ShipmentTracker:
     def track(self, shipment: TrackedShipment) -> None:
         """Raises UnsupportedCarrier: the carrier is not one of ``carriers``."""
         if shipment.carrier not in self.carriers:
-            raise UnsupportedCarrier(f"no contract with carrier {shipment.carrier} "
-                                     f"(contracted: {', '.join(sorted(self.carriers))})")
+            raise UnsupportedCarrier(
+                f"no contract with carrier {shipment.carrier} (contracted: {', '.join(sorted(self.carriers))})"
+            )
         with self._lock:
             self._shipments[shipment.shipment_id] = shipment
 

@@ -92,8 +92,9 @@ async def until(condition: Callable[[], Any], what: str, timeout_s: float = UNTI
         raise AssertionError(f"timed out waiting for: {what}") from None
 
 
-async def until_committed(backend: Backend, topic: str, expected: dict[int, int | None],
-                          group: str | None = None) -> dict[int, int | None]:
+async def until_committed(
+    backend: Backend, topic: str, expected: dict[int, int | None], group: str | None = None
+) -> dict[int, int | None]:
     """Wait until the committed offsets of ``topic`` (its partitions 0 .. len(expected) - 1) are ``expected``."""
     last: dict[int, int | None] = {}
 
@@ -122,8 +123,9 @@ class Backend:
         """A new, empty topic (its name unique in the test)."""
         raise NotImplementedError
 
-    def produce(self, topic: str, records: Iterable[Produced], *, partition: int | None = None,
-                headers: Headers | None = None) -> None:
+    def produce(
+        self, topic: str, records: Iterable[Produced], *, partition: int | None = None, headers: Headers | None = None
+    ) -> None:
         """Produce values, or ``(key, value)`` pairs, in order, each with ``headers``; every record is stored
         when this returns."""
         raise NotImplementedError
@@ -132,8 +134,12 @@ class Backend:
         """A consumer of ``group`` (default :attr:`group`) with the test defaults: the repository's schemas
         through :class:`LocalFolderRegistry`, :data:`FAST_RETRY`, ``stop_when_idle``, commits every 0.2 s;
         ``options`` override them."""
-        defaults: dict[str, Any] = {"registry": LocalFolderRegistry(SCHEMAS), "retry": FAST_RETRY,
-                                    "stop_when_idle": True, "commit_interval_s": 0.2}
+        defaults: dict[str, Any] = {
+            "registry": LocalFolderRegistry(SCHEMAS),
+            "retry": FAST_RETRY,
+            "stop_when_idle": True,
+            "commit_interval_s": 0.2,
+        }
         return self._consumer(group or self.group, {**defaults, **options})
 
     def _consumer(self, group: str, options: dict[str, Any]) -> KafkaConsumer:
@@ -183,8 +189,9 @@ class MemoryBackend(Backend):
         self.broker.create_topic(name, partitions)
         return name
 
-    def produce(self, topic: str, records: Iterable[Produced], *, partition: int | None = None,
-                headers: Headers | None = None) -> None:
+    def produce(
+        self, topic: str, records: Iterable[Produced], *, partition: int | None = None, headers: Headers | None = None
+    ) -> None:
         for record in records:
             key, value = record if isinstance(record, tuple) else (None, record)
             self.broker.produce(topic, value, key, headers=headers, partition=partition)
@@ -193,8 +200,10 @@ class MemoryBackend(Backend):
         return KafkaConsumer(group_id=group, transport=self.broker.transport(), **options)
 
     def records(self, topic: str) -> list[Stored]:
-        return [Stored(r.topic(), r.partition(), r.offset(), r.key(), r.value(), r.headers() or [])
-                for r in self.broker.records(topic)]
+        return [
+            Stored(r.topic(), r.partition(), r.offset(), r.key(), r.value(), r.headers() or [])
+            for r in self.broker.records(topic)
+        ]
 
     def committed(self, topic: str, partitions: int = 1, group: str | None = None) -> dict[int, int | None]:
         return {p: self.broker.committed(group or self.group, topic, p) for p in range(partitions)}
@@ -244,8 +253,9 @@ class KafkaBackend(Backend):
     def topic(self, prefix: str = "orders", partitions: int = 1) -> str:
         return self._make_topic(prefix, partitions=partitions)
 
-    def produce(self, topic: str, records: Iterable[Produced], *, partition: int | None = None,
-                headers: Headers | None = None) -> None:
+    def produce(
+        self, topic: str, records: Iterable[Produced], *, partition: int | None = None, headers: Headers | None = None
+    ) -> None:
         from toolkit.consumer.testing import produce
 
         produce(self.bootstrap, topic, list(records), partition=partition, headers=headers)  # type: ignore[arg-type]
@@ -260,8 +270,10 @@ class KafkaBackend(Backend):
         count = records_in(self.bootstrap, topic)  # exact: reading stops at this count
         if not count:
             return []
-        return [Stored(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
-                for r in read_topic(self.bootstrap, topic, expected=count)]
+        return [
+            Stored(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+            for r in read_topic(self.bootstrap, topic, expected=count)
+        ]
 
     def committed(self, topic: str, partitions: int = 1, group: str | None = None) -> dict[int, int | None]:
         from toolkit.consumer.testing import committed
@@ -293,9 +305,10 @@ class RabbitBackend(Backend):
 
     name = "rabbitmq"
     unsupported = {
-        "test_a_member_joining_mid_run_takes_partitions_and_nothing_is_lost":
+        "test_a_member_joining_mid_run_takes_partitions_and_nothing_is_lost": (
             "AMQP has no group rebalance: consumers of a queue share its deliveries (or, with "
-            "single-active-consumer, one takes all); nothing is revoked from a member (docs/contracts.md)",
+            "single-active-consumer, one takes all); nothing is revoked from a member (docs/contracts.md)"
+        ),
     }
     """Tests of a behaviour AMQP does not have, with the reason; the ``backend`` fixture skips them."""
 
@@ -351,6 +364,7 @@ class RabbitBackend(Backend):
 
     def _amqp(self, coroutine: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run one AMQP conversation on a connection of its own (from any thread: a loop of its own)."""
+
         async def conversation() -> T:
             import aio_pika
 
@@ -368,8 +382,9 @@ class RabbitBackend(Backend):
         for name in queues:
             await channel.declare_queue(name, durable=True)
 
-    def produce(self, topic: str, records: Iterable[Produced], *, partition: int | None = None,
-                headers: Headers | None = None) -> None:
+    def produce(
+        self, topic: str, records: Iterable[Produced], *, partition: int | None = None, headers: Headers | None = None
+    ) -> None:
         import zlib
 
         count = self._partitions.get(topic, 1)
@@ -386,8 +401,9 @@ class RabbitBackend(Backend):
         self._amqp(self._publish, batch, headers)
 
     @staticmethod
-    async def _publish(connection: Any, batch: list[tuple[str, bytes | None, bytes | None]],
-                       headers: Headers | None) -> None:
+    async def _publish(
+        connection: Any, batch: list[tuple[str, bytes | None, bytes | None]], headers: Headers | None
+    ) -> None:
         import datetime
 
         import aio_pika
@@ -396,8 +412,9 @@ class RabbitBackend(Backend):
 
         channel = await connection.channel(publisher_confirms=True)
         for queue, key, value in batch:
-            message = aio_pika.Message(value or b"", headers=table_from_headers(key, headers),
-                                       timestamp=datetime.datetime.now(datetime.UTC))
+            message = aio_pika.Message(
+                value or b"", headers=table_from_headers(key, headers), timestamp=datetime.datetime.now(datetime.UTC)
+            )
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
 
     def _consumer(self, group: str, options: dict[str, Any]) -> KafkaConsumer:
@@ -409,8 +426,11 @@ class RabbitBackend(Backend):
     def records(self, topic: str) -> list[Stored]:
         if topic.endswith(".dlq"):
             return self._amqp(self._read, topic, topic, 0)
-        return [stored for p in range(self._partitions.get(topic, 1))
-                for stored in self._amqp(self._read, self.queue(topic, p), topic, p)]
+        return [
+            stored
+            for p in range(self._partitions.get(topic, 1))
+            for stored in self._amqp(self._read, self.queue(topic, p), topic, p)
+        ]
 
     @staticmethod
     async def _read(connection: Any, queue: str, topic: str, partition: int) -> list[Stored]:
@@ -451,6 +471,7 @@ class RabbitBackend(Backend):
 
     def delete_queues(self) -> None:
         """Delete the queues the test made (best effort: the names are unique anyway)."""
+
         async def delete(connection: Any, names: list[str]) -> None:
             for name in names:
                 channel = await connection.channel()

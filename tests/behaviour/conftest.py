@@ -12,8 +12,13 @@ import pytest
 from tests.behaviour.backends import Backend, KafkaBackend, MemoryBackend, RabbitBackend
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.integration),
-                        pytest.param("rabbitmq", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("kafka", marks=pytest.mark.integration),
+        pytest.param("rabbitmq", marks=pytest.mark.integration),
+    ]
+)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     name = request.param
     test = request.node.originalname
@@ -23,10 +28,18 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if name == "memory":
         yield MemoryBackend()
     elif name == "kafka":
-        yield KafkaBackend(request.getfixturevalue("kafka_bootstrap"), request.getfixturevalue("make_topic"),
-                           request.getfixturevalue("group_id"), request.getfixturevalue("monkeypatch"))
+        yield KafkaBackend(
+            request.getfixturevalue("kafka_bootstrap"),
+            request.getfixturevalue("make_topic"),
+            request.getfixturevalue("group_id"),
+            request.getfixturevalue("monkeypatch"),
+        )
     else:
-        rabbit = RabbitBackend(request.getfixturevalue("rabbitmq_url"), request.getfixturevalue("unique_name"),
-                               request.getfixturevalue("group_id"), request.getfixturevalue("monkeypatch"))
+        rabbit = RabbitBackend(
+            request.getfixturevalue("rabbitmq_url"),
+            request.getfixturevalue("unique_name"),
+            request.getfixturevalue("group_id"),
+            request.getfixturevalue("monkeypatch"),
+        )
         yield rabbit
         rabbit.delete_queues()

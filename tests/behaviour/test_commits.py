@@ -70,8 +70,12 @@ def test_a_dead_letter_refused_three_times_is_delivered_once_and_then_committed(
     consumer.register_handler(topic, lambda message: log.append(("handled", message.header.message_id)))
     run(consumer)
     attempts = [entry for entry in log if entry[0] == "dead letter"]
-    assert attempts == [("dead letter", 0, 0, 1, False), ("dead letter", 0, 0, 2, False),
-                        ("dead letter", 0, 0, 3, False), ("dead letter", 0, 0, 3, True)]
+    assert attempts == [
+        ("dead letter", 0, 0, 1, False),
+        ("dead letter", 0, 0, 2, False),
+        ("dead letter", 0, 0, 3, False),
+        ("dead letter", 0, 0, 3, True),
+    ]
     assert ("handled", "m1") in log
     stats = consumer.stats[topic]
     assert stats.dead_letter_send_failures == 3 and stats.dead_lettered == {"decode": 1}

@@ -36,8 +36,9 @@ def test_decorator_and_both_base_handler_methods_receive_their_messages(backend:
     consumer.register_handler(handle_topic, ByHandle())
     consumer.register_handler(process_topic, ByProcessMessage())
     run(consumer)
-    assert sorted(seen, key=str) == sorted([("decorated", "d0", v1.Order), ("handle", "h0", v2.Order),
-                                            ("_process_message", "p0", v1.Order)], key=str)
+    assert sorted(seen, key=str) == sorted(
+        [("decorated", "d0", v1.Order), ("handle", "h0", v2.Order), ("_process_message", "p0", v1.Order)], key=str
+    )
     for topic in (decorated_topic, handle_topic, process_topic):
         assert backend.committed(topic) == {0: 1}
         assert consumer.stats[topic].processed == 1
@@ -69,5 +70,4 @@ def test_plain_def_handlers_run_in_the_handler_threads_and_async_ones_on_the_loo
     assert threads["plain"] and threads["plain"] <= pool
     assert threads["method"] and threads["method"] <= pool
     assert threads["async"] == {threading.current_thread().name}
-    assert backend.committed(plain_topic) == backend.committed(method_topic) == backend.committed(async_topic) \
-        == {0: 3}
+    assert backend.committed(plain_topic) == backend.committed(method_topic) == backend.committed(async_topic) == {0: 3}

@@ -55,20 +55,52 @@ def test_hooks_are_called_in_order_with_the_outcomes(backend: Backend) -> None:
         by_offset[offset].append(event)
     attempt = ["A >", "B >"]
     assert by_offset == {
-        0: ["A record", "B record", *attempt, "handler 1", "B < True", "A < True",
-            "A Done 1 message", "B Done 1 message"],
-        1: ["A record", "B record", *attempt, "handler 1", "B < False", "A < False",
-            "A RetryAfter 1 message", "B RetryAfter 1 message",
-            *attempt, "handler 2", "B < True", "A < True", "A Done 2 message", "B Done 2 message"],
-        2: ["A record", "B record", "A ToDeadLetter decode 1 no message", "B ToDeadLetter decode 1 no message",
-            "A dead letter decode delivered", "B dead letter decode delivered"],
-        3: ["A record", "B record", "A >",  # A raised: neither B nor the handler ran
-            "A ToDeadLetter handler 1 message", "B ToDeadLetter handler 1 message",
-            "A dead letter handler delivered", "B dead letter handler delivered"],
+        0: [
+            "A record",
+            "B record",
+            *attempt,
+            "handler 1",
+            "B < True",
+            "A < True",
+            "A Done 1 message",
+            "B Done 1 message",
+        ],
+        1: [
+            "A record",
+            "B record",
+            *attempt,
+            "handler 1",
+            "B < False",
+            "A < False",
+            "A RetryAfter 1 message",
+            "B RetryAfter 1 message",
+            *attempt,
+            "handler 2",
+            "B < True",
+            "A < True",
+            "A Done 2 message",
+            "B Done 2 message",
+        ],
+        2: [
+            "A record",
+            "B record",
+            "A ToDeadLetter decode 1 no message",
+            "B ToDeadLetter decode 1 no message",
+            "A dead letter decode delivered",
+            "B dead letter decode delivered",
+        ],
+        3: [
+            "A record",
+            "B record",
+            "A >",  # A raised: neither B nor the handler ran
+            "A ToDeadLetter handler 1 message",
+            "B ToDeadLetter handler 1 message",
+            "A dead letter handler delivered",
+            "B dead letter handler delivered",
+        ],
     }
     dead = backend.dead_letters(topic)
-    assert [(d.json()["source"]["offset"], d.json()["error"]["stage"]) for d in dead] == [(2, "decode"),
-                                                                                         (3, "handler")]
+    assert [(d.json()["source"]["offset"], d.json()["error"]["stage"]) for d in dead] == [(2, "decode"), (3, "handler")]
     assert dead[1].json()["error"]["type"] == "builtins.RuntimeError"
     assert [original_record(d.value).value for d in dead] == [raws[2], raws[3]]
     stats = consumer.stats[topic]  # the built-in statistics are middleware too
@@ -87,8 +119,17 @@ def test_middleware_sees_each_record_as_the_broker_gives_it(backend: Backend) ->
 
     class Records(Middleware):
         def on_record(self, record) -> None:
-            seen.append((record.topic(), record.partition(), record.offset(), record.key(), record.headers(),
-                         record.timestamp()[0], record.timestamp()[1] > 0))
+            seen.append(
+                (
+                    record.topic(),
+                    record.partition(),
+                    record.offset(),
+                    record.key(),
+                    record.headers(),
+                    record.timestamp()[0],
+                    record.timestamp()[1] > 0,
+                )
+            )
 
     consumer = backend.consumer(middleware=[Records()])
     consumer.register_handler(topic, lambda message: messages.append((message.key, message.headers)))

@@ -90,8 +90,10 @@ def test_a_retry_backoff_holds_back_only_its_own_partition(backend: Backend) -> 
     async def first_run() -> None:
         task = asyncio.create_task(consumer.start())
         try:
-            await until(lambda: ("p0-0", 1) in seen and len([s for s in seen if s[0].startswith("p1")]) == 4,
-                        "partition 1 handled while partition 0 waits")
+            await until(
+                lambda: ("p0-0", 1) in seen and len([s for s in seen if s[0].startswith("p1")]) == 4,
+                "partition 1 handled while partition 0 waits",
+            )
             await until_committed(backend, topic, {0: None, 1: 4})
         finally:
             await consumer.stop()

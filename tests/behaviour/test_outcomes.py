@@ -127,8 +127,12 @@ def test_retry_with_its_own_delay_and_dead_letter_with_a_reason(backend: Backend
             if isinstance(outcome, RetryAfter):
                 delays.append(outcome.delay_s)
 
-    handler = Recorder({"m0": [Retry("stock service busy", delay_s=0.05)],
-                        "m1": [DeadLetter("no such customer", details={"customerId": "c-1"})]})
+    handler = Recorder(
+        {
+            "m0": [Retry("stock service busy", delay_s=0.05)],
+            "m1": [DeadLetter("no such customer", details={"customerId": "c-1"})],
+        }
+    )
     consumer = backend.consumer(middleware=[Delays()])
     consumer.register_handler(topic, handler)
     run(consumer)
@@ -136,8 +140,7 @@ def test_retry_with_its_own_delay_and_dead_letter_with_a_reason(backend: Backend
     assert delays == [0.05]  # Retry's own delay, not the policy's (0.02)
     (dl,) = backend.dead_letters(topic)
     error = dl.json()["error"]
-    assert (error["stage"], error["reason"], error["details"]) == ("handler", "no such customer",
-                                                                   {"customerId": "c-1"})
+    assert (error["stage"], error["reason"], error["details"]) == ("handler", "no such customer", {"customerId": "c-1"})
     assert dl.json()["source"]["offset"] == 1 and dl.json()["source"]["attempts"] == 1
     stats = consumer.stats[topic]
     assert (stats.retried, stats.processed, stats.dead_lettered) == (1, 2, {"handler": 1})

@@ -49,10 +49,14 @@ EXTRA_KEY = "x_corpus_extra"
 # generated and no body judged: subject -> (words of the refusal, why). Any other refusal fails the corpus
 # tests, and so does a listed schema that is no longer refused.
 REFUSED = {
-    "licenses-1": ('the root has no "type"', "the root has no type: the validator takes any JSON value, a "
-                                            "model only an object"),
-    "prometheus-rules": ("the root's type is a list", 'the root\'s type is ["object", "null"]: the model takes '
-                                                      "only the object"),
+    "licenses-1": (
+        'the root has no "type"',
+        "the root has no type: the validator takes any JSON value, a model only an object",
+    ),
+    "prometheus-rules": (
+        "the root's type is a list",
+        'the root\'s type is ["object", "null"]: the model takes only the object',
+    ),
 }
 
 
@@ -145,8 +149,10 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
         instance = Pipeline._build(value, subject.model)  # stage "model": model_validate of that value
     except MessageError as exc:
         detail = exc.details[0] if exc.details else {"path": "", "message": str(exc)}
-        _fail(tally, f"{kind}: validator accepts, model rejects at {detail['path']}: {detail['message']} "
-                     f"(body {_short(body)})")
+        _fail(
+            tally,
+            f"{kind}: validator accepts, model rejects at {detail['path']}: {detail['message']} (body {_short(body)})",
+        )
         return
     try:
         dumped = instance.model_dump(mode="json" if is_json else "python", by_alias=True, exclude_unset=True)
@@ -160,8 +166,9 @@ def judge(subject: Subject, body: Any, tally: Tally, kind: str) -> None:
     if not is_json:
         where = _wrong_branch(subject, body, instance)
         if where is not None:
-            _fail(tally, f"{kind}: the model holds another union branch than the body's at {where} "
-                         f"(body {_short(body)})")
+            _fail(
+                tally, f"{kind}: the model holds another union branch than the body's at {where} (body {_short(body)})"
+            )
             return
     tally.agreed += 1
 
@@ -204,8 +211,9 @@ def _difference(expected: Any, got: Any, path: str) -> str | None:
     elif isinstance(expected, str) and isinstance(got, str):  # a str enum member is its value
         same = expected == got or _same_formatted(expected, got)
     else:
-        same = type(expected) is type(got) or (isinstance(expected, (int, float)) and isinstance(got, (int, float))
-                                              and not isinstance(expected, Decimal))
+        same = type(expected) is type(got) or (
+            isinstance(expected, (int, float)) and isinstance(got, (int, float)) and not isinstance(expected, Decimal)
+        )
         same = same and expected == got
     return None if same else f"{path} (expected {_short(expected, 80)}, got {_short(got, 80)})"
 
@@ -217,8 +225,11 @@ def _same_formatted(expected: str, got: str) -> bool:
     """A date-time, date, time, uuid, IP address or e-mail address that pydantic spells its own way ("Z" for
     "+00:00", lower-case hex, IPv6 compressed, the e-mail domain in lower case): the same value, with the
     same UTC offset, counts as given back."""
-    if "@" in expected and expected.rpartition("@")[0] == got.rpartition("@")[0] \
-            and expected.rpartition("@")[2].lower() == got.rpartition("@")[2]:
+    if (
+        "@" in expected
+        and expected.rpartition("@")[0] == got.rpartition("@")[0]
+        and expected.rpartition("@")[2].lower() == got.rpartition("@")[2]
+    ):
         return True
     for adapter in _FORMATTED:
         try:
@@ -230,8 +241,17 @@ def _same_formatted(expected: str, got: str) -> bool:
     return False
 
 
-_PRIMITIVE_TYPES = {"string": str, "bytes": bytes, "int": int, "long": int, "float": float, "double": float,
-                    "boolean": bool, "array": list, "map": dict}
+_PRIMITIVE_TYPES = {
+    "string": str,
+    "bytes": bytes,
+    "int": int,
+    "long": int,
+    "float": float,
+    "double": float,
+    "boolean": bool,
+    "array": list,
+    "map": dict,
+}
 
 
 def _wrong_branch(subject: Subject, body: Any, instance: BaseModel) -> str | None:
@@ -264,8 +284,11 @@ def _check_branch(schema: Any, body: Any, value: Any, named: dict, path: str) ->
                 return f"{path} (body names {label}, the model holds {type(value).__name__})"
         elif label in _PRIMITIVE_TYPES:
             wanted = _PRIMITIVE_TYPES[label]
-            if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)) \
-                    or (wanted is str and isinstance(value, Enum)):
+            if (
+                not isinstance(value, wanted)
+                or (wanted is int and isinstance(value, bool))
+                or (wanted is str and isinstance(value, Enum))
+            ):
                 return f"{path} (body names {label}, the model holds {type(value).__name__})"
         return _check_branch(branch, inner, value, named, path)
     if not isinstance(schema, dict):
@@ -275,8 +298,9 @@ def _check_branch(schema: Any, body: Any, value: Any, named: dict, path: str) ->
         by_alias = {(info.alias or name): getattr(value, name) for name, info in type(value).model_fields.items()}
         for item in schema["fields"]:
             if item["name"] in body and item["name"] in by_alias:
-                where = _check_branch(item["type"], body[item["name"]], by_alias[item["name"]], named,
-                                      f"{path}.{item['name']}")
+                where = _check_branch(
+                    item["type"], body[item["name"]], by_alias[item["name"]], named, f"{path}.{item['name']}"
+                )
                 if where is not None:
                     return where
     elif kind == "array" and isinstance(body, list) and isinstance(value, list):
@@ -474,8 +498,11 @@ class _AvroStrategies:
             return st.sampled_from(schema["symbols"])
         if kind == "fixed":
             logical = self._logical(schema)
-            return logical if logical is not None else st.binary(min_size=schema["size"],
-                                                                 max_size=schema["size"]).map(_latin1)
+            return (
+                logical
+                if logical is not None
+                else st.binary(min_size=schema["size"], max_size=schema["size"]).map(_latin1)
+            )
         required, optional = {}, {}
         for item in schema["fields"]:
             (optional if "default" in item else required)[item["name"]] = self.build(item["type"])
@@ -515,8 +542,11 @@ class _AvroStrategies:
                 limit = min(limit, 2 ** (8 * size - 1) - 1)
             return st.integers(-limit, limit).map(lambda n: _latin1(_signed_bytes(n, size)))
         if logical == "big-decimal" and kind == "bytes":
-            return st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
-                lambda d: abs(d.as_tuple().exponent) < 30).map(lambda d: _latin1(big_decimal_bytes(d)))
+            return (
+                st.decimals(allow_nan=False, allow_infinity=False, places=None)
+                .filter(lambda d: abs(d.as_tuple().exponent) < 30)
+                .map(lambda d: _latin1(big_decimal_bytes(d)))
+            )
         if logical == "uuid" and kind == "string":
             return st.uuids().map(str)
         if logical == "date" and kind == "int":

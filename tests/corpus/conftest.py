@@ -22,8 +22,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         return
     total = Tally()
     for tally in TALLIES.values():
-        for name in ("valid", "valid_accepted", "mutants", "mutants_accepted", "mutants_rejected",
-                     "model_also_rejects", "agreed"):
+        for name in (
+            "valid",
+            "valid_accepted",
+            "mutants",
+            "mutants_accepted",
+            "mutants_rejected",
+            "model_also_rejects",
+            "agreed",
+        ):
             setattr(total, name, getattr(total, name) + getattr(tally, name))
         total.failures += tally.failures
         total.kinds.update(tally.kinds)
@@ -34,7 +41,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         f"{len(TALLIES)} schemas; valid bodies generated {total.valid} (validator accepts {total.valid_accepted}); "
         f"mutants {total.mutants} (validator accepts {total.mutants_accepted}, rejects {total.mutants_rejected}; "
         f"the model alone also rejects {total.model_also_rejects} of the JSON Schema ones); "
-        f"agreement on accepted bodies {total.agreed}/{accepted} = {share:.1f}%")
+        f"agreement on accepted bodies {total.agreed}/{accepted} = {share:.1f}%"
+    )
     for what, count in sorted(total.kinds.items()):
         terminalreporter.write_line(f"  {what}: {count}")
     terminalreporter.write_line(f"refused by toolkit.formats, not judged: {len(REFUSED)}")

@@ -26,9 +26,17 @@ from tests.corpus.conftest import TALLIES
 EXAMPLES = 20
 # hypothesis-jsonschema takes seconds per body on these (large oneOf/anyOf trees, open objects): fewer
 # bodies keep the whole corpus run near two minutes on two cores.
-FEWER_EXAMPLES = {"readthedocs": 3, "feed-1": 5, "taskfile": 4, "github-actions": 5,
-                  "dotnet-releases-index": 5, "json-patch": 8, "web-manifest-share-target": 8,
-                  "odgs-ontology-graph": 8, "schema-catalog": 8}
+FEWER_EXAMPLES = {
+    "readthedocs": 3,
+    "feed-1": 5,
+    "taskfile": 4,
+    "github-actions": 5,
+    "dotnet-releases-index": 5,
+    "json-patch": 8,
+    "web-manifest-share-target": 8,
+    "odgs-ontology-graph": 8,
+    "schema-catalog": 8,
+}
 SUBJECTS = sorted(load_corpus())
 
 
@@ -45,8 +53,13 @@ def test_validator_and_model_agree(name: str, corpus_subjects: dict[str, Subject
     rng = random.Random(name)
     bodies = valid_bodies(subject.schema_file)
 
-    @settings(max_examples=FEWER_EXAMPLES.get(name, EXAMPLES), derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=FEWER_EXAMPLES.get(name, EXAMPLES),
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(bodies)
     def run(body: object) -> None:
         tally.valid += 1
@@ -79,8 +92,12 @@ def test_the_hypothesis_jsonschema_shim_is_scoped_to_its_block() -> None:
     from toolkit.layout import SchemaFile, SchemaFormat
 
     before = cu.many.__dict__.get("more")
-    document = {"type": "object", "required": ["a"], "minProperties": 2,
-                "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}
+    document = {
+        "type": "object",
+        "required": ["a"],
+        "minProperties": 2,
+        "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+    }
     bodies = valid_bodies(SchemaFile("shim", 1, SchemaFormat.JSON, Path("shim/1.json"), "", document))
     drawn: list[object] = []
 

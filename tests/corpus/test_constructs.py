@@ -48,12 +48,25 @@ def _agree(compiled: Any, model: type[BaseModel], body: Any, mode: str = "json")
 
 def test_pattern_properties_under_a_closed_object_are_kept(tmp_path: Path) -> None:
     # A GitHub workflow's strategy.matrix, JSON Feed's "_"-prefixed extension keys.
-    schema = {"title": "Workflow", "type": "object", "additionalProperties": False,
-              "patternProperties": {"^_[a-zA-Z]": {"type": "object"}},
-              "properties": {"strategy": {"type": "object", "properties": {"matrix": {
-                  "type": "object", "additionalProperties": False,
-                  "properties": {"include": {"type": "array"}},
-                  "patternProperties": {"^(os|node)$": {"type": "array", "items": {"type": "string"}}}}}}}}
+    schema = {
+        "title": "Workflow",
+        "type": "object",
+        "additionalProperties": False,
+        "patternProperties": {"^_[a-zA-Z]": {"type": "object"}},
+        "properties": {
+            "strategy": {
+                "type": "object",
+                "properties": {
+                    "matrix": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"include": {"type": "array"}},
+                        "patternProperties": {"^(os|node)$": {"type": "array", "items": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
     compiled, model = _build(tmp_path, "matrix", schema, SchemaFormat.JSON, "Workflow")
     body = {"_ext": {"about": "x"}, "strategy": {"matrix": {"os": ["ubuntu", "macos"], "include": [{"os": "win"}]}}}
     instance = _agree(compiled, model, body)
@@ -62,29 +75,51 @@ def test_pattern_properties_under_a_closed_object_are_kept(tmp_path: Path) -> No
 
 def test_open_objects_keep_unknown_properties(tmp_path: Path) -> None:
     # CloudEvents: extension attributes are top-level properties the schema does not list.
-    schema = {"title": "CloudEvent", "type": "object", "required": ["id", "specversion"],
-              "properties": {"id": {"type": "string"}, "specversion": {"type": "string"},
-                             "data": {"type": "object", "properties": {"n": {"type": "integer"}}}}}
+    schema = {
+        "title": "CloudEvent",
+        "type": "object",
+        "required": ["id", "specversion"],
+        "properties": {
+            "id": {"type": "string"},
+            "specversion": {"type": "string"},
+            "data": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        },
+    }
     compiled, model = _build(tmp_path, "ce", schema, SchemaFormat.JSON, "CloudEvent")
-    instance = _agree(compiled, model, {"id": "1", "specversion": "1.0", "traceparent": "00-ab",
-                                        "data": {"n": 1, "more": [1, 2]}})
+    instance = _agree(
+        compiled, model, {"id": "1", "specversion": "1.0", "traceparent": "00-ab", "data": {"n": 1, "more": [1, 2]}}
+    )
     assert instance.model_extra == {"traceparent": "00-ab"}
 
 
 def test_typeless_subschemas_accept_other_types(tmp_path: Path) -> None:
-    schema = {"title": "Feed", "type": "object", "properties": {
-        "item": {"properties": {"id": {"type": "string"}}, "required": ["id"]},
-        "list": {"items": {"type": "integer"}}}}
+    schema = {
+        "title": "Feed",
+        "type": "object",
+        "properties": {
+            "item": {"properties": {"id": {"type": "string"}}, "required": ["id"]},
+            "list": {"items": {"type": "integer"}},
+        },
+    }
     compiled, model = _build(tmp_path, "typeless", schema, SchemaFormat.JSON, "Feed")
-    for body in ({"item": {"id": "a", "x": 1}, "list": [1, 2]}, {"item": 5, "list": "not a list"},
-                 {"item": ["a"], "list": {"a": 1}}):
+    for body in (
+        {"item": {"id": "a", "x": 1}, "list": [1, 2]},
+        {"item": 5, "list": "not a list"},
+        {"item": ["a"], "list": {"a": 1}},
+    ):
         _agree(compiled, model, body)
 
 
 def test_enums_come_back_as_sent(tmp_path: Path) -> None:
-    schema = {"title": "Flags", "type": "object", "properties": {
-        "mixed": {"enum": [1, "1", True, None, "x"]}, "off": {"anyOf": [{"type": "boolean"}, {"enum": ["off"]}]},
-        "status": {"enum": ["A", "B"]}}}
+    schema = {
+        "title": "Flags",
+        "type": "object",
+        "properties": {
+            "mixed": {"enum": [1, "1", True, None, "x"]},
+            "off": {"anyOf": [{"type": "boolean"}, {"enum": ["off"]}]},
+            "status": {"enum": ["A", "B"]},
+        },
+    }
     compiled, model = _build(tmp_path, "enums", schema, SchemaFormat.JSON, "Flags")
     for value in (1, "1", True, None, "x"):
         _agree(compiled, model, {"mixed": value})
@@ -94,8 +129,11 @@ def test_enums_come_back_as_sent(tmp_path: Path) -> None:
 
 
 def test_avro_big_decimal_is_a_decimal(tmp_path: Path) -> None:
-    schema = {"type": "record", "name": "Amount", "fields": [
-        {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}}]}
+    schema = {
+        "type": "record",
+        "name": "Amount",
+        "fields": [{"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}}],
+    }
     compiled, model = _build(tmp_path, "bigdec", schema, SchemaFormat.AVRO, "Amount")
     for text in ("0", "-1.50", "123456789012345678901234567890.123", "1E+5"):
         body = {"value": big_decimal_bytes(Decimal(text)).decode("iso-8859-1")}
@@ -104,10 +142,15 @@ def test_avro_big_decimal_is_a_decimal(tmp_path: Path) -> None:
 
 
 def test_avro_fields_with_a_default_stay_non_optional(tmp_path: Path) -> None:
-    schema = {"type": "record", "name": "Prefs", "fields": [
-        {"name": "flag", "type": "boolean", "default": False},
-        {"name": "tags", "type": {"type": "map", "values": "string"}, "default": {}},
-        {"name": "note", "type": ["null", "string"], "default": None}]}
+    schema = {
+        "type": "record",
+        "name": "Prefs",
+        "fields": [
+            {"name": "flag", "type": "boolean", "default": False},
+            {"name": "tags", "type": {"type": "map", "values": "string"}, "default": {}},
+            {"name": "note", "type": ["null", "string"], "default": None},
+        ],
+    }
     compiled, model = _build(tmp_path, "defaults", schema, SchemaFormat.AVRO, "Prefs")
     instance = _agree(compiled, model, {}, mode="python")
     assert (instance.flag, instance.tags, instance.note) == (False, {}, None)
@@ -143,8 +186,14 @@ def test_roots_the_model_cannot_follow_are_refused() -> None:
 
 
 def test_formats_come_back_as_sent(tmp_path: Path) -> None:
-    schema = {"title": "Formats", "type": "object", "properties": {
-        "uri": {"type": "string", "format": "uri"}, "duration": {"type": "string", "format": "duration"}}}
+    schema = {
+        "title": "Formats",
+        "type": "object",
+        "properties": {
+            "uri": {"type": "string", "format": "uri"},
+            "duration": {"type": "string", "format": "duration"},
+        },
+    }
     compiled, model = _build(tmp_path, "formats", schema, SchemaFormat.JSON, "Formats")
     _agree(compiled, model, {"uri": "https://Example.COM", "duration": "P1M"})  # AnyUrl, timedelta: not so
 
@@ -152,8 +201,14 @@ def test_formats_come_back_as_sent(tmp_path: Path) -> None:
 @pytest.mark.parametrize("address", ["a@b", "ops@localhost", "A@Example.COM"])
 def test_email_addresses_come_back_as_sent(address: str, tmp_path: Path) -> None:
     # EmailStr refused the first two (dead-lettered at stage model) and lower-cased the third's domain.
-    schema = {"title": "Contact", "type": "object", "properties": {
-        "email": {"type": "string", "format": "email"}, "idn": {"type": "string", "format": "idn-email"}}}
+    schema = {
+        "title": "Contact",
+        "type": "object",
+        "properties": {
+            "email": {"type": "string", "format": "email"},
+            "idn": {"type": "string", "format": "idn-email"},
+        },
+    }
     compiled, model = _build(tmp_path, "emails", schema, SchemaFormat.JSON, "Contact")
     instance = _agree(compiled, model, {"email": address, "idn": address})
     assert (instance.email, instance.idn) == (address, address)
@@ -165,12 +220,21 @@ def test_ambiguous_avro_unions_are_refused() -> None:
     a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
     b = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "long"}]}
     c = {"type": "record", "name": "C", "fields": [{"name": "y", "type": "int"}]}
-    root = {"type": "record", "name": "R", "fields": [
-        {"name": "ab", "type": [a, b]}, {"name": "ac", "type": ["null", "A", c]},
-        {"name": "em", "type": [{"type": "enum", "name": "E", "symbols": ["X"]}, "string"]},
-        {"name": "fx", "type": {"type": "array", "items": [{"type": "fixed", "name": "F", "size": 4}, "bytes"]}}]}
+    root = {
+        "type": "record",
+        "name": "R",
+        "fields": [
+            {"name": "ab", "type": [a, b]},
+            {"name": "ac", "type": ["null", "A", c]},
+            {"name": "em", "type": [{"type": "enum", "name": "E", "symbols": ["X"]}, "string"]},
+            {"name": "fx", "type": {"type": "array", "items": [{"type": "fixed", "name": "F", "size": 4}, "bytes"]}},
+        ],
+    }
     assert [e.field for e in AVRO.unsupported("x.avsc", root)] == [
-        "$.fields[0].type", "$.fields[2].type", "$.fields[3].type.items"]
+        "$.fields[0].type",
+        "$.fields[2].type",
+        "$.fields[3].type.items",
+    ]
 
 
 def test_an_unknown_key_spelled_like_a_python_name_stays_unknown(tmp_path: Path) -> None:
@@ -194,15 +258,19 @@ def test_known_limit_of_date_time(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("data", [b"", b"\x04\x01", b"\x02\x01", b"\x02\x01\x02\x00", b"\x00\x00"])
 def test_a_malformed_big_decimal_fails_validation(data: bytes) -> None:
-    schema = {"type": "record", "name": "Amount", "fields": [
-        {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}}]}
+    schema = {
+        "type": "record",
+        "name": "Amount",
+        "fields": [{"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}}],
+    }
     compiled = compile_schema(RegisteredSchema("bigdec", 1, SchemaFormat.AVRO, json.dumps(schema)))
     with pytest.raises(MessageError, match=r"\$\.value: not a valid big-decimal"):
         compiled.decode({"value": data.decode("iso-8859-1")})
 
 
-def test_the_corpus_check_sees_a_union_branch_the_model_swapped(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_corpus_check_sees_a_union_branch_the_model_swapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Why toolkit.formats refuses an ambiguous Avro union: the model takes {"B": {"x": 1}} as an A (the
     model is generated here with the refusal switched off; the corpus harness sees the swap)."""
     a = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
@@ -212,8 +280,12 @@ def test_the_corpus_check_sees_a_union_branch_the_model_swapped(tmp_path: Path,
         _build(tmp_path, "refused", root, SchemaFormat.AVRO, "R")
     monkeypatch.setattr(AVRO, "unsupported", lambda path, document: [])
     compiled, model = _build(tmp_path, "swapped", root, SchemaFormat.AVRO, "R")
-    subject = Subject("swapped", SchemaFile("swapped", 1, SchemaFormat.AVRO, Path("swapped/1.avsc"), json.dumps(root),
-                                            root), compiled=compiled, model=model)
+    subject = Subject(
+        "swapped",
+        SchemaFile("swapped", 1, SchemaFormat.AVRO, Path("swapped/1.avsc"), json.dumps(root), root),
+        compiled=compiled,
+        model=model,
+    )
     tally = Tally()
     judge(subject, {"ab": {"B": {"x": 1}}}, tally, "valid")
     assert tally.failures and "another union branch" in tally.failures[0]

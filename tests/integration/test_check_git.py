@@ -14,11 +14,16 @@ from pathlib import Path
 import pytest
 
 V1 = {"type": "record", "name": "Order", "fields": [{"name": "id", "type": "string"}]}
-V2_COMPATIBLE = {"type": "record", "name": "Order",
-                 "fields": [{"name": "id", "type": "string"},
-                            {"name": "note", "type": "string", "default": ""}]}
-V2_BREAKING = {"type": "record", "name": "Order",
-               "fields": [{"name": "id", "type": "string"}, {"name": "email", "type": "string"}]}
+V2_COMPATIBLE = {
+    "type": "record",
+    "name": "Order",
+    "fields": [{"name": "id", "type": "string"}, {"name": "note", "type": "string", "default": ""}],
+}
+V2_BREAKING = {
+    "type": "record",
+    "name": "Order",
+    "fields": [{"name": "id", "type": "string"}, {"name": "email", "type": "string"}],
+}
 
 
 def git(repo: Path, *args: str) -> str:
@@ -26,8 +31,13 @@ def git(repo: Path, *args: str) -> str:
 
 
 def epistle_check(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", "check", "--schemas", "schemas", *args],
-                          cwd=repo, capture_output=True, text=True, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "check", "--schemas", "schemas", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
 
 
 def _env() -> dict[str, str]:
@@ -97,7 +107,8 @@ def test_adding_an_incompatible_version_fails_with_the_reason(repo: Path) -> Non
     assert result.returncode == 1
     findings = json.loads(result.stdout)["findings"]
     assert [(f["rule"], f["path"], f["reader_version"], f["writer_version"]) for f in findings] == [
-        ("READER_FIELD_MISSING_DEFAULT_VALUE", "$.email", 2, 1)]
+        ("READER_FIELD_MISSING_DEFAULT_VALUE", "$.email", 2, 1)
+    ]
     assert findings[0]["message"].startswith("Consumers upgraded to v2 cannot read records written with v1")
     text = epistle_check(repo).stdout
     assert "ERROR   v2 reading v1  $.email  [READER_FIELD_MISSING_DEFAULT_VALUE]" in text

@@ -16,8 +16,7 @@ from tests.compat_cases import CASES
 from toolkit.cli import app
 
 SECRET = "check-s3cret-pw"
-AVRO_V1 = {"type": "record", "name": "Parcel", "namespace": "test.check",
-           "fields": [{"name": "id", "type": "string"}]}
+AVRO_V1 = {"type": "record", "name": "Parcel", "namespace": "test.check", "fields": [{"name": "id", "type": "string"}]}
 AVRO_V2 = {**AVRO_V1, "fields": [*AVRO_V1["fields"], {"name": "kg", "type": "double", "default": 0.0}]}
 
 
@@ -49,7 +48,8 @@ def no_registry_settings(monkeypatch, tmp_path):
 
 
 def test_check_reports_where_the_registry_disagrees_and_leaves_no_scratch_subject(
-        registry_url, unique_name, tmp_path, no_registry_settings):
+    registry_url, unique_name, tmp_path, no_registry_settings
+):
     case = _case("json-required-with-default-added-closed")  # we accept it under BACKWARD, Apicurio refuses
     disputed, agreed = unique_name("contacts"), unique_name("parcels")
     root = tmp_path / "schemas"

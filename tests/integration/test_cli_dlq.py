@@ -41,8 +41,9 @@ def env(bootstrap: str, **extra: str) -> dict[str, str]:
 
 
 def epistle(bootstrap: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*EPISTLE, *args], cwd=ROOT, env=env(bootstrap), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*EPISTLE, *args], cwd=ROOT, env=env(bootstrap), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def dead_letter(bootstrap: str, topic: str, group: str, *, fail: tuple[str, ...] = ("boom",)) -> None:
@@ -53,16 +54,28 @@ def dead_letter(bootstrap: str, topic: str, group: str, *, fail: tuple[str, ...]
         if message.header.message_id in fail:
             raise RuntimeError(f"downstream down for {message.header.message_id}")
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, registry=LocalFolderRegistry(SCHEMAS),
-                             retry=RetryPolicy(max_attempts=1, initial_s=0.01, max_s=0.02), stop_when_idle=True,
-                             commit_interval_s=0.2)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        registry=LocalFolderRegistry(SCHEMAS),
+        retry=RetryPolicy(max_attempts=1, initial_s=0.01, max_s=0.02),
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+    )
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 90))
 
 
-MIXED = [(b"k0", b"not json 0"), (b"k1", b'{"header": "abc'), (b"k2", b"not json 2"),
-         (b"k3", b'{"header": {}, "body": {}}'), (b"k4", order("v1", orderId=5)), (b"k5", order("ok-1")),
-         (b"k6", order("boom", message_type="OrderCancelled")), (b"k7", order("v2", orderId=6))]
+MIXED = [
+    (b"k0", b"not json 0"),
+    (b"k1", b'{"header": "abc'),
+    (b"k2", b"not json 2"),
+    (b"k3", b'{"header": {}, "body": {}}'),
+    (b"k4", order("v1", orderId=5)),
+    (b"k5", order("ok-1")),
+    (b"k6", order("boom", message_type="OrderCancelled")),
+    (b"k7", order("v2", orderId=6)),
+]
 MIXED_STAGES = ["decode", "decode", "decode", "envelope", "validation", "handler", "validation"]
 
 
@@ -77,8 +90,8 @@ def mixed_dead_letters(bootstrap: str, make_topic, group_id: str) -> tuple[str, 
 
 # -- stats and show ------------------------------------------------------------------------------------------
 
-def test_stats_counts_by_each_dimension_and_skips_what_is_not_a_dead_letter(kafka_bootstrap, make_topic,
-                                                                             group_id):
+
+def test_stats_counts_by_each_dimension_and_skips_what_is_not_a_dead_letter(kafka_bootstrap, make_topic, group_id):
     _, dlq = mixed_dead_letters(kafka_bootstrap, make_topic, group_id)
     produce(kafka_bootstrap, dlq, [b"not a dead letter"])
     proc = epistle(kafka_bootstrap, "stats", dlq, "--json")
@@ -136,14 +149,21 @@ def test_a_missing_topic_and_a_missing_broker_are_one_message_each(kafka_bootstr
         assert proc.returncode == 1, proc.stderr
         assert f"error: topic '{topic}-nope.dlq' does not exist" in proc.stderr
         assert "Traceback" not in proc.stderr
-    proc = subprocess.run([*EPISTLE, "stats", "orders.dlq"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env=env("127.0.0.1:1", KAFKA_STARTUP_TIMEOUT_S="1"))
+    proc = subprocess.run(
+        [*EPISTLE, "stats", "orders.dlq"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env("127.0.0.1:1", KAFKA_STARTUP_TIMEOUT_S="1"),
+    )
     assert proc.returncode == 1
     assert "no Kafka broker answered at 127.0.0.1:1 within 1s" in proc.stderr
     assert "KAFKA_BOOTSTRAP_SERVERS" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # -- tail ------------------------------------------------------------------------------------------------------
+
 
 def _lines(stream, into: queue.Queue) -> None:
     for line in stream:
@@ -160,16 +180,31 @@ def _wait_for(lines: queue.Queue, predicate, seen: list[str], limit_s: float = 6
             pass
 
 
-def test_tail_prints_new_dead_letters_as_they_come_and_ctrl_c_ends_it(kafka_bootstrap, make_topic, admin,
-                                                                      group_id):
+def test_tail_prints_new_dead_letters_as_they_come_and_ctrl_c_ends_it(kafka_bootstrap, make_topic, admin, group_id):
     topic = make_topic("orders")
     dlq = f"{topic}.dlq"
     admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1)])[dlq].result(timeout=30)
-    produce(kafka_bootstrap, dlq, [build_dead_letter(
-        SourceRecord(topic, 0, 0, None, b"old", [], None), stage="decode", reason="an old one",
-        consumer_group="g", attempts=1).value])
-    proc = subprocess.Popen([*EPISTLE, "tail", dlq, "--json"], cwd=ROOT, env=env(kafka_bootstrap),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    produce(
+        kafka_bootstrap,
+        dlq,
+        [
+            build_dead_letter(
+                SourceRecord(topic, 0, 0, None, b"old", [], None),
+                stage="decode",
+                reason="an old one",
+                consumer_group="g",
+                attempts=1,
+            ).value
+        ],
+    )
+    proc = subprocess.Popen(
+        [*EPISTLE, "tail", dlq, "--json"],
+        cwd=ROOT,
+        env=env(kafka_bootstrap),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = queue.Queue(), queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
     threading.Thread(target=_lines, args=(proc.stderr, err), daemon=True).start()
@@ -194,6 +229,7 @@ def test_tail_prints_new_dead_letters_as_they_come_and_ctrl_c_ends_it(kafka_boot
 
 # -- replay ----------------------------------------------------------------------------------------------------
 
+
 def replayed(records) -> list:
     """The records of a topic that a replay wrote, by the dead letter they came from."""
     return [r for r in records if any(name == REPLAYED_FROM for name, _ in r.headers)]
@@ -204,12 +240,15 @@ def replayed_from(record) -> str:
     return value.decode()
 
 
-def test_replay_gives_back_the_exact_originals_once_and_dry_run_sends_nothing(kafka_bootstrap, make_topic,
-                                                                              group_id):
+def test_replay_gives_back_the_exact_originals_once_and_dry_run_sends_nothing(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("orders")
     headers = [("trace", b"\x00\xff"), ("null", None), ("trace", b"twice")]
-    produce(kafka_bootstrap, topic, [(b"k-\xff", b"\xc3\x28 not utf8"), (None, order("boom")), (b"k", order("ok"))],
-            headers=headers)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [(b"k-\xff", b"\xc3\x28 not utf8"), (None, order("boom")), (b"k", order("ok"))],
+        headers=headers,
+    )
     dead_letter(kafka_bootstrap, topic, group_id)
     dlq = f"{topic}.dlq"
     originals = read_topic(kafka_bootstrap, topic, expected=3)[:2]
@@ -225,7 +264,8 @@ def test_replay_gives_back_the_exact_originals_once_and_dry_run_sends_nothing(ka
     assert f"2 replayed; recorded in group epistle-dlq-replay.{dlq}" in proc.stdout
     back = replayed(read_topic(kafka_bootstrap, topic, expected=5))
     assert [(r.partition, r.key, r.value, r.timestamp) for r in back] == [
-        (o.partition, o.key, o.value, o.timestamp) for o in originals]
+        (o.partition, o.key, o.value, o.timestamp) for o in originals
+    ]
     for record, original in zip(back, originals, strict=True):
         assert record.headers[:-1] == original.headers == headers  # null values stay null, order kept
     assert [replayed_from(r) for r in back] == [f"{dlq}:0:0", f"{dlq}:0:1"]
@@ -245,8 +285,7 @@ def test_replay_with_filters_into_another_topic_then_the_rest(kafka_bootstrap, m
     first = epistle(kafka_bootstrap, "replay", dlq, "--to", target, "--stage", "validation")
     assert first.returncode == 0, first.stderr
     assert "2 replayed, 5 not selected" in first.stdout
-    assert [replayed_from(r) for r in read_topic(kafka_bootstrap, target, expected=2)] == [
-        f"{dlq}:0:4", f"{dlq}:0:6"]
+    assert [replayed_from(r) for r in read_topic(kafka_bootstrap, target, expected=2)] == [f"{dlq}:0:4", f"{dlq}:0:6"]
 
     rest = epistle(kafka_bootstrap, "replay", dlq, "--to", target)  # the same group: what it did is recorded
     assert rest.returncode == 0, rest.stderr
@@ -256,8 +295,9 @@ def test_replay_with_filters_into_another_topic_then_the_rest(kafka_bootstrap, m
     assert records_in(kafka_bootstrap, target) == 7
 
 
-def test_replay_stops_at_a_record_that_is_not_a_dead_letter_unless_told_to_skip_it(kafka_bootstrap, make_topic,
-                                                                                   group_id):
+def test_replay_stops_at_a_record_that_is_not_a_dead_letter_unless_told_to_skip_it(
+    kafka_bootstrap, make_topic, group_id
+):
     topic = make_topic("orders")
     produce(kafka_bootstrap, topic, [b"not json 0"])
     dead_letter(kafka_bootstrap, topic, group_id)
@@ -276,15 +316,19 @@ def test_replay_stops_at_a_record_that_is_not_a_dead_letter_unless_told_to_skip_
     assert skipped.returncode == 0, skipped.stderr
     assert "1 replayed, 1 not dead letters (skipped)" in skipped.stdout
     assert f"skipped, not a dead letter: {dlq}:0:1" in skipped.stderr
-    assert [r.value for r in replayed(read_topic(kafka_bootstrap, topic, expected=4))] == [
-        b"not json 0", b"not json 2"]
+    assert [r.value for r in replayed(read_topic(kafka_bootstrap, topic, expected=4))] == [b"not json 0", b"not json 2"]
 
 
 def test_a_dead_letter_from_a_dead_letter_topic_is_never_replayed_there(kafka_bootstrap, make_topic):
     topic = make_topic("orders")
     dlq = f"{topic}.dlq"
-    looped = build_dead_letter(SourceRecord(dlq, 0, 3, b"k", b"a dead letter itself", [], None), stage="decode",
-                               reason="not JSON", consumer_group="someone-reading-the-dlq", attempts=1)
+    looped = build_dead_letter(
+        SourceRecord(dlq, 0, 3, b"k", b"a dead letter itself", [], None),
+        stage="decode",
+        reason="not JSON",
+        consumer_group="someone-reading-the-dlq",
+        attempts=1,
+    )
     produce(kafka_bootstrap, dlq, [(looped.key, looped.value)])
     proc = epistle(kafka_bootstrap, "replay", dlq)
     assert proc.returncode == 1
@@ -295,8 +339,9 @@ def test_a_dead_letter_from_a_dead_letter_topic_is_never_replayed_there(kafka_bo
     assert [r.value for r in read_topic(kafka_bootstrap, topic, expected=1)] == [b"a dead letter itself"]
 
 
-def test_a_replayed_record_that_fails_again_is_not_replayed_a_second_time_unless_forced(kafka_bootstrap,
-                                                                                        make_topic, group_id):
+def test_a_replayed_record_that_fails_again_is_not_replayed_a_second_time_unless_forced(
+    kafka_bootstrap, make_topic, group_id
+):
     topic = make_topic("orders")
     produce(kafka_bootstrap, topic, [(b"k", order("boom"))])
     dead_letter(kafka_bootstrap, topic, group_id)
@@ -328,8 +373,13 @@ def many_dead_letters(bootstrap: str, make_topic, admin, group_id: str) -> tuple
     dlq = f"{topic}.dlq"
     admin.create_topics([NewTopic(dlq, num_partitions=2, replication_factor=1)])[dlq].result(timeout=30)
     for partition in (0, 1):
-        produce(bootstrap, topic, [(f"k{i}".encode(), f"not json {partition}/{i}".encode())
-                                   for i in range(KEYS // 2)], partition=partition, headers=[("n", b"1")])
+        produce(
+            bootstrap,
+            topic,
+            [(f"k{i}".encode(), f"not json {partition}/{i}".encode()) for i in range(KEYS // 2)],
+            partition=partition,
+            headers=[("n", b"1")],
+        )
     originals = read_topic(bootstrap, topic, expected=KEYS)
     dead_letter(bootstrap, topic, group_id)
     assert records_in(bootstrap, dlq) == KEYS
@@ -343,16 +393,22 @@ def assert_each_replayed_once(bootstrap: str, target: str, dlq: str, originals: 
     assert len(set(sources)) == KEYS  # nothing skipped
     for partition in (0, 1):  # each into the partition it came from, exactly (the two dead-letter
         # partitions are read side by side: the order holds per key, and each key is once here)
-        assert sorted((r.key, r.value, r.headers[:-1], r.timestamp) for r in records if r.partition == partition
-                      ) == sorted((o.key, o.value, o.headers, o.timestamp) for o in originals
-                                  if o.partition == partition)
+        assert sorted(
+            (r.key, r.value, r.headers[:-1], r.timestamp) for r in records if r.partition == partition
+        ) == sorted((o.key, o.value, o.headers, o.timestamp) for o in originals if o.partition == partition)
 
 
 def test_a_replay_killed_with_sigkill_goes_on_where_it_stopped(kafka_bootstrap, make_topic, admin, group_id):
     _, dlq, originals = many_dead_letters(kafka_bootstrap, make_topic, admin, group_id)
     target = make_topic("repaired", partitions=2)
-    proc = subprocess.Popen([*EPISTLE, "replay", dlq, "--to", target, "--rate", "8"], cwd=ROOT,
-                            env=env(kafka_bootstrap), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*EPISTLE, "replay", dlq, "--to", target, "--rate", "8"],
+        cwd=ROOT,
+        env=env(kafka_bootstrap),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while records_in(kafka_bootstrap, target) < 10:
@@ -394,13 +450,19 @@ main()
 """
 
 
-def test_a_replay_killed_between_acknowledgement_and_record_does_not_send_again(kafka_bootstrap, make_topic,
-                                                                                 admin, group_id):
+def test_a_replay_killed_between_acknowledgement_and_record_does_not_send_again(
+    kafka_bootstrap, make_topic, admin, group_id
+):
     _, dlq, originals = many_dead_letters(kafka_bootstrap, make_topic, admin, group_id)
     target = make_topic("repaired", partitions=2)
-    killed = subprocess.run([sys.executable, "-c", _DIE_AFTER_ACKS, "dlq", "replay", dlq, "--to", target,
-                             "--rate", "20"], cwd=ROOT, env=env(kafka_bootstrap), capture_output=True, text=True,
-                            timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_AFTER_ACKS, "dlq", "replay", dlq, "--to", target, "--rate", "20"],
+        cwd=ROOT,
+        env=env(kafka_bootstrap),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     sent = records_in(kafka_bootstrap, target)
     assert 5 <= sent < KEYS

@@ -22,11 +22,18 @@ from toolkit.layout import Compatibility
 # The committed report (tests/compat_registry_disagreements.md) is rewritten only on request,
 # EPISTLE_WRITE_COMPAT_REPORT=1, so a test run never dirties a checkout; otherwise it goes to .cache/.
 _COMMITTED = Path(__file__).resolve().parent.parent / "compat_registry_disagreements.md"
-REPORT = (_COMMITTED if os.environ.get("EPISTLE_WRITE_COMPAT_REPORT") == "1"
-          else Path(__file__).resolve().parents[2] / ".cache" / "compat_registry_disagreements.md")
+REPORT = (
+    _COMMITTED
+    if os.environ.get("EPISTLE_WRITE_COMPAT_REPORT") == "1"
+    else Path(__file__).resolve().parents[2] / ".cache" / "compat_registry_disagreements.md"
+)
 PAIR_MODES = (Compatibility.BACKWARD, Compatibility.FORWARD, Compatibility.FULL)
-CHAIN_MODES = (*PAIR_MODES, Compatibility.BACKWARD_TRANSITIVE, Compatibility.FORWARD_TRANSITIVE,
-               Compatibility.FULL_TRANSITIVE)
+CHAIN_MODES = (
+    *PAIR_MODES,
+    Compatibility.BACKWARD_TRANSITIVE,
+    Compatibility.FORWARD_TRANSITIVE,
+    Compatibility.FULL_TRANSITIVE,
+)
 
 
 def _registry_product(url: str) -> str:
@@ -68,8 +75,8 @@ def test_our_verdicts_against_the_registry(registry_url: str) -> None:
         f"Written by `tests/integration/test_compat_registry.py` against {product} "
         f"(Confluent-compatible API). {compared} verdicts compared over {len(cases)} cases of "
         f"`tests/compat_cases.py` ({len(CASES) - len(cases)} draft 2020-12 cases it cannot register are left out); "
-        "{n} differ. \"ours\" is what `epistle check` decides (Avro: Apache Avro's "
-        "checker; JSON Schema: Confluent's documented rules); \"registry\" is whether it accepted the last "
+        '{n} differ. "ours" is what `epistle check` decides (Avro: Apache Avro\'s '
+        'checker; JSON Schema: Confluent\'s documented rules); "registry" is whether it accepted the last '
         "version of the chain.".replace("{n}", str(len(rows))),
         "",
         "| case | format | mode | ours | registry | registry message | note |",
@@ -77,9 +84,11 @@ def test_our_verdicts_against_the_registry(registry_url: str) -> None:
     ]
     for case, mode, ours, theirs in rows:
         message = _short("; ".join(theirs.messages))
-        lines.append(f"| {case.id} | {case.format.value} | {mode.value} | "
-                     f"{'compatible' if ours else 'incompatible'} | "
-                     f"{'compatible' if theirs.compatible else 'incompatible'} | {message} | {case.note} |")
+        lines.append(
+            f"| {case.id} | {case.format.value} | {mode.value} | "
+            f"{'compatible' if ours else 'incompatible'} | "
+            f"{'compatible' if theirs.compatible else 'incompatible'} | {message} | {case.note} |"
+        )
     if errors:
         lines += ["", "## Registry errors (not verdicts)", ""] + [f"- {e}" for e in errors]
     REPORT.parent.mkdir(parents=True, exist_ok=True)
@@ -101,16 +110,20 @@ def test_registry_client_sees_an_obvious_break(registry_url: str, mode: Compatib
         assert not registry.verdict(SchemaFormat.AVRO, mode, [old, new]).compatible
 
 
-@pytest.mark.parametrize("case_id,mode,accepted", [
-    ("json-oneof-to-anyof", Compatibility.FORWARD, False),  # old readers' oneOf, new anyOf: was "compatible"
-    ("audit-dependency-schema-removed", Compatibility.FORWARD, False),  # a dependency dropped: was "compatible"
-    ("audit-anyof-to-oneof", Compatibility.BACKWARD, False),  # readers cope (disjoint types); refused all the same
-    ("audit-anyof-to-oneof-overlapping", Compatibility.BACKWARD, False),  # an integer matches both branches
-    ("audit-const-removed", Compatibility.BACKWARD, False),  # readers cope; the registry refuses all the same
-    ("avro-renamed-with-short-alias-in-namespace", Compatibility.BACKWARD, True),  # short alias, Java's way
-])
-def test_the_registry_agrees_on_the_changes_the_audit_fixed(registry_url: str, case_id: str, mode: Compatibility,
-                                                            accepted: bool) -> None:
+@pytest.mark.parametrize(
+    "case_id,mode,accepted",
+    [
+        ("json-oneof-to-anyof", Compatibility.FORWARD, False),  # old readers' oneOf, new anyOf: was "compatible"
+        ("audit-dependency-schema-removed", Compatibility.FORWARD, False),  # a dependency dropped: was "compatible"
+        ("audit-anyof-to-oneof", Compatibility.BACKWARD, False),  # readers cope (disjoint types); refused all the same
+        ("audit-anyof-to-oneof-overlapping", Compatibility.BACKWARD, False),  # an integer matches both branches
+        ("audit-const-removed", Compatibility.BACKWARD, False),  # readers cope; the registry refuses all the same
+        ("avro-renamed-with-short-alias-in-namespace", Compatibility.BACKWARD, True),  # short alias, Java's way
+    ],
+)
+def test_the_registry_agrees_on_the_changes_the_audit_fixed(
+    registry_url: str, case_id: str, mode: Compatibility, accepted: bool
+) -> None:
     case = next(c for c in CASES if c.id == case_id)
     assert is_compatible(case.format, mode, list(case.versions)) is accepted
     with ScratchRegistry(registry_url) as registry:

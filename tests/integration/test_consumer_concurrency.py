@@ -24,14 +24,24 @@ def order(message_id: str) -> bytes:
 
 def fill(kafka_bootstrap, topic):
     for p in range(PARTITIONS):
-        produce(kafka_bootstrap, topic, [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}")
-                                         for i in range(PER_PARTITION)], partition=p)
+        produce(
+            kafka_bootstrap,
+            topic,
+            [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}") for i in range(PER_PARTITION)],
+            partition=p,
+        )
 
 
 def consumer_for(kafka_bootstrap, group_id, **kw):
-    return KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                         registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=kw.pop("idle", True),
-                         commit_interval_s=0.05, retry=kw.pop("retry", RetryPolicy(3, 0.05, 0.1)), **kw)
+    return KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=kw.pop("idle", True),
+        commit_interval_s=0.05,
+        retry=kw.pop("retry", RetryPolicy(3, 0.05, 0.1)),
+        **kw,
+    )
 
 
 def test_commits_never_pass_unfinished_with_slow_and_fast_handlers(kafka_bootstrap, make_topic, group_id):
@@ -98,8 +108,9 @@ def test_retry_backoff_of_one_partition_does_not_block_others(kafka_bootstrap, m
         done_at[mid] = next(completions)
         return True
 
-    consumer = consumer_for(kafka_bootstrap, group_id, max_workers=2,
-                            retry=RetryPolicy(max_attempts=3, initial_s=1.0, max_s=1.0))
+    consumer = consumer_for(
+        kafka_bootstrap, group_id, max_workers=2, retry=RetryPolicy(max_attempts=3, initial_s=1.0, max_s=1.0)
+    )
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))
     assert attempts["a0"] == 3

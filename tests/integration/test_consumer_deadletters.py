@@ -34,9 +34,15 @@ def order(message_id: str, **body_changes) -> bytes:
 
 
 def consumer_for(kafka_bootstrap, group_id, handlers: dict, **kw) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=LocalFolderRegistry(SCHEMAS), retry=kw.pop("retry", FAST_RETRY),
-                             stop_when_idle=kw.pop("stop_when_idle", True), commit_interval_s=0.2, **kw)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=LocalFolderRegistry(SCHEMAS),
+        retry=kw.pop("retry", FAST_RETRY),
+        stop_when_idle=kw.pop("stop_when_idle", True),
+        commit_interval_s=0.2,
+        **kw,
+    )
     for topic, handler in handlers.items():
         consumer.register_handler(topic, handler)
     return consumer
@@ -55,8 +61,8 @@ def dead_letters(kafka_bootstrap: str, topic: str, expected: int) -> list:
 
 # -- records whose dead letter is hard to build are dead-lettered and the consumer goes on -----------------
 
-def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka_bootstrap, make_topic,
-                                                                            group_id):
+
+def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka_bootstrap, make_topic, group_id):
     topic, other = make_topic("orders"), make_topic("other")
     bad_header = envelope_bytes("orders", 1, ORDER, message_id="\ud800")  # JSON escapes it: \ud800
     bad_name = order("m1", customer={**ORDER["customer"], "name": "lone \udfff"})  # the model refuses it
@@ -90,8 +96,9 @@ def test_lone_surrogate_records_are_dead_lettered_and_the_consumer_goes_on(kafka
     assert committed(kafka_bootstrap, group_id, other) == {0: 1}
 
 
-def test_a_dead_letter_that_cannot_be_built_falls_back_to_a_minimal_one(kafka_bootstrap, make_topic, group_id,
-                                                                        monkeypatch, caplog):
+def test_a_dead_letter_that_cannot_be_built_falls_back_to_a_minimal_one(
+    kafka_bootstrap, make_topic, group_id, monkeypatch, caplog
+):
     from toolkit.consumer import engine
 
     def broken(*args, **kwargs):
@@ -115,13 +122,23 @@ def test_a_dead_letter_that_cannot_be_built_falls_back_to_a_minimal_one(kafka_bo
 
 # -- exact dead letters, Spring's headers, and a replay that gives back the record ---------------------------
 
+
 def test_dead_letter_headers_and_replay_are_exact(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("orders")
-    headers = [("trace", b"\x00\xff"), ("empty", b""), ("null", None), ("trace", b"same name again"),
-               ("kafka_dlt-original-topic", b"an-earlier-topic"),
-               ("kafka_dlt-exception-fqcn", b"java.lang.IllegalStateException")]
-    produce(kafka_bootstrap, topic, [(b"k-\xff", b"\xc3\x28 not utf8"), (None, order("wrapped")),
-                                     (b"k", order("ok"))], headers=headers)
+    headers = [
+        ("trace", b"\x00\xff"),
+        ("empty", b""),
+        ("null", None),
+        ("trace", b"same name again"),
+        ("kafka_dlt-original-topic", b"an-earlier-topic"),
+        ("kafka_dlt-exception-fqcn", b"java.lang.IllegalStateException"),
+    ]
+    produce(
+        kafka_bootstrap,
+        topic,
+        [(b"k-\xff", b"\xc3\x28 not utf8"), (None, order("wrapped")), (b"k", order("ok"))],
+        headers=headers,
+    )
 
     async def handler(message):
         if message.header.message_id == "wrapped":
@@ -155,31 +172,47 @@ def test_dead_letter_headers_and_replay_are_exact(kafka_bootstrap, make_topic, g
         replay_dead_letter({"bootstrap.servers": kafka_bootstrap}, dl.value, dl.key, dl.headers, topic=target)
     replayed = read_topic(kafka_bootstrap, target, expected=2)
     for before, after in zip(originals, replayed, strict=True):
-        assert (after.key, after.value, after.headers, after.timestamp) == \
-            (before.key, before.value, before.headers, before.timestamp)
+        assert (after.key, after.value, after.headers, after.timestamp) == (
+            before.key,
+            before.value,
+            before.headers,
+            before.timestamp,
+        )
     assert replayed[0].headers == headers
 
 
 # -- Confluent's wire format is named ------------------------------------------------------------------------
 
+
 def _register(registry_url: str, subject: str, schema: dict, schema_type: str | None = None) -> int:
     payload = {"schema": json.dumps(schema)}
     if schema_type:
         payload["schemaType"] = schema_type
-    response = httpx.post(f"{registry_url}/subjects/{subject}/versions", json=payload, timeout=30,
-                          headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+    response = httpx.post(
+        f"{registry_url}/subjects/{subject}/versions",
+        json=payload,
+        timeout=30,
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+    )
     response.raise_for_status()
     return response.json()["id"]
 
 
-def test_confluent_wire_format_records_say_what_they_are(kafka_bootstrap, registry_url, make_topic, group_id,
-                                                         unique_name):
+def test_confluent_wire_format_records_say_what_they_are(
+    kafka_bootstrap, registry_url, make_topic, group_id, unique_name
+):
     topic = make_topic("orders")
-    avro = {"type": "record", "name": "Order", "fields": [{"name": "orderId", "type": "string"},
-                                                          {"name": "quantity", "type": "int"}]}
+    avro = {
+        "type": "record",
+        "name": "Order",
+        "fields": [{"name": "orderId", "type": "string"}, {"name": "quantity", "type": "int"}],
+    }
     avro_id = _register(registry_url, unique_name("avro-value"), avro)
-    json_schema = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-                   "properties": {"orderId": {"type": "string"}, "quantity": {"type": "integer"}}}
+    json_schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {"orderId": {"type": "string"}, "quantity": {"type": "integer"}},
+    }
     json_id = _register(registry_url, unique_name("json-value"), json_schema, "JSON")
     body = _avro_bytes(avro, {"orderId": "o-1", "quantity": 2})
     # What confluent-kafka's AvroSerializer / JSONSerializer write: magic byte 0, 4-byte big-endian id, payload
@@ -208,13 +241,16 @@ def _avro_bytes(schema: dict, record: dict) -> bytes:
 
 # -- a dead letter the broker refuses holds back its own partition only ---------------------------------------
 
-def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_bootstrap, admin, make_topic,
-                                                                     group_id, caplog):
+
+def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(
+    kafka_bootstrap, admin, make_topic, group_id, caplog
+):
     topic, other = make_topic("orders", partitions=2), make_topic("other")
     dlq = f"{topic}.dlq"
     # A dead-letter topic that refuses records over 4 kB (created first, so the consumer does not make its own)
-    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1,
-                                  config={"max.message.bytes": "4096"})])[dlq].result(timeout=30)
+    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1, config={"max.message.bytes": "4096"})])[
+        dlq
+    ].result(timeout=30)
     big_bad = b"\xff" + b"x" * 6000  # not UTF-8; its dead letter (base64 of it, plus the report) is > 4 kB
     produce(kafka_bootstrap, topic, [big_bad], partition=0)
     produce(kafka_bootstrap, topic, [order("p1-a"), b"small bad", order("p1-b")], partition=1)
@@ -224,8 +260,13 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
     async def handler(message):
         seen.append(message.header.message_id)
 
-    consumer = consumer_for(kafka_bootstrap, group_id, {topic: handler, other: handler}, stop_when_idle=False,
-                            retry=RetryPolicy(max_attempts=2, initial_s=0.1, max_s=0.5))
+    consumer = consumer_for(
+        kafka_bootstrap,
+        group_id,
+        {topic: handler, other: handler},
+        stop_when_idle=False,
+        retry=RetryPolicy(max_attempts=2, initial_s=0.1, max_s=0.5),
+    )
 
     def progress() -> tuple[dict, dict]:
         return committed(kafka_bootstrap, group_id, topic, 2), committed(kafka_bootstrap, group_id, other)
@@ -235,8 +276,12 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
         try:
             # Everything else is done and committed, small dead letters of the same dead-letter topic
             # included, while partition 0's dead letter is refused again and again
-            await _until(lambda: progress() == ({0: -1001, 1: 3}, {0: 3})
-                         and consumer.stats[topic].dead_letter_send_failures >= 3, 60)
+            await _until(
+                lambda: (
+                    progress() == ({0: -1001, 1: 3}, {0: 3}) and consumer.stats[topic].dead_letter_send_failures >= 3
+                ),
+                60,
+            )
             assert sorted(seen) == ["o-a", "o-b", "p1-a", "p1-b"]
             assert records_in(kafka_bootstrap, dlq) == 1 and records_in(kafka_bootstrap, f"{other}.dlq") == 1
             # From the first failure on partition 0 waits: a record produced after it does not start;
@@ -246,9 +291,13 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
             await _until(lambda: progress()[0] == {0: -1001, 1: 4}, 60)
             assert "p1-c" in seen and "p0-after" not in seen
             # The operator raises the limit: the next resend goes through, partition 0 resumes and commits
-            resource = ConfigResource(ConfigResource.Type.TOPIC, dlq, incremental_configs=[
-                ConfigEntry("max.message.bytes", str(1024 * 1024),
-                            incremental_operation=AlterConfigOpType.SET)])
+            resource = ConfigResource(
+                ConfigResource.Type.TOPIC,
+                dlq,
+                incremental_configs=[
+                    ConfigEntry("max.message.bytes", str(1024 * 1024), incremental_operation=AlterConfigOpType.SET)
+                ],
+            )
             admin.incremental_alter_configs([resource])[resource].result(timeout=30)
             await _until(lambda: progress()[0] == {0: 2, 1: 4}, 60)
             assert "p0-after" in seen
@@ -265,8 +314,9 @@ def test_refused_dead_letter_waits_on_its_partition_and_others_go_on(kafka_boots
     assert consumer.stats[topic].dead_lettered == {"decode": 2}
 
 
-def test_any_failure_to_send_a_dead_letter_is_retried_and_commits_follow(kafka_bootstrap, make_topic, group_id,
-                                                                        monkeypatch, caplog):
+def test_any_failure_to_send_a_dead_letter_is_retried_and_commits_follow(
+    kafka_bootstrap, make_topic, group_id, monkeypatch, caplog
+):
     from toolkit.consumer import kafka_io
 
     topic = make_topic("orders")
@@ -294,23 +344,29 @@ def test_any_failure_to_send_a_dead_letter_is_retried_and_commits_follow(kafka_b
     assert original_record(dl.value).value == b"\xffbad"
 
 
-def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_bootstrap, admin, make_topic,
-                                                                          group_id):
+def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_bootstrap, admin, make_topic, group_id):
     topic = make_topic("orders")
     dlq = f"{topic}.dlq"
-    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1,
-                                  config={"max.message.bytes": "4096"})])[dlq].result(timeout=30)
+    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1, config={"max.message.bytes": "4096"})])[
+        dlq
+    ].result(timeout=30)
     big_bad = b"\xff" + b"x" * 6000
     produce(kafka_bootstrap, topic, [order("before"), big_bad, order("after")])
     seen = []
-    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)},
-                            stop_when_idle=False)
+    consumer = consumer_for(
+        kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)}, stop_when_idle=False
+    )
 
     async def scenario():
         task = asyncio.create_task(consumer.start())
         try:
-            await _until(lambda: consumer.stats[topic].dead_letter_send_failures >= 2
-                         and committed(kafka_bootstrap, group_id, topic) == {0: 1}, 60)
+            await _until(
+                lambda: (
+                    consumer.stats[topic].dead_letter_send_failures >= 2
+                    and committed(kafka_bootstrap, group_id, topic) == {0: 1}
+                ),
+                60,
+            )
         finally:
             await consumer.stop()
             await asyncio.wait_for(task, 30)  # the held partition does not keep the consumer from stopping
@@ -319,8 +375,13 @@ def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_b
     assert committed(kafka_bootstrap, group_id, topic) == {0: 1}
     assert records_in(kafka_bootstrap, dlq) == 0
     # Fixed and restarted: the record is dead-lettered and the partition goes on past it
-    resource = ConfigResource(ConfigResource.Type.TOPIC, dlq, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(1024 * 1024), incremental_operation=AlterConfigOpType.SET)])
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        dlq,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", str(1024 * 1024), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
     run(consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)}))
     assert seen.count("before") == 1 and seen[-1] == "after"
@@ -331,18 +392,25 @@ def test_stopping_while_a_dead_letter_is_refused_commits_nothing_past_it(kafka_b
 
 # -- a dead letter too large for the dead-letter producer is shortened -------------------------------------
 
+
 def test_an_8_mib_record_is_dead_lettered_in_the_shortened_form(kafka_bootstrap, admin, make_topic, group_id):
     topic = make_topic("orders")
     dlq = f"{topic}.dlq"
     big_limit = 16 * 1024 * 1024
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(big_limit), incremental_operation=AlterConfigOpType.SET)])
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", str(big_limit), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
     # 8 MiB travels as ~11.2 MB of base64; the full dead letter adds ~0.8 MB of error texts, the shortened
     # one does not: a producer and topic limit of 11 MiB takes the shortened form only
     limit = 11 * 1024 * 1024
-    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1,
-                                  config={"max.message.bytes": str(limit)})])[dlq].result(timeout=30)
+    admin.create_topics(
+        [NewTopic(dlq, num_partitions=1, replication_factor=1, config={"max.message.bytes": str(limit)})]
+    )[dlq].result(timeout=30)
     big = b"\xff" * (8 * 1024 * 1024)
     produce(kafka_bootstrap, topic, [big, order("after")], config={"message.max.bytes": big_limit})
 
@@ -352,8 +420,13 @@ def test_an_8_mib_record_is_dead_lettered_in_the_shortened_form(kafka_bootstrap,
         return json.loads(data)
 
     seen = []
-    consumer = consumer_for(kafka_bootstrap, group_id, {topic: lambda m: seen.append(m.header.message_id)},
-                            serializer=serializer, dlq_max_message_bytes=limit)
+    consumer = consumer_for(
+        kafka_bootstrap,
+        group_id,
+        {topic: lambda m: seen.append(m.header.message_id)},
+        serializer=serializer,
+        dlq_max_message_bytes=limit,
+    )
     run(consumer, timeout=120)
     assert seen == ["after"] and consumer.stats[topic].dead_letter_send_failures == 0
     assert committed(kafka_bootstrap, group_id, topic) == {0: 2}

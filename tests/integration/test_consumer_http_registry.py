@@ -29,21 +29,31 @@ def test_avro_bodies_resolved_over_http(kafka_bootstrap, registry_url, make_topi
         registered = http.register(subject, (SHIPMENTS / f"{version}.avsc").read_text(), SchemaFormat.AVRO)
         assert registered.version == version
     topic = make_topic("shipments")
-    produce(kafka_bootstrap, topic, [
-        envelope_bytes("shipments", 1, sample(1), message_id="v1"),
-        envelope_bytes("shipments", 2, sample(2, index=2), message_id="v2"),
-        envelope_bytes("shipments", 3, sample(2), message_id="v3-unknown"),
-        envelope_bytes("shipments", 2, sample(2, "invalid"), message_id="invalid"),
-    ])
+    produce(
+        kafka_bootstrap,
+        topic,
+        [
+            envelope_bytes("shipments", 1, sample(1), message_id="v1"),
+            envelope_bytes("shipments", 2, sample(2, index=2), message_id="v2"),
+            envelope_bytes("shipments", 3, sample(2), message_id="v3-unknown"),
+            envelope_bytes("shipments", 2, sample(2, "invalid"), message_id="invalid"),
+        ],
+    )
     seen = {}
 
     async def handler(message):
         seen[message.header.message_id] = message.body
 
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=CachedRegistry(http), subject_strategy=lambda ctx: subject,
-                             stop_when_idle=True, commit_interval_s=0.2, retry=RetryPolicy(2, 0.05, 0.1),
-                             unknown_schema_grace_s=0)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=CachedRegistry(http),
+        subject_strategy=lambda ctx: subject,
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+        retry=RetryPolicy(2, 0.05, 0.1),
+        unknown_schema_grace_s=0,
+    )
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))
     assert sorted(seen) == ["v1", "v2"]
@@ -63,9 +73,13 @@ def test_unreachable_http_registry_pauses_and_commits_nothing(kafka_bootstrap, m
     topic = make_topic("shipments")
     produce(kafka_bootstrap, topic, [envelope_bytes("shipments", 1, sample(1), message_id="m0")])
     called = []
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=CachedRegistry(http), commit_interval_s=0.1,
-                             retry=RetryPolicy(2, 0.05, 0.2))
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=CachedRegistry(http),
+        commit_interval_s=0.1,
+        retry=RetryPolicy(2, 0.05, 0.2),
+    )
     consumer.register_handler(topic, called.append)
 
     async def scenario():

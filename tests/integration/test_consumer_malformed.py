@@ -25,17 +25,21 @@ def test_malformed_corpus_is_dead_lettered_with_exact_bytes(kafka_bootstrap, mak
     for i, entry in enumerate(entries):
         records.append((f"valid-{i}".encode(), envelope_bytes("orders", 1, valid_body, message_id=f"v{i}")))
         records.append((entry.name.encode(), entry.value))
-    produce(kafka_bootstrap, topic, records, headers=[("origin", b"corpus")],
-            config={"message.max.bytes": 2_000_000})
+    produce(kafka_bootstrap, topic, records, headers=[("origin", b"corpus")], config={"message.max.bytes": 2_000_000})
     handled = []
 
     async def handler(message):
         handled.append(message.header.message_id)
 
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=True,
-                             retry=RetryPolicy(max_attempts=2, initial_s=0.05), commit_interval_s=0.2,
-                             unknown_schema_grace_s=0)  # the corpus's unknown schema and version at once
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+        retry=RetryPolicy(max_attempts=2, initial_s=0.05),
+        commit_interval_s=0.2,
+        unknown_schema_grace_s=0,
+    )  # the corpus's unknown schema and version at once
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 120))
 

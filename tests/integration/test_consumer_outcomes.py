@@ -34,10 +34,15 @@ def order(version: int = 1, **header) -> bytes:
 
 
 def make_consumer(kafka_bootstrap, group_id, topic, handler, registry=None, **kw) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=registry or LocalFolderRegistry(SCHEMAS),
-                             retry=kw.pop("retry", FAST_RETRY),
-                             stop_when_idle=kw.pop("stop_when_idle", True), commit_interval_s=0.2, **kw)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=registry or LocalFolderRegistry(SCHEMAS),
+        retry=kw.pop("retry", FAST_RETRY),
+        stop_when_idle=kw.pop("stop_when_idle", True),
+        commit_interval_s=0.2,
+        **kw,
+    )
     if handler is not None:
         consumer.register_handler(topic, handler)
     return consumer
@@ -82,8 +87,9 @@ def test_done_commits_every_offset(kafka_bootstrap, make_topic, group_id):
 
 def test_body_is_the_generated_model_and_header_is_snake_case(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("orders")
-    produce(kafka_bootstrap, topic, [(b"k", order(2, message_id="m1", correlation_id="c1"))],
-            headers=[("trace", b"t1")])
+    produce(
+        kafka_bootstrap, topic, [(b"k", order(2, message_id="m1", correlation_id="c1"))], headers=[("trace", b"t1")]
+    )
     seen = []
 
     def handler(message):  # a plain function works as a handler
@@ -170,8 +176,14 @@ def test_malformed_is_dead_lettered_at_once(kafka_bootstrap, make_topic, group_i
 
 def test_no_handler_is_dead_lettered_with_stage_routing(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("orders")
-    produce(kafka_bootstrap, topic, [order(1, message_type="OrderCreated", message_id="a"),
-                                     order(1, message_type="OrderCancelled", message_id="b")])
+    produce(
+        kafka_bootstrap,
+        topic,
+        [
+            order(1, message_type="OrderCreated", message_id="a"),
+            order(1, message_type="OrderCancelled", message_id="b"),
+        ],
+    )
     handler = Recorder()
     consumer = make_consumer(kafka_bootstrap, group_id, topic, None)
     consumer.register_handler(topic, handler, message_type="OrderCreated")
@@ -273,8 +285,9 @@ def test_stop_policy_stops_and_commits_nothing_past(kafka_bootstrap, make_topic,
     assert records_in(kafka_bootstrap, f"{topic}.dlq") == 0
 
 
-def test_dead_letter_produce_failure_commits_nothing_until_acknowledged(kafka_bootstrap, make_topic, group_id,
-                                                                         monkeypatch):
+def test_dead_letter_produce_failure_commits_nothing_until_acknowledged(
+    kafka_bootstrap, make_topic, group_id, monkeypatch
+):
     from toolkit.consumer import kafka_io
     from toolkit.errors import BrokerUnavailable
 
@@ -309,10 +322,16 @@ def test_from_settings_builds_registry_models_and_policies(kafka_bootstrap, make
 
     topic = make_topic("orders")
     produce(kafka_bootstrap, topic, [order(2, message_id="m0"), b"[]"])
-    settings = load_settings(env_file=None, kafka__bootstrap_servers=kafka_bootstrap,
-                             kafka__group_id=group_id, consumer__schemas_dir=SCHEMAS,
-                             consumer__dlq_suffix=".dead", consumer__max_workers=2, consumer__ordering="KEY",
-                             registry__url="")
+    settings = load_settings(
+        env_file=None,
+        kafka__bootstrap_servers=kafka_bootstrap,
+        kafka__group_id=group_id,
+        consumer__schemas_dir=SCHEMAS,
+        consumer__dlq_suffix=".dead",
+        consumer__max_workers=2,
+        consumer__ordering="KEY",
+        registry__url="",
+    )
     consumer = KafkaConsumer.from_settings(settings, stop_when_idle=True)
     assert (consumer.group_id, consumer.max_workers, consumer.ordering.value) == (group_id, 2, "KEY")
     seen = []
@@ -327,8 +346,12 @@ def test_from_settings_builds_registry_models_and_policies(kafka_bootstrap, make
 def test_a_handler_registered_while_running_gets_the_next_records(kafka_bootstrap, make_topic, group_id):
     """Routes are remembered per header after the first record; registering a handler drops them."""
     topic = make_topic("orders")
-    produce(kafka_bootstrap, topic, [order(1, message_id=f"m{i}", message_type="OrderPlaced") for i in range(6)],
-            partition=0)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [order(1, message_id=f"m{i}", message_type="OrderPlaced") for i in range(6)],
+        partition=0,
+    )
     by_type = Recorder()
     seen_by_topic_handler: list[str] = []
 

@@ -21,15 +21,24 @@ PARTITIONS, PER_PARTITION = 4, 150
 def test_revoked_partitions_are_drained_and_committed(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("rebalance", partitions=PARTITIONS)
     for p in range(PARTITIONS):
-        produce(kafka_bootstrap, topic, [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}")
-                                         for i in range(PER_PARTITION)], partition=p)
+        produce(
+            kafka_bootstrap,
+            topic,
+            [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}") for i in range(PER_PARTITION)],
+            partition=p,
+        )
     handled: Counter[str] = Counter()
     by_member: dict[str, set[int]] = {"a": set(), "b": set()}
 
     def member(name: str, **kw) -> KafkaConsumer:
-        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                                 registry=LocalFolderRegistry(ROOT / "schemas"), max_workers=4,
-                                 commit_interval_s=10.0, **kw)  # only revoke/shutdown commits matter here
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group_id,
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            max_workers=4,
+            commit_interval_s=10.0,
+            **kw,
+        )  # only revoke/shutdown commits matter here
 
         async def handler(message):
             # "a" is slow so that it cannot drain the topic alone while "b" joins (on a loaded machine the
@@ -63,8 +72,7 @@ def test_revoked_partitions_are_drained_and_committed(kafka_bootstrap, make_topi
     assert committed(kafka_bootstrap, group_id, topic, PARTITIONS) == expected
 
 
-def test_partitions_paused_by_a_full_window_resume_after_a_rebalance(kafka_bootstrap, make_topic, group_id,
-                                                                      caplog):
+def test_partitions_paused_by_a_full_window_resume_after_a_rebalance(kafka_bootstrap, make_topic, group_id, caplog):
     """librdkafka keeps a partition's pause across revoke (or loss, as after a broker outage longer than the
     session) and re-assignment. Member "a" has its whole window in flight (fetching paused) when "b" joins and
     takes a partition; "b" leaves and the partition comes back. "a" must then fetch every partition again:
@@ -72,8 +80,12 @@ def test_partitions_paused_by_a_full_window_resume_after_a_rebalance(kafka_boots
     topic = make_topic("rebalance-paused", partitions=2)
     per_partition = 120
     for p in range(2):
-        produce(kafka_bootstrap, topic, [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}")
-                                         for i in range(per_partition)], partition=p)
+        produce(
+            kafka_bootstrap,
+            topic,
+            [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}") for i in range(per_partition)],
+            partition=p,
+        )
     handled: Counter[str] = Counter()
     gate = asyncio.Event()  # a's handlers wait here: its in-flight window fills and fetching pauses
     b_got_records = asyncio.Event()
@@ -87,9 +99,15 @@ def test_partitions_paused_by_a_full_window_resume_after_a_rebalance(kafka_boots
         b_got_records.set()
 
     def member(handler, **kw) -> KafkaConsumer:
-        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                                 registry=LocalFolderRegistry(ROOT / "schemas"), max_workers=2,
-                                 max_poll_records=10, commit_interval_s=0.2, **kw)
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group_id,
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            max_workers=2,
+            max_poll_records=10,
+            commit_interval_s=0.2,
+            **kw,
+        )
         consumer.register_handler(topic, handler)
         return consumer
 
@@ -97,8 +115,12 @@ def test_partitions_paused_by_a_full_window_resume_after_a_rebalance(kafka_boots
         return any("in-flight window full: fetching paused" in r.getMessage() for r in caplog.records)
 
     async def scenario():
-        a = member(slow, max_in_flight=20, shutdown_timeout_s=1.0,  # a blocked handler is given up quickly
-                   kafka_config={"session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
+        a = member(
+            slow,
+            max_in_flight=20,
+            shutdown_timeout_s=1.0,  # a blocked handler is given up quickly
+            kafka_config={"session.timeout.ms": 10000, "heartbeat.interval.ms": 500},
+        )
         task_a = asyncio.create_task(a.start())
         while not window_paused():
             assert not task_a.done(), "a stopped"

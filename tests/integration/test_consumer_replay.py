@@ -19,8 +19,12 @@ def test_replay_reproduces_original_bytes(kafka_bootstrap, make_topic, group_id)
     topic = make_topic("replay")
     headers = [("trace", b"\x00\x01\xff"), ("trace", b"second value, same name")]
     produce(kafka_bootstrap, topic, [(b"key-\xff", ODD_JSON), (None, b"\xc3\x28 not utf8")], headers=headers)
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                             registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=True)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+    )
     consumer.register_handler(topic, lambda m: True)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))
     originals = read_topic(kafka_bootstrap, topic, expected=2)

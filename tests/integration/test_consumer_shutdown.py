@@ -21,15 +21,24 @@ TOTAL = 400
 def test_sigterm_finishes_in_flight_then_restart_handles_the_rest(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("shutdown", partitions=3)
     for p in range(3):
-        produce(kafka_bootstrap, topic, [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}")
-                                         for i in range(TOTAL // 4)], partition=p)
+        produce(
+            kafka_bootstrap,
+            topic,
+            [envelope_bytes("orders", 1, BODY, message_id=f"{p}-{i}") for i in range(TOTAL // 4)],
+            partition=p,
+        )
     handled: Counter[str] = Counter()
     unfinished: set[str] = set()
 
     def make(**kw):
-        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                                 registry=LocalFolderRegistry(ROOT / "schemas"), max_workers=3,
-                                 commit_interval_s=5.0, **kw)  # long interval: the shutdown commit matters
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group_id,
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            max_workers=3,
+            commit_interval_s=5.0,
+            **kw,
+        )  # long interval: the shutdown commit matters
 
         async def handler(message):
             unfinished.add(message.header.message_id)

@@ -58,8 +58,14 @@ def test_the_start_up_timeout_comes_from_the_environment(monkeypatch: pytest.Mon
 
 def test_start_with_the_broker_up_gets_past_the_check(kafka_bootstrap: str, make_topic, group_id) -> None:
     topic = make_topic("startup")
-    consumer = KafkaConsumer(kafka_bootstrap, group_id, registry=LocalFolderRegistry(ROOT / "schemas"),
-                             startup_timeout_s=30.0, stop_when_idle=True, topics=[topic])
+    consumer = KafkaConsumer(
+        kafka_bootstrap,
+        group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        startup_timeout_s=30.0,
+        stop_when_idle=True,
+        topics=[topic],
+    )
     consumer.register_handler(topic, lambda message: True)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))  # an empty topic: drained at once, start() returns
 

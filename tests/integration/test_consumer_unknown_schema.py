@@ -45,8 +45,7 @@ def log_end(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unknown-schema-ends"})
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(partitions)}
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
     finally:
         consumer.close()
 
@@ -118,13 +117,21 @@ def waits() -> Iterator[Waits]:
 
 
 def consumer_for(bootstrap: str, group: str, registry, subject: str, grace: float, **options) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, registry=registry,
-                         subject_strategy=lambda ctx: subject, commit_interval_s=0.2,
-                         retry=RetryPolicy(3, 0.2, 2.0), unknown_schema_grace_s=grace, **options)
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        registry=registry,
+        subject_strategy=lambda ctx: subject,
+        commit_interval_s=0.2,
+        retry=RetryPolicy(3, 0.2, 2.0),
+        unknown_schema_grace_s=grace,
+        **options,
+    )
 
 
 def test_a_version_registered_while_its_records_wait_is_handled_and_nothing_is_dead_lettered(
-        kafka_bootstrap, registry_url, make_topic, group_id, unique_name, waits):
+    kafka_bootstrap, registry_url, make_topic, group_id, unique_name, waits
+):
     subject = unique_name("shipments")
     http = ConfluentHttpRegistry(registry_url)
     http.register(subject, schema_text(1), SchemaFormat.AVRO)
@@ -139,8 +146,9 @@ def test_a_version_registered_while_its_records_wait_is_handled_and_nothing_is_d
             batch.append(envelope_bytes("shipments", version, sample(version), message_id=message_id))
         produce(kafka_bootstrap, topic, batch, partition=partition)
 
-    running = Running(consumer_for(kafka_bootstrap, group_id, CachedRegistry(http), subject, grace=60,
-                                   stop_when_idle=True), topic)
+    running = Running(
+        consumer_for(kafka_bootstrap, group_id, CachedRegistry(http), subject, grace=60, stop_when_idle=True), topic
+    )
     # Every partition stops at its first v2 record and waits; the producer's team registers v2 then.
     running.wait_for(lambda: waits.count >= 3, "the records of v2 waited")
     assert running.ids() == {i for i in ids if i.endswith("-0-v1")}, "a partition went past its waiting record"
@@ -157,22 +165,31 @@ def test_a_version_registered_while_its_records_wait_is_handled_and_nothing_is_d
 
 @pytest.mark.parametrize("grace", [0, 6])
 def test_a_version_never_registered_is_dead_lettered_after_the_grace_while_other_partitions_go_on(
-        kafka_bootstrap, registry_url, make_topic, group_id, unique_name, grace):
+    kafka_bootstrap, registry_url, make_topic, group_id, unique_name, grace
+):
     subject = unique_name("shipments")
     http = ConfluentHttpRegistry(registry_url)
     http.register(subject, schema_text(1), SchemaFormat.AVRO)
     topic = make_topic("never", partitions=2)
     before, after = ["p0-before"], [f"p0-after-{i}" for i in range(5)]
     others = [f"p1-{i}" for i in range(40)]
-    produce(kafka_bootstrap, topic, [envelope_bytes("shipments", 1, sample(1), message_id=before[0]),
-                                     envelope_bytes("shipments", 9, sample(1), message_id="p0-v9"),
-                                     *(envelope_bytes("shipments", 1, sample(1), message_id=m) for m in after)],
-            partition=0)
-    produce(kafka_bootstrap, topic, [envelope_bytes("shipments", 1, sample(1), message_id=m) for m in others],
-            partition=1)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [
+            envelope_bytes("shipments", 1, sample(1), message_id=before[0]),
+            envelope_bytes("shipments", 9, sample(1), message_id="p0-v9"),
+            *(envelope_bytes("shipments", 1, sample(1), message_id=m) for m in after),
+        ],
+        partition=0,
+    )
+    produce(
+        kafka_bootstrap, topic, [envelope_bytes("shipments", 1, sample(1), message_id=m) for m in others], partition=1
+    )
 
-    running = Running(consumer_for(kafka_bootstrap, group_id, CachedRegistry(http), subject, grace=grace,
-                                   stop_when_idle=True), topic)
+    running = Running(
+        consumer_for(kafka_bootstrap, group_id, CachedRegistry(http), subject, grace=grace, stop_when_idle=True), topic
+    )
     running.thread.join(120)
     assert not running.thread.is_alive() and running.error is None, repr(running.error)
 
@@ -184,8 +201,10 @@ def test_a_version_never_registered_is_dead_lettered_after_the_grace_while_other
     assert error["stage"] == "schema" and "version 9" in error["reason"]
     assert error["details"][0]["grace_s"] == grace
     if grace:
-        assert f"still unknown after {error['details'][0]['unknown_for_s']:.1f}s of asking again " \
-               f"(EPISTLE_UNKNOWN_SCHEMA_GRACE_S={grace})" in error["reason"]
+        assert (
+            f"still unknown after {error['details'][0]['unknown_for_s']:.1f}s of asking again "
+            f"(EPISTLE_UNKNOWN_SCHEMA_GRACE_S={grace})" in error["reason"]
+        )
         assert error["details"][0]["unknown_for_s"] >= grace
         # While partition 0 waited, partition 1 was handled; partition 0's later records waited behind it.
         handled_at = {message_id: at for message_id, _, at in running.handled}
@@ -204,8 +223,11 @@ def private_registry(tmp_path_factory) -> Iterator[PrivateRegistry]:
     if os.environ.get("SCHEMA_REGISTRY_URL"):
         pytest.skip("an external registry is configured (SCHEMA_REGISTRY_URL): this test restarts its own")
     port = _free_port()
-    env = {**os.environ, "EPISTLE_SERVICES_DIR": str(tmp_path_factory.mktemp("services")),
-           "EPISTLE_REGISTRY_PORT": str(port)}
+    env = {
+        **os.environ,
+        "EPISTLE_SERVICES_DIR": str(tmp_path_factory.mktemp("services")),
+        "EPISTLE_REGISTRY_PORT": str(port),
+    }
     registry = PrivateRegistry(f"http://127.0.0.1:{port}/apis/ccompat/v7", env)
     registry.up()
     try:
@@ -217,7 +239,8 @@ def private_registry(tmp_path_factory) -> Iterator[PrivateRegistry]:
 @pytest.mark.reliability
 @pytest.mark.timeout(900)
 def test_registry_restarted_empty_and_repopulated_during_consumption(
-        private_registry, kafka_bootstrap, make_topic, group_id, unique_name, waits):
+    private_registry, kafka_bootstrap, make_topic, group_id, unique_name, waits
+):
     """The registry restarted with in-memory storage (empty), the schemas
     registered again a few seconds later. Records of a version the consumer had not resolved yet arrive in
     that window: every one is handled once the schemas are back, none is dead-lettered."""
@@ -227,20 +250,32 @@ def test_registry_restarted_empty_and_repopulated_during_consumption(
         http.register(subject, schema_text(version), SchemaFormat.AVRO)
     topic = make_topic("restart", partitions=3)
     first = [f"a-{i}" for i in range(300)]
-    produce(kafka_bootstrap, topic, [(str(i).encode(), envelope_bytes("shipments", 1, sample(1), message_id=m))
-                                     for i, m in enumerate(first)])
+    produce(
+        kafka_bootstrap,
+        topic,
+        [(str(i).encode(), envelope_bytes("shipments", 1, sample(1), message_id=m)) for i, m in enumerate(first)],
+    )
     running = Running(consumer_for(kafka_bootstrap, group_id, CachedRegistry(http), subject, grace=120), topic)
     try:
         running.wait_for(lambda: running.ids() >= set(first), "the first records were handled")
 
         private_registry.down()
         second = [f"b-{i}" for i in range(600)]  # v2 (never resolved by this consumer) and v1 (cached)
-        produce(kafka_bootstrap, topic, [
-            (str(i).encode(), envelope_bytes("shipments", 2 if i % 2 else 1, sample(2 if i % 2 else 1),
-                                             message_id=m)) for i, m in enumerate(second)])
+        produce(
+            kafka_bootstrap,
+            topic,
+            [
+                (
+                    str(i).encode(),
+                    envelope_bytes("shipments", 2 if i % 2 else 1, sample(2 if i % 2 else 1), message_id=m),
+                )
+                for i, m in enumerate(second)
+            ],
+        )
         private_registry.up()  # back, and empty
-        running.wait_for(lambda: waits.count >= 3, "records waited for a schema the empty registry lacks",
-                         timeout_s=180)
+        running.wait_for(
+            lambda: waits.count >= 3, "records waited for a schema the empty registry lacks", timeout_s=180
+        )
         assert not running.ids() >= set(second)
         for version in (1, 2):  # repopulated, as an operator or a deploy script would
             assert http.register(subject, schema_text(version), SchemaFormat.AVRO).version == version
@@ -251,28 +286,42 @@ def test_registry_restarted_empty_and_repopulated_during_consumption(
     assert records_in(kafka_bootstrap, f"{topic}.dlq") == 0
     assert running.consumer.stats[topic].dead_lettered_total == 0
     assert committed(kafka_bootstrap, group_id, topic, 3) == log_end(kafka_bootstrap, topic, 3)
-    print(f"\nregistry restart: {waits.count} waits for a schema not known yet, {len(running.handled)} handled "
-          f"({len(running.handled) - len(running.ids())} twice), 0 dead-lettered")
+    print(
+        f"\nregistry restart: {waits.count} waits for a schema not known yet, {len(running.handled)} handled "
+        f"({len(running.handled) - len(running.ids())} twice), 0 dead-lettered"
+    )
     http.close()
 
 
 # --- a number beyond the double range ------------------------------------------------------------------
 
+
 def test_a_number_beyond_the_double_range_is_dead_lettered_at_validation(kafka_bootstrap, make_topic, group_id):
     topic = make_topic("doubles")
     valid = envelope_bytes("shipments", 1, sample(1, 1), message_id="ok")
     assert b'"lengthCm":30.0' in valid
-    hostile = {"plus": valid.replace(b'"lengthCm":30.0', b'"lengthCm":1e400').replace(b'"ok"', b'"plus"'),
-               "minus": valid.replace(b'"widthCm":20.5', b'"widthCm":-1e400').replace(b'"ok"', b'"minus"')}
+    hostile = {
+        "plus": valid.replace(b'"lengthCm":30.0', b'"lengthCm":1e400').replace(b'"ok"', b'"plus"'),
+        "minus": valid.replace(b'"widthCm":20.5', b'"widthCm":-1e400').replace(b'"ok"', b'"minus"'),
+    }
     produce(kafka_bootstrap, topic, [valid, *hostile.values()])
-    running = Running(KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id,
-                                    registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=True,
-                                    commit_interval_s=0.2), topic)
+    running = Running(
+        KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group_id,
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            stop_when_idle=True,
+            commit_interval_s=0.2,
+        ),
+        topic,
+    )
     running.thread.join(120)
     assert running.error is None and running.ids() == {"ok"}
     by_value = {value: name for name, value in hostile.items()}
-    dead = {by_value[original_record(d.value, d.key, d.headers).value]: d
-            for d in read_topic(kafka_bootstrap, f"{topic}.dlq", expected=2)}  # the exact original bytes
+    dead = {
+        by_value[original_record(d.value, d.key, d.headers).value]: d
+        for d in read_topic(kafka_bootstrap, f"{topic}.dlq", expected=2)
+    }  # the exact original bytes
     assert set(dead) == {"plus", "minus"}
     for name, field in (("plus", "lengthCm"), ("minus", "widthCm")):
         letter = json.loads(dead[name].value, parse_constant=_not_json)  # strict JSON: no Infinity in it

@@ -13,18 +13,36 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_shows_every_outcome(kafka_bootstrap, tmp_path):
     summary_file = tmp_path / "demo.json"
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "SCHEMA_REGISTRY_URL": "http://127.0.0.1:1/ignored"}  # the demo always uses schemas/
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "SCHEMA_REGISTRY_URL": "http://127.0.0.1:1/ignored",
+    }  # the demo always uses schemas/
     # From the repository root, as `make demo` runs it: examples/ is not part of the installed package.
-    proc = subprocess.run([sys.executable, "-m", "examples.demo", "--json", str(summary_file)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.demo", "--json", str(summary_file)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     summary = json.loads(summary_file.read_text())
     assert summary["ok"] and summary["problems"] == []
     outcomes = summary["outcomes"]
-    assert set(outcomes) == {"processed", "recovered after retry", "retries_exhausted", "handler", "decode",
-                             "envelope", "schema", "validation", "routing"}
+    assert set(outcomes) == {
+        "processed",
+        "recovered after retry",
+        "retries_exhausted",
+        "handler",
+        "decode",
+        "envelope",
+        "schema",
+        "validation",
+        "routing",
+    }
     assert all(count > 0 for count in outcomes.values()), outcomes
     stats = summary["stats"]
     assert stats["orders"]["retried"] >= 3 and stats["orders"]["processed"] > 0
@@ -33,8 +51,19 @@ def test_demo_shows_every_outcome(kafka_bootstrap, tmp_path):
     assert all(d["stage"] == d["expected"] for d in summary["dead_letters"])
     assert sum(s["dead_lettered_total"] for s in stats.values()) == len(summary["dead_letters"])
     # The table the user reads names every outcome.
-    for word in ("processed", "retried", "dead-lettered", "retries_exhausted", "handler", "decode",
-                 "envelope", "schema", "validation", "routing", "every outcome was seen"):
+    for word in (
+        "processed",
+        "retried",
+        "dead-lettered",
+        "retries_exhausted",
+        "handler",
+        "decode",
+        "envelope",
+        "schema",
+        "validation",
+        "routing",
+        "every outcome was seen",
+    ):
         assert word in proc.stdout
     # Topics are cleaned up.
     from confluent_kafka.admin import AdminClient

@@ -69,12 +69,23 @@ def test_prometheus_scrapes_a_running_consumer(kafka_bootstrap, prometheus, make
     invalid = [order(2, "invalid", "customer-email-invalid.json") for _ in range(INVALID)]
     produce(kafka_bootstrap, orders, [*valid, b"not json", b"\xff\xfe{", *invalid])
     port = free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SCHEMA_REGISTRY_URL": "",
-           "SHOP_ORDERS_TOPIC": orders, "SHOP_SHIPMENTS_TOPIC": shipments, "EPISTLE_COMMIT_INTERVAL_S": "0.2",
-           "EPISTLE_METRICS_ADDRESS": "127.0.0.1"}
-    consumer = subprocess.Popen([*EPISTLE, "run", "--app", "examples.shop.app:register", "--group-id", group_id,
-                                 "--metrics-port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "SCHEMA_REGISTRY_URL": "",
+        "SHOP_ORDERS_TOPIC": orders,
+        "SHOP_SHIPMENTS_TOPIC": shipments,
+        "EPISTLE_COMMIT_INTERVAL_S": "0.2",
+        "EPISTLE_METRICS_ADDRESS": "127.0.0.1",
+    }
+    consumer = subprocess.Popen(
+        [*EPISTLE, "run", "--app", "examples.shop.app:register", "--group-id", group_id, "--metrics-port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     prometheus.targets.mkdir(parents=True, exist_ok=True)
     target = prometheus.targets / f"{group_id}.json"
     target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"test_group": group_id}}]))
@@ -83,19 +94,27 @@ def test_prometheus_scrapes_a_running_consumer(kafka_bootstrap, prometheus, make
         eventually(lambda: scalar(url, f"up{{{mine}}}") == 1, "Prometheus scraping the consumer")
         processed = f'sum(epistle_records_total{{{mine},topic="{orders}",outcome="processed"}})'
         dead = f'sum(epistle_records_total{{{mine},topic="{orders}",outcome="dead_lettered"}})'
-        eventually(lambda: scalar(url, processed) == VALID and scalar(url, dead) == UNDECODABLE + INVALID,
-                   f"{VALID} processed and {UNDECODABLE + INVALID} dead-lettered in Prometheus")
-        by_stage = {r["metric"]["stage"]: float(r["value"][1]) for r in query(
-            url, f'sum by (stage) (epistle_records_total{{{mine},outcome="dead_lettered"}})')}
+        eventually(
+            lambda: scalar(url, processed) == VALID and scalar(url, dead) == UNDECODABLE + INVALID,
+            f"{VALID} processed and {UNDECODABLE + INVALID} dead-lettered in Prometheus",
+        )
+        by_stage = {
+            r["metric"]["stage"]: float(r["value"][1])
+            for r in query(url, f'sum by (stage) (epistle_records_total{{{mine},outcome="dead_lettered"}})')
+        }
         assert by_stage == {"decode": UNDECODABLE, "validation": INVALID}
-        by_version = {(r["metric"]["message_type"], r["metric"]["schema_version"]): float(r["value"][1])
-                      for r in query(url, f'sum by (message_type, schema_version) '
-                                          f'(epistle_records_total{{{mine},outcome="processed"}})')}
+        by_version = {
+            (r["metric"]["message_type"], r["metric"]["schema_version"]): float(r["value"][1])
+            for r in query(
+                url, f'sum by (message_type, schema_version) (epistle_records_total{{{mine},outcome="processed"}})'
+            )
+        }
         assert by_version == {("OrderPlaced", "1"): VALID // 2, ("OrderPlaced", "2"): VALID // 2}
         handled = f'sum(epistle_handler_duration_seconds_count{{{mine},topic="{orders}"}})'
         assert scalar(url, handled) == VALID  # the shop's handler ran once per valid order
-        eventually(lambda: (scalar(url, f'sum(epistle_commits_total{{{mine},result="ok"}})') or 0) > 0,
-                   "commits counted")
+        eventually(
+            lambda: (scalar(url, f'sum(epistle_commits_total{{{mine},result="ok"}})') or 0) > 0, "commits counted"
+        )
         assert scalar(url, f'sum(epistle_assigned_partitions{{{mine},topic="{orders}"}})') == 2
         # librdkafka's statistics (every 5 s): both partitions measured, nothing left behind
         lag = f'epistle_consumer_lag{{{mine},topic="{orders}"}}'

@@ -28,8 +28,7 @@ from toolkit.registry import CachedRegistry, ConfluentHttpRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
-MODELS = {("orders", 1): OrderV1, ("orders", 2): OrderV2, ("shipments", 1): ShipmentV1,
-          ("shipments", 2): ShipmentV2}
+MODELS = {("orders", 1): OrderV1, ("orders", 2): OrderV2, ("shipments", 1): ShipmentV1, ("shipments", 2): ShipmentV2}
 
 
 @pytest.fixture
@@ -60,25 +59,34 @@ def samples(registry: CachedRegistry, subjects: dict[str, str]) -> list[tuple[st
 
 
 def consume(kafka_bootstrap: str, group_id: str, registry, subjects, handlers: dict) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id, registry=registry,
-                             subject_strategy=lambda ctx: subjects[ctx.schema_name], stop_when_idle=True,
-                             commit_interval_s=0.2)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=registry,
+        subject_strategy=lambda ctx: subjects[ctx.schema_name],
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+    )
     for topic, handler in handlers.items():
         consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))
     return consumer
 
 
-def test_published_models_reach_the_handler_as_equal_models(kafka_bootstrap, make_topic, group_id, registry,
-                                                            subjects) -> None:
+def test_published_models_reach_the_handler_as_equal_models(
+    kafka_bootstrap, make_topic, group_id, registry, subjects
+) -> None:
     topic = make_topic("produced")
     published = samples(registry, subjects)
 
     async def publish_all() -> list:
-        async with EnvelopeProducer(kafka_bootstrap, registry=registry, name="producer-test",
-                                    subject_strategy=lambda ctx: subjects[ctx.schema_name]) as producer:
-            return await asyncio.gather(*(producer.publish(topic, model, key=schema)
-                                          for schema, model in published))
+        async with EnvelopeProducer(
+            kafka_bootstrap,
+            registry=registry,
+            name="producer-test",
+            subject_strategy=lambda ctx: subjects[ctx.schema_name],
+        ) as producer:
+            return await asyncio.gather(*(producer.publish(topic, model, key=schema) for schema, model in published))
 
     deliveries = asyncio.run(publish_all())
     assert sorted(d.offset for d in deliveries) == list(range(len(published)))
@@ -98,8 +106,9 @@ def test_published_models_reach_the_handler_as_equal_models(kafka_bootstrap, mak
         assert message.correlation_id == delivery.correlation_id == delivery.message_id
 
 
-def test_handlers_that_publish_carry_the_correlation_id_over(kafka_bootstrap, make_topic, group_id, registry,
-                                                             subjects, unique_name) -> None:
+def test_handlers_that_publish_carry_the_correlation_id_over(
+    kafka_bootstrap, make_topic, group_id, registry, subjects, unique_name
+) -> None:
     """orders -> (async handler) -> shipments -> (plain-function handler, a worker thread) -> audit."""
     orders, shipments, audit = make_topic("orders"), make_topic("shipments"), make_topic("audit")
     strategy = {"subject_strategy": lambda ctx: subjects[ctx.schema_name]}
@@ -129,12 +138,17 @@ def test_handlers_that_publish_carry_the_correlation_id_over(kafka_bootstrap, ma
     assert len({h.message_id for h in shipped + audited}) == 4  # each record its own messageId
 
 
-def test_confluent_wire_format_carries_the_registrys_schema_id(kafka_bootstrap, make_topic, registry_url,
-                                                                registry, subjects) -> None:
+def test_confluent_wire_format_carries_the_registrys_schema_id(
+    kafka_bootstrap, make_topic, registry_url, registry, subjects
+) -> None:
     topic = make_topic("wire")
     shipment = next(model for schema, model in samples(registry, subjects) if isinstance(model, ShipmentV2))
-    with EnvelopeProducer(kafka_bootstrap, registry=registry, confluent_topics=[topic],
-                          subject_strategy=lambda ctx: subjects[ctx.schema_name]) as producer:
+    with EnvelopeProducer(
+        kafka_bootstrap,
+        registry=registry,
+        confluent_topics=[topic],
+        subject_strategy=lambda ctx: subjects[ctx.schema_name],
+    ) as producer:
         producer.send(topic, shipment).result(30)
     expected_id = httpx.get(f"{registry_url}/subjects/{subjects['shipments']}/versions/2").json()["id"]
     (record,) = read_topic(kafka_bootstrap, topic, expected=1)
@@ -148,8 +162,9 @@ def test_confluent_wire_format_carries_the_registrys_schema_id(kafka_bootstrap, 
 def test_a_refused_model_sends_nothing(kafka_bootstrap, make_topic, registry, subjects) -> None:
     topic = make_topic("refused")
     order = next(model for schema, model in samples(registry, subjects) if isinstance(model, OrderV2))
-    with EnvelopeProducer(kafka_bootstrap, registry=registry,
-                          subject_strategy=lambda ctx: subjects[ctx.schema_name]) as producer:
+    with EnvelopeProducer(
+        kafka_bootstrap, registry=registry, subject_strategy=lambda ctx: subjects[ctx.schema_name]
+    ) as producer:
         with pytest.raises(PublishRefused, match="items"):
             producer.send(topic, order.model_copy(update={"items": []}))
         producer.send(topic, order).result(30)  # the producer still works
@@ -157,8 +172,9 @@ def test_a_refused_model_sends_nothing(kafka_bootstrap, make_topic, registry, su
 
 
 def test_close_fails_what_an_unreachable_broker_never_acknowledged(registry, subjects) -> None:
-    producer = EnvelopeProducer("127.0.0.1:1", registry=registry,
-                                subject_strategy=lambda ctx: subjects[ctx.schema_name])
+    producer = EnvelopeProducer(
+        "127.0.0.1:1", registry=registry, subject_strategy=lambda ctx: subjects[ctx.schema_name]
+    )
     order = samples(registry, subjects)[0][1]
 
     async def run() -> None:

@@ -33,6 +33,7 @@ PREFETCH = 300  # the unacknowledged window of the subprocess tests: the bound o
 
 def amqp(url: str, conversation: Any, *args: Any) -> Any:
     """Run ``conversation(connection, *args)`` on a connection of its own."""
+
     async def run() -> Any:
         import aio_pika
 
@@ -45,15 +46,17 @@ def amqp(url: str, conversation: Any, *args: Any) -> Any:
     return asyncio.run(run())
 
 
-async def _publish(connection: Any, queue: str, messages: list[tuple[bytes | None, bytes, list]],
-                   arguments: dict | None = None) -> None:
+async def _publish(
+    connection: Any, queue: str, messages: list[tuple[bytes | None, bytes, list]], arguments: dict | None = None
+) -> None:
     import aio_pika
 
     channel = await connection.channel(publisher_confirms=True)
     await channel.declare_queue(queue, durable=True, arguments=arguments)
     for key, value, headers in messages:
-        message = aio_pika.Message(value, headers=table_from_headers(key, headers),
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        message = aio_pika.Message(
+            value, headers=table_from_headers(key, headers), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        )
         await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
 
 
@@ -108,10 +111,15 @@ def test_malformed_corpus_is_dead_lettered_with_exact_bytes_and_amqp_coordinates
     async def handler(message):
         handled.append(message.header.message_id)
 
-    consumer = KafkaConsumer(group_id=group_id, transport=RabbitTransport(rabbitmq_url),
-                             registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=True,
-                             retry=RetryPolicy(max_attempts=2, initial_s=0.05), commit_interval_s=0.2,
-                             unknown_schema_grace_s=0)
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        transport=RabbitTransport(rabbitmq_url),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+        retry=RetryPolicy(max_attempts=2, initial_s=0.05),
+        commit_interval_s=0.2,
+        unknown_schema_grace_s=0,
+    )
     consumer.register_handler(topic, handler)
     asyncio.run(asyncio.wait_for(consumer.start(), 120))
 
@@ -157,8 +165,13 @@ def test_a_message_dead_lettered_by_rabbitmq_keeps_its_x_death_and_typed_headers
         await channel.default_exchange.publish(message, routing_key=f"{topic}.source")
 
     amqp(rabbitmq_url, publish_typed)
-    consumer = KafkaConsumer(group_id=group_id, transport=RabbitTransport(rabbitmq_url), stop_when_idle=True,
-                             registry=LocalFolderRegistry(ROOT / "schemas"), commit_interval_s=0.2)
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        transport=RabbitTransport(rabbitmq_url),
+        stop_when_idle=True,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        commit_interval_s=0.2,
+    )
     consumer.register_handler(topic, lambda message: None)
 
     async def run_when_routed() -> None:
@@ -182,16 +195,20 @@ def test_a_message_dead_lettered_by_rabbitmq_keeps_its_x_death_and_typed_headers
     assert table["x-death"][0]["reason"] == "expired"
 
 
-def test_quorum_queue_with_a_single_active_consumer_keeps_the_order_across_two_consumers(
-        rabbitmq_url, queue, group_id):
+def test_quorum_queue_with_a_single_active_consumer_keeps_the_order_across_two_consumers(rabbitmq_url, queue, group_id):
     topic = queue("quorum")
     ids = [f"q{i:03d}" for i in range(40)]
     handled: dict[str, list[str]] = {"a": [], "b": []}
 
     def member(name: str) -> KafkaConsumer:
         transport = RabbitTransport(rabbitmq_url, queue_type="quorum", single_active_consumer=True)
-        consumer = KafkaConsumer(group_id=group_id, transport=transport, commit_interval_s=0.2,
-                                 registry=LocalFolderRegistry(ROOT / "schemas"), max_workers=4)
+        consumer = KafkaConsumer(
+            group_id=group_id,
+            transport=transport,
+            commit_interval_s=0.2,
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            max_workers=4,
+        )
 
         @consumer.handler(topic)
         async def handle(message) -> None:
@@ -206,9 +223,14 @@ def test_quorum_queue_with_a_single_active_consumer_keeps_the_order_across_two_c
         await asyncio.sleep(1)  # a declared the queue and is its active consumer
         tasks.append(asyncio.create_task(b.start()))
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(amqp, rabbitmq_url, _publish, topic,
-                                [(None, envelope_bytes("orders", 1, VALID_BODY, message_id=i), []) for i in ids],
-                                {"x-queue-type": "quorum", "x-single-active-consumer": True})
+        await asyncio.to_thread(
+            amqp,
+            rabbitmq_url,
+            _publish,
+            topic,
+            [(None, envelope_bytes("orders", 1, VALID_BODY, message_id=i), []) for i in ids],
+            {"x-queue-type": "quorum", "x-single-active-consumer": True},
+        )
         for _ in range(600):  # bounded: 30 s
             if len(handled["a"]) + len(handled["b"]) >= len(ids):
                 break
@@ -233,12 +255,17 @@ def test_a_broker_restart_mid_stream_loses_nothing(rabbitmq_url, queue, group_id
         pytest.skip("RABBITMQ_URL points at a broker these tests did not start: it is not restarted")
     topic = queue("restart")
     ids = [f"r{i:05d}" for i in range(3000)]
-    amqp(rabbitmq_url, _publish, topic, [(None, envelope_bytes("orders", 1, VALID_BODY, message_id=i), [])
-                                         for i in ids])
+    amqp(
+        rabbitmq_url, _publish, topic, [(None, envelope_bytes("orders", 1, VALID_BODY, message_id=i), []) for i in ids]
+    )
     handled: Counter[str] = Counter()
-    consumer = KafkaConsumer(group_id=group_id, registry=LocalFolderRegistry(ROOT / "schemas"),
-                             transport=RabbitTransport(rabbitmq_url, prefetch_count=200, reconnect_interval_s=0.5),
-                             commit_interval_s=0.2, max_in_flight=200)
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        transport=RabbitTransport(rabbitmq_url, prefetch_count=200, reconnect_interval_s=0.5),
+        commit_interval_s=0.2,
+        max_in_flight=200,
+    )
 
     @consumer.handler(topic)
     async def handle(message) -> None:
@@ -271,11 +298,30 @@ def test_a_broker_restart_mid_stream_loses_nothing(rabbitmq_url, queue, group_id
 
 # -- epistle run --broker rabbitmq, killed or stopped ------------------------------------------------------
 def _start(url: str, topic: str, record_file: Path, log: Path, *, until_idle: bool) -> subprocess.Popen:
-    env = {**os.environ, "RABBITMQ_URL": url, "SCHEMA_REGISTRY_URL": "", "EPISTLE_COMMIT_INTERVAL_S": "0.2",
-           "EPISTLE_MAX_IN_FLIGHT": str(PREFETCH), "RABBITMQ_PREFETCH_COUNT": str(PREFETCH),
-           "RECORDER_FILE": str(record_file), "RECORDER_TOPIC": topic}
-    command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.recorder_app:register",
-               "--broker", "rabbitmq", "--topics", topic, "--log-level", "WARNING"]
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": url,
+        "SCHEMA_REGISTRY_URL": "",
+        "EPISTLE_COMMIT_INTERVAL_S": "0.2",
+        "EPISTLE_MAX_IN_FLIGHT": str(PREFETCH),
+        "RABBITMQ_PREFETCH_COUNT": str(PREFETCH),
+        "RECORDER_FILE": str(record_file),
+        "RECORDER_TOPIC": topic,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "toolkit.cli",
+        "run",
+        "--app",
+        "tests.reliability.recorder_app:register",
+        "--broker",
+        "rabbitmq",
+        "--topics",
+        topic,
+        "--log-level",
+        "WARNING",
+    ]
     if until_idle:
         command.append("--until-idle")
     with log.open("ab") as out:
@@ -312,7 +358,8 @@ def _drain(url: str, topic: str, record_file: Path, log: Path) -> None:
 
 
 def test_sigkill_of_epistle_run_mid_stream_loses_nothing_and_duplicates_at_most_the_unacked(
-        rabbitmq_url, queue, tmp_path):
+    rabbitmq_url, queue, tmp_path
+):
     topic = queue("sigkill")
     ids = _fill(rabbitmq_url, topic, 5000)
     record_file, log = tmp_path / "handled.txt", tmp_path / "consumer.log"
@@ -362,12 +409,19 @@ def test_start_up_problems_of_epistle_run_with_rabbitmq_name_the_setting_and_hid
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]  # nothing listens there once closed
     wrong_password = rabbitmq_url.replace("guest:guest@", "guest:s3cret@")
-    for url, expected in ((f"amqp://guest:s3cret@127.0.0.1:{closed}/", "no RabbitMQ broker answered at"),
-                          (wrong_password, "refused the connection")):
+    for url, expected in (
+        (f"amqp://guest:s3cret@127.0.0.1:{closed}/", "no RabbitMQ broker answered at"),
+        (wrong_password, "refused the connection"),
+    ):
         env = {**os.environ, "RABBITMQ_URL": url, "SCHEMA_REGISTRY_URL": "", "KAFKA_STARTUP_TIMEOUT_S": "2"}
-        proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", "--app", "examples.shop.app:register",
-                               "--broker", "rabbitmq"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "toolkit.cli", "run", "--app", "examples.shop.app:register", "--broker", "rabbitmq"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 1 and last.startswith("error: ") and expected in last, proc.stderr[-2000:]
         assert "RABBITMQ_URL" in last and "s3cret" not in proc.stderr

@@ -23,14 +23,24 @@ from toolkit.registry.commands import register_schemas
 ROOT = Path(__file__).resolve().parents[2]
 # Closed content model: adding an optional property is then BACKWARD compatible (in Apicurio too; with an
 # open model it is "OBJECT_TYPE_PROPERTY_SCHEMAS_NARROWED", as in Confluent).
-ORDER_V1 = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-            "additionalProperties": False, "properties": {"orderId": {"type": "string"}},
-            "required": ["orderId"]}
+ORDER_V1 = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"orderId": {"type": "string"}},
+    "required": ["orderId"],
+}
 ORDER_V2 = {**ORDER_V1, "properties": {"orderId": {"type": "string"}, "note": {"type": "string"}}}
-SHIPMENT_V1 = {"type": "record", "name": "Shipment", "namespace": "test.shipments",
-               "fields": [{"name": "id", "type": "string"}]}
-SHIPMENT_V2 = {**SHIPMENT_V1, "fields": [*SHIPMENT_V1["fields"],
-                                         {"name": "weightKg", "type": "double", "default": 0.0}]}
+SHIPMENT_V1 = {
+    "type": "record",
+    "name": "Shipment",
+    "namespace": "test.shipments",
+    "fields": [{"name": "id", "type": "string"}],
+}
+SHIPMENT_V2 = {
+    **SHIPMENT_V1,
+    "fields": [*SHIPMENT_V1["fields"], {"name": "weightKg", "type": "double", "default": 0.0}],
+}
 SHIPMENT_BREAKING = {**SHIPMENT_V1, "fields": [*SHIPMENT_V1["fields"], {"name": "carrier", "type": "string"}]}
 
 
@@ -52,8 +62,9 @@ def counter() -> RequestCounter:
 
 @pytest.fixture
 def http(registry_url, counter):
-    with ConfluentHttpRegistry(registry_url, max_attempts=2, backoff_initial_s=0.05,
-                               event_hooks={"request": [counter]}) as registry:
+    with ConfluentHttpRegistry(
+        registry_url, max_attempts=2, backoff_initial_s=0.05, event_hooks={"request": [counter]}
+    ) as registry:
         yield registry
 
 
@@ -68,10 +79,13 @@ def write_folder(root: Path, subjects: dict[str, list[tuple[str, dict]]]) -> Pat
 @pytest.fixture
 def folder(tmp_path, unique_name):
     orders, shipments = unique_name("orders"), unique_name("shipments")
-    root = write_folder(tmp_path / "schemas", {
-        orders: [(".json", ORDER_V1), (".json", ORDER_V2)],
-        shipments: [(".avsc", SHIPMENT_V1), (".avsc", SHIPMENT_V2)],
-    })
+    root = write_folder(
+        tmp_path / "schemas",
+        {
+            orders: [(".json", ORDER_V1), (".json", ORDER_V2)],
+            shipments: [(".avsc", SHIPMENT_V1), (".avsc", SHIPMENT_V2)],
+        },
+    )
     return root, orders, shipments
 
 
@@ -79,8 +93,10 @@ def test_lookup_by_version_and_latest_for_json_schema_and_avro(http, folder):
     root, orders, shipments = folder
     steps = register_schemas(http, load_schemas(root))
     assert [s.action for s in steps if s.version] == ["registered"] * 4, [str(s) for s in steps]
-    for subject, fmt, versions in ((orders, SchemaFormat.JSON, [ORDER_V1, ORDER_V2]),
-                                   (shipments, SchemaFormat.AVRO, [SHIPMENT_V1, SHIPMENT_V2])):
+    for subject, fmt, versions in (
+        (orders, SchemaFormat.JSON, [ORDER_V1, ORDER_V2]),
+        (shipments, SchemaFormat.AVRO, [SHIPMENT_V1, SHIPMENT_V2]),
+    ):
         assert http.versions(subject) == [1, 2]
         for number, document in enumerate(versions, start=1):
             schema = http.get(subject, number)
@@ -124,11 +140,9 @@ def test_registering_twice_is_a_no_op(http, folder, counter):
 
 def test_an_incompatible_version_is_refused_with_the_registry_reason(http, tmp_path, unique_name):
     subject = unique_name("shipments")
-    root = write_folder(tmp_path / "schemas",
-                        {subject: [(".avsc", SHIPMENT_V1), (".avsc", SHIPMENT_BREAKING)]})
+    root = write_folder(tmp_path / "schemas", {subject: [(".avsc", SHIPMENT_V1), (".avsc", SHIPMENT_BREAKING)]})
     steps = register_schemas(http, load_schemas(root))
-    assert [(s.version, s.action) for s in steps] == [(1, "registered"), (None, "compatibility"),
-                                                      (2, "refused")]
+    assert [(s.version, s.action) for s in steps] == [(1, "registered"), (None, "compatibility"), (2, "refused")]
     assert "Incompatible" in steps[-1].detail and "carrier" in steps[-1].detail  # Apicurio's own words
     assert http.versions(subject) == [1]
     with pytest.raises(RegistryRejected) as raised:
@@ -175,8 +189,10 @@ def _same_lookups(local, remote, subjects: dict[str, str], samples_root: Path) -
     for subject in subjects.values():
         assert local.versions(subject) == remote.versions(subject)
         for version in [*local.versions(subject), "latest"]:
-            (mine, mine_compiled), (theirs, theirs_compiled) = (local_cache.resolve(subject, version),
-                                                                 remote_cache.resolve(subject, version))
+            (mine, mine_compiled), (theirs, theirs_compiled) = (
+                local_cache.resolve(subject, version),
+                remote_cache.resolve(subject, version),
+            )
             assert (mine.subject, mine.version) == (theirs.subject, theirs.version)
             assert mine.format == theirs.format
             assert canonical_schema(mine.text) == canonical_schema(theirs.text)
@@ -240,8 +256,9 @@ def test_credentials_never_leak(registry_url, unique_name, caplog, monkeypatch):
         with pytest.raises(SchemaNotFound) as raised:
             registry.get(unique_name("missing"), 1)
         shown += [str(raised.value), repr(raised.value)]
-    dead = settings.model_copy(update={"url": "http://127.0.0.1:9/apis/ccompat/v7", "max_attempts": 2,
-                                       "backoff_initial_s": 0.01})
+    dead = settings.model_copy(
+        update={"url": "http://127.0.0.1:9/apis/ccompat/v7", "max_attempts": 2, "backoff_initial_s": 0.01}
+    )
     with ConfluentHttpRegistry.from_settings(dead) as registry:
         with pytest.raises(RegistryUnavailable) as unavailable:
             registry.get("orders", 1)

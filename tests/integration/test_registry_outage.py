@@ -33,9 +33,11 @@ from toolkit.registry.commands import verify_schemas
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = [sys.executable, str(ROOT / "scripts" / "services.py")]
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("SCHEMA_REGISTRY_URL")),
-                                reason="an external registry is configured (SCHEMA_REGISTRY_URL): "
-                                       "this module starts and stops a registry of its own")
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("SCHEMA_REGISTRY_URL")),
+    reason="an external registry is configured (SCHEMA_REGISTRY_URL): "
+    "this module starts and stops a registry of its own",
+)
 
 
 @dataclass
@@ -44,8 +46,9 @@ class PrivateRegistry:
     env: dict[str, str]
 
     def _run(self, action: str) -> None:
-        proc = subprocess.run([*SERVICES, action, "registry"], env=self.env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [*SERVICES, action, "registry"], env=self.env, capture_output=True, text=True, timeout=300
+        )
         if proc.returncode != 0:
             pytest.fail(f"services.py {action} registry failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
 
@@ -65,8 +68,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def private_registry(tmp_path_factory) -> Iterator[PrivateRegistry]:
     port = _free_port()
-    env = {**os.environ, "EPISTLE_SERVICES_DIR": str(tmp_path_factory.mktemp("services")),
-           "EPISTLE_REGISTRY_PORT": str(port)}
+    env = {
+        **os.environ,
+        "EPISTLE_SERVICES_DIR": str(tmp_path_factory.mktemp("services")),
+        "EPISTLE_REGISTRY_PORT": str(port),
+    }
     registry = PrivateRegistry(f"http://127.0.0.1:{port}/apis/ccompat/v7", env)
     registry.up()
     try:
@@ -80,8 +86,9 @@ def test_a_stopped_registry_is_unavailable_after_the_attempts_then_back(private_
     counter = RequestCounter()
     subject = unique_name("shipments")
     text = json.dumps(SHIPMENT_V1)
-    http = ConfluentHttpRegistry(private_registry.url, max_attempts=3, backoff_initial_s=0.05, timeout_s=2,
-                                 event_hooks={"request": [counter]})
+    http = ConfluentHttpRegistry(
+        private_registry.url, max_attempts=3, backoff_initial_s=0.05, timeout_s=2, event_hooks={"request": [counter]}
+    )
     cache = CachedRegistry(http, latest_ttl_s=0)
     assert http.register(subject, text, SchemaFormat.AVRO).version == 1
     assert cache.resolve(subject, 1)[0].version == 1
@@ -110,8 +117,9 @@ def test_a_stopped_registry_is_unavailable_after_the_attempts_then_back(private_
     http.close()
 
 
-@pytest.mark.skipif(not (ROOT / "schemas").is_dir() or not any((ROOT / "schemas").iterdir()),
-                    reason="no example schemas in schemas/")
+@pytest.mark.skipif(
+    not (ROOT / "schemas").is_dir() or not any((ROOT / "schemas").iterdir()), reason="no example schemas in schemas/"
+)
 def test_local_folder_and_http_answer_alike_on_the_example_schemas(private_registry, tmp_path, unique_name):
     """The example schemas, registered as they are, give the same lookups and sample verdicts locally and
     over HTTP.

@@ -15,7 +15,9 @@ ORDER_JSON_SCHEMA = {
     "required": ["orderId"],
 }
 SHIPMENT_AVRO = {
-    "type": "record", "name": "Shipment", "namespace": "test.shipments",
+    "type": "record",
+    "name": "Shipment",
+    "namespace": "test.shipments",
     "fields": [{"name": "id", "type": "string"}, {"name": "weightKg", "type": "double"}],
 }
 

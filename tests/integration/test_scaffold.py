@@ -26,17 +26,26 @@ pytestmark = pytest.mark.timeout(900)
 
 def _env(bootstrap: str) -> dict[str, str]:
     # The generated service reads only its own settings: our registry URL, test knobs and venv stay out.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "EPISTLE_", "PYTEST_")) and k not in (
-               "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "EPISTLE_", "PYTEST_"))
+        and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
     env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     return env
 
 
 def _make(project: Path, env: dict[str, str], *targets: str, timeout: float = 600) -> tuple[str, float]:
     started = time.monotonic()
-    proc = subprocess.run(["make", *targets, f"PYTHON={sys.executable}"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        ["make", *targets, f"PYTHON={sys.executable}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     elapsed = time.monotonic() - started
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"make {' '.join(targets)} failed (exit {proc.returncode}):\n{output}"
@@ -50,19 +59,20 @@ def run_id(admin) -> Iterator[str]:
     run_id = uuid.uuid4().hex[:8]
     yield run_id
     doomed = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"scaffold-{run_id}-")]
-    for future in (admin.delete_topics(doomed).values() if doomed else ()):
+    for future in admin.delete_topics(doomed).values() if doomed else ():
         try:
             future.result(timeout=30)
         except Exception:  # best effort: the names are unique anyway
             pass
 
 
-def test_generated_service_installs_checks_tests_and_runs(tmp_path: Path, kafka_bootstrap: str,
-                                                          run_id: str) -> None:
+def test_generated_service_installs_checks_tests_and_runs(tmp_path: Path, kafka_bootstrap: str, run_id: str) -> None:
     topics = f"scaffold-{run_id}-orders,scaffold-{run_id}-payments.v1"
     started = time.monotonic()
-    project = create_project(Answers(project_name="it-service", package_name="it_service", topics=topics,
-                                     group_id=f"scaffold-{run_id}"), tmp_path)
+    project = create_project(
+        Answers(project_name="it-service", package_name="it_service", topics=topics, group_id=f"scaffold-{run_id}"),
+        tmp_path,
+    )
     print(f"epistle new: {time.monotonic() - started:.1f}s")
     env = _env(kafka_bootstrap)
 
@@ -82,8 +92,14 @@ def test_generated_service_installs_checks_tests_and_runs(tmp_path: Path, kafka_
 
 
 def _run_until_consuming_then_sigterm(project: Path, env: dict[str, str], run_id: str) -> None:
-    proc = subprocess.Popen([str(project / ".venv/bin/python"), "-m", "it_service"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(project / ".venv/bin/python"), "-m", "it_service"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         lines: list[str] = []

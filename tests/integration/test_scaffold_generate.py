@@ -19,8 +19,12 @@ from toolkit.scaffold import Answers, ScaffoldError, create_project, rules
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-ANSWERS = Answers(project_name="orders-consumer", package_name="orders_consumer",
-                  topics="orders, payments.v1", group_id="orders-group")
+ANSWERS = Answers(
+    project_name="orders-consumer",
+    package_name="orders_consumer",
+    topics="orders, payments.v1",
+    group_id="orders-group",
+)
 
 
 @pytest.fixture
@@ -43,17 +47,33 @@ def test_generates_a_complete_project(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["orders-consumer"]  # no staging folder left
     files = _tree(target)
     for expected in [
-        ".env.example", ".github/workflows/schema-check.yml", ".gitignore", ".pre-commit-config.yaml",
-        "Makefile", "README.md", "pyproject.toml",
-        "orders_consumer/__init__.py", "orders_consumer/__main__.py", "orders_consumer/app.py",
-        "orders_consumer/services.py", "orders_consumer/handlers/__init__.py",
-        "orders_consumer/handlers/orders_handler.py", "orders_consumer/handlers/payments_v1_handler.py",
-        "schemas/orders/1.json", "schemas/orders/subject.toml",
-        "schemas/payments.v1/1.json", "schemas/payments.v1/subject.toml",
-        "generated_models/__init__.py", "generated_models/_index.py", "generated_models/orders/v1.py",
+        ".env.example",
+        ".github/workflows/schema-check.yml",
+        ".gitignore",
+        ".pre-commit-config.yaml",
+        "Makefile",
+        "README.md",
+        "pyproject.toml",
+        "orders_consumer/__init__.py",
+        "orders_consumer/__main__.py",
+        "orders_consumer/app.py",
+        "orders_consumer/services.py",
+        "orders_consumer/handlers/__init__.py",
+        "orders_consumer/handlers/orders_handler.py",
+        "orders_consumer/handlers/payments_v1_handler.py",
+        "schemas/orders/1.json",
+        "schemas/orders/subject.toml",
+        "schemas/payments.v1/1.json",
+        "schemas/payments.v1/subject.toml",
+        "generated_models/__init__.py",
+        "generated_models/_index.py",
+        "generated_models/orders/v1.py",
         "generated_models/payments_v1/v1.py",
-        "tests/conftest.py", "tests/messages.py", "tests/unit/test_orders_handler.py",
-        "tests/unit/test_payments_v1_handler.py", "tests/integration/test_consume.py",
+        "tests/conftest.py",
+        "tests/messages.py",
+        "tests/unit/test_orders_handler.py",
+        "tests/unit/test_payments_v1_handler.py",
+        "tests/integration/test_consume.py",
     ]:
         assert expected in files
     for path in target.rglob("*.py"):
@@ -91,10 +111,28 @@ def test_generated_python_passes_the_toolkits_lint_rules(tmp_path: Path) -> None
     ruff = Path(sys.executable).with_name("ruff")
     assert ruff.is_file(), "ruff is a dev dependency: pip install -e '.[dev]'"
     target = create_project(ANSWERS, tmp_path)  # with generated_models/: isort sees it as first-party
-    proc = subprocess.run([str(ruff), "check", "--no-cache", "--isolated", "--line-length", "110",
-                           "--extend-exclude", "generated_models",
-                           "--target-version", "py311", "--select", "E,F,W,I,B,UP", "--output-format",
-                           "concise", "."], cwd=target, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(ruff),
+            "check",
+            "--no-cache",
+            "--isolated",
+            "--line-length",
+            "110",
+            "--extend-exclude",
+            "generated_models",
+            "--target-version",
+            "py311",
+            "--select",
+            "E,F,W,I,B,UP",
+            "--output-format",
+            "concise",
+            ".",
+        ],
+        cwd=target,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -152,8 +190,7 @@ def test_invalid_answers_are_refused_before_anything_is_written(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("step", ["_render", "_generate_models", "_move_into_place"])
-def test_a_failure_mid_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 step: str) -> None:
+def test_a_failure_mid_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
     out = tmp_path / "created" / "by-us"
     real = getattr(scaffold, step)
 
@@ -192,41 +229,71 @@ def test_a_template_error_is_a_scaffold_error(tmp_path: Path, monkeypatch) -> No
 
 # -- the template run by cookiecutter directly: the hooks apply the same rules ----------------------------
 
+
 def test_plain_cookiecutter_makes_the_same_project(tmp_path: Path, cookiecutter_config: str) -> None:
     from cookiecutter.main import cookiecutter
 
-    direct = Path(cookiecutter(str(scaffold.TEMPLATE_DIR), no_input=True, output_dir=str(tmp_path / "direct"),
-                               extra_context=ANSWERS.context(), config_file=cookiecutter_config))
+    direct = Path(
+        cookiecutter(
+            str(scaffold.TEMPLATE_DIR),
+            no_input=True,
+            output_dir=str(tmp_path / "direct"),
+            extra_context=ANSWERS.context(),
+            config_file=cookiecutter_config,
+        )
+    )
     ours = create_project(ANSWERS, tmp_path / "ours", codegen=False)
     assert _tree(direct) == _tree(ours)
     for name in _tree(ours):
         assert (direct / name).read_bytes() == (ours / name).read_bytes(), name
 
 
-@pytest.mark.parametrize(("context", "field"), [
-    ({"package_name": "class"}, "package_name"),
-    ({"topics": "orders,a b"}, "topics"),
-    ({"project_name": "bad name"}, "project_name"),
-    ({"group_id": ""}, "group_id"),
-])
-def test_plain_cookiecutter_refuses_bad_answers_and_leaves_nothing(tmp_path: Path, capfd,
-                                                                   cookiecutter_config: str, context: dict,
-                                                                   field: str) -> None:
+@pytest.mark.parametrize(
+    ("context", "field"),
+    [
+        ({"package_name": "class"}, "package_name"),
+        ({"topics": "orders,a b"}, "topics"),
+        ({"project_name": "bad name"}, "project_name"),
+        ({"group_id": ""}, "group_id"),
+    ],
+)
+def test_plain_cookiecutter_refuses_bad_answers_and_leaves_nothing(
+    tmp_path: Path, capfd, cookiecutter_config: str, context: dict, field: str
+) -> None:
     from cookiecutter.exceptions import FailedHookException
     from cookiecutter.main import cookiecutter
 
     with pytest.raises(FailedHookException):
-        cookiecutter(str(scaffold.TEMPLATE_DIR), no_input=True, output_dir=str(tmp_path),
-                     extra_context={**ANSWERS.context(), **context}, config_file=cookiecutter_config)
+        cookiecutter(
+            str(scaffold.TEMPLATE_DIR),
+            no_input=True,
+            output_dir=str(tmp_path),
+            extra_context={**ANSWERS.context(), **context},
+            config_file=cookiecutter_config,
+        )
     assert list(tmp_path.iterdir()) == []
     assert field in capfd.readouterr().err
 
 
 # -- the command -----------------------------------------------------------------------------------------
 
+
 def test_cli_new_with_flags(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["new", "billing-svc", "--topics", "invoices", "--group-id", "billing",
-                                      "--output-dir", str(tmp_path), "--no-input", "--no-codegen"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "new",
+            "billing-svc",
+            "--topics",
+            "invoices",
+            "--group-id",
+            "billing",
+            "--output-dir",
+            str(tmp_path),
+            "--no-input",
+            "--no-codegen",
+        ],
+    )
     assert result.exit_code == 0, result.output
     target = tmp_path / "billing-svc"
     assert (target / "billing_svc/handlers/invoices_handler.py").is_file()
@@ -243,18 +310,20 @@ def test_cli_new_prompts_and_asks_again_after_a_bad_answer(tmp_path: Path) -> No
     assert "KAFKA_GROUP_ID=my-svc" in (tmp_path / "my-svc/.env.example").read_text()
 
 
-@pytest.mark.parametrize(("args", "field"), [
-    (["bad name"], "project_name"),
-    (["ok-name", "--package", "import"], "package_name"),
-    (["ok-name", "--topics", ".."], "topics"),
-    (["ok-name", "--topics", "x" * 250], "topics"),
-    (["ok-name", "--group-id", " "], "group_id"),
-    (["--package", "ok"], "project_name"),  # --no-input without a name
-    (["ok-name", "--toolkit-wheel", "/nonexistent/toolkit.whl"], "toolkit_wheel"),
-    (["ok-name", "--toolkit-path", "/nonexistent"], "toolkit_path"),
-])
-def test_cli_new_bad_input_exits_non_zero_naming_the_field(tmp_path: Path, args: list[str],
-                                                           field: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["bad name"], "project_name"),
+        (["ok-name", "--package", "import"], "package_name"),
+        (["ok-name", "--topics", ".."], "topics"),
+        (["ok-name", "--topics", "x" * 250], "topics"),
+        (["ok-name", "--group-id", " "], "group_id"),
+        (["--package", "ok"], "project_name"),  # --no-input without a name
+        (["ok-name", "--toolkit-wheel", "/nonexistent/toolkit.whl"], "toolkit_wheel"),
+        (["ok-name", "--toolkit-path", "/nonexistent"], "toolkit_path"),
+    ],
+)
+def test_cli_new_bad_input_exits_non_zero_naming_the_field(tmp_path: Path, args: list[str], field: str) -> None:
     result = CliRunner().invoke(app, ["new", *args, "--output-dir", str(tmp_path), "--no-input"])
     assert result.exit_code != 0
     assert field in result.output and "fix" in result.output, result.output

@@ -18,8 +18,13 @@ def _free_port() -> int:
 
 
 def _services(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "services.py"), *args],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "services.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_starting_a_running_service_is_a_no_op(kafka_bootstrap: str) -> None:
@@ -59,8 +64,11 @@ def test_port_in_use_by_something_else_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_private_broker_starts_answers_and_stops_without_leftovers(tmp_path: Path) -> None:
     port, controller = _free_port(), _free_port()
-    env = {"EPISTLE_SERVICES_DIR": str(tmp_path), "EPISTLE_KAFKA_PORT": str(port),
-           "EPISTLE_KAFKA_CONTROLLER_PORT": str(controller)}
+    env = {
+        "EPISTLE_SERVICES_DIR": str(tmp_path),
+        "EPISTLE_KAFKA_PORT": str(port),
+        "EPISTLE_KAFKA_CONTROLLER_PORT": str(controller),
+    }
     started = _services("up", "kafka", env=env)
     try:
         assert started.returncode == 0, started.stderr + started.stdout
@@ -80,8 +88,12 @@ def test_private_broker_starts_answers_and_stops_without_leftovers(tmp_path: Pat
 
 
 def _rabbitmq_env(state: Path) -> dict[str, str]:
-    return {"EPISTLE_SERVICES_DIR": str(state), "EPISTLE_RABBITMQ_PORT": str(_free_port()),
-            "EPISTLE_RABBITMQ_DIST_PORT": str(_free_port()), "EPISTLE_RABBITMQ_EPMD_PORT": str(_free_port())}
+    return {
+        "EPISTLE_SERVICES_DIR": str(state),
+        "EPISTLE_RABBITMQ_PORT": str(_free_port()),
+        "EPISTLE_RABBITMQ_DIST_PORT": str(_free_port()),
+        "EPISTLE_RABBITMQ_EPMD_PORT": str(_free_port()),
+    }
 
 
 def _listening(port: int) -> bool:

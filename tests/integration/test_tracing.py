@@ -42,8 +42,13 @@ def test_producer_to_consumer_on_the_broker_is_one_trace(kafka_bootstrap, make_t
         async with EnvelopeProducer(kafka_bootstrap, registry=registry) as producer:
             with tracer.start_as_current_span("checkout"):
                 await producer.publish(orders, Order.model_validate(ORDER), key="A-1")
-            consumer = KafkaConsumer(kafka_bootstrap, group_id, registry=registry, stop_when_idle=True,
-                                     middleware=[TracingMiddleware(group_id=group_id, tracer_provider=provider)])
+            consumer = KafkaConsumer(
+                kafka_bootstrap,
+                group_id,
+                registry=registry,
+                stop_when_idle=True,
+                middleware=[TracingMiddleware(group_id=group_id, tracer_provider=provider)],
+            )
 
             @consumer.handler(orders)
             async def handle(message: Any) -> None:
@@ -72,16 +77,43 @@ def test_epistle_run_exports_spans_and_writes_json_lines(kafka_bootstrap, make_t
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{'ab' * 8}-01".encode()
     body = dict(ORDER, orderId=str(uuid.uuid4()))
-    produce(kafka_bootstrap, orders, [envelope_bytes("orders", 2, body, message_type="OrderPlaced")],
-            headers=[("traceparent", traceparent)])
+    produce(
+        kafka_bootstrap,
+        orders,
+        [envelope_bytes("orders", 2, body, message_type="OrderPlaced")],
+        headers=[("traceparent", traceparent)],
+    )
     produce(kafka_bootstrap, orders, [b"not json"])
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env |= {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SCHEMA_REGISTRY_URL": "", "SHOP_ORDERS_TOPIC": orders,
-            "SHOP_SHIPMENTS_TOPIC": shipments, "EPISTLE_COMMIT_INTERVAL_S": "0.2", "EPISTLE_LOG_FORMAT": "json",
-            "EPISTLE_TRACING": "1", "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "shop-tests"}
-    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", "--app", "examples.shop.app:register",
-                           "--group-id", group_id, "--until-idle"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "SCHEMA_REGISTRY_URL": "",
+        "SHOP_ORDERS_TOPIC": orders,
+        "SHOP_SHIPMENTS_TOPIC": shipments,
+        "EPISTLE_COMMIT_INTERVAL_S": "0.2",
+        "EPISTLE_LOG_FORMAT": "json",
+        "EPISTLE_TRACING": "1",
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_SERVICE_NAME": "shop-tests",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "run",
+            "--app",
+            "examples.shop.app:register",
+            "--group-id",
+            group_id,
+            "--until-idle",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]  # every line is JSON
     dead = next(line for line in lines if line["message"].startswith("dead-lettered"))

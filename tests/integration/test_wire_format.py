@@ -74,8 +74,9 @@ def golden(registry: CachedRegistry, schema: str, text: str, fmt: SchemaFormat) 
 
 
 def serialize(kafka_bootstrap: str, topic: str, serializer, values: list, headers=None) -> None:
-    producer = SerializingProducer({"bootstrap.servers": kafka_bootstrap, "key.serializer": StringSerializer(),
-                                    "value.serializer": serializer})
+    producer = SerializingProducer(
+        {"bootstrap.servers": kafka_bootstrap, "key.serializer": StringSerializer(), "value.serializer": serializer}
+    )
     for index, value in enumerate(values):
         producer.produce(topic, key=str(index), value=value, headers=headers)
     assert producer.flush(30) == 0
@@ -84,9 +85,17 @@ def serialize(kafka_bootstrap: str, topic: str, serializer, values: list, header
 def read_all(pipeline: Pipeline, kafka_bootstrap: str, topic: str, expected: int) -> list:
     out = []
     for record in read_topic(kafka_bootstrap, topic, expected=expected):
-        out.append(pipeline.prepare(topic=record.topic, partition=record.partition, offset=record.offset,
-                                    key=record.key, value=record.value, headers=record.headers,
-                                    timestamp=record.timestamp).message)
+        out.append(
+            pipeline.prepare(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=record.headers,
+                timestamp=record.timestamp,
+            ).message
+        )
     return out
 
 
@@ -97,8 +106,9 @@ def pipeline_for(registry, topics, formats, strategy=topic_value_strategy) -> Pi
     return Pipeline(registry, router, Models(), subject_strategy=strategy, value_formats=formats)
 
 
-def test_avro_serializer_records_are_read_as_the_generated_model(kafka_bootstrap, make_topic, registry,
-                                                                confluent_client) -> None:
+def test_avro_serializer_records_are_read_as_the_generated_model(
+    kafka_bootstrap, make_topic, registry, confluent_client
+) -> None:
     topic = make_topic("avro-wire")
     values = golden(registry, "shipments", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
     serialize(kafka_bootstrap, topic, AvroSerializer(confluent_client, json.dumps(SHIPMENT_V1)), values)
@@ -107,21 +117,27 @@ def test_avro_serializer_records_are_read_as_the_generated_model(kafka_bootstrap
     assert [m.body for m in messages] == [ShipmentV1.model_validate(v) for v in values]
     for message in messages:
         assert (message.schema_id, message.subject, message.header.schema_name, message.header.version) == (
-            schema_id, f"{topic}-value", "shipments", 1)
+            schema_id,
+            f"{topic}-value",
+            "shipments",
+            1,
+        )
         assert message.header.message_type == "com.epistle.shipments.Shipment"
         assert message.header.message_id == f"{topic}/0/{message.offset}"
     ConfluentHttpRegistry(registry.registry.url).delete_subject(f"{topic}-value", permanent=True)
 
 
-def test_json_serializer_records_are_validated_and_read_as_the_generated_model(kafka_bootstrap, make_topic,
-                                                                              registry, confluent_client) -> None:
+def test_json_serializer_records_are_validated_and_read_as_the_generated_model(
+    kafka_bootstrap, make_topic, registry, confluent_client
+) -> None:
     topic = make_topic("json-wire")
     values = golden(registry, "orders", ORDER_V1, SchemaFormat.JSON)
     serialize(kafka_bootstrap, topic, JSONSerializer(ORDER_V1, confluent_client), values)
     messages = read_all(pipeline_for(registry, [topic], {topic: "auto"}), kafka_bootstrap, topic, len(values))
     assert [m.body for m in messages] == [OrderV1.model_validate(v) for v in values]
     assert {(m.header.schema_name, m.header.message_type, m.subject) for m in messages} == {
-        ("orders", "Order", f"{topic}-value")}
+        ("orders", "Order", f"{topic}-value")
+    }
     ConfluentHttpRegistry(registry.registry.url).delete_subject(f"{topic}-value", permanent=True)
 
 
@@ -129,8 +145,9 @@ def test_record_name_strategy_and_kafka_headers(kafka_bootstrap, make_topic, reg
     topic = make_topic("record-name")
     schema = {**SHIPMENT_V1, "namespace": f"test.wire{uuid.uuid4().hex[:8]}"}  # its own subject: the full name
     values = golden(registry, "shipments", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)[:2]
-    serializer = AvroSerializer(confluent_client, json.dumps(schema),
-                                conf={"subject.name.strategy": record_subject_name_strategy})
+    serializer = AvroSerializer(
+        confluent_client, json.dumps(schema), conf={"subject.name.strategy": record_subject_name_strategy}
+    )
     headers = [("correlationId", b"corr-1"), ("messageId", b"msg-1")]
     serialize(kafka_bootstrap, topic, serializer, values, headers=headers)
 
@@ -142,7 +159,8 @@ def test_record_name_strategy_and_kafka_headers(kafka_bootstrap, make_topic, reg
     full_name = f"{schema['namespace']}.Shipment"
     assert [m.body for m in messages] == [ShipmentV1.model_validate(v) for v in values]
     assert {(m.subject, m.header.message_type, m.header.schema_name) for m in messages} == {
-        (full_name, full_name, "shipments")}  # the model named like the record
+        (full_name, full_name, "shipments")
+    }  # the model named like the record
     assert {(m.header.correlation_id, m.header.message_id) for m in messages} == {("corr-1", "msg-1")}
     ConfluentHttpRegistry(registry.registry.url).delete_subject(full_name, permanent=True)
 
@@ -153,8 +171,17 @@ def test_hostile_wire_records_fail_at_their_stage(kafka_bootstrap, make_topic, r
     serialize(kafka_bootstrap, topic, AvroSerializer(confluent_client, json.dumps(SHIPMENT_V1)), values)
     (good,) = read_topic(kafka_bootstrap, topic, expected=1)
     unknown_id = (2**31 - 7).to_bytes(4, "big")
-    produce(kafka_bootstrap, topic, [good.value[:-3], good.value + b"\x00", b"\x00" + unknown_id + good.value[5:],
-                                     b"\x01" + good.value[1:], good.value[:4]])
+    produce(
+        kafka_bootstrap,
+        topic,
+        [
+            good.value[:-3],
+            good.value + b"\x00",
+            b"\x00" + unknown_id + good.value[5:],
+            b"\x01" + good.value[1:],
+            good.value[:4],
+        ],
+    )
     pipeline = pipeline_for(registry, [topic], {topic: "confluent"})
     stages = []
     for record in read_topic(kafka_bootstrap, topic, expected=6)[1:]:
@@ -177,24 +204,35 @@ def subjects(registry_url, unique_name) -> dict[str, str]:
         http.delete_subject(name, permanent=True)
 
 
-@pytest.mark.parametrize(("schema", "model", "deserializer"), [
-    ("shipments", ShipmentV1, lambda client: AvroDeserializer(client)),
-    ("orders", OrderV1, lambda client: JSONDeserializer(None, schema_registry_client=client)),
-])
-def test_our_producers_wire_format_is_read_by_confluent_deserializers(kafka_bootstrap, make_topic, registry,
-                                                                      confluent_client, subjects, schema, model,
-                                                                      deserializer) -> None:
+@pytest.mark.parametrize(
+    ("schema", "model", "deserializer"),
+    [
+        ("shipments", ShipmentV1, lambda client: AvroDeserializer(client)),
+        ("orders", OrderV1, lambda client: JSONDeserializer(None, schema_registry_client=client)),
+    ],
+)
+def test_our_producers_wire_format_is_read_by_confluent_deserializers(
+    kafka_bootstrap, make_topic, registry, confluent_client, subjects, schema, model, deserializer
+) -> None:
     topic = make_topic("ours")
-    text, fmt = ((json.dumps(SHIPMENT_V1), SchemaFormat.AVRO) if schema == "shipments"
-                 else (ORDER_V1, SchemaFormat.JSON))
+    text, fmt = (json.dumps(SHIPMENT_V1), SchemaFormat.AVRO) if schema == "shipments" else (ORDER_V1, SchemaFormat.JSON)
     models = [model.model_validate(v) for v in golden(registry, schema, text, fmt)]
-    with EnvelopeProducer(kafka_bootstrap, registry=registry, confluent_topics=[topic],
-                          subject_strategy=lambda ctx: subjects[ctx.schema_name]) as producer:
+    with EnvelopeProducer(
+        kafka_bootstrap,
+        registry=registry,
+        confluent_topics=[topic],
+        subject_strategy=lambda ctx: subjects[ctx.schema_name],
+    ) as producer:
         for sent in models:
             producer.send(topic, sent).result(30)
-    consumer = DeserializingConsumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
-                                      "auto.offset.reset": "earliest",
-                                      "value.deserializer": deserializer(confluent_client)})
+    consumer = DeserializingConsumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "value.deserializer": deserializer(confluent_client),
+        }
+    )
     consumer.subscribe([topic])
     received = []
     try:
@@ -209,15 +247,23 @@ def test_our_producers_wire_format_is_read_by_confluent_deserializers(kafka_boot
     assert [model.model_validate(value) for value in received] == models
 
 
-def test_kafka_consumer_hands_serializer_records_to_the_handler(kafka_bootstrap, make_topic, group_id, registry,
-                                                                confluent_client) -> None:
+def test_kafka_consumer_hands_serializer_records_to_the_handler(
+    kafka_bootstrap, make_topic, group_id, registry, confluent_client
+) -> None:
     topic = make_topic("consumer-wire")
     values = golden(registry, "shipments", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
     serialize(kafka_bootstrap, topic, AvroSerializer(confluent_client, json.dumps(SHIPMENT_V1)), values)
     received = []
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group_id, registry=registry,
-                             models=Models(), subject_strategy=topic_value_strategy, stop_when_idle=True,
-                             commit_interval_s=0.2, value_formats={topic: "confluent"})
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=registry,
+        models=Models(),
+        subject_strategy=topic_value_strategy,
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+        value_formats={topic: "confluent"},
+    )
     consumer.register_handler(topic, lambda message: received.append(message) or True)
     asyncio.run(asyncio.wait_for(consumer.start(), 60))
     assert [m.body for m in received] == [ShipmentV1.model_validate(v) for v in values]

@@ -83,17 +83,23 @@ class PrivateBroker:
         port, controller_port = _free_ports(2)
         self.state_dir = state_dir
         self.bootstrap = f"127.0.0.1:{port}"
-        self.env = {**os.environ, "EPISTLE_SERVICES_DIR": str(state_dir), "EPISTLE_KAFKA_PORT": str(port),
-                    "EPISTLE_KAFKA_CONTROLLER_PORT": str(controller_port)}
+        self.env = {
+            **os.environ,
+            "EPISTLE_SERVICES_DIR": str(state_dir),
+            "EPISTLE_KAFKA_PORT": str(port),
+            "EPISTLE_KAFKA_CONTROLLER_PORT": str(controller_port),
+        }
         self.port = port
 
     def _services(self, action: str) -> float:
         started = time.monotonic()
-        proc = subprocess.run([*SERVICES, action, "kafka"], env=self.env, capture_output=True, text=True,
-                              timeout=SERVICE_TIMEOUT_S)
+        proc = subprocess.run(
+            [*SERVICES, action, "kafka"], env=self.env, capture_output=True, text=True, timeout=SERVICE_TIMEOUT_S
+        )
         if proc.returncode != 0:
-            raise AssertionError(f"services.py {action} kafka failed ({proc.returncode}):\n"
-                                 f"{proc.stdout}{proc.stderr}\n{self.log_tail()}")
+            raise AssertionError(
+                f"services.py {action} kafka failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}\n{self.log_tail()}"
+            )
         return time.monotonic() - started
 
     def up(self) -> float:
@@ -172,8 +178,7 @@ def _log_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "outage-watermarks"})
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
-                for p in range(PARTITIONS)}
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in range(PARTITIONS)}
     finally:
         consumer.close()
 
@@ -196,16 +201,44 @@ def _tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
-def _start_consumer(bootstrap: str, topic: str, group: str, record_file: Path, log: Path,
-                    kafka_config: list[str], gate: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "RECORDER_GATE": str(gate) if gate else "",
-           "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SCHEMA_REGISTRY_URL": "",
-           "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S), "EPISTLE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
-           "EPISTLE_MAX_WORKERS": str(MAX_WORKERS), "RECORDER_FILE": str(record_file),
-           "RECORDER_TOPIC": topic, "RECORDER_DELAY_S": str(HANDLER_DELAY_S)}
-    command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.outage_app:register",
-               "--group-id", group, "--topics", topic, "--until-idle", *PREFETCH, *kafka_config,
-               "--log-level", "DEBUG" if gate else "INFO"]  # the window's pause is logged at DEBUG
+def _start_consumer(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    record_file: Path,
+    log: Path,
+    kafka_config: list[str],
+    gate: Path | None = None,
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "RECORDER_GATE": str(gate) if gate else "",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SCHEMA_REGISTRY_URL": "",
+        "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S),
+        "EPISTLE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        "EPISTLE_MAX_WORKERS": str(MAX_WORKERS),
+        "RECORDER_FILE": str(record_file),
+        "RECORDER_TOPIC": topic,
+        "RECORDER_DELAY_S": str(HANDLER_DELAY_S),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "toolkit.cli",
+        "run",
+        "--app",
+        "tests.reliability.outage_app:register",
+        "--group-id",
+        group,
+        "--topics",
+        topic,
+        "--until-idle",
+        *PREFETCH,
+        *kafka_config,
+        "--log-level",
+        "DEBUG" if gate else "INFO",
+    ]  # the window's pause is logged at DEBUG
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -240,19 +273,23 @@ def _committed_prefix_handled(handled: list[Handled], offsets: dict[int, int], w
     for partition, offset in offsets.items():
         seen = {h.offset for h in handled if h.partition == partition}
         missing = [o for o in range(max(offset, 0)) if o not in seen]
-        assert not missing, f"{when}: partition {partition} committed {offset} but offsets {missing[:10]} " \
-                            f"were never handled"
+        assert not missing, (
+            f"{when}: partition {partition} committed {offset} but offsets {missing[:10]} were never handled"
+        )
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize(("session_timeout_ms", "outage_s", "window_paused"), [
-    pytest.param(None, OUTAGE_S, False, id="membership-kept"),  # librdkafka's 45 s session outlives the outage
-    pytest.param(6_000, OUTAGE_S + 3, False, id="session-lost"),  # the client drops its partitions, then rejoins
-    pytest.param(6_000, OUTAGE_S + 3, True, id="window-paused-session-lost"),  # ... while fetching is paused
-])
-def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker, tmp_path: Path,
-                                                  session_timeout_ms: int | None, outage_s: float,
-                                                  window_paused: bool) -> None:
+@pytest.mark.parametrize(
+    ("session_timeout_ms", "outage_s", "window_paused"),
+    [
+        pytest.param(None, OUTAGE_S, False, id="membership-kept"),  # librdkafka's 45 s session outlives the outage
+        pytest.param(6_000, OUTAGE_S + 3, False, id="session-lost"),  # the client drops its partitions, then rejoins
+        pytest.param(6_000, OUTAGE_S + 3, True, id="window-paused-session-lost"),  # ... while fetching is paused
+    ],
+)
+def test_broker_stopped_mid_stream_then_restarted(
+    private_broker: PrivateBroker, tmp_path: Path, session_timeout_ms: int | None, outage_s: float, window_paused: bool
+) -> None:
     broker = private_broker
     bootstrap = broker.bootstrap
     topic, group = f"outage-orders-{tmp_path.name}", f"outage-group-{tmp_path.name}"
@@ -262,8 +299,10 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
     _create_topic(bootstrap, topic)
     bodies = _bodies()
     ids = [f"outage-{i:05d}" for i in range(MESSAGES)]
-    envelopes = [(str(i).encode(), envelope_bytes("orders", *bodies[i % len(bodies)], message_id=mid))
-                 for i, mid in enumerate(ids)]
+    envelopes = [
+        (str(i).encode(), envelope_bytes("orders", *bodies[i % len(bodies)], message_id=mid))
+        for i, mid in enumerate(ids)
+    ]
     # Small producer batches: a fetch returns at least one whole batch, whatever fetch.message.max.bytes says.
     produce(bootstrap, topic, envelopes, config={"batch.size": 16_384})
     assert sum(_log_end_offsets(bootstrap, topic).values()) == MESSAGES
@@ -294,8 +333,9 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
         if gate is not None:
             gate.unlink(missing_ok=True)
         handled_before_up = _count(records)
-        assert handled_before_up < MESSAGES, \
+        assert handled_before_up < MESSAGES, (
             "the consumer finished before the outage: it did not hit the stream (lower STOP_AFTER)"
+        )
         # When the consumer last handled a record (reported: its prefetch runs dry soon after the stop).
         stalled_since = max([h.at for h in _read(records)], default=0.0)
 
@@ -318,8 +358,10 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
         try:
             code = consumer.wait(timeout=max(10.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"the consumer did not drain and exit after the broker came back "
-                                 f"({_count(records)} handled):\n{_tail(log)}") from None
+            raise AssertionError(
+                f"the consumer did not drain and exit after the broker came back "
+                f"({_count(records)} handled):\n{_tail(log)}"
+            ) from None
         drained_at = time.monotonic()
     finally:
         if consumer.poll() is None:
@@ -339,8 +381,7 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
     # redelivery never goes behind an offset the group had committed before the outage (commits only move
     # forward), and nothing handled after the restart is handled again.
     assert all(h.offset >= max(committed_before[h.partition], 0) for h in duplicates)
-    at_risk = {h.message_id for h in handled[:handled_before_up]
-               if h.offset >= max(committed_before[h.partition], 0)}
+    at_risk = {h.message_id for h in handled[:handled_before_up] if h.offset >= max(committed_before[h.partition], 0)}
     assert dup_ids <= at_risk, f"handled twice, though not at risk: {sorted(dup_ids - at_risk)[:10]}"
 
     # The committed offsets are exactly the log end offsets: nothing left uncommitted, nothing past the end.
@@ -365,14 +406,16 @@ def test_broker_stopped_mid_stream_then_restarted(private_broker: PrivateBroker,
     lost = sum(1 for line in lines if "partitions lost" in line)
     if session_timeout_ms:  # the scenario really happened: the client gave up its session during the outage
         assert lost, f"no 'partitions lost' in the consumer log:\n{_tail(log)}"
-    print(f"\nbroker outage, session.timeout.ms={session_timeout_ms or 'default'}, window paused {window_paused}, "
-          f"partitions lost {lost}x: "
-          f"stopped after {handled_at_stop} handled (committed {sum(max(o, 0) for o in committed_before.values())} "
-          f"{dict(sorted(committed_before.items()))}); stop took {stop_s:.1f}s, handled during the stop "
-          f"{handled_at_down - handled_at_stop}, while down {handled_before_up - handled_at_down}; "
-          f"last record before the restart handled {up_started_wall - stalled_since:.1f}s before it; "
-          f"down {up_started - down_at:.1f}s, start took {up_s:.1f}s, outage {total_outage_s:.1f}s in all; "
-          f"first record after {first_new_at - up_at:.1f}s, drained and exited {drained_at - up_at:.1f}s after "
-          f"the broker was ready; handled {len(handled)} lines, {len(counts)} distinct, "
-          f"{len(dup_ids)} handled twice (at risk {len(at_risk)}); consumer log: {ours} warnings/errors of ours, "
-          f"{librdkafka} of librdkafka")
+    print(
+        f"\nbroker outage, session.timeout.ms={session_timeout_ms or 'default'}, window paused {window_paused}, "
+        f"partitions lost {lost}x: "
+        f"stopped after {handled_at_stop} handled (committed {sum(max(o, 0) for o in committed_before.values())} "
+        f"{dict(sorted(committed_before.items()))}); stop took {stop_s:.1f}s, handled during the stop "
+        f"{handled_at_down - handled_at_stop}, while down {handled_before_up - handled_at_down}; "
+        f"last record before the restart handled {up_started_wall - stalled_since:.1f}s before it; "
+        f"down {up_started - down_at:.1f}s, start took {up_s:.1f}s, outage {total_outage_s:.1f}s in all; "
+        f"first record after {first_new_at - up_at:.1f}s, drained and exited {drained_at - up_at:.1f}s after "
+        f"the broker was ready; handled {len(handled)} lines, {len(counts)} distinct, "
+        f"{len(dup_ids)} handled twice (at risk {len(at_risk)}); consumer log: {ours} warnings/errors of ours, "
+        f"{librdkafka} of librdkafka"
+    )

@@ -46,19 +46,42 @@ def _body() -> dict:
 def _fill(bootstrap: str, topic: str) -> list[str]:
     body = _body()
     ids = [f"m{i:05d}" for i in range(MESSAGES)]
-    produce(bootstrap, topic, [(str(i).encode(), envelope_bytes("orders", 1, body, message_id=mid))
-                               for i, mid in enumerate(ids)])
+    produce(
+        bootstrap,
+        topic,
+        [(str(i).encode(), envelope_bytes("orders", 1, body, message_id=mid)) for i, mid in enumerate(ids)],
+    )
     return ids
 
 
-def _start(bootstrap: str, topic: str, group: str, record_file: Path, log: Path, *,
-           until_idle: bool) -> subprocess.Popen:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SCHEMA_REGISTRY_URL": "",
-           "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S), "EPISTLE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
-           "RECORDER_FILE": str(record_file), "RECORDER_TOPIC": topic}
-    command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.recorder_app:register",
-               "--group-id", group, "--topics", topic, "-X", f"session.timeout.ms={SESSION_TIMEOUT_MS}",
-               "--log-level", "WARNING"]
+def _start(
+    bootstrap: str, topic: str, group: str, record_file: Path, log: Path, *, until_idle: bool
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SCHEMA_REGISTRY_URL": "",
+        "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S),
+        "EPISTLE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        "RECORDER_FILE": str(record_file),
+        "RECORDER_TOPIC": topic,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "toolkit.cli",
+        "run",
+        "--app",
+        "tests.reliability.recorder_app:register",
+        "--group-id",
+        group,
+        "--topics",
+        topic,
+        "-X",
+        f"session.timeout.ms={SESSION_TIMEOUT_MS}",
+        "--log-level",
+        "WARNING",
+    ]
     if until_idle:
         command.append("--until-idle")
     with log.open("ab") as out:
@@ -72,8 +95,9 @@ def _read(record_file: Path) -> list[Handled]:
     return [Handled(m, int(p), int(o), float(t)) for m, p, o, t in (line.split() for line in lines)]
 
 
-def _wait_for_lines(record_file: Path, proc: subprocess.Popen, at_least: int, log: Path,
-                    timeout_s: float = 180) -> None:
+def _wait_for_lines(
+    record_file: Path, proc: subprocess.Popen, at_least: int, log: Path, timeout_s: float = 180
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -111,7 +135,7 @@ def test_sigkill_part_way_then_restart_loses_nothing(kafka_bootstrap, make_topic
     second = _start(kafka_bootstrap, topic, group_id, records, log, until_idle=True)
     assert _finish(second, log) == 0, log.read_text()[-3000:]
     everything = _read(records)
-    after = everything[len(before):]
+    after = everything[len(before) :]
 
     # Every message reached a handler at least once.
     counts = Counter(h.message_id for h in everything)
@@ -133,9 +157,11 @@ def test_sigkill_part_way_then_restart_loses_nothing(kafka_bootstrap, make_topic
     window = COMMIT_INTERVAL_S + COMMIT_SLACK_S
     rate = len(before) / max(1e-3, before[-1].at - before[0].at)
     recent = sum(1 for h in before if h.at >= killed_at - window)
-    print(f"\nSIGKILL after {len(before)} handled ({rate:.0f} msg/s); committed {sum(after_kill.values())} "
-          f"{dict(sorted(after_kill.items()))}; restart handled {len(after)}; duplicates {len(duplicates)} "
-          f"(handled in the last {window:.1f}s before the kill: {recent})")
+    print(
+        f"\nSIGKILL after {len(before)} handled ({rate:.0f} msg/s); committed {sum(after_kill.values())} "
+        f"{dict(sorted(after_kill.items()))}; restart handled {len(after)}; duplicates {len(duplicates)} "
+        f"(handled in the last {window:.1f}s before the kill: {recent})"
+    )
     assert len(duplicates) < len(before)  # a commit happened before the kill: not everything came back
 
 
@@ -161,8 +187,10 @@ def test_sigterm_then_restart_handles_nothing_twice(kafka_bootstrap, make_topic,
     assert _finish(second, log) == 0, log.read_text()[-3000:]
     everything = _read(records)
     counts = Counter(h.message_id for h in everything)
-    print(f"\nSIGTERM after {len(before)} handled; committed {dict(sorted(after_stop.items()))}; "
-          f"restart handled {len(everything) - len(before)}; handled twice: "
-          f"{sum(1 for n in counts.values() if n > 1)}")
+    print(
+        f"\nSIGTERM after {len(before)} handled; committed {dict(sorted(after_stop.items()))}; "
+        f"restart handled {len(everything) - len(before)}; handled twice: "
+        f"{sum(1 for n in counts.values() if n > 1)}"
+    )
     assert set(counts) == set(ids)
     assert [m for m, n in counts.items() if n > 1] == []

@@ -70,8 +70,7 @@ HUGE_ONE_CYCLE_IN = 10  # a huge record in one hostile cycle of 10 (the others s
 DRAIN_TIMEOUT_S = 420.0
 PRODUCE_TIMEOUT_MS = 120_000
 
-HOSTILE_KINDS = ("not-json", "bad-envelope", "unknown-version", "invalid-body", "non-finite", "huge",
-                 "lone-surrogate")
+HOSTILE_KINDS = ("not-json", "bad-envelope", "unknown-version", "invalid-body", "non-finite", "huge", "lone-surrogate")
 # Hostile kinds that stop the consumer on this branch, left out of the mix unless EPISTLE_SOAK_BREAKING=1 and
 # named in the results. Empty since dead letters are total (lone surrogates used to stop the consumer).
 BREAKING_KINDS: tuple[str, ...] = ()
@@ -133,9 +132,16 @@ class Producer(threading.Thread):
         # Not idempotent: in a 300 s run an idempotent producer stopped delivering after a broker restart (its
         # flush did not end in 7 minutes while the broker was up). A record written twice by a retry is two
         # records (two offsets), each checked on its own; one not acknowledged in time counts as a failure.
-        self.producer = KafkaProducer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
-                                       "message.max.bytes": 2_000_000, "message.timeout.ms": PRODUCE_TIMEOUT_MS,
-                                       "logger": QUIET})
+        self.producer = KafkaProducer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.max.bytes": 2_000_000,
+                "message.timeout.ms": PRODUCE_TIMEOUT_MS,
+                "logger": QUIET,
+            }
+        )
         self.topic, self.kinds = topic, kinds
         self.result = Produced()
         self.stopping = threading.Event()
@@ -153,8 +159,9 @@ class Producer(threading.Thread):
                 kind = self.kinds[cycle % len(self.kinds)]
                 if kind == "huge" and (cycle // len(self.kinds)) % HUGE_ONE_CYCLE_IN:
                     kind = "invalid-body"  # disk: a huge record and its dead letter weigh 2 MB
-                self._send(hostile_record(kind, i), i, lambda p, o, kind=kind: self.result.hostile.update(
-                    {(p, o): kind}))
+                self._send(
+                    hostile_record(kind, i), i, lambda p, o, kind=kind: self.result.hostile.update({(p, o): kind})
+                )
             else:
                 message_id, value = valid_record(i)
                 self._send(value, i, lambda p, o, m=message_id: self.result.valid.update({m: (p, o)}))
@@ -171,8 +178,9 @@ class Producer(threading.Thread):
 
         while True:
             try:
-                self.producer.produce(self.topic, value, key=str(i).encode(), partition=i % PARTITIONS,
-                                      on_delivery=delivered)
+                self.producer.produce(
+                    self.topic, value, key=str(i).encode(), partition=i % PARTITIONS, on_delivery=delivered
+                )
                 self.sent += 1
                 return
             except BufferError:
@@ -194,8 +202,9 @@ class Commits(threading.Thread):
     def run(self) -> None:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "logger": QUIET,
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": self.group, "logger": QUIET, "enable.auto.commit": False}
+        )
         try:
             while not self.stopping.wait(0.25):
                 try:
@@ -229,8 +238,21 @@ class Supervisor:
                 tail = f.read().decode(errors="replace").splitlines()
             reasons = [line for line in tail if line.startswith("error:") or "internal error" in line]
             self.exit_reasons[(reasons[-1] if reasons else f"exit {self.proc.returncode}")[:160]] += 1
-        command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.recorder_app:register",
-                   "--group-id", self.group, "--topics", self.topic, *GROUP, "--log-level", "INFO"]
+        command = [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "run",
+            "--app",
+            "tests.reliability.recorder_app:register",
+            "--group-id",
+            self.group,
+            "--topics",
+            self.topic,
+            *GROUP,
+            "--log-level",
+            "INFO",
+        ]
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             out.write(f"\n===== start {self.starts + 1} at {datetime.now(UTC).isoformat()} =====\n".encode())
@@ -277,8 +299,11 @@ def _waits(log: Path) -> int:
     version."""
     if not log.exists():
         return 0
-    return sum(1 for line in log.read_text(errors="replace").splitlines()
-               if "SchemaNotYetKnown" in line and "version 9 " not in line)
+    return sum(
+        1
+        for line in log.read_text(errors="replace").splitlines()
+        if "SchemaNotYetKnown" in line and "version 9 " not in line
+    )
 
 
 def _log_end(bootstrap: str, topic: str) -> dict[int, int]:
@@ -307,9 +332,14 @@ def private_services(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("external services are configured: the soak restarts a broker and a registry of its own")
     broker = PrivateBroker(tmp_path_factory.mktemp("soak-kafka"))
     port = _free_port()
-    registry = PrivateRegistry(f"http://127.0.0.1:{port}/apis/ccompat/v7",
-                               {**os.environ, "EPISTLE_SERVICES_DIR": str(tmp_path_factory.mktemp("soak-registry")),
-                                "EPISTLE_REGISTRY_PORT": str(port)})
+    registry = PrivateRegistry(
+        f"http://127.0.0.1:{port}/apis/ccompat/v7",
+        {
+            **os.environ,
+            "EPISTLE_SERVICES_DIR": str(tmp_path_factory.mktemp("soak-registry")),
+            "EPISTLE_REGISTRY_PORT": str(port),
+        },
+    )
     try:
         broker.up()
         registry.up()
@@ -340,9 +370,16 @@ def test_soak(private_services, tmp_path: Path) -> None:
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(30)
     _register(registry.url)
 
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SCHEMA_REGISTRY_URL": registry.url,
-           "EPISTLE_UNKNOWN_SCHEMA_GRACE_S": str(GRACE_S), "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S),
-           "EPISTLE_MAX_WORKERS": "3", "RECORDER_FILE": str(records), "RECORDER_TOPIC": topic}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SCHEMA_REGISTRY_URL": registry.url,
+        "EPISTLE_UNKNOWN_SCHEMA_GRACE_S": str(GRACE_S),
+        "EPISTLE_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S),
+        "EPISTLE_MAX_WORKERS": "3",
+        "RECORDER_FILE": str(records),
+        "RECORDER_TOPIC": topic,
+    }
     supervisor = Supervisor(env, topic, group, records, log)
     commits = Commits(bootstrap, group, topic)
     producer = Producer(bootstrap, topic, kinds)
@@ -350,8 +387,12 @@ def test_soak(private_services, tmp_path: Path) -> None:
     # The chaos plan: per started minute one broker restart, one registry restart and three consumer kills,
     # in a random order at random moments.
     minutes = max(1, round(DURATION_S / 60))
-    events = sorted([(rng.uniform(0.05, 0.95) * DURATION_S, kind) for kind in
-                     ["kill"] * 3 * minutes + ["broker"] * minutes + ["registry"] * minutes])
+    events = sorted(
+        [
+            (rng.uniform(0.05, 0.95) * DURATION_S, kind)
+            for kind in ["kill"] * 3 * minutes + ["broker"] * minutes + ["registry"] * minutes
+        ]
+    )
     at_risk = 0  # handled records not covered by the last committed sample, summed over the kills
     timings: dict[str, list[float]] = defaultdict(list)
     started = time.monotonic()
@@ -412,8 +453,10 @@ def test_soak(private_services, tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError(f"not drained in {DRAIN_TIMEOUT_S}s: committed {commits.latest()}, log end {end}:\n"
-                                 f"{log.read_text(errors='replace')[-4000:]}")
+            raise AssertionError(
+                f"not drained in {DRAIN_TIMEOUT_S}s: committed {commits.latest()}, log end {end}:\n"
+                f"{log.read_text(errors='replace')[-4000:]}"
+            )
         drained_s = time.monotonic() - started - DURATION_S
         code = supervisor.terminate()
         assert code == 0, log.read_text(errors="replace")[-4000:]
@@ -462,25 +505,42 @@ def test_soak(private_services, tmp_path: Path) -> None:
     assert not behind, f"handled again behind a committed offset: {behind[:5]}"
     duplicates = sum(n - 1 for n in Counter((p, o) for _, p, o, _ in handled).values())  # redeliveries
     # The consumer ended by itself only when it refused to start while the broker or the registry was down.
-    crashes = {reason: n for reason, n in supervisor.exit_reasons.items()
-               if "cannot reach Kafka" not in reason and "cannot use the registry" not in reason}
+    crashes = {
+        reason: n
+        for reason, n in supervisor.exit_reasons.items()
+        if "cannot reach Kafka" not in reason and "cannot use the registry" not in reason
+    }
     assert not crashes, crashes
     # The registry restarts really left a consumer facing an empty registry, and it waited.
     assert _waits(log) > 0, "no consumer met the empty registry: the restart scenario did not happen"
     dead_twice = sum(n - 1 for n in dead_at.values())
 
     results = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "seed": SEED, "duration_s": DURATION_S,
-        "rate_per_s": RATE, "partitions": PARTITIONS, "grace_s": GRACE_S,
-        "produced_valid": len(valid_ids), "produced_hostile": len(produced.hostile),
-        "hostile_by_kind": dict(Counter(produced.hostile.values())), "hostile_left_out_breaking": left_out,
-        "produce_failures": produced.failed, "handled_lines": len(handled), "handled_distinct": len(counts),
-        "handled_twice_or_more": duplicates, "dead_letters": len(dead), "dead_lettered_twice_or_more": dead_twice,
-        "uncommitted_at_kills": at_risk, "consumer_starts": supervisor.starts, "consumer_kills": supervisor.kills,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": SEED,
+        "duration_s": DURATION_S,
+        "rate_per_s": RATE,
+        "partitions": PARTITIONS,
+        "grace_s": GRACE_S,
+        "produced_valid": len(valid_ids),
+        "produced_hostile": len(produced.hostile),
+        "hostile_by_kind": dict(Counter(produced.hostile.values())),
+        "hostile_left_out_breaking": left_out,
+        "produce_failures": produced.failed,
+        "handled_lines": len(handled),
+        "handled_distinct": len(counts),
+        "handled_twice_or_more": duplicates,
+        "dead_letters": len(dead),
+        "dead_lettered_twice_or_more": dead_twice,
+        "uncommitted_at_kills": at_risk,
+        "consumer_starts": supervisor.starts,
+        "consumer_kills": supervisor.kills,
         "consumer_exits_by_code": {str(k): v for k, v in supervisor.exits.items()},
         "consumer_exit_reasons": dict(supervisor.exit_reasons),
-        "broker_restarts": len(timings["broker"]), "registry_restarts": len(timings["registry"]),
-        "event_seconds": dict(timings), "commit_samples": len(commits.samples),
+        "broker_restarts": len(timings["broker"]),
+        "registry_restarts": len(timings["registry"]),
+        "event_seconds": dict(timings),
+        "commit_samples": len(commits.samples),
         "drained_after_s": round(drained_s, 1),
         # From the consumer log: waits for a schema the (restarted, empty) registry did not know yet, other
         # than the never-registered version, and pauses because the registry could not be reached.
@@ -493,7 +553,9 @@ def test_soak(private_services, tmp_path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
         with path.with_suffix(".md").open("a") as md:
-            md.write(f"| {results['date']} | {DURATION_S:.0f} s | {len(valid_ids)} | {len(produced.hostile)} | "
-                     f"{supervisor.kills} / {len(timings['broker'])} / {len(timings['registry'])} | 0 | 0 | "
-                     f"{duplicates} (uncommitted at kills {at_risk}) | {', '.join(left_out) or 'none'} | "
-                     f"{SEED} |\n")
+            md.write(
+                f"| {results['date']} | {DURATION_S:.0f} s | {len(valid_ids)} | {len(produced.hostile)} | "
+                f"{supervisor.kills} / {len(timings['broker'])} / {len(timings['registry'])} | 0 | 0 | "
+                f"{duplicates} (uncommitted at kills {at_risk}) | {', '.join(left_out) or 'none'} | "
+                f"{SEED} |\n"
+            )

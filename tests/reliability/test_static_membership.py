@@ -26,14 +26,34 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 3
 
 
-def _start(bootstrap: str, topic: str, group: str, instance_id: str, record_file: Path, log: Path, *,
-           until_idle: bool) -> subprocess.Popen:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SCHEMA_REGISTRY_URL": "",
-           "KAFKA_GROUP_INSTANCE_ID": instance_id, "EPISTLE_COMMIT_INTERVAL_S": "0.2",
-           "EPISTLE_MAX_IN_FLIGHT": "1000", "RECORDER_FILE": str(record_file), "RECORDER_TOPIC": topic}
-    command = [sys.executable, "-m", "toolkit.cli", "run", "--app", "tests.reliability.recorder_app:register",
-               "--group-id", group, "--topics", topic, "--log-level", "INFO",
-               *(["--until-idle"] if until_idle else [])]
+def _start(
+    bootstrap: str, topic: str, group: str, instance_id: str, record_file: Path, log: Path, *, until_idle: bool
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SCHEMA_REGISTRY_URL": "",
+        "KAFKA_GROUP_INSTANCE_ID": instance_id,
+        "EPISTLE_COMMIT_INTERVAL_S": "0.2",
+        "EPISTLE_MAX_IN_FLIGHT": "1000",
+        "RECORDER_FILE": str(record_file),
+        "RECORDER_TOPIC": topic,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "toolkit.cli",
+        "run",
+        "--app",
+        "tests.reliability.recorder_app:register",
+        "--group-id",
+        group,
+        "--topics",
+        topic,
+        "--log-level",
+        "INFO",
+        *(["--until-idle"] if until_idle else []),
+    ]
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -45,8 +65,9 @@ def _members(bootstrap: str, group: str) -> list[tuple[str, str | None]]:
     return [(m.member_id, m.group_instance_id) for m in description.members]
 
 
-def test_sigkill_then_restart_with_the_same_instance_id_replaces_the_member(kafka_bootstrap, make_topic,
-                                                                          group_id, tmp_path):
+def test_sigkill_then_restart_with_the_same_instance_id_replaces_the_member(
+    kafka_bootstrap, make_topic, group_id, tmp_path
+):
     topic = make_topic("reliability-static", partitions=PARTITIONS)
     ids = _fill(kafka_bootstrap, topic)
     instance_id = f"{group_id}-instance"
@@ -87,7 +108,7 @@ def test_sigkill_then_restart_with_the_same_instance_id_replaces_the_member(kafk
     assert replaced[0][0] != members_before[0][0], "the restart still uses the dead member's id"
 
     everything = _read(records)
-    after = everything[len(before):]
+    after = everything[len(before) :]
     counts = Counter(h.message_id for h in everything)
     assert set(counts) == set(ids), f"lost: {sorted(set(ids) - set(counts))[:10]}"
     start = {p: max(o, 0) for p, o in after_kill.items()}

@@ -30,9 +30,10 @@ from toolkit.settings import load_settings
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
 
 
-@given(key=st.none() | st.binary(max_size=20),
-       headers=st.dictionaries(names.filter(lambda n: n != KEY_HEADER), st.none() | st.binary(max_size=30),
-                               max_size=6))
+@given(
+    key=st.none() | st.binary(max_size=20),
+    headers=st.dictionaries(names.filter(lambda n: n != KEY_HEADER), st.none() | st.binary(max_size=30), max_size=6),
+)
 def test_bytes_headers_and_key_survive_a_table_both_ways(key, headers):
     pairs = list(headers.items())
     table = table_from_headers(key, pairs)
@@ -43,21 +44,47 @@ def test_bytes_headers_and_key_survive_a_table_both_ways(key, headers):
 
 def test_typed_values_become_json_text_and_come_back_with_their_types():
     when = datetime.datetime(2024, 6, 1, 12, 0, tzinfo=datetime.UTC)
-    table = {"n": 3, "yes": True, "ratio": 0.5, "price": Decimal("12.50"), "at": when,
-             "x-death": [{"count": 1, "queue": "q", "reason": "expired", "time": when}], "text": "t", "raw":
-             bytearray(b"\xff\x00"), "void": None}
+    table = {
+        "n": 3,
+        "yes": True,
+        "ratio": 0.5,
+        "price": Decimal("12.50"),
+        "at": when,
+        "x-death": [{"count": 1, "queue": "q", "reason": "expired", "time": when}],
+        "text": "t",
+        "raw": bytearray(b"\xff\x00"),
+        "void": None,
+    }
     key, headers, types = headers_from_table(table)
     assert key is None
-    assert types == {"n": "int", "yes": "bool", "ratio": "float", "price": "decimal", "at": "timestamp",
-                     "x-death": "array"}
+    assert types == {
+        "n": "int",
+        "yes": "bool",
+        "ratio": "float",
+        "price": "decimal",
+        "at": "timestamp",
+        "x-death": "array",
+    }
     as_dict = dict(headers)
     assert (as_dict["n"], as_dict["yes"], as_dict["text"], as_dict["raw"], as_dict["void"]) == (
-        b"3", b"true", b"t", b"\xff\x00", None)
+        b"3",
+        b"true",
+        b"t",
+        b"\xff\x00",
+        None,
+    )
     assert json.loads(as_dict["x-death"])[0]["reason"] == "expired"
     back = table_from_headers(key, headers, types)
     assert {k: back[k] for k in ("n", "yes", "ratio", "price", "at", "text", "raw", "void")} == {
-        "n": 3, "yes": True, "ratio": 0.5, "price": Decimal("12.50"), "at": when, "text": "t",
-        "raw": bytearray(b"\xff\x00"), "void": None}
+        "n": 3,
+        "yes": True,
+        "ratio": 0.5,
+        "price": Decimal("12.50"),
+        "at": when,
+        "text": "t",
+        "raw": bytearray(b"\xff\x00"),
+        "void": None,
+    }
     assert back["x-death"][0]["count"] == 1
 
 
@@ -68,28 +95,56 @@ def test_no_table_is_no_headers_as_on_kafka():
 
 def _delivery(tag: int, body: bytes, headers: dict | None = None, **properties):
     props = SimpleNamespace(headers=headers, timestamp=properties.pop("timestamp", None), **properties)
-    return SimpleNamespace(delivery=SimpleNamespace(delivery_tag=tag, redelivered=tag > 5, exchange="",
-                                                    routing_key="orders"),
-                           header=SimpleNamespace(properties=props), body=body, channel=object())
+    return SimpleNamespace(
+        delivery=SimpleNamespace(delivery_tag=tag, redelivered=tag > 5, exchange="", routing_key="orders"),
+        header=SimpleNamespace(properties=props),
+        body=body,
+        channel=object(),
+    )
 
 
 def test_a_delivery_is_a_record_and_its_dead_letter_keeps_the_amqp_coordinates():
     when = datetime.datetime(2024, 6, 1, 12, 0, 1, tzinfo=datetime.UTC)
-    record = AmqpRecord("orders", 0, "orders", _delivery(7, b"not json", {KEY_HEADER: "k-1", "trace": "t"},
-                                                         timestamp=when, delivery_mode=2, message_id="id-1"))
+    record = AmqpRecord(
+        "orders",
+        0,
+        "orders",
+        _delivery(
+            7, b"not json", {KEY_HEADER: "k-1", "trace": "t"}, timestamp=when, delivery_mode=2, message_id="id-1"
+        ),
+    )
     assert isinstance(record, Record)
     assert (record.topic(), record.partition(), record.offset()) == ("orders", 0, 6)  # delivery tag - 1
     assert (record.key(), record.value(), record.headers()) == (b"k-1", b"not json", [("trace", b"t")])
     assert record.timestamp() == (1, int(when.timestamp() * 1000))
-    source = SourceRecord("orders", 0, 6, record.key(), record.value(), record.headers() or [],
-                          record.timestamp()[1], 1, record.source_details())
+    source = SourceRecord(
+        "orders",
+        0,
+        6,
+        record.key(),
+        record.value(),
+        record.headers() or [],
+        record.timestamp()[1],
+        1,
+        record.source_details(),
+    )
     dead = build_dead_letter(source, stage="decode", reason="not JSON", consumer_group="g", attempts=1)
     amqp = json.loads(dead.value)["source"]["amqp"]
-    assert amqp == {"queue": "orders", "exchange": "", "routingKey": "orders", "deliveryTag": 7, "redelivered": True,
-                    "properties": {"delivery_mode": 2, "message_id": "id-1", "timestamp": when.isoformat()}}
+    assert amqp == {
+        "queue": "orders",
+        "exchange": "",
+        "routingKey": "orders",
+        "deliveryTag": 7,
+        "redelivered": True,
+        "properties": {"delivery_mode": 2, "message_id": "id-1", "timestamp": when.isoformat()},
+    }
     original = original_record(dead.value)
-    assert (original.value, original.key, original.headers, original.offset) == (b"not json", b"k-1",
-                                                                                   [("trace", b"t")], 6)
+    assert (original.value, original.key, original.headers, original.offset) == (
+        b"not json",
+        b"k-1",
+        [("trace", b"t")],
+        6,
+    )
 
 
 def test_details_never_replace_the_standard_source_fields():
@@ -116,9 +171,12 @@ def test_commits_acknowledge_each_watermark_once_and_only_on_the_current_channel
         queue = transport._queues[("orders", 0)] = _Queue("orders", 0, "orders")
         channel = FakeChannel()
         queue.underlay, queue.generation, queue.assigned = channel, 2, True
-        for positions in ([Position("orders", 0, 3, 2)], [Position("orders", 0, 3, 2)],  # unmoved: no ack
-                          [Position("orders", 0, 5, 1)],  # an earlier assignment's: dropped
-                          [Position("orders", 0, 8, 2)]):
+        for positions in (
+            [Position("orders", 0, 3, 2)],
+            [Position("orders", 0, 3, 2)],  # unmoved: no ack
+            [Position("orders", 0, 5, 1)],  # an earlier assignment's: dropped
+            [Position("orders", 0, 8, 2)],
+        ):
             await asyncio.wrap_future(transport.commit(positions, sync=True))
         return channel.acks
 
@@ -126,14 +184,17 @@ def test_commits_acknowledge_each_watermark_once_and_only_on_the_current_channel
     assert transport.take_commit_failure() is False
 
 
-@pytest.mark.parametrize("kwargs, setting", [
-    ({"url": "http://localhost"}, "url"),
-    ({"prefetch_count": 0}, "prefetch_count"),
-    ({"prefetch_count": 70000}, "prefetch_count"),
-    ({"queue_type": "stream"}, "queue_type"),
-    ({"partitions": {"orders": 0}}, "partitions"),
-    ({"reconnect_interval_s": 0}, "reconnect_interval_s"),
-])
+@pytest.mark.parametrize(
+    "kwargs, setting",
+    [
+        ({"url": "http://localhost"}, "url"),
+        ({"prefetch_count": 0}, "prefetch_count"),
+        ({"prefetch_count": 70000}, "prefetch_count"),
+        ({"queue_type": "stream"}, "queue_type"),
+        ({"partitions": {"orders": 0}}, "partitions"),
+        ({"reconnect_interval_s": 0}, "reconnect_interval_s"),
+    ],
+)
 def test_bad_transport_arguments_name_the_argument(kwargs, setting):
     with pytest.raises(ConfigError) as raised:
         RabbitTransport(**kwargs)
@@ -160,13 +221,22 @@ def test_rabbitmq_settings_from_the_environment(monkeypatch):
     assert settings.consumer.broker == "rabbitmq"
     transport = RabbitTransport.from_settings(settings.rabbitmq)
     assert (transport.url, transport.partitions, transport.queue_type) == (
-        "amqp://app:s3cret@rabbit:5672/", {"orders": 4, "payments": 2}, "quorum")
+        "amqp://app:s3cret@rabbit:5672/",
+        {"orders": 4, "payments": 2},
+        "quorum",
+    )
     assert "s3cret" not in repr(settings)
 
 
-@pytest.mark.parametrize("name, value", [("RABBITMQ_URL", "http://app:s3cret@rabbit/"),
-                                         ("RABBITMQ_PARTITIONS", "orders"), ("RABBITMQ_QUEUE_TYPE", "stream"),
-                                         ("EPISTLE_BROKER", "pulsar")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("RABBITMQ_URL", "http://app:s3cret@rabbit/"),
+        ("RABBITMQ_PARTITIONS", "orders"),
+        ("RABBITMQ_QUEUE_TYPE", "stream"),
+        ("EPISTLE_BROKER", "pulsar"),
+    ],
+)
 def test_bad_rabbitmq_settings_name_the_variable_and_hide_the_url(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as raised:

@@ -26,8 +26,13 @@ def test_any_attempt_number_gives_a_delay_not_an_overflow(attempt: int) -> None:
 
 def test_the_consumer_and_the_registry_client_wait_along_the_same_curve() -> None:
     policy = RetryPolicy(max_attempts=5, initial_s=0.2, max_s=1.5)
-    registry = ConfluentHttpRegistry("http://registry.test", transport=httpx.MockTransport(lambda r: None),
-                                     backoff_initial_s=0.2, backoff_max_s=1.5, rng=lambda: 1.0)
+    registry = ConfluentHttpRegistry(
+        "http://registry.test",
+        transport=httpx.MockTransport(lambda r: None),
+        backoff_initial_s=0.2,
+        backoff_max_s=1.5,
+        rng=lambda: 1.0,
+    )
     try:
         # The registry's full jitter draws in [0, delay]: at its top it is the consumer's delay.
         assert [registry._delay(n) for n in range(1, 7)] == [policy.delay(n) for n in range(1, 7)]

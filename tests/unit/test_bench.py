@@ -32,8 +32,16 @@ intr 123
 
 def test_parse_cpu_times_reads_the_aggregate_line():
     times = machine.parse_cpu_times(STAT)
-    assert times == {"user": 466160, "nice": 10, "system": 48518, "idle": 56072, "iowait": 919, "irq": 0,
-                     "softirq": 1774, "steal": 3383}
+    assert times == {
+        "user": 466160,
+        "nice": 10,
+        "system": 48518,
+        "idle": 56072,
+        "iowait": 919,
+        "irq": 0,
+        "softirq": 1774,
+        "steal": 3383,
+    }
 
 
 def test_parse_cpu_times_pads_old_kernels_and_refuses_garbage():
@@ -92,8 +100,10 @@ def test_a_child_reports_its_own_peak_not_the_parents():
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs 2 CPUs")
 def test_pinning_a_process_reaches_every_thread_and_is_put_back():
-    code = "import threading, time\nfor _ in range(3): threading.Thread(target=time.sleep, args=(30,)).start()\n" \
-           "print('up', flush=True)\ntime.sleep(30)\n"
+    code = (
+        "import threading, time\nfor _ in range(3): threading.Thread(target=time.sleep, args=(30,)).start()\n"
+        "print('up', flush=True)\ntime.sleep(30)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "up"
@@ -109,16 +119,24 @@ def test_pinning_a_process_reaches_every_thread_and_is_put_back():
         child.wait()
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs 2 allowed CPUs")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 allowed CPUs"
+)
 def test_a_thread_started_while_pinned_gets_the_process_original_set_back():
     first, second = sorted(os.sched_getaffinity(0))[:2]
-    code = "import os, sys, threading, time\n" \
-           "sys.stdin.readline()\n" \
-           "t = threading.Thread(target=time.sleep, args=(30,)); t.start()\n" \
-           "print(t.native_id, flush=True)\ntime.sleep(30)\n"
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+    code = (
+        "import os, sys, threading, time\n"
+        "sys.stdin.readline()\n"
+        "t = threading.Thread(target=time.sleep, args=(30,)); t.start()\n"
+        "print(t.native_id, flush=True)\ntime.sleep(30)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {first}),
+    )
     try:
         time.sleep(0.2)
         with machine.pinned_broker(child.pid, {second}):
@@ -156,13 +174,24 @@ def test_finish_derives_rate_and_cpu_but_not_from_a_too_short_window():
 
 
 def _sample(rate: float, steal: float = 1.0) -> dict:
-    return {"msgs_per_s": rate, "max_rss_mb": 100.0, "cores_busy": 1.0, "cpu_ms_per_1k": 50.0,
-            "steal_pct": steal, "busy_pct": 90.0, "threads_cpu_s": {"MainThread": 1.0}}
+    return {
+        "msgs_per_s": rate,
+        "max_rss_mb": 100.0,
+        "cores_busy": 1.0,
+        "cpu_ms_per_1k": 50.0,
+        "steal_pct": steal,
+        "busy_pct": 90.0,
+        "threads_cpu_s": {"MainThread": 1.0},
+    }
 
 
 def test_summarize_takes_medians_and_the_target_ratios():
-    samples = {"L1": [_sample(100), _sample(110), _sample(90)], "T": [_sample(85), _sample(80), _sample(95)],
-               "P1": [_sample(20)], "P2": [{"error": "boom", "steal_pct": 2.0}]}
+    samples = {
+        "L1": [_sample(100), _sample(110), _sample(90)],
+        "T": [_sample(85), _sample(80), _sample(95)],
+        "P1": [_sample(20)],
+        "P2": [{"error": "boom", "steal_pct": 2.0}],
+    }
     block = summarize("json", "shared", 1000, 700, "topic", samples)
     assert block["contenders"]["L1"]["median_msgs_per_s"] == 100
     assert block["contenders"]["T"]["label"] == "toolkit (T)"
@@ -178,9 +207,13 @@ def test_every_contender_has_a_readable_label():
 
 
 def test_latency_rate_is_a_fraction_of_the_hand_loops_json_capacity():
-    report = {"throughput": [{"format": "avro", "layout": "shared", "contenders": {"L1": {"median_msgs_per_s": 9e4}}},
-                             {"format": "json", "layout": "pinned", "contenders": {"L1": {"median_msgs_per_s": 3e4}}},
-                             {"format": "json", "layout": "shared", "contenders": {"L1": {"median_msgs_per_s": 2e4}}}]}
+    report = {
+        "throughput": [
+            {"format": "avro", "layout": "shared", "contenders": {"L1": {"median_msgs_per_s": 9e4}}},
+            {"format": "json", "layout": "pinned", "contenders": {"L1": {"median_msgs_per_s": 3e4}}},
+            {"format": "json", "layout": "shared", "contenders": {"L1": {"median_msgs_per_s": 2e4}}},
+        ]
+    }
     assert latency_rate(report, 0.4, 2000)[0] == 8000
     assert latency_rate({"throughput": []}, 0.4, 2000)[0] == 2000
 
@@ -199,15 +232,30 @@ def test_percentiles_nearest_rank():
 
 def test_markdown_shows_labels_and_new_columns():
     block = summarize("json", "pinned", 1000, 700, "topic", {"L1": [_sample(100)], "T": [_sample(90)]})
-    report = {"when": time.strftime("%Y-%m-%d"), "machine": "cpu, 2 cores", "runs": 1,
-              "calibration": {"start": 50_000.0, "end": 49_000.0}, "throughput": [block],
-              "memory": {"messages": 10, "target_mb": 250, "met": True,
-                         "contenders": {"T": {"peak_rss_mb": 100.0, "msgs_per_s": 5.0}}},
-              "latency": {"rate": 8000, "basis": "40%", "seconds": 3, "runs": 1,
-                          "contenders": {"L1": {"p50_ms": 1.0, "p99_ms": 4.0, "runs_p99_ms": [4.0]},
-                                         "T": {"p50_ms": 1.5, "p99_ms": 6.0, "runs_p99_ms": [6.0]}},
-                          "ratios": latency_ratios({"L1": {"p50_ms": 1.0, "p99_ms": 4.0},
-                                                    "T": {"p50_ms": 1.5, "p99_ms": 6.0}})}}
+    report = {
+        "when": time.strftime("%Y-%m-%d"),
+        "machine": "cpu, 2 cores",
+        "runs": 1,
+        "calibration": {"start": 50_000.0, "end": 49_000.0},
+        "throughput": [block],
+        "memory": {
+            "messages": 10,
+            "target_mb": 250,
+            "met": True,
+            "contenders": {"T": {"peak_rss_mb": 100.0, "msgs_per_s": 5.0}},
+        },
+        "latency": {
+            "rate": 8000,
+            "basis": "40%",
+            "seconds": 3,
+            "runs": 1,
+            "contenders": {
+                "L1": {"p50_ms": 1.0, "p99_ms": 4.0, "runs_p99_ms": [4.0]},
+                "T": {"p50_ms": 1.5, "p99_ms": 6.0, "runs_p99_ms": [6.0]},
+            },
+            "ratios": latency_ratios({"L1": {"p50_ms": 1.0, "p99_ms": 4.0}, "T": {"p50_ms": 1.5, "p99_ms": 6.0}}),
+        },
+    }
     text = write_markdown(report)
     assert "layout pinned" in text and "| hand-written loop (L1) | 100 |" in text
     assert "cores busy" in text and "steal %" in text and "50,000 ops/s" in text
@@ -244,11 +292,25 @@ def test_heaviest_imports_sums_own_time_per_top_level_package():
 
 
 def test_cli_markdown_shows_each_command_against_its_target():
-    block = {"when": "2026-01-01", "runs": 2, "python_floor_s": 0.03, "load_average_1m": [1.0, 1.2], "met": False,
-             "rows": {"help": {"command": "epistle --help", "median_s": 0.11, "runs_s": [0.1, 0.12],
-                               "median_cpu_s": 0.09, "target_s": 0.3, "met": True,
-                               "heaviest_imports_ms": {"typer": 40.0}},
-                      "check": {"command": "epistle check", "error": "boom", "target_s": 1.0, "met": False}}}
+    block = {
+        "when": "2026-01-01",
+        "runs": 2,
+        "python_floor_s": 0.03,
+        "load_average_1m": [1.0, 1.2],
+        "met": False,
+        "rows": {
+            "help": {
+                "command": "epistle --help",
+                "median_s": 0.11,
+                "runs_s": [0.1, 0.12],
+                "median_cpu_s": 0.09,
+                "target_s": 0.3,
+                "met": True,
+                "heaviest_imports_ms": {"typer": 40.0},
+            },
+            "check": {"command": "epistle check", "error": "boom", "target_s": 1.0, "met": False},
+        },
+    }
     text = "\n".join(cli_markdown(block))
     assert "| `epistle --help` | 0.110 | < 0.3 | yes | 0.09 | 0.10, 0.12 | typer 40 |" in text
     assert "| `epistle check` | - | < 1.0 | NO | - | boom |" in text

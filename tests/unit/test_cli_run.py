@@ -14,8 +14,13 @@ from toolkit.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_GROUP_ID", "SCHEMA_REGISTRY_URL", "EPISTLE_MAX_WORKERS",
-                 "EPISTLE_METRICS_PORT"):
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "KAFKA_GROUP_ID",
+        "SCHEMA_REGISTRY_URL",
+        "EPISTLE_MAX_WORKERS",
+        "EPISTLE_METRICS_PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no .env from the repository
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -26,19 +31,22 @@ def invoke(*args: str, env: dict[str, str] | None = None):
     return result.exit_code, result.output
 
 
-@pytest.mark.parametrize(("args", "env", "expected"), [
-    (["--app", "examples.shop.app"], None, "use package.module:function"),
-    (["--app", "no_such_package.app:register"], None, "no module named 'no_such_package'"),
-    (["--app", "json:no_such_function"], None, "has no attribute 'no_such_function'"),
-    (["--app", "json:__doc__"], None, "is not a function"),
-    (["--app", "json:dumps", "--topics", " , "], None, "--topics"),
-    (["--app", "json:dumps", "-X", "session.timeout.ms"], None, "use key=value"),
-    (["--app", "json:dumps"], {"KAFKA_BOOTSTRAP_SERVERS": "kafka"}, "KAFKA_BOOTSTRAP_SERVERS"),
-    (["--app", "json:dumps"], {"EPISTLE_MAX_WORKERS": "0"}, "EPISTLE_MAX_WORKERS"),
-    (["--app", "json:dumps", "--registry-url", "localhost:8081"], None, "SCHEMA_REGISTRY_URL"),
-    (["--app", "json:dumps", "--log-level", "chatty"], None, "--log-level"),
-    (["--app", "json:dumps"], {"EPISTLE_METRICS_PORT": "70000"}, "EPISTLE_METRICS_PORT"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--app", "examples.shop.app"], None, "use package.module:function"),
+        (["--app", "no_such_package.app:register"], None, "no module named 'no_such_package'"),
+        (["--app", "json:no_such_function"], None, "has no attribute 'no_such_function'"),
+        (["--app", "json:__doc__"], None, "is not a function"),
+        (["--app", "json:dumps", "--topics", " , "], None, "--topics"),
+        (["--app", "json:dumps", "-X", "session.timeout.ms"], None, "use key=value"),
+        (["--app", "json:dumps"], {"KAFKA_BOOTSTRAP_SERVERS": "kafka"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        (["--app", "json:dumps"], {"EPISTLE_MAX_WORKERS": "0"}, "EPISTLE_MAX_WORKERS"),
+        (["--app", "json:dumps", "--registry-url", "localhost:8081"], None, "SCHEMA_REGISTRY_URL"),
+        (["--app", "json:dumps", "--log-level", "chatty"], None, "--log-level"),
+        (["--app", "json:dumps"], {"EPISTLE_METRICS_PORT": "70000"}, "EPISTLE_METRICS_PORT"),
+    ],
+)
 def test_bad_options_and_settings_are_one_message(args, env, expected):
     code, output = invoke(*args, env=env)
     assert code != 0
@@ -70,8 +78,18 @@ def test_a_metrics_port_in_use_fails_before_anything_starts():
 def test_help_documents_the_app_contract():
     result = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
     assert result.exit_code == 0
-    for text in ("--app", "--registry-url", "--group-id", "--topics", "--until-idle", "--max-workers",
-                 "SIGTERM", "(consumer, settings)", "--metrics-port", "/healthz"):
+    for text in (
+        "--app",
+        "--registry-url",
+        "--group-id",
+        "--topics",
+        "--until-idle",
+        "--max-workers",
+        "SIGTERM",
+        "(consumer, settings)",
+        "--metrics-port",
+        "/healthz",
+    ):
         assert text in result.output
 
 

@@ -19,8 +19,11 @@ COMMITTED = ROOT / "generated_models"
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,17 @@ def rendered() -> dict[str, str]:
 
 
 def test_layout_of_the_package(rendered: dict[str, str]) -> None:
-    assert list(rendered) == ["__init__.py", "_index.py", "_manifest.json", "orders/__init__.py", "orders/v1.py",
-                              "orders/v2.py", "shipments/__init__.py", "shipments/v1.py", "shipments/v2.py"]
+    assert list(rendered) == [
+        "__init__.py",
+        "_index.py",
+        "_manifest.json",
+        "orders/__init__.py",
+        "orders/v1.py",
+        "orders/v2.py",
+        "shipments/__init__.py",
+        "shipments/v1.py",
+        "shipments/v2.py",
+    ]
     assert '("orders", 2): "orders.v2:Order"' in rendered["_index.py"]
     assert '("shipments", 1): "shipments.v1:Shipment"' in rendered["_index.py"]
     for text in rendered.values():
@@ -155,6 +167,13 @@ def test_model_index_with_a_stale_entry(tmp_path: Path, monkeypatch: pytest.Monk
 def test_public_api() -> None:
     import toolkit.codegen
 
-    assert sorted(toolkit.codegen.__all__) == ["CodegenRun", "Difference", "ModelIndex", "check_models",
-                                               "generate_models", "load_model_index", "render_package",
-                                               "run_codegen"]
+    assert sorted(toolkit.codegen.__all__) == [
+        "CodegenRun",
+        "Difference",
+        "ModelIndex",
+        "check_models",
+        "generate_models",
+        "load_model_index",
+        "render_package",
+        "run_codegen",
+    ]

@@ -11,8 +11,12 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 
-GOOD_JSON = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "Thing", "type": "object",
-             "properties": {"id": {"type": "string"}}}
+GOOD_JSON = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Thing",
+    "type": "object",
+    "properties": {"id": {"type": "string"}},
+}
 GOOD_AVRO = {"type": "record", "name": "Thing", "fields": [{"name": "id", "type": "string"}]}
 
 
@@ -25,16 +29,27 @@ def _write(folder: Path, files: dict[str, object]) -> None:
 
 CASES = {
     "not-json": ({"things/1.json": '{"type": "object",'}, "things/1.json", "not valid JSON"),
-    "meta-schema": ({"things/1.json": {**GOOD_JSON, "properties": {"id": {"type": "text"}}}},
-                    "things/1.json", "does not conform to its meta-schema"),
-    "ref-does-not-resolve": ({"things/1.json": {**GOOD_JSON, "properties": {"id": {"$ref": "#/$defs/Id"}}}},
-                             "things/1.json", "$ref '#/$defs/Id' does not resolve"),
-    "avro-unparseable": ({"things/1.avsc": {"type": "record", "name": "Thing",
-                                            "fields": [{"name": "id", "type": "uuid"}]}},
-                         "things/1.avsc", "not a valid Avro schema"),
+    "meta-schema": (
+        {"things/1.json": {**GOOD_JSON, "properties": {"id": {"type": "text"}}}},
+        "things/1.json",
+        "does not conform to its meta-schema",
+    ),
+    "ref-does-not-resolve": (
+        {"things/1.json": {**GOOD_JSON, "properties": {"id": {"$ref": "#/$defs/Id"}}}},
+        "things/1.json",
+        "$ref '#/$defs/Id' does not resolve",
+    ),
+    "avro-unparseable": (
+        {"things/1.avsc": {"type": "record", "name": "Thing", "fields": [{"name": "id", "type": "uuid"}]}},
+        "things/1.avsc",
+        "not a valid Avro schema",
+    ),
     "avro-not-json": ({"things/1.avsc": "record Thing { string id; }"}, "things/1.avsc", "not valid JSON"),
-    "version-not-integer": ({"things/1.json": GOOD_JSON, "things/v2.json": GOOD_JSON},
-                            "things/v2.json", "not a positive integer"),
+    "version-not-integer": (
+        {"things/1.json": GOOD_JSON, "things/v2.json": GOOD_JSON},
+        "things/v2.json",
+        "not a positive integer",
+    ),
     "version-zero": ({"things/0.avsc": GOOD_AVRO}, "things/0.avsc", "not a positive integer"),
     "version-gap": ({"things/1.avsc": GOOD_AVRO, "things/3.avsc": GOOD_AVRO}, "things", "gap: missing [2]"),
 }
@@ -76,7 +91,7 @@ def test_good_input_succeeds(tmp_path: Path) -> None:
     assert '("good", 1): "good.v1:Thing"' in index and '("good-avro", 1): "good_avro.v1:Thing"' in index
 
 
-OPEN_MODEL = '''from pydantic import BaseModel, ConfigDict
+OPEN_MODEL = """from pydantic import BaseModel, ConfigDict
 
 
 class Order(BaseModel):
@@ -85,7 +100,7 @@ class Order(BaseModel):
         populate_by_name=True,
     )
     order_id: str
-'''
+"""
 
 
 def test_an_open_model_is_populated_by_alias_only() -> None:
@@ -97,10 +112,14 @@ def test_an_open_model_is_populated_by_alias_only() -> None:
     assert _open_models_by_alias_only(closed, "orders/1.json") == closed
 
 
-@pytest.mark.parametrize("config", ['ConfigDict(extra="allow", populate_by_name=True)',
-                                    'ConfigDict(\n        extra="allow", populate_by_name=True\n    )',
-                                    'ConfigDict(\n        extra="allow",\n        populate_by_name=(\n'
-                                    '            True\n        ),\n    )'])
+@pytest.mark.parametrize(
+    "config",
+    [
+        'ConfigDict(extra="allow", populate_by_name=True)',
+        'ConfigDict(\n        extra="allow", populate_by_name=True\n    )',
+        'ConfigDict(\n        extra="allow",\n        populate_by_name=(\n            True\n        ),\n    )',
+    ],
+)
 def test_an_open_model_config_laid_out_otherwise_is_a_codegen_error(config: str) -> None:
     from toolkit.codegen.render import _open_models_by_alias_only
     from toolkit.errors import CodegenError

@@ -20,8 +20,11 @@ MODULES = ["orders/v1.py", "orders/v2.py", "shipments/v1.py", "shipments/v2.py"]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @pytest.fixture
@@ -60,8 +63,10 @@ def test_one_changed_schema_renders_one_module(workspace) -> None:
     schemas, out = workspace
     path = schemas / "orders" / "2.json"
     path.write_text(path.read_text().replace('"PHONE"', '"PHONE", "MARKETPLACE"'))
-    assert [(d.path, d.kind) for d in check_models(schemas, out)] == [("_manifest.json", "stale"),
-                                                                       ("orders/v2.py", "stale")]
+    assert [(d.path, d.kind) for d in check_models(schemas, out)] == [
+        ("_manifest.json", "stale"),
+        ("orders/v2.py", "stale"),
+    ]
     run = run_codegen(schemas, out)
     assert run.build.rendered == ["orders/v2.py"] and run.written
     assert "MARKETPLACE" in (out / "orders" / "v2.py").read_text()
@@ -153,8 +158,7 @@ def test_a_reused_module_is_validated_under_the_current_rules(workspace, monkeyp
     schemas, out = workspace
     (schemas / "events").mkdir()
     (schemas / "events" / "subject.toml").write_text('compatibility = "BACKWARD"\ntopics = ["events"]\n')
-    (schemas / "events" / "1.json").write_text(json.dumps({"title": "Event", "properties": {"id": {
-        "type": "string"}}}))
+    (schemas / "events" / "1.json").write_text(json.dumps({"title": "Event", "properties": {"id": {"type": "string"}}}))
     with monkeypatch.context() as old_rules:
         old_rules.setattr(JSON_SCHEMA, "unsupported", lambda path, document: [])
         run_codegen(schemas, out, workers=1)

@@ -21,8 +21,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "schema-checks.md"
 def _rows() -> list[list[str]]:
     text = DOC.read_text(encoding="utf-8")
     section = text.split("### Keyword audit (JSON Schema)", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("| ") and not line.startswith("| keyword")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| keyword")
+    ]
     return rows
 
 

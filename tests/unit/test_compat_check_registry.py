@@ -40,8 +40,9 @@ def failing_registry(status: int | None, asked: list[str]):
         def verdict(self, schema_format, mode, documents, label="subject"):
             asked.append(label)
             if len(asked) == 1:
-                raise RegistryUnavailable("schema registry unavailable: POST failed 4 time(s)", status=status,
-                                          subject=label)
+                raise RegistryUnavailable(
+                    "schema registry unavailable: POST failed 4 time(s)", status=status, subject=label
+                )
             return CompatibilityResult(True)
 
     return Registry

@@ -45,8 +45,9 @@ class Registry:
 
 
 def scratch(server: Registry, max_attempts: int = 3) -> ScratchRegistry:
-    http = ConfluentHttpRegistry(URL, transport=httpx.MockTransport(server), max_attempts=max_attempts,
-                                 sleep=lambda s: None)
+    http = ConfluentHttpRegistry(
+        URL, transport=httpx.MockTransport(server), max_attempts=max_attempts, sleep=lambda s: None
+    )
     return ScratchRegistry(http, prefix="t")
 
 
@@ -64,14 +65,17 @@ def test_a_refusal_is_an_incompatible_verdict_with_the_registry_messages_and_the
         ("DELETE", f"/subjects/{subject}", {}),
         ("DELETE", f"/subjects/{subject}", {"permanent": "true"}),
     ]
-    assert [body for m, _, _, body in server.seen if m == "PUT"] == [{"compatibility": "NONE"},
-                                                                      {"compatibility": "BACKWARD"}]
+    assert [body for m, _, _, body in server.seen if m == "PUT"] == [
+        {"compatibility": "NONE"},
+        {"compatibility": "BACKWARD"},
+    ]
     assert [json.loads(body["schema"]) for m, _, _, body in server.seen if m == "POST"] == [OLD, NEW]
 
 
 def test_an_accepted_version_and_one_identical_to_an_earlier_version():
     accepted = scratch(Registry((200, {"id": 1}), (200, {"id": 2}))).verdict(
-        SchemaFormat.AVRO, Compatibility.FORWARD, [OLD, NEW])
+        SchemaFormat.AVRO, Compatibility.FORWARD, [OLD, NEW]
+    )
     assert accepted == CompatibilityResult(True)
     same = scratch(Registry((200, {"id": 1}))).verdict(SchemaFormat.AVRO, Compatibility.FORWARD, [OLD, OLD])
     assert same.compatible and "identical to an earlier version" in same.messages[0]
@@ -80,8 +84,7 @@ def test_an_accepted_version_and_one_identical_to_an_earlier_version():
 def test_a_server_error_is_retried_then_unavailable_and_cleanup_is_still_tried():
     server = Registry((200, {"id": 1}), (500, {"message": "could not determine version"}))
     with pytest.raises(RegistryUnavailable) as raised:
-        scratch(server, max_attempts=3).verdict(SchemaFormat.JSON, Compatibility.BACKWARD, [{}, {}],
-                                                label="orders")
+        scratch(server, max_attempts=3).verdict(SchemaFormat.JSON, Compatibility.BACKWARD, [{}, {}], label="orders")
     message = str(raised.value)
     assert raised.value.attempts == 3 and "/subjects/t-orders-" in message
     assert "HTTP 500 could not determine version" in message

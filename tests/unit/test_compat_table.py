@@ -37,15 +37,18 @@ def test_a_break_names_its_rule_path_and_consequence(case: Case) -> None:
         assert issue.path.startswith("$") and issue.what and issue.what[0].islower()
 
 
-@pytest.mark.parametrize("mode,new,expected", [
-    (Compatibility.BACKWARD, 3, [(3, 2)]),
-    (Compatibility.FORWARD, 3, [(2, 3)]),
-    (Compatibility.FULL, 3, [(3, 2), (2, 3)]),
-    (Compatibility.BACKWARD_TRANSITIVE, 3, [(3, 2), (3, 1)]),
-    (Compatibility.FORWARD_TRANSITIVE, 3, [(2, 3), (1, 3)]),
-    (Compatibility.FULL_TRANSITIVE, 3, [(3, 2), (2, 3), (3, 1), (1, 3)]),
-    (Compatibility.NONE, 3, []),
-    (Compatibility.BACKWARD, 1, []),
-])
+@pytest.mark.parametrize(
+    "mode,new,expected",
+    [
+        (Compatibility.BACKWARD, 3, [(3, 2)]),
+        (Compatibility.FORWARD, 3, [(2, 3)]),
+        (Compatibility.FULL, 3, [(3, 2), (2, 3)]),
+        (Compatibility.BACKWARD_TRANSITIVE, 3, [(3, 2), (3, 1)]),
+        (Compatibility.FORWARD_TRANSITIVE, 3, [(2, 3), (1, 3)]),
+        (Compatibility.FULL_TRANSITIVE, 3, [(3, 2), (2, 3), (3, 1), (1, 3)]),
+        (Compatibility.NONE, 3, []),
+        (Compatibility.BACKWARD, 1, []),
+    ],
+)
 def test_mode_to_reader_writer_pairs(mode: Compatibility, new: int, expected: list[tuple[int, int]]) -> None:
     assert reader_writer_pairs(mode, new) == expected

@@ -84,8 +84,9 @@ def _sorted(batch: list[_Message], config: dict | None = None) -> tuple[list, li
 
     async def sort() -> tuple[list, list, list[str]]:
         events = _Events()
-        poller = kafka_io.PollThread(config or {}, ["orders"], asyncio.get_running_loop(), events,
-                                     max_poll_records=10, max_in_flight=10)
+        poller = kafka_io.PollThread(
+            config or {}, ["orders"], asyncio.get_running_loop(), events, max_poll_records=10, max_in_flight=10
+        )
         records, ends = poller._sort(batch)
         await asyncio.sleep(0)  # the fatal report is handed to the loop
         return records, ends, events.fatal
@@ -95,9 +96,12 @@ def _sorted(batch: list[_Message], config: dict | None = None) -> tuple[list, li
 
 def test_a_fenced_consumer_stops_with_the_hint() -> None:
     # the error librdkafka 2.x gives the older of two consumers sharing an id (code -150, fatal() False)
-    err = _Error(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer with same "
-                                    "group.instance.id: Fatal consumer error: Broker: Static consumer fenced by "
-                                    "other consumer with same group.instance.id")
+    err = _Error(
+        KafkaError._FATAL,
+        "Fatal error: Broker: Static consumer fenced by other consumer with same "
+        "group.instance.id: Fatal consumer error: Broker: Static consumer fenced by "
+        "other consumer with same group.instance.id",
+    )
     records, _, fatal = _sorted([_Message(err)], {"group.instance.id": "orders-1"})
     assert records == [] and len(fatal) == 1
     assert "'orders-1'" in fatal[0] and "KAFKA_GROUP_INSTANCE_ID" in fatal[0]
@@ -183,8 +187,9 @@ class _Metadata:
 
 def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     checks: list[dict] = []
-    monkeypatch.setattr(kafka_io, "wait_for_broker", lambda config, timeout_s: checks.append(config)
-                        or _Metadata("other"))
+    monkeypatch.setattr(
+        kafka_io, "wait_for_broker", lambda config, timeout_s: checks.append(config) or _Metadata("other")
+    )
     consumer = _consumer(stop_when_idle=True)
     for _ in range(2):  # the second attempt fails the same way, not with "already running"
         with pytest.raises(ConfigError, match="orders do not exist.*--until-idle") as err:
@@ -194,12 +199,24 @@ def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: py
 
 
 def test_security_settings_given_in_kafka_config_reach_every_client_not_the_consumer_only() -> None:
-    consumer = KafkaConsumer("127.0.0.1:1", "group", kafka_config={
-        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
-        "sasl.password": "p", "ssl.ca.location": "/ca.pem", "session.timeout.ms": 6000})
+    consumer = KafkaConsumer(
+        "127.0.0.1:1",
+        "group",
+        kafka_config={
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "u",
+            "sasl.password": "p",
+            "ssl.ca.location": "/ca.pem",
+            "session.timeout.ms": 6000,
+        },
+    )
     shared = consumer.options.client_config  # the dead-letter producer's and the admin client's connection
     assert {k: shared[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "ssl.ca.location")} == {
-        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
-        "ssl.ca.location": "/ca.pem"}
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "u",
+        "ssl.ca.location": "/ca.pem",
+    }
     assert "session.timeout.ms" not in shared
     assert consumer.options.consumer_config()["session.timeout.ms"] == 6000

@@ -36,8 +36,16 @@ def build(src, **kw):
         raise ValueError("boom")
     except ValueError as exc:
         err = exc
-    return build_dead_letter(src, stage="handler", reason="ValueError: boom", error=err,
-                             details=[{"path": "/x", "message": "m"}], consumer_group="g", attempts=1, **kw)
+    return build_dead_letter(
+        src,
+        stage="handler",
+        reason="ValueError: boom",
+        error=err,
+        details=[{"path": "/x", "message": "m"}],
+        consumer_group="g",
+        attempts=1,
+        **kw,
+    )
 
 
 def test_json_original_kept_as_json_and_exact_bytes():
@@ -50,9 +58,18 @@ def test_json_original_kept_as_json_and_exact_bytes():
     assert value["error"]["stage"] == "handler" and value["error"]["type"] == "builtins.ValueError"
     assert value["error"]["details"] == [{"path": "/x", "message": "m"}]
     assert value["error"]["timestamp"].endswith("Z")
-    assert value["source"] == {"topic": "orders", "partition": 2, "offset": 41, "key": "k1",
-                               "keyEncoding": "utf-8", "timestamp": 1714564800000, "timestampType": "CreateTime",
-                               "consumerGroup": "g", "attempts": 1, "headers": [["trace", "AAE="]]}
+    assert value["source"] == {
+        "topic": "orders",
+        "partition": 2,
+        "offset": 41,
+        "key": "k1",
+        "keyEncoding": "utf-8",
+        "timestamp": 1714564800000,
+        "timestampType": "CreateTime",
+        "consumerGroup": "g",
+        "attempts": 1,
+        "headers": [["trace", "AAE="]],
+    }
     headers = dict(dl.headers)
     assert headers["trace"] == b"\x00\x01"
     assert headers[H_TOPIC] == b"orders"
@@ -103,6 +120,7 @@ def test_any_bytes_round_trip(raw):
 
 # -- total and exact: any record and any exception give a dead letter, and the original comes back --
 
+
 def strict_json(data: bytes):
     """The dead-letter value as a strict reader sees it: UTF-8, no NaN/Infinity."""
     return json.loads(data.decode("utf-8"), parse_constant=lambda name: pytest.fail(f"{name} in the value"))
@@ -132,29 +150,57 @@ def chained(outer: BaseException, inner: BaseException, explicit: bool = True) -
 
 texts = st.text(alphabet=st.characters(codec=None), max_size=40)  # lone surrogates included
 plain_errors = st.builds(lambda cls, msg: cls(msg), st.sampled_from([ValueError, KeyError, RuntimeError]), texts)
-errors = st.one_of(st.none(), plain_errors, st.builds(StrFails), st.builds(StrNotAString),
-                   st.builds(chained, plain_errors, plain_errors, st.booleans()))
-header_names = st.one_of(texts, st.sampled_from(["kafka_dlt-original-topic", "kafka_dlt-exception-fqcn",
-                                                 "kafka_dlt-exception-message", "trace"]))
-json_like = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), texts),
-                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-                         max_leaves=10)
+errors = st.one_of(
+    st.none(),
+    plain_errors,
+    st.builds(StrFails),
+    st.builds(StrNotAString),
+    st.builds(chained, plain_errors, plain_errors, st.booleans()),
+)
+header_names = st.one_of(
+    texts,
+    st.sampled_from(["kafka_dlt-original-topic", "kafka_dlt-exception-fqcn", "kafka_dlt-exception-message", "trace"]),
+)
+json_like = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), texts),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=10,
+)
 values = st.one_of(
-    st.none(), st.binary(max_size=300),
+    st.none(),
+    st.binary(max_size=300),
     json_like.map(lambda doc: json.dumps(doc, ensure_ascii=True).encode()),  # \ud800 escapes, NaN, Infinity
-    st.sampled_from([b'{"s": "\\ud800"}', b'{"n": 1e400}', b"[NaN, -Infinity]", b"[" * 300 + b"]" * 300,
-                     b"\x00\x00\x00\x00\x11\x02hi", b"\xef\xbb\xbf{}"]))
+    st.sampled_from(
+        [
+            b'{"s": "\\ud800"}',
+            b'{"n": 1e400}',
+            b"[NaN, -Infinity]",
+            b"[" * 300 + b"]" * 300,
+            b"\x00\x00\x00\x00\x11\x02hi",
+            b"\xef\xbb\xbf{}",
+        ]
+    ),
+)
 
 
-@given(value=values, key=st.none() | st.binary(max_size=40),
-       headers=st.lists(st.tuples(header_names, st.none() | st.binary(max_size=40)), max_size=6),
-       timestamp=st.none() | st.integers(min_value=0, max_value=2**62), timestamp_type=st.sampled_from([0, 1, 2]),
-       error=errors, reason=texts, details=json_like, group=texts)
-def test_building_is_total_and_the_original_comes_back_exactly(value, key, headers, timestamp, timestamp_type,
-                                                                error, reason, details, group):
+@given(
+    value=values,
+    key=st.none() | st.binary(max_size=40),
+    headers=st.lists(st.tuples(header_names, st.none() | st.binary(max_size=40)), max_size=6),
+    timestamp=st.none() | st.integers(min_value=0, max_value=2**62),
+    timestamp_type=st.sampled_from([0, 1, 2]),
+    error=errors,
+    reason=texts,
+    details=json_like,
+    group=texts,
+)
+def test_building_is_total_and_the_original_comes_back_exactly(
+    value, key, headers, timestamp, timestamp_type, error, reason, details, group
+):
     src = SourceRecord("orders", 3, 7, key, value, headers, timestamp, timestamp_type)
-    dl = build_dead_letter(src, stage="handler", reason=reason, error=error, details=details,
-                           consumer_group=group, attempts=2)
+    dl = build_dead_letter(
+        src, stage="handler", reason=reason, error=error, details=details, consumer_group=group, attempts=2
+    )
     body = strict_json(dl.value)
     back = original_record(dl.value)
     assert (back.key, back.value, back.headers, back.timestamp) == (key, value, headers, timestamp)
@@ -168,8 +214,9 @@ def test_building_is_total_and_the_original_comes_back_exactly(value, key, heade
     for name, data in dl.headers:
         name.encode("utf-8")  # every header the producer gets is writable
         assert data is None or isinstance(data, bytes)
-    escaped = [(n.encode("utf-8", "backslashreplace").decode(), v) for n, v in headers
-               if not n.startswith("kafka_dlt-")]
+    escaped = [
+        (n.encode("utf-8", "backslashreplace").decode(), v) for n, v in headers if not n.startswith("kafka_dlt-")
+    ]
     assert [(n, v) for n, v in dl.headers if not n.startswith("kafka_dlt-")] == escaped
 
 
@@ -184,9 +231,15 @@ def test_lone_surrogate_json_is_embedded_and_kept_exactly():
 
 def test_reason_and_exception_with_lone_surrogates():
     err = ValueError("bad \udc80 input")
-    dl = build_dead_letter(source(b"{}"), stage="envelope", reason="invalid header: '\ud800'", error=err,
-                           details=[{"path": "/header", "message": "'\ud800' is not valid"}],
-                           consumer_group="g", attempts=1)
+    dl = build_dead_letter(
+        source(b"{}"),
+        stage="envelope",
+        reason="invalid header: '\ud800'",
+        error=err,
+        details=[{"path": "/header", "message": "'\ud800' is not valid"}],
+        consumer_group="g",
+        attempts=1,
+    )
     value = strict_json(dl.value)
     assert value["error"]["reason"] == "invalid header: '\ud800'"
     assert value["error"]["message"] == "bad \udc80 input"
@@ -206,14 +259,14 @@ def test_details_that_strict_json_cannot_write():
     for _ in range(100_000):
         deep = [deep]
     for details in (float("nan"), {"x": object()}, deep, {1, 2}):
-        dl = build_dead_letter(source(b"x"), stage="validation", reason="r", details=details,
-                               consumer_group="g", attempts=1)
+        dl = build_dead_letter(
+            source(b"x"), stage="validation", reason="r", details=details, consumer_group="g", attempts=1
+        )
         assert isinstance(strict_json(dl.value)["error"]["details"], str)
 
 
 def test_exception_whose_str_fails():
-    dl = build_dead_letter(source(b"x"), stage="handler", reason="r", error=StrFails(), consumer_group="g",
-                           attempts=1)
+    dl = build_dead_letter(source(b"x"), stage="handler", reason="r", error=StrFails(), consumer_group="g", attempts=1)
     value = strict_json(dl.value)
     assert value["error"]["message"] == "<StrFails str() failed>"
     assert dict(dl.headers)[H_FQCN] == f"{__name__}.StrFails".encode()
@@ -221,8 +274,9 @@ def test_exception_whose_str_fails():
 
 def test_cause_fqcn_header_and_cause_in_the_value():
     err = chained(RuntimeError("wrapper"), KeyError("customer 7"))
-    dl = build_dead_letter(source(b"x"), stage="handler", reason="RuntimeError: wrapper", error=err,
-                           consumer_group="g", attempts=1)
+    dl = build_dead_letter(
+        source(b"x"), stage="handler", reason="RuntimeError: wrapper", error=err, consumer_group="g", attempts=1
+    )
     headers = dict(dl.headers)
     assert headers[H_FQCN] == b"builtins.RuntimeError"
     assert headers[H_CAUSE_FQCN] == b"builtins.KeyError"
@@ -234,8 +288,12 @@ def test_cause_fqcn_header_and_cause_in_the_value():
 
 
 def test_existing_dead_letter_headers_are_replaced_and_kept_in_the_value():
-    earlier = [("kafka_dlt-original-topic", b"first-topic"), ("kafka_dlt-exception-fqcn", b"java.lang.X"),
-               ("trace", b"t"), ("kafka_dlt-original-offset", struct.pack(">q", 3))]
+    earlier = [
+        ("kafka_dlt-original-topic", b"first-topic"),
+        ("kafka_dlt-exception-fqcn", b"java.lang.X"),
+        ("trace", b"t"),
+        ("kafka_dlt-original-offset", struct.pack(">q", 3)),
+    ]
     dl = build(source(b"x", headers=earlier))
     names = [name for name, _ in dl.headers]
     assert all(names.count(name) == 1 for name in names if name.startswith("kafka_dlt-"))
@@ -266,16 +324,23 @@ def test_no_timestamp_is_no_timestamp_type():
 
 
 def test_huge_texts_are_cut_and_say_so():
-    dl = build_dead_letter(source(b"x"), stage="handler", reason="r" * 1_000_000,
-                           error=ValueError("m" * 1_000_000), consumer_group="g", attempts=1)
+    dl = build_dead_letter(
+        source(b"x"),
+        stage="handler",
+        reason="r" * 1_000_000,
+        error=ValueError("m" * 1_000_000),
+        consumer_group="g",
+        attempts=1,
+    )
     assert len(dl.value) < 400_000
     assert strict_json(dl.value)["error"]["reason"].endswith("(934464 more characters)")
 
 
 def test_minimal_dead_letter_keeps_the_exact_record():
     headers = [("n", None), ("kafka_dlt-original-topic", b"\xff")]
-    dl = minimal_dead_letter("orders", 1, 9, b"\xffk", b"\x00\xff raw", headers, stage="decode",
-                             reason="why \ud800", consumer_group="g")
+    dl = minimal_dead_letter(
+        "orders", 1, 9, b"\xffk", b"\x00\xff raw", headers, stage="decode", reason="why \ud800", consumer_group="g"
+    )
     assert dl.topic == "orders.dlq" and dl.key == b"\xffk"
     dl.value.decode("ascii")
     back = original_record(dl.value)
@@ -284,25 +349,41 @@ def test_minimal_dead_letter_keeps_the_exact_record():
 
 
 def test_minimal_dead_letter_without_the_headers_the_client_could_not_read():
-    dl = minimal_dead_letter("orders", 1, 9, None, b"\xff raw", None, stage="decode", reason="r",
-                             consumer_group="g")
+    dl = minimal_dead_letter("orders", 1, 9, None, b"\xff raw", None, stage="decode", reason="r", consumer_group="g")
     assert "headers" not in strict_json(dl.value)["source"]
     back = original_record(dl.value, dl.key, dl.headers)
     assert (back.key, back.value, back.headers) == (None, b"\xff raw", [])  # none of its own kafka_dlt-* ones
 
 
 def test_dead_letters_written_before_the_value_kept_headers_still_read():
-    legacy = {"original_message": _b64(b"raw"), "original_encoding": "base64",
-              "error": {"stage": "decode", "reason": "r"},
-              "source": {"topic": "orders", "partition": 0, "offset": 5, "key": "k", "keyEncoding": "utf-8",
-                         "timestamp": 17, "consumerGroup": "g", "attempts": 1}}
+    legacy = {
+        "original_message": _b64(b"raw"),
+        "original_encoding": "base64",
+        "error": {"stage": "decode", "reason": "r"},
+        "source": {
+            "topic": "orders",
+            "partition": 0,
+            "offset": 5,
+            "key": "k",
+            "keyEncoding": "utf-8",
+            "timestamp": 17,
+            "consumerGroup": "g",
+            "attempts": 1,
+        },
+    }
     back = original_record(json.dumps(legacy).encode(), b"k", [("trace", b"t"), (H_TOPIC, b"orders")])
     assert (back.value, back.key, back.headers, back.timestamp) == (b"raw", b"k", [("trace", b"t")], 17)
 
 
-@pytest.mark.parametrize("value", [b"[]", b'{"source": {}, "original_encoding": "json"}', b"\xff",
-                                   b'{"source": {"topic": "t", "partition": 0, "offset": 0, "headers": [[1]]},'
-                                   b' "original_encoding": "null"}'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[]",
+        b'{"source": {}, "original_encoding": "json"}',
+        b"\xff",
+        b'{"source": {"topic": "t", "partition": 0, "offset": 0, "headers": [[1]]}, "original_encoding": "null"}',
+    ],
+)
 def test_not_a_dead_letter_value(value):
     with pytest.raises(ValueError, match="not a dead-letter value"):
         original_record(value)
@@ -314,6 +395,7 @@ def _b64(data: bytes) -> str:
 
 # -- a dead letter too large for the dead-letter producer: the shortened form -------------------------------
 
+
 def too_large(value, headers=None):
     """A dead letter of ``value`` with a long exception message and details, and its full form."""
     try:
@@ -323,9 +405,17 @@ def too_large(value, headers=None):
     details = [{"path": f"/body/items/{i}", "message": "quantity must be at least 1"} for i in range(2000)]
 
     def make(max_bytes=None):
-        return build_dead_letter(source(value, headers=headers), stage="validation", reason=f"bad: {err}",
-                                 error=err, details=details, consumer_group="g", attempts=1, max_bytes=max_bytes,
-                                 now=datetime(2026, 5, 1, tzinfo=UTC))
+        return build_dead_letter(
+            source(value, headers=headers),
+            stage="validation",
+            reason=f"bad: {err}",
+            error=err,
+            details=details,
+            consumer_group="g",
+            attempts=1,
+            max_bytes=max_bytes,
+            now=datetime(2026, 5, 1, tzinfo=UTC),
+        )
 
     return make
 
@@ -339,8 +429,9 @@ def test_over_the_limit_a_dead_letter_is_shortened_and_still_exact(value):
     assert record_size(dl) <= limit and record_size(dl) < record_size(full) - 200_000
     body = strict_json(dl.value)
     assert body["original_encoding"] == ("null" if value is None else "base64") and "original_bytes" not in body
-    assert body["shortened"].startswith(f"the full dead letter was {record_size(full)} bytes, over the "
-                                        f"dead-letter producer's limit of {limit}")
+    assert body["shortened"].startswith(
+        f"the full dead letter was {record_size(full)} bytes, over the dead-letter producer's limit of {limit}"
+    )
     assert body["error"]["details"] is None and len(body["error"]["message"]) < 1100
     assert body["error"]["reason"].endswith("more characters)") and body["error"]["stage"] == "validation"
     assert len(dict(dl.headers)[H_STACKTRACE].decode()) < 1100
@@ -385,8 +476,9 @@ def test_a_dead_letter_over_the_producers_limit_fails_its_send_saying_what_to_ra
     dl = too_large(b"\xff" * 20_000)(max_bytes=5000)
 
     async def scenario():
-        sender = kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, asyncio.get_running_loop(),
-                                           max_message_bytes=5000)
+        sender = kafka_io.DeadLetterSender(
+            {"bootstrap.servers": "127.0.0.1:9"}, asyncio.get_running_loop(), max_message_bytes=5000
+        )
         try:
             assert sender.max_message_bytes == 5000
             with pytest.raises(BrokerUnavailable) as info:
@@ -397,11 +489,14 @@ def test_a_dead_letter_over_the_producers_limit_fails_its_send_saying_what_to_ra
 
     message = asyncio.run(scenario())
     assert "MSG_SIZE_TOO_LARGE" in message
-    assert (f"raise EPISTLE_DLQ_MAX_MESSAGE_BYTES (now 5000) and the topic's max.message.bytes to at least "
-            f"{record_size(dl)}; its partition waits") in message
+    assert (
+        f"raise EPISTLE_DLQ_MAX_MESSAGE_BYTES (now 5000) and the topic's max.message.bytes to at least "
+        f"{record_size(dl)}; its partition waits"
+    ) in message
 
 
 # -- the dead-letter producer: a resend producer that cannot be made fails that send only --------------------
+
 
 def test_failing_to_make_the_resend_producer_fails_the_send_and_is_tried_again(monkeypatch):
     import asyncio
@@ -422,8 +517,9 @@ def test_failing_to_make_the_resend_producer_fails_the_send_and_is_tried_again(m
     record = minimal_dead_letter("orders", 0, 1, None, b"v", [], stage="decode", reason="r", consumer_group="g")
 
     async def scenario():
-        sender = kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9", "socket.timeout.ms": 100},
-                                           asyncio.get_running_loop())
+        sender = kafka_io.DeadLetterSender(
+            {"bootstrap.servers": "127.0.0.1:9", "socket.timeout.ms": 100}, asyncio.get_running_loop()
+        )
         try:
             with pytest.raises(BrokerUnavailable, match="RuntimeError: cannot make a producer now"):
                 await sender.send(record, alone=True)
@@ -453,9 +549,15 @@ def test_the_dead_letter_size_limit_comes_from_the_setting_the_argument_or_the_p
 
     async def sizes():
         loop = asyncio.get_running_loop()
-        senders = [kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000),
-                   kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000,
-                                             producer_overrides={"message.max.bytes": 5000})]
+        senders = [
+            kafka_io.DeadLetterSender({"bootstrap.servers": "127.0.0.1:9"}, loop, max_message_bytes=7000),
+            kafka_io.DeadLetterSender(
+                {"bootstrap.servers": "127.0.0.1:9"},
+                loop,
+                max_message_bytes=7000,
+                producer_overrides={"message.max.bytes": 5000},
+            ),
+        ]
         for sender in senders:
             sender.close(timeout_s=0)
         return [sender.max_message_bytes for sender in senders]

@@ -28,11 +28,25 @@ from toolkit.errors import InvalidArgument
 WHEN = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 
 
-def letter(value: bytes | None, *, stage="validation", reason="$.total: required", offset=7, headers=None,
-           timestamp=WHEN, key=b"order-7"):
+def letter(
+    value: bytes | None,
+    *,
+    stage="validation",
+    reason="$.total: required",
+    offset=7,
+    headers=None,
+    timestamp=WHEN,
+    key=b"order-7",
+):
     source = SourceRecord("orders", 2, 41, key, value, headers or [("trace", b"\x00\x01")], WHEN - 1000, 1)
-    dead = build_dead_letter(source, stage=stage, reason=reason, details=[{"path": "$.total", "message": "m"}],
-                             consumer_group="orders-service", attempts=1)
+    dead = build_dead_letter(
+        source,
+        stage=stage,
+        reason=reason,
+        details=[{"path": "$.total", "message": "m"}],
+        consumer_group="orders-service",
+        attempts=1,
+    )
     return parse("orders.dlq", 0, offset, timestamp, dead.key, dead.value, dead.headers)
 
 
@@ -45,7 +59,12 @@ def test_a_dead_letter_gives_its_fields_and_the_exact_original():
     assert (dead.message_type, dead.schema_name, dead.schema_version) == ("OrderPlaced", "orders", "2")
     original = dead.original
     assert (original.topic, original.partition, original.offset, original.key, original.value) == (
-        "orders", 2, 41, b"order-7", ORDER)
+        "orders",
+        2,
+        41,
+        b"order-7",
+        ORDER,
+    )
     assert original.headers == [("trace", b"\x00\x01")] and original.timestamp == WHEN - 1000
     assert dead.replayed_from is None
 
@@ -58,8 +77,9 @@ def test_a_base64_original_that_is_an_envelope_still_gives_its_message_type():
     assert decoded_original(dead)[0] == "json"
 
 
-@pytest.mark.parametrize(("value", "encoding"), [(b"\xff\xfe", "base64"), (b"not json", "text"),
-                                                 (None, "null"), (ORDER, "json")])
+@pytest.mark.parametrize(
+    ("value", "encoding"), [(b"\xff\xfe", "base64"), (b"not json", "text"), (None, "null"), (ORDER, "json")]
+)
 def test_the_original_is_decoded_when_it_can_be(value, encoding):
     assert decoded_original(letter(value))[0] == encoding
 
@@ -70,8 +90,16 @@ def test_a_replayed_original_says_where_it_was_replayed_from():
     assert "replayed from orders.dlq:0:3" in render(dead)
 
 
-@pytest.mark.parametrize("value", [None, b"junk", b"{}", b'{"source": {}}', json.dumps(
-    {"original_encoding": "null", "source": {"topic": "t", "partition": 0, "offset": 1}}).encode()])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"junk",
+        b"{}",
+        b'{"source": {}}',
+        json.dumps({"original_encoding": "null", "source": {"topic": "t", "partition": 0, "offset": 1}}).encode(),
+    ],
+)
 def test_a_record_that_is_not_a_dead_letter_says_where_and_why(value):
     with pytest.raises(NotADeadLetter) as info:
         parse("orders.dlq", 1, 9, WHEN, None, value, [])
@@ -91,9 +119,14 @@ def test_filters_by_stage_reason_message_type_offset_and_time():
     assert not Selection(until_ms=WHEN).takes(dead) and not Selection(since_ms=WHEN + 1).takes(dead)
 
 
-@pytest.mark.parametrize(("kwargs", "option"), [
-    ({"stages": frozenset({"parse"})}, "--stage"), ({"from_offset": 5, "to_offset": 4}, "--from-offset"),
-    ({"since_ms": 10, "until_ms": 10}, "--since")])
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"stages": frozenset({"parse"})}, "--stage"),
+        ({"from_offset": 5, "to_offset": 4}, "--from-offset"),
+        ({"since_ms": 10, "until_ms": 10}, "--since"),
+    ],
+)
 def test_impossible_filters_name_the_option(kwargs, option):
     with pytest.raises(InvalidArgument) as info:
         Selection(**kwargs)
@@ -137,8 +170,16 @@ def test_a_long_tail_of_reasons_is_summed_in_the_table():
 def test_rendered_and_json_forms_carry_the_reason_details_and_original():
     dead = letter(ORDER)
     text = render(dead)
-    for piece in ("orders.dlq:0:7", "stage validation", "orders:2:41", "key order-7", "OrderPlaced",
-                  "$.total: required", "headers  trace", '"orderId":"o-1"'):
+    for piece in (
+        "orders.dlq:0:7",
+        "stage validation",
+        "orders:2:41",
+        "key order-7",
+        "OrderPlaced",
+        "$.total: required",
+        "headers  trace",
+        '"orderId":"o-1"',
+    ):
         assert piece in text, piece
     out = to_json(dead)
     assert out["dlq"] == {"topic": "orders.dlq", "partition": 0, "offset": 7, "timestamp": WHEN}
@@ -150,6 +191,7 @@ def test_rendered_and_json_forms_carry_the_reason_details_and_original():
 
 # -- the command line, before any broker is asked ---------------------------------------------------------------
 
+
 @pytest.fixture
 def no_env(monkeypatch, tmp_path):
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "EPISTLE_DLQ_SUFFIX", "KAFKA_STARTUP_TIMEOUT_S"):
@@ -157,13 +199,16 @@ def no_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env from the repository
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["stats", "orders.dlq", "--stage", "parse"], "--stage parse: not a stage"),
-    (["show", "orders.dlq", "--since", "last week"], "--since 'last week'"),
-    (["show", "orders.dlq", "--from-offset", "9", "--to-offset", "3"], "--from-offset 9 is after --to-offset 3"),
-    (["replay", "orders.dlq", "--rate", "0"], "--rate"),
-    (["tail", "orders.dlq", "--partition", "-1"], "--partition"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["stats", "orders.dlq", "--stage", "parse"], "--stage parse: not a stage"),
+        (["show", "orders.dlq", "--since", "last week"], "--since 'last week'"),
+        (["show", "orders.dlq", "--from-offset", "9", "--to-offset", "3"], "--from-offset 9 is after --to-offset 3"),
+        (["replay", "orders.dlq", "--rate", "0"], "--rate"),
+        (["tail", "orders.dlq", "--partition", "-1"], "--partition"),
+    ],
+)
 def test_invalid_options_exit_2_with_one_message(no_env, args, expected):
     result = CliRunner().invoke(app, ["dlq", *args])
     assert result.exit_code == 2, result.output
@@ -172,7 +217,8 @@ def test_invalid_options_exit_2_with_one_message(no_env, args, expected):
 
 @pytest.mark.parametrize("to", ["orders.dlq", "elsewhere.dlq"])
 def test_a_replay_into_a_dead_letter_topic_is_refused_before_anything_is_asked(no_env, to):
-    result = CliRunner().invoke(app, ["dlq", "replay", "orders.dlq", "--to", to],
-                                env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    result = CliRunner().invoke(
+        app, ["dlq", "replay", "orders.dlq", "--to", to], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    )
     assert result.exit_code == 1
     assert f"--to {to!r} is a dead-letter topic: a replay never writes into one" in result.output

@@ -18,8 +18,13 @@ async def _lost_while_in_backoff() -> tuple[int, int | None, int]:
     broker = InMemoryBroker()
     broker.produce("orders", envelope("orders", 1, ORDER))
     transport = broker.transport()
-    consumer = KafkaConsumer(group_id="g", transport=transport, registry=LocalFolderRegistry(ROOT / "schemas"),
-                             stop_when_idle=True, commit_interval_s=0.05)
+    consumer = KafkaConsumer(
+        group_id="g",
+        transport=transport,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+        commit_interval_s=0.05,
+    )
     calls = 0
     waiting = asyncio.Event()
 

@@ -13,8 +13,15 @@ from toolkit.envelope import (
 )
 from toolkit.errors import MessageError
 
-HEADER = {"messageType": "OrderCreated", "schemaName": "orders", "schemaVersion": "2", "correlationId": "c-1",
-          "messageId": "m-1", "timestamp": "2024-05-01T12:00:00Z", "producer": "shop"}
+HEADER = {
+    "messageType": "OrderCreated",
+    "schemaName": "orders",
+    "schemaVersion": "2",
+    "correlationId": "c-1",
+    "messageId": "m-1",
+    "timestamp": "2024-05-01T12:00:00Z",
+    "producer": "shop",
+}
 
 
 def record(header=None, body=None, **changes) -> bytes:
@@ -38,25 +45,49 @@ def test_valid_envelope_snake_case_attributes():
     assert decoded.body == {"a": 1}
 
 
-@pytest.mark.parametrize("value", [b"\xff\xfe", b'{"header": ', b"", b"NaN", b"\xef\xbb\xbf{}",
-                                   b"[" * 100_000 + b"]" * 100_000,
-                                   b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1)])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\xff\xfe",
+        b'{"header": ',
+        b"",
+        b"NaN",
+        b"\xef\xbb\xbf{}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1),
+    ],
+)
 def test_decode_stage(value):
     assert stage_of(value) == "decode"
 
 
-@pytest.mark.parametrize("value", [b"[]", b"1", b'"s"', b"null", b"true", b'{"header": {}}', b'{"body": {}}',
-                                   b'{"header": [], "body": {}}'])
+@pytest.mark.parametrize(
+    "value", [b"[]", b"1", b'"s"', b"null", b"true", b'{"header": {}}', b'{"body": {}}', b'{"header": [], "body": {}}']
+)
 def test_not_an_envelope(value):
     assert stage_of(value) == "envelope"
 
 
-@pytest.mark.parametrize("changes", [
-    {"schemaVersion": "01"}, {"schemaVersion": "-1"}, {"schemaVersion": "1.0"}, {"schemaVersion": "0"},
-    {"schemaVersion": 1}, {"schemaVersion": "+1"}, {"schemaVersion": " 1"}, {"schemaVersion": "1e3"},
-    {"timestamp": "yesterday"}, {"timestamp": "2024-05-01T12:00:00"}, {"timestamp": 1714564800},
-    {"messageId": None}, {"messageId": ""}, {"schemaName": 7}, {"producer": ["x"]},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"schemaVersion": "01"},
+        {"schemaVersion": "-1"},
+        {"schemaVersion": "1.0"},
+        {"schemaVersion": "0"},
+        {"schemaVersion": 1},
+        {"schemaVersion": "+1"},
+        {"schemaVersion": " 1"},
+        {"schemaVersion": "1e3"},
+        {"timestamp": "yesterday"},
+        {"timestamp": "2024-05-01T12:00:00"},
+        {"timestamp": 1714564800},
+        {"messageId": None},
+        {"messageId": ""},
+        {"schemaName": 7},
+        {"producer": ["x"]},
+    ],
+)
 def test_bad_header_fields(changes):
     assert stage_of(record(**changes)) == "envelope"
 
@@ -107,8 +138,15 @@ def test_envelope_round_trip():
 
 
 def test_one_envelope_builder():
-    fields = header_fields("orders", 2, message_type="OrderCreated", producer="shop", message_id="m-1",
-                           correlation_id="c-1", timestamp="2024-05-01T12:00:00Z")
+    fields = header_fields(
+        "orders",
+        2,
+        message_type="OrderCreated",
+        producer="shop",
+        message_id="m-1",
+        correlation_id="c-1",
+        timestamp="2024-05-01T12:00:00Z",
+    )
     assert fields == HEADER
     body = {"name": "café", "n": [1, 2.5]}
     value = encode_envelope(fields, body)
@@ -146,12 +184,15 @@ def test_a_number_beyond_the_double_range_is_left_to_the_schema():
     assert decode_record(record().replace(b'{"a": 1}', b'{"a": 1e400}')).body == {"a": float("inf")}
 
 
-@pytest.mark.parametrize("payload", [
-    b"\x0cord-1\x02\xa4\x01",  # Avro binary, as confluent-kafka's AvroSerializer writes it after the prefix
-    b'{"orderId": "o-1"}',  # JSON, as its JSONSerializer writes it
-    b"\x00\x0a\x04o-1",  # Protobuf: message indexes, then the message
-    b"",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x0cord-1\x02\xa4\x01",  # Avro binary, as confluent-kafka's AvroSerializer writes it after the prefix
+        b'{"orderId": "o-1"}',  # JSON, as its JSONSerializer writes it
+        b"\x00\x0a\x04o-1",  # Protobuf: message indexes, then the message
+        b"",
+    ],
+)
 def test_confluent_wire_format_is_named(payload):
     value = b"\x00" + (17).to_bytes(4, "big") + payload
     with pytest.raises(MessageError) as info:
@@ -191,10 +232,13 @@ def test_custom_serializer_error_whose_str_fails():
         decode_record(b"{}", loads)
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    (b'{"header": "abc', "not JSON: Unterminated string starting at line 1 column 12"),
-    (b'{"a": 1 2}', "not JSON: Expecting ',' delimiter at line 1 column 9"),
-])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"header": "abc', "not JSON: Unterminated string starting at line 1 column 12"),
+        (b'{"a": 1 2}', "not JSON: Expecting ',' delimiter at line 1 column 9"),
+    ],
+)
 def test_a_json_error_reads_as_one_sentence(value, reason):
     with pytest.raises(MessageError) as info:
         decode_record(value)

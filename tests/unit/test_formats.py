@@ -27,8 +27,7 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def _json(**extra) -> dict:
-    return {"$schema": DRAFT, "title": "Thing", "type": "object", "properties": {"id": {"type": "string"}},
-            **extra}
+    return {"$schema": DRAFT, "title": "Thing", "type": "object", "properties": {"id": {"type": "string"}}, **extra}
 
 
 def _avro(*fields: dict, **extra) -> dict:
@@ -43,8 +42,11 @@ SQUARE = {"type": "record", "name": "Square", "fields": [{"name": "size", "type"
 BOX = {"type": "record", "name": "Box", "fields": [{"name": "side", "type": "double"}]}
 COUNTS = {"type": "map", "values": "int"}
 # B has A's fields and one more with a default: a value of A ({"x": 1}) fits B, and one of B fits A.
-POINT_B = {"type": "record", "name": "B", "fields": [{"name": "x", "type": "int"},
-                                                   {"name": "y", "type": ["null", "int"], "default": None}]}
+POINT_B = {
+    "type": "record",
+    "name": "B",
+    "fields": [{"name": "x", "type": "int"}, {"name": "y", "type": ["null", "int"], "default": None}],
+}
 POINT_A = {"type": "record", "name": "A", "fields": [{"name": "x", "type": "int"}]}
 # C has A's field and a required one more, D another required one: D's values do not fit C nor C's D.
 POINT_C = {"type": "record", "name": "C", "fields": [{"name": "x", "type": "int"}, {"name": "y", "type": "int"}]}
@@ -52,49 +54,128 @@ POINT_D = {"type": "record", "name": "D", "fields": [{"name": "x", "type": "int"
 
 # name: (file name, document, rule, JSON path, words of the problem)
 REFUSED = {
-    "relative-ref": ("1.json", _json(properties={"a": {"$ref": "common.json#/$defs/Money"}}), "INVALID_SCHEMA",
-                     "$.properties.a.$ref", "another file or URL"),
-    "remote-ref": ("1.json", _json(properties={"a": {"$ref": "https://example.com/money.json"}}),
-                   "INVALID_SCHEMA", "$.properties.a.$ref", "another file or URL"),
-    "unknown-$schema": ("1.json", _json(**{"$schema": "https://example.com/my-draft"}), "INVALID_SCHEMA",
-                        "$schema", "unknown $schema"),
+    "relative-ref": (
+        "1.json",
+        _json(properties={"a": {"$ref": "common.json#/$defs/Money"}}),
+        "INVALID_SCHEMA",
+        "$.properties.a.$ref",
+        "another file or URL",
+    ),
+    "remote-ref": (
+        "1.json",
+        _json(properties={"a": {"$ref": "https://example.com/money.json"}}),
+        "INVALID_SCHEMA",
+        "$.properties.a.$ref",
+        "another file or URL",
+    ),
+    "unknown-$schema": (
+        "1.json",
+        _json(**{"$schema": "https://example.com/my-draft"}),
+        "INVALID_SCHEMA",
+        "$schema",
+        "unknown $schema",
+    ),
     "avro-error-root": ("1.avsc", {**OOPS}, "UNSUPPORTED_SCHEMA", "$.type", "Avro error type"),
-    "avro-error-field": ("1.avsc", _avro({"name": "e", "type": ["null", OOPS], "default": None}),
-                         "UNSUPPORTED_SCHEMA", "$.fields[1].type[1].type", "Avro error type"),
-    "dotted-$defs": ("1.json", _json(properties={"a": {"$ref": "#/$defs/com.example.Money"}},
-                                     **{"$defs": {"com.example.Money": {"type": "number"}}}),
-                     "UNSUPPORTED_SCHEMA", "$.$defs['com.example.Money']", "contains '.'"),
-    "dotted-definitions": ("1.json", _json(**{"$schema": "http://json-schema.org/draft-07/schema#",
-                                              "definitions": {"a.b": {"type": "string"}}}),
-                           "UNSUPPORTED_SCHEMA", "$.definitions['a.b']", "contains '.'"),
-    "root-type-list": ("1.json", _json(type=["object", "null"]), "UNSUPPORTED_SCHEMA", "$.type",
-                       "root's type is a list"),
-    "json-enum-root": ("1.json", {"$schema": DRAFT, "title": "Color", "type": "string", "enum": ["RED", "GREEN"]},
-                       "UNSUPPORTED_SCHEMA", "$.enum", "root is an enum"),
-    "json-root-without-type": ("1.json", {"$schema": DRAFT, "title": "Thing", "properties": {"id": {
-        "type": "string"}}}, "UNSUPPORTED_SCHEMA", "$", 'the root has no "type"'),
-    "avro-records-of-one-shape": ("1.avsc", _avro({"name": "shape", "type": [CIRCLE, SQUARE]}), "UNSUPPORTED_SCHEMA",
-                                  "$.fields[1].type", "branches 0 (record Circle) and 1 (record Square)"),
-    "avro-record-with-a-subset-of-fields": ("1.avsc", _avro({"name": "point", "type": [POINT_B, POINT_A]}),
-                                            "UNSUPPORTED_SCHEMA", "$.fields[1].type",
-                                            "branches 0 (record B) and 1 (record A)"),
-    "avro-enum-and-string": ("1.avsc", _avro({"name": "color", "type": ["null", COLOR, "string"]}),
-                             "UNSUPPORTED_SCHEMA", "$.fields[1].type", "branches 1 (enum Color) and 2 (string)"),
-    "avro-record-and-map-items": ("1.avsc", _avro({"name": "parts", "type": {"type": "array", "items": [
-        BOX, COUNTS]}}), "UNSUPPORTED_SCHEMA", "$.fields[1].type.items", "branches 0 (record Box) and 1 (map)"),
-    "avro-union-root": ("1.avsc", [CIRCLE, "null", SQUARE], "UNSUPPORTED_SCHEMA", "$",
-                        "the union of the root has branches 0 (record Circle) and 2 (record Square)"),
+    "avro-error-field": (
+        "1.avsc",
+        _avro({"name": "e", "type": ["null", OOPS], "default": None}),
+        "UNSUPPORTED_SCHEMA",
+        "$.fields[1].type[1].type",
+        "Avro error type",
+    ),
+    "dotted-$defs": (
+        "1.json",
+        _json(
+            properties={"a": {"$ref": "#/$defs/com.example.Money"}},
+            **{"$defs": {"com.example.Money": {"type": "number"}}},
+        ),
+        "UNSUPPORTED_SCHEMA",
+        "$.$defs['com.example.Money']",
+        "contains '.'",
+    ),
+    "dotted-definitions": (
+        "1.json",
+        _json(**{"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"a.b": {"type": "string"}}}),
+        "UNSUPPORTED_SCHEMA",
+        "$.definitions['a.b']",
+        "contains '.'",
+    ),
+    "root-type-list": (
+        "1.json",
+        _json(type=["object", "null"]),
+        "UNSUPPORTED_SCHEMA",
+        "$.type",
+        "root's type is a list",
+    ),
+    "json-enum-root": (
+        "1.json",
+        {"$schema": DRAFT, "title": "Color", "type": "string", "enum": ["RED", "GREEN"]},
+        "UNSUPPORTED_SCHEMA",
+        "$.enum",
+        "root is an enum",
+    ),
+    "json-root-without-type": (
+        "1.json",
+        {"$schema": DRAFT, "title": "Thing", "properties": {"id": {"type": "string"}}},
+        "UNSUPPORTED_SCHEMA",
+        "$",
+        'the root has no "type"',
+    ),
+    "avro-records-of-one-shape": (
+        "1.avsc",
+        _avro({"name": "shape", "type": [CIRCLE, SQUARE]}),
+        "UNSUPPORTED_SCHEMA",
+        "$.fields[1].type",
+        "branches 0 (record Circle) and 1 (record Square)",
+    ),
+    "avro-record-with-a-subset-of-fields": (
+        "1.avsc",
+        _avro({"name": "point", "type": [POINT_B, POINT_A]}),
+        "UNSUPPORTED_SCHEMA",
+        "$.fields[1].type",
+        "branches 0 (record B) and 1 (record A)",
+    ),
+    "avro-enum-and-string": (
+        "1.avsc",
+        _avro({"name": "color", "type": ["null", COLOR, "string"]}),
+        "UNSUPPORTED_SCHEMA",
+        "$.fields[1].type",
+        "branches 1 (enum Color) and 2 (string)",
+    ),
+    "avro-record-and-map-items": (
+        "1.avsc",
+        _avro({"name": "parts", "type": {"type": "array", "items": [BOX, COUNTS]}}),
+        "UNSUPPORTED_SCHEMA",
+        "$.fields[1].type.items",
+        "branches 0 (record Box) and 1 (map)",
+    ),
+    "avro-union-root": (
+        "1.avsc",
+        [CIRCLE, "null", SQUARE],
+        "UNSUPPORTED_SCHEMA",
+        "$",
+        "the union of the root has branches 0 (record Circle) and 2 (record Square)",
+    ),
 }
 
 # the nearest construct that works: (file name, document)
 ACCEPTED = {
-    "local-ref": ("1.json", _json(properties={"a": {"$ref": "#/$defs/Money"}}, **{"$defs": {"Money": {
-        "type": "number"}}})),
+    "local-ref": (
+        "1.json",
+        _json(properties={"a": {"$ref": "#/$defs/Money"}}, **{"$defs": {"Money": {"type": "number"}}}),
+    ),
     "draft-07": ("1.json", _json(**{"$schema": "http://json-schema.org/draft-07/schema#"})),
-    "avro-record-field": ("1.avsc", _avro({"name": "e", "type": ["null", {**OOPS, "type": "record"}],
-                                           "default": None})),
-    "underscored-$defs": ("1.json", _json(properties={"a": {"$ref": "#/$defs/com_example_Money"}},
-                                          **{"$defs": {"com_example_Money": {"type": "number"}}})),
+    "avro-record-field": (
+        "1.avsc",
+        _avro({"name": "e", "type": ["null", {**OOPS, "type": "record"}], "default": None}),
+    ),
+    "underscored-$defs": (
+        "1.json",
+        _json(
+            properties={"a": {"$ref": "#/$defs/com_example_Money"}},
+            **{"$defs": {"com_example_Money": {"type": "number"}}},
+        ),
+    ),
     "nested-type-list": ("1.json", _json(properties={"a": {"type": ["string", "null"]}})),
     "json-enum-property": ("1.json", _json(properties={"color": {"enum": ["RED", "GREEN"]}})),
     "avro-enum-field": ("1.avsc", _avro({"name": "color", "type": COLOR})),
@@ -152,8 +233,9 @@ def test_check_and_codegen_refuse_with_the_same_message(case: str, tmp_path: Pat
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
-def test_the_working_construct_is_checked_and_generated(case: str, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_working_construct_is_checked_and_generated(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name, document = ACCEPTED[case]
     schemas = tmp_path / "schemas"
     path = _write(schemas, "things", name, document)
@@ -168,12 +250,19 @@ def test_the_working_construct_is_checked_and_generated(case: str, tmp_path: Pat
     assert isinstance(model, type) and issubclass(model, BaseModel)
 
 
-@pytest.mark.parametrize(("case", "accepted", "rejected"), [
-    ("json-root-without-type", "any JSON value", {"id": 1}),
-    ("json-enum-root", "RED", "BLUE"),
-    ("avro-records-of-one-shape", {"id": "a", "shape": {"Square": {"size": 2.0}}}, {"id": "a", "shape": {"size": 2.0}}),
-    ("avro-union-root", None, {"Triangle": {"size": 1.0}}),
-])
+@pytest.mark.parametrize(
+    ("case", "accepted", "rejected"),
+    [
+        ("json-root-without-type", "any JSON value", {"id": 1}),
+        ("json-enum-root", "RED", "BLUE"),
+        (
+            "avro-records-of-one-shape",
+            {"id": "a", "shape": {"Square": {"size": 2.0}}},
+            {"id": "a", "shape": {"size": 2.0}},
+        ),
+        ("avro-union-root", None, {"Triangle": {"size": 1.0}}),
+    ],
+)
 def test_registry_schemas_codegen_cannot_express_still_validate(case: str, accepted: object, rejected: object) -> None:
     # A consumer without generated models validates bodies with them; with models, a record fails at stage
     # "model" (no generated model). Only epistle check and codegen refuse them.
@@ -188,10 +277,13 @@ def test_registry_schemas_codegen_cannot_express_still_validate(case: str, accep
     assert caught.value.stage == "validation"
 
 
-@pytest.mark.parametrize("document", [
-    {"$schema": DRAFT, "properties": {"id": {"type": "strin"}}},  # no root type, and not a valid schema
-    [CIRCLE, "null", {**SQUARE, "name": "Circle"}],  # a union of one shape naming a type twice
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"$schema": DRAFT, "properties": {"id": {"type": "strin"}}},  # no root type, and not a valid schema
+        [CIRCLE, "null", {**SQUARE, "name": "Circle"}],  # a union of one shape naming a type twice
+    ],
+)
 def test_an_invalid_registry_schema_is_still_refused(document: object) -> None:
     fmt = JSON_SCHEMA if isinstance(document, dict) else AVRO
     expected = fmt.invalid("things", document)
@@ -241,10 +333,13 @@ def test_both_formats_implement_the_protocol() -> None:
     assert JSON_SCHEMA.compile("label", "things", 1, _json()).decode({"id": "x"}) == {"id": "x"}
 
 
-@pytest.mark.parametrize("fields", [
-    [{"name": "id", "type": "string"}, {"name": "id", "type": "int"}],  # a field twice
-    [{"name": "id", "type": {"type": "record", "name": "my-id", "fields": []}}],  # '-' in a name
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [{"name": "id", "type": "string"}, {"name": "id", "type": "int"}],  # a field twice
+        [{"name": "id", "type": {"type": "record", "name": "my-id", "fields": []}}],  # '-' in a name
+    ],
+)
 def test_avro_needs_both_libraries_to_parse(fields: list, tmp_path: Path) -> None:
     # fastavro (which decodes bodies) accepts these; Apache Avro (which decides compatibility) does not.
     # Before there was one check, the runtime and codegen accepted them and `epistle check` did not.
@@ -268,8 +363,9 @@ def test_known_drafts_are_the_ones_jsonschema_knows() -> None:
     assert set(KNOWN_DRAFTS) == {uri for uri in validators._META_SCHEMAS}
 
 
-@pytest.mark.parametrize("draft", ["http://json-schema.org/draft-03/schema#", "http://json-schema.org/draft-07/schema#",
-                                   DRAFT])
+@pytest.mark.parametrize(
+    "draft", ["http://json-schema.org/draft-03/schema#", "http://json-schema.org/draft-07/schema#", DRAFT]
+)
 def test_meta_schema_problems_name_the_path_in_every_draft(draft: str) -> None:
     document = {"$schema": draft, "type": "object", "properties": {"a": {"minLength": -1}}}
     problems = JSON_SCHEMA.problems("x.json", document)
@@ -283,16 +379,25 @@ def test_checking_a_json_schema_does_not_import_jsonschema() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from toolkit.formats import JSON_SCHEMA; "
-            "assert JSON_SCHEMA.problems('x.json', {'type': 'object', 'properties': {'a': {'$ref': '#/$defs/A'}},"
-            " '$defs': {'A': {'type': 'string'}}}) == []; print('jsonschema' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys; from toolkit.formats import JSON_SCHEMA; "
+        "assert JSON_SCHEMA.problems('x.json', {'type': 'object', 'properties': {'a': {'$ref': '#/$defs/A'}},"
+        " '$defs': {'A': {'type': 'string'}}}) == []; print('jsonschema' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("branches", [[POINT_B, POINT_A], [POINT_A, POINT_B], [POINT_C, POINT_A],
-                                      ["null", POINT_A, {**POINT_A, "name": "E"}]])
+@pytest.mark.parametrize(
+    "branches",
+    [[POINT_B, POINT_A], [POINT_A, POINT_B], [POINT_C, POINT_A], ["null", POINT_A, {**POINT_A, "name": "E"}]],
+)
 def test_a_record_whose_required_fields_another_has_is_ambiguous(branches: list, tmp_path: Path) -> None:
     document = _avro({"name": "point", "type": branches})
     found = AVRO.unsupported(tmp_path / "1.avsc", document)

@@ -19,14 +19,17 @@ def _schema(value: object, indent: int | None = None) -> str:
     return json.dumps({"type": "object", "properties": {"flag": {"const": value}}}, indent=indent)
 
 
-@pytest.mark.parametrize(("a", "b", "same"), [
-    (_schema(1), _schema(1, indent=4), True),  # formatting
-    ('{"type": "object", "title": "x"}', '{"title": "x", "type": "object"}', True),  # key order
-    ('{"title": "caf\\u00e9"}', '{"title": "café"}', True),  # an escape is the same string
-    (_schema(1), _schema(True), False),  # Python's == takes true for 1: a different schema
-    (_schema(1), _schema(1.0), False),  # the texts registries compare differ
-    (_schema(0), _schema(False), False),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (_schema(1), _schema(1, indent=4), True),  # formatting
+        ('{"type": "object", "title": "x"}', '{"title": "x", "type": "object"}', True),  # key order
+        ('{"title": "caf\\u00e9"}', '{"title": "café"}', True),  # an escape is the same string
+        (_schema(1), _schema(True), False),  # Python's == takes true for 1: a different schema
+        (_schema(1), _schema(1.0), False),  # the texts registries compare differ
+        (_schema(0), _schema(False), False),
+    ],
+)
 def test_every_caller_takes_the_same_pairs_for_the_same_json(tmp_path: Path, a: str, b: str, same: bool) -> None:
     folder = tmp_path / "things"
     folder.mkdir()

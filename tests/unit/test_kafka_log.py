@@ -17,13 +17,13 @@ class Clock:
 
 def record(text: str, level: int = logging.ERROR, fac: str = "FAIL") -> logging.LogRecord:
     # confluent-kafka calls logger.log(level, "%s [%s] %s", facility, client name, text)
-    return logging.LogRecord(KAFKA_LOGGER, level, __file__, 1, "%s [%s] %s", (fac, "rdkafka#consumer-1", text),
-                             None)
+    return logging.LogRecord(KAFKA_LOGGER, level, __file__, 1, "%s [%s] %s", (fac, "rdkafka#consumer-1", text), None)
 
 
 def refused(ms: int) -> logging.LogRecord:
-    return record(f"127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused "
-                  f"(after {ms}ms in state CONNECT)")
+    return record(
+        f"127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after {ms}ms in state CONNECT)"
+    )
 
 
 def test_a_repeated_line_passes_once_per_interval_and_counts_what_it_held_back():

@@ -22,9 +22,17 @@ def _subject(root: Path, name: str, files: dict[str, str]) -> Path:
 
 
 def test_loads_versions_in_order_with_config(tmp_path: Path) -> None:
-    _subject(tmp_path, "orders", {"2.json": OBJECT, "1.json": OBJECT, "10.json": OBJECT,
-                                  **{f"{v}.json": OBJECT for v in range(3, 10)},
-                                  "subject.toml": 'compatibility = "full_transitive"\ntopics = ["orders"]\n'})
+    _subject(
+        tmp_path,
+        "orders",
+        {
+            "2.json": OBJECT,
+            "1.json": OBJECT,
+            "10.json": OBJECT,
+            **{f"{v}.json": OBJECT for v in range(3, 10)},
+            "subject.toml": 'compatibility = "full_transitive"\ntopics = ["orders"]\n',
+        },
+    )
     subjects = load_schemas(tmp_path)
     orders = subjects["orders"]
     assert [v.version for v in orders.versions] == list(range(1, 11))
@@ -75,12 +83,24 @@ def test_missing_schemas_folder(tmp_path: Path) -> None:
 
 # One rule for a schema version written as text: a version file's name, an envelope's schemaVersion, and the
 # published version files `epistle check` compares with git all accept and refuse the same spellings.
-@pytest.mark.parametrize(("text", "accepted"), [
-    ("1", True), ("10", True), ("999999999", True),
-    ("0", False), ("01", False), ("-1", False), ("+1", False), ("1.0", False), ("1e3", False), (" 1", False),
-    ("\u0661", False),  # ARABIC-INDIC DIGIT ONE: str.isdigit() says yes
-    ("1000000000", False), ("9" * 200, False),  # past any registry's 32-bit version numbers
-])
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [
+        ("1", True),
+        ("10", True),
+        ("999999999", True),
+        ("0", False),
+        ("01", False),
+        ("-1", False),
+        ("+1", False),
+        ("1.0", False),
+        ("1e3", False),
+        (" 1", False),
+        ("\u0661", False),  # ARABIC-INDIC DIGIT ONE: str.isdigit() says yes
+        ("1000000000", False),
+        ("9" * 200, False),  # past any registry's 32-bit version numbers
+    ],
+)
 def test_a_version_is_spelled_the_same_everywhere(tmp_path: Path, text: str, accepted: bool) -> None:
     from pydantic import ValidationError
 
@@ -93,8 +113,15 @@ def test_a_version_is_spelled_the_same_everywhere(tmp_path: Path, text: str, acc
         as_file = True
     except SchemaFileError as exc:  # a lone version other than 1 is a gap, not a misspelling
         as_file = "gap" in exc.problem
-    header = {"messageType": "T", "schemaName": "orders", "schemaVersion": text, "correlationId": "",
-              "messageId": "m", "timestamp": "2024-05-01T12:00:00Z", "producer": "p"}
+    header = {
+        "messageType": "T",
+        "schemaName": "orders",
+        "schemaVersion": text,
+        "correlationId": "",
+        "messageId": "m",
+        "timestamp": "2024-05-01T12:00:00Z",
+        "producer": "p",
+    }
     try:
         in_envelope = Header.model_validate(header).version == int(text)
     except ValidationError:

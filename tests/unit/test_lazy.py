@@ -13,7 +13,7 @@ import pytest
 
 from toolkit import _lazy
 
-CODE = '''
+CODE = """
 import builtins
 import time
 
@@ -34,7 +34,7 @@ def g():
 
 time.sleep(builtins._epistle_lazy_test["slow_s"])
 READY = "ready"
-'''
+"""
 
 
 @pytest.fixture

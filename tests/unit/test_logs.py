@@ -41,7 +41,10 @@ def test_a_json_line_has_time_level_logger_message_and_the_record_context() -> N
     assert list(entry)[:4] == ["time", "level", "logger", "message"]
     assert entry["time"].endswith("+00:00") and "T" in entry["time"]
     assert {k: entry[k] for k in ("level", "logger", "message")} == {
-        "level": "WARNING", "logger": "tests.logs", "message": "dead-lettered to orders.dlq"}
+        "level": "WARNING",
+        "logger": "tests.logs",
+        "message": "dead-lettered to orders.dlq",
+    }
     assert {k: entry[k] for k in CONTEXT} == CONTEXT
     assert "traceId" not in entry and "exception" not in entry
 
@@ -49,14 +52,14 @@ def test_a_json_line_has_time_level_logger_message_and_the_record_context() -> N
 def test_a_json_line_carries_the_exception_text_and_odd_values_as_text() -> None:
     def emit(log: logging.Logger) -> None:
         try:
-            raise ValueError("bad \"quote\"\nsecond line")
+            raise ValueError('bad "quote"\nsecond line')
         except ValueError:
             log.exception("internal error processing a record", extra={**CONTEXT, "raw": b"\xff", "obj": object()})
 
     lines = _lines(JsonLineFormatter(), emit)
     assert len(lines) == 1  # the traceback's newlines are escaped inside the object
     entry = json.loads(lines[0])
-    assert entry["level"] == "ERROR" and "ValueError: bad \"quote\"" in entry["exception"]
+    assert entry["level"] == "ERROR" and 'ValueError: bad "quote"' in entry["exception"]
     assert "Traceback" in entry["exception"] and isinstance(entry["obj"], str)
 
 
@@ -93,8 +96,9 @@ def test_configure_logging_replaces_the_root_handlers(root_logging) -> None:
     assert json.loads(line)["message"] == "consuming"
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, "text"), ("json", "json"), (" JSON ", "json"),
-                                                 ("Text", "text")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "text"), ("json", "json"), (" JSON ", "json"), ("Text", "text")]
+)
 def test_the_log_format_setting(monkeypatch, tmp_path, value, expected) -> None:
     monkeypatch.chdir(tmp_path)
     if value is None:
@@ -118,11 +122,13 @@ def test_epistle_run_writes_json_lines(monkeypatch, tmp_path, root_logging) -> N
         "import logging\nfrom toolkit.errors import ConfigError\n\n"
         "def register(consumer):\n"
         f"    logging.getLogger('toolkit.consumer').warning('hello', extra={CONTEXT!r})\n"
-        "    raise ConfigError('stopping here', setting='--app')\n")
+        "    raise ConfigError('stopping here', setting='--app')\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
-    result = CliRunner().invoke(app, ["run", "--app", "json_logs_app:register"],
-                                env={"EPISTLE_LOG_FORMAT": "json", "EPISTLE_TRACING": "0"})
+    result = CliRunner().invoke(
+        app, ["run", "--app", "json_logs_app:register"], env={"EPISTLE_LOG_FORMAT": "json", "EPISTLE_TRACING": "0"}
+    )
     assert result.exit_code == 1 and "stopping here" in result.output
     entry = next(json.loads(line) for line in result.output.splitlines() if line.startswith("{"))
     assert entry["message"] == "hello" and {k: entry[k] for k in CONTEXT} == CONTEXT

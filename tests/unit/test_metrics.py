@@ -40,15 +40,25 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 def total(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include ``labels``."""
-    return sum(sample.value for family in registry.collect() for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
-def consumer_with(broker: InMemoryBroker, metrics: PrometheusMiddleware, registry: Any = None,
-                  **options: Any) -> KafkaConsumer:
+def consumer_with(
+    broker: InMemoryBroker, metrics: PrometheusMiddleware, registry: Any = None, **options: Any
+) -> KafkaConsumer:
     options = {"retry": FAST_RETRY, "commit_interval_s": 0.01, **options}
-    return KafkaConsumer(group_id="shop", transport=broker.transport(), middleware=[metrics],
-                         registry=registry or LocalFolderRegistry(ROOT / "schemas"), **options)
+    return KafkaConsumer(
+        group_id="shop",
+        transport=broker.transport(),
+        middleware=[metrics],
+        registry=registry or LocalFolderRegistry(ROOT / "schemas"),
+        **options,
+    )
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
@@ -75,8 +85,7 @@ def test_records_are_counted_by_topic_type_version_outcome_and_stage() -> None:
         broker.produce("orders", envelope("orders", 2, ORDER, message_type="Refused"))
         broker.produce("orders", b"not json")
         broker.produce("orders", envelope("orders", 2, BAD_ORDER))
-        consumer = consumer_with(broker, PrometheusMiddleware(registry, sample_interval_s=0.01),
-                                 stop_when_idle=True)
+        consumer = consumer_with(broker, PrometheusMiddleware(registry, sample_interval_s=0.01), stop_when_idle=True)
         attempts: dict[str, int] = {}
 
         @consumer.handler("orders")
@@ -95,25 +104,74 @@ def test_records_are_counted_by_topic_type_version_outcome_and_stage() -> None:
 
     registry = run(scenario())
     records = "epistle_records_total"
-    assert value(registry, records, topic="orders", message_type="orders.v2", schema_version="2",
-                 outcome="processed", stage="") == 3
-    assert value(registry, records, topic="orders", message_type="RetryMe", schema_version="2",
-                 outcome="retried", stage="") == 1
-    assert value(registry, records, topic="orders", message_type="RetryMe", schema_version="2",
-                 outcome="processed", stage="") == 1
+    assert (
+        value(
+            registry,
+            records,
+            topic="orders",
+            message_type="orders.v2",
+            schema_version="2",
+            outcome="processed",
+            stage="",
+        )
+        == 3
+    )
+    assert (
+        value(
+            registry, records, topic="orders", message_type="RetryMe", schema_version="2", outcome="retried", stage=""
+        )
+        == 1
+    )
+    assert (
+        value(
+            registry, records, topic="orders", message_type="RetryMe", schema_version="2", outcome="processed", stage=""
+        )
+        == 1
+    )
     # dead letters are counted once acknowledged, labelled from the header when it could be read
-    assert value(registry, records, topic="orders", message_type="Refused", schema_version="2",
-                 outcome="dead_lettered", stage="handler") == 1
-    assert value(registry, records, topic="orders", message_type="unknown", schema_version="unknown",
-                 outcome="dead_lettered", stage="decode") == 1
-    assert value(registry, records, topic="orders", message_type="orders.v2", schema_version="2",
-                 outcome="dead_lettered", stage="validation") == 1
+    assert (
+        value(
+            registry,
+            records,
+            topic="orders",
+            message_type="Refused",
+            schema_version="2",
+            outcome="dead_lettered",
+            stage="handler",
+        )
+        == 1
+    )
+    assert (
+        value(
+            registry,
+            records,
+            topic="orders",
+            message_type="unknown",
+            schema_version="unknown",
+            outcome="dead_lettered",
+            stage="decode",
+        )
+        == 1
+    )
+    assert (
+        value(
+            registry,
+            records,
+            topic="orders",
+            message_type="orders.v2",
+            schema_version="2",
+            outcome="dead_lettered",
+            stage="validation",
+        )
+        == 1
+    )
     assert total(registry, records, outcome="dead_lettered") == 3
     # one handler attempt each: 3 + 2 (retried once) + 1 (refused)
     assert value(registry, "epistle_handler_duration_seconds_count", topic="orders") == 6
     assert value(registry, "epistle_commits_total", result="ok") >= 1
-    assert value(registry, "epistle_commit_duration_seconds_count") == value(registry, "epistle_commits_total",
-                                                                            result="ok")
+    assert value(registry, "epistle_commit_duration_seconds_count") == value(
+        registry, "epistle_commits_total", result="ok"
+    )
     # the schema was fetched once (the pipeline keeps it): a request with its duration
     assert value(registry, "epistle_registry_lookups_total", result="fetched") == 1
     assert value(registry, "epistle_registry_request_duration_seconds_count", result="fetched") == 1
@@ -134,15 +192,38 @@ def test_refused_dead_letters_count_as_send_failures_and_hold_their_partition() 
         consumer = consumer_with(broker, metrics, retry=RetryPolicy(3, initial_s=0.05, max_s=0.05))
         consumer.register_handler("orders", lambda message: True)
         task = asyncio.create_task(consumer.start())
-        await until(lambda: value(registry, "epistle_dead_letter_send_failures_total", topic="orders") >= 2,
-                    "two refused sends")
-        await until(lambda: value(registry, "epistle_partition_paused", consumer_group="shop", topic="orders",
-                                  partition="0", reason="dead_letter") == 1, "the partition held by its dead letter")
+        await until(
+            lambda: value(registry, "epistle_dead_letter_send_failures_total", topic="orders") >= 2, "two refused sends"
+        )
+        await until(
+            lambda: (
+                value(
+                    registry,
+                    "epistle_partition_paused",
+                    consumer_group="shop",
+                    topic="orders",
+                    partition="0",
+                    reason="dead_letter",
+                )
+                == 1
+            ),
+            "the partition held by its dead letter",
+        )
         assert value(registry, "epistle_in_flight_records", consumer_group="shop") >= 1
         broker.heal()
         await until(lambda: broker.committed("shop", "orders") == 2, "both records done")
-        assert value(registry, "epistle_records_total", topic="orders", message_type="unknown",
-                     schema_version="unknown", outcome="dead_lettered", stage="decode") == 1
+        assert (
+            value(
+                registry,
+                "epistle_records_total",
+                topic="orders",
+                message_type="unknown",
+                schema_version="unknown",
+                outcome="dead_lettered",
+                stage="decode",
+            )
+            == 1
+        )
         await until(lambda: total(registry, "epistle_partition_paused") == 0, "the hold lifted")
         consumer.request_stop()
         await task
@@ -162,8 +243,18 @@ def test_stop_policy_counts_the_stopping_record() -> None:
         return registry
 
     registry = run(scenario())
-    assert value(registry, "epistle_records_total", topic="orders", message_type="orders.v2", schema_version="2",
-                 outcome="stopped", stage="validation") == 1
+    assert (
+        value(
+            registry,
+            "epistle_records_total",
+            topic="orders",
+            message_type="orders.v2",
+            schema_version="2",
+            outcome="stopped",
+            stage="validation",
+        )
+        == 1
+    )
 
 
 def test_header_values_past_the_limit_are_counted_as_other(monkeypatch) -> None:
@@ -181,8 +272,12 @@ def test_header_values_past_the_limit_are_counted_as_other(monkeypatch) -> None:
         return registry
 
     registry = run(scenario())
-    types = {sample.labels["message_type"]: sample.value for family in registry.collect()
-             for sample in family.samples if sample.name == "epistle_records_total"}
+    types = {
+        sample.labels["message_type"]: sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "epistle_records_total"
+    }
     # "2" (the version) took one schema_version slot; two message types fit, the rest is "other"
     assert types == {"A": 2, "B": 1, "other": 3}
 
@@ -199,22 +294,44 @@ def test_a_registry_outage_pauses_the_partition_and_makes_the_consumer_unready()
         broker.produce("orders", envelope("orders", 2, ORDER))
         metrics = PrometheusMiddleware(registry, sample_interval_s=0.01)
         assert metrics.health().detail["status"] == "not started"
-        consumer = consumer_with(broker, metrics, registry=schemas,
-                                 retry=RetryPolicy(3, initial_s=0.02, max_s=0.02))
+        consumer = consumer_with(broker, metrics, registry=schemas, retry=RetryPolicy(3, initial_s=0.02, max_s=0.02))
         consumer.register_handler("orders", lambda message: True)
         task = asyncio.create_task(consumer.start())
-        await until(lambda: value(registry, "epistle_partition_paused", consumer_group="shop", topic="orders",
-                                  partition="0", reason="outage") == 1, "the partition held by the outage")
+        await until(
+            lambda: (
+                value(
+                    registry,
+                    "epistle_partition_paused",
+                    consumer_group="shop",
+                    topic="orders",
+                    partition="0",
+                    reason="outage",
+                )
+                == 1
+            ),
+            "the partition held by the outage",
+        )
         assert metrics.health().ok
         ready = metrics.readiness()
         assert not ready.ok and "outage" in ready.detail["status"]
         assert value(registry, "epistle_ready", consumer_group="shop") == 0
         assert value(registry, "epistle_healthy", consumer_group="shop") == 1
-        await until(lambda: value(registry, "epistle_registry_lookups_total", result="unavailable") >= 2,
-                    "lookups failing")
+        await until(
+            lambda: value(registry, "epistle_registry_lookups_total", result="unavailable") >= 2, "lookups failing"
+        )
         # the header was read, so a paused record is labelled with it
-        assert value(registry, "epistle_records_total", topic="orders", message_type="orders.v2",
-                     schema_version="2", outcome="paused", stage="") >= 1
+        assert (
+            value(
+                registry,
+                "epistle_records_total",
+                topic="orders",
+                message_type="orders.v2",
+                schema_version="2",
+                outcome="paused",
+                stage="",
+            )
+            >= 1
+        )
         schemas.down = False
         await until(lambda: broker.committed("shop", "orders") == 1, "the record done once the registry is back")
         await until(lambda: metrics.readiness().ok, "ready again")
@@ -244,12 +361,15 @@ def test_lag_is_the_records_between_the_committed_offset_and_the_end() -> None:
 
         task = asyncio.create_task(consumer.start())
         lag = "epistle_consumer_lag"
-        await until(lambda: value(registry, lag, consumer_group="shop", topic="orders", partition="0") == 3,
-                    "lag 3 on partition 0")
+        await until(
+            lambda: value(registry, lag, consumer_group="shop", topic="orders", partition="0") == 3,
+            "lag 3 on partition 0",
+        )
         assert value(registry, lag, consumer_group="shop", topic="orders", partition="1") == 1
         assert value(registry, "epistle_assigned_partitions", consumer_group="shop", topic="orders") == 2
-        await until(lambda: value(registry, "epistle_in_flight_records", consumer_group="shop") == 4,
-                    "4 records in flight")
+        await until(
+            lambda: value(registry, "epistle_in_flight_records", consumer_group="shop") == 4, "4 records in flight"
+        )
         release.set()
         await until(lambda: total(registry, lag) == 0, "no lag once everything is committed")
         consumer.request_stop()
@@ -335,8 +455,10 @@ def test_the_server_serves_metrics_and_both_probes() -> None:
                 assert health.status_code == 200 and health.json()["ok"] is True
                 assert ready.status_code == 200 and ready.json()["assigned_partitions"] == 1
                 scraped = (await http.get("/metrics")).text
-                assert ('epistle_records_total{message_type="orders.v2",outcome="processed",schema_version="2",'
-                        'stage="",topic="orders"} 1.0') in scraped
+                assert (
+                    'epistle_records_total{message_type="orders.v2",outcome="processed",schema_version="2",'
+                    'stage="",topic="orders"} 1.0'
+                ) in scraped
                 assert 'epistle_ready{consumer_group="shop"} 1.0' in scraped
                 assert (await http.get("/elsewhere")).status_code == 404
                 consumer.request_stop()
@@ -394,11 +516,18 @@ def test_the_lag_comes_from_librdkafkas_statistics_of_assigned_partitions() -> N
     poller = PollThread({}, ["orders"], loop, None, max_poll_records=1, max_in_flight=1)  # type: ignore[arg-type]
     seen: list[str] = []
     on_statistics = poller._statistics(seen.append)
-    report = {"topics": {"orders": {"partitions": {
-        "0": {"desired": True, "consumer_lag": 7},
-        "1": {"desired": True, "consumer_lag": -1},  # nothing committed yet: unknown
-        "2": {"desired": False, "consumer_lag": 3},  # not (or no longer) assigned
-        "-1": {"desired": False, "consumer_lag": -1}}}}}  # librdkafka's internal partition
+    report = {
+        "topics": {
+            "orders": {
+                "partitions": {
+                    "0": {"desired": True, "consumer_lag": 7},
+                    "1": {"desired": True, "consumer_lag": -1},  # nothing committed yet: unknown
+                    "2": {"desired": False, "consumer_lag": 3},  # not (or no longer) assigned
+                    "-1": {"desired": False, "consumer_lag": -1},
+                }
+            }
+        }
+    }  # librdkafka's internal partition
     on_statistics(json.dumps(report))
     assert poller.lag == {("orders", 0): 7}
     assert seen == [json.dumps(report)]  # a statistics callback of the user's still gets every report

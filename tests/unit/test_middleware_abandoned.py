@@ -29,16 +29,28 @@ class Recorder(Middleware):
     def on_outcome(self, record: Any, message: Any, outcome: Any, attempt: int, delay_s: float | None) -> None:
         self.events.append(("outcome", record.offset(), type(outcome).__name__))
 
-    def on_dead_letter(self, record: Any, dead_letter: Any, outcome: Any, error: BaseException | None,
-                       failures: int, delay_s: float | None) -> None:
+    def on_dead_letter(
+        self,
+        record: Any,
+        dead_letter: Any,
+        outcome: Any,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         self.events.append(("dead_letter", record.offset(), "acknowledged" if error is None else "refused"))
 
     def on_abandoned(self, record: Any) -> None:
         self.events.append(("abandoned", record.offset(), ""))
 
     def finals(self) -> list[tuple[str, int, str]]:
-        return [e for e in self.events if e[0] == "abandoned" or e == ("dead_letter", e[1], "acknowledged")
-                or (e[0] == "outcome" and e[2] in (Done.__name__, Stop.__name__))]
+        return [
+            e
+            for e in self.events
+            if e[0] == "abandoned"
+            or e == ("dead_letter", e[1], "acknowledged")
+            or (e[0] == "outcome" and e[2] in (Done.__name__, Stop.__name__))
+        ]
 
     def seen(self, kind: str, detail: str = "") -> bool:
         return any(e[0] == kind and (not detail or e[2] == detail) for e in self.events)
@@ -52,8 +64,13 @@ async def _until(condition: Any, timeout_s: float = 10.0) -> None:
 
 
 def _consumer(broker: InMemoryBroker, recorder: Recorder, **options: Any) -> KafkaConsumer:
-    return KafkaConsumer(group_id="shop", transport=broker.transport(), registry=LocalFolderRegistry(ROOT / "schemas"),
-                         middleware=[recorder], **options)
+    return KafkaConsumer(
+        group_id="shop",
+        transport=broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        middleware=[recorder],
+        **options,
+    )
 
 
 async def _stopped_during_a_retry_backoff() -> Recorder:
@@ -78,8 +95,13 @@ async def _revoked_during_a_retry_backoff() -> Recorder:
     broker, recorder = InMemoryBroker(), Recorder()
     broker.produce("orders", envelope("orders", 2, ORDER))
     transport = broker.transport()
-    consumer = KafkaConsumer(group_id="shop", transport=transport, registry=LocalFolderRegistry(ROOT / "schemas"),
-                             middleware=[recorder], retry=RetryPolicy(max_attempts=5, initial_s=60))
+    consumer = KafkaConsumer(
+        group_id="shop",
+        transport=transport,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        middleware=[recorder],
+        retry=RetryPolicy(max_attempts=5, initial_s=60),
+    )
     calls = []
 
     @consumer.handler("orders")
@@ -99,8 +121,13 @@ async def _revoked_during_a_retry_backoff() -> Recorder:
 
 def test_a_record_revoked_in_its_retry_backoff_is_abandoned_then_handled_again() -> None:
     recorder = asyncio.run(_revoked_during_a_retry_backoff())
-    assert recorder.events == [("record", 0, ""), ("outcome", 0, "RetryAfter"), ("abandoned", 0, ""),
-                               ("record", 0, ""), ("outcome", 0, "Done")]
+    assert recorder.events == [
+        ("record", 0, ""),
+        ("outcome", 0, "RetryAfter"),
+        ("abandoned", 0, ""),
+        ("record", 0, ""),
+        ("outcome", 0, "Done"),
+    ]
 
 
 async def _stopped_while_its_dead_letter_is_refused() -> Recorder:

@@ -18,11 +18,21 @@ from toolkit.registry.cache import CachedRegistry
 from toolkit.registry.local import LocalFolderRegistry
 from toolkit.settings import load_settings
 
-NODE = {"type": "record", "name": "Node", "namespace": "example.lists", "fields": [
-    {"name": "value", "type": "int"},
-    {"name": "next", "type": ["null", "Node"], "default": None}]}
-HEADER = {"messageType": "ListCreated", "schemaName": "linked", "schemaVersion": "1", "correlationId": "c-1",
-          "messageId": "m-1", "timestamp": "2026-01-01T00:00:00Z", "producer": "test"}
+NODE = {
+    "type": "record",
+    "name": "Node",
+    "namespace": "example.lists",
+    "fields": [{"name": "value", "type": "int"}, {"name": "next", "type": ["null", "Node"], "default": None}],
+}
+HEADER = {
+    "messageType": "ListCreated",
+    "schemaName": "linked",
+    "schemaVersion": "1",
+    "correlationId": "c-1",
+    "messageId": "m-1",
+    "timestamp": "2026-01-01T00:00:00Z",
+    "producer": "test",
+}
 
 
 def record(nodes: int) -> bytes:
@@ -50,6 +60,7 @@ def pipeline(linked: Path, monkeypatch: pytest.MonkeyPatch):
         handlers = HandlerRegistry()
         handlers.register("lists", lambda message: True)
         return Pipeline(registry, handlers, load_model_index("linked_models"), **options)
+
     return build
 
 
@@ -119,8 +130,13 @@ def test_a_deep_record_is_dead_lettered_as_bytes_not_embedded() -> None:
 
     allow_depth(MAX_DEPTH)  # as in the consumer: the original parses
     value = record(1500)  # 3000 levels, within the default limit
-    dead = build_dead_letter(SourceRecord("lists", 0, 7, None, value, [], None), stage="handler",
-                             reason="boom", consumer_group="g", attempts=1)
+    dead = build_dead_letter(
+        SourceRecord("lists", 0, 7, None, value, [], None),
+        stage="handler",
+        reason="boom",
+        consumer_group="g",
+        attempts=1,
+    )
     document = json.loads(dead.value)
     assert document["original_encoding"] == "base64"
     assert base64.b64decode(document["original_message"]) == value

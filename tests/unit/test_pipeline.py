@@ -20,8 +20,15 @@ from toolkit.registry import LocalFolderRegistry
 from toolkit.registry.base import RegisteredSchema, SubjectContext
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADER = {"messageType": "Thing", "schemaName": "things", "schemaVersion": "1", "correlationId": "c",
-          "messageId": "m", "timestamp": "2024-05-01T12:00:00Z", "producer": "p"}
+HEADER = {
+    "messageType": "Thing",
+    "schemaName": "things",
+    "schemaVersion": "1",
+    "correlationId": "c",
+    "messageId": "m",
+    "timestamp": "2024-05-01T12:00:00Z",
+    "producer": "p",
+}
 
 
 def envelope(body=None, **header) -> bytes:
@@ -31,8 +38,7 @@ def envelope(body=None, **header) -> bytes:
 class FakeCompiled:
     def decode(self, body):
         if not isinstance(body, dict) or not isinstance(body.get("n"), int):
-            raise MessageError("validation", "n must be an integer",
-                               details=[{"path": "/n", "message": "int"}])
+            raise MessageError("validation", "n must be an integer", details=[{"path": "/n", "message": "int"}])
         return body
 
 
@@ -71,8 +77,7 @@ def pipeline(models=FAKE_MODELS) -> Pipeline:
 
 
 def prepare(p: Pipeline, value: bytes, topic="t"):
-    return p.prepare(topic=topic, partition=0, offset=5, key=b"k", value=value, headers=[("h", b"v")],
-                     timestamp=1)
+    return p.prepare(topic=topic, partition=0, offset=5, key=b"k", value=value, headers=[("h", b"v")], timestamp=1)
 
 
 def stage(p: Pipeline, value: bytes, topic="t") -> str:
@@ -174,16 +179,24 @@ INVALID = [g for s in ("orders", "shipments") for v in (1, 2) for g in golden(s,
 
 @pytest.mark.parametrize(("schema", "version", "path"), VALID, ids=lambda x: getattr(x, "stem", str(x)))
 def test_golden_valid_samples_reach_the_handler(schema, version, path):
-    value = json.dumps({"header": {**HEADER, "schemaName": schema, "schemaVersion": str(version)},
-                        "body": json.loads(path.read_text())}).encode()
+    value = json.dumps(
+        {
+            "header": {**HEADER, "schemaName": schema, "schemaVersion": str(version)},
+            "body": json.loads(path.read_text()),
+        }
+    ).encode()
     prepared = prepare(REAL, value, topic=schema)
     assert type(prepared.message.body).__module__ == f"generated_models.{schema}.v{version}"
 
 
 @pytest.mark.parametrize(("schema", "version", "path"), INVALID, ids=lambda x: getattr(x, "stem", str(x)))
 def test_golden_invalid_samples_fail_validation(schema, version, path):
-    value = json.dumps({"header": {**HEADER, "schemaName": schema, "schemaVersion": str(version)},
-                        "body": json.loads(path.read_text())}).encode()
+    value = json.dumps(
+        {
+            "header": {**HEADER, "schemaName": schema, "schemaVersion": str(version)},
+            "body": json.loads(path.read_text()),
+        }
+    ).encode()
     with pytest.raises(MessageError) as info:
         prepare(REAL, value, topic=schema)
     assert info.value.stage == "validation"
@@ -191,15 +204,19 @@ def test_golden_invalid_samples_fail_validation(schema, version, path):
 
 
 def _fuzz_values():
-    header = st.fixed_dictionaries({k: st.one_of(st.just(v), st.text(max_size=5), st.integers(), st.none())
-                                    for k, v in {**HEADER, "schemaName": "orders"}.items()})
-    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-                               | st.text(max_size=8),
-                               lambda children: st.lists(children, max_size=4)
-                               | st.dictionaries(st.text(max_size=6), children, max_size=4), max_leaves=20)
+    header = st.fixed_dictionaries(
+        {
+            k: st.one_of(st.just(v), st.text(max_size=5), st.integers(), st.none())
+            for k, v in {**HEADER, "schemaName": "orders"}.items()
+        }
+    )
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+        max_leaves=20,
+    )
     envelopes = st.builds(lambda h, b: json.dumps({"header": h, "body": b}).encode(), header, json_values)
-    return st.one_of(st.binary(max_size=200), envelopes,
-                     json_values.map(lambda v: json.dumps(v).encode()))
+    return st.one_of(st.binary(max_size=200), envelopes, json_values.map(lambda v: json.dumps(v).encode()))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,11 +236,16 @@ def test_fuzz_mutated_golden_bodies(path, data):
     version = path.parents[1].name
     if isinstance(body, dict) and body:
         key = data.draw(st.sampled_from(sorted(body)))
-        body[key] = data.draw(st.one_of(st.none(), st.integers(), st.text(max_size=5),
-                                        st.lists(st.integers()),
-                                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
-    value = json.dumps({"header": {**HEADER, "schemaName": schema, "schemaVersion": version},
-                        "body": body}).encode()
+        body[key] = data.draw(
+            st.one_of(
+                st.none(),
+                st.integers(),
+                st.text(max_size=5),
+                st.lists(st.integers()),
+                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+            )
+        )
+    value = json.dumps({"header": {**HEADER, "schemaName": schema, "schemaVersion": version}, "body": body}).encode()
     try:
         prepare(REAL, value, topic=schema)
     except MessageError as exc:
@@ -244,8 +266,9 @@ def finish_via_plan(p: Pipeline, value: bytes, topic="t"):
     decoded = p.decode(value)
     plan = p.plan(topic, decoded.header)
     source = plan if plan is not None else p.resolve(p.subject_of(topic, decoded))
-    return p.finish(decoded, source, topic=topic, partition=0, offset=6, key=None, value=value, headers=None,
-                    timestamp=None)
+    return p.finish(
+        decoded, source, topic=topic, partition=0, offset=6, key=None, value=value, headers=None, timestamp=None
+    )
 
 
 def test_the_first_success_leaves_a_plan_that_skips_the_model_and_route_lookups():
@@ -275,8 +298,11 @@ def test_a_plan_still_validates_and_builds_each_body_in_stage_order():
 def test_no_plan_is_left_by_a_failure_or_for_another_header():
     p = pipeline()
     decoded = p.decode(envelope())
-    for value, topic in ((envelope(body={"n": "x"}), "t"), (envelope(body={"n": 1, "extra": 2}), "t"),
-                         (envelope(), "other")):
+    for value, topic in (
+        (envelope(body={"n": "x"}), "t"),
+        (envelope(body={"n": 1, "extra": 2}), "t"),
+        (envelope(), "other"),
+    ):
         with pytest.raises(MessageError):
             finish_via_plan(p, value, topic)
     assert p.plan("t", decoded.header) is None and p.plan("other", decoded.header) is None

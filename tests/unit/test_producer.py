@@ -53,14 +53,16 @@ class SchemasFolderDouble:
                 version = int(path.stem)
                 fmt = SchemaFormat.AVRO if path.suffix == ".avsc" else SchemaFormat.JSON
                 self.store[(subject, version)] = RegisteredSchema(
-                    subject, version, fmt, path.read_text(), 100 * version + number if with_ids else None)
+                    subject, version, fmt, path.read_text(), 100 * version + number if with_ids else None
+                )
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
         try:
             return self.store[(subject, version)]
         except KeyError:
-            raise SchemaNotFound(f"subject {subject!r} version {version} not found", subject=subject,
-                                 version=version) from None
+            raise SchemaNotFound(
+                f"subject {subject!r} version {version} not found", subject=subject, version=version
+            ) from None
 
     def latest(self, subject: str) -> RegisteredSchema:
         return self.get(subject, max(self.versions(subject)))
@@ -74,8 +76,9 @@ class SchemasFolderDouble:
     def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
         raise NotImplementedError
 
-    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
-                            version: int | str = "latest") -> CompatibilityResult:
+    def check_compatibility(
+        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+    ) -> CompatibilityResult:
         return CompatibilityResult(True)
 
     def close(self) -> None:
@@ -231,8 +234,9 @@ def test_header_is_filled(producer, registry) -> None:
 
 def test_explicit_header_fields_win(producer, registry) -> None:
     order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
-    header = decode_record(producer.build("orders", order, message_type="OrderPlaced", correlation_id="corr-1",
-                                          message_id="msg-1").value).header
+    header = decode_record(
+        producer.build("orders", order, message_type="OrderPlaced", correlation_id="corr-1", message_id="msg-1").value
+    ).header
     assert (header.message_type, header.correlation_id, header.message_id) == ("OrderPlaced", "corr-1", "msg-1")
 
 
@@ -242,8 +246,15 @@ def test_the_producer_and_the_test_helper_write_the_same_envelope(producer, regi
     order = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
     record = producer.build("orders", order, message_id="msg-1")
     header, body = record.header, json.loads(record.value)["body"]
-    assert record.value == envelope_bytes("orders", 1, body, message_type=header.message_type, message_id="msg-1",
-                                          producer=header.producer, timestamp=header.timestamp)
+    assert record.value == envelope_bytes(
+        "orders",
+        1,
+        body,
+        message_type=header.message_type,
+        message_id="msg-1",
+        producer=header.producer,
+        timestamp=header.timestamp,
+    )
 
 
 def test_avro_body_is_avros_json_encoding(producer, registry) -> None:
@@ -312,9 +323,15 @@ def test_a_schema_version_missing_from_the_registry_is_refused_with_the_fix(kafk
 
 # -- correlationId carry-over -----------------------------------------------------------------------------
 def handled(correlation_id: str) -> Message:
-    header = Header(message_type="OrderPlaced", schema_name="orders", schema_version="1",
-                    correlation_id=correlation_id, message_id="incoming", timestamp="2024-05-01T12:00:00Z",
-                    producer="upstream")
+    header = Header(
+        message_type="OrderPlaced",
+        schema_name="orders",
+        schema_version="1",
+        correlation_id=correlation_id,
+        message_id="incoming",
+        timestamp="2024-05-01T12:00:00Z",
+        producer="upstream",
+    )
     return Message(header, None, "orders", 0, 0, None)
 
 
@@ -328,8 +345,10 @@ def test_inside_a_handler_the_handled_messages_correlation_id_is_carried_over(pr
         # a plain-function handler runs in a worker thread with a copy of the context
         in_thread: list[Header] = []
         ctx = contextvars.copy_context()
-        worker = threading.Thread(target=ctx.run, args=(
-            lambda: in_thread.append(decode_record(producer.build("orders", order).value).header),))
+        worker = threading.Thread(
+            target=ctx.run,
+            args=(lambda: in_thread.append(decode_record(producer.build("orders", order).value).header),),
+        )
         worker.start()
         worker.join()
     finally:
@@ -494,8 +513,9 @@ def test_confluent_wire_format_for_a_json_schema_topic(registry, kafka) -> None:
 
 
 def test_confluent_wire_format_needs_schema_ids(kafka) -> None:
-    producer = EnvelopeProducer(registry=CachedRegistry(SchemasFolderDouble(with_ids=False)), client=kafka,
-                                confluent_topics=["orders"])
+    producer = EnvelopeProducer(
+        registry=CachedRegistry(SchemasFolderDouble(with_ids=False)), client=kafka, confluent_topics=["orders"]
+    )
     order = Order.model_validate(sample("orders", 2, "required-fields-only"))
     with pytest.raises(PublishRefused, match="SCHEMA_REGISTRY_URL"):
         producer.send("orders", order)
@@ -537,9 +557,14 @@ def test_producer_settings_from_a_dotenv_file_and_the_example(tmp_path, monkeypa
 
 
 # -- Avro big-decimal (fastavro has no writer for it) ------------------------------------------------------
-BIG_DECIMAL = {"type": "record", "name": "Amount", "fields": [
-    {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}},
-    {"name": "maybe", "type": ["null", {"type": "bytes", "logicalType": "big-decimal"}], "default": None}]}
+BIG_DECIMAL = {
+    "type": "record",
+    "name": "Amount",
+    "fields": [
+        {"name": "value", "type": {"type": "bytes", "logicalType": "big-decimal"}},
+        {"name": "maybe", "type": ["null", {"type": "bytes", "logicalType": "big-decimal"}], "default": None},
+    ],
+}
 
 
 @pytest.mark.parametrize("text", ["0", "-1.50", "123456789012345678901234567890.123", "1E+5", "-128", "128"])

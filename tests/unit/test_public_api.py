@@ -13,9 +13,26 @@ def test_all_names_resolve_and_nothing_else_is_public() -> None:
         assert getattr(toolkit, name) is not None, name
     public = {name for name in dir(toolkit) if not name.startswith("_")} - {"errors", "settings"}
     # Submodules appear as attributes once imported; they are reached as toolkit.<module>, not re-exported.
-    public -= {"consumer", "registry", "layout", "validation", "codegen", "envelope", "compat", "cli",
-               "scaffold", "formats", "producer", "testing", "wire", "backoff", "observability", "dlq",
-               "import_module", "Any"}
+    public -= {
+        "consumer",
+        "registry",
+        "layout",
+        "validation",
+        "codegen",
+        "envelope",
+        "compat",
+        "cli",
+        "scaffold",
+        "formats",
+        "producer",
+        "testing",
+        "wire",
+        "backoff",
+        "observability",
+        "dlq",
+        "import_module",
+        "Any",
+    }
     assert public == set(toolkit.__all__)
     assert toolkit.__all__ == sorted(toolkit.__all__)
 

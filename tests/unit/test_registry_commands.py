@@ -29,8 +29,7 @@ def actions(steps):
 def test_register_pushes_every_version_in_order_then_is_a_no_op(subjects):
     registry = InMemoryRegistry()
     steps = register_schemas(registry, subjects)
-    assert actions(steps) == [("orders", 1, "registered"), ("orders", 2, "registered"),
-                              ("shipments", 1, "registered")]
+    assert actions(steps) == [("orders", 1, "registered"), ("orders", 2, "registered"), ("shipments", 1, "registered")]
     assert registry.versions("orders") == [1, 2] and registry.get("shipments", 1).format == SchemaFormat.AVRO
     registry.calls.clear()
     again = register_schemas(registry, subjects)
@@ -101,7 +100,8 @@ def test_verify_compares_parsed_json_not_text(subjects):
     registry = InMemoryRegistry()
     register_schemas(registry, subjects)
     registry.store["orders"][0] = registry.store["orders"][0].__class__(
-        "orders", 1, SchemaFormat.JSON, json.dumps(ORDER_V1, sort_keys=True, separators=(",", ":")))
+        "orders", 1, SchemaFormat.JSON, json.dumps(ORDER_V1, sort_keys=True, separators=(",", ":"))
+    )
     assert verify_schemas(registry, subjects).drifts == []
 
 
@@ -111,7 +111,8 @@ def test_verify_reports_a_format_difference(subjects):
     held = registry.store["orders"][0]
     registry.store["orders"][0] = held.__class__("orders", 1, SchemaFormat.AVRO, held.text)
     assert [str(d) for d in verify_schemas(registry, subjects).drifts] == [
-        "orders v1: format differs: local JSON, registry AVRO"]
+        "orders v1: format differs: local JSON, registry AVRO"
+    ]
 
 
 def test_topic_value_subjects_come_from_subject_toml(subjects):

@@ -47,8 +47,12 @@ class Server:
 
 def client(server: Server, sleeps: list[float] | None = None, **options) -> ConfluentHttpRegistry:
     options.setdefault("max_attempts", 3)
-    return ConfluentHttpRegistry(URL, transport=httpx.MockTransport(server),
-                                 sleep=(sleeps.append if sleeps is not None else lambda s: None), **options)
+    return ConfluentHttpRegistry(
+        URL,
+        transport=httpx.MockTransport(server),
+        sleep=(sleeps.append if sleeps is not None else lambda s: None),
+        **options,
+    )
 
 
 def test_it_is_a_registry():
@@ -59,7 +63,12 @@ def test_get_reads_a_version_and_omitted_schema_type_means_avro():
     server = Server((200, version_body()))
     schema = client(server).get("orders", 1)
     assert (schema.subject, schema.version, schema.format, schema.text, schema.schema_id) == (
-        "orders", 1, SchemaFormat.AVRO, AVRO, 42)
+        "orders",
+        1,
+        SchemaFormat.AVRO,
+        AVRO,
+        42,
+    )
     assert server.requests[0].url == f"{URL}/subjects/orders/versions/1"
 
 
@@ -94,14 +103,17 @@ def test_a_version_that_is_not_positive_is_not_found_without_asking(version):
     assert server.requests == []
 
 
-@pytest.mark.parametrize("failure", [
-    httpx.ConnectError("Connection refused"),
-    httpx.ReadTimeout("timed out"),
-    httpx.RemoteProtocolError("peer closed connection"),
-    (503, {"error_code": 50301, "message": "busy"}),
-    (500, "<html>oops</html>"),
-    (429, {"message": "slow down"}),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("Connection refused"),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("peer closed connection"),
+        (503, {"error_code": 50301, "message": "busy"}),
+        (500, "<html>oops</html>"),
+        (429, {"message": "slow down"}),
+    ],
+)
 def test_transient_failures_are_retried_then_unavailable_never_not_found(failure):
     server, sleeps = Server(failure), []
     with pytest.raises(RegistryUnavailable) as raised:
@@ -126,12 +138,15 @@ def test_a_retry_that_succeeds_returns_the_answer():
     assert len(server.requests) == 3
 
 
-@pytest.mark.parametrize("answer, fix", [
-    ((404, {"detail": "RESTEASY003210: Could not find resource"}), "API root"),
-    ((401, {"message": "Unauthorized"}), "credentials"),
-    ((403, {"message": "Forbidden"}), "credentials"),
-    ((200, "<html>a proxy login page</html>"), "API root"),
-])
+@pytest.mark.parametrize(
+    "answer, fix",
+    [
+        ((404, {"detail": "RESTEASY003210: Could not find resource"}), "API root"),
+        ((401, {"message": "Unauthorized"}), "credentials"),
+        ((403, {"message": "Forbidden"}), "credentials"),
+        ((200, "<html>a proxy login page</html>"), "API root"),
+    ],
+)
 def test_misconfiguration_pauses_the_consumer_instead_of_dead_lettering(answer, fix):
     server = Server(answer)
     with pytest.raises(RegistryUnavailable) as raised:
@@ -199,8 +214,9 @@ def test_basic_auth_and_bearer_token_headers():
 
 def test_credentials_in_the_url_become_basic_auth_and_leave_the_url():
     server = Server((200, []))
-    registry = ConfluentHttpRegistry(f"http://svc:{PASSWORD}@registry.test/apis/ccompat/v7/",
-                                     transport=httpx.MockTransport(server))
+    registry = ConfluentHttpRegistry(
+        f"http://svc:{PASSWORD}@registry.test/apis/ccompat/v7/", transport=httpx.MockTransport(server)
+    )
     registry.subjects()
     assert registry.url == URL and PASSWORD not in repr(registry)
     assert server.requests[0].headers["authorization"] == httpx.BasicAuth("svc", PASSWORD)._auth_header
@@ -227,10 +243,17 @@ def test_secrets_never_leak_into_reprs_errors_or_logs(caplog, monkeypatch):
     settings = RegistrySettings(_env_file=None)
     caplog.set_level(logging.DEBUG)
     # The registry echoes the secret back (a hostile or careless proxy); we still never show it.
-    server = Server(httpx.ConnectError(f"refused for svc:{PASSWORD}"), (500, {"message": f"bad {PASSWORD}"}),
-                    (404, {"error_code": 40401, "message": f"no subject (auth {PASSWORD})"}))
-    registry = registry_from_settings(settings, schemas_dir=None,  # type: ignore[arg-type]
-                                      transport=httpx.MockTransport(server), sleep=lambda s: None)
+    server = Server(
+        httpx.ConnectError(f"refused for svc:{PASSWORD}"),
+        (500, {"message": f"bad {PASSWORD}"}),
+        (404, {"error_code": 40401, "message": f"no subject (auth {PASSWORD})"}),
+    )
+    registry = registry_from_settings(
+        settings,
+        schemas_dir=None,  # type: ignore[arg-type]
+        transport=httpx.MockTransport(server),
+        sleep=lambda s: None,
+    )
     errors: list[Exception] = []
     with pytest.raises(SchemaNotFound) as not_found:
         registry.get("orders", 1)
@@ -243,9 +266,16 @@ def test_secrets_never_leak_into_reprs_errors_or_logs(caplog, monkeypatch):
     with pytest.raises(RegistryRejected) as rejected:
         registry.register("orders", AVRO, SchemaFormat.AVRO)
     errors.append(rejected.value)
-    shown = [repr(settings), str(settings), repr(registry), str(registry), caplog.text,
-             *(str(e) for e in errors), *(repr(e) for e in errors), *(str(r) for e in errors for r in
-                                                                       getattr(e, "reasons", []))]
+    shown = [
+        repr(settings),
+        str(settings),
+        repr(registry),
+        str(registry),
+        caplog.text,
+        *(str(e) for e in errors),
+        *(repr(e) for e in errors),
+        *(str(r) for e in errors for r in getattr(e, "reasons", [])),
+    ]
     assert caplog.records, "the retries were logged"
     for text in shown:
         assert PASSWORD not in text
@@ -265,8 +295,12 @@ def test_the_factory_picks_the_local_folder_for_an_empty_url(tmp_path):
 def test_event_hooks_see_every_attempt():
     seen: list[str] = []
     server = Server(httpx.ConnectError("refused"), (200, []))
-    registry = ConfluentHttpRegistry(URL, transport=httpx.MockTransport(server), sleep=lambda s: None,
-                                     event_hooks={"request": [lambda request: seen.append(request.url.path)]})
+    registry = ConfluentHttpRegistry(
+        URL,
+        transport=httpx.MockTransport(server),
+        sleep=lambda s: None,
+        event_hooks={"request": [lambda request: seen.append(request.url.path)]},
+    )
     registry.subjects()
     assert seen == ["/apis/ccompat/v7/subjects"] * 2
 
@@ -288,11 +322,17 @@ def test_try_register_returns_the_schema_id_without_a_lookup():
     assert json.loads(post.content)["schemaType"] == "JSON"
 
 
-@pytest.mark.parametrize("answer, error, words", [
-    ((422, {"error_code": 42201, "message": "Failed to discover artifact type"}), RegistryRejected,
-     ["HTTP 422", "42201", "Failed to discover artifact type", "'orders'"]),
-    ((200, {"version": 1}), RegistryError, ["no schema id", "'orders'"]),
-])
+@pytest.mark.parametrize(
+    "answer, error, words",
+    [
+        (
+            (422, {"error_code": 42201, "message": "Failed to discover artifact type"}),
+            RegistryRejected,
+            ["HTTP 422", "42201", "Failed to discover artifact type", "'orders'"],
+        ),
+        ((200, {"version": 1}), RegistryError, ["no schema id", "'orders'"]),
+    ],
+)
 def test_try_register_raises_for_an_invalid_schema_or_an_answer_without_an_id(answer, error, words):
     with pytest.raises(error) as raised:
         client(Server(answer)).try_register("orders", AVRO, SchemaFormat.AVRO)
@@ -308,7 +348,8 @@ def test_try_register_retries_a_server_error_then_is_unavailable():
     assert raised.value.attempts == 3 and len(server.requests) == 3 and raised.value.subject == "orders"
     assert raised.value.status == 503  # the last answer's status (None when there was no answer)
     assert "POST /subjects/orders/versions" in str(raised.value) and "HTTP 503 Apicurio is restarting" in str(
-        raised.value)
+        raised.value
+    )
 
 
 def test_set_compatibility_puts_the_mode_on_the_escaped_subject():
@@ -325,8 +366,10 @@ def test_delete_subject_soft_then_permanent():
     assert [(r.method, dict(r.url.params)) for r in soft.requests] == [("DELETE", {})]
     hard = Server((200, [1, 2]), (200, [1, 2]))
     assert client(hard).delete_subject("orders", permanent=True) == [1, 2]
-    assert [(r.method, dict(r.url.params)) for r in hard.requests] == [("DELETE", {}),
-                                                                       ("DELETE", {"permanent": "true"})]
+    assert [(r.method, dict(r.url.params)) for r in hard.requests] == [
+        ("DELETE", {}),
+        ("DELETE", {"permanent": "true"}),
+    ]
     assert all(r.url.path.endswith("/subjects/orders") for r in hard.requests)
 
 
@@ -351,30 +394,39 @@ def test_delete_subject_with_an_answer_that_is_not_version_numbers():
 
 
 def test_get_by_id_reads_the_schema_and_the_subjects_it_is_registered_as():
-    server = Server((200, {"schema": AVRO, "references": []}),
-                    (200, [{"subject": "orders", "version": 2}, {"subject": "orders-value", "version": 1}]))
+    server = Server(
+        (200, {"schema": AVRO, "references": []}),
+        (200, [{"subject": "orders", "version": 2}, {"subject": "orders-value", "version": 1}]),
+    )
     found = client(server).get_by_id(42)
     assert (found.schema_id, found.format, found.text) == (42, SchemaFormat.AVRO, AVRO)
     assert found.versions == (("orders", 2), ("orders-value", 1))
     assert [r.url.path.removeprefix("/apis/ccompat/v7") for r in server.requests] == [
-        "/schemas/ids/42", "/schemas/ids/42/versions"]
+        "/schemas/ids/42",
+        "/schemas/ids/42/versions",
+    ]
 
 
 def test_get_by_id_of_an_unknown_id_is_not_found():
     server = Server((404, {"error_code": 40403, "message": "No content with ID '7' was found."}))
     with pytest.raises(SchemaNotFound) as info:
         client(server).get_by_id(7)
-    assert str(info.value) == ("schema id 7 is not in the registry: schema not found (40403: No content with ID "
-                               "'7' was found.)")
+    assert str(info.value) == (
+        "schema id 7 is not in the registry: schema not found (40403: No content with ID '7' was found.)"
+    )
     with pytest.raises(SchemaNotFound):
         client(server).get_by_id(-1)
     assert len(server.requests) == 1  # a negative id is not asked for
 
 
 def test_get_by_id_finds_the_subjects_by_lookup_where_the_versions_endpoint_is_missing():
-    server = Server((200, {"schema": AVRO, "schemaType": "JSON"}), (404, "Not Found"), (200, ["a", "b"]),
-                    (404, {"error_code": 40403, "message": "no"}),
-                    (200, {"subject": "b", "version": 3, "id": 42, "schema": AVRO}))
+    server = Server(
+        (200, {"schema": AVRO, "schemaType": "JSON"}),
+        (404, "Not Found"),
+        (200, ["a", "b"]),
+        (404, {"error_code": 40403, "message": "no"}),
+        (200, {"subject": "b", "version": 3, "id": 42, "schema": AVRO}),
+    )
     found = client(server).get_by_id(42)
     assert found.format == SchemaFormat.JSON and found.versions == (("b", 3),)
     assert [r.method for r in server.requests] == ["GET", "GET", "GET", "POST", "POST"]

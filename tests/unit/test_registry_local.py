@@ -12,8 +12,7 @@ from toolkit.layout import SchemaFormat
 from toolkit.registry import LocalFolderRegistry, SchemaRegistry
 
 ORDER_V1 = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
-ORDER_V2 = {"type": "object", "properties": {"id": {"type": "string"}, "note": {"type": "string"}},
-            "required": ["id"]}
+ORDER_V2 = {"type": "object", "properties": {"id": {"type": "string"}, "note": {"type": "string"}}, "required": ["id"]}
 SHIPMENT_V1 = {"type": "record", "name": "Shipment", "fields": [{"name": "id", "type": "string"}]}
 
 

@@ -30,8 +30,9 @@ def _cases(kind: str) -> list:
 
 
 def _compiled(schema_file):
-    return compile_schema(RegisteredSchema(schema_file.subject, schema_file.version, schema_file.format,
-                                           schema_file.text))
+    return compile_schema(
+        RegisteredSchema(schema_file.subject, schema_file.version, schema_file.format, schema_file.text)
+    )
 
 
 def test_every_version_has_samples() -> None:

@@ -28,8 +28,11 @@ CASES = {  # name: (file name, text, refused: the words of the problem, or None 
     "not-json": ("1.json", '{"type": "object",', "not valid JSON"),
     "not-a-schema": ("1.json", json.dumps({"type": "strin"}), "meta-schema"),
     "bad-ref": ("1.json", json.dumps({"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}}), "$ref"),
-    "unknown-avro-type": ("1.avsc", json.dumps({**RECORD, "fields": [{"name": "a", "type": "Nope"}]}),
-                          "not a valid Avro schema"),
+    "unknown-avro-type": (
+        "1.avsc",
+        json.dumps({**RECORD, "fields": [{"name": "a", "type": "Nope"}]}),
+        "not a valid Avro schema",
+    ),
     "valid": ("1.json", json.dumps(OBJECT), None),
     "valid-avro": ("1.avsc", json.dumps(RECORD), None),
     "codegen-cannot-express": ("1.json", json.dumps({"properties": {"id": {"type": "string"}}}), None),

@@ -22,8 +22,12 @@ async def _an_order_is_booked_and_junk_is_dead_lettered() -> None:
     broker.produce("orders", envelope("orders", 2, ORDER))
     broker.produce("orders", b"not json")
     book = OrderBook()
-    consumer = KafkaConsumer(group_id="shop", transport=broker.transport(),
-                             registry=LocalFolderRegistry(ROOT / "schemas"), stop_when_idle=True)
+    consumer = KafkaConsumer(
+        group_id="shop",
+        transport=broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+    )
     consumer.register_handler("orders", OrderHandler(book, Inventory()))
     await consumer.start()  # returns once both records are done
     assert len(book) == 1

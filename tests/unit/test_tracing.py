@@ -47,9 +47,13 @@ class Traced:
         self.tracer = self.provider.get_tracer("tests")
         self.broker = InMemoryBroker()
         self.tracing = TracingMiddleware(group_id="shop", tracer_provider=self.provider)
-        self.consumer = KafkaConsumer(group_id="shop", transport=self.broker.transport(),
-                                      registry=LocalFolderRegistry(ROOT / "schemas"), middleware=[self.tracing],
-                                      **options)
+        self.consumer = KafkaConsumer(
+            group_id="shop",
+            transport=self.broker.transport(),
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            middleware=[self.tracing],
+            **options,
+        )
 
     def run(self) -> None:
         asyncio.run(asyncio.wait_for(self.consumer.start(), 30))
@@ -64,8 +68,11 @@ class Traced:
 
 def test_a_record_span_follows_the_messaging_conventions_and_continues_the_producers_trace() -> None:
     t = Traced(stop_when_idle=True)
-    t.broker.produce("orders", envelope("orders", 2, ORDER, message_id="m-1", correlation_id="c-1"),
-                     headers=[("traceparent", TRACEPARENT), ("tracestate", b"vendor=x")])
+    t.broker.produce(
+        "orders",
+        envelope("orders", 2, ORDER, message_id="m-1", correlation_id="c-1"),
+        headers=[("traceparent", TRACEPARENT), ("tracestate", b"vendor=x")],
+    )
     t.consumer.handler("orders")(lambda message: True)
     t.run()
     span = t.one("process orders")
@@ -73,11 +80,19 @@ def test_a_record_span_follows_the_messaging_conventions_and_continues_the_produ
     assert span.context.trace_id == TRACE_ID and span.parent.span_id == PARENT_ID and span.parent.is_remote
     assert span.context.trace_state.get("vendor") == "x"
     assert dict(span.attributes) == {
-        "messaging.system": "kafka", "messaging.operation.name": "process", "messaging.operation.type": "process",
-        "messaging.destination.name": "orders", "messaging.destination.partition.id": "0",
-        "messaging.kafka.offset": 0, "messaging.consumer.group.name": "shop",
-        "messaging.message.id": "m-1", "messaging.message.conversation_id": "c-1",
-        "epistle.message_type": "orders.v2", "epistle.schema": "orders v2", "epistle.outcome": "done"}
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": "orders",
+        "messaging.destination.partition.id": "0",
+        "messaging.kafka.offset": 0,
+        "messaging.consumer.group.name": "shop",
+        "messaging.message.id": "m-1",
+        "messaging.message.conversation_id": "c-1",
+        "epistle.message_type": "orders.v2",
+        "epistle.schema": "orders v2",
+        "epistle.outcome": "done",
+    }
     assert span.status.status_code is StatusCode.UNSET
     assert t.tracing.open_spans == 0
 
@@ -96,13 +111,16 @@ def test_a_record_without_a_traceparent_starts_a_trace_of_its_own() -> None:
     assert span.parent is None and span.context.trace_id != t.one("test").context.trace_id
 
 
-@pytest.mark.parametrize("headers", [
-    [("traceparent", b"\xff\xfe not utf-8")],
-    [("traceparent", None)],
-    [("traceparent", b"00-zzzz-yyyy-01"), ("tracestate", b"\x00" * 600)],
-    [("traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01")],  # all-zero ids are invalid
-    [("TraceParent", b"garbage"), ("", b""), ("baggage", b"=;=;\xff")],
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("traceparent", b"\xff\xfe not utf-8")],
+        [("traceparent", None)],
+        [("traceparent", b"00-zzzz-yyyy-01"), ("tracestate", b"\x00" * 600)],
+        [("traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01")],  # all-zero ids are invalid
+        [("TraceParent", b"garbage"), ("", b""), ("baggage", b"=;=;\xff")],
+    ],
+)
 def test_garbage_trace_headers_give_a_root_span_and_the_record_is_handled(headers) -> None:
     t = Traced(stop_when_idle=True)
     t.broker.produce("orders", envelope("orders", 2, ORDER), headers=headers)
@@ -115,8 +133,15 @@ def test_garbage_trace_headers_give_a_root_span_and_the_record_is_handled(header
 
 
 def test_the_getter_skips_what_is_not_a_readable_header() -> None:
-    carrier: Any = [("traceparent", b"\xff"), ("x",), None, ("traceparent", 5), ("TRACEPARENT", b"ok"),
-                    (b"traceparent", b"no"), ("traceparent", "str")]
+    carrier: Any = [
+        ("traceparent", b"\xff"),
+        ("x",),
+        None,
+        ("traceparent", 5),
+        ("TRACEPARENT", b"ok"),
+        (b"traceparent", b"no"),
+        ("traceparent", "str"),
+    ]
     assert GETTER.get(carrier, "traceparent") == ["ok", "str"]
     assert GETTER.get([], "traceparent") is None
     assert extract_context(carrier) is not None  # never raises
@@ -243,8 +268,13 @@ def test_tracing_is_outermost_when_given_first() -> None:
             seen.append(trace.get_current_span().get_span_context().span_id)
             return await call_next(message)
 
-    t.consumer = KafkaConsumer(group_id="shop", transport=t.broker.transport(), stop_when_idle=True,
-                               registry=LocalFolderRegistry(ROOT / "schemas"), middleware=[t.tracing, Inner()])
+    t.consumer = KafkaConsumer(
+        group_id="shop",
+        transport=t.broker.transport(),
+        stop_when_idle=True,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        middleware=[t.tracing, Inner()],
+    )
     t.broker.produce("orders", envelope("orders", 2, ORDER))
     t.consumer.handler("orders")(lambda message: True)
     t.run()
@@ -268,8 +298,10 @@ def test_the_producer_adds_the_current_span_as_traceparent(producer: EnvelopePro
     context = span.get_span_context()
     headers = dict(record.headers)
     assert headers["source"] == b"tests"
-    assert headers["traceparent"] == (f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-                                      f"{context.trace_flags:02x}").encode()
+    assert (
+        headers["traceparent"]
+        == (f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}").encode()
+    )
 
 
 def test_the_producer_adds_nothing_outside_a_span_and_keeps_a_given_traceparent(producer) -> None:
@@ -308,15 +340,18 @@ def test_what_a_handler_publishes_carries_the_record_span_on(producer, plain: bo
 
 # -- configuration from OTEL_* (in a fresh interpreter: the global provider can be set once) ------------------
 def _configure(env: dict[str, str]) -> subprocess.CompletedProcess:
-    code = ("from toolkit.observability.tracing import configure_tracing\n"
-            "from opentelemetry import trace\n"
-            "provider = configure_tracing('shop')\n"
-            "print(provider.resource.attributes['service.name'], type(trace.get_tracer_provider()).__name__)\n"
-            "with trace.get_tracer('t').start_as_current_span('hello'): pass\n"
-            "provider.shutdown()\n")
+    code = (
+        "from toolkit.observability.tracing import configure_tracing\n"
+        "from opentelemetry import trace\n"
+        "provider = configure_tracing('shop')\n"
+        "print(provider.resource.attributes['service.name'], type(trace.get_tracer_provider()).__name__)\n"
+        "with trace.get_tracer('t').start_as_current_span('hello'): pass\n"
+        "provider.shutdown()\n"
+    )
     clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**clean, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**clean, **env}, timeout=60
+    )
 
 
 def test_configure_tracing_reads_the_otel_variables() -> None:

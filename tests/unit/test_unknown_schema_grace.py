@@ -169,6 +169,7 @@ def test_not_yet_known_is_a_pause_capped_at_its_retry_time_even_under_stop() -> 
 
 # --- the negative cache and fresh lookups ----------------------------------------------------------------
 
+
 def test_a_fresh_lookup_asks_past_a_remembered_miss() -> None:
     clock, backend = Clock(), InMemoryRegistry()
     cache = CachedRegistry(backend, _compile, not_found_ttl_s=60, clock=clock)
@@ -217,6 +218,7 @@ def test_concurrent_fresh_lookups_of_one_key_make_one_request() -> None:
 
 # --- the local folder: a version file added while running ------------------------------------------------
 
+
 def _folder(root: Path) -> Path:
     (root / "things").mkdir(parents=True)
     (root / "things" / "1.json").write_text(V1)
@@ -253,8 +255,9 @@ def test_a_half_written_file_keeps_the_previous_view_until_it_is_complete(tmp_pa
 def test_the_pipeline_over_the_local_folder_finds_a_new_version_file_within_the_grace(tmp_path: Path) -> None:
     clock = Clock()
     folder = LocalFolderRegistry(_folder(tmp_path / "schemas"), rescan_interval_s=1.0, clock=clock)
-    pipeline = Pipeline(CachedRegistry(folder, clock=clock), HandlerRegistry(), None,
-                        unknown_schema_grace_s=30, clock=clock)
+    pipeline = Pipeline(
+        CachedRegistry(folder, clock=clock), HandlerRegistry(), None, unknown_schema_grace_s=30, clock=clock
+    )
     assert pipeline.resolve(("things", 1))
     clock.now += 2
     with pytest.raises(SchemaNotYetKnown):
@@ -265,6 +268,7 @@ def test_the_pipeline_over_the_local_folder_finds_a_new_version_file_within_the_
 
 
 # --- configuration ---------------------------------------------------------------------------------------
+
 
 def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EPISTLE_UNKNOWN_SCHEMA_GRACE_S", raising=False)
@@ -282,4 +286,3 @@ def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ConfigError, match="unknown_schema_grace_s.*EPISTLE_UNKNOWN_SCHEMA_GRACE_S") as raised:
             KafkaConsumer(unknown_schema_grace_s=wrong)
         assert raised.value.setting == "unknown_schema_grace_s"
-

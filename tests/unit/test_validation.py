@@ -39,13 +39,17 @@ def _sample(name: str, version: int, kind: str, stem: str):
 
 # --- check_schema_text ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("document", "field", "problem"), [
-    ({"type": "object", "properties": {"a": {"type": "strin"}}}, "$.properties.a.type", "meta-schema"),
-    ({"type": "object", "properties": {"a": {"minLength": -1}}}, "$.properties.a.minLength", "meta-schema"),
-    ({"properties": {"a": {"$ref": "#/$defs/Missing"}}}, "$.properties.a.$ref", "does not resolve"),
-    ({"$ref": "other.json#/x"}, "$.$ref", "does not resolve"),
-    ({"$schema": "https://example.com/my-draft"}, "$schema", "unknown $schema"),
-])
+
+@pytest.mark.parametrize(
+    ("document", "field", "problem"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "strin"}}}, "$.properties.a.type", "meta-schema"),
+        ({"type": "object", "properties": {"a": {"minLength": -1}}}, "$.properties.a.minLength", "meta-schema"),
+        ({"properties": {"a": {"$ref": "#/$defs/Missing"}}}, "$.properties.a.$ref", "does not resolve"),
+        ({"$ref": "other.json#/x"}, "$.$ref", "does not resolve"),
+        ({"$schema": "https://example.com/my-draft"}, "$schema", "unknown $schema"),
+    ],
+)
 def test_json_schema_problems_name_the_field(document, field: str, problem: str) -> None:
     with pytest.raises(SchemaFileError) as caught:
         check_schema_text("schemas/x/1.json", SchemaFormat.JSON, document)
@@ -61,9 +65,11 @@ def test_json_schema_must_be_an_object() -> None:
 
 
 def test_refs_inside_data_keywords_and_anchors() -> None:
-    document = {"type": "object", "$defs": {"A": {"$anchor": "a", "type": "string"}},
-                "properties": {"x": {"$ref": "#a"}, "$ref": {"type": "string"},
-                               "y": {"const": {"$ref": "nope"}}}}
+    document = {
+        "type": "object",
+        "$defs": {"A": {"$anchor": "a", "type": "string"}},
+        "properties": {"x": {"$ref": "#a"}, "$ref": {"type": "string"}, "y": {"const": {"$ref": "nope"}}},
+    }
     check_schema_text("x.json", SchemaFormat.JSON, document)
 
 
@@ -102,18 +108,22 @@ def test_decode_builds_nothing_per_call(monkeypatch: pytest.MonkeyPatch) -> None
 
 # --- JSON Schema bodies --------------------------------------------------------------------------------
 
+
 def test_json_body_is_returned_unchanged() -> None:
     body = _sample("orders", 2, "valid", "full-card-payment")
     assert ORDERS.decode(body) is body
 
 
-@pytest.mark.parametrize(("pointer", "value"), [
-    (("createdAt",), "2024-05-17T09:30:15"),  # no timezone
-    (("createdAt",), "yesterday"),
-    (("orderId",), "5b0d7c6e3f4a4b2c9d8e7f6a5b4c3d2e0"),
-    (("customer", "email"), "jane@"),
-    (("customer", "email"), "jane doe@example.com"),
-])
+@pytest.mark.parametrize(
+    ("pointer", "value"),
+    [
+        (("createdAt",), "2024-05-17T09:30:15"),  # no timezone
+        (("createdAt",), "yesterday"),
+        (("orderId",), "5b0d7c6e3f4a4b2c9d8e7f6a5b4c3d2e0"),
+        (("customer", "email"), "jane@"),
+        (("customer", "email"), "jane doe@example.com"),
+    ],
+)
 def test_formats_are_checked(pointer: tuple[str, ...], value: str) -> None:
     body = _sample("orders", 2, "valid", "full-card-payment")
     target = body
@@ -143,6 +153,7 @@ def test_json_errors_all_listed_best_first_and_capped() -> None:
 
 # --- Avro bodies ---------------------------------------------------------------------------------------
 
+
 def test_avro_logical_types_become_python_values() -> None:
     value = SHIPMENTS.decode(_sample("shipments", 2, "valid", "insured-with-estimated-delivery"))
     assert value["shippingCost"] == Decimal("12.95")
@@ -159,8 +170,9 @@ def test_avro_defaults_fill_missing_fields() -> None:
     assert value["signatureRequired"] is False
 
 
-@pytest.mark.parametrize("stem", ["full-two-parcels", "no-parcels-numeric-reference", "defaults-omitted",
-                                  "insured-with-estimated-delivery"])
+@pytest.mark.parametrize(
+    "stem", ["full-two-parcels", "no-parcels-numeric-reference", "defaults-omitted", "insured-with-estimated-delivery"]
+)
 def test_avro_agrees_with_fastavro_json_reader(stem: str) -> None:
     body = _sample("shipments", 2, "valid", stem)
     original = copy.deepcopy(body)
@@ -171,8 +183,11 @@ def test_avro_agrees_with_fastavro_json_reader(stem: str) -> None:
 
 
 def test_avro_recursive_named_type() -> None:
-    schema = {"type": "record", "name": "Node", "fields": [
-        {"name": "value", "type": "int"}, {"name": "next", "type": ["null", "Node"], "default": None}]}
+    schema = {
+        "type": "record",
+        "name": "Node",
+        "fields": [{"name": "value", "type": "int"}, {"name": "next", "type": ["null", "Node"], "default": None}],
+    }
     compiled = _compile("list", 1, SchemaFormat.AVRO, json.dumps(schema))
     body = {"value": 1, "next": {"Node": {"value": 2, "next": {"Node": {"value": 3, "next": None}}}}}
     assert compiled.decode(body)["next"]["next"] == {"value": 3, "next": None}
@@ -183,18 +198,21 @@ def test_avro_recursive_named_type() -> None:
         compiled.decode(deep)
 
 
-@pytest.mark.parametrize(("schema", "body", "path"), [
-    ("int", True, "$"),
-    ("long", 2**63, "$"),
-    ("double", "1.5", "$"),
-    ({"type": "fixed", "name": "F", "size": 2}, "abc", "$"),
-    ({"type": "array", "items": "string"}, ["a", 1], "$[1]"),
-    ({"type": "map", "values": "int"}, {"a": 1, "b": "x"}, "$['b']"),
-    (["null", "string", "int"], {"string": 1}, "$['string']"),
-    (["null", "string"], {"string": "a", "int": 1}, "$"),
-    ({"type": "bytes", "logicalType": "decimal", "precision": 3, "scale": 1}, "\u0027\u0010", "$"),
-    ({"type": "long", "logicalType": "timestamp-millis"}, 10**20, "$"),
-])
+@pytest.mark.parametrize(
+    ("schema", "body", "path"),
+    [
+        ("int", True, "$"),
+        ("long", 2**63, "$"),
+        ("double", "1.5", "$"),
+        ({"type": "fixed", "name": "F", "size": 2}, "abc", "$"),
+        ({"type": "array", "items": "string"}, ["a", 1], "$[1]"),
+        ({"type": "map", "values": "int"}, {"a": 1, "b": "x"}, "$['b']"),
+        (["null", "string", "int"], {"string": 1}, "$['string']"),
+        (["null", "string"], {"string": "a", "int": 1}, "$"),
+        ({"type": "bytes", "logicalType": "decimal", "precision": 3, "scale": 1}, "\u0027\u0010", "$"),
+        ({"type": "long", "logicalType": "timestamp-millis"}, 10**20, "$"),
+    ],
+)
 def test_avro_mismatches_have_a_path(schema, body, path: str) -> None:
     compiled = _compile("x", 1, SchemaFormat.AVRO, json.dumps(schema))
     with pytest.raises(MessageError) as caught:
@@ -210,11 +228,29 @@ json_values = st.recursive(
     max_leaves=40,
 )
 shipment_like = st.fixed_dictionaries(
-    {}, optional={key: json_values for key in ["shipmentId", "createdAt", "parcels", "origin", "reference",
-                                               "trackingNumber", "shippingCost", "carrier", "attributes"]})
+    {},
+    optional={
+        key: json_values
+        for key in [
+            "shipmentId",
+            "createdAt",
+            "parcels",
+            "origin",
+            "reference",
+            "trackingNumber",
+            "shippingCost",
+            "carrier",
+            "attributes",
+        ]
+    },
+)
 order_like = st.fixed_dictionaries(
-    {}, optional={key: json_values for key in ["orderId", "createdAt", "items", "customer", "payment",
-                                               "total", "status", "tags", "billingAddress"]})
+    {},
+    optional={
+        key: json_values
+        for key in ["orderId", "createdAt", "items", "customer", "payment", "total", "status", "tags", "billingAddress"]
+    },
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -240,34 +276,69 @@ def test_deeply_nested_json_body() -> None:
 def test_public_api() -> None:
     import toolkit.validation
 
-    assert sorted(toolkit.validation.__all__) == ["AvroSchema", "CompiledSchema", "JsonSchema", "STAGE",
-                                                  "check_schema_text", "compile_schema"]
+    assert sorted(toolkit.validation.__all__) == [
+        "AvroSchema",
+        "CompiledSchema",
+        "JsonSchema",
+        "STAGE",
+        "check_schema_text",
+        "compile_schema",
+    ]
 
 
 # --- non-finite numbers --------------------------------------------------------------------------------
 # json.loads turns a number beyond the double range (1e400) into inf; a serializer that lets NaN/Infinity
 # tokens through gives NaN/inf too. Where the schema's type is a number, that is the body's fault.
 
-NUMBERS_AVRO = _compile("x", 1, SchemaFormat.AVRO, json.dumps({"type": "record", "name": "R", "fields": [
-    {"name": "d", "type": "double", "default": 0.0}, {"name": "f", "type": "float", "default": 0.0},
-    {"name": "u", "type": ["null", "double"], "default": None},
-    {"name": "a", "type": {"type": "array", "items": "double"}, "default": []}]}))
-NUMBERS_JSON = _compile("x", 1, SchemaFormat.JSON, json.dumps({"type": "object", "properties": {
-    "n": {"type": "number"}, "i": {"type": "integer"}, "m": {"type": ["number", "string"]},
-    "a": {"type": "array", "items": {"type": "number"}}}}))
+NUMBERS_AVRO = _compile(
+    "x",
+    1,
+    SchemaFormat.AVRO,
+    json.dumps(
+        {
+            "type": "record",
+            "name": "R",
+            "fields": [
+                {"name": "d", "type": "double", "default": 0.0},
+                {"name": "f", "type": "float", "default": 0.0},
+                {"name": "u", "type": ["null", "double"], "default": None},
+                {"name": "a", "type": {"type": "array", "items": "double"}, "default": []},
+            ],
+        }
+    ),
+)
+NUMBERS_JSON = _compile(
+    "x",
+    1,
+    SchemaFormat.JSON,
+    json.dumps(
+        {
+            "type": "object",
+            "properties": {
+                "n": {"type": "number"},
+                "i": {"type": "integer"},
+                "m": {"type": ["number", "string"]},
+                "a": {"type": "array", "items": {"type": "number"}},
+            },
+        }
+    ),
+)
 
 
-@pytest.mark.parametrize(("text", "path", "words"), [
-    ('{"d": 1e400}', "$.d", "beyond the double range"),
-    ('{"d": -1e400}', "$.d", "-1e400"),
-    ('{"d": 1' + "0" * 400 + '.0}', "$.d", "beyond the double range"),
-    ('{"d": NaN}', "$.d", "NaN cannot be a double"),
-    ('{"d": Infinity}', "$.d", "beyond the double range"),
-    ('{"f": 1e39}', "$.f", "beyond the range of a float"),
-    ('{"f": 1e400}', "$.f", "a float cannot hold it"),
-    ('{"u": {"double": 1e400}}', "$.u['double']", "beyond the double range"),
-    ('{"a": [1.0, 2.5, -1e400]}', "$.a[2]", "beyond the double range"),
-])
+@pytest.mark.parametrize(
+    ("text", "path", "words"),
+    [
+        ('{"d": 1e400}', "$.d", "beyond the double range"),
+        ('{"d": -1e400}', "$.d", "-1e400"),
+        ('{"d": 1' + "0" * 400 + ".0}", "$.d", "beyond the double range"),
+        ('{"d": NaN}', "$.d", "NaN cannot be a double"),
+        ('{"d": Infinity}', "$.d", "beyond the double range"),
+        ('{"f": 1e39}', "$.f", "beyond the range of a float"),
+        ('{"f": 1e400}', "$.f", "a float cannot hold it"),
+        ('{"u": {"double": 1e400}}', "$.u['double']", "beyond the double range"),
+        ('{"a": [1.0, 2.5, -1e400]}', "$.a[2]", "beyond the double range"),
+    ],
+)
 def test_avro_float_and_double_refuse_non_finite_numbers(text: str, path: str, words: str) -> None:
     body = json.loads(text)  # the stdlib decoder: 1e400 is inf, NaN/Infinity tokens accepted
     with pytest.raises(MessageError) as caught:
@@ -279,18 +350,20 @@ def test_avro_float_and_double_refuse_non_finite_numbers(text: str, path: str, w
 
 def test_avro_float_and_double_keep_finite_extremes() -> None:
     body = json.loads('{"d": 1.7976931348623157e308, "f": 3.4e38, "u": {"double": -5e-324}, "a": [0, -0.0, 1e10]}')
-    assert NUMBERS_AVRO.decode(body) == {"d": 1.7976931348623157e308, "f": 3.4e38, "u": -5e-324,
-                                         "a": [0.0, -0.0, 1e10]}
+    assert NUMBERS_AVRO.decode(body) == {"d": 1.7976931348623157e308, "f": 3.4e38, "u": -5e-324, "a": [0.0, -0.0, 1e10]}
 
 
-@pytest.mark.parametrize(("text", "path"), [
-    ('{"n": 1e400}', "$.n"),
-    ('{"n": -1e400}', "$.n"),
-    ('{"i": 1e400}', "$.i"),
-    ('{"m": NaN}', "$.m"),
-    ('{"m": -Infinity}', "$.m"),
-    ('{"a": [1, 1e400]}', "$.a[1]"),
-])
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"n": 1e400}', "$.n"),
+        ('{"n": -1e400}', "$.n"),
+        ('{"i": 1e400}', "$.i"),
+        ('{"m": NaN}', "$.m"),
+        ('{"m": -Infinity}', "$.m"),
+        ('{"a": [1, 1e400]}', "$.a[1]"),
+    ],
+)
 def test_json_schema_numbers_refuse_non_finite_numbers(text: str, path: str) -> None:
     with pytest.raises(MessageError) as caught:
         NUMBERS_JSON.decode(json.loads(text))

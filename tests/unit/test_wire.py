@@ -35,14 +35,24 @@ from toolkit.wire import (
     synthesize_header,
 )
 
-PAYMENT = {"type": "record", "name": "Payment", "namespace": "com.acme",
-           "fields": [{"name": "id", "type": "string"},
-                      {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10,
-                                                  "scale": 2}},
-                      {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
-                      {"name": "note", "type": ["null", "string"], "default": None}]}
-ORDER = {"title": "Order", "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
-         "additionalProperties": False}
+PAYMENT = {
+    "type": "record",
+    "name": "Payment",
+    "namespace": "com.acme",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "note", "type": ["null", "string"], "default": None},
+    ],
+}
+ORDER = {
+    "title": "Order",
+    "type": "object",
+    "properties": {"n": {"type": "integer"}},
+    "required": ["n"],
+    "additionalProperties": False,
+}
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
@@ -108,21 +118,37 @@ class Clock:
         return self.now
 
 
-def make(registry, *, formats=None, models=MODELS, strategy=None, grace=0.0, clock=None, topics=("payments",
-         "orders", "mixed")) -> Pipeline:
+def make(
+    registry,
+    *,
+    formats=None,
+    models=MODELS,
+    strategy=None,
+    grace=0.0,
+    clock=None,
+    topics=("payments", "orders", "mixed"),
+) -> Pipeline:
     router = HandlerRegistry()
     for topic in topics:
         router.register(topic, lambda m: True)
     options = {} if strategy is None else {"subject_strategy": strategy}
-    return Pipeline(CachedRegistry(registry), router, models,
-                    value_formats=formats if formats is not None else {"payments": "confluent",
-                                                                       "orders": "confluent", "mixed": "auto"},
-                    unknown_schema_grace_s=grace, clock=clock or Clock(), **options)
+    return Pipeline(
+        CachedRegistry(registry),
+        router,
+        models,
+        value_formats=formats
+        if formats is not None
+        else {"payments": "confluent", "orders": "confluent", "mixed": "auto"},
+        unknown_schema_grace_s=grace,
+        clock=clock or Clock(),
+        **options,
+    )
 
 
 def prepare(p: Pipeline, value, topic="payments", headers=None, offset=7):
-    return p.prepare(topic=topic, partition=3, offset=offset, key=b"k", value=value, headers=headers,
-                     timestamp=1714564800000)
+    return p.prepare(
+        topic=topic, partition=3, offset=offset, key=b"k", value=value, headers=headers, timestamp=1714564800000
+    )
 
 
 def stage_of(p: Pipeline, value, topic="payments", headers=None) -> MessageError:
@@ -133,6 +159,7 @@ def stage_of(p: Pipeline, value, topic="payments", headers=None) -> MessageError
 
 # -- the prefix ---------------------------------------------------------------------------------------------
 
+
 def test_split_reads_the_schema_id_big_endian_and_keeps_the_payload():
     record = split(b"\x00\x01\x02\x03\x04rest")
     assert record == WireRecord(0x01020304, b"rest") and record.header is None
@@ -140,15 +167,18 @@ def test_split_reads_the_schema_id_big_endian_and_keeps_the_payload():
     assert split(bytearray(b"\x00\x00\x00\x00\x05")).payload == b""
 
 
-@pytest.mark.parametrize(("value", "words"), [
-    (None, "no value (a tombstone)"),
-    ("text", "is a str, not bytes"),
-    (b"", "empty"),
-    (b"\x01\x00\x00\x00\x05abc", "magic byte is 0x01, not 0"),
-    (b'{"header": {}}', "magic byte is 0x7b ('{'), not 0: not Confluent's wire format: the value looks like JSON"),
-    (b"\x00", "truncated: 1 byte(s)"),
-    (b"\x00\x00\x00\x05", "truncated: 4 byte(s)"),
-])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (None, "no value (a tombstone)"),
+        ("text", "is a str, not bytes"),
+        (b"", "empty"),
+        (b"\x01\x00\x00\x00\x05abc", "magic byte is 0x01, not 0"),
+        (b'{"header": {}}', "magic byte is 0x7b ('{'), not 0: not Confluent's wire format: the value looks like JSON"),
+        (b"\x00", "truncated: 1 byte(s)"),
+        (b"\x00\x00\x00\x05", "truncated: 4 byte(s)"),
+    ],
+)
 def test_split_refuses_what_is_not_the_wire_format_at_decode(value, words):
     with pytest.raises(MessageError) as info:
         split(value)
@@ -157,6 +187,7 @@ def test_split_refuses_what_is_not_the_wire_format_at_decode(value, words):
 
 # -- payload readers ----------------------------------------------------------------------------------------
 
+
 def test_avro_reader_decodes_logical_types_and_unions():
     read = avro_reader(PAYMENT, 1)
     value = read(avro_bytes(PAYMENT, {**PAYMENT_VALUE, "note": "hi"}))
@@ -164,20 +195,26 @@ def test_avro_reader_decodes_logical_types_and_unions():
 
 
 def test_avro_reader_reads_big_decimal_as_java_writes_it():
-    schema = {"type": "record", "name": "B", "fields": [{"name": "d", "type": {"type": "bytes",
-                                                                               "logicalType": "big-decimal"}}]}
+    schema = {
+        "type": "record",
+        "name": "B",
+        "fields": [{"name": "d", "type": {"type": "bytes", "logicalType": "big-decimal"}}],
+    }
     data = _write_big_decimal(Decimal("-123.4500"))
     payload = bytes([len(data) << 1]) + data  # Avro bytes: zig-zag length, then the bytes
     assert avro_reader(schema, 5)(payload) == {"d": Decimal("-123.4500")}
 
 
-@pytest.mark.parametrize(("payload", "words"), [
-    (avro_bytes(PAYMENT, PAYMENT_VALUE)[:-3], "not Avro binary of schema id 1"),
-    (avro_bytes(PAYMENT, PAYMENT_VALUE) + b"\x00\x00", "2 byte(s) left over"),
-    (b"", "not Avro binary of schema id 1 (0 bytes)"),
-    (b"\x06\xff\xfe\xfd", "not Avro binary"),  # a string that is not UTF-8
-    (avro_bytes(PAYMENT, PAYMENT_VALUE)[:-1] + b"\x08", "not Avro binary"),  # union index 4 of 2 branches
-])
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (avro_bytes(PAYMENT, PAYMENT_VALUE)[:-3], "not Avro binary of schema id 1"),
+        (avro_bytes(PAYMENT, PAYMENT_VALUE) + b"\x00\x00", "2 byte(s) left over"),
+        (b"", "not Avro binary of schema id 1 (0 bytes)"),
+        (b"\x06\xff\xfe\xfd", "not Avro binary"),  # a string that is not UTF-8
+        (avro_bytes(PAYMENT, PAYMENT_VALUE)[:-1] + b"\x08", "not Avro binary"),  # union index 4 of 2 branches
+    ],
+)
 def test_avro_reader_refuses_undecodable_payloads_at_decode(payload, words):
     with pytest.raises(MessageError) as info:
         avro_reader(PAYMENT, 1)(payload)
@@ -191,10 +228,15 @@ def test_avro_reader_names_a_payload_written_with_another_schema():
     assert info.value.stage == "decode" and "written with another schema?" in info.value.reason
 
 
-@pytest.mark.parametrize(("payload", "words"), [
-    (b"\xff", "not UTF-8"), (b"{", "not JSON"), (b'{"n": NaN}', "NaN is not valid JSON"),
-    (b"[" * 50 + b"]" * 50, "nested deeper than 10 levels"),
-])
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"\xff", "not UTF-8"),
+        (b"{", "not JSON"),
+        (b'{"n": NaN}', "NaN is not valid JSON"),
+        (b"[" * 50 + b"]" * 50, "nested deeper than 10 levels"),
+    ],
+)
 def test_json_reader_refuses_at_decode(payload, words):
     with pytest.raises(MessageError) as info:
         json_reader(2, 10)(payload)
@@ -204,18 +246,29 @@ def test_json_reader_refuses_at_decode(payload, words):
 
 # -- value formats: setting and option ---------------------------------------------------------------------
 
+
 def test_value_formats_parse_pairs_json_and_mappings():
     assert parse_value_formats(" a=confluent, b=AUTO ,*=envelope,") == {
-        "a": ValueFormat.CONFLUENT, "b": ValueFormat.AUTO, "*": ValueFormat.ENVELOPE}
+        "a": ValueFormat.CONFLUENT,
+        "b": ValueFormat.AUTO,
+        "*": ValueFormat.ENVELOPE,
+    }
     assert parse_value_formats('{"a": "confluent"}') == parse_value_formats({"a": ValueFormat.CONFLUENT})
     assert parse_value_formats("") == {}
 
 
-@pytest.mark.parametrize(("value", "words"), [
-    ("a=avro", "a='avro': the format must be envelope, confluent or auto"),
-    ("a", "'a' is not topic=format"), ("a b=auto", "'a b' is not a topic name"), ("=auto", "is not a topic name"),
-    ('{"a": ', "not a JSON object"), (["a"], "is not a topic=format pair"), (5, "expected topic=format pairs"),
-])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("a=avro", "a='avro': the format must be envelope, confluent or auto"),
+        ("a", "'a' is not topic=format"),
+        ("a b=auto", "'a b' is not a topic name"),
+        ("=auto", "is not a topic name"),
+        ('{"a": ', "not a JSON object"),
+        (["a"], "is not a topic=format pair"),
+        (5, "expected topic=format pairs"),
+    ],
+)
 def test_bad_value_formats_say_the_fix(value, words):
     with pytest.raises(ValueError) as info:
         parse_value_formats(value)
@@ -251,36 +304,59 @@ def test_a_registry_without_ids_is_refused_when_the_pipeline_is_built(tmp_path):
 
 # -- the synthesized header ---------------------------------------------------------------------------------
 
+
 def test_header_without_kafka_headers_is_derived_from_the_record():
-    header = synthesize_header({}, message_type="com.acme.Payment", schema_name="payments", version=2,
-                               topic="pay", partition=1, offset=42, timestamp=1714564800000)
+    header = synthesize_header(
+        {},
+        message_type="com.acme.Payment",
+        schema_name="payments",
+        version=2,
+        topic="pay",
+        partition=1,
+        offset=42,
+        timestamp=1714564800000,
+    )
     assert header.message_id == "pay/1/42" == header.correlation_id
     assert (header.schema_name, header.version, header.message_type) == ("payments", 2, "com.acme.Payment")
     assert header.timestamp == "2024-05-01T12:00:00.000+00:00" and header.producer == ""
 
 
 def test_header_fields_come_from_kafka_headers_when_valid():
-    headers = [("messageId", b"m-1"), ("correlationId", b"c-1"), ("producer", b"billing"),
-               ("timestamp", b"2024-01-02T03:04:05+01:00"), ("other", b"x"), ("messageId", b"m-2")]
+    headers = [
+        ("messageId", b"m-1"),
+        ("correlationId", b"c-1"),
+        ("producer", b"billing"),
+        ("timestamp", b"2024-01-02T03:04:05+01:00"),
+        ("other", b"x"),
+        ("messageId", b"m-2"),
+    ]
     fields = header_fields(headers)
-    assert fields == {"messageId": "m-2", "correlationId": "c-1", "producer": "billing",
-                      "timestamp": "2024-01-02T03:04:05+01:00"}
-    header = synthesize_header(fields, message_type="T", schema_name="s", version=1, topic="t", partition=0,
-                               offset=0, timestamp=None)
+    assert fields == {
+        "messageId": "m-2",
+        "correlationId": "c-1",
+        "producer": "billing",
+        "timestamp": "2024-01-02T03:04:05+01:00",
+    }
+    header = synthesize_header(
+        fields, message_type="T", schema_name="s", version=1, topic="t", partition=0, offset=0, timestamp=None
+    )
     assert (header.message_id, header.correlation_id, header.producer) == ("m-2", "c-1", "billing")
     assert header.timestamp == "2024-01-02T03:04:05+01:00"
 
 
 def test_unusable_kafka_headers_are_ignored():
-    fields = header_fields([("messageId", b"\xff"), ("correlationId", b""), ("timestamp", b"yesterday"),
-                            ("producer", None)])
-    header = synthesize_header(fields, message_type="T", schema_name="s", version=1, topic="t", partition=0,
-                               offset=9, timestamp=0)
+    fields = header_fields(
+        [("messageId", b"\xff"), ("correlationId", b""), ("timestamp", b"yesterday"), ("producer", None)]
+    )
+    header = synthesize_header(
+        fields, message_type="T", schema_name="s", version=1, topic="t", partition=0, offset=9, timestamp=0
+    )
     assert header.message_id == "t/0/9" == header.correlation_id
     assert header.timestamp == "1970-01-01T00:00:00.000+00:00"
 
 
 # -- the pipeline --------------------------------------------------------------------------------------------
+
 
 def test_an_avro_record_reaches_the_handler_as_its_model(registry):
     p = make(registry)
@@ -288,7 +364,11 @@ def test_an_avro_record_reaches_the_handler_as_its_model(registry):
     message = prepare(p, wire(1, payload)).message
     assert message.body == Payment(**PAYMENT_VALUE)
     assert (message.schema_id, message.subject, message.header.schema_name, message.header.version) == (
-        1, "payments", "payments", 1)
+        1,
+        "payments",
+        "payments",
+        1,
+    )
     assert message.header.message_type == "com.acme.Payment"  # the record's full name
     assert message.header.message_id == "payments/3/7" and message.raw == wire(1, payload)
     assert message.timestamp == 1714564800000 and message.key == b"k"
@@ -333,8 +413,9 @@ def test_locate_gives_the_key_then_the_schema_for_the_runtime(registry):
     assert isinstance(decoded, WireRecord) and source == SchemaIdKey(1) and isinstance(source, tuple)
     resolved = p.resolve(source)
     assert p.locate(value, "payments")[1] is resolved
-    prepared = p.finish(decoded, resolved, topic="payments", partition=0, offset=1, key=None, value=value,
-                        headers=None, timestamp=None)
+    prepared = p.finish(
+        decoded, resolved, topic="payments", partition=0, offset=1, key=None, value=value, headers=None, timestamp=None
+    )
     assert prepared.message.schema_id == 1
     # the runtime's current calls, with the topic passed to decode
     decoded = p.decode(value, "payments")
@@ -402,12 +483,19 @@ def test_topic_value_strategy_picks_the_schema_name_of_the_topic_among_several(r
     assert prepare(p, wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE))).message.header.schema_name == "payments"
     router = HandlerRegistry()
     router.register("billing", lambda m: True)
-    p = Pipeline(CachedRegistry(registry), router, models, subject_strategy=topic_value_strategy,
-                 value_formats={"billing": "confluent"})
+    p = Pipeline(
+        CachedRegistry(registry),
+        router,
+        models,
+        subject_strategy=topic_value_strategy,
+        value_formats={"billing": "confluent"},
+    )
     registry.share_id("billing-value", 1)
     error = stage_of(p, wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE)), topic="billing")
-    assert error.stage == "schema" and "fits several schemaNames with a generated model (payments, refunds)" in \
-        error.reason
+    assert (
+        error.stage == "schema"
+        and "fits several schemaNames with a generated model (payments, refunds)" in error.reason
+    )
     headers = [("schemaName", b"refunds")]  # what the toolkit's producer writes
     message = prepare(p, wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE)), topic="billing", headers=headers).message
     assert (message.header.schema_name, message.subject) == ("refunds", "billing-value")
@@ -425,10 +513,20 @@ def test_kafka_headers_override_the_message_type_and_ids(registry):
 
 def test_auto_reads_both_kinds_and_envelope_topics_name_the_wire_format(registry):
     p = make(registry, models=None)
-    envelope = json.dumps({"header": {"messageType": "Order", "schemaName": "orders", "schemaVersion": "1",
-                                      "correlationId": "c", "messageId": "m",
-                                      "timestamp": "2024-05-01T12:00:00Z", "producer": "p"},
-                           "body": {"n": 1}}).encode()
+    envelope = json.dumps(
+        {
+            "header": {
+                "messageType": "Order",
+                "schemaName": "orders",
+                "schemaVersion": "1",
+                "correlationId": "c",
+                "messageId": "m",
+                "timestamp": "2024-05-01T12:00:00Z",
+                "producer": "p",
+            },
+            "body": {"n": 1},
+        }
+    ).encode()
     assert prepare(p, envelope, topic="mixed").message.schema_id is None
     message = prepare(p, wire(2, b'{"n": 1}'), topic="mixed").message
     assert (message.body, message.schema_id, message.subject) == ({"n": 1}, 2, "orders")
@@ -464,6 +562,7 @@ def test_a_schema_the_validator_cannot_compile_is_dead_lettered_at_schema(regist
 
 # -- the registry side ---------------------------------------------------------------------------------------
 
+
 def test_cached_registry_remembers_ids_and_misses(registry):
     cache = CachedRegistry(registry, not_found_ttl_s=60)
     schema, compiled = cache.resolve_id(1)
@@ -494,19 +593,28 @@ def test_among_several_schema_names_the_one_whose_model_is_named_like_the_record
     registry.share_id("billing-value", 1)
     router = HandlerRegistry()
     router.register("billing", lambda m: True)
-    p = Pipeline(CachedRegistry(registry), router, MODELS, subject_strategy=topic_value_strategy,
-                 value_formats={"billing": "confluent"})  # payments -> Payment, orders -> Order
+    p = Pipeline(
+        CachedRegistry(registry),
+        router,
+        MODELS,
+        subject_strategy=topic_value_strategy,
+        value_formats={"billing": "confluent"},
+    )  # payments -> Payment, orders -> Order
     message = prepare(p, wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE)), topic="billing").message
-    assert (message.header.schema_name, message.subject, type(message.body)) == ("payments", "billing-value",
-                                                                                  Payment)
+    assert (message.header.schema_name, message.subject, type(message.body)) == ("payments", "billing-value", Payment)
 
 
 def test_a_schema_with_references_says_they_are_not_resolved(registry):
     class WithReferences(InMemoryRegistry):
         def get_by_id(self, schema_id):
             found = super().get_by_id(schema_id)
-            return type(found)(found.schema_id, found.format, found.text, found.versions,
-                               ({"name": "com.acme.Money", "subject": "money", "version": 1},))
+            return type(found)(
+                found.schema_id,
+                found.format,
+                found.text,
+                found.versions,
+                ({"name": "com.acme.Money", "subject": "money", "version": 1},),
+            )
 
     backend = WithReferences()
     uses = {"type": "record", "name": "Price", "fields": [{"name": "amount", "type": "com.acme.Money"}]}

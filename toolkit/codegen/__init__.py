@@ -18,8 +18,16 @@ from toolkit.codegen.index import ModelIndex, load_model_index
 from toolkit.codegen.output import Difference, diff_package, write_package
 from toolkit.codegen.render import render_package
 
-__all__ = ["CodegenRun", "Difference", "ModelIndex", "check_models", "generate_models", "load_model_index",
-           "render_package", "run_codegen"]
+__all__ = [
+    "CodegenRun",
+    "Difference",
+    "ModelIndex",
+    "check_models",
+    "generate_models",
+    "load_model_index",
+    "render_package",
+    "run_codegen",
+]
 
 
 @dataclass
@@ -36,8 +44,9 @@ class CodegenRun:
         return self.build.files
 
 
-def run_codegen(schemas_dir: Path | str, out: Path | str, *, check: bool = False, force: bool = False,
-                workers: int | None = None) -> CodegenRun:
+def run_codegen(
+    schemas_dir: Path | str, out: Path | str, *, check: bool = False, force: bool = False, workers: int | None = None
+) -> CodegenRun:
     """Build the package for ``schemas_dir`` (reusing unchanged modules of ``out`` unless ``force``), compare
     it with ``out``, and unless ``check`` write it when it differs.
 
@@ -54,8 +63,9 @@ def run_codegen(schemas_dir: Path | str, out: Path | str, *, check: bool = False
     return run
 
 
-def generate_models(schemas_dir: Path | str, out: Path | str, *, force: bool = False,
-                    workers: int | None = None) -> dict[str, str]:
+def generate_models(
+    schemas_dir: Path | str, out: Path | str, *, force: bool = False, workers: int | None = None
+) -> dict[str, str]:
     """Generate models for every schema version under ``schemas_dir`` into ``out``; return the files.
 
     Only modules whose schema (or the generator, its options, this codegen) changed are rendered; ``force``

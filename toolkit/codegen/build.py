@@ -75,8 +75,7 @@ class Build:
     reused: list[str] = field(default_factory=list)
 
 
-def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *,
-                  workers: int | None = None) -> Build:
+def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *, workers: int | None = None) -> Build:
     """Render the package for ``schemas_dir``, reusing modules of ``previous`` (an earlier output folder)
     whose inputs did not change; ``previous=None`` renders everything.
 
@@ -100,9 +99,13 @@ def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *
     for name, subject in subjects.items():
         package = package_name(name)
         if package in packages:
-            errors.append(SchemaFileError(subject.folder, f"subject {name!r} maps to the same Python package "
-                                          f"{package!r} as subject {packages[package]!r}",
-                                          fix="rename one of the subject folders"))
+            errors.append(
+                SchemaFileError(
+                    subject.folder,
+                    f"subject {name!r} maps to the same Python package {package!r} as subject {packages[package]!r}",
+                    fix="rename one of the subject folders",
+                )
+            )
             continue
         packages[package] = name
         files[f"{package}/__init__.py"] = _subject_init(subject)
@@ -133,8 +136,9 @@ def _load_subjects(root: Path) -> tuple[dict[str, Subject], list[SchemaFileError
     """Every subject that loads, and the error of each one that does not (``load_schemas`` stops at the
     first)."""
     if not root.is_dir():
-        raise SchemaFileError(root, "schemas folder not found",
-                              fix="create it, or point EPISTLE_SCHEMAS_DIR at your schemas folder")
+        raise SchemaFileError(
+            root, "schemas folder not found", fix="create it, or point EPISTLE_SCHEMAS_DIR at your schemas folder"
+        )
     subjects: dict[str, Subject] = {}
     errors: list[SchemaFileError] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
@@ -169,10 +173,15 @@ def renderer_fingerprint() -> str:
 
 def input_hash(schema_file: SchemaFile, class_name: str, renderer: str | None = None) -> str:
     """The hash of everything a module's bytes depend on (see the module docstring)."""
-    recipe = {"codegen": CODEGEN_VERSION, "generator": generator_version(),
-              "renderer": renderer or renderer_fingerprint(), "format": schema_file.format.value,
-              "source": f"{schema_file.subject}/{schema_file.path.name}", "class": class_name,
-              "schema": hashlib.sha256(schema_file.text.encode("utf-8")).hexdigest()}
+    recipe = {
+        "codegen": CODEGEN_VERSION,
+        "generator": generator_version(),
+        "renderer": renderer or renderer_fingerprint(),
+        "format": schema_file.format.value,
+        "source": f"{schema_file.subject}/{schema_file.path.name}",
+        "class": class_name,
+        "schema": hashlib.sha256(schema_file.text.encode("utf-8")).hexdigest(),
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -216,12 +225,18 @@ def _validate_reused(jobs: list[Job]) -> list[SchemaFileError]:
 
 
 def _manifest(jobs: list[Job], files: dict[str, str]) -> str:
-    modules = {job.module: {"source": job.source, "input": job.input_hash, "output": _sha256(files[job.module])}
-               for job in sorted(jobs, key=lambda j: j.module)}
-    document = {"about": "Written by `epistle codegen`: the input hash of each module (schema bytes, "
-                         "generator version and options, codegen version) and the hash of its bytes. "
-                         "Do not edit.",
-                "codegen": CODEGEN_VERSION, "generator": generator_version(), "modules": modules}
+    modules = {
+        job.module: {"source": job.source, "input": job.input_hash, "output": _sha256(files[job.module])}
+        for job in sorted(jobs, key=lambda j: j.module)
+    }
+    document = {
+        "about": "Written by `epistle codegen`: the input hash of each module (schema bytes, "
+        "generator version and options, codegen version) and the hash of its bytes. "
+        "Do not edit.",
+        "codegen": CODEGEN_VERSION,
+        "generator": generator_version(),
+        "modules": modules,
+    }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
@@ -273,8 +288,11 @@ def _result(job: Job, future: concurrent.futures.Future) -> str | SchemaFileErro
     try:
         return future.result()
     except concurrent.futures.process.BrokenProcessPool as exc:  # a worker died (killed, out of memory ...)
-        return CodegenError(job.schema_file.path, f"the codegen worker process died before finishing: {exc}",
-                            fix="run `epistle codegen --jobs 1` to generate in one process and see the failure")
+        return CodegenError(
+            job.schema_file.path,
+            f"the codegen worker process died before finishing: {exc}",
+            fix="run `epistle codegen --jobs 1` to generate in one process and see the failure",
+        )
 
 
 def _render_one(schema_file: SchemaFile, class_name: str) -> str | SchemaFileError:
@@ -284,5 +302,8 @@ def _render_one(schema_file: SchemaFile, class_name: str) -> str | SchemaFileErr
     except SchemaFileError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - anything else is still this file's failure, reported with it
-        return CodegenError(schema_file.path, f"codegen failed: {type(exc).__name__}: {exc}",
-                            fix="report it with the schema file attached")
+        return CodegenError(
+            schema_file.path,
+            f"codegen failed: {type(exc).__name__}: {exc}",
+            fix="report it with the schema file attached",
+        )

@@ -48,8 +48,11 @@ class ModelIndex:
         try:
             cls = getattr(importlib.import_module(qualified), class_name)
         except (ImportError, AttributeError) as exc:
-            raise CodegenError(qualified, f"cannot load generated model {class_name}: {exc}",
-                               fix="run `make codegen` and commit generated_models/") from None
+            raise CodegenError(
+                qualified,
+                f"cannot load generated model {class_name}: {exc}",
+                fix="run `make codegen` and commit generated_models/",
+            ) from None
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
             raise CodegenError(qualified, f"{class_name} is not a pydantic model", fix="run `make codegen`")
         return cls
@@ -85,15 +88,16 @@ def load_model_index(package: str = "generated_models") -> ModelIndex:
     """
     _args.text("package", package)
     if not all(part.isidentifier() for part in package.split(".")):
-        raise InvalidArgument(f"package {package!r} is not a Python package name; use e.g. generated_models",
-                              argument="package")
+        raise InvalidArgument(
+            f"package {package!r} is not a Python package name; use e.g. generated_models", argument="package"
+        )
     try:
         module = importlib.import_module(f"{package}.{INDEX_MODULE}")
     except ImportError as exc:
-        raise CodegenError(package, f"no generated model index ({exc})",
-                           fix="run `make codegen` (epistle codegen) to generate it") from None
+        raise CodegenError(
+            package, f"no generated model index ({exc})", fix="run `make codegen` (epistle codegen) to generate it"
+        ) from None
     entries = getattr(module, "MODELS", None)
     if not isinstance(entries, Mapping):
-        raise CodegenError(package, f"{package}.{INDEX_MODULE} has no MODELS mapping",
-                           fix="run `make codegen`")
+        raise CodegenError(package, f"{package}.{INDEX_MODULE} has no MODELS mapping", fix="run `make codegen`")
     return ModelIndex(package, entries)

@@ -19,8 +19,11 @@ class Difference:
     kind: str  # "stale" (content differs), "missing" (not on disk) or "extra" (on disk, not generated)
 
     def __str__(self) -> str:
-        what = {"stale": "is stale (differs from fresh codegen output)", "missing": "is missing",
-                "extra": "is not produced by codegen (extra file)"}[self.kind]
+        what = {
+            "stale": "is stale (differs from fresh codegen output)",
+            "missing": "is missing",
+            "extra": "is not produced by codegen (extra file)",
+        }[self.kind]
         return f"{self.path} {what}"
 
 
@@ -42,8 +45,11 @@ def write_package(files: dict[str, str], out: Path | str) -> None:
                 handle.write(text)
         _swap(staging, out)
     except OSError as exc:
-        raise CodegenError(out, f"could not write generated models: {exc}",
-                           fix="check permissions and free space; the previous output is unchanged") from None
+        raise CodegenError(
+            out,
+            f"could not write generated models: {exc}",
+            fix="check permissions and free space; the previous output is unchanged",
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -46,14 +46,32 @@ GENERATOR_OPTIONS: dict[str, Any] = {
     # timedelta has no months ("P1M" came back as "P30D"). E-mail addresses stay strings as well: pydantic's
     # EmailStr refuses addresses the validator accepts ("a@b", "ops@localhost") and lower-cases the domain
     # ("A@Example.COM" -> "A@example.com"). The validator checks all these formats.
-    "type_mappings": ["string+uri=string", "string+uri-reference=string", "string+iri=string",
-                      "string+iri-reference=string", "string+uri-template=string", "string+duration=string",
-                      "string+email=string", "string+idn-email=string"],
+    "type_mappings": [
+        "string+uri=string",
+        "string+uri-reference=string",
+        "string+iri=string",
+        "string+iri-reference=string",
+        "string+uri-template=string",
+        "string+duration=string",
+        "string+email=string",
+        "string+idn-email=string",
+    ],
 }
 
 # Keywords whose value is one subschema / a list of subschemas / a map of name -> subschema.
-_ONE = ("additionalProperties", "additionalItems", "unevaluatedProperties", "unevaluatedItems", "items",
-        "contains", "propertyNames", "not", "if", "then", "else")
+_ONE = (
+    "additionalProperties",
+    "additionalItems",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "items",
+    "contains",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+)
 _LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
 _MAP = ("properties", "$defs", "definitions", "dependentSchemas")
 _OPAQUE = ("$ref", "enum", "const")  # the value's type is given elsewhere
@@ -101,8 +119,11 @@ def _prepare(node: Any, root: bool = False) -> Any:
     implied = [kind for kind, keywords in _IMPLIED.items() if any(key in node for key in keywords)]
     if len(implied) != 1:
         return node
-    typed = {key: value for key, value in node.items() if key not in ("title", "description", "default",
-                                                                     "examples", "$id", "$anchor")}
+    typed = {
+        key: value
+        for key, value in node.items()
+        if key not in ("title", "description", "default", "examples", "$id", "$anchor")
+    }
     outer = {key: value for key, value in node.items() if key not in typed}
     return {**outer, "anyOf": [{**typed, "type": implied[0]}, {"not": {"type": implied[0]}}]}
 

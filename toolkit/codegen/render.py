@@ -69,8 +69,9 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
 
     source = f"{schema_file.subject}/{schema_file.path.name}"
     is_json = schema_file.format == SchemaFormat.JSON
-    prepared = (prepare_json_schema(schema_file.document) if is_json
-                else prepare_avro_schema(schema_file.document, class_name))
+    prepared = (
+        prepare_json_schema(schema_file.document) if is_json else prepare_avro_schema(schema_file.document, class_name)
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -97,18 +98,26 @@ def render_module(schema_file: SchemaFile, class_name: str) -> str:
                 **GENERATOR_OPTIONS,
             )
     except Exception as exc:  # noqa: BLE001 - the generator raises many types; all mean "this file failed"
-        raise CodegenError(schema_file.path, f"datamodel-code-generator failed: {type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())[:500]}",
-                           fix="simplify the schema construct named in the message") from None
+        raise CodegenError(
+            schema_file.path,
+            f"datamodel-code-generator failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+            fix="simplify the schema construct named in the message",
+        ) from None
     if not isinstance(text, str):
-        raise CodegenError(schema_file.path, "datamodel-code-generator produced several modules",
-                           fix="keep each schema version self-contained (one file, local $ref only)")
+        raise CodegenError(
+            schema_file.path,
+            "datamodel-code-generator produced several modules",
+            fix="keep each schema version self-contained (one file, local $ref only)",
+        )
     if not is_json and avro_root_kind(schema_file.document) not in ("record", "error"):
         text = _avro_root_model(text, class_name)
     text = _open_models_by_alias_only(text, schema_file.path)
     if not _defines_class(text, class_name):
-        raise CodegenError(schema_file.path, f"the generated module has no root class {class_name!r}",
-                           fix="give the root a title (JSON Schema) or make it a named record (Avro)")
+        raise CodegenError(
+            schema_file.path,
+            f"the generated module has no root class {class_name!r}",
+            fix="give the root a title (JSON Schema) or make it a named record (Avro)",
+        )
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -119,20 +128,30 @@ def _avro_root_model(text: str, class_name: str) -> str:
     lines = text.splitlines()
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
-            field = next((item for item in node.body if isinstance(item, ast.AnnAssign)
-                          and isinstance(item.target, ast.Name) and item.target.id == "root"), None)
+            field = next(
+                (
+                    item
+                    for item in node.body
+                    if isinstance(item, ast.AnnAssign)
+                    and isinstance(item.target, ast.Name)
+                    and item.target.id == "root"
+                ),
+                None,
+            )
             if field is None:
                 break
             annotation = ast.get_source_segment(text, field.annotation)
             replacement = [f"class {class_name}(RootModel[{annotation}]):", f"    root: {annotation}"]
-            lines[node.lineno - 1 - len(node.decorator_list):node.end_lineno] = replacement
+            lines[node.lineno - 1 - len(node.decorator_list) : node.end_lineno] = replacement
             text = "\n".join(lines) + "\n"
             if "RootModel" not in _imported_names(text):
                 text = re.sub(r"^from pydantic import (.+)$", _add_root_model, text, count=1, flags=re.M)
                 if "RootModel" not in _imported_names(text):
-                    text = text.replace("from __future__ import annotations\n",
-                                        "from __future__ import annotations\n\nfrom pydantic import RootModel\n",
-                                        1)
+                    text = text.replace(
+                        "from __future__ import annotations\n",
+                        "from __future__ import annotations\n\nfrom pydantic import RootModel\n",
+                        1,
+                    )
             return text
     return text
 
@@ -153,33 +172,48 @@ def _open_models_by_alias_only(text: str, path: Path | str) -> str:
         if not isinstance(node, ast.ClassDef):
             continue
         for item in node.body:
-            if (isinstance(item, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model_config"
-                                                     for t in item.targets)
-                    and isinstance(item.value, ast.Call)):
+            if (
+                isinstance(item, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "model_config" for t in item.targets)
+                and isinstance(item.value, ast.Call)
+            ):
                 keywords = {k.arg: k for k in item.value.keywords}
                 extra = keywords.get("extra")
                 by_name = keywords.get("populate_by_name")
-                if (extra is not None and isinstance(extra.value, ast.Constant) and extra.value.value == "allow"
-                        and by_name is not None):
+                if (
+                    extra is not None
+                    and isinstance(extra.value, ast.Constant)
+                    and extra.value.value == "allow"
+                    and by_name is not None
+                ):
                     drop[by_name.lineno] = node.name
     if not drop:
         return text
     lines = text.split("\n")
-    kept = [line for number, line in enumerate(lines, 1)
-            if number not in drop or line.strip() != "populate_by_name=True,"]
+    kept = [
+        line for number, line in enumerate(lines, 1) if number not in drop or line.strip() != "populate_by_name=True,"
+    ]
     if len(kept) != len(lines) - len(drop):
-        missed = sorted({name for number, name in drop.items() if lines[number - 1].strip()
-                         != "populate_by_name=True,"})
-        raise CodegenError(path, f"could not make the open model(s) {', '.join(missed)} populated by alias "
-                                 "only: datamodel-code-generator laid out their model_config in a way codegen "
-                                 "does not know (not one `populate_by_name=True,` line)",
-                           fix="report it with the schema file and the datamodel-code-generator version")
+        missed = sorted(
+            {name for number, name in drop.items() if lines[number - 1].strip() != "populate_by_name=True,"}
+        )
+        raise CodegenError(
+            path,
+            f"could not make the open model(s) {', '.join(missed)} populated by alias "
+            "only: datamodel-code-generator laid out their model_config in a way codegen "
+            "does not know (not one `populate_by_name=True,` line)",
+            fix="report it with the schema file and the datamodel-code-generator version",
+        )
     return "\n".join(kept)
 
 
 def _imported_names(text: str) -> set[str]:
-    return {alias.asname or alias.name for node in ast.parse(text).body if isinstance(node, ast.ImportFrom)
-            for alias in node.names}
+    return {
+        alias.asname or alias.name
+        for node in ast.parse(text).body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
 
 
 def _add_root_model(match: re.Match) -> str:
@@ -217,22 +251,36 @@ def _defines_class(text: str, class_name: str) -> bool:
 
 
 def _package_init(subjects: dict[str, Subject]) -> str:
-    lines = ['"""Pydantic v2 models generated from schemas/ by `epistle codegen` -- do not edit.', "",
-             "Look models up with toolkit.codegen.load_model_index(); the index is in _index.py.", '"""', ""]
+    lines = [
+        '"""Pydantic v2 models generated from schemas/ by `epistle codegen` -- do not edit.',
+        "",
+        "Look models up with toolkit.codegen.load_model_index(); the index is in _index.py.",
+        '"""',
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _subject_init(subject: Subject) -> str:
     versions = ", ".join(f"v{f.version}" for f in subject.versions)
-    return (f'"""Models for schemaName {subject.name!r} ({subject.format.value}): {versions}. '
-            'Generated -- do not edit."""\n')
+    return (
+        f'"""Models for schemaName {subject.name!r} ({subject.format.value}): {versions}. '
+        'Generated -- do not edit."""\n'
+    )
 
 
 def _index_module(index: dict[tuple[str, int], str]) -> str:
-    lines = ['"""(schemaName, schemaVersion) -> "module:RootClass", modules relative to this package.',
-             "", "Generated by `epistle codegen` -- do not edit.", '"""', "",
-             "MODELS: dict[tuple[str, int], str] = {"]
-    lines += [f"    ({json.dumps(name)}, {version}): {json.dumps(target)},"
-              for (name, version), target in sorted(index.items())]
+    lines = [
+        '"""(schemaName, schemaVersion) -> "module:RootClass", modules relative to this package.',
+        "",
+        "Generated by `epistle codegen` -- do not edit.",
+        '"""',
+        "",
+        "MODELS: dict[tuple[str, int], str] = {",
+    ]
+    lines += [
+        f"    ({json.dumps(name)}, {version}): {json.dumps(target)},"
+        for (name, version), target in sorted(index.items())
+    ]
     lines += ["}", ""]
     return "\n".join(lines)

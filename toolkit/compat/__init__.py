@@ -8,5 +8,14 @@ from toolkit.compat.check import CheckReport, run_check
 from toolkit.compat.findings import Finding, Issue, Severity, reader_writer_pairs
 from toolkit.compat.subject import check_pair, check_subject, is_compatible
 
-__all__ = ["CheckReport", "Finding", "Issue", "Severity", "check_pair", "check_subject", "is_compatible",
-           "reader_writer_pairs", "run_check"]
+__all__ = [
+    "CheckReport",
+    "Finding",
+    "Issue",
+    "Severity",
+    "check_pair",
+    "check_subject",
+    "is_compatible",
+    "reader_writer_pairs",
+    "run_check",
+]

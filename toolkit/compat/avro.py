@@ -67,12 +67,15 @@ def qualify_aliases(document: Any, namespace: str = "") -> Any:
         name = out["name"]
         space = name.rpartition(".")[0] if "." in name else out.get("namespace", namespace) or ""
         if isinstance(out.get("aliases"), list):
-            out["aliases"] = [a if not isinstance(a, str) or "." in a or not space else f"{space}.{a}"
-                              for a in out["aliases"]]
+            out["aliases"] = [
+                a if not isinstance(a, str) or "." in a or not space else f"{space}.{a}" for a in out["aliases"]
+            ]
         namespace = space
     if isinstance(out.get("fields"), list):
-        out["fields"] = [{**f, "type": qualify_aliases(f.get("type"), namespace)} if isinstance(f, dict) else f
-                         for f in out["fields"]]
+        out["fields"] = [
+            {**f, "type": qualify_aliases(f.get("type"), namespace)} if isinstance(f, dict) else f
+            for f in out["fields"]
+        ]
     for key in ("items", "values"):
         if key in out:
             out[key] = qualify_aliases(out[key], namespace)
@@ -116,8 +119,16 @@ def _logical(reader: Schema, writer: Schema, path: str, seen: set[tuple[int, int
     return _logical_leaf(reader, writer, path)
 
 
-_PROMOTIONS = {("int", "long"), ("int", "float"), ("int", "double"), ("long", "float"), ("long", "double"),
-               ("float", "double"), ("string", "bytes"), ("bytes", "string")}
+_PROMOTIONS = {
+    ("int", "long"),
+    ("int", "float"),
+    ("int", "double"),
+    ("long", "float"),
+    ("long", "double"),
+    ("float", "double"),
+    ("string", "bytes"),
+    ("bytes", "string"),
+}
 
 
 def _logical_leaf(reader: Schema, writer: Schema, path: str) -> list[Issue]:
@@ -128,22 +139,41 @@ def _logical_leaf(reader: Schema, writer: Schema, path: str) -> list[Issue]:
         return []  # Avro cannot resolve the values at all: the library's verdict already says so
     if r_type != w_type:
         shown = " to ".join(f"'{t}'" if t else "none" for t in (w_type, r_type))
-        return [Issue(path, "LOGICAL_TYPE_CHANGED", f"the logical type changed from {shown} (writer to reader), "
-                      f"so the reader gives the writer's {writer.type} values another meaning", confluent=ACCEPTS)]
+        return [
+            Issue(
+                path,
+                "LOGICAL_TYPE_CHANGED",
+                f"the logical type changed from {shown} (writer to reader), "
+                f"so the reader gives the writer's {writer.type} values another meaning",
+                confluent=ACCEPTS,
+            )
+        ]
     if r_type != "decimal":
         return []
     issues = []
     r_scale, w_scale = reader.props.get("scale", 0), writer.props.get("scale", 0)
     if isinstance(r_scale, int) and isinstance(w_scale, int) and r_scale != w_scale:
-        issues.append(Issue(path, "DECIMAL_SCALE_CHANGED", f"the decimal's scale is {w_scale} in the writer and "
-                            f"{r_scale} in the reader, so the same unscaled bytes read as a number "
-                            f"10^{abs(r_scale - w_scale)} times {'smaller' if r_scale > w_scale else 'larger'}",
-                            confluent=ACCEPTS))
+        issues.append(
+            Issue(
+                path,
+                "DECIMAL_SCALE_CHANGED",
+                f"the decimal's scale is {w_scale} in the writer and "
+                f"{r_scale} in the reader, so the same unscaled bytes read as a number "
+                f"10^{abs(r_scale - w_scale)} times {'smaller' if r_scale > w_scale else 'larger'}",
+                confluent=ACCEPTS,
+            )
+        )
     r_precision, w_precision = reader.props.get("precision"), writer.props.get("precision")
     if isinstance(r_precision, int) and isinstance(w_precision, int) and r_precision < w_precision:
-        issues.append(Issue(path, "DECIMAL_PRECISION_NARROWED", f"the writer's decimals have up to {w_precision} "
-                            f"digits and the reader's at most {r_precision}, so larger values do not fit",
-                            confluent=ACCEPTS))
+        issues.append(
+            Issue(
+                path,
+                "DECIMAL_PRECISION_NARROWED",
+                f"the writer's decimals have up to {w_precision} "
+                f"digits and the reader's at most {r_precision}, so larger values do not fit",
+                confluent=ACCEPTS,
+            )
+        )
     return issues
 
 
@@ -166,9 +196,14 @@ def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibil
             if sub is None:
                 continue
             if isinstance(reader, UnionSchema) and not _same_kind_branch(reader, branch):
-                issues.append(Issue(path, "MISSING_UNION_BRANCH",
-                                    f"the writer may write a {_type_name(branch)}, and the reader's union "
-                                    f"{_union_names(reader)} has no branch that can read it"))
+                issues.append(
+                    Issue(
+                        path,
+                        "MISSING_UNION_BRANCH",
+                        f"the writer may write a {_type_name(branch)}, and the reader's union "
+                        f"{_union_names(reader)} has no branch that can read it",
+                    )
+                )
             else:
                 issues += _locate(reader, branch, path, sub)
         return issues
@@ -178,9 +213,14 @@ def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibil
             sub = _incompatible(match, writer)
             if sub is not None:
                 return _locate(match, writer, path, sub)
-        return [Issue(path, "MISSING_UNION_BRANCH",
-                      f"the writer writes a {_type_name(writer)}, and the reader's union "
-                      f"{_union_names(reader)} has no branch that can read it")]
+        return [
+            Issue(
+                path,
+                "MISSING_UNION_BRANCH",
+                f"the writer writes a {_type_name(writer)}, and the reader's union "
+                f"{_union_names(reader)} has no branch that can read it",
+            )
+        ]
     if reader.type != writer.type:
         return _describe(verdict, path, reader, writer)
     if isinstance(reader, RecordSchema) and isinstance(writer, RecordSchema):
@@ -189,11 +229,18 @@ def _locate(reader: Schema, writer: Schema, path: str, verdict: SchemaCompatibil
             writer_field = lookup_writer_field(writer_schema=writer, reader_field=field)
             child = f"{path}.{field.name}"
             if writer_field is None:
-                if (_Kind.reader_field_missing_default_value in verdict.incompatibilities
-                        and field.name in verdict.messages):
-                    issues.append(Issue(child, "READER_FIELD_MISSING_DEFAULT_VALUE",
-                                        f"field '{field.name}' is missing from the writer's records and the "
-                                        "reader gives it no default"))
+                if (
+                    _Kind.reader_field_missing_default_value in verdict.incompatibilities
+                    and field.name in verdict.messages
+                ):
+                    issues.append(
+                        Issue(
+                            child,
+                            "READER_FIELD_MISSING_DEFAULT_VALUE",
+                            f"field '{field.name}' is missing from the writer's records and the "
+                            "reader gives it no default",
+                        )
+                    )
                 continue
             sub = _incompatible(field.type, writer_field.type)
             if sub is not None:
@@ -220,34 +267,61 @@ def _describe(result: SchemaCompatibilityResult, path: str, reader: Schema, writ
     kinds = list(dict.fromkeys(result.incompatibilities))
     for kind in kinds:
         if kind is _Kind.name_mismatch:
-            issues.append(Issue(path, "NAME_MISMATCH",
-                                f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' and the "
-                                f"reader's '{getattr(reader, 'fullname', reader.type)}', and no reader alias "
-                                "maps one to the other"))
+            issues.append(
+                Issue(
+                    path,
+                    "NAME_MISMATCH",
+                    f"the writer's type is named '{getattr(writer, 'fullname', writer.type)}' and the "
+                    f"reader's '{getattr(reader, 'fullname', reader.type)}', and no reader alias "
+                    "maps one to the other",
+                )
+            )
         elif kind is _Kind.fixed_size_mismatch:
-            issues.append(Issue(path, "FIXED_SIZE_MISMATCH",
-                                f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer and "
-                                f"{getattr(reader, 'size', '?')} in the reader"))
+            issues.append(
+                Issue(
+                    path,
+                    "FIXED_SIZE_MISMATCH",
+                    f"the fixed type holds {getattr(writer, 'size', '?')} bytes in the writer and "
+                    f"{getattr(reader, 'size', '?')} in the reader",
+                )
+            )
         elif kind is _Kind.missing_enum_symbols:
             missing = sorted(set(getattr(writer, "symbols", [])) - set(getattr(reader, "symbols", [])))
-            issues.append(Issue(path, "MISSING_ENUM_SYMBOLS",
-                                f"the writer may write enum symbol(s) {', '.join(missing)}, which the reader "
-                                "does not know and has no default symbol for"))
+            issues.append(
+                Issue(
+                    path,
+                    "MISSING_ENUM_SYMBOLS",
+                    f"the writer may write enum symbol(s) {', '.join(missing)}, which the reader "
+                    "does not know and has no default symbol for",
+                )
+            )
         elif kind is _Kind.type_mismatch:
-            issues.append(Issue(path, "TYPE_MISMATCH",
-                                f"the writer writes {_type_name(writer)} where the reader expects "
-                                f"{_type_name(reader)}, and Avro's resolution rules cannot promote one to "
-                                "the other"))
+            issues.append(
+                Issue(
+                    path,
+                    "TYPE_MISMATCH",
+                    f"the writer writes {_type_name(writer)} where the reader expects "
+                    f"{_type_name(reader)}, and Avro's resolution rules cannot promote one to "
+                    "the other",
+                )
+            )
         elif kind is _Kind.missing_union_branch:
-            issues.append(Issue(path, "MISSING_UNION_BRANCH",
-                                f"the writer may write a {_type_name(writer)} that no branch of the reader's "
-                                "union can read"))
+            issues.append(
+                Issue(
+                    path,
+                    "MISSING_UNION_BRANCH",
+                    f"the writer may write a {_type_name(writer)} that no branch of the reader's union can read",
+                )
+            )
         elif kind is _Kind.reader_field_missing_default_value:
             for name in sorted(m for m in result.messages if _TYPE_MISMATCH.match(m) is None):
-                issues.append(Issue(f"{path}.{name}", "READER_FIELD_MISSING_DEFAULT_VALUE",
-                                    f"field '{name}' is missing from the writer's records and the reader "
-                                    f"gives "
-                                    "it no default"))
+                issues.append(
+                    Issue(
+                        f"{path}.{name}",
+                        "READER_FIELD_MISSING_DEFAULT_VALUE",
+                        f"field '{name}' is missing from the writer's records and the reader gives it no default",
+                    )
+                )
     if not issues:  # a kind this module does not know yet: still never hide the library's verdict
         issues.append(Issue(path, "INCOMPATIBLE", "; ".join(sorted(result.messages)) or "incompatible"))
     return issues

@@ -33,8 +33,13 @@ class CheckReport:
         return not self.errors
 
 
-def run_check(schemas_dir: Path, *, base: str | None = None,
-              registry: str | RegistrySettings | None = None, registry_url: str | None = None) -> CheckReport:
+def run_check(
+    schemas_dir: Path,
+    *,
+    base: str | None = None,
+    registry: str | RegistrySettings | None = None,
+    registry_url: str | None = None,
+) -> CheckReport:
     """Check every subject under ``schemas_dir``; never raises for a problem in the schemas themselves.
 
     ``registry`` (a URL, or settings with the URL, credentials and TLS) is also asked for its verdicts, in
@@ -55,8 +60,9 @@ def run_check(schemas_dir: Path, *, base: str | None = None,
     registry = registry or registry_url
     report = CheckReport(schemas_dir)
     if not schemas_dir.is_dir():
-        report.findings.append(Finding("-", "SCHEMAS_FOLDER_MISSING", f"{schemas_dir} is not a folder.",
-                                       file=str(schemas_dir)))
+        report.findings.append(
+            Finding("-", "SCHEMAS_FOLDER_MISSING", f"{schemas_dir} is not a folder.", file=str(schemas_dir))
+        )
         return report
     folders = sorted(p for p in schemas_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     for folder in folders:
@@ -72,8 +78,7 @@ def run_check(schemas_dir: Path, *, base: str | None = None,
     resolved = resolve_base(schemas_dir, base)
     report.notes.append(resolved.note)
     if base and resolved.ref is None:
-        report.findings.append(Finding("-", "BASE_NOT_FOUND", f"{resolved.note}; pass a branch, tag or "
-                                                              f"commit."))
+        report.findings.append(Finding("-", "BASE_NOT_FOUND", f"{resolved.note}; pass a branch, tag or commit."))
     report.findings += check_immutable(schemas_dir, resolved)
     if registry and (isinstance(registry, str) or not registry.is_local):
         report.findings += _compare_with_registry(report, registry)
@@ -102,17 +107,29 @@ def _compare_with_registry(report: CheckReport, source: str | RegistrySettings) 
                         return findings
                     break  # a server error on this subject's schemas (Apicurio and draft 2020-12): go on
                 except RegistryError as exc:  # e.g. it refuses the schema itself: go on with the next subject
-                    findings.append(Finding(subject.name, "REGISTRY_ERROR", f"the registry could not judge "
-                                            f"v{new}: {exc}.", reader_version=new))
+                    findings.append(
+                        Finding(
+                            subject.name,
+                            "REGISTRY_ERROR",
+                            f"the registry could not judge v{new}: {exc}.",
+                            reader_version=new,
+                        )
+                    )
                     break
                 if ours == theirs.compatible:
                     continue
                 verb = ("accepts", "rejects") if theirs.compatible else ("rejects", "accepts")
                 reasons = f" Registry says: {'; '.join(theirs.messages)}" if theirs.messages else ""
-                findings.append(Finding(subject.name, "REGISTRY_DISAGREES",
-                                        f"the registry {verb[0]} v{new} under {mode} but this check "
-                                        f"{verb[1]} it; "
-                                        f"registering it will {'succeed' if theirs.compatible else 'fail'}."
-                                        + reasons, severity=Severity.WARNING, reader_version=new,
-                                        file=str(subject.versions[new - 1].path)))
+                findings.append(
+                    Finding(
+                        subject.name,
+                        "REGISTRY_DISAGREES",
+                        f"the registry {verb[0]} v{new} under {mode} but this check "
+                        f"{verb[1]} it; "
+                        f"registering it will {'succeed' if theirs.compatible else 'fail'}." + reasons,
+                        severity=Severity.WARNING,
+                        reader_version=new,
+                        file=str(subject.versions[new - 1].path),
+                    )
+                )
     return findings

@@ -87,26 +87,37 @@ def finding_for(subject: str, reader: int, writer: int, issue: Issue, *, file: s
     if issue.confluent == UNKNOWN:
         verdict = "what Confluent Schema Registry decides depends on what this check could not compare"
     elif not issue.readers_break or (issue.severity is Severity.WARNING and not accepts):
-        verdict = ("but Confluent Schema Registry refuses this change, so registering the new version will fail "
-                   "at deploy time")
+        verdict = (
+            "but Confluent Schema Registry refuses this change, so registering the new version will fail at deploy time"
+        )
     elif issue.severity is Severity.WARNING:  # a warning does not fail the check: Confluent accepting it agrees
         verdict = "Confluent Schema Registry accepts it too (a warning does not fail this check either)"
     elif accepts:
         verdict = "Confluent Schema Registry would accept this change (this check is stricter)"
     else:
         verdict = "Confluent Schema Registry refuses it too"
-    return Finding(subject=subject, rule=issue.rule, message=f"{who}: {issue.what}; {verdict}.",
-                   severity=issue.severity, path=issue.path, reader_version=reader, writer_version=writer,
-                   file=file, readers=readers,
-                   confluent=UNKNOWN if issue.confluent == UNKNOWN else ACCEPTS if accepts else REFUSES)
+    return Finding(
+        subject=subject,
+        rule=issue.rule,
+        message=f"{who}: {issue.what}; {verdict}.",
+        severity=issue.severity,
+        path=issue.path,
+        reader_version=reader,
+        writer_version=writer,
+        file=file,
+        readers=readers,
+        confluent=UNKNOWN if issue.confluent == UNKNOWN else ACCEPTS if accepts else REFUSES,
+    )
 
 
-_BACKWARD = {Compatibility.BACKWARD, Compatibility.BACKWARD_TRANSITIVE, Compatibility.FULL,
-             Compatibility.FULL_TRANSITIVE}
-_FORWARD = {Compatibility.FORWARD, Compatibility.FORWARD_TRANSITIVE, Compatibility.FULL,
-            Compatibility.FULL_TRANSITIVE}
-_TRANSITIVE = {Compatibility.BACKWARD_TRANSITIVE, Compatibility.FORWARD_TRANSITIVE,
-               Compatibility.FULL_TRANSITIVE}
+_BACKWARD = {
+    Compatibility.BACKWARD,
+    Compatibility.BACKWARD_TRANSITIVE,
+    Compatibility.FULL,
+    Compatibility.FULL_TRANSITIVE,
+}
+_FORWARD = {Compatibility.FORWARD, Compatibility.FORWARD_TRANSITIVE, Compatibility.FULL, Compatibility.FULL_TRANSITIVE}
+_TRANSITIVE = {Compatibility.BACKWARD_TRANSITIVE, Compatibility.FORWARD_TRANSITIVE, Compatibility.FULL_TRANSITIVE}
 
 
 def reader_writer_pairs(mode: Compatibility, new: int) -> list[tuple[int, int]]:

@@ -44,8 +44,11 @@ def resolve_base(schemas_dir: Path, requested: str | None = None) -> Base:
         if merge_base.returncode == 0:
             ref = merge_base.stdout.strip()
             if ref == head:
-                return Base(head, f"the merge base with {branch} is HEAD itself (on {branch}, or nothing "
-                                  "committed since): compared with HEAD, i.e. uncommitted changes only")
+                return Base(
+                    head,
+                    f"the merge base with {branch} is HEAD itself (on {branch}, or nothing "
+                    "committed since): compared with HEAD, i.e. uncommitted changes only",
+                )
             return Base(ref, f"compared with the merge base with {branch} ({ref[:12]})")
     return Base(head, "no main branch found: compared with HEAD (uncommitted changes only)")
 
@@ -59,7 +62,7 @@ def check_immutable(schemas_dir: Path, base: Base) -> list[Finding]:
     listed = _git(top, "ls-tree", "-r", "--name-only", base.ref, "--", prefix)
     findings = []
     for repo_path in listed.stdout.splitlines():
-        relative = repo_path[len(prefix) + 1:] if prefix not in ("", ".") else repo_path
+        relative = repo_path[len(prefix) + 1 :] if prefix not in ("", ".") else repo_path
         match = _VERSION_FILE.match(relative)
         if match is None:
             continue
@@ -68,30 +71,55 @@ def check_immutable(schemas_dir: Path, base: Base) -> list[Finding]:
         local = top / repo_path
         short = base.ref[:12]
         if not local.exists():
-            findings.append(Finding(subject, "VERSION_DELETED",
-                                    f"v{version} was published (it exists at {short}) and has been deleted; "
-                                    "consumers may still receive records that name it. Restore the file.",
-                                    file=repo_path, reader_version=version))
+            findings.append(
+                Finding(
+                    subject,
+                    "VERSION_DELETED",
+                    f"v{version} was published (it exists at {short}) and has been deleted; "
+                    "consumers may still receive records that name it. Restore the file.",
+                    file=repo_path,
+                    reader_version=version,
+                )
+            )
             continue
         current = local.read_text(encoding="utf-8")
         if current == published:
             continue
-        diff = "".join(difflib.unified_diff(published.splitlines(keepends=True),
-                                            current.splitlines(keepends=True),
-                                            fromfile=f"a/{repo_path} ({short})", tofile=f"b/{repo_path}"))
+        diff = "".join(
+            difflib.unified_diff(
+                published.splitlines(keepends=True),
+                current.splitlines(keepends=True),
+                fromfile=f"a/{repo_path} ({short})",
+                tofile=f"b/{repo_path}",
+            )
+        )
         if _same_json(published, current):
-            findings.append(Finding(subject, "VERSION_REFORMATTED",
-                                    f"v{version} was published and its text changed, but not its meaning "
-                                    "(same JSON); prefer restoring the published bytes.",
-                                    severity=Severity.WARNING, file=repo_path, reader_version=version,
-                                    detail=diff))
+            findings.append(
+                Finding(
+                    subject,
+                    "VERSION_REFORMATTED",
+                    f"v{version} was published and its text changed, but not its meaning "
+                    "(same JSON); prefer restoring the published bytes.",
+                    severity=Severity.WARNING,
+                    file=repo_path,
+                    reader_version=version,
+                    detail=diff,
+                )
+            )
             continue
-        findings.append(Finding(subject, "VERSION_EDITED",
-                                f"v{version} was published (it exists at {short}) and has been edited; a "
-                                f"published "
-                                "version is immutable: restore it and add the change as a new version file "
-                                "(the next number) instead.", file=repo_path, reader_version=version,
-                                detail=diff))
+        findings.append(
+            Finding(
+                subject,
+                "VERSION_EDITED",
+                f"v{version} was published (it exists at {short}) and has been edited; a "
+                f"published "
+                "version is immutable: restore it and add the change as a new version file "
+                "(the next number) instead.",
+                file=repo_path,
+                reader_version=version,
+                detail=diff,
+            )
+        )
     return findings
 
 

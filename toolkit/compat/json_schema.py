@@ -56,8 +56,24 @@ from toolkit.compat.findings import ACCEPTS, REFUSES, UNKNOWN, Issue, Severity
 from toolkit.layout import canonical_json
 
 _ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
-_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "$schema", "$id", "id",
-                          "$anchor", "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "id",
+        "$anchor",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+    }
+)
 _COMBINATORS = ("allOf", "anyOf", "oneOf", "not")
 _MAX_DEPTH = 64
 
@@ -80,9 +96,16 @@ class _Document:
             ref = schema["$ref"]
             target = self._pointer(ref)
             if target is None:
-                issues.append(Issue(path, "UNRESOLVED_REF", f"the reference '{ref}' cannot be resolved "
-                                    "offline, so this part of the schema was not compared", Severity.WARNING,
-                                    confluent=UNKNOWN))
+                issues.append(
+                    Issue(
+                        path,
+                        "UNRESOLVED_REF",
+                        f"the reference '{ref}' cannot be resolved "
+                        "offline, so this part of the schema was not compared",
+                        Severity.WARNING,
+                        confluent=UNKNOWN,
+                    )
+                )
                 return True
             siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS}
             schema = _merge(target, siblings) if siblings else target
@@ -117,8 +140,9 @@ class _Document:
                     wrapped[key] = self.root[key]
         from jsonschema import validators  # here: most checks never need it (0.2 s to import)
 
-        cls = validators.validator_for(self.root if isinstance(self.root, dict) else {},
-                                       default=validators.Draft202012Validator)
+        cls = validators.validator_for(
+            self.root if isinstance(self.root, dict) else {}, default=validators.Draft202012Validator
+        )
         try:
             error = next(iter(cls(wrapped).iter_errors(value)), None)
         except Exception:  # an unresolvable reference inside: fall back to "accepted", the walk reports it
@@ -142,8 +166,13 @@ class _Comparison:
         if w is False or _is_open(r) or depth > _MAX_DEPTH:
             return issues
         if r is False:
-            return issues + [Issue(path, "TYPE_NARROWED", "the reader accepts nothing here (false schema) "
-                                   "while the writer may write a value")]
+            return issues + [
+                Issue(
+                    path,
+                    "TYPE_NARROWED",
+                    "the reader accepts nothing here (false schema) while the writer may write a value",
+                )
+            ]
         key = (id(r), id(w))
         if key in self.active:  # a recursive schema: this pair is already being compared further up
             return issues
@@ -174,13 +203,24 @@ class _Comparison:
         if kind not in ("anyOf", "oneOf") or _criterion_of(w) not in ("anyOf", "oneOf"):
             return []
         readers, writers = r[kind], w[_criterion_of(w)]
-        fits = {(i, j) for i, rb in enumerate(readers) for j, wb in enumerate(writers)
-                if not [x for x in self.compare(rb, wb, path, depth) if x.severity is Severity.ERROR]}
+        fits = {
+            (i, j)
+            for i, rb in enumerate(readers)
+            for j, wb in enumerate(writers)
+            if not [x for x in self.compare(rb, wb, path, depth) if x.severity is Severity.ERROR]
+        }
         if _matching(fits, len(writers)) >= min(len(readers), len(writers)):
             return []
-        return [Issue(path, "COMBINED_TYPE_SUBSCHEMAS_CHANGED", f"the reader's {kind} accepts every value the "
-                      "writer allows, but Confluent pairs branches one to one and finds no pairing of compatible "
-                      "branches", readers_break=False)]
+        return [
+            Issue(
+                path,
+                "COMBINED_TYPE_SUBSCHEMAS_CHANGED",
+                f"the reader's {kind} accepts every value the "
+                "writer allows, but Confluent pairs branches one to one and finds no pairing of compatible "
+                "branches",
+                readers_break=False,
+            )
+        ]
 
     def _criterion(self, r: dict, w: dict, path: str, found: list[Issue]) -> list[Issue]:
         """Confluent's rule on a changed combinator: the reader may turn any combinator into anyOf, a single-
@@ -201,25 +241,52 @@ class _Comparison:
         if r_kind == "oneOf":
             written = self._value_types(self.writer, w)
             branches = [self._value_types(self.reader, b) & written for b in r["oneOf"]]
-            shared = next(((i, j, branches[i] & branches[j]) for i in range(len(branches))
-                           for j in range(i + 1, len(branches)) if branches[i] & branches[j]), None)
+            shared = next(
+                (
+                    (i, j, branches[i] & branches[j])
+                    for i in range(len(branches))
+                    for j in range(i + 1, len(branches))
+                    if branches[i] & branches[j]
+                ),
+                None,
+            )
             if shared is not None:
                 i, j, types = shared
-                return [Issue(path, "COMBINED_TYPE_CHANGED", f"{changed}: branches {i + 1} and {j + 1} of the "
-                              f"reader's oneOf both admit {_or(_shown_types(types))} values, which the writer may "
-                              "write, and oneOf rejects a value that matches more than one branch")]
-            alone = ("no value the writer may write can match two of the reader's oneOf branches (their types "
-                     "do not overlap)")
+                return [
+                    Issue(
+                        path,
+                        "COMBINED_TYPE_CHANGED",
+                        f"{changed}: branches {i + 1} and {j + 1} of the "
+                        f"reader's oneOf both admit {_or(_shown_types(types))} values, which the writer may "
+                        "write, and oneOf rejects a value that matches more than one branch",
+                    )
+                ]
+            alone = (
+                "no value the writer may write can match two of the reader's oneOf branches (their types "
+                "do not overlap)"
+            )
             copes = f"{alone}, and some branch accepts each value the writer allows"
         else:
             alone = "the reader's allOf requires every conjunct"
             copes = "every value the writer allows satisfies each of the reader's allOf conjuncts"
         breaking = _breaking(found)
         if breaking:
-            return [Issue(path, "COMBINED_TYPE_CHANGED", f"{changed}, which Confluent refuses; {alone}, and the "
-                          f"reader rejects values the writer allows: {breaking[0].what}")]
-        return [Issue(path, "COMBINED_TYPE_CHANGED", f"{changed}; {copes}, but Confluent refuses a changed "
-                      "combinator", readers_break=False)]
+            return [
+                Issue(
+                    path,
+                    "COMBINED_TYPE_CHANGED",
+                    f"{changed}, which Confluent refuses; {alone}, and the "
+                    f"reader rejects values the writer allows: {breaking[0].what}",
+                )
+            ]
+        return [
+            Issue(
+                path,
+                "COMBINED_TYPE_CHANGED",
+                f"{changed}; {copes}, but Confluent refuses a changed combinator",
+                readers_break=False,
+            )
+        ]
 
     def _value_types(self, doc: _Document, s: Any, depth: int = 0) -> set[str]:
         """The kinds of JSON value ``s`` admits, as ``_widen``-ed type names (``integer`` for whole numbers,
@@ -261,12 +328,26 @@ class _Comparison:
             found = _breaking(self.compare(r.get(branch, True), writer_side, path, depth))
             if found:
                 rule = "CONDITIONAL_NARROWED" if "if" in w else "CONDITIONAL_ADDED"
-                issues.append(Issue(path, rule, f"where the reader's 'if' {matched}, its '{branch}' rejects "
-                                    f"documents the writer allows ({found[0].what})", confluent=confluent))
+                issues.append(
+                    Issue(
+                        path,
+                        rule,
+                        f"where the reader's 'if' {matched}, its '{branch}' rejects "
+                        f"documents the writer allows ({found[0].what})",
+                        confluent=confluent,
+                    )
+                )
         if not issues and "if" not in w:
-            issues.append(Issue(path, "TYPE_CHANGED", "the reader has an if/then/else the writer lacks, which every "
-                                "document of the writer already satisfies, but Confluent reads a conditional on one "
-                                "side only as a change of schema type", readers_break=False))
+            issues.append(
+                Issue(
+                    path,
+                    "TYPE_CHANGED",
+                    "the reader has an if/then/else the writer lacks, which every "
+                    "document of the writer already satisfies, but Confluent reads a conditional on one "
+                    "side only as a change of schema type",
+                    readers_break=False,
+                )
+            )
         return issues
 
     def _combined(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
@@ -296,12 +377,25 @@ class _Comparison:
             excluded = self.reversed().compare(w["not"], r["not"], path, depth)
             issues = self.compare(_without(r, "not"), _without(w, "not"), path, depth)
             if _breaking(excluded):
-                issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes values the "
-                                    f"writer's 'not' allowed ({_breaking(excluded)[0].what})"))
+                issues.append(
+                    Issue(
+                        path,
+                        "NOT_TYPE_EXTENDED",
+                        "the reader's 'not' excludes values the "
+                        f"writer's 'not' allowed ({_breaking(excluded)[0].what})",
+                    )
+                )
             elif _errors(excluded):
-                issues.append(Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes nothing the writer's "
-                                    "'not' allowed, but Confluent compares the two 'not' schemas and refuses "
-                                    f"({_errors(excluded)[0].what})", readers_break=False))
+                issues.append(
+                    Issue(
+                        path,
+                        "NOT_TYPE_EXTENDED",
+                        "the reader's 'not' excludes nothing the writer's "
+                        "'not' allowed, but Confluent compares the two 'not' schemas and refuses "
+                        f"({_errors(excluded)[0].what})",
+                        readers_break=False,
+                    )
+                )
             return issues
         finite = _finite_values(w)
         if finite is not None:
@@ -318,16 +412,40 @@ class _Comparison:
             written = [v for v in finite if self.writer.accepts_value(w, v)[0]]
             hit = [v for v in written if self.reader.accepts_value(excluded, v)[0]]
             if hit:
-                return [Issue(path, "NOT_TYPE_EXTENDED", f"the writer may write {_json(hit[0])}, which the "
-                              "reader's 'not' excludes")]
-            return [Issue(path, "NOT_TYPE_EXTENDED", "none of the writer's values matches what the reader's 'not' "
-                          "excludes, but Confluent refuses a 'not' added", readers_break=False)]
+                return [
+                    Issue(
+                        path,
+                        "NOT_TYPE_EXTENDED",
+                        f"the writer may write {_json(hit[0])}, which the reader's 'not' excludes",
+                    )
+                ]
+            return [
+                Issue(
+                    path,
+                    "NOT_TYPE_EXTENDED",
+                    "none of the writer's values matches what the reader's 'not' "
+                    "excludes, but Confluent refuses a 'not' added",
+                    readers_break=False,
+                )
+            ]
         shared = self._value_types(self.writer, w) & self._value_types(self.reader, excluded)
         if shared:
-            return [Issue(path, "NOT_TYPE_EXTENDED", f"the reader's 'not' excludes {_or(_shown_types(shared))} "
-                          "values of a kind the writer may write")]
-        return [Issue(path, "NOT_TYPE_EXTENDED", "the reader's 'not' excludes only values of types the writer "
-                      "never writes, but Confluent refuses a 'not' added", readers_break=False)]
+            return [
+                Issue(
+                    path,
+                    "NOT_TYPE_EXTENDED",
+                    f"the reader's 'not' excludes {_or(_shown_types(shared))} values of a kind the writer may write",
+                )
+            ]
+        return [
+            Issue(
+                path,
+                "NOT_TYPE_EXTENDED",
+                "the reader's 'not' excludes only values of types the writer "
+                "never writes, but Confluent refuses a 'not' added",
+                readers_break=False,
+            )
+        ]
 
     def _reader_sum(self, r: dict, w: dict, keyword: str, path: str, depth: int) -> list[Issue]:
         base = _without(r, keyword)
@@ -350,9 +468,15 @@ class _Comparison:
             if refused:
                 issues += refused
             elif best:
-                issues.append(Issue(path, "SUM_TYPE_NARROWED", f"the writer may write values that match "
-                                                               f"none of "
-                                    f"the reader's {keyword} branches (closest branch: {best[0].what})"))
+                issues.append(
+                    Issue(
+                        path,
+                        "SUM_TYPE_NARROWED",
+                        f"the writer may write values that match "
+                        f"none of "
+                        f"the reader's {keyword} branches (closest branch: {best[0].what})",
+                    )
+                )
         return _dedupe(issues)
 
     def _finite(self, r: dict, w: dict, values: list[Any], path: str) -> list[Issue]:
@@ -369,8 +493,13 @@ class _Comparison:
             return _confluent_finite(r, w, path)
         shown = ", ".join(_json(v) for v in rejected[:5]) + (" ..." if len(rejected) > 5 else "")
         rule = _KEYWORD_RULE.get(keyword, "TYPE_CHANGED") if keyword else "TYPE_CHANGED"
-        return [Issue(path, rule, f"the writer may write {shown}, which the reader rejects "
-                      f"(its '{keyword}' does not allow it)")]
+        return [
+            Issue(
+                path,
+                rule,
+                f"the writer may write {shown}, which the reader rejects (its '{keyword}' does not allow it)",
+            )
+        ]
 
     def _structural(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
@@ -379,14 +508,20 @@ class _Comparison:
         reader_types, writer_types = _types(r), _types(w)
         writer_types = set(_ALL_TYPES) if writer_types is None else writer_types
         if reader_types is not None:
-            lost = {t for t in writer_types if t not in reader_types
-                    and not (t == "integer" and "number" in reader_types)}
+            lost = {
+                t for t in writer_types if t not in reader_types and not (t == "integer" and "number" in reader_types)
+            }
             if lost:
                 widened = _widen(reader_types) <= _widen(writer_types)
-                issues.append(Issue(path, "TYPE_NARROWED" if widened else "TYPE_CHANGED",
-                                    f"the writer may write {_or(sorted(lost))} here, which the reader does "
-                                    f"not "
-                                    f"accept (it allows {_or(sorted(reader_types))})"))
+                issues.append(
+                    Issue(
+                        path,
+                        "TYPE_NARROWED" if widened else "TYPE_CHANGED",
+                        f"the writer may write {_or(sorted(lost))} here, which the reader does "
+                        f"not "
+                        f"accept (it allows {_or(sorted(reader_types))})",
+                    )
+                )
             writer_types = {t for t in writer_types if t not in lost}
         if writer_types & {"string"}:
             issues += _string_bounds(r, w, path)
@@ -404,17 +539,36 @@ class _Comparison:
         enough to list (null, true, false) and the reader lists each of them."""
         possible = self._value_types(self.writer, w)
         if not possible <= {"null", "boolean"}:
-            return [Issue(path, "ENUM_ARRAY_NARROWED", "the reader only accepts a fixed list of values here while "
-                          "the writer may write any value of its type")]
+            return [
+                Issue(
+                    path,
+                    "ENUM_ARRAY_NARROWED",
+                    "the reader only accepts a fixed list of values here while "
+                    "the writer may write any value of its type",
+                )
+            ]
         listed = {k: r[k] for k in ("enum", "const") if k in r}
         written = [v for v in (None, False, True) if _value_type(v) in possible and self.writer.accepts_value(w, v)[0]]
         rejected = [v for v in written if not self.reader.accepts_value(listed, v)[0]]
         if rejected:
-            return [Issue(path, "ENUM_ARRAY_NARROWED", f"the writer may write {_json(rejected[0])}, which the "
-                          "reader's fixed list of values does not include")]
-        return [Issue(path, "ENUM_ARRAY_NARROWED", "the reader's fixed list of values includes every value the "
-                      f"writer may write ({', '.join(_json(v) for v in written)}), but Confluent is expected to "
-                      "refuse a list of values where the writer had a type", readers_break=False)]
+            return [
+                Issue(
+                    path,
+                    "ENUM_ARRAY_NARROWED",
+                    f"the writer may write {_json(rejected[0])}, which the "
+                    "reader's fixed list of values does not include",
+                )
+            ]
+        return [
+            Issue(
+                path,
+                "ENUM_ARRAY_NARROWED",
+                "the reader's fixed list of values includes every value the "
+                f"writer may write ({', '.join(_json(v) for v in written)}), but Confluent is expected to "
+                "refuse a list of values where the writer had a type",
+                readers_break=False,
+            )
+        ]
 
     def _object(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
         issues: list[Issue] = []
@@ -427,25 +581,40 @@ class _Comparison:
             elif name in w_props:  # the reader dropped a property the writer declared
                 cover = self.reader.deref(_declared(r, name), issues, child)
                 if cover is False and self.writer.deref(w_props[name], [], child) is not False:
-                    issues.append(Issue(child, "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
-                                        f"the writer may write property '{name}', which the reader no longer "
-                                        "declares and its closed content model (additionalProperties: false) "
-                                        "rejects"))
+                    issues.append(
+                        Issue(
+                            child,
+                            "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
+                            f"the writer may write property '{name}', which the reader no longer "
+                            "declares and its closed content model (additionalProperties: false) "
+                            "rejects",
+                        )
+                    )
                 elif not _is_open(cover) and cover is not False:
                     found = self.compare(cover, w_props[name], child, depth)
                     if _breaking(found):
-                        issues.append(Issue(child, "PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
-                                            f"the writer may write property '{name}', which the reader no longer "
-                                            "declares and its additionalProperties schema does not accept "
-                                            f"({_breaking(found)[0].what})"))
+                        issues.append(
+                            Issue(
+                                child,
+                                "PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
+                                f"the writer may write property '{name}', which the reader no longer "
+                                "declares and its additionalProperties schema does not accept "
+                                f"({_breaking(found)[0].what})",
+                            )
+                        )
                     else:
                         issues += found  # warnings and Confluent-only refusals, as they are
                 elif _is_open(cover) and _pattern_only(r):
-                    issues.append(Issue(child, "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
-                                        f"the reader no longer declares property '{name}' and no pattern of its "
-                                        "patternProperties matches it, so any value is accepted; but Confluent "
-                                        "treats a model with patternProperties as not open and refuses the removal",
-                                        readers_break=False))
+                    issues.append(
+                        Issue(
+                            child,
+                            "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
+                            f"the reader no longer declares property '{name}' and no pattern of its "
+                            "patternProperties matches it, so any value is accepted; but Confluent "
+                            "treats a model with patternProperties as not open and refuses the removal",
+                            readers_break=False,
+                        )
+                    )
             else:  # the reader added a property the writer did not declare
                 source = self.writer.deref(_declared(w, name), issues, child)
                 if source is False:
@@ -454,39 +623,65 @@ class _Comparison:
                     if not _is_open(self.reader.deref(r_props[name], [], child)):
                         pattern_only = _pattern_only(w)
                         unmatched = " (no pattern of its patternProperties matches the name)" if pattern_only else ""
-                        issues.append(Issue(child, "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
-                                            f"the writer's content model is open{unmatched}"
-                                            f", so its documents may already carry a property '{name}' with any "
-                                            "value, which the reader now constrains (close the writer with "
-                                            "additionalProperties: false first)",
-                                            confluent=ACCEPTS if pattern_only else ""))
+                        issues.append(
+                            Issue(
+                                child,
+                                "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL",
+                                f"the writer's content model is open{unmatched}"
+                                f", so its documents may already carry a property '{name}' with any "
+                                "value, which the reader now constrains (close the writer with "
+                                "additionalProperties: false first)",
+                                confluent=ACCEPTS if pattern_only else "",
+                            )
+                        )
                 else:
                     found = self.compare(r_props[name], source, child, depth)
                     if _breaking(found):
-                        issues.append(Issue(child, "PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
-                                            f"the writer's additionalProperties may carry a property '{name}' "
-                                            "that the reader's new declaration rejects "
-                                            f"({_breaking(found)[0].what})"))
+                        issues.append(
+                            Issue(
+                                child,
+                                "PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL",
+                                f"the writer's additionalProperties may carry a property '{name}' "
+                                "that the reader's new declaration rejects "
+                                f"({_breaking(found)[0].what})",
+                            )
+                        )
                     else:
                         issues += found
         for name in sorted(r_required - w_required):
             child = f"{path}.{name}"
             declared = self.reader.deref(r_props.get(name, True), [], child)
             if isinstance(declared, dict) and "default" in declared:
-                issues.append(Issue(child, "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED",
-                                    f"the reader requires property '{name}' that the writer's documents may "
-                                    f"lack; "
-                                    "Confluent accepts this because it has a default, but JSON Schema "
-                                    "validators "
-                                    "do not fill defaults", Severity.WARNING))
+                issues.append(
+                    Issue(
+                        child,
+                        "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED",
+                        f"the reader requires property '{name}' that the writer's documents may "
+                        f"lack; "
+                        "Confluent accepts this because it has a default, but JSON Schema "
+                        "validators "
+                        "do not fill defaults",
+                        Severity.WARNING,
+                    )
+                )
             elif name not in w_props and self.writer.deref(_declared(w, name), [], child) is False:
-                issues.append(Issue(child, "REQUIRED_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL",
-                                    f"the reader requires property '{name}', which the writer never writes"))
+                issues.append(
+                    Issue(
+                        child,
+                        "REQUIRED_PROPERTY_ADDED_TO_UNOPEN_CONTENT_MODEL",
+                        f"the reader requires property '{name}', which the writer never writes",
+                    )
+                )
             else:
-                issues.append(Issue(child, "REQUIRED_ATTRIBUTE_ADDED",
-                                    f"the reader requires property '{name}', which the writer's documents "
-                                    f"may "
-                                    "lack (it is optional there)"))
+                issues.append(
+                    Issue(
+                        child,
+                        "REQUIRED_ATTRIBUTE_ADDED",
+                        f"the reader requires property '{name}', which the writer's documents "
+                        f"may "
+                        "lack (it is optional there)",
+                    )
+                )
         issues += self._additional(r, w, path, depth)
         issues += self._pattern_properties(r, w, path, depth)
         issues += self._property_names(r, w, path, depth)
@@ -507,21 +702,45 @@ class _Comparison:
             written = w_arrays.get(key)
             if written is not None and set(needed) <= set(written):
                 continue
-            rule = ("DEPENDENCY_ARRAY_ADDED" if written is None else
-                    "DEPENDENCY_ARRAY_EXTENDED" if set(written) <= set(needed) else "DEPENDENCY_ARRAY_CHANGED")
+            rule = (
+                "DEPENDENCY_ARRAY_ADDED"
+                if written is None
+                else "DEPENDENCY_ARRAY_EXTENDED"
+                if set(written) <= set(needed)
+                else "DEPENDENCY_ARRAY_CHANGED"
+            )
             extra = set(needed) - set(written or []) - set(w.get("required", []))
             if extra and self.writer.deref(_declared(w, key), [], child) is False:
-                issues.append(Issue(child, rule, f"the reader's dependency of '{key}' never applies to the writer's "
-                                    f"documents, which never carry '{key}', but Confluent refuses a dependency "
-                                    "added or extended", readers_break=False))
+                issues.append(
+                    Issue(
+                        child,
+                        rule,
+                        f"the reader's dependency of '{key}' never applies to the writer's "
+                        f"documents, which never carry '{key}', but Confluent refuses a dependency "
+                        "added or extended",
+                        readers_break=False,
+                    )
+                )
             elif extra:
-                issues.append(Issue(child, rule, f"the reader requires {_or(sorted(extra), 'and')} whenever "
-                                    f"'{key}' is present, which the writer did not"))
+                issues.append(
+                    Issue(
+                        child,
+                        rule,
+                        f"the reader requires {_or(sorted(extra), 'and')} whenever "
+                        f"'{key}' is present, which the writer did not",
+                    )
+                )
             else:
-                issues.append(Issue(child, rule, f"the reader's dependency of '{key}' on "
-                                    f"{_or(sorted(needed), 'and')} is already met by every document of the "
-                                    "writer, but Confluent refuses a dependency added or extended",
-                                    readers_break=False))
+                issues.append(
+                    Issue(
+                        child,
+                        rule,
+                        f"the reader's dependency of '{key}' on "
+                        f"{_or(sorted(needed), 'and')} is already met by every document of the "
+                        "writer, but Confluent refuses a dependency added or extended",
+                        readers_break=False,
+                    )
+                )
         base = _without(w, "dependencies", "dependentRequired", "dependentSchemas")
         for key, needed in _dependent_schemas(r).items():
             child = f"{path}.{key}"
@@ -533,18 +752,37 @@ class _Comparison:
             if key in w_schemas:
                 issues += [replace(i, what=f"where '{key}' is present (schema dependency): {i.what}") for i in found]
             elif self.writer.deref(_declared(w, key), [], child) is False:
-                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader's schema dependency on '{key}' "
-                                    f"never applies to the writer's documents, which never carry '{key}', but "
-                                    "Confluent refuses a dependency schema added", readers_break=False))
+                issues.append(
+                    Issue(
+                        child,
+                        "DEPENDENCY_SCHEMA_ADDED",
+                        f"the reader's schema dependency on '{key}' "
+                        f"never applies to the writer's documents, which never carry '{key}', but "
+                        "Confluent refuses a dependency schema added",
+                        readers_break=False,
+                    )
+                )
             elif found := _breaking(found):
-                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader has a schema dependency on "
-                                    f"'{key}' that the writer lacks, and the writer's documents with '{key}' may "
-                                    f"fail it ({found[0].what})"))
+                issues.append(
+                    Issue(
+                        child,
+                        "DEPENDENCY_SCHEMA_ADDED",
+                        f"the reader has a schema dependency on "
+                        f"'{key}' that the writer lacks, and the writer's documents with '{key}' may "
+                        f"fail it ({found[0].what})",
+                    )
+                )
             elif not _is_open(self.reader.deref(needed, [], child)):
-                issues.append(Issue(child, "DEPENDENCY_SCHEMA_ADDED", f"the reader has a schema dependency on "
-                                    f"'{key}' that the writer lacks; every document of the writer already "
-                                    "satisfies it, but Confluent refuses a dependency schema added",
-                                    readers_break=False))
+                issues.append(
+                    Issue(
+                        child,
+                        "DEPENDENCY_SCHEMA_ADDED",
+                        f"the reader has a schema dependency on "
+                        f"'{key}' that the writer lacks; every document of the writer already "
+                        "satisfies it, but Confluent refuses a dependency schema added",
+                        readers_break=False,
+                    )
+                )
         return issues
 
     def _pattern_properties(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
@@ -558,8 +796,9 @@ class _Comparison:
         for pattern, sub in r.get("patternProperties", {}).items():
             if _is_open(self.reader.deref(sub, [], path)):
                 continue
-            sources = [(f"{path}.{name}", w_props[name]) for name in w_props
-                       if name in r_props and _matches(pattern, name)]
+            sources = [
+                (f"{path}.{name}", w_props[name]) for name in w_props if name in r_props and _matches(pattern, name)
+            ]
             if pattern in w_patterns:
                 sources.append((f"{path}.*", w_patterns[pattern]))
             else:
@@ -569,9 +808,16 @@ class _Comparison:
             for where, source in sources:
                 found = _breaking(self.compare(sub, source, where, depth))
                 if found:
-                    issues.append(Issue(where, "PATTERN_PROPERTIES_NARROWED", f"the reader's patternProperties "
-                                        f"{pattern!r} rejects values the writer may write under a matching name "
-                                        f"({found[0].what})", confluent=ACCEPTS))
+                    issues.append(
+                        Issue(
+                            where,
+                            "PATTERN_PROPERTIES_NARROWED",
+                            f"the reader's patternProperties "
+                            f"{pattern!r} rejects values the writer may write under a matching name "
+                            f"({found[0].what})",
+                            confluent=ACCEPTS,
+                        )
+                    )
         return issues
 
     def _property_names(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
@@ -588,8 +834,10 @@ class _Comparison:
             written = _merge({"type": "string"}, self.writer.deref(w.get("propertyNames", True), [], path))
             found = _breaking(self.compare(names, written, f"{path}.*", depth))
             if found:
-                what = ("the writer allows undeclared properties whose names the reader's propertyNames rejects "
-                        f"({found[0].what})")
+                what = (
+                    "the writer allows undeclared properties whose names the reader's propertyNames rejects "
+                    f"({found[0].what})"
+                )
         return [Issue(path, "PROPERTY_NAMES_NARROWED", what, confluent=ACCEPTS)] if what else []
 
     def _additional(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
@@ -600,12 +848,23 @@ class _Comparison:
         keyword = "additionalProperties" if "additionalProperties" in r else "unevaluatedProperties"
         prefix = "ADDITIONAL" if keyword == "additionalProperties" else "UNEVALUATED"
         if r_extra is False:
-            return [Issue(path, f"{prefix}_PROPERTIES_REMOVED", "the writer allows undeclared properties "
-                          f"and the reader's closed content model ({keyword}: false) rejects them")]
+            return [
+                Issue(
+                    path,
+                    f"{prefix}_PROPERTIES_REMOVED",
+                    "the writer allows undeclared properties "
+                    f"and the reader's closed content model ({keyword}: false) rejects them",
+                )
+            ]
         found = [] if _is_open(w_extra) else self.compare(r_extra, w_extra, f"{path}.*", depth)
         if _is_open(w_extra) or _breaking(found):
-            return [Issue(path, f"{prefix}_PROPERTIES_NARROWED", f"the reader's {keyword} schema "
-                          "rejects undeclared properties the writer allows")]
+            return [
+                Issue(
+                    path,
+                    f"{prefix}_PROPERTIES_NARROWED",
+                    f"the reader's {keyword} schema rejects undeclared properties the writer allows",
+                )
+            ]
         return found  # warnings and Confluent-only refusals, as they are
 
     def _array(self, r: dict, w: dict, path: str, depth: int) -> list[Issue]:
@@ -621,18 +880,36 @@ class _Comparison:
         if _breaking(rest) and keyword in ("additionalItems", "unevaluatedItems"):
             closed = self.reader.deref(r_rest, [], path) is False
             rule = f"{_snake(keyword).rsplit('_', 1)[0]}_ITEMS_{'REMOVED' if closed else 'NARROWED'}"
-            rest = [Issue(path, rule, f"the reader's {keyword} rejects items beyond the tuple that the writer "
-                          f"allows ({_breaking(rest)[0].what})")]
+            rest = [
+                Issue(
+                    path,
+                    rule,
+                    f"the reader's {keyword} rejects items beyond the tuple that the writer "
+                    f"allows ({_breaking(rest)[0].what})",
+                )
+            ]
         issues += rest
         issues += _bounds(r, w, path, "minItems", "maxItems", "items")
         if r.get("uniqueItems") and not w.get("uniqueItems"):
             if w.get("maxItems", math.inf) <= 1:
-                issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items, which arrays of "
-                                    "at most one item (the writer's maxItems) always are, but Confluent refuses "
-                                    "uniqueItems added", readers_break=False))
+                issues.append(
+                    Issue(
+                        path,
+                        "UNIQUE_ITEMS_ADDED",
+                        "the reader requires unique items, which arrays of "
+                        "at most one item (the writer's maxItems) always are, but Confluent refuses "
+                        "uniqueItems added",
+                        readers_break=False,
+                    )
+                )
             else:
-                issues.append(Issue(path, "UNIQUE_ITEMS_ADDED", "the reader requires unique items and the writer "
-                                    "may write duplicates"))
+                issues.append(
+                    Issue(
+                        path,
+                        "UNIQUE_ITEMS_ADDED",
+                        "the reader requires unique items and the writer may write duplicates",
+                    )
+                )
         issues += self._contains(r, w, path, depth)
         return issues
 
@@ -659,48 +936,91 @@ class _Comparison:
             met = w.get("minItems", 0) >= low_r and self._every_item_matches(c_r, w, path, depth)
             if low_r > 0 and not same and not met:
                 rule = "CONTAINS_ADDED" if c_w is None else "CONTAINS_NARROWED"
-                issues.append(Issue(path, rule, "the reader requires an item matching its 'contains' schema, "
-                                    "which arrays of the writer may lack", confluent=confluent))
+                issues.append(
+                    Issue(
+                        path,
+                        rule,
+                        "the reader requires an item matching its 'contains' schema, "
+                        "which arrays of the writer may lack",
+                        confluent=confluent,
+                    )
+                )
             elif low_r > low_w and not met:
-                issues.append(Issue(path, "MIN_CONTAINS_INCREASED" if "minContains" in w else "MIN_CONTAINS_ADDED",
-                                    f"the reader requires at least {low_r} matching items (minContains) and the "
-                                    f"writer {low_w}", confluent=confluent))
+                issues.append(
+                    Issue(
+                        path,
+                        "MIN_CONTAINS_INCREASED" if "minContains" in w else "MIN_CONTAINS_ADDED",
+                        f"the reader requires at least {low_r} matching items (minContains) and the writer {low_w}",
+                        confluent=confluent,
+                    )
+                )
             high_r = r.get("maxContains")
             if high_r is not None:
                 high_w = w.get("maxContains") if c_w is not None and c_w == c_r else None
                 bounded = (high_w is not None and high_w <= high_r) or w.get("maxItems", math.inf) <= high_r
                 if not bounded:
-                    issues.append(Issue(path, "MAX_CONTAINS_DECREASED" if "maxContains" in w else
-                                        "MAX_CONTAINS_ADDED", f"the reader allows at most {high_r} items "
-                                        "matching its 'contains' (maxContains), and the writer may write more",
-                                        confluent=confluent))
+                    issues.append(
+                        Issue(
+                            path,
+                            "MAX_CONTAINS_DECREASED" if "maxContains" in w else "MAX_CONTAINS_ADDED",
+                            f"the reader allows at most {high_r} items "
+                            "matching its 'contains' (maxContains), and the writer may write more",
+                            confluent=confluent,
+                        )
+                    )
         if refused and not issues:
-            issues.append(Issue(path, refused, "the writer's arrays already satisfy the reader's "
-                                "minContains/maxContains, but Confluent compares the numbers alone and refuses "
-                                "the change", readers_break=False))
+            issues.append(
+                Issue(
+                    path,
+                    refused,
+                    "the writer's arrays already satisfy the reader's "
+                    "minContains/maxContains, but Confluent compares the numbers alone and refuses "
+                    "the change",
+                    readers_break=False,
+                )
+            )
         return issues
 
 
-_KEYWORD_RULE = {"enum": "ENUM_ARRAY_NARROWED", "const": "ENUM_ARRAY_NARROWED", "type": "TYPE_NARROWED",
-                 "maxLength": "MAX_LENGTH_DECREASED", "minLength": "MIN_LENGTH_INCREASED",
-                 "pattern": "PATTERN_CHANGED", "maximum": "MAXIMUM_DECREASED", "minimum": "MINIMUM_INCREASED",
-                 "exclusiveMaximum": "EXCLUSIVE_MAXIMUM_DECREASED",
-                 "exclusiveMinimum": "EXCLUSIVE_MINIMUM_INCREASED", "multipleOf": "MULTIPLE_OF_CHANGED",
-                 "required": "REQUIRED_ATTRIBUTE_ADDED",
-                 "additionalProperties": "ADDITIONAL_PROPERTIES_NARROWED"}
+_KEYWORD_RULE = {
+    "enum": "ENUM_ARRAY_NARROWED",
+    "const": "ENUM_ARRAY_NARROWED",
+    "type": "TYPE_NARROWED",
+    "maxLength": "MAX_LENGTH_DECREASED",
+    "minLength": "MIN_LENGTH_INCREASED",
+    "pattern": "PATTERN_CHANGED",
+    "maximum": "MAXIMUM_DECREASED",
+    "minimum": "MINIMUM_INCREASED",
+    "exclusiveMaximum": "EXCLUSIVE_MAXIMUM_DECREASED",
+    "exclusiveMinimum": "EXCLUSIVE_MINIMUM_INCREASED",
+    "multipleOf": "MULTIPLE_OF_CHANGED",
+    "required": "REQUIRED_ATTRIBUTE_ADDED",
+    "additionalProperties": "ADDITIONAL_PROPERTIES_NARROWED",
+}
 
 
 def _string_bounds(r: dict, w: dict, path: str) -> list[Issue]:
     issues = _bounds(r, w, path, "minLength", "maxLength", "characters")
     if "pattern" in r and r["pattern"] != w.get("pattern"):
         rule = "PATTERN_CHANGED" if "pattern" in w else "PATTERN_ADDED"
-        issues.append(Issue(path, rule, f"the reader requires the pattern {r['pattern']!r}, which strings "
-                                        f"the writer "
-                            "allows may not match"))
+        issues.append(
+            Issue(
+                path,
+                rule,
+                f"the reader requires the pattern {r['pattern']!r}, which strings the writer allows may not match",
+            )
+        )
     if "format" in r and r["format"] != w.get("format"):
-        issues.append(Issue(path, "FORMAT_CHANGED", f"the reader expects format '{r['format']}' where the "
-                                                    f"writer "
-                            f"had {repr(w['format']) if 'format' in w else 'none'}", Severity.WARNING))
+        issues.append(
+            Issue(
+                path,
+                "FORMAT_CHANGED",
+                f"the reader expects format '{r['format']}' where the "
+                f"writer "
+                f"had {repr(w['format']) if 'format' in w else 'none'}",
+                Severity.WARNING,
+            )
+        )
     return issues
 
 
@@ -708,12 +1028,19 @@ def _bounds(r: dict, w: dict, path: str, low: str, high: str, unit: str) -> list
     issues = []
     if low in r and r[low] > w.get(low, 0):
         rule = f"{_snake(low)}_{'INCREASED' if low in w else 'ADDED'}"
-        issues.append(Issue(path, rule, f"the reader requires {low} {r[low]} and the writer allows "
-                            f"{w.get(low, 0)} {unit}"))
+        issues.append(
+            Issue(path, rule, f"the reader requires {low} {r[low]} and the writer allows {w.get(low, 0)} {unit}")
+        )
     if high in r and r[high] < w.get(high, math.inf):
         rule = f"{_snake(high)}_{'DECREASED' if high in w else 'ADDED'}"
-        issues.append(Issue(path, rule, f"the reader allows at most {r[high]} {unit} ({high}) and the writer "
-                            f"{w[high] if high in w else 'any number'}"))
+        issues.append(
+            Issue(
+                path,
+                rule,
+                f"the reader allows at most {r[high]} {unit} ({high}) and the writer "
+                f"{w[high] if high in w else 'any number'}",
+            )
+        )
     return issues
 
 
@@ -729,9 +1056,15 @@ def _number_bounds(r: dict, w: dict, path: str, integer_only: bool) -> list[Issu
             exclusive = "EXCLUSIVE_" if r_bound[1] else ""
             change = "ADDED" if w_bound is None else ("INCREASED" if sign > 0 else "DECREASED")
             shown = "none" if w_bound is None else _show_bound(w_bound, side)
-            issues.append(Issue(path, f"{exclusive}{side}_{change}", f"the reader's {word} bound "
-                                f"{_show_bound(r_bound, side)} rejects numbers the writer allows (its "
-                                f"bound: {shown})"))
+            issues.append(
+                Issue(
+                    path,
+                    f"{exclusive}{side}_{change}",
+                    f"the reader's {word} bound "
+                    f"{_show_bound(r_bound, side)} rejects numbers the writer allows (its "
+                    f"bound: {shown})",
+                )
+            )
     if "multipleOf" in r:
         divisor = Fraction(str(r["multipleOf"]))
         written = Fraction(str(w["multipleOf"])) if "multipleOf" in w else None
@@ -739,8 +1072,11 @@ def _number_bounds(r: dict, w: dict, path: str, integer_only: bool) -> list[Issu
         if written is None or (written / divisor).denominator != 1:
             rule = "MULTIPLE_OF_ADDED" if "multipleOf" not in w else "MULTIPLE_OF_CHANGED"
             allowed = f"multiples of {w['multipleOf']}" if "multipleOf" in w else "any number"
-            issues.append(Issue(path, rule, f"the reader requires multiples of {r['multipleOf']}, and the "
-                                f"writer allows {allowed}"))
+            issues.append(
+                Issue(
+                    path, rule, f"the reader requires multiples of {r['multipleOf']}, and the writer allows {allowed}"
+                )
+            )
     return issues
 
 
@@ -756,9 +1092,12 @@ def _bound(s: dict, side: str, integer_only: bool) -> tuple[Fraction, bool] | No
         return None
     if integer_only:  # x > 0 on integers is x >= 1: compare like with like
         step = 1 if side == "MINIMUM" else -1
-        candidates = [(Fraction(math.floor(v) + 1) if step > 0 else Fraction(math.ceil(v) - 1), False) if ex
-                      else (Fraction(math.ceil(v)) if step > 0 else Fraction(math.floor(v)), False)
-                      for v, ex in candidates]
+        candidates = [
+            (Fraction(math.floor(v) + 1) if step > 0 else Fraction(math.ceil(v) - 1), False)
+            if ex
+            else (Fraction(math.ceil(v)) if step > 0 else Fraction(math.floor(v)), False)
+            for v, ex in candidates
+        ]
     sign = 1 if side == "MINIMUM" else -1
     return max(candidates, key=lambda c: (sign * c[0], c[1]))
 
@@ -796,8 +1135,12 @@ def _confluent_contains(r: dict, w: dict) -> str:
     return ""
 
 
-_CONFLUENT_NUMBER = (("minimum", 1, "MINIMUM"), ("exclusiveMinimum", 1, "EXCLUSIVE_MINIMUM"),
-                     ("maximum", -1, "MAXIMUM"), ("exclusiveMaximum", -1, "EXCLUSIVE_MAXIMUM"))
+_CONFLUENT_NUMBER = (
+    ("minimum", 1, "MINIMUM"),
+    ("exclusiveMinimum", 1, "EXCLUSIVE_MINIMUM"),
+    ("maximum", -1, "MAXIMUM"),
+    ("exclusiveMaximum", -1, "EXCLUSIVE_MAXIMUM"),
+)
 
 
 def _confluent_number(r: dict, w: dict, path: str) -> list[Issue]:
@@ -820,9 +1163,15 @@ def _confluent_number(r: dict, w: dict, path: str) -> list[Issue]:
             changes.append("MULTIPLE_OF_CHANGED")
     if not changes:
         return []
-    return [Issue(path, changes[0], "the reader's numeric bounds accept every number the writer allows, but "
-                  f"Confluent compares each keyword on its own and refuses the change ({', '.join(changes)})",
-                  readers_break=False)]
+    return [
+        Issue(
+            path,
+            changes[0],
+            "the reader's numeric bounds accept every number the writer allows, but "
+            f"Confluent compares each keyword on its own and refuses the change ({', '.join(changes)})",
+            readers_break=False,
+        )
+    ]
 
 
 def _declared(s: dict, name: str) -> Any:
@@ -959,9 +1308,15 @@ def _confluent_finite(r: dict, w: dict, path: str) -> list[Issue]:
     r_keys = {k for k in r if k not in _ANNOTATIONS}
     if w_keys not in ({"enum"}, {"const"}) or not r_keys or r_keys == w_keys or _criterion_of(r):
         return []
-    return [Issue(path, "TYPE_CHANGED", f"the reader accepts every value of the writer's {w_keys.pop()}, but "
-                  "Confluent reads a plain enum or const replaced by another kind of schema as a change of type",
-                  readers_break=False)]
+    return [
+        Issue(
+            path,
+            "TYPE_CHANGED",
+            f"the reader accepts every value of the writer's {w_keys.pop()}, but "
+            "Confluent reads a plain enum or const replaced by another kind of schema as a change of type",
+            readers_break=False,
+        )
+    ]
 
 
 def _confluent_sum_count(r: dict, w: dict, path: str) -> list[Issue]:
@@ -973,13 +1328,27 @@ def _confluent_sum_count(r: dict, w: dict, path: str) -> list[Issue]:
         return []
     r_size, w_size = _distinct(r[kind]), _distinct(w[kind])
     if kind != "allOf" and r_size < w_size:
-        return [Issue(path, "SUM_TYPE_NARROWED", f"the reader's {kind} has {r_size} distinct branch(es) where the "
-                      f"writer's had {w_size}; its remaining branches accept every value, but Confluent counts "
-                      "branches", readers_break=False)]
+        return [
+            Issue(
+                path,
+                "SUM_TYPE_NARROWED",
+                f"the reader's {kind} has {r_size} distinct branch(es) where the "
+                f"writer's had {w_size}; its remaining branches accept every value, but Confluent counts "
+                "branches",
+                readers_break=False,
+            )
+        ]
     if kind == "allOf" and r_size > w_size:
-        return [Issue(path, "PRODUCT_TYPE_EXTENDED", f"the reader's allOf has {r_size} distinct conjuncts where "
-                      f"the writer's had {w_size}; the writer's values satisfy them all, but Confluent counts "
-                      "conjuncts", readers_break=False)]
+        return [
+            Issue(
+                path,
+                "PRODUCT_TYPE_EXTENDED",
+                f"the reader's allOf has {r_size} distinct conjuncts where "
+                f"the writer's had {w_size}; the writer's values satisfy them all, but Confluent counts "
+                "conjuncts",
+                readers_break=False,
+            )
+        ]
     return []
 
 
@@ -1005,8 +1374,7 @@ def _merge(a: Any, b: Any) -> Any:
         elif key == "type":
             # a "type": null (no valid schema has one) constrains nothing
             mine, theirs = (_ALL_TYPES if t is None else t for t in (_types(merged), _types(b)))
-            merged[key] = sorted({t for t in mine if t in _widen(theirs)}
-                                 | {t for t in theirs if t in _widen(mine)})
+            merged[key] = sorted({t for t in mine if t in _widen(theirs)} | {t for t in theirs if t in _widen(mine)})
         elif key in _LOWER_BOUNDS and _is_number(value) and _is_number(merged[key]):
             merged[key] = max(merged[key], value)
         elif key in _UPPER_BOUNDS and _is_number(value) and _is_number(merged[key]):

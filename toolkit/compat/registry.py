@@ -45,8 +45,13 @@ class ScratchRegistry:
         ConfigError: inconsistent credentials, or a TLS file that cannot be loaded.
     """
 
-    def __init__(self, registry: str | RegistrySettings | ConfluentHttpRegistry, *, prefix: str = "epistle-check",
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        registry: str | RegistrySettings | ConfluentHttpRegistry,
+        *,
+        prefix: str = "epistle-check",
+        timeout: float | None = None,
+    ) -> None:
         self.prefix = prefix
         self._owned = not isinstance(registry, ConfluentHttpRegistry)
         if isinstance(registry, ConfluentHttpRegistry):
@@ -74,8 +79,9 @@ class ScratchRegistry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def verdict(self, schema_format: SchemaFormat, mode: Compatibility, versions: list[Any],
-                label: str = "subject") -> CompatibilityResult:
+    def verdict(
+        self, schema_format: SchemaFormat, mode: Compatibility, versions: list[Any], label: str = "subject"
+    ) -> CompatibilityResult:
         """Would the registry accept the last of ``versions`` (raw documents, oldest first) under ``mode``?
 
         Raises:
@@ -98,8 +104,10 @@ class ScratchRegistry:
             if not answer.accepted:
                 return CompatibilityResult(False, answer.reasons)
             if answer.schema_id in earlier_ids:
-                return CompatibilityResult(True, ("identical to an earlier version: the registry returned that "
-                                              "version's id and checked nothing",))
+                return CompatibilityResult(
+                    True,
+                    ("identical to an earlier version: the registry returned that version's id and checked nothing",),
+                )
             return CompatibilityResult(True)
         finally:
             self._delete(subject)
@@ -108,9 +116,12 @@ class ScratchRegistry:
         answer = self.http.try_register(subject, json.dumps(document), schema_format)
         # Apicurio reads a subject mode NONE as "no subject rule", so its global rule still checks these.
         if answer.schema_id is None:
-            raise RegistryRejected(f"registry answered 409 registering version {number} of {subject!r}: "
-                                   f"{'; '.join(answer.reasons)}", reasons=list(answer.reasons), subject=subject,
-                                   version=number)
+            raise RegistryRejected(
+                f"registry answered 409 registering version {number} of {subject!r}: {'; '.join(answer.reasons)}",
+                reasons=list(answer.reasons),
+                subject=subject,
+                version=number,
+            )
         return answer.schema_id
 
     def _delete(self, subject: str) -> None:

@@ -14,16 +14,26 @@ _FORMAT_NAMES = {SchemaFormat.AVRO: "Avro", SchemaFormat.JSON: "JSON Schema"}
 
 
 def render_json(report: CheckReport) -> str:
-    return json.dumps({
-        "ok": report.ok,
-        "schemas": str(report.schemas_dir),
-        "notes": report.notes,
-        "subjects": [{"name": s.name, "format": s.format.value, "compatibility": s.config.compatibility.value,
-                      "versions": len(s.versions)} for s in report.subjects],
-        "errors": len(report.errors),
-        "warnings": len(report.findings) - len(report.errors),
-        "findings": [f.to_dict() for f in report.findings],
-    }, indent=2)
+    return json.dumps(
+        {
+            "ok": report.ok,
+            "schemas": str(report.schemas_dir),
+            "notes": report.notes,
+            "subjects": [
+                {
+                    "name": s.name,
+                    "format": s.format.value,
+                    "compatibility": s.config.compatibility.value,
+                    "versions": len(s.versions),
+                }
+                for s in report.subjects
+            ],
+            "errors": len(report.errors),
+            "warnings": len(report.findings) - len(report.errors),
+            "findings": [f.to_dict() for f in report.findings],
+        },
+        indent=2,
+    )
 
 
 def render_text(report: CheckReport) -> str:
@@ -36,9 +46,14 @@ def render_text(report: CheckReport) -> str:
     for name in sorted(set(known) | set(by_subject)):
         lines.append("")
         subject = known.get(name)
-        header = name if subject is None else (
-            f"{name} ({_FORMAT_NAMES[subject.format]}, {subject.config.compatibility}, "
-            f"{len(subject.versions)} version{'s' if len(subject.versions) != 1 else ''})")
+        header = (
+            name
+            if subject is None
+            else (
+                f"{name} ({_FORMAT_NAMES[subject.format]}, {subject.config.compatibility}, "
+                f"{len(subject.versions)} version{'s' if len(subject.versions) != 1 else ''})"
+            )
+        )
         found = by_subject.get(name, [])
         lines.append(header if found else f"{header}: ok")
         for finding in found:

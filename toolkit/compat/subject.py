@@ -32,12 +32,15 @@ def is_compatible(schema_format: SchemaFormat, mode: Compatibility, versions: li
     """Would registering the last of ``versions`` (raw documents, oldest first) pass under ``mode``?"""
     mode = Compatibility(mode)
     if not isinstance(versions, list | tuple):
-        raise InvalidArgumentType(f"versions: expected a list of schema documents, got {type(versions).__name__}",
-                                  argument="versions")
+        raise InvalidArgumentType(
+            f"versions: expected a list of schema documents, got {type(versions).__name__}", argument="versions"
+        )
     new = len(versions)
-    return not any(issue.severity == "error"
-                   for reader, writer in reader_writer_pairs(mode, new)
-                   for issue in check_pair(schema_format, versions[reader - 1], versions[writer - 1]))
+    return not any(
+        issue.severity == "error"
+        for reader, writer in reader_writer_pairs(mode, new)
+        for issue in check_pair(schema_format, versions[reader - 1], versions[writer - 1])
+    )
 
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
@@ -53,9 +56,16 @@ def validate_file(schema: SchemaFile) -> list[Finding]:
         unsupported = isinstance(problem, UnsupportedSchema)
         what = "uses a construct codegen cannot express" if unsupported else f"is not a valid {fmt.label}"
         fix = f" Fix: {problem.fix}." if problem.fix else ""
-        findings.append(Finding(schema.subject, UNSUPPORTED_SCHEMA if unsupported else INVALID_SCHEMA,
-                                f"v{schema.version} {what}: {problem.problem}.{fix}", path=problem.field or "$",
-                                file=str(schema.path), reader_version=schema.version))
+        findings.append(
+            Finding(
+                schema.subject,
+                UNSUPPORTED_SCHEMA if unsupported else INVALID_SCHEMA,
+                f"v{schema.version} {what}: {problem.problem}.{fix}",
+                path=problem.field or "$",
+                file=str(schema.path),
+                reader_version=schema.version,
+            )
+        )
     return findings
 
 
@@ -72,16 +82,23 @@ def check_subject(subject: Subject) -> list[Finding]:
         return findings
     canonical = [canonical_json(schema.document) for schema in subject.versions]
     for later in subject.versions[1:]:
-        for earlier in subject.versions[:later.version - 1]:
+        for earlier in subject.versions[: later.version - 1]:
             if canonical[later.version - 1] == canonical[earlier.version - 1]:
-                findings.append(Finding(subject.name, "DUPLICATE_VERSION",
-                                        f"v{later.version} is identical to v{earlier.version}; a registry "
-                                        f"does not "
-                                        f"create a new version for it (it returns v{earlier.version}'s id), "
-                                        f"so "
-                                        "version numbers here and in the registry would part ways. Change "
-                                        "it or "
-                                        "remove it.", file=str(later.path), reader_version=later.version))
+                findings.append(
+                    Finding(
+                        subject.name,
+                        "DUPLICATE_VERSION",
+                        f"v{later.version} is identical to v{earlier.version}; a registry "
+                        f"does not "
+                        f"create a new version for it (it returns v{earlier.version}'s id), "
+                        f"so "
+                        "version numbers here and in the registry would part ways. Change "
+                        "it or "
+                        "remove it.",
+                        file=str(later.path),
+                        reader_version=later.version,
+                    )
+                )
                 break
     mode = subject.config.compatibility
     for new in range(2, len(subject.versions) + 1):
@@ -90,8 +107,9 @@ def check_subject(subject: Subject) -> list[Finding]:
             writer_doc = subject.versions[writer - 1].document
             # both already validated above: straight to the comparison
             for issue in format_for(subject.format).compatibility(reader_doc, writer_doc):
-                findings.append(finding_for(subject.name, reader, writer, issue,
-                                            file=str(subject.versions[new - 1].path)))
+                findings.append(
+                    finding_for(subject.name, reader, writer, issue, file=str(subject.versions[new - 1].path))
+                )
     return _unique(findings)
 
 

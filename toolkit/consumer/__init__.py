@@ -11,6 +11,23 @@ from toolkit.consumer.runtime import ConsumerStopped, KafkaConsumer, install_sig
 from toolkit.consumer.stats import ConsumerStats, TopicStats
 from toolkit.settings import OrderingMode
 
-__all__ = ["BaseHandler", "ConsumerOptions", "ConsumerStats", "ConsumerStopped", "DeadLetter", "ErrorPolicy",
-           "HandlerRegistry", "KafkaConsumer", "Message", "Middleware", "OrderingMode", "Retry", "RetryPolicy",
-           "TopicStats", "install_signal_handlers", "original_record", "replay_dead_letter", "run"]
+__all__ = [
+    "BaseHandler",
+    "ConsumerOptions",
+    "ConsumerStats",
+    "ConsumerStopped",
+    "DeadLetter",
+    "ErrorPolicy",
+    "HandlerRegistry",
+    "KafkaConsumer",
+    "Message",
+    "Middleware",
+    "OrderingMode",
+    "Retry",
+    "RetryPolicy",
+    "TopicStats",
+    "install_signal_handlers",
+    "original_record",
+    "replay_dead_letter",
+    "run",
+]

@@ -61,8 +61,21 @@ KEY_HEADER = "epistle-key"
 """The AMQP header that carries a record's key (KEY ordering, the dead letter's key)."""
 
 QUEUE_TYPES = ("classic", "quorum")
-_PROPERTIES = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id", "reply_to",
-               "expiration", "message_id", "timestamp", "message_type", "user_id", "app_id", "cluster_id")
+_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "message_type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
 _IDLE_GAP_S = 0.05  # a queue with nothing ready and no delivery for this long is at its end (stop_when_idle)
 
 Headers = list[tuple[str, bytes | None]]
@@ -97,8 +110,16 @@ def _plain(value: Any) -> Any:
 
 
 def _type_of(value: Any) -> str:
-    for kind, name in ((bool, "bool"), (int, "int"), (float, "float"), (Decimal, "decimal"),
-                       (datetime, "timestamp"), (dict, "table"), (list, "array"), (tuple, "array")):
+    for kind, name in (
+        (bool, "bool"),
+        (int, "int"),
+        (float, "float"),
+        (Decimal, "decimal"),
+        (datetime, "timestamp"),
+        (dict, "table"),
+        (list, "array"),
+        (tuple, "array"),
+    ):
         if isinstance(value, kind):
             return name
     return type(value).__name__
@@ -145,8 +166,9 @@ def _typed(kind: str, data: bytes) -> Any:
     return value
 
 
-def table_from_headers(key: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
-                       types: Mapping[str, str] | None = None) -> dict[str, Any]:
+def table_from_headers(
+    key: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None, types: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The AMQP header table for a key and headers: the inverse of :func:`headers_from_table`.
 
     Values come back byte for byte: UTF-8 text as a long string, other bytes as a byte array, None as
@@ -193,8 +215,23 @@ class _DropRefusals(logging.Filter):
 class AmqpRecord:
     """One delivery, as the engine reads a record (:class:`~toolkit.consumer.transport.Record`)."""
 
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_types", "_timestamp",
-                 "queue", "delivery_tag", "redelivered", "exchange", "routing_key", "properties", "channel")
+    __slots__ = (
+        "_topic",
+        "_partition",
+        "_offset",
+        "_key",
+        "_value",
+        "_headers",
+        "_types",
+        "_timestamp",
+        "queue",
+        "delivery_tag",
+        "redelivered",
+        "exchange",
+        "routing_key",
+        "properties",
+        "channel",
+    )
 
     def __init__(self, topic: str, partition: int, queue: str, message: Any) -> None:
         delivery = message.delivery
@@ -242,9 +279,14 @@ class AmqpRecord:
             value = getattr(self.properties, name, None)
             if value is not None:
                 properties[name] = _plain(value)
-        amqp: dict[str, Any] = {"queue": self.queue, "exchange": self.exchange, "routingKey": self.routing_key,
-                                "deliveryTag": self.delivery_tag, "redelivered": self.redelivered,
-                                "properties": properties}
+        amqp: dict[str, Any] = {
+            "queue": self.queue,
+            "exchange": self.exchange,
+            "routingKey": self.routing_key,
+            "deliveryTag": self.delivery_tag,
+            "redelivered": self.redelivered,
+            "properties": properties,
+        }
         if self._types:
             amqp["headerTypes"] = dict(self._types)
         death = (self.properties.headers or {}).get("x-death")
@@ -260,8 +302,23 @@ class AmqpRecord:
 class _Queue:
     """One consumed queue: its channel, the current assignment and the deliveries not handed over yet."""
 
-    __slots__ = ("topic", "partition", "name", "channel", "underlay", "generation", "assigned", "buffer",
-                 "acked", "paused", "lost", "reopened", "last_delivery", "eof_sent", "probe_at")
+    __slots__ = (
+        "topic",
+        "partition",
+        "name",
+        "channel",
+        "underlay",
+        "generation",
+        "assigned",
+        "buffer",
+        "acked",
+        "paused",
+        "lost",
+        "reopened",
+        "last_delivery",
+        "eof_sent",
+        "probe_at",
+    )
 
     def __init__(self, topic: str, partition: int, name: str) -> None:
         self.topic, self.partition, self.name = topic, partition, name
@@ -301,32 +358,63 @@ class RabbitTransport:
         ConfigError: an argument is invalid (naming it).
     """
 
-    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, prefetch_count: int | None = None,
-                 declare_queues: bool = True, queue_type: str = "classic", single_active_consumer: bool = False,
-                 partitions: Mapping[str, int] | None = None, queue_arguments: Mapping[str, Any] | None = None,
-                 reconnect_interval_s: float = 2.0, connection_name: str = "epistle") -> None:
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672/",
+        *,
+        prefetch_count: int | None = None,
+        declare_queues: bool = True,
+        queue_type: str = "classic",
+        single_active_consumer: bool = False,
+        partitions: Mapping[str, int] | None = None,
+        queue_arguments: Mapping[str, Any] | None = None,
+        reconnect_interval_s: float = 2.0,
+        connection_name: str = "epistle",
+    ) -> None:
         if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
-            raise ConfigError(f"url {redact(str(url))!r}: use amqp://user:password@host:5672/vhost (or amqps://); "
-                              "RABBITMQ_URL sets it", setting="url")
-        if prefetch_count is not None and (isinstance(prefetch_count, bool) or not isinstance(prefetch_count, int)
-                                           or not 1 <= prefetch_count <= 65535):
-            raise ConfigError(f"prefetch_count={prefetch_count!r}: use an integer from 1 to 65535 (AMQP's limit), "
-                              "or None for max_in_flight; RABBITMQ_PREFETCH_COUNT sets it", setting="prefetch_count")
+            raise ConfigError(
+                f"url {redact(str(url))!r}: use amqp://user:password@host:5672/vhost (or amqps://); "
+                "RABBITMQ_URL sets it",
+                setting="url",
+            )
+        if prefetch_count is not None and (
+            isinstance(prefetch_count, bool) or not isinstance(prefetch_count, int) or not 1 <= prefetch_count <= 65535
+        ):
+            raise ConfigError(
+                f"prefetch_count={prefetch_count!r}: use an integer from 1 to 65535 (AMQP's limit), "
+                "or None for max_in_flight; RABBITMQ_PREFETCH_COUNT sets it",
+                setting="prefetch_count",
+            )
         if queue_type not in QUEUE_TYPES:
-            raise ConfigError(f"queue_type={queue_type!r}: use classic or quorum; RABBITMQ_QUEUE_TYPE sets it",
-                              setting="queue_type")
+            raise ConfigError(
+                f"queue_type={queue_type!r}: use classic or quorum; RABBITMQ_QUEUE_TYPE sets it", setting="queue_type"
+            )
         if queue_type == "quorum" and queue_arguments and "x-queue-type" in queue_arguments:
-            raise ConfigError("queue_arguments: give the queue type as queue_type=, not x-queue-type",
-                              setting="queue_arguments")
+            raise ConfigError(
+                "queue_arguments: give the queue type as queue_type=, not x-queue-type", setting="queue_arguments"
+            )
         for topic, count in (partitions or {}).items():
-            if not isinstance(topic, str) or not topic or isinstance(count, bool) or not isinstance(count, int) \
-                    or not 1 <= count <= 1000:
-                raise ConfigError(f"partitions: {topic!r}={count!r}: use topic names with a queue count from 1 to "
-                                  "1000, e.g. {\"orders\": 4}; RABBITMQ_PARTITIONS sets it", setting="partitions")
-        if isinstance(reconnect_interval_s, bool) or not isinstance(reconnect_interval_s, int | float) \
-                or not 0 < reconnect_interval_s <= 600:
-            raise ConfigError(f"reconnect_interval_s={reconnect_interval_s!r}: use seconds above 0, at most 600",
-                              setting="reconnect_interval_s")
+            if (
+                not isinstance(topic, str)
+                or not topic
+                or isinstance(count, bool)
+                or not isinstance(count, int)
+                or not 1 <= count <= 1000
+            ):
+                raise ConfigError(
+                    f"partitions: {topic!r}={count!r}: use topic names with a queue count from 1 to "
+                    '1000, e.g. {"orders": 4}; RABBITMQ_PARTITIONS sets it',
+                    setting="partitions",
+                )
+        if (
+            isinstance(reconnect_interval_s, bool)
+            or not isinstance(reconnect_interval_s, int | float)
+            or not 0 < reconnect_interval_s <= 600
+        ):
+            raise ConfigError(
+                f"reconnect_interval_s={reconnect_interval_s!r}: use seconds above 0, at most 600",
+                setting="reconnect_interval_s",
+            )
         self.url = url
         self.prefetch_count = prefetch_count
         self.declare_queues = declare_queues
@@ -352,10 +440,15 @@ class RabbitTransport:
     @classmethod
     def from_settings(cls, settings: RabbitSettings) -> RabbitTransport:
         """A transport configured by ``RABBITMQ_*`` (:class:`~toolkit.settings.RabbitSettings`)."""
-        return cls(settings.url.get_secret_value(), prefetch_count=settings.prefetch_count or None,
-                   declare_queues=settings.declare_queues, queue_type=settings.queue_type,
-                   single_active_consumer=settings.single_active_consumer, partitions=settings.partitions,
-                   reconnect_interval_s=settings.reconnect_interval_s)
+        return cls(
+            settings.url.get_secret_value(),
+            prefetch_count=settings.prefetch_count or None,
+            declare_queues=settings.declare_queues,
+            queue_type=settings.queue_type,
+            single_active_consumer=settings.single_active_consumer,
+            partitions=settings.partitions,
+            reconnect_interval_s=settings.reconnect_interval_s,
+        )
 
     def describe(self) -> tuple[str, str, str]:
         """(broker, address, setting) for start-up messages."""
@@ -403,8 +496,11 @@ class RabbitTransport:
                 connection = await aio_pika.connect(self.url, timeout=max(0.5, min(left, 10.0)))
                 break
             except ProbableAuthenticationError as exc:
-                raise ConfigError(f"RabbitMQ at {redact(self.url)} refused the connection: {exc}; check the user, "
-                                  "password and virtual host in RABBITMQ_URL", setting="RABBITMQ_URL") from None
+                raise ConfigError(
+                    f"RabbitMQ at {redact(self.url)} refused the connection: {exc}; check the user, "
+                    "password and virtual host in RABBITMQ_URL",
+                    setting="RABBITMQ_URL",
+                ) from None
             except Exception as exc:  # noqa: BLE001 - refused, reset, timed out: asked again until the deadline
                 last = exc
             if time.monotonic() + 0.5 >= deadline:
@@ -427,8 +523,17 @@ class RabbitTransport:
         finally:
             await connection.close()
 
-    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int, dlq_max_message_bytes: int) -> RabbitDeadLetterSink:
+    def start(
+        self,
+        topics: list[str],
+        group_id: str,
+        events: TransportEvents,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_poll_records: int,
+        max_in_flight: int,
+        dlq_max_message_bytes: int,
+    ) -> RabbitDeadLetterSink:
         self._events, self._loop = events, loop
         self._max_poll_records, self._max_in_flight = max_poll_records, max_in_flight
         for topic in topics:
@@ -463,8 +568,9 @@ class RabbitTransport:
             try:
                 await channel.basic_ack(tag, multiple=True)
             except Exception as exc:  # noqa: BLE001 - the channel is gone: its deliveries come back
-                failure = BrokerUnavailable(f"acknowledging {queue.name} up to delivery tag {tag}: "
-                                            f"{type(exc).__name__}: {exc}")
+                failure = BrokerUnavailable(
+                    f"acknowledging {queue.name} up to delivery tag {tag}: {type(exc).__name__}: {exc}"
+                )
             else:
                 self.acknowledged(queue.topic, queue.partition, tag)
         if failure is None:
@@ -527,8 +633,11 @@ class RabbitTransport:
             await self._open(group_id)
         except Exception as exc:  # noqa: BLE001
             if not self._closing:
-                events.on_fatal(str(exc) if isinstance(exc, ConfigError | BrokerUnavailable)
-                                else f"RabbitMQ at {redact(self.url)}: {type(exc).__name__}: {exc}")
+                events.on_fatal(
+                    str(exc)
+                    if isinstance(exc, ConfigError | BrokerUnavailable)
+                    else f"RabbitMQ at {redact(self.url)}: {type(exc).__name__}: {exc}"
+                )
             return
         while not self._closing:
             try:
@@ -560,8 +669,10 @@ class RabbitTransport:
         from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed
 
         self._connection = await aio_pika.connect_robust(
-            self.url, reconnect_interval=self.reconnect_interval_s,
-            client_properties={"connection_name": f"{self.connection_name} consumer ({group_id})"})
+            self.url,
+            reconnect_interval=self.reconnect_interval_s,
+            client_properties={"connection_name": f"{self.connection_name} consumer ({group_id})"},
+        )
         assert self._sink is not None
         await self._sink.open()
         prefetch = self.prefetch_count or min(self._max_in_flight, 65535)
@@ -574,16 +685,24 @@ class RabbitTransport:
                 else:
                     await channel.declare_queue(queue.name, passive=True)
             except ChannelNotFoundEntity:
-                raise ConfigError(f"queue {queue.name!r} does not exist: declare it, or let the consumer declare "
-                                  "it (RABBITMQ_DECLARE_QUEUES=true)", setting="RABBITMQ_DECLARE_QUEUES") from None
+                raise ConfigError(
+                    f"queue {queue.name!r} does not exist: declare it, or let the consumer declare "
+                    "it (RABBITMQ_DECLARE_QUEUES=true)",
+                    setting="RABBITMQ_DECLARE_QUEUES",
+                ) from None
             except ChannelPreconditionFailed as exc:
-                raise ConfigError(f"queue {queue.name!r} exists with other arguments than ours ({exc}): match "
-                                  "RABBITMQ_QUEUE_TYPE / RABBITMQ_SINGLE_ACTIVE_CONSUMER to it, or set "
-                                  "RABBITMQ_DECLARE_QUEUES=false to use it as it is",
-                                  setting="RABBITMQ_QUEUE_TYPE") from None
+                raise ConfigError(
+                    f"queue {queue.name!r} exists with other arguments than ours ({exc}): match "
+                    "RABBITMQ_QUEUE_TYPE / RABBITMQ_SINGLE_ACTIVE_CONSUMER to it, or set "
+                    "RABBITMQ_DECLARE_QUEUES=false to use it as it is",
+                    setting="RABBITMQ_QUEUE_TYPE",
+                ) from None
             except ChannelAccessRefused as exc:
-                raise ConfigError(f"queue {queue.name!r}: access refused ({exc}); give the RABBITMQ_URL user "
-                                  "configure and read permissions on it", setting="RABBITMQ_URL") from None
+                raise ConfigError(
+                    f"queue {queue.name!r}: access refused ({exc}); give the RABBITMQ_URL user "
+                    "configure and read permissions on it",
+                    setting="RABBITMQ_URL",
+                ) from None
             queue.channel = channel
             channel.reopen_callbacks.add(lambda _channel, q=queue: self._reopened(q))
             await self._consume(queue)
@@ -639,8 +758,7 @@ class RabbitTransport:
 
     def _channel_closed(self, queue: _Queue, underlay: Any) -> None:
         if queue.underlay is underlay and not self._closing:
-            log.warning("queue %s: channel closed; its unacknowledged deliveries go back to the queue",
-                        queue.name)
+            log.warning("queue %s: channel closed; its unacknowledged deliveries go back to the queue", queue.name)
             queue.lost = True
             self._wake.set()
 
@@ -675,8 +793,13 @@ class RabbitTransport:
         a moment later (a delivery on its way when the broker answered would have arrived by then)."""
         ends: list[tuple[str, int]] = []
         for queue in self._queues.values():
-            if (queue.eof_sent or not queue.assigned or queue.buffer or now - queue.last_delivery < _IDLE_GAP_S
-                    or now < queue.probe_at):
+            if (
+                queue.eof_sent
+                or not queue.assigned
+                or queue.buffer
+                or now - queue.last_delivery < _IDLE_GAP_S
+                or now < queue.probe_at
+            ):
                 continue
             queue.probe_at = now + _IDLE_GAP_S
             underlay, asked = queue.underlay, queue.last_delivery
@@ -713,8 +836,10 @@ class RabbitDeadLetterSink:
 
         transport = self._transport
         self._connection = await aio_pika.connect_robust(
-            transport.url, reconnect_interval=transport.reconnect_interval_s,
-            client_properties={"connection_name": f"{transport.connection_name} dead letters"})
+            transport.url,
+            reconnect_interval=transport.reconnect_interval_s,
+            client_properties={"connection_name": f"{transport.connection_name} dead letters"},
+        )
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._ready.set()
 
@@ -739,9 +864,9 @@ class RabbitDeadLetterSink:
 
         await asyncio.wait_for(self._ready.wait(), 30)
         try:
-            await self._channel.declare_queue(topic, durable=True,
-                                              arguments=self._transport.queue_arguments_for(dead_letters=True),
-                                              robust=False)
+            await self._channel.declare_queue(
+                topic, durable=True, arguments=self._transport.queue_arguments_for(dead_letters=True), robust=False
+            )
             log.info("declared dead-letter queue %s", topic)
         except ChannelPreconditionFailed:  # it exists with other arguments: use it as it is
             try:
@@ -769,12 +894,16 @@ class RabbitDeadLetterSink:
 
         try:
             await asyncio.wait_for(self._ready.wait(), 30)
-            message = aio_pika.Message(record.value, headers=table_from_headers(record.key, record.headers),
-                                       content_type="application/json",
-                                       delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                       timestamp=datetime.now(UTC))
-            confirm = await self._channel.default_exchange.publish(message, routing_key=record.topic,
-                                                                   mandatory=True, timeout=30)
+            message = aio_pika.Message(
+                record.value,
+                headers=table_from_headers(record.key, record.headers),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                timestamp=datetime.now(UTC),
+            )
+            confirm = await self._channel.default_exchange.publish(
+                message, routing_key=record.topic, mandatory=True, timeout=30
+            )
             if isinstance(confirm, Basic.Nack):
                 raise BrokerUnavailable("the broker refused it (basic.nack)")
         except Exception as exc:  # noqa: BLE001 - every failure fails the future: the engine resends
@@ -782,8 +911,9 @@ class RabbitDeadLetterSink:
                 self._known.discard(record.topic)
                 self._loop.create_task(self._redeclare(record.topic))
             if not future.done():
-                future.set_exception(BrokerUnavailable(f"dead letter to {record.topic} not confirmed: "
-                                                       f"{type(exc).__name__}: {exc}"))
+                future.set_exception(
+                    BrokerUnavailable(f"dead letter to {record.topic} not confirmed: {type(exc).__name__}: {exc}")
+                )
             return
         if not future.done():
             future.set_result(None)
@@ -814,5 +944,12 @@ class RabbitDeadLetterSink:
         return left
 
 
-__all__ = ["KEY_HEADER", "AmqpRecord", "RabbitDeadLetterSink", "RabbitTransport", "headers_from_table", "redact",
-           "table_from_headers"]
+__all__ = [
+    "KEY_HEADER",
+    "AmqpRecord",
+    "RabbitDeadLetterSink",
+    "RabbitTransport",
+    "headers_from_table",
+    "redact",
+    "table_from_headers",
+]

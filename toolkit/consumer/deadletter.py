@@ -206,10 +206,20 @@ def _headers_field(headers: Headers) -> list[list[Any]]:
     return out
 
 
-def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: BaseException | None = None,
-                      details: Any = None, consumer_group: str, attempts: int, suffix: str = ".dlq",
-                      now: datetime | None = None, max_embedded_bytes: int = 256 * 1024,
-                      max_bytes: int | None = None) -> DeadLetterRecord:
+def build_dead_letter(
+    source: SourceRecord,
+    *,
+    stage: str,
+    reason: str,
+    error: BaseException | None = None,
+    details: Any = None,
+    consumer_group: str,
+    attempts: int,
+    suffix: str = ".dlq",
+    now: datetime | None = None,
+    max_embedded_bytes: int = 256 * 1024,
+    max_bytes: int | None = None,
+) -> DeadLetterRecord:
     """The dead-letter record for ``source``; total: any record and any exception give one.
 
     JSON originals larger than ``max_embedded_bytes`` are kept as base64 only, so a large record does not
@@ -223,9 +233,11 @@ def build_dead_letter(source: SourceRecord, *, stage: str, reason: str, error: B
     record = _build(*args, embed_bytes=max_embedded_bytes, text_limit=MAX_TEXT, shortened=None)
     if max_bytes is None or record_size(record) <= max_bytes:
         return record
-    note = (f"the full dead letter was {record_size(record)} bytes, over the dead-letter producer's limit of "
-            f"{max_bytes}: the original is kept as base64 only, texts are cut to {SHORT_TEXT} characters and "
-            "error.details is left out")
+    note = (
+        f"the full dead letter was {record_size(record)} bytes, over the dead-letter producer's limit of "
+        f"{max_bytes}: the original is kept as base64 only, texts are cut to {SHORT_TEXT} characters and "
+        "error.details is left out"
+    )
     return _build(*args, embed_bytes=-1, text_limit=SHORT_TEXT, shortened=note)
 
 
@@ -240,9 +252,21 @@ _HEADER_FRAMING = 10  # two varint lengths
 _RECORD_FRAMING = 128  # the record's varints and attributes, and the batch header (61 bytes)
 
 
-def _build(source: SourceRecord, stage: str, reason: str, error: BaseException | None, details: Any,
-           consumer_group: str, attempts: int, suffix: str, when: str, *, embed_bytes: int, text_limit: int,
-           shortened: str | None) -> DeadLetterRecord:
+def _build(
+    source: SourceRecord,
+    stage: str,
+    reason: str,
+    error: BaseException | None,
+    details: Any,
+    consumer_group: str,
+    attempts: int,
+    suffix: str,
+    when: str,
+    *,
+    embed_bytes: int,
+    text_limit: int,
+    shortened: str | None,
+) -> DeadLetterRecord:
     value = source.value
     is_json, document = (False, None)
     if value is not None and len(value) <= embed_bytes:
@@ -289,8 +313,11 @@ def _build(source: SourceRecord, stage: str, reason: str, error: BaseException |
     if shortened:
         body["shortened"] = shortened
     encoded = compact_json(body)  # a failure nobody foresaw: the runtime logs it and sends minimal_dead_letter()
-    headers: Headers = [(_header_name(k), _header_value(v)) for k, v in source.headers
-                        if not (isinstance(k, str) and k.startswith(DLT_PREFIX))]
+    headers: Headers = [
+        (_header_name(k), _header_value(v))
+        for k, v in source.headers
+        if not (isinstance(k, str) and k.startswith(DLT_PREFIX))
+    ]
     headers += [
         (H_TOPIC, _utf8(source.topic)),
         (H_PARTITION, struct.pack(">i", source.partition)),
@@ -309,27 +336,53 @@ def _build(source: SourceRecord, stage: str, reason: str, error: BaseException |
     return DeadLetterRecord(dead_letter_topic(source.topic, suffix), source.key, encoded, headers)
 
 
-def minimal_dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                        headers: Headers | None = None, *, stage: str, reason: str, consumer_group: str,
-                        suffix: str = ".dlq") -> DeadLetterRecord:
+def minimal_dead_letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None = None,
+    *,
+    stage: str,
+    reason: str,
+    consumer_group: str,
+    suffix: str = ".dlq",
+) -> DeadLetterRecord:
     """The last resort when :func:`build_dead_letter` failed for a reason nobody foresaw: the exact bytes,
     the reason and the coordinates, written as ASCII JSON. :func:`original_record` reads it too."""
     kept = _headers_field(headers) if headers is not None else None  # None: the client could not read them
-    source: dict[str, Any] = {"topic": safe_str(topic), "partition": partition, "offset": offset,
-                              "key": None if key is None else _b64(key),
-                              "keyEncoding": None if key is None else "base64",
-                              "timestamp": None, "consumerGroup": safe_str(consumer_group), "attempts": 1}
+    source: dict[str, Any] = {
+        "topic": safe_str(topic),
+        "partition": partition,
+        "offset": offset,
+        "key": None if key is None else _b64(key),
+        "keyEncoding": None if key is None else "base64",
+        "timestamp": None,
+        "consumerGroup": safe_str(consumer_group),
+        "attempts": 1,
+    }
     if kept is not None:
         source["headers"] = kept
-    body = {"original_message": None if value is None else _b64(value),
-            "original_encoding": "null" if value is None else "base64",
-            "error": {"reason": _clip(safe_str(reason)), "stage": safe_str(stage), "type": "toolkit.deadletter",
-                      "details": "the full dead letter could not be built; this one keeps the exact bytes"},
-            "source": source}
+    body = {
+        "original_message": None if value is None else _b64(value),
+        "original_encoding": "null" if value is None else "base64",
+        "error": {
+            "reason": _clip(safe_str(reason)),
+            "stage": safe_str(stage),
+            "type": "toolkit.deadletter",
+            "details": "the full dead letter could not be built; this one keeps the exact bytes",
+        },
+        "source": source,
+    }
     encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=safe_str).encode("ascii")
-    dl_headers: Headers = [(H_TOPIC, _utf8(safe_str(topic))), (H_PARTITION, struct.pack(">i", partition)),
-                           (H_OFFSET, struct.pack(">q", offset)), (H_GROUP, _utf8(safe_str(consumer_group))),
-                           (H_MESSAGE, _utf8(f"{safe_str(stage)}: {_clip(safe_str(reason))}"))]
+    dl_headers: Headers = [
+        (H_TOPIC, _utf8(safe_str(topic))),
+        (H_PARTITION, struct.pack(">i", partition)),
+        (H_OFFSET, struct.pack(">q", offset)),
+        (H_GROUP, _utf8(safe_str(consumer_group))),
+        (H_MESSAGE, _utf8(f"{safe_str(stage)}: {_clip(safe_str(reason))}")),
+    ]
     return DeadLetterRecord(dead_letter_topic(safe_str(topic), suffix), key, encoded, dl_headers)
 
 
@@ -347,11 +400,19 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
     _args.bytes_like("value", value)
     if key is not None:
         _args.bytes_like("key", key)
-    if headers is not None and not (isinstance(headers, list | tuple) and all(
-            isinstance(h, tuple | list) and len(h) == 2 and isinstance(h[0], str)
-            and (h[1] is None or isinstance(h[1], bytes)) for h in headers)):
-        raise InvalidArgumentType("headers: expected a list of (str, bytes or None) pairs, as the Kafka "
-                                  "client gives them", argument="headers")
+    if headers is not None and not (
+        isinstance(headers, list | tuple)
+        and all(
+            isinstance(h, tuple | list)
+            and len(h) == 2
+            and isinstance(h[0], str)
+            and (h[1] is None or isinstance(h[1], bytes))
+            for h in headers
+        )
+    ):
+        raise InvalidArgumentType(
+            "headers: expected a list of (str, bytes or None) pairs, as the Kafka client gives them", argument="headers"
+        )
     try:
         body = json.loads(value)
         source = body["source"]
@@ -367,12 +428,22 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
         if "keyEncoding" in source:
             key = _key_of(source["key"], source["keyEncoding"])
         if "headers" in source:
-            kept: Headers = [(name, None if data is None else base64.b64decode(data, validate=True))
-                             for name, data in source["headers"]]
+            kept: Headers = [
+                (name, None if data is None else base64.b64decode(data, validate=True))
+                for name, data in source["headers"]
+            ]
         else:
             kept = [(k, v) for k, v in (headers or []) if not k.startswith(DLT_PREFIX)]
-        return OriginalRecord(source["topic"], source["partition"], source["offset"], key, original, kept,
-                              source.get("timestamp"), source.get("timestampType"))
+        return OriginalRecord(
+            source["topic"],
+            source["partition"],
+            source["offset"],
+            key,
+            original,
+            kept,
+            source.get("timestamp"),
+            source.get("timestampType"),
+        )
     except ValueError as exc:
         raise InvalidArgument(f"not a dead-letter value: {exc}", argument="value") from None
     except (KeyError, TypeError, binascii.Error, AttributeError) as exc:

@@ -67,8 +67,24 @@ class PartitionState:
 class _Partition:
     """One assigned partition: its offset tracker, its lanes, and whether fetching it is paused."""
 
-    __slots__ = ("assignment", "topic", "partition", "tracker", "lanes", "tasks", "pending", "buffered",
-                 "paused", "revoked", "abandon", "eof", "waiting", "waits", "held", "unheld")
+    __slots__ = (
+        "assignment",
+        "topic",
+        "partition",
+        "tracker",
+        "lanes",
+        "tasks",
+        "pending",
+        "buffered",
+        "paused",
+        "revoked",
+        "abandon",
+        "eof",
+        "waiting",
+        "waits",
+        "held",
+        "unheld",
+    )
 
     def __init__(self, assignment: Assignment) -> None:
         self.assignment = assignment
@@ -131,10 +147,15 @@ class Engine:
         self.hooks.start(self)  # before the transport starts: middleware may ask it for statistics
         try:
             options = self.options
-            self._sink = self.transport.start(topics, options.group_id, self, self._loop,
-                                              max_poll_records=options.max_poll_records,
-                                              max_in_flight=options.max_in_flight,
-                                              dlq_max_message_bytes=options.dlq_max_message_bytes)
+            self._sink = self.transport.start(
+                topics,
+                options.group_id,
+                self,
+                self._loop,
+                max_poll_records=options.max_poll_records,
+                max_in_flight=options.max_in_flight,
+                dlq_max_message_bytes=options.dlq_max_message_bytes,
+            )
         except BaseException:
             self.close_pools()
             self.hooks.stop(self)
@@ -171,8 +192,12 @@ class Engine:
 
     def partitions(self) -> list[PartitionState]:
         """The assigned partitions and what holds each back (on the loop)."""
-        return [PartitionState(p.topic, p.partition, p.paused, p.waits["retry"], p.waits["outage"],
-                               max(p.held, p.waits["dead_letter"])) for p in self._parts.values()]
+        return [
+            PartitionState(
+                p.topic, p.partition, p.paused, p.waits["retry"], p.waits["outage"], max(p.held, p.waits["dead_letter"])
+            )
+            for p in self._parts.values()
+        ]
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -295,8 +320,7 @@ class Engine:
         to_pause: list[Assignment] = []
         to_resume: list[Assignment] = []
         for part in self._parts.values():
-            want = ((part.waiting > 0 and part.buffered >= high)
-                    or (part.paused and part.buffered > high // 2))
+            want = (part.waiting > 0 and part.buffered >= high) or (part.paused and part.buffered > high // 2)
             if want != part.paused:
                 part.paused = want
                 (to_pause if want else to_resume).append(part.assignment)
@@ -309,8 +333,7 @@ class Engine:
         # Partitions being revoked do not count: their records are the next owner's, and a member left with
         # none but those is between assignments, not drained.
         kept = [part for part in self._parts.values() if not part.revoked]
-        if (self.options.stop_when_idle and kept and self._in_flight == 0
-                and all(part.eof for part in kept)):
+        if self.options.stop_when_idle and kept and self._in_flight == 0 and all(part.eof for part in kept):
             log.info("every assigned partition is drained; stopping (stop_when_idle)")
             self.request_stop()
 
@@ -336,8 +359,14 @@ class Engine:
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
                     self.hooks.abandoned(msg)
-                    self._fail(ConsumerStopped(f"internal error: {type(exc).__name__}: {exc}",
-                                               topic=part.topic, partition=part.partition, offset=msg.offset()))
+                    self._fail(
+                        ConsumerStopped(
+                            f"internal error: {type(exc).__name__}: {exc}",
+                            topic=part.topic,
+                            partition=part.partition,
+                            offset=msg.offset(),
+                        )
+                    )
                     return
                 if lane and lane[0] is msg:
                     lane.popleft()
@@ -370,8 +399,7 @@ class Engine:
                     # No coroutine on the hot path: the registry is asked (off the loop) only on a miss.
                     decoded, source = self._decode(msg)
                     if isinstance(source, tuple):
-                        source = await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve,
-                                                                  source)
+                        source = await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve, source)
                     prepared = self._finish(msg, decoded, source)
                 message = prepared.message
                 message.attempt = attempt
@@ -421,8 +449,15 @@ class Engine:
             hooks.outcome(msg, current, outcome, attempt)
             if isinstance(outcome, Stop):
                 dl = outcome.dead_letter
-                self._fail(ConsumerStopped(f"{dl.stage}: {dl.reason}", stage=dl.stage, topic=part.topic,
-                                           partition=part.partition, offset=msg.offset()))
+                self._fail(
+                    ConsumerStopped(
+                        f"{dl.stage}: {dl.reason}",
+                        stage=dl.stage,
+                        topic=part.topic,
+                        partition=part.partition,
+                        offset=msg.offset(),
+                    )
+                )
                 return False
             assert isinstance(outcome, ToDeadLetter)
             attempts = attempt if prepared is not None else 1
@@ -433,12 +468,21 @@ class Engine:
         same header, else the schema if already resolved, else the key to resolve (a tuple)."""
         return self.pipeline.locate(msg.value(), msg.topic())
 
-    def _finish(self, msg: Record, decoded: DecodedRecord | WireRecord,
-                source: Plan | CompiledSchema | WireSchema) -> Prepared:
+    def _finish(
+        self, msg: Record, decoded: DecodedRecord | WireRecord, source: Plan | CompiledSchema | WireSchema
+    ) -> Prepared:
         _, timestamp = msg.timestamp()
-        return self.pipeline.finish(decoded, source, topic=msg.topic(), partition=msg.partition(),
-                                    offset=msg.offset(), key=msg.key(), value=msg.value(),
-                                    headers=msg.headers(), timestamp=timestamp if timestamp > 0 else None)
+        return self.pipeline.finish(
+            decoded,
+            source,
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            headers=msg.headers(),
+            timestamp=timestamp if timestamp > 0 else None,
+        )
 
     def _wrap(self, route: Route) -> CallNext:
         """The route's handler inside the middleware's ``around_handler`` hooks (built once per route)."""
@@ -456,8 +500,9 @@ class Engine:
             if route.is_async:
                 return await route.call(message)
             # A copy of this context, so the worker thread sees the message in `handling` too.
-            result = await self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run,
-                                                      route.call, message)
+            result = await self._loop.run_in_executor(
+                self._handler_pool, contextvars.copy_context().run, route.call, message
+            )
             if inspect.isawaitable(result):
                 result = await result
             return result
@@ -465,8 +510,9 @@ class Engine:
             workers.release()
 
     # -- dead letters -------------------------------------------------------------------------------------
-    async def _dead_letter(self, part: _Partition, msg: Record, outcome: ToDeadLetter, attempts: int,
-                           extra: dict[str, Any]) -> bool | None:
+    async def _dead_letter(
+        self, part: _Partition, msg: Record, outcome: ToDeadLetter, attempts: int, extra: dict[str, Any]
+    ) -> bool | None:
         """Produce the dead letter without waiting for the broker: the lane moves on, and the record's
         offset is marked done by :meth:`_confirm_dead_letter` once the broker acknowledged it.
         Returns None (pending) or False (abandoned before the first send)."""
@@ -480,17 +526,42 @@ class Engine:
                 raise ValueError("the record's headers cannot be read")
             ts_type, ts = msg.timestamp()
             details = getattr(msg, "source_details", None)  # optional: a transport's own coordinates
-            source = SourceRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                  headers, ts if ts_type and ts >= 0 else None, ts_type,
-                                  details() if details is not None else None)
-            record = build_dead_letter(source, stage=outcome.stage, reason=outcome.reason, error=outcome.error,
-                                       details=outcome.details, consumer_group=group, attempts=attempts,
-                                       suffix=suffix, max_bytes=sink.max_message_bytes)
+            source = SourceRecord(
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.key(),
+                msg.value(),
+                headers,
+                ts if ts_type and ts >= 0 else None,
+                ts_type,
+                details() if details is not None else None,
+            )
+            record = build_dead_letter(
+                source,
+                stage=outcome.stage,
+                reason=outcome.reason,
+                error=outcome.error,
+                details=outcome.details,
+                consumer_group=group,
+                attempts=attempts,
+                suffix=suffix,
+                max_bytes=sink.max_message_bytes,
+            )
         except Exception:  # a bug of ours must not stop the consumer: the exact bytes and the reason still go
             log.exception("building the dead letter failed; sending a minimal one", extra=extra)
-            record = minimal_dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                         headers, stage=outcome.stage, reason=outcome.reason,
-                                         consumer_group=group, suffix=suffix)
+            record = minimal_dead_letter(
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.key(),
+                msg.value(),
+                headers,
+                stage=outcome.stage,
+                reason=outcome.reason,
+                consumer_group=group,
+                suffix=suffix,
+            )
         failures = 0
         while not sink.knows(record.topic):
             try:
@@ -505,8 +576,9 @@ class Engine:
         self._in_flight += 1
         return None
 
-    async def _confirm_dead_letter(self, part: _Partition, msg: Record, record: DeadLetterRecord,
-                                   outcome: ToDeadLetter) -> None:
+    async def _confirm_dead_letter(
+        self, part: _Partition, msg: Record, record: DeadLetterRecord, outcome: ToDeadLetter
+    ) -> None:
         """Wait for the broker's acknowledgement. A dead letter it refuses (too large, an outage) holds its
         partition: no new record of it starts until the dead letter is delivered (resent alone, with
         backoff); other partitions go on."""
@@ -551,8 +623,15 @@ class Engine:
             for wait in waits:
                 wait.cancel()
 
-    async def _dead_letter_failed(self, part: _Partition, msg: Record, record: DeadLetterRecord,
-                                  outcome: ToDeadLetter, failures: int, exc: BaseException) -> bool:
+    async def _dead_letter_failed(
+        self,
+        part: _Partition,
+        msg: Record,
+        record: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        failures: int,
+        exc: BaseException,
+    ) -> bool:
         """Report, back off. True when the partition was revoked or the consumer stops meanwhile."""
         delay = self._retry.delay(failures)
         self.hooks.dead_letter(msg, record, outcome, exc, failures, delay)

@@ -71,8 +71,9 @@ class BaseHandler:
         # As for an abstract method, but either of the two will do: refused when made, not at the first
         # message.
         if cls.handle is BaseHandler.handle and cls._process_message is BaseHandler._process_message:
-            raise TypeError(f"Can't instantiate {cls.__qualname__}: it overrides neither handle() nor "
-                            "_process_message()")
+            raise TypeError(
+                f"Can't instantiate {cls.__qualname__}: it overrides neither handle() nor _process_message()"
+            )
         return super().__new__(cls)
 
     async def handle(self, message: Message) -> bool | None:
@@ -108,8 +109,11 @@ class Route:
         versions = self.accepts.get(schema_name)
         if schema_name not in self.accepts or (versions and version not in versions):
             accepted = ", ".join(f"{name} {sorted(v) if v else 'any'}" for name, v in self.accepts.items())
-            raise MessageError("routing", f"handler {self.name} does not accept {schema_name} v{version}",
-                               details=[{"path": "/header/schemaName", "message": f"accepted: {accepted}"}])
+            raise MessageError(
+                "routing",
+                f"handler {self.name} does not accept {schema_name} v{version}",
+                details=[{"path": "/header/schemaName", "message": f"accepted: {accepted}"}],
+            )
 
 
 def as_route(handler: HandlerLike, accepts: Mapping[str, Any] | None = None) -> Route:
@@ -123,8 +127,7 @@ def as_route(handler: HandlerLike, accepts: Mapping[str, Any] | None = None) -> 
     declared = accepts if accepts is not None else getattr(handler, "accepts", None)
     normalised = None
     if declared is not None:
-        normalised = {str(name): frozenset(int(v) for v in (versions or ()))
-                      for name, versions in declared.items()}
+        normalised = {str(name): frozenset(int(v) for v in (versions or ())) for name, versions in declared.items()}
     target: Any = handler
     if isinstance(handler, BaseHandler):  # the method itself: no extra coroutine per message
         overridden = type(handler).handle is not BaseHandler.handle
@@ -150,8 +153,13 @@ class HandlerRegistry:
         self._by_topic: dict[str, Route] = {}
         self._by_type: dict[tuple[str, str], Route] = {}
 
-    def register(self, topic: str, handler: HandlerLike, message_type: str | None = None,
-                 accepts: Mapping[str, Any] | None = None) -> None:
+    def register(
+        self,
+        topic: str,
+        handler: HandlerLike,
+        message_type: str | None = None,
+        accepts: Mapping[str, Any] | None = None,
+    ) -> None:
         """Register ``handler`` for ``topic`` (or only for ``message_type`` on it).
 
         Raises:
@@ -167,8 +175,7 @@ class HandlerRegistry:
             self._by_topic[topic] = route
         else:
             if (topic, message_type) in self._by_type:
-                raise ConfigError(f"a handler is already registered for topic {topic!r}, "
-                                  f"messageType {message_type!r}")
+                raise ConfigError(f"a handler is already registered for topic {topic!r}, messageType {message_type!r}")
             self._by_type[(topic, message_type)] = route
 
     @property
@@ -185,8 +192,10 @@ class HandlerRegistry:
         """
         route = self._by_type.get((topic, message_type)) or self._by_topic.get(topic)
         if route is None:
-            raise MessageError("routing", f"no handler for topic {topic!r}, messageType {message_type!r}",
-                               details=[{"path": "/header/messageType",
-                                         "message": f"no handler for {message_type!r} on {topic!r}"}])
+            raise MessageError(
+                "routing",
+                f"no handler for topic {topic!r}, messageType {message_type!r}",
+                details=[{"path": "/header/messageType", "message": f"no handler for {message_type!r} on {topic!r}"}],
+            )
         route.check_accepts(schema_name, version)
         return route

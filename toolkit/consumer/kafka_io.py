@@ -94,10 +94,19 @@ _Command = _Commit | _Pause | _Resume | _Close
 class PollThread:
     """Owns the :class:`confluent_kafka.Consumer`. Every public method is safe to call from the loop."""
 
-    def __init__(self, config: dict[str, Any], topics: list[str], loop: asyncio.AbstractEventLoop,
-                 events: TransportEvents, *, max_poll_records: int, max_in_flight: int,
-                 drain_timeout_s: float = 60.0, observers: list[TransportObserver] | None = None,
-                 lag_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: list[str],
+        loop: asyncio.AbstractEventLoop,
+        events: TransportEvents,
+        *,
+        max_poll_records: int,
+        max_in_flight: int,
+        drain_timeout_s: float = 60.0,
+        observers: list[TransportObserver] | None = None,
+        lag_interval_s: float = 5.0,
+    ) -> None:
         self._config = config
         self._topics = topics
         self._loop = loop
@@ -134,8 +143,7 @@ class PollThread:
             config.setdefault("statistics.interval.ms", max(100, int(self._lag_interval_s * 1000)))
             config["stats_cb"] = self._statistics(config.get("stats_cb"))
         self.consumer = Consumer(config)
-        self.consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked,
-                                on_lost=self._lost)
+        self.consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
         self._thread.start()
 
     def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
@@ -291,8 +299,7 @@ class PollThread:
             self._window_paused = True
             log.debug("in-flight window full: fetching paused")
         elif self._window_paused and free >= self._max_in_flight * 0.2:
-            resume = [tp for tp in consumer.assignment()
-                      if (tp.topic, tp.partition) not in self._paused_by_loop]
+            resume = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self._paused_by_loop]
             consumer.resume(resume)
             self._window_paused = False
             log.debug("in-flight window: fetching resumed")
@@ -301,8 +308,9 @@ class PollThread:
         # Only the assignment the loop meant: a command queued before a revoke and run after it (or after
         # the re-assignment) would leave a partition paused that the loop's new state for it says is not,
         # and nothing would ever resume it.
-        return [(a.topic, a.partition) for a in assignments
-                if self._generation.get((a.topic, a.partition)) == a.generation]
+        return [
+            (a.topic, a.partition) for a in assignments if self._generation.get((a.topic, a.partition)) == a.generation
+        ]
 
     def _run_commands(self) -> bool:
         consumer = self.consumer
@@ -315,8 +323,11 @@ class PollThread:
             done = getattr(command, "done", None)
             try:
                 if isinstance(command, _Commit):
-                    current = [TopicPartition(p.topic, p.partition, p.offset) for p in command.positions
-                               if self._generation.get((p.topic, p.partition)) == p.generation]
+                    current = [
+                        TopicPartition(p.topic, p.partition, p.offset)
+                        for p in command.positions
+                        if self._generation.get((p.topic, p.partition)) == p.generation
+                    ]
                     self._store_commit(current, command.sync)
                 elif isinstance(command, _Pause):
                     tps = self._current(command.assignments)
@@ -393,13 +404,16 @@ class PollThread:
     def _statistics(self, user_callback: Any) -> Any:
         """librdkafka's statistics callback (on this thread, inside consume()): keeps each assigned
         partition's ``consumer_lag`` (-1 until the group committed an offset for it: left out)."""
+
         def on_statistics(report: str) -> None:
             try:
                 topics = json.loads(report).get("topics", {})
-                self.lag = {(topic, int(number)): int(part["consumer_lag"])
-                            for topic, stats in topics.items()
-                            for number, part in stats.get("partitions", {}).items()
-                            if part.get("desired") and int(number) >= 0 and part.get("consumer_lag", -1) >= 0}
+                self.lag = {
+                    (topic, int(number)): int(part["consumer_lag"])
+                    for topic, stats in topics.items()
+                    for number, part in stats.get("partitions", {}).items()
+                    if part.get("desired") and int(number) >= 0 and part.get("consumer_lag", -1) >= 0
+                }
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("unreadable librdkafka statistics: %s", exc)
             if user_callback is not None:
@@ -408,8 +422,11 @@ class PollThread:
         return on_statistics
 
     def fetch_state(self) -> FetchState:
-        return FetchState(self._thread.is_alive() and not self._closed.is_set(), self.last_poll,
-                          self._window_paused or self._full_since is not None)
+        return FetchState(
+            self._thread.is_alive() and not self._closed.is_set(),
+            self.last_poll,
+            self._window_paused or self._full_since is not None,
+        )
 
     # -- rebalance callbacks (run inside consume(), on this thread) ------------------------------------
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -421,8 +438,9 @@ class PollThread:
         self._paused_by_loop.difference_update((tp.topic, tp.partition) for tp in partitions)
         _resume(consumer, partitions)
         if self._window_paused:  # end the window pause for the partitions kept too, or they stay paused
-            _resume(consumer, [tp for tp in consumer.assignment()
-                               if (tp.topic, tp.partition) not in self._paused_by_loop])
+            _resume(
+                consumer, [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self._paused_by_loop]
+            )
             self._window_paused = False
             log.debug("in-flight window: fetching resumed (partitions assigned)")
         assigned = []
@@ -465,8 +483,10 @@ def fatal_reason(err: KafkaError, config: dict[str, Any]) -> str:
     text = err.str() or ""
     hint = ""
     if err.code() == KafkaError.FENCED_INSTANCE_ID or "group.instance.id" in text or "fenced" in text.lower():
-        hint = (f"; another process joined with group.instance.id {config.get('group.instance.id')!r}: give "
-                "each process of the group its own KAFKA_GROUP_INSTANCE_ID")
+        hint = (
+            f"; another process joined with group.instance.id {config.get('group.instance.id')!r}: give "
+            "each process of the group its own KAFKA_GROUP_INSTANCE_ID"
+        )
     return f"fatal Kafka error: {text}{hint}"
 
 
@@ -491,8 +511,14 @@ class KafkaTransport:
             connection settings).
     """
 
-    def __init__(self, consumer_config: dict[str, Any], *, client_config: dict[str, Any],
-                 dead_letter_config: dict[str, Any] | None = None, drain_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        consumer_config: dict[str, Any],
+        *,
+        client_config: dict[str, Any],
+        dead_letter_config: dict[str, Any] | None = None,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
         self.consumer_config = consumer_config
         self._client_config = client_config
         self._dead_letter_config = dict(dead_letter_config or {})
@@ -507,17 +533,37 @@ class KafkaTransport:
         admin_config = {k: v for k, v in self.consumer_config.items() if k not in ("logger", "on_commit")}
         return set(wait_for_broker(admin_config, timeout_s).topics)
 
-    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int,
-              dlq_max_message_bytes: int) -> DeadLetterSender:
+    def start(
+        self,
+        topics: list[str],
+        group_id: str,
+        events: TransportEvents,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_poll_records: int,
+        max_in_flight: int,
+        dlq_max_message_bytes: int,
+    ) -> DeadLetterSender:
         # group_id is in consumer_config already (``group.id``)
         sender = None
         try:
-            sender = DeadLetterSender(self._client_config, loop, producer_overrides=self._dead_letter_config,
-                                      max_message_bytes=dlq_max_message_bytes)
-            poller = PollThread(self.consumer_config, topics, loop, events, max_poll_records=max_poll_records,
-                                max_in_flight=max_in_flight, drain_timeout_s=self._drain_timeout_s,
-                                observers=self._observers, lag_interval_s=self._lag_interval_s)
+            sender = DeadLetterSender(
+                self._client_config,
+                loop,
+                producer_overrides=self._dead_letter_config,
+                max_message_bytes=dlq_max_message_bytes,
+            )
+            poller = PollThread(
+                self.consumer_config,
+                topics,
+                loop,
+                events,
+                max_poll_records=max_poll_records,
+                max_in_flight=max_in_flight,
+                drain_timeout_s=self._drain_timeout_s,
+                observers=self._observers,
+                lag_interval_s=self._lag_interval_s,
+            )
             poller.start()
         except Exception as exc:  # librdkafka refused the configuration
             if sender is not None:
@@ -575,14 +621,26 @@ class DeadLetterSender:
     and the ``max.message.bytes`` of the topics created here; ``self.max_message_bytes`` is the one in use.
     """
 
-    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
-                 producer_overrides: dict[str, Any] | None = None,
-                 max_message_bytes: int = DLQ_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        producer_overrides: dict[str, Any] | None = None,
+        max_message_bytes: int = DLQ_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._loop = loop
         self._admin_config = dict(config)
-        self._producer_config = {"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
-                                 "linger.ms": 5, "message.max.bytes": max_message_bytes,
-                                 "delivery.timeout.ms": 30_000, **(producer_overrides or {})}
+        self._producer_config = {
+            "logger": kafka_logger(),
+            **config,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.max.bytes": max_message_bytes,
+            "delivery.timeout.ms": 30_000,
+            **(producer_overrides or {}),
+        }
         self.max_message_bytes = int(self._producer_config["message.max.bytes"])
         self._producer = Producer(self._producer_config)
         self._alone: Producer | None = None  # made at the first resend
@@ -617,8 +675,12 @@ class DeadLetterSender:
             self._admin = AdminClient(self._admin_config)
         # Create first: asking for the metadata of one missing topic would let the broker auto-create it
         # with its defaults (auto.create.topics.enable), and a ~1 MB record's dead letter would not fit.
-        new = NewTopic(topic, num_partitions=partitions, replication_factor=-1,
-                       config={"max.message.bytes": str(self.max_message_bytes)})
+        new = NewTopic(
+            topic,
+            num_partitions=partitions,
+            replication_factor=-1,
+            config={"max.message.bytes": str(self.max_message_bytes)},
+        )
         try:
             self._admin.create_topics([new], operation_timeout=10)[topic].result(timeout=15)
             log.info("created dead-letter topic %s", topic)
@@ -645,8 +707,10 @@ class DeadLetterSender:
             if err is None:
                 self._loop.call_soon_threadsafe(_resolve, future, None)
             else:
-                failure = BrokerUnavailable(f"dead letter to {record.topic} not delivered: {err}"
-                                            + self._too_large(err, record, "the topic's max.message.bytes"))
+                failure = BrokerUnavailable(
+                    f"dead letter to {record.topic} not delivered: {err}"
+                    + self._too_large(err, record, "the topic's max.message.bytes")
+                )
                 self._loop.call_soon_threadsafe(_resolve, future, failure)
 
         try:
@@ -656,13 +720,15 @@ class DeadLetterSender:
                     self._alone = Producer({**self._producer_config, "linger.ms": 0, "batch.num.messages": 1})
                 producer = self._alone
             headers: list[tuple[str, str | bytes | None]] = list(record.headers)
-            producer.produce(record.topic, value=record.value, key=record.key, headers=headers,
-                             on_delivery=delivered)
+            producer.produce(record.topic, value=record.value, key=record.key, headers=headers, on_delivery=delivered)
         except Exception as exc:  # BufferError, KafkaException (e.g. too large); never lose the failure
             failure = broker_error(exc, f"producing dead letter to {record.topic}")
             err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-            hint = self._too_large(err, record, f"EPISTLE_DLQ_MAX_MESSAGE_BYTES (now {self.max_message_bytes}) "
-                                                "and the topic's max.message.bytes")
+            hint = self._too_large(
+                err,
+                record,
+                f"EPISTLE_DLQ_MAX_MESSAGE_BYTES (now {self.max_message_bytes}) and the topic's max.message.bytes",
+            )
             future.set_exception(BrokerUnavailable(f"{failure}{hint}") if hint else failure)
         return future
 
@@ -692,9 +758,16 @@ def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
         future.set_exception(error)
 
 
-def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None = None,
-           headers: list[tuple[str, bytes | None]] | None = None, *, topic: str | None = None,
-           keep_timestamp: bool = True, timeout_s: float = 30.0) -> Any:
+def replay_dead_letter(
+    config: dict[str, Any],
+    value: bytes,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes | None]] | None = None,
+    *,
+    topic: str | None = None,
+    keep_timestamp: bool = True,
+    timeout_s: float = 30.0,
+) -> Any:
     """Produce the original record of a dead letter again, byte for byte (value, key, headers with their
     null values and earlier ``kafka_dlt-*`` ones, and with ``keep_timestamp`` the timestamp: one that was
     missing or 0 becomes the time of the replay), to its source topic or to ``topic``; returns the
@@ -711,13 +784,24 @@ def replay_dead_letter(config: dict[str, Any], value: bytes, key: bytes | None =
     replay_options(config, topic, keep_timestamp, timeout_s)
     original = original_record(value, key, headers)
     try:
-        producer = Producer({"logger": kafka_logger(), **config, "acks": "all", "enable.idempotence": True,
-                             "message.max.bytes": DLQ_MAX_MESSAGE_BYTES})
+        producer = Producer(
+            {
+                "logger": kafka_logger(),
+                **config,
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+            }
+        )
     except (KafkaException, TypeError, ValueError) as exc:
         raise ConfigError(f"config: the Kafka client refused it: {exc}", setting="config") from None
     failures: list[Any] = []
-    kwargs: dict[str, Any] = {"value": original.value, "key": original.key, "headers": original.headers,
-                              "on_delivery": lambda err, _msg: _note(failures, err)}
+    kwargs: dict[str, Any] = {
+        "value": original.value,
+        "key": original.key,
+        "headers": original.headers,
+        "on_delivery": lambda err, _msg: _note(failures, err),
+    }
     if keep_timestamp and original.timestamp is not None and original.timestamp > 0:  # 0 means "now" here
         kwargs["timestamp"] = original.timestamp
     try:

@@ -66,13 +66,21 @@ class Middleware:
         propagates through here)."""
         return await call_next(message)
 
-    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
-                   delay_s: float | None) -> None:
+    def on_outcome(
+        self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
+    ) -> None:
         """A decision about ``record``: ``message`` is None when it failed before becoming one (decode,
         envelope, schema, validation, model, routing); ``delay_s`` is the wait of a RetryAfter or Pause."""
 
-    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
-                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+    def on_dead_letter(
+        self,
+        record: Record,
+        dead_letter: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         """A dead letter was acknowledged (``error`` None) or refused (``failures`` so far; resent after
         ``delay_s``)."""
 
@@ -103,8 +111,11 @@ class Hooks:
             if not isinstance(item, Middleware):
                 from toolkit.errors import ConfigError
 
-                raise ConfigError(f"middleware: {item!r} is not a toolkit.consumer.Middleware; subclass it and "
-                                  "override the hooks you need", setting="middleware")
+                raise ConfigError(
+                    f"middleware: {item!r} is not a toolkit.consumer.Middleware; subclass it and "
+                    "override the hooks you need",
+                    setting="middleware",
+                )
         self.middleware = list(middleware)
         self.on_record = [m.on_record for m in middleware if overrides(m, "on_record")]
         self.around = [m.around_handler for m in middleware if overrides(m, "around_handler")]
@@ -127,16 +138,24 @@ class Hooks:
             except Exception:  # noqa: BLE001 - middleware must not lose a record
                 log.exception("middleware on_record failed")
 
-    def outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
-                delay_s: float | None = None) -> None:
+    def outcome(
+        self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None = None
+    ) -> None:
         for hook in self.on_outcome:
             try:
                 hook(record, message, outcome, attempt, delay_s)
             except Exception:  # noqa: BLE001
                 log.exception("middleware on_outcome failed")
 
-    def dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
-                    error: BaseException | None, failures: int, delay_s: float | None) -> None:
+    def dead_letter(
+        self,
+        record: Record,
+        dead_letter: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         for hook in self.on_dead_letter:
             try:
                 hook(record, dead_letter, outcome, error, failures, delay_s)
@@ -149,7 +168,6 @@ class Hooks:
                 hook(record)
             except Exception:  # noqa: BLE001
                 log.exception("middleware on_abandoned failed")
-
 
     def start(self, engine: Engine) -> None:
         for hook in self.on_start:
@@ -179,8 +197,9 @@ class StatsMiddleware(Middleware):
     def __init__(self, stats: ConsumerStats) -> None:
         self.stats = stats
 
-    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
-                   delay_s: float | None) -> None:
+    def on_outcome(
+        self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
+    ) -> None:
         stats = self.stats[record.topic()]
         if isinstance(outcome, Done):
             stats.processed += 1
@@ -189,8 +208,15 @@ class StatsMiddleware(Middleware):
         elif isinstance(outcome, Pause):
             stats.paused += 1
 
-    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
-                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+    def on_dead_letter(
+        self,
+        record: Record,
+        dead_letter: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         stats = self.stats[record.topic()]
         if error is None:
             stats.dead_lettered[outcome.stage] += 1
@@ -201,40 +227,67 @@ class StatsMiddleware(Middleware):
 def log_context(record: Record, message: Message[Any] | None = None) -> dict[str, Any]:
     """The structured-log context of a record (topic, partition, offset, messageId, correlationId)."""
     header = message.header if message is not None else None
-    return {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
-            "messageId": header.message_id if header else None,
-            "correlationId": header.correlation_id if header else None}
+    return {
+        "topic": record.topic(),
+        "partition": record.partition(),
+        "offset": record.offset(),
+        "messageId": header.message_id if header else None,
+        "correlationId": header.correlation_id if header else None,
+    }
 
 
 class LoggingMiddleware(Middleware):
     """The consumer's outcome log lines (logger ``toolkit.consumer``), with :func:`log_context`."""
 
-    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
-                   delay_s: float | None) -> None:
+    def on_outcome(
+        self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
+    ) -> None:
         if isinstance(outcome, Done):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("done", extra=log_context(record, message))
         elif isinstance(outcome, RetryAfter):
-            log.info("retrying in %.2fs (attempt %d failed: %s)", outcome.delay_s, attempt, outcome.reason,
-                     extra=log_context(record, message))
+            log.info(
+                "retrying in %.2fs (attempt %d failed: %s)",
+                outcome.delay_s,
+                attempt,
+                outcome.reason,
+                extra=log_context(record, message),
+            )
         elif isinstance(outcome, Pause):
             log.warning("waiting %.2fs: %s", delay_s or 0.0, outcome.reason, extra=log_context(record, message))
         elif isinstance(outcome, Stop):
             dl = outcome.dead_letter
-            log.error("stopping (ErrorPolicy.STOP) at %s: %s", dl.stage, dl.reason,
-                      extra=log_context(record, message))
+            log.error("stopping (ErrorPolicy.STOP) at %s: %s", dl.stage, dl.reason, extra=log_context(record, message))
 
-    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
-                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+    def on_dead_letter(
+        self,
+        record: Record,
+        dead_letter: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         if error is None:
-            log.warning("dead-lettered to %s: %s: %s", dead_letter.topic, outcome.stage, outcome.reason,
-                        extra=log_context(record))
+            log.warning(
+                "dead-lettered to %s: %s: %s",
+                dead_letter.topic,
+                outcome.stage,
+                outcome.reason,
+                extra=log_context(record),
+            )
             return
         # Retried forever (the offset stays uncommitted); persistent failures need an operator.
         level = logging.WARNING if failures < 5 else logging.ERROR
         why = error if isinstance(error, BrokerUnavailable) else f"{type(error).__name__}: {safe_str(error)}"
-        log.log(level, "dead letter not delivered (failure %d), retrying in %.2fs: %s", failures, delay_s or 0.0,
-                why, extra=log_context(record))
+        log.log(
+            level,
+            "dead letter not delivered (failure %d), retrying in %.2fs: %s",
+            failures,
+            delay_s or 0.0,
+            why,
+            extra=log_context(record),
+        )
 
 
 __all__ = ["CallNext", "Hooks", "LoggingMiddleware", "Middleware", "StatsMiddleware", "log_context"]

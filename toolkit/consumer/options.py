@@ -21,18 +21,28 @@ if TYPE_CHECKING:
     from toolkit.settings import OrderingMode, Settings
 
 # option -> the ConsumerSettings field holding its bounds (same name unless listed)
-_BOUNDED = ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "commit_interval_s",
-            "dlq_max_message_bytes", "startup_timeout_s")
+_BOUNDED = (
+    "max_workers",
+    "max_poll_records",
+    "max_in_flight",
+    "max_nesting_depth",
+    "commit_interval_s",
+    "dlq_max_message_bytes",
+    "startup_timeout_s",
+)
 _KAFKA = ("startup_timeout_s",)  # options whose bounds are KafkaSettings' (KAFKA_*), not ConsumerSettings'
-_WHAT = {"max_workers": "handlers running at once", "max_poll_records": "records per fetch",
-         "max_in_flight": "records held before fetching pauses",
-         "max_nesting_depth": "JSON nesting levels accepted in a record",
-         "commit_interval_s": "seconds between offset commits",
-         "shutdown_timeout_s": "seconds stop() waits for handlers in flight",
-         "dlq_max_message_bytes": "largest dead letter sent whole",
-         "unknown_schema_grace_s": "seconds a record waits for a schema the registry does not know, 0 "
-                                   "dead-letters it at once",
-         "startup_timeout_s": "seconds start() waits for a broker to answer"}
+_WHAT = {
+    "max_workers": "handlers running at once",
+    "max_poll_records": "records per fetch",
+    "max_in_flight": "records held before fetching pauses",
+    "max_nesting_depth": "JSON nesting levels accepted in a record",
+    "commit_interval_s": "seconds between offset commits",
+    "shutdown_timeout_s": "seconds stop() waits for handlers in flight",
+    "dlq_max_message_bytes": "largest dead letter sent whole",
+    "unknown_schema_grace_s": "seconds a record waits for a schema the registry does not know, 0 "
+    "dead-letters it at once",
+    "startup_timeout_s": "seconds start() waits for a broker to answer",
+}
 
 
 def _bounds(name: str) -> tuple[float | None, float | None, bool]:
@@ -95,8 +105,12 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     given = {name: value for name, value in arguments.items() if value is not None and name != "self"}
     for name in ("bootstrap_servers", "group_id", "dlq_suffix", "group_instance_id"):
         if name in given and (not isinstance(given[name], str) or not given[name].strip()):
-            raise _fail(name, given[name], "use a non-empty string" + (
-                " such as host:9092 (comma-separated)" if name == "bootstrap_servers" else ""))
+            raise _fail(
+                name,
+                given[name],
+                "use a non-empty string"
+                + (" such as host:9092 (comma-separated)" if name == "bootstrap_servers" else ""),
+            )
     for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "dlq_max_message_bytes"):
         if name in given:
             _number(name, given[name], integer=True)
@@ -108,8 +122,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
             try:
                 enum(given[name])  # exactly as the constructor converts it
             except (ValueError, TypeError):
-                raise _fail(name, given[name], "use one of " + ", ".join(member.value for member in enum)
-                            ) from None
+                raise _fail(name, given[name], "use one of " + ", ".join(member.value for member in enum)) from None
     topics = None
     if "topics" in given:
         topics = given["topics"]
@@ -118,29 +131,53 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
         topics = list(topics)  # once: a generator is empty the second time
         if not all(isinstance(topic, str) and topic.strip() for topic in topics):
             raise _fail("topics", topics, 'use a list of non-empty topic names, e.g. ["orders"]')
-    checks = {"retry": (lambda v: isinstance(v, RetryPolicy), "use a RetryPolicy(max_attempts, initial_s, max_s)"),
-              "settings": (lambda v: isinstance(v, Settings), "use toolkit.load_settings()"),
-              "stop_when_idle": (lambda v: isinstance(v, bool), "use True or False"),
-              "kafka_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
-                               'use a dict of librdkafka properties, e.g. {"session.timeout.ms": 10000}'),
-              "dead_letter_producer_config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
-                                              'use a dict of librdkafka producer properties, e.g. '
-                                              '{"compression.type": "zstd"}'),
-              "subject_strategy": (callable, "use a function SubjectContext -> subject name, e.g. "
-                                             "toolkit.registry.topic_value_strategy"),
-              "serializer": (lambda v: callable(getattr(v, "loads", v)),
-                             "use an object with loads(bytes), or a function of the record bytes"),
-              "registry": (lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
-                           "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a "
-                           "CachedRegistry"),
-              "middleware": (lambda v: isinstance(v, list | tuple), "use a list of toolkit.consumer.Middleware"),
-              "transport": (lambda v: all(callable(getattr(v, m, None)) for m in (
-                  "connect", "start", "commit", "take_commit_failure", "pause", "resume", "stop_fetching", "close")),
-                            "use a toolkit.consumer.transport.Transport, e.g. toolkit.testing.InMemoryBroker()"
-                            ".transport(); None is Kafka"),
-              "models": (lambda v: callable(getattr(v, "get", None)),
-                         "use a model index with get(schema_name, version), e.g. "
-                         "toolkit.codegen.load_model_index()")}
+    checks = {
+        "retry": (lambda v: isinstance(v, RetryPolicy), "use a RetryPolicy(max_attempts, initial_s, max_s)"),
+        "settings": (lambda v: isinstance(v, Settings), "use toolkit.load_settings()"),
+        "stop_when_idle": (lambda v: isinstance(v, bool), "use True or False"),
+        "kafka_config": (
+            lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+            'use a dict of librdkafka properties, e.g. {"session.timeout.ms": 10000}',
+        ),
+        "dead_letter_producer_config": (
+            lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+            'use a dict of librdkafka producer properties, e.g. {"compression.type": "zstd"}',
+        ),
+        "subject_strategy": (
+            callable,
+            "use a function SubjectContext -> subject name, e.g. toolkit.registry.topic_value_strategy",
+        ),
+        "serializer": (
+            lambda v: callable(getattr(v, "loads", v)),
+            "use an object with loads(bytes), or a function of the record bytes",
+        ),
+        "registry": (
+            lambda v: callable(getattr(v, "resolve", None)) or callable(getattr(v, "get", None)),
+            "use a SchemaRegistry (e.g. toolkit.registry.LocalFolderRegistry) or a CachedRegistry",
+        ),
+        "middleware": (lambda v: isinstance(v, list | tuple), "use a list of toolkit.consumer.Middleware"),
+        "transport": (
+            lambda v: all(
+                callable(getattr(v, m, None))
+                for m in (
+                    "connect",
+                    "start",
+                    "commit",
+                    "take_commit_failure",
+                    "pause",
+                    "resume",
+                    "stop_fetching",
+                    "close",
+                )
+            ),
+            "use a toolkit.consumer.transport.Transport, e.g. toolkit.testing.InMemoryBroker()"
+            ".transport(); None is Kafka",
+        ),
+        "models": (
+            lambda v: callable(getattr(v, "get", None)),
+            "use a model index with get(schema_name, version), e.g. toolkit.codegen.load_model_index()",
+        ),
+    }
     for name, (ok, fix) in checks.items():
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
@@ -197,8 +234,9 @@ class ConsumerOptions:
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
         cfg = settings.consumer if settings else ConsumerSettings.model_construct()
         try:  # the same rules (and {hostname}) as KAFKA_GROUP_INSTANCE_ID
-            group_instance = (kafka.group_instance_id if a.get("group_instance_id") is None
-                              else instance_id(a["group_instance_id"]))
+            group_instance = (
+                kafka.group_instance_id if a.get("group_instance_id") is None else instance_id(a["group_instance_id"])
+            )
         except ValueError as exc:
             raise ConfigError(f"group_instance_id: {exc}", setting="group_instance_id") from None
         bootstrap = a.get("bootstrap_servers") or kafka.bootstrap_servers
@@ -207,14 +245,16 @@ class ConsumerOptions:
             return default if a.get(name) is None else a[name]
 
         return cls(
-            bootstrap_servers=bootstrap, group_id=a.get("group_id") or kafka.group_id, topics=topics,
+            bootstrap_servers=bootstrap,
+            group_id=a.get("group_id") or kafka.group_id,
+            topics=topics,
             max_workers=given("max_workers", cfg.max_workers),
             max_poll_records=given("max_poll_records", cfg.max_poll_records),
             max_in_flight=given("max_in_flight", cfg.max_in_flight),
             ordering=OrderingMode(given("ordering", cfg.ordering)),
             error_policy=ErrorPolicy(given("error_policy", cfg.error_policy)),
-            retry=given("retry", None) or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s,
-                                                      cfg.retry_backoff_max_s),
+            retry=given("retry", None)
+            or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s, cfg.retry_backoff_max_s),
             dlq_suffix=given("dlq_suffix", cfg.dlq_suffix),
             commit_interval_s=float(given("commit_interval_s", cfg.commit_interval_s)),
             stop_when_idle=bool(given("stop_when_idle", False)),
@@ -223,26 +263,40 @@ class ConsumerOptions:
             dlq_max_message_bytes=given("dlq_max_message_bytes", cfg.dlq_max_message_bytes),
             unknown_schema_grace_s=float(given("unknown_schema_grace_s", cfg.unknown_schema_grace_s)),
             startup_timeout_s=float(given("startup_timeout_s", kafka.startup_timeout_s)),
-            group_instance_id=group_instance, auto_offset_reset=kafka.auto_offset_reset,
-            client_config={**kafka.client_config(), "bootstrap.servers": bootstrap,
-                           **connection_settings(a.get("kafka_config") or {})},
+            group_instance_id=group_instance,
+            auto_offset_reset=kafka.auto_offset_reset,
+            client_config={
+                **kafka.client_config(),
+                "bootstrap.servers": bootstrap,
+                **connection_settings(a.get("kafka_config") or {}),
+            },
             kafka_config=dict(a.get("kafka_config") or {}),
             dead_letter_producer_config=dict(a.get("dead_letter_producer_config") or {}),
-            value_formats=(check_value_formats(a["value_formats"]) if a.get("value_formats") is not None
-                           else dict(cfg.value_formats)))
+            value_formats=(
+                check_value_formats(a["value_formats"])
+                if a.get("value_formats") is not None
+                else dict(cfg.value_formats)
+            ),
+        )
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka consumer's settings: ours, then ``kafka_config`` over them."""
         from toolkit.consumer.kafka_log import kafka_logger
 
-        return {**self.client_config, "group.id": self.group_id, "auto.offset.reset": self.auto_offset_reset,
-                "enable.auto.commit": False, "enable.auto.offset.store": False,
-                "enable.partition.eof": True, "partition.assignment.strategy": "cooperative-sticky",
-                # librdkafka's prefetch queue (default 64 MB) is memory beside our in-flight window.
-                "queued.max.messages.kbytes": 32768,
-                "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
-                **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
-                **self.kafka_config}
+        return {
+            **self.client_config,
+            "group.id": self.group_id,
+            "auto.offset.reset": self.auto_offset_reset,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "partition.assignment.strategy": "cooperative-sticky",
+            # librdkafka's prefetch queue (default 64 MB) is memory beside our in-flight window.
+            "queued.max.messages.kbytes": 32768,
+            "logger": kafka_logger(),  # librdkafka's lines via Python logging, repeats held back
+            **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
+            **self.kafka_config,
+        }
 
 
 def check_value_formats(value: Any) -> dict:
@@ -254,8 +308,12 @@ def check_value_formats(value: Any) -> dict:
     from toolkit.wire import SETTING, parse_value_formats
 
     if not isinstance(value, Mapping):
-        raise _fail("value_formats", value, 'use a dict of topic -> "envelope", "confluent" or "auto", e.g. '
-                                            f'{{"payments": "confluent"}} ({SETTING} sets the default)')
+        raise _fail(
+            "value_formats",
+            value,
+            'use a dict of topic -> "envelope", "confluent" or "auto", e.g. '
+            f'{{"payments": "confluent"}} ({SETTING} sets the default)',
+        )
     try:
         return parse_value_formats(value)
     except ValueError as exc:
@@ -264,12 +322,24 @@ def check_value_formats(value: Any) -> dict:
 
 # librdkafka properties that say how to reach and authenticate to the cluster, as opposed to how to consume:
 # given in kafka_config, they apply to the dead-letter producer and the admin client too.
-_CONNECTION_PREFIXES = ("security.protocol", "sasl.", "ssl.", "ssl_", "enable.ssl.", "socket.",
-                        "client.dns.lookup", "broker.address.", "resolve_canonical_bootstrap_servers_only")
+_CONNECTION_PREFIXES = (
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl.",
+    "socket.",
+    "client.dns.lookup",
+    "broker.address.",
+    "resolve_canonical_bootstrap_servers_only",
+)
 
 
 def connection_settings(kafka_config: Mapping[str, Any]) -> dict[str, Any]:
     """The connection and security properties of ``kafka_config`` (``security.protocol``, ``sasl.*``,
     ``ssl.*``, ``socket.*`` ...): a consumer given SASL credentials there produces its dead letters with them."""
-    return {key: value for key, value in kafka_config.items()
-            if isinstance(key, str) and key.startswith(_CONNECTION_PREFIXES)}
+    return {
+        key: value
+        for key, value in kafka_config.items()
+        if isinstance(key, str) and key.startswith(_CONNECTION_PREFIXES)
+    }

@@ -78,16 +78,24 @@ class RetryPolicy:
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
-        problems = {"max_attempts": _refused(_args.integer, "max_attempts", self.max_attempts, low=1),
-                    "initial_s": _refused(_args.number, "initial_s", self.initial_s, low=0),
-                    "max_s": _refused(_args.number, "max_s", self.max_s, positive=True),
-                    "multiplier": _refused(_args.number, "multiplier", self.multiplier, low=1)}
-        fixes = {"max_attempts": "an integer of at least 1", "initial_s": "seconds, at least 0",
-                 "max_s": "seconds, above 0", "multiplier": "a number of at least 1"}
+        problems = {
+            "max_attempts": _refused(_args.integer, "max_attempts", self.max_attempts, low=1),
+            "initial_s": _refused(_args.number, "initial_s", self.initial_s, low=0),
+            "max_s": _refused(_args.number, "max_s", self.max_s, positive=True),
+            "multiplier": _refused(_args.number, "multiplier", self.multiplier, low=1),
+        }
+        fixes = {
+            "max_attempts": "an integer of at least 1",
+            "initial_s": "seconds, at least 0",
+            "max_s": "seconds, above 0",
+            "multiplier": "a number of at least 1",
+        }
         for name, bad in problems.items():
             if bad:
-                raise ConfigError(f"RetryPolicy {name}={getattr(self, name)!r}"[:120] + f": use {fixes[name]}",
-                                  setting=f"retry.{name}")
+                raise ConfigError(
+                    f"RetryPolicy {name}={getattr(self, name)!r}"[:120] + f": use {fixes[name]}",
+                    setting=f"retry.{name}",
+                )
 
     def delay(self, attempt: int) -> float:
         """Backoff after failed attempt number ``attempt`` (1-based): :func:`toolkit.backoff.exponential_delay`."""
@@ -140,8 +148,9 @@ class Stop:
 Outcome = Done | RetryAfter | Pause | ToDeadLetter | Stop
 
 
-def decide(result: Any, attempt: int, retry: RetryPolicy,
-           error_policy: ErrorPolicy = ErrorPolicy.DEAD_LETTER) -> Outcome:
+def decide(
+    result: Any, attempt: int, retry: RetryPolicy, error_policy: ErrorPolicy = ErrorPolicy.DEAD_LETTER
+) -> Outcome:
     """Map one attempt's result (a handler's return value, or the exception it or the pipeline raised) to
     the next step. ``attempt`` is 1 for the first attempt; transient outages do not count as attempts."""
     outcome = _decide(result, attempt, retry)
@@ -160,11 +169,17 @@ def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
     if isinstance(result, DeadLetter):
         return ToDeadLetter(HANDLER, safe_str(result) or "the handler raised DeadLetter", result, result.details)
     if isinstance(result, RetryableError) or result is False:
-        why = (f"{type(result).__name__}: {safe_str(result)}" if isinstance(result, BaseException)
-               else "handler returned False")
+        why = (
+            f"{type(result).__name__}: {safe_str(result)}"
+            if isinstance(result, BaseException)
+            else "handler returned False"
+        )
         if attempt >= retry.max_attempts:
-            return ToDeadLetter(RETRIES_EXHAUSTED, f"{why} (attempt {attempt} of {retry.max_attempts})",
-                              result if isinstance(result, BaseException) else None)
+            return ToDeadLetter(
+                RETRIES_EXHAUSTED,
+                f"{why} (attempt {attempt} of {retry.max_attempts})",
+                result if isinstance(result, BaseException) else None,
+            )
         explicit = result.delay_s if isinstance(result, Retry) else None
         delay = explicit if explicit is not None else retry.delay(attempt)
         return RetryAfter(delay, why)
@@ -172,5 +187,6 @@ def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
         return ToDeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
     if result is True or result is None:
         return DONE
-    return ToDeadLetter(HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; "
-                               "expected True, False or None")
+    return ToDeadLetter(
+        HANDLER, f"handler returned {type(result).__name__} {safe_str(result, repr)}; expected True, False or None"
+    )

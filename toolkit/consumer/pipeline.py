@@ -167,11 +167,19 @@ class Prepared:
 class Pipeline:
     """The stages, bound to a resolver, a model index, a handler registry and a serializer."""
 
-    def __init__(self, resolver: SchemaResolver, router: HandlerRegistry, models: ModelLookup | None = None,
-                 serializer: SerializerLike | None = None,
-                 subject_strategy: SubjectStrategy = schema_name_strategy, *, max_depth: int = MAX_DEPTH,
-                 unknown_schema_grace_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
-                 value_formats: Mapping[str, ValueFormat | str] | None = None):
+    def __init__(
+        self,
+        resolver: SchemaResolver,
+        router: HandlerRegistry,
+        models: ModelLookup | None = None,
+        serializer: SerializerLike | None = None,
+        subject_strategy: SubjectStrategy = schema_name_strategy,
+        *,
+        max_depth: int = MAX_DEPTH,
+        unknown_schema_grace_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        value_formats: Mapping[str, ValueFormat | str] | None = None,
+    ):
         self.resolver = resolver
         self.max_depth = max_depth  # EPISTLE_MAX_NESTING_DEPTH: JSON nesting levels of the whole envelope
         allow_depth(max_depth)
@@ -194,9 +202,11 @@ class Pipeline:
         if wire_topics and not supports_schema_ids(resolver):
             from toolkit.registry.local import no_schema_ids
 
-            raise ConfigError(f"{SETTING} (value_formats) reads {', '.join(sorted(wire_topics))} in Confluent's "
-                              f"wire format, but {no_schema_ids(getattr(resolver, 'registry', resolver))}",
-                              setting="SCHEMA_REGISTRY_URL")
+            raise ConfigError(
+                f"{SETTING} (value_formats) reads {', '.join(sorted(wire_topics))} in Confluent's "
+                f"wire format, but {no_schema_ids(getattr(resolver, 'registry', resolver))}",
+                setting="SCHEMA_REGISTRY_URL",
+            )
         self._index_names: tuple[str, ...] | None = None
         self._wire_plans: dict[tuple[str, int, str | None, str | None], WirePlan] = {}
         # (subject, version) or schema id the registry did not know -> (first miss, latest miss), monotonic s
@@ -220,8 +230,9 @@ class Pipeline:
             return decode_record(value, self.serializer, max_depth=self.max_depth)
         return split(value)
 
-    def locate(self, value: bytes | None, topic: str) -> tuple[DecodedRecord | WireRecord,
-                                                                Plan | CompiledSchema | WireSchema | tuple]:
+    def locate(
+        self, value: bytes | None, topic: str
+    ) -> tuple[DecodedRecord | WireRecord, Plan | CompiledSchema | WireSchema | tuple]:
         """:meth:`decode`, then what :meth:`finish` needs: the plan of an earlier record with the same
         header, else the schema if already resolved, else the key to :meth:`resolve` (a tuple) (no I/O).
 
@@ -286,8 +297,9 @@ class Pipeline:
         except (RegistryUnavailable, MessageError):
             raise
         except Exception as exc:  # a schema the validator cannot compile is not something a retry fixes
-            raise MessageError("schema", f"schema {subject!r} v{version} cannot be used: "
-                                         f"{type(exc).__name__}: {exc}") from None
+            raise MessageError(
+                "schema", f"schema {subject!r} v{version} cannot be used: {type(exc).__name__}: {exc}"
+            ) from None
         self._unknown.pop(key, None)
         self._compiled[key] = compiled
         return compiled
@@ -308,8 +320,7 @@ class Pipeline:
         except (RegistryUnavailable, MessageError):
             raise
         except Exception as exc:  # a schema the validator cannot compile is not something a retry fixes
-            raise MessageError("schema", f"schema id {schema_id} cannot be used: "
-                                         f"{type(exc).__name__}: {exc}") from None
+            raise MessageError("schema", f"schema id {schema_id} cannot be used: {type(exc).__name__}: {exc}") from None
         self._compiled[key] = wire
         return wire
 
@@ -340,16 +351,25 @@ class Pipeline:
         waited = now - since
         if waited < grace:
             left = grace - waited
-            return SchemaNotYetKnown(f"{what} not in the registry (yet): {exc}; asking again for up to "
-                                     f"{left:.1f}s more ({GRACE_SETTING}={grace:g})",
-                                     unknown_for_s=waited, grace_s=grace,
-                                     retry_in_s=min(UNKNOWN_RETRY_MAX_S, max(left, 0.01)),
-                                     subject=subject, version=version)
-        waited_text = (f"still unknown after {waited:.1f}s of asking again ({GRACE_SETTING}={grace:g})"
-                       if grace > 0 else f"not waited for ({GRACE_SETTING}=0)")
-        return MessageError("schema", f"unknown schema: {what}: {exc}; {waited_text}",
-                            details=[{"path": path, "message": str(exc), "unknown_for_s": round(waited, 3),
-                                      "grace_s": grace}])
+            return SchemaNotYetKnown(
+                f"{what} not in the registry (yet): {exc}; asking again for up to "
+                f"{left:.1f}s more ({GRACE_SETTING}={grace:g})",
+                unknown_for_s=waited,
+                grace_s=grace,
+                retry_in_s=min(UNKNOWN_RETRY_MAX_S, max(left, 0.01)),
+                subject=subject,
+                version=version,
+            )
+        waited_text = (
+            f"still unknown after {waited:.1f}s of asking again ({GRACE_SETTING}={grace:g})"
+            if grace > 0
+            else f"not waited for ({GRACE_SETTING}=0)"
+        )
+        return MessageError(
+            "schema",
+            f"unknown schema: {what}: {exc}; {waited_text}",
+            details=[{"path": path, "message": str(exc), "unknown_for_s": round(waited, 3), "grace_s": grace}],
+        )
 
     def bind(self, decoded: DecodedRecord, compiled: CompiledSchema) -> Any:
         """Stages ``validation`` and ``model``: the body as the generated model instance."""
@@ -373,8 +393,9 @@ class Pipeline:
         assert self.models is not None
         model = self.models.get(header.schema_name, header.version)
         if model is None:
-            raise MessageError("model", f"no generated model for {header.schema_name} v{header.version}; "
-                                        "run make codegen and redeploy")
+            raise MessageError(
+                "model", f"no generated model for {header.schema_name} v{header.version}; run make codegen and redeploy"
+            )
         return model
 
     @staticmethod
@@ -387,11 +408,14 @@ class Pipeline:
                     raise
             return validate_deep(model, value)  # recursive models nested beyond pydantic's fixed limit
         except ValidationError as exc:
-            details = [{"path": "/body/" + "/".join(str(p) for p in err["loc"]), "message": err["msg"]}
-                       for err in exc.errors(include_url=False)]
+            details = [
+                {"path": "/body/" + "/".join(str(p) for p in err["loc"]), "message": err["msg"]}
+                for err in exc.errors(include_url=False)
+            ]
             notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
-            raise MessageError("model", f"body does not fit {model.__name__}: {len(details)} error(s){notes}",
-                               details=details) from None
+            raise MessageError(
+                "model", f"body does not fit {model.__name__}: {len(details)} error(s){notes}", details=details
+            ) from None
         except RecursionError:
             raise MessageError("model", "body nested too deeply for the model") from None
 
@@ -400,8 +424,17 @@ class Pipeline:
         return self.router.route(topic, header.message_type, header.schema_name, header.version)
 
     # -- all at once (tests, and the runtime's hot path once the schema is cached) -----------------------
-    def prepare(self, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes | None]] | None = None, timestamp: int | None = None) -> Prepared:
+    def prepare(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+        timestamp: int | None = None,
+    ) -> Prepared:
         """Every stage for one record.
 
         Raises:
@@ -411,8 +444,17 @@ class Pipeline:
         decoded = self.decode(value, topic)
         key_ = self.subject_of(topic, decoded)
         compiled = self.resolve(key_)
-        return self.finish(decoded, compiled, topic=topic, partition=partition, offset=offset, key=key,
-                           value=value, headers=headers, timestamp=timestamp)
+        return self.finish(
+            decoded,
+            compiled,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            headers=headers,
+            timestamp=timestamp,
+        )
 
     def plan(self, topic: str, header: Header | None) -> Plan | None:
         """What an earlier record with the same topic and header fields led to (no I/O), or None (always
@@ -426,9 +468,19 @@ class Pipeline:
         self._plans.clear()
         self._wire_plans.clear()
 
-    def finish(self, decoded: DecodedRecord | WireRecord, source: CompiledSchema | Plan | WireSchema, *,
-               topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-               headers: list[tuple[str, bytes | None]] | None, timestamp: int | None) -> Prepared:
+    def finish(
+        self,
+        decoded: DecodedRecord | WireRecord,
+        source: CompiledSchema | Plan | WireSchema,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None,
+        timestamp: int | None,
+    ) -> Prepared:
         """Stages ``validation``, ``model`` and ``routing``, from the resolved schema or from a :class:`Plan`.
 
         Stages run in the same order either way; the first success for a header remembers its plan, so
@@ -436,8 +488,17 @@ class Pipeline:
         :meth:`_finish_wire` (``source`` is the id's :class:`~toolkit.wire.WireSchema`).
         """
         if decoded.__class__ is WireRecord:
-            return self._finish_wire(decoded, source, topic=topic, partition=partition,  # type: ignore[arg-type]
-                                     offset=offset, key=key, value=value, headers=headers, timestamp=timestamp)
+            return self._finish_wire(
+                cast(WireRecord, decoded),
+                cast(WireSchema, source),
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+                headers=headers,
+                timestamp=timestamp,
+            )
         decoded = cast(DecodedRecord, decoded)
         header = decoded.header
         assert header is not None
@@ -462,14 +523,26 @@ class Pipeline:
         return Prepared(message, route)
 
     # -- Confluent's wire format ---------------------------------------------------------------------------
-    def _finish_wire(self, record: WireRecord, wire: WireSchema, *, topic: str, partition: int, offset: int,
-                     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None,
-                     timestamp: int | None) -> Prepared:
+    def _finish_wire(
+        self,
+        record: WireRecord,
+        wire: WireSchema,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None,
+        timestamp: int | None,
+    ) -> Prepared:
         """Stages ``schema`` (the subject among the id's that the topic reads), ``decode`` (the payload),
         ``validation`` (a JSON payload), ``model`` and ``routing``, then the synthesized header."""
         if not isinstance(wire, WireSchema):
-            raise InvalidArgumentType(f"a record in Confluent's wire format is finished with the WireSchema of "
-                                      f"its id, not a {type(wire).__name__}")
+            raise InvalidArgumentType(
+                f"a record in Confluent's wire format is finished with the WireSchema of "
+                f"its id, not a {type(wire).__name__}"
+            )
         fields = header_fields(headers)
         message_type = fields.get("messageType") or wire.message_type
         named = fields.get("schemaName")
@@ -488,9 +561,12 @@ class Pipeline:
             if self.models is not None:
                 model = self.models.get(schema_name, version)
                 if model is None:
-                    raise MessageError("model", f"no generated model for {schema_name} v{version} (schema id "
-                                                f"{wire.schema_id}, subject {subject!r}); run make codegen and "
-                                                "redeploy")
+                    raise MessageError(
+                        "model",
+                        f"no generated model for {schema_name} v{version} (schema id "
+                        f"{wire.schema_id}, subject {subject!r}); run make codegen and "
+                        "redeploy",
+                    )
                 body = self._build(body, model)
             route = self.router.route(topic, message_type, schema_name, version)
             plan = WirePlan(schema_name, subject, version, model, route)
@@ -498,14 +574,34 @@ class Pipeline:
                 self._wire_plans[plan_key] = plan
         elif plan.model is not None:
             body = self._build(body, plan.model)
-        header = synthesize_header(fields, message_type=message_type, schema_name=schema_name, version=version,
-                                   topic=topic, partition=partition, offset=offset, timestamp=timestamp)
-        message = Message(header, body, topic, partition, offset, key, headers or [], timestamp, value or b"",
-                          schema_id=wire.schema_id, subject=subject)
+        header = synthesize_header(
+            fields,
+            message_type=message_type,
+            schema_name=schema_name,
+            version=version,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp=timestamp,
+        )
+        message = Message(
+            header,
+            body,
+            topic,
+            partition,
+            offset,
+            key,
+            headers or [],
+            timestamp,
+            value or b"",
+            schema_id=wire.schema_id,
+            subject=subject,
+        )
         return Prepared(message, plan.route)
 
-    def _choose_subject(self, topic: str, wire: WireSchema, message_type: str | None,
-                        named: str | None) -> tuple[str, str, int]:
+    def _choose_subject(
+        self, topic: str, wire: WireSchema, message_type: str | None, named: str | None
+    ) -> tuple[str, str, int]:
         """``(schemaName, subject, version)`` for a record of ``topic`` carrying ``wire``'s id.
 
         The subject strategy says which subjects a topic reads; the id's own ``(subject, version)`` pairs
@@ -532,42 +628,57 @@ class Pipeline:
         if named and (subject := fits(named)):
             self._unknown.pop(key, None)
             return named, subject, versions[subject]
-        hits = [(name, subject) for name in dict.fromkeys((*self._model_names(), topic, *versions))
-                if (subject := fits(name))]
+        hits = [
+            (name, subject)
+            for name in dict.fromkeys((*self._model_names(), topic, *versions))
+            if (subject := fits(name))
+        ]
         if not hits:
             registered = ", ".join(f"{s!r} v{v}" for s, v in versions.items()) or "no subject"
             self._compiled.pop(key, None)  # asked again on the retry: the id may gain the topic's subject
-            raise self._unknown_schema(key, SchemaNotFound(
-                f"schema id {wire.schema_id} is registered as {registered}, none of them a subject topic "
-                f"{topic!r} reads under the subject strategy (SCHEMA_REGISTRY_SUBJECT_STRATEGY)"))
+            raise self._unknown_schema(
+                key,
+                SchemaNotFound(
+                    f"schema id {wire.schema_id} is registered as {registered}, none of them a subject topic "
+                    f"{topic!r} reads under the subject strategy (SCHEMA_REGISTRY_SUBJECT_STRATEGY)"
+                ),
+            )
         if self.models is not None:
             modelled = [hit for hit in hits if self._has_model(hit[0], versions[hit[1]])]
             if len(modelled) > 1:
                 names = ", ".join(sorted({name for name, _ in modelled}))
-                modelled = ([hit for hit in modelled if hit[0] == topic]
-                            or self._named_like(modelled, versions, wire.message_type))
+                modelled = [hit for hit in modelled if hit[0] == topic] or self._named_like(
+                    modelled, versions, wire.message_type
+                )
                 if len(modelled) != 1:
-                    raise MessageError("schema", f"schema id {wire.schema_id} on topic {topic!r} fits several "
-                                                 f"schemaNames with a generated model ({names}); send the "
-                                                 "schemaName as a Kafka header (the toolkit's producer does), "
-                                                 "or name the schema folder after the topic",
-                                       details=[{"path": "/schemaId", "message": f"ambiguous: {names}"}])
+                    raise MessageError(
+                        "schema",
+                        f"schema id {wire.schema_id} on topic {topic!r} fits several "
+                        f"schemaNames with a generated model ({names}); send the "
+                        "schemaName as a Kafka header (the toolkit's producer does), "
+                        "or name the schema folder after the topic",
+                        details=[{"path": "/schemaId", "message": f"ambiguous: {names}"}],
+                    )
             if modelled:
                 hits = modelled
         name, subject = hits[0]
         self._unknown.pop(key, None)
         return name, subject, versions[subject]
 
-    def _named_like(self, hits: list[tuple[str, str]], versions: dict[str, int],
-                    message_type: str | None) -> list[tuple[str, str]]:
+    def _named_like(
+        self, hits: list[tuple[str, str]], versions: dict[str, int], message_type: str | None
+    ) -> list[tuple[str, str]]:
         """The hits whose generated root class is named like the schema's record or title (codegen names it
         so: ``com.acme.Payment`` -> ``Payment``)."""
         if not message_type:
             return []
         short = message_type.rsplit(".", 1)[-1]
         assert self.models is not None
-        return [(name, subject) for name, subject in hits
-                if getattr(self.models.get(name, versions[subject]), "__name__", None) == short]
+        return [
+            (name, subject)
+            for name, subject in hits
+            if getattr(self.models.get(name, versions[subject]), "__name__", None) == short
+        ]
 
     def _subject_for(self, topic: str, schema_name: str, message_type: str | None) -> str:
         names = (topic, schema_name, message_type)

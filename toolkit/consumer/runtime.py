@@ -86,21 +86,38 @@ class KafkaConsumer:
         ConfigError: an argument is invalid.
     """
 
-    def __init__(self, bootstrap_servers: str | None = None, group_id: str | None = None, *,
-                 registry: Any = None, models: ModelLookup | None = None, topics: Iterable[str] | None = None,
-                 max_workers: int | None = None, max_poll_records: int | None = None,
-                 max_in_flight: int | None = None, ordering: OrderingMode | str | None = None,
-                 error_policy: ErrorPolicy | str | None = None, retry: RetryPolicy | None = None,
-                 serializer: SerializerLike | None = None, settings: Settings | None = None,
-                 dlq_suffix: str | None = None, commit_interval_s: float | None = None,
-                 stop_when_idle: bool = False, subject_strategy: SubjectStrategy | None = None,
-                 kafka_config: dict[str, Any] | None = None, shutdown_timeout_s: float = 30.0,
-                 max_nesting_depth: int | None = None, dlq_max_message_bytes: int | None = None,
-                 dead_letter_producer_config: dict[str, Any] | None = None,
-                 unknown_schema_grace_s: float | None = None, startup_timeout_s: float | None = None,
-                 group_instance_id: str | None = None, value_formats: Mapping[str, str] | None = None,
-                 middleware: Sequence[Middleware] | None = None,
-                 transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        group_id: str | None = None,
+        *,
+        registry: Any = None,
+        models: ModelLookup | None = None,
+        topics: Iterable[str] | None = None,
+        max_workers: int | None = None,
+        max_poll_records: int | None = None,
+        max_in_flight: int | None = None,
+        ordering: OrderingMode | str | None = None,
+        error_policy: ErrorPolicy | str | None = None,
+        retry: RetryPolicy | None = None,
+        serializer: SerializerLike | None = None,
+        settings: Settings | None = None,
+        dlq_suffix: str | None = None,
+        commit_interval_s: float | None = None,
+        stop_when_idle: bool = False,
+        subject_strategy: SubjectStrategy | None = None,
+        kafka_config: dict[str, Any] | None = None,
+        shutdown_timeout_s: float = 30.0,
+        max_nesting_depth: int | None = None,
+        dlq_max_message_bytes: int | None = None,
+        dead_letter_producer_config: dict[str, Any] | None = None,
+        unknown_schema_grace_s: float | None = None,
+        startup_timeout_s: float | None = None,
+        group_instance_id: str | None = None,
+        value_formats: Mapping[str, str] | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
         self.options = ConsumerOptions.resolve(settings, locals())
         self.settings = settings
         self.handlers = HandlerRegistry()
@@ -121,8 +138,9 @@ class KafkaConsumer:
         self._running = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, registry: Any = None, models: ModelLookup | None = None,
-                      **overrides: Any) -> KafkaConsumer:
+    def from_settings(
+        cls, settings: Settings, registry: Any = None, models: ModelLookup | None = None, **overrides: Any
+    ) -> KafkaConsumer:
         """A consumer configured entirely from :func:`~toolkit.settings.load_settings`."""
         return cls(settings=settings, registry=registry, models=models, **overrides)
 
@@ -159,8 +177,14 @@ class KafkaConsumer:
     def max_nesting_depth(self) -> int:
         return self.options.max_nesting_depth
 
-    def register_handler(self, topic: str, handler: HandlerLike, message_type: str | None = None, *,
-                         accepts: dict[str, Any] | None = None) -> None:
+    def register_handler(
+        self,
+        topic: str,
+        handler: HandlerLike,
+        message_type: str | None = None,
+        *,
+        accepts: dict[str, Any] | None = None,
+    ) -> None:
         """Route messages of ``topic`` (or only its ``message_type``) to ``handler``.
 
         Raises:
@@ -170,13 +194,15 @@ class KafkaConsumer:
         if self._engine is not None:
             self._engine.pipeline.forget_plans()  # routes may have changed
 
-    def handler(self, topic: str, message_type: str | None = None, *,
-                accepts: dict[str, Any] | None = None) -> Callable[[H], H]:
+    def handler(
+        self, topic: str, message_type: str | None = None, *, accepts: dict[str, Any] | None = None
+    ) -> Callable[[H], H]:
         """Decorator form of :meth:`register_handler`; returns the function unchanged::
 
-            @consumer.handler("orders")
-            async def on_order(message: Message[OrderCreatedV1]) -> None: ...
+        @consumer.handler("orders")
+        async def on_order(message: Message[OrderCreatedV1]) -> None: ...
         """
+
         def register(function: H) -> H:
             self.register_handler(topic, function, message_type, accepts=accepts)
             return function
@@ -203,11 +229,16 @@ class KafkaConsumer:
         loop = asyncio.get_running_loop()
         # Built before anything is marked running: a registry or model index that cannot be loaded leaves
         # the consumer as it was, so it can be fixed and started again.
-        pipeline = Pipeline(as_resolver(self._registry or self._default_registry()), self.handlers,
-                            self._models if self._models is not None else _default_models(),
-                            self._serializer, self._subject_strategy, max_depth=options.max_nesting_depth,
-                            unknown_schema_grace_s=options.unknown_schema_grace_s,
-                            value_formats=options.value_formats)
+        pipeline = Pipeline(
+            as_resolver(self._registry or self._default_registry()),
+            self.handlers,
+            self._models if self._models is not None else _default_models(),
+            self._serializer,
+            self._subject_strategy,
+            max_depth=options.max_nesting_depth,
+            unknown_schema_grace_s=options.unknown_schema_grace_s,
+            value_formats=options.value_formats,
+        )
         transport = self._transport or self._kafka_transport()
         self._loop, self._running = loop, True
         engine = self._engine = Engine(options, pipeline, transport, self._hooks)
@@ -216,24 +247,30 @@ class KafkaConsumer:
                 try:
                     install_signal_handlers(self, loop)
                 except (RuntimeError, ValueError) as exc:  # a loop outside the main thread cannot get signals
-                    raise ConfigError(f"handle_signals=True needs the event loop of the main thread ({exc}); "
-                                      "run the consumer there or pass handle_signals=False",
-                                      setting="handle_signals") from None
+                    raise ConfigError(
+                        f"handle_signals=True needs the event loop of the main thread ({exc}); "
+                        "run the consumer there or pass handle_signals=False",
+                        setting="handle_signals",
+                    ) from None
             try:
-                existing = await loop.run_in_executor(None, transport.connect, options.startup_timeout_s,
-                                                      list(topics))
+                existing = await loop.run_in_executor(None, transport.connect, options.startup_timeout_s, list(topics))
             except BrokerUnavailable as exc:
                 broker, address, setting = _describe(transport, options.bootstrap_servers)
                 raise BrokerUnreachable(
                     f"no {broker} broker answered at {address} within "
                     f"{options.startup_timeout_s:g}s ({exc}); check {setting}, or give a slow "
                     f"broker longer with KAFKA_STARTUP_TIMEOUT_S (startup_timeout_s=)",
-                    bootstrap_servers=address, timeout_s=options.startup_timeout_s) from None
+                    bootstrap_servers=address,
+                    timeout_s=options.startup_timeout_s,
+                ) from None
             missing = [topic for topic in topics if topic not in existing]
             if missing and options.stop_when_idle:
-                raise ConfigError(f"topic(s) {', '.join(missing)} do not exist: stop_when_idle (--until-idle) "
-                                  "would never see them drained; create them or fix topics= (--topics) or the "
-                                  "handlers' registrations", setting="topics")
+                raise ConfigError(
+                    f"topic(s) {', '.join(missing)} do not exist: stop_when_idle (--until-idle) "
+                    "would never see them drained; create them or fix topics= (--topics) or the "
+                    "handlers' registrations",
+                    setting="topics",
+                )
             if missing:
                 log.warning("topic(s) %s do not exist yet", ", ".join(missing))
             log.info("consuming %s as group %s", topics, options.group_id)
@@ -250,9 +287,12 @@ class KafkaConsumer:
         from toolkit.consumer.kafka_io import KafkaTransport
 
         options = self.options
-        return KafkaTransport(options.consumer_config(), client_config=options.client_config,
-                              dead_letter_config=options.dead_letter_producer_config,
-                              drain_timeout_s=options.shutdown_timeout_s)
+        return KafkaTransport(
+            options.consumer_config(),
+            client_config=options.client_config,
+            dead_letter_config=options.dead_letter_producer_config,
+            drain_timeout_s=options.shutdown_timeout_s,
+        )
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight handlers, commit, close. Returns once requested (start() ends)."""

@@ -28,10 +28,14 @@ class TopicStats:
         return sum(self.dead_lettered.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"processed": self.processed, "retried": self.retried,
-                "dead_lettered": dict(sorted(self.dead_lettered.items())),
-                "dead_lettered_total": self.dead_lettered_total, "paused": self.paused,
-                "dead_letter_send_failures": self.dead_letter_send_failures}
+        return {
+            "processed": self.processed,
+            "retried": self.retried,
+            "dead_lettered": dict(sorted(self.dead_lettered.items())),
+            "dead_lettered_total": self.dead_lettered_total,
+            "paused": self.paused,
+            "dead_letter_send_failures": self.dead_letter_send_failures,
+        }
 
 
 class ConsumerStats:
@@ -56,7 +60,6 @@ class ConsumerStats:
             stages = ", ".join(f"{stage}={n}" for stage, n in sorted(s.dead_lettered.items())) or "-"
             rows.append((topic, str(s.processed), str(s.retried), str(s.dead_lettered_total), stages))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                 for row in rows]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)

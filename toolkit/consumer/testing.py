@@ -15,14 +15,28 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from toolkit.envelope import encode_envelope, header_fields
 
 
-def envelope_bytes(schema_name: str, version: int | str, body: Any, *, message_type: str | None = None,
-                   message_id: str | None = None, correlation_id: str | None = None,
-                   producer: str = "epistle-tests", timestamp: str | None = None) -> bytes:
+def envelope_bytes(
+    schema_name: str,
+    version: int | str,
+    body: Any,
+    *,
+    message_type: str | None = None,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    producer: str = "epistle-tests",
+    timestamp: str | None = None,
+) -> bytes:
     """Envelope bytes as a producer writes them (:func:`toolkit.envelope.encode_envelope`), the header filled by
     :func:`toolkit.envelope.header_fields` and not checked (a test may send one the consumer must refuse)."""
-    header = header_fields(schema_name, version, message_type=message_type or f"{schema_name}.v{version}",
-                           producer=producer, message_id=message_id, correlation_id=correlation_id,
-                           timestamp=timestamp)
+    header = header_fields(
+        schema_name,
+        version,
+        message_type=message_type or f"{schema_name}.v{version}",
+        producer=producer,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        timestamp=timestamp,
+    )
     return encode_envelope(header, body)
 
 
@@ -40,9 +54,15 @@ class ReadRecord:
         return json.loads(self.value) if self.value is not None else None
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[bytes | tuple[bytes | None, bytes | None]], *,
-            partition: int | None = None, headers: list[tuple[str, bytes]] | None = None,
-            config: dict[str, Any] | None = None) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[bytes | tuple[bytes | None, bytes | None]],
+    *,
+    partition: int | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    config: dict[str, Any] | None = None,
+) -> int:
     """Produce values (or ``(key, value)`` pairs) and wait for every acknowledgement; returns the count.
 
     Raises:
@@ -58,8 +78,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[bytes | tuple[bytes | 
     count = 0
     for record in records:
         key, value = record if isinstance(record, tuple) else (None, record)
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers,
-                                  "on_delivery": on_delivery}
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
         while True:
@@ -75,13 +94,20 @@ def produce(bootstrap: str, topic: str, records: Iterable[bytes | tuple[bytes | 
     return count
 
 
-def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 15.0,
-               idle_s: float = 2.0) -> list[ReadRecord]:
+def read_topic(
+    bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 15.0, idle_s: float = 2.0
+) -> list[ReadRecord]:
     """Every record of ``topic`` from the beginning: stops at ``expected`` records, after ``idle_s``
     without news, or at ``timeout_s``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.message.max.bytes": 16 * 1024 * 1024})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.message.max.bytes": 16 * 1024 * 1024,
+        }
+    )
     consumer.subscribe([topic])
     out: list[ReadRecord] = []
     deadline = time.monotonic() + timeout_s
@@ -100,8 +126,9 @@ def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeo
                 # a consumed record's headers are a list of (name, bytes or None); the client's type also
                 # covers the dict and str values produce() takes
                 headers = cast(list[tuple[str, bytes | None]], msg.headers() or [])
-                out.append(ReadRecord(topic_, partition, offset, msg.key(), msg.value(), list(headers),
-                                      msg.timestamp()[1]))
+                out.append(
+                    ReadRecord(topic_, partition, offset, msg.key(), msg.value(), list(headers), msg.timestamp()[1])
+                )
     finally:
         consumer.close()
     return sorted(out, key=lambda r: (r.partition, r.offset))

@@ -107,8 +107,17 @@ class Transport(Protocol):
         """
         ...
 
-    def start(self, topics: list[str], group_id: str, events: TransportEvents, loop: asyncio.AbstractEventLoop,
-              *, max_poll_records: int, max_in_flight: int, dlq_max_message_bytes: int) -> DeadLetterSink:
+    def start(
+        self,
+        topics: list[str],
+        group_id: str,
+        events: TransportEvents,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_poll_records: int,
+        max_in_flight: int,
+        dlq_max_message_bytes: int,
+    ) -> DeadLetterSink:
         """Join ``group_id``, subscribe to ``topics`` and start fetching; the dead-letter sink to use, which
         sends records of up to ``dlq_max_message_bytes`` (the consumer's option of that name) and creates
         dead-letter topics that take them.
@@ -207,5 +216,14 @@ class ObservableTransport(Protocol):
         ...
 
 
-__all__ = ["Assignment", "DeadLetterSink", "FetchState", "ObservableTransport", "Position", "Record", "Transport",
-           "TransportEvents", "TransportObserver"]
+__all__ = [
+    "Assignment",
+    "DeadLetterSink",
+    "FetchState",
+    "ObservableTransport",
+    "Position",
+    "Record",
+    "Transport",
+    "TransportEvents",
+    "TransportObserver",
+]

@@ -16,37 +16,88 @@ import typer
 
 from toolkit.errors import EpistleError, InvalidArgument
 
-dlq_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                      help="Dead-letter topics: count, show, follow and replay their records "
-                           "(docs/dead-letters.md).")
+dlq_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Dead-letter topics: count, show, follow and replay their records (docs/dead-letters.md).",
+)
 
-Topic = Annotated[str, typer.Argument(metavar="TOPIC", show_default=False,
-                                      help="The dead-letter topic, e.g. orders.dlq.")]
-Stages = Annotated[list[str] | None, typer.Option(
-    "--stage", metavar="STAGE", show_default=False,
-    help="Only these stages (repeatable): decode, envelope, schema, validation, model, routing, handler, "
-         "retries_exhausted.")]
-Reason = Annotated[str | None, typer.Option(
-    "--reason", metavar="TEXT", show_default=False, help="Only reasons containing this text (any case).")]
-MessageTypes = Annotated[list[str] | None, typer.Option(
-    "--message-type", metavar="TYPE", show_default=False,
-    help="Only this messageType of the original's header (repeatable).")]
-Partitions = Annotated[list[int] | None, typer.Option(
-    "--partition", metavar="N", min=0, show_default=False,
-    help="Only this partition of the dead-letter topic (repeatable).")]
-FromOffset = Annotated[int | None, typer.Option(
-    "--from-offset", metavar="OFFSET", min=0, show_default=False,
-    help="Only dead-letter offsets from this one (inclusive).")]
-ToOffset = Annotated[int | None, typer.Option(
-    "--to-offset", metavar="OFFSET", min=0, show_default=False,
-    help="Only dead-letter offsets up to this one (inclusive).")]
-Since = Annotated[str | None, typer.Option(
-    "--since", metavar="TIME", show_default=False,
-    help="Only dead-lettered at or after this time: ISO-8601 (UTC unless it has an offset) or a time ago "
-         "(90s, 15m, 2h, 7d).")]
-Until = Annotated[str | None, typer.Option(
-    "--until", metavar="TIME", show_default=False,
-    help="Only dead-lettered before this time (same forms as --since).")]
+Topic = Annotated[
+    str, typer.Argument(metavar="TOPIC", show_default=False, help="The dead-letter topic, e.g. orders.dlq.")
+]
+Stages = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stage",
+        metavar="STAGE",
+        show_default=False,
+        help="Only these stages (repeatable): decode, envelope, schema, validation, model, routing, handler, "
+        "retries_exhausted.",
+    ),
+]
+Reason = Annotated[
+    str | None,
+    typer.Option("--reason", metavar="TEXT", show_default=False, help="Only reasons containing this text (any case)."),
+]
+MessageTypes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--message-type",
+        metavar="TYPE",
+        show_default=False,
+        help="Only this messageType of the original's header (repeatable).",
+    ),
+]
+Partitions = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--partition",
+        metavar="N",
+        min=0,
+        show_default=False,
+        help="Only this partition of the dead-letter topic (repeatable).",
+    ),
+]
+FromOffset = Annotated[
+    int | None,
+    typer.Option(
+        "--from-offset",
+        metavar="OFFSET",
+        min=0,
+        show_default=False,
+        help="Only dead-letter offsets from this one (inclusive).",
+    ),
+]
+ToOffset = Annotated[
+    int | None,
+    typer.Option(
+        "--to-offset",
+        metavar="OFFSET",
+        min=0,
+        show_default=False,
+        help="Only dead-letter offsets up to this one (inclusive).",
+    ),
+]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="TIME",
+        show_default=False,
+        help="Only dead-lettered at or after this time: ISO-8601 (UTC unless it has an offset) or a time ago "
+        "(90s, 15m, 2h, 7d).",
+    ),
+]
+Until = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        metavar="TIME",
+        show_default=False,
+        help="Only dead-lettered before this time (same forms as --since).",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
 
 
@@ -63,11 +114,16 @@ def _selection(stages, reason, message_types, partitions, from_offset, to_offset
     from toolkit.dlq.letters import Selection, parse_time
 
     try:
-        return Selection(stages=frozenset(stages or ()), reason=reason or None,
-                         message_types=frozenset(message_types or ()), partitions=frozenset(partitions or ()),
-                         from_offset=from_offset, to_offset=to_offset,
-                         since_ms=None if since is None else parse_time("--since", since),
-                         until_ms=None if until is None else parse_time("--until", until))
+        return Selection(
+            stages=frozenset(stages or ()),
+            reason=reason or None,
+            message_types=frozenset(message_types or ()),
+            partitions=frozenset(partitions or ()),
+            from_offset=from_offset,
+            to_offset=to_offset,
+            since_ms=None if since is None else parse_time("--since", since),
+            until_ms=None if until is None else parse_time("--until", until),
+        )
     except InvalidArgument as exc:
         raise _fail(exc, 2) from None
 
@@ -98,14 +154,25 @@ class _Invalid:
 
     def summary(self, topic: str) -> None:
         if self.count:
-            _warn(f"{self.count} record(s) of {topic} are not dead letters of this toolkit and were skipped "
-                  "(`epistle dlq show` names them)")
+            _warn(
+                f"{self.count} record(s) of {topic} are not dead letters of this toolkit and were skipped "
+                "(`epistle dlq show` names them)"
+            )
 
 
 @dlq_app.command()
-def stats(topic: Topic, stage: Stages = None, reason: Reason = None, message_type: MessageTypes = None,
-          partition: Partitions = None, from_offset: FromOffset = None, to_offset: ToOffset = None,
-          since: Since = None, until: Until = None, as_json: AsJson = False) -> None:
+def stats(
+    topic: Topic,
+    stage: Stages = None,
+    reason: Reason = None,
+    message_type: MessageTypes = None,
+    partition: Partitions = None,
+    from_offset: FromOffset = None,
+    to_offset: ToOffset = None,
+    since: Since = None,
+    until: Until = None,
+    as_json: AsJson = False,
+) -> None:
     """Count the dead letters by stage, reason, messageType, schema version and hour dead-lettered.
 
     Reads the topic as it is now, from its first record (or the filters' range) to its last, with a
@@ -133,12 +200,19 @@ def stats(topic: Topic, stage: Stages = None, reason: Reason = None, message_typ
 
 
 @dlq_app.command()
-def show(topic: Topic, stage: Stages = None, reason: Reason = None, message_type: MessageTypes = None,
-         partition: Partitions = None, from_offset: FromOffset = None, to_offset: ToOffset = None,
-         since: Since = None, until: Until = None, as_json: AsJson = False,
-         limit: Annotated[int, typer.Option(
-             "--limit", metavar="N", min=0, help="Show at most this many (0: all).")] = 100,
-         ) -> None:
+def show(
+    topic: Topic,
+    stage: Stages = None,
+    reason: Reason = None,
+    message_type: MessageTypes = None,
+    partition: Partitions = None,
+    from_offset: FromOffset = None,
+    to_offset: ToOffset = None,
+    since: Since = None,
+    until: Until = None,
+    as_json: AsJson = False,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=0, help="Show at most this many (0: all).")] = 100,
+) -> None:
     """Show the dead letters one by one: where and when, the stage and reason, the details, where the
     original came from, and the original decoded (JSON, else text, else base64).
 
@@ -178,9 +252,16 @@ def show(topic: Topic, stage: Stages = None, reason: Reason = None, message_type
 
 
 @dlq_app.command()
-def tail(topic: Topic, stage: Stages = None, reason: Reason = None, message_type: MessageTypes = None,
-         partition: Partitions = None, from_offset: FromOffset = None, since: Since = None,
-         as_json: AsJson = False) -> None:
+def tail(
+    topic: Topic,
+    stage: Stages = None,
+    reason: Reason = None,
+    message_type: MessageTypes = None,
+    partition: Partitions = None,
+    from_offset: FromOffset = None,
+    since: Since = None,
+    as_json: AsJson = False,
+) -> None:
     """Follow the dead-letter topic: print each new dead letter as it comes (from --since or --from-offset
     when given), until Ctrl-C or SIGTERM (exit 0)."""
     import signal
@@ -232,9 +313,15 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
+            self.bar = Progress(
+                TextColumn("replay {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self.bar.start()
             self.task = self.bar.add_task(topic, total=None, counts="")
         self.enabled = enabled
@@ -242,10 +329,13 @@ class _Progress:
     @staticmethod
     def counts(report, verb: str = "replayed") -> str:
         parts = [f"{report.replayed} {verb}"]
-        for value, label in ((report.already, "already replayed (skipped)"),
-                             (report.again, "of records that failed again after a replay (skipped; --force)"),
-                             (report.passed, "not selected"), (report.invalid, "not dead letters (skipped)"),
-                             (report.recovered, "found sent by an interrupted run (recorded)")):
+        for value, label in (
+            (report.already, "already replayed (skipped)"),
+            (report.again, "of records that failed again after a replay (skipped; --force)"),
+            (report.passed, "not selected"),
+            (report.invalid, "not dead letters (skipped)"),
+            (report.recovered, "found sent by an interrupted run (recorded)"),
+        ):
             if value:
                 parts.append(f"{value} {label}")
         return ", ".join(parts)
@@ -267,30 +357,59 @@ class _Progress:
 
 
 @dlq_app.command()
-def replay(topic: Topic, stage: Stages = None, reason: Reason = None, message_type: MessageTypes = None,
-           partition: Partitions = None, from_offset: FromOffset = None, to_offset: ToOffset = None,
-           since: Since = None, until: Until = None,
-           to: Annotated[str | None, typer.Option(
-               "--to", metavar="TOPIC", show_default=False,
-               help="Replay into this topic instead of each original's source topic (never a dead-letter "
-                    "topic).")] = None,
-           group: Annotated[str | None, typer.Option(
-               "--group", metavar="GROUP", show_default=False,
-               help="The consumer group that records what was replayed (default: epistle-dlq-replay.<TOPIC>).")
-           ] = None,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed; send nothing, "
-                                                                   "record nothing.")] = False,
-           rate: Annotated[float | None, typer.Option(
-               "--rate", metavar="N", min=0.001, show_default=False,
-               help="At most this many records per second.")] = None,
-           force: Annotated[bool, typer.Option(
-               "--force", help="Replay also what the group recorded as replayed, and dead letters of records "
-                               "that were replayed already and failed again.")] = False,
-           skip_invalid: Annotated[bool, typer.Option(
-               "--skip-invalid", help="Skip records that are not dead letters (else the replay stops at the "
-                                      "first).")] = False,
-           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-           ) -> None:
+def replay(
+    topic: Topic,
+    stage: Stages = None,
+    reason: Reason = None,
+    message_type: MessageTypes = None,
+    partition: Partitions = None,
+    from_offset: FromOffset = None,
+    to_offset: ToOffset = None,
+    since: Since = None,
+    until: Until = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="TOPIC",
+            show_default=False,
+            help="Replay into this topic instead of each original's source topic (never a dead-letter topic).",
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="GROUP",
+            show_default=False,
+            help="The consumer group that records what was replayed (default: epistle-dlq-replay.<TOPIC>).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be replayed; send nothing, record nothing.")
+    ] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate", metavar="N", min=0.001, show_default=False, help="At most this many records per second."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replay also what the group recorded as replayed, and dead letters of records "
+            "that were replayed already and failed again.",
+        ),
+    ] = False,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid", help="Skip records that are not dead letters (else the replay stops at the first)."
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
     """Replay the originals of dead letters (key, value, headers and timestamp exact) into their source topic
     or --to, each into the partition it came from, with an epistle-replayed-from header
     (<dlq topic>:<partition>:<offset>).
@@ -310,8 +429,10 @@ def replay(topic: Topic, stage: Stages = None, reason: Reason = None, message_ty
 
     def planned(letter, target: str, target_partition: int) -> None:
         if dry_run:
-            typer.echo(f"would replay {letter.where} -> {target}:{target_partition}  stage {letter.stage}  "
-                       f"{letter.reason[:120]}")
+            typer.echo(
+                f"would replay {letter.where} -> {target}:{target_partition}  stage {letter.stage}  "
+                f"{letter.reason[:120]}"
+            )
 
     from toolkit.dlq import kafka
 
@@ -327,13 +448,29 @@ def replay(topic: Topic, stage: Stages = None, reason: Reason = None, message_ty
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         config, suffix, timeout_s = _settings()
-        kafka.replay(config, topic, selection, to=to, group=group, rate=rate, dry_run=dry_run, force=force,
-                   skip_invalid=skip_invalid, suffix=suffix, timeout_s=timeout_s, on_progress=seen,
-                   on_letter=planned, on_warning=_warn)
+        kafka.replay(
+            config,
+            topic,
+            selection,
+            to=to,
+            group=group,
+            rate=rate,
+            dry_run=dry_run,
+            force=force,
+            skip_invalid=skip_invalid,
+            suffix=suffix,
+            timeout_s=timeout_s,
+            on_progress=seen,
+            on_letter=planned,
+            on_warning=_warn,
+        )
     except KeyboardInterrupt:
         progress.close()
-        typer.secho(f"interrupted: {_Progress.counts(report)}; recorded in group {group}: run the same command "
-                    "again to go on", err=True, fg=typer.colors.YELLOW)
+        typer.secho(
+            f"interrupted: {_Progress.counts(report)}; recorded in group {group}: run the same command again to go on",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
         raise typer.Exit(130) from None
     except EpistleError as exc:
         progress.close()

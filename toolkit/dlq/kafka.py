@@ -41,7 +41,9 @@ def connect(config: dict[str, Any], timeout_s: float) -> Any:
             f"no Kafka broker answered at {servers} within {timeout_s:g}s ({exc}); check KAFKA_BOOTSTRAP_SERVERS "
             "(and KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* for a secured cluster), start a local one with "
             "`make services-up`, or give a slow cluster longer with KAFKA_STARTUP_TIMEOUT_S",
-            bootstrap_servers=servers, timeout_s=timeout_s) from None
+            bootstrap_servers=servers,
+            timeout_s=timeout_s,
+        ) from None
 
 
 def require_topic(metadata: Any, topic: str, suffix: str) -> list[int]:
@@ -53,17 +55,26 @@ def require_topic(metadata: Any, topic: str, suffix: str) -> list[int]:
     if topic in metadata.topics:
         return sorted(metadata.topics[topic].partitions)
     dead = sorted(name for name in metadata.topics if name.endswith(suffix))
-    hint = f"dead-letter topics on this cluster: {', '.join(dead[:20])}" if dead else \
-        f"this cluster has no topic ending with {suffix} (EPISTLE_DLQ_SUFFIX)"
+    hint = (
+        f"dead-letter topics on this cluster: {', '.join(dead[:20])}"
+        if dead
+        else f"this cluster has no topic ending with {suffix} (EPISTLE_DLQ_SUFFIX)"
+    )
     if not topic.endswith(suffix) and f"{topic}{suffix}" in metadata.topics:
         hint = f"did you mean {topic}{suffix}?"
     raise ConfigError(f"topic {topic!r} does not exist; {hint}", setting="TOPIC")
 
 
 def _consumer(config: dict[str, Any], group: str | None = None) -> Consumer:
-    settings = {**config, "group.id": group or f"epistle-dlq-reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                "fetch.message.max.bytes": DLQ_MAX_MESSAGE_BYTES + 1024 * 1024, "logger": kafka_logger()}
+    settings = {
+        **config,
+        "group.id": group or f"epistle-dlq-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.message.max.bytes": DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+        "logger": kafka_logger(),
+    }
     try:
         return Consumer(settings)
     except (KafkaException, TypeError, ValueError) as exc:
@@ -77,8 +88,9 @@ def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, in
         raise broker_error(exc, f"reading the offsets of {topic} partition {partition}") from None
 
 
-def _ranges(consumer: Consumer, topic: str, partitions: list[int], selection: Selection,
-            starts: dict[int, int] | None = None) -> dict[int, tuple[int, int]]:
+def _ranges(
+    consumer: Consumer, topic: str, partitions: list[int], selection: Selection, starts: dict[int, int] | None = None
+) -> dict[int, tuple[int, int]]:
     """Per taken partition, the offsets to read ``[start, end)``: the selection's offsets and time range
     within what the partition holds now (``starts``: a lower bound of its own, e.g. a replay's record)."""
     out: dict[int, tuple[int, int]] = {}
@@ -106,8 +118,9 @@ def _offset_at(consumer: Consumer, topic: str, partition: int, when_ms: int, hig
     return found.offset if found.offset >= 0 else high
 
 
-def _fetch(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]], *, follow: bool = False
-           ) -> Iterator[Any]:
+def _fetch(
+    consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]], *, follow: bool = False
+) -> Iterator[Any]:
     """The records of ``ranges`` in each partition's order (partitions interleaved); with ``follow``, the
     ends are ignored and it goes on until the caller stops."""
     todo = {p for p, (start, end) in ranges.items() if start < end or follow}
@@ -123,8 +136,12 @@ def _fetch(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]], *
                     if not follow:
                         todo.discard(partition)
                     continue
-                if err.fatal() or err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError.UNKNOWN_TOPIC_OR_PART,
-                                                 KafkaError._UNKNOWN_PARTITION, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                if err.fatal() or err.code() in (
+                    KafkaError._ALL_BROKERS_DOWN,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._UNKNOWN_PARTITION,
+                    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                ):
                     raise BrokerUnavailable(f"reading {topic}: {err.name()}: {err.str()}")
                 continue  # transient: librdkafka retries
             if partition not in todo:
@@ -146,14 +163,14 @@ def _timestamp(msg: Any) -> int | None:
 
 def _record(msg: Any) -> Record:
     try:
-        return parse(msg.topic(), msg.partition(), msg.offset(), _timestamp(msg), msg.key(), msg.value(),
-                     msg.headers())
+        return parse(msg.topic(), msg.partition(), msg.offset(), _timestamp(msg), msg.key(), msg.value(), msg.headers())
     except NotADeadLetter as exc:
         return exc
 
 
-def read(config: dict[str, Any], topic: str, selection: Selection, *, suffix: str, timeout_s: float
-         ) -> Iterator[Record]:
+def read(
+    config: dict[str, Any], topic: str, selection: Selection, *, suffix: str, timeout_s: float
+) -> Iterator[Record]:
     """The records of ``topic`` the selection's position filters take, up to its end when called, each as
     a :class:`DeadLetter` or the :class:`NotADeadLetter` error saying why it is not one. Content filters
     are the caller's (it counts what it skips)."""
@@ -169,8 +186,15 @@ def read(config: dict[str, Any], topic: str, selection: Selection, *, suffix: st
         consumer.close()
 
 
-def follow(config: dict[str, Any], topic: str, selection: Selection, *, suffix: str, timeout_s: float,
-           on_start: Callable[[dict[int, int]], None] | None = None) -> Iterator[Record]:
+def follow(
+    config: dict[str, Any],
+    topic: str,
+    selection: Selection,
+    *,
+    suffix: str,
+    timeout_s: float,
+    on_start: Callable[[dict[int, int]], None] | None = None,
+) -> Iterator[Record]:
     """The records written to ``topic`` from now on (from ``--since``/``--from-offset`` when given), as they
     come, until the caller stops (Ctrl-C). ``on_start`` gets the offsets it starts at."""
     metadata = connect(config, timeout_s)
@@ -198,6 +222,7 @@ def follow(config: dict[str, Any], topic: str, selection: Selection, *, suffix: 
 
 # -- replay ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ReplayReport:
     """What a replay run did (counts so far while it runs)."""
@@ -224,16 +249,32 @@ def check_target(topic: str, dlq: str, suffix: str) -> None:
         ConfigError: it is ``dlq`` itself or ends with ``suffix``.
     """
     if topic == dlq or topic.endswith(suffix):
-        raise ConfigError(f"--to {topic!r} is a dead-letter topic: a replay never writes into one (its records "
-                          "would be read as dead letters); give the topic the consumer reads", setting="--to")
+        raise ConfigError(
+            f"--to {topic!r} is a dead-letter topic: a replay never writes into one (its records "
+            "would be read as dead letters); give the topic the consumer reads",
+            setting="--to",
+        )
 
 
 class _Replay:
-    def __init__(self, config: dict[str, Any], dlq: str, selection: Selection, *, to: str | None, group: str,
-                 rate: float | None, dry_run: bool, force: bool, skip_invalid: bool, suffix: str,
-                 batch: int, on_progress: Callable[[ReplayReport], None] | None,
-                 on_letter: Callable[[DeadLetter, str, int], None] | None,
-                 on_warning: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        dlq: str,
+        selection: Selection,
+        *,
+        to: str | None,
+        group: str,
+        rate: float | None,
+        dry_run: bool,
+        force: bool,
+        skip_invalid: bool,
+        suffix: str,
+        batch: int,
+        on_progress: Callable[[ReplayReport], None] | None,
+        on_letter: Callable[[DeadLetter, str, int], None] | None,
+        on_warning: Callable[[str], None] | None,
+    ) -> None:
         self.config, self.dlq, self.selection, self.to, self.group = config, dlq, selection, to, group
         self.rate, self.dry_run, self.force, self.skip_invalid = rate, dry_run, force, skip_invalid
         self.suffix, self.batch = suffix, batch
@@ -259,8 +300,10 @@ class _Replay:
         self.topics = {name: len(meta.partitions) for name, meta in metadata.topics.items()}
         if self.to is not None:
             if self.to not in self.topics:
-                raise ConfigError(f"--to {self.to!r}: no such topic; create it first (a replay does not create "
-                                  "topics)", setting="--to")
+                raise ConfigError(
+                    f"--to {self.to!r}: no such topic; create it first (a replay does not create topics)",
+                    setting="--to",
+                )
         self.consumer = _consumer(self.config, self.group)
         try:
             self._load(partitions)
@@ -270,9 +313,16 @@ class _Replay:
             self.report.total = sum(end - start for start, end in ranges.values())
             self._progress()
             if not self.dry_run:
-                self.producer = Producer({**self.config, "acks": "all", "enable.idempotence": True,
-                                          "linger.ms": 5, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
-                                          "logger": kafka_logger()})
+                self.producer = Producer(
+                    {
+                        **self.config,
+                        "acks": "all",
+                        "enable.idempotence": True,
+                        "linger.ms": 5,
+                        "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+                        "logger": kafka_logger(),
+                    }
+                )
             self.next_at = time.monotonic()
             try:
                 for msg in _fetch(self.consumer, self.dlq, ranges):
@@ -305,9 +355,11 @@ class _Replay:
                     marks[(topic, partition)] = min(end, marks.get((topic, partition), end))
         if not marks:
             return
-        self.on_warning(f"an earlier replay of group {self.group} was interrupted: reading "
-                        f"{', '.join(f'{t}:{p} from offset {o}' for (t, p), o in sorted(marks.items()))} for "
-                        "what it replayed")
+        self.on_warning(
+            f"an earlier replay of group {self.group} was interrupted: reading "
+            f"{', '.join(f'{t}:{p} from offset {o}' for (t, p), o in sorted(marks.items()))} for "
+            "what it replayed"
+        )
         reader = _consumer(self.config)
         prefix = f"{self.dlq}:"
         try:
@@ -322,7 +374,7 @@ class _Replay:
                         text = value.decode("utf-8", "replace")
                         if not text.startswith(prefix):
                             continue
-                        part, _, offset = text[len(prefix):].partition(":")
+                        part, _, offset = text[len(prefix) :].partition(":")
                         found = self.ledgers.get(int(part)) if part.isdigit() else None
                         if found is not None and offset.isdigit() and not found.done(int(offset)):
                             found.add(int(offset))
@@ -350,9 +402,12 @@ class _Replay:
             record = _record(msg)
             if isinstance(record, NotADeadLetter):
                 if not self.skip_invalid:
-                    raise ReplayRefused(f"{record}: this is not one of our dead letters, so there is no original "
-                                        "to replay; nothing from it on was replayed. Skip such records with "
-                                        "--skip-invalid (`epistle dlq show` lists them)", where=record.where)
+                    raise ReplayRefused(
+                        f"{record}: this is not one of our dead letters, so there is no original "
+                        "to replay; nothing from it on was replayed. Skip such records with "
+                        "--skip-invalid (`epistle dlq show` lists them)",
+                        where=record.where,
+                    )
                 report.invalid += 1
                 report.invalid_seen.append(str(record))
                 self.on_warning(f"skipped, not a dead letter: {record}")
@@ -362,8 +417,10 @@ class _Replay:
                 return
             if record.replayed_from and not self.force:
                 report.again += 1
-                self.on_warning(f"skipped {record.where}: its original was replayed already from "
-                                f"{record.replayed_from} and failed again; replay it once more with --force")
+                self.on_warning(
+                    f"skipped {record.where}: its original was replayed already from "
+                    f"{record.replayed_from} and failed again; replay it once more with --force"
+                )
                 return
             target, target_partition = self._target(record)
             if self.on_letter is not None:
@@ -380,12 +437,18 @@ class _Replay:
         modulo the partition count when the destination has fewer)."""
         topic = self.to or letter.original.topic
         if self.to is None and (topic == self.dlq or topic.endswith(self.suffix)):
-            raise ReplayRefused(f"{letter.where} came from {topic}, a dead-letter topic: replaying it there would "
-                                "feed dead letters back in; nothing from it on was replayed. Give --to with the "
-                                "topic its consumer reads (or filter it out)", where=letter.where)
+            raise ReplayRefused(
+                f"{letter.where} came from {topic}, a dead-letter topic: replaying it there would "
+                "feed dead letters back in; nothing from it on was replayed. Give --to with the "
+                "topic its consumer reads (or filter it out)",
+                where=letter.where,
+            )
         if topic not in self.topics:
-            raise ReplayRefused(f"{letter.where}: its source topic {topic!r} does not exist; create it, or give "
-                                "--to TOPIC; nothing from it on was replayed", where=letter.where)
+            raise ReplayRefused(
+                f"{letter.where}: its source topic {topic!r} does not exist; create it, or give "
+                "--to TOPIC; nothing from it on was replayed",
+                where=letter.where,
+            )
         return topic, letter.original.partition % self.topics[topic]
 
     def _send(self, letter: DeadLetter, ledger: Ledger, topic: str, partition: int) -> None:
@@ -408,8 +471,12 @@ class _Replay:
         original = letter.original
         headers = [(name, value) for name, value in original.headers if name != REPLAYED_FROM]
         headers.append((REPLAYED_FROM, letter.where.encode("utf-8")))
-        kwargs: dict[str, Any] = {"partition": partition, "key": original.key, "value": original.value,
-                                  "headers": headers}
+        kwargs: dict[str, Any] = {
+            "partition": partition,
+            "key": original.key,
+            "value": original.value,
+            "headers": headers,
+        }
         if original.timestamp is not None and original.timestamp > 0:  # 0 would mean "now" to librdkafka
             kwargs["timestamp"] = original.timestamp
         key = (letter.partition, letter.offset)
@@ -452,16 +519,19 @@ class _Replay:
         self.sent, self.acked, self.failures = [], [], []
         self._commit([self.ledgers[p] for p in sorted(touched)])
         if not complete:
-            raise BrokerUnavailable(f"replayed records not acknowledged ({', '.join(failures[:3]) or 'timed out'}"
-                                    f"); {self.report.replayed} replayed and recorded so far: run the same command "
-                                    "again to go on (it checks the destination for what was sent)")
+            raise BrokerUnavailable(
+                f"replayed records not acknowledged ({', '.join(failures[:3]) or 'timed out'}"
+                f"); {self.report.replayed} replayed and recorded so far: run the same command "
+                "again to go on (it checks the destination for what was sent)"
+            )
 
     def _commit(self, ledgers: list[Ledger]) -> None:
         assert self.consumer is not None
         if self.dry_run or not ledgers:
             return
-        offsets = [TopicPartition(self.dlq, ledger.partition, ledger.next_offset, ledger.metadata())
-                   for ledger in ledgers]
+        offsets = [
+            TopicPartition(self.dlq, ledger.partition, ledger.next_offset, ledger.metadata()) for ledger in ledgers
+        ]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -472,12 +542,24 @@ class _Replay:
             self.on_progress(self.report)
 
 
-def replay(config: dict[str, Any], dlq: str, selection: Selection, *, to: str | None = None,
-           group: str | None = None, rate: float | None = None, dry_run: bool = False, force: bool = False,
-           skip_invalid: bool = False, suffix: str = ".dlq", timeout_s: float = 30.0, batch: int = 100,
-           on_progress: Callable[[ReplayReport], None] | None = None,
-           on_letter: Callable[[DeadLetter, str, int], None] | None = None,
-           on_warning: Callable[[str], None] | None = None) -> ReplayReport:
+def replay(
+    config: dict[str, Any],
+    dlq: str,
+    selection: Selection,
+    *,
+    to: str | None = None,
+    group: str | None = None,
+    rate: float | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    skip_invalid: bool = False,
+    suffix: str = ".dlq",
+    timeout_s: float = 30.0,
+    batch: int = 100,
+    on_progress: Callable[[ReplayReport], None] | None = None,
+    on_letter: Callable[[DeadLetter, str, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> ReplayReport:
     """Replay the originals of the dead letters of ``dlq`` that ``selection`` takes and the group has not
     replayed yet: key, value, headers and timestamp exact, plus an ``epistle-replayed-from`` header, to
     their source topic (or ``to``), each into the partition it came from. ``rate``: records per second at
@@ -489,7 +571,20 @@ def replay(config: dict[str, Any], dlq: str, selection: Selection, *, to: str | 
         ReplayRefused: a record that is not a dead letter (without ``skip_invalid``) or whose destination is
             a dead-letter topic or missing; what came before it is replayed and recorded.
     """
-    run = _Replay(config, dlq, selection, to=to, group=group or default_group(dlq), rate=rate, dry_run=dry_run,
-                  force=force, skip_invalid=skip_invalid, suffix=suffix, batch=batch, on_progress=on_progress,
-                  on_letter=on_letter, on_warning=on_warning)
+    run = _Replay(
+        config,
+        dlq,
+        selection,
+        to=to,
+        group=group or default_group(dlq),
+        rate=rate,
+        dry_run=dry_run,
+        force=force,
+        skip_invalid=skip_invalid,
+        suffix=suffix,
+        batch=batch,
+        on_progress=on_progress,
+        on_letter=on_letter,
+        on_warning=on_warning,
+    )
     return run.run(timeout_s)

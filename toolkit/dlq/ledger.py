@@ -68,18 +68,23 @@ class Ledger:
         self.pending.setdefault(topic, {}).setdefault(partition, end)
 
     def metadata(self) -> str:
-        body: dict[str, object] = {"format": FORMAT,
-                                   "replayed": ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.ranges)}
+        body: dict[str, object] = {
+            "format": FORMAT,
+            "replayed": ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.ranges),
+        }
         if self.pending:
-            body["pending"] = {topic: {str(p): end for p, end in marks.items()}
-                               for topic, marks in self.pending.items()}
+            body["pending"] = {
+                topic: {str(p): end for p, end in marks.items()} for topic, marks in self.pending.items()
+            }
         text = json.dumps(body, separators=(",", ":"))
         if len(text) > MAX_METADATA:
             raise LedgerFull(
                 f"the replay record of {self.topic} partition {self.partition} is full: {len(self.ranges)} "
                 f"separate ranges of replayed dead letters after offset {self.next_offset} (a run with filters "
                 "leaves gaps). Replay the dead letters between them (without the filter that left them), or "
-                "keep a new record with --group", setting="--group")
+                "keep a new record with --group",
+                setting="--group",
+            )
         return text
 
     @classmethod
@@ -99,11 +104,16 @@ class Ledger:
             for part in filter(None, body.get("replayed", "").split(",")):
                 low, _, high = part.partition("-")
                 ledger.ranges.append((int(low), int(high or low)))
-            ledger.pending = {topic: {int(p): int(end) for p, end in marks.items()}
-                              for topic, marks in body.get("pending", {}).items()}
+            ledger.pending = {
+                topic: {int(p): int(end) for p, end in marks.items()}
+                for topic, marks in body.get("pending", {}).items()
+            }
         except (ValueError, TypeError, AttributeError):
-            raise ConfigError(f"consumer group {group!r} has an offset for {topic} partition {partition} that a "
-                              "replay did not commit (it is someone else's group): give the replay a group of its "
-                              "own with --group", setting="--group") from None
+            raise ConfigError(
+                f"consumer group {group!r} has an offset for {topic} partition {partition} that a "
+                "replay did not commit (it is someone else's group): give the replay a group of its "
+                "own with --group",
+                setting="--group",
+            ) from None
         ledger.ranges.sort()
         return ledger

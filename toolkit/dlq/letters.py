@@ -72,8 +72,15 @@ class DeadLetter:
         return None
 
 
-def parse(topic: str, partition: int, offset: int, timestamp: int | None, key: bytes | None,
-          value: bytes | None, headers: Headers | None) -> DeadLetter:
+def parse(
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+) -> DeadLetter:
     """The dead letter at ``topic:partition:offset``.
 
     Raises:
@@ -90,8 +97,7 @@ def parse(topic: str, partition: int, offset: int, timestamp: int | None, key: b
     if not isinstance(body.get("error"), dict):
         raise NotADeadLetter(f"{where}: not a dead-letter value: no error object", where=where)
     message_type, schema_name, schema_version = _envelope_fields(body, original.value)
-    return DeadLetter(topic, partition, offset, timestamp, body, original, message_type, schema_name,
-                      schema_version)
+    return DeadLetter(topic, partition, offset, timestamp, body, original, message_type, schema_name, schema_version)
 
 
 def _envelope_fields(body: dict[str, Any], value: bytes | None) -> tuple[str | None, str | None, str | None]:
@@ -118,6 +124,7 @@ def _scalar(value: Any) -> str | None:
 
 # -- selection ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Selection:
     """Which dead letters a command takes. Position filters (partitions, offsets of the dead-letter topic,
@@ -136,11 +143,13 @@ class Selection:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.stages) - set(STAGES))
         if unknown:
-            raise InvalidArgument(f"--stage {', '.join(unknown)}: not a stage; use {', '.join(STAGES)}",
-                                  argument="--stage")
+            raise InvalidArgument(
+                f"--stage {', '.join(unknown)}: not a stage; use {', '.join(STAGES)}", argument="--stage"
+            )
         if self.from_offset is not None and self.to_offset is not None and self.from_offset > self.to_offset:
-            raise InvalidArgument(f"--from-offset {self.from_offset} is after --to-offset {self.to_offset}",
-                                  argument="--from-offset")
+            raise InvalidArgument(
+                f"--from-offset {self.from_offset} is after --to-offset {self.to_offset}", argument="--from-offset"
+            )
         if self.since_ms is not None and self.until_ms is not None and self.since_ms >= self.until_ms:
             raise InvalidArgument("--since is not before --until: the time range is empty", argument="--since")
 
@@ -188,8 +197,11 @@ def parse_time(option: str, text: str, now: datetime | None = None) -> int:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidArgument(f"{option} {text!r}: use an ISO-8601 time (2026-05-01T12:00, UTC unless it "
-                                  "has an offset) or a time ago (90s, 15m, 2h, 7d)", argument=option) from None
+            raise InvalidArgument(
+                f"{option} {text!r}: use an ISO-8601 time (2026-05-01T12:00, UTC unless it "
+                "has an offset) or a time ago (90s, 15m, 2h, 7d)",
+                argument=option,
+            ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -198,8 +210,13 @@ def parse_time(option: str, text: str, now: datetime | None = None) -> int:
 # -- counts -------------------------------------------------------------------------------------------------
 
 NONE = "(none)"
-DIMENSIONS = (("stage", "by stage"), ("reason", "by reason"), ("message_type", "by messageType"),
-              ("schema_version", "by schema version"), ("hour", "by hour dead-lettered (UTC)"))
+DIMENSIONS = (
+    ("stage", "by stage"),
+    ("reason", "by reason"),
+    ("message_type", "by messageType"),
+    ("schema_version", "by schema version"),
+    ("hour", "by hour dead-lettered (UTC)"),
+)
 
 
 @dataclass
@@ -269,10 +286,11 @@ def iso(timestamp: int | None) -> str:
 
 def _cut(text: str, limit: int) -> str:
     text = " ".join(text.split())  # one line
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- showing one ----------------------------------------------------------------------------------------------
+
 
 def decoded_original(letter: DeadLetter) -> tuple[str, Any]:
     """The original value as best it can be read: ``("json", document)``, ``("text", str)`` (UTF-8 but not
@@ -299,15 +317,27 @@ def to_json(letter: DeadLetter) -> dict[str, Any]:
     plus where it is and the original decoded."""
     encoding, original = decoded_original(letter)
     out: dict[str, Any] = {
-        "dlq": {"topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
-                "timestamp": letter.timestamp},
-        "stage": letter.stage, "reason": letter.reason, "messageType": letter.message_type,
-        "schemaName": letter.schema_name, "schemaVersion": letter.schema_version,
+        "dlq": {
+            "topic": letter.topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "timestamp": letter.timestamp,
+        },
+        "stage": letter.stage,
+        "reason": letter.reason,
+        "messageType": letter.message_type,
+        "schemaName": letter.schema_name,
+        "schemaVersion": letter.schema_version,
         "replayedFrom": letter.replayed_from,
         "original": {"encoding": encoding, "value": original},
     }
-    out.update({name: value for name, value in letter.body.items()
-                if name not in ("original_message", "original_bytes", "original_encoding")})
+    out.update(
+        {
+            name: value
+            for name, value in letter.body.items()
+            if name not in ("original_message", "original_bytes", "original_encoding")
+        }
+    )
     return out
 
 
@@ -321,16 +351,20 @@ def render(letter: DeadLetter, *, width: int = SHOWN_CHARS) -> str:
     lines = [f"{letter.where}  dead-lettered {iso(letter.timestamp)}  stage {letter.stage}"]
     key = letter.original.key
     shown_key = NONE if key is None else _printable(key)
-    lines.append(f"  source   {source.get('topic')}:{source.get('partition')}:{source.get('offset')}  key "
-                 f"{shown_key}  timestamp {iso(letter.original.timestamp)}  group {source.get('consumerGroup')}"
-                 f"  attempts {source.get('attempts')}")
+    lines.append(
+        f"  source   {source.get('topic')}:{source.get('partition')}:{source.get('offset')}  key "
+        f"{shown_key}  timestamp {iso(letter.original.timestamp)}  group {source.get('consumerGroup')}"
+        f"  attempts {source.get('attempts')}"
+    )
     if letter.original.headers:
         names = ", ".join(name for name, _ in letter.original.headers[:20])
         more = len(letter.original.headers) - 20
         lines.append(f"  headers  {names}" + (f" (and {more} more)" if more > 0 else ""))
     if letter.message_type or letter.schema_version:
-        lines.append(f"  message  {letter.message_type or NONE}  schema {letter.schema_name or '?'} "
-                     f"v{letter.schema_version or '?'}")
+        lines.append(
+            f"  message  {letter.message_type or NONE}  schema {letter.schema_name or '?'} "
+            f"v{letter.schema_version or '?'}"
+        )
     lines.append(f"  reason   {_cut(letter.reason, width)}")
     if error.get("type") and not safe_str(error.get("type")).startswith("toolkit."):
         lines.append(f"  error    {error.get('type')}: {_cut(safe_str(error.get('message')), width)}")

@@ -22,8 +22,16 @@ JSON_SCHEMA = JsonSchemaFormat()
 AVRO = AvroFormat()
 FORMATS: dict[SchemaFormat, Format] = {SchemaFormat.JSON: JSON_SCHEMA, SchemaFormat.AVRO: AVRO}
 
-__all__ = ["AVRO", "FORMATS", "JSON_SCHEMA", "AvroFormat", "Format", "JsonSchemaFormat", "format_for",
-           "format_for_suffix"]
+__all__ = [
+    "AVRO",
+    "FORMATS",
+    "JSON_SCHEMA",
+    "AvroFormat",
+    "Format",
+    "JsonSchemaFormat",
+    "format_for",
+    "format_for_suffix",
+]
 
 
 def format_for(schema_format: SchemaFormat | str) -> Format:

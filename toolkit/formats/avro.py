@@ -69,8 +69,11 @@ class AvroFormat(BaseFormat):
         except RecursionError:
             raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with named types") from None
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types (SchemaParseException, KeyError ...)
-            raise SchemaFileError(path, f"not a valid Avro schema: {shorten(f'{type(exc).__name__}: {exc}')}",
-                                  fix=f"correct the schema (see {SPECIFICATION})") from None
+            raise SchemaFileError(
+                path,
+                f"not a valid Avro schema: {shorten(f'{type(exc).__name__}: {exc}')}",
+                fix=f"correct the schema (see {SPECIFICATION})",
+            ) from None
 
     def compile(self, label: str, subject: str, version: int, document: Any) -> AvroSchema:
         from toolkit.validation.avro import AvroSchema
@@ -107,9 +110,11 @@ def _parse_apache(path: Path | str, document: Any) -> None:
     except RecursionError:
         raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with named types") from None
     except (AvroException, ValueError, TypeError, KeyError) as exc:
-        raise SchemaFileError(path, f"not a valid Avro schema (Apache Avro): "
-                                    f"{shorten(f'{type(exc).__name__}: {exc}')}",
-                              fix=f"correct the schema (see {SPECIFICATION})") from None
+        raise SchemaFileError(
+            path,
+            f"not a valid Avro schema (Apache Avro): {shorten(f'{type(exc).__name__}: {exc}')}",
+            fix=f"correct the schema (see {SPECIFICATION})",
+        ) from None
 
 
 def _unsupported(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
@@ -128,9 +133,12 @@ def _errors(path: Path | str, node: Any, json_path: str) -> Iterator[Unsupported
         return
     if node.get("type") == "error":
         yield UnsupportedSchema(
-            path, f"{node.get('name')!r} is an Avro error type: errors belong to Avro RPC protocols and codegen "
-                  "cannot generate a model for them",
-            field=child(json_path, "type"), fix='write "type": "record" (same name and fields)')
+            path,
+            f"{node.get('name')!r} is an Avro error type: errors belong to Avro RPC protocols and codegen "
+            "cannot generate a model for them",
+            field=child(json_path, "type"),
+            fix='write "type": "record" (same name and fields)',
+        )
     for key in ("type", "items", "values", "fields"):
         if key in node and not isinstance(node[key], str):
             yield from _errors(path, node[key], child(json_path, key))
@@ -152,13 +160,15 @@ def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSc
 
     def walk(node: Any, json_path: str, owner: str) -> None:
         if isinstance(node, list):
-            shapes = [(index, shape) for index, branch in enumerate(node)
-                      if (shape := _shape(resolve(branch))) is not None]
+            shapes = [
+                (index, shape) for index, branch in enumerate(node) if (shape := _shape(resolve(branch))) is not None
+            ]
             for position, (i, a) in enumerate(shapes):
-                for j, b in shapes[position + 1:]:
+                for j, b in shapes[position + 1 :]:
                     if _overlap(a, b):
-                        found.append(_ambiguous(path, json_path, owner, (i, resolve(node[i]), a),
-                                                (j, resolve(node[j]), b)))
+                        found.append(
+                            _ambiguous(path, json_path, owner, (i, resolve(node[i]), a), (j, resolve(node[j]), b))
+                        )
             for index, branch in enumerate(node):
                 walk(branch, child(json_path, index), owner)
         elif isinstance(node, dict):
@@ -169,8 +179,11 @@ def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSc
             fields = node["fields"] if isinstance(node.get("fields"), list) else []
             for index, field in enumerate(fields):
                 if isinstance(field, dict):
-                    walk(field.get("type"), child(child(child(json_path, "fields"), index), "type"),
-                         f"field {field.get('name')!r}")
+                    walk(
+                        field.get("type"),
+                        child(child(child(json_path, "fields"), index), "type"),
+                        f"field {field.get('name')!r}",
+                    )
             for key in ("type", "items", "values"):
                 if isinstance(node.get(key), (dict, list)):
                     walk(node[key], child(json_path, key), owner)
@@ -192,8 +205,10 @@ def _shape(branch: Any) -> tuple[str, Any] | None:
     kind = branch.get("type")
     if kind in ("record", "error"):
         fields = [f for f in branch.get("fields", ()) if isinstance(f, dict)]
-        return "object", (frozenset(f.get("name") for f in fields if "default" not in f),
-                          frozenset(f.get("name") for f in fields))
+        return "object", (
+            frozenset(f.get("name") for f in fields if "default" not in f),
+            frozenset(f.get("name") for f in fields),
+        )
     if kind == "map":
         return "object", None
     if kind == "enum":
@@ -227,25 +242,39 @@ def _label(branch: Any) -> str:
     return str(branch)
 
 
-def _ambiguous(path: Path | str, json_path: str, owner: str, first: tuple[int, Any, tuple[str, Any]],
-               second: tuple[int, Any, tuple[str, Any]]) -> UnsupportedSchema:
+def _ambiguous(
+    path: Path | str,
+    json_path: str,
+    owner: str,
+    first: tuple[int, Any, tuple[str, Any]],
+    second: tuple[int, Any, tuple[str, Any]],
+) -> UnsupportedSchema:
     (i, a, (kind, a_detail)), (j, b, (_, b_detail)) = first, second
     a_label, b_label = _label(a), _label(b)
     if a_detail is not None and b_detail is not None:
         if kind == "object":
-            fix = (f"give each of {a_label} and {b_label} a required field (one without a default) the other "
-                   "does not have, or merge them into one record")
+            fix = (
+                f"give each of {a_label} and {b_label} a required field (one without a default) the other "
+                "does not have, or merge them into one record"
+            )
         elif kind == "text":
-            fix = (f"remove the shared symbols ({', '.join(sorted(a_detail & b_detail))}) from one of the "
-                   "enums, or merge them into one enum")
+            fix = (
+                f"remove the shared symbols ({', '.join(sorted(a_detail & b_detail))}) from one of the "
+                "enums, or merge them into one enum"
+            )
         else:
             fix = f"give {a_label} and {b_label} different sizes, or merge them"
     else:
         wide, narrow = (a_label, b_label) if a_detail is None else (b_label, a_label)
-        fix = (f"keep only one of the two branches ({wide} takes every value of {narrow}), or wrap one of them "
-               "in a record with a field name of its own")
+        fix = (
+            f"keep only one of the two branches ({wide} takes every value of {narrow}), or wrap one of them "
+            "in a record with a field name of its own"
+        )
     return UnsupportedSchema(
-        path, f"the union of {owner} has branches {i} ({a_label}) and {j} ({b_label}) that hold the same "
-              "value once the validator unwraps it: the model takes the first that fits, which may not be "
-              "the branch the producer wrote",
-        field=json_path, fix=fix)
+        path,
+        f"the union of {owner} has branches {i} ({a_label}) and {j} ({b_label}) that hold the same "
+        "value once the validator unwraps it: the model takes the first that fits, which may not be "
+        "the branch the producer wrote",
+        field=json_path,
+        fix=fix,
+    )

@@ -70,14 +70,20 @@ def draft_of(path: Path | str, document: Any) -> str:
         SchemaFileError: not an object, or an unknown ``$schema`` (field ``$schema``).
     """
     if not isinstance(document, dict):
-        raise SchemaFileError(path, f"a JSON Schema must be a JSON object, not {type(document).__name__}",
-                              fix=f'start the file with {{"$schema": "{DRAFT_2020_12}"')
+        raise SchemaFileError(
+            path,
+            f"a JSON Schema must be a JSON object, not {type(document).__name__}",
+            fix=f'start the file with {{"$schema": "{DRAFT_2020_12}"',
+        )
     declared = document.get("$schema", DRAFT_2020_12)
     uri = urlsplit(declared).geturl() if isinstance(declared, str) else None
     if uri not in KNOWN_DRAFTS:
-        raise SchemaFileError(path, f"unknown $schema {declared!r}", field="$schema",
-                              fix=f"use {DRAFT_2020_12} (or another draft jsonschema knows: draft-04, -06, "
-                                  "-07, 2019-09)")
+        raise SchemaFileError(
+            path,
+            f"unknown $schema {declared!r}",
+            field="$schema",
+            fix=f"use {DRAFT_2020_12} (or another draft jsonschema knows: draft-04, -06, -07, 2019-09)",
+        )
     return uri
 
 
@@ -152,8 +158,12 @@ def _check_meta_schema(path: Path | str, draft: str, document: dict) -> None:
 
 
 def _meta_schema_error(path: Path | str, message: str, where: str, draft: str) -> SchemaFileError:
-    return SchemaFileError(path, f"does not conform to its meta-schema: {shorten(message)}", field=where,
-                           fix=f"correct the schema at {where} (see {draft})")
+    return SchemaFileError(
+        path,
+        f"does not conform to its meta-schema: {shorten(message)}",
+        field=where,
+        fix=f"correct the schema at {where} (see {draft})",
+    )
 
 
 def _unresolved_refs(path: Path | str, document: dict) -> Iterator[SchemaFileError]:
@@ -168,16 +178,20 @@ def _unresolved_refs(path: Path | str, document: dict) -> Iterator[SchemaFileErr
         try:
             scope.lookup(ref)
         except Unresolvable:
-            kind = ("a reference to another file or URL" if not ref.startswith("#")
-                    else "no such definition in this file")
-            yield SchemaFileError(path, f"$ref {ref!r} does not resolve ({kind})", field=json_path,
-                                  fix="point it at a definition in this file, e.g. \"#/$defs/Name\", and copy "
-                                      "the referenced schema there; references to other files or URLs are "
-                                      "not supported")
+            kind = (
+                "a reference to another file or URL" if not ref.startswith("#") else "no such definition in this file"
+            )
+            yield SchemaFileError(
+                path,
+                f"$ref {ref!r} does not resolve ({kind})",
+                field=json_path,
+                fix='point it at a definition in this file, e.g. "#/$defs/Name", and copy '
+                "the referenced schema there; references to other files or URLs are "
+                "not supported",
+            )
 
 
-def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: Any
-               ) -> Iterator[tuple[str, str, Any]]:
+def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: Any) -> Iterator[tuple[str, str, Any]]:
     if isinstance(node, list):
         for index, item in enumerate(node):
             yield from _iter_refs(item, f"{json_path}[{index}]", resolver, resource, spec)
@@ -200,21 +214,30 @@ def _unsupported(path: Path | str, document: dict) -> Iterator[UnsupportedSchema
     root_type = document.get("type")
     if root_type is None and not any(key in document for key in _TYPED_ELSEWHERE):
         yield UnsupportedSchema(
-            path, 'the root has no "type": the validator accepts any JSON value as the body (a string, a '
-                  "number, null ...), the generated model only an object",
-            field="$", fix='add "type": "object" to the root (a message body is an object)')
+            path,
+            'the root has no "type": the validator accepts any JSON value as the body (a string, a '
+            "number, null ...), the generated model only an object",
+            field="$",
+            fix='add "type": "object" to the root (a message body is an object)',
+        )
     if isinstance(root_type, list):
         yield UnsupportedSchema(
-            path, f"the root's type is a list {root_type!r}: codegen makes one class for the first object "
-                  "type, so a body of another listed type would pass validation and then fail in the model",
-            field="$.type", fix='give the root one type, "type": "object" (a message body is an object); '
-                                "put optional or nullable values in its properties")
+            path,
+            f"the root's type is a list {root_type!r}: codegen makes one class for the first object "
+            "type, so a body of another listed type would pass validation and then fail in the model",
+            field="$.type",
+            fix='give the root one type, "type": "object" (a message body is an object); '
+            "put optional or nullable values in its properties",
+        )
     if "enum" in document and root_type in (None, "string", "integer", "number"):
         yield UnsupportedSchema(
-            path, "the root is an enum: codegen makes a Python Enum, not a pydantic model, so no message "
-                  "could be built from it",
-            field="$.enum", fix='make the root an object with the enum as a property, e.g. {"type": "object", '
-                                '"properties": {"value": {"enum": [...]}}, "required": ["value"]}')
+            path,
+            "the root is an enum: codegen makes a Python Enum, not a pydantic model, so no message "
+            "could be built from it",
+            field="$.enum",
+            fix='make the root an object with the enum as a property, e.g. {"type": "object", '
+            '"properties": {"value": {"enum": [...]}}, "required": ["value"]}',
+        )
     yield from _dotted_definitions(path, document, "$")
 
 
@@ -234,9 +257,12 @@ def _dotted_definitions(path: Path | str, node: Any, json_path: str) -> Iterator
                 if key in _DEFINITIONS and "." in name:
                     new = name.replace(".", "_")
                     yield UnsupportedSchema(
-                        path, f"definition name {name!r} contains '.': codegen reads the dots as module "
-                              "paths and writes several modules instead of one",
-                        field=where, fix=f"rename it to {new!r} and every $ref to it to \"#/{key}/{new}\"")
+                        path,
+                        f"definition name {name!r} contains '.': codegen reads the dots as module "
+                        "paths and writes several modules instead of one",
+                        field=where,
+                        fix=f'rename it to {new!r} and every $ref to it to "#/{key}/{new}"',
+                    )
                 yield from _dotted_definitions(path, subschema, where)
         else:
             yield from _dotted_definitions(path, value, child(json_path, key))

@@ -31,8 +31,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        context = " ".join(f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS
-                           if getattr(record, name, None) is not None)
+        context = " ".join(
+            f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if getattr(record, name, None) is not None
+        )
         return f"{line} [{context}]" if context else line
 
 
@@ -41,9 +42,10 @@ class JsonLineFormatter(JsonFormatter):
     their ``str``."""
 
     def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s %(message)s",
-                         rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception",
-                                        "stack_info": "stack"})
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception", "stack_info": "stack"},
+        )
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
@@ -60,8 +62,9 @@ def formatter(log_format: Literal["text", "json"] | str) -> logging.Formatter:
     return JsonLineFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT)
 
 
-def configure_logging(level: int, log_format: Literal["text", "json"] | str = "text",
-                      stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    level: int, log_format: Literal["text", "json"] | str = "text", stream: TextIO | None = None
+) -> logging.Handler:
     """Send every log line to ``stream`` (stderr) in ``log_format``, replacing the root logger's handlers."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(log_format))

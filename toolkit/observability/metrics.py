@@ -41,8 +41,9 @@ try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 except ImportError:  # pragma: no cover - the extra is in the dev dependencies
-    raise ConfigError("Prometheus metrics need prometheus-client: pip install 'ouroboros-epistle-forge[metrics]'",
-                      setting="metrics") from None
+    raise ConfigError(
+        "Prometheus metrics need prometheus-client: pip install 'ouroboros-epistle-forge[metrics]'", setting="metrics"
+    ) from None
 
 if TYPE_CHECKING:
     from toolkit.consumer.deadletter import DeadLetterRecord
@@ -69,8 +70,14 @@ _MAX_CACHED_KEYS = 10_000
 _now = time.perf_counter
 _bucket = bisect.bisect_left
 _RECORD_LABELS = ["topic", "message_type", "schema_version", "outcome", "stage"]
-_STATE_GAUGES = ("epistle_in_flight_records", "epistle_assigned_partitions", "epistle_consumer_lag",
-                 "epistle_partition_paused", "epistle_healthy", "epistle_ready")
+_STATE_GAUGES = (
+    "epistle_in_flight_records",
+    "epistle_assigned_partitions",
+    "epistle_consumer_lag",
+    "epistle_partition_paused",
+    "epistle_healthy",
+    "epistle_ready",
+)
 
 
 class _Metrics:
@@ -81,20 +88,35 @@ class _Metrics:
         # Added to by the middleware's flushes (under the lock), read by scrapes.
         self.records: dict[tuple[str, ...], float] = {}
         self.handler: dict[str, list[float]] = {}  # topic -> non-cumulative bucket counts (+Inf last), then sum
-        self.commits = Counter("epistle_commits", "Offset commit requests answered by the broker, by result",
-                               ["result"], registry=registry)
-        self.commit_duration = Histogram("epistle_commit_duration_seconds",
-                                         "Offset commit requests, from the request to the broker's answer",
-                                         buckets=COMMIT_BUCKETS, registry=registry)
+        self.commits = Counter(
+            "epistle_commits", "Offset commit requests answered by the broker, by result", ["result"], registry=registry
+        )
+        self.commit_duration = Histogram(
+            "epistle_commit_duration_seconds",
+            "Offset commit requests, from the request to the broker's answer",
+            buckets=COMMIT_BUCKETS,
+            registry=registry,
+        )
         self.registry_lookups = Counter(
-            "epistle_registry_lookups", "Schema lookups in the registry cache by result: hit, cached_not_found, "
-            "fetched, not_found, unavailable, error", ["result"], registry=registry)
+            "epistle_registry_lookups",
+            "Schema lookups in the registry cache by result: hit, cached_not_found, "
+            "fetched, not_found, unavailable, error",
+            ["result"],
+            registry=registry,
+        )
         self.registry_duration = Histogram(
-            "epistle_registry_request_duration_seconds", "Requests to the schema registry (retries and compiling a "
-            "new schema included), by result", ["result"], buckets=REGISTRY_BUCKETS, registry=registry)
+            "epistle_registry_request_duration_seconds",
+            "Requests to the schema registry (retries and compiling a new schema included), by result",
+            ["result"],
+            buckets=REGISTRY_BUCKETS,
+            registry=registry,
+        )
         self.dead_letter_failures = Counter(
-            "epistle_dead_letter_send_failures", "Dead letters the broker refused (each is resent until delivered)",
-            ["topic"], registry=registry)
+            "epistle_dead_letter_send_failures",
+            "Dead letters the broker refused (each is resent until delivered)",
+            ["topic"],
+            registry=registry,
+        )
         self.sources: weakref.WeakSet[PrometheusMiddleware] = weakref.WeakSet()
         self.lock = threading.Lock()
         registry.register(_ConsumerCollector(self))
@@ -139,8 +161,11 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
             try:
                 metrics = _BY_REGISTRY[registry] = _Metrics(registry)
             except ValueError as exc:  # a name is taken in that registry by other code
-                raise ConfigError(f"registry: {exc}; give the middleware a registry of its own "
-                                  "(registry=prometheus_client.CollectorRegistry())", setting="registry") from None
+                raise ConfigError(
+                    f"registry: {exc}; give the middleware a registry of its own "
+                    "(registry=prometheus_client.CollectorRegistry())",
+                    setting="registry",
+                ) from None
         return metrics
 
 
@@ -201,11 +226,19 @@ class PrometheusMiddleware(Middleware):
         InvalidArgument: an interval is not a positive number.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, sample_interval_s: float = 1.0,
-                 lag_interval_s: float = 5.0, health_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        sample_interval_s: float = 1.0,
+        lag_interval_s: float = 5.0,
+        health_timeout_s: float = 60.0,
+    ) -> None:
         if registry is not None and not isinstance(registry, CollectorRegistry):
-            raise InvalidArgument(f"registry: expected a prometheus_client.CollectorRegistry, got "
-                                  f"{type(registry).__name__}", argument="registry")
+            raise InvalidArgument(
+                f"registry: expected a prometheus_client.CollectorRegistry, got {type(registry).__name__}",
+                argument="registry",
+            )
         self.sample_interval_s = _args.number("sample_interval_s", sample_interval_s, positive=True)
         self.lag_interval_s = _args.number("lag_interval_s", lag_interval_s, positive=True)
         self.health_timeout_s = _args.number("health_timeout_s", health_timeout_s, positive=True)
@@ -270,8 +303,9 @@ class PrometheusMiddleware(Middleware):
             assigned = {(p.topic, p.partition) for p in partitions}
             lag = {tp: n for tp, n in transport.lag().items() if tp in assigned}
             fetch = transport.fetch_state()
-        self._snapshot = _Snapshot(time.monotonic(), engine.options.group_id, engine.in_flight_count, partitions,
-                                   lag, fetch)
+        self._snapshot = _Snapshot(
+            time.monotonic(), engine.options.group_id, engine.in_flight_count, partitions, lag, fetch
+        )
         self._state = "running"
         self._flush()
 
@@ -338,8 +372,9 @@ class PrometheusMiddleware(Middleware):
         if not parts:
             return Probe(False, detail | {"status": "no partitions assigned"})
         if held == len(parts):
-            return Probe(False, detail | {"status": "every assigned partition waits out an outage of the "
-                                                    "registry or the broker"})
+            return Probe(
+                False, detail | {"status": "every assigned partition waits out an outage of the registry or the broker"}
+            )
         return Probe(True, detail)
 
     def snapshot(self) -> _Snapshot | None:
@@ -358,8 +393,9 @@ class PrometheusMiddleware(Middleware):
             counts[_bucket(HANDLER_BUCKETS, seconds)] += 1  # the first bucket whose bound >= seconds
             counts[-1] += seconds
 
-    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
-                   delay_s: float | None) -> None:
+    def on_outcome(
+        self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
+    ) -> None:
         if outcome is DONE and message is not None:  # every record handled: as little as possible
             header = message.header
             key = (message.topic, header.message_type, header.schema_version)
@@ -377,8 +413,15 @@ class PrometheusMiddleware(Middleware):
             self._count(record, message, "stopped", outcome.dead_letter.stage)  # type: ignore[union-attr]
         # ToDeadLetter: counted once the broker acknowledged the dead letter (on_dead_letter)
 
-    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
-                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+    def on_dead_letter(
+        self,
+        record: Record,
+        dead_letter: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         if error is None:
             self._count(record, None, "dead_lettered", outcome.stage)
         else:
@@ -427,9 +470,11 @@ class _ConsumerCollector:
 
     def describe(self) -> list[Any]:
         """The names (so the registry refuses them when taken, also with ``auto_describe`` off)."""
-        return [CounterMetricFamily("epistle_records", ""),
-                HistogramMetricFamily("epistle_handler_duration_seconds", ""),
-                *(GaugeMetricFamily(name, "") for name in _STATE_GAUGES)]
+        return [
+            CounterMetricFamily("epistle_records", ""),
+            HistogramMetricFamily("epistle_handler_duration_seconds", ""),
+            *(GaugeMetricFamily(name, "") for name in _STATE_GAUGES),
+        ]
 
     def _totals(self) -> Iterator[Any]:
         metrics = self._metrics
@@ -437,15 +482,20 @@ class _ConsumerCollector:
             records = list(metrics.records.items())
             handler = [(topic, list(counts)) for topic, counts in metrics.handler.items()]
         family = CounterMetricFamily(
-            "epistle_records", "Records by outcome: processed, retried (an attempt failed and will be retried), "
+            "epistle_records",
+            "Records by outcome: processed, retried (an attempt failed and will be retried), "
             "paused (a wait for a registry or broker outage), dead_lettered (its dead letter acknowledged; stage "
-            "says why), stopped (ErrorPolicy.STOP)", labels=_RECORD_LABELS)
+            "says why), stopped (ErrorPolicy.STOP)",
+            labels=_RECORD_LABELS,
+        )
         for labels, count in sorted(records):
             family.add_metric(labels, count)
         yield family
         durations = HistogramMetricFamily(
-            "epistle_handler_duration_seconds", "Handler attempts, from the call to its result (a wait for a "
-            "free worker included)", labels=["topic"])
+            "epistle_handler_duration_seconds",
+            "Handler attempts, from the call to its result (a wait for a free worker included)",
+            labels=["topic"],
+        )
         bounds = [*(format(bound, "g") for bound in HANDLER_BUCKETS), "+Inf"]
         for topic, counts in sorted(handler):
             cumulative, buckets = 0.0, []
@@ -458,14 +508,20 @@ class _ConsumerCollector:
     def _state(self) -> Iterator[GaugeMetricFamily]:
         group = ["consumer_group"]
         in_flight = GaugeMetricFamily("epistle_in_flight_records", "Records fetched and not yet finished", labels=group)
-        assigned = GaugeMetricFamily("epistle_assigned_partitions", "Partitions assigned to the consumer",
-                                     labels=[*group, "topic"])
-        lag = GaugeMetricFamily("epistle_consumer_lag", "Records between the committed offset and the end of the "
-                                "partition (absent until the group committed an offset for it)",
-                                labels=[*group, "topic", "partition"])
-        paused = GaugeMetricFamily("epistle_partition_paused", "1 while a partition is held back, by reason: "
-                                   "backpressure, retry, outage, dead_letter",
-                                   labels=[*group, "topic", "partition", "reason"])
+        assigned = GaugeMetricFamily(
+            "epistle_assigned_partitions", "Partitions assigned to the consumer", labels=[*group, "topic"]
+        )
+        lag = GaugeMetricFamily(
+            "epistle_consumer_lag",
+            "Records between the committed offset and the end of the "
+            "partition (absent until the group committed an offset for it)",
+            labels=[*group, "topic", "partition"],
+        )
+        paused = GaugeMetricFamily(
+            "epistle_partition_paused",
+            "1 while a partition is held back, by reason: backpressure, retry, outage, dead_letter",
+            labels=[*group, "topic", "partition", "reason"],
+        )
         healthy = GaugeMetricFamily("epistle_healthy", "1 while /healthz passes", labels=group)
         ready = GaugeMetricFamily("epistle_ready", "1 while /readyz passes", labels=group)
         for source in list(self._sources):

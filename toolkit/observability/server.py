@@ -60,8 +60,9 @@ class MetricsServer:
 
     def __init__(self, middleware: PrometheusMiddleware, port: int, *, address: str = "0.0.0.0") -> None:
         if not isinstance(middleware, PrometheusMiddleware):
-            raise ConfigError(f"middleware: expected a PrometheusMiddleware, got {type(middleware).__name__}",
-                              setting="middleware")
+            raise ConfigError(
+                f"middleware: expected a PrometheusMiddleware, got {type(middleware).__name__}", setting="middleware"
+            )
         self.middleware = middleware
         self.requested_port = _args.integer("port", port, low=0, high=65535)
         self.address = address
@@ -79,12 +80,16 @@ class MetricsServer:
             return self
         server_class = _V6Server if ":" in self.address else _Server
         try:
-            self._httpd = make_server(self.address, self.requested_port, self._app, server_class=server_class,
-                                      handler_class=_QuietHandler)
+            self._httpd = make_server(
+                self.address, self.requested_port, self._app, server_class=server_class, handler_class=_QuietHandler
+            )
         except OSError as exc:
-            raise ConfigError(f"the metrics server cannot listen on {self.address}:{self.requested_port}: "
-                              f"{exc.strerror or exc}; choose another port (--metrics-port, EPISTLE_METRICS_PORT) "
-                              "or address (EPISTLE_METRICS_ADDRESS)", setting="EPISTLE_METRICS_PORT") from None
+            raise ConfigError(
+                f"the metrics server cannot listen on {self.address}:{self.requested_port}: "
+                f"{exc.strerror or exc}; choose another port (--metrics-port, EPISTLE_METRICS_PORT) "
+                "or address (EPISTLE_METRICS_ADDRESS)",
+                setting="EPISTLE_METRICS_PORT",
+            ) from None
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="epistle-metrics", daemon=True)
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics, probes on /healthz and /readyz", self.address, self.port)
@@ -115,16 +120,18 @@ class MetricsServer:
         if path == "/readyz":
             return _probe(self.middleware.readiness(), start_response)
         body = ("not found; try " + ", ".join(PATHS) + "\n").encode()
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
-                                         ("Content-Length", str(len(body)))])
+        start_response(
+            "404 Not Found", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
 
 def _probe(probe: Probe, start_response: Callable[..., Any]) -> Iterable[bytes]:
     body = json.dumps({"ok": probe.ok, **probe.detail}, sort_keys=True).encode() + b"\n"
-    start_response("200 OK" if probe.ok else "503 Service Unavailable",
-                   [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
-                    ("Content-Length", str(len(body)))])
+    start_response(
+        "200 OK" if probe.ok else "503 Service Unavailable",
+        [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Content-Length", str(len(body)))],
+    )
     return [body]
 
 

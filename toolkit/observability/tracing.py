@@ -53,9 +53,12 @@ try:
     from opentelemetry.propagators.textmap import Getter
     from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 except ImportError:  # pragma: no cover - exercised without the extra
-    raise ConfigError("tracing needs OpenTelemetry, which is not installed: pip install "
-                      "'ouroboros-epistle-forge[tracing]' (opentelemetry-api and opentelemetry-sdk), or turn "
-                      "tracing off (EPISTLE_TRACING=0)", setting="EPISTLE_TRACING") from None
+    raise ConfigError(
+        "tracing needs OpenTelemetry, which is not installed: pip install "
+        "'ouroboros-epistle-forge[tracing]' (opentelemetry-api and opentelemetry-sdk), or turn "
+        "tracing off (EPISTLE_TRACING=0)",
+        setting="EPISTLE_TRACING",
+    ) from None
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -153,16 +156,23 @@ class TracingMiddleware(Middleware):
     def on_record(self, record: Record) -> None:
         topic = record.topic()
         attributes: dict[str, Any] = {
-            "messaging.system": "kafka", "messaging.operation.name": "process",
-            "messaging.operation.type": "process", "messaging.destination.name": topic,
+            "messaging.system": "kafka",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": topic,
             "messaging.destination.partition.id": str(record.partition()),
-            "messaging.kafka.offset": record.offset()}
+            "messaging.kafka.offset": record.offset(),
+        }
         if self.group_id:
             attributes["messaging.consumer.group.name"] = self.group_id
         if record.value() is None:
             attributes["messaging.kafka.message.tombstone"] = True
-        span = self._tracer.start_span(f"process {topic}", context=extract_context(_record_headers(record)),
-                                       kind=SpanKind.CONSUMER, attributes=attributes)
+        span = self._tracer.start_span(
+            f"process {topic}",
+            context=extract_context(_record_headers(record)),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
         traced = _Traced(record, span)
         stale = self._open.pop(id(record), None)
         if stale is not None:  # the same record object again while its earlier run has not ended
@@ -187,8 +197,9 @@ class TracingMiddleware(Middleware):
         finally:
             otel_context.detach(token)
 
-    def on_outcome(self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int,
-                   delay_s: float | None) -> None:
+    def on_outcome(
+        self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
+    ) -> None:
         traced = self._open.get(id(record))
         if traced is None:
             return
@@ -199,23 +210,45 @@ class TracingMiddleware(Middleware):
             return
         span = traced.span
         if isinstance(outcome, RetryAfter):
-            span.add_event("retry", {"epistle.attempt": attempt, "epistle.retry.delay_s": outcome.delay_s,
-                                     "epistle.reason": outcome.reason})
+            span.add_event(
+                "retry",
+                {
+                    "epistle.attempt": attempt,
+                    "epistle.retry.delay_s": outcome.delay_s,
+                    "epistle.reason": outcome.reason,
+                },
+            )
         elif isinstance(outcome, Pause):
-            span.add_event("pause", {"epistle.attempt": attempt, "epistle.retry.delay_s": delay_s or 0.0,
-                                     "epistle.reason": outcome.reason})
+            span.add_event(
+                "pause",
+                {"epistle.attempt": attempt, "epistle.retry.delay_s": delay_s or 0.0, "epistle.reason": outcome.reason},
+            )
         elif isinstance(outcome, ToDeadLetter):
             self._failed(span, outcome, attempt if message is not None else 0)
             traced.send = self._tracer.start_span(
-                "send", context=trace.set_span_in_context(span), kind=SpanKind.PRODUCER,
-                attributes={"messaging.system": "kafka", "messaging.operation.name": "send",
-                            "messaging.operation.type": "send", "epistle.dead_letter.stage": outcome.stage})
+                "send",
+                context=trace.set_span_in_context(span),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.name": "send",
+                    "messaging.operation.type": "send",
+                    "epistle.dead_letter.stage": outcome.stage,
+                },
+            )
         elif isinstance(outcome, Stop):
             self._failed(span, outcome.dead_letter, attempt if message is not None else 0)
             self._finish(traced, "stop")
 
-    def on_dead_letter(self, record: Record, dead_letter: DeadLetterRecord, outcome: ToDeadLetter,
-                       error: BaseException | None, failures: int, delay_s: float | None) -> None:
+    def on_dead_letter(
+        self,
+        record: Record,
+        dead_letter: DeadLetterRecord,
+        outcome: ToDeadLetter,
+        error: BaseException | None,
+        failures: int,
+        delay_s: float | None,
+    ) -> None:
         traced = self._open.get(id(record))
         if traced is None or traced.send is None:
             return
@@ -225,8 +258,7 @@ class TracingMiddleware(Middleware):
         if error is None:
             self._finish(traced, "dead_letter")
             return
-        send.record_exception(error, attributes={"epistle.failures": failures,
-                                                 "epistle.retry.delay_s": delay_s or 0.0})
+        send.record_exception(error, attributes={"epistle.failures": failures, "epistle.retry.delay_s": delay_s or 0.0})
 
     def on_abandoned(self, record: Record) -> None:
         traced = self._open.get(id(record))
@@ -236,8 +268,9 @@ class TracingMiddleware(Middleware):
     # -- helpers ----------------------------------------------------------------------------------------
     @staticmethod
     def _failed(span: Span, outcome: ToDeadLetter, attempts: int) -> None:
-        span.set_attributes({"epistle.dead_letter.stage": outcome.stage, "error.type": outcome.stage,
-                             "epistle.attempts": attempts})
+        span.set_attributes(
+            {"epistle.dead_letter.stage": outcome.stage, "error.type": outcome.stage, "epistle.attempts": attempts}
+        )
         span.set_status(Status(StatusCode.ERROR, f"{outcome.stage}: {outcome.reason}"[:_MAX_DESCRIPTION]))
 
     def _finish(self, traced: _Traced, how: str, attributes: dict[str, Any] | None = None) -> None:
@@ -255,10 +288,14 @@ class TracingMiddleware(Middleware):
             message = traced.message
             if message is not None:  # the envelope's ids, once the record was read as a message
                 header = message.header
-                final.update({"messaging.message.id": header.message_id,
-                              "messaging.message.conversation_id": header.correlation_id,
-                              "epistle.message_type": header.message_type,
-                              "epistle.schema": f"{header.schema_name} v{header.schema_version}"})
+                final.update(
+                    {
+                        "messaging.message.id": header.message_id,
+                        "messaging.message.conversation_id": header.correlation_id,
+                        "epistle.message_type": header.message_type,
+                        "epistle.schema": f"{header.schema_name} v{header.schema_version}",
+                    }
+                )
             span.set_attributes(final)
         span.end()
 
@@ -287,8 +324,11 @@ def configure_tracing(service_name: str | None = None) -> TracerProvider | None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        raise ConfigError("tracing needs the OpenTelemetry SDK, which is not installed: pip install "
-                          "'ouroboros-epistle-forge[tracing]'", setting="EPISTLE_TRACING") from None
+        raise ConfigError(
+            "tracing needs the OpenTelemetry SDK, which is not installed: pip install "
+            "'ouroboros-epistle-forge[tracing]'",
+            setting="EPISTLE_TRACING",
+        ) from None
     names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
     exporters = []
     for name in (part.strip().lower() for part in names.split(",")):
@@ -296,11 +336,16 @@ def configure_tracing(service_name: str | None = None) -> TracerProvider | None:
             continue
         found = list(entry_points(group="opentelemetry_traces_exporter", name=name))
         if not found:
-            fix = ("pip install opentelemetry-exporter-otlp" if name.startswith("otlp")
-                   else "install the package that provides it")
-            raise ConfigError(f"OTEL_TRACES_EXPORTER={names!r}: no span exporter named {name!r} is installed; "
-                              f"{fix}, or set OTEL_TRACES_EXPORTER=console (spans on stdout) or none",
-                              setting="OTEL_TRACES_EXPORTER")
+            fix = (
+                "pip install opentelemetry-exporter-otlp"
+                if name.startswith("otlp")
+                else "install the package that provides it"
+            )
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={names!r}: no span exporter named {name!r} is installed; "
+                f"{fix}, or set OTEL_TRACES_EXPORTER=console (spans on stdout) or none",
+                setting="OTEL_TRACES_EXPORTER",
+            )
         exporters.append(found[0].load())
     resource = Resource.create()
     if service_name and str(resource.attributes.get("service.name", "")).startswith("unknown_service"):

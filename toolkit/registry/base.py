@@ -44,8 +44,14 @@ class SchemaById:
         """As a :class:`RegisteredSchema` (what a validator compiles), named after its first subject and
         version, or ``schema-id-<id>`` version 0 when it has none."""
         subject, version = self.versions[0] if self.versions else (f"schema-id-{self.schema_id}", 0)
-        return RegisteredSchema(subject=subject, version=version, format=self.format, text=self.text,
-                                schema_id=self.schema_id, references=self.references)
+        return RegisteredSchema(
+            subject=subject,
+            version=version,
+            format=self.format,
+            text=self.text,
+            schema_id=self.schema_id,
+            references=self.references,
+        )
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,9 @@ class SchemaRegistry(Protocol):
         """
         ...
 
-    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
-                            version: int | str = "latest") -> CompatibilityResult: ...
+    def check_compatibility(
+        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+    ) -> CompatibilityResult: ...
 
     def close(self) -> None: ...
 
@@ -170,8 +177,10 @@ def topic_value_strategy(ctx: SubjectContext) -> str:
     return f"{_args.instance('ctx', ctx, SubjectContext, 'a SubjectContext').topic}-value"
 
 
-SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {"schema_name": schema_name_strategy,
-                                                  "topic_value": topic_value_strategy}
+SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {
+    "schema_name": schema_name_strategy,
+    "topic_value": topic_value_strategy,
+}
 """The built-in strategies by their ``SCHEMA_REGISTRY_SUBJECT_STRATEGY`` names."""
 
 
@@ -183,8 +192,10 @@ def subject_strategy_named(name: str) -> SubjectStrategy:
     """
     found = SUBJECT_STRATEGIES.get(_args.text("strategy", name))
     if found is None:
-        raise InvalidArgument(f"strategy: unknown subject strategy {name!r}; use one of "
-                              f"{', '.join(SUBJECT_STRATEGIES)}", argument="strategy")
+        raise InvalidArgument(
+            f"strategy: unknown subject strategy {name!r}; use one of {', '.join(SUBJECT_STRATEGIES)}",
+            argument="strategy",
+        )
     return found
 
 
@@ -201,8 +212,11 @@ def registry_subjects(subject: Subject, strategy: str = "schema_name") -> list[s
     topics = subject.config.topics
     if not topics:
         if name_of is not schema_name_strategy:  # every other built-in strategy names the subject after a topic
-            raise ConfigError(f"{subject.folder / SUBJECT_CONFIG}: the {strategy} subject strategy needs "
-                              "'topics = [...]' to name the registry subjects",
-                              setting="SCHEMA_REGISTRY_SUBJECT_STRATEGY", path=subject.folder)
+            raise ConfigError(
+                f"{subject.folder / SUBJECT_CONFIG}: the {strategy} subject strategy needs "
+                "'topics = [...]' to name the registry subjects",
+                setting="SCHEMA_REGISTRY_SUBJECT_STRATEGY",
+                path=subject.folder,
+            )
         return [name_of(SubjectContext("", subject.name))]
     return list(dict.fromkeys(name_of(SubjectContext(topic, subject.name)) for topic in topics))

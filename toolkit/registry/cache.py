@@ -61,9 +61,15 @@ class CachedRegistry(Generic[T]):
     ``clock`` (monotonic seconds) is injectable so TTLs are testable without sleeping.
     """
 
-    def __init__(self, registry: SchemaRegistry, compile: Callable[[RegisteredSchema], T] | None = None, *,
-                 latest_ttl_s: float = 30.0, not_found_ttl_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        compile: Callable[[RegisteredSchema], T] | None = None,
+        *,
+        latest_ttl_s: float = 30.0,
+        not_found_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         _args.cached_registry_options(registry, compile, latest_ttl_s, not_found_ttl_s)
         self.registry = registry
         self._compile: Callable[[RegisteredSchema], T] = compile or compile_with_validation
@@ -80,11 +86,11 @@ class CachedRegistry(Generic[T]):
         self._observers: tuple[LookupObserver, ...] = ()  # replaced whole: read without the lock
 
     @classmethod
-    def from_settings(cls, registry: SchemaRegistry, settings: Any,
-                      compile: Callable[[RegisteredSchema], T] | None = None) -> CachedRegistry[T]:
+    def from_settings(
+        cls, registry: SchemaRegistry, settings: Any, compile: Callable[[RegisteredSchema], T] | None = None
+    ) -> CachedRegistry[T]:
         """TTLs from :class:`~toolkit.settings.RegistrySettings`."""
-        return cls(registry, compile, latest_ttl_s=settings.latest_ttl_s,
-                   not_found_ttl_s=settings.not_found_ttl_s)
+        return cls(registry, compile, latest_ttl_s=settings.latest_ttl_s, not_found_ttl_s=settings.not_found_ttl_s)
 
     def __repr__(self) -> str:
         return f"CachedRegistry({self.registry!r}, cached={len(self._entries)})"
@@ -108,8 +114,7 @@ class CachedRegistry(Generic[T]):
             if self._observers:
                 self._observe("hit", None)
             return entry
-        return self._fill(subject, version, lambda: self.registry.get(subject, version),
-                          asked_after)
+        return self._fill(subject, version, lambda: self.registry.get(subject, version), asked_after)
 
     @property
     def supports_schema_ids(self) -> bool:
@@ -173,9 +178,11 @@ class CachedRegistry(Generic[T]):
             if not found.references:
                 raise
             names = ", ".join(str(ref.get("name", ref)) for ref in found.references)
-            raise RegistryError(f"schema id {found.schema_id} uses schema references ({names}), which the "
-                                f"toolkit does not resolve yet, and cannot be compiled without them: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise RegistryError(
+                f"schema id {found.schema_id} uses schema references ({names}), which the "
+                f"toolkit does not resolve yet, and cannot be compiled without them: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
 
     # ------------------------------------------------------------------ the protocol
 
@@ -199,8 +206,9 @@ class CachedRegistry(Generic[T]):
         finally:
             self.invalidate(subject)
 
-    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
-                            version: int | str = "latest") -> CompatibilityResult:
+    def check_compatibility(
+        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+    ) -> CompatibilityResult:
         return self.registry.check_compatibility(subject, text, schema_format, version)
 
     def close(self) -> None:
@@ -244,8 +252,9 @@ class CachedRegistry(Generic[T]):
         schema, _ = self._fill(subject, LATEST, lambda: self.registry.latest(subject), asked_after)
         return schema.version
 
-    def _fill(self, subject: str, version: Version, fetch: Callable[[], RegisteredSchema],
-              asked_after: int | None = None) -> tuple[RegisteredSchema, T]:
+    def _fill(
+        self, subject: str, version: Version, fetch: Callable[[], RegisteredSchema], asked_after: int | None = None
+    ) -> tuple[RegisteredSchema, T]:
         key = (subject, version)
         with self._lock:
             lock = self._key_locks.setdefault(key, threading.Lock())
@@ -259,8 +268,14 @@ class CachedRegistry(Generic[T]):
                 if self._key_locks.get(key) is lock and not lock.locked():
                     del self._key_locks[key]
 
-    def _fill_locked(self, subject: str, version: Version, key: tuple[str, Version],
-                     fetch: Callable[[], RegisteredSchema], asked_after: int | None) -> tuple[RegisteredSchema, T]:
+    def _fill_locked(
+        self,
+        subject: str,
+        version: Version,
+        key: tuple[str, Version],
+        fetch: Callable[[], RegisteredSchema],
+        asked_after: int | None,
+    ) -> tuple[RegisteredSchema, T]:
         observed = bool(self._observers)
         if version != LATEST and (entry := self._entries.get(key)) is not None:  # type: ignore[arg-type]
             if observed:

@@ -80,9 +80,14 @@ def _check(registry: Any, subjects: Any, strategy: Any) -> None:
     _args.text("strategy", strategy)
 
 
-def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *, dry_run: bool = False,
-                     strategy: str = "schema_name",
-                     on_step: Callable[[Step], None] | None = None) -> list[Step]:
+def register_schemas(
+    registry: SchemaRegistry,
+    subjects: Mapping[str, Subject],
+    *,
+    dry_run: bool = False,
+    strategy: str = "schema_name",
+    on_step: Callable[[Step], None] | None = None,
+) -> list[Step]:
     """Register every local version, subject by subject, versions in order; stop at the first failure.
 
     Idempotent: a version already in the registry with the same content is ``unchanged``. A failing step
@@ -110,8 +115,9 @@ def register_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], 
     return steps
 
 
-def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry_run: bool,
-                      record: Callable[[Step], bool]) -> bool:
+def _register_subject(
+    registry: SchemaRegistry, subject: Subject, name: str, dry_run: bool, record: Callable[[Step], bool]
+) -> bool:
     mode = subject.config.compatibility
     configurable = isinstance(registry, SupportsCompatibilityConfig)
 
@@ -133,12 +139,25 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
             if held.format == schema_file.format and same_schema(held.text, schema_file.text):
                 record(Step(name, number, "unchanged"))
                 continue
-            return record(Step(name, number, "conflict",
-                               f"the registry holds a different {held.format} schema under version {number}; "
-                               "published versions are immutable: add a new version file instead"))
+            return record(
+                Step(
+                    name,
+                    number,
+                    "conflict",
+                    f"the registry holds a different {held.format} schema under version {number}; "
+                    "published versions are immutable: add a new version file instead",
+                )
+            )
         if remote and max(remote) >= number:
-            return record(Step(name, number, "conflict", f"the registry's versions {remote} skip {number}, "
-                               f"so {schema_file.path.name} cannot get version {number} there"))
+            return record(
+                Step(
+                    name,
+                    number,
+                    "conflict",
+                    f"the registry's versions {remote} skip {number}, "
+                    f"so {schema_file.path.name} cannot get version {number} there",
+                )
+            )
         if dry_run:
             if first_new and remote:
                 try:
@@ -147,13 +166,26 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
                     return record(Step(name, number, "failed", f"compatibility check: {exc}"))
                 if not verdict.compatible:
                     reasons = "; ".join(verdict.messages) or "the registry gave no reasons"
-                    return record(Step(name, number, "would be refused",
-                                       f"incompatible with version {max(remote)} under {mode}: {reasons}"))
+                    return record(
+                        Step(
+                            name,
+                            number,
+                            "would be refused",
+                            f"incompatible with version {max(remote)} under {mode}: {reasons}",
+                        )
+                    )
                 record(Step(name, number, "would register", f"compatible with version {max(remote)}"))
             else:
-                record(Step(name, number, "would register",
-                            "new subject" if first_new else
-                            f"compatibility not checked: version {number - 1} is not registered yet"))
+                record(
+                    Step(
+                        name,
+                        number,
+                        "would register",
+                        "new subject"
+                        if first_new
+                        else f"compatibility not checked: version {number - 1} is not registered yet",
+                    )
+                )
                 if configurable and first_new and not remote:
                     set_mode()
             first_new = False
@@ -167,10 +199,16 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
             # version" when asked to check a draft 2020-12 JSON Schema. Either way, name the version.
             return record(Step(name, number, "failed", str(exc)))
         if got.version != number:
-            return record(Step(name, number, "conflict",
-                               f"the registry answered with version {got.version}: {schema_file.path.name} "
-                               f"is identical to its version {got.version}, so nothing was registered; "
-                               "a new version must differ from every earlier one"))
+            return record(
+                Step(
+                    name,
+                    number,
+                    "conflict",
+                    f"the registry answered with version {got.version}: {schema_file.path.name} "
+                    f"is identical to its version {got.version}, so nothing was registered; "
+                    "a new version must differ from every earlier one",
+                )
+            )
         record(Step(name, number, "registered", f"id {got.schema_id}" if got.schema_id is not None else ""))
         if configurable and not remote:
             set_mode()
@@ -178,8 +216,9 @@ def _register_subject(registry: SchemaRegistry, subject: Subject, name: str, dry
     return True
 
 
-def verify_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *,
-                   strategy: str = "schema_name") -> VerifyReport:
+def verify_schemas(
+    registry: SchemaRegistry, subjects: Mapping[str, Subject], *, strategy: str = "schema_name"
+) -> VerifyReport:
     """Every difference between the local folder and the registry, for the local subjects.
 
     Drifts: a subject or version missing in the registry, a different schema (parsed JSON) or format under
@@ -195,8 +234,9 @@ def verify_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *,
         for name in registry_subjects(subject, strategy):
             remote = _versions(registry, name)
             if not remote:
-                report.drifts.append(Drift(name, None, f"subject missing in the registry "
-                                                       f"(local versions 1..{len(subject.versions)})"))
+                report.drifts.append(
+                    Drift(name, None, f"subject missing in the registry (local versions 1..{len(subject.versions)})")
+                )
                 continue
             for schema_file in subject.versions:
                 report.checked += 1
@@ -205,11 +245,17 @@ def verify_schemas(registry: SchemaRegistry, subjects: Mapping[str, Subject], *,
                     continue
                 held = registry.get(name, schema_file.version)
                 if held.format != schema_file.format:
-                    report.drifts.append(Drift(name, schema_file.version, f"format differs: local "
-                                               f"{schema_file.format}, registry {held.format}"))
+                    report.drifts.append(
+                        Drift(
+                            name,
+                            schema_file.version,
+                            f"format differs: local {schema_file.format}, registry {held.format}",
+                        )
+                    )
                 elif not same_schema(held.text, schema_file.text):
-                    report.drifts.append(Drift(name, schema_file.version,
-                                               f"content differs from {schema_file.path.name}"))
+                    report.drifts.append(
+                        Drift(name, schema_file.version, f"content differs from {schema_file.path.name}")
+                    )
             local = {schema_file.version for schema_file in subject.versions}
             for number in sorted(set(remote) - local):
                 report.drifts.append(Drift(name, number, "in the registry but not in the local folder"))

@@ -12,8 +12,7 @@ from toolkit.registry.local import LocalFolderRegistry
 from toolkit.settings import RegistrySettings, Settings
 
 
-def registry_from_settings(settings: RegistrySettings, schemas_dir: Path,
-                           **http_options: Any) -> SchemaRegistry:
+def registry_from_settings(settings: RegistrySettings, schemas_dir: Path, **http_options: Any) -> SchemaRegistry:
     """The local folder when ``settings.url`` is empty, else the Confluent-compatible HTTP client.
 
     ``http_options`` go to :meth:`ConfluentHttpRegistry.from_settings` (``transport``, ``event_hooks``).

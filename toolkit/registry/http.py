@@ -50,8 +50,12 @@ from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaB
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
-_NOT_FOUND = {40401: "subject not found", 40402: "version not found", 40403: "schema not found",
-              40404: "subject soft-deleted"}
+_NOT_FOUND = {
+    40401: "subject not found",
+    40402: "version not found",
+    40403: "schema not found",
+    40404: "subject soft-deleted",
+}
 _NO_SUCH_SUBJECT = 40401
 _NO_SUCH_SCHEMA = 40403
 _SOFT_DELETED = 40404  # Confluent: deleting again a subject that is already soft-deleted
@@ -95,21 +99,45 @@ class ConfluentHttpRegistry:
         ConfigError: inconsistent credentials, or a TLS file that cannot be loaded.
     """
 
-    def __init__(self, url: str, *, username: str | None = None, password: SecretStr | str | None = None,
-                 bearer_token: SecretStr | str | None = None, ca_bundle: Path | None = None,
-                 client_cert: Path | None = None, client_key: Path | None = None, timeout_s: float = 5.0,
-                 max_attempts: int = 4, backoff_initial_s: float = 0.2, backoff_max_s: float = 5.0,
-                 transport: httpx.BaseTransport | None = None, event_hooks: EventHooks | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 rng: Callable[[], float] = random.random) -> None:
-        _check_options(url, username, password, bearer_token, timeout_s, max_attempts, backoff_initial_s,
-                       backoff_max_s, ca_bundle, client_cert, client_key)
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: SecretStr | str | None = None,
+        bearer_token: SecretStr | str | None = None,
+        ca_bundle: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
+        timeout_s: float = 5.0,
+        max_attempts: int = 4,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        event_hooks: EventHooks | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        _check_options(
+            url,
+            username,
+            password,
+            bearer_token,
+            timeout_s,
+            max_attempts,
+            backoff_initial_s,
+            backoff_max_s,
+            ca_bundle,
+            client_cert,
+            client_key,
+        )
         try:
             parsed = httpx.URL(url.rstrip("/"))
         except httpx.InvalidURL:
             # neither the URL nor httpx's message is shown: the URL may hold credentials
-            raise InvalidArgument("url is not a valid URL; use e.g. http://127.0.0.1:8081/apis/ccompat/v7",
-                                  argument="url") from None
+            raise InvalidArgument(
+                "url is not a valid URL; use e.g. http://127.0.0.1:8081/apis/ccompat/v7", argument="url"
+            ) from None
         if parsed.username and username is None:  # http://user:pass@host/ : credentials leave the URL
             username, password = parsed.username, password or parsed.password
         self.url = str(parsed.copy_with(username=None, password=None))
@@ -120,7 +148,9 @@ class ConfluentHttpRegistry:
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._sleep, self._rng = sleep, rng
         self._client = httpx.Client(
-            base_url=self.url, auth=_auth(username, password, token), timeout=timeout_s,
+            base_url=self.url,
+            auth=_auth(username, password, token),
+            timeout=timeout_s,
             headers={"Accept": f"{CONTENT_TYPE}, application/json", "Content-Type": CONTENT_TYPE},
             transport=transport or httpx.HTTPTransport(verify=_tls(ca_bundle, client_cert, client_key)),
             event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
@@ -128,14 +158,27 @@ class ConfluentHttpRegistry:
         self._auth_kind = "bearer" if token else "basic" if username else "none"
 
     @classmethod
-    def from_settings(cls, settings: Any, *, transport: httpx.BaseTransport | None = None,
-                      event_hooks: EventHooks | None = None, **overrides: Any) -> ConfluentHttpRegistry:
+    def from_settings(
+        cls,
+        settings: Any,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        event_hooks: EventHooks | None = None,
+        **overrides: Any,
+    ) -> ConfluentHttpRegistry:
         """Build from :class:`~toolkit.settings.RegistrySettings` (``overrides`` win, e.g. ``sleep``)."""
         options: dict[str, Any] = dict(
-            username=settings.username, password=settings.password, bearer_token=settings.bearer_token,
-            ca_bundle=settings.ca_bundle, client_cert=settings.client_cert, client_key=settings.client_key,
-            timeout_s=settings.timeout_s, max_attempts=settings.max_attempts,
-            backoff_initial_s=settings.backoff_initial_s, backoff_max_s=settings.backoff_max_s)
+            username=settings.username,
+            password=settings.password,
+            bearer_token=settings.bearer_token,
+            ca_bundle=settings.ca_bundle,
+            client_cert=settings.client_cert,
+            client_key=settings.client_key,
+            timeout_s=settings.timeout_s,
+            max_attempts=settings.max_attempts,
+            backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s,
+        )
         options.update(overrides)
         return cls(settings.url, transport=transport, event_hooks=event_hooks, **options)
 
@@ -157,16 +200,15 @@ class ConfluentHttpRegistry:
             RegistryError: the registry holds a schema type other than JSON and AVRO.
         """
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise SchemaNotFound(f"subject {subject!r}: version {version!r} is not a positive integer",
-                                 subject=subject, version=version)
-        body = self._call("GET", f"{_subject_path(subject)}/versions/{version}",
-                          subject=subject, version=version)
+            raise SchemaNotFound(
+                f"subject {subject!r}: version {version!r} is not a positive integer", subject=subject, version=version
+            )
+        body = self._call("GET", f"{_subject_path(subject)}/versions/{version}", subject=subject, version=version)
         return _registered(body, subject)
 
     def latest(self, subject: str) -> RegisteredSchema:
         """``GET /subjects/{subject}/versions/latest``; raises as :meth:`get`."""
-        body = self._call("GET", f"{_subject_path(subject)}/versions/latest",
-                          subject=subject, version="latest")
+        body = self._call("GET", f"{_subject_path(subject)}/versions/latest", subject=subject, version="latest")
         return _registered(body, subject)
 
     def get_by_id(self, schema_id: int) -> SchemaById:
@@ -188,25 +230,31 @@ class ConfluentHttpRegistry:
             detail = str(exc).replace(": request (", " (", 1)  # no subject or version to name
             raise SchemaNotFound(f"schema id {schema_id} is not in the registry: {detail}") from None
         if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
-            raise RegistryUnavailable(f"schema registry {self.url}: GET /schemas/ids/{schema_id} answered "
-                                      f"{self._scrub(str(body)[:200])!r}, not a schema; point "
-                                      "SCHEMA_REGISTRY_URL at the API root")
+            raise RegistryUnavailable(
+                f"schema registry {self.url}: GET /schemas/ids/{schema_id} answered "
+                f"{self._scrub(str(body)[:200])!r}, not a schema; point "
+                "SCHEMA_REGISTRY_URL at the API root"
+            )
         raw_type = body.get("schemaType")
         try:
             schema_format = SchemaFormat(raw_type) if raw_type else SchemaFormat.AVRO
         except ValueError:
-            raise RegistryError(f"schema id {schema_id}: schemaType {raw_type!r} is not supported (JSON and "
-                                "AVRO are)") from None
+            raise RegistryError(
+                f"schema id {schema_id}: schemaType {raw_type!r} is not supported (JSON and AVRO are)"
+            ) from None
         if pairs is None:
             versions = self._versions_by_lookup(schema_id, body["schema"], schema_format)
         else:
-            versions = tuple((str(p["subject"]), int(p["version"])) for p in pairs
-                             if isinstance(p, dict) and "subject" in p and "version" in p)
-        return SchemaById(schema_id, schema_format, body["schema"], versions,
-                          tuple(body.get("references") or ()))
+            versions = tuple(
+                (str(p["subject"]), int(p["version"]))
+                for p in pairs
+                if isinstance(p, dict) and "subject" in p and "version" in p
+            )
+        return SchemaById(schema_id, schema_format, body["schema"], versions, tuple(body.get("references") or ()))
 
-    def _versions_by_lookup(self, schema_id: int, text: str, schema_format: SchemaFormat
-                            ) -> tuple[tuple[str, int], ...]:
+    def _versions_by_lookup(
+        self, schema_id: int, text: str, schema_format: SchemaFormat
+    ) -> tuple[tuple[str, int], ...]:
         found = []
         for subject in self.subjects():
             registered = self.lookup(subject, text, schema_format)
@@ -231,12 +279,16 @@ class ConfluentHttpRegistry:
             RegistryRejected: incompatible (409) or invalid (422), with the registry's messages.
             RegistryUnavailable: as :meth:`get`.
         """
-        body = self._call("POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format),
-                          subject=subject)
+        body = self._call(
+            "POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format), subject=subject
+        )
         found = self.lookup(subject, text, schema_format)
         if found is None:
-            raise RegistryError(f"subject {subject!r}: registered (id {body.get('id')}) but the registry "
-                                "cannot find the schema it just accepted", subject=subject)
+            raise RegistryError(
+                f"subject {subject!r}: registered (id {body.get('id')}) but the registry "
+                "cannot find the schema it just accepted",
+                subject=subject,
+            )
         return found
 
     def try_register(self, subject: str, text: str, schema_format: SchemaFormat) -> Registration:
@@ -250,35 +302,55 @@ class ConfluentHttpRegistry:
             RegistryUnavailable: as :meth:`get`.
             RegistryError: it accepted the schema but answered no schema id.
         """
-        body = self._call("POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format),
-                          subject=subject, incompatible_answer=True)
+        body = self._call(
+            "POST",
+            f"{_subject_path(subject)}/versions",
+            json=_payload(text, schema_format),
+            subject=subject,
+            incompatible_answer=True,
+        )
         if isinstance(body, Registration):
             return body
         schema_id = body.get("id") if isinstance(body, dict) else None
         if not isinstance(schema_id, int):
-            raise RegistryError(f"subject {subject!r}: the registry accepted the schema but answered no schema "
-                                f"id ({self._scrub(str(body)[:200])})", subject=subject)
+            raise RegistryError(
+                f"subject {subject!r}: the registry accepted the schema but answered no schema "
+                f"id ({self._scrub(str(body)[:200])})",
+                subject=subject,
+            )
         return Registration(schema_id)
 
     def lookup(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema | None:
         """``POST /subjects/{subject}``: the version holding this schema, or None (no such subject/schema)."""
-        body = self._call("POST", _subject_path(subject), json=_payload(text, schema_format), subject=subject,
-                          absent=(_NO_SUCH_SUBJECT, _NO_SUCH_SCHEMA))
+        body = self._call(
+            "POST",
+            _subject_path(subject),
+            json=_payload(text, schema_format),
+            subject=subject,
+            absent=(_NO_SUCH_SUBJECT, _NO_SUCH_SCHEMA),
+        )
         if body is None:
             return None
         # Apicurio's lookup answer has no schemaType; the format is the one we asked about.
         return _registered(body, subject, default_format=schema_format)
 
-    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
-                            version: int | str = "latest") -> CompatibilityResult:
+    def check_compatibility(
+        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+    ) -> CompatibilityResult:
         """``POST /compatibility/subjects/{subject}/versions/{version}?verbose=true``.
 
         A subject that does not exist yet is compatible. Apicurio 3.0 answers ``{"is_compatible": false}``
         without messages even with ``verbose=true``; its reasons come only from a refused :meth:`register`.
         """
-        body = self._call("POST", f"/compatibility{_subject_path(subject)}/versions/{version}",
-                          json=_payload(text, schema_format), params={"verbose": "true"},
-                          subject=subject, version=version, absent=(_NO_SUCH_SUBJECT,))
+        body = self._call(
+            "POST",
+            f"/compatibility{_subject_path(subject)}/versions/{version}",
+            json=_payload(text, schema_format),
+            params={"verbose": "true"},
+            subject=subject,
+            version=version,
+            absent=(_NO_SUCH_SUBJECT,),
+        )
         if body is None:
             return CompatibilityResult(True, ("subject does not exist yet",))
         return CompatibilityResult(bool(body.get("is_compatible")), tuple(body.get("messages") or ()))
@@ -291,8 +363,7 @@ class ConfluentHttpRegistry:
                 version).
             RegistryUnavailable: as :meth:`get`.
         """
-        self._call("PUT", f"/config/{quote(subject, safe='')}", json={"compatibility": str(mode)},
-                   subject=subject)
+        self._call("PUT", f"/config/{quote(subject, safe='')}", json={"compatibility": str(mode)}, subject=subject)
 
     def delete_subject(self, subject: str, *, permanent: bool = False) -> list[int]:
         """``DELETE /subjects/{subject}``: the versions deleted; the subject then answers *not found*.
@@ -310,8 +381,11 @@ class ConfluentHttpRegistry:
         if permanent:
             deleted = self._call("DELETE", path, params={"permanent": "true"}, subject=subject)
         if not isinstance(deleted, list) or not all(isinstance(v, int) for v in deleted):
-            raise RegistryError(f"schema registry {self.url}: DELETE {path} answered {str(deleted)[:200]!r}, "
-                                "not a list of version numbers", subject=subject)
+            raise RegistryError(
+                f"schema registry {self.url}: DELETE {path} answered {str(deleted)[:200]!r}, "
+                "not a list of version numbers",
+                subject=subject,
+            )
         return deleted
 
     def close(self) -> None:
@@ -325,9 +399,18 @@ class ConfluentHttpRegistry:
 
     # ------------------------------------------------------------------ the one place errors are translated
 
-    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
-              subject: str | None = None, version: int | str | None = None,
-              absent: tuple[int | None, ...] = (), incompatible_answer: bool = False) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        subject: str | None = None,
+        version: int | str | None = None,
+        absent: tuple[int | None, ...] = (),
+        incompatible_answer: bool = False,
+    ) -> Any:
         """The JSON answer, or None for a 404 whose error code is in ``absent``, or a refused
         :class:`Registration` for a 409 when ``incompatible_answer``."""
         what = f"{method} {path}"
@@ -346,47 +429,76 @@ class ConfluentHttpRegistry:
                     return self._answer(response, what, context, absent, attempt, incompatible_answer)
                 problem = f"HTTP {status} {self._registry_message(response)}".rstrip()
             if attempt == self._max_attempts:
-                raise RegistryUnavailable(f"schema registry {self.url} unavailable: {what} failed {attempt} "
-                                          f"time(s), last: {problem}", attempts=attempt, status=status,
-                                          **context)
+                raise RegistryUnavailable(
+                    f"schema registry {self.url} unavailable: {what} failed {attempt} time(s), last: {problem}",
+                    attempts=attempt,
+                    status=status,
+                    **context,
+                )
             delay = self._delay(attempt)
-            log.warning("schema registry %s: %s failed (%s), attempt %d of %d, retrying in %.2fs",
-                        self.url, what, problem, attempt, self._max_attempts, delay)
+            log.warning(
+                "schema registry %s: %s failed (%s), attempt %d of %d, retrying in %.2fs",
+                self.url,
+                what,
+                problem,
+                attempt,
+                self._max_attempts,
+                delay,
+            )
             self._sleep(delay)
 
-    def _answer(self, response: httpx.Response, what: str, context: dict[str, Any],
-                absent: tuple[int | None, ...], attempt: int, incompatible_answer: bool = False) -> Any:
+    def _answer(
+        self,
+        response: httpx.Response,
+        what: str,
+        context: dict[str, Any],
+        absent: tuple[int | None, ...],
+        attempt: int,
+        incompatible_answer: bool = False,
+    ) -> Any:
         status = response.status_code
         misconfigured = {"attempts": attempt, **context}
         if status < 300:
             try:
                 return response.json()
             except ValueError:
-                raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP {status} with "
-                                          "a body that is not JSON; point SCHEMA_REGISTRY_URL at the API "
-                                          "root",
-                                          **misconfigured) from None
+                raise RegistryUnavailable(
+                    f"schema registry {self.url}: {what} answered HTTP {status} with "
+                    "a body that is not JSON; point SCHEMA_REGISTRY_URL at the API "
+                    "root",
+                    **misconfigured,
+                ) from None
         code, message = self._error(response)
         if status == 404 and code in absent:
             return None
         if status == 404 and code in _NOT_FOUND:
             raise SchemaNotFound(f"{_NOT_FOUND[code]}: {_describe(context)} ({code}: {message})", **context)
         if status == 404:
-            raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP 404 without a "
-                                      "Confluent error code; point SCHEMA_REGISTRY_URL at the API root (for "
-                                      "Apicurio .../apis/ccompat/v7)", **misconfigured)
+            raise RegistryUnavailable(
+                f"schema registry {self.url}: {what} answered HTTP 404 without a "
+                "Confluent error code; point SCHEMA_REGISTRY_URL at the API root (for "
+                "Apicurio .../apis/ccompat/v7)",
+                **misconfigured,
+            )
         if status == 409 and incompatible_answer:
             return Registration(None, tuple(self._reasons(response)))
         if status in (409, 422):
             reasons = self._reasons(response)
-            raise RegistryRejected(f"registry refused the schema for {_describe(context)} (HTTP {status}, "
-                                   f"{code}): {'; '.join(reasons)}", reasons=reasons, **context)
+            raise RegistryRejected(
+                f"registry refused the schema for {_describe(context)} (HTTP {status}, {code}): {'; '.join(reasons)}",
+                reasons=reasons,
+                **context,
+            )
         if status in (401, 403):
-            raise RegistryUnavailable(f"schema registry {self.url} refused the credentials (HTTP {status}); "
-                                      "check SCHEMA_REGISTRY_USERNAME/PASSWORD or "
-                                      "SCHEMA_REGISTRY_BEARER_TOKEN", **misconfigured)
-        raise RegistryUnavailable(f"schema registry {self.url}: {what} answered HTTP {status} ({code}): "
-                                  f"{message}", **misconfigured)
+            raise RegistryUnavailable(
+                f"schema registry {self.url} refused the credentials (HTTP {status}); "
+                "check SCHEMA_REGISTRY_USERNAME/PASSWORD or "
+                "SCHEMA_REGISTRY_BEARER_TOKEN",
+                **misconfigured,
+            )
+        raise RegistryUnavailable(
+            f"schema registry {self.url}: {what} answered HTTP {status} ({code}): {message}", **misconfigured
+        )
 
     def _error(self, response: httpx.Response) -> tuple[int | None, str]:
         try:
@@ -425,14 +537,17 @@ class ConfluentHttpRegistry:
 
 def _auth(username: str | None, password: SecretStr | None, token: SecretStr | None) -> httpx.Auth | None:
     if token and (username or password):
-        raise ConfigError("set either SCHEMA_REGISTRY_USERNAME/PASSWORD or SCHEMA_REGISTRY_BEARER_TOKEN, "
-                          "not both",
-                          setting="SCHEMA_REGISTRY_BEARER_TOKEN")
+        raise ConfigError(
+            "set either SCHEMA_REGISTRY_USERNAME/PASSWORD or SCHEMA_REGISTRY_BEARER_TOKEN, not both",
+            setting="SCHEMA_REGISTRY_BEARER_TOKEN",
+        )
     if token:
         return _BearerAuth(token)
     if password and not username:
-        raise ConfigError("SCHEMA_REGISTRY_PASSWORD is set without SCHEMA_REGISTRY_USERNAME; set both",
-                          setting="SCHEMA_REGISTRY_USERNAME")
+        raise ConfigError(
+            "SCHEMA_REGISTRY_PASSWORD is set without SCHEMA_REGISTRY_USERNAME; set both",
+            setting="SCHEMA_REGISTRY_USERNAME",
+        )
     if username:
         return httpx.BasicAuth(username, password.get_secret_value() if password else "")
     return None
@@ -441,9 +556,10 @@ def _auth(username: str | None, password: SecretStr | None, token: SecretStr | N
 def _tls(ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext | bool:
     if not (ca_bundle or client_cert):
         if client_key:
-            raise ConfigError("SCHEMA_REGISTRY_CLIENT_KEY is set without SCHEMA_REGISTRY_CLIENT_CERT; "
-                              "set both",
-                              setting="SCHEMA_REGISTRY_CLIENT_CERT")
+            raise ConfigError(
+                "SCHEMA_REGISTRY_CLIENT_KEY is set without SCHEMA_REGISTRY_CLIENT_CERT; set both",
+                setting="SCHEMA_REGISTRY_CLIENT_CERT",
+            )
         return True
     try:
         context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
@@ -451,26 +567,41 @@ def _tls(ca_bundle: Path | None, client_cert: Path | None, client_key: Path | No
             context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
     except (OSError, ssl.SSLError) as exc:
         # The message names files, never their content or a key password.
-        raise ConfigError(f"cannot load the registry TLS files ({type(exc).__name__}: "
-                          f"{exc.strerror or exc}); SCHEMA_REGISTRY_CA_BUNDLE, _CLIENT_CERT and _CLIENT_KEY "
-                          "must be PEM files",
-                          setting="SCHEMA_REGISTRY_CA_BUNDLE") from None
+        raise ConfigError(
+            f"cannot load the registry TLS files ({type(exc).__name__}: "
+            f"{exc.strerror or exc}); SCHEMA_REGISTRY_CA_BUNDLE, _CLIENT_CERT and _CLIENT_KEY "
+            "must be PEM files",
+            setting="SCHEMA_REGISTRY_CA_BUNDLE",
+        ) from None
     return context
 
 
-def _check_options(url: Any, username: Any, password: Any, token: Any, timeout_s: Any, max_attempts: Any,
-                   backoff_initial_s: Any, backoff_max_s: Any, *paths: Any) -> None:
+def _check_options(
+    url: Any,
+    username: Any,
+    password: Any,
+    token: Any,
+    timeout_s: Any,
+    max_attempts: Any,
+    backoff_initial_s: Any,
+    backoff_max_s: Any,
+    *paths: Any,
+) -> None:
     _args.text("url", url)
     if not url.strip().lower().startswith(("http://", "https://")) or len(url.strip()) <= len("https://"):
-        raise InvalidArgument("url is not an http(s) URL (not shown: it may hold credentials); use e.g. "
-                              "http://127.0.0.1:8081/apis/ccompat/v7", argument="url")
+        raise InvalidArgument(
+            "url is not an http(s) URL (not shown: it may hold credentials); use e.g. "
+            "http://127.0.0.1:8081/apis/ccompat/v7",
+            argument="url",
+        )
     if username is not None:
         _args.text("username", username)
     for name, secret in (("password", password), ("bearer_token", token)):
         if secret is not None:
             if not isinstance(secret, str | SecretStr):  # the value is never shown: it may be the secret
-                raise InvalidArgumentType(f"{name}: expected a str or pydantic.SecretStr, got a "
-                                          f"{type(secret).__name__}", argument=name)
+                raise InvalidArgumentType(
+                    f"{name}: expected a str or pydantic.SecretStr, got a {type(secret).__name__}", argument=name
+                )
     _args.number("timeout_s", timeout_s, positive=True)
     _args.integer("max_attempts", max_attempts, low=1)
     _args.number("backoff_initial_s", backoff_initial_s, low=0)
@@ -492,18 +623,27 @@ def _payload(text: str, schema_format: SchemaFormat) -> dict[str, str]:
     return payload
 
 
-def _registered(body: dict[str, Any], subject: str,
-                default_format: SchemaFormat = SchemaFormat.AVRO) -> RegisteredSchema:
+def _registered(
+    body: dict[str, Any], subject: str, default_format: SchemaFormat = SchemaFormat.AVRO
+) -> RegisteredSchema:
     raw_type = body.get("schemaType")
     try:
         schema_format = SchemaFormat(raw_type) if raw_type else default_format
     except ValueError:
-        raise RegistryError(f"subject {subject!r} version {body.get('version')}: schemaType {raw_type!r} is "
-                            "not supported (JSON and AVRO are)", subject=subject,
-                            version=body.get("version")) from None
-    return RegisteredSchema(subject=body.get("subject", subject), version=int(body["version"]),
-                            format=schema_format, text=body["schema"], schema_id=body.get("id"),
-                            references=tuple(body.get("references") or ()))
+        raise RegistryError(
+            f"subject {subject!r} version {body.get('version')}: schemaType {raw_type!r} is "
+            "not supported (JSON and AVRO are)",
+            subject=subject,
+            version=body.get("version"),
+        ) from None
+    return RegisteredSchema(
+        subject=body.get("subject", subject),
+        version=int(body["version"]),
+        format=schema_format,
+        text=body["schema"],
+        schema_id=body.get("id"),
+        references=tuple(body.get("references") or ()),
+    )
 
 
 def _describe(context: dict[str, Any]) -> str:

@@ -56,8 +56,13 @@ class LocalFolderRegistry:
         SchemaFileError: (on first use) the folder or one of its subjects is invalid.
     """
 
-    def __init__(self, schemas_dir: Path | str, *, rescan_interval_s: float = RESCAN_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        schemas_dir: Path | str,
+        *,
+        rescan_interval_s: float = RESCAN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.schemas_dir = _args.path("schemas_dir", schemas_dir)
         self.rescan_interval_s = rescan_interval_s
         self._clock = clock
@@ -100,8 +105,7 @@ class LocalFolderRegistry:
                 self.reload()
             except (SchemaFileError, OSError) as exc:  # a file being written, renamed or deleted: try again
                 # on a later miss
-                log.warning("re-reading %s after a miss failed, keeping the previous view: %s",
-                            self.schemas_dir, exc)
+                log.warning("re-reading %s after a miss failed, keeping the previous view: %s", self.schemas_dir, exc)
                 raise missing from None
             return lookup()
 
@@ -116,9 +120,11 @@ class LocalFolderRegistry:
             return carriers[0]
         if len(carriers) > 1:
             names = ", ".join(s.name for s in carriers)
-            raise SchemaNotFound(f"subject {name!r}: several subject folders ({names}) in {self.schemas_dir} list "
-                                 "its topic in their subject.toml; the <topic>-value strategy needs exactly one",
-                                 subject=name)
+            raise SchemaNotFound(
+                f"subject {name!r}: several subject folders ({names}) in {self.schemas_dir} list "
+                "its topic in their subject.toml; the <topic>-value strategy needs exactly one",
+                subject=name,
+            )
         raise SchemaNotFound(f"subject {name!r} not found in {self.schemas_dir}", subject=name)
 
     def get(self, subject: str, version: int) -> RegisteredSchema:
@@ -133,8 +139,11 @@ class LocalFolderRegistry:
         found = self._subject(subject)
         schema_file = found.version(version) if _is_version(version) else None
         if schema_file is None:
-            raise SchemaNotFound(f"subject {subject!r} has no version {version!r} in {found.folder} "
-                                 f"(versions 1..{len(found.versions)})", subject=subject, version=version)
+            raise SchemaNotFound(
+                f"subject {subject!r} has no version {version!r} in {found.folder} (versions 1..{len(found.versions)})",
+                subject=subject,
+                version=version,
+            )
         return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
 
     def latest(self, subject: str) -> RegisteredSchema:
@@ -174,12 +183,15 @@ class LocalFolderRegistry:
         where = found.folder if found is not None else self.schemas_dir / subject
         following = len(found.versions) + 1 if found is not None else 1
         suffix = ".json" if schema_format == SchemaFormat.JSON else ".avsc"
-        reason = (f"the local schemas folder is read-only for the registry client; add the schema as "
-                  f"{where / f'{following}{suffix}'} in a pull request")
+        reason = (
+            f"the local schemas folder is read-only for the registry client; add the schema as "
+            f"{where / f'{following}{suffix}'} in a pull request"
+        )
         raise RegistryRejected(f"subject {subject!r}: {reason}", reasons=[reason], subject=subject)
 
-    def check_compatibility(self, subject: str, text: str, schema_format: SchemaFormat,
-                            version: int | str = "latest") -> CompatibilityResult:
+    def check_compatibility(
+        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+    ) -> CompatibilityResult:
         """Compatible when ``text`` is identical to the compared version.
 
         Raises:
@@ -190,9 +202,12 @@ class LocalFolderRegistry:
         against = self.latest(subject) if version == "latest" else self.get(subject, int(version))
         if against.format == schema_format and same_schema(against.text, text):
             return CompatibilityResult(True)
-        raise RegistryError(f"subject {subject!r}: the local folder registry does not check compatibility "
-                            f"between different schemas; run `epistle check` or use an HTTP registry",
-                            subject=subject, version=against.version)
+        raise RegistryError(
+            f"subject {subject!r}: the local folder registry does not check compatibility "
+            f"between different schemas; run `epistle check` or use an HTTP registry",
+            subject=subject,
+            version=against.version,
+        )
 
     def close(self) -> None:
         """Nothing to release."""
@@ -200,9 +215,11 @@ class LocalFolderRegistry:
 
 def no_schema_ids(registry: object) -> str:
     """Why records in Confluent's wire format cannot be read with ``registry``, and the fix."""
-    return (f"{registry!r} has no schema ids, and records in Confluent's wire format name their schema by "
-            "the registry's id: set SCHEMA_REGISTRY_URL to the Confluent-compatible registry their producers "
-            "use (for Apicurio .../apis/ccompat/v7), or read the topic as envelopes (value format envelope)")
+    return (
+        f"{registry!r} has no schema ids, and records in Confluent's wire format name their schema by "
+        "the registry's id: set SCHEMA_REGISTRY_URL to the Confluent-compatible registry their producers "
+        "use (for Apicurio .../apis/ccompat/v7), or read the topic as envelopes (value format envelope)"
+    )
 
 
 def _is_version(version: object) -> bool:

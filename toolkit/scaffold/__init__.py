@@ -23,11 +23,14 @@ from toolkit.scaffold import rules
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 STAGING_PREFIX = ".epistle-new-"
-_OPTIONS = {"project_name": "epistle new PROJECT_NAME", "package_name": "--package", "topics": "--topics",
-            "group_id": "--group-id"}
+_OPTIONS = {
+    "project_name": "epistle new PROJECT_NAME",
+    "package_name": "--package",
+    "topics": "--topics",
+    "group_id": "--group-id",
+}
 
-__all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project",
-           "toolkit_requirement"]
+__all__ = ["TEMPLATE_DIR", "Answers", "ScaffoldError", "check_answers", "create_project", "toolkit_requirement"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,13 @@ class Answers:
 
     def context(self) -> dict[str, str]:
         topics = ",".join(rules.split_topics(self.topics))
-        return {"project_name": self.project_name, "package_name": self.package_name, "topics": topics,
-                "group_id": self.group_id,
-                "toolkit_requirement": self.toolkit_requirement or rules.default_toolkit_requirement()}
+        return {
+            "project_name": self.project_name,
+            "package_name": self.package_name,
+            "topics": topics,
+            "group_id": self.group_id,
+            "toolkit_requirement": self.toolkit_requirement or rules.default_toolkit_requirement(),
+        }
 
 
 def check_answers(answers: Answers) -> None:
@@ -52,12 +59,10 @@ def check_answers(answers: Answers) -> None:
     _args.instance("answers", answers, Answers, "an Answers(project_name, package_name, topics, group_id)")
     for name in ("project_name", "package_name", "topics", "group_id", "toolkit_requirement"):
         _args.text(name, getattr(answers, name))
-    problems = rules.check_answers(answers.project_name, answers.package_name, answers.topics,
-                                   answers.group_id)
+    problems = rules.check_answers(answers.project_name, answers.package_name, answers.topics, answers.group_id)
     if problems:
         lines = [f"{problem} [{_OPTIONS[problem.field]}]" for problem in problems]
-        raise ScaffoldError("invalid answers, nothing was generated:\n  " + "\n  ".join(lines),
-                            problems=problems)
+        raise ScaffoldError("invalid answers, nothing was generated:\n  " + "\n  ".join(lines), problems=problems)
 
 
 def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> str:
@@ -70,24 +75,29 @@ def toolkit_requirement(wheel: Path | None = None, path: Path | None = None) -> 
     wheel = None if wheel is None else _args.path("wheel", wheel)
     path = None if path is None else _args.path("path", path)
     if wheel and path:
-        raise ScaffoldError("--toolkit-wheel and --toolkit-path both given: choose one",
-                            field="toolkit_wheel")
+        raise ScaffoldError("--toolkit-wheel and --toolkit-path both given: choose one", field="toolkit_wheel")
     if wheel is not None:
         if not wheel.is_file() or wheel.suffix != ".whl":
-            raise ScaffoldError(f"toolkit_wheel {str(wheel)!r}: not a .whl file -- fix: build one with "
-                                "`pip wheel --no-deps -w dist <toolkit checkout>` and pass its path",
-                                field="toolkit_wheel")
+            raise ScaffoldError(
+                f"toolkit_wheel {str(wheel)!r}: not a .whl file -- fix: build one with "
+                "`pip wheel --no-deps -w dist <toolkit checkout>` and pass its path",
+                field="toolkit_wheel",
+            )
         return rules.requirement_for(wheel)
     if path is not None:
         if not (path / "pyproject.toml").is_file():
-            raise ScaffoldError(f"toolkit_path {str(path)!r}: no pyproject.toml there -- fix: pass the "
-                                "folder of the toolkit's checkout", field="toolkit_path")
+            raise ScaffoldError(
+                f"toolkit_path {str(path)!r}: no pyproject.toml there -- fix: pass the "
+                "folder of the toolkit's checkout",
+                field="toolkit_path",
+            )
         return rules.requirement_for(path)
     return rules.default_toolkit_requirement()
 
 
-def create_project(answers: Answers, output_dir: Path | str = ".", *, force: bool = False,
-                   codegen: bool = True) -> Path:
+def create_project(
+    answers: Answers, output_dir: Path | str = ".", *, force: bool = False, codegen: bool = True
+) -> Path:
     """Generate the project into ``output_dir/<project_name>`` and return its path.
 
     ``force`` writes over an existing folder of that name (files the template does not make are kept, as
@@ -103,19 +113,27 @@ def create_project(answers: Answers, output_dir: Path | str = ".", *, force: boo
     target = output_dir / answers.project_name
     if target.exists() or target.is_symlink():
         if not target.is_dir():
-            raise ScaffoldError(f"output {str(target)!r} exists and is not a folder -- fix: remove it or "
-                                "choose another --output-dir or project name", field="output_dir")
+            raise ScaffoldError(
+                f"output {str(target)!r} exists and is not a folder -- fix: remove it or "
+                "choose another --output-dir or project name",
+                field="output_dir",
+            )
         if not force:
-            raise ScaffoldError(f"project_name {answers.project_name!r}: folder {str(target)!r} already "
-                                "exists -- fix: choose another name or --output-dir, or pass --force to "
-                                "write over it",
-                                field="project_name")
+            raise ScaffoldError(
+                f"project_name {answers.project_name!r}: folder {str(target)!r} already "
+                "exists -- fix: choose another name or --output-dir, or pass --force to "
+                "write over it",
+                field="project_name",
+            )
     created_dirs = _missing_parents(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ScaffoldError(f"output_dir {str(output_dir)!r}: cannot create it ({exc.strerror}) -- fix: "
-                            "choose a folder you can write to", field="output_dir") from None
+        raise ScaffoldError(
+            f"output_dir {str(output_dir)!r}: cannot create it ({exc.strerror}) -- fix: "
+            "choose a folder you can write to",
+            field="output_dir",
+        ) from None
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         staged = _render(answers, staging)
@@ -137,12 +155,19 @@ def _render(answers: Answers, staging: Path) -> Path:
     # A private cookiecutter config: no replay file in the user's home, no user defaults mixed in.
     with tempfile.TemporaryDirectory(prefix="epistle-cookiecutter-") as home:
         config = Path(home) / "config.yaml"
-        config.write_text(f"replay_dir: {Path(home, 'replay').as_posix()!r}\n"
-                          f"cookiecutters_dir: {Path(home, 'cookiecutters').as_posix()!r}\n",
-                          encoding="utf-8")
+        config.write_text(
+            f"replay_dir: {Path(home, 'replay').as_posix()!r}\n"
+            f"cookiecutters_dir: {Path(home, 'cookiecutters').as_posix()!r}\n",
+            encoding="utf-8",
+        )
         try:
-            project = cookiecutter(str(TEMPLATE_DIR), no_input=True, extra_context=answers.context(),
-                                   output_dir=str(staging / "out"), config_file=str(config))
+            project = cookiecutter(
+                str(TEMPLATE_DIR),
+                no_input=True,
+                extra_context=answers.context(),
+                output_dir=str(staging / "out"),
+                config_file=str(config),
+            )
         except CookiecutterException as exc:
             raise ScaffoldError(f"the template failed: {exc}") from exc
     return Path(project)

@@ -27,10 +27,25 @@ MAX_PROJECT_NAME_LENGTH = 100
 TOOLKIT_DISTRIBUTION = "ouroboros-epistle-forge"
 
 # Top-level names the generated project already uses, or imports from its dependencies.
-RESERVED_PACKAGES = frozenset({
-    "toolkit", "generated_models", "tests", "schemas", "confluent_kafka", "pydantic", "pydantic_settings",
-    "fastavro", "jsonschema", "httpx", "typer", "avro", "pytest", "setup", "site",
-})
+RESERVED_PACKAGES = frozenset(
+    {
+        "toolkit",
+        "generated_models",
+        "tests",
+        "schemas",
+        "confluent_kafka",
+        "pydantic",
+        "pydantic_settings",
+        "fastavro",
+        "jsonschema",
+        "httpx",
+        "typer",
+        "avro",
+        "pytest",
+        "setup",
+        "site",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -66,13 +81,15 @@ def split_topics(text: str) -> list[str]:
 
 
 def check_project_name(name: str) -> list[Problem]:
-    fix = ("use letters, digits, '-', '_' or '.', starting and ending with a letter or digit, "
-           "e.g. orders-consumer")
+    fix = "use letters, digits, '-', '_' or '.', starting and ending with a letter or digit, e.g. orders-consumer"
     if not name.strip():
         return [Problem("project_name", name, "is empty", fix)]
     if len(name) > MAX_PROJECT_NAME_LENGTH:
-        return [Problem("project_name", name, f"is longer than {MAX_PROJECT_NAME_LENGTH} characters",
-                        "choose a shorter name")]
+        return [
+            Problem(
+                "project_name", name, f"is longer than {MAX_PROJECT_NAME_LENGTH} characters", "choose a shorter name"
+            )
+        ]
     if not _PROJECT_NAME.match(name):
         return [Problem("project_name", name, "is not a valid project (distribution and folder) name", fix)]
     return []
@@ -92,40 +109,74 @@ def check_package_name(name: str) -> list[Problem]:
     if keyword.iskeyword(name):
         return [Problem("package_name", name, "is a Python keyword", "add a word, e.g. " + name + "_service")]
     if name != name.lower():
-        return [Problem("package_name", name, "has upper-case letters (PEP 8 package names are lower case)",
-                        "use " + name.lower())]
+        return [
+            Problem(
+                "package_name",
+                name,
+                "has upper-case letters (PEP 8 package names are lower case)",
+                "use " + name.lower(),
+            )
+        ]
     if name in sys.stdlib_module_names or name in RESERVED_PACKAGES:
-        return [Problem("package_name", name, "shadows a module the service imports "
-                        "(standard library, toolkit or generated_models)",
-                        "add a word, e.g. " + name + "_service")]
+        return [
+            Problem(
+                "package_name",
+                name,
+                "shadows a module the service imports (standard library, toolkit or generated_models)",
+                "add a word, e.g. " + name + "_service",
+            )
+        ]
     return []
 
 
 def check_topic(topic: str) -> list[Problem]:
     """Kafka's own rules for a topic name (kafka.common.internals.Topic.validate)."""
     if not topic:
-        return [Problem("topics", topic, "a topic name is empty",
-                        "give comma-separated names without empty entries, e.g. orders,payments")]
+        return [
+            Problem(
+                "topics",
+                topic,
+                "a topic name is empty",
+                "give comma-separated names without empty entries, e.g. orders,payments",
+            )
+        ]
     if topic in (".", ".."):
         return [Problem("topics", topic, "Kafka refuses '.' and '..' as topic names", "choose another name")]
     if len(topic) > MAX_TOPIC_LENGTH:
-        return [Problem("topics", topic[:40] + "...", f"is {len(topic)} characters; Kafka allows at most "
-                        f"{MAX_TOPIC_LENGTH}", "shorten the topic name")]
+        return [
+            Problem(
+                "topics",
+                topic[:40] + "...",
+                f"is {len(topic)} characters; Kafka allows at most {MAX_TOPIC_LENGTH}",
+                "shorten the topic name",
+            )
+        ]
     if not _TOPIC_CHARS.match(topic):
         bad = "".join(sorted({c for c in topic if not re.match(r"[A-Za-z0-9._-]", c)}))
-        return [Problem("topics", topic, f"has characters Kafka refuses: {bad!r}",
-                        "use only ASCII letters, digits, '.', '_' and '-'")]
+        return [
+            Problem(
+                "topics",
+                topic,
+                f"has characters Kafka refuses: {bad!r}",
+                "use only ASCII letters, digits, '.', '_' and '-'",
+            )
+        ]
     if topic.startswith("__"):
-        return [Problem("topics", topic, "names starting with '__' are Kafka's internal topics",
-                        "choose a name without the leading '__'")]
+        return [
+            Problem(
+                "topics",
+                topic,
+                "names starting with '__' are Kafka's internal topics",
+                "choose a name without the leading '__'",
+            )
+        ]
     return []
 
 
 def check_topics(text: str) -> list[Problem]:
     topics = split_topics(text)
     if not topics:
-        return [Problem("topics", text, "no topic given",
-                        "give at least one topic, e.g. orders or orders,payments")]
+        return [Problem("topics", text, "no topic given", "give at least one topic, e.g. orders or orders,payments")]
     problems = [p for topic in topics for p in check_topic(topic)]
     if problems:
         return problems
@@ -137,10 +188,15 @@ def check_topics(text: str) -> list[Problem]:
         for key in (package_name(schema_name), pascal(schema_name)):
             if key in seen:
                 same = "is listed twice" if seen[key] == topic else f"collides with {seen[key]!r}"
-                return [Problem("topics", topic, f"{same}: both map to the handler module or class {key!r} "
-                                "(Kafka also refuses topics that differ only by '.' and '_')",
-                                "list each topic once, with names that differ by more than '.', '_', "
-                                "'-' or case")]
+                return [
+                    Problem(
+                        "topics",
+                        topic,
+                        f"{same}: both map to the handler module or class {key!r} "
+                        "(Kafka also refuses topics that differ only by '.' and '_')",
+                        "list each topic once, with names that differ by more than '.', '_', '-' or case",
+                    )
+                ]
         seen[package_name(schema_name)] = seen[pascal(schema_name)] = topic
     return []
 
@@ -149,15 +205,25 @@ def check_group_id(group_id: str) -> list[Problem]:
     if not group_id.strip():
         return [Problem("group_id", group_id, "is empty", "give a consumer group id, e.g. orders-consumer")]
     if any(c.isspace() or not c.isprintable() for c in group_id) or len(group_id) > MAX_TOPIC_LENGTH:
-        return [Problem("group_id", group_id, "has spaces or control characters, or is too long for a "
-                        ".env value", "use letters, digits, '.', '_' or '-'")]
+        return [
+            Problem(
+                "group_id",
+                group_id,
+                "has spaces or control characters, or is too long for a .env value",
+                "use letters, digits, '.', '_' or '-'",
+            )
+        ]
     return []
 
 
 def check_answers(project_name: str, package_name: str, topics: str, group_id: str) -> list[Problem]:
     """Every problem with the answers, in field order (empty when all are valid)."""
-    return (check_project_name(project_name) + check_package_name(package_name) + check_topics(topics)
-            + check_group_id(group_id))
+    return (
+        check_project_name(project_name)
+        + check_package_name(package_name)
+        + check_topics(topics)
+        + check_group_id(group_id)
+    )
 
 
 def schema_name_for(topic: str) -> str:
@@ -183,9 +249,16 @@ def plan_topics(topics: str) -> list[TopicPlan]:
         schema_name = schema_name_for(topic)
         ident = package_name(schema_name)
         base = pascal(schema_name)
-        plans.append(TopicPlan(topic=topic, schema_name=schema_name, module=f"{ident}_handler",
-                               handler_class=f"{base}Handler", model_package=ident,
-                               model_class=f"{base}Event"))
+        plans.append(
+            TopicPlan(
+                topic=topic,
+                schema_name=schema_name,
+                module=f"{ident}_handler",
+                handler_class=f"{base}Handler",
+                model_package=ident,
+                model_class=f"{base}Event",
+            )
+        )
     return plans
 
 

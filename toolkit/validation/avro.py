@@ -90,15 +90,23 @@ class AvroSchema(CompiledSchema):
             return self._decoder(body)
         except _Mismatch as exc:
             message = shorten(exc.message)
-            raise MessageError(STAGE, f"{exc.path}: {message}",
-                               details=[{"path": exc.path, "message": message}]) from None
+            raise MessageError(
+                STAGE, f"{exc.path}: {message}", details=[{"path": exc.path, "message": message}]
+            ) from None
         except Exception as exc:  # noqa: BLE001 - the contract: a body never crashes the decoder
             raise unexpected(exc) from None
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 class _Builder:
@@ -116,9 +124,11 @@ class _Builder:
                 return self._primitive(schema)
             return self._named(schema)
         kind = schema["type"]
-        if isinstance(kind, (dict, list)) or (isinstance(kind, str) and kind not in _PRIMITIVES
-                                               and kind not in ("record", "error", "enum", "fixed",
-                                                                "array", "map")):
+        if isinstance(kind, (dict, list)) or (
+            isinstance(kind, str)
+            and kind not in _PRIMITIVES
+            and kind not in ("record", "error", "enum", "fixed", "array", "map")
+        ):
             return self.build(kind)
         if kind in ("record", "error", "enum", "fixed"):
             return self._named(schema["name"], schema)
@@ -326,7 +336,7 @@ def _read_big_decimal(data: bytes, schema: Any = None) -> Decimal:
     length, position = _read_varint(data, 0)
     if length < 1 or position + length > len(data):
         raise ValueError("the unscaled value's length does not fit the bytes")
-    unscaled = int.from_bytes(data[position:position + length], "big", signed=True)
+    unscaled = int.from_bytes(data[position : position + length], "big", signed=True)
     scale, position = _read_varint(data, position + length)
     if position != len(data):
         raise ValueError("bytes left over after the scale")
@@ -366,14 +376,16 @@ _FLOAT_OVERFLOW = 2.0**128 - 2.0**103
 
 def _out_of_range(value: float, kind: str) -> _Mismatch:
     if math.isnan(value):
-        return _Mismatch(f"NaN cannot be a {kind}: JSON has no NaN, and the Avro JSON encoding carries a "
-                         f"{kind} as a finite number")
+        return _Mismatch(
+            f"NaN cannot be a {kind}: JSON has no NaN, and the Avro JSON encoding carries a {kind} as a finite number"
+        )
     if math.isinf(value):
         sign = "-" if value < 0 else ""
-        return _Mismatch(f"number beyond the double range (JSON text such as {sign}1e400 decodes to {sign}inf); "
-                         f"a {kind} cannot hold it")
-    return _Mismatch(f"{shorten(repr(value), 40)} is beyond the range of a {kind} (it would be stored as "
-                     "infinity)")
+        return _Mismatch(
+            f"number beyond the double range (JSON text such as {sign}1e400 decodes to {sign}inf); "
+            f"a {kind} cannot hold it"
+        )
+    return _Mismatch(f"{shorten(repr(value), 40)} is beyond the range of a {kind} (it would be stored as infinity)")
 
 
 def _number(kind: str, limit: float) -> Decoder:

@@ -38,7 +38,13 @@ class CompiledSchema:
 def unexpected(exc: BaseException) -> MessageError:
     """A body that made the validator itself fail is still the message's fault, never a crash."""
     if isinstance(exc, RecursionError):
-        return MessageError(STAGE, "body is nested too deeply to validate",
-                            details=[{"path": "$", "message": "maximum nesting depth exceeded"}])
-    return MessageError(STAGE, f"body could not be validated ({type(exc).__name__})",
-                        details=[{"path": "$", "message": shorten(str(exc))}])
+        return MessageError(
+            STAGE,
+            "body is nested too deeply to validate",
+            details=[{"path": "$", "message": "maximum nesting depth exceeded"}],
+        )
+    return MessageError(
+        STAGE,
+        f"body could not be validated ({type(exc).__name__})",
+        details=[{"path": "$", "message": shorten(str(exc))}],
+    )

@@ -57,8 +57,16 @@ def check_json_schema(path: Path | str, document: Any) -> type[Validator]:
 # The formats jsonschema-rs checks itself, per draft (the drafts' own format vocabularies).
 _DRAFT4_FORMATS = frozenset({"date-time", "email", "hostname", "ipv4", "ipv6", "uri"})
 _DRAFT6_FORMATS = _DRAFT4_FORMATS | {"uri-reference", "uri-template", "json-pointer"}
-_DRAFT7_FORMATS = _DRAFT6_FORMATS | {"date", "time", "idn-email", "idn-hostname", "iri", "iri-reference",
-                                     "relative-json-pointer", "regex"}
+_DRAFT7_FORMATS = _DRAFT6_FORMATS | {
+    "date",
+    "time",
+    "idn-email",
+    "idn-hostname",
+    "iri",
+    "iri-reference",
+    "relative-json-pointer",
+    "regex",
+}
 _DRAFT2019_FORMATS = _DRAFT7_FORMATS | {"duration", "uuid"}
 _NATIVE_FORMATS = {"draft-04": _DRAFT4_FORMATS, "draft-06": _DRAFT6_FORMATS, "draft-07": _DRAFT7_FORMATS}
 
@@ -79,8 +87,9 @@ def _fast_validator(document: Any, checker: jsonschema.FormatChecker) -> Any | N
     None when jsonschema-rs cannot compile the document.
     """
     native = _native_formats(document)
-    formats = {name: (lambda value, name=name: checker.conforms(value, name))
-               for name in _formats_used(document) - native}
+    formats = {
+        name: (lambda value, name=name: checker.conforms(value, name)) for name in _formats_used(document) - native
+    }
     try:
         return jsonschema_rs.validator_for(document, validate_formats=True, formats=formats or None)
     except Exception:  # noqa: BLE001 - an exotic schema: the jsonschema validator alone decides
@@ -125,8 +134,7 @@ def _non_finite_message(error: ValidationError) -> str | None:
         return None
     sign = "-" if instance < 0 else ""
     what = "NaN" if math.isnan(instance) else f"beyond the double range, e.g. {sign}1e400, decoded as {sign}inf"
-    return (f"non-finite number ({what}): JSON has no infinity or NaN, so type {error.validator_value!r} "
-            "cannot hold it")
+    return f"non-finite number ({what}): JSON has no infinity or NaN, so type {error.validator_value!r} cannot hold it"
 
 
 class JsonSchema(CompiledSchema):
@@ -141,8 +149,9 @@ class JsonSchema(CompiledSchema):
 
     format = SchemaFormat.JSON
 
-    def __init__(self, subject: str, version: int, document: Any, validator: Validator,
-                 fast: Any | None = None) -> None:
+    def __init__(
+        self, subject: str, version: int, document: Any, validator: Validator, fast: Any | None = None
+    ) -> None:
         super().__init__(subject, version, document)
         self.validator = validator
         self.fast = fast
@@ -153,8 +162,13 @@ class JsonSchema(CompiledSchema):
         UnsupportedSchema: a valid schema codegen cannot express validates bodies all the same)."""
         validator_cls = _with_finite_numbers(check_json_schema(label, document))
         checker = _format_checker()
-        return cls(subject, version, document, validator_cls(document, format_checker=checker),
-                   _fast_validator(document, checker))
+        return cls(
+            subject,
+            version,
+            document,
+            validator_cls(document, format_checker=checker),
+            _fast_validator(document, checker),
+        )
 
     def decode(self, body: Any) -> Any:
         """Validate ``body``; return it unchanged. See :meth:`CompiledSchema.decode`."""
@@ -165,8 +179,11 @@ class JsonSchema(CompiledSchema):
             except Exception:  # noqa: BLE001 - e.g. a number beyond its range: let jsonschema decide
                 fast_verdict = None
         try:
-            errors = list(itertools.islice(self.validator.iter_errors(body), _MAX_ERRORS_SCANNED)) \
-                if fast_verdict is not True else []
+            errors = (
+                list(itertools.islice(self.validator.iter_errors(body), _MAX_ERRORS_SCANNED))
+                if fast_verdict is not True
+                else []
+            )
             if errors:
                 raise _message_error(errors)
             if fast_verdict is False:
@@ -192,8 +209,10 @@ def _fast_error(fast: Any, body: Any) -> MessageError:
 def _message_error(errors: list[ValidationError]) -> MessageError:
     best = best_match(errors)
     ordered = [best] + [e for e in sorted(errors, key=relevance, reverse=True) if e is not best]
-    details = [{"path": e.json_path, "message": _non_finite_message(e) or shorten(e.message),
-                "keyword": str(e.validator)} for e in ordered[:MAX_DETAILS]]
+    details = [
+        {"path": e.json_path, "message": _non_finite_message(e) or shorten(e.message), "keyword": str(e.validator)}
+        for e in ordered[:MAX_DETAILS]
+    ]
     more = len(errors) - 1
     reason = f"{best.json_path}: {_non_finite_message(best) or shorten(best.message, 200)}"
     if more:

@@ -20,19 +20,28 @@ _RULES_NAME = "_epistle_scaffold_rules"
 def _rules() -> Any:
     module = sys.modules.get(_RULES_NAME)
     if module is None:
-        spec = importlib.util.spec_from_file_location(_RULES_NAME, Path(__file__).resolve().parent.parent / "rules.py")
-        assert spec and spec.loader, "toolkit/scaffold/rules.py is missing beside the template"
+        spec = importlib.util.spec_from_file_location(
+            _RULES_NAME, Path(__file__).resolve().parent.parent / "rules.py"
+        )
+        assert spec and spec.loader, (
+            "toolkit/scaffold/rules.py is missing beside the template"
+        )
         module = importlib.util.module_from_spec(spec)
-        sys.modules[_RULES_NAME] = module  # dataclasses look their module up while the class is built
+        sys.modules[_RULES_NAME] = (
+            module  # dataclasses look their module up while the class is built
+        )
         spec.loader.exec_module(module)
     return module
 
 
 def scaffold_problems(cookiecutter: dict[str, Any]) -> list[str]:
     """Every invalid answer as one line naming the field, the value, the problem and the fix."""
-    problems = _rules().check_answers(str(cookiecutter.get("project_name", "")),
-                                      str(cookiecutter.get("package_name", "")),
-                                      str(cookiecutter.get("topics", "")), str(cookiecutter.get("group_id", "")))
+    problems = _rules().check_answers(
+        str(cookiecutter.get("project_name", "")),
+        str(cookiecutter.get("package_name", "")),
+        str(cookiecutter.get("topics", "")),
+        str(cookiecutter.get("group_id", "")),
+    )
     return [str(problem) for problem in problems]
 
 
@@ -52,6 +61,9 @@ def default_toolkit_requirement(_: object = None) -> str:
 class ScaffoldFilters(Extension):
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        environment.filters.update(scaffold_problems=scaffold_problems, topic_plans=topic_plans,
-                                   default_package_name=default_package_name,
-                                   default_toolkit_requirement=default_toolkit_requirement)
+        environment.filters.update(
+            scaffold_problems=scaffold_problems,
+            topic_plans=topic_plans,
+            default_package_name=default_package_name,
+            default_toolkit_requirement=default_toolkit_requirement,
+        )
