@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 import queue
 import threading
 import time
@@ -29,6 +30,7 @@ from toolkit.consumer.transport import Assignment, FetchState, Position, Transpo
 from toolkit.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
+_ERROR = operator.methodcaller("error")  # a record's error (None: a record, not an event)
 
 TP = tuple[str, int]
 DLQ_MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # the default (EPISTLE_DLQ_MAX_MESSAGE_BYTES): values up to ~7.5 MiB
@@ -225,7 +227,7 @@ class PollThread:
     def _sort(self, batch: list[Any]) -> tuple[list[Any], list[TP]]:
         """Records apart from errors: partition ends (those not followed by a record of the partition),
         fatal errors (reported to the engine), and the rest (logged: librdkafka retries them)."""
-        if not any(msg.error() is not None for msg in batch):
+        if not any(map(_ERROR, batch)):  # (a loop in C: this runs for every batch)
             return batch, []
         records: list[Any] = []
         ends: dict[TP, None] = {}

@@ -147,6 +147,20 @@ class Hooks:
             except Exception:  # noqa: BLE001
                 log.exception("middleware on_outcome failed")
 
+    def outcome_after(
+        self, failed: Any, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int
+    ) -> None:
+        """The engine called the ``on_outcome`` hooks in a loop of its own and ``failed`` raised: log it and
+        call the hooks after it."""
+        log.exception("middleware on_outcome failed")
+        hooks = self.on_outcome
+        index = next((i for i, hook in enumerate(hooks) if hook is failed), len(hooks))
+        for hook in hooks[index + 1 :]:
+            try:
+                hook(record, message, outcome, attempt, None)
+            except Exception:  # noqa: BLE001
+                log.exception("middleware on_outcome failed")
+
     def dead_letter(
         self,
         record: Record,
@@ -200,8 +214,8 @@ class StatsMiddleware(Middleware):
     def on_outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
     ) -> None:
-        stats = self.stats[record.topic()]
-        if isinstance(outcome, Done):
+        stats = self.stats.topics.get(record.topic()) or self.stats[record.topic()]
+        if outcome.__class__ is Done:  # every record but a few: first, and without isinstance
             stats.processed += 1
         elif isinstance(outcome, RetryAfter):
             stats.retried += 1
@@ -242,7 +256,7 @@ class LoggingMiddleware(Middleware):
     def on_outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
     ) -> None:
-        if isinstance(outcome, Done):
+        if outcome.__class__ is Done:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("done", extra=log_context(record, message))
         elif isinstance(outcome, RetryAfter):

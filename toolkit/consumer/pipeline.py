@@ -199,6 +199,7 @@ class Pipeline:
         wire_topics = [t for t, f in formats.items() if f is not ValueFormat.ENVELOPE]
         if self._default_format is not ValueFormat.ENVELOPE:
             wire_topics.append(DEFAULT_TOPIC)
+        self._envelopes_only = not wire_topics
         if wire_topics and not supports_schema_ids(resolver):
             from toolkit.registry.local import no_schema_ids
 
@@ -239,9 +240,13 @@ class Pipeline:
         Raises:
             MessageError: stage ``decode`` or ``envelope``.
         """
-        decoded = self.decode(value, topic)
-        if decoded.header is not None:
-            plan = self.plan(topic, decoded.header)
+        if self._envelopes_only:  # the common case: no wire format anywhere, no format to look up
+            decoded: DecodedRecord | WireRecord = decode_record(value, self.serializer, max_depth=self.max_depth)
+        else:
+            decoded = self.decode(value, topic)
+        header = decoded.header
+        if header is not None:
+            plan = self._plans.get((topic, header.schema_name, header.message_type, header.schema_version))
             if plan is not None:
                 return decoded, plan
         key = self.subject_of(topic, decoded)
@@ -489,8 +494,8 @@ class Pipeline:
         """
         if decoded.__class__ is WireRecord:
             return self._finish_wire(
-                cast(WireRecord, decoded),
-                cast(WireSchema, source),
+                decoded,  # type: ignore[arg-type]
+                source,  # type: ignore[arg-type]
                 topic=topic,
                 partition=partition,
                 offset=offset,
@@ -499,18 +504,15 @@ class Pipeline:
                 headers=headers,
                 timestamp=timestamp,
             )
-        decoded = cast(DecodedRecord, decoded)
         header = decoded.header
         assert header is not None
-        if not isinstance(source, Plan):
-            source = cast(CompiledSchema, source)
         if isinstance(source, Plan):
-            body = self._validate(decoded.body, source.compiled)
+            body = self._validate(decoded.body, source.compiled)  # type: ignore[union-attr]
             if source.model is not None:
                 body = self._build(body, source.model)
             route = source.route
         else:
-            body = self._validate(decoded.body, source)
+            body = self._validate(decoded.body, source)  # type: ignore[union-attr, arg-type]
             model = None
             if self.models is not None:
                 model = self._model(header)
@@ -518,7 +520,7 @@ class Pipeline:
             route = self.route(topic, header)
             if len(self._plans) < _MAX_PLANS:  # bounded: header fields come from the records
                 plan_key = (topic, header.schema_name, header.message_type, header.schema_version)
-                self._plans[plan_key] = Plan(source, model, route)
+                self._plans[plan_key] = Plan(source, model, route)  # type: ignore[arg-type]
         message = Message(header, body, topic, partition, offset, key, headers or [], timestamp, value or b"")
         return Prepared(message, route)
 
