@@ -396,6 +396,13 @@ class InMemoryTransport:
     ) -> InMemoryDeadLetterSink:
         if self._group_id is None:
             self._group_id = group_id
+        # A transport may serve several runs of a consumer, one after the other: nothing of the last one
+        # carries over (the group's committed offsets do, as on Kafka).
+        self._closed, self._fetching, self._lose, self._commit_failed = None, True, False, False
+        self._owned.clear()
+        self._position.clear()
+        self._eof_sent.clear()
+        self._paused.clear()
         self.topics = list(topics)
         self._events = events
         self._max_poll_records, self._max_in_flight = max_poll_records, max_in_flight
@@ -509,9 +516,16 @@ class InMemoryTransport:
     async def _give_up(self, group: _Group, events: TransportEvents, tps: list[tuple[str, int]], lost: bool) -> None:
         if not tps:
             return
+        if lost:  # as on Kafka: gone at once (another member may own them already), nothing committed for them
+            for tp in tps:
+                self._owned.pop(tp, None)
+                self._paused.discard(tp)
+                if group.owner.get(tp) is self:
+                    del group.owner[tp]
+            await events.release(tps, lost)
+            return
         positions = await events.release(tps, lost)
-        if not lost:
-            self.commit(positions)
+        self.commit(positions)
         for tp in tps:
             self._owned.pop(tp, None)
             self._paused.discard(tp)

@@ -84,3 +84,19 @@ def test_accepts_any_version_and_override_at_registration():
     registry.route("a", "T", "orders", 9)
     with pytest.raises(MessageError):
         registry.route("a", "T", "shipments", 1)
+
+
+def test_a_first_release_handler_with_a_helper_named_handle_is_still_called_through_process_message() -> None:
+    import asyncio
+
+    from toolkit.consumer.handlers import BaseHandler, as_route
+
+    class Legacy(BaseHandler):
+        def handle(self, order):  # a helper of its own, not the message entry point
+            return ("helper", order)
+
+        async def _process_message(self, message) -> bool:
+            return self.handle(message) == ("helper", message)
+
+    route = as_route(Legacy())
+    assert route.is_async and asyncio.run(route.call("m")) is True

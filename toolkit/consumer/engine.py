@@ -210,9 +210,13 @@ class Engine:
             _, pending = await asyncio.wait(tasks, timeout=self.options.shutdown_timeout_s)
             for task in pending:
                 task.cancel()
-        positions = self._watermarks(list(self._parts.values()), only_moved=False)
-        try:
-            await asyncio.wrap_future(self.transport.commit(positions, sync=True))
+        positions = self._watermarks([p for p in self._parts.values() if not p.revoked], only_moved=False)
+        try:  # bounded: a synchronous commit can block for as long as the group coordinator is away
+            await asyncio.wait_for(
+                asyncio.wrap_future(self.transport.commit(positions, sync=True)), self.options.shutdown_timeout_s
+            )
+        except TimeoutError:
+            log.error("the final commit was not answered within %.0fs", self.options.shutdown_timeout_s)
         except Exception as exc:
             log.warning("final commit failed: %s", exc)
         try:
@@ -229,7 +233,9 @@ class Engine:
         while True:
             await asyncio.sleep(self.options.commit_interval_s)
             failed = self.transport.take_commit_failure()  # then commit every watermark again
-            positions = self._watermarks(list(self._parts.values()), only_moved=not failed)
+            # Not a partition being revoked or lost: release() answers its final offset (none when lost).
+            kept = [part for part in self._parts.values() if not part.revoked]
+            positions = self._watermarks(kept, only_moved=not failed)
             if positions:
                 self.transport.commit(positions)
 
@@ -259,7 +265,8 @@ class Engine:
             await asyncio.wait(tasks, timeout=self.options.shutdown_timeout_s)
         positions = []
         for part in parts:
-            self._parts.pop((part.topic, part.partition), None)
+            if self._parts.get((part.topic, part.partition)) is part:  # not a re-assignment made meanwhile
+                del self._parts[(part.topic, part.partition)]
             for lane in part.lanes.values():  # a handler that outlived the drain timeout: forget its record
                 self._in_flight -= len(lane)
                 part.buffered -= len(lane)
@@ -465,7 +472,11 @@ class Engine:
                 return False
             assert isinstance(outcome, ToDeadLetter)
             attempts = attempt if prepared is not None else 1
-            return await self._dead_letter(part, msg, outcome, attempts, log_context(msg, current))
+            try:
+                return await self._dead_letter(part, msg, outcome, attempts, log_context(msg, current))
+            except asyncio.CancelledError:  # (shutdown timeout while its topic is being created)
+                hooks.abandoned(msg)
+                raise
 
     def _finish(
         self, msg: Record, decoded: DecodedRecord | WireRecord, source: Plan | CompiledSchema | WireSchema

@@ -54,7 +54,8 @@ class DeadLetter(EpistleError):
 
 class BaseHandler:
     """Base of class-based handlers: override :meth:`handle` (or, as in the first releases,
-    :meth:`_process_message`).
+    :meth:`_process_message`; a class that overrides both is called through ``_process_message``, so a
+    handler of the first releases with a helper method named ``handle`` keeps working).
 
     Return True (or None) when the message is done, False for "not now" (retried with backoff, then
     dead-lettered); raise :class:`Retry` (or :class:`~toolkit.errors.RetryableError`) for the same with a
@@ -130,8 +131,9 @@ def as_route(handler: HandlerLike, accepts: Mapping[str, Any] | None = None) -> 
         normalised = {str(name): frozenset(int(v) for v in (versions or ())) for name, versions in declared.items()}
     target: Any = handler
     if isinstance(handler, BaseHandler):  # the method itself: no extra coroutine per message
-        overridden = type(handler).handle is not BaseHandler.handle
-        target = handler.handle if overridden else handler._process_message
+        # _process_message first: a handler of the first releases may have a helper of its own named handle.
+        legacy = type(handler)._process_message is not BaseHandler._process_message
+        target = handler._process_message if legacy else handler.handle
     is_async = _is_async(target)
     name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
     return Route(handler, target, is_async, normalised, name)

@@ -184,9 +184,14 @@ class PollThread:
     def _run(self) -> None:
         try:
             self._fetch_loop()
-        except Exception:  # never die silently: the loop would wait forever for our commands
+        except Exception as exc:  # never die silently: the loop would wait forever for our commands
             log.exception("the poll thread failed; closing the consumer")
             self._closed.set()
+            reason = f"the Kafka poll thread failed: {type(exc).__name__}: {exc}"
+            try:  # the consumer stops (nothing more is fetched or committed) instead of idling forever
+                self._loop.call_soon_threadsafe(self._events.on_fatal, reason)
+            except RuntimeError:  # the loop is closed already
+                pass
             while True:  # answer close() so shutdown completes
                 command = self._commands.get()
                 done = getattr(command, "done", None)

@@ -177,6 +177,14 @@ class KafkaConsumer:
     def max_nesting_depth(self) -> int:
         return self.options.max_nesting_depth
 
+    def __getattr__(self, name: str) -> Any:
+        # Every resolved option reads as an attribute, as in the first releases (consumer.commit_interval_s);
+        # they are set through the constructor (or Settings) only.
+        options = self.__dict__.get("options")
+        if options is not None and name in ConsumerOptions.__dataclass_fields__:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def register_handler(
         self,
         topic: str,

@@ -145,7 +145,8 @@ class Transport(Protocol):
         """Fetch these partitions again (current assignments only)."""
 
     def stop_fetching(self) -> None:
-        """Hand over no more records (shutdown); rebalances are still served until :meth:`close`."""
+        """Hand over no more records (shutdown). The engine then drains and commits; a rebalance that other
+        members start meanwhile is served by :meth:`close` (librdkafka's leave-group revokes everything)."""
 
     def close(self) -> Future[None]:
         """Leave the group and release the client; resolves when done."""
