@@ -582,7 +582,10 @@ def test_big_decimals_round_trip_through_the_consumers_validator(text: str) -> N
     decoded = compiled.decode(avro_json_body(compiled.parsed, value))
     assert decoded == value and str(decoded["value"]) == text
     binary = fastavro.schemaless_reader(io.BytesIO(avro_binary_body(compiled.parsed, value)), compiled.parsed)
-    assert _read_big_decimal(binary["value"]) == Decimal(text)
+    # Raw bytes, unless toolkit.wire registered its big-decimal reader with fastavro in this process already
+    # (fastavro's documented hook for custom logical types is process-wide): either way the same Decimal.
+    raw = binary["value"]
+    assert (raw if isinstance(raw, Decimal) else _read_big_decimal(raw)) == Decimal(text)
 
 
 def test_avro_bodies_refuse_bad_values_with_epistle_errors() -> None:
