@@ -237,6 +237,16 @@ def test_a_lost_assignment_closes_a_channel_still_open_so_the_broker_requeues_it
     assert underlay.is_closed and released == [([("orders", 0)], True)]
     assert not queue.buffer and queue.underlay is None and not queue.assigned and not queue.lost
 
+    # Offered the same channel again (not reopened), the next generation does not consume there: it is closed
+    underlay.is_closed = False
+    queue.consumed_on, queue.channel = underlay, SimpleNamespace(get_underlay_channel=lambda: _ready(underlay))
+    asyncio.run(transport._consume(queue))
+    assert underlay.is_closed and queue.generation == 1 and not queue.assigned
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
 
 @pytest.mark.parametrize(
     "kwargs, setting",

@@ -329,6 +329,7 @@ class _Queue:
         "eof_sent",
         "probe_at",
         "delivered",
+        "consumed_on",
     )
 
     def __init__(self, topic: str, partition: int, name: str) -> None:
@@ -346,6 +347,7 @@ class _Queue:
         self.eof_sent = False
         self.probe_at = 0.0
         self.delivered = 0  # the last delivery tag received on underlay
+        self.consumed_on: Any = None  # the last underlying channel consumed on (never consumed on twice)
 
 
 class RabbitTransport:
@@ -772,7 +774,14 @@ class RabbitTransport:
             return
         if underlay.is_closed:
             return
+        if underlay is queue.consumed_on:
+            # An earlier generation's channel: its tags go on counting and its unacknowledged deliveries are
+            # still held there. A new generation needs a new channel (offsets from 0, nothing of the old one
+            # acknowledged with it): close it, the broker requeues, the robust channel reopens
+            await self._close_underlay(queue, underlay)
+            return
         queue.generation += 1
+        queue.consumed_on = underlay
         queue.underlay, queue.acked, queue.delivered, queue.assigned = underlay, 0, 0, True
         queue.lost, queue.eof_sent, queue.paused = False, False, False
         queue.buffer.clear()
@@ -822,15 +831,20 @@ class RabbitTransport:
         queue.buffer.clear()
         queue.underlay = None
         self._lag.pop((queue.topic, queue.partition), None)
-        if underlay is not None and not underlay.is_closed:
-            try:
-                await asyncio.wait_for(underlay.close(), 10)
-            except Exception as exc:  # noqa: BLE001 - closed anyway (a lost connection closes it too)
-                log.warning("queue %s: closing the channel of the cancelled consumer failed: %s", queue.name, exc)
+        if underlay is not None:
+            await self._close_underlay(queue, underlay)
         if queue.assigned:
             queue.assigned = False
             assert self._events is not None
             await self._events.release([(queue.topic, queue.partition)], True)
+
+    async def _close_underlay(self, queue: _Queue, underlay: Any) -> None:
+        if underlay.is_closed:
+            return
+        try:
+            await asyncio.wait_for(underlay.close(), 10)
+        except Exception as exc:  # noqa: BLE001 - closed anyway (a lost connection closes it too)
+            log.warning("queue %s: closing its channel failed: %s", queue.name, exc)
 
     def _hand_over(self, events: TransportEvents, now: float) -> None:
         free = min(self._max_poll_records, self._max_in_flight - events.in_flight())
