@@ -23,6 +23,7 @@ from toolkit.consumer import KafkaConsumer, RetryPolicy
 from toolkit.consumer.amqp import RabbitTransport, headers_from_table, table_from_headers
 from toolkit.consumer.deadletter import original_record
 from toolkit.consumer.testing import envelope_bytes
+from toolkit.consumer.transport import FetchState, ObservableTransport
 from toolkit.registry import LocalFolderRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,6 +295,122 @@ def test_a_broker_restart_mid_stream_loses_nothing(rabbitmq_url, queue, group_id
     # can lose it twice (the node stopping, then a channel opened while it was still booting)
     assert sum(count - 1 for count in handled.values()) <= 2 * 200
     assert amqp(rabbitmq_url, _count, topic) == 0  # every message acknowledged once the consumer stopped
+
+
+def _orders(ids: list[str]) -> list[tuple[bytes | None, bytes, list]]:
+    return [(None, envelope_bytes("orders", 1, VALID_BODY, message_id=i), []) for i in ids]
+
+
+async def _until(condition: Any, task: asyncio.Task, what: str, timeout_s: float = 60.0) -> None:
+    """Wait (bounded) until ``await condition()`` is true, the consumer's task still running."""
+    for _ in range(int(timeout_s / 0.05)):
+        if await condition():
+            return
+        assert not task.done(), f"the consumer stopped before {what}"
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_consumer_cancelled_by_the_broker_loses_nothing_and_acknowledges_nothing_unhandled(
+    rabbitmq_url, queue, group_id
+):
+    # The broker cancels a consumer when its queue is deleted or a quorum queue loses its members; neither
+    # keeps the messages on a one-node broker, so the broker's basic.cancel is fed to the channel's own
+    # handler, as its reader does with the frame, while the broker's consumer stays (a leader change). The
+    # window (prefetch 100, 20 in flight) keeps deliveries waiting in the transport at that moment: they must
+    # come back, not be acknowledged by the next generation's basic.ack(multiple=True).
+    from pamqp.commands import Basic
+
+    topic = queue("cancel")
+    ids = [f"c{i:04d}" for i in range(400)]
+    amqp(rabbitmq_url, _publish, topic, _orders(ids))
+    handled: Counter[str] = Counter()
+    transport = RabbitTransport(rabbitmq_url, prefetch_count=100)
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        transport=transport,
+        commit_interval_s=0.1,
+        max_in_flight=20,
+    )
+
+    @consumer.handler(topic)
+    async def handle(message) -> None:
+        await asyncio.sleep(0.002)
+        handled[message.header.message_id] += 1
+
+    async def cancel_mid_stream() -> None:
+        task = asyncio.create_task(consumer.start())
+        try:
+
+            async def some_handled() -> bool:
+                return len(handled) >= 100
+
+            await _until(some_handled, task, "100 records were handled")
+            state = transport._queues[(topic, 0)]
+            underlay, generation = state.underlay, state.generation
+            (tag,) = underlay.consumers
+            assert state.buffer, "no delivery waited in the transport: the test proves nothing"
+            await underlay._on_cancel_frame(Basic.Cancel(consumer_tag=tag, nowait=True))
+
+            async def all_handled_and_acknowledged() -> bool:
+                return len(handled) == len(ids) and await asyncio.to_thread(amqp, rabbitmq_url, _count, topic) == 0
+
+            await _until(all_handled_and_acknowledged, task, "every record was handled")
+            assert state.generation > generation and state.underlay is not underlay and underlay.is_closed
+        finally:
+            await consumer.stop()
+            await asyncio.wait_for(task, 60)
+
+    asyncio.run(cancel_mid_stream())
+    assert set(handled) == set(ids)  # the deliveries of the cancelled consumer came back
+    assert amqp(rabbitmq_url, _count, topic) == 0
+
+
+class _Commits:
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, bool]] = []
+
+    def on_commit(self, seconds: float, ok: bool) -> None:
+        self.seen.append((seconds, ok))
+
+
+def test_one_transport_runs_two_consumer_starts_and_reports_fetch_state_lag_and_commits(rabbitmq_url, queue, group_id):
+    topic = queue("twice")
+    first, second = [f"f{i:03d}" for i in range(30)], [f"s{i:03d}" for i in range(30)]
+    transport = RabbitTransport(rabbitmq_url)
+    assert isinstance(transport, ObservableTransport)
+    commits = _Commits()
+    transport.add_observer(commits, lag_interval_s=0.05)
+    handled: list[str] = []
+    seen: list[tuple[FetchState, dict]] = []
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        transport=transport,
+        stop_when_idle=True,
+        commit_interval_s=0.05,
+        max_workers=1,
+    )
+
+    @consumer.handler(topic)
+    async def handle(message) -> None:
+        await asyncio.sleep(0.01)  # the lag is measured while records wait
+        handled.append(message.header.message_id)
+        seen.append((transport.fetch_state(), transport.lag()))
+
+    amqp(rabbitmq_url, _publish, topic, _orders(first))
+    asyncio.run(asyncio.wait_for(consumer.start(), 60))
+    assert handled == first
+    amqp(rabbitmq_url, _publish, topic, _orders(second))
+    asyncio.run(asyncio.wait_for(consumer.start(), 60))  # the same transport again: it used to hang here
+    assert handled == first + second
+    assert amqp(rabbitmq_url, _count, topic) == 0
+    assert all(state.alive and state.last_poll is not None for state, _ in seen)
+    assert not transport.fetch_state().alive
+    lags = [lag[(topic, 0)] for _, lag in seen if (topic, 0) in lag]
+    assert lags and all(0 <= n <= len(first) for n in lags) and max(lags) > 0
+    assert commits.seen and all(ok and seconds >= 0 for seconds, ok in commits.seen)
 
 
 # -- epistle run --broker rabbitmq, killed or stopped ------------------------------------------------------

@@ -9,6 +9,7 @@ import datetime
 import json
 from decimal import Decimal
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -23,7 +24,7 @@ from toolkit.consumer.amqp import (
     table_from_headers,
 )
 from toolkit.consumer.deadletter import SourceRecord, build_dead_letter, original_record
-from toolkit.consumer.transport import Position, Record
+from toolkit.consumer.transport import FetchState, ObservableTransport, Position, Record
 from toolkit.errors import ConfigError
 from toolkit.settings import load_settings
 
@@ -182,6 +183,69 @@ def test_commits_acknowledge_each_watermark_once_and_only_on_the_current_channel
 
     assert asyncio.run(scenario()) == [(3, True), (8, True)]  # watermark W acks delivery tags up to W
     assert transport.take_commit_failure() is False
+
+
+def test_commits_are_observed_and_the_transport_is_observable():
+    transport = RabbitTransport()
+    assert isinstance(transport, ObservableTransport)
+    assert transport.fetch_state() == FetchState(False, None, False) and transport.lag() == {}  # not started
+    seen: list[bool] = []
+    transport.add_observer(SimpleNamespace(on_commit=lambda seconds, ok: seen.append(ok and seconds >= 0)))
+
+    async def scenario() -> None:
+        transport._loop = asyncio.get_running_loop()
+        from toolkit.consumer.amqp import _Queue
+
+        queue = transport._queues[("orders", 0)] = _Queue("orders", 0, "orders")
+        queue.underlay, queue.generation, queue.assigned = FakeChannel(), 1, True
+        await asyncio.wrap_future(transport.commit([Position("orders", 0, 4, 1)], sync=True))
+        await asyncio.wrap_future(transport.commit([Position("orders", 0, 4, 1)], sync=True))  # nothing sent
+
+    asyncio.run(scenario())
+    assert seen == [True]
+
+
+def test_a_lost_assignment_closes_a_channel_still_open_so_the_broker_requeues_its_deliveries():
+    # A consumer the broker cancelled leaves its channel open, its deliveries unacknowledged there: closing
+    # the channel gives them back to the queue, and the next generation consumes on a new channel (tags from 1)
+    transport = RabbitTransport()
+    released: list[tuple[list[tuple[str, int]], bool]] = []
+
+    class Events:
+        async def release(self, partitions: list[tuple[str, int]], lost: bool) -> list[Position]:
+            released.append((partitions, lost))
+            return []
+
+    class Underlay:
+        is_closed = False
+
+        async def close(self) -> None:
+            self.is_closed = True
+
+    async def scenario() -> tuple[Any, Any]:
+        from toolkit.consumer.amqp import _Queue
+
+        transport._events = Events()  # type: ignore[assignment]
+        queue = transport._queues[("orders", 0)] = _Queue("orders", 0, "orders")
+        underlay = Underlay()
+        queue.underlay, queue.generation, queue.assigned, queue.lost = underlay, 1, True, True
+        queue.buffer.append(SimpleNamespace())
+        await transport._lose(queue)
+        return queue, underlay
+
+    queue, underlay = asyncio.run(scenario())
+    assert underlay.is_closed and released == [([("orders", 0)], True)]
+    assert not queue.buffer and queue.underlay is None and not queue.assigned and not queue.lost
+
+    # Offered the same channel again (not reopened), the next generation does not consume there: it is closed
+    underlay.is_closed = False
+    queue.consumed_on, queue.channel = underlay, SimpleNamespace(get_underlay_channel=lambda: _ready(underlay))
+    asyncio.run(transport._consume(queue))
+    assert underlay.is_closed and queue.generation == 1 and not queue.assigned
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,20 @@ The engine was written for Kafka's partitions and offsets; this is how AMQP maps
   drains it without committing (``release(lost=True)``) and the broker redelivers what was not acknowledged.
   The robust connection reconnects and reopens the channel; consuming starts again there as a new
   assignment (a new generation: commands for the old one are dropped, delivery tags restart at 1).
+- A consumer the broker cancels (``basic.cancel``: the queue was deleted, a quorum queue lost its members) is
+  handled as a lost channel too: the channel is closed here, so the broker requeues every delivery it holds
+  unacknowledged, and the robust channel reopens. Consuming again on the same channel would not do: its
+  tags go on counting (offsets would not restart), the deliveries of the cancelled consumer would stay
+  unacknowledged there, and the next ``basic.ack(multiple=True)`` would acknowledge them with the new ones,
+  including records the engine never handled.
 - A record's key is the AMQP header ``epistle-key`` (AMQP has none); its headers are the message's header
   table (:func:`headers_from_table`, reversed by :func:`table_from_headers`); its timestamp the
   ``timestamp`` property. The properties and the delivery's coordinates go to the dead letter's
   ``source.amqp`` (:meth:`AmqpRecord.source_details`).
+- Metrics (:class:`~toolkit.consumer.transport.ObservableTransport`): the fetch state is the consuming task's
+  last round (it goes round at least every 50 ms); a queue's lag, measured every ``lag_interval_s`` once an
+  observer is added, is its ready messages (a passive ``queue.declare``) plus the deliveries this consumer
+  holds unacknowledged; a commit is observed as the time its ``basic.ack`` frames took to write.
 - Dead letters go to the durable queue ``<queue><dlq_suffix>`` through the default exchange, published
   mandatory with publisher confirms on a connection of their own (RabbitMQ's advice: a publisher under
   flow control must not hold up the consumers' acknowledgements).
@@ -49,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from toolkit.consumer.deadletter import DeadLetterRecord
-from toolkit.consumer.transport import Assignment, Position, TransportEvents
+from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
 from toolkit.errors import BrokerUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -318,6 +328,8 @@ class _Queue:
         "last_delivery",
         "eof_sent",
         "probe_at",
+        "delivered",
+        "consumed_on",
     )
 
     def __init__(self, topic: str, partition: int, name: str) -> None:
@@ -334,6 +346,8 @@ class _Queue:
         self.last_delivery = 0.0
         self.eof_sent = False
         self.probe_at = 0.0
+        self.delivered = 0  # the last delivery tag received on underlay
+        self.consumed_on: Any = None  # the last underlying channel consumed on (never consumed on twice)
 
 
 class RabbitTransport:
@@ -424,6 +438,12 @@ class RabbitTransport:
         self.queue_arguments = dict(queue_arguments or {})
         self.reconnect_interval_s = float(reconnect_interval_s)
         self.connection_name = connection_name
+        self._observers: list[TransportObserver] = []
+        self._lag_interval_s = 5.0
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one run (:meth:`start` .. :meth:`close`): a consumer may be started again."""
         self._queues: dict[tuple[str, int], _Queue] = {}
         self._events: TransportEvents | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -436,6 +456,10 @@ class RabbitTransport:
         self._commit_failed = False
         self._max_poll_records = 500
         self._max_in_flight = 1000
+        self._last_round: float | None = None
+        self._window_full = False
+        self._lag: dict[tuple[str, int], int] = {}
+        self._lag_at = 0.0
 
     @classmethod
     def from_settings(cls, settings: RabbitSettings) -> RabbitTransport:
@@ -534,6 +558,7 @@ class RabbitTransport:
         max_in_flight: int,
         dlq_max_message_bytes: int,
     ) -> RabbitDeadLetterSink:
+        self._reset()
         self._events, self._loop = events, loop
         self._max_poll_records, self._max_in_flight = max_poll_records, max_in_flight
         for topic in topics:
@@ -564,6 +589,7 @@ class RabbitTransport:
 
     async def _ack(self, acks: list[tuple[_Queue, Any, int]], done: Future[None]) -> None:
         failure: BaseException | None = None
+        started = time.monotonic()
         for queue, channel, tag in acks:
             try:
                 await channel.basic_ack(tag, multiple=True)
@@ -573,6 +599,11 @@ class RabbitTransport:
                 )
             else:
                 self.acknowledged(queue.topic, queue.partition, tag)
+        for observer in self._observers:
+            try:
+                observer.on_commit(time.monotonic() - started, failure is None)
+            except Exception:  # noqa: BLE001 - metrics must not fail a commit
+                log.exception("commit observer failed")
         if failure is None:
             done.set_result(None)
         else:
@@ -602,6 +633,22 @@ class RabbitTransport:
 
     def stop_fetching(self) -> None:
         self._fetching = False
+
+    # -- ObservableTransport ---------------------------------------------------------------------------
+    def add_observer(self, observer: TransportObserver, *, lag_interval_s: float = 5.0) -> None:
+        if observer not in self._observers:  # (a consumer started again with the same transport)
+            self._observers.append(observer)
+        self._lag_interval_s = lag_interval_s
+
+    def fetch_state(self) -> FetchState:
+        """Alive while the consuming task runs; its last round (at least every 50 ms while it runs)."""
+        alive = self._task is not None and not self._task.done() and not self._closing
+        return FetchState(alive, self._last_round, self._window_full)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Each assigned queue's ready messages plus the deliveries held here unacknowledged, as last
+        measured (every ``lag_interval_s`` once an observer is added; empty without one)."""
+        return dict(self._lag)
 
     def close(self) -> Future[None]:
         done: Future[None] = Future()
@@ -647,10 +694,13 @@ class RabbitTransport:
                     if queue.reopened and not self._closing:
                         queue.reopened = False
                         await self._consume(queue)
-                now = time.monotonic()
+                now = self._last_round = time.monotonic()
                 if self._fetching and not self._closing:
                     self._hand_over(events, now)
                     await self._probe_ends(events, now)
+                if self._observers and now >= self._lag_at and not self._closing:
+                    self._lag_at = now + self._lag_interval_s
+                    await self._measure_lag()
             except Exception as exc:  # a bug of ours: stop rather than silently stop handing records over
                 log.exception("the RabbitMQ transport failed")
                 events.on_fatal(f"internal error in the RabbitMQ transport: {type(exc).__name__}: {exc}")
@@ -724,8 +774,15 @@ class RabbitTransport:
             return
         if underlay.is_closed:
             return
+        if underlay is queue.consumed_on:
+            # An earlier generation's channel: its tags go on counting and its unacknowledged deliveries are
+            # still held there. A new generation needs a new channel (offsets from 0, nothing of the old one
+            # acknowledged with it): close it, the broker requeues, the robust channel reopens
+            await self._close_underlay(queue, underlay)
+            return
         queue.generation += 1
-        queue.underlay, queue.acked, queue.assigned = underlay, 0, True
+        queue.consumed_on = underlay
+        queue.underlay, queue.acked, queue.delivered, queue.assigned = underlay, 0, 0, True
         queue.lost, queue.eof_sent, queue.paused = False, False, False
         queue.buffer.clear()
         events.on_assign([Assignment(queue.topic, queue.partition, queue.generation)])
@@ -733,7 +790,9 @@ class RabbitTransport:
 
         async def deliver(message: Any, q: _Queue = queue, u: Any = underlay) -> None:
             if q.underlay is u and q.assigned:  # a delivery of a lost channel comes again on the new one
-                q.buffer.append(AmqpRecord(q.topic, q.partition, q.name, message))
+                record = AmqpRecord(q.topic, q.partition, q.name, message)
+                q.delivered = record.delivery_tag
+                q.buffer.append(record)
                 q.last_delivery = time.monotonic()
                 self._wake.set()
 
@@ -746,11 +805,12 @@ class RabbitTransport:
 
         def cancelled(frame: Any, q: _Queue = queue, u: Any = underlay, tag: str = consuming.consumer_tag) -> None:
             # The broker ended our consumer (the queue was deleted, a quorum queue lost its members): the
-            # assignment is lost; consume again (a missing queue closes the channel, which is then reopened
-            # and the queue declared again)
+            # assignment is lost. _lose closes the channel (the broker requeues what it delivered here and
+            # was not acknowledged); the robust channel reopens, declares the queue again, and consuming
+            # starts on the new channel, its tags from 1 (module docstring)
             if getattr(frame, "consumer_tag", None) == tag and q.underlay is u and not self._closing:
-                log.warning("queue %s: the broker cancelled our consumer; consuming again", q.name)
-                q.lost = q.reopened = True
+                log.warning("queue %s: the broker cancelled our consumer; closing its channel to consume again", q.name)
+                q.lost = True
                 self._wake.set()
 
         underlay.on_consumer_cancel_callbacks.add(cancelled)
@@ -763,17 +823,32 @@ class RabbitTransport:
             self._wake.set()
 
     async def _lose(self, queue: _Queue) -> None:
-        """The channel is gone: drop its deliveries and the assignment (nothing can be acknowledged)."""
+        """The channel is gone (or its consumer cancelled): drop its deliveries and the assignment (nothing can
+        be acknowledged). A channel still open is closed, so that the broker requeues its unacknowledged
+        deliveries and the robust channel reopens it (:meth:`_reopened` consumes there again)."""
+        underlay = queue.underlay
         queue.lost = False
         queue.buffer.clear()
         queue.underlay = None
+        self._lag.pop((queue.topic, queue.partition), None)
+        if underlay is not None:
+            await self._close_underlay(queue, underlay)
         if queue.assigned:
             queue.assigned = False
             assert self._events is not None
             await self._events.release([(queue.topic, queue.partition)], True)
 
+    async def _close_underlay(self, queue: _Queue, underlay: Any) -> None:
+        if underlay.is_closed:
+            return
+        try:
+            await asyncio.wait_for(underlay.close(), 10)
+        except Exception as exc:  # noqa: BLE001 - closed anyway (a lost connection closes it too)
+            log.warning("queue %s: closing its channel failed: %s", queue.name, exc)
+
     def _hand_over(self, events: TransportEvents, now: float) -> None:
         free = min(self._max_poll_records, self._max_in_flight - events.in_flight())
+        self._window_full = free <= 0 and any(q.buffer and q.assigned and not q.paused for q in self._queues.values())
         records: list[AmqpRecord] = []
         for queue in self._queues.values():
             if free <= len(records):
@@ -786,6 +861,21 @@ class RabbitTransport:
             queue.eof_sent = False
         if records:
             events.on_batch(list(records), [])  # type: ignore[arg-type]
+
+    async def _measure_lag(self) -> None:
+        """Each assigned queue's ready messages (a passive declare) plus those delivered here and not
+        acknowledged."""
+        for queue in list(self._queues.values()):
+            underlay = queue.underlay
+            if not queue.assigned or underlay is None:
+                continue
+            try:
+                declared = await underlay.queue_declare(queue.name, passive=True)
+            except Exception:  # noqa: BLE001 - the channel closed: handled as lost
+                continue
+            if queue.underlay is underlay:
+                held = max(0, queue.delivered - queue.acked)
+                self._lag[(queue.topic, queue.partition)] = (declared.message_count or 0) + held
 
     async def _probe_ends(self, events: TransportEvents, now: float) -> None:
         """Tell the engine which queues are at their end (for ``stop_when_idle``): nothing waiting here,

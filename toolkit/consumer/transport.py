@@ -11,7 +11,7 @@ Threads (docs/threads.md): the engine calls every method here from the event loo
 :class:`TransportEvents` methods on the event loop too (a thread of its own hands them over with
 ``loop.call_soon_threadsafe``), except :meth:`TransportEvents.in_flight`, which may be read from any thread.
 
-Metrics and health checks read a transport through :class:`ObservableTransport`, which both shipped
+Metrics and health checks read a transport through :class:`ObservableTransport`, which the three shipped
 transports implement (optional for others: the metrics middleware checks for it).
 """
 
