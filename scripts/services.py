@@ -170,6 +170,29 @@ def fetch_registry() -> Path:
     return home
 
 
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+def _apt_install(package: str, what: str) -> None:
+    """``apt-get install package`` (after ``apt-get update`` when the package lists are stale) without letting
+    the package start or enable its own system service: ours run privately under .services/, and a system
+    RabbitMQ or Prometheus would take their ports. Debian's maintainer scripts ask /usr/sbin/policy-rc.d,
+    which answers 101 ("not allowed") while the install runs."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    ours = not POLICY_RC_D.exists()
+    if ours:
+        POLICY_RC_D.write_text("#!/bin/sh\n# written by scripts/services.py during apt-get install\nexit 101\n")
+        POLICY_RC_D.chmod(0o755)
+    try:
+        if subprocess.run(install, capture_output=True, env=env).returncode != 0:  # no or stale package lists
+            _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+            _run(install, what, env=env)
+    finally:
+        if ours:
+            POLICY_RC_D.unlink(missing_ok=True)
+
+
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus") or next(
         (path for path in ("/usr/bin/prometheus", "/usr/local/bin/prometheus") if Path(path).exists()), None
@@ -192,11 +215,7 @@ def fetch_prometheus() -> str:
             "prometheus` (Debian's package) and retry"
         )
     print("installing Debian's prometheus package with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
-    if subprocess.run(install, capture_output=True, env=env).returncode != 0:  # no package lists yet
-        _run(["apt-get", "update", "-q"], "apt-get update", env=env)
-        _run(install, "installing Debian's prometheus package", env=env)
+    _apt_install("prometheus", "installing Debian's prometheus package")
     found = prometheus_binary()
     if not found:
         raise ServiceError("apt-get installed the prometheus package but no prometheus binary is on PATH")
@@ -600,11 +619,7 @@ def install_rabbitmq() -> Path:
     if os.geteuid() != 0:
         raise ServiceError(f"rabbitmq-server is not installed ({RABBITMQ_SERVER} is missing): {how}")
     print("installing rabbitmq-server with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "rabbitmq-server"]
-    if subprocess.run(install, capture_output=True, env=env).returncode != 0:  # a stale package list?
-        _run(["apt-get", "update", "-q"], "apt-get update", env=env)
-        _run(install, f"installing rabbitmq-server ({how})", env=env)
+    _apt_install("rabbitmq-server", f"installing rabbitmq-server ({how})")
     if not RABBITMQ_SERVER.exists():
         raise ServiceError(f"apt-get installed rabbitmq-server but {RABBITMQ_SERVER} is missing: {how}")
     return RABBITMQ_SERVER

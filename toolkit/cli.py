@@ -518,7 +518,7 @@ def run(
             from toolkit.observability.tracing import TracingMiddleware, configure_tracing
 
             provider = configure_tracing(service_name=settings.kafka.group_id)
-            middleware.append(TracingMiddleware(group_id=settings.kafka.group_id))
+            middleware.append(TracingMiddleware(group_id=settings.kafka.group_id, system=settings.consumer.broker))
         if port is not None:
             from toolkit.observability import MetricsServer, PrometheusMiddleware
 

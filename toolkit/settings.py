@@ -219,7 +219,8 @@ class ConsumerSettings(BaseSettings):
     schemas_dir: Path = Path("schemas")
     # Which broker `epistle run` consumes (--broker): kafka (KAFKA_*) or rabbitmq (RABBITMQ_*)
     broker: Literal["kafka", "rabbitmq"] = "kafka"
-    dlq_suffix: str = ".dlq"
+    # not empty: the dead letters of `orders` would go back into `orders`
+    dlq_suffix: Annotated[str, Field(min_length=1)] = ".dlq"
     dlq_max_message_bytes: Annotated[int, Field(ge=1000, le=1_000_000_000)] = 10 * 1024 * 1024
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 500

@@ -275,7 +275,10 @@ def synthesize_header(
     message_id = fields.get("messageId") or f"{topic}/{partition}/{offset}"
     sent = _zoned(fields.get("timestamp"))
     if sent is None:
-        moment = datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp is not None else datetime.now(UTC)
+        try:
+            moment = datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp is not None else datetime.now(UTC)
+        except (OverflowError, OSError, ValueError):  # a producer-set time beyond the years datetime holds
+            moment = datetime.now(UTC)
         sent = moment.isoformat(timespec="milliseconds")
     return Header.model_construct(
         message_type=message_type,

@@ -382,6 +382,15 @@ def test_dead_letters_written_before_the_value_kept_headers_still_read():
         b'{"source": {}, "original_encoding": "json"}',
         b"\xff",
         b'{"source": {"topic": "t", "partition": 0, "offset": 0, "headers": [[1]]}, "original_encoding": "null"}',
+        # coordinates of the wrong type: refused here, not a crash later in replay or show
+        b'{"source": {"topic": 5, "partition": 0, "offset": 0}, "original_encoding": "null"}',
+        b'{"source": {"topic": "t", "partition": "a", "offset": 0}, "original_encoding": "null"}',
+        b'{"source": {"topic": "t", "partition": null, "offset": 0}, "original_encoding": "null"}',
+        b'{"source": {"topic": "t", "partition": 1.5, "offset": 0}, "original_encoding": "null"}',
+        b'{"source": {"topic": "t", "partition": 0, "offset": -1}, "original_encoding": "null"}',
+        b'{"source": {"topic": "t", "partition": 0, "offset": 0, "timestamp": "x"}, "original_encoding": "null"}',
+        b'{"source": {"topic": "", "partition": 0, "offset": 0}, "original_encoding": "null"}',
+        b'{"source": {"topic": "t", "partition": 0, "offset": 0, "headers": [[5, null]]}, "original_encoding": "null"}',
     ],
 )
 def test_not_a_dead_letter_value(value):

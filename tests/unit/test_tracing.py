@@ -97,6 +97,24 @@ def test_a_record_span_follows_the_messaging_conventions_and_continues_the_produ
     assert t.tracing.open_spans == 0
 
 
+def test_on_rabbitmq_the_span_names_the_system_and_the_delivery_tag() -> None:
+    t = Traced(stop_when_idle=True)
+    t.tracing = TracingMiddleware(group_id="shop", system="rabbitmq", tracer_provider=t.provider)
+    t.consumer = KafkaConsumer(
+        group_id="shop",
+        transport=t.broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        middleware=[t.tracing],
+        stop_when_idle=True,
+    )
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    attributes = dict(t.one("process orders").attributes)
+    assert attributes["messaging.system"] == "rabbitmq"
+    assert attributes["messaging.rabbitmq.message.delivery_tag"] == 1 and "messaging.kafka.offset" not in attributes
+
+
 def test_a_record_without_a_traceparent_starts_a_trace_of_its_own() -> None:
     t = Traced(stop_when_idle=True)
     t.broker.produce("orders", envelope("orders", 2, ORDER))

@@ -385,6 +385,14 @@ class RabbitTransport:
         reconnect_interval_s: float = 2.0,
         connection_name: str = "epistle",
     ) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("aio_pika") is None:  # an optional extra: say how to get it, no traceback
+            raise ConfigError(
+                "RabbitMQ needs aio-pika: pip install 'ouroboros-epistle-forge[rabbitmq]' "
+                "(or EPISTLE_BROKER=kafka / --broker kafka)",
+                setting="EPISTLE_BROKER",
+            )
         if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
             raise ConfigError(
                 f"url {redact(str(url))!r}: use amqp://user:password@host:5672/vhost (or amqps://); "

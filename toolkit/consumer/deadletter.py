@@ -434,16 +434,19 @@ def original_record(value: bytes, key: bytes | None = None, headers: Headers | N
             ]
         else:
             kept = [(k, v) for k, v in (headers or []) if not k.startswith(DLT_PREFIX)]
-        return OriginalRecord(
-            source["topic"],
-            source["partition"],
-            source["offset"],
-            key,
-            original,
-            kept,
-            source.get("timestamp"),
-            source.get("timestampType"),
-        )
+        topic, partition, offset = source["topic"], source["partition"], source["offset"]
+        timestamp, timestamp_type = source.get("timestamp"), source.get("timestampType")
+        # A value that claims to be a dead letter is untrusted input: its coordinates must have their types.
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"source.topic is not a topic name: {topic!r}"[:120])
+        for name, number in (("partition", partition), ("offset", offset)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ValueError(f"source.{name} is not an integer >= 0: {number!r}"[:120])
+        if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)):
+            raise ValueError(f"source.timestamp is not an integer: {timestamp!r}"[:120])
+        if not all(isinstance(name, str) for name, _ in kept):
+            raise ValueError("source.headers: a header name is not a string")
+        return OriginalRecord(topic, partition, offset, key, original, kept, timestamp, timestamp_type)
     except ValueError as exc:
         raise InvalidArgument(f"not a dead-letter value: {exc}", argument="value") from None
     except (KeyError, TypeError, binascii.Error, AttributeError) as exc:

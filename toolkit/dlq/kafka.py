@@ -256,6 +256,10 @@ def check_target(topic: str, dlq: str, suffix: str) -> None:
         )
 
 
+# Delivery errors that a second attempt would meet again.
+_PERMANENT = ("MSG_SIZE_TOO_LARGE", "AUTHORIZATION_FAILED", "INVALID_RECORD", "RECORD_LIST_TOO_LARGE")
+
+
 class _Replay:
     def __init__(
         self,
@@ -453,9 +457,13 @@ class _Replay:
 
     def _send(self, letter: DeadLetter, ledger: Ledger, topic: str, partition: int) -> None:
         assert self.producer is not None and self.consumer is not None
-        if ledger.ranges:  # a record that would no longer fit stops the run before anything is sent
+        # A record that would no longer fit stops the run before it is sent: counted with every record sent
+        # and not settled yet (they are added to the record at the next settle, after the broker's answer).
+        unsettled = [offset for dlq_partition, offset in self.sent if dlq_partition == letter.partition]
+        if ledger.ranges or unsettled:
             probe = copy.deepcopy(ledger)
-            probe.add(letter.offset)
+            for offset in (*unsettled, letter.offset):
+                probe.add(offset)
             probe.metadata()
         if self.rate:
             delay = self.next_at - time.monotonic()
@@ -518,6 +526,14 @@ class _Replay:
         failures = list(self.failures)
         self.sent, self.acked, self.failures = [], [], []
         self._commit([self.ledgers[p] for p in sorted(touched)])
+        permanent = [f for f in failures if any(code in f for code in _PERMANENT)]
+        if permanent:  # sending it again would fail the same way: say what to change instead
+            raise ReplayRefused(
+                f"the broker refused a replayed record for good ({permanent[0]}): raise the destination topic's "
+                "max.message.bytes, grant the replaying principal write access, or leave the record out with "
+                f"the filters (--stage, --offsets ...); {self.report.replayed} replayed and recorded so far",
+                where=permanent[0].split(" -> ", 1)[0],
+            )
         if not complete:
             raise BrokerUnavailable(
                 f"replayed records not acknowledged ({', '.join(failures[:3]) or 'timed out'}"

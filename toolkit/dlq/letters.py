@@ -192,7 +192,10 @@ def parse_time(option: str, text: str, now: datetime | None = None) -> int:
     text = text.strip()
     ago = _AGO.fullmatch(text)
     if ago:
-        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[ago[2]]: float(ago[1])})
+        try:
+            moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[ago[2]]: float(ago[1])})
+        except OverflowError:  # further back than datetime goes: from the start of time
+            return 0
     else:
         try:
             moment = datetime.fromisoformat(text)
@@ -204,7 +207,7 @@ def parse_time(option: str, text: str, now: datetime | None = None) -> int:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return max(0, int(moment.timestamp() * 1000))  # before 1970: every record is after it
 
 
 # -- counts -------------------------------------------------------------------------------------------------
@@ -279,9 +282,13 @@ def hour_of(timestamp: int | None) -> str:
 
 
 def iso(timestamp: int | None) -> str:
-    if timestamp is None or timestamp <= 0:
+    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool) or timestamp <= 0:
         return NONE
-    return datetime.fromtimestamp(timestamp / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        when = datetime.fromtimestamp(timestamp / 1000, UTC)
+    except (OverflowError, OSError, ValueError):  # beyond the years datetime can hold
+        return str(timestamp)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _cut(text: str, limit: int) -> str:

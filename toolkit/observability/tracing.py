@@ -133,12 +133,16 @@ class TracingMiddleware(Middleware):
 
     Args:
         group_id: the consumer group (``messaging.consumer.group.name``); give the consumer's.
+        system: ``messaging.system``: ``kafka``, or ``rabbitmq`` for the RabbitMQ transport (then the
+            record's position is ``messaging.rabbitmq.message.delivery_tag``, not ``messaging.kafka.offset``).
         tracer_provider: the provider to use; None is the global one (set by :func:`configure_tracing`,
             ``opentelemetry-instrument`` or the application).
     """
 
-    def __init__(self, group_id: str | None = None, *, tracer_provider: Any = None) -> None:
+    def __init__(self, group_id: str | None = None, *, system: str = "kafka", tracer_provider: Any = None) -> None:
         self.group_id = group_id
+        self.system = system
+        self._kafka = system == "kafka"
         self._tracer = trace.get_tracer("toolkit.consumer", tracer_provider=tracer_provider)
         self._open: dict[int, _Traced] = {}  # id(record) -> its span; the entry keeps the record alive
         # The record the current lane processes: on_record runs in the lane's task, and so does the
@@ -156,17 +160,20 @@ class TracingMiddleware(Middleware):
     def on_record(self, record: Record) -> None:
         topic = record.topic()
         attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
+            "messaging.system": self.system,
             "messaging.operation.name": "process",
             "messaging.operation.type": "process",
             "messaging.destination.name": topic,
             "messaging.destination.partition.id": str(record.partition()),
-            "messaging.kafka.offset": record.offset(),
         }
+        if self._kafka:
+            attributes["messaging.kafka.offset"] = record.offset()
+            if record.value() is None:
+                attributes["messaging.kafka.message.tombstone"] = True
+        else:  # the transport's offset is the AMQP delivery tag less one
+            attributes["messaging.rabbitmq.message.delivery_tag"] = record.offset() + 1
         if self.group_id:
             attributes["messaging.consumer.group.name"] = self.group_id
-        if record.value() is None:
-            attributes["messaging.kafka.message.tombstone"] = True
         span = self._tracer.start_span(
             f"process {topic}",
             context=extract_context(_record_headers(record)),
@@ -230,7 +237,7 @@ class TracingMiddleware(Middleware):
                 context=trace.set_span_in_context(span),
                 kind=SpanKind.PRODUCER,
                 attributes={
-                    "messaging.system": "kafka",
+                    "messaging.system": self.system,
                     "messaging.operation.name": "send",
                     "messaging.operation.type": "send",
                     "epistle.dead_letter.stage": outcome.stage,
