@@ -171,8 +171,16 @@ def avro_reader(document: Any, schema_id: int) -> Callable[[bytes], Any]:
 
     LOGICAL_READERS.setdefault("bytes-big-decimal", _big_decimal)  # fastavro's hook for custom types
     parsed = parse_schema(document)  # with fastavro's parsed marker: not parsed again per record
+    unbounded = zero_width_repeat(document)
 
     def read(payload: bytes) -> Any:
+        if unbounded:  # refused before fastavro, which would loop over a claimed count of empty items
+            raise MessageError(
+                "schema",
+                f"schema id {schema_id} has an array or map of {unbounded}, which takes no bytes: a record can "
+                "claim billions of them in a few bytes, so records of this schema are not read; give the items "
+                "a type that takes bytes (e.g. boolean) in a new schema version",
+            )
         buffer = io.BytesIO(payload)
         try:
             value = schemaless_reader(buffer, parsed, None)
@@ -194,6 +202,64 @@ def avro_reader(document: Any, schema_id: int) -> Callable[[bytes], Any]:
         return value
 
     return read
+
+
+def zero_width_repeat(document: Any) -> str | None:
+    """What an Avro schema repeats (in an array or map) that takes no bytes when written, e.g. ``null`` or an
+    empty record, or None. A reader cannot bound how many of those a payload claims."""
+    named: dict[str, Any] = {}
+
+    def zero(schema: Any, visiting: frozenset[str]) -> bool:
+        if isinstance(schema, str):
+            if schema == "null":
+                return True
+            target = named.get(schema)
+            return target is not None and schema not in visiting and zero(target, visiting | {schema})
+        if isinstance(schema, list):  # a union writes its branch index
+            return False
+        if not isinstance(schema, dict):
+            return False
+        kind = schema.get("type")
+        if isinstance(kind, (list, dict)) or (kind in named and kind not in visiting):
+            return zero(kind, visiting)
+        if kind in ("record", "error"):
+            return all(zero(field.get("type"), visiting) for field in schema.get("fields") or [])
+        if kind == "fixed":
+            return schema.get("size") == 0
+        return kind == "null"
+
+    found: list[str] = []
+
+    def walk(schema: Any, seen: set[int]) -> None:
+        if found or id(schema) in seen:
+            return
+        if isinstance(schema, list):
+            for branch in schema:
+                walk(branch, seen)
+            return
+        if not isinstance(schema, dict):
+            return
+        seen.add(id(schema))
+        kind = schema.get("type")
+        if isinstance(schema.get("name"), str) and kind in ("record", "error", "enum", "fixed"):
+            named[schema["name"]] = schema
+            namespace = schema.get("namespace")
+            if namespace and "." not in schema["name"]:
+                named[f"{namespace}.{schema['name']}"] = schema
+        if isinstance(kind, (list, dict)):
+            walk(kind, seen)
+        for field in schema.get("fields") or []:
+            if isinstance(field, dict):
+                walk(field.get("type"), seen)
+        for key in ("items", "values"):
+            if key in schema:
+                inner = schema[key]
+                walk(inner, seen)
+                if not found and zero(inner, frozenset()):
+                    found.append(f"{'items' if key == 'items' else 'values'} {json.dumps(inner)[:80]}")
+
+    walk(document, set())
+    return found[0] if found else None
 
 
 def json_reader(schema_id: int, max_depth: int) -> Callable[[bytes], Any]:

@@ -624,3 +624,53 @@ def test_a_schema_with_references_says_they_are_not_resolved(registry):
     p = Pipeline(CachedRegistry(backend), router, value_formats={"prices": "confluent"})
     error = stage_of(p, wire(schema.schema_id, b""), topic="prices")
     assert error.stage == "schema" and "uses schema references (com.acme.Money)" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("schema", "repeated"),
+    [
+        (
+            {"type": "record", "name": "R", "fields": [{"name": "xs", "type": {"type": "array", "items": "null"}}]},
+            "null",
+        ),
+        (
+            {
+                "type": "record",
+                "name": "R",
+                "fields": [
+                    {"name": "e", "type": {"type": "record", "name": "E", "fields": []}},
+                    {"name": "m", "type": {"type": "map", "values": "E"}},
+                ],
+            },
+            "E",
+        ),
+        ({"type": "array", "items": {"type": "fixed", "name": "F", "size": 0}}, "fixed"),
+    ],
+)
+def test_a_schema_repeating_items_of_no_bytes_is_refused_before_fastavro_loops(schema, repeated) -> None:
+    from toolkit.wire import avro_reader
+
+    # a block count of 2**62 items of no bytes each: fastavro would loop (and allocate) for ever
+    claim = b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f\x00"
+    with pytest.raises(MessageError) as err:
+        avro_reader(schema, 7)(claim if schema.get("type") == "array" else b"\x00" + claim)
+    assert err.value.stage == "schema" and repeated in str(err.value) and "schema id 7" in str(err.value)
+
+
+def test_schemas_whose_repeated_items_take_bytes_are_read_as_usual() -> None:
+    import json as _json
+    from pathlib import Path
+
+    from toolkit.wire import zero_width_repeat
+
+    recursive = {
+        "type": "record",
+        "name": "Node",
+        "fields": [
+            {"name": "next", "type": ["null", "Node"]},
+            {"name": "kids", "type": {"type": "array", "items": "Node"}},
+        ],
+    }
+    assert zero_width_repeat(recursive) is None
+    for path in sorted(Path(__file__).resolve().parents[2].glob("schemas/*/*.avsc")):
+        assert zero_width_repeat(_json.loads(path.read_text())) is None, path
