@@ -39,7 +39,7 @@ from typing import Any
 
 from toolkit import _args
 from toolkit.consumer.deadletter import DeadLetterRecord
-from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
+from toolkit.consumer.transport import Assignment, FetchState, PlainRecord, Position, TransportEvents, TransportObserver
 from toolkit.errors import (
     BrokerUnavailable,
     InvalidArgument,
@@ -91,11 +91,11 @@ def envelope(
         raise InvalidArgument(f"body: not a JSON value ({exc})"[:200], argument="body") from None
 
 
-class InMemoryRecord:
+class InMemoryRecord(PlainRecord):
     """A stored record; the accessors are those of ``confluent_kafka.Message`` (the engine's
-    :class:`~toolkit.consumer.transport.Record`)."""
+    :class:`~toolkit.consumer.transport.Record`); its timestamp is the create time the producer set."""
 
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_timestamp")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -109,27 +109,6 @@ class InMemoryRecord:
     ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._key, self._value, self._headers, self._timestamp = key, value, headers, timestamp
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> Headers | None:
-        return list(self._headers) if self._headers is not None else None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp)  # create time, as a producer sets it
 
     def json(self) -> Any:
         """The value parsed as JSON (None for a tombstone)."""

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from toolkit.consumer.deadletter import DeadLetterRecord
-from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
+from toolkit.consumer.transport import Assignment, FetchState, PlainRecord, Position, TransportEvents, TransportObserver
 from toolkit.errors import BrokerUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -222,18 +222,12 @@ class _DropRefusals(logging.Filter):
         return not record.getMessage().startswith("error when creating transport")
 
 
-class AmqpRecord:
-    """One delivery, as the engine reads a record (:class:`~toolkit.consumer.transport.Record`)."""
+class AmqpRecord(PlainRecord):
+    """One delivery, as the engine reads a record (:class:`~toolkit.consumer.transport.Record`). Its
+    timestamp is AMQP's timestamp property (second resolution; set by the producer, or absent)."""
 
     __slots__ = (
-        "_topic",
-        "_partition",
-        "_offset",
-        "_key",
-        "_value",
-        "_headers",
         "_types",
-        "_timestamp",
         "queue",
         "delivery_tag",
         "redelivered",
@@ -257,28 +251,6 @@ class AmqpRecord:
         self.channel = message.channel
         self._key, self._headers, self._types = headers_from_table(props.headers)
         self._timestamp = _epoch_ms(props.timestamp)
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> Headers | None:
-        return list(self._headers) if self._headers is not None else None
-
-    def timestamp(self) -> tuple[int, int]:
-        # AMQP's timestamp property has second resolution; set by the producer (create time) or absent
-        return (0, 0) if self._timestamp is None else (1, self._timestamp)
 
     def source_details(self) -> dict[str, Any]:
         """What a dead letter keeps of the delivery besides topic, partition, offset, key, value and headers:

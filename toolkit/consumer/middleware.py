@@ -132,20 +132,12 @@ class Hooks:
         return call
 
     def record(self, record: Record) -> None:
-        for hook in self.on_record:
-            try:
-                hook(record)
-            except Exception:  # noqa: BLE001 - middleware must not lose a record
-                log.exception("middleware on_record failed")
+        _each(self.on_record, "on_record", record)
 
     def outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None = None
     ) -> None:
-        for hook in self.on_outcome:
-            try:
-                hook(record, message, outcome, attempt, delay_s)
-            except Exception:  # noqa: BLE001
-                log.exception("middleware on_outcome failed")
+        _each(self.on_outcome, "on_outcome", record, message, outcome, attempt, delay_s)
 
     def outcome_after(
         self, failed: Any, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int
@@ -155,11 +147,7 @@ class Hooks:
         log.exception("middleware on_outcome failed")
         hooks = self.on_outcome
         index = next((i for i, hook in enumerate(hooks) if hook is failed), len(hooks))
-        for hook in hooks[index + 1 :]:
-            try:
-                hook(record, message, outcome, attempt, None)
-            except Exception:  # noqa: BLE001
-                log.exception("middleware on_outcome failed")
+        _each(hooks[index + 1 :], "on_outcome", record, message, outcome, attempt, None)
 
     def dead_letter(
         self,
@@ -170,32 +158,26 @@ class Hooks:
         failures: int,
         delay_s: float | None,
     ) -> None:
-        for hook in self.on_dead_letter:
-            try:
-                hook(record, dead_letter, outcome, error, failures, delay_s)
-            except Exception:  # noqa: BLE001
-                log.exception("middleware on_dead_letter failed")
+        _each(self.on_dead_letter, "on_dead_letter", record, dead_letter, outcome, error, failures, delay_s)
 
     def abandoned(self, record: Record) -> None:
-        for hook in self.on_abandoned:
-            try:
-                hook(record)
-            except Exception:  # noqa: BLE001
-                log.exception("middleware on_abandoned failed")
+        _each(self.on_abandoned, "on_abandoned", record)
 
     def start(self, engine: Engine) -> None:
-        for hook in self.on_start:
-            try:
-                hook(engine)
-            except Exception:  # noqa: BLE001
-                log.exception("middleware on_start failed")
+        _each(self.on_start, "on_start", engine)
 
     def stop(self, engine: Engine) -> None:
-        for hook in self.on_stop:
-            try:
-                hook(engine)
-            except Exception:  # noqa: BLE001
-                log.exception("middleware on_stop failed")
+        _each(self.on_stop, "on_stop", engine)
+
+
+def _each(hooks: list[Callable[..., Any]], name: str, *args: Any) -> None:
+    """Call every hook; one that raises is logged and the others still run (middleware must not change an
+    outcome or lose a record)."""
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception:  # noqa: BLE001
+            log.exception("middleware %s failed", name)
 
 
 def _link(around: Callable[[Message[Any], CallNext], Awaitable[Any]], call_next: CallNext) -> CallNext:

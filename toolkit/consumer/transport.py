@@ -51,6 +51,43 @@ class Record(Protocol):
     # letter keeps in ``source`` beside the fields above (RabbitMQ's ``{"amqp": {...}}``).
 
 
+class PlainRecord:
+    """A record held in Python attributes, with :class:`Record`'s accessors: the base of the in-memory and the
+    AMQP transports' records (librdkafka's are its own C objects). ``timestamp()`` says "create time"; a
+    transport whose records may have none overrides it."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_timestamp")
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes | None
+    _headers: list[tuple[str, bytes | None]] | None
+    _timestamp: int | None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return list(self._headers) if self._headers is not None else None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0) if self._timestamp is None else (1, self._timestamp)
+
+
 @dataclass(frozen=True, slots=True)
 class Assignment:
     """A partition given to this consumer. ``generation`` tells one assignment of it from the next: a
@@ -222,6 +259,7 @@ __all__ = [
     "DeadLetterSink",
     "FetchState",
     "ObservableTransport",
+    "PlainRecord",
     "Position",
     "Record",
     "Transport",
