@@ -30,6 +30,7 @@ Only the standard library is used, so this runs before the project's virtualenv 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -115,8 +116,15 @@ def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------- fetch
 
 
+def kafka_libs() -> Path:
+    """The jar folder of the Kafka version the POM names; one folder per POM so that an upgrade never swaps the
+    jars under a broker that is running (worktrees and CI clones share the cache)."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    return CACHE / "kafka" / f"libs-{digest}"
+
+
 def fetch_kafka() -> Path:
-    libs = CACHE / "kafka" / "libs"
+    libs = kafka_libs()
     marker = libs / ".complete"
     if marker.exists() and marker.read_text() == POM.read_text():
         return libs
@@ -449,7 +457,7 @@ class Kafka(Service):
             )
 
     def command(self) -> list[str]:
-        libs = CACHE / "kafka" / "libs"
+        libs = kafka_libs()
         return [
             _java(),
             "-Xms256m",
