@@ -443,6 +443,10 @@ class Engine:
         acks = self._acks
         if acks is not None:
             attempt = acks.delivery_count(msg)
+            if self._lock_left(msg) <= 0:  # waited too long here: another consumer may have it already
+                log.warning("releasing a record whose acquisition lock may have expired", extra=log_context(msg))
+                hooks.abandoned(msg)
+                return False
         prepared: Prepared | None = None
         workers = self._workers
         around = bool(hooks.around)
