@@ -173,8 +173,9 @@ def markdown(block: dict) -> list[str]:
         f"Measured {block.get('when', '')}, on {block.get('machine', 'this machine')}; 1-minute load average "
         f"{block['load_average_1m'][0]} then {block['load_average_1m'][1]}. {block['records']} records on a "
         f"one-partition topic; each consumer a process of its own, its handler {block['handler_ms']:.0f} ms "
-        "(`asyncio.sleep`), one at a time (`max_workers=1`, `max_poll_records=10`, both modes); records/s from the first handled "
-        "record to the last, across the consumers; medians of the runs.",
+        "(`asyncio.sleep`), one at a time (`max_workers=1`, `max_poll_records=10`, both modes); records/s from "
+        "the first handled record to the last, across the consumers; medians of the runs. The load average is "
+        "the whole machine's (other jobs shared its 2 cores): the spread between runs is theirs.",
         "",
         "| consumers | median msg/s | runs (msg/s) | records handled per consumer (last run) |",
         "|---|---:|---|---|",
@@ -187,9 +188,10 @@ def markdown(block: dict) -> list[str]:
         f"Ratio share/group with {block['consumers']} consumers: **{block['ratio']:.2f}** (the group's one "
         "partition keeps all but one of its consumers idle; the share group's consumers all take records of it).",
         "",
-        "Records produced in batches of 100 go to the consumers batch by batch: the broker acquires whole record "
-        "batches and librdkafka 2.16 has no `share.acquire.mode=record_limit`, so a producer that batches "
-        'spreads the work coarsely (docs/contracts.md, "Share groups").',
+        "Records produced in batches of up to 100: the broker acquires whole record batches (librdkafka 2.16 has "
+        "no `share.acquire.mode=record_limit`), so a poll may return a whole batch whatever `max_poll_records` "
+        "says: fewer polls for the same records. The work still spreads here (several batches for three "
+        'consumers), but a topic fed in few large batches feeds few consumers (docs/contracts.md, "Share groups").',
         "",
     ]
     return lines
