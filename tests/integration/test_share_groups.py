@@ -150,6 +150,16 @@ def test_every_outcome_row_as_acknowledgements(kafka_bootstrap, make_topic, admi
     summary = sorted((letter.json()["error"]["stage"], letter.json()["source"]["attempts"]) for letter in letters)
     assert summary == [("decode", 1), ("handler", 1), ("handler", 1), ("retries_exhausted", 3)]
     assert {letter.json()["source"]["consumerGroup"] for letter in letters} == {group_id}
+    stats = subprocess.run(  # `epistle dlq` reads them as it reads a consumer group's
+        [sys.executable, "-m", "toolkit.cli", "dlq", "stats", f"{topic}.dlq", "--json"],
+        cwd=ROOT,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_STARTUP_TIMEOUT_S": "10"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["by_stage"] == {"decode": 1, "handler": 2, "retries_exhausted": 1}
     assert nothing_left(kafka_bootstrap, group_id, topic) == []  # every record accepted, none rejected
 
 

@@ -262,3 +262,30 @@ def test_a_share_transport_under_an_ordered_consumer_is_refused_at_start() -> No
     consumer.register_handler("orders", lambda message: None)
     with pytest.raises(ConfigError, match="cannot hold in a share group"):
         asyncio.run(consumer.start())
+
+
+def test_metrics_count_share_outcomes_as_in_a_consumer_group() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from toolkit.observability import PrometheusMiddleware
+
+    registry = CollectorRegistry()
+    calls = 0
+
+    def handler(message: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 1  # released once, then accepted
+
+    group, _, _ = run_share(handler, ONE + [b"not json"], middleware=[PrometheusMiddleware(registry)])
+    assert sorted(group.events) == [("accept", 0), ("accept", 1), ("dead_letter", 1), ("release", 0)]
+
+    def total(outcome: str) -> float:
+        return sum(
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "epistle_records_total" and sample.labels.get("outcome") == outcome
+        )
+
+    assert (total("processed"), total("retried"), total("dead_lettered")) == (1, 1, 1)
