@@ -5,6 +5,7 @@
     python -m bench --layouts shared,pinned,one-core     # also pinned: the broker's affinity is changed
     python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
     python -m bench --only cli            # how long `epistle --help` and `epistle check` take to run
+    python -m bench --only share          # share groups against a consumer group: bench/results/share-groups.md
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from bench import backlog, cli, machine, resume
 from bench import latency as latency_probe
+from bench import share as share_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -454,7 +456,9 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=30, help="0 skips the latency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--only", choices=["resume", "cli"], help="run this row alone and merge it into the existing results.json"
+        "--only",
+        choices=["resume", "cli", "share"],
+        help="run this row alone and merge it into the existing results.json (share: its own share-groups.md)",
     )
     parser.add_argument("--cli-runs", type=int, default=cli.RUNS, help="runs of each epistle command timed")
     parser.add_argument(
@@ -498,6 +502,10 @@ def main() -> None:
         write_chart(report, args.out / "throughput.png")
         return
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{os.environ.get('EPISTLE_KAFKA_PORT', '9092')}"
+    if args.only == "share":
+        machine_name = f"{machine.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        share_groups.run_and_write(bootstrap, args.runs, args.out, machine_name)
+        return
     if args.only:
         previous = args.out / "results.json"
         report = (
@@ -558,6 +566,7 @@ def main() -> None:
     (args.out / "results.md").write_text(write_markdown(report) + "\n")
     write_chart(report, args.out / "throughput.png")
     print(f"wrote {args.out}/results.json, results.md, throughput.png")
+    share_groups.run_and_write(bootstrap, args.runs, args.out, report["machine"])
 
 
 def _names(parser: argparse.ArgumentParser, raw: str, allowed: list[str]) -> list[str]:

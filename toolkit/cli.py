@@ -396,6 +396,16 @@ def run(
             "consumes one queue per topic.",
         ),
     ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            show_default=False,
+            help="group (a consumer group: partitions split between the consumers, order kept) or share (a Kafka "
+            "share group, Kafka 4.2+: every consumer shares every partition, records acknowledged one by one, "
+            "no order) (default: EPISTLE_CONSUMER_MODE, else group).",
+        ),
+    ] = None,
     kafka_config: Annotated[
         list[str] | None,
         typer.Option(
@@ -484,11 +494,14 @@ def run(
     try:
         if broker is not None and broker not in ("kafka", "rabbitmq"):
             raise ConfigError(f"--broker {broker!r}: use kafka or rabbitmq", setting="--broker")
+        if mode is not None and mode.strip().lower() not in ("group", "share"):
+            raise ConfigError(f"--mode {mode!r}: use group or share", setting="--mode")
         overrides: dict[str, Any] = {
             "registry__url": registry_url,
             "kafka__group_id": group_id,
             "consumer__max_workers": max_workers,
             "consumer__broker": broker,
+            "consumer__consumer_mode": mode.strip().lower() if mode is not None else None,
         }
         settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
         from toolkit.observability.logs import configure_logging
@@ -532,6 +545,12 @@ def run(
                     "-X sets librdkafka properties: it applies to --broker kafka only; RabbitMQ "
                     "reads RABBITMQ_* settings",
                     setting="--kafka-config",
+                )
+            if settings.consumer.consumer_mode == "share":
+                raise ConfigError(
+                    "share groups are Kafka's (4.2+): use --mode share with --broker kafka; RabbitMQ queues are "
+                    "shared by their consumers already",
+                    setting="--mode",
                 )
             from toolkit.consumer.amqp import RabbitTransport
 

@@ -219,6 +219,10 @@ class ConsumerSettings(BaseSettings):
     schemas_dir: Path = Path("schemas")
     # Which broker `epistle run` consumes (--broker): kafka (KAFKA_*) or rabbitmq (RABBITMQ_*)
     broker: Literal["kafka", "rabbitmq"] = "kafka"
+    # How a Kafka consumer consumes (--mode): "group" (a consumer group: partitions split between the
+    # consumers, offsets committed, order kept) or "share" (a share group, KIP-932: every consumer reads every
+    # partition, each record acknowledged on its own, no order; Kafka 4.2+). README "Two consumption modes".
+    consumer_mode: Literal["group", "share"] = "group"
     # not empty: the dead letters of `orders` would go back into `orders`
     dlq_suffix: Annotated[str, Field(min_length=1)] = ".dlq"
     dlq_max_message_bytes: Annotated[int, Field(ge=1000, le=1_000_000_000)] = 10 * 1024 * 1024
@@ -272,7 +276,7 @@ class ConsumerSettings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "consumer_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -20,6 +20,8 @@ def clean_env(monkeypatch, tmp_path):
         "SCHEMA_REGISTRY_URL",
         "EPISTLE_MAX_WORKERS",
         "EPISTLE_METRICS_PORT",
+        "EPISTLE_CONSUMER_MODE",
+        "EPISTLE_BROKER",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no .env from the repository
@@ -45,6 +47,9 @@ def invoke(*args: str, env: dict[str, str] | None = None):
         (["--app", "json:dumps", "--registry-url", "localhost:8081"], None, "SCHEMA_REGISTRY_URL"),
         (["--app", "json:dumps", "--log-level", "chatty"], None, "--log-level"),
         (["--app", "json:dumps"], {"EPISTLE_METRICS_PORT": "70000"}, "EPISTLE_METRICS_PORT"),
+        (["--app", "json:dumps", "--mode", "queue"], None, "--mode 'queue': use group or share"),
+        (["--app", "json:dumps"], {"EPISTLE_CONSUMER_MODE": "queue"}, "EPISTLE_CONSUMER_MODE"),
+        (["--app", "json:dumps", "--mode", "share", "--broker", "rabbitmq"], None, "--mode share with --broker kafka"),
     ],
 )
 def test_bad_options_and_settings_are_one_message(args, env, expected):

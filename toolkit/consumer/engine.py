@@ -10,13 +10,19 @@ broker); watermarks are committed in batches every ``commit_interval_s``, synchr
 are revoked and on shutdown. At most ``max_in_flight`` records are held; the transport stops fetching when
 the window is full, and a partition held up by a backoff with many records buffered is paused.
 
-Contracts: docs/contracts.md ("Outcomes", "Commits"); threads: docs/threads.md.
+Over an :class:`~toolkit.consumer.transport.AcknowledgingTransport` (Kafka share groups) there are no offsets
+to commit: each record is settled on its own (accepted when done or dead-lettered, released to be delivered
+again when it is to be retried or cannot be finished), its attempt is the broker's delivery count, and no
+wait outlasts the record's acquisition lock.
+
+Contracts: docs/contracts.md ("Outcomes", "Commits", "Share groups"); threads: docs/threads.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
@@ -36,7 +42,14 @@ from toolkit.consumer.options import ConsumerOptions
 from toolkit.consumer.outcomes import DONE, Done, Pause, RetryAfter, Stop, ToDeadLetter, decide
 from toolkit.consumer.pipeline import CompiledSchema, Message, Pipeline, Plan, Prepared
 from toolkit.consumer.slots import WorkerSlots
-from toolkit.consumer.transport import Assignment, DeadLetterSink, Position, Record, Transport
+from toolkit.consumer.transport import (
+    AcknowledgingTransport,
+    Assignment,
+    DeadLetterSink,
+    Position,
+    Record,
+    Transport,
+)
 from toolkit.envelope import DecodedRecord
 from toolkit.errors import BrokerUnavailable, ConsumerStopped
 from toolkit.settings import OrderingMode
@@ -135,6 +148,8 @@ class Engine:
         self._admin_pool = ThreadPoolExecutor(1, thread_name_prefix="epistle-admin")
         self._sink: DeadLetterSink | None = None
         self._wrapped: dict[int, tuple[Route, CallNext]] = {}  # id(route) -> the route in the middleware
+        # Share groups: records settled one by one (module docstring); None for offset-committing transports
+        self._acks: AcknowledgingTransport | None = transport if isinstance(transport, AcknowledgingTransport) else None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def run(self, topics: list[str]) -> None:
@@ -160,6 +175,9 @@ class Engine:
             self.close_pools()
             self.hooks.stop(self)
             raise
+        if self._acks is not None:  # the broker counts the attempts and stops delivering at its limit
+            limit = min(self._retry.max_attempts, self._acks.delivery_limit)
+            self._retry = dataclasses.replace(self._retry, max_attempts=max(1, limit))
         ticker = asyncio.create_task(self._commit_ticker())
         try:
             await self.stopped.wait()
@@ -284,17 +302,28 @@ class Engine:
         lane_key_of = self._lane_key
         by_partition = self.options.ordering is OrderingMode.PARTITION
         parts = self._parts
+        acks = self._acks
         for msg in records:
             part = parts.get((msg.topic(), msg.partition()))
-            if part is None or part.revoked or self._stopping:
-                continue  # fetched before a revoke: the next owner gets it, nothing was committed
-            try:
-                part.tracker.add(msg.offset())
-            except ValueError:
-                log.warning("skipping redelivered offset", extra=log_context(msg))
-                continue
-            part.eof = False
-            lane_key = None if by_partition else lane_key_of(msg)
+            if acks is not None:  # share groups: no assignments; each record is a lane of its own
+                if self._stopping:
+                    acks.acknowledge(msg, False)
+                    continue
+                if part is None:
+                    tp = (msg.topic(), msg.partition())
+                    part = parts[tp] = _Partition(Assignment(tp[0], tp[1], 0))
+                part.eof = False
+                lane_key: Hashable = id(msg)
+            else:
+                if part is None or part.revoked or self._stopping:
+                    continue  # fetched before a revoke: the next owner gets it, nothing was committed
+                try:
+                    part.tracker.add(msg.offset())
+                except ValueError:
+                    log.warning("skipping redelivered offset", extra=log_context(msg))
+                    continue
+                part.eof = False
+                lane_key = None if by_partition else lane_key_of(msg)
             lane = part.lanes.get(lane_key)
             if lane is None:
                 lane = part.lanes[lane_key] = deque()
@@ -366,6 +395,11 @@ class Engine:
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
                     self.hooks.abandoned(msg)
+                    if self._acks is not None:
+                        lane.popleft()
+                        part.buffered -= 1
+                        self._in_flight -= 1
+                        self._acks.acknowledge(msg, False)
                     self._fail(
                         ConsumerStopped(
                             f"internal error: {type(exc).__name__}: {exc}",
@@ -379,11 +413,20 @@ class Engine:
                     lane.popleft()
                     part.buffered -= 1
                     self._in_flight -= 1
+                if self._acks is not None:
+                    if finished is not None:  # (None: accepted once its dead letter is acknowledged)
+                        self._acks.acknowledge(msg, bool(finished))
+                    continue
                 if finished:
                     part.tracker.done(msg.offset())
                 elif finished is False and not part.revoked:
                     break  # stopping (STOP policy or shutdown): nothing after it may be committed
         finally:
+            if self._acks is not None:  # not started (stopping): back to the broker
+                while lane:
+                    self._acks.acknowledge(lane.popleft(), False)
+                    part.buffered -= 1
+                    self._in_flight -= 1
             part.tasks.pop(lane_key, None)
             if not lane:
                 part.lanes.pop(lane_key, None)
@@ -397,6 +440,13 @@ class Engine:
         if hooks.on_record:
             hooks.record(msg)
         attempt, outages = 1, 0
+        acks = self._acks
+        if acks is not None:
+            attempt = acks.delivery_count(msg)
+            if self._lock_left(msg) <= 0:  # waited too long here: another consumer may have it already
+                log.warning("releasing a record whose acquisition lock may have expired", extra=log_context(msg))
+                hooks.abandoned(msg)
+                return False
         prepared: Prepared | None = None
         workers = self._workers
         around = bool(hooks.around)
@@ -411,6 +461,8 @@ class Engine:
                     prepared = self._finish(msg, decoded, source)
                 message = prepared.message
                 message.attempt = attempt
+                if acks is not None:
+                    message.delivery_count = attempt
                 route = prepared.route
                 handled = handling.set(message)  # for the producer's correlationId carry-over
                 try:
@@ -444,6 +496,9 @@ class Engine:
                 return True
             if isinstance(outcome, RetryAfter):
                 hooks.outcome(msg, current, outcome, attempt, outcome.delay_s)
+                if acks is not None:  # the backoff (within the lock), then released: the broker delivers it again
+                    await self._wait(part, min(outcome.delay_s, self._lock_left(msg)), "retry")
+                    return False
                 if await self._wait(part, outcome.delay_s, "retry"):
                     hooks.abandoned(msg)
                     return False
@@ -453,6 +508,15 @@ class Engine:
                 outages += 1
                 delay = min(self._retry.delay(outages), outcome.max_delay_s)
                 hooks.outcome(msg, current, outcome, attempt, delay)
+                if acks is not None and delay >= self._lock_left(msg):
+                    # held until its lock would expire, then released (never rejected, never dead-lettered)
+                    interrupted = await self._wait(part, self._lock_left(msg), "outage")
+                    if not interrupted:
+                        log.warning(
+                            "outage: releasing a record before its acquisition lock expires", extra=log_context(msg)
+                        )
+                    hooks.abandoned(msg)
+                    return False
                 if await self._wait(part, delay, "outage"):
                     hooks.abandoned(msg)
                     return False
@@ -606,10 +670,15 @@ class Engine:
                         part.unheld.clear()
                     if await self._dead_letter_failed(part, msg, record, outcome, failures, exc):
                         self.hooks.abandoned(msg)
+                        if self._acks is not None:  # kept nowhere: the broker delivers it again
+                            self._acks.acknowledge(msg, False)
                         return  # abandoned: not done, so never committed; redelivered to the next owner
                     continue
                 self.hooks.dead_letter(msg, record, outcome, None, failures, None)
-                part.tracker.done(msg.offset())
+                if self._acks is not None:  # kept in the dead-letter topic: now the broker may forget it
+                    self._acks.acknowledge(msg, True)
+                else:
+                    part.tracker.done(msg.offset())
                 return
         except asyncio.CancelledError:  # the shutdown timeout passed before the broker answered
             self.hooks.abandoned(msg)
@@ -642,10 +711,19 @@ class Engine:
         failures: int,
         exc: BaseException,
     ) -> bool:
-        """Report, back off. True when the partition was revoked or the consumer stops meanwhile."""
+        """Report, back off. True when the partition was revoked or the consumer stops meanwhile (or, in a
+        share group, the record's acquisition lock would expire first: it is released instead)."""
         delay = self._retry.delay(failures)
         self.hooks.dead_letter(msg, record, outcome, exc, failures, delay)
+        if self._acks is not None and delay >= self._lock_left(msg):
+            await self._wait(part, self._lock_left(msg), "dead_letter")
+            return True
         return await self._wait(part, delay, "dead_letter")
+
+    def _lock_left(self, msg: Record) -> float:
+        """Seconds this consumer may still hold ``msg`` (share groups)."""
+        assert self._acks is not None
+        return max(0.0, self._acks.lock_deadline(msg) - time.monotonic())
 
     # -- waiting and stopping ---------------------------------------------------------------------------
     async def _wait(self, part: _Partition, delay_s: float, why: str) -> bool:
@@ -666,11 +744,14 @@ class Engine:
         return True
 
     def _drop_queued(self, part: _Partition) -> None:
-        """Forget records not yet started (never committed, so they are redelivered to the next owner)."""
+        """Forget records not yet started (never committed, so they are redelivered to the next owner;
+        share groups: released)."""
         for key, lane in part.lanes.items():
             keep = 1 if key in part.tasks and lane else 0
             while len(lane) > keep:
-                lane.pop()
+                dropped = lane.pop()
+                if self._acks is not None:
+                    self._acks.acknowledge(dropped, False)
                 part.buffered -= 1
                 self._in_flight -= 1
 

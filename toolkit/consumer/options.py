@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
     from toolkit.settings import OrderingMode, Settings
 
+MODES = ("group", "share")
+"""The consumption modes: a consumer group, or a share group (KIP-932)."""
+
 # option -> the ConsumerSettings field holding its bounds (same name unless listed)
 _BOUNDED = (
     "max_workers",
@@ -117,6 +120,12 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     for name in ("commit_interval_s", "shutdown_timeout_s", "unknown_schema_grace_s", "startup_timeout_s"):
         if name in given:
             _number(name, given[name], integer=False)
+    if "mode" in given and given["mode"] not in MODES:
+        raise _fail(
+            "mode",
+            given["mode"],
+            "use group (a consumer group) or share (a Kafka share group); EPISTLE_CONSUMER_MODE sets the default",
+        )
     for name, enum in (("ordering", OrderingMode), ("error_policy", ErrorPolicy)):
         if name in given:
             try:
@@ -210,6 +219,8 @@ class ConsumerOptions:
     startup_timeout_s: float
     group_instance_id: str | None
     auto_offset_reset: str
+    mode: str
+    """``group`` (a consumer group) or ``share`` (a share group: UNORDERED only)."""
     client_config: dict[str, Any] = field(repr=False)
     """Connection settings of every Kafka client (the consumer, the dead-letter producer, the admin client):
     KAFKA_* security settings, then those given in ``kafka_config`` (:func:`connection_settings`)."""
@@ -244,6 +255,15 @@ class ConsumerOptions:
         def given(name: str, default: Any) -> Any:
             return default if a.get(name) is None else a[name]
 
+        mode = given("mode", cfg.consumer_mode)
+        ordering = OrderingMode(given("ordering", cfg.ordering))
+        if mode == "share":  # no order to keep: UNORDERED unless another was asked for (refused)
+            from toolkit.consumer.share import check_share_ordering
+
+            explicit = a.get("ordering") is not None or "ordering" in cfg.model_fields_set
+            check_share_ordering(ordering, explicit)
+            ordering = OrderingMode.UNORDERED
+
         return cls(
             bootstrap_servers=bootstrap,
             group_id=a.get("group_id") or kafka.group_id,
@@ -251,7 +271,7 @@ class ConsumerOptions:
             max_workers=given("max_workers", cfg.max_workers),
             max_poll_records=given("max_poll_records", cfg.max_poll_records),
             max_in_flight=given("max_in_flight", cfg.max_in_flight),
-            ordering=OrderingMode(given("ordering", cfg.ordering)),
+            ordering=ordering,
             error_policy=ErrorPolicy(given("error_policy", cfg.error_policy)),
             retry=given("retry", None)
             or RetryPolicy(cfg.max_attempts, cfg.retry_backoff_initial_s, cfg.retry_backoff_max_s),
@@ -265,6 +285,7 @@ class ConsumerOptions:
             startup_timeout_s=float(given("startup_timeout_s", kafka.startup_timeout_s)),
             group_instance_id=group_instance,
             auto_offset_reset=kafka.auto_offset_reset,
+            mode=mode,
             client_config={
                 **kafka.client_config(),
                 "bootstrap.servers": bootstrap,
@@ -278,6 +299,12 @@ class ConsumerOptions:
                 else dict(cfg.value_formats)
             ),
         )
+
+    def share_consumer_config(self) -> dict[str, Any]:
+        """The librdkafka share consumer's settings: the connection, the group, then ``kafka_config``."""
+        from toolkit.consumer.kafka_log import kafka_logger
+
+        return {**self.client_config, "group.id": self.group_id, "logger": kafka_logger(), **self.kafka_config}
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka consumer's settings: ours, then ``kafka_config`` over them."""

@@ -86,6 +86,7 @@ class Message(Generic[BodyT]):
     timestamp: int | None = None  # epoch milliseconds from the broker
     raw: bytes = b""
     attempt: int = 1  # 1 on first delivery, then 2, 3 ... on retries
+    delivery_count: int | None = None  # share groups: the broker's delivery count (the attempt); else None
     schema_id: int | None = None  # the registry's schema id of a record in Confluent's wire format
     subject: str | None = None  # the registry subject of that id the record was read as (wire format only)
 

@@ -30,7 +30,7 @@ from toolkit.consumer.options import ConsumerOptions
 from toolkit.consumer.outcomes import ErrorPolicy, RetryPolicy
 from toolkit.consumer.pipeline import ModelLookup, Pipeline, as_resolver
 from toolkit.consumer.stats import ConsumerStats
-from toolkit.consumer.transport import Transport
+from toolkit.consumer.transport import AcknowledgingTransport, Transport
 from toolkit.envelope import SerializerLike
 from toolkit.errors import BrokerUnavailable, BrokerUnreachable, ConfigError, ConsumerStopped
 from toolkit.registry.base import SubjectStrategy
@@ -78,7 +78,10 @@ class KafkaConsumer:
             other topic (``EPISTLE_VALUE_FORMATS``; envelope by default). Wire formats need a registry URL.
         middleware: :class:`~toolkit.consumer.middleware.Middleware` run around every record (first given,
             outermost), after the built-in statistics and logging.
-        transport: the broker side; None is Kafka through librdkafka.
+        mode: ``group`` (a consumer group, the default) or ``share`` (a Kafka share group, KIP-932: any number of
+            consumers share every partition, each record is acknowledged on its own, nothing is ordered;
+            ordering must be UNORDERED, the default there); EPISTLE_CONSUMER_MODE.
+        transport: the broker side; None is Kafka through librdkafka (a share consumer with mode share).
             ``toolkit.consumer.amqp.RabbitTransport(url)`` consumes RabbitMQ queues instead (topic = queue);
             ``toolkit.testing.InMemoryBroker``'s ``transport(group_id)`` runs the same consumer without a broker.
 
@@ -117,6 +120,7 @@ class KafkaConsumer:
         value_formats: Mapping[str, str] | None = None,
         middleware: Sequence[Middleware] | None = None,
         transport: Transport | None = None,
+        mode: str | None = None,
     ) -> None:
         self.options = ConsumerOptions.resolve(settings, locals())
         self.settings = settings
@@ -248,6 +252,10 @@ class KafkaConsumer:
             value_formats=options.value_formats,
         )
         transport = self._transport or self._kafka_transport()
+        if isinstance(transport, AcknowledgingTransport):  # a share group keeps no order
+            from toolkit.consumer.share import check_share_ordering
+
+            check_share_ordering(options.ordering, explicit=True)
         self._loop, self._running = loop, True
         engine = self._engine = Engine(options, pipeline, transport, self._hooks)
         try:
@@ -281,7 +289,12 @@ class KafkaConsumer:
                 )
             if missing:
                 log.warning("topic(s) %s do not exist yet", ", ".join(missing))
-            log.info("consuming %s as group %s", topics, options.group_id)
+            log.info(
+                "consuming %s as %s group %s",
+                topics,
+                "share" if options.mode == "share" else "consumer",
+                options.group_id,
+            )
             await engine.run(topics)
         finally:
             engine.close_pools()  # (a no-op once run() shut down)
@@ -295,6 +308,15 @@ class KafkaConsumer:
         from toolkit.consumer.kafka_io import KafkaTransport
 
         options = self.options
+        if options.mode == "share":
+            from toolkit.consumer.share import ShareTransport
+
+            return ShareTransport(
+                options.share_consumer_config(),
+                client_config=options.client_config,
+                dead_letter_config=options.dead_letter_producer_config,
+                auto_offset_reset=options.auto_offset_reset,
+            )
         return KafkaTransport(
             options.consumer_config(),
             client_config=options.client_config,

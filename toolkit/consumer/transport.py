@@ -217,6 +217,33 @@ class DeadLetterSink(Protocol):
         ...
 
 
+@runtime_checkable
+class AcknowledgingTransport(Protocol):
+    """A transport whose records are settled one by one instead of committed by offset (Kafka share groups:
+    :class:`toolkit.consumer.share.ShareTransport`). The engine finds it with ``isinstance`` and then keeps no
+    offsets: a record done is accepted, one to try again (or abandoned) is released for the broker to deliver
+    again, and a dead-lettered one is accepted once its dead letter is acknowledged. It never rejects: a
+    record the broker drops would be kept nowhere. Its :meth:`Transport.commit` sends the pending
+    acknowledgements (``positions`` is empty)."""
+
+    delivery_limit: int
+    """Deliveries the broker makes of a record before it gives up on it (its last chance to be dead-lettered
+    by us is that delivery)."""
+
+    def delivery_count(self, record: Record) -> int:
+        """How many times the broker delivered ``record`` (1 on the first delivery)."""
+        ...
+
+    def lock_deadline(self, record: Record) -> float:
+        """``time.monotonic()`` after which ``record`` may no longer be held by this consumer (its acquisition
+        lock may have expired, less a margin): the engine releases it rather than wait past it."""
+        ...
+
+    def acknowledge(self, record: Record, accept: bool) -> None:
+        """Accept ``record`` (done: never delivered again) or release it (delivered again, maybe to another
+        consumer). Called once per delivery, on the loop."""
+
+
 @dataclass(frozen=True, slots=True)
 class FetchState:
     """How a transport's fetching is doing, for health checks and metrics."""
@@ -255,6 +282,7 @@ class ObservableTransport(Protocol):
 
 
 __all__ = [
+    "AcknowledgingTransport",
     "Assignment",
     "DeadLetterSink",
     "FetchState",
