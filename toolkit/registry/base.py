@@ -25,7 +25,10 @@ class RegisteredSchema:
     format: SchemaFormat
     text: str
     schema_id: int | None = None
-    references: tuple[dict, ...] = ()
+    references: tuple[dict, ...] = ()  # as the registry gives them: {"name", "subject", "version"}
+    # The referenced schemas themselves, transitively, dependencies first, with their reference names: filled
+    # by CachedRegistry (or the caller) before compiling (toolkit.validation.compile_schema uses them).
+    referenced: tuple[tuple[str, RegisteredSchema], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

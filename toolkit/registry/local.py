@@ -33,7 +33,7 @@ from typing import TypeVar
 
 from toolkit import _args
 from toolkit.errors import ConfigError, RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
-from toolkit.layout import Subject, load_schemas
+from toolkit.layout import SchemaFile, Subject, load_schemas
 from toolkit.registry.base import (
     CompatibilityResult,
     RegisteredSchema,
@@ -144,11 +144,11 @@ class LocalFolderRegistry:
                 subject=subject,
                 version=version,
             )
-        return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
+        return _registered(subject, schema_file)
 
     def latest(self, subject: str) -> RegisteredSchema:
         found = self._or_rescan(lambda: self._subject(subject))
-        return _registered(subject, found.latest.version, found.latest.format, found.latest.text)
+        return _registered(subject, found.latest)
 
     def get_by_id(self, schema_id: int) -> SchemaById:
         """Always refused: the folder assigns no schema ids (see the module doc).
@@ -179,7 +179,7 @@ class LocalFolderRegistry:
         if found is not None:
             for schema_file in found.versions:
                 if schema_file.format == schema_format and same_schema(schema_file.text, text):
-                    return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
+                    return _registered(subject, schema_file)
         where = found.folder if found is not None else self.schemas_dir / subject
         following = len(found.versions) + 1 if found is not None else 1
         suffix = ".json" if schema_format == SchemaFormat.JSON else ".avsc"
@@ -226,5 +226,11 @@ def _is_version(version: object) -> bool:
     return isinstance(version, int) and not isinstance(version, bool) and version >= 1
 
 
-def _registered(subject: str, version: int, schema_format: SchemaFormat, text: str) -> RegisteredSchema:
-    return RegisteredSchema(subject=subject, version=version, format=schema_format, text=text)
+def _registered(subject: str, schema_file: SchemaFile) -> RegisteredSchema:
+    return RegisteredSchema(
+        subject=subject,
+        version=schema_file.version,
+        format=schema_file.format,
+        text=schema_file.text,
+        references=tuple(ref.as_dict() for ref in schema_file.references),
+    )
