@@ -100,10 +100,12 @@ class BaseFormat:
         raise NotImplementedError
 
     def problems(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
-        return self.invalid(path, document, references) or list(self.unsupported(path, document, references))
+        extra = (references,) if references else ()  # without references: the two-argument calls
+        return self.invalid(path, document, *extra) or list(self.unsupported(path, document, *extra))
 
     def validate(self, path: Path | str, document: Any, *, codegen: bool = True, references: Referenced = ()) -> None:
-        found = self.problems(path, document, references) if codegen else self.invalid(path, document, references)
+        extra = (references,) if references else ()
+        found = self.problems(path, document, *extra) if codegen else self.invalid(path, document, *extra)
         if found:
             raise found[0]
 
