@@ -202,3 +202,81 @@ def test_a_json_ref_to_an_undeclared_file_says_to_declare_it(schemas: Path):
     problems = JSON_SCHEMA.invalid(schemas / "invoice" / "1.json", document)
     assert problems and problems[0].field == "$.properties.total.$ref"
     assert "[references] in subject.toml" in problems[0].fix
+
+
+# -- the compatibility check -----------------------------------------------------------------------------------
+
+
+def add_version(folder: Path, number: int, document: dict, suffix: str) -> None:
+    (folder / f"{number}{suffix}").write_text(json.dumps(document, indent=2), encoding="utf-8")
+
+
+def test_a_referenced_change_that_breaks_a_referencing_schema_names_both(schemas: Path):
+    from toolkit.compat.check import run_check
+
+    address = json.loads((schemas / "address" / "1.avsc").read_text())
+    address["fields"].append({"name": "postcode", "type": "string"})  # no default: v1 records lack it
+    add_version(schemas / "address", 2, address, ".avsc")
+    parcel = json.loads((schemas / "parcel" / "1.avsc").read_text())
+    parcel["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
+    add_version(schemas / "parcel", 2, parcel, ".avsc")
+    write_toml(
+        schemas / "parcel",
+        "[references]\n"
+        '1 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n'
+        '2 = [{ name = "com.epistle.common.Address", subject = "address", version = 2 }]\n',
+    )
+    report = run_check(schemas)
+    by_subject = {f.subject: f for f in report.errors}
+    assert set(by_subject) == {"address", "parcel"}
+    finding = by_subject["parcel"]
+    assert finding.file == str(schemas / "parcel" / "2.avsc") and "postcode" in finding.message
+    assert "'com.epistle.common.Address' is address v2 (" in finding.message  # the reader, and the writer:
+    assert "and address v1 (" in finding.message
+    assert (
+        str(schemas / "address" / "2.avsc") in finding.message
+        and str(schemas / "address" / "1.avsc") in finding.message
+    )
+
+
+def test_a_json_referenced_change_is_found_through_the_ref(schemas: Path):
+    from toolkit.compat.check import run_check
+
+    money = json.loads((schemas / "money" / "1.json").read_text())
+    money["$defs"]["Currency"]["enum"] = ["EUR"]  # v1 records may say USD
+    add_version(schemas / "money", 2, money, ".json")
+    invoice = json.loads((schemas / "invoice" / "1.json").read_text())
+    invoice["description"] = "v2"
+    add_version(schemas / "invoice", 2, invoice, ".json")
+    write_toml(
+        schemas / "invoice",
+        '[references]\n1 = [{ name = "money.json", subject = "money", version = 1 }]\n'
+        '2 = [{ name = "money.json", subject = "money", version = 2 }]\n',
+    )
+    report = run_check(schemas)
+    invoice_findings = [f for f in report.errors if f.subject == "invoice"]
+    assert invoice_findings and all("'money.json' is money v2" in f.message for f in invoice_findings)
+    assert any("USD" in f.message for f in invoice_findings)
+
+
+def test_an_unchanged_reference_leaves_the_check_clean(schemas: Path):
+    from toolkit.compat.check import run_check
+
+    invoice = json.loads((schemas / "invoice" / "1.json").read_text())
+    invoice["description"] = "v2"
+    add_version(schemas / "invoice", 2, invoice, ".json")
+    write_toml(
+        schemas / "invoice",
+        '[references]\n1 = [{ name = "money.json", subject = "money", version = 1 }]\n'
+        '2 = [{ name = "money.json", subject = "money", version = 1 }]\n',
+    )
+    assert run_check(schemas).ok
+
+
+def test_a_bad_reference_is_a_check_finding(schemas: Path):
+    from toolkit.compat.check import run_check
+
+    write_toml(schemas / "invoice", '[references]\n1 = [{ name = "money.json", subject = "money", version = 9 }]\n')
+    findings = [f for f in run_check(schemas).errors if f.subject == "invoice"]
+    assert [f.rule for f in findings] == ["INVALID_REFERENCE"]
+    assert findings[0].path == "references.1[0].version" and "Fix:" in findings[0].message
