@@ -280,3 +280,55 @@ def test_a_bad_reference_is_a_check_finding(schemas: Path):
     findings = [f for f in run_check(schemas).errors if f.subject == "invoice"]
     assert [f.rule for f in findings] == ["INVALID_REFERENCE"]
     assert findings[0].path == "references.1[0].version" and "Fix:" in findings[0].message
+
+
+# -- epistle register / verify -----------------------------------------------------------------------------------
+
+
+def test_register_sends_the_references_after_the_referenced_subjects():
+    from toolkit.registry.commands import register_schemas, verify_schemas
+    from toolkit.testing import InMemoryRegistry
+
+    subjects = load_schemas(FIXTURE)
+    registry = InMemoryRegistry()
+    steps = register_schemas(registry, subjects)
+    order = [step.subject for step in steps if step.action == "registered"]
+    assert order.index("address") < order.index("parcel") and order.index("money") < order.index("invoice")
+    assert registry.get("parcel", 1).references == (
+        {"name": "com.epistle.common.Address", "subject": "address", "version": 1},
+    )
+    assert registry.get("address", 1).references == ()
+    assert [step.action for step in register_schemas(registry, subjects)] == ["unchanged"] * 4
+    assert verify_schemas(registry, subjects).drifts == []
+    # and what was registered is usable: the cache resolves the references from the registry
+    _, compiled = CachedRegistry(registry).resolve("parcel", 1)
+    assert compiled.decode(PARCEL)["sender"]["city"] == "Utrecht"
+
+
+def test_register_sends_references_under_a_topic_strategy_to_the_referenced_folder_name():
+    from toolkit.registry.commands import register_schemas
+    from toolkit.testing import InMemoryRegistry
+
+    registry = InMemoryRegistry()
+    steps = register_schemas(registry, load_schemas(FIXTURE), strategy="topic_value")
+    assert not any(step.failed for step in steps)
+    assert set(registry.store) == {"address", "money", "parcels-value", "invoices-value"}
+    assert registry.get("invoices-value", 1).references[0]["subject"] == "money"
+
+
+def test_verify_and_register_report_references_that_differ():
+    from toolkit.registry.commands import register_schemas, verify_schemas
+    from toolkit.testing import InMemoryRegistry
+
+    subjects = load_schemas(FIXTURE)
+    registry = InMemoryRegistry()
+    register_schemas(registry, subjects)
+    held = registry.store["invoice"][0]
+    other = {"name": "money.json", "subject": "money", "version": 2}
+    registry.store["invoice"][0] = type(held)(
+        held.subject, held.version, held.format, held.text, schema_id=held.schema_id, references=(other,)
+    )
+    drifts = [str(d) for d in verify_schemas(registry, subjects).drifts]
+    assert drifts == ["invoice v1: references differ: local money.json -> money v1, registry money.json -> money v2"]
+    steps = register_schemas(registry, subjects)
+    assert steps[-1].action == "conflict" and "references money.json -> money v2" in steps[-1].detail

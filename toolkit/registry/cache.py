@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -237,18 +237,28 @@ class CachedRegistry(Generic[T]):
     def versions(self, subject: str) -> list[int]:
         return self.registry.versions(subject)
 
-    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+    def register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema:
         """Registers through the backend, then forgets ``subject``'s latest and remembered misses (and the
         remembered unknown schema ids: the registration may have made one)."""
+        extra = {"references": references} if references else {}
         try:
-            return self.registry.register(subject, text, schema_format)
+            return self.registry.register(subject, text, schema_format, **extra)
         finally:
             self.invalidate(subject)
 
     def check_compatibility(
-        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+        self,
+        subject: str,
+        text: str,
+        schema_format: SchemaFormat,
+        version: int | str = "latest",
+        *,
+        references: Sequence[Mapping[str, Any]] = (),
     ) -> CompatibilityResult:
-        return self.registry.check_compatibility(subject, text, schema_format, version)
+        extra = {"references": references} if references else {}
+        return self.registry.check_compatibility(subject, text, schema_format, version, **extra)
 
     def close(self) -> None:
         self.registry.close()
