@@ -249,7 +249,43 @@ def _import_shared(text: str, shared: dict[str, str]) -> str:
         if number == last_import and statements:
             kept += ["", *statements]
     # Blank lines left where a class was: at most two in a row.
-    return re.sub(r"\n{4,}", "\n\n\n", "\n".join(kept))
+    return _drop_unused_imports(re.sub(r"\n{4,}", "\n\n\n", "\n".join(kept)))
+
+
+def _drop_unused_imports(text: str) -> str:
+    """Remove the names of ``from x import a, b`` lines that only the dropped classes used (``StrEnum`` of an
+    imported enum): the generator writes each such import on one line."""
+    tree = ast.parse(text)
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    used |= {
+        node.value.id for node in ast.walk(tree) if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+    }
+    lines = text.split("\n")
+    for node in tree.body:
+        if (
+            not isinstance(node, ast.ImportFrom)
+            or node.module == "__future__"
+            or node.level
+            or node.lineno != node.end_lineno
+        ):
+            continue
+        names = [alias.name for alias in node.names if alias.asname is None]
+        if len(names) != len(node.names):
+            continue
+        # Annotations are strings under `from __future__ import annotations`: look for the name in the text too.
+        keep = [name for name in names if name in used or re.search(rf"\b{re.escape(name)}\b", _without_imports(text))]
+        if keep != names:
+            if keep:
+                lines[node.lineno - 1] = f"from {node.module} import {', '.join(keep)}"
+            else:  # the line goes, and the blank line that separated it from the next import block
+                lines[node.lineno - 1] = "\0"
+                if node.lineno < len(lines) and not lines[node.lineno].strip():
+                    lines[node.lineno] = "\0"
+    return "\n".join(line for line in lines if line != "\0")
+
+
+def _without_imports(text: str) -> str:
+    return "\n".join(line for line in text.split("\n") if not line.startswith(("from ", "import ")))
 
 
 def _avro_root_model(text: str, class_name: str) -> str:
