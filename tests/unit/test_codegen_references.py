@@ -111,3 +111,29 @@ def test_a_bad_reference_fails_codegen_naming_the_subject_toml(tmp_path: Path):
     with pytest.raises(SchemaFileError) as info:
         run_codegen(schemas, tmp_path / "models", workers=1)
     assert info.value.path == schemas / "invoice" / "subject.toml" and info.value.field == "references.1[0].version"
+
+
+def test_a_ref_to_a_definition_of_the_referenced_schema_imports_that_class(tmp_path: Path):
+    schemas = tmp_path / "schemas"
+    shutil.copytree(FIXTURE, schemas)
+    invoice = json.loads((schemas / "invoice" / "1.json").read_text())
+    invoice["properties"]["currency"] = {"$ref": "money.json#/$defs/Currency"}
+    (schemas / "invoice" / "1.json").write_text(json.dumps(invoice))
+    files = run_codegen(schemas, tmp_path / "models", workers=1).files
+    assert "from ..money.v1 import Currency, Money" in files["invoice/v1.py"]
+    assert "class Currency" not in files["invoice/v1.py"]
+
+
+def test_a_ref_deeper_into_the_referenced_schema_is_refused_with_the_fix(tmp_path: Path):
+    schemas = tmp_path / "schemas"
+    shutil.copytree(FIXTURE, schemas)
+    invoice = json.loads((schemas / "invoice" / "1.json").read_text())
+    invoice["properties"]["amount"] = {"$ref": "money.json#/properties/amount"}
+    (schemas / "invoice" / "1.json").write_text(json.dumps(invoice))
+    with pytest.raises(SchemaFileError) as info:
+        run_codegen(schemas, tmp_path / "models", workers=1)
+    assert info.value.field == "$.properties.amount.$ref" and "money.json#/$defs/<Name>" in info.value.fix
+    from toolkit.compat.check import run_check  # epistle check refuses it the same way
+
+    (finding,) = [f for f in run_check(schemas).errors if f.subject == "invoice"]
+    assert finding.rule == "UNSUPPORTED_SCHEMA" and finding.path == "$.properties.amount.$ref"

@@ -332,3 +332,12 @@ def test_verify_and_register_report_references_that_differ():
     assert drifts == ["invoice v1: references differ: local money.json -> money v1, registry money.json -> money v2"]
     steps = register_schemas(registry, subjects)
     assert steps[-1].action == "conflict" and "references money.json -> money v2" in steps[-1].detail
+
+
+def test_a_registered_schema_whose_references_were_not_looked_up_is_refused_with_the_fix():
+    from toolkit.validation import compile_schema
+
+    schema = LocalFolderRegistry(FIXTURE).get("parcel", 1)
+    with pytest.raises(SchemaFileError) as info:
+        compile_schema(schema)
+    assert info.value.field == "references" and "CachedRegistry" in info.value.fix

@@ -116,7 +116,7 @@ class JsonSchemaFormat(BaseFormat):
         return list(_unresolved_refs(path, document, references))
 
     def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
-        return list(_unsupported(path, document))
+        return list(_unsupported(path, document)) + list(_deep_references(path, document, references))
 
     def validator_class(
         self, path: Path | str, document: Any, *, codegen: bool = True, references: Referenced = ()
@@ -225,6 +225,31 @@ def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: An
                 yield from _iter_refs(subschema, f"{json_path}.{key}.{name}", resolver, resource, spec)
         elif key not in _DATA_KEYWORDS:
             yield from _iter_refs(value, f"{json_path}.{key}", resolver, resource, spec)
+
+
+def _deep_references(path: Path | str, document: Any, references: Referenced) -> Iterator[UnsupportedSchema]:
+    """A ``$ref`` into another subject's schema that codegen cannot import: its models import the referenced
+    module's root class or the class of one of its top-level definitions, nothing deeper."""
+    if not references:
+        return
+    from urllib.parse import urldefrag
+
+    from toolkit.references import json_refs
+
+    names = {name for name, _ in references}
+    for json_path, ref in json_refs(document):
+        target, fragment = urldefrag(ref)
+        parts = fragment.split("/")
+        if target not in names or fragment in ("", "/"):
+            continue
+        if len(parts) == 3 and parts[0] == "" and parts[1] in _DEFINITIONS:
+            continue
+        yield UnsupportedSchema(
+            path,
+            f"$ref {ref!r}: codegen imports a referenced schema's root or one of its top-level definitions only",
+            field=f"${json_path}",
+            fix=f'point the $ref at "{target}" or "{target}#/$defs/<Name>"',
+        )
 
 
 def _unsupported(path: Path | str, document: dict) -> Iterator[UnsupportedSchema]:
