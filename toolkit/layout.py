@@ -2,7 +2,7 @@
 
     schemas/
       orders/
-        subject.toml        # optional: compatibility = "BACKWARD", topics = ["orders"]
+        subject.toml        # optional: compatibility = "BACKWARD", topics = ["orders"], [references]
         1.json              # JSON Schema, version 1
         2.json
       shipments/
@@ -10,9 +10,11 @@
         samples/            # golden sample bodies (not schema files), see tests
 
 Version files are named by a positive integer without leading zeros; versions run 1..N without gaps, and
-one subject uses one format. Every problem is a :class:`~toolkit.errors.SchemaFileError` naming the file,
-the field and the fix. This module reads files and parses JSON only; format-specific checks (meta-schema,
-Avro parsing) live in :mod:`toolkit.validation`.
+one subject uses one format. A version may use types another subject's version defines: its
+``references``, declared in ``subject.toml`` (:mod:`toolkit.references`; :func:`load_schemas` resolves
+them). Every problem is a :class:`~toolkit.errors.SchemaFileError` naming the file, the field and the fix.
+This module reads files and parses JSON only; format-specific checks (meta-schema, Avro parsing) live in
+:mod:`toolkit.validation`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from toolkit import _args
 from toolkit.errors import SchemaFileError, json_error_text
+from toolkit.references import REFERENCES, SchemaReference
 
 SUBJECT_CONFIG = "subject.toml"
 _SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
@@ -44,6 +47,9 @@ class SchemaFormat(StrEnum):
     AVRO = "AVRO"
 
     _missing_ = classmethod(_args.not_a_member)
+
+    def suffix_text(self) -> str:
+        return ".json" if self is SchemaFormat.JSON else ".avsc"
 
     @classmethod
     def from_suffix(cls, suffix: str) -> SchemaFormat | None:
@@ -74,12 +80,14 @@ class SchemaFile:
     path: Path
     text: str
     document: Any  # the parsed JSON (a dict for JSON Schema; dict, list or str for Avro)
+    references: tuple[SchemaReference, ...] = ()  # declared in subject.toml, resolved by load_schemas
 
 
 @dataclass(frozen=True)
 class SubjectConfig:
     compatibility: Compatibility = Compatibility.BACKWARD
     topics: tuple[str, ...] = ()
+    references: dict[int, tuple[SchemaReference, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,10 +159,13 @@ def load_subject_config(path: Path) -> SubjectConfig:
             f"cannot be read ({getattr(exc, 'strerror', None) or exc})",
             fix="give the path of a readable subject.toml file",
         ) from None
-    unknown = sorted(set(data) - {"compatibility", "topics"})
+    unknown = sorted(set(data) - {"compatibility", "topics", REFERENCES})
     if unknown:
         raise SchemaFileError(
-            path, f"unknown key(s) {', '.join(unknown)}", field=unknown[0], fix="use only 'compatibility' and 'topics'"
+            path,
+            f"unknown key(s) {', '.join(unknown)}",
+            field=unknown[0],
+            fix="use only 'compatibility', 'topics' and 'references'",
         )
     raw_mode = data.get("compatibility", "BACKWARD")
     try:
@@ -171,7 +182,62 @@ def load_subject_config(path: Path) -> SubjectConfig:
         raise SchemaFileError(
             path, "topics must be a list of topic names", field="topics", fix='write e.g. topics = ["orders"]'
         )
-    return SubjectConfig(compatibility=mode, topics=tuple(topics))
+    return SubjectConfig(compatibility=mode, topics=tuple(topics), references=_references(path, data.get(REFERENCES)))
+
+
+_REFERENCE_EXAMPLE = '[references]\n1 = [{ name = "com.example.Address", subject = "address", version = 1 }]'
+
+
+def _references(path: Path, raw: Any) -> dict[int, tuple[SchemaReference, ...]]:
+    """The ``[references]`` table: version -> its references (each a name, subject and version)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SchemaFileError(
+            path, "references must be a table of versions", field=REFERENCES, fix=f"write e.g. {_REFERENCE_EXAMPLE}"
+        )
+    found: dict[int, tuple[SchemaReference, ...]] = {}
+    for key, entries in raw.items():
+        where = f"{REFERENCES}.{key}"
+        if not SCHEMA_VERSION.fullmatch(key):
+            raise SchemaFileError(
+                path,
+                f"{key!r} is not a version number",
+                field=where,
+                fix="key each list of references by the version that uses them, e.g. 1 = [...]",
+            )
+        if not isinstance(entries, list):
+            raise SchemaFileError(
+                path, "must be a list of references", field=where, fix=f"write e.g. {_REFERENCE_EXAMPLE}"
+            )
+        refs = []
+        for index, entry in enumerate(entries):
+            name, subject, version = (entry.get(k) if isinstance(entry, dict) else None for k in _REF_KEYS)
+            if (
+                not isinstance(entry, dict)
+                or set(entry) != set(_REF_KEYS)
+                or not isinstance(name, str)
+                or not name
+                or not isinstance(subject, str)
+                or not _SUBJECT_NAME.match(subject)
+                or not isinstance(version, int)
+                or isinstance(version, bool)
+                or version < 1
+            ):
+                raise SchemaFileError(
+                    path,
+                    f'reference {index} of version {key} must be {{ name = "...", subject = "...", version = N }}'
+                    f" (got {entry!r})",
+                    field=f"{where}[{index}]",
+                    fix="give the name the schema uses (an Avro full name, a JSON Schema $ref), the subject "
+                    "folder that defines it and its version (a positive integer)",
+                )
+            refs.append(SchemaReference(name, subject, version))
+        found[int(key)] = tuple(refs)
+    return found
+
+
+_REF_KEYS = ("name", "subject", "version")
 
 
 def load_subject(folder: Path) -> Subject:
@@ -219,7 +285,8 @@ def load_subject(folder: Path) -> Subject:
             )
         text = path.read_text(encoding="utf-8") if path.stat().st_size else ""
         document = parse_json_file(path, text)
-        found[version] = SchemaFile(name, version, fmt, path, text, document)
+        refs = config.references.get(version, ())
+        found[version] = SchemaFile(name, version, fmt, path, text, document, refs)
         formats.add(fmt)
     if not found:
         raise SchemaFileError(
@@ -244,6 +311,14 @@ def load_subject(folder: Path) -> Subject:
             field="version",
             fix="versions run 1, 2, 3 ... without gaps; add or rename the missing version",
         )
+    undeclared = sorted(set(config.references) - set(found))
+    if undeclared:
+        raise SchemaFileError(
+            folder / SUBJECT_CONFIG,
+            f"references declared for version {undeclared[0]}, which has no file",
+            field=f"{REFERENCES}.{undeclared[0]}",
+            fix=f"add {undeclared[0]}{next(iter(formats)).suffix_text()} or remove its references",
+        )
     return Subject(name, folder, config, tuple(found[v] for v in expected))
 
 
@@ -262,4 +337,19 @@ def load_schemas(root: Path | str) -> dict[str, Subject]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         subject = load_subject(folder)
         subjects[subject.name] = subject
+    check_references(subjects)
     return subjects
+
+
+def check_references(subjects: dict[str, Subject]) -> None:
+    """Resolve every version's references (:func:`toolkit.references.resolve`).
+
+    Raises:
+        SchemaFileError: the first bad reference (a missing subject or version, a cycle, a name clash).
+    """
+    from toolkit.references import resolve
+
+    for subject in subjects.values():
+        for schema_file in subject.versions:
+            if schema_file.references:
+                resolve(schema_file, subjects)

@@ -31,7 +31,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +49,7 @@ from toolkit.errors import (
     SchemaNotFound,
 )
 from toolkit.layout import SchemaFormat
-from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, same_schema
+from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, same_references, same_schema
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -625,7 +625,11 @@ class InMemoryRegistry:
         if not found:
             raise SchemaNotFound(f"schema id {schema_id} not found")
         return SchemaById(
-            schema_id, found[0].format, found[0].text, tuple((schema.subject, schema.version) for schema in found)
+            schema_id,
+            found[0].format,
+            found[0].text,
+            tuple((schema.subject, schema.version) for schema in found),
+            found[0].references,
         )
 
     def share_id(self, subject: str, schema_id: int) -> RegisteredSchema:
@@ -645,24 +649,39 @@ class InMemoryRegistry:
         self._count("versions")
         return [schema.version for schema in self._versions_of(subject)]
 
-    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+    def register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema:
         self._count("register")
         _args.text("subject", subject, empty=False)
         _args.text("text", text)
         schema_format = SchemaFormat(schema_format)
         existing = self.store.setdefault(subject, [])
         for schema in existing:
-            if same_schema(schema.text, text):
+            if same_schema(schema.text, text) and same_references(schema.references, references):
                 return schema
         if existing and (reason := self.incompatible(existing[-1].text, text)):
             raise RegistryRejected(f"incompatible: {reason}", reasons=[reason], subject=subject)
-        schema = RegisteredSchema(subject, len(existing) + 1, schema_format, text, schema_id=self._next_id)
+        schema = RegisteredSchema(
+            subject,
+            len(existing) + 1,
+            schema_format,
+            text,
+            schema_id=self._next_id,
+            references=tuple(dict(ref) for ref in references),
+        )
         self._next_id += 1
         existing.append(schema)
         return schema
 
     def check_compatibility(
-        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+        self,
+        subject: str,
+        text: str,
+        schema_format: SchemaFormat,
+        version: int | str = "latest",
+        *,
+        references: Sequence[Mapping[str, Any]] = (),
     ) -> CompatibilityResult:
         self._count("check_compatibility")
         _args.text("subject", subject, empty=False)

@@ -375,5 +375,7 @@ class WireSchema:
         if document is None:
             document = json.loads(schema.text)
         avro = str(schema.format) == "AVRO"
-        read = avro_reader(document, schema.schema_id) if avro else json_reader(schema.schema_id, max_depth)
+        # An Avro schema using other subjects' named types is read with them inlined (its "standalone" form).
+        standalone = getattr(compiled, "standalone", None) or document
+        read = avro_reader(standalone, schema.schema_id) if avro else json_reader(schema.schema_id, max_depth)
         return cls(schema.schema_id, schema, compiled, read, schema_message_type(document, str(schema.format)), avro)

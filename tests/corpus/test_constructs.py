@@ -278,7 +278,7 @@ def test_the_corpus_check_sees_a_union_branch_the_model_swapped(
     root = {"type": "record", "name": "R", "fields": [{"name": "ab", "type": [a, b]}]}
     with pytest.raises(UnsupportedSchema, match=r"\$\.fields\[0\]\.type\]: the union of field 'ab'"):
         _build(tmp_path, "refused", root, SchemaFormat.AVRO, "R")
-    monkeypatch.setattr(AVRO, "unsupported", lambda path, document: [])
+    monkeypatch.setattr(AVRO, "unsupported", lambda path, document, references=(): [])
     compiled, model = _build(tmp_path, "swapped", root, SchemaFormat.AVRO, "R")
     subject = Subject(
         "swapped",

@@ -27,6 +27,7 @@ def test_all_names_resolve_and_nothing_else_is_public() -> None:
         "producer",
         "testing",
         "wire",
+        "references",
         "backoff",
         "observability",
         "dlq",

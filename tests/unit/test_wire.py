@@ -604,7 +604,7 @@ def test_among_several_schema_names_the_one_whose_model_is_named_like_the_record
     assert (message.header.schema_name, message.subject, type(message.body)) == ("payments", "billing-value", Payment)
 
 
-def test_a_schema_with_references_says_they_are_not_resolved(registry):
+def test_a_schema_whose_reference_the_registry_lacks_says_which(registry):
     class WithReferences(InMemoryRegistry):
         def get_by_id(self, schema_id):
             found = super().get_by_id(schema_id)
@@ -623,7 +623,31 @@ def test_a_schema_with_references_says_they_are_not_resolved(registry):
     router.register("prices", lambda m: True)
     p = Pipeline(CachedRegistry(backend), router, value_formats={"prices": "confluent"})
     error = stage_of(p, wire(schema.schema_id, b""), topic="prices")
-    assert error.stage == "schema" and "uses schema references (com.acme.Money)" in error.reason
+    assert error.stage == "schema"
+    assert "reference 'com.acme.Money' names money version 1, which the registry does not have" in error.reason
+    assert "register the referenced schema first" in error.reason
+
+
+def test_a_schema_with_references_is_read_with_the_referenced_types(registry):
+    money = {"type": "record", "name": "Money", "namespace": "com.acme", "fields": [{"name": "cents", "type": "long"}]}
+    uses = {"type": "record", "name": "Price", "fields": [{"name": "amount", "type": "com.acme.Money"}]}
+
+    class WithReferences(InMemoryRegistry):
+        def get_by_id(self, schema_id):
+            found = super().get_by_id(schema_id)
+            refs = ({"name": "com.acme.Money", "subject": "money", "version": 1},) if "Price" in found.text else ()
+            return type(found)(found.schema_id, found.format, found.text, found.versions, refs)
+
+    backend = WithReferences()
+    backend.register("money", json.dumps(money), SchemaFormat.AVRO)
+    schema = backend.register("prices", json.dumps(uses), SchemaFormat.AVRO)
+    router = HandlerRegistry()
+    seen = []
+    router.register("prices", seen.append)
+    p = Pipeline(CachedRegistry(backend), router, value_formats={"prices": "confluent"})
+    writer = {**uses, "fields": [{"name": "amount", "type": money}]}
+    prepared = prepare(p, wire(schema.schema_id, avro_bytes(writer, {"amount": {"cents": 250}})), topic="prices")
+    assert prepared.message.body == {"amount": {"cents": 250}}
 
 
 @pytest.mark.parametrize(

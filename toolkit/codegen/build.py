@@ -31,10 +31,12 @@ import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from toolkit import _args
 from toolkit.codegen.index import INDEX_MODULE
 from toolkit.codegen.render import (
+    ReferencedModule,
     _index_module,
     _package_init,
     _subject_init,
@@ -60,6 +62,7 @@ class Job:
     class_name: str
     module: str
     input_hash: str
+    references: tuple[ReferencedModule, ...] = ()
 
     @property
     def source(self) -> str:
@@ -112,7 +115,13 @@ def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *
         for schema_file in subject.versions:
             class_name = root_class_name(schema_file)
             module = f"{package}/v{schema_file.version}.py"
-            jobs.append(Job(schema_file, class_name, module, input_hash(schema_file, class_name, renderer)))
+            try:
+                references = _referenced_modules(schema_file, subjects)
+            except SchemaFileError as exc:
+                errors.append(exc)
+                continue
+            digest = input_hash(schema_file, class_name, renderer, references)
+            jobs.append(Job(schema_file, class_name, module, digest, references))
             index[(name, schema_file.version)] = f"{package}.v{schema_file.version}:{class_name}"
     reused = _reusable(jobs, Path(previous)) if previous is not None else {}
     build = Build(files)
@@ -124,12 +133,65 @@ def build_package(schemas_dir: Path | str, previous: Path | str | None = None, *
         raise errors[0] if len(errors) == 1 else CodegenFailures(schemas_dir, errors)
     for job in jobs:
         files[job.module] = reused.get(job.module) or rendered[job.module]
+    errors += _check_imports(jobs, files)
+    if errors:
+        raise errors[0] if len(errors) == 1 else CodegenFailures(schemas_dir, errors)
     build.rendered = sorted(rendered)
     build.reused = sorted(reused)
     files[f"{INDEX_MODULE}.py"] = _index_module(index)
     files[MANIFEST] = _manifest(jobs, files)
     build.files = dict(sorted(files.items()))
     return build
+
+
+def _referenced_modules(schema_file: SchemaFile, subjects: dict[str, Subject]) -> tuple[ReferencedModule, ...]:
+    """What ``schema_file`` references (transitively, dependencies first) with the modules generated for them.
+
+    Raises:
+        SchemaFileError: a bad reference (toolkit.references.resolve).
+    """
+    if not schema_file.references:
+        return ()
+    from toolkit.references import resolve
+
+    return tuple(
+        ReferencedModule(name, target, f"{package_name(target.subject)}.v{target.version}", root_class_name(target))
+        for name, target in resolve(schema_file, subjects)
+    )
+
+
+def _check_imports(jobs: list[Job], files: dict[str, str]) -> list[SchemaFileError]:
+    """Every class a module imports from a referenced module is defined there (a ``$ref`` to a definition
+    that codegen folded into a field type, for one, has no class to import)."""
+    import ast
+
+    errors: list[SchemaFileError] = []
+    for job in jobs:
+        if not job.references:
+            continue
+        for node in ast.parse(files[job.module]).body:
+            if not (isinstance(node, ast.ImportFrom) and node.level == 2 and node.module):
+                continue
+            target = node.module.replace(".", "/") + ".py"
+            defined = {
+                item.name if isinstance(item, ast.ClassDef) else alias.asname or alias.name
+                for item in ast.parse(files.get(target, "")).body
+                if isinstance(item, ast.ClassDef | ast.ImportFrom)
+                for alias in (item.names if isinstance(item, ast.ImportFrom) else [ast.alias(item.name)])
+            }
+            for alias in node.names:
+                if alias.name not in defined:
+                    errors.append(
+                        CodegenError(
+                            job.schema_file.path,
+                            f"imports {alias.name} from the referenced module {node.module}, which defines no "
+                            "class of that name",
+                            field="$ref",
+                            fix="reference the root of the other schema, or a definition of it that is an object "
+                            "or an enum",
+                        )
+                    )
+    return errors
 
 
 def _load_subjects(root: Path) -> tuple[dict[str, Subject], list[SchemaFileError]]:
@@ -171,9 +233,15 @@ def renderer_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def input_hash(schema_file: SchemaFile, class_name: str, renderer: str | None = None) -> str:
-    """The hash of everything a module's bytes depend on (see the module docstring)."""
-    recipe = {
+def input_hash(
+    schema_file: SchemaFile,
+    class_name: str,
+    renderer: str | None = None,
+    references: tuple[ReferencedModule, ...] = (),
+) -> str:
+    """The hash of everything a module's bytes depend on (see the module docstring): with references, also
+    their names, bytes, modules and classes."""
+    recipe: dict[str, Any] = {
         "codegen": CODEGEN_VERSION,
         "generator": generator_version(),
         "renderer": renderer or renderer_fingerprint(),
@@ -182,6 +250,11 @@ def input_hash(schema_file: SchemaFile, class_name: str, renderer: str | None = 
         "class": class_name,
         "schema": hashlib.sha256(schema_file.text.encode("utf-8")).hexdigest(),
     }
+    if references:
+        recipe["references"] = [
+            [ref.name, ref.module, ref.class_name, hashlib.sha256(ref.schema_file.text.encode("utf-8")).hexdigest()]
+            for ref in references
+        ]
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -218,7 +291,10 @@ def _validate_reused(jobs: list[Job]) -> list[SchemaFileError]:
     errors: list[SchemaFileError] = []
     for job in jobs:
         try:
-            format_for(job.schema_file.format).validate(job.schema_file.path, job.schema_file.document)
+            references = tuple((ref.name, ref.schema_file.document) for ref in job.references)
+            format_for(job.schema_file.format).validate(
+                job.schema_file.path, job.schema_file.document, references=references
+            )
         except SchemaFileError as exc:
             errors.append(exc)
     return errors
@@ -261,17 +337,17 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
         warm_up: dict[SchemaFormat, Job] = {}
         for job in sorted(jobs, key=lambda job: (len(job.schema_file.text), job.module)):
             warm_up.setdefault(job.schema_file.format, job)
-        results += [(job, _render_one(job.schema_file, job.class_name)) for job in warm_up.values()]
+        results += [(job, _render_one(*_render_args(job))) for job in warm_up.values()]
         jobs = [job for job in jobs if job not in warm_up.values()]
         workers = min(workers, len(jobs))
     jobs = sorted(jobs, key=lambda job: (-len(job.schema_file.text), job.module))
     if workers <= 1:
-        results += [(job, _render_one(job.schema_file, job.class_name)) for job in jobs]
+        results += [(job, _render_one(*_render_args(job))) for job in jobs]
     else:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [(job, pool.submit(_render_one, job.schema_file, job.class_name)) for job in jobs]
+            futures = [(job, pool.submit(_render_one, *_render_args(job))) for job in jobs]
             results += [(job, _result(job, future)) for job, future in futures]
     rendered: dict[str, str] = {}
     errors: list[SchemaFileError] = []
@@ -295,10 +371,17 @@ def _result(job: Job, future: concurrent.futures.Future) -> str | SchemaFileErro
         )
 
 
-def _render_one(schema_file: SchemaFile, class_name: str) -> str | SchemaFileError:
+def _render_args(job: Job) -> tuple:
+    """The arguments of :func:`_render_one` for ``job`` (references only when there are some)."""
+    return (job.schema_file, job.class_name, job.references) if job.references else (job.schema_file, job.class_name)
+
+
+def _render_one(
+    schema_file: SchemaFile, class_name: str, references: tuple[ReferencedModule, ...] = ()
+) -> str | SchemaFileError:
     """One module's text, or the error (returned, not raised: it crosses a process boundary)."""
     try:
-        return render_module(schema_file, class_name)
+        return render_module(schema_file, class_name, *((references,) if references else ()))
     except SchemaFileError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - anything else is still this file's failure, reported with it

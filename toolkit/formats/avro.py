@@ -32,6 +32,7 @@ from toolkit.layout import SchemaFormat
 
 if TYPE_CHECKING:
     from toolkit.compat.findings import Issue
+    from toolkit.references import Referenced
     from toolkit.validation.avro import AvroSchema
 
 SPECIFICATION = "https://avro.apache.org/docs/1.12.0/specification/"
@@ -43,19 +44,26 @@ class AvroFormat(BaseFormat):
     label = "Avro"
     codegen_input = "avro"
 
-    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+    def invalid(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
+        from toolkit.references import check_avro_names, expand_avro
+
         try:
-            self.parse_fastavro(path, document)
-            _parse_apache(path, document)
+            if references:
+                check_avro_names(path, document, [(name, name, doc) for name, doc in references])
+            self.parse_fastavro(path, document, references=references)
+            _parse_apache(path, expand_avro(document, references))
         except SchemaFileError as exc:
             return [exc]
         return []
 
-    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
-        return list(_unsupported(path, document))
+    def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
+        return list(_unsupported(path, document, references))
 
-    def parse_fastavro(self, path: Path | str, document: Any, named: dict | None = None) -> Any:
-        """fastavro's parsed schema (what the decoder is built from); fills ``named`` with the named types.
+    def parse_fastavro(
+        self, path: Path | str, document: Any, named: dict | None = None, references: Referenced = ()
+    ) -> Any:
+        """fastavro's parsed schema (what the decoder is built from); fills ``named`` with the named types,
+        those of the ``references`` (parsed first, dependencies first) included.
 
         Raises:
             SchemaFileError: fastavro cannot parse it (unknown type, missing name or fields, bad default ...).
@@ -63,11 +71,24 @@ class AvroFormat(BaseFormat):
         import fastavro
 
         try:
-            if named is None:
+            if named is None and not references:
                 return fastavro.parse_schema(document, _write_hint=False)
+            named = {} if named is None else named
+            for name, referenced in references:
+                try:
+                    fastavro.parse_schema(referenced, named_schemas=named, _write_hint=False)
+                except Exception as exc:  # noqa: BLE001 - as below, naming the reference
+                    raise SchemaFileError(
+                        path,
+                        f"the referenced schema {name!r} does not parse: {shorten(f'{type(exc).__name__}: {exc}')}",
+                        field="references",
+                        fix="correct the referenced schema, or reference another version",
+                    ) from None
             return fastavro.parse_schema(document, named_schemas=named, _write_hint=False)
         except RecursionError:
             raise SchemaFileError(path, "schema is nested too deeply", fix="flatten it with named types") from None
+        except SchemaFileError:
+            raise
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types (SchemaParseException, KeyError ...)
             raise SchemaFileError(
                 path,
@@ -75,10 +96,10 @@ class AvroFormat(BaseFormat):
                 fix=f"correct the schema (see {SPECIFICATION})",
             ) from None
 
-    def compile(self, label: str, subject: str, version: int, document: Any) -> AvroSchema:
+    def compile(self, label: str, subject: str, version: int, document: Any, references: Referenced = ()) -> AvroSchema:
         from toolkit.validation.avro import AvroSchema
 
-        return AvroSchema.compile(label, subject, version, document)
+        return AvroSchema.compile(label, subject, version, document, references)
 
     def compatibility(self, reader: Any, writer: Any) -> list[Issue]:
         from toolkit.compat import avro as avro_compat
@@ -117,11 +138,11 @@ def _parse_apache(path: Path | str, document: Any) -> None:
         ) from None
 
 
-def _unsupported(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
+def _unsupported(path: Path | str, document: Any, references: Referenced = ()) -> Iterator[UnsupportedSchema]:
     # A root that is not a record (an enum, a union, an array ...) is generated as a RootModel
     # (toolkit.codegen.prepare.prepare_avro_schema), which the model index can use.
     yield from _errors(path, document, "$")
-    yield from _ambiguous_unions(path, document)
+    yield from _ambiguous_unions(path, document, references)
 
 
 def _errors(path: Path | str, node: Any, json_path: str) -> Iterator[UnsupportedSchema]:
@@ -144,7 +165,7 @@ def _errors(path: Path | str, node: Any, json_path: str) -> Iterator[Unsupported
             yield from _errors(path, node[key], child(json_path, key))
 
 
-def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
+def _ambiguous_unions(path: Path | str, document: Any, references: Referenced = ()) -> Iterator[UnsupportedSchema]:
     """Unions whose branches the model cannot tell apart: the validator unwraps ``{"Name": value}`` and hands
     the model the bare value, so of two branches of the same shape (records where the required fields of one
     are all fields of the other, a record and a map, two enums sharing a symbol, an enum and a string, two
@@ -188,6 +209,9 @@ def _ambiguous_unions(path: Path | str, document: Any) -> Iterator[UnsupportedSc
                 if isinstance(node.get(key), (dict, list)):
                     walk(node[key], child(json_path, key), owner)
 
+    for _, referenced in references:  # their named types, for the branches naming them (their own unions are
+        walk(referenced, "$", "the root")  # checked with their own files)
+    found.clear()
     walk(document, "$", "the root")
     return iter(found)
 

@@ -29,6 +29,7 @@ from toolkit.layout import SchemaFormat, parse_json_file
 
 if TYPE_CHECKING:
     from toolkit.compat.findings import Issue
+    from toolkit.references import Referenced
     from toolkit.validation.base import CompiledSchema
 
 _MAX_TEXT = 300
@@ -48,27 +49,30 @@ class Format(Protocol):
         """The file's text as its JSON value. Raises SchemaFileError (not UTF-8 / not JSON)."""
         ...
 
-    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
-        """Why ``document`` is not a valid schema of the language (one problem); empty when it is valid."""
+    def invalid(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
+        """Why ``document`` is not a valid schema of the language (one problem); empty when it is valid.
+        ``references``: what it references, ``(name, document)`` dependencies first (:mod:`toolkit.references`)."""
         ...
 
-    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
+    def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
         """One :class:`~toolkit.errors.UnsupportedSchema` per construct of a *valid* ``document`` that codegen
         cannot express (or whose generated model cannot follow the validator); empty when there is none."""
         ...
 
-    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+    def problems(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
         """Every reason ``document`` is refused by ``epistle check`` and codegen, most fundamental first; empty
         when it is fine: :meth:`invalid` when there is such a problem, else :meth:`unsupported`."""
         ...
 
-    def validate(self, path: Path | str, document: Any, *, codegen: bool = True) -> None:
+    def validate(self, path: Path | str, document: Any, *, codegen: bool = True, references: Referenced = ()) -> None:
         """Raises the first of :meth:`problems` (the same message ``epistle check`` shows first); with
         ``codegen=False`` the first of :meth:`invalid` only (the runtime: a valid schema validates bodies
         whether or not a model can be generated for it)."""
         ...
 
-    def compile(self, label: str, subject: str, version: int, document: Any) -> CompiledSchema:
+    def compile(
+        self, label: str, subject: str, version: int, document: Any, references: Referenced = ()
+    ) -> CompiledSchema:
         """The body validator for one schema version. Raises SchemaFileError naming ``label`` when the
         document is not a valid schema (:meth:`invalid`); a valid one codegen cannot express compiles."""
         ...
@@ -89,17 +93,19 @@ class BaseFormat:
     def parse(self, path: Path | str, text: str) -> Any:
         return parse_json_file(Path(path), text)
 
-    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+    def invalid(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
         raise NotImplementedError
 
-    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
+    def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
         raise NotImplementedError
 
-    def problems(self, path: Path | str, document: Any) -> list[SchemaFileError]:
-        return self.invalid(path, document) or list(self.unsupported(path, document))
+    def problems(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
+        extra = (references,) if references else ()  # without references: the two-argument calls
+        return self.invalid(path, document, *extra) or list(self.unsupported(path, document, *extra))
 
-    def validate(self, path: Path | str, document: Any, *, codegen: bool = True) -> None:
-        found = self.problems(path, document) if codegen else self.invalid(path, document)
+    def validate(self, path: Path | str, document: Any, *, codegen: bool = True, references: Referenced = ()) -> None:
+        extra = (references,) if references else ()
+        found = self.problems(path, document, *extra) if codegen else self.invalid(path, document, *extra)
         if found:
             raise found[0]
 

@@ -5,8 +5,8 @@ schema gets that one problem; the runtime refuses only 1-3, :meth:`JsonSchemaFor
 
 1. it is not a JSON object, or its ``$schema`` names a draft jsonschema does not know;
 2. it does not conform to its draft's meta-schema (2020-12 when ``$schema`` is absent);
-3. a ``$ref`` does not resolve inside the document (relative file references such as ``other.json#/x``
-   and remote URLs are not fetched: each schema version is one self-contained file);
+3. a ``$ref`` does not resolve inside the document or in a schema it declares as a reference (a ``$ref``
+   whose URI is a reference's name, see :mod:`toolkit.references`; nothing else is fetched);
 4. it uses a construct datamodel-code-generator cannot turn into one usable pydantic model, or one whose
    model cannot follow the validator (:class:`~toolkit.errors.UnsupportedSchema`, every occurrence
    reported):
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
     from toolkit.compat.findings import Issue
+    from toolkit.references import Referenced
     from toolkit.validation.json_schema import JsonSchema
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -107,25 +108,27 @@ class JsonSchemaFormat(BaseFormat):
     label = "JSON Schema"
     codegen_input = "jsonschema"
 
-    def invalid(self, path: Path | str, document: Any) -> list[SchemaFileError]:
+    def invalid(self, path: Path | str, document: Any, references: Referenced = ()) -> list[SchemaFileError]:
         try:
             _check_meta_schema(path, draft_of(path, document), document)
         except SchemaFileError as exc:
             return [exc]
-        return list(_unresolved_refs(path, document))
+        return list(_unresolved_refs(path, document, references))
 
-    def unsupported(self, path: Path | str, document: Any) -> list[UnsupportedSchema]:
-        return list(_unsupported(path, document))
+    def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
+        return list(_unsupported(path, document)) + list(_deep_references(path, document, references))
 
-    def validator_class(self, path: Path | str, document: Any, *, codegen: bool = True) -> type[Validator]:
+    def validator_class(
+        self, path: Path | str, document: Any, *, codegen: bool = True, references: Referenced = ()
+    ) -> type[Validator]:
         """:meth:`validate` (``codegen`` as there), then the validator class for the document's draft."""
-        self.validate(path, document, codegen=codegen)
+        self.validate(path, document, codegen=codegen, references=references)
         return validator_class(path, document)
 
-    def compile(self, label: str, subject: str, version: int, document: Any) -> JsonSchema:
+    def compile(self, label: str, subject: str, version: int, document: Any, references: Referenced = ()) -> JsonSchema:
         from toolkit.validation.json_schema import JsonSchema
 
-        return JsonSchema.compile(label, subject, version, document)
+        return JsonSchema.compile(label, subject, version, document, references)
 
     def compatibility(self, reader: Any, writer: Any) -> list[Issue]:
         from toolkit.compat import json_schema as json_compat
@@ -166,14 +169,28 @@ def _meta_schema_error(path: Path | str, message: str, where: str, draft: str) -
     )
 
 
-def _unresolved_refs(path: Path | str, document: dict) -> Iterator[SchemaFileError]:
+def reference_registry(document: Any, references: Referenced) -> Any:
+    """A ``referencing.Registry`` holding the referenced schemas under their reference names (and those names
+    resolved against the root's ``$id``): how a ``$ref`` into another subject's schema resolves."""
     from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    from toolkit.references import json_resources
+
+    return Registry().with_resources(
+        (uri, Resource.from_contents(doc, default_specification=DRAFT202012))
+        for uri, doc in json_resources(document, references)
+    )
+
+
+def _unresolved_refs(path: Path | str, document: dict, references: Referenced = ()) -> Iterator[SchemaFileError]:
+    from referencing import Resource
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
 
     resource = Resource.from_contents(document, default_specification=DRAFT202012)
     base = resource.id() or ""
-    resolver = Registry().with_resource(base, resource).resolver(base_uri=base)
+    resolver = reference_registry(document, references).with_resource(base, resource).resolver(base_uri=base)
     for json_path, ref, scope in _iter_refs(document, "$", resolver, Resource, DRAFT202012):
         try:
             scope.lookup(ref)
@@ -185,9 +202,9 @@ def _unresolved_refs(path: Path | str, document: dict) -> Iterator[SchemaFileErr
                 path,
                 f"$ref {ref!r} does not resolve ({kind})",
                 field=json_path,
-                fix='point it at a definition in this file, e.g. "#/$defs/Name", and copy '
-                "the referenced schema there; references to other files or URLs are "
-                "not supported",
+                fix='point it at a definition in this file, e.g. "#/$defs/Name", or at another subject\'s '
+                "schema declared under [references] in subject.toml (the $ref's URI is the reference's "
+                "name); URLs are not fetched",
             )
 
 
@@ -208,6 +225,31 @@ def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: An
                 yield from _iter_refs(subschema, f"{json_path}.{key}.{name}", resolver, resource, spec)
         elif key not in _DATA_KEYWORDS:
             yield from _iter_refs(value, f"{json_path}.{key}", resolver, resource, spec)
+
+
+def _deep_references(path: Path | str, document: Any, references: Referenced) -> Iterator[UnsupportedSchema]:
+    """A ``$ref`` into another subject's schema that codegen cannot import: its models import the referenced
+    module's root class or the class of one of its top-level definitions, nothing deeper."""
+    if not references:
+        return
+    from urllib.parse import urldefrag
+
+    from toolkit.references import json_refs
+
+    names = {name for name, _ in references}
+    for json_path, ref in json_refs(document):
+        target, fragment = urldefrag(ref)
+        parts = fragment.split("/")
+        if target not in names or fragment in ("", "/"):
+            continue
+        if len(parts) == 3 and parts[0] == "" and parts[1] in _DEFINITIONS:
+            continue
+        yield UnsupportedSchema(
+            path,
+            f"$ref {ref!r}: codegen imports a referenced schema's root or one of its top-level definitions only",
+            field=f"${json_path}",
+            fix=f'point the $ref at "{target}" or "{target}#/$defs/<Name>"',
+        )
 
 
 def _unsupported(path: Path | str, document: dict) -> Iterator[UnsupportedSchema]:

@@ -7,7 +7,7 @@ registry for unit tests implements this protocol and nothing else.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,7 +25,10 @@ class RegisteredSchema:
     format: SchemaFormat
     text: str
     schema_id: int | None = None
-    references: tuple[dict, ...] = ()
+    references: tuple[dict, ...] = ()  # as the registry gives them: {"name", "subject", "version"}
+    # The referenced schemas themselves, transitively, dependencies first, with their reference names: filled
+    # by CachedRegistry (or the caller) before compiling (toolkit.validation.compile_schema uses them).
+    referenced: tuple[tuple[str, RegisteredSchema], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,11 @@ class SchemaRegistry(Protocol):
 
     def versions(self, subject: str) -> list[int]: ...
 
-    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+    def register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema:
         """Register ``text`` under ``subject``; an identical schema already registered is returned as is.
+        ``references``: the schemas it uses, ``{"name", "subject", "version"}`` each (:mod:`toolkit.references`).
 
         Raises:
             RegistryRejected: the registry refused it (incompatible, invalid), with the registry's reasons.
@@ -88,7 +94,13 @@ class SchemaRegistry(Protocol):
         ...
 
     def check_compatibility(
-        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+        self,
+        subject: str,
+        text: str,
+        schema_format: SchemaFormat,
+        version: int | str = "latest",
+        *,
+        references: Sequence[Mapping[str, Any]] = (),
     ) -> CompatibilityResult: ...
 
     def close(self) -> None: ...
@@ -151,6 +163,13 @@ def canonical_schema(text: str) -> str:
 def same_schema(a: str, b: str) -> bool:
     """True when ``a`` and ``b`` parse to the same JSON (whitespace and key order do not matter)."""
     return canonical_schema(_args.text("a", a)) == canonical_schema(_args.text("b", b))
+
+
+def same_references(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """True when two ``references`` lists name the same (name, subject, version) entries, in any order."""
+    from toolkit.references import references_of
+
+    return set(references_of(a)) == set(references_of(b)) and len(a) == len(b)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from toolkit import _args
@@ -172,17 +173,55 @@ class CachedRegistry(Generic[T]):
                     del self._key_locks[key]
 
     def _compile_by_id(self, found: SchemaById) -> T:
-        try:
-            return self._compile(found.registered())
-        except Exception as exc:
-            if not found.references:
-                raise
-            names = ", ".join(str(ref.get("name", ref)) for ref in found.references)
-            raise RegistryError(
-                f"schema id {found.schema_id} uses schema references ({names}), which the "
-                f"toolkit does not resolve yet, and cannot be compiled without them: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+        return self._compile(self.with_referenced(found.registered()))
+
+    def with_referenced(self, schema: RegisteredSchema, chain: tuple[tuple[str, int], ...] = ()) -> RegisteredSchema:
+        """``schema`` with :attr:`~RegisteredSchema.referenced` filled: every schema its ``references`` name,
+        transitively, dependencies first, read from the registry (the schema itself when it has none).
+
+        Raises:
+            RegistryError: a reference is malformed, names a version the registry does not have, or the
+                references form a cycle (the message names the schema, the reference and the fix).
+            RegistryUnavailable: the registry cannot answer.
+        """
+        if not schema.references or schema.referenced:
+            return schema
+        from toolkit.references import SchemaReference
+
+        here = (schema.subject, schema.version)
+        found: list[tuple[str, RegisteredSchema]] = []
+        for raw in schema.references:
+            ref = SchemaReference.from_registry(raw)
+            if ref is None:
+                raise RegistryError(
+                    f"subject {schema.subject!r} version {schema.version}: reference {raw!r} is not "
+                    '{"name", "subject", "version"}; re-register the schema with well-formed references',
+                    subject=schema.subject,
+                    version=schema.version,
+                )
+            if (ref.subject, ref.version) in (*chain, here):
+                raise RegistryError(
+                    f"subject {schema.subject!r} version {schema.version}: its references form a cycle through "
+                    f"{ref.subject} version {ref.version}; move the shared types into a subject that references "
+                    "none of the others",
+                    subject=schema.subject,
+                    version=schema.version,
+                )
+            try:
+                held = self.registry.get(ref.subject, ref.version)
+            except SchemaNotFound as exc:
+                raise RegistryError(
+                    f"subject {schema.subject!r} version {schema.version}: its reference {ref.name!r} names "
+                    f"{ref.subject} version {ref.version}, which the registry does not have ({exc}); register "
+                    "the referenced schema first",
+                    subject=schema.subject,
+                    version=schema.version,
+                ) from None
+            held = self.with_referenced(held, (*chain, here))
+            for item in (*held.referenced, (ref.name, held)):
+                if not any(name == item[0] and other.subject == item[1].subject for name, other in found):
+                    found.append(item)
+        return replace(schema, referenced=tuple(found))
 
     # ------------------------------------------------------------------ the protocol
 
@@ -198,18 +237,28 @@ class CachedRegistry(Generic[T]):
     def versions(self, subject: str) -> list[int]:
         return self.registry.versions(subject)
 
-    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+    def register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema:
         """Registers through the backend, then forgets ``subject``'s latest and remembered misses (and the
         remembered unknown schema ids: the registration may have made one)."""
+        extra = {"references": references} if references else {}
         try:
-            return self.registry.register(subject, text, schema_format)
+            return self.registry.register(subject, text, schema_format, **extra)
         finally:
             self.invalidate(subject)
 
     def check_compatibility(
-        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+        self,
+        subject: str,
+        text: str,
+        schema_format: SchemaFormat,
+        version: int | str = "latest",
+        *,
+        references: Sequence[Mapping[str, Any]] = (),
     ) -> CompatibilityResult:
-        return self.registry.check_compatibility(subject, text, schema_format, version)
+        extra = {"references": references} if references else {}
+        return self.registry.check_compatibility(subject, text, schema_format, version, **extra)
 
     def close(self) -> None:
         self.registry.close()
@@ -306,6 +355,7 @@ class CachedRegistry(Generic[T]):
                 raise
             entry = self._entries.get((subject, schema.version))
             if entry is None:
+                schema = self.with_referenced(schema)
                 entry = (schema, self._compile(schema))
                 self._entries[(subject, schema.version)] = entry
             result = "fetched"

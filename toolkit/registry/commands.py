@@ -17,6 +17,11 @@ What the registries do that matters here (Apicurio 3.0.9 ccompat/v7, checked aga
 - ``PUT /config/{subject}`` answers 40401 for a subject with no version yet, so a new subject's mode is set
   right after its version 1 (a first version is never checked). A subject mode of ``NONE`` does not
   override the global ``BACKWARD`` rule (it removes the subject's rule): Confluent differs here.
+- References (a version using another subject's types) are sent as ``references``, each ``{"name",
+  "subject", "version"}`` with the referenced folder's name as the subject: a subject other versions
+  reference is registered under its own name first (whatever the subject strategy), then the ones using it.
+  Apicurio stores and answers them as sent; a schema naming a type it does not define, sent without its
+  references, is refused with HTTP 422 "Failed to discover artifact type from content".
 - Its JSON Schema checker (everit) cannot read draft 2020-12 (``"$schema": ".../draft/2020-12/schema"``):
   checking such a version answers HTTP 500 "could not determine version" (drafts 4/6/7, or no
   ``$schema``, work). Retried as a server error, then reported as a ``failed`` step naming the version.
@@ -30,8 +35,14 @@ from typing import Any
 
 from toolkit import _args
 from toolkit.errors import RegistryRejected, RegistryUnavailable, SchemaNotFound
-from toolkit.layout import Subject
-from toolkit.registry.base import SchemaRegistry, SupportsCompatibilityConfig, registry_subjects, same_schema
+from toolkit.layout import SchemaFile, Subject
+from toolkit.registry.base import (
+    SchemaRegistry,
+    SupportsCompatibilityConfig,
+    registry_subjects,
+    same_references,
+    same_schema,
+)
 
 FAILED_ACTIONS = frozenset({"refused", "conflict", "would be refused", "failed"})
 
@@ -108,11 +119,56 @@ def register_schemas(
             on_step(step)
         return not step.failed
 
-    for subject in subjects.values():
-        for name in registry_subjects(subject, strategy):
+    referenced = {ref.subject for s in subjects.values() for f in s.versions for ref in f.references}
+    for subject in _dependencies_first(subjects):
+        for name in _registry_names(subject, strategy, referenced):
             if not _register_subject(registry, subject, name, dry_run, record):
                 return steps
     return steps
+
+
+def _dependencies_first(subjects: Mapping[str, Subject]) -> list[Subject]:
+    """The subjects with each one after those its versions reference (a subject-level cycle keeps its order)."""
+    ordered: list[Subject] = []
+    placed: set[str] = set()
+    visiting: set[str] = set()
+
+    def place(subject: Subject) -> None:
+        if subject.name in placed or subject.name in visiting:
+            return
+        visiting.add(subject.name)
+        for schema_file in subject.versions:
+            for ref in schema_file.references:
+                if ref.subject in subjects:
+                    place(subjects[ref.subject])
+        visiting.discard(subject.name)
+        placed.add(subject.name)
+        ordered.append(subject)
+
+    for subject in subjects.values():
+        place(subject)
+    return ordered
+
+
+def _registry_names(subject: Subject, strategy: str, referenced: set[str]) -> list[str]:
+    """The registry subjects to register ``subject`` under: the strategy's, and its own name when other
+    versions reference it (references name the folder)."""
+    if subject.name not in referenced:
+        return registry_subjects(subject, strategy)
+    names = registry_subjects(subject, strategy) if subject.config.topics or strategy == "schema_name" else []
+    return list(dict.fromkeys([subject.name, *names]))
+
+
+def references_payload(schema_file: SchemaFile) -> list[dict[str, Any]]:
+    """The ``references`` a version is registered with."""
+    return [ref.as_dict() for ref in schema_file.references]
+
+
+def _describe_refs(references: Any) -> str:
+    from toolkit.references import references_of
+
+    found = references_of(references or ())
+    return ", ".join(f"{r.name} -> {r.subject} v{r.version}" for r in found) or "none"
 
 
 def _register_subject(
@@ -134,9 +190,22 @@ def _register_subject(
     first_new = True
     for schema_file in subject.versions:
         number = schema_file.version
+        references = references_payload(schema_file)
+        extra: dict[str, Any] = {"references": references} if references else {}
         if number in remote:
             held = registry.get(name, number)
             if held.format == schema_file.format and same_schema(held.text, schema_file.text):
+                if not same_references(held.references, references):
+                    return record(
+                        Step(
+                            name,
+                            number,
+                            "conflict",
+                            f"the registry holds version {number} with references {_describe_refs(held.references)}, "
+                            f"the local one declares {_describe_refs(references)}; published versions are "
+                            "immutable: add a new version with the references you want",
+                        )
+                    )
                 record(Step(name, number, "unchanged"))
                 continue
             return record(
@@ -161,7 +230,7 @@ def _register_subject(
         if dry_run:
             if first_new and remote:
                 try:
-                    verdict = registry.check_compatibility(name, schema_file.text, schema_file.format)
+                    verdict = registry.check_compatibility(name, schema_file.text, schema_file.format, **extra)
                 except RegistryUnavailable as exc:
                     return record(Step(name, number, "failed", f"compatibility check: {exc}"))
                 if not verdict.compatible:
@@ -191,7 +260,7 @@ def _register_subject(
             first_new = False
             continue
         try:
-            got = registry.register(name, schema_file.text, schema_file.format)
+            got = registry.register(name, schema_file.text, schema_file.format, **extra)
         except RegistryRejected as exc:
             return record(Step(name, number, "refused", "; ".join(exc.reasons) or str(exc)))
         except RegistryUnavailable as exc:
@@ -221,8 +290,8 @@ def verify_schemas(
 ) -> VerifyReport:
     """Every difference between the local folder and the registry, for the local subjects.
 
-    Drifts: a subject or version missing in the registry, a different schema (parsed JSON) or format under
-    the same version, a registry version with no local file. Registry subjects with no local folder are
+    Drifts: a subject or version missing in the registry, a different schema (parsed JSON), format or
+    references under the same version, a registry version with no local file. Registry subjects with no local folder are
     not reported (a registry is usually shared).
 
     Raises:
@@ -230,8 +299,9 @@ def verify_schemas(
     """
     _check(registry, subjects, strategy)
     report = VerifyReport()
+    referenced = {ref.subject for s in subjects.values() for f in s.versions for ref in f.references}
     for subject in subjects.values():
-        for name in registry_subjects(subject, strategy):
+        for name in _registry_names(subject, strategy, referenced):
             remote = _versions(registry, name)
             if not remote:
                 report.drifts.append(
@@ -255,6 +325,15 @@ def verify_schemas(
                 elif not same_schema(held.text, schema_file.text):
                     report.drifts.append(
                         Drift(name, schema_file.version, f"content differs from {schema_file.path.name}")
+                    )
+                elif not same_references(held.references, references_payload(schema_file)):
+                    report.drifts.append(
+                        Drift(
+                            name,
+                            schema_file.version,
+                            f"references differ: local {_describe_refs(references_payload(schema_file))}, "
+                            f"registry {_describe_refs(held.references)}",
+                        )
                     )
             local = {schema_file.version for schema_file in subject.versions}
             for number in sorted(set(remote) - local):

@@ -24,7 +24,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,7 +269,9 @@ class ConfluentHttpRegistry:
         """``GET /subjects/{subject}/versions``; raises SchemaNotFound for an unknown subject."""
         return [int(v) for v in self._call("GET", f"{_subject_path(subject)}/versions", subject=subject)]
 
-    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
+    def register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema:
         """``POST /subjects/{subject}/versions`` then a lookup for the version number.
 
         Registering a schema identical to an existing version of the subject creates nothing and returns
@@ -280,9 +282,12 @@ class ConfluentHttpRegistry:
             RegistryUnavailable: as :meth:`get`.
         """
         body = self._call(
-            "POST", f"{_subject_path(subject)}/versions", json=_payload(text, schema_format), subject=subject
+            "POST",
+            f"{_subject_path(subject)}/versions",
+            json=_payload(text, schema_format, references),
+            subject=subject,
         )
-        found = self.lookup(subject, text, schema_format)
+        found = self.lookup(subject, text, schema_format, references=references)
         if found is None:
             raise RegistryError(
                 f"subject {subject!r}: registered (id {body.get('id')}) but the registry "
@@ -291,7 +296,9 @@ class ConfluentHttpRegistry:
             )
         return found
 
-    def try_register(self, subject: str, text: str, schema_format: SchemaFormat) -> Registration:
+    def try_register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> Registration:
         """``POST /subjects/{subject}/versions`` alone: the schema id, or the registry's reasons for refusing it.
 
         For asking "would the registry accept this?": a refusal as incompatible (409) is an answer, not an
@@ -305,7 +312,7 @@ class ConfluentHttpRegistry:
         body = self._call(
             "POST",
             f"{_subject_path(subject)}/versions",
-            json=_payload(text, schema_format),
+            json=_payload(text, schema_format, references),
             subject=subject,
             incompatible_answer=True,
         )
@@ -320,12 +327,15 @@ class ConfluentHttpRegistry:
             )
         return Registration(schema_id)
 
-    def lookup(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema | None:
-        """``POST /subjects/{subject}``: the version holding this schema, or None (no such subject/schema)."""
+    def lookup(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema | None:
+        """``POST /subjects/{subject}``: the version holding this schema (with these references), or None (no
+        such subject/schema)."""
         body = self._call(
             "POST",
             _subject_path(subject),
-            json=_payload(text, schema_format),
+            json=_payload(text, schema_format, references),
             subject=subject,
             absent=(_NO_SUCH_SUBJECT, _NO_SUCH_SCHEMA),
         )
@@ -335,7 +345,13 @@ class ConfluentHttpRegistry:
         return _registered(body, subject, default_format=schema_format)
 
     def check_compatibility(
-        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+        self,
+        subject: str,
+        text: str,
+        schema_format: SchemaFormat,
+        version: int | str = "latest",
+        *,
+        references: Sequence[Mapping[str, Any]] = (),
     ) -> CompatibilityResult:
         """``POST /compatibility/subjects/{subject}/versions/{version}?verbose=true``.
 
@@ -345,7 +361,7 @@ class ConfluentHttpRegistry:
         body = self._call(
             "POST",
             f"/compatibility{_subject_path(subject)}/versions/{version}",
-            json=_payload(text, schema_format),
+            json=_payload(text, schema_format, references),
             params={"verbose": "true"},
             subject=subject,
             version=version,
@@ -615,11 +631,13 @@ def _subject_path(subject: str) -> str:
     return f"/subjects/{quote(subject, safe='')}"
 
 
-def _payload(text: str, schema_format: SchemaFormat) -> dict[str, str]:
+def _payload(text: str, schema_format: SchemaFormat, references: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     # schemaType omitted means AVRO; leaving it out keeps pre-5.5 Confluent registries working.
-    payload = {"schema": text}
+    payload: dict[str, Any] = {"schema": text}
     if schema_format != SchemaFormat.AVRO:
         payload["schemaType"] = str(schema_format)
+    if references:  # {"name", "subject", "version"} each, as registered (Confluent 5.5+, Apicurio's ccompat)
+        payload["references"] = [dict(ref) for ref in references]
     return payload
 
 

@@ -27,19 +27,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from toolkit import _args
 from toolkit.errors import ConfigError, RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
-from toolkit.layout import Subject, load_schemas
+from toolkit.layout import SchemaFile, Subject, load_schemas
 from toolkit.registry.base import (
     CompatibilityResult,
     RegisteredSchema,
     SchemaById,
     SchemaFormat,
     registry_subjects,
+    same_references,
     same_schema,
 )
 
@@ -144,11 +145,11 @@ class LocalFolderRegistry:
                 subject=subject,
                 version=version,
             )
-        return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
+        return _registered(subject, schema_file)
 
     def latest(self, subject: str) -> RegisteredSchema:
         found = self._or_rescan(lambda: self._subject(subject))
-        return _registered(subject, found.latest.version, found.latest.format, found.latest.text)
+        return _registered(subject, found.latest)
 
     def get_by_id(self, schema_id: int) -> SchemaById:
         """Always refused: the folder assigns no schema ids (see the module doc).
@@ -164,8 +165,11 @@ class LocalFolderRegistry:
     def versions(self, subject: str) -> list[int]:
         return [schema_file.version for schema_file in self._subject(subject).versions]
 
-    def register(self, subject: str, text: str, schema_format: SchemaFormat) -> RegisteredSchema:
-        """Return the existing version identical to ``text``; the folder is never written.
+    def register(
+        self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
+    ) -> RegisteredSchema:
+        """Return the existing version identical to ``text`` (with the same references); the folder is never
+        written.
 
         Raises:
             RegistryRejected: no identical version exists (the fix: add a version file).
@@ -178,8 +182,12 @@ class LocalFolderRegistry:
             found = None
         if found is not None:
             for schema_file in found.versions:
-                if schema_file.format == schema_format and same_schema(schema_file.text, text):
-                    return _registered(subject, schema_file.version, schema_file.format, schema_file.text)
+                if (
+                    schema_file.format == schema_format
+                    and same_schema(schema_file.text, text)
+                    and same_references(_registered(subject, schema_file).references, references)
+                ):
+                    return _registered(subject, schema_file)
         where = found.folder if found is not None else self.schemas_dir / subject
         following = len(found.versions) + 1 if found is not None else 1
         suffix = ".json" if schema_format == SchemaFormat.JSON else ".avsc"
@@ -190,7 +198,13 @@ class LocalFolderRegistry:
         raise RegistryRejected(f"subject {subject!r}: {reason}", reasons=[reason], subject=subject)
 
     def check_compatibility(
-        self, subject: str, text: str, schema_format: SchemaFormat, version: int | str = "latest"
+        self,
+        subject: str,
+        text: str,
+        schema_format: SchemaFormat,
+        version: int | str = "latest",
+        *,
+        references: Sequence[Mapping[str, Any]] = (),
     ) -> CompatibilityResult:
         """Compatible when ``text`` is identical to the compared version.
 
@@ -200,7 +214,11 @@ class LocalFolderRegistry:
                 (run ``epistle check``, or use an HTTP registry).
         """
         against = self.latest(subject) if version == "latest" else self.get(subject, int(version))
-        if against.format == schema_format and same_schema(against.text, text):
+        if (
+            against.format == schema_format
+            and same_schema(against.text, text)
+            and same_references(against.references, references)
+        ):
             return CompatibilityResult(True)
         raise RegistryError(
             f"subject {subject!r}: the local folder registry does not check compatibility "
@@ -226,5 +244,11 @@ def _is_version(version: object) -> bool:
     return isinstance(version, int) and not isinstance(version, bool) and version >= 1
 
 
-def _registered(subject: str, version: int, schema_format: SchemaFormat, text: str) -> RegisteredSchema:
-    return RegisteredSchema(subject=subject, version=version, format=schema_format, text=text)
+def _registered(subject: str, schema_file: SchemaFile) -> RegisteredSchema:
+    return RegisteredSchema(
+        subject=subject,
+        version=schema_file.version,
+        format=schema_file.format,
+        text=schema_file.text,
+        references=tuple(ref.as_dict() for ref in schema_file.references),
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import _args
+from toolkit.errors import SchemaFileError
 from toolkit.formats import format_for
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import RegisteredSchema
@@ -45,11 +46,27 @@ def compile_schema(schema: RegisteredSchema) -> CompiledSchema:
     (:class:`~toolkit.errors.UnsupportedSchema` for ``epistle check`` and codegen) validates bodies all the
     same; a consumer with generated models has none for it, so its records fail at stage ``model``.
 
+    A schema with ``references`` is compiled with the referenced schemas of ``schema.referenced`` (which
+    :class:`~toolkit.registry.cache.CachedRegistry` fills from the registry).
+
     Raises:
         SchemaFileError: the schema text is not JSON or not a valid schema (the same problem ``epistle check``
-            reports for that text in a file); the path is ``registry:<subject>/<version>``.
+            reports for that text in a file), or its references were not looked up; the path is
+            ``registry:<subject>/<version>``.
     """
     _args.instance("schema", schema, RegisteredSchema, "a RegisteredSchema (from a registry)")
     label = f"registry:{schema.subject}/{schema.version}"
     fmt = format_for(schema.format)
-    return fmt.compile(label, schema.subject, schema.version, fmt.parse(label, schema.text))
+    if schema.references and not schema.referenced:
+        names = ", ".join(str(ref.get("name", ref)) if isinstance(ref, dict) else str(ref) for ref in schema.references)
+        raise SchemaFileError(
+            label,
+            f"uses schema references ({names}) that were not looked up",
+            field="references",
+            fix="compile it through a CachedRegistry (it fetches the referenced versions), or fill "
+            "RegisteredSchema.referenced",
+        )
+    references = tuple(
+        (name, fmt.parse(f"registry:{ref.subject}/{ref.version}", ref.text)) for name, ref in schema.referenced
+    )
+    return fmt.compile(label, schema.subject, schema.version, fmt.parse(label, schema.text), references)

@@ -28,6 +28,7 @@ from fastavro.read import LOGICAL_READERS
 from toolkit.errors import MessageError
 from toolkit.formats import AVRO
 from toolkit.layout import SchemaFormat
+from toolkit.references import Referenced
 from toolkit.validation.base import STAGE, CompiledSchema, shorten, unexpected
 
 Decoder = Callable[[Any], Any]
@@ -50,15 +51,15 @@ class _Mismatch(Exception):
         return "$" + "".join(reversed(self.segments))
 
 
-def check_avro_schema(path: Path | str, document: Any) -> dict | list | str:
+def check_avro_schema(path: Path | str, document: Any, references: Referenced = ()) -> dict | list | str:
     """The one validity check (:meth:`toolkit.formats.avro.AvroFormat.invalid`); return fastavro's parsed
     schema. A valid schema using a construct codegen cannot express is not refused: bodies decode with it.
 
     Raises:
         SchemaFileError: Apache Avro or fastavro cannot parse it.
     """
-    AVRO.validate(path, document, codegen=False)
-    return AVRO.parse_fastavro(path, document)
+    AVRO.validate(path, document, codegen=False, references=references)
+    return AVRO.parse_fastavro(path, document, references=references)
 
 
 class AvroSchema(CompiledSchema):
@@ -66,19 +67,33 @@ class AvroSchema(CompiledSchema):
 
     format = SchemaFormat.AVRO
 
-    def __init__(self, subject: str, version: int, document: Any, parsed: Any, decoder: Decoder) -> None:
+    def __init__(
+        self, subject: str, version: int, document: Any, parsed: Any, decoder: Decoder, standalone: Any = None
+    ) -> None:
         super().__init__(subject, version, document)
         self.parsed = parsed  # fastavro.parse_schema's output, for fastavro readers and writers
         self._decoder = decoder
+        # The document with its referenced named types inlined: what a binary reader is built from.
+        self.standalone = document if standalone is None else standalone
 
     @classmethod
-    def compile(cls, label: str, subject: str, version: int, document: Any) -> AvroSchema:
+    def compile(cls, label: str, subject: str, version: int, document: Any, references: Referenced = ()) -> AvroSchema:
         """Raises: SchemaFileError naming ``label`` when Apache Avro or fastavro cannot parse the schema
-        (never UnsupportedSchema: a valid schema codegen cannot express decodes bodies all the same)."""
-        parsed = check_avro_schema(label, document)
+        (never UnsupportedSchema: a valid schema codegen cannot express decodes bodies all the same).
+
+        ``references`` (``(name, document)``, :mod:`toolkit.references`) define the named types the schema
+        uses from other subjects: fastavro parses them first into the same ``named_schemas``. ``parsed`` is
+        then fastavro's parse of the schema with them inlined (:func:`toolkit.references.expand_avro`), so a
+        fastavro reader needs nothing else."""
+        from toolkit.references import expand_avro
+
+        check_avro_schema(label, document, references)
         named: dict[str, Any] = {}
-        AVRO.parse_fastavro(label, document, named)
-        return cls(subject, version, document, parsed, _Builder(named).build(parsed))
+        parsed = AVRO.parse_fastavro(label, document, named, references)
+        standalone = expand_avro(document, references)
+        if references:
+            parsed = AVRO.parse_fastavro(label, standalone)
+        return cls(subject, version, document, parsed, _Builder(named).build(parsed), standalone)
 
     def decode(self, body: Any) -> Any:
         """Decode the Avro JSON encoding into Python values (logical types converted, unions unwrapped).

@@ -16,8 +16,12 @@ from jsonschema.protocols import Validator
 
 from toolkit.errors import MessageError
 from toolkit.formats import JSON_SCHEMA
-from toolkit.formats.json_schema import validator_class  # noqa: F401 - the earlier home of this function
+from toolkit.formats.json_schema import (
+    reference_registry,
+    validator_class,  # noqa: F401 - the earlier home of this function
+)
 from toolkit.layout import SchemaFormat
+from toolkit.references import Referenced, json_resources
 from toolkit.validation.base import MAX_DETAILS, STAGE, CompiledSchema, shorten, unexpected
 
 DEFAULT_DRAFT = jsonschema.Draft202012Validator
@@ -44,14 +48,14 @@ def _format_checker() -> jsonschema.FormatChecker:
     return checker
 
 
-def check_json_schema(path: Path | str, document: Any) -> type[Validator]:
+def check_json_schema(path: Path | str, document: Any, references: Referenced = ()) -> type[Validator]:
     """The one validity check (:meth:`toolkit.formats.json_schema.JsonSchemaFormat.invalid`); return the
     class. A valid schema using a construct codegen cannot express is not refused: bodies validate with it.
 
     Raises:
         SchemaFileError: the document is not a valid JSON Schema, naming the JSON path of the problem.
     """
-    return JSON_SCHEMA.validator_class(path, document, codegen=False)
+    return JSON_SCHEMA.validator_class(path, document, codegen=False, references=references)
 
 
 # The formats jsonschema-rs checks itself, per draft (the drafts' own format vocabularies).
@@ -76,7 +80,7 @@ def _native_formats(document: dict) -> frozenset[str]:
     return next((formats for draft, formats in _NATIVE_FORMATS.items() if draft in declared), _DRAFT2019_FORMATS)
 
 
-def _fast_validator(document: Any, checker: jsonschema.FormatChecker) -> Any | None:
+def _fast_validator(document: Any, checker: jsonschema.FormatChecker, references: Referenced = ()) -> Any | None:
     """jsonschema-rs for the accept path: ~1.5 us per order body against ~210 us for jsonschema alone.
 
     jsonschema-rs checks the formats of the document's draft itself. A format outside that vocabulary
@@ -90,8 +94,28 @@ def _fast_validator(document: Any, checker: jsonschema.FormatChecker) -> Any | N
     formats = {
         name: (lambda value, name=name: checker.conforms(value, name)) for name in _formats_used(document) - native
     }
+    for _, referenced in references:
+        formats.update(
+            {
+                name: (lambda value, name=name: checker.conforms(value, name))
+                for name in _formats_used(referenced) - native
+            }
+        )
+    options: dict[str, Any] = {}
+    if references:
+        # Referenced schemas by their reference names; jsonschema-rs asks for them as absolute URIs (a
+        # relative name under its default base json-schema:///).
+        by_uri = dict(json_resources(document, references))
+
+        def retrieve(uri: str) -> Any:
+            for key in (uri, uri.removeprefix("json-schema:///")):
+                if key in by_uri:
+                    return by_uri[key]
+            raise KeyError(f"{uri} is not a declared reference")
+
+        options["retriever"] = retrieve
     try:
-        return jsonschema_rs.validator_for(document, validate_formats=True, formats=formats or None)
+        return jsonschema_rs.validator_for(document, validate_formats=True, formats=formats or None, **options)
     except Exception:  # noqa: BLE001 - an exotic schema: the jsonschema validator alone decides
         return None
 
@@ -157,17 +181,21 @@ class JsonSchema(CompiledSchema):
         self.fast = fast
 
     @classmethod
-    def compile(cls, label: str, subject: str, version: int, document: Any) -> JsonSchema:
+    def compile(cls, label: str, subject: str, version: int, document: Any, references: Referenced = ()) -> JsonSchema:
         """Raises: SchemaFileError naming ``label`` when the document is not a valid JSON Schema (never
-        UnsupportedSchema: a valid schema codegen cannot express validates bodies all the same)."""
-        validator_cls = _with_finite_numbers(check_json_schema(label, document))
+        UnsupportedSchema: a valid schema codegen cannot express validates bodies all the same).
+
+        ``references`` (``(name, document)``, :mod:`toolkit.references`) are the schemas its ``$ref`` s to
+        other subjects resolve to, held in a ``referencing.Registry`` under their reference names."""
+        validator_cls = _with_finite_numbers(check_json_schema(label, document, references))
         checker = _format_checker()
+        options: dict[str, Any] = {"registry": reference_registry(document, references)} if references else {}
         return cls(
             subject,
             version,
             document,
-            validator_cls(document, format_checker=checker),
-            _fast_validator(document, checker),
+            validator_cls(document, format_checker=checker, **options),
+            _fast_validator(document, checker, references),
         )
 
     def decode(self, body: Any) -> Any:
