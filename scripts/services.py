@@ -772,26 +772,16 @@ class Registry(Service):
             self.security.ensure()
 
     def _tls_options(self) -> list[str]:
-        """EPISTLE_REGISTRY_TLS: HTTPS only (Quarkus's own TLS), with the services' certificate, and a client
-        certificate signed by the local CA required. The store password goes in the environment."""
+        """EPISTLE_REGISTRY_TLS: HTTPS only (Quarkus's own TLS) with the services' certificate. (A required
+        client certificate is not possible: Apicurio's build fixes quarkus.http.ssl.client-auth to NONE.)"""
         if not self.security:
             return [f"-Dquarkus.http.port={self.port}"]
-        sec = self.security
         return [
             f"-Dquarkus.http.ssl-port={self.port}",
             "-Dquarkus.http.insecure-requests=disabled",
-            f"-Dquarkus.http.ssl.certificate.files={sec.server_cert}",
-            f"-Dquarkus.http.ssl.certificate.key-files={sec.server_key}",
-            "-Dquarkus.http.ssl.client-auth=required",
-            f"-Dquarkus.http.ssl.certificate.trust-store-file={sec.truststore}",
-            "-Dquarkus.http.ssl.certificate.trust-store-file-type=PKCS12",
+            f"-Dquarkus.http.ssl.certificate.files={self.security.server_cert}",
+            f"-Dquarkus.http.ssl.certificate.key-files={self.security.server_key}",
         ]
-
-    def popen_env(self) -> dict[str, str] | None:
-        if not self.security:
-            return None
-        store = self.security.credentials()["store"]
-        return {**os.environ, "QUARKUS_HTTP_SSL_CERTIFICATE_TRUST_STORE_PASSWORD": store}
 
     def _open(self, request: urllib.request.Request | str, timeout: float):
         context = self.security.ssl_context() if self.security else None
@@ -834,10 +824,7 @@ class Registry(Service):
 
     def describe(self) -> str:
         if self.security:
-            return (
-                f"Confluent-compatible URL {self.ccompat_url} (HTTPS only, a client certificate required: CA "
-                f"{_shown(self.security.ca)}, client certificate {_shown(self.security.client_cert)})"
-            )
+            return f"Confluent-compatible URL {self.ccompat_url} (HTTPS only, CA {_shown(self.security.ca)})"
         return f"Confluent-compatible URL {self.ccompat_url}"
 
 
