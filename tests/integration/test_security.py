@@ -260,7 +260,7 @@ def test_consumer_producer_and_dead_letters_work_over_sasl_ssl(secure_kafka, sec
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["total"] == 1
+    assert json.loads(proc.stdout)["by_stage"] == {"decode": 1}
     _assert_no_secret(secure, proc.stdout, proc.stderr, caplog.text)
 
 
@@ -336,7 +336,9 @@ def test_a_principal_without_read_on_the_topic_gets_a_clear_error_and_nothing_is
     consumer = _consumer(secure.settings("restricted", kafka__group_id=group), topic, handled.append)
     with pytest.raises(BrokerAccessDenied) as raised:
         _run(consumer)
-    assert raised.value.missing == [(topic, "READ")] and raised.value.principal == "User:restricted"
+    # (nor anything on the dead-letter topic: both are named)
+    assert raised.value.missing == [(topic, "READ"), (f"{topic}.dlq", "WRITE")]
+    assert raised.value.principal == "User:restricted"
     assert f"READ on topic {topic}" in str(raised.value) and "--operation Read" in str(raised.value)
     assert handled == []
     assert committed(secure.bootstrap, group, topic, config=secure.kafka("admin")) == {0: NOTHING_COMMITTED}
