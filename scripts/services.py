@@ -21,6 +21,11 @@ RabbitMQ is not started by a bare `up`: only the RabbitMQ tests need it, and the
 (tests/conftest.py), as `up rabbitmq` does. It is a private node: its own name, ports, Erlang cookie
 (HOME), port mapper (epmd), config, data and logs, all under `.services/rabbitmq/`.
 
+EPISTLE_KAFKA_SECURITY=sasl_ssl starts the broker with a SASL_SSL listener (SCRAM-SHA-512) and ACLs (the
+StandardAuthorizer; its ACLs are granted with confluent-kafka, so run this with the project's Python), and
+EPISTLE_REGISTRY_TLS=1 the registry serving HTTPS only; the CA, the certificates and the users' passwords are
+made once in `.services/security/` (the passwords only in its credentials.json, mode 0600, never printed).
+
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081),
 EPISTLE_PROMETHEUS_PORT (9095), EPISTLE_RABBITMQ_PORT (5672), EPISTLE_RABBITMQ_DIST_PORT (25672),
 EPISTLE_RABBITMQ_EPMD_PORT (4370). State folder: EPISTLE_SERVICES_DIR (.services).
