@@ -39,7 +39,13 @@ from confluent_kafka.admin import (
 from generated_models.orders.v1 import Order as OrderV1
 from toolkit.consumer import KafkaConsumer, RetryPolicy
 from toolkit.consumer.testing import committed, envelope_bytes, produce, read_topic
-from toolkit.errors import BrokerAccessDenied, BrokerAuthenticationFailed, ConfigError, RegistryUnavailable
+from toolkit.errors import (
+    BrokerAccessDenied,
+    BrokerAuthenticationFailed,
+    ConfigError,
+    ConsumerStopped,
+    RegistryUnavailable,
+)
 from toolkit.layout import SchemaFormat
 from toolkit.producer import EnvelopeProducer
 from toolkit.registry import ConfluentHttpRegistry, LocalFolderRegistry
@@ -202,11 +208,11 @@ def _assert_no_secret(secure: SecureServices, *texts: str) -> None:
 
 
 def _consumer(settings: Settings, topic: str, handler, **kw) -> KafkaConsumer:
+    kw.setdefault("stop_when_idle", True)
     consumer = KafkaConsumer.from_settings(
         settings,
         registry=LocalFolderRegistry(SCHEMAS),
         topics=[topic],
-        stop_when_idle=True,
         commit_interval_s=0.2,
         retry=RetryPolicy(max_attempts=1, initial_s=0.01, max_s=0.01),
         **kw,
@@ -367,6 +373,39 @@ def test_a_principal_without_write_on_the_dead_letter_topic_gets_a_clear_error_a
     described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=30)
     assert described.name == topic
     _assert_no_secret(secure, str(raised.value), caplog.text)
+
+
+def test_a_group_the_principal_may_not_read_stops_the_consumer_naming_the_grant(
+    secure_kafka, admin, secure_topic, unique_name
+):
+    """The group's ACL is not among a topic's authorized operations: librdkafka reports the refusal while
+    consuming, and the consumer stops on it instead of retrying forever."""
+    secure = secure_kafka
+    topic = secure_topic(unique_name("orders"))
+    _grant_read(admin, "restricted", topic)
+    group = unique_name("group")
+    deny = AclBinding(
+        ResourceType.GROUP,
+        group,
+        ResourcePatternType.LITERAL,
+        "User:restricted",
+        "*",
+        AclOperation.READ,
+        AclPermissionType.DENY,
+    )
+    for future in admin.create_acls([deny], request_timeout=30).values():
+        future.result()
+    _produce_one(secure, topic)
+    handled = []
+    # ErrorPolicy.STOP: no dead letters, so no WRITE on a dead-letter topic is needed
+    settings = secure.settings("restricted", kafka__group_id=group)
+    consumer = _consumer(settings, topic, handled.append, error_policy="STOP", stop_when_idle=False)
+    with pytest.raises(ConsumerStopped) as raised:
+        _run(consumer)
+    assert f"READ on group '{group}'" in str(raised.value) and "User:restricted" in str(raised.value)
+    assert handled == []
+    assert committed(secure.bootstrap, group, topic, config=secure.kafka("admin")) == {0: NOTHING_COMMITTED}
+    _assert_no_secret(secure, str(raised.value))
 
 
 # ------------------------------------------------------------------------------------------------ registry

@@ -112,6 +112,15 @@ def test_another_fatal_error_stops_without_the_hint() -> None:
     assert len(fatal) == 1 and "KAFKA_GROUP_INSTANCE_ID" not in fatal[0]
 
 
+def test_a_missing_acl_seen_while_consuming_stops_naming_the_grant() -> None:
+    config = {"group.id": "orders-service", "sasl.username": "svc", "sasl.password": "sasl-very-secret"}
+    group = _Error(KafkaError.GROUP_AUTHORIZATION_FAILED, "Broker: Group authorization failed")
+    topic = _Error(KafkaError.TOPIC_AUTHORIZATION_FAILED, "Broker: Topic authorization failed")
+    _, _, fatal = _sorted([_Message(group), _Message(topic)], config)
+    assert len(fatal) == 2 and all("User:svc" in reason and "very-secret" not in reason for reason in fatal)
+    assert "READ on group 'orders-service'" in fatal[0] and "READ on topic 'orders'" in fatal[1]
+
+
 def test_a_transient_fetch_error_does_not_stop() -> None:
     ok = _Message(offset=3)
     records, ends, fatal = _sorted([_Message(_Error(KafkaError._TRANSPORT, "Broker: transport failure")), ok])

@@ -363,6 +363,8 @@ class PollThread:
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 ends[(msg.topic(), msg.partition())] = None
+            elif err.code() in _DENIED:  # retrying cannot help: an ACL is missing
+                self._loop.call_soon_threadsafe(self._events.on_fatal, denied_reason(err, msg.topic(), self._config))
             elif err.fatal() or err.code() == KafkaError._FATAL:
                 # librdkafka reports a fatal consumer error (e.g. fenced by another member with the same
                 # group.instance.id) as _FATAL on the message, and confluent-kafka builds that error with
@@ -603,6 +605,21 @@ class PollThread:
 
 async def _awaited(awaitable: Awaitable[list[Position]]) -> list[Position]:
     return await awaitable
+
+
+_DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
+
+
+def denied_reason(err: KafkaError, topic: str | None, config: dict[str, Any]) -> str:
+    """A consumer error for a missing ACL (seen while consuming: the start-up check does not cover the
+    group's ACL), with the grant that fixes it."""
+    user = config.get("sasl.username")
+    principal = f"User:{user}" if user else "the client's principal"
+    if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        grant = f"READ on group {config.get('group.id')!r}"
+    else:
+        grant = f"READ on topic {topic!r}" if topic else "READ on the topics it consumes"
+    return f"the broker denied access ({_scrub(err.str() or err.name(), config)}): grant {principal} {grant}"
 
 
 def fatal_reason(err: KafkaError, config: dict[str, Any]) -> str:
