@@ -139,9 +139,12 @@ def check_access(
     from confluent_kafka import TopicCollection
     from confluent_kafka.admin import AclOperation
 
-    needed = {topic: AclOperation.READ for topic in topics}
+    named = [topic for topic in topics if not topic.startswith("^")]  # (a librdkafka pattern names no topic)
+    needed = {topic: AclOperation.READ for topic in named}
     if dead_letter_suffix:
-        needed.update({topic + dead_letter_suffix: AclOperation.WRITE for topic in topics})
+        needed.update({topic + dead_letter_suffix: AclOperation.WRITE for topic in named})
+    if not needed:
+        return
     try:
         futures = admin.describe_topics(
             TopicCollection(list(needed)), request_timeout=timeout_s, include_authorized_operations=True
