@@ -643,7 +643,7 @@ class Kafka(Service):
             "ssl.truststore.type=PKCS12",
             f"ssl.truststore.location={sec.truststore}",
             f"ssl.truststore.password={store}",
-            "listener.name.sasl_ssl.ssl.client.auth=requested",  # a client certificate, if given, must be the CA's
+            "listener.name.sasl_ssl.ssl.client.auth=requested",  # asks for a client certificate, does not require one
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "super.users=User:admin",
             "allow.everyone.if.no.acl.found=false",

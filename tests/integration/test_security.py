@@ -78,6 +78,14 @@ class SecureServices:
         return self.security_dir / "ca.pem"
 
     @property
+    def client_cert(self) -> Path:
+        return self.security_dir / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.security_dir / "client.key"
+
+    @property
     def passwords(self) -> dict[str, str]:
         return json.loads((self.security_dir / "credentials.json").read_text())
 
@@ -104,17 +112,16 @@ class SecureServices:
 
     def settings(self, user: str, password: str | None = None, **overrides: object) -> Settings:
         """The toolkit's settings for ``user``, as KAFKA_* would give them."""
-        return load_settings(
-            env_file=None,
-            kafka__bootstrap_servers=self.bootstrap,
-            kafka__security_protocol="SASL_SSL",
-            kafka__sasl_mechanism="SCRAM-SHA-512",
-            kafka__sasl_username=user,
-            kafka__sasl_password=self.passwords[user] if password is None else password,
-            kafka__ssl_ca_location=str(self.ca),
-            kafka__startup_timeout_s=60,
-            **overrides,
-        )
+        given: dict[str, object] = {
+            "kafka__bootstrap_servers": self.bootstrap,
+            "kafka__security_protocol": "SASL_SSL",
+            "kafka__sasl_mechanism": "SCRAM-SHA-512",
+            "kafka__sasl_username": user,
+            "kafka__sasl_password": self.passwords[user] if password is None else password,
+            "kafka__ssl_ca_location": str(self.ca),
+            "kafka__startup_timeout_s": 60,
+        }
+        return load_settings(env_file=None, **{**given, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -229,7 +236,12 @@ def test_consumer_producer_and_dead_letters_work_over_sasl_ssl(secure_kafka, sec
     caplog.set_level(logging.DEBUG)
     secure = secure_kafka
     topic = secure_topic(unique_name("orders"))
-    app = secure.settings("app")
+    # with the client certificate (signed by the services' CA; the broker asks for one, not requires it)
+    client = {
+        "kafka__ssl_certificate_location": str(secure.client_cert),
+        "kafka__ssl_key_location": str(secure.client_key),
+    }
+    app = secure.settings("app", **client)
     model = OrderV1.model_validate(_order())
     with EnvelopeProducer(settings=app, registry=LocalFolderRegistry(SCHEMAS)) as producer:
         delivery = producer.send(topic, model, key="k1").result(timeout=60)
@@ -238,7 +250,7 @@ def test_consumer_producer_and_dead_letters_work_over_sasl_ssl(secure_kafka, sec
     produce(secure.bootstrap, topic, [b"not an envelope"], config=secure.kafka("app"))
     seen = []
     group = unique_name("group")
-    consumer = _consumer(secure.settings("app", kafka__group_id=group), topic, seen.append)
+    consumer = _consumer(secure.settings("app", kafka__group_id=group, **client), topic, seen.append)
     _run(consumer)
     assert [type(m.body) for m in seen] == [OrderV1, OrderV1] and seen[0].body == model
     assert seen[0].message_id == delivery.message_id
