@@ -21,6 +21,11 @@ RabbitMQ is not started by a bare `up`: only the RabbitMQ tests need it, and the
 (tests/conftest.py), as `up rabbitmq` does. It is a private node: its own name, ports, Erlang cookie
 (HOME), port mapper (epmd), config, data and logs, all under `.services/rabbitmq/`.
 
+EPISTLE_KAFKA_SECURITY=sasl_ssl starts the broker with a SASL_SSL listener (SCRAM-SHA-512) and ACLs (the
+StandardAuthorizer; its ACLs are granted with confluent-kafka, so run this with the project's Python), and
+EPISTLE_REGISTRY_TLS=1 the registry serving HTTPS only; the CA, the certificates and the users' passwords are
+made once in `.services/security/` (the passwords only in its credentials.json, mode 0600, never printed).
+
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081),
 EPISTLE_PROMETHEUS_PORT (9095), EPISTLE_RABBITMQ_PORT (5672), EPISTLE_RABBITMQ_DIST_PORT (25672),
 EPISTLE_RABBITMQ_EPMD_PORT (4370). State folder: EPISTLE_SERVICES_DIR (.services).
@@ -33,9 +38,11 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -43,6 +50,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,11 +116,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], what: str, *, hide: Sequence[str] = (), **kwargs) -> subprocess.CompletedProcess:
+    """Run ``cmd``; on failure a ServiceError with its last lines, each string of ``hide`` shown as ***."""
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise ServiceError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        message = f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}"
+        for secret in hide:
+            message = message.replace(secret, "***")
+        raise ServiceError(message)
     return proc
 
 
@@ -382,10 +394,110 @@ def _java() -> str:
     return java
 
 
+# --------------------------------------------------------------------------- security (SASL_SSL, TLS)
+
+# EPISTLE_KAFKA_SECURITY=sasl_ssl: the broker's client listener is SASL_SSL (SCRAM-SHA-512) with ACLs;
+# EPISTLE_REGISTRY_TLS=1: the registry serves HTTPS only and asks for a client certificate.
+KAFKA_SECURITY = os.environ.get("EPISTLE_KAFKA_SECURITY", "plaintext").strip().lower()
+REGISTRY_TLS = os.environ.get("EPISTLE_REGISTRY_TLS", "").strip().lower() in ("1", "true", "yes", "on")
+SCRAM = "SCRAM-SHA-512"
+# The SCRAM users made at storage format: a super user (the broker's own inter-broker login, and ACLs),
+# the application (produce, consume, create its dead-letter topics) and a user with only a group's READ.
+USERS = ("admin", "app", "restricted")
+
+
+class Security:
+    """A CA, a certificate for 127.0.0.1/localhost (the broker's and the registry's), a client certificate
+    and the users' passwords, made once per services folder in ``<services dir>/security/``. The secrets are
+    only in ``credentials.json`` (mode 0600), never printed; the keys are 0600 too."""
+
+    def __init__(self) -> None:
+        self.dir = STATE / "security"
+        self.ca = self.dir / "ca.pem"
+        self.server_cert = self.dir / "server.pem"
+        self.server_key = self.dir / "server.key"
+        self.server_p12 = self.dir / "server.p12"
+        self.truststore = self.dir / "truststore.p12"
+        self.client_cert = self.dir / "client.pem"
+        self.client_key = self.dir / "client.key"
+        self.credentials_file = self.dir / "credentials.json"
+
+    def credentials(self) -> dict[str, str]:
+        """``{"admin": password, "app": ..., "restricted": ..., "store": keystore password}``."""
+        return json.loads(self.credentials_file.read_text())
+
+    def ensure(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        if not self.credentials_file.exists():
+            secrets_ = {name: secrets.token_urlsafe(18) for name in (*USERS, "store")}
+            fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(secrets_, out, indent=2)
+        if not self.truststore.exists():
+            self._make_certificates()
+
+    def _openssl(self, *args: str, what: str) -> None:
+        if shutil.which("openssl") is None:
+            raise ServiceError("openssl is not on PATH; install it (Debian: apt-get install openssl) and retry")
+        _run(["openssl", *args], what, cwd=self.dir)
+
+    def _make_certificates(self) -> None:
+        ca_key = self.dir / "ca.key"
+        self._openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825", "-subj", "/CN=epistle-local-ca",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", str(ca_key), "-out", str(self.ca), what="making the local CA",
+        )  # fmt: skip
+        for name, cert, key, extensions in (
+            ("localhost", self.server_cert, self.server_key, "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+             "extendedKeyUsage=serverAuth,clientAuth\n"),
+            ("epistle-client", self.client_cert, self.client_key, "extendedKeyUsage=clientAuth\n"),
+        ):  # fmt: skip
+            request, ext = self.dir / f"{name}.csr", self.dir / f"{name}.ext"
+            ext.write_text(extensions)
+            self._openssl(
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+                "-out", str(request), what=f"making the key of {name}",
+            )  # fmt: skip
+            self._openssl(
+                "x509", "-req", "-in", str(request), "-CA", str(self.ca), "-CAkey", str(ca_key),
+                "-CAcreateserial", "-days", "825", "-extfile", str(ext), "-out", str(cert),
+                what=f"signing the certificate of {name}",
+            )  # fmt: skip
+            request.unlink()
+            ext.unlink()
+        # PKCS#12 stores for the JVMs (Kafka, Apicurio); their password is read from the environment
+        env = {**os.environ, "EPISTLE_STORE_PASSWORD": self.credentials()["store"]}
+        for args, what in (
+            (["pkcs12", "-export", "-in", str(self.server_cert), "-inkey", str(self.server_key),
+              "-certfile", str(self.ca), "-name", "localhost", "-out", str(self.server_p12)], "the key store"),
+        ):  # fmt: skip
+            _run(["openssl", *args, "-passout", "env:EPISTLE_STORE_PASSWORD"], f"making {what}", cwd=self.dir, env=env)
+        if shutil.which("keytool") is None:
+            raise ServiceError("keytool (from Java 17+) is not on PATH; install a JDK and retry")
+        _run(
+            ["keytool", "-importcert", "-noprompt", "-alias", "epistle-local-ca", "-file", str(self.ca),
+             "-keystore", str(self.truststore), "-storetype", "PKCS12", "-storepass:env", "EPISTLE_STORE_PASSWORD"],
+            "making the trust store", cwd=self.dir, env=env,
+        )  # fmt: skip
+        for path in self.dir.iterdir():
+            path.chmod(0o600 if path.suffix in (".key", ".p12", ".json") else 0o644)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For our own readiness checks: trusts the CA, presents the client certificate."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 class Kafka(Service):
     def __init__(self) -> None:
         super().__init__("kafka", _port("EPISTLE_KAFKA_PORT", 9092), "kafka.Kafka")
         self.controller_port = _port("EPISTLE_KAFKA_CONTROLLER_PORT", 9093)
+        if KAFKA_SECURITY not in ("plaintext", "sasl_ssl"):
+            raise ServiceError(f"EPISTLE_KAFKA_SECURITY={KAFKA_SECURITY!r}: use plaintext (the default) or sasl_ssl")
+        self.security = Security() if KAFKA_SECURITY == "sasl_ssl" else None
 
     @property
     def config(self) -> Path:
@@ -394,17 +506,24 @@ class Kafka(Service):
     def prepare(self) -> None:
         libs = fetch_kafka()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_security()
         data = self.dir / "data"
         properties = "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                *(
+                    self._secure_listeners()
+                    if self.security
+                    else [
+                        f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                        f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                        "controller.listener.names=CONTROLLER",
+                        "inter.broker.listener.name=PLAINTEXT",
+                        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    ]
+                ),
                 f"log.dirs={data}",
                 "num.partitions=1",
                 "offsets.topic.replication.factor=1",
@@ -420,6 +539,8 @@ class Kafka(Service):
             ]
         )
         if not self.config.exists() or self.config.read_text() != properties:
+            self.config.touch()
+            self.config.chmod(0o600 if self.security else 0o644)  # with sasl_ssl it holds passwords
             self.config.write_text(properties)
         log4j = self.dir / "log4j2.properties"
         log4j.write_text(
@@ -454,9 +575,11 @@ class Kafka(Service):
                     KAFKA_CLUSTER_ID,
                     "-c",
                     str(self.config),
+                    *self._scram_users(),
                 ],
                 "formatting Kafka storage",
                 cwd=self.dir,
+                hide=list(self.security.credentials().values()) if self.security else (),
             )
 
     def command(self) -> list[str]:
@@ -476,10 +599,119 @@ class Kafka(Service):
         ]
 
     def ready(self) -> bool:
+        if self.security:  # before SASL only ApiVersions is answered: enough to know requests are served
+            return _kafka_api_versions_ok("127.0.0.1", self.port, self.security.ssl_context())
         return _kafka_metadata_ok("127.0.0.1", self.port)
 
     def describe(self) -> str:
+        if self.security:
+            return (
+                f"bootstrap servers 127.0.0.1:{self.port} (SASL_SSL, {SCRAM}; users {', '.join(USERS)}: "
+                f"passwords in {_shown(self.security.credentials_file)}, CA {_shown(self.security.ca)})"
+            )
         return f"bootstrap servers 127.0.0.1:{self.port}"
+
+    # -- EPISTLE_KAFKA_SECURITY=sasl_ssl ---------------------------------------------------------------
+    def prepare_security(self) -> None:
+        if self.security:
+            self.security.ensure()
+
+    def _secure_listeners(self) -> list[str]:
+        """SASL_SSL (SCRAM-SHA-512) for clients and between brokers; the controller listener is SASL_SSL
+        with PLAIN (KRaft controllers cannot use SCRAM: its credentials live in the metadata they serve).
+        ACLs are enforced by the StandardAuthorizer; the admin user is the super user."""
+        assert self.security is not None
+        sec, passwords = self.security, self.security.credentials()
+        admin, store = passwords["admin"], passwords["store"]
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain_login = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM}",
+            f"listener.name.sasl_ssl.sasl.enabled.mechanisms={SCRAM}",
+            f'listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config={scram_login} required username="admin" '
+            f'password="{admin}";',
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            f'listener.name.controller.plain.sasl.jaas.config={plain_login} required username="admin" '
+            f'password="{admin}" user_admin="{admin}";',
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={sec.server_p12}",
+            f"ssl.keystore.password={store}",
+            f"ssl.key.password={store}",
+            "ssl.truststore.type=PKCS12",
+            f"ssl.truststore.location={sec.truststore}",
+            f"ssl.truststore.password={store}",
+            "listener.name.sasl_ssl.ssl.client.auth=requested",  # asks for a client certificate, does not require one
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users=User:admin",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+
+    def _scram_users(self) -> list[str]:
+        if not self.security:
+            return []
+        passwords = self.security.credentials()
+        return [arg for user in USERS for arg in ("--add-scram", f"{SCRAM}=[name={user},password={passwords[user]}]")]
+
+    def after_start(self) -> None:
+        if self.security:
+            self._grant_acls()
+
+    def _grant_acls(self) -> None:
+        """The app user may read, write and create any topic and join any group; the restricted user may
+        only join groups (tests grant it a topic at a time). Created with confluent-kafka's admin client
+        (the project's Python): Kafka's ACL tool is not among the broker's jars."""
+        assert self.security is not None
+        try:
+            from confluent_kafka.admin import (
+                AclBinding,
+                AclOperation,
+                AclPermissionType,
+                AdminClient,
+                ResourcePatternType,
+                ResourceType,
+            )
+        except ImportError:
+            raise ServiceError(
+                "EPISTLE_KAFKA_SECURITY=sasl_ssl grants its ACLs with confluent-kafka: run this script with "
+                "the project's Python (.venv/bin/python scripts/services.py up kafka, after make setup)"
+            ) from None
+        admin = AdminClient(self.client_config("admin"))
+
+        def allow(user: str, kind: ResourceType, operation: AclOperation) -> AclBinding:
+            return AclBinding(
+                kind, "*", ResourcePatternType.LITERAL, f"User:{user}", "*", operation, AclPermissionType.ALLOW
+            )
+
+        topic, group, op = ResourceType.TOPIC, ResourceType.GROUP, AclOperation
+        bindings = [
+            *(allow("app", topic, o) for o in (op.READ, op.WRITE, op.CREATE, op.DESCRIBE, op.DESCRIBE_CONFIGS)),
+            allow("app", group, op.READ),
+            allow("app", group, op.DESCRIBE),
+            allow("restricted", group, op.READ),
+        ]
+        for binding, future in admin.create_acls(bindings, request_timeout=30).items():
+            try:
+                future.result()
+            except Exception as exc:
+                raise ServiceError(f"creating the ACL {binding}: {exc}") from None
+
+    def client_config(self, user: str) -> dict[str, str]:
+        """librdkafka settings for one of USERS (the password included: never print this)."""
+        assert self.security is not None
+        return {
+            "bootstrap.servers": f"127.0.0.1:{self.port}",
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SCRAM,
+            "sasl.username": user,
+            "sasl.password": self.security.credentials()[user],
+            "ssl.ca.location": str(self.security.ca),
+        }
 
 
 def _kafka_metadata_ok(host: str, port: int) -> bool:
@@ -502,6 +734,22 @@ def _kafka_metadata_ok(host: str, port: int) -> bool:
     return correlation_id == 1 and brokers >= 1
 
 
+def _kafka_api_versions_ok(host: str, port: int, context: ssl.SSLContext) -> bool:
+    """Over TLS, send an ApiVersions request (v0: answered before SASL authentication) and check that the
+    broker answers it without an error."""
+    client_id = b"epistle-services"
+    request = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=2) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as sock:
+                sock.sendall(struct.pack(">i", len(request)) + request)
+                size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+                payload = _recv_exact(sock, size)
+    except (OSError, struct.error):  # ssl.SSLError is an OSError
+        return False
+    return len(payload) >= 6 and struct.unpack(">ih", payload[:6]) == (1, 0)
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
     chunks = bytearray()
     while len(chunks) < size:
@@ -516,10 +764,11 @@ class Registry(Service):
     def __init__(self) -> None:
         super().__init__("registry", _port("EPISTLE_REGISTRY_PORT", 8081), "apicurio")
         self.home = CACHE / "apicurio" / APICURIO_VERSION
+        self.security = Security() if REGISTRY_TLS else None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.security else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ccompat_url(self) -> str:
@@ -527,13 +776,31 @@ class Registry(Service):
 
     def prepare(self) -> None:
         fetch_registry()
+        if self.security:
+            self.security.ensure()
+
+    def _tls_options(self) -> list[str]:
+        """EPISTLE_REGISTRY_TLS: HTTPS only (Quarkus's own TLS) with the services' certificate. (A required
+        client certificate is not possible: Apicurio's build fixes quarkus.http.ssl.client-auth to NONE.)"""
+        if not self.security:
+            return [f"-Dquarkus.http.port={self.port}"]
+        return [
+            f"-Dquarkus.http.ssl-port={self.port}",
+            "-Dquarkus.http.insecure-requests=disabled",
+            f"-Dquarkus.http.ssl.certificate.files={self.security.server_cert}",
+            f"-Dquarkus.http.ssl.certificate.key-files={self.security.server_key}",
+        ]
+
+    def _open(self, request: urllib.request.Request | str, timeout: float):
+        context = self.security.ssl_context() if self.security else None
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     def command(self) -> list[str]:
         return [
             _java(),
             "-Xms128m",
             "-Xmx768m",
-            f"-Dquarkus.http.port={self.port}",
+            *self._tls_options(),
             "-Dquarkus.http.host=127.0.0.1",
             "-Dapicurio.storage.kind=sql",
             "-Dapicurio.storage.sql.kind=h2",
@@ -548,7 +815,7 @@ class Registry(Service):
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.ccompat_url}/subjects", timeout=2) as resp:
+            with self._open(f"{self.ccompat_url}/subjects", timeout=2) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -559,11 +826,13 @@ class Registry(Service):
         req = urllib.request.Request(
             f"{self.ccompat_url}/config", data=body, method="PUT", headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with self._open(req, timeout=10) as resp:
             if resp.status != 200:
                 raise ServiceError(f"setting the registry's global compatibility to BACKWARD: HTTP {resp.status}")
 
     def describe(self) -> str:
+        if self.security:
+            return f"Confluent-compatible URL {self.ccompat_url} (HTTPS only, CA {_shown(self.security.ca)})"
         return f"Confluent-compatible URL {self.ccompat_url}"
 
 

@@ -4,6 +4,7 @@
     ├── InvalidArgument             a public function got a value it cannot use (also a ValueError)
     │   └── InvalidArgumentType     ... a value of the wrong type (also a TypeError)
     ├── ConfigError                 bad setting, option or config file: names it, the field and the fix
+    │   └── BrokerAuthenticationFailed  the broker refused the credentials or the TLS handshake at start-up
     ├── SchemaFileError             a schema file or the schemas/ layout is wrong (file, field, fix)
     │   ├── UnsupportedSchema       a valid schema using a construct the toolkit cannot generate a model for
     │   └── CodegenError            model generation failed for a schema file
@@ -17,6 +18,8 @@
     ├── RetryableError              raised by a handler: "not now", retried with backoff, then dead-lettered
     ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
     │   └── BrokerUnreachable       no broker answered at start-up within KAFKA_STARTUP_TIMEOUT_S
+    ├── BrokerAccessDenied          the principal lacks an ACL it needs (READ on a topic, WRITE on its dead-letter
+    │                               topic): found at start-up, nothing consumed or committed
     ├── ConsumerStopped             the consumer stopped on a failure (ErrorPolicy.STOP, fatal client error)
     ├── PublishRefused              (toolkit.producer) a model fails its schema or is not generated: nothing sent
     ├── DeliveryFailed              (toolkit.producer) the broker did not acknowledge a published record
@@ -208,6 +211,23 @@ class BrokerUnreachable(BrokerUnavailable):
     ) -> None:
         super().__init__(message)
         self.bootstrap_servers, self.timeout_s, self.setting = bootstrap_servers, timeout_s, setting
+
+
+class BrokerAuthenticationFailed(ConfigError):
+    """The Kafka broker refused the client's credentials (SASL) or the TLS handshake failed: ``setting``
+    names what to check (``KAFKA_SASL_PASSWORD``, ``KAFKA_SSL_CA_LOCATION`` ...). The message quotes
+    librdkafka's reason; it never holds a secret."""
+
+
+class BrokerAccessDenied(EpistleError):
+    """The client's principal lacks an ACL the consumer needs: ``missing`` lists ``(topic, operation)`` pairs
+    (``READ`` on a topic it consumes, ``WRITE`` on that topic's dead-letter topic); ``principal`` is the
+    SASL user (None without SASL). Raised by the start-up check: nothing was consumed or committed."""
+
+    def __init__(self, message: str, *, missing: list[tuple[str, str]], principal: str | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+        self.principal = principal
 
 
 class ConsumerStopped(EpistleError):

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from toolkit import _args
@@ -75,15 +75,86 @@ class KafkaSettings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
     enable_auto_commit: bool = False
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): the CA that signed the brokers' certificates (else the system's), and a client
+    # certificate and its key (PEM) for brokers that ask for one; the key's password if it is encrypted.
     ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
     # How long start() waits for a broker to answer before it fails (BrokerUnreachable).
     startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # Static group membership: a restarted process takes its predecessor's place and partitions at once.
     # One id per process of the group; "{hostname}" is replaced by the host name (a pod's stable name).
     group_instance_id: str | None = None
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_name(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("ssl_ca_location", "ssl_certificate_location", "ssl_key_location")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist; give the path of a PEM file")
+        return value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaSettings:
+        """Settings librdkafka would ignore or fail on later (with a less clear message) are refused here;
+        each message starts with the variable to set."""
+        protocol = self.security_protocol
+        sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(
+                f"KAFKA_SASL_MECHANISM: KAFKA_SECURITY_PROTOCOL={protocol} needs a mechanism; set it to "
+                "SCRAM-SHA-512, SCRAM-SHA-256, PLAIN, OAUTHBEARER or GSSAPI (as the cluster's listener expects)"
+            )
+        if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for name, value in (("USERNAME", self.sasl_username), ("PASSWORD", self.sasl_password)):
+                if not value or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                    raise ValueError(
+                        f"KAFKA_SASL_{name}: KAFKA_SECURITY_PROTOCOL={protocol} with KAFKA_SASL_MECHANISM="
+                        f"{self.sasl_mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD; set both "
+                        "(the password in the environment or .env, never on a command line)"
+                    )
+        if not sasl:
+            given = [
+                f"KAFKA_SASL_{name.upper()}"
+                for name in ("mechanism", "username", "password")
+                if getattr(self, f"sasl_{name}") is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL, so "
+                    f"{', '.join(given)} would be ignored; set KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+                    "(or SASL_PLAINTEXT), or unset them"
+                )
+        if not tls:
+            given = [
+                f"KAFKA_{name.upper()}"
+                for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location", "ssl_key_password")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS, so {', '.join(given)} "
+                    "would be ignored; set KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SSL), or unset them"
+                )
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            missing = "KAFKA_SSL_KEY_LOCATION" if self.ssl_key_location is None else "KAFKA_SSL_CERTIFICATE_LOCATION"
+            raise ValueError(
+                f"{missing}: a client certificate needs its key; set both KAFKA_SSL_CERTIFICATE_LOCATION "
+                "and KAFKA_SSL_KEY_LOCATION (PEM files), or neither"
+            )
+        if self.ssl_key_password is not None and self.ssl_key_location is None:
+            raise ValueError(
+                "KAFKA_SSL_KEY_PASSWORD: set only with KAFKA_SSL_KEY_LOCATION (an encrypted key); unset it"
+            )
+        return self
 
     @field_validator("group_instance_id")
     @classmethod
@@ -123,6 +194,12 @@ class KafkaSettings(BaseSettings):
             config["sasl.password"] = self.sasl_password.get_secret_value()
         if self.ssl_ca_location:
             config["ssl.ca.location"] = str(self.ssl_ca_location)
+        if self.ssl_certificate_location:
+            config["ssl.certificate.location"] = str(self.ssl_certificate_location)
+        if self.ssl_key_location:
+            config["ssl.key.location"] = str(self.ssl_key_location)
+        if self.ssl_key_password:
+            config["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return config
 
 
@@ -338,6 +415,9 @@ def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict
         for error in exc.errors():
             name = _PREFIXES[cls] + "_".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a check across fields: its message starts with the variable to set
+                problems.append(message)
+                continue
             if error["type"] in _RANGE_ERRORS and error["loc"] and error["loc"][0] in cls.model_fields:
                 message += (
                     f"; fix: set {name} in that range, or unset it for the default "

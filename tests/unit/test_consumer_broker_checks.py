@@ -112,6 +112,15 @@ def test_another_fatal_error_stops_without_the_hint() -> None:
     assert len(fatal) == 1 and "KAFKA_GROUP_INSTANCE_ID" not in fatal[0]
 
 
+def test_a_missing_acl_seen_while_consuming_stops_naming_the_grant() -> None:
+    config = {"group.id": "orders-service", "sasl.username": "svc", "sasl.password": "sasl-very-secret"}
+    group = _Error(KafkaError.GROUP_AUTHORIZATION_FAILED, "Broker: Group authorization failed")
+    topic = _Error(KafkaError.TOPIC_AUTHORIZATION_FAILED, "Broker: Topic authorization failed")
+    _, _, fatal = _sorted([_Message(group), _Message(topic)], config)
+    assert len(fatal) == 2 and all("User:svc" in reason and "very-secret" not in reason for reason in fatal)
+    assert "READ on group 'orders-service'" in fatal[0] and "READ on topic 'orders'" in fatal[1]
+
+
 def test_a_transient_fetch_error_does_not_stop() -> None:
     ok = _Message(offset=3)
     records, ends, fatal = _sorted([_Message(_Error(KafkaError._TRANSPORT, "Broker: transport failure")), ok])
@@ -152,7 +161,7 @@ def test_the_broker_check_uses_kafka_config(monkeypatch: pytest.MonkeyPatch) -> 
         seen.append(config)
         raise BrokerUnavailable("no")
 
-    monkeypatch.setattr(kafka_io, "wait_for_broker", check)
+    monkeypatch.setattr(kafka_io, "connect_admin", check)
     consumer = _consumer(kafka_config={"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"})
     with pytest.raises(BrokerUnreachable):
         asyncio.run(consumer.start())
@@ -188,8 +197,9 @@ class _Metadata:
 def test_a_missing_topic_with_stop_when_idle_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     checks: list[dict] = []
     monkeypatch.setattr(
-        kafka_io, "wait_for_broker", lambda config, timeout_s: checks.append(config) or _Metadata("other")
+        kafka_io, "connect_admin", lambda config, timeout_s: checks.append(config) or (None, _Metadata("other"))
     )
+    monkeypatch.setattr(kafka_io, "check_access", lambda *args: None)
     consumer = _consumer(stop_when_idle=True)
     for _ in range(2):  # the second attempt fails the same way, not with "already running"
         with pytest.raises(ConfigError, match="orders do not exist.*--until-idle") as err:
@@ -220,3 +230,97 @@ def test_security_settings_given_in_kafka_config_reach_every_client_not_the_cons
     }
     assert "session.timeout.ms" not in shared
     assert consumer.options.consumer_config()["session.timeout.ms"] == 6000
+
+
+class _Refusing:
+    """An admin client whose login the broker refuses: requests time out, the error callback tells why."""
+
+    def __init__(self, config: dict) -> None:
+        self.error_cb = config["error_cb"]
+        self.polls = 0
+
+    def list_topics(self, timeout: float) -> None:
+        from confluent_kafka import KafkaException
+
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        self.error_cb(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: invalid credentials"))
+        return 1
+
+
+def test_a_refused_login_ends_the_wait_at_once_naming_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.errors import BrokerAuthenticationFailed
+
+    made: list[_Refusing] = []
+    monkeypatch.setattr(kafka_io, "AdminClient", lambda config: made.append(_Refusing(config)) or made[-1])
+    config = {"bootstrap.servers": "b:9093", "sasl.username": "app", "sasl.password": "sasl-very-secret"}
+    with pytest.raises(BrokerAuthenticationFailed) as err:
+        kafka_io.wait_for_broker({**config, "sasl.mechanism": "SCRAM-SHA-512"}, timeout_s=3600)
+    assert made[0].polls == 1  # the first failed request; not the hour
+    assert err.value.setting == "KAFKA_SASL_PASSWORD" and "KAFKA_SASL_USERNAME" in str(err.value)
+    assert "'app'" in str(err.value) and "very-secret" not in str(err.value)
+
+
+def test_a_failed_tls_handshake_names_the_ca_setting() -> None:
+    err = kafka_io.access_refused(
+        KafkaError(KafkaError._SSL, "SSL handshake failed: certificate verify failed"),
+        {"bootstrap.servers": "b:9093", "ssl.certificate.location": "/c.pem"},
+    )
+    assert err.setting == "KAFKA_SSL_CA_LOCATION" and "KAFKA_SSL_CERTIFICATE_LOCATION" in str(err)
+
+
+class _Described:
+    def __init__(self, operations) -> None:
+        self.authorized_operations = operations
+
+
+class _Future:
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def result(self):
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class _Authorizing:
+    """describe_topics as a broker with an authorizer answers it: the operations allowed, or an error."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.asked: list = []
+
+    def describe_topics(self, topics, request_timeout: float, include_authorized_operations: bool):
+        assert include_authorized_operations
+        self.asked = list(topics.topic_names)
+        return {name: _Future(self.answers[name]) for name in self.asked}
+
+
+def test_the_access_check_names_each_missing_operation() -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AclOperation as Op
+
+    from toolkit.errors import BrokerAccessDenied
+
+    denied = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    unknown = KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    admin = _Authorizing(
+        {
+            "a": _Described([Op.DESCRIBE]),
+            "a.dlq": _Described([Op.READ, Op.DESCRIBE]),
+            "b": _Described([Op.READ]),
+            "b.dlq": denied,
+            "c": _Described([Op.ALL]),
+            "c.dlq": unknown,  # created later: not checked now
+        }
+    )
+    with pytest.raises(BrokerAccessDenied) as err:
+        kafka_io.check_access(admin, {"sasl.username": "svc"}, ["a", "b", "c"], ".dlq", 5.0)
+    assert err.value.missing == [("a", "READ"), ("a.dlq", "WRITE"), ("b.dlq", "WRITE")]
+    assert err.value.principal == "User:svc"
+    assert "READ on topic a" in str(err.value) and "WRITE on dead-letter topic b.dlq" in str(err.value)
+    # without dead letters (ErrorPolicy.STOP) the dead-letter topics are not asked about
+    kafka_io.check_access(_Authorizing({"c": _Described(None)}), {}, ["c"], None, 5.0)

@@ -435,3 +435,39 @@ def test_get_by_id_finds_the_subjects_by_lookup_where_the_versions_endpoint_is_m
 def test_get_by_id_is_unavailable_while_the_registry_is_down():
     with pytest.raises(RegistryUnavailable):
         client(Server((503, "down"))).get_by_id(1)
+
+
+def _tls_error(error: Exception) -> httpx.ConnectError:
+    """An httpx transport error with the ``ssl`` error as its cause, as httpx raises it."""
+    try:
+        raise httpx.ConnectError(str(error)) from error
+    except httpx.ConnectError as exc:
+        return exc
+
+
+def test_an_untrusted_certificate_is_not_retried_and_names_the_ca_setting():
+    import ssl
+
+    server = Server(_tls_error(ssl.SSLCertVerificationError(1, "certificate verify failed")))
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(server).subjects()
+    assert raised.value.attempts == 1 and len(server.requests) == 1
+    assert "SCHEMA_REGISTRY_CA_BUNDLE" in str(raised.value) and "TLS handshake" in str(raised.value)
+
+
+def test_a_refused_client_certificate_names_the_client_certificate_settings():
+    import ssl
+
+    refused = ssl.SSLError(1, "tlsv13 alert certificate required")
+    refused.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(Server(_tls_error(refused))).subjects()
+    assert raised.value.attempts == 1 and "SCHEMA_REGISTRY_CLIENT_CERT" in str(raised.value)
+
+
+def test_a_tls_connection_closed_mid_handshake_is_retried_as_transient():
+    import ssl
+
+    server = Server(_tls_error(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")), (200, []))
+    assert client(server).subjects() == []
+    assert len(server.requests) == 2

@@ -122,3 +122,74 @@ def test_group_instance_id_keeps_to_kafkas_character_set(monkeypatch: pytest.Mon
         assert err.value.setting == "KAFKA_GROUP_INSTANCE_ID"
     monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "orders_1.a-b")
     assert load_settings(env_file=None).kafka.group_instance_id == "orders_1.a-b"
+
+
+def _sasl(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    base = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+    for name, value in {**base, **values}.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("missing", ["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"])
+def test_sasl_without_username_or_password_names_the_variable(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    given = {"KAFKA_SASL_USERNAME": "app", "KAFKA_SASL_PASSWORD": "sasl-very-secret"}
+    given.pop(missing)
+    _sasl(monkeypatch, **given)
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file=None)
+    assert err.value.setting == missing and "set both" in str(err.value)
+    assert "very-secret" not in str(err.value)
+
+
+def test_sasl_without_a_mechanism_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
+    with pytest.raises(ConfigError, match="SCRAM-SHA-512") as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_SASL_MECHANISM"
+
+
+def test_an_unknown_mechanism_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    _sasl(monkeypatch, KAFKA_SASL_MECHANISM="MD5", KAFKA_SASL_USERNAME="u", KAFKA_SASL_PASSWORD="p")
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_SASL_MECHANISM" and "SCRAM-SHA-512" in str(err.value)
+
+
+def test_credentials_the_protocol_would_ignore_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "app")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "sasl-very-secret")
+    with pytest.raises(ConfigError, match="does not use SASL") as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_SASL_USERNAME" and "very-secret" not in str(err.value)
+    monkeypatch.delenv("KAFKA_SASL_USERNAME")
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("KAFKA_SSL_CA_LOCATION", str(ca))
+    with pytest.raises(ConfigError, match="does not use TLS") as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_SSL_CA_LOCATION"
+
+
+def test_tls_files_must_exist_and_a_certificate_needs_its_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _sasl(monkeypatch, KAFKA_SASL_USERNAME="app", KAFKA_SASL_PASSWORD="sasl-very-secret")
+    monkeypatch.setenv("KAFKA_SSL_CA_LOCATION", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_SSL_CA_LOCATION"
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("pem\n")
+    monkeypatch.setenv("KAFKA_SSL_CA_LOCATION", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("KAFKA_SSL_CERTIFICATE_LOCATION", str(tmp_path / "client.pem"))
+    with pytest.raises(ConfigError) as err:
+        load_settings(env_file=None)
+    assert err.value.setting == "KAFKA_SSL_KEY_LOCATION"
+    monkeypatch.setenv("KAFKA_SSL_KEY_LOCATION", str(tmp_path / "client.key"))
+    monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD", "key-very-secret")
+    settings = load_settings(env_file=None)
+    assert "very-secret" not in repr(settings)
+    config = settings.kafka.client_config()
+    assert config["ssl.certificate.location"] == str(tmp_path / "client.pem")
+    assert config["ssl.key.location"] == str(tmp_path / "client.key")
+    assert config["ssl.key.password"] == "key-very-secret" and config["sasl.password"] == "sasl-very-secret"
+    assert config["security.protocol"] == "SASL_SSL" and config["sasl.mechanism"] == "SCRAM-SHA-512"

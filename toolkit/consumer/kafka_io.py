@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
-from toolkit.errors import BrokerUnavailable, ConfigError
+from toolkit.errors import BrokerAccessDenied, BrokerAuthenticationFailed, BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
 _ERROR = operator.methodcaller("error")  # a record's error (None: a record, not an event)
@@ -50,17 +50,140 @@ def wait_for_broker(config: dict[str, Any], timeout_s: float) -> Any:
 
     Raises:
         BrokerUnavailable: none answered within ``timeout_s``.
+        BrokerAuthenticationFailed: the broker refused the SASL credentials, or the TLS handshake failed.
         ConfigError: librdkafka refused ``config``.
     """
+    return connect_admin(config, timeout_s)[1]
+
+
+# librdkafka reports a refused login or a failed TLS handshake only to the error callback, and keeps
+# retrying: a metadata request just times out. These codes end the wait at once.
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL}
+_WAIT_STEP_S = 1.0
+
+
+def connect_admin(config: dict[str, Any], timeout_s: float) -> tuple[AdminClient, Any]:
+    """An admin client over ``config`` and the cluster's metadata, once a broker answers (blocking); raises
+    as :func:`wait_for_broker`."""
+    refused: list[KafkaError] = []
+    theirs = config.get("error_cb")
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in _REFUSED:
+            refused.append(err)
+        if callable(theirs):
+            theirs(err)
+
     # log_level 0: librdkafka's retry chatter ("Connect ... failed") would bury the one error raised here
     try:
-        admin = AdminClient({**config, "log_level": 0})
+        admin_config: dict[str, Any] = {**config, "log_level": 0, "error_cb": on_error}
+        admin = AdminClient(admin_config)
     except (KafkaException, TypeError, ValueError) as exc:
         raise ConfigError(f"the Kafka client could not be created: {exc}", setting="kafka_config") from None
+    deadline = time.monotonic() + timeout_s
+    while True:  # short requests, so that a refusal (seen by poll()) ends the wait without the full timeout
+        try:
+            return admin, admin.list_topics(timeout=max(0.05, min(_WAIT_STEP_S, deadline - time.monotonic())))
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error callback
+            if refused:
+                raise access_refused(refused[0], config) from None
+            if time.monotonic() >= deadline:
+                raise broker_error(exc, "asking for the cluster's metadata") from None
+
+
+def access_refused(err: KafkaError, config: dict[str, Any]) -> BrokerAuthenticationFailed:
+    """A refused login or TLS handshake, naming the settings to check; no secret is quoted."""
+    reason = _scrub(err.str() or err.name(), config)
+    where = config.get("bootstrap.servers", "?")
+    if err.code() == KafkaError._SSL:
+        client_cert = (
+            ", and KAFKA_SSL_CERTIFICATE_LOCATION / KAFKA_SSL_KEY_LOCATION (the client certificate)"
+            if config.get("ssl.certificate.location")
+            else ""
+        )
+        return BrokerAuthenticationFailed(
+            f"the TLS handshake with the Kafka broker at {where} failed ({reason}); check KAFKA_SSL_CA_LOCATION "
+            f"(the PEM file of the CA that signed the brokers' certificates){client_cert}",
+            setting="KAFKA_SSL_CA_LOCATION",
+        )
+    user = config.get("sasl.username")
+    return BrokerAuthenticationFailed(
+        f"the Kafka broker at {where} refused the credentials of SASL user {user!r} "
+        f"(mechanism {config.get('sasl.mechanism', '?')}): {reason}; check KAFKA_SASL_USERNAME and "
+        "KAFKA_SASL_PASSWORD (and KAFKA_SASL_MECHANISM: the one the broker's listener enables)",
+        setting="KAFKA_SASL_PASSWORD",
+    )
+
+
+def _scrub(text: str, config: dict[str, Any]) -> str:
+    """``text`` with the secrets of ``config`` replaced (librdkafka does not quote them; this makes sure)."""
+    for key in ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"):
+        secret = config.get(key)
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_access(
+    admin: AdminClient, config: dict[str, Any], topics: Sequence[str], dead_letter_suffix: str | None, timeout_s: float
+) -> None:
+    """Ask the cluster which operations this client may do on ``topics`` and their dead-letter topics (Kafka's
+    authorized operations, answered by the broker's authorizer) and fail when READ on a topic or WRITE on
+    its dead-letter topic is missing. A topic that does not exist (and may be described) is not checked here:
+    it may be created later. Without an authorizer every operation is allowed.
+
+    Raises:
+        BrokerAccessDenied: the missing ``(topic, operation)`` pairs, with the ACL to grant.
+    """
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+
+    named = [topic for topic in topics if not topic.startswith("^")]  # (a librdkafka pattern names no topic)
+    needed = {topic: AclOperation.READ for topic in named}
+    if dead_letter_suffix:
+        needed.update({topic + dead_letter_suffix: AclOperation.WRITE for topic in named})
+    if not needed:
+        return
     try:
-        return admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise broker_error(exc, "asking for the cluster's metadata") from None
+        futures = admin.describe_topics(
+            TopicCollection(list(needed)), request_timeout=timeout_s, include_authorized_operations=True
+        )
+    except (KafkaException, TypeError, ValueError) as exc:  # (an old broker): the check is skipped
+        log.debug("authorized operations not asked: %s", exc)
+        return
+    missing: list[tuple[str, str]] = []
+    for topic, future in futures.items():
+        try:
+            allowed = future.result().authorized_operations
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                continue  # unknown topic, timeout: nothing to say now
+            allowed = []  # not even DESCRIBE
+        if allowed is None:
+            continue
+        if needed[topic] not in allowed and AclOperation.ALL not in allowed:
+            missing.append((topic, needed[topic].name))
+    if missing:
+        user = config.get("sasl.username")
+        principal = f"User:{user}" if user else None
+        who = f"SASL user {user!r}" if user else "this client"
+        grants = "; ".join(
+            f"kafka-acls --add --allow-principal {principal or 'User:<principal>'} --operation "
+            f"{operation.capitalize()} --topic {topic}"
+            for topic, operation in missing
+        )
+        lacks = ", ".join(
+            f"{operation} on {'topic' if topic in topics else 'dead-letter topic'} {topic}"
+            for topic, operation in missing
+        )
+        raise BrokerAccessDenied(
+            f"{who} lacks {lacks} (the broker's ACLs); nothing was consumed. Grant it ({grants}), or "
+            "use a principal that has it (KAFKA_SASL_USERNAME)",
+            missing=missing,
+            principal=principal,
+        )
 
 
 # How long a full in-flight window only stops fetching before the partitions are paused (see _hold).
@@ -243,6 +366,8 @@ class PollThread:
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 ends[(msg.topic(), msg.partition())] = None
+            elif err.code() in _DENIED:  # retrying cannot help: an ACL is missing
+                self._loop.call_soon_threadsafe(self._events.on_fatal, denied_reason(err, msg.topic(), self._config))
             elif err.fatal() or err.code() == KafkaError._FATAL:
                 # librdkafka reports a fatal consumer error (e.g. fenced by another member with the same
                 # group.instance.id) as _FATAL on the message, and confluent-kafka builds that error with
@@ -485,6 +610,21 @@ async def _awaited(awaitable: Awaitable[list[Position]]) -> list[Position]:
     return await awaitable
 
 
+_DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
+
+
+def denied_reason(err: KafkaError, topic: str | None, config: dict[str, Any]) -> str:
+    """A consumer error for a missing ACL (seen while consuming: the start-up check does not cover the
+    group's ACL), with the grant that fixes it."""
+    user = config.get("sasl.username")
+    principal = f"User:{user}" if user else "the client's principal"
+    if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        grant = f"READ on group {config.get('group.id')!r}"
+    else:
+        grant = f"READ on topic {topic!r}" if topic else "READ on the topics it consumes"
+    return f"the broker denied access ({_scrub(err.str() or err.name(), config)}): grant {principal} {grant}"
+
+
 def fatal_reason(err: KafkaError, config: dict[str, Any]) -> str:
     """What a fatal consumer error means, with the fix when it is a known one."""
     text = err.str() or ""
@@ -525,8 +665,11 @@ class KafkaTransport:
         client_config: dict[str, Any],
         dead_letter_config: dict[str, Any] | None = None,
         drain_timeout_s: float = 30.0,
+        dead_letter_suffix: str | None = None,
     ) -> None:
         self.consumer_config = consumer_config
+        # connect() checks WRITE on each topic's dead-letter topic (None: no dead letters, not checked)
+        self.dead_letter_suffix = dead_letter_suffix
         self._client_config = client_config
         self._dead_letter_config = dict(dead_letter_config or {})
         self._drain_timeout_s = drain_timeout_s
@@ -538,7 +681,10 @@ class KafkaTransport:
         # The consumer's own settings (SASL/SSL may be given only in kafka_config); librdkafka ignores
         # consumer-only properties in an admin client.
         admin_config = {k: v for k, v in self.consumer_config.items() if k not in ("logger", "on_commit")}
-        return set(wait_for_broker(admin_config, timeout_s).topics)
+        admin, metadata = connect_admin(admin_config, timeout_s)
+        if topics:
+            check_access(admin, admin_config, topics, self.dead_letter_suffix, timeout_s)
+        return set(metadata.topics)
 
     def start(
         self,

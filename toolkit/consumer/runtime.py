@@ -322,6 +322,7 @@ class KafkaConsumer:
             client_config=options.client_config,
             dead_letter_config=options.dead_letter_producer_config,
             drain_timeout_s=options.shutdown_timeout_s,
+            dead_letter_suffix=options.dlq_suffix if options.error_policy is ErrorPolicy.DEAD_LETTER else None,
         )
 
     async def stop(self) -> None:

@@ -95,12 +95,19 @@ def produce(
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 15.0, idle_s: float = 2.0
+    bootstrap: str,
+    topic: str,
+    *,
+    expected: int | None = None,
+    timeout_s: float = 15.0,
+    idle_s: float = 2.0,
+    config: dict[str, Any] | None = None,
 ) -> list[ReadRecord]:
     """Every record of ``topic`` from the beginning: stops at ``expected`` records, after ``idle_s``
-    without news, or at ``timeout_s``."""
+    without news, or at ``timeout_s``. ``config``: more librdkafka settings (e.g. SASL/TLS)."""
     consumer = Consumer(
         {
+            **(config or {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
@@ -134,9 +141,14 @@ def read_topic(
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-def committed(bootstrap: str, group_id: str, topic: str, partitions: int = 1) -> dict[int, int]:
-    """The group's committed offset per partition (-1001 when nothing is committed)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+def committed(
+    bootstrap: str, group_id: str, topic: str, partitions: int = 1, *, config: dict[str, Any] | None = None
+) -> dict[int, int]:
+    """The group's committed offset per partition (-1001 when nothing is committed); ``config``: more
+    librdkafka settings (e.g. SASL/TLS)."""
+    consumer = Consumer(
+        {**(config or {}), "bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False}
+    )
     try:
         result = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
     finally:

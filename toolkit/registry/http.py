@@ -439,6 +439,15 @@ class ConfluentHttpRegistry:
                 response = self._client.request(method, path, json=json, params=params)
             except httpx.TransportError as exc:  # refused, reset, timeouts, protocol errors
                 problem = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
+                tls = _tls_failure(exc)
+                if tls is not None:  # the same certificates fail the same way: not retried
+                    raise RegistryUnavailable(
+                        f"schema registry {self.url}: {what}: the TLS handshake failed ({self._scrub(str(tls))}); "
+                        + _TLS_FIX[isinstance(tls, ssl.SSLCertVerificationError)],
+                        attempts=attempt,
+                        status=None,
+                        **context,
+                    ) from None
             else:
                 status = response.status_code
                 if status < 500 and status != 429:
@@ -549,6 +558,30 @@ class ConfluentHttpRegistry:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+_TLS_FIX = {
+    True: "the registry's certificate is not trusted: set SCHEMA_REGISTRY_CA_BUNDLE to the PEM file of the CA "
+    "that signed it (or fix the URL's host name to one the certificate names)",
+    False: "check SCHEMA_REGISTRY_CA_BUNDLE, and SCHEMA_REGISTRY_CLIENT_CERT / SCHEMA_REGISTRY_CLIENT_KEY if the "
+    "registry asks for a client certificate",
+}
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The certificate failure under an httpx transport error (httpx chains the ``ssl`` error as the cause):
+    a certificate not trusted, or one refused by the server (an alert naming a certificate). Other TLS errors
+    (a connection closed mid-handshake by a restarting registry) are transient: None."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError) or (
+            isinstance(seen, ssl.SSLError) and "CERTIFICATE" in str(getattr(seen, "reason", "") or "").upper()
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _auth(username: str | None, password: SecretStr | None, token: SecretStr | None) -> httpx.Auth | None:
