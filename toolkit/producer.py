@@ -763,6 +763,8 @@ def make_producer(
     Raises:
         ConfigError: ``broker`` is neither, or a setting or override is invalid.
     """
+    if not isinstance(settings, Settings):
+        raise ConfigError(f"settings (a {type(settings).__name__}): use toolkit.load_settings()", setting="settings")
     chosen = broker if broker is not None else settings.consumer.broker
     if chosen == "kafka":
         return EnvelopeProducer.from_settings(settings, registry, models, producer_settings, **overrides)

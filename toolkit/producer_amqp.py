@@ -62,7 +62,8 @@ class RabbitProducer(ModelProducer):
     Args:
         url: ``amqp://user:password@host:port/vhost`` (default ``RABBITMQ_URL``).
         partitions: topic -> number of queues (default ``RABBITMQ_PARTITIONS``), as the consumer reads them.
-        confirm_timeout_s: how long a publish waits for the broker's confirm before it fails (retriable).
+        confirm_timeout_s: how long a publish waits for the broker's confirm before it fails (retriable;
+            default 30 s).
         registry, models, name, subject_strategy, confluent_topics, settings, producer_settings: as
             :class:`~toolkit.producer.ModelProducer`.
 
@@ -82,7 +83,7 @@ class RabbitProducer(ModelProducer):
         settings: Settings | None = None,
         producer_settings: ProducerSettings | None = None,
         partitions: Mapping[str, int] | None = None,
-        confirm_timeout_s: float = 30.0,
+        confirm_timeout_s: float | None = None,
     ) -> None:
         if importlib.util.find_spec("aio_pika") is None:
             raise ConfigError(
@@ -108,7 +109,7 @@ class RabbitProducer(ModelProducer):
         rabbit = settings.rabbitmq if settings else RabbitSettings.model_construct()
         self.url = url or rabbit.url.get_secret_value()
         self.partitions = dict(partitions if partitions is not None else rabbit.partitions)
-        self.confirm_timeout_s = float(confirm_timeout_s)
+        self.confirm_timeout_s = 30.0 if confirm_timeout_s is None else float(confirm_timeout_s)
         self.reconnect_interval_s = rabbit.reconnect_interval_s
         self._turn = itertools.count()
         self._lock = threading.Lock()
