@@ -50,10 +50,13 @@ check: $(STAMP) ## schema checks (validity, immutability, compatibility) and cod
 test: setup ## run the whole test suite against the local services (started if needed)
 	$(PY) -m pytest
 
-demo: $(STAMP) ## the end-to-end demo on the local broker (started, and left running), with schemas/ as the registry
-	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then $(SERVICES) up kafka; fi
+demo: $(STAMP) ## the end-to-end demo on the local broker (started, and left running), with schemas/ as the registry; EPISTLE_BROKER=rabbitmq for RabbitMQ
+	@if [ "$$EPISTLE_BROKER" = rabbitmq ]; then [ -n "$$RABBITMQ_URL" ] || $(SERVICES) up rabbitmq; \
+	elif [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then $(SERVICES) up kafka; fi
 	@$(PY) -m examples.demo; code=$$?; \
-	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
+	if [ "$$EPISTLE_BROKER" = rabbitmq ]; then \
+		[ -n "$$RABBITMQ_URL" ] || echo "make demo: RabbitMQ is left running for the next run (make services-status); make services-down stops it"; \
+	elif [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
 		echo "make demo: Kafka is left running for the next run (make services-status); make services-down stops it"; \
 	fi; exit $$code
 

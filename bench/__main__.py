@@ -6,6 +6,7 @@
     python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
     python -m bench --only cli            # how long `epistle --help` and `epistle check` take to run
     python -m bench --only share          # share groups against a consumer group: bench/results/share-groups.md
+    python -m bench --only rabbitmq --messages 20000   # toolkit on RabbitMQ vs a hand-written aio-pika loop
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
@@ -40,7 +41,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import backlog, cli, machine, resume
+from bench import backlog, cli, machine, rabbit, resume
 from bench import latency as latency_probe
 from bench import share as share_groups
 
@@ -413,6 +414,17 @@ def write_markdown(report: dict) -> str:
                 f"(target p99 <= {r['target_p99']}x: {'met' if r['met'] else 'NOT met'}).",
                 "",
             ]
+    rq = report.get("rabbitmq")
+    if rq:
+        m = rq["medians"]
+        lines += [
+            "",
+            "## RabbitMQ",
+            "",
+            f"{rabbit.LABELS['R-T']} {_fmt(m['R-T']['msgs_per_s'], ',.0f')} msg/s against "
+            f"{rabbit.LABELS['R-L1']} {_fmt(m['R-L1']['msgs_per_s'], ',.0f')} msg/s: **R-T/R-L1 {rq['ratio']}** "
+            "(bench/results/rabbitmq.md).",
+        ]
     return "\n".join(lines)
 
 
@@ -457,8 +469,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["resume", "cli", "share"],
-        help="run this row alone and merge it into the existing results.json (share: its own share-groups.md)",
+        choices=["resume", "cli", "share", "rabbitmq"],
+        help="run this row alone and merge it into the existing results.json (share: its own share-groups.md; "
+        "rabbitmq: its own rabbitmq.{json,md}, --messages envelopes, --runs runs)",
+    )
+    parser.add_argument(
+        "--rabbitmq-messages",
+        type=int,
+        default=50_000,
+        help="backlog of the RabbitMQ rows (toolkit vs hand-written aio-pika loop) in a full run; 0 skips them",
     )
     parser.add_argument("--cli-runs", type=int, default=cli.RUNS, help="runs of each epistle command timed")
     parser.add_argument(
@@ -505,6 +524,12 @@ def main() -> None:
     if args.only == "share":
         machine_name = f"{machine.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         share_groups.run_and_write(bootstrap, args.runs, args.out, machine_name)
+        return
+    command = "python -m bench " + " ".join(sys.argv[1:])
+    if args.only == "rabbitmq":
+        row = rabbit.measure(rabbit.default_url(), args.messages, args.runs, command)
+        rabbit.write(row, args.out)
+        print(f"wrote {args.out}/rabbitmq.json, rabbitmq.md (R-T/R-L1 {row['ratio']})")
         return
     if args.only:
         previous = args.out / "results.json"
@@ -559,6 +584,10 @@ def main() -> None:
         report["latency"] = latency(bootstrap, latency_contenders, rate, basis, args.latency_seconds, args.latency_runs)
     report["resume"] = resume.resume(bootstrap, args.runs)
     report["cli"] = cli.measure(args.cli_runs)
+    if args.rabbitmq_messages:
+        row = rabbit.measure(rabbit.default_url(), args.rabbitmq_messages, args.runs, command)
+        rabbit.write(row, args.out)
+        report["rabbitmq"] = {"ratio": row["ratio"], "medians": row["medians"], "see": "rabbitmq.md"}
     report["calibration"]["end"] = machine.calibrate()
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,13 @@
 
 Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092, what ``make services-up`` starts). The registry
 is always the local ``schemas/`` folder here, whatever ``SCHEMA_REGISTRY_URL`` says.
+
+RabbitMQ: ``--broker rabbitmq`` or ``EPISTLE_BROKER=rabbitmq`` (``make demo EPISTLE_BROKER=rabbitmq``), at
+``RABBITMQ_URL`` (default the node ``scripts/services.py up rabbitmq`` runs). Each topic is two durable queues
+(``<topic>.0`` and ``<topic>.1``, its partitions: ``RabbitTransport(partitions=...)``), the models go through
+:class:`~toolkit.producer_amqp.RabbitProducer` (publisher confirms) and the hostile bytes straight through
+aio-pika; the dead letters are read back from ``<topic>.dlq`` with ``epistle dlq``'s reader (nothing removed
+from the queue by reading it). The queues are deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -244,37 +251,136 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
                 pass
 
 
-def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
-    """Run the demo; returns the summary (also what ``--json`` writes).
+class _Rabbit:
+    """The demo's queues on RabbitMQ: declared, fed raw bytes, their dead letters read, deleted."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def queues(self, topic: str) -> list[str]:
+        return [f"{topic}.{p}" for p in range(PARTITIONS)]
+
+    def _run(self, conversation) -> Any:
+        async def run() -> Any:
+            import aio_pika
+
+            try:
+                connection = await aio_pika.connect(self.url, timeout=10)
+            except Exception as exc:  # noqa: BLE001 - refused, timed out: say what to do
+                from toolkit.consumer.amqp import redact
+
+                raise EpistleError(
+                    f"cannot reach RabbitMQ at {redact(self.url)} ({type(exc).__name__}: {exc}); start it with "
+                    "`python scripts/services.py up rabbitmq` or set RABBITMQ_URL"
+                ) from None
+            try:
+                return await conversation(connection)
+            finally:
+                await connection.close()
+
+        return asyncio.run(run())
+
+    def declare(self, topics: list[str]) -> None:
+        async def declare(connection) -> None:
+            channel = await connection.channel()
+            for topic in topics:
+                for queue in self.queues(topic):
+                    await channel.declare_queue(queue, durable=True)
+
+        self._run(declare)
+
+    def publish_raw(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+        """Raw bytes (the producer would refuse them) to the topic's queues, spread by key as the producer
+        does, with publisher confirms."""
+
+        async def publish(connection) -> None:
+            import aio_pika
+
+            from toolkit.consumer.amqp import table_from_headers
+            from toolkit.producer_amqp import queue_for
+
+            channel = await connection.channel(publisher_confirms=True)
+            for turn, (key, value) in enumerate(records):
+                queue, _ = queue_for(topic, key, PARTITIONS, turn)
+                message = aio_pika.Message(
+                    value, headers=table_from_headers(key, None), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                )
+                await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+
+        self._run(publish)
+
+    def dead_letters(self, topic: str) -> list[Any]:
+        from toolkit.dlq import rabbit
+        from toolkit.dlq.letters import DeadLetter, Selection
+
+        return [
+            letter
+            for letter in rabbit.read(self.url, f"{topic}.dlq", Selection(), suffix=".dlq", timeout_s=20)
+            if isinstance(letter, DeadLetter)
+        ]
+
+    def delete(self, topics: list[str]) -> None:
+        async def delete(connection) -> None:
+            for topic in topics:
+                for queue in (*self.queues(topic), f"{topic}.dlq"):
+                    channel = await connection.channel()
+                    await channel.queue_delete(queue)  # absent: a no-op
+
+        try:
+            self._run(delete)
+        except Exception:  # noqa: BLE001 - best effort; the names are unique per run anyway
+            pass
+
+
+def run_demo(*, keep: bool = False, out=print, broker: str | None = None) -> dict[str, Any]:
+    """Run the demo on Kafka or RabbitMQ (``broker``, default ``EPISTLE_BROKER``); returns the summary (also
+    what ``--json`` writes).
 
     Raises:
-        EpistleError: Kafka cannot be reached, or the settings are invalid.
+        EpistleError: the broker cannot be reached, or the settings are invalid.
     """
     from examples.shop.app import Shop, ShopConfig, wire
     from toolkit.consumer import KafkaConsumer
     from toolkit.consumer.deadletter import original_record
     from toolkit.consumer.testing import produce, read_topic
-    from toolkit.producer import EnvelopeProducer
+    from toolkit.producer import make_producer
     from toolkit.registry import CachedRegistry, LocalFolderRegistry
     from toolkit.settings import load_settings
 
-    settings = load_settings(registry__url="")
+    settings = load_settings(registry__url="", **({"consumer__broker": broker} if broker else {}))
+    on_rabbitmq = settings.consumer.broker == "rabbitmq"
     bootstrap = settings.kafka.bootstrap_servers
+    rabbit = _Rabbit(settings.rabbitmq.url.get_secret_value()) if on_rabbitmq else None
     run_id = uuid.uuid4().hex[:8]
     topics = {"orders": f"demo-orders-{run_id}", "shipments": f"demo-shipments-{run_id}"}
     group = f"epistle-demo-{run_id}"
     plan = plan_records()
-    out(f"epistle demo: Kafka at {bootstrap}, registry = local folder {SCHEMAS.relative_to(ROOT)}/, group {group}")
-    _create_topics(bootstrap, list(topics.values()))
+    if rabbit is not None:
+        from toolkit.consumer.amqp import redact
+
+        where = f"RabbitMQ at {redact(rabbit.url)}"
+    else:
+        where = f"Kafka at {bootstrap}"
+    out(f"epistle demo: {where}, registry = local folder {SCHEMAS.relative_to(ROOT)}/, group {group}")
+    if rabbit is not None:
+        rabbit.declare(list(topics.values()))
+    else:
+        _create_topics(bootstrap, list(topics.values()))
     try:
         started = time.perf_counter()
         registry: CachedRegistry[Any] = CachedRegistry(LocalFolderRegistry(SCHEMAS))
         for role, topic in topics.items():  # the hostile records, as raw bytes
-            produce(bootstrap, topic, [(p.key, p.value) for p in plan if p.role == role and p.model is None])
-        with EnvelopeProducer(settings=settings, registry=registry, name="epistle-demo") as producer:
+            raw = [(p.key, p.value) for p in plan if p.role == role and p.model is None]
+            if rabbit is not None:
+                rabbit.publish_raw(topic, raw)  # type: ignore[arg-type]
+            else:
+                produce(bootstrap, topic, raw)
+        partitions = {topic: PARTITIONS for topic in topics.values()}
+        overrides: dict[str, Any] = {"partitions": partitions} if rabbit is not None else {}
+        with make_producer(settings, registry, name="epistle-demo", **overrides) as producer:
             deliveries = []
             for index, p in enumerate(plan):
-                if p.model is not None:  # validated, enveloped, acks=all; the bytes kept to match dead letters
+                if p.model is not None:  # validated, enveloped, acknowledged; the bytes kept to match dead letters
                     record = producer.build(topics[p.role], p.model, key=p.key, message_type=p.message_type)
                     plan[index] = replace(p, value=record.value)
                     deliveries.append(producer.send_record(record))
@@ -283,14 +389,20 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
         counts = Counter(p.role for p in plan)
         out(
             f"produced {counts['orders']} records to {topics['orders']} and {counts['shipments']} to "
-            f"{topics['shipments']} ({PARTITIONS} partitions each)"
+            f"{topics['shipments']} ({PARTITIONS} {'queues' if rabbit else 'partitions'} each)"
         )
 
         shop = Shop(config=ShopConfig(orders_topic=topics["orders"], shipments_topic=topics["shipments"]))
         # The demo's unknown schema and version are never registered: they wait 2 s (not the 30 s default
         # of EPISTLE_UNKNOWN_SCHEMA_GRACE_S) before they are dead-lettered.
+        transport = None
+        if rabbit is not None:
+            from toolkit.consumer.amqp import RabbitTransport
+
+            transport = RabbitTransport(rabbit.url, partitions=partitions)
         consumer = KafkaConsumer.from_settings(
             settings,
+            transport=transport,
             registry=registry,
             group_id=group,
             stop_when_idle=True,
@@ -309,11 +421,15 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
         dead: list[dict[str, Any]] = []
         for role, topic in topics.items():
             expected = consumer.stats[topic].dead_lettered_total
-            records = read_topic(bootstrap, f"{topic}.dlq", expected=expected, timeout_s=20) if expected else []
-            for dl in records:
-                original = original_record(dl.value or b"", dl.key, dl.headers)  # raises unless a dead letter
-                value = dl.json()
-                planned = by_value.get((role, original.value))
+            values: list[tuple[bytes | None, dict[str, Any]]] = []
+            if rabbit is not None and expected:  # confirmed before their originals were acknowledged: all there
+                values = [(letter.original.value, letter.body) for letter in rabbit.dead_letters(topic)]
+            elif expected:
+                for dl in read_topic(bootstrap, f"{topic}.dlq", expected=expected, timeout_s=20):
+                    original = original_record(dl.value or b"", dl.key, dl.headers)  # raises unless a dead letter
+                    values.append((original.value, dl.json()))
+            for original_value, value in values:
+                planned = by_value.get((role, original_value))
                 dead.append(
                     {
                         "topic": role,
@@ -328,10 +444,16 @@ def run_demo(*, keep: bool = False, out=print) -> dict[str, Any]:
                 )
         summary = _summarise(topics, consumer, shop, plan, dead, elapsed)
     finally:
-        if not keep:
+        if keep:
+            pass
+        elif rabbit is not None:
+            rabbit.delete(list(topics.values()))
+        else:
             _delete_topics(bootstrap, [t + suffix for t in topics.values() for suffix in ("", ".dlq")])
     _print(summary, out)
-    if keep:
+    if keep and rabbit is not None:
+        out(f"kept the queues {', '.join(q for t in topics.values() for q in rabbit.queues(t))} and their .dlq queues")
+    elif keep:
         out(f"kept the topics {', '.join(topics.values())} and their .dlq topics")
     return summary
 
@@ -416,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the demo topics and their dead letters")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the summary as JSON to PATH")
     parser.add_argument("--verbose", action="store_true", help="show the consumer's logs (retries, dead letters)")
+    parser.add_argument(
+        "--broker",
+        choices=("kafka", "rabbitmq"),
+        help="the broker to run on (default: EPISTLE_BROKER, else kafka); RabbitMQ at RABBITMQ_URL",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
@@ -425,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(ROOT) not in sys.path:  # run as a script (python examples/demo.py): examples/, generated_models/
         sys.path.insert(0, str(ROOT))
     try:
-        summary = run_demo(keep=args.keep)
+        summary = run_demo(keep=args.keep, broker=args.broker)
     except EpistleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,10 @@
   :meth:`EnvelopeProducer.send` is the synchronous form returning a future. :meth:`close` (and leaving the
   ``with`` / ``async with`` block) flushes what is still in flight; what the broker has not acknowledged
   by the flush timeout is purged and its futures fail with :class:`DeliveryFailed`.
+- The building (model to validated record: everything above) is :class:`ModelProducer`'s, shared by both
+  brokers' producers: :class:`EnvelopeProducer` (Kafka) and :class:`toolkit.producer_amqp.RabbitProducer`
+  (RabbitMQ: publisher confirms, mandatory, persistent). :func:`make_producer` gives the one ``EPISTLE_BROKER``
+  names, as ``epistle run`` consumes from it.
 - Topics listed in ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` (or ``confluent_topics=``) get Confluent's wire
   format instead: magic byte 0, the registry's 4-byte schema id, then Avro binary or the JSON body. That
   needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads such
@@ -46,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from pydantic import BaseModel
 
@@ -133,7 +137,8 @@ class OutgoingRecord:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """What the broker acknowledged."""
+    """What the broker acknowledged. On RabbitMQ: ``partition`` is the index of the queue among the topic's
+    queues (0 for a topic of one queue), ``queue`` its name, and ``offset`` -1 (AMQP has none)."""
 
     topic: str
     partition: int
@@ -141,6 +146,7 @@ class Delivery:
     timestamp: int | None  # epoch milliseconds
     message_id: str
     correlation_id: str
+    queue: str | None = None  # RabbitMQ: the queue it was routed to
 
 
 def _varint(value: int) -> bytes:
@@ -221,11 +227,14 @@ def avro_binary_body(parsed_schema: Any, value: Any) -> bytes:
     return buffer.getvalue()
 
 
-class EnvelopeProducer:
-    """Publishes generated models to Kafka, validated against their registry schema first.
+class ModelProducer:
+    """What every producer does before the broker: a generated model to a validated record
+    (:meth:`build`: the schema from the model index, the registry's compiled schema, the envelope or
+    wire-format value, the header filled and the correlationId carried over), and the sending API on top of
+    the broker's :meth:`send_record` (:class:`EnvelopeProducer` for Kafka,
+    :class:`toolkit.producer_amqp.RabbitProducer` for RabbitMQ). Not used on its own.
 
     Args:
-        bootstrap_servers: the cluster (default ``settings.kafka``).
         registry: a caching resolver (``resolve(subject, version)``) or a bare registry (wrapped in a
             :class:`~toolkit.registry.cache.CachedRegistry`); None builds one from ``settings.registry``
             (the local ``schemas/`` folder when no URL is set). Pass the consumer's to share its cache.
@@ -234,16 +243,10 @@ class EnvelopeProducer:
         subject_strategy: as the consumer's (default from ``SCHEMA_REGISTRY_SUBJECT_STRATEGY``).
         confluent_topics: topics written in Confluent's wire format (default
             ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``); every other topic gets envelopes.
-        kafka_config: extra librdkafka settings (override ours, except ``acks`` and idempotence).
-        client: a :class:`KafkaProducerClient` to use instead of confluent-kafka's (tests).
-
-    Raises:
-        ConfigError: ``kafka_config`` weakens acks=all or idempotence, or a setting is invalid.
     """
 
     def __init__(
         self,
-        bootstrap_servers: str | None = None,
         *,
         registry: Any = None,
         models: Any = None,
@@ -252,35 +255,12 @@ class EnvelopeProducer:
         confluent_topics: Iterable[str] | None = None,
         settings: Settings | None = None,
         producer_settings: ProducerSettings | None = None,
-        kafka_config: dict[str, Any] | None = None,
-        client: KafkaProducerClient | None = None,
     ) -> None:
-        confluent_topics = _check_options(locals())
-        kafka = settings.kafka if settings else KafkaSettings.model_construct()
         own = producer_settings or ProducerSettings.model_construct()
         self.settings = settings
         self.name = name or own.name
         self.flush_timeout_s = own.flush_timeout_s
         self.confluent_topics = frozenset(confluent_topics if confluent_topics is not None else own.confluent_topics)
-        extra = dict(kafka_config or {})
-        for option, required in (("acks", {"all", "-1", -1}), ("enable.idempotence", {True, "true"})):
-            if option in extra and extra[option] not in required:
-                raise ConfigError(
-                    f"kafka_config {option}={extra[option]!r} is refused: the producer sends with "
-                    "acks=all and idempotence so an acknowledged record is never lost or "
-                    f"duplicated; remove {option} from kafka_config",
-                    setting=option,
-                )
-        self.config: dict[str, Any] = {
-            "logger": kafka_logger(),
-            **kafka.client_config(),
-            "linger.ms": 5,
-            **extra,
-            "acks": "all",
-            "enable.idempotence": True,
-        }
-        if bootstrap_servers:
-            self.config["bootstrap.servers"] = bootstrap_servers
         if subject_strategy is None:
             from toolkit.registry.factory import default_subject_strategy
 
@@ -291,13 +271,6 @@ class EnvelopeProducer:
         self._models = models
         self._keys: dict[type, tuple[str, int]] = {}
         self._plans: dict[tuple[str, str, int, str], tuple[str, Any, Any]] = {}
-        self._client: Any = client
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()  # produce and close exclude each other: no record slips past close
-        self._pending: dict[concurrent.futures.Future[Delivery], str] = {}  # future -> topic
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._polling = True
 
     @classmethod
     def from_settings(
@@ -307,7 +280,7 @@ class EnvelopeProducer:
         models: Any = None,
         producer_settings: ProducerSettings | None = None,
         **overrides: Any,
-    ) -> EnvelopeProducer:
+    ) -> Self:
         """A producer configured from :func:`~toolkit.settings.load_settings` and ``EPISTLE_PRODUCER_*``.
 
         Raises:
@@ -321,7 +294,7 @@ class EnvelopeProducer:
             **overrides,
         )
 
-    # -- building a record (no Kafka) -------------------------------------------------------------------
+    # -- building a record (no broker) ------------------------------------------------------------------
     def schema_of(self, model: BaseModel | type[BaseModel]) -> tuple[str, int]:
         """``(schemaName, schemaVersion)`` of a generated model (instance or class).
 
@@ -519,6 +492,135 @@ class EnvelopeProducer:
         )
         return self.send_record(record)
 
+    async def publish(
+        self,
+        topic: str,
+        model: BaseModel,
+        *,
+        key: str | bytes | None = None,
+        headers: HeadersLike | None = None,
+        message_type: str | None = None,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> Delivery:
+        """Validate, produce and wait for the broker's acknowledgement (the event loop keeps running;
+        a registry look-up on a cache miss runs in a thread).
+
+        Raises:
+            PublishRefused: see :meth:`build`; nothing was sent.
+            DeliveryFailed: the broker did not acknowledge the record.
+        """
+        kwargs: dict[str, Any] = {
+            "key": key,
+            "headers": headers,
+            "message_type": message_type,
+            "correlation_id": correlation_id,
+            "message_id": message_id,
+        }
+        cls = type(model)
+        known = self._keys.get(cls)
+        if known is not None and (topic, *known, message_type or cls.__name__) in self._plans:
+            record = self.build(topic, model, **kwargs)  # schema known: no I/O, no thread hop
+        else:  # the first of its kind may ask the registry: off the loop (to_thread copies the context)
+            record = await asyncio.to_thread(self.build, topic, model, **kwargs)
+        return await asyncio.wrap_future(self.send_record(record))
+
+    def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
+        """Send a record made by :meth:`build`; the future resolves on the broker's acknowledgement (the
+        broker's producer implements it)."""
+        raise NotImplementedError
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        raise NotImplementedError
+
+    def close(self, timeout_s: float | None = None) -> int:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+
+class EnvelopeProducer(ModelProducer):
+    """Publishes generated models to Kafka, validated against their registry schema first.
+
+    Args:
+        bootstrap_servers: the cluster (default ``settings.kafka``).
+        registry: a caching resolver (``resolve(subject, version)``) or a bare registry (wrapped in a
+            :class:`~toolkit.registry.cache.CachedRegistry`); None builds one from ``settings.registry``
+            (the local ``schemas/`` folder when no URL is set). Pass the consumer's to share its cache.
+        models: the generated model index (``key_of(model_class)``); None loads ``generated_models``.
+        name: the header's ``producer`` (default ``EPISTLE_PRODUCER_NAME``).
+        subject_strategy: as the consumer's (default from ``SCHEMA_REGISTRY_SUBJECT_STRATEGY``).
+        confluent_topics: topics written in Confluent's wire format (default
+            ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``); every other topic gets envelopes.
+        kafka_config: extra librdkafka settings (override ours, except ``acks`` and idempotence).
+        client: a :class:`KafkaProducerClient` to use instead of confluent-kafka's (tests).
+
+    Raises:
+        ConfigError: ``kafka_config`` weakens acks=all or idempotence, or a setting is invalid.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        *,
+        registry: Any = None,
+        models: Any = None,
+        name: str | None = None,
+        subject_strategy: SubjectStrategy | None = None,
+        confluent_topics: Iterable[str] | None = None,
+        settings: Settings | None = None,
+        producer_settings: ProducerSettings | None = None,
+        kafka_config: dict[str, Any] | None = None,
+        client: KafkaProducerClient | None = None,
+    ) -> None:
+        confluent_topics = _check_options(locals())
+        super().__init__(
+            registry=registry,
+            models=models,
+            name=name,
+            subject_strategy=subject_strategy,
+            confluent_topics=confluent_topics,
+            settings=settings,
+            producer_settings=producer_settings,
+        )
+        kafka = settings.kafka if settings else KafkaSettings.model_construct()
+        extra = dict(kafka_config or {})
+        for option, required in (("acks", {"all", "-1", -1}), ("enable.idempotence", {True, "true"})):
+            if option in extra and extra[option] not in required:
+                raise ConfigError(
+                    f"kafka_config {option}={extra[option]!r} is refused: the producer sends with "
+                    "acks=all and idempotence so an acknowledged record is never lost or "
+                    f"duplicated; remove {option} from kafka_config",
+                    setting=option,
+                )
+        self.config: dict[str, Any] = {
+            "logger": kafka_logger(),
+            **kafka.client_config(),
+            "linger.ms": 5,
+            **extra,
+            "acks": "all",
+            "enable.idempotence": True,
+        }
+        if bootstrap_servers:
+            self.config["bootstrap.servers"] = bootstrap_servers
+        self._client: Any = client
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # produce and close exclude each other: no record slips past close
+        self._pending: dict[concurrent.futures.Future[Delivery], str] = {}  # future -> topic
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._polling = True
+
     def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
         """Produce a record made by :meth:`build`; the future resolves on the broker's acknowledgement.
 
@@ -575,39 +677,6 @@ class EnvelopeProducer:
                     )
                     break
         return future
-
-    async def publish(
-        self,
-        topic: str,
-        model: BaseModel,
-        *,
-        key: str | bytes | None = None,
-        headers: HeadersLike | None = None,
-        message_type: str | None = None,
-        correlation_id: str | None = None,
-        message_id: str | None = None,
-    ) -> Delivery:
-        """Validate, produce and wait for the broker's acknowledgement (the event loop keeps running;
-        a registry look-up on a cache miss runs in a thread).
-
-        Raises:
-            PublishRefused: see :meth:`build`; nothing was sent.
-            DeliveryFailed: the broker did not acknowledge the record.
-        """
-        kwargs: dict[str, Any] = {
-            "key": key,
-            "headers": headers,
-            "message_type": message_type,
-            "correlation_id": correlation_id,
-            "message_id": message_id,
-        }
-        cls = type(model)
-        known = self._keys.get(cls)
-        if known is not None and (topic, *known, message_type or cls.__name__) in self._plans:
-            record = self.build(topic, model, **kwargs)  # schema known: no I/O, no thread hop
-        else:  # the first of its kind may ask the registry: off the loop (to_thread copies the context)
-            record = await asyncio.to_thread(self.build, topic, model, **kwargs)
-        return await asyncio.wrap_future(self.send_record(record))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def _started(self) -> Any:
@@ -677,17 +746,33 @@ class EnvelopeProducer:
             )
         return left
 
-    def __enter__(self) -> EnvelopeProducer:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def make_producer(
+    settings: Settings,
+    registry: Any = None,
+    models: Any = None,
+    producer_settings: ProducerSettings | None = None,
+    *,
+    broker: str | None = None,
+    **overrides: Any,
+) -> ModelProducer:
+    """The producer of the broker ``EPISTLE_BROKER`` names (``settings.consumer.broker``, or ``broker``):
+    :class:`EnvelopeProducer` for ``kafka``, :class:`toolkit.producer_amqp.RabbitProducer` for ``rabbitmq``,
+    configured from the settings and ``EPISTLE_PRODUCER_*``; ``overrides`` go to its constructor.
 
-    async def __aenter__(self) -> EnvelopeProducer:
-        return self
+    Raises:
+        ConfigError: ``broker`` is neither, or a setting or override is invalid.
+    """
+    if not isinstance(settings, Settings):
+        raise ConfigError(f"settings (a {type(settings).__name__}): use toolkit.load_settings()", setting="settings")
+    chosen = broker if broker is not None else settings.consumer.broker
+    if chosen == "kafka":
+        return EnvelopeProducer.from_settings(settings, registry, models, producer_settings, **overrides)
+    if chosen == "rabbitmq":
+        from toolkit.producer_amqp import RabbitProducer
 
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.close)
+        return RabbitProducer.from_settings(settings, registry, models, producer_settings, **overrides)
+    raise ConfigError(f"broker={chosen!r}: use kafka or rabbitmq (EPISTLE_BROKER sets it)", setting="broker")
 
 
 def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
@@ -709,6 +794,17 @@ def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
             raise _fail("confluent_topics", topics, 'use a list of non-empty topic names, e.g. ["payments"]')
     checks = {
         "bootstrap_servers": (lambda v: isinstance(v, str) and v.strip(), "use host:9092 (comma-separated)"),
+        "partitions": (
+            lambda v: (
+                isinstance(v, Mapping)
+                and all(isinstance(k, str) and k and type(n) is int and 1 <= n <= 1000 for k, n in v.items())
+            ),
+            'use topic -> queue count (1 to 1000), e.g. {"orders": 4}; RABBITMQ_PARTITIONS sets it',
+        ),
+        "confirm_timeout_s": (
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 3600,
+            "use seconds above 0, at most 3600",
+        ),
         "name": (lambda v: isinstance(v, str) and v.strip(), "use a non-empty string (the header's producer)"),
         "kafka_config": (
             lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
@@ -779,9 +875,11 @@ __all__ = [
     "DeliveryFailed",
     "EnvelopeProducer",
     "KafkaProducerClient",
+    "ModelProducer",
     "OutgoingRecord",
     "PublishRefused",
     "WireFormat",
     "avro_binary_body",
     "avro_json_body",
+    "make_producer",
 ]

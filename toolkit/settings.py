@@ -218,6 +218,8 @@ class RabbitSettings(BaseSettings):
     # topic=count pairs: "orders=4" consumes the queues orders.0 .. orders.3 as the partitions of "orders"
     partitions: Annotated[dict[str, int], NoDecode] = {}
     reconnect_interval_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+    # How often each consumed queue is checked to still exist (a queue deleted without a cancel notification)
+    queue_check_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
     @field_validator("url")
     @classmethod

@@ -70,3 +70,47 @@ def test_demo_shows_every_outcome(kafka_bootstrap, tmp_path):
 
     existing = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
     assert not [t for t in summary["topics"].values() if t in existing]
+
+
+def test_demo_on_rabbitmq_shows_every_outcome_and_deletes_its_queues(rabbitmq_url, tmp_path):
+    summary_file = tmp_path / "demo.json"
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": rabbitmq_url,
+        "EPISTLE_BROKER": "rabbitmq",  # the switch (or --broker rabbitmq)
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # Kafka is not used at all
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.demo", "--json", str(summary_file)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RabbitMQ at amqp://guest:***@" in proc.stdout and "2 queues each" in proc.stdout
+    summary = json.loads(summary_file.read_text())
+    assert summary["ok"] and summary["problems"] == []
+    assert all(count > 0 for count in summary["outcomes"].values()), summary["outcomes"]
+    assert all(d["stage"] == d["expected"] for d in summary["dead_letters"])
+    stats = summary["stats"]
+    assert sum(s["dead_lettered_total"] for s in stats.values()) == len(summary["dead_letters"])
+
+    async def remaining(connection) -> list[str]:
+        from aiormq.exceptions import ChannelNotFoundEntity
+
+        left = []
+        for topic in summary["topics"].values():
+            for queue in (f"{topic}.0", f"{topic}.1", f"{topic}.dlq"):
+                channel = await connection.channel()
+                try:
+                    await channel.declare_queue(queue, passive=True)
+                    left.append(queue)
+                except ChannelNotFoundEntity:
+                    pass
+        return left
+
+    from tests.integration.test_rabbitmq import amqp
+
+    assert amqp(rabbitmq_url, remaining) == []

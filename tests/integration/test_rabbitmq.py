@@ -542,3 +542,88 @@ def test_start_up_problems_of_epistle_run_with_rabbitmq_name_the_setting_and_hid
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 1 and last.startswith("error: ") and expected in last, proc.stderr[-2000:]
         assert "RABBITMQ_URL" in last and "s3cret" not in proc.stderr
+
+
+def test_a_queue_deleted_without_a_cancel_notification_is_noticed_declared_again_and_consumed(
+    rabbitmq_url, queue, group_id, monkeypatch, caplog
+):
+    # RabbitMQ sends basic.cancel on deletion only to clients that announce consumer_cancel_notify (and has
+    # been seen to miss one): the consumer's connection announces it does not, so the deletion comes
+    # without a word, as in that case. Before the existence check the consumer stayed attached to nothing.
+    import aio_pika
+
+    connect_robust = aio_pika.connect_robust
+
+    async def without_cancel_notifications(url, *args, client_properties=None, **kwargs):
+        properties = dict(client_properties or {})
+        if "consumer (" in properties.get("connection_name", ""):
+            properties["capabilities"] = {
+                "authentication_failure_close": True,
+                "basic.nack": True,
+                "connection.blocked": True,
+                "consumer_cancel_notify": False,
+                "publisher_confirms": True,
+            }
+        return await connect_robust(url, *args, client_properties=properties, **kwargs)
+
+    monkeypatch.setattr(aio_pika, "connect_robust", without_cancel_notifications)
+    topic = queue("deleted")
+    first, second = [f"d{i:03d}" for i in range(20)], [f"e{i:03d}" for i in range(20)]
+    amqp(rabbitmq_url, _publish, topic, _orders(first))
+    handled: Counter[str] = Counter()
+    transport = RabbitTransport(rabbitmq_url, queue_check_interval_s=0.2)
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        transport=transport,
+        commit_interval_s=0.1,
+    )
+
+    @consumer.handler(topic)
+    async def handle(message) -> None:
+        handled[message.header.message_id] += 1
+
+    async def exists() -> bool:
+        async def declared(connection: Any) -> bool:
+            from aiormq.exceptions import ChannelNotFoundEntity
+
+            channel = await connection.channel()
+            try:
+                await channel.declare_queue(topic, passive=True)
+            except ChannelNotFoundEntity:
+                return False
+            return True
+
+        return await asyncio.to_thread(amqp, rabbitmq_url, declared)
+
+    async def delete_mid_run() -> None:
+        task = asyncio.create_task(consumer.start())
+        try:
+
+            async def first_handled_and_acknowledged() -> bool:
+                return len(handled) == len(first) and await asyncio.to_thread(amqp, rabbitmq_url, _count, topic) == 0
+
+            await _until(first_handled_and_acknowledged, task, "the first records were handled")
+            state = transport._queues[(topic, 0)]
+            generation = state.generation
+            await asyncio.sleep(0.3)  # idle at the queue's end: nothing probes it but the check
+            await asyncio.to_thread(amqp, rabbitmq_url, _delete, [topic])
+
+            async def declared_again() -> bool:
+                return state.generation > generation and await exists()
+
+            await _until(declared_again, task, "the deleted queue was declared again and consumed", 30)
+            await asyncio.to_thread(amqp, rabbitmq_url, _publish, topic, _orders(second))
+
+            async def second_handled() -> bool:
+                return len(handled) == len(first) + len(second)
+
+            await _until(second_handled, task, "the records published after the deletion were handled", 30)
+        finally:
+            await consumer.stop()
+            await asyncio.wait_for(task, 60)
+
+    with caplog.at_level("WARNING", logger="toolkit.consumer"):
+        asyncio.run(delete_mid_run())
+    assert set(handled) == set(first) | set(second) and max(handled.values()) == 1
+    assert any("no longer exists" in r.getMessage() and topic in r.getMessage() for r in caplog.records)

@@ -257,6 +257,8 @@ async def _ready(value: Any) -> Any:
         ({"queue_type": "stream"}, "queue_type"),
         ({"partitions": {"orders": 0}}, "partitions"),
         ({"reconnect_interval_s": 0}, "reconnect_interval_s"),
+        ({"queue_check_interval_s": 0}, "queue_check_interval_s"),
+        ({"queue_check_interval_s": True}, "queue_check_interval_s"),
     ],
 )
 def test_bad_transport_arguments_name_the_argument(kwargs, setting):
@@ -281,9 +283,11 @@ def test_rabbitmq_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("RABBITMQ_PARTITIONS", "orders=4, payments=2")
     monkeypatch.setenv("RABBITMQ_QUEUE_TYPE", "quorum")
     monkeypatch.setenv("EPISTLE_BROKER", "rabbitmq")
+    monkeypatch.setenv("RABBITMQ_QUEUE_CHECK_INTERVAL_S", "0.5")
     settings = load_settings(env_file=None)
     assert settings.consumer.broker == "rabbitmq"
     transport = RabbitTransport.from_settings(settings.rabbitmq)
+    assert transport.queue_check_interval_s == 0.5
     assert (transport.url, transport.partitions, transport.queue_type) == (
         "amqp://app:s3cret@rabbit:5672/",
         {"orders": 4, "payments": 2},

@@ -75,6 +75,7 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
         validation,
     )
     from toolkit.layout import Compatibility, SchemaFormat
+    from toolkit.producer_amqp import RabbitProducer
     from toolkit.registry import commands
     from toolkit.settings import load_producer_settings, load_settings
 
@@ -161,6 +162,23 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
             },
         ),
         ("EnvelopeProducer.from_settings", producer.EnvelopeProducer.from_settings, {"settings": settings}),
+        ("make_producer", producer.make_producer, {"settings": settings, "registry": local, "broker": "rabbitmq"}),
+        (
+            "RabbitProducer",
+            RabbitProducer,
+            {
+                "url": "amqp://guest:guest@127.0.0.1:1/",
+                "registry": local,
+                "models": codegen.ModelIndex("generated_models", {}),
+                "name": "p",
+                "subject_strategy": registry.topic_value_strategy,
+                "confluent_topics": ["payments"],
+                "settings": settings,
+                "producer_settings": load_producer_settings(),
+                "partitions": {"orders": 2},
+                "confirm_timeout_s": 5,
+            },
+        ),
         ("avro_json_body", producer.avro_json_body, {"parsed_schema": shipment, "value": shipment_value}),
         ("avro_binary_body", producer.avro_binary_body, {"parsed_schema": shipment, "value": shipment_value}),
         (
@@ -387,6 +405,7 @@ def test_the_table_covers_every_public_function_and_class(table: tuple[list, lis
         "JsonSchemaFormat",
         "Delivery",
         "OutgoingRecord",
+        "ModelProducer",
         "CompatibilityResult",
         "RegisteredSchema",
         "SubjectContext",

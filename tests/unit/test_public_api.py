@@ -25,6 +25,7 @@ def test_all_names_resolve_and_nothing_else_is_public() -> None:
         "scaffold",
         "formats",
         "producer",
+        "producer_amqp",
         "testing",
         "wire",
         "references",

@@ -26,6 +26,13 @@ The engine was written for Kafka's partitions and offsets; this is how AMQP maps
   tags go on counting (offsets would not restart), the deliveries of the cancelled consumer would stay
   unacknowledged there, and the next ``basic.ack(multiple=True)`` would acknowledge them with the new ones,
   including records the engine never handled.
+- A queue deleted without a ``basic.cancel`` (RabbitMQ sends none to a client that does not announce
+  ``consumer_cancel_notify``, and it has been seen to miss one on deletion) leaves a consumer attached to
+  nothing: no delivery, no error. So each assigned queue's existence is checked every
+  ``queue_check_interval_s`` (a passive ``queue.declare`` on its channel). A missing queue is reported (a
+  warning naming it) and handled as a lost channel: the broker closes that channel (404), the robust channel
+  reopens and declares the queue again (with ``declare_queues``; without, it is reported until someone
+  declares it), and consuming starts there as a new generation.
 - A record's key is the AMQP header ``epistle-key`` (AMQP has none); its headers are the message's header
   table (:func:`headers_from_table`, reversed by :func:`table_from_headers`); its timestamp the
   ``timestamp`` property. The properties and the delivery's coordinates go to the dead letter's
@@ -300,6 +307,7 @@ class _Queue:
         "last_delivery",
         "eof_sent",
         "probe_at",
+        "checked_at",
         "delivered",
         "consumed_on",
     )
@@ -318,6 +326,7 @@ class _Queue:
         self.last_delivery = 0.0
         self.eof_sent = False
         self.probe_at = 0.0
+        self.checked_at = 0.0  # when the queue's existence was last checked (or seen in a passive declare)
         self.delivered = 0  # the last delivery tag received on underlay
         self.consumed_on: Any = None  # the last underlying channel consumed on (never consumed on twice)
 
@@ -338,6 +347,8 @@ class RabbitTransport:
         partitions: topic -> number of queues (``<topic>.0`` ..) consumed as its partitions; 1 by default.
         queue_arguments: further ``x-`` arguments for queues declared here (e.g. ``x-max-length``).
         reconnect_interval_s: seconds between reconnection attempts after the connection is lost.
+        queue_check_interval_s: seconds between checks that each consumed queue still exists (module
+            docstring: a queue deleted without a cancel notification).
         connection_name: shown in RabbitMQ's connection list.
 
     Raises:
@@ -356,6 +367,7 @@ class RabbitTransport:
         queue_arguments: Mapping[str, Any] | None = None,
         reconnect_interval_s: float = 2.0,
         connection_name: str = "epistle",
+        queue_check_interval_s: float = 5.0,
     ) -> None:
         import importlib.util
 
@@ -409,6 +421,17 @@ class RabbitTransport:
                 f"reconnect_interval_s={reconnect_interval_s!r}: use seconds above 0, at most 600",
                 setting="reconnect_interval_s",
             )
+        if (
+            isinstance(queue_check_interval_s, bool)
+            or not isinstance(queue_check_interval_s, int | float)
+            or not 0 < queue_check_interval_s <= 3600
+        ):
+            raise ConfigError(
+                f"queue_check_interval_s={queue_check_interval_s!r}: use seconds above 0, at most 3600; "
+                "RABBITMQ_QUEUE_CHECK_INTERVAL_S sets it",
+                setting="queue_check_interval_s",
+            )
+        self.queue_check_interval_s = float(queue_check_interval_s)
         self.url = url
         self.prefetch_count = prefetch_count
         self.declare_queues = declare_queues
@@ -452,6 +475,7 @@ class RabbitTransport:
             single_active_consumer=settings.single_active_consumer,
             partitions=settings.partitions,
             reconnect_interval_s=settings.reconnect_interval_s,
+            queue_check_interval_s=settings.queue_check_interval_s,
         )
 
     def describe(self) -> tuple[str, str, str]:
@@ -681,6 +705,8 @@ class RabbitTransport:
                 if self._observers and now >= self._lag_at and not self._closing:
                     self._lag_at = now + self._lag_interval_s
                     await self._measure_lag()
+                if not self._closing:
+                    await self._check_queues(now)
             except Exception as exc:  # a bug of ours: stop rather than silently stop handing records over
                 log.exception("the RabbitMQ transport failed")
                 events.on_fatal(f"internal error in the RabbitMQ transport: {type(exc).__name__}: {exc}")
@@ -764,6 +790,7 @@ class RabbitTransport:
         queue.consumed_on = underlay
         queue.underlay, queue.acked, queue.delivered, queue.assigned = underlay, 0, 0, True
         queue.lost, queue.eof_sent, queue.paused = False, False, False
+        queue.checked_at = time.monotonic()
         queue.buffer.clear()
         events.on_assign([Assignment(queue.topic, queue.partition, queue.generation)])
         underlay.closing.add_done_callback(lambda _f, q=queue, u=underlay: self._channel_closed(q, u))
@@ -849,13 +876,47 @@ class RabbitTransport:
             underlay = queue.underlay
             if not queue.assigned or underlay is None:
                 continue
-            try:
-                declared = await underlay.queue_declare(queue.name, passive=True)
-            except Exception:  # noqa: BLE001 - the channel closed: handled as lost
+            declared = await self._declared(queue, underlay)
+            if declared is None:
                 continue
             if queue.underlay is underlay:
                 held = max(0, queue.delivered - queue.acked)
                 self._lag[(queue.topic, queue.partition)] = (declared.message_count or 0) + held
+
+    async def _declared(self, queue: _Queue, underlay: Any) -> Any:
+        """The passive ``queue.declare`` answer for ``queue`` on its channel; None when the channel closed or
+        the queue is gone (reported, and the assignment marked lost: module docstring)."""
+        from aiormq.exceptions import ChannelNotFoundEntity
+
+        try:
+            declared = await underlay.queue_declare(queue.name, passive=True)
+        except ChannelNotFoundEntity:
+            if queue.underlay is underlay and not self._closing:
+                log.warning(
+                    "queue %s no longer exists (deleted without a consumer cancel notification): %s",
+                    queue.name,
+                    "declaring it again and consuming it as a new assignment"
+                    if self.declare_queues
+                    else "declare it again (RABBITMQ_DECLARE_QUEUES=false: the consumer does not); "
+                    "consuming resumes once it exists",
+                )
+                queue.lost = True
+                self._wake.set()
+            return None
+        except Exception:  # noqa: BLE001 - the channel closed: handled as lost
+            return None
+        queue.checked_at = time.monotonic()
+        return declared
+
+    async def _check_queues(self, now: float) -> None:
+        """Check that each assigned queue still exists, every ``queue_check_interval_s`` (a passive declare
+        done for the lag or the end probe counts as one)."""
+        for queue in list(self._queues.values()):
+            underlay = queue.underlay
+            if not queue.assigned or underlay is None or queue.lost:
+                continue
+            if now - queue.checked_at >= self.queue_check_interval_s:
+                await self._declared(queue, underlay)
 
     async def _probe_ends(self, events: TransportEvents, now: float) -> None:
         """Tell the engine which queues are at their end (for ``stop_when_idle``): nothing waiting here,
@@ -873,9 +934,8 @@ class RabbitTransport:
                 continue
             queue.probe_at = now + _IDLE_GAP_S
             underlay, asked = queue.underlay, queue.last_delivery
-            try:
-                declared = await underlay.queue_declare(queue.name, passive=True)
-            except Exception:  # noqa: BLE001 - the channel closed: handled as lost
+            declared = await self._declared(queue, underlay)
+            if declared is None:
                 continue
             if declared.message_count:
                 continue

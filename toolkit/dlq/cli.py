@@ -20,7 +20,8 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
-    help="Dead-letter topics: count, show, follow and replay their records (docs/dead-letters.md).",
+    help="Dead-letter topics (Kafka) and queues (RabbitMQ, --broker rabbitmq): count, show, follow and replay "
+    "their records (docs/dead-letters.md).",
 )
 
 Topic = Annotated[
@@ -99,6 +100,16 @@ Until = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
+Broker = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        metavar="BROKER",
+        show_default=False,
+        help="kafka or rabbitmq (default: EPISTLE_BROKER, else kafka). On RabbitMQ TOPIC is the dead-letter "
+        "queue (<queue>.dlq) at RABBITMQ_URL; its partition is 0 and an offset is a position in the queue.",
+    ),
+]
 
 
 def _fail(exc: EpistleError, code: int = 1) -> typer.Exit:
@@ -128,15 +139,33 @@ def _selection(stages, reason, message_types, partitions, from_offset, to_offset
         raise _fail(exc, 2) from None
 
 
-def _settings():
-    """(librdkafka settings, dead-letter suffix, broker wait) from KAFKA_* and EPISTLE_DLQ_SUFFIX."""
+RABBITMQ_TIMEOUT_S = 30.0  # how long the RabbitMQ commands wait for the broker to answer
+
+
+def _settings(broker: str | None = None):
+    """(backend module, its connection settings, dead-letter suffix, broker wait): Kafka's (KAFKA_*) or
+    RabbitMQ's (RABBITMQ_URL), as ``--broker`` or EPISTLE_BROKER says; EPISTLE_DLQ_SUFFIX.
+
+    Raises:
+        ConfigError: ``broker`` is neither, or a setting is invalid.
+    """
     import logging
 
+    from toolkit.errors import ConfigError
     from toolkit.settings import load_settings
 
+    if broker is not None and broker not in ("kafka", "rabbitmq"):
+        raise ConfigError(f"--broker {broker!r}: use kafka or rabbitmq", setting="--broker")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    settings = load_settings()
-    return settings.kafka.client_config(), settings.consumer.dlq_suffix, settings.kafka.startup_timeout_s
+    settings = load_settings(**({"consumer__broker": broker} if broker else {}))
+    suffix = settings.consumer.dlq_suffix
+    if settings.consumer.broker == "rabbitmq":
+        from toolkit.dlq import rabbit
+
+        return rabbit, settings.rabbitmq.url.get_secret_value(), suffix, RABBITMQ_TIMEOUT_S
+    from toolkit.dlq import kafka
+
+    return kafka, settings.kafka.client_config(), suffix, settings.kafka.startup_timeout_s
 
 
 class _Invalid:
@@ -172,6 +201,7 @@ def stats(
     since: Since = None,
     until: Until = None,
     as_json: AsJson = False,
+    broker: Broker = None,
 ) -> None:
     """Count the dead letters by stage, reason, messageType, schema version and hour dead-lettered.
 
@@ -181,13 +211,12 @@ def stats(
     """
     selection = _selection(stage, reason, message_type, partition, from_offset, to_offset, since, until)
     try:
-        from toolkit.dlq.kafka import read
         from toolkit.dlq.letters import Counts, NotADeadLetter
 
-        config, suffix, timeout_s = _settings()
+        backend, config, suffix, timeout_s = _settings(broker)
         counts = Counts(topic)
         invalid = _Invalid()
-        for record in read(config, topic, selection, suffix=suffix, timeout_s=timeout_s):
+        for record in backend.read(config, topic, selection, suffix=suffix, timeout_s=timeout_s):
             if isinstance(record, NotADeadLetter):
                 counts.add_invalid(record)
                 invalid.add(record)
@@ -212,6 +241,7 @@ def show(
     until: Until = None,
     as_json: AsJson = False,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=0, help="Show at most this many (0: all).")] = 100,
+    broker: Broker = None,
 ) -> None:
     """Show the dead letters one by one: where and when, the stage and reason, the details, where the
     original came from, and the original decoded (JSON, else text, else base64).
@@ -223,12 +253,11 @@ def show(
     shown = 0
     more = False
     try:
-        from toolkit.dlq.kafka import read
         from toolkit.dlq.letters import NotADeadLetter, render, to_json
 
-        config, suffix, timeout_s = _settings()
+        backend, config, suffix, timeout_s = _settings(broker)
         invalid = _Invalid()
-        for record in read(config, topic, selection, suffix=suffix, timeout_s=timeout_s):
+        for record in backend.read(config, topic, selection, suffix=suffix, timeout_s=timeout_s):
             if isinstance(record, NotADeadLetter):
                 invalid.add(record)
                 continue
@@ -261,6 +290,7 @@ def tail(
     from_offset: FromOffset = None,
     since: Since = None,
     as_json: AsJson = False,
+    broker: Broker = None,
 ) -> None:
     """Follow the dead-letter topic: print each new dead letter as it comes (from --since or --from-offset
     when given), until Ctrl-C or SIGTERM (exit 0)."""
@@ -278,12 +308,11 @@ def tail(
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        from toolkit.dlq.kafka import follow
         from toolkit.dlq.letters import NotADeadLetter, render, to_json
 
-        config, suffix, timeout_s = _settings()
+        backend, config, suffix, timeout_s = _settings(broker)
         invalid = _Invalid()
-        for record in follow(config, topic, selection, suffix=suffix, timeout_s=timeout_s, on_start=started):
+        for record in backend.follow(config, topic, selection, suffix=suffix, timeout_s=timeout_s, on_start=started):
             if isinstance(record, NotADeadLetter):
                 invalid.add(record)
                 continue
@@ -409,6 +438,7 @@ def replay(
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    broker: Broker = None,
 ) -> None:
     """Replay the originals of dead letters (key, value, headers and timestamp exact) into their source topic
     or --to, each into the partition it came from, with an epistle-replayed-from header
@@ -419,6 +449,10 @@ def replay(
     where it stopped: nothing is sent twice, nothing is skipped. A dead letter the group recorded is not
     replayed again, nor one whose original was a replayed record that failed again, unless --force. Never
     writes into a dead-letter topic. Exit 130 when interrupted; run the same command again to go on.
+
+    On RabbitMQ (--broker rabbitmq) each original goes back to the queue it came from (or --to), published
+    with publisher confirms; its dead letter is acknowledged (removed) only after the confirm, and what is
+    not replayed stays in the dead-letter queue. --group is not used there.
     """
     import signal
 
@@ -437,6 +471,7 @@ def replay(
     from toolkit.dlq import kafka
 
     group = group or kafka.default_group(topic)
+    recorded = f"recorded in group {group}"
     report = kafka.ReplayReport()
     progress = _Progress(topic, not quiet and not dry_run)
 
@@ -447,8 +482,10 @@ def replay(
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        config, suffix, timeout_s = _settings()
-        kafka.replay(
+        backend, config, suffix, timeout_s = _settings(broker)
+        if backend is not kafka:  # the dead letters replayed leave the queue: that is the record
+            recorded = f"their dead letters removed from {topic}"
+        backend.replay(
             config,
             topic,
             selection,
@@ -467,7 +504,7 @@ def replay(
     except KeyboardInterrupt:
         progress.close()
         typer.secho(
-            f"interrupted: {_Progress.counts(report)}; recorded in group {group}: run the same command again to go on",
+            f"interrupted: {_Progress.counts(report)}; {recorded}: run the same command again to go on",
             err=True,
             fg=typer.colors.YELLOW,
         )
@@ -475,7 +512,7 @@ def replay(
     except EpistleError as exc:
         progress.close()
         if report.replayed and not dry_run:
-            typer.echo(f"{_Progress.counts(report)} before it stopped (recorded in group {group})", err=True)
+            typer.echo(f"{_Progress.counts(report)} before it stopped ({recorded})", err=True)
         raise _fail(exc) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -484,4 +521,4 @@ def replay(
     if dry_run:
         typer.echo(f"dry run, {where}: {_Progress.counts(report, 'would be replayed')}; nothing sent or recorded")
     else:
-        typer.echo(f"{where}: {_Progress.counts(report)}; recorded in group {group}")
+        typer.echo(f"{where}: {_Progress.counts(report)}; {recorded}")
