@@ -21,6 +21,11 @@ RabbitMQ is not started by a bare `up`: only the RabbitMQ tests need it, and the
 (tests/conftest.py), as `up rabbitmq` does. It is a private node: its own name, ports, Erlang cookie
 (HOME), port mapper (epmd), config, data and logs, all under `.services/rabbitmq/`.
 
+A 3-node Kafka cluster instead of the single broker: `up kafka --brokers 3` (or EPISTLE_KAFKA_BROKERS=3). Each
+node is broker and controller (KRaft combined mode), runs from `.services/kafka-<n>/`, listens on
+EPISTLE_KAFKA_PORT + n - 1 (controller: EPISTLE_KAFKA_CONTROLLER_PORT + n - 1, default the broker port + 10),
+and topics get replication factor 3 with min.insync.replicas=2. `down` and `status` cover whichever layout runs.
+
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081),
 EPISTLE_PROMETHEUS_PORT (9095), EPISTLE_RABBITMQ_PORT (5672), EPISTLE_RABBITMQ_DIST_PORT (25672),
 EPISTLE_RABBITMQ_EPMD_PORT (4370). State folder: EPISTLE_SERVICES_DIR (.services).
@@ -40,6 +45,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -295,7 +301,7 @@ class Service:
             raise ServiceError(
                 f"{self.name}: port {self.port} on 127.0.0.1 is in use by another process. Stop it "
                 f"(`ss -ltnp 'sport = :{self.port}'` shows which) or choose another port with "
-                f"EPISTLE_{self.name.upper()}_PORT=<port>"
+                f"EPISTLE_{self.name.split('-')[0].upper()}_PORT=<port>"
             )
         self.prepare()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -379,10 +385,39 @@ def _java() -> str:
     return java
 
 
+def kafka_brokers(override: int | None = None) -> int:
+    """How many Kafka nodes to run: ``--brokers``, else EPISTLE_KAFKA_BROKERS, else 1 (a single broker)."""
+    raw = str(override) if override is not None else os.environ.get("EPISTLE_KAFKA_BROKERS", "1")
+    if raw not in ("1", "3"):
+        raise ServiceError(
+            f"EPISTLE_KAFKA_BROKERS (or --brokers) is {raw!r}; use 1 (a single broker) or 3 (a 3-node cluster)"
+        )
+    return int(raw)
+
+
 class Kafka(Service):
-    def __init__(self) -> None:
-        super().__init__("kafka", _port("EPISTLE_KAFKA_PORT", 9092), "kafka.Kafka")
-        self.controller_port = _port("EPISTLE_KAFKA_CONTROLLER_PORT", 9093)
+    """One Kafka node in KRaft combined mode (broker and controller in one JVM).
+
+    ``nodes=1`` is the single broker (``.services/kafka/``, EPISTLE_KAFKA_PORT and _CONTROLLER_PORT). ``nodes=3``
+    is one node of a 3-node cluster (``.services/kafka-<n>/``): node n listens on EPISTLE_KAFKA_PORT + n - 1 and
+    its controller on EPISTLE_KAFKA_CONTROLLER_PORT + n - 1 (default: the broker port + 10), all three are
+    voters of a static quorum, and every topic is replicated three times with ``min.insync.replicas=2``, so
+    one node can be down without a write with acks=all failing.
+    """
+
+    def __init__(self, node: int = 1, nodes: int = 1) -> None:
+        base = _port("EPISTLE_KAFKA_PORT", 9092)
+        controller_base = _port("EPISTLE_KAFKA_CONTROLLER_PORT", 9093 if nodes == 1 else base + 10)
+        if nodes > 1 and abs(controller_base - base) < nodes:
+            raise ServiceError(
+                f"the broker ports {base}-{base + nodes - 1} and the controller ports {controller_base}-"
+                f"{controller_base + nodes - 1} overlap; set EPISTLE_KAFKA_CONTROLLER_PORT to {base + 10}"
+            )
+        name = "kafka" if nodes == 1 else f"kafka-{node}"
+        super().__init__(name, base + node - 1, "kafka.Kafka")
+        self.node, self.nodes = node, nodes
+        self.controller_port = controller_base + node - 1
+        self.controller_ports = [controller_base + n for n in range(nodes)]
 
     @property
     def config(self) -> Path:
@@ -392,11 +427,18 @@ class Kafka(Service):
         libs = fetch_kafka()
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self.dir / "data"
+        replicas, min_isr = (3, 2) if self.nodes == 3 else (1, 1)
+        if self.nodes == 1:
+            quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        else:  # a static quorum: every node formatted alike, no voter to add once they run
+            quorum = "controller.quorum.voters=" + ",".join(
+                f"{n + 1}@127.0.0.1:{port}" for n, port in enumerate(self.controller_ports)
+            )
         properties = "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                f"node.id={self.node}",
+                quorum,
                 f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
                 f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                 "controller.listener.names=CONTROLLER",
@@ -404,12 +446,14 @@ class Kafka(Service):
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 f"log.dirs={data}",
                 "num.partitions=1",
-                "offsets.topic.replication.factor=1",
+                f"default.replication.factor={replicas}",
+                f"min.insync.replicas={min_isr}",
+                f"offsets.topic.replication.factor={replicas}",
                 "offsets.topic.num.partitions=10",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
+                f"transaction.state.log.replication.factor={replicas}",
+                f"transaction.state.log.min.isr={min_isr}",
+                f"share.coordinator.state.topic.replication.factor={replicas}",
+                f"share.coordinator.state.topic.min.isr={min_isr}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
                 "log.retention.hours=24",
@@ -446,7 +490,7 @@ class Kafka(Service):
                     f"{libs}/*",
                     "kafka.tools.StorageTool",
                     "format",
-                    "--standalone",
+                    *(["--standalone"] if self.nodes == 1 else []),
                     "-t",
                     KAFKA_CLUSTER_ID,
                     "-c",
@@ -460,8 +504,7 @@ class Kafka(Service):
         libs = kafka_libs()
         return [
             _java(),
-            "-Xms256m",
-            "-Xmx1g",
+            *(["-Xms256m", "-Xmx1g"] if self.nodes == 1 else ["-Xms128m", "-Xmx512m"]),  # three on 2 cores
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
@@ -756,6 +799,38 @@ def _amqp_answers(host: str, port: int) -> bool:
     return frame[0] == 1  # a method frame on channel 0
 
 
+def _kafka_nodes(brokers: int, action: str) -> list[Service]:
+    """The Kafka services an action covers: the configured ones; for `down` and `status`, the nodes of either
+    layout that run (a cluster started with --brokers 3 is stopped by a plain `down`), or if none does, the
+    configured ones (shown as stopped)."""
+    nodes: list[Service] = [Kafka()] if brokers == 1 else [Kafka(n, brokers) for n in range(1, brokers + 1)]
+    if action in ("down", "status"):
+        every = [Kafka(), *(Kafka(n, 3) for n in range(1, 4))]
+        running: list[Service] = [node for node in every if node.pid_file.exists() and node.pid() is not None]
+        return running or nodes
+    return nodes
+
+
+def _up_together(nodes: list[Service]) -> None:
+    """Start the nodes of a cluster at once: none is ready (answers metadata) before a quorum of controllers
+    runs, so starting them one after another would wait forever on the first."""
+    errors: list[ServiceError] = []
+
+    def up(node: Service) -> None:
+        try:
+            node.up()
+        except ServiceError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=up, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 SERVICES = {"kafka": Kafka, "registry": Registry}
 # started only when named; a plain `down` or `status` covers them when running
 OPTIONAL = {"prometheus": Prometheus, "rabbitmq": RabbitMQ}
@@ -766,6 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["fetch", "up", "down", "status"])
     parser.add_argument("services", nargs="*", metavar="{kafka,registry,prometheus,rabbitmq}")
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        help="Kafka nodes: 1 (default) or a 3-node cluster (EPISTLE_KAFKA_BROKERS)",
+    )
     args = parser.parse_args(argv)
     known = {**SERVICES, **OPTIONAL}
     unknown = sorted(set(args.services) - set(known))
@@ -783,12 +864,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"warning: {exc}\n  (only the RabbitMQ tests need it)", file=sys.stderr)
             print("fetch: done")
             return 0
-        services = [known[name]() for name in names]
+        brokers = kafka_brokers(args.brokers)
+        services: list[Service] = []
+        for name in names:
+            services += _kafka_nodes(brokers, args.action) if name == "kafka" else [known[name]()]
         if not args.services and args.action in ("down", "status"):  # optional services: only when running
             services += [service for service in (cls() for cls in OPTIONAL.values()) if service.pid() is not None]
         if args.action == "up":
+            cluster = [service for service in services if isinstance(service, Kafka) and service.nodes > 1]
+            if cluster:
+                _up_together(cluster)
             for service in services:
-                service.up()
+                if service not in cluster:
+                    service.up()
         elif args.action == "down":
             for service in reversed(services):
                 service.down()
