@@ -11,6 +11,7 @@ shared broker on 9092) is never touched.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -156,7 +157,13 @@ class SteadyProducer(threading.Thread):
         super().__init__(daemon=True)
         self.topic, self.rate, self.prefix = topic, rate, prefix
         self.producer = Producer(
-            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "logger": logging.getLogger("tests.cluster.producer"),  # a node going away is expected here
+            }
         )
         self.body = order_body()
         self.sent = 0
@@ -172,9 +179,9 @@ class SteadyProducer(threading.Thread):
             self.failed.append(f"{message_id}: {err}")
 
     def run(self) -> None:
-        batch = max(1, self.rate // 20)
+        started = time.monotonic()
         while not self._halt.is_set():
-            for _ in range(batch):
+            for _ in range(int((time.monotonic() - started) * self.rate) - self.sent):
                 message_id = f"{self.prefix}{self.sent:06d}"
                 value = envelope_bytes("orders", 1, self.body, message_id=message_id)
                 self.producer.produce(self.topic, key=message_id.encode(), value=value, on_delivery=self._on_delivery)

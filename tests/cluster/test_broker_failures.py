@@ -139,9 +139,15 @@ def test_rolling_restart_of_all_three_brokers(healthy: Cluster, topic_name: Call
     def roll(producer: SteadyProducer, handled: Counter[str]) -> None:
         for node in (1, 2, 3):
             seen = sum(handled.values())
+            marks = [time.monotonic()]
             healthy.stop(node, signal.SIGTERM)  # a controlled shutdown: leadership moves first
+            marks.append(time.monotonic())
             healthy.up()
+            marks.append(time.monotonic())
             healthy.wait_fully_replicated()  # as an operator would before the next node
+            marks.append(time.monotonic())
+            stop_s, up_s, sync_s = (b - a for a, b in zip(marks, marks[1:], strict=False))
+            print(f"\nnode {node}: stopped in {stop_s:.1f}s, up in {up_s:.1f}s, in sync {sync_s:.1f}s later")
             deadline = time.monotonic() + 120
             while sum(handled.values()) < seen + RATE:
                 assert time.monotonic() < deadline, f"no progress across the restart of node {node}"
