@@ -49,7 +49,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -805,24 +807,33 @@ def _kafka_nodes(brokers: int, action: str) -> list[Service]:
     configured ones (shown as stopped)."""
     nodes: list[Service] = [Kafka()] if brokers == 1 else [Kafka(n, brokers) for n in range(1, brokers + 1)]
     if action in ("down", "status"):
-        every = [Kafka(), *(Kafka(n, 3) for n in range(1, 4))]
-        running: list[Service] = [node for node in every if node.pid_file.exists() and node.pid() is not None]
+        layouts: dict[str, Callable[[], Kafka]] = {
+            "kafka": Kafka,
+            **{f"kafka-{n}": partial(Kafka, n, 3) for n in (1, 2, 3)},
+        }
+        # built only when its pid file exists: the ports of a layout not in use need not be valid for it
+        found = [make() for name, make in layouts.items() if (STATE / name / "pid").exists()]
+        running: list[Service] = [node for node in found if node.pid() is not None]
         return running or nodes
     return nodes
 
 
-def _up_together(nodes: list[Service]) -> None:
-    """Start the nodes of a cluster at once: none is ready (answers metadata) before a quorum of controllers
-    runs, so starting them one after another would wait forever on the first."""
+def _together(nodes: list[Service], action: str) -> None:
+    """Start or stop the nodes of a cluster at once. None answers metadata before a quorum of controllers
+    runs, so starting them one after another would wait forever on the first; and the last node stopped
+    alone has no quorum left to hand its partitions over to, so it would wait out STOP_TIMEOUT_S."""
     errors: list[ServiceError] = []
 
-    def up(node: Service) -> None:
+    def run(node: Service) -> None:
         try:
-            node.up()
+            if action == "up":
+                node.up()
+            else:
+                node.down()
         except ServiceError as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=up, args=(node,)) for node in nodes]
+    threads = [threading.Thread(target=run, args=(node,)) for node in nodes]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -870,16 +881,19 @@ def main(argv: list[str] | None = None) -> int:
             services += _kafka_nodes(brokers, args.action) if name == "kafka" else [known[name]()]
         if not args.services and args.action in ("down", "status"):  # optional services: only when running
             services += [service for service in (cls() for cls in OPTIONAL.values()) if service.pid() is not None]
+        cluster = [service for service in services if isinstance(service, Kafka) and service.nodes > 1]
         if args.action == "up":
-            cluster = [service for service in services if isinstance(service, Kafka) and service.nodes > 1]
             if cluster:
-                _up_together(cluster)
+                _together(cluster, "up")
             for service in services:
                 if service not in cluster:
                     service.up()
         elif args.action == "down":
             for service in reversed(services):
-                service.down()
+                if service not in cluster:
+                    service.down()
+            if cluster:
+                _together(cluster, "down")
         else:
             return 0 if all([service.status() for service in services]) else 3
     except ServiceError as exc:
