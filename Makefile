@@ -9,7 +9,7 @@ EPISTLE := $(VENV)/bin/epistle
 STAMP := $(VENV)/.installed
 SERVICES := $(PYTHON) scripts/services.py
 
-.PHONY: help setup services-up services-down services-status codegen codegen-check check test demo bench soak lint clean
+.PHONY: help setup services-up services-down services-status codegen codegen-check check test test-cluster demo bench soak lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,19 @@ check: $(STAMP) ## schema checks (validity, immutability, compatibility) and cod
 
 test: setup ## run the whole test suite against the local services (started if needed)
 	$(PY) -m pytest
+
+# A 3-node Kafka cluster of its own (nodes CLUSTER_PORT..+2, controllers 10 above, state in CLUSTER_DIR),
+# stopped again whatever the outcome; the shared broker on 9092 is not touched.
+CLUSTER_PORT ?= 19092
+CLUSTER_DIR ?= .services/cluster
+CLUSTER_CHAOS_SECONDS ?= 120
+test-cluster: $(STAMP) ## the cluster tests: nodes and consumer processes killed on a 3-broker cluster it starts and stops
+	@export EPISTLE_SERVICES_DIR=$(CLUSTER_DIR) EPISTLE_KAFKA_PORT=$(CLUSTER_PORT) \
+		EPISTLE_KAFKA_CONTROLLER_PORT=$$(( $(CLUSTER_PORT) + 10 )) EPISTLE_KAFKA_BROKERS=3; \
+	trap '$(SERVICES) down kafka' EXIT; \
+	$(SERVICES) up kafka && \
+	EPISTLE_CLUSTER_DIR=$(CLUSTER_DIR) EPISTLE_CLUSTER_PORT=$(CLUSTER_PORT) EPISTLE_CLUSTER_CHAOS_S=$(CLUSTER_CHAOS_SECONDS) \
+		$(PY) -m pytest tests/cluster -m cluster -q -s -p no:cacheprovider
 
 demo: $(STAMP) ## the end-to-end demo on the local broker (started, and left running), with schemas/ as the registry; EPISTLE_BROKER=rabbitmq for RabbitMQ
 	@if [ "$$EPISTLE_BROKER" = rabbitmq ]; then [ -n "$$RABBITMQ_URL" ] || $(SERVICES) up rabbitmq; \

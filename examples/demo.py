@@ -233,7 +233,7 @@ def _create_topics(bootstrap: str, topics: list[str]) -> None:
             "start it with `make services-up` or set KAFKA_BOOTSTRAP_SERVERS"
         ) from None
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1) for topic in topics]
+        [NewTopic(topic, num_partitions=PARTITIONS) for topic in topics]  # the broker's replication
     )
     for future in futures.values():
         future.result(timeout=30)

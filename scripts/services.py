@@ -26,6 +26,11 @@ StandardAuthorizer; its ACLs are granted with confluent-kafka, so run this with 
 EPISTLE_REGISTRY_TLS=1 the registry serving HTTPS only; the CA, the certificates and the users' passwords are
 made once in `.services/security/` (the passwords only in its credentials.json, mode 0600, never printed).
 
+A 3-node Kafka cluster instead of the single broker: `up kafka --brokers 3` (or EPISTLE_KAFKA_BROKERS=3). Each
+node is broker and controller (KRaft combined mode), runs from `.services/kafka-<n>/`, listens on
+EPISTLE_KAFKA_PORT + n - 1 (controller: EPISTLE_KAFKA_CONTROLLER_PORT + n - 1, default the broker port + 10),
+and topics get replication factor 3 with min.insync.replicas=2. `down` and `status` cover whichever layout runs.
+
 Ports: EPISTLE_KAFKA_PORT (9092), EPISTLE_KAFKA_CONTROLLER_PORT (9093), EPISTLE_REGISTRY_PORT (8081),
 EPISTLE_PROMETHEUS_PORT (9095), EPISTLE_RABBITMQ_PORT (5672), EPISTLE_RABBITMQ_DIST_PORT (25672),
 EPISTLE_RABBITMQ_EPMD_PORT (4370). State folder: EPISTLE_SERVICES_DIR (.services).
@@ -47,11 +52,13 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,7 +317,7 @@ class Service:
             raise ServiceError(
                 f"{self.name}: port {self.port} on 127.0.0.1 is in use by another process. Stop it "
                 f"(`ss -ltnp 'sport = :{self.port}'` shows which) or choose another port with "
-                f"EPISTLE_{self.name.upper()}_PORT=<port>"
+                f"EPISTLE_{self.name.split('-')[0].upper()}_PORT=<port>"
             )
         self.prepare()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -491,12 +498,43 @@ class Security:
         return context
 
 
+def kafka_brokers(override: int | None = None) -> int:
+    """How many Kafka nodes to run: ``--brokers``, else EPISTLE_KAFKA_BROKERS, else 1 (a single broker)."""
+    raw = str(override) if override is not None else os.environ.get("EPISTLE_KAFKA_BROKERS", "1")
+    if raw not in ("1", "3"):
+        raise ServiceError(
+            f"EPISTLE_KAFKA_BROKERS (or --brokers) is {raw!r}; use 1 (a single broker) or 3 (a 3-node cluster)"
+        )
+    return int(raw)
+
+
 class Kafka(Service):
-    def __init__(self) -> None:
-        super().__init__("kafka", _port("EPISTLE_KAFKA_PORT", 9092), "kafka.Kafka")
-        self.controller_port = _port("EPISTLE_KAFKA_CONTROLLER_PORT", 9093)
+    """One Kafka node in KRaft combined mode (broker and controller in one JVM).
+
+    ``nodes=1`` is the single broker (``.services/kafka/``, EPISTLE_KAFKA_PORT and _CONTROLLER_PORT). ``nodes=3``
+    is one node of a 3-node cluster (``.services/kafka-<n>/``): node n listens on EPISTLE_KAFKA_PORT + n - 1 and
+    its controller on EPISTLE_KAFKA_CONTROLLER_PORT + n - 1 (default: the broker port + 10), all three are
+    voters of a static quorum, and every topic is replicated three times with ``min.insync.replicas=2``, so
+    one node can be down without a write with acks=all failing.
+    """
+
+    def __init__(self, node: int = 1, nodes: int = 1) -> None:
+        base = _port("EPISTLE_KAFKA_PORT", 9092)
+        controller_base = _port("EPISTLE_KAFKA_CONTROLLER_PORT", 9093 if nodes == 1 else base + 10)
+        if nodes > 1 and abs(controller_base - base) < nodes:
+            raise ServiceError(
+                f"the broker ports {base}-{base + nodes - 1} and the controller ports {controller_base}-"
+                f"{controller_base + nodes - 1} overlap; set EPISTLE_KAFKA_CONTROLLER_PORT to {base + 10}"
+            )
+        name = "kafka" if nodes == 1 else f"kafka-{node}"
+        super().__init__(name, base + node - 1, "kafka.Kafka")
+        self.node, self.nodes = node, nodes
+        self.controller_port = controller_base + node - 1
+        self.controller_ports = [controller_base + n for n in range(nodes)]
         if KAFKA_SECURITY not in ("plaintext", "sasl_ssl"):
             raise ServiceError(f"EPISTLE_KAFKA_SECURITY={KAFKA_SECURITY!r}: use plaintext (the default) or sasl_ssl")
+        if KAFKA_SECURITY == "sasl_ssl" and nodes > 1:
+            raise ServiceError("EPISTLE_KAFKA_SECURITY=sasl_ssl runs a single broker; unset EPISTLE_KAFKA_BROKERS")
         self.security = Security() if KAFKA_SECURITY == "sasl_ssl" else None
 
     @property
@@ -508,11 +546,18 @@ class Kafka(Service):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prepare_security()
         data = self.dir / "data"
+        replicas, min_isr = (3, 2) if self.nodes == 3 else (1, 1)
+        if self.nodes == 1:
+            quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        else:  # a static quorum: every node formatted alike, no voter to add once they run
+            quorum = "controller.quorum.voters=" + ",".join(
+                f"{n + 1}@127.0.0.1:{port}" for n, port in enumerate(self.controller_ports)
+            )
         properties = "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                f"node.id={self.node}",
+                quorum,
                 *(
                     self._secure_listeners()
                     if self.security
@@ -526,12 +571,14 @@ class Kafka(Service):
                 ),
                 f"log.dirs={data}",
                 "num.partitions=1",
-                "offsets.topic.replication.factor=1",
+                f"default.replication.factor={replicas}",
+                f"min.insync.replicas={min_isr}",
+                f"offsets.topic.replication.factor={replicas}",
                 "offsets.topic.num.partitions=10",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
+                f"transaction.state.log.replication.factor={replicas}",
+                f"transaction.state.log.min.isr={min_isr}",
+                f"share.coordinator.state.topic.replication.factor={replicas}",
+                f"share.coordinator.state.topic.min.isr={min_isr}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
                 "log.retention.hours=24",
@@ -570,7 +617,7 @@ class Kafka(Service):
                     f"{libs}/*",
                     "kafka.tools.StorageTool",
                     "format",
-                    "--standalone",
+                    *(["--standalone"] if self.nodes == 1 else []),
                     "-t",
                     KAFKA_CLUSTER_ID,
                     "-c",
@@ -586,8 +633,7 @@ class Kafka(Service):
         libs = kafka_libs()
         return [
             _java(),
-            "-Xms256m",
-            "-Xmx1g",
+            *(["-Xms256m", "-Xmx1g"] if self.nodes == 1 else ["-Xms128m", "-Xmx512m"]),  # three on 2 cores
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
@@ -1028,6 +1074,47 @@ def _amqp_answers(host: str, port: int) -> bool:
     return frame[0] == 1  # a method frame on channel 0
 
 
+def _kafka_nodes(brokers: int, action: str) -> list[Service]:
+    """The Kafka services an action covers: the configured ones; for `down` and `status`, the nodes of either
+    layout that run (a cluster started with --brokers 3 is stopped by a plain `down`), or if none does, the
+    configured ones (shown as stopped)."""
+    nodes: list[Service] = [Kafka()] if brokers == 1 else [Kafka(n, brokers) for n in range(1, brokers + 1)]
+    if action in ("down", "status"):
+        layouts: dict[str, Callable[[], Kafka]] = {
+            "kafka": Kafka,
+            **{f"kafka-{n}": partial(Kafka, n, 3) for n in (1, 2, 3)},
+        }
+        # built only when its pid file exists: the ports of a layout not in use need not be valid for it
+        found = [make() for name, make in layouts.items() if (STATE / name / "pid").exists()]
+        running: list[Service] = [node for node in found if node.pid() is not None]
+        return running or nodes
+    return nodes
+
+
+def _together(nodes: list[Service], action: str) -> None:
+    """Start or stop the nodes of a cluster at once. None answers metadata before a quorum of controllers
+    runs, so starting them one after another would wait forever on the first; and the last node stopped
+    alone has no quorum left to hand its partitions over to, so it would wait out STOP_TIMEOUT_S."""
+    errors: list[ServiceError] = []
+
+    def run(node: Service) -> None:
+        try:
+            if action == "up":
+                node.up()
+            else:
+                node.down()
+        except ServiceError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 SERVICES = {"kafka": Kafka, "registry": Registry}
 # started only when named; a plain `down` or `status` covers them when running
 OPTIONAL = {"prometheus": Prometheus, "rabbitmq": RabbitMQ}
@@ -1038,6 +1125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["fetch", "up", "down", "status"])
     parser.add_argument("services", nargs="*", metavar="{kafka,registry,prometheus,rabbitmq}")
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        help="Kafka nodes: 1 (default) or a 3-node cluster (EPISTLE_KAFKA_BROKERS)",
+    )
     args = parser.parse_args(argv)
     known = {**SERVICES, **OPTIONAL}
     unknown = sorted(set(args.services) - set(known))
@@ -1055,15 +1148,25 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"warning: {exc}\n  (only the RabbitMQ tests need it)", file=sys.stderr)
             print("fetch: done")
             return 0
-        services = [known[name]() for name in names]
+        brokers = kafka_brokers(args.brokers)
+        services: list[Service] = []
+        for name in names:
+            services += _kafka_nodes(brokers, args.action) if name == "kafka" else [known[name]()]
         if not args.services and args.action in ("down", "status"):  # optional services: only when running
             services += [service for service in (cls() for cls in OPTIONAL.values()) if service.pid() is not None]
+        cluster = [service for service in services if isinstance(service, Kafka) and service.nodes > 1]
         if args.action == "up":
+            if cluster:
+                _together(cluster, "up")
             for service in services:
-                service.up()
+                if service not in cluster:
+                    service.up()
         elif args.action == "down":
             for service in reversed(services):
-                service.down()
+                if service not in cluster:
+                    service.down()
+            if cluster:
+                _together(cluster, "down")
         else:
             return 0 if all([service.status() for service in services]) else 3
     except ServiceError as exc:

@@ -87,6 +87,12 @@ def test_private_broker_starts_answers_and_stops_without_leftovers(tmp_path: Pat
     assert _services("status", "kafka", env=env).returncode == 3
 
 
+def test_a_broker_count_other_than_1_or_3_is_a_clear_error(tmp_path: Path) -> None:
+    result = _services("status", "kafka", env={"EPISTLE_SERVICES_DIR": str(tmp_path), "EPISTLE_KAFKA_BROKERS": "2"})
+    assert result.returncode == 1
+    assert "EPISTLE_KAFKA_BROKERS" in result.stderr and "use 1" in result.stderr
+
+
 def _rabbitmq_env(state: Path) -> dict[str, str]:
     return {
         "EPISTLE_SERVICES_DIR": str(state),
