@@ -227,13 +227,16 @@ class Supervisor:
         self.deaths.append(Death(worker.index, pid, code, lived, worker.early_deaths, delay))
         worker.restart_at = now + delay
         log.warning(
-            "worker %d (pid %d) died after %.1f s (%s)%s; restarting it in %.1f s",
+            "worker %d (pid %d) died after %.1f s (%s); restarting it in %.1f s (deaths in a row within %g s "
+            "of starting: %d; the supervisor gives up at %d)",
             worker.index,
             pid,
             lived,
             status,
-            f", {worker.early_deaths} time(s) in a row at start-up" if worker.early_deaths else "",
             delay,
+            self.startup_window_s,
+            worker.early_deaths,
+            self.give_up_after,
         )
 
     def _crash_loop(self, worker: _Worker, status: str) -> WorkerCrashLoop:
