@@ -5,6 +5,7 @@
     python -m bench --layouts shared,pinned,one-core     # also pinned: the broker's affinity is changed
     python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
     python -m bench --only cli            # how long `epistle --help` and `epistle check` take to run
+    python -m bench --only scale-out --messages 100000   # one backlog drained by 1 and by 2 worker processes
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
@@ -39,7 +40,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import backlog, cli, machine, resume
+from bench import backlog, cli, machine, resume, scaleout
 from bench import latency as latency_probe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,6 +376,8 @@ def write_markdown(report: dict) -> str:
         lines += resume.markdown(report["resume"])
     if report.get("cli"):
         lines += cli.markdown(report["cli"])
+    if report.get("scale-out"):
+        lines += scaleout.markdown(report["scale-out"])
     if report.get("latency"):
         lt = report["latency"]
         if "contenders" not in lt:  # an older results.json: the toolkit alone at a fixed rate
@@ -454,7 +457,9 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=30, help="0 skips the latency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--only", choices=["resume", "cli"], help="run this row alone and merge it into the existing results.json"
+        "--only",
+        choices=["resume", "cli", "scale-out"],
+        help="run this row alone and merge it into the existing results.json",
     )
     parser.add_argument("--cli-runs", type=int, default=cli.RUNS, help="runs of each epistle command timed")
     parser.add_argument(
@@ -511,7 +516,10 @@ def main() -> None:
                 f"Python {platform.python_version()}",
             }
         )
-        row = resume.resume(bootstrap, args.runs) if args.only == "resume" else cli.measure(args.cli_runs)
+        if args.only == "scale-out":
+            row = scaleout.scale_out(bootstrap, args.messages, args.runs)
+        else:
+            row = resume.resume(bootstrap, args.runs) if args.only == "resume" else cli.measure(args.cli_runs)
         report[args.only] = row | {"when": datetime.now(UTC).isoformat(timespec="seconds")}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -551,6 +559,7 @@ def main() -> None:
         report["latency"] = latency(bootstrap, latency_contenders, rate, basis, args.latency_seconds, args.latency_runs)
     report["resume"] = resume.resume(bootstrap, args.runs)
     report["cli"] = cli.measure(args.cli_runs)
+    report["scale-out"] = scaleout.scale_out(bootstrap, args.messages, args.runs)
     report["calibration"]["end"] = machine.calibrate()
 
     args.out.mkdir(parents=True, exist_ok=True)
