@@ -179,6 +179,23 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_and_reported(tm
     assert "worker 0" in caplog.text and "stopped (exit code 0)" in caplog.text
 
 
+def test_a_worker_stopped_before_its_consumer_took_over_sigterm_stopped_cleanly(tmp_path, caplog):
+    """SIGTERM's default action ends a worker still starting (no handler yet): nothing was consumed."""
+    starting = """
+    import os, sys, time
+    open(os.path.join(sys.argv[1], f"{sys.argv[2]}.{os.getpid()}"), "w").close()
+    time.sleep(120)
+    """
+    sup = supervisor(1, lambda index: python(starting, tmp_path, index))
+    thread, outcome = run_in_thread(sup)
+    wait_for(lambda: 0 in ready(tmp_path), "the worker started")
+    with caplog.at_level("INFO", logger="toolkit.workers"):
+        sup.request_stop()
+        thread.join(30)
+    assert outcome == {"code": 0}
+    assert "stopped before it was consuming (killed by SIGTERM)" in caplog.text
+
+
 def test_sigterm_to_the_supervisor_stops_the_workers_and_returns_0(tmp_path):
     sup = supervisor(2, lambda index: python(CONSUMER, tmp_path, index))
     timer = threading.Thread(

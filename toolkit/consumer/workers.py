@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("toolkit.workers")
 
 TAIL_LINES = 20  # stderr lines kept per worker for the give-up message
+# How a worker told to stop may end cleanly: 0, or before its consumer took over SIGTERM/SIGINT (nothing was
+# consumed yet): killed by the SIGTERM itself, or 130 (`epistle run` interrupted by a Ctrl-C to the group).
+_STOPPED = (0, -signal.SIGTERM, 130)
 
 
 class WorkerCrashLoop(ConsumerStopped):
@@ -171,7 +174,7 @@ class Supervisor:
                         log.info("every worker finished")
                         return 0
                     time.sleep(self.poll_interval_s)
-            except WorkerCrashLoop:
+            except BaseException:  # giving up (or anything unforeseen): no worker is left running
                 self._stop_all()
                 raise
             return self._stop_all()
@@ -287,12 +290,16 @@ class Supervisor:
                     self.stop_grace_s,
                 )
             code = self._finish(worker)
-            if code != 0:
+            if code not in _STOPPED:
                 clean = False
                 if worker.index not in self.killed:
                     log.error("worker %d (pid %d) stopped with %s", worker.index, pid, describe_status(code))
-            else:
+            elif code == 0:
                 log.info("worker %d (pid %d) stopped (exit code 0)", worker.index, pid)
+            else:
+                log.info(
+                    "worker %d (pid %d) stopped before it was consuming (%s)", worker.index, pid, describe_status(code)
+                )
         return 0 if clean else 1
 
     @contextmanager
