@@ -11,6 +11,8 @@ and its last record, how many it handled and the CPU it used.
                  worker joins is in)
     wall s       from starting ``epistle run`` to its exit: interpreters, imports, group joins and the
                  idle detection included
+    CPU s, cores the workers' CPU time (all their threads, start-up included), and that over wall s: how much
+                 of the machine they got
     redelivered  records handled more than once (handed over uncommitted at a rebalance)
     busy %       the whole machine's non-idle CPU time during the run (/proc/stat): the broker shares it
 
@@ -100,7 +102,10 @@ def measure(bootstrap: str, topic: str, records: int, workers: int, timeout: flo
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
             return {"error": last[0][:300]} | share
         marks = [json.loads(path.read_text()) for path in Path(folder).glob("*.json")]
-    return combine(marks, records) | {"wall_s": round(wall, 2)} | share
+    run = combine(marks, records) | {"wall_s": round(wall, 2)} | share
+    if "cpu_s" in run:  # how much of the machine the workers got, start-up included
+        run["cores"] = round(run["cpu_s"] / wall, 2)
+    return run
 
 
 def scale_out(bootstrap: str, records: int, runs: int) -> dict[str, Any]:
@@ -142,6 +147,7 @@ def summarize(samples: dict[int, list[dict[str, Any]]], records: int, size: int)
             "median_wall_s": median("wall_s"),
             "median_busy_pct": median("busy_pct"),
             "median_cpu_s": median("cpu_s"),
+            "median_cores": median("cores"),
             "redelivered": [r["redelivered"] for r in ok],
             "error": next((r["error"] for r in results if "error" in r), None),
         }
@@ -168,17 +174,20 @@ def markdown(block: dict[str, Any]) -> list[str]:
         f"(~{block['body_bytes']} bytes, {block['partitions']} partitions) with a no-op handler, 1 and 2 worker "
         f"processes interleaved, {block['runs']} runs each. msg/s counts from the first record any worker "
         "handled to the last; wall s from starting the command to its exit; busy % is the whole machine "
-        "(the broker included). See bench/results/scale-out.md for what the ratio says on this machine.",
+        "(the broker included); workers' cores is their CPU time over wall s. See bench/results/scale-out.md "
+        "for what the ratio says on this machine.",
         "",
-        "| workers | median msg/s | runs | median wall s | machine busy % | workers' CPU s | redelivered |",
-        "|---:|---:|---|---:|---:|---:|---|",
+        "| workers | median msg/s | runs | median wall s | machine busy % | workers' CPU s | workers' cores "
+        "| redelivered |",
+        "|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for workers, row in block["rows"].items():
         runs = ", ".join(f"{r:,.0f}" for r in row["runs_msgs_per_s"]) or (row.get("error") or "-")
         redelivered = ", ".join(str(r) for r in row["redelivered"])
         lines.append(
             f"| {workers} | {_fmt(row['median_msgs_per_s'], ',.0f')} | {runs} | {_fmt(row['median_wall_s'])} "
-            f"| {_fmt(row['median_busy_pct'])} | {_fmt(row['median_cpu_s'])} | {redelivered} |"
+            f"| {_fmt(row['median_busy_pct'])} | {_fmt(row['median_cpu_s'])} | {_fmt(row.get('median_cores'))} "
+            f"| {redelivered} |"
         )
     lines += ["", f"Ratio, 2 workers over 1: {_fmt(block.get('ratio'))}.", ""]
     return lines
