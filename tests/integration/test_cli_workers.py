@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -23,7 +24,19 @@ from toolkit.consumer.testing import committed, produce
 
 APP = "tests.integration.workers_app:register"
 PARTITIONS = 4
-METRICS_PORTS = iter(range(29110, 29190, 2))  # this suite's private range; worker i serves on port + i
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free: worker i serves its metrics and probes on P+i."""
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except (OSError, OverflowError):
+                continue
+            return port
 
 
 def orders(count: int) -> tuple[list[tuple[bytes, bytes]], set[str]]:
@@ -38,7 +51,7 @@ class Supervised:
     def __init__(self, tmp_path: Path, bootstrap: str, topic: str, group: str, *args: str, **env: str) -> None:
         self.handled_dir = tmp_path / "handled"
         self.handled_dir.mkdir()
-        self.metrics_port = next(METRICS_PORTS)
+        self.metrics_port = free_port_pair()
         environment = run_env(bootstrap, topic, f"unused-{uuid.uuid4().hex[:6]}", **env)
         environment |= {"WORKERS_TEST_HANDLED_DIR": str(self.handled_dir), "EPISTLE_WORKER_STOP_GRACE_S": "60"}
         command = [*EPISTLE, "run", "--app", APP, "--group-id", group, "--topics", topic, "--workers", "2"]
