@@ -7,6 +7,7 @@
     python -m bench --only cli            # how long `epistle --help` and `epistle check` take to run
     python -m bench --only share          # share groups against a consumer group: bench/results/share-groups.md
     python -m bench --only rabbitmq --messages 20000   # toolkit on RabbitMQ vs a hand-written aio-pika loop
+    python -m bench --only scale-out --messages 100000   # one backlog drained by 1 and by 2 worker processes
 
 Every contender drains the same backlog in the same run, in a fresh process, runs interleaved
 (L0 L1 T ... L0 L1 T ...) so that drift on the machine hits all of them alike; the median is reported.
@@ -41,7 +42,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import backlog, cli, machine, rabbit, resume
+from bench import backlog, cli, machine, rabbit, resume, scaleout
 from bench import latency as latency_probe
 from bench import share as share_groups
 
@@ -378,6 +379,8 @@ def write_markdown(report: dict) -> str:
         lines += resume.markdown(report["resume"])
     if report.get("cli"):
         lines += cli.markdown(report["cli"])
+    if report.get("scale-out"):
+        lines += scaleout.markdown(report["scale-out"])
     if report.get("latency"):
         lt = report["latency"]
         if "contenders" not in lt:  # an older results.json: the toolkit alone at a fixed rate
@@ -469,7 +472,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["resume", "cli", "share", "rabbitmq"],
+        choices=["resume", "cli", "share", "rabbitmq", "scale-out"],
         help="run this row alone and merge it into the existing results.json (share: its own share-groups.md; "
         "rabbitmq: its own rabbitmq.{json,md}, --messages envelopes, --runs runs)",
     )
@@ -544,7 +547,10 @@ def main() -> None:
                 f"Python {platform.python_version()}",
             }
         )
-        row = resume.resume(bootstrap, args.runs) if args.only == "resume" else cli.measure(args.cli_runs)
+        if args.only == "scale-out":
+            row = scaleout.scale_out(bootstrap, args.messages, args.runs)
+        else:
+            row = resume.resume(bootstrap, args.runs) if args.only == "resume" else cli.measure(args.cli_runs)
         report[args.only] = row | {"when": datetime.now(UTC).isoformat(timespec="seconds")}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -584,6 +590,7 @@ def main() -> None:
         report["latency"] = latency(bootstrap, latency_contenders, rate, basis, args.latency_seconds, args.latency_runs)
     report["resume"] = resume.resume(bootstrap, args.runs)
     report["cli"] = cli.measure(args.cli_runs)
+    report["scale-out"] = scaleout.scale_out(bootstrap, args.messages, args.runs)
     if args.rabbitmq_messages:
         row = rabbit.measure(rabbit.default_url(), args.rabbitmq_messages, args.runs, command)
         rabbit.write(row, args.out)

@@ -433,7 +433,16 @@ def run(
             max=65535,
             show_default=False,
             help="Serve Prometheus metrics on /metrics and the probes /healthz and /readyz on this port "
-            "(default: EPISTLE_METRICS_PORT; unset: off).",
+            "(default: EPISTLE_METRICS_PORT; unset: off). With --workers N, worker i serves on this port + i.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            show_default=False,
+            help="Consumer processes of the group, under a supervisor that restarts one that dies "
+            "(default: EPISTLE_WORKER_PROCESSES, else 1: the consumer runs in this process).",
         ),
     ] = None,
 ) -> None:
@@ -459,6 +468,10 @@ def run(
     SIGTERM/SIGINT: stop fetching, finish the handlers in flight, commit, exit 0. The per-topic counters
     are printed on exit. Exit 1: invalid settings or options (one message naming the setting), the
     broker or registry unreachable at start-up, or the consumer stopped on a failure (ErrorPolicy STOP).
+
+    --workers N runs N such processes in the group: a worker that dies is restarted with backoff, one that
+    keeps dying at start-up makes the supervisor stop the others and exit 1 with its last error, and
+    SIGTERM/SIGINT stop every worker as above (docs/operations.md, "Worker processes").
     """
     import asyncio
     import inspect
@@ -502,7 +515,17 @@ def run(
             "consumer__max_workers": max_workers,
             "consumer__broker": broker,
             "consumer__consumer_mode": mode.strip().lower() if mode is not None else None,
+            "consumer__worker_processes": workers,
         }
+        if workers is not None and not 1 <= workers <= 64:
+            raise _fail(
+                ConfigError(
+                    f"--workers {workers}: give the number of consumer processes, from 1 to 64 "
+                    "(1: the consumer runs in this process, as without --workers)",
+                    setting="--workers",
+                ),
+                2,
+            )
         settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
         from toolkit.observability.logs import configure_logging
 
@@ -520,7 +543,25 @@ def run(
                     f"-X {item!r}: use key=value, e.g. -X session.timeout.ms=10000", setting="--kafka-config"
                 )
             extra[key.strip()] = value.strip()
-        register = _load_app_function(app_ref)
+        register = _load_app_function(app_ref)  # checked here once, with --workers too
+        if settings.consumer.worker_processes > 1:
+            from toolkit.consumer.workers import run_workers
+
+            worker_args = ["run", "--app", app_ref, "--log-level", log_level, *(["--until-idle"] * until_idle)]
+            for option, given in (
+                ("--registry-url", registry_url),
+                ("--group-id", group_id),
+                ("--topics", topics),
+                ("--max-workers", max_workers),
+                ("--broker", broker),
+            ):
+                worker_args += [option, str(given)] if given is not None else []
+            for item in kafka_config or []:
+                worker_args += ["-X", item]
+            worker_args += [] if tracing is None else ["--tracing" if tracing else "--no-tracing"]
+            port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
+            count = settings.consumer.worker_processes
+            raise typer.Exit(run_workers(worker_args, settings, count=count, metrics_port=port))
         registry: CachedRegistry[Any] = CachedRegistry.from_settings(
             registry_from_settings(settings.registry, settings.consumer.schemas_dir), settings.registry
         )

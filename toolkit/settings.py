@@ -306,6 +306,11 @@ class ConsumerSettings(BaseSettings):
     dlq_suffix: Annotated[str, Field(min_length=1)] = ".dlq"
     dlq_max_message_bytes: Annotated[int, Field(ge=1000, le=1_000_000_000)] = 10 * 1024 * 1024
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
+    # `epistle run --workers`: consumer processes of the group under one supervisor (each with its own
+    # max_workers handlers); 1 = the consumer runs in the `epistle run` process itself.
+    worker_processes: Annotated[int, Field(ge=1, le=64)] = 1
+    # How long a worker process may take to finish, commit and exit after SIGTERM before it is killed.
+    worker_stop_grace_s: Annotated[float, Field(gt=0, le=3600)] = 45.0
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_in_flight: Annotated[int, Field(ge=1)] = 10_000
     ordering: OrderingMode = OrderingMode.PARTITION
@@ -339,6 +344,13 @@ class ConsumerSettings(BaseSettings):
     metrics_address: str = "0.0.0.0"
     # /healthz fails when the event loop or the poll thread has not gone round for this long.
     health_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+            raise ValueError("use a whole number of processes from 1 to 64, e.g. 2 (1: no worker processes)")
+        return value
 
     @field_validator("unknown_schema_grace_s")
     @classmethod

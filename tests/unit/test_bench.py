@@ -315,3 +315,33 @@ def test_cli_markdown_shows_each_command_against_its_target():
     assert "| `epistle --help` | 0.110 | < 0.3 | yes | 0.09 | 0.10, 0.12 | typer 40 |" in text
     assert "| `epistle check` | - | < 1.0 | NO | - | boom |" in text
     assert "load average 1.0 then 1.2" in text
+
+
+def test_scale_out_combines_the_workers_marks_and_reports_the_ratio():
+    from bench import scaleout
+
+    marks = [
+        {"first": 100.0, "last": 104.0, "count": 600, "cpu_s": 3.0},
+        {"first": 101.0, "last": 105.0, "count": 500, "cpu_s": 2.5},
+    ]
+    run = scaleout.combine(marks, 1000)
+    assert run == {
+        "msgs_per_s": 200.0,  # 1,000 records from the first record of any worker to the last
+        "handled": 1100,
+        "redelivered": 100,
+        "workers_with_records": 2,
+        "worker_processes": 2,
+        "cpu_s": 5.5,
+    }
+    assert scaleout.combine([{"first": None, "last": None, "count": 0}], 10) == {"error": "no record handled"}
+    one = [{"msgs_per_s": 100.0, "wall_s": 12.0, "busy_pct": 70.0, "cpu_s": 9.0, "redelivered": 0}] * 3
+    two = [{"msgs_per_s": v, "wall_s": 10.0, "busy_pct": 99.0, "cpu_s": 10.0, "redelivered": 5} for v in (120, 150, 90)]
+    block = scaleout.summarize({1: one, 2: two + [{"error": "boom"}]}, 1000, 500)
+    assert block["rows"]["2"]["median_msgs_per_s"] == 120 and block["rows"]["2"]["error"] == "boom"
+    assert block["ratio"] == 1.2 and block["runs"] == 4
+    text = "\n".join(scaleout.markdown(block | {"when": "now"}))
+    assert "## Scale-out: worker processes" in text and "Ratio, 2 workers over 1: 1.2." in text
+    assert "| 2 | 120 | 120, 150, 90 |" in text
+    assert "## Scale-out" in write_markdown(
+        {"when": "now", "machine": "m", "runs": 1, "throughput": [], "scale-out": block}
+    )
