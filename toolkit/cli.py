@@ -554,6 +554,7 @@ def run(
                 ("--topics", topics),
                 ("--max-workers", max_workers),
                 ("--broker", broker),
+                ("--mode", mode),
             ):
                 worker_args += [option, str(given)] if given is not None else []
             for item in kafka_config or []:

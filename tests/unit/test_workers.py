@@ -274,13 +274,13 @@ def test_the_worker_command_repeats_the_options_and_sets_each_workers_own(monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "orders-a")
     args = ["run", "--app", "json:dumps", "--workers", "2", "--group-id", "g", "--until-idle"]
-    args += ["-X", "session.timeout.ms=6000", "--metrics-port", "9400", "--no-tracing"]
+    args += ["-X", "session.timeout.ms=6000", "--metrics-port", "9400", "--no-tracing", "--mode", "share"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     (argv0, env0), (argv1, env1) = started
     assert argv0[:3] == [sys.executable, "-m", "toolkit.cli"]
     assert argv0[3:] == [
-        "run", "--app", "json:dumps", "--log-level", "INFO", "--until-idle", "--group-id", "g",
+        "run", "--app", "json:dumps", "--log-level", "INFO", "--until-idle", "--group-id", "g", "--mode", "share",
         "-X", "session.timeout.ms=6000", "--no-tracing", "--metrics-port", "9400",
     ]  # fmt: skip
     assert argv1[-2:] == ["--metrics-port", "9401"] and "--workers" not in argv1
