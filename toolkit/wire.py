@@ -368,22 +368,53 @@ def synthesize_header(
     - ``producer``: the ``producer`` header, else empty.
     """
     message_id = fields.get("messageId") or f"{topic}/{partition}/{offset}"
-    sent = _zoned(fields.get("timestamp"))
+    sent = _zoned(fields.get("timestamp")) if fields else None
     if sent is None:
-        try:
-            moment = datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp is not None else datetime.now(UTC)
-        except (OverflowError, OSError, ValueError):  # a producer-set time beyond the years datetime holds
-            moment = datetime.now(UTC)
-        sent = moment.isoformat(timespec="milliseconds")
-    return Header.model_construct(
-        message_type=message_type,
-        schema_name=schema_name,
-        schema_version=str(version),
-        correlation_id=fields.get("correlationId") or message_id,
-        message_id=message_id,
-        timestamp=sent,
-        producer=fields.get("producer", ""),
+        sent = _broker_time(timestamp)
+    # Per record only four fields differ: a copy of a template of the other three costs a third of a
+    # model_construct (which walks every field in Python); both skip validation, the values are ours.
+    template = _TEMPLATES.get((message_type, schema_name, version))
+    if template is None:
+        template = Header.model_construct(
+            message_type=message_type,
+            schema_name=schema_name,
+            schema_version=str(version),
+            correlation_id="",
+            message_id="",
+            timestamp="",
+            producer="",
+        )
+        if len(_TEMPLATES) < 10_000:  # bounded: messageType may come from a Kafka header
+            _TEMPLATES[(message_type, schema_name, version)] = template
+    return template.model_copy(
+        update={
+            "correlation_id": fields.get("correlationId") or message_id,
+            "message_id": message_id,
+            "timestamp": sent,
+            "producer": fields.get("producer", ""),
+        }
     )
+
+
+_TEMPLATES: dict[tuple[str, str, int], Header] = {}
+_last_time: tuple[int | None, str] = (None, "")  # the last broker timestamp formatted: a batch shares a few
+
+
+def _broker_time(timestamp: int | None) -> str:
+    """The broker's timestamp (epoch milliseconds) as ISO-8601 in UTC, else now."""
+    global _last_time
+    last = _last_time  # one read: another io thread may replace it meanwhile
+    if timestamp is not None and last[0] == timestamp:
+        return last[1]
+    if timestamp is not None:
+        try:
+            text = datetime.fromtimestamp(timestamp / 1000, UTC).isoformat(timespec="milliseconds")
+        except (OverflowError, OSError, ValueError):  # a producer-set time beyond the years datetime holds
+            pass
+        else:
+            _last_time = (timestamp, text)
+            return text
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
