@@ -371,23 +371,11 @@ def synthesize_header(
     sent = _zoned(fields.get("timestamp")) if fields else None
     if sent is None:
         sent = _broker_time(timestamp)
-    # Per record only four fields differ: a copy of a template of the other three costs a third of a
-    # model_construct (which walks every field in Python); both skip validation, the values are ours.
-    template = _TEMPLATES.get((message_type, schema_name, version))
-    if template is None:
-        template = Header.model_construct(
-            message_type=message_type,
-            schema_name=schema_name,
-            schema_version=str(version),
-            correlation_id="",
-            message_id="",
-            timestamp="",
-            producer="",
-        )
-        if len(_TEMPLATES) < 10_000:  # bounded: messageType may come from a Kafka header
-            _TEMPLATES[(message_type, schema_name, version)] = template
-    return template.model_copy(
-        update={
+    return _make_header(
+        {
+            "message_type": message_type,
+            "schema_name": schema_name,
+            "schema_version": str(version),
             "correlation_id": fields.get("correlationId") or message_id,
             "message_id": message_id,
             "timestamp": sent,
@@ -396,7 +384,43 @@ def synthesize_header(
     )
 
 
-_TEMPLATES: dict[tuple[str, str, int], Header] = {}
+_HEADER_FIELDS = frozenset(Header.model_fields)
+_new_header = Header.__new__
+_set = object.__setattr__
+
+
+def _construct(values: dict[str, str]) -> Header:
+    """A Header of trusted values: what ``model_construct`` makes (every field given, no extras, no private
+    attributes) without its walk over the fields in Python, which cost a wire record more than its Avro
+    decode. Used only when :func:`_check_construct` finds it equal to ``model_construct``."""
+    header = _new_header(Header)
+    _set(header, "__dict__", values)
+    _set(header, "__pydantic_fields_set__", set(_HEADER_FIELDS))
+    _set(header, "__pydantic_extra__", None)
+    _set(header, "__pydantic_private__", None)
+    return header
+
+
+def _check_construct() -> Callable[[dict[str, str]], Header]:
+    """:func:`_construct` if it makes what ``model_construct`` makes with this pydantic, else
+    ``model_construct`` itself (another pydantic may keep a model's state differently)."""
+    values = {name: "1" for name in Header.model_fields}
+    try:
+        made, reference = _construct(dict(values)), Header.model_construct(**values)
+        same = (
+            made == reference
+            and made.model_dump() == reference.model_dump()
+            and made.model_fields_set == reference.model_fields_set
+            and made.version == 1
+        )
+    except Exception:  # noqa: BLE001 - any doubt: the documented constructor
+        same = False
+    return _construct if same else lambda fields: Header.model_construct(**fields)
+
+
+_make_header = _check_construct()
+
+
 _last_time: tuple[int | None, str] = (None, "")  # the last broker timestamp formatted: a batch shares a few
 
 
