@@ -404,7 +404,7 @@ def _construct(values: dict[str, str]) -> Header:
 def _check_construct() -> Callable[[dict[str, str]], Header]:
     """:func:`_construct` if it makes what ``model_construct`` makes with this pydantic, else
     ``model_construct`` itself (another pydantic may keep a model's state differently)."""
-    values = {name: "1" for name in Header.model_fields}
+    values: dict[str, Any] = {name: "1" for name in Header.model_fields}
     try:
         made, reference = _construct(dict(values)), Header.model_construct(**values)
         same = (
@@ -415,7 +415,7 @@ def _check_construct() -> Callable[[dict[str, str]], Header]:
         )
     except Exception:  # noqa: BLE001 - any doubt: the documented constructor
         same = False
-    return _construct if same else lambda fields: Header.model_construct(**fields)
+    return _construct if same else lambda fields: Header.model_construct(None, **fields)
 
 
 _make_header = _check_construct()
