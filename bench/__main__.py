@@ -1,6 +1,7 @@
 """Run the benchmarks and write bench/results/{results.json,results.md,throughput.png}.
 
     python -m bench                       # defaults: 200,000 messages, 3 runs, all contenders, JSON + Avro
+                                          # envelopes and Avro in Confluent's wire format (the registry's)
     python -m bench --messages 20000 --runs 3 --rss-messages 100000 --latency-seconds 5 --out /tmp/bench  # quick
     python -m bench --layouts shared,pinned,one-core     # also pinned: the broker's affinity is changed
     python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
@@ -466,7 +467,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--formats", default="json,avro")
+    parser.add_argument(
+        "--formats",
+        default="json,avro,avro-wire",
+        help="json and avro: envelopes; avro-wire: Confluent's wire format, the schema in the registry at "
+        "SCHEMA_REGISTRY_URL (default Apicurio's http://127.0.0.1:8081/apis/ccompat/v7)",
+    )
     parser.add_argument("--contenders", default=",".join(ALL))
     parser.add_argument("--rss-messages", type=int, default=1_000_000, help="0 skips the memory run")
     parser.add_argument(

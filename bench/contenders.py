@@ -206,7 +206,8 @@ def _hand_written_decoder(fmt: str, schema) -> Callable[[Any], Any]:
 def run_p1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     if fmt != "json":
         # pydantic cannot read Avro's JSON encoding (wrapped unions, decimals as byte strings) directly.
-        return {"skipped": "FastStream has no Avro JSON-encoding decoder; JSON Schema variant only"}
+        what = "Confluent wire-format" if fmt == "avro-wire" else "Avro JSON-encoding"
+        return {"skipped": f"FastStream has no {what} decoder; JSON Schema variant only"}
     from faststream.confluent import KafkaBroker
     from pydantic import BaseModel
 
