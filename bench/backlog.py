@@ -1,4 +1,5 @@
-"""Pre-fill a topic with envelopes: ~500-byte `orders` v2 bodies (JSON Schema) or `shipments` v2 (Avro)."""
+"""Pre-fill a topic with envelopes: ~500-byte `orders` v2 bodies (JSON Schema) or `shipments` v2 (Avro); or
+with `shipments` v2 in Confluent's wire format (``avro-wire``: magic byte, schema id, Avro binary)."""
 
 from __future__ import annotations
 
@@ -79,8 +80,64 @@ def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> No
 
 def fill(bootstrap: str, topic: str, count: int, fmt: str = "json", seed: int = 7) -> int:
     """Produce ``count`` envelopes (a few distinct bodies, cycled, to keep produce fast); returns bytes/msg."""
+    if fmt == "avro-wire":
+        return fill_wire(bootstrap, topic, count, seed)
     rng = random.Random(seed)
     pool = [envelope(fmt, rng) for _ in range(1000)]
+    _produce(bootstrap, topic, count, pool)
+    return sum(len(m) for m in pool) // len(pool)
+
+
+REGISTRY_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
+"""The registry of the ``avro-wire`` backlog (``SCHEMA_REGISTRY_URL`` when set): Apicurio's Confluent API."""
+
+
+def registry_url() -> str:
+    import os
+
+    return os.environ.get("SCHEMA_REGISTRY_URL") or REGISTRY_URL
+
+
+def fill_wire(bootstrap: str, topic: str, count: int, seed: int = 7) -> int:
+    """Produce ``count`` ``shipments`` v2 records in Confluent's wire format (magic byte 0, the schema id,
+    Avro binary), as Confluent's AvroSerializer writes them; returns bytes/msg.
+
+    The schema is registered as subject ``<topic>-value`` (Confluent's default topic-name strategy), v1
+    then v2, so that the subject's version 2 is ``shipments`` v2 and the toolkit picks that model."""
+    import io
+    import struct
+    from pathlib import Path
+
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from fastavro import parse_schema, schemaless_writer
+
+    from toolkit.layout import SchemaFormat
+    from toolkit.registry.base import RegisteredSchema
+    from toolkit.validation import compile_schema
+
+    client = SchemaRegistryClient({"url": registry_url()})
+    texts = [Path(f"schemas/shipments/{v}.avsc").read_text() for v in (1, 2)]
+    schema_id = 0
+    for text in texts:
+        schema_id = client.register_schema(f"{topic}-value", Schema(text, "AVRO"))
+    version = client.get_latest_version(f"{topic}-value").version
+    if version != 2:
+        raise RuntimeError(f"{topic}-value: expected version 2 after registering v1 and v2, got {version}")
+    # Python values (logical types converted) from the Avro JSON bodies, then Avro binary
+    compiled = compile_schema(RegisteredSchema("shipments", 2, SchemaFormat.AVRO, texts[1]))
+    parsed = parse_schema(json.loads(texts[1]))
+    rng = random.Random(seed)
+    prefix = struct.pack(">bI", 0, schema_id)
+    pool = []
+    for _ in range(1000):
+        buffer = io.BytesIO()
+        schemaless_writer(buffer, parsed, compiled.decode(shipment_body(rng)))
+        pool.append(prefix + buffer.getvalue())
+    _produce(bootstrap, topic, count, pool)
+    return sum(len(m) for m in pool) // len(pool)
+
+
+def _produce(bootstrap: str, topic: str, count: int, pool: list[bytes]) -> None:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -101,4 +158,3 @@ def fill(bootstrap: str, topic: str, count: int, fmt: str = "json", seed: int = 
             producer.poll(0)
     if producer.flush(120) != 0:
         raise RuntimeError(f"could not deliver the backlog to {topic}")
-    return sum(len(m) for m in pool) // len(pool)

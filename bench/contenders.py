@@ -18,6 +18,12 @@ records from the beginning.
     P1  FastStream 0.7 with its confluent backend, the same pydantic model, a no-op handler
     P2  confluent-kafka's DeserializingConsumer with its JSONDeserializer (jsonschema) and the same model
 
+Format ``avro-wire`` (``shipments`` v2 in Confluent's wire format, the schema in the registry at
+``SCHEMA_REGISTRY_URL``): L1 is the hand-written loop doing the same work (poll, strip the 5-byte prefix,
+fastavro's ``schemaless_reader`` with the id's parsed schema, the generated model), T reads the topic with
+the value format ``confluent``, and P2 is ``DeserializingConsumer`` with ``AvroDeserializer`` building the
+same model.
+
 Besides msg/s it reports the peak RSS of this process alone (VmHWM), the CPU it used between the first
 and the last record (all threads, and per thread), and so how many cores it kept busy. ``--cpus 1``
 restricts it to CPU 1 before anything starts.
@@ -116,6 +122,8 @@ def run_l0(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
 
 
 def run_l1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
+    if fmt == "avro-wire":
+        return run_l1_wire(bootstrap, topic, count)
     from confluent_kafka import Consumer
 
     schema, model = _schema_and_model(fmt)
@@ -147,6 +155,46 @@ def run_l1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     return {"messages": seen, "elapsed_s": elapsed}
 
 
+def run_l1_wire(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    """L1 for Confluent's wire format: the schema fetched once per id from the registry and parsed by
+    fastavro, then per record: strip the prefix, ``schemaless_reader``, the generated model."""
+    from confluent_kafka import Consumer
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from fastavro import parse_schema, schemaless_reader
+
+    from bench.backlog import registry_url
+
+    _, model = _schema_and_model("avro")
+    client = SchemaRegistryClient({"url": registry_url()})
+    parsed: dict[int, Any] = {}
+    validate_model = model.model_validate
+    consumer = Consumer(_consumer_config(bootstrap, **{"enable.auto.offset.store": False}))
+    consumer.subscribe([topic])
+    seen, started, last_commit = 0, None, time.monotonic()
+    while seen < count:
+        for message in consumer.consume(BATCH, 1.0):
+            if message.error() is not None:
+                continue
+            started = started or _start()
+            value = message.value()
+            if value[0] != 0:
+                raise SystemExit("not Confluent's wire format")
+            schema_id = int.from_bytes(value[1:5], "big")
+            schema = parsed.get(schema_id)
+            if schema is None:
+                schema = parsed[schema_id] = parse_schema(json.loads(client.get_schema(schema_id).schema_str))
+            validate_model(schemaless_reader(io.BytesIO(value[5:]), schema, None))
+            consumer.store_offsets(message)
+            seen += 1
+        if time.monotonic() - last_commit > 1.0:
+            consumer.commit(asynchronous=True)
+            last_commit = time.monotonic()
+    elapsed = _elapsed(started)
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    return {"messages": seen, "elapsed_s": elapsed}
+
+
 def _hand_written_decoder(fmt: str, schema) -> Callable[[Any], Any]:
     """The toolkit's cached validator (what "validate with the cached validator" means for L1)."""
     from toolkit.registry.base import RegisteredSchema
@@ -158,7 +206,8 @@ def _hand_written_decoder(fmt: str, schema) -> Callable[[Any], Any]:
 def run_p1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     if fmt != "json":
         # pydantic cannot read Avro's JSON encoding (wrapped unions, decimals as byte strings) directly.
-        return {"skipped": "FastStream has no Avro JSON-encoding decoder; JSON Schema variant only"}
+        what = "Confluent wire-format" if fmt == "avro-wire" else "Avro JSON-encoding"
+        return {"skipped": f"FastStream has no {what} decoder; JSON Schema variant only"}
     from faststream.confluent import KafkaBroker
     from pydantic import BaseModel
 
@@ -191,6 +240,8 @@ def run_p1(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
 
 
 def run_p2(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
+    if fmt == "avro-wire":
+        return run_p2_wire(bootstrap, topic, count)
     if fmt != "json":
         return {"skipped": "JSONDeserializer is for JSON Schema bodies only"}
     from confluent_kafka import DeserializingConsumer
@@ -236,9 +287,51 @@ def run_p2(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:
     return {"messages": seen, "elapsed_s": elapsed}
 
 
+def run_p2_wire(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    """P2 for Confluent's wire format: DeserializingConsumer + AvroDeserializer (the registry's schema by
+    id) building the same generated model."""
+    from confluent_kafka import DeserializingConsumer
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    from bench.backlog import registry_url
+
+    _, model = _schema_and_model("avro")
+    deserializer = AvroDeserializer(
+        SchemaRegistryClient({"url": registry_url()}), from_dict=lambda value, ctx: model.model_validate(value)
+    )
+    consumer = DeserializingConsumer(
+        _consumer_config(bootstrap, **{"value.deserializer": deserializer, "enable.auto.offset.store": False})
+    )
+    consumer.subscribe([topic])
+    seen, started, last_commit = 0, None, time.monotonic()
+    while seen < count:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            continue
+        started = started or _start()
+        consumer.store_offsets(message)
+        seen += 1
+        if seen % 1000 == 0 and time.monotonic() - last_commit > 1.0:
+            consumer.commit(asynchronous=True)
+            last_commit = time.monotonic()
+    elapsed = _elapsed(started)
+    consumer.close()
+    return {"messages": seen, "elapsed_s": elapsed}
+
+
 def _run_toolkit(bootstrap: str, topic: str, count: int, fmt: str, **options: Any) -> dict[str, Any]:
     from toolkit.consumer import KafkaConsumer
 
+    if fmt == "avro-wire":  # the registry holding the backlog's schema, read in Confluent's wire format
+        from bench.backlog import registry_url
+        from toolkit.registry import ConfluentHttpRegistry, topic_value_strategy
+
+        options |= {
+            "registry": ConfluentHttpRegistry(registry_url()),
+            "subject_strategy": topic_value_strategy,
+            "value_formats": {topic: "confluent"},
+        }
     state: dict[str, Any] = {"seen": 0, "started": None, "elapsed": None}
     consumer = KafkaConsumer(bootstrap, f"bench-{uuid.uuid4().hex[:8]}", **options)
 
@@ -341,7 +434,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("bootstrap")
     parser.add_argument("topic")
     parser.add_argument("count", type=int)
-    parser.add_argument("fmt", choices=["json", "avro"])
+    parser.add_argument("fmt", choices=["json", "avro", "avro-wire"])
     parser.add_argument("--cpus", default="", help="comma-separated CPU numbers this process may run on")
     args = parser.parse_args(argv[1:])
     baseline = os.environ.get("EPISTLE_BENCH_TOOLKIT")

@@ -29,10 +29,17 @@
   brokers' producers: :class:`EnvelopeProducer` (Kafka) and :class:`toolkit.producer_amqp.RabbitProducer`
   (RabbitMQ: publisher confirms, mandatory, persistent). :func:`make_producer` gives the one ``EPISTLE_BROKER``
   names, as ``epistle run`` consumes from it.
-- Topics listed in ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` (or ``confluent_topics=``) get Confluent's wire
-  format instead: magic byte 0, the registry's 4-byte schema id, then Avro binary or the JSON body. That
-  needs a registry that assigns schema ids (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads such
-  records on topics whose value format is ``confluent`` or ``auto`` (``EPISTLE_VALUE_FORMATS``).
+- Each topic's value format (``EPISTLE_PRODUCER_VALUE_FORMATS`` or ``value_formats=``: ``topic=format``
+  pairs as ``EPISTLE_VALUE_FORMATS`` reads them, ``envelope`` or ``confluent``, ``*`` for every other topic;
+  ``EPISTLE_PRODUCER_CONFLUENT_TOPICS`` / ``confluent_topics=`` list topics as ``confluent`` too) says how its
+  values are written: envelopes, or Confluent's wire format: magic byte 0, the registry's 4-byte schema
+  id, then Avro binary or the JSON body. That needs a registry that assigns schema ids
+  (``SCHEMA_REGISTRY_URL``); the toolkit's consumer reads such records on topics whose value format is
+  ``confluent`` or ``auto`` (``EPISTLE_VALUE_FORMATS``).
+- A key given as a generated model is written in Confluent's wire format on topics whose key format
+  (``EPISTLE_PRODUCER_KEY_FORMATS`` or ``key_formats=``: ``raw`` or ``confluent``) is ``confluent``, with
+  the schema of its subject (``<topic>-key`` under the topic strategy, else as a value's), validated
+  first like the value; a ``str`` or ``bytes`` key is written as it is on every other topic.
 """
 
 from __future__ import annotations
@@ -59,8 +66,16 @@ from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.envelope import Header, compact_json, encode_envelope, header_fields
 from toolkit.errors import ConfigError, EpistleError, InvalidArgument, MessageError, SchemaNotFound
 from toolkit.layout import SchemaFormat
-from toolkit.registry.base import SubjectContext, SubjectStrategy
+from toolkit.registry.base import SubjectContext, SubjectStrategy, key_strategy_for
 from toolkit.settings import KafkaSettings, ProducerSettings, Settings, load_producer_settings
+from toolkit.wire import (
+    DEFAULT_TOPIC,
+    PRODUCER_KEY_SETTING,
+    PRODUCER_SETTING,
+    KeyFormat,
+    ValueFormat,
+    parse_formats,
+)
 
 log = logging.getLogger("toolkit.producer")
 
@@ -241,8 +256,12 @@ class ModelProducer:
         models: the generated model index (``key_of(model_class)``); None loads ``generated_models``.
         name: the header's ``producer`` (default ``EPISTLE_PRODUCER_NAME``).
         subject_strategy: as the consumer's (default from ``SCHEMA_REGISTRY_SUBJECT_STRATEGY``).
-        confluent_topics: topics written in Confluent's wire format (default
-            ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``); every other topic gets envelopes.
+        value_formats: topic -> ``envelope`` or ``confluent`` (``*``: every other topic; default
+            ``EPISTLE_PRODUCER_VALUE_FORMATS``); topics not listed get envelopes.
+        key_formats: topic -> ``raw`` or ``confluent`` (default ``EPISTLE_PRODUCER_KEY_FORMATS``): where a
+            model key is written in Confluent's wire format.
+        confluent_topics: topics written in Confluent's wire format, as ``topic: confluent`` in
+            ``value_formats`` (default ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``).
     """
 
     def __init__(
@@ -253,6 +272,8 @@ class ModelProducer:
         name: str | None = None,
         subject_strategy: SubjectStrategy | None = None,
         confluent_topics: Iterable[str] | None = None,
+        value_formats: Mapping[str, str] | None = None,
+        key_formats: Mapping[str, str] | None = None,
         settings: Settings | None = None,
         producer_settings: ProducerSettings | None = None,
     ) -> None:
@@ -261,16 +282,33 @@ class ModelProducer:
         self.name = name or own.name
         self.flush_timeout_s = own.flush_timeout_s
         self.confluent_topics = frozenset(confluent_topics if confluent_topics is not None else own.confluent_topics)
+        formats = _formats(value_formats, own.value_formats, "value_formats", PRODUCER_SETTING, ValueFormat)
+        for topic in self.confluent_topics:
+            if formats.get(topic, ValueFormat.CONFLUENT) is not ValueFormat.CONFLUENT:
+                raise ConfigError(
+                    f"topic {topic!r} is listed in confluent_topics (EPISTLE_PRODUCER_CONFLUENT_TOPICS) and "
+                    f"has the value format {formats[topic]} in value_formats ({PRODUCER_SETTING}); "
+                    "list it in one of them",
+                    setting="value_formats",
+                )
+            formats[topic] = ValueFormat.CONFLUENT
+        self._default_format = formats.pop(DEFAULT_TOPIC, ValueFormat.ENVELOPE)
+        self.value_formats: dict[str, ValueFormat] = formats
+        self.confluent_topics = frozenset(t for t, f in formats.items() if f is ValueFormat.CONFLUENT)
+        keys = _formats(key_formats, own.key_formats, "key_formats", PRODUCER_KEY_SETTING, KeyFormat)
+        self._default_key_format = keys.pop(DEFAULT_TOPIC, KeyFormat.RAW)
+        self.key_formats: dict[str, KeyFormat] = keys
         if subject_strategy is None:
             from toolkit.registry.factory import default_subject_strategy
 
             subject_strategy = default_subject_strategy(settings)
         self._subject_strategy = subject_strategy
+        self._key_strategy = key_strategy_for(subject_strategy)
         self._registry_arg = registry
         self._resolver: Any = None
         self._models = models
         self._keys: dict[type, tuple[str, int]] = {}
-        self._plans: dict[tuple[str, str, int, str], tuple[str, Any, Any]] = {}
+        self._plans: dict[tuple[str, str, int, str, bool], tuple[str, Any, Any]] = {}
 
     @classmethod
     def from_settings(
@@ -317,23 +355,32 @@ class ModelProducer:
             self._keys[cls] = key
         return key
 
+    def value_format(self, topic: str) -> ValueFormat:
+        """How ``topic``'s values are written: ``envelope`` or ``confluent``."""
+        return self.value_formats.get(topic, self._default_format)
+
+    def key_format(self, topic: str) -> KeyFormat:
+        """How a model key of ``topic`` is written: ``raw`` (refused for a model) or ``confluent``."""
+        return self.key_formats.get(topic, self._default_key_format)
+
     def build(
         self,
         topic: str,
         model: BaseModel,
         *,
-        key: str | bytes | None = None,
+        key: str | bytes | BaseModel | None = None,
         headers: HeadersLike | None = None,
         message_type: str | None = None,
         correlation_id: str | None = None,
         message_id: str | None = None,
     ) -> OutgoingRecord:
-        """Validate ``model`` against its registry schema and make the record (may ask the registry once
-        per schema version; produces nothing).
+        """Validate ``model`` (and a model ``key``) against its registry schema and make the record (may ask
+        the registry once per schema version; produces nothing).
 
         Raises:
-            PublishRefused: not a generated model, its schema version is not in the registry, or the body
-                fails the schema (``details`` names the paths).
+            PublishRefused: not a generated model, its schema version is not in the registry, the body
+                fails the schema (``details`` names the paths), or the key does not fit the topic's key
+                format.
             RegistryUnavailable: the registry cannot be reached.
         """
         if not isinstance(model, BaseModel):
@@ -347,31 +394,10 @@ class ModelProducer:
             raise
         message_type = message_type or type(model).__name__
         subject, registered, compiled = self._plan(topic, schema_name, version, message_type)
-        wire = WireFormat.CONFLUENT if topic in self.confluent_topics else WireFormat.ENVELOPE
+        wire = WireFormat.CONFLUENT if self.value_format(topic) is ValueFormat.CONFLUENT else WireFormat.ENVELOPE
+        key_bytes = self._key_bytes(topic, key)
         where = f"{type(model).__name__} ({schema_name} v{version}) for topic {topic!r}"
-
-        def refused(reason: str, details: Any = None) -> PublishRefused:
-            return PublishRefused(
-                f"{where} fails its schema, nothing was sent: {reason}",
-                topic=topic,
-                schema_name=schema_name,
-                version=version,
-                details=details,
-            )
-
-        avro = registered.format == SchemaFormat.AVRO
-        try:
-            if avro:
-                value = model.model_dump(by_alias=True, warnings=False)
-                body = avro_json_body(compiled.parsed, value)
-            else:
-                body = model.model_dump(mode="json", by_alias=True, exclude_unset=True, warnings=False)
-        except ValueError as exc:  # fastavro's verdict, or pydantic's PydanticSerializationError
-            raise refused(str(exc), [{"path": "$", "message": str(exc)}]) from None
-        try:
-            compiled.decode(body)  # the consumer's own check, on exactly what it will read
-        except MessageError as exc:
-            raise refused(exc.reason, exc.details) from None
+        avro, value, body = self._checked_body(model, registered, compiled, where, topic, schema_name, version)
 
         fields = header_fields(
             schema_name,
@@ -387,31 +413,110 @@ class ModelProducer:
         if wire is WireFormat.ENVELOPE:
             payload = encode_envelope(fields, body)
         else:
-            if schema_id is None:
-                raise PublishRefused(
-                    f"topic {topic!r} is written in Confluent's wire format, which needs the "
-                    f"registry's schema id, and the registry gave none for subject {subject!r} "
-                    f"v{version} (the local schemas/ folder has no ids): set SCHEMA_REGISTRY_URL "
-                    "to a Confluent-compatible registry, or remove the topic from "
-                    "EPISTLE_PRODUCER_CONFLUENT_TOPICS",
-                    topic=topic,
-                    schema_name=schema_name,
-                    version=version,
-                )
-            prefix = struct.pack(">bI", _MAGIC, schema_id)
+            prefix = self._prefix(topic, subject, registered, schema_name, version, PRODUCER_SETTING, "value")
             data = avro_binary_body(compiled.parsed, value) if avro else compact_json(body)
             payload = prefix + data
             # The header cannot travel inside the value: it goes in the record headers instead.
             record_headers = [*(record_headers or []), *((k, v.encode()) for k, v in fields.items())]
-        return OutgoingRecord(
-            topic,
-            key.encode("utf-8") if isinstance(key, str) else key,
-            payload,
-            record_headers,
-            header,
-            wire,
-            schema_id,
-        )
+        return OutgoingRecord(topic, key_bytes, payload, record_headers, header, wire, schema_id)
+
+    def _checked_body(
+        self, model: BaseModel, registered: Any, compiled: Any, where: str, topic: str, schema_name: str, version: int
+    ) -> tuple[bool, Any, Any]:
+        """``(avro, Python value, body)`` of ``model``, the body checked by the consumer's own validator.
+
+        Raises:
+            PublishRefused: the model does not fit its schema (``details`` names the paths).
+        """
+
+        def refused(reason: str, details: Any = None) -> PublishRefused:
+            return PublishRefused(
+                f"{where} fails its schema, nothing was sent: {reason}",
+                topic=topic,
+                schema_name=schema_name,
+                version=version,
+                details=details,
+            )
+
+        avro = registered.format == SchemaFormat.AVRO
+        value = None
+        try:
+            if avro:
+                value = model.model_dump(by_alias=True, warnings=False)
+                body = avro_json_body(compiled.parsed, value)
+            else:
+                body = model.model_dump(mode="json", by_alias=True, exclude_unset=True, warnings=False)
+        except ValueError as exc:  # fastavro's verdict, or pydantic's PydanticSerializationError
+            raise refused(str(exc), [{"path": "$", "message": str(exc)}]) from None
+        try:
+            compiled.decode(body)  # the consumer's own check, on exactly what it will read
+        except MessageError as exc:
+            raise refused(exc.reason, exc.details) from None
+        return avro, value, body
+
+    @staticmethod
+    def _prefix(
+        topic: str, subject: str, registered: Any, schema_name: str, version: int, setting: str, part: str
+    ) -> bytes:
+        """The wire format's 5 bytes for ``registered``'s schema id.
+
+        Raises:
+            PublishRefused: the registry gave no id (the local schemas/ folder has none).
+        """
+        if registered.schema_id is None:
+            raise PublishRefused(
+                f"the {part}s of topic {topic!r} are written in Confluent's wire format, which needs the "
+                f"registry's schema id, and the registry gave none for subject {subject!r} "
+                f"v{version} (the local schemas/ folder has no ids): set SCHEMA_REGISTRY_URL "
+                f"to a Confluent-compatible registry, or set the topic's {part} format in {setting} "
+                f"to {'envelope' if part == 'value' else 'raw'}",
+                topic=topic,
+                schema_name=schema_name,
+                version=version,
+            )
+        return struct.pack(">bI", _MAGIC, registered.schema_id)
+
+    def _key_bytes(self, topic: str, key: str | bytes | BaseModel | None) -> bytes | None:
+        """The record key: a ``str`` in UTF-8, ``bytes`` as they are, a generated model in Confluent's wire
+        format (on a topic whose key format is ``confluent``), validated like a value.
+
+        Raises:
+            PublishRefused: a model key on a topic whose key format is ``raw``, a ``str``/``bytes`` key on one
+                whose key format is ``confluent``, or a model key that is not generated or fails its schema.
+        """
+        fmt = self.key_format(topic)
+        if key is None:
+            return None
+        if not isinstance(key, BaseModel):
+            if fmt is KeyFormat.CONFLUENT:
+                raise PublishRefused(
+                    f"the keys of topic {topic!r} are written in Confluent's wire format "
+                    f"({PRODUCER_KEY_SETTING}), so the key must be a generated model, got a "
+                    f"{type(key).__name__}: pass the key's model, or set the topic's key format to raw",
+                    topic=topic,
+                )
+            if not isinstance(key, str | bytes):
+                raise PublishRefused(
+                    f"key must be a str, bytes or a generated model, got a {type(key).__name__}", topic=topic
+                )
+            return key.encode("utf-8") if isinstance(key, str) else key
+        if fmt is not KeyFormat.CONFLUENT:
+            raise PublishRefused(
+                f"key {type(key).__name__} is a model, and the keys of topic {topic!r} are written raw: set "
+                f"{PRODUCER_KEY_SETTING}={topic}=confluent (key_formats=) to write it in Confluent's wire "
+                "format, or pass the key as str or bytes",
+                topic=topic,
+            )
+        try:
+            schema_name, version = self.schema_of(key)
+        except PublishRefused as exc:
+            exc.topic = topic
+            raise
+        subject, registered, compiled = self._plan(topic, schema_name, version, type(key).__name__, key=True)
+        where = f"key {type(key).__name__} ({schema_name} v{version}) for topic {topic!r}"
+        avro, value, body = self._checked_body(key, registered, compiled, where, topic, schema_name, version)
+        prefix = self._prefix(topic, subject, registered, schema_name, version, PRODUCER_KEY_SETTING, "key")
+        return prefix + (avro_binary_body(compiled.parsed, value) if avro else compact_json(body))
 
     @staticmethod
     def _carried_correlation_id() -> str | None:
@@ -420,13 +525,16 @@ class ModelProducer:
             return None
         return message.header.correlation_id or None
 
-    def _plan(self, topic: str, schema_name: str, version: int, message_type: str) -> tuple[str, Any, Any]:
-        """(subject, RegisteredSchema, compiled schema), remembered per (topic, schema, messageType)."""
-        plan_key = (topic, schema_name, version, message_type)
+    def _plan(
+        self, topic: str, schema_name: str, version: int, message_type: str, *, key: bool = False
+    ) -> tuple[str, Any, Any]:
+        """(subject, RegisteredSchema, compiled schema), remembered per (topic, schema, messageType, key?)."""
+        plan_key = (topic, schema_name, version, message_type, key)
         plan = self._plans.get(plan_key)
         if plan is not None:
             return plan
-        subject = self._subject_strategy(SubjectContext(topic, schema_name, message_type))
+        strategy = self._key_strategy if key else self._subject_strategy
+        subject = strategy(SubjectContext(topic, schema_name, message_type))
         try:
             registered, compiled = self._schema_resolver().resolve(subject, version)
         except SchemaNotFound as exc:
@@ -468,7 +576,7 @@ class ModelProducer:
         topic: str,
         model: BaseModel,
         *,
-        key: str | bytes | None = None,
+        key: str | bytes | BaseModel | None = None,
         headers: HeadersLike | None = None,
         message_type: str | None = None,
         correlation_id: str | None = None,
@@ -497,7 +605,7 @@ class ModelProducer:
         topic: str,
         model: BaseModel,
         *,
-        key: str | bytes | None = None,
+        key: str | bytes | BaseModel | None = None,
         headers: HeadersLike | None = None,
         message_type: str | None = None,
         correlation_id: str | None = None,
@@ -519,7 +627,11 @@ class ModelProducer:
         }
         cls = type(model)
         known = self._keys.get(cls)
-        if known is not None and (topic, *known, message_type or cls.__name__) in self._plans:
+        planned = known is not None and (topic, *known, message_type or cls.__name__, False) in self._plans
+        if planned and isinstance(key, BaseModel):  # a model key's schema must be known too
+            known_key = self._keys.get(type(key))
+            planned = known_key is not None and (topic, *known_key, type(key).__name__, True) in self._plans
+        if planned:
             record = self.build(topic, model, **kwargs)  # schema known: no I/O, no thread hop
         else:  # the first of its kind may ask the registry: off the loop (to_thread copies the context)
             record = await asyncio.to_thread(self.build, topic, model, **kwargs)
@@ -560,8 +672,8 @@ class EnvelopeProducer(ModelProducer):
         models: the generated model index (``key_of(model_class)``); None loads ``generated_models``.
         name: the header's ``producer`` (default ``EPISTLE_PRODUCER_NAME``).
         subject_strategy: as the consumer's (default from ``SCHEMA_REGISTRY_SUBJECT_STRATEGY``).
-        confluent_topics: topics written in Confluent's wire format (default
-            ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``); every other topic gets envelopes.
+        value_formats, key_formats, confluent_topics: how each topic's values and model keys are written
+            (:class:`ModelProducer`).
         kafka_config: extra librdkafka settings (override ours, except ``acks`` and idempotence).
         client: a :class:`KafkaProducerClient` to use instead of confluent-kafka's (tests).
 
@@ -578,6 +690,8 @@ class EnvelopeProducer(ModelProducer):
         name: str | None = None,
         subject_strategy: SubjectStrategy | None = None,
         confluent_topics: Iterable[str] | None = None,
+        value_formats: Mapping[str, str] | None = None,
+        key_formats: Mapping[str, str] | None = None,
         settings: Settings | None = None,
         producer_settings: ProducerSettings | None = None,
         kafka_config: dict[str, Any] | None = None,
@@ -590,6 +704,8 @@ class EnvelopeProducer(ModelProducer):
             name=name,
             subject_strategy=subject_strategy,
             confluent_topics=confluent_topics,
+            value_formats=value_formats,
+            key_formats=key_formats,
             settings=settings,
             producer_settings=producer_settings,
         )
@@ -836,6 +952,30 @@ def _check_options(arguments: Mapping[str, Any]) -> list[str] | None:
         if name in given and not ok(given[name]):
             raise _fail(name, given[name], fix)
     return topics
+
+
+def _formats(given: Any, default: Mapping[str, Any], name: str, setting: str, kind: type) -> dict[str, Any]:
+    """``value_formats=`` / ``key_formats=`` (else the setting's) as ``{topic: format}``: what a producer
+    writes (``envelope``/``confluent``, ``raw``/``confluent``), parsed as the consumer's formats are.
+
+    Raises:
+        ConfigError: not a mapping, or an entry that is not a topic and a format the producer writes.
+    """
+    if given is None:
+        return dict(default)
+    allowed = (
+        (ValueFormat.ENVELOPE, ValueFormat.CONFLUENT) if kind is ValueFormat else (KeyFormat.RAW, KeyFormat.CONFLUENT)
+    )
+    if not isinstance(given, Mapping):
+        from toolkit.consumer.options import _fail
+
+        raise _fail(
+            name, given, f'use a dict of topic -> format, e.g. {{"payments": "confluent"}} ({setting} sets the default)'
+        )
+    try:
+        return parse_formats(given, kind, allowed)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc} ({setting} sets the default)", setting=name) from None
 
 
 @functools.cache

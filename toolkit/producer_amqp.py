@@ -64,8 +64,8 @@ class RabbitProducer(ModelProducer):
         partitions: topic -> number of queues (default ``RABBITMQ_PARTITIONS``), as the consumer reads them.
         confirm_timeout_s: how long a publish waits for the broker's confirm before it fails (retriable;
             default 30 s).
-        registry, models, name, subject_strategy, confluent_topics, settings, producer_settings: as
-            :class:`~toolkit.producer.ModelProducer`.
+        registry, models, name, subject_strategy, confluent_topics, value_formats, key_formats, settings,
+            producer_settings: as :class:`~toolkit.producer.ModelProducer`.
 
     Raises:
         ConfigError: an argument is invalid (naming it and the fix), or aio-pika is not installed.
@@ -80,6 +80,8 @@ class RabbitProducer(ModelProducer):
         name: str | None = None,
         subject_strategy: SubjectStrategy | None = None,
         confluent_topics: Iterable[str] | None = None,
+        value_formats: Mapping[str, str] | None = None,
+        key_formats: Mapping[str, str] | None = None,
         settings: Settings | None = None,
         producer_settings: ProducerSettings | None = None,
         partitions: Mapping[str, int] | None = None,
@@ -103,6 +105,8 @@ class RabbitProducer(ModelProducer):
             name=name,
             subject_strategy=subject_strategy,
             confluent_topics=confluent_topics,
+            value_formats=value_formats,
+            key_formats=key_formats,
             settings=settings,
             producer_settings=producer_settings,
         )

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from toolkit import _args
 from toolkit.envelope import LIMIT_DEPTH, MAX_DEPTH
 from toolkit.errors import ConfigError
-from toolkit.wire import ValueFormat, parse_value_formats
+from toolkit.wire import KeyFormat, ValueFormat, parse_formats, parse_value_formats
 
 ENV_FILE = ".env"
 
@@ -329,10 +329,19 @@ class ConsumerSettings(BaseSettings):
     # other topic), e.g. "payments=confluent,orders=auto". Unlisted topics are envelopes.
     value_formats: Annotated[dict[str, ValueFormat], NoDecode] = {}
 
+    # How each topic's record keys are read: topic=format pairs (raw, confluent, auto; * for every other
+    # topic), e.g. "payments=confluent". Unlisted topics keep their keys as raw bytes.
+    key_formats: Annotated[dict[str, KeyFormat], NoDecode] = {}
+
     @field_validator("value_formats", mode="before")
     @classmethod
     def _value_formats(cls, value: Any) -> Any:
         return parse_value_formats(value)
+
+    @field_validator("key_formats", mode="before")
+    @classmethod
+    def _key_formats(cls, value: Any) -> Any:
+        return parse_formats(value, KeyFormat)
 
     # `epistle run`'s log lines: "text" (one line, the record context in brackets) or "json" (one object a line).
     log_format: Literal["text", "json"] = "text"
@@ -379,8 +388,24 @@ class ProducerSettings(BaseSettings):
     model_config = _config("EPISTLE_PRODUCER_")
 
     name: Annotated[str, Field(min_length=1)] = "epistle-producer"
+    # How each topic's values are written: topic=format pairs (envelope, confluent; * for every other topic),
+    # as EPISTLE_VALUE_FORMATS reads them. Unlisted topics get envelopes.
+    value_formats: Annotated[dict[str, ValueFormat], NoDecode] = {}
+    # How model keys are written: topic=format pairs (raw, confluent; * for every other topic).
+    key_formats: Annotated[dict[str, KeyFormat], NoDecode] = {}
+    # Topics written in Confluent's wire format, comma-separated: the same as topic=confluent in value_formats.
     confluent_topics: Annotated[list[str], NoDecode] = []
     flush_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("value_formats", mode="before")
+    @classmethod
+    def _value_formats(cls, value: Any) -> Any:
+        return parse_formats(value, ValueFormat, (ValueFormat.ENVELOPE, ValueFormat.CONFLUENT))
+
+    @field_validator("key_formats", mode="before")
+    @classmethod
+    def _key_formats(cls, value: Any) -> Any:
+        return parse_formats(value, KeyFormat, (KeyFormat.RAW, KeyFormat.CONFLUENT))
 
     @field_validator("confluent_topics", mode="before")
     @classmethod

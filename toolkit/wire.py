@@ -47,7 +47,19 @@ class ValueFormat(StrEnum):
     _missing_ = classmethod(_args.not_a_member)
 
 
-_EXAMPLE = "e.g. payments=confluent,orders=auto (topic=format pairs; * for every other topic)"
+class KeyFormat(StrEnum):
+    """How a topic's record keys are read (``EPISTLE_KEY_FORMATS``) or written (``EPISTLE_PRODUCER_KEY_FORMATS``)."""
+
+    RAW = "raw"  # bytes as they are (the default): the handler gets them in Message.key
+    CONFLUENT = "confluent"  # magic byte 0, 4-byte schema id, Avro binary or JSON (subject <topic>-key)
+    AUTO = "auto"  # magic byte 0 -> confluent, anything else -> raw (reading only)
+
+    _missing_ = classmethod(_args.not_a_member)
+
+
+KEY_SETTING = "EPISTLE_KEY_FORMATS"
+PRODUCER_SETTING = "EPISTLE_PRODUCER_VALUE_FORMATS"
+PRODUCER_KEY_SETTING = "EPISTLE_PRODUCER_KEY_FORMATS"
 
 
 def parse_value_formats(value: Any) -> dict[str, ValueFormat]:
@@ -58,13 +70,28 @@ def parse_value_formats(value: Any) -> dict[str, ValueFormat]:
         ValueError: an entry is not ``topic=format`` or names a format other than envelope, confluent, auto
             (the message quotes the entry and gives an example).
     """
+    return parse_formats(value, ValueFormat)
+
+
+def parse_formats(value: Any, kind: type[StrEnum], allowed: Iterable[StrEnum] | None = None) -> dict[str, Any]:
+    """``topic -> format`` of enum ``kind`` (:class:`ValueFormat` or :class:`KeyFormat`), as
+    :func:`parse_value_formats` reads it; ``allowed`` narrows the members accepted (a producer writes
+    ``envelope`` or ``confluent``, never ``auto``).
+
+    Raises:
+        ValueError: an entry is not ``topic=format`` or names a format not allowed (quoted, with an example).
+    """
+    members = [m.value for m in (allowed if allowed is not None else kind)]  # type: ignore[attr-defined]
+    names = ", ".join(members[:-1]) + f" or {members[-1]}" if len(members) > 1 else members[0]
+    other = members[-1] if members[-1] != "confluent" else members[0]
+    example = f"e.g. payments=confluent,orders={other} (topic=format pairs; * for every other topic)"
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
             try:
                 value = json.loads(text)
             except ValueError as exc:
-                raise ValueError(f"not a JSON object ({exc}); use {_EXAMPLE}") from None
+                raise ValueError(f"not a JSON object ({exc}); use {example}") from None
         else:
             pairs = []
             for item in (part.strip() for part in text.split(",")):
@@ -72,26 +99,24 @@ def parse_value_formats(value: Any) -> dict[str, ValueFormat]:
                     continue
                 topic, sep, name = item.partition("=")
                 if not sep:
-                    raise ValueError(f"{item!r} is not topic=format; use {_EXAMPLE}")
+                    raise ValueError(f"{item!r} is not topic=format; use {example}")
                 pairs.append((topic, name))
             value = pairs
     if isinstance(value, Mapping):
         value = list(value.items())
     if not isinstance(value, Iterable):
-        raise ValueError(f"expected topic=format pairs, got a {type(value).__name__}; use {_EXAMPLE}")
-    formats: dict[str, ValueFormat] = {}
+        raise ValueError(f"expected topic=format pairs, got a {type(value).__name__}; use {example}")
+    formats: dict[str, Any] = {}
     for item in value:
         if not isinstance(item, tuple | list) or len(item) != 2:
-            raise ValueError(f"{safe_str(item, repr)[:80]} is not a topic=format pair; use {_EXAMPLE}")
+            raise ValueError(f"{safe_str(item, repr)[:80]} is not a topic=format pair; use {example}")
         topic, name = item
         if not isinstance(topic, str) or not topic.strip() or any(c.isspace() for c in topic.strip()):
-            raise ValueError(f"{topic!r} is not a topic name; use {_EXAMPLE}")
-        try:
-            formats[topic.strip()] = ValueFormat(name.strip().lower() if isinstance(name, str) else name)
-        except ValueError:
-            raise ValueError(
-                f"{topic.strip()}={name!r}: the format must be envelope, confluent or auto; use {_EXAMPLE}"
-            ) from None
+            raise ValueError(f"{topic!r} is not a topic name; use {example}")
+        text = name.strip().lower() if isinstance(name, str) else name
+        if text not in members:
+            raise ValueError(f"{topic.strip()}={name!r}: the format must be {names}; use {example}") from None
+        formats[topic.strip()] = kind(text)
     return formats
 
 
@@ -117,36 +142,40 @@ def looks_confluent(value: Any) -> bool:
     return isinstance(value, bytes | bytearray) and len(value) > 0 and value[0] == MAGIC
 
 
-def split(value: bytes | None) -> WireRecord:
-    """The 5-byte prefix checked and read.
+def split(value: bytes | None, part: str = "value") -> WireRecord:
+    """The 5-byte prefix checked and read (``part``: ``value`` or ``key``, for the reasons).
 
     Raises:
         MessageError: stage ``decode``: no value (a tombstone), not bytes, a magic byte other than 0, or
             fewer bytes than the prefix.
     """
     if value is None:
-        raise MessageError("decode", "the record has no value (a tombstone)")
+        raise MessageError("decode", f"the record has no {part}" + (" (a tombstone)" if part == "value" else ""))
     if not isinstance(value, bytes | bytearray):
-        raise MessageError("decode", f"the record value is a {type(value).__name__}, not bytes")
+        raise MessageError("decode", f"the record {part} is a {type(value).__name__}, not bytes")
     if not value:
         raise MessageError(
             "decode",
-            "the record value is empty; Confluent's wire format starts with the magic byte 0 and a 4-byte schema id",
+            f"the record {part} is empty; Confluent's wire format starts with the magic byte 0 and a 4-byte schema id",
         )
     if value[0] != MAGIC:
         seen = f"0x{value[0]:02x}" + (f" ({chr(value[0])!r})" if 32 <= value[0] < 127 else "")
-        hint = (
-            ": the value looks like JSON, e.g. a {header, body} envelope; read the topic with the value "
-            "format auto or envelope"
-            if value[:1] in (b"{", b"[")
-            else ""
-        )
-        raise MessageError("decode", f"magic byte is {seen}, not 0: not Confluent's wire format{hint}")
+        if part != "value":
+            hint = f"; read the topic's keys with the key format auto or raw ({KEY_SETTING})"
+        elif value[:1] in (b"{", b"["):
+            hint = (
+                ": the value looks like JSON, e.g. a {header, body} envelope; read the topic with the value "
+                "format auto or envelope"
+            )
+        else:
+            hint = ""
+        lead = "" if part == "value" else f"{part} "
+        raise MessageError("decode", f"{lead}magic byte is {seen}, not 0: not Confluent's wire format{hint}")
     if len(value) < PREFIX_BYTES:
         raise MessageError(
             "decode",
-            f"truncated: {len(value)} byte(s), Confluent's wire format needs at least "
-            f"{PREFIX_BYTES} (the magic byte 0 and a 4-byte schema id)",
+            f"truncated{'' if part == 'value' else ' ' + part}: {len(value)} byte(s), Confluent's wire format "
+            f"needs at least {PREFIX_BYTES} (the magic byte 0 and a 4-byte schema id)",
         )
     return WireRecord(int.from_bytes(value[1:PREFIX_BYTES], "big"), bytes(value[PREFIX_BYTES:]))
 
@@ -339,22 +368,77 @@ def synthesize_header(
     - ``producer``: the ``producer`` header, else empty.
     """
     message_id = fields.get("messageId") or f"{topic}/{partition}/{offset}"
-    sent = _zoned(fields.get("timestamp"))
+    sent = _zoned(fields.get("timestamp")) if fields else None
     if sent is None:
-        try:
-            moment = datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp is not None else datetime.now(UTC)
-        except (OverflowError, OSError, ValueError):  # a producer-set time beyond the years datetime holds
-            moment = datetime.now(UTC)
-        sent = moment.isoformat(timespec="milliseconds")
-    return Header.model_construct(
-        message_type=message_type,
-        schema_name=schema_name,
-        schema_version=str(version),
-        correlation_id=fields.get("correlationId") or message_id,
-        message_id=message_id,
-        timestamp=sent,
-        producer=fields.get("producer", ""),
+        sent = _broker_time(timestamp)
+    return _make_header(
+        {
+            "message_type": message_type,
+            "schema_name": schema_name,
+            "schema_version": str(version),
+            "correlation_id": fields.get("correlationId") or message_id,
+            "message_id": message_id,
+            "timestamp": sent,
+            "producer": fields.get("producer", ""),
+        }
     )
+
+
+_HEADER_FIELDS = frozenset(Header.model_fields)
+_new_header = Header.__new__
+_set = object.__setattr__
+
+
+def _construct(values: dict[str, str]) -> Header:
+    """A Header of trusted values: what ``model_construct`` makes (every field given, no extras, no private
+    attributes) without its walk over the fields in Python, which cost a wire record more than its Avro
+    decode. Used only when :func:`_check_construct` finds it equal to ``model_construct``."""
+    header = _new_header(Header)
+    _set(header, "__dict__", values)
+    _set(header, "__pydantic_fields_set__", set(_HEADER_FIELDS))
+    _set(header, "__pydantic_extra__", None)
+    _set(header, "__pydantic_private__", None)
+    return header
+
+
+def _check_construct() -> Callable[[dict[str, str]], Header]:
+    """:func:`_construct` if it makes what ``model_construct`` makes with this pydantic, else
+    ``model_construct`` itself (another pydantic may keep a model's state differently)."""
+    values: dict[str, Any] = {name: "1" for name in Header.model_fields}
+    try:
+        made, reference = _construct(dict(values)), Header.model_construct(**values)
+        same = (
+            made == reference
+            and made.model_dump() == reference.model_dump()
+            and made.model_fields_set == reference.model_fields_set
+            and made.version == 1
+        )
+    except Exception:  # noqa: BLE001 - any doubt: the documented constructor
+        same = False
+    return _construct if same else lambda fields: Header.model_construct(None, **fields)
+
+
+_make_header = _check_construct()
+
+
+_last_time: tuple[int | None, str] = (None, "")  # the last broker timestamp formatted: a batch shares a few
+
+
+def _broker_time(timestamp: int | None) -> str:
+    """The broker's timestamp (epoch milliseconds) as ISO-8601 in UTC, else now."""
+    global _last_time
+    last = _last_time  # one read: another io thread may replace it meanwhile
+    if timestamp is not None and last[0] == timestamp:
+        return last[1]
+    if timestamp is not None:
+        try:
+            text = datetime.fromtimestamp(timestamp / 1000, UTC).isoformat(timespec="milliseconds")
+        except (OverflowError, OSError, ValueError):  # a producer-set time beyond the years datetime holds
+            pass
+        else:
+            _last_time = (timestamp, text)
+            return text
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import StringSerializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from generated_models.orders.v1 import Order as OrderV1
 from generated_models.shipments.v1 import Shipment as ShipmentV1
@@ -269,3 +270,146 @@ def test_kafka_consumer_hands_serializer_records_to_the_handler(
     assert [m.body for m in received] == [ShipmentV1.model_validate(v) for v in values]
     assert {(m.subject, m.header.schema_name) for m in received} == {(f"{topic}-value", "shipments")}
     ConfluentHttpRegistry(registry.registry.url).delete_subject(f"{topic}-value", permanent=True)
+
+
+# -- keys in the wire format ------------------------------------------------------------------------------
+SHIPMENT_KEY = {
+    "type": "record",
+    "name": "ShipmentKey",
+    "namespace": "test.keys",
+    "fields": [{"name": "shipmentId", "type": "string"}, {"name": "part", "type": "int"}],
+}
+
+
+class ShipmentKey(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    shipment_id: str = Field(alias="shipmentId")
+    part: int
+
+
+class KeyedModels(Models):
+    """The v1 models and the key's model, named like the key's record (as codegen names it)."""
+
+    entries = {**Models.entries, ("shipment-key", 1): ShipmentKey}
+
+
+def test_keys_of_confluents_avro_serializer_are_decoded_by_our_consumer(
+    kafka_bootstrap, make_topic, group_id, registry, confluent_client
+) -> None:
+    topic = make_topic("keyed-wire")
+    values = golden(registry, "shipments", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
+    keys = [{"shipmentId": f"s-{index}", "part": index} for index in range(len(values))]
+    producer = SerializingProducer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "key.serializer": AvroSerializer(confluent_client, json.dumps(SHIPMENT_KEY)),  # subject <topic>-key
+            "value.serializer": AvroSerializer(confluent_client, json.dumps(SHIPMENT_V1)),
+        }
+    )
+    for key, value in zip(keys, values, strict=True):
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+    produced = [record.key for record in read_topic(kafka_bootstrap, topic, expected=len(values))]
+    received = []
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=registry,
+        models=KeyedModels(),
+        subject_strategy=topic_value_strategy,
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+        value_formats={topic: "confluent"},
+        key_formats={topic: "confluent"},
+    )
+    consumer.register_handler(topic, lambda message: received.append(message) or True)
+    asyncio.run(asyncio.wait_for(consumer.start(), 60))
+    key_id = confluent_client.get_latest_version(f"{topic}-key").schema_id
+    assert [m.key_value for m in received] == [ShipmentKey.model_validate(k) for k in keys]
+    assert [m.key for m in received] == produced  # the raw bytes kept
+    assert {(m.key_schema_id, m.key_subject) for m in received} == {(key_id, f"{topic}-key")}
+    assert [m.body for m in received] == [ShipmentV1.model_validate(v) for v in values]
+    for subject in (f"{topic}-key", f"{topic}-value"):
+        ConfluentHttpRegistry(registry.registry.url).delete_subject(subject, permanent=True)
+
+
+def test_a_key_of_an_unknown_schema_id_is_dead_lettered_with_its_bytes(
+    kafka_bootstrap, make_topic, group_id, registry, confluent_client
+) -> None:
+    topic = make_topic("bad-key")
+    bad_key = b"\x00\x7f\xff\xff\xf0" + b"\x02k"  # magic byte 0, an id the registry never assigned
+    value = golden(registry, "shipments", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)[0]
+    producer = SerializingProducer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "key.serializer": lambda key, ctx: key,
+            "value.serializer": AvroSerializer(confluent_client, json.dumps(SHIPMENT_V1)),
+        }
+    )
+    producer.produce(topic, key=bad_key, value=value)
+    assert producer.flush(30) == 0
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group_id,
+        registry=registry,
+        models=KeyedModels(),
+        subject_strategy=topic_value_strategy,
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+        unknown_schema_grace_s=0,
+        value_formats={topic: "confluent"},
+        key_formats={topic: "confluent"},
+    )
+    handled = []
+    consumer.register_handler(topic, lambda message: handled.append(message) or True)
+    asyncio.run(asyncio.wait_for(consumer.start(), 60))
+    [letter] = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    assert handled == [] and letter.key == bad_key
+    error = json.loads(letter.value)["error"]
+    assert error["stage"] == "schema" and "schema id 2147483632" in error["reason"], error
+    ConfluentHttpRegistry(registry.registry.url).delete_subject(f"{topic}-value", permanent=True)
+
+
+def test_our_model_keys_are_read_by_confluents_avro_deserializer(
+    kafka_bootstrap, make_topic, registry, confluent_client, registry_url
+) -> None:
+    topic = make_topic("our-keys")
+    http = ConfluentHttpRegistry(registry_url)
+    http.register(f"{topic}-key", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)  # shipments v1 as the key
+    http.register(f"{topic}-value", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
+    models = [
+        ShipmentV1.model_validate(v) for v in golden(registry, "shipments", json.dumps(SHIPMENT_V1), SchemaFormat.AVRO)
+    ]
+    with EnvelopeProducer(
+        kafka_bootstrap,
+        registry=registry,
+        value_formats={topic: "confluent"},
+        key_formats={topic: "confluent"},
+        subject_strategy=topic_value_strategy,
+    ) as producer:
+        for sent in models:
+            producer.send(topic, sent, key=sent).result(30)
+    consumer = DeserializingConsumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "key.deserializer": AvroDeserializer(confluent_client),
+            "value.deserializer": AvroDeserializer(confluent_client),
+        }
+    )
+    consumer.subscribe([topic])
+    received = []
+    try:
+        for _ in range(300):
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                received.append((msg.key(), msg.value()))
+            if len(received) == len(models):
+                break
+    finally:
+        consumer.close()
+    assert [ShipmentV1.model_validate(key) for key, _ in received] == models
+    assert [ShipmentV1.model_validate(value) for _, value in received] == models
+    for subject in (f"{topic}-key", f"{topic}-value"):
+        http.delete_subject(subject, permanent=True)

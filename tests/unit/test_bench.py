@@ -201,6 +201,15 @@ def test_summarize_takes_medians_and_the_target_ratios():
     assert block["contenders"]["P2"]["note"] == "boom" and block["contenders"]["P2"]["steal_pct"] == 2.0
 
 
+def test_the_wire_format_row_has_its_own_labels_and_target_against_the_avro_deserializer():
+    samples = {"L1": [_sample(100)], "T": [_sample(85)], "P2": [_sample(70)]}
+    block = summarize("avro-wire", "shared", 1000, 150, "topic", samples)
+    assert block["ratios"]["T/P2"] == {"ratio": 1.21, "target": 1.0, "met": True}
+    assert block["ratios"]["T/L1"]["target"] == 0.8
+    assert "AvroDeserializer" in block["contenders"]["P2"]["label"] and "fastavro" in block["contenders"]["L1"]["label"]
+    assert "AvroDeserializer" in write_markdown({"when": "now", "runs": 1, "machine": "m", "throughput": [block]})
+
+
 def test_every_contender_has_a_readable_label():
     assert set(LABELS) == set(CONTENDERS)
     assert LABELS["L0"] == "raw librdkafka (L0)" and LABELS["P2"] == "DeserializingConsumer (P2)"

@@ -284,6 +284,7 @@ def _rows(tmp: Path) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
         ("same_schema", registry.same_schema, {"a": '{"type": "string"}', "b": '{"type": "string"}'}),
         ("schema_name_strategy", registry.schema_name_strategy, {"ctx": registry.SubjectContext("orders", "orders")}),
         ("topic_value_strategy", registry.topic_value_strategy, {"ctx": registry.SubjectContext("orders", "orders")}),
+        ("topic_key_strategy", registry.topic_key_strategy, {"ctx": registry.SubjectContext("orders", "orders")}),
         (
             "register_schemas",
             commands.register_schemas,

@@ -599,3 +599,61 @@ def test_avro_bodies_refuse_bad_values_with_epistle_errors() -> None:
                 function(parsed, value)
         with pytest.raises(InvalidArgument):
             function("not a schema", {"value": 1})
+
+
+# -- per-topic formats as settings, and keys in the wire format -------------------------------------------
+def test_value_and_key_formats_from_the_environment_parse_like_the_consumers(monkeypatch) -> None:
+    monkeypatch.setenv("EPISTLE_PRODUCER_VALUE_FORMATS", "payments=confluent, *=envelope")
+    monkeypatch.setenv("EPISTLE_PRODUCER_KEY_FORMATS", "payments=confluent")
+    producer = EnvelopeProducer(producer_settings=load_producer_settings(env_file=None))
+    assert producer.value_format("payments") == "confluent" and producer.value_format("other") == "envelope"
+    assert producer.key_format("payments") == "confluent" and producer.key_format("other") == "raw"
+    assert producer.confluent_topics == {"payments"}
+    for variable, value, words in (
+        ("EPISTLE_PRODUCER_VALUE_FORMATS", "payments=auto", "the format must be envelope or confluent; use e.g."),
+        ("EPISTLE_PRODUCER_VALUE_FORMATS", "payments", "'payments' is not topic=format; use e.g."),
+        ("EPISTLE_PRODUCER_KEY_FORMATS", "payments=envelope", "the format must be raw or confluent"),
+    ):
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ConfigError) as info:
+            load_producer_settings(env_file=None)
+        assert info.value.setting == variable and words in str(info.value)
+        monkeypatch.delenv(variable)
+
+
+def test_formats_given_as_arguments_are_checked_and_agree_with_confluent_topics(registry) -> None:
+    producer = EnvelopeProducer(registry=registry, value_formats={"*": "confluent"}, confluent_topics=["a"])
+    assert producer.value_format("anything") == "confluent"
+    with pytest.raises(ConfigError) as info:
+        EnvelopeProducer(registry=registry, value_formats={"a": "envelope"}, confluent_topics=["a"])
+    assert info.value.setting == "value_formats" and "list it in one of them" in str(info.value)
+    for name, value in (("value_formats", {"a": "auto"}), ("key_formats", ["a"]), ("key_formats", {"a": "json"})):
+        with pytest.raises(ConfigError) as info:
+            EnvelopeProducer(registry=registry, **{name: value})
+        assert info.value.setting == name
+
+
+def test_a_model_key_is_written_in_the_wire_format_with_its_schema(registry, kafka) -> None:
+    producer = EnvelopeProducer(registry=registry, client=kafka, key_formats={"payments": "confluent"})
+    key = model_of(registry, OrderV1, "orders", 1, "required-fields-only")  # its subject: "orders" v1, id 101
+    shipment = model_of(registry, Shipment, "shipments", 2, "full-two-parcels")
+    record = producer.build("payments", shipment, key=key)
+    assert record.key[:5] == b"\x00" + (101).to_bytes(4, "big")
+    assert json.loads(record.key[5:]).keys() == sample("orders", 1, "required-fields-only").keys()
+    assert record.wire_format is WireFormat.ENVELOPE  # the value's format is its own
+
+
+def test_keys_that_do_not_fit_the_topics_key_format_are_refused(registry, kafka) -> None:
+    producer = EnvelopeProducer(registry=registry, client=kafka, key_formats={"payments": "confluent"})
+    shipment = model_of(registry, Shipment, "shipments", 2, "full-two-parcels")
+    key = model_of(registry, OrderV1, "orders", 1, "required-fields-only")
+    with pytest.raises(PublishRefused, match="the key must be a generated model, got a str"):
+        producer.build("payments", shipment, key="k-1")
+    with pytest.raises(PublishRefused, match="EPISTLE_PRODUCER_KEY_FORMATS=refunds=confluent"):
+        producer.build("refunds", shipment, key=key)
+    bad = OrderV1.model_construct(**{**key.__dict__, "order_id": 42})
+    with pytest.raises(PublishRefused, match="key OrderV1|key Order") as info:
+        producer.build("payments", shipment, key=bad)
+    assert "fails its schema" in str(info.value)
+    assert producer.build("refunds", shipment, key="k-1").key == b"k-1"
+    assert kafka.produced == []

@@ -698,3 +698,24 @@ def test_schemas_whose_repeated_items_take_bytes_are_read_as_usual() -> None:
     assert zero_width_repeat(recursive) is None
     for path in sorted(Path(__file__).resolve().parents[2].glob("schemas/*/*.avsc")):
         assert zero_width_repeat(_json.loads(path.read_text())) is None, path
+
+
+def test_the_synthesized_header_is_what_model_construct_makes() -> None:
+    from toolkit.envelope import Header
+    from toolkit.wire import _check_construct, _construct
+
+    assert _check_construct() is _construct  # this pydantic keeps a model's state as the fast path sets it
+    fields = {
+        "message_type": "com.acme.Payment",
+        "schema_name": "payments",
+        "schema_version": "3",
+        "correlation_id": "c",
+        "message_id": "m",
+        "timestamp": "2024-05-01T12:00:00.000+00:00",
+        "producer": "",
+    }
+    made, reference = _construct(dict(fields)), Header.model_construct(**fields)
+    assert made == reference and made.model_dump(by_alias=True) == reference.model_dump(by_alias=True)
+    assert made.model_fields_set == reference.model_fields_set and made.version == 3
+    with pytest.raises(ValueError):  # still frozen
+        made.producer = "other"

@@ -451,6 +451,7 @@ class Engine:
         workers = self._workers
         around = bool(hooks.around)
         locate = self.pipeline.locate  # stages decode and envelope, then the plan, schema or key to resolve
+        keyed = self.pipeline.reads_keys  # keys in the wire format: their schema id resolved off the loop too
         while True:
             try:
                 if prepared is None:
@@ -458,6 +459,8 @@ class Engine:
                     decoded, source = locate(msg.value(), msg.topic())
                     if isinstance(source, tuple):
                         source = await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve, source)
+                    if keyed and (pending := self.pipeline.key_to_resolve(msg.topic(), msg.key())) is not None:
+                        await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve, pending)
                     prepared = self._finish(msg, decoded, source)
                 message = prepared.message
                 message.attempt = attempt

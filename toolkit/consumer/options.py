@@ -192,6 +192,8 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
             raise _fail(name, given[name], fix)
     if "value_formats" in given:
         check_value_formats(given["value_formats"])
+    if "key_formats" in given:
+        check_key_formats(given["key_formats"])
     return topics
 
 
@@ -228,6 +230,8 @@ class ConsumerOptions:
     dead_letter_producer_config: dict[str, Any] = field(repr=False)
     value_formats: dict[str, Any] = field(default_factory=dict)
     """Topic -> ``envelope``, ``confluent`` or ``auto`` (``*``: every other topic); envelope by default."""
+    key_formats: dict[str, Any] = field(default_factory=dict)
+    """Topic -> ``raw``, ``confluent`` or ``auto`` (``*``: every other topic); raw by default."""
 
     @classmethod
     def resolve(cls, settings: Settings | None, arguments: Mapping[str, Any]) -> ConsumerOptions:
@@ -298,6 +302,9 @@ class ConsumerOptions:
                 if a.get("value_formats") is not None
                 else dict(cfg.value_formats)
             ),
+            key_formats=(
+                check_key_formats(a["key_formats"]) if a.get("key_formats") is not None else dict(cfg.key_formats)
+            ),
         )
 
     def share_consumer_config(self) -> dict[str, Any]:
@@ -345,6 +352,27 @@ def check_value_formats(value: Any) -> dict:
         return parse_value_formats(value)
     except ValueError as exc:
         raise ConfigError(f"value_formats: {exc} ({SETTING} sets the default)", setting="value_formats") from None
+
+
+def check_key_formats(value: Any) -> dict:
+    """``key_formats=`` as a ``{topic: format}`` dict (the setting's rules: :data:`toolkit.wire.KEY_SETTING`).
+
+    Raises:
+        ConfigError: not a mapping, or an entry that is not a topic and one of raw, confluent, auto.
+    """
+    from toolkit.wire import KEY_SETTING, KeyFormat, parse_formats
+
+    if not isinstance(value, Mapping):
+        raise _fail(
+            "key_formats",
+            value,
+            f'use a dict of topic -> "raw", "confluent" or "auto", e.g. {{"payments": "confluent"}} '
+            f"({KEY_SETTING} sets the default)",
+        )
+    try:
+        return parse_formats(value, KeyFormat)
+    except ValueError as exc:
+        raise ConfigError(f"key_formats: {exc} ({KEY_SETTING} sets the default)", setting="key_formats") from None
 
 
 # librdkafka properties that say how to reach and authenticate to the cluster, as opposed to how to consume:

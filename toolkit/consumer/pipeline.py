@@ -15,6 +15,13 @@ splits off the schema id (a :class:`~toolkit.wire.WireRecord`), :meth:`Pipeline.
 id up (the same grace for an unknown id as for an unknown version), and :meth:`Pipeline.finish` picks the
 subject, decodes the payload, builds the model and synthesizes the header. The runtime's calls are the same
 for both kinds of record, with the topic passed to ``decode`` (or :meth:`Pipeline.locate` doing it all).
+
+A topic whose key format (``key_formats``, ``EPISTLE_KEY_FORMATS``) is ``confluent``, or ``auto`` with a
+first byte 0, has its record keys decoded the same way: :meth:`Pipeline.key_to_resolve` says which schema
+id to resolve first (the runtime resolves it off the event loop, as a value's), and :meth:`Pipeline.finish`
+decodes the key into ``Message.key_value`` (the generated model when there is one for the key's subject and
+version, else the decoded value), the raw bytes staying in ``Message.key``. The key's subject is the one
+:func:`~toolkit.registry.base.key_strategy_for` names: ``<topic>-key`` under the topic strategy.
 """
 
 from __future__ import annotations
@@ -44,12 +51,15 @@ from toolkit.registry.base import (
     SchemaRegistry,
     SubjectContext,
     SubjectStrategy,
+    key_strategy_for,
     schema_name_strategy,
     supports_schema_ids,
 )
 from toolkit.wire import (
     DEFAULT_TOPIC,
+    KEY_SETTING,
     SETTING,
+    KeyFormat,
     SchemaIdKey,
     ValueFormat,
     WireRecord,
@@ -89,6 +99,11 @@ class Message(Generic[BodyT]):
     delivery_count: int | None = None  # share groups: the broker's delivery count (the attempt); else None
     schema_id: int | None = None  # the registry's schema id of a record in Confluent's wire format
     subject: str | None = None  # the registry subject of that id the record was read as (wire format only)
+    # A key in Confluent's wire format (key format confluent or auto): the decoded key (the generated model
+    # of its subject and version when there is one, else the decoded value), its schema id and subject.
+    key_value: Any = None
+    key_schema_id: int | None = None
+    key_subject: str | None = None
 
     @property
     def message_id(self) -> str:
@@ -180,6 +195,7 @@ class Pipeline:
         unknown_schema_grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         value_formats: Mapping[str, ValueFormat | str] | None = None,
+        key_formats: Mapping[str, KeyFormat | str] | None = None,
     ):
         self.resolver = resolver
         self.max_depth = max_depth  # EPISTLE_MAX_NESTING_DEPTH: JSON nesting levels of the whole envelope
@@ -192,8 +208,26 @@ class Pipeline:
         self._clock = clock
         self._fresh_lookups = _takes_fresh(resolver.resolve)
         self._fresh_id_lookups = _takes_fresh(getattr(resolver, "resolve_id", None))
-        from toolkit.consumer.options import check_value_formats
+        from toolkit.consumer.options import check_key_formats, check_value_formats
 
+        keys = check_key_formats(key_formats or {})
+        self._default_key_format = keys.pop(DEFAULT_TOPIC, KeyFormat.RAW)
+        self.key_formats = keys  # topic -> format; topics not listed: the "*" entry, else raw
+        key_topics = [t for t, f in keys.items() if f is not KeyFormat.RAW]
+        if self._default_key_format is not KeyFormat.RAW:
+            key_topics.append(DEFAULT_TOPIC)
+        self._keys_raw = not key_topics  # the common case: no key is decoded
+        self.reads_keys = not self._keys_raw
+        self.key_subject_strategy = key_strategy_for(subject_strategy)
+        self._key_plans: dict[tuple[str, int], tuple[str, int, type[BaseModel] | None]] = {}
+        if key_topics and not supports_schema_ids(resolver):
+            from toolkit.registry.local import no_schema_ids
+
+            raise ConfigError(
+                f"{KEY_SETTING} (key_formats) reads the keys of {', '.join(sorted(key_topics))} in Confluent's "
+                f"wire format, but {no_schema_ids(getattr(resolver, 'registry', resolver))}",
+                setting="SCHEMA_REGISTRY_URL",
+            )
         formats = check_value_formats(value_formats or {})
         self._default_format = formats.pop(DEFAULT_TOPIC, ValueFormat.ENVELOPE)
         self.value_formats = formats  # topic -> format; topics not listed: the "*" entry, else envelope
@@ -214,7 +248,7 @@ class Pipeline:
         # (subject, version) or schema id the registry did not know -> (first miss, latest miss), monotonic s
         self._unknown: dict[tuple[str, int] | SchemaIdKey, tuple[float, float]] = {}
         self._compiled: dict[tuple[str, int] | SchemaIdKey, CompiledSchema | WireSchema] = {}
-        self._subjects: dict[tuple[str, str, str], str] = {}
+        self._subjects: dict[tuple[str, str, str | None, bool], str] = {}
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
 
     # -- stages -----------------------------------------------------------------------------------------
@@ -254,16 +288,33 @@ class Pipeline:
         compiled = self._compiled.get(key)
         return decoded, key if compiled is None else compiled
 
+    def key_format(self, topic: str | None) -> KeyFormat:
+        """The topic's key format (``None``: the format of topics not listed)."""
+        if topic is None:
+            return self._default_key_format
+        return self.key_formats.get(topic, self._default_key_format)
+
+    def key_to_resolve(self, topic: str, key: bytes | None) -> SchemaIdKey | None:
+        """The schema id of ``key`` to :meth:`resolve` before :meth:`finish` (may do I/O there), or None:
+        the key is not read in the wire format, its id is resolved already, or its prefix is bad (then
+        :meth:`finish` raises). No I/O."""
+        if self._keys_raw or not key or key[0] != 0 or len(key) < 5:
+            return None
+        if self.key_format(topic) is KeyFormat.RAW:
+            return None
+        id_key = SchemaIdKey(int.from_bytes(key[1:5], "big"))
+        return None if id_key in self._compiled else id_key
+
     def subject_of(self, topic: str, decoded: DecodedRecord | WireRecord) -> tuple[str, int] | SchemaIdKey:
         """The key to resolve: ``(subject, version)`` of an envelope, the schema id of a wire-format record."""
         if decoded.__class__ is WireRecord:
             return SchemaIdKey(decoded.schema_id)  # type: ignore[union-attr]
         header = decoded.header
         assert header is not None
-        names = (topic, header.schema_name, header.message_type)
+        names = (topic, header.schema_name, header.message_type, False)
         subject = self._subjects.get(names)
         if subject is None:  # a strategy is a pure function of its context: ask once per combination
-            subject = self.subject_strategy(SubjectContext(*names))
+            subject = self.subject_strategy(SubjectContext(*names[:3]))
             if len(self._subjects) < _MAX_PLANS:  # bounded: schemaName comes from the records
                 self._subjects[names] = subject
         return subject, header.version
@@ -450,6 +501,9 @@ class Pipeline:
         decoded = self.decode(value, topic)
         key_ = self.subject_of(topic, decoded)
         compiled = self.resolve(key_)
+        pending = self.key_to_resolve(topic, key)
+        if pending is not None:
+            self.resolve(pending)
         return self.finish(
             decoded,
             compiled,
@@ -523,6 +577,8 @@ class Pipeline:
                 plan_key = (topic, header.schema_name, header.message_type, header.schema_version)
                 self._plans[plan_key] = Plan(source, model, route)  # type: ignore[arg-type]
         message = Message(header, body, topic, partition, offset, key, headers or [], timestamp, value or b"")
+        if not self._keys_raw and key is not None:
+            self._read_key(topic, key, message)
         return Prepared(message, route)
 
     # -- Confluent's wire format ---------------------------------------------------------------------------
@@ -600,10 +656,12 @@ class Pipeline:
             schema_id=wire.schema_id,
             subject=subject,
         )
+        if not self._keys_raw and key is not None:
+            self._read_key(topic, key, message)
         return Prepared(message, plan.route)
 
     def _choose_subject(
-        self, topic: str, wire: WireSchema, message_type: str | None, named: str | None
+        self, topic: str, wire: WireSchema, message_type: str | None, named: str | None, *, key: bool = False
     ) -> tuple[str, str, int]:
         """``(schemaName, subject, version)`` for a record of ``topic`` carrying ``wire``'s id.
 
@@ -620,16 +678,17 @@ class Pipeline:
                 looked up again: the schema may be registered under the topic's subject meanwhile).
             MessageError: stage ``schema``: the same after the grace, or an ambiguous schemaName.
         """
-        key = SchemaIdKey(wire.schema_id)
+        id_key = SchemaIdKey(wire.schema_id)
         versions = dict(wire.schema.versions)
         mt = message_type or None
+        reader = f"the keys of topic {topic!r} are read as" if key else f"topic {topic!r} reads"
 
         def fits(name: str) -> str | None:
-            subject = self._subject_for(topic, name, mt)
+            subject = self._subject_for(topic, name, mt, key)
             return subject if subject in versions else None
 
         if named and (subject := fits(named)):
-            self._unknown.pop(key, None)
+            self._unknown.pop(id_key, None)
             return named, subject, versions[subject]
         hits = [
             (name, subject)
@@ -638,16 +697,26 @@ class Pipeline:
         ]
         if not hits:
             registered = ", ".join(f"{s!r} v{v}" for s, v in versions.items()) or "no subject"
-            self._compiled.pop(key, None)  # asked again on the retry: the id may gain the topic's subject
+            self._compiled.pop(id_key, None)  # asked again on the retry: the id may gain the topic's subject
             raise self._unknown_schema(
-                key,
+                id_key,
                 SchemaNotFound(
-                    f"schema id {wire.schema_id} is registered as {registered}, none of them a subject topic "
-                    f"{topic!r} reads under the subject strategy (SCHEMA_REGISTRY_SUBJECT_STRATEGY)"
+                    f"schema id {wire.schema_id} is registered as {registered}, none of them a subject {reader} "
+                    "under the subject strategy (SCHEMA_REGISTRY_SUBJECT_STRATEGY"
+                    + (f"; {self._subject_for(topic, topic, None, True)!r} for keys)" if key else ")")
                 ),
             )
         if self.models is not None:
             modelled = [hit for hit in hits if self._has_model(hit[0], versions[hit[1]])]
+            if key:
+                # <topic>-key fits every schemaName: a key's model is the one named as its subject, else the
+                # one named like its record or title; none (a primitive key): the decoded value
+                modelled = [hit for hit in modelled if hit[0] == hit[1]] or self._named_like(
+                    modelled, versions, wire.message_type
+                )
+                if not modelled:
+                    self._unknown.pop(id_key, None)
+                    return "", hits[0][1], versions[hits[0][1]]
             if len(modelled) > 1:
                 names = ", ".join(sorted({name for name, _ in modelled}))
                 modelled = [hit for hit in modelled if hit[0] == topic] or self._named_like(
@@ -665,7 +734,7 @@ class Pipeline:
             if modelled:
                 hits = modelled
         name, subject = hits[0]
-        self._unknown.pop(key, None)
+        self._unknown.pop(id_key, None)
         return name, subject, versions[subject]
 
     def _named_like(
@@ -683,14 +752,62 @@ class Pipeline:
             if getattr(self.models.get(name, versions[subject]), "__name__", None) == short
         ]
 
-    def _subject_for(self, topic: str, schema_name: str, message_type: str | None) -> str:
-        names = (topic, schema_name, message_type)
-        subject = self._subjects.get(names)  # type: ignore[arg-type]
+    def _subject_for(self, topic: str, schema_name: str, message_type: str | None, key: bool = False) -> str:
+        names = (topic, schema_name, message_type, key)
+        subject = self._subjects.get(names)
         if subject is None:
-            subject = self.subject_strategy(SubjectContext(*names))
+            strategy = self.key_subject_strategy if key else self.subject_strategy
+            subject = strategy(SubjectContext(topic, schema_name, message_type))
             if len(self._subjects) < _MAX_PLANS:
-                self._subjects[names] = subject  # type: ignore[index]
+                self._subjects[names] = subject
         return subject
+
+    def _read_key(self, topic: str, key: bytes, message: Message) -> None:
+        """A key in the wire format decoded into ``message`` (``key_value``, ``key_schema_id``,
+        ``key_subject``); a key the topic's key format leaves raw is left alone.
+
+        Raises:
+            MessageError: stage ``decode`` (the prefix or the payload), ``schema`` (an id no subject of the
+                topic's keys has, after the grace) or ``model`` (the key does not fit its model).
+            SchemaNotYetKnown, RegistryUnavailable: as :meth:`resolve` (only when :meth:`key_to_resolve`
+                was not resolved first).
+        """
+        fmt = self.key_format(topic)
+        if fmt is KeyFormat.RAW or (fmt is KeyFormat.AUTO and not looks_confluent(key)):
+            return
+        record = split(key, "key")
+        id_key = SchemaIdKey(record.schema_id)
+        wire = self._compiled.get(id_key)
+        if wire is None:
+            wire = self.resolve(id_key)
+        assert isinstance(wire, WireSchema)
+        plan = self._key_plans.get((topic, record.schema_id))
+        if plan is None:
+            name, subject, version = self._choose_subject(topic, wire, wire.message_type, None, key=True)
+            # a key schema without a generated model (a primitive, often) gives the decoded value
+            model = self.models.get(name, version) if self.models is not None and name else None
+            plan = (subject, version, model)
+            if len(self._key_plans) < _MAX_PLANS:  # bounded: schema ids come from the records
+                self._key_plans[(topic, record.schema_id)] = plan
+        subject, version, model = plan
+        try:
+            value = wire.read(record.payload)
+            if not wire.avro:
+                value = self._validate(value, wire.compiled)
+            if model is not None:
+                value = self._build(value, model)
+        except MessageError as exc:
+            details = [
+                {**d, "path": "/key/" + str(d.get("path", "")).removeprefix("/body/")}
+                for d in exc.details or []
+                if isinstance(d, dict)
+            ]
+            raise MessageError(
+                exc.stage, f"key (schema id {record.schema_id}): {exc.reason}", details=details or None
+            ) from None
+        message.key_value = value
+        message.key_schema_id = record.schema_id
+        message.key_subject = subject
 
     def _model_names(self) -> tuple[str, ...]:
         """The schemaNames of the model index, when it can list them (a :class:`ModelIndex` can)."""

@@ -76,6 +76,9 @@ class KafkaConsumer:
         value_formats: topic -> ``envelope`` (the JSON envelope), ``confluent`` (Confluent's wire format: magic
             byte, schema id, Avro or JSON payload) or ``auto`` (either, by the first byte); ``*`` for every
             other topic (``EPISTLE_VALUE_FORMATS``; envelope by default). Wire formats need a registry URL.
+        key_formats: topic -> ``raw`` (the key's bytes as they are, the default), ``confluent`` (the key in
+            Confluent's wire format, decoded with its schema into ``Message.key_value``) or ``auto`` (by the
+            first byte); ``*`` for every other topic (``EPISTLE_KEY_FORMATS``).
         middleware: :class:`~toolkit.consumer.middleware.Middleware` run around every record (first given,
             outermost), after the built-in statistics and logging.
         mode: ``group`` (a consumer group, the default) or ``share`` (a Kafka share group, KIP-932: any number of
@@ -118,6 +121,7 @@ class KafkaConsumer:
         startup_timeout_s: float | None = None,
         group_instance_id: str | None = None,
         value_formats: Mapping[str, str] | None = None,
+        key_formats: Mapping[str, str] | None = None,
         middleware: Sequence[Middleware] | None = None,
         transport: Transport | None = None,
         mode: str | None = None,
@@ -250,6 +254,7 @@ class KafkaConsumer:
             max_depth=options.max_nesting_depth,
             unknown_schema_grace_s=options.unknown_schema_grace_s,
             value_formats=options.value_formats,
+            key_formats=options.key_formats,
         )
         transport = self._transport or self._kafka_transport()
         if isinstance(transport, AcknowledgingTransport):  # a share group keeps no order

@@ -17,6 +17,7 @@ from toolkit.registry.base import (
     canonical_schema,
     same_schema,
     schema_name_strategy,
+    topic_key_strategy,
     topic_value_strategy,
 )
 from toolkit.registry.cache import CachedRegistry
@@ -39,5 +40,6 @@ __all__ = [
     "same_schema",
     "schema_name_strategy",
     "subject_strategy_from_settings",
+    "topic_key_strategy",
     "topic_value_strategy",
 ]

@@ -196,6 +196,17 @@ def topic_value_strategy(ctx: SubjectContext) -> str:
     return f"{_args.instance('ctx', ctx, SubjectContext, 'a SubjectContext').topic}-value"
 
 
+def topic_key_strategy(ctx: SubjectContext) -> str:
+    """Confluent's TopicNameStrategy for record keys: ``<topic>-key``."""
+    return f"{_args.instance('ctx', ctx, SubjectContext, 'a SubjectContext').topic}-key"
+
+
+def key_strategy_for(value_strategy: SubjectStrategy) -> SubjectStrategy:
+    """The subject strategy of record keys that goes with ``value_strategy``: ``<topic>-key`` beside
+    ``<topic>-value``; any other strategy (the schemaName, a record name) names key subjects as values'."""
+    return topic_key_strategy if value_strategy is topic_value_strategy else value_strategy
+
+
 SUBJECT_STRATEGIES: dict[str, SubjectStrategy] = {
     "schema_name": schema_name_strategy,
     "topic_value": topic_value_strategy,
