@@ -315,3 +315,22 @@ def test_cli_markdown_shows_each_command_against_its_target():
     assert "| `epistle --help` | 0.110 | < 0.3 | yes | 0.09 | 0.10, 0.12 | typer 40 |" in text
     assert "| `epistle check` | - | < 1.0 | NO | - | boom |" in text
     assert "load average 1.0 then 1.2" in text
+
+
+def test_any_toolkit_contender_has_a_baseline_twin(monkeypatch, tmp_path) -> None:
+    import bench.__main__ as bench_main
+
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, '{"msgs_per_s": 1.0}', ""
+
+    monkeypatch.setattr(bench_main, "_baseline_dir", tmp_path)
+    monkeypatch.setattr(bench_main.subprocess, "run", lambda command, **kw: calls.append((command, kw)) or Done())
+    bench_main._run_contender("T-traced@base", "b:9092", "t", 10, "json", timeout=5)
+    ((command, kw),) = calls
+    assert command[3] == "T-traced" and kw["env"]["EPISTLE_BENCH_TOOLKIT"] == str(tmp_path)
+    block = bench_main.summarize(
+        "json", "shared", 10, 1, "t", {"T-traced": [{"msgs_per_s": 80.0}], "T-traced@base": [{"msgs_per_s": 50.0}]}
+    )
+    assert block["ratios"]["T-traced/T-traced@base"] == {"ratio": 1.6, "target": 1.0, "met": True}
