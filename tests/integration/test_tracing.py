@@ -1,7 +1,7 @@
 """Tracing end to end on the real broker: a record published by EnvelopeProducer inside a span has a PRODUCER
 span, the consumer's span is that span's child, the handler's span is the consumer span's child, and what the
-handler publishes has its own PRODUCER span, a child of the handler's. ``epistle run`` with EPISTLE_TRACING=1 and EPISTLE_LOG_FORMAT=json exports spans
-(console exporter) and writes JSON log lines."""
+handler publishes has its own PRODUCER span, a child of the handler's. ``epistle run`` with EPISTLE_TRACING=1
+and EPISTLE_LOG_FORMAT=json exports spans (console exporter) and writes JSON log lines."""
 
 from __future__ import annotations
 
