@@ -205,6 +205,23 @@ def test_a_retry_is_an_event_and_the_raised_exception_is_recorded() -> None:
     assert span.attributes["epistle.attempts"] == 2 and span.attributes["epistle.outcome"] == "done"
 
 
+def test_an_exception_that_dead_letters_the_record_is_recorded_and_a_decode_failure_is_not() -> None:
+    t = Traced(stop_when_idle=True)
+
+    def broken(message: Any) -> None:
+        raise ValueError("no such warehouse")
+
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.broker.produce("orders", b"not json")
+    t.consumer.handler("orders")(broken)
+    t.run()
+    handler, decode = sorted(t.spans("process orders"), key=lambda s: s.attributes["messaging.kafka.offset"])
+    assert [e.name for e in handler.events] == ["exception"]
+    assert handler.events[0].attributes["exception.message"] == "no such warehouse"
+    assert handler.attributes["epistle.dead_letter.stage"] == "handler"
+    assert not decode.events
+
+
 def test_a_dead_letter_has_its_send_span_and_the_record_span_ends_after_it() -> None:
     t = Traced(stop_when_idle=True)
     t.broker.produce("orders", b"not json", headers=[("traceparent", TRACEPARENT)])
