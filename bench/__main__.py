@@ -51,9 +51,10 @@ from bench import share as share_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ALL = ["L0", "L1", "T", "T-metrics", "T-tuned", "T-traced", "T-sampled", "P1", "P2"]
-# T-metrics/T, T-traced/T and T-sampled/T: what metrics and tracing (SDK, batch processor; every record or 1 in 10
-# sampled) cost, against 0.9x of the same run with them off; T/T@base: against another revision (--baseline)
+ALL = ["L0", "L1", "T", "T-metrics", "T-tuned", "T-traced", "T-sampled", "T-sampled100", "T-unsampled", "P1", "P2"]
+# T-metrics/T, T-traced/T, T-sampled.../T: what metrics and tracing (SDK, batch processor; every record, 1 in 10, 1
+# in 100 or none sampled) cost, against 0.9x of the same run with them off; X/X@base: the toolkit contender X
+# against another revision (--baseline), e.g. T/T@base, T-traced/T-traced@base
 TARGETS = [
     ("T", "L1", 0.8),
     ("T", "P1", 3.0),
@@ -61,7 +62,13 @@ TARGETS = [
     ("T-metrics", "T", 0.9),
     ("T-traced", "T", 0.9),
     ("T-sampled", "T", 0.9),
+    ("T-sampled100", "T", 0.9),
+    ("T-unsampled", "T", 0.9),
     ("T", "T@base", 0.95),
+    ("T-traced", "T-traced@base", 1.0),
+    ("T-sampled", "T-sampled@base", 1.0),
+    ("T-sampled100", "T-sampled100@base", 1.0),
+    ("T-unsampled", "T-unsampled@base", 1.0),
 ]
 # per format, targets that differ from TARGETS: in Confluent's wire format P2 is DeserializingConsumer with
 # AvroDeserializer (binary Avro, no JSON Schema validation): the toolkit is to be faster, not 2x
@@ -74,6 +81,8 @@ LABELS = {
     "T-tuned": "toolkit tuned",
     "T-traced": "toolkit, tracing on, all sampled",
     "T-sampled": "toolkit, tracing on, 1 in 10 sampled",
+    "T-sampled100": "toolkit, tracing on, 1 in 100 sampled",
+    "T-unsampled": "toolkit, tracing on, none sampled",
     "P1": "FastStream (P1)",
     "P2": "DeserializingConsumer (P2)",
 }
@@ -93,6 +102,7 @@ def label(name: str, fmt: str | None = None) -> str:
 
 
 BASELINE = "T@base"  # the toolkit (defaults, as T) at the --baseline git revision
+BASE_SUFFIX = "@base"  # any toolkit contender X: X@base is X at the --baseline revision
 _baseline_dir: Path | None = None
 
 
@@ -118,9 +128,9 @@ def baseline_checkout(ref: str) -> Path:
 
 def _run_contender(name: str, bootstrap: str, topic: str, count: int, fmt: str, timeout: float, cpus: str = "") -> dict:
     env = None
-    if name == BASELINE:  # the same contender code, importing the baseline's toolkit
+    if name.endswith(BASE_SUFFIX):  # the same contender code, importing the baseline's toolkit
         assert _baseline_dir is not None
-        name, env = "T", {**os.environ, "EPISTLE_BENCH_TOOLKIT": str(_baseline_dir)}
+        name, env = name.removesuffix(BASE_SUFFIX), {**os.environ, "EPISTLE_BENCH_TOOLKIT": str(_baseline_dir)}
     command = [sys.executable, "-m", "bench.contenders", name, bootstrap, topic, str(count), fmt]
     if cpus:
         command += ["--cpus", cpus]
@@ -529,8 +539,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         metavar="GIT_REF",
-        help=f"also run the toolkit of this git revision ({BASELINE}), interleaved with T: "
-        "a before/after ratio from one run, e.g. --baseline main --contenders T",
+        help=f"also run each toolkit contender X of --contenders (T, T-traced ...) on the toolkit of this git "
+        f"revision (X{BASE_SUFFIX}, e.g. {BASELINE}), interleaved: before/after ratios from one run, e.g. "
+        "--baseline main --contenders T,T-traced",
     )
     parser.add_argument(
         "--throughput-only",
@@ -598,8 +609,11 @@ def main() -> None:
     if args.baseline:
         global _baseline_dir
         _baseline_dir = baseline_checkout(args.baseline)
-        LABELS[BASELINE] = f"toolkit at {args.baseline} ({BASELINE})"
-        contenders.append(BASELINE)
+        # Each toolkit contender again on the baseline's toolkit, interleaved with the rest (T alone if none)
+        based = [name for name in contenders if name.startswith("T")] or ["T"]
+        for name in based:
+            LABELS[name + BASE_SUFFIX] = f"{label(name)} at {args.baseline} ({name}{BASE_SUFFIX})"
+        contenders += [name + BASE_SUFFIX for name in based]
         print(f"[baseline] {args.baseline}: {_baseline_dir}", flush=True)
     layouts = _names(parser, args.layouts, list(LAYOUTS))
     rss_contenders = _names(parser, args.rss_contenders, ALL)

@@ -12,7 +12,8 @@ records from the beginning.
     T-traced  the toolkit with tracing on: TracingMiddleware on the OpenTelemetry SDK, a BatchSpanProcessor
         and an exporter that drops the spans (what tracing costs the consumer, not what exporting costs);
         every record sampled
-    T-sampled  the same with one trace in ten sampled (parentbased_traceidratio 0.1)
+    T-sampled  the same with one trace in ten sampled (parentbased_traceidratio 0.1); T-sampled100 one in a
+        hundred; T-unsampled none (every record still gets the SDK's non-recording span and its context)
     T-metrics  defaults with PrometheusMiddleware (every metric on, librdkafka's statistics every 5 s for
         the lag)
     P1  FastStream 0.7 with its confluent backend, the same pydantic model, a no-op handler
@@ -391,7 +392,7 @@ def run_t_traced(bootstrap: str, topic: str, count: int, fmt: str, ratio: float 
             self.spans += len(spans)
             return SpanExportResult.SUCCESS
 
-    sampler = ALWAYS_ON if ratio >= 1 else ParentBased(TraceIdRatioBased(ratio))
+    sampler = ALWAYS_ON if ratio >= 1 else ParentBased(TraceIdRatioBased(ratio))  # ratio 0: ALWAYS_OFF
     exporter, provider = Dropped(), TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     result = _run_toolkit(
@@ -409,6 +410,8 @@ CONTENDERS: dict[str, Callable[[str, str, int, str], dict[str, Any]]] = {
     "T-tuned": run_t_tuned,
     "T-traced": run_t_traced,
     "T-sampled": lambda *args: run_t_traced(*args, ratio=0.1),
+    "T-sampled100": lambda *args: run_t_traced(*args, ratio=0.01),
+    "T-unsampled": lambda *args: run_t_traced(*args, ratio=0.0),
     "P1": run_p1,
     "P2": run_p2,
 }

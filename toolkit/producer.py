@@ -16,10 +16,13 @@
   ``schemaVersion``, a new ``messageId`` (uuid4), ``timestamp`` (now, UTC), ``producer`` (the producer's
   name) and ``correlationId``: the one given, else inside a handler the correlationId of the message being
   handled (:mod:`toolkit.consumer.context`), else the new messageId (the message starts a conversation).
-- Inside a span (a handler traced by :class:`toolkit.observability.tracing.TracingMiddleware`, or the
-  application's own), the record carries its context in W3C ``traceparent``/``tracestate`` headers (the
-  propagators of ``OTEL_PROPAGATORS``), so the consumer's span continues the trace; headers of those names
-  given by the caller are kept as they are. Only when OpenTelemetry is installed (the ``tracing`` extra).
+- Tracing (only when OpenTelemetry is installed: the ``tracing`` extra): :meth:`EnvelopeProducer.send` and
+  :meth:`~EnvelopeProducer.publish` make a ``send <topic>`` span of kind PRODUCER (messaging semantic
+  conventions), from the call to the broker's acknowledgement, a child of the current span (a handler
+  traced by :class:`toolkit.observability.tracing.TracingMiddleware`, or the application's own) or a new
+  trace; the record carries its context in W3C ``traceparent``/``tracestate`` headers (the propagators of
+  ``OTEL_PROPAGATORS``), so the consumer's span is its child. :meth:`~EnvelopeProducer.build` alone makes no
+  span and writes the current one's context. Headers of those names given by the caller are kept as they are.
 - acks=all with idempotence; librdkafka's log goes to ``toolkit.kafka`` like the consumer's.
   :meth:`EnvelopeProducer.publish` is awaited until the broker acknowledged the record;
   :meth:`EnvelopeProducer.send` is the synchronous form returning a future. :meth:`close` (and leaving the
@@ -53,7 +56,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -262,7 +265,11 @@ class ModelProducer:
             model key is written in Confluent's wire format.
         confluent_topics: topics written in Confluent's wire format, as ``topic: confluent`` in
             ``value_formats`` (default ``EPISTLE_PRODUCER_CONFLUENT_TOPICS``).
+        tracer_provider: the OpenTelemetry provider of the PRODUCER spans; None is the global one.
     """
+
+    messaging_system = "kafka"
+    """The PRODUCER span's ``messaging.system`` (OpenTelemetry's semantic conventions)."""
 
     def __init__(
         self,
@@ -276,6 +283,7 @@ class ModelProducer:
         key_formats: Mapping[str, str] | None = None,
         settings: Settings | None = None,
         producer_settings: ProducerSettings | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         own = producer_settings or ProducerSettings.model_construct()
         self.settings = settings
@@ -309,6 +317,8 @@ class ModelProducer:
         self._models = models
         self._keys: dict[type, tuple[str, int]] = {}
         self._plans: dict[tuple[str, str, int, str, bool], tuple[str, Any, Any]] = {}
+        self._tracer_provider = tracer_provider
+        self._tracer: Any = None
 
     @classmethod
     def from_settings(
@@ -589,16 +599,18 @@ class ModelProducer:
             PublishRefused: see :meth:`build`; nothing was sent.
             EpistleError: the producer is closed.
         """
-        record = self.build(
-            topic,
-            model,
-            key=key,
-            headers=headers,
-            message_type=message_type,
-            correlation_id=correlation_id,
-            message_id=message_id,
-        )
-        return self.send_record(record)
+        span = self._start_span(topic)
+        with _traced(span):
+            record = self.build(
+                topic,
+                model,
+                key=key,
+                headers=headers,
+                message_type=message_type,
+                correlation_id=correlation_id,
+                message_id=message_id,
+            )
+            return _ending(span, record, self.send_record(record))
 
     async def publish(
         self,
@@ -631,11 +643,33 @@ class ModelProducer:
         if planned and isinstance(key, BaseModel):  # a model key's schema must be known too
             known_key = self._keys.get(type(key))
             planned = known_key is not None and (topic, *known_key, type(key).__name__, True) in self._plans
-        if planned:
-            record = self.build(topic, model, **kwargs)  # schema known: no I/O, no thread hop
-        else:  # the first of its kind may ask the registry: off the loop (to_thread copies the context)
-            record = await asyncio.to_thread(self.build, topic, model, **kwargs)
-        return await asyncio.wrap_future(self.send_record(record))
+        span = self._start_span(topic)
+        with _traced(span):
+            if planned:
+                record = self.build(topic, model, **kwargs)  # schema known: no I/O, no thread hop
+            else:  # the first of its kind may ask the registry: off the loop (to_thread copies the context)
+                record = await asyncio.to_thread(self.build, topic, model, **kwargs)
+            future = _ending(span, record, self.send_record(record))
+        return await asyncio.wrap_future(future)
+
+    def _start_span(self, topic: str) -> Any:
+        """The PRODUCER span of one send (not current yet), or None without OpenTelemetry."""
+        otel = _opentelemetry()
+        if otel is None:
+            return None
+        trace = otel[1]
+        if self._tracer is None:
+            self._tracer = trace.get_tracer("toolkit.producer", tracer_provider=self._tracer_provider)
+        return self._tracer.start_span(
+            f"send {topic}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": self.messaging_system,
+                "messaging.operation.name": "send",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+            },
+        )
 
     def send_record(self, record: OutgoingRecord) -> concurrent.futures.Future[Delivery]:
         """Send a record made by :meth:`build`; the future resolves on the broker's acknowledgement (the
@@ -676,6 +710,7 @@ class EnvelopeProducer(ModelProducer):
             (:class:`ModelProducer`).
         kafka_config: extra librdkafka settings (override ours, except ``acks`` and idempotence).
         client: a :class:`KafkaProducerClient` to use instead of confluent-kafka's (tests).
+        tracer_provider: the OpenTelemetry provider of the PRODUCER spans; None is the global one.
 
     Raises:
         ConfigError: ``kafka_config`` weakens acks=all or idempotence, or a setting is invalid.
@@ -696,6 +731,7 @@ class EnvelopeProducer(ModelProducer):
         producer_settings: ProducerSettings | None = None,
         kafka_config: dict[str, Any] | None = None,
         client: KafkaProducerClient | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         confluent_topics = _check_options(locals())
         super().__init__(
@@ -707,6 +743,7 @@ class EnvelopeProducer(ModelProducer):
             value_formats=value_formats,
             key_formats=key_formats,
             settings=settings,
+            tracer_provider=tracer_provider,
             producer_settings=producer_settings,
         )
         kafka = settings.kafka if settings else KafkaSettings.model_construct()
@@ -986,6 +1023,63 @@ def _opentelemetry() -> tuple[Any, Any] | None:
     except ImportError:
         return None
     return propagate, trace
+
+
+@contextlib.contextmanager
+def _traced(span: Any) -> Iterator[None]:
+    """``span`` current inside (so the record's headers carry it), ended in error if the body raises (the
+    record was refused or not produced). A span that is not valid (no SDK: the API's no-op) is not made
+    current: the context the caller runs in still travels in the headers."""
+    if span is None:
+        yield
+        return
+    trace = _opentelemetry()[1]  # type: ignore[index]  # a span exists: OpenTelemetry is there
+    current = span.get_span_context().is_valid
+    try:
+        if current:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                yield
+        else:
+            yield
+    except BaseException as exc:
+        _end_span(span, exc)
+        raise
+
+
+def _ending(span: Any, record: OutgoingRecord, future: concurrent.futures.Future[Delivery]) -> Any:
+    """``future``, ``span`` given the record's ids and ended when the broker answered (in the poll thread)."""
+    if span is not None and span.is_recording():
+        header = record.header
+        span.set_attributes(
+            {
+                "messaging.message.id": header.message_id,
+                "messaging.message.conversation_id": header.correlation_id,
+                "epistle.message_type": header.message_type,
+                "epistle.schema": f"{header.schema_name} v{header.schema_version}",
+            }
+        )
+    if span is not None:
+        future.add_done_callback(lambda done: _end_span(span, done.exception(), done))
+    return future
+
+
+def _end_span(span: Any, error: BaseException | None, done: concurrent.futures.Future[Delivery] | None = None) -> None:
+    if span.is_recording():
+        if error is not None:
+            trace = _opentelemetry()[1]  # type: ignore[index]
+            span.record_exception(error)
+            span.set_attributes({"error.type": getattr(error, "code", None) or type(error).__qualname__})
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:500]))
+        elif done is not None:
+            delivery = done.result()
+            if delivery.offset >= 0:  # (RabbitMQ has neither: its Delivery names the queue)
+                span.set_attributes(
+                    {
+                        "messaging.destination.partition.id": str(delivery.partition),
+                        "messaging.kafka.offset": delivery.offset,
+                    }
+                )
+    span.end()
 
 
 def _with_trace_context(headers: list[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes | None]] | None:

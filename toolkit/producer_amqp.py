@@ -65,11 +65,13 @@ class RabbitProducer(ModelProducer):
         confirm_timeout_s: how long a publish waits for the broker's confirm before it fails (retriable;
             default 30 s).
         registry, models, name, subject_strategy, confluent_topics, value_formats, key_formats, settings,
-            producer_settings: as :class:`~toolkit.producer.ModelProducer`.
+            producer_settings, tracer_provider: as :class:`~toolkit.producer.ModelProducer`.
 
     Raises:
         ConfigError: an argument is invalid (naming it and the fix), or aio-pika is not installed.
     """
+
+    messaging_system = "rabbitmq"
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class RabbitProducer(ModelProducer):
         producer_settings: ProducerSettings | None = None,
         partitions: Mapping[str, int] | None = None,
         confirm_timeout_s: float | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if importlib.util.find_spec("aio_pika") is None:
             raise ConfigError(
@@ -108,6 +111,7 @@ class RabbitProducer(ModelProducer):
             value_formats=value_formats,
             key_formats=key_formats,
             settings=settings,
+            tracer_provider=tracer_provider,
             producer_settings=producer_settings,
         )
         rabbit = settings.rabbitmq if settings else RabbitSettings.model_construct()

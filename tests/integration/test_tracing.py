@@ -1,7 +1,7 @@
-"""Tracing end to end on the real broker: a record published by EnvelopeProducer inside a span is consumed in a
-span that is its child, the handler's span is the consumer span's child, and what the handler publishes
-carries the consumer span on. ``epistle run`` with EPISTLE_TRACING=1 and EPISTLE_LOG_FORMAT=json exports spans
-(console exporter) and writes JSON log lines."""
+"""Tracing end to end on the real broker: a record published by EnvelopeProducer inside a span has a PRODUCER
+span, the consumer's span is that span's child, the handler's span is the consumer span's child, and what the
+handler publishes has its own PRODUCER span, a child of the handler's. ``epistle run`` with EPISTLE_TRACING=1
+and EPISTLE_LOG_FORMAT=json exports spans (console exporter) and writes JSON log lines."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_producer_to_consumer_on_the_broker_is_one_trace(kafka_bootstrap, make_t
     registry = CachedRegistry(LocalFolderRegistry(ROOT / "schemas"))
 
     async def scenario() -> None:
-        async with EnvelopeProducer(kafka_bootstrap, registry=registry) as producer:
+        async with EnvelopeProducer(kafka_bootstrap, registry=registry, tracer_provider=provider) as producer:
             with tracer.start_as_current_span("checkout"):
                 await producer.publish(orders, Order.model_validate(ORDER), key="A-1")
             consumer = KafkaConsumer(
@@ -60,16 +60,20 @@ def test_producer_to_consumer_on_the_broker_is_one_trace(kafka_bootstrap, make_t
     asyncio.run(asyncio.wait_for(scenario(), 90))
     spans = {span.name: span for span in exporter.get_finished_spans()}
     checkout, process, book = spans["checkout"], spans[f"process {orders}"], spans["book the order"]
+    send, send_reply = spans[f"send {orders}"], spans[f"send {replies}"]
+    assert send.kind is SpanKind.PRODUCER and send.parent.span_id == checkout.context.span_id
+    assert send.attributes["messaging.kafka.offset"] == 0 and send.attributes["messaging.destination.name"] == orders
     assert process.kind is SpanKind.CONSUMER and process.parent.is_remote
     assert process.context.trace_id == checkout.context.trace_id
-    assert process.parent.span_id == checkout.context.span_id
+    assert process.parent.span_id == send.context.span_id
     assert book.parent.span_id == process.context.span_id
+    assert send_reply.parent.span_id == book.context.span_id
     assert process.attributes["messaging.destination.name"] == orders
     assert process.attributes["messaging.consumer.group.name"] == group_id
     assert process.attributes["epistle.outcome"] == "done"
     (reply,) = read_topic(kafka_bootstrap, replies, expected=1)
     traceparent = dict(reply.headers)["traceparent"].decode()
-    assert traceparent.split("-")[1:3] == [f"{book.context.trace_id:032x}", f"{book.context.span_id:016x}"]
+    assert traceparent.split("-")[1:3] == [f"{book.context.trace_id:032x}", f"{send_reply.context.span_id:016x}"]
 
 
 def test_epistle_run_exports_spans_and_writes_json_lines(kafka_bootstrap, make_topic, group_id) -> None:

@@ -354,3 +354,22 @@ def test_scale_out_combines_the_workers_marks_and_reports_the_ratio():
     assert "## Scale-out" in write_markdown(
         {"when": "now", "machine": "m", "runs": 1, "throughput": [], "scale-out": block}
     )
+
+
+def test_any_toolkit_contender_has_a_baseline_twin(monkeypatch, tmp_path) -> None:
+    import bench.__main__ as bench_main
+
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, '{"msgs_per_s": 1.0}', ""
+
+    monkeypatch.setattr(bench_main, "_baseline_dir", tmp_path)
+    monkeypatch.setattr(bench_main.subprocess, "run", lambda command, **kw: calls.append((command, kw)) or Done())
+    bench_main._run_contender("T-traced@base", "b:9092", "t", 10, "json", timeout=5)
+    ((command, kw),) = calls
+    assert command[3] == "T-traced" and kw["env"]["EPISTLE_BENCH_TOOLKIT"] == str(tmp_path)
+    block = bench_main.summarize(
+        "json", "shared", 10, 1, "t", {"T-traced": [{"msgs_per_s": 80.0}], "T-traced@base": [{"msgs_per_s": 50.0}]}
+    )
+    assert block["ratios"]["T-traced/T-traced@base"] == {"ratio": 1.6, "target": 1.0, "met": True}

@@ -205,6 +205,23 @@ def test_a_retry_is_an_event_and_the_raised_exception_is_recorded() -> None:
     assert span.attributes["epistle.attempts"] == 2 and span.attributes["epistle.outcome"] == "done"
 
 
+def test_an_exception_that_dead_letters_the_record_is_recorded_and_a_decode_failure_is_not() -> None:
+    t = Traced(stop_when_idle=True)
+
+    def broken(message: Any) -> None:
+        raise ValueError("no such warehouse")
+
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.broker.produce("orders", b"not json")
+    t.consumer.handler("orders")(broken)
+    t.run()
+    handler, decode = sorted(t.spans("process orders"), key=lambda s: s.attributes["messaging.kafka.offset"])
+    assert [e.name for e in handler.events] == ["exception"]
+    assert handler.events[0].attributes["exception.message"] == "no such warehouse"
+    assert handler.attributes["epistle.dead_letter.stage"] == "handler"
+    assert not decode.events
+
+
 def test_a_dead_letter_has_its_send_span_and_the_record_span_ends_after_it() -> None:
     t = Traced(stop_when_idle=True)
     t.broker.produce("orders", b"not json", headers=[("traceparent", TRACEPARENT)])
@@ -384,3 +401,87 @@ def test_an_exporter_that_is_not_installed_is_a_config_error_naming_the_variable
     proc = _configure({"OTEL_TRACES_EXPORTER": "zipkin_json"})
     assert proc.returncode != 0
     assert "ConfigError: OTEL_TRACES_EXPORTER='zipkin_json'" in proc.stderr and "console" in proc.stderr
+
+
+# -- the producer's own span ---------------------------------------------------------------------------------
+class BrokerClient:
+    """A KafkaProducerClient writing into an InMemoryBroker, acknowledging on poll."""
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        self.broker, self.pending, self.lock = broker, [], threading.Lock()
+
+    def produce(self, topic, value=None, key=None, *, headers=None, on_delivery=None) -> None:
+        record = self.broker.produce(topic, value, key, headers=headers)
+        with self.lock:
+            self.pending.append((on_delivery, record))
+
+    def poll(self, timeout: float) -> int:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for callback, record in pending:
+            callback(None, record)
+        return len(pending)
+
+    def flush(self, timeout: float) -> int:
+        self.poll(0)
+        return 0
+
+
+def test_publish_makes_a_producer_span_and_the_consumers_span_is_its_child() -> None:
+    t = Traced(stop_when_idle=True)
+    with EnvelopeProducer(
+        registry=CachedRegistry(LocalFolderRegistry(ROOT / "schemas")),
+        client=BrokerClient(t.broker),
+        tracer_provider=t.provider,
+    ) as producer:
+
+        async def publish() -> None:
+            with t.tracer.start_as_current_span("checkout"):
+                await producer.publish("orders", _order(), key="k-1", correlation_id="c-9")
+
+        asyncio.run(publish())
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    checkout, send, process = t.one("checkout"), t.one("send orders"), t.one("process orders")
+    assert send.kind is SpanKind.PRODUCER and send.parent.span_id == checkout.context.span_id
+    assert process.parent.span_id == send.context.span_id and process.parent.is_remote
+    assert process.context.trace_id == send.context.trace_id == checkout.context.trace_id
+    assert send.attributes["messaging.system"] == "kafka"
+    assert send.attributes["messaging.operation.type"] == send.attributes["messaging.operation.name"] == "send"
+    assert send.attributes["messaging.destination.name"] == "orders"
+    assert send.attributes["messaging.message.id"] == process.attributes["messaging.message.id"]
+    assert send.attributes["messaging.message.conversation_id"] == "c-9"
+    assert send.attributes["messaging.kafka.offset"] == 0 and send.attributes["messaging.destination.partition.id"]
+    assert send.status.status_code is StatusCode.UNSET
+
+
+def test_a_send_outside_any_span_starts_the_trace_and_a_refused_one_ends_in_error() -> None:
+    t = Traced(stop_when_idle=True)
+    producer = EnvelopeProducer(
+        registry=CachedRegistry(LocalFolderRegistry(ROOT / "schemas")),
+        client=BrokerClient(t.broker),
+        tracer_provider=t.provider,
+    )
+    producer.send("orders", _order()).result(10)
+    with pytest.raises(Exception, match="fails its schema"):
+        producer.send("orders", Order.model_construct(**{**ORDER, "orderId": "not a uuid"}))
+    producer.close()
+    sent, refused = t.spans("send orders")
+    assert sent.parent is None and sent.status.status_code is StatusCode.UNSET
+    assert refused.status.status_code is StatusCode.ERROR and refused.attributes["error.type"] == "PublishRefused"
+    assert len(t.broker.records("orders")) == 1
+    (record,) = t.broker.records("orders")
+    assert dict(record.headers())["traceparent"].decode().split("-")[2] == f"{sent.context.span_id:016x}"
+
+
+def test_without_an_sdk_the_send_carries_the_callers_context_on() -> None:
+    broker = InMemoryBroker()
+    caller = TracerProvider().get_tracer("tests")
+    producer = EnvelopeProducer(
+        registry=CachedRegistry(LocalFolderRegistry(ROOT / "schemas")), client=BrokerClient(broker)
+    )
+    with caller.start_as_current_span("caller") as span:  # the global provider is the API's no-op one
+        producer.send("orders", _order()).result(10)
+    producer.close()
+    (record,) = broker.records("orders")
+    assert dict(record.headers())["traceparent"].decode().split("-")[2] == f"{span.get_span_context().span_id:016x}"

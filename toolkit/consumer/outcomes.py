@@ -116,6 +116,7 @@ class RetryAfter:
 
     delay_s: float
     reason: str
+    error: BaseException | None = field(default=None, compare=False)  # what the handler raised, if it did
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ def _decide(result: Any, attempt: int, retry: RetryPolicy) -> Outcome:
             )
         explicit = result.delay_s if isinstance(result, Retry) else None
         delay = explicit if explicit is not None else retry.delay(attempt)
-        return RetryAfter(delay, why)
+        return RetryAfter(delay, why, result if isinstance(result, BaseException) else None)
     if isinstance(result, BaseException):
         return ToDeadLetter(HANDLER, f"{type(result).__name__}: {safe_str(result)}", result)
     if result is True or result is None:

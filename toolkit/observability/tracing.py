@@ -27,8 +27,8 @@
   acknowledgement (each refusal an event); the record's span ends after it.
 
 The hooks run on the event loop (docs/threads.md); nothing here blocks. A recorded span costs the SDK
-about as much CPU as the toolkit spends on a record (docs/tracing.md, "Cost"): at high rates sample with
-``OTEL_TRACES_SAMPLER``; a record that is not sampled costs little. Without an SDK configured the
+about half the CPU the toolkit spends on a record, one that is not sampled about a tenth (docs/tracing.md,
+"Cost"): at high rates sample with ``OTEL_TRACES_SAMPLER``. Without an SDK configured the
 OpenTelemetry API is a no-op and the spans cost next to nothing, but the propagated context still flows
 through the handler to what it publishes. :func:`configure_tracing` installs the SDK from the standard
 ``OTEL_*`` variables (``epistle run --tracing`` calls it).
@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from toolkit.consumer.middleware import CallNext, Middleware
+from toolkit.consumer.middleware import Middleware
 from toolkit.consumer.outcomes import Done, Pause, RetryAfter, Stop, ToDeadLetter
 from toolkit.errors import ConfigError
 
@@ -70,6 +69,7 @@ if TYPE_CHECKING:
 
 Headers = Sequence[tuple[str, bytes | str | None]]
 _MAX_DESCRIPTION = 500  # a reason can carry a whole validation report: the status keeps its start
+_NO_CONTEXT = Context()  # no parent: the span starts a trace of its own
 
 
 class KafkaHeadersGetter(Getter[Headers]):
@@ -145,9 +145,15 @@ class TracingMiddleware(Middleware):
         self._kafka = system == "kafka"
         self._tracer = trace.get_tracer("toolkit.consumer", tracer_provider=tracer_provider)
         self._open: dict[int, _Traced] = {}  # id(record) -> its span; the entry keeps the record alive
-        # The record the current lane processes: on_record runs in the lane's task, and so does the
-        # handler's around_handler, which has only the message.
-        self._current: ContextVar[_Traced | None] = ContextVar("epistle_traced", default=None)
+        self._textmap: Any = None
+        self._fields: frozenset[str] = frozenset()
+        self._static: dict[str, Any] = {
+            "messaging.system": system,
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+        }
+        if group_id:
+            self._static["messaging.consumer.group.name"] = group_id
 
     @property
     def open_spans(self) -> int:
@@ -155,54 +161,37 @@ class TracingMiddleware(Middleware):
         return len(self._open)
 
     # -- hooks ------------------------------------------------------------------------------------------
-    # Every attribute costs the SDK a check and a lock: the record's are given when the span starts, the
-    # message's and the outcome's in one call when it ends.
+    # The cost per record is the SDK's (docs/tracing.md, "Cost"), so the hot path gives it as little as
+    # it can: the span starts bare (the sampler decides on the name, kind and parent alone), an unsampled
+    # record's span is the SDK's non-recording one and never sees an attribute, and a recorded span gets
+    # all its attributes in one call (one check per value, one lock) when it ends.
     def on_record(self, record: Record) -> None:
-        topic = record.topic()
-        attributes: dict[str, Any] = {
-            "messaging.system": self.system,
-            "messaging.operation.name": "process",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": topic,
-            "messaging.destination.partition.id": str(record.partition()),
-        }
-        if self._kafka:
-            attributes["messaging.kafka.offset"] = record.offset()
-            if record.value() is None:
-                attributes["messaging.kafka.message.tombstone"] = True
-        else:  # the transport's offset is the AMQP delivery tag less one
-            attributes["messaging.rabbitmq.message.delivery_tag"] = record.offset() + 1
-        if self.group_id:
-            attributes["messaging.consumer.group.name"] = self.group_id
-        span = self._tracer.start_span(
-            f"process {topic}",
-            context=extract_context(_record_headers(record)),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
+        headers = _record_headers(record)
+        parent = self._extract(headers) if headers else _NO_CONTEXT
+        span = self._tracer.start_span(f"process {record.topic()}", context=parent, kind=SpanKind.CONSUMER)
         traced = _Traced(record, span)
         stale = self._open.pop(id(record), None)
         if stale is not None:  # the same record object again while its earlier run has not ended
             self._finish(stale, "abandoned")
         self._open[id(record)] = traced
-        self._current.set(traced)
+        # The span is the current one for the rest of the record's run: on_record runs in its lane's task,
+        # the handler too (a plain one in a copy of the task's context), and so does what the handler
+        # publishes. Nothing to undo: the lane's next record replaces it, and the lane's context ends with
+        # the lane. (An around_handler hook would cost every record two coroutine frames more.)
+        otel_context.attach(trace.set_span_in_context(span, parent))
 
-    async def around_handler(self, message: Message[Any], call_next: CallNext) -> Any:
-        traced = self._current.get()
-        if traced is None or traced.record.offset() != message.offset or traced.record.topic() != message.topic:
-            return await call_next(message)
-        traced.message = message
-        span = traced.span
-        # The handler, and a plain one's worker thread (the engine runs it in a copy of this context),
-        # see the span as the current one. Exceptions are outcomes: on_outcome sets the status.
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            return await call_next(message)
-        except Exception as exc:
-            span.record_exception(exc, attributes={"epistle.attempt": message.attempt})
-            raise
-        finally:
-            otel_context.detach(token)
+    def _extract(self, headers: Headers) -> Context:
+        """The propagated context, read only when a header the propagators use is there (the common record
+        has none of them: then nothing is parsed)."""
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:  # the application may install other propagators at any time
+            self._textmap, self._fields = textmap, frozenset(field.lower() for field in textmap.fields)
+        fields = self._fields
+        for item in headers:
+            name = item[0] if isinstance(item, tuple) and item else None
+            if isinstance(name, str) and name.lower() in fields:
+                return extract_context(headers)
+        return _NO_CONTEXT
 
     def on_outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
@@ -216,6 +205,9 @@ class TracingMiddleware(Middleware):
             self._finish(traced, "done", {"epistle.attempts": attempt} if attempt > 1 else None)
             return
         span = traced.span
+        error = getattr(outcome.dead_letter if isinstance(outcome, Stop) else outcome, "error", None)
+        if error is not None and message is not None:  # the handler raised it (not the decode ... stages)
+            span.record_exception(error, attributes={"epistle.attempt": attempt})
         if isinstance(outcome, RetryAfter):
             span.add_event(
                 "retry",
@@ -291,18 +283,25 @@ class TracingMiddleware(Middleware):
             send.end()
             traced.send = None
         if span.is_recording():
-            final = {"epistle.outcome": how, **(attributes or {})}
+            record = traced.record
+            final = {**self._static, "messaging.destination.name": record.topic()}
+            final["messaging.destination.partition.id"] = str(record.partition())
+            if self._kafka:
+                final["messaging.kafka.offset"] = record.offset()
+                if record.value() is None:
+                    final["messaging.kafka.message.tombstone"] = True
+            else:  # the transport's offset is the AMQP delivery tag less one
+                final["messaging.rabbitmq.message.delivery_tag"] = record.offset() + 1
             message = traced.message
             if message is not None:  # the envelope's ids, once the record was read as a message
                 header = message.header
-                final.update(
-                    {
-                        "messaging.message.id": header.message_id,
-                        "messaging.message.conversation_id": header.correlation_id,
-                        "epistle.message_type": header.message_type,
-                        "epistle.schema": f"{header.schema_name} v{header.schema_version}",
-                    }
-                )
+                final["messaging.message.id"] = header.message_id
+                final["messaging.message.conversation_id"] = header.correlation_id
+                final["epistle.message_type"] = header.message_type
+                final["epistle.schema"] = f"{header.schema_name} v{header.schema_version}"
+            final["epistle.outcome"] = how
+            if attributes:
+                final.update(attributes)
             span.set_attributes(final)
         span.end()
 
