@@ -169,3 +169,39 @@ def test_epistle_broker_chooses_the_rabbitmq_producer(rabbitmq_url, queues, regi
 
     asyncio.run(run())
     assert amqp(rabbitmq_url, _count, topic) == 1
+
+
+def test_a_published_message_and_its_handling_are_one_trace(rabbitmq_url, queues, registry, group_id) -> None:
+    """The RabbitMQ producer's PRODUCER span travels in the message's headers (W3C traceparent), and the
+    consumer's span on RabbitMQ continues it, as on Kafka (tests/integration/test_tracing.py)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from toolkit.observability.tracing import TracingMiddleware
+
+    topic = queues("traced")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with RabbitProducer(rabbitmq_url, registry=registry, tracer_provider=provider) as producer:
+        with provider.get_tracer("tests").start_as_current_span("checkout"):
+            producer.send(topic, _order(OrderV2, 2), key="A-1").result(30)
+    consumer = KafkaConsumer(
+        group_id=group_id,
+        transport=RabbitTransport(rabbitmq_url),
+        registry=registry,
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+        middleware=[TracingMiddleware(group_id=group_id, tracer_provider=provider, system="rabbitmq")],
+    )
+    consumer.register_handler(topic, lambda message: None)
+    asyncio.run(asyncio.wait_for(consumer.start(), 60))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    checkout, send, process = spans["checkout"], spans[f"send {topic}"], spans[f"process {topic}"]
+    assert send.kind is SpanKind.PRODUCER and send.parent.span_id == checkout.context.span_id
+    assert send.attributes["messaging.system"] == "rabbitmq"
+    assert "messaging.kafka.offset" not in send.attributes
+    assert process.kind is SpanKind.CONSUMER and process.parent.span_id == send.context.span_id
+    assert process.context.trace_id == checkout.context.trace_id
