@@ -50,8 +50,9 @@ check: $(STAMP) ## schema checks (validity, immutability, compatibility) and cod
 test: setup ## run the whole test suite against the local services (started if needed)
 	$(PY) -m pytest
 
-# A 3-node Kafka cluster of its own (nodes CLUSTER_PORT..+2, controllers 10 above, state in CLUSTER_DIR),
-# stopped again whatever the outcome; the shared broker on 9092 is not touched.
+# A 3-node Kafka cluster of its own (nodes CLUSTER_PORT..+2, controllers 10 above, state in CLUSTER_DIR, wiped
+# first), stopped again whatever the outcome; the shared broker on 9092 is not touched. A node can take a minute
+# to start on a slow machine, so a test gets 15 minutes (plus the chaos time) rather than pytest's default 300 s.
 CLUSTER_PORT ?= 19092
 CLUSTER_DIR ?= .services/cluster
 CLUSTER_CHAOS_SECONDS ?= 120
@@ -59,9 +60,10 @@ test-cluster: $(STAMP) ## the cluster tests: nodes and consumer processes killed
 	@export EPISTLE_SERVICES_DIR=$(CLUSTER_DIR) EPISTLE_KAFKA_PORT=$(CLUSTER_PORT) \
 		EPISTLE_KAFKA_CONTROLLER_PORT=$$(( $(CLUSTER_PORT) + 10 )) EPISTLE_KAFKA_BROKERS=3; \
 	trap '$(SERVICES) down kafka' EXIT; \
+	$(SERVICES) down kafka >/dev/null; rm -rf $(CLUSTER_DIR); \
 	$(SERVICES) up kafka && \
 	EPISTLE_CLUSTER_DIR=$(CLUSTER_DIR) EPISTLE_CLUSTER_PORT=$(CLUSTER_PORT) EPISTLE_CLUSTER_CHAOS_S=$(CLUSTER_CHAOS_SECONDS) \
-		$(PY) -m pytest tests/cluster -m cluster -q -s -p no:cacheprovider
+		$(PY) -m pytest tests/cluster -m cluster -q -s -p no:cacheprovider --timeout $$(( 900 + 2 * $(CLUSTER_CHAOS_SECONDS) ))
 
 demo: $(STAMP) ## the end-to-end demo on the local broker (started, and left running), with schemas/ as the registry; EPISTLE_BROKER=rabbitmq for RabbitMQ
 	@if [ "$$EPISTLE_BROKER" = rabbitmq ]; then [ -n "$$RABBITMQ_URL" ] || $(SERVICES) up rabbitmq; \

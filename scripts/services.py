@@ -343,7 +343,11 @@ class Service:
                     f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
                 )
             if self.ready():
-                self.after_start()
+                try:
+                    self.after_start()
+                except BaseException:
+                    self.down()  # half set up (e.g. ACLs not granted): a later `up` must not find it "running"
+                    raise
                 print(
                     f"{self.name}: started in {time.monotonic() - started:.1f}s (pid {proc.pid}), "
                     f"{self.describe()}, log {_shown(self.log_file)}"
@@ -481,10 +485,13 @@ class Security:
               "-certfile", str(self.ca), "-name", "localhost", "-out", str(self.server_p12)], "the key store"),
         ):  # fmt: skip
             _run(["openssl", *args, "-passout", "env:EPISTLE_STORE_PASSWORD"], f"making {what}", cwd=self.dir, env=env)
-        if shutil.which("keytool") is None:
+        # the JDK's own keytool, beside the java that JAVA_HOME or PATH gives; else any on PATH
+        beside = Path(_java()).resolve().with_name("keytool")
+        keytool = str(beside) if beside.exists() else shutil.which("keytool")
+        if keytool is None:
             raise ServiceError("keytool (from Java 17+) is not on PATH; install a JDK and retry")
         _run(
-            ["keytool", "-importcert", "-noprompt", "-alias", "epistle-local-ca", "-file", str(self.ca),
+            [keytool, "-importcert", "-noprompt", "-alias", "epistle-local-ca", "-file", str(self.ca),
              "-keystore", str(self.truststore), "-storetype", "PKCS12", "-storepass:env", "EPISTLE_STORE_PASSWORD"],
             "making the trust store", cwd=self.dir, env=env,
         )  # fmt: skip
@@ -1096,6 +1103,8 @@ def _together(nodes: list[Service], action: str) -> None:
     runs, so starting them one after another would wait forever on the first; and the last node stopped
     alone has no quorum left to hand its partitions over to, so it would wait out STOP_TIMEOUT_S."""
     errors: list[ServiceError] = []
+    if action == "up":
+        fetch_kafka()  # once, before the nodes prepare in parallel (they would each download into one folder)
 
     def run(node: Service) -> None:
         try:

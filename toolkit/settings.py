@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from toolkit import _args
@@ -37,7 +37,12 @@ class OrderingMode(StrEnum):
 
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
-        env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_prefix=prefix,
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,  # a cross-field error would otherwise print every value, secrets included
     )
 
 
@@ -97,10 +102,12 @@ class KafkaSettings(BaseSettings):
 
     @field_validator("ssl_ca_location", "ssl_certificate_location", "ssl_key_location")
     @classmethod
-    def _pem_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file {value} does not exist; give the path of a PEM file")
-        return value
+    def _pem_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or value.is_file():
+            return value
+        if info.field_name == "ssl_ca_location" and (value.is_dir() or str(value) == "probe"):
+            return value  # librdkafka also takes a folder of CA certificates, or "probe" (the system's)
+        raise ValueError(f"file {value} does not exist; give the path of a PEM file")
 
     @model_validator(mode="after")
     def _security_consistent(self) -> KafkaSettings:

@@ -188,6 +188,12 @@ class SteadyProducer(threading.Thread):
                 self.sent += 1
             self.producer.poll(0.05)
 
+    def halt(self) -> None:
+        """Stop producing (a test that failed: nothing is checked), so no thread outlives its test."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(10)
+
     def finish(self, timeout_s: float = 120) -> None:
         """Stop producing and wait for every acknowledgement."""
         self._halt.set()

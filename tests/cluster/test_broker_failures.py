@@ -82,7 +82,10 @@ def _consume_through(
         await consumer.stop()
         await asyncio.wait_for(task, 60)
 
-    asyncio.run(asyncio.wait_for(scenario(), 900))
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 900))
+    finally:
+        producer.halt()  # (a no-op after finish): a failed test leaves no producer running
     if failure:
         raise failure[0]
     return producer, handled

@@ -162,6 +162,7 @@ def test_three_processes_one_killed_every_few_seconds(
                 assert worker.proc and worker.proc.poll() is None, f"worker exited:\n{worker.tail()}"
             time.sleep(1)
     finally:
+        producer.halt()  # (a no-op after finish)
         stopped = {w.slot: w.terminate() for w in workers if w.proc and w.proc.poll() is None}
     for worker in workers:
         assert stopped.get(worker.slot) == 0, f"worker {worker.slot} did not stop cleanly:\n{worker.tail()}"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from toolkit.errors import ConfigError
-from toolkit.settings import OrderingMode, load_settings
+from toolkit.settings import KafkaSettings, OrderingMode, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,3 +194,16 @@ def test_tls_files_must_exist_and_a_certificate_needs_its_key(monkeypatch: pytes
     assert config["ssl.key.location"] == str(tmp_path / "client.key")
     assert config["ssl.key.password"] == "key-very-secret" and config["sasl.password"] == "sasl-very-secret"
     assert config["security.protocol"] == "SASL_SSL" and config["sasl.mechanism"] == "SCRAM-SHA-512"
+
+
+def test_a_ca_folder_or_probe_is_a_valid_ca_location(tmp_path):
+    assert KafkaSettings(security_protocol="SSL", ssl_ca_location=tmp_path).ssl_ca_location == tmp_path
+    assert str(KafkaSettings(security_protocol="SSL", ssl_ca_location="probe").ssl_ca_location) == "probe"
+    with pytest.raises(ValidationError, match="does not exist"):
+        KafkaSettings(security_protocol="SSL", ssl_certificate_location=tmp_path)
+
+
+def test_a_settings_error_built_directly_does_not_print_the_password():
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_password=SecretStr("hunter2secret"))
+    assert "hunter2secret" not in str(caught.value)
