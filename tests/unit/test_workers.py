@@ -120,6 +120,18 @@ def test_giving_up_stops_the_other_workers_gracefully(tmp_path):
     assert sup.pids == [None, None] and sup.killed == []
 
 
+def test_a_worker_that_cannot_be_started_leaves_no_other_worker_running(tmp_path):
+    def make(index: int) -> list[str]:
+        if index == 1:
+            raise OSError("no such interpreter")
+        return python(CONSUMER, tmp_path, index)
+
+    sup = supervisor(2, make)
+    with pytest.raises(OSError, match="no such interpreter"):
+        sup.run()
+    assert sup.pids == [None, None]  # worker 0 had started: it was stopped, not left running
+
+
 def test_a_worker_that_dies_later_is_restarted_and_its_count_starts_again(tmp_path):
     """A death after the start-up window is not "at start-up": the worker is restarted after the first
     delay every time and the supervisor never gives up."""

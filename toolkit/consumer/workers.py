@@ -160,9 +160,9 @@ class Supervisor:
                 its start (the other workers were stopped first).
         """
         with self._signals(handle_signals):
-            for worker in self._workers:
-                self._start(worker)
             try:
+                for worker in self._workers:
+                    self._start(worker)
                 while not self._stop_requested:
                     now = time.monotonic()
                     for worker in self._workers:
