@@ -142,6 +142,16 @@ def looks_confluent(value: Any) -> bool:
     return isinstance(value, bytes | bytearray) and len(value) > 0 and value[0] == MAGIC
 
 
+def key_looks_confluent(key: Any) -> bool:
+    """The ``auto`` test for a key: the magic byte 0, the whole 5-byte prefix, and a schema id other than 0
+    (registries number schemas from 1). Kafka's Integer and Long serializers write small numbers with
+    leading zero bytes; such keys (shorter than the prefix, or with id 0) are left raw rather than taken for
+    Confluent's wire format. A large number still looks like a prefix: name such topics ``raw``."""
+    return (
+        isinstance(key, bytes | bytearray) and len(key) >= PREFIX_BYTES and key[0] == MAGIC and any(key[1:PREFIX_BYTES])
+    )
+
+
 def split(value: bytes | None, part: str = "value") -> WireRecord:
     """The 5-byte prefix checked and read (``part``: ``value`` or ``key``, for the reasons).
 

@@ -5,6 +5,7 @@ its stage with a reason that says it is the key."""
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -121,6 +122,17 @@ def test_keys_are_raw_by_default_and_auto_decodes_only_the_wire_format(registry)
     assert prepare(auto, None).key is None  # no key: nothing to decode
 
 
+def test_auto_leaves_keys_of_kafkas_integer_and_long_serializers_raw(registry):
+    """Small numbers written by Kafka's IntegerSerializer (4 bytes) and LongSerializer (8 bytes) start with
+    zero bytes: under auto they are keys, not a wire-format prefix (too short, or schema id 0)."""
+    auto = make(registry, keys={"payments": "auto"})
+    for key in (struct.pack(">i", 5), struct.pack(">q", 7), b"\x00\x00\x00\x00\x00"):
+        assert auto.key_to_resolve("payments", key) is None
+        message = prepare(auto, key)
+        assert (message.key, message.key_value, message.key_schema_id) == (key, None, None)
+    assert prepare(auto, KEY).key_value == PaymentKey(id="p-1", region=7)  # a real prefix is still read
+
+
 def test_the_keys_schema_id_is_resolved_before_finish_and_once(registry):
     p = make(registry)
     assert p.key_to_resolve("payments", KEY) == SchemaIdKey(2)
@@ -139,7 +151,7 @@ def test_the_keys_schema_id_is_resolved_before_finish_and_once(registry):
         (b"\x00\x00\x00", "decode", "truncated key: 3 byte(s)"),
         (wire(2, b"\x02"), "decode", "key (schema id 2): the payload is not Avro binary of schema id 2"),
         (wire(2, avro_bytes(PAYMENT_KEY, {"id": "p", "region": 1}) + b"!"), "decode", "1 byte(s) left over"),
-        (wire(99, b"\x00"), "schema", "unknown schema: schema id 99"),
+        (wire(99, b"\x00"), "schema", "key (schema id 99): unknown schema: schema id 99"),
         (wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE)), "schema", "the keys of topic 'payments' are read as"),
     ],
 )

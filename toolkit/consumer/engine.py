@@ -460,7 +460,7 @@ class Engine:
                     if isinstance(source, tuple):
                         source = await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve, source)
                     if keyed and (pending := self.pipeline.key_to_resolve(msg.topic(), msg.key())) is not None:
-                        await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve, pending)
+                        await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve_key, pending)
                     prepared = self._finish(msg, decoded, source)
                 message = prepared.message
                 message.attempt = attempt

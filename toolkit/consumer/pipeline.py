@@ -65,6 +65,7 @@ from toolkit.wire import (
     WireRecord,
     WireSchema,
     header_fields,
+    key_looks_confluent,
     looks_confluent,
     split,
     synthesize_header,
@@ -300,7 +301,8 @@ class Pipeline:
         :meth:`finish` raises). No I/O."""
         if self._keys_raw or not key or key[0] != 0 or len(key) < 5:
             return None
-        if self.key_format(topic) is KeyFormat.RAW:
+        fmt = self.key_format(topic)
+        if fmt is KeyFormat.RAW or (fmt is KeyFormat.AUTO and not key_looks_confluent(key)):
             return None
         id_key = SchemaIdKey(int.from_bytes(key[1:5], "big"))
         return None if id_key in self._compiled else id_key
@@ -360,6 +362,20 @@ class Pipeline:
         self._unknown.pop(key, None)
         self._compiled[key] = compiled
         return compiled
+
+    def resolve_key(self, key: SchemaIdKey) -> WireSchema:
+        """:meth:`resolve` for a record key's schema id; a final failure's reason starts with
+        ``key (schema id N)``, so it does not read as the value's.
+
+        Raises:
+            as :meth:`resolve`.
+        """
+        try:
+            return cast(WireSchema, self.resolve(key))
+        except MessageError as exc:
+            raise MessageError(
+                exc.stage, f"key (schema id {key.schema_id}): {exc.reason}", details=exc.details
+            ) from None
 
     def _resolve_id(self, key: SchemaIdKey) -> WireSchema:
         """Stage ``schema`` for a schema id: the registry's schema and its payload reader. The grace clock
@@ -503,7 +519,7 @@ class Pipeline:
         compiled = self.resolve(key_)
         pending = self.key_to_resolve(topic, key)
         if pending is not None:
-            self.resolve(pending)
+            self.resolve_key(pending)
         return self.finish(
             decoded,
             compiled,
@@ -773,13 +789,13 @@ class Pipeline:
                 was not resolved first).
         """
         fmt = self.key_format(topic)
-        if fmt is KeyFormat.RAW or (fmt is KeyFormat.AUTO and not looks_confluent(key)):
+        if fmt is KeyFormat.RAW or (fmt is KeyFormat.AUTO and not key_looks_confluent(key)):
             return
         record = split(key, "key")
         id_key = SchemaIdKey(record.schema_id)
         wire = self._compiled.get(id_key)
         if wire is None:
-            wire = self.resolve(id_key)
+            wire = self.resolve_key(id_key)
         assert isinstance(wire, WireSchema)
         plan = self._key_plans.get((topic, record.schema_id))
         if plan is None:
