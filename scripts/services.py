@@ -23,8 +23,9 @@ RabbitMQ is not started by a bare `up`: only the RabbitMQ tests need it, and the
 
 EPISTLE_KAFKA_SECURITY=sasl_ssl starts the broker with a SASL_SSL listener (SCRAM-SHA-512) and ACLs (the
 StandardAuthorizer; its ACLs are granted with confluent-kafka, so run this with the project's Python), and
-EPISTLE_REGISTRY_TLS=1 the registry serving HTTPS only; the CA, the certificates and the users' passwords are
-made once in `.services/security/` (the passwords only in its credentials.json, mode 0600, never printed).
+EPISTLE_REGISTRY_TLS=1 the registry serving HTTPS only, with basic authentication (user app); the CA, the
+certificates and the users' passwords are made once in `.services/security/` (the passwords only in its
+credentials.json, mode 0600, never printed).
 
 A 3-node Kafka cluster instead of the single broker: `up kafka --brokers 3` (or EPISTLE_KAFKA_BROKERS=3). Each
 node is broker and controller (KRaft combined mode), runs from `.services/kafka-<n>/`, listens on
@@ -40,6 +41,7 @@ Only the standard library is used, so this runs before the project's virtualenv 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -831,6 +833,31 @@ class Registry(Service):
         fetch_registry()
         if self.security:
             self.security.ensure()
+            self._basic_auth_config()
+
+    def _basic_auth_config(self) -> None:
+        """EPISTLE_REGISTRY_TLS also asks for HTTP basic authentication on the APIs (Quarkus's embedded users:
+        the ``app`` user and its password from credentials.json). Quarkus reads ``config/application.properties``
+        in its working folder, so the password is in a 0600 file, not on a command line."""
+        assert self.security is not None
+        config = self.dir / "config" / "application.properties"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(
+                "\n".join(
+                    [
+                        "quarkus.http.auth.basic=true",
+                        "quarkus.security.users.embedded.enabled=true",
+                        "quarkus.security.users.embedded.plain-text=true",
+                        f"quarkus.security.users.embedded.users.app={self.security.credentials()['app']}",
+                        "quarkus.security.users.embedded.roles.app=sr-admin",
+                        "quarkus.http.auth.permission.authenticated.paths=/apis/*",
+                        "quarkus.http.auth.permission.authenticated.policy=authenticated",
+                        "",
+                    ]
+                )
+            )
 
     def _tls_options(self) -> list[str]:
         """EPISTLE_REGISTRY_TLS: HTTPS only (Quarkus's own TLS) with the services' certificate. (A required
@@ -846,6 +873,11 @@ class Registry(Service):
 
     def _open(self, request: urllib.request.Request | str, timeout: float):
         context = self.security.ssl_context() if self.security else None
+        if self.security:  # the APIs ask for the app user (basic authentication)
+            if isinstance(request, str):
+                request = urllib.request.Request(request)
+            token = base64.b64encode(f"app:{self.security.credentials()['app']}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     def command(self) -> list[str]:
@@ -885,7 +917,10 @@ class Registry(Service):
 
     def describe(self) -> str:
         if self.security:
-            return f"Confluent-compatible URL {self.ccompat_url} (HTTPS only, CA {_shown(self.security.ca)})"
+            return (
+                f"Confluent-compatible URL {self.ccompat_url} (HTTPS only, CA {_shown(self.security.ca)}; basic "
+                f"authentication: user app, its password in {_shown(self.security.credentials_file)})"
+            )
         return f"Confluent-compatible URL {self.ccompat_url}"
 
 

@@ -6,7 +6,9 @@ passwords it makes in its own services folder.
 The consumer, the producer, the dead-letter producer and ``epistle dlq`` work over SASL_SSL; a wrong password,
 a missing READ ACL and a missing WRITE on the dead-letter topic fail at start-up with an error naming the
 setting or the topic and operation, and nothing is committed; no password appears in any log line or error
-message. The registry client works with the CA and fails, naming SCHEMA_REGISTRY_CA_BUNDLE, without it.
+message. The registry client works with the CA and the app user's credentials (the registry asks for basic
+authentication); it fails, naming SCHEMA_REGISTRY_CA_BUNDLE, without the CA, and naming
+SCHEMA_REGISTRY_USERNAME/PASSWORD without credentials or with a wrong password.
 
 EPISTLE_SECURITY_TEST_PORT: the first of three consecutive ports to use (else free ones are picked).
 """
@@ -426,7 +428,11 @@ def test_a_group_the_principal_may_not_read_stops_the_consumer_naming_the_grant(
 def test_the_registry_client_with_the_ca_talks_to_apicurio_over_tls(secure_registry, unique_name):
     secure = secure_registry
     settings = load_settings(
-        env_file=None, registry__url=secure.registry_url, registry__ca_bundle=str(secure.ca)
+        env_file=None,
+        registry__url=secure.registry_url,
+        registry__ca_bundle=str(secure.ca),
+        registry__username="app",
+        registry__password=secure.passwords["app"],
     ).registry
     subject = unique_name("orders")
     text = (SCHEMAS / "orders" / "1.json").read_text()
@@ -443,3 +449,23 @@ def test_the_registry_client_without_the_ca_fails_naming_the_setting(secure_regi
         registry.subjects()
     assert "SCHEMA_REGISTRY_CA_BUNDLE" in str(raised.value) and "certificate" in str(raised.value)
     assert raised.value.attempts == 1  # a certificate the client does not trust is not retried
+
+
+@pytest.mark.parametrize("credentials", ["none", "wrong password"])
+def test_the_registry_refuses_missing_or_wrong_credentials_and_the_error_names_the_settings(
+    secure_registry, credentials, caplog
+):
+    """The HTTPS registry asks for basic authentication (scripts/services.py): without credentials, or with a
+    wrong password, the client's error names the settings to fix and never shows the password given."""
+    secure = secure_registry
+    wrong = "not-the-password-" + secure.passwords["app"][:4]
+    given = {} if credentials == "none" else {"registry__username": "app", "registry__password": wrong}
+    settings = load_settings(
+        env_file=None, registry__url=secure.registry_url, registry__ca_bundle=str(secure.ca), **given
+    ).registry
+    with ConfluentHttpRegistry.from_settings(settings) as registry, pytest.raises(RegistryUnavailable) as raised:
+        registry.subjects()
+    message = str(raised.value)
+    assert "HTTP 401" in message and "SCHEMA_REGISTRY_USERNAME/PASSWORD" in message
+    assert wrong not in message and wrong not in caplog.text
+    _assert_no_secret(secure, message, caplog.text)
