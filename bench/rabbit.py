@@ -298,7 +298,8 @@ def markdown(report: dict[str, Any]) -> str:
     ratio = report["ratio"]
     verdict = "-" if ratio is None else ("met" if ratio >= target else "not met")
     lines += ["", f"**R-T / R-L1 = {ratio if ratio is not None else '-'}** (target {target}: {verdict})."]
-    if "R-P1" in medians:  # reports written before R-P1 existed have no such row
+    with_p1 = "R-P1" in medians  # reports written before R-P1 existed have no such row
+    if with_p1:
         ratio_p1 = report.get("ratio_p1")
         lines += [
             "",
@@ -309,7 +310,12 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "R-L1 acknowledges every 1,000 messages; the toolkit acknowledges what is done every "
         "`EPISTLE_COMMIT_INTERVAL_S` (1 s), so with the prefetch window (10,000) its rate is bounded by "
-        "about prefetch / commit interval (docs/contracts.md, RabbitMQ).",
+        "about prefetch / commit interval (docs/contracts.md, RabbitMQ)"
+        + (
+            "; R-P1 sends a `basic.ack` per message, as FastStream's default acknowledgement policy does."
+            if with_p1
+            else "."
+        ),
         "",
         "R-L1 uses aio-pika's high-level API, as a hand-written service would (`Queue.consume`: an "
         "`IncomingMessage` per delivery and its callback); the toolkit consumes at aiormq's level under "
