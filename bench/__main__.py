@@ -7,7 +7,7 @@
     python -m bench --only resume         # one row (here: resume after SIGKILL), merged into the results
     python -m bench --only cli            # how long `epistle --help` and `epistle check` take to run
     python -m bench --only share          # share groups against a consumer group: bench/results/share-groups.md
-    python -m bench --only rabbitmq --messages 20000   # toolkit on RabbitMQ vs a hand-written aio-pika loop
+    python -m bench --only rabbitmq --messages 20000   # toolkit on RabbitMQ vs aio-pika loop, FastStream
     python -m bench --only scale-out --messages 100000   # one backlog drained by 1 and by 2 worker processes
     python -m bench --formats avro-wire --contenders L1,T,P2 --throughput-only --name avro-wire --runs 5
                                           # Confluent's wire format (Avro binary) -> bench/results/avro-wire.md
@@ -457,8 +457,14 @@ def write_markdown(report: dict) -> str:
             "## RabbitMQ",
             "",
             f"{rabbit.LABELS['R-T']} {_fmt(m['R-T']['msgs_per_s'], ',.0f')} msg/s against "
-            f"{rabbit.LABELS['R-L1']} {_fmt(m['R-L1']['msgs_per_s'], ',.0f')} msg/s: **R-T/R-L1 {rq['ratio']}** "
-            "(bench/results/rabbitmq.md).",
+            f"{rabbit.LABELS['R-L1']} {_fmt(m['R-L1']['msgs_per_s'], ',.0f')} msg/s: **R-T/R-L1 {rq['ratio']}**"
+            + (
+                f"; against {rabbit.LABELS['R-P1']} {_fmt(m['R-P1']['msgs_per_s'], ',.0f')} msg/s: "
+                f"**R-T/R-P1 {rq.get('ratio_p1')}**"
+                if "R-P1" in m
+                else ""
+            )
+            + " (bench/results/rabbitmq.md).",
         ]
     return "\n".join(lines)
 
@@ -580,7 +586,7 @@ def main() -> None:
     if args.only == "rabbitmq":
         row = rabbit.measure(rabbit.default_url(), args.messages, args.runs, command)
         rabbit.write(row, args.out)
-        print(f"wrote {args.out}/rabbitmq.json, rabbitmq.md (R-T/R-L1 {row['ratio']})")
+        print(f"wrote {args.out}/rabbitmq.json, rabbitmq.md (R-T/R-L1 {row['ratio']}, R-T/R-P1 {row['ratio_p1']})")
         return
     if args.only:
         previous = args.out / "results.json"

@@ -4,13 +4,16 @@
 
 A queue is consumed destructively, so every run gets a queue of its own, filled with the same envelopes
 (``orders`` v2, JSON Schema, ~500 bytes: :mod:`bench.backlog`) before its contender starts; the contenders
-run interleaved (R-L1 R-T R-L1 R-T ...), each in a fresh process, and the medians are compared.
+run interleaved (R-L1 R-T R-P1 R-L1 R-T R-P1 ...), each in a fresh process, and the medians are compared.
 
     R-L1  a hand-written aio-pika loop: prefetch 10,000 (the toolkit's default window), for each message the
           envelope parsed (JSON and the header model), the body validated by the cached validator and the
           generated model built, ``basic.ack(multiple=True)`` every 1,000 messages
     R-T   the toolkit's KafkaConsumer on RabbitTransport, defaults (prefetch = max_in_flight 10,000, an
           acknowledgement every second), a handler that does nothing
+    R-P1  FastStream 0.7's RabbitBroker (as P1 on Kafka): the same pydantic model for the body under an
+          envelope model, prefetch 10,000, a no-op handler, each message acknowledged after it is handled
+          (FastStream's default ``AckPolicy.REJECT_ON_ERROR``)
 
 Timing starts at the first message received and stops at the last one handled, as for the Kafka rows.
 """
@@ -34,7 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PREFETCH = 10_000
 ACK_EVERY = 1_000
-LABELS = {"R-L1": "hand-written aio-pika loop (R-L1)", "R-T": "toolkit on RabbitMQ (R-T)"}
+LABELS = {
+    "R-L1": "hand-written aio-pika loop (R-L1)",
+    "R-T": "toolkit on RabbitMQ (R-T)",
+    "R-P1": "FastStream RabbitBroker (R-P1)",
+}
 TARGET = ("R-T", "R-L1", 0.8)  # the same ratio the Kafka rows aim at for T/L1
 
 
@@ -151,7 +158,42 @@ def run_t(url: str, queue: str, count: int) -> dict[str, Any]:
     return {"messages": state["seen"], "elapsed_s": state["elapsed"], "stats": consumer.stats.as_dict()}
 
 
-CONTENDERS = {"R-L1": run_l1, "R-T": run_t}
+def run_p1(url: str, queue: str, count: int) -> dict[str, Any]:
+    from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+    from pydantic import BaseModel
+
+    from bench.contenders import _elapsed, _schema_and_model, _start
+
+    _, model = _schema_and_model("json")
+
+    class Envelope(BaseModel):
+        header: dict[str, str]
+        body: model  # type: ignore[valid-type]
+
+    state: dict[str, Any] = {"seen": 0, "started": None, "elapsed": None}
+
+    async def main() -> None:
+        broker = RabbitBroker(url, logger=None)
+        done = asyncio.Event()
+
+        # declare=False: the queue is filled already, so FastStream only checks it exists (passive).
+        @broker.subscriber(RabbitQueue(queue, declare=False), channel=Channel(prefetch_count=PREFETCH))
+        async def handle(message: Envelope) -> None:
+            state["started"] = state["started"] or _start()
+            state["seen"] += 1
+            if state["seen"] >= count:
+                state["elapsed"] = _elapsed(state["started"])
+                done.set()
+
+        await broker.start()
+        await done.wait()
+        await broker.stop()
+
+    asyncio.run(main())
+    return {"messages": state["seen"], "elapsed_s": state["elapsed"]}
+
+
+CONTENDERS = {"R-L1": run_l1, "R-T": run_t, "R-P1": run_p1}
 
 
 # -- the block --------------------------------------------------------------------------------------------
@@ -176,7 +218,7 @@ def _run(name: str, url: str, queue: str, count: int, timeout: float) -> dict[st
 
 
 def measure(url: str, count: int, runs: int, command: str) -> dict[str, Any]:
-    """Run R-L1 and R-T ``runs`` times each, interleaved, on fresh queues of ``count`` envelopes."""
+    """Run every contender ``runs`` times, interleaved, on fresh queues of ``count`` envelopes."""
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
@@ -218,15 +260,21 @@ def measure(url: str, count: int, runs: int, command: str) -> dict[str, Any]:
             "ok_runs": len(rates),
         }
     report["medians"] = medians
-    t, l1 = medians["R-T"]["msgs_per_s"], medians["R-L1"]["msgs_per_s"]
-    report["ratio"] = round(t / l1, 3) if t and l1 else None
+    report["ratio"] = _ratio(medians, "R-L1")
+    report["ratio_p1"] = _ratio(medians, "R-P1")
     return report
+
+
+def _ratio(medians: dict[str, Any], other: str) -> float | None:
+    """R-T's median over ``other``'s, or None when either has no successful run."""
+    t, o = medians["R-T"]["msgs_per_s"], (medians.get(other) or {}).get("msgs_per_s")
+    return round(t / o, 3) if t and o else None
 
 
 def markdown(report: dict[str, Any]) -> str:
     medians = report["medians"]
     lines = [
-        "# RabbitMQ: the toolkit against a hand-written aio-pika loop",
+        "# RabbitMQ: the toolkit against a hand-written aio-pika loop and FastStream",
         "",
         f"Run {report['when']}: `{report['command']}`",
         "",
@@ -249,13 +297,25 @@ def markdown(report: dict[str, Any]) -> str:
     target = TARGET[2]
     ratio = report["ratio"]
     verdict = "-" if ratio is None else ("met" if ratio >= target else "not met")
+    lines += ["", f"**R-T / R-L1 = {ratio if ratio is not None else '-'}** (target {target}: {verdict})."]
+    with_p1 = "R-P1" in medians  # reports written before R-P1 existed have no such row
+    if with_p1:
+        ratio_p1 = report.get("ratio_p1")
+        lines += [
+            "",
+            f"**R-T / R-P1 = {ratio_p1 if ratio_p1 is not None else '-'}** (FastStream's RabbitBroker with the "
+            "same model, a no-op handler, each message acknowledged after its handler; no target).",
+        ]
     lines += [
-        "",
-        f"**R-T / R-L1 = {ratio if ratio is not None else '-'}** (target {target}: {verdict}).",
         "",
         "R-L1 acknowledges every 1,000 messages; the toolkit acknowledges what is done every "
         "`EPISTLE_COMMIT_INTERVAL_S` (1 s), so with the prefetch window (10,000) its rate is bounded by "
-        "about prefetch / commit interval (docs/contracts.md, RabbitMQ).",
+        "about prefetch / commit interval (docs/contracts.md, RabbitMQ)"
+        + (
+            "; R-P1 sends a `basic.ack` per message, as FastStream's default acknowledgement policy does."
+            if with_p1
+            else "."
+        ),
         "",
         "R-L1 uses aio-pika's high-level API, as a hand-written service would (`Queue.consume`: an "
         "`IncomingMessage` per delivery and its callback); the toolkit consumes at aiormq's level under "

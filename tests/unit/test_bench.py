@@ -373,3 +373,48 @@ def test_any_toolkit_contender_has_a_baseline_twin(monkeypatch, tmp_path) -> Non
         "json", "shared", 10, 1, "t", {"T-traced": [{"msgs_per_s": 80.0}], "T-traced@base": [{"msgs_per_s": 50.0}]}
     )
     assert block["ratios"]["T-traced/T-traced@base"] == {"ratio": 1.6, "target": 1.0, "met": True}
+
+
+def test_rabbitmq_reports_the_toolkit_against_the_hand_loop_and_faststream(monkeypatch) -> None:
+    from bench import rabbit
+
+    rates = {"R-L1": [100.0, 120.0, 110.0], "R-T": [90.0, 80.0, 100.0], "R-P1": [50.0, 40.0, 60.0]}
+    monkeypatch.setattr(rabbit, "fill", lambda url, queue, count: 500)
+    monkeypatch.setattr(rabbit, "delete", lambda url, queue: None)
+    monkeypatch.setattr(rabbit, "_uptime", lambda: "load average: 1.00")
+    monkeypatch.setattr(
+        rabbit,
+        "_run",
+        lambda name, url, queue, count, timeout: {
+            "msgs_per_s": rates[name].pop(0),
+            "cpu_ms_per_1k": 10.0,
+            "cores_busy": 0.5,
+        },
+    )
+    report = rabbit.measure("amqp://nowhere/", 1000, 3, "python -m bench --only rabbitmq")
+    assert list(report["samples"]) == ["R-L1", "R-T", "R-P1"]  # every run fills and drains all three
+    assert report["medians"]["R-P1"]["msgs_per_s"] == 50.0
+    assert report["ratio"] == round(90 / 110, 3) and report["ratio_p1"] == 1.8
+    text = rabbit.markdown(report)
+    assert "| FastStream RabbitBroker (R-P1) | 50 | 40 .. 60 |" in text
+    assert "**R-T / R-L1 = 0.818** (target 0.8: met)" in text and "**R-T / R-P1 = 1.8**" in text
+
+
+def test_rabbitmq_markdown_of_a_report_from_before_faststream_has_no_p1_ratio() -> None:
+    from bench import rabbit
+
+    row = {"msgs_per_s": 100.0, "min": 90.0, "max": 110.0, "cpu_ms_per_1k": 10.0, "ok_runs": 1}
+    report = {
+        "when": "2026-01-01T00:00:00+00:00",
+        "command": "python -m bench --only rabbitmq",
+        "messages": 10,
+        "runs": 1,
+        "load_before": "-",
+        "load_after": "-",
+        "bytes_per_message": 500,
+        "samples": {"R-L1": [{"cores_busy": 0.5}], "R-T": [{"cores_busy": 0.5}]},
+        "medians": {"R-L1": row, "R-T": row},
+        "ratio": 1.0,
+    }
+    text = rabbit.markdown(report)
+    assert "R-T / R-L1 = 1.0" in text and "R-P1" not in text
