@@ -341,3 +341,58 @@ def test_a_registered_schema_whose_references_were_not_looked_up_is_refused_with
     with pytest.raises(SchemaFileError) as info:
         compile_schema(schema)
     assert info.value.field == "references" and "CachedRegistry" in info.value.fix
+
+
+def test_the_same_text_with_other_references_is_a_new_version_not_a_duplicate(schemas: Path):
+    from toolkit.compat.check import run_check
+
+    address = json.loads((schemas / "address" / "1.avsc").read_text())
+    address["fields"].append({"name": "postcode", "type": ["null", "string"], "default": None})
+    add_version(schemas / "address", 2, address, ".avsc")
+    shutil.copy(schemas / "parcel" / "1.avsc", schemas / "parcel" / "2.avsc")
+    write_toml(
+        schemas / "parcel",
+        "[references]\n"
+        '1 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n'
+        '2 = [{ name = "com.epistle.common.Address", subject = "address", version = 2 }]\n',
+    )
+    assert "DUPLICATE_VERSION" not in {f.rule for f in run_check(schemas).findings}
+    write_toml(  # the same text and the same references: a registry returns v1's id
+        schemas / "parcel",
+        "[references]\n"
+        '1 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n'
+        '2 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n',
+    )
+    assert "DUPLICATE_VERSION" in {f.rule for f in run_check(schemas).findings}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_changing_a_published_versions_references_is_an_edit(tmp_path: Path):
+    import subprocess
+
+    from toolkit.compat.history import check_immutable, resolve_base
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(FIXTURE, schemas)
+    address = json.loads((schemas / "address" / "1.avsc").read_text())
+    address["fields"].append({"name": "postcode", "type": ["null", "string"], "default": None})
+    add_version(schemas / "address", 2, address, ".avsc")
+    git("init", "-q", "-b", "main")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "published")
+    base = resolve_base(schemas, "main")
+    assert check_immutable(schemas, base) == []
+    write_toml(
+        schemas / "parcel",
+        '[references]\n1 = [{ name = "com.epistle.common.Address", subject = "address", version = 2 }]\n',
+    )
+    [finding] = check_immutable(schemas, base)
+    assert finding.rule == "VERSION_REFERENCES_EDITED" and finding.subject == "parcel"
+    assert finding.file == "schemas/parcel/subject.toml" and finding.reader_version == 1
+    assert "address/1 to com.epistle.common.Address = address/2" in finding.message
+    assert "add the change as a new version" in finding.message
+    (schemas / "parcel" / "subject.toml").unlink()  # dropping them is an edit too
+    assert [f.rule for f in check_immutable(schemas, base)] == ["VERSION_REFERENCES_EDITED"]
