@@ -195,10 +195,17 @@ def _short(full: str) -> str:
 def _avro_class_names(full_names: list[str]) -> dict[str, str]:
     """The class datamodel-code-generator names each Avro named type: its short name, unless several types of
     the document share it (then the namespace's words come first: ``com.a.Address`` is ``ComAAddress``)."""
-    from datamodel_code_generator._name_words import first_upper
-    from datamodel_code_generator.parser._convert_common import _name_definitions
-
-    qualified = {full: ("", full.rpartition(".")[0] or None, _short(full)) for full in sorted(set(full_names))}
+    names = sorted(set(full_names))
+    try:  # the generator's own naming, so that the import binds the name its module uses
+        from datamodel_code_generator._name_words import first_upper
+        from datamodel_code_generator.parser._convert_common import _name_definitions
+    except ImportError:  # a generator that moved it: the same rule for names that differ in their namespace
+        shorts = [_short(full) for full in names]
+        return {
+            full: _pascal(full) if shorts.count(_short(full)) > 1 else _short(full)[:1].upper() + _short(full)[1:]
+            for full in names
+        }
+    qualified = {full: ("", full.rpartition(".")[0] or None, _short(full)) for full in names}
     return _name_definitions(qualified, first_upper, lone="titled")
 
 
