@@ -396,3 +396,45 @@ def test_changing_a_published_versions_references_is_an_edit(tmp_path: Path):
     assert "add the change as a new version" in finding.message
     (schemas / "parcel" / "subject.toml").unlink()  # dropping them is an edit too
     assert [f.rule for f in check_immutable(schemas, base)] == ["VERSION_REFERENCES_EDITED"]
+
+
+def test_the_fast_json_validator_resolves_a_chain_of_references_each_with_its_own_id():
+    from toolkit.validation.json_schema import JsonSchema
+
+    draft = "https://json-schema.org/draft/2020-12/schema"
+    common = {"$schema": draft, "$id": "https://s.example/common/1.json", "type": "string", "minLength": 2}
+    address = {
+        "$schema": draft,
+        "$id": "https://s.example/address/1.json",
+        "type": "object",
+        "properties": {"street": {"type": "string"}, "country": {"$ref": "common.json"}},
+    }
+    person = {
+        "$schema": draft,
+        "$id": "https://s.example/person/1.json",
+        "type": "object",
+        "properties": {"home": {"$ref": "address.json"}},
+    }
+    compiled = JsonSchema.compile("person", "person", 1, person, (("common.json", common), ("address.json", address)))
+    good, bad = {"home": {"street": "s", "country": "DE"}}, {"home": {"street": "s", "country": "D"}}
+    assert compiled.fast is not None and compiled.fast.is_valid(good) and not compiled.fast.is_valid(bad)
+    with pytest.raises(MessageError) as info:
+        compiled.decode(bad)
+    assert "$.home.country" in info.value.reason
+
+
+def test_a_schema_the_fast_validator_cannot_compile_is_logged(caplog: pytest.LogCaptureFixture, monkeypatch):
+    import jsonschema_rs
+
+    from toolkit.validation import json_schema
+
+    def refuse(*_args, **_kwargs):
+        raise ValueError("unsupported")
+
+    monkeypatch.setattr(jsonschema_rs, "validator_for", refuse)
+    monkeypatch.setattr(json_schema, "_fast_unavailable_logged", False)
+    with caplog.at_level("DEBUG", logger="toolkit.validation"):
+        for _ in range(2):
+            assert json_schema.JsonSchema.compile("s", "s", 1, {"type": "string"}).fast is None
+    assert [r.levelname for r in caplog.records] == ["WARNING", "DEBUG"]
+    assert "jsonschema-rs cannot compile" in caplog.records[0].getMessage()
