@@ -438,3 +438,33 @@ def test_a_schema_the_fast_validator_cannot_compile_is_logged(caplog: pytest.Log
             assert json_schema.JsonSchema.compile("s", "s", 1, {"type": "string"}).fast is None
     assert [r.levelname for r in caplog.records] == ["WARNING", "DEBUG"]
     assert "jsonschema-rs cannot compile" in caplog.records[0].getMessage()
+
+
+def test_one_reference_name_for_two_versions_in_the_chain_is_refused_by_the_registry_side():
+    from toolkit.errors import RegistryError
+    from toolkit.layout import SchemaFormat
+    from toolkit.testing import InMemoryRegistry
+
+    def record(name: str, fields: list) -> str:
+        return json.dumps({"type": "record", "name": name, "namespace": "com.ex", "fields": fields})
+
+    registry = InMemoryRegistry()
+    avro = SchemaFormat.AVRO
+    registry.register("address", record("Address", [{"name": "street", "type": "string"}]), avro)
+    registry.register(
+        "address",
+        record("Address", [{"name": "street", "type": "string"}, {"name": "zip", "type": "string", "default": ""}]),
+        avro,
+    )
+    address = [{"name": "com.ex.Address", "subject": "address", "version": 1}]
+    registry.register("a", record("A", [{"name": "addr", "type": "com.ex.Address"}]), avro, references=address)
+    address_2 = [{**address[0], "version": 2}]
+    registry.register("c", record("C", [{"name": "addr", "type": "com.ex.Address"}]), avro, references=address_2)
+    top = record("Top", [{"name": "a", "type": "com.ex.A"}, {"name": "c", "type": "com.ex.C"}])
+    refs = [{"name": "com.ex.A", "subject": "a", "version": 1}, {"name": "com.ex.C", "subject": "c", "version": 1}]
+    registered = registry.register("top", top, avro, references=refs)
+    with pytest.raises(RegistryError) as info:
+        CachedRegistry(registry).resolve("top", registered.version)
+    message = str(info.value)
+    assert "'com.ex.Address' twice, as address version 1 and as address version 2" in message
+    assert "one name means one version of one subject" in message
