@@ -468,3 +468,14 @@ def test_one_reference_name_for_two_versions_in_the_chain_is_refused_by_the_regi
     message = str(info.value)
     assert "'com.ex.Address' twice, as address version 1 and as address version 2" in message
     assert "one name means one version of one subject" in message
+
+
+def test_a_json_ref_to_a_missing_part_of_a_declared_reference_says_so():
+    from toolkit.formats import JSON_SCHEMA
+
+    money = json.loads((FIXTURE / "money" / "1.json").read_text())
+    document = {"type": "object", "properties": {"total": {"$ref": "money.json#/nope/x"}}}
+    problems = JSON_SCHEMA.invalid("invoice/1.json", document, references=(("money.json", money),))
+    assert problems and problems[0].field == "$.properties.total.$ref"
+    assert "'money.json' exists but has nothing at #/nope/x" in problems[0].problem
+    assert "[references]" not in problems[0].fix and '"money.json#/$defs/Name"' in problems[0].fix
