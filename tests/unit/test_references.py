@@ -479,3 +479,9 @@ def test_a_json_ref_to_a_missing_part_of_a_declared_reference_says_so():
     assert problems and problems[0].field == "$.properties.total.$ref"
     assert "'money.json' exists but has nothing at #/nope/x" in problems[0].problem
     assert "[references]" not in problems[0].fix and '"money.json#/$defs/Name"' in problems[0].fix
+
+
+def test_the_contracts_doc_says_the_consumer_reads_schema_references():
+    text = " ".join((Path(__file__).parents[2] / "docs" / "contracts.md").read_text(encoding="utf-8").split())
+    assert "Not read yet: schema references" not in text
+    assert "Schema references (`references` of the id's schema) are read from the registry" in text
