@@ -292,17 +292,23 @@ def expand_avro(document: Any, referenced: Referenced) -> Any:
 
 
 def json_resources(document: Any, referenced: Referenced) -> list[tuple[str, Any]]:
-    """``(uri, document)`` for a ``referencing.Registry``: each referenced schema under its reference name,
-    and under that name resolved against the root's ``$id`` when it has one (a relative ``$ref`` resolves so)."""
+    """``(uri, document)`` for a ``referencing.Registry``: each referenced schema under its reference name, and
+    under that name resolved against the ``$id`` of the root and of each referenced schema that has one (a
+    relative ``$ref`` resolves against the ``$id`` of the schema it is in: person -> address.json, whose own
+    ``$id`` differs, -> common.json)."""
     from urllib.parse import urljoin
 
-    base = document.get("$id") if isinstance(document, dict) and isinstance(document.get("$id"), str) else ""
-    resources = []
+    bases = [
+        doc["$id"]
+        for doc in (document, *(doc for _, doc in referenced))
+        if isinstance(doc, dict) and isinstance(doc.get("$id"), str) and doc["$id"]
+    ]
+    resources: dict[str, Any] = {}
     for name, doc in referenced:
-        resources.append((name, doc))
-        if base and urljoin(base, name) != name:
-            resources.append((urljoin(base, name), doc))
-    return resources
+        resources.setdefault(name, doc)
+        for base in bases:
+            resources.setdefault(urljoin(base, name), doc)
+    return list(resources.items())
 
 
 def json_refs(node: Any) -> Iterator[tuple[str, str]]:

@@ -137,3 +137,57 @@ def test_a_ref_deeper_into_the_referenced_schema_is_refused_with_the_fix(tmp_pat
 
     (finding,) = [f for f in run_check(schemas).errors if f.subject == "invoice"]
     assert finding.rule == "UNSUPPORTED_SCHEMA" and finding.path == "$.properties.amount.$ref"
+
+
+def _write(folder: Path, name: str, document: dict | str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(document if isinstance(document, str) else json.dumps(document), encoding="utf-8")
+
+
+def test_only_the_referenced_types_used_are_imported_and_a_same_named_own_type_is_no_clash(tmp_path: Path):
+    schemas = tmp_path / "schemas"
+    shutil.copytree(FIXTURE / "address", schemas / "address")
+    own_address = {"type": "record", "name": "Address", "fields": [{"name": "x", "type": "string"}]}
+    person = {
+        "type": "record",
+        "name": "Person",
+        "namespace": "com.other",
+        "fields": [{"name": "c", "type": "com.epistle.common.Country"}, {"name": "a", "type": own_address}],
+    }
+    _write(schemas / "person", "1.avsc", person)
+    _write(
+        schemas / "person",
+        "subject.toml",
+        '[references]\n1 = [{ name = "com.epistle.common.Country", subject = "address", version = 1 }]\n',
+    )
+    module = run_codegen(schemas, tmp_path / "models", workers=1).files["person/v1.py"]
+    assert "from ..address.v1 import Country\n" in module and "class Address(BaseModel)" in module
+
+
+def test_two_referenced_types_of_one_short_name_are_both_imported(tmp_path: Path):
+    schemas = tmp_path / "schemas"
+    for subject, namespace in (("a", "com.a"), ("b", "com.b")):
+        address = {
+            "type": "record",
+            "name": "Address",
+            "namespace": namespace,
+            "fields": [{"name": "x", "type": "int"}],
+        }
+        _write(schemas / subject, "1.avsc", address)
+    person = {
+        "type": "record",
+        "name": "Person",
+        "namespace": "com.p",
+        "fields": [{"name": "home", "type": "com.a.Address"}, {"name": "work", "type": "com.b.Address"}],
+    }
+    _write(schemas / "person", "1.avsc", person)
+    _write(
+        schemas / "person",
+        "subject.toml",
+        '[references]\n1 = [{ name = "com.a.Address", subject = "a", version = 1 }, '
+        '{ name = "com.b.Address", subject = "b", version = 1 }]\n',
+    )
+    module = run_codegen(schemas, tmp_path / "models", workers=1).files["person/v1.py"]
+    assert "from ..a.v1 import Address as ComAAddress" in module
+    assert "from ..b.v1 import Address as ComBAddress" in module
+    assert "class ComAAddress" not in module and "class ComBAddress" not in module

@@ -341,3 +341,147 @@ def test_a_registered_schema_whose_references_were_not_looked_up_is_refused_with
     with pytest.raises(SchemaFileError) as info:
         compile_schema(schema)
     assert info.value.field == "references" and "CachedRegistry" in info.value.fix
+
+
+def test_the_same_text_with_other_references_is_a_new_version_not_a_duplicate(schemas: Path):
+    from toolkit.compat.check import run_check
+
+    address = json.loads((schemas / "address" / "1.avsc").read_text())
+    address["fields"].append({"name": "postcode", "type": ["null", "string"], "default": None})
+    add_version(schemas / "address", 2, address, ".avsc")
+    shutil.copy(schemas / "parcel" / "1.avsc", schemas / "parcel" / "2.avsc")
+    write_toml(
+        schemas / "parcel",
+        "[references]\n"
+        '1 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n'
+        '2 = [{ name = "com.epistle.common.Address", subject = "address", version = 2 }]\n',
+    )
+    assert "DUPLICATE_VERSION" not in {f.rule for f in run_check(schemas).findings}
+    write_toml(  # the same text and the same references: a registry returns v1's id
+        schemas / "parcel",
+        "[references]\n"
+        '1 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n'
+        '2 = [{ name = "com.epistle.common.Address", subject = "address", version = 1 }]\n',
+    )
+    assert "DUPLICATE_VERSION" in {f.rule for f in run_check(schemas).findings}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_changing_a_published_versions_references_is_an_edit(tmp_path: Path):
+    import subprocess
+
+    from toolkit.compat.history import check_immutable, resolve_base
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(FIXTURE, schemas)
+    address = json.loads((schemas / "address" / "1.avsc").read_text())
+    address["fields"].append({"name": "postcode", "type": ["null", "string"], "default": None})
+    add_version(schemas / "address", 2, address, ".avsc")
+    git("init", "-q", "-b", "main")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "published")
+    base = resolve_base(schemas, "main")
+    assert check_immutable(schemas, base) == []
+    write_toml(
+        schemas / "parcel",
+        '[references]\n1 = [{ name = "com.epistle.common.Address", subject = "address", version = 2 }]\n',
+    )
+    [finding] = check_immutable(schemas, base)
+    assert finding.rule == "VERSION_REFERENCES_EDITED" and finding.subject == "parcel"
+    assert finding.file == "schemas/parcel/subject.toml" and finding.reader_version == 1
+    assert "address/1 to com.epistle.common.Address = address/2" in finding.message
+    assert "add the change as a new version" in finding.message
+    (schemas / "parcel" / "subject.toml").unlink()  # dropping them is an edit too
+    assert [f.rule for f in check_immutable(schemas, base)] == ["VERSION_REFERENCES_EDITED"]
+
+
+def test_the_fast_json_validator_resolves_a_chain_of_references_each_with_its_own_id():
+    from toolkit.validation.json_schema import JsonSchema
+
+    draft = "https://json-schema.org/draft/2020-12/schema"
+    common = {"$schema": draft, "$id": "https://s.example/common/1.json", "type": "string", "minLength": 2}
+    address = {
+        "$schema": draft,
+        "$id": "https://s.example/address/1.json",
+        "type": "object",
+        "properties": {"street": {"type": "string"}, "country": {"$ref": "common.json"}},
+    }
+    person = {
+        "$schema": draft,
+        "$id": "https://s.example/person/1.json",
+        "type": "object",
+        "properties": {"home": {"$ref": "address.json"}},
+    }
+    compiled = JsonSchema.compile("person", "person", 1, person, (("common.json", common), ("address.json", address)))
+    good, bad = {"home": {"street": "s", "country": "DE"}}, {"home": {"street": "s", "country": "D"}}
+    assert compiled.fast is not None and compiled.fast.is_valid(good) and not compiled.fast.is_valid(bad)
+    with pytest.raises(MessageError) as info:
+        compiled.decode(bad)
+    assert "$.home.country" in info.value.reason
+
+
+def test_a_schema_the_fast_validator_cannot_compile_is_logged(caplog: pytest.LogCaptureFixture, monkeypatch):
+    import jsonschema_rs
+
+    from toolkit.validation import json_schema
+
+    def refuse(*_args, **_kwargs):
+        raise ValueError("unsupported")
+
+    monkeypatch.setattr(jsonschema_rs, "validator_for", refuse)
+    monkeypatch.setattr(json_schema, "_fast_unavailable_logged", False)
+    with caplog.at_level("DEBUG", logger="toolkit.validation"):
+        for _ in range(2):
+            assert json_schema.JsonSchema.compile("s", "s", 1, {"type": "string"}).fast is None
+    assert [r.levelname for r in caplog.records] == ["WARNING", "DEBUG"]
+    assert "jsonschema-rs cannot compile" in caplog.records[0].getMessage()
+
+
+def test_one_reference_name_for_two_versions_in_the_chain_is_refused_by_the_registry_side():
+    from toolkit.errors import RegistryError
+    from toolkit.layout import SchemaFormat
+    from toolkit.testing import InMemoryRegistry
+
+    def record(name: str, fields: list) -> str:
+        return json.dumps({"type": "record", "name": name, "namespace": "com.ex", "fields": fields})
+
+    registry = InMemoryRegistry()
+    avro = SchemaFormat.AVRO
+    registry.register("address", record("Address", [{"name": "street", "type": "string"}]), avro)
+    registry.register(
+        "address",
+        record("Address", [{"name": "street", "type": "string"}, {"name": "zip", "type": "string", "default": ""}]),
+        avro,
+    )
+    address = [{"name": "com.ex.Address", "subject": "address", "version": 1}]
+    registry.register("a", record("A", [{"name": "addr", "type": "com.ex.Address"}]), avro, references=address)
+    address_2 = [{**address[0], "version": 2}]
+    registry.register("c", record("C", [{"name": "addr", "type": "com.ex.Address"}]), avro, references=address_2)
+    top = record("Top", [{"name": "a", "type": "com.ex.A"}, {"name": "c", "type": "com.ex.C"}])
+    refs = [{"name": "com.ex.A", "subject": "a", "version": 1}, {"name": "com.ex.C", "subject": "c", "version": 1}]
+    registered = registry.register("top", top, avro, references=refs)
+    with pytest.raises(RegistryError) as info:
+        CachedRegistry(registry).resolve("top", registered.version)
+    message = str(info.value)
+    assert "'com.ex.Address' twice, as address version 1 and as address version 2" in message
+    assert "one name means one version of one subject" in message
+
+
+def test_a_json_ref_to_a_missing_part_of_a_declared_reference_says_so():
+    from toolkit.formats import JSON_SCHEMA
+
+    money = json.loads((FIXTURE / "money" / "1.json").read_text())
+    document = {"type": "object", "properties": {"total": {"$ref": "money.json#/nope/x"}}}
+    problems = JSON_SCHEMA.invalid("invoice/1.json", document, references=(("money.json", money),))
+    assert problems and problems[0].field == "$.properties.total.$ref"
+    assert "'money.json' exists but has nothing at #/nope/x" in problems[0].problem
+    assert "[references]" not in problems[0].fix and '"money.json#/$defs/Name"' in problems[0].fix
+
+
+def test_the_contracts_doc_says_the_consumer_reads_schema_references():
+    text = " ".join((Path(__file__).parents[2] / "docs" / "contracts.md").read_text(encoding="utf-8").split())
+    assert "Not read yet: schema references" not in text
+    assert "Schema references (`references` of the id's schema) are read from the registry" in text

@@ -91,13 +91,14 @@ def render_module(schema_file: SchemaFile, class_name: str, references: tuple[Re
 
     source = f"{schema_file.subject}/{schema_file.path.name}"
     is_json = schema_file.format == SchemaFormat.JSON
-    shared: dict[str, str] = {}  # class name -> the module it is imported from
+    shared: dict[str, str | tuple[str, str]] = {}  # class name -> the module it is imported from (, its name there)
     if is_json:
         document, shared = _json_placeholders(schema_file, class_name, references)
         prepared = prepare_json_schema(document)
     else:
-        shared = _avro_shared(schema_file, class_name, references)
-        prepared = prepare_avro_schema(expand_avro(schema_file.document, referenced), class_name)
+        expanded = expand_avro(schema_file.document, referenced)
+        shared = _avro_shared(schema_file, class_name, references, expanded)
+        prepared = prepare_avro_schema(expanded, class_name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -158,28 +159,65 @@ def _clash(schema_file: SchemaFile, name: str, module: str, field: str) -> Codeg
     )
 
 
-def _avro_shared(schema_file: SchemaFile, class_name: str, references: tuple[ReferencedModule, ...]) -> dict[str, str]:
-    """The classes of the named types each referenced schema defines itself, by the module defining them."""
-    shared: dict[str, str] = {}
-    for ref in references:
+def _avro_shared(
+    schema_file: SchemaFile, class_name: str, references: tuple[ReferencedModule, ...], expanded: Any
+) -> dict[str, str | tuple[str, str]]:
+    """The classes of the referenced named types the schema uses (those in ``expanded``, its document with the
+    referenced types in place), keyed by their class name here, by the module defining them (and the class's
+    name there when it differs). Keyed by full name: a referenced type the schema does not use is not imported,
+    nor a clash with a type of the same short name the schema defines."""
+    owners: dict[str, ReferencedModule] = {}
+    for ref in references:  # dependencies first: a type's owner is the subject that defines it
         for full, _, _ in avro_named_types(ref.schema_file.document):
-            shared.setdefault(full.rpartition(".")[2], ref.module)
-    own = [(full.rpartition(".")[2], json_path) for full, json_path, _ in avro_named_types(schema_file.document)]
-    for name, json_path in [(class_name, "$"), *own]:
-        if name in shared:
-            raise _clash(schema_file, name, shared[name], json_path)
+            owners.setdefault(full, ref)
+    own = {full: json_path for full, json_path, _ in avro_named_types(schema_file.document)}
+    used = [full for full, _, _ in avro_named_types(expanded) if full in owners and full not in own]
+    if not used:
+        return {}
+    here = _avro_class_names([full for full, _, _ in avro_named_types(expanded)])
+    own_classes = {_short(full): json_path for full, json_path in own.items()}
+    shared: dict[str, str | tuple[str, str]] = {}
+    for full in used:
+        short, ref = _short(full), owners[full]
+        for name, json_path in [(class_name, "$"), *own_classes.items()]:
+            if name == short:
+                raise _clash(schema_file, name, ref.module, json_path)
+        theirs = {f: json_path for f, json_path, _ in avro_named_types(ref.schema_file.document)}
+        there = ref.class_name if theirs[full] == "$" else _avro_class_names(list(theirs))[full]
+        shared[here[full]] = ref.module if here[full] == there else (ref.module, there)
     return shared
+
+
+def _short(full: str) -> str:
+    return full.rpartition(".")[2]
+
+
+def _avro_class_names(full_names: list[str]) -> dict[str, str]:
+    """The class datamodel-code-generator names each Avro named type: its short name, unless several types of
+    the document share it (then the namespace's words come first: ``com.a.Address`` is ``ComAAddress``)."""
+    names = sorted(set(full_names))
+    try:  # the generator's own naming, so that the import binds the name its module uses
+        from datamodel_code_generator._name_words import first_upper
+        from datamodel_code_generator.parser._convert_common import _name_definitions
+    except ImportError:  # a generator that moved it: the same rule for names that differ in their namespace
+        shorts = [_short(full) for full in names]
+        return {
+            full: _pascal(full) if shorts.count(_short(full)) > 1 else _short(full)[:1].upper() + _short(full)[1:]
+            for full in names
+        }
+    qualified = {full: ("", full.rpartition(".")[0] or None, _short(full)) for full in names}
+    return _name_definitions(qualified, first_upper, lone="titled")
 
 
 def _json_placeholders(
     schema_file: SchemaFile, class_name: str, references: tuple[ReferencedModule, ...]
-) -> tuple[Any, dict[str, str]]:
+) -> tuple[Any, dict[str, str | tuple[str, str]]]:
     """The document with each ``$ref`` to a referenced schema pointing at a placeholder definition named after
     the class it stands for (the referenced module's root class, or its class for ``#/$defs/<Name>``)."""
     by_name = {ref.name: ref for ref in references}
     if not by_name:
         return schema_file.document, {}
-    shared: dict[str, str] = {}
+    shared: dict[str, str | tuple[str, str]] = {}
     document = dict(schema_file.document)
     defs_key = "definitions" if "definitions" in document and "$defs" not in document else "$defs"
     own = {_pascal(name) for key in ("$defs", "definitions") for name in (document.get(key) or {})}
@@ -226,7 +264,7 @@ def _referenced_class(schema_file: SchemaFile, ref: ReferencedModule, fragment: 
     )
 
 
-def _import_shared(text: str, shared: dict[str, str]) -> str:
+def _import_shared(text: str, shared: dict[str, str | tuple[str, str]]) -> str:
     """Drop the module's own classes named in ``shared`` and import them from their modules instead."""
     tree = ast.parse(text)
     lines = text.split("\n")
@@ -239,7 +277,9 @@ def _import_shared(text: str, shared: dict[str, str]) -> str:
         if isinstance(node, ast.ClassDef) and node.name in shared:
             start = node.lineno - len(node.decorator_list)
             drop.update(range(start, (node.end_lineno or node.lineno) + 1))
-            imported.setdefault(shared[node.name], []).append(node.name)
+            source = shared[node.name]
+            module, there = source if isinstance(source, tuple) else (source, node.name)
+            imported.setdefault(module, []).append(node.name if there == node.name else f"{there} as {node.name}")
     statements = [f"from ..{module} import {', '.join(sorted(names))}" for module, names in sorted(imported.items())]
     kept: list[str] = []
     for number, line in enumerate(lines, 1):

@@ -118,21 +118,22 @@ def check_subject(subject: Subject, subjects: Mapping[str, Subject] | None = Non
     ]
     if any(f.rule == INVALID_SCHEMA for f in findings):  # comparing invalid schemas would only add noise
         return findings
-    canonical = [canonical_json(schema.document) for schema in subject.versions]
+    # a registry keys a version by its text and its references: the same text with other references is new
+    identity = [
+        (canonical_json(schema.document), sorted((r.name, r.subject, r.version) for r in schema.references))
+        for schema in subject.versions
+    ]
     for later in subject.versions[1:]:
         for earlier in subject.versions[: later.version - 1]:
-            if canonical[later.version - 1] == canonical[earlier.version - 1]:
+            if identity[later.version - 1] == identity[earlier.version - 1]:
+                same_refs = " (and the same references)" if later.references else ""
                 findings.append(
                     Finding(
                         subject.name,
                         "DUPLICATE_VERSION",
-                        f"v{later.version} is identical to v{earlier.version}; a registry "
-                        f"does not "
-                        f"create a new version for it (it returns v{earlier.version}'s id), "
-                        f"so "
-                        "version numbers here and in the registry would part ways. Change "
-                        "it or "
-                        "remove it.",
+                        f"v{later.version} is identical to v{earlier.version}{same_refs}; a registry does not "
+                        f"create a new version for it (it returns v{earlier.version}'s id), so version numbers "
+                        "here and in the registry would part ways. Change it or remove it.",
                         file=str(later.path),
                         reader_version=later.version,
                     )

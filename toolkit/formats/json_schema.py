@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urldefrag, urlsplit
 
 from toolkit.errors import SchemaFileError, UnsupportedSchema
 from toolkit.formats.base import BaseFormat, child, shorten
@@ -195,6 +195,17 @@ def _unresolved_refs(path: Path | str, document: dict, references: Referenced = 
         try:
             scope.lookup(ref)
         except Unresolvable:
+            target, fragment = urldefrag(ref)
+            if target and fragment and _resolves(scope, target):
+                yield SchemaFileError(
+                    path,
+                    f"$ref {ref!r} does not resolve: the referenced schema {target!r} exists but has nothing at "
+                    f"#{fragment}",
+                    field=json_path,
+                    fix=f'point it at a part that exists in {target} (e.g. "{target}#/$defs/Name") or at its '
+                    f'root ("{target}")',
+                )
+                continue
             kind = (
                 "a reference to another file or URL" if not ref.startswith("#") else "no such definition in this file"
             )
@@ -206,6 +217,16 @@ def _unresolved_refs(path: Path | str, document: dict, references: Referenced = 
                 "schema declared under [references] in subject.toml (the $ref's URI is the reference's "
                 "name); URLs are not fetched",
             )
+
+
+def _resolves(scope: Any, ref: str) -> bool:
+    from referencing.exceptions import Unresolvable
+
+    try:
+        scope.lookup(ref)
+    except Unresolvable:
+        return False
+    return True
 
 
 def _iter_refs(node: Any, json_path: str, resolver: Any, resource: Any, spec: Any) -> Iterator[tuple[str, str, Any]]:
@@ -232,8 +253,6 @@ def _deep_references(path: Path | str, document: Any, references: Referenced) ->
     module's root class or the class of one of its top-level definitions, nothing deeper."""
     if not references:
         return
-    from urllib.parse import urldefrag
-
     from toolkit.references import json_refs
 
     names = {name for name, _ in references}

@@ -219,8 +219,19 @@ class CachedRegistry(Generic[T]):
                 ) from None
             held = self.with_referenced(held, (*chain, here))
             for item in (*held.referenced, (ref.name, held)):
-                if not any(name == item[0] and other.subject == item[1].subject for name, other in found):
+                same = next((other for name, other in found if name == item[0]), None)
+                if same is None:
                     found.append(item)
+                elif (same.subject, same.version) != (item[1].subject, item[1].version):
+                    # one name, two schemas: compiling against either would silently be wrong for the other
+                    raise RegistryError(
+                        f"subject {schema.subject!r} version {schema.version}: its references name {item[0]!r} "
+                        f"twice, as {same.subject} version {same.version} and as {item[1].subject} version "
+                        f"{item[1].version} (directly or through what they reference); re-register the schemas "
+                        "so that one name means one version of one subject",
+                        subject=schema.subject,
+                        version=schema.version,
+                    )
         return replace(schema, referenced=tuple(found))
 
     # ------------------------------------------------------------------ the protocol

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from toolkit.layout import SchemaFormat
 from toolkit.references import Referenced, json_resources
 from toolkit.validation.base import MAX_DETAILS, STAGE, CompiledSchema, shorten, unexpected
 
+log = logging.getLogger("toolkit.validation")
 DEFAULT_DRAFT = jsonschema.Draft202012Validator
 # Errors looked at to rank and report; a hostile body may produce millions.
 _MAX_ERRORS_SCANNED = 200
@@ -88,7 +90,8 @@ def _fast_validator(document: Any, checker: jsonschema.FormatChecker, references
     never accepts a format jsonschema would refuse. For ``email`` jsonschema-rs's RFC 5321 check is kept
     (it accepts ``a@b`` and ``ops@localhost``); the generated models take any str for an e-mail address,
     so an address accepted here binds and comes back as sent.
-    None when jsonschema-rs cannot compile the document.
+    None when jsonschema-rs cannot compile the document (logged: a warning the first time, then at debug level,
+    since every body then pays the slow validator).
     """
     native = _native_formats(document)
     formats = {
@@ -116,8 +119,20 @@ def _fast_validator(document: Any, checker: jsonschema.FormatChecker, references
         options["retriever"] = retrieve
     try:
         return jsonschema_rs.validator_for(document, validate_formats=True, formats=formats or None, **options)
-    except Exception:  # noqa: BLE001 - an exotic schema: the jsonschema validator alone decides
+    except Exception as exc:  # noqa: BLE001 - an exotic schema: the jsonschema validator alone decides
+        global _fast_unavailable_logged
+        level = logging.DEBUG if _fast_unavailable_logged else logging.WARNING
+        _fast_unavailable_logged = True
+        log.log(
+            level,
+            "jsonschema-rs cannot compile a schema (%s: %s); its bodies are validated by jsonschema alone (slower)",
+            type(exc).__name__,
+            " ".join(str(exc).split())[:300],
+        )
         return None
+
+
+_fast_unavailable_logged = False
 
 
 def _formats_used(node: Any) -> set[str]:
