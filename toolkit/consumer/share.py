@@ -6,8 +6,8 @@ acknowledged on its own. There are no offsets to commit, so this transport is an
 :class:`~toolkit.consumer.transport.AcknowledgingTransport` and the engine settles records one by one
 (docs/contracts.md, "Share groups"):
 
-- done -> ACCEPT; a retryable failure -> RELEASE after its backoff (the broker delivers it again, maybe to
-  another consumer, and counts the deliveries: the handler's ``message.attempt`` and
+- done -> ACCEPT; a retryable failure -> RELEASE at once, with no backoff of ours (the broker delivers it
+  again, maybe to another consumer, and counts the deliveries: the handler's ``message.attempt`` and
   ``message.delivery_count`` are that count); at the last delivery the broker makes (the group's
   ``share.delivery.count.limit``, 5 by default, or the retry policy's ``max_attempts`` if lower) the failure
   dead-letters it with the attempts.
@@ -22,10 +22,16 @@ acknowledged on its own. There are no offsets to commit, so this transport is an
   PARTITION and KEY ordering modes are refused (:func:`check_share_ordering`).
 
 librdkafka's share consumer is not thread-safe and, in explicit acknowledgement mode, polls again only once
-every record of the previous poll is acknowledged. Its one owner is the poll thread here: the loop queues
-acknowledgements (:meth:`ShareTransport.acknowledge`), the thread applies them and sends them to the broker
-with the next poll, or at once (``commit_async``) while other records of the batch are still being handled,
-so a released record goes back to the group without waiting for the slowest of its batch.
+every record of the previous poll is acknowledged: a batch is held until all its records are settled or
+their locks run out. Its one owner is the poll thread here: the loop queues acknowledgements
+(:meth:`ShareTransport.acknowledge`), the thread applies them and sends them to the broker with the next
+poll, or at once (``commit_async``) while other records of the batch are still being handled, so a released
+record goes back to the group without waiting for the slowest of its batch. When the batch's locks run out
+(less a margin) the thread releases what is left of it (a hung handler's record, records still waiting for a
+worker: the engine handles none of them any more, and its later acknowledgement is ignored) and polls again,
+so one slow handler holds back the others for one lock at most. A record at its last delivery is never
+released for its lock (the broker would archive it, kept nowhere): it is handled, and dead-lettered on
+failure, however late.
 
 Dead letters go through the same :class:`~toolkit.consumer.kafka_io.DeadLetterSender` as in a consumer
 group (``<topic>.dlq``), so ``epistle dlq`` reads them as usual.
@@ -179,6 +185,7 @@ class ShareTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._held: dict[int, tuple[Any, float]] = {}  # id(record) -> (record, acquired at): not settled yet
+        self._lapse_at = float("inf")  # when the held records' locks run out (one batch: one time)
         self._seen: set[tuple[str, int]] = set()
         self._fetching = True
         self._thread: threading.Thread | None = None
@@ -233,6 +240,7 @@ class ShareTransport:
             "max.poll.records": min(max_poll_records, max_in_flight),
         }
         sink = self._sink
+        client: ShareClient | None = None
         try:
             if sink is None:
                 sink = DeadLetterSender(
@@ -248,6 +256,11 @@ class ShareTransport:
         except Exception as exc:  # librdkafka refused the configuration
             if sink is not None and self._sink is None:
                 sink.close(timeout_s=0)
+            if client is not None:  # (it refused the subscription: leave no client behind)
+                try:
+                    client.close()
+                except Exception as close_exc:  # noqa: BLE001
+                    log.warning("closing the share consumer failed: %s", close_exc)
             raise ConfigError(f"the Kafka share consumer could not be created: {exc}", setting="kafka_config") from None
         self._client = client
         self._thread = threading.Thread(target=self._run, name="epistle-share-poll", daemon=True)
@@ -257,7 +270,10 @@ class ShareTransport:
     def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
         """Send the acknowledgements made so far (``positions`` is empty: share groups have no offsets)."""
         done: Future[None] = Future()
-        self._inbox.put(("flush", done, sync))
+        if self._thread is None or not self._thread.is_alive():  # nothing would ever serve it
+            done.set_result(None)
+        else:
+            self._inbox.put(("flush", done, sync))
         return done
 
     def take_commit_failure(self) -> bool:
@@ -289,7 +305,11 @@ class ShareTransport:
 
     def lock_deadline(self, record: Record) -> float:
         held = self._held.get(id(record))
-        acquired = held[1] if held is not None else time.monotonic()
+        if held is None:  # settled, or released by the poll thread as its lock ran out: not ours any more
+            return 0.0
+        return self._deadline(held[1])
+
+    def _deadline(self, acquired: float) -> float:
         lock = self.lock_duration_s
         return acquired + lock - max(0.5, lock * 0.1)
 
@@ -324,6 +344,8 @@ class ShareTransport:
                 if closing is not None:
                     self._close(client, closing)
                     return
+                if self._held and now >= self._lapse_at:
+                    self._release_lapsed(client)
                 unsent += self._applied
                 self._applied = 0
                 if self._held:  # no poll before every record of the last one is settled
@@ -356,6 +378,7 @@ class ShareTransport:
                         log.warning("share consumer: %s", err)
                 if records:
                     acquired = time.monotonic()
+                    self._lapse_at = self._deadline(acquired)
                     for msg in records:
                         self._held[id(msg)] = (msg, acquired)
                         self._seen.add((msg.topic(), msg.partition()))
@@ -369,6 +392,24 @@ class ShareTransport:
         except Exception as exc:  # noqa: BLE001 - a bug of ours or a closed client: the consumer stops
             log.exception("the share consumer's poll thread failed")
             loop.call_soon_threadsafe(events.on_fatal, f"share consumer: {type(exc).__name__}: {exc}")
+
+    def _release_lapsed(self, client: ShareClient) -> None:
+        """Release the held records whose lock runs out (a handler still running, a record still waiting for
+        a worker): librdkafka polls again only once every record of the last poll is settled, so one hung
+        handler would hold back every other record of this process. The engine's later acknowledgement of
+        them is ignored (:meth:`_apply`), and it handles none of them any more (:meth:`lock_deadline`). Not
+        at a record's last delivery: released, it would be archived (kept nowhere), so it is left to be
+        finished (handled, or dead-lettered)."""
+        self._lapse_at = float("inf")  # (what is left is last deliveries: never released for their lock)
+        for record, _ in list(self._held.values()):
+            if self.delivery_count(record) < self.delivery_limit:
+                log.warning(
+                    "releasing %s[%d]@%d: its acquisition lock runs out before it was settled",
+                    record.topic(),
+                    record.partition(),
+                    record.offset(),
+                )
+                self._apply(client, record, RELEASE)
 
     def _serve_inbox(self, client: ShareClient, timeout: float) -> Future[None] | None:
         """Apply queued acknowledgements and run flushes; the close request's future if one came."""
