@@ -49,8 +49,11 @@ class FakeRecord(PlainRecord):
 class FakeShareGroup:
     """One share-partition and the log of what happened to it (``events``: (what, offset))."""
 
-    def __init__(self, values: list[bytes], *, limit: int, max_records: int = 10, lock_s: float = 30.0) -> None:
+    def __init__(
+        self, values: list[bytes], *, limit: int, max_records: int = 10, lock_s: float = 30.0, join_s: float = 0.0
+    ) -> None:
         self.values = values
+        self.joined_at = time.monotonic() + join_s  # nothing is delivered before (the member's first heartbeats)
         self.limit = limit
         self.max_records = max_records
         self.lock_s = lock_s
@@ -71,7 +74,7 @@ class FakeShareGroup:
                 f"IllegalStateException: records {sorted(self.unacked)} of the last poll are not acknowledged"
             )
         batch = []
-        for offset, state in self.state.items():
+        for offset, state in self.state.items() if time.monotonic() >= self.joined_at else ():
             if state == "available" and len(batch) < self.max_records:
                 self.state[offset] = "acquired"
                 self.counts[offset] += 1
@@ -139,6 +142,7 @@ def run_share(
     lock_ms: int = 30_000,
     refuse: bool = False,
     max_records: int = 10,
+    heartbeat_ms: int = 50,
     group: FakeShareGroup | None = None,
     **options: Any,
 ) -> tuple[FakeShareGroup, InMemoryBroker, KafkaConsumer]:
@@ -150,7 +154,11 @@ def run_share(
         {"group.id": "g"},
         client_config={},
         client_factory=lambda config: group,
-        group_settings={share.DELIVERY_LIMIT: limit, share.LOCK_DURATION: lock_ms},
+        group_settings={
+            share.DELIVERY_LIMIT: limit,
+            share.LOCK_DURATION: lock_ms,
+            share.HEARTBEAT_INTERVAL: heartbeat_ms,
+        },
         dead_letter_sink=LoggingSink(broker, group, refuse),
     )
     options.setdefault("retry", RetryPolicy(max_attempts=10, initial_s=0.0))
@@ -429,6 +437,12 @@ def test_at_its_last_delivery_a_record_is_handled_however_late_never_released_fo
 def test_until_idle_stops_a_share_consumer_that_was_never_given_a_record() -> None:
     group, _, consumer = run_share(lambda message: None, [])
     assert group.events == [] and consumer.stats.as_dict() == {}
+
+
+def test_until_idle_waits_for_a_members_first_records_that_come_with_its_heartbeats() -> None:
+    group = FakeShareGroup(ONE * 2, limit=5, join_s=0.5)  # nothing for a while after the start: then records
+    run_share(lambda message: None, [], group=group, heartbeat_ms=500)
+    assert sorted(group.events) == [("accept", 0), ("accept", 1)]
 
 
 def test_commit_resolves_at_once_without_a_poll_thread_and_a_refused_subscription_closes_the_client() -> None:

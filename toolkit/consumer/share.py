@@ -68,8 +68,9 @@ is never sent."""
 
 DELIVERY_LIMIT = "share.delivery.count.limit"
 LOCK_DURATION = "share.record.lock.duration.ms"
+HEARTBEAT_INTERVAL = "share.heartbeat.interval.ms"
 AUTO_OFFSET_RESET = "share.auto.offset.reset"
-_DEFAULTS = {DELIVERY_LIMIT: 5, LOCK_DURATION: 30_000}  # the broker's defaults (group.share.*)
+_DEFAULTS = {DELIVERY_LIMIT: 5, LOCK_DURATION: 30_000, HEARTBEAT_INTERVAL: 5000}  # the broker's (group.share.*)
 _IDLE_S = 1.0  # nothing delivered for this long (and nothing held): the partitions seen are at their end
 _FLUSH_S = 0.02  # acknowledgements of a batch still in progress are sent at least this often
 
@@ -108,10 +109,10 @@ def check_share_ordering(ordering: Any, explicit: bool) -> None:
 
 
 def share_group_settings(admin_config: dict[str, Any], group_id: str, auto_offset_reset: str) -> dict[str, Any]:
-    """The share group's delivery limit and lock duration (the group's configuration, else the broker's
-    defaults); sets the group's ``share.auto.offset.reset`` to ``auto_offset_reset`` while it is left at the
-    broker's default (``latest``: a new share group would skip every record already there, where a consumer
-    group reads from ``KAFKA_AUTO_OFFSET_RESET``, earliest by default). Blocking.
+    """The share group's delivery limit, lock duration and heartbeat interval (the group's configuration, else
+    the broker's defaults); sets the group's ``share.auto.offset.reset`` to ``auto_offset_reset`` while it is
+    left at the broker's default (``latest``: a new share group would skip every record already there, where a
+    consumer group reads from ``KAFKA_AUTO_OFFSET_RESET``, earliest by default). Blocking.
     """
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
@@ -120,7 +121,7 @@ def share_group_settings(admin_config: dict[str, Any], group_id: str, auto_offse
         admin = AdminClient({**admin_config, "log_level": 0})
         resource = ConfigResource(ResourceType.GROUP, group_id)
         entries = admin.describe_configs([resource], request_timeout=10)[resource].result(timeout=15)
-        for name in (DELIVERY_LIMIT, LOCK_DURATION):
+        for name in (DELIVERY_LIMIT, LOCK_DURATION, HEARTBEAT_INTERVAL):
             if name in entries and entries[name].value is not None:
                 values[name] = int(entries[name].value)
         reset = entries.get(AUTO_OFFSET_RESET)
@@ -155,8 +156,9 @@ class ShareTransport:
         auto_offset_reset: where a new share group starts (``earliest`` or ``latest``).
         client_factory: builds the client from its settings; None is ``confluent_kafka.ShareConsumer``
             (tests pass a fake :class:`ShareClient`; then :meth:`connect` asks no broker).
-        group_settings: the group's delivery limit and lock duration (``share.delivery.count.limit``,
-            ``share.record.lock.duration.ms``); None reads them from the broker in :meth:`connect`.
+        group_settings: the group's delivery limit, lock duration and heartbeat interval
+            (``share.delivery.count.limit``, ``share.record.lock.duration.ms``, ``share.heartbeat.interval.ms``;
+            those left out are the broker's defaults); None reads them from the broker in :meth:`connect`.
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class ShareTransport:
         self._configured = group_settings is not None
         self.delivery_limit = int(settings[DELIVERY_LIMIT])
         self.lock_duration_s = int(settings[LOCK_DURATION]) / 1000
+        self._heartbeat_s = int(settings[HEARTBEAT_INTERVAL]) / 1000
         self._client: ShareClient | None = None
         self._events: TransportEvents | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -213,6 +216,7 @@ class ShareTransport:
             settings = share_group_settings(admin_config, self.consumer_config["group.id"], self._auto_offset_reset)
             self.delivery_limit = int(settings[DELIVERY_LIMIT])
             self.lock_duration_s = int(settings[LOCK_DURATION]) / 1000
+            self._heartbeat_s = int(settings[HEARTBEAT_INTERVAL]) / 1000
             self._configured = True
         return existing
 
@@ -386,12 +390,18 @@ class ShareTransport:
                     loop.call_soon_threadsafe(events.on_batch, records, [])
                 elif idle_since is None:
                     idle_since = now
-                elif not ends_sent and now - idle_since >= _IDLE_S and events.in_flight() == 0:
+                elif not ends_sent and now - idle_since >= self._quiet_s() and events.in_flight() == 0:
                     ends_sent = True  # for stop_when_idle: nothing came for a while
                     loop.call_soon_threadsafe(events.on_batch, [], sorted(self._seen))
         except Exception as exc:  # noqa: BLE001 - a bug of ours or a closed client: the consumer stops
             log.exception("the share consumer's poll thread failed")
             loop.call_soon_threadsafe(events.on_fatal, f"share consumer: {type(exc).__name__}: {exc}")
+
+    def _quiet_s(self) -> float:
+        """How long nothing must come before the consumer counts as drained (``stop_when_idle``). Before its
+        first record, longer: the member's share of the partitions comes with a heartbeat answer (a fresh
+        member waits one heartbeat interval for its first record), so two intervals pass first."""
+        return _IDLE_S if self._seen else _IDLE_S + 2 * self._heartbeat_s
 
     def _release_lapsed(self, client: ShareClient) -> None:
         """Release the held records whose lock runs out (a handler still running, a record still waiting for
