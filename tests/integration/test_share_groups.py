@@ -196,6 +196,24 @@ def test_a_handler_that_always_fails_ends_in_the_dlq_after_the_delivery_limit(
     assert nothing_left(kafka_bootstrap, group_id, topic) == []
 
 
+def test_until_idle_stops_every_share_consumer_also_one_never_given_a_record(
+    kafka_bootstrap, make_topic, admin, group_id
+):
+    # (``epistle run --mode share --until-idle --workers 2``: one worker may get nothing at all)
+    topic = make_topic("orders", partitions=1)
+    configure_group(admin, group_id)
+    produce(kafka_bootstrap, topic, [order("only")])
+    consumers = [
+        share_consumer(kafka_bootstrap, group_id, topic, lambda m: None, stop_when_idle=True) for _ in range(2)
+    ]
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(*(consumer.start() for consumer in consumers)), 90)
+
+    asyncio.run(main())
+    assert sorted(consumer.stats[topic].processed for consumer in consumers) == [0, 1]
+
+
 def test_three_share_consumers_on_one_partition_all_get_work(kafka_bootstrap, make_topic, admin, group_id):
     topic = make_topic("orders", partitions=1)
     configure_group(admin, group_id)

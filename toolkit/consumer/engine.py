@@ -59,6 +59,15 @@ log = logging.getLogger("toolkit.consumer")
 
 _LANE_SLICE_S = 0.005  # longest a lane runs without letting the event loop serve others
 
+# Share groups: the record whose handler is about to run in this lane's task, for the lock check once a worker
+# slot is taken (None when it is to be handled whatever its lock: its last delivery).
+_locked_record: contextvars.ContextVar[Record | None] = contextvars.ContextVar("epistle_locked_record", default=None)
+
+
+class _LockLapsed(BaseException):
+    """A share group's record waited for a worker slot until its acquisition lock (nearly) expired: it is
+    released unhandled. A BaseException, so that middleware catching a handler's exceptions lets it through."""
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:
@@ -339,6 +348,8 @@ class Engine:
         self._update_pauses()
         if ends:
             self._check_idle()
+        elif acks is not None and not records:  # nothing to deliver for a while, maybe no partition seen yet
+            self._check_idle(idle=True)
 
     def _lane_key(self, msg: Record) -> Hashable:
         if self.options.ordering is OrderingMode.PARTITION:
@@ -365,11 +376,14 @@ class Engine:
         if to_resume:
             self.transport.resume(to_resume)
 
-    def _check_idle(self) -> None:
+    def _check_idle(self, idle: bool = False) -> None:
+        """``idle``: an acknowledging transport (share groups) delivered nothing for a while and holds nothing:
+        drained once nothing is in flight, even when no record (so no partition) was ever delivered here."""
         # Partitions being revoked do not count: their records are the next owner's, and a member left with
         # none but those is between assignments, not drained.
         kept = [part for part in self._parts.values() if not part.revoked]
-        if self.options.stop_when_idle and kept and self._in_flight == 0 and all(part.eof for part in kept):
+        drained = idle or (bool(kept) and all(part.eof for part in kept))
+        if self.options.stop_when_idle and drained and self._in_flight == 0:
             log.info("every assigned partition is drained; stopping (stop_when_idle)")
             self.request_stop()
 
@@ -443,7 +457,11 @@ class Engine:
         acks = self._acks
         if acks is not None:
             attempt = acks.delivery_count(msg)
-            if self._lock_left(msg) <= 0:  # waited too long here: another consumer may have it already
+            # At its last delivery a released record is archived by the broker (kept nowhere): it is handled
+            # (and dead-lettered on failure) whatever its lock.
+            last = attempt >= acks.delivery_limit
+            _locked_record.set(None if last else msg)  # (this lane's task's own context)
+            if not last and self._lock_left(msg) <= 0:  # waited too long here: another consumer may have it already
                 log.warning("releasing a record whose acquisition lock may have expired", extra=log_context(msg))
                 hooks.abandoned(msg)
                 return False
@@ -471,7 +489,8 @@ class Engine:
                 try:
                     if around:
                         result = await self._wrap(route)(message)
-                    elif route.is_async and workers.try_acquire():  # the common case: no extra coroutine
+                    # The common case: no extra coroutine (share groups: the lock is checked in _run_handler)
+                    elif acks is None and route.is_async and workers.try_acquire():
                         try:
                             result = await route.call(message)
                         finally:
@@ -483,6 +502,13 @@ class Engine:
             except asyncio.CancelledError:
                 hooks.abandoned(msg)
                 raise
+            except _LockLapsed:  # it waited for a worker slot past its lock: another consumer may have it already
+                log.warning(
+                    "releasing a record whose acquisition lock expired while it waited for a worker",
+                    extra=log_context(msg),
+                )
+                hooks.abandoned(msg)
+                return False
             except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
                 result = exc
             current = prepared.message if prepared is not None else None
@@ -498,10 +524,13 @@ class Engine:
                 hooks.outcome(msg, current, outcome, attempt)
                 return True
             if isinstance(outcome, RetryAfter):
-                hooks.outcome(msg, current, outcome, attempt, outcome.delay_s)
-                if acks is not None:  # the backoff (within the lock), then released: the broker delivers it again
-                    await self._wait(part, min(outcome.delay_s, self._lock_left(msg)), "retry")
+                if acks is not None:
+                    # Released at once, with no backoff here: the broker's redelivery is the retry (the next
+                    # attempt is its delivery count), and a record held for a backoff would hold back the
+                    # next poll of every other record (librdkafka polls once the whole batch is settled).
+                    hooks.outcome(msg, current, RetryAfter(0.0, outcome.reason, outcome.error), attempt, 0.0)
                     return False
+                hooks.outcome(msg, current, outcome, attempt, outcome.delay_s)
                 if await self._wait(part, outcome.delay_s, "retry"):
                     hooks.abandoned(msg)
                     return False
@@ -569,11 +598,16 @@ class Engine:
         return entry[1]
 
     async def _run_handler(self, route: Route, message: Message[Any]) -> Any:
-        """Run the handler in a worker slot, waiting for one; plain functions in the handler pool."""
+        """Run the handler in a worker slot, waiting for one; plain functions in the handler pool. In a share
+        group, a record whose lock ran out while it waited is not handled (:class:`_LockLapsed`)."""
         workers = self._workers
         if not workers.try_acquire():  # a free slot is taken without a coroutine
             await workers.acquire()
         try:
+            if self._acks is not None:  # share groups: its lock may have run out while it waited for the slot
+                record = _locked_record.get()
+                if record is not None and self._lock_left(record) <= 0:
+                    raise _LockLapsed
             if route.is_async:
                 return await route.call(message)
             # A copy of this context, so the worker thread sees the message in `handling` too.

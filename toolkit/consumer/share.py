@@ -6,8 +6,8 @@ acknowledged on its own. There are no offsets to commit, so this transport is an
 :class:`~toolkit.consumer.transport.AcknowledgingTransport` and the engine settles records one by one
 (docs/contracts.md, "Share groups"):
 
-- done -> ACCEPT; a retryable failure -> RELEASE after its backoff (the broker delivers it again, maybe to
-  another consumer, and counts the deliveries: the handler's ``message.attempt`` and
+- done -> ACCEPT; a retryable failure -> RELEASE at once, with no backoff of ours (the broker delivers it
+  again, maybe to another consumer, and counts the deliveries: the handler's ``message.attempt`` and
   ``message.delivery_count`` are that count); at the last delivery the broker makes (the group's
   ``share.delivery.count.limit``, 5 by default, or the retry policy's ``max_attempts`` if lower) the failure
   dead-letters it with the attempts.
@@ -22,10 +22,16 @@ acknowledged on its own. There are no offsets to commit, so this transport is an
   PARTITION and KEY ordering modes are refused (:func:`check_share_ordering`).
 
 librdkafka's share consumer is not thread-safe and, in explicit acknowledgement mode, polls again only once
-every record of the previous poll is acknowledged. Its one owner is the poll thread here: the loop queues
-acknowledgements (:meth:`ShareTransport.acknowledge`), the thread applies them and sends them to the broker
-with the next poll, or at once (``commit_async``) while other records of the batch are still being handled,
-so a released record goes back to the group without waiting for the slowest of its batch.
+every record of the previous poll is acknowledged: a batch is held until all its records are settled or
+their locks run out. Its one owner is the poll thread here: the loop queues acknowledgements
+(:meth:`ShareTransport.acknowledge`), the thread applies them and sends them to the broker with the next
+poll, or at once (``commit_async``) while other records of the batch are still being handled, so a released
+record goes back to the group without waiting for the slowest of its batch. When the batch's locks run out
+(less a margin) the thread releases what is left of it (a hung handler's record, records still waiting for a
+worker: the engine handles none of them any more, and its later acknowledgement is ignored) and polls again,
+so one slow handler holds back the others for one lock at most. A record at its last delivery is never
+released for its lock (the broker would archive it, kept nowhere): it is handled, and dead-lettered on
+failure, however late.
 
 Dead letters go through the same :class:`~toolkit.consumer.kafka_io.DeadLetterSender` as in a consumer
 group (``<topic>.dlq``), so ``epistle dlq`` reads them as usual.
@@ -62,8 +68,9 @@ is never sent."""
 
 DELIVERY_LIMIT = "share.delivery.count.limit"
 LOCK_DURATION = "share.record.lock.duration.ms"
+HEARTBEAT_INTERVAL = "share.heartbeat.interval.ms"
 AUTO_OFFSET_RESET = "share.auto.offset.reset"
-_DEFAULTS = {DELIVERY_LIMIT: 5, LOCK_DURATION: 30_000}  # the broker's defaults (group.share.*)
+_DEFAULTS = {DELIVERY_LIMIT: 5, LOCK_DURATION: 30_000, HEARTBEAT_INTERVAL: 5000}  # the broker's (group.share.*)
 _IDLE_S = 1.0  # nothing delivered for this long (and nothing held): the partitions seen are at their end
 _FLUSH_S = 0.02  # acknowledgements of a batch still in progress are sent at least this often
 
@@ -102,10 +109,10 @@ def check_share_ordering(ordering: Any, explicit: bool) -> None:
 
 
 def share_group_settings(admin_config: dict[str, Any], group_id: str, auto_offset_reset: str) -> dict[str, Any]:
-    """The share group's delivery limit and lock duration (the group's configuration, else the broker's
-    defaults); sets the group's ``share.auto.offset.reset`` to ``auto_offset_reset`` while it is left at the
-    broker's default (``latest``: a new share group would skip every record already there, where a consumer
-    group reads from ``KAFKA_AUTO_OFFSET_RESET``, earliest by default). Blocking.
+    """The share group's delivery limit, lock duration and heartbeat interval (the group's configuration, else
+    the broker's defaults); sets the group's ``share.auto.offset.reset`` to ``auto_offset_reset`` while it is
+    left at the broker's default (``latest``: a new share group would skip every record already there, where a
+    consumer group reads from ``KAFKA_AUTO_OFFSET_RESET``, earliest by default). Blocking.
     """
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
@@ -114,7 +121,7 @@ def share_group_settings(admin_config: dict[str, Any], group_id: str, auto_offse
         admin = AdminClient({**admin_config, "log_level": 0})
         resource = ConfigResource(ResourceType.GROUP, group_id)
         entries = admin.describe_configs([resource], request_timeout=10)[resource].result(timeout=15)
-        for name in (DELIVERY_LIMIT, LOCK_DURATION):
+        for name in (DELIVERY_LIMIT, LOCK_DURATION, HEARTBEAT_INTERVAL):
             if name in entries and entries[name].value is not None:
                 values[name] = int(entries[name].value)
         reset = entries.get(AUTO_OFFSET_RESET)
@@ -149,8 +156,9 @@ class ShareTransport:
         auto_offset_reset: where a new share group starts (``earliest`` or ``latest``).
         client_factory: builds the client from its settings; None is ``confluent_kafka.ShareConsumer``
             (tests pass a fake :class:`ShareClient`; then :meth:`connect` asks no broker).
-        group_settings: the group's delivery limit and lock duration (``share.delivery.count.limit``,
-            ``share.record.lock.duration.ms``); None reads them from the broker in :meth:`connect`.
+        group_settings: the group's delivery limit, lock duration and heartbeat interval
+            (``share.delivery.count.limit``, ``share.record.lock.duration.ms``, ``share.heartbeat.interval.ms``;
+            those left out are the broker's defaults); None reads them from the broker in :meth:`connect`.
     """
 
     def __init__(
@@ -174,11 +182,13 @@ class ShareTransport:
         self._configured = group_settings is not None
         self.delivery_limit = int(settings[DELIVERY_LIMIT])
         self.lock_duration_s = int(settings[LOCK_DURATION]) / 1000
+        self._heartbeat_s = int(settings[HEARTBEAT_INTERVAL]) / 1000
         self._client: ShareClient | None = None
         self._events: TransportEvents | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._held: dict[int, tuple[Any, float]] = {}  # id(record) -> (record, acquired at): not settled yet
+        self._lapse_at = float("inf")  # when the held records' locks run out (one batch: one time)
         self._seen: set[tuple[str, int]] = set()
         self._fetching = True
         self._thread: threading.Thread | None = None
@@ -206,6 +216,7 @@ class ShareTransport:
             settings = share_group_settings(admin_config, self.consumer_config["group.id"], self._auto_offset_reset)
             self.delivery_limit = int(settings[DELIVERY_LIMIT])
             self.lock_duration_s = int(settings[LOCK_DURATION]) / 1000
+            self._heartbeat_s = int(settings[HEARTBEAT_INTERVAL]) / 1000
             self._configured = True
         return existing
 
@@ -233,6 +244,7 @@ class ShareTransport:
             "max.poll.records": min(max_poll_records, max_in_flight),
         }
         sink = self._sink
+        client: ShareClient | None = None
         try:
             if sink is None:
                 sink = DeadLetterSender(
@@ -248,6 +260,11 @@ class ShareTransport:
         except Exception as exc:  # librdkafka refused the configuration
             if sink is not None and self._sink is None:
                 sink.close(timeout_s=0)
+            if client is not None:  # (it refused the subscription: leave no client behind)
+                try:
+                    client.close()
+                except Exception as close_exc:  # noqa: BLE001
+                    log.warning("closing the share consumer failed: %s", close_exc)
             raise ConfigError(f"the Kafka share consumer could not be created: {exc}", setting="kafka_config") from None
         self._client = client
         self._thread = threading.Thread(target=self._run, name="epistle-share-poll", daemon=True)
@@ -257,7 +274,10 @@ class ShareTransport:
     def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
         """Send the acknowledgements made so far (``positions`` is empty: share groups have no offsets)."""
         done: Future[None] = Future()
-        self._inbox.put(("flush", done, sync))
+        if self._thread is None or not self._thread.is_alive():  # nothing would ever serve it
+            done.set_result(None)
+        else:
+            self._inbox.put(("flush", done, sync))
         return done
 
     def take_commit_failure(self) -> bool:
@@ -289,7 +309,11 @@ class ShareTransport:
 
     def lock_deadline(self, record: Record) -> float:
         held = self._held.get(id(record))
-        acquired = held[1] if held is not None else time.monotonic()
+        if held is None:  # settled, or released by the poll thread as its lock ran out: not ours any more
+            return 0.0
+        return self._deadline(held[1])
+
+    def _deadline(self, acquired: float) -> float:
         lock = self.lock_duration_s
         return acquired + lock - max(0.5, lock * 0.1)
 
@@ -324,6 +348,8 @@ class ShareTransport:
                 if closing is not None:
                     self._close(client, closing)
                     return
+                if self._held and now >= self._lapse_at:
+                    self._release_lapsed(client)
                 unsent += self._applied
                 self._applied = 0
                 if self._held:  # no poll before every record of the last one is settled
@@ -356,6 +382,7 @@ class ShareTransport:
                         log.warning("share consumer: %s", err)
                 if records:
                     acquired = time.monotonic()
+                    self._lapse_at = self._deadline(acquired)
                     for msg in records:
                         self._held[id(msg)] = (msg, acquired)
                         self._seen.add((msg.topic(), msg.partition()))
@@ -363,12 +390,36 @@ class ShareTransport:
                     loop.call_soon_threadsafe(events.on_batch, records, [])
                 elif idle_since is None:
                     idle_since = now
-                elif not ends_sent and now - idle_since >= _IDLE_S and events.in_flight() == 0:
+                elif not ends_sent and now - idle_since >= self._quiet_s() and events.in_flight() == 0:
                     ends_sent = True  # for stop_when_idle: nothing came for a while
                     loop.call_soon_threadsafe(events.on_batch, [], sorted(self._seen))
         except Exception as exc:  # noqa: BLE001 - a bug of ours or a closed client: the consumer stops
             log.exception("the share consumer's poll thread failed")
             loop.call_soon_threadsafe(events.on_fatal, f"share consumer: {type(exc).__name__}: {exc}")
+
+    def _quiet_s(self) -> float:
+        """How long nothing must come before the consumer counts as drained (``stop_when_idle``). Before its
+        first record, longer: the member's share of the partitions comes with a heartbeat answer (a fresh
+        member waits one heartbeat interval for its first record), so two intervals pass first."""
+        return _IDLE_S if self._seen else _IDLE_S + 2 * self._heartbeat_s
+
+    def _release_lapsed(self, client: ShareClient) -> None:
+        """Release the held records whose lock runs out (a handler still running, a record still waiting for
+        a worker): librdkafka polls again only once every record of the last poll is settled, so one hung
+        handler would hold back every other record of this process. The engine's later acknowledgement of
+        them is ignored (:meth:`_apply`), and it handles none of them any more (:meth:`lock_deadline`). Not
+        at a record's last delivery: released, it would be archived (kept nowhere), so it is left to be
+        finished (handled, or dead-lettered)."""
+        self._lapse_at = float("inf")  # (what is left is last deliveries: never released for their lock)
+        for record, _ in list(self._held.values()):
+            if self.delivery_count(record) < self.delivery_limit:
+                log.warning(
+                    "releasing %s[%d]@%d: its acquisition lock runs out before it was settled",
+                    record.topic(),
+                    record.partition(),
+                    record.offset(),
+                )
+                self._apply(client, record, RELEASE)
 
     def _serve_inbox(self, client: ShareClient, timeout: float) -> Future[None] | None:
         """Apply queued acknowledgements and run flushes; the close request's future if one came."""

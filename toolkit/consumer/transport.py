@@ -113,7 +113,9 @@ class TransportEvents(Protocol):
 
     def on_batch(self, records: list[Record], ends: list[tuple[str, int]]) -> None:
         """Records fetched, in offset order per partition; ``ends``: partitions whose end was reached
-        after their last record of this batch (for ``stop_when_idle``)."""
+        after their last record of this batch (for ``stop_when_idle``). An :class:`AcknowledgingTransport`
+        calls it with no records when it delivered nothing for a while and holds nothing: drained, even
+        before any partition was seen."""
 
     def on_assign(self, assigned: list[Assignment]) -> None:
         """Partitions given to this consumer (before any of their records is handed over)."""
@@ -236,7 +238,8 @@ class AcknowledgingTransport(Protocol):
 
     def lock_deadline(self, record: Record) -> float:
         """``time.monotonic()`` after which ``record`` may no longer be held by this consumer (its acquisition
-        lock may have expired, less a margin): the engine releases it rather than wait past it."""
+        lock may have expired, less a margin): the engine releases it rather than wait past it (except at its
+        last delivery: it is handled then). Past already for a record the transport no longer holds."""
         ...
 
     def acknowledge(self, record: Record, accept: bool) -> None:
