@@ -114,13 +114,15 @@ class FakeShareGroup:
 
 
 class LoggingSink(InMemoryDeadLetterSink):
-    def __init__(self, broker: InMemoryBroker, group: FakeShareGroup, refuse: bool = False) -> None:
+    def __init__(self, broker: InMemoryBroker, group: FakeShareGroup, refuse: bool | int = False) -> None:
         super().__init__(broker, 1_000_000)
-        self.group, self.refuse = group, refuse
+        self.group = group
+        self.refusals = -1 if refuse is True else int(refuse)  # -1: every send; N: the first N sends
 
     def send(self, record: Any, *, alone: bool = False) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.refuse:
+        if self.refusals:
+            self.refusals -= 1 if self.refusals > 0 else 0
             from toolkit.errors import BrokerUnavailable
 
             future.set_exception(BrokerUnavailable("refused"))
@@ -140,7 +142,7 @@ def run_share(
     *,
     limit: int = 5,
     lock_ms: int = 30_000,
-    refuse: bool = False,
+    refuse: bool | int = False,
     max_records: int = 10,
     heartbeat_ms: int = 50,
     group: FakeShareGroup | None = None,
@@ -233,13 +235,32 @@ def test_a_permanent_failure_is_dead_lettered_first_then_accepted_never_rejected
     assert {letter["error"]["stage"] for letter in dead_letters(broker)} == {"handler", "decode"}
 
 
-def test_a_dead_letter_the_broker_refuses_releases_the_record_before_its_lock_expires() -> None:
+def test_a_refused_dead_letter_releases_the_record_before_its_lock_expires_but_not_at_its_last_delivery() -> None:
+    """First delivery: the dead letter is refused, the lock would run out first: released. Second (the last:
+    a release would let the broker archive it, kept nowhere): held and the dead letter retried in place."""
+
     def handler(message: Any) -> None:
         raise ValueError("bad order")
 
-    group, broker, _ = run_share(handler, ONE, limit=2, lock_ms=1000, refuse=True)
-    assert group.events == [("release", 0), ("release", 0)]  # released each time; never accepted or rejected
-    assert group.state[0] == "archived"  # (the broker's own limit: what a RENEW would have spared)
+    group, broker, _ = run_share(
+        handler, ONE, limit=2, lock_ms=1000, refuse=3, retry=RetryPolicy(max_attempts=10, initial_s=0.6)
+    )
+    assert group.events == [("release", 0), ("dead_letter", 0), ("accept", 0)]
+    assert len(dead_letters(broker)) == 1 and group.state[0] == "acknowledged"
+
+
+def test_an_outage_at_the_last_delivery_is_retried_in_place_however_long_never_released() -> None:
+    calls = 0
+
+    def handler(message: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RegistryUnavailable("registry down")
+
+    group, broker, _ = run_share(handler, ONE, limit=1, lock_ms=1000, retry=RetryPolicy(max_attempts=3, initial_s=0.6))
+    assert group.events == [("accept", 0)] and calls == 3  # released, the broker would have archived it
+    assert dead_letters(broker) == []
 
 
 def test_an_outage_is_held_within_the_lock_then_released_never_dead_lettered() -> None:

@@ -540,7 +540,7 @@ class Engine:
                 outages += 1
                 delay = min(self._retry.delay(outages), outcome.max_delay_s)
                 hooks.outcome(msg, current, outcome, attempt, delay)
-                if acks is not None and delay >= self._lock_left(msg):
+                if acks is not None and self._releasable(msg) and delay >= self._lock_left(msg):
                     # held until its lock would expire, then released (never rejected, never dead-lettered)
                     interrupted = await self._wait(part, self._lock_left(msg), "outage")
                     if not interrupted:
@@ -752,10 +752,17 @@ class Engine:
         share group, the record's acquisition lock would expire first: it is released instead)."""
         delay = self._retry.delay(failures)
         self.hooks.dead_letter(msg, record, outcome, exc, failures, delay)
-        if self._acks is not None and delay >= self._lock_left(msg):
+        if self._acks is not None and self._releasable(msg) and delay >= self._lock_left(msg):
             await self._wait(part, self._lock_left(msg), "dead_letter")
             return True
         return await self._wait(part, delay, "dead_letter")
+
+    def _releasable(self, msg: Record) -> bool:
+        """Whether a share group's record may be released when its lock runs out: not at its last delivery,
+        where the broker would archive it (kept nowhere); that one is held and retried in place (an outage, a
+        refused dead letter) until it is done or dead-lettered, or the consumer stops."""
+        assert self._acks is not None
+        return self._acks.delivery_count(msg) < self._acks.delivery_limit
 
     def _lock_left(self, msg: Record) -> float:
         """Seconds this consumer may still hold ``msg`` (share groups)."""
