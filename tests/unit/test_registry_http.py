@@ -465,6 +465,17 @@ def test_a_refused_client_certificate_names_the_client_certificate_settings():
     assert raised.value.attempts == 1 and "SCHEMA_REGISTRY_CLIENT_CERT" in str(raised.value)
 
 
+@pytest.mark.parametrize("reason", ["TLSV13_ALERT_CERTIFICATE_REQUIRED", "TLSV1_ALERT_UNKNOWN_CA"])
+def test_a_refused_client_certificate_names_the_client_certificate_settings_whatever_the_alert(reason):
+    import ssl
+
+    refused = ssl.SSLError(1, reason.lower())
+    refused.reason = reason
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(Server(_tls_error(refused))).subjects()
+    assert raised.value.attempts == 1 and "SCHEMA_REGISTRY_CLIENT_CERT" in str(raised.value)
+
+
 def test_a_tls_connection_closed_mid_handshake_is_retried_as_transient():
     import ssl
 

@@ -570,16 +570,21 @@ _TLS_FIX = {
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     """The certificate failure under an httpx transport error (httpx chains the ``ssl`` error as the cause):
-    a certificate not trusted, or one refused by the server (an alert naming a certificate). Other TLS errors
+    a certificate not trusted, or one refused by the server (an alert naming a certificate, or
+    ``TLSV1_ALERT_UNKNOWN_CA``: the server does not trust the client certificate's CA). Other TLS errors
     (a connection closed mid-handshake by a restarting registry) are transient: None."""
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
             return None
-        if isinstance(seen, ssl.SSLCertVerificationError) or (
-            isinstance(seen, ssl.SSLError) and "CERTIFICATE" in str(getattr(seen, "reason", "") or "").upper()
-        ):
-            return seen
+        if isinstance(seen, ssl.SSLError):
+            reason = str(getattr(seen, "reason", "") or "").upper()
+            if (
+                isinstance(seen, ssl.SSLCertVerificationError)
+                or "CERTIFICATE" in reason
+                or reason.endswith("UNKNOWN_CA")
+            ):
+                return seen
         seen = seen.__cause__ or seen.__context__
     return None
 
