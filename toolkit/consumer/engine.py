@@ -392,6 +392,13 @@ class Engine:
         # A handler that never awaits would keep the loop to this lane for a whole window: hand the loop
         # over every few milliseconds so commits, new batches and signals are served on time.
         yield_at = time.monotonic() + _LANE_SLICE_S
+        # The fast lane (most records): no coroutine, no keyword call and no Prepared per record between the
+        # lane and the handler; anything it does not cover goes through _process.
+        fast = (
+            self._acks is None and not self.hooks.on_record and not self.hooks.around and not self.pipeline.reads_keys
+        )
+        workers = self._workers
+        on_outcome = self.hooks.on_outcome
         try:
             while lane and not part.revoked and not self._stopping:
                 if time.monotonic() >= yield_at:
@@ -404,8 +411,34 @@ class Engine:
                         break
                     continue
                 msg = lane[0]
+                finished: bool | None
                 try:
-                    finished = await self._process(part, msg)
+                    ready = self._ready(msg) if fast else None
+                    if ready is not None and workers.try_acquire():
+                        # (no coroutine of its own: done is settled here, anything else goes on in _process)
+                        message, route = ready
+                        handled = handling.set(message)  # for the producer's correlationId carry-over
+                        try:
+                            result = await route.call(message)
+                        except asyncio.CancelledError:
+                            self.hooks.abandoned(msg)
+                            raise
+                        except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
+                            result = exc
+                        finally:
+                            workers.release()
+                            handling.reset(handled)
+                        if result is True or result is None:
+                            try:
+                                for hook in on_outcome:
+                                    hook(msg, message, DONE, 1, None)
+                            except Exception:  # noqa: BLE001 - a hook cannot change the outcome
+                                self.hooks.outcome_after(hook, msg, message, DONE, 1)
+                            finished = True
+                        else:
+                            finished = await self._process(part, msg, (Prepared(message, route), result))
+                    else:
+                        finished = await self._process(part, msg)
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
                     self.hooks.abandoned(msg)
@@ -447,11 +480,27 @@ class Engine:
             self._update_pauses()
             self._check_idle()
 
-    async def _process(self, part: _Partition, msg: Record) -> bool | None:
+    def _ready(self, msg: Record) -> tuple[Message[Any], Route] | None:
+        """The fast lane's first step: a record whose header has a plan (an earlier record with the same
+        header got through every stage) and whose handler is a coroutine function, as its message and route;
+        None for anything else (a new header, a schema to look up, a key to decode, a plain function, a record
+        that fails a stage), which :meth:`_process` then takes from the start (pure stages: nothing is done
+        twice but the work)."""
+        try:
+            decoded, source = self.pipeline.locate(msg.value(), msg.topic())
+            if source.__class__ is not Plan or not source.route.is_async:  # type: ignore[union-attr]
+                return None
+            return self.pipeline.planned(decoded, source, msg), source.route  # type: ignore[arg-type, union-attr]
+        except Exception:  # noqa: BLE001 - _process meets it again and decides the outcome
+            return None
+
+    async def _process(self, part: _Partition, msg: Record, first: tuple[Prepared, Any] | None = None) -> bool | None:
         """Run one record to a final outcome: True when done (commit may pass it), None when its dead
-        letter is on its way (done on acknowledgement), False when abandoned (never committed)."""
+        letter is on its way (done on acknowledgement), False when abandoned (never committed).
+
+        ``first``: the record came by the fast lane and its first attempt returned or raised this result."""
         hooks = self.hooks
-        if hooks.on_record:
+        if hooks.on_record and first is None:
             hooks.record(msg)
         attempt, outages = 1, 0
         acks = self._acks
@@ -471,46 +520,52 @@ class Engine:
         locate = self.pipeline.locate  # stages decode and envelope, then the plan, schema or key to resolve
         keyed = self.pipeline.reads_keys  # keys in the wire format: their schema id resolved off the loop too
         while True:
-            try:
-                if prepared is None:
-                    # No coroutine on the hot path: the registry is asked (off the loop) only on a miss.
-                    decoded, source = locate(msg.value(), msg.topic())
-                    if isinstance(source, tuple):
-                        source = await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve, source)
-                    if keyed and (pending := self.pipeline.key_to_resolve(msg.topic(), msg.key())) is not None:
-                        await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve_key, pending)
-                    prepared = self._finish(msg, decoded, source)
-                message = prepared.message
-                message.attempt = attempt
-                if acks is not None:
-                    message.delivery_count = attempt
-                route = prepared.route
-                handled = handling.set(message)  # for the producer's correlationId carry-over
+            if first is not None:  # the fast lane ran its first attempt: only the outcome is left
+                prepared, result = first
+                first = None
+            else:
                 try:
-                    if around:
-                        result = await self._wrap(route)(message)
-                    # The common case: no extra coroutine (share groups: the lock is checked in _run_handler)
-                    elif acks is None and route.is_async and workers.try_acquire():
-                        try:
-                            result = await route.call(message)
-                        finally:
-                            workers.release()
-                    else:
-                        result = await self._run_handler(route, message)
-                finally:
-                    handling.reset(handled)
-            except asyncio.CancelledError:
-                hooks.abandoned(msg)
-                raise
-            except _LockLapsed:  # it waited for a worker slot past its lock: another consumer may have it already
-                log.warning(
-                    "releasing a record whose acquisition lock expired while it waited for a worker",
-                    extra=log_context(msg),
-                )
-                hooks.abandoned(msg)
-                return False
-            except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
-                result = exc
+                    if prepared is None:
+                        # No coroutine on the hot path: the registry is asked (off the loop) only on a miss.
+                        decoded, source = locate(msg.value(), msg.topic())
+                        if isinstance(source, tuple):
+                            source = await self._loop.run_in_executor(
+                                self._registry_pool, self.pipeline.resolve, source
+                            )
+                        if keyed and (pending := self.pipeline.key_to_resolve(msg.topic(), msg.key())) is not None:
+                            await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve_key, pending)
+                        prepared = self._finish(msg, decoded, source)
+                    message = prepared.message
+                    message.attempt = attempt
+                    if acks is not None:
+                        message.delivery_count = attempt
+                    route = prepared.route
+                    handled = handling.set(message)  # for the producer's correlationId carry-over
+                    try:
+                        if around:
+                            result = await self._wrap(route)(message)
+                        # The common case: no extra coroutine (share groups: the lock is checked in _run_handler)
+                        elif acks is None and route.is_async and workers.try_acquire():
+                            try:
+                                result = await route.call(message)
+                            finally:
+                                workers.release()
+                        else:
+                            result = await self._run_handler(route, message)
+                    finally:
+                        handling.reset(handled)
+                except asyncio.CancelledError:
+                    hooks.abandoned(msg)
+                    raise
+                except _LockLapsed:  # it waited for a worker slot past its lock: another consumer may have it already
+                    log.warning(
+                        "releasing a record whose acquisition lock expired while it waited for a worker",
+                        extra=log_context(msg),
+                    )
+                    hooks.abandoned(msg)
+                    return False
+                except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
+                    result = exc
             current = prepared.message if prepared is not None else None
             if result is True or result is None:  # the common case, as decide() has it: done
                 try:  # (Hooks.outcome inlined: one call less per record)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -70,6 +70,9 @@ from toolkit.wire import (
     split,
     synthesize_header,
 )
+
+if TYPE_CHECKING:
+    from toolkit.consumer.transport import Record
 
 _MAX_PLANS = 10_000
 UNKNOWN_RETRY_MAX_S = 5.0
@@ -543,6 +546,30 @@ class Pipeline:
         """Drop every plan (handlers changed: routes must be looked up again)."""
         self._plans.clear()
         self._wire_plans.clear()
+
+    def planned(self, decoded: DecodedRecord, plan: Plan, record: Record) -> Message[Any]:
+        """Stages ``validation`` and ``model`` of an envelope whose header has a plan, as :meth:`finish`
+        runs them, the message's context read from ``record`` (the engine's fast lane; keys not decoded).
+
+        Raises:
+            MessageError: stage ``validation`` or ``model``.
+        """
+        body = self._validate(decoded.body, plan.compiled)
+        if plan.model is not None:
+            body = self._build(body, plan.model)
+        _, timestamp = record.timestamp()
+        value = record.value()
+        return Message(
+            decoded.header,  # type: ignore[arg-type]
+            body,
+            record.topic(),
+            record.partition(),
+            record.offset(),
+            record.key(),
+            record.headers() or [],
+            timestamp if timestamp > 0 else None,
+            value or b"",
+        )
 
     def finish(
         self,
