@@ -64,6 +64,9 @@ _LANE_SLICE_S = 0.005  # longest a lane runs without letting the event loop serv
 _locked_record: contextvars.ContextVar[Record | None] = contextvars.ContextVar("epistle_locked_record", default=None)
 
 
+_NOT_RUN: Any = object()  # (Engine._process: the fast lane did not run the handler)
+
+
 class _LockLapsed(BaseException):
     """A share group's record waited for a worker slot until its acquisition lock (nearly) expired: it is
     released unhandled. A BaseException, so that middleware catching a handler's exceptions lets it through."""
@@ -414,9 +417,12 @@ class Engine:
                 finished: bool | None
                 try:
                     ready = self._ready(msg) if fast else None
-                    if ready is not None and workers.try_acquire():
-                        # (no coroutine of its own: done is settled here, anything else goes on in _process)
-                        message, route = ready
+                    if ready is None:
+                        finished = await self._process(part, msg)
+                    elif not ready.route.is_async or not workers.try_acquire():
+                        finished = await self._process(part, msg, ready)
+                    else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
+                        message, route = ready.message, ready.route
                         handled = handling.set(message)  # for the producer's correlationId carry-over
                         try:
                             result = await route.call(message)
@@ -436,9 +442,7 @@ class Engine:
                                 self.hooks.outcome_after(hook, msg, message, DONE, 1)
                             finished = True
                         else:
-                            finished = await self._process(part, msg, (Prepared(message, route), result))
-                    else:
-                        finished = await self._process(part, msg)
+                            finished = await self._process(part, msg, ready, result)
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
                     self.hooks.abandoned(msg)
@@ -480,27 +484,30 @@ class Engine:
             self._update_pauses()
             self._check_idle()
 
-    def _ready(self, msg: Record) -> tuple[Message[Any], Route] | None:
-        """The fast lane's first step: a record whose header has a plan (an earlier record with the same
-        header got through every stage) and whose handler is a coroutine function, as its message and route;
-        None for anything else (a new header, a schema to look up, a key to decode, a plain function, a record
-        that fails a stage), which :meth:`_process` then takes from the start (pure stages: nothing is done
-        twice but the work)."""
+    def _ready(self, msg: Record) -> Prepared | None:
+        """The fast lane's first step: a record whose schema is resolved (no registry lookup) through every
+        stage, as its message and route; None when the registry must be asked or a stage fails, and
+        :meth:`_process` then takes the record from the start (the stages are pure: only work is repeated)."""
         try:
             decoded, source = self.pipeline.locate(msg.value(), msg.topic())
-            if source.__class__ is not Plan or not source.route.is_async:  # type: ignore[union-attr]
+            if source.__class__ is Plan:  # the common case: an earlier record with the same header got through
+                return Prepared(self.pipeline.planned(decoded, source, msg), source.route)  # type: ignore[arg-type, union-attr]
+            if isinstance(source, tuple):
                 return None
-            return self.pipeline.planned(decoded, source, msg), source.route  # type: ignore[arg-type, union-attr]
+            return self._finish(msg, decoded, source)
         except Exception:  # noqa: BLE001 - _process meets it again and decides the outcome
             return None
 
-    async def _process(self, part: _Partition, msg: Record, first: tuple[Prepared, Any] | None = None) -> bool | None:
+    async def _process(
+        self, part: _Partition, msg: Record, prepared: Prepared | None = None, ran: Any = _NOT_RUN
+    ) -> bool | None:
         """Run one record to a final outcome: True when done (commit may pass it), None when its dead
         letter is on its way (done on acknowledgement), False when abandoned (never committed).
 
-        ``first``: the record came by the fast lane and its first attempt returned or raised this result."""
+        From the fast lane: ``prepared``, the record through every stage, and ``ran``, what its handler's first
+        attempt returned or raised (when it ran)."""
         hooks = self.hooks
-        if hooks.on_record and first is None:
+        if hooks.on_record:
             hooks.record(msg)
         attempt, outages = 1, 0
         acks = self._acks
@@ -514,15 +521,13 @@ class Engine:
                 log.warning("releasing a record whose acquisition lock may have expired", extra=log_context(msg))
                 hooks.abandoned(msg)
                 return False
-        prepared: Prepared | None = None
         workers = self._workers
         around = bool(hooks.around)
         locate = self.pipeline.locate  # stages decode and envelope, then the plan, schema or key to resolve
         keyed = self.pipeline.reads_keys  # keys in the wire format: their schema id resolved off the loop too
         while True:
-            if first is not None:  # the fast lane ran its first attempt: only the outcome is left
-                prepared, result = first
-                first = None
+            if ran is not _NOT_RUN:  # the fast lane ran its first attempt: only the outcome is left
+                result, ran = ran, _NOT_RUN
             else:
                 try:
                     if prepared is None:
