@@ -216,6 +216,11 @@ def summarize(fmt: str, layout: str, count: int, size: int, topic: str, samples:
             "busy_pct": _median(results, "busy_pct"),
             "note": next((r.get("skipped") or str(r.get("error")) for r in results if "msgs_per_s" not in r), None),
         }
+        stages = {stage for r in ok for stage in r.get("stages_us", {})}
+        if stages:  # --breakdown: medians of the runs, by stage
+            summary[name]["stages_us"] = {
+                stage: _median([r["stages_us"] for r in ok if "stages_us" in r], stage) for stage in sorted(stages)
+            }
     ratios = {}
     for a, b, target in TARGETS:
         target = FORMAT_TARGETS.get(fmt, {}).get((a, b), target)
@@ -392,6 +397,7 @@ def write_markdown(report: dict) -> str:
                     f"{label(n)}: " + ", ".join(f"{t} {sec}" for t, sec in th.items()) for n, th in threads.items()
                 ),
             ]
+        lines += _breakdown_table(block)
         lines.append("")
     if report.get("memory"):
         m = report["memory"]
@@ -467,6 +473,30 @@ def write_markdown(report: dict) -> str:
             + " (bench/results/rabbitmq.md).",
         ]
     return "\n".join(lines)
+
+
+def _breakdown_table(block: dict) -> list[str]:
+    """--breakdown: where a record's time goes, in microseconds (medians), for the contenders that timed it."""
+    rows = {name: c["stages_us"] for name, c in block["contenders"].items() if c.get("stages_us")}
+    if not rows:
+        return []
+    stages = [s for s in ("envelope", "validation", "avro decode", "model") if any(s in r for r in rows.values())]
+    lines = [
+        "",
+        "Where a record's time goes (--breakdown: microseconds per record, wall clock, medians of the runs): the "
+        "stages both the hand-written loop and the toolkit run with the same functions, timed around each call, "
+        "and the rest: for L1 its loop (consume, offsets), for the toolkit the engine (lanes, offsets, outcomes, "
+        "the message handed to the handler, the hand-over from the poll thread) and any wait for the CPU.",
+        "",
+        "| contender | " + " | ".join(stages) + " | same work | rest | total |",
+        "|---|" + "---:|" * (len(stages) + 3),
+    ]
+    for name, per in rows.items():
+        same = sum(per.get(s) or 0.0 for s in stages)
+        rest = per.get("rest") or 0.0
+        cells = [_fmt(per.get(s), ".1f") for s in stages]
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + f" | {same:.1f} | {rest:.1f} | {same + rest:.1f} |")
+    return lines
 
 
 def write_chart(report: dict, path: Path) -> None:
@@ -564,7 +594,15 @@ def main() -> None:
         action="store_true",
         help="give the local broker every CPU again (after a pinned run was killed) and exit",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="L1 and the toolkit contenders also time the stages they share (envelope, validation, model), "
+        "to show where a record's time goes; adds ~0.2 us per stage call to both",
+    )
     args = parser.parse_args()
+    if args.breakdown:
+        os.environ["EPISTLE_BENCH_BREAKDOWN"] = "1"  # read by bench.contenders in each contender's process
     if args.unpin_broker:
         pid = machine.broker_pid()
         if pid is None:

@@ -5,6 +5,7 @@ No speed is asserted here: figures are measured by `make bench` and written to i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -418,3 +419,45 @@ def test_rabbitmq_markdown_of_a_report_from_before_faststream_has_no_p1_ratio() 
     }
     text = rabbit.markdown(report)
     assert "R-T / R-L1 = 1.0" in text and "R-P1" not in text
+
+
+def test_breakdown_gives_microseconds_per_record_by_stage_and_the_rest():
+    cpu = {"stages_s": {"envelope": 0.2, "validation": 0.1, "avro decode": 0.0, "model": 0.3}}
+    result = finish({"messages": 10_000, "elapsed_s": 1.0}, cpu, 100.0)
+    assert result["stages_us"] == {"envelope": 20.0, "validation": 10.0, "model": 30.0, "rest": 40.0}
+    samples = {
+        "L1": [_sample(100) | {"stages_us": {"envelope": 20.0, "model": 30.0, "rest": 5.0}}],
+        "T": [
+            _sample(90) | {"stages_us": {"envelope": 21.0, "model": 31.0, "rest": 15.0}},
+            _sample(80) | {"stages_us": {"envelope": 23.0, "model": 29.0, "rest": 25.0}},
+        ],
+    }
+    block = summarize("json", "shared", 1000, 700, "topic", samples)
+    assert block["contenders"]["T"]["stages_us"] == {"envelope": 22.0, "model": 30.0, "rest": 20.0}
+    text = write_markdown({"when": "now", "runs": 2, "machine": "m", "throughput": [block]})
+    assert "| envelope | model | same work | rest | total |" in text
+    assert "| toolkit (T) | 22.0 | 30.0 | 52.0 | 20.0 | 72.0 |" in text
+    plain = summarize("json", "shared", 1000, 700, "topic", {"L1": [_sample(100)], "T": [_sample(90)]})
+    assert "Where a record's time goes" not in write_markdown({"when": "now", "runs": 1, "machine": "m", "throughput": [plain]})
+
+
+def test_time_stages_times_the_functions_both_loops_share(monkeypatch) -> None:
+    """In a child process (it patches the toolkit): the stages L1 and the toolkit's pipeline call are timed."""
+    code = """
+import json, random
+import bench.contenders as c
+c.time_stages()
+c._start()
+from bench.backlog import envelope
+from bench.contenders import _schema_and_model, _hand_written_decoder
+from toolkit.envelope import decode_record
+schema, model = _schema_and_model("json")
+validate = _hand_written_decoder("json", schema)
+build = c._model_call(model)
+for _ in range(50):
+    build(validate(decode_record(envelope("json", random.Random(1))).body))
+print(json.dumps({k: v for k, v in c._STAGES.items() if k != "on"}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    stages = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(stages) == {"envelope", "validation", "model"} and all(v > 0 for v in stages.values())
