@@ -177,7 +177,7 @@ class JsonSerializer:
 SerializerLike = EnvelopeSerializer | Callable[[bytes], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs 3x, and one is made per record)
 class DecodedRecord:
     """The result of :func:`decode_record`: a valid header and the body as decoded JSON."""
 

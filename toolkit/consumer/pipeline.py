@@ -176,7 +176,7 @@ class WirePlan:
     route: Route
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs 3x, and one is made per record)
 class Prepared:
     """A record that passed every stage: the message for the handler and the route to it."""
 
