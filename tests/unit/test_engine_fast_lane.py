@@ -1,0 +1,95 @@
+"""The engine's fast lane: a record whose schema is resolved goes to its ``async def`` handler without a
+coroutine of the engine's own; what it does not settle (any result but done) goes on in ``_process`` with the
+first attempt's result, so outcomes are the same either way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit import KafkaConsumer, Retry
+from toolkit.consumer.engine import Engine
+from toolkit.consumer.middleware import Middleware
+from toolkit.registry import LocalFolderRegistry
+from toolkit.testing import InMemoryBroker, envelope
+
+ROOT = Path(__file__).resolve().parents[2]
+ORDER = json.loads((ROOT / "schemas/orders/samples/1/valid/full-card-payment.json").read_text())
+
+
+def _count_process(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = Engine._process
+
+    async def counted(self, part, msg, *args):
+        calls.append(msg.offset())
+        return await original(self, part, msg, *args)
+
+    monkeypatch.setattr(Engine, "_process", counted)
+    return calls
+
+
+def _run(broker: InMemoryBroker, handler, **options) -> KafkaConsumer:
+    consumer = KafkaConsumer(
+        group_id="g",
+        transport=broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+        commit_interval_s=0.05,
+        **options,
+    )
+    consumer.register_handler("orders", handler)
+    asyncio.run(asyncio.wait_for(consumer.start(), 20))
+    return consumer
+
+
+def test_done_records_take_the_fast_lane_and_a_retried_one_goes_on_in_process(monkeypatch) -> None:
+    calls = _count_process(monkeypatch)
+    broker = InMemoryBroker()
+    for _ in range(20):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    broker.produce("orders", b"{not json")  # offset 20: fails its stages, taken from the start by _process
+    attempts: dict[int, int] = {}
+
+    async def handle(message) -> None:
+        attempts[message.offset] = attempts.get(message.offset, 0) + 1
+        if message.offset == 5 and attempts[5] == 1:
+            raise Retry("once", delay_s=0.01)
+
+    consumer = _run(broker, handle)
+    # the first (its schema is looked up off the loop), the retried record and the malformed one
+    assert calls == [0, 5, 20]
+    assert attempts[5] == 2 and all(attempts[o] == 1 for o in range(20) if o != 5)
+    assert broker.committed("g", "orders") == 21
+    assert consumer.stats["orders"].processed == 20 and consumer.stats["orders"].retried == 1
+    [dead] = broker.records("orders.dlq")
+    assert (dead.json()["source"]["offset"], dead.json()["error"]["stage"]) == (20, "decode")
+
+
+def test_a_plain_function_handler_and_on_record_middleware_use_the_full_path(monkeypatch) -> None:
+    calls = _count_process(monkeypatch)
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    seen: list[int] = []
+    _run(broker, lambda message: seen.append(message.offset))
+    assert seen == [0, 1, 2] and calls == [0, 1, 2]
+
+    class Watch(Middleware):
+        def on_record(self, record) -> None:
+            seen.append(-1)
+
+    calls.clear()
+
+    async def handle(message) -> None:
+        seen.append(message.offset)
+
+    seen.clear()
+    broker2 = InMemoryBroker()
+    for _ in range(2):
+        broker2.produce("orders", envelope("orders", 1, ORDER))
+    _run(broker2, handle, middleware=[Watch()])
+    assert seen == [-1, 0, -1, 1] and calls == [0, 1]  # on_record runs before each, as before
