@@ -37,6 +37,7 @@ through the handler to what it publishes. :func:`configure_tracing` installs the
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 Headers = Sequence[tuple[str, bytes | str | None]]
 _MAX_DESCRIPTION = 500  # a reason can carry a whole validation report: the status keeps its start
 _NO_CONTEXT = Context()  # no parent: the span starts a trace of its own
+_UNRESOLVED: Any = object()
 
 
 class KafkaHeadersGetter(Getter[Headers]):
@@ -143,7 +145,9 @@ class TracingMiddleware(Middleware):
         self.group_id = group_id
         self.system = system
         self._kafka = system == "kafka"
+        self._provider = tracer_provider
         self._tracer = trace.get_tracer("toolkit.consumer", tracer_provider=tracer_provider)
+        self._fast: Any = _UNRESOLVED  # how spans start, once the provider is known (_resolve)
         self._open: dict[int, _Traced] = {}  # id(record) -> its span; the entry keeps the record alive
         self._textmap: Any = None
         self._fields: frozenset[str] = frozenset()
@@ -168,7 +172,11 @@ class TracingMiddleware(Middleware):
     def on_record(self, record: Record) -> None:
         headers = _record_headers(record)
         parent = self._extract(headers) if headers else _NO_CONTEXT
-        span = self._tracer.start_span(f"process {record.topic()}", context=parent, kind=SpanKind.CONSUMER)
+        fast = self._fast if self._fast is not _UNRESOLVED else self._resolve()
+        if fast is None:
+            span = self._tracer.start_span(f"process {record.topic()}", context=parent, kind=SpanKind.CONSUMER)
+        else:  # the SDK's standard sampler: a record it would drop never reaches the SDK
+            span = fast.start(f"process {record.topic()}", parent, parent is not _NO_CONTEXT)
         traced = _Traced(record, span)
         stale = self._open.pop(id(record), None)
         if stale is not None:  # the same record object again while its earlier run has not ended
@@ -179,6 +187,21 @@ class TracingMiddleware(Middleware):
         # publishes. Nothing to undo: the lane's next record replaces it, and the lane's context ends with
         # the lane. (An around_handler hook would cost every record two coroutine frames more.)
         otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def _resolve(self) -> Any:
+        """The fast path's sampling (toolkit.observability._sampling) when the provider is the SDK's and its
+        sampler a standard one, else None: then every span starts on the SDK's own path. The global provider
+        may be installed after the middleware was made: until then nothing is kept."""
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return None
+        self._fast = None
+        if "opentelemetry.sdk.trace" in sys.modules:  # else the provider cannot be the SDK's
+            from toolkit.observability._sampling import FastSampling
+
+            self._tracer = provider.get_tracer("toolkit.consumer")  # the proxy's delegate, if it was a proxy
+            self._fast = FastSampling.of(self._tracer)
+        return self._fast
 
     def _extract(self, headers: Headers) -> Context:
         """The propagated context, read only when a header the propagators use is there (the common record
