@@ -600,7 +600,7 @@ def test_a_record_its_producer_did_not_sample_has_no_sdk_span_and_stays_in_the_p
     first, second = seen
     assert first.trace_id == TRACE_ID and first.span_id != PARENT_ID and not first.trace_flags.sampled
     assert not first.is_remote and first.trace_state.get("v") == "x"
-    assert started == ["process orders", "send"]  # the sampled record's span; the dead letter's, dropped
+    assert started == ["process orders"]  # the sampled record's; the dead letter of one not sampled has none
     (span,) = t.spans()
     assert span.context.span_id == second.span_id and span.parent.span_id == PARENT_ID
     assert t.tracing.open_spans == 0 and len(t.broker.records("orders.dlq")) == 1
@@ -725,3 +725,15 @@ def test_a_disabled_sdk_gives_the_api_no_op_span(monkeypatch) -> None:
     t.consumer.handler("orders")(lambda message: seen.append(trace.get_current_span().get_span_context()))
     t.run()
     assert [context.is_valid for context in seen] == [False] and t.spans() == []
+
+
+def test_a_dropped_records_dead_letter_span_is_recorded_when_the_sampler_records_such_children() -> None:
+    sampler = ParentBased(ALWAYS_OFF, local_parent_not_sampled=ALWAYS_ON)
+    t = Traced(sampler=sampler, stop_when_idle=True)
+    t.broker.produce("orders", b"not json")
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    (send,) = t.spans()  # the records' spans are dropped, the dead letter's is a child the sampler records
+    assert send.name == "send orders.dlq" and send.parent is not None and not send.parent.trace_flags.sampled
+    assert send.context.trace_id == send.parent.trace_id and t.tracing.open_spans == 0

@@ -47,6 +47,12 @@ def root_rule(sampler: Sampler | None) -> tuple[int, int] | None:
     return None
 
 
+def _drops(sampler: Any) -> bool:
+    """The sampler is a static one that drops every span."""
+    static = getattr(type(sampler), "should_sample", None) is StaticSampler.should_sample
+    return static and _static(sampler) == (0, 0)
+
+
 def _static(sampler: Any) -> tuple[int, int] | None:
     decision = sampler.should_sample(None, 1, "").decision  # the same for every span
     if decision.is_sampled():
@@ -84,15 +90,29 @@ class PresetTraceIds(IdGenerator):
 class FastSampling:
     """Starts the record spans of one SDK tracer (see the module's documentation)."""
 
-    __slots__ = ("tracer", "sampler", "_ids", "_preset", "_enabled", "_mask", "_bound", "_flags", "_not_sampled")
+    __slots__ = (
+        "tracer",
+        "sampler",
+        "_ids",
+        "_preset",
+        "_enabled",
+        "_mask",
+        "_bound",
+        "_flags",
+        "_not_sampled",
+        "_keep",
+    )
 
-    def __init__(self, tracer: Tracer, preset: PresetTraceIds, rule: tuple[int, int], not_sampled: bool) -> None:
+    def __init__(
+        self, tracer: Tracer, preset: PresetTraceIds, rule: tuple[int, int], not_sampled: bool, keep: bool
+    ) -> None:
         self.tracer, self.sampler = tracer, tracer.sampler
         self._preset, self._ids = preset, preset.ids
         self._enabled = getattr(tracer, "_is_enabled", None) or (lambda: True)
         self._mask, self._bound = rule
         self._flags = TraceFlags(_RANDOM_TRACE_ID if preset.is_trace_id_random() else 0)
         self._not_sampled = not_sampled  # a remote parent not sampled: its span is dropped too
+        self._keep = keep  # a child of a dropped span may be recorded (the dead letter's send span)
 
     @classmethod
     def of(cls, tracer: Any) -> FastSampling | None:
@@ -106,35 +126,38 @@ class FastSampling:
         rule = root_rule(sampler)
         if rule is None:
             return None
-        not_sampled = False
+        # A ratio or static sampler decides a child as its parent (the same trace id); ParentBased asks its
+        # delegates for a parent that is not sampled, ALWAYS_OFF unless the application chose otherwise.
+        not_sampled, keep = False, False
         if type(sampler).should_sample is ParentBased.should_sample:
-            delegate = getattr(sampler, "_remote_parent_not_sampled", None)
-            static = getattr(type(delegate), "should_sample", None) is StaticSampler.should_sample
-            not_sampled = static and _static(delegate) == (0, 0)
+            not_sampled = _drops(getattr(sampler, "_remote_parent_not_sampled", None))
+            keep = not _drops(getattr(sampler, "_local_parent_not_sampled", None))
         ids = tracer.id_generator
         if not isinstance(ids, PresetTraceIds):  # the tracer is the provider's, shared: one wrapper for all
             ids = tracer.id_generator = PresetTraceIds(ids)
-        return cls(tracer, ids, rule, not_sampled)
+        return cls(tracer, ids, rule, not_sampled, keep)
 
-    def start(self, name: str, parent: Context, has_parent: bool) -> Span:
-        """The record's span: ``parent`` is the propagated context (``has_parent`` False when there was none
-        to read, the common case: then it is not even looked into)."""
+    def start(self, name: str, parent: Context, has_parent: bool) -> tuple[Span, bool]:
+        """The record's span, and whether the middleware has anything to do with it later (False: a span
+        dropped here, nothing of the record will be recorded). ``parent`` is the propagated context;
+        ``has_parent`` is False when there was none to read, the common case: then it is not looked into."""
         tracer = self.tracer
         if tracer.sampler is not self.sampler or not self._enabled():
-            return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
+            return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER), True
         if has_parent:
             context = get_current_span(parent).get_span_context()
             if context.is_valid:
                 if self._not_sampled and context.is_remote and not context.trace_flags.sampled:
                     flags = TraceFlags(context.trace_flags & _RANDOM_TRACE_ID)
                     span_id = self._ids.generate_span_id()
-                    return NonRecordingSpan(SpanContext(context.trace_id, span_id, False, flags, context.trace_state))
-                return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
+                    dropped = SpanContext(context.trace_id, span_id, False, flags, context.trace_state)
+                    return NonRecordingSpan(dropped), self._keep
+                return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER), True
         trace_id = self._ids.generate_trace_id()
         if trace_id & self._mask < self._bound:
             self._preset.give(trace_id)
             try:
-                return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
+                return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER), True
             finally:
                 self._preset.give(None)
-        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, self._flags))
+        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, self._flags)), self._keep

@@ -161,27 +161,30 @@ class TracingMiddleware(Middleware):
 
     @property
     def open_spans(self) -> int:
-        """Records whose span has not ended yet (in flight)."""
+        """Records in flight whose span has not ended yet (a record whose span was dropped without the SDK is
+        not kept: nothing of it is recorded)."""
         return len(self._open)
 
     # -- hooks ------------------------------------------------------------------------------------------
     # The cost per record is the SDK's (docs/tracing.md, "Cost"), so the hot path gives it as little as
-    # it can: the span starts bare (the sampler decides on the name, kind and parent alone), an unsampled
-    # record's span is the SDK's non-recording one and never sees an attribute, and a recorded span gets
-    # all its attributes in one call (one check per value, one lock) when it ends.
+    # it can: with the SDK's standard samplers a record they would drop never reaches the SDK (its
+    # non-recording span is made in _sampling, and not kept here), the span starts bare (the sampler decides
+    # on the name, kind and parent alone), an unsampled record's span never sees an attribute, and a recorded
+    # span gets all its attributes in one call (one check per value, one lock) when it ends.
     def on_record(self, record: Record) -> None:
         headers = _record_headers(record)
         parent = self._extract(headers) if headers else _NO_CONTEXT
         fast = self._fast if self._fast is not _UNRESOLVED else self._resolve()
         if fast is None:
             span = self._tracer.start_span(f"process {record.topic()}", context=parent, kind=SpanKind.CONSUMER)
-        else:  # the SDK's standard sampler: a record it would drop never reaches the SDK
-            span = fast.start(f"process {record.topic()}", parent, parent is not _NO_CONTEXT)
-        traced = _Traced(record, span)
+            keep = True
+        else:  # the SDK's standard sampler: a record it would drop never reaches the SDK, nor is it kept here
+            span, keep = fast.start(f"process {record.topic()}", parent, parent is not _NO_CONTEXT)
         stale = self._open.pop(id(record), None)
         if stale is not None:  # the same record object again while its earlier run has not ended
             self._finish(stale, "abandoned")
-        self._open[id(record)] = traced
+        if keep:
+            self._open[id(record)] = _Traced(record, span)
         # The span is the current one for the rest of the record's run: on_record runs in its lane's task,
         # the handler too (a plain one in a copy of the task's context), and so does what the handler
         # publishes. Nothing to undo: the lane's next record replaces it, and the lane's context ends with
