@@ -27,8 +27,10 @@
   acknowledgement (each refusal an event); the record's span ends after it.
 
 The hooks run on the event loop (docs/threads.md); nothing here blocks. A recorded span costs the SDK
-about half the CPU the toolkit spends on a record, one that is not sampled about a tenth (docs/tracing.md,
-"Cost"): at high rates sample with ``OTEL_TRACES_SAMPLER``. Without an SDK configured the
+about half the CPU the toolkit spends on a record: at high rates sample with ``OTEL_TRACES_SAMPLER``. With the
+SDK's standard samplers a record without a trace is decided here, on the SDK's rule, and one that is not
+sampled never reaches the SDK: a non-recording span of its own is made current, for a few microseconds
+(docs/tracing.md, "Sampling" and "Cost"). Without an SDK configured the
 OpenTelemetry API is a no-op and the spans cost next to nothing, but the propagated context still flows
 through the handler to what it publishes. :func:`configure_tracing` installs the SDK from the standard
 ``OTEL_*`` variables (``epistle run --tracing`` calls it).
