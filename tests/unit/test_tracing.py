@@ -6,7 +6,9 @@ left open when a record is abandoned, and the producer carrying the trace on."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -18,6 +20,20 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import SpanKind, StatusCode
 
 from generated_models.orders.v2 import Order
@@ -40,9 +56,9 @@ TRACEPARENT = f"00-{TRACE_ID:032x}-{PARENT_ID:016x}-01".encode()
 class Traced:
     """A consumer on an in-memory broker with a TracingMiddleware on its own SDK provider."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, sampler: Sampler | None = None, id_generator: IdGenerator | None = None, **options: Any) -> None:
         self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
+        self.provider = TracerProvider(sampler=sampler, id_generator=id_generator)
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.tracer = self.provider.get_tracer("tests")
         self.broker = InMemoryBroker()
@@ -485,3 +501,239 @@ def test_without_an_sdk_the_send_carries_the_callers_context_on() -> None:
     producer.close()
     (record,) = broker.records("orders")
     assert dict(record.headers())["traceparent"].decode().split("-")[2] == f"{span.get_span_context().span_id:016x}"
+
+
+# -- the sampling decision without the SDK -------------------------------------------------------------------
+def _sdk_starts(t: Traced, monkeypatch) -> list[str]:
+    """The names of the spans the middleware's SDK tracer is asked to start (the provider's tracer of the
+    scope, shared with the middleware)."""
+    tracer = t.provider.get_tracer("toolkit.consumer")
+    started: list[str] = []
+    start_span = tracer.start_span
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(name)
+        return start_span(name, *args, **kwargs)
+
+    monkeypatch.setattr(tracer, "start_span", counted)
+    return started
+
+
+class GivenIds(IdGenerator):
+    """Trace ids from a list, span ids counted."""
+
+    def __init__(self, trace_ids: list[int]) -> None:
+        self.trace_ids, self.span_id = list(trace_ids), 0
+
+    def generate_trace_id(self) -> int:
+        return self.trace_ids.pop(0)
+
+    def generate_span_id(self) -> int:
+        self.span_id += 1
+        return self.span_id
+
+
+class EveryOther(Sampler):
+    """A sampler of the application's own: samples the first span it is asked about, then every other one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        self.calls += 1
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if self.calls % 2 else Decision.DROP)
+
+    def get_description(self) -> str:
+        return "EveryOther"
+
+
+class Lenient(TraceIdRatioBased):
+    """A ratio sampler's subclass that samples everything whatever its rate says."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_OFF, DEFAULT_OFF, TraceIdRatioBased(0), ParentBasedTraceIdRatio(0)],
+    ids=["always_off", "parentbased_always_off", "traceidratio 0", "parentbased_traceidratio 0"],
+)
+def test_a_record_the_sampler_drops_has_no_sdk_span_but_a_context_its_handler_and_producer_carry_on(
+    sampler, producer, monkeypatch
+) -> None:
+    t = Traced(sampler=sampler, stop_when_idle=True)
+    started = _sdk_starts(t, monkeypatch)
+    for _ in range(3):
+        t.broker.produce("orders", envelope("orders", 2, ORDER))
+    seen = []
+
+    def handle(message: Any) -> None:
+        record = trace.get_current_span().get_span_context()
+        with t.tracer.start_as_current_span("book the order") as child:
+            traceparent = dict(producer.build("shipments-out", _order()).headers)["traceparent"]
+        seen.append((record, child.get_span_context(), child.is_recording(), traceparent.decode()))
+
+    t.consumer.handler("orders")(handle)
+    t.run()
+    assert started == [] and t.spans() == [] and t.tracing.open_spans == 0
+    assert len(seen) == 3 and len({record.trace_id for record, *_ in seen}) == 3  # a new trace each
+    for record, child, recording, traceparent in seen:
+        assert record.is_valid and not record.trace_flags.sampled and not record.is_remote
+        assert child.trace_id == record.trace_id and not child.trace_flags.sampled and not recording
+        _, trace_id, span_id, flags = traceparent.split("-")
+        assert (int(trace_id, 16), int(span_id, 16), int(flags, 16) & 1) == (record.trace_id, child.span_id, 0)
+
+
+def test_a_record_its_producer_did_not_sample_has_no_sdk_span_and_stays_in_the_producers_trace(monkeypatch) -> None:
+    t = Traced(sampler=ParentBasedTraceIdRatio(1.0), stop_when_idle=True)  # every new trace sampled
+    started = _sdk_starts(t, monkeypatch)
+    unsampled = TRACEPARENT[:-2] + b"00"
+    t.broker.produce(
+        "orders", envelope("orders", 2, ORDER), headers=[("traceparent", unsampled), ("tracestate", b"v=x")]
+    )
+    t.broker.produce("orders", envelope("orders", 2, ORDER), headers=[("traceparent", TRACEPARENT)])
+    t.broker.produce("orders", b"not json", headers=[("traceparent", unsampled)])  # and its dead letter
+    seen = []
+    t.consumer.handler("orders")(lambda message: seen.append(trace.get_current_span().get_span_context()))
+    t.run()
+    first, second = seen
+    assert first.trace_id == TRACE_ID and first.span_id != PARENT_ID and not first.trace_flags.sampled
+    assert not first.is_remote and first.trace_state.get("v") == "x"
+    assert started == ["process orders"]  # the sampled record's; the dead letter of one not sampled has none
+    (span,) = t.spans()
+    assert span.context.span_id == second.span_id and span.parent.span_id == PARENT_ID
+    assert t.tracing.open_spans == 0 and len(t.broker.records("orders.dlq")) == 1
+
+
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.25), ParentBasedTraceIdRatio(0.25)], ids=str)
+def test_a_ratio_samplers_decisions_are_the_sdks_on_the_same_trace_ids(sampler) -> None:
+    bound = TraceIdRatioBased(0.25).bound
+    high = 7 << 64  # the rule reads the low 64 bits only
+    ids = [bound - 1, bound, bound + 1, 1, (1 << 64) - 1, high | (bound - 1), high | bound, (1 << 128) - 1]
+    t = Traced(sampler=sampler, id_generator=GivenIds(ids), stop_when_idle=True)
+    for _ in ids:
+        t.broker.produce("orders", envelope("orders", 2, ORDER))
+    seen = []
+    t.consumer.handler("orders")(lambda message: seen.append(trace.get_current_span().get_span_context().trace_id))
+    t.run()
+    sdk = TraceIdRatioBased(0.25)
+    expected = [i for i in ids if sdk.should_sample(None, i, "process orders").decision.is_sampled()]
+    assert expected == [bound - 1, 1, high | (bound - 1)]
+    assert seen == ids  # one draw a record, sampled or not: a sampled span has the id it was decided on
+    assert [span.context.trace_id for span in t.spans("process orders")] == expected
+
+
+_RATES = (0, 1e-6, 0.01, 0.1, 0.5, 1)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_ON, ALWAYS_OFF, DEFAULT_ON, DEFAULT_OFF, ParentBased(TraceIdRatioBased(0.01))]
+    + [TraceIdRatioBased(rate) for rate in _RATES]
+    + [ParentBasedTraceIdRatio(rate) for rate in _RATES],
+    ids=str,
+)
+def test_the_fast_rule_decides_as_the_sdks_sampler_for_a_span_without_parent(sampler) -> None:
+    from toolkit.observability._sampling import root_rule
+
+    rule = root_rule(sampler)
+    assert rule is not None
+    mask, bound = rule
+    rng = random.Random(7)
+    ids = [rng.getrandbits(128) or 1 for _ in range(3000)] + [1, (1 << 64) - 1, (1 << 64), (1 << 128) - 1]
+    for rate in _RATES:
+        edge = TraceIdRatioBased.get_bound_for_rate(rate)
+        ids += [n for n in (edge - 1, edge, edge + 1, (5 << 64) | edge, (5 << 64) | max(edge - 1, 1)) if n > 0]
+    for trace_id in ids:
+        sampled = sampler.should_sample(None, trace_id, "process orders").decision.is_sampled()
+        assert (trace_id & mask < bound) == sampled, hex(trace_id)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [EveryOther(), Lenient(0), ParentBased(EveryOther()), StaticSampler(Decision.RECORD_ONLY)],
+    ids=["own sampler", "subclass deciding otherwise", "parentbased on its own root", "record only"],
+)
+def test_any_other_sampler_is_asked_by_the_sdk_for_every_record_and_obeyed(sampler, monkeypatch) -> None:
+    from toolkit.observability._sampling import root_rule
+
+    assert root_rule(sampler) is None
+    t = Traced(sampler=sampler, stop_when_idle=True)
+    started = _sdk_starts(t, monkeypatch)
+    for _ in range(4):
+        t.broker.produce("orders", envelope("orders", 2, ORDER))
+    recording = []
+    t.consumer.handler("orders")(lambda message: recording.append(trace.get_current_span().is_recording()))
+    t.run()
+    assert started == ["process orders"] * 4
+    expected = [True, True, True, True] if isinstance(sampler, Lenient | StaticSampler) else [True, False] * 2
+    assert recording == expected
+    exported = 0 if isinstance(sampler, StaticSampler) else expected.count(True)  # recorded, not sampled
+    assert len(t.spans("process orders")) == exported
+
+
+class FakeRecord:
+    def headers(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "orders"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+    def value(self) -> bytes:
+        return b"{}"
+
+
+def test_a_global_provider_installed_after_the_middleware_is_used_from_then_on(monkeypatch) -> None:
+    from toolkit.consumer.outcomes import DONE
+
+    installed: list[Any] = [trace.ProxyTracerProvider()]
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: installed[0])
+    tracing = TracingMiddleware(group_id="shop")
+
+    def current_span_of_a_record() -> Any:
+        def run() -> Any:  # in a copy of the context: on_record makes the span current for good
+            record = FakeRecord()
+            tracing.on_record(record)  # type: ignore[arg-type]
+            context = trace.get_current_span().get_span_context()
+            tracing.on_outcome(record, None, DONE, 1, None)  # type: ignore[arg-type]
+            return context
+
+        return contextvars.copy_context().run(run)
+
+    assert not current_span_of_a_record().is_valid  # no SDK yet: the API's no-op span
+    installed[0] = TracerProvider(sampler=DEFAULT_OFF)
+    tracer = installed[0].get_tracer("toolkit.consumer")
+    calls = []
+    monkeypatch.setattr(tracer, "start_span", lambda *args, **kwargs: calls.append(args))
+    context = current_span_of_a_record()
+    assert context.is_valid and not context.trace_flags.sampled and calls == []
+    assert tracing.open_spans == 0
+
+
+def test_a_disabled_sdk_gives_the_api_no_op_span(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    t = Traced(sampler=ALWAYS_OFF, stop_when_idle=True)
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    seen = []
+    t.consumer.handler("orders")(lambda message: seen.append(trace.get_current_span().get_span_context()))
+    t.run()
+    assert [context.is_valid for context in seen] == [False] and t.spans() == []
+
+
+def test_a_dropped_records_dead_letter_span_is_recorded_when_the_sampler_records_such_children() -> None:
+    sampler = ParentBased(ALWAYS_OFF, local_parent_not_sampled=ALWAYS_ON)
+    t = Traced(sampler=sampler, stop_when_idle=True)
+    t.broker.produce("orders", b"not json")
+    t.broker.produce("orders", envelope("orders", 2, ORDER))
+    t.consumer.handler("orders")(lambda message: True)
+    t.run()
+    (send,) = t.spans()  # the records' spans are dropped, the dead letter's is a child the sampler records
+    assert send.name == "send orders.dlq" and send.parent is not None and not send.parent.trace_flags.sampled
+    assert send.context.trace_id == send.parent.trace_id and t.tracing.open_spans == 0

@@ -27,8 +27,10 @@
   acknowledgement (each refusal an event); the record's span ends after it.
 
 The hooks run on the event loop (docs/threads.md); nothing here blocks. A recorded span costs the SDK
-about half the CPU the toolkit spends on a record, one that is not sampled about a tenth (docs/tracing.md,
-"Cost"): at high rates sample with ``OTEL_TRACES_SAMPLER``. Without an SDK configured the
+about half the CPU the toolkit spends on a record: at high rates sample with ``OTEL_TRACES_SAMPLER``. With the
+SDK's standard samplers a record without a trace is decided here, on the SDK's rule, and one that is not
+sampled never reaches the SDK: a non-recording span of its own is made current, for a few microseconds
+(docs/tracing.md, "Sampling" and "Cost"). Without an SDK configured the
 OpenTelemetry API is a no-op and the spans cost next to nothing, but the propagated context still flows
 through the handler to what it publishes. :func:`configure_tracing` installs the SDK from the standard
 ``OTEL_*`` variables (``epistle run --tracing`` calls it).
@@ -37,6 +39,7 @@ through the handler to what it publishes. :func:`configure_tracing` installs the
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
 Headers = Sequence[tuple[str, bytes | str | None]]
 _MAX_DESCRIPTION = 500  # a reason can carry a whole validation report: the status keeps its start
 _NO_CONTEXT = Context()  # no parent: the span starts a trace of its own
+_UNRESOLVED: Any = object()
 
 
 class KafkaHeadersGetter(Getter[Headers]):
@@ -143,7 +147,9 @@ class TracingMiddleware(Middleware):
         self.group_id = group_id
         self.system = system
         self._kafka = system == "kafka"
+        self._provider = tracer_provider
         self._tracer = trace.get_tracer("toolkit.consumer", tracer_provider=tracer_provider)
+        self._fast: Any = _UNRESOLVED  # how spans start, once the provider is known (_resolve)
         self._open: dict[int, _Traced] = {}  # id(record) -> its span; the entry keeps the record alive
         self._textmap: Any = None
         self._fields: frozenset[str] = frozenset()
@@ -157,28 +163,50 @@ class TracingMiddleware(Middleware):
 
     @property
     def open_spans(self) -> int:
-        """Records whose span has not ended yet (in flight)."""
+        """Records in flight whose span has not ended yet (a record whose span was dropped without the SDK is
+        not kept: nothing of it is recorded)."""
         return len(self._open)
 
     # -- hooks ------------------------------------------------------------------------------------------
     # The cost per record is the SDK's (docs/tracing.md, "Cost"), so the hot path gives it as little as
-    # it can: the span starts bare (the sampler decides on the name, kind and parent alone), an unsampled
-    # record's span is the SDK's non-recording one and never sees an attribute, and a recorded span gets
-    # all its attributes in one call (one check per value, one lock) when it ends.
+    # it can: with the SDK's standard samplers a record they would drop never reaches the SDK (its
+    # non-recording span is made in _sampling, and not kept here), the span starts bare (the sampler decides
+    # on the name, kind and parent alone), an unsampled record's span never sees an attribute, and a recorded
+    # span gets all its attributes in one call (one check per value, one lock) when it ends.
     def on_record(self, record: Record) -> None:
         headers = _record_headers(record)
         parent = self._extract(headers) if headers else _NO_CONTEXT
-        span = self._tracer.start_span(f"process {record.topic()}", context=parent, kind=SpanKind.CONSUMER)
-        traced = _Traced(record, span)
+        fast = self._fast if self._fast is not _UNRESOLVED else self._resolve()
+        if fast is None:
+            span = self._tracer.start_span(f"process {record.topic()}", context=parent, kind=SpanKind.CONSUMER)
+            keep = True
+        else:  # the SDK's standard sampler: a record it would drop never reaches the SDK, nor is it kept here
+            span, keep = fast.start(f"process {record.topic()}", parent, parent is not _NO_CONTEXT)
         stale = self._open.pop(id(record), None)
         if stale is not None:  # the same record object again while its earlier run has not ended
             self._finish(stale, "abandoned")
-        self._open[id(record)] = traced
+        if keep:
+            self._open[id(record)] = _Traced(record, span)
         # The span is the current one for the rest of the record's run: on_record runs in its lane's task,
         # the handler too (a plain one in a copy of the task's context), and so does what the handler
         # publishes. Nothing to undo: the lane's next record replaces it, and the lane's context ends with
         # the lane. (An around_handler hook would cost every record two coroutine frames more.)
         otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def _resolve(self) -> Any:
+        """The fast path's sampling (toolkit.observability._sampling) when the provider is the SDK's and its
+        sampler a standard one, else None: then every span starts on the SDK's own path. The global provider
+        may be installed after the middleware was made: until then nothing is kept."""
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return None
+        self._fast = None
+        if "opentelemetry.sdk.trace" in sys.modules:  # else the provider cannot be the SDK's
+            from toolkit.observability._sampling import FastSampling
+
+            self._tracer = provider.get_tracer("toolkit.consumer")  # the proxy's delegate, if it was a proxy
+            self._fast = FastSampling.of(self._tracer)
+        return self._fast
 
     def _extract(self, headers: Headers) -> Context:
         """The propagated context, read only when a header the propagators use is there (the common record
