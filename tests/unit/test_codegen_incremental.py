@@ -177,8 +177,9 @@ def test_a_job_the_broken_pool_refuses_is_reported_with_its_file(
 
 
 def test_a_worker_never_finalizes_garbage_of_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Garbage waiting here for a full collection (a Kafka consumer dropped unclosed, say) must not be finalized
-    in a forked worker: librdkafka's threads are not there, it aborts the worker, and the pool breaks."""
+    """Garbage waiting here for a full collection (the Kafka clients of a consumer that ran in this process,
+    say) must not be finalized in a forked worker: librdkafka's threads are not there, the worker aborts or
+    crashes, and the pool breaks."""
     import gc
     import os
 

@@ -334,8 +334,9 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
 
     The workers are forked with every object of this process frozen (:func:`gc.freeze`): a worker's
     garbage collector must never finalize what it inherited. Garbage of this process waiting for its next
-    full collection, say a Kafka consumer dropped unclosed, would be finalized in the worker, where the
-    library's threads do not exist: librdkafka aborts the worker, and the pool breaks.
+    full collection, such as the Kafka clients of a consumer that ran here (a test suite's), would be
+    finalized in the worker, without the threads librdkafka started here: the worker aborts or crashes and
+    the pool breaks ("terminated abruptly").
     """
     workers = min(workers or default_workers(), len(jobs))
     results: list[tuple[Job, str | SchemaFileError]] = []
