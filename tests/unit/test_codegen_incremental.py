@@ -149,6 +149,69 @@ def test_a_dying_worker_is_reported_with_its_file(tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_job_the_broken_pool_refuses_is_reported_with_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a worker died the pool refuses new jobs (BrokenProcessPool from submit): that job's file is
+    reported as the running ones are, not a bare BrokenProcessPool."""
+    import concurrent.futures
+    import concurrent.futures.process
+
+    from toolkit.errors import CodegenError
+
+    real = concurrent.futures.ProcessPoolExecutor.submit
+    submitted: list[object] = []
+
+    def submit(pool, fn, /, *args, **kwargs):
+        submitted.append(args[0])
+        if len(submitted) > 1:  # the first worker died meanwhile
+            raise concurrent.futures.process.BrokenProcessPool("A child process terminated abruptly")
+        return real(pool, fn, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", submit)
+    with pytest.raises(CodegenError) as caught:
+        run_codegen(SCHEMAS, tmp_path / "out", workers=2)
+    refused = submitted[1].path  # type: ignore[attr-defined]
+    assert str(refused) in str(caught.value) and "worker process died" in str(caught.value)
+    assert "--jobs 1" in str(caught.value) and not (tmp_path / "out").exists()
+
+
+def test_a_worker_never_finalizes_garbage_of_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Garbage waiting here for a full collection (the Kafka clients of a consumer that ran in this process,
+    say) must not be finalized in a forked worker: librdkafka's threads are not there, the worker aborts or
+    crashes, and the pool breaks."""
+    import gc
+    import os
+
+    parent = os.getpid()
+
+    class Unclosed:
+        def __init__(self) -> None:
+            self.cycle = self  # only the garbage collector frees it
+
+        def __del__(self) -> None:
+            if os.getpid() != parent:  # finalized in a worker: die as librdkafka's assertion does
+                os._exit(134)
+
+    real = build.render_module
+
+    def render(schema_file, class_name):
+        if os.getpid() != parent:
+            gc.collect()  # a full collection in the worker, as a long render may start
+        return real(schema_file, class_name)
+
+    monkeypatch.setattr(build, "render_module", render)
+    gc.disable()  # the garbage stays until the workers are forked
+    try:
+        Unclosed()
+        run = run_codegen(SCHEMAS, tmp_path / "out", workers=2)
+    finally:
+        gc.enable()
+        gc.collect()
+    assert run.build.rendered == MODULES
+    assert _tree(tmp_path / "out") == _tree(COMMITTED)
+
+
 def test_a_reused_module_is_validated_under_the_current_rules(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     # Generated while the rules allowed a root without "type"; the rule came after: the module is intact and
     # its input hash unchanged (the hash does not cover the checks), yet --check and codegen must refuse it.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -330,6 +331,12 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
     The smallest job of each format is rendered here first: that imports the generator's lazily loaded
     parts, jsonschema and the Avro libraries once (seconds on a cold start), and forked workers inherit
     them instead of each importing them again. The pool then takes the largest schemas first.
+
+    The workers are forked with every object of this process frozen (:func:`gc.freeze`): a worker's
+    garbage collector must never finalize what it inherited. Garbage of this process waiting for its next
+    full collection, such as the Kafka clients of a consumer that ran here (a test suite's), would be
+    finalized in the worker, without the threads librdkafka started here: the worker aborts or crashes and
+    the pool breaks ("terminated abruptly").
     """
     workers = min(workers or default_workers(), len(jobs))
     results: list[tuple[Job, str | SchemaFileError]] = []
@@ -346,9 +353,13 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
     else:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [(job, pool.submit(_render_one, *_render_args(job))) for job in jobs]
-            results += [(job, _result(job, future)) for job, future in futures]
+        gc.freeze()  # the workers are forked in this block: their collector skips all they inherit
+        try:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [(job, _submit(pool, job)) for job in jobs]
+                results += [(job, _result(job, future)) for job, future in futures]
+        finally:
+            gc.unfreeze()
     rendered: dict[str, str] = {}
     errors: list[SchemaFileError] = []
     for job, result in results:
@@ -358,6 +369,17 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
             rendered[job.module] = result
     errors.sort(key=lambda error: str(error.path))
     return rendered, errors
+
+
+def _submit(pool: concurrent.futures.ProcessPoolExecutor, job: Job) -> concurrent.futures.Future:
+    """``job`` submitted to ``pool``; once a worker died the pool refuses more, and the job fails as the
+    ones it was running did (reported by :func:`_result`, not raised from here)."""
+    try:
+        return pool.submit(_render_one, *_render_args(job))
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        failed: concurrent.futures.Future = concurrent.futures.Future()
+        failed.set_exception(exc)
+        return failed
 
 
 def _result(job: Job, future: concurrent.futures.Future) -> str | SchemaFileError:
