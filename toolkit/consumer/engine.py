@@ -402,11 +402,12 @@ class Engine:
         )
         workers = self._workers
         on_outcome = self.hooks.on_outcome
+        ready_of, monotonic, tracker, acks = self._ready, time.monotonic, part.tracker, self._acks
         try:
             while lane and not part.revoked and not self._stopping:
-                if time.monotonic() >= yield_at:
+                if monotonic() >= yield_at:
                     await asyncio.sleep(0)
-                    yield_at = time.monotonic() + _LANE_SLICE_S
+                    yield_at = monotonic() + _LANE_SLICE_S
                     continue
                 if part.held:  # a dead letter of this partition is refused: wait until it is delivered
                     await self._until_unheld(part)
@@ -416,13 +417,13 @@ class Engine:
                 msg = lane[0]
                 finished: bool | None
                 try:
-                    ready = self._ready(msg) if fast else None
+                    ready = ready_of(msg) if fast else None
                     if ready is None:
                         finished = await self._process(part, msg)
-                    elif not ready.route.is_async or not workers.try_acquire():
-                        finished = await self._process(part, msg, ready)
+                    elif not ready[1].is_async or not workers.try_acquire():
+                        finished = await self._process(part, msg, Prepared(*ready))
                     else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
-                        message, route = ready.message, ready.route
+                        message, route = ready
                         handled = handling.set(message)  # for the producer's correlationId carry-over
                         try:
                             result = await route.call(message)
@@ -442,7 +443,7 @@ class Engine:
                                 self.hooks.outcome_after(hook, msg, message, DONE, 1)
                             finished = True
                         else:
-                            finished = await self._process(part, msg, ready, result)
+                            finished = await self._process(part, msg, Prepared(message, route), result)
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
                     self.hooks.abandoned(msg)
@@ -464,12 +465,12 @@ class Engine:
                     lane.popleft()
                     part.buffered -= 1
                     self._in_flight -= 1
-                if self._acks is not None:
+                if acks is not None:
                     if finished is not None:  # (None: accepted once its dead letter is acknowledged)
-                        self._acks.acknowledge(msg, bool(finished))
+                        acks.acknowledge(msg, bool(finished))
                     continue
                 if finished:
-                    part.tracker.done(msg.offset())
+                    tracker.done(msg.offset())
                 elif finished is False and not part.revoked:
                     break  # stopping (STOP policy or shutdown): nothing after it may be committed
         finally:
@@ -484,17 +485,18 @@ class Engine:
             self._update_pauses()
             self._check_idle()
 
-    def _ready(self, msg: Record) -> Prepared | None:
+    def _ready(self, msg: Record) -> tuple[Message[Any], Route] | None:
         """The fast lane's first step: a record whose schema is resolved (no registry lookup) through every
         stage, as its message and route; None when the registry must be asked or a stage fails, and
         :meth:`_process` then takes the record from the start (the stages are pure: only work is repeated)."""
         try:
             decoded, source = self.pipeline.locate(msg.value(), msg.topic())
             if source.__class__ is Plan:  # the common case: an earlier record with the same header got through
-                return Prepared(self.pipeline.planned(decoded, source, msg), source.route)  # type: ignore[arg-type, union-attr]
+                return self.pipeline.planned(decoded, source, msg), source.route  # type: ignore[arg-type, union-attr]
             if isinstance(source, tuple):
                 return None
-            return self._finish(msg, decoded, source)
+            prepared = self._finish(msg, decoded, source)
+            return prepared.message, prepared.route
         except Exception:  # noqa: BLE001 - _process meets it again and decides the outcome
             return None
 
