@@ -127,7 +127,8 @@ class SchemaIdKey(NamedTuple):
     schema_id: int
 
 
-@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs 3x, and one is made per record)
+# Not frozen (a frozen dataclass's __init__ costs 3x, and one is made per record), still hashable: never mutated
+@dataclass(slots=True, unsafe_hash=True)
 class WireRecord:
     """A value in Confluent's wire format, split: the schema id and the payload still undecoded (its schema
     comes from the registry). ``header`` is None: the pipeline synthesizes one once the schema is known."""

@@ -212,6 +212,23 @@ def test_a_worker_never_finalizes_garbage_of_this_process(tmp_path: Path, monkey
     assert _tree(tmp_path / "out") == _tree(COMMITTED)
 
 
+def test_codegen_leaves_what_the_caller_froze_frozen(tmp_path: Path) -> None:
+    """A pre-fork server that froze its objects (gc.freeze) and runs codegen in-process keeps them frozen;
+    codegen's own freeze is undone when nobody had frozen anything."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    run_codegen(SCHEMAS, tmp_path / "a", workers=2)
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_codegen(SCHEMAS, tmp_path / "b", workers=2)
+        assert gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_a_reused_module_is_validated_under_the_current_rules(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     # Generated while the rules allowed a root without "type"; the rule came after: the module is intact and
     # its input hash unchanged (the hash does not cover the checks), yet --check and codegen must refuse it.

@@ -93,3 +93,25 @@ def test_a_plain_function_handler_and_on_record_middleware_use_the_full_path(mon
         broker2.produce("orders", envelope("orders", 1, ORDER))
     _run(broker2, handle, middleware=[Watch()])
     assert seen == [-1, 0, -1, 1] and calls == [0, 1]  # on_record runs before each, as before
+
+
+def test_a_stage_raising_a_base_exception_is_an_outcome_on_the_fast_lane_too() -> None:
+    """User code runs in the stages (model index, validators, subject strategy): a SystemExit raised there is
+    the record's outcome (dead letter), as on the full path, and never stops the lane."""
+
+    class Exploding:
+        def get(self, schema_name: str, version: int):
+            raise SystemExit("a model index that exits")
+
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    handled: list[int] = []
+
+    async def handle(message) -> None:
+        handled.append(message.offset)
+
+    _run(broker, handle, models=Exploding())
+    assert handled == []
+    assert [d.json()["source"]["offset"] for d in broker.records("orders.dlq")] == [0, 1, 2]
+    assert broker.committed("g", "orders") == 3

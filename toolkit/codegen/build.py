@@ -353,13 +353,17 @@ def _render_all(jobs: list[Job], workers: int | None) -> tuple[dict[str, str], l
     else:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        gc.freeze()  # the workers are forked in this block: their collector skips all they inherit
+        # The workers are forked in this block: their collector skips all they inherit. Objects the caller
+        # froze itself (e.g. a pre-fork server) stay frozen: unfreeze() would release those too.
+        frozen_by_caller = gc.get_freeze_count() > 0
+        gc.freeze()
         try:
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = [(job, _submit(pool, job)) for job in jobs]
                 results += [(job, _result(job, future)) for job, future in futures]
         finally:
-            gc.unfreeze()
+            if not frozen_by_caller:
+                gc.unfreeze()
     rendered: dict[str, str] = {}
     errors: list[SchemaFileError] = []
     for job, result in results:

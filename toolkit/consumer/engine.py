@@ -420,6 +420,8 @@ class Engine:
                     ready = ready_of(msg) if fast else None
                     if ready is None:
                         finished = await self._process(part, msg)
+                    elif isinstance(ready, BaseException):  # a stage failed: only its outcome is left to decide
+                        finished = await self._process(part, msg, None, ready)
                     elif not ready[1].is_async or not workers.try_acquire():
                         finished = await self._process(part, msg, Prepared(*ready))
                     else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
@@ -485,10 +487,11 @@ class Engine:
             self._update_pauses()
             self._check_idle()
 
-    def _ready(self, msg: Record) -> tuple[Message[Any], Route] | None:
+    def _ready(self, msg: Record) -> tuple[Message[Any], Route] | BaseException | None:
         """The fast lane's first step: a record whose schema is resolved (no registry lookup) through every
-        stage, as its message and route; None when the registry must be asked or a stage fails, and
-        :meth:`_process` then takes the record from the start (the stages are pure: only work is repeated)."""
+        stage, as its message and route; the exception of the stage that failed (its outcome is decided by
+        :meth:`_process`, as if it had run the stage); None when the registry must be asked (:meth:`_process`
+        takes the record from the start)."""
         try:
             decoded, source = self.pipeline.locate(msg.value(), msg.topic())
             if source.__class__ is Plan:  # the common case: an earlier record with the same header got through
@@ -497,8 +500,8 @@ class Engine:
                 return None
             prepared = self._finish(msg, decoded, source)
             return prepared.message, prepared.route
-        except Exception:  # noqa: BLE001 - _process meets it again and decides the outcome
-            return None
+        except BaseException as exc:  # noqa: BLE001 - every failure is an outcome (no await here: not a cancel)
+            return exc
 
     async def _process(
         self, part: _Partition, msg: Record, prepared: Prepared | None = None, ran: Any = _NOT_RUN
@@ -507,7 +510,7 @@ class Engine:
         letter is on its way (done on acknowledgement), False when abandoned (never committed).
 
         From the fast lane: ``prepared``, the record through every stage, and ``ran``, what its handler's first
-        attempt returned or raised (when it ran)."""
+        attempt returned or raised (when it ran), or the exception of the stage that failed (no ``prepared``)."""
         hooks = self.hooks
         if hooks.on_record:
             hooks.record(msg)

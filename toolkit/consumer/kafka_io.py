@@ -416,7 +416,7 @@ class PollThread:
             return False
         if self._window_paused or time.monotonic() - self._full_since >= WINDOW_HOLD_S:
             return False
-        time.sleep(0.01)
+        time.sleep(0.002)
         return True
 
     def _apply_window(self, free: int) -> None:
