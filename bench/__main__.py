@@ -56,7 +56,7 @@ ALL = ["L0", "L1", "T", "T-metrics", "T-tuned", "T-traced", "T-sampled", "T-samp
 # in 100 or none sampled) cost, against 0.9x of the same run with them off; X/X@base: the toolkit contender X
 # against another revision (--baseline), e.g. T/T@base, T-traced/T-traced@base
 TARGETS = [
-    ("T", "L1", 0.8),
+    ("T", "L1", 0.9),  # the goal for JSON and Avro envelopes (0.8 was the first target)
     ("T", "P1", 3.0),
     ("T", "P2", 2.0),
     ("T-metrics", "T", 0.9),
@@ -71,8 +71,9 @@ TARGETS = [
     ("T-unsampled", "T-unsampled@base", 1.0),
 ]
 # per format, targets that differ from TARGETS: in Confluent's wire format P2 is DeserializingConsumer with
-# AvroDeserializer (binary Avro, no JSON Schema validation): the toolkit is to be faster, not 2x
-FORMAT_TARGETS = {"avro-wire": {("T", "P2"): 1.0}}
+# AvroDeserializer (binary Avro, no JSON Schema validation): the toolkit is to be faster, not 2x; and a record
+# takes L1 a third less time there (no envelope, no JSON), so the same engine is a larger share: 0.8
+FORMAT_TARGETS = {"avro-wire": {("T", "P2"): 1.0, ("T", "L1"): 0.8}}
 LABELS = {
     "L0": "raw librdkafka (L0)",
     "L1": "hand-written loop (L1)",

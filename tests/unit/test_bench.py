@@ -196,7 +196,7 @@ def test_summarize_takes_medians_and_the_target_ratios():
     block = summarize("json", "shared", 1000, 700, "topic", samples)
     assert block["contenders"]["L1"]["median_msgs_per_s"] == 100
     assert block["contenders"]["T"]["label"] == "toolkit (T)"
-    assert block["ratios"]["T/L1"] == {"ratio": 0.85, "target": 0.8, "met": True}
+    assert block["ratios"]["T/L1"] == {"ratio": 0.85, "target": 0.9, "met": False}
     assert block["ratios"]["T/P1"]["ratio"] == 4.25
     assert "T/P2" not in block["ratios"]
     assert block["contenders"]["P2"]["note"] == "boom" and block["contenders"]["P2"]["steal_pct"] == 2.0
