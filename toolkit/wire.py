@@ -160,6 +160,8 @@ def split(value: bytes | None, part: str = "value") -> WireRecord:
         MessageError: stage ``decode``: no value (a tombstone), not bytes, a magic byte other than 0, or
             fewer bytes than the prefix.
     """
+    if value.__class__ is bytes and len(value) >= PREFIX_BYTES and value[0] == MAGIC:  # the common case, first
+        return WireRecord(int.from_bytes(value[1:PREFIX_BYTES], "big"), value[PREFIX_BYTES:])  # type: ignore[index]
     if value is None:
         raise MessageError("decode", f"the record has no {part}" + (" (a tombstone)" if part == "value" else ""))
     if not isinstance(value, bytes | bytearray):

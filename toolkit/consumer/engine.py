@@ -498,6 +498,8 @@ class Engine:
                 return self.pipeline.planned(decoded, source, msg), source.route  # type: ignore[arg-type, union-attr]
             if isinstance(source, tuple):
                 return None
+            if decoded.__class__ is WireRecord:
+                return self.pipeline.planned_wire(decoded, source, msg)  # type: ignore[arg-type]
             prepared = self._finish(msg, decoded, source)
             return prepared.message, prepared.route
         except BaseException as exc:  # noqa: BLE001 - every failure is an outcome (no await here: not a cancel)

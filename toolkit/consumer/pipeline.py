@@ -591,16 +591,18 @@ class Pipeline:
         :meth:`_finish_wire` (``source`` is the id's :class:`~toolkit.wire.WireSchema`).
         """
         if decoded.__class__ is WireRecord:
-            return self._finish_wire(
-                decoded,  # type: ignore[arg-type]
-                source,  # type: ignore[arg-type]
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                key=key,
-                value=value,
-                headers=headers,
-                timestamp=timestamp,
+            return Prepared(
+                *self._finish_wire(
+                    decoded,  # type: ignore[arg-type]
+                    source,  # type: ignore[arg-type]
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    value,
+                    headers,
+                    timestamp,
+                )
             )
         header = decoded.header
         assert header is not None
@@ -625,11 +627,31 @@ class Pipeline:
         return Prepared(message, route)
 
     # -- Confluent's wire format ---------------------------------------------------------------------------
+    def planned_wire(self, decoded: WireRecord, wire: WireSchema, record: Record) -> tuple[Message[Any], Route]:
+        """:meth:`finish` for a record in the wire format, its context read from ``record`` (the engine's fast
+        lane: no Prepared, no keyword arguments).
+
+        Raises:
+            MessageError: stages ``schema``, ``decode``, ``validation``, ``model`` or ``routing``.
+            SchemaNotYetKnown: no subject of the id is one the topic reads yet.
+        """
+        _, timestamp = record.timestamp()
+        return self._finish_wire(
+            decoded,
+            wire,
+            record.topic(),
+            record.partition(),
+            record.offset(),
+            record.key(),
+            record.value(),
+            record.headers(),
+            timestamp if timestamp > 0 else None,
+        )
+
     def _finish_wire(
         self,
         record: WireRecord,
         wire: WireSchema,
-        *,
         topic: str,
         partition: int,
         offset: int,
@@ -637,7 +659,7 @@ class Pipeline:
         value: bytes | None,
         headers: list[tuple[str, bytes | None]] | None,
         timestamp: int | None,
-    ) -> Prepared:
+    ) -> tuple[Message[Any], Route]:
         """Stages ``schema`` (the subject among the id's that the topic reads), ``decode`` (the payload),
         ``validation`` (a JSON payload), ``model`` and ``routing``, then the synthesized header."""
         if not isinstance(wire, WireSchema):
@@ -701,7 +723,7 @@ class Pipeline:
         )
         if not self._keys_raw and key is not None:
             self._read_key(topic, key, message)
-        return Prepared(message, plan.route)
+        return message, plan.route
 
     def _choose_subject(
         self, topic: str, wire: WireSchema, message_type: str | None, named: str | None, *, key: bool = False
