@@ -462,3 +462,13 @@ print(json.dumps({k: v for k, v in c._STAGES.items() if k != "on"}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     stages = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(stages) == {"envelope", "validation", "model"} and all(v > 0 for v in stages.values())
+
+
+def test_engine_cost_runs_the_toolkit_and_the_hand_loop_over_the_same_records(capsys) -> None:
+    from bench import engine_cost
+
+    for who in ("toolkit", "hand"):
+        engine_cost.main(["engine_cost", who, "30", "json"])
+        assert f"{who} json:" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="usage"):
+        engine_cost.main(["engine_cost", "toolkit", "30"])
