@@ -396,12 +396,12 @@ class Engine:
         # over every few milliseconds so commits, new batches and signals are served on time.
         yield_at = time.monotonic() + _LANE_SLICE_S
         # The fast lane (most records): no coroutine, no keyword call and no Prepared per record between the
-        # lane and the handler; anything it does not cover goes through _process.
-        fast = (
-            self._acks is None and not self.hooks.on_record and not self.hooks.around and not self.pipeline.reads_keys
-        )
+        # lane and the handler; anything it does not cover goes through _process (around_handler middleware
+        # too: the stages done here, its chain there).
+        fast = self._acks is None and not self.pipeline.reads_keys
         workers = self._workers
-        on_outcome = self.hooks.on_outcome
+        hooks = self.hooks
+        on_outcome, on_record, around = hooks.on_outcome, hooks.on_record, hooks.around
         ready_of, monotonic, tracker, acks = self._ready, time.monotonic, part.tracker, self._acks
         try:
             while lane and not part.revoked and not self._stopping:
@@ -417,13 +417,17 @@ class Engine:
                 msg = lane[0]
                 finished: bool | None
                 try:
-                    ready = ready_of(msg) if fast else None
+                    ready = None
+                    if fast:
+                        if on_record:
+                            hooks.record(msg)
+                        ready = ready_of(msg)
                     if ready is None:
-                        finished = await self._process(part, msg)
+                        finished = await self._process(part, msg, recorded=fast)
                     elif isinstance(ready, BaseException):  # a stage failed: only its outcome is left to decide
-                        finished = await self._process(part, msg, None, ready)
-                    elif not ready[1].is_async or not workers.try_acquire():
-                        finished = await self._process(part, msg, Prepared(*ready))
+                        finished = await self._process(part, msg, None, ready, recorded=True)
+                    elif around or not ready[1].is_async or not workers.try_acquire():
+                        finished = await self._process(part, msg, Prepared(*ready), recorded=True)
                     else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
                         message, route = ready
                         handled = handling.set(message)  # for the producer's correlationId carry-over
@@ -445,7 +449,7 @@ class Engine:
                                 self.hooks.outcome_after(hook, msg, message, DONE, 1)
                             finished = True
                         else:
-                            finished = await self._process(part, msg, Prepared(message, route), result)
+                            finished = await self._process(part, msg, Prepared(message, route), result, recorded=True)
                 except Exception as exc:  # a bug of ours: stop rather than silently stall the partition
                     log.exception("internal error processing a record", extra=log_context(msg))
                     self.hooks.abandoned(msg)
@@ -506,15 +510,22 @@ class Engine:
             return exc
 
     async def _process(
-        self, part: _Partition, msg: Record, prepared: Prepared | None = None, ran: Any = _NOT_RUN
+        self,
+        part: _Partition,
+        msg: Record,
+        prepared: Prepared | None = None,
+        ran: Any = _NOT_RUN,
+        *,
+        recorded: bool = False,
     ) -> bool | None:
         """Run one record to a final outcome: True when done (commit may pass it), None when its dead
         letter is on its way (done on acknowledgement), False when abandoned (never committed).
 
         From the fast lane: ``prepared``, the record through every stage, and ``ran``, what its handler's first
-        attempt returned or raised (when it ran), or the exception of the stage that failed (no ``prepared``)."""
+        attempt returned or raised (when it ran), or the exception of the stage that failed (no ``prepared``);
+        ``recorded``: the record's ``on_record`` hooks were called there."""
         hooks = self.hooks
-        if hooks.on_record:
+        if hooks.on_record and not recorded:  # (the fast lane called them)
             hooks.record(msg)
         attempt, outages = 1, 0
         acks = self._acks
