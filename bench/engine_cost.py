@@ -3,6 +3,7 @@ hand-written loop's work (parse the envelope, validate the body, build the model
 
     python -m bench.engine_cost toolkit 20000 json   # CPU microseconds per record (process time)
     python -m bench.engine_cost hand 20000 json
+    python -m bench.engine_cost toolkit 20000 json 0.1   # with tracing, one trace in ten sampled (0 to 1)
 
 Under valgrind the figure is exact and the same on any machine, busy or not: the instructions one more
 record costs, from two runs whose only difference is the record count (start-up and imports cancel out):
@@ -39,13 +40,16 @@ def _broker(count: int, fmt: str):
     return broker
 
 
-def toolkit(count: int, fmt: str) -> float:
-    """CPU seconds from the first record handled to the last, the toolkit's defaults otherwise."""
+def toolkit(count: int, fmt: str, sampled: float | None = None) -> float:
+    """CPU seconds from the first record handled to the last, the toolkit's defaults otherwise; ``sampled``:
+    with TracingMiddleware on the OpenTelemetry SDK (that share of the traces sampled, the spans batched and
+    dropped, as the bench's tracing contenders)."""
     from toolkit.consumer import KafkaConsumer
 
     broker = _broker(count, fmt)
     state = {"seen": 0, "started": 0.0, "ended": 0.0}
-    consumer = KafkaConsumer(group_id="g", transport=broker.transport("g"), stop_when_idle=True)
+    middleware = [] if sampled is None else [_tracing(sampled)]
+    consumer = KafkaConsumer(group_id="g", transport=broker.transport("g"), stop_when_idle=True, middleware=middleware)
 
     async def handle(message) -> None:
         if not state["seen"]:
@@ -59,6 +63,22 @@ def toolkit(count: int, fmt: str) -> float:
     if state["seen"] != count:
         raise SystemExit(f"handled {state['seen']} of {count} records")
     return state["ended"] - state["started"]
+
+
+def _tracing(sampled: float):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    from toolkit.observability.tracing import TracingMiddleware
+
+    class Dropped(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled >= 1 else ParentBased(TraceIdRatioBased(sampled)))
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    return TracingMiddleware(group_id="g", tracer_provider=provider)
 
 
 def hand(count: int, fmt: str) -> float:
@@ -81,11 +101,18 @@ def hand(count: int, fmt: str) -> float:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 4 or argv[1] not in ("toolkit", "hand") or argv[3] not in ("json", "avro"):
-        raise SystemExit("usage: python -m bench.engine_cost toolkit|hand COUNT json|avro")
+    usage = "usage: python -m bench.engine_cost toolkit|hand COUNT json|avro [SAMPLED (toolkit: tracing on, 0-1)]"
+    if len(argv) not in (4, 5) or argv[1] not in ("toolkit", "hand") or argv[3] not in ("json", "avro"):
+        raise SystemExit(usage)
+    if len(argv) == 5 and argv[1] != "toolkit":
+        raise SystemExit(usage)
     count = int(argv[2])
-    seconds = (toolkit if argv[1] == "toolkit" else hand)(count, argv[3])
-    print(f"{argv[1]} {argv[3]}: {1e6 * seconds / count:.1f} us CPU per record ({count:,} records)")
+    if argv[1] == "hand":
+        seconds = hand(count, argv[3])
+    else:
+        seconds = toolkit(count, argv[3], float(argv[4]) if len(argv) == 5 else None)
+    what = f" tracing {argv[4]} sampled" if len(argv) == 5 else ""
+    print(f"{argv[1]} {argv[3]}{what}: {1e6 * seconds / count:.1f} us CPU per record ({count:,} records)")
 
 
 if __name__ == "__main__":

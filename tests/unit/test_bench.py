@@ -470,5 +470,7 @@ def test_engine_cost_runs_the_toolkit_and_the_hand_loop_over_the_same_records(ca
     for who in ("toolkit", "hand"):
         engine_cost.main(["engine_cost", who, "30", "json"])
         assert f"{who} json:" in capsys.readouterr().out
+    engine_cost.main(["engine_cost", "toolkit", "30", "json", "0.5"])
+    assert "toolkit json tracing 0.5 sampled:" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="usage"):
         engine_cost.main(["engine_cost", "toolkit", "30"])
