@@ -157,7 +157,7 @@ def resume(bootstrap: str, runs: int) -> dict:
 
 
 def markdown(block: dict) -> list[str]:
-    measured = f"Measured {block.get('when', '')}"
+    measured = f"Measured {block['when']}" if block.get("when") else "Measured in this run"
     if block.get("load_average_1m"):
         measured += f", 1-minute load average {block['load_average_1m'][0]} then {block['load_average_1m'][1]}"
     lines = [
