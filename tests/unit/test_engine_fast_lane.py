@@ -115,3 +115,33 @@ def test_a_stage_raising_a_base_exception_is_an_outcome_on_the_fast_lane_too() -
     assert handled == []
     assert [d.json()["source"]["offset"] for d in broker.records("orders.dlq")] == [0, 1, 2]
     assert broker.committed("g", "orders") == 3
+
+
+def test_on_record_and_around_handler_middleware_see_every_record_and_every_attempt() -> None:
+    """With both hooks: on_record once per record (before its stages), around_handler around every handler
+    attempt (the retry's too); a record whose stages fail never reaches around_handler."""
+    events: list[tuple[str, int]] = []
+
+    class Watch(Middleware):
+        def on_record(self, record) -> None:
+            events.append(("record", record.offset()))
+
+        async def around_handler(self, message, call_next):
+            events.append(("around", message.offset))
+            return await call_next(message)
+
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    broker.produce("orders", b"{not json")
+    attempts: dict[int, int] = {}
+
+    async def handle(message) -> None:
+        attempts[message.offset] = attempts.get(message.offset, 0) + 1
+        if message.offset == 1 and attempts[1] == 1:
+            raise Retry("once", delay_s=0.01)
+
+    consumer = _run(broker, handle, middleware=[Watch()])
+    assert [e for e in events if e[0] == "record"] == [("record", o) for o in range(4)]
+    assert [e for e in events if e[0] == "around"] == [("around", 0), ("around", 1), ("around", 1), ("around", 2)]
+    assert broker.committed("g", "orders") == 4 and consumer.stats["orders"].processed == 3
