@@ -676,7 +676,7 @@ def main() -> None:
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "load_average": {"start": [round(v, 2) for v in os.getloadavg()]},
         "calibration": {"start": machine.calibrate()},
-        "parameters": vars(args) | {"out": str(args.out)},
+        "parameters": vars(args) | {"out": _shown(args.out)},
         "throughput": [],
     }
     print(f"[machine] {report['machine']}; calibration {report['calibration']['start']:,.0f} ops/s", flush=True)
@@ -710,6 +710,14 @@ def main() -> None:
     print(f"wrote {args.out}/{written}")
     if not args.throughput_only:
         share_groups.run_and_write(bootstrap, args.runs, args.out, report["machine"])
+
+
+def _shown(path: Path) -> str:
+    """A path as the report records it: relative to the repository when inside it (no machine's own paths)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _names(parser: argparse.ArgumentParser, raw: str, allowed: list[str]) -> list[str]:

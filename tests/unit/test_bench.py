@@ -474,3 +474,10 @@ def test_engine_cost_runs_the_toolkit_and_the_hand_loop_over_the_same_records(ca
     assert "toolkit json tracing 0.5 sampled:" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="usage"):
         engine_cost.main(["engine_cost", "toolkit", "30"])
+
+
+def test_the_report_records_an_output_folder_inside_the_repository_relative_to_it(tmp_path) -> None:
+    from bench.__main__ import _shown
+
+    assert _shown(ROOT / "bench" / "results") == "bench/results"
+    assert _shown(tmp_path) == str(tmp_path)
