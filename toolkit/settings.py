@@ -332,6 +332,10 @@ class ConsumerSettings(BaseSettings):
     # Seconds a record whose schema the registry does not know waits (its partition holding, the
     # registry asked again with backoff) before it is dead-lettered at stage "schema"; 0 = at once.
     unknown_schema_grace_s: Annotated[float, Field(allow_inf_nan=False)] = 30.0
+    # Seconds a Kafka consumer may have no partition before the broker is asked whether it is stuck out of its
+    # group (then it is recreated: docs/group-membership.md); unset: three session timeouts, at least 30 s;
+    # 0: never asked.
+    rejoin_timeout_s: Annotated[float | None, Field(ge=0, le=86_400, allow_inf_nan=False)] = None
     # How each topic's record values are read: topic=format pairs (envelope, confluent, auto; * for every
     # other topic), e.g. "payments=confluent,orders=auto". Unlisted topics are envelopes.
     value_formats: Annotated[dict[str, ValueFormat], NoDecode] = {}

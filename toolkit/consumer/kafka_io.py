@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
+from toolkit.consumer.rejoin import RejoinWatchdog, default_after_s, group_describer
 from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
 from toolkit.errors import BrokerAccessDenied, BrokerAuthenticationFailed, BrokerUnavailable, ConfigError
 
@@ -188,6 +189,7 @@ def check_access(
 
 # How long a full in-flight window only stops fetching before the partitions are paused (see _hold).
 WINDOW_HOLD_S = 1.0
+RECREATE_CLOSE_WAIT_S = 10.0  # how long the poll thread waits for a consumer the rejoin watchdog replaces
 
 
 # Commands from the event loop to the poll thread, run between fetches (the thread owns the consumer).
@@ -231,6 +233,7 @@ class PollThread:
         drain_timeout_s: float = 60.0,
         observers: list[TransportObserver] | None = None,
         lag_interval_s: float = 5.0,
+        watchdog: RejoinWatchdog | None = None,
     ) -> None:
         self._config = config
         self._topics = topics
@@ -260,16 +263,25 @@ class PollThread:
         self._async_commits: deque[float] = deque(maxlen=1000)  # start times; answered in order
         self.last_poll: float | None = None
         self.lag: dict[TP, int] = {}  # replaced whole at each statistics report
+        # The rejoin watchdog (toolkit/consumer/rejoin.py) and when the consumer last had no partition left.
+        self._watchdog = watchdog
+        self._unassigned_since: float | None = None
+        self.recreated = 0  # consumers recreated by the watchdog
 
     # -- called from the event loop ------------------------------------------------------------------
     def start(self) -> None:
+        self.consumer = self._new_consumer()
+        self._thread.start()
+
+    def _new_consumer(self) -> Consumer:
         config = dict(self._config, on_commit=self._on_commit)
         if self._observers:  # librdkafka's statistics give each partition's lag (log end - committed)
             config.setdefault("statistics.interval.ms", max(100, int(self._lag_interval_s * 1000)))
             config["stats_cb"] = self._statistics(config.get("stats_cb"))
-        self.consumer = Consumer(config)
-        self.consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
-        self._thread.start()
+        consumer = Consumer(config)
+        consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
+        self._unassigned_since = time.monotonic()
+        return consumer
 
     def commit(self, positions: list[Position], *, sync: bool = False) -> Future[None]:
         """Store and commit ``positions``; those of an earlier assignment are skipped."""
@@ -334,6 +346,11 @@ class PollThread:
             if not self._fetching.is_set():
                 time.sleep(0.02)
                 continue
+            if self._unassigned_since is not None and self._watchdog is not None:
+                stuck = self._watchdog.check(self._unassigned_since, consumer.memberid)
+                if stuck:
+                    consumer = self._recreate(consumer, stuck)
+                    continue
             free = self._max_in_flight - in_flight() - self._handed_over
             if self._hold(free):
                 continue
@@ -351,6 +368,36 @@ class PollThread:
                     with self._handover_lock:
                         self._handed_over += len(records)
                     self._loop.call_soon_threadsafe(self._hand_over, records, ends)
+
+    def _recreate(self, old: Consumer, reason: str) -> Consumer:
+        """Close ``old`` (on a thread of its own: librdkafka may take its time leaving a group it is not
+        really in) and subscribe a new consumer. ``old`` has no partition, so nothing is committed or
+        released; its rebalance callbacks, if any, are ignored (:meth:`_retired`)."""
+        log.warning(
+            "the Kafka consumer is out of group %s and not getting back in (%s) while the broker answers: "
+            "closing it and subscribing a new one (nothing was committed meanwhile)",
+            self._config.get("group.id"),
+            reason,
+        )
+        closer = threading.Thread(target=_close_quietly, args=(old,), name="epistle-poll-close", daemon=True)
+        closer.start()
+        closer.join(RECREATE_CLOSE_WAIT_S)
+        if closer.is_alive():
+            log.warning(
+                "the old consumer did not close within %.0f s; it is left to close on its own", RECREATE_CLOSE_WAIT_S
+            )
+        self._window_paused = False  # (nothing was assigned: nothing is paused in the new consumer)
+        self._full_since = None
+        self.lag = {}
+        self.consumer = consumer = self._new_consumer()
+        self.recreated += 1
+        assert self._watchdog is not None
+        self._watchdog.reset()
+        return consumer
+
+    def _retired(self, consumer: Consumer) -> bool:
+        """A rebalance callback of a consumer the watchdog replaced (served while it closes)."""
+        return consumer is not self.consumer
 
     def _sort(self, batch: list[Any]) -> tuple[list[Any], list[TP]]:
         """Records apart from errors: partition ends (those not followed by a record of the partition),
@@ -567,6 +614,8 @@ class PollThread:
         # _revoked resumes what it gives up; resuming here too covers a pause from any older assignment.
         # Both are no-ops for a partition that is not paused (or not known yet). A new assignment starts
         # unpaused in the loop too, so no pause by the loop may outlive it here.
+        if self._retired(consumer):
+            return
         self._paused_by_loop.difference_update((tp.topic, tp.partition) for tp in partitions)
         _resume(consumer, partitions)
         if self._window_paused:  # end the window pause for the partitions kept too, or they stay paused
@@ -580,13 +629,15 @@ class PollThread:
             self._next_generation += 1
             self._generation[(tp.topic, tp.partition)] = self._next_generation
             assigned.append(Assignment(tp.topic, tp.partition, self._next_generation))
+        if self._generation:
+            self._unassigned_since = None
         log.info("partitions assigned: %s", [(a.topic, a.partition) for a in assigned])
         if assigned:
             self._loop.call_soon_threadsafe(self._events.on_assign, assigned)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition], lost: bool = False) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
-        if not tps:
+        if not tps or self._retired(consumer):
             return
         log.info("partitions %s: %s", "lost" if lost else "revoked", tps)
         try:
@@ -600,10 +651,19 @@ class PollThread:
         for tp in tps:
             self._generation.pop(tp, None)
             self._paused_by_loop.discard(tp)
+        if not self._generation and self._unassigned_since is None:
+            self._unassigned_since = time.monotonic()
         _resume(consumer, partitions)  # librdkafka would keep the pause for when they are assigned again
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked(consumer, partitions, lost=True)
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except Exception as exc:  # noqa: BLE001 - a replaced consumer: nothing depends on its closing well
+        log.warning("closing the replaced consumer failed: %s", exc)
 
 
 async def _awaited(awaitable: Awaitable[list[Position]]) -> list[Position]:
@@ -656,6 +716,9 @@ class KafkaTransport:
             included; ours are set by :class:`~toolkit.consumer.runtime.KafkaConsumer`).
         dead_letter_config: the dead-letter producer's extra settings (over ``consumer_config``'s
             connection settings).
+        rejoin_timeout_s: how long the consumer may have no partition before the broker is asked whether it
+            is stuck out of its group (toolkit/consumer/rejoin.py); None: three sessions, at least 30 s;
+            0: never asked.
     """
 
     def __init__(
@@ -666,8 +729,10 @@ class KafkaTransport:
         dead_letter_config: dict[str, Any] | None = None,
         drain_timeout_s: float = 30.0,
         dead_letter_suffix: str | None = None,
+        rejoin_timeout_s: float | None = None,
     ) -> None:
         self.consumer_config = consumer_config
+        self._rejoin_timeout_s = default_after_s(consumer_config) if rejoin_timeout_s is None else rejoin_timeout_s
         # connect() checks WRITE on each topic's dead-letter topic (None: no dead letters, not checked)
         self.dead_letter_suffix = dead_letter_suffix
         self._client_config = client_config
@@ -716,6 +781,11 @@ class KafkaTransport:
                 drain_timeout_s=self._drain_timeout_s,
                 observers=self._observers,
                 lag_interval_s=self._lag_interval_s,
+                watchdog=(
+                    RejoinWatchdog(group_describer(self._client_config, topics), group_id, self._rejoin_timeout_s)
+                    if self._rejoin_timeout_s > 0
+                    else None
+                ),
             )
             poller.start()
         except Exception as exc:  # librdkafka refused the configuration

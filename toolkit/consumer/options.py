@@ -32,6 +32,7 @@ _BOUNDED = (
     "commit_interval_s",
     "dlq_max_message_bytes",
     "startup_timeout_s",
+    "rejoin_timeout_s",
 )
 _KAFKA = ("startup_timeout_s",)  # options whose bounds are KafkaSettings' (KAFKA_*), not ConsumerSettings'
 _WHAT = {
@@ -45,6 +46,8 @@ _WHAT = {
     "unknown_schema_grace_s": "seconds a record waits for a schema the registry does not know, 0 "
     "dead-letters it at once",
     "startup_timeout_s": "seconds start() waits for a broker to answer",
+    "rejoin_timeout_s": "seconds without partitions before the broker is asked whether the consumer is stuck out "
+    "of its group, 0 never",
 }
 
 
@@ -117,7 +120,13 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
     for name in ("max_workers", "max_poll_records", "max_in_flight", "max_nesting_depth", "dlq_max_message_bytes"):
         if name in given:
             _number(name, given[name], integer=True)
-    for name in ("commit_interval_s", "shutdown_timeout_s", "unknown_schema_grace_s", "startup_timeout_s"):
+    for name in (
+        "commit_interval_s",
+        "shutdown_timeout_s",
+        "unknown_schema_grace_s",
+        "startup_timeout_s",
+        "rejoin_timeout_s",
+    ):
         if name in given:
             _number(name, given[name], integer=False)
     if "mode" in given and given["mode"] not in MODES:
@@ -232,6 +241,9 @@ class ConsumerOptions:
     """Topic -> ``envelope``, ``confluent`` or ``auto`` (``*``: every other topic); envelope by default."""
     key_formats: dict[str, Any] = field(default_factory=dict)
     """Topic -> ``raw``, ``confluent`` or ``auto`` (``*``: every other topic); raw by default."""
+    rejoin_timeout_s: float | None = None
+    """Seconds without partitions before the broker is asked whether the consumer is stuck out of its group;
+    None: three session timeouts (at least 30 s); 0: never."""
 
     @classmethod
     def resolve(cls, settings: Settings | None, arguments: Mapping[str, Any]) -> ConsumerOptions:
@@ -304,6 +316,9 @@ class ConsumerOptions:
             ),
             key_formats=(
                 check_key_formats(a["key_formats"]) if a.get("key_formats") is not None else dict(cfg.key_formats)
+            ),
+            rejoin_timeout_s=(
+                float(a["rejoin_timeout_s"]) if a.get("rejoin_timeout_s") is not None else cfg.rejoin_timeout_s
             ),
         )
 

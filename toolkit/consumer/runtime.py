@@ -84,6 +84,9 @@ class KafkaConsumer:
         mode: ``group`` (a consumer group, the default) or ``share`` (a Kafka share group, KIP-932: any number of
             consumers share every partition, each record is acknowledged on its own, nothing is ordered;
             ordering must be UNORDERED, the default there); EPISTLE_CONSUMER_MODE.
+        rejoin_timeout_s: how long a Kafka consumer may have no partition before the broker is asked whether
+            it is stuck out of its group, then recreated (``EPISTLE_REJOIN_TIMEOUT_S``; unset: three session
+            timeouts, at least 30 s; 0: never; docs/group-membership.md).
         transport: the broker side; None is Kafka through librdkafka (a share consumer with mode share).
             ``toolkit.consumer.amqp.RabbitTransport(url)`` consumes RabbitMQ queues instead (topic = queue);
             ``toolkit.testing.InMemoryBroker``'s ``transport(group_id)`` runs the same consumer without a broker.
@@ -125,6 +128,7 @@ class KafkaConsumer:
         middleware: Sequence[Middleware] | None = None,
         transport: Transport | None = None,
         mode: str | None = None,
+        rejoin_timeout_s: float | None = None,
     ) -> None:
         self.options = ConsumerOptions.resolve(settings, locals())
         self.settings = settings
@@ -328,6 +332,7 @@ class KafkaConsumer:
             dead_letter_config=options.dead_letter_producer_config,
             drain_timeout_s=options.shutdown_timeout_s,
             dead_letter_suffix=options.dlq_suffix if options.error_policy is ErrorPolicy.DEAD_LETTER else None,
+            rejoin_timeout_s=options.rejoin_timeout_s,
         )
 
     async def stop(self) -> None:
