@@ -335,7 +335,9 @@ class ConsumerSettings(BaseSettings):
     # Seconds a Kafka consumer may have no partition before the broker is asked whether it is stuck out of its
     # group (then it is recreated: docs/group-membership.md); unset: three session timeouts, at least 30 s;
     # 0: never asked.
-    rejoin_timeout_s: Annotated[float | None, Field(ge=0, le=86_400, allow_inf_nan=False)] = None
+    rejoin_timeout_s: Annotated[
+        float | None, Field(ge=0, le=86_400, allow_inf_nan=False, description="three session timeouts, at least 30 s")
+    ] = None
     # How each topic's record values are read: topic=format pairs (envelope, confluent, auto; * for every
     # other topic), e.g. "payments=confluent,orders=auto". Unlisted topics are envelopes.
     value_formats: Annotated[dict[str, ValueFormat], NoDecode] = {}
@@ -469,10 +471,9 @@ def _build(cls: type[BaseSettings], env_file: str | Path | None, overrides: dict
                 problems.append(message)
                 continue
             if error["type"] in _RANGE_ERRORS and error["loc"] and error["loc"][0] in cls.model_fields:
-                message += (
-                    f"; fix: set {name} in that range, or unset it for the default "
-                    f"({cls.model_fields[error['loc'][0]].default})"
-                )
+                field = cls.model_fields[error["loc"][0]]  # (a default computed later is described instead)
+                default = field.description if field.default is None and field.description else field.default
+                message += f"; fix: set {name} in that range, or unset it for the default ({default})"
             # The offending value is shown unless the setting is a secret.
             shown = "" if _is_secret(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}{shown}: {message}")

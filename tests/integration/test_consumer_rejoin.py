@@ -26,8 +26,9 @@ from toolkit.registry import LocalFolderRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = json.loads((ROOT / "schemas/orders/samples/1/valid/required-fields-only.json").read_text())
-REJOIN_S = 3.0
-RECREATED = "is out of group"
+SESSION_MS = 6000
+REJOIN_S = 6.0  # (at least one session)
+RECREATED = "is not a member of group"
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def _consumer(bootstrap: str, group: str, topic: str, handled: Counter[str], **k
         registry=LocalFolderRegistry(ROOT / "schemas"),
         commit_interval_s=0.2,
         rejoin_timeout_s=REJOIN_S,
-        kafka_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        kafka_config={"session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500},
         topics=[topic],
         **kw,
     )
@@ -145,8 +146,9 @@ def test_an_idle_member_and_a_consumer_of_a_missing_topic_are_left_alone(
         await _until(lambda: any(p._unassigned_since is None for p in pollers), 60, "an assignment")
         idle = [p for p in pollers if p._unassigned_since is not None]
         assert len(idle) == 1, "both members have the partition"
-        # Long enough for the watchdog to have asked several times: REJOIN_S, then one question a second.
-        await asyncio.sleep(REJOIN_S + 6)
+        # The watchdogs of the idle member and of the missing topic's consumer got answers, several times.
+        watched = [*idle, _poller(c)]
+        await _until(lambda: all(p._watchdog.answers >= 3 for p in watched), 60, "three answers each")
         assert [p.recreated for p in (*pollers, _poller(c))] == [0, 0, 0]
         assert sorted(_members(kafka_bootstrap, group_id)) == members  # no member replaced or added
         for member in (a, b, c):

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
-from toolkit.consumer.rejoin import RejoinWatchdog, default_after_s, group_describer
+from toolkit.consumer.rejoin import RejoinWatchdog, after_s, group_describer
 from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
 from toolkit.errors import BrokerAccessDenied, BrokerAuthenticationFailed, BrokerUnavailable, ConfigError
 
@@ -266,6 +266,9 @@ class PollThread:
         # The rejoin watchdog (toolkit/consumer/rejoin.py) and when the consumer last had no partition left.
         self._watchdog = watchdog
         self._unassigned_since: float | None = None
+        self._retiring: Consumer | None = None  # the consumer being (or last) replaced
+        self._replacing: tuple[threading.Thread, float] | None = None  # its closing thread, since when
+        self._said_waiting = False
         self.recreated = 0  # consumers recreated by the watchdog
 
     # -- called from the event loop ------------------------------------------------------------------
@@ -346,10 +349,17 @@ class PollThread:
             if not self._fetching.is_set():
                 time.sleep(0.02)
                 continue
+            if self._replacing is not None:  # the rejoin watchdog's new consumer, once the old one is closed
+                replaced = self._replaced() if self._fetching.is_set() else None  # (stopping: no new one)
+                if replaced is None:
+                    time.sleep(0.02)
+                else:
+                    consumer = replaced
+                continue
             if self._unassigned_since is not None and self._watchdog is not None:
                 stuck = self._watchdog.check(self._unassigned_since, consumer.memberid)
                 if stuck:
-                    consumer = self._recreate(consumer, stuck)
+                    self._recreate(consumer, stuck)
                     continue
             free = self._max_in_flight - in_flight() - self._handed_over
             if self._hold(free):
@@ -369,35 +379,63 @@ class PollThread:
                         self._handed_over += len(records)
                     self._loop.call_soon_threadsafe(self._hand_over, records, ends)
 
-    def _recreate(self, old: Consumer, reason: str) -> Consumer:
-        """Close ``old`` (on a thread of its own: librdkafka may take its time leaving a group it is not
-        really in) and subscribe a new consumer. ``old`` has no partition, so nothing is committed or
-        released; its rebalance callbacks, if any, are ignored (:meth:`_retired`)."""
+    def _recreate(self, old: Consumer, reason: str) -> None:
+        """Start replacing ``old``: it is closed on a thread of its own (librdkafka may take its time leaving a
+        group it is not really in) while this thread goes on serving the loop's commands; :meth:`_replaced`
+        subscribes the new consumer. ``old`` has no partition, so nothing is committed or released; its
+        rebalance callbacks from now on (served by its close) are ignored (:meth:`_retired`)."""
         log.warning(
-            "the Kafka consumer is out of group %s and not getting back in (%s) while the broker answers: "
-            "closing it and subscribing a new one (nothing was committed meanwhile)",
+            "the Kafka consumer is not a member of group %s and not getting back in (%s) while the broker "
+            "answers: closing it and subscribing a new one (nothing was committed meanwhile)",
             self._config.get("group.id"),
             reason,
         )
+        self._retiring = old
+        self._async_commits.clear()  # (their answers would never come)
         closer = threading.Thread(target=_close_quietly, args=(old,), name="epistle-poll-close", daemon=True)
+        self._replacing = (closer, time.monotonic())
         closer.start()
-        closer.join(RECREATE_CLOSE_WAIT_S)
+
+    def _replaced(self) -> Consumer | None:
+        """The new consumer once the old one is closed; None while it is still closing. Without static
+        membership the new one starts after ``RECREATE_CLOSE_WAIT_S`` whatever the old one does; with a
+        ``group.instance.id`` only once the old one is gone (two live consumers with one instance id fence
+        each other, and the fenced one would stop the whole consumer)."""
+        assert self._replacing is not None
+        closer, started = self._replacing
         if closer.is_alive():
+            waited = time.monotonic() - started
+            if waited < RECREATE_CLOSE_WAIT_S:
+                return None
+            if self._config.get("group.instance.id"):
+                if not self._said_waiting:
+                    self._said_waiting = True
+                    log.warning(
+                        "the replaced consumer has not closed within %.0f s; the new one waits for it "
+                        "(group.instance.id %s cannot be used by two consumers at once)",
+                        RECREATE_CLOSE_WAIT_S,
+                        self._config.get("group.instance.id"),
+                    )
+                return None
             log.warning(
-                "the old consumer did not close within %.0f s; it is left to close on its own", RECREATE_CLOSE_WAIT_S
+                "the replaced consumer has not closed within %.0f s; it is left to close on its own",
+                RECREATE_CLOSE_WAIT_S,
             )
+        self._replacing = None
+        self._said_waiting = False
         self._window_paused = False  # (nothing was assigned: nothing is paused in the new consumer)
         self._full_since = None
         self.lag = {}
         self.consumer = consumer = self._new_consumer()
         self.recreated += 1
         assert self._watchdog is not None
-        self._watchdog.reset()
+        self._watchdog.recreated()
         return consumer
 
     def _retired(self, consumer: Consumer) -> bool:
-        """A rebalance callback of a consumer the watchdog replaced (served while it closes)."""
-        return consumer is not self.consumer
+        """A rebalance callback of a consumer the watchdog is replacing or replaced (served while it closes,
+        on the closing thread)."""
+        return consumer is self._retiring or consumer is not self.consumer
 
     def _sort(self, batch: list[Any]) -> tuple[list[Any], list[TP]]:
         """Records apart from errors: partition ends (those not followed by a record of the partition),
@@ -511,15 +549,17 @@ class PollThread:
                 elif isinstance(command, _Pause):
                     tps = self._current(command.assignments)
                     self._paused_by_loop.update(tps)
-                    consumer.pause([TopicPartition(t, p) for t, p in tps])
+                    if tps:
+                        consumer.pause([TopicPartition(t, p) for t, p in tps])
                 elif isinstance(command, _Resume):
                     tps = self._current(command.assignments)
                     self._paused_by_loop.difference_update(tps)
-                    if not self._window_paused:
+                    if tps and not self._window_paused:
                         consumer.resume([TopicPartition(t, p) for t, p in tps])
                 else:
                     try:
-                        consumer.close()
+                        if self._replacing is None:  # (else the consumer is closing already, no new one started)
+                            consumer.close()
                     finally:
                         self._closed.set()
                         command.done.set_result(None)
@@ -717,8 +757,8 @@ class KafkaTransport:
         dead_letter_config: the dead-letter producer's extra settings (over ``consumer_config``'s
             connection settings).
         rejoin_timeout_s: how long the consumer may have no partition before the broker is asked whether it
-            is stuck out of its group (toolkit/consumer/rejoin.py); None: three sessions, at least 30 s;
-            0: never asked.
+            is stuck out of its group (toolkit/consumer/rejoin.py; at least one session timeout); None: three
+            session timeouts, at least 30 s; 0: never asked.
     """
 
     def __init__(
@@ -732,7 +772,7 @@ class KafkaTransport:
         rejoin_timeout_s: float | None = None,
     ) -> None:
         self.consumer_config = consumer_config
-        self._rejoin_timeout_s = default_after_s(consumer_config) if rejoin_timeout_s is None else rejoin_timeout_s
+        self._rejoin_timeout_s = after_s(consumer_config, rejoin_timeout_s)
         # connect() checks WRITE on each topic's dead-letter topic (None: no dead letters, not checked)
         self.dead_letter_suffix = dead_letter_suffix
         self._client_config = client_config
