@@ -16,6 +16,7 @@
     │   └── RegistryRejected        the registry refused a schema (incompatible, invalid)
     ├── MessageError                the record itself is at fault: dead-lettered at once with its stage
     ├── RetryableError              raised by a handler: "not now", retried with backoff, then dead-lettered
+    │   └── HandlerTimedOut         a handler attempt ran past EPISTLE_HANDLER_TIMEOUT_S: retried the same way
     ├── BrokerUnavailable           the Kafka cluster cannot be reached: pause and retry
     │   └── BrokerUnreachable       no broker answered at start-up within KAFKA_STARTUP_TIMEOUT_S
     ├── BrokerAccessDenied          the principal lacks an ACL it needs (READ on a topic, WRITE on its dead-letter
@@ -196,6 +197,21 @@ class MessageError(EpistleError):
 
 class RetryableError(EpistleError):
     """Raise from a handler to ask for a retry with backoff (dead-lettered after the last attempt)."""
+
+
+class HandlerTimedOut(RetryableError):
+    """A handler attempt ran past ``handler_timeout_s`` (``EPISTLE_HANDLER_TIMEOUT_S``): retried like a
+    :class:`RetryableError`, dead-lettered at stage ``retries_exhausted`` after the last attempt.
+    ``timeout_s`` is the limit it ran past; ``still_running``: a plain-function handler's thread still runs
+    (Python cannot stop a thread; an ``async def`` handler is cancelled)."""
+
+    def __init__(self, timeout_s: float, *, still_running: bool = False) -> None:
+        super().__init__(
+            f"the handler did not finish within {timeout_s:g} s (EPISTLE_HANDLER_TIMEOUT_S)"
+            + ("; it goes on in its thread, its result ignored" if still_running else "; it was cancelled")
+        )
+        self.timeout_s = timeout_s
+        self.still_running = still_running
 
 
 class BrokerUnavailable(EpistleError):

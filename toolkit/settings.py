@@ -335,6 +335,11 @@ class ConsumerSettings(BaseSettings):
     # Seconds a Kafka consumer may have no partition before the broker is asked whether it is stuck out of its
     # group (then it is recreated: docs/group-membership.md); unset: three session timeouts, at least 30 s;
     # 0: never asked.
+    # Seconds one handler attempt may run; past it the attempt fails with HandlerTimedOut (retried, then
+    # dead-lettered at stage retries_exhausted). Unset: no limit.
+    handler_timeout_s: Annotated[float | None, Field(gt=0, le=86_400, allow_inf_nan=False, description="no limit")] = (
+        None
+    )
     rejoin_timeout_s: Annotated[
         float | None, Field(ge=0, le=86_400, allow_inf_nan=False, description="three session timeouts, at least 30 s")
     ] = None

@@ -3,7 +3,9 @@ original bytes, retries and their exhaustion, ``Retry``/``DeadLetter``, and ``Er
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
@@ -175,3 +177,83 @@ def test_a_dead_letter_over_the_consumers_limit_is_sent_shortened(backend: Backe
     assert original_record(dl.value).value == big
     assert handler.calls == [("m1", 1, 1)]
     assert backend.committed(topic) == {0: 2}
+
+
+def test_an_async_handler_past_its_timeout_is_cancelled_retried_then_dead_lettered(backend: Backend) -> None:
+    """A handler that never finishes (a hung call, a lost wake-up) does not hold its partition for good:
+    each attempt is cancelled at ``handler_timeout_s`` and counts as a retryable failure."""
+    topic = backend.topic()
+    backend.produce(topic, [order("m0"), order("m1"), order("m2")])
+    calls: list[tuple[str, int]] = []
+    cancelled: list[int] = []
+
+    async def handler(message) -> None:
+        calls.append((message.header.message_id, message.attempt))
+        if message.header.message_id == "m1":
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                cancelled.append(message.attempt)
+                raise
+
+    consumer = backend.consumer(handler_timeout_s=0.3)
+    consumer.register_handler(topic, handler)
+    run(consumer)
+    assert calls == [("m0", 1), ("m1", 1), ("m1", 2), ("m1", 3), ("m2", 1)]
+    assert cancelled == [1, 2, 3]
+    (dl,) = backend.dead_letters(topic)
+    error = dl.json()["error"]
+    assert error["stage"] == "retries_exhausted"
+    assert "HandlerTimedOut: the handler did not finish within 0.3 s" in error["reason"]
+    assert error["reason"].endswith("(attempt 3 of 3)")
+    stats = consumer.stats[topic]
+    assert (stats.processed, stats.retried, stats.dead_lettered) == (2, 2, {"retries_exhausted": 1})
+    assert backend.committed(topic) == {0: 3}
+
+
+def test_a_plain_function_past_its_timeout_keeps_its_worker_until_it_returns(backend: Backend) -> None:
+    """A plain function cannot be stopped: its attempt fails at the limit, and the retry waits for the worker
+    it still holds (max_workers=1) instead of timing out in a queue before it ever ran."""
+    topic = backend.topic()
+    backend.produce(topic, [order("m0"), order("m1"), order("m2")])
+    events: list[tuple[str, str, int]] = []
+
+    def handler(message) -> None:
+        key = message.header.message_id, message.attempt
+        events.append(("start", *key))
+        if key == ("m1", 1):
+            time.sleep(1.0)  # past the 0.3 s limit, then returns (its result ignored)
+        events.append(("end", *key))
+
+    consumer = backend.consumer(handler_timeout_s=0.3, max_workers=1)
+    consumer.register_handler(topic, handler)
+    run(consumer)
+    assert events == [
+        ("start", "m0", 1),
+        ("end", "m0", 1),
+        ("start", "m1", 1),
+        ("end", "m1", 1),  # the first attempt's thread ended before the retry started
+        ("start", "m1", 2),
+        ("end", "m1", 2),
+        ("start", "m2", 1),
+        ("end", "m2", 1),
+    ]
+    stats = consumer.stats[topic]
+    assert (stats.processed, stats.retried, stats.dead_lettered_total) == (3, 1, 0)
+    assert backend.dead_letters(topic) == []
+    assert backend.committed(topic) == {0: 3}
+
+
+def test_a_handlers_own_timeout_error_is_an_ordinary_failure(backend: Backend) -> None:
+    topic = backend.topic()
+    backend.produce(topic, [order("m0")])
+
+    async def handler(message) -> None:
+        raise TimeoutError("the payment service did not answer")
+
+    consumer = backend.consumer(handler_timeout_s=30)
+    consumer.register_handler(topic, handler)
+    run(consumer)
+    (dl,) = backend.dead_letters(topic)
+    assert dl.json()["error"]["stage"] == "handler"
+    assert dl.json()["error"]["reason"] == "TimeoutError: the payment service did not answer"

@@ -51,7 +51,7 @@ from toolkit.consumer.transport import (
     Transport,
 )
 from toolkit.envelope import DecodedRecord
-from toolkit.errors import BrokerUnavailable, ConsumerStopped
+from toolkit.errors import BrokerUnavailable, ConsumerStopped, HandlerTimedOut
 from toolkit.settings import OrderingMode
 from toolkit.wire import WireRecord, WireSchema
 
@@ -153,6 +153,7 @@ class Engine:
         self.stopped = asyncio.Event()  # set by request_stop(): run() then shuts down
         self._loop = asyncio.get_running_loop()
         self._workers = WorkerSlots(options.max_workers)
+        self._handler_timeout_s = options.handler_timeout_s
         self._handler_pool = ThreadPoolExecutor(options.max_workers, thread_name_prefix="epistle-handler")
         # Registry lookups sleep between retries during an outage: they get their own threads, so creating
         # a dead-letter topic never waits behind them (and the other way round).
@@ -399,6 +400,7 @@ class Engine:
         # lane and the handler; anything it does not cover goes through _process (around_handler middleware
         # too: the stages done here, its chain there).
         fast = self._acks is None and not self.pipeline.reads_keys
+        timed = self._handler_timeout_s is not None  # (the handler runs in _run_handler, under its limit)
         workers = self._workers
         hooks = self.hooks
         on_outcome, on_record, around = hooks.on_outcome, hooks.on_record, hooks.around
@@ -426,7 +428,7 @@ class Engine:
                         finished = await self._process(part, msg, recorded=fast)
                     elif isinstance(ready, BaseException):  # a stage failed: only its outcome is left to decide
                         finished = await self._process(part, msg, None, ready, recorded=True)
-                    elif around or not ready[1].is_async or not workers.try_acquire():
+                    elif around or timed or not ready[1].is_async or not workers.try_acquire():
                         finished = await self._process(part, msg, Prepared(*ready), recorded=True)
                     else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
                         message, route = ready
@@ -541,6 +543,7 @@ class Engine:
                 return False
         workers = self._workers
         around = bool(hooks.around)
+        timed = self._handler_timeout_s
         locate = self.pipeline.locate  # stages decode and envelope, then the plan, schema or key to resolve
         keyed = self.pipeline.reads_keys  # keys in the wire format: their schema id resolved off the loop too
         while True:
@@ -568,7 +571,7 @@ class Engine:
                         if around:
                             result = await self._wrap(route)(message)
                         # The common case: no extra coroutine (share groups: the lock is checked in _run_handler)
-                        elif acks is None and route.is_async and workers.try_acquire():
+                        elif acks is None and route.is_async and timed is None and workers.try_acquire():
                             try:
                                 result = await route.call(message)
                             finally:
@@ -681,11 +684,19 @@ class Engine:
         workers = self._workers
         if not workers.try_acquire():  # a free slot is taken without a coroutine
             await workers.acquire()
+        release = True
         try:
             if self._acks is not None:  # share groups: its lock may have run out while it waited for the slot
                 record = _locked_record.get()
                 if record is not None and self._lock_left(record) <= 0:
                     raise _LockLapsed
+            timeout = self._handler_timeout_s
+            if timeout is not None:
+                try:
+                    return await self._call_timed(route, message, timeout)
+                except HandlerTimedOut as exc:
+                    release = not exc.still_running  # (else released when its thread ends)
+                    raise
             if route.is_async:
                 return await route.call(message)
             # A copy of this context, so the worker thread sees the message in `handling` too.
@@ -696,7 +707,50 @@ class Engine:
                 result = await result
             return result
         finally:
-            workers.release()
+            if release:
+                workers.release()
+
+    async def _call_timed(self, route: Route, message: Message[Any], timeout: float) -> Any:
+        """The handler's result within ``timeout`` seconds; past it, :class:`~toolkit.errors.HandlerTimedOut`.
+        An ``async def`` handler is cancelled; a plain function cannot be (Python cannot stop a thread): it
+        keeps its thread and its worker slot until it returns (``still_running``: the caller leaves the slot
+        to :meth:`_timed_out_thread_ended`), so no more than ``max_workers`` handlers ever run, and its
+        result is ignored."""
+        limit = asyncio.timeout(timeout)
+        if route.is_async:
+            try:
+                async with limit:
+                    return await route.call(message)
+            except TimeoutError:
+                if not limit.expired():  # the handler's own TimeoutError: an ordinary failure
+                    raise
+                raise HandlerTimedOut(timeout) from None
+        running = self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run, route.call, message)
+        try:
+            async with limit:
+                result = await asyncio.shield(running)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            if running.done():
+                if not running.cancelled():
+                    running.exception()  # (retrieved: its result is ignored)
+                raise HandlerTimedOut(timeout) from None
+        log.warning(
+            "a plain-function handler ran past %g s; its thread keeps a worker slot until it returns",
+            timeout,
+            extra={"topic": message.topic, "partition": message.partition, "offset": message.offset},
+        )
+        running.add_done_callback(self._timed_out_thread_ended)
+        raise HandlerTimedOut(timeout, still_running=True)
+
+    def _timed_out_thread_ended(self, running: asyncio.Future[Any]) -> None:
+        if not running.cancelled():
+            running.exception()  # (retrieved: its result is ignored)
+        self._workers.release()
 
     # -- dead letters -------------------------------------------------------------------------------------
     async def _dead_letter(

@@ -33,6 +33,7 @@ _BOUNDED = (
     "dlq_max_message_bytes",
     "startup_timeout_s",
     "rejoin_timeout_s",
+    "handler_timeout_s",
 )
 _KAFKA = ("startup_timeout_s",)  # options whose bounds are KafkaSettings' (KAFKA_*), not ConsumerSettings'
 _WHAT = {
@@ -46,6 +47,7 @@ _WHAT = {
     "unknown_schema_grace_s": "seconds a record waits for a schema the registry does not know, 0 "
     "dead-letters it at once",
     "startup_timeout_s": "seconds start() waits for a broker to answer",
+    "handler_timeout_s": "seconds one handler attempt may run before it fails with HandlerTimedOut",
     "rejoin_timeout_s": "seconds without partitions before the broker is asked whether the consumer is stuck out "
     "of its group, 0 never",
 }
@@ -126,6 +128,7 @@ def check_consumer_options(arguments: Mapping[str, Any]) -> list[str] | None:
         "unknown_schema_grace_s",
         "startup_timeout_s",
         "rejoin_timeout_s",
+        "handler_timeout_s",
     ):
         if name in given:
             _number(name, given[name], integer=False)
@@ -241,6 +244,9 @@ class ConsumerOptions:
     """Topic -> ``envelope``, ``confluent`` or ``auto`` (``*``: every other topic); envelope by default."""
     key_formats: dict[str, Any] = field(default_factory=dict)
     """Topic -> ``raw``, ``confluent`` or ``auto`` (``*``: every other topic); raw by default."""
+    handler_timeout_s: float | None = None
+    """Seconds one handler attempt may run before it fails with :class:`~toolkit.errors.HandlerTimedOut`;
+    None: no limit."""
     rejoin_timeout_s: float | None = None
     """Seconds without partitions before the broker is asked whether the consumer is stuck out of its group;
     None: three session timeouts (at least 30 s); 0: never."""
@@ -316,6 +322,9 @@ class ConsumerOptions:
             ),
             key_formats=(
                 check_key_formats(a["key_formats"]) if a.get("key_formats") is not None else dict(cfg.key_formats)
+            ),
+            handler_timeout_s=(
+                float(a["handler_timeout_s"]) if a.get("handler_timeout_s") is not None else cfg.handler_timeout_s
             ),
             rejoin_timeout_s=(
                 float(a["rejoin_timeout_s"]) if a.get("rejoin_timeout_s") is not None else cfg.rejoin_timeout_s

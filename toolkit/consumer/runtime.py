@@ -84,6 +84,11 @@ class KafkaConsumer:
         mode: ``group`` (a consumer group, the default) or ``share`` (a Kafka share group, KIP-932: any number of
             consumers share every partition, each record is acknowledged on its own, nothing is ordered;
             ordering must be UNORDERED, the default there); EPISTLE_CONSUMER_MODE.
+        handler_timeout_s: how long one handler attempt may run (``EPISTLE_HANDLER_TIMEOUT_S``; None: no
+            limit). Past it the attempt fails with :class:`~toolkit.errors.HandlerTimedOut`, retried like a
+            :class:`~toolkit.errors.RetryableError` and dead-lettered at stage ``retries_exhausted`` after the
+            last attempt: an ``async def`` handler is cancelled, a plain function keeps its thread until it
+            returns (Python cannot stop a thread; its result is ignored).
         rejoin_timeout_s: how long a Kafka consumer may have no partition before the broker is asked whether
             it is stuck out of its group, then recreated (``EPISTLE_REJOIN_TIMEOUT_S``; unset: three session
             timeouts, at least 30 s; 0: never; docs/group-membership.md).
@@ -129,6 +134,7 @@ class KafkaConsumer:
         transport: Transport | None = None,
         mode: str | None = None,
         rejoin_timeout_s: float | None = None,
+        handler_timeout_s: float | None = None,
     ) -> None:
         self.options = ConsumerOptions.resolve(settings, locals())
         self.settings = settings
