@@ -84,3 +84,48 @@ def test_watermark_is_contiguous_done_prefix(data, gaps):
         if unfinished and t.watermark is not None:
             assert t.watermark <= min(unfinished)
     assert t.watermark == offsets[-1] + 1 and t.in_flight == 0
+
+
+def test_the_end_past_transaction_markers_is_committed_once_every_record_is_done():
+    t = OffsetTracker()
+    for o in (0, 1, 2):  # then a commit marker at 3, an aborted transaction 4-6 and its marker at 7
+        t.add(o)
+    t.end_at(8)
+    t.done(1)
+    t.done(0)
+    assert t.watermark == 2  # record 2 is not done: the end waits
+    t.done(2)
+    assert t.watermark == 8
+    assert t.to_commit() == 8
+
+
+def test_an_end_with_nothing_pending_moves_the_watermark_at_once():
+    t = OffsetTracker()
+    t.end_at(5)  # a partition holding only markers and aborted records from where the group stood
+    assert t.watermark == 5
+    t.add(5)
+    t.done(5)
+    t.end_at(9)
+    assert t.watermark == 9
+    t.end_at(7)  # an older end (never behind the watermark)
+    assert t.watermark == 9
+
+
+def test_an_end_is_forgotten_when_a_record_follows_it_or_the_records_are_discarded():
+    t = OffsetTracker()
+    t.add(0)
+    t.end_at(3)
+    t.add(3)  # a record after the end: the end is no longer the partition's
+    t.done(0)
+    assert t.watermark == 1
+    t.done(3)
+    assert t.watermark == 4
+    t.add(4)
+    t.end_at(6)
+    t.discard_pending()  # revoked: nothing of it may move the watermark
+    assert t.watermark == 4
+    t.end_at(4)  # an end at or before the last pending record says nothing
+    t.add(10)
+    t.end_at(10)
+    t.done(10)
+    assert t.watermark == 11

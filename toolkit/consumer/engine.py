@@ -28,7 +28,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +46,7 @@ from toolkit.consumer.transport import (
     AcknowledgingTransport,
     Assignment,
     DeadLetterSink,
+    End,
     Position,
     Record,
     Transport,
@@ -311,7 +312,7 @@ class Engine:
         self._fail(ConsumerStopped(reason))
 
     # -- TransportEvents: fetched records ----------------------------------------------------------------
-    def on_batch(self, records: list[Record], ends: list[tuple[str, int]]) -> None:
+    def on_batch(self, records: list[Record], ends: Sequence[End]) -> None:
         lane_key_of = self._lane_key
         by_partition = self.options.ordering is OrderingMode.PARTITION
         parts = self._parts
@@ -345,10 +346,12 @@ class Engine:
             self._in_flight += 1
             if lane_key not in part.tasks:
                 part.tasks[lane_key] = asyncio.create_task(self._run_lane(part, lane_key, lane))
-        for tp in ends:
-            ended = parts.get(tp)
+        for end in ends:
+            ended = parts.get((end[0], end[1]))
             if ended is not None:
                 ended.eof = True
+                if len(end) == 3 and acks is None and not ended.revoked:  # (past transaction markers)
+                    ended.tracker.end_at(end[2])  # type: ignore[misc]
         self._update_pauses()
         if ends:
             self._check_idle()

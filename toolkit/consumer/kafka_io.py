@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from toolkit.consumer.deadletter import DeadLetterRecord, record_size
 from toolkit.consumer.kafka_log import kafka_logger
 from toolkit.consumer.rejoin import RejoinWatchdog, after_s, group_describer
-from toolkit.consumer.transport import Assignment, FetchState, Position, TransportEvents, TransportObserver
+from toolkit.consumer.transport import Assignment, End, FetchState, Position, TransportEvents, TransportObserver
 from toolkit.errors import BrokerAccessDenied, BrokerAuthenticationFailed, BrokerUnavailable, ConfigError
 
 log = logging.getLogger("toolkit.consumer")
@@ -437,20 +437,21 @@ class PollThread:
         on the closing thread)."""
         return consumer is self._retiring or consumer is not self.consumer
 
-    def _sort(self, batch: list[Any]) -> tuple[list[Any], list[TP]]:
-        """Records apart from errors: partition ends (those not followed by a record of the partition),
-        fatal errors (reported to the engine), and the rest (logged: librdkafka retries them)."""
+    def _sort(self, batch: list[Any]) -> tuple[list[Any], list[End]]:
+        """Records apart from errors: partition ends (those not followed by a record of the partition, with
+        the offset after the end: librdkafka's position, past transaction markers), fatal errors (reported to
+        the engine), and the rest (logged: librdkafka retries them)."""
         if not any(map(_ERROR, batch)):  # (a loop in C: this runs for every batch)
             return batch, []
         records: list[Any] = []
-        ends: dict[TP, None] = {}
+        ends: dict[TP, int] = {}
         for msg in batch:
             err = msg.error()
             if err is None:
                 ends.pop((msg.topic(), msg.partition()), None)
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
-                ends[(msg.topic(), msg.partition())] = None
+                ends[(msg.topic(), msg.partition())] = msg.offset()
             elif err.code() in _DENIED:  # retrying cannot help: an ACL is missing
                 self._loop.call_soon_threadsafe(self._events.on_fatal, denied_reason(err, msg.topic(), self._config))
             elif err.fatal() or err.code() == KafkaError._FATAL:
@@ -460,7 +461,7 @@ class PollThread:
                 self._loop.call_soon_threadsafe(self._events.on_fatal, fatal_reason(err, self._config))
             else:
                 log.warning("fetch error (librdkafka retries): %s", err.str(), extra={"topic": msg.topic()})
-        return records, list(ends)
+        return records, [(topic, partition, offset) for (topic, partition), offset in ends.items()]
 
     @staticmethod
     def _fetch(consumer: Any, limit: int) -> list[Any]:
@@ -478,7 +479,7 @@ class PollThread:
             batch.extend(consumer.consume(num_messages=limit - 1, timeout=0))
         return batch
 
-    def _hand_over(self, records: list[Any], ends: list[TP]) -> None:  # on the loop
+    def _hand_over(self, records: list[Any], ends: list[End]) -> None:  # on the loop
         with self._handover_lock:
             self._handed_over -= len(records)
         self._events.on_batch(records, ends)

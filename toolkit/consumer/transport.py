@@ -108,14 +108,21 @@ class Position:
     generation: int
 
 
+End = tuple[str, int] | tuple[str, int, int]
+"""A partition whose end was reached: ``(topic, partition)``, or ``(topic, partition, offset)`` when the
+transport knows the offset after the end (librdkafka's: past transaction markers and aborted records, which
+are never handed out)."""
+
+
 class TransportEvents(Protocol):
     """What a transport tells the engine. Called on the event loop."""
 
-    def on_batch(self, records: list[Record], ends: list[tuple[str, int]]) -> None:
+    def on_batch(self, records: list[Record], ends: Sequence[End]) -> None:
         """Records fetched, in offset order per partition; ``ends``: partitions whose end was reached
-        after their last record of this batch (for ``stop_when_idle``). An :class:`AcknowledgingTransport`
-        calls it with no records when it delivered nothing for a while and holds nothing: drained, even
-        before any partition was seen."""
+        after their last record of this batch (for ``stop_when_idle``; with an offset, no record below it
+        is handed out any more, so the commit may move up to it once every record is done). An
+        :class:`AcknowledgingTransport` calls it with no records when it delivered nothing for a while and
+        holds nothing: drained, even before any partition was seen."""
 
     def on_assign(self, assigned: list[Assignment]) -> None:
         """Partitions given to this consumer (before any of their records is handed over)."""
