@@ -207,11 +207,14 @@ class HandlerTimedOut(RetryableError):
 
     def __init__(self, timeout_s: float, *, still_running: bool = False) -> None:
         super().__init__(
-            f"the handler did not finish within {timeout_s:g} s (EPISTLE_HANDLER_TIMEOUT_S)"
+            f"the handler did not finish within {timeout_s:g} s, its time limit (handler_timeout_s)"
             + ("; it goes on in its thread, its result ignored" if still_running else "; it was cancelled")
         )
         self.timeout_s = timeout_s
         self.still_running = still_running
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (pickled and copied with its arguments, not its message)
+        return (_handler_timed_out, (self.timeout_s, self.still_running))
 
 
 class BrokerUnavailable(EpistleError):
@@ -282,3 +285,7 @@ class ScaffoldError(EpistleError):
         super().__init__(message)
         self.problems = problems or []
         self.field = field or (self.problems[0].field if self.problems else None)
+
+
+def _handler_timed_out(timeout_s: float, still_running: bool) -> HandlerTimedOut:
+    return HandlerTimedOut(timeout_s, still_running=still_running)

@@ -332,14 +332,14 @@ class ConsumerSettings(BaseSettings):
     # Seconds a record whose schema the registry does not know waits (its partition holding, the
     # registry asked again with backoff) before it is dead-lettered at stage "schema"; 0 = at once.
     unknown_schema_grace_s: Annotated[float, Field(allow_inf_nan=False)] = 30.0
-    # Seconds a Kafka consumer may have no partition before the broker is asked whether it is stuck out of its
-    # group (then it is recreated: docs/group-membership.md); unset: three session timeouts, at least 30 s;
-    # 0: never asked.
     # Seconds one handler attempt may run; past it the attempt fails with HandlerTimedOut (retried, then
     # dead-lettered at stage retries_exhausted). Unset: no limit.
     handler_timeout_s: Annotated[float | None, Field(gt=0, le=86_400, allow_inf_nan=False, description="no limit")] = (
         None
     )
+    # Seconds a Kafka consumer may have no partition before the broker is asked whether it is stuck out of its
+    # group (then it is recreated: docs/group-membership.md); unset: three session timeouts, at least 30 s;
+    # 0: never asked.
     rejoin_timeout_s: Annotated[
         float | None, Field(ge=0, le=86_400, allow_inf_nan=False, description="three session timeouts, at least 30 s")
     ] = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tests.behaviour.backends import Backend, order, run, sample
 from toolkit.consumer import ConsumerStopped, DeadLetter, Middleware, Retry, original_record
 from toolkit.consumer.outcomes import RetryAfter
+from toolkit.errors import HandlerTimedOut
 from toolkit.testing import envelope
 
 
@@ -257,3 +259,68 @@ def test_a_handlers_own_timeout_error_is_an_ordinary_failure(backend: Backend) -
     (dl,) = backend.dead_letters(topic)
     assert dl.json()["error"]["stage"] == "handler"
     assert dl.json()["error"]["reason"] == "TimeoutError: the payment service did not answer"
+
+
+def test_an_async_handler_that_swallows_the_cancel_still_times_out(backend: Backend) -> None:
+    topic = backend.topic()
+    backend.produce(topic, [order("m0"), order("m1")])
+    calls: list[tuple[str, int]] = []
+
+    async def handler(message) -> None:
+        calls.append((message.header.message_id, message.attempt))
+        if message.header.message_id == "m0":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return  # (a handler that must not be cancelled: it returns instead)
+
+    consumer = backend.consumer(handler_timeout_s=0.2)
+    consumer.register_handler(topic, handler)
+    run(consumer)
+    assert calls == [("m0", 1), ("m0", 2), ("m0", 3), ("m1", 1)]
+    (dl,) = backend.dead_letters(topic)
+    assert "HandlerTimedOut" in dl.json()["error"]["reason"]
+    assert backend.committed(topic) == {0: 2}
+
+
+def test_a_retry_on_another_worker_gets_its_own_message_while_the_late_attempt_runs(backend: Backend) -> None:
+    """With a second worker free, the retry does not wait for the late thread: each attempt reads its own
+    message (the attempt number the late one sees at its end is still its own)."""
+    topic = backend.topic()
+    backend.produce(topic, [order("m0"), order("m1")])
+    seen: list[tuple[str, int, int]] = []  # (messageId, attempt at the start, attempt at the end)
+    lock = threading.Lock()
+
+    def handler(message) -> None:
+        first = message.attempt
+        if (message.header.message_id, first) == ("m0", 1):
+            time.sleep(1.0)
+        with lock:
+            seen.append((message.header.message_id, first, message.attempt))
+
+    consumer = backend.consumer(handler_timeout_s=0.3, max_workers=2)
+    consumer.register_handler(topic, handler)
+    run(consumer)  # (may end before the late attempt does: its record was retried and done meanwhile)
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(seen) == [("m0", 1, 1), ("m0", 2, 2), ("m1", 1, 1)]
+    stats = consumer.stats[topic]
+    assert (stats.processed, stats.retried, stats.dead_lettered_total) == (2, 1, 0)
+
+
+def test_a_handler_raising_handler_timed_out_itself_keeps_no_worker(backend: Backend) -> None:
+    topic = backend.topic()
+    backend.produce(topic, [order(f"m{i}") for i in range(3)])
+    calls: list[str] = []
+
+    async def handler(message) -> None:
+        calls.append(message.header.message_id)
+        if message.header.message_id == "m0":
+            raise HandlerTimedOut(1.0, still_running=True)  # (its own, not the limit's: a slot is not kept)
+
+    consumer = backend.consumer(handler_timeout_s=30, max_workers=1)
+    consumer.register_handler(topic, handler)
+    run(consumer)
+    assert calls == ["m0", "m0", "m0", "m1", "m2"]
+    assert backend.committed(topic) == {0: 3}

@@ -535,3 +535,22 @@ def test_every_toolkit_error_is_drawn_in_the_tree_and_scaffold_error_lives_there
     assert toolkit.scaffold.ScaffoldError is toolkit.errors.ScaffoldError
     assert issubclass(toolkit.errors.InvalidArgument, ValueError)
     assert issubclass(toolkit.errors.InvalidArgumentType, TypeError)
+
+
+def test_handler_timed_out_pickles_and_copies_with_its_attributes() -> None:
+    import copy
+    import pickle
+
+    from toolkit.errors import HandlerTimedOut, RetryableError
+
+    for error in (HandlerTimedOut(0.3), HandlerTimedOut(2, still_running=True)):
+        for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+            assert isinstance(again, HandlerTimedOut) and isinstance(again, RetryableError)
+            assert (again.timeout_s, again.still_running, str(again)) == (
+                error.timeout_s,
+                error.still_running,
+                str(error),
+            )
+    assert str(HandlerTimedOut(0.3)) == (
+        "the handler did not finish within 0.3 s, its time limit (handler_timeout_s); it was cancelled"
+    )

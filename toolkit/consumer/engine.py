@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import dataclasses
 import functools
 import inspect
@@ -66,6 +67,9 @@ _locked_record: contextvars.ContextVar[Record | None] = contextvars.ContextVar("
 
 
 _NOT_RUN: Any = object()  # (Engine._process: the fast lane did not run the handler)
+
+
+_THREAD_KEEPS_SLOT = "_epistle_thread_keeps_slot"  # on a HandlerTimedOut whose thread still runs (slot kept)
 
 
 class _LockLapsed(BaseException):
@@ -565,6 +569,11 @@ class Engine:
                             await self._loop.run_in_executor(self._registry_pool, self.pipeline.resolve_key, pending)
                         prepared = self._finish(msg, decoded, source)
                     message = prepared.message
+                    if timed is not None and message.attempt != attempt:
+                        # A retry under a time limit: the previous attempt's plain-function handler may still
+                        # be running past it, reading its own message; this attempt gets a copy.
+                        message = copy.copy(message)
+                        prepared = Prepared(message, prepared.route)
                     message.attempt = attempt
                     if acks is not None:
                         message.delivery_count = attempt
@@ -698,7 +707,8 @@ class Engine:
                 try:
                     return await self._call_timed(route, message, timeout)
                 except HandlerTimedOut as exc:
-                    release = not exc.still_running  # (else released when its thread ends)
+                    if exc.__dict__.get(_THREAD_KEEPS_SLOT):  # (set by _call_timed only, never by a handler)
+                        release = False  # released when its thread ends
                     raise
             if route.is_async:
                 return await route.call(message)
@@ -723,11 +733,14 @@ class Engine:
         if route.is_async:
             try:
                 async with limit:
-                    return await route.call(message)
+                    result = await route.call(message)
             except TimeoutError:
                 if not limit.expired():  # the handler's own TimeoutError: an ordinary failure
                     raise
                 raise HandlerTimedOut(timeout) from None
+            if limit.expired():  # it swallowed the cancel and returned: the attempt still ran past the limit
+                raise HandlerTimedOut(timeout)
+            return result
         running = self._loop.run_in_executor(self._handler_pool, contextvars.copy_context().run, route.call, message)
         try:
             async with limit:
@@ -738,9 +751,12 @@ class Engine:
         except TimeoutError:
             if not limit.expired():
                 raise
-            if running.done():
-                if not running.cancelled():
-                    running.exception()  # (retrieved: its result is ignored)
+            if running.done() and not running.cancelled():  # it returned as the limit struck: its answer counts
+                result = running.result()
+                if not inspect.isawaitable(result):
+                    return result
+                if inspect.iscoroutine(result):
+                    result.close()
                 raise HandlerTimedOut(timeout) from None
         log.warning(
             "a plain-function handler ran past %g s; its thread keeps a worker slot until it returns",
@@ -748,7 +764,9 @@ class Engine:
             extra={"topic": message.topic, "partition": message.partition, "offset": message.offset},
         )
         running.add_done_callback(self._timed_out_thread_ended)
-        raise HandlerTimedOut(timeout, still_running=True)
+        timed_out = HandlerTimedOut(timeout, still_running=True)
+        timed_out.__dict__[_THREAD_KEEPS_SLOT] = True
+        raise timed_out
 
     def _timed_out_thread_ended(self, running: asyncio.Future[Any]) -> None:
         if not running.cancelled():
