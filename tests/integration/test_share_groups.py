@@ -16,8 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from toolkit.consumer import BaseHandler, KafkaConsumer, RetryPolicy
 from toolkit.consumer.handlers import DeadLetter
@@ -51,6 +54,50 @@ def configure_group(admin: Any, group: str, **values: Any) -> None:
     ]
     resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=entries)
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def share_coordinator_loaded(kafka_bootstrap: str) -> None:
+    """On a fresh broker the first share group creates and loads the share coordinator's state topic
+    (``__share_group_state``); acknowledgements that arrive while it loads are refused (INVALID_REQUEST) and
+    their records delivered again, at least once as the contract says, but these tests count deliveries
+    exactly. So first one share group round trip (a record acknowledged and committed) must succeed."""
+    from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topic = f"share-warm-up-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, b"warm-up")
+    producer.flush(30)
+    deadline, last = time.monotonic() + 120, "nothing delivered"
+    try:
+        while time.monotonic() < deadline:
+            group = f"share-warm-up-{uuid.uuid4().hex[:8]}"
+            configure_group(admin, group)
+            consumer = ShareConsumer(
+                {"bootstrap.servers": kafka_bootstrap, "group.id": group, "share.acknowledgement.mode": "explicit"}
+            )
+            try:
+                consumer.subscribe([topic])
+                records: list[Any] = []
+                until = time.monotonic() + 20
+                while not records and time.monotonic() < until:
+                    records = [m for m in consumer.poll(0.5) or [] if m.error() is None]
+                for record in records:
+                    consumer.acknowledge(record, AcknowledgeType.ACCEPT)
+                if records:
+                    failed = {tp: err for tp, err in (consumer.commit_sync(10.0) or {}).items() if err is not None}
+                    if not failed:
+                        return
+                    last = f"acknowledgements refused: {failed}"
+            finally:
+                consumer.close()
+            time.sleep(1)
+        pytest.fail(f"the broker's share coordinator did not come up within 120 s ({last})")
+    finally:
+        admin.delete_topics([topic])
 
 
 def share_consumer(kafka_bootstrap: str, group: str, topic: str, handler: Any, **options: Any) -> KafkaConsumer:
