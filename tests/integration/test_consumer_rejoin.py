@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
 
 from toolkit.consumer import KafkaConsumer
 from toolkit.consumer.testing import committed, envelope_bytes, produce
+from toolkit.observability.metrics import PrometheusMiddleware
 from toolkit.registry import LocalFolderRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +94,8 @@ def test_a_consumer_stuck_out_of_its_group_is_recreated_and_loses_nothing(
     first = [envelope_bytes("orders", 1, BODY, message_id=f"first-{i}") for i in range(100)]
     second = [envelope_bytes("orders", 1, BODY, message_id=f"second-{i}") for i in range(100)]
     handled: Counter[str] = Counter()
-    consumer = _consumer(kafka_bootstrap, group_id, topic, handled)
+    metrics = CollectorRegistry()
+    consumer = _consumer(kafka_bootstrap, group_id, topic, handled, middleware=[PrometheusMiddleware(registry=metrics)])
 
     async def scenario() -> float:
         task = asyncio.create_task(consumer.start())
@@ -122,6 +125,7 @@ def test_a_consumer_stuck_out_of_its_group_is_recreated_and_loses_nothing(
     assert max(handled.values()) == 1, [k for k, n in handled.items() if n > 1][:10]
     warnings = [r.getMessage() for r in caplog.records if RECREATED in r.getMessage()]
     assert len(warnings) == 1 and "does not list it" in warnings[0], warnings
+    assert metrics.get_sample_value("epistle_consumer_recreated_total") == 1
     # after REJOIN_S without partitions, two answers one interval (1 s here) apart, then a join
     assert recovered_s < REJOIN_S + 30, recovered_s
 

@@ -430,6 +430,13 @@ class PollThread:
         self.recreated += 1
         assert self._watchdog is not None
         self._watchdog.recreated()
+        for observer in self._observers:
+            told = getattr(observer, "on_recreated", None)
+            try:
+                if told is not None:
+                    told()
+            except Exception:  # noqa: BLE001 - metrics must not stop the poll thread
+                log.exception("observer failed")
         return consumer
 
     def _retired(self, consumer: Consumer) -> bool:

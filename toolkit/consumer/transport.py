@@ -272,6 +272,9 @@ class TransportObserver(Protocol):
     def on_commit(self, seconds: float, ok: bool) -> None:
         """A commit request took ``seconds`` until the broker answered (or it failed)."""
 
+    # Optional (an observer without it is not told): ``on_recreated()``, the Kafka consumer was recreated by
+    # the rejoin watchdog (out of its group and not getting back in: docs/group-membership.md).
+
 
 @runtime_checkable
 class ObservableTransport(Protocol):

@@ -117,6 +117,11 @@ class _Metrics:
             ["topic"],
             registry=registry,
         )
+        self.recreated = Counter(
+            "epistle_consumer_recreated",
+            "Kafka consumers the rejoin watchdog recreated: out of their group and not getting back in",
+            registry=registry,
+        )
         self.sources: weakref.WeakSet[PrometheusMiddleware] = weakref.WeakSet()
         self.lock = threading.Lock()
         registry.register(_ConsumerCollector(self))
@@ -204,6 +209,9 @@ class _CommitObserver:
     def on_commit(self, seconds: float, ok: bool) -> None:
         self._metrics.commits.labels("ok" if ok else "failed").inc()
         self._metrics.commit_duration.observe(seconds)
+
+    def on_recreated(self) -> None:
+        self._metrics.recreated.inc()
 
 
 class PrometheusMiddleware(Middleware):
