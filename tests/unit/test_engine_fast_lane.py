@@ -145,3 +145,42 @@ def test_on_record_and_around_handler_middleware_see_every_record_and_every_atte
     assert [e for e in events if e[0] == "record"] == [("record", o) for o in range(4)]
     assert [e for e in events if e[0] == "around"] == [("around", 0), ("around", 1), ("around", 1), ("around", 2)]
     assert broker.committed("g", "orders") == 4 and consumer.stats["orders"].processed == 3
+
+
+def test_a_partition_end_with_an_offset_moves_the_commit_only_past_records_it_holds() -> None:
+    """An end's offset (librdkafka's, past transaction markers) lets the commit reach it once every record is
+    done; never while the consumer is stopping, when the records it fetched are dropped uncommitted."""
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    handled: list[int] = []
+
+    async def handle(message) -> None:
+        handled.append(message.offset)
+
+    consumer = KafkaConsumer(
+        group_id="g",
+        transport=broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        commit_interval_s=0.05,
+    )
+    consumer.register_handler("orders", handle)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(consumer.start())
+        while len(handled) < 3 or broker.committed("g", "orders") != 3:
+            await asyncio.sleep(0.01)
+        engine = consumer._engine
+        assert engine is not None
+        engine.on_batch([], [("orders", 0, 5)])  # two markers after the last record
+        while broker.committed("g", "orders") != 5:
+            await asyncio.sleep(0.01)
+        engine._stopping = True  # (as request_stop sets it: records fetched from now on are dropped)
+        engine.on_batch([], [("orders", 0, 9)])
+        assert engine._parts[("orders", 0)].tracker.watermark == 5
+        engine._stopping = False
+        await consumer.stop()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert broker.committed("g", "orders") == 5

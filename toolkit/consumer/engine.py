@@ -354,7 +354,9 @@ class Engine:
             ended = parts.get((end[0], end[1]))
             if ended is not None:
                 ended.eof = True
-                if len(end) == 3 and acks is None and not ended.revoked:  # (past transaction markers)
+                # Past transaction markers: only where every record below the end went into the tracker (a
+                # revoked partition's or a stopping consumer's records were dropped above, uncommitted).
+                if len(end) == 3 and acks is None and not ended.revoked and not self._stopping:
                     ended.tracker.end_at(end[2])  # type: ignore[misc]
         self._update_pauses()
         if ends:
