@@ -9,8 +9,10 @@ Under valgrind the figure is exact and the same on any machine, busy or not: the
 record costs, from two runs whose only difference is the record count (start-up and imports cancel out):
 
     for who in hand toolkit; do for n in 2000 4000; do
-      valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m bench.engine_cost $who $n json
+      PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m bench.engine_cost $who $n json
     done; done   # (Collected 4000 - Collected 2000) / 2000 = instructions per record
+
+(A fixed hash seed: with a random one the count of the same code moves by up to 2% between runs.)
 
 Both modes put the records in the in-memory broker first; ``hand`` then reads them back as bytes, so the
 set-up is the same. The toolkit's handler is an ``async def`` that does nothing; the records are 3
