@@ -325,3 +325,56 @@ def test_the_access_check_names_each_missing_operation() -> None:
     assert "READ on topic a" in str(err.value) and "WRITE on dead-letter topic b.dlq" in str(err.value)
     # without dead letters (ErrorPolicy.STOP) the dead-letter topics are not asked about
     kafka_io.check_access(_Authorizing({"c": _Described(None)}), {}, ["c"], None, 5.0)
+
+
+def test_a_batch_librdkafka_skipped_keeps_the_partition_end_from_moving_the_commit(caplog) -> None:
+    """librdkafka moves past a batch it cannot read (CRC mismatch): the partition's end after it carries no
+    offset (the commit must not jump over the skipped records on its own), until a record of it comes."""
+
+    async def scenario() -> list:
+        events = _Events()
+        poller = kafka_io.PollThread(
+            {}, ["orders"], asyncio.get_running_loop(), events, max_poll_records=10, max_in_flight=10
+        )
+        eof = _Error(KafkaError._PARTITION_EOF, "end")
+        bad = _Error(KafkaError._BAD_MSG, "Local: Bad message format (CRC mismatch)")
+        seen = [poller._sort([_Message(offset=1), _Message(bad, offset=2), _Message(eof, offset=9)])[1]]
+        seen.append(poller._sort([_Message(eof, offset=9)])[1])  # a later end: still no offset
+        seen.append(poller._sort([_Message(offset=9), _Message(eof, offset=10)])[1])  # a record came: it has one
+        await asyncio.sleep(0)
+        assert events.fatal == []
+        return seen
+
+    assert asyncio.run(scenario()) == [[("orders", 0)], [("orders", 0)], [("orders", 0, 10)]]
+    assert any("skipped a record batch it cannot read at offset 2" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_consume_stops_fetching_and_the_consumer() -> None:
+    """confluent-kafka drops the records a failing consume() had collected: fetching on would commit past
+    them, so the poll thread stops fetching and reports a fatal error."""
+    from confluent_kafka import KafkaException
+
+    class Failing:
+        def consume(self, num_messages: int, timeout: float) -> list:
+            raise KafkaException(_Error(KafkaError._FAIL, "a callback raised"))
+
+        def close(self) -> None:
+            pass
+
+    async def scenario() -> tuple[list[str], bool]:
+        events = _Events()
+        loop = asyncio.get_running_loop()
+        poller = kafka_io.PollThread({}, ["orders"], loop, events, max_poll_records=10, max_in_flight=10)
+        poller.consumer = Failing()  # type: ignore[assignment]
+        events.in_flight = lambda: 0  # type: ignore[attr-defined]
+        thread = threading.Thread(target=poller._fetch_loop, daemon=True)
+        thread.start()
+        while not events.fatal:
+            await asyncio.sleep(0.01)
+        fetching = poller._fetching.is_set()
+        await asyncio.wrap_future(poller.close())
+        thread.join(5)
+        return events.fatal, fetching
+
+    fatal, fetching = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert not fetching and len(fatal) == 1 and "no record is skipped" in fatal[0]

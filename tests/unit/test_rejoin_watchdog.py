@@ -407,3 +407,20 @@ def test_commands_are_served_while_the_old_consumer_closes(loop) -> None:
         thread.join(5)
         old.release.set()
     assert not thread.is_alive() and poller.recreated == 0
+
+
+def test_partitions_assigned_end_the_backoff_as_the_poll_thread_reports_them(loop) -> None:
+    broker, clock = Broker(*[view("EMPTY")] * 20), Clock()
+    watchdog = _watchdog(broker, clock)
+    watchdog.recreated()
+    watchdog.recreated()  # waiting 4 x after_s now
+    poller = PollThread(
+        {"group.id": "g"}, ["t"], loop, Events(), max_poll_records=10, max_in_flight=100, watchdog=watchdog
+    )
+    consumer = FakeConsumer()
+    poller.consumer = consumer  # type: ignore[assignment]
+    poller._assigned(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]  (check() is not asked meanwhile)
+    since = clock.now
+    while not _run(watchdog, clock, since, until=clock.now + 0.5):
+        pass
+    assert round(clock.now - since) == 36  # after_s again, not 4 x after_s

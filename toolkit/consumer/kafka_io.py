@@ -190,6 +190,7 @@ def check_access(
 # How long a full in-flight window only stops fetching before the partitions are paused (see _hold).
 WINDOW_HOLD_S = 1.0
 RECREATE_CLOSE_WAIT_S = 10.0  # how long the poll thread waits for a consumer the rejoin watchdog replaces
+RECREATE_STATIC_GIVE_UP_S = 120.0  # with a group.instance.id, then the consumer stops (the id stays taken)
 
 
 # Commands from the event loop to the poll thread, run between fetches (the thread owns the consumer).
@@ -266,6 +267,8 @@ class PollThread:
         # The rejoin watchdog (toolkit/consumer/rejoin.py) and when the consumer last had no partition left.
         self._watchdog = watchdog
         self._unassigned_since: float | None = None
+        self._skipped: set[TP] = set()  # partitions with a batch librdkafka skipped since their last record
+        self._epoch = 0  # the current consumer's number (callbacks of a replaced one are ignored)
         self._retiring: Consumer | None = None  # the consumer being (or last) replaced
         self._replacing: tuple[threading.Thread, float] | None = None  # its closing thread, since when
         self._said_waiting = False
@@ -277,12 +280,24 @@ class PollThread:
         self._thread.start()
 
     def _new_consumer(self) -> Consumer:
-        config = dict(self._config, on_commit=self._on_commit)
+        self._epoch += 1
+        epoch = self._epoch
+
+        def on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+            if epoch == self._epoch:  # (a replaced consumer's late answers are not this one's)
+                self._on_commit(err, partitions)
+
+        config = dict(self._config, on_commit=on_commit)
         if self._observers:  # librdkafka's statistics give each partition's lag (log end - committed)
             config.setdefault("statistics.interval.ms", max(100, int(self._lag_interval_s * 1000)))
-            config["stats_cb"] = self._statistics(config.get("stats_cb"))
+            config["stats_cb"] = self._statistics(config.get("stats_cb"), epoch)
         consumer = Consumer(config)
-        consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
+        consumer.subscribe(
+            self._topics,
+            on_assign=self._guarded(self._assigned),
+            on_revoke=self._guarded(self._revoked),
+            on_lost=self._guarded(self._lost),
+        )
         self._unassigned_since = time.monotonic()
         return consumer
 
@@ -368,7 +383,16 @@ class PollThread:
             try:
                 batch = self._fetch(consumer, max(1, min(self._max_poll_records, free)))
             except KafkaException as exc:
-                log.error("consume failed: %s", exc)
+                # confluent-kafka drops the records it had collected when consume() fails (a callback raised,
+                # or an internal error), and librdkafka's position is past them: fetching on would hand out
+                # later records, whose commit would pass the lost ones. Stop; a restart reads from the commit.
+                self._fetching.clear()
+                log.error("consume failed, records fetched with it are lost to this consumer: %s", exc)
+                self._loop.call_soon_threadsafe(
+                    self._events.on_fatal,
+                    f"the Kafka client failed while fetching ({exc}); stopped so that no record is skipped: "
+                    "a restart reads on from the last commit",
+                )
                 continue
             except RuntimeError:  # closed under us
                 return
@@ -408,6 +432,16 @@ class PollThread:
             if waited < RECREATE_CLOSE_WAIT_S:
                 return None
             if self._config.get("group.instance.id"):
+                if waited >= RECREATE_STATIC_GIVE_UP_S:
+                    self._fetching.clear()
+                    self._loop.call_soon_threadsafe(
+                        self._events.on_fatal,
+                        f"the Kafka consumer replaced by the rejoin watchdog did not close within "
+                        f"{RECREATE_STATIC_GIVE_UP_S:.0f} s, and its group.instance.id cannot be used by a new one "
+                        "meanwhile: stopped (a restarted process joins with it)",
+                    )
+                    self._replacing = (closer, float("inf"))  # (said once; the close command ends the thread)
+                    return None
                 if not self._said_waiting:
                     self._said_waiting = True
                     log.warning(
@@ -439,6 +473,22 @@ class PollThread:
                 log.exception("observer failed")
         return consumer
 
+    def _guarded(self, callback: Any) -> Any:
+        """A rebalance callback that never raises into consume() (confluent-kafka would drop the records that
+        call fetched): a failure of ours stops the consumer instead, before anything later is handed out."""
+
+        def guarded(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(consumer, partitions)
+            except Exception as exc:
+                log.exception("a rebalance callback failed")
+                self._fetching.clear()
+                self._loop.call_soon_threadsafe(
+                    self._events.on_fatal, f"internal error in a rebalance callback: {type(exc).__name__}: {exc}"
+                )
+
+        return guarded
+
     def _retired(self, consumer: Consumer) -> bool:
         """A rebalance callback of a consumer the watchdog is replacing or replaced (served while it closes,
         on the closing thread)."""
@@ -448,14 +498,19 @@ class PollThread:
         """Records apart from errors: partition ends (those not followed by a record of the partition, with
         the offset after the end: librdkafka's position, past transaction markers), fatal errors (reported to
         the engine), and the rest (logged: librdkafka retries them)."""
+        skipped = self._skipped
         if not any(map(_ERROR, batch)):  # (a loop in C: this runs for every batch)
+            if skipped:  # a record after a skipped batch: the commit passes the skip anyway
+                skipped.difference_update((msg.topic(), msg.partition()) for msg in batch)
             return batch, []
         records: list[Any] = []
         ends: dict[TP, int] = {}
         for msg in batch:
             err = msg.error()
             if err is None:
-                ends.pop((msg.topic(), msg.partition()), None)
+                tp = (msg.topic(), msg.partition())
+                ends.pop(tp, None)
+                skipped.discard(tp)
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 ends[(msg.topic(), msg.partition())] = msg.offset()
@@ -466,9 +521,29 @@ class PollThread:
                 # group.instance.id) as _FATAL on the message, and confluent-kafka builds that error with
                 # fatal() False: the consumer is dead either way, so stop rather than wait for retries.
                 self._loop.call_soon_threadsafe(self._events.on_fatal, fatal_reason(err, self._config))
+            elif err.code() in _SKIPPED:
+                # librdkafka skips a batch it cannot read (CRC mismatch, unknown compression) and fetches on
+                # after it: those records are never handed out, and no dead letter can carry them (their
+                # bytes are not readable). Said loudly; and the partition's end must not move the commit past
+                # them on its own (a later record still does: the skip is librdkafka's).
+                tp = (msg.topic(), msg.partition())
+                self._skipped.add(tp)
+                ends.pop(tp, None)
+                log.error(
+                    "%s[%d]: librdkafka skipped a record batch it cannot read at offset %d (%s); its records "
+                    "are not handled and cannot be dead-lettered: check the producer and the broker's log",
+                    tp[0],
+                    tp[1],
+                    msg.offset(),
+                    err.str(),
+                    extra={"topic": tp[0], "partition": tp[1]},
+                )
             else:
                 log.warning("fetch error (librdkafka retries): %s", err.str(), extra={"topic": msg.topic()})
-        return records, [(topic, partition, offset) for (topic, partition), offset in ends.items()]
+        return records, [
+            (topic, partition) if (topic, partition) in skipped else (topic, partition, offset)
+            for (topic, partition), offset in ends.items()
+        ]
 
     @staticmethod
     def _fetch(consumer: Any, limit: int) -> list[Any]:
@@ -628,11 +703,15 @@ class PollThread:
             except Exception:  # noqa: BLE001 - metrics must not stop the poll thread
                 log.exception("commit observer failed")
 
-    def _statistics(self, user_callback: Any) -> Any:
+    def _statistics(self, user_callback: Any, epoch: int | None = None) -> Any:
         """librdkafka's statistics callback (on this thread, inside consume()): keeps each assigned
-        partition's ``consumer_lag`` (-1 until the group committed an offset for it: left out)."""
+        partition's ``consumer_lag`` (-1 until the group committed an offset for it: left out). ``epoch``: the
+        consumer's (a replaced consumer's late report is not used); a user's callback that raises is logged
+        (an exception inside consume() would lose the records it fetched)."""
 
         def on_statistics(report: str) -> None:
+            if epoch is not None and epoch != self._epoch:
+                return
             try:
                 topics = json.loads(report).get("topics", {})
                 self.lag = {
@@ -644,7 +723,10 @@ class PollThread:
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("unreadable librdkafka statistics: %s", exc)
             if user_callback is not None:
-                user_callback(report)
+                try:
+                    user_callback(report)
+                except Exception:  # noqa: BLE001 - see above
+                    log.exception("the stats_cb given in kafka_config failed")
 
         return on_statistics
 
@@ -679,6 +761,8 @@ class PollThread:
             assigned.append(Assignment(tp.topic, tp.partition, self._next_generation))
         if self._generation:
             self._unassigned_since = None
+            if self._watchdog is not None:
+                self._watchdog.assigned()
         log.info("partitions assigned: %s", [(a.topic, a.partition) for a in assigned])
         if assigned:
             self._loop.call_soon_threadsafe(self._events.on_assign, assigned)
@@ -719,6 +803,7 @@ async def _awaited(awaitable: Awaitable[list[Position]]) -> list[Position]:
 
 
 _DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
+_SKIPPED = {KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION}  # librdkafka moves past the batch
 
 
 def denied_reason(err: KafkaError, topic: str | None, config: dict[str, Any]) -> str:

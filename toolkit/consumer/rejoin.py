@@ -228,6 +228,12 @@ class RejoinWatchdog:
         else:
             log.debug("rejoin watchdog: the group could not be described: %s", exc)
 
+    def assigned(self) -> None:
+        """The consumer has partitions (the poll thread tells it from the rebalance callback; :meth:`check` is
+        not asked meanwhile): the last recreate, if any, worked."""
+        self._forget()
+        self._backoff = 1
+
     def recreated(self) -> None:
         """A new consumer replaced the stuck one: forget the answers, and wait longer before the next recreate
         unless partitions come in between (a group that keeps refusing the consumer is not churned)."""
