@@ -341,12 +341,42 @@ def test_a_batch_librdkafka_skipped_keeps_the_partition_end_from_moving_the_comm
         seen = [poller._sort([_Message(offset=1), _Message(bad, offset=2), _Message(eof, offset=9)])[1]]
         seen.append(poller._sort([_Message(eof, offset=9)])[1])  # a later end: still no offset
         seen.append(poller._sort([_Message(offset=9), _Message(eof, offset=10)])[1])  # a record came: it has one
+        compression = _Error(KafkaError._BAD_COMPRESSION, "Local: Invalid compressed data")
+        seen.append(poller._sort([_Message(compression, offset=11), _Message(eof, offset=14)])[1])
         await asyncio.sleep(0)
         assert events.fatal == []
         return seen
 
-    assert asyncio.run(scenario()) == [[("orders", 0)], [("orders", 0)], [("orders", 0, 10)]]
-    assert any("skipped a record batch it cannot read at offset 2" in r.getMessage() for r in caplog.records)
+    assert asyncio.run(scenario()) == [[("orders", 0)], [("orders", 0)], [("orders", 0, 10)], [("orders", 0)]]
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "skipped a record batch" in r.getMessage()]
+    assert [r.getMessage().split(" (")[0] for r in errors] == [
+        "orders[0]: librdkafka skipped a record batch it cannot read at offset 2",
+        "orders[0]: librdkafka skipped a record batch it cannot read at offset 11",
+    ]
+
+
+def test_a_record_in_an_error_free_batch_clears_the_skip_mark() -> None:
+    async def scenario() -> list:
+        events = _Events()
+        poller = kafka_io.PollThread(
+            {}, ["orders"], asyncio.get_running_loop(), events, max_poll_records=10, max_in_flight=10
+        )
+        eof = _Error(KafkaError._PARTITION_EOF, "end")
+        poller._sort([_Message(_Error(KafkaError._BAD_MSG, "CRC"), offset=2)])
+        record = _Message(offset=7)
+        assert poller._sort([record]) == ([record], [])  # the fast path (no error in the batch)
+        return poller._sort([_Message(eof, offset=8)])[1]
+
+    assert asyncio.run(scenario()) == [("orders", 0, 8)]
+
+
+def test_a_callback_given_in_kafka_config_never_raises_into_consume(caplog) -> None:
+    def error_cb(err) -> None:
+        raise RuntimeError(f"alerting on {err}")
+
+    logged = kafka_io._never_raising(error_cb, "error_cb")
+    logged("_TRANSPORT")  # (what a broker outage sends every few seconds)
+    assert any("the error_cb given in kafka_config failed" in r.getMessage() for r in caplog.records)
 
 
 def test_a_failed_consume_stops_fetching_and_the_consumer() -> None:

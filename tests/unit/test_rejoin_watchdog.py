@@ -424,3 +424,22 @@ def test_partitions_assigned_end_the_backoff_as_the_poll_thread_reports_them(loo
     while not _run(watchdog, clock, since, until=clock.now + 0.5):
         pass
     assert round(clock.now - since) == 36  # after_s again, not 4 x after_s
+
+
+def test_with_static_membership_a_close_that_never_ends_stops_the_consumer(loop, monkeypatch) -> None:
+    monkeypatch.setattr(kafka_io, "RECREATE_CLOSE_WAIT_S", 0.1)
+    monkeypatch.setattr(kafka_io, "RECREATE_STATIC_GIVE_UP_S", 0.3)
+    fatal: list[str] = []
+    poller, events, old, new = _replacing_poller(loop, {"group.id": "g", "group.instance.id": "i-1"})
+    events.on_fatal = fatal.append  # type: ignore[method-assign]
+    old.release.clear()  # its close() hangs
+    poller._recreate(old, "stuck")  # type: ignore[arg-type]
+    assert _wait_replaced(poller, 1.0) is None
+    deadline = time.monotonic() + 5
+    while not fatal and time.monotonic() < deadline:  # (handed to the loop)
+        time.sleep(0.01)
+    assert len(fatal) == 1 and "did not close within" in fatal[0]
+    assert not poller._fetching.is_set()
+    old.release.set()  # it closes at last: still no new consumer (the consumer has stopped)
+    time.sleep(0.1)
+    assert poller._replaced() is None and poller.consumer is old and poller.recreated == 0

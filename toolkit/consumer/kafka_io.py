@@ -272,6 +272,7 @@ class PollThread:
         self._retiring: Consumer | None = None  # the consumer being (or last) replaced
         self._replacing: tuple[threading.Thread, float] | None = None  # its closing thread, since when
         self._said_waiting = False
+        self._gave_up = False  # the replaced consumer never closed: the consumer stopped, no new one
         self.recreated = 0  # consumers recreated by the watchdog
 
     # -- called from the event loop ------------------------------------------------------------------
@@ -288,6 +289,9 @@ class PollThread:
                 self._on_commit(err, partitions)
 
         config = dict(self._config, on_commit=on_commit)
+        for name in ("error_cb", "throttle_cb", "stats_cb"):  # a user's (kafka_config) runs inside consume()
+            if callable(config.get(name)):
+                config[name] = _never_raising(config[name], name)
         if self._observers:  # librdkafka's statistics give each partition's lag (log end - committed)
             config.setdefault("statistics.interval.ms", max(100, int(self._lag_interval_s * 1000)))
             config["stats_cb"] = self._statistics(config.get("stats_cb"), epoch)
@@ -415,7 +419,9 @@ class PollThread:
             reason,
         )
         self._retiring = old
+        self._epoch += 1  # (its late statistics and commit answers are ignored from now on)
         self._async_commits.clear()  # (their answers would never come)
+        self._skipped.clear()
         closer = threading.Thread(target=_close_quietly, args=(old,), name="epistle-poll-close", daemon=True)
         self._replacing = (closer, time.monotonic())
         closer.start()
@@ -426,6 +432,8 @@ class PollThread:
         ``group.instance.id`` only once the old one is gone (two live consumers with one instance id fence
         each other, and the fenced one would stop the whole consumer)."""
         assert self._replacing is not None
+        if self._gave_up:  # (stopped: no new consumer, even once the old one is closed)
+            return None
         closer, started = self._replacing
         if closer.is_alive():
             waited = time.monotonic() - started
@@ -433,6 +441,7 @@ class PollThread:
                 return None
             if self._config.get("group.instance.id"):
                 if waited >= RECREATE_STATIC_GIVE_UP_S:
+                    self._gave_up = True
                     self._fetching.clear()
                     self._loop.call_soon_threadsafe(
                         self._events.on_fatal,
@@ -440,7 +449,6 @@ class PollThread:
                         f"{RECREATE_STATIC_GIVE_UP_S:.0f} s, and its group.instance.id cannot be used by a new one "
                         "meanwhile: stopped (a restarted process joins with it)",
                     )
-                    self._replacing = (closer, float("inf"))  # (said once; the close command ends the thread)
                     return None
                 if not self._said_waiting:
                     self._said_waiting = True
@@ -483,9 +491,12 @@ class PollThread:
             except Exception as exc:
                 log.exception("a rebalance callback failed")
                 self._fetching.clear()
-                self._loop.call_soon_threadsafe(
-                    self._events.on_fatal, f"internal error in a rebalance callback: {type(exc).__name__}: {exc}"
-                )
+                try:
+                    self._loop.call_soon_threadsafe(
+                        self._events.on_fatal, f"internal error in a rebalance callback: {type(exc).__name__}: {exc}"
+                    )
+                except RuntimeError:  # the loop is closed already: nothing is left to stop
+                    pass
 
         return guarded
 
@@ -723,10 +734,7 @@ class PollThread:
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("unreadable librdkafka statistics: %s", exc)
             if user_callback is not None:
-                try:
-                    user_callback(report)
-                except Exception:  # noqa: BLE001 - see above
-                    log.exception("the stats_cb given in kafka_config failed")
+                user_callback(report)  # (wrapped by _never_raising)
 
         return on_statistics
 
@@ -783,12 +791,26 @@ class PollThread:
         for tp in tps:
             self._generation.pop(tp, None)
             self._paused_by_loop.discard(tp)
+            self._skipped.discard(tp)
         if not self._generation and self._unassigned_since is None:
             self._unassigned_since = time.monotonic()
         _resume(consumer, partitions)  # librdkafka would keep the pause for when they are assigned again
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked(consumer, partitions, lost=True)
+
+
+def _never_raising(callback: Any, name: str) -> Any:
+    """A librdkafka callback given in ``kafka_config`` (``error_cb``, ``stats_cb``, ...) that logs instead of
+    raising: an exception inside consume() makes confluent-kafka drop the records that call fetched."""
+
+    def logged(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("the %s given in kafka_config failed", name)
+
+    return logged
 
 
 def _close_quietly(consumer: Consumer) -> None:
