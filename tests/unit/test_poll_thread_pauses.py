@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
-import pytest
 from confluent_kafka import TopicPartition
 
 from toolkit.consumer.kafka_io import PollThread
@@ -33,17 +31,6 @@ class FakeConsumer:
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
         return offsets
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
 
 
 class Events:

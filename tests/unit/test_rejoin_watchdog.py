@@ -3,7 +3,6 @@ description is given as the broker would answer it). On the real broker: tests/i
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from concurrent.futures import Future
@@ -288,17 +287,6 @@ class Events:
 
     def in_flight(self) -> int:
         return 0
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
 
 
 def test_the_poll_thread_tracks_when_it_last_had_no_partition(loop) -> None:

@@ -369,7 +369,7 @@ class PollThread:
                 time.sleep(0.02)
                 continue
             if self._replacing is not None:  # the rejoin watchdog's new consumer, once the old one is closed
-                replaced = self._replaced() if self._fetching.is_set() else None  # (stopping: no new one)
+                replaced = self._replaced()  # (not while stopping: fetching is off, handled above)
                 if replaced is None:
                     time.sleep(0.02)
                 else:
@@ -472,13 +472,7 @@ class PollThread:
         self.recreated += 1
         assert self._watchdog is not None
         self._watchdog.recreated()
-        for observer in self._observers:
-            told = getattr(observer, "on_recreated", None)
-            try:
-                if told is not None:
-                    told()
-            except Exception:  # noqa: BLE001 - metrics must not stop the poll thread
-                log.exception("observer failed")
+        self._tell_observers("on_recreated")
         return consumer
 
     def _guarded(self, callback: Any) -> Any:
@@ -708,17 +702,23 @@ class PollThread:
             log.warning("asynchronous commit failed: %s", err)
 
     def _observe_commit(self, started: float, ok: bool) -> None:
+        self._tell_observers("on_commit", time.monotonic() - started, ok)
+
+    def _tell_observers(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every observer that has it (``on_recreated`` is optional)."""
         for observer in self._observers:
+            told = getattr(observer, event, None)
             try:
-                observer.on_commit(time.monotonic() - started, ok)
+                if told is not None:
+                    told(*args)
             except Exception:  # noqa: BLE001 - metrics must not stop the poll thread
-                log.exception("commit observer failed")
+                log.exception("%s observer failed", event)
 
     def _statistics(self, user_callback: Any, epoch: int | None = None) -> Any:
         """librdkafka's statistics callback (on this thread, inside consume()): keeps each assigned
         partition's ``consumer_lag`` (-1 until the group committed an offset for it: left out). ``epoch``: the
-        consumer's (a replaced consumer's late report is not used); a user's callback that raises is logged
-        (an exception inside consume() would lose the records it fetched)."""
+        consumer's (a replaced consumer's late report is not used); a user's callback comes wrapped by
+        :func:`_never_raising`."""
 
         def on_statistics(report: str) -> None:
             if epoch is not None and epoch != self._epoch:
