@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from toolkit import KafkaConsumer, Retry
 from toolkit.consumer.engine import Engine
-from toolkit.consumer.middleware import Middleware
+from toolkit.consumer.middleware import Hooks, LoggingMiddleware, Middleware, StatsMiddleware
+from toolkit.consumer.stats import ConsumerStats
 from toolkit.registry import LocalFolderRegistry
 from toolkit.testing import InMemoryBroker, envelope
 
@@ -184,3 +186,74 @@ def test_a_partition_end_with_an_offset_moves_the_commit_only_past_records_it_ho
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
     assert broker.committed("g", "orders") == 5
+
+
+class Outcomes(Middleware):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str]] = []
+
+    def on_outcome(self, record, message, outcome, attempt, delay_s) -> None:
+        self.seen.append((record.offset(), type(outcome).__name__))
+
+
+def test_the_fast_lane_counts_and_logs_a_done_record_as_the_built_in_middleware_would(caplog) -> None:
+    broker = InMemoryBroker()
+    for _ in range(6):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    user = Outcomes()
+
+    async def handle(message) -> None:
+        pass
+
+    with caplog.at_level(logging.DEBUG, logger="toolkit.consumer"):
+        consumer = _run(broker, handle, middleware=[user])
+    done = [r for r in caplog.records if r.name == "toolkit.consumer" and r.getMessage() == "done"]
+    assert [(r.topic, r.offset) for r in done] == [("orders", offset) for offset in range(6)]
+    assert all(r.messageId for r in done)  # (the record context LoggingMiddleware gives its lines)
+    assert consumer.stats["orders"].processed == 6
+    assert user.seen == [(offset, "Done") for offset in range(6)]  # the other hooks are still called
+
+
+def test_only_the_built_in_hooks_first_in_line_are_done_by_the_lane() -> None:
+    stats, user = ConsumerStats(), Outcomes()
+    hooks = Hooks([StatsMiddleware(stats), LoggingMiddleware(), user])
+    assert hooks.done_stats is stats and hooks.done_logs and hooks.on_done == [user.on_outcome]
+
+    class Counting(StatsMiddleware):  # a subclass may do more than count: its hook is called
+        pass
+
+    subclassed = Hooks([Counting(stats), LoggingMiddleware()])
+    assert subclassed.done_stats is None and not subclassed.done_logs and len(subclassed.on_done) == 2
+    later = Hooks([user, StatsMiddleware(stats)])  # not first: called in its place
+    assert later.done_stats is None and len(later.on_done) == 2
+    assert Hooks([]).on_done == [] and Hooks([]).done_stats is None
+
+
+def test_an_on_record_hook_that_raises_is_logged_and_the_next_still_called_on_the_fast_lane(
+    caplog, monkeypatch
+) -> None:
+    calls = _count_process(monkeypatch)
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    after: list[int] = []
+
+    class Raises(Middleware):
+        def on_record(self, record) -> None:
+            raise RuntimeError("a bug in a middleware")
+
+    class After(Middleware):
+        def on_record(self, record) -> None:
+            after.append(record.offset())
+
+    handled: list[int] = []
+
+    async def handle(message) -> None:
+        handled.append(message.offset)
+
+    with caplog.at_level(logging.ERROR, logger="toolkit.consumer"):
+        _run(broker, handle, middleware=[Raises(), After()])
+    assert handled == [0, 1, 2] and after == [0, 1, 2]
+    failures = [r for r in caplog.records if r.getMessage() == "middleware on_record failed"]
+    assert len(failures) == 3 and all(r.exc_info for r in failures)
+    assert calls == [0]  # (the first record resolves its schema in _process; the others stay on the fast lane)

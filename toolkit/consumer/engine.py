@@ -408,17 +408,24 @@ class Engine:
         # The fast lane (most records): no coroutine, no keyword call and no Prepared per record between the
         # lane and the handler; anything it does not cover goes through _process (around_handler middleware
         # too: the stages done here, its chain there).
+        hooks = self.hooks
         fast = self._acks is None and not self.pipeline.reads_keys
         timed = self._handler_timeout_s is not None  # (the handler runs in _run_handler, under its limit)
+        direct = fast and not hooks.around and not timed  # the handler may be called here (if async, slot free)
         workers = self._workers
-        hooks = self.hooks
-        on_outcome, on_record, around = hooks.on_outcome, hooks.on_record, hooks.around
+        on_record = hooks.on_record
         ready_of, monotonic, tracker, acks = self._ready, time.monotonic, part.tracker, self._acks
+        # The built-in outcome hooks of a done record, done here (Hooks.on_done: the others); a lane is one
+        # partition's, so one topic's counters.
+        on_done, done_logs = hooks.on_done, hooks.done_logs
+        counts = None if hooks.done_stats is None else hooks.done_stats[part.topic]
+        log_done = done_logs and hooks.logs_done()
         try:
             while lane and not part.revoked and not self._stopping:
                 if monotonic() >= yield_at:
                     await asyncio.sleep(0)
                     yield_at = monotonic() + _LANE_SLICE_S
+                    log_done = done_logs and hooks.logs_done()
                     continue
                 if part.held:  # a dead letter of this partition is refused: wait until it is delivered
                     await self._until_unheld(part)
@@ -430,17 +437,22 @@ class Engine:
                 try:
                     ready = None
                     if fast:
-                        if on_record:
-                            hooks.record(msg)
+                        if on_record:  # (Hooks.record, without two calls of its own)
+                            try:
+                                for hook in on_record:
+                                    hook(msg)
+                            except Exception:  # noqa: BLE001 - logged, the other hooks called: see Hooks
+                                hooks.record_after(hook, msg)
                         ready = ready_of(msg)
                     if ready is None:
                         finished = await self._process(part, msg, recorded=fast)
                     elif isinstance(ready, BaseException):  # a stage failed: only its outcome is left to decide
                         finished = await self._process(part, msg, None, ready, recorded=True)
-                    elif around or timed or not ready[1].is_async or not workers.try_acquire():
+                    elif not direct or not ready[1].is_async or workers.free <= 0 or workers.waiting:
                         finished = await self._process(part, msg, Prepared(*ready), recorded=True)
                     else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
                         message, route = ready
+                        workers.free -= 1  # (WorkerSlots.try_acquire, inlined: a slot is free, nobody waits)
                         handled = handling.set(message)  # for the producer's correlationId carry-over
                         try:
                             result = await route.call(message)
@@ -450,14 +462,21 @@ class Engine:
                         except BaseException as exc:  # noqa: BLE001 - every failure is an outcome
                             result = exc
                         finally:
-                            workers.release()
+                            if workers.waiting:
+                                workers.release()
+                            else:  # (WorkerSlots.release with nobody waiting)
+                                workers.free += 1
                             handling.reset(handled)
                         if result is True or result is None:
+                            if counts is not None:  # StatsMiddleware's and LoggingMiddleware's on_outcome
+                                counts.processed += 1
+                            if log_done:
+                                hooks.log_done(msg, message)
                             try:
-                                for hook in on_outcome:
-                                    hook(msg, message, DONE, 1, None)
+                                for done_hook in on_done:
+                                    done_hook(msg, message, DONE, 1, None)
                             except Exception:  # noqa: BLE001 - a hook cannot change the outcome
-                                self.hooks.outcome_after(hook, msg, message, DONE, 1)
+                                self.hooks.outcome_after(done_hook, msg, message, DONE, 1)
                             finished = True
                         else:
                             finished = await self._process(part, msg, Prepared(message, route), result, recorded=True)
@@ -508,9 +527,12 @@ class Engine:
         :meth:`_process`, as if it had run the stage); None when the registry must be asked (:meth:`_process`
         takes the record from the start)."""
         try:
-            decoded, source = self.pipeline.locate(msg.value(), msg.topic())
+            value, topic = msg.value(), msg.topic()
+            decoded, source = self.pipeline.locate(value, topic)
             if source.__class__ is Plan:  # the common case: an earlier record with the same header got through
-                return self.pipeline.planned(decoded, source, msg), source.route  # type: ignore[arg-type, union-attr]
+                return self.pipeline.planned(decoded, source, msg, topic, value), source.route  # type: ignore[arg-type, union-attr]
+            if source.__class__ is WireSchema:  # (a record in Confluent's wire format whose id is resolved)
+                return self.pipeline.planned_wire(decoded, source, msg)  # type: ignore[arg-type]
             if isinstance(source, tuple):
                 return None
             if decoded.__class__ is WireRecord:

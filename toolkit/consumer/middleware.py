@@ -120,6 +120,17 @@ class Hooks:
         self.on_record = [m.on_record for m in middleware if overrides(m, "on_record")]
         self.around = [m.around_handler for m in middleware if overrides(m, "around_handler")]
         self.on_outcome = [m.on_outcome for m in middleware if overrides(m, "on_outcome")]
+        # The engine's fast lane does what the built-in StatsMiddleware and LoggingMiddleware do for a done
+        # record itself when they are the first on_outcome hooks (as every consumer installs them): a count
+        # and a debug line, without two calls per record. ``on_done``: the on_outcome hooks left to call.
+        owners = [m for m in middleware if overrides(m, "on_outcome")]
+        first = 0
+        self.done_stats: ConsumerStats | None = None
+        if owners and type(owners[0]) is StatsMiddleware:
+            self.done_stats = owners[0].stats  # type: ignore[attr-defined]
+            first = 1
+        self.done_logs = first < len(owners) and type(owners[first]) is LoggingMiddleware
+        self.on_done = self.on_outcome[first + self.done_logs :]
         self.on_dead_letter = [m.on_dead_letter for m in middleware if overrides(m, "on_dead_letter")]
         self.on_abandoned = [m.on_abandoned for m in middleware if overrides(m, "on_abandoned")]
         self.on_start = [m.on_start for m in middleware if overrides(m, "on_start")]
@@ -133,6 +144,24 @@ class Hooks:
 
     def record(self, record: Record) -> None:
         _each(self.on_record, "on_record", record)
+
+    def record_after(self, failed: Any, record: Record) -> None:
+        """The engine called the ``on_record`` hooks in a loop of its own and ``failed`` raised: log it and
+        call the hooks after it."""
+        log.exception("middleware on_record failed")
+        hooks = self.on_record
+        index = next((i for i, hook in enumerate(hooks) if hook is failed), len(hooks))
+        _each(hooks[index + 1 :], "on_record", record)
+
+    @staticmethod
+    def logs_done() -> bool:
+        """Whether LoggingMiddleware's debug line of a done record is on (the fast lane asks once a slice)."""
+        return log.isEnabledFor(logging.DEBUG)
+
+    @staticmethod
+    def log_done(record: Record, message: Message[Any] | None) -> None:
+        """LoggingMiddleware's line of a done record, for the fast lane."""
+        log.debug("done", extra=log_context(record, message))
 
     def outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None = None

@@ -49,11 +49,12 @@ class OffsetTracker:
             pending.popleft()
             last = offset
             done = self._done
-            while pending and pending[0] in done:
-                last = pending.popleft()
-                done.discard(last)
+            if done:  # (records finished behind this one: usually none)
+                while pending and pending[0] in done:
+                    last = pending.popleft()
+                    done.discard(last)
             self._watermark = last + 1
-            if not pending and self._end is not None:
+            if self._end is not None and not pending:
                 self._watermark, self._end = max(self._end, last + 1), None
         elif offset in self._done or not pending or offset < pending[0] or offset > pending[-1]:
             raise ValueError(f"offset {offset} was not handed out or is already done")

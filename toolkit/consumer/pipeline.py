@@ -29,8 +29,9 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
@@ -121,6 +122,111 @@ class Message(Generic[BodyT]):
     def time(self) -> datetime | None:
         """The broker timestamp as an aware datetime."""
         return None if self.timestamp is None else datetime.fromtimestamp(self.timestamp / 1000, UTC)
+
+
+_header_slot = Message.__dict__["header"]  # the slot under the lazy header of _WireMessage
+_message_fields = tuple(f.name for f in fields(Message))
+
+
+class _WireMessage(Message):
+    """A :class:`Message` of a record in Confluent's wire format whose header is synthesized when first read
+    (most handlers never read it; it cost a record as much as the engine's own work): the same fields,
+    repr, equality, copy, pickle and :func:`dataclasses.replace` as a Message (which makes a Message)."""
+
+    __slots__ = ("_header_of",)
+    _header_of: tuple[Any, ...]  # synthesize_header's arguments
+
+    def _read_header(self) -> Header:
+        try:
+            return _header_slot.__get__(self, Message)  # type: ignore[no-any-return]
+        except AttributeError:
+            fields_, message_type, schema_name, version = self._header_of
+            header = synthesize_header(
+                fields_,
+                message_type=message_type,
+                schema_name=schema_name,
+                version=version,
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.offset,
+                timestamp=self.timestamp,
+            )
+            _header_slot.__set__(self, header)  # (two threads at once: two equal headers, either kept)
+            return header
+
+    header = property(_read_header, _header_slot.__set__)  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _message_fields)
+
+    __hash__ = None  # type: ignore[assignment]  # (as a Message's: mutable, compared by value)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (and copied) as a Message, the header made
+        return (_as_message, tuple(getattr(self, name) for name in _message_fields))
+
+    def __copy__(self) -> _WireMessage:
+        copied = _new_wire(_WireMessage)
+        copied._header_of = self._header_of
+        try:
+            _header_slot.__set__(copied, _header_slot.__get__(self, Message))
+        except AttributeError:  # not read yet: made when the copy's is read
+            pass
+        for name in _message_fields[1:]:
+            setattr(copied, name, getattr(self, name))
+        return copied
+
+
+_new_wire = object.__new__
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
+
+
+def _wire_message(
+    header_of: tuple[Any, ...],
+    body: Any,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    headers: list[tuple[str, bytes | None]],
+    timestamp: int,
+    raw: bytes,
+    schema_id: int,
+    subject: str,
+) -> _WireMessage:
+    """A wire record's message, its header made from ``header_of`` (fields, messageType, schemaName,
+    version) when first read (``timestamp``: the broker's, never None: the header would take the time
+    it is read)."""
+    message = _new_wire(_WireMessage)
+    message._header_of = header_of
+    message.body = body
+    message.topic = topic
+    message.partition = partition
+    message.offset = offset
+    message.key = key
+    message.headers = headers
+    message.timestamp = timestamp
+    message.raw = raw
+    message.attempt = 1
+    message.delivery_count = None
+    message.schema_id = schema_id
+    message.subject = subject
+    message.key_value = None
+    message.key_schema_id = None
+    message.key_subject = None
+    return message
+
+
+def _validation_error(exc: Exception) -> MessageError:
+    """The MessageError of stage ``validation`` for what a validator raised (other than a MessageError)."""
+    if isinstance(exc, RecursionError):
+        return MessageError("validation", "body nested too deeply to validate")
+    return MessageError("validation", f"{type(exc).__name__}: {exc}")
+
+
+def _as_message(*values: Any) -> Message[Any]:
+    return Message(*values)
 
 
 @runtime_checkable
@@ -283,6 +389,9 @@ class Pipeline:
             decoded: DecodedRecord | WireRecord = decode_record(value, self.serializer, max_depth=self.max_depth)
         else:
             decoded = self.decode(value, topic)
+            if decoded.__class__ is WireRecord:  # its id's schema, looked up with the tuple a SchemaIdKey equals
+                wire = self._compiled.get((decoded.schema_id,))  # type: ignore[union-attr, arg-type]
+                return decoded, SchemaIdKey(decoded.schema_id) if wire is None else wire  # type: ignore[union-attr]
         header = decoded.header
         if header is not None:
             plan = self._plans.get((topic, header.schema_name, header.message_type, header.schema_version))
@@ -460,10 +569,8 @@ class Pipeline:
             return compiled.decode(body)
         except MessageError:
             raise
-        except RecursionError:
-            raise MessageError("validation", "body nested too deeply to validate") from None
-        except Exception as exc:
-            raise MessageError("validation", f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - stage validation, whatever the validator raised
+            raise _validation_error(exc) from None
 
     def _model(self, header: Header) -> type[BaseModel]:
         assert self.models is not None
@@ -477,8 +584,8 @@ class Pipeline:
     @staticmethod
     def _build(value: Any, model: type[BaseModel]) -> Any:
         try:
-            try:
-                return model.model_validate(value)
+            try:  # (model_validate's own call, without its Python frame and keywords: ~1 us a record)
+                return model.__pydantic_validator__.validate_python(value)
             except ValidationError as exc:
                 if not is_too_deep(exc.errors(include_url=False)):
                     raise
@@ -547,22 +654,29 @@ class Pipeline:
         self._plans.clear()
         self._wire_plans.clear()
 
-    def planned(self, decoded: DecodedRecord, plan: Plan, record: Record) -> Message[Any]:
+    def planned(
+        self, decoded: DecodedRecord, plan: Plan, record: Record, topic: str, value: bytes | None
+    ) -> Message[Any]:
         """Stages ``validation`` and ``model`` of an envelope whose header has a plan, as :meth:`finish`
-        runs them, the message's context read from ``record`` (the engine's fast lane; keys not decoded).
+        runs them, the message's context read from ``record`` (the engine's fast lane; keys not decoded;
+        ``topic`` and ``value``: the record's, read once by the caller).
 
         Raises:
             MessageError: stage ``validation`` or ``model``.
         """
-        body = self._validate(decoded.body, plan.compiled)
+        try:  # (_validate, without a call of its own)
+            body = plan.compiled.decode(decoded.body)
+        except MessageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as _validate tells it
+            raise _validation_error(exc) from None
         if plan.model is not None:
             body = self._build(body, plan.model)
         _, timestamp = record.timestamp()
-        value = record.value()
         return Message(
             decoded.header,  # type: ignore[arg-type]
             body,
-            record.topic(),
+            topic,
             record.partition(),
             record.offset(),
             record.key(),
@@ -636,6 +750,33 @@ class Pipeline:
             SchemaNotYetKnown: no subject of the id is one the topic reads yet.
         """
         _, timestamp = record.timestamp()
+        if timestamp > 0 and self._keys_raw and wire.__class__ is WireSchema:  # the common case, planned below
+            headers = record.headers()
+            fields = header_fields(headers) if headers else _NO_FIELDS
+            message_type = fields.get("messageType") or wire.message_type
+            topic = record.topic()
+            plan = self._wire_plans.get((topic, wire.schema_id, message_type, fields.get("schemaName")))
+            if plan is not None:  # the stages of _finish_wire with a plan, in its order
+                body = wire.read(decoded.payload)
+                if not wire.avro:
+                    body = self._validate(body, wire.compiled)
+                if plan.model is not None:
+                    body = self._build(body, plan.model)
+                schema_name = plan.schema_name
+                message = _wire_message(
+                    (fields, message_type or schema_name, schema_name, plan.version),
+                    body,
+                    topic,
+                    record.partition(),
+                    record.offset(),
+                    record.key(),
+                    headers or [],
+                    timestamp,
+                    record.value() or b"",
+                    wire.schema_id,
+                    plan.subject,
+                )
+                return message, plan.route
         return self._finish_wire(
             decoded,
             wire,
@@ -698,29 +839,44 @@ class Pipeline:
                 self._wire_plans[plan_key] = plan
         elif plan.model is not None:
             body = self._build(body, plan.model)
-        header = synthesize_header(
-            fields,
-            message_type=message_type,
-            schema_name=schema_name,
-            version=version,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            timestamp=timestamp,
-        )
-        message = Message(
-            header,
-            body,
-            topic,
-            partition,
-            offset,
-            key,
-            headers or [],
-            timestamp,
-            value or b"",
-            schema_id=wire.schema_id,
-            subject=subject,
-        )
+        if timestamp is not None:  # (the common case) the header made when first read
+            message: Message[Any] = _wire_message(
+                (fields, message_type, schema_name, version),
+                body,
+                topic,
+                partition,
+                offset,
+                key,
+                headers or [],
+                timestamp,
+                value or b"",
+                wire.schema_id,
+                subject,
+            )
+        else:  # no broker time: the header's is the time the record is read, now
+            header = synthesize_header(
+                fields,
+                message_type=message_type,
+                schema_name=schema_name,
+                version=version,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp=timestamp,
+            )
+            message = Message(
+                header,
+                body,
+                topic,
+                partition,
+                offset,
+                key,
+                headers or [],
+                timestamp,
+                value or b"",
+                schema_id=wire.schema_id,
+                subject=subject,
+            )
         if not self._keys_raw and key is not None:
             self._read_key(topic, key, message)
         return message, plan.route

@@ -15,17 +15,17 @@ from collections import deque
 class WorkerSlots:
     """``size`` slots, used from one event loop only (not thread-safe, like asyncio's primitives)."""
 
-    __slots__ = ("free", "_waiters")
+    __slots__ = ("free", "waiting")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
         self.free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.waiting: deque[asyncio.Future[None]] = deque()  # (truthy: someone waits for a slot)
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued for it (no await, no coroutine)."""
-        if self.free > 0 and not self._waiters:
+        if self.free > 0 and not self.waiting:
             self.free -= 1
             return True
         return False
@@ -35,19 +35,19 @@ class WorkerSlots:
         if self.try_acquire():
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.waiting.append(waiter)
         try:
             await waiter  # release() hands its slot straight to us
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot, then cancelled before running: pass it on
-            elif waiter in self._waiters:  # (a release may have dropped it already)
-                self._waiters.remove(waiter)  # only live waiters stay in line
+            elif waiter in self.waiting:  # (a release may have dropped it already)
+                self.waiting.remove(waiter)  # only live waiters stay in line
             raise
 
     def release(self) -> None:
         """Give a slot back: to the first waiter still waiting, else to the pool."""
-        waiters = self._waiters
+        waiters = self.waiting
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
