@@ -196,7 +196,8 @@ class Outcomes(Middleware):
         self.seen.append((record.offset(), type(outcome).__name__))
 
 
-def test_the_fast_lane_counts_and_logs_a_done_record_as_the_built_in_middleware_would(caplog) -> None:
+def test_the_fast_lane_counts_and_logs_a_done_record_as_the_built_in_middleware_would(caplog, monkeypatch) -> None:
+    calls = _count_process(monkeypatch)
     broker = InMemoryBroker()
     for _ in range(6):
         broker.produce("orders", envelope("orders", 1, ORDER))
@@ -212,6 +213,7 @@ def test_the_fast_lane_counts_and_logs_a_done_record_as_the_built_in_middleware_
     assert all(r.messageId for r in done)  # (the record context LoggingMiddleware gives its lines)
     assert consumer.stats["orders"].processed == 6
     assert user.seen == [(offset, "Done") for offset in range(6)]  # the other hooks are still called
+    assert calls == [0]  # (records 1 to 5 were done on the fast lane)
 
 
 def test_only_the_built_in_hooks_first_in_line_are_done_by_the_lane() -> None:
@@ -257,3 +259,76 @@ def test_an_on_record_hook_that_raises_is_logged_and_the_next_still_called_on_th
     failures = [r for r in caplog.records if r.getMessage() == "middleware on_record failed"]
     assert len(failures) == 3 and all(r.exc_info for r in failures)
     assert calls == [0]  # (the first record resolves its schema in _process; the others stay on the fast lane)
+
+
+def test_worker_slots_come_back_after_handlers_raise_and_hooks_fail_on_the_fast_lane(caplog) -> None:
+    broker = InMemoryBroker()
+    for _ in range(8):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    after = Outcomes()
+
+    class Raises(Middleware):
+        def on_outcome(self, record, message, outcome, attempt, delay_s) -> None:
+            raise RuntimeError("a bug in a middleware")
+
+    class Refuses(logging.Filter):
+        def filter(self, record) -> bool:
+            if record.getMessage() == "done":
+                raise RuntimeError("a logging filter that raises")
+            return True
+
+    async def handle(message) -> None:
+        if message.offset % 2:
+            raise ValueError("a handler bug")  # (ErrorPolicy DLQ: dead-lettered, the slot given back)
+
+    refuses = Refuses()
+    logger = logging.getLogger("toolkit.consumer")
+    logger.addFilter(refuses)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="toolkit.consumer"):
+            consumer = _run(broker, handle, middleware=[Raises(), after], max_workers=2)
+    finally:
+        logger.removeFilter(refuses)
+    engine = consumer._engine
+    assert engine is not None and engine._workers.free == 2  # every slot back
+    assert [offset for offset, kind in after.seen if kind == "Done"] == [0, 2, 4, 6]
+    assert consumer.stats["orders"].processed == 4 and sum(consumer.stats["orders"].dead_lettered.values()) == 4
+    assert broker.committed("g", "orders") == 8
+    failed = [r for r in caplog.records if r.getMessage() == "middleware on_outcome failed"]
+    assert len(failed) >= 8  # each done record: the raising filter and the raising hook, logged
+
+
+def test_a_cancelled_handler_gives_its_slot_back_on_the_fast_lane() -> None:
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    started = asyncio.Event()
+    consumer = KafkaConsumer(
+        group_id="g",
+        transport=broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        commit_interval_s=0.05,
+        max_workers=1,
+        shutdown_timeout_s=0.2,  # (the handler is cancelled past it)
+    )
+    seen: list[int] = []
+
+    async def handle(message) -> None:
+        seen.append(message.offset)
+        if message.offset == 1:  # on the fast lane (0 resolved the schema): hangs until the consumer stops
+            started.set()
+            await asyncio.sleep(3600)
+
+    consumer.register_handler("orders", handle)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(consumer.start())
+        await asyncio.wait_for(started.wait(), 10)
+        engine = consumer._engine
+        assert engine is not None and engine._workers.free == 0
+        await consumer.stop()
+        await asyncio.wait_for(task, 10)
+        assert engine._workers.free == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert seen == [0, 1] and broker.committed("g", "orders") == 1

@@ -13,10 +13,10 @@ import pytest
 
 import toolkit.consumer.pipeline as pipeline_module
 from tests.unit.test_wire import PAYMENT, PAYMENT_VALUE, Payment, avro_bytes, make, registry, wire  # noqa: F401
-from toolkit.consumer.pipeline import Message
+from toolkit.consumer.pipeline import Message, message_labels
 from toolkit.errors import MessageError
 from toolkit.testing import InMemoryRecord
-from toolkit.wire import SchemaIdKey
+from toolkit.wire import SchemaIdKey, header_fields, synthesize_header
 
 STAMP = 1714564800000
 
@@ -55,18 +55,46 @@ HEADERS = [
 ]
 
 
-@pytest.mark.parametrize("headers", [None, HEADERS], ids=["no Kafka headers", "header fields as Kafka headers"])
-def test_the_fast_lane_makes_the_message_the_full_path_makes(registry, headers) -> None:  # noqa: F811
+TYPED = [*HEADERS, ("messageType", b"Refund"), ("schemaName", b"payments")]
+
+
+@pytest.mark.parametrize(
+    "headers, message_type",
+    [(None, "com.acme.Payment"), (HEADERS, "com.acme.Payment"), (TYPED, "Refund")],
+    ids=["no Kafka headers", "header fields as Kafka headers", "messageType and schemaName as Kafka headers"],
+)
+def test_the_fast_lane_makes_the_message_the_full_path_makes(registry, monkeypatch, headers, message_type) -> None:  # noqa: F811
     p = make(registry)
+    p.router.register("payments", lambda m: True, message_type="Refund")
     value = wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE))
-    for offset in (7, 8):  # the first record plans, the second takes the plan
+    general = p._finish_wire
+    through: list[int] = []
+
+    def counted(decoded, wire_, topic, partition, offset, *rest):
+        through.append(offset)
+        return general(decoded, wire_, topic, partition, offset, *rest)
+
+    monkeypatch.setattr(p, "_finish_wire", counted)
+    for offset in (7, 8):  # the first record plans (the general path), the second takes the plan
         message, route = fast(p, record(value, offset=offset, headers=headers))
         expected, expected_route = full(p, record(value, offset=offset, headers=headers))
         assert route is expected_route
         assert message == expected and expected == message
-        assert isinstance(message, Message)
-        assert message.header == expected.header and message.body == Payment(**PAYMENT_VALUE)
+        assert isinstance(message, Message) and repr(message).startswith("Message(")
+        # the header made as synthesize_header makes it from the record, not only as the full path does
+        assert message.header == synthesize_header(
+            header_fields(headers),
+            message_type=message_type,
+            schema_name="payments",
+            version=1,
+            topic="payments",
+            partition=3,
+            offset=offset,
+            timestamp=STAMP,
+        )
+        assert message.body == Payment(**PAYMENT_VALUE)
         assert (message.schema_id, message.subject, message.attempt, message.key_value) == (1, "payments", 1, None)
+    assert through == [7, 7, 8]  # (7: the fast lane's and the full path's first record; 8: the full path only)
 
 
 def test_a_json_payload_is_validated_on_the_fast_lane_too(registry) -> None:  # noqa: F811
@@ -116,14 +144,18 @@ def test_copy_pickle_replace_and_repr_are_a_messages(registry) -> None:  # noqa:
     message, _ = fast(p, record(value, offset=8))
 
     copied = copy.copy(message)  # (the engine's copy for a retry under a time limit)
+    assert copied == message and message_labels(copied) == ("com.acme.Payment", "1")
     copied.attempt = 2
     assert message.attempt == 1 and copied.header == message.header and copied.body is message.body
+    deep = copy.deepcopy(message)
+    assert type(deep) is Message and deep == message
 
     unpickled = pickle.loads(pickle.dumps(message))
     assert type(unpickled) is Message and unpickled == message
 
     replaced = dataclasses.replace(message, attempt=3)
     assert replaced.attempt == 3 and replaced.header == message.header and replaced.offset == 8
+    assert copy.copy(replaced) == replaced  # (replace sets the header: nothing left to make)
 
     assert "header=Header(" in repr(message) and "offset=8" in repr(message)
     assert [f.name for f in dataclasses.fields(message)] == [f.name for f in dataclasses.fields(Message)]
@@ -132,3 +164,24 @@ def test_copy_pickle_replace_and_repr_are_a_messages(registry) -> None:  # noqa:
     message.header = other.header  # a handler (or a middleware) may set it
     assert message.header.producer == "me" and message == other
     assert message != dataclasses.replace(message, offset=9)
+
+
+def test_metrics_labels_come_without_making_the_header(registry, monkeypatch) -> None:  # noqa: F811
+    p = make(registry)
+    value = wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE))
+    fast(p, record(value))
+    message, _ = fast(p, record(value, offset=8))
+    monkeypatch.setattr(pipeline_module, "synthesize_header", None)  # (made now, it would raise)
+    assert message_labels(message) == ("com.acme.Payment", "1")
+    monkeypatch.undo()
+    message.header = message.header.model_copy(update={"message_type": "Refund"})
+    assert message_labels(message) == ("Refund", "1")  # a header set is the one read
+
+
+@pytest.mark.parametrize("stamp", [253402300800000, 2**62], ids=["year 10000", "far beyond"])
+def test_a_broker_time_datetime_cannot_hold_makes_the_header_at_once(registry, stamp) -> None:  # noqa: F811
+    p = make(registry)
+    value = wire(1, avro_bytes(PAYMENT, PAYMENT_VALUE))
+    fast(p, record(value))
+    message, _ = fast(p, record(value, offset=8, timestamp=stamp))
+    assert type(message) is Message and message.timestamp == stamp  # (its time: when it was read)

@@ -43,6 +43,7 @@ from toolkit.consumer.options import ConsumerOptions
 from toolkit.consumer.outcomes import DONE, Done, Pause, RetryAfter, Stop, ToDeadLetter, decide
 from toolkit.consumer.pipeline import CompiledSchema, Message, Pipeline, Plan, Prepared
 from toolkit.consumer.slots import WorkerSlots
+from toolkit.consumer.stats import TopicStats
 from toolkit.consumer.transport import (
     AcknowledgingTransport,
     Assignment,
@@ -416,16 +417,16 @@ class Engine:
         on_record = hooks.on_record
         ready_of, monotonic, tracker, acks = self._ready, time.monotonic, part.tracker, self._acks
         # The built-in outcome hooks of a done record, done here (Hooks.on_done: the others); a lane is one
-        # partition's, so one topic's counters.
-        on_done, done_logs = hooks.on_done, hooks.done_logs
-        counts = None if hooks.done_stats is None else hooks.done_stats[part.topic]
+        # partition's, so one topic's counters, looked up again every slice (consumer.stats may be reset).
+        on_done, done_logs, done_stats = hooks.on_done, hooks.done_logs, hooks.done_stats
+        counts: TopicStats | None = None
         log_done = done_logs and hooks.logs_done()
         try:
             while lane and not part.revoked and not self._stopping:
                 if monotonic() >= yield_at:
                     await asyncio.sleep(0)
                     yield_at = monotonic() + _LANE_SLICE_S
-                    log_done = done_logs and hooks.logs_done()
+                    log_done, counts = done_logs and hooks.logs_done(), None
                     continue
                 if part.held:  # a dead letter of this partition is refused: wait until it is delivered
                     await self._until_unheld(part)
@@ -468,7 +469,9 @@ class Engine:
                                 workers.free += 1
                             handling.reset(handled)
                         if result is True or result is None:
-                            if counts is not None:  # StatsMiddleware's and LoggingMiddleware's on_outcome
+                            if done_stats is not None:  # StatsMiddleware's and LoggingMiddleware's on_outcome
+                                if counts is None:
+                                    counts = done_stats[part.topic]
                                 counts.processed += 1
                             if log_done:
                                 hooks.log_done(msg, message)

@@ -160,8 +160,11 @@ class Hooks:
 
     @staticmethod
     def log_done(record: Record, message: Message[Any] | None) -> None:
-        """LoggingMiddleware's line of a done record, for the fast lane."""
-        log.debug("done", extra=log_context(record, message))
+        """LoggingMiddleware's line of a done record, for the fast lane (a failure is logged, as a hook's)."""
+        try:
+            log.debug("done", extra=log_context(record, message))
+        except Exception:  # noqa: BLE001 - e.g. a logging filter that raises: middleware cannot stop a record
+            log.exception("middleware on_outcome failed")
 
     def outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None = None

@@ -130,8 +130,10 @@ _message_fields = tuple(f.name for f in fields(Message))
 
 class _WireMessage(Message):
     """A :class:`Message` of a record in Confluent's wire format whose header is synthesized when first read
-    (most handlers never read it; it cost a record as much as the engine's own work): the same fields,
-    repr, equality, copy, pickle and :func:`dataclasses.replace` as a Message (which makes a Message)."""
+    (most handlers never read it; it cost a record as much as the engine's own work): the same fields, repr
+    and equality as a Message; a copy stays lazy, a deep copy or a pickle is a Message, and
+    :func:`dataclasses.replace` makes one of this class with the header set. Made only for a record whose
+    broker timestamp datetime can hold, so the header is the same whenever it is made."""
 
     __slots__ = ("_header_of",)
     _header_of: tuple[Any, ...]  # synthesize_header's arguments
@@ -156,19 +158,34 @@ class _WireMessage(Message):
 
     header = property(_read_header, _header_slot.__set__)  # type: ignore[assignment]
 
+    def labels(self) -> tuple[str, str]:
+        """``(messageType, schemaVersion)`` of the header, without making it (for metrics' labels)."""
+        try:
+            header = _header_slot.__get__(self, Message)
+        except AttributeError:
+            _, message_type, _, version = self._header_of
+            return message_type, str(version)
+        return header.message_type, header.schema_version
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
             return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in _message_fields)
+        return _values(self) == _values(other)  # (tuples: an item is equal to itself, as a Message's are)
 
     __hash__ = None  # type: ignore[assignment]  # (as a Message's: mutable, compared by value)
 
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled (and copied) as a Message, the header made
-        return (_as_message, tuple(getattr(self, name) for name in _message_fields))
+    def __repr__(self) -> str:
+        return "Message" + Message.__repr__(self).removeprefix(type(self).__qualname__)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (and deep-copied) as a Message, the header made
+        return (_as_message, _values(self))
 
     def __copy__(self) -> _WireMessage:
         copied = _new_wire(_WireMessage)
-        copied._header_of = self._header_of
+        try:
+            copied._header_of = self._header_of
+        except AttributeError:  # made by dataclasses.replace: the header is set
+            pass
         try:
             _header_slot.__set__(copied, _header_slot.__get__(self, Message))
         except AttributeError:  # not read yet: made when the copy's is read
@@ -179,6 +196,7 @@ class _WireMessage(Message):
 
 
 _new_wire = object.__new__
+_LAST_MS = 253402300799999  # the last millisecond of year 9999: a broker time datetime can hold
 _NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -223,6 +241,18 @@ def _validation_error(exc: Exception) -> MessageError:
     if isinstance(exc, RecursionError):
         return MessageError("validation", "body nested too deeply to validate")
     return MessageError("validation", f"{type(exc).__name__}: {exc}")
+
+
+def _values(message: Message[Any]) -> tuple[Any, ...]:
+    return tuple(getattr(message, name) for name in _message_fields)
+
+
+def message_labels(message: Message[Any]) -> tuple[str, str]:
+    """``(messageType, schemaVersion)`` of the message's header, without making a wire record's header."""
+    if message.__class__ is _WireMessage:
+        return message.labels()  # type: ignore[attr-defined, no-any-return]
+    header = message.header
+    return header.message_type, header.schema_version
 
 
 def _as_message(*values: Any) -> Message[Any]:
@@ -750,7 +780,7 @@ class Pipeline:
             SchemaNotYetKnown: no subject of the id is one the topic reads yet.
         """
         _, timestamp = record.timestamp()
-        if timestamp > 0 and self._keys_raw and wire.__class__ is WireSchema:  # the common case, planned below
+        if 0 < timestamp <= _LAST_MS and self._keys_raw and wire.__class__ is WireSchema:  # the common case
             headers = record.headers()
             fields = header_fields(headers) if headers else _NO_FIELDS
             message_type = fields.get("messageType") or wire.message_type
@@ -839,7 +869,7 @@ class Pipeline:
                 self._wire_plans[plan_key] = plan
         elif plan.model is not None:
             body = self._build(body, plan.model)
-        if timestamp is not None:  # (the common case) the header made when first read
+        if timestamp is not None and 0 < timestamp <= _LAST_MS:  # (the common case) the header made when read
             message: Message[Any] = _wire_message(
                 (fields, message_type, schema_name, version),
                 body,
@@ -853,7 +883,7 @@ class Pipeline:
                 wire.schema_id,
                 subject,
             )
-        else:  # no broker time: the header's is the time the record is read, now
+        else:  # no broker time (or one datetime cannot hold): the header's is the time the record is read, now
             header = synthesize_header(
                 fields,
                 message_type=message_type,

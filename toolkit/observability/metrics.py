@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from toolkit import _args
 from toolkit.consumer.middleware import CallNext, Middleware
 from toolkit.consumer.outcomes import DONE, Done, Outcome, Pause, RetryAfter, Stop, ToDeadLetter
+from toolkit.consumer.pipeline import Message as _Message
+from toolkit.consumer.pipeline import message_labels
 from toolkit.consumer.transport import FetchState, ObservableTransport
 from toolkit.errors import ConfigError, InvalidArgument
 
@@ -405,8 +407,11 @@ class PrometheusMiddleware(Middleware):
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
     ) -> None:
         if outcome is DONE and message is not None:  # every record handled: as little as possible
-            header = message.header
-            key = (message.topic, header.message_type, header.schema_version)
+            if message.__class__ is _Message:
+                header = message.header
+                key = (message.topic, header.message_type, header.schema_version)
+            else:  # (a wire record's header is made only when read: the labels without it)
+                key = (message.topic, *message_labels(message))
             processed = self._processed
             processed[key] = processed.get(key, 0) + 1
             return
@@ -437,8 +442,7 @@ class PrometheusMiddleware(Middleware):
 
     def _count(self, record: Record, message: Message[Any] | None, outcome: str, stage: str) -> None:
         if message is not None:
-            header = message.header
-            key: tuple[Any, ...] = (record.topic(), header.message_type, header.schema_version, outcome, stage)
+            key: tuple[Any, ...] = (record.topic(), *message_labels(message), outcome, stage)
         else:
             key = (None, record.topic(), *self._header_labels(record, stage), outcome, stage)
         records = self._records
