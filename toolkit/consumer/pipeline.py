@@ -132,8 +132,9 @@ class _WireMessage(Message):
     """A :class:`Message` of a record in Confluent's wire format whose header is synthesized when first read
     (most handlers never read it; it cost a record as much as the engine's own work): the same fields, repr
     and equality as a Message; a copy stays lazy, a deep copy or a pickle is a Message, and
-    :func:`dataclasses.replace` makes one of this class with the header set. Made only for a record whose
-    broker timestamp datetime can hold, so the header is the same whenever it is made."""
+    :func:`dataclasses.replace` makes one of this class with the header set. The header of a record whose
+    broker timestamp datetime cannot hold (or that has none) is made at once, so a header is the same
+    whenever it is made."""
 
     __slots__ = ("_header_of",)
     _header_of: tuple[Any, ...]  # synthesize_header's arguments
@@ -208,14 +209,14 @@ def _wire_message(
     offset: int,
     key: bytes | None,
     headers: list[tuple[str, bytes | None]],
-    timestamp: int,
+    timestamp: int | None,
     raw: bytes,
     schema_id: int,
     subject: str,
 ) -> _WireMessage:
     """A wire record's message, its header made from ``header_of`` (fields, messageType, schemaName,
-    version) when first read (``timestamp``: the broker's, never None: the header would take the time
-    it is read)."""
+    version) when first read (read it at once when ``timestamp`` is None or beyond datetime: the header
+    takes the time it is made)."""
     message = _new_wire(_WireMessage)
     message._header_of = header_of
     message.body = body
@@ -869,44 +870,21 @@ class Pipeline:
                 self._wire_plans[plan_key] = plan
         elif plan.model is not None:
             body = self._build(body, plan.model)
-        if timestamp is not None and 0 < timestamp <= _LAST_MS:  # (the common case) the header made when read
-            message: Message[Any] = _wire_message(
-                (fields, message_type, schema_name, version),
-                body,
-                topic,
-                partition,
-                offset,
-                key,
-                headers or [],
-                timestamp,
-                value or b"",
-                wire.schema_id,
-                subject,
-            )
-        else:  # no broker time (or one datetime cannot hold): the header's is the time the record is read, now
-            header = synthesize_header(
-                fields,
-                message_type=message_type,
-                schema_name=schema_name,
-                version=version,
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                timestamp=timestamp,
-            )
-            message = Message(
-                header,
-                body,
-                topic,
-                partition,
-                offset,
-                key,
-                headers or [],
-                timestamp,
-                value or b"",
-                schema_id=wire.schema_id,
-                subject=subject,
-            )
+        message = _wire_message(
+            (fields, message_type, schema_name, version),
+            body,
+            topic,
+            partition,
+            offset,
+            key,
+            headers or [],
+            timestamp,
+            value or b"",
+            wire.schema_id,
+            subject,
+        )
+        if timestamp is None or not 0 < timestamp <= _LAST_MS:
+            message.header  # noqa: B018 - made now: without a broker time datetime can hold, its time is now
         if not self._keys_raw and key is not None:
             self._read_key(topic, key, message)
         return message, plan.route
