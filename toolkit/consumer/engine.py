@@ -534,8 +534,6 @@ class Engine:
             decoded, source = self.pipeline.locate(value, topic)
             if source.__class__ is Plan:  # the common case: an earlier record with the same header got through
                 return self.pipeline.planned(decoded, source, msg, topic, value), source.route  # type: ignore[arg-type, union-attr]
-            if source.__class__ is WireSchema:  # (a record in Confluent's wire format whose id is resolved)
-                return self.pipeline.planned_wire(decoded, source, msg)  # type: ignore[arg-type]
             if isinstance(source, tuple):
                 return None
             if decoded.__class__ is WireRecord:

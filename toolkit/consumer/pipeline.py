@@ -884,7 +884,7 @@ class Pipeline:
             subject,
         )
         if timestamp is None or not 0 < timestamp <= _LAST_MS:
-            message.header  # noqa: B018 - made now: without a broker time datetime can hold, its time is now
+            message._read_header()  # made now: without a broker time datetime can hold, its time is now
         if not self._keys_raw and key is not None:
             self._read_key(topic, key, message)
         return message, plan.route
