@@ -11,6 +11,7 @@
     │       └── CodegenFailures     several files failed in one codegen run (``errors`` lists them)
     ├── RegistryError               talking to a schema registry
     │   ├── SchemaNotFound          the registry answers that the subject or version does not exist
+    │   │   └── SchemaCannotExist   ... and never can: a subject name the registry cannot hold (no grace)
     │   ├── SchemaNotYetKnown       not found, within the grace period: the partition waits and asks again
     │   ├── RegistryUnavailable     connection refused, timeout, 5xx: transient, retried, never dead-lettered
     │   └── RegistryRejected        the registry refused a schema (incompatible, invalid)
@@ -62,6 +63,11 @@ def json_error_text(exc: Any) -> str:
     """Where and why JSON did not parse, from a ``json.JSONDecodeError``: "Unterminated string starting at
     line 1 column 6" (its ``msg`` may end with "at" already, so "at line" is not simply appended)."""
     return f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
+
+
+def quoted(name: str, limit: int = 80) -> str:
+    """``repr(name)`` for a message, a long name (it comes from a record) cut at ``limit`` characters."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
 
 
 class EpistleError(Exception):
@@ -149,6 +155,12 @@ class RegistryError(EpistleError):
 
 class SchemaNotFound(RegistryError):
     """The subject or the version does not exist in the registry (permanent)."""
+
+
+class SchemaCannotExist(SchemaNotFound):
+    """Not found, and it never can be: the subject's name is not one the registry can hold (the local
+    ``schemas/`` folder holds only names of letters, digits, ``.``, ``_`` and ``-``). A record naming it is
+    dead-lettered at stage ``schema`` at once: no unknown-schema grace, no re-read of the folder."""
 
 
 class SchemaNotYetKnown(RegistryError):

@@ -335,3 +335,43 @@ def test_a_number_beyond_the_double_range_is_dead_lettered_at_validation(kafka_b
 
 def _not_json(name: str) -> None:
     raise AssertionError(f"{name} in a dead letter: not JSON")
+
+
+# --- a schemaName the local folder can never hold --------------------------------------------------------
+
+
+def test_a_schema_name_the_folder_can_never_hold_is_dead_lettered_without_a_grace(
+    kafka_bootstrap, make_topic, group_id, waits
+):
+    """With the default grace (30 s) and the local folder: path-like, control-character and overlong
+    schemaNames go to the dead-letter topic at once (stage ``schema``, their exact bytes) and the records
+    behind them are handled; nothing waits (no 'not yet known' line)."""
+    topic = make_topic("never-names")
+    names = ["../shipments", "shipments/../../etc/passwd", "shipments\x00", "s" * 5_000]
+    hostile = [
+        envelope_bytes(name, 1, sample(1), message_type="ShipmentCreated", message_id=f"bad-{i}")
+        for i, name in enumerate(names)
+    ]
+    assert [json.loads(value)["header"]["schemaName"] for value in hostile] == names
+    produce(kafka_bootstrap, topic, [*hostile, envelope_bytes("shipments", 1, sample(1), message_id="ok")])
+    running = Running(
+        KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group_id,
+            registry=LocalFolderRegistry(ROOT / "schemas"),
+            stop_when_idle=True,
+            commit_interval_s=0.2,
+            unknown_schema_grace_s=30,
+        ),
+        topic,
+    )
+    running.thread.join(120)
+    assert running.error is None and running.ids() == {"ok"}
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=len(hostile))
+    assert sorted(original_record(d.value, d.key, d.headers).value for d in dead) == sorted(hostile)
+    for letter in dead:
+        error = json.loads(letter.value)["error"]
+        assert error["stage"] == "schema" and "can never be in" in error["reason"], error["reason"]
+        assert error["details"][0]["path"] == "/header/schemaName"
+    assert waits.count == 0
+    assert committed(kafka_bootstrap, group_id, topic) == {0: len(hostile) + 1}

@@ -19,7 +19,7 @@ from toolkit.consumer import KafkaConsumer
 from toolkit.consumer.handlers import HandlerRegistry
 from toolkit.consumer.outcomes import ErrorPolicy, Pause, RetryPolicy, ToDeadLetter, decide
 from toolkit.consumer.pipeline import UNKNOWN_RETRY_MAX_S, Pipeline
-from toolkit.errors import ConfigError, MessageError, SchemaNotFound, SchemaNotYetKnown
+from toolkit.errors import ConfigError, MessageError, SchemaCannotExist, SchemaNotFound, SchemaNotYetKnown
 from toolkit.layout import SchemaFormat
 from toolkit.registry import CachedRegistry, LocalFolderRegistry, RegisteredSchema
 from toolkit.settings import load_settings
@@ -286,3 +286,90 @@ def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ConfigError, match="unknown_schema_grace_s.*EPISTLE_UNKNOWN_SCHEMA_GRACE_S") as raised:
             KafkaConsumer(unknown_schema_grace_s=wrong)
         assert raised.value.setting == "unknown_schema_grace_s"
+
+
+# --- a name the folder can never hold ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../things", "things/../../etc", "things\x00", "things value", "ü", "t" * 256, "things\n"],
+    ids=["parent", "traversal", "nul", "space", "non-ascii", "too-long", "newline"],
+)
+def test_a_name_the_folder_can_never_hold_is_final_at_once_without_rereading(tmp_path: Path, name: str) -> None:
+    clock = Clock()
+    registry = LocalFolderRegistry(_folder(tmp_path / "schemas"), rescan_interval_s=1.0, clock=clock)
+    assert registry.get("things", 1).version == 1
+    reads: list[int] = []
+    reload = registry.reload
+    registry.reload = lambda: (reads.append(1), reload())[1]  # type: ignore[method-assign]
+    clock.now += 5  # a plain miss now would re-read the folder
+    with pytest.raises(SchemaCannotExist) as raised:
+        registry.get(name, 1)
+    assert reads == []
+    assert "can never be in" in str(raised.value) and "letters, digits, '.', '_' and '-'" in str(raised.value)
+    assert len(str(raised.value)) < 400  # a long name is cut
+    with pytest.raises(SchemaNotFound):  # a plain miss still re-reads (a folder may be added)
+        registry.get("invoices", 1)
+    assert reads == [1]
+
+
+def test_names_the_folder_may_hold_are_still_waited_for(tmp_path: Path) -> None:
+    clock = Clock()
+    folder = LocalFolderRegistry(_folder(tmp_path / "schemas"), rescan_interval_s=1.0, clock=clock)
+    pipeline = Pipeline(
+        CachedRegistry(folder, clock=clock), HandlerRegistry(), None, unknown_schema_grace_s=30, clock=clock
+    )
+    for name in ("invoices", "1orders-value", "com.acme.Invoice", "a" * 255, "-x_y.z"):
+        with pytest.raises(SchemaNotYetKnown):
+            pipeline.resolve((name, 1))
+
+
+def test_the_pipeline_dead_letters_a_name_that_can_never_exist_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    folder = LocalFolderRegistry(_folder(tmp_path / "schemas"), rescan_interval_s=1.0, clock=clock)
+    cache = CachedRegistry(folder, clock=clock)
+    pipeline = Pipeline(cache, HandlerRegistry(), None, unknown_schema_grace_s=30, clock=clock)
+    for _ in range(2):  # not remembered as a miss that the second lookup would answer differently
+        with pytest.raises(MessageError) as raised:
+            pipeline.resolve(("../things", 1))
+        error = raised.value
+        assert error.stage == "schema"
+        assert "'../things'" in error.reason and "can never be in" in error.reason
+        assert error.details[0]["path"] == "/header/schemaName" and error.details[0]["grace_s"] == 0.0
+    assert pipeline.resolve(("things", 1))  # the subject itself is unaffected
+
+
+def test_the_consumer_dead_letters_such_records_without_waiting_and_goes_on() -> None:
+    """On the in-memory broker with the default grace (30 s), the repository's schemas and models: a record
+    per hostile name, then a valid one; every hostile one is in the dead-letter topic (its original bytes,
+    stage schema) and the valid one is handled, in one drain (stop_when_idle: nothing waited a grace)."""
+    import asyncio
+    import json
+
+    from tests.malformed_corpus import _envelope
+    from toolkit.consumer.deadletter import original_record
+    from toolkit.testing import InMemoryBroker
+
+    names = ["../orders", "orders/../../etc", "orders\x00", "o" * 10_000]
+    hostile = [_envelope(schemaName=name) for name in names]
+    broker = InMemoryBroker(partitions=1)
+    broker.create_topic("orders", 1)
+    for value in [*hostile, _envelope(messageId="ok")]:
+        broker.produce("orders", value)
+    handled: list[str] = []
+
+    async def handle(message: object) -> None:
+        handled.append(message.header.message_id)  # type: ignore[attr-defined]
+
+    consumer = KafkaConsumer(
+        group_id="g", transport=broker.transport("g"), stop_when_idle=True, unknown_schema_grace_s=30
+    )
+    consumer.register_handler("orders", handle)
+    asyncio.run(consumer.start())
+    assert handled == ["ok"]
+    letters = broker.records("orders.dlq")
+    assert [original_record(d.value(), d.key(), d.headers()).value for d in letters] == hostile
+    for letter in letters:
+        error = json.loads(letter.value())["error"]
+        assert error["stage"] == "schema" and "can never be in" in error["reason"], error

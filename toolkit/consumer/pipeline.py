@@ -44,8 +44,10 @@ from toolkit.errors import (
     InvalidArgumentType,
     MessageError,
     RegistryUnavailable,
+    SchemaCannotExist,
     SchemaNotFound,
     SchemaNotYetKnown,
+    quoted,
 )
 from toolkit.registry.base import (
     RegisteredSchema,
@@ -550,8 +552,14 @@ class Pipeline:
             what, subject, version, path = f"schema id {key[0]}", None, None, "/schemaId"
         else:
             subject, version = key  # type: ignore[misc]
-            what = f"subject {subject!r} version {version}"
+            what = f"subject {quoted(subject)} version {version}"
             path = "/header/schemaVersion" if "version" in str(exc).lower() else "/header/schemaName"
+        if isinstance(exc, SchemaCannotExist):  # a name the registry can never hold: no grace to wait out
+            return MessageError(
+                "schema",
+                f"unknown schema: {what}: {exc}",
+                details=[{"path": "/header/schemaName", "message": str(exc), "unknown_for_s": 0.0, "grace_s": 0.0}],
+            )
         grace = self.unknown_schema_grace_s
         now = self._clock()
         since, last = self._unknown.get(key, (now, now))

@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from toolkit import _args
-from toolkit.errors import ConfigError, RegistryError, RegistryUnavailable, SchemaNotFound
+from toolkit.errors import ConfigError, RegistryError, RegistryUnavailable, SchemaCannotExist, SchemaNotFound
 from toolkit.layout import SchemaFormat
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaRegistry
 
@@ -358,7 +358,7 @@ class CachedRegistry(Generic[T]):
                 schema = fetch()
             except SchemaNotFound as exc:
                 result = "not_found"
-                if self._not_found_ttl_s > 0:
+                if self._not_found_ttl_s > 0 and not isinstance(exc, SchemaCannotExist):  # (answered at once)
                     self._remember_missing(key, str(exc))
                 raise
             except RegistryUnavailable:

@@ -25,6 +25,7 @@ the topic.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from toolkit import _args
-from toolkit.errors import ConfigError, RegistryError, RegistryRejected, SchemaFileError, SchemaNotFound
+from toolkit.errors import (
+    ConfigError,
+    RegistryError,
+    RegistryRejected,
+    SchemaCannotExist,
+    SchemaFileError,
+    SchemaNotFound,
+    quoted,
+)
 from toolkit.layout import SchemaFile, Subject, load_schemas
 from toolkit.registry.base import (
     CompatibilityResult,
@@ -45,6 +54,9 @@ from toolkit.registry.base import (
 )
 
 RESCAN_INTERVAL_S = 1.0
+# Every name the folder can answer for: a subject folder's (layout: a letter, then letters, digits, ".", "_",
+# "-"), or <topic>-value under the topic_value strategy (Kafka topic names: the same characters, up to 249).
+_POSSIBLE_SUBJECT = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 log = logging.getLogger("toolkit.registry")
 R = TypeVar("R")
@@ -100,7 +112,7 @@ class LocalFolderRegistry:
         try:
             return lookup()
         except SchemaNotFound as missing:
-            if self._clock() - self._loaded_at < self.rescan_interval_s:
+            if isinstance(missing, SchemaCannotExist) or self._clock() - self._loaded_at < self.rescan_interval_s:
                 raise
             try:
                 self.reload()
@@ -112,6 +124,12 @@ class LocalFolderRegistry:
 
     def _subject(self, name: str) -> Subject:
         _args.text("subject", name)
+        if not _POSSIBLE_SUBJECT.fullmatch(name):
+            raise SchemaCannotExist(
+                f"subject {quoted(name)} can never be in {self.schemas_dir}: a subject folder's name is 1 to 255 "
+                "letters, digits, '.', '_' and '-' (the header's schemaName, or <topic>-value, names the subject)",
+                subject=name,
+            )
         subjects = self._all()
         if name in subjects:
             return subjects[name]
