@@ -159,8 +159,9 @@ class SchemaNotFound(RegistryError):
 
 class SchemaCannotExist(SchemaNotFound):
     """Not found, and it never can be: the subject's name is not one the registry can hold (the local
-    ``schemas/`` folder holds only names of letters, digits, ``.``, ``_`` and ``-``). A record naming it is
-    dead-lettered at stage ``schema`` at once: no unknown-schema grace, no re-read of the folder."""
+    ``schemas/`` folder holds only names of letters, digits, ``.``, ``_`` and ``-``; an HTTP registry refuses
+    the name in a lookup it answers otherwise). A record naming it is dead-lettered at stage ``schema`` at
+    once: no unknown-schema grace, no re-read of the folder."""
 
 
 class SchemaNotYetKnown(RegistryError):
@@ -180,8 +181,9 @@ class SchemaNotYetKnown(RegistryError):
 
 
 class RegistryUnavailable(RegistryError):
-    """The registry cannot be reached or answered with a server error after all retries (transient).
-    ``status`` is the HTTP status of the last answer (a 5xx or 429), None when there was no answer."""
+    """The registry cannot be reached, answered with a server error after all retries (transient), or answered
+    in a way that says the client is misconfigured. ``status`` is the HTTP status of the last answer, None when
+    there was none."""
 
     def __init__(self, message: str, *, attempts: int = 1, status: int | None = None, **context: Any) -> None:
         super().__init__(message, **context)

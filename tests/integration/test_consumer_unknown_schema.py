@@ -375,3 +375,44 @@ def test_a_schema_name_the_folder_can_never_hold_is_dead_lettered_without_a_grac
         assert error["details"][0]["path"] == "/header/schemaName"
     assert waits.count == 0
     assert committed(kafka_bootstrap, group_id, topic) == {0: len(hostile) + 1}
+
+
+def test_a_schema_name_the_http_registry_refuses_is_dead_lettered_without_a_grace(
+    kafka_bootstrap, registry_url, make_topic, group_id, unique_name, waits
+):
+    """The real Apicurio refuses a subject over 512 characters (HTTP 400), a longer one in the URL (414) and
+    one with a newline (400) while it answers everything else: such a record is dead-lettered at stage
+    ``schema`` at once, with the default grace (30 s), and the records behind it are handled (before, the
+    refusal read as the registry being unavailable: its partition waited for ever)."""
+    subject = unique_name("shipments")
+    http = ConfluentHttpRegistry(registry_url)
+    http.register(subject, schema_text(1), SchemaFormat.AVRO)
+    topic = make_topic("refused-names")
+    names = ["s" * 600, "s" * 6_000, "shipments\n"]
+    hostile = [
+        envelope_bytes(name, 1, sample(1), message_type="ShipmentCreated", message_id=f"bad-{i}")
+        for i, name in enumerate(names)
+    ]
+    produce(kafka_bootstrap, topic, [*hostile, envelope_bytes("shipments", 1, sample(1), message_id="ok")])
+    running = Running(
+        KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group_id,
+            registry=CachedRegistry(http),
+            subject_strategy=lambda ctx: subject if ctx.schema_name == "shipments" else ctx.schema_name,
+            stop_when_idle=True,
+            commit_interval_s=0.2,
+            unknown_schema_grace_s=30,
+        ),
+        topic,
+    )
+    running.thread.join(120)
+    assert not running.thread.is_alive() and running.error is None, repr(running.error)
+    assert running.ids() == {"ok"}
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=len(hostile))
+    assert sorted(original_record(d.value, d.key, d.headers).value for d in dead) == sorted(hostile)
+    for letter in dead:
+        error = json.loads(letter.value)["error"]
+        assert error["stage"] == "schema" and "the registry refuses the name (HTTP" in error["reason"], error
+    assert waits.count == 0
+    assert committed(kafka_bootstrap, group_id, topic) == {0: len(hostile) + 1}

@@ -482,3 +482,47 @@ def test_a_tls_connection_closed_mid_handshake_is_retried_as_transient():
     server = Server(_tls_error(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")), (200, []))
     assert client(server).subjects() == []
     assert len(server.requests) == 2
+
+
+# --- a subject name the registry refuses ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 414, 431])
+@pytest.mark.parametrize("lookup", ["get", "latest", "versions"])
+def test_a_lookup_refused_for_its_name_while_the_registry_answers_is_a_name_that_cannot_exist(status, lookup):
+    from toolkit.errors import SchemaCannotExist
+
+    server = Server((status, {"error_code": status, "message": "Artifact ID is invalid. " + "x" * 500}))
+    server.answers.append((200, {"compatibilityLevel": "BACKWARD"}))  # GET /config: the registry answers
+    registry = client(server)
+    call = {"get": lambda: registry.get("o" * 600, 1), "latest": lambda: registry.latest("o" * 600)}
+    call["versions"] = lambda: registry.versions("o" * 600)
+    with pytest.raises(SchemaCannotExist) as raised:
+        call[lookup]()
+    text = str(raised.value)
+    assert f"the registry refuses the name (HTTP {status}: Artifact ID is invalid." in text
+    assert "(600 characters)" in text and len(text) < 500
+    assert [r.url.path.rsplit("/", 1)[-1] for r in server.requests][-1] == "config"
+    assert len(server.requests) == 2  # not retried
+
+
+def test_a_refused_lookup_while_every_request_is_refused_stays_unavailable():
+    """A proxy or a wrong URL that answers 400 to everything is the configuration's fault, not the record's:
+    the consumer must wait (RegistryUnavailable), never dead-letter."""
+    from toolkit.errors import SchemaCannotExist
+
+    registry = client(Server((400, "Bad Request")))
+    with pytest.raises(RegistryUnavailable) as raised:
+        registry.get("orders", 1)
+    assert not isinstance(raised.value, SchemaCannotExist)
+    assert raised.value.status == 400
+
+
+def test_a_refused_lookup_while_the_registry_is_down_stays_unavailable():
+    from toolkit.errors import SchemaCannotExist
+
+    server = Server((414, ""))
+    server.answers.append(httpx.ConnectError("refused"))  # GET /config, every attempt
+    with pytest.raises(RegistryUnavailable) as raised:
+        client(server).get("orders", 1)
+    assert not isinstance(raised.value, SchemaCannotExist)

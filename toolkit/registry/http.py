@@ -11,7 +11,11 @@ Every HTTP outcome is translated in one place, :meth:`ConfluentHttpRegistry._cal
   jitter, at most ``max_attempts`` requests, then :class:`RegistryUnavailable` (never *not found*);
 - 401/403, a 404 without a Confluent error code (the URL is not the API root), a 2xx that is not JSON and
   any other status: :class:`RegistryUnavailable` at once, not retried. These are configuration problems,
-  not the message's fault: a consumer must pause on them, never dead-letter (the message says the fix).
+  not the message's fault: a consumer must pause on them, never dead-letter (the message says the fix);
+- except a 400, 414 or 431 answer to a lookup naming a subject (:meth:`~ConfluentHttpRegistry.get`,
+  ``latest``, ``versions``) while the registry answers a plain request (``GET /config``) at once: the
+  registry refuses that name (too long, a character it does not accept), so no schema can ever be found
+  under it: :class:`~toolkit.errors.SchemaCannotExist` (a record naming it is dead-lettered, not waited on).
 
 Secrets (password, bearer token, credentials in the URL) go only into the ``Authorization`` header; reprs,
 log records and error messages show the URL without credentials, and any text we did not write (a
@@ -42,7 +46,9 @@ from toolkit.errors import (
     RegistryError,
     RegistryRejected,
     RegistryUnavailable,
+    SchemaCannotExist,
     SchemaNotFound,
+    quoted,
 )
 from toolkit.layout import Compatibility
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaFormat
@@ -50,6 +56,17 @@ from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaB
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+_NAME_REFUSED = (400, 414, 431)  # the request itself refused: for a lookup, maybe only its subject's name
+
+
+class _RequestRefused(RegistryUnavailable):
+    """A 400, 414 or 431 answer (``detail``: the registry's message); see ``_subject_lookup``."""
+
+    def __init__(self, message: str, *, detail: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.detail = detail
+
+
 _NOT_FOUND = {
     40401: "subject not found",
     40402: "version not found",
@@ -203,12 +220,12 @@ class ConfluentHttpRegistry:
             raise SchemaNotFound(
                 f"subject {subject!r}: version {version!r} is not a positive integer", subject=subject, version=version
             )
-        body = self._call("GET", f"{_subject_path(subject)}/versions/{version}", subject=subject, version=version)
+        body = self._subject_lookup(f"{_subject_path(subject)}/versions/{version}", subject, version)
         return _registered(body, subject)
 
     def latest(self, subject: str) -> RegisteredSchema:
         """``GET /subjects/{subject}/versions/latest``; raises as :meth:`get`."""
-        body = self._call("GET", f"{_subject_path(subject)}/versions/latest", subject=subject, version="latest")
+        body = self._subject_lookup(f"{_subject_path(subject)}/versions/latest", subject, "latest")
         return _registered(body, subject)
 
     def get_by_id(self, schema_id: int) -> SchemaById:
@@ -267,7 +284,7 @@ class ConfluentHttpRegistry:
 
     def versions(self, subject: str) -> list[int]:
         """``GET /subjects/{subject}/versions``; raises SchemaNotFound for an unknown subject."""
-        return [int(v) for v in self._call("GET", f"{_subject_path(subject)}/versions", subject=subject)]
+        return [int(v) for v in self._subject_lookup(f"{_subject_path(subject)}/versions", subject, None)]
 
     def register(
         self, subject: str, text: str, schema_format: SchemaFormat, *, references: Sequence[Mapping[str, Any]] = ()
@@ -413,6 +430,30 @@ class ConfluentHttpRegistry:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _subject_lookup(self, path: str, subject: str, version: int | str | None) -> Any:
+        """``GET path`` (a lookup naming ``subject``). A request the registry refuses as such (400, 414, 431)
+        while it answers a plain request at once is the name's fault: :class:`SchemaCannotExist`. Otherwise
+        (it refuses every request: a proxy, a wrong URL) it stays :class:`RegistryUnavailable`."""
+        try:
+            return self._call("GET", path, subject=subject, version=version)
+        except _RequestRefused as refused:
+            if not self._answers_plain_request():
+                raise
+            detail = " ".join(refused.detail.split())[:200] or "no message"
+            raise SchemaCannotExist(
+                f"subject {quoted(subject)}: the registry refuses the name (HTTP {refused.status}: {detail}); "
+                "no schema can be registered under it",
+                subject=subject,
+                version=version,
+            ) from None
+
+    def _answers_plain_request(self) -> bool:
+        try:
+            self._call("GET", "/config")
+        except RegistryError:
+            return False
+        return True
+
     # ------------------------------------------------------------------ the one place errors are translated
 
     def _call(
@@ -521,8 +562,17 @@ class ConfluentHttpRegistry:
                 "SCHEMA_REGISTRY_BEARER_TOKEN",
                 **misconfigured,
             )
+        if status in _NAME_REFUSED:
+            raise _RequestRefused(
+                f"schema registry {self.url}: {what} answered HTTP {status} ({code}): {message}",
+                detail=message,
+                status=status,
+                **misconfigured,
+            )
         raise RegistryUnavailable(
-            f"schema registry {self.url}: {what} answered HTTP {status} ({code}): {message}", **misconfigured
+            f"schema registry {self.url}: {what} answered HTTP {status} ({code}): {message}",
+            status=status,
+            **misconfigured,
         )
 
     def _error(self, response: httpx.Response) -> tuple[int | None, str]:
