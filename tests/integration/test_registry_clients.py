@@ -123,6 +123,27 @@ def test_unknown_subject_and_version_are_not_found_without_retries(http, folder,
     assert len(counter) == 4  # one request each: not found is permanent
 
 
+def test_names_from_records_that_the_registry_cannot_take_as_given(http, counter):
+    """Subject names come from records (schemaName): "." and ".." are sent as the subjects they are (not as
+    dot segments that would take the request to another path, whose bare 404 reads as a misconfigured
+    URL: a partition waiting for ever), and names the real Apicurio refuses (over 512 characters: 400; longer
+    than a URL may be: 414; a newline: 400) are names that cannot exist, not an unavailable registry."""
+    from toolkit.errors import SchemaCannotExist
+
+    for name in (".", "..", "./x", "a/../b"):
+        counter.paths.clear()
+        with pytest.raises(SchemaNotFound) as raised:
+            http.get(name, 1)
+        assert not isinstance(raised.value, SchemaCannotExist) and "40401" in str(raised.value), name
+        assert len(counter) == 1
+    for name, status in (("n" * 600, 400), ("n" * 6_000, 414), ("orders\n", 400)):
+        counter.paths.clear()
+        with pytest.raises(SchemaCannotExist) as refused:
+            http.latest(name)
+        assert f"the registry refuses the name (HTTP {status}" in str(refused.value)
+        assert [path.rsplit("/", 1)[-1] for path in counter.paths] == ["latest", "config"]
+
+
 def test_registering_twice_is_a_no_op(http, folder, counter):
     root, orders, shipments = folder
     register_schemas(http, load_schemas(root))

@@ -526,3 +526,11 @@ def test_a_refused_lookup_while_the_registry_is_down_stays_unavailable():
     with pytest.raises(RegistryUnavailable) as raised:
         client(server).get("orders", 1)
     assert not isinstance(raised.value, SchemaCannotExist)
+
+
+@pytest.mark.parametrize("name, raw", [(".", b"%2E"), ("..", b"%2E%2E"), ("...", b"..."), ("a/..", b"a%2F..")])
+def test_dot_segment_subjects_are_sent_as_the_subjects_they_are(name, raw):
+    server = Server((404, {"error_code": 40401, "message": "Subject not found"}))
+    with pytest.raises(SchemaNotFound):
+        client(server).get(name, 1)
+    assert server.requests[0].url.raw_path == b"/apis/ccompat/v7/subjects/" + raw + b"/versions/1"

@@ -293,8 +293,8 @@ def test_the_setting_and_the_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../things", "things/../../etc", "things\x00", "things value", "ü", "t" * 256, "things\n"],
-    ids=["parent", "traversal", "nul", "space", "non-ascii", "too-long", "newline"],
+    ["../things", "things/../../etc", "things\x00", "things value", "ü", "t" * 256, "things\n", ".", ".."],
+    ids=["parent", "traversal", "nul", "space", "non-ascii", "too-long", "newline", "dot", "dot-dot"],
 )
 def test_a_name_the_folder_can_never_hold_is_final_at_once_without_rereading(tmp_path: Path, name: str) -> None:
     clock = Clock()

@@ -716,7 +716,10 @@ def _check_options(
 
 
 def _subject_path(subject: str) -> str:
-    return f"/subjects/{quote(subject, safe='')}"
+    # "." and ".." are dot segments that URL handling removes (/subjects/../versions/1 is /versions/1): the
+    # registry would answer for another path. Percent-encoded, they reach it as the subject they are.
+    segment = quote(subject, safe="")
+    return f"/subjects/{segment.replace('.', '%2E') if segment in ('.', '..') else segment}"
 
 
 def _payload(text: str, schema_format: SchemaFormat, references: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:

@@ -55,7 +55,8 @@ from toolkit.registry.base import (
 
 RESCAN_INTERVAL_S = 1.0
 # Every name the folder can answer for: a subject folder's (layout: a letter, then letters, digits, ".", "_",
-# "-"), or <topic>-value under the topic_value strategy (Kafka topic names: the same characters, up to 249).
+# "-"), or <topic>-value under the topic_value strategy (Kafka topic names: the same characters, up to 249;
+# never "." or "..").
 _POSSIBLE_SUBJECT = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 log = logging.getLogger("toolkit.registry")
@@ -124,10 +125,11 @@ class LocalFolderRegistry:
 
     def _subject(self, name: str) -> Subject:
         _args.text("subject", name)
-        if not _POSSIBLE_SUBJECT.fullmatch(name):
+        if not _POSSIBLE_SUBJECT.fullmatch(name) or name in (".", ".."):
             raise SchemaCannotExist(
                 f"subject {quoted(name)} can never be in {self.schemas_dir}: a subject folder's name is 1 to 255 "
-                "letters, digits, '.', '_' and '-' (the header's schemaName, or <topic>-value, names the subject)",
+                "letters, digits, '.', '_' and '-', not '.' or '..' (the header's schemaName, or <topic>-value, "
+                "names the subject)",
                 subject=name,
             )
         subjects = self._all()
