@@ -33,7 +33,7 @@ from toolkit.errors import SchemaFileError, json_error_text
 from toolkit.references import REFERENCES, SchemaReference
 
 SUBJECT_CONFIG = "subject.toml"
-_SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+_SUBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")  # (\Z: "$" would let a final newline in)
 SCHEMA_VERSION = re.compile(r"[1-9][0-9]{0,8}")
 """A schema version written as text (a version file's name, an envelope's ``schemaVersion``, use ``fullmatch``):
 a positive integer without sign, leading zeros or decimals, below 10**9 (registries number versions with 32-bit

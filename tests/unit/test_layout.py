@@ -128,3 +128,10 @@ def test_a_version_is_spelled_the_same_everywhere(tmp_path: Path, text: str, acc
         in_envelope = False
     published = _VERSION_FILE.match(f"orders/{text}.json") is not None
     assert (as_file, in_envelope, published) == (accepted,) * 3, folder
+
+
+@pytest.mark.parametrize("name", ["orders\n", "1orders", "or ders"])
+def test_a_folder_whose_name_is_not_a_schema_name_is_refused(tmp_path: Path, name: str) -> None:
+    _subject(tmp_path, name, {"1.json": OBJECT})
+    with pytest.raises(SchemaFileError, match="is not a valid schemaName"):
+        load_schemas(tmp_path)

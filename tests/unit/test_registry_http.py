@@ -493,7 +493,7 @@ def test_a_lookup_refused_for_its_name_while_the_registry_answers_is_a_name_that
     from toolkit.errors import SchemaCannotExist
 
     server = Server((status, {"error_code": status, "message": "Artifact ID is invalid. " + "x" * 500}))
-    server.answers.append((200, {"compatibilityLevel": "BACKWARD"}))  # GET /config: the registry answers
+    server.answers.append((404, {"error_code": 40401, "message": "Subject not found"}))  # the probe: answered
     registry = client(server)
     call = {"get": lambda: registry.get("o" * 600, 1), "latest": lambda: registry.latest("o" * 600)}
     call["versions"] = lambda: registry.versions("o" * 600)
@@ -502,7 +502,7 @@ def test_a_lookup_refused_for_its_name_while_the_registry_answers_is_a_name_that
     text = str(raised.value)
     assert f"the registry refuses the name (HTTP {status}: Artifact ID is invalid." in text
     assert "(600 characters)" in text and len(text) < 500
-    assert [r.url.path.rsplit("/", 1)[-1] for r in server.requests][-1] == "config"
+    assert server.requests[-1].url.path == "/apis/ccompat/v7/subjects/epistle-probe/versions/latest"
     assert len(server.requests) == 2  # not retried
 
 
@@ -516,6 +516,35 @@ def test_a_refused_lookup_while_every_request_is_refused_stays_unavailable():
         registry.get("orders", 1)
     assert not isinstance(raised.value, SchemaCannotExist)
     assert raised.value.status == 400
+
+
+@pytest.mark.parametrize("probe", [(403, {"error_code": 40301, "message": "no permission"}), (404, "Not Found")])
+def test_a_refused_lookup_whose_probe_is_refused_or_uncoded_stays_unavailable(probe, caplog):
+    """No permission to look other subjects up (RBAC), or a bare 404 (not the API root): nothing shows the
+    name is at fault, so the consumer waits; the log says why."""
+    from toolkit.errors import SchemaCannotExist
+
+    server = Server((400, {"error_code": 400, "message": "bad name"}))
+    server.answers.append(probe)
+    with caplog.at_level(logging.WARNING, logger="toolkit.registry.http"), pytest.raises(RegistryUnavailable) as raised:
+        client(server).get("orders", 1)
+    assert not isinstance(raised.value, SchemaCannotExist)
+    assert "refused a lookup of subject 'orders' (HTTP 400), and one of 'epistle-probe' too" in caplog.text
+
+
+def test_a_name_refused_once_is_remembered_as_one_that_cannot_exist():
+    """Through CachedRegistry: the second record naming it costs no request and is still SchemaCannotExist
+    (not a plain miss, which would make it wait out the unknown-schema grace)."""
+    from toolkit.errors import SchemaCannotExist
+    from toolkit.registry import CachedRegistry
+
+    server = Server((414, ""))
+    server.answers.append((404, {"error_code": 40401, "message": "Subject not found"}))
+    cache = CachedRegistry(client(server), lambda schema: schema)
+    for _ in range(2):
+        with pytest.raises(SchemaCannotExist):
+            cache.resolve("x" * 9_000, 1)
+    assert len(server.requests) == 2
 
 
 def test_a_refused_lookup_while_the_registry_is_down_stays_unavailable():

@@ -103,3 +103,10 @@ def test_a_file_vanishing_during_the_re_read_keeps_the_previous_view(tmp_path, m
     with pytest.raises(SchemaNotFound):
         registry.get("orders", 3)  # the miss re-reads, the re-read fails: still a miss, not an OSError
     assert registry.get("orders", 2).version == 2  # the previous view is kept
+
+
+def test_registering_under_a_name_the_folder_can_never_hold_says_so_not_add_a_file(tmp_path) -> None:
+    (tmp_path / "schemas").mkdir()
+    with pytest.raises(RegistryRejected) as raised:
+        LocalFolderRegistry(tmp_path / "schemas").register("../x", '{"type": "object"}', SchemaFormat.JSON)
+    assert "can never be in" in str(raised.value) and "add the schema as" not in str(raised.value)

@@ -80,7 +80,8 @@ class CachedRegistry(Generic[T]):
         self._entries: dict[tuple[str, int], tuple[RegisteredSchema, T]] = {}
         self._ids: dict[int, tuple[SchemaById, T]] = {}
         self._latest: dict[str, tuple[float, int]] = {}  # subject -> (expires at, version)
-        self._missing: dict[tuple[str, Version], tuple[float, str, float]] = {}  # -> (expires, message, seq)
+        # -> (expires, message, seq, the exception's class)
+        self._missing: dict[tuple[str, Version], tuple[float, str, int, type[SchemaNotFound]]] = {}
         self._misses = 0  # misses remembered so far: a fresh lookup ignores those from before it began
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, Version], threading.Lock] = {}
@@ -158,7 +159,7 @@ class CachedRegistry(Generic[T]):
                     found = get_by_id(schema_id)
                 except SchemaNotFound as exc:
                     if self._not_found_ttl_s > 0:
-                        self._remember_missing(key, str(exc))
+                        self._remember_missing(key, exc)
                     raise
                 known = self._ids.get(schema_id)
                 if known is not None and (known[0].format, known[0].text) == (found.format, found.text):
@@ -358,8 +359,8 @@ class CachedRegistry(Generic[T]):
                 schema = fetch()
             except SchemaNotFound as exc:
                 result = "not_found"
-                if self._not_found_ttl_s > 0 and not isinstance(exc, SchemaCannotExist):  # (answered at once)
-                    self._remember_missing(key, str(exc))
+                if self._not_found_ttl_s > 0:
+                    self._remember_missing(key, exc)
                 raise
             except RegistryUnavailable:
                 result = "unavailable"
@@ -378,24 +379,26 @@ class CachedRegistry(Generic[T]):
                 self._latest[subject] = (self._clock() + self._latest_ttl_s, schema.version)
         return entry
 
-    def _remember_missing(self, key: tuple[str, Version], message: str) -> None:
+    def _remember_missing(self, key: tuple[str, Version], missing: SchemaNotFound) -> None:
+        # Its class too: a name that cannot exist stays one (no unknown-schema grace for it from the cache).
+        cls = SchemaCannotExist if isinstance(missing, SchemaCannotExist) else SchemaNotFound
         now = self._clock()
         with self._lock:
             if len(self._missing) >= MAX_REMEMBERED_MISSES:  # many distinct unknown keys: drop the expired
                 for stale in [k for k, missing in self._missing.items() if missing[0] <= now]:
                     del self._missing[stale]
             self._misses += 1
-            self._missing[key] = (now + self._not_found_ttl_s, message, self._misses)
+            self._missing[key] = (now + self._not_found_ttl_s, str(missing), self._misses, cls)
 
     def _raise_if_missing(self, key: tuple[str, Version], asked_after: int | None = None) -> None:
         missing = self._missing.get(key)
         if missing is None:
             return
-        expires_at, message, seq = missing
+        expires_at, message, seq, cls = missing
         if asked_after is not None and seq <= asked_after:
             return  # a fresh lookup: an answer from before this call began does not count
         if expires_at > self._clock():
             # A fresh exception each time: one instance raised in many threads would share a traceback.
-            raise SchemaNotFound(message, subject=key[0], version=key[1])
+            raise cls(message, subject=key[0], version=key[1])
         with self._lock:
             self._missing.pop(key, None)

@@ -13,9 +13,10 @@ Every HTTP outcome is translated in one place, :meth:`ConfluentHttpRegistry._cal
   any other status: :class:`RegistryUnavailable` at once, not retried. These are configuration problems,
   not the message's fault: a consumer must pause on them, never dead-letter (the message says the fix);
 - except a 400, 414 or 431 answer to a lookup naming a subject (:meth:`~ConfluentHttpRegistry.get`,
-  ``latest``, ``versions``) while the registry answers a plain request (``GET /config``) at once: the
-  registry refuses that name (too long, a character it does not accept), so no schema can ever be found
-  under it: :class:`~toolkit.errors.SchemaCannotExist` (a record naming it is dead-lettered, not waited on).
+  ``latest``, ``versions``) while the registry answers the same lookup for a plain name
+  (``epistle-probe``: found, or not found with Confluent's error code): the registry refuses that name (too
+  long, a character it does not accept), so no schema can ever be found under it:
+  :class:`~toolkit.errors.SchemaCannotExist` (a record naming it is dead-lettered, not waited on).
 
 Secrets (password, bearer token, credentials in the URL) go only into the ``Authorization`` header; reprs,
 log records and error messages show the URL without credentials, and any text we did not write (a
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 _NAME_REFUSED = (400, 414, 431)  # the request itself refused: for a lookup, maybe only its subject's name
+_PROBE_SUBJECT = "epistle-probe"  # a plain name, to tell a refused name from refused lookups
 
 
 class _RequestRefused(RegistryUnavailable):
@@ -396,7 +398,7 @@ class ConfluentHttpRegistry:
                 version).
             RegistryUnavailable: as :meth:`get`.
         """
-        self._call("PUT", f"/config/{quote(subject, safe='')}", json={"compatibility": str(mode)}, subject=subject)
+        self._call("PUT", f"/config/{_segment(subject)}", json={"compatibility": str(mode)}, subject=subject)
 
     def delete_subject(self, subject: str, *, permanent: bool = False) -> list[int]:
         """``DELETE /subjects/{subject}``: the versions deleted; the subject then answers *not found*.
@@ -432,27 +434,42 @@ class ConfluentHttpRegistry:
 
     def _subject_lookup(self, path: str, subject: str, version: int | str | None) -> Any:
         """``GET path`` (a lookup naming ``subject``). A request the registry refuses as such (400, 414, 431)
-        while it answers a plain request at once is the name's fault: :class:`SchemaCannotExist`. Otherwise
-        (it refuses every request: a proxy, a wrong URL) it stays :class:`RegistryUnavailable`."""
+        while the same lookup for a plain name is answered (:data:`_PROBE_SUBJECT`: found, or not found with
+        Confluent's error code) is the name's fault: :class:`SchemaCannotExist`. Otherwise (every lookup is
+        refused: a proxy, a wrong URL, no permission) it stays :class:`RegistryUnavailable`."""
         try:
             return self._call("GET", path, subject=subject, version=version)
         except _RequestRefused as refused:
-            if not self._answers_plain_request():
+            probe = self._probe_lookup()
+            if probe is not None:
+                log.warning(
+                    "schema registry %s refused a lookup of subject %s (HTTP %s), and one of %r too (%s): "
+                    "waiting for the registry",
+                    self.url,
+                    quoted(subject),
+                    refused.status,
+                    _PROBE_SUBJECT,
+                    probe,
+                )
                 raise
             detail = " ".join(refused.detail.split())[:200] or "no message"
             raise SchemaCannotExist(
-                f"subject {quoted(subject)}: the registry refuses the name (HTTP {refused.status}: {detail}); "
-                "no schema can be registered under it",
+                f"subject {quoted(subject)}: the registry refuses the name (HTTP {refused.status}: {detail}) "
+                f"and answers the same lookup for {_PROBE_SUBJECT!r}; no schema can be registered under it",
                 subject=subject,
                 version=version,
             ) from None
 
-    def _answers_plain_request(self) -> bool:
+    def _probe_lookup(self) -> str | None:
+        """None when the registry answers a lookup of :data:`_PROBE_SUBJECT`'s latest version (found or not
+        found), else why not."""
         try:
-            self._call("GET", "/config")
-        except RegistryError:
-            return False
-        return True
+            self._call("GET", f"{_subject_path(_PROBE_SUBJECT)}/versions/latest", subject=_PROBE_SUBJECT)
+        except SchemaNotFound:
+            return None
+        except RegistryError as exc:
+            return str(exc)
+        return None
 
     # ------------------------------------------------------------------ the one place errors are translated
 
@@ -715,11 +732,16 @@ def _check_options(
             _args.path(name, value)
 
 
-def _subject_path(subject: str) -> str:
-    # "." and ".." are dot segments that URL handling removes (/subjects/../versions/1 is /versions/1): the
-    # registry would answer for another path. Percent-encoded, they reach it as the subject they are.
+def _segment(subject: str) -> str:
+    """``subject`` as one URL path segment. "." and ".." are dot segments that URL handling removes
+    (/subjects/../versions/1 is /versions/1, /config/. is /config): percent-encoded, they reach the registry as
+    the subject they are."""
     segment = quote(subject, safe="")
-    return f"/subjects/{segment.replace('.', '%2E') if segment in ('.', '..') else segment}"
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
+
+
+def _subject_path(subject: str) -> str:
+    return f"/subjects/{_segment(subject)}"
 
 
 def _payload(text: str, schema_format: SchemaFormat, references: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:

@@ -198,6 +198,8 @@ class LocalFolderRegistry:
         schema_format = SchemaFormat(schema_format)
         try:
             found = self._subject(subject)
+        except SchemaCannotExist as exc:  # no version file can be added for it either
+            raise RegistryRejected(str(exc), reasons=[str(exc)], subject=subject) from None
         except SchemaNotFound:
             found = None
         if found is not None:
