@@ -293,6 +293,18 @@ def test_registry_restarted_empty_and_repopulated_during_consumption(
     http.close()
 
 
+def draining(bootstrap: str, group: str, **options) -> KafkaConsumer:
+    """A consumer of the repository's schemas/ folder that stops once the topic is drained."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        stop_when_idle=True,
+        commit_interval_s=0.2,
+        **options,
+    )
+
+
 # --- a number beyond the double range ------------------------------------------------------------------
 
 
@@ -305,16 +317,7 @@ def test_a_number_beyond_the_double_range_is_dead_lettered_at_validation(kafka_b
         "minus": valid.replace(b'"widthCm":20.5', b'"widthCm":-1e400').replace(b'"ok"', b'"minus"'),
     }
     produce(kafka_bootstrap, topic, [valid, *hostile.values()])
-    running = Running(
-        KafkaConsumer(
-            bootstrap_servers=kafka_bootstrap,
-            group_id=group_id,
-            registry=LocalFolderRegistry(ROOT / "schemas"),
-            stop_when_idle=True,
-            commit_interval_s=0.2,
-        ),
-        topic,
-    )
+    running = Running(draining(kafka_bootstrap, group_id), topic)
     running.thread.join(120)
     assert running.error is None and running.ids() == {"ok"}
     by_value = {value: name for name, value in hostile.items()}
@@ -354,17 +357,7 @@ def test_a_schema_name_the_folder_can_never_hold_is_dead_lettered_without_a_grac
     ]
     assert [json.loads(value)["header"]["schemaName"] for value in hostile] == names
     produce(kafka_bootstrap, topic, [*hostile, envelope_bytes("shipments", 1, sample(1), message_id="ok")])
-    running = Running(
-        KafkaConsumer(
-            bootstrap_servers=kafka_bootstrap,
-            group_id=group_id,
-            registry=LocalFolderRegistry(ROOT / "schemas"),
-            stop_when_idle=True,
-            commit_interval_s=0.2,
-            unknown_schema_grace_s=30,
-        ),
-        topic,
-    )
+    running = Running(draining(kafka_bootstrap, group_id, unknown_schema_grace_s=30), topic)
     running.thread.join(120)
     assert running.error is None and running.ids() == {"ok"}
     dead = read_topic(kafka_bootstrap, f"{topic}.dlq", expected=len(hostile))
