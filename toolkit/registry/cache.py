@@ -379,16 +379,16 @@ class CachedRegistry(Generic[T]):
                 self._latest[subject] = (self._clock() + self._latest_ttl_s, schema.version)
         return entry
 
-    def _remember_missing(self, key: tuple[str, Version], missing: SchemaNotFound) -> None:
+    def _remember_missing(self, key: tuple[str, Version], exc: SchemaNotFound) -> None:
         # Its class too: a name that cannot exist stays one (no unknown-schema grace for it from the cache).
-        cls = SchemaCannotExist if isinstance(missing, SchemaCannotExist) else SchemaNotFound
+        cls = SchemaCannotExist if isinstance(exc, SchemaCannotExist) else SchemaNotFound
         now = self._clock()
         with self._lock:
             if len(self._missing) >= MAX_REMEMBERED_MISSES:  # many distinct unknown keys: drop the expired
                 for stale in [k for k, missing in self._missing.items() if missing[0] <= now]:
                     del self._missing[stale]
             self._misses += 1
-            self._missing[key] = (now + self._not_found_ttl_s, str(missing), self._misses, cls)
+            self._missing[key] = (now + self._not_found_ttl_s, str(exc), self._misses, cls)
 
     def _raise_if_missing(self, key: tuple[str, Version], asked_after: int | None = None) -> None:
         missing = self._missing.get(key)
