@@ -330,7 +330,7 @@ def test_the_pipeline_dead_letters_a_name_that_can_never_exist_at_once(tmp_path:
     folder = LocalFolderRegistry(_folder(tmp_path / "schemas"), rescan_interval_s=1.0, clock=clock)
     cache = CachedRegistry(folder, clock=clock)
     pipeline = Pipeline(cache, HandlerRegistry(), None, unknown_schema_grace_s=30, clock=clock)
-    for _ in range(2):  # not remembered as a miss that the second lookup would answer differently
+    for _ in range(2):  # the second answer comes from the cache's remembered miss: final too, not a wait
         with pytest.raises(MessageError) as raised:
             pipeline.resolve(("../things", 1))
         error = raised.value
