@@ -150,7 +150,8 @@ def order_body() -> dict:
 
 class SteadyProducer(threading.Thread):
     """Produces ``orders`` v1 envelopes with unique messageIds at about ``rate`` a second until stopped, with
-    acks=all and idempotence (a leader change neither loses nor duplicates a record); ``delivered`` holds
+    acks=all and idempotence (a leader change loses no record; librdkafka may still write one twice when it
+    has to start a new producer epoch, so tests read the log rather than count on it); ``delivered`` holds
     the messageIds the cluster acknowledged, ``failed`` the delivery errors."""
 
     def __init__(self, bootstrap: str, topic: str, rate: int, prefix: str = "m") -> None:
