@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -109,24 +110,21 @@ class Subject:
         return self.versions[-1]
 
 
-def parse_json_file(path: Path, text: str | None = None) -> Any:
+def parse_json_file(path: Path, text: str | None = None, *, unique_keys: bool = False) -> Any:
     """Parse a JSON file (or ``text``, a registry's schema text, ``path`` naming it), raising SchemaFileError with
-    the line and column of a syntax error: the one parse of schema text, for the folder and the runtime."""
+    the line and column of a syntax error: the one parse of schema text, for the folder and the runtime.
+
+    ``unique_keys`` (the ``schemas/`` folder's files): a key given twice in one object is an error naming its
+    path. JSON leaves its meaning open (Python's parser and Jackson keep the last value, others the first or
+    refuse), so such a schema would not mean one thing to every reader. A registry's text is read as the
+    registry's other clients read it (the last value), since it is already in use."""
     path = _args.path("path", path)
     if text is not None:
         _args.text("text", text)
+    text = read_schema_text(path) if text is None else text
+    duplicates = _DuplicateKeys() if unique_keys else None
     try:
-        text = path.read_text(encoding="utf-8") if text is None else text
-    except UnicodeDecodeError as exc:
-        raise SchemaFileError(
-            path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", fix="save the file as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise SchemaFileError(
-            path, f"cannot be read ({exc.strerror or exc})", fix="give the path of a readable JSON file"
-        ) from None
-    try:
-        return json.loads(text)
+        document = json.loads(text, object_pairs_hook=duplicates) if duplicates else json.loads(text)
     except json.JSONDecodeError as exc:
         raise SchemaFileError(path, f"not valid JSON: {json_error_text(exc)}", fix="correct the JSON syntax") from None
     except RecursionError:
@@ -135,6 +133,71 @@ def parse_json_file(path: Path, text: str | None = None) -> Any:
             "JSON nested too deeply to parse",
             fix="flatten it with definitions ($defs in JSON Schema, named types in Avro)",
         ) from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise SchemaFileError(
+            path,
+            f"holds an integer of more than {sys.get_int_max_str_digits()} digits, which cannot be read",
+            fix="write the number with fewer digits (a schema's bounds and defaults fit in 64 bits)",
+        ) from None
+    if duplicates is not None and duplicates.found:
+        where, key = duplicates.where(document)
+        raise SchemaFileError(
+            path,
+            f"the key {key!r} is given twice in one object: JSON parsers disagree on which one counts (the "
+            "first, the last, or neither)",
+            field=where,
+            fix=f"keep one {key!r} in that object",
+        )
+    return document
+
+
+def read_schema_text(path: Path) -> str:
+    """A schema file's text (UTF-8), or SchemaFileError saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaFileError(
+            path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", fix="save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SchemaFileError(
+            path, f"cannot be read ({exc.strerror or exc})", fix="give the path of a readable JSON file"
+        ) from None
+
+
+class _DuplicateKeys:
+    """``json.loads``'s ``object_pairs_hook``: the objects built, noting those that had a key twice (by id:
+    each stays alive in the document), so that :meth:`where` can name the first one's path."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, str] = {}
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        built = dict(pairs)
+        if len(built) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    self.found.setdefault(id(built), key)
+                    break
+                seen.add(key)
+        return built
+
+    def where(self, document: Any) -> tuple[str, str]:
+        """The JSON path of the first object (in document order) that had a key twice, and that key."""
+        from toolkit.formats.base import child
+
+        stack: list[tuple[str, Any]] = [("$", document)]
+        while stack:
+            json_path, node = stack.pop()
+            if isinstance(node, dict):
+                if id(node) in self.found:
+                    return json_path, self.found[id(node)]
+                stack.extend((child(json_path, k), v) for k, v in reversed(list(node.items())))
+            elif isinstance(node, list):
+                stack.extend((child(json_path, i), v) for i, v in reversed(list(enumerate(node))))
+        key = next(iter(self.found.values()))
+        return "$", key
 
 
 def canonical_json(document: Any) -> str:
@@ -283,8 +346,8 @@ def load_subject(folder: Path) -> Subject:
                 field="version",
                 fix="keep one file per version",
             )
-        text = path.read_text(encoding="utf-8") if path.stat().st_size else ""
-        document = parse_json_file(path, text)
+        text = read_schema_text(path)
+        document = parse_json_file(path, text, unique_keys=True)
         refs = config.references.get(version, ())
         found[version] = SchemaFile(name, version, fmt, path, text, document, refs)
         formats.add(fmt)

@@ -291,3 +291,37 @@ def test_the_corpus_check_sees_a_union_branch_the_model_swapped(
     assert tally.failures and "another union branch" in tally.failures[0]
     judge(subject, {"ab": {"A": {"x": 1}}}, tally, "valid")
     assert tally.agreed == 1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        ("^[^\\d]+$", "١٢"),  # Arabic-Indic digits: not \d in ECMA-262, \d in Rust's and Python's engines
+        ("^\\D+$", "٣"),
+        ("^\\W+$", "é"),  # \w is ASCII in ECMA-262
+        ("^\\S+$", "\x1c"),  # a separator Python's \s takes, ECMA-262's does not
+        ("^(?!-)[a-z-]+$", "ab-c"),  # a lookahead: Python's re in the model, ECMA-262 in the validator
+        ("^\\p{Lu}", "Émile"),  # a Unicode property: Python's re has none
+    ],
+)
+def test_a_pattern_the_model_would_read_otherwise_is_left_to_the_validator(
+    tmp_path: Path, pattern: str, value: str
+) -> None:
+    schema = {"title": "Tagged", "type": "object", "properties": {"tag": {"type": "string", "pattern": pattern}}}
+    name = "pattern_" + "".join(c for c in pattern if c.isalnum()).lower()
+    compiled, model = _build(tmp_path, name, schema, SchemaFormat.JSON, "Tagged")
+    _agree(compiled, model, {"tag": value})
+
+
+def test_a_plain_pattern_stays_in_the_model(tmp_path: Path) -> None:
+    schema = {
+        "title": "Address",
+        "type": "object",
+        "properties": {"country": {"type": "string", "pattern": "^[A-Z]{2}$"}},
+    }
+    compiled, model = _build(tmp_path, "plain_pattern", schema, SchemaFormat.JSON, "Address")
+    _agree(compiled, model, {"country": "NL"})
+    with pytest.raises(MessageError):
+        compiled.decode({"country": "nl"})
+    with pytest.raises(ValidationError):  # a model built by hand is held to it too
+        model(country="nl")

@@ -75,6 +75,37 @@ REFUSED = {
         "$schema",
         "unknown $schema",
     ),
+    "pattern-not-a-regex": (
+        "1.json",
+        _json(properties={"code": {"type": "string", "pattern": "(?P<x"}}),
+        "INVALID_SCHEMA",
+        "$.properties.code.pattern",
+        "'(?P<x' is not a regular expression",
+    ),
+    "pattern-properties-key-not-a-regex": (
+        "1.json",
+        _json(patternProperties={"[a-": {"type": "string"}}),
+        "INVALID_SCHEMA",
+        "$.patternProperties['[a-']",
+        "'[a-' is not a regular expression",
+    ),
+    "ref-loop": (
+        "1.json",
+        _json(
+            properties={"a": {"$ref": "#/$defs/A"}},
+            **{"$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"allOf": [{"$ref": "#/$defs/A"}]}}},
+        ),
+        "INVALID_SCHEMA",
+        "$.$defs.A",
+        "$.$defs.A -> $.$defs.B -> $.$defs.B.allOf[0] -> $.$defs.A applies to the same value without end",
+    ),
+    "root-refers-to-itself": (
+        "1.json",
+        _json(anyOf=[{"$ref": "#"}, {"type": "object"}]),
+        "INVALID_SCHEMA",
+        "$",
+        "$ -> $.anyOf[0] -> $ applies to the same value without end",
+    ),
     "avro-error-root": ("1.avsc", {**OOPS}, "UNSUPPORTED_SCHEMA", "$.type", "Avro error type"),
     "avro-error-field": (
         "1.avsc",
@@ -165,6 +196,26 @@ ACCEPTED = {
         _json(properties={"a": {"$ref": "#/$defs/Money"}}, **{"$defs": {"Money": {"type": "number"}}}),
     ),
     "draft-07": ("1.json", _json(**{"$schema": "http://json-schema.org/draft-07/schema#"})),
+    # regexes one of the two validators compiles (jsonschema-rs: ECMA-262; jsonschema: Python's re)
+    "ecma-pattern": (
+        "1.json",
+        _json(properties={"name": {"type": "string", "pattern": "^\\p{L}+(?<rest>-\\p{L}+)?$"}}),
+    ),
+    "lookahead-pattern": ("1.json", _json(properties={"slug": {"type": "string", "pattern": "^(?!-)[a-z-]+$"}})),
+    "recursive-tree": (
+        "1.json",
+        _json(
+            properties={"root": {"$ref": "#/$defs/Node"}},
+            **{
+                "$defs": {
+                    "Node": {
+                        "type": "object",
+                        "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+                    }
+                }
+            },
+        ),
+    ),
     "avro-record-field": (
         "1.avsc",
         _avro({"name": "e", "type": ["null", {**OOPS, "type": "record"}], "default": None}),

@@ -135,3 +135,57 @@ def test_a_folder_whose_name_is_not_a_schema_name_is_refused(tmp_path: Path, nam
     _subject(tmp_path, name, {"1.json": OBJECT})
     with pytest.raises(SchemaFileError, match="is not a valid schemaName"):
         load_schemas(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment", "field"),
+    [
+        ("1.json", b'\xff\xfe{"type": "object"}', "not UTF-8 text (invalid start byte at byte 0)", None),
+        ("1.avsc", b'{"type": "record", "name": "Caf\xe9", "fields": []}', "not UTF-8 text", None),
+        ("1.json", b'{"type": "integer", "maximum": ' + b"9" * 5000 + b"}", "an integer of more than 4300", None),
+        ("1.json", b'{"type": "object", "type": "string"}', "the key 'type' is given twice", "$"),
+        (
+            "1.json",
+            b'{"type": "object", "properties": {"a": {"type": "string", "maxLength": 3, "maxLength": 5}}}',
+            "the key 'maxLength' is given twice",
+            "$.properties.a",
+        ),
+        (
+            "1.avsc",
+            b'{"type": "record", "name": "R", "fields": [{"name": "a", "type": "int", "type": "string"}]}',
+            "the key 'type' is given twice",
+            "$.fields[0]",
+        ),
+    ],
+)
+def test_a_version_file_that_cannot_mean_one_thing_is_refused(
+    tmp_path: Path, name: str, content: bytes, fragment: str, field: str | None
+) -> None:
+    folder = _subject(tmp_path, "orders", {})
+    (folder / name).write_bytes(content)
+    with pytest.raises(SchemaFileError) as err:
+        load_schemas(tmp_path)
+    assert fragment in err.value.problem
+    assert err.value.field == field and err.value.fix
+    assert err.value.path == folder / name
+
+
+def test_a_registry_schema_with_a_key_twice_is_read_as_its_other_clients_read_it() -> None:
+    # Already registered and in use: the last value counts, as in Python's json and Jackson.
+    from toolkit.layout import parse_json_file
+
+    assert parse_json_file(Path("orders/1"), '{"type": "object", "type": "string"}') == {"type": "string"}
+
+
+def test_the_check_names_the_field_of_a_layout_problem(tmp_path: Path) -> None:
+    from toolkit.compat.check import run_check
+
+    folder = _subject(tmp_path, "orders", {"subject.toml": 'compatibility = "SIDEWAYS"'})
+    (folder / "1.json").write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    other = _subject(tmp_path, "shipments", {})
+    (other / "1.json").write_text('{"type": "object", "properties": {"a": {"type": "string", "type": "integer"}}}')
+    found = {(f.subject, f.rule, f.path) for f in run_check(tmp_path).findings if f.rule.startswith("INVALID")}
+    assert found == {
+        ("orders", "INVALID_SUBJECT_CONFIG", "compatibility"),
+        ("shipments", "INVALID_LAYOUT", "$.properties.a"),
+    }

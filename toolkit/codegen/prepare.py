@@ -1,4 +1,4 @@
-"""What codegen feeds datamodel-code-generator, so that the model accepts what the validator accepts.
+r"""What codegen feeds datamodel-code-generator, so that the model accepts what the validator accepts.
 
 The consumer validates a body first and then builds the model from the validator's output, so the model
 never has to refuse anything: it has to accept every validated value and keep all of it, so that
@@ -7,6 +7,12 @@ never has to refuse anything: it has to accept every validated value and keep al
 - an object without ``additionalProperties: false`` is open, but a pydantic model ignores (drops) unknown
   keys unless its config says ``extra="allow"``: such objects get ``additionalProperties: true`` (and
   render.py has them populated by alias only, so an unknown ``order_id`` is not read as ``orderId``);
+- a ``pattern`` pydantic would read otherwise than the validator is left to the validator (which matched
+  it with JSON Schema's dialect, ECMA-262, in jsonschema-rs): one with a class escape (``\d``, ``\w``, ``\s``,
+  ``\b``, ``\p`` and their negations are Unicode classes in Rust's ``regex``, so ``^[^\d]+$`` would refuse
+  the Arabic-Indic "١" the validator accepted), a group flag, lookaround or backreference (``(?=``,
+  ``(?i)``, ``\1``: another engine, Python's ``re``, and its own reading), or one Rust's engine refuses;
+  plain patterns (``^[A-Z]{2}$``) stay in the model;
 - ``patternProperties`` become ``extra="forbid"`` (beside ``additionalProperties: false``) or a
   ``dict[constr(pattern=...), T]`` that refuses the keys no pattern matches: they are dropped and the object
   opened (the validator has checked the keys and their values; the model keeps them as extras);
@@ -30,6 +36,7 @@ Known value-level limits of the types kept (not refused): ``format: date-time``/
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 # Options passed to datamodel-code-generator on top of the layout ones in render.py.
@@ -104,6 +111,8 @@ def _prepare(node: Any, root: bool = False) -> Any:
     for key in _MAP:
         if isinstance(node.get(key), dict):
             node[key] = {name: _prepare(sub) for name, sub in node[key].items()}
+    if isinstance(node.get("pattern"), str) and not model_can_match(node["pattern"]):
+        del node["pattern"]
     if "patternProperties" in node:
         # Matching keys are extras for the model: their values were checked by the validator.
         del node["patternProperties"]
@@ -126,6 +135,24 @@ def _prepare(node: Any, root: bool = False) -> Any:
     }
     outer = {key: value for key, value in node.items() if key not in typed}
     return {**outer, "anyOf": [{**typed, "type": implied[0]}, {"not": {"type": implied[0]}}]}
+
+
+# What makes a regex mean something else to pydantic than to the validator (see the module docstring).
+_DIALECT_SPECIFIC = re.compile(r"\\[dDwWsSbBpPuxck0-9]|\(\?(?!:)")
+
+
+def model_can_match(regex: str) -> bool:
+    """Whether the model may match ``regex`` itself: pydantic's default engine compiles it and reads it as
+    the validator does (no class escape, group flag, lookaround or backreference)."""
+    if _DIALECT_SPECIFIC.search(regex):
+        return False
+    from pydantic_core import SchemaError, SchemaValidator, core_schema
+
+    try:
+        SchemaValidator(core_schema.str_schema(pattern=regex))
+    except SchemaError:
+        return False
+    return True
 
 
 def _mixes_bools_and_numbers(values: list) -> bool:

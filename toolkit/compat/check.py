@@ -71,7 +71,9 @@ def run_check(
         except SchemaFileError as exc:
             rule = "INVALID_SUBJECT_CONFIG" if exc.path.name == SUBJECT_CONFIG else "INVALID_LAYOUT"
             fix = f" Fix: {exc.fix}." if exc.fix else ""
-            report.findings.append(Finding(folder.name, rule, f"{exc.problem}.{fix}", file=str(exc.path)))
+            report.findings.append(
+                Finding(folder.name, rule, f"{exc.problem}.{fix}", path=exc.field or "$", file=str(exc.path))
+            )
             continue
         report.subjects.append(subject)
     subjects = {subject.name: subject for subject in report.subjects}

@@ -113,7 +113,11 @@ class JsonSchemaFormat(BaseFormat):
             _check_meta_schema(path, draft_of(path, document), document)
         except SchemaFileError as exc:
             return [exc]
-        return list(_unresolved_refs(path, document, references))
+        return (
+            list(_bad_patterns(path, document, "$"))
+            + list(_unresolved_refs(path, document, references))
+            + list(_in_place_cycles(path, document))
+        )
 
     def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
         return list(_unsupported(path, document)) + list(_deep_references(path, document, references))
@@ -269,6 +273,182 @@ def _deep_references(path: Path | str, document: Any, references: Referenced) ->
             field=f"${json_path}",
             fix=f'point the $ref at "{target}" or "{target}#/$defs/<Name>"',
         )
+
+
+# Keywords whose value is a subschema, a list of subschemas, or a map of names to subschemas (every draft):
+# where a "pattern" is a keyword, and not a property name or an annotation's data.
+_SUBSCHEMA = frozenset(
+    {
+        "additionalProperties",
+        "additionalItems",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "items",
+        "contains",
+        "propertyNames",
+        "not",
+        "if",
+        "then",
+        "else",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "prefixItems",
+    }
+)
+_SUBSCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas", "dependencies"})
+
+
+def _bad_patterns(path: Path | str, node: Any, json_path: str) -> Iterator[SchemaFileError]:
+    """A ``pattern`` or ``patternProperties`` key that is no regular expression: every body would fail to
+    validate (jsonschema raises on it), and the check says so instead."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _bad_patterns(path, item, child(json_path, index))
+        return
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("pattern"), str):
+        problem = _regex_problem(node["pattern"])
+        if problem:
+            yield _pattern_error(path, child(json_path, "pattern"), node["pattern"], problem)
+    if isinstance(node.get("patternProperties"), dict):
+        for regex, subschema in node["patternProperties"].items():
+            where = child(child(json_path, "patternProperties"), regex)
+            problem = _regex_problem(regex)
+            if problem:
+                yield _pattern_error(path, where, regex, problem)
+            yield from _bad_patterns(path, subschema, where)
+    for key, value in node.items():
+        if key in _SUBSCHEMA:
+            yield from _bad_patterns(path, value, child(json_path, key))
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            for name, subschema in value.items():
+                yield from _bad_patterns(path, subschema, child(child(json_path, key), name))
+
+
+# Keywords that apply their subschemas to the value itself, not to a part of it.
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
+
+
+def _in_place_cycles(path: Path | str, document: Any) -> Iterator[SchemaFileError]:
+    """A ``$ref`` (with ``allOf``, ``anyOf``, ``oneOf``, ``not``, ``if``, ``then``, ``else``) that leads back
+    to where it started without going into a property or an item: it applies to the same value without end.
+    jsonschema recurses until Python stops it, and pydantic refuses every value (a recursion loop), so no
+    body could be validated or modelled. Only references inside the file (``#/...``) are followed."""
+    nodes: dict[int, tuple[str, dict]] = {}
+    scoped: set[int] = set()  # below a subschema with an id of its own: its "#/..." is not the file's
+    stack: list[tuple[str, Any, bool]] = [("$", document, False)]
+    while stack:
+        json_path, node, in_scope = stack.pop()
+        if isinstance(node, list):  # (children pushed last first: nodes are in document order)
+            stack.extend((child(json_path, i), item, in_scope) for i, item in reversed(list(enumerate(node))))
+            continue
+        if not isinstance(node, dict) or id(node) in nodes:
+            continue
+        nodes[id(node)] = (json_path, node)
+        in_scope = in_scope or (json_path != "$" and any(isinstance(node.get(k), str) for k in ("$id", "id")))
+        if in_scope:
+            scoped.add(id(node))
+        children: list[tuple[str, Any, bool]] = []
+        for key, value in node.items():
+            if key in _SUBSCHEMA:
+                children.append((child(json_path, key), value, in_scope))
+            if (key in _SUBSCHEMA_MAPS or key == "patternProperties") and isinstance(value, dict):
+                children.extend((child(child(json_path, key), name), sub, in_scope) for name, sub in value.items())
+        stack.extend(reversed(children))
+    order = {key: index for index, key in enumerate(nodes)}
+
+    def in_place(node: dict) -> Iterator[tuple[str, Any]]:
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#") and id(node) not in scoped:
+            target = _pointer(document, ref[1:])
+            if isinstance(target, dict):
+                yield "$ref", target
+        for key in _IN_PLACE_ONE:
+            if isinstance(node.get(key), dict):
+                yield key, node[key]
+        for key in _IN_PLACE_LIST:
+            if isinstance(node.get(key), list):
+                yield from ((key, item) for item in node[key] if isinstance(item, dict))
+
+    state: dict[int, int] = {}  # 1: on the current walk, 2: done
+    for start in list(nodes):
+        if start in state:
+            continue
+        walk: list[tuple[dict, Iterator[tuple[str, Any]]]] = [(nodes[start][1], in_place(nodes[start][1]))]
+        state[start] = 1
+        while walk:
+            node, edges = walk[-1]
+            step = next(edges, None)
+            if step is None:
+                state[id(node)] = 2
+                walk.pop()
+                continue
+            target = step[1]
+            if state.get(id(target)) == 1:
+                loop = [n for n, _ in walk][[id(n) for n, _ in walk].index(id(target)) :]
+                first = min(range(len(loop)), key=lambda i: order.get(id(loop[i]), len(order)))
+                loop = loop[first:] + loop[:first]  # told from the loop's first schema in the file
+                names = [nodes.get(id(n), ("(a referenced schema)", n))[0] for n in loop]
+                yield SchemaFileError(
+                    path,
+                    f"{' -> '.join([*names, names[0]])} applies to the same value without end (through $ref, "
+                    "allOf, anyOf, oneOf, not, if, then or else): no body could be validated or modelled",
+                    field=names[0],
+                    fix="break the loop: a schema may refer to itself only below a property or an array item, "
+                    'e.g. "items": {"$ref": "#/$defs/Node"}',
+                )
+                return
+            if id(target) not in state:
+                state[id(target)] = 1
+                walk.append((target, in_place(target)))
+
+
+def _pointer(document: Any, pointer: str) -> Any:
+    """The part of ``document`` a JSON pointer (a ``$ref``'s fragment) names, or None."""
+    from urllib.parse import unquote
+
+    node = document
+    for part in unquote(pointer).split("/")[1:] if pointer else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _regex_problem(regex: str) -> str | None:
+    """Why neither validator can compile ``regex`` (jsonschema uses Python's ``re``, jsonschema-rs an
+    ECMA-262 dialect; a regex one of them compiles is used by it), or None."""
+    import re
+
+    try:
+        re.compile(regex)
+        return None
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        problem = str(exc) or type(exc).__name__
+    import jsonschema_rs
+
+    try:
+        jsonschema_rs.validator_for({"pattern": regex})
+        return None
+    except Exception:  # noqa: BLE001 - refused by jsonschema-rs too: Python's reason is the one given
+        return problem
+
+
+def _pattern_error(path: Path | str, where: str, regex: str, problem: str) -> SchemaFileError:
+    return SchemaFileError(
+        path,
+        f"{shorten(repr(regex), 80)} is not a regular expression ({problem}): no body could be validated against it",
+        field=where,
+        fix="correct the regular expression (JSON Schema's are ECMA-262: e.g. (?<name>...) for a named group, "
+        "^ and $ to anchor)",
+    )
 
 
 def _unsupported(path: Path | str, document: dict) -> Iterator[UnsupportedSchema]:

@@ -235,15 +235,23 @@ class JsonSchema(CompiledSchema):
         except MessageError:
             raise
         except Exception as exc:  # noqa: BLE001 - the contract: a body never crashes the validator
-            raise unexpected(exc) from None
+            explained = None
+            if fast_verdict is False:  # jsonschema cannot follow the schema (a regex Python's re refuses, as
+                try:  # \p{L}): jsonschema-rs's errors say why, if it can list them
+                    explained = _fast_error(self.fast, body)
+                except Exception:  # noqa: BLE001 - e.g. too deep for it too: the first failure is reported
+                    explained = None
+            raise (explained or unexpected(exc)) from None
 
 
 def _fast_error(fast: Any, body: Any) -> MessageError:
-    """jsonschema-rs rejected what jsonschema accepts (a stricter format check): report its errors."""
+    """jsonschema-rs rejected what jsonschema accepts (a stricter format check) or cannot evaluate: report
+    its errors."""
     details = []
     for error in itertools.islice(fast.iter_errors(body), MAX_DETAILS):
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.instance_path)
-        details.append({"path": path, "message": shorten(error.message), "keyword": "format"})
+        keyword = str(error.schema_path[-1]) if error.schema_path else "unknown"
+        details.append({"path": path, "message": shorten(error.message), "keyword": keyword})
     if not details:
         details = [{"path": "$", "message": "rejected by the schema", "keyword": "unknown"}]
     return MessageError(STAGE, f"{details[0]['path']}: {details[0]['message']}", details=details)
