@@ -145,6 +145,14 @@ def test_a_retry_that_succeeds_returns_the_answer():
         ((401, {"message": "Unauthorized"}), "credentials"),
         ((403, {"message": "Forbidden"}), "credentials"),
         ((200, "<html>a proxy login page</html>"), "API root"),
+        # JSON, but no subject version: another API's or a gateway's answer
+        ((200, {"status": "ok"}), "not a subject version"),
+        ((200, [1, 2]), "not a subject version"),
+        ((200, {"subject": "orders", "version": 1, "id": 1}), "not a subject version"),  # no schema
+        ((200, {**version_body(), "schema": None}), "not a subject version"),
+        ((200, {**version_body(), "version": "one"}), "not a subject version"),
+        ((200, {**version_body(), "id": "42"}), "not a subject version"),
+        ((200, {**version_body(), "references": "address"}), "not a subject version"),
     ],
 )
 def test_misconfiguration_pauses_the_consumer_instead_of_dead_lettering(answer, fix):
@@ -563,3 +571,27 @@ def test_dot_segment_subjects_are_sent_as_the_subjects_they_are(name, raw):
     with pytest.raises(SchemaNotFound):
         client(server).get(name, 1)
     assert server.requests[0].url.raw_path == b"/apis/ccompat/v7/subjects/" + raw + b"/versions/1"
+
+
+def test_a_lookup_answer_without_the_schema_is_the_schema_looked_up():
+    # Confluent's POST /subjects/{subject} answer repeats the schema; one that does not is read with ours.
+    server = Server((200, {"subject": "orders", "version": 3, "id": 7}))
+    found = client(server).lookup("orders", AVRO, SchemaFormat.AVRO)
+    assert found is not None and (found.version, found.schema_id, found.text) == (3, 7, AVRO)
+    with pytest.raises(RegistryUnavailable, match="not a subject version"):
+        client(Server((200, {"subject": "orders", "id": 7}))).lookup("orders", AVRO, SchemaFormat.AVRO)
+
+
+def test_get_by_id_answers_of_another_shape_are_a_misconfiguration_or_skipped():
+    # references that are not a list of objects: not a schema (wait, as for a proxy's page)
+    with pytest.raises(RegistryUnavailable, match="not a schema"):
+        client(Server((200, {"schema": AVRO, "references": "address"}))).get_by_id(5)
+    # a subject/version pair that is not one is left out, the others kept
+    pairs = [
+        {"subject": "orders", "version": "x"},
+        {"subject": 7, "version": 1},
+        "orders",
+        {"subject": "orders", "version": 2},
+    ]
+    found = client(Server((200, {"schema": AVRO}), (200, pairs))).get_by_id(5)
+    assert found.versions == (("orders", 2),)

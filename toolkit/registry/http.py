@@ -51,7 +51,7 @@ from toolkit.errors import (
     SchemaNotFound,
     quoted,
 )
-from toolkit.layout import Compatibility
+from toolkit.layout import SCHEMA_VERSION, Compatibility
 from toolkit.registry.base import CompatibilityResult, RegisteredSchema, SchemaById, SchemaFormat
 
 log = logging.getLogger(__name__)
@@ -222,13 +222,13 @@ class ConfluentHttpRegistry:
             raise SchemaNotFound(
                 f"subject {subject!r}: version {version!r} is not a positive integer", subject=subject, version=version
             )
-        body = self._subject_lookup(f"{_subject_path(subject)}/versions/{version}", subject, version)
-        return _registered(body, subject)
+        path = f"{_subject_path(subject)}/versions/{version}"
+        return self._version(self._subject_lookup(path, subject, version), subject, f"GET {path}")
 
     def latest(self, subject: str) -> RegisteredSchema:
         """``GET /subjects/{subject}/versions/latest``; raises as :meth:`get`."""
-        body = self._subject_lookup(f"{_subject_path(subject)}/versions/latest", subject, "latest")
-        return _registered(body, subject)
+        path = f"{_subject_path(subject)}/versions/latest"
+        return self._version(self._subject_lookup(path, subject, "latest"), subject, f"GET {path}")
 
     def get_by_id(self, schema_id: int) -> SchemaById:
         """``GET /schemas/ids/{id}``, then ``GET /schemas/ids/{id}/versions`` for the subjects and versions
@@ -248,7 +248,14 @@ class ConfluentHttpRegistry:
         except SchemaNotFound as exc:
             detail = str(exc).replace(": request (", " (", 1)  # no subject or version to name
             raise SchemaNotFound(f"schema id {schema_id} is not in the registry: {detail}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
+        references = body.get("references") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("schema"), str)
+            or not (
+                references is None or (isinstance(references, list) and all(isinstance(r, dict) for r in references))
+            )
+        ):
             raise RegistryUnavailable(
                 f"schema registry {self.url}: GET /schemas/ids/{schema_id} answered "
                 f"{self._scrub(str(body)[:200])!r}, not a schema; point "
@@ -266,8 +273,8 @@ class ConfluentHttpRegistry:
         else:
             versions = tuple(
                 (str(p["subject"]), int(p["version"]))
-                for p in pairs
-                if isinstance(p, dict) and "subject" in p and "version" in p
+                for p in (pairs if isinstance(pairs, list) else ())
+                if isinstance(p, dict) and isinstance(p.get("subject"), str) and _is_version(p.get("version"))
             )
         return SchemaById(schema_id, schema_format, body["schema"], versions, tuple(body.get("references") or ()))
 
@@ -361,7 +368,7 @@ class ConfluentHttpRegistry:
         if body is None:
             return None
         # Apicurio's lookup answer has no schemaType; the format is the one we asked about.
-        return _registered(body, subject, default_format=schema_format)
+        return self._version(body, subject, f"POST {_subject_path(subject)}", schema_format, text)
 
     def check_compatibility(
         self,
@@ -621,6 +628,38 @@ class ConfluentHttpRegistry:
         """Full jitter: uniform in [0, :func:`~toolkit.backoff.exponential_delay`]."""
         return self._rng() * exponential_delay(attempt, *self._backoff)
 
+    def _version(
+        self,
+        body: Any,
+        subject: str,
+        asked: str,
+        default_format: SchemaFormat = SchemaFormat.AVRO,
+        text: str | None = None,
+    ) -> RegisteredSchema:
+        """The subject version a registry's answer describes (``text``: the schema looked up, for an answer
+        that does not repeat it). A 2xx answer that is no subject version (a proxy's or another API's JSON)
+        is a misconfiguration, as one that is not JSON: RegistryUnavailable, so records wait for a fix
+        instead of being dead-lettered for the registry's answer."""
+        if isinstance(body, dict) and text is not None and "schema" not in body:
+            body = {**body, "schema": text}
+        references = body.get("references") if isinstance(body, dict) else None
+        schema_id = body.get("id") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("schema"), str)
+            or not _is_version(body.get("version"))
+            or not isinstance(body.get("subject", subject), str)
+            or not (
+                references is None or (isinstance(references, list) and all(isinstance(r, dict) for r in references))
+            )
+            or not (schema_id is None or (isinstance(schema_id, int) and not isinstance(schema_id, bool)))
+        ):
+            raise RegistryUnavailable(
+                f"schema registry {self.url}: {asked} answered {self._scrub(str(body)[:200])!r}, not a subject "
+                "version (schema, version, id); point SCHEMA_REGISTRY_URL at the API root"
+            )
+        return _registered(body, subject, default_format)
+
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
@@ -752,6 +791,13 @@ def _payload(text: str, schema_format: SchemaFormat, references: Sequence[Mappin
     if references:  # {"name", "subject", "version"} each, as registered (Confluent 5.5+, Apicurio's ccompat)
         payload["references"] = [dict(ref) for ref in references]
     return payload
+
+
+def _is_version(value: Any) -> bool:
+    """A version number as registries write it: a positive int (or its digits, as some proxies re-encode it)."""
+    if isinstance(value, str):
+        return SCHEMA_VERSION.fullmatch(value) is not None
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _registered(
