@@ -170,7 +170,7 @@ class _DuplicateKeys:
     each stays alive in the document), so that :meth:`where` can name the first one's path."""
 
     def __init__(self) -> None:
-        self.found: dict[int, str] = {}
+        self.found: dict[int, tuple[str, dict[str, Any]]] = {}  # (the object kept: its id stays its own)
 
     def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         built = dict(pairs)
@@ -178,7 +178,7 @@ class _DuplicateKeys:
             seen: set[str] = set()
             for key, _ in pairs:
                 if key in seen:
-                    self.found.setdefault(id(built), key)
+                    self.found.setdefault(id(built), (key, built))
                     break
                 seen.add(key)
         return built
@@ -192,12 +192,11 @@ class _DuplicateKeys:
             json_path, node = stack.pop()
             if isinstance(node, dict):
                 if id(node) in self.found:
-                    return json_path, self.found[id(node)]
+                    return json_path, self.found[id(node)][0]
                 stack.extend((child(json_path, k), v) for k, v in reversed(list(node.items())))
             elif isinstance(node, list):
                 stack.extend((child(json_path, i), v) for i, v in reversed(list(enumerate(node))))
-        key = next(iter(self.found.values()))
-        return "$", key
+        return "$", next(iter(self.found.values()))[0]
 
 
 def canonical_json(document: Any) -> str:

@@ -78,14 +78,14 @@ REFUSED = {
     "pattern-not-a-regex": (
         "1.json",
         _json(properties={"code": {"type": "string", "pattern": "(?P<x"}}),
-        "INVALID_SCHEMA",
+        "UNSUPPORTED_SCHEMA",
         "$.properties.code.pattern",
         "'(?P<x' is not a regular expression",
     ),
     "pattern-properties-key-not-a-regex": (
         "1.json",
         _json(patternProperties={"[a-": {"type": "string"}}),
-        "INVALID_SCHEMA",
+        "UNSUPPORTED_SCHEMA",
         "$.patternProperties['[a-']",
         "'[a-' is not a regular expression",
     ),
@@ -95,14 +95,14 @@ REFUSED = {
             properties={"a": {"$ref": "#/$defs/A"}},
             **{"$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"allOf": [{"$ref": "#/$defs/A"}]}}},
         ),
-        "INVALID_SCHEMA",
+        "UNSUPPORTED_SCHEMA",
         "$.$defs.A",
         "$.$defs.A -> $.$defs.B -> $.$defs.B.allOf[0] -> $.$defs.A applies to the same value without end",
     ),
     "root-refers-to-itself": (
         "1.json",
         _json(anyOf=[{"$ref": "#"}, {"type": "object"}]),
-        "INVALID_SCHEMA",
+        "UNSUPPORTED_SCHEMA",
         "$",
         "$ -> $.anyOf[0] -> $ applies to the same value without end",
     ),
@@ -455,3 +455,63 @@ def test_a_record_whose_required_fields_another_has_is_ambiguous(branches: list,
     assert [problem.field for problem in found] == ["$.fields[1].type"]
     assert "required field" in found[0].fix
     assert AVRO.unsupported(tmp_path / "1.avsc", _avro({"name": "point", "type": [POINT_C, POINT_D]})) == []
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        # a dependency's schema applies to the object itself
+        ({"type": "object", "dependentSchemas": {"a": {"$ref": "#"}}}, "$"),
+        # a loop through a part of the file no keyword names as a schema: located by its pointer
+        (
+            {
+                "type": "object",
+                "x-defs": {"A": {"allOf": [{"$ref": "#/x-defs/A"}]}},
+                "properties": {"p": {"$ref": "#/x-defs/A"}},
+            },
+            "$.x-defs.A",
+        ),
+        # draft-07: $ref's siblings are ignored, but a $ref alone can still loop
+        (
+            {"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"A": {"$ref": "#/definitions/A"}}},
+            "$.definitions.A",
+        ),
+    ],
+)
+def test_loops_that_stay_on_one_value_are_found_and_located(document: dict, field: str) -> None:
+    problems = [p for p in JSON_SCHEMA.problems("x.json", document) if "without end" in p.problem]
+    assert [p.field for p in problems] == [field] and isinstance(problems[0], UnsupportedSchema)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        # an anchor names a part of the file, not its root
+        {"type": "object", "allOf": [{"$ref": "#base"}], "$defs": {"B": {"$anchor": "base", "required": ["a"]}}},
+        {
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "type": "object",
+            "allOf": [{"$ref": "#base"}],
+            "definitions": {"B": {"id": "#base", "required": ["a"]}},
+        },
+        # draft-07 ignores what stands beside a $ref: the allOf never applies
+        {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "definitions": {
+                "A": {"type": "object"},
+                "B": {"$ref": "#/definitions/A", "allOf": [{"$ref": "#/definitions/B"}]},
+            },
+            "properties": {"b": {"$ref": "#/definitions/B"}},
+        },
+        # recursion below a property or an item
+        {
+            "type": "object",
+            "$defs": {"L": {"type": ["object", "null"], "properties": {"next": {"$ref": "#/$defs/L"}}}},
+            "properties": {"l": {"$ref": "#/$defs/L"}},
+        },
+    ],
+)
+def test_references_that_do_not_loop_on_one_value_are_not_refused_for_it(document: dict) -> None:
+    assert [p for p in JSON_SCHEMA.problems("x.json", document) if "without end" in p.problem] == []
+    compile_schema(RegisteredSchema("things", 1, SchemaFormat.JSON, json.dumps(document)))

@@ -382,3 +382,53 @@ def test_an_untyped_json_schema_field_is_not_judged() -> None:
     # {} accepts any value; only a number type is a claim about what the value can hold.
     compiled = _compile("x", 1, SchemaFormat.JSON, json.dumps({"type": "object", "properties": {"any": {}}}))
     assert compiled.decode(json.loads('{"any": 1e400}')) == {"any": float("inf")}
+
+
+def _one_property(schema: dict, draft: str | None = None) -> JsonSchema:
+    document = {"type": "object", "properties": {"v": schema}}
+    if draft:
+        document["$schema"] = draft
+    return JsonSchema.compile("x", "things", 1, document)
+
+
+@pytest.mark.timeout(60)  # (a hang, not a slow run: with Python's re this takes hours)
+@pytest.mark.parametrize(
+    ("schema", "value", "words"),
+    [
+        # a regex Python's re backtracks on without end: explaining the rejection used to take hours
+        ({"type": "string", "pattern": "^(a+)+$"}, "a" * 40 + "!", "does not match '^(a+)+$'"),
+        (
+            {"type": "object", "patternProperties": {"^(b+)+$": {"type": "integer"}}},
+            {"b" * 40 + "!": 1, "bb": "x"},
+            "'x' is not of type 'integer'",
+        ),
+        # jsonschema's "iri" check is a Python regex that took 65 s over 120,000 characters
+        ({"type": "string", "format": "iri"}, "a1-:/." * 20_000 + "\x00", "format"),
+        ({"type": "string", "format": "iri-reference"}, "a1-:/." * 20_000 + "\x00", "format"),
+        ({"type": "string", "format": "uri-template"}, "{" * 50_000, "format"),
+    ],
+)
+def test_no_body_holds_the_validator_in_a_regex(schema: dict, value: object, words: str) -> None:
+    for draft in (None, "http://json-schema.org/draft-04/schema#"):  # (draft-04: the formats are called back)
+        with pytest.raises(MessageError) as raised:
+            _one_property(schema, draft).decode({"v": value})
+        error = raised.value
+        assert error.stage == "validation" and (words in error.reason or error.details[0]["keyword"] == words), error
+
+
+def test_a_pattern_python_cannot_read_is_matched_and_explained_as_json_schema_reads_it() -> None:
+    compiled = _one_property({"type": "string", "pattern": "^\\p{L}+(?<rest>-\\p{L}+)?$"})
+    assert compiled.decode({"v": "Jean-Émile"}) == {"v": "Jean-Émile"}
+    with pytest.raises(MessageError) as raised:
+        compiled.decode({"v": "Jean-1"})
+    assert raised.value.reason.startswith("$.v: 'Jean-1' does not match")
+    assert raised.value.details[0]["keyword"] == "pattern"
+
+
+def test_a_format_has_one_meaning_in_every_draft() -> None:
+    # draft-07 has no "uuid": jsonschema-rs calls it back, and the check is jsonschema-rs's own either way
+    for draft in ("http://json-schema.org/draft-07/schema#", None):
+        compiled = _one_property({"type": "string", "format": "uuid"}, draft)
+        assert compiled.decode({"v": "8c6f3b5e-2b1a-4c3d-9e8f-0a1b2c3d4e5f"})
+        with pytest.raises(MessageError, match="is not a 'uuid'"):
+            compiled.decode({"v": "8c6f3b5e-2b1a-4c3d-9e8f"})

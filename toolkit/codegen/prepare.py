@@ -138,13 +138,16 @@ def _prepare(node: Any, root: bool = False) -> Any:
 
 
 # What makes a regex mean something else to pydantic than to the validator (see the module docstring).
-_DIALECT_SPECIFIC = re.compile(r"\\[dDwWsSbBpPuxck0-9]|\(\?(?!:)")
+# (Inside brackets Rust's engine also reads "[:alpha:]" as a POSIX class and "&&", "--", "~~" and a nested
+# "[" as set operations, where ECMA-262 reads plain characters.)
+_DIALECT_SPECIFIC = re.compile(r"\\[dDwWsSbBpPuxck0-9]|\(\?(?!:)|&&|--|~~")
 
 
 def model_can_match(regex: str) -> bool:
     """Whether the model may match ``regex`` itself: pydantic's default engine compiles it and reads it as
-    the validator does (no class escape, group flag, lookaround or backreference)."""
-    if _DIALECT_SPECIFIC.search(regex):
+    the validator does (no class escape, group flag, lookaround or backreference, no bracket that Rust's
+    engine reads as a class or a set operation)."""
+    if _DIALECT_SPECIFIC.search(regex) or _bracket_in_class(regex):
         return False
     from pydantic_core import SchemaError, SchemaValidator, core_schema
 
@@ -153,6 +156,23 @@ def model_can_match(regex: str) -> bool:
     except SchemaError:
         return False
     return True
+
+
+def _bracket_in_class(regex: str) -> bool:
+    """Whether an unescaped ``[`` stands inside a character class (``[[:alpha:]]``, ``[a[b]]``)."""
+    in_class, escaped = False, False
+    for char in regex:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            if in_class:
+                return True
+            in_class = True
+        elif char == "]":
+            in_class = False
+    return False
 
 
 def _mixes_bools_and_numbers(values: list) -> bool:

@@ -19,7 +19,10 @@ schema gets that one problem; the runtime refuses only 1-3, :meth:`JsonSchemaFor
    - a root ``type`` that is a list (``["object", "null"]``): the generated class accepts only the object,
      so a ``null`` body that passes validation would fail in the model;
    - a root that is an ``enum``: the generator writes a Python ``Enum``, not a pydantic model, and the model
-     index could not build any message with it.
+     index could not build any message with it;
+   - a ``pattern`` or ``patternProperties`` key that no validator compiles, and a ``$ref`` loop that stays on
+     one value (through ``allOf``, ``anyOf`` ...): a value that reaches them cannot be validated. A registry
+     version with them still validates the bodies that never reach them, so the runtime does not refuse it.
 """
 
 from __future__ import annotations
@@ -113,14 +116,15 @@ class JsonSchemaFormat(BaseFormat):
             _check_meta_schema(path, draft_of(path, document), document)
         except SchemaFileError as exc:
             return [exc]
-        return (
-            list(_bad_patterns(path, document, "$"))
-            + list(_unresolved_refs(path, document, references))
-            + list(_in_place_cycles(path, document))
-        )
+        return list(_unresolved_refs(path, document, references))
 
     def unsupported(self, path: Path | str, document: Any, references: Referenced = ()) -> list[UnsupportedSchema]:
-        return list(_unsupported(path, document)) + list(_deep_references(path, document, references))
+        return (
+            list(_unsupported(path, document))
+            + list(_deep_references(path, document, references))
+            + list(_bad_patterns(path, document, "$"))
+            + list(_in_place_loops(path, document))
+        )
 
     def validator_class(
         self, path: Path | str, document: Any, *, codegen: bool = True, references: Referenced = ()
@@ -299,9 +303,9 @@ _SUBSCHEMA = frozenset(
 _SUBSCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas", "dependencies"})
 
 
-def _bad_patterns(path: Path | str, node: Any, json_path: str) -> Iterator[SchemaFileError]:
-    """A ``pattern`` or ``patternProperties`` key that is no regular expression: every body would fail to
-    validate (jsonschema raises on it), and the check says so instead."""
+def _bad_patterns(path: Path | str, node: Any, json_path: str) -> Iterator[UnsupportedSchema]:
+    """A ``pattern`` or ``patternProperties`` key that is no regular expression: a value that reaches it
+    cannot be validated (jsonschema raises on it, jsonschema-rs cannot compile the schema)."""
     if isinstance(node, list):
         for index, item in enumerate(node):
             yield from _bad_patterns(path, item, child(json_path, index))
@@ -330,13 +334,18 @@ def _bad_patterns(path: Path | str, node: Any, json_path: str) -> Iterator[Schem
 # Keywords that apply their subschemas to the value itself, not to a part of it.
 _IN_PLACE_ONE = ("not", "if", "then", "else")
 _IN_PLACE_LIST = ("allOf", "anyOf", "oneOf")
+_IN_PLACE_MAP = ("dependentSchemas", "dependencies")  # (a dependency's schema applies to the object itself)
+# Drafts whose "$ref" replaces the rest of its object (its siblings are ignored).
+_REF_ALONE = ("draft-03", "draft-04", "draft-06", "draft-07")
 
 
-def _in_place_cycles(path: Path | str, document: Any) -> Iterator[SchemaFileError]:
-    """A ``$ref`` (with ``allOf``, ``anyOf``, ``oneOf``, ``not``, ``if``, ``then``, ``else``) that leads back
-    to where it started without going into a property or an item: it applies to the same value without end.
-    jsonschema recurses until Python stops it, and pydantic refuses every value (a recursion loop), so no
-    body could be validated or modelled. Only references inside the file (``#/...``) are followed."""
+def _in_place_loops(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
+    """A ``$ref`` (with ``allOf``, ``anyOf``, ``oneOf``, ``not``, ``if``/``then``/``else``, a dependency) that
+    leads back to where it started without going into a property or an item: it applies to the same value
+    without end. jsonschema recurses until Python stops it, and pydantic refuses every value there (a
+    recursion loop). Followed: references inside the file by JSON pointer (``#``, ``#/...``), not from a
+    subschema with an id of its own; not followed: anchors (``#name``), and URIs (the root's ``$id`` too)."""
+    legacy = isinstance(document, dict) and any(d in str(document.get("$schema", "")) for d in _REF_ALONE)
     nodes: dict[int, tuple[str, dict]] = {}
     scoped: set[int] = set()  # below a subschema with an id of its own: its "#/..." is not the file's
     stack: list[tuple[str, Any, bool]] = [("$", document, False)]
@@ -360,42 +369,52 @@ def _in_place_cycles(path: Path | str, document: Any) -> Iterator[SchemaFileErro
         stack.extend(reversed(children))
     order = {key: index for index, key in enumerate(nodes)}
 
-    def in_place(node: dict) -> Iterator[tuple[str, Any]]:
+    def in_place(node: dict) -> Iterator[Any]:
+        """The schemas applied to the value ``node`` is applied to, each noted with its JSON path (a part
+        the walk above does not visit, e.g. under an unknown keyword, is reached only this way)."""
+        where = nodes[id(node)][0]
+        targets: list[tuple[Any, str]] = []
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#") and id(node) not in scoped:
-            target = _pointer(document, ref[1:])
+            found = _pointer(document, ref[1:])
+            if found is not None:
+                targets.append(found)
+        if not (legacy and isinstance(ref, str)):  # (in those drafts a $ref's siblings are not applied)
+            targets += [(node[key], child(where, key)) for key in _IN_PLACE_ONE if key in node]
+            for key in _IN_PLACE_LIST:
+                if isinstance(node.get(key), list):
+                    targets += [(item, child(child(where, key), i)) for i, item in enumerate(node[key])]
+            for key in _IN_PLACE_MAP:
+                if isinstance(node.get(key), dict):
+                    targets += [(item, child(child(where, key), name)) for name, item in node[key].items()]
+        for target, target_path in targets:
             if isinstance(target, dict):
-                yield "$ref", target
-        for key in _IN_PLACE_ONE:
-            if isinstance(node.get(key), dict):
-                yield key, node[key]
-        for key in _IN_PLACE_LIST:
-            if isinstance(node.get(key), list):
-                yield from ((key, item) for item in node[key] if isinstance(item, dict))
+                nodes.setdefault(id(target), (target_path, target))
+                yield target
 
     state: dict[int, int] = {}  # 1: on the current walk, 2: done
     for start in list(nodes):
         if start in state:
             continue
-        walk: list[tuple[dict, Iterator[tuple[str, Any]]]] = [(nodes[start][1], in_place(nodes[start][1]))]
+        walk: list[tuple[dict, Iterator[Any]]] = [(nodes[start][1], in_place(nodes[start][1]))]
         state[start] = 1
         while walk:
             node, edges = walk[-1]
-            step = next(edges, None)
-            if step is None:
+            target = next(edges, None)
+            if target is None:
                 state[id(node)] = 2
                 walk.pop()
                 continue
-            target = step[1]
             if state.get(id(target)) == 1:
                 loop = [n for n, _ in walk][[id(n) for n, _ in walk].index(id(target)) :]
                 first = min(range(len(loop)), key=lambda i: order.get(id(loop[i]), len(order)))
                 loop = loop[first:] + loop[:first]  # told from the loop's first schema in the file
-                names = [nodes.get(id(n), ("(a referenced schema)", n))[0] for n in loop]
-                yield SchemaFileError(
+                names = [nodes[id(n)][0] for n in loop]
+                yield UnsupportedSchema(
                     path,
                     f"{' -> '.join([*names, names[0]])} applies to the same value without end (through $ref, "
-                    "allOf, anyOf, oneOf, not, if, then or else): no body could be validated or modelled",
+                    "allOf, anyOf, oneOf, not, if/then/else or a dependency): a value that reaches it cannot be "
+                    "validated (the validator recurses until Python stops it) nor modelled",
                     field=names[0],
                     fix="break the loop: a schema may refer to itself only below a property or an array item, "
                     'e.g. "items": {"$ref": "#/$defs/Node"}',
@@ -406,45 +425,52 @@ def _in_place_cycles(path: Path | str, document: Any) -> Iterator[SchemaFileErro
                 walk.append((target, in_place(target)))
 
 
-def _pointer(document: Any, pointer: str) -> Any:
-    """The part of ``document`` a JSON pointer (a ``$ref``'s fragment) names, or None."""
+def _pointer(document: Any, fragment: str) -> tuple[Any, str] | None:
+    """The part of ``document`` a ``$ref``'s fragment names as a JSON pointer (``""`` the root, ``"/a/b"``),
+    with its JSON path; None for another fragment (an anchor) or a pointer to nothing."""
     from urllib.parse import unquote
 
-    node = document
-    for part in unquote(pointer).split("/")[1:] if pointer else []:
+    if fragment and not fragment.startswith("/"):
+        return None
+    node, json_path = document, "$"
+    for part in unquote(fragment).split("/")[1:]:
         part = part.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and part in node:
-            node = node[part]
+            node, json_path = node[part], child(json_path, part)
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
+            node, json_path = node[int(part)], child(json_path, int(part))
         else:
             return None
-    return node
+    return node, json_path
 
 
 def _regex_problem(regex: str) -> str | None:
-    """Why neither validator can compile ``regex`` (jsonschema uses Python's ``re``, jsonschema-rs an
-    ECMA-262 dialect; a regex one of them compiles is used by it), or None."""
+    """Why neither validator can compile ``regex`` (jsonschema-rs reads JSON Schema's dialect, ECMA-262;
+    Python's ``re`` is the fallback for a regex it cannot read), or None."""
     import re
+    import warnings
 
-    try:
-        re.compile(regex)
-        return None
-    except (re.error, RecursionError, OverflowError, ValueError) as exc:
-        problem = str(exc) or type(exc).__name__
     import jsonschema_rs
 
     try:
         jsonschema_rs.validator_for({"pattern": regex})
         return None
-    except Exception:  # noqa: BLE001 - refused by jsonschema-rs too: Python's reason is the one given
-        return problem
+    except Exception:  # noqa: BLE001 - not one jsonschema-rs reads: Python's re may
+        pass
+    try:
+        with warnings.catch_warnings():  # ("possible nested set": Python's own future syntax)
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(regex)
+        return None
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
 
 
-def _pattern_error(path: Path | str, where: str, regex: str, problem: str) -> SchemaFileError:
-    return SchemaFileError(
+def _pattern_error(path: Path | str, where: str, regex: str, problem: str) -> UnsupportedSchema:
+    return UnsupportedSchema(
         path,
-        f"{shorten(repr(regex), 80)} is not a regular expression ({problem}): no body could be validated against it",
+        f"{shorten(repr(regex), 80)} is not a regular expression ({problem}): a value that reaches it cannot "
+        "be validated",
         field=where,
         fix="correct the regular expression (JSON Schema's are ECMA-262: e.g. (?<name>...) for a named group, "
         "^ and $ to anchor)",

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,24 @@ def _check_email(value: object) -> bool:
 
 
 def _format_checker() -> jsonschema.FormatChecker:
-    checker = jsonschema.FormatChecker()  # every format jsonschema knows (date-time, uuid, ...)
+    """Every format jsonschema knows (date-time, uuid, ...); those jsonschema-rs checks itself are checked by
+    jsonschema-rs (:func:`_rs_format`), e-mail addresses by email-validator."""
+    checker = jsonschema.FormatChecker()
+    for name in _DRAFT2019_FORMATS - {"email", "idn-email"}:
+        checker.checks(name)(_rs_format(name))
     checker.checks("email", raises=ValueError)(_check_email)
     checker.checks("idn-email", raises=ValueError)(_check_email)
     return checker
+
+
+@functools.cache
+def _rs_format(name: str) -> Any:
+    """jsonschema-rs's check of format ``name`` (2020-12's vocabulary, whatever the schema's draft), in linear
+    time. jsonschema's own checkers for some of them are Python regexes that backtrack: its "iri" took 65 s
+    over a 120,000-character string, and a rejected body is run through them to explain why; a schema whose
+    draft lacks the format (draft-07 has no "uuid") has jsonschema-rs call them for every body. With this,
+    a format has one meaning on both paths, and no body can hold its partition in a format check."""
+    return jsonschema_rs.Draft202012Validator({"format": name}, validate_formats=True).is_valid
 
 
 def check_json_schema(path: Path | str, document: Any, references: Referenced = ()) -> type[Validator]:
@@ -161,10 +177,43 @@ def _finite(base: Any, name: str) -> Any:
 
 
 def _with_finite_numbers(cls: type[Validator]) -> type[Validator]:
-    """``cls`` whose ``number`` and ``integer`` types refuse non-finite floats."""
+    """``cls`` whose ``number`` and ``integer`` types refuse non-finite floats, and whose ``pattern`` and
+    ``patternProperties`` match as jsonschema-rs does (:func:`_matcher`)."""
     base = cls.TYPE_CHECKER
     finite = base.redefine_many({name: _finite(base, name) for name in ("number", "integer")})
-    return jsonschema.validators.extend(cls, type_checker=finite)
+    keywords = {"pattern": _pattern, "patternProperties": _pattern_properties}
+    return jsonschema.validators.extend(cls, validators=keywords, type_checker=finite)
+
+
+@functools.lru_cache(maxsize=1024)
+def _matcher(regex: str) -> Any:
+    """Whether a string matches ``regex``, as jsonschema-rs decides it: in linear time (Rust's ``regex``;
+    fancy-regex, with a bound on backtracking, for a lookaround or a backreference), in JSON Schema's
+    dialect. jsonschema would use Python's ``re``, which backtracks without bound: explaining why a body
+    was rejected could take hours for ``^(a+)+$`` and 40 characters, holding its partition. Python's
+    ``re`` only for a regex jsonschema-rs cannot compile (then it validates no body of that schema)."""
+    try:
+        fast = jsonschema_rs.validator_for({"pattern": regex})
+    except Exception:  # noqa: BLE001 - not one jsonschema-rs reads: Python's re, as jsonschema would
+        return re.compile(regex).search
+    return fast.is_valid
+
+
+def _pattern(validator: Any, regex: Any, instance: Any, schema: Any) -> Any:
+    # jsonschema's own keyword (jsonschema._keywords.pattern) with _matcher for re.search
+    if validator.is_type(instance, "string") and not _matcher(regex)(instance):
+        yield ValidationError(f"{instance!r} does not match {regex!r}")
+
+
+def _pattern_properties(validator: Any, pattern_properties: Any, instance: Any, schema: Any) -> Any:
+    # jsonschema's own keyword (jsonschema._keywords.patternProperties) with _matcher for re.search
+    if not validator.is_type(instance, "object"):
+        return
+    for regex, subschema in pattern_properties.items():
+        matches = _matcher(regex)
+        for key, value in instance.items():
+            if matches(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=regex)
 
 
 def _non_finite_message(error: ValidationError) -> str | None:
