@@ -89,6 +89,13 @@ REFUSED = {
         "$.patternProperties['[a-']",
         "'[a-' is not a regular expression",
     ),
+    "pattern-python-only": (
+        "1.json",
+        _json(properties={"code": {"type": "string", "pattern": "^(a+)+\\Z"}}),
+        "UNSUPPORTED_SCHEMA",
+        "$.properties.code.pattern",
+        "Python's re reads it, JSON Schema's dialect (ECMA-262) does not",
+    ),
     "ref-loop": (
         "1.json",
         _json(

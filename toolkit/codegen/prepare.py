@@ -140,7 +140,7 @@ def _prepare(node: Any, root: bool = False) -> Any:
 # What makes a regex mean something else to pydantic than to the validator (see the module docstring).
 # (Inside brackets Rust's engine also reads "[:alpha:]" as a POSIX class and "&&", "--", "~~" and a nested
 # "[" as set operations, where ECMA-262 reads plain characters.)
-_DIALECT_SPECIFIC = re.compile(r"\\[dDwWsSbBpPuxck0-9]|\(\?(?!:)|&&|--|~~")
+_DIALECT_SPECIFIC = re.compile(r"\\[dDwWsSbBpPuxck0-9]|\(\?(?!:)")
 
 
 def model_can_match(regex: str) -> bool:
@@ -159,12 +159,14 @@ def model_can_match(regex: str) -> bool:
 
 
 def _bracket_in_class(regex: str) -> bool:
-    """Whether an unescaped ``[`` stands inside a character class (``[[:alpha:]]``, ``[a[b]]``)."""
-    in_class, escaped = False, False
+    """Whether a character class holds an unescaped ``[`` (``[[:alpha:]]``, ``[a[b]]``) or ``&&``, ``--``,
+    ``~~`` (Rust's set operations; plain characters to ECMA-262)."""
+    in_class, escaped, previous = False, False, ""
     for char in regex:
         if escaped:
-            escaped = False
-        elif char == "\\":
+            escaped, previous = False, ""
+            continue
+        if char == "\\":
             escaped = True
         elif char == "[":
             if in_class:
@@ -172,6 +174,9 @@ def _bracket_in_class(regex: str) -> bool:
             in_class = True
         elif char == "]":
             in_class = False
+        elif in_class and char in "&-~" and previous == char:
+            return True
+        previous = char
     return False
 
 

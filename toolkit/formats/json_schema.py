@@ -342,9 +342,10 @@ _REF_ALONE = ("draft-03", "draft-04", "draft-06", "draft-07")
 def _in_place_loops(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
     """A ``$ref`` (with ``allOf``, ``anyOf``, ``oneOf``, ``not``, ``if``/``then``/``else``, a dependency) that
     leads back to where it started without going into a property or an item: it applies to the same value
-    without end. jsonschema recurses until Python stops it, and pydantic refuses every value there (a
-    recursion loop). Followed: references inside the file by JSON pointer (``#``, ``#/...``), not from a
-    subschema with an id of its own; not followed: anchors (``#name``), and URIs (the root's ``$id`` too)."""
+    without end. jsonschema-rs accepts any value there, jsonschema (explaining a rejected body) recurses until
+    Python stops it, and pydantic refuses every value there (a recursion loop). Followed: references inside
+    the file by JSON pointer (``#``, ``#/...``), not from a subschema with an id of its own; not followed:
+    anchors (``#name``), and URIs (the root's ``$id`` too)."""
     legacy = isinstance(document, dict) and any(d in str(document.get("$schema", "")) for d in _REF_ALONE)
     nodes: dict[int, tuple[str, dict]] = {}
     scoped: set[int] = set()  # below a subschema with an id of its own: its "#/..." is not the file's
@@ -413,8 +414,9 @@ def _in_place_loops(path: Path | str, document: Any) -> Iterator[UnsupportedSche
                 yield UnsupportedSchema(
                     path,
                     f"{' -> '.join([*names, names[0]])} applies to the same value without end (through $ref, "
-                    "allOf, anyOf, oneOf, not, if/then/else or a dependency): a value that reaches it cannot be "
-                    "validated (the validator recurses until Python stops it) nor modelled",
+                    "allOf, anyOf, oneOf, not, if/then/else or a dependency): jsonschema-rs accepts any value there, "
+                    "jsonschema (which explains a rejected body) recurses until Python stops it, and the model "
+                    "refuses every value there",
                     field=names[0],
                     fix="break the loop: a schema may refer to itself only below a property or an array item, "
                     'e.g. "items": {"$ref": "#/$defs/Node"}',
@@ -445,8 +447,10 @@ def _pointer(document: Any, fragment: str) -> tuple[Any, str] | None:
 
 
 def _regex_problem(regex: str) -> str | None:
-    """Why neither validator can compile ``regex`` (jsonschema-rs reads JSON Schema's dialect, ECMA-262;
-    Python's ``re`` is the fallback for a regex it cannot read), or None."""
+    """Why ``regex`` is not one JSON Schema's validators can use, or None. jsonschema-rs reads JSON Schema's
+    dialect (ECMA-262) in linear time; a regex it cannot compile makes the whole schema fall back to
+    jsonschema, whose Python ``re`` reads it otherwise (``\\Z`` is "Z" in ECMA-262) and backtracks without
+    bound on a hostile value."""
     import re
     import warnings
 
@@ -455,25 +459,24 @@ def _regex_problem(regex: str) -> str | None:
     try:
         jsonschema_rs.validator_for({"pattern": regex})
         return None
-    except Exception:  # noqa: BLE001 - not one jsonschema-rs reads: Python's re may
+    except Exception:  # noqa: BLE001 - not ECMA-262 as jsonschema-rs reads it
         pass
     try:
         with warnings.catch_warnings():  # ("possible nested set": Python's own future syntax)
             warnings.simplefilter("ignore", FutureWarning)
             re.compile(regex)
-        return None
     except (re.error, RecursionError, OverflowError, ValueError) as exc:
-        return str(exc) or type(exc).__name__
+        return f"not a regular expression: {exc or type(exc).__name__}"
+    return "Python's re reads it, JSON Schema's dialect (ECMA-262) does not"
 
 
 def _pattern_error(path: Path | str, where: str, regex: str, problem: str) -> UnsupportedSchema:
     return UnsupportedSchema(
         path,
-        f"{shorten(repr(regex), 80)} is not a regular expression ({problem}): a value that reaches it cannot "
-        "be validated",
+        f"{shorten(repr(regex), 80)} is {problem}: jsonschema-rs cannot compile it, so a value that reaches it "
+        "cannot be validated, or only by Python's re, slowly and in another dialect",
         field=where,
-        fix="correct the regular expression (JSON Schema's are ECMA-262: e.g. (?<name>...) for a named group, "
-        "^ and $ to anchor)",
+        fix="write it in ECMA-262, JSON Schema's dialect: e.g. (?<name>...) for a named group, $ rather than \\Z",
     )
 
 

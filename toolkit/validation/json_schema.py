@@ -46,23 +46,28 @@ def _check_email(value: object) -> bool:
 
 
 def _format_checker() -> jsonschema.FormatChecker:
-    """Every format jsonschema knows (date-time, uuid, ...); those jsonschema-rs checks itself are checked by
-    jsonschema-rs (:func:`_rs_format`), e-mail addresses by email-validator."""
+    """Every format jsonschema knows (date-time, uuid, ...), e-mail addresses checked by email-validator, and
+    the formats in :data:`_LINEAR_FORMATS` by jsonschema-rs."""
     checker = jsonschema.FormatChecker()
-    for name in _DRAFT2019_FORMATS - {"email", "idn-email"}:
+    for name in _LINEAR_FORMATS:
         checker.checks(name)(_rs_format(name))
     checker.checks("email", raises=ValueError)(_check_email)
     checker.checks("idn-email", raises=ValueError)(_check_email)
     return checker
 
 
+# Formats whose jsonschema check takes minutes over a long hostile value (Python regexes and parsers that
+# backtrack or go quadratic: "iri" 65 s over 120,000 characters, "uri-template" 14 s over 100,000), checked by
+# jsonschema-rs instead, in linear time. A rejected body is run through the checker to explain why, and
+# jsonschema-rs calls it for every body of a schema whose draft lacks the format (draft-07 has no
+# "uri-template"). jsonschema-rs follows RFC 3987 and RFC 6570 to the letter (a space in a URI template is
+# refused), as it already did for schemas of drafts that have these formats.
+_LINEAR_FORMATS = ("iri", "iri-reference", "uri-template")
+
+
 @functools.cache
 def _rs_format(name: str) -> Any:
-    """jsonschema-rs's check of format ``name`` (2020-12's vocabulary, whatever the schema's draft), in linear
-    time. jsonschema's own checkers for some of them are Python regexes that backtrack: its "iri" took 65 s
-    over a 120,000-character string, and a rejected body is run through them to explain why; a schema whose
-    draft lacks the format (draft-07 has no "uuid") has jsonschema-rs call them for every body. With this,
-    a format has one meaning on both paths, and no body can hold its partition in a format check."""
+    """jsonschema-rs's check of format ``name`` (2020-12's vocabulary), True for a value that is no string."""
     return jsonschema_rs.Draft202012Validator({"format": name}, validate_formats=True).is_valid
 
 
@@ -191,11 +196,20 @@ def _matcher(regex: str) -> Any:
     fancy-regex, with a bound on backtracking, for a lookaround or a backreference), in JSON Schema's
     dialect. jsonschema would use Python's ``re``, which backtracks without bound: explaining why a body
     was rejected could take hours for ``^(a+)+$`` and 40 characters, holding its partition. Python's
-    ``re`` only for a regex jsonschema-rs cannot compile (then it validates no body of that schema)."""
+    ``re`` only for a regex jsonschema-rs cannot compile (then it validates no body of that schema, and
+    ``epistle check`` refuses such a regex); one neither compiles fails every match, remembered."""
     try:
         fast = jsonschema_rs.validator_for({"pattern": regex})
     except Exception:  # noqa: BLE001 - not one jsonschema-rs reads: Python's re, as jsonschema would
-        return re.compile(regex).search
+        try:
+            return re.compile(regex).search
+        except re.error as exc:
+            error = exc
+
+            def refuse(_: str) -> bool:
+                raise error
+
+            return refuse
     return fast.is_valid
 
 
@@ -238,11 +252,20 @@ class JsonSchema(CompiledSchema):
     format = SchemaFormat.JSON
 
     def __init__(
-        self, subject: str, version: int, document: Any, validator: Validator, fast: Any | None = None
+        self,
+        subject: str,
+        version: int,
+        document: Any,
+        validator: Validator,
+        fast: Any | None = None,
+        explain_fast: bool = False,
     ) -> None:
         super().__init__(subject, version, document)
         self.validator = validator
         self.fast = fast
+        # jsonschema's additionalProperties and unevaluatedProperties match patternProperties with Python's
+        # re (no keyword of theirs to replace): with patternProperties, jsonschema-rs explains a rejection
+        self.explain_fast = explain_fast and fast is not None
 
     @classmethod
     def compile(cls, label: str, subject: str, version: int, document: Any, references: Referenced = ()) -> JsonSchema:
@@ -260,6 +283,7 @@ class JsonSchema(CompiledSchema):
             document,
             validator_cls(document, format_checker=checker, **options),
             _fast_validator(document, checker, references),
+            explain_fast=any(_has_pattern_properties(doc) for doc in (document, *(d for _, d in references))),
         )
 
     def decode(self, body: Any) -> Any:
@@ -271,6 +295,8 @@ class JsonSchema(CompiledSchema):
             except Exception:  # noqa: BLE001 - e.g. a number beyond its range: let jsonschema decide
                 fast_verdict = None
         try:
+            if fast_verdict is False and self.explain_fast:
+                raise _fast_error(self.fast, body)
             errors = (
                 list(itertools.islice(self.validator.iter_errors(body), _MAX_ERRORS_SCANNED))
                 if fast_verdict is not True
@@ -291,6 +317,19 @@ class JsonSchema(CompiledSchema):
                 except Exception:  # noqa: BLE001 - e.g. too deep for it too: the first failure is reported
                     explained = None
             raise (explained or unexpected(exc)) from None
+
+
+def _has_pattern_properties(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("patternProperties"), dict) and item["patternProperties"]:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _fast_error(fast: Any, body: Any) -> MessageError:
