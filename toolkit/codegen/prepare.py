@@ -39,6 +39,8 @@ import copy
 import re
 from typing import Any
 
+from toolkit.formats.json_schema import SUBSCHEMA_KEYWORDS, SUBSCHEMA_LIST_KEYWORDS
+
 # Options passed to datamodel-code-generator on top of the layout ones in render.py.
 GENERATOR_OPTIONS: dict[str, Any] = {
     # A field with a default is not nullable unless its type says so (Avro: `"default": false` on a
@@ -66,20 +68,8 @@ GENERATOR_OPTIONS: dict[str, Any] = {
 }
 
 # Keywords whose value is one subschema / a list of subschemas / a map of name -> subschema.
-_ONE = (
-    "additionalProperties",
-    "additionalItems",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "items",
-    "contains",
-    "propertyNames",
-    "not",
-    "if",
-    "then",
-    "else",
-)
-_LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_ONE = SUBSCHEMA_KEYWORDS
+_LIST = SUBSCHEMA_LIST_KEYWORDS
 _MAP = ("properties", "$defs", "definitions", "dependentSchemas")
 _OPAQUE = ("$ref", "enum", "const")  # the value's type is given elsewhere
 # Keywords that give a type-less subschema a shape the generator turns into a type (a model, a list).

@@ -279,27 +279,23 @@ def _deep_references(path: Path | str, document: Any, references: Referenced) ->
         )
 
 
-# Keywords whose value is a subschema, a list of subschemas, or a map of names to subschemas (every draft):
-# where a "pattern" is a keyword, and not a property name or an annotation's data.
-_SUBSCHEMA = frozenset(
-    {
-        "additionalProperties",
-        "additionalItems",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-        "items",
-        "contains",
-        "propertyNames",
-        "not",
-        "if",
-        "then",
-        "else",
-        "allOf",
-        "anyOf",
-        "oneOf",
-        "prefixItems",
-    }
+# Keywords whose value is one subschema, and those whose value is a list of subschemas (every draft; "items"
+# is either): where a "pattern" is a keyword, and not a property name or an annotation's data.
+SUBSCHEMA_KEYWORDS = (
+    "additionalProperties",
+    "additionalItems",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "items",
+    "contains",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
 )
+SUBSCHEMA_LIST_KEYWORDS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SUBSCHEMA = frozenset(SUBSCHEMA_KEYWORDS + SUBSCHEMA_LIST_KEYWORDS)
 _SUBSCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas", "dependencies"})
 
 
