@@ -122,7 +122,7 @@ class JsonSchemaFormat(BaseFormat):
         return (
             list(_unsupported(path, document))
             + list(_deep_references(path, document, references))
-            + list(_bad_patterns(path, document, "$"))
+            + list(_bad_patterns(path, document))
             + list(_in_place_loops(path, document))
         )
 
@@ -299,32 +299,44 @@ _SUBSCHEMA = frozenset(SUBSCHEMA_KEYWORDS + SUBSCHEMA_LIST_KEYWORDS)
 _SUBSCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas", "dependencies"})
 
 
-def _bad_patterns(path: Path | str, node: Any, json_path: str) -> Iterator[UnsupportedSchema]:
+def _subschemas(document: Any) -> Iterator[tuple[str, dict, bool]]:
+    """Every subschema of ``document`` (each object once), in document order, with its JSON path and whether
+    it stands below a subschema with an id of its own (there "#/..." is not the file's root)."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any, bool]] = [("$", document, False)]
+    while stack:
+        json_path, node, in_scope = stack.pop()
+        if isinstance(node, list):  # (children pushed last first: document order)
+            stack.extend((child(json_path, i), item, in_scope) for i, item in reversed(list(enumerate(node))))
+            continue
+        if not isinstance(node, dict) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        in_scope = in_scope or (json_path != "$" and any(isinstance(node.get(k), str) for k in ("$id", "id")))
+        yield json_path, node, in_scope
+        children: list[tuple[str, Any, bool]] = []
+        for key, value in node.items():
+            if key in _SUBSCHEMA:
+                children.append((child(json_path, key), value, in_scope))
+            if (key in _SUBSCHEMA_MAPS or key == "patternProperties") and isinstance(value, dict):
+                children.extend((child(child(json_path, key), name), sub, in_scope) for name, sub in value.items())
+        stack.extend(reversed(children))
+
+
+def _bad_patterns(path: Path | str, document: Any) -> Iterator[UnsupportedSchema]:
     """A ``pattern`` or ``patternProperties`` key that is no regular expression: a value that reaches it
     cannot be validated (jsonschema raises on it, jsonschema-rs cannot compile the schema)."""
-    if isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _bad_patterns(path, item, child(json_path, index))
-        return
-    if not isinstance(node, dict):
-        return
-    if isinstance(node.get("pattern"), str):
-        problem = _regex_problem(node["pattern"])
-        if problem:
-            yield _pattern_error(path, child(json_path, "pattern"), node["pattern"], problem)
-    if isinstance(node.get("patternProperties"), dict):
-        for regex, subschema in node["patternProperties"].items():
-            where = child(child(json_path, "patternProperties"), regex)
-            problem = _regex_problem(regex)
+    for json_path, node, _ in _subschemas(document):
+        if isinstance(node.get("pattern"), str):
+            problem = _regex_problem(node["pattern"])
             if problem:
-                yield _pattern_error(path, where, regex, problem)
-            yield from _bad_patterns(path, subschema, where)
-    for key, value in node.items():
-        if key in _SUBSCHEMA:
-            yield from _bad_patterns(path, value, child(json_path, key))
-        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
-            for name, subschema in value.items():
-                yield from _bad_patterns(path, subschema, child(child(json_path, key), name))
+                yield _pattern_error(path, child(json_path, "pattern"), node["pattern"], problem)
+        if isinstance(node.get("patternProperties"), dict):
+            for regex in node["patternProperties"]:
+                problem = _regex_problem(regex)
+                if problem:
+                    where = child(child(json_path, "patternProperties"), regex)
+                    yield _pattern_error(path, where, regex, problem)
 
 
 # Keywords that apply their subschemas to the value itself, not to a part of it.
@@ -345,25 +357,10 @@ def _in_place_loops(path: Path | str, document: Any) -> Iterator[UnsupportedSche
     legacy = isinstance(document, dict) and any(d in str(document.get("$schema", "")) for d in _REF_ALONE)
     nodes: dict[int, tuple[str, dict]] = {}
     scoped: set[int] = set()  # below a subschema with an id of its own: its "#/..." is not the file's
-    stack: list[tuple[str, Any, bool]] = [("$", document, False)]
-    while stack:
-        json_path, node, in_scope = stack.pop()
-        if isinstance(node, list):  # (children pushed last first: nodes are in document order)
-            stack.extend((child(json_path, i), item, in_scope) for i, item in reversed(list(enumerate(node))))
-            continue
-        if not isinstance(node, dict) or id(node) in nodes:
-            continue
+    for json_path, node, in_scope in _subschemas(document):
         nodes[id(node)] = (json_path, node)
-        in_scope = in_scope or (json_path != "$" and any(isinstance(node.get(k), str) for k in ("$id", "id")))
         if in_scope:
             scoped.add(id(node))
-        children: list[tuple[str, Any, bool]] = []
-        for key, value in node.items():
-            if key in _SUBSCHEMA:
-                children.append((child(json_path, key), value, in_scope))
-            if (key in _SUBSCHEMA_MAPS or key == "patternProperties") and isinstance(value, dict):
-                children.extend((child(child(json_path, key), name), sub, in_scope) for name, sub in value.items())
-        stack.extend(reversed(children))
     order = {key: index for index, key in enumerate(nodes)}
 
     def in_place(node: dict) -> Iterator[Any]:

@@ -249,13 +249,7 @@ class ConfluentHttpRegistry:
             detail = str(exc).replace(": request (", " (", 1)  # no subject or version to name
             raise SchemaNotFound(f"schema id {schema_id} is not in the registry: {detail}") from None
         references = body.get("references") if isinstance(body, dict) else None
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("schema"), str)
-            or not (
-                references is None or (isinstance(references, list) and all(isinstance(r, dict) for r in references))
-            )
-        ):
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), str) or not _is_references(references):
             raise RegistryUnavailable(
                 f"schema registry {self.url}: GET /schemas/ids/{schema_id} answered "
                 f"{self._scrub(str(body)[:200])!r}, not a schema; point "
@@ -649,9 +643,7 @@ class ConfluentHttpRegistry:
             or not isinstance(body.get("schema"), str)
             or not _is_version(body.get("version"))
             or not isinstance(body.get("subject", subject), str)
-            or not (
-                references is None or (isinstance(references, list) and all(isinstance(r, dict) for r in references))
-            )
+            or not _is_references(references)
             or not (schema_id is None or (isinstance(schema_id, int) and not isinstance(schema_id, bool)))
         ):
             raise RegistryUnavailable(
@@ -791,6 +783,11 @@ def _payload(text: str, schema_format: SchemaFormat, references: Sequence[Mappin
     if references:  # {"name", "subject", "version"} each, as registered (Confluent 5.5+, Apicurio's ccompat)
         payload["references"] = [dict(ref) for ref in references]
     return payload
+
+
+def _is_references(value: Any) -> bool:
+    """A subject version's ``references`` as registries write them: absent, or a list of objects."""
+    return value is None or (isinstance(value, list) and all(isinstance(item, dict) for item in value))
 
 
 def _is_version(value: Any) -> bool:

@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,18 +157,20 @@ def _fast_validator(document: Any, checker: jsonschema.FormatChecker, references
 _fast_unavailable_logged = False
 
 
-def _formats_used(node: Any) -> set[str]:
-    found: set[str] = set()
+def _objects(node: Any) -> Iterator[dict]:
+    """Every JSON object in ``node``, itself included."""
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if isinstance(item.get("format"), str):
-                found.add(item["format"])
+            yield item
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return found
+
+
+def _formats_used(node: Any) -> set[str]:
+    return {item["format"] for item in _objects(node) if isinstance(item.get("format"), str)}
 
 
 def _finite(base: Any, name: str) -> Any:
@@ -320,16 +323,7 @@ class JsonSchema(CompiledSchema):
 
 
 def _has_pattern_properties(node: Any) -> bool:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item.get("patternProperties"), dict) and item["patternProperties"]:
-                return True
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+    return any(isinstance(item.get("patternProperties"), dict) and item["patternProperties"] for item in _objects(node))
 
 
 def _fast_error(fast: Any, body: Any) -> MessageError:
