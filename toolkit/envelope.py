@@ -252,6 +252,9 @@ def _load(
     return document
 
 
+load_document = _load  # (the consumer's fast lane: its serializer and max_depth checked once, not per record)
+
+
 def _load_failure(value: bytes, exc: Exception, *, custom: bool, wire_hint: bool = True) -> str:
     """Why the bytes did not load. A custom serializer's error is its own (the record is still at
     fault) and is kept as it is; the default JSON reader's error names Confluent's wire format when the

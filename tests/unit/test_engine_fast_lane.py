@@ -16,7 +16,7 @@ from toolkit.consumer.engine import Engine
 from toolkit.consumer.middleware import Hooks, LoggingMiddleware, Middleware, StatsMiddleware
 from toolkit.consumer.stats import ConsumerStats
 from toolkit.registry import LocalFolderRegistry
-from toolkit.testing import InMemoryBroker, envelope
+from toolkit.testing import InMemoryBroker, InMemoryRecord, envelope
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER = json.loads((ROOT / "schemas/orders/samples/1/valid/full-card-payment.json").read_text())
@@ -332,3 +332,75 @@ def test_a_cancelled_handler_gives_its_slot_back_on_the_fast_lane() -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
     assert seen == [0, 1] and broker.committed("g", "orders") == 1
+
+
+def test_a_batch_is_taken_run_by_run_and_a_redelivered_offset_in_it_is_skipped_alone(caplog) -> None:
+    """A fetch holds runs of records per partition, taken with one look-up per run; a record whose offset
+    was handed out before (librdkafka redelivering after a seek) is skipped with a warning, and the records
+    after it in the same batch, of its partition and of others, are still taken, in order."""
+    broker = InMemoryBroker(partitions=2)
+    broker.create_topic("orders", 2)
+    for index in range(4):
+        broker.produce("orders", envelope("orders", 1, ORDER), partition=index % 2)
+    handled: list[tuple[int, int]] = []
+
+    async def handle(message) -> None:
+        handled.append((message.partition, message.offset))
+
+    consumer = KafkaConsumer(
+        group_id="g",
+        transport=broker.transport(),
+        registry=LocalFolderRegistry(ROOT / "schemas"),
+        commit_interval_s=0.05,
+    )
+    consumer.register_handler("orders", handle)
+    value = envelope("orders", 1, ORDER)
+
+    def record(partition: int, offset: int) -> InMemoryRecord:
+        return InMemoryRecord("orders", partition, offset, None, value, None, 1_700_000_000_000)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(consumer.start())
+        while len(handled) < 4:
+            await asyncio.sleep(0.01)
+        engine = consumer._engine
+        assert engine is not None
+        batch = [record(0, 2), record(0, 1), record(0, 3), record(1, 2), record(1, 2), record(1, 3), record(0, 4)]
+        with caplog.at_level(logging.WARNING, logger="toolkit.consumer"):
+            engine.on_batch(batch, [])
+        assert sum("skipping redelivered offset" in r.getMessage() for r in caplog.records) == 2
+        while len(handled) < 9:
+            await asyncio.sleep(0.01)
+        # Runs of both partitions, gaps in their offsets (compaction): each run to its own partition.
+        engine.on_batch([record(0, 6), record(0, 7), record(1, 9), record(1, 10), record(0, 8), record(1, 12)], [])
+        while len(handled) < 15:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # (nothing more comes)
+        assert engine._in_flight == 0 and all(part.buffered == 0 for part in engine._parts.values())
+        await consumer.stop()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert sorted(handled[:4]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [o for p, o in handled if p == 0] == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert [o for p, o in handled if p == 1] == [0, 1, 2, 3, 9, 10, 12]
+    assert broker.committed("g", "orders", 0) == 9 and broker.committed("g", "orders", 1) == 13
+
+
+def test_records_of_two_partitions_in_one_batch_each_go_to_their_own_lane() -> None:
+    """Runs of one partition, then another, then the first again, in one batch (as on_batch receives a
+    fetch): each partition's records reach the handler in offset order, and every one is committed."""
+    broker = InMemoryBroker(partitions=3)
+    broker.create_topic("orders", 3)
+    for index in range(60):
+        broker.produce("orders", envelope("orders", 1, ORDER), partition=(index // 7) % 3)
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    async def handle(message) -> None:
+        seen[message.partition].append(message.offset)
+
+    consumer = _run(broker, handle, max_poll_records=25)
+    assert consumer.stats.as_dict()["orders"]["processed"] == 60
+    for partition, offsets in seen.items():
+        assert offsets == list(range(broker.end_offset("orders", partition)))
+        assert broker.committed("g", "orders", partition) == broker.end_offset("orders", partition)

@@ -322,6 +322,8 @@ class Engine:
         by_partition = self.options.ordering is OrderingMode.PARTITION
         parts = self._parts
         acks = self._acks
+        if acks is None and by_partition and not self._stopping:
+            records = self._take_runs(records)  # (the common case: a lane per partition)
         for msg in records:
             part = parts.get((msg.topic(), msg.partition()))
             if acks is not None:  # share groups: no assignments; each record is a lane of its own
@@ -364,6 +366,48 @@ class Engine:
             self._check_idle()
         elif acks is not None and not records:  # nothing to deliver for a while, maybe no partition seen yet
             self._check_idle(idle=True)
+
+    def _take_runs(self, records: list[Record]) -> list[Record]:
+        """:meth:`on_batch` for a consumer group ordered by partition, record by record as it does, with one
+        look-up per run of records of the same partition (a fetch holds runs of hundreds); returns the
+        records it left to :meth:`on_batch` (none, unless a record's offset was redelivered)."""
+        parts = self._parts
+        topic: str | None = None
+        partition = -1
+        part: _Partition | None = None
+        lane: deque[Record] | None = None
+        taken = 0
+        for index, msg in enumerate(records):
+            if msg.partition() != partition or msg.topic() != topic:
+                if part is not None and lane is not None:
+                    part.buffered += taken
+                    self._in_flight += taken
+                taken = 0
+                topic, partition = msg.topic(), msg.partition()
+                part = parts.get((topic, partition))
+                lane = None
+                if part is not None and not part.revoked:
+                    lane = part.lanes.get(None)
+                    if lane is None:
+                        lane = part.lanes[None] = deque()
+                    if None not in part.tasks:
+                        part.tasks[None] = asyncio.create_task(self._run_lane(part, None, lane))
+            if lane is None:
+                continue  # fetched before a revoke: the next owner gets it, nothing was committed
+            assert part is not None
+            try:
+                part.tracker.add(msg.offset())
+            except ValueError:  # (on_batch logs and skips it, and takes the rest)
+                part.buffered += taken
+                self._in_flight += taken
+                return records[index:]
+            part.eof = False
+            lane.append(msg)
+            taken += 1
+        if part is not None and lane is not None:
+            part.buffered += taken
+            self._in_flight += taken
+        return []
 
     def _lane_key(self, msg: Record) -> Hashable:
         if self.options.ordering is OrderingMode.PARTITION:
@@ -415,7 +459,7 @@ class Engine:
         direct = fast and not hooks.around and not timed  # the handler may be called here (if async, slot free)
         workers = self._workers
         on_record = hooks.on_record
-        ready_of, monotonic, tracker, acks = self._ready, time.monotonic, part.tracker, self._acks
+        ready_of, monotonic, tracker, acks = self.pipeline.ready, time.monotonic, part.tracker, self._acks
         # The built-in outcome hooks of a done record, done here (Hooks.on_done: the others); a lane is one
         # partition's, so one topic's counters, looked up again every slice (consumer.stats may be reset).
         on_done, done_logs, done_stats = hooks.on_done, hooks.done_logs, hooks.done_stats
@@ -523,25 +567,6 @@ class Engine:
                 part.lanes.pop(lane_key, None)
             self._update_pauses()
             self._check_idle()
-
-    def _ready(self, msg: Record) -> tuple[Message[Any], Route] | BaseException | None:
-        """The fast lane's first step: a record whose schema is resolved (no registry lookup) through every
-        stage, as its message and route; the exception of the stage that failed (its outcome is decided by
-        :meth:`_process`, as if it had run the stage); None when the registry must be asked (:meth:`_process`
-        takes the record from the start)."""
-        try:
-            value, topic = msg.value(), msg.topic()
-            decoded, source = self.pipeline.locate(value, topic)
-            if source.__class__ is Plan:  # the common case: an earlier record with the same header got through
-                return self.pipeline.planned(decoded, source, msg, topic, value), source.route  # type: ignore[arg-type, union-attr]
-            if isinstance(source, tuple):
-                return None
-            if decoded.__class__ is WireRecord:
-                return self.pipeline.planned_wire(decoded, source, msg)  # type: ignore[arg-type]
-            prepared = self._finish(msg, decoded, source)
-            return prepared.message, prepared.route
-        except BaseException as exc:  # noqa: BLE001 - every failure is an outcome (no await here: not a cancel)
-            return exc
 
     async def _process(
         self,
@@ -695,18 +720,7 @@ class Engine:
     def _finish(
         self, msg: Record, decoded: DecodedRecord | WireRecord, source: Plan | CompiledSchema | WireSchema
     ) -> Prepared:
-        _, timestamp = msg.timestamp()
-        return self.pipeline.finish(
-            decoded,
-            source,
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            key=msg.key(),
-            value=msg.value(),
-            headers=msg.headers(),
-            timestamp=timestamp if timestamp > 0 else None,
-        )
+        return self.pipeline.finish_record(msg, decoded, source)
 
     def _wrap(self, route: Route) -> CallNext:
         """The route's handler inside the middleware's ``around_handler`` hooks (built once per route)."""

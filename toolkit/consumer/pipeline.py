@@ -38,7 +38,16 @@ from pydantic import BaseModel, ValidationError
 
 from toolkit.consumer.deep import is_too_deep, validate_deep
 from toolkit.consumer.handlers import HandlerRegistry, Route
-from toolkit.envelope import MAX_DEPTH, DecodedRecord, Header, SerializerLike, allow_depth, decode_record
+from toolkit.envelope import (
+    MAX_DEPTH,
+    DecodedRecord,
+    Header,
+    SerializerLike,
+    allow_depth,
+    decode_record,
+    load_document,
+    parse_envelope,
+)
 from toolkit.errors import (
     ConfigError,
     InvalidArgumentType,
@@ -430,9 +439,13 @@ class Pipeline:
             plan = self._plans.get((topic, header.schema_name, header.message_type, header.schema_version))
             if plan is not None:
                 return decoded, plan
+        return decoded, self._source(topic, decoded)
+
+    def _source(self, topic: str, decoded: DecodedRecord | WireRecord) -> CompiledSchema | WireSchema | tuple:
+        """:meth:`locate` without a plan: the record's schema if it was resolved, else its key to resolve."""
         key = self.subject_of(topic, decoded)
         compiled = self._compiled.get(key)
-        return decoded, key if compiled is None else compiled
+        return key if compiled is None else compiled
 
     def key_format(self, topic: str | None) -> KeyFormat:
         """The topic's key format (``None``: the format of topics not listed)."""
@@ -693,35 +706,79 @@ class Pipeline:
         self._plans.clear()
         self._wire_plans.clear()
 
-    def planned(
-        self, decoded: DecodedRecord, plan: Plan, record: Record, topic: str, value: bytes | None
-    ) -> Message[Any]:
-        """Stages ``validation`` and ``model`` of an envelope whose header has a plan, as :meth:`finish`
-        runs them, the message's context read from ``record`` (the engine's fast lane; keys not decoded;
-        ``topic`` and ``value``: the record's, read once by the caller).
+    def ready(self, record: Record) -> tuple[Message[Any], Route] | BaseException | None:
+        """The engine's fast lane, in one call: a record whose schema is resolved (no registry lookup)
+        through every stage, as its message and route; the exception of the stage that failed (its outcome
+        is decided by the engine, as if it had run the stage); None when the registry must be asked (the
+        engine takes the record from the start). Never raises.
 
-        Raises:
-            MessageError: stage ``validation`` or ``model``.
-        """
-        try:  # (_validate, without a call of its own)
-            body = plan.compiled.decode(decoded.body)
-        except MessageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - as _validate tells it
-            raise _validation_error(exc) from None
-        if plan.model is not None:
-            body = self._build(body, plan.model)
+        The common record (an envelope whose header an earlier record got through with: a :class:`Plan`)
+        runs stages ``decode`` to ``model`` here without a call of each stage's own; each stage raises what
+        it raises on the general path (:meth:`locate`, :meth:`finish`)."""
+        try:
+            value, topic = record.value(), record.topic()
+            if self._envelopes_only and value.__class__ is bytes:  # (None, a tombstone: locate says so)
+                envelope = parse_envelope(load_document(value, self.serializer, self.max_depth))
+                header = envelope.header
+                plan = self._plans.get((topic, header.schema_name, header.message_type, header.schema_version))
+                if plan is None:
+                    decoded: DecodedRecord | WireRecord = envelope
+                    source: Any = self._source(topic, envelope)
+                else:  # (the common case: _validate and _build without calls of their own)
+                    try:
+                        body = plan.compiled.decode(envelope.body)
+                    except MessageError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - as _validate tells it
+                        raise _validation_error(exc) from None
+                    model = plan.model
+                    if model is not None:
+                        try:
+                            body = model.__pydantic_validator__.validate_python(body)
+                        except (ValidationError, RecursionError):  # _build tells why (or goes deeper)
+                            body = self._build(body, model)
+                    _, timestamp = record.timestamp()
+                    message: Message[Any] = Message(
+                        header,
+                        body,
+                        topic,
+                        record.partition(),
+                        record.offset(),
+                        record.key(),
+                        record.headers() or [],
+                        timestamp if timestamp > 0 else None,
+                        value,
+                    )
+                    return message, plan.route
+            else:
+                decoded, source = self.locate(value, topic)
+                if source.__class__ is Plan:
+                    prepared = self.finish_record(record, decoded, source)
+                    return prepared.message, prepared.route
+            if isinstance(source, tuple):
+                return None
+            if decoded.__class__ is WireRecord:
+                return self.planned_wire(decoded, source, record)  # type: ignore[arg-type]
+            prepared = self.finish_record(record, decoded, source)
+            return prepared.message, prepared.route
+        except BaseException as exc:  # noqa: BLE001 - every failure is an outcome (no await here: not a cancel)
+            return exc
+
+    def finish_record(
+        self, record: Record, decoded: DecodedRecord | WireRecord, source: CompiledSchema | Plan | WireSchema
+    ) -> Prepared:
+        """:meth:`finish` with the record's context read from ``record``."""
         _, timestamp = record.timestamp()
-        return Message(
-            decoded.header,  # type: ignore[arg-type]
-            body,
-            topic,
-            record.partition(),
-            record.offset(),
-            record.key(),
-            record.headers() or [],
-            timestamp if timestamp > 0 else None,
-            value or b"",
+        return self.finish(
+            decoded,
+            source,
+            topic=record.topic(),
+            partition=record.partition(),
+            offset=record.offset(),
+            key=record.key(),
+            value=record.value(),
+            headers=record.headers(),
+            timestamp=timestamp if timestamp > 0 else None,
         )
 
     def finish(
