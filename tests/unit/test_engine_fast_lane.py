@@ -404,3 +404,63 @@ def test_records_of_two_partitions_in_one_batch_each_go_to_their_own_lane() -> N
     for partition, offsets in seen.items():
         assert offsets == list(range(broker.end_offset("orders", partition)))
         assert broker.committed("g", "orders", partition) == broker.end_offset("orders", partition)
+
+
+class Timer(Middleware):
+    def __init__(self) -> None:
+        self.times: list[tuple[int, int, float]] = []
+
+    def on_handler_time(self, message, seconds) -> None:
+        self.times.append((message.offset, message.attempt, seconds))
+
+
+class BrokenTimer(Middleware):
+    def on_handler_time(self, message, seconds) -> None:
+        raise RuntimeError("a timer that fails")
+
+
+@pytest.mark.parametrize("kind", ["async", "plain", "around"])
+def test_on_handler_time_times_every_attempt_on_every_path_and_a_failing_timer_changes_nothing(kind, caplog) -> None:
+    """Each handler attempt is timed, from the call to its result: on the fast lane (an async handler), in
+    _process (a plain function in the pool; with around_handler middleware; a retried attempt), a wait for
+    the handler included; a timer that raises is logged, and the next timer and the outcome are as before."""
+    calls = []
+    broker = InMemoryBroker()
+    for _ in range(3):
+        broker.produce("orders", envelope("orders", 1, ORDER))
+    tries: dict[int, int] = {}
+
+    def work(message) -> None:
+        tries[message.offset] = tries.get(message.offset, 0) + 1
+        if message.offset == 1 and tries[message.offset] == 1:
+            raise Retry("once more", delay_s=0.01)
+
+    if kind == "plain":
+
+        def handle(message) -> None:
+            import time
+
+            time.sleep(0.03)
+            work(message)
+
+    else:
+
+        async def handle(message) -> None:
+            await asyncio.sleep(0.03)
+            work(message)
+
+    class Around(Middleware):
+        async def around_handler(self, message, call_next):
+            calls.append(message.offset)
+            return await call_next(message)
+
+    timer = Timer()
+    middleware = [BrokenTimer(), timer] + ([Around()] if kind == "around" else [])
+    with caplog.at_level(logging.ERROR, logger="toolkit.consumer"):
+        consumer = _run(broker, handle, middleware=middleware)
+    assert consumer.stats.as_dict()["orders"]["processed"] == 3
+    assert [(offset, attempt) for offset, attempt, _ in timer.times] == [(0, 1), (1, 1), (1, 2), (2, 1)]
+    assert all(seconds >= 0.03 for _, _, seconds in timer.times)
+    assert sum("middleware on_handler_time failed" in r.getMessage() for r in caplog.records) == 4
+    assert broker.committed("g", "orders") == 3
+    assert calls == ([0, 1, 1, 2] if kind == "around" else [])

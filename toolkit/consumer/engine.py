@@ -61,6 +61,7 @@ from toolkit.wire import WireRecord, WireSchema
 log = logging.getLogger("toolkit.consumer")
 
 _LANE_SLICE_S = 0.005  # longest a lane runs without letting the event loop serve others
+_clock = time.perf_counter  # handler attempts timed for Middleware.on_handler_time
 
 # Share groups: the record whose handler is about to run in this lane's task, for the lock check once a worker
 # slot is taken (None when it is to be handled whatever its lock: its last delivery).
@@ -458,7 +459,7 @@ class Engine:
         timed = self._handler_timeout_s is not None  # (the handler runs in _run_handler, under its limit)
         direct = fast and not hooks.around and not timed  # the handler may be called here (if async, slot free)
         workers = self._workers
-        on_record = hooks.on_record
+        on_record, timers = hooks.on_record, hooks.on_handler_time
         ready_of, monotonic, tracker, acks = self.pipeline.ready, time.monotonic, part.tracker, self._acks
         # The built-in outcome hooks of a done record, done here (Hooks.on_done: the others); a lane is one
         # partition's, so one topic's counters, looked up again every slice (consumer.stats may be reset).
@@ -499,6 +500,7 @@ class Engine:
                         message, route = ready
                         workers.free -= 1  # (WorkerSlots.try_acquire, inlined: a slot is free, nobody waits)
                         handled = handling.set(message)  # for the producer's correlationId carry-over
+                        started = _clock() if timers else 0.0
                         try:
                             result = await route.call(message)
                         except asyncio.CancelledError:
@@ -512,6 +514,8 @@ class Engine:
                             else:  # (WorkerSlots.release with nobody waiting)
                                 workers.free += 1
                             handling.reset(handled)
+                            if timers:
+                                hooks.handler_time(message, _clock() - started)
                         if result is True or result is None:
                             if done_stats is not None:  # StatsMiddleware's and LoggingMiddleware's on_outcome
                                 if counts is None:
@@ -599,7 +603,7 @@ class Engine:
                 hooks.abandoned(msg)
                 return False
         workers = self._workers
-        around = bool(hooks.around)
+        around, timers = bool(hooks.around), hooks.on_handler_time
         timed = self._handler_timeout_s
         locate = self.pipeline.locate  # stages decode and envelope, then the plan, schema or key to resolve
         keyed = self.pipeline.reads_keys  # keys in the wire format: their schema id resolved off the loop too
@@ -629,6 +633,7 @@ class Engine:
                         message.delivery_count = attempt
                     route = prepared.route
                     handled = handling.set(message)  # for the producer's correlationId carry-over
+                    started = _clock() if timers else 0.0
                     try:
                         if around:
                             result = await self._wrap(route)(message)
@@ -642,6 +647,8 @@ class Engine:
                             result = await self._run_handler(route, message)
                     finally:
                         handling.reset(handled)
+                        if timers:
+                            hooks.handler_time(message, _clock() - started)
                 except asyncio.CancelledError:
                     hooks.abandoned(msg)
                     raise

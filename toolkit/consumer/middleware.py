@@ -17,6 +17,8 @@ Hooks, each optional (override only what you need; a hook left as the base's cos
 - :meth:`Middleware.around_handler`: wraps every handler attempt; call ``call_next(message)`` to run the
   handler (or the next middleware) and return its result, or return a result without calling it.
   Middleware given first is outermost.
+- :meth:`Middleware.on_handler_time`: how long each handler attempt took, timed by the engine (a timer
+  without ``around_handler``'s coroutine frames: a record keeps the engine's fast lane).
 - :meth:`Middleware.on_outcome`: each decision about the record (:mod:`toolkit.consumer.outcomes`):
   ``Done``, ``RetryAfter``, ``Pause``, ``ToDeadLetter``, ``Stop``; then :meth:`Middleware.on_dead_letter`
   for every attempt to deliver its dead letter (acknowledged, or refused and retried).
@@ -65,6 +67,11 @@ class Middleware:
         """Wrap one handler attempt; the result is what the handler returned (an exception it raised
         propagates through here)."""
         return await call_next(message)
+
+    def on_handler_time(self, message: Message[Any], seconds: float) -> None:
+        """A handler attempt for ``message`` ended (returned or raised) ``seconds`` after it was called, a wait
+        for a free worker slot included (``time.perf_counter``; measured around the ``around_handler`` hooks
+        too, when there are any). Called before the attempt's ``on_outcome``."""
 
     def on_outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
@@ -119,6 +126,7 @@ class Hooks:
         self.middleware = list(middleware)
         self.on_record = [m.on_record for m in middleware if overrides(m, "on_record")]
         self.around = [m.around_handler for m in middleware if overrides(m, "around_handler")]
+        self.on_handler_time = [m.on_handler_time for m in middleware if overrides(m, "on_handler_time")]
         self.on_outcome = [m.on_outcome for m in middleware if overrides(m, "on_outcome")]
         # The engine's fast lane does what the built-in StatsMiddleware and LoggingMiddleware do for a done
         # record itself when they are the first on_outcome hooks (as every consumer installs them): a count
@@ -165,6 +173,9 @@ class Hooks:
             log.debug("done", extra=log_context(record, message))
         except Exception:  # noqa: BLE001 - e.g. a logging filter that raises: middleware cannot stop a record
             log.exception("middleware on_outcome failed")
+
+    def handler_time(self, message: Message[Any], seconds: float) -> None:
+        _each(self.on_handler_time, "on_handler_time", message, seconds)
 
     def outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None = None

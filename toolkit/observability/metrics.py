@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from toolkit import _args
-from toolkit.consumer.middleware import CallNext, Middleware
+from toolkit.consumer.middleware import Middleware
 from toolkit.consumer.outcomes import DONE, Done, Outcome, Pause, RetryAfter, Stop, ToDeadLetter
 from toolkit.consumer.pipeline import Message as _Message
 from toolkit.consumer.pipeline import message_labels
@@ -391,17 +391,12 @@ class PrometheusMiddleware(Middleware):
         return self._snapshot
 
     # -- hooks (on the loop) ------------------------------------------------------------------------------
-    async def around_handler(self, message: Message[Any], call_next: CallNext) -> Any:
-        started = _now()
-        try:
-            return await call_next(message)
-        finally:
-            seconds = _now() - started
-            counts = self._handler.get(message.topic)
-            if counts is None:
-                counts = self._handler[message.topic] = [0.0] * (len(HANDLER_BUCKETS) + 2)
-            counts[_bucket(HANDLER_BUCKETS, seconds)] += 1  # the first bucket whose bound >= seconds
-            counts[-1] += seconds
+    def on_handler_time(self, message: Message[Any], seconds: float) -> None:
+        counts = self._handler.get(message.topic)
+        if counts is None:
+            counts = self._handler[message.topic] = [0.0] * (len(HANDLER_BUCKETS) + 2)
+        counts[_bucket(HANDLER_BUCKETS, seconds)] += 1  # the first bucket whose bound >= seconds
+        counts[-1] += seconds
 
     def on_outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None
