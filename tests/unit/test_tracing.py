@@ -6,6 +6,7 @@ left open when a record is abandoned, and the producer carrying the trace on."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import json
 import random
@@ -737,3 +738,36 @@ def test_a_dropped_records_dead_letter_span_is_recorded_when_the_sampler_records
     (send,) = t.spans()  # the records' spans are dropped, the dead letter's is a child the sampler records
     assert send.name == "send orders.dlq" and send.parent is not None and not send.parent.trace_flags.sampled
     assert send.context.trace_id == send.parent.trace_id and t.tracing.open_spans == 0
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, ParentBasedTraceIdRatio(0.25)], ids=str)
+def test_a_dropped_records_span_context_is_made_once_and_only_when_asked_for(sampler) -> None:
+    """The non-recording span of a record the sampler drops draws its span id (and with a sampler that drops
+    every root, its trace id too) only when something asks for its context, once, the same for every thread
+    that asks; a handler that never asks costs no draw."""
+    bound = TraceIdRatioBased(0.25).bound
+    ids = GivenIds([bound + 5, bound + 6, bound + 7, bound + 8])  # (the ratio sampler drops each of them)
+    t = Traced(sampler=sampler, id_generator=ids, stop_when_idle=True)
+    for _ in range(2):
+        t.broker.produce("orders", envelope("orders", 2, ORDER))
+    seen: list[Any] = []
+
+    def handle(message: Any) -> None:
+        if message.offset == 0:  # the first record's handler never asks for its span
+            return
+        span = trace.get_current_span()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            contexts = list(pool.map(lambda _: span.get_span_context(), range(64)))
+        seen.append((span, contexts, repr(span)))
+
+    t.consumer.handler("orders")(handle)
+    t.run()
+    ((span, contexts, text),) = seen
+    context = contexts[0]
+    assert not span.is_recording() and all(c is context for c in contexts) and span.get_span_context() is context
+    assert context.is_valid and not context.trace_flags.sampled and f"span_id=0x{context.span_id:016x}" in text
+    assert ids.span_id == 1  # one span id drawn: the second record's, once
+    if sampler is ALWAYS_OFF:  # no decision to draw for: the trace id too only when asked
+        assert ids.trace_ids == [bound + 6, bound + 7, bound + 8] and context.trace_id == bound + 5
+    else:  # one draw per record, for its decision: the second record's span has the second id
+        assert ids.trace_ids == [bound + 7, bound + 8] and context.trace_id == bound + 6

@@ -60,6 +60,27 @@ def _static(sampler: Any) -> tuple[int, int] | None:
     return None if decision.is_recording() else (0, 0)
 
 
+class DroppedSpan(NonRecordingSpan):
+    """The :class:`~opentelemetry.trace.NonRecordingSpan` of a record the sampler dropped, as the SDK would
+    make it (the trace id its decision was drawn for, a fresh span id, the trace flags of a span not
+    sampled), its span context made when first asked for: most records' never is (only a span started
+    under it, or a message published while it is current, asks)."""
+
+    def __init__(self, trace_id: int | None, sampling: FastSampling) -> None:  # (no SpanContext yet)
+        self._trace_id, self._sampling = trace_id, sampling
+
+    @property
+    def _context(self) -> SpanContext:  # type: ignore[override]  # (read by NonRecordingSpan's methods)
+        context: SpanContext | None = self.__dict__.get("_made")
+        if context is None:
+            sampling = self._sampling
+            trace_id = self._trace_id if self._trace_id is not None else sampling._ids.generate_trace_id()
+            context = SpanContext(trace_id, sampling._ids.generate_span_id(), False, sampling._flags)
+            # (atomic: a handler's worker thread asking at the same time gets the same span context)
+            context = self.__dict__.setdefault("_made", context)
+        return context
+
+
 class PresetTraceIds(IdGenerator):
     """The tracer's id generator, except that the next trace id can be given in advance: a sampled record's
     span must have the trace id its decision was drawn for, or the SDK's sampler would draw again (and sample
@@ -153,6 +174,8 @@ class FastSampling:
                     dropped = SpanContext(context.trace_id, span_id, False, flags, context.trace_state)
                     return NonRecordingSpan(dropped), self._keep
                 return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER), True
+        if not self._bound:  # every root dropped (ALWAYS_OFF, ratio 0): the trace id is drawn only if asked for
+            return DroppedSpan(None, self), self._keep
         trace_id = self._ids.generate_trace_id()
         if trace_id & self._mask < self._bound:
             self._preset.give(trace_id)
@@ -160,4 +183,4 @@ class FastSampling:
                 return tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER), True
             finally:
                 self._preset.give(None)
-        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, self._flags)), self._keep
+        return DroppedSpan(trace_id, self), self._keep

@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 Headers = Sequence[tuple[str, bytes | str | None]]
 _MAX_DESCRIPTION = 500  # a reason can carry a whole validation report: the status keeps its start
 _NO_CONTEXT = Context()  # no parent: the span starts a trace of its own
+# The key under which the API keeps the current span in a context (read once, through the API).
+(_SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, Context()).keys()
 _UNRESOLVED: Any = object()
 
 
@@ -182,16 +184,20 @@ class TracingMiddleware(Middleware):
             keep = True
         else:  # the SDK's standard sampler: a record it would drop never reaches the SDK, nor is it kept here
             span, keep = fast.start(f"process {record.topic()}", parent, parent is not _NO_CONTEXT)
-        stale = self._open.pop(id(record), None)
-        if stale is not None:  # the same record object again while its earlier run has not ended
-            self._finish(stale, "abandoned")
+        if self._open:
+            stale = self._open.pop(id(record), None)
+            if stale is not None:  # the same record object again while its earlier run has not ended
+                self._finish(stale, "abandoned")
         if keep:
             self._open[id(record)] = _Traced(record, span)
         # The span is the current one for the rest of the record's run: on_record runs in its lane's task,
         # the handler too (a plain one in a copy of the task's context), and so does what the handler
         # publishes. Nothing to undo: the lane's next record replaces it, and the lane's context ends with
         # the lane. (An around_handler hook would cost every record two coroutine frames more.)
-        otel_context.attach(trace.set_span_in_context(span, parent))
+        if parent is _NO_CONTEXT:  # (set_span_in_context on an empty context, without its copy and call)
+            otel_context.attach(Context({_SPAN_KEY: span}))
+        else:
+            otel_context.attach(trace.set_span_in_context(span, parent))
 
     def _resolve(self) -> Any:
         """The fast path's sampling (toolkit.observability._sampling) when the provider is the SDK's and its
