@@ -464,3 +464,46 @@ def test_on_handler_time_times_every_attempt_on_every_path_and_a_failing_timer_c
     assert sum("middleware on_handler_time failed" in r.getMessage() for r in caplog.records) == 4
     assert broker.committed("g", "orders") == 3
     assert calls == ([0, 1, 1, 2] if kind == "around" else [])
+
+
+def test_the_fast_lane_builds_a_model_once_even_when_the_model_refuses_the_body() -> None:
+    """A model's validators are user code: a body the model refuses is validated once (its `before` validator
+    called once per record, not again to explain the refusal), and dead-lettered at stage model with
+    pydantic's details; the body that fits is built once too."""
+    from pydantic import BaseModel, model_validator
+
+    from generated_models.orders.v1 import Order as Generated
+
+    calls: list[int] = []
+
+    class Counted(Generated):
+        @model_validator(mode="before")
+        @classmethod
+        def count(cls, data):
+            calls.append(1)
+            return data
+
+        @model_validator(mode="after")
+        def refuse_big(self):
+            if str(self.order_id).endswith("000000000002"):
+                raise ValueError("this order is refused by the model")
+            return self
+
+    class Models:
+        def get(self, schema_name: str, version: int) -> type[BaseModel] | None:
+            return Counted
+
+    broker = InMemoryBroker()
+    ids = [f"00000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3)]
+    for order_id in ids:
+        broker.produce("orders", envelope("orders", 1, {**ORDER, "orderId": order_id}))
+    handled: list[str] = []
+
+    async def handle(message) -> None:
+        handled.append(str(message.body.order_id))
+
+    _run(broker, handle, models=Models())
+    assert handled == [ids[0], ids[2]] and len(calls) == 3
+    (letter,) = [d.json() for d in broker.records("orders.dlq")]
+    assert letter["stage"] == "model" and "this order is refused by the model" in json.dumps(letter)
+    assert broker.committed("g", "orders") == 3

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import copy
 import json
+import pickle
 import random
 import subprocess
 import sys
@@ -767,6 +769,8 @@ def test_a_dropped_records_span_context_is_made_once_and_only_when_asked_for(sam
     assert not span.is_recording() and all(c is context for c in contexts) and span.get_span_context() is context
     assert context.is_valid and not context.trace_flags.sampled and f"span_id=0x{context.span_id:016x}" in text
     assert ids.span_id == 1  # one span id drawn: the second record's, once
+    for twin in (copy.copy(span), copy.deepcopy(span), pickle.loads(pickle.dumps(span))):
+        assert type(twin) is trace.NonRecordingSpan and twin.get_span_context() == context
     if sampler is ALWAYS_OFF:  # no decision to draw for: the trace id too only when asked
         assert ids.trace_ids == [bound + 6, bound + 7, bound + 8] and context.trace_id == bound + 5
     else:  # one draw per record, for its decision: the second record's span has the second id

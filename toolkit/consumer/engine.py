@@ -378,37 +378,40 @@ class Engine:
         part: _Partition | None = None
         lane: deque[Record] | None = None
         taken = 0
-        for index, msg in enumerate(records):
-            if msg.partition() != partition or msg.topic() != topic:
-                if part is not None and lane is not None:
-                    part.buffered += taken
-                    self._in_flight += taken
-                taken = 0
-                topic, partition = msg.topic(), msg.partition()
-                part = parts.get((topic, partition))
-                lane = None
-                if part is not None and not part.revoked:
-                    lane = part.lanes.get(None)
-                    if lane is None:
-                        lane = part.lanes[None] = deque()
-                    if None not in part.tasks:
-                        part.tasks[None] = asyncio.create_task(self._run_lane(part, None, lane))
-            if lane is None:
-                continue  # fetched before a revoke: the next owner gets it, nothing was committed
-            assert part is not None
-            try:
-                part.tracker.add(msg.offset())
-            except ValueError:  # (on_batch logs and skips it, and takes the rest)
-                part.buffered += taken
-                self._in_flight += taken
-                return records[index:]
-            part.eof = False
-            lane.append(msg)
-            taken += 1
-        if part is not None and lane is not None:
-            part.buffered += taken
-            self._in_flight += taken
-        return []
+        try:
+            for index, msg in enumerate(records):
+                if msg.partition() != partition or msg.topic() != topic:
+                    if taken and part is not None and lane is not None:
+                        self._took(part, lane, taken)
+                    taken = 0
+                    topic, partition = msg.topic(), msg.partition()
+                    part = parts.get((topic, partition))
+                    lane = None
+                    if part is not None and not part.revoked:
+                        lane = part.lanes.get(None)
+                        if lane is None:
+                            lane = part.lanes[None] = deque()
+                if lane is None or part is None:
+                    continue  # fetched before a revoke: the next owner gets it, nothing was committed
+                try:
+                    part.tracker.add(msg.offset())
+                except ValueError:  # (on_batch logs and skips it, and takes the rest)
+                    return records[index:]
+                part.eof = False
+                lane.append(msg)
+                taken += 1
+            return []
+        finally:
+            if taken and part is not None and lane is not None:
+                self._took(part, lane, taken)
+
+    def _took(self, part: _Partition, lane: deque[Record], taken: int) -> None:
+        """``taken`` records were appended to ``part``'s lane: count them, and start the lane if it is idle
+        (after the records are in it: a task factory may run the lane at once)."""
+        part.buffered += taken
+        self._in_flight += taken
+        if None not in part.tasks:
+            part.tasks[None] = asyncio.create_task(self._run_lane(part, None, lane))
 
     def _lane_key(self, msg: Record) -> Hashable:
         if self.options.ordering is OrderingMode.PARTITION:

@@ -69,9 +69,10 @@ class Middleware:
         return await call_next(message)
 
     def on_handler_time(self, message: Message[Any], seconds: float) -> None:
-        """A handler attempt for ``message`` ended (returned or raised) ``seconds`` after it was called, a wait
-        for a free worker slot included (``time.perf_counter``; measured around the ``around_handler`` hooks
-        too, when there are any). Called before the attempt's ``on_outcome``."""
+        """A handler attempt for ``message`` ended (returned or raised) ``seconds`` after the engine started it
+        (``time.perf_counter``): a wait for a free worker slot is included, and so are the ``around_handler``
+        hooks when there are any (one that answers without calling the handler is still an attempt). Called
+        before the attempt's ``on_outcome``."""
 
     def on_outcome(
         self, record: Record, message: Message[Any] | None, outcome: Outcome, attempt: int, delay_s: float | None

@@ -635,19 +635,29 @@ class Pipeline:
 
     @staticmethod
     def _build(value: Any, model: type[BaseModel]) -> Any:
+        try:  # (model_validate's own call, without its Python frame and keywords: ~1 us a record)
+            return model.__pydantic_validator__.validate_python(value)
+        except (ValidationError, RecursionError) as exc:
+            return Pipeline._refused(value, model, exc)
+
+    @staticmethod
+    def _refused(value: Any, model: type[BaseModel], exc: ValidationError | RecursionError) -> Any:
+        """Stage ``model`` after pydantic refused ``value`` with ``exc``: a body of a recursive model nested
+        beyond pydantic's fixed limit is built without that limit; anything else is the stage's failure.
+
+        Raises:
+            MessageError: stage ``model``.
+        """
         try:
-            try:  # (model_validate's own call, without its Python frame and keywords: ~1 us a record)
-                return model.__pydantic_validator__.validate_python(value)
-            except ValidationError as exc:
-                if not is_too_deep(exc.errors(include_url=False)):
-                    raise
+            if isinstance(exc, RecursionError) or not is_too_deep(exc.errors(include_url=False)):
+                raise exc
             return validate_deep(model, value)  # recursive models nested beyond pydantic's fixed limit
-        except ValidationError as exc:
+        except ValidationError as error:
             details = [
                 {"path": "/body/" + "/".join(str(p) for p in err["loc"]), "message": err["msg"]}
-                for err in exc.errors(include_url=False)
+                for err in error.errors(include_url=False)
             ]
-            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+            notes = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
             raise MessageError(
                 "model", f"body does not fit {model.__name__}: {len(details)} error(s){notes}", details=details
             ) from None
@@ -714,7 +724,8 @@ class Pipeline:
 
         The common record (an envelope whose header an earlier record got through with: a :class:`Plan`)
         runs stages ``decode`` to ``model`` here without a call of each stage's own; each stage raises what
-        it raises on the general path (:meth:`locate`, :meth:`finish`)."""
+        it raises on the general path (:meth:`locate`, :meth:`finish`). Keys are not read: a pipeline that
+        reads keys in the wire format (``reads_keys``) is not given to the fast lane."""
         try:
             value, topic = record.value(), record.topic()
             if self._envelopes_only and value.__class__ is bytes:  # (None, a tombstone: locate says so)
@@ -735,8 +746,8 @@ class Pipeline:
                     if model is not None:
                         try:
                             body = model.__pydantic_validator__.validate_python(body)
-                        except (ValidationError, RecursionError):  # _build tells why (or goes deeper)
-                            body = self._build(body, model)
+                        except (ValidationError, RecursionError) as exc:  # (validated once: _build's rest)
+                            body = self._refused(body, model, exc)
                     _, timestamp = record.timestamp()
                     message: Message[Any] = Message(
                         header,

@@ -80,6 +80,9 @@ class DroppedSpan(NonRecordingSpan):
             context = self.__dict__.setdefault("_made", context)
         return context
 
+    def __reduce__(self) -> tuple[Any, ...]:  # a copy or a pickle: the SDK's plain span, with this one's context
+        return NonRecordingSpan, (self._context,)
+
 
 class PresetTraceIds(IdGenerator):
     """The tracer's id generator, except that the next trace id can be given in advance: a sampled record's
