@@ -505,5 +505,5 @@ def test_the_fast_lane_builds_a_model_once_even_when_the_model_refuses_the_body(
     _run(broker, handle, models=Models())
     assert handled == [ids[0], ids[2]] and len(calls) == 3
     (letter,) = [d.json() for d in broker.records("orders.dlq")]
-    assert letter["stage"] == "model" and "this order is refused by the model" in json.dumps(letter)
+    assert letter["error"]["stage"] == "model" and "this order is refused by the model" in json.dumps(letter)
     assert broker.committed("g", "orders") == 3
