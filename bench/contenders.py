@@ -401,20 +401,21 @@ def _run_toolkit(bootstrap: str, topic: str, count: int, fmt: str, **options: An
             "subject_strategy": topic_value_strategy,
             "value_formats": {topic: "confluent"},
         }
-    state: dict[str, Any] = {"seen": 0, "started": None, "elapsed": None}
+    seen, started, elapsed = 0, 0.0, None
     consumer = KafkaConsumer(bootstrap, f"bench-{uuid.uuid4().hex[:8]}", **options)
 
-    async def handle(message: Any) -> bool:  # (the work of L1's loop around its stages, and no more)
-        state["started"] = state["started"] or _start()
-        state["seen"] += 1
-        if state["seen"] == count:
-            state["elapsed"] = _elapsed(state["started"])
+    async def handle(message: Any) -> bool:  # (L1's bookkeeping around its stages, in variables as L1's)
+        nonlocal seen, started, elapsed
+        started = started or _start()
+        seen += 1
+        if seen == count:
+            elapsed = _elapsed(started)
             consumer.request_stop()
         return True
 
     consumer.register_handler(topic, handle)
     asyncio.run(consumer.start())
-    return {"messages": state["seen"], "elapsed_s": state["elapsed"], "stats": consumer.stats.as_dict()}
+    return {"messages": seen, "elapsed_s": elapsed, "stats": consumer.stats.as_dict()}
 
 
 def run_t(bootstrap: str, topic: str, count: int, fmt: str) -> dict[str, Any]:

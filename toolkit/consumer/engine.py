@@ -493,10 +493,11 @@ class Engine:
                             except Exception:  # noqa: BLE001 - logged, the other hooks called: see Hooks
                                 hooks.record_after(hook, msg)
                         ready = ready_of(msg)
-                    if ready is None:
-                        finished = await self._process(part, msg, recorded=fast)
-                    elif isinstance(ready, BaseException):  # a stage failed: only its outcome is left to decide
-                        finished = await self._process(part, msg, None, ready, recorded=True)
+                    if ready.__class__ is not tuple:  # (the common case first: a message and its route)
+                        if ready is None:
+                            finished = await self._process(part, msg, recorded=fast)
+                        else:  # a stage failed: only its outcome is left to decide
+                            finished = await self._process(part, msg, None, ready, recorded=True)
                     elif not direct or not ready[1].is_async or workers.free <= 0 or workers.waiting:
                         finished = await self._process(part, msg, Prepared(*ready), recorded=True)
                     else:  # (no coroutine of its own: done is settled here, anything else goes on in _process)
